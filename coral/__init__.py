@@ -1,0 +1,3 @@
+"""Coral: live debugging of production services with eBPF uprobes."""
+
+__version__ = "0.1.0"

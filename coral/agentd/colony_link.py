@@ -1,0 +1,115 @@
+"""The agent's worker link to the colony backend (DEALER): READY on connect,
+heartbeats both ways, reconnect with doubling back-off, and the colony's
+REQUESTs served through the agent's dispatcher."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import zmq
+
+from coral.daemon import wire
+from coral.daemon.liveness import Backoff, is_dead
+from coral.daemon.runtime import configure_socket
+from coral.daemon.server import Dispatcher, Peer
+from coral.proto import coral_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+COLONY_PEER = Peer(key="colony")
+
+
+class ColonyLink:
+    def __init__(self, context: zmq.Context, endpoint: str, hello: Callable[[], pb.AgentHello],
+                 dispatcher: Dispatcher, interval: float, liveness: int, max_message_bytes: int) -> None:
+        self.context = context
+        self.endpoint = endpoint
+        self.hello = hello
+        self.dispatcher = dispatcher
+        self.interval = interval
+        self.liveness = liveness
+        self.max_message_bytes = max_message_bytes
+        self.socket: zmq.Socket | None = None
+        self.backoff = Backoff()
+        self.connected = False  # heard from the colony since the last (re)connect
+        self._reconnect_at = 0.0
+        self._last_heard = 0.0
+        self._last_sent = 0.0
+
+    def _send(self, frames: list[bytes], now: float) -> None:
+        if self.socket is None:
+            return
+        try:
+            self.socket.send_multipart(frames, flags=zmq.NOBLOCK)
+            self._last_sent = now
+        except zmq.Again:
+            pass  # high-water mark while the colony is away: heartbeats will tell
+
+    def connect(self, now: float) -> None:
+        s = self.context.socket(zmq.DEALER)
+        configure_socket(s, self.max_message_bytes)
+        s.setsockopt(zmq.SNDHWM, 1000)
+        s.connect(self.endpoint)
+        self.socket = s
+        self._last_heard = now
+        self.connected = False
+        self._send(wire.encode_ready(self.hello()), now)
+        log.debug("connecting to colony at %s", self.endpoint)
+
+    def _drop(self, now: float, why: str) -> None:
+        if self.socket is not None:
+            self.socket.close(linger=0)
+            self.socket = None
+        delay = self.backoff.next_delay()
+        self._reconnect_at = now + delay
+        if self.connected:
+            log.warning("colony link lost (%s); reconnecting in %gs", why, delay)
+        self.connected = False
+
+    def announce(self, now: float) -> None:
+        """Services changed: READY again replaces the colony's list."""
+        self._send(wire.encode_ready(self.hello()), now)
+
+    def on_readable(self, now: float) -> None:
+        while self.socket is not None:
+            try:
+                frames = self.socket.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._last_heard = now
+            if not self.connected:
+                self.connected = True
+                self.backoff.reset()
+                log.info("connected to colony at %s", self.endpoint)
+            try:
+                frame = wire.decode(frames)
+            except wire.FrameError as exc:
+                self.dispatcher.bad_frame(exc)  # counted; nothing is owed to the colony
+                continue
+            if frame.command == wire.Command.REQUEST:
+                self._send(self.dispatcher.handle(frame, COLONY_PEER), now)
+            elif frame.command == wire.Command.DISCONNECT:
+                # The colony does not know us (it restarted): announce again.
+                self.connected = True
+                self._send(wire.encode_ready(self.hello()), now)
+
+    def tick(self, now: float) -> None:
+        if self.socket is None:
+            if now >= self._reconnect_at:
+                self.connect(now)
+            return
+        if is_dead(self._last_heard, now, self.interval, self.liveness):
+            self._drop(now, f"no heartbeat for {self.interval * self.liveness:g}s")
+            return
+        if now - self._last_sent >= self.interval:
+            self._send(wire.encode_signal(wire.Command.HEARTBEAT), now)
+
+    def close(self) -> None:
+        if self.socket is not None:
+            try:
+                self.socket.send_multipart(wire.encode_signal(wire.Command.DISCONNECT), flags=zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+            self.socket.close(linger=200)  # let DISCONNECT leave
+            self.socket = None

@@ -1,0 +1,222 @@
+"""coral-agentd: one per host. Local REP API on ipc, worker link to the
+colony, BCC uprobes, events in agent.duckdb. One thread, one loop:
+poll sockets -> drain ring buffers -> flush batches -> expire -> heartbeats."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+import time
+from typing import cast
+
+import zmq
+from google.protobuf.message import Message
+
+from coral import __version__
+from coral.agentd.colony_link import ColonyLink
+from coral.agentd.probes import BpfUnavailable, check_bpf_support
+from coral.agentd.registry import ProcessRegistry, Registration
+from coral.agentd.sessions import SessionManager
+from coral.agentd.store import EventStore
+from coral.daemon.client import Client
+from coral.daemon.config import Config, ConfigError, load_config
+from coral.daemon.errors import CoralError, NotFound, Unavailable
+from coral.daemon.methods import AGENT_FROM_COLONY_METHODS, AGENT_LOCAL_METHODS
+from coral.daemon.runtime import (
+    DaemonLock, Notifier, ShutdownSignals, bind_socket, configure_socket, ensure_dir, setup_logging, unlink_ipc,
+)
+from coral.daemon.server import Dispatcher, Handler, Peer, serve_rep_once
+from coral.proto import coral_pb2 as pb
+
+log = logging.getLogger("coral.agentd")
+
+PROCESS_TIMEOUT = 3.0
+
+
+class Agent:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.agent_id = config.agent.id or socket.gethostname()
+        self.context = zmq.Context()
+        self.registry = ProcessRegistry()
+        self.store = EventStore(config.state_dir / "agent.duckdb")
+        self.sessions = SessionManager(config, self.agent_id, self.registry, self.store, self._function_metadata)
+        self._process_clients: dict[str, Client] = {}
+        handlers: dict[str, Handler] = {
+            "Ping": self.ping,
+            "ListServices": self.list_services,
+            "ListFunctions": self.list_functions,
+            "AttachUprobe": lambda r, p: pb.AttachUprobeResponse(session=self.sessions.attach(r)),
+            "DetachUprobe": lambda r, p: pb.DetachUprobeResponse(session=self.sessions.detach(r.session_id)),
+            "QueryUprobeEvents": lambda r, p: self.sessions.query(r),
+            "ListDebugSessions": lambda r, p: self.sessions.list(r),
+            "RegisterProcess": self.register_process,
+            "UnregisterProcess": self.unregister_process,
+            "ProcessHeartbeat": self.process_heartbeat,
+        }
+        self.local = Dispatcher(handlers, AGENT_LOCAL_METHODS)
+        self.from_colony = Dispatcher(handlers, AGENT_FROM_COLONY_METHODS)
+        self.link = ColonyLink(
+            self.context, config.agent_colony_endpoint, self.hello, self.from_colony,
+            config.agent.heartbeat_interval, config.agent.heartbeat_liveness, config.limits.max_message_bytes,
+        )
+
+    # ------------------------------------------------------------ handlers
+
+    def ping(self, req: Message, peer: Peer) -> pb.PingResponse:
+        counters = {f"local.{k}": v for k, v in self.local.counters.items()}
+        counters.update({f"colony.{k}": v for k, v in self.from_colony.counters.items()})
+        counters["sessions.active"] = len(self.sessions.active)
+        counters["processes"] = len(self.registry.instances())
+        counters["colony.connected"] = int(self.link.connected)
+        return pb.PingResponse(daemon="coral-agentd", version=__version__, pid=os.getpid(), agent_id=self.agent_id,
+                               counters=counters)
+
+    def hello(self) -> pb.AgentHello:
+        return pb.AgentHello(agent_id=self.agent_id, hostname=socket.gethostname(), version=__version__,
+                             services=[r.to_proto(self.agent_id) for r in self.registry.instances()],
+                             heartbeat_interval_ms=int(self.config.agent.heartbeat_interval * 1000))
+
+    def list_services(self, req: Message, peer: Peer) -> pb.ListServicesResponse:
+        return pb.ListServicesResponse(services=[r.to_proto(self.agent_id) for r in self.registry.instances()])
+
+    def _instance(self, service: str) -> Registration:
+        instances = self.registry.instances(service)
+        if not instances:
+            known = self.registry.services()
+            raise NotFound(f"service {service!r} is not registered on agent {self.agent_id}"
+                           + (f" (registered: {', '.join(known)})" if known else " (no services registered)"), known)
+        return instances[0]
+
+    def _ask_process(self, reg: Registration, method: str, request: Message) -> Message:
+        client = self._process_clients.get(reg.address)
+        if client is None:
+            client = Client(reg.address, PROCESS_TIMEOUT, self.context, self.config.limits.max_message_bytes)
+            self._process_clients[reg.address] = client
+        try:
+            return client.call(method, request)
+        except Unavailable:
+            raise Unavailable(f"process {reg.pid} of service {reg.service!r} did not answer at {reg.address}") from None
+
+    def _function_metadata(self, reg: Registration, function: str) -> pb.FunctionMetadata:
+        try:
+            reply = self._ask_process(reg, "GetFunctionMetadata", pb.GetFunctionMetadataRequest(function=function))
+        except NotFound as exc:
+            raise NotFound(f"function {function!r} not found in service {reg.service!r} (pid {reg.pid})"
+                           + (f"; closest: {', '.join(exc.suggestions)}" if exc.suggestions
+                              else f"; list them with: coralctl functions {reg.service}"), exc.suggestions) from None
+        return cast(pb.GetFunctionMetadataResponse, reply).metadata
+
+    def list_functions(self, req: pb.ListFunctionsRequest, peer: Peer) -> Message:
+        return self._ask_process(self._instance(req.service), "ListFunctions", req)
+
+    def register_process(self, req: pb.RegisterProcessRequest, peer: Peer) -> pb.RegisterProcessResponse:
+        reg = self.registry.register(req, peer)
+        log.info("registered %s pid %d (%s) at %s", reg.service, reg.pid, reg.kind, reg.address)
+        self.link.announce(time.monotonic())
+        return pb.RegisterProcessResponse(registration_id=reg.registration_id,
+                                          heartbeat_interval_ms=int(self.config.agent.heartbeat_interval * 1000))
+
+    def unregister_process(self, req: pb.UnregisterProcessRequest, peer: Peer) -> pb.UnregisterProcessResponse:
+        reg = self.registry.unregister(req.registration_id)
+        if reg is not None:
+            self._forget(reg)
+        return pb.UnregisterProcessResponse()
+
+    def process_heartbeat(self, req: pb.ProcessHeartbeatRequest, peer: Peer) -> pb.ProcessHeartbeatResponse:
+        return pb.ProcessHeartbeatResponse(known=self.registry.known(req.registration_id))
+
+    def _forget(self, reg: Registration) -> None:
+        log.info("unregistered %s pid %d", reg.service, reg.pid)
+        client = self._process_clients.pop(reg.address, None)
+        if client is not None:
+            client.close()
+        self.link.announce(time.monotonic())
+
+    # ---------------------------------------------------------------- loop
+
+    def run(self, signals: ShutdownSignals, notifier: Notifier) -> None:
+        cfg = self.config
+        rep = self.context.socket(zmq.REP)
+        configure_socket(rep, cfg.limits.max_message_bytes)
+        bind_socket(rep, cfg.agent_endpoint)
+        failed = self.store.fail_active_sessions("agent restarted", time.time_ns())
+        if failed:
+            log.warning("%d session(s) left active by a previous run marked failed (agent restarted)", failed)
+        self.link.connect(time.monotonic())
+        notifier.ready(f"serving {cfg.agent_endpoint}")
+        log.info("coral-agentd %s ready on %s (agent id %s, colony %s)", __version__, cfg.agent_endpoint,
+                 self.agent_id, cfg.agent_colony_endpoint)
+        last_flush = time.monotonic()
+        try:
+            while not signals.requested:
+                poller = zmq.Poller()
+                poller.register(rep, zmq.POLLIN)
+                if self.link.socket is not None:
+                    poller.register(self.link.socket, zmq.POLLIN)
+                ready = dict(poller.poll(int(cfg.agent.poll_interval * 1000)))
+                now = time.monotonic()
+                if rep in ready:
+                    serve_rep_once(rep, self.local)
+                if self.link.socket is not None and self.link.socket in ready:
+                    self.link.on_readable(now)
+                self.sessions.collect()
+                if self.sessions.pending and now - last_flush >= cfg.agent.flush_interval:
+                    self.sessions.flush()
+                    last_flush = now
+                self.sessions.expire_due(time.time_ns())
+                for reg in self.registry.prune_exited():
+                    self._forget(reg)
+                self.link.tick(now)
+                notifier.watchdog(now)
+        finally:
+            notifier.stopping()
+            log.info("stopping (%s): detaching %d session(s)", signals.signal_name or "shutdown", len(self.sessions.active))
+            self.sessions.shutdown()
+            self.link.close()
+            rep.close(linger=0)
+            for client in self._process_clients.values():
+                client.close()
+            unlink_ipc(cfg.agent_endpoint)
+            self.store.close()
+            self.context.term()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="coral-agentd", description="Coral agent: runs uprobes for one host.")
+    parser.add_argument("--config", help="configuration file (default: $CORAL_CONFIG or /etc/coral/coral.toml)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        config = load_config(args.config)
+        check_bpf_support()
+    except (ConfigError, BpfUnavailable) as exc:
+        print(f"coral-agentd: {exc}", file=sys.stderr)
+        return 1
+    ensure_dir(config.runtime_dir, 0o755)
+    ensure_dir(config.process_socket_dir, 0o1777)
+    ensure_dir(config.state_dir, 0o750)
+    lock = DaemonLock(config.runtime_dir / "agent.lock")
+    try:
+        lock.acquire()
+    except RuntimeError as exc:
+        print(f"coral-agentd: {exc}", file=sys.stderr)
+        return 1
+    signals = ShutdownSignals()
+    signals.install()
+    try:
+        Agent(config).run(signals, Notifier())
+    except (CoralError, zmq.ZMQError, OSError) as exc:
+        log.error("fatal: %s", exc)
+        return 1
+    finally:
+        lock.release()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""Routing and session bookkeeping for the colony, without sockets.
+
+The broker decides; coral/colonyd/main.py moves bytes. Frontend requests
+come in as (client, request id, method, body, peer); the broker answers
+locally, or returns an ``Outgoing`` for an agent, and relates the agent's
+reply back to the client when it arrives."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+
+from google.protobuf.message import Message
+
+from coral import __version__
+from coral.colonyd.store import AuditRow, ColonyStore
+from coral.daemon import wire
+from coral.daemon.config import Config
+from coral.daemon.errors import BadRequest, CoralError, InvalidArgument, NotFound, Unavailable
+from coral.daemon.liveness import is_dead
+from coral.daemon.methods import COLONY_FRONTEND_METHODS, METHODS
+from coral.daemon.server import Peer
+from coral.proto import coral_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AgentState:
+    identity: bytes
+    hello: pb.AgentHello
+    last_heard: float
+    last_sent: float = 0.0
+
+    @property
+    def agent_id(self) -> str:
+        return self.hello.agent_id
+
+
+@dataclass
+class Pending:
+    client: tuple[bytes, ...]
+    client_request_id: bytes
+    method: str
+    request: Message
+    peer: Peer
+    agent: bytes
+    deadline: float
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A message for one socket: 'frontend' (a client) or 'backend' (an agent)."""
+
+    socket: str
+    frames: list[bytes]
+
+
+@dataclass
+class Broker:
+    config: Config
+    store: ColonyStore
+    agents: dict[bytes, AgentState] = field(default_factory=dict)
+    pending: dict[bytes, Pending] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+    _ids: itertools.count[int] = field(default_factory=itertools.count)
+
+    def count(self, name: str) -> None:
+        self.counters[name] = self.counters.get(name, 0) + 1
+
+    # ------------------------------------------------------------ agents
+
+    def agent_ready(self, identity: bytes, hello: pb.AgentHello, now: float) -> None:
+        for other in [i for i, a in self.agents.items() if a.agent_id == hello.agent_id and i != identity]:
+            del self.agents[other]  # the same agent reconnected on a new link
+        if identity not in self.agents:
+            log.info("agent %s ready (%d services)", hello.agent_id, len(hello.services))
+        self.agents[identity] = AgentState(identity, hello, now)
+
+    def agent_heard(self, identity: bytes, now: float) -> bool:
+        agent = self.agents.get(identity)
+        if agent is None:
+            return False
+        agent.last_heard = now
+        return True
+
+    def agent_gone(self, identity: bytes, why: str) -> None:
+        agent = self.agents.pop(identity, None)
+        if agent is not None:
+            log.warning("agent %s lost (%s)", agent.agent_id, why)
+
+    def agents_for(self, service: str) -> list[AgentState]:
+        return [a for a in self.agents.values() if any(s.service == service for s in a.hello.services)]
+
+    def services(self) -> list[pb.ServiceInstance]:
+        return [s for a in self.agents.values() for s in a.hello.services]
+
+    # ---------------------------------------------------------- requests
+
+    def handle_request(self, frame: wire.Frame, peer: Peer, now: float) -> list[Outgoing]:
+        method = frame.name
+        try:
+            if method not in COLONY_FRONTEND_METHODS:
+                raise CoralError(f"method {method!r} is not served by the colony")
+            request = wire.parse_body(METHODS[method].request, frame.body)
+            local = self._answer_locally(method, request)
+            if local is not None:
+                self._audit(peer, method, request, "OK", "")
+                return [Outgoing("frontend", wire.encode_reply(frame.request_id, local, frame.envelope))]
+            agent = self._route(method, request)
+        except CoralError as err:
+            if method not in COLONY_FRONTEND_METHODS:
+                err.code = "UNKNOWN_METHOD"
+            self._audit(peer, method, None, err.code, err.message)
+            self.count(f"errors.{err.code}")
+            return [Outgoing("frontend", wire.encode_error(frame.request_id, err, frame.envelope))]
+        agent_request_id = f"c{next(self._ids)}".encode()
+        self.pending[agent_request_id] = Pending(frame.envelope, frame.request_id, method, request, peer,
+                                                 agent.identity, now + self.config.limits.request_timeout)
+        agent.last_sent = now
+        return [Outgoing("backend", wire.encode_request(agent_request_id, method, request, (agent.identity,)))]
+
+    def _answer_locally(self, method: str, request: Message) -> Message | None:
+        if method == "Ping":
+            return pb.PingResponse(daemon="coral-colonyd", version=__version__, pid=os.getpid(), counters={**self.counters, "agents": len(self.agents)})
+        if method == "ListServices":
+            return pb.ListServicesResponse(services=self.services())
+        if isinstance(request, pb.ListDebugSessionsRequest):
+            return pb.ListDebugSessionsResponse(sessions=self.store.sessions(request.service, request.active_only))
+        return None
+
+    def _route(self, method: str, request: Message) -> AgentState:
+        if isinstance(request, pb.AttachUprobeRequest):
+            limits = self.config.sessions
+            if request.duration_ms > limits.max_duration * 1000:
+                raise InvalidArgument(f"duration {request.duration_ms / 1000:g}s exceeds the maximum of "
+                                      f"{limits.max_duration}s; ask for {limits.max_duration}s or less")
+            request.session_id = f"dbg-{secrets.token_hex(6)}"
+        if isinstance(request, pb.AttachUprobeRequest | pb.ListFunctionsRequest):
+            agents = self.agents_for(request.service)
+            if not agents:
+                known = sorted({s.service for s in self.services()})
+                raise NotFound(f"service {request.service!r} not found"
+                               + (f" (known services: {', '.join(known)})" if known else " (no services registered)"), known)
+            return agents[0]
+        session_id = getattr(request, "session_id", "")
+        session = self.store.session(session_id)
+        if session is None:
+            raise NotFound(f"no session {session_id!r}")
+        for agent in self.agents.values():
+            if agent.agent_id == session.agent_id:
+                return agent
+        raise Unavailable(f"agent {session.agent_id!r} of session {session_id} is not connected")
+
+    def handle_reply(self, frame: wire.Frame, now: float) -> list[Outgoing]:
+        pending = self.pending.pop(frame.request_id, None)
+        if pending is None:
+            self.count("late_replies")
+            return []
+        detail = ""
+        if frame.name == wire.STATUS_OK:
+            try:
+                self._record(pending, wire.parse_body(METHODS[pending.method].response, frame.body))
+            except BadRequest as exc:
+                detail = f"unreadable agent reply: {exc.message}"
+        else:
+            try:
+                detail = wire.parse_body(pb.Error, frame.body).message
+            except BadRequest:
+                detail = "unreadable error body"
+        self._audit(pending.peer, pending.method, pending.request, frame.name, detail)
+        return [Outgoing("frontend", wire.encode_raw_reply(pending.client_request_id, frame.name, frame.body, pending.client))]
+
+    def _record(self, pending: Pending, response: Message) -> None:
+        """Keep the colony's view of sessions current from agents' replies."""
+        session = getattr(response, "session", None)
+        if isinstance(session, pb.DebugSession) and session.session_id:
+            self.store.save_session(session)
+
+    # -------------------------------------------------------------- time
+
+    def tick(self, now: float) -> list[Outgoing]:
+        out: list[Outgoing] = []
+        for request_id, p in list(self.pending.items()):
+            if now >= p.deadline:
+                del self.pending[request_id]
+                err = Unavailable(f"the agent did not answer {p.method} within {self.config.limits.request_timeout:g}s")
+                self._audit(p.peer, p.method, p.request, err.code, err.message)
+                out.append(Outgoing("frontend", wire.encode_error(p.client_request_id, err, p.client)))
+        interval, liveness = self.config.colony.heartbeat_interval, self.config.colony.heartbeat_liveness
+        for identity, agent in list(self.agents.items()):
+            if is_dead(agent.last_heard, now, interval, liveness):
+                self.agent_gone(identity, f"silent for {interval * liveness:g}s")
+            elif now - agent.last_sent >= interval:
+                agent.last_sent = now
+                out.append(Outgoing("backend", wire.encode_signal(wire.Command.HEARTBEAT, (identity,))))
+        for session in self.store.due_for_expiry(time.time_ns()):
+            # The agent ends it on its own clock; the colony's view follows.
+            session.status = "expired"
+            session.ended_unix_ns = session.expires_unix_ns
+            self.store.save_session(session)
+        return out
+
+    # ------------------------------------------------------------- audit
+
+    def _audit(self, peer: Peer, method: str, request: Message | None, outcome: str, detail: str) -> None:
+        self.store.audit(AuditRow(
+            ts_ns=time.time_ns(), who=peer.who, peer_pid=peer.pid or 0, method=method[:64],
+            service=str(getattr(request, "service", "")), function=str(getattr(request, "function", "")),
+            session_id=str(getattr(request, "session_id", "")), outcome=outcome, detail=detail[:500],
+        ))
+
+    def audit_bad_frame(self, peer: Peer, reason: str) -> None:
+        self.count("bad_frames")
+        self._audit(peer, "?", None, "BAD_REQUEST", reason)

@@ -1,0 +1,158 @@
+"""coral-colonyd: the control plane. ROUTER frontend for clients, ROUTER
+backend for agents; the Broker decides, this loop moves bytes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+import zmq
+
+from coral import __version__
+from coral.colonyd.broker import Broker, Outgoing
+from coral.colonyd.store import ColonyStore
+from coral.daemon import wire
+from coral.daemon.config import Config, ConfigError, load_config
+from coral.daemon.errors import BadRequest
+from coral.daemon.runtime import (
+    DaemonLock, Notifier, ShutdownSignals, bind_socket, configure_socket, ensure_dir, setup_logging, unlink_ipc,
+)
+from coral.daemon.server import recv_with_peer
+from coral.proto import coral_pb2 as pb
+
+log = logging.getLogger("coral.colonyd")
+
+TICK_SECONDS = 0.1
+
+
+class Colony:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.context = zmq.Context()
+        self.store = ColonyStore(config.state_dir / "colony.duckdb")
+        self.broker = Broker(config, self.store)
+        self.frontend = self._socket(config.colony_frontend)
+        self.backend = self._socket(config.colony_backend)
+        self.backend.setsockopt(zmq.ROUTER_MANDATORY, 1)
+
+    def _socket(self, endpoint: str) -> zmq.Socket:
+        s = self.context.socket(zmq.ROUTER)
+        configure_socket(s, self.config.limits.max_message_bytes)
+        bind_socket(s, endpoint)
+        return s
+
+    def send(self, messages: list[Outgoing]) -> None:
+        for m in messages:
+            sock = self.frontend if m.socket == "frontend" else self.backend
+            try:
+                sock.send_multipart(m.frames, flags=zmq.NOBLOCK)
+            except (zmq.Again, zmq.ZMQError) as exc:
+                # ROUTER_MANDATORY: the peer went away; nothing else to do.
+                self.broker.count(f"unroutable.{m.socket}")
+                log.debug("could not send to a %s peer: %s", m.socket, exc)
+
+    def on_frontend(self, now: float) -> None:
+        frames, peer = recv_with_peer(self.frontend)
+        identity = frames[:1]
+        try:
+            frame = wire.decode(frames)
+            if frame.command != wire.Command.REQUEST:
+                raise wire.FrameError(f"{frame.command.name} is not served on the frontend", frame.request_id)
+        except wire.FrameError as exc:
+            self.broker.audit_bad_frame(peer, exc.reason)
+            err = BadRequest(f"bad frame: {exc.reason}")
+            self.send([Outgoing("frontend", wire.encode_error(exc.request_id or b"?", err, tuple(identity)))])
+            return
+        self.send(self.broker.handle_request(frame, peer, now))
+
+    def on_backend(self, now: float) -> None:
+        frames, _peer = recv_with_peer(self.backend)
+        try:
+            frame = wire.decode(frames)
+        except wire.FrameError as exc:
+            self.broker.count("bad_frames.backend")
+            log.debug("bad frame from an agent: %s", exc.reason)
+            return
+        identity = frame.envelope[:1]
+        if frame.command == wire.Command.READY:
+            try:
+                hello = wire.parse_body(pb.AgentHello, frame.body)
+            except BadRequest:
+                self.broker.count("bad_frames.backend")
+                return
+            if hello.agent_id:
+                self.broker.agent_ready(identity[0], hello, now)
+            return
+        if frame.command == wire.Command.DISCONNECT:
+            self.broker.agent_gone(identity[0], "agent disconnected")
+            return
+        if not self.broker.agent_heard(identity[0], now):
+            # Not known (e.g. the colony restarted): ask it to announce itself.
+            self.send([Outgoing("backend", wire.encode_signal(wire.Command.DISCONNECT, identity))])
+            return
+        if frame.command == wire.Command.REPLY:
+            self.send(self.broker.handle_reply(frame, now))
+
+    def run(self, signals: ShutdownSignals, notifier: Notifier) -> None:
+        notifier.ready(f"frontend {self.config.colony_frontend}")
+        log.info("coral-colonyd %s ready: frontend %s, backend %s", __version__, self.config.colony_frontend,
+                 self.config.colony_backend)
+        poller = zmq.Poller()
+        poller.register(self.frontend, zmq.POLLIN)
+        poller.register(self.backend, zmq.POLLIN)
+        try:
+            while not signals.requested:
+                ready = dict(poller.poll(int(TICK_SECONDS * 1000)))
+                now = time.monotonic()
+                if self.backend in ready:
+                    self.on_backend(now)
+                if self.frontend in ready:
+                    self.on_frontend(now)
+                self.send(self.broker.tick(now))
+                notifier.watchdog(now)
+        finally:
+            notifier.stopping()
+            log.info("stopping (%s)", signals.signal_name or "shutdown")
+            self.frontend.close(linger=0)
+            self.backend.close(linger=0)
+            unlink_ipc(self.config.colony_frontend)
+            unlink_ipc(self.config.colony_backend)
+            self.store.close()
+            self.context.term()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="coral-colonyd", description="Coral colony: sessions, routing, audit.")
+    parser.add_argument("--config", help="configuration file (default: $CORAL_CONFIG or /etc/coral/coral.toml)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"coral-colonyd: {exc}", file=sys.stderr)
+        return 1
+    ensure_dir(config.runtime_dir, 0o755)
+    ensure_dir(config.state_dir, 0o750)
+    lock = DaemonLock(config.runtime_dir / "colony.lock")
+    try:
+        lock.acquire()
+    except RuntimeError as exc:
+        print(f"coral-colonyd: {exc}", file=sys.stderr)
+        return 1
+    signals = ShutdownSignals()
+    signals.install()
+    try:
+        Colony(config).run(signals, Notifier())
+    except (zmq.ZMQError, OSError) as exc:
+        log.error("fatal: %s", exc)
+        return 1
+    finally:
+        lock.release()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""colony.duckdb: sessions and the audit log. The colony is the only writer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from coral.proto import coral_pb2 as pb
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id VARCHAR PRIMARY KEY, service VARCHAR, agent_id VARCHAR, status VARCHAR,
+    expires_ns BIGINT, started_ns BIGINT, session BLOB
+);
+CREATE TABLE IF NOT EXISTS audit (
+    ts_ns BIGINT, who VARCHAR, peer_pid INTEGER, method VARCHAR, service VARCHAR, function VARCHAR,
+    session_id VARCHAR, outcome VARCHAR, detail VARCHAR
+);
+"""
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    ts_ns: int
+    who: str
+    peer_pid: int
+    method: str
+    service: str
+    function: str
+    session_id: str
+    outcome: str  # "OK" or an error code
+    detail: str
+
+
+class ColonyStore:
+    def __init__(self, path: Path) -> None:
+        self._db = duckdb.connect(str(path))
+        self._db.execute(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def audit(self, row: AuditRow) -> None:
+        self._db.execute("INSERT INTO audit VALUES (?,?,?,?,?,?,?,?,?)",
+                         [row.ts_ns, row.who, row.peer_pid, row.method, row.service, row.function, row.session_id,
+                          row.outcome, row.detail])
+
+    def audit_rows(self, since_ns: int = 0) -> list[AuditRow]:
+        rows = self._db.execute("SELECT * FROM audit WHERE ts_ns >= ? ORDER BY ts_ns", [since_ns]).fetchall()
+        return [AuditRow(*r) for r in rows]
+
+    def save_session(self, s: pb.DebugSession) -> None:
+        self._db.execute("INSERT OR REPLACE INTO sessions VALUES (?,?,?,?,?,?,?)",
+                         [s.session_id, s.service, s.agent_id, s.status, s.expires_unix_ns, s.started_unix_ns,
+                          s.SerializeToString()])
+
+    def session(self, session_id: str) -> pb.DebugSession | None:
+        row = self._db.execute("SELECT session FROM sessions WHERE session_id = ?", [session_id]).fetchone()
+        return pb.DebugSession.FromString(row[0]) if row else None
+
+    def sessions(self, service: str = "", active_only: bool = False) -> list[pb.DebugSession]:
+        sql, params = "SELECT session FROM sessions WHERE 1=1", []
+        if service:
+            sql += " AND service = ?"
+            params.append(service)
+        if active_only:
+            sql += " AND status = 'active'"
+        rows = self._db.execute(sql + " ORDER BY started_ns", params).fetchall()
+        return [pb.DebugSession.FromString(r[0]) for r in rows]
+
+    def due_for_expiry(self, now_ns: int) -> list[pb.DebugSession]:
+        rows = self._db.execute("SELECT session FROM sessions WHERE status = 'active' AND expires_ns <= ?", [now_ns]).fetchall()
+        return [pb.DebugSession.FromString(r[0]) for r in rows]

@@ -1,0 +1,275 @@
+"""coralctl: the Coral CLI. Talks to the colony, or to the local agent with
+--local. Every command has --output json (JSON Lines) for scripts.
+
+Exit codes: 0 success; 1 the request was refused or failed (the message
+says why); 2 bad usage; 3 the colony or agent could not be reached;
+130 interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, cast
+
+from google.protobuf.message import Message
+
+from coral.ctl import render
+from coral.daemon.client import Client, Unreachable
+from coral.daemon.config import Config, ConfigError, load_config
+from coral.daemon.errors import CoralError
+from coral.proto import coral_pb2 as pb
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+FOLLOW_INTERVAL = 0.2  # seconds between event polls while a session runs
+PAGE = 1000
+
+
+class Output:
+    def __init__(self, json_mode: bool) -> None:
+        self.json = json_mode
+
+    def line(self, text: str) -> None:
+        print(text, flush=True)
+
+    def record(self, obj: dict[str, Any]) -> None:
+        print(json.dumps(obj, separators=(",", ":")), flush=True)
+
+
+def duration_arg(text: str) -> float:
+    try:
+        return render.parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return int(text)
+
+
+GLOBAL_DEFAULTS = {"local": False, "endpoint": None, "output": "text", "timeout": 10.0, "config": None}
+
+
+def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    """The same options before or after the command: `coralctl --output json
+    services` and `coralctl services --output json` both work."""
+    d: Any = (lambda _: argparse.SUPPRESS) if suppress else GLOBAL_DEFAULTS.get
+    parser.add_argument("--local", action="store_true", default=d("local"), help="talk to the local agent instead of the colony")
+    parser.add_argument("--endpoint", default=d("endpoint"), help="endpoint to talk to (default: from the configuration)")
+    parser.add_argument("--output", choices=["text", "json"], default=d("output"), help="text for people, json (JSON Lines) for tools")
+    parser.add_argument("--timeout", type=duration_arg, default=d("timeout"), help="how long to wait for a reply (default 10s)")
+    parser.add_argument("--config", default=d("config"), help="configuration file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="coralctl", description="Live-debug functions of running services.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    _global_options(p, suppress=False)
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, suppress=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("ping", help="check the colony (or agent) answers", parents=[common])
+    sub.add_parser("services", help="list services that opted in", parents=[common])
+    f = sub.add_parser("functions", help="list a service's functions", parents=[common])
+    f.add_argument("service")
+    f.add_argument("--pattern", default="", help="glob, e.g. 'validate_*'")
+    debug = sub.add_parser("debug", help="debug sessions").add_subparsers(dest="debug_command", required=True, metavar="SUBCOMMAND")
+    a = debug.add_parser("attach", help="probe a function and stream its calls", parents=[common],
+                         epilog="example: coralctl debug attach payments --function validate_card --duration 90s --capture-args")
+    a.add_argument("service")
+    a.add_argument("--function", required=True)
+    a.add_argument("--duration", type=duration_arg, default=60.0, help="90s, 5m, 1m30s (default 60s, at most 600s)")
+    a.add_argument("--capture-args", action="store_true")
+    a.add_argument("--capture-return", action="store_true")
+    a.add_argument("--sample-rate", type=positive_int, default=1, help="report every Nth call")
+    a.add_argument("--max-events", type=positive_int, default=0, help="stop storing after N events")
+    s = debug.add_parser("sessions", help="list debug sessions", parents=[common])
+    s.add_argument("--active", action="store_true", help="only active sessions")
+    s.add_argument("--service", default="")
+    e = debug.add_parser("events", help="show a session's events", parents=[common])
+    e.add_argument("session")
+    e.add_argument("--since", type=duration_arg, default=0.0, help="only the last 5m, 1h, ...")
+    d = debug.add_parser("detach", help="end a session now", parents=[common])
+    d.add_argument("session")
+    return p
+
+
+class Ctl:
+    def __init__(self, args: argparse.Namespace, config: Config) -> None:
+        self.args = args
+        self.out = Output(args.output == "json")
+        endpoint = args.endpoint or (config.agent_endpoint if args.local else config.colony_frontend)
+        self.target = "agent" if args.local else "colony"
+        self.client = Client(endpoint, args.timeout, max_message_bytes=config.limits.max_message_bytes)
+
+    def call(self, method: str, request: Message) -> Any:
+        return self.client.call(method, request)
+
+    def ping(self) -> int:
+        r = cast(pb.PingResponse, self.call("Ping", pb.PingRequest()))
+        if self.out.json:
+            self.out.record(render.to_dict(r))
+        else:
+            self.out.line(f"{r.daemon or self.target} answers at {self.client.endpoint}")
+        return EXIT_OK
+
+    def services(self) -> int:
+        r = cast(pb.ListServicesResponse, self.call("ListServices", pb.ListServicesRequest()))
+        if self.out.json:
+            for svc in r.services:
+                self.out.record(render.to_dict(svc))
+            return EXIT_OK
+        if not r.services:
+            self.out.line("No services registered. Start one under coral-run, or with coral.sdk.init().")
+        else:
+            self.out.line(f"{'SERVICE':<24} {'PID':>8}  {'KIND':<7} {'AGENT':<16} EXECUTABLE")
+            for svc in r.services:
+                self.out.line(f"{svc.service:<24} {svc.pid:>8}  {svc.kind:<7} {svc.agent_id:<16} {svc.executable}")
+        return EXIT_OK
+
+    def functions(self) -> int:
+        r = cast(pb.ListFunctionsResponse, self.call(
+            "ListFunctions", pb.ListFunctionsRequest(service=self.args.service, pattern=self.args.pattern)))
+        for name in r.functions:
+            self.out.record({"function": name}) if self.out.json else self.out.line(name)
+        if r.truncated and not self.out.json:
+            self.out.line("(more functions match; narrow with --pattern)")
+        return EXIT_OK
+
+    def attach(self) -> int:
+        a = self.args
+        cfg = pb.UprobeConfig(capture_args=a.capture_args, capture_return=a.capture_return,
+                              sample_rate=a.sample_rate, max_events=a.max_events)
+        r = cast(pb.AttachUprobeResponse, self.call("AttachUprobe", pb.AttachUprobeRequest(
+            service=a.service, function=a.function, duration_ms=max(1, round(a.duration * 1000)), config=cfg)))
+        session = r.session
+        if self.out.json:
+            self.out.record({"kind": "session", **render.to_dict(session)})
+        else:
+            captures = [w for w, on in (("arguments", a.capture_args), ("return values", a.capture_return)) if on]
+            self.out.line(f"Debug session {session.session_id} started: {session.service} {session.function} "
+                          f"(pids {', '.join(map(str, session.pids))}, {session.probes} probes)")
+            self.out.line(f"Duration: {render.format_ns(session.expires_unix_ns - session.started_unix_ns)}"
+                          + (f"; capturing {' and '.join(captures)}" if captures else "") + ". Ctrl-C detaches.")
+        durations: list[int] = []
+        final = self._follow(session.session_id, lambda ev: durations.append(ev.duration_ns) if ev.event_type == "return" else None)
+        summary = render.summarize(durations)
+        if self.out.json:
+            self.out.record(render.summary_dict(summary, final))
+        else:
+            reason = f" ({final.status_reason})" if final.status_reason else ""
+            self.out.line(f"Session {final.session_id} {final.status}{reason}. {final.event_count} events.")
+            for line in render.format_summary(summary, final):
+                self.out.line(line)
+        return EXIT_OK
+
+    def _follow(self, session_id: str, seen: Callable[[pb.UprobeEvent], None]) -> pb.DebugSession:
+        """Print events as they arrive until the session has ended and all
+        its events are shown. Ctrl-C detaches the session, then drains."""
+        cursor = 0
+        detached = False
+        while True:
+            try:
+                q = cast(pb.QueryUprobeEventsResponse, self.call(
+                    "QueryUprobeEvents", pb.QueryUprobeEventsRequest(session_id=session_id, cursor=cursor, max_events=PAGE)))
+                for ev in q.events:
+                    seen(ev)
+                    self._print_event(ev)
+                cursor = q.next_cursor
+                if q.session.status != "active" and not q.has_more:
+                    return q.session
+                if not q.has_more:
+                    time.sleep(FOLLOW_INTERVAL)
+            except KeyboardInterrupt:
+                if detached:
+                    raise
+                detached = True
+                self.call("DetachUprobe", pb.DetachUprobeRequest(session_id=session_id))
+
+    def _print_event(self, ev: pb.UprobeEvent) -> None:
+        if self.out.json:
+            self.out.record({"kind": "event", **render.to_dict(ev)})
+        else:
+            for line in render.format_event(ev):
+                self.out.line(line)
+
+    def sessions(self) -> int:
+        r = cast(pb.ListDebugSessionsResponse, self.call(
+            "ListDebugSessions", pb.ListDebugSessionsRequest(service=self.args.service, active_only=self.args.active)))
+        if self.out.json:
+            for s in r.sessions:
+                self.out.record(render.to_dict(s))
+            return EXIT_OK
+        if not r.sessions:
+            self.out.line("No debug sessions.")
+            return EXIT_OK
+        self.out.line(f"{'SESSION':<18} {'SERVICE':<16} {'FUNCTION':<24} {'AGENT':<12} {'STARTED':<12} {'STATUS'}")
+        for s in r.sessions:
+            status = s.status + (f" ({s.status_reason})" if s.status_reason else "")
+            self.out.line(f"{s.session_id:<18} {s.service:<16} {s.function:<24} {s.agent_id:<12} "
+                          f"{render.clock(s.started_unix_ns):<12} {status}")
+        return EXIT_OK
+
+    def events(self) -> int:
+        since = time.time_ns() - int(self.args.since * 1e9) if self.args.since else 0
+        cursor, durations = 0, []
+        while True:
+            q = cast(pb.QueryUprobeEventsResponse, self.call("QueryUprobeEvents", pb.QueryUprobeEventsRequest(
+                session_id=self.args.session, cursor=cursor, since_unix_ns=since, max_events=PAGE)))
+            for ev in q.events:
+                if ev.event_type == "return":
+                    durations.append(ev.duration_ns)
+                self._print_event(ev)
+            cursor = q.next_cursor
+            if not q.has_more:
+                break
+        summary = render.summarize(durations)
+        if self.out.json:
+            self.out.record(render.summary_dict(summary, q.session))
+        else:
+            for line in render.format_summary(summary, q.session):
+                self.out.line(line)
+        return EXIT_OK
+
+    def detach(self) -> int:
+        r = cast(pb.DetachUprobeResponse, self.call("DetachUprobe", pb.DetachUprobeRequest(session_id=self.args.session)))
+        if self.out.json:
+            self.out.record(render.to_dict(r.session))
+        else:
+            self.out.line(f"Session {r.session.session_id} {r.session.status}.")
+        return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"coralctl: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    ctl = Ctl(args, config)
+    command = args.debug_command if args.command == "debug" else args.command
+    run = {"ping": ctl.ping, "services": ctl.services, "functions": ctl.functions, "attach": ctl.attach,
+           "sessions": ctl.sessions, "events": ctl.events, "detach": ctl.detach}[command]
+    try:
+        return run()
+    except Unreachable as exc:
+        hint = ("is coral-agentd running?" if args.local else
+                "is coral-colonyd running? (use --local to talk to this host's agent directly)")
+        print(f"coralctl: cannot reach the {ctl.target}: {exc.message}; {hint}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except CoralError as exc:
+        print(f"coralctl: {exc.message}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    finally:
+        ctl.client.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

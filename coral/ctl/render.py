@@ -1,0 +1,126 @@
+"""Pure helpers for coralctl: durations in, lines and JSON out, summaries."""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from google.protobuf.message import Message
+
+from coral.proto import coral_pb2 as pb
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '5m', '1m30s', '500ms', or a bare number of seconds -> seconds."""
+    t = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", t):
+        return float(t)
+    pos, total = 0, 0.0
+    for m in _DURATION_PART.finditer(t):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+        pos = m.end()
+    if pos != len(t) or not t:
+        raise ValueError(f"invalid duration {text!r}: use forms like 90s, 5m, 1m30s or 500ms")
+    return total
+
+
+def format_ns(ns: float) -> str:
+    """A duration for humans: 850ns, 12.5µs, 22.0ms, 1.25s."""
+    if ns < 1_000:
+        return f"{ns:.0f}ns"
+    if ns < 1_000_000:
+        return f"{ns / 1_000:.1f}µs"
+    if ns < 1_000_000_000:
+        return f"{ns / 1_000_000:.1f}ms"
+    return f"{ns / 1_000_000_000:.2f}s"
+
+
+def clock(unix_ns: int) -> str:
+    t = unix_ns / 1e9
+    return time.strftime("%H:%M:%S", time.localtime(t)) + f".{int(unix_ns // 1_000_000 % 1000):03d}"
+
+
+def format_event(ev: pb.UprobeEvent) -> list[str]:
+    head = f"[{clock(ev.timestamp_unix_ns)}] {ev.event_type.upper():<7} pid={ev.pid} tid={ev.tid}"
+    if ev.event_type == "return":
+        head += f" duration={format_ns(ev.duration_ns)}"
+    lines = [head]
+    if ev.args:
+        lines.append("  args: " + ", ".join(f"{a.name}={a.value}" for a in ev.args))
+    if ev.HasField("return_value") and (ev.return_value.value or ev.return_value.is_error):
+        rv = ev.return_value
+        lines.append(f"  └─ error: {rv.error_message!r}" if rv.is_error else f"  └─ return: {rv.value}")
+    return lines
+
+
+@dataclass(frozen=True)
+class Summary:
+    calls: int
+    avg_ns: float
+    p50_ns: int
+    p95_ns: int
+    p99_ns: int
+    max_ns: int
+
+
+def percentile(sorted_values: Sequence[int], p: float) -> int:
+    """Nearest-rank percentile of an already sorted list."""
+    if not sorted_values:
+        return 0
+    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def summarize(durations_ns: Sequence[int]) -> Summary:
+    values = sorted(durations_ns)
+    if not values:
+        return Summary(0, 0.0, 0, 0, 0, 0)
+    return Summary(len(values), sum(values) / len(values), percentile(values, 50), percentile(values, 95),
+                   percentile(values, 99), values[-1])
+
+
+def format_summary(s: Summary, session: pb.DebugSession) -> list[str]:
+    lines = [
+        "Summary:",
+        f"  Total calls:  {s.calls}",
+        f"  Avg duration: {format_ns(s.avg_ns)}",
+        f"  P50 duration: {format_ns(s.p50_ns)}",
+        f"  P95 duration: {format_ns(s.p95_ns)}",
+        f"  P99 duration: {format_ns(s.p99_ns)}",
+        f"  Max duration: {format_ns(s.max_ns)}",
+    ]
+    lost = {k: v for k, v in session.lost.items() if v}
+    if lost:
+        lines.append("  Events not shown: " + ", ".join(f"{n} {cause}" for cause, n in sorted(lost.items())))
+    return lines
+
+
+def summary_dict(s: Summary, session: pb.DebugSession) -> dict[str, Any]:
+    return {"kind": "summary", "session_id": session.session_id, "status": session.status,
+            "status_reason": session.status_reason, **asdict(s), "lost": dict(session.lost)}
+
+
+def to_dict(msg: Message) -> dict[str, Any]:
+    """Every field under its proto name, 64-bit integers as JSON numbers
+    (unlike protobuf's JSON mapping, which makes them strings)."""
+    out: dict[str, Any] = {}
+    for fd in msg.DESCRIPTOR.fields:
+        value = getattr(msg, fd.name)
+        if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+            out[fd.name] = dict(value)
+        elif fd.is_repeated:
+            out[fd.name] = [to_dict(v) if fd.message_type else v for v in value]
+        elif fd.message_type is not None:
+            out[fd.name] = to_dict(value) if msg.HasField(fd.name) else None
+        else:
+            out[fd.name] = value
+    return out

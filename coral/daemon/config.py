@@ -1,0 +1,166 @@
+"""Configuration: etc/coral.toml (or $CORAL_CONFIG) into frozen dataclasses.
+
+Every key is optional. An unknown key or a value of the wrong type is a
+``ConfigError`` whose message names the file, the key and the expected type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG_PATH = "/etc/coral/coral.toml"
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    runtime_dir: str = "/run/coral"
+    state_dir: str = "/var/lib/coral"
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_message_bytes: int = 4 * 1024 * 1024
+    request_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class SessionsConfig:
+    default_duration: int = 60
+    max_duration: int = 600
+    max_sessions_per_agent: int = 64
+    max_events_per_session: int = 100_000
+    ring_buffer_pages: int = 256
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    id: str = ""
+    colony_endpoint: str = ""
+    heartbeat_interval: float = 1.0
+    heartbeat_liveness: int = 3
+    poll_interval: float = 0.05
+    flush_interval: float = 0.2
+
+
+@dataclass(frozen=True)
+class ColonyConfig:
+    frontend_endpoint: str = ""
+    backend_endpoint: str = ""
+    heartbeat_interval: float = 1.0
+    heartbeat_liveness: int = 3
+
+
+@dataclass(frozen=True)
+class Config:
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    sessions: SessionsConfig = field(default_factory=SessionsConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    colony: ColonyConfig = field(default_factory=ColonyConfig)
+    source: str = "(defaults)"
+
+    # Derived locations; environment variables win over the file.
+    @property
+    def runtime_dir(self) -> Path:
+        return Path(os.environ.get("CORAL_RUNTIME_DIR") or self.paths.runtime_dir)
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(os.environ.get("CORAL_STATE_DIR") or self.paths.state_dir)
+
+    @property
+    def agent_endpoint(self) -> str:
+        return f"ipc://{self.runtime_dir / 'agent.sock'}"
+
+    @property
+    def colony_frontend(self) -> str:
+        return self.colony.frontend_endpoint or f"ipc://{self.runtime_dir / 'colony.sock'}"
+
+    @property
+    def colony_backend(self) -> str:
+        return self.colony.backend_endpoint or f"ipc://{self.runtime_dir / 'colony-backend.sock'}"
+
+    @property
+    def agent_colony_endpoint(self) -> str:
+        return self.agent.colony_endpoint or self.colony_backend
+
+    @property
+    def process_socket_dir(self) -> Path:
+        return self.runtime_dir / "procs"
+
+
+_SECTION_TYPES = {
+    "paths": PathsConfig,
+    "limits": LimitsConfig,
+    "sessions": SessionsConfig,
+    "agent": AgentConfig,
+    "colony": ColonyConfig,
+}
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+_POSITIVE = {"max_message_bytes", "request_timeout", "default_duration", "max_duration", "max_sessions_per_agent",
+             "max_events_per_session", "ring_buffer_pages", "heartbeat_interval", "heartbeat_liveness",
+             "poll_interval", "flush_interval"}
+
+
+def _check_value(source: str, section: str, key: str, expected: type, value: Any) -> Any:
+    where = f"{source}: [{section}] {key}"
+    ok = isinstance(value, expected) and not (expected is int and isinstance(value, bool))
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        raise ConfigError(f"{where}: expected {_TYPE_NAMES[expected]}, got {value!r}")
+    if key in _POSITIVE and value <= 0:
+        raise ConfigError(f"{where}: must be greater than 0, got {value!r}")
+    if key == "ring_buffer_pages" and value & (value - 1):
+        raise ConfigError(f"{where}: must be a power of two, got {value!r}")
+    return value
+
+
+def parse_config(data: dict[str, Any], source: str) -> Config:
+    sections: dict[str, Any] = {}
+    for name, table in data.items():
+        cls = _SECTION_TYPES.get(name)
+        if cls is None:
+            raise ConfigError(f"{source}: unknown section [{name}] (known: {', '.join(_SECTION_TYPES)})")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: [{name}] must be a table")
+        types = {f.name: f.type for f in dataclasses.fields(cls)}
+        values = {}
+        for key, value in table.items():
+            if key not in types:
+                raise ConfigError(f"{source}: unknown key [{name}] {key} (known: {', '.join(types)})")
+            expected = {"int": int, "float": float, "str": str, "bool": bool}[types[key]]
+            values[key] = _check_value(source, name, key, expected, value)
+        sections[name] = cls(**values)
+    config = Config(**sections, source=source)
+    if config.sessions.default_duration > config.sessions.max_duration:
+        raise ConfigError(f"{source}: [sessions] default_duration exceeds max_duration")
+    return config
+
+
+def load_config(path: str | None = None) -> Config:
+    """Load $CORAL_CONFIG, or the given path, or /etc/coral/coral.toml if it
+    exists; otherwise the defaults."""
+    explicit = path or os.environ.get("CORAL_CONFIG")
+    chosen = explicit or DEFAULT_CONFIG_PATH
+    try:
+        with open(chosen, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"{chosen}: no such configuration file") from None
+        return Config()
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{chosen}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{chosen}: cannot read: {exc.strerror}") from None
+    return parse_config(data, chosen)

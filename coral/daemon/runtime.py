@@ -1,0 +1,145 @@
+"""What every Coral daemon shares: logging, sd_notify, signals, the lock
+that keeps two copies apart, and ipc sockets with the right permissions."""
+
+from __future__ import annotations
+
+import fcntl
+import grp
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+import sdnotify
+import zmq
+
+log = logging.getLogger(__name__)
+
+SOCKET_GROUP = "coral"
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Plain lines on stderr: the journal adds timestamps and the unit."""
+    level = logging.DEBUG if verbose or os.environ.get("CORAL_DEBUG") else logging.INFO
+    logging.basicConfig(stream=sys.stderr, level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+class Notifier:
+    """sd_notify: READY, STATUS, WATCHDOG (at half the interval systemd asks
+    for), STOPPING. A no-op when NOTIFY_SOCKET is unset."""
+
+    def __init__(self) -> None:
+        self._sd = sdnotify.SystemdNotifier()
+        usec = os.environ.get("WATCHDOG_USEC", "")
+        self.watchdog_interval = int(usec) / 2e6 if usec.isdigit() and int(usec) > 0 else 0.0
+        self._last_watchdog = 0.0
+
+    def send(self, state: str) -> None:
+        self._sd.notify(state)
+
+    def ready(self, status: str) -> None:
+        self.send(f"READY=1\nSTATUS={status}")
+
+    def status(self, status: str) -> None:
+        self.send(f"STATUS={status}")
+
+    def stopping(self) -> None:
+        self.send("STOPPING=1")
+
+    def watchdog(self, now: float) -> None:
+        if self.watchdog_interval and now - self._last_watchdog >= self.watchdog_interval:
+            self.send("WATCHDOG=1")
+            self._last_watchdog = now
+
+
+class ShutdownSignals:
+    """SIGTERM/SIGINT set ``requested``; the main loop drains and exits. A
+    second signal while draining exits at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal_name = ""
+
+    def install(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        if self.requested:
+            os._exit(1)
+        self.requested = True
+        self.signal_name = signal.Signals(signum).name
+
+
+class DaemonLock:
+    """An flock on <runtime_dir>/<name>.lock: a second copy of a daemon with
+    the same runtime directory refuses to start instead of stealing sockets."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            holder = self.path.read_text().strip() or "?"
+            raise RuntimeError(f"another instance (pid {holder}) holds {self.path}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(self._fd)
+            self._fd = None
+
+
+def ensure_dir(path: Path, mode: int) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        os.chmod(path, mode)
+    except PermissionError:
+        pass  # not ours to change (e.g. a shared /tmp directory); use as is
+
+
+def _coral_gid() -> int | None:
+    try:
+        return grp.getgrnam(SOCKET_GROUP).gr_gid
+    except KeyError:
+        return None
+
+
+def bind_socket(sock: zmq.Socket, endpoint: str) -> None:
+    """Bind; for ipc, replace a stale socket file (the daemon lock proves no
+    one else owns it) and admit only the owner and the coral group."""
+    if not endpoint.startswith("ipc://"):
+        sock.bind(endpoint)
+        return
+    path = Path(endpoint[len("ipc://") :])
+    path.unlink(missing_ok=True)
+    sock.bind(endpoint)
+    gid = _coral_gid()
+    if gid is not None and os.geteuid() == 0:
+        os.chown(path, 0, gid)
+    os.chmod(path, 0o660)
+
+
+def unlink_ipc(endpoint: str) -> None:
+    if endpoint.startswith("ipc://"):
+        Path(endpoint[len("ipc://") :]).unlink(missing_ok=True)
+
+
+def configure_socket(sock: zmq.Socket, max_message_bytes: int) -> None:
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+
+
+def monotonic() -> float:
+    return time.monotonic()

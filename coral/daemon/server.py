@@ -1,0 +1,122 @@
+"""Request dispatch shared by every Coral server socket: decode, check the
+allow-list, call a plain handler, encode the reply or the error. Handlers
+take a decoded request and a Peer and return a response message; they know
+nothing of sockets."""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+from google.protobuf.message import Message
+
+from coral.daemon import wire
+from coral.daemon.errors import BadRequest, CoralError, UnknownMethod
+from coral.daemon.methods import METHODS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Who sent a message. On ipc, uid/gid/pid come from SO_PEERCRED."""
+
+    uid: int | None = None
+    gid: int | None = None
+    pid: int | None = None
+    key: str = ""  # CURVE public key (z85) on tcp
+
+    @property
+    def who(self) -> str:
+        if self.key:
+            return f"key:{self.key}"
+        if self.uid is None:
+            return "unknown"
+        return f"uid:{self.uid}"
+
+
+def peer_from_address(address: str | None) -> Peer:
+    """Parse libzmq's Peer-Address property. For ipc it is
+    ``<path or host>:UID:GID:PID`` (libzmq appends SO_PEERCRED)."""
+    if not address:
+        return Peer()
+    parts = address.rsplit(":", 3)
+    if len(parts) == 4 and all(p.isdigit() for p in parts[1:]):
+        return Peer(uid=int(parts[1]), gid=int(parts[2]), pid=int(parts[3]))
+    return Peer()
+
+
+# A handler takes its method's decoded request message (typed by the method
+# table) and the peer, and returns the response message.
+Handler = Callable[[Any, Peer], Message]
+
+
+class Dispatcher:
+    """Serves one socket's allow-listed methods with plain handlers."""
+
+    def __init__(self, handlers: dict[str, Handler], allowed: Iterable[str]) -> None:
+        allowed = frozenset(allowed)
+        missing = allowed - handlers.keys()
+        if missing:
+            raise ValueError(f"no handler for allowed methods: {sorted(missing)}")
+        self.handlers = {name: h for name, h in handlers.items() if name in allowed}
+        self.counters: collections.Counter[str] = collections.Counter()
+
+    def handle(self, frame: wire.Frame, peer: Peer) -> list[bytes]:
+        """Answer one REQUEST frame; never raises for bad input."""
+        self.counters["requests"] += 1
+        try:
+            response = self.call(frame.name, frame.body, peer)
+        except CoralError as err:
+            self.counters[f"errors.{err.code}"] += 1
+            return wire.encode_error(frame.request_id, err, frame.envelope)
+        except Exception:
+            log.exception("handler for %s failed", frame.name)
+            self.counters["errors.INTERNAL"] += 1
+            return wire.encode_error(frame.request_id, CoralError("internal error; see the daemon's log"), frame.envelope)
+        return wire.encode_reply(frame.request_id, response, frame.envelope)
+
+    def call(self, method: str, body: bytes, peer: Peer) -> Message:
+        handler = self.handlers.get(method)
+        if handler is None:
+            raise UnknownMethod(f"method {method!r} is not served here")
+        try:
+            request = wire.parse_body(METHODS[method].request, body)
+        except BadRequest:
+            self.counters["bad_requests"] += 1
+            raise
+        return handler(request, peer)
+
+    def bad_frame(self, exc: wire.FrameError, envelope: tuple[bytes, ...] = ()) -> list[bytes]:
+        """Count an unparseable message and build the BAD_REQUEST reply."""
+        self.counters["bad_frames"] += 1
+        log.debug("bad frame: %s", exc.reason)
+        return wire.encode_error(exc.request_id or b"?", BadRequest(f"bad frame: {exc.reason}"), envelope)
+
+
+def recv_with_peer(socket: zmq.Socket) -> tuple[list[bytes], Peer]:
+    """Receive a multipart message and the sender's credentials."""
+    frames = socket.recv_multipart(copy=False)
+    try:
+        address = frames[-1].get("Peer-Address")
+    except zmq.ZMQError:
+        address = None
+    return [f.bytes for f in frames], peer_from_address(address if isinstance(address, str) else None)
+
+
+def serve_rep_once(rep: zmq.Socket, dispatcher: Dispatcher) -> None:
+    """Serve one message on a REP socket: exactly one reply per receive,
+    whatever arrived (a REP that does not reply is stuck for good)."""
+    frames, peer = recv_with_peer(rep)
+    try:
+        frame = wire.decode([b"", *frames])  # REP strips the delimiter
+        if frame.command != wire.Command.REQUEST:
+            raise wire.FrameError(f"{frame.command.name} is not served on this socket")
+    except wire.FrameError as exc:
+        rep.send_multipart(dispatcher.bad_frame(exc)[1:])
+        return
+    rep.send_multipart(dispatcher.handle(frame, peer)[1:])

@@ -1,0 +1,142 @@
+"""Function metadata from an ELF file (pyelftools): symbols, file offsets,
+and, where DWARF is present, parameter names and types."""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Any
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+
+
+class ElfInfoError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Parameter:
+    name: str
+    type: str
+
+
+@dataclass(frozen=True)
+class FunctionInfo:
+    name: str
+    address: int  # st_value: link-time virtual address
+    size: int
+    file_offset: int
+    source_file: str = ""
+    source_line: int = 0
+    parameters: tuple[Parameter, ...] = ()
+    return_type: str = ""
+
+
+@dataclass
+class ElfFunctions:
+    """The functions of one ELF file, read once."""
+
+    path: str
+    symbols: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (address, size)
+    segments: list[tuple[int, int, int]] = field(default_factory=list)  # (vaddr, memsz, offset) of PT_LOAD
+    _dwarf_cache: dict[str, tuple[str, int, tuple[Parameter, ...], str]] | None = None
+
+    @classmethod
+    def load(cls, path: str) -> ElfFunctions:
+        try:
+            with open(path, "rb") as f:
+                elf = ElfFunctions(path)
+                ef = ELFFile(f)
+                elf.segments = [(s["p_vaddr"], s["p_memsz"], s["p_offset"]) for s in ef.iter_segments() if s["p_type"] == "PT_LOAD"]
+                for section_name in (".symtab", ".dynsym"):
+                    section = ef.get_section_by_name(section_name)
+                    if section is None:
+                        continue
+                    for sym in section.iter_symbols():
+                        if sym["st_info"]["type"] == "STT_FUNC" and sym["st_shndx"] != "SHN_UNDEF" and sym["st_size"] > 0 and sym.name:
+                            elf.symbols.setdefault(sym.name, (sym["st_value"], sym["st_size"]))
+                return elf
+        except (OSError, ELFError) as exc:
+            raise ElfInfoError(f"cannot read ELF file {path}: {exc}") from None
+
+    def file_offset(self, address: int) -> int:
+        for vaddr, memsz, offset in self.segments:
+            if vaddr <= address < vaddr + memsz:
+                return address - vaddr + offset
+        raise ElfInfoError(f"address {address:#x} is in no loadable segment of {self.path}")
+
+    def names(self, pattern: str = "") -> list[str]:
+        return sorted(n for n in self.symbols if not pattern or fnmatch.fnmatchcase(n, pattern))
+
+    def closest(self, name: str, n: int = 5) -> list[str]:
+        return difflib.get_close_matches(name, list(self.symbols), n=n, cutoff=0.5)
+
+    def function(self, name: str) -> FunctionInfo | None:
+        if name not in self.symbols:
+            return None
+        address, size = self.symbols[name]
+        source_file, source_line, params, ret = self._dwarf().get(name, ("", 0, (), ""))
+        return FunctionInfo(name, address, size, self.file_offset(address), source_file, source_line, params, ret)
+
+    def _dwarf(self) -> dict[str, tuple[str, int, tuple[Parameter, ...], str]]:
+        if self._dwarf_cache is None:
+            self._dwarf_cache = read_dwarf_signatures(self.path)
+        return self._dwarf_cache
+
+
+def _type_name(die: Any, depth: int = 0) -> str:
+    if die is None or depth > 8:
+        return "void"
+    name = die.attributes.get("DW_AT_name")
+    inner = die.get_DIE_from_attribute("DW_AT_type") if "DW_AT_type" in die.attributes else None
+    tag = die.tag
+    if tag == "DW_TAG_pointer_type":
+        return _type_name(inner, depth + 1) + " *"
+    if tag == "DW_TAG_const_type":
+        return "const " + _type_name(inner, depth + 1)
+    if tag == "DW_TAG_volatile_type":
+        return "volatile " + _type_name(inner, depth + 1)
+    if tag in ("DW_TAG_structure_type", "DW_TAG_union_type", "DW_TAG_enumeration_type"):
+        kind = tag[len("DW_TAG_") : -len("_type")].replace("structure", "struct")
+        return f"{kind} {name.value.decode() if name else '<anonymous>'}"
+    if name is not None:
+        return str(name.value.decode(errors="replace"))
+    return _type_name(inner, depth + 1) if inner is not None else "?"
+
+
+def read_dwarf_signatures(path: str) -> dict[str, tuple[str, int, tuple[Parameter, ...], str]]:
+    """name -> (source file, line, parameters, return type) for every defined
+    subprogram with DWARF info. Empty when the file has no DWARF."""
+    out: dict[str, tuple[str, int, tuple[Parameter, ...], str]] = {}
+    try:
+        with open(path, "rb") as f:
+            ef = ELFFile(f)
+            if not ef.has_dwarf_info():
+                return out
+            dwarf = ef.get_dwarf_info()
+            for cu in dwarf.iter_CUs():
+                line_program = dwarf.line_program_for_CU(cu)
+                files = line_program["file_entry"] if line_program else []
+                for die in cu.iter_DIEs():
+                    if die.tag != "DW_TAG_subprogram" or "DW_AT_name" not in die.attributes or "DW_AT_low_pc" not in die.attributes:
+                        continue
+                    name = die.attributes["DW_AT_name"].value.decode(errors="replace")
+                    params = tuple(
+                        Parameter(c.attributes["DW_AT_name"].value.decode(errors="replace") if "DW_AT_name" in c.attributes else f"arg{i}",
+                                  _type_name(c.get_DIE_from_attribute("DW_AT_type")) if "DW_AT_type" in c.attributes else "?")
+                        for i, c in enumerate(ch for ch in die.iter_children() if ch.tag == "DW_TAG_formal_parameter")
+                    )
+                    ret = _type_name(die.get_DIE_from_attribute("DW_AT_type")) if "DW_AT_type" in die.attributes else "void"
+                    file_index = die.attributes.get("DW_AT_decl_file")
+                    source = ""
+                    if file_index is not None and files:
+                        idx = file_index.value - (1 if cu.header["version"] < 5 else 0)
+                        if 0 <= idx < len(files):
+                            source = files[idx].name.decode(errors="replace")
+                    line = die.attributes["DW_AT_decl_line"].value if "DW_AT_decl_line" in die.attributes else 0
+                    out.setdefault(name, (source, line, params, ret))
+    except (OSError, ELFError, KeyError, ValueError) as exc:
+        raise ElfInfoError(f"cannot read DWARF of {path}: {exc}") from None
+    return out

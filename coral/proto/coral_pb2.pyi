@@ -1,0 +1,383 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Error(_message.Message):
+    __slots__ = ("code", "message", "suggestions")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    SUGGESTIONS_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    message: str
+    suggestions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., suggestions: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PingRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PingResponse(_message.Message):
+    __slots__ = ("daemon", "version", "pid", "agent_id", "counters")
+    class CountersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    DAEMON_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    COUNTERS_FIELD_NUMBER: _ClassVar[int]
+    daemon: str
+    version: str
+    pid: int
+    agent_id: str
+    counters: _containers.ScalarMap[str, int]
+    def __init__(self, daemon: _Optional[str] = ..., version: _Optional[str] = ..., pid: _Optional[int] = ..., agent_id: _Optional[str] = ..., counters: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class ServiceInstance(_message.Message):
+    __slots__ = ("service", "pid", "executable", "kind", "agent_id", "registered_unix_ns", "sdk_version", "runtime")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    EXECUTABLE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    SDK_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    pid: int
+    executable: str
+    kind: str
+    agent_id: str
+    registered_unix_ns: int
+    sdk_version: str
+    runtime: str
+    def __init__(self, service: _Optional[str] = ..., pid: _Optional[int] = ..., executable: _Optional[str] = ..., kind: _Optional[str] = ..., agent_id: _Optional[str] = ..., registered_unix_ns: _Optional[int] = ..., sdk_version: _Optional[str] = ..., runtime: _Optional[str] = ...) -> None: ...
+
+class AgentHello(_message.Message):
+    __slots__ = ("agent_id", "hostname", "services", "version", "heartbeat_interval_ms")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    hostname: str
+    services: _containers.RepeatedCompositeFieldContainer[ServiceInstance]
+    version: str
+    heartbeat_interval_ms: int
+    def __init__(self, agent_id: _Optional[str] = ..., hostname: _Optional[str] = ..., services: _Optional[_Iterable[_Union[ServiceInstance, _Mapping]]] = ..., version: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ...) -> None: ...
+
+class ListServicesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListServicesResponse(_message.Message):
+    __slots__ = ("services",)
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    services: _containers.RepeatedCompositeFieldContainer[ServiceInstance]
+    def __init__(self, services: _Optional[_Iterable[_Union[ServiceInstance, _Mapping]]] = ...) -> None: ...
+
+class RegisterProcessRequest(_message.Message):
+    __slots__ = ("service", "pid", "executable", "address", "kind", "sdk_version", "runtime")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    EXECUTABLE_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SDK_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    pid: int
+    executable: str
+    address: str
+    kind: str
+    sdk_version: str
+    runtime: str
+    def __init__(self, service: _Optional[str] = ..., pid: _Optional[int] = ..., executable: _Optional[str] = ..., address: _Optional[str] = ..., kind: _Optional[str] = ..., sdk_version: _Optional[str] = ..., runtime: _Optional[str] = ...) -> None: ...
+
+class RegisterProcessResponse(_message.Message):
+    __slots__ = ("registration_id", "heartbeat_interval_ms")
+    REGISTRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    registration_id: str
+    heartbeat_interval_ms: int
+    def __init__(self, registration_id: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ...) -> None: ...
+
+class UnregisterProcessRequest(_message.Message):
+    __slots__ = ("registration_id",)
+    REGISTRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    registration_id: str
+    def __init__(self, registration_id: _Optional[str] = ...) -> None: ...
+
+class UnregisterProcessResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ProcessHeartbeatRequest(_message.Message):
+    __slots__ = ("registration_id",)
+    REGISTRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    registration_id: str
+    def __init__(self, registration_id: _Optional[str] = ...) -> None: ...
+
+class ProcessHeartbeatResponse(_message.Message):
+    __slots__ = ("known",)
+    KNOWN_FIELD_NUMBER: _ClassVar[int]
+    known: bool
+    def __init__(self, known: _Optional[bool] = ...) -> None: ...
+
+class ListFunctionsRequest(_message.Message):
+    __slots__ = ("service", "pattern", "max_results")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    PATTERN_FIELD_NUMBER: _ClassVar[int]
+    MAX_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    pattern: str
+    max_results: int
+    def __init__(self, service: _Optional[str] = ..., pattern: _Optional[str] = ..., max_results: _Optional[int] = ...) -> None: ...
+
+class ListFunctionsResponse(_message.Message):
+    __slots__ = ("functions", "truncated")
+    FUNCTIONS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    functions: _containers.RepeatedScalarFieldContainer[str]
+    truncated: bool
+    def __init__(self, functions: _Optional[_Iterable[str]] = ..., truncated: _Optional[bool] = ...) -> None: ...
+
+class GetFunctionMetadataRequest(_message.Message):
+    __slots__ = ("function",)
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    function: str
+    def __init__(self, function: _Optional[str] = ...) -> None: ...
+
+class GetFunctionMetadataResponse(_message.Message):
+    __slots__ = ("metadata",)
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    metadata: FunctionMetadata
+    def __init__(self, metadata: _Optional[_Union[FunctionMetadata, _Mapping]] = ...) -> None: ...
+
+class FunctionMetadata(_message.Message):
+    __slots__ = ("name", "binary_path", "address", "file_offset", "size", "pid", "source_file", "source_line", "arguments", "return_values")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    BINARY_PATH_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    FILE_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FILE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_LINE_FIELD_NUMBER: _ClassVar[int]
+    ARGUMENTS_FIELD_NUMBER: _ClassVar[int]
+    RETURN_VALUES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    binary_path: str
+    address: int
+    file_offset: int
+    size: int
+    pid: int
+    source_file: str
+    source_line: int
+    arguments: _containers.RepeatedCompositeFieldContainer[ArgumentMetadata]
+    return_values: _containers.RepeatedCompositeFieldContainer[ReturnValueMetadata]
+    def __init__(self, name: _Optional[str] = ..., binary_path: _Optional[str] = ..., address: _Optional[int] = ..., file_offset: _Optional[int] = ..., size: _Optional[int] = ..., pid: _Optional[int] = ..., source_file: _Optional[str] = ..., source_line: _Optional[int] = ..., arguments: _Optional[_Iterable[_Union[ArgumentMetadata, _Mapping]]] = ..., return_values: _Optional[_Iterable[_Union[ReturnValueMetadata, _Mapping]]] = ...) -> None: ...
+
+class ArgumentMetadata(_message.Message):
+    __slots__ = ("name", "type", "location")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    LOCATION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    type: str
+    location: str
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., location: _Optional[str] = ...) -> None: ...
+
+class ReturnValueMetadata(_message.Message):
+    __slots__ = ("name", "type", "location")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    LOCATION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    type: str
+    location: str
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., location: _Optional[str] = ...) -> None: ...
+
+class UprobeConfig(_message.Message):
+    __slots__ = ("capture_args", "capture_return", "sample_rate", "max_events")
+    CAPTURE_ARGS_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_RETURN_FIELD_NUMBER: _ClassVar[int]
+    SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    MAX_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    capture_args: bool
+    capture_return: bool
+    sample_rate: int
+    max_events: int
+    def __init__(self, capture_args: _Optional[bool] = ..., capture_return: _Optional[bool] = ..., sample_rate: _Optional[int] = ..., max_events: _Optional[int] = ...) -> None: ...
+
+class AttachUprobeRequest(_message.Message):
+    __slots__ = ("service", "function", "duration_ms", "config", "session_id")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    function: str
+    duration_ms: int
+    config: UprobeConfig
+    session_id: str
+    def __init__(self, service: _Optional[str] = ..., function: _Optional[str] = ..., duration_ms: _Optional[int] = ..., config: _Optional[_Union[UprobeConfig, _Mapping]] = ..., session_id: _Optional[str] = ...) -> None: ...
+
+class AttachUprobeResponse(_message.Message):
+    __slots__ = ("session",)
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    session: DebugSession
+    def __init__(self, session: _Optional[_Union[DebugSession, _Mapping]] = ...) -> None: ...
+
+class DetachUprobeRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class DetachUprobeResponse(_message.Message):
+    __slots__ = ("session",)
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    session: DebugSession
+    def __init__(self, session: _Optional[_Union[DebugSession, _Mapping]] = ...) -> None: ...
+
+class DebugSession(_message.Message):
+    __slots__ = ("session_id", "service", "function", "agent_id", "pids", "started_unix_ns", "expires_unix_ns", "ended_unix_ns", "status", "status_reason", "config", "event_count", "calls", "lost", "probes")
+    class LostEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PIDS_FIELD_NUMBER: _ClassVar[int]
+    STARTED_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    ENDED_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_REASON_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    EVENT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    LOST_FIELD_NUMBER: _ClassVar[int]
+    PROBES_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    service: str
+    function: str
+    agent_id: str
+    pids: _containers.RepeatedScalarFieldContainer[int]
+    started_unix_ns: int
+    expires_unix_ns: int
+    ended_unix_ns: int
+    status: str
+    status_reason: str
+    config: UprobeConfig
+    event_count: int
+    calls: int
+    lost: _containers.ScalarMap[str, int]
+    probes: int
+    def __init__(self, session_id: _Optional[str] = ..., service: _Optional[str] = ..., function: _Optional[str] = ..., agent_id: _Optional[str] = ..., pids: _Optional[_Iterable[int]] = ..., started_unix_ns: _Optional[int] = ..., expires_unix_ns: _Optional[int] = ..., ended_unix_ns: _Optional[int] = ..., status: _Optional[str] = ..., status_reason: _Optional[str] = ..., config: _Optional[_Union[UprobeConfig, _Mapping]] = ..., event_count: _Optional[int] = ..., calls: _Optional[int] = ..., lost: _Optional[_Mapping[str, int]] = ..., probes: _Optional[int] = ...) -> None: ...
+
+class ListDebugSessionsRequest(_message.Message):
+    __slots__ = ("service", "active_only")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    active_only: bool
+    def __init__(self, service: _Optional[str] = ..., active_only: _Optional[bool] = ...) -> None: ...
+
+class ListDebugSessionsResponse(_message.Message):
+    __slots__ = ("sessions",)
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    sessions: _containers.RepeatedCompositeFieldContainer[DebugSession]
+    def __init__(self, sessions: _Optional[_Iterable[_Union[DebugSession, _Mapping]]] = ...) -> None: ...
+
+class QueryUprobeEventsRequest(_message.Message):
+    __slots__ = ("session_id", "cursor", "since_unix_ns", "until_unix_ns", "max_events")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    SINCE_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    MAX_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    cursor: int
+    since_unix_ns: int
+    until_unix_ns: int
+    max_events: int
+    def __init__(self, session_id: _Optional[str] = ..., cursor: _Optional[int] = ..., since_unix_ns: _Optional[int] = ..., until_unix_ns: _Optional[int] = ..., max_events: _Optional[int] = ...) -> None: ...
+
+class QueryUprobeEventsResponse(_message.Message):
+    __slots__ = ("events", "next_cursor", "has_more", "session")
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    HAS_MORE_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[UprobeEvent]
+    next_cursor: int
+    has_more: bool
+    session: DebugSession
+    def __init__(self, events: _Optional[_Iterable[_Union[UprobeEvent, _Mapping]]] = ..., next_cursor: _Optional[int] = ..., has_more: _Optional[bool] = ..., session: _Optional[_Union[DebugSession, _Mapping]] = ...) -> None: ...
+
+class UprobeEvent(_message.Message):
+    __slots__ = ("timestamp_unix_ns", "session_id", "agent_id", "service", "function", "event_type", "duration_ns", "pid", "tid", "args", "return_value", "seq")
+    TIMESTAMP_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    DURATION_NS_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    TID_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    RETURN_VALUE_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    timestamp_unix_ns: int
+    session_id: str
+    agent_id: str
+    service: str
+    function: str
+    event_type: str
+    duration_ns: int
+    pid: int
+    tid: int
+    args: _containers.RepeatedCompositeFieldContainer[FunctionArgument]
+    return_value: FunctionReturnValue
+    seq: int
+    def __init__(self, timestamp_unix_ns: _Optional[int] = ..., session_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., service: _Optional[str] = ..., function: _Optional[str] = ..., event_type: _Optional[str] = ..., duration_ns: _Optional[int] = ..., pid: _Optional[int] = ..., tid: _Optional[int] = ..., args: _Optional[_Iterable[_Union[FunctionArgument, _Mapping]]] = ..., return_value: _Optional[_Union[FunctionReturnValue, _Mapping]] = ..., seq: _Optional[int] = ...) -> None: ...
+
+class FunctionArgument(_message.Message):
+    __slots__ = ("name", "type", "value")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    type: str
+    value: str
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+
+class FunctionReturnValue(_message.Message):
+    __slots__ = ("type", "value", "is_error", "error_message")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    IS_ERROR_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    value: str
+    is_error: bool
+    error_message: str
+    def __init__(self, type: _Optional[str] = ..., value: _Optional[str] = ..., is_error: _Optional[bool] = ..., error_message: _Optional[str] = ...) -> None: ...

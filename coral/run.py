@@ -1,0 +1,152 @@
+"""coral-run: launch a native program as a child and opt it in to Coral.
+
+    coral-run --service payments -- ./payments --port 8080
+
+It registers the child with the local agent, answers function metadata from
+the child's ELF/DWARF on its own ipc socket, forwards signals, and exits
+with the child's status when the child ends."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import zmq
+
+from coral import __version__
+from coral.daemon.config import Config, ConfigError, load_config
+from coral.daemon.errors import InvalidArgument, NotFound
+from coral.daemon.methods import PROCESS_METHODS
+from coral.daemon.runtime import Notifier, bind_socket, configure_socket, ensure_dir, setup_logging, unlink_ipc
+from coral.daemon.server import Dispatcher, Peer, serve_rep_once
+from coral.elfinfo import ElfFunctions, ElfInfoError
+from coral.proto import coral_pb2 as pb
+from coral.sdk.registration import AgentRegistration
+
+log = logging.getLogger("coral.run")
+
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+MAX_LIST = 10_000
+
+
+class NativeMetadata:
+    """Answers the process API for one native child process."""
+
+    def __init__(self, pid: int, executable: str, elf: ElfFunctions) -> None:
+        self.pid = pid
+        self.executable = executable
+        self.elf = elf
+
+    def ping(self, req: pb.PingRequest, peer: Peer) -> pb.PingResponse:
+        return pb.PingResponse(daemon="coral-run", version=__version__, pid=os.getpid())
+
+    def list_functions(self, req: pb.ListFunctionsRequest, peer: Peer) -> pb.ListFunctionsResponse:
+        limit = min(req.max_results or MAX_LIST, MAX_LIST)
+        names = self.elf.names(req.pattern)
+        return pb.ListFunctionsResponse(functions=names[:limit], truncated=len(names) > limit)
+
+    def function_metadata(self, req: pb.GetFunctionMetadataRequest, peer: Peer) -> pb.GetFunctionMetadataResponse:
+        if not req.function:
+            raise InvalidArgument("a function name is required")
+        try:
+            info = self.elf.function(req.function)
+        except ElfInfoError as exc:
+            raise InvalidArgument(str(exc)) from None
+        if info is None:
+            raise NotFound(f"no function {req.function!r} in {self.executable}", self.elf.closest(req.function))
+        meta = pb.FunctionMetadata(
+            name=info.name, binary_path=self.executable, address=info.address, file_offset=info.file_offset,
+            size=info.size, pid=self.pid, source_file=info.source_file, source_line=info.source_line,
+            arguments=[pb.ArgumentMetadata(name=p.name, type=p.type, location=f"reg{i}") for i, p in enumerate(info.parameters)],
+        )
+        if info.return_type:
+            meta.return_values.append(pb.ReturnValueMetadata(type=info.return_type, location="rax"))
+        return pb.GetFunctionMetadataResponse(metadata=meta)
+
+
+def exit_status(returncode: int) -> int:
+    """A child killed by signal N exits the launcher with 128 + N, as shells do."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="coral-run", description="Run a native program opted in to Coral live debugging.",
+        epilog="example: coral-run --service payments -- ./payments --port 8080",
+    )
+    parser.add_argument("--service", required=True, help="service name the program is debugged under")
+    parser.add_argument("--config", help="configuration file")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- PROGRAM [ARGS...]")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("no program given: coral-run --service NAME -- PROGRAM [ARGS...]")
+    setup_logging(args.verbose)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"coral-run: {exc}", file=sys.stderr)
+        return 2
+    try:
+        child = subprocess.Popen(command)
+    except OSError as exc:
+        print(f"coral-run: cannot start {command[0]}: {exc.strerror}", file=sys.stderr)
+        return 127
+    return supervise(child, args.service, config)
+
+
+def supervise(child: subprocess.Popen[bytes], service: str, config: Config) -> int:
+    forward = lambda signum, _frame: child.send_signal(signum)  # noqa: E731
+    for sig in FORWARDED_SIGNALS:
+        signal.signal(sig, forward)
+    context = zmq.Context()
+    pidfd = os.pidfd_open(child.pid)
+    try:
+        executable = os.readlink(f"/proc/{child.pid}/exe")
+        elf = ElfFunctions.load(f"/proc/{child.pid}/exe")
+    except (OSError, ElfInfoError) as exc:
+        log.error("cannot read the program's ELF file (%s); it runs, but cannot be debugged", exc)
+        return exit_status(child.wait())
+    metadata = NativeMetadata(child.pid, executable, elf)
+    dispatcher = Dispatcher({"Ping": metadata.ping, "ListFunctions": metadata.list_functions,
+                             "GetFunctionMetadata": metadata.function_metadata}, PROCESS_METHODS)
+    ensure_dir(config.process_socket_dir, 0o1777)
+    address = f"ipc://{config.process_socket_dir / f'{child.pid}.sock'}"
+    rep = context.socket(zmq.REP)
+    configure_socket(rep, config.limits.max_message_bytes)
+    bind_socket(rep, address)
+    registration = AgentRegistration(config.agent_endpoint, pb.RegisterProcessRequest(
+        service=service, pid=child.pid, executable=executable, address=address, kind="native",
+        sdk_version=__version__, runtime="native"), context)
+    notifier = Notifier()
+    announced = False
+    try:
+        while True:
+            poller = zmq.Poller()
+            poller.register(rep, zmq.POLLIN)
+            poller.register(pidfd, zmq.POLLIN)
+            ready = dict(poller.poll(100))
+            if pidfd in ready:
+                break
+            if rep in ready:
+                serve_rep_once(rep, dispatcher)
+            if registration.tick(time.monotonic()) and not announced:
+                notifier.ready(f"{service}: pid {child.pid} registered")
+                announced = True
+    finally:
+        registration.unregister()
+        rep.close(linger=0)
+        unlink_ipc(address)
+        context.term()
+        os.close(pidfd)
+    return exit_status(child.wait())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Idempotent machine + project setup for Coral on Debian (run as root).
+#
+#   1. apt packages: BCC's Python bindings, kernel headers, a C compiler,
+#      the Python venv module, and the peers the tests compare against.
+#   2. /lib/modules/$(uname -r)/build and /source pointing at the installed
+#      headers, so BCC can compile BPF C for the running kernel.
+#   3. .venv built on Debian's python3 with system site-packages (that is
+#      where `import bcc` lives), with Coral installed in editable mode.
+#
+# Every step checks before it acts, so a second run only prints "ok" lines.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf 'setup: %s\n' "$*"; }
+
+APT_PACKAGES=(python3-bpfcc python3-venv python3-dev linux-headers-amd64 gcc make bpftool bpftrace tmux)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    say "missing apt packages: ${missing[*]} (run this script as root to install them)"; exit 1
+  fi
+  say "installing apt packages: ${missing[*]}"
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+else
+  say "ok: apt packages present"
+fi
+
+# Kernel headers for the running kernel. Debian's linux-headers-amd64 may be a
+# different version than a custom VM kernel; BCC only needs a consistent
+# header tree, and uprobe programs use no version-specific structures.
+kdir="/lib/modules/$(uname -r)"
+hdr=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -1 || true)
+common=$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -1 || true)
+if [ -z "$hdr" ]; then say "no /usr/src/linux-headers-*-amd64 after install"; exit 1; fi
+[ -n "$common" ] || common="$hdr"
+if [ -e "$kdir/build/Makefile" ] && [ -e "$kdir/source" ]; then
+  say "ok: $kdir/build -> $(readlink -f "$kdir/build")"
+else
+  if [ "$(id -u)" -ne 0 ]; then say "$kdir/build missing (run as root)"; exit 1; fi
+  mkdir -p "$kdir"
+  ln -sfn "$hdr" "$kdir/build"
+  ln -sfn "$common" "$kdir/source"
+  say "linked $kdir/build -> $hdr and $kdir/source -> $common"
+fi
+
+# BCC removes a uprobe through tracefs; without it mounted, detaching fails
+# after the perf event is closed. systemd machines mount it; minimal VMs may not.
+if ! grep -qs ' /sys/kernel/tracing tracefs ' /proc/mounts; then
+  if [ "$(id -u)" -ne 0 ]; then say "tracefs not mounted at /sys/kernel/tracing (run as root)"; exit 1; fi
+  mount -t tracefs tracefs /sys/kernel/tracing
+  say "mounted tracefs at /sys/kernel/tracing"
+else
+  say "ok: tracefs mounted"
+fi
+
+# The virtualenv: Debian's interpreter, because python3-bpfcc is built for it.
+PY=/usr/bin/python3
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys; sys.exit(0 if sys.base_prefix == "/usr" else 1)'; then
+  rm -rf .venv
+  say "creating .venv from $PY (with system site-packages, for bcc)"
+  "$PY" -m venv --system-site-packages .venv
+fi
+stamp=.venv/.coral-installed
+if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  say "installing coral and its dependencies into .venv"
+  # (grep hides pip's notes about absent local mirrors; pipefail keeps pip's status)
+  .venv/bin/python -m pip install -q --upgrade pip 2>&1 | { grep -v 'is ignored' || true; }
+  .venv/bin/python -m pip install -q -e '.[dev]' 2>&1 | { grep -v 'is ignored' || true; }
+  touch "$stamp"
+else
+  say "ok: .venv up to date"
+fi
+.venv/bin/python -c 'import bcc, zmq, duckdb, elftools, google.protobuf' \
+  && say "ok: import bcc, zmq, duckdb, elftools, protobuf in .venv"
