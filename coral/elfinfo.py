@@ -10,6 +10,7 @@ from typing import Any
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import SymbolTableSection
 
 
 class ElfInfoError(Exception):
@@ -49,13 +50,20 @@ class ElfFunctions:
             with open(path, "rb") as f:
                 elf = ElfFunctions(path)
                 ef = ELFFile(f)
-                elf.segments = [(s["p_vaddr"], s["p_memsz"], s["p_offset"]) for s in ef.iter_segments() if s["p_type"] == "PT_LOAD"]
+                elf.segments = [
+                    (s["p_vaddr"], s["p_memsz"], s["p_offset"]) for s in ef.iter_segments() if s["p_type"] == "PT_LOAD"
+                ]
                 for section_name in (".symtab", ".dynsym"):
                     section = ef.get_section_by_name(section_name)
-                    if section is None:
+                    if not isinstance(section, SymbolTableSection):
                         continue
                     for sym in section.iter_symbols():
-                        if sym["st_info"]["type"] == "STT_FUNC" and sym["st_shndx"] != "SHN_UNDEF" and sym["st_size"] > 0 and sym.name:
+                        if (
+                            sym["st_info"]["type"] == "STT_FUNC"
+                            and sym["st_shndx"] != "SHN_UNDEF"
+                            and sym["st_size"] > 0
+                            and sym.name
+                        ):
                             elf.symbols.setdefault(sym.name, (sym["st_value"], sym["st_size"]))
                 return elf
         except (OSError, ELFError) as exc:
@@ -120,12 +128,20 @@ def read_dwarf_signatures(path: str) -> dict[str, tuple[str, int, tuple[Paramete
                 line_program = dwarf.line_program_for_CU(cu)
                 files = line_program["file_entry"] if line_program else []
                 for die in cu.iter_DIEs():
-                    if die.tag != "DW_TAG_subprogram" or "DW_AT_name" not in die.attributes or "DW_AT_low_pc" not in die.attributes:
+                    if (
+                        die.tag != "DW_TAG_subprogram"
+                        or "DW_AT_name" not in die.attributes
+                        or "DW_AT_low_pc" not in die.attributes
+                    ):
                         continue
                     name = die.attributes["DW_AT_name"].value.decode(errors="replace")
                     params = tuple(
-                        Parameter(c.attributes["DW_AT_name"].value.decode(errors="replace") if "DW_AT_name" in c.attributes else f"arg{i}",
-                                  _type_name(c.get_DIE_from_attribute("DW_AT_type")) if "DW_AT_type" in c.attributes else "?")
+                        Parameter(
+                            c.attributes["DW_AT_name"].value.decode(errors="replace")
+                            if "DW_AT_name" in c.attributes
+                            else f"arg{i}",
+                            _type_name(c.get_DIE_from_attribute("DW_AT_type")) if "DW_AT_type" in c.attributes else "?",
+                        )
                         for i, c in enumerate(ch for ch in die.iter_children() if ch.tag == "DW_TAG_formal_parameter")
                     )
                     ret = _type_name(die.get_DIE_from_attribute("DW_AT_type")) if "DW_AT_type" in die.attributes else "void"

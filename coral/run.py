@@ -60,8 +60,14 @@ class NativeMetadata:
         if info is None:
             raise NotFound(f"no function {req.function!r} in {self.executable}", self.elf.closest(req.function))
         meta = pb.FunctionMetadata(
-            name=info.name, binary_path=self.executable, address=info.address, file_offset=info.file_offset,
-            size=info.size, pid=self.pid, source_file=info.source_file, source_line=info.source_line,
+            name=info.name,
+            binary_path=self.executable,
+            address=info.address,
+            file_offset=info.file_offset,
+            size=info.size,
+            pid=self.pid,
+            source_file=info.source_file,
+            source_line=info.source_line,
             arguments=[pb.ArgumentMetadata(name=p.name, type=p.type, location=f"reg{i}") for i, p in enumerate(info.parameters)],
         )
         if info.return_type:
@@ -76,7 +82,8 @@ def exit_status(returncode: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="coral-run", description="Run a native program opted in to Coral live debugging.",
+        prog="coral-run",
+        description="Run a native program opted in to Coral live debugging.",
         epilog="example: coral-run --service payments -- ./payments --port 8080",
     )
     parser.add_argument("--service", required=True, help="service name the program is debugged under")
@@ -114,16 +121,28 @@ def supervise(child: subprocess.Popen[bytes], service: str, config: Config) -> i
         log.error("cannot read the program's ELF file (%s); it runs, but cannot be debugged", exc)
         return exit_status(child.wait())
     metadata = NativeMetadata(child.pid, executable, elf)
-    dispatcher = Dispatcher({"Ping": metadata.ping, "ListFunctions": metadata.list_functions,
-                             "GetFunctionMetadata": metadata.function_metadata}, PROCESS_METHODS)
+    dispatcher = Dispatcher(
+        {"Ping": metadata.ping, "ListFunctions": metadata.list_functions, "GetFunctionMetadata": metadata.function_metadata},
+        PROCESS_METHODS,
+    )
     ensure_dir(config.process_socket_dir, 0o1777)
     address = f"ipc://{config.process_socket_dir / f'{child.pid}.sock'}"
     rep = context.socket(zmq.REP)
     configure_socket(rep, config.limits.max_message_bytes)
     bind_socket(rep, address)
-    registration = AgentRegistration(config.agent_endpoint, pb.RegisterProcessRequest(
-        service=service, pid=child.pid, executable=executable, address=address, kind="native",
-        sdk_version=__version__, runtime="native"), context)
+    registration = AgentRegistration(
+        config.agent_endpoint,
+        pb.RegisterProcessRequest(
+            service=service,
+            pid=child.pid,
+            executable=executable,
+            address=address,
+            kind="native",
+            sdk_version=__version__,
+            runtime="native",
+        ),
+        context,
+    )
     notifier = Notifier()
     announced = False
     try:

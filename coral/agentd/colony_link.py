@@ -4,6 +4,7 @@ REQUESTs served through the agent's dispatcher."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -21,8 +22,16 @@ COLONY_PEER = Peer(key="colony")
 
 
 class ColonyLink:
-    def __init__(self, context: zmq.Context, endpoint: str, hello: Callable[[], pb.AgentHello],
-                 dispatcher: Dispatcher, interval: float, liveness: int, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        context: zmq.Context[zmq.Socket[bytes]],
+        endpoint: str,
+        hello: Callable[[], pb.AgentHello],
+        dispatcher: Dispatcher,
+        interval: float,
+        liveness: int,
+        max_message_bytes: int,
+    ) -> None:
         self.context = context
         self.endpoint = endpoint
         self.hello = hello
@@ -30,7 +39,7 @@ class ColonyLink:
         self.interval = interval
         self.liveness = liveness
         self.max_message_bytes = max_message_bytes
-        self.socket: zmq.Socket | None = None
+        self.socket: zmq.Socket[bytes] | None = None
         self.backoff = Backoff()
         self.connected = False  # heard from the colony since the last (re)connect
         self._reconnect_at = 0.0
@@ -107,9 +116,7 @@ class ColonyLink:
 
     def close(self) -> None:
         if self.socket is not None:
-            try:
+            with contextlib.suppress(zmq.ZMQError):
                 self.socket.send_multipart(wire.encode_signal(wire.Command.DISCONNECT), flags=zmq.NOBLOCK)
-            except zmq.ZMQError:
-                pass
             self.socket.close(linger=200)  # let DISCONNECT leave
             self.socket = None

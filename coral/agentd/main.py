@@ -26,7 +26,14 @@ from coral.daemon.config import Config, ConfigError, load_config
 from coral.daemon.errors import CoralError, NotFound, Unavailable
 from coral.daemon.methods import AGENT_FROM_COLONY_METHODS, AGENT_LOCAL_METHODS
 from coral.daemon.runtime import (
-    DaemonLock, Notifier, ShutdownSignals, bind_socket, configure_socket, ensure_dir, setup_logging, unlink_ipc,
+    DaemonLock,
+    Notifier,
+    ShutdownSignals,
+    bind_socket,
+    configure_socket,
+    ensure_dir,
+    setup_logging,
+    unlink_ipc,
 )
 from coral.daemon.server import Dispatcher, Handler, Peer, serve_rep_once
 from coral.proto import coral_pb2 as pb
@@ -60,8 +67,13 @@ class Agent:
         self.local = Dispatcher(handlers, AGENT_LOCAL_METHODS)
         self.from_colony = Dispatcher(handlers, AGENT_FROM_COLONY_METHODS)
         self.link = ColonyLink(
-            self.context, config.agent_colony_endpoint, self.hello, self.from_colony,
-            config.agent.heartbeat_interval, config.agent.heartbeat_liveness, config.limits.max_message_bytes,
+            self.context,
+            config.agent_colony_endpoint,
+            self.hello,
+            self.from_colony,
+            config.agent.heartbeat_interval,
+            config.agent.heartbeat_liveness,
+            config.limits.max_message_bytes,
         )
 
     # ------------------------------------------------------------ handlers
@@ -72,13 +84,18 @@ class Agent:
         counters["sessions.active"] = len(self.sessions.active)
         counters["processes"] = len(self.registry.instances())
         counters["colony.connected"] = int(self.link.connected)
-        return pb.PingResponse(daemon="coral-agentd", version=__version__, pid=os.getpid(), agent_id=self.agent_id,
-                               counters=counters)
+        return pb.PingResponse(
+            daemon="coral-agentd", version=__version__, pid=os.getpid(), agent_id=self.agent_id, counters=counters
+        )
 
     def hello(self) -> pb.AgentHello:
-        return pb.AgentHello(agent_id=self.agent_id, hostname=socket.gethostname(), version=__version__,
-                             services=[r.to_proto(self.agent_id) for r in self.registry.instances()],
-                             heartbeat_interval_ms=int(self.config.agent.heartbeat_interval * 1000))
+        return pb.AgentHello(
+            agent_id=self.agent_id,
+            hostname=socket.gethostname(),
+            version=__version__,
+            services=[r.to_proto(self.agent_id) for r in self.registry.instances()],
+            heartbeat_interval_ms=int(self.config.agent.heartbeat_interval * 1000),
+        )
 
     def list_services(self, req: Message, peer: Peer) -> pb.ListServicesResponse:
         return pb.ListServicesResponse(services=[r.to_proto(self.agent_id) for r in self.registry.instances()])
@@ -87,8 +104,11 @@ class Agent:
         instances = self.registry.instances(service)
         if not instances:
             known = self.registry.services()
-            raise NotFound(f"service {service!r} is not registered on agent {self.agent_id}"
-                           + (f" (registered: {', '.join(known)})" if known else " (no services registered)"), known)
+            raise NotFound(
+                f"service {service!r} is not registered on agent {self.agent_id}"
+                + (f" (registered: {', '.join(known)})" if known else " (no services registered)"),
+                known,
+            )
         return instances[0]
 
     def _ask_process(self, reg: Registration, method: str, request: Message) -> Message:
@@ -105,9 +125,15 @@ class Agent:
         try:
             reply = self._ask_process(reg, "GetFunctionMetadata", pb.GetFunctionMetadataRequest(function=function))
         except NotFound as exc:
-            raise NotFound(f"function {function!r} not found in service {reg.service!r} (pid {reg.pid})"
-                           + (f"; closest: {', '.join(exc.suggestions)}" if exc.suggestions
-                              else f"; list them with: coralctl functions {reg.service}"), exc.suggestions) from None
+            raise NotFound(
+                f"function {function!r} not found in service {reg.service!r} (pid {reg.pid})"
+                + (
+                    f"; closest: {', '.join(exc.suggestions)}"
+                    if exc.suggestions
+                    else f"; list them with: coralctl functions {reg.service}"
+                ),
+                exc.suggestions,
+            ) from None
         return cast(pb.GetFunctionMetadataResponse, reply).metadata
 
     def list_functions(self, req: pb.ListFunctionsRequest, peer: Peer) -> Message:
@@ -117,8 +143,9 @@ class Agent:
         reg = self.registry.register(req, peer)
         log.info("registered %s pid %d (%s) at %s", reg.service, reg.pid, reg.kind, reg.address)
         self.link.announce(time.monotonic())
-        return pb.RegisterProcessResponse(registration_id=reg.registration_id,
-                                          heartbeat_interval_ms=int(self.config.agent.heartbeat_interval * 1000))
+        return pb.RegisterProcessResponse(
+            registration_id=reg.registration_id, heartbeat_interval_ms=int(self.config.agent.heartbeat_interval * 1000)
+        )
 
     def unregister_process(self, req: pb.UnregisterProcessRequest, peer: Peer) -> pb.UnregisterProcessResponse:
         reg = self.registry.unregister(req.registration_id)
@@ -148,8 +175,13 @@ class Agent:
             log.warning("%d session(s) left active by a previous run marked failed (agent restarted)", failed)
         self.link.connect(time.monotonic())
         notifier.ready(f"serving {cfg.agent_endpoint}")
-        log.info("coral-agentd %s ready on %s (agent id %s, colony %s)", __version__, cfg.agent_endpoint,
-                 self.agent_id, cfg.agent_colony_endpoint)
+        log.info(
+            "coral-agentd %s ready on %s (agent id %s, colony %s)",
+            __version__,
+            cfg.agent_endpoint,
+            self.agent_id,
+            cfg.agent_colony_endpoint,
+        )
         last_flush = time.monotonic()
         try:
             while not signals.requested:

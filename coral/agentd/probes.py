@@ -116,7 +116,9 @@ class NativeProbe:
             return 0
         f = EVENT_FORMAT.unpack(ctypes.string_at(data, EVENT_FORMAT.size))
         # ts, duration, retval, args[6], pid, tid, kind, flags
-        self._pending.append(RawEvent(kind=f[11], ts_ns=f[0], duration_ns=f[1], retval=f[2], args=tuple(f[3:9]), pid=f[9], tid=f[10]))
+        self._pending.append(
+            RawEvent(kind=f[11], ts_ns=f[0], duration_ns=f[1], retval=f[2], args=tuple(f[3:9]), pid=f[9], tid=f[10])
+        )
         return 0
 
     def drain(self) -> list[RawEvent]:

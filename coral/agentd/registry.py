@@ -27,8 +27,14 @@ class Registration:
 
     def to_proto(self, agent_id: str) -> pb.ServiceInstance:
         return pb.ServiceInstance(
-            service=self.service, pid=self.pid, executable=self.executable, kind=self.kind, agent_id=agent_id,
-            registered_unix_ns=self.registered_ns, sdk_version=self.sdk_version, runtime=self.runtime,
+            service=self.service,
+            pid=self.pid,
+            executable=self.executable,
+            kind=self.kind,
+            agent_id=agent_id,
+            registered_unix_ns=self.registered_ns,
+            sdk_version=self.sdk_version,
+            runtime=self.runtime,
         )
 
 
@@ -89,9 +95,16 @@ class ProcessRegistry:
         except OSError:
             executable = req.executable
         reg = Registration(
-            registration_id=secrets.token_hex(8), service=req.service, pid=pid, executable=executable,
-            address=req.address, kind=req.kind or "native", sdk_version=req.sdk_version, runtime=req.runtime,
-            registered_ns=time.time_ns(), start_time=start_time,
+            registration_id=secrets.token_hex(8),
+            service=req.service,
+            pid=pid,
+            executable=executable,
+            address=req.address,
+            kind=req.kind or "native",
+            sdk_version=req.sdk_version,
+            runtime=req.runtime,
+            registered_ns=time.time_ns(),
+            start_time=start_time,
         )
         self._by_id[reg.registration_id] = reg
         return reg

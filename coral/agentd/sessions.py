@@ -81,17 +81,35 @@ class Session:
 
     def to_row(self) -> SessionRow:
         return SessionRow(
-            self.session_id, self.service, self.function, self.pids, self.started_ns, self.expires_ns, self.ended_ns,
-            self.status, self.reason,
-            {"capture_args": self.config.capture_args, "capture_return": self.config.capture_return,
-             "sample_rate": self.config.sample_rate, "max_events": self.max_events},
+            self.session_id,
+            self.service,
+            self.function,
+            self.pids,
+            self.started_ns,
+            self.expires_ns,
+            self.ended_ns,
+            self.status,
+            self.reason,
+            {
+                "capture_args": self.config.capture_args,
+                "capture_return": self.config.capture_return,
+                "sample_rate": self.config.sample_rate,
+                "max_events": self.max_events,
+            },
             self.lost_by_cause(),
         )
 
 
 class SessionManager:
-    def __init__(self, config: Config, agent_id: str, registry: ProcessRegistry, store: EventStore,
-                 metadata: MetadataLookup, probe_factory: ProbeFactory = NativeProbe) -> None:
+    def __init__(
+        self,
+        config: Config,
+        agent_id: str,
+        registry: ProcessRegistry,
+        store: EventStore,
+        metadata: MetadataLookup,
+        probe_factory: ProbeFactory = NativeProbe,
+    ) -> None:
         self.config = config
         self.agent_id = agent_id
         self.registry = registry
@@ -105,27 +123,21 @@ class SessionManager:
 
     # ------------------------------------------------------------ attach
 
-    def validate_duration(self, duration_ms: int) -> int:
-        limits = self.config.sessions
-        if duration_ms == 0:
-            return limits.default_duration * 1000
-        if duration_ms > limits.max_duration * 1000:
-            raise InvalidArgument(
-                f"duration {duration_ms / 1000:g}s exceeds the maximum of {limits.max_duration}s; ask for {limits.max_duration}s or less"
-            )
-        return duration_ms
-
     def attach(self, req: pb.AttachUprobeRequest) -> pb.DebugSession:
-        duration_ms = self.validate_duration(req.duration_ms)
+        duration_ms = self.config.sessions.session_duration_ms(req.duration_ms)
         if not req.function:
             raise InvalidArgument("a function name is required")
         if len(self.active) >= self.config.sessions.max_sessions_per_agent:
-            raise LimitExceeded(f"agent {self.agent_id} already runs {len(self.active)} sessions (limit {self.config.sessions.max_sessions_per_agent})")
+            limit = self.config.sessions.max_sessions_per_agent
+            raise LimitExceeded(f"agent {self.agent_id} already runs {len(self.active)} sessions (limit {limit})")
         instances = self.registry.instances(req.service)
         if not instances:
             known = self.registry.services()
-            raise NotFound(f"service {req.service!r} is not registered on agent {self.agent_id}"
-                           + (f" (registered: {', '.join(known)})" if known else " (no services registered)"), known)
+            raise NotFound(
+                f"service {req.service!r} is not registered on agent {self.agent_id}"
+                + (f" (registered: {', '.join(known)})" if known else " (no services registered)"),
+                known,
+            )
         cfg = req.config
         if req.session_id and (len(req.session_id) > 64 or not req.session_id.isprintable()):
             raise InvalidArgument("session id must be up to 64 printable characters")
@@ -137,9 +149,13 @@ class SessionManager:
             for reg in instances:
                 meta = self.metadata(reg, req.function)
                 spec = ProbeSpec(
-                    path=probe_path(reg, meta), address=meta.address, pids=(reg.pid,),
-                    capture_args=cfg.capture_args, capture_return=cfg.capture_return,
-                    sample_rate=cfg.sample_rate, ringbuf_pages=self.config.sessions.ring_buffer_pages,
+                    path=probe_path(reg, meta),
+                    address=meta.address,
+                    pids=(reg.pid,),
+                    capture_args=cfg.capture_args,
+                    capture_return=cfg.capture_return,
+                    sample_rate=cfg.sample_rate,
+                    ringbuf_pages=self.config.sessions.ring_buffer_pages,
                 )
                 try:
                     probe = self.probe_factory(spec)
@@ -153,8 +169,13 @@ class SessionManager:
         now = time.time_ns()
         limit = self.config.sessions.max_events_per_session
         session = Session(
-            session_id=session_id, service=req.service, function=req.function, config=cfg, started_ns=now,
-            expires_ns=now + duration_ms * 1_000_000, targets=targets,
+            session_id=session_id,
+            service=req.service,
+            function=req.function,
+            config=cfg,
+            started_ns=now,
+            expires_ns=now + duration_ms * 1_000_000,
+            targets=targets,
             max_events=min(cfg.max_events, limit) if cfg.max_events else limit,
         )
         self.active[session_id] = session
@@ -168,7 +189,7 @@ class SessionManager:
         """Drain every session's ring buffer into the pending batch."""
         n = 0
         for session in self.active.values():
-            for reg, probe, meta in session.targets:
+            for _reg, probe, meta in session.targets:
                 for raw in probe.drain():
                     n += 1
                     if session.stored >= session.max_events:
@@ -182,14 +203,27 @@ class SessionManager:
         args, ret = "", ""
         if raw.kind == ENTRY and session.config.capture_args:
             names = [(a.name, a.type) for a in meta.arguments][:6] or [(f"arg{i}", "") for i in range(6)]
-            args = json.dumps([{"name": n, "type": t or "u64", "value": format_register(v, t)}
-                               for (n, t), v in zip(names, raw.args, strict=False)])
+            args = json.dumps(
+                [
+                    {"name": n, "type": t or "u64", "value": format_register(v, t)}
+                    for (n, t), v in zip(names, raw.args, strict=False)
+                ]
+            )
         if raw.kind != ENTRY and session.config.capture_return:
             rtype = meta.return_values[0].type if meta.return_values else ""
             if rtype != "void":
                 ret = json.dumps({"type": rtype or "u64", "value": format_register(raw.retval, rtype)})
-        row = EventRow(self._seq, session.session_id, "entry" if raw.kind == ENTRY else "return",
-                       raw.ts_ns + self._clock_offset, raw.pid, raw.tid, raw.duration_ns, args, ret)
+        row = EventRow(
+            self._seq,
+            session.session_id,
+            "entry" if raw.kind == ENTRY else "return",
+            raw.ts_ns + self._clock_offset,
+            raw.pid,
+            raw.tid,
+            raw.duration_ns,
+            args,
+            ret,
+        )
         self._seq += 1
         return row
 
@@ -261,11 +295,25 @@ class SessionManager:
         events, calls = self.store.counts(row.session_id)
         c = row.config
         return pb.DebugSession(
-            session_id=row.session_id, service=row.service, function=row.function, agent_id=self.agent_id,
-            pids=row.pids, started_unix_ns=row.started_ns, expires_unix_ns=row.expires_ns, ended_unix_ns=row.ended_ns,
-            status=row.status, status_reason=row.reason, event_count=events, calls=calls, lost=row.lost,
-            config=pb.UprobeConfig(capture_args=bool(c.get("capture_args")), capture_return=bool(c.get("capture_return")),
-                                   sample_rate=int(str(c.get("sample_rate", 0))), max_events=int(str(c.get("max_events", 0)))),
+            session_id=row.session_id,
+            service=row.service,
+            function=row.function,
+            agent_id=self.agent_id,
+            pids=row.pids,
+            started_unix_ns=row.started_ns,
+            expires_unix_ns=row.expires_ns,
+            ended_unix_ns=row.ended_ns,
+            status=row.status,
+            status_reason=row.reason,
+            event_count=events,
+            calls=calls,
+            lost=row.lost,
+            config=pb.UprobeConfig(
+                capture_args=bool(c.get("capture_args")),
+                capture_return=bool(c.get("capture_return")),
+                sample_rate=int(str(c.get("sample_rate", 0))),
+                max_events=int(str(c.get("max_events", 0))),
+            ),
         )
 
     def session(self, session_id: str) -> pb.DebugSession:
@@ -295,16 +343,25 @@ class SessionManager:
         rows = self.store.query(req.session_id, req.cursor, req.since_unix_ns, req.until_unix_ns, limit)
         events = [self._event(r, session) for r in rows]
         next_cursor = rows[-1].seq if rows else req.cursor
-        return pb.QueryUprobeEventsResponse(events=events, next_cursor=next_cursor, has_more=len(rows) == limit,
-                                            session=self.session(req.session_id))
+        return pb.QueryUprobeEventsResponse(
+            events=events, next_cursor=next_cursor, has_more=len(rows) == limit, session=self.session(req.session_id)
+        )
 
     def _event(self, r: EventRow, s: pb.DebugSession) -> pb.UprobeEvent:
-        ev = pb.UprobeEvent(timestamp_unix_ns=r.ts_ns, session_id=r.session_id, agent_id=self.agent_id,
-                            service=s.service, function=s.function, event_type=r.event_type,
-                            duration_ns=r.duration_ns, pid=r.pid, tid=r.tid, seq=r.seq)
+        ev = pb.UprobeEvent(
+            timestamp_unix_ns=r.ts_ns,
+            session_id=r.session_id,
+            agent_id=self.agent_id,
+            service=s.service,
+            function=s.function,
+            event_type=r.event_type,
+            duration_ns=r.duration_ns,
+            pid=r.pid,
+            tid=r.tid,
+            seq=r.seq,
+        )
         if r.args:
             ev.args.extend(pb.FunctionArgument(**a) for a in json.loads(r.args))
         if r.ret:
             ev.return_value.CopyFrom(pb.FunctionReturnValue(**json.loads(r.ret)))
         return ev
-

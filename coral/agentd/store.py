@@ -88,8 +88,19 @@ class EventStore:
     def save_session(self, s: SessionRow) -> None:
         self._db.execute(
             "INSERT OR REPLACE INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            [s.session_id, s.service, s.function, json.dumps(s.pids), s.started_ns, s.expires_ns, s.ended_ns,
-             s.status, s.reason, json.dumps(s.config), json.dumps(s.lost)],
+            [
+                s.session_id,
+                s.service,
+                s.function,
+                json.dumps(s.pids),
+                s.started_ns,
+                s.expires_ns,
+                s.ended_ns,
+                s.status,
+                s.reason,
+                json.dumps(s.config),
+                json.dumps(s.lost),
+            ],
         )
 
     def sessions(self) -> list[SessionRow]:

@@ -18,8 +18,18 @@ def format_register(value: int, type_name: str) -> str:
     base = words.replace("unsigned", "").strip() or "int"
     size = _SIZES.get(base)
     if size is None:
-        for prefix, bits in (("int8", 1), ("int16", 2), ("int32", 4), ("int64", 8), ("uint8", 1), ("uint16", 2),
-                             ("uint32", 4), ("uint64", 8), ("size_t", 8), ("ssize_t", 8)):
+        for prefix, bits in (
+            ("int8", 1),
+            ("int16", 2),
+            ("int32", 4),
+            ("int64", 8),
+            ("uint8", 1),
+            ("uint16", 2),
+            ("uint32", 4),
+            ("uint64", 8),
+            ("size_t", 8),
+            ("ssize_t", 8),
+        ):
             if t.startswith(prefix) or t.startswith("u" + prefix):
                 size = bits
                 break

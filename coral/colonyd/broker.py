@@ -20,7 +20,7 @@ from coral import __version__
 from coral.colonyd.store import AuditRow, ColonyStore
 from coral.daemon import wire
 from coral.daemon.config import Config
-from coral.daemon.errors import BadRequest, CoralError, InvalidArgument, NotFound, Unavailable
+from coral.daemon.errors import BadRequest, CoralError, NotFound, Unavailable
 from coral.daemon.liveness import is_dead
 from coral.daemon.methods import COLONY_FRONTEND_METHODS, METHODS
 from coral.daemon.server import Peer
@@ -119,14 +119,20 @@ class Broker:
             self.count(f"errors.{err.code}")
             return [Outgoing("frontend", wire.encode_error(frame.request_id, err, frame.envelope))]
         agent_request_id = f"c{next(self._ids)}".encode()
-        self.pending[agent_request_id] = Pending(frame.envelope, frame.request_id, method, request, peer,
-                                                 agent.identity, now + self.config.limits.request_timeout)
+        self.pending[agent_request_id] = Pending(
+            frame.envelope, frame.request_id, method, request, peer, agent.identity, now + self.config.limits.request_timeout
+        )
         agent.last_sent = now
         return [Outgoing("backend", wire.encode_request(agent_request_id, method, request, (agent.identity,)))]
 
     def _answer_locally(self, method: str, request: Message) -> Message | None:
         if method == "Ping":
-            return pb.PingResponse(daemon="coral-colonyd", version=__version__, pid=os.getpid(), counters={**self.counters, "agents": len(self.agents)})
+            return pb.PingResponse(
+                daemon="coral-colonyd",
+                version=__version__,
+                pid=os.getpid(),
+                counters={**self.counters, "agents": len(self.agents)},
+            )
         if method == "ListServices":
             return pb.ListServicesResponse(services=self.services())
         if isinstance(request, pb.ListDebugSessionsRequest):
@@ -135,17 +141,17 @@ class Broker:
 
     def _route(self, method: str, request: Message) -> AgentState:
         if isinstance(request, pb.AttachUprobeRequest):
-            limits = self.config.sessions
-            if request.duration_ms > limits.max_duration * 1000:
-                raise InvalidArgument(f"duration {request.duration_ms / 1000:g}s exceeds the maximum of "
-                                      f"{limits.max_duration}s; ask for {limits.max_duration}s or less")
+            self.config.sessions.session_duration_ms(request.duration_ms)  # refuse early, with the agent's words
             request.session_id = f"dbg-{secrets.token_hex(6)}"
         if isinstance(request, pb.AttachUprobeRequest | pb.ListFunctionsRequest):
             agents = self.agents_for(request.service)
             if not agents:
                 known = sorted({s.service for s in self.services()})
-                raise NotFound(f"service {request.service!r} not found"
-                               + (f" (known services: {', '.join(known)})" if known else " (no services registered)"), known)
+                raise NotFound(
+                    f"service {request.service!r} not found"
+                    + (f" (known services: {', '.join(known)})" if known else " (no services registered)"),
+                    known,
+                )
             return agents[0]
         session_id = getattr(request, "session_id", "")
         session = self.store.session(session_id)
@@ -208,11 +214,19 @@ class Broker:
     # ------------------------------------------------------------- audit
 
     def _audit(self, peer: Peer, method: str, request: Message | None, outcome: str, detail: str) -> None:
-        self.store.audit(AuditRow(
-            ts_ns=time.time_ns(), who=peer.who, peer_pid=peer.pid or 0, method=method[:64],
-            service=str(getattr(request, "service", "")), function=str(getattr(request, "function", "")),
-            session_id=str(getattr(request, "session_id", "")), outcome=outcome, detail=detail[:500],
-        ))
+        self.store.audit(
+            AuditRow(
+                ts_ns=time.time_ns(),
+                who=peer.who,
+                peer_pid=peer.pid or 0,
+                method=method[:64],
+                service=str(getattr(request, "service", "")),
+                function=str(getattr(request, "function", "")),
+                session_id=str(getattr(request, "session_id", "")),
+                outcome=outcome,
+                detail=detail[:500],
+            )
+        )
 
     def audit_bad_frame(self, peer: Peer, reason: str) -> None:
         self.count("bad_frames")

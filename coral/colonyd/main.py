@@ -17,7 +17,14 @@ from coral.daemon import wire
 from coral.daemon.config import Config, ConfigError, load_config
 from coral.daemon.errors import BadRequest
 from coral.daemon.runtime import (
-    DaemonLock, Notifier, ShutdownSignals, bind_socket, configure_socket, ensure_dir, setup_logging, unlink_ipc,
+    DaemonLock,
+    Notifier,
+    ShutdownSignals,
+    bind_socket,
+    configure_socket,
+    ensure_dir,
+    setup_logging,
+    unlink_ipc,
 )
 from coral.daemon.server import recv_with_peer
 from coral.proto import coral_pb2 as pb
@@ -37,7 +44,7 @@ class Colony:
         self.backend = self._socket(config.colony_backend)
         self.backend.setsockopt(zmq.ROUTER_MANDATORY, 1)
 
-    def _socket(self, endpoint: str) -> zmq.Socket:
+    def _socket(self, endpoint: str) -> zmq.Socket[bytes]:
         s = self.context.socket(zmq.ROUTER)
         configure_socket(s, self.config.limits.max_message_bytes)
         bind_socket(s, endpoint)
@@ -97,8 +104,12 @@ class Colony:
 
     def run(self, signals: ShutdownSignals, notifier: Notifier) -> None:
         notifier.ready(f"frontend {self.config.colony_frontend}")
-        log.info("coral-colonyd %s ready: frontend %s, backend %s", __version__, self.config.colony_frontend,
-                 self.config.colony_backend)
+        log.info(
+            "coral-colonyd %s ready: frontend %s, backend %s",
+            __version__,
+            self.config.colony_frontend,
+            self.config.colony_backend,
+        )
         poller = zmq.Poller()
         poller.register(self.frontend, zmq.POLLIN)
         poller.register(self.backend, zmq.POLLIN)

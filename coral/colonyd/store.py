@@ -43,18 +43,20 @@ class ColonyStore:
         self._db.close()
 
     def audit(self, row: AuditRow) -> None:
-        self._db.execute("INSERT INTO audit VALUES (?,?,?,?,?,?,?,?,?)",
-                         [row.ts_ns, row.who, row.peer_pid, row.method, row.service, row.function, row.session_id,
-                          row.outcome, row.detail])
+        self._db.execute(
+            "INSERT INTO audit VALUES (?,?,?,?,?,?,?,?,?)",
+            [row.ts_ns, row.who, row.peer_pid, row.method, row.service, row.function, row.session_id, row.outcome, row.detail],
+        )
 
     def audit_rows(self, since_ns: int = 0) -> list[AuditRow]:
         rows = self._db.execute("SELECT * FROM audit WHERE ts_ns >= ? ORDER BY ts_ns", [since_ns]).fetchall()
         return [AuditRow(*r) for r in rows]
 
     def save_session(self, s: pb.DebugSession) -> None:
-        self._db.execute("INSERT OR REPLACE INTO sessions VALUES (?,?,?,?,?,?,?)",
-                         [s.session_id, s.service, s.agent_id, s.status, s.expires_unix_ns, s.started_unix_ns,
-                          s.SerializeToString()])
+        self._db.execute(
+            "INSERT OR REPLACE INTO sessions VALUES (?,?,?,?,?,?,?)",
+            [s.session_id, s.service, s.agent_id, s.status, s.expires_unix_ns, s.started_unix_ns, s.SerializeToString()],
+        )
 
     def session(self, session_id: str) -> pb.DebugSession | None:
         row = self._db.execute("SELECT session FROM sessions WHERE session_id = ?", [session_id]).fetchone()

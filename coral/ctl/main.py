@@ -60,14 +60,20 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     d: Any = (lambda _: argparse.SUPPRESS) if suppress else GLOBAL_DEFAULTS.get
     parser.add_argument("--local", action="store_true", default=d("local"), help="talk to the local agent instead of the colony")
     parser.add_argument("--endpoint", default=d("endpoint"), help="endpoint to talk to (default: from the configuration)")
-    parser.add_argument("--output", choices=["text", "json"], default=d("output"), help="text for people, json (JSON Lines) for tools")
+    parser.add_argument(
+        "--output", choices=["text", "json"], default=d("output"), help="text for people, json (JSON Lines) for tools"
+    )
     parser.add_argument("--timeout", type=duration_arg, default=d("timeout"), help="how long to wait for a reply (default 10s)")
     parser.add_argument("--config", default=d("config"), help="configuration file")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="coralctl", description="Live-debug functions of running services.",
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = argparse.ArgumentParser(
+        prog="coralctl",
+        description="Live-debug functions of running services.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
     _global_options(p, suppress=False)
     common = argparse.ArgumentParser(add_help=False)
     _global_options(common, suppress=True)
@@ -77,9 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("functions", help="list a service's functions", parents=[common])
     f.add_argument("service")
     f.add_argument("--pattern", default="", help="glob, e.g. 'validate_*'")
-    debug = sub.add_parser("debug", help="debug sessions").add_subparsers(dest="debug_command", required=True, metavar="SUBCOMMAND")
-    a = debug.add_parser("attach", help="probe a function and stream its calls", parents=[common],
-                         epilog="example: coralctl debug attach payments --function validate_card --duration 90s --capture-args")
+    debug = sub.add_parser("debug", help="debug sessions").add_subparsers(
+        dest="debug_command", required=True, metavar="SUBCOMMAND"
+    )
+    a = debug.add_parser(
+        "attach",
+        help="probe a function and stream its calls",
+        parents=[common],
+        epilog="example: coralctl debug attach payments --function validate_card --duration 90s --capture-args",
+    )
     a.add_argument("service")
     a.add_argument("--function", required=True)
     a.add_argument("--duration", type=duration_arg, default=60.0, help="90s, 5m, 1m30s (default 60s, at most 600s)")
@@ -132,8 +144,10 @@ class Ctl:
         return EXIT_OK
 
     def functions(self) -> int:
-        r = cast(pb.ListFunctionsResponse, self.call(
-            "ListFunctions", pb.ListFunctionsRequest(service=self.args.service, pattern=self.args.pattern)))
+        r = cast(
+            pb.ListFunctionsResponse,
+            self.call("ListFunctions", pb.ListFunctionsRequest(service=self.args.service, pattern=self.args.pattern)),
+        )
         for name in r.functions:
             self.out.record({"function": name}) if self.out.json else self.out.line(name)
         if r.truncated and not self.out.json:
@@ -142,21 +156,36 @@ class Ctl:
 
     def attach(self) -> int:
         a = self.args
-        cfg = pb.UprobeConfig(capture_args=a.capture_args, capture_return=a.capture_return,
-                              sample_rate=a.sample_rate, max_events=a.max_events)
-        r = cast(pb.AttachUprobeResponse, self.call("AttachUprobe", pb.AttachUprobeRequest(
-            service=a.service, function=a.function, duration_ms=max(1, round(a.duration * 1000)), config=cfg)))
+        cfg = pb.UprobeConfig(
+            capture_args=a.capture_args, capture_return=a.capture_return, sample_rate=a.sample_rate, max_events=a.max_events
+        )
+        r = cast(
+            pb.AttachUprobeResponse,
+            self.call(
+                "AttachUprobe",
+                pb.AttachUprobeRequest(
+                    service=a.service, function=a.function, duration_ms=max(1, round(a.duration * 1000)), config=cfg
+                ),
+            ),
+        )
         session = r.session
         if self.out.json:
             self.out.record({"kind": "session", **render.to_dict(session)})
         else:
             captures = [w for w, on in (("arguments", a.capture_args), ("return values", a.capture_return)) if on]
-            self.out.line(f"Debug session {session.session_id} started: {session.service} {session.function} "
-                          f"(pids {', '.join(map(str, session.pids))}, {session.probes} probes)")
-            self.out.line(f"Duration: {render.format_ns(session.expires_unix_ns - session.started_unix_ns)}"
-                          + (f"; capturing {' and '.join(captures)}" if captures else "") + ". Ctrl-C detaches.")
+            self.out.line(
+                f"Debug session {session.session_id} started: {session.service} {session.function} "
+                f"(pids {', '.join(map(str, session.pids))}, {session.probes} probes)"
+            )
+            self.out.line(
+                f"Duration: {render.format_ns(session.expires_unix_ns - session.started_unix_ns)}"
+                + (f"; capturing {' and '.join(captures)}" if captures else "")
+                + ". Ctrl-C detaches."
+            )
         durations: list[int] = []
-        final = self._follow(session.session_id, lambda ev: durations.append(ev.duration_ns) if ev.event_type == "return" else None)
+        final = self._follow(
+            session.session_id, lambda ev: durations.append(ev.duration_ns) if ev.event_type == "return" else None
+        )
         summary = render.summarize(durations)
         if self.out.json:
             self.out.record(render.summary_dict(summary, final))
@@ -174,8 +203,12 @@ class Ctl:
         detached = False
         while True:
             try:
-                q = cast(pb.QueryUprobeEventsResponse, self.call(
-                    "QueryUprobeEvents", pb.QueryUprobeEventsRequest(session_id=session_id, cursor=cursor, max_events=PAGE)))
+                q = cast(
+                    pb.QueryUprobeEventsResponse,
+                    self.call(
+                        "QueryUprobeEvents", pb.QueryUprobeEventsRequest(session_id=session_id, cursor=cursor, max_events=PAGE)
+                    ),
+                )
                 for ev in q.events:
                     seen(ev)
                     self._print_event(ev)
@@ -198,8 +231,10 @@ class Ctl:
                 self.out.line(line)
 
     def sessions(self) -> int:
-        r = cast(pb.ListDebugSessionsResponse, self.call(
-            "ListDebugSessions", pb.ListDebugSessionsRequest(service=self.args.service, active_only=self.args.active)))
+        r = cast(
+            pb.ListDebugSessionsResponse,
+            self.call("ListDebugSessions", pb.ListDebugSessionsRequest(service=self.args.service, active_only=self.args.active)),
+        )
         if self.out.json:
             for s in r.sessions:
                 self.out.record(render.to_dict(s))
@@ -210,16 +245,25 @@ class Ctl:
         self.out.line(f"{'SESSION':<18} {'SERVICE':<16} {'FUNCTION':<24} {'AGENT':<12} {'STARTED':<12} {'STATUS'}")
         for s in r.sessions:
             status = s.status + (f" ({s.status_reason})" if s.status_reason else "")
-            self.out.line(f"{s.session_id:<18} {s.service:<16} {s.function:<24} {s.agent_id:<12} "
-                          f"{render.clock(s.started_unix_ns):<12} {status}")
+            self.out.line(
+                f"{s.session_id:<18} {s.service:<16} {s.function:<24} {s.agent_id:<12} "
+                f"{render.clock(s.started_unix_ns):<12} {status}"
+            )
         return EXIT_OK
 
     def events(self) -> int:
         since = time.time_ns() - int(self.args.since * 1e9) if self.args.since else 0
         cursor, durations = 0, []
         while True:
-            q = cast(pb.QueryUprobeEventsResponse, self.call("QueryUprobeEvents", pb.QueryUprobeEventsRequest(
-                session_id=self.args.session, cursor=cursor, since_unix_ns=since, max_events=PAGE)))
+            q = cast(
+                pb.QueryUprobeEventsResponse,
+                self.call(
+                    "QueryUprobeEvents",
+                    pb.QueryUprobeEventsRequest(
+                        session_id=self.args.session, cursor=cursor, since_unix_ns=since, max_events=PAGE
+                    ),
+                ),
+            )
             for ev in q.events:
                 if ev.event_type == "return":
                     durations.append(ev.duration_ns)
@@ -253,13 +297,23 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     ctl = Ctl(args, config)
     command = args.debug_command if args.command == "debug" else args.command
-    run = {"ping": ctl.ping, "services": ctl.services, "functions": ctl.functions, "attach": ctl.attach,
-           "sessions": ctl.sessions, "events": ctl.events, "detach": ctl.detach}[command]
+    run = {
+        "ping": ctl.ping,
+        "services": ctl.services,
+        "functions": ctl.functions,
+        "attach": ctl.attach,
+        "sessions": ctl.sessions,
+        "events": ctl.events,
+        "detach": ctl.detach,
+    }[command]
     try:
         return run()
     except Unreachable as exc:
-        hint = ("is coral-agentd running?" if args.local else
-                "is coral-colonyd running? (use --local to talk to this host's agent directly)")
+        hint = (
+            "is coral-agentd running?"
+            if args.local
+            else "is coral-colonyd running? (use --local to talk to this host's agent directly)"
+        )
         print(f"coralctl: cannot reach the {ctl.target}: {exc.message}; {hint}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except CoralError as exc:

@@ -84,8 +84,9 @@ def summarize(durations_ns: Sequence[int]) -> Summary:
     values = sorted(durations_ns)
     if not values:
         return Summary(0, 0.0, 0, 0, 0, 0)
-    return Summary(len(values), sum(values) / len(values), percentile(values, 50), percentile(values, 95),
-                   percentile(values, 99), values[-1])
+    return Summary(
+        len(values), sum(values) / len(values), percentile(values, 50), percentile(values, 95), percentile(values, 99), values[-1]
+    )
 
 
 def format_summary(s: Summary, session: pb.DebugSession) -> list[str]:
@@ -105,8 +106,14 @@ def format_summary(s: Summary, session: pb.DebugSession) -> list[str]:
 
 
 def summary_dict(s: Summary, session: pb.DebugSession) -> dict[str, Any]:
-    return {"kind": "summary", "session_id": session.session_id, "status": session.status,
-            "status_reason": session.status_reason, **asdict(s), "lost": dict(session.lost)}
+    return {
+        "kind": "summary",
+        "session_id": session.session_id,
+        "status": session.status,
+        "status_reason": session.status_reason,
+        **asdict(s),
+        "lost": dict(session.lost),
+    }
 
 
 def to_dict(msg: Message) -> dict[str, Any]:

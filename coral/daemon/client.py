@@ -41,16 +41,16 @@ class Client:
         self,
         endpoint: str,
         timeout: float = 10.0,
-        context: zmq.Context | None = None,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self.endpoint = endpoint
         self.timeout = timeout
         self.max_message_bytes = max_message_bytes
         self._context = context or zmq.Context.instance()
-        self._socket: zmq.Socket | None = None
+        self._socket: zmq.Socket[bytes] | None = None
 
-    def _open(self) -> zmq.Socket:
+    def _open(self) -> zmq.Socket[bytes]:
         if self._socket is None:
             s = self._context.socket(zmq.DEALER)
             s.setsockopt(zmq.LINGER, 0)

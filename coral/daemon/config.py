@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from coral.daemon.errors import InvalidArgument
+
 DEFAULT_CONFIG_PATH = "/etc/coral/coral.toml"
 
 
@@ -39,6 +41,17 @@ class SessionsConfig:
     max_sessions_per_agent: int = 64
     max_events_per_session: int = 100_000
     ring_buffer_pages: int = 256
+
+    def session_duration_ms(self, requested_ms: int) -> int:
+        """0 means the default; more than the maximum is refused, never shortened."""
+        if requested_ms == 0:
+            return self.default_duration * 1000
+        if requested_ms > self.max_duration * 1000:
+            raise InvalidArgument(
+                f"duration {requested_ms / 1000:g}s exceeds the maximum of {self.max_duration}s; "
+                f"ask for {self.max_duration}s or less"
+            )
+        return requested_ms
 
 
 @dataclass(frozen=True)
@@ -106,9 +119,19 @@ _SECTION_TYPES = {
     "colony": ColonyConfig,
 }
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
-_POSITIVE = {"max_message_bytes", "request_timeout", "default_duration", "max_duration", "max_sessions_per_agent",
-             "max_events_per_session", "ring_buffer_pages", "heartbeat_interval", "heartbeat_liveness",
-             "poll_interval", "flush_interval"}
+_POSITIVE = {
+    "max_message_bytes",
+    "request_timeout",
+    "default_duration",
+    "max_duration",
+    "max_sessions_per_agent",
+    "max_events_per_session",
+    "ring_buffer_pages",
+    "heartbeat_interval",
+    "heartbeat_liveness",
+    "poll_interval",
+    "flush_interval",
+}
 
 
 def _check_value(source: str, section: str, key: str, expected: type, value: Any) -> Any:
@@ -138,7 +161,7 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
         for key, value in table.items():
             if key not in types:
                 raise ConfigError(f"{source}: unknown key [{name}] {key} (known: {', '.join(types)})")
-            expected = {"int": int, "float": float, "str": str, "bool": bool}[types[key]]
+            expected = {"int": int, "float": float, "str": str, "bool": bool}[str(types[key])]
             values[key] = _check_value(source, name, key, expected, value)
         sections[name] = cls(**values)
     config = Config(**sections, source=source)

@@ -3,6 +3,7 @@ that keeps two copies apart, and ipc sockets with the right permissions."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import grp
 import logging
@@ -103,10 +104,8 @@ class DaemonLock:
 
 def ensure_dir(path: Path, mode: int) -> None:
     path.mkdir(parents=True, exist_ok=True)
-    try:
+    with contextlib.suppress(PermissionError):  # not ours to change: use as is
         os.chmod(path, mode)
-    except PermissionError:
-        pass  # not ours to change (e.g. a shared /tmp directory); use as is
 
 
 def _coral_gid() -> int | None:
@@ -116,7 +115,7 @@ def _coral_gid() -> int | None:
         return None
 
 
-def bind_socket(sock: zmq.Socket, endpoint: str) -> None:
+def bind_socket(sock: zmq.Socket[bytes], endpoint: str) -> None:
     """Bind; for ipc, replace a stale socket file (the daemon lock proves no
     one else owns it) and admit only the owner and the coral group."""
     if not endpoint.startswith("ipc://"):
@@ -136,7 +135,7 @@ def unlink_ipc(endpoint: str) -> None:
         Path(endpoint[len("ipc://") :]).unlink(missing_ok=True)
 
 
-def configure_socket(sock: zmq.Socket, max_message_bytes: int) -> None:
+def configure_socket(sock: zmq.Socket[bytes], max_message_bytes: int) -> None:
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
 

@@ -98,7 +98,7 @@ class Dispatcher:
         return wire.encode_error(exc.request_id or b"?", BadRequest(f"bad frame: {exc.reason}"), envelope)
 
 
-def recv_with_peer(socket: zmq.Socket) -> tuple[list[bytes], Peer]:
+def recv_with_peer(socket: zmq.Socket[bytes]) -> tuple[list[bytes], Peer]:
     """Receive a multipart message and the sender's credentials."""
     frames = socket.recv_multipart(copy=False)
     try:
@@ -108,7 +108,7 @@ def recv_with_peer(socket: zmq.Socket) -> tuple[list[bytes], Peer]:
     return [f.bytes for f in frames], peer_from_address(address if isinstance(address, str) else None)
 
 
-def serve_rep_once(rep: zmq.Socket, dispatcher: Dispatcher) -> None:
+def serve_rep_once(rep: zmq.Socket[bytes], dispatcher: Dispatcher) -> None:
     """Serve one message on a REP socket: exactly one reply per receive,
     whatever arrived (a REP that does not reply is stuck for good)."""
     frames, peer = recv_with_peer(rep)

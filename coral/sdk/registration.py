@@ -22,7 +22,9 @@ REGISTER_TIMEOUT = 2.0
 
 
 class AgentRegistration:
-    def __init__(self, agent_endpoint: str, request: pb.RegisterProcessRequest, context: zmq.Context | None = None) -> None:
+    def __init__(
+        self, agent_endpoint: str, request: pb.RegisterProcessRequest, context: zmq.Context[zmq.Socket[bytes]] | None = None
+    ) -> None:
         self.request = request
         self.client = Client(agent_endpoint, REGISTER_TIMEOUT, context)
         self.registration_id = ""
@@ -42,8 +44,10 @@ class AgentRegistration:
             return False
         try:
             if self.registration_id:
-                beat = cast(pb.ProcessHeartbeatResponse, self.client.call(
-                    "ProcessHeartbeat", pb.ProcessHeartbeatRequest(registration_id=self.registration_id)))
+                beat = cast(
+                    pb.ProcessHeartbeatResponse,
+                    self.client.call("ProcessHeartbeat", pb.ProcessHeartbeatRequest(registration_id=self.registration_id)),
+                )
                 if beat.known:
                     self._next_attempt = now + self.interval
                     return False
@@ -73,7 +77,9 @@ class AgentRegistration:
     def unregister(self) -> None:
         if self.registration_id:
             try:
-                self.client.call("UnregisterProcess", pb.UnregisterProcessRequest(registration_id=self.registration_id), timeout=1.0)
+                self.client.call(
+                    "UnregisterProcess", pb.UnregisterProcessRequest(registration_id=self.registration_id), timeout=1.0
+                )
             except CoralError as exc:
                 log.debug("unregister: %s", exc)
             self.registration_id = ""

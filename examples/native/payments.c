@@ -50,7 +50,7 @@ int main(int argc, char **argv)
         int declined = 0;
         for (int n = 0; n < calls; n++)
             declined += validate_card(4000123412341000L + n, 500 + n) != 0;
-        printf("done %d declined %d\n", calls, -declined);
+        printf("done %d declined %d\n", calls, declined);
     }
     return 0;
 }

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from coral.agentd.probes import BpfUnavailable, check_bpf_support
+from tests.harness import REPO, CoralEnv, NativeService, Process, build_c, start_agent, start_colony
+
+REQUIRE_BPF = os.environ.get("CORAL_REQUIRE_BPF") == "1"
+
+
+def _bpf_reason() -> str | None:
+    try:
+        check_bpf_support()
+    except BpfUnavailable as exc:
+        return str(exc)
+    return None
+
+
+@pytest.fixture(scope="session")
+def bpf() -> None:
+    """Tests that need real BPF. Skipped with the reason where the machine
+    cannot do it; with CORAL_REQUIRE_BPF=1 (CI) that is a failure instead."""
+    reason = _bpf_reason()
+    if reason:
+        if REQUIRE_BPF:
+            pytest.fail(f"CORAL_REQUIRE_BPF=1 but BPF is unavailable: {reason}")
+        pytest.skip(f"BPF unavailable: {reason}")
+
+
+@pytest.fixture(scope="session")
+def payments_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_c(REPO / "examples" / "native" / "payments.c", tmp_path_factory.mktemp("bin") / "payments")
+
+
+@pytest.fixture
+def coral_env() -> Iterator[CoralEnv]:
+    env = CoralEnv.create()
+    yield env
+    env.remove()
+
+
+@pytest.fixture
+def colony(coral_env: CoralEnv) -> Iterator[Process]:
+    proc = start_colony(coral_env)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def agent(coral_env: CoralEnv, colony: Process, bpf: None) -> Iterator[Process]:
+    proc = start_agent(coral_env)
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def payments(coral_env: CoralEnv, agent: Process, payments_binary: Path) -> Iterator[NativeService]:
+    svc = NativeService(coral_env, payments_binary)
+    yield svc
+    svc.stop()

@@ -1,0 +1,190 @@
+"""Real daemons for tests: started as processes, ready when they say so on
+an sd_notify socket the test owns, stopped with SIGTERM. A daemon that dies
+while starting fails the test with its output attached."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tool(name: str) -> str:
+    return str(BIN / name)
+
+
+@dataclass
+class CoralEnv:
+    """A private runtime and state directory (short: ipc paths are limited
+    to 107 bytes)."""
+
+    root: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls) -> CoralEnv:
+        root = Path(tempfile.mkdtemp(prefix="coral-", dir="/tmp"))
+        env = {
+            **os.environ,
+            "CORAL_RUNTIME_DIR": str(root / "run"),
+            "CORAL_STATE_DIR": str(root / "state"),
+            "CORAL_CONFIG": str(REPO / "etc" / "coral.toml"),
+        }
+        env.pop("NOTIFY_SOCKET", None)
+        return cls(root, env)
+
+    @property
+    def runtime_dir(self) -> Path:
+        return Path(self.env["CORAL_RUNTIME_DIR"])
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.env["CORAL_STATE_DIR"])
+
+    def endpoint(self, name: str) -> str:
+        return f"ipc://{self.runtime_dir / name}"
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class NotifySocket:
+    """The receiving end of sd_notify."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.messages: list[str] = []
+
+    def wait_for(self, wanted: str, proc: subprocess.Popen[Any], timeout: float, describe: str) -> None:
+        self.sock.settimeout(0.2)
+        waited = 0.0
+        while waited < timeout:
+            if any(wanted in m.split("\n") for m in self.messages):
+                return
+            if proc.poll() is not None:
+                raise RuntimeError(f"{describe} exited with {proc.returncode} before {wanted}")
+            try:
+                self.messages.append(self.sock.recv(4096).decode())
+            except TimeoutError:
+                waited += 0.2
+        raise RuntimeError(f"{describe} did not send {wanted} within {timeout}s")
+
+    def close(self) -> None:
+        self.sock.close()
+        self.path.unlink(missing_ok=True)
+
+
+class Process:
+    """One Coral process under test, output captured to a file."""
+
+    def __init__(self, name: str, argv: list[str], env: CoralEnv, stdin: int | None = None) -> None:
+        self.name = name
+        env.root.mkdir(parents=True, exist_ok=True)
+        self.log_path = env.root / f"{name}.log"
+        self.notify = NotifySocket(env.root / f"{name}.notify")
+        self._log: IO[bytes] = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop())
+        self.proc = subprocess.Popen(
+            argv,
+            env={**env.env, "NOTIFY_SOCKET": str(self.notify.path)},
+            stdin=stdin,
+            stdout=subprocess.PIPE if stdin else self._log,
+            stderr=self._log,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait_ready(self, timeout: float = 30.0) -> Process:
+        try:
+            self.notify.wait_for("READY=1", self.proc, timeout, self.name)
+        except RuntimeError as exc:
+            self.stop()
+            raise AssertionError(f"{exc}\n--- {self.name} output ---\n{self.output()}") from None
+        return self
+
+    def output(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int | None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.notify.close()
+        self._log.close()
+        return self.proc.returncode
+
+
+def start_colony(env: CoralEnv) -> Process:
+    return Process("colonyd", [tool("coral-colonyd")], env).wait_ready()
+
+
+def start_agent(env: CoralEnv) -> Process:
+    return Process("agentd", [tool("coral-agentd")], env).wait_ready()
+
+
+def coralctl(env: CoralEnv, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([tool("coralctl"), *args], env=env.env, capture_output=True, text=True, timeout=timeout)
+
+
+def build_c(source: Path, out: Path) -> Path:
+    subprocess.run(["gcc", "-g", "-O1", "-Wall", "-o", str(out), str(source)], check=True)
+    return out
+
+
+class NativeService:
+    """The C demo under coral-run: each call(n) makes n calls of
+    validate_card and returns once they have all returned."""
+
+    def __init__(self, env: CoralEnv, binary: Path, service: str = "payments", sleep_ms: int = 5) -> None:
+        self.service = service
+        self.run = Process(
+            f"run-{service}",
+            [tool("coral-run"), "--service", service, "--", str(binary), "--sleep-ms", str(sleep_ms)],
+            env,
+            stdin=subprocess.PIPE,
+        ).wait_ready()
+
+    @property
+    def child_pid(self) -> int:
+        for line in self.run.notify.messages:
+            for part in line.split("\n"):
+                if part.startswith("STATUS=") and " pid " in part:
+                    return int(part.split(" pid ")[1].split()[0])
+        raise AssertionError("coral-run did not report the child's pid")
+
+    def call(self, n: int) -> str:
+        proc = self.run.proc
+        if proc.stdin is None or proc.stdout is None:
+            raise AssertionError("no pipe to the service")
+        proc.stdin.write(f"{n}\n".encode())
+        proc.stdin.flush()
+        return proc.stdout.readline().decode().strip()
+
+    def stop(self) -> int | None:
+        if self.run.proc.stdin:
+            self.run.proc.stdin.close()
+        return self.run.stop()
+
+
+def kernel_probes() -> str:
+    """BPF programs attached to perf events (uprobes), system wide."""
+    return subprocess.run(["bpftool", "perf"], capture_output=True, text=True, check=False).stdout

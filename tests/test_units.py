@@ -1,0 +1,124 @@
+"""Pure logic beside the real tests: codec, config, durations, summaries,
+liveness, peer credentials, value formatting. No sockets, no BPF."""
+
+from __future__ import annotations
+
+import pytest
+
+from coral.agentd.values import format_register
+from coral.ctl.render import parse_duration, percentile, summarize
+from coral.daemon import wire
+from coral.daemon.config import ConfigError, parse_config
+from coral.daemon.errors import NotFound
+from coral.daemon.liveness import Backoff, is_dead
+from coral.daemon.server import peer_from_address
+from coral.proto import coral_pb2 as pb
+
+
+def test_request_and_reply_round_trip() -> None:
+    frames = wire.encode_request(b"r1", "Ping", pb.PingRequest(), envelope=(b"peer",))
+    frame = wire.decode(frames)
+    assert (frame.envelope, frame.command, frame.request_id, frame.name) == ((b"peer",), wire.Command.REQUEST, b"r1", "Ping")
+    err = wire.decode(wire.encode_error(b"r1", NotFound("no such thing", ["thing"])))
+    assert err.name == "NOT_FOUND" and pb.Error.FromString(err.body).suggestions == ["thing"]
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [],
+        [b""],
+        [b"", b"CORAL/1"],
+        [b"", b"CORAL/1", b"\x01\x01"],
+        [b"", b"CORAL/1", b"\x03"],
+        [b"", b"CORAL/1", b"\x04", b"extra"],
+        [b"", b"CORAL/1", b"\x01", b"x" * 65, b"Ping", b""],
+    ],
+)
+def test_decode_refuses_malformed_frames_with_frame_error_only(frames: list[bytes]) -> None:
+    with pytest.raises(wire.FrameError):
+        wire.decode(frames)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90s", 90), ("5m", 300), ("1m30s", 90), ("500ms", 0.5), ("60", 60), ("1h", 3600)])
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "5x", "1m30", "m", "-5s", "1.5.2s"])
+def test_bad_durations(text: str) -> None:
+    with pytest.raises(ValueError, match="invalid duration"):
+        parse_duration(text)
+
+
+def test_summary_uses_nearest_rank_percentiles() -> None:
+    s = summarize(list(range(1, 101)))
+    assert (s.calls, s.avg_ns, s.p50_ns, s.p95_ns, s.p99_ns, s.max_ns) == (100, 50.5, 50, 95, 99, 100)
+    assert summarize([]).calls == 0 and percentile([7], 99) == 7
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"agent": {"heartbeat_interval": "x"}}, "c.toml: [agent] heartbeat_interval: expected a number, got 'x'"),
+        ({"sessions": {"max_duration": True}}, "c.toml: [sessions] max_duration: expected an integer, got True"),
+        ({"sessions": {"ring_buffer_pages": 100}}, "c.toml: [sessions] ring_buffer_pages: must be a power of two, got 100"),
+        ({"sessions": {"max_sessions_per_agent": 0}}, "c.toml: [sessions] max_sessions_per_agent: must be greater than 0, got 0"),
+        (
+            {"agent": {"colour": "blue"}},
+            "c.toml: unknown key [agent] colour (known: id, colony_endpoint, heartbeat_interval, "
+            "heartbeat_liveness, poll_interval, flush_interval)",
+        ),
+        ({"nope": {}}, "c.toml: unknown section [nope] (known: paths, limits, sessions, agent, colony)"),
+    ],
+)
+def test_config_errors_name_file_key_and_expected_type(data: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_config(data, "c.toml")
+    assert str(exc.value) == message
+
+
+def test_shipped_config_is_the_defaults() -> None:
+    import tomllib
+
+    from coral.daemon.config import Config
+    from tests.harness import REPO
+
+    with open(REPO / "etc" / "coral.toml", "rb") as f:
+        loaded = parse_config(tomllib.load(f), "etc/coral.toml")
+    defaults = Config()
+    assert [getattr(loaded, s) for s in ("paths", "limits", "sessions", "agent", "colony")] == [
+        getattr(defaults, s) for s in ("paths", "limits", "sessions", "agent", "colony")
+    ]
+
+
+def test_liveness_and_backoff() -> None:
+    assert not is_dead(last_heard=10.0, now=12.9, interval=1.0, liveness=3)
+    assert is_dead(last_heard=10.0, now=13.1, interval=1.0, liveness=3)
+    b = Backoff()
+    assert [b.next_delay() for _ in range(8)] == [1, 2, 4, 8, 16, 32, 32, 32]
+    b.reset()
+    assert b.next_delay() == 1
+
+
+def test_peer_credentials_from_zeromq_peer_address() -> None:
+    peer = peer_from_address("localhost:1000:1001:4242")
+    assert (peer.uid, peer.gid, peer.pid, peer.who) == (1000, 1001, 4242, "uid:1000")
+    assert peer_from_address("127.0.0.1").uid is None and peer_from_address(None).who == "unknown"
+
+
+@pytest.mark.parametrize(
+    ("value", "ctype", "shown"),
+    [
+        (0xFFFFFFFF, "int", "-1"),
+        (0x1FFFFFFFF, "int", "-1"),
+        (2**64 - 1, "long int", "-1"),
+        (5, "unsigned int", "5"),
+        (0x7FF, "char *", "0x7ff"),
+        (0xFFFFFFFF, "uint32_t", "4294967295"),
+        (1, "_Bool", "true"),
+        (3, "", "0x3"),
+    ],
+)
+def test_register_values_are_shown_as_their_c_type(value: int, ctype: str, shown: str) -> None:
+    assert format_register(value, ctype) == shown
