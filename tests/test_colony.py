@@ -1,0 +1,55 @@
+"""The colony as the agents' and clients' meeting point: audit rows for
+every request, and agents that find it again after it restarts."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+
+import duckdb
+
+from tests.harness import CoralEnv, NativeService, Process, coralctl, start_colony, tool
+from tests.test_native_e2e import wait_for_service
+
+
+def test_every_request_leaves_one_audit_row_with_who_and_outcome(coral_env: CoralEnv, colony: Process, agent: Process,
+                                                                 payments: NativeService) -> None:
+    wait_for_service(coral_env, "payments")
+    coralctl(coral_env, "debug", "sessions")
+    coralctl(coral_env, "debug", "attach", "payments", "--function", "nosuch")
+    coralctl(coral_env, "debug", "attach", "payments", "--function", "validate_card", "--duration", "1s")
+    assert colony.stop() == 0
+    db = duckdb.connect(str(coral_env.state_dir / "colony.duckdb"), read_only=True)
+    rows = db.execute("SELECT who, method, function, outcome FROM audit WHERE method != 'ListServices' ORDER BY ts_ns").fetchall()
+    db.close()
+    attach_ok = [r for r in rows if r[1] == "AttachUprobe" and r[3] == "OK"]
+    assert rows[0] == ("uid:0", "ListDebugSessions", "", "OK")
+    assert ("uid:0", "AttachUprobe", "nosuch", "NOT_FOUND") in rows
+    assert len(attach_ok) == 1 and attach_ok[0][2] == "validate_card"
+    assert all(r[1] in {"ListDebugSessions", "AttachUprobe", "QueryUprobeEvents"} for r in rows)
+
+
+def test_agent_finds_a_restarted_colony_and_announces_its_services(coral_env: CoralEnv, colony: Process, agent: Process,
+                                                                   payments: NativeService) -> None:
+    wait_for_service(coral_env, "payments")
+    assert colony.stop() == 0
+    assert coralctl(coral_env, "--timeout", "1s", "services").returncode == 3
+    restarted = start_colony(coral_env)
+    try:
+        wait_for_service(coral_env, "payments", deadline_s=40)  # the agent's back-off is at most a few seconds here
+        out = coralctl(coral_env, "--output", "json", "debug", "attach", "payments", "--function", "validate_card",
+                       "--duration", "1s")
+        assert out.returncode == 0 and json.loads(out.stdout.splitlines()[-1])["status"] == "expired"
+    finally:
+        restarted.stop()
+
+
+def test_coral_run_forwards_sigterm_to_the_program(coral_env: CoralEnv, agent: Process) -> None:
+    run = Process("run-sleep", [tool("coral-run"), "--service", "sleeper", "--", "sleep", "300"], coral_env).wait_ready()
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.proc.wait(30) == 128 + signal.SIGTERM
+    out = coralctl(coral_env, "--local", "--output", "json", "services")
+    assert "sleeper" not in out.stdout
+    run.stop()
+    assert subprocess.run(["pgrep", "-f", "sleep 300"], capture_output=True).returncode == 1
