@@ -37,6 +37,8 @@ METHODS: dict[str, Method] = {
             "RegisterProcess",
             "UnregisterProcess",
             "ProcessHeartbeat",
+            "ArmFunction",
+            "DisarmFunction",
         ],
     )
 }
@@ -47,3 +49,4 @@ AGENT_LOCAL_METHODS = SESSION_METHODS | {"Ping", "ListServices", "RegisterProces
 AGENT_FROM_COLONY_METHODS = SESSION_METHODS
 COLONY_FRONTEND_METHODS = SESSION_METHODS | {"Ping", "ListServices"}
 PROCESS_METHODS = frozenset({"Ping", "ListFunctions", "GetFunctionMetadata"})
+PYTHON_PROCESS_METHODS = PROCESS_METHODS | {"ArmFunction", "DisarmFunction"}

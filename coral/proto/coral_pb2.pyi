@@ -164,7 +164,7 @@ class GetFunctionMetadataResponse(_message.Message):
     def __init__(self, metadata: _Optional[_Union[FunctionMetadata, _Mapping]] = ...) -> None: ...
 
 class FunctionMetadata(_message.Message):
-    __slots__ = ("name", "binary_path", "address", "file_offset", "size", "pid", "source_file", "source_line", "arguments", "return_values")
+    __slots__ = ("name", "binary_path", "address", "file_offset", "size", "pid", "source_file", "source_line", "arguments", "return_values", "kind", "semaphore_offset")
     NAME_FIELD_NUMBER: _ClassVar[int]
     BINARY_PATH_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -175,6 +175,8 @@ class FunctionMetadata(_message.Message):
     SOURCE_LINE_FIELD_NUMBER: _ClassVar[int]
     ARGUMENTS_FIELD_NUMBER: _ClassVar[int]
     RETURN_VALUES_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SEMAPHORE_OFFSET_FIELD_NUMBER: _ClassVar[int]
     name: str
     binary_path: str
     address: int
@@ -185,7 +187,37 @@ class FunctionMetadata(_message.Message):
     source_line: int
     arguments: _containers.RepeatedCompositeFieldContainer[ArgumentMetadata]
     return_values: _containers.RepeatedCompositeFieldContainer[ReturnValueMetadata]
-    def __init__(self, name: _Optional[str] = ..., binary_path: _Optional[str] = ..., address: _Optional[int] = ..., file_offset: _Optional[int] = ..., size: _Optional[int] = ..., pid: _Optional[int] = ..., source_file: _Optional[str] = ..., source_line: _Optional[int] = ..., arguments: _Optional[_Iterable[_Union[ArgumentMetadata, _Mapping]]] = ..., return_values: _Optional[_Iterable[_Union[ReturnValueMetadata, _Mapping]]] = ...) -> None: ...
+    kind: str
+    semaphore_offset: int
+    def __init__(self, name: _Optional[str] = ..., binary_path: _Optional[str] = ..., address: _Optional[int] = ..., file_offset: _Optional[int] = ..., size: _Optional[int] = ..., pid: _Optional[int] = ..., source_file: _Optional[str] = ..., source_line: _Optional[int] = ..., arguments: _Optional[_Iterable[_Union[ArgumentMetadata, _Mapping]]] = ..., return_values: _Optional[_Iterable[_Union[ReturnValueMetadata, _Mapping]]] = ..., kind: _Optional[str] = ..., semaphore_offset: _Optional[int] = ...) -> None: ...
+
+class ArmFunctionRequest(_message.Message):
+    __slots__ = ("function", "fn_id", "config")
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    FN_ID_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    function: str
+    fn_id: int
+    config: UprobeConfig
+    def __init__(self, function: _Optional[str] = ..., fn_id: _Optional[int] = ..., config: _Optional[_Union[UprobeConfig, _Mapping]] = ...) -> None: ...
+
+class ArmFunctionResponse(_message.Message):
+    __slots__ = ("metadata",)
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    metadata: FunctionMetadata
+    def __init__(self, metadata: _Optional[_Union[FunctionMetadata, _Mapping]] = ...) -> None: ...
+
+class DisarmFunctionRequest(_message.Message):
+    __slots__ = ("fn_id",)
+    FN_ID_FIELD_NUMBER: _ClassVar[int]
+    fn_id: int
+    def __init__(self, fn_id: _Optional[int] = ...) -> None: ...
+
+class DisarmFunctionResponse(_message.Message):
+    __slots__ = ("was_armed",)
+    WAS_ARMED_FIELD_NUMBER: _ClassVar[int]
+    was_armed: bool
+    def __init__(self, was_armed: _Optional[bool] = ...) -> None: ...
 
 class ArgumentMetadata(_message.Message):
     __slots__ = ("name", "type", "location")

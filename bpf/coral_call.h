@@ -1,0 +1,31 @@
+/* The record a Python SDK process hands to its probe site, one per call of
+ * an armed function. Shared by the SDK's extension (coral/sdk/_probe.c) and
+ * the agent's BPF program (bpf/python_probe.c): change both together.
+ *
+ * Text fields hold bounded, already-redacted reprs:
+ *   args: "name=repr" entries separated by '\0', args_len bytes used
+ *   ret:  the return value's repr, or "ExceptionType: message" when raised
+ */
+#ifndef CORAL_CALL_H
+#define CORAL_CALL_H
+
+#define CORAL_ARGS_MAX 512
+#define CORAL_RET_MAX 256
+
+#define CORAL_CALL_RAISED 0x1       /* the call raised; ret holds the exception */
+#define CORAL_CALL_TRUNCATED 0x2    /* some repr was cut to fit */
+
+struct coral_call {
+    unsigned long long fn_id;     /* from ArmFunctionRequest.fn_id */
+    unsigned long long call_id;   /* per process, increasing */
+    unsigned long long start_ns;  /* CLOCK_MONOTONIC, the clock bpf_ktime_get_ns reads */
+    unsigned long long end_ns;
+    unsigned int flags;
+    unsigned int args_len;
+    unsigned int ret_len;
+    unsigned int reserved;
+    char args[CORAL_ARGS_MAX];
+    char ret[CORAL_RET_MAX];
+};
+
+#endif
