@@ -79,7 +79,9 @@ def test_attach_sees_exactly_n_calls_live_and_afterwards(
     assert [r["return_value"]["value"] for r in returns].count("-1") == 2
     summary = lines[-1]
     assert summary["kind"] == "summary" and summary["calls"] == N and summary["status"] == "expired"
-    assert summary["p50_ns"] >= SLEEP_MS * 1_000_000 and summary["lost"] == {}
+    # Percentiles come from the kernel's histogram: bucket midpoints, within 1/16.
+    assert summary["p50_ns"] >= SLEEP_MS * 1_000_000 * 15 / 16 and summary["lost"] == {}
+    assert summary["max_ns"] == max(e["duration_ns"] for e in returns)
 
     stored = coralctl(coral_env, "--output", "json", "debug", "events", session_id)
     assert stored.returncode == 0, stored.stderr

@@ -17,6 +17,7 @@ from google.protobuf.message import Message
 
 from coral import __version__
 from coral.agentd.colony_link import ColonyLink
+from coral.agentd.engine import ProbeEngine
 from coral.agentd.probes import BpfUnavailable, check_bpf_support
 from coral.agentd.registry import ProcessRegistry, Registration
 from coral.agentd.sessions import SessionManager
@@ -50,7 +51,8 @@ class Agent:
         self.context = zmq.Context()
         self.registry = ProcessRegistry()
         self.store = EventStore(config.state_dir / "agent.duckdb")
-        self.sessions = SessionManager(config, self.agent_id, self.registry, self.store, self._function_metadata)
+        self.engine = ProbeEngine(config.sessions.ring_buffer_pages)
+        self.sessions = SessionManager(config, self.agent_id, self.registry, self.store, self._ask_process, self.engine)
         self._process_clients: dict[str, Client] = {}
         handlers: dict[str, Handler] = {
             "Ping": self.ping,
@@ -84,6 +86,8 @@ class Agent:
         counters["sessions.active"] = len(self.sessions.active)
         counters["processes"] = len(self.registry.instances())
         counters["colony.connected"] = int(self.link.connected)
+        counters.update({f"kernel.{k}": v for k, v in self.engine.global_counters().items()})
+        counters["kernel.attached_probes"] = self.engine.attachment_count
         return pb.PingResponse(
             daemon="coral-agentd", version=__version__, pid=os.getpid(), agent_id=self.agent_id, counters=counters
         )
@@ -120,21 +124,6 @@ class Agent:
             return client.call(method, request)
         except Unavailable:
             raise Unavailable(f"process {reg.pid} of service {reg.service!r} did not answer at {reg.address}") from None
-
-    def _function_metadata(self, reg: Registration, function: str) -> pb.FunctionMetadata:
-        try:
-            reply = self._ask_process(reg, "GetFunctionMetadata", pb.GetFunctionMetadataRequest(function=function))
-        except NotFound as exc:
-            raise NotFound(
-                f"function {function!r} not found in service {reg.service!r} (pid {reg.pid})"
-                + (
-                    f"; closest: {', '.join(exc.suggestions)}"
-                    if exc.suggestions
-                    else f"; list them with: coralctl functions {reg.service}"
-                ),
-                exc.suggestions,
-            ) from None
-        return cast(pb.GetFunctionMetadataResponse, reply).metadata
 
     def list_functions(self, req: pb.ListFunctionsRequest, peer: Peer) -> Message:
         return self._ask_process(self._instance(req.service), "ListFunctions", req)
@@ -213,6 +202,7 @@ class Agent:
             for client in self._process_clients.values():
                 client.close()
             unlink_ipc(cfg.agent_endpoint)
+            self.engine.close()
             self.store.close()
             self.context.term()
 

@@ -1,35 +1,41 @@
 """Debug sessions on this agent: attach, collect, expire, detach, query.
 
 Knows nothing of sockets: it is given a registry, a store, a way to ask a
-process for function metadata, and a probe factory (real BCC in the daemon).
+process things, and the probe engine. Each session owns one engine slot.
 The agent enforces every session's expiry itself, colony or no colony.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import re
 import secrets
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, cast
 
-from coral.agentd.probes import ENTRY, NativeProbe, ProbeSpec, RawEvent
+from coral.agentd.engine import NativeRecord, ProbeEngine, ProbeError, PythonRecord, Site, SlotConfig, SlotStats
 from coral.agentd.registry import ProcessRegistry, Registration
 from coral.agentd.store import EventRow, EventStore, SessionRow
+from coral.agentd.targets import native_sites, python_site
 from coral.agentd.values import format_register
 from coral.daemon.config import Config
-from coral.daemon.errors import InvalidArgument, LimitExceeded, NotFound, PermissionDenied, ProbeFailed
+from coral.daemon.errors import CoralError, InvalidArgument, LimitExceeded, NotFound, ProbeFailed
 from coral.proto import coral_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-MetadataLookup = Callable[[Registration, str], pb.FunctionMetadata]
-ProbeFactory = Callable[[ProbeSpec], NativeProbe]
+AskProcess = Callable[[Registration, str, Any], Any]  # (process, method, request) -> response
 
 ACTIVE, EXPIRED, DETACHED, FAILED = "active", "expired", "detached", "failed"
 DEFAULT_PAGE, MAX_PAGE = 500, 5000
+CALL_RAISED = 0x1
+_PREDICATE = re.compile(r"^\s*(\w+)\s*(==|!=|<=|>=|<|>)\s*(-?\d+)\s*$")
+_STRING_TYPES = {"char *", "const char *", "unsigned char *", "const unsigned char *"}
 
 
 def wall_clock_offset_ns() -> int:
@@ -37,21 +43,37 @@ def wall_clock_offset_ns() -> int:
     return time.time_ns() - time.monotonic_ns()
 
 
-def probe_path(reg: Registration, meta: pb.FunctionMetadata) -> str:
-    """The path BCC attaches through, resolved inside the process's own mount
-    namespace. Only the process's executable or a file it has mapped."""
-    if meta.pid and meta.pid != reg.pid:
-        raise PermissionDenied(f"metadata names pid {meta.pid}, registered process is {reg.pid}")
-    if not meta.binary_path or meta.binary_path == reg.executable:
-        return f"/proc/{reg.pid}/exe"
-    try:
-        with open(f"/proc/{reg.pid}/maps") as f:
-            mapped = {line.split(maxsplit=5)[5].strip() for line in f if len(line.split(maxsplit=5)) == 6}
-    except OSError:
-        mapped = set()
-    if meta.binary_path not in mapped:
-        raise PermissionDenied(f"{meta.binary_path} is not mapped in process {reg.pid}")
-    return f"/proc/{reg.pid}/root{meta.binary_path}"
+def parse_predicate(text: str, meta: pb.FunctionMetadata) -> tuple[int, str, int] | None:
+    if not text:
+        return None
+    m = _PREDICATE.match(text)
+    if not m:
+        raise InvalidArgument(f"predicate {text!r} must look like ARG OP INTEGER, e.g. amount_cents>1000")
+    name, op, value = m.group(1), m.group(2), int(m.group(3))
+    names = [a.name for a in meta.arguments]
+    if name in names:
+        index = names.index(name)
+    elif re.fullmatch(r"arg[0-5]", name):
+        index = int(name[3])
+    else:
+        raise InvalidArgument(f"predicate names {name!r}; the function's arguments are: {', '.join(names) or 'unknown'}")
+    if index > 5:
+        raise InvalidArgument(f"predicate argument {name!r} is not in a register (only the first six are)")
+    return index, op, value
+
+
+def string_args(meta: pb.FunctionMetadata) -> tuple[int, int]:
+    """The first two arguments that are C strings, followed as bounded strings."""
+    found = [i for i, a in enumerate(meta.arguments[:6]) if a.type in _STRING_TYPES][:2]
+    return (found + [-1, -1])[0], (found + [-1, -1])[1]
+
+
+@dataclass
+class Target:
+    reg: Registration
+    meta: pb.FunctionMetadata
+    sites: list[Site]
+    fn_id: int = 0  # Python: the id the SDK stamps on records
 
 
 @dataclass
@@ -63,62 +85,47 @@ class Session:
     started_ns: int
     expires_ns: int
     max_events: int
-    targets: list[tuple[Registration, NativeProbe, pb.FunctionMetadata]]
+    slot: int
+    targets: list[Target]
     status: str = ACTIVE
     reason: str = ""
     ended_ns: int = 0
     stored: int = 0
     lost: Counter[str] = field(default_factory=Counter)
-    kernel_lost: dict[str, int] = field(default_factory=dict)
+    final: SlotStats | None = None
 
     @property
     def pids(self) -> list[int]:
-        return [reg.pid for reg, _, _ in self.targets]
+        return [t.reg.pid for t in self.targets]
 
-    def lost_by_cause(self) -> dict[str, int]:
-        counts = {**self.kernel_lost, **self.lost}
-        return {cause: n for cause, n in counts.items() if n}
-
-    def to_row(self) -> SessionRow:
+    def to_row(self, stats: SlotStats) -> SessionRow:
+        c = self.config
+        lost = {"sampled": stats.sampled, "filtered": stats.filtered, "ringbuf_full": stats.ringbuf_full, **self.lost}
         return SessionRow(
-            self.session_id,
-            self.service,
-            self.function,
-            self.pids,
-            self.started_ns,
-            self.expires_ns,
-            self.ended_ns,
-            self.status,
-            self.reason,
-            {
-                "capture_args": self.config.capture_args,
-                "capture_return": self.config.capture_return,
-                "sample_rate": self.config.sample_rate,
-                "max_events": self.max_events,
-            },
-            self.lost_by_cause(),
+            self.session_id, self.service, self.function, self.pids, self.started_ns, self.expires_ns, self.ended_ns,
+            self.status, self.reason,
+            {"capture_args": c.capture_args, "capture_return": c.capture_return, "sample_rate": c.sample_rate,
+             "max_events": self.max_events, "min_duration_ns": c.min_duration_ns, "predicate": c.predicate,
+             "stats": {"calls": stats.calls, "sum_ns": stats.sum_ns, "max_ns": stats.max_ns,
+                       "histogram": {str(k): v for k, v in stats.histogram.items()}}},
+            {k: v for k, v in lost.items() if v},
         )
 
 
 class SessionManager:
-    def __init__(
-        self,
-        config: Config,
-        agent_id: str,
-        registry: ProcessRegistry,
-        store: EventStore,
-        metadata: MetadataLookup,
-        probe_factory: ProbeFactory = NativeProbe,
-    ) -> None:
+    def __init__(self, config: Config, agent_id: str, registry: ProcessRegistry, store: EventStore,
+                 ask: AskProcess, engine: ProbeEngine) -> None:
         self.config = config
         self.agent_id = agent_id
         self.registry = registry
         self.store = store
-        self.metadata = metadata
-        self.probe_factory = probe_factory
+        self.ask = ask
+        self.engine = engine
         self.active: dict[str, Session] = {}
+        self._by_slot: dict[int, Session] = {}
         self._pending: list[EventRow] = []
         self._seq = store.next_seq()
+        self._fn_ids = itertools.count(int(time.time()) << 20)
         self._clock_offset = wall_clock_offset_ns()
 
     # ------------------------------------------------------------ attach
@@ -127,105 +134,137 @@ class SessionManager:
         duration_ms = self.config.sessions.session_duration_ms(req.duration_ms)
         if not req.function:
             raise InvalidArgument("a function name is required")
-        if len(self.active) >= self.config.sessions.max_sessions_per_agent:
-            limit = self.config.sessions.max_sessions_per_agent
+        limit = self.config.sessions.max_sessions_per_agent
+        if len(self.active) >= limit:
             raise LimitExceeded(f"agent {self.agent_id} already runs {len(self.active)} sessions (limit {limit})")
-        instances = self.registry.instances(req.service)
-        if not instances:
-            known = self.registry.services()
-            raise NotFound(
-                f"service {req.service!r} is not registered on agent {self.agent_id}"
-                + (f" (registered: {', '.join(known)})" if known else " (no services registered)"),
-                known,
-            )
-        cfg = req.config
         if req.session_id and (len(req.session_id) > 64 or not req.session_id.isprintable()):
             raise InvalidArgument("session id must be up to 64 printable characters")
         session_id = req.session_id or f"dbg-{secrets.token_hex(6)}"
         if session_id in self.active:
             raise InvalidArgument(f"session {session_id} already exists")
-        targets: list[tuple[Registration, NativeProbe, pb.FunctionMetadata]] = []
+        instances = self.registry.instances(req.service)
+        if not instances:
+            known = self.registry.services()
+            raise NotFound(f"service {req.service!r} is not registered on agent {self.agent_id}"
+                           + (f" (registered: {', '.join(known)})" if known else " (no services registered)"), known)
+        targets: list[Target] = []
         try:
             for reg in instances:
-                meta = self.metadata(reg, req.function)
-                spec = ProbeSpec(
-                    path=probe_path(reg, meta),
-                    address=meta.address,
-                    pids=(reg.pid,),
-                    capture_args=cfg.capture_args,
-                    capture_return=cfg.capture_return,
-                    sample_rate=cfg.sample_rate,
-                    ringbuf_pages=self.config.sessions.ring_buffer_pages,
-                )
-                try:
-                    probe = self.probe_factory(spec)
-                except RuntimeError as exc:
-                    raise ProbeFailed(str(exc)) from None
-                targets.append((reg, probe, meta))
+                targets.append(self._target(reg, req))
+            first = targets[0].meta
+            slot_config = SlotConfig(
+                sample_rate=req.config.sample_rate or 1, capture_args=req.config.capture_args,
+                capture_return=req.config.capture_return, min_duration_ns=req.config.min_duration_ns,
+                fn_id=targets[0].fn_id, str_args=string_args(first) if req.config.capture_args else (-1, -1),
+                predicate=parse_predicate(req.config.predicate, first),
+            )
+            if slot_config.predicate and first.kind == "python":
+                raise InvalidArgument("predicates apply to native functions' integer arguments only")
+            try:
+                slot = self.engine.open_slot(slot_config, [s for t in targets for s in t.sites])
+            except ProbeError as exc:
+                raise ProbeFailed(str(exc)) from None
         except Exception:
-            for _, probe, _ in targets:
-                probe.close()
+            self._disarm(targets)
             raise
         now = time.time_ns()
-        limit = self.config.sessions.max_events_per_session
+        events_limit = self.config.sessions.max_events_per_session
         session = Session(
-            session_id=session_id,
-            service=req.service,
-            function=req.function,
-            config=cfg,
-            started_ns=now,
-            expires_ns=now + duration_ms * 1_000_000,
-            targets=targets,
-            max_events=min(cfg.max_events, limit) if cfg.max_events else limit,
+            session_id=session_id, service=req.service, function=req.function, config=req.config, started_ns=now,
+            expires_ns=now + duration_ms * 1_000_000, slot=slot, targets=targets,
+            max_events=min(req.config.max_events, events_limit) if req.config.max_events else events_limit,
         )
         self.active[session_id] = session
-        self.store.save_session(session.to_row())
-        log.info("session %s: %s %s on pids %s for %ds", session_id, req.service, req.function, session.pids, duration_ms // 1000)
+        self._by_slot[slot] = session
+        self.store.save_session(session.to_row(SlotStats()))
+        log.info("session %s: %s %s on pids %s for %gs (slot %d)", session_id, req.service, req.function,
+                 session.pids, duration_ms / 1000, slot)
         return self.describe(session)
+
+    def _target(self, reg: Registration, req: pb.AttachUprobeRequest) -> Target:
+        try:
+            reply = self.ask(reg, "GetFunctionMetadata", pb.GetFunctionMetadataRequest(function=req.function))
+        except NotFound as exc:
+            hint = f"; closest: {', '.join(exc.suggestions)}" if exc.suggestions else f"; list them with: coralctl functions {reg.service}"
+            raise NotFound(f"function {req.function!r} not found in service {reg.service!r} (pid {reg.pid}){hint}",
+                           exc.suggestions) from None
+        meta = cast(pb.GetFunctionMetadataResponse, reply).metadata
+        if meta.kind != "python":
+            return Target(reg, meta, native_sites(reg.pid, reg.executable, meta))
+        fn_id = next(self._fn_ids)
+        armed = cast(pb.ArmFunctionResponse, self.ask(
+            reg, "ArmFunction", pb.ArmFunctionRequest(function=req.function, fn_id=fn_id, config=req.config)))
+        target = Target(reg, armed.metadata, [], fn_id)
+        try:
+            target.sites = [python_site(reg.pid, reg.executable, armed.metadata)]
+        except CoralError:
+            self._disarm([target])
+            raise
+        return target
+
+    def _disarm(self, targets: list[Target]) -> None:
+        for t in targets:
+            if t.fn_id:
+                try:
+                    self.ask(t.reg, "DisarmFunction", pb.DisarmFunctionRequest(fn_id=t.fn_id))
+                except CoralError as exc:  # the process may be gone; its wrapper went with it
+                    log.debug("disarm %s in pid %d: %s", t.meta.name, t.reg.pid, exc.message)
 
     # ----------------------------------------------------------- collect
 
     def collect(self) -> int:
-        """Drain every session's ring buffer into the pending batch."""
+        """Drain the ring buffer into the pending batch."""
         n = 0
-        for session in self.active.values():
-            for _reg, probe, meta in session.targets:
-                for raw in probe.drain():
-                    n += 1
-                    if session.stored >= session.max_events:
-                        session.lost["max_events"] += 1
-                        continue
-                    session.stored += 1
-                    self._pending.append(self._row(session, meta, raw))
+        for slot, records in self.engine.drain().items():
+            session = self._by_slot.get(slot)
+            if session is None:
+                continue
+            for rec in records:
+                n += 1
+                if session.stored >= session.max_events:
+                    session.lost["max_events"] += 1
+                    continue
+                session.stored += 1
+                self._rows(session, rec)
         return n
 
-    def _row(self, session: Session, meta: pb.FunctionMetadata, raw: RawEvent) -> EventRow:
-        args, ret = "", ""
-        if raw.kind == ENTRY and session.config.capture_args:
+    def _rows(self, s: Session, rec: NativeRecord | PythonRecord) -> None:
+        """One call -> an entry row and a return row."""
+        if isinstance(rec, PythonRecord):
+            start, end = rec.start_ns, rec.end_ns
+            args = [dict(zip(("name", "value"), a.decode(errors="replace").split("=", 1), strict=False)) | {"type": ""}
+                    for a in rec.args.split(b"\0") if a] if s.config.capture_args else []
+            ret: dict[str, Any] = {}
+            text = rec.ret.decode(errors="replace")
+            if rec.flags & CALL_RAISED:
+                ret = {"type": text.split(":", 1)[0], "value": "", "is_error": True, "error_message": text}
+            elif s.config.capture_return:
+                ret = {"type": "", "value": text}
+        else:
+            start, end = rec.start_ns, rec.start_ns + rec.duration_ns
+            meta = next((t.meta for t in s.targets if t.reg.pid == rec.pid), s.targets[0].meta)
+            args, ret = self._native_values(s, meta, rec)
+        for kind, ts, duration, values, result in (("entry", start, 0, args, {}), ("return", end, end - start, [], ret)):
+            self._pending.append(EventRow(self._seq, s.session_id, kind, ts + self._clock_offset, rec.pid, rec.tid,
+                                          duration, json.dumps(values) if values else "",
+                                          json.dumps(result) if result else ""))
+            self._seq += 1
+
+    @staticmethod
+    def _native_values(s: Session, meta: pb.FunctionMetadata, rec: NativeRecord) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        args: list[dict[str, Any]] = []
+        if s.config.capture_args:
             names = [(a.name, a.type) for a in meta.arguments][:6] or [(f"arg{i}", "") for i in range(6)]
-            args = json.dumps(
-                [
-                    {"name": n, "type": t or "u64", "value": format_register(v, t)}
-                    for (n, t), v in zip(names, raw.args, strict=False)
-                ]
-            )
-        if raw.kind != ENTRY and session.config.capture_return:
-            rtype = meta.return_values[0].type if meta.return_values else ""
-            if rtype != "void":
-                ret = json.dumps({"type": rtype or "u64", "value": format_register(raw.retval, rtype)})
-        row = EventRow(
-            self._seq,
-            session.session_id,
-            "entry" if raw.kind == ENTRY else "return",
-            raw.ts_ns + self._clock_offset,
-            raw.pid,
-            raw.tid,
-            raw.duration_ns,
-            args,
-            ret,
-        )
-        self._seq += 1
-        return row
+            strings = dict(zip([i for i in string_args(meta) if i >= 0], rec.strings, strict=False))
+            for i, ((name, ctype), value) in enumerate(zip(names, rec.args, strict=False)):
+                shown = (repr(strings[i].decode(errors="replace")) if value else "NULL") if i in strings \
+                    else format_register(value, ctype)
+                args.append({"name": name, "type": ctype or "u64", "value": shown})
+        ret: dict[str, Any] = {}
+        rtype = meta.return_values[0].type if meta.return_values else ""
+        if s.config.capture_return and rtype != "void":
+            ret = {"type": rtype or "u64", "value": format_register(rec.retval, rtype)}
+        return args, ret
 
     def flush(self) -> int:
         """Write the pending batch to agent.duckdb in one go."""
@@ -247,7 +286,7 @@ class SessionManager:
             if now_ns >= session.expires_ns:
                 self._end(session, EXPIRED, "")
                 ended.append(session.session_id)
-            elif not any(self.registry.is_alive(reg) for reg, _, _ in session.targets):
+            elif not any(self.registry.is_alive(t.reg) for t in session.targets):
                 self._end(session, FAILED, "target exited")
                 ended.append(session.session_id)
         return ended
@@ -257,7 +296,7 @@ class SessionManager:
         if session is None:
             return self.session(session_id)  # already ended: report it as it ended
         self._end(session, DETACHED, "")
-        return self.describe_row(session.to_row())
+        return self.session(session_id)
 
     def shutdown(self) -> None:
         for session in list(self.active.values()):
@@ -265,55 +304,41 @@ class SessionManager:
 
     def _end(self, session: Session, status: str, reason: str) -> None:
         self.collect()  # what the kernel already has belongs to the session
-        session.kernel_lost = self._kernel_lost(session)
-        for _, probe, _ in session.targets:
-            probe.close()
+        session.final = self.engine.close_slot(session.slot)
+        self.collect()
         self.flush()
-        session.status, session.reason, session.ended_ns = status, reason, time.time_ns()
+        self._disarm(session.targets)
+        del self._by_slot[session.slot]
         del self.active[session.session_id]
-        self.store.save_session(session.to_row())
-        log.info("session %s %s%s", session.session_id, status, f" ({reason})" if reason else "")
-
-    @staticmethod
-    def _kernel_lost(session: Session) -> dict[str, int]:
-        totals: Counter[str] = Counter()
-        for _, probe, _ in session.targets:
-            c = probe.counters()
-            totals["ringbuf_full"] += c["lost_ringbuf"]
-            totals["sampled"] += c["sampled_out"]
-        return dict(totals)
+        session.status, session.reason, session.ended_ns = status, reason, time.time_ns()
+        self.store.save_session(session.to_row(session.final))
+        log.info("session %s %s%s: %d calls", session.session_id, status, f" ({reason})" if reason else "",
+                 session.final.calls)
 
     # ------------------------------------------------------------ query
 
     def describe(self, session: Session) -> pb.DebugSession:
-        session.kernel_lost = self._kernel_lost(session)
-        msg = self.describe_row(session.to_row())
-        msg.probes = sum(probe.attached for _, probe, _ in session.targets)
+        stats = self.engine.stats(session.slot, with_histogram=False)
+        msg = self.describe_row(session.to_row(stats))
+        msg.probes = self.engine.attached_probes(session.slot)
         return msg
 
     def describe_row(self, row: SessionRow) -> pb.DebugSession:
         events, calls = self.store.counts(row.session_id)
         c = row.config
+        stats = cast(dict[str, Any], c.get("stats", {}))
         return pb.DebugSession(
-            session_id=row.session_id,
-            service=row.service,
-            function=row.function,
-            agent_id=self.agent_id,
-            pids=row.pids,
-            started_unix_ns=row.started_ns,
-            expires_unix_ns=row.expires_ns,
-            ended_unix_ns=row.ended_ns,
-            status=row.status,
-            status_reason=row.reason,
-            event_count=events,
-            calls=calls,
-            lost=row.lost,
-            config=pb.UprobeConfig(
-                capture_args=bool(c.get("capture_args")),
-                capture_return=bool(c.get("capture_return")),
-                sample_rate=int(str(c.get("sample_rate", 0))),
-                max_events=int(str(c.get("max_events", 0))),
-            ),
+            session_id=row.session_id, service=row.service, function=row.function, agent_id=self.agent_id,
+            pids=row.pids, started_unix_ns=row.started_ns, expires_unix_ns=row.expires_ns, ended_unix_ns=row.ended_ns,
+            status=row.status, status_reason=row.reason, event_count=events, calls=calls, lost=row.lost,
+            config=pb.UprobeConfig(capture_args=bool(c.get("capture_args")), capture_return=bool(c.get("capture_return")),
+                                   sample_rate=int(cast(int, c.get("sample_rate", 0))),
+                                   max_events=int(cast(int, c.get("max_events", 0))),
+                                   min_duration_ns=int(cast(int, c.get("min_duration_ns", 0))),
+                                   predicate=str(c.get("predicate", ""))),
+            total_calls=int(stats.get("calls", 0)), sum_duration_ns=int(stats.get("sum_ns", 0)),
+            max_duration_ns=int(stats.get("max_ns", 0)),
+            histogram={int(k): int(v) for k, v in cast(dict[str, int], stats.get("histogram", {})).items()},
         )
 
     def session(self, session_id: str) -> pb.DebugSession:
@@ -328,9 +353,7 @@ class SessionManager:
         self.flush()
         out = []
         for row in self.store.sessions():
-            if req.service and row.service != req.service:
-                continue
-            if req.active_only and row.status != ACTIVE:
+            if (req.service and row.service != req.service) or (req.active_only and row.status != ACTIVE):
                 continue
             live = self.active.get(row.session_id)
             out.append(self.describe(live) if live else self.describe_row(row))
@@ -343,23 +366,13 @@ class SessionManager:
         rows = self.store.query(req.session_id, req.cursor, req.since_unix_ns, req.until_unix_ns, limit)
         events = [self._event(r, session) for r in rows]
         next_cursor = rows[-1].seq if rows else req.cursor
-        return pb.QueryUprobeEventsResponse(
-            events=events, next_cursor=next_cursor, has_more=len(rows) == limit, session=self.session(req.session_id)
-        )
+        return pb.QueryUprobeEventsResponse(events=events, next_cursor=next_cursor, has_more=len(rows) == limit,
+                                            session=self.session(req.session_id))
 
     def _event(self, r: EventRow, s: pb.DebugSession) -> pb.UprobeEvent:
-        ev = pb.UprobeEvent(
-            timestamp_unix_ns=r.ts_ns,
-            session_id=r.session_id,
-            agent_id=self.agent_id,
-            service=s.service,
-            function=s.function,
-            event_type=r.event_type,
-            duration_ns=r.duration_ns,
-            pid=r.pid,
-            tid=r.tid,
-            seq=r.seq,
-        )
+        ev = pb.UprobeEvent(timestamp_unix_ns=r.ts_ns, session_id=r.session_id, agent_id=self.agent_id,
+                            service=s.service, function=s.function, event_type=r.event_type,
+                            duration_ns=r.duration_ns, pid=r.pid, tid=r.tid, seq=r.seq)
         if r.args:
             ev.args.extend(pb.FunctionArgument(**a) for a in json.loads(r.args))
         if r.ret:

@@ -186,7 +186,7 @@ class Ctl:
         final = self._follow(
             session.session_id, lambda ev: durations.append(ev.duration_ns) if ev.event_type == "return" else None
         )
-        summary = render.summarize(durations)
+        summary = render.summarize_session(final, durations)
         if self.out.json:
             self.out.record(render.summary_dict(summary, final))
         else:
@@ -271,7 +271,7 @@ class Ctl:
             cursor = q.next_cursor
             if not q.has_more:
                 break
-        summary = render.summarize(durations)
+        summary = render.summarize_session(q.session, durations)
         if self.out.json:
             self.out.record(render.summary_dict(summary, q.session))
         else:

@@ -11,6 +11,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 
+from coral.histogram import percentile_ns
 from coral.proto import coral_pb2 as pb
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -78,6 +79,16 @@ def percentile(sorted_values: Sequence[int], p: float) -> int:
         return 0
     rank = max(1, math.ceil(p / 100 * len(sorted_values)))
     return sorted_values[rank - 1]
+
+
+def summarize_session(session: pb.DebugSession, durations_ns: Sequence[int]) -> Summary:
+    """Prefer the kernel's counts, which cover every call (sampled, filtered
+    and lost ones too); fall back to the events seen."""
+    if not session.total_calls:
+        return summarize(durations_ns)
+    hist, top = dict(session.histogram), session.max_duration_ns
+    return Summary(session.total_calls, session.sum_duration_ns / session.total_calls, percentile_ns(hist, 50, top),
+                   percentile_ns(hist, 95, top), percentile_ns(hist, 99, top), top)
 
 
 def summarize(durations_ns: Sequence[int]) -> Summary:

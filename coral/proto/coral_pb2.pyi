@@ -240,16 +240,20 @@ class ReturnValueMetadata(_message.Message):
     def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., location: _Optional[str] = ...) -> None: ...
 
 class UprobeConfig(_message.Message):
-    __slots__ = ("capture_args", "capture_return", "sample_rate", "max_events")
+    __slots__ = ("capture_args", "capture_return", "sample_rate", "max_events", "min_duration_ns", "predicate")
     CAPTURE_ARGS_FIELD_NUMBER: _ClassVar[int]
     CAPTURE_RETURN_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
     MAX_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    MIN_DURATION_NS_FIELD_NUMBER: _ClassVar[int]
+    PREDICATE_FIELD_NUMBER: _ClassVar[int]
     capture_args: bool
     capture_return: bool
     sample_rate: int
     max_events: int
-    def __init__(self, capture_args: _Optional[bool] = ..., capture_return: _Optional[bool] = ..., sample_rate: _Optional[int] = ..., max_events: _Optional[int] = ...) -> None: ...
+    min_duration_ns: int
+    predicate: str
+    def __init__(self, capture_args: _Optional[bool] = ..., capture_return: _Optional[bool] = ..., sample_rate: _Optional[int] = ..., max_events: _Optional[int] = ..., min_duration_ns: _Optional[int] = ..., predicate: _Optional[str] = ...) -> None: ...
 
 class AttachUprobeRequest(_message.Message):
     __slots__ = ("service", "function", "duration_ms", "config", "session_id")
@@ -284,7 +288,7 @@ class DetachUprobeResponse(_message.Message):
     def __init__(self, session: _Optional[_Union[DebugSession, _Mapping]] = ...) -> None: ...
 
 class DebugSession(_message.Message):
-    __slots__ = ("session_id", "service", "function", "agent_id", "pids", "started_unix_ns", "expires_unix_ns", "ended_unix_ns", "status", "status_reason", "config", "event_count", "calls", "lost", "probes")
+    __slots__ = ("session_id", "service", "function", "agent_id", "pids", "started_unix_ns", "expires_unix_ns", "ended_unix_ns", "status", "status_reason", "config", "event_count", "calls", "lost", "probes", "total_calls", "sum_duration_ns", "max_duration_ns", "histogram")
     class LostEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -292,6 +296,13 @@ class DebugSession(_message.Message):
         key: str
         value: int
         def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class HistogramEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: int
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
@@ -307,6 +318,10 @@ class DebugSession(_message.Message):
     CALLS_FIELD_NUMBER: _ClassVar[int]
     LOST_FIELD_NUMBER: _ClassVar[int]
     PROBES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_CALLS_FIELD_NUMBER: _ClassVar[int]
+    SUM_DURATION_NS_FIELD_NUMBER: _ClassVar[int]
+    MAX_DURATION_NS_FIELD_NUMBER: _ClassVar[int]
+    HISTOGRAM_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     service: str
     function: str
@@ -322,7 +337,11 @@ class DebugSession(_message.Message):
     calls: int
     lost: _containers.ScalarMap[str, int]
     probes: int
-    def __init__(self, session_id: _Optional[str] = ..., service: _Optional[str] = ..., function: _Optional[str] = ..., agent_id: _Optional[str] = ..., pids: _Optional[_Iterable[int]] = ..., started_unix_ns: _Optional[int] = ..., expires_unix_ns: _Optional[int] = ..., ended_unix_ns: _Optional[int] = ..., status: _Optional[str] = ..., status_reason: _Optional[str] = ..., config: _Optional[_Union[UprobeConfig, _Mapping]] = ..., event_count: _Optional[int] = ..., calls: _Optional[int] = ..., lost: _Optional[_Mapping[str, int]] = ..., probes: _Optional[int] = ...) -> None: ...
+    total_calls: int
+    sum_duration_ns: int
+    max_duration_ns: int
+    histogram: _containers.ScalarMap[int, int]
+    def __init__(self, session_id: _Optional[str] = ..., service: _Optional[str] = ..., function: _Optional[str] = ..., agent_id: _Optional[str] = ..., pids: _Optional[_Iterable[int]] = ..., started_unix_ns: _Optional[int] = ..., expires_unix_ns: _Optional[int] = ..., ended_unix_ns: _Optional[int] = ..., status: _Optional[str] = ..., status_reason: _Optional[str] = ..., config: _Optional[_Union[UprobeConfig, _Mapping]] = ..., event_count: _Optional[int] = ..., calls: _Optional[int] = ..., lost: _Optional[_Mapping[str, int]] = ..., probes: _Optional[int] = ..., total_calls: _Optional[int] = ..., sum_duration_ns: _Optional[int] = ..., max_duration_ns: _Optional[int] = ..., histogram: _Optional[_Mapping[int, int]] = ...) -> None: ...
 
 class ListDebugSessionsRequest(_message.Message):
     __slots__ = ("service", "active_only")

@@ -1,0 +1,407 @@
+// Coral's BPF program: loaded once per agent, shared by every session.
+//
+// A session owns a *slot* (0..63). Where to probe is in `sites`, keyed by
+// process and the probed instruction's runtime address; each site carries
+// the mask of slots watching it. What a slot wants (sampling, filters,
+// captures) is in `slots`. Attaching a session therefore compiles nothing:
+// the agent attaches uprobes (refcounted) and writes maps.
+//
+// Calls are paired on a per-thread stack of frames (per goroutine for Go,
+// keyed by the g pointer in R14, because goroutines move between threads
+// and their stacks move in memory). One record per completed call goes to
+// the ring buffer, submitted with BPF_RB_NO_WAKEUP: the agent drains on a
+// timer. Every call is counted and put in the slot's histogram before
+// sampling and filters, so the summary covers all calls; every record that
+// does not reach the agent is counted by cause.
+//
+// Compile-time parameters (coral/agentd/engine.py): CORAL_RINGBUF_PAGES.
+#include <uapi/linux/ptrace.h>
+#include "coral_call.h"
+
+#define CORAL_MAX_SLOTS 64
+#define CORAL_STACK_DEPTH 8          // power of two
+#define CORAL_HIST_SUB_BITS 3        // 8 sub-buckets per power of two
+#define CORAL_HIST_BUCKETS 512
+#define CORAL_STR_MAX 64
+
+// site flags
+#define SITE_ENTRY 0x1               // first instruction of a function
+#define SITE_GO 0x2                  // ... of a Go function: frames keyed by goroutine
+#define SITE_GO_RET 0x4              // a RET instruction of a Go function
+#define SITE_PYTHON 0x8              // the Python SDK's probe site
+
+// per-slot counters, CORAL_STATS apiece
+#define ST_CALLS 0                   // completed calls seen in the kernel
+#define ST_SAMPLED 1                 // not reported: sampling
+#define ST_FILTERED 2                // not reported: min duration or predicate
+#define ST_RINGBUF 3                 // not reported: ring buffer full
+#define ST_EMITTED 4                 // records submitted
+#define ST_MAX_NS 5
+#define ST_SUM_NS 6
+#define CORAL_STATS 8
+
+// global counters
+#define G_STACK_FULL 0               // entries not tracked: stack depth exceeded
+#define G_UNPAIRED 1                 // returns with no matching entry
+#define G_STALE 2                    // frames dropped: their call left without returning (longjmp, panic)
+
+#define EV_NATIVE 1
+#define EV_PYTHON 2
+
+#define PRED_NONE 0
+#define PRED_EQ 1
+#define PRED_NE 2
+#define PRED_LT 3
+#define PRED_LE 4
+#define PRED_GT 5
+#define PRED_GE 6
+
+struct site_key {
+    u32 tgid;
+    u32 pad;
+    u64 ip;
+};
+
+struct site {
+    u64 slots;                       // bit i: slot i watches this site
+    u64 func_ip;                     // entry address of the function (Go RET sites)
+    u32 flags;
+    u32 pad;
+};
+
+struct slot_config {
+    u32 sample_rate;                 // report every Nth call; 0/1: all
+    u32 capture;                     // bit0 args, bit1 return
+    u64 min_duration_ns;
+    u64 fn_id;                       // Python: the armed function's id
+    s32 str_arg[2];                  // native: args read as C strings (-1: none)
+    s32 pred_arg;                    // -1: no predicate
+    u32 pred_op;
+    s64 pred_value;
+};
+
+struct frame {
+    u64 ts;
+    u64 sp;                          // stack pointer at entry (native pairing)
+    u64 func_ip;
+    u64 slots;
+    u64 args[6];
+};
+
+struct stack {
+    u32 depth;
+    u32 pad;
+    struct frame frames[CORAL_STACK_DEPTH];
+};
+
+struct thread_key {
+    u64 id;                          // pid_tgid (native) or tgid (Go)
+    u64 g;                           // goroutine pointer (Go), else 0
+};
+
+struct native_event {
+    u32 type;
+    u32 slot;
+    u32 pid;
+    u32 tid;
+    u64 start_ns;
+    u64 duration_ns;
+    u64 retval;
+    u64 args[6];
+    char strs[2][CORAL_STR_MAX];
+};
+
+struct python_event {
+    u32 type;
+    u32 slot;
+    u32 pid;
+    u32 tid;
+    struct coral_call call;
+};
+
+BPF_RINGBUF_OUTPUT(events, CORAL_RINGBUF_PAGES);
+BPF_HASH(sites, struct site_key, struct site, 16384);
+BPF_ARRAY(slots, struct slot_config, CORAL_MAX_SLOTS);
+BPF_ARRAY(stats, u64, CORAL_MAX_SLOTS * CORAL_STATS);
+BPF_ARRAY(hist, u64, CORAL_MAX_SLOTS * CORAL_HIST_BUCKETS);
+BPF_ARRAY(globals, u64, 4);
+BPF_HASH(stacks, struct thread_key, struct stack, 65536);
+BPF_PERCPU_ARRAY(empty_stack, struct stack, 1);
+
+static __always_inline u64 *stat(u32 slot, u32 which)
+{
+    u32 index = slot * CORAL_STATS + which;
+    return stats.lookup(&index);
+}
+
+static __always_inline u64 bump_stat(u32 slot, u32 which)
+{
+    u64 *value = stat(slot, which);
+    return value ? __sync_fetch_and_add(value, 1) : 0;
+}
+
+static __always_inline void bump_global(u32 which)
+{
+    u64 *value = globals.lookup(&which);
+    if (value)
+        __sync_fetch_and_add(value, 1);
+}
+
+static __always_inline u32 log2_u64(u64 v)
+{
+    u32 r, shift;
+    r = (v > 0xFFFFFFFFULL) << 5; v >>= r;
+    shift = (v > 0xFFFF) << 4; v >>= shift; r |= shift;
+    shift = (v > 0xFF) << 3; v >>= shift; r |= shift;
+    shift = (v > 0xF) << 2; v >>= shift; r |= shift;
+    shift = (v > 0x3) << 1; v >>= shift; r |= shift;
+    r |= (v >> 1);
+    return r;
+}
+
+// Log-linear buckets: values below 8 have their own; above, each power of
+// two is split in 8 (relative width 12.5%). coral/agentd/histogram.py
+// mirrors this to turn buckets back into nanoseconds.
+static __always_inline u32 hist_bucket(u64 ns)
+{
+    if (ns < (1 << CORAL_HIST_SUB_BITS))
+        return (u32)ns;
+    u32 msb = log2_u64(ns);
+    u32 sub = (ns >> (msb - CORAL_HIST_SUB_BITS)) & ((1 << CORAL_HIST_SUB_BITS) - 1);
+    return (msb << CORAL_HIST_SUB_BITS) + sub;
+}
+
+// Count the call for the slot and decide whether to report it.
+static __always_inline int account(u32 slot, struct slot_config *cfg, u64 duration, u64 *args)
+{
+    u64 nth = bump_stat(slot, ST_CALLS);
+    u32 index = slot * CORAL_HIST_BUCKETS + (hist_bucket(duration) & (CORAL_HIST_BUCKETS - 1));
+    u64 *bucket = hist.lookup(&index);
+    if (bucket)
+        __sync_fetch_and_add(bucket, 1);
+    u64 *sum = stat(slot, ST_SUM_NS);
+    if (sum)
+        __sync_fetch_and_add(sum, duration);
+    u64 *max = stat(slot, ST_MAX_NS);
+    if (max && duration > *max)
+        *max = duration;  // racy between CPUs; a rare lost maximum is acceptable
+
+    if (cfg->sample_rate > 1 && nth % cfg->sample_rate != 0) {
+        bump_stat(slot, ST_SAMPLED);
+        return 0;
+    }
+    if (duration < cfg->min_duration_ns) {
+        bump_stat(slot, ST_FILTERED);
+        return 0;
+    }
+    if (args && cfg->pred_arg >= 0 && cfg->pred_arg < 6) {
+        s64 v = (s64)args[cfg->pred_arg & 7];
+        s64 want = cfg->pred_value;
+        int keep = 1;
+        switch (cfg->pred_op) {
+        case PRED_EQ: keep = v == want; break;
+        case PRED_NE: keep = v != want; break;
+        case PRED_LT: keep = v < want; break;
+        case PRED_LE: keep = v <= want; break;
+        case PRED_GT: keep = v > want; break;
+        case PRED_GE: keep = v >= want; break;
+        }
+        if (!keep) {
+            bump_stat(slot, ST_FILTERED);
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static __always_inline void read_str(char *dst, s32 arg, struct frame *f)
+{
+    if (arg >= 0 && arg < 6)
+        bpf_probe_read_user_str(dst, CORAL_STR_MAX, (void *)f->args[arg & 7]);
+}
+
+static __always_inline void finish_native(struct frame *f, u64 now, u64 retval, u64 id)
+{
+    u64 duration = now - f->ts;
+    for (u32 slot = 0; slot < CORAL_MAX_SLOTS; slot++) {
+        if (!(f->slots & (1ULL << slot)))
+            continue;
+        u32 key = slot;
+        struct slot_config *cfg = slots.lookup(&key);
+        if (!cfg || !account(slot, cfg, duration, f->args))
+            continue;
+        struct native_event *e = events.ringbuf_reserve(sizeof(*e));
+        if (!e) {
+            bump_stat(slot, ST_RINGBUF);
+            continue;
+        }
+        __builtin_memset(e, 0, sizeof(*e));
+        e->type = EV_NATIVE;
+        e->slot = slot;
+        e->pid = id >> 32;
+        e->tid = (u32)id;
+        e->start_ns = f->ts;
+        e->duration_ns = duration;
+        if (cfg->capture & 1) {
+            __builtin_memcpy(e->args, f->args, sizeof(e->args));
+            read_str(e->strs[0], cfg->str_arg[0], f);
+            read_str(e->strs[1], cfg->str_arg[1], f);
+        }
+        if (cfg->capture & 2)
+            e->retval = retval;
+        events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+        bump_stat(slot, ST_EMITTED);
+    }
+}
+
+static __always_inline void push_frame(struct thread_key *tk, struct site *s, u64 ip, struct pt_regs *ctx, int go)
+{
+    struct stack *st = stacks.lookup(tk);
+    if (!st) {
+        u32 zero = 0;
+        struct stack *empty = empty_stack.lookup(&zero);
+        if (!empty)
+            return;
+        stacks.update(tk, empty);
+        st = stacks.lookup(tk);
+        if (!st)
+            return;
+    }
+    u32 depth = st->depth;
+    if (depth >= CORAL_STACK_DEPTH) {
+        bump_global(G_STACK_FULL);
+        return;
+    }
+    struct frame *f = &st->frames[depth & (CORAL_STACK_DEPTH - 1)];
+    f->ts = bpf_ktime_get_ns();
+    f->sp = PT_REGS_SP(ctx);
+    f->func_ip = ip;
+    f->slots = s->slots;
+    if (go) {
+        // Go >= 1.17 register ABI (amd64): RAX, RBX, RCX, RDI, RSI, R8, ...
+        f->args[0] = ctx->ax;
+        f->args[1] = ctx->bx;
+        f->args[2] = ctx->cx;
+        f->args[3] = ctx->di;
+        f->args[4] = ctx->si;
+        f->args[5] = ctx->r8;
+    } else {
+        f->args[0] = PT_REGS_PARM1(ctx);
+        f->args[1] = PT_REGS_PARM2(ctx);
+        f->args[2] = PT_REGS_PARM3(ctx);
+        f->args[3] = PT_REGS_PARM4(ctx);
+        f->args[4] = PT_REGS_PARM5(ctx);
+        f->args[5] = PT_REGS_PARM6(ctx);
+    }
+    st->depth = depth + 1;
+}
+
+// Find the frame a return belongs to and finish that call. Native: the
+// frame whose entry SP is the SP at return minus the return address, after
+// dropping frames of calls that left without returning. Go: the top frame,
+// if it is of the same function (stacks move, so SPs cannot be compared).
+static __always_inline void pop_frame(struct thread_key *tk, u64 func_ip, u64 sp_at_return, u64 retval, u64 id)
+{
+    struct stack *st = stacks.lookup(tk);
+    if (!st) {
+        bump_global(G_UNPAIRED);
+        return;
+    }
+    u64 entry_sp = sp_at_return - 8;
+    s32 found = -1;
+    for (int i = 0; i < CORAL_STACK_DEPTH; i++) {
+        u32 depth = st->depth;
+        if (depth == 0 || depth > CORAL_STACK_DEPTH)
+            break;
+        u32 top = (depth - 1) & (CORAL_STACK_DEPTH - 1);
+        struct frame *f = &st->frames[top];
+        if (func_ip) {
+            if (f->func_ip == func_ip)
+                found = top;
+            break;
+        }
+        if (f->sp < entry_sp) {
+            st->depth = top;
+            bump_global(G_STALE);
+            continue;
+        }
+        if (f->sp == entry_sp)
+            found = top;
+        break;
+    }
+    if (found < 0) {
+        bump_global(G_UNPAIRED);
+        return;
+    }
+    u64 now = bpf_ktime_get_ns();
+    struct frame *f = &st->frames[found & (CORAL_STACK_DEPTH - 1)];
+    st->depth = found;
+    finish_native(f, now, retval, id);
+    if (found == 0)
+        stacks.delete(tk);
+}
+
+static __always_inline int python_call(struct pt_regs *ctx, struct site *s, u64 id)
+{
+    const struct coral_call *rec = (const struct coral_call *)PT_REGS_PARM1(ctx);
+    u64 head[4];  // fn_id, call_id, start_ns, end_ns
+    if (bpf_probe_read_user(head, sizeof(head), rec) != 0)
+        return 0;
+    u64 duration = head[3] > head[2] ? head[3] - head[2] : 0;
+    for (u32 slot = 0; slot < CORAL_MAX_SLOTS; slot++) {
+        if (!(s->slots & (1ULL << slot)))
+            continue;
+        u32 key = slot;
+        struct slot_config *cfg = slots.lookup(&key);
+        if (!cfg || cfg->fn_id != head[0] || !account(slot, cfg, duration, 0))
+            continue;
+        struct python_event *e = events.ringbuf_reserve(sizeof(*e));
+        if (!e) {
+            bump_stat(slot, ST_RINGBUF);
+            continue;
+        }
+        e->type = EV_PYTHON;
+        e->slot = slot;
+        e->pid = id >> 32;
+        e->tid = (u32)id;
+        if (bpf_probe_read_user(&e->call, sizeof(e->call), rec) != 0) {
+            events.ringbuf_discard(e, 0);
+            continue;
+        }
+        events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+        bump_stat(slot, ST_EMITTED);
+    }
+    return 0;
+}
+
+// Attached at every entry site, every Go RET site and every Python site.
+int coral_hit(struct pt_regs *ctx)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    struct site_key key = {.tgid = id >> 32, .pad = 0, .ip = PT_REGS_IP(ctx)};
+    struct site *s = sites.lookup(&key);
+    if (!s || !s->slots)
+        return 0;
+    if (s->flags & SITE_PYTHON)
+        return python_call(ctx, s, id);
+    if (s->flags & (SITE_GO | SITE_GO_RET)) {
+        struct thread_key tk = {.id = id >> 32, .g = ctx->r14};
+        if (s->flags & SITE_GO_RET)
+            pop_frame(&tk, s->func_ip, 0, ctx->ax, id);
+        else
+            push_frame(&tk, s, key.ip, ctx, 1);
+        return 0;
+    }
+    struct thread_key tk = {.id = id, .g = 0};
+    push_frame(&tk, s, key.ip, ctx, 0);
+    return 0;
+}
+
+// uretprobe of native (non-Go) functions: the top frame of this thread.
+int coral_return(struct pt_regs *ctx)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    struct thread_key tk = {.id = id, .g = 0};
+    pop_frame(&tk, 0, PT_REGS_SP(ctx), PT_REGS_RC(ctx), id);
+    return 0;
+}

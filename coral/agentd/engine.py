@@ -1,0 +1,297 @@
+"""The agent's one BPF program (bpf/coral_probes.c) and everything attached
+to it. Sessions own slots; sites and uprobes are shared and refcounted, so
+attaching a session compiles nothing. Knows nothing of sessions' meaning."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import struct
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from coral.agentd.probes import bpf_source_dir, load_bcc
+
+log = logging.getLogger(__name__)
+
+MAX_SLOTS = 64
+HIST_BUCKETS = 512
+STATS_PER_SLOT = 8
+ST_CALLS, ST_SAMPLED, ST_FILTERED, ST_RINGBUF, ST_EMITTED, ST_MAX_NS, ST_SUM_NS = range(7)
+GLOBAL_NAMES = ("stack_full", "unpaired_returns", "stale_frames")
+
+SITE_ENTRY, SITE_GO, SITE_GO_RET, SITE_PYTHON = 0x1, 0x2, 0x4, 0x8
+EV_NATIVE, EV_PYTHON = 1, 2
+PREDICATE_OPS = {"==": 1, "!=": 2, "<": 3, "<=": 4, ">": 5, ">=": 6}
+
+_NATIVE = struct.Struct("<IIIIQQQ6Q64s64s")
+_PYTHON = struct.Struct("<IIIIQQQQIIII512s256s")
+
+
+class ProbeError(Exception):
+    """The kernel refused a probe; the message says where and why."""
+
+
+@dataclass(frozen=True)
+class Site:
+    """One probed instruction in one process."""
+
+    pid: int
+    path: str  # what the kernel opens: /proc/PID/exe or /proc/PID/root/...
+    file_offset: int
+    runtime_ip: int  # the instruction's address in the process
+    flags: int
+    func_ip: int = 0  # Go RET sites: the function's entry address
+    uretprobe: bool = False  # native entry sites: also a return probe
+    ref_ctr_offset: int = 0  # Python site: the semaphore the kernel raises
+
+
+@dataclass(frozen=True)
+class SlotConfig:
+    sample_rate: int = 1
+    capture_args: bool = False
+    capture_return: bool = False
+    min_duration_ns: int = 0
+    fn_id: int = 0
+    str_args: tuple[int, int] = (-1, -1)
+    predicate: tuple[int, str, int] | None = None  # (arg index, op, value)
+
+
+@dataclass(frozen=True)
+class NativeRecord:
+    pid: int
+    tid: int
+    start_ns: int
+    duration_ns: int
+    retval: int
+    args: tuple[int, ...]
+    strings: tuple[bytes, bytes]
+
+
+@dataclass(frozen=True)
+class PythonRecord:
+    pid: int
+    tid: int
+    fn_id: int
+    call_id: int
+    start_ns: int
+    end_ns: int
+    flags: int
+    args: bytes
+    ret: bytes
+
+
+@dataclass
+class SlotStats:
+    calls: int = 0
+    sampled: int = 0
+    filtered: int = 0
+    ringbuf_full: int = 0
+    emitted: int = 0
+    max_ns: int = 0
+    sum_ns: int = 0
+    histogram: dict[int, int] = field(default_factory=dict)
+
+
+class _Libbcc:
+    """libbcc's bpf_attach_uprobe with its real signature. BCC 0.26's Python
+    binding declares six arguments and passes no ref_ctr_offset (the C
+    function takes seven), so Coral calls it through its own handle."""
+
+    def __init__(self, bcc: Any) -> None:
+        lib = ctypes.CDLL(bcc.libbcc.lib._name, use_errno=True)
+        self.attach = lib.bpf_attach_uprobe
+        self.attach.restype = ctypes.c_int
+        self.attach.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulonglong,
+                                ctypes.c_int, ctypes.c_uint32]
+        self.close_fd = lib.bpf_close_perf_event_fd
+        self.close_fd.argtypes = [ctypes.c_int]
+
+
+class ProbeEngine:
+    def __init__(self, ringbuf_pages: int) -> None:
+        bcc = load_bcc()
+        src = bpf_source_dir()
+        self._bpf = bcc.BPF(src_file=str(src / "coral_probes.c").encode(),
+                            cflags=[f"-DCORAL_RINGBUF_PAGES={ringbuf_pages}", f"-I{src}"])
+        self._hit = self._bpf.load_func(b"coral_hit", bcc.BPF.KPROBE).fd
+        self._ret = self._bpf.load_func(b"coral_return", bcc.BPF.KPROBE).fd
+        self._lib = _Libbcc(bcc)
+        self._sites = self._bpf["sites"]
+        self._slot_table = self._bpf["slots"]
+        self._stats = self._bpf["stats"]
+        self._hist = self._bpf["hist"]
+        self._globals = self._bpf["globals"]
+        self._free = list(range(MAX_SLOTS - 1, -1, -1))
+        self._slot_sites: dict[int, list[Site]] = {}
+        self._site_masks: dict[tuple[int, int], int] = {}
+        self._attached: dict[tuple[int, str, int, bool], tuple[int, int]] = {}  # key -> (fd, refcount)
+        self._pending: dict[int, list[NativeRecord | PythonRecord]] = defaultdict(list)
+        self._bpf["events"].open_ring_buffer(self._on_record)
+
+    # ------------------------------------------------------------- slots
+
+    @property
+    def free_slots(self) -> int:
+        return len(self._free)
+
+    def open_slot(self, config: SlotConfig, sites: list[Site]) -> int:
+        """Start watching `sites` for a new slot; all or nothing."""
+        if not self._free:
+            raise ProbeError(f"all {MAX_SLOTS} probe slots are in use")
+        slot = self._free.pop()
+        self._reset_slot(slot)
+        self._write_config(slot, config)
+        self._slot_sites[slot] = []
+        try:
+            for site in sites:
+                self._add_site(slot, site)
+        except ProbeError:
+            self.close_slot(slot)
+            raise
+        return slot
+
+    def close_slot(self, slot: int) -> SlotStats:
+        """Detach what only this slot used, clear its bit, return its final counts."""
+        for site in reversed(self._slot_sites.pop(slot, [])):
+            self._release(site)
+            key = (site.pid, site.runtime_ip)
+            mask = self._site_masks.get(key, 0) & ~(1 << slot)
+            self._write_site(site, mask)
+        self.drain_into_pending()
+        stats = self.stats(slot)
+        self._free.append(slot)
+        return stats
+
+    def attached_probes(self, slot: int) -> int:
+        return sum(1 + site.uretprobe for site in self._slot_sites.get(slot, []))
+
+    def _write_config(self, slot: int, c: SlotConfig) -> None:
+        v = self._slot_table.Leaf()
+        v.sample_rate = max(1, c.sample_rate)
+        v.capture = int(c.capture_args) | int(c.capture_return) << 1
+        v.min_duration_ns = c.min_duration_ns
+        v.fn_id = c.fn_id
+        v.str_arg[0], v.str_arg[1] = c.str_args
+        if c.predicate is None:
+            v.pred_arg, v.pred_op, v.pred_value = -1, 0, 0
+        else:
+            v.pred_arg, v.pred_op, v.pred_value = c.predicate[0], PREDICATE_OPS[c.predicate[1]], c.predicate[2]
+        self._slot_table[ctypes.c_int(slot)] = v
+
+    def _reset_slot(self, slot: int) -> None:
+        zero = ctypes.c_ulonglong(0)
+        for i in range(STATS_PER_SLOT):
+            self._stats[ctypes.c_int(slot * STATS_PER_SLOT + i)] = zero
+        for i in range(HIST_BUCKETS):
+            self._hist[ctypes.c_int(slot * HIST_BUCKETS + i)] = zero
+
+    # ------------------------------------------------------------- sites
+
+    def _write_site(self, site: Site, mask: int) -> None:
+        key = self._sites.Key()
+        key.tgid, key.pad, key.ip = site.pid, 0, site.runtime_ip
+        if mask == 0:
+            self._site_masks.pop((site.pid, site.runtime_ip), None)
+            try:
+                del self._sites[key]
+            except KeyError:
+                pass
+            return
+        value = self._sites.Leaf()
+        value.slots, value.func_ip, value.flags, value.pad = mask, site.func_ip, site.flags, 0
+        self._sites[key] = value
+        self._site_masks[(site.pid, site.runtime_ip)] = mask
+
+    def _add_site(self, slot: int, site: Site) -> None:
+        # The map first: a probe that fires must find its site.
+        mask = self._site_masks.get((site.pid, site.runtime_ip), 0) | (1 << slot)
+        self._write_site(site, mask)
+        self._slot_sites[slot].append(site)
+        self._acquire(site, retprobe=False)
+        if site.uretprobe:
+            try:
+                self._acquire(site, retprobe=True)
+            except ProbeError:
+                self._release(site, entry_only=True)
+                self._slot_sites[slot].remove(site)
+                raise
+
+    def _acquire(self, site: Site, retprobe: bool) -> None:
+        key = (site.pid, site.path, site.file_offset, retprobe)
+        if key in self._attached:
+            fd, refs = self._attached[key]
+            self._attached[key] = (fd, refs + 1)
+            return
+        ev_name = f"coral_{site.pid}_{site.file_offset:x}_{'r' if retprobe else 'p'}".encode()
+        fd = self._lib.attach(self._ret if retprobe else self._hit, int(retprobe), ev_name, site.path.encode(),
+                              site.file_offset, site.pid, site.ref_ctr_offset)
+        if fd < 0:
+            err = ctypes.get_errno()
+            kind = "uretprobe" if retprobe else "uprobe"
+            raise ProbeError(f"{kind} at {site.path}+{site.file_offset:#x} (pid {site.pid}) refused by the kernel"
+                             + (f": errno {err}" if err else ""))
+        self._attached[key] = (fd, 1)
+
+    def _release(self, site: Site, entry_only: bool = False) -> None:
+        for retprobe in (False,) if entry_only or not site.uretprobe else (False, True):
+            key = (site.pid, site.path, site.file_offset, retprobe)
+            fd, refs = self._attached.get(key, (-1, 0))
+            if refs > 1:
+                self._attached[key] = (fd, refs - 1)
+            elif refs == 1:
+                del self._attached[key]
+                self._lib.close_fd(fd)
+
+    @property
+    def attachment_count(self) -> int:
+        return len(self._attached)
+
+    # ------------------------------------------------------------ events
+
+    def _on_record(self, _ctx: Any, data: int, size: int) -> int:
+        raw = ctypes.string_at(data, size)
+        kind = struct.unpack_from("<I", raw)[0]
+        if kind == EV_NATIVE and size >= _NATIVE.size:
+            f = _NATIVE.unpack_from(raw)
+            self._pending[f[1]].append(NativeRecord(f[2], f[3], f[4], f[5], f[6], tuple(f[7:13]),
+                                                    (f[13].split(b"\0", 1)[0], f[14].split(b"\0", 1)[0])))
+        elif kind == EV_PYTHON and size >= _PYTHON.size:
+            f = _PYTHON.unpack_from(raw)
+            args_len, ret_len = min(f[9], 512), min(f[10], 256)
+            self._pending[f[1]].append(PythonRecord(f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[12][:args_len],
+                                                    f[13][:ret_len]))
+        return 0
+
+    def drain_into_pending(self) -> None:
+        self._bpf.ring_buffer_consume()
+
+    def drain(self) -> dict[int, list[NativeRecord | PythonRecord]]:
+        """Everything the kernel has submitted so far, by slot (non-blocking)."""
+        self.drain_into_pending()
+        out, self._pending = self._pending, defaultdict(list)
+        return out
+
+    # ------------------------------------------------------------ counts
+
+    def stats(self, slot: int, with_histogram: bool = True) -> SlotStats:
+        base = slot * STATS_PER_SLOT
+        v = [int(self._stats[ctypes.c_int(base + i)].value) for i in range(7)]
+        hist: dict[int, int] = {}
+        hb = slot * HIST_BUCKETS
+        for i in range(HIST_BUCKETS if with_histogram else 0):
+            n = int(self._hist[ctypes.c_int(hb + i)].value)
+            if n:
+                hist[i] = n
+        return SlotStats(v[ST_CALLS], v[ST_SAMPLED], v[ST_FILTERED], v[ST_RINGBUF], v[ST_EMITTED], v[ST_MAX_NS],
+                         v[ST_SUM_NS], hist)
+
+    def global_counters(self) -> dict[str, int]:
+        return {name: int(self._globals[ctypes.c_int(i)].value) for i, name in enumerate(GLOBAL_NAMES)}
+
+    def close(self) -> None:
+        for fd, _ in self._attached.values():
+            self._lib.close_fd(fd)
+        self._attached.clear()
+        self._bpf.cleanup()

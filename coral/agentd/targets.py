@@ -1,0 +1,115 @@
+"""From a process's function metadata to the exact instructions to probe.
+
+The agent does not take addresses on trust: it finds the executable mapping
+of the file in /proc/PID/maps (by inode), computes the runtime address
+itself, and for Go disassembles the function (capstone) to find every RET,
+so each probe sits on an instruction boundary it has checked."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import capstone
+
+from coral.agentd.engine import SITE_ENTRY, SITE_GO, SITE_GO_RET, SITE_PYTHON, Site
+from coral.daemon.errors import InvalidArgument, PermissionDenied
+from coral.elfinfo import ElfFunctions, ElfInfoError
+from coral.proto import coral_pb2 as pb
+
+
+@dataclass(frozen=True)
+class Mapping:
+    start: int
+    end: int
+    offset: int
+    inode: int
+    perms: str
+    path: str
+
+
+def read_maps(pid: int) -> list[Mapping]:
+    out = []
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            for line in f:
+                parts = line.split(maxsplit=5)
+                if len(parts) < 5:
+                    continue
+                start, end = (int(x, 16) for x in parts[0].split("-"))
+                out.append(Mapping(start, end, int(parts[2], 16), int(parts[4]), parts[1],
+                                   parts[5].strip() if len(parts) == 6 else ""))
+    except OSError as exc:
+        raise PermissionDenied(f"cannot read /proc/{pid}/maps: {exc.strerror}") from None
+    return out
+
+
+def runtime_address(pid: int, path: str, file_offset: int) -> int:
+    """Where `file_offset` of the file at `path` is executed in process `pid`."""
+    try:
+        inode = os.stat(path).st_ino
+    except OSError as exc:
+        raise PermissionDenied(f"cannot stat {path}: {exc.strerror}") from None
+    for m in read_maps(pid):
+        if m.inode == inode and "x" in m.perms and m.offset <= file_offset < m.offset + (m.end - m.start):
+            return m.start + file_offset - m.offset
+    raise PermissionDenied(f"offset {file_offset:#x} of {path} is not in an executable mapping of process {pid}")
+
+
+def attach_path(pid: int, executable: str, meta: pb.FunctionMetadata) -> str:
+    """The path the kernel opens, inside the process's own mount namespace:
+    its executable, or a file it has mapped. Nothing else."""
+    if meta.pid and meta.pid != pid:
+        raise PermissionDenied(f"metadata names pid {meta.pid}, registered process is {pid}")
+    if not meta.binary_path or meta.binary_path == executable:
+        return f"/proc/{pid}/exe"
+    if not any(m.path == meta.binary_path for m in read_maps(pid)):
+        raise PermissionDenied(f"{meta.binary_path} is not mapped in process {pid}")
+    return f"/proc/{pid}/root{meta.binary_path}"
+
+
+def go_return_offsets(path: str, file_offset: int, size: int) -> list[int]:
+    """File offsets of every RET in the function (never uretprobes on Go:
+    they corrupt goroutine stacks when those move)."""
+    if size <= 0 or size > 1 << 20:
+        raise InvalidArgument(f"function size {size} is not plausible")
+    with open(path, "rb") as f:
+        f.seek(file_offset)
+        code = f.read(size)
+    md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    rets, end = [], 0
+    for insn in md.disasm(code, file_offset):
+        end = insn.address + insn.size - file_offset
+        if insn.mnemonic in ("ret", "retq"):
+            rets.append(insn.address)
+    if end != len(code):
+        raise InvalidArgument(f"could not disassemble the whole function ({end} of {len(code)} bytes)")
+    if not rets:
+        raise InvalidArgument("the function has no RET instruction (it never returns, or is a tail call)")
+    return rets
+
+
+def native_sites(pid: int, executable: str, meta: pb.FunctionMetadata) -> list[Site]:
+    path = attach_path(pid, executable, meta)
+    entry_ip = runtime_address(pid, path, meta.file_offset)
+    if meta.kind == "go":
+        sites = [Site(pid, path, meta.file_offset, entry_ip, SITE_ENTRY | SITE_GO)]
+        for ret in go_return_offsets(path, meta.file_offset, meta.size):
+            sites.append(Site(pid, path, ret, entry_ip + (ret - meta.file_offset), SITE_GO_RET, func_ip=entry_ip))
+        return sites
+    return [Site(pid, path, meta.file_offset, entry_ip, SITE_ENTRY, uretprobe=True)]
+
+
+def python_site(pid: int, executable: str, meta: pb.FunctionMetadata) -> Site:
+    """The SDK's probe site. Its file offset and the semaphore's come from our
+    own reading of the extension's ELF, not from the process."""
+    path = attach_path(pid, executable, meta)
+    try:
+        elf = ElfFunctions.load(path)
+        site_offset = elf.file_offset(meta.address)
+    except ElfInfoError as exc:
+        raise InvalidArgument(str(exc)) from None
+    if elf.symbols.get("coral_probe_call", (None, 0))[0] != meta.address:
+        raise PermissionDenied(f"{meta.binary_path} has no coral_probe_call at {meta.address:#x}")
+    return Site(pid, path, site_offset, runtime_address(pid, path, site_offset), SITE_PYTHON,
+                ref_ctr_offset=meta.semaphore_offset)
