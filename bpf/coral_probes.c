@@ -82,7 +82,7 @@ struct slot_config {
 
 struct frame {
     u64 ts;
-    u64 sp;                          // stack pointer at entry (native pairing)
+    u64 sp;                          // where the return address sits: see frame_sp()
     u64 func_ip;
     u64 slots;
     u64 args[6];
@@ -106,7 +106,7 @@ struct native_event {
     u32 tid;
     u64 start_ns;
     u64 duration_ns;
-    u64 retval;
+    u64 results[3];                  // RAX, RDX (C) or RAX, RBX, RCX (Go)
     u64 args[6];
     char strs[2][CORAL_STR_MAX];
 };
@@ -220,7 +220,7 @@ static __always_inline void read_str(char *dst, s32 arg, struct frame *f)
         bpf_probe_read_user_str(dst, CORAL_STR_MAX, (void *)f->args[arg & 7]);
 }
 
-static __always_inline void finish_native(struct frame *f, u64 now, u64 retval, u64 id)
+static __always_inline void finish_native(struct frame *f, u64 now, u64 *results, u64 id)
 {
     u64 duration = now - f->ts;
     for (u32 slot = 0; slot < CORAL_MAX_SLOTS; slot++) {
@@ -248,10 +248,25 @@ static __always_inline void finish_native(struct frame *f, u64 now, u64 retval, 
             read_str(e->strs[1], cfg->str_arg[1], f);
         }
         if (cfg->capture & 2)
-            e->retval = retval;
+            __builtin_memcpy(e->results, results, sizeof(e->results));
         events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
         bump_stat(slot, ST_EMITTED);
     }
+}
+
+// A frame's position on its stack, comparable between entry and return.
+// Native: the stack pointer (at entry it points at the return address; at
+// the uretprobe it is 8 above). Go: goroutine stacks are copied elsewhere
+// when they grow, so use the distance from the stack's top (g.stack.hi, at
+// offset 8 of the g that R14 holds), which the copy preserves, mapped so
+// that deeper frames compare lower, as native ones do. At a RET the stack
+// pointer is back where it was at entry.
+static __always_inline u64 go_frame_sp(struct pt_regs *ctx)
+{
+    u64 hi = 0;
+    if (bpf_probe_read_user(&hi, sizeof(hi), (void *)(ctx->r14 + 8)) != 0 || hi < ctx->sp)
+        return 0;
+    return (1ULL << 62) - (hi - ctx->sp);
 }
 
 static __always_inline void push_frame(struct thread_key *tk, struct site *s, u64 ip, struct pt_regs *ctx, int go)
@@ -267,14 +282,22 @@ static __always_inline void push_frame(struct thread_key *tk, struct site *s, u6
         if (!st)
             return;
     }
+    u64 sp = go ? go_frame_sp(ctx) : PT_REGS_SP(ctx);
     u32 depth = st->depth;
+    if (go && depth > 0 && depth <= CORAL_STACK_DEPTH) {
+        // Go's prologue grows a too-small stack and restarts the function
+        // from its first instruction: the same call, not a new one.
+        struct frame *top = &st->frames[(depth - 1) & (CORAL_STACK_DEPTH - 1)];
+        if (top->func_ip == ip && top->sp == sp)
+            return;
+    }
     if (depth >= CORAL_STACK_DEPTH) {
-        bump_global(G_STACK_FULL);
+        bump_global(G_STACK_FULL);  // untracked; its return will find an outer frame and be ignored
         return;
     }
     struct frame *f = &st->frames[depth & (CORAL_STACK_DEPTH - 1)];
     f->ts = bpf_ktime_get_ns();
-    f->sp = PT_REGS_SP(ctx);
+    f->sp = sp;
     f->func_ip = ip;
     f->slots = s->slots;
     if (go) {
@@ -296,18 +319,17 @@ static __always_inline void push_frame(struct thread_key *tk, struct site *s, u6
     st->depth = depth + 1;
 }
 
-// Find the frame a return belongs to and finish that call. Native: the
-// frame whose entry SP is the SP at return minus the return address, after
-// dropping frames of calls that left without returning. Go: the top frame,
-// if it is of the same function (stacks move, so SPs cannot be compared).
-static __always_inline void pop_frame(struct thread_key *tk, u64 func_ip, u64 sp_at_return, u64 retval, u64 id)
+// Find the frame a return belongs to and finish that call: the frame whose
+// position (frame_sp) is the return's, after dropping frames of calls that
+// left without returning (longjmp, panic). A return from a call we did not
+// see enter finds an outer frame and is ignored.
+static __always_inline void pop_frame(struct thread_key *tk, u64 entry_sp, u64 func_ip, u64 *results, u64 id)
 {
     struct stack *st = stacks.lookup(tk);
     if (!st) {
         bump_global(G_UNPAIRED);
         return;
     }
-    u64 entry_sp = sp_at_return - 8;
     s32 found = -1;
     for (int i = 0; i < CORAL_STACK_DEPTH; i++) {
         u32 depth = st->depth;
@@ -315,17 +337,12 @@ static __always_inline void pop_frame(struct thread_key *tk, u64 func_ip, u64 sp
             break;
         u32 top = (depth - 1) & (CORAL_STACK_DEPTH - 1);
         struct frame *f = &st->frames[top];
-        if (func_ip) {
-            if (f->func_ip == func_ip)
-                found = top;
-            break;
-        }
         if (f->sp < entry_sp) {
             st->depth = top;
             bump_global(G_STALE);
             continue;
         }
-        if (f->sp == entry_sp)
+        if (f->sp == entry_sp && (!func_ip || f->func_ip == func_ip))
             found = top;
         break;
     }
@@ -336,7 +353,7 @@ static __always_inline void pop_frame(struct thread_key *tk, u64 func_ip, u64 sp
     u64 now = bpf_ktime_get_ns();
     struct frame *f = &st->frames[found & (CORAL_STACK_DEPTH - 1)];
     st->depth = found;
-    finish_native(f, now, retval, id);
+    finish_native(f, now, results, id);
     if (found == 0)
         stacks.delete(tk);
 }
@@ -386,8 +403,10 @@ int coral_hit(struct pt_regs *ctx)
         return python_call(ctx, s, id);
     if (s->flags & (SITE_GO | SITE_GO_RET)) {
         struct thread_key tk = {.id = id >> 32, .g = ctx->r14};
-        if (s->flags & SITE_GO_RET)
-            pop_frame(&tk, s->func_ip, 0, ctx->ax, id);
+        if (s->flags & SITE_GO_RET) {
+            u64 results[3] = {ctx->ax, ctx->bx, ctx->cx};
+            pop_frame(&tk, go_frame_sp(ctx), s->func_ip, results, id);
+        }
         else
             push_frame(&tk, s, key.ip, ctx, 1);
         return 0;
@@ -402,6 +421,7 @@ int coral_return(struct pt_regs *ctx)
 {
     u64 id = bpf_get_current_pid_tgid();
     struct thread_key tk = {.id = id, .g = 0};
-    pop_frame(&tk, 0, PT_REGS_SP(ctx), PT_REGS_RC(ctx), id);
+    u64 results[3] = {PT_REGS_RC(ctx), ctx->dx, 0};
+    pop_frame(&tk, PT_REGS_SP(ctx) - 8, 0, results, id);
     return 0;
 }

@@ -32,7 +32,8 @@ class FunctionInfo:
     source_file: str = ""
     source_line: int = 0
     parameters: tuple[Parameter, ...] = ()
-    return_type: str = ""
+    return_type: str = ""  # C-like: the single return type
+    results: tuple[Parameter, ...] = ()  # Go: named or ~rN results
 
 
 @dataclass
@@ -42,7 +43,9 @@ class ElfFunctions:
     path: str
     symbols: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (address, size)
     segments: list[tuple[int, int, int]] = field(default_factory=list)  # (vaddr, memsz, offset) of PT_LOAD
-    _dwarf_cache: dict[str, tuple[str, int, tuple[Parameter, ...], str]] | None = None
+    has_symtab: bool = False
+    is_go: bool = False
+    _dwarf_cache: dict[str, DwarfFunction] | None = None
 
     @classmethod
     def load(cls, path: str) -> ElfFunctions:
@@ -50,6 +53,8 @@ class ElfFunctions:
             with open(path, "rb") as f:
                 elf = ElfFunctions(path)
                 ef = ELFFile(f)
+                elf.is_go = any(ef.get_section_by_name(n) is not None for n in (".go.buildinfo", ".gopclntab"))
+                elf.has_symtab = ef.get_section_by_name(".symtab") is not None
                 elf.segments = [
                     (s["p_vaddr"], s["p_memsz"], s["p_offset"]) for s in ef.iter_segments() if s["p_type"] == "PT_LOAD"
                 ]
@@ -85,13 +90,32 @@ class ElfFunctions:
         if name not in self.symbols:
             return None
         address, size = self.symbols[name]
-        source_file, source_line, params, ret = self._dwarf().get(name, ("", 0, (), ""))
-        return FunctionInfo(name, address, size, self.file_offset(address), source_file, source_line, params, ret)
+        d = self._dwarf().get(name, DwarfFunction())
+        return FunctionInfo(name, address, size, self.file_offset(address), d.source_file, d.source_line, d.parameters,
+                            d.return_type, d.results)
 
-    def _dwarf(self) -> dict[str, tuple[str, int, tuple[Parameter, ...], str]]:
+    def why_missing(self, name: str) -> str:
+        """Why a function cannot be probed when it has no symbol."""
+        if not self.has_symtab and not self.symbols:
+            return f"{self.path} is stripped (no symbol table): rebuild without -s, or keep the debug symbols"
+        if self._dwarf().get(name, DwarfFunction()).inlined:
+            return f"{name} is fully inlined (no out-of-line copy to probe): mark it noinline to debug it"
+        return ""
+
+    def _dwarf(self) -> dict[str, DwarfFunction]:
         if self._dwarf_cache is None:
             self._dwarf_cache = read_dwarf_signatures(self.path)
         return self._dwarf_cache
+
+
+@dataclass(frozen=True)
+class DwarfFunction:
+    source_file: str = ""
+    source_line: int = 0
+    parameters: tuple[Parameter, ...] = ()
+    return_type: str = ""
+    results: tuple[Parameter, ...] = ()
+    inlined: bool = False  # only inlined copies exist
 
 
 def _type_name(die: Any, depth: int = 0) -> str:
@@ -114,10 +138,22 @@ def _type_name(die: Any, depth: int = 0) -> str:
     return _type_name(inner, depth + 1) if inner is not None else "?"
 
 
-def read_dwarf_signatures(path: str) -> dict[str, tuple[str, int, tuple[Parameter, ...], str]]:
-    """name -> (source file, line, parameters, return type) for every defined
-    subprogram with DWARF info. Empty when the file has no DWARF."""
-    out: dict[str, tuple[str, int, tuple[Parameter, ...], str]] = {}
+def _attr(die: Any, name: str, default: Any = None) -> Any:
+    a = die.attributes.get(name)
+    return a.value if a is not None else default
+
+
+def _param(die: Any, index: int) -> Parameter:
+    name = _attr(die, "DW_AT_name")
+    type_name = _type_name(die.get_DIE_from_attribute("DW_AT_type")) if "DW_AT_type" in die.attributes else "?"
+    return Parameter(name.decode(errors="replace") if name else f"arg{index}", type_name)
+
+
+def read_dwarf_signatures(path: str) -> dict[str, DwarfFunction]:
+    """name -> source location, parameters and results of every subprogram
+    with DWARF info (Go marks results as DW_AT_variable_parameter).
+    Empty when the file has no DWARF."""
+    out: dict[str, DwarfFunction] = {}
     try:
         with open(path, "rb") as f:
             ef = ELFFile(f)
@@ -128,31 +164,25 @@ def read_dwarf_signatures(path: str) -> dict[str, tuple[str, int, tuple[Paramete
                 line_program = dwarf.line_program_for_CU(cu)
                 files = line_program["file_entry"] if line_program else []
                 for die in cu.iter_DIEs():
-                    if (
-                        die.tag != "DW_TAG_subprogram"
-                        or "DW_AT_name" not in die.attributes
-                        or "DW_AT_low_pc" not in die.attributes
-                    ):
+                    if die.tag != "DW_TAG_subprogram" or "DW_AT_name" not in die.attributes:
                         continue
                     name = die.attributes["DW_AT_name"].value.decode(errors="replace")
-                    params = tuple(
-                        Parameter(
-                            c.attributes["DW_AT_name"].value.decode(errors="replace")
-                            if "DW_AT_name" in c.attributes
-                            else f"arg{i}",
-                            _type_name(c.get_DIE_from_attribute("DW_AT_type")) if "DW_AT_type" in c.attributes else "?",
-                        )
-                        for i, c in enumerate(ch for ch in die.iter_children() if ch.tag == "DW_TAG_formal_parameter")
-                    )
+                    if "DW_AT_low_pc" not in die.attributes:
+                        if _attr(die, "DW_AT_inline") in (1, 3):
+                            out.setdefault(name, DwarfFunction(inlined=True))
+                        continue
+                    formal = [c for c in die.iter_children() if c.tag == "DW_TAG_formal_parameter"]
+                    params = tuple(_param(c, i) for i, c in enumerate(formal) if not _attr(c, "DW_AT_variable_parameter"))
+                    results = tuple(_param(c, i) for i, c in enumerate(formal) if _attr(c, "DW_AT_variable_parameter"))
                     ret = _type_name(die.get_DIE_from_attribute("DW_AT_type")) if "DW_AT_type" in die.attributes else "void"
-                    file_index = die.attributes.get("DW_AT_decl_file")
                     source = ""
+                    file_index = _attr(die, "DW_AT_decl_file")
                     if file_index is not None and files:
-                        idx = file_index.value - (1 if cu.header["version"] < 5 else 0)
+                        idx = file_index - (1 if cu.header["version"] < 5 else 0)
                         if 0 <= idx < len(files):
                             source = files[idx].name.decode(errors="replace")
-                    line = die.attributes["DW_AT_decl_line"].value if "DW_AT_decl_line" in die.attributes else 0
-                    out.setdefault(name, (source, line, params, ret))
+                    line = _attr(die, "DW_AT_decl_line", 0)
+                    out[name] = DwarfFunction(source, line, params, ret, results)
     except (OSError, ELFError, KeyError, ValueError) as exc:
         raise ElfInfoError(f"cannot read DWARF of {path}: {exc}") from None
     return out

@@ -58,8 +58,12 @@ class NativeMetadata:
         except ElfInfoError as exc:
             raise InvalidArgument(str(exc)) from None
         if info is None:
+            why = self.elf.why_missing(req.function)
+            if why:
+                raise InvalidArgument(why)
             raise NotFound(f"no function {req.function!r} in {self.executable}", self.elf.closest(req.function))
         meta = pb.FunctionMetadata(
+            kind="go" if self.elf.is_go else "native",
             name=info.name,
             binary_path=self.executable,
             address=info.address,
@@ -70,7 +74,9 @@ class NativeMetadata:
             source_line=info.source_line,
             arguments=[pb.ArgumentMetadata(name=p.name, type=p.type, location=f"reg{i}") for i, p in enumerate(info.parameters)],
         )
-        if info.return_type:
+        if info.results:
+            meta.return_values.extend(pb.ReturnValueMetadata(name=r.name, type=r.type) for r in info.results)
+        elif info.return_type:
             meta.return_values.append(pb.ReturnValueMetadata(type=info.return_type, location="rax"))
         return pb.GetFunctionMetadataResponse(metadata=meta)
 

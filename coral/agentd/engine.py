@@ -4,6 +4,7 @@ attaching a session compiles nothing. Knows nothing of sessions' meaning."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import struct
@@ -25,7 +26,7 @@ SITE_ENTRY, SITE_GO, SITE_GO_RET, SITE_PYTHON = 0x1, 0x2, 0x4, 0x8
 EV_NATIVE, EV_PYTHON = 1, 2
 PREDICATE_OPS = {"==": 1, "!=": 2, "<": 3, "<=": 4, ">": 5, ">=": 6}
 
-_NATIVE = struct.Struct("<IIIIQQQ6Q64s64s")
+_NATIVE = struct.Struct("<IIIIQQ3Q6Q64s64s")
 _PYTHON = struct.Struct("<IIIIQQQQIIII512s256s")
 
 
@@ -64,7 +65,7 @@ class NativeRecord:
     tid: int
     start_ns: int
     duration_ns: int
-    retval: int
+    results: tuple[int, ...]
     args: tuple[int, ...]
     strings: tuple[bytes, bytes]
 
@@ -194,10 +195,8 @@ class ProbeEngine:
         key.tgid, key.pad, key.ip = site.pid, 0, site.runtime_ip
         if mask == 0:
             self._site_masks.pop((site.pid, site.runtime_ip), None)
-            try:
+            with contextlib.suppress(KeyError):
                 del self._sites[key]
-            except KeyError:
-                pass
             return
         value = self._sites.Leaf()
         value.slots, value.func_ip, value.flags, value.pad = mask, site.func_ip, site.flags, 0
@@ -255,8 +254,9 @@ class ProbeEngine:
         kind = struct.unpack_from("<I", raw)[0]
         if kind == EV_NATIVE and size >= _NATIVE.size:
             f = _NATIVE.unpack_from(raw)
-            self._pending[f[1]].append(NativeRecord(f[2], f[3], f[4], f[5], f[6], tuple(f[7:13]),
-                                                    (f[13].split(b"\0", 1)[0], f[14].split(b"\0", 1)[0])))
+            # type, slot, pid, tid, start, duration, results[3], args[6], strs[2]
+            self._pending[f[1]].append(NativeRecord(f[2], f[3], f[4], f[5], tuple(f[6:9]), tuple(f[9:15]),
+                                                    (f[15].split(b"\0", 1)[0], f[16].split(b"\0", 1)[0])))
         elif kind == EV_PYTHON and size >= _PYTHON.size:
             f = _PYTHON.unpack_from(raw)
             args_len, ret_len = min(f[9], 512), min(f[10], 256)

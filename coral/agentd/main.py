@@ -10,7 +10,6 @@ import os
 import socket
 import sys
 import time
-from typing import cast
 
 import zmq
 from google.protobuf.message import Message

@@ -24,7 +24,7 @@ def bpf_source_dir() -> Path:
     raise BpfUnavailable("BPF sources not found (looked in bpf/ and share/coral/bpf)")
 
 
-def load_bcc() -> Any:  # noqa: ANN401 (bcc ships no types)
+def load_bcc() -> Any:
     """Import BCC or explain, in one line, why this machine cannot use it."""
     try:
         import bcc

@@ -18,11 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from coral.agentd import abi
 from coral.agentd.engine import NativeRecord, ProbeEngine, ProbeError, PythonRecord, Site, SlotConfig, SlotStats
 from coral.agentd.registry import ProcessRegistry, Registration
 from coral.agentd.store import EventRow, EventStore, SessionRow
 from coral.agentd.targets import native_sites, python_site
-from coral.agentd.values import format_register
 from coral.daemon.config import Config
 from coral.daemon.errors import CoralError, InvalidArgument, LimitExceeded, NotFound, ProbeFailed
 from coral.proto import coral_pb2 as pb
@@ -35,7 +35,6 @@ ACTIVE, EXPIRED, DETACHED, FAILED = "active", "expired", "detached", "failed"
 DEFAULT_PAGE, MAX_PAGE = 500, 5000
 CALL_RAISED = 0x1
 _PREDICATE = re.compile(r"^\s*(\w+)\s*(==|!=|<=|>=|<|>)\s*(-?\d+)\s*$")
-_STRING_TYPES = {"char *", "const char *", "unsigned char *", "const unsigned char *"}
 
 
 def wall_clock_offset_ns() -> int:
@@ -60,12 +59,6 @@ def parse_predicate(text: str, meta: pb.FunctionMetadata) -> tuple[int, str, int
     if index > 5:
         raise InvalidArgument(f"predicate argument {name!r} is not in a register (only the first six are)")
     return index, op, value
-
-
-def string_args(meta: pb.FunctionMetadata) -> tuple[int, int]:
-    """The first two arguments that are C strings, followed as bounded strings."""
-    found = [i for i, a in enumerate(meta.arguments[:6]) if a.type in _STRING_TYPES][:2]
-    return (found + [-1, -1])[0], (found + [-1, -1])[1]
 
 
 @dataclass
@@ -155,7 +148,7 @@ class SessionManager:
             slot_config = SlotConfig(
                 sample_rate=req.config.sample_rate or 1, capture_args=req.config.capture_args,
                 capture_return=req.config.capture_return, min_duration_ns=req.config.min_duration_ns,
-                fn_id=targets[0].fn_id, str_args=string_args(first) if req.config.capture_args else (-1, -1),
+                fn_id=targets[0].fn_id, str_args=abi.string_registers(first) if req.config.capture_args else (-1, -1),
                 predicate=parse_predicate(req.config.predicate, first),
             )
             if slot_config.predicate and first.kind == "python":
@@ -185,7 +178,8 @@ class SessionManager:
         try:
             reply = self.ask(reg, "GetFunctionMetadata", pb.GetFunctionMetadataRequest(function=req.function))
         except NotFound as exc:
-            hint = f"; closest: {', '.join(exc.suggestions)}" if exc.suggestions else f"; list them with: coralctl functions {reg.service}"
+            hint = (f"; closest: {', '.join(exc.suggestions)}" if exc.suggestions
+                    else f"; list them with: coralctl functions {reg.service}")
             raise NotFound(f"function {req.function!r} not found in service {reg.service!r} (pid {reg.pid}){hint}",
                            exc.suggestions) from None
         meta = cast(pb.GetFunctionMetadataResponse, reply).metadata
@@ -254,16 +248,17 @@ class SessionManager:
     def _native_values(s: Session, meta: pb.FunctionMetadata, rec: NativeRecord) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         args: list[dict[str, Any]] = []
         if s.config.capture_args:
-            names = [(a.name, a.type) for a in meta.arguments][:6] or [(f"arg{i}", "") for i in range(6)]
-            strings = dict(zip([i for i in string_args(meta) if i >= 0], rec.strings, strict=False))
-            for i, ((name, ctype), value) in enumerate(zip(names, rec.args, strict=False)):
-                shown = (repr(strings[i].decode(errors="replace")) if value else "NULL") if i in strings \
-                    else format_register(value, ctype)
-                args.append({"name": name, "type": ctype or "u64", "value": shown})
+            strings = dict(zip([r for r in abi.string_registers(meta) if r >= 0], rec.strings, strict=False))
+            args = [{"name": a.name, "type": a.type or "u64", "value": abi.show(a, rec.args, strings)}
+                    for a in abi.argument_layout(meta)]
         ret: dict[str, Any] = {}
-        rtype = meta.return_values[0].type if meta.return_values else ""
-        if s.config.capture_return and rtype != "void":
-            ret = {"type": rtype or "u64", "value": format_register(rec.retval, rtype)}
+        results = abi.result_layout(meta)
+        if s.config.capture_return and (results or not meta.return_values):
+            shown = [(r, abi.show(r, rec.results, {})) for r in results] or \
+                [(abi.Slot("", "u64", "int", (0,)), f"{rec.results[0]:#x}")]
+            errors = [(r, v) for r, v in shown if r.type == "error" and v != "nil"]
+            ret = {"type": ", ".join(r.type for r, _ in shown), "value": ", ".join(v for _, v in shown),
+                   "is_error": bool(errors), "error_message": ""}
         return args, ret
 
     def flush(self) -> int:

@@ -1,0 +1,112 @@
+"""Where arguments and results live in registers, from DWARF types.
+
+System V AMD64 (C, C++, Rust): integers and pointers in RDI, RSI, RDX, RCX,
+R8, R9; the result in RAX. Go >= 1.17 (ABIInternal, amd64): integers in
+RAX, RBX, RCX, RDI, RSI, R8, R9, R10, R11, a string taking two (pointer,
+length), a slice three, an interface or error two (type, data); results
+likewise from RAX. Floating point travels in XMM registers, which a uprobe
+cannot read: such values are shown as not captured.
+
+The BPF program copies the first six registers of the ABI's list (args[0..5])
+and three result registers; indexes here are into those."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from coral.agentd.values import format_register
+from coral.proto import coral_pb2 as pb
+
+CAPTURED_ARG_REGS = 6
+CAPTURED_RESULT_REGS = 3
+C_STRING_TYPES = {"char *", "const char *", "unsigned char *", "const unsigned char *"}
+GO_SCALARS = {"int", "int8", "int16", "int32", "int64", "uint", "uint8", "uint16", "uint32", "uint64", "uintptr",
+              "bool", "byte", "rune"}
+FLOAT_TYPES = {"float", "double", "long double", "float32", "float64", "complex64", "complex128"}
+
+
+@dataclass(frozen=True)
+class Slot:
+    name: str
+    type: str
+    shape: str  # int | cstring | gostring | goslice | iface | float | unsupported
+    regs: tuple[int, ...]
+
+
+def _shape(type_name: str, go: bool) -> tuple[str, int]:
+    t = type_name.strip()
+    if t in FLOAT_TYPES:
+        return "float", 0
+    if go:
+        if t == "string":
+            return "gostring", 2
+        if t.startswith("[]"):
+            return "goslice", 3
+        if t == "error" or t.startswith("interface"):
+            return "iface", 2
+        if t in GO_SCALARS or t.startswith(("*", "map[", "chan ", "func(", "unsafe.Pointer")):
+            return "int", 1
+        return "unsupported", 0  # arrays, structs, named types (which may be structs)
+    if t.startswith("struct") or t.startswith("union"):
+        return "unsupported", 0
+    return ("cstring", 1) if t in C_STRING_TYPES else ("int", 1)
+
+
+def layout(items: list[tuple[str, str]], go: bool, limit: int) -> list[Slot]:
+    """Assign registers in order; after a value we cannot place, the rest
+    cannot be placed either."""
+    out, reg, lost = [], 0, False
+    for name, type_name in items:
+        shape, width = _shape(type_name, go)
+        if lost or shape == "unsupported" or reg + width > limit:
+            lost = lost or shape == "unsupported"
+            out.append(Slot(name, type_name, "unsupported", ()))
+            continue
+        out.append(Slot(name, type_name, shape, tuple(range(reg, reg + width))))
+        reg += width
+    return out
+
+
+def argument_layout(meta: pb.FunctionMetadata) -> list[Slot]:
+    items = [(a.name, a.type) for a in meta.arguments] or [(f"arg{i}", "") for i in range(CAPTURED_ARG_REGS)]
+    return layout(items, meta.kind == "go", CAPTURED_ARG_REGS)
+
+
+def result_layout(meta: pb.FunctionMetadata) -> list[Slot]:
+    items = [(r.name, r.type) for r in meta.return_values if r.type != "void"]
+    return layout(items, meta.kind == "go", CAPTURED_RESULT_REGS)
+
+
+def string_registers(meta: pb.FunctionMetadata) -> tuple[int, int]:
+    """The (at most two) argument registers holding string pointers, which
+    the kernel follows and copies (bounded)."""
+    regs = [s.regs[0] for s in argument_layout(meta) if s.shape in ("cstring", "gostring", "goslice") and s.regs][:2]
+    padded = [*regs, -1, -1]
+    return padded[0], padded[1]
+
+
+def show(slot: Slot, values: tuple[int, ...], strings: dict[int, bytes]) -> str:
+    """One value as text, from the captured registers (and copied strings)."""
+    if slot.shape == "float":
+        return "(in a floating-point register: not captured)"
+    if slot.shape == "unsupported" or not slot.regs:
+        return "(not captured)"
+    v = [values[r] for r in slot.regs]
+    if slot.shape == "int":
+        return format_register(v[0], slot.type)
+    if slot.shape == "iface":
+        return "nil" if v[0] == 0 else f"<{slot.type} {v[1]:#x}>"
+    if v[0] == 0:
+        return "NULL" if slot.shape == "cstring" else ("nil" if slot.shape == "goslice" else '""')
+    data = strings.get(slot.regs[0])
+    if data is None:
+        return f"{v[0]:#x}"
+    if slot.shape == "cstring":
+        return repr(data.decode(errors="replace"))
+    length = v[1]
+    shown = data[:length]
+    more = f"…(+{length - len(shown)} bytes)" if length > len(shown) else ""
+    if slot.shape == "gostring":
+        return repr(shown.decode(errors="replace")) + more
+    return f"{slot.type} len={length} cap={v[2]} {shown!r}{more}" if slot.type in ("[]uint8", "[]byte") else \
+        f"{slot.type} len={length} cap={v[2]}"
