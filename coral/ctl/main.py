@@ -99,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--capture-return", action="store_true")
     a.add_argument("--sample-rate", type=positive_int, default=1, help="report every Nth call")
     a.add_argument("--max-events", type=positive_int, default=0, help="stop storing after N events")
+    a.add_argument("--min-duration", type=duration_arg, default=0.0,
+                   help="report only calls at least this slow, e.g. 5ms (decided in the kernel)")
+    a.add_argument("--where", default="", metavar="PREDICATE",
+                   help="report only calls whose integer argument matches, e.g. 'amount_cents>1000'")
     s = debug.add_parser("sessions", help="list debug sessions", parents=[common])
     s.add_argument("--active", action="store_true", help="only active sessions")
     s.add_argument("--service", default="")
@@ -157,7 +161,8 @@ class Ctl:
     def attach(self) -> int:
         a = self.args
         cfg = pb.UprobeConfig(
-            capture_args=a.capture_args, capture_return=a.capture_return, sample_rate=a.sample_rate, max_events=a.max_events
+            capture_args=a.capture_args, capture_return=a.capture_return, sample_rate=a.sample_rate, max_events=a.max_events,
+            min_duration_ns=round(a.min_duration * 1e9), predicate=a.where,
         )
         r = cast(
             pb.AttachUprobeResponse,

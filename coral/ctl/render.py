@@ -112,8 +112,16 @@ def format_summary(s: Summary, session: pb.DebugSession) -> list[str]:
     ]
     lost = {k: v for k, v in session.lost.items() if v}
     if lost:
-        lines.append("  Events not shown: " + ", ".join(f"{n} {cause}" for cause, n in sorted(lost.items())))
+        lines.append("  Calls not shown: " + ", ".join(f"{n} {LOST_CAUSES.get(c, c)}" for c, n in sorted(lost.items())))
     return lines
+
+
+LOST_CAUSES = {
+    "sampled": "skipped by sampling",
+    "filtered": "below --min-duration or not matching --where",
+    "ringbuf_full": "lost: ring buffer full",
+    "max_events": "over --max-events",
+}
 
 
 def summary_dict(s: Summary, session: pb.DebugSession) -> dict[str, Any]:
