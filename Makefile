@@ -1,5 +1,5 @@
 # Conveniences over the scripts; the README's two commands need no make.
-.PHONY: setup demo test lint proto
+.PHONY: setup demo test lint proto bench
 setup:
 	./scripts/setup.sh
 demo:
@@ -11,3 +11,5 @@ lint: setup
 	.venv/bin/mypy coral tests examples
 proto: setup
 	./scripts/genproto.sh
+bench: setup
+	.venv/bin/python bench/native_overhead.py

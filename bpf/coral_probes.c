@@ -78,6 +78,8 @@ struct slot_config {
     s32 pred_arg;                    // -1: no predicate
     u32 pred_op;
     s64 pred_value;
+    u32 pred_bytes;                  // the argument's width: the register's upper bits are not part of it
+    u32 pred_signed;
 };
 
 struct frame {
@@ -122,10 +124,15 @@ struct python_event {
 BPF_RINGBUF_OUTPUT(events, CORAL_RINGBUF_PAGES);
 BPF_HASH(sites, struct site_key, struct site, 16384);
 BPF_ARRAY(slots, struct slot_config, CORAL_MAX_SLOTS);
-BPF_ARRAY(stats, u64, CORAL_MAX_SLOTS * CORAL_STATS);
-BPF_ARRAY(hist, u64, CORAL_MAX_SLOTS * CORAL_HIST_BUCKETS);
-BPF_ARRAY(globals, u64, 4);
-BPF_HASH(stacks, struct thread_key, struct stack, 65536);
+// Per-CPU counters: no atomic operations on the hot path; the agent sums them.
+BPF_PERCPU_ARRAY(stats, u64, CORAL_MAX_SLOTS * CORAL_STATS);
+BPF_PERCPU_ARRAY(hist, u64, CORAL_MAX_SLOTS * CORAL_HIST_BUCKETS);
+BPF_PERCPU_ARRAY(globals, u64, 4);
+// Sampling needs one global order of calls: an atomic counter, only when sampling.
+BPF_ARRAY(sample_counts, u64, CORAL_MAX_SLOTS);
+// A thread's frames stay allocated between calls (no insert and delete per
+// call); threads that are gone are evicted when the map is full.
+BPF_TABLE("lru_hash", struct thread_key, struct stack, stacks, 65536);
 BPF_PERCPU_ARRAY(empty_stack, struct stack, 1);
 
 static __always_inline u64 *stat(u32 slot, u32 which)
@@ -134,17 +141,18 @@ static __always_inline u64 *stat(u32 slot, u32 which)
     return stats.lookup(&index);
 }
 
-static __always_inline u64 bump_stat(u32 slot, u32 which)
+static __always_inline void bump_stat(u32 slot, u32 which)
 {
     u64 *value = stat(slot, which);
-    return value ? __sync_fetch_and_add(value, 1) : 0;
+    if (value)
+        *value += 1;
 }
 
 static __always_inline void bump_global(u32 which)
 {
     u64 *value = globals.lookup(&which);
     if (value)
-        __sync_fetch_and_add(value, 1);
+        *value += 1;
 }
 
 static __always_inline u32 log2_u64(u64 v)
@@ -174,28 +182,39 @@ static __always_inline u32 hist_bucket(u64 ns)
 // Count the call for the slot and decide whether to report it.
 static __always_inline int account(u32 slot, struct slot_config *cfg, u64 duration, u64 *args)
 {
-    u64 nth = bump_stat(slot, ST_CALLS);
+    bump_stat(slot, ST_CALLS);
     u32 index = slot * CORAL_HIST_BUCKETS + (hist_bucket(duration) & (CORAL_HIST_BUCKETS - 1));
     u64 *bucket = hist.lookup(&index);
     if (bucket)
-        __sync_fetch_and_add(bucket, 1);
+        *bucket += 1;
     u64 *sum = stat(slot, ST_SUM_NS);
     if (sum)
-        __sync_fetch_and_add(sum, duration);
+        *sum += duration;
     u64 *max = stat(slot, ST_MAX_NS);
     if (max && duration > *max)
-        *max = duration;  // racy between CPUs; a rare lost maximum is acceptable
+        *max = duration;
 
-    if (cfg->sample_rate > 1 && nth % cfg->sample_rate != 0) {
-        bump_stat(slot, ST_SAMPLED);
-        return 0;
+    if (cfg->sample_rate > 1) {
+        u64 *count = sample_counts.lookup(&slot);
+        u64 nth = count ? __sync_fetch_and_add(count, 1) : 0;
+        if (nth % cfg->sample_rate != 0) {
+            bump_stat(slot, ST_SAMPLED);
+            return 0;
+        }
     }
     if (duration < cfg->min_duration_ns) {
         bump_stat(slot, ST_FILTERED);
         return 0;
     }
     if (args && cfg->pred_arg >= 0 && cfg->pred_arg < 6) {
-        s64 v = (s64)args[cfg->pred_arg & 7];
+        u64 raw = args[cfg->pred_arg & 7];
+        s64 v = (s64)raw;
+        if (cfg->pred_bytes == 4)
+            v = cfg->pred_signed ? (s64)(s32)raw : (s64)(u32)raw;
+        else if (cfg->pred_bytes == 2)
+            v = cfg->pred_signed ? (s64)(s16)raw : (s64)(u16)raw;
+        else if (cfg->pred_bytes == 1)
+            v = cfg->pred_signed ? (s64)(s8)raw : (s64)(u8)raw;
         s64 want = cfg->pred_value;
         int keep = 1;
         switch (cfg->pred_op) {
@@ -224,6 +243,8 @@ static __always_inline void finish_native(struct frame *f, u64 now, u64 *results
 {
     u64 duration = now - f->ts;
     for (u32 slot = 0; slot < CORAL_MAX_SLOTS; slot++) {
+        if (!(f->slots >> slot))
+            break;  // no higher slot watches this call
         if (!(f->slots & (1ULL << slot)))
             continue;
         u32 key = slot;
@@ -354,8 +375,6 @@ static __always_inline void pop_frame(struct thread_key *tk, u64 entry_sp, u64 f
     struct frame *f = &st->frames[found & (CORAL_STACK_DEPTH - 1)];
     st->depth = found;
     finish_native(f, now, results, id);
-    if (found == 0)
-        stacks.delete(tk);
 }
 
 static __always_inline int python_call(struct pt_regs *ctx, struct site *s, u64 id)
@@ -366,6 +385,8 @@ static __always_inline int python_call(struct pt_regs *ctx, struct site *s, u64 
         return 0;
     u64 duration = head[3] > head[2] ? head[3] - head[2] : 0;
     for (u32 slot = 0; slot < CORAL_MAX_SLOTS; slot++) {
+        if (!(s->slots >> slot))
+            break;
         if (!(s->slots & (1ULL << slot)))
             continue;
         u32 key = slot;

@@ -107,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"coral-run: {exc}", file=sys.stderr)
         return 2
     try:
+        ensure_dir(config.process_socket_dir, 0o1777)
+    except OSError as exc:
+        print(f"coral-run: cannot create {config.process_socket_dir}: {exc.strerror}", file=sys.stderr)
+        return 1
+    try:
         child = subprocess.Popen(command)
     except OSError as exc:
         print(f"coral-run: cannot start {command[0]}: {exc.strerror}", file=sys.stderr)
@@ -131,11 +136,15 @@ def supervise(child: subprocess.Popen[bytes], service: str, config: Config) -> i
         {"Ping": metadata.ping, "ListFunctions": metadata.list_functions, "GetFunctionMetadata": metadata.function_metadata},
         PROCESS_METHODS,
     )
-    ensure_dir(config.process_socket_dir, 0o1777)
     address = f"ipc://{config.process_socket_dir / f'{child.pid}.sock'}"
     rep = context.socket(zmq.REP)
     configure_socket(rep, config.limits.max_message_bytes)
-    bind_socket(rep, address)
+    try:
+        bind_socket(rep, address)
+    except (zmq.ZMQError, OSError) as exc:
+        log.error("cannot bind %s (%s); the program runs, but cannot be debugged", address, exc)
+        rep.close(linger=0)
+        return exit_status(child.wait())
     registration = AgentRegistration(
         config.agent_endpoint,
         pb.RegisterProcessRequest(
@@ -156,6 +165,8 @@ def supervise(child: subprocess.Popen[bytes], service: str, config: Config) -> i
             poller = zmq.Poller()
             poller.register(rep, zmq.POLLIN)
             poller.register(pidfd, zmq.POLLIN)
+            if registration.socket is not None:
+                poller.register(registration.socket, zmq.POLLIN)
             ready = dict(poller.poll(100))
             if pidfd in ready:
                 break

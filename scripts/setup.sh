@@ -59,6 +59,14 @@ else
   say "ok: tracefs mounted"
 fi
 
+# Sockets admit root and the coral group (coral/daemon/runtime.py): create the
+# group so operators can be given access with `usermod -aG coral NAME`.
+if ! getent group coral >/dev/null; then
+  if [ "$(id -u)" -eq 0 ]; then groupadd --system coral && say "created group coral"; fi
+else
+  say "ok: group coral exists"
+fi
+
 # The virtualenv: Debian's interpreter, because python3-bpfcc is built for it.
 PY=/usr/bin/python3
 if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys; sys.exit(0 if sys.base_prefix == "/usr" else 1)'; then
@@ -67,7 +75,8 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys; sys.exit(0 if
   "$PY" -m venv --system-site-packages .venv
 fi
 stamp=.venv/.coral-installed
-if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+# Reinstall when the packaging or the SDK's C extension changed.
+if [ ! -f "$stamp" ] || [ -n "$(find setup.cfg setup.py pyproject.toml coral/sdk/_probe.c bpf/coral_call.h -newer "$stamp" 2>/dev/null)" ]; then
   say "installing coral and its dependencies into .venv"
   # (grep hides pip's notes about absent local mirrors; pipefail keeps pip's status)
   .venv/bin/python -m pip install -q --upgrade pip 2>&1 | { grep -v 'is ignored' || true; }

@@ -181,7 +181,11 @@ class NativeService:
 
     def stop(self) -> int | None:
         if self.run.proc.stdin:
-            self.run.proc.stdin.close()
+            self.run.proc.stdin.close()  # end of input: the program exits by itself
+        try:
+            self.run.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            pass  # stop() below signals it
         return self.run.stop()
 
 

@@ -38,8 +38,10 @@ def test_go_function_under_thousands_of_growing_goroutines(coral_env: CoralEnv, 
         session = json.loads(attach.stdout.readline())
         assert session["kind"] == "session"
         # Entry plus one probe per RET instruction, and no uretprobe anywhere.
-        probes = kernel_probes()
-        assert session["probes"] >= 2 and "uretprobe" not in probes
+        (child,) = session["pids"]
+        ours = [line for line in kernel_probes().splitlines() if f"/proc/{child}/exe" in line]
+        assert session["probes"] >= 2 and len(ours) == session["probes"]
+        assert not any("uretprobe" in line for line in ours)
 
         run.proc.stdin.write(f"{GOROUTINES}\n".encode())
         run.proc.stdin.flush()
@@ -74,5 +76,6 @@ def test_go_function_under_thousands_of_growing_goroutines(coral_env: CoralEnv, 
         assert counters.get("kernel.unpaired_returns", 0) == 0 and counters.get("kernel.stack_full", 0) == 0
     finally:
         if run.proc.stdin:
-            run.proc.stdin.close()
-        assert run.stop() == 0
+            run.proc.stdin.close()  # the program exits at end of input, and coral-run with it
+        assert run.proc.wait(30) == 0
+        run.stop()

@@ -69,7 +69,7 @@ def test_summary_uses_nearest_rank_percentiles() -> None:
             "c.toml: unknown key [agent] colour (known: id, colony_endpoint, heartbeat_interval, "
             "heartbeat_liveness, poll_interval, flush_interval)",
         ),
-        ({"nope": {}}, "c.toml: unknown section [nope] (known: paths, limits, sessions, agent, colony)"),
+        ({"nope": {}}, "c.toml: unknown section [nope] (known: paths, limits, sessions, agent, colony, sdk)"),
     ],
 )
 def test_config_errors_name_file_key_and_expected_type(data: dict, message: str) -> None:
@@ -87,9 +87,8 @@ def test_shipped_config_is_the_defaults() -> None:
     with open(REPO / "etc" / "coral.toml", "rb") as f:
         loaded = parse_config(tomllib.load(f), "etc/coral.toml")
     defaults = Config()
-    assert [getattr(loaded, s) for s in ("paths", "limits", "sessions", "agent", "colony")] == [
-        getattr(defaults, s) for s in ("paths", "limits", "sessions", "agent", "colony")
-    ]
+    sections = ("paths", "limits", "sessions", "agent", "colony", "sdk")
+    assert [getattr(loaded, s) for s in sections] == [getattr(defaults, s) for s in sections]
 
 
 def test_liveness_and_backoff() -> None:

@@ -31,6 +31,7 @@ class Slot:
     type: str
     shape: str  # int | cstring | gostring | goslice | iface | float | unsupported
     regs: tuple[int, ...]
+    go: bool = False
 
 
 def _shape(type_name: str, go: bool) -> tuple[str, int]:
@@ -60,9 +61,9 @@ def layout(items: list[tuple[str, str]], go: bool, limit: int) -> list[Slot]:
         shape, width = _shape(type_name, go)
         if lost or shape == "unsupported" or reg + width > limit:
             lost = lost or shape == "unsupported"
-            out.append(Slot(name, type_name, "unsupported", ()))
+            out.append(Slot(name, type_name, "unsupported", (), go))
             continue
-        out.append(Slot(name, type_name, shape, tuple(range(reg, reg + width))))
+        out.append(Slot(name, type_name, shape, tuple(range(reg, reg + width)), go))
         reg += width
     return out
 
@@ -93,7 +94,7 @@ def show(slot: Slot, values: tuple[int, ...], strings: dict[int, bytes]) -> str:
         return "(not captured)"
     v = [values[r] for r in slot.regs]
     if slot.shape == "int":
-        return format_register(v[0], slot.type)
+        return format_register(v[0], slot.type, slot.go)
     if slot.shape == "iface":
         return "nil" if v[0] == 0 else f"<{slot.type} {v[1]:#x}>"
     if v[0] == 0:

@@ -56,7 +56,7 @@ class SlotConfig:
     min_duration_ns: int = 0
     fn_id: int = 0
     str_args: tuple[int, int] = (-1, -1)
-    predicate: tuple[int, str, int] | None = None  # (arg index, op, value)
+    predicate: tuple[int, str, int, int, bool] | None = None  # (arg index, op, value, width in bytes, signed)
 
 
 @dataclass(frozen=True)
@@ -124,6 +124,7 @@ class ProbeEngine:
         self._stats = self._bpf["stats"]
         self._hist = self._bpf["hist"]
         self._globals = self._bpf["globals"]
+        self._sample_counts = self._bpf["sample_counts"]
         self._free = list(range(MAX_SLOTS - 1, -1, -1))
         self._slot_sites: dict[int, list[Site]] = {}
         self._site_masks: dict[tuple[int, int], int] = {}
@@ -176,17 +177,18 @@ class ProbeEngine:
         v.fn_id = c.fn_id
         v.str_arg[0], v.str_arg[1] = c.str_args
         if c.predicate is None:
-            v.pred_arg, v.pred_op, v.pred_value = -1, 0, 0
+            v.pred_arg, v.pred_op, v.pred_value, v.pred_bytes, v.pred_signed = -1, 0, 0, 8, 1
         else:
-            v.pred_arg, v.pred_op, v.pred_value = c.predicate[0], PREDICATE_OPS[c.predicate[1]], c.predicate[2]
+            index, op, value, width, signed = c.predicate
+            v.pred_arg, v.pred_op, v.pred_value, v.pred_bytes, v.pred_signed = index, PREDICATE_OPS[op], value, width, int(signed)
         self._slot_table[ctypes.c_int(slot)] = v
 
     def _reset_slot(self, slot: int) -> None:
-        zero = ctypes.c_ulonglong(0)
         for i in range(STATS_PER_SLOT):
-            self._stats[ctypes.c_int(slot * STATS_PER_SLOT + i)] = zero
+            self._stats[ctypes.c_int(slot * STATS_PER_SLOT + i)] = self._stats.Leaf()  # zero on every CPU
         for i in range(HIST_BUCKETS):
-            self._hist[ctypes.c_int(slot * HIST_BUCKETS + i)] = zero
+            self._hist[ctypes.c_int(slot * HIST_BUCKETS + i)] = self._hist.Leaf()
+        self._sample_counts[ctypes.c_int(slot)] = ctypes.c_ulonglong(0)
 
     # ------------------------------------------------------------- sites
 
@@ -277,18 +279,19 @@ class ProbeEngine:
 
     def stats(self, slot: int, with_histogram: bool = True) -> SlotStats:
         base = slot * STATS_PER_SLOT
-        v = [int(self._stats[ctypes.c_int(base + i)].value) for i in range(7)]
+        v = [int(self._stats.sum(ctypes.c_int(base + i)).value) for i in range(7)]
+        v[ST_MAX_NS] = int(self._stats.max(ctypes.c_int(base + ST_MAX_NS)).value)
         hist: dict[int, int] = {}
         hb = slot * HIST_BUCKETS
         for i in range(HIST_BUCKETS if with_histogram else 0):
-            n = int(self._hist[ctypes.c_int(hb + i)].value)
+            n = int(self._hist.sum(ctypes.c_int(hb + i)).value)
             if n:
                 hist[i] = n
         return SlotStats(v[ST_CALLS], v[ST_SAMPLED], v[ST_FILTERED], v[ST_RINGBUF], v[ST_EMITTED], v[ST_MAX_NS],
                          v[ST_SUM_NS], hist)
 
     def global_counters(self) -> dict[str, int]:
-        return {name: int(self._globals[ctypes.c_int(i)].value) for i, name in enumerate(GLOBAL_NAMES)}
+        return {name: int(self._globals.sum(ctypes.c_int(i)).value) for i, name in enumerate(GLOBAL_NAMES)}
 
     def close(self) -> None:
         for fd, _ in self._attached.values():

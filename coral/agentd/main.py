@@ -40,7 +40,9 @@ from coral.proto import coral_pb2 as pb
 
 log = logging.getLogger("coral.agentd")
 
-PROCESS_TIMEOUT = 3.0
+# The loop waits for a process synchronously: keep it well under the colony's
+# dead-agent limit (heartbeat_interval x heartbeat_liveness, 5 s by default).
+PROCESS_TIMEOUT = 1.5
 
 
 class Agent:
@@ -218,21 +220,25 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, BpfUnavailable) as exc:
         print(f"coral-agentd: {exc}", file=sys.stderr)
         return 1
-    ensure_dir(config.runtime_dir, 0o755)
-    ensure_dir(config.process_socket_dir, 0o1777)
-    ensure_dir(config.state_dir, 0o750)
     lock = DaemonLock(config.runtime_dir / "agent.lock")
     try:
+        ensure_dir(config.runtime_dir, 0o755)
+        ensure_dir(config.process_socket_dir, 0o1777)
+        ensure_dir(config.state_dir, 0o750)
         lock.acquire()
-    except RuntimeError as exc:
+    except (RuntimeError, OSError) as exc:
         print(f"coral-agentd: {exc}", file=sys.stderr)
         return 1
     signals = ShutdownSignals()
     signals.install()
     try:
         Agent(config).run(signals, Notifier())
-    except (CoralError, zmq.ZMQError, OSError) as exc:
+    except (CoralError, zmq.ZMQError, OSError, BpfUnavailable) as exc:
         log.error("fatal: %s", exc)
+        return 1
+    except Exception as exc:  # BCC and DuckDB raise plain exceptions: one line, the traceback at debug level
+        log.error("fatal: %s", exc)
+        log.debug("traceback", exc_info=True)
         return 1
     finally:
         lock.release()

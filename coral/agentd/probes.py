@@ -31,7 +31,7 @@ def load_bcc() -> Any:
     except ImportError as exc:
         raise BpfUnavailable(f"BCC is not importable ({exc}); install python3-bpfcc (scripts/setup.sh)") from None
     if os.geteuid() != 0:
-        raise BpfUnavailable("uprobes need root (or CAP_BPF and CAP_PERFMON)")
+        raise BpfUnavailable("uprobes need root: run coral-agentd as root")
     return bcc
 
 

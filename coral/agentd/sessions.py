@@ -21,8 +21,9 @@ from typing import Any, cast
 from coral.agentd import abi
 from coral.agentd.engine import NativeRecord, ProbeEngine, ProbeError, PythonRecord, Site, SlotConfig, SlotStats
 from coral.agentd.registry import ProcessRegistry, Registration
-from coral.agentd.store import EventRow, EventStore, SessionRow
+from coral.agentd.store import CallRow, EventStore, SessionRow
 from coral.agentd.targets import native_sites, python_site
+from coral.agentd.values import int_kind
 from coral.daemon.config import Config
 from coral.daemon.errors import CoralError, InvalidArgument, LimitExceeded, NotFound, ProbeFailed
 from coral.proto import coral_pb2 as pb
@@ -42,23 +43,22 @@ def wall_clock_offset_ns() -> int:
     return time.time_ns() - time.monotonic_ns()
 
 
-def parse_predicate(text: str, meta: pb.FunctionMetadata) -> tuple[int, str, int] | None:
+def parse_predicate(text: str, meta: pb.FunctionMetadata) -> tuple[int, str, int, int, bool] | None:
     if not text:
         return None
     m = _PREDICATE.match(text)
     if not m:
         raise InvalidArgument(f"predicate {text!r} must look like ARG OP INTEGER, e.g. amount_cents>1000")
     name, op, value = m.group(1), m.group(2), int(m.group(3))
-    names = [a.name for a in meta.arguments]
-    if name in names:
-        index = names.index(name)
-    elif re.fullmatch(r"arg[0-5]", name):
-        index = int(name[3])
-    else:
-        raise InvalidArgument(f"predicate names {name!r}; the function's arguments are: {', '.join(names) or 'unknown'}")
-    if index > 5:
-        raise InvalidArgument(f"predicate argument {name!r} is not in a register (only the first six are)")
-    return index, op, value
+    layout = {s.name: s for s in abi.argument_layout(meta)}
+    slot = layout.get(name)
+    if slot is None:
+        raise InvalidArgument(f"predicate names {name!r}; the function's arguments are: {', '.join(layout) or 'unknown'}")
+    if slot.shape != "int" or not slot.regs:
+        raise InvalidArgument(f"predicate argument {name!r} ({slot.type or 'unknown type'}) is not an integer in a register")
+    kind = (8, slot.type == "int") if slot.go and slot.type in ("int", "uint") else int_kind(slot.type)
+    width, signed = kind if kind else (8, True)
+    return slot.regs[0], op, value, width, signed
 
 
 @dataclass
@@ -116,7 +116,7 @@ class SessionManager:
         self.engine = engine
         self.active: dict[str, Session] = {}
         self._by_slot: dict[int, Session] = {}
-        self._pending: list[EventRow] = []
+        self._pending: list[CallRow] = []
         self._seq = store.next_seq()
         self._fn_ids = itertools.count(int(time.time()) << 20)
         self._clock_offset = wall_clock_offset_ns()
@@ -215,15 +215,15 @@ class SessionManager:
                 continue
             for rec in records:
                 n += 1
-                if session.stored >= session.max_events:
+                if session.stored + 2 > session.max_events:  # a call is shown as two events
                     session.lost["max_events"] += 1
                     continue
-                session.stored += 1
+                session.stored += 2
                 self._rows(session, rec)
         return n
 
     def _rows(self, s: Session, rec: NativeRecord | PythonRecord) -> None:
-        """One call -> an entry row and a return row."""
+        """One completed call -> one row (shown as an entry and a return event)."""
         if isinstance(rec, PythonRecord):
             start, end = rec.start_ns, rec.end_ns
             args = [dict(zip(("name", "value"), a.decode(errors="replace").split("=", 1), strict=False)) | {"type": ""}
@@ -238,11 +238,9 @@ class SessionManager:
             start, end = rec.start_ns, rec.start_ns + rec.duration_ns
             meta = next((t.meta for t in s.targets if t.reg.pid == rec.pid), s.targets[0].meta)
             args, ret = self._native_values(s, meta, rec)
-        for kind, ts, duration, values, result in (("entry", start, 0, args, {}), ("return", end, end - start, [], ret)):
-            self._pending.append(EventRow(self._seq, s.session_id, kind, ts + self._clock_offset, rec.pid, rec.tid,
-                                          duration, json.dumps(values) if values else "",
-                                          json.dumps(result) if result else ""))
-            self._seq += 1
+        self._pending.append(CallRow(self._seq, s.session_id, start + self._clock_offset, end - start, rec.pid, rec.tid,
+                                     json.dumps(args) if args else "", json.dumps(ret) if ret else ""))
+        self._seq += 1
 
     @staticmethod
     def _native_values(s: Session, meta: pb.FunctionMetadata, rec: NativeRecord) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -319,13 +317,13 @@ class SessionManager:
         return msg
 
     def describe_row(self, row: SessionRow) -> pb.DebugSession:
-        events, calls = self.store.counts(row.session_id)
+        calls = self.store.call_count(row.session_id)
         c = row.config
         stats = cast(dict[str, Any], c.get("stats", {}))
         return pb.DebugSession(
             session_id=row.session_id, service=row.service, function=row.function, agent_id=self.agent_id,
             pids=row.pids, started_unix_ns=row.started_ns, expires_unix_ns=row.expires_ns, ended_unix_ns=row.ended_ns,
-            status=row.status, status_reason=row.reason, event_count=events, calls=calls, lost=row.lost,
+            status=row.status, status_reason=row.reason, event_count=2 * calls, calls=calls, lost=row.lost,
             config=pb.UprobeConfig(capture_args=bool(c.get("capture_args")), capture_return=bool(c.get("capture_return")),
                                    sample_rate=int(cast(int, c.get("sample_rate", 0))),
                                    max_events=int(cast(int, c.get("max_events", 0))),
@@ -357,19 +355,22 @@ class SessionManager:
     def query(self, req: pb.QueryUprobeEventsRequest) -> pb.QueryUprobeEventsResponse:
         session = self.session(req.session_id)  # NotFound before anything else
         self.flush()
-        limit = min(req.max_events or DEFAULT_PAGE, MAX_PAGE)
+        limit = max(1, min(req.max_events or DEFAULT_PAGE, MAX_PAGE) // 2)  # two events a call
         rows = self.store.query(req.session_id, req.cursor, req.since_unix_ns, req.until_unix_ns, limit)
-        events = [self._event(r, session) for r in rows]
+        events = [ev for r in rows for ev in self._events(r, session)]
         next_cursor = rows[-1].seq if rows else req.cursor
         return pb.QueryUprobeEventsResponse(events=events, next_cursor=next_cursor, has_more=len(rows) == limit,
                                             session=self.session(req.session_id))
 
-    def _event(self, r: EventRow, s: pb.DebugSession) -> pb.UprobeEvent:
-        ev = pb.UprobeEvent(timestamp_unix_ns=r.ts_ns, session_id=r.session_id, agent_id=self.agent_id,
-                            service=s.service, function=s.function, event_type=r.event_type,
-                            duration_ns=r.duration_ns, pid=r.pid, tid=r.tid, seq=r.seq)
+    def _events(self, r: CallRow, s: pb.DebugSession) -> tuple[pb.UprobeEvent, pb.UprobeEvent]:
+        """A call as its entry and return events; event seq = 2 * call seq (+1)."""
+        entry, ret = (pb.UprobeEvent(session_id=r.session_id, agent_id=self.agent_id, service=s.service,
+                                     function=s.function, pid=r.pid, tid=r.tid) for _ in range(2))
+        entry.timestamp_unix_ns, entry.event_type, entry.seq = r.start_ns, "entry", 2 * r.seq
+        ret.timestamp_unix_ns, ret.event_type, ret.seq = r.start_ns + r.duration_ns, "return", 2 * r.seq + 1
+        ret.duration_ns = r.duration_ns
         if r.args:
-            ev.args.extend(pb.FunctionArgument(**a) for a in json.loads(r.args))
+            entry.args.extend(pb.FunctionArgument(**a) for a in json.loads(r.args))
         if r.ret:
-            ev.return_value.CopyFrom(pb.FunctionReturnValue(**json.loads(r.ret)))
-        return ev
+            ret.return_value.CopyFrom(pb.FunctionReturnValue(**json.loads(r.ret)))
+        return entry, ret

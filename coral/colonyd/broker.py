@@ -88,10 +88,20 @@ class Broker:
         agent.last_heard = now
         return True
 
-    def agent_gone(self, identity: bytes, why: str) -> None:
+    def agent_gone(self, identity: bytes, why: str) -> list[Outgoing]:
+        """Forget an agent; its pending requests are answered now, not at their timeout."""
         agent = self.agents.pop(identity, None)
-        if agent is not None:
-            log.warning("agent %s lost (%s)", agent.agent_id, why)
+        if agent is None:
+            return []
+        log.warning("agent %s lost (%s)", agent.agent_id, why)
+        out = []
+        for request_id, p in list(self.pending.items()):
+            if p.agent == identity:
+                del self.pending[request_id]
+                err = Unavailable(f"agent {agent.agent_id} was lost ({why}) before answering {p.method}")
+                self._audit(p.peer, p.method, p.request, err.code, err.message)
+                out.append(Outgoing("frontend", wire.encode_error(p.client_request_id, err, p.client)))
+        return out
 
     def agents_for(self, service: str) -> list[AgentState]:
         return [a for a in self.agents.values() if any(s.service == service for s in a.hello.services)]
@@ -200,7 +210,7 @@ class Broker:
         interval, liveness = self.config.colony.heartbeat_interval, self.config.colony.heartbeat_liveness
         for identity, agent in list(self.agents.items()):
             if is_dead(agent.last_heard, now, interval, liveness):
-                self.agent_gone(identity, f"silent for {interval * liveness:g}s")
+                out.extend(self.agent_gone(identity, f"silent for {interval * liveness:g}s"))
             elif now - agent.last_sent >= interval:
                 agent.last_sent = now
                 out.append(Outgoing("backend", wire.encode_signal(wire.Command.HEARTBEAT, (identity,))))

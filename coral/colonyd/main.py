@@ -93,7 +93,7 @@ class Colony:
                 self.broker.agent_ready(identity[0], hello, now)
             return
         if frame.command == wire.Command.DISCONNECT:
-            self.broker.agent_gone(identity[0], "agent disconnected")
+            self.send(self.broker.agent_gone(identity[0], "agent disconnected"))
             return
         if not self.broker.agent_heard(identity[0], now):
             # Not known (e.g. the colony restarted): ask it to announce itself.
@@ -145,12 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"coral-colonyd: {exc}", file=sys.stderr)
         return 1
-    ensure_dir(config.runtime_dir, 0o755)
-    ensure_dir(config.state_dir, 0o750)
     lock = DaemonLock(config.runtime_dir / "colony.lock")
     try:
+        ensure_dir(config.runtime_dir, 0o755)
+        ensure_dir(config.state_dir, 0o750)
         lock.acquire()
-    except RuntimeError as exc:
+    except (RuntimeError, OSError) as exc:
         print(f"coral-colonyd: {exc}", file=sys.stderr)
         return 1
     signals = ShutdownSignals()
@@ -159,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
         Colony(config).run(signals, Notifier())
     except (zmq.ZMQError, OSError) as exc:
         log.error("fatal: %s", exc)
+        return 1
+    except Exception as exc:  # DuckDB raises its own exceptions (a locked or corrupt file)
+        log.error("fatal: %s", exc)
+        log.debug("traceback", exc_info=True)
         return 1
     finally:
         lock.release()

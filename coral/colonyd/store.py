@@ -36,7 +36,7 @@ class AuditRow:
 
 class ColonyStore:
     def __init__(self, path: Path) -> None:
-        self._db = duckdb.connect(str(path))
+        self._db = duckdb.connect(str(path), config={"threads": 1, "memory_limit": "256MB"})
         self._db.execute(SCHEMA)
 
     def close(self) -> None:

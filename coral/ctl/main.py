@@ -1,14 +1,16 @@
 """coralctl: the Coral CLI. Talks to the colony, or to the local agent with
 --local. Every command has --output json (JSON Lines) for scripts.
 
-Exit codes: 0 success; 1 the request was refused or failed (the message
-says why); 2 bad usage; 3 the colony or agent could not be reached;
-130 interrupted."""
+Exit codes: 0 success (including a `debug attach` ended early by one
+Ctrl-C, which detaches the session and still prints the summary); 1 the
+request was refused or failed (the message says why); 2 bad usage; 3 the
+colony or agent could not be reached; 130 interrupted a second time."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -45,13 +47,22 @@ def duration_arg(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def positive_duration(text: str) -> float:
+    seconds = duration_arg(text)
+    if seconds < 0.001:
+        raise argparse.ArgumentTypeError(f"duration {text!r} must be at least 1ms")
+    return seconds
+
+
 def positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
     return int(text)
 
 
-GLOBAL_DEFAULTS = {"local": False, "endpoint": None, "output": "text", "timeout": 10.0, "config": None}
+# Longer than the colony's own wait for an agent (limits.request_timeout, 10 s), so that
+# an agent that does not answer is reported as such, not as an unreachable colony.
+GLOBAL_DEFAULTS = {"local": False, "endpoint": None, "output": "text", "timeout": 15.0, "config": None}
 
 
 def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
@@ -63,7 +74,7 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     parser.add_argument(
         "--output", choices=["text", "json"], default=d("output"), help="text for people, json (JSON Lines) for tools"
     )
-    parser.add_argument("--timeout", type=duration_arg, default=d("timeout"), help="how long to wait for a reply (default 10s)")
+    parser.add_argument("--timeout", type=duration_arg, default=d("timeout"), help="how long to wait for a reply (default 15s)")
     parser.add_argument("--config", default=d("config"), help="configuration file")
 
 
@@ -94,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a.add_argument("service")
     a.add_argument("--function", required=True)
-    a.add_argument("--duration", type=duration_arg, default=60.0, help="90s, 5m, 1m30s (default 60s, at most 600s)")
+    a.add_argument("--duration", type=positive_duration, default=0.0,
+                   help="90s, 5m, 1m30s (default and maximum: [sessions] in coral.toml, 60s and 600s)")
     a.add_argument("--capture-args", action="store_true")
     a.add_argument("--capture-return", action="store_true")
     a.add_argument("--sample-rate", type=positive_int, default=1, help="report every Nth call")
@@ -169,7 +181,7 @@ class Ctl:
             self.call(
                 "AttachUprobe",
                 pb.AttachUprobeRequest(
-                    service=a.service, function=a.function, duration_ms=max(1, round(a.duration * 1000)), config=cfg
+                    service=a.service, function=a.function, duration_ms=round(a.duration * 1000), config=cfg
                 ),
             ),
         )
@@ -188,9 +200,13 @@ class Ctl:
                 + ". Ctrl-C detaches."
             )
         durations: list[int] = []
-        final = self._follow(
-            session.session_id, lambda ev: durations.append(ev.duration_ns) if ev.event_type == "return" else None
-        )
+        try:
+            final = self._follow(
+                session.session_id, lambda ev: durations.append(ev.duration_ns) if ev.event_type == "return" else None
+            )
+        except BrokenPipeError:
+            self.call("DetachUprobe", pb.DetachUprobeRequest(session_id=session.session_id))  # nobody is watching
+            raise
         summary = render.summarize_session(final, durations)
         if self.out.json:
             self.out.record(render.summary_dict(summary, final))
@@ -326,6 +342,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`| head`): end quietly; an attach's session
+        # still ends by itself at its expiry.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
     finally:
         ctl.client.close()
 

@@ -40,7 +40,7 @@ class SessionsConfig:
     max_duration: int = 600
     max_sessions_per_agent: int = 64
     max_events_per_session: int = 100_000
-    ring_buffer_pages: int = 256
+    ring_buffer_pages: int = 4096
 
     def session_duration_ms(self, requested_ms: int) -> int:
         """0 means the default; more than the maximum is refused, never shortened."""
@@ -59,7 +59,7 @@ class AgentConfig:
     id: str = ""
     colony_endpoint: str = ""
     heartbeat_interval: float = 1.0
-    heartbeat_liveness: int = 3
+    heartbeat_liveness: int = 5
     poll_interval: float = 0.05
     flush_interval: float = 0.2
 
@@ -69,7 +69,14 @@ class ColonyConfig:
     frontend_endpoint: str = ""
     backend_endpoint: str = ""
     heartbeat_interval: float = 1.0
-    heartbeat_liveness: int = 3
+    heartbeat_liveness: int = 5
+
+
+@dataclass(frozen=True)
+class SdkConfig:
+    # Arguments whose names contain one of these (case-insensitive) are shown
+    # as <redacted>; so are values that look like card numbers.
+    redact_patterns: tuple[str, ...] = ("password", "secret", "token", "api_key", "authorization", "card")
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,7 @@ class Config:
     sessions: SessionsConfig = field(default_factory=SessionsConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     colony: ColonyConfig = field(default_factory=ColonyConfig)
+    sdk: SdkConfig = field(default_factory=SdkConfig)
     source: str = "(defaults)"
 
     # Derived locations; environment variables win over the file.
@@ -117,6 +125,7 @@ _SECTION_TYPES = {
     "sessions": SessionsConfig,
     "agent": AgentConfig,
     "colony": ColonyConfig,
+    "sdk": SdkConfig,
 }
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 _POSITIVE = {
@@ -161,6 +170,11 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
         for key, value in table.items():
             if key not in types:
                 raise ConfigError(f"{source}: unknown key [{name}] {key} (known: {', '.join(types)})")
+            if str(types[key]) == "tuple[str, ...]":
+                if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                    raise ConfigError(f"{source}: [{name}] {key}: expected a list of strings, got {value!r}")
+                values[key] = tuple(value)
+                continue
             expected = {"int": int, "float": float, "str": str, "bool": bool}[str(types[key])]
             values[key] = _check_value(source, name, key, expected, value)
         sections[name] = cls(**values)

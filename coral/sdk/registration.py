@@ -1,35 +1,45 @@
 """A process's registration with the local agent, kept alive: register,
 heartbeat, register again when the agent restarts, unregister at exit.
-Used by coral-run and by the Python SDK. Never raises on a missing agent:
-it logs once and keeps retrying with back-off."""
+Used by coral-run and by the Python SDK.
+
+Never blocks its owner: the agent may at that very moment be waiting on the
+owner's own socket (asking for metadata), so a blocking call here would
+stall both until a timeout. `tick` sends a request when one is due and
+picks up replies without waiting; owners call it from their loop (and may
+poll `socket` to hear replies at once). Never raises on a missing agent: it
+logs once and keeps retrying with back-off."""
 
 from __future__ import annotations
 
 import logging
-import time
-from typing import cast
+import secrets
 
 import zmq
 
+from coral.daemon import wire
 from coral.daemon.client import Client
-from coral.daemon.errors import CoralError, Unavailable
+from coral.daemon.errors import CoralError
 from coral.daemon.liveness import Backoff
+from coral.daemon.runtime import configure_socket
 from coral.proto import coral_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-REGISTER_TIMEOUT = 2.0
+REPLY_TIMEOUT = 2.0
+MAX_MESSAGE_BYTES = 1024 * 1024
 
 
 class AgentRegistration:
-    def __init__(
-        self, agent_endpoint: str, request: pb.RegisterProcessRequest, context: zmq.Context[zmq.Socket[bytes]] | None = None
-    ) -> None:
+    def __init__(self, agent_endpoint: str, request: pb.RegisterProcessRequest,
+                 context: zmq.Context[zmq.Socket[bytes]] | None = None) -> None:
+        self.endpoint = agent_endpoint
         self.request = request
-        self.client = Client(agent_endpoint, REGISTER_TIMEOUT, context)
+        self.context = context or zmq.Context.instance()
+        self.socket: zmq.Socket[bytes] | None = None
         self.registration_id = ""
         self.interval = 1.0
         self.backoff = Backoff()
+        self._in_flight: tuple[bytes, str, float] | None = None  # request id, method, deadline
         self._next_attempt = 0.0
         self._warned = False
 
@@ -38,34 +48,67 @@ class AgentRegistration:
         return bool(self.registration_id)
 
     def tick(self, now: float) -> bool:
-        """Register or heartbeat when due. Returns True when a registration
-        was (re)made on this tick."""
-        if now < self._next_attempt:
-            return False
-        try:
+        """Handle replies that have arrived; send the next request when due.
+        Returns True when a registration was (re)made on this tick."""
+        made = self._receive(now)
+        if self._in_flight is not None:
+            if now >= self._in_flight[2]:
+                self._unreachable(now, f"no reply from {self.endpoint} within {REPLY_TIMEOUT:g}s")
+            return made
+        if now >= self._next_attempt:
             if self.registration_id:
-                beat = cast(
-                    pb.ProcessHeartbeatResponse,
-                    self.client.call("ProcessHeartbeat", pb.ProcessHeartbeatRequest(registration_id=self.registration_id)),
-                )
-                if beat.known:
-                    self._next_attempt = now + self.interval
-                    return False
-                log.info("agent no longer knows this process (it restarted?); registering again")
-            reply = cast(pb.RegisterProcessResponse, self.client.call("RegisterProcess", self.request))
-        except Unavailable as exc:
+                self._send("ProcessHeartbeat", pb.ProcessHeartbeatRequest(registration_id=self.registration_id), now)
+            else:
+                self._send("RegisterProcess", self.request, now)
+        return made
+
+    def _send(self, method: str, body: pb.ProcessHeartbeatRequest | pb.RegisterProcessRequest, now: float) -> None:
+        if self.socket is None:
+            self.socket = self.context.socket(zmq.DEALER)
+            configure_socket(self.socket, MAX_MESSAGE_BYTES)
+            self.socket.connect(self.endpoint)
+        request_id = secrets.token_bytes(8)
+        self.socket.send_multipart(wire.encode_request(request_id, method, body))
+        self._in_flight = (request_id, method, now + REPLY_TIMEOUT)
+
+    def _receive(self, now: float) -> bool:
+        made = False
+        while self.socket is not None and self._in_flight is not None:
+            try:
+                frames = self.socket.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            try:
+                frame = wire.decode(frames)
+            except wire.FrameError:
+                continue
+            request_id, method, _ = self._in_flight
+            if frame.command != wire.Command.REPLY or frame.request_id != request_id:
+                continue  # late or stray
+            self._in_flight = None
+            try:
+                made = self._handle(method, frame, now) or made
+            except CoralError as exc:
+                log.error("unreadable reply from the agent: %s", exc.message)
+                self._next_attempt = now + self.backoff.next_delay()
+        return made
+
+    def _handle(self, method: str, frame: wire.Frame, now: float) -> bool:
+        if frame.name != wire.STATUS_OK:
+            err = wire.parse_body(pb.Error, frame.body)
             self.registration_id = ""
-            delay = self.backoff.next_delay()
-            if not self._warned:
-                log.warning("coral agent not reachable (%s); will keep trying", exc)
-                self._warned = True
-            self._next_attempt = now + delay
-            return False
-        except CoralError as exc:
-            self.registration_id = ""
-            log.error("registration refused: %s: %s", exc.code, exc.message)
+            log.error("%s refused by the agent: %s: %s", method, err.code, err.message)
             self._next_attempt = now + self.backoff.next_delay()
             return False
+        if method == "ProcessHeartbeat":
+            if wire.parse_body(pb.ProcessHeartbeatResponse, frame.body).known:
+                self._next_attempt = now + self.interval
+            else:
+                log.info("the agent no longer knows this process (it restarted?); registering again")
+                self.registration_id = ""
+                self._next_attempt = now
+            return False
+        reply = wire.parse_body(pb.RegisterProcessResponse, frame.body)
         self.registration_id = reply.registration_id
         self.interval = max(0.1, reply.heartbeat_interval_ms / 1000)
         self.backoff.reset()
@@ -74,17 +117,27 @@ class AgentRegistration:
         log.info("registered service %r (pid %d) with the agent", self.request.service, self.request.pid)
         return True
 
+    def _unreachable(self, now: float, why: str) -> None:
+        """Drop the socket (a late reply must not be taken for the next one's)."""
+        if self.socket is not None:
+            self.socket.close(linger=0)
+            self.socket = None
+        self._in_flight = None
+        self.registration_id = ""
+        if not self._warned:
+            log.warning("coral agent not reachable (%s); will keep trying", why)
+            self._warned = True
+        self._next_attempt = now + self.backoff.next_delay()
+
     def unregister(self) -> None:
+        """At exit: a last, short, blocking call."""
         if self.registration_id:
-            try:
-                self.client.call(
-                    "UnregisterProcess", pb.UnregisterProcessRequest(registration_id=self.registration_id), timeout=1.0
-                )
-            except CoralError as exc:
-                log.debug("unregister: %s", exc)
+            with Client(self.endpoint, 1.0, self.context) as client:
+                try:
+                    client.call("UnregisterProcess", pb.UnregisterProcessRequest(registration_id=self.registration_id))
+                except CoralError as exc:
+                    log.debug("unregister: %s", exc)
             self.registration_id = ""
-        self.client.close()
-
-
-def now() -> float:
-    return time.monotonic()
+        if self.socket is not None:
+            self.socket.close(linger=0)
+            self.socket = None

@@ -1,0 +1,205 @@
+"""The process API of a Python service (docs/protocol.md, "process API"):
+Ping, ListFunctions, GetFunctionMetadata, ArmFunction, DisarmFunction on
+ipc://<runtime_dir>/procs/<pid>.sock, served by the SDK's own thread, which
+also keeps the registration with the local agent alive.
+
+``ProcessApi`` holds the handlers (plain functions of decoded requests, no
+sockets); ``run`` is the thread's body. Nothing here may raise into the
+service: problems are logged once and retried in the background.
+"""
+
+from __future__ import annotations
+
+import grp
+import logging
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+import zmq
+
+from coral import __version__
+from coral.daemon.config import Config, ConfigError, load_config
+from coral.daemon.errors import InvalidArgument, PermissionDenied
+from coral.daemon.liveness import Backoff
+from coral.daemon.methods import PYTHON_PROCESS_METHODS
+from coral.daemon.runtime import SOCKET_GROUP, bind_socket, configure_socket, ensure_dir, unlink_ipc
+from coral.daemon.server import Dispatcher, Handler, Peer, serve_rep_once
+from coral.proto import coral_pb2 as pb
+from coral.sdk import _probe
+from coral.sdk.arming import ARMS, ArmRegistry
+from coral.sdk.metadata import function_metadata, list_functions
+from coral.sdk.registration import AgentRegistration
+from coral.sdk.settings import settings_from_config
+
+if TYPE_CHECKING:
+    from coral.sdk.lifecycle import Sdk
+
+log = logging.getLogger(__name__)
+
+POLL_MS = 250  # how often the registration is looked after while idle
+
+
+def _coral_gid() -> int | None:
+    try:
+        return grp.getgrnam(SOCKET_GROUP).gr_gid
+    except KeyError:
+        return None
+
+
+def may_arm(peer: Peer) -> bool:
+    """Arming changes this process's code paths: root, this process's own
+    user, or the coral group (the agent's) only. The socket's file mode
+    already keeps everyone else out; this holds if that mode is loosened."""
+    if peer.uid is None:
+        return False
+    if peer.uid in (0, os.getuid(), os.geteuid()):
+        return True
+    gid = _coral_gid()
+    return gid is not None and peer.gid == gid
+
+
+class ProcessApi:
+    def __init__(self, arms: ArmRegistry, pid: int, counters: Callable[[], Mapping[str, int]] = dict) -> None:
+        self.arms = arms
+        self.pid = pid
+        self.counters = counters
+
+    def handlers(self) -> dict[str, Handler]:
+        return {
+            "Ping": self.ping,
+            "ListFunctions": self.list_functions,
+            "GetFunctionMetadata": self.function_metadata,
+            "ArmFunction": self.arm_function,
+            "DisarmFunction": self.disarm_function,
+        }
+
+    def ping(self, req: pb.PingRequest, peer: Peer) -> pb.PingResponse:
+        counters = {**self.counters(), "armed": len(self.arms.arms()), "semaphore": _probe.semaphore()}
+        return pb.PingResponse(daemon="coral-sdk", version=__version__, pid=self.pid, counters=counters)
+
+    def list_functions(self, req: pb.ListFunctionsRequest, peer: Peer) -> pb.ListFunctionsResponse:
+        names, truncated = list_functions(self.arms, req.pattern, req.max_results)
+        return pb.ListFunctionsResponse(functions=names, truncated=truncated)
+
+    def function_metadata(self, req: pb.GetFunctionMetadataRequest, peer: Peer) -> pb.GetFunctionMetadataResponse:
+        if not req.function:
+            raise InvalidArgument("a function name is required")
+        return pb.GetFunctionMetadataResponse(metadata=function_metadata(self.arms, req.function, self.pid))
+
+    def arm_function(self, req: pb.ArmFunctionRequest, peer: Peer) -> pb.ArmFunctionResponse:
+        if not may_arm(peer):
+            raise PermissionDenied(f"{peer.who} may not arm functions in pid {self.pid}")
+        if not req.function:
+            raise InvalidArgument("a function name is required")
+        self.arms.arm(req.function, req.fn_id, capture_args=req.config.capture_args, capture_return=req.config.capture_return)
+        return pb.ArmFunctionResponse(metadata=function_metadata(self.arms, req.function, self.pid))
+
+    def disarm_function(self, req: pb.DisarmFunctionRequest, peer: Peer) -> pb.DisarmFunctionResponse:
+        if not may_arm(peer):
+            raise PermissionDenied(f"{peer.who} may not disarm functions in pid {self.pid}")
+        return pb.DisarmFunctionResponse(was_armed=self.arms.disarm(req.fn_id))
+
+
+def registration_request(service: str, pid: int, address: str) -> pb.RegisterProcessRequest:
+    return pb.RegisterProcessRequest(
+        service=service,
+        pid=pid,
+        executable=os.path.realpath(sys.executable),
+        address=address,
+        kind="python",
+        sdk_version=__version__,
+        runtime=f"{platform.python_implementation()} {platform.python_version()}",
+    )
+
+
+def agent_socket_exists(endpoint: str) -> bool:
+    """For ipc, whether the agent's socket file is there at all: when it is
+    not, asking would only wait for a timeout."""
+    return not endpoint.startswith("ipc://") or os.path.exists(endpoint[len("ipc://") :])
+
+
+def run(sdk: Sdk) -> None:
+    """The SDK thread: load the config, bind, serve, stay registered."""
+    try:
+        config = load_config(sdk.config_path)
+    except ConfigError as exc:
+        log.error("coral: %s; live debugging is off in this process", exc)
+        return
+    ARMS.configure(settings_from_config(config))
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        _serve(sdk, config, context)
+    finally:
+        context.destroy(linger=0)
+
+
+def disarm_orphans() -> None:
+    """A new registration means the agent restarted or lost track of us:
+    the sessions that armed functions are gone with it, and nobody will
+    disarm them. With the semaphore at 0 no probe is attached any more, so
+    they can go. (While a probe is still attached, they stay.)"""
+    if ARMS.arms() and _probe.semaphore() == 0:
+        log.info("registered anew with no probe attached: disarmed %d functions armed before", ARMS.disarm_all())
+
+
+def _bind(sdk: Sdk, config: Config, context: zmq.Context[zmq.Socket[bytes]], address: str) -> zmq.Socket[bytes] | None:
+    backoff = Backoff()
+    warned = False
+    while not sdk.stopping:
+        rep = context.socket(zmq.REP)
+        try:
+            configure_socket(rep, config.limits.max_message_bytes)
+            ensure_dir(config.process_socket_dir, 0o1777)
+            bind_socket(rep, address)
+            return rep
+        except (OSError, zmq.ZMQError) as exc:
+            rep.close(linger=0)
+            if not warned:
+                log.warning("coral: cannot listen on %s (%s); live debugging is off until it can, retrying", address, exc)
+                warned = True
+            sdk.wait_for_wake(backoff.next_delay())
+    return None
+
+
+def _serve(sdk: Sdk, config: Config, context: zmq.Context[zmq.Socket[bytes]]) -> None:
+    address = f"ipc://{config.process_socket_dir / f'{sdk.pid}.sock'}"
+    rep = _bind(sdk, config, context, address)
+    if rep is None:
+        return
+    registration = AgentRegistration(config.agent_endpoint, registration_request(sdk.service, sdk.pid, address), context)
+    dispatcher: Dispatcher | None = None
+    api = ProcessApi(ARMS, sdk.pid, lambda: dict(dispatcher.counters) if dispatcher else {})
+    dispatcher = Dispatcher(api.handlers(), PYTHON_PROCESS_METHODS)
+    poller = zmq.Poller()
+    poller.register(rep, zmq.POLLIN)
+    poller.register(sdk.wake_fd, zmq.POLLIN)
+    sdk.bound(address)
+    agent_missing_warned = False
+    try:
+        while not sdk.stopping:
+            if agent_socket_exists(config.agent_endpoint):
+                agent_missing_warned = False
+                if registration.tick(time.monotonic()):
+                    disarm_orphans()
+            elif not agent_missing_warned:
+                log.warning(
+                    "coral agent not running (no %s); the service runs normally and registers once it starts",
+                    config.agent_endpoint,
+                )
+                agent_missing_warned = True
+                registration.registration_id = ""
+            sdk.registered = registration.registered
+            for sock, _ in poller.poll(POLL_MS):
+                if sock is rep:
+                    serve_rep_once(rep, dispatcher)
+                else:
+                    sdk.drain_wake()
+    finally:
+        registration.unregister()
+        sdk.registered = False
+        rep.close(linger=0)
+        unlink_ipc(address)
