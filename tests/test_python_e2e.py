@@ -1,0 +1,108 @@
+"""The Python SDK end to end: a real HTTP service that called
+coral.sdk.init(), debugged through colony and agent with real BPF on the
+SDK's probe site. Every call seen with its arguments, return value or
+exception, and duration; the service's answers unchanged."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from tests.harness import REPO, CoralEnv, Process, kernel_probes, tool
+from tests.test_native_e2e import records, wait_for_service
+
+N = 20
+
+
+class PythonService:
+    def __init__(self, env: CoralEnv) -> None:
+        self.proc = subprocess.Popen([sys.executable, str(REPO / "examples" / "python" / "payments_service.py"),
+                                      "--port", "0"], env=env.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # printed once the server accepts connections
+        assert line.startswith("listening on "), line
+        self.port = int(line.split()[2])
+
+    def charge(self, card: str, amount: int) -> tuple[int, dict[str, object]]:
+        url = f"http://127.0.0.1:{self.port}/charge?card={card}&amount={amount}"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def service(coral_env: CoralEnv, colony: Process, agent: Process) -> Iterator[PythonService]:
+    svc = PythonService(coral_env)
+    yield svc
+    svc.stop()
+
+
+def attach(env: CoralEnv, function: str, duration: str = "3s") -> subprocess.Popen[str]:
+    p = subprocess.Popen([tool("coralctl"), "--output", "json", "debug", "attach", "payments-api", "--function", function,
+                          "--duration", duration, "--capture-args", "--capture-return"],
+                         env=env.env, stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None
+    first = json.loads(p.stdout.readline())
+    assert first["kind"] == "session" and first["probes"] == 1, first
+    return p
+
+
+def test_debug_validate_card_in_a_running_python_service(coral_env: CoralEnv, service: PythonService) -> None:
+    wait_for_service(coral_env, "payments-api")
+    unarmed = [service.charge("4111111111111111", 500 + i) for i in range(3)]
+    session = attach(coral_env, "payments.validate_card")
+    answers = [service.charge("4111111111111111" if i % 4 else "4111111111111117", 500 + i) for i in range(N)]
+    out, _ = session.communicate(timeout=60)
+    lines = records(out)
+    events = [e for e in lines if e["kind"] == "event"]
+    calls = list(zip(events[::2], events[1::2], strict=True))
+    assert len(calls) == N and lines[-1]["calls"] == N and lines[-1]["lost"] == {}
+
+    declined = [i for i in range(N) if i % 4 == 0]
+    for i, ((entry, ret), (status, body)) in enumerate(zip(calls, answers, strict=True)):
+        assert entry["event_type"] == "entry" and ret["event_type"] == "return"
+        # The card number is redacted by name (and by its look); the amount is shown.
+        assert entry["args"] == [{"name": "card", "type": "", "value": "<redacted>"},
+                                 {"name": "amount", "type": "", "value": str(500 + i)}]
+        assert ret["duration_ns"] >= 2_000_000  # validate_card waits 2 ms for "the card network"
+        if i in declined:
+            assert status == 402 and body == {"error": "card declined"}
+            assert ret["return_value"]["is_error"] and ret["return_value"]["error_message"] == "ValueError: card declined"
+        else:
+            assert status == 200 and body["approved"] is True and body["amount"] == 500 + i
+            assert not ret["return_value"]["is_error"] and f"'amount': {500 + i}" in ret["return_value"]["value"]
+    # Behaviour unchanged while armed, and after.
+    assert unarmed[0] == service.charge("4111111111111111", 500)
+    assert all(f"/proc/{service.proc.pid}" not in line for line in kernel_probes().splitlines())
+
+
+def test_a_stdlib_function_in_the_same_service(coral_env: CoralEnv, service: PythonService) -> None:
+    wait_for_service(coral_env, "payments-api")
+    session = attach(coral_env, "json.dumps")
+    for i in range(5):
+        assert service.charge("4111111111111111", 700 + i)[0] == 200
+    out, _ = session.communicate(timeout=60)
+    lines = records(out)
+    returns = [e for e in lines if e.get("event_type") == "return"]
+    assert lines[-1]["calls"] >= 5  # the handler serialises each answer with json.dumps
+    assert any('"amount": 704' in r["return_value"]["value"] for r in returns)
+
+
+def test_unknown_python_function_names_the_closest(coral_env: CoralEnv, service: PythonService) -> None:
+    wait_for_service(coral_env, "payments-api")
+    out = subprocess.run([tool("coralctl"), "debug", "attach", "payments-api", "--function", "payments.validate_crd"],
+                         env=coral_env.env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and "payments.validate_card" in out.stderr, out.stderr
