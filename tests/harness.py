@@ -4,6 +4,7 @@ while starting fails the test with its output attached."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -182,10 +183,8 @@ class NativeService:
     def stop(self) -> int | None:
         if self.run.proc.stdin:
             self.run.proc.stdin.close()  # end of input: the program exits by itself
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):  # stop() below signals it
             self.run.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            pass  # stop() below signals it
         return self.run.stop()
 
 

@@ -116,7 +116,7 @@ class SessionManager:
         self.engine = engine
         self.active: dict[str, Session] = {}
         self._by_slot: dict[int, Session] = {}
-        self._pending: list[CallRow] = []
+        self._pending: list[list[object]] = [[] for _ in range(8)]  # CallRow's fields, as columns
         self._seq = store.next_seq()
         self._fn_ids = itertools.count(int(time.time()) << 20)
         self._clock_offset = wall_clock_offset_ns()
@@ -238,8 +238,10 @@ class SessionManager:
             start, end = rec.start_ns, rec.start_ns + rec.duration_ns
             meta = next((t.meta for t in s.targets if t.reg.pid == rec.pid), s.targets[0].meta)
             args, ret = self._native_values(s, meta, rec)
-        self._pending.append(CallRow(self._seq, s.session_id, start + self._clock_offset, end - start, rec.pid, rec.tid,
-                                     json.dumps(args) if args else "", json.dumps(ret) if ret else ""))
+        row = (self._seq, s.session_id, start + self._clock_offset, end - start, rec.pid, rec.tid,
+               json.dumps(args) if args else "", json.dumps(ret) if ret else "")
+        for column, value in zip(self._pending, row, strict=True):
+            column.append(value)
         self._seq += 1
 
     @staticmethod
@@ -261,14 +263,13 @@ class SessionManager:
 
     def flush(self) -> int:
         """Write the pending batch to agent.duckdb in one go."""
-        batch, self._pending = self._pending, []
-        if batch:
-            self.store.append(batch)
-        return len(batch)
+        batch, self._pending = self._pending, [[] for _ in range(8)]
+        self.store.append(batch)
+        return len(batch[0])
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        return len(self._pending[0])
 
     # -------------------------------------------------------------- end
 

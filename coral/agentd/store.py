@@ -3,7 +3,6 @@ only writer; clients read through the agent's API."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -82,9 +81,10 @@ class EventStore:
         ).fetchall()
         return len(rows)
 
-    def append(self, rows: Sequence[CallRow]) -> None:
-        if rows:
-            self._db.execute(_INSERT, [list(column) for column in zip(*(dataclasses.astuple(r) for r in rows), strict=True)])
+    def append(self, columns: Sequence[list[object]]) -> None:
+        """One batch, given as the table's eight columns (CallRow's fields, in order)."""
+        if columns and columns[0]:
+            self._db.execute(_INSERT, list(columns))
 
     def save_session(self, s: SessionRow) -> None:
         self._db.execute(

@@ -1,0 +1,118 @@
+"""Python SDK costs with a real agent session attached (BPF on the SDK's
+probe site), against the same loop with no session, in the same run.
+
+    .venv/bin/python bench/python_attached.py [--calls 200000] [--repeats 7]
+
+Per-call figures are medians of repeats, modes interleaved within each
+repeat; the added cost is (attached - unattached)."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from coral.daemon.client import Client
+from coral.proto import coral_pb2 as pb
+from tests.harness import CoralEnv, Process, tool
+
+HERE = Path(__file__).resolve().parent
+FUNCTION = "__main__.work"
+
+
+def table(title: str, header: list[str], rows: list[list[str]]) -> None:
+    print(f"\n### {title}\n")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+
+
+class PyTarget:
+    def __init__(self, env: CoralEnv) -> None:
+        self.proc = subprocess.Popen([sys.executable, str(HERE / "py_target.py")], env=env.env, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+
+    def ns_per_call(self, calls: int, rate: int = 0) -> float:
+        stdin, stdout = self.proc.stdin, self.proc.stdout
+        assert stdin is not None and stdout is not None  # created with pipes
+        stdin.write(f"{calls} {rate}\n")
+        stdin.flush()
+        return float(stdout.readline())
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def session(agent: Client, capture: bool) -> str:
+    cfg = pb.UprobeConfig(capture_args=capture, capture_return=capture)
+    reply = agent.call("AttachUprobe", pb.AttachUprobeRequest(service="bench-py", function=FUNCTION, duration_ms=600_000,
+                                                              config=cfg))
+    return str(reply.session.session_id)  # type: ignore[attr-defined]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--calls", type=int, default=200_000)
+    ap.add_argument("--repeats", type=int, default=7)
+    args = ap.parse_args()
+    env = CoralEnv.create()
+    config = env.root / "bench.toml"
+    env.root.mkdir(parents=True, exist_ok=True)
+    config.write_text("[sessions]\nmax_events_per_session = 100000000\n")
+    env.env["CORAL_CONFIG"] = str(config)
+    agent_proc = Process("agentd", [tool("coral-agentd")], env).wait_ready()
+    agent = Client(env.endpoint("agent.sock"), 60)
+    target = PyTarget(env)
+    try:
+        deadline = time.monotonic() + 30
+        while not agent.call("ListServices", pb.ListServicesRequest()).services:  # type: ignore[attr-defined]
+            if time.monotonic() > deadline:
+                raise SystemExit("the target never registered")
+        n = args.calls
+        measure = functools.partial(target.ns_per_call, n)
+        measure()  # warm up
+        samples: dict[str, list[float]] = {"base": [], "timing": [], "capture": []}
+        for _ in range(args.repeats):
+            samples["base"].append(measure())
+            for mode, capture in (("timing", False), ("capture", True)):
+                sid = session(agent, capture)
+                samples[mode].append(measure())
+                agent.call("DetachUprobe", pb.DetachUprobeRequest(session_id=sid))
+        base, timing, capture = (statistics.median(samples[k]) for k in ("base", "timing", "capture"))
+        print(f"Python {sys.version.split()[0]}, {n} calls per run, median of {args.repeats} runs")
+        table("Added cost per call of a Python function with a Coral session attached",
+              ["mode", "ns/call", "added ns/call"],
+              [["no session (armed functions are disarmed)", f"{base:.0f}", "-"],
+               ["session, timing only", f"{timing:.0f}", f"{timing - base:.0f}"],
+               ["session, arguments and return value", f"{capture:.0f}", f"{capture - base:.0f}"]])
+        rows = []
+        for rate in (50_000, 100_000, 200_000):
+            calls = rate * 2
+            sid = session(agent, False)
+            ns = target.ns_per_call(calls, rate)
+            s = agent.call("DetachUprobe", pb.DetachUprobeRequest(session_id=sid)).session  # type: ignore[attr-defined]
+            lost = dict(s.lost)
+            rows.append([f"{rate:,}", f"{1e9 / ns:,.0f}", f"{s.total_calls:,}", f"{s.calls:,}",
+                         ", ".join(f"{v:,} {k}" for k, v in sorted(lost.items())) or "0",
+                         "yes" if s.calls + sum(lost.values()) == s.total_calls == calls else "NO"])
+        table("Sustained rate on one Python thread (session, timing only)",
+              ["asked calls/s", "achieved calls/s", "calls in kernel", "calls stored", "not stored, by cause",
+               "stored + not stored = calls"], rows)
+    finally:
+        target.stop()
+        agent.close()
+        agent_proc.stop()
+        env.remove()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
