@@ -86,13 +86,13 @@ def main() -> int:
                 sid = session(agent, capture)
                 samples[mode].append(measure())
                 agent.call("DetachUprobe", pb.DetachUprobeRequest(session_id=sid))
-        base, timing, capture = (statistics.median(samples[k]) for k in ("base", "timing", "capture"))
+        base, timing, captured = (statistics.median(samples[k]) for k in ("base", "timing", "capture"))
         print(f"Python {sys.version.split()[0]}, {n} calls per run, median of {args.repeats} runs")
         table("Added cost per call of a Python function with a Coral session attached",
               ["mode", "ns/call", "added ns/call"],
               [["no session (armed functions are disarmed)", f"{base:.0f}", "-"],
                ["session, timing only", f"{timing:.0f}", f"{timing - base:.0f}"],
-               ["session, arguments and return value", f"{capture:.0f}", f"{capture - base:.0f}"]])
+               ["session, arguments and return value", f"{captured:.0f}", f"{captured - base:.0f}"]])
         rows = []
         for rate in (50_000, 100_000, 200_000):
             calls = rate * 2
