@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 work=$(mktemp -d /tmp/coral-demo-XXXXXX)
 export CORAL_RUNTIME_DIR="$work/run" CORAL_STATE_DIR="$work/state" CORAL_CONFIG="$PWD/etc/coral.toml"
-PATH="$PWD/.venv/bin:$PATH"
+PATH="$PWD/.venv/bin:$PATH"   # coral-* tools, and the venv's python (which has coral.sdk)
 pids=()
 cleanup() {
   say "shutting down (SIGTERM)"
@@ -43,6 +43,30 @@ coralctl functions payments --pattern 'v*'
 
 say "coralctl debug attach payments --function validate_card --duration 3s --capture-args --capture-return"
 coralctl debug attach payments --function validate_card --duration 3s --capture-args --capture-return
+
+say "a Python service: examples/python/payments_service.py (coral.sdk.init)"
+python examples/python/payments_service.py --port 0 >"$work/py.out" 2>"$work/py.log" & pids+=($!)
+for _ in $(seq 100); do grep -q "listening on" "$work/py.out" 2>/dev/null && break; sleep 0.1; done
+port=$(awk '/listening on/ {print $3}' "$work/py.out")
+for _ in $(seq 100); do
+  coralctl --output json services | grep -q '"service":"payments-api"' && break
+  sleep 0.1
+done
+echo "payments-api listening on 127.0.0.1:$port"
+# Some traffic: a charge every 50 ms, every fifth one declined.
+python - "$port" <<'PY' & pids+=($!)
+import sys, time, urllib.error, urllib.request
+for i in range(400):
+    card = "4111111111111117" if i % 5 == 0 else "4111111111111111"
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/charge?card={card}&amount={1000 + i}", timeout=5).read()
+    except urllib.error.HTTPError:
+        pass
+    time.sleep(0.05)
+PY
+
+say "coralctl debug attach payments-api --function payments.validate_card --duration 3s --capture-args --capture-return"
+coralctl debug attach payments-api --function payments.validate_card --duration 3s --capture-args --capture-return
 
 say "coralctl debug sessions"
 coralctl debug sessions
