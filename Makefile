@@ -1,5 +1,5 @@
 # Conveniences over the scripts; the README's two commands need no make.
-.PHONY: setup demo test lint proto bench
+.PHONY: setup demo test lint proto bench sdk-versions
 setup:
 	./scripts/setup.sh
 demo:
@@ -13,3 +13,7 @@ proto: setup
 	./scripts/genproto.sh
 bench: setup
 	.venv/bin/python bench/native_overhead.py
+# The Python SDK on 3.11, 3.12 and 3.13 (pyenv's interpreters put on PATH for tox).
+sdk-versions: setup
+	PATH="$$(ls -d $$HOME/.pyenv/versions/3.1[123]*/bin 2>/dev/null | tr '\n' ':')$$PATH" \
+	  .venv/bin/tox -e sdk-py311,sdk-py312,sdk-py313
