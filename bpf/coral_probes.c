@@ -47,6 +47,7 @@
 
 #define EV_NATIVE 1
 #define EV_PYTHON 2
+#define EV_PYTHON_TIMING 3           // a Python call with nothing to show but its timing
 
 #define PRED_NONE 0
 #define PRED_EQ 1
@@ -119,6 +120,14 @@ struct python_event {
     u32 pid;
     u32 tid;
     struct coral_call call;
+};
+
+struct python_timing_event {
+    u32 type;
+    u32 slot;
+    u32 pid;
+    u32 tid;
+    u64 head[5];                     // fn_id, call_id, start_ns, end_ns, flags
 };
 
 BPF_RINGBUF_OUTPUT(events, CORAL_RINGBUF_PAGES);
@@ -380,9 +389,10 @@ static __always_inline void pop_frame(struct thread_key *tk, u64 entry_sp, u64 f
 static __always_inline int python_call(struct pt_regs *ctx, struct site *s, u64 id)
 {
     const struct coral_call *rec = (const struct coral_call *)PT_REGS_PARM1(ctx);
-    u64 head[4];  // fn_id, call_id, start_ns, end_ns
+    u64 head[5];  // fn_id, call_id, start_ns, end_ns, flags (and args_len)
     if (bpf_probe_read_user(head, sizeof(head), rec) != 0)
         return 0;
+    int raised = (u32)head[4] & CORAL_CALL_RAISED;
     u64 duration = head[3] > head[2] ? head[3] - head[2] : 0;
     for (u32 slot = 0; slot < CORAL_MAX_SLOTS; slot++) {
         if (!(s->slots >> slot))
@@ -393,6 +403,22 @@ static __always_inline int python_call(struct pt_regs *ctx, struct site *s, u64 
         struct slot_config *cfg = slots.lookup(&key);
         if (!cfg || cfg->fn_id != head[0] || !account(slot, cfg, duration, 0))
             continue;
+        if (!(cfg->capture & 3) && !raised) {
+            // Timing only: 56 bytes instead of the whole record.
+            struct python_timing_event *t = events.ringbuf_reserve(sizeof(*t));
+            if (!t) {
+                bump_stat(slot, ST_RINGBUF);
+                continue;
+            }
+            t->type = EV_PYTHON_TIMING;
+            t->slot = slot;
+            t->pid = id >> 32;
+            t->tid = (u32)id;
+            __builtin_memcpy(t->head, head, sizeof(head));
+            events.ringbuf_submit(t, BPF_RB_NO_WAKEUP);
+            bump_stat(slot, ST_EMITTED);
+            continue;
+        }
         struct python_event *e = events.ringbuf_reserve(sizeof(*e));
         if (!e) {
             bump_stat(slot, ST_RINGBUF);

@@ -23,11 +23,12 @@ ST_CALLS, ST_SAMPLED, ST_FILTERED, ST_RINGBUF, ST_EMITTED, ST_MAX_NS, ST_SUM_NS 
 GLOBAL_NAMES = ("stack_full", "unpaired_returns", "stale_frames")
 
 SITE_ENTRY, SITE_GO, SITE_GO_RET, SITE_PYTHON = 0x1, 0x2, 0x4, 0x8
-EV_NATIVE, EV_PYTHON = 1, 2
+EV_NATIVE, EV_PYTHON, EV_PYTHON_TIMING = 1, 2, 3
 PREDICATE_OPS = {"==": 1, "!=": 2, "<": 3, "<=": 4, ">": 5, ">=": 6}
 
 _NATIVE = struct.Struct("<IIIIQQ3Q6Q64s64s")
 _PYTHON = struct.Struct("<IIIIQQQQIIII512s256s")
+_PYTHON_TIMING = struct.Struct("<IIIIQQQQI4x")
 
 
 class ProbeError(Exception):
@@ -259,6 +260,9 @@ class ProbeEngine:
             # type, slot, pid, tid, start, duration, results[3], args[6], strs[2]
             self._pending[f[1]].append(NativeRecord(f[2], f[3], f[4], f[5], tuple(f[6:9]), tuple(f[9:15]),
                                                     (f[15].split(b"\0", 1)[0], f[16].split(b"\0", 1)[0])))
+        elif kind == EV_PYTHON_TIMING and size >= _PYTHON_TIMING.size:
+            f = _PYTHON_TIMING.unpack_from(raw)
+            self._pending[f[1]].append(PythonRecord(f[2], f[3], f[4], f[5], f[6], f[7], f[8], b"", b""))
         elif kind == EV_PYTHON and size >= _PYTHON.size:
             f = _PYTHON.unpack_from(raw)
             args_len, ret_len = min(f[9], 512), min(f[10], 256)
