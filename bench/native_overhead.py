@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.report import table
 from coral.agentd.targets import go_return_offsets
 from coral.daemon.client import Client
 from coral.elfinfo import ElfFunctions
@@ -114,14 +115,6 @@ def with_session(agent: Client, service: str, function: str, capture: bool, fn: 
 def rss_kb(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-
-
-def table(title: str, header: list[str], rows: list[list[str]]) -> None:
-    print(f"\n### {title}\n")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for r in rows:
-        print("| " + " | ".join(r) + " |")
 
 
 def main() -> int:

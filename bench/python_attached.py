@@ -18,20 +18,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.report import table
 from coral.daemon.client import Client
 from coral.proto import coral_pb2 as pb
 from tests.harness import CoralEnv, Process, tool
 
 HERE = Path(__file__).resolve().parent
 FUNCTION = "__main__.work"
-
-
-def table(title: str, header: list[str], rows: list[list[str]]) -> None:
-    print(f"\n### {title}\n")
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for r in rows:
-        print("| " + " | ".join(r) + " |")
 
 
 class PyTarget:

@@ -4,7 +4,6 @@ poll sockets -> drain ring buffers -> flush batches -> expire -> heartbeats."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import socket
@@ -17,22 +16,20 @@ from google.protobuf.message import Message
 from coral import __version__
 from coral.agentd.colony_link import ColonyLink
 from coral.agentd.engine import ProbeEngine
-from coral.agentd.probes import BpfUnavailable, check_bpf_support
+from coral.agentd.probes import check_bpf_support
 from coral.agentd.registry import ProcessRegistry, Registration
 from coral.agentd.sessions import SessionManager
 from coral.agentd.store import EventStore
 from coral.daemon.client import Client
-from coral.daemon.config import Config, ConfigError, load_config
-from coral.daemon.errors import CoralError, NotFound, Unavailable
+from coral.daemon.config import Config
+from coral.daemon.errors import NotFound, Unavailable
 from coral.daemon.methods import AGENT_FROM_COLONY_METHODS, AGENT_LOCAL_METHODS
 from coral.daemon.runtime import (
-    DaemonLock,
     Notifier,
     ShutdownSignals,
     bind_socket,
     configure_socket,
-    ensure_dir,
-    setup_logging,
+    run_daemon,
     unlink_ipc,
 )
 from coral.daemon.server import Dispatcher, Handler, Peer, serve_rep_once
@@ -209,40 +206,11 @@ class Agent:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="coral-agentd", description="Coral agent: runs uprobes for one host.")
-    parser.add_argument("--config", help="configuration file (default: $CORAL_CONFIG or /etc/coral/coral.toml)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
-    try:
-        config = load_config(args.config)
-        check_bpf_support()
-    except (ConfigError, BpfUnavailable) as exc:
-        print(f"coral-agentd: {exc}", file=sys.stderr)
-        return 1
-    lock = DaemonLock(config.runtime_dir / "agent.lock")
-    try:
-        ensure_dir(config.runtime_dir, 0o755)
-        ensure_dir(config.process_socket_dir, 0o1777)
-        ensure_dir(config.state_dir, 0o750)
-        lock.acquire()
-    except (RuntimeError, OSError) as exc:
-        print(f"coral-agentd: {exc}", file=sys.stderr)
-        return 1
-    signals = ShutdownSignals()
-    signals.install()
-    try:
-        Agent(config).run(signals, Notifier())
-    except (CoralError, zmq.ZMQError, OSError, BpfUnavailable) as exc:
-        log.error("fatal: %s", exc)
-        return 1
-    except Exception as exc:  # BCC and DuckDB raise plain exceptions: one line, the traceback at debug level
-        log.error("fatal: %s", exc)
-        log.debug("traceback", exc_info=True)
-        return 1
-    finally:
-        lock.release()
-    return 0
+    return run_daemon(
+        argv, "coral-agentd", "Coral agent: runs uprobes for one host.", "agent.lock",
+        lambda c: [(c.runtime_dir, 0o755), (c.process_socket_dir, 0o1777), (c.state_dir, 0o750)],
+        check_bpf_support, Agent,
+    )
 
 
 if __name__ == "__main__":

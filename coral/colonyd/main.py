@@ -3,7 +3,6 @@ backend for agents; the Broker decides, this loop moves bytes."""
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
@@ -14,16 +13,14 @@ from coral import __version__
 from coral.colonyd.broker import Broker, Outgoing
 from coral.colonyd.store import ColonyStore
 from coral.daemon import wire
-from coral.daemon.config import Config, ConfigError, load_config
+from coral.daemon.config import Config
 from coral.daemon.errors import BadRequest
 from coral.daemon.runtime import (
-    DaemonLock,
     Notifier,
     ShutdownSignals,
     bind_socket,
     configure_socket,
-    ensure_dir,
-    setup_logging,
+    run_daemon,
     unlink_ipc,
 )
 from coral.daemon.server import recv_with_peer
@@ -135,38 +132,10 @@ class Colony:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="coral-colonyd", description="Coral colony: sessions, routing, audit.")
-    parser.add_argument("--config", help="configuration file (default: $CORAL_CONFIG or /etc/coral/coral.toml)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"coral-colonyd: {exc}", file=sys.stderr)
-        return 1
-    lock = DaemonLock(config.runtime_dir / "colony.lock")
-    try:
-        ensure_dir(config.runtime_dir, 0o755)
-        ensure_dir(config.state_dir, 0o750)
-        lock.acquire()
-    except (RuntimeError, OSError) as exc:
-        print(f"coral-colonyd: {exc}", file=sys.stderr)
-        return 1
-    signals = ShutdownSignals()
-    signals.install()
-    try:
-        Colony(config).run(signals, Notifier())
-    except (zmq.ZMQError, OSError) as exc:
-        log.error("fatal: %s", exc)
-        return 1
-    except Exception as exc:  # DuckDB raises its own exceptions (a locked or corrupt file)
-        log.error("fatal: %s", exc)
-        log.debug("traceback", exc_info=True)
-        return 1
-    finally:
-        lock.release()
-    return 0
+    return run_daemon(
+        argv, "coral-colonyd", "Coral colony: sessions, routing, audit.", "colony.lock",
+        lambda c: [(c.runtime_dir, 0o755), (c.state_dir, 0o750)], lambda: None, Colony,
+    )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ that keeps two copies apart, and ipc sockets with the right permissions."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import fcntl
 import grp
@@ -11,11 +12,15 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
+from typing import Protocol
 
 import sdnotify
 import zmq
+
+from coral.daemon.config import Config, ConfigError, load_config
 
 log = logging.getLogger(__name__)
 
@@ -142,3 +147,41 @@ def configure_socket(sock: zmq.Socket[bytes], max_message_bytes: int) -> None:
 
 def monotonic() -> float:
     return time.monotonic()
+
+
+class Server(Protocol):
+    def run(self, signals: ShutdownSignals, notifier: Notifier) -> None: ...
+
+
+def run_daemon(argv: list[str] | None, name: str, description: str, lock_name: str,
+               dirs: Callable[[Config], list[tuple[Path, int]]], check: Callable[[], None],
+               make_server: Callable[[Config], Server]) -> int:
+    """A daemon's whole life: arguments, logging, config, directories, the
+    lock, signals, the server's run, and one-line fatal errors (exit 1),
+    with the traceback in the log at debug level."""
+    parser = argparse.ArgumentParser(prog=name, description=description)
+    parser.add_argument("--config", help="configuration file (default: $CORAL_CONFIG or /etc/coral/coral.toml)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        config = load_config(args.config)
+        check()
+        lock = DaemonLock(config.runtime_dir / lock_name)
+        for path, mode in dirs(config):
+            ensure_dir(path, mode)
+        lock.acquire()
+    except (ConfigError, RuntimeError, OSError) as exc:
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 1
+    signals = ShutdownSignals()
+    signals.install()
+    try:
+        make_server(config).run(signals, Notifier())
+    except Exception as exc:  # BCC and DuckDB raise plain exceptions too
+        log.error("fatal: %s", exc)
+        log.debug("traceback", exc_info=True)
+        return 1
+    finally:
+        lock.release()
+    return 0
