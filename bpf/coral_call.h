@@ -1,6 +1,6 @@
 /* The record a Python SDK process hands to its probe site, one per call of
  * an armed function. Shared by the SDK's extension (coral/sdk/_probe.c) and
- * the agent's BPF program (bpf/python_probe.c): change both together.
+ * the agent's BPF program (bpf/coral_probes.c): change both together.
  *
  * Text fields hold bounded, already-redacted reprs:
  *   args: "name=repr" entries separated by '\0', args_len bytes used

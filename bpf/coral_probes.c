@@ -38,6 +38,7 @@
 #define ST_EMITTED 4                 // records submitted
 #define ST_MAX_NS 5
 #define ST_SUM_NS 6
+#define ST_UNREADABLE 7              // not reported: the process's record could not be read
 #define CORAL_STATS 8
 
 // global counters
@@ -177,7 +178,7 @@ static __always_inline u32 log2_u64(u64 v)
 }
 
 // Log-linear buckets: values below 8 have their own; above, each power of
-// two is split in 8 (relative width 12.5%). coral/agentd/histogram.py
+// two is split in 8 (relative width 12.5%). coral/histogram.py
 // mirrors this to turn buckets back into nanoseconds.
 static __always_inline u32 hist_bucket(u64 ns)
 {
@@ -430,6 +431,7 @@ static __always_inline int python_call(struct pt_regs *ctx, struct site *s, u64 
         e->tid = (u32)id;
         if (bpf_probe_read_user(&e->call, sizeof(e->call), rec) != 0) {
             events.ringbuf_discard(e, 0);
+            bump_stat(slot, ST_UNREADABLE);
             continue;
         }
         events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);

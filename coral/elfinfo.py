@@ -74,6 +74,21 @@ class ElfFunctions:
         except (OSError, ELFError) as exc:
             raise ElfInfoError(f"cannot read ELF file {path}: {exc}") from None
 
+    def object_address(self, name: str) -> int | None:
+        """The value of any defined symbol (functions and data), or None."""
+        try:
+            with open(self.path, "rb") as f:
+                ef = ELFFile(f)
+                for section_name in (".symtab", ".dynsym"):
+                    section = ef.get_section_by_name(section_name)
+                    if isinstance(section, SymbolTableSection):
+                        for sym in section.get_symbol_by_name(name) or []:
+                            if sym["st_shndx"] != "SHN_UNDEF":
+                                return int(sym["st_value"])
+        except (OSError, ELFError) as exc:
+            raise ElfInfoError(f"cannot read ELF file {self.path}: {exc}") from None
+        return None
+
     def file_offset(self, address: int) -> int:
         for vaddr, memsz, offset in self.segments:
             if vaddr <= address < vaddr + memsz:

@@ -152,7 +152,7 @@ def supervise(child: subprocess.Popen[bytes], service: str, config: Config) -> i
             pid=child.pid,
             executable=executable,
             address=address,
-            kind="native",
+            kind="go" if elf.is_go else "native",
             sdk_version=__version__,
             runtime="native",
         ),

@@ -106,3 +106,19 @@ def test_unknown_python_function_names_the_closest(coral_env: CoralEnv, service:
     out = subprocess.run([tool("coralctl"), "debug", "attach", "payments-api", "--function", "payments.validate_crd"],
                          env=coral_env.env, capture_output=True, text=True, timeout=30)
     assert out.returncode == 1 and "payments.validate_card" in out.stderr, out.stderr
+
+
+def test_two_sessions_on_one_python_function_both_see_every_call(coral_env: CoralEnv, service: PythonService) -> None:
+    wait_for_service(coral_env, "payments-api")
+    long = attach(coral_env, "payments.validate_card", duration="4s")
+    short = attach(coral_env, "payments.validate_card", duration="1s")
+    for i in range(5):
+        assert service.charge("4111111111111111", 800 + i)[0] == 200
+    out, _ = short.communicate(timeout=30)
+    assert records(out)[-1]["calls"] == 5
+    # The short session has ended; the function stays armed for the long one.
+    for i in range(5):
+        assert service.charge("4111111111111111", 900 + i)[0] == 200
+    out, _ = long.communicate(timeout=30)
+    summary = records(out)[-1]
+    assert summary["calls"] == 10 and summary["lost"] == {}

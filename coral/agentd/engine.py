@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 MAX_SLOTS = 64
 HIST_BUCKETS = 512
 STATS_PER_SLOT = 8
-ST_CALLS, ST_SAMPLED, ST_FILTERED, ST_RINGBUF, ST_EMITTED, ST_MAX_NS, ST_SUM_NS = range(7)
+ST_CALLS, ST_SAMPLED, ST_FILTERED, ST_RINGBUF, ST_EMITTED, ST_MAX_NS, ST_SUM_NS, ST_UNREADABLE = range(8)
 GLOBAL_NAMES = ("stack_full", "unpaired_returns", "stale_frames")
 
 SITE_ENTRY, SITE_GO, SITE_GO_RET, SITE_PYTHON = 0x1, 0x2, 0x4, 0x8
@@ -94,6 +94,7 @@ class SlotStats:
     max_ns: int = 0
     sum_ns: int = 0
     histogram: dict[int, int] = field(default_factory=dict)
+    unreadable: int = 0
 
 
 class _Libbcc:
@@ -211,13 +212,19 @@ class ProbeEngine:
         mask = self._site_masks.get((site.pid, site.runtime_ip), 0) | (1 << slot)
         self._write_site(site, mask)
         self._slot_sites[slot].append(site)
-        self._acquire(site, retprobe=False)
+        try:
+            self._acquire(site, retprobe=False)
+        except ProbeError:
+            self._slot_sites[slot].remove(site)
+            self._write_site(site, mask & ~(1 << slot))
+            raise
         if site.uretprobe:
             try:
                 self._acquire(site, retprobe=True)
             except ProbeError:
                 self._release(site, entry_only=True)
                 self._slot_sites[slot].remove(site)
+                self._write_site(site, mask & ~(1 << slot))
                 raise
 
     def _acquire(self, site: Site, retprobe: bool) -> None:
@@ -283,7 +290,7 @@ class ProbeEngine:
 
     def stats(self, slot: int, with_histogram: bool = True) -> SlotStats:
         base = slot * STATS_PER_SLOT
-        v = [int(self._stats.sum(ctypes.c_int(base + i)).value) for i in range(7)]
+        v = [int(self._stats.sum(ctypes.c_int(base + i)).value) for i in range(STATS_PER_SLOT)]
         v[ST_MAX_NS] = int(self._stats.max(ctypes.c_int(base + ST_MAX_NS)).value)
         hist: dict[int, int] = {}
         hb = slot * HIST_BUCKETS
@@ -292,7 +299,7 @@ class ProbeEngine:
             if n:
                 hist[i] = n
         return SlotStats(v[ST_CALLS], v[ST_SAMPLED], v[ST_FILTERED], v[ST_RINGBUF], v[ST_EMITTED], v[ST_MAX_NS],
-                         v[ST_SUM_NS], hist)
+                         v[ST_SUM_NS], hist, v[ST_UNREADABLE])
 
     def global_counters(self) -> dict[str, int]:
         return {name: int(self._globals.sum(ctypes.c_int(i)).value) for i, name in enumerate(GLOBAL_NAMES)}

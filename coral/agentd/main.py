@@ -1,6 +1,6 @@
 """coral-agentd: one per host. Local REP API on ipc, worker link to the
 colony, BCC uprobes, events in agent.duckdb. One thread, one loop:
-poll sockets -> drain ring buffers -> flush batches -> expire -> heartbeats."""
+poll sockets -> drain the ring buffer -> flush batches -> expire -> heartbeats."""
 
 from __future__ import annotations
 

@@ -67,6 +67,7 @@ class Target:
     meta: pb.FunctionMetadata
     sites: list[Site]
     fn_id: int = 0  # Python: the id the SDK stamps on records
+    function: str = ""  # Python: the name it was armed under
 
 
 @dataclass
@@ -93,7 +94,8 @@ class Session:
 
     def to_row(self, stats: SlotStats) -> SessionRow:
         c = self.config
-        lost = {"sampled": stats.sampled, "filtered": stats.filtered, "ringbuf_full": stats.ringbuf_full, **self.lost}
+        lost = {"sampled": stats.sampled, "filtered": stats.filtered, "ringbuf_full": stats.ringbuf_full,
+                "unreadable": stats.unreadable, **self.lost}
         return SessionRow(
             self.session_id, self.service, self.function, self.pids, self.started_ns, self.expires_ns, self.ended_ns,
             self.status, self.reason,
@@ -118,7 +120,11 @@ class SessionManager:
         self._by_slot: dict[int, Session] = {}
         self._pending: list[list[object]] = [[] for _ in range(8)]  # CallRow's fields, as columns
         self._seq = store.next_seq()
-        self._fn_ids = itertools.count(int(time.time()) << 20)
+        # Python: one fn_id per function name, shared by every session and
+        # process; a function stays armed while any session uses it.
+        self._fn_id_source = itertools.count(int(time.time()) << 20)
+        self._fn_ids: dict[str, int] = {}
+        self._arms: dict[tuple[int, str], tuple[int, bool, bool]] = {}  # (pid, name) -> (sessions, args, return)
         self._clock_offset = wall_clock_offset_ns()
 
     # ------------------------------------------------------------ attach
@@ -145,14 +151,14 @@ class SessionManager:
             for reg in instances:
                 targets.append(self._target(reg, req))
             first = targets[0].meta
+            if req.config.predicate and first.kind == "python":
+                raise InvalidArgument("--where applies to native functions' integer arguments only")
             slot_config = SlotConfig(
                 sample_rate=req.config.sample_rate or 1, capture_args=req.config.capture_args,
                 capture_return=req.config.capture_return, min_duration_ns=req.config.min_duration_ns,
                 fn_id=targets[0].fn_id, str_args=abi.string_registers(first) if req.config.capture_args else (-1, -1),
                 predicate=parse_predicate(req.config.predicate, first),
             )
-            if slot_config.predicate and first.kind == "python":
-                raise InvalidArgument("predicates apply to native functions' integer arguments only")
             try:
                 slot = self.engine.open_slot(slot_config, [s for t in targets for s in t.sites])
             except ProbeError as exc:
@@ -185,10 +191,14 @@ class SessionManager:
         meta = cast(pb.GetFunctionMetadataResponse, reply).metadata
         if meta.kind != "python":
             return Target(reg, meta, native_sites(reg.pid, reg.executable, meta))
-        fn_id = next(self._fn_ids)
+        fn_id = self._fn_ids.setdefault(req.function, next(self._fn_id_source))
+        users, args, ret = self._arms.get((reg.pid, req.function), (0, False, False))
+        # Build what any session of this function shows; each session shows only what it asked for.
+        capture = pb.UprobeConfig(capture_args=args or req.config.capture_args, capture_return=ret or req.config.capture_return)
         armed = cast(pb.ArmFunctionResponse, self.ask(
-            reg, "ArmFunction", pb.ArmFunctionRequest(function=req.function, fn_id=fn_id, config=req.config)))
-        target = Target(reg, armed.metadata, [], fn_id)
+            reg, "ArmFunction", pb.ArmFunctionRequest(function=req.function, fn_id=fn_id, config=capture)))
+        self._arms[(reg.pid, req.function)] = (users + 1, capture.capture_args, capture.capture_return)
+        target = Target(reg, armed.metadata, [], fn_id, req.function)
         try:
             target.sites = [python_site(reg.pid, reg.executable, armed.metadata)]
         except CoralError:
@@ -197,12 +207,19 @@ class SessionManager:
         return target
 
     def _disarm(self, targets: list[Target]) -> None:
+        """A session is done with its Python targets: disarm those no other session uses."""
         for t in targets:
-            if t.fn_id:
-                try:
-                    self.ask(t.reg, "DisarmFunction", pb.DisarmFunctionRequest(fn_id=t.fn_id))
-                except CoralError as exc:  # the process may be gone; its wrapper went with it
-                    log.debug("disarm %s in pid %d: %s", t.meta.name, t.reg.pid, exc.message)
+            if not t.fn_id:
+                continue
+            key = (t.reg.pid, t.function)
+            users, args, ret = self._arms.pop(key, (1, False, False))
+            if users > 1:
+                self._arms[key] = (users - 1, args, ret)
+                continue
+            try:
+                self.ask(t.reg, "DisarmFunction", pb.DisarmFunctionRequest(fn_id=t.fn_id))
+            except CoralError as exc:  # the process may be gone; its wrapper went with it
+                log.debug("disarm %s in pid %d: %s", t.function, t.reg.pid, exc.message)
 
     # ----------------------------------------------------------- collect
 
@@ -258,7 +275,7 @@ class SessionManager:
                 [(abi.Slot("", "u64", "int", (0,)), f"{rec.results[0]:#x}")]
             errors = [(r, v) for r, v in shown if r.type == "error" and v != "nil"]
             ret = {"type": ", ".join(r.type for r, _ in shown), "value": ", ".join(v for _, v in shown),
-                   "is_error": bool(errors), "error_message": ""}
+                   "is_error": bool(errors), "error_message": errors[0][1] if errors else ""}
         return args, ret
 
     def flush(self) -> int:

@@ -111,5 +111,12 @@ def python_site(pid: int, executable: str, meta: pb.FunctionMetadata) -> Site:
         raise InvalidArgument(str(exc)) from None
     if elf.symbols.get("coral_probe_call", (None, 0))[0] != meta.address:
         raise PermissionDenied(f"{meta.binary_path} has no coral_probe_call at {meta.address:#x}")
+    try:
+        semaphore = elf.object_address("coral_probe_semaphore")
+        semaphore_offset = elf.file_offset(semaphore) if semaphore is not None else 0
+    except ElfInfoError as exc:
+        raise InvalidArgument(str(exc)) from None
+    if not semaphore_offset:
+        raise PermissionDenied(f"{meta.binary_path} has no coral_probe_semaphore")
     return Site(pid, path, site_offset, runtime_address(pid, path, site_offset), SITE_PYTHON,
-                ref_ctr_offset=meta.semaphore_offset)
+                ref_ctr_offset=semaphore_offset)

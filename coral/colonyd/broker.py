@@ -113,6 +113,7 @@ class Broker:
 
     def handle_request(self, frame: wire.Frame, peer: Peer, now: float) -> list[Outgoing]:
         method = frame.name
+        request: Message | None = None
         try:
             if method not in COLONY_FRONTEND_METHODS:
                 raise CoralError(f"method {method!r} is not served by the colony")
@@ -125,7 +126,7 @@ class Broker:
         except CoralError as err:
             if method not in COLONY_FRONTEND_METHODS:
                 err.code = "UNKNOWN_METHOD"
-            self._audit(peer, method, None, err.code, err.message)
+            self._audit(peer, method, request, err.code, err.message)
             self.count(f"errors.{err.code}")
             return [Outgoing("frontend", wire.encode_error(frame.request_id, err, frame.envelope))]
         agent_request_id = f"c{next(self._ids)}".encode()
@@ -152,7 +153,6 @@ class Broker:
     def _route(self, method: str, request: Message) -> AgentState:
         if isinstance(request, pb.AttachUprobeRequest):
             self.config.sessions.session_duration_ms(request.duration_ms)  # refuse early, with the agent's words
-            request.session_id = f"dbg-{secrets.token_hex(6)}"
         if isinstance(request, pb.AttachUprobeRequest | pb.ListFunctionsRequest):
             agents = self.agents_for(request.service)
             if not agents:
@@ -162,6 +162,8 @@ class Broker:
                     + (f" (known services: {', '.join(known)})" if known else " (no services registered)"),
                     known,
                 )
+            if isinstance(request, pb.AttachUprobeRequest):
+                request.session_id = f"dbg-{secrets.token_hex(6)}"  # only once it can be routed
             return agents[0]
         session_id = getattr(request, "session_id", "")
         session = self.store.session(session_id)

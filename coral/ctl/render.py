@@ -121,6 +121,7 @@ LOST_CAUSES = {
     "filtered": "below --min-duration or not matching --where",
     "ringbuf_full": "lost: ring buffer full",
     "max_events": "over --max-events",
+    "unreadable": "lost: the process's record could not be read",
 }
 
 

@@ -96,6 +96,13 @@ class DaemonLock:
             os.close(fd)
             holder = self.path.read_text().strip() or "?"
             raise RuntimeError(f"another instance (pid {holder}) holds {self.path}") from None
+        try:
+            same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:  # the holder released and removed it between our open and flock: try again
+            os.close(fd)
+            return self.acquire()
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd = fd
