@@ -122,3 +122,42 @@ def test_two_sessions_on_one_python_function_both_see_every_call(coral_env: Cora
     out, _ = long.communicate(timeout=30)
     summary = records(out)[-1]
     assert summary["calls"] == 10 and summary["lost"] == {}
+
+
+ZLIB_SERVICE = """
+import sys, zlib
+import coral.sdk
+coral.sdk.init(service="zsvc")
+coral.sdk.current().wait_bound()
+print("ready", flush=True)
+for line in sys.stdin:
+    for i in range(int(line)):
+        zlib.crc32(b"coral %d" % i)
+    print("done", flush=True)
+"""
+
+
+def test_a_native_function_of_a_shared_object_in_a_python_service(coral_env: CoralEnv, colony: Process,
+                                                                   agent: Process) -> None:
+    svc = subprocess.Popen([sys.executable, "-c", ZLIB_SERVICE], env=coral_env.env, stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, text=True)
+    assert svc.stdin is not None and svc.stdout is not None
+    try:
+        assert svc.stdout.readline().strip() == "ready"
+        wait_for_service(coral_env, "zsvc")
+        listed = subprocess.run([tool("coralctl"), "functions", "zsvc", "--pattern", "libz.so*:crc32"], env=coral_env.env,
+                                capture_output=True, text=True, timeout=30)
+        assert listed.stdout.split() == ["libz.so.1.2.13:crc32"] or "crc32" in listed.stdout, listed
+        p = subprocess.Popen([tool("coralctl"), "--output", "json", "debug", "attach", "zsvc", "--function",
+                              "libz.so.1:crc32", "--duration", "2s"], env=coral_env.env, stdout=subprocess.PIPE, text=True)
+        assert p.stdout is not None
+        first = json.loads(p.stdout.readline())
+        assert first["kind"] == "session" and first["probes"] == 2  # entry + uretprobe, in the mapped libz
+        svc.stdin.write("7\n")
+        svc.stdin.flush()
+        assert svc.stdout.readline().strip() == "done"
+        out, _ = p.communicate(timeout=30)
+        assert records(out)[-1]["calls"] == 7
+    finally:
+        svc.stdin.close()
+        svc.wait(10)

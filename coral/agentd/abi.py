@@ -19,6 +19,7 @@ from coral.proto import coral_pb2 as pb
 
 CAPTURED_ARG_REGS = 6
 CAPTURED_RESULT_REGS = 3
+STRING_BYTES = 64  # CORAL_STR_MAX in bpf/coral_probes.c
 C_STRING_TYPES = {"char *", "const char *", "unsigned char *", "const unsigned char *"}
 GO_SCALARS = {"int", "int8", "int16", "int32", "int64", "uint", "uint8", "uint16", "uint32", "uint64", "uintptr",
               "bool", "byte", "rune"}
@@ -103,7 +104,9 @@ def show(slot: Slot, values: tuple[int, ...], strings: dict[int, bytes]) -> str:
     if data is None:
         return f"{v[0]:#x}"
     if slot.shape == "cstring":
-        return repr(data.decode(errors="replace"))
+        # The kernel copies at most STRING_BYTES including the NUL: a full copy may have been cut.
+        cut = "…(truncated)" if len(data) >= STRING_BYTES - 1 else ""
+        return repr(data.decode(errors="replace")) + cut
     length = v[1]
     shown = data[:length]
     more = f"…(+{length - len(shown)} bytes)" if length > len(shown) else ""

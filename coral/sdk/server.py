@@ -29,7 +29,7 @@ from coral.daemon.methods import PYTHON_PROCESS_METHODS
 from coral.daemon.runtime import SOCKET_GROUP, bind_socket, configure_socket, ensure_dir, unlink_ipc
 from coral.daemon.server import Dispatcher, Handler, Peer, serve_rep_once
 from coral.proto import coral_pb2 as pb
-from coral.sdk import _probe
+from coral.sdk import _probe, native
 from coral.sdk.arming import ARMS, ArmRegistry
 from coral.sdk.metadata import function_metadata, list_functions
 from coral.sdk.registration import AgentRegistration
@@ -82,12 +82,17 @@ class ProcessApi:
         return pb.PingResponse(daemon="coral-sdk", version=__version__, pid=self.pid, counters=counters)
 
     def list_functions(self, req: pb.ListFunctionsRequest, peer: Peer) -> pb.ListFunctionsResponse:
+        if native.is_native_name(req.pattern):
+            names = native.list_native(req.pattern, req.max_results or native.MAX_LIST)
+            return pb.ListFunctionsResponse(functions=names, truncated=len(names) >= (req.max_results or native.MAX_LIST))
         names, truncated = list_functions(self.arms, req.pattern, req.max_results)
         return pb.ListFunctionsResponse(functions=names, truncated=truncated)
 
     def function_metadata(self, req: pb.GetFunctionMetadataRequest, peer: Peer) -> pb.GetFunctionMetadataResponse:
         if not req.function:
             raise InvalidArgument("a function name is required")
+        if native.is_native_name(req.function):
+            return pb.GetFunctionMetadataResponse(metadata=native.native_metadata(req.function, self.pid))
         return pb.GetFunctionMetadataResponse(metadata=function_metadata(self.arms, req.function, self.pid))
 
     def arm_function(self, req: pb.ArmFunctionRequest, peer: Peer) -> pb.ArmFunctionResponse:

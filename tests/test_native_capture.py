@@ -1,0 +1,78 @@
+"""Native details: C strings copied (bounded) in the kernel, and clear
+refusals for a fully inlined function and a stripped binary."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from tests.harness import CoralEnv, Process, coralctl, tool
+
+GREETER = r"""
+#include <stdio.h>
+#include <string.h>
+__attribute__((noinline)) int greet(const char *name, int times) { return (int)strlen(name) * times; }
+static inline int tiny(int x) { return x + 1; }
+int main(void) {
+    char line[200];
+    while (fgets(line, sizeof line, stdin)) {
+        line[strcspn(line, "\n")] = 0;
+        printf("%d %d\n", greet(line, 2), tiny((int)strlen(line)));
+        fflush(stdout);
+    }
+    return 0;
+}
+"""
+
+
+def build(tmp_path: Path, *flags: str) -> Path:
+    src = tmp_path / "greeter.c"
+    src.write_text(GREETER)
+    out = tmp_path / ("greeter" + "".join(flags).replace("-", "_"))
+    subprocess.run(["gcc", "-g", "-O2", *flags, "-o", str(out), str(src)], check=True)
+    return out
+
+
+def run_service(env: CoralEnv, name: str, binary: Path) -> Process:
+    return Process(f"run-{name}", [tool("coral-run"), "--service", name, "--", str(binary)], env,
+                   stdin=subprocess.PIPE).wait_ready()
+
+
+def test_c_string_arguments_are_copied_and_bounded(coral_env: CoralEnv, agent: Process, tmp_path: Path) -> None:
+    run = run_service(coral_env, "greeter", build(tmp_path))
+    try:
+        p = subprocess.Popen([tool("coralctl"), "--local", "--output", "json", "debug", "attach", "greeter", "--function",
+                              "greet", "--duration", "2s", "--capture-args", "--capture-return"],
+                             env=coral_env.env, stdout=subprocess.PIPE, text=True)
+        assert p.stdout is not None and run.proc.stdin is not None and run.proc.stdout is not None
+        assert json.loads(p.stdout.readline())["kind"] == "session"
+        for name in ("alice", "b" * 150):
+            run.proc.stdin.write(f"{name}\n".encode())
+            run.proc.stdin.flush()
+            run.proc.stdout.readline()
+        out, _ = p.communicate(timeout=30)
+        entries = [json.loads(line) for line in out.splitlines() if '"event_type":"entry"' in line]
+        assert entries[0]["args"] == [{"name": "name", "type": "const char *", "value": "'alice'"},
+                                      {"name": "times", "type": "int", "value": "2"}]
+        assert entries[1]["args"][0]["value"] == repr("b" * 63) + "…(truncated)"  # 64 bytes copied, NUL included
+        rets = [json.loads(line) for line in out.splitlines() if '"event_type":"return"' in line]
+        assert [r["return_value"]["value"] for r in rets] == ["10", "300"]
+    finally:
+        run.stop()
+
+
+def test_inlined_and_stripped_functions_are_refused_with_the_reason(coral_env: CoralEnv, agent: Process,
+                                                                   tmp_path: Path) -> None:
+    run = run_service(coral_env, "greeter", build(tmp_path))
+    stripped = run_service(coral_env, "stripped", build(tmp_path, "-s"))
+    try:
+        out = coralctl(coral_env, "--local", "debug", "attach", "greeter", "--function", "tiny")
+        assert out.returncode == 1
+        assert out.stderr.strip() == ("coralctl: tiny is fully inlined (no out-of-line copy to probe): "
+                                      "mark it noinline to debug it")
+        out = coralctl(coral_env, "--local", "debug", "attach", "stripped", "--function", "greet")
+        assert out.returncode == 1 and "is stripped (no symbol table)" in out.stderr, out.stderr
+    finally:
+        run.stop()
+        stripped.stop()
