@@ -5,6 +5,7 @@ while starting fails the test with its output attached."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -191,3 +192,16 @@ class NativeService:
 def kernel_probes() -> str:
     """BPF programs attached to perf events (uprobes), system wide."""
     return subprocess.run(["bpftool", "perf"], capture_output=True, text=True, check=False).stdout
+
+
+def start_attach(env: CoralEnv, service: str, function: str, *flags: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """`coralctl --output json debug attach` in the background; returns once
+    its session line says the probes are live."""
+    proc = subprocess.Popen([tool("coralctl"), "--output", "json", "debug", "attach", service, "--function", function,
+                             *flags], env=env.env, stdout=subprocess.PIPE, text=True)
+    if proc.stdout is None:
+        raise AssertionError("no pipe from coralctl")
+    first: dict[str, Any] = json.loads(proc.stdout.readline())
+    if first.get("kind") != "session":
+        raise AssertionError(f"coralctl attach did not start: {first}")
+    return proc, first

@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 
-from tests.harness import REPO, CoralEnv, NativeService, Process, coralctl, kernel_probes, start_agent, tool
+from tests.harness import REPO, CoralEnv, NativeService, Process, coralctl, kernel_probes, start_agent, start_attach, tool
 from tests.test_native_e2e import wait_for_service
 
 
@@ -15,14 +15,8 @@ def test_sigterm_with_a_live_session_leaves_nothing_behind(
     coral_env: CoralEnv, colony: Process, agent: Process, payments: NativeService
 ) -> None:
     wait_for_service(coral_env, "payments")
-    attach = subprocess.Popen(
-        [tool("coralctl"), "--output", "json", "debug", "attach", "payments", "--function", "validate_card", "--duration", "10m"],
-        env=coral_env.env,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert attach.stdout is not None
-    session_id = json.loads(attach.stdout.readline())["session_id"]
+    attach, first = start_attach(coral_env, "payments", "validate_card", "--duration", "10m")
+    session_id = first["session_id"]
     probe_path = f"/proc/{payments.child_pid}/exe"
     assert probe_path in kernel_probes()
 

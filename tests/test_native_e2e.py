@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 
-from tests.harness import CoralEnv, NativeService, Process, coralctl, kernel_probes, tool
+from tests.harness import CoralEnv, NativeService, Process, coralctl, kernel_probes, start_attach, tool
 
 N = 25
 SLEEP_MS = 5
@@ -97,14 +97,8 @@ def test_detach_ends_the_session_and_removes_probes(
     coral_env: CoralEnv, colony: Process, agent: Process, payments: NativeService
 ) -> None:
     wait_for_service(coral_env, "payments")
-    attach = subprocess.Popen(
-        [tool("coralctl"), "--output", "json", "debug", "attach", "payments", "--function", "validate_card", "--duration", "5m"],
-        env=coral_env.env,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert attach.stdout is not None
-    session_id = json.loads(attach.stdout.readline())["session_id"]
+    attach, first = start_attach(coral_env, "payments", "validate_card", "--duration", "5m")
+    session_id = first["session_id"]
     assert payments.call(3) == "done 3 declined 0"
     detached = coralctl(coral_env, "debug", "detach", session_id)
     assert detached.returncode == 0 and "detached" in detached.stdout
