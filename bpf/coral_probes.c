@@ -14,7 +14,7 @@
 // sampling and filters, so the summary covers all calls; every record that
 // does not reach the agent is counted by cause.
 //
-// Compile-time parameters (coral/agentd/engine.py): CORAL_RINGBUF_PAGES.
+// Compile-time parameters (coral/agentd/engine.py): CORAL_RINGBUF_PAGES, CORAL_STR_MAX.
 #include <uapi/linux/ptrace.h>
 #include "coral_call.h"
 
@@ -22,7 +22,9 @@
 #define CORAL_STACK_DEPTH 8          // power of two
 #define CORAL_HIST_SUB_BITS 3        // 8 sub-buckets per power of two
 #define CORAL_HIST_BUCKETS 512
-#define CORAL_STR_MAX 64
+#ifndef CORAL_STR_MAX
+#define CORAL_STR_MAX 64             // [sessions] string_bytes
+#endif
 
 // site flags
 #define SITE_ENTRY 0x1               // first instruction of a function

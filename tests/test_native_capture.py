@@ -7,7 +7,7 @@ import json
 import subprocess
 from pathlib import Path
 
-from tests.harness import CoralEnv, Process, coralctl, tool
+from tests.harness import CoralEnv, Process, coralctl, start_agent, tool
 
 GREETER = r"""
 #include <stdio.h>
@@ -76,3 +76,26 @@ def test_inlined_and_stripped_functions_are_refused_with_the_reason(coral_env: C
     finally:
         run.stop()
         stripped.stop()
+
+
+def test_the_string_bound_comes_from_the_config(coral_env: CoralEnv, bpf: None, tmp_path: Path) -> None:
+    config = tmp_path / "coral.toml"
+    config.write_text("[sessions]\nstring_bytes = 16\n")
+    coral_env.env["CORAL_CONFIG"] = str(config)
+    agent = start_agent(coral_env)
+    run = run_service(coral_env, "greeter", build(tmp_path))
+    try:
+        p = subprocess.Popen([tool("coralctl"), "--local", "--output", "json", "debug", "attach", "greeter", "--function",
+                              "greet", "--duration", "1s", "--capture-args"], env=coral_env.env, stdout=subprocess.PIPE,
+                             text=True)
+        assert p.stdout is not None and run.proc.stdin is not None and run.proc.stdout is not None
+        assert json.loads(p.stdout.readline())["kind"] == "session"
+        run.proc.stdin.write(b"abcdefghijklmnopqrstuvwxyz\n")
+        run.proc.stdin.flush()
+        run.proc.stdout.readline()
+        out, _ = p.communicate(timeout=30)
+        (entry,) = [json.loads(line) for line in out.splitlines() if '"event_type":"entry"' in line]
+        assert entry["args"][0]["value"] == "'abcdefghijklmno'…(truncated)"
+    finally:
+        run.stop()
+        agent.stop()

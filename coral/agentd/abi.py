@@ -19,7 +19,6 @@ from coral.proto import coral_pb2 as pb
 
 CAPTURED_ARG_REGS = 6
 CAPTURED_RESULT_REGS = 3
-STRING_BYTES = 64  # CORAL_STR_MAX in bpf/coral_probes.c
 C_STRING_TYPES = {"char *", "const char *", "unsigned char *", "const unsigned char *"}
 GO_SCALARS = {"int", "int8", "int16", "int32", "int64", "uint", "uint8", "uint16", "uint32", "uint64", "uintptr",
               "bool", "byte", "rune"}
@@ -87,7 +86,7 @@ def string_registers(meta: pb.FunctionMetadata) -> tuple[int, int]:
     return padded[0], padded[1]
 
 
-def show(slot: Slot, values: tuple[int, ...], strings: dict[int, bytes]) -> str:
+def show(slot: Slot, values: tuple[int, ...], strings: dict[int, bytes], string_bytes: int = 64) -> str:
     """One value as text, from the captured registers (and copied strings)."""
     if slot.shape == "float":
         return "(in a floating-point register: not captured)"
@@ -104,8 +103,8 @@ def show(slot: Slot, values: tuple[int, ...], strings: dict[int, bytes]) -> str:
     if data is None:
         return f"{v[0]:#x}"
     if slot.shape == "cstring":
-        # The kernel copies at most STRING_BYTES including the NUL: a full copy may have been cut.
-        cut = "…(truncated)" if len(data) >= STRING_BYTES - 1 else ""
+        # The kernel copies at most string_bytes including the NUL: a full copy may have been cut.
+        cut = "…(truncated)" if len(data) >= string_bytes - 1 else ""
         return repr(data.decode(errors="replace")) + cut
     length = v[1]
     shown = data[:length]

@@ -26,7 +26,6 @@ SITE_ENTRY, SITE_GO, SITE_GO_RET, SITE_PYTHON = 0x1, 0x2, 0x4, 0x8
 EV_NATIVE, EV_PYTHON, EV_PYTHON_TIMING = 1, 2, 3
 PREDICATE_OPS = {"==": 1, "!=": 2, "<": 3, "<=": 4, ">": 5, ">=": 6}
 
-_NATIVE = struct.Struct("<IIIIQQ3Q6Q64s64s")
 _PYTHON = struct.Struct("<IIIIQQQQIIII512s256s")
 _PYTHON_TIMING = struct.Struct("<IIIIQQQQI4x")
 
@@ -113,11 +112,13 @@ class _Libbcc:
 
 
 class ProbeEngine:
-    def __init__(self, ringbuf_pages: int) -> None:
+    def __init__(self, ringbuf_pages: int, string_bytes: int = 64) -> None:
         bcc = load_bcc()
         src = bpf_source_dir()
         self._bpf = bcc.BPF(src_file=str(src / "coral_probes.c").encode(),
-                            cflags=[f"-DCORAL_RINGBUF_PAGES={ringbuf_pages}", f"-I{src}"])
+                            cflags=[f"-DCORAL_RINGBUF_PAGES={ringbuf_pages}", f"-DCORAL_STR_MAX={string_bytes}", f"-I{src}"])
+        self.string_bytes = string_bytes
+        self._native = struct.Struct(f"<IIIIQQ3Q6Q{string_bytes}s{string_bytes}s")
         self._hit = self._bpf.load_func(b"coral_hit", bcc.BPF.KPROBE).fd
         self._ret = self._bpf.load_func(b"coral_return", bcc.BPF.KPROBE).fd
         self._lib = _Libbcc(bcc)
@@ -262,8 +263,8 @@ class ProbeEngine:
     def _on_record(self, _ctx: Any, data: int, size: int) -> int:
         raw = ctypes.string_at(data, size)
         kind = struct.unpack_from("<I", raw)[0]
-        if kind == EV_NATIVE and size >= _NATIVE.size:
-            f = _NATIVE.unpack_from(raw)
+        if kind == EV_NATIVE and size >= self._native.size:
+            f = self._native.unpack_from(raw)
             # type, slot, pid, tid, start, duration, results[3], args[6], strs[2]
             self._pending[f[1]].append(NativeRecord(f[2], f[3], f[4], f[5], tuple(f[6:9]), tuple(f[9:15]),
                                                     (f[15].split(b"\0", 1)[0], f[16].split(b"\0", 1)[0])))

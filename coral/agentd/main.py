@@ -49,7 +49,7 @@ class Agent:
         self.context = zmq.Context()
         self.registry = ProcessRegistry()
         self.store = EventStore(config.state_dir / "agent.duckdb")
-        self.engine = ProbeEngine(config.sessions.ring_buffer_pages)
+        self.engine = ProbeEngine(config.sessions.ring_buffer_pages, config.sessions.string_bytes)
         self.sessions = SessionManager(config, self.agent_id, self.registry, self.store, self._ask_process, self.engine)
         self._process_clients: dict[str, Client] = {}
         handlers: dict[str, Handler] = {

@@ -261,12 +261,14 @@ class SessionManager:
             column.append(value)
         self._seq += 1
 
-    @staticmethod
-    def _native_values(s: Session, meta: pb.FunctionMetadata, rec: NativeRecord) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    def _native_values(
+        self, s: Session, meta: pb.FunctionMetadata, rec: NativeRecord
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        string_bytes = self.engine.string_bytes
         args: list[dict[str, Any]] = []
         if s.config.capture_args:
             strings = dict(zip([r for r in abi.string_registers(meta) if r >= 0], rec.strings, strict=False))
-            args = [{"name": a.name, "type": a.type or "u64", "value": abi.show(a, rec.args, strings)}
+            args = [{"name": a.name, "type": a.type or "u64", "value": abi.show(a, rec.args, strings, string_bytes)}
                     for a in abi.argument_layout(meta)]
         ret: dict[str, Any] = {}
         results = abi.result_layout(meta)

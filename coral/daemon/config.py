@@ -41,6 +41,7 @@ class SessionsConfig:
     max_sessions_per_agent: int = 64
     max_events_per_session: int = 100_000
     ring_buffer_pages: int = 4096
+    string_bytes: int = 64
 
     def session_duration_ms(self, requested_ms: int) -> int:
         """0 means the default; more than the maximum is refused, never shortened."""
@@ -136,6 +137,7 @@ _POSITIVE = {
     "max_sessions_per_agent",
     "max_events_per_session",
     "ring_buffer_pages",
+    "string_bytes",
     "heartbeat_interval",
     "heartbeat_liveness",
     "poll_interval",
@@ -152,6 +154,8 @@ def _check_value(source: str, section: str, key: str, expected: type, value: Any
         raise ConfigError(f"{where}: expected {_TYPE_NAMES[expected]}, got {value!r}")
     if key in _POSITIVE and value <= 0:
         raise ConfigError(f"{where}: must be greater than 0, got {value!r}")
+    if key == "string_bytes" and not 8 <= value <= 1024:
+        raise ConfigError(f"{where}: must be between 8 and 1024, got {value!r}")
     if key == "ring_buffer_pages" and value & (value - 1):
         raise ConfigError(f"{where}: must be a power of two, got {value!r}")
     return value
