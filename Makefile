@@ -1,5 +1,5 @@
 # Conveniences over the scripts; the README's two commands need no make.
-.PHONY: setup demo test lint proto bench sdk-versions
+.PHONY: setup demo test lint proto bench sdk-versions install
 setup:
 	./scripts/setup.sh
 demo:
@@ -17,3 +17,6 @@ bench: setup
 sdk-versions: setup
 	PATH="$$(ls -d $$HOME/.pyenv/versions/3.1[123]*/bin 2>/dev/null | tr '\n' ':')$$PATH" \
 	  .venv/bin/tox -e sdk-py311,sdk-py312,sdk-py313
+# System-wide install: /opt/coral, /usr/bin links, units, /etc/coral, the coral user.
+install:
+	./scripts/install.sh

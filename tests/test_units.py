@@ -121,3 +121,21 @@ def test_peer_credentials_from_zeromq_peer_address() -> None:
 )
 def test_register_values_are_shown_as_their_c_type(value: int, ctype: str, shown: str) -> None:
     assert format_register(value, ctype) == shown
+
+
+def test_every_configuration_key_is_read_and_documented() -> None:
+    """etc/coral.toml lists exactly the keys the loader reads, and
+    docs/configuration.md documents each of them."""
+    import dataclasses
+    import tomllib
+
+    from coral.daemon.config import _SECTION_TYPES
+    from tests.harness import REPO
+
+    read = {(section, f.name) for section, cls in _SECTION_TYPES.items() for f in dataclasses.fields(cls)}
+    with open(REPO / "etc" / "coral.toml", "rb") as f:
+        shipped = {(section, key) for section, table in tomllib.load(f).items() for key in table}
+    assert shipped == read
+    doc = (REPO / "docs" / "configuration.md").read_text()
+    undocumented = sorted(f"[{s}] {k}" for s, k in read if f"`{k}`" not in doc or f"[{s}]" not in doc)
+    assert undocumented == []

@@ -29,6 +29,25 @@ FOLLOW_INTERVAL = 0.2  # seconds between event polls while a session runs
 PAGE = 1000
 
 
+class EventFile:
+    """A session's events as one JSON array, written as they arrive."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        self._f = open(path, "w")  # noqa: SIM115 (closed in close())
+        self._f.write("[")
+        self._first = True
+
+    def write(self, ev: pb.UprobeEvent) -> None:
+        self._f.write(("\n" if self._first else ",\n") + json.dumps(render.to_dict(ev), separators=(",", ":")))
+        self._first = False
+
+    def close(self) -> None:
+        self._f.write("\n]\n")
+        self._f.close()
+
+
 class Output:
     def __init__(self, json_mode: bool) -> None:
         self.json = json_mode
@@ -38,6 +57,42 @@ class Output:
 
     def record(self, obj: dict[str, Any]) -> None:
         print(json.dumps(obj, separators=(",", ":")), flush=True)
+
+
+EXAMPLES = {
+    "ping": """\
+examples:
+  coralctl ping
+  coralctl --local --timeout 30s ping    # wait for a starting agent""",
+    "services": """\
+examples:
+  coralctl services
+  coralctl services --output json | jq -r .service""",
+    "functions": """\
+examples:
+  coralctl functions payments --pattern 'validate_*'
+  coralctl functions payments-api --pattern 'payments.*'
+  coralctl functions payments-api --pattern 'libz.so*:crc*'""",
+    "attach": """\
+examples:
+  coralctl debug attach payments --function validate_card --duration 90s --capture-args
+  coralctl debug attach payments --function validate_card --slow 500ms --min-duration 100ms
+  coralctl debug attach payments --function validate_card --where 'amount_cents>100000' --capture-return
+  coralctl debug attach payments-api --function payments.validate_card --capture-args --capture-return
+  coralctl --output json debug attach payments --function validate_card --no-save | jq .""",
+    "sessions": """\
+examples:
+  coralctl debug sessions
+  coralctl debug sessions --active --service payments""",
+    "events": """\
+examples:
+  coralctl debug events dbg-1a2b3c4d5e6f --since 5m
+  coralctl debug events dbg-1a2b3c4d5e6f --follow --slow 500ms
+  coralctl debug events dbg-1a2b3c4d5e6f --output json > events.jsonl""",
+    "detach": """\
+examples:
+  coralctl debug detach dbg-1a2b3c4d5e6f""",
+}
 
 
 def duration_arg(text: str) -> float:
@@ -89,9 +144,27 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _global_options(common, suppress=True)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("ping", help="check the colony (or agent) answers", parents=[common])
-    sub.add_parser("services", help="list services that opted in", parents=[common])
-    f = sub.add_parser("functions", help="list a service's functions", parents=[common])
+    sub.add_parser(
+        "ping",
+        help="check the colony (or agent) answers",
+        epilog=EXAMPLES["ping"],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+    )
+    sub.add_parser(
+        "services",
+        help="list services that opted in",
+        epilog=EXAMPLES["services"],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+    )
+    f = sub.add_parser(
+        "functions",
+        help="list a service's functions",
+        epilog=EXAMPLES["functions"],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+    )
     f.add_argument("service")
     f.add_argument("--pattern", default="", help="glob, e.g. 'validate_*'")
     debug = sub.add_parser("debug", help="debug sessions").add_subparsers(
@@ -101,27 +174,70 @@ def build_parser() -> argparse.ArgumentParser:
         "attach",
         help="probe a function and stream its calls",
         parents=[common],
-        epilog="example: coralctl debug attach payments --function validate_card --duration 90s --capture-args",
+        epilog=EXAMPLES["attach"],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     a.add_argument("service")
     a.add_argument("--function", required=True)
-    a.add_argument("--duration", type=positive_duration, default=0.0,
-                   help="90s, 5m, 1m30s (default and maximum: [sessions] in coral.toml, 60s and 600s)")
+    a.add_argument(
+        "--duration",
+        type=positive_duration,
+        default=0.0,
+        help="90s, 5m, 1m30s (default and maximum: [sessions] in coral.toml, 60s and 600s)",
+    )
     a.add_argument("--capture-args", action="store_true")
     a.add_argument("--capture-return", action="store_true")
     a.add_argument("--sample-rate", type=positive_int, default=1, help="report every Nth call")
     a.add_argument("--max-events", type=positive_int, default=0, help="stop storing after N events")
-    a.add_argument("--min-duration", type=duration_arg, default=0.0,
-                   help="report only calls at least this slow, e.g. 5ms (decided in the kernel)")
-    a.add_argument("--where", default="", metavar="PREDICATE",
-                   help="report only calls whose integer argument matches, e.g. 'amount_cents>1000'")
-    s = debug.add_parser("sessions", help="list debug sessions", parents=[common])
+    a.add_argument(
+        "--min-duration",
+        type=duration_arg,
+        default=0.0,
+        help="report only calls at least this slow, e.g. 5ms (decided in the kernel)",
+    )
+    a.add_argument(
+        "--slow",
+        type=duration_arg,
+        default=0.0,
+        metavar="DURATION",
+        help="mark calls at least this slow (e.g. 500ms) and count them in the summary",
+    )
+    a.add_argument("--save", metavar="PATH", help="write the events here as JSON (default: ./debug-sessions/SESSION/events.json)")
+    a.add_argument("--no-save", action="store_true", help="do not write the events to a file")
+    a.add_argument(
+        "--where",
+        default="",
+        metavar="PREDICATE",
+        help="report only calls whose integer argument matches, e.g. 'amount_cents>1000'",
+    )
+    s = debug.add_parser(
+        "sessions",
+        help="list debug sessions",
+        epilog=EXAMPLES["sessions"],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+    )
     s.add_argument("--active", action="store_true", help="only active sessions")
     s.add_argument("--service", default="")
-    e = debug.add_parser("events", help="show a session's events", parents=[common])
+    e = debug.add_parser(
+        "events",
+        help="show a session's events",
+        epilog=EXAMPLES["events"],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+    )
     e.add_argument("session")
     e.add_argument("--since", type=duration_arg, default=0.0, help="only the last 5m, 1h, ...")
-    d = debug.add_parser("detach", help="end a session now", parents=[common])
+    e.add_argument("--follow", action="store_true", help="keep showing new events until the session ends")
+    e.add_argument("--slow", type=duration_arg, default=0.0, metavar="DURATION", help="mark calls at least this slow")
+    e.add_argument("--save", metavar="PATH", help="also write the events here as JSON")
+    d = debug.add_parser(
+        "detach",
+        help="end a session now",
+        epilog=EXAMPLES["detach"],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+    )
     d.add_argument("session")
     return p
 
@@ -130,6 +246,8 @@ class Ctl:
     def __init__(self, args: argparse.Namespace, config: Config) -> None:
         self.args = args
         self.out = Output(args.output == "json")
+        self.style = render.Style.for_stream(sys.stdout)
+        self.slow_ns = round(getattr(args, "slow", 0.0) * 1e9)
         endpoint = args.endpoint or (config.agent_endpoint if args.local else config.colony_frontend)
         self.target = "agent" if args.local else "colony"
         self.client = Client(endpoint, args.timeout, max_message_bytes=config.limits.max_message_bytes)
@@ -173,16 +291,18 @@ class Ctl:
     def attach(self) -> int:
         a = self.args
         cfg = pb.UprobeConfig(
-            capture_args=a.capture_args, capture_return=a.capture_return, sample_rate=a.sample_rate, max_events=a.max_events,
-            min_duration_ns=round(a.min_duration * 1e9), predicate=a.where,
+            capture_args=a.capture_args,
+            capture_return=a.capture_return,
+            sample_rate=a.sample_rate,
+            max_events=a.max_events,
+            min_duration_ns=round(a.min_duration * 1e9),
+            predicate=a.where,
         )
         r = cast(
             pb.AttachUprobeResponse,
             self.call(
                 "AttachUprobe",
-                pb.AttachUprobeRequest(
-                    service=a.service, function=a.function, duration_ms=round(a.duration * 1000), config=cfg
-                ),
+                pb.AttachUprobeRequest(service=a.service, function=a.function, duration_ms=round(a.duration * 1000), config=cfg),
             ),
         )
         session = r.session
@@ -199,25 +319,56 @@ class Ctl:
                 + (f"; capturing {' and '.join(captures)}" if captures else "")
                 + ". Ctrl-C detaches."
             )
-        durations: list[int] = []
-        try:
-            final = self._follow(
-                session.session_id, lambda ev: durations.append(ev.duration_ns) if ev.event_type == "return" else None
-            )
-        except BrokenPipeError:
-            self.call("DetachUprobe", pb.DetachUprobeRequest(session_id=session.session_id))  # nobody is watching
-            raise
-        summary = render.summarize_session(final, durations)
+        final, summary, tally, sink = self._watch(session.session_id, save_default=True)
         if self.out.json:
-            self.out.record(render.summary_dict(summary, final))
+            self.out.record(render.summary_dict(summary, final, tally))
         else:
             reason = f" ({final.status_reason})" if final.status_reason else ""
             self.out.line(f"Session {final.session_id} {final.status}{reason}. {final.event_count} events.")
-            for line in render.format_summary(summary, final):
+            if sink is not None:
+                self.out.line(f"Events saved to: {sink.path}")
+            for line in render.format_summary(summary, final, tally, self.slow_ns, self.style):
                 self.out.line(line)
         return EXIT_OK
 
-    def _follow(self, session_id: str, seen: Callable[[pb.UprobeEvent], None]) -> pb.DebugSession:
+    def _watch(
+        self, session_id: str, save_default: bool, follow: bool = True, since_ns: int = 0
+    ) -> tuple[pb.DebugSession, render.Summary, render.Tally, EventFile | None]:
+        """Show a session's events (following it while it runs, if asked),
+        saving them if asked; returns the final session and its summary."""
+        durations: list[int] = []
+        tally = render.Tally()
+        sink = self._event_file(session_id, save_default)
+
+        def seen(ev: pb.UprobeEvent) -> None:
+            tally.add(ev, self.slow_ns)
+            if ev.event_type == "return":
+                durations.append(ev.duration_ns)
+            if sink is not None:
+                sink.write(ev)
+
+        try:
+            final = self._follow(session_id, seen, since_ns, stop_when_drained=not follow)
+        except BrokenPipeError:
+            if follow:
+                self.call("DetachUprobe", pb.DetachUprobeRequest(session_id=session_id))  # nobody is watching
+            raise
+        finally:
+            if sink is not None:
+                sink.close()
+        return final, render.summarize_session(final, durations), tally, sink
+
+    def _event_file(self, session_id: str, save_default: bool) -> EventFile | None:
+        if getattr(self.args, "no_save", False):
+            return None
+        path = getattr(self.args, "save", None)
+        if path is None and save_default and not self.out.json:
+            path = os.path.join("debug-sessions", session_id, "events.json")
+        return EventFile(path) if path else None
+
+    def _follow(
+        self, session_id: str, seen: Callable[[pb.UprobeEvent], None], since_ns: int = 0, stop_when_drained: bool = False
+    ) -> pb.DebugSession:
         """Print events as they arrive until the session has ended and all
         its events are shown. Ctrl-C detaches the session, then drains."""
         cursor = 0
@@ -227,14 +378,17 @@ class Ctl:
                 q = cast(
                     pb.QueryUprobeEventsResponse,
                     self.call(
-                        "QueryUprobeEvents", pb.QueryUprobeEventsRequest(session_id=session_id, cursor=cursor, max_events=PAGE)
+                        "QueryUprobeEvents",
+                        pb.QueryUprobeEventsRequest(
+                            session_id=session_id, cursor=cursor, since_unix_ns=since_ns, max_events=PAGE
+                        ),
                     ),
                 )
                 for ev in q.events:
                     seen(ev)
                     self._print_event(ev)
                 cursor = q.next_cursor
-                if q.session.status != "active" and not q.has_more:
+                if not q.has_more and (stop_when_drained or q.session.status != "active"):
                     return q.session
                 if not q.has_more:
                     time.sleep(FOLLOW_INTERVAL)
@@ -248,7 +402,7 @@ class Ctl:
         if self.out.json:
             self.out.record({"kind": "event", **render.to_dict(ev)})
         else:
-            for line in render.format_event(ev):
+            for line in render.format_event(ev, self.slow_ns, self.style):
                 self.out.line(line)
 
     def sessions(self) -> int:
@@ -263,40 +417,29 @@ class Ctl:
         if not r.sessions:
             self.out.line("No debug sessions.")
             return EXIT_OK
-        self.out.line(f"{'SESSION':<18} {'SERVICE':<16} {'FUNCTION':<24} {'AGENT':<12} {'STARTED':<12} {'STATUS'}")
+        self.out.line(
+            f"{'SESSION':<18} {'SERVICE':<16} {'FUNCTION':<24} {'AGENT':<12} {'STARTED':<12} "
+            f"{'EXPIRES/ENDED':<13} {'CALLS':>7}  STATUS"
+        )
         for s in r.sessions:
             status = s.status + (f" ({s.status_reason})" if s.status_reason else "")
+            ends = s.ended_unix_ns or s.expires_unix_ns
             self.out.line(
                 f"{s.session_id:<18} {s.service:<16} {s.function:<24} {s.agent_id:<12} "
-                f"{render.clock(s.started_unix_ns):<12} {status}"
+                f"{render.clock(s.started_unix_ns):<12} {render.clock(ends):<13} {s.total_calls or s.calls:>7}  "
+                f"{status}"
             )
         return EXIT_OK
 
     def events(self) -> int:
         since = time.time_ns() - int(self.args.since * 1e9) if self.args.since else 0
-        cursor, durations = 0, []
-        while True:
-            q = cast(
-                pb.QueryUprobeEventsResponse,
-                self.call(
-                    "QueryUprobeEvents",
-                    pb.QueryUprobeEventsRequest(
-                        session_id=self.args.session, cursor=cursor, since_unix_ns=since, max_events=PAGE
-                    ),
-                ),
-            )
-            for ev in q.events:
-                if ev.event_type == "return":
-                    durations.append(ev.duration_ns)
-                self._print_event(ev)
-            cursor = q.next_cursor
-            if not q.has_more:
-                break
-        summary = render.summarize_session(q.session, durations)
+        final, summary, tally, sink = self._watch(self.args.session, save_default=False, follow=self.args.follow, since_ns=since)
         if self.out.json:
-            self.out.record(render.summary_dict(summary, q.session))
+            self.out.record(render.summary_dict(summary, final, tally))
         else:
-            for line in render.format_summary(summary, q.session):
+            if sink is not None:
+                self.out.line(f"Events saved to: {sink.path}")
+            for line in render.format_summary(summary, final, tally, self.slow_ns, self.style):
                 self.out.line(line)
         return EXIT_OK
 

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TextIO
 
 from google.protobuf.message import Message
 
-from coral.histogram import percentile_ns
+from coral.histogram import bucket_bounds, percentile_ns
 from coral.proto import coral_pb2 as pb
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -50,16 +51,52 @@ def clock(unix_ns: int) -> str:
     return time.strftime("%H:%M:%S", time.localtime(t)) + f".{int(unix_ns // 1_000_000 % 1000):03d}"
 
 
-def format_event(ev: pb.UprobeEvent) -> list[str]:
-    head = f"[{clock(ev.timestamp_unix_ns)}] {ev.event_type.upper():<7} pid={ev.pid} tid={ev.tid}"
+class Style:
+    """ANSI colour for people at a terminal; none when piped or with NO_COLOR."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    @classmethod
+    def for_stream(cls, stream: TextIO) -> Style:
+        return cls(stream.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb")
+
+    def _wrap(self, code: str, text: str) -> str:
+        return f"\033[{code}m{text}\033[0m" if self.enabled else text
+
+    def dim(self, text: str) -> str:
+        return self._wrap("2", text)
+
+    def bold(self, text: str) -> str:
+        return self._wrap("1", text)
+
+    def red(self, text: str) -> str:
+        return self._wrap("31", text)
+
+    def yellow(self, text: str) -> str:
+        return self._wrap("33", text)
+
+    def green(self, text: str) -> str:
+        return self._wrap("32", text)
+
+
+PLAIN = Style(False)
+
+
+def format_event(ev: pb.UprobeEvent, slow_ns: int = 0, style: Style = PLAIN) -> list[str]:
+    kind = ev.event_type.upper()
+    head = f"{style.dim(f'[{clock(ev.timestamp_unix_ns)}]')} {kind:<7} pid={ev.pid} tid={ev.tid}"
     if ev.event_type == "return":
         head += f" duration={format_ns(ev.duration_ns)}"
+        if slow_ns and ev.duration_ns >= slow_ns:
+            head += " " + style.yellow("⚠ SLOW")
     lines = [head]
     if ev.args:
         lines.append("  args: " + ", ".join(f"{a.name}={a.value}" for a in ev.args))
     if ev.HasField("return_value") and (ev.return_value.value or ev.return_value.is_error):
         rv = ev.return_value
-        lines.append(f"  └─ error: {rv.error_message!r}" if rv.is_error else f"  └─ return: {rv.value}")
+        lines.append(style.red(f"  └─ error: {rv.error_message or rv.value}") if rv.is_error
+                     else f"  └─ return: {rv.value}")
     return lines
 
 
@@ -100,19 +137,64 @@ def summarize(durations_ns: Sequence[int]) -> Summary:
     )
 
 
-def format_summary(s: Summary, session: pb.DebugSession) -> list[str]:
+@dataclass
+class Tally:
+    """What the client saw of the calls it was shown: errors and slow calls."""
+
+    shown: int = 0
+    errors: int = 0
+    slow: int = 0
+
+    def add(self, ev: pb.UprobeEvent, slow_ns: int) -> None:
+        if ev.event_type != "return":
+            return
+        self.shown += 1
+        self.errors += ev.return_value.is_error
+        self.slow += bool(slow_ns) and ev.duration_ns >= slow_ns
+
+
+def _pct(n: int, total: int) -> str:
+    return f"{n} ({100 * n / total:.1f}%)" if total else str(n)
+
+
+def format_summary(s: Summary, session: pb.DebugSession, tally: Tally | None = None, slow_ns: int = 0,
+                   style: Style = PLAIN) -> list[str]:
+    tally = tally or Tally()
     lines = [
-        "Summary:",
+        style.bold("Summary:"),
         f"  Total calls:  {s.calls}",
         f"  Avg duration: {format_ns(s.avg_ns)}",
         f"  P50 duration: {format_ns(s.p50_ns)}",
         f"  P95 duration: {format_ns(s.p95_ns)}",
         f"  P99 duration: {format_ns(s.p99_ns)}",
         f"  Max duration: {format_ns(s.max_ns)}",
+        f"  Errors:       {_pct(tally.errors, tally.shown)}" + (" of the calls shown" if tally.shown < s.calls else ""),
     ]
+    if slow_ns:
+        lines.append(f"  Slow calls (>{format_ns(slow_ns)}): {_pct(tally.slow, tally.shown)}")
     lost = {k: v for k, v in session.lost.items() if v}
     if lost:
         lines.append("  Calls not shown: " + ", ".join(f"{n} {LOST_CAUSES.get(c, c)}" for c, n in sorted(lost.items())))
+    lines.extend(format_histogram(dict(session.histogram), style))
+    return lines
+
+
+def format_histogram(histogram: dict[int, int], style: Style = PLAIN, width: int = 40) -> list[str]:
+    """The session's latency histogram (every call, counted in the kernel),
+    one row per power of two."""
+    if not histogram:
+        return []
+    rows: dict[int, int] = {}
+    for bucket, n in histogram.items():
+        low, _ = bucket_bounds(bucket)
+        rows[max(0, low.bit_length() - 1)] = rows.get(max(0, low.bit_length() - 1), 0) + n
+    top = max(rows.values())
+    lines = ["  Latency (every call):"]
+    for power in range(min(rows), max(rows) + 1):
+        n = rows.get(power, 0)
+        bar = "█" * max(1 if n else 0, round(width * n / top))
+        label = f"{format_ns(1 << power):>8} – {format_ns(1 << (power + 1)):<8}"
+        lines.append(f"    {label} │{style.green(bar):<{width}} {n}")
     return lines
 
 
@@ -125,7 +207,8 @@ LOST_CAUSES = {
 }
 
 
-def summary_dict(s: Summary, session: pb.DebugSession) -> dict[str, Any]:
+def summary_dict(s: Summary, session: pb.DebugSession, tally: Tally | None = None) -> dict[str, Any]:
+    tally = tally or Tally()
     return {
         "kind": "summary",
         "session_id": session.session_id,
@@ -133,6 +216,9 @@ def summary_dict(s: Summary, session: pb.DebugSession) -> dict[str, Any]:
         "status_reason": session.status_reason,
         **asdict(s),
         "lost": dict(session.lost),
+        "errors": tally.errors,
+        "slow": tally.slow,
+        "histogram": {str(k): v for k, v in session.histogram.items()},
     }
 
 

@@ -1,0 +1,91 @@
+"""coralctl as a person sees it (a real terminal, through tmux) and as a
+script sees it (a pipe: no escape codes), and its bash completion."""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from coral.daemon.client import Client
+from coral.proto import coral_pb2 as pb
+from tests.harness import REPO, CoralEnv, Process, tool
+from tests.test_native_e2e import wait_for_service
+from tests.test_python_e2e import PythonService
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (Debian: tmux)")
+
+
+def wait_for_active_session(env: CoralEnv, deadline_s: float = 30.0) -> None:
+    """Ask the agent until a session is live (round trips, no sleeping)."""
+    end = time.monotonic() + deadline_s
+    with Client(env.endpoint("agent.sock"), 5) as agent:
+        while time.monotonic() < end:
+            reply = agent.call("ListDebugSessions", pb.ListDebugSessionsRequest(active_only=True))
+            if reply.sessions:  # type: ignore[attr-defined]
+                return
+    raise AssertionError("no session became active")
+
+
+def test_attach_in_a_terminal_shows_colour_slow_calls_errors_and_the_histogram(
+    coral_env: CoralEnv, colony: Process, agent: Process
+) -> None:
+    svc = PythonService(coral_env)
+    name, done, release = (f"{w}-{secrets.token_hex(4)}" for w in ("coral", "done", "release"))
+    env = " ".join(f"{k}={coral_env.env[k]}" for k in ("CORAL_RUNTIME_DIR", "CORAL_STATE_DIR", "CORAL_CONFIG"))
+    command = (f"env -u NO_COLOR {env} TERM=xterm-256color {tool('coralctl')} debug attach payments-api "
+               "--function payments.validate_card --duration 3s --slow 1ms --capture-args --capture-return --no-save; "
+               f"tmux wait-for -S {done}; tmux wait-for {release}")  # the pane stays until captured
+    try:
+        wait_for_service(coral_env, "payments-api")
+        subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", "160", "-y", "50", command], check=True)
+        wait_for_active_session(coral_env)
+        for i in range(6):
+            svc.charge("4111111111111117" if i % 3 == 0 else "4111111111111111", 600 + i)  # every third declined
+        subprocess.run(["tmux", "wait-for", done], check=True, timeout=60)  # coralctl has finished
+        plain = subprocess.run(["tmux", "capture-pane", "-p", "-S", "-", "-t", name], capture_output=True, text=True).stdout
+        styled = subprocess.run(["tmux", "capture-pane", "-p", "-e", "-S", "-", "-t", name], capture_output=True,
+                                text=True).stdout
+    finally:
+        subprocess.run(["tmux", "wait-for", "-S", release], capture_output=True)
+        subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
+        svc.stop()
+    assert "RETURN  pid=" in plain and "duration=" in plain
+    assert plain.count("⚠ SLOW") == 6  # validate_card waits 2 ms: every call is over 1 ms
+    assert plain.count("└─ error: ValueError: card declined") == 2
+    assert "Summary:" in plain and "Total calls:  6" in plain
+    assert "Errors:       2 (33.3%)" in plain and "Slow calls (>1.0ms): 6 (100.0%)" in plain
+    assert "Latency (every call):" in plain and "█" in plain
+    assert "\x1b[" in styled  # colour on a terminal
+
+
+def test_piped_output_has_no_escape_codes(coral_env: CoralEnv, colony: Process, agent: Process) -> None:
+    svc = PythonService(coral_env)
+    try:
+        wait_for_service(coral_env, "payments-api")
+        p = subprocess.Popen([tool("coralctl"), "debug", "attach", "payments-api", "--function", "payments.validate_card",
+                              "--duration", "2s", "--slow", "1ms", "--no-save"], env={**coral_env.env, "TERM": "xterm"},
+                             stdout=subprocess.PIPE, text=True)
+        assert p.stdout is not None
+        assert p.stdout.readline().startswith("Debug session")
+        svc.charge("4111111111111117", 10)
+        out, _ = p.communicate(timeout=30)
+    finally:
+        svc.stop()
+    assert "└─ error: ValueError: card declined" in out and "⚠ SLOW" in out and "█" in out
+    assert "\x1b[" not in out
+
+
+def test_bash_completion_offers_commands_and_flags() -> None:
+    def complete(*words: str) -> list[str]:
+        script = (f"source {REPO / 'etc' / 'coralctl.bash'}; COMP_WORDS=({' '.join(repr(w) for w in words)}); "
+                  f"COMP_CWORD={len(words) - 1}; _coralctl; echo \"${{COMPREPLY[@]}}\"")
+        return subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout.split()
+
+    assert complete("coralctl", "de") == ["debug"]
+    assert complete("coralctl", "debug", "") == ["attach", "sessions", "events", "detach"]
+    assert "--capture-args" in complete("coralctl", "debug", "attach", "payments", "--cap")
+    assert complete("coralctl", "--output", "") == ["text", "json"]
