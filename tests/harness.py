@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -95,7 +96,7 @@ class Process:
         self.name = name
         env.root.mkdir(parents=True, exist_ok=True)
         self.log_path = env.root / f"{name}.log"
-        self.notify = NotifySocket(env.root / f"{name}.notify")
+        self.notify = NotifySocket(env.root / f"{name}-{secrets.token_hex(3)}.notify")
         self._log: IO[bytes] = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop())
         self.proc = subprocess.Popen(
             argv,

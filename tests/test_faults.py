@@ -1,0 +1,56 @@
+"""Faults mid-session, with real processes and real BPF: the probed
+process exits, the agent is killed with SIGKILL. Nothing of a dead session
+stays in the kernel; what was written stays written."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import duckdb
+
+from tests.harness import CoralEnv, NativeService, Process, coralctl, kernel_probes, start_agent, start_attach
+
+
+def test_target_exits_mid_session(coral_env: CoralEnv, colony: Process, agent: Process, payments: NativeService) -> None:
+    attach, first = start_attach(coral_env, "payments", "validate_card", "--local", "--duration", "5m", "--no-save")
+    assert payments.call(4) == "done 4 declined 0"
+    child = payments.child_pid
+    assert payments.stop() == 0  # end of input: the program exits, and coral-run with it
+    out, _ = attach.communicate(timeout=30)
+    summary = json.loads(out.splitlines()[-1])
+    assert (summary["status"], summary["status_reason"], summary["calls"]) == ("failed", "target exited", 4)
+    assert f"/proc/{child}/exe" not in kernel_probes()
+    events = coralctl(coral_env, "--local", "--output", "json", "debug", "events", first["session_id"])
+    assert sum(1 for line in events.stdout.splitlines() if '"event_type":"return"' in line) == 4  # kept
+    assert coralctl(coral_env, "--local", "ping").returncode == 0  # the agent is unharmed
+
+
+def test_agent_killed_mid_session_leaves_no_probe_and_keeps_what_it_wrote(
+    coral_env: CoralEnv, colony: Process, agent: Process, payments: NativeService
+) -> None:
+    attach, first = start_attach(coral_env, "payments", "validate_card", "--local", "--duration", "5m", "--no-save")
+    assert payments.call(5) == "done 5 declined 0"
+    # Wait until the agent has written the calls (a query flushes its batch).
+    stored = coralctl(coral_env, "--local", "--output", "json", "debug", "events", first["session_id"])
+    assert sum(1 for line in stored.stdout.splitlines() if '"event_type":"return"' in line) == 5
+    probes = [line for line in kernel_probes().splitlines() if f"/proc/{payments.child_pid}/exe" in line]
+    assert len(probes) == 2
+    agent.proc.send_signal(signal.SIGKILL)
+    agent.proc.wait(10)
+    attach.kill()
+    attach.wait()
+    # The kernel dropped the probes with the agent's file descriptors.
+    assert f"/proc/{payments.child_pid}/exe" not in kernel_probes()
+    db = duckdb.connect(str(coral_env.state_dir / "agent.duckdb"), read_only=True)
+    assert db.execute("SELECT count(*) FROM calls WHERE session_id = ?", [first["session_id"]]).fetchone() == (5,)
+    db.close()
+    # A new agent marks the session failed, keeps its calls, and the service works on.
+    restarted = start_agent(coral_env)
+    try:
+        sessions = coralctl(coral_env, "--local", "--output", "json", "debug", "sessions")
+        (session,) = [json.loads(line) for line in sessions.stdout.splitlines()]
+        assert (session["status"], session["status_reason"], session["calls"]) == ("failed", "agent restarted", 5)
+        assert payments.call(2) == "done 2 declined 0"
+    finally:
+        restarted.stop()
