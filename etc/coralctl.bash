@@ -33,12 +33,13 @@ _coralctl() {
             debug/sessions) flags+=" --active --service" ;;
             debug/events) flags+=" --since --follow --slow --save" ;;
             functions/) flags+=" --pattern" ;;
+            audit/) flags+=" --since --max" ;;
         esac
         COMPREPLY=($(compgen -W "$flags" -- "$cur"))
         return
     fi
     case "$cmd/$sub" in
-        /) COMPREPLY=($(compgen -W "ping services functions debug" -- "$cur")) ;;
+        /) COMPREPLY=($(compgen -W "ping services functions debug audit" -- "$cur")) ;;
         debug/) COMPREPLY=($(compgen -W "attach sessions events detach" -- "$cur")) ;;
         functions/|debug/attach)
             [ "$positional" -eq 0 ] && COMPREPLY=($(compgen -W "$(_coralctl_ask services | sed -n 's/.*"service":"\([^"]*\)".*/\1/p' | sort -u)" -- "$cur")) ;;

@@ -30,6 +30,19 @@ def test_every_request_leaves_one_audit_row_with_who_and_outcome(coral_env: Cora
     assert all(r[1] in {"ListDebugSessions", "AttachUprobe", "QueryUprobeEvents"} for r in rows)
 
 
+def test_coralctl_audit_reads_the_log(coral_env: CoralEnv, colony: Process, agent: Process, payments: NativeService) -> None:
+    wait_for_service(coral_env, "payments")
+    coralctl(coral_env, "debug", "attach", "payments", "--function", "nosuch")
+    out = coralctl(coral_env, "--output", "json", "audit", "--since", "1h")
+    assert out.returncode == 0, out.stderr
+    entries = [json.loads(line) for line in out.stdout.splitlines()]
+    refused = [e for e in entries if e["method"] == "AttachUprobe"]
+    assert refused and refused[-1]["outcome"] == "NOT_FOUND" and refused[-1]["function"] == "nosuch"
+    assert refused[-1]["service"] == "payments" and refused[-1]["who"] == "uid:0"
+    text = coralctl(coral_env, "audit")
+    assert "AttachUprobe" in text.stdout and "NOT_FOUND" in text.stdout
+
+
 def test_agent_finds_a_restarted_colony_and_announces_its_services(coral_env: CoralEnv, colony: Process, agent: Process,
                                                                    payments: NativeService) -> None:
     wait_for_service(coral_env, "payments")

@@ -146,6 +146,12 @@ class Broker:
             )
         if method == "ListServices":
             return pb.ListServicesResponse(services=self.services())
+        if isinstance(request, pb.ListAuditRequest):
+            rows, truncated = self.store.audit_rows(request.since_unix_ns, min(request.max_entries or 1000, 10_000))
+            return pb.ListAuditResponse(truncated=truncated, entries=[
+                pb.AuditEntry(timestamp_unix_ns=r.ts_ns, who=r.who, peer_pid=r.peer_pid, method=r.method, service=r.service,
+                              function=r.function, session_id=r.session_id, outcome=r.outcome, detail=r.detail)
+                for r in rows])
         if isinstance(request, pb.ListDebugSessionsRequest):
             return pb.ListDebugSessionsResponse(sessions=self.store.sessions(request.service, request.active_only))
         return None

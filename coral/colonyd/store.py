@@ -48,9 +48,11 @@ class ColonyStore:
             [row.ts_ns, row.who, row.peer_pid, row.method, row.service, row.function, row.session_id, row.outcome, row.detail],
         )
 
-    def audit_rows(self, since_ns: int = 0) -> list[AuditRow]:
-        rows = self._db.execute("SELECT * FROM audit WHERE ts_ns >= ? ORDER BY ts_ns", [since_ns]).fetchall()
-        return [AuditRow(*r) for r in rows]
+    def audit_rows(self, since_ns: int = 0, limit: int = 1000) -> tuple[list[AuditRow], bool]:
+        """The newest `limit` entries since `since_ns`, oldest first; and whether more matched."""
+        rows = self._db.execute("SELECT * FROM audit WHERE ts_ns >= ? ORDER BY ts_ns DESC LIMIT ?",
+                                [since_ns, limit + 1]).fetchall()
+        return [AuditRow(*r) for r in reversed(rows[:limit])], len(rows) > limit
 
     def save_session(self, s: pb.DebugSession) -> None:
         self._db.execute(

@@ -89,6 +89,10 @@ examples:
   coralctl debug events dbg-1a2b3c4d5e6f --since 5m
   coralctl debug events dbg-1a2b3c4d5e6f --follow --slow 500ms
   coralctl debug events dbg-1a2b3c4d5e6f --output json > events.jsonl""",
+    "audit": """\
+examples:
+  coralctl audit --since 1h
+  coralctl audit --output json | jq 'select(.outcome != "OK")'""",
     "detach": """\
 examples:
   coralctl debug detach dbg-1a2b3c4d5e6f""",
@@ -239,6 +243,15 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
     )
     d.add_argument("session")
+    au = sub.add_parser(
+        "audit",
+        help="who asked the colony for what, and what came of it",
+        parents=[common],
+        epilog=EXAMPLES["audit"],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    au.add_argument("--since", type=duration_arg, default=0.0, help="only the last 1h, 30m, ...")
+    au.add_argument("--max", type=positive_int, default=1000, help="at most this many entries (the newest)")
     return p
 
 
@@ -443,6 +456,23 @@ class Ctl:
                 self.out.line(line)
         return EXIT_OK
 
+    def audit(self) -> int:
+        since = time.time_ns() - int(self.args.since * 1e9) if self.args.since else 0
+        r = cast(pb.ListAuditResponse, self.call("ListAudit", pb.ListAuditRequest(since_unix_ns=since,
+                                                                                  max_entries=self.args.max)))
+        if self.out.json:
+            for e in r.entries:
+                self.out.record(render.to_dict(e))
+            return EXIT_OK
+        self.out.line(f"{'TIME':<12} {'WHO':<10} {'PID':>7}  {'METHOD':<18} {'SERVICE':<14} {'FUNCTION':<24} OUTCOME")
+        for e in r.entries:
+            outcome = e.outcome if e.outcome == "OK" else self.style.red(f"{e.outcome}: {e.detail}")
+            self.out.line(f"{render.clock(e.timestamp_unix_ns):<12} {e.who:<10} {e.peer_pid:>7}  {e.method:<18} "
+                          f"{e.service:<14} {e.function:<24} {outcome}")
+        if r.truncated:
+            self.out.line("(older entries not shown; use --max or --since)")
+        return EXIT_OK
+
     def detach(self) -> int:
         r = cast(pb.DetachUprobeResponse, self.call("DetachUprobe", pb.DetachUprobeRequest(session_id=self.args.session)))
         if self.out.json:
@@ -469,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
         "sessions": ctl.sessions,
         "events": ctl.events,
         "detach": ctl.detach,
+        "audit": ctl.audit,
     }[command]
     try:
         return run()

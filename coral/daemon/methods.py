@@ -39,6 +39,7 @@ METHODS: dict[str, Method] = {
             "ProcessHeartbeat",
             "ArmFunction",
             "DisarmFunction",
+            "ListAudit",
         ],
     )
 }
@@ -47,6 +48,6 @@ METHODS: dict[str, Method] = {
 SESSION_METHODS = frozenset({"ListFunctions", "AttachUprobe", "DetachUprobe", "QueryUprobeEvents", "ListDebugSessions"})
 AGENT_LOCAL_METHODS = SESSION_METHODS | {"Ping", "ListServices", "RegisterProcess", "UnregisterProcess", "ProcessHeartbeat"}
 AGENT_FROM_COLONY_METHODS = SESSION_METHODS
-COLONY_FRONTEND_METHODS = SESSION_METHODS | {"Ping", "ListServices"}
+COLONY_FRONTEND_METHODS = SESSION_METHODS | {"Ping", "ListServices", "ListAudit"}
 PROCESS_METHODS = frozenset({"Ping", "ListFunctions", "GetFunctionMetadata"})
 PYTHON_PROCESS_METHODS = PROCESS_METHODS | {"ArmFunction", "DisarmFunction"}

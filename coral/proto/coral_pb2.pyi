@@ -432,3 +432,41 @@ class FunctionReturnValue(_message.Message):
     is_error: bool
     error_message: str
     def __init__(self, type: _Optional[str] = ..., value: _Optional[str] = ..., is_error: _Optional[bool] = ..., error_message: _Optional[str] = ...) -> None: ...
+
+class AuditEntry(_message.Message):
+    __slots__ = ("timestamp_unix_ns", "who", "peer_pid", "method", "service", "function", "session_id", "outcome", "detail")
+    TIMESTAMP_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    WHO_FIELD_NUMBER: _ClassVar[int]
+    PEER_PID_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    timestamp_unix_ns: int
+    who: str
+    peer_pid: int
+    method: str
+    service: str
+    function: str
+    session_id: str
+    outcome: str
+    detail: str
+    def __init__(self, timestamp_unix_ns: _Optional[int] = ..., who: _Optional[str] = ..., peer_pid: _Optional[int] = ..., method: _Optional[str] = ..., service: _Optional[str] = ..., function: _Optional[str] = ..., session_id: _Optional[str] = ..., outcome: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class ListAuditRequest(_message.Message):
+    __slots__ = ("since_unix_ns", "max_entries")
+    SINCE_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    MAX_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    since_unix_ns: int
+    max_entries: int
+    def __init__(self, since_unix_ns: _Optional[int] = ..., max_entries: _Optional[int] = ...) -> None: ...
+
+class ListAuditResponse(_message.Message):
+    __slots__ = ("entries", "truncated")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[AuditEntry]
+    truncated: bool
+    def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...
