@@ -9,7 +9,7 @@ import subprocess
 
 import duckdb
 
-from tests.harness import CoralEnv, NativeService, Process, coralctl, start_colony, tool
+from tests.harness import CoralEnv, NativeService, Process, coralctl, start_attach, start_colony, tool
 from tests.test_native_e2e import wait_for_service
 
 
@@ -66,3 +66,28 @@ def test_coral_run_forwards_sigterm_to_the_program(coral_env: CoralEnv, agent: P
     assert "sleeper" not in out.stdout
     run.stop()
     assert subprocess.run(["pgrep", "-f", "sleep 300"], capture_output=True).returncode == 1
+
+
+def test_colony_killed_mid_session_comes_back_with_its_sessions_and_audit(
+    coral_env: CoralEnv, colony: Process, agent: Process, payments: NativeService
+) -> None:
+    wait_for_service(coral_env, "payments")
+    attach, first = start_attach(coral_env, "payments", "validate_card", "--duration", "3s", "--no-save")
+    attach.kill()
+    attach.wait()
+    before = [json.loads(line) for line in coralctl(coral_env, "--output", "json", "audit").stdout.splitlines()]
+    colony.proc.send_signal(signal.SIGKILL)
+    colony.proc.wait(10)
+    restarted = start_colony(coral_env)
+    try:
+        after = [json.loads(line) for line in coralctl(coral_env, "--output", "json", "audit").stdout.splitlines()]
+        assert after[: len(before)] == before  # nothing lost
+        wait_for_service(coral_env, "payments", deadline_s=40)  # the agent found the new colony
+        # The session is still known, and still ends on time (the agent's clock decides).
+        events = coralctl(coral_env, "--output", "json", "debug", "events", first["session_id"])
+        assert events.returncode == 0, events.stderr
+        summary = json.loads(events.stdout.splitlines()[-1])
+        assert summary["session_id"] == first["session_id"]
+        assert summary["status"] in {"active", "expired"}
+    finally:
+        restarted.stop()
