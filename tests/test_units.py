@@ -69,7 +69,7 @@ def test_summary_uses_nearest_rank_percentiles() -> None:
             "c.toml: unknown key [agent] colour (known: id, colony_endpoint, heartbeat_interval, "
             "heartbeat_liveness, poll_interval, flush_interval)",
         ),
-        ({"nope": {}}, "c.toml: unknown section [nope] (known: paths, limits, sessions, agent, colony, sdk)"),
+        ({"nope": {}}, "c.toml: unknown section [nope] (known: paths, limits, sessions, agent, colony, sdk, access)"),
     ],
 )
 def test_config_errors_name_file_key_and_expected_type(data: dict, message: str) -> None:
@@ -87,7 +87,7 @@ def test_shipped_config_is_the_defaults() -> None:
     with open(REPO / "etc" / "coral.toml", "rb") as f:
         loaded = parse_config(tomllib.load(f), "etc/coral.toml")
     defaults = Config()
-    sections = ("paths", "limits", "sessions", "agent", "colony", "sdk")
+    sections = ("paths", "limits", "sessions", "agent", "colony", "sdk", "access")
     assert [getattr(loaded, s) for s in sections] == [getattr(defaults, s) for s in sections]
 
 

@@ -20,6 +20,7 @@ from coral.agentd.probes import check_bpf_support
 from coral.agentd.registry import ProcessRegistry, Registration
 from coral.agentd.sessions import SessionManager
 from coral.agentd.store import EventStore
+from coral.daemon import access
 from coral.daemon.client import Client
 from coral.daemon.config import Config
 from coral.daemon.errors import NotFound, Unavailable
@@ -64,7 +65,8 @@ class Agent:
             "UnregisterProcess": self.unregister_process,
             "ProcessHeartbeat": self.process_heartbeat,
         }
-        self.local = Dispatcher(handlers, AGENT_LOCAL_METHODS)
+        self.local = Dispatcher(handlers, AGENT_LOCAL_METHODS,
+                                lambda method, request, peer: access.check(config.access, peer, method, request))
         self.from_colony = Dispatcher(handlers, AGENT_FROM_COLONY_METHODS)
         self.link = ColonyLink(
             self.context,

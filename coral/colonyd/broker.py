@@ -18,7 +18,7 @@ from google.protobuf.message import Message
 
 from coral import __version__
 from coral.colonyd.store import AuditRow, ColonyStore
-from coral.daemon import wire
+from coral.daemon import access, wire
 from coral.daemon.config import Config
 from coral.daemon.errors import BadRequest, CoralError, NotFound, Unavailable
 from coral.daemon.liveness import is_dead
@@ -118,6 +118,7 @@ class Broker:
             if method not in COLONY_FRONTEND_METHODS:
                 raise CoralError(f"method {method!r} is not served by the colony")
             request = wire.parse_body(METHODS[method].request, frame.body)
+            access.check(self.config.access, peer, method, request)
             local = self._answer_locally(method, request)
             if local is not None:
                 self._audit(peer, method, request, "OK", "")

@@ -81,6 +81,14 @@ class SdkConfig:
 
 
 @dataclass(frozen=True)
+class AccessConfig:
+    # Unix user names and @group names; root may always. See coral/daemon/access.py.
+    list: tuple[str, ...] = ("@coral",)
+    attach: tuple[str, ...] = ("@coral",)
+    capture: tuple[str, ...] = ("@coral",)
+
+
+@dataclass(frozen=True)
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
@@ -88,6 +96,7 @@ class Config:
     agent: AgentConfig = field(default_factory=AgentConfig)
     colony: ColonyConfig = field(default_factory=ColonyConfig)
     sdk: SdkConfig = field(default_factory=SdkConfig)
+    access: AccessConfig = field(default_factory=AccessConfig)
     source: str = "(defaults)"
 
     # Derived locations; environment variables win over the file.
@@ -127,6 +136,7 @@ _SECTION_TYPES = {
     "agent": AgentConfig,
     "colony": ColonyConfig,
     "sdk": SdkConfig,
+    "access": AccessConfig,
 }
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 _POSITIVE = {

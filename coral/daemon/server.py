@@ -58,12 +58,14 @@ Handler = Callable[[Any, Peer], Message]
 class Dispatcher:
     """Serves one socket's allow-listed methods with plain handlers."""
 
-    def __init__(self, handlers: dict[str, Handler], allowed: Iterable[str]) -> None:
+    def __init__(self, handlers: dict[str, Handler], allowed: Iterable[str],
+                 authorize: Callable[[str, Message, Peer], None] | None = None) -> None:
         allowed = frozenset(allowed)
         missing = allowed - handlers.keys()
         if missing:
             raise ValueError(f"no handler for allowed methods: {sorted(missing)}")
         self.handlers = {name: h for name, h in handlers.items() if name in allowed}
+        self.authorize = authorize
         self.counters: collections.Counter[str] = collections.Counter()
 
     def handle(self, frame: wire.Frame, peer: Peer) -> list[bytes]:
@@ -89,6 +91,8 @@ class Dispatcher:
         except BadRequest:
             self.counters["bad_requests"] += 1
             raise
+        if self.authorize is not None:
+            self.authorize(method, request, peer)
         return handler(request, peer)
 
     def bad_frame(self, exc: wire.FrameError, envelope: tuple[bytes, ...] = ()) -> list[bytes]:

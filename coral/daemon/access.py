@@ -1,0 +1,64 @@
+"""Who may do what: the [access] policy, as a pure decision.
+
+Rights: "list" (services, functions, sessions, events, audit), "attach"
+(start and end sessions) and "capture" (sessions that capture argument or
+return values: a stronger right than timing). Each is a list of unix user
+names and @group names. Root may do everything."""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+from collections.abc import Callable
+from typing import Any
+
+from coral.daemon.config import AccessConfig
+from coral.daemon.errors import PermissionDenied
+from coral.daemon.server import Peer
+
+LIST_METHODS = frozenset({"ListServices", "ListFunctions", "ListDebugSessions", "QueryUprobeEvents", "ListAudit"})
+ATTACH_METHODS = frozenset({"AttachUprobe", "DetachUprobe"})
+
+
+def unix_identity(uid: int) -> tuple[str, set[str]]:
+    """(user name, group names) of a uid; the name is "uid:N" if unknown."""
+    try:
+        user = pwd.getpwuid(uid)
+    except KeyError:
+        return f"uid:{uid}", set()
+    gids = os.getgrouplist(user.pw_name, user.pw_gid)
+    names = set()
+    for gid in gids:
+        try:
+            names.add(grp.getgrgid(gid).gr_name)
+        except KeyError:
+            continue
+    return user.pw_name, names
+
+
+def rights_needed(method: str, request: Any) -> list[str]:
+    if method in LIST_METHODS:
+        return ["list"]
+    if method in ATTACH_METHODS:
+        config = getattr(request, "config", None)
+        capture = config is not None and (config.capture_args or config.capture_return)
+        return ["attach", "capture"] if capture else ["attach"]
+    return []
+
+
+def check(policy: AccessConfig, peer: Peer, method: str, request: Any,
+          identify: Callable[[int], tuple[str, set[str]]] = unix_identity) -> None:
+    """Raise PermissionDenied, naming the missing right, unless the peer may."""
+    needed = rights_needed(method, request)
+    if not needed or peer.uid == 0 or peer.key == "colony":
+        return  # root, or a request the colony already checked
+    if peer.uid is None:
+        raise PermissionDenied("the peer's identity is unknown (peer credentials unavailable)")
+    user, groups = identify(peer.uid)
+    for right in needed:
+        allowed: tuple[str, ...] = getattr(policy, right)
+        if user in allowed or any(f"@{g}" in allowed for g in groups):
+            continue
+        raise PermissionDenied(f"user {user} may not {right} (needs [access] {right}, which admits "
+                               f"{', '.join(allowed) or 'nobody but root'})")

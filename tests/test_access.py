@@ -1,0 +1,94 @@
+"""The [access] policy: unit-tested as a pure decision, and for real with a
+non-root user talking to a live colony."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from coral.daemon.access import check
+from coral.daemon.config import AccessConfig
+from coral.daemon.errors import PermissionDenied
+from coral.daemon.server import Peer
+from coral.proto import coral_pb2 as pb
+from tests.harness import CoralEnv, NativeService, start_agent, start_colony, tool
+
+PEOPLE = {1001: ("alice", {"coral", "alice"}), 1002: ("bob", {"bob"}), 1003: ("carol", {"sre", "coral"})}
+POLICY = AccessConfig(list=("@coral", "bob"), attach=("@coral",), capture=("carol",))
+
+
+def identify(uid: int) -> tuple[str, set[str]]:
+    return PEOPLE[uid]
+
+
+def attach(capture: bool) -> pb.AttachUprobeRequest:
+    return pb.AttachUprobeRequest(service="s", function="f", config=pb.UprobeConfig(capture_args=capture))
+
+
+def test_rights_by_user_and_group() -> None:
+    check(POLICY, Peer(uid=1002), "ListServices", pb.ListServicesRequest(), identify)  # bob, by name
+    check(POLICY, Peer(uid=1001), "AttachUprobe", attach(False), identify)  # alice, by @coral
+    check(POLICY, Peer(uid=1003), "AttachUprobe", attach(True), identify)  # carol may capture
+    check(POLICY, Peer(uid=0), "AttachUprobe", attach(True), identify)  # root may always
+    check(POLICY, Peer(uid=1002), "Ping", pb.PingRequest(), identify)  # no right needed
+    with pytest.raises(PermissionDenied, match=r"user bob may not attach \(needs \[access\] attach, which admits @coral\)"):
+        check(POLICY, Peer(uid=1002), "AttachUprobe", attach(False), identify)
+    with pytest.raises(PermissionDenied, match="user alice may not capture"):
+        check(POLICY, Peer(uid=1001), "AttachUprobe", attach(True), identify)
+    with pytest.raises(PermissionDenied, match="identity is unknown"):
+        check(POLICY, Peer(), "ListServices", pb.ListServicesRequest(), identify)
+
+
+USER = "coral-test-op"
+
+
+@pytest.fixture
+def operator() -> Iterator[pwd.struct_passwd]:
+    """A real non-root user in the coral group (created for the test, removed after)."""
+    created = subprocess.run(["useradd", "--system", "--no-create-home", "-G", "coral", USER], capture_output=True)
+    if created.returncode not in (0, 9):  # 9: exists already
+        pytest.fail(f"cannot create test user: {created.stderr.decode()}")
+    yield pwd.getpwnam(USER)
+    subprocess.run(["userdel", USER], capture_output=True)
+
+
+def test_a_denied_user_is_refused_and_audited(coral_env: CoralEnv, bpf: None, payments_binary: Path,
+                                               operator: pwd.struct_passwd, tmp_path: Path) -> None:
+    coral_env.root.mkdir(parents=True, exist_ok=True)
+    os.chmod(coral_env.root, 0o755)  # let the operator reach the sockets and the config
+    config = coral_env.root / "coral.toml"
+    config.write_text(f'[access]\nlist = ["{USER}"]\nattach = ["{USER}"]\ncapture = ["root"]\n')
+    os.chmod(config, 0o644)
+    coral_env.env["CORAL_CONFIG"] = str(config)
+    colony, agent = start_colony(coral_env), start_agent(coral_env)
+    service = NativeService(coral_env, payments_binary)
+    try:
+        def as_operator(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([tool("coralctl"), *args], env=coral_env.env, capture_output=True, text=True,
+                                  timeout=60, user=operator.pw_uid, group=operator.pw_gid, extra_groups=["coral"])
+
+        from tests.test_native_e2e import wait_for_service
+
+        wait_for_service(coral_env, "payments")
+        listed = as_operator("--output", "json", "services")
+        assert listed.returncode == 0 and json.loads(listed.stdout)["service"] == "payments", listed.stderr
+        timing = as_operator("debug", "attach", "payments", "--function", "validate_card", "--duration", "1s", "--no-save")
+        assert timing.returncode == 0, timing.stderr
+        capture = as_operator("debug", "attach", "payments", "--function", "validate_card", "--capture-args")
+        assert capture.returncode == 1
+        assert capture.stderr.strip() == (f"coralctl: user {USER} may not capture "
+                                          "(needs [access] capture, which admits root)")
+        log = subprocess.run([tool("coralctl"), "--output", "json", "audit"], env=coral_env.env, capture_output=True, text=True)
+        audit = [json.loads(line) for line in log.stdout.splitlines()]
+        denied = [e for e in audit if e["outcome"] == "PERMISSION_DENIED"]
+        assert denied and denied[-1]["who"] == f"uid:{operator.pw_uid}" and denied[-1]["function"] == "validate_card"
+    finally:
+        service.stop()
+        agent.stop()
+        colony.stop()
