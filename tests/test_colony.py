@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import time
 
 import duckdb
 
@@ -91,3 +92,30 @@ def test_colony_killed_mid_session_comes_back_with_its_sessions_and_audit(
         assert summary["status"] in {"active", "expired"}
     finally:
         restarted.stop()
+
+
+def test_agent_killed_mid_session_the_colony_says_so_and_keeps_the_events(
+    coral_env: CoralEnv, colony: Process, agent: Process, payments: NativeService
+) -> None:
+    wait_for_service(coral_env, "payments")
+    attach, first = start_attach(coral_env, "payments", "validate_card", "--duration", "5m", "--no-save")
+    assert payments.call(6) == "done 6 declined 0"
+    assert attach.stdout is not None
+    seen = [json.loads(attach.stdout.readline()) for _ in range(12)]  # the 6 calls streamed through the colony
+    assert sum(e["event_type"] == "return" for e in seen) == 6
+    agent.proc.send_signal(signal.SIGKILL)
+    agent.proc.wait(10)
+    attach.kill()
+    attach.wait()
+    # The colony notices the silence (heartbeat_liveness intervals), then reports the session failed.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        sessions = [json.loads(line) for line in coralctl(coral_env, "--output", "json", "debug", "sessions").stdout.splitlines()]
+        if sessions and sessions[0]["status"] == "failed":
+            break
+    assert (sessions[0]["status"], sessions[0]["status_reason"]) == ("failed", "agent lost")
+    # Its events are still there, from the colony's own copy.
+    events = coralctl(coral_env, "--output", "json", "debug", "events", first["session_id"])
+    assert events.returncode == 0, events.stderr
+    kept = [json.loads(line) for line in events.stdout.splitlines() if '"kind":"event"' in line]
+    assert [e["seq"] for e in kept] == [e["seq"] for e in seen]

@@ -29,6 +29,14 @@ from coral.proto import coral_pb2 as pb
 log = logging.getLogger(__name__)
 
 
+class AgentAway(Exception):
+    """The agent owning a session is not connected."""
+
+    def __init__(self, session: pb.DebugSession) -> None:
+        super().__init__(session.session_id)
+        self.session = session
+
+
 @dataclass
 class AgentState:
     identity: bytes
@@ -94,6 +102,10 @@ class Broker:
         if agent is None:
             return []
         log.warning("agent %s lost (%s)", agent.agent_id, why)
+        for session in self.store.active_sessions_of(agent.agent_id):
+            # Its probes end with it (the kernel drops them) or at expiry on its own clock.
+            session.status, session.status_reason, session.ended_unix_ns = "failed", "agent lost", time.time_ns()
+            self.store.save_session(session)
         out = []
         for request_id, p in list(self.pending.items()):
             if p.agent == identity:
@@ -123,7 +135,12 @@ class Broker:
             if local is not None:
                 self._audit(peer, method, request, "OK", "")
                 return [Outgoing("frontend", wire.encode_reply(frame.request_id, local, frame.envelope))]
-            agent = self._route(method, request)
+            try:
+                agent = self._route(method, request)
+            except AgentAway as away:
+                kept = self._from_store(request, away.session)
+                self._audit(peer, method, request, "OK", "served from the colony's copy: the agent is not connected")
+                return [Outgoing("frontend", wire.encode_reply(frame.request_id, kept, frame.envelope))]
         except CoralError as err:
             if method not in COLONY_FRONTEND_METHODS:
                 err.code = "UNKNOWN_METHOD"
@@ -179,7 +196,18 @@ class Broker:
         for agent in self.agents.values():
             if agent.agent_id == session.agent_id:
                 return agent
-        raise Unavailable(f"agent {session.agent_id!r} of session {session_id} is not connected")
+        raise AgentAway(session)
+
+    def _from_store(self, request: Message, session: pb.DebugSession) -> Message:
+        """The colony's copy of a session whose agent is away: its events as
+        they passed through the colony (the agent's cursor counts calls: an
+        event's seq is 2 x call seq, +1 for the return)."""
+        if isinstance(request, pb.QueryUprobeEventsRequest):
+            limit = max(2, min(request.max_events or 500, 5000) // 2 * 2)  # whole calls: entry and return together
+            events = self.store.events(session.session_id, 2 * request.cursor + 1 if request.cursor else -1, limit)
+            return pb.QueryUprobeEventsResponse(events=events, next_cursor=events[-1].seq // 2 if events else request.cursor,
+                                                has_more=len(events) == limit, session=session)
+        raise Unavailable(f"agent {session.agent_id!r} of session {session.session_id} is not connected")
 
     def handle_reply(self, frame: wire.Frame, now: float) -> list[Outgoing]:
         pending = self.pending.pop(frame.request_id, None)
@@ -205,6 +233,8 @@ class Broker:
         session = getattr(response, "session", None)
         if isinstance(session, pb.DebugSession) and session.session_id:
             self.store.save_session(session)
+        if isinstance(response, pb.QueryUprobeEventsResponse):
+            self.store.save_events(list(response.events))
 
     # -------------------------------------------------------------- time
 

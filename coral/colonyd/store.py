@@ -14,6 +14,9 @@ CREATE TABLE IF NOT EXISTS sessions (
     session_id VARCHAR PRIMARY KEY, service VARCHAR, agent_id VARCHAR, status VARCHAR,
     expires_ns BIGINT, started_ns BIGINT, session BLOB
 );
+CREATE TABLE IF NOT EXISTS events (
+    session_id VARCHAR, seq BIGINT, event BLOB, PRIMARY KEY (session_id, seq)
+);
 CREATE TABLE IF NOT EXISTS audit (
     ts_ns BIGINT, who VARCHAR, peer_pid INTEGER, method VARCHAR, service VARCHAR, function VARCHAR,
     session_id VARCHAR, outcome VARCHAR, detail VARCHAR
@@ -72,6 +75,23 @@ class ColonyStore:
         if active_only:
             sql += " AND status = 'active'"
         rows = self._db.execute(sql + " ORDER BY started_ns", params).fetchall()
+        return [pb.DebugSession.FromString(r[0]) for r in rows]
+
+    def save_events(self, events: list[pb.UprobeEvent]) -> None:
+        """Keep events that passed through the colony (each once)."""
+        if events:
+            self._db.execute(
+                "INSERT OR IGNORE INTO events SELECT unnest($1::VARCHAR[]), unnest($2::BIGINT[]), unnest($3::BLOB[])",
+                [[e.session_id for e in events], [e.seq for e in events], [e.SerializeToString() for e in events]],
+            )
+
+    def events(self, session_id: str, after_seq: int, limit: int) -> list[pb.UprobeEvent]:
+        rows = self._db.execute("SELECT event FROM events WHERE session_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+                                [session_id, after_seq, limit]).fetchall()
+        return [pb.UprobeEvent.FromString(r[0]) for r in rows]
+
+    def active_sessions_of(self, agent_id: str) -> list[pb.DebugSession]:
+        rows = self._db.execute("SELECT session FROM sessions WHERE status = 'active' AND agent_id = ?", [agent_id]).fetchall()
         return [pb.DebugSession.FromString(r[0]) for r in rows]
 
     def due_for_expiry(self, now_ns: int) -> list[pb.DebugSession]:
