@@ -54,3 +54,17 @@ def test_agent_killed_mid_session_leaves_no_probe_and_keeps_what_it_wrote(
         assert payments.call(2) == "done 2 declined 0"
     finally:
         restarted.stop()
+
+
+def test_a_corrupted_database_is_moved_aside_and_the_agent_serves(coral_env: CoralEnv, bpf: None) -> None:
+    coral_env.state_dir.mkdir(parents=True, exist_ok=True)
+    (coral_env.state_dir / "agent.duckdb").write_bytes(b"this is not a database" * 1000)
+    agent = start_agent(coral_env)
+    try:
+        assert coralctl(coral_env, "--local", "ping").returncode == 0
+        aside = [p.name for p in coral_env.state_dir.iterdir() if p.name.startswith("agent.duckdb.unreadable-")]
+        assert len(aside) == 1
+        assert (coral_env.state_dir / aside[0]).read_bytes().startswith(b"this is not a database")  # kept, not deleted
+    finally:
+        agent.stop()
+    assert "could not be opened" in agent.output()

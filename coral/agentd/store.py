@@ -4,11 +4,15 @@ only writer; clients read through the agent's API."""
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -28,6 +32,28 @@ CREATE TABLE IF NOT EXISTS calls (
 _INSERT = ("INSERT INTO calls SELECT unnest($1::BIGINT[]), unnest($2::VARCHAR[]), unnest($3::BIGINT[]), "
            "unnest($4::BIGINT[]), unnest($5::INTEGER[]), unnest($6::INTEGER[]), unnest($7::VARCHAR[]), "
            "unnest($8::VARCHAR[])")
+
+
+def open_database(path: Path, schema: str) -> duckdb.DuckDBPyConnection:
+    """Open (or create) a daemon's database. A file DuckDB cannot open is
+    moved aside, not deleted, and a new one started: the daemon keeps
+    serving, and the old data stays on disk for a person to look at."""
+    # One thread: a daemon shares the host with the services it probes.
+    config: dict[str, str | bool | int | float | list[str]] = {"threads": 1, "memory_limit": "256MB"}
+    try:
+        db = duckdb.connect(str(path), config=config)
+        db.execute(schema)
+        return db
+    except duckdb.Error as exc:
+        if not path.exists():
+            raise
+        aside = path.with_name(f"{path.name}.unreadable-{int(time.time())}")
+        path.rename(aside)
+        Path(f"{path}.wal").unlink(missing_ok=True)
+        log.error("%s could not be opened (%s); moved it to %s and started a new one", path, exc, aside)
+        db = duckdb.connect(str(path), config=config)
+        db.execute(schema)
+        return db
 
 
 @dataclass(frozen=True)
@@ -62,9 +88,7 @@ class SessionRow:
 class EventStore:
     def __init__(self, path: Path) -> None:
         self.path = path
-        # One thread: the agent shares the host with the services it probes.
-        self._db = duckdb.connect(str(path), config={"threads": 1, "memory_limit": "256MB"})
-        self._db.execute(SCHEMA)
+        self._db = open_database(path, SCHEMA)
 
     def close(self) -> None:
         self._db.close()

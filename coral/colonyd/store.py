@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import duckdb
-
+from coral.agentd.store import open_database
 from coral.proto import coral_pb2 as pb
 
 SCHEMA = """
@@ -39,8 +38,7 @@ class AuditRow:
 
 class ColonyStore:
     def __init__(self, path: Path) -> None:
-        self._db = duckdb.connect(str(path), config={"threads": 1, "memory_limit": "256MB"})
-        self._db.execute(SCHEMA)
+        self._db = open_database(path, SCHEMA)
 
     def close(self) -> None:
         self._db.close()
