@@ -76,6 +76,7 @@ class Broker:
     pending: dict[bytes, Pending] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
     _ids: itertools.count[int] = field(default_factory=itertools.count)
+    _audit_rows: list[AuditRow] = field(default_factory=list)
 
     def count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
@@ -262,8 +263,14 @@ class Broker:
 
     # ------------------------------------------------------------- audit
 
+    def flush_audit(self) -> None:
+        """Write the audit rows of the messages handled so far; the loop calls
+        this before it sends their replies, so no answer precedes its row."""
+        rows, self._audit_rows = self._audit_rows, []
+        self.store.audit(rows)
+
     def _audit(self, peer: Peer, method: str, request: Message | None, outcome: str, detail: str) -> None:
-        self.store.audit(
+        self._audit_rows.append(
             AuditRow(
                 ts_ns=time.time_ns(),
                 who=peer.who,

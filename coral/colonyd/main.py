@@ -29,6 +29,7 @@ from coral.proto import coral_pb2 as pb
 log = logging.getLogger("coral.colonyd")
 
 TICK_SECONDS = 0.1
+BATCH = 100  # messages handled between two audit writes
 
 
 class Colony:
@@ -40,6 +41,7 @@ class Colony:
         self.frontend = self._socket(config.colony_frontend)
         self.backend = self._socket(config.colony_backend)
         self.backend.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self._outbox: list[Outgoing] = []
 
     def _socket(self, endpoint: str) -> zmq.Socket[bytes]:
         s = self.context.socket(zmq.ROUTER)
@@ -48,6 +50,12 @@ class Colony:
         return s
 
     def send(self, messages: list[Outgoing]) -> None:
+        self._outbox.extend(messages)
+
+    def flush(self) -> None:
+        """Audit rows first, then the replies they describe."""
+        self.broker.flush_audit()
+        messages, self._outbox = self._outbox, []
         for m in messages:
             sock = self.frontend if m.socket == "frontend" else self.backend
             try:
@@ -112,13 +120,21 @@ class Colony:
         poller.register(self.backend, zmq.POLLIN)
         try:
             while not signals.requested:
-                ready = dict(poller.poll(int(TICK_SECONDS * 1000)))
+                poller.poll(int(TICK_SECONDS * 1000))  # wait for work or the next tick
                 now = time.monotonic()
-                if self.backend in ready:
-                    self.on_backend(now)
-                if self.frontend in ready:
-                    self.on_frontend(now)
+                # Take what is waiting (a bounded batch), then write its audit rows in one go.
+                for _ in range(BATCH):
+                    busy = False
+                    if self.backend.poll(0, zmq.POLLIN):
+                        self.on_backend(now)
+                        busy = True
+                    if self.frontend.poll(0, zmq.POLLIN):
+                        self.on_frontend(now)
+                        busy = True
+                    if not busy:
+                        break
                 self.send(self.broker.tick(now))
+                self.flush()
                 notifier.watchdog(now)
         finally:
             notifier.stopping()

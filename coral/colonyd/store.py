@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,15 +40,22 @@ class AuditRow:
 class ColonyStore:
     def __init__(self, path: Path) -> None:
         self._db = open_database(path, SCHEMA)
+        self._saved: dict[str, bytes] = {}  # session id -> what was last written
+        self._newest: dict[str, int] = {}  # session id -> newest event seq written
 
     def close(self) -> None:
         self._db.close()
 
-    def audit(self, row: AuditRow) -> None:
-        self._db.execute(
-            "INSERT INTO audit VALUES (?,?,?,?,?,?,?,?,?)",
-            [row.ts_ns, row.who, row.peer_pid, row.method, row.service, row.function, row.session_id, row.outcome, row.detail],
-        )
+    def audit(self, rows: list[AuditRow]) -> None:
+        """Write audit rows, in one statement."""
+        if rows:
+            columns = [list(c) for c in zip(*(dataclasses.astuple(r) for r in rows), strict=True)]
+            self._db.execute(
+                "INSERT INTO audit SELECT unnest($1::BIGINT[]), unnest($2::VARCHAR[]), unnest($3::INTEGER[]), "
+                "unnest($4::VARCHAR[]), unnest($5::VARCHAR[]), unnest($6::VARCHAR[]), unnest($7::VARCHAR[]), "
+                "unnest($8::VARCHAR[]), unnest($9::VARCHAR[])",
+                columns,
+            )
 
     def audit_rows(self, since_ns: int = 0, limit: int = 1000) -> tuple[list[AuditRow], bool]:
         """The newest `limit` entries since `since_ns`, oldest first; and whether more matched."""
@@ -56,6 +64,10 @@ class ColonyStore:
         return [AuditRow(*r) for r in reversed(rows[:limit])], len(rows) > limit
 
     def save_session(self, s: pb.DebugSession) -> None:
+        blob = s.SerializeToString(deterministic=True)
+        if self._saved.get(s.session_id) == blob:
+            return  # unchanged: most relayed queries
+        self._saved[s.session_id] = blob
         self._db.execute(
             "INSERT OR REPLACE INTO sessions VALUES (?,?,?,?,?,?,?)",
             [s.session_id, s.service, s.agent_id, s.status, s.expires_unix_ns, s.started_unix_ns, s.SerializeToString()],
@@ -78,6 +90,10 @@ class ColonyStore:
     def save_events(self, events: list[pb.UprobeEvent]) -> None:
         """Keep events that passed through the colony (each once)."""
         if events:
+            newest = self._newest.get(events[0].session_id, -1)
+            events = [e for e in events if e.seq > newest]
+        if events:
+            self._newest[events[0].session_id] = max(e.seq for e in events)
             self._db.execute(
                 "INSERT OR IGNORE INTO events SELECT unnest($1::VARCHAR[]), unnest($2::BIGINT[]), unnest($3::BLOB[])",
                 [[e.session_id for e in events], [e.seq for e in events], [e.SerializeToString() for e in events]],
