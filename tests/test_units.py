@@ -139,3 +139,21 @@ def test_every_configuration_key_is_read_and_documented() -> None:
     doc = (REPO / "docs" / "configuration.md").read_text()
     undocumented = sorted(f"[{s}] {k}" for s, k in read if f"`{k}`" not in doc or f"[{s}]" not in doc)
     assert undocumented == []
+
+
+def test_histogram_buckets_mirror_the_kernel_and_percentiles_are_within_a_sixteenth() -> None:
+    import random
+
+    from coral.histogram import BUCKETS, bucket_bounds, bucket_of, percentile_ns
+
+    for ns in [0, 1, 7, 8, 9, 15, 16, 1000, 2_000_000, 5_123_456, 10**12, 2**63]:
+        low, high = bucket_bounds(bucket_of(ns))
+        assert low <= ns < high and bucket_of(ns) < BUCKETS
+    rng = random.Random(7)
+    values = sorted(rng.randint(1_000, 50_000_000) for _ in range(20_000))
+    hist: dict[int, int] = {}
+    for v in values:
+        hist[bucket_of(v)] = hist.get(bucket_of(v), 0) + 1
+    for p in (50, 95, 99):
+        exact = values[max(1, -(-p * len(values) // 100)) - 1]
+        assert abs(percentile_ns(hist, p, values[-1]) - exact) <= exact / 16

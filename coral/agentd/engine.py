@@ -137,10 +137,6 @@ class ProbeEngine:
 
     # ------------------------------------------------------------- slots
 
-    @property
-    def free_slots(self) -> int:
-        return len(self._free)
-
     def open_slot(self, config: SlotConfig, sites: list[Site]) -> int:
         """Start watching `sites` for a new slot; all or nothing."""
         if not self._free:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,6 +152,3 @@ class EventStore:
         params.append(limit)
         return [CallRow(*r) for r in self._db.execute(sql, params).fetchall()]
 
-
-def rows_to_json(items: Iterable[dict[str, object]]) -> str:
-    return json.dumps(list(items), separators=(",", ":"))
