@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.report import table
+from bench.report import SUSTAINED_HEADER, sustained_row, table
 from coral.agentd.targets import go_return_offsets
 from coral.daemon.client import Client
 from coral.elfinfo import ElfFunctions
@@ -202,14 +202,8 @@ def main() -> int:
                                                                     duration_ms=600_000)).session.session_id  # type: ignore[attr-defined]
             ns = c.ns_per_call(calls, rate)
             s = agent.call("DetachUprobe", pb.DetachUprobeRequest(session_id=sid)).session  # type: ignore[attr-defined]
-            achieved = 1e9 / ns if ns else 0
-            lost = dict(s.lost)
-            rows.append([f"{rate:,}" if rate else "unpaced", f"{achieved:,.0f}", f"{s.total_calls:,}", f"{s.calls:,}",
-                         ", ".join(f"{n:,} {cause}" for cause, n in sorted(lost.items())) or "0",
-                         "yes" if s.calls + sum(lost.values()) == s.total_calls == calls else "NO"])
-        table("Sustained rate on one target thread (Coral session, timing only)",
-              ["asked calls/s", "achieved calls/s", "calls in kernel", "calls stored", "not stored, by cause",
-               "stored + not stored = calls"], rows)
+            rows.append(sustained_row(f"{rate:,}" if rate else "unpaced", ns, calls, s))
+        table("Sustained rate on one target thread (Coral session, timing only)", SUSTAINED_HEADER, rows)
     finally:
         c.stop()
         go.stop()

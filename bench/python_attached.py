@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.report import table
+from bench.report import SUSTAINED_HEADER, sustained_row, table
 from coral.daemon.client import Client
 from coral.proto import coral_pb2 as pb
 from tests.harness import CoralEnv, Process, tool
@@ -92,13 +92,8 @@ def main() -> int:
             sid = session(agent, False)
             ns = target.ns_per_call(calls, rate)
             s = agent.call("DetachUprobe", pb.DetachUprobeRequest(session_id=sid)).session  # type: ignore[attr-defined]
-            lost = dict(s.lost)
-            rows.append([f"{rate:,}", f"{1e9 / ns:,.0f}", f"{s.total_calls:,}", f"{s.calls:,}",
-                         ", ".join(f"{v:,} {k}" for k, v in sorted(lost.items())) or "0",
-                         "yes" if s.calls + sum(lost.values()) == s.total_calls == calls else "NO"])
-        table("Sustained rate on one Python thread (session, timing only)",
-              ["asked calls/s", "achieved calls/s", "calls in kernel", "calls stored", "not stored, by cause",
-               "stored + not stored = calls"], rows)
+            rows.append(sustained_row(f"{rate:,}", ns, calls, s))
+        table("Sustained rate on one Python thread (session, timing only)", SUSTAINED_HEADER, rows)
     finally:
         target.stop()
         agent.close()

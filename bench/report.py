@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 def table(title: str, header: list[str], rows: list[list[str]]) -> None:
     print(f"\n### {title}\n")
@@ -9,3 +11,15 @@ def table(title: str, header: list[str], rows: list[list[str]]) -> None:
     print("|" + "---|" * len(header))
     for r in rows:
         print("| " + " | ".join(r) + " |")
+
+
+SUSTAINED_HEADER = ["asked calls/s", "achieved calls/s", "calls in kernel", "calls stored", "not stored, by cause",
+                    "stored + not stored = calls"]
+
+
+def sustained_row(asked: str, ns_per_call: float, calls: int, session: Any) -> list[str]:
+    """One row of a sustained-rate table, from the ended session's counts."""
+    lost = dict(session.lost)
+    return [asked, f"{1e9 / ns_per_call:,.0f}" if ns_per_call else "0", f"{session.total_calls:,}", f"{session.calls:,}",
+            ", ".join(f"{n:,} {cause}" for cause, n in sorted(lost.items())) or "0",
+            "yes" if session.calls + sum(lost.values()) == session.total_calls == calls else "NO"]

@@ -106,14 +106,3 @@ def test_detach_ends_the_session_and_removes_probes(
     summary = records(rest)[-1]
     assert summary["status"] == "detached" and summary["calls"] == 3
     assert f"/proc/{payments.child_pid}/exe" not in kernel_probes()
-
-
-def test_local_mode_talks_to_the_agent_without_a_colony(
-    coral_env: CoralEnv, colony: Process, agent: Process, payments: NativeService
-) -> None:
-    colony.stop()
-    out = coralctl(
-        coral_env, "--local", "--output", "json", "debug", "attach", "payments", "--function", "validate_card", "--duration", "1s"
-    )
-    assert out.returncode == 0, out.stderr
-    assert records(out.stdout)[-1]["status"] == "expired"

@@ -137,6 +137,14 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     parser.add_argument("--config", default=d("config"), help="configuration file")
 
 
+def command(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help: str, common: argparse.ArgumentParser
+) -> argparse.ArgumentParser:
+    """A subcommand with the shared options and its examples under --help."""
+    return sub.add_parser(name, help=help, parents=[common], epilog=EXAMPLES[name],
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="coralctl",
@@ -148,39 +156,15 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _global_options(common, suppress=True)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser(
-        "ping",
-        help="check the colony (or agent) answers",
-        epilog=EXAMPLES["ping"],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        parents=[common],
-    )
-    sub.add_parser(
-        "services",
-        help="list services that opted in",
-        epilog=EXAMPLES["services"],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        parents=[common],
-    )
-    f = sub.add_parser(
-        "functions",
-        help="list a service's functions",
-        epilog=EXAMPLES["functions"],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        parents=[common],
-    )
+    command(sub, "ping", "check the colony (or agent) answers", common)
+    command(sub, "services", "list services that opted in", common)
+    f = command(sub, "functions", "list a service's functions", common)
     f.add_argument("service")
     f.add_argument("--pattern", default="", help="glob, e.g. 'validate_*'")
     debug = sub.add_parser("debug", help="debug sessions").add_subparsers(
         dest="debug_command", required=True, metavar="SUBCOMMAND"
     )
-    a = debug.add_parser(
-        "attach",
-        help="probe a function and stream its calls",
-        parents=[common],
-        epilog=EXAMPLES["attach"],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    a = command(debug, "attach", "probe a function and stream its calls", common)
     a.add_argument("service")
     a.add_argument("--function", required=True)
     a.add_argument(
@@ -214,42 +198,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PREDICATE",
         help="report only calls whose integer argument matches, e.g. 'amount_cents>1000'",
     )
-    s = debug.add_parser(
-        "sessions",
-        help="list debug sessions",
-        epilog=EXAMPLES["sessions"],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        parents=[common],
-    )
+    s = command(debug, "sessions", "list debug sessions", common)
     s.add_argument("--active", action="store_true", help="only active sessions")
     s.add_argument("--service", default="")
-    e = debug.add_parser(
-        "events",
-        help="show a session's events",
-        epilog=EXAMPLES["events"],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        parents=[common],
-    )
+    e = command(debug, "events", "show a session's events", common)
     e.add_argument("session")
     e.add_argument("--since", type=duration_arg, default=0.0, help="only the last 5m, 1h, ...")
     e.add_argument("--follow", action="store_true", help="keep showing new events until the session ends")
     e.add_argument("--slow", type=duration_arg, default=0.0, metavar="DURATION", help="mark calls at least this slow")
     e.add_argument("--save", metavar="PATH", help="also write the events here as JSON")
-    d = debug.add_parser(
-        "detach",
-        help="end a session now",
-        epilog=EXAMPLES["detach"],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        parents=[common],
-    )
+    d = command(debug, "detach", "end a session now", common)
     d.add_argument("session")
-    au = sub.add_parser(
-        "audit",
-        help="who asked the colony for what, and what came of it",
-        parents=[common],
-        epilog=EXAMPLES["audit"],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    au = command(sub, "audit", "who asked the colony for what, and what came of it", common)
     au.add_argument("--since", type=duration_arg, default=0.0, help="only the last 1h, 30m, ...")
     au.add_argument("--max", type=positive_int, default=1000, help="at most this many entries (the newest)")
     return p
