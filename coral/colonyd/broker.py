@@ -75,6 +75,7 @@ class Broker:
     agents: dict[bytes, AgentState] = field(default_factory=dict)
     pending: dict[bytes, Pending] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
+    _by_service: dict[str, list[AgentState]] | None = None  # built on demand, dropped when agents change
     _ids: itertools.count[int] = field(default_factory=itertools.count)
     _audit_rows: list[AuditRow] = field(default_factory=list)
 
@@ -89,6 +90,7 @@ class Broker:
         if identity not in self.agents:
             log.info("agent %s ready (%d services)", hello.agent_id, len(hello.services))
         self.agents[identity] = AgentState(identity, hello, now)
+        self._by_service = None
 
     def agent_heard(self, identity: bytes, now: float) -> bool:
         agent = self.agents.get(identity)
@@ -102,6 +104,7 @@ class Broker:
         agent = self.agents.pop(identity, None)
         if agent is None:
             return []
+        self._by_service = None
         log.warning("agent %s lost (%s)", agent.agent_id, why)
         for session in self.store.active_sessions_of(agent.agent_id):
             # Its probes end with it (the kernel drops them) or at expiry on its own clock.
@@ -117,7 +120,12 @@ class Broker:
         return out
 
     def agents_for(self, service: str) -> list[AgentState]:
-        return [a for a in self.agents.values() if any(s.service == service for s in a.hello.services)]
+        if self._by_service is None:
+            self._by_service = {}
+            for agent in self.agents.values():
+                for name in dict.fromkeys(s.service for s in agent.hello.services):
+                    self._by_service.setdefault(name, []).append(agent)
+        return self._by_service.get(service, [])
 
     def services(self) -> list[pb.ServiceInstance]:
         return [s for a in self.agents.values() for s in a.hello.services]

@@ -1,0 +1,218 @@
+"""Routing: attach latency through one real colony with many agents.
+
+The agents are simulated: one process holds a DEALER socket per agent and
+speaks the real worker protocol (READY with one service each, heartbeats,
+REPLY to AttachUprobe and DetachUprobe with a session as a real agent would).
+No BPF is involved: this measures the colony's routing, bookkeeping and audit,
+not probes. The baseline is the same colony with one agent, in the same run.
+
+    .venv/bin/python bench/routing.py [--agents 1000] [--clients 1 8] [--seconds 10] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import zmq
+
+from bench.report import table
+from coral.daemon import wire
+from coral.daemon.client import Client
+from coral.daemon.errors import CoralError
+from coral.proto import coral_pb2 as pb
+from tests.harness import CoralEnv, start_colony
+
+HEARTBEAT_SECONDS = 1.0  # the colony's default [colony] heartbeat_interval
+
+
+def simulate_agents(endpoint: str, count: int) -> None:
+    """Run `count` agents until SIGTERM; print one line once all are READY."""
+    context = zmq.Context()
+    sockets: dict[zmq.Socket[bytes], int] = {}
+    poller = zmq.Poller()
+    for i in range(count):
+        s = context.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(endpoint)
+        hello = pb.AgentHello(
+            agent_id=f"sim-{i:04d}",
+            hostname=f"host-{i:04d}",
+            version="sim",
+            heartbeat_interval_ms=int(HEARTBEAT_SECONDS * 1000),
+            services=[pb.ServiceInstance(service=f"svc-{i:04d}", pid=10_000 + i, kind="native", agent_id=f"sim-{i:04d}")],
+        )
+        s.send_multipart(wire.encode_ready(hello))
+        sockets[s] = i
+        poller.register(s, zmq.POLLIN)
+    print("ready", flush=True)
+    stop = False
+
+    def on_term(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    next_beat = time.monotonic()
+    while not stop:
+        for s, _ in poller.poll(100):
+            frames = s.recv_multipart()
+            try:
+                frame = wire.decode(frames)
+            except wire.FrameError:
+                continue
+            if frame.command != wire.Command.REQUEST:
+                continue
+            i = sockets[s]
+            reply: pb.AttachUprobeResponse | pb.DetachUprobeResponse
+            if frame.name == "AttachUprobe":
+                req = wire.parse_body(pb.AttachUprobeRequest, frame.body)
+                now = time.time_ns()
+                reply = pb.AttachUprobeResponse(
+                    session=pb.DebugSession(
+                        session_id=req.session_id,
+                        service=req.service,
+                        function=req.function,
+                        agent_id=f"sim-{i:04d}",
+                        pids=[10_000 + i],
+                        started_unix_ns=now,
+                        expires_unix_ns=now + req.duration_ms * 1_000_000,
+                        status="active",
+                        config=req.config,
+                        probes=1,
+                    )
+                )
+            elif frame.name == "DetachUprobe":
+                req_d = wire.parse_body(pb.DetachUprobeRequest, frame.body)
+                reply = pb.DetachUprobeResponse(
+                    session=pb.DebugSession(
+                        session_id=req_d.session_id, agent_id=f"sim-{i:04d}", status="detached", ended_unix_ns=time.time_ns()
+                    )
+                )
+            else:
+                continue
+            s.send_multipart(wire.encode_reply(frame.request_id, reply))
+        if time.monotonic() >= next_beat:
+            next_beat += HEARTBEAT_SECONDS
+            for s in sockets:
+                s.send_multipart(wire.encode_signal(wire.Command.HEARTBEAT), flags=zmq.NOBLOCK)
+    for s in sockets:
+        s.send_multipart(wire.encode_signal(wire.Command.DISCONNECT), flags=zmq.NOBLOCK)
+        s.close()
+    context.term()
+
+
+def drive(endpoint: str, agents: int, clients: int, seconds: float) -> tuple[list[float], int]:
+    """`clients` threads attach to a random service and detach again, for
+    `seconds`; returns the attach latencies and the error count."""
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    errors = [0] * clients
+    stop_at = time.monotonic() + seconds
+
+    def run(k: int) -> None:
+        rng = random.Random(k)
+        with Client(endpoint, 30, zmq.Context.instance()) as c:
+            while time.monotonic() < stop_at:
+                service = f"svc-{rng.randrange(agents):04d}"
+                t = time.perf_counter()
+                try:
+                    reply = c.call("AttachUprobe", pb.AttachUprobeRequest(service=service, function="f", duration_ms=60_000))
+                    latencies[k].append(time.perf_counter() - t)
+                    c.call("DetachUprobe", pb.DetachUprobeRequest(session_id=reply.session.session_id))  # type: ignore[attr-defined]
+                except CoralError:
+                    errors[k] += 1
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return [x for per in latencies for x in per], sum(errors)
+
+
+def measure(agents: int, clients: list[int], seconds: float, repeats: int) -> list[list[str]]:
+    env = CoralEnv.create()
+    colony = start_colony(env)
+    sim = subprocess.Popen(
+        [sys.executable, __file__, "--simulate", str(agents), env.endpoint("colony-backend.sock")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    rows = []
+    try:
+        assert sim.stdout is not None and sim.stdout.readline().strip() == "ready"
+        with Client(env.endpoint("colony.sock"), 30) as c:
+            while len(c.call("ListServices", pb.ListServicesRequest()).services) < agents:  # type: ignore[attr-defined]
+                pass  # their READY messages are still arriving
+        for n in clients:
+            runs = [drive(env.endpoint("colony.sock"), agents, n, seconds) for _ in range(repeats)]
+            p50 = statistics.median(statistics.median(lat) for lat, _ in runs)
+            p99 = statistics.median(statistics.quantiles(lat, n=100)[98] for lat, _ in runs)
+            # each attach is followed by a detach: two routed requests
+            rate = statistics.median(2 * len(lat) / seconds for lat, _ in runs)
+            errs = sum(e for _, e in runs)
+            rows.append(
+                [
+                    f"{agents:,}",
+                    str(n),
+                    f"{sum(len(lat) for lat, _ in runs):,}",
+                    f"{p50 * 1e3:.2f}",
+                    f"{p99 * 1e3:.2f}",
+                    f"{rate:,.0f}",
+                    str(errs),
+                    f"{rss_mib(colony.pid):.0f}",
+                ]
+            )
+    finally:
+        sim.send_signal(signal.SIGTERM)
+        sim.wait(timeout=30)
+        colony.stop()
+        env.remove()
+    return rows
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--agents", type=int, default=1000)
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 8])
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--simulate", nargs=2, metavar=("COUNT", "ENDPOINT"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.simulate:
+        simulate_agents(args.simulate[1], int(args.simulate[0]))
+        return 0
+    rows = measure(1, args.clients, args.seconds, args.repeats) + measure(args.agents, args.clients, args.seconds, args.repeats)
+    print(
+        f"\n{os.cpu_count()} CPUs; {args.seconds:g}s per run, median of {args.repeats} runs; "
+        "each attach is routed to its agent, recorded and audited, then detached"
+    )
+    table(
+        "Attach routing through one colony",
+        ["agents", "clients", "attaches", "P50 ms", "P99 ms", "routed requests/s", "errors", "colony RSS MiB"],
+        rows,
+    )
+    base = {r[1]: float(r[4]) for r in rows if r[0] == "1"}
+    for r in rows:
+        if r[0] != "1":
+            print(f"- {r[1]} client(s): P99 with {r[0]} agents / P99 with 1 agent = {float(r[4]) / base[r[1]]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
