@@ -24,6 +24,7 @@ class Registration:
     runtime: str
     registered_ns: int
     start_time: str  # /proc/PID/stat starttime: tells a reused pid apart
+    exe_id: tuple[int, int] | None = None  # (device, inode) of what it ran when it registered
 
     def to_proto(self, agent_id: str) -> pb.ServiceInstance:
         return pb.ServiceInstance(
@@ -48,6 +49,15 @@ def proc_stat(pid: int) -> tuple[int, str] | None:
     # The command name may hold spaces and parentheses: split after the last ')'.
     fields = data[data.rfind(")") + 2 :].split()
     return int(fields[1]), fields[19]
+
+
+def exe_id(pid: int) -> tuple[int, int] | None:
+    """(device, inode) of the program a process runs: changes when it execs another."""
+    try:
+        st = os.stat(f"/proc/{pid}/exe")
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def proc_uid(pid: int) -> int | None:
@@ -105,6 +115,7 @@ class ProcessRegistry:
             runtime=req.runtime,
             registered_ns=time.time_ns(),
             start_time=start_time,
+            exe_id=exe_id(pid),
         )
         self._by_id[reg.registration_id] = reg
         return reg
@@ -119,8 +130,7 @@ class ProcessRegistry:
         """Forget processes that have exited (or whose pid was reused)."""
         gone = []
         for rid, reg in list(self._by_id.items()):
-            stat = proc_stat(reg.pid)
-            if stat is None or stat[1] != reg.start_time:
+            if self.loss(reg):
                 gone.append(self._by_id.pop(rid))
         return gone
 
@@ -130,6 +140,11 @@ class ProcessRegistry:
     def services(self) -> list[str]:
         return sorted({r.service for r in self._by_id.values()})
 
-    def is_alive(self, reg: Registration) -> bool:
+    def loss(self, reg: Registration) -> str:
+        """Why a registration no longer holds ("" while it does)."""
         stat = proc_stat(reg.pid)
-        return stat is not None and stat[1] == reg.start_time
+        if stat is None or stat[1] != reg.start_time:
+            return "target exited"
+        if reg.exe_id is not None and exe_id(reg.pid) not in (reg.exe_id, None):
+            return "target ran exec"  # same pid, another program: the probed code is gone from it
+        return ""

@@ -1,0 +1,127 @@
+"""The probed process crashes, execs another program, or is restarted under
+the same service, mid-session. Real processes, real BPF: the session ends
+with the reason, its events are kept, nothing of it stays in the kernel, and
+the agent serves on."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import CoralEnv, NativeService, Process, build_c, coralctl, kernel_probes, start_attach
+
+SOURCE = r"""
+/* Each input line: a number N makes N calls of validate_card and prints
+ * "done N declined D"; "crash" dereferences NULL; "exec" becomes /bin/cat. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+__attribute__((noinline)) int validate_card(long card, int amount)
+{
+    return card % 10 == 7 || amount > 100000 ? -1 : 0;
+}
+
+int main(void)
+{
+    char line[64];
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    while (fgets(line, sizeof line, stdin)) {
+        if (strncmp(line, "crash", 5) == 0)
+            *(volatile int *)0 = 1;
+        if (strncmp(line, "exec", 4) == 0) {
+            execl("/bin/cat", "cat", (char *)NULL);
+            return 127;
+        }
+        int n = atoi(line), declined = 0;
+        for (int i = 0; i < n; i++)
+            declined += validate_card(4000123412341000L + i, 500 + i) != 0;
+        printf("done %d declined %d\n", n, declined);
+    }
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def shifty_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    src = tmp_path_factory.mktemp("shifty") / "shifty.c"
+    src.write_text(SOURCE)
+    return build_c(src, src.with_suffix(""))
+
+
+@pytest.fixture
+def shifty(coral_env: CoralEnv, agent: Process, shifty_binary: Path) -> Iterator[NativeService]:
+    svc = NativeService(coral_env, shifty_binary, service="shifty")
+    yield svc
+    svc.stop()
+
+
+def send(svc: NativeService, line: str) -> None:
+    stdin = svc.run.proc.stdin
+    assert stdin is not None
+    stdin.write(f"{line}\n".encode())
+    stdin.flush()
+
+
+def returns_stored(env: CoralEnv, session_id: str) -> int:
+    events = coralctl(env, "--local", "--output", "json", "debug", "events", session_id)
+    return sum(1 for line in events.stdout.splitlines() if '"event_type":"return"' in line)
+
+
+def test_target_crashes_mid_session(coral_env: CoralEnv, shifty: NativeService) -> None:
+    attach, first = start_attach(coral_env, "shifty", "validate_card", "--local", "--duration", "5m", "--no-save")
+    assert shifty.call(3) == "done 3 declined 0"
+    child = shifty.child_pid
+    send(shifty, "crash")
+    assert shifty.run.proc.wait(30) == 128 + signal.SIGSEGV  # coral-run exits with the child's status
+    out, _ = attach.communicate(timeout=30)
+    summary = json.loads(out.splitlines()[-1])
+    assert (summary["status"], summary["status_reason"], summary["calls"]) == ("failed", "target exited", 3)
+    assert f"/proc/{child}/exe" not in kernel_probes()
+    assert returns_stored(coral_env, first["session_id"]) == 3
+    assert coralctl(coral_env, "--local", "ping").returncode == 0
+
+
+def test_target_execs_another_program_mid_session(coral_env: CoralEnv, shifty: NativeService) -> None:
+    attach, first = start_attach(coral_env, "shifty", "validate_card", "--local", "--duration", "5m", "--no-save")
+    assert shifty.call(2) == "done 2 declined 0"
+    child = shifty.child_pid
+    send(shifty, "exec")
+    # The same pid now runs /bin/cat: the function the session watched is gone from it.
+    out, _ = attach.communicate(timeout=30)
+    summary = json.loads(out.splitlines()[-1])
+    assert (summary["status"], summary["status_reason"], summary["calls"]) == ("failed", "target ran exec", 2)
+    assert f"/proc/{child}/exe" not in kernel_probes()
+    assert shifty.call(1) == "1"  # cat echoes: the process itself is untouched
+    assert returns_stored(coral_env, first["session_id"]) == 2
+    services = coralctl(coral_env, "--local", "--output", "json", "services")
+    assert "shifty" not in services.stdout  # it no longer runs what was registered
+
+
+def test_service_restarted_a_new_session_finds_the_new_pid(
+    coral_env: CoralEnv, agent: Process, shifty_binary: Path
+) -> None:
+    old = NativeService(coral_env, shifty_binary, service="shifty")
+    attach, _ = start_attach(coral_env, "shifty", "validate_card", "--local", "--duration", "5m", "--no-save")
+    assert old.call(2) == "done 2 declined 0"
+    old_pid = old.child_pid
+    assert old.stop() == 0
+    attach.communicate(timeout=30)
+    new = NativeService(coral_env, shifty_binary, service="shifty")
+    try:
+        attach, first = start_attach(coral_env, "shifty", "validate_card", "--local", "--duration", "5m", "--no-save")
+        assert first["pids"] == [new.child_pid]
+        assert f"/proc/{old_pid}/exe" not in kernel_probes()
+        assert f"/proc/{new.child_pid}/exe" in kernel_probes()
+        assert new.call(4) == "done 4 declined 0"
+        coralctl(coral_env, "--local", "debug", "detach", first["session_id"])
+        out, _ = attach.communicate(timeout=30)
+        assert json.loads(out.splitlines()[-1])["calls"] == 4
+    finally:
+        new.stop()
