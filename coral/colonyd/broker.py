@@ -284,6 +284,10 @@ class Broker:
             )
         )
 
+    def audit_refused_connection(self, who: str, domain: str, detail: str) -> None:
+        """A CURVE peer the ZAP handler refused: one row, outcome DENIED."""
+        self._audit(Peer(key=who.removeprefix("key:")), "CONNECT", None, "DENIED", f"{domain}: {detail}")
+
     def audit_bad_frame(self, peer: Peer, reason: str) -> None:
         self.count("bad_frames")
         self._audit(peer, "?", None, "BAD_REQUEST", reason)
