@@ -90,11 +90,17 @@ class ColonyLink:
             except zmq.Again:
                 return
             if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH and self.keys is not None:
-                log.error("the colony at %s refused this agent's key %s: add its public key file to the colony's "
-                          "[colony] agent_keys_dir", self.endpoint, curve.fingerprint(self.keys.keys.public))
+                log.error(
+                    "the colony at %s refused this agent's key %s: add its public key file to the colony's "
+                    "[colony] agent_keys_dir",
+                    self.endpoint,
+                    curve.fingerprint(self.keys.keys.public),
+                )
             elif event["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
-                log.error("CURVE handshake with the colony at %s failed: is [agent] colony_public_key_file the "
-                          "colony's public key?", self.endpoint)
+                log.error(
+                    "CURVE handshake with the colony at %s failed: is [agent] colony_public_key_file the colony's public key?",
+                    self.endpoint,
+                )
             self._close_monitor()  # once is enough until the next reconnect
 
     def _drop(self, now: float, why: str) -> None:

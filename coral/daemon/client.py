@@ -39,9 +39,14 @@ class HandshakeFailed(Unreachable):
 
 # How long a CURVE handshake may take before the client says why it did not happen.
 HANDSHAKE_TIMEOUT = 5.0
-_HANDSHAKE_EVENTS = (zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
-                     | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+_HANDSHAKE_EVENTS = (
+    zmq.EVENT_CONNECTED
+    | zmq.EVENT_DISCONNECTED
+    | zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
 
 
 class Client:
@@ -107,13 +112,17 @@ class Client:
             self.close()
             raise HandshakeFailed(
                 f"{self.endpoint} refused this client's key {curve.fingerprint(self.keys.keys.public)}: "
-                "its public key file is not in the colony's [colony] client_keys_dir")
-        elif event in (zmq.EVENT_DISCONNECTED, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
-                       zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL) and self._tcp_connected:
+                "its public key file is not in the colony's [colony] client_keys_dir"
+            )
+        elif (
+            event in (zmq.EVENT_DISCONNECTED, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+            and self._tcp_connected
+        ):
             self.close()
             raise HandshakeFailed(
                 f"{self.endpoint} closed the connection during the CURVE handshake: "
-                "is [client] colony_public_key_file (--colony-key) the colony's public key?")
+                "is [client] colony_public_key_file (--colony-key) the colony's public key?"
+            )
 
     def _wait(self, sock: zmq.Socket[bytes], deadline: float, limit: float) -> None:
         """Until a reply is readable; over CURVE, watch the handshake too, and
@@ -138,9 +147,13 @@ class Client:
                 self.close()
                 raise HandshakeFailed(
                     f"no CURVE handshake with {self.endpoint} within {min(limit, HANDSHAKE_TIMEOUT):g}s: "
-                    + ("the connection opened but the colony did not answer it; is [client] colony_public_key_file "
-                       "(--colony-key) the colony's public key?" if self._tcp_connected
-                       else "nothing accepted the connection; is coral-colonyd running there, and the port open?"))
+                    + (
+                        "the connection opened but the colony did not answer it; is [client] colony_public_key_file "
+                        "(--colony-key) the colony's public key?"
+                        if self._tcp_connected
+                        else "nothing accepted the connection; is coral-colonyd running there, and the port open?"
+                    )
+                )
             self.close()
             raise Unreachable(f"no reply from {describe_endpoint(self.endpoint)} within {limit:g}s")
 

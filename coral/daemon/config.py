@@ -216,8 +216,7 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
     for section, key in (("colony", "frontend_endpoint"), ("colony", "backend_endpoint"), ("agent", "colony_endpoint")):
         endpoint = getattr(getattr(config, section), key)
         if endpoint and not endpoint.startswith(("ipc://", "tcp://")):
-            raise ConfigError(f"{source}: [{section}] {key}: only ipc:// and tcp:// (with CURVE) are supported, "
-                              f"got {endpoint!r}")
+            raise ConfigError(f"{source}: [{section}] {key}: only ipc:// and tcp:// (with CURVE) are supported, got {endpoint!r}")
     return config
 
 

@@ -80,9 +80,9 @@ def write_key_pair(directory: Path, name: str) -> tuple[Path, Path, bytes]:
     stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     texts = (
         f"#   Coral CURVE public key {name!r}, made {stamp}\n#   Give this file to the peers that admit it.\n"
-        f"metadata\ncurve\n    public-key = \"{public.decode()}\"\n",
+        f'metadata\ncurve\n    public-key = "{public.decode()}"\n',
         f"#   Coral CURVE secret key {name!r}, made {stamp}\n#   Keep it on this host only, mode 0600.\n"
-        f"metadata\ncurve\n    public-key = \"{public.decode()}\"\n    secret-key = \"{secret.decode()}\"\n",
+        f'metadata\ncurve\n    public-key = "{public.decode()}"\n    secret-key = "{secret.decode()}"\n',
     )
     for path, text, mode in zip(paths, texts, (0o644, 0o600), strict=True):
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
@@ -142,8 +142,10 @@ def _missing(source: str, endpoint_key: str, endpoint: str, missing: str, fix: s
 def colony_keys(config: Config) -> ServerKeys | None:
     """The colony's CURVE set-up, or None when both endpoints are ipc."""
     c, source = config.colony, config.source
-    needs = [(FRONTEND, config.colony_frontend, "client_keys_dir", c.client_keys_dir),
-             (BACKEND, config.colony_backend, "agent_keys_dir", c.agent_keys_dir)]
+    needs = [
+        (FRONTEND, config.colony_frontend, "client_keys_dir", c.client_keys_dir),
+        (BACKEND, config.colony_backend, "agent_keys_dir", c.agent_keys_dir),
+    ]
     needs = [n for n in needs if is_tcp(n[1])]
     if not needs:
         return None
@@ -155,8 +157,13 @@ def colony_keys(config: Config) -> ServerKeys | None:
     allow = {}
     for domain, endpoint, dir_key, directory in needs:
         if not directory:
-            raise _missing(source, f"[colony] {domain}_endpoint", endpoint, f"[colony] {dir_key}",
-                           "a directory of the public .key files it admits")
+            raise _missing(
+                source,
+                f"[colony] {domain}_endpoint",
+                endpoint,
+                f"[colony] {dir_key}",
+                "a directory of the public .key files it admits",
+            )
         if not os.path.isdir(directory):
             raise ConfigError(f"{source}: [colony] {dir_key} {directory}: no such directory")
         allow[domain] = AllowList(Path(directory))
@@ -167,27 +174,39 @@ def agent_keys(config: Config) -> ClientKeys | None:
     endpoint = config.agent_colony_endpoint
     if not is_tcp(endpoint):
         return None
-    return _client_keys(config, "agent", endpoint, "[agent] colony_endpoint", config.agent.key_file,
-                        config.agent.colony_public_key_file)
+    return _client_keys(
+        config, "agent", endpoint, "[agent] colony_endpoint", config.agent.key_file, config.agent.colony_public_key_file
+    )
 
 
 def client_keys(config: Config, endpoint: str, key_file: str = "", colony_key_file: str = "") -> ClientKeys | None:
     """coralctl's keys: flags first, then [client]."""
     if not is_tcp(endpoint):
         return None
-    return _client_keys(config, "client", endpoint, "the colony endpoint", key_file or config.client.key_file,
-                        colony_key_file or config.client.colony_public_key_file)
+    return _client_keys(
+        config,
+        "client",
+        endpoint,
+        "the colony endpoint",
+        key_file or config.client.key_file,
+        colony_key_file or config.client.colony_public_key_file,
+    )
 
 
-def _client_keys(config: Config, section: str, endpoint: str, endpoint_key: str, key_file: str,
-                 colony_key_file: str) -> ClientKeys:
+def _client_keys(
+    config: Config, section: str, endpoint: str, endpoint_key: str, key_file: str, colony_key_file: str
+) -> ClientKeys:
     source = config.source
     if not key_file:
-        raise _missing(source, endpoint_key, endpoint, f"[{section}] key_file",
-                       f"make a key pair with: coralctl keys generate {'NAME' if section == 'client' else 'AGENT'}")
+        raise _missing(
+            source,
+            endpoint_key,
+            endpoint,
+            f"[{section}] key_file",
+            f"make a key pair with: coralctl keys generate {'NAME' if section == 'client' else 'AGENT'}",
+        )
     if not colony_key_file:
-        raise _missing(source, endpoint_key, endpoint, f"[{section}] colony_public_key_file",
-                       "copy the colony's colony.key here")
+        raise _missing(source, endpoint_key, endpoint, f"[{section}] colony_public_key_file", "copy the colony's colony.key here")
     keys = load_key_pair(key_file, f"{source}: [{section}] key_file")
     server = load_public_key(colony_key_file, f"{source}: [{section}] colony_public_key_file")
     return ClientKeys(keys, server)
@@ -249,8 +268,7 @@ def parse_zap(frames: list[bytes]) -> ZapRequest:
         if len(frames) < 7 or len(frames[6]) != 32:
             raise ValueError("CURVE request without a 32-byte key")
         public = zmq.utils.z85.encode(frames[6])
-    return ZapRequest(frames[1], frames[2].decode("utf-8", "replace"), frames[3].decode("utf-8", "replace"),
-                      mechanism, public)
+    return ZapRequest(frames[1], frames[2].decode("utf-8", "replace"), frames[3].decode("utf-8", "replace"), mechanism, public)
 
 
 def decide(request: ZapRequest, allow: dict[str, AllowList]) -> ZapAnswer:
