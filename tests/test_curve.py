@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 import subprocess
 from pathlib import Path
@@ -241,3 +242,70 @@ def test_agent_refuses_to_connect_over_tcp_without_its_key(bpf: None) -> None:
         agent.stop()
     finally:
         env.remove()
+
+
+def test_handshake_outcomes_from_monitor_events() -> None:
+    watch = curve.HandshakeWatch()
+    assert watch.see(zmq.EVENT_DISCONNECTED) == ""  # not connected yet: nothing to say
+    assert watch.see(zmq.EVENT_CONNECTED) == ""
+    assert watch.see(zmq.EVENT_HANDSHAKE_FAILED_AUTH) == "refused"
+    assert watch.see(zmq.EVENT_DISCONNECTED) == "closed"
+    assert curve.HandshakeWatch().see(zmq.EVENT_HANDSHAKE_SUCCEEDED) == "ok"
+
+
+def test_more_missing_or_bad_keys(tmp_path: Path) -> None:
+    src = str(tmp_path / "c.toml")
+    _, secret, _ = curve.write_key_pair(tmp_path, "me")
+    agent = parse_config({"agent": {"colony_endpoint": "tcp://10.0.0.1:7302", "key_file": str(secret)}}, src)
+    with pytest.raises(ConfigError) as exc:
+        curve.agent_keys(agent)
+    assert str(exc.value) == (
+        f"{src}: [agent] colony_endpoint is tcp://10.0.0.1:7302 but [agent] colony_public_key_file is not set; "
+        "Coral does not use plaintext TCP (copy the colony's colony.key here)"
+    )
+    client = parse_config({"client": {"key_file": str(secret)}}, src)
+    with pytest.raises(ConfigError) as exc:
+        curve.client_keys(client, "tcp://10.0.0.1:7301")
+    assert str(exc.value) == (
+        f"{src}: the colony endpoint is tcp://10.0.0.1:7301 but [client] colony_public_key_file is not set; "
+        "Coral does not use plaintext TCP (copy the colony's colony.key here)"
+    )
+    assert curve.client_keys(client, "ipc:///run/coral/colony.sock") is None
+    empty, short = tmp_path / "empty.key", tmp_path / "short.key"
+    empty.write_text("# nothing\n")
+    short.write_text('curve\n    public-key = "abc"\n')
+    for path, reason in ((empty, f"No public key found in {empty}"), (short, "not a 40-character Z85 key")):
+        with pytest.raises(ConfigError) as exc:
+            curve.client_keys(client, "tcp://10.0.0.1:7301", colony_key_file=str(path))
+        assert str(exc.value) == f"{src}: [client] colony_public_key_file {path}: cannot read a CURVE key: {reason}"
+
+
+def test_coralctl_says_why_no_handshake_happened(tmp_path: Path) -> None:
+    """Nothing listening, or something that is not a colony: coralctl says so
+    within its timeout instead of waiting for a reply that cannot come."""
+    for name in ("me", "colony"):
+        curve.write_key_pair(tmp_path, name)
+    keys = ("--key", str(tmp_path / "me.key_secret"), "--colony-key", str(tmp_path / "colony.key"), "--timeout", "1s")
+    env = {k: v for k, v in os.environ.items() if k != "CORAL_CONFIG"}  # the defaults; /etc/coral/coral.toml if any
+    mute = socket.create_server(("127.0.0.1", 0))  # accepts, never speaks
+    closed = socket.create_server(("127.0.0.1", 0))
+    closed_port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now
+    try:
+        for port, cause in (
+            (closed_port, "nothing accepted the connection; is coral-colonyd running there, and the port open?"),
+            (
+                mute.getsockname()[1],
+                "the connection opened but nothing answered the handshake; is that the colony's frontend port?",
+            ),
+        ):
+            endpoint = f"tcp://127.0.0.1:{port}"
+            r = subprocess.run(
+                [tool("coralctl"), "--endpoint", endpoint, *keys, "ping"], capture_output=True, text=True, env=env, timeout=30
+            )
+            assert (r.returncode, r.stderr) == (
+                3,
+                f"coralctl: cannot talk to the colony: no CURVE handshake with {endpoint} within 1s: {cause}\n",
+            )
+    finally:
+        mute.close()

@@ -7,6 +7,7 @@ with a clear message and an audit row."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import subprocess
@@ -91,16 +92,16 @@ def wait_until(check: Callable[[], Any], what: str, timeout: float = WAIT) -> An
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
 
-def agent_config(colony_ip: str, key: str, keys: Path, extra: str = "") -> str:
+def agent_config(colony_ip: str, key: str, keys: Path, colony_key: str = "colony.key") -> str:
     return f"""
 [agent]
 id = "{key}"
 colony_endpoint = "tcp://{colony_ip}:{BACKEND_PORT}"
 key_file = "{keys / key}.key_secret"
-colony_public_key_file = "{keys / "colony.key"}"
+colony_public_key_file = "{keys / colony_key}"
 heartbeat_interval = {HEARTBEAT}
 heartbeat_liveness = 4
-{extra}"""
+"""
 
 
 @pytest.fixture(scope="module")
@@ -297,23 +298,42 @@ def test_keys_not_in_the_allow_lists_are_refused_and_audited(fabric: Fabric) -> 
     [row] = audit_rows(fabric, "key:viewer")
     assert (row["method"], row["outcome"]) == ("ListServices", "PERMISSION_DENIED")
 
+    assert fabric.colony is not None
+    assert (
+        f"WARNING coral.colonyd: refused a frontend connection from {HOST_B}: key {mallory} is not in {keys / 'clients'}"
+    ) in fabric.colony.output()
+
+    # An agent holding the wrong public key for the colony: the colony cannot read its hello.
+    with extra_agent(b.netns, agent_config(COLONY_B, "mallory", keys, colony_key="mallory.key")) as confused:
+        wait_until(lambda: "during the CURVE handshake" in confused.output(), "the confused agent to log its failure")
+        assert (
+            f"ERROR coral.agentd.colony_link: the colony at tcp://{COLONY_B}:{BACKEND_PORT} closed the connection "
+            "during the CURVE handshake: is [agent] colony_public_key_file the colony's public key?"
+        ) in confused.output()
+
     # An agent whose key is not in agent_keys_dir never joins; it says why, and the colony audits it.
-    rogue_env = CoralEnv.create()
-    rogue = Host("rogue", b.netns, rogue_env)
-    rogue.write_config(agent_config(COLONY_B, "rogue", keys))
-    agent = rogue.start("agentd", "coral-agentd").wait_ready()
-    try:
+    with extra_agent(b.netns, agent_config(COLONY_B, "rogue", keys)) as rogue:
         fp = fabric.fingerprint("rogue")
         [row] = wait_until(lambda: audit_rows(fabric, f"key:{fp}"), "the rogue agent's refusal in the audit log")
         assert (row["method"], row["outcome"]) == ("CONNECT", "DENIED")
         assert row["detail"] == f"backend: from {HOST_B}: key {fp} is not in {keys / 'agents'}"
-        wait_until(lambda: "refused this agent's key" in agent.output(), "the rogue agent to log the refusal")
+        wait_until(lambda: "refused this agent's key" in rogue.output(), "the rogue agent to log the refusal")
         assert (
             f"ERROR coral.agentd.colony_link: the colony at tcp://{COLONY_B}:{BACKEND_PORT} refused this agent's "
             f"key {fp}: add its public key file to the colony's [colony] agent_keys_dir"
-        ) in agent.output()
-        ping = b.records("ping")[0]
-        assert ping["counters"]["agents"] == 2  # A and B only
+        ) in rogue.output()
+        assert b.records("ping")[0]["counters"]["agents"] == 2  # A and B only
+        assert {s["agent_id"] for s in b.records("services")} == {"agent-a", "agent-b"}
+
+
+@contextlib.contextmanager
+def extra_agent(netns: str, config: str) -> Iterator[Process]:
+    """One more agent, on its own directories, in a host's namespace."""
+    host = Host("extra", netns, CoralEnv.create())
+    host.write_config(config)
+    agent = host.start("agentd", "coral-agentd").wait_ready()
+    try:
+        yield agent
     finally:
         agent.stop()
-        rogue_env.remove()
+        host.env.remove()

@@ -44,6 +44,7 @@ class ColonyLink:
         self.keys = keys
         self.socket: zmq.Socket[bytes] | None = None
         self.monitor: zmq.Socket[bytes] | None = None  # CURVE handshake outcomes, on tcp
+        self._handshake = curve.HandshakeWatch()
         self.backoff = Backoff()
         self.connected = False  # heard from the colony since the last (re)connect
         self._reconnect_at = 0.0
@@ -66,7 +67,8 @@ class ColonyLink:
         if self.keys is not None:
             curve.connect_curve(s, self.keys)
             curve.set_heartbeats(s, self.interval)
-            self.monitor = s.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
+            self.monitor = s.get_monitor_socket(curve.HANDSHAKE_EVENTS)
+            self._handshake = curve.HandshakeWatch()
         s.connect(self.endpoint)
         self.socket = s
         self._last_heard = now
@@ -89,16 +91,20 @@ class ColonyLink:
                 event = recv_monitor_message(self.monitor, flags=zmq.NOBLOCK)
             except zmq.Again:
                 return
-            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH and self.keys is not None:
+            outcome = self._handshake.see(event["event"])
+            if not outcome:
+                continue
+            if outcome == "refused" and self.keys is not None:
                 log.error(
                     "the colony at %s refused this agent's key %s: add its public key file to the colony's "
                     "[colony] agent_keys_dir",
                     self.endpoint,
                     curve.fingerprint(self.keys.keys.public),
                 )
-            elif event["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+            elif outcome == "closed":
                 log.error(
-                    "CURVE handshake with the colony at %s failed: is [agent] colony_public_key_file the colony's public key?",
+                    "the colony at %s closed the connection during the CURVE handshake: "
+                    "is [agent] colony_public_key_file the colony's public key?",
                     self.endpoint,
                 )
             self._close_monitor()  # once is enough until the next reconnect

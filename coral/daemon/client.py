@@ -39,14 +39,6 @@ class HandshakeFailed(Unreachable):
 
 # How long a CURVE handshake may take before the client says why it did not happen.
 HANDSHAKE_TIMEOUT = 5.0
-_HANDSHAKE_EVENTS = (
-    zmq.EVENT_CONNECTED
-    | zmq.EVENT_DISCONNECTED
-    | zmq.EVENT_HANDSHAKE_SUCCEEDED
-    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-)
 
 
 class Client:
@@ -70,7 +62,7 @@ class Client:
         self._context = context or zmq.Context.instance()
         self._socket: zmq.Socket[bytes] | None = None
         self._monitor: zmq.Socket[bytes] | None = None  # until the CURVE handshake succeeds
-        self._tcp_connected = False
+        self._handshake = curve.HandshakeWatch()
 
     def _open(self) -> zmq.Socket[bytes]:
         if self._socket is None:
@@ -79,8 +71,8 @@ class Client:
             s.setsockopt(zmq.MAXMSGSIZE, self.max_message_bytes)
             if self.keys is not None:
                 curve.connect_curve(s, self.keys)
-                self._monitor = s.get_monitor_socket(_HANDSHAKE_EVENTS)
-                self._tcp_connected = False
+                self._monitor = s.get_monitor_socket(curve.HANDSHAKE_EVENTS)
+                self._handshake = curve.HandshakeWatch()
             s.connect(self.endpoint)
             self._socket = s
         return self._socket
@@ -103,21 +95,16 @@ class Client:
         """Read one monitor event; raise at once if the colony refused us."""
         if self._monitor is None or self.keys is None:
             return
-        event = recv_monitor_message(self._monitor)["event"]
-        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+        outcome = self._handshake.see(recv_monitor_message(self._monitor)["event"])
+        if outcome == "ok":
             self._close_monitor()
-        elif event == zmq.EVENT_CONNECTED:
-            self._tcp_connected = True
-        elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        elif outcome == "refused":
             self.close()
             raise HandshakeFailed(
                 f"{self.endpoint} refused this client's key {curve.fingerprint(self.keys.keys.public)}: "
                 "its public key file is not in the colony's [colony] client_keys_dir"
             )
-        elif (
-            event in (zmq.EVENT_DISCONNECTED, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
-            and self._tcp_connected
-        ):
+        elif outcome == "closed":
             self.close()
             raise HandshakeFailed(
                 f"{self.endpoint} closed the connection during the CURVE handshake: "
@@ -148,9 +135,8 @@ class Client:
                 raise HandshakeFailed(
                     f"no CURVE handshake with {self.endpoint} within {min(limit, HANDSHAKE_TIMEOUT):g}s: "
                     + (
-                        "the connection opened but the colony did not answer it; is [client] colony_public_key_file "
-                        "(--colony-key) the colony's public key?"
-                        if self._tcp_connected
+                        "the connection opened but nothing answered the handshake; is that the colony's frontend port?"
+                        if self._handshake.tcp_connected
                         else "nothing accepted the connection; is coral-colonyd running there, and the port open?"
                     )
                 )

@@ -238,6 +238,41 @@ def set_heartbeats(sock: zmq.Socket[bytes], interval: float) -> None:
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, max(1, int(3 * interval * 1000)))
 
 
+HANDSHAKE_EVENTS = (
+    zmq.EVENT_CONNECTED
+    | zmq.EVENT_DISCONNECTED
+    | zmq.EVENT_HANDSHAKE_SUCCEEDED
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+)
+
+
+@dataclass
+class HandshakeWatch:
+    """What a CURVE client's socket-monitor events say about its handshake:
+    "ok", "refused" (the ZAP handler said no to our key), "closed" (the
+    server dropped us mid-handshake: it could not read our hello, i.e. we
+    hold the wrong server key), or "" (nothing decided yet)."""
+
+    tcp_connected: bool = False
+
+    def see(self, event: int) -> str:
+        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            return "ok"
+        if event == zmq.EVENT_CONNECTED:
+            self.tcp_connected = True
+        elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+            return "refused"
+        elif self.tcp_connected and event in (
+            zmq.EVENT_DISCONNECTED,
+            zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+            zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
+        ):
+            return "closed"
+        return ""
+
+
 # ------------------------------------------------------------------- ZAP
 
 
