@@ -22,7 +22,7 @@ from coral.daemon.config import AccessConfig, ConfigError, parse_config
 from coral.daemon.errors import PermissionDenied
 from coral.daemon.server import Peer
 from coral.proto import coral_pb2 as pb
-from tests.harness import CoralEnv, Process, tool
+from tests.harness import REPO, CoralEnv, Process, tool
 
 
 def test_generated_key_files_are_private_and_readable_as_certificates(tmp_path: Path) -> None:
@@ -66,6 +66,13 @@ def test_coralctl_keys_generate_says_where_and_speaks_json(tmp_path: Path) -> No
     assert (again.returncode, again.stderr) == (
         1,
         f"coralctl: {tmp_path / 'alice.key'} already exists; remove it or choose another name\n",
+    )
+    odd = subprocess.run(
+        [tool("coralctl"), "keys", "generate", "x/y", "--dir", str(tmp_path)], capture_output=True, text=True, env=env
+    )
+    assert (odd.returncode, odd.stderr) == (
+        1,
+        "coralctl: key name 'x/y' must be 1 to 64 letters, digits, '.', '_' or '-' (not starting with one of those)\n",
     )
 
 
@@ -285,7 +292,7 @@ def test_coralctl_says_why_no_handshake_happened(tmp_path: Path) -> None:
     within its timeout instead of waiting for a reply that cannot come."""
     for name in ("me", "colony"):
         curve.write_key_pair(tmp_path, name)
-    keys = ("--key", str(tmp_path / "me.key_secret"), "--colony-key", str(tmp_path / "colony.key"), "--timeout", "1s")
+    keys = ("--key", str(tmp_path / "me.key_secret"), "--colony-key", str(tmp_path / "colony.key"))  # 15 s to reply
     env = {k: v for k, v in os.environ.items() if k != "CORAL_CONFIG"}  # the defaults; /etc/coral/coral.toml if any
     mute = socket.create_server(("127.0.0.1", 0))  # accepts, never speaks
     closed = socket.create_server(("127.0.0.1", 0))
@@ -305,7 +312,21 @@ def test_coralctl_says_why_no_handshake_happened(tmp_path: Path) -> None:
             )
             assert (r.returncode, r.stderr) == (
                 3,
-                f"coralctl: cannot talk to the colony: no CURVE handshake with {endpoint} within 1s: {cause}\n",
+                f"coralctl: cannot talk to the colony: no CURVE handshake with {endpoint} within 5s: {cause}\n",
             )
     finally:
         mute.close()
+
+
+def test_bash_completion_knows_keys() -> None:
+    def complete(*words: str) -> list[str]:
+        script = (
+            f"source {REPO / 'etc' / 'coralctl.bash'}; COMP_WORDS=({' '.join(repr(w) for w in words)}); "
+            f'COMP_CWORD={len(words) - 1}; _coralctl; echo "${{COMPREPLY[@]}}"'
+        )
+        return subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout.split()
+
+    assert complete("coralctl", "ke") == ["keys"]
+    assert complete("coralctl", "keys", "") == ["generate"]
+    assert "--dir" in complete("coralctl", "keys", "generate", "alice", "--d")
+    assert "--colony-key" in complete("coralctl", "services", "--col")
