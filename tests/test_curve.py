@@ -260,6 +260,15 @@ def test_handshake_outcomes_from_monitor_events() -> None:
     assert curve.HandshakeWatch().see(zmq.EVENT_HANDSHAKE_SUCCEEDED) == "ok"
 
 
+def test_handshake_failures_the_colony_audits_without_a_key() -> None:
+    assert curve.handshake_failure(zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH) == (
+        "a connection without CURVE (plaintext) was refused"
+    )
+    assert curve.handshake_failure(zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC) == (
+        "a CURVE hello that does not open with the colony's key was refused (the peer holds another colony key)"
+    )
+
+
 def test_more_missing_or_bad_keys(tmp_path: Path) -> None:
     src = str(tmp_path / "c.toml")
     _, secret, _ = curve.write_key_pair(tmp_path, "me")

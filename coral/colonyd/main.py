@@ -8,6 +8,7 @@ import sys
 import time
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from coral import __version__
 from coral.colonyd.broker import Broker, Outgoing
@@ -46,6 +47,7 @@ class Colony:
             self.zap.setsockopt(zmq.LINGER, 0)
             self.zap.bind(curve.ZAP_ENDPOINT)
         self.denials = curve.DenialThrottle()
+        self.monitors: dict[zmq.Socket[bytes], str] = {}  # tcp sockets' failed handshakes, by domain
         self.frontend = self._socket(config.colony_frontend, curve.FRONTEND)
         self.backend = self._socket(config.colony_backend, curve.BACKEND)
         self.backend.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -56,8 +58,22 @@ class Colony:
         configure_socket(s, self.config.limits.max_message_bytes)
         if curve.is_tcp(endpoint) and self.keys is not None:
             curve.serve_curve(s, self.keys, domain, self.config.colony.heartbeat_interval)
+            self.monitors[s.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)] = domain
         bind_socket(s, endpoint)
         return s
+
+    def on_handshake_failed(self, monitor: zmq.Socket[bytes], now: float) -> None:
+        """A tcp peer that never reached ZAP: no CURVE, or the wrong colony
+        key. libzmq does not say who; audited like a refused key."""
+        domain = self.monitors[monitor]
+        event = recv_monitor_message(monitor)
+        if event["event"] != zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+            return
+        why = curve.handshake_failure(int(event["value"]))
+        self.broker.count(f"handshake_failed.{domain}")
+        if self.denials.should_audit(domain, "unknown", why, now):
+            log.warning("refused a %s connection: %s", domain, why)
+            self.broker.audit_refused_connection("unknown", domain, why)
 
     def on_zap(self, now: float) -> None:
         """Admit or refuse one new tcp connection; a refusal is audited (at
@@ -153,6 +169,8 @@ class Colony:
         poller.register(self.backend, zmq.POLLIN)
         if self.zap is not None:
             poller.register(self.zap, zmq.POLLIN)
+        for monitor in self.monitors:
+            poller.register(monitor, zmq.POLLIN)
         try:
             while not signals.requested:
                 poller.poll(int(TICK_SECONDS * 1000))  # wait for work or the next tick
@@ -169,6 +187,10 @@ class Colony:
                     if self.zap is not None and self.zap.poll(0, zmq.POLLIN):
                         self.on_zap(now)
                         busy = True
+                    for monitor in self.monitors:
+                        if monitor.poll(0, zmq.POLLIN):
+                            self.on_handshake_failed(monitor, now)
+                            busy = True
                     if not busy:
                         break
                 self.send(self.broker.tick(now))
@@ -181,6 +203,8 @@ class Colony:
             self.backend.close(linger=0)
             if self.zap is not None:
                 self.zap.close(linger=0)
+            for monitor in self.monitors:
+                monitor.close(linger=0)
             unlink_ipc(self.config.colony_frontend)
             unlink_ipc(self.config.colony_backend)
             self.store.close()

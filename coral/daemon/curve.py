@@ -273,6 +273,16 @@ class HandshakeWatch:
         return ""
 
 
+def handshake_failure(code: int) -> str:
+    """Why the colony's side of a tcp handshake failed, from a
+    HANDSHAKE_FAILED_PROTOCOL event's value (these never reach ZAP)."""
+    if code == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+        return "a connection without CURVE (plaintext) was refused"
+    if code == zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC:
+        return "a CURVE hello that does not open with the colony's key was refused (the peer holds another colony key)"
+    return f"a malformed handshake was refused (ZMTP protocol error {code:#x})"
+
+
 # ------------------------------------------------------------------- ZAP
 
 
