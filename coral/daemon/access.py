@@ -59,8 +59,10 @@ def check(policy: AccessConfig, peer: Peer, method: str, request: Any,
         for right in needed:
             admits: tuple[str, ...] = getattr(policy, right)
             if f"key:{peer.key}" not in admits and "key:*" not in admits:
-                raise PermissionDenied(f"key {peer.key} may not {right} (needs [access] {right}, which admits "
-                                       f"{', '.join(admits) or 'nobody but root'})")
+                raise PermissionDenied(
+                    f"key {peer.key} may not {right} (needs [access] {right}, which admits "
+                    f"{', '.join(admits) or 'nobody but root'})"
+                )
         return
     if peer.uid is None:
         raise PermissionDenied("the peer's identity is unknown (peer credentials unavailable)")
