@@ -10,11 +10,11 @@ _coralctl_ask() {
 
 _coralctl() {
     local cur=${COMP_WORDS[COMP_CWORD]} prev=${COMP_WORDS[COMP_CWORD-1]}
-    local global="--local --endpoint --output --timeout --config --help"
+    local global="--local --endpoint --output --timeout --config --key --colony-key --help"
     case "$prev" in
         --output) COMPREPLY=($(compgen -W "text json" -- "$cur")); return ;;
         --duration|--timeout|--since|--slow|--min-duration) COMPREPLY=($(compgen -W "30s 60s 90s 5m 10m" -- "$cur")); return ;;
-        --config|--save) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --config|--save|--key|--colony-key|--dir) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --function|--pattern|--where|--endpoint|--sample-rate|--max-events|--service) return ;;
     esac
     local cmd="" sub="" positional=0 w
@@ -22,7 +22,7 @@ _coralctl() {
         case "$w" in
             -*) ;;
             *) if [ -z "$cmd" ]; then cmd=$w
-               elif [ "$cmd" = debug ] && [ -z "$sub" ]; then sub=$w
+               elif { [ "$cmd" = debug ] || [ "$cmd" = keys ]; } && [ -z "$sub" ]; then sub=$w
                else positional=$((positional + 1)); fi ;;
         esac
     done
@@ -34,13 +34,15 @@ _coralctl() {
             debug/events) flags+=" --since --follow --slow --save" ;;
             functions/) flags+=" --pattern" ;;
             audit/) flags+=" --since --max" ;;
+            keys/generate) flags+=" --dir" ;;
         esac
         COMPREPLY=($(compgen -W "$flags" -- "$cur"))
         return
     fi
     case "$cmd/$sub" in
-        /) COMPREPLY=($(compgen -W "ping services functions debug audit" -- "$cur")) ;;
+        /) COMPREPLY=($(compgen -W "ping services functions debug audit keys" -- "$cur")) ;;
         debug/) COMPREPLY=($(compgen -W "attach sessions events detach" -- "$cur")) ;;
+        keys/) COMPREPLY=($(compgen -W "generate" -- "$cur")) ;;
         functions/|debug/attach)
             [ "$positional" -eq 0 ] && COMPREPLY=($(compgen -W "$(_coralctl_ask services | sed -n 's/.*"service":"\([^"]*\)".*/\1/p' | sort -u)" -- "$cur")) ;;
         debug/events|debug/detach)

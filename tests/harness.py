@@ -157,11 +157,13 @@ class NativeService:
     """The C demo under coral-run: each call(n) makes n calls of
     validate_card and returns once they have all returned."""
 
-    def __init__(self, env: CoralEnv, binary: Path, service: str = "payments", sleep_ms: int = 5) -> None:
+    def __init__(
+        self, env: CoralEnv, binary: Path, service: str = "payments", sleep_ms: int = 5, wrap: tuple[str, ...] = ()
+    ) -> None:
         self.service = service
         self.run = Process(
             f"run-{service}",
-            [tool("coral-run"), "--service", service, "--", str(binary), "--sleep-ms", str(sleep_ms)],
+            [*wrap, tool("coral-run"), "--service", service, "--", str(binary), "--sleep-ms", str(sleep_ms)],
             env,
             stdin=subprocess.PIPE,
         ).wait_ready()

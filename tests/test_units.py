@@ -67,9 +67,9 @@ def test_summary_uses_nearest_rank_percentiles() -> None:
         (
             {"agent": {"colour": "blue"}},
             "c.toml: unknown key [agent] colour (known: id, colony_endpoint, heartbeat_interval, "
-            "heartbeat_liveness, poll_interval, flush_interval)",
+            "heartbeat_liveness, poll_interval, flush_interval, key_file, colony_public_key_file)",
         ),
-        ({"nope": {}}, "c.toml: unknown section [nope] (known: paths, limits, sessions, agent, colony, sdk, access)"),
+        ({"nope": {}}, "c.toml: unknown section [nope] (known: paths, limits, sessions, agent, colony, client, sdk, access)"),
     ],
 )
 def test_config_errors_name_file_key_and_expected_type(data: dict, message: str) -> None:

@@ -9,8 +9,9 @@ import logging
 from collections.abc import Callable
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
-from coral.daemon import wire
+from coral.daemon import curve, wire
 from coral.daemon.liveness import Backoff, is_dead
 from coral.daemon.runtime import configure_socket
 from coral.daemon.server import Dispatcher, Peer
@@ -18,7 +19,7 @@ from coral.proto import coral_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-COLONY_PEER = Peer(key="colony")
+COLONY_PEER = Peer(key="colony", trusted=True)
 
 
 class ColonyLink:
@@ -31,6 +32,7 @@ class ColonyLink:
         interval: float,
         liveness: int,
         max_message_bytes: int,
+        keys: curve.ClientKeys | None = None,
     ) -> None:
         self.context = context
         self.endpoint = endpoint
@@ -39,7 +41,10 @@ class ColonyLink:
         self.interval = interval
         self.liveness = liveness
         self.max_message_bytes = max_message_bytes
+        self.keys = keys
         self.socket: zmq.Socket[bytes] | None = None
+        self.monitor: zmq.Socket[bytes] | None = None  # CURVE handshake outcomes, on tcp
+        self._handshake = curve.HandshakeWatch()
         self.backoff = Backoff()
         self.connected = False  # heard from the colony since the last (re)connect
         self._reconnect_at = 0.0
@@ -59,6 +64,11 @@ class ColonyLink:
         s = self.context.socket(zmq.DEALER)
         configure_socket(s, self.max_message_bytes)
         s.setsockopt(zmq.SNDHWM, 1000)
+        if self.keys is not None:
+            curve.connect_curve(s, self.keys)
+            curve.set_heartbeats(s, self.interval)
+            self.monitor = s.get_monitor_socket(curve.HANDSHAKE_EVENTS)
+            self._handshake = curve.HandshakeWatch()
         s.connect(self.endpoint)
         self.socket = s
         self._last_heard = now
@@ -66,7 +76,41 @@ class ColonyLink:
         self._send(wire.encode_ready(self.hello()), now)
         log.debug("connecting to colony at %s", self.endpoint)
 
+    def _close_monitor(self) -> None:
+        if self.monitor is not None and self.socket is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                self.socket.disable_monitor()
+        if self.monitor is not None:
+            self.monitor.close(linger=0)
+            self.monitor = None
+
+    def _check_handshakes(self) -> None:
+        """Say once per connection attempt why the colony refused us."""
+        while self.monitor is not None:
+            try:
+                event = recv_monitor_message(self.monitor, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            outcome = self._handshake.see(event["event"])
+            if not outcome:
+                continue
+            if outcome == "refused" and self.keys is not None:
+                log.error(
+                    "the colony at %s refused this agent's key %s: add its public key file to the colony's "
+                    "[colony] agent_keys_dir",
+                    self.endpoint,
+                    curve.fingerprint(self.keys.keys.public),
+                )
+            elif outcome == "closed":
+                log.error(
+                    "the colony at %s closed the connection during the CURVE handshake: "
+                    "is [agent] colony_public_key_file the colony's public key?",
+                    self.endpoint,
+                )
+            self._close_monitor()  # once is enough until the next reconnect
+
     def _drop(self, now: float, why: str) -> None:
+        self._close_monitor()
         if self.socket is not None:
             self.socket.close(linger=0)
             self.socket = None
@@ -108,6 +152,7 @@ class ColonyLink:
             if now >= self._reconnect_at:
                 self.connect(now)
             return
+        self._check_handshakes()
         if is_dead(self._last_heard, now, self.interval, self.liveness):
             self._drop(now, f"no heartbeat for {self.interval * self.liveness:g}s")
             return
@@ -115,6 +160,7 @@ class ColonyLink:
             self._send(wire.encode_signal(wire.Command.HEARTBEAT), now)
 
     def close(self) -> None:
+        self._close_monitor()
         if self.socket is not None:
             with contextlib.suppress(zmq.ZMQError):
                 self.socket.send_multipart(wire.encode_signal(wire.Command.DISCONNECT), flags=zmq.NOBLOCK)

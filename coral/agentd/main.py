@@ -20,7 +20,7 @@ from coral.agentd.probes import check_bpf_support
 from coral.agentd.registry import ProcessRegistry, Registration
 from coral.agentd.sessions import SessionManager
 from coral.agentd.store import EventStore
-from coral.daemon import access
+from coral.daemon import access, curve
 from coral.daemon.client import Client
 from coral.daemon.config import Config
 from coral.daemon.errors import NotFound, Unavailable
@@ -46,6 +46,7 @@ PROCESS_TIMEOUT = 1.5
 class Agent:
     def __init__(self, config: Config) -> None:
         self.config = config
+        keys = curve.agent_keys(config)  # a tcp colony endpoint without keys stops the start here
         self.agent_id = config.agent.id or socket.gethostname()
         self.context = zmq.Context()
         self.registry = ProcessRegistry()
@@ -76,6 +77,7 @@ class Agent:
             config.agent.heartbeat_interval,
             config.agent.heartbeat_liveness,
             config.limits.max_message_bytes,
+            keys,
         )
 
     # ------------------------------------------------------------ handlers

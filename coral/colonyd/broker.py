@@ -292,6 +292,12 @@ class Broker:
             )
         )
 
+    def audit_refused_connection(self, who: str, domain: str, detail: str) -> None:
+        """A tcp peer refused at the handshake: one row, outcome DENIED; who
+        is key:NAME or key:FINGERPRINT, or "unknown" if it had no usable key."""
+        peer = Peer(key=who.removeprefix("key:")) if who.startswith("key:") else Peer()
+        self._audit(peer, "CONNECT", None, "DENIED", f"{domain}: {detail}")
+
     def audit_bad_frame(self, peer: Peer, reason: str) -> None:
         self.count("bad_frames")
         self._audit(peer, "?", None, "BAD_REQUEST", reason)

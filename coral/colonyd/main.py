@@ -8,11 +8,12 @@ import sys
 import time
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from coral import __version__
 from coral.colonyd.broker import Broker, Outgoing
 from coral.colonyd.store import ColonyStore
-from coral.daemon import wire
+from coral.daemon import curve, wire
 from coral.daemon.config import Config
 from coral.daemon.errors import BadRequest
 from coral.daemon.runtime import (
@@ -35,19 +36,67 @@ BATCH = 100  # messages handled between two audit writes
 class Colony:
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.keys = curve.colony_keys(config)  # a tcp endpoint without keys stops the start here
         self.context = zmq.Context()
         self.store = ColonyStore(config.state_dir / "colony.duckdb")
         self.broker = Broker(config, self.store)
-        self.frontend = self._socket(config.colony_frontend)
-        self.backend = self._socket(config.colony_backend)
+        # The ZAP handler is bound before any CURVE socket: without one, libzmq admits every key.
+        self.zap: zmq.Socket[bytes] | None = None
+        if self.keys is not None:
+            self.zap = self.context.socket(zmq.REP)
+            self.zap.setsockopt(zmq.LINGER, 0)
+            self.zap.bind(curve.ZAP_ENDPOINT)
+        self.denials = curve.DenialThrottle()
+        self.monitors: dict[zmq.Socket[bytes], str] = {}  # tcp sockets' failed handshakes, by domain
+        self.frontend = self._socket(config.colony_frontend, curve.FRONTEND)
+        self.backend = self._socket(config.colony_backend, curve.BACKEND)
         self.backend.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._outbox: list[Outgoing] = []
 
-    def _socket(self, endpoint: str) -> zmq.Socket[bytes]:
+    def _socket(self, endpoint: str, domain: str) -> zmq.Socket[bytes]:
         s = self.context.socket(zmq.ROUTER)
         configure_socket(s, self.config.limits.max_message_bytes)
+        if curve.is_tcp(endpoint) and self.keys is not None:
+            curve.serve_curve(s, self.keys, domain, self.config.colony.heartbeat_interval)
+            self.monitors[s.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)] = domain
         bind_socket(s, endpoint)
         return s
+
+    def on_handshake_failed(self, monitor: zmq.Socket[bytes], now: float) -> None:
+        """A tcp peer that never reached ZAP: no CURVE, or the wrong colony
+        key. libzmq does not say who; audited like a refused key."""
+        domain = self.monitors[monitor]
+        event = recv_monitor_message(monitor)
+        if event["event"] != zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+            return
+        why = curve.handshake_failure(int(event["value"]))
+        self.broker.count(f"handshake_failed.{domain}")
+        if self.denials.should_audit(domain, "unknown", why, now):
+            log.warning("refused a %s connection: %s", domain, why)
+            self.broker.audit_refused_connection("unknown", domain, why)
+
+    def on_zap(self, now: float) -> None:
+        """Admit or refuse one new tcp connection; a refusal is audited (at
+        most once a minute per key and address: refused peers retry)."""
+        if self.zap is None or self.keys is None:
+            return
+        frames = self.zap.recv_multipart()
+        try:
+            request = curve.parse_zap(frames)
+        except ValueError as exc:
+            self.broker.count("zap.bad_requests")
+            request_id = frames[1] if len(frames) > 1 else b""
+            self.zap.send_multipart(curve.zap_reply(request_id, curve.ZapAnswer("500", str(exc), "", "")))
+            return
+        answer = curve.decide(request, self.keys.allow)
+        self.zap.send_multipart(curve.zap_reply(request.request_id, answer))
+        if answer.status == "200":
+            log.debug("admitted %s on the %s from %s", answer.who, request.domain, request.address)
+            return
+        self.broker.count(f"zap.denied.{request.domain}")
+        if self.denials.should_audit(request.domain, answer.who, request.address, now):
+            log.warning("refused a %s connection from %s: %s", request.domain, request.address, answer.text)
+            self.broker.audit_refused_connection(answer.who, request.domain, f"from {request.address}: {answer.text}")
 
     def send(self, messages: list[Outgoing]) -> None:
         self._outbox.extend(messages)
@@ -118,6 +167,10 @@ class Colony:
         poller = zmq.Poller()
         poller.register(self.frontend, zmq.POLLIN)
         poller.register(self.backend, zmq.POLLIN)
+        if self.zap is not None:
+            poller.register(self.zap, zmq.POLLIN)
+        for monitor in self.monitors:
+            poller.register(monitor, zmq.POLLIN)
         next_tick = time.monotonic()
         try:
             while not signals.requested:
@@ -132,6 +185,13 @@ class Colony:
                     if self.frontend.poll(0, zmq.POLLIN):
                         self.on_frontend(now)
                         busy = True
+                    if self.zap is not None and self.zap.poll(0, zmq.POLLIN):
+                        self.on_zap(now)
+                        busy = True
+                    for monitor in self.monitors:
+                        if monitor.poll(0, zmq.POLLIN):
+                            self.on_handshake_failed(monitor, now)
+                            busy = True
                     if not busy:
                         break
                 if now >= next_tick:  # timers, not per message: a thousand agents' heartbeats wake us often
@@ -144,6 +204,10 @@ class Colony:
             log.info("stopping (%s)", signals.signal_name or "shutdown")
             self.frontend.close(linger=0)
             self.backend.close(linger=0)
+            if self.zap is not None:
+                self.zap.close(linger=0)
+            for monitor in self.monitors:
+                monitor.close(linger=0)
             unlink_ipc(self.config.colony_frontend)
             unlink_ipc(self.config.colony_backend)
             self.store.close()

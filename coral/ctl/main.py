@@ -14,12 +14,14 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, cast
 
 from google.protobuf.message import Message
 
 from coral.ctl import render
-from coral.daemon.client import Client, Unreachable
+from coral.daemon import curve
+from coral.daemon.client import Client, HandshakeFailed, Unreachable
 from coral.daemon.config import Config, ConfigError, load_config
 from coral.daemon.errors import CoralError
 from coral.proto import coral_pb2 as pb
@@ -96,6 +98,11 @@ examples:
     "detach": """\
 examples:
   coralctl debug detach dbg-1a2b3c4d5e6f""",
+    "generate": """\
+examples:
+  coralctl keys generate colony --dir /etc/coral/keys      # on the colony host
+  coralctl keys generate web-1 --dir /etc/coral/keys       # on an agent host
+  coralctl keys generate alice --dir ~/.config/coral       # for coralctl over tcp""",
 }
 
 
@@ -121,7 +128,8 @@ def positive_int(text: str) -> int:
 
 # Longer than the colony's own wait for an agent (limits.request_timeout, 10 s), so that
 # an agent that does not answer is reported as such, not as an unreachable colony.
-GLOBAL_DEFAULTS = {"local": False, "endpoint": None, "output": "text", "timeout": 15.0, "config": None}
+GLOBAL_DEFAULTS = {"local": False, "endpoint": None, "output": "text", "timeout": 15.0, "config": None,
+                   "key": "", "colony_key": ""}
 
 
 def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
@@ -135,6 +143,10 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     )
     parser.add_argument("--timeout", type=duration_arg, default=d("timeout"), help="how long to wait for a reply (default 15s)")
     parser.add_argument("--config", default=d("config"), help="configuration file")
+    parser.add_argument("--key", default=d("key"), metavar="FILE",
+                        help="over tcp: this client's NAME.key_secret (default: [client] key_file)")
+    parser.add_argument("--colony-key", default=d("colony_key"), metavar="FILE",
+                        help="over tcp: the colony's public key file (default: [client] colony_public_key_file)")
 
 
 def command(
@@ -212,7 +224,33 @@ def build_parser() -> argparse.ArgumentParser:
     au = command(sub, "audit", "who asked the colony for what, and what came of it", common)
     au.add_argument("--since", type=duration_arg, default=0.0, help="only the last 1h, 30m, ...")
     au.add_argument("--max", type=positive_int, default=1000, help="at most this many entries (the newest)")
+    keys = sub.add_parser("keys", help="CURVE key pairs for tcp links").add_subparsers(
+        dest="keys_command", required=True, metavar="SUBCOMMAND"
+    )
+    g = command(keys, "generate", "write NAME.key (public) and NAME.key_secret (secret, 0600)", common)
+    g.add_argument("name", help="the key's name: the colony knows the peer as key:NAME")
+    g.add_argument("--dir", default=".", help="where to write the two files (default: here)")
     return p
+
+
+def generate_keys(args: argparse.Namespace) -> int:
+    """`coralctl keys generate`: no daemon involved."""
+    out = Output(args.output == "json")
+    try:
+        public_path, secret_path, public = curve.write_key_pair(Path(args.dir), args.name)
+    except (ValueError, OSError) as exc:
+        print(f"coralctl: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    fp = curve.fingerprint(public)
+    if out.json:
+        out.record({"name": args.name, "public_key_file": str(public_path), "secret_key_file": str(secret_path),
+                    "public_key": public.decode(), "fingerprint": fp})
+        return EXIT_OK
+    out.line(f"Wrote the key pair {args.name!r} (fingerprint {fp}):")
+    out.line(f"  secret  {secret_path}  (0600) stays on this host: its key_file, or the colony's secret_key_file")
+    out.line(f"  public  {public_path}  goes to the colony's agent_keys_dir (an agent) or client_keys_dir (coralctl);")
+    out.line("          the colony's own public key goes to every agent and client: their colony_public_key_file")
+    return EXIT_OK
 
 
 class Ctl:
@@ -223,7 +261,8 @@ class Ctl:
         self.slow_ns = round(getattr(args, "slow", 0.0) * 1e9)
         endpoint = args.endpoint or (config.agent_endpoint if args.local else config.colony_frontend)
         self.target = "agent" if args.local else "colony"
-        self.client = Client(endpoint, args.timeout, max_message_bytes=config.limits.max_message_bytes)
+        keys = curve.client_keys(config, endpoint, args.key, args.colony_key)  # ConfigError: tcp without keys
+        self.client = Client(endpoint, args.timeout, max_message_bytes=config.limits.max_message_bytes, keys=keys)
 
     def call(self, method: str, request: Message) -> Any:
         return self.client.call(method, request)
@@ -444,12 +483,14 @@ class Ctl:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "keys":
+        return generate_keys(args)
     try:
         config = load_config(args.config)
+        ctl = Ctl(args, config)
     except ConfigError as exc:
         print(f"coralctl: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    ctl = Ctl(args, config)
     command = args.debug_command if args.command == "debug" else args.command
     run = {
         "ping": ctl.ping,
@@ -463,6 +504,9 @@ def main(argv: list[str] | None = None) -> int:
     }[command]
     try:
         return run()
+    except HandshakeFailed as exc:
+        print(f"coralctl: cannot talk to the {ctl.target}: {exc.message}", file=sys.stderr)
+        return EXIT_UNREACHABLE
     except Unreachable as exc:
         hint = (
             "is coral-agentd running?"

@@ -3,7 +3,9 @@
 Rights: "list" (services, functions, sessions, events, audit), "attach"
 (start and end sessions) and "capture" (sessions that capture argument or
 return values: a stronger right than timing). Each is a list of unix user
-names and @group names. Root may do everything."""
+names, @group names, and key:NAME for a peer on tcp whose CURVE key is
+NAME.key in the colony's allow-list (key:* for any such key). Root (on ipc)
+may do everything."""
 
 from __future__ import annotations
 
@@ -51,8 +53,17 @@ def check(policy: AccessConfig, peer: Peer, method: str, request: Any,
           identify: Callable[[int], tuple[str, set[str]]] = unix_identity) -> None:
     """Raise PermissionDenied, naming the missing right, unless the peer may."""
     needed = rights_needed(method, request)
-    if not needed or peer.uid == 0 or peer.key == "colony":
+    if not needed or peer.uid == 0 or peer.trusted:
         return  # root, or a request the colony already checked
+    if peer.key:  # a CURVE peer on tcp, admitted by the allow-list: known by its key's name
+        for right in needed:
+            admits: tuple[str, ...] = getattr(policy, right)
+            if f"key:{peer.key}" not in admits and "key:*" not in admits:
+                raise PermissionDenied(
+                    f"key {peer.key} may not {right} (needs [access] {right}, which admits "
+                    f"{', '.join(admits) or 'nobody but root'})"
+                )
+        return
     if peer.uid is None:
         raise PermissionDenied("the peer's identity is unknown (peer credentials unavailable)")
     user, groups = identify(peer.uid)

@@ -63,6 +63,9 @@ class AgentConfig:
     heartbeat_liveness: int = 5
     poll_interval: float = 0.05
     flush_interval: float = 0.2
+    # Over tcp:// (CURVE): this agent's secret key file and the colony's public key file.
+    key_file: str = ""
+    colony_public_key_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,18 @@ class ColonyConfig:
     backend_endpoint: str = ""
     heartbeat_interval: float = 1.0
     heartbeat_liveness: int = 5
+    # Over tcp:// (CURVE): the colony's secret key file, and the directories of
+    # the public keys it admits on the backend (agents) and frontend (clients).
+    secret_key_file: str = ""
+    agent_keys_dir: str = ""
+    client_keys_dir: str = ""
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    # coralctl over tcp:// (CURVE): its secret key file and the colony's public key file.
+    key_file: str = ""
+    colony_public_key_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -82,7 +97,8 @@ class SdkConfig:
 
 @dataclass(frozen=True)
 class AccessConfig:
-    # Unix user names and @group names; root may always. See coral/daemon/access.py.
+    # Unix user names, @group names and key:NAME (a CURVE key on tcp); root may
+    # always. See coral/daemon/access.py.
     list: tuple[str, ...] = ("@coral",)
     attach: tuple[str, ...] = ("@coral",)
     capture: tuple[str, ...] = ("@coral",)
@@ -95,6 +111,7 @@ class Config:
     sessions: SessionsConfig = field(default_factory=SessionsConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     colony: ColonyConfig = field(default_factory=ColonyConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
     sdk: SdkConfig = field(default_factory=SdkConfig)
     access: AccessConfig = field(default_factory=AccessConfig)
     source: str = "(defaults)"
@@ -135,6 +152,7 @@ _SECTION_TYPES = {
     "sessions": SessionsConfig,
     "agent": AgentConfig,
     "colony": ColonyConfig,
+    "client": ClientConfig,
     "sdk": SdkConfig,
     "access": AccessConfig,
 }
@@ -195,6 +213,10 @@ def parse_config(data: dict[str, Any], source: str) -> Config:
     config = Config(**sections, source=source)
     if config.sessions.default_duration > config.sessions.max_duration:
         raise ConfigError(f"{source}: [sessions] default_duration exceeds max_duration")
+    for section, key in (("colony", "frontend_endpoint"), ("colony", "backend_endpoint"), ("agent", "colony_endpoint")):
+        endpoint = getattr(getattr(config, section), key)
+        if endpoint and not endpoint.startswith(("ipc://", "tcp://")):
+            raise ConfigError(f"{source}: [{section}] {key}: only ipc:// and tcp:// (with CURVE) are supported, got {endpoint!r}")
     return config
 
 

@@ -181,6 +181,9 @@ def run_daemon(argv: list[str] | None, name: str, description: str, lock_name: s
     signals.install()
     try:
         make_server(config).run(signals, Notifier())
+    except ConfigError as exc:  # found while setting up (e.g. a CURVE key file)
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 1
     except Exception as exc:  # BCC and DuckDB raise plain exceptions too
         log.error("fatal: %s", exc)
         log.debug("traceback", exc_info=True)

@@ -23,12 +23,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Peer:
-    """Who sent a message. On ipc, uid/gid/pid come from SO_PEERCRED."""
+    """Who sent a message. On ipc, uid/gid/pid come from SO_PEERCRED; on
+    tcp, ``key`` is the name of the peer's CURVE key in the allow-list."""
 
     uid: int | None = None
     gid: int | None = None
     pid: int | None = None
-    key: str = ""  # CURVE public key (z85) on tcp
+    key: str = ""
+    trusted: bool = False  # the colony relaying a request it has already checked
 
     @property
     def who(self) -> str:
@@ -105,10 +107,15 @@ class Dispatcher:
 def recv_with_peer(socket: zmq.Socket[bytes]) -> tuple[list[bytes], Peer]:
     """Receive a multipart message and the sender's credentials."""
     frames = socket.recv_multipart(copy=False)
+    address: int | str | None = None
+    user: int | str | None = None
     try:
         address = frames[-1].get("Peer-Address")
+        user = frames[-1].get("User-Id")  # set by the colony's ZAP handler for CURVE peers
     except zmq.ZMQError:
-        address = None
+        pass
+    if isinstance(user, str) and user:
+        return [f.bytes for f in frames], Peer(key=user)
     return [f.bytes for f in frames], peer_from_address(address if isinstance(address, str) else None)
 
 
