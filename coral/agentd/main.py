@@ -25,6 +25,7 @@ from coral.daemon.client import Client
 from coral.daemon.config import Config
 from coral.daemon.errors import NotFound, Unavailable
 from coral.daemon.methods import AGENT_FROM_COLONY_METHODS, AGENT_LOCAL_METHODS
+from coral.daemon.retention import PurgeSchedule, Retention, parse_age
 from coral.daemon.runtime import (
     Notifier,
     ShutdownSignals,
@@ -53,6 +54,8 @@ class Agent:
         self.engine = ProbeEngine(config.sessions.ring_buffer_pages, config.sessions.string_bytes)
         self.sessions = SessionManager(config, self.agent_id, self.registry, self.store, self._ask_process, self.engine)
         self._process_clients: dict[str, Client] = {}
+        self.retention = Retention(parse_age(config.agent.retention))
+        self.purges = PurgeSchedule(config.agent.purge_interval)
         handlers: dict[str, Handler] = {
             "Ping": self.ping,
             "ListServices": self.list_services,
@@ -152,6 +155,21 @@ class Agent:
             client.close()
         self.link.announce(time.monotonic())
 
+    def purge(self, now: float) -> int:
+        """Purge one batch of ended sessions past [agent] retention, with their calls."""
+        if not self.purges.due(now):
+            return 0
+        now_ns = time.time_ns()
+        cutoff = self.retention.cutoff_ns(now_ns)
+        ids = [] if cutoff is None else self.retention.purgeable(
+            self.store.purge_candidates(cutoff, self.retention.batch), now_ns)
+        sessions, calls = self.store.purge(ids)
+        if sessions:
+            log.info("retention: purged %d session(s) and %d call(s) that ended more than %s ago",
+                     sessions, calls, self.config.agent.retention)
+        self.purges.done(now, len(ids), self.retention.batch)
+        return sessions
+
     # ---------------------------------------------------------------- loop
 
     def run(self, signals: ShutdownSignals, notifier: Notifier) -> None:
@@ -191,6 +209,7 @@ class Agent:
                 self.sessions.expire_due(time.time_ns())
                 for reg in self.registry.prune_exited():
                     self._forget(reg)
+                self.purge(now)
                 self.link.tick(now)
                 notifier.watchdog(now)
         finally:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from coral.daemon.errors import InvalidArgument
+from coral.daemon.retention import parse_age
 
 DEFAULT_CONFIG_PATH = "/etc/coral/coral.toml"
 
@@ -63,6 +64,8 @@ class AgentConfig:
     heartbeat_liveness: int = 5
     poll_interval: float = 0.05
     flush_interval: float = 0.2
+    retention: str = "7d"
+    purge_interval: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,9 @@ class ColonyConfig:
     backend_endpoint: str = ""
     heartbeat_interval: float = 1.0
     heartbeat_liveness: int = 5
+    pull_interval: float = 0.5
+    retention: str = "7d"
+    purge_interval: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -152,6 +158,8 @@ _POSITIVE = {
     "heartbeat_liveness",
     "poll_interval",
     "flush_interval",
+    "pull_interval",
+    "purge_interval",
 }
 
 
@@ -168,6 +176,11 @@ def _check_value(source: str, section: str, key: str, expected: type, value: Any
         raise ConfigError(f"{where}: must be between 8 and 1024, got {value!r}")
     if key == "ring_buffer_pages" and value & (value - 1):
         raise ConfigError(f"{where}: must be a power of two, got {value!r}")
+    if key == "retention":
+        try:
+            parse_age(value)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
     return value
 
 
