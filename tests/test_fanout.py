@@ -76,12 +76,15 @@ def test_attach_runs_on_every_agent_and_the_summary_adds_them_up(
     lines = records(rest)
     returns = [e for e in lines if e["kind"] == "event" and e["event_type"] == "return"]
     assert sorted((e["agent_id"], e["pid"]) for e in returns) == sorted(
-        [(agent_a, payments.child_pid)] * N + [(AGENT_B, payments_b.child_pid)] * N)
+        [(agent_a, payments.child_pid)] * N + [(AGENT_B, payments_b.child_pid)] * N
+    )
     summary = lines[-1]
     assert summary["kind"] == "summary" and summary["status"] == "expired" and summary["calls"] == 2 * N
     assert sum(summary["histogram"].values()) == 2 * N  # the two kernels' histograms, bucket by bucket
     assert [(a["agent_id"], a["calls"], a["status"]) for a in summary["agents"]] == [
-        (agent_a, N, "expired"), (AGENT_B, N, "expired")]
+        (agent_a, N, "expired"),
+        (AGENT_B, N, "expired"),
+    ]
 
     # The text view names the agent of each call, and the summary each agent.
     text = coralctl(coral_env, "debug", "events", first["session_id"], "--slow", "1ms")
@@ -142,8 +145,9 @@ def test_the_colony_pulls_a_finished_session_before_its_agent_dies(
     attach.wait()
     assert payments.call(N) == f"done {N} declined 1"
     # The colony pulls on its own, and once more at the end.
-    wait_for_session(coral_env, first["session_id"],
-                     lambda s: s["status"] == "expired" and all(p["complete"] for p in s["parts"]))
+    wait_for_session(
+        coral_env, first["session_id"], lambda s: s["status"] == "expired" and all(p["complete"] for p in s["parts"])
+    )
     agent.proc.send_signal(signal.SIGKILL)
     agent.proc.wait(10)
 
@@ -166,22 +170,23 @@ purge_interval = 0.2
 """
 
 
-def test_retention_purges_finished_sessions_and_keeps_running_ones(coral_env: CoralEnv, payments_binary: Path,
-                                                                    bpf: None) -> None:
+def test_retention_purges_finished_sessions_and_keeps_running_ones(coral_env: CoralEnv, payments_binary: Path, bpf: None) -> None:
     env = coral_env.with_config(RETENTION)
     colony = start_colony(env)
     agent = start_agent(env)
     payments = NativeService(env, payments_binary)
     try:
         wait_for_instances(env, "payments", 1)
-        done = records(coralctl(env, "--output", "json", "debug", "attach", "payments", "--function", "validate_card",
-                                "--duration", "1s").stdout)[-1]
+        done = records(
+            coralctl(
+                env, "--output", "json", "debug", "attach", "payments", "--function", "validate_card", "--duration", "1s"
+            ).stdout
+        )[-1]
         running, first = start_attach(env, "payments", "validate_card", "--duration", "5m", "--no-save")
         end = time.monotonic() + 30
         while time.monotonic() < end:
             ids = [s["session_id"] for s in records(coralctl(env, "--output", "json", "debug", "sessions").stdout)]
-            local = [s["session_id"] for s in records(coralctl(env, "--local", "--output", "json", "debug",
-                                                               "sessions").stdout)]
+            local = [s["session_id"] for s in records(coralctl(env, "--local", "--output", "json", "debug", "sessions").stdout)]
             if done["session_id"] not in ids and done["session_id"] not in local:
                 break
         assert (ids, local) == ([first["session_id"]], [first["session_id"]])  # the running one stays

@@ -185,8 +185,9 @@ class Broker:
 
     def _send(self, agent: AgentState, method: str, request: Message, now: float, gather: Gather | None) -> Outgoing:
         agent_request_id = f"c{next(self._ids)}".encode()
-        self.pending[agent_request_id] = Pending(agent.identity, agent.agent_id, method, request,
-                                                 now + self.config.limits.request_timeout, gather)
+        self.pending[agent_request_id] = Pending(
+            agent.identity, agent.agent_id, method, request, now + self.config.limits.request_timeout, gather
+        )
         agent.last_sent = now
         return Outgoing("backend", wire.encode_request(agent_request_id, method, request, (agent.identity,)))
 
@@ -202,10 +203,23 @@ class Broker:
             return pb.ListServicesResponse(services=self.services())
         if isinstance(request, pb.ListAuditRequest):
             rows, truncated = self.store.audit_rows(request.since_unix_ns, min(request.max_entries or 1000, 10_000))
-            return pb.ListAuditResponse(truncated=truncated, entries=[
-                pb.AuditEntry(timestamp_unix_ns=r.ts_ns, who=r.who, peer_pid=r.peer_pid, method=r.method, service=r.service,
-                              function=r.function, session_id=r.session_id, outcome=r.outcome, detail=r.detail)
-                for r in rows])
+            return pb.ListAuditResponse(
+                truncated=truncated,
+                entries=[
+                    pb.AuditEntry(
+                        timestamp_unix_ns=r.ts_ns,
+                        who=r.who,
+                        peer_pid=r.peer_pid,
+                        method=r.method,
+                        service=r.service,
+                        function=r.function,
+                        session_id=r.session_id,
+                        outcome=r.outcome,
+                        detail=r.detail,
+                    )
+                    for r in rows
+                ],
+            )
         if isinstance(request, pb.ListDebugSessionsRequest):
             return pb.ListDebugSessionsResponse(sessions=self.store.sessions(request.service, request.active_only))
         if isinstance(request, pb.QueryUprobeEventsRequest):
@@ -230,8 +244,10 @@ class Broker:
         limit = max(1, min(request.max_events or 500, 5000))
         rows = self.store.events(session.session_id, request.cursor, request.since_unix_ns, request.until_unix_ns, limit)
         return pb.QueryUprobeEventsResponse(
-            events=[e for _, e in rows], next_cursor=rows[-1][0] if rows else request.cursor,
-            has_more=len(rows) == limit or colony_sessions.draining(session), session=session,
+            events=[e for _, e in rows],
+            next_cursor=rows[-1][0] if rows else request.cursor,
+            has_more=len(rows) == limit or colony_sessions.draining(session),
+            session=session,
         )
 
     def _route(self, method: str, request: Message) -> list[AgentState]:
@@ -314,8 +330,9 @@ class Broker:
     def _attached(self, gather: Gather) -> list[Outgoing]:
         request = cast(pb.AttachUprobeRequest, gather.request)
         now_ns = time.time_ns()
-        session = pb.DebugSession(session_id=request.session_id, service=request.service, function=request.function,
-                                  config=request.config)
+        session = pb.DebugSession(
+            session_id=request.session_id, service=request.service, function=request.function, config=request.config
+        )
         errors: list[tuple[str, str, str]] = []
         for agent_id in gather.agents:
             status, body = gather.replies[agent_id]
@@ -331,8 +348,9 @@ class Broker:
         self._changed(session)
         if is_open(session):
             self.open[session.session_id] = session
-        return self._reply(gather, pb.AttachUprobeResponse(session=session),
-                           "; ".join(f"agent {a} refused: {m}" for a, _, m in errors))
+        return self._reply(
+            gather, pb.AttachUprobeResponse(session=session), "; ".join(f"agent {a} refused: {m}" for a, _, m in errors)
+        )
 
     def _detached(self, gather: Gather) -> list[Outgoing]:
         request = cast(pb.DetachUprobeRequest, gather.request)
@@ -352,8 +370,7 @@ class Broker:
         if len(errors) == len(gather.agents):
             return self._refuse(gather, errors)
         self._changed(session)
-        return self._reply(gather, pb.DetachUprobeResponse(session=session),
-                           "; ".join(f"agent {a}: {m}" for a, _, m in errors))
+        return self._reply(gather, pb.DetachUprobeResponse(session=session), "; ".join(f"agent {a}: {m}" for a, _, m in errors))
 
     def _changed(self, session: pb.DebugSession) -> None:
         """A part changed: merge, save, and stop pulling once nothing is left to pull."""
@@ -432,12 +449,17 @@ class Broker:
             return 0
         now_ns = time.time_ns()
         cutoff = self.retention.cutoff_ns(now_ns)
-        ids = [] if cutoff is None else self.retention.purgeable(
-            self.store.purge_candidates(cutoff, self.retention.batch), now_ns)
+        ids = (
+            [] if cutoff is None else self.retention.purgeable(self.store.purge_candidates(cutoff, self.retention.batch), now_ns)
+        )
         sessions, events = self.store.purge(ids)
         if sessions:
-            log.info("retention: purged %d session(s) and %d event(s) that ended more than %s ago",
-                     sessions, events, self.config.colony.retention)
+            log.info(
+                "retention: purged %d session(s) and %d event(s) that ended more than %s ago",
+                sessions,
+                events,
+                self.config.colony.retention,
+            )
             self.counters["purged_sessions"] = self.counters.get("purged_sessions", 0) + sessions
         self.purges.done(now, len(ids), self.retention.batch)
         return sessions
@@ -449,8 +471,7 @@ class Broker:
         for request_id, p in list(self.pending.items()):
             if now >= p.deadline:
                 del self.pending[request_id]
-                err = Unavailable(f"agent {p.agent_id} did not answer {p.method} within "
-                                  f"{self.config.limits.request_timeout:g}s")
+                err = Unavailable(f"agent {p.agent_id} did not answer {p.method} within {self.config.limits.request_timeout:g}s")
                 out.extend(self._deliver(p, err.code, _error_body(err)))
         interval, liveness = self.config.colony.heartbeat_interval, self.config.colony.heartbeat_liveness
         for identity, agent in list(self.agents.items()):

@@ -27,21 +27,27 @@ class PullSchedule:
     _start: int = 0  # where the last round stopped: every part gets its turn
 
     def due(self, sessions: Iterable[pb.DebugSession], reachable: Callable[[str], bool], now: float) -> list[PartKey]:
-        """The parts to pull now, at most `per_tick`."""
-        candidates: list[PartKey] = []
+        """The parts to pull now, at most `per_tick`: ended parts and full
+        pages first, then running parts whose interval has passed, in turn."""
+        urgent: list[PartKey] = []
+        routine: list[PartKey] = []
         for s in sessions:
             for p in s.parts:
                 key = (s.session_id, p.agent_id)
                 if p.complete or key in self.in_flight or not reachable(p.agent_id):
                     continue
-                if p.session.status == "active" and now < self.next_at.get(key, 0.0):
-                    continue
-                candidates.append(key)
-        if len(candidates) <= self.per_tick:
-            return candidates
-        start = self._start % len(candidates)
-        self._start = start + self.per_tick
-        return (candidates[start:] + candidates[:start])[: self.per_tick]
+                if p.session.status != "active" or self.next_at.get(key) == 0.0:
+                    urgent.append(key)
+                elif now >= self.next_at.get(key, 0.0):
+                    routine.append(key)
+        room = self.per_tick - len(urgent)
+        if room <= 0:
+            return urgent[: self.per_tick]
+        if len(routine) > room:
+            start = self._start % len(routine)
+            self._start = start + room
+            routine = (routine[start:] + routine[:start])[:room]
+        return urgent + routine
 
     def sent(self, key: PartKey, now: float) -> None:
         self.in_flight.add(key)

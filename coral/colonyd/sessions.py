@@ -21,8 +21,15 @@ def refused_part(session_id: str, request: pb.AttachUprobeRequest, agent_id: str
         agent_id=agent_id,
         complete=True,
         session=pb.DebugSession(
-            session_id=session_id, service=request.service, function=request.function, agent_id=agent_id,
-            started_unix_ns=now_ns, expires_unix_ns=now_ns, ended_unix_ns=now_ns, status=FAILED, status_reason=why,
+            session_id=session_id,
+            service=request.service,
+            function=request.function,
+            agent_id=agent_id,
+            started_unix_ns=now_ns,
+            expires_unix_ns=now_ns,
+            ended_unix_ns=now_ns,
+            status=FAILED,
+            status_reason=why,
             config=request.config,
         ),
     )

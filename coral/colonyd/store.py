@@ -69,8 +69,9 @@ class ColonyStore:
 
     def audit_rows(self, since_ns: int = 0, limit: int = 1000) -> tuple[list[AuditRow], bool]:
         """The newest `limit` entries since `since_ns`, oldest first; and whether more matched."""
-        rows = self._db.execute("SELECT * FROM audit WHERE ts_ns >= ? ORDER BY ts_ns DESC LIMIT ?",
-                                [since_ns, limit + 1]).fetchall()
+        rows = self._db.execute(
+            "SELECT * FROM audit WHERE ts_ns >= ? ORDER BY ts_ns DESC LIMIT ?", [since_ns, limit + 1]
+        ).fetchall()
         return [AuditRow(*r) for r in reversed(rows[:limit])], len(rows) > limit
 
     def save_session(self, s: pb.DebugSession) -> None:
@@ -81,8 +82,17 @@ class ColonyStore:
         self._db.execute(
             "INSERT OR REPLACE INTO sessions (session_id, service, agent_id, status, expires_ns, started_ns, session, open, "
             "ended_ns) VALUES (?,?,?,?,?,?,?,?,?)",
-            [s.session_id, s.service, s.agent_id, s.status, s.expires_unix_ns, s.started_unix_ns, blob, is_open(s),
-             s.ended_unix_ns],
+            [
+                s.session_id,
+                s.service,
+                s.agent_id,
+                s.status,
+                s.expires_unix_ns,
+                s.started_unix_ns,
+                blob,
+                is_open(s),
+                s.ended_unix_ns,
+            ],
         )
 
     def session(self, session_id: str) -> pb.DebugSession | None:
@@ -108,8 +118,9 @@ class ColonyStore:
         """Keep events pulled from one agent, each once; returns how many were new."""
         key = (session_id, agent_id)
         if key not in self._newest:
-            row = self._db.execute("SELECT coalesce(max(seq), -1) FROM agent_events WHERE session_id = ? AND agent_id = ?",
-                                   [session_id, agent_id]).fetchone()
+            row = self._db.execute(
+                "SELECT coalesce(max(seq), -1) FROM agent_events WHERE session_id = ? AND agent_id = ?", [session_id, agent_id]
+            ).fetchone()
             self._newest[key] = int(row[0]) if row else -1
         events = [e for e in events if e.seq > self._newest[key]]
         if not events:
@@ -120,8 +131,14 @@ class ColonyStore:
         self._db.execute(
             "INSERT OR IGNORE INTO agent_events SELECT unnest($1::BIGINT[]), $2, $3, unnest($4::BIGINT[]), "
             "unnest($5::BIGINT[]), unnest($6::BLOB[])",
-            [list(range(first, first + len(events))), session_id, agent_id, [e.seq for e in events],
-             [ends.get(e.seq // 2, e.timestamp_unix_ns) for e in events], [e.SerializeToString() for e in events]],
+            [
+                list(range(first, first + len(events))),
+                session_id,
+                agent_id,
+                [e.seq for e in events],
+                [ends.get(e.seq // 2, e.timestamp_unix_ns) for e in events],
+                [e.SerializeToString() for e in events],
+            ],
         )
         self._n = first + len(events)
         return len(events)
@@ -132,8 +149,7 @@ class ColonyStore:
             self._n = int(row[0]) + 1 if row else 1
         return self._n
 
-    def events(self, session_id: str, after_n: int, since_ns: int, until_ns: int,
-               limit: int) -> list[tuple[int, pb.UprobeEvent]]:
+    def events(self, session_id: str, after_n: int, since_ns: int, until_ns: int, limit: int) -> list[tuple[int, pb.UprobeEvent]]:
         """A page of a session's events in the order the colony received
         them, each with its colony order (the next cursor)."""
         sql, params = "SELECT n, event FROM agent_events WHERE session_id = ? AND n > ?", [session_id, after_n]
@@ -150,17 +166,21 @@ class ColonyStore:
         """Ended sessions (nothing left to pull) that ended before `before_ns`, oldest first."""
         rows = self._db.execute(
             "SELECT session_id, status, ended_ns FROM sessions WHERE NOT coalesce(open, false) AND status != 'active' "
-            "AND ended_ns > 0 AND ended_ns < ? ORDER BY ended_ns LIMIT ?", [before_ns, limit]).fetchall()
+            "AND ended_ns > 0 AND ended_ns < ? ORDER BY ended_ns LIMIT ?",
+            [before_ns, limit],
+        ).fetchall()
         return [(str(r[0]), str(r[1]), int(r[2])) for r in rows]
 
     def purge(self, session_ids: list[str]) -> tuple[int, int]:
         """Delete sessions and their events (never audit rows); returns (sessions, events) deleted."""
         if not session_ids:
             return 0, 0
-        events = self._db.execute("DELETE FROM agent_events WHERE session_id IN (SELECT unnest($1::VARCHAR[])) RETURNING n",
-                                  [session_ids]).fetchall()
-        sessions = self._db.execute("DELETE FROM sessions WHERE session_id IN (SELECT unnest($1::VARCHAR[])) "
-                                    "RETURNING session_id", [session_ids]).fetchall()
+        events = self._db.execute(
+            "DELETE FROM agent_events WHERE session_id IN (SELECT unnest($1::VARCHAR[])) RETURNING n", [session_ids]
+        ).fetchall()
+        sessions = self._db.execute(
+            "DELETE FROM sessions WHERE session_id IN (SELECT unnest($1::VARCHAR[])) RETURNING session_id", [session_ids]
+        ).fetchall()
         for sid in session_ids:
             self._saved.pop(sid, None)
         self._newest = {k: v for k, v in self._newest.items() if k[0] not in set(session_ids)}
