@@ -28,8 +28,10 @@ def events_held(c: Client, session_id: str) -> int:
     """How many events of the session the colony holds now (paging through them)."""
     cursor, n = 0, 0
     while True:
-        q = cast(pb.QueryUprobeEventsResponse, c.call("QueryUprobeEvents", pb.QueryUprobeEventsRequest(
-            session_id=session_id, cursor=cursor, max_events=5000)))
+        q = cast(
+            pb.QueryUprobeEventsResponse,
+            c.call("QueryUprobeEvents", pb.QueryUprobeEventsRequest(session_id=session_id, cursor=cursor, max_events=5000)),
+        )
         n += len(q.events)
         cursor = q.next_cursor
         if len(q.events) < 5000:
@@ -68,11 +70,19 @@ def main() -> int:
                     pass
                 lags.append(time.monotonic() - t)
                 held += 2
-            table(f"Visibility through the colony: {args.probes} single calls, alternately on two agents "
-                  f"(pull_interval {pull_interval} s)",
-                  ["P50", "P90", "max", "events held"],
-                  [[f"{statistics.median(lags) * 1000:.0f} ms", f"{statistics.quantiles(lags, n=10)[8] * 1000:.0f} ms",
-                    f"{max(lags) * 1000:.0f} ms", str(held)]])
+            table(
+                f"Visibility through the colony: {args.probes} single calls, alternately on two agents "
+                f"(pull_interval {pull_interval} s)",
+                ["P50", "P90", "max", "events held"],
+                [
+                    [
+                        f"{statistics.median(lags) * 1000:.0f} ms",
+                        f"{statistics.quantiles(lags, n=10)[8] * 1000:.0f} ms",
+                        f"{max(lags) * 1000:.0f} ms",
+                        str(held),
+                    ]
+                ],
+            )
 
             t0 = time.monotonic()
             svc_a.call(args.calls)
@@ -81,8 +91,13 @@ def main() -> int:
             t1 = time.monotonic()
             c.call("DetachUprobe", pb.DetachUprobeRequest(session_id=sid))
             while True:
-                s = next(s for s in cast(pb.ListDebugSessionsResponse, c.call(
-                    "ListDebugSessions", pb.ListDebugSessionsRequest())).sessions if s.session_id == sid)
+                s = next(
+                    s
+                    for s in cast(
+                        pb.ListDebugSessionsResponse, c.call("ListDebugSessions", pb.ListDebugSessionsRequest())
+                    ).sessions
+                    if s.session_id == sid
+                )
                 if all(p.complete for p in s.parts):
                     break
             drained = time.monotonic() - t1
@@ -92,11 +107,29 @@ def main() -> int:
                 c.call("QueryUprobeEvents", pb.QueryUprobeEventsRequest(session_id=sid, max_events=1000))
             page = (time.monotonic() - q0) / 20
             ping = cast(pb.PingResponse, c.call("Ping", pb.PingRequest()))
-        table(f"Drain: {args.calls:,} calls on each of two agents, then detach",
-              ["calls made in", "detach → every event in colony.duckdb", "events held", "expected",
-               "kernel-counted calls", "pulled_events counter", "one 1000-event page from the colony"],
-              [[f"{calls_took:.1f} s", f"{drained:.2f} s", f"{total:,}", f"{4 * args.calls + held:,}",
-                f"{s.total_calls:,}", f"{ping.counters['pulled_events']:,}", f"{page * 1000:.1f} ms"]])
+        table(
+            f"Drain: {args.calls:,} calls on each of two agents, then detach",
+            [
+                "calls made in",
+                "detach → every event in colony.duckdb",
+                "events held",
+                "expected",
+                "kernel-counted calls",
+                "pulled_events counter",
+                "one 1000-event page from the colony",
+            ],
+            [
+                [
+                    f"{calls_took:.1f} s",
+                    f"{drained:.2f} s",
+                    f"{total:,}",
+                    f"{4 * args.calls + held:,}",
+                    f"{s.total_calls:,}",
+                    f"{ping.counters['pulled_events']:,}",
+                    f"{page * 1000:.1f} ms",
+                ]
+            ],
+        )
     finally:
         svc_a.stop()
         svc_b.stop()

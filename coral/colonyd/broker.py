@@ -274,9 +274,7 @@ class Broker:
             running = [p.agent_id for p in session.parts if p.session.status == ACTIVE and not p.complete]
             reachable = [a for a in map(self.agent_by_id, running) if a is not None]
             if not reachable:
-                raise Unavailable(
-                    f"agent {', '.join(map(repr, running))} of session {session.session_id} is not connected"
-                )
+                raise Unavailable(f"agent {', '.join(map(repr, running))} of session {session.session_id} is not connected")
             return reachable
         raise CoralError(f"method {method!r} is not routed")  # not reached: the allow-list is checked first
 
