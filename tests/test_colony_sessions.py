@@ -198,6 +198,9 @@ def test_attach_goes_to_every_agent_and_one_refusal_is_named(broker: Broker) -> 
     pulls = sent_to(broker.tick(1.0), "backend")
     pulls = [f for f in pulls if f.name == "QueryUprobeEvents"]
     assert [f.envelope for f in pulls] == [(b"A",)]
+    broker.agent_ready(b"A2", hello("a"), 1.05)  # a reconnected on a new link: its pull is sent again there
+    pulls = [f for f in sent_to(broker.tick(1.06), "backend") if f.name == "QueryUprobeEvents"]
+    assert [f.envelope for f in pulls] == [(b"A2",)]
     events = [
         pb.UprobeEvent(session_id=request.session_id, agent_id="a", seq=2 * 5 + k, event_type=("entry", "return")[k])
         for k in (0, 1)

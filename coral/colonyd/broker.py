@@ -115,6 +115,10 @@ class Broker:
     def agent_ready(self, identity: bytes, hello: pb.AgentHello, now: float) -> None:
         for other in [i for i, a in self.agents.items() if a.agent_id == hello.agent_id and i != identity]:
             del self.agents[other]  # the same agent reconnected on a new link
+            for request_id, p in list(self.pending.items()):
+                if p.agent == other and p.gather is None:  # a pull sent on the old link: pull again on the new one
+                    del self.pending[request_id]
+                    self.pulls.answered((cast(pb.QueryUprobeEventsRequest, p.request).session_id, p.agent_id), more=True)
         if identity not in self.agents:
             log.info("agent %s ready (%d services)", hello.agent_id, len(hello.services))
         self.agents[identity] = AgentState(identity, hello, now)
