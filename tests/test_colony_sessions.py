@@ -12,7 +12,7 @@ from google.protobuf.message import Message
 
 from coral.colonyd.broker import Broker, Outgoing
 from coral.colonyd.pulls import PullSchedule
-from coral.colonyd.sessions import draining, is_open, merge
+from coral.colonyd.sessions import complete_parts_away, draining, is_open, merge
 from coral.colonyd.store import ColonyStore
 from coral.daemon import wire
 from coral.daemon.config import Config, ConfigError, parse_config
@@ -96,6 +96,13 @@ def test_merged_status_says_which_agent_failed_and_why() -> None:
     one = pb.DebugSession(parts=[part("a", [], "failed", "agent lost", complete=True)])
     merge(one)
     assert (one.status, one.status_reason, one.agent_id) == ("failed", "agent lost", "a")
+
+
+def test_a_part_whose_agent_stays_away_is_completed_after_its_end_and_a_grace() -> None:
+    s = pb.DebugSession(parts=[part("a", [5]), part("b", [5])])  # both expire at 200
+    assert not complete_parts_away(s, lambda agent: agent == "a", now_ns=204, grace_ns=5)
+    assert complete_parts_away(s, lambda agent: agent == "a", now_ns=205, grace_ns=5)
+    assert [(p.session.status, p.complete) for p in s.parts] == [("active", False), ("expired", True)]
 
 
 def test_pull_schedule_is_bounded_and_pulls_an_ended_part_at_once() -> None:

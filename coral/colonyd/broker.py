@@ -16,18 +16,18 @@ import os
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import TypeVar, cast
+from typing import cast
 
 from google.protobuf.message import Message
 
 from coral import __version__
 from coral.colonyd import sessions as colony_sessions
 from coral.colonyd.pulls import PULL_PAGE, PartKey, PullSchedule
-from coral.colonyd.sessions import ACTIVE, FAILED, is_open, part_of
+from coral.colonyd.sessions import ACTIVE, FAILED, is_open, part_of, reply_error, reply_ok
 from coral.colonyd.store import AuditRow, ColonyStore
 from coral.daemon import access, wire
 from coral.daemon.config import Config
-from coral.daemon.errors import BadRequest, CoralError, NotFound, Unavailable, error_from_code
+from coral.daemon.errors import CoralError, NotFound, Unavailable, error_from_code
 from coral.daemon.liveness import is_dead
 from coral.daemon.methods import COLONY_FRONTEND_METHODS, METHODS
 from coral.daemon.retention import PurgeSchedule, Retention, parse_age
@@ -35,8 +35,6 @@ from coral.daemon.server import Peer
 from coral.proto import coral_pb2 as pb
 
 log = logging.getLogger(__name__)
-
-M = TypeVar("M", bound=Message)
 
 
 @dataclass
@@ -313,7 +311,7 @@ class Broker:
             return self._attached(gather)
         if gather.method == "DetachUprobe":
             return self._detached(gather)
-        detail = _error_detail(status, body)
+        detail = reply_error(status, body)
         self._audit(gather.peer, gather.method, gather.request, status, detail)
         return [Outgoing("frontend", wire.encode_raw_reply(gather.client_request_id, status, body, gather.client))]
 
@@ -325,7 +323,7 @@ class Broker:
         """Every agent asked refused: one agent's error as it said it, or all of them named."""
         if len(gather.agents) == 1:
             status, body = gather.replies[gather.agents[0]]
-            self._audit(gather.peer, gather.method, gather.request, status, _error_detail(status, body))
+            self._audit(gather.peer, gather.method, gather.request, status, reply_error(status, body))
             return [Outgoing("frontend", wire.encode_raw_reply(gather.client_request_id, status, body, gather.client))]
         err = error_from_code(errors[0][1], "; ".join(f"agent {a}: {m}" for a, _, m in errors))
         self._audit(gather.peer, gather.method, gather.request, err.code, err.message)
@@ -333,48 +331,25 @@ class Broker:
 
     def _attached(self, gather: Gather) -> list[Outgoing]:
         request = cast(pb.AttachUprobeRequest, gather.request)
-        now_ns = time.time_ns()
-        session = pb.DebugSession(
-            session_id=request.session_id, service=request.service, function=request.function, config=request.config
-        )
-        errors: list[tuple[str, str, str]] = []
-        for agent_id in gather.agents:
-            status, body = gather.replies[agent_id]
-            started = _parse_ok(status, body, pb.AttachUprobeResponse)
-            if started is not None:
-                session.parts.add(agent_id=agent_id, session=started.session)
-                continue
-            message = _error_detail(status, body)
-            errors.append((agent_id, status, message))
-            session.parts.append(colony_sessions.refused_part(request.session_id, request, agent_id, message, now_ns))
-        if len(errors) == len(gather.agents):
-            return self._refuse(gather, errors)
+        replies = [(a, *gather.replies[a]) for a in gather.agents]
+        session, refusals = colony_sessions.started(request, replies, time.time_ns())
+        if len(refusals) == len(gather.agents):
+            return self._refuse(gather, refusals)
         self._changed(session)
         if is_open(session):
             self.open[session.session_id] = session
-        return self._reply(
-            gather, pb.AttachUprobeResponse(session=session), "; ".join(f"agent {a} refused: {m}" for a, _, m in errors)
-        )
+        detail = "; ".join(f"agent {a} refused: {m}" for a, _, m in refusals)
+        return self._reply(gather, pb.AttachUprobeResponse(session=session), detail)
 
     def _detached(self, gather: Gather) -> list[Outgoing]:
         request = cast(pb.DetachUprobeRequest, gather.request)
         session = self.open.get(request.session_id) or self.store.session(request.session_id) or pb.DebugSession()
-        errors: list[tuple[str, str, str]] = []
-        for agent_id in gather.agents:
-            status, body = gather.replies[agent_id]
-            part = part_of(session, agent_id)
-            detached = _parse_ok(status, body, pb.DetachUprobeResponse)
-            if part is not None and detached is not None:
-                part.session.CopyFrom(detached.session)  # its last events are pulled next
-                continue
-            errors.append((agent_id, status, _error_detail(status, body)))
-            if part is not None and status == NotFound.code:
-                part.session.status, part.session.status_reason = FAILED, errors[-1][2]
-                part.complete = True
-        if len(errors) == len(gather.agents):
-            return self._refuse(gather, errors)
+        failures = colony_sessions.detached(session, [(a, *gather.replies[a]) for a in gather.agents])
+        if len(failures) == len(gather.agents):
+            return self._refuse(gather, failures)
         self._changed(session)
-        return self._reply(gather, pb.DetachUprobeResponse(session=session), "; ".join(f"agent {a}: {m}" for a, _, m in errors))
+        detail = "; ".join(f"agent {a}: {m}" for a, _, m in failures)
+        return self._reply(gather, pb.DetachUprobeResponse(session=session), detail)
 
     def _changed(self, session: pb.DebugSession) -> None:
         """A part changed: merge, save, and stop pulling once nothing is left to pull."""
@@ -405,7 +380,7 @@ class Broker:
         key: PartKey = (request.session_id, pending.agent_id)
         session = self.open.get(key[0])
         part = part_of(session, key[1]) if session is not None else None
-        reply = _parse_ok(status, body, pb.QueryUprobeEventsResponse)
+        reply = reply_ok(status, body, pb.QueryUprobeEventsResponse)
         self.pulls.answered(key, more=reply is not None and reply.has_more)
         if session is None or part is None or part.complete:
             return
@@ -418,7 +393,7 @@ class Broker:
                 part.complete = True
                 self._changed(session)
             else:
-                log.debug("pull of %s from %s: %s", key[0], key[1], _error_detail(status, body))
+                log.debug("pull of %s from %s: %s", key[0], key[1], reply_error(status, body))
             return
         new = self.store.save_events(key[0], key[1], list(reply.events))
         self.counters["pulled_events"] = self.counters.get("pulled_events", 0) + new
@@ -434,15 +409,7 @@ class Broker:
         grace_ns = int(self.config.colony.heartbeat_interval * self.config.colony.heartbeat_liveness * 1e9)
         now_ns = time.time_ns()
         for session in list(self.open.values()):
-            changed = False
-            for part in session.parts:
-                ends = max(part.session.expires_unix_ns, part.session.ended_unix_ns)
-                if part.complete or self.agent_by_id(part.agent_id) is not None or now_ns < ends + grace_ns:
-                    continue
-                if part.session.status == ACTIVE:
-                    part.session.status, part.session.ended_unix_ns = "expired", part.session.expires_unix_ns
-                part.complete = changed = True
-            if changed:
+            if colony_sessions.complete_parts_away(session, lambda a: self.agent_by_id(a) is not None, now_ns, grace_ns):
                 self._changed(session)
 
     # ---------------------------------------------------------- retention
@@ -519,21 +486,3 @@ class Broker:
 
 def _error_body(err: CoralError) -> bytes:
     return pb.Error(code=err.code, message=err.message, suggestions=err.suggestions).SerializeToString()
-
-
-def _error_detail(status: str, body: bytes) -> str:
-    """The message of an agent's error reply (for audit rows and parts)."""
-    try:
-        return wire.parse_body(pb.Error, body).message or status
-    except BadRequest:
-        return f"{status} (unreadable error body)"
-
-
-def _parse_ok(status: str, body: bytes, kind: type[M]) -> M | None:
-    """An agent's OK reply, parsed; None for an error or an unreadable body."""
-    if status != wire.STATUS_OK:
-        return None
-    try:
-        return wire.parse_body(kind, body)
-    except BadRequest:
-        return None
