@@ -17,7 +17,7 @@ from coral.colonyd.store import ColonyStore
 from coral.daemon import wire
 from coral.daemon.config import Config, ConfigError, parse_config
 from coral.daemon.errors import NotFound
-from coral.daemon.retention import PurgeSchedule, Retention, parse_age
+from coral.daemon.retention import PurgeSchedule, Retention, parse_age, purge_once
 from coral.daemon.server import Peer
 from coral.histogram import bucket_of, percentile_ns
 from coral.proto import coral_pb2 as pb
@@ -149,10 +149,28 @@ def test_retention_purges_ended_sessions_only_oldest_first_one_batch_at_a_time()
     assert Retention(0).purgeable(rows, now) == []  # "0": keep forever
     schedule = PurgeSchedule(interval=60.0)
     assert schedule.due(0.0)
-    schedule.done(5.0, purged=1, batch=1)  # a full batch: more may wait
+    schedule.done(5.0, more=True)
     assert schedule.due(5.0)
-    schedule.done(5.0, purged=0, batch=1)
+    schedule.done(5.0, more=False)
     assert not schedule.due(64.0) and schedule.due(65.0)
+
+
+def test_a_purge_run_stops_after_enough_rows_and_says_more_is_due() -> None:
+    s = 1_000_000_000
+    rows = {f"s{i}": (f"s{i}", "expired", (10 + i) * s) for i in range(5)}
+    purged: list[str] = []
+
+    def purge(ids: list[str]) -> tuple[int, int]:
+        purged.extend(ids)
+        return len(ids), 40_000 * len(ids)  # 40,000 events each
+
+    def candidates(before_ns: int, limit: int) -> list[tuple[str, str, int]]:
+        return [r for r in rows.values() if r[0] not in purged and r[2] < before_ns][:limit]
+
+    assert purge_once(Retention(60), candidates, purge, 1000 * s, max_rows=100_000) == (3, 120_000, True)
+    assert purged == ["s0", "s1", "s2"]  # oldest first
+    assert purge_once(Retention(60), candidates, purge, 1000 * s, max_rows=100_000) == (2, 80_000, False)
+    assert purge_once(Retention(0), candidates, purge, 1000 * s) == (0, 0, False)
 
 
 # ------------------------------------------------------------- the broker, with fake agents

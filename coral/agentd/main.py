@@ -25,7 +25,7 @@ from coral.daemon.client import Client
 from coral.daemon.config import Config
 from coral.daemon.errors import NotFound, Unavailable
 from coral.daemon.methods import AGENT_FROM_COLONY_METHODS, AGENT_LOCAL_METHODS
-from coral.daemon.retention import PurgeSchedule, Retention, parse_age
+from coral.daemon.retention import PurgeSchedule, Retention, parse_age, purge_once
 from coral.daemon.runtime import (
     Notifier,
     ShutdownSignals,
@@ -156,18 +156,14 @@ class Agent:
         self.link.announce(time.monotonic())
 
     def purge(self, now: float) -> int:
-        """Purge one batch of ended sessions past [agent] retention, with their calls."""
+        """One bounded run of retention: ended sessions past [agent] retention go, with their calls."""
         if not self.purges.due(now):
             return 0
-        now_ns = time.time_ns()
-        cutoff = self.retention.cutoff_ns(now_ns)
-        ids = [] if cutoff is None else self.retention.purgeable(
-            self.store.purge_candidates(cutoff, self.retention.batch), now_ns)
-        sessions, calls = self.store.purge(ids)
+        sessions, calls, more = purge_once(self.retention, self.store.purge_candidates, self.store.purge, time.time_ns())
         if sessions:
             log.info("retention: purged %d session(s) and %d call(s) that ended more than %s ago",
                      sessions, calls, self.config.agent.retention)
-        self.purges.done(now, len(ids), self.retention.batch)
+        self.purges.done(now, more)
         return sessions
 
     # ---------------------------------------------------------------- loop

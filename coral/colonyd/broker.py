@@ -30,7 +30,7 @@ from coral.daemon.config import Config
 from coral.daemon.errors import CoralError, NotFound, Unavailable, error_from_code
 from coral.daemon.liveness import is_dead
 from coral.daemon.methods import COLONY_FRONTEND_METHODS, METHODS
-from coral.daemon.retention import PurgeSchedule, Retention, parse_age
+from coral.daemon.retention import PurgeSchedule, Retention, parse_age, purge_once
 from coral.daemon.server import Peer
 from coral.proto import coral_pb2 as pb
 
@@ -415,15 +415,10 @@ class Broker:
     # ---------------------------------------------------------- retention
 
     def purge(self, now: float) -> int:
-        """Purge one batch of sessions past their retention, with their events."""
+        """One bounded run of retention: ended sessions past it go, with their events."""
         if not self.purges.due(now):
             return 0
-        now_ns = time.time_ns()
-        cutoff = self.retention.cutoff_ns(now_ns)
-        ids = (
-            [] if cutoff is None else self.retention.purgeable(self.store.purge_candidates(cutoff, self.retention.batch), now_ns)
-        )
-        sessions, events = self.store.purge(ids)
+        sessions, events, more = purge_once(self.retention, self.store.purge_candidates, self.store.purge, time.time_ns())
         if sessions:
             log.info(
                 "retention: purged %d session(s) and %d event(s) that ended more than %s ago",
@@ -432,7 +427,7 @@ class Broker:
                 self.config.colony.retention,
             )
             self.counters["purged_sessions"] = self.counters.get("purged_sessions", 0) + sessions
-        self.purges.done(now, len(ids), self.retention.batch)
+        self.purges.done(now, more)
         return sessions
 
     # -------------------------------------------------------------- time

@@ -7,12 +7,13 @@ a bounded batch at a time, so a large backlog never stalls serving."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 _AGE = re.compile(r"(\d+)(d|h|m|s)")
 _UNIT_SECONDS = {"d": 86_400, "h": 3_600, "m": 60, "s": 1}
-PURGE_BATCH = 50  # sessions purged per run; more left over: the next run comes one tick later
+PURGE_BATCH = 50  # sessions looked at per run
+PURGE_ROWS = 100_000  # a run stops once it deleted this many rows; more left over: the next run comes one tick later
 
 
 def parse_age(text: str) -> int:
@@ -53,8 +54,8 @@ class Retention:
 
 @dataclass
 class PurgeSchedule:
-    """When to purge next: every `interval` seconds, or at the next tick
-    while a full batch suggests more is waiting."""
+    """When to purge next: every `interval` seconds, or at the next turn of
+    the loop while there is more to purge."""
 
     interval: float
     next_at: float = 0.0
@@ -62,5 +63,28 @@ class PurgeSchedule:
     def due(self, now: float) -> bool:
         return now >= self.next_at
 
-    def done(self, now: float, purged: int, batch: int) -> None:
-        self.next_at = now if purged >= batch else now + self.interval
+    def done(self, now: float, more: bool) -> None:
+        self.next_at = now if more else now + self.interval
+
+
+Candidates = Callable[[int, int], list[tuple[str, str, int]]]  # (before ns, limit) -> (id, status, ended ns) rows
+Purge = Callable[[list[str]], tuple[int, int]]  # ids -> (sessions, rows) deleted
+
+
+def purge_once(
+    retention: Retention, candidates: Candidates, purge: Purge, now_ns: int, max_rows: int = PURGE_ROWS
+) -> tuple[int, int, bool]:
+    """One bounded run: purge due sessions one by one, oldest first, until a
+    batch is done or `max_rows` rows (events or calls) went. Returns
+    (sessions, rows, whether more may be due)."""
+    cutoff = retention.cutoff_ns(now_ns)
+    if cutoff is None:
+        return 0, 0, False
+    due = retention.purgeable(candidates(cutoff, retention.batch), now_ns)
+    sessions = rows = 0
+    for session_id in due:
+        s, r = purge([session_id])
+        sessions, rows = sessions + s, rows + r
+        if rows >= max_rows:
+            return sessions, rows, True
+    return sessions, rows, len(due) >= retention.batch
