@@ -136,6 +136,30 @@ def test_an_agent_that_refuses_is_named_and_the_others_run(
         other.stop()
 
 
+def test_an_agent_lost_mid_session_is_named_and_the_others_run_on(
+    coral_env: CoralEnv, agent: Process, payments: NativeService, agent_b: tuple[CoralEnv, Process], payments_b: NativeService
+) -> None:
+    wait_for_instances(coral_env, "payments", 2)
+    attach, first = start_attach(coral_env, "payments", "validate_card", "--duration", "5m", "--no-save")
+    assert payments_b.call(N) == f"done {N} declined 1"
+    # The colony pulls agent-b's calls (and its counts) while the session runs.
+    wait_for_session(
+        coral_env, first["session_id"], lambda s: [p["session"]["calls"] for p in s["parts"] if p["agent_id"] == AGENT_B] == [N]
+    )
+    agent_b[1].proc.send_signal(signal.SIGKILL)
+    agent_b[1].proc.wait(10)
+    lost = wait_for_session(coral_env, first["session_id"], lambda s: any(p["session"]["status"] == "failed" for p in s["parts"]))
+    assert lost["status"] == "active" and lost["status_reason"] == f"{AGENT_B}: agent lost"
+    assert payments.call(N) == f"done {N} declined 1"  # agent a runs on
+    assert coralctl(coral_env, "debug", "detach", first["session_id"]).returncode == 0
+    rest, _ = attach.communicate(timeout=60)
+    lines = records(rest)
+    summary = lines[-1]
+    assert summary["status"] == "detached" and summary["status_reason"] == f"{AGENT_B}: agent lost"
+    assert sorted((a["agent_id"] == AGENT_B, a["status"]) for a in summary["agents"]) == [(False, "detached"), (True, "failed")]
+    assert sum(e["event_type"] == "return" for e in lines if e["kind"] == "event") == 2 * N  # b's calls were pulled
+
+
 def test_the_colony_pulls_a_finished_session_before_its_agent_dies(
     coral_env: CoralEnv, colony: Process, agent: Process, payments: NativeService
 ) -> None:
