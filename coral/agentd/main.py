@@ -161,8 +161,12 @@ class Agent:
             return 0
         sessions, calls, more = purge_once(self.retention, self.store.purge_candidates, self.store.purge, time.time_ns())
         if sessions:
-            log.info("retention: purged %d session(s) and %d call(s) that ended more than %s ago",
-                     sessions, calls, self.config.agent.retention)
+            log.info(
+                "retention: purged %d session(s) and %d call(s) that ended more than %s ago",
+                sessions,
+                calls,
+                self.config.agent.retention,
+            )
         self.purges.done(now, more)
         return sessions
 

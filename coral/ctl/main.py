@@ -174,8 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="90s, 5m, 1m30s (default and maximum: [sessions] in coral.toml, 60s and 600s)",
     )
-    a.add_argument("--agent", default="", metavar="ID",
-                   help="only this agent (default: every agent running the service; see coralctl services)")
+    a.add_argument(
+        "--agent",
+        default="",
+        metavar="ID",
+        help="only this agent (default: every agent running the service; see coralctl services)",
+    )
     a.add_argument("--capture-args", action="store_true")
     a.add_argument("--capture-return", action="store_true")
     a.add_argument("--sample-rate", type=positive_int, default=1, help="report every Nth call")
@@ -279,8 +283,9 @@ class Ctl:
             pb.AttachUprobeResponse,
             self.call(
                 "AttachUprobe",
-                pb.AttachUprobeRequest(service=a.service, function=a.function, duration_ms=round(a.duration * 1000),
-                                       config=cfg, agent_id=a.agent),
+                pb.AttachUprobeRequest(
+                    service=a.service, function=a.function, duration_ms=round(a.duration * 1000), config=cfg, agent_id=a.agent
+                ),
             ),
         )
         session = r.session
@@ -290,9 +295,12 @@ class Ctl:
         else:
             captures = [w for w, on in (("arguments", a.capture_args), ("return values", a.capture_return)) if on]
             running = [p for p in session.parts if p.session.status == "active"]
-            where = (f"on {len(running)} agents: " + "; ".join(
-                f"{p.agent_id} pids {', '.join(map(str, p.session.pids))}" for p in running) if len(running) > 1
-                else f"pids {', '.join(map(str, session.pids))}")
+            where = (
+                f"on {len(running)} agents: "
+                + "; ".join(f"{p.agent_id} pids {', '.join(map(str, p.session.pids))}" for p in running)
+                if len(running) > 1
+                else f"pids {', '.join(map(str, session.pids))}"
+            )
             self.out.line(
                 f"Debug session {session.session_id} started: {session.service} {session.function} "
                 f"({where}, {session.probes} probes)"
@@ -420,8 +428,10 @@ class Ctl:
             if len(s.parts) > 1:
                 for p in render.agents_of(s):
                     part = p["status"] + (f" ({p['status_reason']})" if p["status_reason"] else "")
-                    self.out.line(f"  └─ agent {p['agent_id']:<16} pids {','.join(map(str, p['pids'])) or '-':<14} "
-                                  f"{p['calls']:>7} calls  {part}")
+                    self.out.line(
+                        f"  └─ agent {p['agent_id']:<16} pids {','.join(map(str, p['pids'])) or '-':<14} "
+                        f"{p['calls']:>7} calls  {part}"
+                    )
         return EXIT_OK
 
     def events(self) -> int:

@@ -184,9 +184,17 @@ def format_summary(s: Summary, session: pb.DebugSession, tally: Tally | None = N
 
 def agents_of(session: pb.DebugSession) -> list[dict[str, Any]]:
     """Each agent's part of a colony session: its status, pids and calls."""
-    return [{"agent_id": p.agent_id, "status": p.session.status, "status_reason": p.session.status_reason,
-             "pids": list(p.session.pids), "calls": p.session.total_calls or p.session.calls, "complete": p.complete}
-            for p in session.parts]
+    return [
+        {
+            "agent_id": p.agent_id,
+            "status": p.session.status,
+            "status_reason": p.session.status_reason,
+            "pids": list(p.session.pids),
+            "calls": p.session.total_calls or p.session.calls,
+            "complete": p.complete,
+        }
+        for p in session.parts
+    ]
 
 
 def format_agents(session: pb.DebugSession, style: Style = PLAIN) -> list[str]:
@@ -198,8 +206,10 @@ def format_agents(session: pb.DebugSession, style: Style = PLAIN) -> list[str]:
     for p in parts:
         status = p["status"] + (f" ({p['status_reason']})" if p["status_reason"] else "")
         pids = ",".join(map(str, p["pids"])) or "-"
-        lines.append(f"    {p['agent_id']:<16} {p['calls']:>7} calls  pids {pids:<12} "
-                     + (style.red(status) if p["status"] == "failed" else status))
+        lines.append(
+            f"    {p['agent_id']:<16} {p['calls']:>7} calls  pids {pids:<12} "
+            + (style.red(status) if p["status"] == "failed" else status)
+        )
     return lines
 
 
