@@ -15,6 +15,7 @@ _coralctl() {
         --output) COMPREPLY=($(compgen -W "text json" -- "$cur")); return ;;
         --duration|--timeout|--since|--slow|--min-duration) COMPREPLY=($(compgen -W "30s 60s 90s 5m 10m" -- "$cur")); return ;;
         --config|--save|--key|--colony-key|--dir) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --agent) COMPREPLY=($(compgen -W "$(_coralctl_ask services | sed -n 's/.*"agent_id":"\([^"]*\)".*/\1/p' | sort -u)" -- "$cur")); return ;;
         --function|--pattern|--where|--endpoint|--sample-rate|--max-events|--service) return ;;
     esac
     local cmd="" sub="" positional=0 w
@@ -29,7 +30,7 @@ _coralctl() {
     if [[ "$cur" == -* ]]; then
         local flags="$global"
         case "$cmd/$sub" in
-            debug/attach) flags+=" --function --duration --capture-args --capture-return --sample-rate --max-events --min-duration --where --slow --save --no-save" ;;
+            debug/attach) flags+=" --function --agent --duration --capture-args --capture-return --sample-rate --max-events --min-duration --where --slow --save --no-save" ;;
             debug/sessions) flags+=" --active --service" ;;
             debug/events) flags+=" --since --follow --slow --save" ;;
             functions/) flags+=" --pattern" ;;

@@ -57,6 +57,22 @@ class CoralEnv:
     def endpoint(self, name: str) -> str:
         return f"ipc://{self.runtime_dir / name}"
 
+    def with_config(self, text: str) -> CoralEnv:
+        """The same directories with a configuration file of its own (every
+        key left out keeps its default)."""
+        path = self.root / f"coral-{secrets.token_hex(3)}.toml"
+        path.write_text(text)
+        return CoralEnv(self.root, {**self.env, "CORAL_CONFIG": str(path)})
+
+    def another_agent(self, agent_id: str) -> CoralEnv:
+        """Where a second agent on this host lives: its own runtime and
+        state directories, its own id, the same colony. Processes started
+        with this environment register with that agent."""
+        env = self.with_config(f'[agent]\nid = "{agent_id}"\ncolony_endpoint = "{self.endpoint("colony-backend.sock")}"\n')
+        env.env["CORAL_RUNTIME_DIR"] = str(self.root / f"run-{agent_id}")
+        env.env["CORAL_STATE_DIR"] = str(self.root / f"state-{agent_id}")
+        return env
+
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
 
@@ -140,8 +156,8 @@ def start_colony(env: CoralEnv) -> Process:
     return Process("colonyd", [tool("coral-colonyd")], env).wait_ready()
 
 
-def start_agent(env: CoralEnv) -> Process:
-    return Process("agentd", [tool("coral-agentd")], env).wait_ready()
+def start_agent(env: CoralEnv, name: str = "agentd") -> Process:
+    return Process(name, [tool("coral-agentd")], env).wait_ready()
 
 
 def coralctl(env: CoralEnv, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
@@ -158,11 +174,17 @@ class NativeService:
     validate_card and returns once they have all returned."""
 
     def __init__(
-        self, env: CoralEnv, binary: Path, service: str = "payments", sleep_ms: int = 5, wrap: tuple[str, ...] = ()
+        self,
+        env: CoralEnv,
+        binary: Path,
+        service: str = "payments",
+        sleep_ms: int = 5,
+        wrap: tuple[str, ...] = (),
+        name: str = "",
     ) -> None:
         self.service = service
         self.run = Process(
-            f"run-{service}",
+            name or f"run-{service}",
             [*wrap, tool("coral-run"), "--service", service, "--", str(binary), "--sleep-ms", str(sleep_ms)],
             env,
             stdin=subprocess.PIPE,

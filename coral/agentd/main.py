@@ -25,6 +25,7 @@ from coral.daemon.client import Client
 from coral.daemon.config import Config
 from coral.daemon.errors import NotFound, Unavailable
 from coral.daemon.methods import AGENT_FROM_COLONY_METHODS, AGENT_LOCAL_METHODS
+from coral.daemon.retention import PurgeSchedule, Retention, parse_age, purge_once
 from coral.daemon.runtime import (
     Notifier,
     ShutdownSignals,
@@ -54,6 +55,8 @@ class Agent:
         self.engine = ProbeEngine(config.sessions.ring_buffer_pages, config.sessions.string_bytes)
         self.sessions = SessionManager(config, self.agent_id, self.registry, self.store, self._ask_process, self.engine)
         self._process_clients: dict[str, Client] = {}
+        self.retention = Retention(parse_age(config.agent.retention))
+        self.purges = PurgeSchedule(config.agent.purge_interval)
         handlers: dict[str, Handler] = {
             "Ping": self.ping,
             "ListServices": self.list_services,
@@ -154,6 +157,21 @@ class Agent:
             client.close()
         self.link.announce(time.monotonic())
 
+    def purge(self, now: float) -> int:
+        """One bounded run of retention: ended sessions past [agent] retention go, with their calls."""
+        if not self.purges.due(now):
+            return 0
+        sessions, calls, more = purge_once(self.retention, self.store.purge_candidates, self.store.purge, time.time_ns())
+        if sessions:
+            log.info(
+                "retention: purged %d session(s) and %d call(s) that ended more than %s ago",
+                sessions,
+                calls,
+                self.config.agent.retention,
+            )
+        self.purges.done(now, more)
+        return sessions
+
     # ---------------------------------------------------------------- loop
 
     def run(self, signals: ShutdownSignals, notifier: Notifier) -> None:
@@ -193,6 +211,7 @@ class Agent:
                 self.sessions.expire_due(time.time_ns())
                 for reg in self.registry.prune_exited():
                     self._forget(reg)
+                self.purge(now)
                 self.link.tick(now)
                 notifier.watchdog(now)
         finally:

@@ -152,3 +152,23 @@ class EventStore:
         params.append(limit)
         return [CallRow(*r) for r in self._db.execute(sql, params).fetchall()]
 
+    def purge_candidates(self, before_ns: int, limit: int) -> list[tuple[str, str, int]]:
+        """Ended sessions that ended before `before_ns`, oldest first."""
+        rows = self._db.execute(
+            "SELECT session_id, status, ended_ns FROM sessions WHERE status != 'active' AND ended_ns > 0 AND ended_ns < ? "
+            "ORDER BY ended_ns LIMIT ?",
+            [before_ns, limit],
+        ).fetchall()
+        return [(str(r[0]), str(r[1]), int(r[2])) for r in rows]
+
+    def purge(self, session_ids: list[str]) -> tuple[int, int]:
+        """Delete sessions and their calls; returns (sessions, calls) deleted."""
+        if not session_ids:
+            return 0, 0
+        calls = self._db.execute(
+            "DELETE FROM calls WHERE session_id IN (SELECT unnest($1::VARCHAR[])) RETURNING seq", [session_ids]
+        ).fetchall()
+        sessions = self._db.execute(
+            "DELETE FROM sessions WHERE session_id IN (SELECT unnest($1::VARCHAR[])) RETURNING session_id", [session_ids]
+        ).fetchall()
+        return len(sessions), len(calls)

@@ -2,8 +2,11 @@
 
 The broker decides; coral/colonyd/main.py moves bytes. Frontend requests
 come in as (client, request id, method, body, peer); the broker answers
-locally, or returns an ``Outgoing`` for an agent, and relates the agent's
-reply back to the client when it arrives."""
+locally, or sends them on to one agent or several (an attach goes to every
+agent running the service) and answers the client once every agent has
+replied, been lost, or timed out. It also pulls the events of open sessions
+from their agents on its own (coral/colonyd/pulls.py), and purges sessions
+past their retention."""
 
 from __future__ import annotations
 
@@ -13,28 +16,25 @@ import os
 import secrets
 import time
 from dataclasses import dataclass, field
+from typing import cast
 
 from google.protobuf.message import Message
 
 from coral import __version__
+from coral.colonyd import sessions as colony_sessions
+from coral.colonyd.pulls import PULL_PAGE, PartKey, PullSchedule
+from coral.colonyd.sessions import ACTIVE, FAILED, is_open, part_of, reply_error, reply_ok
 from coral.colonyd.store import AuditRow, ColonyStore
 from coral.daemon import access, wire
 from coral.daemon.config import Config
-from coral.daemon.errors import BadRequest, CoralError, NotFound, Unavailable
+from coral.daemon.errors import CoralError, NotFound, Unavailable, error_from_code
 from coral.daemon.liveness import is_dead
 from coral.daemon.methods import COLONY_FRONTEND_METHODS, METHODS
+from coral.daemon.retention import PurgeSchedule, Retention, parse_age, purge_once
 from coral.daemon.server import Peer
 from coral.proto import coral_pb2 as pb
 
 log = logging.getLogger(__name__)
-
-
-class AgentAway(Exception):
-    """The agent owning a session is not connected."""
-
-    def __init__(self, session: pb.DebugSession) -> None:
-        super().__init__(session.session_id)
-        self.session = session
 
 
 @dataclass
@@ -50,14 +50,34 @@ class AgentState:
 
 
 @dataclass
-class Pending:
+class Gather:
+    """One client request sent on to one agent or several; answered when
+    every agent asked has replied (an agent lost or silent counts as an
+    UNAVAILABLE reply)."""
+
     client: tuple[bytes, ...]
     client_request_id: bytes
     method: str
     request: Message
     peer: Peer
+    agents: list[str]  # agent ids asked, in order
+    replies: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # agent id -> (status, body)
+
+    @property
+    def done(self) -> bool:
+        return len(self.replies) == len(self.agents)
+
+
+@dataclass
+class Pending:
+    """A request the colony sent to an agent."""
+
     agent: bytes
+    agent_id: str
+    method: str
+    request: Message
     deadline: float
+    gather: Gather | None  # None: the colony's own event pull
 
 
 @dataclass(frozen=True)
@@ -75,9 +95,17 @@ class Broker:
     agents: dict[bytes, AgentState] = field(default_factory=dict)
     pending: dict[bytes, Pending] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
+    open: dict[str, pb.DebugSession] = field(default_factory=dict)  # sessions still pulled from their agents
     _by_service: dict[str, list[AgentState]] | None = None  # built on demand, dropped when agents change
+    replies_since_pull: bool = False  # an agent answered: a part may have ended or have more to pull
     _ids: itertools.count[int] = field(default_factory=itertools.count)
     _audit_rows: list[AuditRow] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.open = {s.session_id: s for s in self.store.open_sessions()}
+        self.pulls = PullSchedule(self.config.colony.pull_interval)
+        self.retention = Retention(parse_age(self.config.colony.retention))
+        self.purges = PurgeSchedule(self.config.colony.purge_interval)
 
     def count(self, name: str) -> None:
         self.counters[name] = self.counters.get(name, 0) + 1
@@ -87,6 +115,10 @@ class Broker:
     def agent_ready(self, identity: bytes, hello: pb.AgentHello, now: float) -> None:
         for other in [i for i, a in self.agents.items() if a.agent_id == hello.agent_id and i != identity]:
             del self.agents[other]  # the same agent reconnected on a new link
+            for request_id, p in list(self.pending.items()):
+                if p.agent == other and p.gather is None:  # a pull sent on the old link: pull again on the new one
+                    del self.pending[request_id]
+                    self.pulls.answered((cast(pb.QueryUprobeEventsRequest, p.request).session_id, p.agent_id), more=True)
         if identity not in self.agents:
             log.info("agent %s ready (%d services)", hello.agent_id, len(hello.services))
         self.agents[identity] = AgentState(identity, hello, now)
@@ -106,18 +138,26 @@ class Broker:
             return []
         self._by_service = None
         log.warning("agent %s lost (%s)", agent.agent_id, why)
-        for session in self.store.active_sessions_of(agent.agent_id):
-            # Its probes end with it (the kernel drops them) or at expiry on its own clock.
-            session.status, session.status_reason, session.ended_unix_ns = "failed", "agent lost", time.time_ns()
-            self.store.save_session(session)
+        for session in list(self.open.values()):
+            part = part_of(session, agent.agent_id)
+            if part is None or part.complete:
+                continue
+            if part.session.status == ACTIVE:
+                # Its probes end with it (the kernel drops them) or at expiry on its own clock.
+                part.session.status, part.session.status_reason = FAILED, "agent lost"
+                part.session.ended_unix_ns = time.time_ns()
+            part.complete = True  # what was pulled is kept; nothing more can be
+            self._changed(session)
         out = []
         for request_id, p in list(self.pending.items()):
             if p.agent == identity:
                 del self.pending[request_id]
                 err = Unavailable(f"agent {agent.agent_id} was lost ({why}) before answering {p.method}")
-                self._audit(p.peer, p.method, p.request, err.code, err.message)
-                out.append(Outgoing("frontend", wire.encode_error(p.client_request_id, err, p.client)))
+                out.extend(self._deliver(p, err.code, _error_body(err)))
         return out
+
+    def agent_by_id(self, agent_id: str) -> AgentState | None:
+        return next((a for a in self.agents.values() if a.agent_id == agent_id), None)
 
     def agents_for(self, service: str) -> list[AgentState]:
         if self._by_service is None:
@@ -144,24 +184,23 @@ class Broker:
             if local is not None:
                 self._audit(peer, method, request, "OK", "")
                 return [Outgoing("frontend", wire.encode_reply(frame.request_id, local, frame.envelope))]
-            try:
-                agent = self._route(method, request)
-            except AgentAway as away:
-                kept = self._from_store(request, away.session)
-                self._audit(peer, method, request, "OK", "served from the colony's copy: the agent is not connected")
-                return [Outgoing("frontend", wire.encode_reply(frame.request_id, kept, frame.envelope))]
+            targets = self._route(method, request)
         except CoralError as err:
             if method not in COLONY_FRONTEND_METHODS:
                 err.code = "UNKNOWN_METHOD"
             self._audit(peer, method, request, err.code, err.message)
             self.count(f"errors.{err.code}")
             return [Outgoing("frontend", wire.encode_error(frame.request_id, err, frame.envelope))]
+        gather = Gather(frame.envelope, frame.request_id, method, request, peer, [a.agent_id for a in targets])
+        return [self._send(agent, method, request, now, gather) for agent in targets]
+
+    def _send(self, agent: AgentState, method: str, request: Message, now: float, gather: Gather | None) -> Outgoing:
         agent_request_id = f"c{next(self._ids)}".encode()
         self.pending[agent_request_id] = Pending(
-            frame.envelope, frame.request_id, method, request, peer, agent.identity, now + self.config.limits.request_timeout
+            agent.identity, agent.agent_id, method, request, now + self.config.limits.request_timeout, gather
         )
         agent.last_sent = now
-        return [Outgoing("backend", wire.encode_request(agent_request_id, method, request, (agent.identity,)))]
+        return Outgoing("backend", wire.encode_request(agent_request_id, method, request, (agent.identity,)))
 
     def _answer_locally(self, method: str, request: Message) -> Message | None:
         if method == "Ping":
@@ -169,21 +208,61 @@ class Broker:
                 daemon="coral-colonyd",
                 version=__version__,
                 pid=os.getpid(),
-                counters={**self.counters, "agents": len(self.agents)},
+                counters={**self.counters, "agents": len(self.agents), "sessions.open": len(self.open)},
             )
         if method == "ListServices":
             return pb.ListServicesResponse(services=self.services())
         if isinstance(request, pb.ListAuditRequest):
             rows, truncated = self.store.audit_rows(request.since_unix_ns, min(request.max_entries or 1000, 10_000))
-            return pb.ListAuditResponse(truncated=truncated, entries=[
-                pb.AuditEntry(timestamp_unix_ns=r.ts_ns, who=r.who, peer_pid=r.peer_pid, method=r.method, service=r.service,
-                              function=r.function, session_id=r.session_id, outcome=r.outcome, detail=r.detail)
-                for r in rows])
+            return pb.ListAuditResponse(
+                truncated=truncated,
+                entries=[
+                    pb.AuditEntry(
+                        timestamp_unix_ns=r.ts_ns,
+                        who=r.who,
+                        peer_pid=r.peer_pid,
+                        method=r.method,
+                        service=r.service,
+                        function=r.function,
+                        session_id=r.session_id,
+                        outcome=r.outcome,
+                        detail=r.detail,
+                    )
+                    for r in rows
+                ],
+            )
         if isinstance(request, pb.ListDebugSessionsRequest):
             return pb.ListDebugSessionsResponse(sessions=self.store.sessions(request.service, request.active_only))
+        if isinstance(request, pb.QueryUprobeEventsRequest):
+            return self._events(request)
+        if isinstance(request, pb.DetachUprobeRequest):
+            session = self._session(request.session_id)
+            if not any(p.session.status == ACTIVE and not p.complete for p in session.parts):
+                return pb.DetachUprobeResponse(session=session)  # already ended: report it as it ended
         return None
 
-    def _route(self, method: str, request: Message) -> AgentState:
+    def _session(self, session_id: str) -> pb.DebugSession:
+        session = self.open.get(session_id) or self.store.session(session_id)
+        if session is None:
+            raise NotFound(f"no session {session_id!r}")
+        return session
+
+    def _events(self, request: pb.QueryUprobeEventsRequest) -> pb.QueryUprobeEventsResponse:
+        """A session's events from colony.duckdb (pulled from its agents);
+        the cursor is the colony's own order. has_more also while an ended
+        part's last events are still being pulled."""
+        session = self._session(request.session_id)
+        limit = max(1, min(request.max_events or 500, 5000))
+        rows = self.store.events(session.session_id, request.cursor, request.since_unix_ns, request.until_unix_ns, limit)
+        return pb.QueryUprobeEventsResponse(
+            events=[e for _, e in rows],
+            next_cursor=rows[-1][0] if rows else request.cursor,
+            has_more=len(rows) == limit or colony_sessions.draining(session),
+            session=session,
+        )
+
+    def _route(self, method: str, request: Message) -> list[AgentState]:
+        """The agents a request goes to."""
         if isinstance(request, pb.AttachUprobeRequest):
             self.config.sessions.session_duration_ms(request.duration_ms)  # refuse early, with the agent's words
         if isinstance(request, pb.AttachUprobeRequest | pb.ListFunctionsRequest):
@@ -195,55 +274,177 @@ class Broker:
                     + (f" (known services: {', '.join(known)})" if known else " (no services registered)"),
                     known,
                 )
-            if isinstance(request, pb.AttachUprobeRequest):
-                request.session_id = f"dbg-{secrets.token_hex(6)}"  # only once it can be routed
-            return agents[0]
-        session_id = getattr(request, "session_id", "")
-        session = self.store.session(session_id)
-        if session is None:
-            raise NotFound(f"no session {session_id!r}")
-        for agent in self.agents.values():
-            if agent.agent_id == session.agent_id:
-                return agent
-        raise AgentAway(session)
+            if not isinstance(request, pb.AttachUprobeRequest):
+                return agents[:1]
+            if request.agent_id:
+                agents = self._narrow(request.service, request.agent_id, agents)
+            request.session_id = f"dbg-{secrets.token_hex(6)}"  # only once it can be routed
+            return agents
+        if isinstance(request, pb.DetachUprobeRequest):
+            session = self._session(request.session_id)
+            running = [p.agent_id for p in session.parts if p.session.status == ACTIVE and not p.complete]
+            reachable = [a for a in map(self.agent_by_id, running) if a is not None]
+            if not reachable:
+                raise Unavailable(f"agent {', '.join(map(repr, running))} of session {session.session_id} is not connected")
+            return reachable
+        raise CoralError(f"method {method!r} is not routed")  # not reached: the allow-list is checked first
 
-    def _from_store(self, request: Message, session: pb.DebugSession) -> Message:
-        """The colony's copy of a session whose agent is away: its events as
-        they passed through the colony (the agent's cursor counts calls: an
-        event's seq is 2 x call seq, +1 for the return)."""
-        if isinstance(request, pb.QueryUprobeEventsRequest):
-            limit = max(2, min(request.max_events or 500, 5000) // 2 * 2)  # whole calls: entry and return together
-            events = self.store.events(session.session_id, 2 * request.cursor + 1 if request.cursor else -1, limit)
-            return pb.QueryUprobeEventsResponse(events=events, next_cursor=events[-1].seq // 2 if events else request.cursor,
-                                                has_more=len(events) == limit, session=session)
-        raise Unavailable(f"agent {session.agent_id!r} of session {session.session_id} is not connected")
+    def _narrow(self, service: str, agent_id: str, agents: list[AgentState]) -> list[AgentState]:
+        """--agent: that agent only, with the known ones named if it is not one."""
+        chosen = [a for a in agents if a.agent_id == agent_id]
+        if chosen:
+            return chosen
+        running = sorted(a.agent_id for a in agents)
+        if self.agent_by_id(agent_id) is None:
+            known = sorted(a.agent_id for a in self.agents.values())
+            raise NotFound(f"no agent {agent_id!r} is connected (known agents: {', '.join(known)})", known)
+        raise NotFound(f"service {service!r} does not run on agent {agent_id!r} (it runs on: {', '.join(running)})", running)
 
     def handle_reply(self, frame: wire.Frame, now: float) -> list[Outgoing]:
         pending = self.pending.pop(frame.request_id, None)
         if pending is None:
             self.count("late_replies")
             return []
-        detail = ""
-        if frame.name == wire.STATUS_OK:
-            try:
-                self._record(pending, wire.parse_body(METHODS[pending.method].response, frame.body))
-            except BadRequest as exc:
-                detail = f"unreadable agent reply: {exc.message}"
-        else:
-            try:
-                detail = wire.parse_body(pb.Error, frame.body).message
-            except BadRequest:
-                detail = "unreadable error body"
-        self._audit(pending.peer, pending.method, pending.request, frame.name, detail)
-        return [Outgoing("frontend", wire.encode_raw_reply(pending.client_request_id, frame.name, frame.body, pending.client))]
+        self.replies_since_pull = True
+        return self._deliver(pending, frame.name, frame.body)
 
-    def _record(self, pending: Pending, response: Message) -> None:
-        """Keep the colony's view of sessions current from agents' replies."""
-        session = getattr(response, "session", None)
-        if isinstance(session, pb.DebugSession) and session.session_id:
-            self.store.save_session(session)
-        if isinstance(response, pb.QueryUprobeEventsResponse):
-            self.store.save_events(list(response.events))
+    def _deliver(self, pending: Pending, status: str, body: bytes) -> list[Outgoing]:
+        """An agent's answer (or the colony's word for its silence) to a request."""
+        if pending.gather is None:
+            self._pulled(pending, status, body)
+            return []
+        gather = pending.gather
+        gather.replies[pending.agent_id] = (status, body)
+        if not gather.done:
+            return []
+        if gather.method == "AttachUprobe":
+            return self._attached(gather)
+        if gather.method == "DetachUprobe":
+            return self._detached(gather)
+        detail = reply_error(status, body)
+        self._audit(gather.peer, gather.method, gather.request, status, detail)
+        return [Outgoing("frontend", wire.encode_raw_reply(gather.client_request_id, status, body, gather.client))]
+
+    def _reply(self, gather: Gather, response: Message, detail: str) -> list[Outgoing]:
+        self._audit(gather.peer, gather.method, gather.request, "OK", detail)
+        return [Outgoing("frontend", wire.encode_reply(gather.client_request_id, response, gather.client))]
+
+    def _refuse(self, gather: Gather, errors: list[tuple[str, str, str]]) -> list[Outgoing]:
+        """Every agent asked refused: one agent's error as it said it, or all of them named."""
+        if len(gather.agents) == 1:
+            status, body = gather.replies[gather.agents[0]]
+            self._audit(gather.peer, gather.method, gather.request, status, reply_error(status, body))
+            return [Outgoing("frontend", wire.encode_raw_reply(gather.client_request_id, status, body, gather.client))]
+        err = error_from_code(errors[0][1], "; ".join(f"agent {a}: {m}" for a, _, m in errors))
+        self._audit(gather.peer, gather.method, gather.request, err.code, err.message)
+        return [Outgoing("frontend", wire.encode_error(gather.client_request_id, err, gather.client))]
+
+    def _attached(self, gather: Gather) -> list[Outgoing]:
+        request = cast(pb.AttachUprobeRequest, gather.request)
+        replies = [(a, *gather.replies[a]) for a in gather.agents]
+        session, refusals = colony_sessions.started(request, replies, time.time_ns())
+        if len(refusals) == len(gather.agents):
+            return self._refuse(gather, refusals)
+        self._changed(session)
+        if is_open(session):
+            self.open[session.session_id] = session
+        detail = "; ".join(f"agent {a} refused: {m}" for a, _, m in refusals)
+        return self._reply(gather, pb.AttachUprobeResponse(session=session), detail)
+
+    def _detached(self, gather: Gather) -> list[Outgoing]:
+        request = cast(pb.DetachUprobeRequest, gather.request)
+        session = self.open.get(request.session_id) or self.store.session(request.session_id) or pb.DebugSession()
+        failures = colony_sessions.detached(session, [(a, *gather.replies[a]) for a in gather.agents])
+        if len(failures) == len(gather.agents):
+            return self._refuse(gather, failures)
+        self._changed(session)
+        detail = "; ".join(f"agent {a}: {m}" for a, _, m in failures)
+        return self._reply(gather, pb.DetachUprobeResponse(session=session), detail)
+
+    def _changed(self, session: pb.DebugSession) -> None:
+        """A part changed: merge, save, and stop pulling once nothing is left to pull."""
+        colony_sessions.merge(session)
+        self.store.save_session(session)
+        if not is_open(session):
+            self.open.pop(session.session_id, None)
+            self.pulls.forget(session.session_id)
+
+    # ------------------------------------------------------------- pulls
+
+    def pull(self, now: float) -> list[Outgoing]:
+        """Between ticks, after agents answered: a full page or an ended
+        part is pulled again at once, not at the next tick."""
+        return self._pull(now)
+
+    def _pull(self, now: float) -> list[Outgoing]:
+        """Start the pulls that are due (a bounded number per tick)."""
+        self.replies_since_pull = False
+        out = []
+        for key in self.pulls.due(self.open.values(), lambda a: self.agent_by_id(a) is not None, now):
+            session, agent = self.open[key[0]], self.agent_by_id(key[1])
+            part = part_of(session, key[1])
+            if agent is None or part is None:
+                continue
+            request = pb.QueryUprobeEventsRequest(session_id=key[0], cursor=part.cursor, max_events=PULL_PAGE)
+            out.append(self._send(agent, "QueryUprobeEvents", request, now, None))
+            self.pulls.sent(key, now)
+        return out
+
+    def _pulled(self, pending: Pending, status: str, body: bytes) -> None:
+        """Keep what a pull brought: new events (each once), the agent's view of its part."""
+        request = cast(pb.QueryUprobeEventsRequest, pending.request)
+        key: PartKey = (request.session_id, pending.agent_id)
+        session = self.open.get(key[0])
+        part = part_of(session, key[1]) if session is not None else None
+        reply = reply_ok(status, body, pb.QueryUprobeEventsResponse)
+        self.pulls.answered(key, more=reply is not None and reply.has_more)
+        if session is None or part is None or part.complete:
+            return
+        if reply is None:
+            self.count(f"pull_errors.{status}")
+            if status == NotFound.code:  # the agent no longer has it (its store was purged or replaced)
+                if part.session.status == ACTIVE:
+                    part.session.status = FAILED
+                    part.session.status_reason = f"agent {key[1]} no longer knows the session"
+                part.complete = True
+                self._changed(session)
+            else:
+                log.debug("pull of %s from %s: %s", key[0], key[1], reply_error(status, body))
+            return
+        new = self.store.save_events(key[0], key[1], list(reply.events))
+        self.counters["pulled_events"] = self.counters.get("pulled_events", 0) + new
+        part.cursor = reply.next_cursor
+        part.session.CopyFrom(reply.session)
+        if not reply.has_more and reply.session.status != ACTIVE:
+            part.complete = True  # ended, and every event is here
+        self._changed(session)
+
+    def _parts_away(self) -> None:
+        """Parts whose agent is not connected (e.g. after a colony restart) and
+        whose time is well past: ended on the agent's clock, nothing to pull."""
+        grace_ns = int(self.config.colony.heartbeat_interval * self.config.colony.heartbeat_liveness * 1e9)
+        now_ns = time.time_ns()
+        for session in list(self.open.values()):
+            if colony_sessions.complete_parts_away(session, lambda a: self.agent_by_id(a) is not None, now_ns, grace_ns):
+                self._changed(session)
+
+    # ---------------------------------------------------------- retention
+
+    def purge(self, now: float) -> int:
+        """One bounded run of retention: ended sessions past it go, with their events."""
+        if not self.purges.due(now):
+            return 0
+        sessions, events, more = purge_once(self.retention, self.store.purge_candidates, self.store.purge, time.time_ns())
+        if sessions:
+            log.info(
+                "retention: purged %d session(s) and %d event(s) that ended more than %s ago",
+                sessions,
+                events,
+                self.config.colony.retention,
+            )
+            self.counters["purged_sessions"] = self.counters.get("purged_sessions", 0) + sessions
+        self.purges.done(now, more)
+        return sessions
 
     # -------------------------------------------------------------- time
 
@@ -252,9 +453,8 @@ class Broker:
         for request_id, p in list(self.pending.items()):
             if now >= p.deadline:
                 del self.pending[request_id]
-                err = Unavailable(f"the agent did not answer {p.method} within {self.config.limits.request_timeout:g}s")
-                self._audit(p.peer, p.method, p.request, err.code, err.message)
-                out.append(Outgoing("frontend", wire.encode_error(p.client_request_id, err, p.client)))
+                err = Unavailable(f"agent {p.agent_id} did not answer {p.method} within {self.config.limits.request_timeout:g}s")
+                out.extend(self._deliver(p, err.code, _error_body(err)))
         interval, liveness = self.config.colony.heartbeat_interval, self.config.colony.heartbeat_liveness
         for identity, agent in list(self.agents.items()):
             if is_dead(agent.last_heard, now, interval, liveness):
@@ -262,11 +462,9 @@ class Broker:
             elif now - agent.last_sent >= interval:
                 agent.last_sent = now
                 out.append(Outgoing("backend", wire.encode_signal(wire.Command.HEARTBEAT, (identity,))))
-        for session in self.store.due_for_expiry(time.time_ns()):
-            # The agent ends it on its own clock; the colony's view follows.
-            session.status = "expired"
-            session.ended_unix_ns = session.expires_unix_ns
-            self.store.save_session(session)
+        self._parts_away()
+        out.extend(self._pull(now))
+        self.purge(now)
         return out
 
     # ------------------------------------------------------------- audit
@@ -301,3 +499,7 @@ class Broker:
     def audit_bad_frame(self, peer: Peer, reason: str) -> None:
         self.count("bad_frames")
         self._audit(peer, "?", None, "BAD_REQUEST", reason)
+
+
+def _error_body(err: CoralError) -> bytes:
+    return pb.Error(code=err.code, message=err.message, suggestions=err.suggestions).SerializeToString()

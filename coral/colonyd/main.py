@@ -197,6 +197,8 @@ class Colony:
                 if now >= next_tick:  # timers, not per message: a thousand agents' heartbeats wake us often
                     self.send(self.broker.tick(now))
                     next_tick = now + TICK_SECONDS
+                elif self.broker.replies_since_pull:
+                    self.send(self.broker.pull(now))
                 self.flush()
                 notifier.watchdog(now)
         finally:

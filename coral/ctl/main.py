@@ -78,6 +78,7 @@ examples:
     "attach": """\
 examples:
   coralctl debug attach payments --function validate_card --duration 90s --capture-args
+  coralctl debug attach payments --function validate_card --agent web-3
   coralctl debug attach payments --function validate_card --slow 500ms --min-duration 100ms
   coralctl debug attach payments --function validate_card --where 'amount_cents>100000' --capture-return
   coralctl debug attach payments-api --function payments.validate_card --capture-args --capture-return
@@ -185,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="90s, 5m, 1m30s (default and maximum: [sessions] in coral.toml, 60s and 600s)",
     )
+    a.add_argument(
+        "--agent",
+        default="",
+        metavar="ID",
+        help="only this agent (default: every agent running the service; see coralctl services)",
+    )
     a.add_argument("--capture-args", action="store_true")
     a.add_argument("--capture-return", action="store_true")
     a.add_argument("--sample-rate", type=positive_int, default=1, help="report every Nth call")
@@ -263,6 +270,7 @@ class Ctl:
         self.target = "agent" if args.local else "colony"
         keys = curve.client_keys(config, endpoint, args.key, args.colony_key)  # ConfigError: tcp without keys
         self.client = Client(endpoint, args.timeout, max_message_bytes=config.limits.max_message_bytes, keys=keys)
+        self.show_agent = False  # the session spans several agents: events name theirs
 
     def call(self, method: str, request: Message) -> Any:
         return self.client.call(method, request)
@@ -314,18 +322,31 @@ class Ctl:
             pb.AttachUprobeResponse,
             self.call(
                 "AttachUprobe",
-                pb.AttachUprobeRequest(service=a.service, function=a.function, duration_ms=round(a.duration * 1000), config=cfg),
+                pb.AttachUprobeRequest(
+                    service=a.service, function=a.function, duration_ms=round(a.duration * 1000), config=cfg, agent_id=a.agent
+                ),
             ),
         )
         session = r.session
+        self.show_agent = len(session.parts) > 1
         if self.out.json:
             self.out.record({"kind": "session", **render.to_dict(session)})
         else:
             captures = [w for w, on in (("arguments", a.capture_args), ("return values", a.capture_return)) if on]
+            running = [p for p in session.parts if p.session.status == "active"]
+            where = (
+                f"on {len(running)} agents: "
+                + "; ".join(f"{p.agent_id} pids {', '.join(map(str, p.session.pids))}" for p in running)
+                if len(running) > 1
+                else f"pids {', '.join(map(str, session.pids))}"
+            )
             self.out.line(
                 f"Debug session {session.session_id} started: {session.service} {session.function} "
-                f"(pids {', '.join(map(str, session.pids))}, {session.probes} probes)"
+                f"({where}, {session.probes} probes)"
             )
+            for p in session.parts:
+                if p.session.status == "failed":
+                    self.out.line(self.style.red(f"Agent {p.agent_id} did not start it: {p.session.status_reason}"))
             self.out.line(
                 f"Duration: {render.format_ns(session.expires_unix_ns - session.started_unix_ns)}"
                 + (f"; capturing {' and '.join(captures)}" if captures else "")
@@ -396,13 +417,14 @@ class Ctl:
                         ),
                     ),
                 )
+                self.show_agent = self.show_agent or len(q.session.parts) > 1
                 for ev in q.events:
                     seen(ev)
                     self._print_event(ev)
                 cursor = q.next_cursor
                 if not q.has_more and (stop_when_drained or q.session.status != "active"):
                     return q.session
-                if not q.has_more:
+                if not q.has_more or not q.events:  # nothing new yet (a colony may still be pulling)
                     time.sleep(FOLLOW_INTERVAL)
             except KeyboardInterrupt:
                 if detached:
@@ -414,7 +436,7 @@ class Ctl:
         if self.out.json:
             self.out.record({"kind": "event", **render.to_dict(ev)})
         else:
-            for line in render.format_event(ev, self.slow_ns, self.style):
+            for line in render.format_event(ev, self.slow_ns, self.style, self.show_agent):
                 self.out.line(line)
 
     def sessions(self) -> int:
@@ -436,11 +458,19 @@ class Ctl:
         for s in r.sessions:
             status = s.status + (f" ({s.status_reason})" if s.status_reason else "")
             ends = s.ended_unix_ns or s.expires_unix_ns
+            agent = s.agent_id or f"{len(s.parts)} agents"
             self.out.line(
-                f"{s.session_id:<18} {s.service:<16} {s.function:<24} {s.agent_id:<12} "
+                f"{s.session_id:<18} {s.service:<16} {s.function:<24} {agent:<12} "
                 f"{render.clock(s.started_unix_ns):<12} {render.clock(ends):<13} {s.total_calls or s.calls:>7}  "
                 f"{status}"
             )
+            if len(s.parts) > 1:
+                for p in render.agents_of(s):
+                    part = p["status"] + (f" ({p['status_reason']})" if p["status_reason"] else "")
+                    self.out.line(
+                        f"  └─ agent {p['agent_id']:<16} pids {','.join(map(str, p['pids'])) or '-':<14} "
+                        f"{p['calls']:>7} calls  {part}"
+                    )
         return EXIT_OK
 
     def events(self) -> int:

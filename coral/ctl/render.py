@@ -83,9 +83,11 @@ class Style:
 PLAIN = Style(False)
 
 
-def format_event(ev: pb.UprobeEvent, slow_ns: int = 0, style: Style = PLAIN) -> list[str]:
+def format_event(ev: pb.UprobeEvent, slow_ns: int = 0, style: Style = PLAIN, show_agent: bool = False) -> list[str]:
+    """An event as text; `show_agent` (a session on several agents) adds agent=ID."""
     kind = ev.event_type.upper()
-    head = f"{style.dim(f'[{clock(ev.timestamp_unix_ns)}]')} {kind:<7} pid={ev.pid} tid={ev.tid}"
+    where = f"agent={ev.agent_id} " if show_agent else ""
+    head = f"{style.dim(f'[{clock(ev.timestamp_unix_ns)}]')} {kind:<7} {where}pid={ev.pid} tid={ev.tid}"
     if ev.event_type == "return":
         head += f" duration={format_ns(ev.duration_ns)}"
         if slow_ns and ev.duration_ns >= slow_ns:
@@ -175,7 +177,39 @@ def format_summary(s: Summary, session: pb.DebugSession, tally: Tally | None = N
     lost = {k: v for k, v in session.lost.items() if v}
     if lost:
         lines.append("  Calls not shown: " + ", ".join(f"{n} {LOST_CAUSES.get(c, c)}" for c, n in sorted(lost.items())))
+    lines.extend(format_agents(session, style))
     lines.extend(format_histogram(dict(session.histogram), style))
+    return lines
+
+
+def agents_of(session: pb.DebugSession) -> list[dict[str, Any]]:
+    """Each agent's part of a colony session: its status, pids and calls."""
+    return [
+        {
+            "agent_id": p.agent_id,
+            "status": p.session.status,
+            "status_reason": p.session.status_reason,
+            "pids": list(p.session.pids),
+            "calls": p.session.total_calls or p.session.calls,
+            "complete": p.complete,
+        }
+        for p in session.parts
+    ]
+
+
+def format_agents(session: pb.DebugSession, style: Style = PLAIN) -> list[str]:
+    """One line per agent, when the session spans several or one failed."""
+    parts = agents_of(session)
+    if len(parts) < 2 and not any(p["status"] == "failed" for p in parts):
+        return []
+    lines = ["  Agents:"]
+    for p in parts:
+        status = p["status"] + (f" ({p['status_reason']})" if p["status_reason"] else "")
+        pids = ",".join(map(str, p["pids"])) or "-"
+        lines.append(
+            f"    {p['agent_id']:<16} {p['calls']:>7} calls  pids {pids:<12} "
+            + (style.red(status) if p["status"] == "failed" else status)
+        )
     return lines
 
 
@@ -219,6 +253,7 @@ def summary_dict(s: Summary, session: pb.DebugSession, tally: Tally | None = Non
         "errors": tally.errors,
         "slow": tally.slow,
         "histogram": {str(k): v for k, v in session.histogram.items()},
+        "agents": agents_of(session),
     }
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from coral.daemon.errors import InvalidArgument
+from coral.daemon.retention import parse_age
 
 DEFAULT_CONFIG_PATH = "/etc/coral/coral.toml"
 
@@ -66,6 +67,8 @@ class AgentConfig:
     # Over tcp:// (CURVE): this agent's secret key file and the colony's public key file.
     key_file: str = ""
     colony_public_key_file: str = ""
+    retention: str = "7d"
+    purge_interval: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,9 @@ class ColonyConfig:
     secret_key_file: str = ""
     agent_keys_dir: str = ""
     client_keys_dir: str = ""
+    pull_interval: float = 0.5
+    retention: str = "7d"
+    purge_interval: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -170,6 +176,8 @@ _POSITIVE = {
     "heartbeat_liveness",
     "poll_interval",
     "flush_interval",
+    "pull_interval",
+    "purge_interval",
 }
 
 
@@ -186,6 +194,11 @@ def _check_value(source: str, section: str, key: str, expected: type, value: Any
         raise ConfigError(f"{where}: must be between 8 and 1024, got {value!r}")
     if key == "ring_buffer_pages" and value & (value - 1):
         raise ConfigError(f"{where}: must be a power of two, got {value!r}")
+    if key == "retention":
+        try:
+            parse_age(value)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
     return value
 
 

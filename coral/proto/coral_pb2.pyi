@@ -256,18 +256,20 @@ class UprobeConfig(_message.Message):
     def __init__(self, capture_args: _Optional[bool] = ..., capture_return: _Optional[bool] = ..., sample_rate: _Optional[int] = ..., max_events: _Optional[int] = ..., min_duration_ns: _Optional[int] = ..., predicate: _Optional[str] = ...) -> None: ...
 
 class AttachUprobeRequest(_message.Message):
-    __slots__ = ("service", "function", "duration_ms", "config", "session_id")
+    __slots__ = ("service", "function", "duration_ms", "config", "session_id", "agent_id")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
     DURATION_MS_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     service: str
     function: str
     duration_ms: int
     config: UprobeConfig
     session_id: str
-    def __init__(self, service: _Optional[str] = ..., function: _Optional[str] = ..., duration_ms: _Optional[int] = ..., config: _Optional[_Union[UprobeConfig, _Mapping]] = ..., session_id: _Optional[str] = ...) -> None: ...
+    agent_id: str
+    def __init__(self, service: _Optional[str] = ..., function: _Optional[str] = ..., duration_ms: _Optional[int] = ..., config: _Optional[_Union[UprobeConfig, _Mapping]] = ..., session_id: _Optional[str] = ..., agent_id: _Optional[str] = ...) -> None: ...
 
 class AttachUprobeResponse(_message.Message):
     __slots__ = ("session",)
@@ -288,7 +290,7 @@ class DetachUprobeResponse(_message.Message):
     def __init__(self, session: _Optional[_Union[DebugSession, _Mapping]] = ...) -> None: ...
 
 class DebugSession(_message.Message):
-    __slots__ = ("session_id", "service", "function", "agent_id", "pids", "started_unix_ns", "expires_unix_ns", "ended_unix_ns", "status", "status_reason", "config", "event_count", "calls", "lost", "probes", "total_calls", "sum_duration_ns", "max_duration_ns", "histogram")
+    __slots__ = ("session_id", "service", "function", "agent_id", "pids", "started_unix_ns", "expires_unix_ns", "ended_unix_ns", "status", "status_reason", "config", "event_count", "calls", "lost", "probes", "total_calls", "sum_duration_ns", "max_duration_ns", "histogram", "parts")
     class LostEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -322,6 +324,7 @@ class DebugSession(_message.Message):
     SUM_DURATION_NS_FIELD_NUMBER: _ClassVar[int]
     MAX_DURATION_NS_FIELD_NUMBER: _ClassVar[int]
     HISTOGRAM_FIELD_NUMBER: _ClassVar[int]
+    PARTS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     service: str
     function: str
@@ -341,7 +344,20 @@ class DebugSession(_message.Message):
     sum_duration_ns: int
     max_duration_ns: int
     histogram: _containers.ScalarMap[int, int]
-    def __init__(self, session_id: _Optional[str] = ..., service: _Optional[str] = ..., function: _Optional[str] = ..., agent_id: _Optional[str] = ..., pids: _Optional[_Iterable[int]] = ..., started_unix_ns: _Optional[int] = ..., expires_unix_ns: _Optional[int] = ..., ended_unix_ns: _Optional[int] = ..., status: _Optional[str] = ..., status_reason: _Optional[str] = ..., config: _Optional[_Union[UprobeConfig, _Mapping]] = ..., event_count: _Optional[int] = ..., calls: _Optional[int] = ..., lost: _Optional[_Mapping[str, int]] = ..., probes: _Optional[int] = ..., total_calls: _Optional[int] = ..., sum_duration_ns: _Optional[int] = ..., max_duration_ns: _Optional[int] = ..., histogram: _Optional[_Mapping[int, int]] = ...) -> None: ...
+    parts: _containers.RepeatedCompositeFieldContainer[SessionPart]
+    def __init__(self, session_id: _Optional[str] = ..., service: _Optional[str] = ..., function: _Optional[str] = ..., agent_id: _Optional[str] = ..., pids: _Optional[_Iterable[int]] = ..., started_unix_ns: _Optional[int] = ..., expires_unix_ns: _Optional[int] = ..., ended_unix_ns: _Optional[int] = ..., status: _Optional[str] = ..., status_reason: _Optional[str] = ..., config: _Optional[_Union[UprobeConfig, _Mapping]] = ..., event_count: _Optional[int] = ..., calls: _Optional[int] = ..., lost: _Optional[_Mapping[str, int]] = ..., probes: _Optional[int] = ..., total_calls: _Optional[int] = ..., sum_duration_ns: _Optional[int] = ..., max_duration_ns: _Optional[int] = ..., histogram: _Optional[_Mapping[int, int]] = ..., parts: _Optional[_Iterable[_Union[SessionPart, _Mapping]]] = ...) -> None: ...
+
+class SessionPart(_message.Message):
+    __slots__ = ("agent_id", "session", "cursor", "complete")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    session: DebugSession
+    cursor: int
+    complete: bool
+    def __init__(self, agent_id: _Optional[str] = ..., session: _Optional[_Union[DebugSession, _Mapping]] = ..., cursor: _Optional[int] = ..., complete: _Optional[bool] = ...) -> None: ...
 
 class ListDebugSessionsRequest(_message.Message):
     __slots__ = ("service", "active_only")

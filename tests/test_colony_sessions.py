@@ -1,0 +1,269 @@
+"""The pure parts of sessions across agents, pulls and retention: merging
+parts, the pull schedule, the purge decision, and the broker's fan-out
+with fake agents (no sockets: frames in, frames out)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from google.protobuf.message import Message
+
+from coral.colonyd.broker import Broker, Outgoing
+from coral.colonyd.pulls import PullSchedule
+from coral.colonyd.sessions import complete_parts_away, draining, is_open, merge
+from coral.colonyd.store import ColonyStore
+from coral.daemon import wire
+from coral.daemon.config import Config, ConfigError, parse_config
+from coral.daemon.errors import NotFound
+from coral.daemon.retention import PurgeSchedule, Retention, parse_age, purge_once
+from coral.daemon.server import Peer
+from coral.histogram import bucket_of, percentile_ns
+from coral.proto import coral_pb2 as pb
+
+ROOT = Peer(uid=0, gid=0, pid=1)
+
+
+def part(
+    agent_id: str,
+    durations: list[int],
+    status: str = "active",
+    reason: str = "",
+    complete: bool = False,
+    lost: dict[str, int] | None = None,
+) -> pb.SessionPart:
+    hist: dict[int, int] = {}
+    for d in durations:
+        hist[bucket_of(d)] = hist.get(bucket_of(d), 0) + 1
+    return pb.SessionPart(
+        agent_id=agent_id,
+        complete=complete,
+        session=pb.DebugSession(
+            session_id="dbg-1",
+            agent_id=agent_id,
+            status=status,
+            status_reason=reason,
+            pids=[len(agent_id)],
+            started_unix_ns=100,
+            expires_unix_ns=200,
+            ended_unix_ns=0 if status == "active" else 150,
+            total_calls=len(durations),
+            calls=len(durations),
+            event_count=2 * len(durations),
+            probes=2,
+            sum_duration_ns=sum(durations),
+            max_duration_ns=max(durations, default=0),
+            histogram=hist,
+            lost=lost or {},
+        ),
+    )
+
+
+def test_merged_counts_add_and_percentiles_come_from_the_merged_histogram() -> None:
+    rng = random.Random(3)
+    fast = [rng.randint(1_000, 50_000) for _ in range(3000)]
+    slow = [rng.randint(5_000_000, 9_000_000) for _ in range(1000)]
+    s = pb.DebugSession(
+        session_id="dbg-1", parts=[part("a", fast, lost={"sampled": 2}), part("bb", slow, lost={"sampled": 1, "ringbuf_full": 4})]
+    )
+    merge(s)
+    assert (s.total_calls, s.calls, s.event_count, s.probes) == (4000, 4000, 8000, 4)
+    assert s.sum_duration_ns == sum(fast) + sum(slow) and s.max_duration_ns == max(slow)
+    assert dict(s.lost) == {"sampled": 3, "ringbuf_full": 4} and list(s.pids) == [1, 2]
+    # Bucket by bucket: exactly the histogram of all calls together.
+    together: dict[int, int] = {}
+    for d in fast + slow:
+        together[bucket_of(d)] = together.get(bucket_of(d), 0) + 1
+    assert dict(s.histogram) == together
+    everything = sorted(fast + slow)
+    for p in (50, 95, 99):
+        exact = everything[-(-p * len(everything) // 100) - 1]
+        assert abs(percentile_ns(dict(s.histogram), p, s.max_duration_ns) - exact) <= exact / 16
+    assert percentile_ns(dict(s.histogram), 95, s.max_duration_ns) >= 5_000_000  # the slow agent shows
+
+
+def test_merged_status_says_which_agent_failed_and_why() -> None:
+    s = pb.DebugSession(parts=[part("a", [5], "expired"), part("b", [], "failed", "target exited", complete=True)])
+    merge(s)
+    assert (s.status, s.status_reason, s.agent_id, s.ended_unix_ns) == ("expired", "b: target exited", "", 150)
+    assert is_open(s) and draining(s)  # a's last events are not pulled yet
+    s.parts[0].complete = True
+    assert not is_open(s) and not draining(s)
+    s = pb.DebugSession(parts=[part("a", [5]), part("b", [], "failed", "agent lost", complete=True)])
+    merge(s)
+    assert (s.status, s.ended_unix_ns) == ("active", 0)
+    one = pb.DebugSession(parts=[part("a", [], "failed", "agent lost", complete=True)])
+    merge(one)
+    assert (one.status, one.status_reason, one.agent_id) == ("failed", "agent lost", "a")
+
+
+def test_a_part_whose_agent_stays_away_is_completed_after_its_end_and_a_grace() -> None:
+    s = pb.DebugSession(parts=[part("a", [5]), part("b", [5])])  # both expire at 200
+    assert not complete_parts_away(s, lambda agent: agent == "a", now_ns=204, grace_ns=5)
+    assert complete_parts_away(s, lambda agent: agent == "a", now_ns=205, grace_ns=5)
+    assert [(p.session.status, p.complete) for p in s.parts] == [("active", False), ("expired", True)]
+
+
+def test_pull_schedule_is_bounded_and_pulls_an_ended_part_at_once() -> None:
+    sessions = [pb.DebugSession(session_id=f"dbg-{i}", parts=[part("a", []), part("b", [])]) for i in range(20)]
+    schedule = PullSchedule(interval=0.5, per_tick=16)
+    first = schedule.due(sessions, lambda agent: agent != "b", now=10.0)
+    assert len(first) == 16 and all(agent == "a" for _, agent in first)
+    for key in first:
+        schedule.sent(key, 10.0)
+    rest = schedule.due(sessions, lambda agent: agent != "b", now=10.1)
+    assert sorted(rest) == sorted({(s.session_id, "a") for s in sessions} - set(first))  # every part gets its turn
+    schedule.answered(first[0], more=False)
+    assert first[0] not in schedule.due(sessions, lambda agent: True, now=10.2)  # not before the interval
+    ended = next(p for s in sessions if s.session_id == first[0][0] for p in s.parts if p.agent_id == "a")
+    ended.session.status = "expired"
+    assert first[0] in schedule.due(sessions, lambda agent: True, now=10.2)  # its last events: at once
+    ended.complete = True
+    assert first[0] not in schedule.due(sessions, lambda agent: True, now=99.0)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("7d", 604800), ("12h", 43200), ("1d12h", 129600), ("90s", 90), ("0", 0)])
+def test_retention_ages(text: str, seconds: int) -> None:
+    assert parse_age(text) == seconds
+
+
+def test_a_bad_retention_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigError, match=r"c.toml: \[colony\] retention: invalid age '7 days'"):
+        parse_config({"colony": {"retention": "7 days"}}, "c.toml")
+    assert parse_config({"agent": {"retention": "2h"}}, "c.toml").agent.retention == "2h"
+
+
+def test_retention_purges_ended_sessions_only_oldest_first_one_batch_at_a_time() -> None:
+    s = 1_000_000_000
+    now = 1000 * s
+    rows = [
+        ("old", "expired", 100 * s),
+        ("older", "failed", 50 * s),
+        ("recent", "detached", 999 * s),
+        ("running", "active", 10 * s),
+        ("never-ended", "expired", 0),
+    ]
+    assert Retention(60).purgeable(rows, now) == ["older", "old"]
+    assert Retention(60, batch=1).purgeable(rows, now) == ["older"]
+    assert Retention(0).purgeable(rows, now) == []  # "0": keep forever
+    schedule = PurgeSchedule(interval=60.0)
+    assert schedule.due(0.0)
+    schedule.done(5.0, more=True)
+    assert schedule.due(5.0)
+    schedule.done(5.0, more=False)
+    assert not schedule.due(64.0) and schedule.due(65.0)
+
+
+def test_a_purge_run_stops_after_enough_rows_and_says_more_is_due() -> None:
+    s = 1_000_000_000
+    rows = {f"s{i}": (f"s{i}", "expired", (10 + i) * s) for i in range(5)}
+    purged: list[str] = []
+
+    def purge(ids: list[str]) -> tuple[int, int]:
+        purged.extend(ids)
+        return len(ids), 40_000 * len(ids)  # 40,000 events each
+
+    def candidates(before_ns: int, limit: int) -> list[tuple[str, str, int]]:
+        return [r for r in rows.values() if r[0] not in purged and r[2] < before_ns][:limit]
+
+    assert purge_once(Retention(60), candidates, purge, 1000 * s, max_rows=100_000) == (3, 120_000, True)
+    assert purged == ["s0", "s1", "s2"]  # oldest first
+    assert purge_once(Retention(60), candidates, purge, 1000 * s, max_rows=100_000) == (2, 80_000, False)
+    assert purge_once(Retention(0), candidates, purge, 1000 * s) == (0, 0, False)
+
+
+# ------------------------------------------------------------- the broker, with fake agents
+
+
+def hello(agent_id: str) -> pb.AgentHello:
+    return pb.AgentHello(agent_id=agent_id, services=[pb.ServiceInstance(service="payments", pid=7, agent_id=agent_id)])
+
+
+def sent_to(out: list[Outgoing], socket: str) -> list[wire.Frame]:
+    return [wire.decode(m.frames) for m in out if m.socket == socket]
+
+
+def client_request(method: str, body: Message) -> wire.Frame:
+    return wire.decode(wire.encode_request(b"r1", method, body, (b"client",)))
+
+
+def agent_reply(frame: wire.Frame, body: Message | None = None, error: NotFound | None = None) -> wire.Frame:
+    if body is None:
+        return wire.decode(wire.encode_error(frame.request_id, error or NotFound("?"), frame.envelope))
+    return wire.decode(wire.encode_reply(frame.request_id, body, frame.envelope))
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Broker:
+    b = Broker(Config(), ColonyStore(tmp_path / "colony.duckdb"))
+    b.agent_ready(b"A", hello("a"), 0.0)
+    b.agent_ready(b"B", hello("b"), 0.0)
+    return b
+
+
+def test_attach_goes_to_every_agent_and_one_refusal_is_named(broker: Broker) -> None:
+    out = broker.handle_request(
+        client_request("AttachUprobe", pb.AttachUprobeRequest(service="payments", function="validate_card")), ROOT, 0.0
+    )
+    to_agents = sent_to(out, "backend")
+    assert [f.envelope for f in to_agents] == [(b"A",), (b"B",)] and not sent_to(out, "frontend")
+    request = wire.parse_body(pb.AttachUprobeRequest, to_agents[0].body)
+    started = part("a", []).session
+    started.session_id = request.session_id
+    assert broker.handle_reply(agent_reply(to_agents[0], pb.AttachUprobeResponse(session=started)), 0.1) == []
+    out = broker.handle_reply(agent_reply(to_agents[1], error=NotFound("function 'validate_card' not found")), 0.1)
+    reply = sent_to(out, "frontend")[0]
+    assert reply.name == "OK" and reply.envelope == (b"client",)
+    session = wire.parse_body(pb.AttachUprobeResponse, reply.body).session
+    assert [(p.agent_id, p.session.status, p.complete) for p in session.parts] == [("a", "active", False), ("b", "failed", True)]
+    assert session.status == "active" and session.status_reason == "b: function 'validate_card' not found"
+
+    # The colony pulls from a (b has nothing to pull), and keeps each event once.
+    pulls = sent_to(broker.tick(1.0), "backend")
+    pulls = [f for f in pulls if f.name == "QueryUprobeEvents"]
+    assert [f.envelope for f in pulls] == [(b"A",)]
+    broker.agent_ready(b"A2", hello("a"), 1.05)  # a reconnected on a new link: its pull is sent again there
+    pulls = [f for f in sent_to(broker.tick(1.06), "backend") if f.name == "QueryUprobeEvents"]
+    assert [f.envelope for f in pulls] == [(b"A2",)]
+    events = [
+        pb.UprobeEvent(session_id=request.session_id, agent_id="a", seq=2 * 5 + k, event_type=("entry", "return")[k])
+        for k in (0, 1)
+    ]
+    ended = part("a", [9], "expired").session
+    ended.session_id = request.session_id
+    for _ in range(2):  # the same page twice (say, a retried pull)
+        broker.handle_reply(agent_reply(pulls[0], pb.QueryUprobeEventsResponse(events=events, next_cursor=5, session=ended)), 1.1)
+    answer = broker.handle_request(
+        client_request("QueryUprobeEvents", pb.QueryUprobeEventsRequest(session_id=request.session_id)), ROOT, 1.2
+    )
+    q = wire.parse_body(pb.QueryUprobeEventsResponse, sent_to(answer, "frontend")[0].body)
+    assert [e.seq for e in q.events] == [10, 11] and not q.has_more
+    assert (q.session.status, q.session.total_calls) == ("expired", 1) and request.session_id not in broker.open
+
+
+def test_every_agent_refusing_is_one_error_naming_each(broker: Broker) -> None:
+    out = broker.handle_request(
+        client_request("AttachUprobe", pb.AttachUprobeRequest(service="payments", function="nosuch")), ROOT, 0.0
+    )
+    replies: list[Outgoing] = []
+    for frame in sent_to(out, "backend"):
+        replies += broker.handle_reply(agent_reply(frame, error=NotFound("function 'nosuch' not found")), 0.1)
+    reply = sent_to(replies, "frontend")[0]
+    err = wire.parse_body(pb.Error, reply.body)
+    assert (reply.name, err.message) == (
+        "NOT_FOUND",
+        "agent a: function 'nosuch' not found; agent b: function 'nosuch' not found",
+    )
+    assert broker.store.sessions() == []
+
+
+def test_an_unknown_agent_is_refused_with_the_known_ones(broker: Broker) -> None:
+    out = broker.handle_request(
+        client_request("AttachUprobe", pb.AttachUprobeRequest(service="payments", function="f", agent_id="c")), ROOT, 0.0
+    )
+    reply = sent_to(out, "frontend")[0]
+    assert (reply.name, wire.parse_body(pb.Error, reply.body).message) == (
+        "NOT_FOUND",
+        "no agent 'c' is connected (known agents: a, b)",
+    )
