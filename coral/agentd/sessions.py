@@ -299,8 +299,10 @@ class SessionManager:
             if now_ns >= session.expires_ns:
                 self._end(session, EXPIRED, "")
                 ended.append(session.session_id)
-            elif not any(self.registry.is_alive(t.reg) for t in session.targets):
-                self._end(session, FAILED, "target exited")
+                continue
+            losses = [self.registry.loss(t.reg) for t in session.targets]
+            if all(losses):
+                self._end(session, FAILED, losses[0])
                 ended.append(session.session_id)
         return ended
 
