@@ -88,6 +88,9 @@ class Agent:
         counters["colony.connected"] = int(self.link.connected)
         counters.update({f"kernel.{k}": v for k, v in self.engine.global_counters().items()})
         counters["kernel.attached_probes"] = self.engine.attachment_count
+        counters["storage.failing"] = int(bool(self.store.health.error))
+        counters["storage.write_failures"] = self.store.health.failures
+        counters["storage.held_calls"] = self.store.held_calls
         return pb.PingResponse(
             daemon="coral-agentd", version=__version__, pid=os.getpid(), agent_id=self.agent_id, counters=counters
         )
@@ -185,9 +188,10 @@ class Agent:
                 if self.link.socket is not None and self.link.socket in ready:
                     self.link.on_readable(now)
                 self.sessions.collect()
-                if self.sessions.pending and now - last_flush >= cfg.agent.flush_interval:
-                    self.sessions.flush()
+                if (self.sessions.pending or self.store.holding) and now - last_flush >= cfg.agent.flush_interval:
+                    self.sessions.flush(force=False)
                     last_flush = now
+                self.sessions.stop_over_budget()
                 self.sessions.expire_due(time.time_ns())
                 for reg in self.registry.prune_exited():
                     self._forget(reg)

@@ -161,7 +161,7 @@ class Broker:
                 daemon="coral-colonyd",
                 version=__version__,
                 pid=os.getpid(),
-                counters={**self.counters, "agents": len(self.agents)},
+                counters={**self.counters, "agents": len(self.agents), **self.store.counters()},
             )
         if method == "ListServices":
             return pb.ListServicesResponse(services=self.services())
@@ -254,6 +254,7 @@ class Broker:
             elif now - agent.last_sent >= interval:
                 agent.last_sent = now
                 out.append(Outgoing("backend", wire.encode_signal(wire.Command.HEARTBEAT, (identity,))))
+        self.store.retry()
         for session in self.store.due_for_expiry(time.time_ns()):
             # The agent ends it on its own clock; the colony's view follows.
             session.status = "expired"
