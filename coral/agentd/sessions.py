@@ -136,6 +136,10 @@ class SessionManager:
         limit = self.config.sessions.max_sessions_per_agent
         if len(self.active) >= limit:
             raise LimitExceeded(f"agent {self.agent_id} already runs {len(self.active)} sessions (limit {limit})")
+        events_limit = self.config.sessions.max_events_per_session
+        if req.config.max_events > events_limit:
+            raise InvalidArgument(f"max_events {req.config.max_events} exceeds this agent's limit of {events_limit} "
+                                  f"([sessions] max_events_per_session); ask for {events_limit} or less")
         if req.session_id and (len(req.session_id) > 64 or not req.session_id.isprintable()):
             raise InvalidArgument("session id must be up to 64 printable characters")
         session_id = req.session_id or f"dbg-{secrets.token_hex(6)}"
@@ -168,7 +172,6 @@ class SessionManager:
             self._disarm(targets)
             raise
         now = time.time_ns()
-        events_limit = self.config.sessions.max_events_per_session
         session = Session(
             session_id=session_id, service=req.service, function=req.function, config=req.config, started_ns=now,
             expires_ns=now + duration_ms * 1_000_000, slot=slot, targets=targets,

@@ -285,6 +285,11 @@ class Broker:
             )
         )
 
+    def record_agent_audit(self, e: pb.AuditEntry) -> None:
+        """A request an agent served on its local socket (its `who` names the agent)."""
+        self._audit_rows.append(AuditRow(e.timestamp_unix_ns, e.who[:300], e.peer_pid, e.method[:64], e.service[:200],
+                                         e.function[:200], e.session_id[:64], e.outcome[:64], e.detail[:500]))
+
     def audit_bad_frame(self, peer: Peer, reason: str) -> None:
         self.count("bad_frames")
         self._audit(peer, "?", None, "BAD_REQUEST", reason)

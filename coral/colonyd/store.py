@@ -64,9 +64,13 @@ class ColonyStore:
         self._db.close()
 
     def counters(self) -> dict[str, int]:
-        return {"storage.failing": int(bool(self.health.error)), "storage.write_failures": self.health.failures,
-                "storage.held_audit_rows": len(self._held_audit), "storage.held_events": len(self._held_events),
-                "storage.events_dropped": self.events_dropped}
+        return {
+            "storage.failing": int(bool(self.health.error)),
+            "storage.write_failures": self.health.failures,
+            "storage.held_audit_rows": len(self._held_audit),
+            "storage.held_events": len(self._held_events),
+            "storage.events_dropped": self.events_dropped,
+        }
 
     def _write_held(self) -> None:
         """Write whatever is held: audit rows, sessions, events, in that order.
@@ -89,8 +93,7 @@ class ColonyStore:
             for session_id, s in list(self._held_sessions.items()):
                 self._db.execute(
                     "INSERT OR REPLACE INTO sessions VALUES (?,?,?,?,?,?,?)",
-                    [s.session_id, s.service, s.agent_id, s.status, s.expires_unix_ns, s.started_unix_ns,
-                     s.SerializeToString()],
+                    [s.session_id, s.service, s.agent_id, s.status, s.expires_unix_ns, s.started_unix_ns, s.SerializeToString()],
                 )
                 del self._held_sessions[session_id]
             if self._held_events:
@@ -101,8 +104,11 @@ class ColonyStore:
                 )
                 self._held_events = []
         except duckdb.Error as exc:
-            self.health.failed(exc, f"{len(self._held_audit)} audit row(s), {len(self._held_sessions)} session(s) and "
-                                    f"{len(self._held_events)} event(s)")
+            self.health.failed(
+                exc,
+                f"{len(self._held_audit)} audit row(s), {len(self._held_sessions)} session(s) and "
+                f"{len(self._held_events)} event(s)",
+            )
             return
         self.health.succeeded()
 
@@ -113,8 +119,12 @@ class ColonyStore:
 
     def audit_rows(self, since_ns: int = 0, limit: int = 1000) -> tuple[list[AuditRow], bool]:
         """The newest `limit` entries since `since_ns`, oldest first; and whether more matched."""
-        rows = [AuditRow(*r) for r in self._db.execute("SELECT * FROM audit WHERE ts_ns >= ? ORDER BY ts_ns DESC LIMIT ?",
-                                                       [since_ns, limit + 1]).fetchall()]
+        rows = [
+            AuditRow(*r)
+            for r in self._db.execute(
+                "SELECT * FROM audit WHERE ts_ns >= ? ORDER BY ts_ns DESC LIMIT ?", [since_ns, limit + 1]
+            ).fetchall()
+        ]
         rows += [r for r in self._held_audit if r.ts_ns >= since_ns]
         rows.sort(key=lambda r: r.ts_ns, reverse=True)
         return list(reversed(rows[:limit])), len(rows) > limit
@@ -161,8 +171,9 @@ class ColonyStore:
         self._write_held()
 
     def events(self, session_id: str, after_seq: int, limit: int) -> list[pb.UprobeEvent]:
-        rows = self._db.execute("SELECT event FROM events WHERE session_id = ? AND seq > ? ORDER BY seq LIMIT ?",
-                                [session_id, after_seq, limit]).fetchall()
+        rows = self._db.execute(
+            "SELECT event FROM events WHERE session_id = ? AND seq > ? ORDER BY seq LIMIT ?", [session_id, after_seq, limit]
+        ).fetchall()
         return [pb.UprobeEvent.FromString(r[0]) for r in rows]
 
     def _active_where(self, sql: str, params: list[object], keep: Callable[[pb.DebugSession], bool]) -> list[pb.DebugSession]:
