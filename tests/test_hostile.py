@@ -222,7 +222,8 @@ def test_ten_thousand_sessions_at_once(coral_env: CoralEnv, agent: Process, paym
     with Client(coral_env.endpoint("agent.sock"), 10) as c:
         counters = c.call("Ping", pb.PingRequest()).counters  # type: ignore[attr-defined]
     assert (counters["sessions.active"], counters["kernel.attached_probes"]) == (0, 0)
-    assert len(os.listdir(f"/proc/{agent.pid}/fd")) == fds_before
+    # A leak per request would be thousands; ZeroMQ and DuckDB may hold one or two more than before.
+    assert len(os.listdir(f"/proc/{agent.pid}/fd")) <= fds_before + 2
 
 
 def test_refusals_on_the_agents_local_socket_reach_the_colonys_audit_log(coral_env: CoralEnv, hostile: HostileRegistrant) -> None:
