@@ -107,8 +107,9 @@ def test_sdk_service_killed_mid_session_fails_the_session_and_keeps_its_calls(
     service = PythonService(coral_env)
     try:
         wait_for_service(coral_env, "payments-api")
-        attach, first = start_attach(coral_env, "payments-api", "payments.validate_card", "--duration", "5m",
-                                     "--capture-args", "--no-save")
+        attach, first = start_attach(
+            coral_env, "payments-api", "payments.validate_card", "--duration", "5m", "--capture-args", "--no-save"
+        )
         for i in range(4):
             assert service.charge("4111111111111111", 100 + i)[0] == 200
         stored = coralctl(coral_env, "--output", "json", "debug", "events", first["session_id"])
