@@ -14,7 +14,15 @@
 // sampling and filters, so the summary covers all calls; every record that
 // does not reach the agent is counted by cause.
 //
-// Compile-time parameters (coral/agentd/engine.py): CORAL_RINGBUF_PAGES, CORAL_STR_MAX.
+// A session may have a CPU budget: each hit's cost (the time spent inside
+// this program, measured with bpf_ktime_get_ns, plus CORAL_TRAP_NS for the
+// uprobe trap that precedes it) is charged to every slot it served, summed
+// over all CPUs in a fixed window of CORAL_BUDGET_WINDOW_NS. A slot that
+// spends more than its limit in a window is marked in `stopped`, which the
+// program checks first thing: from then on it records nothing, and the
+// agent detaches the session as failed (budget exceeded).
+//
+// Compile-time parameters (coral/agentd/engine.py): CORAL_RINGBUF_PAGES, CORAL_STR_MAX, CORAL_TRAP_NS.
 #include <uapi/linux/ptrace.h>
 #include "coral_call.h"
 
@@ -22,6 +30,10 @@
 #define CORAL_STACK_DEPTH 8          // power of two
 #define CORAL_HIST_SUB_BITS 3        // 8 sub-buckets per power of two
 #define CORAL_HIST_BUCKETS 512
+#define CORAL_BUDGET_WINDOW_NS 1000000000ULL
+#ifndef CORAL_TRAP_NS
+#define CORAL_TRAP_NS 0              // the uprobe trap's cost, outside the program
+#endif
 #ifndef CORAL_STR_MAX
 #define CORAL_STR_MAX 64             // [sessions] string_bytes
 #endif
@@ -133,6 +145,12 @@ struct python_timing_event {
     u64 head[5];                     // fn_id, call_id, start_ns, end_ns, flags
 };
 
+struct budget {
+    u64 limit_ns;                    // per window, all CPUs together; 0: no budget
+    u64 window_start;
+    u64 spent_ns;
+};
+
 BPF_RINGBUF_OUTPUT(events, CORAL_RINGBUF_PAGES);
 BPF_HASH(sites, struct site_key, struct site, 16384);
 BPF_ARRAY(slots, struct slot_config, CORAL_MAX_SLOTS);
@@ -146,6 +164,47 @@ BPF_ARRAY(sample_counts, u64, CORAL_MAX_SLOTS);
 // call); threads that are gone are evicted when the map is full.
 BPF_TABLE("lru_hash", struct thread_key, struct stack, stacks, 65536);
 BPF_PERCPU_ARRAY(empty_stack, struct stack, 1);
+BPF_ARRAY(budgets, struct budget, CORAL_MAX_SLOTS);
+// Bit i: slot i went over its budget and records nothing more. One lookup
+// per hit, before anything else is done.
+BPF_ARRAY(stopped, u64, 1);
+
+static __always_inline u64 stopped_slots(void)
+{
+    u32 zero = 0;
+    u64 *mask = stopped.lookup(&zero);
+    return mask ? *mask : 0;
+}
+
+// Charge one hit, started at t0, to the slots in `mask` that have a budget.
+static __always_inline void charge(u64 mask, u64 t0)
+{
+    u64 now = bpf_ktime_get_ns();
+    u64 cost = now - t0 + CORAL_TRAP_NS;
+    for (u32 slot = 0; slot < CORAL_MAX_SLOTS; slot++) {
+        if (!(mask >> slot))
+            break;
+        if (!(mask & (1ULL << slot)))
+            continue;
+        u32 key = slot;
+        struct budget *b = budgets.lookup(&key);
+        if (!b || !b->limit_ns)
+            continue;
+        if (now - b->window_start >= CORAL_BUDGET_WINDOW_NS) {
+            // A new window. CPUs racing here may lose a few hits' charge: the
+            // budget is a guard against millions of hits, not an account.
+            b->window_start = now;
+            b->spent_ns = 0;
+        }
+        __sync_fetch_and_add(&b->spent_ns, cost);
+        if (b->spent_ns > b->limit_ns) {
+            u32 zero = 0;
+            u64 *stop = stopped.lookup(&zero);
+            if (stop)
+                __sync_fetch_and_or(stop, 1ULL << slot);
+        }
+    }
+}
 
 static __always_inline u64 *stat(u32 slot, u32 which)
 {
@@ -251,13 +310,13 @@ static __always_inline void read_str(char *dst, s32 arg, struct frame *f)
         bpf_probe_read_user_str(dst, CORAL_STR_MAX, (void *)f->args[arg & 7]);
 }
 
-static __always_inline void finish_native(struct frame *f, u64 now, u64 *results, u64 id)
+static __always_inline void finish_native(struct frame *f, u64 now, u64 *results, u64 id, u64 watching)
 {
     u64 duration = now - f->ts;
     for (u32 slot = 0; slot < CORAL_MAX_SLOTS; slot++) {
-        if (!(f->slots >> slot))
+        if (!(watching >> slot))
             break;  // no higher slot watches this call
-        if (!(f->slots & (1ULL << slot)))
+        if (!(watching & (1ULL << slot)))
             continue;
         u32 key = slot;
         struct slot_config *cfg = slots.lookup(&key);
@@ -302,7 +361,7 @@ static __always_inline u64 go_frame_sp(struct pt_regs *ctx)
     return (1ULL << 62) - (hi - ctx->sp);
 }
 
-static __always_inline void push_frame(struct thread_key *tk, struct site *s, u64 ip, struct pt_regs *ctx, int go)
+static __always_inline void push_frame(struct thread_key *tk, u64 watching, u64 ip, struct pt_regs *ctx, int go)
 {
     struct stack *st = stacks.lookup(tk);
     if (!st) {
@@ -332,7 +391,7 @@ static __always_inline void push_frame(struct thread_key *tk, struct site *s, u6
     f->ts = bpf_ktime_get_ns();
     f->sp = sp;
     f->func_ip = ip;
-    f->slots = s->slots;
+    f->slots = watching;
     if (go) {
         // Go >= 1.17 register ABI (amd64): RAX, RBX, RCX, RDI, RSI, R8, ...
         f->args[0] = ctx->ax;
@@ -355,13 +414,14 @@ static __always_inline void push_frame(struct thread_key *tk, struct site *s, u6
 // Find the frame a return belongs to and finish that call: the frame whose
 // position (frame_sp) is the return's, after dropping frames of calls that
 // left without returning (longjmp, panic). A return from a call we did not
-// see enter finds an outer frame and is ignored.
-static __always_inline void pop_frame(struct thread_key *tk, u64 entry_sp, u64 func_ip, u64 *results, u64 id)
+// see enter finds an outer frame and is ignored. Returns the slots the call
+// was reported to (what the hit is charged to).
+static __always_inline u64 pop_frame(struct thread_key *tk, u64 entry_sp, u64 func_ip, u64 *results, u64 id)
 {
     struct stack *st = stacks.lookup(tk);
     if (!st) {
         bump_global(G_UNPAIRED);
-        return;
+        return 0;
     }
     s32 found = -1;
     for (int i = 0; i < CORAL_STACK_DEPTH; i++) {
@@ -381,15 +441,17 @@ static __always_inline void pop_frame(struct thread_key *tk, u64 entry_sp, u64 f
     }
     if (found < 0) {
         bump_global(G_UNPAIRED);
-        return;
+        return 0;
     }
     u64 now = bpf_ktime_get_ns();
     struct frame *f = &st->frames[found & (CORAL_STACK_DEPTH - 1)];
     st->depth = found;
-    finish_native(f, now, results, id);
+    u64 watching = f->slots & ~stopped_slots();  // a slot stopped since the entry reports nothing
+    finish_native(f, now, results, id, watching);
+    return watching;
 }
 
-static __always_inline int python_call(struct pt_regs *ctx, struct site *s, u64 id)
+static __always_inline int python_call(struct pt_regs *ctx, u64 watching, u64 id)
 {
     const struct coral_call *rec = (const struct coral_call *)PT_REGS_PARM1(ctx);
     u64 head[5];  // fn_id, call_id, start_ns, end_ns, flags (and args_len)
@@ -398,9 +460,9 @@ static __always_inline int python_call(struct pt_regs *ctx, struct site *s, u64 
     int raised = (u32)head[4] & CORAL_CALL_RAISED;
     u64 duration = head[3] > head[2] ? head[3] - head[2] : 0;
     for (u32 slot = 0; slot < CORAL_MAX_SLOTS; slot++) {
-        if (!(s->slots >> slot))
+        if (!(watching >> slot))
             break;
-        if (!(s->slots & (1ULL << slot)))
+        if (!(watching & (1ULL << slot)))
             continue;
         u32 key = slot;
         struct slot_config *cfg = slots.lookup(&key);
@@ -445,34 +507,44 @@ static __always_inline int python_call(struct pt_regs *ctx, struct site *s, u64 
 // Attached at every entry site, every Go RET site and every Python site.
 int coral_hit(struct pt_regs *ctx)
 {
+    u64 t0 = bpf_ktime_get_ns();
     u64 id = bpf_get_current_pid_tgid();
     struct site_key key = {.tgid = id >> 32, .pad = 0, .ip = PT_REGS_IP(ctx)};
     struct site *s = sites.lookup(&key);
-    if (!s || !s->slots)
+    if (!s)
         return 0;
-    if (s->flags & SITE_PYTHON)
-        return python_call(ctx, s, id);
+    u64 watching = s->slots & ~stopped_slots();
+    if (!watching)
+        return 0;
+    if (s->flags & SITE_PYTHON) {
+        python_call(ctx, watching, id);
+        charge(watching, t0);
+        return 0;
+    }
     if (s->flags & (SITE_GO | SITE_GO_RET)) {
         struct thread_key tk = {.id = id >> 32, .g = ctx->r14};
         if (s->flags & SITE_GO_RET) {
             u64 results[3] = {ctx->ax, ctx->bx, ctx->cx};
-            pop_frame(&tk, go_frame_sp(ctx), s->func_ip, results, id);
+            watching = pop_frame(&tk, go_frame_sp(ctx), s->func_ip, results, id);
         }
         else
-            push_frame(&tk, s, key.ip, ctx, 1);
+            push_frame(&tk, watching, key.ip, ctx, 1);
+        charge(watching, t0);
         return 0;
     }
     struct thread_key tk = {.id = id, .g = 0};
-    push_frame(&tk, s, key.ip, ctx, 0);
+    push_frame(&tk, watching, key.ip, ctx, 0);
+    charge(watching, t0);
     return 0;
 }
 
 // uretprobe of native (non-Go) functions: the top frame of this thread.
 int coral_return(struct pt_regs *ctx)
 {
+    u64 t0 = bpf_ktime_get_ns();
     u64 id = bpf_get_current_pid_tgid();
     struct thread_key tk = {.id = id, .g = 0};
     u64 results[3] = {PT_REGS_RC(ctx), ctx->dx, 0};
-    pop_frame(&tk, PT_REGS_SP(ctx) - 8, 0, results, id);
+    charge(pop_frame(&tk, PT_REGS_SP(ctx) - 8, 0, results, id), t0);
     return 0;
 }

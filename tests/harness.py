@@ -219,6 +219,16 @@ def kernel_probes() -> str:
     return subprocess.run(["bpftool", "perf"], capture_output=True, text=True, check=False).stdout
 
 
+def probes_on(pid: int) -> list[str]:
+    """Every uprobe, perf event or BPF link in the kernel that names this
+    process's files (Coral probes through /proc/PID/exe and /proc/PID/root)."""
+    found = []
+    for command in (["bpftool", "perf"], ["bpftool", "link"]):
+        out = subprocess.run(command, capture_output=True, text=True, check=False).stdout
+        found += [line for line in out.splitlines() if f"/proc/{pid}/" in line]
+    return found
+
+
 def start_attach(env: CoralEnv, service: str, function: str, *flags: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
     """`coralctl --output json debug attach` in the background; returns once
     its session line says the probes are live."""

@@ -5,11 +5,12 @@ stays in the kernel; what was written stays written."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 
 import duckdb
 
-from tests.harness import CoralEnv, NativeService, Process, coralctl, kernel_probes, start_agent, start_attach
+from tests.harness import CoralEnv, NativeService, Process, coralctl, kernel_probes, probes_on, start_agent, start_attach
 
 
 def test_target_exits_mid_session(coral_env: CoralEnv, colony: Process, agent: Process, payments: NativeService) -> None:
@@ -68,3 +69,65 @@ def test_a_corrupted_database_is_moved_aside_and_the_agent_serves(coral_env: Cor
     finally:
         agent.stop()
     assert "could not be opened" in agent.output()
+
+
+def test_coral_run_killed_mid_session_fails_the_session_and_the_program_runs_on(
+    coral_env: CoralEnv, colony: Process, agent: Process, payments: NativeService
+) -> None:
+    attach, first = start_attach(coral_env, "payments", "validate_card", "--local", "--duration", "5m", "--no-save")
+    assert payments.call(6) == "done 6 declined 0"
+    child = payments.child_pid
+    stored = coralctl(coral_env, "--local", "--output", "json", "debug", "events", first["session_id"])
+    assert returns(stored.stdout) == 6  # written before the kill
+    assert len(probes_on(child)) == 2
+    payments.run.proc.send_signal(signal.SIGKILL)
+    payments.run.proc.wait(10)
+    try:
+        out, _ = attach.communicate(timeout=30)
+        summary = json.loads(out.splitlines()[-1])
+        # Nothing answers for the child any more: the session ends, its probes go.
+        assert (summary["status"], summary["status_reason"], summary["calls"]) == ("failed", "coral-run exited", 6)
+        assert probes_on(child) == []
+        events = coralctl(coral_env, "--local", "--output", "json", "debug", "events", first["session_id"])
+        assert returns(events.stdout) == 6
+        services = coralctl(coral_env, "--local", "--output", "json", "services")
+        assert services.returncode == 0 and services.stdout == ""  # the registration is gone
+        # The program runs on, undebugged (no PDEATHSIG: a launcher's death does not take the service down).
+        assert payments.call(3) == "done 3 declined 0"
+    finally:
+        os.kill(child, signal.SIGKILL)
+
+
+def test_sdk_service_killed_mid_session_fails_the_session_and_keeps_its_calls(
+    coral_env: CoralEnv, colony: Process, agent: Process
+) -> None:
+    from tests.test_native_e2e import wait_for_service
+    from tests.test_python_e2e import PythonService
+
+    service = PythonService(coral_env)
+    try:
+        wait_for_service(coral_env, "payments-api")
+        attach, first = start_attach(
+            coral_env, "payments-api", "payments.validate_card", "--duration", "5m", "--capture-args", "--no-save"
+        )
+        for i in range(4):
+            assert service.charge("4111111111111111", 100 + i)[0] == 200
+        stored = coralctl(coral_env, "--output", "json", "debug", "events", first["session_id"])
+        assert returns(stored.stdout) == 4
+        assert len(probes_on(service.proc.pid)) == 1
+        service.proc.send_signal(signal.SIGKILL)
+        service.proc.wait(10)
+        out, _ = attach.communicate(timeout=30)
+        summary = json.loads(out.splitlines()[-1])
+        assert (summary["status"], summary["status_reason"], summary["calls"]) == ("failed", "target exited", 4)
+        assert probes_on(service.proc.pid) == []
+        events = coralctl(coral_env, "--local", "--output", "json", "debug", "events", first["session_id"])
+        assert returns(events.stdout) == 4
+        assert coralctl(coral_env, "--local", "ping").returncode == 0
+    finally:
+        service.proc.kill()
+        service.proc.wait(10)
+
+
+def returns(json_lines: str) -> int:
+    return sum(1 for line in json_lines.splitlines() if '"event_type":"return"' in line)

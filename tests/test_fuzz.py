@@ -23,7 +23,7 @@ FUZZ = settings(max_examples=CASES, deadline=None, derandomize=True,
 frame_bytes = st.binary(max_size=80)
 # Frames that look like ours more often than chance would give.
 near_frames = st.lists(st.one_of(frame_bytes, st.sampled_from([b"", wire.HEADER, b"\x01", b"\x02", b"\x03", b"\x04",
-                                                                b"id", b"Ping", b"AttachUprobe"])), max_size=8)
+                                                                b"\x06", b"id", b"Ping", b"AttachUprobe"])), max_size=8)
 
 
 @FUZZ
@@ -70,3 +70,38 @@ def test_registration_bodies_never_crash_the_registry(body: bytes) -> None:
         registry.register(request, Peer(uid=0, gid=0, pid=os.getpid()))
     except CoralError as exc:
         assert exc.code in {"BAD_REQUEST", "INVALID_ARGUMENT", "NOT_FOUND", "PERMISSION_DENIED"}
+
+
+def _broker() -> object:
+    import tempfile
+    from pathlib import Path
+
+    from coral.colonyd.broker import Broker
+    from coral.colonyd.store import ColonyStore
+    from coral.daemon.config import parse_config
+
+    return Broker(parse_config({}, "fuzz"), ColonyStore(Path(tempfile.mkdtemp(prefix="coral-fuzz-")) / "colony.duckdb"))
+
+
+BROKER = _broker()
+RECORDED: list[int] = []
+
+
+@FUZZ
+@given(st.binary(max_size=300))
+def test_agent_audit_bodies_are_recorded_or_refused(body: bytes) -> None:
+    """The colony backend's AUDIT body (docs/protocol.md)."""
+    from coral.colonyd.broker import Broker
+    from coral.daemon.errors import BadRequest
+
+    broker = BROKER
+    assert isinstance(broker, Broker)
+    try:
+        entry = wire.parse_body(pb.AuditEntry, body)
+    except BadRequest:
+        return
+    broker.record_agent_audit(entry)
+    RECORDED.append(1)
+    if len(RECORDED) % 1000 == 0:  # written in batches, as the colony does
+        broker.flush_audit()
+

@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 COLONY_PEER = Peer(key="colony", trusted=True)
 
 
+REPLY_QUEUE = 100_000  # messages the link queues for the colony before dropping
+
+
 class ColonyLink:
     def __init__(
         self,
@@ -50,6 +53,7 @@ class ColonyLink:
         self._reconnect_at = 0.0
         self._last_heard = 0.0
         self._last_sent = 0.0
+        self.dropped = 0  # messages to the colony dropped at the high-water mark
 
     def _send(self, frames: list[bytes], now: float) -> None:
         if self.socket is None:
@@ -58,12 +62,14 @@ class ColonyLink:
             self.socket.send_multipart(frames, flags=zmq.NOBLOCK)
             self._last_sent = now
         except zmq.Again:
-            pass  # high-water mark while the colony is away: heartbeats will tell
+            self.dropped += 1  # high-water mark while the colony is away: heartbeats will tell
 
     def connect(self, now: float) -> None:
         s = self.context.socket(zmq.DEALER)
         configure_socket(s, self.max_message_bytes)
-        s.setsockopt(zmq.SNDHWM, 1000)
+        # Replies to a burst of pipelined requests all go out in one loop
+        # turn; a full queue would drop them (found by 10,000 attaches at once).
+        s.setsockopt(zmq.SNDHWM, REPLY_QUEUE)
         if self.keys is not None:
             curve.connect_curve(s, self.keys)
             curve.set_heartbeats(s, self.interval)
@@ -119,6 +125,13 @@ class ColonyLink:
         if self.connected:
             log.warning("colony link lost (%s); reconnecting in %gs", why, delay)
         self.connected = False
+
+    def audit(self, entry: pb.AuditEntry, now: float) -> None:
+        """An audit row for the colony's log (dropped, and counted, while the colony is away)."""
+        if self.connected:
+            self._send(wire.encode_audit(entry), now)
+        else:
+            self.dropped += 1
 
     def announce(self, now: float) -> None:
         """Services changed: READY again replaces the colony's list."""

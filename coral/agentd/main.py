@@ -4,6 +4,7 @@ poll sockets -> drain the ring buffer -> flush batches -> expire -> heartbeats."
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -11,7 +12,7 @@ import sys
 import time
 
 import zmq
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from coral import __version__
 from coral.agentd.colony_link import ColonyLink
@@ -24,7 +25,7 @@ from coral.daemon import access, curve
 from coral.daemon.client import Client
 from coral.daemon.config import Config
 from coral.daemon.errors import NotFound, Unavailable
-from coral.daemon.methods import AGENT_FROM_COLONY_METHODS, AGENT_LOCAL_METHODS
+from coral.daemon.methods import AGENT_FROM_COLONY_METHODS, AGENT_LOCAL_METHODS, METHODS
 from coral.daemon.retention import PurgeSchedule, Retention, parse_age, purge_once
 from coral.daemon.runtime import (
     Notifier,
@@ -38,6 +39,9 @@ from coral.daemon.server import Dispatcher, Handler, Peer, serve_rep_once
 from coral.proto import coral_pb2 as pb
 
 log = logging.getLogger("coral.agentd")
+
+# Local requests the colony's audit log records when they succeed (any refusal is recorded).
+AUDITED_LOCAL = frozenset({"AttachUprobe", "DetachUprobe"})
 
 # The loop waits for a process synchronously: keep it well under the colony's
 # dead-agent limit (heartbeat_interval x heartbeat_liveness, 5 s by default).
@@ -70,7 +74,8 @@ class Agent:
             "ProcessHeartbeat": self.process_heartbeat,
         }
         self.local = Dispatcher(handlers, AGENT_LOCAL_METHODS,
-                                lambda method, request, peer: access.check(config.access, peer, method, request))
+                                lambda method, request, peer: access.check(config.access, peer, method, request),
+                                self.audit_local)
         self.from_colony = Dispatcher(handlers, AGENT_FROM_COLONY_METHODS)
         self.link = ColonyLink(
             self.context,
@@ -91,11 +96,33 @@ class Agent:
         counters["sessions.active"] = len(self.sessions.active)
         counters["processes"] = len(self.registry.instances())
         counters["colony.connected"] = int(self.link.connected)
+        counters["colony.dropped"] = self.link.dropped
         counters.update({f"kernel.{k}": v for k, v in self.engine.global_counters().items()})
         counters["kernel.attached_probes"] = self.engine.attachment_count
+        counters["storage.failing"] = int(bool(self.store.health.error))
+        counters["storage.write_failures"] = self.store.health.failures
+        counters["storage.held_calls"] = self.store.held_calls
         return pb.PingResponse(
             daemon="coral-agentd", version=__version__, pid=os.getpid(), agent_id=self.agent_id, counters=counters
         )
+
+    def audit_local(self, method: str, body: bytes, peer: Peer, outcome: str, detail: str) -> None:
+        """The colony's audit log also covers this host's local socket: every
+        refusal, and every session started or ended with --local."""
+        if outcome == "OK" and method not in AUDITED_LOCAL:
+            return
+        if outcome != "OK":
+            log.warning("refused %s from pid %s (%s): %s", method, peer.pid, peer.who, detail)
+        entry = pb.AuditEntry(timestamp_unix_ns=time.time_ns(), who=f"{peer.who} on agent {self.agent_id}",
+                              peer_pid=peer.pid or 0, method=method, outcome=outcome, detail=detail[:500])
+        request = METHODS[method].request() if method in METHODS else None
+        if request is not None:
+            with contextlib.suppress(DecodeError, ValueError, RuntimeError):
+                request.ParseFromString(body)
+                entry.service = str(getattr(request, "service", ""))[:200]
+                entry.function = str(getattr(request, "function", ""))[:200]
+                entry.session_id = str(getattr(request, "session_id", ""))[:64]
+        self.link.audit(entry, time.monotonic())
 
     def hello(self) -> pb.AgentHello:
         return pb.AgentHello(
@@ -205,9 +232,10 @@ class Agent:
                 if self.link.socket is not None and self.link.socket in ready:
                     self.link.on_readable(now)
                 self.sessions.collect()
-                if self.sessions.pending and now - last_flush >= cfg.agent.flush_interval:
-                    self.sessions.flush()
+                if (self.sessions.pending or self.store.holding) and now - last_flush >= cfg.agent.flush_interval:
+                    self.sessions.flush(force=False)
                     last_flush = now
+                self.sessions.stop_over_budget()
                 self.sessions.expire_due(time.time_ns())
                 for reg in self.registry.prune_exited():
                     self._forget(reg)

@@ -24,6 +24,8 @@ class Registration:
     runtime: str
     registered_ns: int
     start_time: str  # /proc/PID/stat starttime: tells a reused pid apart
+    registrant_pid: int = 0  # who registered it: the process itself (SDK) or its parent (coral-run)
+    registrant_start_time: str = ""
     exe_id: tuple[int, int] | None = None  # (device, inode) of what it ran when it registered
 
     def to_proto(self, agent_id: str) -> pb.ServiceInstance:
@@ -70,9 +72,10 @@ def proc_uid(pid: int) -> int | None:
 MAX_NAME = 200
 
 
-def check_registration(req: pb.RegisterProcessRequest, peer: Peer) -> tuple[int, str]:
+def check_registration(req: pb.RegisterProcessRequest, peer: Peer) -> tuple[int, str, int]:
     """The caller must be the process it registers, or its parent (coral-run),
-    and must be root or run as the same user. Returns (pid, start time)."""
+    and must be root or run as the same user. Returns (pid, start time, the
+    caller's pid)."""
     if not req.service or len(req.service) > MAX_NAME or not req.service.isprintable() or "/" in req.service:
         raise InvalidArgument("service name must be 1 to 200 printable characters without '/'")
     if not req.address.startswith("ipc://") or len(req.address) > 300:
@@ -87,7 +90,7 @@ def check_registration(req: pb.RegisterProcessRequest, peer: Peer) -> tuple[int,
         raise PermissionDenied(f"process {peer.pid} may not register process {req.pid} (only itself or its child)")
     if peer.uid != 0 and proc_uid(req.pid) != peer.uid:
         raise PermissionDenied(f"uid {peer.uid} does not own process {req.pid}")
-    return req.pid, start_time
+    return req.pid, start_time, peer.pid
 
 
 class ProcessRegistry:
@@ -95,7 +98,8 @@ class ProcessRegistry:
         self._by_id: dict[str, Registration] = {}
 
     def register(self, req: pb.RegisterProcessRequest, peer: Peer) -> Registration:
-        pid, start_time = check_registration(req, peer)
+        pid, start_time, registrant = check_registration(req, peer)
+        registrant_stat = proc_stat(registrant) if registrant != pid else None
         # One registration per live process: a re-registration replaces it.
         for rid, reg in list(self._by_id.items()):
             if reg.pid == pid:
@@ -115,6 +119,8 @@ class ProcessRegistry:
             runtime=req.runtime,
             registered_ns=time.time_ns(),
             start_time=start_time,
+            registrant_pid=registrant,
+            registrant_start_time=registrant_stat[1] if registrant_stat else start_time,
             exe_id=exe_id(pid),
         )
         self._by_id[reg.registration_id] = reg
@@ -127,7 +133,8 @@ class ProcessRegistry:
         return registration_id in self._by_id
 
     def prune_exited(self) -> list[Registration]:
-        """Forget processes that have exited (or whose pid was reused)."""
+        """Forget processes that have exited (or whose pid was reused), and
+        those whose registrant (coral-run) has: nothing answers for them."""
         gone = []
         for rid, reg in list(self._by_id.items()):
             if self.loss(reg):
@@ -141,10 +148,16 @@ class ProcessRegistry:
         return sorted({r.service for r in self._by_id.values()})
 
     def loss(self, reg: Registration) -> str:
-        """Why a registration no longer holds ("" while it does)."""
+        """Why a registration no longer holds ("" while it does): the process
+        exited, or coral-run, which registered it and answers for it, did
+        (killed with SIGKILL, say: the child runs on, no longer debuggable)."""
         stat = proc_stat(reg.pid)
         if stat is None or stat[1] != reg.start_time:
             return "target exited"
+        if reg.registrant_pid and reg.registrant_pid != reg.pid:
+            launcher = proc_stat(reg.registrant_pid)
+            if launcher is None or launcher[1] != reg.registrant_start_time:
+                return "coral-run exited"
         if reg.exe_id is not None and exe_id(reg.pid) not in (reg.exe_id, None):
             return "target ran exec"  # same pid, another program: the probed code is gone from it
         return ""

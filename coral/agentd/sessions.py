@@ -136,6 +136,10 @@ class SessionManager:
         limit = self.config.sessions.max_sessions_per_agent
         if len(self.active) >= limit:
             raise LimitExceeded(f"agent {self.agent_id} already runs {len(self.active)} sessions (limit {limit})")
+        events_limit = self.config.sessions.max_events_per_session
+        if req.config.max_events > events_limit:
+            raise InvalidArgument(f"max_events {req.config.max_events} exceeds this agent's limit of {events_limit} "
+                                  f"([sessions] max_events_per_session); ask for {events_limit} or less")
         if req.session_id and (len(req.session_id) > 64 or not req.session_id.isprintable()):
             raise InvalidArgument("session id must be up to 64 printable characters")
         session_id = req.session_id or f"dbg-{secrets.token_hex(6)}"
@@ -160,14 +164,14 @@ class SessionManager:
                 predicate=parse_predicate(req.config.predicate, first),
             )
             try:
-                slot = self.engine.open_slot(slot_config, [s for t in targets for s in t.sites])
+                slot = self.engine.open_slot(slot_config, [s for t in targets for s in t.sites],
+                                             self.config.sessions.cpu_budget_ns)
             except ProbeError as exc:
                 raise ProbeFailed(str(exc)) from None
         except Exception:
             self._disarm(targets)
             raise
         now = time.time_ns()
-        events_limit = self.config.sessions.max_events_per_session
         session = Session(
             session_id=session_id, service=req.service, function=req.function, config=req.config, started_ns=now,
             expires_ns=now + duration_ms * 1_000_000, slot=slot, targets=targets,
@@ -280,10 +284,14 @@ class SessionManager:
                    "is_error": bool(errors), "error_message": errors[0][1] if errors else ""}
         return args, ret
 
-    def flush(self) -> int:
-        """Write the pending batch to agent.duckdb in one go."""
+    def flush(self, force: bool = True) -> int:
+        """Write the pending batch to agent.duckdb in one go (the store holds
+        it if the disk is full; calls it cannot hold are counted as lost)."""
         batch, self._pending = self._pending, [[] for _ in range(8)]
-        self.store.append(batch)
+        for session_id, n in self.store.append(batch, force).items():
+            session = self.active.get(session_id)
+            if session is not None:
+                session.lost["storage"] += n
         return len(batch[0])
 
     @property
@@ -303,6 +311,18 @@ class SessionManager:
             losses = [self.registry.loss(t.reg) for t in session.targets]
             if all(losses):
                 self._end(session, FAILED, losses[0])
+                ended.append(session.session_id)
+        return ended
+
+    def stop_over_budget(self) -> list[str]:
+        """End the sessions the kernel stopped for going over their CPU budget."""
+        stopped = self.engine.stopped_slots()
+        ended = []
+        for slot, session in list(self._by_slot.items()):
+            if stopped & (1 << slot):
+                log.warning("session %s: %s %s went over its CPU budget (%g%% of one CPU); detached", session.session_id,
+                            session.service, session.function, self.config.sessions.cpu_budget_percent)
+                self._end(session, FAILED, "budget exceeded")
                 ended.append(session.session_id)
         return ended
 
@@ -336,6 +356,8 @@ class SessionManager:
         stats = self.engine.stats(session.slot, with_histogram=False)
         msg = self.describe_row(session.to_row(stats))
         msg.probes = self.engine.attached_probes(session.slot)
+        if self.store.health.error:
+            msg.status_reason = f"storage: {self.store.health.error}"
         return msg
 
     def describe_row(self, row: SessionRow) -> pb.DebugSession:

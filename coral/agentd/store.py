@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,35 @@ def open_database(path: Path, schema: str) -> duckdb.DuckDBPyConnection:
         return db
 
 
+class StorageHealth:
+    """Whether a daemon's database takes writes. A failed write (a full
+    disk, say) is counted and logged once per outage; the store keeps what
+    it could not write in memory, up to a bound, and writes it when it can."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.error = ""  # why the last write failed; "" once writes work
+        self.failures = 0
+
+    def failed(self, exc: duckdb.Error, held: str) -> None:
+        self.failures += 1
+        reason = str(exc).rsplit(": ", 1)[-1]  # DuckDB's text ends with the OS's reason
+        if not self.error:
+            log.error("cannot write %s: %s; %s held in memory, retrying", self.path, reason, held)
+        self.error = reason
+
+    def succeeded(self) -> None:
+        if self.error:
+            log.warning("writing %s again: everything held in memory is written", self.path)
+            self.error = ""
+
+
+# Calls held in memory while agent.duckdb cannot be written; more are
+# dropped and counted as lost (storage) in their session.
+MAX_HELD_CALLS = 200_000
+RETRY_INTERVAL = 1.0  # seconds between the loop's own tries while writes fail
+
+
 @dataclass(frozen=True)
 class CallRow:
     """One completed call: it is shown as an entry and a return event."""
@@ -89,6 +119,10 @@ class EventStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db = open_database(path, SCHEMA)
+        self.health = StorageHealth(path)
+        self._held: list[list[object]] = [[] for _ in range(8)]  # calls not written yet, by column
+        self._held_sessions: dict[str, SessionRow] = {}
+        self._last_try = 0.0
 
     def close(self) -> None:
         self._db.close()
@@ -105,12 +139,51 @@ class EventStore:
         ).fetchall()
         return len(rows)
 
-    def append(self, columns: Sequence[list[object]]) -> None:
-        """One batch, given as the table's eight columns (CallRow's fields, in order)."""
-        if columns and columns[0]:
-            self._db.execute(_INSERT, list(columns))
+    @property
+    def held_calls(self) -> int:
+        return len(self._held[0])
+
+    @property
+    def holding(self) -> bool:
+        return bool(self._held[0] or self._held_sessions)
+
+    def append(self, columns: Sequence[list[object]], force: bool = True) -> Counter[str]:
+        """One batch, given as the table's eight columns (CallRow's fields, in
+        order), after whatever is held from earlier. If the database cannot
+        take it, it is held; calls beyond MAX_HELD_CALLS are dropped.
+        While writes fail, only a forced append (a client asked) tries more
+        than once a second. Returns the dropped calls by session id."""
+        dropped: Counter[str] = Counter()
+        room = MAX_HELD_CALLS - self.held_calls
+        if columns and len(columns[0]) > room:
+            dropped.update(str(sid) for sid in columns[1][max(room, 0):])
+            columns = [c[: max(room, 0)] for c in columns]
+        for held, new in zip(self._held, columns, strict=False):
+            held.extend(new)
+        if force or not self.health.error or time.monotonic() - self._last_try >= RETRY_INTERVAL:
+            self.retry()
+        return dropped
+
+    def retry(self) -> None:
+        """Write what is held: calls, then session rows."""
+        self._last_try = time.monotonic()
+        try:
+            if self._held[0]:
+                self._db.execute(_INSERT, self._held)
+                self._held = [[] for _ in range(8)]
+            for session_id, row in list(self._held_sessions.items()):
+                self._write_session(row)
+                del self._held_sessions[session_id]
+        except duckdb.Error as exc:
+            self.health.failed(exc, f"{self.held_calls} call(s) and {len(self._held_sessions)} session row(s)")
+            return
+        self.health.succeeded()
 
     def save_session(self, s: SessionRow) -> None:
+        self._held_sessions[s.session_id] = s
+        self.retry()
+
+    def _write_session(self, s: SessionRow) -> None:
         self._db.execute(
             "INSERT OR REPLACE INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             [
@@ -129,11 +202,15 @@ class EventStore:
         )
 
     def sessions(self) -> list[SessionRow]:
+        """Every session, those held in memory (not written yet) included."""
         rows = self._db.execute("SELECT * FROM sessions ORDER BY started_ns").fetchall()
-        return [
-            SessionRow(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], r[7], r[8], json.loads(r[9]), json.loads(r[10]))
+        stored = {
+            r[0]: SessionRow(r[0], r[1], r[2], json.loads(r[3]), r[4], r[5], r[6], r[7], r[8], json.loads(r[9]),
+                             json.loads(r[10]))
             for r in rows
-        ]
+        }
+        stored.update(self._held_sessions)
+        return sorted(stored.values(), key=lambda row: row.started_ns)
 
     def call_count(self, session_id: str) -> int:
         row = self._db.execute("SELECT count(*) FROM calls WHERE session_id = ?", [session_id]).fetchone()

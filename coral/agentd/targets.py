@@ -2,11 +2,13 @@
 
 The agent does not take addresses on trust: it finds the executable mapping
 of the file in /proc/PID/maps (by inode), computes the runtime address
-itself, and for Go disassembles the function (capstone) to find every RET,
-so each probe sits on an instruction boundary it has checked."""
+itself, checks in the file's own symbol table that the offset is where a
+function starts, and for Go disassembles the function (capstone) to find
+every RET, so each probe sits on an instruction boundary it has checked."""
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -68,6 +70,36 @@ def attach_path(pid: int, executable: str, meta: pb.FunctionMetadata) -> str:
     return f"/proc/{pid}/root{meta.binary_path}"
 
 
+@functools.lru_cache(maxsize=64)
+def _function_starts(path: str, dev: int, inode: int, mtime_ns: int) -> dict[int, int]:
+    """File offset -> size of every function symbol of one version of a file."""
+    elf = ElfFunctions.load(path)
+    starts = {}
+    for address, size in elf.symbols.values():
+        try:
+            starts[elf.file_offset(address)] = size
+        except ElfInfoError:
+            continue
+    return starts
+
+
+def checked_function(path: str, file_offset: int) -> int:
+    """The agent's own reading of the file: `file_offset` must be where a
+    function symbol starts (so it is an instruction boundary). Returns the
+    function's size from the symbol table, not from the process."""
+    try:
+        st = os.stat(path)
+        starts = _function_starts(path, st.st_dev, st.st_ino, st.st_mtime_ns)
+    except OSError as exc:
+        raise PermissionDenied(f"cannot read {path}: {exc.strerror}") from None
+    except ElfInfoError as exc:
+        raise PermissionDenied(str(exc)) from None
+    if file_offset not in starts:
+        raise PermissionDenied(f"offset {file_offset:#x} of {path} is not the start of a function in its symbol table; "
+                               "only a function's first instruction is probed")
+    return starts[file_offset]
+
+
 def go_return_offsets(path: str, file_offset: int, size: int) -> list[int]:
     """File offsets of every RET in the function (never uretprobes on Go:
     they corrupt goroutine stacks when those move)."""
@@ -92,9 +124,10 @@ def go_return_offsets(path: str, file_offset: int, size: int) -> list[int]:
 def native_sites(pid: int, executable: str, meta: pb.FunctionMetadata) -> list[Site]:
     path = attach_path(pid, executable, meta)
     entry_ip = runtime_address(pid, path, meta.file_offset)
+    size = checked_function(path, meta.file_offset)
     if meta.kind == "go":
         sites = [Site(pid, path, meta.file_offset, entry_ip, SITE_ENTRY | SITE_GO)]
-        for ret in go_return_offsets(path, meta.file_offset, meta.size):
+        for ret in go_return_offsets(path, meta.file_offset, size):
             sites.append(Site(pid, path, ret, entry_ip + (ret - meta.file_offset), SITE_GO_RET, func_ip=entry_ip))
         return sites
     return [Site(pid, path, meta.file_offset, entry_ip, SITE_ENTRY, uretprobe=True)]

@@ -208,7 +208,7 @@ class Broker:
                 daemon="coral-colonyd",
                 version=__version__,
                 pid=os.getpid(),
-                counters={**self.counters, "agents": len(self.agents), "sessions.open": len(self.open)},
+                counters={**self.counters, "agents": len(self.agents), "sessions.open": len(self.open), **self.store.counters()},
             )
         if method == "ListServices":
             return pb.ListServicesResponse(services=self.services())
@@ -470,10 +470,12 @@ class Broker:
     # ------------------------------------------------------------- audit
 
     def flush_audit(self) -> None:
-        """Write the audit rows of the messages handled so far; the loop calls
-        this before it sends their replies, so no answer precedes its row."""
+        """Write the audit rows of the messages handled so far, with the
+        sessions and events saved meanwhile, in one transaction; the loop
+        calls this before it sends their replies, so no answer precedes its row."""
         rows, self._audit_rows = self._audit_rows, []
         self.store.audit(rows)
+        self.store.flush()
 
     def _audit(self, peer: Peer, method: str, request: Message | None, outcome: str, detail: str) -> None:
         self._audit_rows.append(
@@ -495,6 +497,11 @@ class Broker:
         is key:NAME or key:FINGERPRINT, or "unknown" if it had no usable key."""
         peer = Peer(key=who.removeprefix("key:")) if who.startswith("key:") else Peer()
         self._audit(peer, "CONNECT", None, "DENIED", f"{domain}: {detail}")
+
+    def record_agent_audit(self, e: pb.AuditEntry) -> None:
+        """A request an agent served on its local socket (its `who` names the agent)."""
+        self._audit_rows.append(AuditRow(e.timestamp_unix_ns, e.who[:300], e.peer_pid, e.method[:64], e.service[:200],
+                                         e.function[:200], e.session_id[:64], e.outcome[:64], e.detail[:500]))
 
     def audit_bad_frame(self, peer: Peer, reason: str) -> None:
         self.count("bad_frames")

@@ -31,6 +31,7 @@ log = logging.getLogger("coral.colonyd")
 
 TICK_SECONDS = 0.1
 BATCH = 100  # messages handled between two audit writes
+REPLY_QUEUE = 100_000  # replies queued for one client
 
 
 class Colony:
@@ -51,6 +52,12 @@ class Colony:
         self.frontend = self._socket(config.colony_frontend, curve.FRONTEND)
         self.backend = self._socket(config.colony_backend, curve.BACKEND)
         self.backend.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # A client may pipeline thousands of requests: their replies (or the
+        # UNAVAILABLEs of one tick) must not be dropped silently at the
+        # default high-water mark of 1000. A reply that still does not fit is
+        # counted (unroutable.frontend), not lost without a trace.
+        self.frontend.setsockopt(zmq.SNDHWM, REPLY_QUEUE)
+        self.frontend.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._outbox: list[Outgoing] = []
 
     def _socket(self, endpoint: str, domain: str) -> zmq.Socket[bytes]:
@@ -155,6 +162,11 @@ class Colony:
             return
         if frame.command == wire.Command.REPLY:
             self.send(self.broker.handle_reply(frame, now))
+        elif frame.command == wire.Command.AUDIT:
+            try:
+                self.broker.record_agent_audit(wire.parse_body(pb.AuditEntry, frame.body))
+            except BadRequest:
+                self.broker.count("bad_frames.backend")
 
     def run(self, signals: ShutdownSignals, notifier: Notifier) -> None:
         notifier.ready(f"frontend {self.config.colony_frontend}")

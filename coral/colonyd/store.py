@@ -1,13 +1,23 @@
 """colony.duckdb: sessions, the events pulled from agents, and the audit
-log. The colony is the only writer."""
+log. The colony is the only writer.
+
+Writes are held in memory and written together, in one transaction, by
+``flush()``: the colony's loop calls it once per turn, before the replies of
+that turn go out, so no answer precedes what it reports being on disk. While
+the disk is full, what cannot be written stays held (audit rows and sessions
+in full, events up to a bound) and is written when there is room."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from coral.agentd.store import open_database
+import duckdb
+
+from coral.agentd.store import RETRY_INTERVAL, StorageHealth, open_database
 from coral.colonyd.sessions import is_open
 from coral.proto import coral_pb2 as pb
 
@@ -46,56 +56,126 @@ class AuditRow:
     detail: str
 
 
+# Events held while colony.duckdb cannot be written; more are dropped
+# (the agent still has them) and counted.
+MAX_HELD_EVENTS = 100_000
+
+EventRow = tuple[int, str, str, int, int, bytes]  # n, session, agent, seq, end_ns, event
+
+
 class ColonyStore:
     def __init__(self, path: Path) -> None:
         self._db = open_database(path, SCHEMA)
-        self._saved: dict[str, bytes] = {}  # session id -> what was last written
-        self._newest: dict[tuple[str, str], int] = {}  # (session id, agent id) -> newest event seq written
+        self.health = StorageHealth(path)
+        self._saved: dict[str, bytes] = {}  # session id -> what was last saved
+        self._newest: dict[tuple[str, str], int] = {}  # (session id, agent id) -> newest event seq saved
         self._n = -1  # the next colony event order; read from the file on first use
+        self._held_audit: list[AuditRow] = []
+        self._held_sessions: dict[str, pb.DebugSession] = {}
+        self._held_events: list[EventRow] = []
+        self.events_dropped = 0
+        self._last_try = 0.0
 
     def close(self) -> None:
+        self.flush(force=True)
         self._db.close()
 
-    def audit(self, rows: list[AuditRow]) -> None:
-        """Write audit rows, in one statement."""
-        if rows:
-            columns = [list(c) for c in zip(*(dataclasses.astuple(r) for r in rows), strict=True)]
+    def counters(self) -> dict[str, int]:
+        return {
+            "storage.failing": int(bool(self.health.error)),
+            "storage.write_failures": self.health.failures,
+            "storage.held_audit_rows": len(self._held_audit),
+            "storage.held_sessions": len(self._held_sessions),
+            "storage.held_events": len(self._held_events),
+            "storage.events_dropped": self.events_dropped,
+        }
+
+    def flush(self, force: bool = False) -> None:
+        """Write everything held in one transaction. While writes fail, try
+        at most once a second (the loop's tick calls this too)."""
+        if not (self._held_audit or self._held_sessions or self._held_events):
+            return
+        if self.health.error and not force and time.monotonic() - self._last_try < RETRY_INTERVAL:
+            return
+        self._last_try = time.monotonic()
+        try:
+            self._db.execute("BEGIN TRANSACTION")
+            self._write_held()
+            self._db.execute("COMMIT")
+        except duckdb.Error as exc:
+            with contextlib.suppress(duckdb.Error):  # no transaction left to roll back
+                self._db.execute("ROLLBACK")
+            self.health.failed(
+                exc,
+                f"{len(self._held_audit)} audit row(s), {len(self._held_sessions)} session(s) and "
+                f"{len(self._held_events)} event(s)",
+            )
+            return
+        self._held_audit, self._held_sessions, self._held_events = [], {}, []
+        self.health.succeeded()
+
+    def _write_held(self) -> None:
+        if self._held_audit:
+            columns = [list(c) for c in zip(*(dataclasses.astuple(r) for r in self._held_audit), strict=True)]
             self._db.execute(
                 "INSERT INTO audit SELECT unnest($1::BIGINT[]), unnest($2::VARCHAR[]), unnest($3::INTEGER[]), "
                 "unnest($4::VARCHAR[]), unnest($5::VARCHAR[]), unnest($6::VARCHAR[]), unnest($7::VARCHAR[]), "
                 "unnest($8::VARCHAR[]), unnest($9::VARCHAR[])",
                 columns,
             )
+        if self._held_sessions:
+            held = list(self._held_sessions.values())
+            self._db.execute(
+                "INSERT OR REPLACE INTO sessions (session_id, service, agent_id, status, expires_ns, started_ns, session, open, "
+                "ended_ns) SELECT unnest($1::VARCHAR[]), unnest($2::VARCHAR[]), unnest($3::VARCHAR[]), unnest($4::VARCHAR[]), "
+                "unnest($5::BIGINT[]), unnest($6::BIGINT[]), unnest($7::BLOB[]), unnest($8::BOOLEAN[]), unnest($9::BIGINT[])",
+                [
+                    [s.session_id for s in held],
+                    [s.service for s in held],
+                    [s.agent_id for s in held],
+                    [s.status for s in held],
+                    [s.expires_unix_ns for s in held],
+                    [s.started_unix_ns for s in held],
+                    [self._saved[s.session_id] for s in held],
+                    [is_open(s) for s in held],
+                    [s.ended_unix_ns for s in held],
+                ],
+            )
+        if self._held_events:
+            columns = [list(c) for c in zip(*self._held_events, strict=True)]
+            self._db.execute(
+                "INSERT OR IGNORE INTO agent_events SELECT unnest($1::BIGINT[]), unnest($2::VARCHAR[]), unnest($3::VARCHAR[]), "
+                "unnest($4::BIGINT[]), unnest($5::BIGINT[]), unnest($6::BLOB[])",
+                columns,
+            )
+
+    def audit(self, rows: list[AuditRow]) -> None:
+        """Audit rows, written at the next flush (the colony's loop: this turn)."""
+        self._held_audit.extend(rows)
 
     def audit_rows(self, since_ns: int = 0, limit: int = 1000) -> tuple[list[AuditRow], bool]:
         """The newest `limit` entries since `since_ns`, oldest first; and whether more matched."""
-        rows = self._db.execute(
-            "SELECT * FROM audit WHERE ts_ns >= ? ORDER BY ts_ns DESC LIMIT ?", [since_ns, limit + 1]
-        ).fetchall()
-        return [AuditRow(*r) for r in reversed(rows[:limit])], len(rows) > limit
+        rows = [
+            AuditRow(*r)
+            for r in self._db.execute(
+                "SELECT * FROM audit WHERE ts_ns >= ? ORDER BY ts_ns DESC LIMIT ?", [since_ns, limit + 1]
+            ).fetchall()
+        ]
+        rows += [r for r in self._held_audit if r.ts_ns >= since_ns]
+        rows.sort(key=lambda r: r.ts_ns, reverse=True)
+        return list(reversed(rows[:limit])), len(rows) > limit
 
     def save_session(self, s: pb.DebugSession) -> None:
+        """Written at the next flush; read back at once from memory."""
         blob = s.SerializeToString(deterministic=True)
         if self._saved.get(s.session_id) == blob:
             return  # unchanged: most pulls of an idle session
         self._saved[s.session_id] = blob
-        self._db.execute(
-            "INSERT OR REPLACE INTO sessions (session_id, service, agent_id, status, expires_ns, started_ns, session, open, "
-            "ended_ns) VALUES (?,?,?,?,?,?,?,?,?)",
-            [
-                s.session_id,
-                s.service,
-                s.agent_id,
-                s.status,
-                s.expires_unix_ns,
-                s.started_unix_ns,
-                blob,
-                is_open(s),
-                s.ended_unix_ns,
-            ],
-        )
+        self._held_sessions[s.session_id] = pb.DebugSession.FromString(blob)
 
     def session(self, session_id: str) -> pb.DebugSession | None:
+        if session_id in self._held_sessions:
+            return self._held_sessions[session_id]
         row = self._db.execute("SELECT session FROM sessions WHERE session_id = ?", [session_id]).fetchone()
         return pb.DebugSession.FromString(row[0]) if row else None
 
@@ -107,7 +187,12 @@ class ColonyStore:
         if active_only:
             sql += " AND status = 'active'"
         rows = self._db.execute(sql + " ORDER BY started_ns", params).fetchall()
-        return [pb.DebugSession.FromString(r[0]) for r in rows]
+        found = {s.session_id: s for s in (pb.DebugSession.FromString(r[0]) for r in rows)}
+        for session_id, s in self._held_sessions.items():  # newer than what is written
+            found.pop(session_id, None)
+            if (not service or s.service == service) and (not active_only or s.status == "active"):
+                found[session_id] = s
+        return sorted(found.values(), key=lambda s: s.started_unix_ns)
 
     def open_sessions(self) -> list[pb.DebugSession]:
         """Sessions the colony still pulls events for (at start-up)."""
@@ -126,19 +211,15 @@ class ColonyStore:
         if not events:
             return 0
         self._newest[key] = max(e.seq for e in events)
+        room = max(MAX_HELD_EVENTS - len(self._held_events), 0)
+        if len(events) > room:
+            self.events_dropped += len(events) - room
+            events = events[:room]
         ends = {e.seq // 2: e.timestamp_unix_ns for e in events if e.event_type == "return"}
         first = self._next_n()
-        self._db.execute(
-            "INSERT OR IGNORE INTO agent_events SELECT unnest($1::BIGINT[]), $2, $3, unnest($4::BIGINT[]), "
-            "unnest($5::BIGINT[]), unnest($6::BLOB[])",
-            [
-                list(range(first, first + len(events))),
-                session_id,
-                agent_id,
-                [e.seq for e in events],
-                [ends.get(e.seq // 2, e.timestamp_unix_ns) for e in events],
-                [e.SerializeToString() for e in events],
-            ],
+        self._held_events.extend(
+            (first + i, session_id, agent_id, e.seq, ends.get(e.seq // 2, e.timestamp_unix_ns), e.SerializeToString())
+            for i, e in enumerate(events)
         )
         self._n = first + len(events)
         return len(events)
@@ -173,14 +254,22 @@ class ColonyStore:
 
     def purge(self, session_ids: list[str]) -> tuple[int, int]:
         """Delete sessions and their events (never audit rows); returns (sessions, events) deleted."""
-        if not session_ids:
+        if not session_ids or self._held_sessions.keys() & set(session_ids):
+            return 0, 0  # not while a newer copy of one waits to be written
+        try:
+            self._db.execute("BEGIN TRANSACTION")
+            events = self._db.execute(
+                "DELETE FROM agent_events WHERE session_id IN (SELECT unnest($1::VARCHAR[])) RETURNING n", [session_ids]
+            ).fetchall()
+            sessions = self._db.execute(
+                "DELETE FROM sessions WHERE session_id IN (SELECT unnest($1::VARCHAR[])) RETURNING session_id", [session_ids]
+            ).fetchall()
+            self._db.execute("COMMIT")
+        except duckdb.Error as exc:
+            with contextlib.suppress(duckdb.Error):
+                self._db.execute("ROLLBACK")
+            self.health.failed(exc, "nothing (a purge was undone)")
             return 0, 0
-        events = self._db.execute(
-            "DELETE FROM agent_events WHERE session_id IN (SELECT unnest($1::VARCHAR[])) RETURNING n", [session_ids]
-        ).fetchall()
-        sessions = self._db.execute(
-            "DELETE FROM sessions WHERE session_id IN (SELECT unnest($1::VARCHAR[])) RETURNING session_id", [session_ids]
-        ).fetchall()
         for sid in session_ids:
             self._saved.pop(sid, None)
         self._newest = {k: v for k, v in self._newest.items() if k[0] not in set(session_ids)}

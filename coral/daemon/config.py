@@ -43,6 +43,12 @@ class SessionsConfig:
     max_events_per_session: int = 100_000
     ring_buffer_pages: int = 4096
     string_bytes: int = 64
+    cpu_budget_percent: float = 0.0
+
+    @property
+    def cpu_budget_ns(self) -> int:
+        """Probe time a session may cost per second, all CPUs together (0: no limit)."""
+        return int(self.cpu_budget_percent * 10_000_000)
 
     def session_duration_ms(self, requested_ms: int) -> int:
         """0 means the default; more than the maximum is refused, never shortened."""
@@ -192,6 +198,8 @@ def _check_value(source: str, section: str, key: str, expected: type, value: Any
         raise ConfigError(f"{where}: must be greater than 0, got {value!r}")
     if key == "string_bytes" and not 8 <= value <= 1024:
         raise ConfigError(f"{where}: must be between 8 and 1024, got {value!r}")
+    if key == "cpu_budget_percent" and not 0 <= value <= 100:
+        raise ConfigError(f"{where}: must be between 0 and 100, got {value!r}")
     if key == "ring_buffer_pages" and value & (value - 1):
         raise ConfigError(f"{where}: must be a power of two, got {value!r}")
     if key == "retention":

@@ -61,13 +61,15 @@ class Dispatcher:
     """Serves one socket's allow-listed methods with plain handlers."""
 
     def __init__(self, handlers: dict[str, Handler], allowed: Iterable[str],
-                 authorize: Callable[[str, Message, Peer], None] | None = None) -> None:
+                 authorize: Callable[[str, Message, Peer], None] | None = None,
+                 outcome: Callable[[str, bytes, Peer, str, str], None] | None = None) -> None:
         allowed = frozenset(allowed)
         missing = allowed - handlers.keys()
         if missing:
             raise ValueError(f"no handler for allowed methods: {sorted(missing)}")
         self.handlers = {name: h for name, h in handlers.items() if name in allowed}
         self.authorize = authorize
+        self.outcome = outcome  # told (method, body, peer, "OK" or an error code, message) of every request
         self.counters: collections.Counter[str] = collections.Counter()
 
     def handle(self, frame: wire.Frame, peer: Peer) -> list[bytes]:
@@ -77,12 +79,19 @@ class Dispatcher:
             response = self.call(frame.name, frame.body, peer)
         except CoralError as err:
             self.counters[f"errors.{err.code}"] += 1
+            self._tell(frame, peer, err.code, err.message)
             return wire.encode_error(frame.request_id, err, frame.envelope)
         except Exception:
             log.exception("handler for %s failed", frame.name)
             self.counters["errors.INTERNAL"] += 1
+            self._tell(frame, peer, "INTERNAL", "internal error")
             return wire.encode_error(frame.request_id, CoralError("internal error; see the daemon's log"), frame.envelope)
+        self._tell(frame, peer, "OK", "")
         return wire.encode_reply(frame.request_id, response, frame.envelope)
+
+    def _tell(self, frame: wire.Frame, peer: Peer, outcome: str, detail: str) -> None:
+        if self.outcome is not None:
+            self.outcome(frame.name, frame.body, peer, outcome, detail)
 
     def call(self, method: str, body: bytes, peer: Peer) -> Message:
         handler = self.handlers.get(method)

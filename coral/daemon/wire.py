@@ -29,6 +29,7 @@ class Command(enum.IntEnum):
     READY = 0x03
     HEARTBEAT = 0x04
     DISCONNECT = 0x05
+    AUDIT = 0x06
 
 
 class FrameError(Exception):
@@ -81,9 +82,9 @@ def decode(frames: list[bytes]) -> Frame:
         if not 1 <= len(name_bytes) <= MAX_METHOD_NAME or not name_bytes.isascii():
             raise FrameError("method or status must be 1 to 64 ASCII bytes", request_id)
         return Frame(envelope, command, request_id, name_bytes.decode("ascii"), args[2])
-    if command == Command.READY:
+    if command in (Command.READY, Command.AUDIT):
         if len(args) != 1:
-            raise FrameError("READY needs exactly one body frame")
+            raise FrameError(f"{command.name} needs exactly one body frame")
         return Frame(envelope, command, body=args[0])
     if args:
         raise FrameError(f"{command.name} takes no frames after the command")
@@ -114,6 +115,10 @@ def encode_raw_reply(request_id: bytes, status: str, body: bytes, envelope: tupl
 
 def encode_ready(hello: pb.AgentHello, envelope: tuple[bytes, ...] = ()) -> list[bytes]:
     return [*_head(envelope, Command.READY), hello.SerializeToString()]
+
+
+def encode_audit(entry: pb.AuditEntry, envelope: tuple[bytes, ...] = ()) -> list[bytes]:
+    return [*_head(envelope, Command.AUDIT), entry.SerializeToString()]
 
 
 def encode_signal(command: Command, envelope: tuple[bytes, ...] = ()) -> list[bytes]:
