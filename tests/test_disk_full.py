@@ -105,6 +105,7 @@ def test_the_agents_disk_fills_mid_session(coral_env: CoralEnv, bpf: None, payme
 
 
 def test_the_colonys_disk_fills_mid_session(coral_env: CoralEnv, bpf: None, payments_binary: Path, small_disk: Path) -> None:
+    from tests.test_fanout import wait_for_session
     from tests.test_native_e2e import wait_for_service
 
     colony_env = CoralEnv(coral_env.root, {**coral_env.env, "CORAL_STATE_DIR": str(small_disk)})
@@ -117,7 +118,9 @@ def test_the_colonys_disk_fills_mid_session(coral_env: CoralEnv, bpf: None, paym
         attach, first = start_attach(coral_env, "payments", "validate_card", "--duration", "5m", "--no-save")
         sid = first["session_id"]
         assert payments.call(2000) == "done 2000 declined 200"
-        assert events(coral_env, sid) == 2000  # relayed from the agent; the colony cannot keep them
+        # The colony pulls them; it cannot write them, so it serves them from memory.
+        wait_for_session(coral_env, sid, lambda s: s["calls"] == 2000)
+        assert events(coral_env, sid) == 2000
         counters = ping(coral_env.endpoint("colony.sock"))
         assert counters["storage.failing"] == 1 and counters["storage.held_events"] > 0
         # The audit log and the session list still show everything, held rows included.
@@ -143,7 +146,7 @@ def test_the_colonys_disk_fills_mid_session(coral_env: CoralEnv, bpf: None, paym
     assert f"writing {small_disk}/colony.duckdb again: everything held in memory is written" in log
     db = duckdb.connect(str(small_disk / "colony.duckdb"), read_only=True)
     assert db.execute("SELECT count(*) FROM audit WHERE method = 'AttachUprobe' AND session_id = ?", [sid]).fetchone() == (1,)
-    assert db.execute("SELECT count(*) FROM events WHERE session_id = ?", [sid]).fetchone() == (4000,)
+    assert db.execute("SELECT count(*) FROM agent_events WHERE session_id = ?", [sid]).fetchone() == (4000,)
     assert db.execute("SELECT status FROM sessions WHERE session_id = ?", [sid]).fetchone() == ("detached",)
     db.close()
 

@@ -69,6 +69,25 @@ class Gather:
 
 
 @dataclass
+class FreshQuery:
+    """A client's QueryUprobeEvents on a running session. It is answered once
+    every running part was pulled by a pull sent after the question came (so
+    a call made before the question is in the answer), or at its deadline
+    with what the colony has."""
+
+    client: tuple[bytes, ...]
+    client_request_id: bytes
+    request: pb.QueryUprobeEventsRequest
+    peer: Peer
+    deadline: float
+    unsent: set[PartKey]  # no pull sent for these since the question came
+    sent: set[PartKey] = field(default_factory=set)  # pulled since; not yet back to the last page
+
+
+FRESH_WAIT = 2.0  # seconds a query waits for its pulls before it is answered with what is here
+
+
+@dataclass
 class Pending:
     """A request the colony sent to an agent."""
 
@@ -98,6 +117,8 @@ class Broker:
     open: dict[str, pb.DebugSession] = field(default_factory=dict)  # sessions still pulled from their agents
     _by_service: dict[str, list[AgentState]] | None = None  # built on demand, dropped when agents change
     replies_since_pull: bool = False  # an agent answered: a part may have ended or have more to pull
+    fresh: list[FreshQuery] = field(default_factory=list)
+    _by_id: dict[str, AgentState] | None = None  # likewise
     _ids: itertools.count[int] = field(default_factory=itertools.count)
     _audit_rows: list[AuditRow] = field(default_factory=list)
 
@@ -122,7 +143,7 @@ class Broker:
         if identity not in self.agents:
             log.info("agent %s ready (%d services)", hello.agent_id, len(hello.services))
         self.agents[identity] = AgentState(identity, hello, now)
-        self._by_service = None
+        self._by_service = self._by_id = None
 
     def agent_heard(self, identity: bytes, now: float) -> bool:
         agent = self.agents.get(identity)
@@ -136,7 +157,7 @@ class Broker:
         agent = self.agents.pop(identity, None)
         if agent is None:
             return []
-        self._by_service = None
+        self._by_service = self._by_id = None
         log.warning("agent %s lost (%s)", agent.agent_id, why)
         for session in list(self.open.values()):
             part = part_of(session, agent.agent_id)
@@ -157,7 +178,9 @@ class Broker:
         return out
 
     def agent_by_id(self, agent_id: str) -> AgentState | None:
-        return next((a for a in self.agents.values() if a.agent_id == agent_id), None)
+        if self._by_id is None:
+            self._by_id = {a.agent_id: a for a in self.agents.values()}
+        return self._by_id.get(agent_id)
 
     def agents_for(self, service: str) -> list[AgentState]:
         if self._by_service is None:
@@ -180,6 +203,13 @@ class Broker:
                 raise CoralError(f"method {method!r} is not served by the colony")
             request = wire.parse_body(METHODS[method].request, frame.body)
             access.check(self.config.access, peer, method, request)
+            if isinstance(request, pb.QueryUprobeEventsRequest) and (running := self._running_parts(request.session_id)):
+                self.fresh.append(
+                    FreshQuery(frame.envelope, frame.request_id, request, peer, now + FRESH_WAIT, set(running))
+                )
+                for key in running:
+                    self.pulls.hurry(key)
+                return self._pull(now)
             local = self._answer_locally(method, request)
             if local is not None:
                 self._audit(peer, method, request, "OK", "")
@@ -240,6 +270,37 @@ class Broker:
             if not any(p.session.status == ACTIVE and not p.complete for p in session.parts):
                 return pb.DetachUprobeResponse(session=session)  # already ended: report it as it ended
         return None
+
+    def _running_parts(self, session_id: str) -> list[PartKey]:
+        """Parts of an open session still recording, on a connected agent."""
+        session = self.open.get(session_id)
+        if session is None:
+            return []
+        return [
+            (session_id, p.agent_id)
+            for p in session.parts
+            if p.session.status == ACTIVE and not p.complete and self.agent_by_id(p.agent_id) is not None
+        ]
+
+    def _answer_fresh(self, now: float) -> list[Outgoing]:
+        """Answer the waiting queries whose pulls are back (or whose wait is over)."""
+        out = []
+        for q in list(self.fresh):
+            running = set(self._running_parts(q.request.session_id))
+            q.unsent &= running
+            q.sent &= running
+            if (q.unsent or q.sent) and now < q.deadline:
+                continue
+            self.fresh.remove(q)
+            try:
+                response = self._events(q.request)
+            except CoralError as err:  # purged meanwhile
+                self._audit(q.peer, "QueryUprobeEvents", q.request, err.code, err.message)
+                out.append(Outgoing("frontend", wire.encode_error(q.client_request_id, err, q.client)))
+                continue
+            self._audit(q.peer, "QueryUprobeEvents", q.request, "OK", "" if now < q.deadline else "answered before its pulls")
+            out.append(Outgoing("frontend", wire.encode_reply(q.client_request_id, response, q.client)))
+        return out
 
     def _session(self, session_id: str) -> pb.DebugSession:
         session = self.open.get(session_id) or self.store.session(session_id)
@@ -306,7 +367,8 @@ class Broker:
             self.count("late_replies")
             return []
         self.replies_since_pull = True
-        return self._deliver(pending, frame.name, frame.body)
+        out = self._deliver(pending, frame.name, frame.body)
+        return out + self._answer_fresh(now) if self.fresh else out
 
     def _deliver(self, pending: Pending, status: str, body: bytes) -> list[Outgoing]:
         """An agent's answer (or the colony's word for its silence) to a request."""
@@ -388,6 +450,10 @@ class Broker:
             request = pb.QueryUprobeEventsRequest(session_id=key[0], cursor=part.cursor, max_events=PULL_PAGE)
             out.append(self._send(agent, "QueryUprobeEvents", request, now, None))
             self.pulls.sent(key, now)
+            for q in self.fresh:
+                if key in q.unsent:
+                    q.unsent.discard(key)
+                    q.sent.add(key)
         return out
 
     def _pulled(self, pending: Pending, status: str, body: bytes) -> None:
@@ -398,6 +464,9 @@ class Broker:
         part = part_of(session, key[1]) if session is not None else None
         reply = reply_ok(status, body, pb.QueryUprobeEventsResponse)
         self.pulls.answered(key, more=reply is not None and reply.has_more)
+        if reply is None or not reply.has_more:
+            for q in self.fresh:
+                q.sent.discard(key)  # this part's calls up to the question are here (or will not come)
         if session is None or part is None or part.complete:
             return
         if reply is None:
@@ -464,6 +533,7 @@ class Broker:
                 out.append(Outgoing("backend", wire.encode_signal(wire.Command.HEARTBEAT, (identity,))))
         self._parts_away()
         out.extend(self._pull(now))
+        out.extend(self._answer_fresh(now))
         self.purge(now)
         return out
 

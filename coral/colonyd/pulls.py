@@ -49,6 +49,10 @@ class PullSchedule:
             routine = (routine[start:] + routine[:start])[:room]
         return urgent + routine
 
+    def hurry(self, key: PartKey) -> None:
+        """Pull this part at the next chance (a client waits for it)."""
+        self.next_at[key] = 0.0
+
     def sent(self, key: PartKey, now: float) -> None:
         self.in_flight.add(key)
         self.next_at[key] = now + self.interval

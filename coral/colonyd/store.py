@@ -240,8 +240,16 @@ class ColonyStore:
         if until_ns:
             sql += " AND end_ns <= ?"
             params.append(until_ns)
-        rows = self._db.execute(sql + " ORDER BY n LIMIT ?", [*params, limit]).fetchall()
-        return [(int(r[0]), pb.UprobeEvent.FromString(r[1])) for r in rows]
+        rows = [(int(r[0]), bytes(r[1])) for r in self._db.execute(sql + " ORDER BY n LIMIT ?", [*params, limit]).fetchall()]
+        if len(rows) < limit:  # then those not written yet (a full disk), which come after
+            rows += [
+                (n, blob)
+                for n, sid, _, _, end_ns, blob in self._held_events
+                if sid == session_id and n > after_n
+                and (not since_ns or end_ns >= since_ns)
+                and (not until_ns or end_ns <= until_ns)
+            ][: limit - len(rows)]
+        return [(n, pb.UprobeEvent.FromString(blob)) for n, blob in rows]
 
     def purge_candidates(self, before_ns: int, limit: int) -> list[tuple[str, str, int]]:
         """Ended sessions (nothing left to pull) that ended before `before_ns`, oldest first."""
