@@ -710,6 +710,7 @@ def _agent_restarted(request: pytest.FixtureRequest) -> str:
         return again.output()
     finally:
         svc.stop()
+        agent.stop()
 
 
 @provokes("WARNING coral.agentd.colony_link: colony link lost (no heartbeat for <n>s); reconnecting in <m>s")
@@ -942,6 +943,7 @@ def _agent_forgot(request: pytest.FixtureRequest) -> str:
             again.stop()
     finally:
         svc.stop()
+        agent.stop()
 
 
 @pytest.mark.parametrize("message", documented_messages(DOC.read_text()))
