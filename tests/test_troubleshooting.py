@@ -16,9 +16,11 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -467,6 +469,75 @@ def _session_limit(request: pytest.FixtureRequest) -> str:
     finally:
         svc.stop()
         agent.stop()
+
+
+@provokes("all <n> probe slots are in use")
+def _probe_slots(request: pytest.FixtureRequest) -> str:
+    env = an_env(request)
+    request.getfixturevalue("bpf")
+    write_config(env, "[sessions]\nmax_sessions_per_agent = 65\n")
+    agent = start_agent(env)
+    svc = NativeService(env, build_c(REPO / "examples" / "native" / "payments.c", env.root / "payments"))
+    try:
+        with Client(env.endpoint("agent.sock"), 30) as c:
+            for _ in range(64):
+                c.call("AttachUprobe", pb.AttachUprobeRequest(service="payments", function="validate_card"))
+        return ctl(env, "--local", "debug", "attach", "payments", "--function", "validate_card", code=1)
+    finally:
+        svc.stop()
+        agent.stop()
+
+
+@provokes("uid:<uid> may not arm functions in pid <pid>")
+def _arm_refused(request: pytest.FixtureRequest) -> str:
+    w = the_world(request)
+    sock = w.env.endpoint(f"procs/{w.python.proc.pid}.sock")
+    code = (
+        "import sys\n"
+        "from coral.daemon.client import Client\n"
+        "from coral.daemon.errors import CoralError\n"
+        "from coral.proto import coral_pb2 as pb\n"
+        "try:\n"
+        "    Client(sys.argv[1], 10).call('ArmFunction', pb.ArmFunctionRequest(function='payments.validate_card'))\n"
+        "except CoralError as exc:\n"
+        "    sys.exit(exc.message)\n"
+    )
+    # nobody may open the socket (group coral) but is neither root, the
+    # process's user, nor of the coral group by its own gid.
+    argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--groups=coral", "--", sys.executable, "-c", code, sock]
+    return run_tool(w.env, argv, code=1)
+
+
+def bounded_agent_error(request: pytest.FixtureRequest, without: str) -> str:
+    """The error an attach meets when the agent runs without one of the
+    unit's capabilities (bench/caps.py, one row)."""
+    from bench.caps import try_capabilities, unit_setting
+
+    request.getfixturevalue("bpf")
+    bins = Path(tempfile.mkdtemp(prefix="coral-caps-", dir="/tmp"))
+    try:
+        os.chmod(bins, 0o755)
+        binary = build_c(REPO / "examples" / "native" / "payments.c", bins / "payments")
+        outcome = try_capabilities([c for c in unit_setting("CapabilityBoundingSet") if c != without], binary)
+    finally:
+        shutil.rmtree(bins, ignore_errors=True)
+    assert not outcome.works, outcome
+    return outcome.error
+
+
+@provokes("cannot stat /proc/<pid>/exe: Permission denied")
+def _no_ptrace(request: pytest.FixtureRequest) -> str:
+    return bounded_agent_error(request, "CAP_SYS_PTRACE")
+
+
+@provokes("ERROR coral.daemon.runtime: fatal: Need super-user privileges to run")
+def _no_perfmon(request: pytest.FixtureRequest) -> str:
+    return bounded_agent_error(request, "CAP_PERFMON")
+
+
+@provokes("ERROR coral.daemon.runtime: fatal: Failed to compile BPF module <path>")
+def _no_cap_bpf(request: pytest.FixtureRequest) -> str:
+    return bounded_agent_error(request, "CAP_BPF")
 
 
 @provokes("agent <agent> was lost (silent for <n>s) before answering <method>")
