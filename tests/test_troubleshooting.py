@@ -967,6 +967,43 @@ def _register_other(request: pytest.FixtureRequest) -> str:
     )
 
 
+@provokes("PERMISSION_DENIED: uid <uid> does not own process <pid>")
+def _register_setuid_child(request: pytest.FixtureRequest) -> str:
+    w = the_world(request)
+    # nobody starts passwd (setuid root: it runs as root, waiting for a
+    # password on its input) and registers that child of its own.
+    code = (
+        "import subprocess, sys\n"
+        "from coral.daemon.client import Client\n"
+        "from coral.daemon.errors import CoralError\n"
+        "from coral.proto import coral_pb2 as pb\n"
+        "child = subprocess.Popen(['passwd'], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)\n"
+        "child.stderr.read1(1)  # its prompt: it runs as root now\n"
+        "req = pb.RegisterProcessRequest(service='x', pid=child.pid, executable='/usr/bin/passwd',\n"
+        "                                address=sys.argv[2], kind='native')\n"
+        "try:\n"
+        "    Client(sys.argv[1], 10).call('RegisterProcess', req)\n"
+        "except CoralError as exc:\n"
+        "    sys.exit(f'{exc.code}: {exc.message}')\n"
+        "finally:\n"
+        "    child.kill()\n"
+        "    child.wait()\n"
+    )
+    argv = [
+        "setpriv",
+        "--reuid=nobody",
+        "--regid=nogroup",
+        "--groups=coral",
+        "--",
+        sys.executable,
+        "-c",
+        code,
+        w.env.endpoint("agent.sock"),
+        w.env.endpoint("procs/x.sock"),
+    ]
+    return run_tool(w.env, argv, code=1)
+
+
 def register_error(w: World, req: pb.RegisterProcessRequest) -> str:
     """The refusal as coral-run and the SDK log it: `CODE: MESSAGE`."""
     with Client(w.env.endpoint("agent.sock"), 5) as c:
