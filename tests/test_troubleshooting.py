@@ -630,6 +630,84 @@ def raw_frames_error(endpoint: str, frames: list[bytes]) -> str:
     return pb.Error.FromString(frame.body).message
 
 
+# A process that registered itself, as coral-run would, and then lies in
+# its function metadata: the agent must refuse to probe outside it.
+LIAR = r"""
+import os, sys
+import zmq
+from coral.daemon import wire
+from coral.daemon.client import Client
+from coral.daemon.runtime import bind_socket
+from coral.proto import coral_pb2 as pb
+
+agent, procs, lie = sys.argv[1:4]
+exe = os.readlink("/proc/self/exe")
+maps = [line.split() for line in open("/proc/self/maps")]
+text = next(m for m in maps if len(m) == 6 and "x" in m[1] and os.path.realpath(m[5]) == os.path.realpath(exe))
+libc = next(m[5] for m in maps if len(m) == 6 and "/libc.so" in m[5])
+meta = {
+    "pid": pb.FunctionMetadata(name="f", pid=1),
+    "unmapped": pb.FunctionMetadata(name="f", binary_path="/etc/hostname"),
+    "offset": pb.FunctionMetadata(name="f", file_offset=1 << 40),
+    "go-size": pb.FunctionMetadata(name="f", kind="go", file_offset=int(text[2], 16), size=0),
+    "probe-site": pb.FunctionMetadata(name="f", kind="python", binary_path=libc, address=0x1234),
+}[lie]
+address = f"ipc://{procs}/{os.getpid()}.sock"
+sock = zmq.Context.instance().socket(zmq.ROUTER)
+sock.setsockopt(zmq.LINGER, 0)
+bind_socket(sock, address)
+Client(agent, 10).call("RegisterProcess", pb.RegisterProcessRequest(
+    service="liar", pid=os.getpid(), executable=exe, address=address, kind="native"))
+print("registered", flush=True)
+replies = {"GetFunctionMetadata": pb.GetFunctionMetadataResponse(metadata=meta),
+           "ArmFunction": pb.ArmFunctionResponse(metadata=meta), "DisarmFunction": pb.DisarmFunctionResponse()}
+while sock.poll(30000):
+    frame = wire.decode(sock.recv_multipart())
+    sock.send_multipart(wire.encode_reply(frame.request_id, replies.get(frame.name, pb.PingResponse()), frame.envelope))
+"""
+
+
+def liar_refusal(request: pytest.FixtureRequest, lie: str) -> str:
+    w = the_world(request)
+    liar = subprocess.Popen(
+        [sys.executable, "-c", LIAR, w.env.endpoint("agent.sock"), str(w.env.runtime_dir / "procs"), lie],
+        env=w.env.env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert liar.stdout is not None and liar.stdout.readline() == "registered\n"
+        return ctl(w.env, "--local", "debug", "attach", "liar", "--function", "f", code=1)
+    finally:
+        liar.kill()
+        liar.wait()
+
+
+@provokes("metadata names pid <pid>, registered process is <pid>")
+def _lie_pid(request: pytest.FixtureRequest) -> str:
+    return liar_refusal(request, "pid")
+
+
+@provokes("<path> is not mapped in process <pid>")
+def _lie_unmapped(request: pytest.FixtureRequest) -> str:
+    return liar_refusal(request, "unmapped")
+
+
+@provokes("offset <offset> of <path> is not in an executable mapping of process <pid>")
+def _lie_offset(request: pytest.FixtureRequest) -> str:
+    return liar_refusal(request, "offset")
+
+
+@provokes("function size <n> is not plausible")
+def _lie_go_size(request: pytest.FixtureRequest) -> str:
+    return liar_refusal(request, "go-size")
+
+
+@provokes("<path> has no coral_probe_call at <address>")
+def _lie_probe_site(request: pytest.FixtureRequest) -> str:
+    return liar_refusal(request, "probe-site")
+
+
 @provokes("unreadable reply from <endpoint>: <reason>")
 def _unreadable_reply(request: pytest.FixtureRequest) -> str:
     env = an_env(request)
