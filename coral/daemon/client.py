@@ -16,6 +16,7 @@ from coral.daemon.methods import METHODS
 from coral.proto import coral_pb2 as pb
 
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+POLL_SLICE_MS = 100
 
 
 def describe_endpoint(endpoint: str) -> str:
@@ -80,7 +81,11 @@ class Client:
         deadline = time.monotonic() + limit
         while True:
             left_ms = max(0, int(1000 * (deadline - time.monotonic())))
-            if not sock.poll(left_ms):
+            # In slices: a signal (Ctrl-C) that lands just before the wait
+            # begins does not interrupt it; between slices Python acts on it.
+            if not sock.poll(min(left_ms, POLL_SLICE_MS)):
+                if left_ms > POLL_SLICE_MS:
+                    continue
                 self.close()
                 raise Unreachable(f"no reply from {describe_endpoint(self.endpoint)} within {limit:g}s")
             try:
