@@ -11,9 +11,9 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
-
-class BpfUnavailable(Exception):
-    """This machine cannot run BCC programs; the message says why, in one line."""
+class BpfUnavailable(RuntimeError):
+    """This machine cannot run BCC programs; the message says why, in one line
+    (a RuntimeError: the daemon's start-up prints it as one line, exit 1)."""
 
 
 def bpf_source_dir() -> Path:

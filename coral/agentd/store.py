@@ -30,9 +30,11 @@ CREATE TABLE IF NOT EXISTS calls (
 
 # A batch goes in as one statement with one list parameter per column:
 # DuckDB binds a list in one go, where row-by-row parameters cost ~90 µs a row.
-_INSERT = ("INSERT INTO calls SELECT unnest($1::BIGINT[]), unnest($2::VARCHAR[]), unnest($3::BIGINT[]), "
-           "unnest($4::BIGINT[]), unnest($5::INTEGER[]), unnest($6::INTEGER[]), unnest($7::VARCHAR[]), "
-           "unnest($8::VARCHAR[])")
+_INSERT = (
+    "INSERT INTO calls SELECT unnest($1::BIGINT[]), unnest($2::VARCHAR[]), unnest($3::BIGINT[]), "
+    "unnest($4::BIGINT[]), unnest($5::INTEGER[]), unnest($6::INTEGER[]), unnest($7::VARCHAR[]), "
+    "unnest($8::VARCHAR[])"
+)
 
 
 def open_database(path: Path, schema: str) -> duckdb.DuckDBPyConnection:
@@ -46,8 +48,8 @@ def open_database(path: Path, schema: str) -> duckdb.DuckDBPyConnection:
         db.execute(schema)
         return db
     except duckdb.Error as exc:
-        if not path.exists():
-            raise
+        if not path.exists() or "Could not set lock" in str(exc):
+            raise  # another daemon holds it: its data is not ours to move
         aside = path.with_name(f"{path.name}.unreadable-{int(time.time())}")
         path.rename(aside)
         Path(f"{path}.wal").unlink(missing_ok=True)

@@ -3,8 +3,9 @@
 
 Exit codes: 0 success (including a `debug attach` ended early by one
 Ctrl-C, which detaches the session and still prints the summary); 1 the
-request was refused or failed (the message says why); 2 bad usage; 3 the
-colony or agent could not be reached; 130 interrupted a second time."""
+request was refused or failed (the message says why); 2 bad usage or a bad
+configuration file; 3 the colony or agent could not be reached; 130
+interrupted (Ctrl-C outside `debug attach`, or a second one)."""
 
 from __future__ import annotations
 
@@ -62,6 +63,19 @@ class Output:
 
 
 EXAMPLES = {
+    "coralctl": """\
+examples:
+  coralctl services
+  coralctl functions payments --pattern 'validate_*'
+  coralctl debug attach payments --function validate_card --duration 90s --capture-args
+  coralctl --local services               # this host's agent, without the colony
+  coralctl --output json debug sessions | jq -r .session_id""",
+    "debug": """\
+examples:
+  coralctl debug attach payments --function validate_card --capture-args --capture-return
+  coralctl debug sessions --active
+  coralctl debug events dbg-1a2b3c4d5e6f --since 5m
+  coralctl debug detach dbg-1a2b3c4d5e6f""",
     "ping": """\
 examples:
   coralctl ping
@@ -163,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="coralctl",
         description="Live-debug functions of running services.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__,
+        epilog=f"{__doc__}\n\n{EXAMPLES['coralctl']}",
     )
     _global_options(p, suppress=False)
     common = argparse.ArgumentParser(add_help=False)
@@ -174,9 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     f = command(sub, "functions", "list a service's functions", common)
     f.add_argument("service")
     f.add_argument("--pattern", default="", help="glob, e.g. 'validate_*'")
-    debug = sub.add_parser("debug", help="debug sessions").add_subparsers(
-        dest="debug_command", required=True, metavar="SUBCOMMAND"
-    )
+    debug = sub.add_parser(
+        "debug", help="debug sessions", epilog=EXAMPLES["debug"], formatter_class=argparse.RawDescriptionHelpFormatter
+    ).add_subparsers(dest="debug_command", required=True, metavar="SUBCOMMAND")
     a = command(debug, "attach", "probe a function and stream its calls", common)
     a.add_argument("service")
     a.add_argument("--function", required=True)

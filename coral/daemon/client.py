@@ -18,6 +18,7 @@ from coral.daemon.methods import METHODS
 from coral.proto import coral_pb2 as pb
 
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+POLL_SLICE_MS = 100
 
 
 def describe_endpoint(endpoint: str) -> str:
@@ -123,7 +124,11 @@ class Client:
             poller.register(sock, zmq.POLLIN)
             if monitor is not None:
                 poller.register(monitor, zmq.POLLIN)
-            ready = dict(poller.poll(left_ms))
+            # In slices: a signal (Ctrl-C) that lands just before the wait
+            # begins does not interrupt it; between slices Python acts on it.
+            ready = dict(poller.poll(min(left_ms, POLL_SLICE_MS)))
+            if not ready and left_ms > POLL_SLICE_MS:
+                continue
             if sock in ready:
                 self._close_monitor()  # a reply proves the handshake
                 return

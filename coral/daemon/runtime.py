@@ -128,7 +128,11 @@ def _coral_gid() -> int | None:
 
 def bind_socket(sock: zmq.Socket[bytes], endpoint: str) -> None:
     """Bind; for ipc, replace a stale socket file (the daemon lock proves no
-    one else owns it) and admit only the owner and the coral group."""
+    one else owns it) and admit only the owner and the coral group.
+
+    The group is set by root, and by any process that is in the coral group
+    itself (no capability needed for that): a service's socket then admits
+    an agent that holds the group, without CAP_DAC_OVERRIDE."""
     if not endpoint.startswith("ipc://"):
         sock.bind(endpoint)
         return
@@ -136,7 +140,9 @@ def bind_socket(sock: zmq.Socket[bytes], endpoint: str) -> None:
     path.unlink(missing_ok=True)
     sock.bind(endpoint)
     gid = _coral_gid()
-    if gid is not None and os.geteuid() == 0:
+    if gid is not None and (gid == os.getegid() or gid in os.getgroups()):
+        os.chown(path, -1, gid)
+    elif gid is not None and os.geteuid() == 0:
         os.chown(path, 0, gid)
     os.chmod(path, 0o660)
 
