@@ -2,7 +2,8 @@
 
 The agents are simulated: one process holds a DEALER socket per agent and
 speaks the real worker protocol (READY with one service each, heartbeats,
-REPLY to AttachUprobe and DetachUprobe with a session as a real agent would).
+REPLY to AttachUprobe, DetachUprobe and the colony's event pulls
+(QueryUprobeEvents, no events) with a session as a real agent would).
 No BPF is involved: this measures the colony's routing, bookkeeping and audit,
 not probes. The baseline is the same colony with one agent, in the same run.
 
@@ -29,7 +30,7 @@ import zmq
 from bench.report import table
 from coral.daemon import wire
 from coral.daemon.client import Client
-from coral.daemon.errors import CoralError
+from coral.daemon.errors import CoralError, NotFound
 from coral.proto import coral_pb2 as pb
 from tests.harness import CoralEnv, start_colony
 
@@ -63,6 +64,7 @@ def simulate_agents(endpoint: str, count: int) -> None:
         stop = True
 
     signal.signal(signal.SIGTERM, on_term)
+    sessions: dict[str, pb.DebugSession] = {}
     next_beat = time.monotonic()
     while not stop:
         for s, _ in poller.poll(100):
@@ -74,31 +76,38 @@ def simulate_agents(endpoint: str, count: int) -> None:
             if frame.command != wire.Command.REQUEST:
                 continue
             i = sockets[s]
-            reply: pb.AttachUprobeResponse | pb.DetachUprobeResponse
+            reply: pb.AttachUprobeResponse | pb.DetachUprobeResponse | pb.QueryUprobeEventsResponse
             if frame.name == "AttachUprobe":
                 req = wire.parse_body(pb.AttachUprobeRequest, frame.body)
                 now = time.time_ns()
-                reply = pb.AttachUprobeResponse(
-                    session=pb.DebugSession(
-                        session_id=req.session_id,
-                        service=req.service,
-                        function=req.function,
-                        agent_id=f"sim-{i:04d}",
-                        pids=[10_000 + i],
-                        started_unix_ns=now,
-                        expires_unix_ns=now + req.duration_ms * 1_000_000,
-                        status="active",
-                        config=req.config,
-                        probes=1,
-                    )
+                session = pb.DebugSession(
+                    session_id=req.session_id,
+                    service=req.service,
+                    function=req.function,
+                    agent_id=f"sim-{i:04d}",
+                    pids=[10_000 + i],
+                    started_unix_ns=now,
+                    expires_unix_ns=now + req.duration_ms * 1_000_000,
+                    status="active",
+                    config=req.config,
+                    probes=1,
                 )
+                sessions[req.session_id] = session
+                reply = pb.AttachUprobeResponse(session=session)
             elif frame.name == "DetachUprobe":
                 req_d = wire.parse_body(pb.DetachUprobeRequest, frame.body)
-                reply = pb.DetachUprobeResponse(
-                    session=pb.DebugSession(
-                        session_id=req_d.session_id, agent_id=f"sim-{i:04d}", status="detached", ended_unix_ns=time.time_ns()
-                    )
-                )
+                session = sessions[req_d.session_id]
+                session.status, session.ended_unix_ns, session.probes = "detached", time.time_ns(), 0
+                reply = pb.DetachUprobeResponse(session=session)
+            elif frame.name == "QueryUprobeEvents":
+                req_q = wire.parse_body(pb.QueryUprobeEventsRequest, frame.body)
+                if req_q.session_id not in sessions:
+                    s.send_multipart(wire.encode_error(frame.request_id, NotFound(f"no session {req_q.session_id!r}")))
+                    continue
+                session = sessions[req_q.session_id]
+                if session.status != "active":
+                    del sessions[req_q.session_id]  # its last (empty) page: the colony is done with it
+                reply = pb.QueryUprobeEventsResponse(session=session, next_cursor=req_q.cursor)
             else:
                 continue
             s.send_multipart(wire.encode_reply(frame.request_id, reply))

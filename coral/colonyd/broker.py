@@ -84,6 +84,7 @@ class FreshQuery:
     sent: set[PartKey] = field(default_factory=set)  # pulled since; not yet back to the last page
 
 
+HEARTBEATS_PER_TICK = 64  # at least; a quarter of the agents when there are more
 FRESH_WAIT = 2.0  # seconds a query waits for its pulls before it is answered with what is here
 
 
@@ -118,7 +119,7 @@ class Broker:
     _by_service: dict[str, list[AgentState]] | None = None  # built on demand, dropped when agents change
     replies_since_pull: bool = False  # an agent answered: a part may have ended or have more to pull
     fresh: list[FreshQuery] = field(default_factory=list)
-    _by_id: dict[str, AgentState] | None = None  # likewise
+    _by_id: dict[str, AgentState] = field(default_factory=dict)  # agent id -> its current link
     _ids: itertools.count[int] = field(default_factory=itertools.count)
     _audit_rows: list[AuditRow] = field(default_factory=list)
 
@@ -134,7 +135,8 @@ class Broker:
     # ------------------------------------------------------------ agents
 
     def agent_ready(self, identity: bytes, hello: pb.AgentHello, now: float) -> None:
-        for other in [i for i, a in self.agents.items() if a.agent_id == hello.agent_id and i != identity]:
+        previous = self._by_id.get(hello.agent_id)
+        for other in [previous.identity] if previous is not None and previous.identity != identity else []:
             del self.agents[other]  # the same agent reconnected on a new link
             for request_id, p in list(self.pending.items()):
                 if p.agent == other and p.gather is None:  # a pull sent on the old link: pull again on the new one
@@ -142,8 +144,8 @@ class Broker:
                     self.pulls.answered((cast(pb.QueryUprobeEventsRequest, p.request).session_id, p.agent_id), more=True)
         if identity not in self.agents:
             log.info("agent %s ready (%d services)", hello.agent_id, len(hello.services))
-        self.agents[identity] = AgentState(identity, hello, now)
-        self._by_service = self._by_id = None
+        self.agents[identity] = self._by_id[hello.agent_id] = AgentState(identity, hello, now)
+        self._by_service = None
 
     def agent_heard(self, identity: bytes, now: float) -> bool:
         agent = self.agents.get(identity)
@@ -157,7 +159,9 @@ class Broker:
         agent = self.agents.pop(identity, None)
         if agent is None:
             return []
-        self._by_service = self._by_id = None
+        self._by_service = None
+        if self._by_id.get(agent.agent_id) is agent:
+            del self._by_id[agent.agent_id]
         log.warning("agent %s lost (%s)", agent.agent_id, why)
         for session in list(self.open.values()):
             part = part_of(session, agent.agent_id)
@@ -178,8 +182,6 @@ class Broker:
         return out
 
     def agent_by_id(self, agent_id: str) -> AgentState | None:
-        if self._by_id is None:
-            self._by_id = {a.agent_id: a for a in self.agents.values()}
         return self._by_id.get(agent_id)
 
     def agents_for(self, service: str) -> list[AgentState]:
@@ -525,10 +527,15 @@ class Broker:
                 err = Unavailable(f"agent {p.agent_id} did not answer {p.method} within {self.config.limits.request_timeout:g}s")
                 out.extend(self._deliver(p, err.code, _error_body(err)))
         interval, liveness = self.config.colony.heartbeat_interval, self.config.colony.heartbeat_liveness
+        # A bounded number of heartbeats per tick: a thousand agents that
+        # came up together are spread over the next ticks, not sent at once
+        # in front of waiting clients (liveness allows several intervals).
+        beats = max(HEARTBEATS_PER_TICK, len(self.agents) // 4)
         for identity, agent in list(self.agents.items()):
             if is_dead(agent.last_heard, now, interval, liveness):
                 out.extend(self.agent_gone(identity, f"silent for {interval * liveness:g}s"))
-            elif now - agent.last_sent >= interval:
+            elif now - agent.last_sent >= interval and beats > 0:
+                beats -= 1
                 agent.last_sent = now
                 out.append(Outgoing("backend", wire.encode_signal(wire.Command.HEARTBEAT, (identity,))))
         self._parts_away()

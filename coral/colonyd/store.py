@@ -202,6 +202,8 @@ class ColonyStore:
     def save_events(self, session_id: str, agent_id: str, events: list[pb.UprobeEvent]) -> int:
         """Keep events pulled from one agent, each once; returns how many were new."""
         key = (session_id, agent_id)
+        if not events:
+            return 0
         if key not in self._newest:
             row = self._db.execute(
                 "SELECT coalesce(max(seq), -1) FROM agent_events WHERE session_id = ? AND agent_id = ?", [session_id, agent_id]
