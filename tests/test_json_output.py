@@ -109,6 +109,7 @@ def test_every_json_line_has_the_documented_fields(
     printed["DebugSession"] += json_lines(env, "debug", "sessions")
     printed["DebugSession"] += json_lines(env, "debug", "detach", session_id)
     printed["AuditEntry"] += json_lines(env, "audit")
+    printed["KeyPair"] += json_lines(env, "keys", "generate", "alice", "--dir", str(env.root / "keys"))
 
     problems = []
     for name, doc in documented_records(DOC.read_text()).items():

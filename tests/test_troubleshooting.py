@@ -12,12 +12,14 @@ code span in the first column of a table whose first header is
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -29,7 +31,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from coral.daemon import wire
+from coral.daemon import curve, wire
 from coral.daemon.client import Client
 from coral.daemon.errors import CoralError
 from coral.proto import coral_pb2 as pb
@@ -395,21 +397,30 @@ def _python_property(request: pytest.FixtureRequest) -> str:
 
 @provokes("agent '<agent>' of session <id> is not connected")
 def _session_agent_gone(request: pytest.FixtureRequest) -> str:
+    # An agent lost while the colony runs has its part failed at once (detach
+    # then succeeds); a colony that restarts knows the session from its
+    # database but has not heard from the agent yet.
     env = an_env(request)
     request.getfixturevalue("bpf")
     colony = start_colony(env)
     agent = start_agent(env)
     svc = NativeService(env, build_c(REPO / "examples" / "native" / "payments.c", env.root / "payments"))
+    again: Process | None = None
     try:
         wait_for_service(env, "payments")
         session = start_attach_and_leave(env, "--duration", "60s")
         agent.proc.send_signal(signal.SIGSTOP)
-        log_line_after(colony, "lost (silent for")
-        return ctl(env, "debug", "detach", session, code=1)
+        colony.stop()
+        again = start_colony(env)
+        out = ctl(env, "debug", "detach", session, code=1)
+        assert out == f"coralctl: agent '{os.uname().nodename}' of session {session} is not connected\n", out
+        return out
     finally:
         agent.proc.send_signal(signal.SIGCONT)
         svc.stop()
         agent.stop()
+        if again is not None:
+            again.stop()
         colony.stop()
 
 
@@ -562,7 +573,7 @@ def wait_for_agent(agent: Process) -> None:
     log_line_after(agent, "connected to colony")
 
 
-@provokes("the agent did not answer <method> within <n>s")
+@provokes("agent <agent> did not answer <method> within <n>s")
 def _agent_slow(request: pytest.FixtureRequest) -> str:
     env = an_env(request)
     request.getfixturevalue("bpf")
@@ -574,7 +585,7 @@ def _agent_slow(request: pytest.FixtureRequest) -> str:
         wait_for_service(env, svc.service)
         agent.proc.send_signal(signal.SIGSTOP)
         out = ctl(env, "functions", "payments", code=1)
-        assert out == "coralctl: the agent did not answer ListFunctions within 1s\n"
+        assert out == f"coralctl: agent {os.uname().nodename} did not answer ListFunctions within 1s\n"
         return out
     finally:
         agent.proc.send_signal(signal.SIGCONT)
@@ -635,21 +646,28 @@ def raw_frames_error(endpoint: str, frames: list[bytes]) -> str:
 LIAR = r"""
 import os, sys
 import zmq
-from coral.daemon import wire
+from coral.daemon import curve, wire
 from coral.daemon.client import Client
 from coral.daemon.runtime import bind_socket
 from coral.proto import coral_pb2 as pb
 
-agent, procs, lie = sys.argv[1:4]
+agent, procs, lie, lib = sys.argv[1:5]
 exe = os.readlink("/proc/self/exe")
 maps = [line.split() for line in open("/proc/self/maps")]
 text = next(m for m in maps if len(m) == 6 and "x" in m[1] and os.path.realpath(m[5]) == os.path.realpath(exe))
 libc = next(m[5] for m in maps if len(m) == 6 and "/libc.so" in m[5])
+if lib:  # a shared library with one huge function, mapped here
+    import ctypes
+    from coral.elfinfo import ElfFunctions
+    ctypes.CDLL(lib)
+    elf = ElfFunctions.load(lib)
+    big = elf.file_offset(elf.symbols["coral_big"][0])
 meta = {
     "pid": pb.FunctionMetadata(name="f", pid=1),
     "unmapped": pb.FunctionMetadata(name="f", binary_path="/etc/hostname"),
     "offset": pb.FunctionMetadata(name="f", file_offset=1 << 40),
-    "go-size": pb.FunctionMetadata(name="f", kind="go", file_offset=int(text[2], 16), size=0),
+    "not-a-start": pb.FunctionMetadata(name="f", binary_path=lib, file_offset=big + 1) if lib else None,
+    "go-size": pb.FunctionMetadata(name="f", kind="go", binary_path=lib, file_offset=big) if lib else None,
     "probe-site": pb.FunctionMetadata(name="f", kind="python", binary_path=libc, address=0x1234),
 }[lie]
 address = f"ipc://{procs}/{os.getpid()}.sock"
@@ -667,10 +685,34 @@ while sock.poll(30000):
 """
 
 
+# One function of 2 MiB and one byte, in a shared library: more code than
+# any function the agent disassembles to find its returns.
+BIG_FUNCTION = """
+    .text
+    .globl coral_big
+    .type coral_big, @function
+coral_big:
+    ret
+    .fill 2097152, 1, 0xc3
+    .size coral_big, .-coral_big
+    .section .note.GNU-stack,"",@progbits
+"""
+
+
+@pytest.fixture(scope="module")
+def big_library(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("big")
+    os.chmod(d, 0o755)
+    (d / "big.s").write_text(BIG_FUNCTION)
+    subprocess.run(["gcc", "-shared", "-o", str(d / "libbig.so"), str(d / "big.s")], check=True)
+    return (d / "libbig.so").resolve()
+
+
 def liar_refusal(request: pytest.FixtureRequest, lie: str) -> str:
     w = the_world(request)
+    lib = str(request.getfixturevalue("big_library")) if lie in ("not-a-start", "go-size") else ""
     liar = subprocess.Popen(
-        [sys.executable, "-c", LIAR, w.env.endpoint("agent.sock"), str(w.env.runtime_dir / "procs"), lie],
+        [sys.executable, "-c", LIAR, w.env.endpoint("agent.sock"), str(w.env.runtime_dir / "procs"), lie, lib],
         env=w.env.env,
         stdout=subprocess.PIPE,
         text=True,
@@ -700,7 +742,16 @@ def _lie_offset(request: pytest.FixtureRequest) -> str:
 
 @provokes("function size <n> is not plausible")
 def _lie_go_size(request: pytest.FixtureRequest) -> str:
-    return liar_refusal(request, "go-size")
+    out = liar_refusal(request, "go-size")
+    assert out == "coralctl: function size 2097153 is not plausible\n", out
+    return out
+
+
+@provokes(
+    "offset <offset> of <path> is not the start of a function in its symbol table; only a function's first instruction is probed"
+)
+def _lie_not_a_start(request: pytest.FixtureRequest) -> str:
+    return liar_refusal(request, "not-a-start")
 
 
 @provokes("<path> has no coral_probe_call at <address>")
@@ -738,6 +789,9 @@ CONFIGS = {
     "<file>: [sessions] ring_buffer_pages: must be a power of two, got 100": "[sessions]\nring_buffer_pages = 100\n",
     "<file>: [sessions] string_bytes: must be between 8 and 1024, got 4": "[sessions]\nstring_bytes = 4\n",
     "<file>: [sessions] default_duration exceeds max_duration": "[sessions]\ndefault_duration = 700\n",
+    "<file>: [colony] retention: invalid age '7 days': use forms like 7d, 12h, 30m, 90s (or 0 to keep forever)": (
+        "[colony]\nretention = '7 days'\n"
+    ),
     "<file>: unknown key [sessions] max_duraton (known: <keys>)": "[sessions]\nmax_duraton = 5\n",
     "<file>: unknown section [session] (known: <sections>)": "[session]\nmax_duration = 5\n",
     "<file>: [sdk] redact_patterns: expected a list of strings, got 'card'": "[sdk]\nredact_patterns = 'card'\n",
@@ -1112,6 +1166,444 @@ def _agent_forgot(request: pytest.FixtureRequest) -> str:
     finally:
         svc.stop()
         agent.stop()
+
+
+# --- several agents -----------------------------------------------------------------
+
+
+@pytest.fixture
+def agent_b(world: World) -> Iterator[tuple[CoralEnv, Process]]:
+    """A second agent of the world's colony, on this host, where "payments"
+    is a program without a symbol table (sleep): every attach on it fails.
+    Gone after each case, so that the others see "payments" on one agent."""
+    env = world.env.another_agent("agent-b")
+    agent = start_agent(env, "agentd-b")
+    other = Process("run-sleep-b", [tool("coral-run"), "--service", "payments", "--", "sleep", "600"], env)
+    try:
+        other.wait_ready()
+        from tests.test_fanout import wait_for_instances
+
+        wait_for_instances(world.env, "payments", 2)
+        yield env, agent
+    finally:
+        other.stop()
+        agent.stop()
+
+
+@provokes("no agent '<id>' is connected (known agents: <agents>)")
+def _no_such_agent(request: pytest.FixtureRequest) -> str:
+    w = the_world(request)
+    out = ctl(w.env, "debug", "attach", "payments", "--function", "validate_card", "--agent", "nosuch", code=1)
+    assert out == f"coralctl: no agent 'nosuch' is connected (known agents: {os.uname().nodename})\n", out
+    return out
+
+
+@provokes("service '<service>' does not run on agent '<id>' (it runs on: <agents>)")
+def _not_on_that_agent(request: pytest.FixtureRequest) -> str:
+    w = the_world(request)
+    request.getfixturevalue("agent_b")
+    out = ctl(w.env, "debug", "attach", "greeter", "--function", "greet", "--agent", "agent-b", code=1)
+    assert out == f"coralctl: service 'greeter' does not run on agent 'agent-b' (it runs on: {os.uname().nodename})\n"
+    return out
+
+
+@provokes("agent <agent>: <message>; agent <agent>: <message>")
+def _every_agent_refuses(request: pytest.FixtureRequest) -> str:
+    w = the_world(request)
+    request.getfixturevalue("agent_b")
+    out = ctl(w.env, "debug", "attach", "payments", "--function", "zzzzzzzzzzzzzz", code=1)
+    assert out.startswith(f"coralctl: agent {os.uname().nodename}: function 'zzzzzzzzzzzzzz' not found"), out
+    assert "; agent agent-b: /proc/" in out and out.endswith(
+        " is stripped (no symbol table): rebuild without -s, or keep the debug symbols\n"
+    )
+    return out
+
+
+@provokes("max_events <n> exceeds this agent's limit of <limit> ([sessions] max_events_per_session); ask for <limit> or less")
+def _too_many_events(request: pytest.FixtureRequest) -> str:
+    w = the_world(request)
+    return ctl(
+        w.env, "--local", "debug", "attach", "payments", "--function", "validate_card", "--max-events", "1000000000", code=1
+    )
+
+
+@provokes("WARNING coral.agentd: refused <method> from pid <pid> (uid:<uid>): <message>")
+def _agent_logs_refusal(request: pytest.FixtureRequest) -> str:
+    w = the_world(request)
+    return log_line_after(
+        w.agent, "no session 'dbg-logged' on agent", lambda: ctl(w.env, "--local", "debug", "events", "dbg-logged", code=1)
+    )
+
+
+# --- storage ------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def full_disk() -> Iterator[tuple[Path, Callable[[], None]]]:
+    """A 16 MiB tmpfs, and a way to fill it to the last byte."""
+    mount = Path(tempfile.mkdtemp(prefix="coral-disk-", dir="/tmp"))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0750", "coral-test", str(mount)], check=True)
+    try:
+        from tests.test_disk_full import fill
+
+        yield mount, lambda: (fill(mount), None)[1]
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+        shutil.rmtree(mount, ignore_errors=True)
+
+
+@provokes("cannot write <state_dir>/agent.duckdb: No space left on device; <held> held in memory, retrying")
+def _agent_disk_full(request: pytest.FixtureRequest) -> str:
+    env = an_env(request)
+    request.getfixturevalue("bpf")
+    with full_disk() as (disk, fill_it):
+        env.env["CORAL_STATE_DIR"] = str(disk)
+        agent = start_agent(env)
+        svc = NativeService(env, build_c(REPO / "examples" / "native" / "payments.c", env.root / "payments"), sleep_ms=0)
+        try:
+            wait_for_service_local(env, "payments")
+            fill_it()
+            session = start_attach_and_leave(env, "--local", "--duration", "30s")
+            svc.call(2000)  # more than the database's last, partly filled pages take
+            # A query writes the calls first: that write fails.
+            out = log_line_after(agent, "cannot write", lambda: coralctl(env, "--local", "debug", "events", session))
+            assert f"cannot write {disk}/agent.duckdb: No space left on device; " in out, out
+            return out
+        finally:
+            svc.stop()
+            agent.stop()
+
+
+def wait_for_service_local(env: CoralEnv, service: str) -> None:
+    end = time.monotonic() + 15
+    while time.monotonic() < end:
+        if service in coralctl(env, "--local", "services").stdout:
+            return
+    raise AssertionError(f"the agent never listed {service}")
+
+
+@provokes("cannot write <state_dir>/colony.duckdb: No space left on device; <held> held in memory, retrying")
+def _colony_disk_full(request: pytest.FixtureRequest) -> str:
+    env = an_env(request)
+    with full_disk() as (disk, fill_it):
+        env.env["CORAL_STATE_DIR"] = str(disk)
+        colony = start_colony(env)
+        try:
+            fill_it()
+            # Each refused attach is an audit row; the first few may still fit
+            # in the database's last, partly filled page, so refuse until the
+            # colony's write of them fails (each ask is a request).
+            with Client(env.endpoint("colony.sock"), 10) as c:
+                end = time.monotonic() + 30
+                while "cannot write" not in colony.output() and time.monotonic() < end:
+                    with contextlib.suppress(CoralError):
+                        c.call("AttachUprobe", pb.AttachUprobeRequest(service="x" * 200, function="f" * 200))
+            out = log_line_after(colony, "cannot write")
+            assert f"cannot write {disk}/colony.duckdb: No space left on device; " in out, out
+            return out
+        finally:
+            colony.stop()
+
+
+# --- CURVE and tcp ------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class TcpColony:
+    """A colony on 127.0.0.1 with CURVE keys: `ops` may do everything,
+    `viewer` is admitted but may not list, `mallory` and `rogue` are not
+    admitted."""
+
+    env: CoralEnv
+    keys: Path
+    frontend: str
+    backend: str
+    colony: Process
+
+    def client(self, key: str, colony_key: str = "colony") -> list[str]:
+        return [
+            "--endpoint",
+            self.frontend,
+            "--key",
+            str(self.keys / f"{key}.key_secret"),
+            "--colony-key",
+            str(self.keys / f"{colony_key}.key"),
+        ]
+
+    def fingerprint(self, name: str) -> str:
+        return curve.fingerprint(curve.load_key_pair(str(self.keys / f"{name}.key_secret"), "test").public)
+
+
+@pytest.fixture(scope="module")
+def tcp_colony() -> Iterator[TcpColony]:
+    env = CoralEnv.create()
+    keys = env.root / "keys"
+    for name in ("colony", "ops", "viewer", "mallory", "rogue"):
+        curve.write_key_pair(keys, name)
+    for directory, admitted in (("agents", ()), ("clients", ("ops", "viewer"))):
+        (keys / directory).mkdir()
+        for name in admitted:
+            (keys / directory / f"{name}.key").write_bytes((keys / f"{name}.key").read_bytes())
+    frontend, backend = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    write_config(
+        env,
+        f"""
+[colony]
+frontend_endpoint = "{frontend}"
+backend_endpoint = "{backend}"
+secret_key_file = "{keys / "colony.key_secret"}"
+agent_keys_dir = "{keys / "agents"}"
+client_keys_dir = "{keys / "clients"}"
+
+[access]
+list = ["@coral", "key:ops"]
+""",
+    )
+    colony = start_colony(env)
+    try:
+        yield TcpColony(env, keys, frontend, backend, colony)
+    finally:
+        colony.stop()
+        env.remove()
+
+
+def the_tcp_colony(request: pytest.FixtureRequest) -> TcpColony:
+    t: TcpColony = request.getfixturevalue("tcp_colony")
+    return t
+
+
+def start_fails(env: CoralEnv, program: str, config: str) -> str:
+    """A daemon that refuses its configuration at start: exit 1, one line."""
+    write_config(env, config)
+    return run_tool(env, [tool(program)], code=1)
+
+
+@provokes(
+    "<file>: [colony] frontend_endpoint is tcp://<address> but [colony] secret_key_file is not set; "
+    "Coral does not use plaintext TCP (make it with: coralctl keys generate colony)"
+)
+def _colony_tcp_no_key(request: pytest.FixtureRequest) -> str:
+    return start_fails(an_env(request), "coral-colonyd", '[colony]\nfrontend_endpoint = "tcp://127.0.0.1:7399"\n')
+
+
+@provokes(
+    "<file>: [colony] backend_endpoint is tcp://<address> but [colony] agent_keys_dir is not set; "
+    "Coral does not use plaintext TCP (a directory of the public .key files it admits)"
+)
+def _colony_tcp_no_agent_keys(request: pytest.FixtureRequest) -> str:
+    env = an_env(request)
+    _, secret, _ = curve.write_key_pair(env.root / "keys", "colony")
+    return start_fails(
+        env, "coral-colonyd", f'[colony]\nbackend_endpoint = "tcp://127.0.0.1:7399"\nsecret_key_file = "{secret}"\n'
+    )
+
+
+@provokes("<file>: [colony] agent_keys_dir <dir>: no such directory")
+def _colony_tcp_keys_dir_missing(request: pytest.FixtureRequest) -> str:
+    env = an_env(request)
+    _, secret, _ = curve.write_key_pair(env.root / "keys", "colony")
+    return start_fails(
+        env,
+        "coral-colonyd",
+        f'[colony]\nbackend_endpoint = "tcp://127.0.0.1:7399"\nsecret_key_file = "{secret}"\n'
+        f'agent_keys_dir = "{env.root / "nope"}"\n',
+    )
+
+
+@provokes(
+    "<file>: [agent] colony_endpoint is tcp://<address> but [agent] key_file is not set; "
+    "Coral does not use plaintext TCP (make a key pair with: coralctl keys generate AGENT)"
+)
+def _agent_tcp_no_key(request: pytest.FixtureRequest) -> str:
+    request.getfixturevalue("bpf")
+    return start_fails(an_env(request), "coral-agentd", '[agent]\ncolony_endpoint = "tcp://127.0.0.1:7398"\n')
+
+
+@provokes(
+    "<file>: [agent] colony_endpoint is tcp://<address> but [agent] colony_public_key_file is not set; "
+    "Coral does not use plaintext TCP (copy the colony's colony.key here)"
+)
+def _agent_tcp_no_colony_key(request: pytest.FixtureRequest) -> str:
+    request.getfixturevalue("bpf")
+    env = an_env(request)
+    _, secret, _ = curve.write_key_pair(env.root / "keys", "web-1")
+    return start_fails(env, "coral-agentd", f'[agent]\ncolony_endpoint = "tcp://127.0.0.1:7398"\nkey_file = "{secret}"\n')
+
+
+@provokes(
+    "<file>: the colony endpoint is tcp://<address> but [client] key_file is not set; "
+    "Coral does not use plaintext TCP (make a key pair with: coralctl keys generate NAME)"
+)
+def _client_tcp_no_key(request: pytest.FixtureRequest) -> str:
+    env = an_env(request)
+    write_config(env, '[colony]\nfrontend_endpoint = "tcp://127.0.0.1:7397"\n')
+    return ctl(env, "ping", code=2)
+
+
+def bad_client_key(request: pytest.FixtureRequest, flag: str, text: str | None) -> str:
+    """coralctl over tcp with a key file that is missing (None) or holds `text`."""
+    env = an_env(request)
+    keys = env.root / "keys"
+    curve.write_key_pair(keys, "me")
+    curve.write_key_pair(keys, "colony")
+    given = {"--key": str(keys / "me.key_secret"), "--colony-key": str(keys / "colony.key")}
+    bad = keys / "bad.key"
+    if text is not None:
+        bad.write_text(text)
+    given[flag] = str(bad)
+    write_config(env, "")
+    return ctl(env, "--endpoint", "tcp://127.0.0.1:7397", *[x for kv in given.items() for x in kv], "ping", code=2)
+
+
+@provokes("<file>: [<section>] <key> <path>: cannot read a CURVE key: no such file")
+def _key_missing(request: pytest.FixtureRequest) -> str:
+    return bad_client_key(request, "--key", None)
+
+
+@provokes("<file>: [<section>] <key> <path>: cannot read a CURVE key: No public key found in <path>")
+def _key_empty(request: pytest.FixtureRequest) -> str:
+    return bad_client_key(request, "--colony-key", "# nothing\n")
+
+
+@provokes("<file>: [<section>] <key> <path>: cannot read a CURVE key: not a 40-character Z85 key")
+def _key_short(request: pytest.FixtureRequest) -> str:
+    return bad_client_key(request, "--colony-key", 'curve\n    public-key = "abc"\n')
+
+
+@provokes("<file>: [agent] key_file <path>: this is a public key; give the NAME.key_secret file")
+def _agent_public_key(request: pytest.FixtureRequest) -> str:
+    request.getfixturevalue("bpf")
+    env = an_env(request)
+    public, _, _ = curve.write_key_pair(env.root / "keys", "colony")
+    return start_fails(
+        env,
+        "coral-agentd",
+        f'[agent]\ncolony_endpoint = "tcp://127.0.0.1:7398"\nkey_file = "{public}"\ncolony_public_key_file = "{public}"\n',
+    )
+
+
+@provokes("<file>: [colony] frontend_endpoint: only ipc:// and tcp:// (with CURVE) are supported, got '<endpoint>'")
+def _ws_endpoint(request: pytest.FixtureRequest) -> str:
+    env = an_env(request)
+    write_config(env, '[colony]\nfrontend_endpoint = "ws://0.0.0.0:7301"\n')
+    return ctl(env, "ping", code=2)
+
+
+@provokes(
+    "cannot talk to the colony: <endpoint> refused this client's key <fingerprint>: "
+    "its public key file is not in the colony's [colony] client_keys_dir",
+    "WARNING coral.colonyd: refused a frontend connection from <address>: key <fingerprint> is not in <dir>",
+)
+def _client_key_refused(request: pytest.FixtureRequest) -> str:
+    t = the_tcp_colony(request)
+    out = ctl(t.env, *t.client("mallory"), "services", code=3)
+    assert t.fingerprint("mallory") in out, out
+    return out + log_line_after(t.colony, f"key {t.fingerprint('mallory')} is not in")
+
+
+@provokes(
+    "cannot talk to the colony: <endpoint> closed the connection during the CURVE handshake: "
+    "is [client] colony_public_key_file (--colony-key) the colony's public key?",
+    "WARNING coral.colonyd: refused a frontend connection: a CURVE hello that does not open with the colony's key "
+    "was refused (the peer holds another colony key)",
+)
+def _client_wrong_colony_key(request: pytest.FixtureRequest) -> str:
+    t = the_tcp_colony(request)
+    out = ctl(t.env, *t.client("ops", colony_key="mallory"), "ping", code=3)
+    return out + log_line_after(t.colony, "a CURVE hello that does not open")
+
+
+@provokes("key <name> may not <right> (needs [access] <right>, which admits <who>)")
+def _key_access_denied(request: pytest.FixtureRequest) -> str:
+    t = the_tcp_colony(request)
+    out = ctl(t.env, *t.client("viewer"), "services", code=1)
+    assert out == "coralctl: key viewer may not list (needs [access] list, which admits @coral, key:ops)\n", out
+    return out
+
+
+@provokes(
+    "cannot talk to the colony: no CURVE handshake with <endpoint> within <n>s: nothing accepted the connection; "
+    "is coral-colonyd running there, and the port open?"
+)
+def _no_tcp_colony(request: pytest.FixtureRequest) -> str:
+    t = the_tcp_colony(request)
+    return ctl(t.env, *t.client("ops"), "--endpoint", f"tcp://127.0.0.1:{free_port()}", "ping", code=3)
+
+
+@provokes(
+    "cannot talk to the colony: no CURVE handshake with <endpoint> within <n>s: the connection opened but nothing "
+    "answered the handshake; is that the colony's frontend port?"
+)
+def _mute_tcp_port(request: pytest.FixtureRequest) -> str:
+    t = the_tcp_colony(request)
+    with socket.create_server(("127.0.0.1", 0)) as mute:  # accepts, never speaks
+        endpoint = f"tcp://127.0.0.1:{mute.getsockname()[1]}"
+        return ctl(t.env, *t.client("ops"), "--endpoint", endpoint, "ping", code=3)
+
+
+def tcp_agent(t: TcpColony, name: str, colony_key: str) -> Process:
+    env = CoralEnv.create()
+    write_config(
+        env,
+        f'[agent]\nid = "{name}"\ncolony_endpoint = "{t.backend}"\nkey_file = "{t.keys / name}.key_secret"\n'
+        f'colony_public_key_file = "{t.keys / colony_key}.key"\n',
+    )
+    return start_agent(env, f"agentd-{name}")
+
+
+@provokes(
+    "ERROR coral.agentd.colony_link: the colony at <endpoint> refused this agent's key <fingerprint>: "
+    "add its public key file to the colony's [colony] agent_keys_dir"
+)
+def _agent_key_refused(request: pytest.FixtureRequest) -> str:
+    request.getfixturevalue("bpf")
+    t = the_tcp_colony(request)
+    agent = tcp_agent(t, "rogue", "colony")
+    try:
+        return log_line_after(agent, "refused this agent's key")
+    finally:
+        agent.stop()
+        shutil.rmtree(agent_root(agent), ignore_errors=True)
+
+
+@provokes(
+    "ERROR coral.agentd.colony_link: the colony at <endpoint> closed the connection during the CURVE handshake: "
+    "is [agent] colony_public_key_file the colony's public key?"
+)
+def _agent_wrong_colony_key(request: pytest.FixtureRequest) -> str:
+    request.getfixturevalue("bpf")
+    t = the_tcp_colony(request)
+    agent = tcp_agent(t, "rogue", "mallory")
+    try:
+        return log_line_after(agent, "during the CURVE handshake")
+    finally:
+        agent.stop()
+        shutil.rmtree(agent_root(agent), ignore_errors=True)
+
+
+def agent_root(agent: Process) -> Path:
+    return agent.log_path.parent
+
+
+@provokes("<dir>/<name>.key already exists; remove it or choose another name")
+def _key_exists(request: pytest.FixtureRequest) -> str:
+    env = an_env(request)
+    write_config(env, "")
+    ctl(env, "keys", "generate", "alice", "--dir", str(env.root / "keys"), code=0)
+    return ctl(env, "keys", "generate", "alice", "--dir", str(env.root / "keys"), code=1)
+
+
+@provokes("key name '<name>' must be 1 to 64 letters, digits, '.', '_' or '-' (not starting with one of those)")
+def _key_name_bad(request: pytest.FixtureRequest) -> str:
+    env = an_env(request)
+    write_config(env, "")
+    return ctl(env, "keys", "generate", "x/y", "--dir", str(env.root / "keys"), code=1)
 
 
 @pytest.mark.parametrize("message", documented_messages(DOC.read_text()))
