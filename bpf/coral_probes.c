@@ -15,14 +15,14 @@
 // does not reach the agent is counted by cause.
 //
 // A session may have a CPU budget: each hit's cost (the time spent inside
-// this program, measured with bpf_ktime_get_ns, plus CORAL_TRAP_NS for the
+// this program, measured with bpf_ktime_get_ns, plus trap_cost for the
 // uprobe trap that precedes it) is charged to every slot it served, summed
 // over all CPUs in a fixed window of CORAL_BUDGET_WINDOW_NS. A slot that
 // spends more than its limit in a window is marked in `stopped`, which the
 // program checks first thing: from then on it records nothing, and the
 // agent detaches the session as failed (budget exceeded).
 //
-// Compile-time parameters (coral/agentd/engine.py): CORAL_RINGBUF_PAGES, CORAL_STR_MAX, CORAL_TRAP_NS.
+// Compile-time parameters (coral/agentd/engine.py): CORAL_RINGBUF_PAGES, CORAL_STR_MAX.
 #include <uapi/linux/ptrace.h>
 #include "coral_call.h"
 
@@ -31,9 +31,6 @@
 #define CORAL_HIST_SUB_BITS 3        // 8 sub-buckets per power of two
 #define CORAL_HIST_BUCKETS 512
 #define CORAL_BUDGET_WINDOW_NS 1000000000ULL
-#ifndef CORAL_TRAP_NS
-#define CORAL_TRAP_NS 0              // the uprobe trap's cost, outside the program
-#endif
 #ifndef CORAL_STR_MAX
 #define CORAL_STR_MAX 64             // [sessions] string_bytes
 #endif
@@ -168,6 +165,9 @@ BPF_ARRAY(budgets, struct budget, CORAL_MAX_SLOTS);
 // Bit i: slot i went over its budget and records nothing more. One lookup
 // per hit, before anything else is done.
 BPF_ARRAY(stopped, u64, 1);
+// What a hit costs outside this program (the trap into the kernel and
+// back), in ns: measured by the agent at start-up (ProbeEngine.calibrate).
+BPF_ARRAY(trap_cost, u64, 1);
 
 static __always_inline u64 stopped_slots(void)
 {
@@ -180,7 +180,9 @@ static __always_inline u64 stopped_slots(void)
 static __always_inline void charge(u64 mask, u64 t0)
 {
     u64 now = bpf_ktime_get_ns();
-    u64 cost = now - t0 + CORAL_TRAP_NS;
+    u32 zero = 0;
+    u64 *trap = trap_cost.lookup(&zero);
+    u64 cost = now - t0 + (trap ? *trap : 0);
     for (u32 slot = 0; slot < CORAL_MAX_SLOTS; slot++) {
         if (!(mask >> slot))
             break;

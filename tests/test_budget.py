@@ -6,6 +6,7 @@ failed (budget exceeded), no probe stays, and the program runs on."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -70,3 +71,16 @@ def test_a_hot_function_over_budget_is_detached_and_the_program_runs_on(coral_en
         service.stop()
         agent.stop()
     assert f"session {first['session_id']}: hot hot went over its CPU budget (1% of one CPU); detached" in agent.output()
+
+
+def test_the_agent_measures_what_a_probe_hit_costs_here(coral_env: CoralEnv, agent: Process) -> None:
+    """At start-up the agent times an entry and a return probe on libc's
+    getppid in its own process; budgets charge that per hit. The probes it
+    used for this are gone once it is ready."""
+    counters = json.loads(coralctl(coral_env, "--local", "--output", "json", "ping").stdout)["counters"]
+    assert counters["kernel.trap_ns"] > 0
+    assert counters["kernel.attached_probes"] == 0
+    perf = subprocess.run(["bpftool", "perf"], capture_output=True, text=True, check=False).stdout
+    assert not [line for line in perf.splitlines() if line.startswith(f"pid {agent.pid} ")]
+    logged = re.search(r"a uprobe hit costs (\d+) ns here outside the BPF program; CPU budgets charge that", agent.output())
+    assert logged is not None and int(logged.group(1)) == counters["kernel.trap_ns"]

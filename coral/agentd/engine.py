@@ -7,8 +7,11 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import statistics
 import struct
+import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,20 +114,21 @@ class _Libbcc:
         self.close_fd.argtypes = [ctypes.c_int]
 
 
-# What a uprobe hit costs before the BPF program runs (the trap into the
-# kernel and back), charged to a session's CPU budget on top of the time
-# measured inside the program. docs/benchmarks.md (bench/native_overhead.py)
-# measured a raw BCC entry + return probe at about 13 µs per call on a quiet
-# 2-vCPU test VM: 6.5 µs per hit, of which the program itself is a fraction.
+# What a uprobe hit costs outside the BPF program (the trap into the kernel
+# and back), charged to a session's CPU budget on top of the time measured
+# inside the program. The agent measures it at start-up (calibrate); this is
+# the figure it falls back on if it cannot: docs/benchmarks.md measured a raw
+# BCC entry + return probe at about 13 µs per call on a quiet 2-vCPU VM.
 TRAP_NS = 6000
+CALIBRATION_CALLS = 2000
+CALIBRATION_ROUNDS = 5
 
 
 class ProbeEngine:
-    def __init__(self, ringbuf_pages: int, string_bytes: int = 64, trap_ns: int = TRAP_NS) -> None:
+    def __init__(self, ringbuf_pages: int, string_bytes: int = 64) -> None:
         bcc = load_bcc()
         src = bpf_source_dir()
-        cflags = [f"-DCORAL_RINGBUF_PAGES={ringbuf_pages}", f"-DCORAL_STR_MAX={string_bytes}", f"-DCORAL_TRAP_NS={trap_ns}",
-                  f"-I{src}"]
+        cflags = [f"-DCORAL_RINGBUF_PAGES={ringbuf_pages}", f"-DCORAL_STR_MAX={string_bytes}", f"-I{src}"]
         self._bpf = bcc.BPF(src_file=str(src / "coral_probes.c").encode(), cflags=cflags)
         self.string_bytes = string_bytes
         self._native = struct.Struct(f"<IIIIQQ3Q6Q{string_bytes}s{string_bytes}s")
@@ -139,6 +143,9 @@ class ProbeEngine:
         self._sample_counts = self._bpf["sample_counts"]
         self._budgets = self._bpf["budgets"]
         self._stopped = self._bpf["stopped"]
+        self._trap_cost = self._bpf["trap_cost"]
+        self.trap_ns = 0
+        self.set_trap_ns(TRAP_NS)
         self._free = list(range(MAX_SLOTS - 1, -1, -1))
         self._slot_sites: dict[int, list[Site]] = {}
         self._site_masks: dict[tuple[int, int], int] = {}
@@ -203,6 +210,42 @@ class ProbeEngine:
         stopped = self.stopped_slots()
         if stopped & (1 << slot):
             self._stopped[ctypes.c_int(0)] = ctypes.c_ulonglong(stopped & ~(1 << slot))
+
+    def set_trap_ns(self, ns: int) -> None:
+        self.trap_ns = ns
+        self._trap_cost[ctypes.c_int(0)] = ctypes.c_ulonglong(ns)
+
+    def calibrate(self, site: Site, call: Callable[[], object]) -> int:
+        """Measure what one uprobe hit costs on this machine, outside the
+        program, and charge that to budgets from now on. `site` is `call`'s
+        first instruction in this process: an entry and a return probe go
+        there, with no site registered in the map, so the program returns
+        at once. The calls' added time, median of a few rounds, halved, is
+        one hit."""
+
+        def per_call() -> float:
+            rounds = []
+            for _ in range(CALIBRATION_ROUNDS):
+                t0 = time.perf_counter_ns()
+                for _ in range(CALIBRATION_CALLS):
+                    call()
+                rounds.append((time.perf_counter_ns() - t0) / CALIBRATION_CALLS)
+            return statistics.median(rounds)
+
+        bare = per_call()
+        self._acquire(site, retprobe=False)
+        try:
+            self._acquire(site, retprobe=True)
+            try:
+                probed = per_call()
+            finally:
+                self._release(site)
+        except ProbeError:
+            self._release(site, entry_only=True)
+            raise
+        ns = max(0, int((probed - bare) / 2))
+        self.set_trap_ns(ns)
+        return ns
 
     def stopped_slots(self) -> int:
         """Slots the kernel stopped because they went over their CPU budget."""

@@ -5,6 +5,7 @@ poll sockets -> drain the ring buffer -> flush batches -> expire -> heartbeats."
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import socket
@@ -16,15 +17,16 @@ from google.protobuf.message import DecodeError, Message
 
 from coral import __version__
 from coral.agentd.colony_link import ColonyLink
-from coral.agentd.engine import ProbeEngine
+from coral.agentd.engine import TRAP_NS, ProbeEngine, ProbeError
 from coral.agentd.probes import check_bpf_support
 from coral.agentd.registry import ProcessRegistry, Registration
 from coral.agentd.sessions import SessionManager
 from coral.agentd.store import EventStore
+from coral.agentd.targets import own_function_site
 from coral.daemon import access, curve
 from coral.daemon.client import Client
 from coral.daemon.config import Config
-from coral.daemon.errors import NotFound, Unavailable
+from coral.daemon.errors import CoralError, NotFound, Unavailable
 from coral.daemon.methods import AGENT_FROM_COLONY_METHODS, AGENT_LOCAL_METHODS, METHODS
 from coral.daemon.retention import PurgeSchedule, Retention, parse_age, purge_once
 from coral.daemon.runtime import (
@@ -57,6 +59,7 @@ class Agent:
         self.registry = ProcessRegistry()
         self.store = EventStore(config.state_dir / "agent.duckdb")
         self.engine = ProbeEngine(config.sessions.ring_buffer_pages, config.sessions.string_bytes)
+        self._calibrate()
         self.sessions = SessionManager(config, self.agent_id, self.registry, self.store, self._ask_process, self.engine)
         self._process_clients: dict[str, Client] = {}
         self.retention = Retention(parse_age(config.agent.retention))
@@ -90,6 +93,17 @@ class Agent:
 
     # ------------------------------------------------------------ handlers
 
+    def _calibrate(self) -> None:
+        """What a uprobe hit costs here, for the CPU budgets: measured on
+        libc's getppid in this process, about 0.1 s at start-up."""
+        getppid = ctypes.CDLL(None).getppid
+        try:
+            ns = self.engine.calibrate(own_function_site(getppid), getppid)
+        except (ProbeError, CoralError, OSError) as exc:
+            log.warning("could not measure what a uprobe hit costs (%s); CPU budgets charge %d ns a hit", exc, TRAP_NS)
+            return
+        log.info("a uprobe hit costs %d ns here outside the BPF program; CPU budgets charge that", ns)
+
     def ping(self, req: Message, peer: Peer) -> pb.PingResponse:
         counters = {f"local.{k}": v for k, v in self.local.counters.items()}
         counters.update({f"colony.{k}": v for k, v in self.from_colony.counters.items()})
@@ -99,6 +113,7 @@ class Agent:
         counters["colony.dropped"] = self.link.dropped
         counters.update({f"kernel.{k}": v for k, v in self.engine.global_counters().items()})
         counters["kernel.attached_probes"] = self.engine.attachment_count
+        counters["kernel.trap_ns"] = self.engine.trap_ns
         counters["storage.failing"] = int(bool(self.store.health.error))
         counters["storage.write_failures"] = self.store.health.failures
         counters["storage.held_calls"] = self.store.held_calls

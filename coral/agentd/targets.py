@@ -8,9 +8,11 @@ every RET, so each probe sits on an instruction boundary it has checked."""
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import capstone
 
@@ -44,6 +46,18 @@ def read_maps(pid: int) -> list[Mapping]:
     except OSError as exc:
         raise PermissionDenied(f"cannot read /proc/{pid}/maps: {exc.strerror}") from None
     return out
+
+
+def own_function_site(function: Any) -> Site:
+    """The entry site of a C function (a ctypes function pointer) in this
+    process: where the agent calibrates its probes' cost."""
+    address = ctypes.cast(function, ctypes.c_void_p).value or 0
+    pid = os.getpid()
+    for m in read_maps(pid):
+        if m.start <= address < m.end and m.path.startswith("/"):
+            return Site(pid=pid, path=m.path, file_offset=address - m.start + m.offset, runtime_ip=address,
+                        flags=SITE_ENTRY, uretprobe=True)
+    raise PermissionDenied(f"{address:#x} is not in a file mapping of process {pid}")
 
 
 def runtime_address(pid: int, path: str, file_offset: int) -> int:
