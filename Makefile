@@ -16,7 +16,7 @@ bench: setup
 # The reliability suite (docs/reliability.md): faults, fuzzing, hostile
 # requests, a full disk, the CPU budget, then the load and budget benches, short.
 reliability: setup
-	.venv/bin/python -m pytest -q tests/test_faults.py tests/test_fuzz.py tests/test_bad_input.py \
+	.venv/bin/python -m pytest -q tests/test_faults.py tests/test_target_faults.py tests/test_fuzz.py tests/test_bad_input.py \
 	  tests/test_hostile.py tests/test_access.py tests/test_disk_full.py tests/test_budget.py
 	.venv/bin/python bench/load.py --clients 20 --seconds 10 --registrations 1000
 	.venv/bin/python bench/cpu_budget.py --repeats 3
