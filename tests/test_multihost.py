@@ -89,7 +89,7 @@ def wait_until(check: Callable[[], Any], what: str, timeout: float = WAIT) -> An
         result = check()
         if result:
             return result
-        time.sleep(0.2)
+        time.sleep(0.2)  # between two asks; not readiness: each ask checks the awaited state itself
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
 

@@ -182,7 +182,7 @@ def log_line_after(proc: Process, wanted: str, trigger: Callable[[], object] | N
         out = proc.output()
         if wanted in out:
             return out
-        time.sleep(0.1)
+        time.sleep(0.1)  # between two reads of the log file; not readiness: the line itself is awaited
     raise AssertionError(f"{proc.name} never logged {wanted!r}:\n{proc.output()}")
 
 
@@ -1046,7 +1046,7 @@ def _sdk_no_agent(request: pytest.FixtureRequest) -> str:
     env = an_env(request)
     code = (
         "import coral.sdk, logging, time; logging.basicConfig(format='%(levelname)s %(name)s: %(message)s'); "
-        "coral.sdk.init(service='x'); time.sleep(1)"
+        "coral.sdk.init(service='x'); time.sleep(1)"  # the workload: a process that lives while it retries
     )
     return run_tool(env, [sys.executable, "-c", code], code=0)
 
