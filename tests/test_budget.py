@@ -80,6 +80,7 @@ def test_the_agent_measures_what_a_probe_hit_costs_here(coral_env: CoralEnv, age
     counters = json.loads(coralctl(coral_env, "--local", "--output", "json", "ping").stdout)["counters"]
     assert counters["kernel.trap_ns"] > 0
     assert counters["kernel.attached_probes"] == 0
+    assert counters["kernel.unpaired_returns"] == 0  # the calibration's own returns are not counted
     perf = subprocess.run(["bpftool", "perf"], capture_output=True, text=True, check=False).stdout
     assert not [line for line in perf.splitlines() if line.startswith(f"pid {agent.pid} ")]
     logged = re.search(r"a uprobe hit costs (\d+) ns here outside the BPF program; CPU budgets charge that", agent.output())

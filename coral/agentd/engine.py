@@ -243,6 +243,8 @@ class ProbeEngine:
         except ProbeError:
             self._release(site, entry_only=True)
             raise
+        for i in range(len(GLOBAL_NAMES)):  # its returns found no frame: not the kernel counters' business
+            self._globals[ctypes.c_int(i)] = self._globals.Leaf()
         ns = max(0, int((probed - bare) / 2))
         self.set_trap_ns(ns)
         return ns
