@@ -553,45 +553,47 @@ def _no_cap_bpf(request: pytest.FixtureRequest) -> str:
 
 @provokes("agent <agent> was lost (silent for <n>s) before answering <method>")
 def _agent_lost(request: pytest.FixtureRequest) -> str:
-    env = an_env(request)
-    request.getfixturevalue("bpf")
-    colony = start_colony(env)
-    agent = start_agent(env)
-    svc = NativeService(env, build_c(REPO / "examples" / "native" / "payments.c", env.root / "payments"))
-    try:
-        wait_for_service(env, svc.service)
+    with colony_and_agent(request, payments=True) as (_, agent):
         agent.proc.send_signal(signal.SIGSTOP)
-        return ctl(env, "functions", "payments", code=1)
-    finally:
-        agent.proc.send_signal(signal.SIGCONT)
-        svc.stop()
-        agent.stop()
-        colony.stop()
+        return ctl(an_env(request), "functions", "payments", code=1)
 
 
 def wait_for_agent(agent: Process) -> None:
     log_line_after(agent, "connected to colony")
 
 
-@provokes("agent <agent> did not answer <method> within <n>s")
-def _agent_slow(request: pytest.FixtureRequest) -> str:
+@contextlib.contextmanager
+def colony_and_agent(request: pytest.FixtureRequest, payments: bool = False) -> Iterator[tuple[Process, Process]]:
+    """A private colony and agent (and the C payments service if asked),
+    connected; whatever a provoker paused is resumed and everything stopped."""
     env = an_env(request)
     request.getfixturevalue("bpf")
-    write_config(env, "[limits]\nrequest_timeout = 1.0\n")
     colony = start_colony(env)
     agent = start_agent(env)
-    svc = NativeService(env, build_c(REPO / "examples" / "native" / "payments.c", env.root / "payments"))
+    svc = NativeService(env, build_c(REPO / "examples" / "native" / "payments.c", env.root / "payments")) if payments else None
     try:
-        wait_for_service(env, svc.service)
-        agent.proc.send_signal(signal.SIGSTOP)
-        out = ctl(env, "functions", "payments", code=1)
-        assert out == f"coralctl: agent {os.uname().nodename} did not answer ListFunctions within 1s\n"
-        return out
+        if svc is not None:
+            wait_for_service(env, svc.service)
+        else:
+            wait_for_agent(agent)
+        yield colony, agent
     finally:
-        agent.proc.send_signal(signal.SIGCONT)
-        svc.stop()
+        for proc in (agent, colony):
+            proc.proc.send_signal(signal.SIGCONT)
+        if svc is not None:
+            svc.stop()
         agent.stop()
         colony.stop()
+
+
+@provokes("agent <agent> did not answer <method> within <n>s")
+def _agent_slow(request: pytest.FixtureRequest) -> str:
+    write_config(an_env(request), "[limits]\nrequest_timeout = 1.0\n")
+    with colony_and_agent(request, payments=True) as (_, agent):
+        agent.proc.send_signal(signal.SIGSTOP)
+        out = ctl(an_env(request), "functions", "payments", code=1)
+        assert out == f"coralctl: agent {os.uname().nodename} did not answer ListFunctions within 1s\n"
+        return out
 
 
 @provokes("method '<name>' is not served by the colony")
@@ -900,18 +902,9 @@ def _agent_restarted(request: pytest.FixtureRequest) -> str:
 
 @provokes("WARNING coral.agentd.colony_link: colony link lost (no heartbeat for <n>s); reconnecting in <m>s")
 def _colony_link_lost(request: pytest.FixtureRequest) -> str:
-    env = an_env(request)
-    request.getfixturevalue("bpf")
-    colony = start_colony(env)
-    agent = start_agent(env)
-    try:
-        wait_for_agent(agent)
+    with colony_and_agent(request) as (colony, agent):
         colony.proc.send_signal(signal.SIGSTOP)
         return log_line_after(agent, "colony link lost")
-    finally:
-        colony.proc.send_signal(signal.SIGCONT)
-        agent.stop()
-        colony.stop()
 
 
 # --- coral-colonyd ------------------------------------------------------------------
@@ -940,32 +933,15 @@ def _colony_state_shared(request: pytest.FixtureRequest) -> str:
 
 @provokes("WARNING coral.colonyd.broker: agent <agent> lost (silent for <n>s)")
 def _colony_loses_agent(request: pytest.FixtureRequest) -> str:
-    env = an_env(request)
-    request.getfixturevalue("bpf")
-    colony = start_colony(env)
-    agent = start_agent(env)
-    try:
-        wait_for_agent(agent)
+    with colony_and_agent(request) as (colony, agent):
         agent.proc.send_signal(signal.SIGSTOP)
         return log_line_after(colony, "lost (silent for")
-    finally:
-        agent.proc.send_signal(signal.SIGCONT)
-        agent.stop()
-        colony.stop()
 
 
 @provokes("WARNING coral.colonyd.broker: agent <agent> lost (agent disconnected)")
 def _colony_agent_stops(request: pytest.FixtureRequest) -> str:
-    env = an_env(request)
-    request.getfixturevalue("bpf")
-    colony = start_colony(env)
-    agent = start_agent(env)
-    try:
-        wait_for_agent(agent)
+    with colony_and_agent(request) as (colony, agent):
         return log_line_after(colony, "lost (agent disconnected)", agent.stop)
-    finally:
-        agent.stop()
-        colony.stop()
 
 
 # --- coral-run and registration ---------------------------------------------------------
