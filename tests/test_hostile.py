@@ -167,6 +167,36 @@ def test_oversize_bounds_are_refused_and_audited(coral_env: CoralEnv, payments: 
     assert "exceeds the maximum of 600s" in str(rows[0]["detail"]) and "max_events 100001" in str(rows[1]["detail"])
 
 
+PIPELINED = 5_000
+
+
+def test_a_client_that_reads_late_gets_every_reply(coral_env: CoralEnv, colony: Process) -> None:
+    """A client pipelines 5,000 requests and reads nothing until the colony
+    has answered them all: every reply waits in the colony's queue for it
+    (the queue's size is set before the socket binds, or libzmq ignores it)."""
+    started = time.time_ns()
+    s: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.RCVHWM, 1)  # this client queues almost nothing itself
+    s.connect(coral_env.endpoint("colony.sock"))
+    try:
+        for i in range(PIPELINED):
+            s.send_multipart(wire.encode_request(f"p{i}".encode(), "Ping", pb.PingRequest()))
+        with Client(coral_env.endpoint("colony.sock"), 30) as c:  # another client watches the audit log fill
+            answered, since = 0, pb.ListAuditRequest(since_unix_ns=started, max_entries=10_000)
+            while answered < PIPELINED:
+                answered = sum(e.method == "Ping" for e in cast(pb.ListAuditResponse, c.call("ListAudit", since)).entries)
+            counters = cast(pb.PingResponse, c.call("Ping", pb.PingRequest())).counters
+        assert counters.get("unroutable.frontend", 0) == 0, dict(counters)
+        ids: list[bytes] = []
+        while len(ids) < PIPELINED:
+            assert s.poll(10_000), f"got {len(ids)} of {PIPELINED} replies"
+            ids.append(wire.decode(s.recv_multipart()).request_id)
+    finally:
+        s.close()
+    assert ids == [f"p{i}".encode() for i in range(PIPELINED)]
+
+
 SESSIONS = 10_000
 
 

@@ -66,10 +66,9 @@ class ColonyLink:
 
     def connect(self, now: float) -> None:
         s = self.context.socket(zmq.DEALER)
-        configure_socket(s, self.max_message_bytes)
         # Replies to a burst of pipelined requests all go out in one loop
         # turn; a full queue would drop them (found by 10,000 attaches at once).
-        s.setsockopt(zmq.SNDHWM, REPLY_QUEUE)
+        configure_socket(s, self.max_message_bytes, REPLY_QUEUE)
         if self.keys is not None:
             curve.connect_curve(s, self.keys)
             curve.set_heartbeats(s, self.interval)

@@ -106,6 +106,7 @@ class Outgoing:
 
     socket: str
     frames: list[bytes]
+    request_id: bytes = b""  # of a request to an agent: answered at once if it cannot be sent
 
 
 @dataclass
@@ -232,7 +233,16 @@ class Broker:
             agent.identity, agent.agent_id, method, request, now + self.config.limits.request_timeout, gather
         )
         agent.last_sent = now
-        return Outgoing("backend", wire.encode_request(agent_request_id, method, request, (agent.identity,)))
+        return Outgoing("backend", wire.encode_request(agent_request_id, method, request, (agent.identity,)), agent_request_id)
+
+    def not_sent(self, agent_request_id: bytes, why: str) -> list[Outgoing]:
+        """A request that could not be sent to its agent is answered now
+        (UNAVAILABLE), not at its timeout."""
+        pending = self.pending.pop(agent_request_id, None)
+        if pending is None:
+            return []
+        err = Unavailable(f"could not send {pending.method} to agent {pending.agent_id}: {why}")
+        return self._deliver(pending, err.code, _error_body(err))
 
     def _answer_locally(self, method: str, request: Message) -> Message | None:
         if method == "Ping":

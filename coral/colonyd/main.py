@@ -31,7 +31,7 @@ log = logging.getLogger("coral.colonyd")
 
 TICK_SECONDS = 0.1
 BATCH = 100  # messages handled between two audit writes
-REPLY_QUEUE = 100_000  # replies queued for one client
+SEND_QUEUE = 100_000  # messages queued for one client or agent
 
 
 class Colony:
@@ -51,18 +51,17 @@ class Colony:
         self.monitors: dict[zmq.Socket[bytes], str] = {}  # tcp sockets' failed handshakes, by domain
         self.frontend = self._socket(config.colony_frontend, curve.FRONTEND)
         self.backend = self._socket(config.colony_backend, curve.BACKEND)
-        self.backend.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        # A client may pipeline thousands of requests: their replies (or the
-        # UNAVAILABLEs of one tick) must not be dropped silently at the
-        # default high-water mark of 1000. A reply that still does not fit is
-        # counted (unroutable.frontend), not lost without a trace.
-        self.frontend.setsockopt(zmq.SNDHWM, REPLY_QUEUE)
-        self.frontend.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._outbox: list[Outgoing] = []
 
     def _socket(self, endpoint: str, domain: str) -> zmq.Socket[bytes]:
+        """A ROUTER whose queue to each peer holds SEND_QUEUE messages: a
+        client may pipeline thousands of requests, and their replies (or one
+        tick's UNAVAILABLEs) go out in one turn. ROUTER_MANDATORY makes a
+        message that still does not fit an error the loop handles, not a
+        silent drop."""
         s = self.context.socket(zmq.ROUTER)
-        configure_socket(s, self.config.limits.max_message_bytes)
+        configure_socket(s, self.config.limits.max_message_bytes, SEND_QUEUE)
+        s.setsockopt(zmq.ROUTER_MANDATORY, 1)
         if curve.is_tcp(endpoint) and self.keys is not None:
             curve.serve_curve(s, self.keys, domain, self.config.colony.heartbeat_interval)
             self.monitors[s.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)] = domain
@@ -116,10 +115,15 @@ class Colony:
             sock = self.frontend if m.socket == "frontend" else self.backend
             try:
                 sock.send_multipart(m.frames, flags=zmq.NOBLOCK)
-            except (zmq.Again, zmq.ZMQError) as exc:
-                # ROUTER_MANDATORY: the peer went away; nothing else to do.
+            except zmq.ZMQError as exc:
+                # ROUTER_MANDATORY: the peer went away, or its queue is full.
+                why = "its queue is full" if isinstance(exc, zmq.Again) else "it is gone"
                 self.broker.count(f"unroutable.{m.socket}")
-                log.debug("could not send to a %s peer: %s", m.socket, exc)
+                log.debug("could not send to a %s peer: %s", m.socket, why)
+                if m.request_id:  # a request for an agent: its client is answered now
+                    self._outbox.extend(self.broker.not_sent(m.request_id, why))
+        if self._outbox:  # answers to requests that could not be sent
+            self.flush()
 
     def on_frontend(self, now: float) -> None:
         frames, peer = recv_with_peer(self.frontend)

@@ -152,9 +152,14 @@ def unlink_ipc(endpoint: str) -> None:
         Path(endpoint[len("ipc://") :]).unlink(missing_ok=True)
 
 
-def configure_socket(sock: zmq.Socket[bytes], max_message_bytes: int) -> None:
+def configure_socket(sock: zmq.Socket[bytes], max_message_bytes: int, send_queue: int | None = None) -> None:
+    """Options of a daemon's socket; call it before bind or connect. libzmq
+    copies a socket's options into each listener and connection as that is
+    made, so a queue size (SNDHWM) set after bind never reaches a peer."""
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+    if send_queue is not None:
+        sock.setsockopt(zmq.SNDHWM, send_queue)
 
 
 
