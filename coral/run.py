@@ -111,18 +111,41 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"coral-run: cannot create {config.process_socket_dir}: {exc.strerror}", file=sys.stderr)
         return 1
+    forward = SignalForwarder()  # before the child exists: a signal from then on reaches it, none kills us first
     try:
         child = subprocess.Popen(command)
     except OSError as exc:
         print(f"coral-run: cannot start {command[0]}: {exc.strerror}", file=sys.stderr)
         return 127
+    forward.to(child)
     return supervise(child, args.service, config)
 
 
+class SignalForwarder:
+    """Catches the forwarded signals from its creation on and passes each to
+    the child; one that came before the child started is passed when it has.
+    The child starts with default handlers (exec resets caught signals)."""
+
+    def __init__(self) -> None:
+        self.child: subprocess.Popen[bytes] | None = None
+        self.early: list[int] = []
+        for sig in FORWARDED_SIGNALS:
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        if self.child is None:
+            self.early.append(signum)
+        else:
+            self.child.send_signal(signum)
+
+    def to(self, child: subprocess.Popen[bytes]) -> None:
+        self.child = child
+        for signum in self.early:
+            child.send_signal(signum)
+        self.early.clear()
+
+
 def supervise(child: subprocess.Popen[bytes], service: str, config: Config) -> int:
-    forward = lambda signum, _frame: child.send_signal(signum)  # noqa: E731
-    for sig in FORWARDED_SIGNALS:
-        signal.signal(sig, forward)
     context = zmq.Context()
     pidfd = os.pidfd_open(child.pid)
     try:

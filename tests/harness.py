@@ -134,6 +134,15 @@ class Process:
             raise AssertionError(f"{exc}\n--- {self.name} output ---\n{self.output()}") from None
         return self
 
+    @property
+    def child_pid(self) -> int:
+        """The program coral-run started, as its READY status names it."""
+        for line in self.notify.messages:
+            for part in line.split("\n"):
+                if part.startswith("STATUS=") and " pid " in part:
+                    return int(part.split(" pid ")[1].split()[0])
+        raise AssertionError(f"{self.name} did not report its child's pid")
+
     def output(self) -> str:
         if not self._log.closed:
             self._log.flush()
@@ -192,11 +201,7 @@ class NativeService:
 
     @property
     def child_pid(self) -> int:
-        for line in self.run.notify.messages:
-            for part in line.split("\n"):
-                if part.startswith("STATUS=") and " pid " in part:
-                    return int(part.split(" pid ")[1].split()[0])
-        raise AssertionError("coral-run did not report the child's pid")
+        return self.run.child_pid
 
     def call(self, n: int) -> str:
         proc = self.run.proc
@@ -212,6 +217,17 @@ class NativeService:
         with contextlib.suppress(subprocess.TimeoutExpired):  # stop() below signals it
             self.run.proc.wait(10)
         return self.run.stop()
+
+
+def start_time(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot), or None if there
+    is no such process: with the pid, it names one process, even if the pid
+    is reused later."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
 
 
 def kernel_probes() -> str:

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import time
 
 import duckdb
 
-from tests.harness import CoralEnv, NativeService, Process, coralctl, start_attach, start_colony, tool
+from tests.harness import CoralEnv, NativeService, Process, coralctl, start_attach, start_colony, start_time, tool
 from tests.test_native_e2e import wait_for_service
 
 
@@ -61,12 +60,16 @@ def test_agent_finds_a_restarted_colony_and_announces_its_services(coral_env: Co
 
 def test_coral_run_forwards_sigterm_to_the_program(coral_env: CoralEnv, agent: Process) -> None:
     run = Process("run-sleep", [tool("coral-run"), "--service", "sleeper", "--", "sleep", "300"], coral_env).wait_ready()
+    child = run.child_pid
+    started = start_time(child)
+    assert started is not None
     run.proc.send_signal(signal.SIGTERM)
     assert run.proc.wait(30) == 128 + signal.SIGTERM
+    assert start_time(child) != started  # coral-run exited after its child, not before: that process is gone
     out = coralctl(coral_env, "--local", "--output", "json", "services")
     assert "sleeper" not in out.stdout
     run.stop()
-    assert subprocess.run(["pgrep", "-f", "sleep 300"], capture_output=True).returncode == 1
+
 
 
 def test_colony_killed_mid_session_comes_back_with_its_sessions_and_audit(
