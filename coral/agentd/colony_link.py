@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 
 import zmq
@@ -23,6 +24,7 @@ COLONY_PEER = Peer(key="colony", trusted=True)
 
 
 REPLY_QUEUE = 100_000  # messages the link queues for the colony before dropping
+BATCH = 100  # messages from the colony served in one turn of the agent's loop
 
 
 class ColonyLink:
@@ -137,12 +139,18 @@ class ColonyLink:
         self._send(wire.encode_ready(self.hello()), now)
 
     def on_readable(self, now: float) -> None:
-        while self.socket is not None:
+        """Serve at most BATCH messages: the loop's other duties (the ring
+        buffer, expiry, heartbeats) come between two batches, however many
+        requests the colony pipelines (10,000 at once took one turn of over
+        5 s, and the agent took the colony for dead)."""
+        for _ in range(BATCH):
+            if self.socket is None:
+                return
             try:
                 frames = self.socket.recv_multipart(flags=zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self._last_heard = now
+            self._last_heard = time.monotonic()  # not the turn's start: a batch of attaches can take seconds
             if not self.connected:
                 self.connected = True
                 self.backoff.reset()
