@@ -7,6 +7,8 @@ import secrets
 import shutil
 import subprocess
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,28 +32,35 @@ def wait_for_active_session(env: CoralEnv, deadline_s: float = 30.0) -> None:
     raise AssertionError("no session became active")
 
 
+def tmux(server: Path, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """tmux on this test's own server, its socket in the test's directory (tmux
+    leaves the socket file behind), no configuration file: never root's
+    default server, and nothing of it outlives the test."""
+    return subprocess.run(["tmux", "-S", str(server), "-f", "/dev/null", *args], text=True, **kwargs)
+
+
 def test_attach_in_a_terminal_shows_colour_slow_calls_errors_and_the_histogram(
-    coral_env: CoralEnv, colony: Process, agent: Process
+    coral_env: CoralEnv, colony: Process, agent: Process, tmp_path: Path
 ) -> None:
     svc = PythonService(coral_env)
+    server = tmp_path / "tmux.sock"
     name, done, release = (f"{w}-{secrets.token_hex(4)}" for w in ("coral", "done", "release"))
     env = " ".join(f"{k}={coral_env.env[k]}" for k in ("CORAL_RUNTIME_DIR", "CORAL_STATE_DIR", "CORAL_CONFIG"))
     command = (f"env -u NO_COLOR {env} TERM=xterm-256color {tool('coralctl')} debug attach payments-api "
                "--function payments.validate_card --duration 3s --slow 1ms --capture-args --capture-return --no-save; "
-               f"tmux wait-for -S {done}; tmux wait-for {release}")  # the pane stays until captured
+               f"tmux -S {server} wait-for -S {done}; tmux -S {server} wait-for {release}")  # the pane stays until captured
     try:
         wait_for_service(coral_env, "payments-api")
-        subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", "160", "-y", "50", command], check=True)
+        tmux(server, "new-session", "-d", "-s", name, "-x", "160", "-y", "50", command, check=True)
         wait_for_active_session(coral_env)
         for i in range(6):
             svc.charge("4111111111111117" if i % 3 == 0 else "4111111111111111", 600 + i)  # every third declined
-        subprocess.run(["tmux", "wait-for", done], check=True, timeout=60)  # coralctl has finished
-        plain = subprocess.run(["tmux", "capture-pane", "-p", "-S", "-", "-t", name], capture_output=True, text=True).stdout
-        styled = subprocess.run(["tmux", "capture-pane", "-p", "-e", "-S", "-", "-t", name], capture_output=True,
-                                text=True).stdout
+        tmux(server, "wait-for", done, check=True, timeout=60)  # coralctl has finished
+        plain = tmux(server, "capture-pane", "-p", "-S", "-", "-t", name, capture_output=True).stdout
+        styled = tmux(server, "capture-pane", "-p", "-e", "-S", "-", "-t", name, capture_output=True).stdout
     finally:
-        subprocess.run(["tmux", "wait-for", "-S", release], capture_output=True)
-        subprocess.run(["tmux", "kill-session", "-t", name], capture_output=True)
+        tmux(server, "wait-for", "-S", release, capture_output=True)
+        tmux(server, "kill-server", capture_output=True)
         svc.stop()
     assert "RETURN  pid=" in plain and "duration=" in plain
     assert plain.count("⚠ SLOW") == 6  # validate_card waits 2 ms: every call is over 1 ms

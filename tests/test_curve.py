@@ -44,7 +44,7 @@ def test_generated_key_files_are_private_and_readable_as_certificates(tmp_path: 
 
 
 def test_coralctl_keys_generate_says_where_and_speaks_json(tmp_path: Path) -> None:
-    env = {**os.environ, "CORAL_CONFIG": "/nonexistent.toml"}  # needs no configuration and no daemon
+    env = {**os.environ, "CORAL_CONFIG": str(tmp_path / "absent" / "coral.toml")}  # needs no configuration and no daemon
     r = subprocess.run(
         [tool("coralctl"), "--output", "json", "keys", "generate", "alice", "--dir", str(tmp_path)],
         capture_output=True,
@@ -302,12 +302,14 @@ def test_coralctl_says_why_no_handshake_happened(tmp_path: Path) -> None:
     for name in ("me", "colony"):
         curve.write_key_pair(tmp_path, name)
     keys = ("--key", str(tmp_path / "me.key_secret"), "--colony-key", str(tmp_path / "colony.key"))  # 15 s to reply
-    env = {k: v for k, v in os.environ.items() if k != "CORAL_CONFIG"}  # the defaults; /etc/coral/coral.toml if any
+    config = tmp_path / "coral.toml"
+    config.write_text("")  # the defaults, whatever /etc/coral/coral.toml says
+    env = {**os.environ, "CORAL_CONFIG": str(config)}
     mute = socket.create_server(("127.0.0.1", 0))  # accepts, never speaks
-    closed = socket.create_server(("127.0.0.1", 0))
-    closed_port = closed.getsockname()[1]
-    closed.close()  # nothing listens there now
+    closed = socket.socket()  # bound, never listening: the port stays ours, and a connection to it is refused
     try:
+        closed.bind(("127.0.0.1", 0))
+        closed_port = closed.getsockname()[1]
         for port, cause in (
             (closed_port, "nothing accepted the connection; is coral-colonyd running there, and the port open?"),
             (
@@ -324,6 +326,7 @@ def test_coralctl_says_why_no_handshake_happened(tmp_path: Path) -> None:
                 f"coralctl: cannot talk to the colony: no CURVE handshake with {endpoint} within 5s: {cause}\n",
             )
     finally:
+        closed.close()
         mute.close()
 
 

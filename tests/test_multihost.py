@@ -216,25 +216,27 @@ def test_agent_cut_off_mid_session_ends_its_probes_and_comes_back(fabric: Fabric
     assert probe_a in kernel_probes()
 
     ip("-n", fabric.a.netns, "link", "set", fabric.veth_a, "down")  # the cable to host A is cut
-
-    # The colony marks A lost: A's session fails, and A's service leaves the listing.
-    colony_view = ("debug", "sessions", "--service", "payments-a")
-    [lost] = wait_until(
-        lambda: [s for s in client.records(*colony_view) if s["status"] != "active"], "the colony to give up on agent A"
-    )
-    assert (lost["session_id"], lost["status"], lost["status_reason"]) == (session_a["session_id"], "failed", "agent lost")
-    assert "payments-a" not in services_of(client)
-    attach_a.kill()  # its follow loop was answered UNAVAILABLE (agent lost); nothing more to see
-    attach_a.wait()
-    # Agent A, alone, still ends its session at expiry: no probe on that process remains.
-    local_a = ("--local", "--output", "json", "debug", "sessions")
-    wait_until(
-        lambda: any(s["session_id"] == session_a["session_id"] and s["status"] == "expired" for s in fabric.a.records(*local_a)),
-        "agent A to expire its session on its own",
-    )
-    assert probe_a not in kernel_probes()
-
-    ip("-n", fabric.a.netns, "link", "set", fabric.veth_a, "up")
+    try:
+        # The colony marks A lost: A's session fails, and A's service leaves the listing.
+        colony_view = ("debug", "sessions", "--service", "payments-a")
+        [lost] = wait_until(
+            lambda: [s for s in client.records(*colony_view) if s["status"] != "active"], "the colony to give up on agent A"
+        )
+        assert (lost["session_id"], lost["status"], lost["status_reason"]) == (session_a["session_id"], "failed", "agent lost")
+        assert "payments-a" not in services_of(client)
+        attach_a.kill()  # its follow loop was answered UNAVAILABLE (agent lost); nothing more to see
+        attach_a.wait()
+        # Agent A, alone, still ends its session at expiry: no probe on that process remains.
+        local_a = ("--local", "--output", "json", "debug", "sessions")
+        wait_until(
+            lambda: any(
+                s["session_id"] == session_a["session_id"] and s["status"] == "expired" for s in fabric.a.records(*local_a)
+            ),
+            "agent A to expire its session on its own",
+        )
+        assert probe_a not in kernel_probes()
+    finally:  # the cable back, whatever happened: the module's other tests use it
+        ip("-n", fabric.a.netns, "link", "set", fabric.veth_a, "up")
     wait_until(lambda: "payments-a" in services_of(client), "agent A to announce itself again")
 
     # B never noticed: its session runs to expiry with exactly its calls.

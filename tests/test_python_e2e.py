@@ -86,7 +86,7 @@ def test_debug_validate_card_in_a_running_python_service(coral_env: CoralEnv, se
             assert not ret["return_value"]["is_error"] and f"'amount': {500 + i}" in ret["return_value"]["value"]
     # Behaviour unchanged while armed, and after.
     assert unarmed[0] == service.charge("4111111111111111", 500)
-    assert all(f"/proc/{service.proc.pid}" not in line for line in kernel_probes().splitlines())
+    assert all(f"/proc/{service.proc.pid}/" not in line for line in kernel_probes().splitlines())
 
 
 def test_a_stdlib_function_in_the_same_service(coral_env: CoralEnv, service: PythonService) -> None:

@@ -919,7 +919,9 @@ def _colony_twice(request: pytest.FixtureRequest) -> str:
 @provokes("coral-colonyd: [Errno 13] Permission denied: '<path>'")
 def _colony_no_dirs(request: pytest.FixtureRequest) -> str:
     env = an_env(request)
-    env.env["CORAL_RUNTIME_DIR"] = "/run/coral-test-denied"
+    os.chmod(env.root, 0o755)  # nobody may enter the test's directory, but not this one (root's, 0700):
+    (env.root / "denied").mkdir(mode=0o700)
+    env.env["CORAL_RUNTIME_DIR"] = str(env.root / "denied" / "run")
     return run_tool(env, as_nobody([tool("coral-colonyd")]), code=1)
 
 
@@ -1054,12 +1056,11 @@ def _register_tcp(request: pytest.FixtureRequest) -> str:
 @provokes("NOT_FOUND: process <pid> does not exist")
 def _register_gone(request: pytest.FixtureRequest) -> str:
     w = the_world(request)
-    gone = subprocess.Popen(["true"])
-    gone.wait()
+    never = int(Path("/proc/sys/kernel/pid_max").read_text())  # pids stay below pid_max: no process has this one
     return register_error(
         w,
         pb.RegisterProcessRequest(
-            service="x", pid=gone.pid, executable="/bin/true", address=w.env.endpoint("procs/x.sock"), kind="native"
+            service="x", pid=never, executable="/bin/true", address=w.env.endpoint("procs/x.sock"), kind="native"
         ),
     )
 
@@ -1284,10 +1285,13 @@ def _colony_disk_full(request: pytest.FixtureRequest) -> str:
 # --- CURVE and tcp ------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def bound_port(stack: contextlib.ExitStack) -> int:
+    """A port on 127.0.0.1 held by a socket that is bound but never listens,
+    until `stack` closes: no one else gets the port, and a connection to it
+    is refused."""
+    s = stack.enter_context(socket.socket())
+    s.bind(("127.0.0.1", 0))
+    return int(s.getsockname()[1])
 
 
 @dataclass
@@ -1316,20 +1320,16 @@ class TcpColony:
         return curve.fingerprint(curve.load_key_pair(str(self.keys / f"{name}.key_secret"), "test").public)
 
 
-@pytest.fixture(scope="module")
-def tcp_colony() -> Iterator[TcpColony]:
-    env = CoralEnv.create()
-    keys = env.root / "keys"
-    for name in ("colony", "ops", "viewer", "mallory", "rogue"):
-        curve.write_key_pair(keys, name)
-    for directory, admitted in (("agents", ()), ("clients", ("ops", "viewer"))):
-        (keys / directory).mkdir()
-        for name in admitted:
-            (keys / directory / f"{name}.key").write_bytes((keys / f"{name}.key").read_bytes())
-    frontend, backend = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-    write_config(
-        env,
-        f"""
+def start_tcp_colony(env: CoralEnv, keys: Path) -> tuple[str, str, Process]:
+    """The colony on two ports of 127.0.0.1, held (so they differ) until
+    just before it starts; if another process takes one in between, once
+    more with two new ones."""
+    for attempt in (1, 2):
+        with contextlib.ExitStack() as ports:
+            frontend, backend = f"tcp://127.0.0.1:{bound_port(ports)}", f"tcp://127.0.0.1:{bound_port(ports)}"
+            write_config(
+                env,
+                f"""
 [colony]
 frontend_endpoint = "{frontend}"
 backend_endpoint = "{backend}"
@@ -1340,8 +1340,26 @@ client_keys_dir = "{keys / "clients"}"
 [access]
 list = ["@coral", "key:ops"]
 """,
-    )
-    colony = start_colony(env)
+            )
+        try:  # the ports are free again, for the colony to bind
+            return frontend, backend, start_colony(env)
+        except AssertionError as exc:
+            if attempt == 2 or "Address already in use" not in str(exc):
+                raise
+    raise AssertionError("not reached")
+
+
+@pytest.fixture(scope="module")
+def tcp_colony() -> Iterator[TcpColony]:
+    env = CoralEnv.create()
+    keys = env.root / "keys"
+    for name in ("colony", "ops", "viewer", "mallory", "rogue"):
+        curve.write_key_pair(keys, name)
+    for directory, admitted in (("agents", ()), ("clients", ("ops", "viewer"))):
+        (keys / directory).mkdir()
+        for name in admitted:
+            (keys / directory / f"{name}.key").write_bytes((keys / f"{name}.key").read_bytes())
+    frontend, backend, colony = start_tcp_colony(env, keys)
     try:
         yield TcpColony(env, keys, frontend, backend, colony)
     finally:
@@ -1509,7 +1527,8 @@ def _key_access_denied(request: pytest.FixtureRequest) -> str:
 )
 def _no_tcp_colony(request: pytest.FixtureRequest) -> str:
     t = the_tcp_colony(request)
-    return ctl(t.env, *t.client("ops"), "--endpoint", f"tcp://127.0.0.1:{free_port()}", "ping", code=3)
+    with contextlib.ExitStack() as ports:  # held until coralctl has returned
+        return ctl(t.env, *t.client("ops"), "--endpoint", f"tcp://127.0.0.1:{bound_port(ports)}", "ping", code=3)
 
 
 @provokes(
