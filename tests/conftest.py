@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import os
+import pwd
+import secrets
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -62,3 +65,17 @@ def payments(coral_env: CoralEnv, agent: Process, payments_binary: Path) -> Iter
     svc = NativeService(coral_env, payments_binary)
     yield svc
     svc.stop()
+
+
+@pytest.fixture
+def member() -> Iterator[pwd.struct_passwd]:
+    """A real non-root user in group coral (an operator), of a name no one
+    else uses: created for the test, removed after."""
+    name = f"coral-t-{secrets.token_hex(3)}"  # 14 characters: within useradd's 32
+    created = subprocess.run(["useradd", "--system", "--no-create-home", "-G", "coral", name], capture_output=True)
+    if created.returncode != 0:  # 9 (exists already) is not ours to use, nor to remove
+        pytest.fail(f"cannot create test user {name}: {created.stderr.decode()}")
+    try:
+        yield pwd.getpwnam(name)
+    finally:
+        subprocess.run(["userdel", name], capture_output=True)

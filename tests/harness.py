@@ -74,6 +74,8 @@ class CoralEnv:
         return env
 
     def remove(self) -> None:
+        if os.environ.get("CORAL_KEEP_ENV"):  # debugging: keep the daemons' logs and databases
+            return
         shutil.rmtree(self.root, ignore_errors=True)
 
 

@@ -7,7 +7,6 @@ import json
 import os
 import pwd
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,25 +44,13 @@ def test_rights_by_user_and_group() -> None:
         check(POLICY, Peer(), "ListServices", pb.ListServicesRequest(), identify)
 
 
-USER = "coral-test-op"
-
-
-@pytest.fixture
-def operator() -> Iterator[pwd.struct_passwd]:
-    """A real non-root user in the coral group (created for the test, removed after)."""
-    created = subprocess.run(["useradd", "--system", "--no-create-home", "-G", "coral", USER], capture_output=True)
-    if created.returncode not in (0, 9):  # 9: exists already
-        pytest.fail(f"cannot create test user: {created.stderr.decode()}")
-    yield pwd.getpwnam(USER)
-    subprocess.run(["userdel", USER], capture_output=True)
-
-
 def test_a_denied_user_is_refused_and_audited(coral_env: CoralEnv, bpf: None, payments_binary: Path,
-                                               operator: pwd.struct_passwd, tmp_path: Path) -> None:
+                                               member: pwd.struct_passwd, tmp_path: Path) -> None:
     coral_env.root.mkdir(parents=True, exist_ok=True)
     os.chmod(coral_env.root, 0o755)  # let the operator reach the sockets and the config
     config = coral_env.root / "coral.toml"
-    config.write_text(f'[access]\nlist = ["{USER}"]\nattach = ["{USER}"]\ncapture = ["root"]\n')
+    user = member.pw_name
+    config.write_text(f'[access]\nlist = ["{user}"]\nattach = ["{user}"]\ncapture = ["root"]\n')
     os.chmod(config, 0o644)
     coral_env.env["CORAL_CONFIG"] = str(config)
     colony, agent = start_colony(coral_env), start_agent(coral_env)
@@ -71,7 +58,7 @@ def test_a_denied_user_is_refused_and_audited(coral_env: CoralEnv, bpf: None, pa
     try:
         def as_operator(*args: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run([tool("coralctl"), *args], env=coral_env.env, capture_output=True, text=True,
-                                  timeout=60, user=operator.pw_uid, group=operator.pw_gid, extra_groups=["coral"])
+                                  timeout=60, user=member.pw_uid, group=member.pw_gid, extra_groups=["coral"])
 
         from tests.test_native_e2e import wait_for_service
 
@@ -82,12 +69,12 @@ def test_a_denied_user_is_refused_and_audited(coral_env: CoralEnv, bpf: None, pa
         assert timing.returncode == 0, timing.stderr
         capture = as_operator("debug", "attach", "payments", "--function", "validate_card", "--capture-args")
         assert capture.returncode == 1
-        assert capture.stderr.strip() == (f"coralctl: user {USER} may not capture "
+        assert capture.stderr.strip() == (f"coralctl: user {user} may not capture "
                                           "(needs [access] capture, which admits root)")
         log = subprocess.run([tool("coralctl"), "--output", "json", "audit"], env=coral_env.env, capture_output=True, text=True)
         audit = [json.loads(line) for line in log.stdout.splitlines()]
         denied = [e for e in audit if e["outcome"] == "PERMISSION_DENIED"]
-        assert denied and denied[-1]["who"] == f"uid:{operator.pw_uid}" and denied[-1]["function"] == "validate_card"
+        assert denied and denied[-1]["who"] == f"uid:{member.pw_uid}" and denied[-1]["function"] == "validate_card"
     finally:
         service.stop()
         agent.stop()

@@ -197,8 +197,8 @@ def agent_reply(frame: wire.Frame, body: Message | None = None, error: NotFound 
 @pytest.fixture
 def broker(tmp_path: Path) -> Broker:
     b = Broker(Config(), ColonyStore(tmp_path / "colony.duckdb"))
-    b.agent_ready(b"A", hello("a"), 0.0)
-    b.agent_ready(b"B", hello("b"), 0.0)
+    b.agent_ready(b"A", hello("a"), ROOT, 0.0)
+    b.agent_ready(b"B", hello("b"), ROOT, 0.0)
     return b
 
 
@@ -223,7 +223,7 @@ def test_attach_goes_to_every_agent_and_one_refusal_is_named(broker: Broker) -> 
     pulls = sent_to(broker.tick(1.0), "backend")
     pulls = [f for f in pulls if f.name == "QueryUprobeEvents"]
     assert [f.envelope for f in pulls] == [(b"A",)]
-    broker.agent_ready(b"A2", hello("a"), 1.05)  # a reconnected on a new link: its pull is sent again there
+    broker.agent_ready(b"A2", hello("a"), ROOT, 1.05)  # a reconnected on a new link: its pull is sent again there
     pulls = [f for f in sent_to(broker.tick(1.06), "backend") if f.name == "QueryUprobeEvents"]
     assert [f.envelope for f in pulls] == [(b"A2",)]
     events = [

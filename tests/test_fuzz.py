@@ -6,11 +6,16 @@ cases per decoder when CORAL_FUZZ_CASES is unset in CI; fewer locally."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from coral.colonyd.broker import Broker
+from coral.colonyd.store import ColonyStore
 from coral.daemon import wire
+from coral.daemon.config import parse_config
 from coral.daemon.errors import CoralError
 from coral.daemon.methods import AGENT_LOCAL_METHODS, METHODS
 from coral.daemon.server import Dispatcher, Peer
@@ -72,35 +77,35 @@ def test_registration_bodies_never_crash_the_registry(body: bytes) -> None:
         assert exc.code in {"BAD_REQUEST", "INVALID_ARGUMENT", "NOT_FOUND", "PERMISSION_DENIED"}
 
 
-def _broker() -> object:
-    import tempfile
-    from pathlib import Path
-
-    from coral.colonyd.broker import Broker
-    from coral.colonyd.store import ColonyStore
-    from coral.daemon.config import parse_config
-
-    return Broker(parse_config({}, "fuzz"), ColonyStore(Path(tempfile.mkdtemp(prefix="coral-fuzz-")) / "colony.duckdb"))
+AGENT = b"fuzz-link"  # the ROUTER identity of the agent's link
 
 
-BROKER = _broker()
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """One colony broker for every case, its database in pytest's temporary
+    directory (made when the test runs, not when the module is collected)."""
+    store = ColonyStore(tmp_path_factory.mktemp("fuzz-colony") / "colony.duckdb")
+    b = Broker(parse_config({}, "fuzz"), store)
+    b.agent_ready(AGENT, pb.AgentHello(agent_id="fuzz"), Peer(uid=0, gid=0, pid=os.getpid()), 0.0)
+    assert AGENT in b.agents  # a known agent's link: its rows are recorded, not ignored
+    yield b
+    store.close()
+
+
 RECORDED: list[int] = []
 
 
 @FUZZ
-@given(st.binary(max_size=300))
-def test_agent_audit_bodies_are_recorded_or_refused(body: bytes) -> None:
+@given(body=st.binary(max_size=300))
+def test_agent_audit_bodies_are_recorded_or_refused(broker: Broker, body: bytes) -> None:
     """The colony backend's AUDIT body (docs/protocol.md)."""
-    from coral.colonyd.broker import Broker
     from coral.daemon.errors import BadRequest
 
-    broker = BROKER
-    assert isinstance(broker, Broker)
     try:
         entry = wire.parse_body(pb.AuditEntry, body)
     except BadRequest:
         return
-    broker.record_agent_audit(entry)
+    broker.record_agent_audit(AGENT, entry)
     RECORDED.append(1)
     if len(RECORDED) % 1000 == 0:  # written in batches, as the colony does
         broker.flush_audit()

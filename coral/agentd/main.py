@@ -128,7 +128,7 @@ class Agent:
             return
         if outcome != "OK":
             log.warning("refused %s from pid %s (%s): %s", method, peer.pid, peer.who, detail)
-        entry = pb.AuditEntry(timestamp_unix_ns=time.time_ns(), who=f"{peer.who} on agent {self.agent_id}",
+        entry = pb.AuditEntry(timestamp_unix_ns=time.time_ns(), who=peer.who,
                               peer_pid=peer.pid or 0, method=method, outcome=outcome, detail=detail[:500])
         request = METHODS[method].request() if method in METHODS else None
         if request is not None:

@@ -10,7 +10,6 @@ past their retention."""
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import secrets
@@ -25,11 +24,12 @@ from coral.colonyd import sessions as colony_sessions
 from coral.colonyd.pulls import PULL_PAGE, PartKey, PullSchedule
 from coral.colonyd.sessions import ACTIVE, FAILED, is_open, part_of, reply_error, reply_ok
 from coral.colonyd.store import AuditRow, ColonyStore
+from coral.colonyd.trust import AuditFolder, agent_refusal, folded_detail
 from coral.daemon import access, wire
 from coral.daemon.config import Config
 from coral.daemon.errors import CoralError, NotFound, Unavailable, error_from_code
 from coral.daemon.liveness import is_dead
-from coral.daemon.methods import COLONY_FRONTEND_METHODS, METHODS
+from coral.daemon.methods import AGENT_LOCAL_METHODS, COLONY_FRONTEND_METHODS, METHODS
 from coral.daemon.retention import PurgeSchedule, Retention, parse_age, purge_once
 from coral.daemon.server import Peer
 from coral.proto import coral_pb2 as pb
@@ -39,9 +39,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class AgentState:
-    identity: bytes
+    identity: bytes  # the link's ROUTER identity
     hello: pb.AgentHello
     last_heard: float
+    owner: str  # who the link proved it is: uid:N on ipc, key:NAME on tcp
     last_sent: float = 0.0
 
     @property
@@ -121,8 +122,8 @@ class Broker:
     replies_since_pull: bool = False  # an agent answered: a part may have ended or have more to pull
     fresh: list[FreshQuery] = field(default_factory=list)
     _by_id: dict[str, AgentState] = field(default_factory=dict)  # agent id -> its current link
-    _ids: itertools.count[int] = field(default_factory=itertools.count)
     _audit_rows: list[AuditRow] = field(default_factory=list)
+    folder: AuditFolder = field(default_factory=AuditFolder)
 
     def __post_init__(self) -> None:
         self.open = {s.session_id: s for s in self.store.open_sessions()}
@@ -135,18 +136,37 @@ class Broker:
 
     # ------------------------------------------------------------ agents
 
-    def agent_ready(self, identity: bytes, hello: pb.AgentHello, now: float) -> None:
+    def agent_ready(self, identity: bytes, hello: pb.AgentHello, peer: Peer, now: float) -> list[Outgoing]:
+        """READY on a link: accepted only from an identity that may speak for
+        that agent id; a new link of the same identity supersedes the old."""
+        this = self.agents.get(identity)
         previous = self._by_id.get(hello.agent_id)
-        for other in [previous.identity] if previous is not None and previous.identity != identity else []:
-            del self.agents[other]  # the same agent reconnected on a new link
+        holder = previous.owner if previous is not None and previous.identity != identity else None
+        why = agent_refusal(peer, hello.agent_id, self.config.colony.agent_users, holder)
+        if why is None and this is not None and this.agent_id != hello.agent_id:
+            why = f"this link speaks for agent {this.agent_id}; a link announces one agent id"
+        if why is not None:
+            self.count("agents.refused")
+            log.warning("refused READY: %s", why)
+            self._audit(peer, "READY", None, "PERMISSION_DENIED", why)
+            return []
+        out = []
+        if previous is not None and previous.identity != identity:
+            del self.agents[previous.identity]  # the same agent reconnected on a new link
             for request_id, p in list(self.pending.items()):
-                if p.agent == other and p.gather is None:  # a pull sent on the old link: pull again on the new one
-                    del self.pending[request_id]
+                if p.agent != previous.identity:
+                    continue
+                del self.pending[request_id]
+                if p.gather is None:  # a pull sent on the old link: pull again on the new one
                     self.pulls.answered((cast(pb.QueryUprobeEventsRequest, p.request).session_id, p.agent_id), more=True)
-        if identity not in self.agents:
+                else:
+                    err = Unavailable(f"agent {p.agent_id} reconnected before answering {p.method}")
+                    out.extend(self._deliver(p, err.code, _error_body(err)))
+        if this is None:
             log.info("agent %s ready (%d services)", hello.agent_id, len(hello.services))
-        self.agents[identity] = self._by_id[hello.agent_id] = AgentState(identity, hello, now)
+        self.agents[identity] = self._by_id[hello.agent_id] = AgentState(identity, hello, now, peer.who)
         self._by_service = None
+        return out
 
     def agent_heard(self, identity: bytes, now: float) -> bool:
         agent = self.agents.get(identity)
@@ -200,6 +220,7 @@ class Broker:
 
     def handle_request(self, frame: wire.Frame, peer: Peer, now: float) -> list[Outgoing]:
         method = frame.name
+        self.count("requests")
         request: Message | None = None
         try:
             if method not in COLONY_FRONTEND_METHODS:
@@ -228,7 +249,7 @@ class Broker:
         return [self._send(agent, method, request, now, gather) for agent in targets]
 
     def _send(self, agent: AgentState, method: str, request: Message, now: float, gather: Gather | None) -> Outgoing:
-        agent_request_id = f"c{next(self._ids)}".encode()
+        agent_request_id = secrets.token_hex(8).encode()  # unguessable: only its agent can answer it
         self.pending[agent_request_id] = Pending(
             agent.identity, agent.agent_id, method, request, now + self.config.limits.request_timeout, gather
         )
@@ -250,7 +271,8 @@ class Broker:
                 daemon="coral-colonyd",
                 version=__version__,
                 pid=os.getpid(),
-                counters={**self.counters, "agents": len(self.agents), "sessions.open": len(self.open), **self.store.counters()},
+                counters={**self.counters, "agents": len(self.agents), "sessions.open": len(self.open),
+                          "audit.folded": self.folder.total_folded, **self.store.counters()},
             )
         if method == "ListServices":
             return pb.ListServicesResponse(services=self.services())
@@ -374,10 +396,19 @@ class Broker:
         raise NotFound(f"service {service!r} does not run on agent {agent_id!r} (it runs on: {', '.join(running)})", running)
 
     def handle_reply(self, frame: wire.Frame, now: float) -> list[Outgoing]:
-        pending = self.pending.pop(frame.request_id, None)
+        """An agent's REPLY; accepted only from the link its request went to."""
+        pending = self.pending.get(frame.request_id)
         if pending is None:
             self.count("late_replies")
             return []
+        if frame.envelope[:1] != (pending.agent,):
+            self.count("replies.foreign")
+            sender = self.agents.get(frame.envelope[0]) if frame.envelope else None
+            who = f"{sender.owner} on agent {sender.agent_id}" if sender is not None else "unknown"
+            self._audit_row(who, 0, "REPLY", "PERMISSION_DENIED",
+                            f"a reply to a request sent to agent {pending.agent_id} came from another link; dropped")
+            return []
+        del self.pending[frame.request_id]
         self.replies_since_pull = True
         out = self._deliver(pending, frame.name, frame.body)
         return out + self._answer_fresh(now) if self.fresh else out
@@ -552,32 +583,48 @@ class Broker:
         out.extend(self._pull(now))
         out.extend(self._answer_fresh(now))
         self.purge(now)
+        self._fold_rows(now)
         return out
 
     # ------------------------------------------------------------- audit
 
-    def flush_audit(self) -> None:
+    def flush_audit(self, final: bool = False) -> None:
         """Write the audit rows of the messages handled so far, with the
         sessions and events saved meanwhile, in one transaction; the loop
-        calls this before it sends their replies, so no answer precedes its row."""
+        calls this before it sends their replies, so no answer precedes its row.
+        `final`: at shutdown, folded rows are told even if their window is open."""
+        if final:
+            self._fold_rows(time.monotonic(), everything=True)
         rows, self._audit_rows = self._audit_rows, []
         self.store.audit(rows)
         self.store.flush()
 
     def _audit(self, peer: Peer, method: str, request: Message | None, outcome: str, detail: str) -> None:
-        self._audit_rows.append(
-            AuditRow(
-                ts_ns=time.time_ns(),
-                who=peer.who,
-                peer_pid=peer.pid or 0,
-                method=method[:64],
-                service=str(getattr(request, "service", "")),
-                function=str(getattr(request, "function", "")),
-                session_id=str(getattr(request, "session_id", "")),
-                outcome=outcome,
-                detail=detail[:500],
-            )
+        self._audit_row(
+            peer.who,
+            peer.pid or 0,
+            method,
+            outcome,
+            detail,
+            str(getattr(request, "service", "")),
+            str(getattr(request, "function", "")),
+            str(getattr(request, "session_id", "")),
         )
+
+    def _audit_row(self, who: str, pid: int, method: str, outcome: str, detail: str,
+                   service: str = "", function: str = "", session_id: str = "") -> None:
+        """One row, stamped by the colony, unless its (who, method, outcome)
+        is past its flood allowance (docs/protocol.md, "Audit floods")."""
+        who, method, outcome = who[:300], method[:64], outcome[:64]
+        session_change = outcome == "OK" and method in ("AttachUprobe", "DetachUprobe")
+        if not session_change and not self.folder.admit((who, method, outcome), time.monotonic()):
+            return
+        self._audit_rows.append(AuditRow(time.time_ns(), who, pid, method, service[:200], function[:200],
+                                         session_id[:64], outcome, detail[:500]))
+
+    def _fold_rows(self, now: float, everything: bool = False) -> None:
+        for (who, method, outcome), count, seconds in self.folder.closed(now, everything):
+            self._audit_rows.append(AuditRow(time.time_ns(), who, 0, method, "", "", "", outcome, folded_detail(count, seconds)))
 
     def audit_refused_connection(self, who: str, domain: str, detail: str) -> None:
         """A tcp peer refused at the handshake: one row, outcome DENIED; who
@@ -585,10 +632,16 @@ class Broker:
         peer = Peer(key=who.removeprefix("key:")) if who.startswith("key:") else Peer()
         self._audit(peer, "CONNECT", None, "DENIED", f"{domain}: {detail}")
 
-    def record_agent_audit(self, e: pb.AuditEntry) -> None:
-        """A request an agent served on its local socket (its `who` names the agent)."""
-        self._audit_rows.append(AuditRow(e.timestamp_unix_ns, e.who[:300], e.peer_pid, e.method[:64], e.service[:200],
-                                         e.function[:200], e.session_id[:64], e.outcome[:64], e.detail[:500]))
+    def record_agent_audit(self, identity: bytes, e: pb.AuditEntry) -> None:
+        """A request a known agent served on its local socket, as that agent
+        reports it; the time is the colony's, and `who` names the agent the
+        link proved it is."""
+        agent = self.agents.get(identity)
+        if agent is None:
+            return
+        method = e.method if e.method in AGENT_LOCAL_METHODS else "?"
+        self._audit_row(f"{e.who[:64]} on agent {agent.agent_id}", e.peer_pid, method, e.outcome, e.detail,
+                        e.service, e.function, e.session_id)
 
     def audit_bad_frame(self, peer: Peer, reason: str) -> None:
         self.count("bad_frames")

@@ -119,7 +119,7 @@ class Colony:
                 # ROUTER_MANDATORY: the peer went away, or its queue is full.
                 why = "its queue is full" if isinstance(exc, zmq.Again) else "it is gone"
                 self.broker.count(f"unroutable.{m.socket}")
-                log.debug("could not send to a %s peer: %s", m.socket, why)
+                (log.warning if m.socket == "backend" else log.debug)("could not send to a %s peer: %s (%s)", m.socket, why, exc)
                 if m.request_id:  # a request for an agent: its client is answered now
                     self._outbox.extend(self.broker.not_sent(m.request_id, why))
         if self._outbox:  # answers to requests that could not be sent
@@ -140,7 +140,7 @@ class Colony:
         self.send(self.broker.handle_request(frame, peer, now))
 
     def on_backend(self, now: float) -> None:
-        frames, _peer = recv_with_peer(self.backend)
+        frames, peer = recv_with_peer(self.backend)
         try:
             frame = wire.decode(frames)
         except wire.FrameError as exc:
@@ -155,7 +155,7 @@ class Colony:
                 self.broker.count("bad_frames.backend")
                 return
             if hello.agent_id:
-                self.broker.agent_ready(identity[0], hello, now)
+                self.send(self.broker.agent_ready(identity[0], hello, peer, now))
             return
         if frame.command == wire.Command.DISCONNECT:
             self.send(self.broker.agent_gone(identity[0], "agent disconnected"))
@@ -168,7 +168,7 @@ class Colony:
             self.send(self.broker.handle_reply(frame, now))
         elif frame.command == wire.Command.AUDIT:
             try:
-                self.broker.record_agent_audit(wire.parse_body(pb.AuditEntry, frame.body))
+                self.broker.record_agent_audit(identity[0], wire.parse_body(pb.AuditEntry, frame.body))
             except BadRequest:
                 self.broker.count("bad_frames.backend")
 
@@ -226,6 +226,7 @@ class Colony:
                 self.zap.close(linger=0)
             for monitor in self.monitors:
                 monitor.close(linger=0)
+            self.broker.flush_audit(final=True)
             unlink_ipc(self.config.colony_frontend)
             unlink_ipc(self.config.colony_backend)
             self.store.close()

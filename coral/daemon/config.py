@@ -91,6 +91,8 @@ class ColonyConfig:
     pull_interval: float = 0.5
     retention: str = "7d"
     purge_interval: float = 60.0
+    # On ipc, the users (names or uids) whose connections may speak for an agent.
+    agent_users: tuple[str, ...] = ("root",)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,230 @@
+"""Nobody the fabric has not authenticated speaks for an agent: who may
+announce an agent id, whose replies count, whose audit rows are written,
+and how a flood of rows is folded. Pure decisions first, then the broker
+with fake links, then a real unprivileged user against real daemons."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import subprocess
+import sys
+from pathlib import Path
+
+from coral.colonyd.broker import Broker, Outgoing
+from coral.colonyd.store import ColonyStore
+from coral.colonyd.trust import AuditFolder, agent_refusal
+from coral.daemon import wire
+from coral.daemon.config import Config
+from coral.daemon.server import Peer
+from coral.proto import coral_pb2 as pb
+from tests.harness import REPO, CoralEnv, NativeService, coralctl, start_agent, start_attach, start_colony
+from tests.test_native_e2e import wait_for_service
+
+ROOT = Peer(uid=0, gid=0, pid=10)
+MEMBER = Peer(uid=1500, gid=1500, pid=11)
+PEOPLE = {0: ("root", {"root"}), 1500: ("mallory", {"coral"}), 998: ("coral-agent", {"coral"})}
+
+
+def identify(uid: int) -> tuple[str, set[str]]:
+    return PEOPLE[uid]
+
+
+# ---------------------------------------------------------------- decisions
+
+
+def test_only_the_agents_user_may_speak_for_an_agent_on_ipc() -> None:
+    assert agent_refusal(ROOT, "web-1", ("root",), None, identify) is None
+    assert agent_refusal(Peer(uid=998), "web-1", ("coral-agent",), None, identify) is None  # by name
+    assert agent_refusal(Peer(uid=998), "web-1", ("998",), None, identify) is None  # by uid
+    assert agent_refusal(MEMBER, "web-1", ("root",), None, identify) == (
+        "uid 1500 may not speak for agent web-1: agents run as root ([colony] agent_users)"
+    )
+    assert agent_refusal(Peer(), "web-1", ("root",), None, identify) == (
+        "an unidentified peer may not speak for agent web-1: its credentials are unknown"
+    )
+
+
+def test_on_tcp_an_agents_id_is_its_keys_name() -> None:
+    assert agent_refusal(Peer(key="web-1"), "web-1", ("root",), None, identify) is None
+    assert agent_refusal(Peer(key="web-2"), "web-1", ("root",), None, identify) == (
+        "key:web-2 may not speak for agent web-1: on tcp an agent's id is its key's name"
+    )
+
+
+def test_a_live_agent_id_is_taken_over_only_by_its_own_identity() -> None:
+    assert agent_refusal(ROOT, "web-1", ("root",), "uid:0", identify) is None  # a reconnect
+    assert agent_refusal(Peer(key="web-1"), "web-1", ("root",), "uid:0", identify) == (
+        "key:web-1 may not speak for agent web-1: it is connected as uid 0"
+    )
+    assert agent_refusal(ROOT, "web-1", ("root",), "key:web-1", identify) == (
+        "uid 0 may not speak for agent web-1: it is connected as key:web-1"
+    )
+
+
+def test_a_flood_of_rows_is_folded_into_one_that_says_how_many() -> None:
+    folder = AuditFolder(burst=3, window=60.0)
+    key = ("uid:1500", "ListServices", "OK")
+    assert [folder.admit(key, t * 0.01) for t in range(10)] == [True] * 3 + [False] * 7
+    assert folder.admit(("uid:1501", "ListServices", "OK"), 0.2)  # someone else is not folded with it
+    assert folder.closed(59.0) == []  # the window is still open
+    assert folder.closed(60.5) == [(key, 7, 60.0)]
+    assert folder.admit(key, 61.0)  # a new window
+    assert folder.closed(200.0) == [] and folder.windows == {}  # nothing folded: nothing to say
+    for t in range(5):
+        folder.admit(key, 300.0 + t)
+    assert folder.closed(310.0, everything=True) == [(key, 2, 10.0)]  # at shutdown, the window so far
+    assert folder.total_folded == 9
+
+
+# ----------------------------------------------------- the broker, fake links
+
+
+def hello(agent_id: str, pid: int = 7) -> pb.AgentHello:
+    return pb.AgentHello(agent_id=agent_id, services=[pb.ServiceInstance(service="payments", pid=pid, agent_id=agent_id)])
+
+
+def a_broker(tmp_path: Path) -> Broker:
+    return Broker(Config(), ColonyStore(tmp_path / "colony.duckdb"))
+
+
+def to_backend(out: list[Outgoing]) -> list[wire.Frame]:
+    return [wire.decode(m.frames) for m in out if m.socket == "backend"]
+
+
+def rows(broker: Broker) -> list[tuple[str, str, str, str]]:
+    broker.flush_audit()
+    return [(r.who, r.method, r.outcome, r.detail) for r in broker.store.audit_rows(0, 10_000)[0]]
+
+
+def list_functions(broker: Broker) -> wire.Frame:
+    request = wire.decode(wire.encode_request(b"r1", "ListFunctions", pb.ListFunctionsRequest(service="payments"), (b"client",)))
+    (sent,) = to_backend(broker.handle_request(request, ROOT, 0.0))
+    return sent
+
+
+def test_a_member_announcing_a_live_agents_id_is_refused_and_routing_stays(tmp_path: Path) -> None:
+    broker = a_broker(tmp_path)
+    broker.agent_ready(b"real", hello("web-1"), ROOT, 0.0)
+    assert broker.agent_ready(b"evil", hello("web-1", pid=1), MEMBER, 0.1) == []
+    assert [a.identity for a in broker.agents_for("payments")] == [b"real"]
+    assert list_functions(broker).envelope == (b"real",)
+    assert broker.counters["agents.refused"] == 1
+    assert ("uid:1500", "READY", "PERMISSION_DENIED",
+            "uid 1500 may not speak for agent web-1: agents run as root ([colony] agent_users)") in rows(broker)
+
+
+def test_a_reconnect_of_the_same_identity_supersedes_and_answers_what_was_pending(tmp_path: Path) -> None:
+    broker = a_broker(tmp_path)
+    broker.agent_ready(b"old", hello("web-1"), ROOT, 0.0)
+    sent = list_functions(broker)
+    out = broker.agent_ready(b"new", hello("web-1"), ROOT, 1.0)
+    (answer,) = [wire.decode(m.frames) for m in out if m.socket == "frontend"]
+    assert (answer.name, wire.parse_body(pb.Error, answer.body).message) == (
+        "UNAVAILABLE", "agent web-1 reconnected before answering ListFunctions")
+    assert list(broker.agents) == [b"new"] and sent.request_id not in broker.pending
+    # A link speaks for one agent id for its whole life.
+    assert broker.agent_ready(b"new", hello("web-2"), ROOT, 1.1) == []
+    assert broker.agent_by_id("web-2") is None
+
+
+def test_a_reply_from_another_link_is_dropped_counted_and_audited(tmp_path: Path) -> None:
+    broker = a_broker(tmp_path)
+    broker.agent_ready(b"A", hello("a"), ROOT, 0.0)
+    broker.agent_ready(b"B", hello("b"), ROOT, 0.0)
+    sent = list_functions(broker)  # goes to the first agent of the service
+    assert len(sent.request_id) == 16 and sent.request_id != list_functions(broker).request_id
+    other = b"B" if sent.envelope == (b"A",) else b"A"
+    forged = wire.decode(wire.encode_reply(sent.request_id, pb.ListFunctionsResponse(functions=["lie"]), (other,)))
+    assert broker.handle_reply(forged, 0.1) == []
+    assert broker.counters["replies.foreign"] == 1 and sent.request_id in broker.pending
+    (row,) = [r for r in rows(broker) if r[1] == "REPLY"]
+    assert row[2] == "PERMISSION_DENIED" and row[0].startswith("uid:0 on agent ")
+    real = wire.decode(wire.encode_reply(sent.request_id, pb.ListFunctionsResponse(functions=["validate_card"]), sent.envelope))
+    (answer,) = [wire.decode(m.frames) for m in broker.handle_reply(real, 0.2)]
+    assert list(wire.parse_body(pb.ListFunctionsResponse, answer.body).functions) == ["validate_card"]
+
+
+def test_an_agents_audit_row_gets_the_colonys_time_and_the_proven_agent_id(tmp_path: Path) -> None:
+    broker = a_broker(tmp_path)
+    broker.agent_ready(b"A", hello("a"), ROOT, 0.0)
+    forged = pb.AuditEntry(timestamp_unix_ns=1, who="uid:0 on agent z", method="Shutdown", outcome="OK", detail="x" * 9000)
+    broker.record_agent_audit(b"A", forged)
+    broker.record_agent_audit(b"nobody", forged)  # not a known agent: nothing is written
+    broker.flush_audit()
+    (row,) = broker.store.audit_rows(0, 10)[0]
+    assert row.ts_ns > 1_700_000_000 * 10**9 and row.who == "uid:0 on agent z on agent a"
+    assert (row.method, len(row.detail)) == ("?", 500)
+
+
+def test_ten_thousand_refusals_from_one_peer_are_100_rows_and_one_that_counts_the_rest(tmp_path: Path) -> None:
+    broker = a_broker(tmp_path)
+    for i in range(10_000):
+        broker.agent_ready(f"e{i}".encode(), hello("web-1"), MEMBER, 0.0)
+    assert broker.counters["agents.refused"] == 10_000
+    broker.flush_audit(final=True)
+    written = rows(broker)
+    assert len(written) == 101 and written[-1][3].startswith("… and 9,900 more in ")
+
+
+# ------------------------------------- a real member of group coral, real daemons
+
+IMPOSTOR = r"""
+import sys, zmq
+from coral.daemon import wire
+from coral.proto import coral_pb2 as pb
+endpoint, agent_id = sys.argv[1:3]
+s = zmq.Context().socket(zmq.DEALER)
+s.setsockopt(zmq.LINGER, 2000)
+s.connect(endpoint)
+s.send_multipart(wire.encode_ready(pb.AgentHello(agent_id=agent_id, services=[
+    pb.ServiceInstance(service="payments", pid=1, agent_id=agent_id)])))
+s.send_multipart(wire.encode_audit(pb.AuditEntry(timestamp_unix_ns=1, who="uid:0", method="AttachUprobe",
+                                                  outcome="OK", detail="forged by an impostor")))
+for i in range(2000):  # guesses at the colony's request ids, old style and new
+    s.send_multipart(wire.encode_reply(f"c{i}".encode(), pb.AttachUprobeResponse()))
+heard = s.poll(10_000)
+print(wire.decode(s.recv_multipart()).command.name if heard else "nothing")
+"""
+
+
+def test_a_member_of_group_coral_cannot_pose_as_the_agent(coral_env: CoralEnv, bpf: None, payments_binary: Path,
+                                                           member: pwd.struct_passwd) -> None:
+    coral_env.root.mkdir(parents=True, exist_ok=True)
+    os.chmod(coral_env.root, 0o755)  # the member reaches the sockets, as an operator would
+    colony, agent = start_colony(coral_env), start_agent(coral_env)
+    service = NativeService(coral_env, payments_binary)
+    try:
+        wait_for_service(coral_env, "payments")
+        attach, session = start_attach(coral_env, "payments", "validate_card", "--duration", "3s", "--no-save")
+        ping = json.loads(coralctl(coral_env, "--local", "--output", "json", "ping").stdout)
+        impostor = subprocess.run(
+            [sys.executable, "-c", IMPOSTOR, coral_env.endpoint("colony-backend.sock"), ping["agent_id"]],
+            env={"PYTHONPATH": str(REPO), "PATH": os.environ["PATH"]}, capture_output=True, text=True, timeout=60,
+            user=member.pw_uid, group=member.pw_gid, extra_groups=["coral"], cwd="/",
+        )
+        assert impostor.stdout.strip() == "DISCONNECT", impostor.stderr  # refused: the colony does not know it
+        assert service.call(20).startswith("done 20 ")
+        attach.wait(30)
+        events = coralctl(coral_env, "--output", "json", "debug", "events", session["session_id"])
+        calls = [json.loads(line) for line in events.stdout.splitlines()]
+        summary = calls.pop()
+        assert (summary["status"], summary["calls"], summary["lost"]) == ("expired", 20, {}), summary
+        assert len(calls) == 2 * 20 and {c["pid"] for c in calls} == {service.child_pid}
+        listed = [json.loads(line) for line in coralctl(coral_env, "--output", "json", "services").stdout.splitlines()]
+        assert [(s["agent_id"], s["pid"]) for s in listed] == [(ping["agent_id"], service.child_pid)]
+        audit = [json.loads(line) for line in coralctl(coral_env, "--output", "json", "audit").stdout.splitlines()]
+        (refused,) = [e for e in audit if e["method"] == "READY"]
+        assert (refused["who"], refused["outcome"], refused["detail"]) == (
+            f"uid:{member.pw_uid}",
+            "PERMISSION_DENIED",
+            f"uid {member.pw_uid} may not speak for agent {ping['agent_id']}: agents run as root ([colony] agent_users)",
+        )
+        assert not [e for e in audit if "forged" in str(e["detail"])]
+        counters = json.loads(coralctl(coral_env, "--output", "json", "ping").stdout)["counters"]
+        assert counters["agents.refused"] == 1 and counters.get("replies.foreign", 0) == 0
+    finally:
+        service.stop()
+        agent.stop()
+        colony.stop()
