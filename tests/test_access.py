@@ -16,7 +16,7 @@ from coral.daemon.config import AccessConfig
 from coral.daemon.errors import PermissionDenied
 from coral.daemon.server import Peer
 from coral.proto import coral_pb2 as pb
-from tests.harness import CoralEnv, NativeService, start_agent, start_colony, tool
+from tests.harness import CoralEnv, NativeService, start_agent, start_attach, start_colony, tool
 
 PEOPLE = {1001: ("alice", {"coral", "alice"}), 1002: ("bob", {"bob"}), 1003: ("carol", {"sre", "coral"})}
 POLICY = AccessConfig(list=("@coral", "bob"), attach=("@coral",), capture=("carol",))
@@ -75,6 +75,51 @@ def test_a_denied_user_is_refused_and_audited(coral_env: CoralEnv, bpf: None, pa
         audit = [json.loads(line) for line in log.stdout.splitlines()]
         denied = [e for e in audit if e["outcome"] == "PERMISSION_DENIED"]
         assert denied and denied[-1]["who"] == f"uid:{member.pw_uid}" and denied[-1]["function"] == "validate_card"
+    finally:
+        service.stop()
+        agent.stop()
+        colony.stop()
+
+
+def test_a_member_with_only_list_sees_timings_not_values(coral_env: CoralEnv, bpf: None, payments_binary: Path,
+                                                         member: pwd.struct_passwd) -> None:
+    """Root captures arguments and returns; a member who may list (not
+    capture) reads the same session, through the colony and through the
+    agent's local socket: every call is there, every value withheld."""
+    coral_env.root.mkdir(parents=True, exist_ok=True)
+    os.chmod(coral_env.root, 0o755)
+    config = coral_env.root / "coral.toml"
+    config.write_text('[access]\nlist = ["@coral"]\nattach = ["@coral"]\ncapture = []\n')
+    os.chmod(config, 0o644)
+    coral_env.env["CORAL_CONFIG"] = str(config)
+    colony, agent = start_colony(coral_env), start_agent(coral_env)
+    service = NativeService(coral_env, payments_binary)
+    try:
+        from tests.test_native_e2e import wait_for_service
+
+        wait_for_service(coral_env, "payments")
+        attach, session = start_attach(coral_env, "payments", "validate_card", "--duration", "2s", "--no-save",
+                                       "--capture-args", "--capture-return")
+        assert service.call(5).startswith("done 5 ")
+        attach.wait(30)
+
+        def events(*args: str, user: pwd.struct_passwd | None = None) -> list[dict[str, object]]:
+            argv = [tool("coralctl"), *args, "--output", "json", "debug", "events", session["session_id"]]
+            creds = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": ["coral"]} if user else {}
+            out = subprocess.run(argv, env=coral_env.env, capture_output=True, text=True, timeout=60, **creds)  # type: ignore[call-overload]
+            assert out.returncode == 0, out.stderr
+            return [e for e in map(json.loads, out.stdout.splitlines()) if e["kind"] == "event"]
+
+        def values(evs: list[dict[str, object]]) -> set[str]:
+            found = {str(a["value"]) for e in evs for a in e.get("args", [])}  # type: ignore[attr-defined]
+            return found | {str(e["return_value"]["value"]) for e in evs if e.get("return_value")}  # type: ignore[index]
+
+        seen_by_root = events()
+        assert len(seen_by_root) == 10 and values(seen_by_root) - {"", "<withheld>"}
+        for where in ((), ("--local",)):
+            seen = events(*where, user=member)
+            assert [e["duration_ns"] for e in seen] == [e["duration_ns"] for e in seen_by_root], where
+            assert values(seen) <= {"", "<withheld>"} and "<withheld>" in values(seen), (where, values(seen))
     finally:
         service.stop()
         agent.stop()

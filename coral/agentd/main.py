@@ -68,9 +68,9 @@ class Agent:
             "Ping": self.ping,
             "ListServices": self.list_services,
             "ListFunctions": self.list_functions,
-            "AttachUprobe": lambda r, p: pb.AttachUprobeResponse(session=self.sessions.attach(r)),
+            "AttachUprobe": lambda r, p: pb.AttachUprobeResponse(session=self.sessions.attach(r, p.who)),
             "DetachUprobe": lambda r, p: pb.DetachUprobeResponse(session=self.sessions.detach(r.session_id)),
-            "QueryUprobeEvents": lambda r, p: self.sessions.query(r),
+            "QueryUprobeEvents": self.query_events,
             "ListDebugSessions": lambda r, p: self.sessions.list(r),
             "RegisterProcess": self.register_process,
             "UnregisterProcess": self.unregister_process,
@@ -138,6 +138,13 @@ class Agent:
                 entry.function = str(getattr(request, "function", ""))[:200]
                 entry.session_id = str(getattr(request, "session_id", ""))[:64]
         self.link.audit(entry, time.monotonic())
+
+    def query_events(self, req: pb.QueryUprobeEventsRequest, peer: Peer) -> pb.QueryUprobeEventsResponse:
+        """Values only for the session's owner and holders of capture (the
+        colony's pulls are trusted: it applies the rule per reader)."""
+        response = self.sessions.query(req)
+        access.values_for(self.config.access, peer, response.session.owner, response.events)
+        return response
 
     def hello(self) -> pb.AgentHello:
         return pb.AgentHello(

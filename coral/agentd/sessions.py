@@ -83,6 +83,7 @@ class Session:
     targets: list[Target]
     status: str = ACTIVE
     reason: str = ""
+    owner: str = ""  # who started it (uid:N; key:colony for the colony's requests)
     ended_ns: int = 0
     stored: int = 0
     lost: Counter[str] = field(default_factory=Counter)
@@ -101,6 +102,7 @@ class Session:
             self.status, self.reason,
             {"capture_args": c.capture_args, "capture_return": c.capture_return, "sample_rate": c.sample_rate,
              "max_events": self.max_events, "min_duration_ns": c.min_duration_ns, "predicate": c.predicate,
+             "owner": self.owner,
              "stats": {"calls": stats.calls, "sum_ns": stats.sum_ns, "max_ns": stats.max_ns,
                        "histogram": {str(k): v for k, v in stats.histogram.items()}}},
             {k: v for k, v in lost.items() if v},
@@ -129,7 +131,7 @@ class SessionManager:
 
     # ------------------------------------------------------------ attach
 
-    def attach(self, req: pb.AttachUprobeRequest) -> pb.DebugSession:
+    def attach(self, req: pb.AttachUprobeRequest, owner: str = "") -> pb.DebugSession:
         duration_ms = self.config.sessions.session_duration_ms(req.duration_ms)
         if not req.function:
             raise InvalidArgument("a function name is required")
@@ -176,6 +178,7 @@ class SessionManager:
             session_id=session_id, service=req.service, function=req.function, config=req.config, started_ns=now,
             expires_ns=now + duration_ms * 1_000_000, slot=slot, targets=targets,
             max_events=min(req.config.max_events, events_limit) if req.config.max_events else events_limit,
+            owner=owner,
         )
         self.active[session_id] = session
         self._by_slot[slot] = session
@@ -376,6 +379,7 @@ class SessionManager:
             total_calls=int(stats.get("calls", 0)), sum_duration_ns=int(stats.get("sum_ns", 0)),
             max_duration_ns=int(stats.get("max_ns", 0)),
             histogram={int(k): int(v) for k, v in cast(dict[str, int], stats.get("histogram", {})).items()},
+            owner=str(c.get("owner", "")),
         )
 
     def session(self, session_id: str) -> pb.DebugSession:

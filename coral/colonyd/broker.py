@@ -234,7 +234,7 @@ class Broker:
                 for key in running:
                     self.pulls.hurry(key)
                 return self._pull(now)
-            local = self._answer_locally(method, request)
+            local = self._answer_locally(method, request, peer)
             if local is not None:
                 self._audit(peer, method, request, "OK", "")
                 return [Outgoing("frontend", wire.encode_reply(frame.request_id, local, frame.envelope))]
@@ -265,7 +265,7 @@ class Broker:
         err = Unavailable(f"could not send {pending.method} to agent {pending.agent_id}: {why}")
         return self._deliver(pending, err.code, _error_body(err))
 
-    def _answer_locally(self, method: str, request: Message) -> Message | None:
+    def _answer_locally(self, method: str, request: Message, peer: Peer) -> Message | None:
         if method == "Ping":
             return pb.PingResponse(
                 daemon="coral-colonyd",
@@ -298,7 +298,7 @@ class Broker:
         if isinstance(request, pb.ListDebugSessionsRequest):
             return pb.ListDebugSessionsResponse(sessions=self.store.sessions(request.service, request.active_only))
         if isinstance(request, pb.QueryUprobeEventsRequest):
-            return self._events(request)
+            return self._events(request, peer)
         if isinstance(request, pb.DetachUprobeRequest):
             session = self._session(request.session_id)
             if not any(p.session.status == ACTIVE and not p.complete for p in session.parts):
@@ -327,7 +327,7 @@ class Broker:
                 continue
             self.fresh.remove(q)
             try:
-                response = self._events(q.request)
+                response = self._events(q.request, q.peer)
             except CoralError as err:  # purged meanwhile
                 self._audit(q.peer, "QueryUprobeEvents", q.request, err.code, err.message)
                 out.append(Outgoing("frontend", wire.encode_error(q.client_request_id, err, q.client)))
@@ -342,13 +342,15 @@ class Broker:
             raise NotFound(f"no session {session_id!r}")
         return session
 
-    def _events(self, request: pb.QueryUprobeEventsRequest) -> pb.QueryUprobeEventsResponse:
+    def _events(self, request: pb.QueryUprobeEventsRequest, peer: Peer) -> pb.QueryUprobeEventsResponse:
         """A session's events from colony.duckdb (pulled from its agents);
         the cursor is the colony's own order. has_more also while an ended
-        part's last events are still being pulled."""
+        part's last events are still being pulled. Values only for the
+        session's owner and holders of the capture right."""
         session = self._session(request.session_id)
         limit = max(1, min(request.max_events or 500, 5000))
         rows = self.store.events(session.session_id, request.cursor, request.since_unix_ns, request.until_unix_ns, limit)
+        access.values_for(self.config.access, peer, session.owner, (e for _, e in rows))
         return pb.QueryUprobeEventsResponse(
             events=[e for _, e in rows],
             next_cursor=rows[-1][0] if rows else request.cursor,
@@ -448,6 +450,7 @@ class Broker:
         request = cast(pb.AttachUprobeRequest, gather.request)
         replies = [(a, *gather.replies[a]) for a in gather.agents]
         session, refusals = colony_sessions.started(request, replies, time.time_ns())
+        session.owner = gather.peer.who
         if len(refusals) == len(gather.agents):
             return self._refuse(gather, refusals)
         self._changed(session)

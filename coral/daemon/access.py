@@ -12,7 +12,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from coral.daemon.config import AccessConfig
@@ -52,24 +52,46 @@ def rights_needed(method: str, request: Any) -> list[str]:
 def check(policy: AccessConfig, peer: Peer, method: str, request: Any,
           identify: Callable[[int], tuple[str, set[str]]] = unix_identity) -> None:
     """Raise PermissionDenied, naming the missing right, unless the peer may."""
-    needed = rights_needed(method, request)
-    if not needed or peer.uid == 0 or peer.trusted:
-        return  # root, or a request the colony already checked
+    for right in rights_needed(method, request):
+        why = refusal(policy, peer, right, identify)
+        if why:
+            raise PermissionDenied(why)
+
+
+def refusal(policy: AccessConfig, peer: Peer, right: str,
+            identify: Callable[[int], tuple[str, set[str]]] = unix_identity) -> str:
+    """Why the peer does not hold `right` ("" if it does)."""
+    if peer.uid == 0 or peer.trusted:
+        return ""  # root, or a request the colony already checked
+    admits: tuple[str, ...] = getattr(policy, right)
     if peer.key:  # a CURVE peer on tcp, admitted by the allow-list: known by its key's name
-        for right in needed:
-            admits: tuple[str, ...] = getattr(policy, right)
-            if f"key:{peer.key}" not in admits and "key:*" not in admits:
-                raise PermissionDenied(
-                    f"key {peer.key} may not {right} (needs [access] {right}, which admits "
-                    f"{', '.join(admits) or 'nobody but root'})"
-                )
-        return
+        if f"key:{peer.key}" in admits or "key:*" in admits:
+            return ""
+        return f"key {peer.key} may not {right} (needs [access] {right}, which admits {', '.join(admits) or 'nobody but root'})"
     if peer.uid is None:
-        raise PermissionDenied("the peer's identity is unknown (peer credentials unavailable)")
+        return "the peer's identity is unknown (peer credentials unavailable)"
     user, groups = identify(peer.uid)
-    for right in needed:
-        allowed: tuple[str, ...] = getattr(policy, right)
-        if user in allowed or any(f"@{g}" in allowed for g in groups):
-            continue
-        raise PermissionDenied(f"user {user} may not {right} (needs [access] {right}, which admits "
-                               f"{', '.join(allowed) or 'nobody but root'})")
+    if user in admits or any(f"@{g}" in admits for g in groups):
+        return ""
+    return f"user {user} may not {right} (needs [access] {right}, which admits {', '.join(admits) or 'nobody but root'})"
+
+
+WITHHELD = "<withheld>"
+
+
+def values_for(policy: AccessConfig, peer: Peer, owner: str, events: Iterable[Any],
+               identify: Callable[[int], tuple[str, set[str]]] = unix_identity) -> None:
+    """Captured values are for the session's owner and holders of `capture`:
+    for anyone else, each non-empty argument value, return value and error
+    message of these UprobeEvents becomes <withheld> (in place)."""
+    if (owner and peer.who == owner) or not refusal(policy, peer, "capture", identify):
+        return
+    for event in events:
+        for arg in event.args:
+            if arg.value:
+                arg.value = WITHHELD
+        ret = event.return_value
+        if ret.value:
+            ret.value = WITHHELD
+        if ret.error_message:
+            ret.error_message = WITHHELD
