@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -169,6 +170,19 @@ def start_colony(env: CoralEnv) -> Process:
 
 def start_agent(env: CoralEnv, name: str = "agentd") -> Process:
     return Process(name, [tool("coral-agentd")], env).wait_ready()
+
+
+@contextlib.contextmanager
+def running(env: CoralEnv, binary: Path) -> Iterator[NativeService]:
+    """A colony, an agent and the C demo under coral-run, for a test that
+    set up `env` first (its config, say); each stopped however the test
+    ends, even if a later one failed to start."""
+    with contextlib.ExitStack() as stack:
+        stack.callback(start_colony(env).stop)
+        stack.callback(start_agent(env).stop)
+        service = NativeService(env, binary)
+        stack.callback(service.stop)
+        yield service
 
 
 def coralctl(env: CoralEnv, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:

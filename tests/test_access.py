@@ -16,7 +16,7 @@ from coral.daemon.config import AccessConfig
 from coral.daemon.errors import PermissionDenied
 from coral.daemon.server import Peer
 from coral.proto import coral_pb2 as pb
-from tests.harness import CoralEnv, NativeService, start_agent, start_attach, start_colony, tool
+from tests.harness import CoralEnv, running, start_attach, tool
 
 PEOPLE = {1001: ("alice", {"coral", "alice"}), 1002: ("bob", {"bob"}), 1003: ("carol", {"sre", "coral"})}
 POLICY = AccessConfig(list=("@coral", "bob"), attach=("@coral",), capture=("carol",))
@@ -53,9 +53,7 @@ def test_a_denied_user_is_refused_and_audited(coral_env: CoralEnv, bpf: None, pa
     config.write_text(f'[access]\nlist = ["{user}"]\nattach = ["{user}"]\ncapture = ["root"]\n')
     os.chmod(config, 0o644)
     coral_env.env["CORAL_CONFIG"] = str(config)
-    colony, agent = start_colony(coral_env), start_agent(coral_env)
-    service = NativeService(coral_env, payments_binary)
-    try:
+    with running(coral_env, payments_binary):
         def as_operator(*args: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run([tool("coralctl"), *args], env=coral_env.env, capture_output=True, text=True,
                                   timeout=60, user=member.pw_uid, group=member.pw_gid, extra_groups=["coral"])
@@ -75,10 +73,6 @@ def test_a_denied_user_is_refused_and_audited(coral_env: CoralEnv, bpf: None, pa
         audit = [json.loads(line) for line in log.stdout.splitlines()]
         denied = [e for e in audit if e["outcome"] == "PERMISSION_DENIED"]
         assert denied and denied[-1]["who"] == f"uid:{member.pw_uid}" and denied[-1]["function"] == "validate_card"
-    finally:
-        service.stop()
-        agent.stop()
-        colony.stop()
 
 
 def test_a_member_with_only_list_sees_timings_not_values(coral_env: CoralEnv, bpf: None, payments_binary: Path,
@@ -92,9 +86,7 @@ def test_a_member_with_only_list_sees_timings_not_values(coral_env: CoralEnv, bp
     config.write_text('[access]\nlist = ["@coral"]\nattach = ["@coral"]\ncapture = []\n')
     os.chmod(config, 0o644)
     coral_env.env["CORAL_CONFIG"] = str(config)
-    colony, agent = start_colony(coral_env), start_agent(coral_env)
-    service = NativeService(coral_env, payments_binary)
-    try:
+    with running(coral_env, payments_binary) as service:
         from tests.test_native_e2e import wait_for_service
 
         wait_for_service(coral_env, "payments")
@@ -120,7 +112,3 @@ def test_a_member_with_only_list_sees_timings_not_values(coral_env: CoralEnv, bp
             seen = events(*where, user=member)
             assert [e["duration_ns"] for e in seen] == [e["duration_ns"] for e in seen_by_root], where
             assert values(seen) <= {"", "<withheld>"} and "<withheld>" in values(seen), (where, values(seen))
-    finally:
-        service.stop()
-        agent.stop()
-        colony.stop()
