@@ -22,7 +22,7 @@ from coral import __version__
 from coral.daemon.config import Config, ConfigError, load_config
 from coral.daemon.errors import InvalidArgument, NotFound
 from coral.daemon.methods import PROCESS_METHODS
-from coral.daemon.runtime import Notifier, bind_socket, configure_socket, ensure_dir, setup_logging, unlink_ipc
+from coral.daemon.runtime import Notifier, bind_process_socket, configure_socket, ensure_process_dir, setup_logging, unlink_ipc
 from coral.daemon.server import Dispatcher, Peer, serve_rep_once
 from coral.elfinfo import ElfFunctions, ElfInfoError
 from coral.proto import coral_pb2 as pb
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"coral-run: {exc}", file=sys.stderr)
         return 2
     try:
-        ensure_dir(config.process_socket_dir, 0o1777)
+        ensure_process_dir(config.process_socket_dir)
     except OSError as exc:
         print(f"coral-run: cannot create {config.process_socket_dir}: {exc.strerror}", file=sys.stderr)
         return 1
@@ -159,13 +159,13 @@ def supervise(child: subprocess.Popen[bytes], service: str, config: Config) -> i
         {"Ping": metadata.ping, "ListFunctions": metadata.list_functions, "GetFunctionMetadata": metadata.function_metadata},
         PROCESS_METHODS,
     )
-    address = f"ipc://{config.process_socket_dir / f'{child.pid}.sock'}"
     rep = context.socket(zmq.REP)
     configure_socket(rep, config.limits.max_message_bytes)
     try:
-        bind_socket(rep, address)
+        address = bind_process_socket(rep, config.process_socket_dir, child.pid)
     except (zmq.ZMQError, OSError) as exc:
-        log.error("cannot bind %s (%s); the program runs, but cannot be debugged", address, exc)
+        log.error("cannot bind ipc://%s (%s); the program runs, but cannot be debugged",
+                  config.process_socket_dir / f"{child.pid}.sock", exc)
         rep.close(linger=0)
         return exit_status(child.wait())
     registration = AgentRegistration(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -69,7 +70,7 @@ def test_every_method_body_is_parsed_or_refused_never_crashes(method: str, body:
 def test_registration_bodies_never_crash_the_registry(body: bytes) -> None:
     from coral.agentd.registry import ProcessRegistry
 
-    registry = ProcessRegistry()
+    registry = ProcessRegistry(Path("/run/coral/procs"))
     try:
         request = wire.parse_body(pb.RegisterProcessRequest, body)
         registry.register(request, Peer(uid=0, gid=0, pid=os.getpid()))

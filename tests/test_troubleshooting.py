@@ -1042,7 +1042,7 @@ def _register_bad_name(request: pytest.FixtureRequest) -> str:
         run.stop()
 
 
-@provokes("INVALID_ARGUMENT: address must be an ipc:// endpoint")
+@provokes("INVALID_ARGUMENT: address must be ipc://<dir>/procs/NAME.sock (NAME: 1 to 64 of A-Z a-z 0-9 . _ -)")
 def _register_tcp(request: pytest.FixtureRequest) -> str:
     w = the_world(request)
     return register_error(
@@ -1051,6 +1051,24 @@ def _register_tcp(request: pytest.FixtureRequest) -> str:
             service="x", pid=os.getpid(), executable=sys.executable, address="tcp://127.0.0.1:1", kind="native"
         ),
     )
+
+
+def own_socket(w: World) -> str:
+    return w.env.endpoint(f"procs/{os.getpid()}.sock")
+
+
+@provokes("INVALID_ARGUMENT: kind must be one of native, go, python")
+def _register_bad_kind(request: pytest.FixtureRequest) -> str:
+    w = the_world(request)
+    return register_error(w, pb.RegisterProcessRequest(service="x", pid=os.getpid(), executable=sys.executable,
+                                                       address=own_socket(w), kind="cobol"))
+
+
+@provokes("INVALID_ARGUMENT: sdk_version must be at most 64 printable characters")
+def _register_long_version(request: pytest.FixtureRequest) -> str:
+    w = the_world(request)
+    return register_error(w, pb.RegisterProcessRequest(service="x", pid=os.getpid(), executable=sys.executable,
+                                                       address=own_socket(w), sdk_version="1" * 2_500_000))
 
 
 @provokes("NOT_FOUND: process <pid> does not exist")

@@ -5,21 +5,28 @@ with fake links, then a real unprivileged user against real daemons."""
 
 from __future__ import annotations
 
+import grp
 import json
 import os
 import pwd
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 from coral.colonyd.broker import Broker, Outgoing
 from coral.colonyd.store import ColonyStore
 from coral.colonyd.trust import AuditFolder, agent_refusal
 from coral.daemon import wire
+from coral.daemon.client import Client
 from coral.daemon.config import Config
+from coral.daemon.errors import InvalidArgument
 from coral.daemon.server import Peer
 from coral.proto import coral_pb2 as pb
-from tests.harness import REPO, CoralEnv, NativeService, coralctl, start_agent, start_attach, start_colony
+from tests.harness import REPO, CoralEnv, coralctl, running, start_attach
 from tests.test_native_e2e import wait_for_service
 
 ROOT = Peer(uid=0, gid=0, pid=10)
@@ -193,9 +200,7 @@ def test_a_member_of_group_coral_cannot_pose_as_the_agent(coral_env: CoralEnv, b
                                                            member: pwd.struct_passwd) -> None:
     coral_env.root.mkdir(parents=True, exist_ok=True)
     os.chmod(coral_env.root, 0o755)  # the member reaches the sockets, as an operator would
-    colony, agent = start_colony(coral_env), start_agent(coral_env)
-    service = NativeService(coral_env, payments_binary)
-    try:
+    with running(coral_env, payments_binary) as service:
         wait_for_service(coral_env, "payments")
         attach, session = start_attach(coral_env, "payments", "validate_card", "--duration", "3s", "--no-save")
         ping = json.loads(coralctl(coral_env, "--local", "--output", "json", "ping").stdout)
@@ -224,7 +229,53 @@ def test_a_member_of_group_coral_cannot_pose_as_the_agent(coral_env: CoralEnv, b
         assert not [e for e in audit if "forged" in str(e["detail"])]
         counters = json.loads(coralctl(coral_env, "--output", "json", "ping").stdout)["counters"]
         assert counters["agents.refused"] == 1 and counters.get("replies.foreign", 0) == 0
+
+
+PLAIN_SERVICE = r"""
+import sys, time
+import coral.sdk
+coral.sdk.init(service="plain")
+print("up", flush=True)
+sys.stdin.read()  # until SIGTERM: no handler of its own, as most services
+"""
+
+
+def test_procs_is_closed_to_outsiders_and_stale_sockets_go(coral_env: CoralEnv, colony: object, agent: object) -> None:
+    procs = coral_env.runtime_dir / "procs"
+    st = procs.stat()
+    assert (st.st_mode & 0o7777, grp.getgrgid(st.st_gid).gr_name) == (0o1770, "coral")
+    for d in (coral_env.root, coral_env.runtime_dir):
+        os.chmod(d, 0o755)
+    squat = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--",
+                            "touch", str(procs / "4000000.sock")], capture_output=True, text=True)
+    assert squat.returncode != 0 and "Permission denied" in squat.stderr
+    # The agent never connects where a registration says, unless it is in procs/.
+    with Client(coral_env.endpoint("agent.sock"), 10) as c, pytest.raises(InvalidArgument) as refused:
+        c.call("RegisterProcess", pb.RegisterProcessRequest(
+            service="x", pid=os.getpid(), executable=sys.executable, address=coral_env.endpoint("colony.sock")))
+    assert refused.value.message.startswith(f"address must be ipc://{procs}/NAME.sock")
+    # A Python service killed by SIGTERM runs no cleanup: the agent removes its socket.
+    service = subprocess.Popen([sys.executable, "-c", PLAIN_SERVICE], env=coral_env.env, stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert service.stdout is not None and service.stdout.readline() == "up\n"
+        wait_for_service(coral_env, "plain")
+        (sock,) = procs.glob(f"{service.pid}*.sock")
+        service.terminate()
+        assert service.wait(10) == -signal.SIGTERM
+        assert sock.exists()  # nothing in the process removed it
+        wait_until_gone(coral_env, "plain")
+        assert not sock.exists()
     finally:
-        service.stop()
-        agent.stop()
-        colony.stop()
+        service.kill()
+        service.wait()
+
+
+def wait_until_gone(env: CoralEnv, service: str, deadline_s: float = 10.0) -> None:
+    """Ask the agent until it no longer lists the service (it looks for exited processes twice a second)."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        out = coralctl(env, "--local", "--output", "json", "services")
+        if not any(json.loads(line)["service"] == service for line in out.stdout.splitlines()):
+            return
+    raise AssertionError(f"the agent still lists {service}")

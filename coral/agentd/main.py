@@ -34,6 +34,8 @@ from coral.daemon.runtime import (
     ShutdownSignals,
     bind_socket,
     configure_socket,
+    ensure_process_dir,
+    remove_process_socket,
     run_daemon,
     unlink_ipc,
 )
@@ -48,6 +50,11 @@ AUDITED_LOCAL = frozenset({"AttachUprobe", "DetachUprobe"})
 # The loop waits for a process synchronously: keep it well under the colony's
 # dead-agent limit (heartbeat_interval x heartbeat_liveness, 5 s by default).
 PROCESS_TIMEOUT = 1.5
+# A burst of registrations is one READY (each READY lists every process), and
+# exited processes are looked for twice a second, not on every turn: neither
+# costs more per registration as more processes register.
+ANNOUNCE_EVERY = 0.1
+PRUNE_EVERY = 0.5
 
 
 class Agent:
@@ -56,7 +63,10 @@ class Agent:
         keys = curve.agent_keys(config)  # a tcp colony endpoint without keys stops the start here
         self.agent_id = config.agent.id or socket.gethostname()
         self.context = zmq.Context()
-        self.registry = ProcessRegistry()
+        self.registry = ProcessRegistry(config.process_socket_dir, config.agent.max_registrations_per_uid)
+        self._services_changed = False  # READY is sent again, at most every ANNOUNCE_EVERY
+        self._announced = 0.0
+        self._pruned = 0.0
         self.store = EventStore(config.state_dir / "agent.duckdb")
         self.engine = ProbeEngine(config.sessions.ring_buffer_pages, config.sessions.string_bytes)
         self._calibrate()
@@ -185,7 +195,7 @@ class Agent:
     def register_process(self, req: pb.RegisterProcessRequest, peer: Peer) -> pb.RegisterProcessResponse:
         reg = self.registry.register(req, peer)
         log.info("registered %s pid %d (%s) at %s", reg.service, reg.pid, reg.kind, reg.address)
-        self.link.announce(time.monotonic())
+        self._services_changed = True
         return pb.RegisterProcessResponse(
             registration_id=reg.registration_id, heartbeat_interval_ms=int(self.config.agent.heartbeat_interval * 1000)
         )
@@ -204,7 +214,26 @@ class Agent:
         client = self._process_clients.pop(reg.address, None)
         if client is not None:
             client.close()
-        self.link.announce(time.monotonic())
+        # Its SDK may have had no chance to (SIGTERM, SIGKILL): only a socket of the registrant's own uid.
+        remove_process_socket(self.config.process_socket_dir, reg.address, reg.uid)
+        self._services_changed = True
+
+    def sweep_process_sockets(self) -> int:
+        """At start: sockets in procs/ whose process is gone (killed, or the
+        agent was down when it exited). The agent owns procs/, so the sticky
+        bit lets it remove them."""
+        removed = 0
+        for path in self.config.process_socket_dir.glob("*.sock"):
+            pid = path.name.split(".")[0].split("-")[0]
+            if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+                removed += remove_process_socket(self.config.process_socket_dir, f"ipc://{path}")
+        return removed
+
+    def announce_changes(self, now: float) -> None:
+        if self._services_changed and now - self._announced >= ANNOUNCE_EVERY:
+            self._services_changed = False
+            self._announced = now
+            self.link.announce(now)
 
     def purge(self, now: float) -> int:
         """One bounded run of retention: ended sessions past [agent] retention go, with their calls."""
@@ -228,6 +257,10 @@ class Agent:
         rep = self.context.socket(zmq.REP)
         configure_socket(rep, cfg.limits.max_message_bytes)
         bind_socket(rep, cfg.agent_endpoint)
+        ensure_process_dir(cfg.process_socket_dir)
+        swept = self.sweep_process_sockets()
+        if swept:
+            log.info("removed %d socket(s) of exited processes from %s", swept, cfg.process_socket_dir)
         failed = self.store.fail_active_sessions("agent restarted", time.time_ns())
         if failed:
             log.warning("%d session(s) left active by a previous run marked failed (agent restarted)", failed)
@@ -259,8 +292,11 @@ class Agent:
                     last_flush = now
                 self.sessions.stop_over_budget()
                 self.sessions.expire_due(time.time_ns())
-                for reg in self.registry.prune_exited():
-                    self._forget(reg)
+                if now - self._pruned >= PRUNE_EVERY:
+                    self._pruned = now
+                    for reg in self.registry.prune_exited():
+                        self._forget(reg)
+                self.announce_changes(now)
                 self.purge(now)
                 self.link.tick(now)
                 notifier.watchdog(now)
@@ -281,7 +317,7 @@ class Agent:
 def main(argv: list[str] | None = None) -> int:
     return run_daemon(
         argv, "coral-agentd", "Coral agent: runs uprobes for one host.", "agent.lock",
-        lambda c: [(c.runtime_dir, 0o755), (c.process_socket_dir, 0o1777), (c.state_dir, 0o750)],
+        lambda c: [(c.runtime_dir, 0o755), (c.state_dir, 0o750)],
         check_bpf_support, Agent,
     )
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
-from coral.daemon.errors import InvalidArgument, NotFound, PermissionDenied
+from coral.daemon.errors import InvalidArgument, LimitExceeded, NotFound, PermissionDenied
 from coral.daemon.server import Peer
 from coral.proto import coral_pb2 as pb
 
@@ -27,6 +29,7 @@ class Registration:
     registrant_pid: int = 0  # who registered it: the process itself (SDK) or its parent (coral-run)
     registrant_start_time: str = ""
     exe_id: tuple[int, int] | None = None  # (device, inode) of what it ran when it registered
+    uid: int = 0  # the registrant's uid: per-uid caps count it
 
     def to_proto(self, agent_id: str) -> pb.ServiceInstance:
         return pb.ServiceInstance(
@@ -70,16 +73,33 @@ def proc_uid(pid: int) -> int | None:
 
 
 MAX_NAME = 200
+MAX_LABEL = 64  # sdk_version, runtime
+MAX_EXECUTABLE = 4096
+KINDS = ("", "native", "go", "python")
+SOCKET_NAME = re.compile(r"[0-9A-Za-z._-]{1,64}\.sock")
 
 
-def check_registration(req: pb.RegisterProcessRequest, peer: Peer) -> tuple[int, str, int]:
+def check_fields(req: pb.RegisterProcessRequest, procs_dir: Path) -> None:
+    """Every field has a bound (docs/protocol.md, "Process registration")."""
+    if not req.service or len(req.service) > MAX_NAME or not req.service.isprintable() or "/" in req.service:
+        raise InvalidArgument("service name must be 1 to 200 printable characters without '/'")
+    path = Path(req.address.removeprefix("ipc://"))
+    if not req.address.startswith("ipc://") or path.parent != procs_dir or not SOCKET_NAME.fullmatch(path.name):
+        raise InvalidArgument(f"address must be ipc://{procs_dir}/NAME.sock (NAME: 1 to 64 of A-Z a-z 0-9 . _ -)")
+    if req.kind not in KINDS:
+        raise InvalidArgument(f"kind must be one of {', '.join(k for k in KINDS if k)}")
+    for name, value in (("sdk_version", req.sdk_version), ("runtime", req.runtime)):
+        if len(value) > MAX_LABEL or not value.isprintable():
+            raise InvalidArgument(f"{name} must be at most {MAX_LABEL} printable characters")
+    if len(req.executable) > MAX_EXECUTABLE:
+        raise InvalidArgument(f"executable must be at most {MAX_EXECUTABLE} characters")
+
+
+def check_registration(req: pb.RegisterProcessRequest, peer: Peer, procs_dir: Path) -> tuple[int, str, int]:
     """The caller must be the process it registers, or its parent (coral-run),
     and must be root or run as the same user. Returns (pid, start time, the
     caller's pid)."""
-    if not req.service or len(req.service) > MAX_NAME or not req.service.isprintable() or "/" in req.service:
-        raise InvalidArgument("service name must be 1 to 200 printable characters without '/'")
-    if not req.address.startswith("ipc://") or len(req.address) > 300:
-        raise InvalidArgument("address must be an ipc:// endpoint")
+    check_fields(req, procs_dir)
     if peer.pid is None or peer.uid is None:
         raise PermissionDenied("registration needs a local ipc connection (peer credentials unavailable)")
     stat = proc_stat(req.pid)
@@ -94,16 +114,27 @@ def check_registration(req: pb.RegisterProcessRequest, peer: Peer) -> tuple[int,
 
 
 class ProcessRegistry:
-    def __init__(self) -> None:
+    """Registrations by id and by pid (one per live process), and a count
+    per registrant uid: registering costs the same however many there are."""
+
+    def __init__(self, procs_dir: Path, max_per_uid: int = 1000) -> None:
+        self.procs_dir = procs_dir
+        self.max_per_uid = max_per_uid  # root is not capped
         self._by_id: dict[str, Registration] = {}
+        self._by_pid: dict[int, str] = {}
+        self._per_uid: dict[int, int] = {}
 
     def register(self, req: pb.RegisterProcessRequest, peer: Peer) -> Registration:
-        pid, start_time, registrant = check_registration(req, peer)
+        pid, start_time, registrant = check_registration(req, peer, self.procs_dir)
         registrant_stat = proc_stat(registrant) if registrant != pid else None
         # One registration per live process: a re-registration replaces it.
-        for rid, reg in list(self._by_id.items()):
-            if reg.pid == pid:
-                del self._by_id[rid]
+        previous = self._by_pid.get(pid)
+        if previous is not None:
+            self._remove(previous)
+        uid = peer.uid or 0
+        if uid != 0 and self._per_uid.get(uid, 0) >= self.max_per_uid:
+            raise LimitExceeded(f"uid {uid} already has {self.max_per_uid} registered processes "
+                                "(limit [agent] max_registrations_per_uid)")
         try:
             executable = os.readlink(f"/proc/{pid}/exe")
         except OSError:
@@ -122,12 +153,26 @@ class ProcessRegistry:
             registrant_pid=registrant,
             registrant_start_time=registrant_stat[1] if registrant_stat else start_time,
             exe_id=exe_id(pid),
+            uid=uid,
         )
         self._by_id[reg.registration_id] = reg
+        self._by_pid[pid] = reg.registration_id
+        self._per_uid[uid] = self._per_uid.get(uid, 0) + 1
+        return reg
+
+    def _remove(self, registration_id: str) -> Registration | None:
+        reg = self._by_id.pop(registration_id, None)
+        if reg is not None:
+            self._by_pid.pop(reg.pid, None)
+            left = self._per_uid.get(reg.uid, 1) - 1
+            if left:
+                self._per_uid[reg.uid] = left
+            else:
+                self._per_uid.pop(reg.uid, None)
         return reg
 
     def unregister(self, registration_id: str) -> Registration | None:
-        return self._by_id.pop(registration_id, None)
+        return self._remove(registration_id)
 
     def known(self, registration_id: str) -> bool:
         return registration_id in self._by_id
@@ -138,11 +183,16 @@ class ProcessRegistry:
         gone = []
         for rid, reg in list(self._by_id.items()):
             if self.loss(reg):
-                gone.append(self._by_id.pop(rid))
+                self._remove(rid)
+                gone.append(reg)
         return gone
 
     def instances(self, service: str | None = None) -> list[Registration]:
-        return [r for r in self._by_id.values() if service is None or r.service == service]
+        """Every registration, or the live ones of one service: a process
+        that exited since the last prune is not asked (it would not answer)."""
+        if service is None:
+            return list(self._by_id.values())
+        return [r for r in self._by_id.values() if r.service == service and not self.loss(r)]
 
     def services(self) -> list[str]:
         return sorted({r.service for r in self._by_id.values()})

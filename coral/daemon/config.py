@@ -75,6 +75,7 @@ class AgentConfig:
     colony_public_key_file: str = ""
     retention: str = "7d"
     purge_interval: float = 60.0
+    max_registrations_per_uid: int = 1000
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from coral.daemon.config import Config, ConfigError, load_config
 from coral.daemon.errors import InvalidArgument, PermissionDenied
 from coral.daemon.liveness import Backoff
 from coral.daemon.methods import PYTHON_PROCESS_METHODS
-from coral.daemon.runtime import SOCKET_GROUP, bind_socket, configure_socket, ensure_dir, unlink_ipc
+from coral.daemon.runtime import SOCKET_GROUP, bind_process_socket, configure_socket, ensure_process_dir, unlink_ipc
 from coral.daemon.server import Dispatcher, Handler, Peer, serve_rep_once
 from coral.proto import coral_pb2 as pb
 from coral.sdk import _probe, native
@@ -151,19 +151,19 @@ def disarm_orphans() -> None:
         log.info("registered anew with no probe attached: disarmed %d functions armed before", ARMS.disarm_all())
 
 
-def _bind(sdk: Sdk, config: Config, context: zmq.Context[zmq.Socket[bytes]], address: str) -> zmq.Socket[bytes] | None:
+def _bind(sdk: Sdk, config: Config, context: zmq.Context[zmq.Socket[bytes]]) -> tuple[zmq.Socket[bytes], str] | None:
     backoff = Backoff()
     warned = False
     while not sdk.stopping:
         rep = context.socket(zmq.REP)
         try:
             configure_socket(rep, config.limits.max_message_bytes)
-            ensure_dir(config.process_socket_dir, 0o1777)
-            bind_socket(rep, address)
-            return rep
+            ensure_process_dir(config.process_socket_dir)
+            return rep, bind_process_socket(rep, config.process_socket_dir, sdk.pid)
         except (OSError, zmq.ZMQError) as exc:
             rep.close(linger=0)
             if not warned:
+                address = f"ipc://{config.process_socket_dir / f'{sdk.pid}.sock'}"
                 log.warning("coral: cannot listen on %s (%s); live debugging is off until it can, retrying", address, exc)
                 warned = True
             sdk.wait_for_wake(backoff.next_delay())
@@ -171,10 +171,10 @@ def _bind(sdk: Sdk, config: Config, context: zmq.Context[zmq.Socket[bytes]], add
 
 
 def _serve(sdk: Sdk, config: Config, context: zmq.Context[zmq.Socket[bytes]]) -> None:
-    address = f"ipc://{config.process_socket_dir / f'{sdk.pid}.sock'}"
-    rep = _bind(sdk, config, context, address)
-    if rep is None:
+    bound = _bind(sdk, config, context)
+    if bound is None:
         return
+    rep, address = bound
     registration = AgentRegistration(config.agent_endpoint, registration_request(sdk.service, sdk.pid, address), context)
     dispatcher: Dispatcher | None = None
     api = ProcessApi(ARMS, sdk.pid, lambda: dict(dispatcher.counters) if dispatcher else {})
