@@ -164,12 +164,12 @@ class Process:
         return self.proc.returncode
 
 
-def start_colony(env: CoralEnv) -> Process:
-    return Process("colonyd", [tool("coral-colonyd")], env).wait_ready()
+def start_colony(env: CoralEnv, wrap: tuple[str, ...] = ()) -> Process:
+    return Process("colonyd", [*wrap, tool("coral-colonyd")], env).wait_ready()
 
 
-def start_agent(env: CoralEnv, name: str = "agentd") -> Process:
-    return Process(name, [tool("coral-agentd")], env).wait_ready()
+def start_agent(env: CoralEnv, name: str = "agentd", wrap: tuple[str, ...] = ()) -> Process:
+    return Process(name, [*wrap, tool("coral-agentd")], env).wait_ready()
 
 
 @contextlib.contextmanager

@@ -5,10 +5,12 @@ with fake links, then a real unprivileged user against real daemons."""
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import json
 import os
 import pwd
+import resource
 import signal
 import subprocess
 import sys
@@ -26,7 +28,7 @@ from coral.daemon.config import Config
 from coral.daemon.errors import InvalidArgument
 from coral.daemon.server import Peer
 from coral.proto import coral_pb2 as pb
-from tests.harness import REPO, CoralEnv, coralctl, running, start_attach
+from tests.harness import REPO, CoralEnv, NativeService, coralctl, running, start_agent, start_attach, start_colony
 from tests.test_native_e2e import wait_for_service
 
 ROOT = Peer(uid=0, gid=0, pid=10)
@@ -279,3 +281,60 @@ def wait_until_gone(env: CoralEnv, service: str, deadline_s: float = 10.0) -> No
         if not any(json.loads(line)["service"] == service for line in out.stdout.splitlines()):
             return
     raise AssertionError(f"the agent still lists {service}")
+
+
+HOLDER = r"""
+import resource, socket, sys
+path, count = sys.argv[1], int(sys.argv[2])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+held = []
+for _ in range(count):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)  # and say nothing: an idle connection
+    held.append(s)
+print("held", len(held), flush=True)
+sys.stdin.read()
+"""
+IDLE = 10_000
+
+
+def test_ten_thousand_idle_connections_to_each_socket_harm_no_session(
+    coral_env: CoralEnv, bpf: None, payments_binary: Path, member: pwd.struct_passwd
+) -> None:
+    """The daemons start with systemd's usual soft limit of 1024 descriptors
+    (the hard one above it), as a unit without LimitNOFILE= would give them;
+    a member holds 10,000 idle connections to the colony's socket and
+    10,000 to the agent's while the operator's session runs."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    assert hard >= IDLE + 1000, f"this test needs a hard descriptor limit of at least {IDLE + 1000}, not {hard}"
+    low = ("prlimit", f"--nofile=1024:{hard}", "--")
+    coral_env.root.mkdir(parents=True, exist_ok=True)
+    os.chmod(coral_env.root, 0o755)
+    with contextlib.ExitStack() as stack:
+        colony = start_colony(coral_env, wrap=low)
+        stack.callback(colony.stop)
+        agent = start_agent(coral_env, wrap=low)
+        stack.callback(agent.stop)
+        service = NativeService(coral_env, payments_binary)
+        stack.callback(service.stop)
+        wait_for_service(coral_env, "payments")
+        attach, session = start_attach(coral_env, "payments", "validate_card", "--duration", "4s", "--no-save")
+        holders = []
+        for sock in ("colony.sock", "agent.sock"):
+            holder = subprocess.Popen(
+                [sys.executable, "-c", HOLDER, str(coral_env.runtime_dir / sock), str(IDLE)], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, text=True, user=member.pw_uid, group=member.pw_gid, extra_groups=["coral"])
+            stack.callback(holder.wait)
+            stack.callback(holder.kill)
+            holders.append(holder)
+        for holder in holders:
+            assert holder.stdout is not None and holder.stdout.readline() == f"held {IDLE}\n"
+        assert len(os.listdir(f"/proc/{colony.pid}/fd")) > IDLE  # accepted, not waiting in a backlog
+        assert coralctl(coral_env, "ping").returncode == 0 and coralctl(coral_env, "--local", "ping").returncode == 0
+        assert service.call(20).startswith("done 20 ")
+        attach.wait(30)
+        events = coralctl(coral_env, "--output", "json", "debug", "events", session["session_id"])
+        summary = json.loads(events.stdout.splitlines()[-1])
+        assert (summary["status"], summary["calls"], summary["lost"]) == ("expired", 20, {}), summary
+        assert colony.proc.poll() is None and agent.proc.poll() is None

@@ -9,6 +9,7 @@ import fcntl
 import grp
 import logging
 import os
+import resource
 import secrets
 import signal
 import stat
@@ -205,15 +206,31 @@ def unlink_ipc(endpoint: str) -> None:
         Path(endpoint[len("ipc://") :]).unlink(missing_ok=True)
 
 
+# A connection that has not finished ZeroMQ's greeting (and CURVE's, on
+# tcp) in this time is closed: idle sockets cannot pile up (libzmq: 30 s).
+HANDSHAKE_MS = 5000
+
+
 def configure_socket(sock: zmq.Socket[bytes], max_message_bytes: int, send_queue: int | None = None) -> None:
     """Options of a daemon's socket; call it before bind or connect. libzmq
     copies a socket's options into each listener and connection as that is
     made, so a queue size (SNDHWM) set after bind never reaches a peer."""
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+    sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
     if send_queue is not None:
         sock.setsockopt(zmq.SNDHWM, send_queue)
 
+
+
+def raise_descriptor_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit. libzmq's ipc listener aborts
+    the process when accept() fails with EMFILE, so a daemon must never run
+    out: at the usual soft limit of 1024, a thousand idle connections did it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        logging.getLogger(__name__).info("file descriptors: soft limit raised from %d to %d", soft, hard)
 
 
 class Server(Protocol):
@@ -231,6 +248,7 @@ def run_daemon(argv: list[str] | None, name: str, description: str, lock_name: s
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
+    raise_descriptor_limit()
     try:
         config = load_config(args.config)
         check()
