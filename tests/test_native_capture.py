@@ -99,3 +99,52 @@ def test_the_string_bound_comes_from_the_config(coral_env: CoralEnv, bpf: None, 
     finally:
         run.stop()
         agent.stop()
+
+
+LOGIN = r"""
+#include <stdio.h>
+#include <string.h>
+__attribute__((noinline)) int login(const char *password, const char *note) {
+    return (int)(strlen(password) + strlen(note));
+}
+int main(void) {
+    char line[16];
+    while (fgets(line, sizeof line, stdin)) {
+        printf("%d\n", login("hunter2-hunter2", "card 4111 1111 1111 1111 ok"));
+        fflush(stdout);
+    }
+    return 0;
+}
+"""
+
+
+def test_native_secrets_are_redacted_before_they_are_stored(coral_env: CoralEnv, agent: Process, tmp_path: Path) -> None:
+    """A C function's `password` argument by its name, a card number inside
+    another string by its value: the agent redacts both before it stores or
+    sends anything, so neither is in agent.duckdb, its WAL, or a log."""
+    src = tmp_path / "login.c"
+    src.write_text(LOGIN)
+    binary = tmp_path / "login"
+    subprocess.run(["gcc", "-g", "-O1", "-o", str(binary), str(src)], check=True)
+    run = run_service(coral_env, "login", binary)
+    try:
+        p = subprocess.Popen([tool("coralctl"), "--local", "--output", "json", "debug", "attach", "login", "--function",
+                              "login", "--duration", "2s", "--capture-args", "--no-save"],
+                             env=coral_env.env, stdout=subprocess.PIPE, text=True)
+        assert p.stdout is not None and run.proc.stdin is not None and run.proc.stdout is not None
+        assert json.loads(p.stdout.readline())["kind"] == "session"
+        for _ in range(3):
+            run.proc.stdin.write(b"go\n")
+            run.proc.stdin.flush()
+            run.proc.stdout.readline()
+        out, _ = p.communicate(timeout=30)
+    finally:
+        run.stop()
+    entries = [json.loads(line) for line in out.splitlines() if '"event_type":"entry"' in line]
+    assert len(entries) == 3
+    assert [a["value"] for a in entries[0]["args"]] == ["<redacted>", "'card <redacted> ok'"]  # both were copied
+    assert agent.stop() == 0  # its database closed: everything it kept is on disk now
+    for f in [*coral_env.state_dir.rglob("*"), *coral_env.root.glob("*.log")]:
+        if f.is_file():
+            data = f.read_bytes()
+            assert b"hunter2" not in data and b"4111 1111" not in data, f

@@ -73,7 +73,7 @@ def test_attach_sees_exactly_n_calls_live_and_afterwards(
     # validate_card sleeps SLEEP_MS: each call takes at least that, and not wildly more.
     assert all(SLEEP_MS * 1_000_000 <= e["duration_ns"] < SLEEP_MS * 1_000_000 * 20 for e in returns)
     # Arguments by their DWARF names, the return value by its type.
-    assert entries[0]["args"][0]["name"] == "card_number" and entries[0]["args"][0]["value"] == "4000123412341000"
+    assert entries[0]["args"][0] == {"name": "card_number", "type": "long int", "value": "<redacted>"}  # by its name
     assert entries[3]["args"][1] == {"name": "amount_cents", "type": "int", "value": "503"}
     assert returns[0]["return_value"] == {"type": "int", "value": "0", "is_error": False, "error_message": ""}
     assert [r["return_value"]["value"] for r in returns].count("-1") == 2

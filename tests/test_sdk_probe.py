@@ -19,6 +19,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
 from coral.elfinfo import ElfFunctions
+from coral.redact import Rules
 from coral.sdk import _probe
 from coral.sdk.metadata import NOP5, probe_site
 from coral.sdk.records import RECORD_FORMAT, CallRecord, parse_record, take_test_records
@@ -243,7 +244,23 @@ def test_the_record_layout_matches_coral_call_h() -> None:
 
 
 def test_the_default_redaction_patterns_agree_between_c_and_python() -> None:
-    assert _probe._redact_patterns() == DEFAULT_REDACT_PATTERNS
+    assert _probe._redact_patterns() == Rules(DEFAULT_REDACT_PATTERNS).terms
+
+
+NAMES = ["user_pw", "apiToken", "Authorization", "APIKey", "x-api-key", "privateKey", "mypassword", "tokenExpiry",
+         "credentials", "session_id", "author", "oauth_url", "upward", "keyboard", "cardinality", "card", "pw2", "ID",
+         "HTTPHeader", "naïve_secret", "", "a" * 300 + "_token"]
+
+
+def test_the_c_side_matches_dict_keys_with_the_same_rule_as_python(tracer: None) -> None:
+    """Parameter names are matched in Python (coral/redact.py); dict keys, at
+    call time, in C: both must say the same of every name."""
+    probe = probe_for(charge)
+    rules = Rules()
+    for name in NAMES:
+        probe({name: "v"})
+        shown = only_record().args[0][1]
+        assert ("<redacted>" in shown) == rules.is_secret_name(name), (name, shown)
 
 
 def test_probe_site_and_semaphore_match_what_pyelftools_reads_from_the_so() -> None:
@@ -330,3 +347,20 @@ def test_the_kernel_raises_the_semaphore_and_sees_every_traced_call(bpf: None) -
     finally:
         uprobe.close()
     assert _probe.semaphore() == 0
+
+
+def login(user: str, password: str, **options: object) -> None:
+    raise PermissionError(f"bad password {password!r} for {user} ({options})")
+
+
+def test_an_exception_does_not_quote_a_redacted_argument(tracer: None) -> None:
+    probe = probe_for(login)
+    calls: list[tuple[tuple[object, ...], dict[str, object]]] = [
+        (("bob", "hunter2"), {}), ((), {"user": "bob", "password": "hunter2"}), (("bob", "x"), {"api_token": 123456})]
+    for args, kwargs in calls:
+        with pytest.raises(PermissionError):
+            probe(*args, **kwargs)
+    first, second, third = take_test_records()
+    assert first.args == (("user", "'bob'"), ("password", "<redacted>"))
+    assert first.ret == second.ret == "PermissionError: bad password '<redacted>' for bob ({})"
+    assert third.ret == "PermissionError: bad password 'x' for bob ({'api_token': <redacted>})"  # shorter than 3: kept

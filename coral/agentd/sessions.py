@@ -27,6 +27,7 @@ from coral.agentd.values import int_kind
 from coral.daemon.config import Config
 from coral.daemon.errors import CoralError, InvalidArgument, LimitExceeded, NotFound, ProbeFailed
 from coral.proto import coral_pb2 as pb
+from coral.redact import Rules
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,7 @@ class SessionManager:
         self._fn_ids: dict[str, int] = {}
         self._arms: dict[tuple[int, str], tuple[int, bool, bool]] = {}  # (pid, name) -> (sessions, args, return)
         self._clock_offset = wall_clock_offset_ns()
+        self.rules = Rules(config.sdk.redact_patterns)  # the SDK's rules, for native values
 
     # ------------------------------------------------------------ attach
 
@@ -252,12 +254,14 @@ class SessionManager:
             start, end = rec.start_ns, rec.end_ns
             args = [dict(zip(("name", "value"), a.decode(errors="replace").split("=", 1), strict=False)) | {"type": ""}
                     for a in rec.args.split(b"\0") if a] if s.config.capture_args else []
+            for a in args:  # the SDK redacted by name and card numbers; the agent adds the value patterns
+                a["value"] = self.rules.value(a["name"], a.get("value", ""))
             ret: dict[str, Any] = {}
             text = rec.ret.decode(errors="replace")
-            if rec.flags & CALL_RAISED:
-                ret = {"type": text.split(":", 1)[0], "value": "", "is_error": True, "error_message": text}
+            if rec.flags & CALL_RAISED:  # the SDK redacted it; the value patterns once more, as for native text
+                ret = {"type": text.split(":", 1)[0], "value": "", "is_error": True, "error_message": self.rules.text(text)}
             elif s.config.capture_return:
-                ret = {"type": "", "value": text}
+                ret = {"type": "", "value": self.rules.text(text)}
         else:
             start, end = rec.start_ns, rec.start_ns + rec.duration_ns
             meta = next((t.meta for t in s.targets if t.reg.pid == rec.pid), s.targets[0].meta)
@@ -273,9 +277,10 @@ class SessionManager:
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         string_bytes = self.engine.string_bytes
         args: list[dict[str, Any]] = []
-        if s.config.capture_args:
+        if s.config.capture_args:  # redacted here, before anything is stored or sent
             strings = dict(zip([r for r in abi.string_registers(meta) if r >= 0], rec.strings, strict=False))
-            args = [{"name": a.name, "type": a.type or "u64", "value": abi.show(a, rec.args, strings, string_bytes)}
+            args = [{"name": a.name, "type": a.type or "u64",
+                     "value": self.rules.value(a.name, abi.show(a, rec.args, strings, string_bytes))}
                     for a in abi.argument_layout(meta)]
         ret: dict[str, Any] = {}
         results = abi.result_layout(meta)
@@ -283,8 +288,9 @@ class SessionManager:
             shown = [(r, abi.show(r, rec.results, {})) for r in results] or \
                 [(abi.Slot("", "u64", "int", (0,)), f"{rec.results[0]:#x}")]
             errors = [(r, v) for r, v in shown if r.type == "error" and v != "nil"]
-            ret = {"type": ", ".join(r.type for r, _ in shown), "value": ", ".join(v for _, v in shown),
-                   "is_error": bool(errors), "error_message": errors[0][1] if errors else ""}
+            ret = {"type": ", ".join(r.type for r, _ in shown),
+                   "value": self.rules.text(", ".join(self.rules.value(r.name, v) for r, v in shown)),
+                   "is_error": bool(errors), "error_message": self.rules.text(errors[0][1]) if errors else ""}
         return args, ret
 
     def flush(self, force: bool = True) -> int:

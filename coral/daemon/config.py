@@ -15,6 +15,7 @@ from typing import Any
 
 from coral.daemon.errors import InvalidArgument
 from coral.daemon.retention import parse_age
+from coral.redact import DEFAULT_NAMES
 
 DEFAULT_CONFIG_PATH = "/etc/coral/coral.toml"
 
@@ -105,9 +106,9 @@ class ClientConfig:
 
 @dataclass(frozen=True)
 class SdkConfig:
-    # Arguments whose names contain one of these (case-insensitive) are shown
-    # as <redacted>; so are values that look like card numbers.
-    redact_patterns: tuple[str, ...] = ("password", "secret", "token", "api_key", "authorization", "card")
+    # Names whose values are shown as <redacted> (the rule: coral/redact.py);
+    # secret-looking values are redacted whatever their name.
+    redact_patterns: tuple[str, ...] = DEFAULT_NAMES
 
 
 @dataclass(frozen=True)
@@ -179,6 +180,7 @@ _POSITIVE = {
     "max_duration",
     "max_sessions_per_agent",
     "max_events_per_session",
+    "max_registrations_per_uid",
     "ring_buffer_pages",
     "string_bytes",
     "heartbeat_interval",

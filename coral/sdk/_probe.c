@@ -84,7 +84,9 @@ static PyObject *test_records;               /* list of dicts, test mode only */
 static PyObject *redact_patterns;            /* tuple of lowercase bytes */
 static PyObject *safe_repr_types;            /* tuple of types whose repr is C and bounded */
 
-static const char *const default_patterns[] = {"password", "secret", "token", "api_key", "authorization", "card", NULL};
+/* coral/redact.py Rules().terms: the default names as the rule compares them */
+static const char *const default_patterns[] = {"apikey", "authorization", "bearer", "card", "cookie", "credential",
+                                               "passwd", "password", "privatekey", "pw", "secret", "token", NULL};
 
 #define NAME_MATCH_MAX 128    /* bytes of a parameter name compared with the patterns */
 #define CONTAINER_ITEMS_MAX 64
@@ -258,24 +260,91 @@ redact_card_runs(char *s, size_t n)
 
 /* ------------------------------------------------------------- redaction */
 
+/* The name rule of coral/redact.py: the name is split into lowercase words
+ * (runs of lowercase letters, camelCase humps, runs of capitals, runs of
+ * digits; anything else separates), and it is sensitive when a word, or two
+ * adjacent words run together, is one of the terms, or when a word begins or
+ * ends with a term of five letters or more. The terms come from Python
+ * (Rules.terms), already lowercase and joined. tests/test_sdk_probe.py checks
+ * that the two sides agree. */
+#define NAME_WORDS_MAX 32
+
+static int
+is_up(char c) { return c >= 'A' && c <= 'Z'; }
+static int
+is_low(char c) { return c >= 'a' && c <= 'z'; }
+static int
+is_dig(char c) { return c >= '0' && c <= '9'; }
+
+static int
+term_matches(const char *w, size_t n, int whole_only)
+{
+    Py_ssize_t count = PyTuple_GET_SIZE(redact_patterns);
+    for (Py_ssize_t k = 0; k < count; k++) {
+        PyObject *p = PyTuple_GET_ITEM(redact_patterns, k);
+        size_t t = (size_t)PyBytes_GET_SIZE(p);
+        const char *term = PyBytes_AS_STRING(p);
+        if (t == 0 || t > n)
+            continue;
+        if (t == n && memcmp(w, term, t) == 0)
+            return 1;
+        if (!whole_only && t >= 5 && (memcmp(w, term, t) == 0 || memcmp(w + n - t, term, t) == 0))
+            return 1;
+    }
+    return 0;
+}
+
 static int
 name_is_sensitive_utf8(const char *name, size_t n)
 {
     if (redact_patterns == NULL)
         return 0;
-    char lower[NAME_MATCH_MAX + 1];
     if (n > NAME_MATCH_MAX)
         n = NAME_MATCH_MAX;
-    for (size_t i = 0; i < n; i++) {
-        char c = name[i];
-        lower[i] = (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
+    char lower[NAME_MATCH_MAX];
+    size_t starts[NAME_WORDS_MAX], lens[NAME_WORDS_MAX];
+    size_t nwords = 0, i = 0;
+    while (i < n && nwords < NAME_WORDS_MAX) {
+        size_t j = i;
+        if (is_dig(name[i])) {
+            while (j < n && is_dig(name[j]))
+                j++;
+        } else if (is_up(name[i])) {
+            while (j < n && is_up(name[j]))
+                j++;
+            if (j < n && is_low(name[j])) {
+                if (j - i > 1)
+                    j--; /* "APIKey": "API", then "Key" */
+                else
+                    while (j < n && is_low(name[j]))
+                        j++;
+            }
+        } else if (is_low(name[i])) {
+            while (j < n && is_low(name[j]))
+                j++;
+        } else {
+            i++;
+            continue;
+        }
+        starts[nwords] = i;
+        lens[nwords] = j - i;
+        nwords++;
+        i = j;
     }
-    lower[n] = '\0';
-    Py_ssize_t count = PyTuple_GET_SIZE(redact_patterns);
-    for (Py_ssize_t k = 0; k < count; k++) {
-        PyObject *p = PyTuple_GET_ITEM(redact_patterns, k);
-        if (PyBytes_GET_SIZE(p) > 0 && strstr(lower, PyBytes_AS_STRING(p)) != NULL)
+    for (size_t k = 0; k < n; k++) {
+        char c = name[k];
+        lower[k] = is_up(c) ? (char)(c - 'A' + 'a') : c;
+    }
+    for (size_t w = 0; w < nwords; w++) {
+        if (term_matches(lower + starts[w], lens[w], 0))
             return 1;
+        if (w + 1 < nwords) {
+            char pair[NAME_MATCH_MAX * 2];
+            memcpy(pair, lower + starts[w], lens[w]);
+            memcpy(pair + lens[w], lower + starts[w + 1], lens[w + 1]);
+            if (term_matches(pair, lens[w] + lens[w + 1], 1))
+                return 1;
+        }
     }
     return 0;
 }
@@ -838,6 +907,87 @@ format_args(ProbeWrapper *w, sbuf *field, PyObject *const *pos, Py_ssize_t npos,
     }
 }
 
+/* An exception's text may quote an argument whose value was redacted
+ * ("bad password hunter2"): each such value (a str, bytes or int of at
+ * least SCRUB_MIN bytes as text) is replaced in it by <redacted>. */
+#define SCRUB_MIN 3
+
+static void
+scrub_value(sbuf *ret, PyObject *value)
+{
+    static const char mark[] = "<redacted>";
+    const size_t m = sizeof(mark) - 1;
+    PyObject *text = NULL;
+    const char *secret = NULL;
+    Py_ssize_t n = 0;
+    if (PyUnicode_CheckExact(value)) {
+        secret = PyUnicode_AsUTF8AndSize(value, &n);
+    } else if (PyBytes_CheckExact(value)) {
+        secret = PyBytes_AS_STRING(value);
+        n = PyBytes_GET_SIZE(value);
+    } else if (PyLong_CheckExact(value)) {
+        text = PyObject_Str(value);
+        secret = text ? PyUnicode_AsUTF8AndSize(text, &n) : NULL;
+    }
+    if (secret == NULL) {
+        PyErr_Clear();
+        Py_XDECREF(text);
+        return;
+    }
+    if ((size_t)n >= SCRUB_MIN && (size_t)n <= ret->len) {
+        char out[CORAL_RET_MAX];
+        size_t o = 0, i = 0;
+        while (i < ret->len) {
+            if (i + (size_t)n <= ret->len && memcmp(ret->buf + i, secret, (size_t)n) == 0) {
+                size_t k = o + m <= sizeof out ? m : sizeof out - o;
+                memcpy(out + o, mark, k);
+                o += k;
+                i += (size_t)n;
+            } else if (o < sizeof out) {
+                out[o++] = ret->buf[i++];
+            } else {
+                break;
+            }
+        }
+        if (o > ret->cap)
+            o = ret->cap;
+        memcpy(ret->buf, out, o);
+        ret->len = o;
+    }
+    Py_XDECREF(text);
+}
+
+static void
+scrub_redacted_args(ProbeWrapper *w, sbuf *ret, PyObject *const *pos, Py_ssize_t npos, PyObject *kwnames,
+                    PyObject *const *kwvals, PyObject *kwdict)
+{
+    Py_ssize_t nnames = PyTuple_GET_SIZE(w->names);
+    const char *flags = PyBytes_AS_STRING(w->redact);
+    for (Py_ssize_t i = 0; i < npos; i++) {
+        int redacted = i < nnames ? (i < PyBytes_GET_SIZE(w->redact) && flags[i]) : w->varargs_redact;
+        if (redacted)
+            scrub_value(ret, pos[i]);
+    }
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : (kwdict ? PyDict_GET_SIZE(kwdict) : 0);
+    Py_ssize_t k = 0, dpos = 0;
+    PyObject *key, *value;
+    while (k < nkw) {
+        if (kwnames) {
+            key = PyTuple_GET_ITEM(kwnames, k);
+            value = kwvals[k];
+        } else if (!PyDict_Next(kwdict, &dpos, &key, &value)) {
+            break;
+        }
+        Py_ssize_t n = 0;
+        const char *s = PyUnicode_Check(key) ? PyUnicode_AsUTF8AndSize(key, &n) : NULL;
+        if (s == NULL)
+            PyErr_Clear();
+        else if (name_is_sensitive_utf8(s, (size_t)n))
+            scrub_value(ret, value);
+        k++;
+    }
+}
+
 /* Build the record for one completed call and hand it to the probe site.
  * Must be entered with no exception set; leaves none set. */
 static void
@@ -863,6 +1013,7 @@ emit_record(ProbeWrapper *w, unsigned long long start, unsigned long long end, P
     if (exc_type != NULL) {
         rec.flags |= CORAL_CALL_RAISED;
         put_exception(&ret, exc_type, exc_value);
+        scrub_redacted_args(w, &ret, pos, npos, kwnames, kwvals, kwdict);
         ret.len = redact_card_runs(ret.buf, ret.len);
     } else if (w->capture_return) {
         put_value_redacted(&ret, result, CORAL_RET_MAX);
@@ -1238,7 +1389,7 @@ static PyMethodDef module_methods[] = {
     {"_set_test_mode", (PyCFunction)(void (*)(void))mod_set_test_mode, METH_VARARGS | METH_KEYWORDS,
      "_set_test_mode(*, semaphore=0, capture=False): tests only; force the semaphore, keep records in memory"},
     {"_take_records", mod_take_records, METH_NOARGS, "_take_records() -> list[dict]: records kept in test mode"},
-    {"_set_redact_patterns", mod_set_redact_patterns, METH_O, "case-insensitive substrings of sensitive names"},
+    {"_set_redact_patterns", mod_set_redact_patterns, METH_O, "the name rule's terms (coral/redact.py Rules.terms)"},
     {"_redact_patterns", mod_redact_patterns, METH_NOARGS, "the patterns in force"},
     {"_set_safe_repr_types", mod_set_safe_repr_types, METH_O, "exact types whose (C) repr may be called"},
     {NULL},

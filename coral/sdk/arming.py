@@ -137,7 +137,7 @@ class ArmRegistry:
 
     def configure(self, settings: SdkSettings) -> None:
         self.settings = settings
-        _probe._set_redact_patterns(settings.redact_patterns)
+        _probe._set_redact_patterns(settings.rules.terms)
 
     def arm_of(self, obj: Any) -> Arm | None:
         arm = self._by_installed.get(id(obj))

@@ -8,31 +8,35 @@ numbers (13-19 digits, Luhn-valid) are redacted whatever the patterns say.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from coral.daemon.config import Config
+from coral.redact import DEFAULT_NAMES, Rules
 
 log = logging.getLogger(__name__)
 
-# Case-insensitive substrings of parameter (and dict key) names whose values
-# are never shown. The C extension starts with the same list.
-DEFAULT_REDACT_PATTERNS: tuple[str, ...] = ("password", "secret", "token", "api_key", "authorization", "card")
+DEFAULT_REDACT_PATTERNS: tuple[str, ...] = DEFAULT_NAMES
 
 
 @dataclass(frozen=True)
 class SdkSettings:
+    """The names to redact; the rule that matches them is coral/redact.py's,
+    shared with the agent (and, for dict keys, the C extension)."""
+
     redact_patterns: tuple[str, ...] = DEFAULT_REDACT_PATTERNS
 
+    @functools.cached_property
+    def rules(self) -> Rules:
+        return Rules(self.redact_patterns)
+
     def is_sensitive(self, name: str) -> bool:
-        """The same rule as the C side's: a pattern is a substring of the
-        lowercased name."""
-        lowered = name.lower()
-        return any(p and p.lower() in lowered for p in self.redact_patterns)
+        return self.rules.is_secret_name(name)
 
     def redact_flags(self, names: Iterable[str]) -> bytes:
-        return bytes(1 if self.is_sensitive(n) else 0 for n in names)
+        return self.rules.flags(names)
 
 
 def settings_from_config(config: Config) -> SdkSettings:
