@@ -338,3 +338,82 @@ def test_ten_thousand_idle_connections_to_each_socket_harm_no_session(
         summary = json.loads(events.stdout.splitlines()[-1])
         assert (summary["status"], summary["calls"], summary["lost"]) == ("expired", 20, {}), summary
         assert colony.proc.poll() is None and agent.proc.poll() is None
+
+
+# ------------------------------------------------------------ service names
+
+OWNERS: dict[str, tuple[str, ...]] = {"vault": ("root", "@vaulters")}
+
+
+def test_who_may_register_a_service_name() -> None:
+    from coral.agentd.registry import owner_refusal
+
+    assert owner_refusal("vault", 0, OWNERS, None, identify) == ""  # root may always
+    assert owner_refusal("vault", 998, {"vault": ("coral-agent",)}, None, identify) == ""  # by name
+    assert owner_refusal("vault", 1500, {"vault": ("1500",)}, None, identify) == ""  # by uid
+    assert owner_refusal("vault", 1500, {"vault": ("@coral",)}, None, identify) == ""  # by group
+    assert owner_refusal("vault", 1500, OWNERS, None, identify) == (
+        "uid 1500 may not register service 'vault': [services] vault admits root, @vaulters")
+    assert owner_refusal("web", 1500, OWNERS, None, identify) == ""  # not configured: the first comes first
+    assert owner_refusal("web", 1500, OWNERS, 1500, identify) == ""  # more instances of its own
+    assert owner_refusal("web", 1500, OWNERS, 0, identify) == (
+        "service 'web' is registered by uid 0; only that uid may add instances while it runs "
+        "(name who may register it in [services])")
+
+
+REGISTRAR = r"""
+import os, sys
+from pathlib import Path
+import zmq
+from coral.daemon.client import Client
+from coral.daemon.errors import CoralError
+from coral.daemon.runtime import bind_process_socket
+from coral.proto import coral_pb2 as pb
+agent, procs = sys.argv[1:3]
+rep = zmq.Context.instance().socket(zmq.REP)
+rep.setsockopt(zmq.LINGER, 0)
+address = bind_process_socket(rep, Path(procs), os.getpid())
+for service in sys.argv[3:]:
+    try:
+        Client(agent, 10).call("RegisterProcess", pb.RegisterProcessRequest(
+            service=service, pid=os.getpid(), executable=sys.executable, address=address, kind="python"))
+        print(service, "OK", flush=True)
+    except CoralError as exc:
+        print(service, exc.code, exc.message, flush=True)
+"""
+
+
+def test_a_member_cannot_take_a_configured_name_nor_one_another_uid_runs(
+    coral_env: CoralEnv, bpf: None, payments_binary: Path, member: pwd.struct_passwd
+) -> None:
+    coral_env.root.mkdir(parents=True, exist_ok=True)
+    os.chmod(coral_env.root, 0o755)
+    config = coral_env.root / "coral.toml"
+    config.write_text('[services]\nvault = ["root"]\n')
+    os.chmod(config, 0o644)
+    coral_env.env["CORAL_CONFIG"] = str(config)
+    with running(coral_env, payments_binary) as payments:  # root runs payments: its uid holds the name
+        wait_for_service(coral_env, "payments")
+        out = subprocess.run(
+            [sys.executable, "-c", REGISTRAR, coral_env.endpoint("agent.sock"), str(coral_env.runtime_dir / "procs"),
+             "vault", "payments", "mine"],
+            env={**coral_env.env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=60,
+            user=member.pw_uid, group=member.pw_gid, extra_groups=["coral"], cwd="/",
+        )
+        uid = member.pw_uid
+        assert out.stdout.splitlines() == [
+            f"vault PERMISSION_DENIED uid {uid} may not register service 'vault': [services] vault admits root",
+            "payments PERMISSION_DENIED service 'payments' is registered by uid 0; only that uid may add instances "
+            "while it runs (name who may register it in [services])",
+            "mine OK",
+        ], out.stderr
+        listed = [json.loads(line) for line in coralctl(coral_env, "--local", "--output", "json", "services").stdout.splitlines()]
+        assert [s["pid"] for s in listed if s["service"] == "payments"] == [payments.child_pid]
+        attach, session = start_attach(coral_env, "payments", "validate_card", "--duration", "2s", "--no-save")
+        assert payments.call(10).startswith("done 10 ")
+        attach.wait(30)
+        events = coralctl(coral_env, "--output", "json", "debug", "events", session["session_id"])
+        summary = json.loads(events.stdout.splitlines()[-1])
+        assert (summary["status"], summary["calls"]) == ("expired", 10), summary
+        warning = f"service 'mine' is not in [services]: uid {uid} registered it first"
+        assert warning in (coral_env.root / "agentd.log").read_text()

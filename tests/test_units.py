@@ -70,7 +70,8 @@ def test_summary_uses_nearest_rank_percentiles() -> None:
             "heartbeat_liveness, poll_interval, flush_interval, key_file, colony_public_key_file, retention, purge_interval, "
             "max_registrations_per_uid)",
         ),
-        ({"nope": {}}, "c.toml: unknown section [nope] (known: paths, limits, sessions, agent, colony, client, sdk, access)"),
+        ({"nope": {}},
+         "c.toml: unknown section [nope] (known: paths, limits, sessions, agent, colony, client, sdk, access, services)"),
     ],
 )
 def test_config_errors_name_file_key_and_expected_type(data: dict, message: str) -> None:

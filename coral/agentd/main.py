@@ -63,7 +63,7 @@ class Agent:
         keys = curve.agent_keys(config)  # a tcp colony endpoint without keys stops the start here
         self.agent_id = config.agent.id or socket.gethostname()
         self.context = zmq.Context()
-        self.registry = ProcessRegistry(config.process_socket_dir, config.agent.max_registrations_per_uid)
+        self.registry = ProcessRegistry(config.process_socket_dir, config.agent.max_registrations_per_uid, config.services)
         self._services_changed = False  # READY is sent again, at most every ANNOUNCE_EVERY
         self._announced = 0.0
         self._pruned = 0.0

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from coral.daemon.access import unix_identity
 from coral.daemon.errors import InvalidArgument, LimitExceeded, NotFound, PermissionDenied
 from coral.daemon.server import Peer
 from coral.proto import coral_pb2 as pb
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -113,16 +118,41 @@ def check_registration(req: pb.RegisterProcessRequest, peer: Peer, procs_dir: Pa
     return req.pid, start_time, peer.pid
 
 
-class ProcessRegistry:
-    """Registrations by id and by pid (one per live process), and a count
-    per registrant uid: registering costs the same however many there are."""
+def owner_refusal(service: str, uid: int, owners: dict[str, tuple[str, ...]], holder: int | None,
+                  identify: Callable[[int], tuple[str, set[str]]] = unix_identity) -> str:
+    """Why `uid` may not register `service` ("" if it may). A service named
+    in [services] is registered only by the users, uids and @groups listed
+    there; any other only by the uid that registered it first, while an
+    instance of it is registered (`holder`). Root may always."""
+    if uid == 0:
+        return ""
+    allowed = owners.get(service)
+    if allowed is not None:
+        user, groups = identify(uid)
+        if user in allowed or str(uid) in allowed or any(f"@{g}" in allowed for g in groups):
+            return ""
+        return f"uid {uid} may not register service {service!r}: [services] {service} admits {', '.join(allowed)}"
+    if holder is not None and holder != uid:
+        return (f"service {service!r} is registered by uid {holder}; only that uid may add instances while it runs "
+                f"(name who may register it in [services])")
+    return ""
 
-    def __init__(self, procs_dir: Path, max_per_uid: int = 1000) -> None:
+
+class ProcessRegistry:
+    """Registrations by id, by pid (one per live process) and by service,
+    and a count per registrant uid: registering costs the same however many
+    there are."""
+
+    def __init__(self, procs_dir: Path, max_per_uid: int = 1000, owners: dict[str, tuple[str, ...]] | None = None,
+                 identify: Callable[[int], tuple[str, set[str]]] = unix_identity) -> None:
         self.procs_dir = procs_dir
         self.max_per_uid = max_per_uid  # root is not capped
+        self.owners = owners or {}
+        self.identify = identify
         self._by_id: dict[str, Registration] = {}
         self._by_pid: dict[int, str] = {}
         self._per_uid: dict[int, int] = {}
+        self._by_service: dict[str, dict[str, Registration]] = {}  # in registration order: the first is the holder
 
     def register(self, req: pb.RegisterProcessRequest, peer: Peer) -> Registration:
         pid, start_time, registrant = check_registration(req, peer, self.procs_dir)
@@ -132,6 +162,14 @@ class ProcessRegistry:
         if previous is not None:
             self._remove(previous)
         uid = peer.uid or 0
+        instances = self._by_service.get(req.service)
+        holder = next(iter(instances.values())).uid if instances else None
+        why = owner_refusal(req.service, uid, self.owners, holder, self.identify)
+        if why:
+            raise PermissionDenied(why)
+        if holder is None and uid != 0 and req.service not in self.owners:
+            log.warning("service %r is not in [services]: uid %d registered it first, and only that uid may register "
+                        "it while it runs; name who may in [services]", req.service, uid)
         if uid != 0 and self._per_uid.get(uid, 0) >= self.max_per_uid:
             raise LimitExceeded(f"uid {uid} already has {self.max_per_uid} registered processes "
                                 "(limit [agent] max_registrations_per_uid)")
@@ -157,6 +195,7 @@ class ProcessRegistry:
         )
         self._by_id[reg.registration_id] = reg
         self._by_pid[pid] = reg.registration_id
+        self._by_service.setdefault(reg.service, {})[reg.registration_id] = reg
         self._per_uid[uid] = self._per_uid.get(uid, 0) + 1
         return reg
 
@@ -164,6 +203,10 @@ class ProcessRegistry:
         reg = self._by_id.pop(registration_id, None)
         if reg is not None:
             self._by_pid.pop(reg.pid, None)
+            same = self._by_service.get(reg.service, {})
+            same.pop(registration_id, None)
+            if not same:
+                self._by_service.pop(reg.service, None)
             left = self._per_uid.get(reg.uid, 1) - 1
             if left:
                 self._per_uid[reg.uid] = left
@@ -192,7 +235,7 @@ class ProcessRegistry:
         that exited since the last prune is not asked (it would not answer)."""
         if service is None:
             return list(self._by_id.values())
-        return [r for r in self._by_id.values() if r.service == service and not self.loss(r)]
+        return [r for r in self._by_service.get(service, {}).values() if not self.loss(r)]
 
     def services(self) -> list[str]:
         return sorted({r.service for r in self._by_id.values()})

@@ -130,6 +130,8 @@ class Config:
     client: ClientConfig = field(default_factory=ClientConfig)
     sdk: SdkConfig = field(default_factory=SdkConfig)
     access: AccessConfig = field(default_factory=AccessConfig)
+    # [services]: service name -> who may register it (user names, uids, @groups)
+    services: dict[str, tuple[str, ...]] = field(default_factory=dict)
     source: str = "(defaults)"
 
     # Derived locations; environment variables win over the file.
@@ -215,12 +217,29 @@ def _check_value(source: str, section: str, key: str, expected: type, value: Any
     return value
 
 
+def _services(source: str, table: Any) -> dict[str, tuple[str, ...]]:
+    """[services]: each key a service name, each value who may register it."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: [services] must be a table")
+    owners = {}
+    for service, who in table.items():
+        if not 1 <= len(service) <= 200 or not service.isprintable() or "/" in service:
+            raise ConfigError(f"{source}: [services] {service!r}: a service name is 1 to 200 printable characters without '/'")
+        if not isinstance(who, list) or not all(isinstance(w, str) and w for w in who):
+            raise ConfigError(f"{source}: [services] {service}: expected a list of user names, uids or @groups, got {who!r}")
+        owners[service] = tuple(who)
+    return owners
+
+
 def parse_config(data: dict[str, Any], source: str) -> Config:
     sections: dict[str, Any] = {}
     for name, table in data.items():
+        if name == "services":
+            sections[name] = _services(source, table)
+            continue
         cls = _SECTION_TYPES.get(name)
         if cls is None:
-            raise ConfigError(f"{source}: unknown section [{name}] (known: {', '.join(_SECTION_TYPES)})")
+            raise ConfigError(f"{source}: unknown section [{name}] (known: {', '.join([*_SECTION_TYPES, 'services'])})")
         if not isinstance(table, dict):
             raise ConfigError(f"{source}: [{name}] must be a table")
         types = {f.name: f.type for f in dataclasses.fields(cls)}
