@@ -34,17 +34,22 @@ _HUMP = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
 _SECRET_VALUE = re.compile(
     r"(?i:\bbearer\s+[A-Za-z0-9._~+/=-]+)"
     r"|\beyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"
-    r"|(?P<card>(?<![0-9])[0-9](?:[ -]?[0-9]){12,18}(?![0-9]))"
+    r"|(?P<card>(?<![0-9])[0-9](?:[ -]?[0-9]){12,30}(?![0-9]))"
 )
 _KEY = re.compile(r"""(?P<key>[A-Za-z_][A-Za-z0-9_.-]*)["']?\s*[=:]\s*""")
 _VALUE = re.compile(r""""[^"]*"|'[^']*'|[^\s,;&'"=)}]+""")
 
 
-NAME_MATCH_MAX = 128  # characters of a name compared (the SDK's C side: bytes)
+NAME_MATCH_MAX = 128  # bytes (UTF-8) of a name compared, as in the C extension
+
+
+NAME_WORDS_MAX = 32  # words of a name compared (the same in the C extension)
 
 
 def words(name: str) -> list[str]:
-    return [w.lower() for w in _HUMP.findall(name[:NAME_MATCH_MAX])]
+    """A name's lowercase words, as the C extension splits its first 128 bytes."""
+    head = name.encode("utf-8", "surrogatepass")[:NAME_MATCH_MAX].decode("utf-8", "ignore")
+    return [w.lower() for w in _HUMP.findall(head)[:NAME_WORDS_MAX]]
 
 
 def luhn_ok(digits: str) -> bool:
@@ -59,7 +64,18 @@ def luhn_ok(digits: str) -> bool:
 
 def _secret_value(m: re.Match[str]) -> str:
     card = m.group("card")
-    return REDACTED if card is None or luhn_ok(card.replace(" ", "").replace("-", "")) else card
+    if card is None:
+        return REDACTED
+    # The run may have taken in a group that follows the number ("… 1111 12/26"):
+    # try it whole, then without its last groups, down to 13 digits.
+    for end in [len(card), *(i for i in range(len(card) - 1, 0, -1) if card[i] in " -")]:
+        head = card[:end]
+        digits = head.replace(" ", "").replace("-", "")
+        if len(digits) < 13:
+            break
+        if len(digits) <= 19 and luhn_ok(digits):
+            return REDACTED + card[end:]
+    return card
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,9 @@ def test_rights_by_user_and_group() -> None:
         check(POLICY, Peer(uid=1002), "AttachUprobe", attach(False), identify)
     with pytest.raises(PermissionDenied, match="user alice may not capture"):
         check(POLICY, Peer(uid=1001), "AttachUprobe", attach(True), identify)
+    where = pb.AttachUprobeRequest(service="s", function="f", config=pb.UprobeConfig(predicate="amount>1000"))
+    with pytest.raises(PermissionDenied, match="user alice may not capture"):  # a filter on values reveals them
+        check(POLICY, Peer(uid=1001), "AttachUprobe", where, identify)
     with pytest.raises(PermissionDenied, match="identity is unknown"):
         check(POLICY, Peer(), "ListServices", pb.ListServicesRequest(), identify)
 

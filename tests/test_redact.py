@@ -32,6 +32,8 @@ def test_names_that_are_not_secret(name: str) -> None:
     ("login failed: password=hunter2 user=bob", f"login failed: password={REDACTED} user=bob"),
     ("{'api_key': 'k-123', 'n': 3}", f"{{'api_key': {REDACTED}, 'n': 3}}"),
     ('{"token": "abc"}', f'{{"token": {REDACTED}}}'),
+    ("card 4111 1111 1111 1111 12/26", f"card {REDACTED} 12/26"),
+    ("4111111111111111 5", f"{REDACTED} 5"),
 ])
 def test_secret_values_inside_text(text: str, shown: str) -> None:
     assert RULES.text(text) == shown

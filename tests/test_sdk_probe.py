@@ -364,3 +364,12 @@ def test_an_exception_does_not_quote_a_redacted_argument(tracer: None) -> None:
     assert first.args == (("user", "'bob'"), ("password", "<redacted>"))
     assert first.ret == second.ret == "PermissionError: bad password '<redacted>' for bob ({})"
     assert third.ret == "PermissionError: bad password 'x' for bob ({'api_token': <redacted>})"  # shorter than 3: kept
+
+
+def test_a_long_redacted_argument_is_not_quoted_even_where_the_text_is_cut(tracer: None) -> None:
+    probe = probe_for(login)
+    secret = "s3cr3t-" * 700  # longer than the record's text
+    with pytest.raises(PermissionError):
+        probe("bob", secret)
+    text = only_record().ret
+    assert "s3cr3t" not in text and text.startswith("PermissionError: bad password '<redacted>")

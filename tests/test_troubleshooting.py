@@ -1057,6 +1057,25 @@ def own_socket(w: World) -> str:
     return w.env.endpoint(f"procs/{os.getpid()}.sock")
 
 
+@provokes("INVALID_ARGUMENT: <path> does not exist: bind the socket before registering")
+def _register_no_socket(request: pytest.FixtureRequest) -> str:
+    w = the_world(request)
+    return register_error(w, pb.RegisterProcessRequest(service="x", pid=os.getpid(), executable=sys.executable,
+                                                       address=w.env.endpoint("procs/nothing-here.sock")))
+
+
+@provokes("PERMISSION_DENIED: <path> is not a socket of uid <uid>")
+def _register_not_a_socket(request: pytest.FixtureRequest) -> str:
+    w = the_world(request)
+    plain = w.env.runtime_dir / "procs" / "plain-file.sock"
+    plain.write_text("")
+    try:
+        return register_error(w, pb.RegisterProcessRequest(service="x", pid=os.getpid(), executable=sys.executable,
+                                                           address=f"ipc://{plain}"))
+    finally:
+        plain.unlink()
+
+
 @provokes("INVALID_ARGUMENT: kind must be one of native, go, python")
 def _register_bad_kind(request: pytest.FixtureRequest) -> str:
     w = the_world(request)

@@ -380,6 +380,8 @@ for service in sys.argv[3:]:
         print(service, "OK", flush=True)
     except CoralError as exc:
         print(service, exc.code, exc.message, flush=True)
+print("done", flush=True)
+sys.stdin.read()  # registered until the test is done looking
 """
 
 
@@ -394,21 +396,31 @@ def test_a_member_cannot_take_a_configured_name_nor_one_another_uid_runs(
     coral_env.env["CORAL_CONFIG"] = str(config)
     with running(coral_env, payments_binary) as payments:  # root runs payments: its uid holds the name
         wait_for_service(coral_env, "payments")
-        out = subprocess.run(
+        registrar = subprocess.Popen(
             [sys.executable, "-c", REGISTRAR, coral_env.endpoint("agent.sock"), str(coral_env.runtime_dir / "procs"),
-             "vault", "payments", "mine"],
-            env={**coral_env.env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=60,
+             "vault", "payments", "mine", "vault"],
+            env={**coral_env.env, "PYTHONPATH": str(REPO)}, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
             user=member.pw_uid, group=member.pw_gid, extra_groups=["coral"], cwd="/",
         )
-        uid = member.pw_uid
-        assert out.stdout.splitlines() == [
-            f"vault PERMISSION_DENIED uid {uid} may not register service 'vault': [services] vault admits root",
-            "payments PERMISSION_DENIED service 'payments' is registered by uid 0; only that uid may add instances "
-            "while it runs (name who may register it in [services])",
-            "mine OK",
-        ], out.stderr
-        listed = [json.loads(line) for line in coralctl(coral_env, "--local", "--output", "json", "services").stdout.splitlines()]
-        assert [s["pid"] for s in listed if s["service"] == "payments"] == [payments.child_pid]
+        try:
+            assert registrar.stdout is not None
+            said = [registrar.stdout.readline().strip() for _ in range(5)]
+            uid = member.pw_uid
+            refused_vault = f"vault PERMISSION_DENIED uid {uid} may not register service 'vault': [services] vault admits root"
+            assert said == [
+                refused_vault,
+                "payments PERMISSION_DENIED service 'payments' is registered by uid 0; only that uid may add instances "
+                "while it runs (name who may register it in [services])",
+                "mine OK",
+                refused_vault,  # a refused re-registration keeps the one before
+                "done",
+            ]
+            services = coralctl(coral_env, "--local", "--output", "json", "services").stdout.splitlines()
+            listed = sorted((s["service"], s["pid"]) for s in map(json.loads, services))
+            assert listed == [("mine", registrar.pid), ("payments", payments.child_pid)]
+        finally:
+            registrar.kill()
+            registrar.wait()
         attach, session = start_attach(coral_env, "payments", "validate_card", "--duration", "2s", "--no-save")
         assert payments.call(10).startswith("done 10 ")
         attach.wait(30)
@@ -417,3 +429,20 @@ def test_a_member_cannot_take_a_configured_name_nor_one_another_uid_runs(
         assert (summary["status"], summary["calls"]) == ("expired", 10), summary
         warning = f"service 'mine' is not in [services]: uid {uid} registered it first"
         assert warning in (coral_env.root / "agentd.log").read_text()
+
+
+def test_no_peer_can_grow_the_audit_table_by_varying_what_it_sends(tmp_path: Path) -> None:
+    """Unknown method names become '?', an agent's report is folded per
+    agent, and only a session that really started or ended is never folded
+    (a detach of an ended session is an ordinary row)."""
+    broker = a_broker(tmp_path)
+    broker.agent_ready(b"A", hello("a"), ROOT, 0.0)
+    for i in range(1000):
+        request = wire.decode(wire.encode_request(b"r", f"Nope{i}", pb.PingRequest(), (b"client",)))
+        broker.handle_request(request, MEMBER, 0.0)
+        broker.record_agent_audit(b"A", pb.AuditEntry(who=f"uid:{i}", method="DetachUprobe", outcome="OK"))
+    broker.flush_audit(final=True)
+    written = rows(broker)
+    assert len(written) == 2 * 101, len(written)
+    assert {(w, m) for w, m, _, _ in written} >= {("uid:1500", "?")}
+    assert sum(d.startswith("… and 900 more in ") for _, _, _, d in written) == 2

@@ -193,7 +193,12 @@ class Agent:
         return self._ask_process(self._instance(req.service), "ListFunctions", req)
 
     def register_process(self, req: pb.RegisterProcessRequest, peer: Peer) -> pb.RegisterProcessResponse:
+        previous = self.registry.by_pid(req.pid)
         reg = self.registry.register(req, peer)
+        if previous is not None and previous.address != reg.address:  # re-registered elsewhere: drop the old link
+            client = self._process_clients.pop(previous.address, None)
+            if client is not None:
+                client.close()
         log.info("registered %s pid %d (%s) at %s", reg.service, reg.pid, reg.kind, reg.address)
         self._services_changed = True
         return pb.RegisterProcessResponse(

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISSOCK
 
 from coral.daemon.access import unix_identity
 from coral.daemon.errors import InvalidArgument, LimitExceeded, NotFound, PermissionDenied
@@ -115,6 +116,15 @@ def check_registration(req: pb.RegisterProcessRequest, peer: Peer, procs_dir: Pa
         raise PermissionDenied(f"process {peer.pid} may not register process {req.pid} (only itself or its child)")
     if peer.uid != 0 and proc_uid(req.pid) != peer.uid:
         raise PermissionDenied(f"uid {peer.uid} does not own process {req.pid}")
+    # The agent connects there as root: it must be the registrant's own socket,
+    # not another's, nor a link to one (the colony's, say).
+    path = Path(req.address.removeprefix("ipc://"))
+    try:
+        st = path.lstat()
+    except OSError:
+        raise InvalidArgument(f"{path} does not exist: bind the socket before registering") from None
+    if not S_ISSOCK(st.st_mode) or (peer.uid != 0 and st.st_uid != peer.uid):
+        raise PermissionDenied(f"{path} is not a socket of uid {peer.uid}")
     return req.pid, start_time, peer.pid
 
 
@@ -157,22 +167,24 @@ class ProcessRegistry:
     def register(self, req: pb.RegisterProcessRequest, peer: Peer) -> Registration:
         pid, start_time, registrant = check_registration(req, peer, self.procs_dir)
         registrant_stat = proc_stat(registrant) if registrant != pid else None
-        # One registration per live process: a re-registration replaces it.
-        previous = self._by_pid.get(pid)
-        if previous is not None:
-            self._remove(previous)
         uid = peer.uid or 0
-        instances = self._by_service.get(req.service)
-        holder = next(iter(instances.values())).uid if instances else None
+        # One registration per live process: a re-registration replaces it,
+        # once the new one is known to be allowed (a refusal keeps the old).
+        previous = self._by_id.get(self._by_pid.get(pid, ""))
+        others = [r for r in self._by_service.get(req.service, {}).values() if r is not previous]
+        holder = others[0].uid if others else None
         why = owner_refusal(req.service, uid, self.owners, holder, self.identify)
         if why:
             raise PermissionDenied(why)
+        mine = self._per_uid.get(uid, 0) - (previous is not None and previous.uid == uid)
+        if uid != 0 and mine >= self.max_per_uid:
+            raise LimitExceeded(f"uid {uid} already has {self.max_per_uid} registered processes "
+                                "(limit [agent] max_registrations_per_uid)")
         if holder is None and uid != 0 and req.service not in self.owners:
             log.warning("service %r is not in [services]: uid %d registered it first, and only that uid may register "
                         "it while it runs; name who may in [services]", req.service, uid)
-        if uid != 0 and self._per_uid.get(uid, 0) >= self.max_per_uid:
-            raise LimitExceeded(f"uid {uid} already has {self.max_per_uid} registered processes "
-                                "(limit [agent] max_registrations_per_uid)")
+        if previous is not None:
+            self._remove(previous.registration_id)
         try:
             executable = os.readlink(f"/proc/{pid}/exe")
         except OSError:
@@ -213,6 +225,9 @@ class ProcessRegistry:
             else:
                 self._per_uid.pop(reg.uid, None)
         return reg
+
+    def by_pid(self, pid: int) -> Registration | None:
+        return self._by_id.get(self._by_pid.get(pid, ""))
 
     def unregister(self, registration_id: str) -> Registration | None:
         return self._remove(registration_id)

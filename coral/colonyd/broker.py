@@ -24,7 +24,7 @@ from coral.colonyd import sessions as colony_sessions
 from coral.colonyd.pulls import PULL_PAGE, PartKey, PullSchedule
 from coral.colonyd.sessions import ACTIVE, FAILED, is_open, part_of, reply_error, reply_ok
 from coral.colonyd.store import AuditRow, ColonyStore
-from coral.colonyd.trust import AuditFolder, agent_refusal, folded_detail
+from coral.colonyd.trust import AuditFolder, FoldKey, agent_refusal, folded_detail
 from coral.daemon import access, wire
 from coral.daemon.config import Config
 from coral.daemon.errors import CoralError, NotFound, Unavailable, error_from_code
@@ -84,6 +84,10 @@ class FreshQuery:
     unsent: set[PartKey]  # no pull sent for these since the question came
     sent: set[PartKey] = field(default_factory=set)  # pulled since; not yet back to the last page
 
+
+# What an audit row's method and outcome may be: anything else is "?".
+AUDIT_METHODS = frozenset({*METHODS, "READY", "REPLY", "CONNECT", "?"})
+AUDIT_OUTCOMES = frozenset({"OK", "DENIED", "?", *(c.code for c in CoralError.__subclasses__()), CoralError.code})
 
 HEARTBEATS_PER_TICK = 64  # at least; a quarter of the agents when there are more
 FRESH_WAIT = 2.0  # seconds a query waits for its pulls before it is answered with what is here
@@ -433,7 +437,8 @@ class Broker:
         return [Outgoing("frontend", wire.encode_raw_reply(gather.client_request_id, status, body, gather.client))]
 
     def _reply(self, gather: Gather, response: Message, detail: str) -> list[Outgoing]:
-        self._audit(gather.peer, gather.method, gather.request, "OK", detail)
+        """A session started or ended: its row is always written, never folded."""
+        self._audit(gather.peer, gather.method, gather.request, "OK", detail, always=True)
         return [Outgoing("frontend", wire.encode_reply(gather.client_request_id, response, gather.client))]
 
     def _refuse(self, gather: Gather, errors: list[tuple[str, str, str]]) -> list[Outgoing]:
@@ -602,7 +607,8 @@ class Broker:
         self.store.audit(rows)
         self.store.flush()
 
-    def _audit(self, peer: Peer, method: str, request: Message | None, outcome: str, detail: str) -> None:
+    def _audit(self, peer: Peer, method: str, request: Message | None, outcome: str, detail: str,
+               always: bool = False) -> None:
         self._audit_row(
             peer.who,
             peer.pid or 0,
@@ -612,15 +618,20 @@ class Broker:
             str(getattr(request, "service", "")),
             str(getattr(request, "function", "")),
             str(getattr(request, "session_id", "")),
+            always=always,
         )
 
     def _audit_row(self, who: str, pid: int, method: str, outcome: str, detail: str,
-                   service: str = "", function: str = "", session_id: str = "") -> None:
-        """One row, stamped by the colony, unless its (who, method, outcome)
-        is past its flood allowance (docs/protocol.md, "Audit floods")."""
-        who, method, outcome = who[:300], method[:64], outcome[:64]
-        session_change = outcome == "OK" and method in ("AttachUprobe", "DetachUprobe")
-        if not session_change and not self.folder.admit((who, method, outcome), time.monotonic()):
+                   service: str = "", function: str = "", session_id: str = "",
+                   always: bool = False, fold: FoldKey | None = None) -> None:
+        """One row, stamped by the colony, unless its fold key (who, method,
+        outcome unless said otherwise) is past its flood allowance
+        (docs/protocol.md, "Audit floods"). Method and outcome come from
+        bounded sets, so the keys do too."""
+        who = who[:300]
+        method = method if method in AUDIT_METHODS else "?"
+        outcome = outcome if outcome in AUDIT_OUTCOMES else "?"
+        if not always and not self.folder.admit(fold or (who, method, outcome), time.monotonic()):
             return
         self._audit_rows.append(AuditRow(time.time_ns(), who, pid, method, service[:200], function[:200],
                                          session_id[:64], outcome, detail[:500]))
@@ -632,8 +643,8 @@ class Broker:
     def audit_refused_connection(self, who: str, domain: str, detail: str) -> None:
         """A tcp peer refused at the handshake: one row, outcome DENIED; who
         is key:NAME or key:FINGERPRINT, or "unknown" if it had no usable key."""
-        peer = Peer(key=who.removeprefix("key:")) if who.startswith("key:") else Peer()
-        self._audit(peer, "CONNECT", None, "DENIED", f"{domain}: {detail}")
+        # Folded per domain, not per key: a refused peer can make a new key for every try.
+        self._audit_row(who, 0, "CONNECT", "DENIED", f"{domain}: {detail}", fold=(f"{domain} handshakes", "CONNECT", "DENIED"))
 
     def record_agent_audit(self, identity: bytes, e: pb.AuditEntry) -> None:
         """A request a known agent served on its local socket, as that agent
@@ -643,8 +654,10 @@ class Broker:
         if agent is None:
             return
         method = e.method if e.method in AGENT_LOCAL_METHODS else "?"
-        self._audit_row(f"{e.who[:64]} on agent {agent.agent_id}", e.peer_pid, method, e.outcome, e.detail,
-                        e.service, e.function, e.session_id)
+        outcome = e.outcome if e.outcome in AUDIT_OUTCOMES else "?"
+        # Folded per agent: what it reports as `who` is its word, not a bounded set.
+        self._audit_row(f"{e.who[:64]} on agent {agent.agent_id}", e.peer_pid, method, outcome, e.detail,
+                        e.service, e.function, e.session_id, fold=(f"agent {agent.agent_id}", method, outcome))
 
     def audit_bad_frame(self, peer: Peer, reason: str) -> None:
         self.count("bad_frames")

@@ -44,7 +44,9 @@ def rights_needed(method: str, request: Any) -> list[str]:
         return ["list"]
     if method in ATTACH_METHODS:
         config = getattr(request, "config", None)
-        capture = config is not None and (config.capture_args or config.capture_return)
+        # A filter on argument values (--where) reveals them too: counting
+        # the calls that pass `amount > N` is a binary search for amount.
+        capture = config is not None and (config.capture_args or config.capture_return or bool(config.predicate))
         return ["attach", "capture"] if capture else ["attach"]
     return []
 

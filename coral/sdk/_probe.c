@@ -909,7 +909,9 @@ format_args(ProbeWrapper *w, sbuf *field, PyObject *const *pos, Py_ssize_t npos,
 
 /* An exception's text may quote an argument whose value was redacted
  * ("bad password hunter2"): each such value (a str, bytes or int of at
- * least SCRUB_MIN bytes as text) is replaced in it by <redacted>. */
+ * least SCRUB_MIN bytes as text) is replaced in it by <redacted>, and so is
+ * the start of one where the text was cut (a long value, say). Escaped
+ * forms (a repr's \n) are not looked for. */
 #define SCRUB_MIN 3
 
 static void
@@ -934,15 +936,17 @@ scrub_value(sbuf *ret, PyObject *value)
         Py_XDECREF(text);
         return;
     }
-    if ((size_t)n >= SCRUB_MIN && (size_t)n <= ret->len) {
+    if ((size_t)n >= SCRUB_MIN) {
         char out[CORAL_RET_MAX];
         size_t o = 0, i = 0;
         while (i < ret->len) {
-            if (i + (size_t)n <= ret->len && memcmp(ret->buf + i, secret, (size_t)n) == 0) {
-                size_t k = o + m <= sizeof out ? m : sizeof out - o;
-                memcpy(out + o, mark, k);
-                o += k;
-                i += (size_t)n;
+            /* the whole value, or what is left of it where the text was cut */
+            size_t k = ret->len - i < (size_t)n ? ret->len - i : (size_t)n;
+            if (k >= SCRUB_MIN && memcmp(ret->buf + i, secret, k) == 0) {
+                size_t c = o + m <= sizeof out ? m : sizeof out - o;
+                memcpy(out + o, mark, c);
+                o += c;
+                i += k;
             } else if (o < sizeof out) {
                 out[o++] = ret->buf[i++];
             } else {
