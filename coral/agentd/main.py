@@ -166,7 +166,7 @@ class Agent:
         )
 
     def list_services(self, req: Message, peer: Peer) -> pb.ListServicesResponse:
-        return pb.ListServicesResponse(services=[r.to_proto(self.agent_id) for r in self.registry.instances()])
+        return pb.ListServicesResponse(services=[r.to_proto(self.agent_id) for r in self.registry.live_instances()])
 
     def _instance(self, service: str) -> Registration:
         instances = self.registry.instances(service)

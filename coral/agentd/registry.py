@@ -252,6 +252,11 @@ class ProcessRegistry:
             return list(self._by_id.values())
         return [r for r in self._by_service.get(service, {}).values() if not self.loss(r)]
 
+    def live_instances(self) -> list[Registration]:
+        """Every registration whose process is still the one registered (a
+        question someone asked: the periodic prune may not have run yet)."""
+        return [r for r in self._by_id.values() if not self.loss(r)]
+
     def services(self) -> list[str]:
         return sorted({r.service for r in self._by_id.values()})
 
