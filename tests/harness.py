@@ -65,6 +65,18 @@ class CoralEnv:
         path.write_text(text)
         return CoralEnv(self.root, {**self.env, "CORAL_CONFIG": str(path)})
 
+    def open_to_members(self, config: str | None = None) -> None:
+        """Let a non-root member of group coral reach the sockets (the
+        daemons make their runtime directory 0755) and, if given, read this
+        configuration, which every process started with this env then uses."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o755)
+        if config is not None:
+            path = self.root / "coral.toml"
+            path.write_text(config)
+            os.chmod(path, 0o644)
+            self.env["CORAL_CONFIG"] = str(path)
+
     def another_agent(self, agent_id: str) -> CoralEnv:
         """Where a second agent on this host lives: its own runtime and
         state directories, its own id, the same colony. Processes started

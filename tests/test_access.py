@@ -4,7 +4,6 @@ non-root user talking to a live colony."""
 from __future__ import annotations
 
 import json
-import os
 import pwd
 import subprocess
 from pathlib import Path
@@ -49,13 +48,8 @@ def test_rights_by_user_and_group() -> None:
 
 def test_a_denied_user_is_refused_and_audited(coral_env: CoralEnv, bpf: None, payments_binary: Path,
                                                member: pwd.struct_passwd, tmp_path: Path) -> None:
-    coral_env.root.mkdir(parents=True, exist_ok=True)
-    os.chmod(coral_env.root, 0o755)  # let the operator reach the sockets and the config
-    config = coral_env.root / "coral.toml"
     user = member.pw_name
-    config.write_text(f'[access]\nlist = ["{user}"]\nattach = ["{user}"]\ncapture = ["root"]\n')
-    os.chmod(config, 0o644)
-    coral_env.env["CORAL_CONFIG"] = str(config)
+    coral_env.open_to_members(f'[access]\nlist = ["{user}"]\nattach = ["{user}"]\ncapture = ["root"]\n')
     with running(coral_env, payments_binary):
         def as_operator(*args: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run([tool("coralctl"), *args], env=coral_env.env, capture_output=True, text=True,
@@ -83,12 +77,7 @@ def test_a_member_with_only_list_sees_timings_not_values(coral_env: CoralEnv, bp
     """Root captures arguments and returns; a member who may list (not
     capture) reads the same session, through the colony and through the
     agent's local socket: every call is there, every value withheld."""
-    coral_env.root.mkdir(parents=True, exist_ok=True)
-    os.chmod(coral_env.root, 0o755)
-    config = coral_env.root / "coral.toml"
-    config.write_text('[access]\nlist = ["@coral"]\nattach = ["@coral"]\ncapture = []\n')
-    os.chmod(config, 0o644)
-    coral_env.env["CORAL_CONFIG"] = str(config)
+    coral_env.open_to_members('[access]\nlist = ["@coral"]\nattach = ["@coral"]\ncapture = []\n')
     with running(coral_env, payments_binary) as service:
         from tests.test_native_e2e import wait_for_service
 
