@@ -86,7 +86,15 @@ def main() -> None:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         sock.connect(args.endpoint)
-        services = call(sock, "ListServices", pb.ListServicesRequest(), pb.ListServicesResponse, args.endpoint, args.timeout)
+        instances: list[pb.ServiceInstance] = []
+        page = pb.ListServicesResponse(next="")
+        while True:  # ListServices answers in pages (docs/protocol.md)
+            after = page.next
+            page = call(sock, "ListServices", pb.ListServicesRequest(after=after), pb.ListServicesResponse,
+                        args.endpoint, args.timeout)
+            instances.extend(page.services)
+            if not page.next or page.next == after:
+                break
         sessions = call(
             sock, "ListDebugSessions", pb.ListDebugSessionsRequest(), pb.ListDebugSessionsResponse, args.endpoint, args.timeout
         )
@@ -96,7 +104,7 @@ def main() -> None:
             {
                 "services": [
                     {"service": s.service, "pid": s.pid, "kind": s.kind, "agent_id": s.agent_id, "executable": s.executable}
-                    for s in services.services
+                    for s in instances
                 ],
                 "sessions": [
                     {

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.harness import REPO, CoralEnv, Process, kernel_probes, tool
+from tests.harness import REPO, CoralEnv, Process, kernel_probes, start_agent, start_colony, tool
 from tests.test_native_e2e import records, wait_for_service
 
 N = 20
@@ -161,3 +161,46 @@ def test_a_native_function_of_a_shared_object_in_a_python_service(coral_env: Cor
     finally:
         svc.stdin.close()
         svc.wait(10)
+
+
+RULES_IN_THE_PROCESS = """
+import time
+import coral.sdk
+from coral.sdk.arming import ARMS
+sdk = coral.sdk.init(service="rules-check")
+end = time.monotonic() + 10
+while not sdk.registered and time.monotonic() < end:  # the SDK's thread registers in the background
+    time.sleep(0.01)
+print(" ".join(ARMS.settings.redact_patterns))
+"""
+
+
+def test_the_sdk_redacts_the_names_the_agent_is_configured_with(coral_env: CoralEnv) -> None:
+    """The agent's [sdk] redact_patterns list `amount`; the service's own
+    coral.toml does not. The names come with the registration's reply, so
+    the value never leaves the process."""
+    from coral.redact import DEFAULT_NAMES
+
+    names = ", ".join(f'"{n}"' for n in (*DEFAULT_NAMES, "amount"))
+    operator = coral_env.with_config(f"[sdk]\nredact_patterns = [{names}]\n")
+    colony = start_colony(operator)
+    agent = start_agent(operator)
+    svc = PythonService(coral_env)  # the shipped etc/coral.toml: amount is not secret there
+    try:
+        wait_for_service(operator, "payments-api")
+        session = attach(operator, "payments.validate_card")
+        for i in range(3):
+            assert svc.charge("4111111111111111", 500 + i)[0] == 200
+        out, _ = session.communicate(timeout=60)
+        entries = [e for e in records(out) if e["kind"] == "event" and e["event_type"] == "entry"]
+        assert [e["args"] for e in entries] == [[{"name": "card", "type": "", "value": "<redacted>"},
+                                                 {"name": "amount", "type": "", "value": "<redacted>"}]] * 3
+        assert all(str(500 + i) not in out for i in range(3))
+        # And in the process itself, before anything leaves it:
+        check = subprocess.run([sys.executable, "-c", RULES_IN_THE_PROCESS], env=coral_env.env, capture_output=True,
+                               text=True, timeout=30)
+        assert check.stdout.split() == [*DEFAULT_NAMES, "amount"], check.stderr
+    finally:
+        svc.stop()
+        agent.stop()
+        colony.stop()

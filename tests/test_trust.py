@@ -297,6 +297,11 @@ print("held", len(held), flush=True)
 sys.stdin.read()
 """
 IDLE = 10_000
+CAP = 2048  # the default [limits] max_connections_per_uid
+
+
+def agent_id(env: CoralEnv) -> str:
+    return str(json.loads(coralctl(env, "--local", "--output", "json", "ping").stdout)["agent_id"])
 
 
 def test_ten_thousand_idle_connections_to_each_socket_harm_no_session(
@@ -305,7 +310,9 @@ def test_ten_thousand_idle_connections_to_each_socket_harm_no_session(
     """The daemons start with systemd's usual soft limit of 1024 descriptors
     (the hard one above it), as a unit without LimitNOFILE= would give them;
     a member holds 10,000 idle connections to the colony's socket and
-    10,000 to the agent's while the operator's session runs."""
+    10,000 to the agent's while the operator's session runs. Past the
+    member's 2,048 ([limits] max_connections_per_uid) each is cut as soon as
+    it is accepted, and the cut is audited in one row per socket."""
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     assert hard >= IDLE + 1000, f"this test needs a hard descriptor limit of at least {IDLE + 1000}, not {hard}"
     low = ("prlimit", f"--nofile=1024:{hard}", "--")
@@ -329,8 +336,21 @@ def test_ten_thousand_idle_connections_to_each_socket_harm_no_session(
             holders.append(holder)
         for holder in holders:
             assert holder.stdout is not None and holder.stdout.readline() == f"held {IDLE}\n"
-        assert len(os.listdir(f"/proc/{colony.pid}/fd")) > IDLE  # accepted, not waiting in a backlog
-        assert coralctl(coral_env, "ping").returncode == 0 and coralctl(coral_env, "--local", "ping").returncode == 0
+        cut = {}
+        for where in ((), ("--local",)):
+            for _ in range(100):  # each ask is a round trip while the daemon works through the cuts
+                ping = json.loads(coralctl(coral_env, *where, "--output", "json", "ping").stdout)
+                cut[where] = ping["counters"]["connections.cut"]
+                if cut[where] >= IDLE - CAP:
+                    break
+        assert cut == {(): IDLE - CAP, ("--local",): IDLE - CAP}, cut
+        for daemon in (colony, agent):
+            assert len(os.listdir(f"/proc/{daemon.pid}/fd")) < CAP + 200  # the member's 2,048 and the daemon's own
+        audit = coralctl(coral_env, "--output", "json", "audit", "--max", "10000").stdout.splitlines()
+        connects = [r for r in map(json.loads, audit) if r.get("method") == "CONNECT"]
+        who = f"uid:{member.pw_uid}"
+        assert sorted(r["who"] for r in connects) == [who, f"{who} on agent {agent_id(coral_env)}"], connects
+        assert all(r["outcome"] == "LIMIT_EXCEEDED" and "connection(s) past uid" in r["detail"] for r in connects)
         assert service.call(20).startswith("done 20 ")
         attach.wait(30)
         events = coralctl(coral_env, "--output", "json", "debug", "events", session["session_id"])
@@ -440,3 +460,29 @@ def test_no_peer_can_grow_the_audit_table_by_varying_what_it_sends(tmp_path: Pat
     assert len(written) == 2 * 101, len(written)
     assert {(w, m) for w, m, _, _ in written} >= {("uid:1500", "?")}
     assert sum(d.startswith("… and 900 more in ") for _, _, _, d in written) == 2
+
+
+def test_a_descriptor_is_judged_only_if_it_is_still_a_connection_to_the_capped_socket(tmp_path: Path) -> None:
+    """The monitor's event may be read after libzmq closed the descriptor
+    and the number went to a file, or to the daemon's own connection
+    elsewhere: neither is counted, let alone cut."""
+    import socket
+
+    from coral.daemon.connections import peer_uid
+
+    path = str(tmp_path / "capped.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen()
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(path)
+    accepted, _ = listener.accept()
+    elsewhere, _ = socket.socketpair()
+    with open(tmp_path / "file", "w") as f:
+        assert peer_uid(accepted.fileno(), path) == (os.getuid(), os.getpid())
+        assert peer_uid(client.fileno(), path) is None  # our own outgoing connection
+        assert peer_uid(elsewhere.fileno(), path) is None
+        assert peer_uid(f.fileno(), path) is None
+        assert peer_uid(9999, path) is None  # closed
+    for s in (listener, client, accepted, elsewhere):
+        s.close()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -25,6 +25,22 @@ COLONY_PEER = Peer(key="colony", trusted=True)
 
 REPLY_QUEUE = 100_000  # messages the link queues for the colony before dropping
 BATCH = 100  # messages from the colony served in one turn of the agent's loop
+PAGE_BYTES = 1 << 20  # services in one READY or SERVICES message (docs/protocol.md)
+
+
+def pages(instances: Iterable[pb.ServiceInstance], limit: int = PAGE_BYTES) -> list[list[pb.ServiceInstance]]:
+    """Instances in pages of at most `limit` bytes encoded (one at least;
+    the first may be empty)."""
+    out: list[list[pb.ServiceInstance]] = [[]]
+    size = 0
+    for instance in instances:
+        n = instance.ByteSize() + 6  # the field's tag and length
+        if out[-1] and size + n > limit:
+            out.append([])
+            size = 0
+        out[-1].append(instance)
+        size += n
+    return out
 
 
 class ColonyLink:
@@ -56,15 +72,50 @@ class ColonyLink:
         self._last_heard = 0.0
         self._last_sent = 0.0
         self.dropped = 0  # messages to the colony dropped at the high-water mark
+        self.resync = False  # a SERVICES message was dropped: READY and the whole list again
+        self.page_bytes = min(PAGE_BYTES, max_message_bytes // 4)
 
-    def _send(self, frames: list[bytes], now: float) -> None:
+    def _send(self, frames: list[bytes], now: float) -> bool:
         if self.socket is None:
-            return
+            return False
         try:
             self.socket.send_multipart(frames, flags=zmq.NOBLOCK)
             self._last_sent = now
+            return True
         except zmq.Again:
             self.dropped += 1  # high-water mark while the colony is away: heartbeats will tell
+            return False
+
+    def send_ready(self, now: float) -> None:
+        """READY with the first page of services, SERVICES with the rest."""
+        hello = self.hello()
+        first, *rest = pages(hello.services, self.page_bytes)
+        del hello.services[:]
+        hello.services.extend(first)
+        sent = self._send(wire.encode_ready(hello), now)
+        for page in rest:
+            sent = sent and self._send(wire.encode_services(pb.ServicesChanged(added=page)), now)
+        self.resync = not sent
+
+    def announce(self, changed: pb.ServicesChanged, now: float) -> None:
+        """Services changed: only what changed, unless the colony may have
+        missed some of it."""
+        if self.socket is None:
+            return  # connect() sends everything
+        if self.resync:
+            self.send_ready(now)
+            return
+        added = pages(changed.added, self.page_bytes)
+        removed = list(changed.removed)
+        per = self.page_bytes // 5  # a pid takes at most 5 bytes
+        cut = [removed[i : i + per] for i in range(0, len(removed), per)] or [[]]
+        # Page i holds the i-th page of each: one message for a small change.
+        messages = [pb.ServicesChanged(added=added[i] if i < len(added) else [], removed=cut[i] if i < len(cut) else [])
+                    for i in range(max(len(added), len(cut)))]
+        for message in messages:
+            if not self._send(wire.encode_services(message), now):
+                self.resync = True
+                return
 
     def connect(self, now: float) -> None:
         s = self.context.socket(zmq.DEALER)
@@ -80,7 +131,7 @@ class ColonyLink:
         self.socket = s
         self._last_heard = now
         self.connected = False
-        self._send(wire.encode_ready(self.hello()), now)
+        self.send_ready(now)
         log.debug("connecting to colony at %s", self.endpoint)
 
     def _close_monitor(self) -> None:
@@ -134,10 +185,6 @@ class ColonyLink:
         else:
             self.dropped += 1
 
-    def announce(self, now: float) -> None:
-        """Services changed: READY again replaces the colony's list."""
-        self._send(wire.encode_ready(self.hello()), now)
-
     def on_readable(self, now: float) -> None:
         """Serve at most BATCH messages: the loop's other duties (the ring
         buffer, expiry, heartbeats) come between two batches, however many
@@ -165,7 +212,7 @@ class ColonyLink:
             elif frame.command == wire.Command.DISCONNECT:
                 # The colony does not know us (it restarted): announce again.
                 self.connected = True
-                self._send(wire.encode_ready(self.hello()), now)
+                self.send_ready(now)
 
     def tick(self, now: float) -> None:
         if self.socket is None:

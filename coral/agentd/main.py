@@ -26,8 +26,10 @@ from coral.agentd.targets import own_function_site
 from coral.daemon import access, curve
 from coral.daemon.client import Client
 from coral.daemon.config import Config
+from coral.daemon.connections import ConnectionCap
 from coral.daemon.errors import CoralError, NotFound, Unavailable
 from coral.daemon.methods import AGENT_FROM_COLONY_METHODS, AGENT_LOCAL_METHODS, METHODS
+from coral.daemon.paging import services_page
 from coral.daemon.retention import PurgeSchedule, Retention, parse_age, purge_once
 from coral.daemon.runtime import (
     Notifier,
@@ -64,7 +66,7 @@ class Agent:
         self.agent_id = config.agent.id or socket.gethostname()
         self.context = zmq.Context()
         self.registry = ProcessRegistry(config.process_socket_dir, config.agent.max_registrations_per_uid, config.services)
-        self._services_changed = False  # READY is sent again, at most every ANNOUNCE_EVERY
+        self._changes: dict[int, Registration | None] = {}  # by pid, for SERVICES: at most every ANNOUNCE_EVERY
         self._announced = 0.0
         self._pruned = 0.0
         self.store = EventStore(config.state_dir / "agent.duckdb")
@@ -90,6 +92,7 @@ class Agent:
                                 lambda method, request, peer: access.check(config.access, peer, method, request),
                                 self.audit_local)
         self.from_colony = Dispatcher(handlers, AGENT_FROM_COLONY_METHODS)
+        self.cap: ConnectionCap | None = None  # on the local socket, once it is bound
         self.link = ColonyLink(
             self.context,
             config.agent_colony_endpoint,
@@ -121,6 +124,7 @@ class Agent:
         counters["processes"] = len(self.registry.instances())
         counters["colony.connected"] = int(self.link.connected)
         counters["colony.dropped"] = self.link.dropped
+        counters["connections.cut"] = self.cap.total_cut if self.cap is not None else 0
         counters.update({f"kernel.{k}": v for k, v in self.engine.global_counters().items()})
         counters["kernel.attached_probes"] = self.engine.attachment_count
         counters["kernel.trap_ns"] = self.engine.trap_ns
@@ -149,6 +153,12 @@ class Agent:
                 entry.session_id = str(getattr(request, "session_id", ""))[:64]
         self.link.audit(entry, time.monotonic())
 
+    def on_connections_cut(self, uid: int, pid: int, count: int) -> None:
+        """A uid past [limits] max_connections_per_uid (reported at most once a minute per uid)."""
+        cap = self.config.limits.max_connections_per_uid
+        why = f"cut {count} connection(s) past uid {uid}'s {cap} ([limits] max_connections_per_uid)"
+        self.audit_local("CONNECT", b"", Peer(uid=uid, pid=pid), "LIMIT_EXCEEDED", why)
+
     def query_events(self, req: pb.QueryUprobeEventsRequest, peer: Peer) -> pb.QueryUprobeEventsResponse:
         """Values only for the session's owner and holders of capture (the
         colony's pulls are trusted: it applies the rule per reader)."""
@@ -165,8 +175,9 @@ class Agent:
             heartbeat_interval_ms=int(self.config.agent.heartbeat_interval * 1000),
         )
 
-    def list_services(self, req: Message, peer: Peer) -> pb.ListServicesResponse:
-        return pb.ListServicesResponse(services=[r.to_proto(self.agent_id) for r in self.registry.live_instances()])
+    def list_services(self, req: pb.ListServicesRequest, peer: Peer) -> pb.ListServicesResponse:
+        live = (r.to_proto(self.agent_id) for r in self.registry.live_instances())
+        return services_page(live, req.after, self.config.limits.max_message_bytes // 4)
 
     def _instance(self, service: str) -> Registration:
         instances = self.registry.instances(service)
@@ -200,9 +211,11 @@ class Agent:
             if client is not None:
                 client.close()
         log.info("registered %s pid %d (%s) at %s", reg.service, reg.pid, reg.kind, reg.address)
-        self._services_changed = True
+        self._changes[reg.pid] = reg
         return pb.RegisterProcessResponse(
-            registration_id=reg.registration_id, heartbeat_interval_ms=int(self.config.agent.heartbeat_interval * 1000)
+            registration_id=reg.registration_id,
+            heartbeat_interval_ms=int(self.config.agent.heartbeat_interval * 1000),
+            redact_names=self.config.sdk.redact_patterns,  # the process redacts what the agent would
         )
 
     def unregister_process(self, req: pb.UnregisterProcessRequest, peer: Peer) -> pb.UnregisterProcessResponse:
@@ -221,7 +234,8 @@ class Agent:
             client.close()
         # Its SDK may have had no chance to (SIGTERM, SIGKILL): only a socket of the registrant's own uid.
         remove_process_socket(self.config.process_socket_dir, reg.address, reg.uid)
-        self._services_changed = True
+        if self.registry.by_pid(reg.pid) is None:  # not replaced by a new registration of the same pid
+            self._changes[reg.pid] = None
 
     def sweep_process_sockets(self) -> int:
         """At start: sockets in procs/ whose process is gone (killed, or the
@@ -235,10 +249,16 @@ class Agent:
         return removed
 
     def announce_changes(self, now: float) -> None:
-        if self._services_changed and now - self._announced >= ANNOUNCE_EVERY:
-            self._services_changed = False
+        """What changed since the last SERVICES, or READY again if the colony
+        may have missed a message."""
+        if (self._changes or self.link.resync) and now - self._announced >= ANNOUNCE_EVERY:
+            changed = pb.ServicesChanged(
+                added=[r.to_proto(self.agent_id) for r in self._changes.values() if r is not None],
+                removed=[pid for pid, r in self._changes.items() if r is None],
+            )
+            self._changes.clear()
             self._announced = now
-            self.link.announce(now)
+            self.link.announce(changed, now)
 
     def purge(self, now: float) -> int:
         """One bounded run of retention: ended sessions past [agent] retention go, with their calls."""
@@ -261,6 +281,8 @@ class Agent:
         cfg = self.config
         rep = self.context.socket(zmq.REP)
         configure_socket(rep, cfg.limits.max_message_bytes)
+        self.cap = ConnectionCap.watch(rep, cfg.agent_endpoint, cfg.limits.max_connections_per_uid,
+                                       report=self.on_connections_cut)
         bind_socket(rep, cfg.agent_endpoint)
         ensure_process_dir(cfg.process_socket_dir)
         swept = self.sweep_process_sockets()
@@ -285,8 +307,12 @@ class Agent:
                 poller.register(rep, zmq.POLLIN)
                 if self.link.socket is not None:
                     poller.register(self.link.socket, zmq.POLLIN)
+                if self.cap is not None:
+                    poller.register(self.cap.monitor, zmq.POLLIN)
                 ready = dict(poller.poll(int(cfg.agent.poll_interval * 1000)))
                 now = time.monotonic()
+                if self.cap is not None and self.cap.monitor in ready:
+                    self.cap.on_readable(now)
                 if rep in ready:
                     serve_rep_once(rep, self.local)
                 if self.link.socket is not None and self.link.socket in ready:
@@ -310,6 +336,8 @@ class Agent:
             log.info("stopping (%s): detaching %d session(s)", signals.signal_name or "shutdown", len(self.sessions.active))
             self.sessions.shutdown()
             self.link.close()
+            if self.cap is not None:
+                self.cap.close(rep)
             rep.close(linger=0)
             for client in self._process_clients.values():
                 client.close()

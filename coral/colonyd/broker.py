@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -30,11 +31,14 @@ from coral.daemon.config import Config
 from coral.daemon.errors import CoralError, NotFound, Unavailable, error_from_code
 from coral.daemon.liveness import is_dead
 from coral.daemon.methods import AGENT_LOCAL_METHODS, COLONY_FRONTEND_METHODS, METHODS
+from coral.daemon.paging import services_page
 from coral.daemon.retention import PurgeSchedule, Retention, parse_age, purge_once
 from coral.daemon.server import Peer
 from coral.proto import coral_pb2 as pb
 
 log = logging.getLogger(__name__)
+
+MAX_AGENT_SERVICES = 100_000  # instances the colony holds for one agent (docs/protocol.md)
 
 
 @dataclass
@@ -44,10 +48,28 @@ class AgentState:
     last_heard: float
     owner: str  # who the link proved it is: uid:N on ipc, key:NAME on tcp
     last_sent: float = 0.0
+    services: dict[int, pb.ServiceInstance] = field(default_factory=dict)  # by pid: READY, then SERVICES
+    refused_services: int = 0  # instances past MAX_AGENT_SERVICES
+    warned_at: float = float("-inf")
 
     @property
     def agent_id(self) -> str:
         return self.hello.agent_id
+
+    def apply(self, added: Iterable[pb.ServiceInstance], removed: Iterable[int]) -> int:
+        """Apply one READY page or SERVICES message; returns how many instances
+        did not fit under MAX_AGENT_SERVICES."""
+        for pid in removed:
+            self.services.pop(pid, None)
+        refused = 0
+        for instance in added:
+            if instance.pid not in self.services and len(self.services) >= MAX_AGENT_SERVICES:
+                refused += 1
+                continue
+            instance.agent_id = self.agent_id  # what the link proved, whatever the message says
+            self.services[instance.pid] = instance
+        self.refused_services += refused
+        return refused
 
 
 @dataclass
@@ -167,10 +189,34 @@ class Broker:
                     err = Unavailable(f"agent {p.agent_id} reconnected before answering {p.method}")
                     out.extend(self._deliver(p, err.code, _error_body(err)))
         if this is None:
-            log.info("agent %s ready (%d services)", hello.agent_id, len(hello.services))
-        self.agents[identity] = self._by_id[hello.agent_id] = AgentState(identity, hello, now, peer.who)
+            log.info("agent %s ready (%d services in READY)", hello.agent_id, len(hello.services))
+        state = AgentState(identity, pb.AgentHello(), now, peer.who)
+        state.hello.CopyFrom(hello)
+        del state.hello.services[:]  # kept by pid in state.services
+        self._services_refused(state, state.apply(hello.services, ()))
+        self.agents[identity] = self._by_id[hello.agent_id] = state
         self._by_service = None
         return out
+
+    def agent_services(self, identity: bytes, changed: pb.ServicesChanged, now: float) -> bool:
+        """SERVICES from a link: False if the link is not a known agent."""
+        agent = self.agents.get(identity)
+        if agent is None:
+            return False
+        agent.last_heard = now
+        self._services_refused(agent, agent.apply(changed.added, changed.removed))
+        self._by_service = None
+        return True
+
+    def _services_refused(self, agent: AgentState, refused: int) -> None:
+        if not refused:
+            return
+        self.counters["services.refused"] = self.counters.get("services.refused", 0) + refused
+        now = time.monotonic()
+        if now - agent.warned_at >= 60:  # once a minute: the count says the rest
+            agent.warned_at = now
+            log.warning("agent %s announced more than %d instances; %d not listed (%d in all)",
+                        agent.agent_id, MAX_AGENT_SERVICES, refused, agent.refused_services)
 
     def agent_heard(self, identity: bytes, now: float) -> bool:
         agent = self.agents.get(identity)
@@ -213,12 +259,12 @@ class Broker:
         if self._by_service is None:
             self._by_service = {}
             for agent in self.agents.values():
-                for name in dict.fromkeys(s.service for s in agent.hello.services):
+                for name in dict.fromkeys(s.service for s in agent.services.values()):
                     self._by_service.setdefault(name, []).append(agent)
         return self._by_service.get(service, [])
 
     def services(self) -> list[pb.ServiceInstance]:
-        return [s for a in self.agents.values() for s in a.hello.services]
+        return [s for a in self.agents.values() for s in a.services.values()]
 
     # ---------------------------------------------------------- requests
 
@@ -279,7 +325,8 @@ class Broker:
                           "audit.folded": self.folder.total_folded, **self.store.counters()},
             )
         if method == "ListServices":
-            return pb.ListServicesResponse(services=self.services())
+            after = cast(pb.ListServicesRequest, request).after
+            return services_page(self.services(), after, self.config.limits.max_message_bytes // 4)
         if isinstance(request, pb.ListAuditRequest):
             rows, truncated = self.store.audit_rows(request.since_unix_ns, min(request.max_entries or 1000, 10_000))
             return pb.ListAuditResponse(
@@ -646,6 +693,10 @@ class Broker:
         # Folded per domain, not per key: a refused peer can make a new key for every try.
         self._audit_row(who, 0, "CONNECT", "DENIED", f"{domain}: {detail}", fold=(f"{domain} handshakes", "CONNECT", "DENIED"))
 
+    def audit_connection_cut(self, uid: int, pid: int, detail: str) -> None:
+        """Connections of one uid cut past its cap: one row a minute at most, saying how many."""
+        self._audit_row(f"uid:{uid}", pid, "CONNECT", "LIMIT_EXCEEDED", detail)
+
     def record_agent_audit(self, identity: bytes, e: pb.AuditEntry) -> None:
         """A request a known agent served on its local socket, as that agent
         reports it; the time is the colony's, and `who` names the agent the
@@ -653,7 +704,7 @@ class Broker:
         agent = self.agents.get(identity)
         if agent is None:
             return
-        method = e.method if e.method in AGENT_LOCAL_METHODS else "?"
+        method = e.method if e.method in AGENT_LOCAL_METHODS or e.method == "CONNECT" else "?"
         outcome = e.outcome if e.outcome in AUDIT_OUTCOMES else "?"
         # Folded per agent: what it reports as `who` is its word, not a bounded set.
         self._audit_row(f"{e.who[:64]} on agent {agent.agent_id}", e.peer_pid, method, outcome, e.detail,

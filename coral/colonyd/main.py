@@ -15,6 +15,7 @@ from coral.colonyd.broker import Broker, Outgoing
 from coral.colonyd.store import ColonyStore
 from coral.daemon import curve, wire
 from coral.daemon.config import Config
+from coral.daemon.connections import ConnectionCap, uids_of
 from coral.daemon.errors import BadRequest
 from coral.daemon.runtime import (
     Notifier,
@@ -49,6 +50,7 @@ class Colony:
             self.zap.bind(curve.ZAP_ENDPOINT)
         self.denials = curve.DenialThrottle()
         self.monitors: dict[zmq.Socket[bytes], str] = {}  # tcp sockets' failed handshakes, by domain
+        self.caps: list[tuple[ConnectionCap, zmq.Socket[bytes]]] = []  # ipc sockets' connections per uid
         self.frontend = self._socket(config.colony_frontend, curve.FRONTEND)
         self.backend = self._socket(config.colony_backend, curve.BACKEND)
         self._outbox: list[Outgoing] = []
@@ -65,8 +67,20 @@ class Colony:
         if curve.is_tcp(endpoint) and self.keys is not None:
             curve.serve_curve(s, self.keys, domain, self.config.colony.heartbeat_interval)
             self.monitors[s.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)] = domain
+        exempt = uids_of(self.config.colony.agent_users) if domain == curve.BACKEND else frozenset()
+        report = lambda uid, pid, count: self.on_connections_cut(domain, uid, pid, count)  # noqa: E731
+        cap = ConnectionCap.watch(s, endpoint, self.config.limits.max_connections_per_uid, exempt, report)
+        if cap is not None:  # watching before bind: no connection is missed
+            self.caps.append((cap, s))
         bind_socket(s, endpoint)
         return s
+
+    def on_connections_cut(self, domain: str, uid: int, pid: int, count: int) -> None:
+        """A uid past [limits] max_connections_per_uid (reported at most once a minute per uid)."""
+        cap = self.config.limits.max_connections_per_uid
+        why = f"{domain}: cut {count} connection(s) past uid {uid}'s {cap} ([limits] max_connections_per_uid)"
+        log.warning("%s; last from pid %d", why, pid)
+        self.broker.audit_connection_cut(uid, pid, why)
 
     def on_handshake_failed(self, monitor: zmq.Socket[bytes], now: float) -> None:
         """A tcp peer that never reached ZAP: no CURVE, or the wrong colony
@@ -160,6 +174,15 @@ class Colony:
         if frame.command == wire.Command.DISCONNECT:
             self.send(self.broker.agent_gone(identity[0], "agent disconnected"))
             return
+        if frame.command == wire.Command.SERVICES:
+            try:
+                changed = wire.parse_body(pb.ServicesChanged, frame.body)
+            except BadRequest:
+                self.broker.count("bad_frames.backend")
+                return
+            if not self.broker.agent_services(identity[0], changed, now):
+                self.send([Outgoing("backend", wire.encode_signal(wire.Command.DISCONNECT, identity))])
+            return
         if not self.broker.agent_heard(identity[0], now):
             # Not known (e.g. the colony restarted): ask it to announce itself.
             self.send([Outgoing("backend", wire.encode_signal(wire.Command.DISCONNECT, identity))])
@@ -187,6 +210,8 @@ class Colony:
             poller.register(self.zap, zmq.POLLIN)
         for monitor in self.monitors:
             poller.register(monitor, zmq.POLLIN)
+        for cap, _ in self.caps:
+            poller.register(cap.monitor, zmq.POLLIN)
         next_tick = time.monotonic()
         try:
             while not signals.requested:
@@ -208,6 +233,11 @@ class Colony:
                         if monitor.poll(0, zmq.POLLIN):
                             self.on_handshake_failed(monitor, now)
                             busy = True
+                    for cap, _ in self.caps:
+                        if cap.monitor.poll(0, zmq.POLLIN):
+                            cap.on_readable(now)
+                            self.broker.counters["connections.cut"] = sum(c.total_cut for c, _ in self.caps)
+                            busy = True
                     if not busy:
                         break
                 if now >= next_tick:  # timers, not per message: a thousand agents' heartbeats wake us often
@@ -220,6 +250,8 @@ class Colony:
         finally:
             notifier.stopping()
             log.info("stopping (%s)", signals.signal_name or "shutdown")
+            for cap, sock in self.caps:
+                cap.close(sock)
             self.frontend.close(linger=0)
             self.backend.close(linger=0)
             if self.zap is not None:

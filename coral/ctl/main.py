@@ -298,17 +298,22 @@ class Ctl:
         return EXIT_OK
 
     def services(self) -> int:
-        r = cast(pb.ListServicesResponse, self.call("ListServices", pb.ListServicesRequest()))
-        if self.out.json:
+        after, shown = "", 0
+        while True:
+            r = cast(pb.ListServicesResponse, self.call("ListServices", pb.ListServicesRequest(after=after)))
             for svc in r.services:
-                self.out.record(render.to_dict(svc))
-            return EXIT_OK
-        if not r.services:
-            self.out.line("No services registered. Start one under coral-run, or with coral.sdk.init().")
-        else:
-            self.out.line(f"{'SERVICE':<24} {'PID':>8}  {'KIND':<7} {'AGENT':<16} EXECUTABLE")
-            for svc in r.services:
+                if self.out.json:
+                    self.out.record(render.to_dict(svc))
+                    continue
+                if not shown:
+                    self.out.line(f"{'SERVICE':<24} {'PID':>8}  {'KIND':<7} {'AGENT':<16} EXECUTABLE")
                 self.out.line(f"{svc.service:<24} {svc.pid:>8}  {svc.kind:<7} {svc.agent_id:<16} {svc.executable}")
+                shown += 1
+            if not r.next or r.next == after:  # the last page (or a server that does not move on)
+                break
+            after = r.next
+        if not shown and not self.out.json:
+            self.out.line("No services registered. Start one under coral-run, or with coral.sdk.init().")
         return EXIT_OK
 
     def functions(self) -> int:

@@ -34,6 +34,7 @@ class PathsConfig:
 class LimitsConfig:
     max_message_bytes: int = 4 * 1024 * 1024
     request_timeout: float = 10.0
+    max_connections_per_uid: int = 2048
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,7 @@ _SECTION_TYPES = {
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 _POSITIVE = {
     "max_message_bytes",
+    "max_connections_per_uid",
     "request_timeout",
     "default_duration",
     "max_duration",
@@ -203,6 +205,8 @@ def _check_value(source: str, section: str, key: str, expected: type, value: Any
         raise ConfigError(f"{where}: expected {_TYPE_NAMES[expected]}, got {value!r}")
     if key in _POSITIVE and value <= 0:
         raise ConfigError(f"{where}: must be greater than 0, got {value!r}")
+    if key == "max_message_bytes" and value < 65536:
+        raise ConfigError(f"{where}: must be at least 65536 (64 KiB), got {value!r}")
     if key == "string_bytes" and not 8 <= value <= 1024:
         raise ConfigError(f"{where}: must be between 8 and 1024, got {value!r}")
     if key == "cpu_budget_percent" and not 0 <= value <= 100:

@@ -30,6 +30,7 @@ class Command(enum.IntEnum):
     HEARTBEAT = 0x04
     DISCONNECT = 0x05
     AUDIT = 0x06
+    SERVICES = 0x07
 
 
 class FrameError(Exception):
@@ -82,7 +83,7 @@ def decode(frames: list[bytes]) -> Frame:
         if not 1 <= len(name_bytes) <= MAX_METHOD_NAME or not name_bytes.isascii():
             raise FrameError("method or status must be 1 to 64 ASCII bytes", request_id)
         return Frame(envelope, command, request_id, name_bytes.decode("ascii"), args[2])
-    if command in (Command.READY, Command.AUDIT):
+    if command in (Command.READY, Command.AUDIT, Command.SERVICES):
         if len(args) != 1:
             raise FrameError(f"{command.name} needs exactly one body frame")
         return Frame(envelope, command, body=args[0])
@@ -115,6 +116,10 @@ def encode_raw_reply(request_id: bytes, status: str, body: bytes, envelope: tupl
 
 def encode_ready(hello: pb.AgentHello, envelope: tuple[bytes, ...] = ()) -> list[bytes]:
     return [*_head(envelope, Command.READY), hello.SerializeToString()]
+
+
+def encode_services(changed: pb.ServicesChanged, envelope: tuple[bytes, ...] = ()) -> list[bytes]:
+    return [*_head(envelope, Command.SERVICES), changed.SerializeToString()]
 
 
 def encode_audit(entry: pb.AuditEntry, envelope: tuple[bytes, ...] = ()) -> list[bytes]:

@@ -75,15 +75,27 @@ class AgentHello(_message.Message):
     heartbeat_interval_ms: int
     def __init__(self, agent_id: _Optional[str] = ..., hostname: _Optional[str] = ..., services: _Optional[_Iterable[_Union[ServiceInstance, _Mapping]]] = ..., version: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ...) -> None: ...
 
+class ServicesChanged(_message.Message):
+    __slots__ = ("added", "removed")
+    ADDED_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    added: _containers.RepeatedCompositeFieldContainer[ServiceInstance]
+    removed: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, added: _Optional[_Iterable[_Union[ServiceInstance, _Mapping]]] = ..., removed: _Optional[_Iterable[int]] = ...) -> None: ...
+
 class ListServicesRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("after",)
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    after: str
+    def __init__(self, after: _Optional[str] = ...) -> None: ...
 
 class ListServicesResponse(_message.Message):
-    __slots__ = ("services",)
+    __slots__ = ("services", "next")
     SERVICES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_FIELD_NUMBER: _ClassVar[int]
     services: _containers.RepeatedCompositeFieldContainer[ServiceInstance]
-    def __init__(self, services: _Optional[_Iterable[_Union[ServiceInstance, _Mapping]]] = ...) -> None: ...
+    next: str
+    def __init__(self, services: _Optional[_Iterable[_Union[ServiceInstance, _Mapping]]] = ..., next: _Optional[str] = ...) -> None: ...
 
 class RegisterProcessRequest(_message.Message):
     __slots__ = ("service", "pid", "executable", "address", "kind", "sdk_version", "runtime")
@@ -104,12 +116,14 @@ class RegisterProcessRequest(_message.Message):
     def __init__(self, service: _Optional[str] = ..., pid: _Optional[int] = ..., executable: _Optional[str] = ..., address: _Optional[str] = ..., kind: _Optional[str] = ..., sdk_version: _Optional[str] = ..., runtime: _Optional[str] = ...) -> None: ...
 
 class RegisterProcessResponse(_message.Message):
-    __slots__ = ("registration_id", "heartbeat_interval_ms")
+    __slots__ = ("registration_id", "heartbeat_interval_ms", "redact_names")
     REGISTRATION_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    REDACT_NAMES_FIELD_NUMBER: _ClassVar[int]
     registration_id: str
     heartbeat_interval_ms: int
-    def __init__(self, registration_id: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ...) -> None: ...
+    redact_names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, registration_id: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ..., redact_names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class UnregisterProcessRequest(_message.Message):
     __slots__ = ("registration_id",)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Iterable
 
 import zmq
 
@@ -29,6 +30,21 @@ REPLY_TIMEOUT = 2.0
 MAX_MESSAGE_BYTES = 1024 * 1024
 
 
+MAX_REDACT_NAMES = 1000
+MAX_REDACT_NAME = 128
+
+
+def agent_names(names: Iterable[str]) -> tuple[str, ...]:
+    """The agent's redaction names, within bounds (a name past them is
+    logged and left out: the process's own names still apply)."""
+    sent = list(names)
+    kept = [n for n in sent if 0 < len(n) <= MAX_REDACT_NAME and n.isprintable()][:MAX_REDACT_NAMES]
+    if len(kept) < len(sent):
+        log.warning("the agent sent %d redaction names; %d are past the bounds and left out", len(sent),
+                    len(sent) - len(kept))
+    return tuple(kept)
+
+
 class AgentRegistration:
     def __init__(self, agent_endpoint: str, request: pb.RegisterProcessRequest,
                  context: zmq.Context[zmq.Socket[bytes]] | None = None) -> None:
@@ -42,6 +58,7 @@ class AgentRegistration:
         self._in_flight: tuple[bytes, str, float] | None = None  # request id, method, deadline
         self._next_attempt = 0.0
         self._warned = False
+        self.redact_names: tuple[str, ...] = ()  # the agent's, from its last RegisterProcess reply
 
     @property
     def registered(self) -> bool:
@@ -70,6 +87,10 @@ class AgentRegistration:
         request_id = secrets.token_bytes(8)
         self.socket.send_multipart(wire.encode_request(request_id, method, body))
         self._in_flight = (request_id, method, now + REPLY_TIMEOUT)
+
+    def receive(self, now: float) -> bool:
+        """Only the replies that have arrived (never sends): True if one made a registration."""
+        return self._receive(now)
 
     def _receive(self, now: float) -> bool:
         made = False
@@ -111,6 +132,7 @@ class AgentRegistration:
         reply = wire.parse_body(pb.RegisterProcessResponse, frame.body)
         self.registration_id = reply.registration_id
         self.interval = max(0.1, reply.heartbeat_interval_ms / 1000)
+        self.redact_names = agent_names(reply.redact_names)
         self.backoff.reset()
         self._warned = False
         self._next_attempt = now + self.interval

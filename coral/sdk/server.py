@@ -33,7 +33,7 @@ from coral.sdk import _probe, native
 from coral.sdk.arming import ARMS, ArmRegistry
 from coral.sdk.metadata import function_metadata, list_functions
 from coral.sdk.registration import AgentRegistration
-from coral.sdk.settings import settings_from_config
+from coral.sdk.settings import SdkSettings, settings_from_config
 
 if TYPE_CHECKING:
     from coral.sdk.lifecycle import Sdk
@@ -134,7 +134,7 @@ def run(sdk: Sdk) -> None:
     except ConfigError as exc:
         log.error("coral: %s; live debugging is off in this process", exc)
         return
-    ARMS.configure(settings_from_config(config))
+    ARMS.configure(settings_from_config(config))  # until the agent's names come with the registration
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
         _serve(sdk, config, context)
@@ -184,12 +184,22 @@ def _serve(sdk: Sdk, config: Config, context: zmq.Context[zmq.Socket[bytes]]) ->
     poller.register(sdk.wake_fd, zmq.POLLIN)
     sdk.bound(address)
     agent_missing_warned = False
+    own = settings_from_config(config)
+
+    def registered() -> None:
+        """Redact what this process's config names and what the agent's does,
+        before any request the agent sends next is served."""
+        names = tuple(dict.fromkeys((*own.redact_patterns, *registration.redact_names)))
+        if names != ARMS.settings.redact_patterns:
+            ARMS.configure(SdkSettings(redact_patterns=names))
+        disarm_orphans()
+
     try:
         while not sdk.stopping:
             if agent_socket_exists(config.agent_endpoint):
                 agent_missing_warned = False
                 if registration.tick(time.monotonic()):
-                    disarm_orphans()
+                    registered()
             elif not agent_missing_warned:
                 log.warning(
                     "coral agent not running (no %s); the service runs normally and registers once it starts",
@@ -200,6 +210,8 @@ def _serve(sdk: Sdk, config: Config, context: zmq.Context[zmq.Socket[bytes]]) ->
             sdk.registered = registration.registered
             for sock, _ in poller.poll(POLL_MS):
                 if sock is rep:
+                    if registration.receive(time.monotonic()):  # a reply that came while polling goes first
+                        registered()
                     serve_rep_once(rep, dispatcher)
                 else:
                     sdk.drain_wake()
