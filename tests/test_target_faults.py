@@ -125,3 +125,41 @@ def test_service_restarted_a_new_session_finds_the_new_pid(
         assert json.loads(out.splitlines()[-1])["calls"] == 4
     finally:
         new.stop()
+
+
+def test_a_hung_instance_is_left_out_and_named_while_the_others_are_probed(
+    coral_env: CoralEnv, bpf: None, payments_binary: Path
+) -> None:
+    """Two instances of one service; the second's coral-run is stopped
+    (SIGSTOP), so it answers nothing. The session runs on the first, with
+    every one of its calls, and says which instance it left out."""
+    import os
+
+    from tests.harness import running
+
+    with running(coral_env, payments_binary) as first:
+        second = NativeService(coral_env, payments_binary, name="run-payments-2")
+        try:
+            for _ in range(200):  # each ask is a round trip; the agent announces within 0.1 s
+                out = coralctl(coral_env, "--output", "json", "services").stdout.splitlines()
+                if len(out) == 2:
+                    break
+            assert len(out) == 2, out
+            os.kill(second.run.pid, signal.SIGSTOP)
+            try:
+                attach, session = start_attach(coral_env, "payments", "validate_card", "--duration", "3s", "--no-save")
+                assert session["pids"] == [first.child_pid], session
+                assert session["unanswered"] == [
+                    f"process {second.child_pid} of service 'payments' did not answer at "
+                    f"ipc://{coral_env.runtime_dir}/procs/{second.child_pid}.sock"], session
+                assert first.call(10).startswith("done 10 ")
+                out_text, _ = attach.communicate(timeout=60)
+            finally:
+                os.kill(second.run.pid, signal.SIGCONT)
+            summary = json.loads(out_text.splitlines()[-1])
+            assert (summary["status"], summary["calls"], summary["lost"]) == ("expired", 10, {}), summary
+            assert summary["unanswered"] == session["unanswered"]
+            text = coralctl(coral_env, "debug", "events", session["session_id"]).stdout
+            assert f"Not probed:   process {second.child_pid} of service 'payments' did not answer" in text, text
+        finally:
+            second.stop()

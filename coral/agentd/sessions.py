@@ -25,7 +25,7 @@ from coral.agentd.store import CallRow, EventStore, SessionRow
 from coral.agentd.targets import native_sites, python_site
 from coral.agentd.values import int_kind
 from coral.daemon.config import Config
-from coral.daemon.errors import CoralError, InvalidArgument, LimitExceeded, NotFound, ProbeFailed
+from coral.daemon.errors import CoralError, InvalidArgument, LimitExceeded, NotFound, ProbeFailed, Unavailable
 from coral.proto import coral_pb2 as pb
 from coral.redact import Rules
 
@@ -85,6 +85,7 @@ class Session:
     status: str = ACTIVE
     reason: str = ""
     owner: str = ""  # who started it (uid:N; key:colony for the colony's requests)
+    unanswered: list[str] = field(default_factory=list)  # instances left out at the start
     ended_ns: int = 0
     stored: int = 0
     lost: Counter[str] = field(default_factory=Counter)
@@ -103,7 +104,7 @@ class Session:
             self.status, self.reason,
             {"capture_args": c.capture_args, "capture_return": c.capture_return, "sample_rate": c.sample_rate,
              "max_events": self.max_events, "min_duration_ns": c.min_duration_ns, "predicate": c.predicate,
-             "owner": self.owner,
+             "owner": self.owner, "unanswered": self.unanswered,
              "stats": {"calls": stats.calls, "sum_ns": stats.sum_ns, "max_ns": stats.max_ns,
                        "histogram": {str(k): v for k, v in stats.histogram.items()}}},
             {k: v for k, v in lost.items() if v},
@@ -155,9 +156,16 @@ class SessionManager:
             raise NotFound(f"service {req.service!r} is not registered on agent {self.agent_id}"
                            + (f" (registered: {', '.join(known)})" if known else " (no services registered)"), known)
         targets: list[Target] = []
+        unanswered: list[Unavailable] = []  # each instance has its own deadline; the others go on
         try:
             for reg in instances:
-                targets.append(self._target(reg, req))
+                try:
+                    targets.append(self._target(reg, req))
+                except Unavailable as exc:
+                    log.warning("session %s: left out %s", session_id, exc.message)
+                    unanswered.append(exc)
+            if not targets:
+                raise unanswered[0]
             first = targets[0].meta
             if req.config.predicate and first.kind == "python":
                 raise InvalidArgument("--where applies to native functions' integer arguments only")
@@ -180,7 +188,7 @@ class SessionManager:
             session_id=session_id, service=req.service, function=req.function, config=req.config, started_ns=now,
             expires_ns=now + duration_ms * 1_000_000, slot=slot, targets=targets,
             max_events=min(req.config.max_events, events_limit) if req.config.max_events else events_limit,
-            owner=owner,
+            owner=owner, unanswered=[e.message for e in unanswered],
         )
         self.active[session_id] = session
         self._by_slot[slot] = session
@@ -386,6 +394,7 @@ class SessionManager:
             max_duration_ns=int(stats.get("max_ns", 0)),
             histogram={int(k): int(v) for k, v in cast(dict[str, int], stats.get("histogram", {})).items()},
             owner=str(c.get("owner", "")),
+            unanswered=[str(u) for u in cast(list[object], c.get("unanswered", []))],
         )
 
     def session(self, session_id: str) -> pb.DebugSession:

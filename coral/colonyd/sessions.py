@@ -138,6 +138,8 @@ def merge(session: pb.DebugSession) -> None:
     session.ended_unix_ns = 0 if running else max(s.ended_unix_ns for s in parts)
     del session.pids[:]
     session.pids.extend(pid for s in parts for pid in s.pids)
+    del session.unanswered[:]
+    session.unanswered.extend(u for s in parts for u in s.unanswered)
     session.event_count = sum(s.event_count for s in parts)
     session.calls = sum(s.calls for s in parts)
     session.probes = sum(s.probes for s in parts)

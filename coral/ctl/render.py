@@ -177,6 +177,7 @@ def format_summary(s: Summary, session: pb.DebugSession, tally: Tally | None = N
     lost = {k: v for k, v in session.lost.items() if v}
     if lost:
         lines.append("  Calls not shown: " + ", ".join(f"{n} {LOST_CAUSES.get(c, c)}" for c, n in sorted(lost.items())))
+    lines.extend(f"  Not probed:   {u}" for u in session.unanswered)
     lines.extend(format_agents(session, style))
     lines.extend(format_histogram(dict(session.histogram), style))
     return lines
@@ -250,6 +251,7 @@ def summary_dict(s: Summary, session: pb.DebugSession, tally: Tally | None = Non
         "status_reason": session.status_reason,
         **asdict(s),
         "lost": dict(session.lost),
+        "unanswered": list(session.unanswered),
         "errors": tally.errors,
         "slow": tally.slow,
         "histogram": {str(k): v for k, v in session.histogram.items()},
