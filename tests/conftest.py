@@ -68,6 +68,20 @@ def payments(coral_env: CoralEnv, agent: Process, payments_binary: Path) -> Iter
 
 
 @pytest.fixture
+def colony_user() -> Iterator[pwd.struct_passwd]:
+    """A stand-in for the `coral` user coral-colonyd.service runs as: a
+    real unprivileged user whose group is coral, created for the test."""
+    name = f"coral-c-{secrets.token_hex(3)}"
+    created = subprocess.run(["useradd", "--system", "--no-create-home", "-g", "coral", name], capture_output=True)
+    if created.returncode != 0:
+        pytest.fail(f"cannot create test user {name}: {created.stderr.decode()}")
+    try:
+        yield pwd.getpwnam(name)
+    finally:
+        subprocess.run(["userdel", name], capture_output=True)
+
+
+@pytest.fixture
 def member() -> Iterator[pwd.struct_passwd]:
     """A real non-root user in group coral (an operator), of a name no one
     else uses: created for the test, removed after."""

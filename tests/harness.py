@@ -99,6 +99,7 @@ class NotifySocket:
         self.path = path
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(str(path))
+        os.chmod(path, 0o666)  # as systemd's is: a daemon run as another user reaches it
         self.messages: list[str] = []
 
     def wait_for(self, wanted: str, proc: subprocess.Popen[Any], timeout: float, describe: str) -> None:
@@ -176,6 +177,52 @@ class Process:
         return self.proc.returncode
 
 
+def unit_setting(unit: str, name: str) -> list[str]:
+    """The words of `Name=` in systemd/UNIT (every line of it, in order)."""
+    words: list[str] = []
+    for line in (REPO / "systemd" / unit).read_text().splitlines():
+        if line.startswith(f"{name}="):
+            words += line.split("=", 1)[1].split()
+    return words
+
+
+def as_unit(unit: str, env: CoralEnv, user: Any = None, nofile: str = "") -> tuple[str, ...]:
+    """A wrapper that runs a daemon as systemd/UNIT confines it, in what a
+    test can reproduce without systemd: its user (a test's own stand-in for
+    `User=coral`, whose RuntimeDirectory= and StateDirectory= it then owns,
+    with the units' modes) and group, `SupplementaryGroups=`,
+    `CapabilityBoundingSet=` (no inheritable or ambient ones),
+    `NoNewPrivileges=`, `LimitNOFILE=` (or `nofile`, SOFT:HARD; at most
+    this machine's hard limit) and `UMask=`.
+    The mount, namespace and system-call settings need systemd itself."""
+    import grp
+
+    (umask,) = unit_setting(unit, "UMask") or ["0022"]
+    import resource
+
+    if not nofile:  # the unit's, unless this machine's hard limit is lower (raising it needs CAP_SYS_RESOURCE)
+        (wanted,) = unit_setting(unit, "LimitNOFILE")
+        n = min(int(wanted), resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+        nofile = f"{n}:{n}"
+    caps = ",".join(["-all", *("+" + c.lower().removeprefix("cap_") for c in unit_setting(unit, "CapabilityBoundingSet"))])
+    groups = [str(grp.getgrnam(g).gr_gid) for g in unit_setting(unit, "SupplementaryGroups")]
+    wrap = ["prlimit", f"--nofile={nofile}", "--", "setpriv", f"--bounding-set={caps}", "--inh-caps=-all"]
+    if user is not None:
+        (group,) = unit_setting(unit, "Group")
+        gid = grp.getgrnam(group).gr_gid
+        for path, mode in ((env.runtime_dir, unit_setting(unit, "RuntimeDirectoryMode")),
+                           (env.state_dir, unit_setting(unit, "StateDirectoryMode"))):
+            path.mkdir(parents=True, exist_ok=True)
+            os.chown(path, user.pw_uid, gid)
+            os.chmod(path, int(mode[0], 8))
+        wrap += [f"--reuid={user.pw_uid}", f"--regid={gid}"]
+        groups = groups or [str(gid)]
+    wrap += [f"--groups={','.join(groups)}" if groups else "--clear-groups"]
+    if unit_setting(unit, "NoNewPrivileges") == ["yes"]:
+        wrap.append("--no-new-privs")
+    return (*wrap, "--", "sh", "-c", f'umask {umask} && exec "$@"', unit)
+
+
 def start_colony(env: CoralEnv, wrap: tuple[str, ...] = ()) -> Process:
     return Process("colonyd", [*wrap, tool("coral-colonyd")], env).wait_ready()
 
@@ -185,12 +232,20 @@ def start_agent(env: CoralEnv, name: str = "agentd", wrap: tuple[str, ...] = ())
 
 
 @contextlib.contextmanager
-def running(env: CoralEnv, binary: Path) -> Iterator[NativeService]:
+def running(env: CoralEnv, binary: Path, colony_user: Any = None) -> Iterator[NativeService]:
     """A colony, an agent and the C demo under coral-run, for a test that
     set up `env` first (its config, say); each stopped however the test
-    ends, even if a later one failed to start."""
+    ends, even if a later one failed to start. With `colony_user`, the
+    colony runs confined as its unit confines it (`as_unit`), as that user
+    (the agent's capability bounds are tested in tests/test_systemd.py)."""
+    wrap = as_unit("coral-colonyd.service", env, colony_user) if colony_user is not None else ()
     with contextlib.ExitStack() as stack:
-        stack.callback(start_colony(env).stop)
+        colony = start_colony(env, wrap)
+        stack.callback(colony.stop)
+        if colony_user is not None:
+            status = dict(line.split(":", 1) for line in Path(f"/proc/{colony.pid}/status").read_text().splitlines())
+            assert status["Uid"].split()[:2] == [str(colony_user.pw_uid)] * 2, status["Uid"]
+            assert int(status["CapEff"], 16) == int(status["CapBnd"], 16) == 0 and status["NoNewPrivs"].strip() == "1"
         stack.callback(start_agent(env).stop)
         service = NativeService(env, binary)
         stack.callback(service.stop)

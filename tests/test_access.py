@@ -47,10 +47,11 @@ def test_rights_by_user_and_group() -> None:
 
 
 def test_a_denied_user_is_refused_and_audited(coral_env: CoralEnv, bpf: None, payments_binary: Path,
-                                               member: pwd.struct_passwd, tmp_path: Path) -> None:
+                                               member: pwd.struct_passwd, colony_user: pwd.struct_passwd,
+                                               tmp_path: Path) -> None:
     user = member.pw_name
     coral_env.open_to_members(f'[access]\nlist = ["{user}"]\nattach = ["{user}"]\ncapture = ["root"]\n')
-    with running(coral_env, payments_binary):
+    with running(coral_env, payments_binary, colony_user):  # the colony confined as its unit
         def as_operator(*args: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run([tool("coralctl"), *args], env=coral_env.env, capture_output=True, text=True,
                                   timeout=60, user=member.pw_uid, group=member.pw_gid, extra_groups=["coral"])
@@ -73,12 +74,13 @@ def test_a_denied_user_is_refused_and_audited(coral_env: CoralEnv, bpf: None, pa
 
 
 def test_a_member_with_only_list_sees_timings_not_values(coral_env: CoralEnv, bpf: None, payments_binary: Path,
-                                                         member: pwd.struct_passwd) -> None:
+                                                         member: pwd.struct_passwd,
+                                                         colony_user: pwd.struct_passwd) -> None:
     """Root captures arguments and returns; a member who may list (not
     capture) reads the same session, through the colony and through the
     agent's local socket: every call is there, every value withheld."""
     coral_env.open_to_members('[access]\nlist = ["@coral"]\nattach = ["@coral"]\ncapture = []\n')
-    with running(coral_env, payments_binary) as service:
+    with running(coral_env, payments_binary, colony_user) as service:  # the colony confined as its unit
         from tests.test_native_e2e import wait_for_service
 
         wait_for_service(coral_env, "payments")

@@ -28,7 +28,17 @@ from coral.daemon.config import Config
 from coral.daemon.errors import InvalidArgument
 from coral.daemon.server import Peer
 from coral.proto import coral_pb2 as pb
-from tests.harness import REPO, CoralEnv, NativeService, coralctl, running, start_agent, start_attach, start_colony
+from tests.harness import (
+    REPO,
+    CoralEnv,
+    NativeService,
+    as_unit,
+    coralctl,
+    running,
+    start_agent,
+    start_attach,
+    start_colony,
+)
 from tests.test_native_e2e import wait_for_service
 
 ROOT = Peer(uid=0, gid=0, pid=10)
@@ -199,9 +209,10 @@ print(wire.decode(s.recv_multipart()).command.name if heard else "nothing")
 
 
 def test_a_member_of_group_coral_cannot_pose_as_the_agent(coral_env: CoralEnv, bpf: None, payments_binary: Path,
-                                                           member: pwd.struct_passwd) -> None:
+                                                           member: pwd.struct_passwd,
+                                                           colony_user: pwd.struct_passwd) -> None:
     coral_env.open_to_members()  # the member reaches the sockets, as an operator would
-    with running(coral_env, payments_binary) as service:
+    with running(coral_env, payments_binary, colony_user) as service:  # the colony confined as its unit
         wait_for_service(coral_env, "payments")
         attach, session = start_attach(coral_env, "payments", "validate_card", "--duration", "3s", "--no-save")
         ping = json.loads(coralctl(coral_env, "--local", "--output", "json", "ping").stdout)
@@ -305,7 +316,7 @@ def agent_id(env: CoralEnv) -> str:
 
 
 def test_ten_thousand_idle_connections_to_each_socket_harm_no_session(
-    coral_env: CoralEnv, bpf: None, payments_binary: Path, member: pwd.struct_passwd
+    coral_env: CoralEnv, bpf: None, payments_binary: Path, member: pwd.struct_passwd, colony_user: pwd.struct_passwd
 ) -> None:
     """The daemons start with systemd's usual soft limit of 1024 descriptors
     (the hard one above it), as a unit without LimitNOFILE= would give them;
@@ -318,7 +329,7 @@ def test_ten_thousand_idle_connections_to_each_socket_harm_no_session(
     low = ("prlimit", f"--nofile=1024:{hard}", "--")
     coral_env.open_to_members()
     with contextlib.ExitStack() as stack:
-        colony = start_colony(coral_env, wrap=low)
+        colony = start_colony(coral_env, wrap=as_unit("coral-colonyd.service", coral_env, colony_user, f"1024:{hard}"))
         stack.callback(colony.stop)
         agent = start_agent(coral_env, wrap=low)
         stack.callback(agent.stop)
@@ -405,10 +416,10 @@ sys.stdin.read()  # registered until the test is done looking
 
 
 def test_a_member_cannot_take_a_configured_name_nor_one_another_uid_runs(
-    coral_env: CoralEnv, bpf: None, payments_binary: Path, member: pwd.struct_passwd
+    coral_env: CoralEnv, bpf: None, payments_binary: Path, member: pwd.struct_passwd, colony_user: pwd.struct_passwd
 ) -> None:
     coral_env.open_to_members('[services]\nvault = ["root"]\n')
-    with running(coral_env, payments_binary) as payments:  # root runs payments: its uid holds the name
+    with running(coral_env, payments_binary, colony_user) as payments:  # root runs payments: its uid holds the name
         wait_for_service(coral_env, "payments")
         registrar = subprocess.Popen(
             [sys.executable, "-c", REGISTRAR, coral_env.endpoint("agent.sock"), str(coral_env.runtime_dir / "procs"),
