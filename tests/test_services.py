@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -197,6 +198,7 @@ for line in sys.stdin:
     print("killed", flush=True)
 for child in children:
     child.kill()
+    child.wait()
 """
 COUNT = 60
 
@@ -229,7 +231,8 @@ def test_sixty_long_registrations_pass_a_64_kib_cap_in_pages(coral_env: CoralEnv
     colony = start_colony(env)
     agent = start_agent(env)
     registrant = subprocess.Popen([sys.executable, "-c", REGISTRANT, str(env.runtime_dir), str(sleep), str(COUNT)],
-                                  env=env.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                                  env=env.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                  start_new_session=True)
     try:
         assert registrant.stdout is not None and registrant.stdin is not None
         assert registrant.stdout.readline() == "registered\n"
@@ -251,8 +254,12 @@ def test_sixty_long_registrations_pass_a_64_kib_cap_in_pages(coral_env: CoralEnv
         ping = json.loads(coralctl(env, "--output", "json", "ping").stdout)
         assert ping["counters"].get("services.refused", 0) == 0
     finally:
-        registrant.kill()
-        registrant.wait()
+        if registrant.stdin is not None:
+            registrant.stdin.close()  # end of input: it kills its children and exits
+        try:
+            registrant.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(registrant.pid, signal.SIGKILL)  # the children too
+            registrant.wait()
         agent.stop()
         colony.stop()
-    assert os.path.exists(coral_env.root)
