@@ -195,7 +195,6 @@ def test_the_sdk_redacts_the_names_the_agent_is_configured_with(coral_env: Coral
         entries = [e for e in records(out) if e["kind"] == "event" and e["event_type"] == "entry"]
         assert [e["args"] for e in entries] == [[{"name": "card", "type": "", "value": "<redacted>"},
                                                  {"name": "amount", "type": "", "value": "<redacted>"}]] * 3
-        assert all(str(500 + i) not in out for i in range(3))
         # And in the process itself, before anything leaves it:
         check = subprocess.run([sys.executable, "-c", RULES_IN_THE_PROCESS], env=coral_env.env, capture_output=True,
                                text=True, timeout=30)

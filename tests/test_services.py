@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -263,3 +264,63 @@ def test_sixty_long_registrations_pass_a_64_kib_cap_in_pages(coral_env: CoralEnv
             registrant.wait()
         agent.stop()
         colony.stop()
+
+
+# ------------------------------------------------------------ pruning
+
+
+def test_a_prune_costs_what_exited_not_what_is_registered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """300 real processes registered. Their exits come from pidfds: a prune
+    looks at the 3 that exited and SWEEP others (for an exec), not at all
+    300; a process that execs another program is found within one round of
+    sweeps; a process just killed is not listed even before a prune."""
+    import socket as sockets
+
+    from coral.agentd import registry as reg_module
+    from coral.agentd.registry import ProcessRegistry, Registration
+
+    monkeypatch.setattr(reg_module, "SWEEP", 10)
+    path = tmp_path / "many.sock"
+    listener = sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM)
+    listener.bind(str(path))
+    children = [subprocess.Popen(["sleep", "60"]) for _ in range(299)]
+    children.append(subprocess.Popen(["sh", "-c", "read line; exec sleep 60"], stdin=subprocess.PIPE))
+    registry = ProcessRegistry(tmp_path)
+    looked: list[int] = []
+    real_loss = registry.loss
+
+    def counted(reg: Registration) -> str:
+        looked.append(reg.pid)
+        return real_loss(reg)
+
+    registry.loss = counted  # type: ignore[method-assign]
+    try:
+        me = Peer(uid=0, gid=0, pid=os.getpid())  # their parent, as coral-run is
+        for i, child in enumerate(children):
+            registry.register(pb.RegisterProcessRequest(service=f"s{i}", pid=child.pid, address=f"ipc://{path}"), me)
+        assert registry.prune_exited() == [] and len(looked) == 10
+        for child in children[:3]:
+            child.kill()
+            child.wait()
+        assert len(registry.live_instances()) == 297  # before any prune
+        looked.clear()
+        gone = registry.prune_exited()
+        assert sorted(r.pid for r in gone) == sorted(c.pid for c in children[:3])
+        assert len(looked) <= 3 + 10, len(looked)
+        execs = children[-1]
+        assert execs.stdin is not None
+        execs.stdin.write(b"go\n")
+        execs.stdin.close()
+        end = time.monotonic() + 10
+        while not os.readlink(f"/proc/{execs.pid}/exe").endswith("sleep"):  # the exec itself, then sweep
+            assert time.monotonic() < end, "sh never ran exec"
+        found = []
+        for _ in range(30):  # one round: 297 / 10 prunes
+            found += registry.prune_exited()
+        assert [r.pid for r in found] == [execs.pid]
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
+        registry.close()
+        listener.close()

@@ -344,6 +344,7 @@ class Agent:
             unlink_ipc(cfg.agent_endpoint)
             self.engine.close()
             self.store.close()
+            self.registry.close()
             self.context.term()
 
 

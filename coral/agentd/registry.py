@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import secrets
+import select
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -148,6 +149,62 @@ def owner_refusal(service: str, uid: int, owners: dict[str, tuple[str, ...]], ho
     return ""
 
 
+ProcessKey = tuple[int, str]  # pid and start time: one process, never a later one with the same pid
+SWEEP = 200  # registrations looked at per prune for an exec (an exit is told by its pidfd)
+
+
+class ExitWatch:
+    """A pidfd for each watched process, in one epoll: which have exited is
+    known in time proportional to the exits, not to the processes watched.
+    A process that cannot be watched (no pidfd_open: Linux < 5.3) is
+    reported by `watch` so the caller looks at it itself."""
+
+    def __init__(self) -> None:
+        self.epoll = select.epoll()
+        self._fd: dict[ProcessKey, int] = {}
+        self._key: dict[int, ProcessKey] = {}
+        self._refs: dict[ProcessKey, int] = {}
+
+    def watch(self, key: ProcessKey) -> bool:
+        if key in self._refs:
+            self._refs[key] += 1
+            return True
+        try:
+            fd = os.pidfd_open(key[0])
+        except (OSError, AttributeError):
+            return False  # gone already, or no pidfds here
+        stat = proc_stat(key[0])
+        if stat is None or stat[1] != key[1]:
+            os.close(fd)  # the pid now names another process
+            return False
+        self.epoll.register(fd, select.EPOLLIN)
+        self._fd[key], self._key[fd], self._refs[key] = fd, key, 1
+        return True
+
+    def unwatch(self, key: ProcessKey) -> None:
+        left = self._refs.get(key, 0) - 1
+        if left > 0:
+            self._refs[key] = left
+            return
+        self._refs.pop(key, None)
+        fd = self._fd.pop(key, None)
+        if fd is not None:
+            del self._key[fd]
+            self.epoll.unregister(fd)
+            os.close(fd)
+
+    def exited(self) -> list[ProcessKey]:
+        return [self._key[fd] for fd, _ in self.epoll.poll(0, maxevents=-1) if fd in self._key]
+
+    def close(self) -> None:
+        for fd in self._fd.values():
+            os.close(fd)
+        self._fd.clear()
+        self._key.clear()
+        self._refs.clear()
+        self.epoll.close()
+
+
 class ProcessRegistry:
     """Registrations by id, by pid (one per live process) and by service,
     and a count per registrant uid: registering costs the same however many
@@ -163,6 +220,10 @@ class ProcessRegistry:
         self._by_pid: dict[int, str] = {}
         self._per_uid: dict[int, int] = {}
         self._by_service: dict[str, dict[str, Registration]] = {}  # in registration order: the first is the holder
+        self._exits = ExitWatch()
+        self._watchers: dict[ProcessKey, set[str]] = {}  # process -> registrations that end with it
+        self._unwatched: set[str] = set()  # registrations looked at on every prune (no pidfd)
+        self._sweep: list[str] = []  # registrations still to look at for an exec in this round
 
     def register(self, req: pb.RegisterProcessRequest, peer: Peer) -> Registration:
         pid, start_time, registrant = check_registration(req, peer, self.procs_dir)
@@ -207,6 +268,11 @@ class ProcessRegistry:
         )
         self._by_id[reg.registration_id] = reg
         self._by_pid[pid] = reg.registration_id
+        for key in self._keys(reg):
+            if self._exits.watch(key):
+                self._watchers.setdefault(key, set()).add(reg.registration_id)
+            else:
+                self._unwatched.add(reg.registration_id)
         self._by_service.setdefault(reg.service, {})[reg.registration_id] = reg
         self._per_uid[uid] = self._per_uid.get(uid, 0) + 1
         return reg
@@ -214,6 +280,14 @@ class ProcessRegistry:
     def _remove(self, registration_id: str) -> Registration | None:
         reg = self._by_id.pop(registration_id, None)
         if reg is not None:
+            self._unwatched.discard(registration_id)
+            for key in self._keys(reg):
+                watchers = self._watchers.get(key)
+                if watchers is not None and registration_id in watchers:
+                    watchers.discard(registration_id)
+                    if not watchers:
+                        del self._watchers[key]
+                    self._exits.unwatch(key)
             self._by_pid.pop(reg.pid, None)
             same = self._by_service.get(reg.service, {})
             same.pop(registration_id, None)
@@ -235,15 +309,35 @@ class ProcessRegistry:
     def known(self, registration_id: str) -> bool:
         return registration_id in self._by_id
 
+    @staticmethod
+    def _keys(reg: Registration) -> list[ProcessKey]:
+        """The processes a registration ends with: its own, and coral-run's."""
+        keys = [(reg.pid, reg.start_time)]
+        if reg.registrant_pid and reg.registrant_pid != reg.pid:
+            keys.append((reg.registrant_pid, reg.registrant_start_time))
+        return keys
+
     def prune_exited(self) -> list[Registration]:
-        """Forget processes that have exited (or whose pid was reused), and
-        those whose registrant (coral-run) has: nothing answers for them."""
+        """Forget processes that have exited, and those whose registrant
+        (coral-run) has: nothing answers for them. Exits come from pidfds, so
+        this costs what exited; an exec (the same pid running another
+        program) is looked for SWEEP registrations at a time."""
+        looked = {rid for key in self._exits.exited() for rid in self._watchers.get(key, ())}
+        looked |= self._unwatched
+        if not self._sweep:
+            self._sweep = list(self._by_id)
+        looked.update(self._sweep[-SWEEP:])
+        del self._sweep[-SWEEP:]
         gone = []
-        for rid, reg in list(self._by_id.items()):
-            if self.loss(reg):
+        for rid in looked:
+            reg = self._by_id.get(rid)
+            if reg is not None and self.loss(reg):
                 self._remove(rid)
                 gone.append(reg)
         return gone
+
+    def close(self) -> None:
+        self._exits.close()
 
     def instances(self, service: str | None = None) -> list[Registration]:
         """Every registration, or the live ones of one service: a process
@@ -254,8 +348,11 @@ class ProcessRegistry:
 
     def live_instances(self) -> list[Registration]:
         """Every registration whose process is still the one registered (a
-        question someone asked: the periodic prune may not have run yet)."""
-        return [r for r in self._by_id.values() if not self.loss(r)]
+        question someone asked: the periodic prune may not have run yet).
+        Exits are known from the pidfds; only the unwatched are looked at."""
+        exited = {rid for key in self._exits.exited() for rid in self._watchers.get(key, ())}
+        return [r for rid, r in self._by_id.items()
+                if rid not in exited and not (rid in self._unwatched and self.loss(r))]
 
     def services(self) -> list[str]:
         return sorted({r.service for r in self._by_id.values()})

@@ -35,6 +35,14 @@ BATCH = 100  # messages handled between two audit writes
 SEND_QUEUE = 100_000  # messages queued for one client or agent
 
 
+# What each body-carrying command from an agent holds.
+BACKEND_BODIES: dict[wire.Command, type[pb.AgentHello] | type[pb.ServicesChanged] | type[pb.AuditEntry]] = {
+    wire.Command.READY: pb.AgentHello,
+    wire.Command.SERVICES: pb.ServicesChanged,
+    wire.Command.AUDIT: pb.AuditEntry,
+}
+
+
 class Colony:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -157,43 +165,27 @@ class Colony:
         frames, peer = recv_with_peer(self.backend)
         try:
             frame = wire.decode(frames)
-        except wire.FrameError as exc:
+            body = wire.parse_body(BACKEND_BODIES[frame.command], frame.body) if frame.command in BACKEND_BODIES else None
+        except (wire.FrameError, BadRequest) as exc:
             self.broker.count("bad_frames.backend")
-            log.debug("bad frame from an agent: %s", exc.reason)
+            log.debug("bad frame from an agent: %s", exc)
             return
-        identity = frame.envelope[:1]
-        if frame.command == wire.Command.READY:
-            try:
-                hello = wire.parse_body(pb.AgentHello, frame.body)
-            except BadRequest:
-                self.broker.count("bad_frames.backend")
-                return
-            if hello.agent_id:
-                self.send(self.broker.agent_ready(identity[0], hello, peer, now))
-            return
-        if frame.command == wire.Command.DISCONNECT:
-            self.send(self.broker.agent_gone(identity[0], "agent disconnected"))
-            return
-        if frame.command == wire.Command.SERVICES:
-            try:
-                changed = wire.parse_body(pb.ServicesChanged, frame.body)
-            except BadRequest:
-                self.broker.count("bad_frames.backend")
-                return
-            if not self.broker.agent_services(identity[0], changed, now):
-                self.send([Outgoing("backend", wire.encode_signal(wire.Command.DISCONNECT, identity))])
-            return
-        if not self.broker.agent_heard(identity[0], now):
-            # Not known (e.g. the colony restarted): ask it to announce itself.
-            self.send([Outgoing("backend", wire.encode_signal(wire.Command.DISCONNECT, identity))])
-            return
-        if frame.command == wire.Command.REPLY:
+        identity = frame.envelope[0] if frame.envelope else b""
+        unknown = [Outgoing("backend", wire.encode_signal(wire.Command.DISCONNECT, frame.envelope[:1]))]
+        if isinstance(body, pb.AgentHello):
+            if body.agent_id:
+                self.send(self.broker.agent_ready(identity, body, peer, now))
+        elif frame.command == wire.Command.DISCONNECT:
+            self.send(self.broker.agent_gone(identity, "agent disconnected"))
+        elif isinstance(body, pb.ServicesChanged):
+            if not self.broker.agent_services(identity, body, now):
+                self.send(unknown)
+        elif not self.broker.agent_heard(identity, now):
+            self.send(unknown)  # not known (e.g. the colony restarted): ask it to announce itself
+        elif frame.command == wire.Command.REPLY:
             self.send(self.broker.handle_reply(frame, now))
-        elif frame.command == wire.Command.AUDIT:
-            try:
-                self.broker.record_agent_audit(identity[0], wire.parse_body(pb.AuditEntry, frame.body))
-            except BadRequest:
-                self.broker.count("bad_frames.backend")
+        elif isinstance(body, pb.AuditEntry):
+            self.broker.record_agent_audit(identity, body)
 
     def run(self, signals: ShutdownSignals, notifier: Notifier) -> None:
         notifier.ready(f"frontend {self.config.colony_frontend}")
