@@ -75,7 +75,7 @@ client_keys_dir = "{keys_dir / "clients"}"
 """)
         colony = Process("colonyd", [tool("coral-colonyd")], env).wait_ready()  # ipc frontend (the test config)
         try:
-            ipc = f"ipc://{env.runtime_dir / 'colony.sock'}"
+            ipc = f"ipc://{env.runtime_dir / 'colony' / 'colony.sock'}"
             rows.append(row("ipc (peer credentials)", *measure(ipc, None, args.pings, args.connects)))
         finally:
             colony.stop()

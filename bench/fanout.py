@@ -54,7 +54,7 @@ def main() -> int:
     svc_b = NativeService(env_b, binary, sleep_ms=0, name="run-b")
     pull_interval = 0.5
     try:
-        with Client(env.endpoint("colony.sock"), 30) as c:
+        with Client(env.endpoint("colony/colony.sock"), 30) as c:
             while len(cast(pb.ListServicesResponse, c.call("ListServices", pb.ListServicesRequest())).services) < 2:
                 pass
             attach = pb.AttachUprobeRequest(service="payments", function="validate_card", duration_ms=600_000)

@@ -74,13 +74,13 @@ def main() -> int:
     colony, agent = start_colony(env), start_agent(env)
     service = NativeService(env, build_c(REPO / "examples" / "native" / "payments.c", env.root / "payments"))
     try:
-        with Client(env.endpoint("colony.sock"), 30) as c:
+        with Client(env.endpoint("colony/colony.sock"), 30) as c:
             while not c.call("ListServices", pb.ListServicesRequest()).services:  # type: ignore[attr-defined]
                 pass
             session = c.call("AttachUprobe", pb.AttachUprobeRequest(service="payments", function="validate_card",
                                                                     duration_ms=600_000)).session  # type: ignore[attr-defined]
         service.call(200)
-        lat, errors, total = client_load(env.endpoint("colony.sock"), session.session_id, args.clients, args.seconds)
+        lat, errors, total = client_load(env.endpoint("colony/colony.sock"), session.session_id, args.clients, args.seconds)
         lat.sort()
         q = statistics.quantiles(lat, n=100)
         table(f"{args.clients} concurrent clients for {args.seconds:g} s against a colony with a live session",

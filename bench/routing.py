@@ -153,18 +153,18 @@ def measure(agents: int, clients: list[int], seconds: float, repeats: int) -> li
     env = CoralEnv.create()
     colony = start_colony(env)
     sim = subprocess.Popen(
-        [sys.executable, __file__, "--simulate", str(agents), env.endpoint("colony-backend.sock")],
+        [sys.executable, __file__, "--simulate", str(agents), env.endpoint("colony/colony-backend.sock")],
         stdout=subprocess.PIPE,
         text=True,
     )
     rows = []
     try:
         assert sim.stdout is not None and sim.stdout.readline().strip() == "ready"
-        with Client(env.endpoint("colony.sock"), 30) as c:
+        with Client(env.endpoint("colony/colony.sock"), 30) as c:
             while len(c.call("ListServices", pb.ListServicesRequest()).services) < agents:  # type: ignore[attr-defined]
                 pass  # their READY messages are still arriving
         for n in clients:
-            runs = [drive(env.endpoint("colony.sock"), agents, n, seconds) for _ in range(repeats)]
+            runs = [drive(env.endpoint("colony/colony.sock"), agents, n, seconds) for _ in range(repeats)]
             p50 = statistics.median(statistics.median(lat) for lat, _ in runs)
             p99 = statistics.median(statistics.quantiles(lat, n=100)[98] for lat, _ in runs)
             # each attach is followed by a detach: two routed requests

@@ -76,7 +76,8 @@ def positive_seconds(text: str) -> float:
 def main() -> None:
     runtime_dir = os.environ.get("CORAL_RUNTIME_DIR") or "/run/coral"
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--endpoint", default=f"ipc://{runtime_dir}/colony.sock", help="colony frontend (default: %(default)s)")
+    parser.add_argument("--endpoint", default=f"ipc://{runtime_dir}/colony/colony.sock",
+                        help="colony frontend (default: %(default)s)")
     parser.add_argument(
         "--timeout", type=positive_seconds, default=5.0, help="seconds to wait for each reply (default: %(default)s)"
     )

@@ -30,6 +30,26 @@ else
   say "installed /etc/coral/coral.toml"
 fi
 install -m 0644 systemd/coral-agentd.service systemd/coral-colonyd.service /etc/systemd/system/
+
+# An older layout kept both databases in /var/lib/coral itself; each daemon
+# now has its own directory there (docs/security.md, "Directories").
+running() { command -v systemctl >/dev/null && systemctl is-active --quiet "$1"; }
+for db in agent colony; do
+  for f in /var/lib/coral/$db.duckdb /var/lib/coral/$db.duckdb.wal; do
+    [ -e "$f" ] || continue
+    if running coral-agentd || running coral-colonyd; then
+      say "not moving $f while the daemons run: stop coral-agentd and coral-colonyd, then install again"
+      continue
+    fi
+    if [ -e "/var/lib/coral/$db/${f##*/}" ]; then
+      say "kept $f: /var/lib/coral/$db/ already has one"
+      continue
+    fi
+    install -d -m 0750 "/var/lib/coral/$db"
+    mv "$f" "/var/lib/coral/$db/" && say "moved $f into /var/lib/coral/$db/"
+  done
+done
+if [ -d /var/lib/coral/colony ]; then chown -R coral:coral /var/lib/coral/colony; fi
 install -d /usr/share/bash-completion/completions
 install -m 0644 etc/coralctl.bash /usr/share/bash-completion/completions/coralctl
 install -d /usr/share/doc/coral

@@ -81,7 +81,7 @@ class CoralEnv:
         """Where a second agent on this host lives: its own runtime and
         state directories, its own id, the same colony. Processes started
         with this environment register with that agent."""
-        env = self.with_config(f'[agent]\nid = "{agent_id}"\ncolony_endpoint = "{self.endpoint("colony-backend.sock")}"\n')
+        env = self.with_config(f'[agent]\nid = "{agent_id}"\ncolony_endpoint = "{self.endpoint("colony/colony-backend.sock")}"\n')
         env.env["CORAL_RUNTIME_DIR"] = str(self.root / f"run-{agent_id}")
         env.env["CORAL_STATE_DIR"] = str(self.root / f"state-{agent_id}")
         return env
@@ -190,7 +190,7 @@ def as_unit(unit: str, env: CoralEnv, user: Any = None, nofile: str = "") -> tup
     """A wrapper that runs a daemon as systemd/UNIT confines it, in what a
     test can reproduce without systemd: its user (a test's own stand-in for
     `User=coral`, whose RuntimeDirectory= and StateDirectory= it then owns,
-    with the units' modes) and group, `SupplementaryGroups=`,
+    with the units' modes, inside root's 0755 parents) and group, `SupplementaryGroups=`,
     `CapabilityBoundingSet=` (no inheritable or ambient ones),
     `NoNewPrivileges=`, `LimitNOFILE=` (or `nofile`, SOFT:HARD; at most
     this machine's hard limit) and `UMask=`.
@@ -210,11 +210,15 @@ def as_unit(unit: str, env: CoralEnv, user: Any = None, nofile: str = "") -> tup
     if user is not None:
         (group,) = unit_setting(unit, "Group")
         gid = grp.getgrnam(group).gr_gid
-        for path, mode in ((env.runtime_dir, unit_setting(unit, "RuntimeDirectoryMode")),
-                           (env.state_dir, unit_setting(unit, "StateDirectoryMode"))):
-            path.mkdir(parents=True, exist_ok=True)
+        for top, kind in ((env.runtime_dir, "Runtime"), (env.state_dir, "State")):
+            (name,) = unit_setting(unit, f"{kind}Directory")  # coral/colony: top is the test's coral
+            path = top.joinpath(*name.split("/")[1:])
+            for parent in (top, *path.relative_to(top).parents):  # as systemd makes them: root's, 0755
+                (top / parent).mkdir(parents=True, exist_ok=True)
+                os.chmod(top / parent, 0o755)
+            path.mkdir(exist_ok=True)
             os.chown(path, user.pw_uid, gid)
-            os.chmod(path, int(mode[0], 8))
+            os.chmod(path, int(unit_setting(unit, f"{kind}DirectoryMode")[0], 8))
         wrap += [f"--reuid={user.pw_uid}", f"--regid={gid}"]
         groups = groups or [str(gid)]
     wrap += [f"--groups={','.join(groups)}" if groups else "--clear-groups"]
@@ -235,9 +239,9 @@ def start_agent(env: CoralEnv, name: str = "agentd", wrap: tuple[str, ...] = ())
 def running(env: CoralEnv, binary: Path, colony_user: Any = None) -> Iterator[NativeService]:
     """A colony, an agent and the C demo under coral-run, for a test that
     set up `env` first (its config, say); each stopped however the test
-    ends, even if a later one failed to start. With `colony_user`, the
-    colony runs confined as its unit confines it (`as_unit`), as that user
-    (the agent's capability bounds are tested in tests/test_systemd.py)."""
+    ends, even if a later one failed to start. With `colony_user`, both
+    daemons run confined as their units confine them (`as_unit`), the
+    colony as that user."""
     wrap = as_unit("coral-colonyd.service", env, colony_user) if colony_user is not None else ()
     with contextlib.ExitStack() as stack:
         colony = start_colony(env, wrap)
@@ -246,7 +250,7 @@ def running(env: CoralEnv, binary: Path, colony_user: Any = None) -> Iterator[Na
             status = dict(line.split(":", 1) for line in Path(f"/proc/{colony.pid}/status").read_text().splitlines())
             assert status["Uid"].split()[:2] == [str(colony_user.pw_uid)] * 2, status["Uid"]
             assert int(status["CapEff"], 16) == int(status["CapBnd"], 16) == 0 and status["NoNewPrivs"].strip() == "1"
-        stack.callback(start_agent(env).stop)
+        stack.callback(start_agent(env, wrap=as_unit("coral-agentd.service", env) if colony_user else ()).stop)
         service = NativeService(env, binary)
         stack.callback(service.stop)
         yield service

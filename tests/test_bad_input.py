@@ -69,15 +69,15 @@ def test_every_socket_survives_the_whole_garbage_list(
     coral_env: CoralEnv, colony: Process, agent: Process, payments: NativeService
 ) -> None:
     process_sock = f"ipc://{coral_env.runtime_dir / 'procs' / f'{payments.child_pid}.sock'}"
-    assert_error_reply(raw_exchange(coral_env.endpoint("colony.sock"), NO_DELIMITER), {"BAD_REQUEST"})
+    assert_error_reply(raw_exchange(coral_env.endpoint("colony/colony.sock"), NO_DELIMITER), {"BAD_REQUEST"})
     for frames in GARBAGE:
-        assert_error_reply(raw_exchange(coral_env.endpoint("colony.sock"), frames), {"BAD_REQUEST", "UNKNOWN_METHOD"})
+        assert_error_reply(raw_exchange(coral_env.endpoint("colony/colony.sock"), frames), {"BAD_REQUEST", "UNKNOWN_METHOD"})
         assert_error_reply(raw_exchange(process_sock, frames), {"BAD_REQUEST", "UNKNOWN_METHOD"})
         # The backend owes garbage no reply: it is dropped and counted; a
         # well-framed message from an unknown agent is told DISCONNECT.
-        reply = raw_exchange(coral_env.endpoint("colony-backend.sock"), frames, timeout_ms=200)
+        reply = raw_exchange(coral_env.endpoint("colony/colony-backend.sock"), frames, timeout_ms=200)
         assert reply is None or wire.decode(reply).command == wire.Command.DISCONNECT
-    counters = ping_counters(coral_env.endpoint("colony.sock"))
+    counters = ping_counters(coral_env.endpoint("colony/colony.sock"))
     assert counters["bad_frames"] >= 6 and counters["bad_frames.backend"] >= 5
     with Client(process_sock, 5) as c:
         assert c.call("Ping", pb.PingRequest()).daemon == "coral-run"  # type: ignore[attr-defined]
@@ -88,7 +88,7 @@ def test_every_socket_survives_the_whole_garbage_list(
 
 def test_oversized_message_is_dropped_and_the_daemon_keeps_serving(coral_env: CoralEnv, colony: Process, agent: Process) -> None:
     huge = [b"", wire.HEADER, b"\x01", b"id", b"Ping", b"x" * (5 * 1024 * 1024)]
-    for sock in ("colony.sock", "agent.sock"):
+    for sock in ("colony/colony.sock", "agent.sock"):
         assert raw_exchange(coral_env.endpoint(sock), huge, timeout_ms=500) is None
         assert ping_counters(coral_env.endpoint(sock)) is not None
 
@@ -138,7 +138,7 @@ def test_cli_errors_are_one_clear_line_with_a_stable_exit_code(
 
 def test_colony_not_running_says_where_it_looked(coral_env: CoralEnv) -> None:
     out = coralctl(coral_env, "--timeout", "1s", "services")
-    sock = coral_env.runtime_dir / "colony.sock"
+    sock = coral_env.runtime_dir / "colony" / "colony.sock"
     assert out.returncode == 3
     assert out.stderr.strip() == (
         f"coralctl: cannot reach the colony: no reply from ipc://{sock} (no socket file there) within 1s; "

@@ -20,7 +20,7 @@ def test_every_request_leaves_one_audit_row_with_who_and_outcome(coral_env: Cora
     coralctl(coral_env, "debug", "attach", "payments", "--function", "nosuch")
     coralctl(coral_env, "debug", "attach", "payments", "--function", "validate_card", "--duration", "1s", "--no-save")
     assert colony.stop() == 0
-    db = duckdb.connect(str(coral_env.state_dir / "colony.duckdb"), read_only=True)
+    db = duckdb.connect(str(coral_env.state_dir / "colony" / "colony.duckdb"), read_only=True)
     rows = db.execute("SELECT who, method, function, outcome FROM audit WHERE method != 'ListServices' ORDER BY ts_ns").fetchall()
     db.close()
     attach_ok = [r for r in rows if r[1] == "AttachUprobe" and r[3] == "OK"]

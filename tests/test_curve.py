@@ -286,7 +286,7 @@ def test_more_missing_or_bad_keys(tmp_path: Path) -> None:
         f"{src}: the colony endpoint is tcp://10.0.0.1:7301 but [client] colony_public_key_file is not set; "
         "Coral does not use plaintext TCP (copy the colony's colony.key here)"
     )
-    assert curve.client_keys(client, "ipc:///run/coral/colony.sock") is None
+    assert curve.client_keys(client, "ipc:///run/coral/colony/colony.sock") is None
     empty, short = tmp_path / "empty.key", tmp_path / "short.key"
     empty.write_text("# nothing\n")
     short.write_text('curve\n    public-key = "abc"\n')

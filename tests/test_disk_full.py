@@ -97,12 +97,12 @@ def test_the_agents_disk_fills_mid_session(coral_env: CoralEnv, bpf: None, payme
         agent.stop()
     log = agent.output()
     held = (
-        rf"cannot write {small_disk}/agent.duckdb: No space left on device; "
+        rf"cannot write {small_disk}/agent/agent.duckdb: No space left on device; "
         r"\d+ call\(s\) and 0 session row\(s\) held in memory, retrying"
     )
     assert re.search(held, log), log
-    assert f"writing {small_disk}/agent.duckdb again: everything held in memory is written" in log
-    db = duckdb.connect(str(small_disk / "agent.duckdb"), read_only=True)
+    assert f"writing {small_disk}/agent/agent.duckdb again: everything held in memory is written" in log
+    db = duckdb.connect(str(small_disk / "agent" / "agent.duckdb"), read_only=True)
     assert db.execute("SELECT count(*) FROM calls WHERE session_id = ?", [sid]).fetchone() == (2500,)
     db.close()
 
@@ -124,7 +124,7 @@ def test_the_colonys_disk_fills_mid_session(coral_env: CoralEnv, bpf: None, paym
         # The colony pulls them; it cannot write them, so it serves them from memory.
         wait_for_session(coral_env, sid, lambda s: s["calls"] == 2000)
         assert events(coral_env, sid) == 2000
-        counters = ping(coral_env.endpoint("colony.sock"))
+        counters = ping(coral_env.endpoint("colony/colony.sock"))
         assert counters["storage.failing"] == 1 and counters["storage.held_events"] > 0
         # The audit log and the session list still show everything, held rows included.
         audit = [json.loads(line) for line in coralctl(coral_env, "--output", "json", "audit").stdout.splitlines()]
@@ -133,7 +133,7 @@ def test_the_colonys_disk_fills_mid_session(coral_env: CoralEnv, bpf: None, paym
         assert [json.loads(line)["session_id"] for line in listed.stdout.splitlines()] == [sid]
         # Room again: the colony's next tick writes what it held.
         filler.unlink()
-        wait_until_stored(coral_env.endpoint("colony.sock"))
+        wait_until_stored(coral_env.endpoint("colony/colony.sock"))
         assert coralctl(coral_env, "debug", "detach", sid).returncode == 0
         attach.communicate(timeout=30)
     finally:
@@ -142,12 +142,12 @@ def test_the_colonys_disk_fills_mid_session(coral_env: CoralEnv, bpf: None, paym
         colony.stop()
     log = colony.output()
     assert re.search(
-        rf"cannot write {small_disk}/colony.duckdb: No space left on device; \d+ audit row\(s\), \d+ session\(s\) "
+        rf"cannot write {small_disk}/colony/colony.duckdb: No space left on device; \d+ audit row\(s\), \d+ session\(s\) "
         r"and \d+ event\(s\) held in memory, retrying",
         log,
     ), log
-    assert f"writing {small_disk}/colony.duckdb again: everything held in memory is written" in log
-    db = duckdb.connect(str(small_disk / "colony.duckdb"), read_only=True)
+    assert f"writing {small_disk}/colony/colony.duckdb again: everything held in memory is written" in log
+    db = duckdb.connect(str(small_disk / "colony" / "colony.duckdb"), read_only=True)
     assert db.execute("SELECT count(*) FROM audit WHERE method = 'AttachUprobe' AND session_id = ?", [sid]).fetchone() == (1,)
     assert db.execute("SELECT count(*) FROM agent_events WHERE session_id = ?", [sid]).fetchone() == (4000,)
     assert db.execute("SELECT status FROM sessions WHERE session_id = ?", [sid]).fetchone() == ("detached",)

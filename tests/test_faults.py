@@ -43,7 +43,7 @@ def test_agent_killed_mid_session_leaves_no_probe_and_keeps_what_it_wrote(
     attach.wait()
     # The kernel dropped the probes with the agent's file descriptors.
     assert f"/proc/{payments.child_pid}/exe" not in kernel_probes()
-    db = duckdb.connect(str(coral_env.state_dir / "agent.duckdb"), read_only=True)
+    db = duckdb.connect(str(coral_env.state_dir / "agent" / "agent.duckdb"), read_only=True)
     assert db.execute("SELECT count(*) FROM calls WHERE session_id = ?", [first["session_id"]]).fetchone() == (5,)
     db.close()
     # A new agent marks the session failed, keeps its calls, and the service works on.
@@ -58,14 +58,14 @@ def test_agent_killed_mid_session_leaves_no_probe_and_keeps_what_it_wrote(
 
 
 def test_a_corrupted_database_is_moved_aside_and_the_agent_serves(coral_env: CoralEnv, bpf: None) -> None:
-    coral_env.state_dir.mkdir(parents=True, exist_ok=True)
-    (coral_env.state_dir / "agent.duckdb").write_bytes(b"this is not a database" * 1000)
+    (coral_env.state_dir / "agent").mkdir(parents=True, exist_ok=True)
+    (coral_env.state_dir / "agent" / "agent.duckdb").write_bytes(b"this is not a database" * 1000)
     agent = start_agent(coral_env)
     try:
         assert coralctl(coral_env, "--local", "ping").returncode == 0
-        aside = [p.name for p in coral_env.state_dir.iterdir() if p.name.startswith("agent.duckdb.unreadable-")]
+        aside = [p.name for p in (coral_env.state_dir / "agent").iterdir() if p.name.startswith("agent.duckdb.unreadable-")]
         assert len(aside) == 1
-        assert (coral_env.state_dir / aside[0]).read_bytes().startswith(b"this is not a database")  # kept, not deleted
+        assert (coral_env.state_dir / "agent" / aside[0]).read_bytes().startswith(b"this is not a database")  # kept, not deleted
     finally:
         agent.stop()
     assert "could not be opened" in agent.output()

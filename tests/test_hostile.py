@@ -177,11 +177,11 @@ def test_a_client_that_reads_late_gets_every_reply(coral_env: CoralEnv, colony: 
     s: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
     s.setsockopt(zmq.RCVHWM, 1)  # this client queues almost nothing itself
-    s.connect(coral_env.endpoint("colony.sock"))
+    s.connect(coral_env.endpoint("colony/colony.sock"))
     try:
         for i in range(PIPELINED):
             s.send_multipart(wire.encode_request(f"p{i}".encode(), "Ping", pb.PingRequest()))
-        with Client(coral_env.endpoint("colony.sock"), 30) as c:  # another client watches the colony's request count
+        with Client(coral_env.endpoint("colony/colony.sock"), 30) as c:  # another client watches the colony's request count
             asked = 0
             while True:
                 counters = cast(pb.PingResponse, c.call("Ping", pb.PingRequest())).counters
@@ -208,7 +208,7 @@ def test_ten_thousand_sessions_at_once(coral_env: CoralEnv, agent: Process, paym
 
     wait_for_service(coral_env, "payments")
     request = pb.AttachUprobeRequest(service="payments", function="validate_card", duration_ms=600_000)
-    with Client(coral_env.endpoint("colony.sock"), 30) as c:  # one session first: the agent's link to the process opens
+    with Client(coral_env.endpoint("colony/colony.sock"), 30) as c:  # one session first: the agent's link to the process opens
         first = c.call("AttachUprobe", request).session.session_id  # type: ignore[attr-defined]
         c.call("DetachUprobe", pb.DetachUprobeRequest(session_id=first))
     fds_before = len(os.listdir(f"/proc/{agent.pid}/fd"))
@@ -217,7 +217,7 @@ def test_ten_thousand_sessions_at_once(coral_env: CoralEnv, agent: Process, paym
     s.setsockopt(zmq.LINGER, 0)
     s.setsockopt(zmq.SNDHWM, 0)
     s.setsockopt(zmq.RCVHWM, 0)
-    s.connect(coral_env.endpoint("colony.sock"))
+    s.connect(coral_env.endpoint("colony/colony.sock"))
     try:
         for i in range(SESSIONS):
             s.send_multipart(wire.encode_request(f"r{i}".encode(), "AttachUprobe", request))
@@ -241,7 +241,7 @@ def test_ten_thousand_sessions_at_once(coral_env: CoralEnv, agent: Process, paym
     assert any("already runs 64 sessions (limit 64)" in m for m in refused.get("LIMIT_EXCEEDED", []))
     # Every request is audited: each session that started has its row, and the
     # refusals are 100 rows per outcome, the rest counted (docs/protocol.md, "Audit floods").
-    with Client(coral_env.endpoint("colony.sock"), 30) as c:
+    with Client(coral_env.endpoint("colony/colony.sock"), 30) as c:
         listed = c.call("ListAudit", pb.ListAuditRequest(since_unix_ns=flood_started, max_entries=10_000))
         folded = cast(pb.PingResponse, c.call("Ping", pb.PingRequest())).counters["audit.folded"]
     log = cast(pb.ListAuditResponse, listed).entries

@@ -214,7 +214,7 @@ def an_env(request: pytest.FixtureRequest) -> CoralEnv:
 
 
 @provokes(
-    "cannot reach the colony: no reply from ipc://<dir>/colony.sock (no socket file there) within <timeout>; "
+    "cannot reach the colony: no reply from ipc://<dir>/colony/colony.sock (no socket file there) within <timeout>; "
     "is coral-colonyd running? (use --local to talk to this host's agent directly)"
 )
 def _no_colony(request: pytest.FixtureRequest) -> str:
@@ -222,7 +222,7 @@ def _no_colony(request: pytest.FixtureRequest) -> str:
 
 
 @provokes(
-    "cannot reach the colony: no reply from ipc://<dir>/colony.sock within <timeout>; "
+    "cannot reach the colony: no reply from ipc://<dir>/colony/colony.sock within <timeout>; "
     "is coral-colonyd running? (use --local to talk to this host's agent directly)"
 )
 def _colony_stopped(request: pytest.FixtureRequest) -> str:
@@ -599,7 +599,7 @@ def _agent_slow(request: pytest.FixtureRequest) -> str:
 @provokes("method '<name>' is not served by the colony")
 def _colony_unknown_method(request: pytest.FixtureRequest) -> str:
     w = the_world(request)
-    return raw_error(w.env.endpoint("colony.sock"), "RegisterProcess", pb.RegisterProcessRequest())
+    return raw_error(w.env.endpoint("colony/colony.sock"), "RegisterProcess", pb.RegisterProcessRequest())
 
 
 @provokes("method '<name>' is not served here")
@@ -611,14 +611,14 @@ def _agent_unknown_method(request: pytest.FixtureRequest) -> str:
 @provokes("bad frame: <reason>")
 def _bad_frame(request: pytest.FixtureRequest) -> str:
     w = the_world(request)
-    return raw_frames_error(w.env.endpoint("colony.sock"), [b"", b"NOT-CORAL"])
+    return raw_frames_error(w.env.endpoint("colony/colony.sock"), [b"", b"NOT-CORAL"])
 
 
 @provokes("body is not a valid <message>: <reason>")
 def _bad_body(request: pytest.FixtureRequest) -> str:
     w = the_world(request)
     return raw_frames_error(
-        w.env.endpoint("colony.sock"),
+        w.env.endpoint("colony/colony.sock"),
         [b"", wire.HEADER, bytes([wire.Command.REQUEST]), b"id1", b"ListFunctions", b"\xff\xff\xff"],
     )
 
@@ -1266,7 +1266,7 @@ def full_disk() -> Iterator[tuple[Path, Callable[[], None]]]:
         shutil.rmtree(mount, ignore_errors=True)
 
 
-@provokes("cannot write <state_dir>/agent.duckdb: No space left on device; <held> held in memory, retrying")
+@provokes("cannot write <state_dir>/agent/agent.duckdb: No space left on device; <held> held in memory, retrying")
 def _agent_disk_full(request: pytest.FixtureRequest) -> str:
     env = an_env(request)
     request.getfixturevalue("bpf")
@@ -1281,7 +1281,7 @@ def _agent_disk_full(request: pytest.FixtureRequest) -> str:
             svc.call(2000)  # more than the database's last, partly filled pages take
             # A query writes the calls first: that write fails.
             out = log_line_after(agent, "cannot write", lambda: coralctl(env, "--local", "debug", "events", session))
-            assert f"cannot write {disk}/agent.duckdb: No space left on device; " in out, out
+            assert f"cannot write {disk}/agent/agent.duckdb: No space left on device; " in out, out
             return out
         finally:
             svc.stop()
@@ -1296,7 +1296,7 @@ def wait_for_service_local(env: CoralEnv, service: str) -> None:
     raise AssertionError(f"the agent never listed {service}")
 
 
-@provokes("cannot write <state_dir>/colony.duckdb: No space left on device; <held> held in memory, retrying")
+@provokes("cannot write <state_dir>/colony/colony.duckdb: No space left on device; <held> held in memory, retrying")
 def _colony_disk_full(request: pytest.FixtureRequest) -> str:
     env = an_env(request)
     with full_disk() as (disk, fill_it):
@@ -1307,13 +1307,13 @@ def _colony_disk_full(request: pytest.FixtureRequest) -> str:
             # Each refused attach is an audit row; the first few may still fit
             # in the database's last, partly filled page, so refuse until the
             # colony's write of them fails (each ask is a request).
-            with Client(env.endpoint("colony.sock"), 10) as c:
+            with Client(env.endpoint("colony/colony.sock"), 10) as c:
                 end = time.monotonic() + 30
                 while "cannot write" not in colony.output() and time.monotonic() < end:
                     with contextlib.suppress(CoralError):
                         c.call("AttachUprobe", pb.AttachUprobeRequest(service="x" * 200, function="f" * 200))
             out = log_line_after(colony, "cannot write")
-            assert f"cannot write {disk}/colony.duckdb: No space left on device; " in out, out
+            assert f"cannot write {disk}/colony/colony.duckdb: No space left on device; " in out, out
             return out
         finally:
             colony.stop()

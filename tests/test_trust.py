@@ -217,7 +217,7 @@ def test_a_member_of_group_coral_cannot_pose_as_the_agent(coral_env: CoralEnv, b
         attach, session = start_attach(coral_env, "payments", "validate_card", "--duration", "3s", "--no-save")
         ping = json.loads(coralctl(coral_env, "--local", "--output", "json", "ping").stdout)
         impostor = subprocess.run(
-            [sys.executable, "-c", IMPOSTOR, coral_env.endpoint("colony-backend.sock"), ping["agent_id"]],
+            [sys.executable, "-c", IMPOSTOR, coral_env.endpoint("colony/colony-backend.sock"), ping["agent_id"]],
             env={"PYTHONPATH": str(REPO), "PATH": os.environ["PATH"]}, capture_output=True, text=True, timeout=60,
             user=member.pw_uid, group=member.pw_gid, extra_groups=["coral"], cwd="/",
         )
@@ -264,7 +264,7 @@ def test_procs_is_closed_to_outsiders_and_stale_sockets_go(coral_env: CoralEnv, 
     # The agent never connects where a registration says, unless it is in procs/.
     with Client(coral_env.endpoint("agent.sock"), 10) as c, pytest.raises(InvalidArgument) as refused:
         c.call("RegisterProcess", pb.RegisterProcessRequest(
-            service="x", pid=os.getpid(), executable=sys.executable, address=coral_env.endpoint("colony.sock")))
+            service="x", pid=os.getpid(), executable=sys.executable, address=coral_env.endpoint("colony/colony.sock")))
     assert refused.value.message.startswith(f"address must be ipc://{procs}/NAME.sock")
     # A Python service killed by SIGTERM runs no cleanup: the agent removes its socket.
     service = subprocess.Popen([sys.executable, "-c", PLAIN_SERVICE], env=coral_env.env, stdin=subprocess.PIPE,
@@ -338,7 +338,7 @@ def test_ten_thousand_idle_connections_to_each_socket_harm_no_session(
         wait_for_service(coral_env, "payments")
         attach, session = start_attach(coral_env, "payments", "validate_card", "--duration", "4s", "--no-save")
         holders = []
-        for sock in ("colony.sock", "agent.sock"):
+        for sock in ("colony/colony.sock", "agent.sock"):
             holder = subprocess.Popen(
                 [sys.executable, "-c", HOLDER, str(coral_env.runtime_dir / sock), str(IDLE)], stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, text=True, user=member.pw_uid, group=member.pw_gid, extra_groups=["coral"])

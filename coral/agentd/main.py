@@ -69,7 +69,7 @@ class Agent:
         self._changes: dict[int, Registration | None] = {}  # by pid, for SERVICES: at most every ANNOUNCE_EVERY
         self._announced = 0.0
         self._pruned = 0.0
-        self.store = EventStore(config.state_dir / "agent.duckdb")
+        self.store = EventStore(config.agent_state_dir / "agent.duckdb")
         self.engine = ProbeEngine(config.sessions.ring_buffer_pages, config.sessions.string_bytes)
         self._calibrate()
         self.sessions = SessionManager(config, self.agent_id, self.registry, self.store, self._ask_process, self.engine)
@@ -351,7 +351,7 @@ class Agent:
 def main(argv: list[str] | None = None) -> int:
     return run_daemon(
         argv, "coral-agentd", "Coral agent: runs uprobes for one host.", "agent.lock",
-        lambda c: [(c.runtime_dir, 0o755), (c.state_dir, 0o750)],
+        lambda c: [(c.runtime_dir, 0o755), (c.state_dir, 0o755), (c.agent_state_dir, 0o750)],
         check_bpf_support, Agent,
     )
 

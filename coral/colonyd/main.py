@@ -48,7 +48,7 @@ class Colony:
         self.config = config
         self.keys = curve.colony_keys(config)  # a tcp endpoint without keys stops the start here
         self.context = zmq.Context()
-        self.store = ColonyStore(config.state_dir / "colony.duckdb")
+        self.store = ColonyStore(config.colony_state_dir / "colony.duckdb")
         self.broker = Broker(config, self.store)
         # The ZAP handler is bound before any CURVE socket: without one, libzmq admits every key.
         self.zap: zmq.Socket[bytes] | None = None
@@ -260,7 +260,7 @@ class Colony:
 def main(argv: list[str] | None = None) -> int:
     return run_daemon(
         argv, "coral-colonyd", "Coral colony: sessions, routing, audit.", "colony.lock",
-        lambda c: [(c.runtime_dir, 0o755), (c.state_dir, 0o750)], lambda: None, Colony,
+        lambda c: [(c.colony_runtime_dir, 0o755), (c.colony_state_dir, 0o750)], lambda: None, Colony,
     )
 
 

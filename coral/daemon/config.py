@@ -148,13 +148,29 @@ class Config:
     def agent_endpoint(self) -> str:
         return f"ipc://{self.runtime_dir / 'agent.sock'}"
 
+    # Each daemon's own directories inside the shared ones: the colony runs
+    # as its own user, the agent as root, and a directory two systemd units
+    # declare is handed back and forth between their users at every start
+    # (docs/security.md, "Directories"). runtime_dir itself is the agent's.
+    @property
+    def colony_runtime_dir(self) -> Path:
+        return self.runtime_dir / "colony"
+
+    @property
+    def agent_state_dir(self) -> Path:
+        return self.state_dir / "agent"
+
+    @property
+    def colony_state_dir(self) -> Path:
+        return self.state_dir / "colony"
+
     @property
     def colony_frontend(self) -> str:
-        return self.colony.frontend_endpoint or f"ipc://{self.runtime_dir / 'colony.sock'}"
+        return self.colony.frontend_endpoint or f"ipc://{self.colony_runtime_dir / 'colony.sock'}"
 
     @property
     def colony_backend(self) -> str:
-        return self.colony.backend_endpoint or f"ipc://{self.runtime_dir / 'colony-backend.sock'}"
+        return self.colony.backend_endpoint or f"ipc://{self.colony_runtime_dir / 'colony-backend.sock'}"
 
     @property
     def agent_colony_endpoint(self) -> str:

@@ -83,8 +83,9 @@ class ShutdownSignals:
 
 
 class DaemonLock:
-    """An flock on <runtime_dir>/<name>.lock: a second copy of a daemon with
-    the same runtime directory refuses to start instead of stealing sockets."""
+    """An flock on <its runtime dir>/<name>.lock: a second copy of a daemon
+    with the same runtime directory refuses to start instead of stealing
+    sockets."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -242,7 +243,8 @@ def run_daemon(argv: list[str] | None, name: str, description: str, lock_name: s
                make_server: Callable[[Config], Server]) -> int:
     """A daemon's whole life: arguments, logging, config, directories, the
     lock, signals, the server's run, and one-line fatal errors (exit 1),
-    with the traceback in the log at debug level."""
+    with the traceback in the log at debug level. The lock file goes in
+    the first of `dirs`, the daemon's own runtime directory."""
     parser = argparse.ArgumentParser(prog=name, description=description)
     parser.add_argument("--config", help="configuration file (default: $CORAL_CONFIG or /etc/coral/coral.toml)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -252,7 +254,7 @@ def run_daemon(argv: list[str] | None, name: str, description: str, lock_name: s
     try:
         config = load_config(args.config)
         check()
-        lock = DaemonLock(config.runtime_dir / lock_name)
+        lock = DaemonLock(dirs(config)[0][0] / lock_name)
         for path, mode in dirs(config):
             ensure_dir(path, mode)
         lock.acquire()
