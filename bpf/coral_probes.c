@@ -50,7 +50,8 @@
 #define ST_MAX_NS 5
 #define ST_SUM_NS 6
 #define ST_UNREADABLE 7              // not reported: the process's record could not be read
-#define CORAL_STATS 8
+#define ST_EXPIRED 8                 // not counted at all: returned after the session's expiry
+#define CORAL_STATS 9
 
 // global counters
 #define G_STACK_FULL 0               // entries not tracked: stack depth exceeded
@@ -93,6 +94,7 @@ struct slot_config {
     s64 pred_value;
     u32 pred_bytes;                  // the argument's width: the register's upper bits are not part of it
     u32 pred_signed;
+    u64 expires_ns;                  // bpf_ktime_get_ns() after which nothing is counted (0: never)
 };
 
 struct frame {
@@ -253,8 +255,14 @@ static __always_inline u32 hist_bucket(u64 ns)
 }
 
 // Count the call for the slot and decide whether to report it.
-static __always_inline int account(u32 slot, struct slot_config *cfg, u64 duration, u64 *args)
+static __always_inline int account(u32 slot, struct slot_config *cfg, u64 now, u64 duration, u64 *args)
 {
+    // The session's end is kept here, not only by the agent: a call that
+    // returns after it is in no count, however late the agent detaches.
+    if (cfg->expires_ns && now > cfg->expires_ns) {
+        bump_stat(slot, ST_EXPIRED);
+        return 0;
+    }
     bump_stat(slot, ST_CALLS);
     u32 index = slot * CORAL_HIST_BUCKETS + (hist_bucket(duration) & (CORAL_HIST_BUCKETS - 1));
     u64 *bucket = hist.lookup(&index);
@@ -322,7 +330,7 @@ static __always_inline void finish_native(struct frame *f, u64 now, u64 *results
             continue;
         u32 key = slot;
         struct slot_config *cfg = slots.lookup(&key);
-        if (!cfg || !account(slot, cfg, duration, f->args))
+        if (!cfg || !account(slot, cfg, now, duration, f->args))
             continue;
         struct native_event *e = events.ringbuf_reserve(sizeof(*e));
         if (!e) {
@@ -461,6 +469,7 @@ static __always_inline int python_call(struct pt_regs *ctx, u64 watching, u64 id
         return 0;
     int raised = (u32)head[4] & CORAL_CALL_RAISED;
     u64 duration = head[3] > head[2] ? head[3] - head[2] : 0;
+    u64 now = bpf_ktime_get_ns();
     for (u32 slot = 0; slot < CORAL_MAX_SLOTS; slot++) {
         if (!(watching >> slot))
             break;
@@ -468,7 +477,7 @@ static __always_inline int python_call(struct pt_regs *ctx, u64 watching, u64 id
             continue;
         u32 key = slot;
         struct slot_config *cfg = slots.lookup(&key);
-        if (!cfg || cfg->fn_id != head[0] || !account(slot, cfg, duration, 0))
+        if (!cfg || cfg->fn_id != head[0] || !account(slot, cfg, now, duration, 0))
             continue;
         if (!(cfg->capture & 3) && !raised) {
             // Timing only: 56 bytes instead of the whole record.

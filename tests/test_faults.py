@@ -131,3 +131,28 @@ def test_sdk_service_killed_mid_session_fails_the_session_and_keeps_its_calls(
 
 def returns(json_lines: str) -> int:
     return sum(1 for line in json_lines.splitlines() if '"event_type":"return"' in line)
+
+
+def test_no_call_after_expiry_is_counted_even_while_the_agent_cannot_detach(
+    coral_env: CoralEnv, colony: Process, agent: Process, payments: NativeService
+) -> None:
+    """The agent is stopped (SIGSTOP) across its session's expiry, so the
+    probes stay attached past it; the 7 calls made then are in no count,
+    because the kernel keeps the session's end itself."""
+    import time
+
+    attach, first = start_attach(coral_env, "payments", "validate_card", "--local", "--duration", "2s", "--no-save")
+    assert payments.call(5) == "done 5 declined 0"
+    agent.proc.send_signal(signal.SIGSTOP)
+    try:
+        while time.time_ns() < first["expires_unix_ns"] + 200_000_000:  # wait for the expiry itself to pass
+            time.sleep(0.05)
+        assert payments.call(7) == "done 7 declined 0"  # probed: nobody could detach them
+        assert f"/proc/{payments.child_pid}/exe" in kernel_probes()
+    finally:
+        agent.proc.send_signal(signal.SIGCONT)
+    out, _ = attach.communicate(timeout=60)
+    summary = json.loads(out.splitlines()[-1])
+    assert (summary["status"], summary["calls"], summary["lost"]) == ("expired", 5, {}), summary
+    assert f"session {first['session_id']}: 7 calls returned after its expiry" in agent.output()
+    assert f"/proc/{payments.child_pid}/exe" not in kernel_probes()

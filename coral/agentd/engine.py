@@ -21,8 +21,8 @@ log = logging.getLogger(__name__)
 
 MAX_SLOTS = 64
 HIST_BUCKETS = 512
-STATS_PER_SLOT = 8
-ST_CALLS, ST_SAMPLED, ST_FILTERED, ST_RINGBUF, ST_EMITTED, ST_MAX_NS, ST_SUM_NS, ST_UNREADABLE = range(8)
+STATS_PER_SLOT = 9  # CORAL_STATS in bpf/coral_probes.c
+ST_CALLS, ST_SAMPLED, ST_FILTERED, ST_RINGBUF, ST_EMITTED, ST_MAX_NS, ST_SUM_NS, ST_UNREADABLE, ST_EXPIRED = range(9)
 GLOBAL_NAMES = ("stack_full", "unpaired_returns", "stale_frames")
 
 SITE_ENTRY, SITE_GO, SITE_GO_RET, SITE_PYTHON = 0x1, 0x2, 0x4, 0x8
@@ -60,6 +60,7 @@ class SlotConfig:
     fn_id: int = 0
     str_args: tuple[int, int] = (-1, -1)
     predicate: tuple[int, str, int, int, bool] | None = None  # (arg index, op, value, width in bytes, signed)
+    expires_monotonic_ns: int = 0  # CLOCK_MONOTONIC (bpf_ktime_get_ns): later calls are not counted; 0: never
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ class SlotStats:
     sum_ns: int = 0
     histogram: dict[int, int] = field(default_factory=dict)
     unreadable: int = 0
+    expired: int = 0  # returned after the session's expiry: in no count, not stored
 
 
 class _Libbcc:
@@ -195,12 +197,20 @@ class ProbeEngine:
         v.capture = int(c.capture_args) | int(c.capture_return) << 1
         v.min_duration_ns = c.min_duration_ns
         v.fn_id = c.fn_id
+        v.expires_ns = c.expires_monotonic_ns
         v.str_arg[0], v.str_arg[1] = c.str_args
         if c.predicate is None:
             v.pred_arg, v.pred_op, v.pred_value, v.pred_bytes, v.pred_signed = -1, 0, 0, 8, 1
         else:
             index, op, value, width, signed = c.predicate
             v.pred_arg, v.pred_op, v.pred_value, v.pred_bytes, v.pred_signed = index, PREDICATE_OPS[op], value, width, int(signed)
+        self._slot_table[ctypes.c_int(slot)] = v
+
+    def set_expiry(self, slot: int, monotonic_ns: int) -> None:
+        """From then on (CLOCK_MONOTONIC, as bpf_ktime_get_ns), the kernel
+        counts and reports nothing for the slot, whenever it is detached."""
+        v = self._slot_table[ctypes.c_int(slot)]
+        v.expires_ns = monotonic_ns
         self._slot_table[ctypes.c_int(slot)] = v
 
     def _write_budget(self, slot: int, limit_ns: int) -> None:
@@ -367,7 +377,7 @@ class ProbeEngine:
             if n:
                 hist[i] = n
         return SlotStats(v[ST_CALLS], v[ST_SAMPLED], v[ST_FILTERED], v[ST_RINGBUF], v[ST_EMITTED], v[ST_MAX_NS],
-                         v[ST_SUM_NS], hist, v[ST_UNREADABLE])
+                         v[ST_SUM_NS], hist, v[ST_UNREADABLE], v[ST_EXPIRED])
 
     def global_counters(self) -> dict[str, int]:
         return {name: int(self._globals.sum(ctypes.c_int(i)).value) for i, name in enumerate(GLOBAL_NAMES)}

@@ -183,7 +183,8 @@ class SessionManager:
         except Exception:
             self._disarm(targets)
             raise
-        now = time.time_ns()
+        now, mono = time.time_ns(), time.monotonic_ns()
+        self.engine.set_expiry(slot, mono + duration_ms * 1_000_000)  # the kernel keeps the end, too
         session = Session(
             session_id=session_id, service=req.service, function=req.function, config=req.config, started_ns=now,
             expires_ns=now + duration_ms * 1_000_000, slot=slot, targets=targets,
@@ -366,6 +367,9 @@ class SessionManager:
         self.store.save_session(session.to_row(session.final))
         log.info("session %s %s%s: %d calls", session.session_id, status, f" ({reason})" if reason else "",
                  session.final.calls)
+        if session.final.expired:
+            log.info("session %s: %d calls returned after its expiry, before its probes were detached: the kernel "
+                     "counted none of them", session.session_id, session.final.expired)
 
     # ------------------------------------------------------------ query
 
