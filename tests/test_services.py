@@ -5,6 +5,7 @@ link against a real ROUTER, then real daemons with a small cap."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -257,11 +258,11 @@ def test_sixty_long_registrations_pass_a_64_kib_cap_in_pages(coral_env: CoralEnv
     finally:
         if registrant.stdin is not None:
             registrant.stdin.close()  # end of input: it kills its children and exits
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             registrant.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(registrant.pid, signal.SIGKILL)  # the children too
-            registrant.wait()
+        with contextlib.suppress(ProcessLookupError):  # its children, even if it died before it could
+            os.killpg(registrant.pid, signal.SIGKILL)
+        registrant.wait()
         agent.stop()
         colony.stop()
 
