@@ -163,3 +163,44 @@ def test_a_hung_instance_is_left_out_and_named_while_the_others_are_probed(
             assert f"Not probed:   process {second.child_pid} of service 'payments' did not answer" in text, text
         finally:
             second.stop()
+
+
+def test_a_stream_of_questions_about_a_hung_process_costs_the_agent_one_timeout(
+    coral_env: CoralEnv, bpf: None, payments_binary: Path
+) -> None:
+    """A second service's coral-run is stopped (SIGSTOP); 10 questions
+    about it in a row. The agent waits for it once, then answers at once
+    until the cooldown has passed, while a session on the other service
+    runs to its expiry with every call."""
+    import os
+
+    from coral.daemon.client import Client
+    from coral.daemon.errors import Unavailable
+    from coral.proto import coral_pb2 as pb
+    from tests.harness import running
+
+    with running(coral_env, payments_binary) as payments:
+        stuck = NativeService(coral_env, payments_binary, service="stuck", name="run-stuck")
+        try:
+            os.kill(stuck.run.pid, signal.SIGSTOP)
+            attach, _ = start_attach(coral_env, "payments", "validate_card", "--local", "--duration", "3s",
+                                     "--no-save")
+            answers = []
+            with Client(coral_env.endpoint("agent.sock"), 10) as agent:  # one after another, as fast as it answers
+                for _ in range(10):
+                    with pytest.raises(Unavailable) as refused:
+                        agent.call("ListFunctions", pb.ListFunctionsRequest(service="stuck"))
+                    answers.append(refused.value.message)
+            assert payments.call(10).startswith("done 10 ")
+            out, _ = attach.communicate(timeout=60)
+            os.kill(stuck.run.pid, signal.SIGCONT)
+            assert all("did not answer at" in a for a in answers), answers
+            assert sum("not asked again for" in a for a in answers) == 9, answers
+            counters = json.loads(coralctl(coral_env, "--local", "--output", "json", "ping").stdout)["counters"]
+            assert (counters["process_asks.timed_out"], counters["process_asks.refused"]) == (1, 9), counters
+            summary = json.loads(out.splitlines()[-1])
+            assert (summary["status"], summary["calls"], summary["lost"]) == ("expired", 10, {}), summary
+            assert f"/proc/{payments.child_pid}/exe" not in kernel_probes()
+        finally:
+            os.kill(stuck.run.pid, signal.SIGCONT)
+            stuck.stop()

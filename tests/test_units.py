@@ -159,3 +159,15 @@ def test_histogram_buckets_mirror_the_kernel_and_percentiles_are_within_a_sixtee
     for p in (50, 95, 99):
         exact = values[max(1, -(-p * len(values) // 100)) - 1]
         assert abs(percentile_ns(hist, p, values[-1]) - exact) <= exact / 16
+
+
+def test_a_breaker_opens_on_silence_doubles_and_closes_on_an_answer() -> None:
+    from coral.daemon.liveness import Breaker
+
+    b = Breaker(initial=5, maximum=20)
+    assert b.closed(0.0)
+    assert b.failed(1.0) == 5 and not b.closed(5.9) and b.closed(6.0)
+    assert b.failed(6.0) == 10 and not b.closed(15.9)
+    assert b.failed(16.0) == 20 and b.failed(36.0) == 20  # at most the maximum
+    b.answered()
+    assert b.closed(36.5) and b.failed(37.0) == 5  # an answer starts over

@@ -28,6 +28,7 @@ from coral.daemon.client import Client
 from coral.daemon.config import Config
 from coral.daemon.connections import ConnectionCap
 from coral.daemon.errors import CoralError, NotFound, Unavailable
+from coral.daemon.liveness import Breaker
 from coral.daemon.methods import AGENT_FROM_COLONY_METHODS, AGENT_LOCAL_METHODS, METHODS
 from coral.daemon.paging import services_page
 from coral.daemon.retention import PurgeSchedule, Retention, parse_age, purge_once
@@ -74,6 +75,8 @@ class Agent:
         self._calibrate()
         self.sessions = SessionManager(config, self.agent_id, self.registry, self.store, self._ask_process, self.engine)
         self._process_clients: dict[str, Client] = {}
+        self._breakers: dict[str, Breaker] = {}  # by process address
+        self.counters: dict[str, int] = {}
         self.retention = Retention(parse_age(config.agent.retention))
         self.purges = PurgeSchedule(config.agent.purge_interval)
         handlers: dict[str, Handler] = {
@@ -125,6 +128,7 @@ class Agent:
         counters["colony.connected"] = int(self.link.connected)
         counters["colony.dropped"] = self.link.dropped
         counters["connections.cut"] = self.cap.total_cut if self.cap is not None else 0
+        counters.update(self.counters)
         counters.update({f"kernel.{k}": v for k, v in self.engine.global_counters().items()})
         counters["kernel.attached_probes"] = self.engine.attachment_count
         counters["kernel.trap_ns"] = self.engine.trap_ns
@@ -191,14 +195,30 @@ class Agent:
         return instances[0]
 
     def _ask_process(self, reg: Registration, method: str, request: Message) -> Message:
+        """One request to a registered process, waiting PROCESS_TIMEOUT at most.
+        A process that did not answer is not asked again until its breaker's
+        cooldown has passed: a stream of questions about a hung process costs
+        the loop one timeout, not one each."""
+        now = time.monotonic()
+        breaker = self._breakers.setdefault(reg.address, Breaker())
+        if not breaker.closed(now):
+            self.counters["process_asks.refused"] = self.counters.get("process_asks.refused", 0) + 1
+            raise Unavailable(f"process {reg.pid} of service {reg.service!r} did not answer at {reg.address} "
+                              f"(not asked again for {breaker.open_until - now:.0f}s)")
         client = self._process_clients.get(reg.address)
         if client is None:
             client = Client(reg.address, PROCESS_TIMEOUT, self.context, self.config.limits.max_message_bytes)
             self._process_clients[reg.address] = client
         try:
-            return client.call(method, request)
+            reply = client.call(method, request)
         except Unavailable:
+            self.counters["process_asks.timed_out"] = self.counters.get("process_asks.timed_out", 0) + 1
+            cooldown = breaker.failed(time.monotonic())
+            log.warning("process %d of service %r did not answer %s within %gs; not asked again for %gs",
+                        reg.pid, reg.service, method, PROCESS_TIMEOUT, cooldown)
             raise Unavailable(f"process {reg.pid} of service {reg.service!r} did not answer at {reg.address}") from None
+        breaker.answered()
+        return reply
 
     def list_functions(self, req: pb.ListFunctionsRequest, peer: Peer) -> Message:
         return self._ask_process(self._instance(req.service), "ListFunctions", req)
@@ -210,6 +230,7 @@ class Agent:
             client = self._process_clients.pop(previous.address, None)
             if client is not None:
                 client.close()
+        self._breakers.pop(reg.address, None)  # a new registration is asked afresh
         log.info("registered %s pid %d (%s) at %s", reg.service, reg.pid, reg.kind, reg.address)
         self._changes[reg.pid] = reg
         return pb.RegisterProcessResponse(
@@ -232,6 +253,7 @@ class Agent:
         client = self._process_clients.pop(reg.address, None)
         if client is not None:
             client.close()
+        self._breakers.pop(reg.address, None)
         # Its SDK may have had no chance to (SIGTERM, SIGKILL): only a socket of the registrant's own uid.
         remove_process_socket(self.config.process_socket_dir, reg.address, reg.uid)
         if self.registry.by_pid(reg.pid) is None:  # not replaced by a new registration of the same pid

@@ -24,3 +24,33 @@ class Backoff:
 
     def reset(self) -> None:
         self.current = 0.0
+
+
+@dataclass
+class Breaker:
+    """A peer that did not answer is not asked again until its cooldown has
+    passed (doubling from ``initial`` to ``maximum`` while it stays silent);
+    then one ask goes through, and an answer closes the breaker."""
+
+    initial: float = 5.0
+    maximum: float = 60.0
+    open_until: float = 0.0
+    backoff: Backoff | None = None
+
+    def __post_init__(self) -> None:
+        self.backoff = Backoff(self.initial, self.maximum)
+
+    def closed(self, now: float) -> bool:
+        return now >= self.open_until
+
+    def failed(self, now: float) -> float:
+        """Open it; returns the cooldown."""
+        assert self.backoff is not None
+        delay = self.backoff.next_delay()
+        self.open_until = now + delay
+        return delay
+
+    def answered(self) -> None:
+        assert self.backoff is not None
+        self.backoff.reset()
+        self.open_until = 0.0
