@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+from typing import Any
 
 import duckdb
 
@@ -110,15 +111,50 @@ def test_agent_killed_mid_session_the_colony_says_so_and_keeps_the_events(
     agent.proc.wait(10)
     attach.kill()
     attach.wait()
-    # The colony notices the silence (heartbeat_liveness intervals), then reports the session failed.
+    # The colony notices the silence (heartbeat_liveness intervals), then reports the session lost
+    # (not final: its calls would come if the agent came back).
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         sessions = [json.loads(line) for line in coralctl(coral_env, "--output", "json", "debug", "sessions").stdout.splitlines()]
-        if sessions and sessions[0]["status"] == "failed":
+        if sessions and sessions[0]["status"] == "lost":
             break
-    assert (sessions[0]["status"], sessions[0]["status_reason"]) == ("failed", "agent lost")
+    assert (sessions[0]["status"], sessions[0]["status_reason"]) == ("lost", "agent lost")
     # Its events are still there, from the colony's own copy.
     events = coralctl(coral_env, "--output", "json", "debug", "events", first["session_id"])
     assert events.returncode == 0, events.stderr
     kept = [json.loads(line) for line in events.stdout.splitlines() if '"kind":"event"' in line]
     assert [e["seq"] for e in kept] == [e["seq"] for e in seen]
+
+
+def test_an_agent_silent_longer_than_the_colony_waits_comes_back_with_every_call(
+    coral_env: CoralEnv, colony: Process, agent: Process, payments: NativeService
+) -> None:
+    """The agent is stopped (SIGSTOP) until the colony marks its part lost;
+    100 calls are made meanwhile (the kernel records them). Resumed, the
+    agent announces itself again and the colony pulls the part from where
+    it stopped: the session ends with all 120 calls, none twice."""
+    wait_for_service(coral_env, "payments")
+    attach, first = start_attach(coral_env, "payments", "validate_card", "--duration", "15s", "--no-save")
+    assert payments.call(20).startswith("done 20 ")
+
+    def colony_session() -> dict[str, Any]:
+        out = coralctl(coral_env, "--output", "json", "debug", "sessions").stdout.splitlines()
+        return next(s for s in map(json.loads, out) if s["session_id"] == first["session_id"])
+
+    agent.proc.send_signal(signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + 30
+        while colony_session()["status"] != "lost":  # each ask is a round trip to the colony
+            assert time.monotonic() < deadline, colony_session()
+        assert payments.call(100).startswith("done 100 ")
+    finally:
+        agent.proc.send_signal(signal.SIGCONT)
+    deadline = time.monotonic() + 60
+    while not (s := colony_session())["parts"][0]["complete"]:
+        assert time.monotonic() < deadline, s
+    assert (s["status"], s["calls"], s["total_calls"], s["lost"]) == ("expired", 120, 120, {}), s
+    events = coralctl(coral_env, "--output", "json", "debug", "events", first["session_id"]).stdout.splitlines()
+    returns = [e["seq"] for e in map(json.loads, events) if e.get("event_type") == "return"]
+    assert len(returns) == len(set(returns)) == 120
+    attach.kill()
+    attach.wait()

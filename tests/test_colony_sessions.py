@@ -105,6 +105,22 @@ def test_a_part_whose_agent_stays_away_is_completed_after_its_end_and_a_grace() 
     assert [(p.session.status, p.complete) for p in s.parts] == [("active", False), ("expired", True)]
 
 
+def test_a_lost_part_waits_for_its_agent_then_fails() -> None:
+    from coral.colonyd.sessions import LOST_GRACE_NS
+
+    s = pb.DebugSession(parts=[part("a", [5], "lost", "agent lost")])  # expires at 200
+    merge(s)
+    assert (s.status, s.status_reason) == ("lost", "agent lost")
+    assert is_open(s) and not draining(s)  # open: its calls may come; not draining: nobody waits on them
+    assert not complete_parts_away(s, lambda agent: False, now_ns=200 + LOST_GRACE_NS - 1, grace_ns=5)
+    assert complete_parts_away(s, lambda agent: False, now_ns=200 + LOST_GRACE_NS, grace_ns=5)
+    merge(s)
+    assert (s.status, s.status_reason, s.parts[0].complete, is_open(s)) == ("failed", "agent lost", True, False)
+    two = pb.DebugSession(parts=[part("a", [5], "detached"), part("b", [5], "lost", "agent lost")])
+    merge(two)
+    assert (two.status, two.status_reason) == ("detached", "b: agent lost")
+
+
 def test_pull_schedule_is_bounded_and_pulls_an_ended_part_at_once() -> None:
     sessions = [pb.DebugSession(session_id=f"dbg-{i}", parts=[part("a", []), part("b", [])]) for i in range(20)]
     schedule = PullSchedule(interval=0.5, per_tick=16)

@@ -148,7 +148,7 @@ def test_an_agent_lost_mid_session_is_named_and_the_others_run_on(
     )
     agent_b[1].proc.send_signal(signal.SIGKILL)
     agent_b[1].proc.wait(10)
-    lost = wait_for_session(coral_env, first["session_id"], lambda s: any(p["session"]["status"] == "failed" for p in s["parts"]))
+    lost = wait_for_session(coral_env, first["session_id"], lambda s: any(p["session"]["status"] == "lost" for p in s["parts"]))
     assert lost["status"] == "active" and lost["status_reason"] == f"{AGENT_B}: agent lost"
     assert payments.call(N) == f"done {N} declined 1"  # agent a runs on
     assert coralctl(coral_env, "debug", "detach", first["session_id"]).returncode == 0
@@ -156,7 +156,7 @@ def test_an_agent_lost_mid_session_is_named_and_the_others_run_on(
     lines = records(rest)
     summary = lines[-1]
     assert summary["status"] == "detached" and summary["status_reason"] == f"{AGENT_B}: agent lost"
-    assert sorted((a["agent_id"] == AGENT_B, a["status"]) for a in summary["agents"]) == [(False, "detached"), (True, "failed")]
+    assert sorted((a["agent_id"] == AGENT_B, a["status"]) for a in summary["agents"]) == [(False, "detached"), (True, "lost")]
     assert sum(e["event_type"] == "return" for e in lines if e["kind"] == "event") == 2 * N  # b's calls were pulled
 
 

@@ -217,12 +217,12 @@ def test_agent_cut_off_mid_session_ends_its_probes_and_comes_back(fabric: Fabric
 
     ip("-n", fabric.a.netns, "link", "set", fabric.veth_a, "down")  # the cable to host A is cut
     try:
-        # The colony marks A lost: A's session fails, and A's service leaves the listing.
+        # The colony marks A lost: A's session is lost (not final), and A's service leaves the listing.
         colony_view = ("debug", "sessions", "--service", "payments-a")
         [lost] = wait_until(
             lambda: [s for s in client.records(*colony_view) if s["status"] != "active"], "the colony to give up on agent A"
         )
-        assert (lost["session_id"], lost["status"], lost["status_reason"]) == (session_a["session_id"], "failed", "agent lost")
+        assert (lost["session_id"], lost["status"], lost["status_reason"]) == (session_a["session_id"], "lost", "agent lost")
         assert "payments-a" not in services_of(client)
         attach_a.kill()  # its follow loop was answered UNAVAILABLE (agent lost); nothing more to see
         attach_a.wait()
@@ -238,6 +238,11 @@ def test_agent_cut_off_mid_session_ends_its_probes_and_comes_back(fabric: Fabric
     finally:  # the cable back, whatever happened: the module's other tests use it
         ip("-n", fabric.a.netns, "link", "set", fabric.veth_a, "up")
     wait_until(lambda: "payments-a" in services_of(client), "agent A to announce itself again")
+    # The colony pulls A's part again from where it stopped: it ended on A's clock, with its 4 calls.
+    [back] = wait_until(
+        lambda: [s for s in client.records(*colony_view) if s["status"] == "expired"], "the colony to hear A's session again"
+    )
+    assert (back["session_id"], back["calls"], back["parts"][0]["complete"]) == (session_a["session_id"], 4, True), back
 
     # B never noticed: its session runs to expiry with exactly its calls.
     assert svc_b.call(3).startswith("done 3")

@@ -397,8 +397,8 @@ def _python_property(request: pytest.FixtureRequest) -> str:
 
 @provokes("agent '<agent>' of session <id> is not connected")
 def _session_agent_gone(request: pytest.FixtureRequest) -> str:
-    # An agent lost while the colony runs has its part failed at once (detach
-    # then succeeds); a colony that restarts knows the session from its
+    # An agent lost while the colony runs has its part lost at once (detach
+    # is then answered with the session as it is); a colony that restarts knows the session from its
     # database but has not heard from the agent yet.
     env = an_env(request)
     request.getfixturevalue("bpf")

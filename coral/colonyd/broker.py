@@ -23,7 +23,7 @@ from google.protobuf.message import Message
 from coral import __version__
 from coral.colonyd import sessions as colony_sessions
 from coral.colonyd.pulls import PULL_PAGE, PartKey, PullSchedule
-from coral.colonyd.sessions import ACTIVE, FAILED, is_open, part_of, reply_error, reply_ok
+from coral.colonyd.sessions import ACTIVE, FAILED, LOST, is_open, part_of, reply_error, reply_ok
 from coral.colonyd.store import AuditRow, ColonyStore
 from coral.colonyd.trust import AuditFolder, FoldKey, agent_refusal, folded_detail
 from coral.daemon import access, wire
@@ -239,11 +239,9 @@ class Broker:
             if part is None or part.complete:
                 continue
             if part.session.status == ACTIVE:
-                # Its probes end with it (the kernel drops them) or at expiry on its own clock.
-                part.session.status, part.session.status_reason = FAILED, "agent lost"
-                part.session.ended_unix_ns = time.time_ns()
-            part.complete = True  # what was pulled is kept; nothing more can be
-            self._changed(session)
+                # Not final: when the agent is back, the part is pulled from its cursor (docs/protocol.md).
+                part.session.status, part.session.status_reason = LOST, "agent lost"
+                self._changed(session)
         out = []
         for request_id, p in list(self.pending.items()):
             if p.agent == identity:

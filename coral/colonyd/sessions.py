@@ -18,7 +18,8 @@ from coral.daemon import wire
 from coral.daemon.errors import BadRequest, NotFound
 from coral.proto import coral_pb2 as pb
 
-ACTIVE, FAILED = "active", "failed"
+ACTIVE, FAILED, LOST = "active", "failed", "lost"
+LOST_GRACE_NS = 600 * 10**9  # a lost part waits this long past its expiry for its agent
 M = TypeVar("M", bound=Message)
 AgentReply = tuple[str, str, bytes]  # (agent id, status, body) as the agent answered
 Refusal = tuple[str, str, str]  # (agent id, error code, message)
@@ -105,13 +106,15 @@ def is_open(session: pb.DebugSession) -> bool:
 
 
 def draining(session: pb.DebugSession) -> bool:
-    """A part has ended but its last events are not in colony.duckdb yet."""
-    return any(not p.complete and p.session.status != ACTIVE for p in session.parts)
+    """A part has ended but its last events are not in colony.duckdb yet
+    (a lost part is not: when its events come is up to its agent)."""
+    return any(not p.complete and p.session.status not in (ACTIVE, LOST) for p in session.parts)
 
 
 def failures(session: pb.DebugSession) -> list[str]:
-    """'agent-b: target exited' for each part that failed."""
-    return [f"{p.agent_id}: {p.session.status_reason or 'failed'}" for p in session.parts if p.session.status == FAILED]
+    """'agent-b: target exited' for each part that failed or is lost."""
+    return [f"{p.agent_id}: {p.session.status_reason or p.session.status}" for p in session.parts
+            if p.session.status in (FAILED, LOST)]
 
 
 def merge(session: pb.DebugSession) -> None:
@@ -120,11 +123,13 @@ def merge(session: pb.DebugSession) -> None:
     if not parts:
         return
     running = [s for s in parts if s.status == ACTIVE]
-    ended_ok = [s for s in parts if s.status not in (ACTIVE, FAILED)]
+    ended_ok = [s for s in parts if s.status not in (ACTIVE, FAILED, LOST)]
     if running:
         session.status = ACTIVE
     elif ended_ok:
         session.status = ended_ok[0].status
+    elif any(s.status == LOST for s in parts):
+        session.status = LOST
     else:
         session.status = FAILED
     if len(parts) == 1:
@@ -160,14 +165,18 @@ def merge(session: pb.DebugSession) -> None:
 def complete_parts_away(session: pb.DebugSession, reachable: Callable[[str], bool], now_ns: int, grace_ns: int) -> bool:
     """Parts whose agent is not connected and whose end is more than
     `grace_ns` past: ended on the agent's clock (`expired` if still shown
-    active), nothing more to pull. True if any part changed."""
+    active), nothing more to pull; a lost part waits LOST_GRACE_NS for its
+    agent, then is `failed`. True if any part changed."""
     changed = False
     for part in session.parts:
         ends = max(part.session.expires_unix_ns, part.session.ended_unix_ns)
-        if part.complete or reachable(part.agent_id) or now_ns < ends + grace_ns:
+        lost = part.session.status == LOST
+        if part.complete or reachable(part.agent_id) or now_ns < ends + (LOST_GRACE_NS if lost else grace_ns):
             continue
         if part.session.status == ACTIVE:
             part.session.status, part.session.ended_unix_ns = "expired", part.session.expires_unix_ns
+        elif lost:
+            part.session.status, part.session.ended_unix_ns = FAILED, now_ns
         part.complete = changed = True
     return changed
 

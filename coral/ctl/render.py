@@ -199,9 +199,9 @@ def agents_of(session: pb.DebugSession) -> list[dict[str, Any]]:
 
 
 def format_agents(session: pb.DebugSession, style: Style = PLAIN) -> list[str]:
-    """One line per agent, when the session spans several or one failed."""
+    """One line per agent, when the session spans several or one failed or is lost."""
     parts = agents_of(session)
-    if len(parts) < 2 and not any(p["status"] == "failed" for p in parts):
+    if len(parts) < 2 and not any(p["status"] in ("failed", "lost") for p in parts):
         return []
     lines = ["  Agents:"]
     for p in parts:
@@ -209,7 +209,7 @@ def format_agents(session: pb.DebugSession, style: Style = PLAIN) -> list[str]:
         pids = ",".join(map(str, p["pids"])) or "-"
         lines.append(
             f"    {p['agent_id']:<16} {p['calls']:>7} calls  pids {pids:<12} "
-            + (style.red(status) if p["status"] == "failed" else status)
+            + (style.red(status) if p["status"] in ("failed", "lost") else status)
         )
     return lines
 
