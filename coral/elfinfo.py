@@ -12,6 +12,8 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
+from coral.procmaps import Segment, file_offset
+
 
 class ElfInfoError(Exception):
     pass
@@ -42,7 +44,7 @@ class ElfFunctions:
 
     path: str
     symbols: dict[str, tuple[int, int]] = field(default_factory=dict)  # name -> (address, size)
-    segments: list[tuple[int, int, int]] = field(default_factory=list)  # (vaddr, memsz, offset) of PT_LOAD
+    segments: list[Segment] = field(default_factory=list)  # (vaddr, filesz, offset) of PT_LOAD
     has_symtab: bool = False
     is_go: bool = False
     _dwarf_cache: dict[str, DwarfFunction] | None = None
@@ -56,7 +58,7 @@ class ElfFunctions:
                 elf.is_go = any(ef.get_section_by_name(n) is not None for n in (".go.buildinfo", ".gopclntab"))
                 elf.has_symtab = ef.get_section_by_name(".symtab") is not None
                 elf.segments = [
-                    (s["p_vaddr"], s["p_memsz"], s["p_offset"]) for s in ef.iter_segments() if s["p_type"] == "PT_LOAD"
+                    (s["p_vaddr"], s["p_filesz"], s["p_offset"]) for s in ef.iter_segments() if s["p_type"] == "PT_LOAD"
                 ]
                 for section_name in (".symtab", ".dynsym"):
                     section = ef.get_section_by_name(section_name)
@@ -90,10 +92,11 @@ class ElfFunctions:
         return None
 
     def file_offset(self, address: int) -> int:
-        for vaddr, memsz, offset in self.segments:
-            if vaddr <= address < vaddr + memsz:
-                return address - vaddr + offset
-        raise ElfInfoError(f"address {address:#x} is in no loadable segment of {self.path}")
+        offset = file_offset(self.segments, address)
+        if offset is None:
+            raise ElfInfoError(f"address {address:#x} is not backed by the file {self.path} (no loadable segment's file "
+                               "bytes hold it)")
+        return offset
 
     def names(self, pattern: str = "") -> list[str]:
         return sorted(n for n in self.symbols if not pattern or fnmatch.fnmatchcase(n, pattern))

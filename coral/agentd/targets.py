@@ -11,41 +11,22 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
-from dataclasses import dataclass
 from typing import Any
 
 import capstone
 
+from coral import procmaps
 from coral.agentd.engine import SITE_ENTRY, SITE_GO, SITE_GO_RET, SITE_PYTHON, Site
 from coral.daemon.errors import InvalidArgument, PermissionDenied
 from coral.elfinfo import ElfFunctions, ElfInfoError
 from coral.proto import coral_pb2 as pb
 
 
-@dataclass(frozen=True)
-class Mapping:
-    start: int
-    end: int
-    offset: int
-    inode: int
-    perms: str
-    path: str
-
-
-def read_maps(pid: int) -> list[Mapping]:
-    out = []
+def read_maps(pid: int) -> list[procmaps.Mapping]:
     try:
-        with open(f"/proc/{pid}/maps") as f:
-            for line in f:
-                parts = line.split(maxsplit=5)
-                if len(parts) < 5:
-                    continue
-                start, end = (int(x, 16) for x in parts[0].split("-"))
-                out.append(Mapping(start, end, int(parts[2], 16), int(parts[4]), parts[1],
-                                   parts[5].strip() if len(parts) == 6 else ""))
+        return procmaps.read_maps(pid)
     except OSError as exc:
         raise PermissionDenied(f"cannot read /proc/{pid}/maps: {exc.strerror}") from None
-    return out
 
 
 def own_function_site(function: Any) -> Site:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from coral.daemon.errors import ProbeFailed
+from coral.procmaps import Segment, file_offset
 from coral.proto import coral_pb2 as pb
 from coral.sdk import _probe, targets
 from coral.sdk.arming import ArmRegistry
@@ -35,11 +36,11 @@ class ProbeSite:
     semaphore_offset: int  # its file offset: the uprobe's ref_ctr_offset
 
 
-def _file_offset(segments: list[tuple[int, int, int]], address: int, path: str) -> int:
-    for vaddr, filesz, offset in segments:
-        if vaddr <= address < vaddr + filesz:
-            return address - vaddr + offset
-    raise ProbeFailed(f"address {address:#x} is not backed by the file in {path}")
+def _file_offset(segments: list[Segment], address: int, path: str) -> int:
+    offset = file_offset(segments, address)
+    if offset is None:
+        raise ProbeFailed(f"address {address:#x} is not backed by the file in {path}")
+    return offset
 
 
 @functools.cache
@@ -56,7 +57,6 @@ def probe_site() -> ProbeSite:
     try:
         with open(path, "rb") as f:
             elf = ELFFile(f)
-            # filesz, not memsz: a semaphore in .bss would have no file offset
             segments = [(s["p_vaddr"], s["p_filesz"], s["p_offset"]) for s in elf.iter_segments() if s["p_type"] == "PT_LOAD"]
             for section_name in (".dynsym", ".symtab"):
                 section = elf.get_section_by_name(section_name)

@@ -12,6 +12,7 @@ import os
 
 from coral.daemon.errors import InvalidArgument, NotFound
 from coral.elfinfo import ElfFunctions, ElfInfoError
+from coral.procmaps import read_maps
 from coral.proto import coral_pb2 as pb
 
 MAX_LIST = 10_000
@@ -24,12 +25,9 @@ def is_native_name(name: str) -> bool:
 def loaded_objects() -> dict[str, str]:
     """Executable shared objects mapped in this process: file name -> path."""
     out: dict[str, str] = {}
-    with open("/proc/self/maps") as f:
-        for line in f:
-            parts = line.split(maxsplit=5)
-            if len(parts) == 6 and "x" in parts[1] and ".so" in parts[5]:
-                path = parts[5].strip()
-                out.setdefault(os.path.basename(path), path)
+    for m in read_maps("self"):
+        if "x" in m.perms and ".so" in m.path:
+            out.setdefault(os.path.basename(m.path), m.path)
     return out
 
 
