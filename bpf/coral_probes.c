@@ -22,53 +22,33 @@
 // program checks first thing: from then on it records nothing, and the
 // agent detaches the session as failed (budget exceeded).
 //
-// Compile-time parameters (coral/agentd/engine.py): CORAL_RINGBUF_PAGES, CORAL_STR_MAX.
+// Compile-time parameters (coral/agentd/engine.py): CORAL_RINGBUF_PAGES, CORAL_STR_MAX,
+// and every constant this program shares with Python (engine.bpf_constants(), defined
+// there only), used here under the same names:
+//   CORAL_MAX_SLOTS, CORAL_HIST_BUCKETS, CORAL_HIST_SUB_BITS (sub-buckets per power of two,
+//     coral/histogram.py), CORAL_STATS (counters per slot)
+//   SITE_ENTRY (first instruction of a function), SITE_GO (... of a Go function: frames
+//     keyed by goroutine), SITE_GO_RET (a RET of a Go function), SITE_PYTHON (the SDK's site)
+//   ST_CALLS (completed calls seen in the kernel), ST_SAMPLED, ST_FILTERED (min duration or
+//     predicate), ST_RINGBUF (ring buffer full), ST_EMITTED (records submitted), ST_MAX_NS,
+//     ST_SUM_NS, ST_UNREADABLE (the process's record could not be read), ST_EXPIRED
+//     (returned after the session's expiry: in no count)
+//   G_STACK_FULL (entries not tracked: stack depth exceeded), G_UNPAIRED (returns with no
+//     matching entry), G_STALE (frames dropped: their call left without returning)
+//   EV_NATIVE, EV_PYTHON, EV_PYTHON_TIMING (a Python call with only its timing to show)
+//   PRED_NONE, PRED_EQ, PRED_NE, PRED_LT, PRED_LE, PRED_GT, PRED_GE
 #include <uapi/linux/ptrace.h>
 #include "coral_call.h"
 
-#define CORAL_MAX_SLOTS 64
+#if !defined(CORAL_STATS) || !defined(ST_EXPIRED) || !defined(PRED_GE) || !defined(EV_PYTHON_TIMING)
+#error "compile through coral/agentd/engine.py, which defines the constants shared with Python"
+#endif
+
 #define CORAL_STACK_DEPTH 8          // power of two
-#define CORAL_HIST_SUB_BITS 3        // 8 sub-buckets per power of two
-#define CORAL_HIST_BUCKETS 512
 #define CORAL_BUDGET_WINDOW_NS 1000000000ULL
 #ifndef CORAL_STR_MAX
 #define CORAL_STR_MAX 64             // [sessions] string_bytes
 #endif
-
-// site flags
-#define SITE_ENTRY 0x1               // first instruction of a function
-#define SITE_GO 0x2                  // ... of a Go function: frames keyed by goroutine
-#define SITE_GO_RET 0x4              // a RET instruction of a Go function
-#define SITE_PYTHON 0x8              // the Python SDK's probe site
-
-// per-slot counters, CORAL_STATS apiece
-#define ST_CALLS 0                   // completed calls seen in the kernel
-#define ST_SAMPLED 1                 // not reported: sampling
-#define ST_FILTERED 2                // not reported: min duration or predicate
-#define ST_RINGBUF 3                 // not reported: ring buffer full
-#define ST_EMITTED 4                 // records submitted
-#define ST_MAX_NS 5
-#define ST_SUM_NS 6
-#define ST_UNREADABLE 7              // not reported: the process's record could not be read
-#define ST_EXPIRED 8                 // not counted at all: returned after the session's expiry
-#define CORAL_STATS 9
-
-// global counters
-#define G_STACK_FULL 0               // entries not tracked: stack depth exceeded
-#define G_UNPAIRED 1                 // returns with no matching entry
-#define G_STALE 2                    // frames dropped: their call left without returning (longjmp, panic)
-
-#define EV_NATIVE 1
-#define EV_PYTHON 2
-#define EV_PYTHON_TIMING 3           // a Python call with nothing to show but its timing
-
-#define PRED_NONE 0
-#define PRED_EQ 1
-#define PRED_NE 2
-#define PRED_LT 3
-#define PRED_LE 4
-#define PRED_GT 5
-#define PRED_GE 6
 
 struct site_key {
     u32 tgid;

@@ -171,3 +171,23 @@ def test_a_breaker_opens_on_silence_doubles_and_closes_on_an_answer() -> None:
     assert b.failed(16.0) == 20 and b.failed(36.0) == 20  # at most the maximum
     b.answered()
     assert b.closed(36.5) and b.failed(37.0) == 5  # an answer starts over
+
+
+def test_an_address_has_a_file_offset_only_where_the_file_holds_its_bytes() -> None:
+    """One rule for the agent, coral-run and the SDK: p_filesz, not p_memsz."""
+    from coral.procmaps import file_offset
+
+    segments = [(0x1000, 0x500, 0x1000), (0x3000, 0x100, 0x2000)]  # the second: 0x100 in the file, more in memory (.bss)
+    assert file_offset(segments, 0x1010) == 0x1010
+    assert file_offset(segments, 0x30ff) == 0x20ff
+    assert file_offset(segments, 0x3100) is None  # .bss: zeroes the file does not have
+    assert file_offset(segments, 0x1500) is None
+
+
+def test_proc_maps_lines_with_spaces_in_paths_and_without_paths() -> None:
+    from coral.procmaps import Mapping, parse_maps
+
+    lines = ["55d0c-55d0e r-xp 00001000 08:01 1234 /opt/my app/bin (deleted)\n",
+             "7ffd0-7ffd1 rw-p 00000000 00:00 0 \n", "garbage\n"]
+    assert parse_maps(lines) == [Mapping(0x55d0c, 0x55d0e, 0x1000, 1234, "r-xp", "/opt/my app/bin (deleted)"),
+                                 Mapping(0x7ffd0, 0x7ffd1, 0, 0, "rw-p", "")]

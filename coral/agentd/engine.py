@@ -15,19 +15,36 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from coral import histogram
 from coral.agentd.probes import bpf_source_dir, load_bcc
 
 log = logging.getLogger(__name__)
 
+# The constants the BPF program and this module share, defined here only:
+# the program gets them as -D flags (bpf/coral_probes.c defines none of them).
 MAX_SLOTS = 64
 HIST_BUCKETS = 512
-STATS_PER_SLOT = 9  # CORAL_STATS in bpf/coral_probes.c
+STAT_NAMES = ("CALLS", "SAMPLED", "FILTERED", "RINGBUF", "EMITTED", "MAX_NS", "SUM_NS", "UNREADABLE", "EXPIRED")
+STATS_PER_SLOT = len(STAT_NAMES)
 ST_CALLS, ST_SAMPLED, ST_FILTERED, ST_RINGBUF, ST_EMITTED, ST_MAX_NS, ST_SUM_NS, ST_UNREADABLE, ST_EXPIRED = range(9)
 GLOBAL_NAMES = ("stack_full", "unpaired_returns", "stale_frames")
 
 SITE_ENTRY, SITE_GO, SITE_GO_RET, SITE_PYTHON = 0x1, 0x2, 0x4, 0x8
 EV_NATIVE, EV_PYTHON, EV_PYTHON_TIMING = 1, 2, 3
 PREDICATE_OPS = {"==": 1, "!=": 2, "<": 3, "<=": 4, ">": 5, ">=": 6}
+PREDICATE_NAMES = {"==": "EQ", "!=": "NE", "<": "LT", "<=": "LE", ">": "GT", ">=": "GE"}
+
+
+def bpf_constants() -> dict[str, int]:
+    """Every constant bpf/coral_probes.c shares with this module, by its C name."""
+    out = {"CORAL_MAX_SLOTS": MAX_SLOTS, "CORAL_HIST_BUCKETS": HIST_BUCKETS, "CORAL_HIST_SUB_BITS": histogram.SUB_BITS,
+           "CORAL_STATS": STATS_PER_SLOT,
+           "SITE_ENTRY": SITE_ENTRY, "SITE_GO": SITE_GO, "SITE_GO_RET": SITE_GO_RET, "SITE_PYTHON": SITE_PYTHON,
+           "EV_NATIVE": EV_NATIVE, "EV_PYTHON": EV_PYTHON, "EV_PYTHON_TIMING": EV_PYTHON_TIMING, "PRED_NONE": 0}
+    out.update({f"ST_{name}": i for i, name in enumerate(STAT_NAMES)})
+    out.update({f"G_{name}": i for i, name in enumerate(("STACK_FULL", "UNPAIRED", "STALE"))})
+    out.update({f"PRED_{PREDICATE_NAMES[op]}": v for op, v in PREDICATE_OPS.items()})
+    return out
 
 _PYTHON = struct.Struct("<IIIIQQQQIIII512s256s")
 _PYTHON_TIMING = struct.Struct("<IIIIQQQQI4x")
@@ -130,7 +147,8 @@ class ProbeEngine:
     def __init__(self, ringbuf_pages: int, string_bytes: int = 64) -> None:
         bcc = load_bcc()
         src = bpf_source_dir()
-        cflags = [f"-DCORAL_RINGBUF_PAGES={ringbuf_pages}", f"-DCORAL_STR_MAX={string_bytes}", f"-I{src}"]
+        cflags = [f"-DCORAL_RINGBUF_PAGES={ringbuf_pages}", f"-DCORAL_STR_MAX={string_bytes}", f"-I{src}",
+                  *(f"-D{name}={value}" for name, value in bpf_constants().items())]
         self._bpf = bcc.BPF(src_file=str(src / "coral_probes.c").encode(), cflags=cflags)
         self.string_bytes = string_bytes
         self._native = struct.Struct(f"<IIIIQQ3Q6Q{string_bytes}s{string_bytes}s")
