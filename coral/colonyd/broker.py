@@ -109,6 +109,10 @@ class FreshQuery:
 
 # What an audit row's method and outcome may be: anything else is "?".
 AUDIT_METHODS = frozenset({*METHODS, "READY", "REPLY", "CONNECT", "?"})
+# Answered reads that carry no captured values: one row per peer and method a
+# minute, counting them, written after the replies (docs/security.md, "Audit").
+COUNTED_READS = frozenset({"Ping", "ListServices", "ListDebugSessions"})
+READS_WINDOW = 60.0
 AUDIT_OUTCOMES = frozenset({"OK", "DENIED", "?", *(c.code for c in CoralError.__subclasses__()), CoralError.code})
 
 HEARTBEATS_PER_TICK = 64  # at least; a quarter of the agents when there are more
@@ -149,6 +153,8 @@ class Broker:
     fresh: list[FreshQuery] = field(default_factory=list)
     _by_id: dict[str, AgentState] = field(default_factory=dict)  # agent id -> its current link
     _audit_rows: list[AuditRow] = field(default_factory=list)
+    _reads: dict[tuple[str, int, str], int] = field(default_factory=dict)  # (who, pid, method) -> answered
+    _reads_since: float = field(default_factory=time.monotonic)
     folder: AuditFolder = field(default_factory=AuditFolder)
 
     def __post_init__(self) -> None:
@@ -284,7 +290,11 @@ class Broker:
                 return self._pull(now)
             local = self._answer_locally(method, request, peer)
             if local is not None:
-                self._audit(peer, method, request, "OK", "")
+                if method in COUNTED_READS:
+                    read = (peer.who[:300], peer.pid or 0, method)
+                    self._reads[read] = self._reads.get(read, 0) + 1
+                else:
+                    self._audit(peer, method, request, "OK", "")
                 return [Outgoing("frontend", wire.encode_reply(frame.request_id, local, frame.envelope))]
             targets = self._route(method, request)
         except CoralError as err:
@@ -637,6 +647,7 @@ class Broker:
         out.extend(self._answer_fresh(now))
         self.purge(now)
         self._fold_rows(now)
+        self._count_reads(now)
         return out
 
     # ------------------------------------------------------------- audit
@@ -648,6 +659,7 @@ class Broker:
         `final`: at shutdown, folded rows are told even if their window is open."""
         if final:
             self._fold_rows(time.monotonic(), everything=True)
+            self._count_reads(time.monotonic(), everything=True)
         rows, self._audit_rows = self._audit_rows, []
         self.store.audit(rows)
         self.store.flush()
@@ -680,6 +692,19 @@ class Broker:
             return
         self._audit_rows.append(AuditRow(time.time_ns(), who, pid, method, service[:200], function[:200],
                                          session_id[:64], outcome, detail[:500]))
+
+    def _count_reads(self, now: float, everything: bool = False) -> None:
+        """One row per (who, pid, method) for the counted reads of the window
+        that ended: at most a minute of them is lost if the colony dies."""
+        seconds = now - self._reads_since
+        if not self._reads or (seconds < READS_WINDOW and not everything):
+            return
+        stamp = time.time_ns()
+        for (who, pid, method), n in self._reads.items():
+            detail = f"{n:,} answered in {seconds:.0f}s" if n > 1 else "answered"
+            self._audit_rows.append(AuditRow(stamp, who, pid, method, "", "", "", "OK", detail))
+        self._reads.clear()
+        self._reads_since = now
 
     def _fold_rows(self, now: float, everything: bool = False) -> None:
         for (who, method, outcome), count, seconds in self.folder.closed(now, everything):
