@@ -109,5 +109,5 @@ def test_agent_audit_bodies_are_recorded_or_refused(broker: Broker, body: bytes)
     broker.record_agent_audit(AGENT, entry)
     RECORDED.append(1)
     if len(RECORDED) % 1000 == 0:  # written in batches, as the colony does
-        broker.flush_audit()
+        broker.audit.flush()
 

@@ -113,7 +113,7 @@ def to_backend(out: list[Outgoing]) -> list[wire.Frame]:
 
 
 def rows(broker: Broker) -> list[tuple[str, str, str, str]]:
-    broker.flush_audit()
+    broker.audit.flush()
     return [(r.who, r.method, r.outcome, r.detail) for r in broker.store.audit_rows(0, 10_000)[0]]
 
 
@@ -171,7 +171,7 @@ def test_an_agents_audit_row_gets_the_colonys_time_and_the_proven_agent_id(tmp_p
     forged = pb.AuditEntry(timestamp_unix_ns=1, who="uid:0 on agent z", method="Shutdown", outcome="OK", detail="x" * 9000)
     broker.record_agent_audit(b"A", forged)
     broker.record_agent_audit(b"nobody", forged)  # not a known agent: nothing is written
-    broker.flush_audit()
+    broker.audit.flush()
     (row,) = broker.store.audit_rows(0, 10)[0]
     assert row.ts_ns > 1_700_000_000 * 10**9 and row.who == "uid:0 on agent z on agent a"
     assert (row.method, len(row.detail)) == ("?", 500)
@@ -182,7 +182,7 @@ def test_ten_thousand_refusals_from_one_peer_are_100_rows_and_one_that_counts_th
     for i in range(10_000):
         broker.agent_ready(f"e{i}".encode(), hello("web-1"), MEMBER, 0.0)
     assert broker.counters["agents.refused"] == 10_000
-    broker.flush_audit(final=True)
+    broker.audit.flush(final=True)
     written = rows(broker)
     assert len(written) == 101 and written[-1][3].startswith("… and 9,900 more in ")
 
@@ -466,7 +466,7 @@ def test_no_peer_can_grow_the_audit_table_by_varying_what_it_sends(tmp_path: Pat
         request = wire.decode(wire.encode_request(b"r", f"Nope{i}", pb.PingRequest(), (b"client",)))
         broker.handle_request(request, MEMBER, 0.0)
         broker.record_agent_audit(b"A", pb.AuditEntry(who=f"uid:{i}", method="DetachUprobe", outcome="OK"))
-    broker.flush_audit(final=True)
+    broker.audit.flush(final=True)
     written = rows(broker)
     assert len(written) == 2 * 101, len(written)
     assert {(w, m) for w, m, _, _ in written} >= {("uid:1500", "?")}

@@ -22,15 +22,16 @@ from google.protobuf.message import Message
 
 from coral import __version__
 from coral.colonyd import sessions as colony_sessions
+from coral.colonyd.audit import AuditLog
 from coral.colonyd.pulls import PULL_PAGE, PartKey, PullSchedule
 from coral.colonyd.sessions import ACTIVE, FAILED, LOST, is_open, part_of, reply_error, reply_ok
-from coral.colonyd.store import AuditRow, ColonyStore
-from coral.colonyd.trust import AuditFolder, FoldKey, agent_refusal, folded_detail
+from coral.colonyd.store import ColonyStore
+from coral.colonyd.trust import agent_refusal
 from coral.daemon import access, wire
 from coral.daemon.config import Config
 from coral.daemon.errors import CoralError, NotFound, Unavailable, error_from_code
 from coral.daemon.liveness import is_dead
-from coral.daemon.methods import AGENT_LOCAL_METHODS, COLONY_FRONTEND_METHODS, METHODS
+from coral.daemon.methods import COLONY_FRONTEND_METHODS, METHODS
 from coral.daemon.paging import services_page
 from coral.daemon.retention import PurgeSchedule, Retention, parse_age, purge_once
 from coral.daemon.server import Peer
@@ -107,14 +108,6 @@ class FreshQuery:
     sent: set[PartKey] = field(default_factory=set)  # pulled since; not yet back to the last page
 
 
-# What an audit row's method and outcome may be: anything else is "?".
-AUDIT_METHODS = frozenset({*METHODS, "READY", "REPLY", "CONNECT", "?"})
-# Answered reads that carry no captured values: one row per peer and method a
-# minute, counting them, written after the replies (docs/security.md, "Audit").
-COUNTED_READS = frozenset({"Ping", "ListServices", "ListDebugSessions"})
-READS_WINDOW = 60.0
-AUDIT_OUTCOMES = frozenset({"OK", "DENIED", "?", *(c.code for c in CoralError.__subclasses__()), CoralError.code})
-
 HEARTBEATS_PER_TICK = 64  # at least; a quarter of the agents when there are more
 FRESH_WAIT = 2.0  # seconds a query waits for its pulls before it is answered with what is here
 
@@ -152,12 +145,9 @@ class Broker:
     replies_since_pull: bool = False  # an agent answered: a part may have ended or have more to pull
     fresh: list[FreshQuery] = field(default_factory=list)
     _by_id: dict[str, AgentState] = field(default_factory=dict)  # agent id -> its current link
-    _audit_rows: list[AuditRow] = field(default_factory=list)
-    _reads: dict[tuple[str, int, str], int] = field(default_factory=dict)  # (who, pid, method) -> answered
-    _reads_since: float = field(default_factory=time.monotonic)
-    folder: AuditFolder = field(default_factory=AuditFolder)
 
     def __post_init__(self) -> None:
+        self.audit = AuditLog(self.store)
         self.open = {s.session_id: s for s in self.store.open_sessions()}
         self.pulls = PullSchedule(self.config.colony.pull_interval)
         self.retention = Retention(parse_age(self.config.colony.retention))
@@ -180,7 +170,7 @@ class Broker:
         if why is not None:
             self.count("agents.refused")
             log.warning("refused READY: %s", why)
-            self._audit(peer, "READY", None, "PERMISSION_DENIED", why)
+            self.audit.request(peer, "READY", None, "PERMISSION_DENIED", why)
             return []
         out = []
         if previous is not None and previous.identity != identity:
@@ -290,17 +280,14 @@ class Broker:
                 return self._pull(now)
             local = self._answer_locally(method, request, peer)
             if local is not None:
-                if method in COUNTED_READS:
-                    read = (peer.who[:300], peer.pid or 0, method)
-                    self._reads[read] = self._reads.get(read, 0) + 1
-                else:
-                    self._audit(peer, method, request, "OK", "")
+                if not self.audit.answered_read(peer, method):
+                    self.audit.request(peer, method, request, "OK", "")
                 return [Outgoing("frontend", wire.encode_reply(frame.request_id, local, frame.envelope))]
             targets = self._route(method, request)
         except CoralError as err:
             if method not in COLONY_FRONTEND_METHODS:
                 err.code = "UNKNOWN_METHOD"
-            self._audit(peer, method, request, err.code, err.message)
+            self.audit.request(peer, method, request, err.code, err.message)
             self.count(f"errors.{err.code}")
             return [Outgoing("frontend", wire.encode_error(frame.request_id, err, frame.envelope))]
         gather = Gather(frame.envelope, frame.request_id, method, request, peer, [a.agent_id for a in targets])
@@ -330,7 +317,7 @@ class Broker:
                 version=__version__,
                 pid=os.getpid(),
                 counters={**self.counters, "agents": len(self.agents), "sessions.open": len(self.open),
-                          "audit.folded": self.folder.total_folded, **self.store.counters()},
+                          "audit.folded": self.audit.folder.total_folded, **self.store.counters()},
             )
         if method == "ListServices":
             after = cast(pb.ListServicesRequest, request).after
@@ -388,10 +375,11 @@ class Broker:
             try:
                 response = self._events(q.request, q.peer)
             except CoralError as err:  # purged meanwhile
-                self._audit(q.peer, "QueryUprobeEvents", q.request, err.code, err.message)
+                self.audit.request(q.peer, "QueryUprobeEvents", q.request, err.code, err.message)
                 out.append(Outgoing("frontend", wire.encode_error(q.client_request_id, err, q.client)))
                 continue
-            self._audit(q.peer, "QueryUprobeEvents", q.request, "OK", "" if now < q.deadline else "answered before its pulls")
+            late = "" if now < q.deadline else "answered before its pulls"
+            self.audit.request(q.peer, "QueryUprobeEvents", q.request, "OK", late)
             out.append(Outgoing("frontend", wire.encode_reply(q.client_request_id, response, q.client)))
         return out
 
@@ -466,7 +454,7 @@ class Broker:
             self.count("replies.foreign")
             sender = self.agents.get(frame.envelope[0]) if frame.envelope else None
             who = f"{sender.owner} on agent {sender.agent_id}" if sender is not None else "unknown"
-            self._audit_row(who, 0, "REPLY", "PERMISSION_DENIED",
+            self.audit.row(who, 0, "REPLY", "PERMISSION_DENIED",
                             f"a reply to a request sent to agent {pending.agent_id} came from another link; dropped")
             return []
         del self.pending[frame.request_id]
@@ -488,22 +476,22 @@ class Broker:
         if gather.method == "DetachUprobe":
             return self._detached(gather)
         detail = reply_error(status, body)
-        self._audit(gather.peer, gather.method, gather.request, status, detail)
+        self.audit.request(gather.peer, gather.method, gather.request, status, detail)
         return [Outgoing("frontend", wire.encode_raw_reply(gather.client_request_id, status, body, gather.client))]
 
     def _reply(self, gather: Gather, response: Message, detail: str) -> list[Outgoing]:
         """A session started or ended: its row is always written, never folded."""
-        self._audit(gather.peer, gather.method, gather.request, "OK", detail, always=True)
+        self.audit.request(gather.peer, gather.method, gather.request, "OK", detail, always=True)
         return [Outgoing("frontend", wire.encode_reply(gather.client_request_id, response, gather.client))]
 
     def _refuse(self, gather: Gather, errors: list[tuple[str, str, str]]) -> list[Outgoing]:
         """Every agent asked refused: one agent's error as it said it, or all of them named."""
         if len(gather.agents) == 1:
             status, body = gather.replies[gather.agents[0]]
-            self._audit(gather.peer, gather.method, gather.request, status, reply_error(status, body))
+            self.audit.request(gather.peer, gather.method, gather.request, status, reply_error(status, body))
             return [Outgoing("frontend", wire.encode_raw_reply(gather.client_request_id, status, body, gather.client))]
         err = error_from_code(errors[0][1], "; ".join(f"agent {a}: {m}" for a, _, m in errors))
-        self._audit(gather.peer, gather.method, gather.request, err.code, err.message)
+        self.audit.request(gather.peer, gather.method, gather.request, err.code, err.message)
         return [Outgoing("frontend", wire.encode_error(gather.client_request_id, err, gather.client))]
 
     def _attached(self, gather: Gather) -> list[Outgoing]:
@@ -646,96 +634,20 @@ class Broker:
         out.extend(self._pull(now))
         out.extend(self._answer_fresh(now))
         self.purge(now)
-        self._fold_rows(now)
-        self._count_reads(now)
+        self.audit.tick(now)
         return out
 
     # ------------------------------------------------------------- audit
 
-    def flush_audit(self, final: bool = False) -> None:
-        """Write the audit rows of the messages handled so far, with the
-        sessions and events saved meanwhile, in one transaction; the loop
-        calls this before it sends their replies, so no answer precedes its row.
-        `final`: at shutdown, folded rows are told even if their window is open."""
-        if final:
-            self._fold_rows(time.monotonic(), everything=True)
-            self._count_reads(time.monotonic(), everything=True)
-        rows, self._audit_rows = self._audit_rows, []
-        self.store.audit(rows)
-        self.store.flush()
-
-    def _audit(self, peer: Peer, method: str, request: Message | None, outcome: str, detail: str,
-               always: bool = False) -> None:
-        self._audit_row(
-            peer.who,
-            peer.pid or 0,
-            method,
-            outcome,
-            detail,
-            str(getattr(request, "service", "")),
-            str(getattr(request, "function", "")),
-            str(getattr(request, "session_id", "")),
-            always=always,
-        )
-
-    def _audit_row(self, who: str, pid: int, method: str, outcome: str, detail: str,
-                   service: str = "", function: str = "", session_id: str = "",
-                   always: bool = False, fold: FoldKey | None = None) -> None:
-        """One row, stamped by the colony, unless its fold key (who, method,
-        outcome unless said otherwise) is past its flood allowance
-        (docs/protocol.md, "Audit floods"). Method and outcome come from
-        bounded sets, so the keys do too."""
-        who = who[:300]
-        method = method if method in AUDIT_METHODS else "?"
-        outcome = outcome if outcome in AUDIT_OUTCOMES else "?"
-        if not always and not self.folder.admit(fold or (who, method, outcome), time.monotonic()):
-            return
-        self._audit_rows.append(AuditRow(time.time_ns(), who, pid, method, service[:200], function[:200],
-                                         session_id[:64], outcome, detail[:500]))
-
-    def _count_reads(self, now: float, everything: bool = False) -> None:
-        """One row per (who, pid, method) for the counted reads of the window
-        that ended: at most a minute of them is lost if the colony dies."""
-        seconds = now - self._reads_since
-        if not self._reads or (seconds < READS_WINDOW and not everything):
-            return
-        stamp = time.time_ns()
-        for (who, pid, method), n in self._reads.items():
-            detail = f"{n:,} answered in {seconds:.0f}s" if n > 1 else "answered"
-            self._audit_rows.append(AuditRow(stamp, who, pid, method, "", "", "", "OK", detail))
-        self._reads.clear()
-        self._reads_since = now
-
-    def _fold_rows(self, now: float, everything: bool = False) -> None:
-        for (who, method, outcome), count, seconds in self.folder.closed(now, everything):
-            self._audit_rows.append(AuditRow(time.time_ns(), who, 0, method, "", "", "", outcome, folded_detail(count, seconds)))
-
-    def audit_refused_connection(self, who: str, domain: str, detail: str) -> None:
-        """A tcp peer refused at the handshake: one row, outcome DENIED; who
-        is key:NAME or key:FINGERPRINT, or "unknown" if it had no usable key."""
-        # Folded per domain, not per key: a refused peer can make a new key for every try.
-        self._audit_row(who, 0, "CONNECT", "DENIED", f"{domain}: {detail}", fold=(f"{domain} handshakes", "CONNECT", "DENIED"))
-
-    def audit_connection_cut(self, uid: int, pid: int, detail: str) -> None:
-        """Connections of one uid cut past its cap: one row a minute at most, saying how many."""
-        self._audit_row(f"uid:{uid}", pid, "CONNECT", "LIMIT_EXCEEDED", detail)
-
     def record_agent_audit(self, identity: bytes, e: pb.AuditEntry) -> None:
-        """A request a known agent served on its local socket, as that agent
-        reports it; the time is the colony's, and `who` names the agent the
-        link proved it is."""
+        """An agent's report of its local socket, if the link is a known agent's."""
         agent = self.agents.get(identity)
-        if agent is None:
-            return
-        method = e.method if e.method in AGENT_LOCAL_METHODS or e.method == "CONNECT" else "?"
-        outcome = e.outcome if e.outcome in AUDIT_OUTCOMES else "?"
-        # Folded per agent: what it reports as `who` is its word, not a bounded set.
-        self._audit_row(f"{e.who[:64]} on agent {agent.agent_id}", e.peer_pid, method, outcome, e.detail,
-                        e.service, e.function, e.session_id, fold=(f"agent {agent.agent_id}", method, outcome))
+        if agent is not None:
+            self.audit.agent_report(agent.agent_id, e)
 
     def audit_bad_frame(self, peer: Peer, reason: str) -> None:
         self.count("bad_frames")
-        self._audit(peer, "?", None, "BAD_REQUEST", reason)
+        self.audit.request(peer, "?", None, "BAD_REQUEST", reason)
 
 
 def _error_body(err: CoralError) -> bytes:

@@ -88,7 +88,7 @@ class Colony:
         cap = self.config.limits.max_connections_per_uid
         why = f"{domain}: cut {count} connection(s) past uid {uid}'s {cap} ([limits] max_connections_per_uid)"
         log.warning("%s; last from pid %d", why, pid)
-        self.broker.audit_connection_cut(uid, pid, why)
+        self.broker.audit.connection_cut(uid, pid, why)
 
     def on_handshake_failed(self, monitor: zmq.Socket[bytes], now: float) -> None:
         """A tcp peer that never reached ZAP: no CURVE, or the wrong colony
@@ -101,7 +101,7 @@ class Colony:
         self.broker.count(f"handshake_failed.{domain}")
         if self.denials.should_audit(domain, "unknown", why, now):
             log.warning("refused a %s connection: %s", domain, why)
-            self.broker.audit_refused_connection("unknown", domain, why)
+            self.broker.audit.refused_connection("unknown", domain, why)
 
     def on_zap(self, now: float) -> None:
         """Admit or refuse one new tcp connection; a refusal is audited (at
@@ -124,14 +124,14 @@ class Colony:
         self.broker.count(f"zap.denied.{request.domain}")
         if self.denials.should_audit(request.domain, answer.who, request.address, now):
             log.warning("refused a %s connection from %s: %s", request.domain, request.address, answer.text)
-            self.broker.audit_refused_connection(answer.who, request.domain, f"from {request.address}: {answer.text}")
+            self.broker.audit.refused_connection(answer.who, request.domain, f"from {request.address}: {answer.text}")
 
     def send(self, messages: list[Outgoing]) -> None:
         self._outbox.extend(messages)
 
     def flush(self) -> None:
         """Audit rows first, then the replies they describe."""
-        self.broker.flush_audit()
+        self.broker.audit.flush()
         messages, self._outbox = self._outbox, []
         for m in messages:
             sock = self.frontend if m.socket == "frontend" else self.backend
@@ -250,7 +250,7 @@ class Colony:
                 self.zap.close(linger=0)
             for monitor in self.monitors:
                 monitor.close(linger=0)
-            self.broker.flush_audit(final=True)
+            self.broker.audit.flush(final=True)
             unlink_ipc(self.config.colony_frontend)
             unlink_ipc(self.config.colony_backend)
             self.store.close()
