@@ -88,7 +88,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     store = ColonyStore(tmp_path_factory.mktemp("fuzz-colony") / "colony.duckdb")
     b = Broker(parse_config({}, "fuzz"), store)
     b.agent_ready(AGENT, pb.AgentHello(agent_id="fuzz"), Peer(uid=0, gid=0, pid=os.getpid()), 0.0)
-    assert AGENT in b.agents  # a known agent's link: its rows are recorded, not ignored
+    assert b.agents.get(AGENT) is not None  # a known agent's link: its rows are recorded, not ignored
     yield b
     store.close()
 

@@ -19,7 +19,7 @@ import pytest
 import zmq
 
 from coral.agentd.colony_link import PAGE_BYTES, ColonyLink
-from coral.colonyd import broker as colony_broker
+from coral.colonyd import agents as colony_agents
 from coral.colonyd.broker import Broker
 from coral.colonyd.store import ColonyStore
 from coral.daemon import wire
@@ -143,7 +143,7 @@ def test_services_from_a_link_the_colony_does_not_know_are_refused(broker: Broke
 def test_the_colony_holds_a_bounded_number_of_instances_per_agent(
     broker: Broker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(colony_broker, "MAX_AGENT_SERVICES", 5)
+    monkeypatch.setattr(colony_agents, "MAX_AGENT_SERVICES", 5)
     broker.agent_ready(b"link", pb.AgentHello(agent_id="web-1", services=[longest(p) for p in range(1, 4)]), ROOT, 0.0)
     assert broker.agent_services(b"link", pb.ServicesChanged(added=[longest(p) for p in range(4, 10)]), 0.0)
     assert len(broker.services()) == 5 and broker.counters["services.refused"] == 4

@@ -142,7 +142,7 @@ def test_a_reconnect_of_the_same_identity_supersedes_and_answers_what_was_pendin
     (answer,) = [wire.decode(m.frames) for m in out if m.socket == "frontend"]
     assert (answer.name, wire.parse_body(pb.Error, answer.body).message) == (
         "UNAVAILABLE", "agent web-1 reconnected before answering ListFunctions")
-    assert list(broker.agents) == [b"new"] and sent.request_id not in broker.pending
+    assert list(broker.agents.links) == [b"new"] and sent.request_id not in broker.pending
     # A link speaks for one agent id for its whole life.
     assert broker.agent_ready(b"new", hello("web-2"), ROOT, 1.1) == []
     assert broker.agent_by_id("web-2") is None

@@ -14,7 +14,6 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -22,11 +21,11 @@ from google.protobuf.message import Message
 
 from coral import __version__
 from coral.colonyd import sessions as colony_sessions
+from coral.colonyd.agents import AgentDirectory, AgentState
 from coral.colonyd.audit import AuditLog
 from coral.colonyd.pulls import PULL_PAGE, PartKey, PullSchedule
 from coral.colonyd.sessions import ACTIVE, FAILED, LOST, is_open, part_of, reply_error, reply_ok
 from coral.colonyd.store import ColonyStore
-from coral.colonyd.trust import agent_refusal
 from coral.daemon import access, wire
 from coral.daemon.config import Config
 from coral.daemon.errors import CoralError, NotFound, Unavailable, error_from_code
@@ -38,40 +37,6 @@ from coral.daemon.server import Peer
 from coral.proto import coral_pb2 as pb
 
 log = logging.getLogger(__name__)
-
-MAX_AGENT_SERVICES = 100_000  # instances the colony holds for one agent (docs/protocol.md)
-
-
-@dataclass
-class AgentState:
-    identity: bytes  # the link's ROUTER identity
-    hello: pb.AgentHello
-    last_heard: float
-    owner: str  # who the link proved it is: uid:N on ipc, key:NAME on tcp
-    last_sent: float = 0.0
-    services: dict[int, pb.ServiceInstance] = field(default_factory=dict)  # by pid: READY, then SERVICES
-    refused_services: int = 0  # instances past MAX_AGENT_SERVICES
-    warned_at: float = float("-inf")
-
-    @property
-    def agent_id(self) -> str:
-        return self.hello.agent_id
-
-    def apply(self, added: Iterable[pb.ServiceInstance], removed: Iterable[int]) -> int:
-        """Apply one READY page or SERVICES message; returns how many instances
-        did not fit under MAX_AGENT_SERVICES."""
-        for pid in removed:
-            self.services.pop(pid, None)
-        refused = 0
-        for instance in added:
-            if instance.pid not in self.services and len(self.services) >= MAX_AGENT_SERVICES:
-                refused += 1
-                continue
-            instance.agent_id = self.agent_id  # what the link proved, whatever the message says
-            self.services[instance.pid] = instance
-        self.refused_services += refused
-        return refused
-
 
 @dataclass
 class Gather:
@@ -137,98 +102,64 @@ class Outgoing:
 class Broker:
     config: Config
     store: ColonyStore
-    agents: dict[bytes, AgentState] = field(default_factory=dict)
     pending: dict[bytes, Pending] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
     open: dict[str, pb.DebugSession] = field(default_factory=dict)  # sessions still pulled from their agents
-    _by_service: dict[str, list[AgentState]] | None = None  # built on demand, dropped when agents change
     replies_since_pull: bool = False  # an agent answered: a part may have ended or have more to pull
     fresh: list[FreshQuery] = field(default_factory=list)
-    _by_id: dict[str, AgentState] = field(default_factory=dict)  # agent id -> its current link
 
     def __post_init__(self) -> None:
         self.audit = AuditLog(self.store)
+        self.agents = AgentDirectory(self.config.colony.agent_users, self._count_n)
         self.open = {s.session_id: s for s in self.store.open_sessions()}
         self.pulls = PullSchedule(self.config.colony.pull_interval)
         self.retention = Retention(parse_age(self.config.colony.retention))
         self.purges = PurgeSchedule(self.config.colony.purge_interval)
 
     def count(self, name: str) -> None:
-        self.counters[name] = self.counters.get(name, 0) + 1
+        self._count_n(name, 1)
+
+    def _count_n(self, name: str, n: int) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
 
     # ------------------------------------------------------------ agents
 
     def agent_ready(self, identity: bytes, hello: pb.AgentHello, peer: Peer, now: float) -> list[Outgoing]:
         """READY on a link: accepted only from an identity that may speak for
-        that agent id; a new link of the same identity supersedes the old."""
-        this = self.agents.get(identity)
-        previous = self._by_id.get(hello.agent_id)
-        holder = previous.owner if previous is not None and previous.identity != identity else None
-        why = agent_refusal(peer, hello.agent_id, self.config.colony.agent_users, holder)
-        if why is None and this is not None and this.agent_id != hello.agent_id:
-            why = f"this link speaks for agent {this.agent_id}; a link announces one agent id"
-        if why is not None:
+        that agent id; a new link of the same identity supersedes the old,
+        and what was pending on the old one is sent again or answered."""
+        state, superseded, why = self.agents.announce(identity, hello, peer, now)
+        if state is None:
             self.count("agents.refused")
             log.warning("refused READY: %s", why)
             self.audit.request(peer, "READY", None, "PERMISSION_DENIED", why)
             return []
-        out = []
-        if previous is not None and previous.identity != identity:
-            del self.agents[previous.identity]  # the same agent reconnected on a new link
-            for request_id, p in list(self.pending.items()):
-                if p.agent != previous.identity:
-                    continue
-                del self.pending[request_id]
-                if p.gather is None:  # a pull sent on the old link: pull again on the new one
-                    self.pulls.answered((cast(pb.QueryUprobeEventsRequest, p.request).session_id, p.agent_id), more=True)
-                else:
-                    err = Unavailable(f"agent {p.agent_id} reconnected before answering {p.method}")
-                    out.extend(self._deliver(p, err.code, _error_body(err)))
-        if this is None:
-            log.info("agent %s ready (%d services in READY)", hello.agent_id, len(hello.services))
-        state = AgentState(identity, pb.AgentHello(), now, peer.who)
-        state.hello.CopyFrom(hello)
-        del state.hello.services[:]  # kept by pid in state.services
-        self._services_refused(state, state.apply(hello.services, ()))
-        self.agents[identity] = self._by_id[hello.agent_id] = state
-        self._by_service = None
+        out: list[Outgoing] = []
+        if superseded is None:
+            return out
+        for request_id, p in list(self.pending.items()):
+            if p.agent != superseded.identity:
+                continue
+            del self.pending[request_id]
+            if p.gather is None:  # a pull sent on the old link: pull again on the new one
+                self.pulls.answered((cast(pb.QueryUprobeEventsRequest, p.request).session_id, p.agent_id), more=True)
+            else:
+                err = Unavailable(f"agent {p.agent_id} reconnected before answering {p.method}")
+                out.extend(self._deliver(p, err.code, _error_body(err)))
         return out
 
     def agent_services(self, identity: bytes, changed: pb.ServicesChanged, now: float) -> bool:
         """SERVICES from a link: False if the link is not a known agent."""
-        agent = self.agents.get(identity)
-        if agent is None:
-            return False
-        agent.last_heard = now
-        self._services_refused(agent, agent.apply(changed.added, changed.removed))
-        self._by_service = None
-        return True
-
-    def _services_refused(self, agent: AgentState, refused: int) -> None:
-        if not refused:
-            return
-        self.counters["services.refused"] = self.counters.get("services.refused", 0) + refused
-        now = time.monotonic()
-        if now - agent.warned_at >= 60:  # once a minute: the count says the rest
-            agent.warned_at = now
-            log.warning("agent %s announced more than %d instances; %d not listed (%d in all)",
-                        agent.agent_id, MAX_AGENT_SERVICES, refused, agent.refused_services)
+        return self.agents.services_changed(identity, changed, now)
 
     def agent_heard(self, identity: bytes, now: float) -> bool:
-        agent = self.agents.get(identity)
-        if agent is None:
-            return False
-        agent.last_heard = now
-        return True
+        return self.agents.heard(identity, now) is not None
 
     def agent_gone(self, identity: bytes, why: str) -> list[Outgoing]:
         """Forget an agent; its pending requests are answered now, not at their timeout."""
-        agent = self.agents.pop(identity, None)
+        agent = self.agents.remove(identity)
         if agent is None:
             return []
-        self._by_service = None
-        if self._by_id.get(agent.agent_id) is agent:
-            del self._by_id[agent.agent_id]
         log.warning("agent %s lost (%s)", agent.agent_id, why)
         for session in list(self.open.values()):
             part = part_of(session, agent.agent_id)
@@ -247,18 +178,13 @@ class Broker:
         return out
 
     def agent_by_id(self, agent_id: str) -> AgentState | None:
-        return self._by_id.get(agent_id)
+        return self.agents.by_id(agent_id)
 
     def agents_for(self, service: str) -> list[AgentState]:
-        if self._by_service is None:
-            self._by_service = {}
-            for agent in self.agents.values():
-                for name in dict.fromkeys(s.service for s in agent.services.values()):
-                    self._by_service.setdefault(name, []).append(agent)
-        return self._by_service.get(service, [])
+        return self.agents.for_service(service)
 
     def services(self) -> list[pb.ServiceInstance]:
-        return [s for a in self.agents.values() for s in a.services.values()]
+        return self.agents.services()
 
     # ---------------------------------------------------------- requests
 
@@ -440,7 +366,7 @@ class Broker:
             return chosen
         running = sorted(a.agent_id for a in agents)
         if self.agent_by_id(agent_id) is None:
-            known = sorted(a.agent_id for a in self.agents.values())
+            known = sorted(a.agent_id for a in self.agents)
             raise NotFound(f"no agent {agent_id!r} is connected (known agents: {', '.join(known)})", known)
         raise NotFound(f"service {service!r} does not run on agent {agent_id!r} (it runs on: {', '.join(running)})", running)
 
@@ -623,7 +549,8 @@ class Broker:
         # came up together are spread over the next ticks, not sent at once
         # in front of waiting clients (liveness allows several intervals).
         beats = max(HEARTBEATS_PER_TICK, len(self.agents) // 4)
-        for identity, agent in list(self.agents.items()):
+        for agent in self.agents:  # a copy: agent_gone removes from it
+            identity = agent.identity
             if is_dead(agent.last_heard, now, interval, liveness):
                 out.extend(self.agent_gone(identity, f"silent for {interval * liveness:g}s"))
             elif now - agent.last_sent >= interval and beats > 0:
