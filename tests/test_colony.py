@@ -10,7 +10,17 @@ from typing import Any
 
 import duckdb
 
-from tests.harness import CoralEnv, NativeService, Process, coralctl, start_attach, start_colony, start_time, tool
+from tests.harness import (
+    CoralEnv,
+    NativeService,
+    Process,
+    coralctl,
+    kernel_probes,
+    start_attach,
+    start_colony,
+    start_time,
+    tool,
+)
 from tests.test_native_e2e import wait_for_service
 
 
@@ -158,5 +168,41 @@ def test_an_agent_silent_longer_than_the_colony_waits_comes_back_with_every_call
     events = coralctl(coral_env, "--output", "json", "debug", "events", first["session_id"]).stdout.splitlines()
     returns = [e["seq"] for e in map(json.loads, events) if e.get("event_type") == "return"]
     assert len(returns) == len(set(returns)) == 120
+    attach.kill()
+    attach.wait()
+
+
+def test_a_detach_while_the_agent_is_lost_reaches_it_when_it_is_back(
+    coral_env: CoralEnv, colony: Process, agent: Process, payments: NativeService
+) -> None:
+    """Detached while its agent was stopped (SIGSTOP) and marked lost: the
+    colony keeps the detach and sends it when the agent announces itself
+    again, long before the session's 10 minutes are up."""
+    wait_for_service(coral_env, "payments")
+    attach, first = start_attach(coral_env, "payments", "validate_card", "--duration", "10m", "--no-save")
+    assert payments.call(8).startswith("done 8 ")
+    probe = f"/proc/{payments.child_pid}/exe"
+
+    def colony_session() -> dict[str, Any]:
+        out = coralctl(coral_env, "--output", "json", "debug", "sessions").stdout.splitlines()
+        return next(s for s in map(json.loads, out) if s["session_id"] == first["session_id"])
+
+    agent.proc.send_signal(signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + 30
+        while colony_session()["status"] != "lost":  # each ask is a round trip to the colony
+            assert time.monotonic() < deadline, colony_session()
+        detach = coralctl(coral_env, "debug", "detach", first["session_id"])
+        assert detach.returncode == 0 and "lost" in detach.stdout, detach
+    finally:
+        agent.proc.send_signal(signal.SIGCONT)
+    deadline = time.monotonic() + 60
+    while not (s := colony_session())["parts"][0]["complete"]:
+        assert time.monotonic() < deadline, s
+    assert (s["status"], s["calls"]) == ("detached", 8), s
+    assert probe not in kernel_probes()
+    rows = [json.loads(line) for line in coralctl(coral_env, "--output", "json", "audit").stdout.splitlines()]
+    sent = [r for r in rows if r["method"] == "DetachUprobe" and "when it came back" in r["detail"]]
+    assert [(r["who"], r["session_id"]) for r in sent] == [("uid:0", first["session_id"])], sent
     attach.kill()
     attach.wait()

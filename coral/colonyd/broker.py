@@ -86,7 +86,7 @@ class Pending:
     method: str
     request: Message
     deadline: float
-    gather: Gather | None  # None: the colony's own event pull
+    gather: Gather | None  # None: the colony's own request (an event pull, or a detach a lost part missed)
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,7 @@ class Broker:
     open: dict[str, pb.DebugSession] = field(default_factory=dict)  # sessions still pulled from their agents
     replies_since_pull: bool = False  # an agent answered: a part may have ended or have more to pull
     fresh: list[FreshQuery] = field(default_factory=list)
+    detach_wanted: dict[str, Peer] = field(default_factory=dict)  # session id -> who detached it while a part was lost
 
     def __post_init__(self) -> None:
         self.audit = AuditLog(self.store)
@@ -134,7 +135,7 @@ class Broker:
             log.warning("refused READY: %s", why)
             self.audit.request(peer, "READY", None, "PERMISSION_DENIED", why)
             return []
-        out: list[Outgoing] = []
+        out = self._detach_when_back(state, now)
         if superseded is None:
             return out
         for request_id, p in list(self.pending.items()):
@@ -146,6 +147,22 @@ class Broker:
             else:
                 err = Unavailable(f"agent {p.agent_id} reconnected before answering {p.method}")
                 out.extend(self._deliver(p, err.code, _error_body(err)))
+        return out
+
+    def _detach_when_back(self, agent: AgentState, now: float) -> list[Outgoing]:
+        """The detaches its lost parts missed, sent by the colony itself."""
+        out = []
+        for session_id, who in list(self.detach_wanted.items()):
+            session = self.open.get(session_id)
+            part = part_of(session, agent.agent_id) if session is not None else None
+            if session is None or not any(p.session.status == LOST for p in session.parts):
+                del self.detach_wanted[session_id]
+            if session is None or part is None or part.session.status != LOST:
+                continue
+            request = pb.DetachUprobeRequest(session_id=session_id)
+            self.audit.row(who.who, who.pid or 0, "DetachUprobe", "OK", f"sent to agent {agent.agent_id} when it came back",
+                           session.service, session.function, session_id, always=True)
+            out.append(self._send(agent, "DetachUprobe", request, now, None))
         return out
 
     def agent_services(self, identity: bytes, changed: pb.ServicesChanged, now: float) -> bool:
@@ -273,6 +290,8 @@ class Broker:
             return self._events(request, peer)
         if isinstance(request, pb.DetachUprobeRequest):
             session = self._session(request.session_id)
+            if any(p.session.status == LOST for p in session.parts):
+                self.detach_wanted[session.session_id] = peer  # sent to each lost part's agent when it is back
             if not any(p.session.status == ACTIVE and not p.complete for p in session.parts):
                 return pb.DetachUprobeResponse(session=session)  # already ended: report it as it ended
         return None
@@ -390,6 +409,9 @@ class Broker:
 
     def _deliver(self, pending: Pending, status: str, body: bytes) -> list[Outgoing]:
         """An agent's answer (or the colony's word for its silence) to a request."""
+        if pending.gather is None and pending.method == "DetachUprobe":
+            self._detached_when_back(pending, status, body)
+            return []
         if pending.gather is None:
             self._pulled(pending, status, body)
             return []
@@ -404,6 +426,18 @@ class Broker:
         detail = reply_error(status, body)
         self.audit.request(gather.peer, gather.method, gather.request, status, detail)
         return [Outgoing("frontend", wire.encode_raw_reply(gather.client_request_id, status, body, gather.client))]
+
+    def _detached_when_back(self, pending: Pending, status: str, body: bytes) -> None:
+        """The agent's answer to a detach the colony sent for a lost part:
+        the part takes it, and its last calls are pulled next."""
+        session_id = cast(pb.DetachUprobeRequest, pending.request).session_id
+        session = self.open.get(session_id)
+        if session is None:
+            return
+        for agent_id, code, message in colony_sessions.detached(session, [(pending.agent_id, status, body)]):
+            log.warning("detach of %s sent to agent %s when it came back: %s %s", session_id, agent_id, code, message)
+        self.pulls.hurry((session_id, pending.agent_id))
+        self._changed(session)
 
     def _reply(self, gather: Gather, response: Message, detail: str) -> list[Outgoing]:
         """A session started or ended: its row is always written, never folded."""
