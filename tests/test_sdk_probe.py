@@ -214,6 +214,22 @@ def test_redaction_of_card_numbers_by_value(tracer: None) -> None:
     assert record.ret == "<redacted>"
 
 
+@pytest.mark.parametrize("text", [
+    "paid 4111 1111 1111 1111 12 26 ok",  # a card, then a date: the card alone goes
+    "4111-1111-1111-1111-2026",
+    "4111111111111111 0000",
+    "order 1234 5678 9012 3456",  # not Luhn-valid, whole or cut: left alone
+    "ref 41111111 11111111",  # 16 digits in two groups, Luhn-valid
+])
+def test_a_card_followed_by_more_digit_groups_is_cut_as_coral_redact_cuts_it(tracer: None, text: str) -> None:
+    from coral.redact import Rules
+
+    probe_for(charge)(text, 1)
+    record = only_record()
+    assert record.args[0] == ("number", Rules().text(repr(text)))
+    assert ("<redacted>" in record.args[0][1]) == ("1234" not in text)
+
+
 def test_capture_flags_off_record_timing_only(tracer: None) -> None:
     probe_for(charge, capture_args=False, capture_return=False)("secret-ish", 1)
     record = only_record()

@@ -230,6 +230,33 @@ text_is_card(const char *s, size_t n)
     return scan_digit_run(s, n, 0, digits, &nd) == n && looks_like_card(digits, nd);
 }
 
+#define CARD_RUN_MAX 31   /* digits in a run that may hold a card and what follows it, as in coral/redact.py */
+
+/* Where the card number in the digit run s[i..end) ends: the whole run, or
+ * the run cut at one of its spaces or dashes, from the end back (a number
+ * followed by a date or a code: "4111 1111 1111 1111 12 26"), down to 13
+ * digits; 0 if no head of it is a card number. */
+static size_t
+card_end(const char *s, size_t i, size_t end, int ndigits)
+{
+    if (ndigits > CARD_RUN_MAX)
+        return 0;
+    for (size_t cut = end; cut > i; cut--) {
+        if (cut != end && s[cut] != ' ' && s[cut] != '-')
+            continue;
+        char digits[CARD_RUN_MAX];
+        int nd = 0;
+        for (size_t k = i; k < cut; k++)
+            if (is_digit(s[k]))
+                digits[nd++] = s[k];
+        if (nd < 13)
+            return 0;
+        if (looks_like_card(digits, nd))
+            return cut;
+    }
+    return 0;
+}
+
 /* Replace every card-number-looking run inside s[0..n) with "<redacted>",
  * in place; the text only shrinks (13+ digits become 10 bytes). */
 static size_t
@@ -245,7 +272,9 @@ redact_card_runs(char *s, size_t n)
         char digits[20];
         int nd;
         size_t end = scan_digit_run(s, n, i, digits, &nd);
-        if (looks_like_card(digits, nd)) {
+        size_t cut = card_end(s, i, end, nd);
+        if (cut) {
+            end = cut;
             size_t m = sizeof(mark) - 1;
             memcpy(s + i, mark, m);
             memmove(s + i + m, s + end, n - end);
