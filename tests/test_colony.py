@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import duckdb
@@ -138,6 +139,18 @@ def test_agent_killed_mid_session_the_colony_says_so_and_keeps_the_events(
     assert [e["seq"] for e in kept] == [e["seq"] for e in seen]
 
 
+def colony_session_when(env: CoralEnv, session_id: str, wanted: Callable[[dict[str, Any]], bool],
+                        within: float = 60.0) -> dict[str, Any]:
+    """The colony's view of a session once it is as wanted; each ask is a round trip to the colony."""
+    deadline = time.monotonic() + within
+    while True:
+        out = coralctl(env, "--output", "json", "debug", "sessions").stdout.splitlines()
+        session: dict[str, Any] = next(s for s in map(json.loads, out) if s["session_id"] == session_id)
+        if wanted(session):
+            return session
+        assert time.monotonic() < deadline, session
+
+
 def test_an_agent_silent_longer_than_the_colony_waits_comes_back_with_every_call(
     coral_env: CoralEnv, colony: Process, agent: Process, payments: NativeService
 ) -> None:
@@ -149,21 +162,13 @@ def test_an_agent_silent_longer_than_the_colony_waits_comes_back_with_every_call
     attach, first = start_attach(coral_env, "payments", "validate_card", "--duration", "15s", "--no-save")
     assert payments.call(20).startswith("done 20 ")
 
-    def colony_session() -> dict[str, Any]:
-        out = coralctl(coral_env, "--output", "json", "debug", "sessions").stdout.splitlines()
-        return next(s for s in map(json.loads, out) if s["session_id"] == first["session_id"])
-
     agent.proc.send_signal(signal.SIGSTOP)
     try:
-        deadline = time.monotonic() + 30
-        while colony_session()["status"] != "lost":  # each ask is a round trip to the colony
-            assert time.monotonic() < deadline, colony_session()
+        colony_session_when(coral_env, first["session_id"], lambda s: s["status"] == "lost")
         assert payments.call(100).startswith("done 100 ")
     finally:
         agent.proc.send_signal(signal.SIGCONT)
-    deadline = time.monotonic() + 60
-    while not (s := colony_session())["parts"][0]["complete"]:
-        assert time.monotonic() < deadline, s
+    s = colony_session_when(coral_env, first["session_id"], lambda s: s["parts"][0]["complete"])
     assert (s["status"], s["calls"], s["total_calls"], s["lost"]) == ("expired", 120, 120, {}), s
     events = coralctl(coral_env, "--output", "json", "debug", "events", first["session_id"]).stdout.splitlines()
     returns = [e["seq"] for e in map(json.loads, events) if e.get("event_type") == "return"]
@@ -183,22 +188,14 @@ def test_a_detach_while_the_agent_is_lost_reaches_it_when_it_is_back(
     assert payments.call(8).startswith("done 8 ")
     probe = f"/proc/{payments.child_pid}/exe"
 
-    def colony_session() -> dict[str, Any]:
-        out = coralctl(coral_env, "--output", "json", "debug", "sessions").stdout.splitlines()
-        return next(s for s in map(json.loads, out) if s["session_id"] == first["session_id"])
-
     agent.proc.send_signal(signal.SIGSTOP)
     try:
-        deadline = time.monotonic() + 30
-        while colony_session()["status"] != "lost":  # each ask is a round trip to the colony
-            assert time.monotonic() < deadline, colony_session()
+        colony_session_when(coral_env, first["session_id"], lambda s: s["status"] == "lost")
         detach = coralctl(coral_env, "debug", "detach", first["session_id"])
         assert detach.returncode == 0 and "lost" in detach.stdout, detach
     finally:
         agent.proc.send_signal(signal.SIGCONT)
-    deadline = time.monotonic() + 60
-    while not (s := colony_session())["parts"][0]["complete"]:
-        assert time.monotonic() < deadline, s
+    s = colony_session_when(coral_env, first["session_id"], lambda s: s["parts"][0]["complete"])
     assert (s["status"], s["calls"]) == ("detached", 8), s
     assert probe not in kernel_probes()
     rows = [json.loads(line) for line in coralctl(coral_env, "--output", "json", "audit").stdout.splitlines()]

@@ -146,7 +146,7 @@ def test_no_call_after_expiry_is_counted_even_while_the_agent_cannot_detach(
     agent.proc.send_signal(signal.SIGSTOP)
     try:
         while time.time_ns() < first["expires_unix_ns"] + 200_000_000:  # wait for the expiry itself to pass
-            time.sleep(0.05)
+            time.sleep(0.05)  # the workload: time passing beyond the expiry, not readiness
         assert payments.call(7) == "done 7 declined 0"  # probed: nobody could detach them
         assert f"/proc/{payments.child_pid}/exe" in kernel_probes()
     finally:

@@ -170,7 +170,7 @@ from coral.sdk.arming import ARMS
 sdk = coral.sdk.init(service="rules-check")
 end = time.monotonic() + 10
 while not sdk.registered and time.monotonic() < end:  # the SDK's thread registers in the background
-    time.sleep(0.01)
+    time.sleep(0.01)  # not readiness by time: each pass checks the SDK's own flag
 print(" ".join(ARMS.settings.redact_patterns))
 """
 
