@@ -14,6 +14,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from coral.daemon import curve, wire
 from coral.daemon.liveness import Backoff, is_dead
+from coral.daemon.paging import entry_bytes
 from coral.daemon.runtime import configure_socket
 from coral.daemon.server import Dispatcher, Peer
 from coral.proto import coral_pb2 as pb
@@ -34,7 +35,7 @@ def pages(instances: Iterable[pb.ServiceInstance], limit: int = PAGE_BYTES) -> l
     out: list[list[pb.ServiceInstance]] = [[]]
     size = 0
     for instance in instances:
-        n = instance.ByteSize() + 6  # the field's tag and length
+        n = entry_bytes(instance)
         if out[-1] and size + n > limit:
             out.append([])
             size = 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 def is_dead(last_heard: float, now: float, interval: float, liveness: int) -> bool:
@@ -35,7 +35,7 @@ class Breaker:
     initial: float = 5.0
     maximum: float = 60.0
     open_until: float = 0.0
-    backoff: Backoff | None = None
+    backoff: Backoff = field(init=False)
 
     def __post_init__(self) -> None:
         self.backoff = Backoff(self.initial, self.maximum)
@@ -45,12 +45,10 @@ class Breaker:
 
     def failed(self, now: float) -> float:
         """Open it; returns the cooldown."""
-        assert self.backoff is not None
         delay = self.backoff.next_delay()
         self.open_until = now + delay
         return delay
 
     def answered(self) -> None:
-        assert self.backoff is not None
         self.backoff.reset()
         self.open_until = 0.0

@@ -11,6 +11,11 @@ from coral.proto import coral_pb2 as pb
 MAX_CURSOR = 300
 
 
+def entry_bytes(instance: pb.ServiceInstance) -> int:
+    """What one instance adds to a message that repeats them: itself, its tag and length."""
+    return instance.ByteSize() + 6
+
+
 def _position(after: str) -> tuple[str, int] | None:
     """A cursor is `PID:AGENT_ID`, the last instance of the page before."""
     if not after:
@@ -31,7 +36,7 @@ def services_page(instances: Iterable[pb.ServiceInstance], after: str, limit_byt
     page = pb.ListServicesResponse()
     size = 0
     for instance in ordered:
-        n = instance.ByteSize() + 6  # the field's tag and length
+        n = entry_bytes(instance)
         if page.services and size + n > limit_bytes:
             last = page.services[-1]
             page.next = f"{last.pid}:{last.agent_id}"
