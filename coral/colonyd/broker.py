@@ -157,13 +157,19 @@ class Broker:
             part = part_of(session, agent.agent_id) if session is not None else None
             if session is None or not any(p.session.status == LOST for p in session.parts):
                 del self.detach_wanted[session_id]
-            if session is None or part is None or part.session.status != LOST:
+            if session is None or part is None or part.session.status != LOST or self._detach_sent(session_id, agent):
                 continue
             request = pb.DetachUprobeRequest(session_id=session_id)
             self.audit.row(who.who, who.pid or 0, "DetachUprobe", "OK", f"sent to agent {agent.agent_id} when it came back",
                            session.service, session.function, session_id, always=True)
             out.append(self._send(agent, "DetachUprobe", request, now, None))
         return out
+
+    def _detach_sent(self, session_id: str, agent: AgentState) -> bool:
+        """A kept detach already on its way to this link of the agent (a
+        second READY on the same link does not send it again)."""
+        return any(p.gather is None and p.method == "DetachUprobe" and p.agent == agent.identity
+                   and cast(pb.DetachUprobeRequest, p.request).session_id == session_id for p in self.pending.values())
 
     def agent_services(self, identity: bytes, changed: pb.ServicesChanged, now: float) -> bool:
         """SERVICES from a link: False if the link is not a known agent."""
