@@ -5,6 +5,7 @@ the agent serves on."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 from collections.abc import Iterator
@@ -204,3 +205,75 @@ def test_a_stream_of_questions_about_a_hung_process_costs_the_agent_one_timeout(
         finally:
             os.kill(stuck.run.pid, signal.SIGCONT)
             stuck.stop()
+
+
+def test_hung_processes_delay_no_other_request_and_no_expiry(
+    coral_env: CoralEnv, bpf: None, payments_binary: Path
+) -> None:
+    """Three services whose coral-run is stopped (SIGSTOP), and questions
+    about them all along, through the colony and on the agent's own socket.
+    While the first questions wait on their deadline the agent answers a
+    Ping, a registration and its heartbeat; a 5 s session on another service
+    ends within 1 s of its expiry with every call, and no probe of it is left."""
+    import os
+    import sys
+    import threading
+
+    import zmq
+
+    from coral.daemon import wire
+    from coral.daemon.client import Client
+    from coral.proto import coral_pb2 as pb
+    from tests.harness import running
+
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context.instance()
+    with running(coral_env, payments_binary) as payments, contextlib.ExitStack() as stack:
+        for i in range(3):
+            svc = NativeService(coral_env, payments_binary, service=f"stuck-{i}", name=f"run-stuck-{i}")
+            stack.callback(svc.stop)
+            stack.callback(os.kill, svc.run.pid, signal.SIGCONT)
+            os.kill(svc.run.pid, signal.SIGSTOP)
+        waiting: zmq.Socket[bytes] = context.socket(zmq.DEALER)  # three questions, not read until the end
+        stack.callback(waiting.close, 0)
+        waiting.connect(coral_env.endpoint("agent.sock"))
+        for i in range(3):
+            waiting.send_multipart(wire.encode_request(f"q{i}".encode(), "ListFunctions",
+                                                       pb.ListFunctionsRequest(service=f"stuck-{i}")))
+        own: zmq.Socket[bytes] = context.socket(zmq.REP)  # this test registers itself as a process
+        stack.callback(own.close, 0)
+        address = f"ipc://{coral_env.runtime_dir}/procs/{os.getpid()}.sock"
+        own.bind(address)
+        with Client(coral_env.endpoint("agent.sock"), 10) as agent:
+            assert agent.call("Ping", pb.PingRequest()).daemon == "coral-agentd"  # type: ignore[attr-defined]
+            reg = agent.call("RegisterProcess", pb.RegisterProcessRequest(
+                service="late", pid=os.getpid(), executable=sys.executable, address=address, kind="native"))
+            registration_id = reg.registration_id  # type: ignore[attr-defined]
+            beat = agent.call("ProcessHeartbeat", pb.ProcessHeartbeatRequest(registration_id=registration_id))
+            assert beat.known  # type: ignore[attr-defined]
+            assert not waiting.poll(0), "the questions about hung processes were answered before these"
+            agent.call("UnregisterProcess", pb.UnregisterProcessRequest(registration_id=registration_id))
+
+        done = threading.Event()
+
+        def ask_about_the_hung_ones() -> None:
+            while not done.is_set():
+                for i in range(3):
+                    coralctl(coral_env, "functions", f"stuck-{i}", timeout=30)
+
+        asker = threading.Thread(target=ask_about_the_hung_ones)
+        asker.start()
+        try:
+            attach, _ = start_attach(coral_env, "payments", "validate_card", "--duration", "5s", "--no-save")
+            assert payments.call(10).startswith("done 10 ")
+            out, _ = attach.communicate(timeout=60)
+        finally:
+            done.set()
+            asker.join(timeout=60)
+        summary = json.loads(out.splitlines()[-1])
+        assert (summary["status"], summary["calls"], summary["lost"]) == ("expired", 10, {}), summary
+        sessions = coralctl(coral_env, "--local", "--output", "json", "debug", "sessions").stdout.splitlines()
+        ended = next(s for s in map(json.loads, sessions) if s["session_id"] == summary["session_id"])
+        assert 0 <= ended["ended_unix_ns"] - ended["expires_unix_ns"] <= 1_000_000_000, ended
+        assert f"/proc/{payments.child_pid}/" not in kernel_probes()
+        answers = [wire.decode(waiting.recv_multipart()) for _ in range(3) if waiting.poll(5000)]
+        assert sorted(a.name for a in answers) == ["UNAVAILABLE"] * 3, answers

@@ -87,6 +87,10 @@ class ColonyLink:
             self.dropped += 1  # high-water mark while the colony is away: heartbeats will tell
             return False
 
+    def _reply(self, frames: list[bytes]) -> None:
+        """A reply to the colony, now or later (an attach that waited on processes)."""
+        self._send(frames, time.monotonic())
+
     def send_ready(self, now: float) -> None:
         """READY with the first page of services, SERVICES with the rest."""
         hello = self.hello()
@@ -209,7 +213,7 @@ class ColonyLink:
                 self.dispatcher.bad_frame(exc)  # counted; nothing is owed to the colony
                 continue
             if frame.command == wire.Command.REQUEST:
-                self._send(self.dispatcher.handle(frame, COLONY_PEER), now)
+                self.dispatcher.handle(frame, COLONY_PEER, self._reply)
             elif frame.command == wire.Command.DISCONNECT:
                 # The colony does not know us (it restarted): announce again.
                 self.connected = True

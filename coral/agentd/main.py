@@ -1,6 +1,7 @@
-"""coral-agentd: one per host. Local REP API on ipc, worker link to the
-colony, BCC uprobes, events in agent.duckdb. One thread, one loop:
-poll sockets -> drain the ring buffer -> flush batches -> expire -> heartbeats."""
+"""coral-agentd: one per host. Local ROUTER API on ipc, worker link to the
+colony, BCC uprobes, events in agent.duckdb. One thread, one loop that never
+waits for a process: poll sockets -> answers from processes -> drain the
+ring buffer -> flush batches -> expire -> heartbeats."""
 
 from __future__ import annotations
 
@@ -19,16 +20,15 @@ from coral import __version__
 from coral.agentd.colony_link import ColonyLink
 from coral.agentd.engine import TRAP_NS, ProbeEngine, ProbeError
 from coral.agentd.probes import check_bpf_support
+from coral.agentd.process_calls import ProcessCalls
 from coral.agentd.registry import ProcessRegistry, Registration
 from coral.agentd.sessions import SessionManager
 from coral.agentd.store import EventStore
 from coral.agentd.targets import own_function_site
 from coral.daemon import access, curve
-from coral.daemon.client import Client
 from coral.daemon.config import Config
 from coral.daemon.connections import ConnectionCap
-from coral.daemon.errors import CoralError, NotFound, Unavailable
-from coral.daemon.liveness import Breaker
+from coral.daemon.errors import CoralError, NotFound
 from coral.daemon.methods import AGENT_FROM_COLONY_METHODS, AGENT_LOCAL_METHODS, METHODS
 from coral.daemon.paging import services_page
 from coral.daemon.retention import PurgeSchedule, Retention, parse_age, purge_once
@@ -42,7 +42,7 @@ from coral.daemon.runtime import (
     run_daemon,
     unlink_ipc,
 )
-from coral.daemon.server import Dispatcher, Handler, Peer, serve_rep_once
+from coral.daemon.server import Dispatcher, Handler, Later, Peer, serve_router
 from coral.proto import coral_pb2 as pb
 
 log = logging.getLogger("coral.agentd")
@@ -50,14 +50,15 @@ log = logging.getLogger("coral.agentd")
 # Local requests the colony's audit log records when they succeed (any refusal is recorded).
 AUDITED_LOCAL = frozenset({"AttachUprobe", "DetachUprobe"})
 
-# The loop waits for a process synchronously: keep it well under the colony's
-# dead-agent limit (heartbeat_interval x heartbeat_liveness, 5 s by default).
-PROCESS_TIMEOUT = 1.5
+# Messages served from the local socket in one turn of the loop: the ring
+# buffer, expiry and heartbeats come between two batches.
+LOCAL_BATCH = 100
 # A burst of registrations is one READY (each READY lists every process), and
 # exited processes are looked for twice a second, not on every turn: neither
 # costs more per registration as more processes register.
 ANNOUNCE_EVERY = 0.1
 PRUNE_EVERY = 0.5
+SETTLE_AT_STOP = 1.0  # seconds the stopping agent gives processes to answer its last disarms
 
 
 class Agent:
@@ -73,9 +74,11 @@ class Agent:
         self.store = EventStore(config.agent_state_dir / "agent.duckdb")
         self.engine = ProbeEngine(config.sessions.ring_buffer_pages, config.sessions.string_bytes)
         self._calibrate()
-        self.sessions = SessionManager(config, self.agent_id, self.registry, self.store, self._ask_process, self.engine)
-        self._process_clients: dict[str, Client] = {}
-        self._breakers: dict[str, Breaker] = {}  # by process address
+        self.calls = ProcessCalls(self.context, config.limits.max_message_bytes)
+        self.sessions = SessionManager(config, self.agent_id, self.registry, self.store,
+                                       lambda reg, method, request, answer: self.calls.ask(
+                                           reg, method, request, answer, time.monotonic()),
+                                       self.engine)
         self.counters: dict[str, int] = {}
         self.retention = Retention(parse_age(config.agent.retention))
         self.purges = PurgeSchedule(config.agent.purge_interval)
@@ -83,7 +86,7 @@ class Agent:
             "Ping": self.ping,
             "ListServices": self.list_services,
             "ListFunctions": self.list_functions,
-            "AttachUprobe": lambda r, p: pb.AttachUprobeResponse(session=self.sessions.attach(r, p.who)),
+            "AttachUprobe": lambda r, p: self.sessions.attach(r, p.who),
             "DetachUprobe": lambda r, p: pb.DetachUprobeResponse(session=self.sessions.detach(r.session_id)),
             "QueryUprobeEvents": self.query_events,
             "ListDebugSessions": lambda r, p: self.sessions.list(r),
@@ -129,6 +132,8 @@ class Agent:
         counters["colony.dropped"] = self.link.dropped
         counters["connections.cut"] = self.cap.total_cut if self.cap is not None else 0
         counters.update(self.counters)
+        counters.update(self.calls.counters)
+        counters.update(self.sessions.counters)
         counters.update({f"kernel.{k}": v for k, v in self.engine.global_counters().items()})
         counters["kernel.attached_probes"] = self.engine.attachment_count
         counters["kernel.trap_ns"] = self.engine.trap_ns
@@ -194,43 +199,17 @@ class Agent:
             )
         return instances[0]
 
-    def _ask_process(self, reg: Registration, method: str, request: Message) -> Message:
-        """One request to a registered process, waiting PROCESS_TIMEOUT at most.
-        A process that did not answer is not asked again until its breaker's
-        cooldown has passed: a stream of questions about a hung process costs
-        the loop one timeout, not one each."""
-        now = time.monotonic()
-        breaker = self._breakers.setdefault(reg.address, Breaker())
-        if not breaker.closed(now):
-            self.counters["process_asks.refused"] = self.counters.get("process_asks.refused", 0) + 1
-            raise Unavailable(f"process {reg.pid} of service {reg.service!r} did not answer at {reg.address} "
-                              f"(not asked again for {breaker.open_until - now:.0f}s)")
-        client = self._process_clients.get(reg.address)
-        if client is None:
-            client = Client(reg.address, PROCESS_TIMEOUT, self.context, self.config.limits.max_message_bytes)
-            self._process_clients[reg.address] = client
-        try:
-            reply = client.call(method, request)
-        except Unavailable:
-            self.counters["process_asks.timed_out"] = self.counters.get("process_asks.timed_out", 0) + 1
-            cooldown = breaker.failed(time.monotonic())
-            log.warning("process %d of service %r did not answer %s within %gs; not asked again for %gs",
-                        reg.pid, reg.service, method, PROCESS_TIMEOUT, cooldown)
-            raise Unavailable(f"process {reg.pid} of service {reg.service!r} did not answer at {reg.address}") from None
-        breaker.answered()
-        return reply
-
-    def list_functions(self, req: pb.ListFunctionsRequest, peer: Peer) -> Message:
-        return self._ask_process(self._instance(req.service), "ListFunctions", req)
+    def list_functions(self, req: pb.ListFunctionsRequest, peer: Peer) -> Later:
+        later = Later()
+        self.calls.ask(self._instance(req.service), "ListFunctions", req, later.resolve, time.monotonic())
+        return later
 
     def register_process(self, req: pb.RegisterProcessRequest, peer: Peer) -> pb.RegisterProcessResponse:
         previous = self.registry.by_pid(req.pid)
         reg = self.registry.register(req, peer)
         if previous is not None and previous.address != reg.address:  # re-registered elsewhere: drop the old link
-            client = self._process_clients.pop(previous.address, None)
-            if client is not None:
-                client.close()
-        self._breakers.pop(reg.address, None)  # a new registration is asked afresh
+            self.calls.forget(previous.address, f"process {previous.pid} registered again at {reg.address}")
+        self.calls.forget(reg.address, f"process {reg.pid} registered again")  # a new registration is asked afresh
         log.info("registered %s pid %d (%s) at %s", reg.service, reg.pid, reg.kind, reg.address)
         self._changes[reg.pid] = reg
         return pb.RegisterProcessResponse(
@@ -250,10 +229,7 @@ class Agent:
 
     def _forget(self, reg: Registration) -> None:
         log.info("unregistered %s pid %d", reg.service, reg.pid)
-        client = self._process_clients.pop(reg.address, None)
-        if client is not None:
-            client.close()
-        self._breakers.pop(reg.address, None)
+        self.calls.forget(reg.address, f"process {reg.pid} of service {reg.service!r} is no longer registered")
         # Its SDK may have had no chance to (SIGTERM, SIGKILL): only a socket of the registrant's own uid.
         remove_process_socket(self.config.process_socket_dir, reg.address, reg.uid)
         if self.registry.by_pid(reg.pid) is None:  # not replaced by a new registration of the same pid
@@ -299,9 +275,17 @@ class Agent:
 
     # ---------------------------------------------------------------- loop
 
+    def _poll_ms(self, now: float) -> int:
+        """Until the next turn: the poll interval, or a question's deadline if sooner."""
+        wait = self.config.agent.poll_interval
+        deadline = self.calls.next_deadline()
+        if deadline is not None:
+            wait = min(wait, max(0.0, deadline - now))
+        return int(wait * 1000)
+
     def run(self, signals: ShutdownSignals, notifier: Notifier) -> None:
         cfg = self.config
-        rep = self.context.socket(zmq.REP)
+        rep = self.context.socket(zmq.ROUTER)
         configure_socket(rep, cfg.limits.max_message_bytes)
         self.cap = ConnectionCap.watch(rep, cfg.agent_endpoint, cfg.limits.max_connections_per_uid,
                                        report=self.on_connections_cut)
@@ -331,14 +315,19 @@ class Agent:
                     poller.register(self.link.socket, zmq.POLLIN)
                 if self.cap is not None:
                     poller.register(self.cap.monitor, zmq.POLLIN)
-                ready = dict(poller.poll(int(cfg.agent.poll_interval * 1000)))
+                for sock in self.calls.sockets():
+                    poller.register(sock, zmq.POLLIN)
+                ready = dict(poller.poll(self._poll_ms(time.monotonic())))
                 now = time.monotonic()
                 if self.cap is not None and self.cap.monitor in ready:
                     self.cap.on_readable(now)
                 if rep in ready:
-                    serve_rep_once(rep, self.local)
+                    serve_router(rep, self.local, LOCAL_BATCH)
                 if self.link.socket is not None and self.link.socket in ready:
                     self.link.on_readable(now)
+                for sock in ready:
+                    self.calls.on_readable(sock)  # ignores the sockets that are not a process's
+                self.calls.expire(time.monotonic())
                 self.sessions.collect()
                 if (self.sessions.pending or self.store.holding) and now - last_flush >= cfg.agent.flush_interval:
                     self.sessions.flush(force=False)
@@ -357,12 +346,12 @@ class Agent:
             notifier.stopping()
             log.info("stopping (%s): detaching %d session(s)", signals.signal_name or "shutdown", len(self.sessions.active))
             self.sessions.shutdown()
+            self.calls.settle(SETTLE_AT_STOP)  # the disarms of the sessions just ended, answered or not
             self.link.close()
             if self.cap is not None:
                 self.cap.close(rep)
             rep.close(linger=0)
-            for client in self._process_clients.values():
-                client.close()
+            self.calls.close()
             unlink_ipc(cfg.agent_endpoint)
             self.engine.close()
             self.store.close()

@@ -25,13 +25,15 @@ from coral.agentd.store import CallRow, EventStore, SessionRow
 from coral.agentd.targets import native_sites, python_site
 from coral.agentd.values import int_kind
 from coral.daemon.config import Config
-from coral.daemon.errors import CoralError, InvalidArgument, LimitExceeded, NotFound, ProbeFailed, Unavailable
+from coral.daemon.errors import CoralError, Internal, InvalidArgument, LimitExceeded, NotFound, ProbeFailed, Unavailable
+from coral.daemon.server import Later
 from coral.proto import coral_pb2 as pb
 from coral.redact import Rules
 
 log = logging.getLogger(__name__)
 
-AskProcess = Callable[[Registration, str, Any], Any]  # (process, method, request) -> response
+# (process, method, request, answer): never waits; `answer` gets the response or the CoralError, later.
+AskProcess = Callable[[Registration, str, Any, Callable[[Any], None]], None]
 
 ACTIVE, EXPIRED, DETACHED, FAILED = "active", "expired", "detached", "failed"
 DEFAULT_PAGE, MAX_PAGE = 500, 5000
@@ -111,6 +113,24 @@ class Session:
         )
 
 
+@dataclass
+class Starting:
+    """An attach waiting on its instances' answers (one Target, or the
+    reason it has none, per instance, in the registry's order)."""
+
+    session_id: str
+    req: pb.AttachUprobeRequest
+    owner: str
+    duration_ms: int
+    events_limit: int
+    targets: list[Target | None]
+    waiting: int  # instances yet to answer
+    unanswered: list[Unavailable] = field(default_factory=list)
+    refused: CoralError | None = None  # the first refusal other than UNAVAILABLE: the attach fails
+    cancelled: bool = False  # the agent is stopping
+    later: Later = field(default_factory=Later)
+
+
 class SessionManager:
     def __init__(self, config: Config, agent_id: str, registry: ProcessRegistry, store: EventStore,
                  ask: AskProcess, engine: ProbeEngine) -> None:
@@ -121,6 +141,8 @@ class SessionManager:
         self.ask = ask
         self.engine = engine
         self.active: dict[str, Session] = {}
+        self.starting: dict[str, Starting] = {}  # attaches waiting on their processes
+        self.counters: Counter[str] = Counter()
         self._by_slot: dict[int, Session] = {}
         self._pending: list[list[object]] = [[] for _ in range(8)]  # CallRow's fields, as columns
         self._seq = store.next_seq()
@@ -134,13 +156,17 @@ class SessionManager:
 
     # ------------------------------------------------------------ attach
 
-    def attach(self, req: pb.AttachUprobeRequest, owner: str = "") -> pb.DebugSession:
+    def attach(self, req: pb.AttachUprobeRequest, owner: str = "") -> Later:
+        """Check the request now, ask every instance of the service at once,
+        and answer (the Later, with an AttachUprobeResponse) when the last has
+        answered or missed its deadline: the agent serves everything else meanwhile."""
         duration_ms = self.config.sessions.session_duration_ms(req.duration_ms)
         if not req.function:
             raise InvalidArgument("a function name is required")
         limit = self.config.sessions.max_sessions_per_agent
-        if len(self.active) >= limit:
-            raise LimitExceeded(f"agent {self.agent_id} already runs {len(self.active)} sessions (limit {limit})")
+        running = len(self.active) + len(self.starting)
+        if running >= limit:
+            raise LimitExceeded(f"agent {self.agent_id} already runs {running} sessions (limit {limit})")
         events_limit = self.config.sessions.max_events_per_session
         if req.config.max_events > events_limit:
             raise InvalidArgument(f"max_events {req.config.max_events} exceeds this agent's limit of {events_limit} "
@@ -148,84 +174,136 @@ class SessionManager:
         if req.session_id and (len(req.session_id) > 64 or not req.session_id.isprintable()):
             raise InvalidArgument("session id must be up to 64 printable characters")
         session_id = req.session_id or f"dbg-{secrets.token_hex(6)}"
-        if session_id in self.active:
+        if session_id in self.active or session_id in self.starting:
             raise InvalidArgument(f"session {session_id} already exists")
         instances = self.registry.instances(req.service)
         if not instances:
             known = self.registry.services()
             raise NotFound(f"service {req.service!r} is not registered on agent {self.agent_id}"
                            + (f" (registered: {', '.join(known)})" if known else " (no services registered)"), known)
-        targets: list[Target] = []
-        unanswered: list[Unavailable] = []  # each instance has its own deadline; the others go on
-        try:
-            for reg in instances:
-                try:
-                    targets.append(self._target(reg, req))
-                except Unavailable as exc:
-                    log.warning("session %s: left out %s", session_id, exc.message)
-                    unanswered.append(exc)
-            if not targets:
-                raise unanswered[0]
-            first = targets[0].meta
-            if req.config.predicate and first.kind == "python":
-                raise InvalidArgument("--where applies to native functions' integer arguments only")
-            slot_config = SlotConfig(
-                sample_rate=req.config.sample_rate or 1, capture_args=req.config.capture_args,
-                capture_return=req.config.capture_return, min_duration_ns=req.config.min_duration_ns,
-                fn_id=targets[0].fn_id, str_args=abi.string_registers(first) if req.config.capture_args else (-1, -1),
-                predicate=parse_predicate(req.config.predicate, first),
-            )
-            try:
-                slot = self.engine.open_slot(slot_config, [s for t in targets for s in t.sites],
-                                             self.config.sessions.cpu_budget_ns)
-            except ProbeError as exc:
-                raise ProbeFailed(str(exc)) from None
-        except Exception:
-            self._disarm(targets)
-            raise
-        now, mono = time.time_ns(), time.monotonic_ns()
-        self.engine.set_expiry(slot, mono + duration_ms * 1_000_000)  # the kernel keeps the end, too
-        session = Session(
-            session_id=session_id, service=req.service, function=req.function, config=req.config, started_ns=now,
-            expires_ns=now + duration_ms * 1_000_000, slot=slot, targets=targets,
-            max_events=min(req.config.max_events, events_limit) if req.config.max_events else events_limit,
-            owner=owner, unanswered=[e.message for e in unanswered],
-        )
-        self.active[session_id] = session
-        self._by_slot[slot] = session
-        self.store.save_session(session.to_row(SlotStats()))
-        log.info("session %s: %s %s on pids %s for %gs (slot %d)", session_id, req.service, req.function,
-                 session.pids, duration_ms / 1000, slot)
-        return self.describe(session)
+        start = Starting(session_id, req, owner, duration_ms, events_limit, [None] * len(instances), len(instances))
+        self.starting[session_id] = start
+        for index, reg in enumerate(instances):
+            self._ask_metadata(start, index, reg)
+        return start.later
 
-    def _target(self, reg: Registration, req: pb.AttachUprobeRequest) -> Target:
-        try:
-            reply = self.ask(reg, "GetFunctionMetadata", pb.GetFunctionMetadataRequest(function=req.function))
-        except NotFound as exc:
-            hint = (f"; closest: {', '.join(exc.suggestions)}" if exc.suggestions
-                    else f"; list them with: coralctl functions {reg.service}")
-            raise NotFound(f"function {req.function!r} not found in service {reg.service!r} (pid {reg.pid}){hint}",
-                           exc.suggestions) from None
-        meta = cast(pb.GetFunctionMetadataResponse, reply).metadata
-        if meta.kind != "python":
-            return Target(reg, meta, native_sites(reg.pid, reg.executable, meta))
+    def _ask_metadata(self, start: Starting, index: int, reg: Registration) -> None:
+        function = start.req.function
+
+        def on_metadata(result: Any) -> None:
+            if isinstance(result, NotFound):
+                hint = (f"; closest: {', '.join(result.suggestions)}" if result.suggestions
+                        else f"; list them with: coralctl functions {reg.service}")
+                result = NotFound(f"function {function!r} not found in service {reg.service!r} (pid {reg.pid}){hint}",
+                                  result.suggestions)
+            if isinstance(result, CoralError):
+                self._answered(start, index, result)
+                return
+            meta = cast(pb.GetFunctionMetadataResponse, result).metadata
+            if meta.kind == "python":
+                self._ask_arm(start, index, reg)
+                return
+            try:
+                self._answered(start, index, Target(reg, meta, native_sites(reg.pid, reg.executable, meta)))
+            except CoralError as exc:
+                self._answered(start, index, exc)
+
+        self.ask(reg, "GetFunctionMetadata", pb.GetFunctionMetadataRequest(function=function), on_metadata)
+
+    def _ask_arm(self, start: Starting, index: int, reg: Registration) -> None:
+        req = start.req
         fn_id = self._fn_ids.setdefault(req.function, next(self._fn_id_source))
-        users, args, ret = self._arms.get((reg.pid, req.function), (0, False, False))
+        key = (reg.pid, req.function)
+        users, args, ret = self._arms.get(key, (0, False, False))
         # Build what any session of this function shows; each session shows only what it asked for.
         capture = pb.UprobeConfig(capture_args=args or req.config.capture_args, capture_return=ret or req.config.capture_return)
-        armed = cast(pb.ArmFunctionResponse, self.ask(
-            reg, "ArmFunction", pb.ArmFunctionRequest(function=req.function, fn_id=fn_id, config=capture)))
-        self._arms[(reg.pid, req.function)] = (users + 1, capture.capture_args, capture.capture_return)
-        target = Target(reg, armed.metadata, [], fn_id, req.function)
+        self._arms[key] = (users + 1, capture.capture_args, capture.capture_return)  # counted now: asks overlap
+        target = Target(reg, pb.FunctionMetadata(), [], fn_id, req.function)
+
+        def on_armed(result: Any) -> None:
+            if isinstance(result, CoralError):
+                self._disarm([target])
+                self._answered(start, index, result)
+                return
+            target.meta = cast(pb.ArmFunctionResponse, result).metadata
+            try:
+                target.sites = [python_site(reg.pid, reg.executable, target.meta)]
+            except CoralError as exc:
+                self._disarm([target])
+                self._answered(start, index, exc)
+                return
+            self._answered(start, index, target)
+
+        self.ask(reg, "ArmFunction", pb.ArmFunctionRequest(function=req.function, fn_id=fn_id, config=capture), on_armed)
+
+    def _answered(self, start: Starting, index: int, outcome: Target | CoralError) -> None:
+        """One instance is done; the last one opens the session."""
+        if isinstance(outcome, Target):
+            if start.cancelled:
+                self._disarm([outcome])
+                return
+            start.targets[index] = outcome
+        elif isinstance(outcome, Unavailable):
+            log.warning("session %s: left out %s", start.session_id, outcome.message)
+            start.unanswered.append(outcome)
+        elif start.refused is None:
+            start.refused = outcome
+        start.waiting -= 1
+        if start.waiting or start.cancelled:
+            return
+        del self.starting[start.session_id]
+        targets = [t for t in start.targets if t is not None]
         try:
-            target.sites = [python_site(reg.pid, reg.executable, armed.metadata)]
-        except CoralError:
-            self._disarm([target])
-            raise
-        return target
+            start.later.resolve(pb.AttachUprobeResponse(session=self.describe(self._open(start, targets))))
+        except CoralError as exc:
+            self._disarm(targets)
+            start.later.resolve(exc)
+        except Exception as exc:
+            log.error("session %s: could not open", start.session_id, exc_info=exc)
+            self._disarm(targets)
+            start.later.resolve(Internal("internal error; see the daemon's log"))
+
+    def _open(self, start: Starting, targets: list[Target]) -> Session:
+        """Every instance has answered: probe those that could be, in one slot."""
+        req = start.req
+        if start.refused is not None:
+            raise start.refused
+        if not targets:
+            raise start.unanswered[0]
+        first = targets[0].meta
+        if req.config.predicate and first.kind == "python":
+            raise InvalidArgument("--where applies to native functions' integer arguments only")
+        slot_config = SlotConfig(
+            sample_rate=req.config.sample_rate or 1, capture_args=req.config.capture_args,
+            capture_return=req.config.capture_return, min_duration_ns=req.config.min_duration_ns,
+            fn_id=targets[0].fn_id, str_args=abi.string_registers(first) if req.config.capture_args else (-1, -1),
+            predicate=parse_predicate(req.config.predicate, first),
+        )
+        try:
+            slot = self.engine.open_slot(slot_config, [s for t in targets for s in t.sites],
+                                         self.config.sessions.cpu_budget_ns)
+        except ProbeError as exc:
+            raise ProbeFailed(str(exc)) from None
+        now, mono = time.time_ns(), time.monotonic_ns()
+        self.engine.set_expiry(slot, mono + start.duration_ms * 1_000_000)  # the kernel keeps the end, too
+        events_limit = start.events_limit
+        session = Session(
+            session_id=start.session_id, service=req.service, function=req.function, config=req.config,
+            started_ns=now, expires_ns=now + start.duration_ms * 1_000_000, slot=slot, targets=targets,
+            max_events=min(req.config.max_events, events_limit) if req.config.max_events else events_limit,
+            owner=start.owner, unanswered=[e.message for e in start.unanswered],
+        )
+        self.active[session.session_id] = session
+        self._by_slot[slot] = session
+        self.store.save_session(session.to_row(SlotStats()))
+        log.info("session %s: %s %s on pids %s for %gs (slot %d)", session.session_id, req.service, req.function,
+                 session.pids, start.duration_ms / 1000, slot)
+        return session
 
     def _disarm(self, targets: list[Target]) -> None:
-        """A session is done with its Python targets: disarm those no other session uses."""
+        """A session is done with its Python targets: disarm those no other
+        session uses. Not waited for: a process that does not take it keeps
+        the function wrapped, with no probe attached, until it registers again."""
         for t in targets:
             if not t.fn_id:
                 continue
@@ -234,10 +312,13 @@ class SessionManager:
             if users > 1:
                 self._arms[key] = (users - 1, args, ret)
                 continue
-            try:
-                self.ask(t.reg, "DisarmFunction", pb.DisarmFunctionRequest(fn_id=t.fn_id))
-            except CoralError as exc:  # the process may be gone; its wrapper went with it
-                log.debug("disarm %s in pid %d: %s", t.function, t.reg.pid, exc.message)
+
+            def on_disarmed(result: Any, t: Target = t) -> None:
+                if isinstance(result, CoralError):  # the process may be gone; its wrapper went with it
+                    self.counters["process_asks.disarm_failed"] += 1
+                    log.info("disarm %s in pid %d: %s", t.function, t.reg.pid, result.message)
+
+            self.ask(t.reg, "DisarmFunction", pb.DisarmFunctionRequest(fn_id=t.fn_id), on_disarmed)
 
     # ----------------------------------------------------------- collect
 
@@ -352,6 +433,11 @@ class SessionManager:
         return self.session(session_id)
 
     def shutdown(self) -> None:
+        for start in list(self.starting.values()):
+            start.cancelled = True
+            self._disarm([t for t in start.targets if t is not None])
+            start.later.resolve(Unavailable(f"agent {self.agent_id} is stopping"))
+        self.starting.clear()
         for session in list(self.active.values()):
             self._end(session, FAILED, "agent stopped")
 

@@ -14,6 +14,10 @@ class CoralError(Exception):
         self.suggestions = list(suggestions or [])
 
 
+class Internal(CoralError):
+    """A bug in a handler: the daemon logged its traceback; the peer is told only that."""
+
+
 class BadRequest(CoralError):
     code = "BAD_REQUEST"
 

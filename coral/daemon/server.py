@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +15,7 @@ import zmq
 from google.protobuf.message import Message
 
 from coral.daemon import wire
-from coral.daemon.errors import BadRequest, CoralError, UnknownMethod
+from coral.daemon.errors import BadRequest, CoralError, Internal, UnknownMethod
 from coral.daemon.methods import METHODS
 
 log = logging.getLogger(__name__)
@@ -52,15 +52,42 @@ def peer_from_address(address: str | None) -> Peer:
     return Peer()
 
 
+class Later:
+    """An answer that comes after the handler has returned: the agent asks a
+    process and serves others meanwhile. Resolved once, with the response or
+    the error; whoever waits for it is told then (or at once if it already is)."""
+
+    def __init__(self) -> None:
+        self._result: Message | CoralError | None = None
+        self._waiter: Callable[[Message | CoralError], None] | None = None
+
+    @property
+    def done(self) -> bool:
+        return self._result is not None
+
+    def resolve(self, result: Message | CoralError) -> None:
+        if self._result is not None:
+            return  # the first answer stands
+        self._result = result
+        if self._waiter is not None:
+            self._waiter(result)
+
+    def then(self, waiter: Callable[[Message | CoralError], None]) -> None:
+        self._waiter = waiter
+        if self._result is not None:
+            waiter(self._result)
+
+
 # A handler takes its method's decoded request message (typed by the method
-# table) and the peer, and returns the response message.
-Handler = Callable[[Any, Peer], Message]
+# table) and the peer, and returns the response message, or a Later for it.
+Handler = Callable[[Any, Peer], Message | Later]
+Send = Callable[[list[bytes]], None]
 
 
 class Dispatcher:
     """Serves one socket's allow-listed methods with plain handlers."""
 
-    def __init__(self, handlers: dict[str, Handler], allowed: Iterable[str],
+    def __init__(self, handlers: Mapping[str, Handler], allowed: Iterable[str],
                  authorize: Callable[[str, Message, Peer], None] | None = None,
                  outcome: Callable[[str, bytes, Peer, str, str], None] | None = None) -> None:
         allowed = frozenset(allowed)
@@ -72,28 +99,41 @@ class Dispatcher:
         self.outcome = outcome  # told (method, body, peer, "OK" or an error code, message) of every request
         self.counters: collections.Counter[str] = collections.Counter()
 
-    def handle(self, frame: wire.Frame, peer: Peer) -> list[bytes]:
-        """Answer one REQUEST frame; never raises for bad input."""
+    def handle(self, frame: wire.Frame, peer: Peer, send: Send) -> None:
+        """Answer one REQUEST frame through `send`: now, or when a Later
+        resolves. Never raises for bad input."""
         self.counters["requests"] += 1
         try:
             response = self.call(frame.name, frame.body, peer)
         except CoralError as err:
-            self.counters[f"errors.{err.code}"] += 1
-            self._tell(frame, peer, err.code, err.message)
-            return wire.encode_error(frame.request_id, err, frame.envelope)
-        except Exception:
-            log.exception("handler for %s failed", frame.name)
-            self.counters["errors.INTERNAL"] += 1
-            self._tell(frame, peer, "INTERNAL", "internal error")
-            return wire.encode_error(frame.request_id, CoralError("internal error; see the daemon's log"), frame.envelope)
+            send(self.answer(frame, peer, err))
+            return
+        except Exception as exc:
+            send(self.answer(frame, peer, self._internal(frame, exc)))
+            return
+        if isinstance(response, Later):
+            self.counters["deferred"] += 1
+            response.then(lambda result: send(self.answer(frame, peer, result)))
+        else:
+            send(self.answer(frame, peer, response))
+
+    def _internal(self, frame: wire.Frame, exc: BaseException) -> CoralError:
+        log.error("handler for %s failed", frame.name, exc_info=exc)
+        return Internal("internal error; see the daemon's log")
+
+    def answer(self, frame: wire.Frame, peer: Peer, result: Message | CoralError) -> list[bytes]:
+        if isinstance(result, CoralError):
+            self.counters[f"errors.{result.code}"] += 1
+            self._tell(frame, peer, result.code, "internal error" if isinstance(result, Internal) else result.message)
+            return wire.encode_error(frame.request_id, result, frame.envelope)
         self._tell(frame, peer, "OK", "")
-        return wire.encode_reply(frame.request_id, response, frame.envelope)
+        return wire.encode_reply(frame.request_id, result, frame.envelope)
 
     def _tell(self, frame: wire.Frame, peer: Peer, outcome: str, detail: str) -> None:
         if self.outcome is not None:
             self.outcome(frame.name, frame.body, peer, outcome, detail)
 
-    def call(self, method: str, body: bytes, peer: Peer) -> Message:
+    def call(self, method: str, body: bytes, peer: Peer) -> Message | Later:
         handler = self.handlers.get(method)
         if handler is None:
             raise UnknownMethod(f"method {method!r} is not served here")
@@ -113,9 +153,9 @@ class Dispatcher:
         return wire.encode_error(exc.request_id or b"?", BadRequest(f"bad frame: {exc.reason}"), envelope)
 
 
-def recv_with_peer(socket: zmq.Socket[bytes]) -> tuple[list[bytes], Peer]:
+def recv_with_peer(socket: zmq.Socket[bytes], flags: int = 0) -> tuple[list[bytes], Peer]:
     """Receive a multipart message and the sender's credentials."""
-    frames = socket.recv_multipart(copy=False)
+    frames = socket.recv_multipart(flags=flags, copy=False)
     address: int | str | None = None
     user: int | str | None = None
     try:
@@ -139,4 +179,42 @@ def serve_rep_once(rep: zmq.Socket[bytes], dispatcher: Dispatcher) -> None:
     except wire.FrameError as exc:
         rep.send_multipart(dispatcher.bad_frame(exc)[1:])
         return
-    rep.send_multipart(dispatcher.handle(frame, peer)[1:])
+    replies: list[list[bytes]] = []
+    dispatcher.handle(frame, peer, replies.append)
+    if not replies:  # a handler here must answer at once
+        replies.append(dispatcher.answer(frame, peer, Internal(f"{frame.name} did not answer at once")))
+    rep.send_multipart(replies[0][1:])
+
+
+def serve_router(router: zmq.Socket[bytes], dispatcher: Dispatcher, batch: int) -> int:
+    """Serve up to `batch` waiting messages on a ROUTER socket; a reply that
+    comes later (a Later) goes out on the same socket to the same peer.
+    A reply to a peer that has gone is dropped by ZeroMQ. Returns how many
+    were served."""
+
+    def send(frames: list[bytes]) -> None:
+        try:
+            router.send_multipart(frames, flags=zmq.NOBLOCK)
+        except zmq.ZMQError as exc:  # the peer's queue is full: it is not reading its replies
+            dispatcher.counters["replies_dropped"] += 1
+            log.debug("reply dropped: %s", exc)
+
+    served = 0
+    while served < batch:
+        try:
+            frames, peer = recv_with_peer(router, zmq.NOBLOCK)
+        except zmq.Again:
+            break
+        served += 1
+        identity = frames[0]
+        try:
+            frame = wire.decode(frames)
+            if frame.envelope != (identity,):
+                raise wire.FrameError("routing frames before the delimiter")
+            if frame.command != wire.Command.REQUEST:
+                raise wire.FrameError(f"{frame.command.name} is not served on this socket")
+        except wire.FrameError as exc:
+            send(dispatcher.bad_frame(exc, (identity,)))
+            continue
+        dispatcher.handle(frame, peer, send)
+    return served
