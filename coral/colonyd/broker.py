@@ -31,7 +31,6 @@ from coral.daemon.config import Config
 from coral.daemon.errors import CoralError, NotFound, Unavailable, error_from_code
 from coral.daemon.liveness import is_dead
 from coral.daemon.methods import COLONY_FRONTEND_METHODS, METHODS
-from coral.daemon.paging import services_page
 from coral.daemon.retention import PurgeSchedule, Retention, parse_age, purge_once
 from coral.daemon.server import Peer
 from coral.proto import coral_pb2 as pb
@@ -270,7 +269,7 @@ class Broker:
             )
         if method == "ListServices":
             after = cast(pb.ListServicesRequest, request).after
-            return services_page(self.services(), after, self.config.limits.max_message_bytes // 4)
+            return self.agents.services_page(after, self.config.limits.max_message_bytes // 4)
         if isinstance(request, pb.ListAuditRequest):
             rows, truncated = self.store.audit_rows(request.since_unix_ns, min(request.max_entries or 1000, 10_000))
             return pb.ListAuditResponse(
