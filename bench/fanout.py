@@ -45,8 +45,10 @@ def main() -> int:
     args = ap.parse_args()
     env = CoralEnv.create()
     env.root.mkdir(parents=True, exist_ok=True)
-    env = env.with_config('[agent]\nid = "agent-a"\n')
+    env = env.with_config('[agent]\nid = "agent-a"\n[sessions]\ncpu_budget_percent = 0\n')  # full speed: measured, not cut
     env_b = env.another_agent("agent-b")
+    config_b = Path(env_b.env["CORAL_CONFIG"])
+    config_b.write_text(config_b.read_text() + "[sessions]\ncpu_budget_percent = 0\n")
     binary = build_c(REPO / "examples" / "native" / "payments.c", env.root / "payments")
     colony, agent_a = start_colony(env), start_agent(env, "agentd-a")
     agent_b = start_agent(env_b, "agentd-b")

@@ -1,7 +1,8 @@
 """A per-session CPU budget, enforced in the kernel: a C function called
-in a tight loop on three threads, probed under a budget of 1% of one CPU.
-The kernel stops recording at once, the agent detaches the session as
-failed (budget exceeded), no probe stays, and the program runs on."""
+in a tight loop on three threads, probed under the default budget (10% of
+one CPU). The kernel stops recording at once, the agent detaches the
+session as failed (budget exceeded) with every call it counted until then,
+no probe stays, and the program runs on."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from tests.harness import REPO, CoralEnv, Process, build_c, coralctl, probes_on,
 
 def test_the_budget_is_a_percentage_of_one_cpu_per_second() -> None:
     assert parse_config({"sessions": {"cpu_budget_percent": 2}}, "t").sessions.cpu_budget_ns == 20_000_000
-    assert parse_config({}, "t").sessions.cpu_budget_ns == 0  # no limit unless configured
+    assert parse_config({}, "t").sessions.cpu_budget_ns == 100_000_000  # 10% of one CPU by default
+    assert parse_config({"sessions": {"cpu_budget_percent": 0}}, "t").sessions.cpu_budget_ns == 0  # no limit
     with pytest.raises(ConfigError, match=r"\[sessions\] cpu_budget_percent: must be between 0 and 100, got 150"):
         parse_config({"sessions": {"cpu_budget_percent": 150}}, "t")
 
@@ -48,11 +50,10 @@ class HotService:
         self.run.stop()
 
 
-def test_a_hot_function_over_budget_is_detached_and_the_program_runs_on(coral_env: CoralEnv, bpf: None, tmp_path: Path) -> None:
-    config = tmp_path / "coral.toml"
-    config.write_text("[sessions]\ncpu_budget_percent = 1\n")
-    coral_env.env["CORAL_CONFIG"] = str(config)
-    agent = start_agent(coral_env)
+def test_a_hot_function_over_the_default_budget_is_detached_and_the_program_runs_on(
+    coral_env: CoralEnv, bpf: None, tmp_path: Path
+) -> None:
+    agent = start_agent(coral_env)  # etc/coral.toml: the shipped configuration
     service = HotService(coral_env, build_c(REPO / "bench" / "hot.c", tmp_path / "hot"))
     try:
         assert service.rate() > 0
@@ -60,7 +61,10 @@ def test_a_hot_function_over_budget_is_detached_and_the_program_runs_on(coral_en
         out, _ = attach.communicate(timeout=60)
         summary = json.loads(out.splitlines()[-1])
         assert (summary["status"], summary["status_reason"]) == ("failed", "budget exceeded")
-        assert summary["calls"] > 0  # what it saw before the cut is kept
+        assert summary["calls"] > 0  # what it saw before the cut is kept, every call of it
+        events = coralctl(coral_env, "--local", "--output", "json", "debug", "events", first["session_id"]).stdout
+        stored = sum(1 for line in events.splitlines() if '"event_type":"return"' in line)
+        assert stored + sum(summary["lost"].values()) == summary["calls"], summary
         assert probes_on(service.pid) == []
         sessions = coralctl(coral_env, "--local", "--output", "json", "debug", "sessions")
         (row,) = [json.loads(line) for line in sessions.stdout.splitlines()]
@@ -70,7 +74,7 @@ def test_a_hot_function_over_budget_is_detached_and_the_program_runs_on(coral_en
     finally:
         service.stop()
         agent.stop()
-    assert f"session {first['session_id']}: hot hot went over its CPU budget (1% of one CPU); detached" in agent.output()
+    assert f"session {first['session_id']}: hot hot went over its CPU budget (10% of one CPU); detached" in agent.output()
 
 
 def test_the_agent_measures_what_a_probe_hit_costs_here(coral_env: CoralEnv, agent: Process) -> None:

@@ -8,11 +8,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.harness import REPO, CoralEnv, Process, coralctl, kernel_probes, tool
+from tests.harness import REPO, CoralEnv, Process, coralctl, kernel_probes, start_agent, tool
 
 GOROUTINES = 4000
 DEPTH = 6  # validate recurses: 7 probed calls per goroutine, 512-byte frames
@@ -27,7 +28,19 @@ def go_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def test_go_function_under_thousands_of_growing_goroutines(coral_env: CoralEnv, agent: Process, go_binary: Path) -> None:
+@pytest.fixture
+def full_speed_agent(coral_env: CoralEnv, bpf: None) -> Iterator[Process]:
+    """28,000 calls in about a second are over the default CPU budget (10%
+    of one CPU): this test follows every one of them, so it has none."""
+    coral_env.env["CORAL_CONFIG"] = coral_env.with_config("[sessions]\ncpu_budget_percent = 0\n").env["CORAL_CONFIG"]
+    proc = start_agent(coral_env)
+    yield proc
+    proc.stop()
+
+
+def test_go_function_under_thousands_of_growing_goroutines(
+    coral_env: CoralEnv, full_speed_agent: Process, go_binary: Path
+) -> None:
     run = Process("run-go", [tool("coral-run"), "--service", "gopay", "--", str(go_binary), str(DEPTH)], coral_env,
                   stdin=subprocess.PIPE).wait_ready()
     try:

@@ -45,7 +45,7 @@ class SessionsConfig:
     max_events_per_session: int = 100_000
     ring_buffer_pages: int = 4096
     string_bytes: int = 64
-    cpu_budget_percent: float = 0.0
+    cpu_budget_percent: float = 10.0  # of one CPU; docs/benchmarks.md says why 10
 
     @property
     def cpu_budget_ns(self) -> int:
