@@ -4,8 +4,11 @@ agents (one service each; bench/routing.py's simulator). The baseline, in
 the same run, is a bare Python ROUTER on the same kind of socket that
 answers each request with a fixed reply: what ZeroMQ and Python cost alone.
 
-    .venv/bin/python bench/control.py [--requests 3000] [--repeats 5] [--agents 100]
-"""
+    .venv/bin/python bench/control.py [--requests 3000] [--repeats 5] [--agents 100] [--load 8]
+
+With --load N, Ping is measured once more while N other clients (another
+process) attach and detach as fast as the colony answers them: each of
+those changes a session and writes an audit row."""
 
 from __future__ import annotations
 
@@ -68,10 +71,18 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=3000)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--agents", type=int, default=100)
+    ap.add_argument("--load", type=int, default=8, help="clients attaching and detaching meanwhile (0: none)")
     ap.add_argument("--echo", metavar="ENDPOINT", help=argparse.SUPPRESS)
+    ap.add_argument("--drive", nargs=3, metavar=("ENDPOINT", "AGENTS", "CLIENTS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.echo:
         echo(args.echo)
+        return 0
+    if args.drive:
+        from bench.routing import drive
+
+        signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+        drive(args.drive[0], int(args.drive[1]), int(args.drive[2]), 3600)
         return 0
     env = CoralEnv.create()
     colony = start_colony(env)
@@ -93,6 +104,15 @@ def main() -> int:
             (f"colony ListServices ({args.agents} services)", frontend, "ListServices", pb.ListServicesRequest()),
         ]:
             rows.append(row(name, [round_trips(endpoint, method, request, args.requests) for _ in range(args.repeats)]))
+        if args.load:
+            load = subprocess.Popen([sys.executable, __file__, "--drive", frontend, str(args.agents), str(args.load)])
+            try:
+                time.sleep(1)  # the load is under way
+                runs = [round_trips(frontend, "Ping", pb.PingRequest(), args.requests) for _ in range(args.repeats)]
+                rows.append(row(f"colony Ping while {args.load} clients attach and detach", runs))
+            finally:
+                load.send_signal(signal.SIGTERM)
+                load.wait(timeout=30)
     finally:
         for p in (sim, base):
             p.send_signal(signal.SIGTERM)

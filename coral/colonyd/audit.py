@@ -1,6 +1,7 @@
 """The colony's audit log: every row stamped by the colony, folded past a
 flood allowance, answered value-free reads counted. Rows wait here until
-the loop writes them, before it sends the replies they describe
+the loop hands them to the store's next write; the replies they describe
+go out once it is done
 (docs/security.md, "Audit"; docs/protocol.md, "Audit floods")."""
 
 from __future__ import annotations
@@ -94,11 +95,15 @@ class AuditLog:
             self.reads.clear()
             self.reads_since = now
 
-    def flush(self, final: bool = False) -> None:
-        """Write the rows so far, with the sessions and events the store holds,
-        in one transaction. `final`: at shutdown, every open window is told."""
-        if final:
-            self.tick(time.monotonic(), everything=True)
+    def hand_over(self) -> None:
+        """The rows so far, to the store's next batch."""
         rows, self.rows = self.rows, []
         self.store.audit(rows)
+
+    def flush(self, final: bool = False) -> None:
+        """Write the rows so far, with the sessions and events the store holds,
+        in one transaction, now. `final`: at shutdown, every open window is told."""
+        if final:
+            self.tick(time.monotonic(), everything=True)
+        self.hand_over()
         self.store.flush()

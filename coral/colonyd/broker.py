@@ -95,6 +95,7 @@ class Outgoing:
     socket: str
     frames: list[bytes]
     request_id: bytes = b""  # of a request to an agent: answered at once if it cannot be sent
+    after_write: bool = True  # to a client: sent once the rows written before it are on disk
 
 
 @dataclass
@@ -228,9 +229,11 @@ class Broker:
                 return self._pull(now)
             local = self._answer_locally(method, request, peer)
             if local is not None:
-                if not self.audit.answered_read(peer, method):
+                counted = self.audit.answered_read(peer, method)  # a read with no values: no row of its own to wait for
+                if not counted:
                     self.audit.request(peer, method, request, "OK", "")
-                return [Outgoing("frontend", wire.encode_reply(frame.request_id, local, frame.envelope))]
+                return [Outgoing("frontend", wire.encode_reply(frame.request_id, local, frame.envelope),
+                                 after_write=not counted)]
             targets = self._route(method, request)
         except CoralError as err:
             if method not in COLONY_FRONTEND_METHODS:

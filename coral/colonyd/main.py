@@ -3,6 +3,7 @@ backend for agents; the Broker decides, this loop moves bytes."""
 
 from __future__ import annotations
 
+import collections
 import logging
 import sys
 import time
@@ -62,6 +63,7 @@ class Colony:
         self.frontend = self._socket(config.colony_frontend, curve.FRONTEND)
         self.backend = self._socket(config.colony_backend, curve.BACKEND)
         self._outbox: list[Outgoing] = []
+        self._waiting: collections.deque[tuple[int, Outgoing]] = collections.deque()  # (batch, reply) for a write
 
     def _socket(self, endpoint: str, domain: str) -> zmq.Socket[bytes]:
         """A ROUTER whose queue to each peer holds SEND_QUEUE messages: a
@@ -130,22 +132,43 @@ class Colony:
         self._outbox.extend(messages)
 
     def flush(self) -> None:
-        """Audit rows first, then the replies they describe."""
-        self.broker.audit.flush()
-        messages, self._outbox = self._outbox, []
-        for m in messages:
-            sock = self.frontend if m.socket == "frontend" else self.backend
-            try:
-                sock.send_multipart(m.frames, flags=zmq.NOBLOCK)
-            except zmq.ZMQError as exc:
-                # ROUTER_MANDATORY: the peer went away, or its queue is full.
-                why = "its queue is full" if isinstance(exc, zmq.Again) else "it is gone"
-                self.broker.count(f"unroutable.{m.socket}")
-                (log.warning if m.socket == "backend" else log.debug)("could not send to a %s peer: %s (%s)", m.socket, why, exc)
-                if m.request_id:  # a request for an agent: its client is answered now
-                    self._outbox.extend(self.broker.not_sent(m.request_id, why))
-        if self._outbox:  # answers to requests that could not be sent
-            self.flush()
+        """Audit rows and session states go to the writer thread, one batch
+        at a time (group commit), and the loop serves on. A reply to a client
+        goes out once the rows written before it are on disk; messages to
+        agents, and answers to counted reads (Ping, ListServices,
+        ListDebugSessions), do not wait."""
+        self.store.on_written()
+        while True:
+            self.broker.audit.hand_over()
+            self.store.write_behind()
+            batch = self.store.batch_of_held()
+            messages, self._outbox = self._outbox, []
+            for m in messages:
+                if m.socket == "frontend" and m.after_write:
+                    self._waiting.append((batch, m))
+                else:
+                    self._send_now(m)
+            self._release()
+            if not self._outbox:  # answers to requests that could not be sent
+                return
+
+    def _release(self) -> None:
+        """The replies whose batch is written (or failed and is held again)."""
+        written = self.store.written
+        while self._waiting and self._waiting[0][0] <= written:
+            self._send_now(self._waiting.popleft()[1])
+
+    def _send_now(self, m: Outgoing) -> None:
+        sock = self.frontend if m.socket == "frontend" else self.backend
+        try:
+            sock.send_multipart(m.frames, flags=zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            # ROUTER_MANDATORY: the peer went away, or its queue is full.
+            why = "its queue is full" if isinstance(exc, zmq.Again) else "it is gone"
+            self.broker.count(f"unroutable.{m.socket}")
+            (log.warning if m.socket == "backend" else log.debug)("could not send to a %s peer: %s (%s)", m.socket, why, exc)
+            if m.request_id:  # a request for an agent: its client is answered now
+                self._outbox.extend(self.broker.not_sent(m.request_id, why))
 
     def on_frontend(self, now: float) -> None:
         frames, peer = recv_with_peer(self.frontend)
@@ -204,6 +227,7 @@ class Colony:
             poller.register(monitor, zmq.POLLIN)
         for cap, _ in self.caps:
             poller.register(cap.monitor, zmq.POLLIN)
+        poller.register(self.store.writer_fd(), zmq.POLLIN)  # a write behind has finished
         next_tick = time.monotonic()
         try:
             while not signals.requested:
@@ -242,15 +266,16 @@ class Colony:
         finally:
             notifier.stopping()
             log.info("stopping (%s)", signals.signal_name or "shutdown")
+            self.broker.audit.flush(final=True)  # every write done: the replies waiting for one go out
+            self._release()
             for cap, sock in self.caps:
                 cap.close(sock)
-            self.frontend.close(linger=0)
+            self.frontend.close(linger=200)  # the last replies, released above, leave
             self.backend.close(linger=0)
             if self.zap is not None:
                 self.zap.close(linger=0)
             for monitor in self.monitors:
                 monitor.close(linger=0)
-            self.broker.audit.flush(final=True)
             unlink_ipc(self.config.colony_frontend)
             unlink_ipc(self.config.colony_backend)
             self.store.close()

@@ -1,9 +1,10 @@
 """colony.duckdb: sessions, the events pulled from agents, and the audit
 log. The colony is the only writer.
 
-Writes are held in memory and written together, in one transaction, by
-``flush()``: the colony's loop calls it once per turn, before the replies of
-that turn go out, so no answer precedes what it reports being on disk. While
+Writes are held in memory and written together, in one transaction: by
+``write_behind()`` on the writer thread (the colony's loop goes on, and
+sends the replies that depend on the write once ``written`` says it is
+done), or by ``flush()`` at once. Until then every read sees them. While
 the disk is full, what cannot be written stays held (audit rows and sessions
 in full, events up to a bound) and is written when there is room."""
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,10 @@ import duckdb
 
 from coral.agentd.store import RETRY_INTERVAL, StorageHealth, open_database
 from coral.colonyd.sessions import is_open
+from coral.colonyd.writer import Writer
 from coral.proto import coral_pb2 as pb
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -63,6 +68,18 @@ MAX_HELD_EVENTS = 100_000
 EventRow = tuple[int, str, str, int, int, bytes]  # n, session, agent, seq, end_ns, event
 
 
+@dataclass
+class Batch:
+    """What one transaction writes."""
+
+    audit: list[AuditRow]
+    sessions: dict[str, tuple[pb.DebugSession, bytes]]  # by id: the session and its saved bytes
+    events: list[EventRow]
+
+    def describe(self) -> str:
+        return f"{len(self.audit)} audit row(s), {len(self.sessions)} session(s) and {len(self.events)} event(s)"
+
+
 class ColonyStore:
     def __init__(self, path: Path) -> None:
         self._db = open_database(path, SCHEMA)
@@ -75,57 +92,132 @@ class ColonyStore:
         self._held_events: list[EventRow] = []
         self.events_dropped = 0
         self._last_try = 0.0
+        self._writes = self._db.cursor()  # the writer's own connection: reads on _db go on meanwhile
+        self._writer = Writer()
+        self._inflight: Batch | None = None  # being written by the writer thread
+        self.submitted = 0  # batches handed to the writer so far
+        self.written = 0  # of those, how many have finished (written, or failed and held again)
 
     def close(self) -> None:
         self.flush(force=True)
+        self._writer.close()
+        self._writes.close()
         self._db.close()
 
+    def writer_fd(self) -> int:
+        """Readable when a write behind has finished (call ``on_written``)."""
+        return self._writer.fileno()
+
+    @property
+    def holding(self) -> bool:
+        return bool(self._held_audit or self._held_sessions or self._held_events)
+
+    def batch_of_held(self) -> int:
+        """The batch that will hold what is held now: a reply that reports it
+        goes out once ``written`` reaches this number."""
+        return self.submitted + (1 if self.holding else 0)
+
     def counters(self) -> dict[str, int]:
+        inflight = self._inflight or Batch([], {}, [])
         return {
             "storage.failing": int(bool(self.health.error)),
             "storage.write_failures": self.health.failures,
-            "storage.held_audit_rows": len(self._held_audit),
-            "storage.held_sessions": len(self._held_sessions),
-            "storage.held_events": len(self._held_events),
+            "storage.held_audit_rows": len(self._held_audit) + len(inflight.audit),
+            "storage.held_sessions": len(self._held_sessions.keys() | inflight.sessions.keys()),
+            "storage.held_events": len(self._held_events) + len(inflight.events),
             "storage.events_dropped": self.events_dropped,
+            "storage.batches_written": self.written,
         }
 
-    def flush(self, force: bool = False) -> None:
-        """Write everything held in one transaction. While writes fail, try
-        at most once a second (the loop's tick calls this too)."""
-        if not (self._held_audit or self._held_sessions or self._held_events):
-            return
+    def _take(self, force: bool) -> Batch | None:
+        """What is held, as the next batch; None if nothing is, or while
+        writes fail and the last try was under a second ago."""
+        if self._inflight is not None or not self.holding:
+            return None
         if self.health.error and not force and time.monotonic() - self._last_try < RETRY_INTERVAL:
-            return
+            return None
         self._last_try = time.monotonic()
-        try:
-            self._db.execute("BEGIN TRANSACTION")
-            self._write_held()
-            self._db.execute("COMMIT")
-        except duckdb.Error as exc:
-            with contextlib.suppress(duckdb.Error):  # no transaction left to roll back
-                self._db.execute("ROLLBACK")
-            self.health.failed(
-                exc,
-                f"{len(self._held_audit)} audit row(s), {len(self._held_sessions)} session(s) and "
-                f"{len(self._held_events)} event(s)",
-            )
-            return
+        batch = Batch(self._held_audit, {sid: (s, self._saved[sid]) for sid, s in self._held_sessions.items()},
+                      self._held_events)
         self._held_audit, self._held_sessions, self._held_events = [], {}, []
-        self.health.succeeded()
+        self._inflight = batch
+        self.submitted += 1
+        return batch
 
-    def _write_held(self) -> None:
-        if self._held_audit:
-            columns = [list(c) for c in zip(*(dataclasses.astuple(r) for r in self._held_audit), strict=True)]
-            self._db.execute(
+    def write_behind(self) -> bool:
+        """Hand what is held to the writer thread, if it is idle; True if it was."""
+        batch = self._take(force=False)
+        if batch is None:
+            return False
+        self._writer.submit(lambda: self._write(batch))
+        return True
+
+    def on_written(self, wait: bool = False) -> int:
+        """Take the writer's outcomes: a batch written is done; one that
+        failed is held again, ahead of what came since. Returns ``written``."""
+        for error in self._writer.finished(wait):
+            self._finished(error)
+        return self.written
+
+    def _finished(self, error: BaseException | None) -> None:
+        batch, self._inflight = self._inflight, None
+        self.written += 1
+        if batch is None:
+            return
+        if error is None:
+            self.health.succeeded()
+            return
+        self._held_audit = batch.audit + self._held_audit
+        self._held_events = batch.events + self._held_events
+        for sid, (s, _) in batch.sessions.items():
+            self._held_sessions.setdefault(sid, s)  # a newer copy held since wins
+        if not isinstance(error, duckdb.Error):  # a bug, not the disk: say where, and hold the rows all the same
+            log.error("writing %s failed", batch.describe(), exc_info=error)
+            error = duckdb.Error(f"{type(error).__name__}: {error}")
+        self.health.failed(error, batch.describe())
+
+    def flush(self, force: bool = False) -> None:
+        """Write everything held now, in this thread, after any write behind
+        has finished. While writes fail, try at most once a second unless
+        `force`."""
+        while self._inflight is not None:
+            self.on_written(wait=True)
+        batch = self._take(force)
+        if batch is None:
+            return
+        try:
+            self._write(batch)
+        except duckdb.Error as exc:
+            self._finished(exc)
+            return
+        self._finished(None)
+
+    def _write(self, batch: Batch) -> None:
+        """One transaction on the writer's connection (the writer thread's,
+        or the caller's while the writer is idle)."""
+        db = self._writes
+        try:
+            db.execute("BEGIN TRANSACTION")
+            self._write_batch(db, batch)
+            db.execute("COMMIT")
+        except duckdb.Error:
+            with contextlib.suppress(duckdb.Error):  # no transaction left to roll back
+                db.execute("ROLLBACK")
+            raise
+
+    @staticmethod
+    def _write_batch(db: duckdb.DuckDBPyConnection, batch: Batch) -> None:
+        if batch.audit:
+            columns = [list(c) for c in zip(*(dataclasses.astuple(r) for r in batch.audit), strict=True)]
+            db.execute(
                 "INSERT INTO audit SELECT unnest($1::BIGINT[]), unnest($2::VARCHAR[]), unnest($3::INTEGER[]), "
                 "unnest($4::VARCHAR[]), unnest($5::VARCHAR[]), unnest($6::VARCHAR[]), unnest($7::VARCHAR[]), "
                 "unnest($8::VARCHAR[]), unnest($9::VARCHAR[])",
                 columns,
             )
-        if self._held_sessions:
-            held = list(self._held_sessions.values())
-            self._db.execute(
+        if batch.sessions:
+            held = [s for s, _ in batch.sessions.values()]
+            db.execute(
                 "INSERT OR REPLACE INTO sessions (session_id, service, agent_id, status, expires_ns, started_ns, session, open, "
                 "ended_ns) SELECT unnest($1::VARCHAR[]), unnest($2::VARCHAR[]), unnest($3::VARCHAR[]), unnest($4::VARCHAR[]), "
                 "unnest($5::BIGINT[]), unnest($6::BIGINT[]), unnest($7::BLOB[]), unnest($8::BOOLEAN[]), unnest($9::BIGINT[])",
@@ -136,21 +228,33 @@ class ColonyStore:
                     [s.status for s in held],
                     [s.expires_unix_ns for s in held],
                     [s.started_unix_ns for s in held],
-                    [self._saved[s.session_id] for s in held],
+                    [blob for _, blob in batch.sessions.values()],
                     [is_open(s) for s in held],
                     [s.ended_unix_ns for s in held],
                 ],
             )
-        if self._held_events:
-            columns = [list(c) for c in zip(*self._held_events, strict=True)]
-            self._db.execute(
+        if batch.events:
+            columns = [list(c) for c in zip(*batch.events, strict=True)]
+            db.execute(
                 "INSERT OR IGNORE INTO agent_events SELECT unnest($1::BIGINT[]), unnest($2::VARCHAR[]), unnest($3::VARCHAR[]), "
                 "unnest($4::BIGINT[]), unnest($5::BIGINT[]), unnest($6::BLOB[])",
                 columns,
             )
 
+    def _unwritten_audit(self) -> list[AuditRow]:
+        return (self._inflight.audit if self._inflight else []) + self._held_audit
+
+    def _unwritten_sessions(self) -> dict[str, pb.DebugSession]:
+        """Sessions saved but not yet written: held ones are newer than those being written."""
+        if self._inflight is None:
+            return self._held_sessions
+        return {**{sid: s for sid, (s, _) in self._inflight.sessions.items()}, **self._held_sessions}
+
+    def _unwritten_events(self) -> list[EventRow]:
+        return (self._inflight.events if self._inflight else []) + self._held_events
+
     def audit(self, rows: list[AuditRow]) -> None:
-        """Audit rows, written at the next flush (the colony's loop: this turn)."""
+        """Audit rows, written with the next batch."""
         self._held_audit.extend(rows)
 
     def audit_rows(self, since_ns: int = 0, limit: int = 1000) -> tuple[list[AuditRow], bool]:
@@ -161,7 +265,7 @@ class ColonyStore:
                 "SELECT * FROM audit WHERE ts_ns >= ? ORDER BY ts_ns DESC LIMIT ?", [since_ns, limit + 1]
             ).fetchall()
         ]
-        rows += [r for r in self._held_audit if r.ts_ns >= since_ns]
+        rows += [r for r in self._unwritten_audit() if r.ts_ns >= since_ns]
         rows.sort(key=lambda r: r.ts_ns, reverse=True)
         return list(reversed(rows[:limit])), len(rows) > limit
 
@@ -174,8 +278,9 @@ class ColonyStore:
         self._held_sessions[s.session_id] = pb.DebugSession.FromString(blob)
 
     def session(self, session_id: str) -> pb.DebugSession | None:
-        if session_id in self._held_sessions:
-            return self._held_sessions[session_id]
+        unwritten = self._unwritten_sessions()
+        if session_id in unwritten:
+            return unwritten[session_id]
         row = self._db.execute("SELECT session FROM sessions WHERE session_id = ?", [session_id]).fetchone()
         return pb.DebugSession.FromString(row[0]) if row else None
 
@@ -188,7 +293,7 @@ class ColonyStore:
             sql += " AND status = 'active'"
         rows = self._db.execute(sql + " ORDER BY started_ns", params).fetchall()
         found = {s.session_id: s for s in (pb.DebugSession.FromString(r[0]) for r in rows)}
-        for session_id, s in self._held_sessions.items():  # newer than what is written
+        for session_id, s in self._unwritten_sessions().items():  # newer than what is written
             found.pop(session_id, None)
             if (not service or s.service == service) and (not active_only or s.status == "active"):
                 found[session_id] = s
@@ -213,7 +318,7 @@ class ColonyStore:
         if not events:
             return 0
         self._newest[key] = max(e.seq for e in events)
-        room = max(MAX_HELD_EVENTS - len(self._held_events), 0)
+        room = max(MAX_HELD_EVENTS - len(self._held_events) - len(self._inflight.events if self._inflight else ()), 0)
         if len(events) > room:
             self.events_dropped += len(events) - room
             events = events[:room]
@@ -246,7 +351,7 @@ class ColonyStore:
         if len(rows) < limit:  # then those not written yet (a full disk), which come after
             rows += [
                 (n, blob)
-                for n, sid, _, _, end_ns, blob in self._held_events
+                for n, sid, _, _, end_ns, blob in self._unwritten_events()
                 if sid == session_id and n > after_n
                 and (not since_ns or end_ns >= since_ns)
                 and (not until_ns or end_ns <= until_ns)
@@ -264,8 +369,8 @@ class ColonyStore:
 
     def purge(self, session_ids: list[str]) -> tuple[int, int]:
         """Delete sessions and their events (never audit rows); returns (sessions, events) deleted."""
-        if not session_ids or self._held_sessions.keys() & set(session_ids):
-            return 0, 0  # not while a newer copy of one waits to be written
+        if not session_ids or self._inflight is not None or self._held_sessions.keys() & set(session_ids):
+            return 0, 0  # not beside a write behind, nor while a newer copy of one waits to be written
         try:
             self._db.execute("BEGIN TRANSACTION")
             events = self._db.execute(

@@ -1,0 +1,65 @@
+"""One thread that runs the colony's database writes off its loop, one at a
+time, and tells the loop through a pipe when each is done. The loop keeps
+serving meanwhile; what comes in while a write runs goes into the next one
+(group commit)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import select
+import threading
+from collections import deque
+from collections.abc import Callable
+
+Job = Callable[[], None]
+
+
+class Writer:
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._results: deque[BaseException | None] = deque()  # appended by the thread, taken by the loop
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        self._thread: threading.Thread | None = None
+
+    def fileno(self) -> int:
+        """Readable when a write has finished: for the loop's poller."""
+        return self._read
+
+    def submit(self, job: Job) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="colony-writer", daemon=True)
+            self._thread.start()
+        self._jobs.put(job)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            try:
+                job()
+                outcome: BaseException | None = None
+            except Exception as exc:  # handed to the loop, which decides
+                outcome = exc
+            self._results.append(outcome)
+            os.write(self._write, b"x")
+
+    def finished(self, wait: bool = False) -> list[BaseException | None]:
+        """The outcomes of the writes finished since the last call, in order
+        (None: written). With `wait`, blocks until at least one has finished."""
+        if wait and not self._results:
+            select.select([self._read], [], [])
+        with contextlib.suppress(BlockingIOError):
+            os.read(self._read, 4096)
+        out = []
+        while self._results:
+            out.append(self._results.popleft())
+        return out
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join()
+            self._thread = None
+        os.close(self._read)
+        os.close(self._write)

@@ -1,0 +1,55 @@
+"""colony.duckdb written behind the loop (coral/colonyd/store.py, writer.py):
+what is handed to the writer is read back at once, is on disk once
+`written` says so, and a write that fails is held again, nothing lost.
+A real database in a temporary directory; no sockets."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import duckdb
+
+from coral.colonyd.store import AuditRow, ColonyStore
+from coral.proto import coral_pb2 as pb
+
+
+def row(n: int) -> AuditRow:
+    return AuditRow(time.time_ns(), "uid:0", 1, "AttachUprobe", "svc", "f", f"dbg-{n}", "OK", "")
+
+
+def test_a_write_behind_is_read_back_at_once_and_on_disk_when_written(tmp_path: Path) -> None:
+    store = ColonyStore(tmp_path / "colony.duckdb")
+    store.save_session(pb.DebugSession(session_id="dbg-1", service="svc", status="active", started_unix_ns=1))
+    store.audit([row(1)])
+    assert store.batch_of_held() == 1 and store.written == 0
+    assert store.write_behind()
+    assert not store.write_behind()  # one batch at a time: what comes next waits for the next one
+    store.audit([row(2)])
+    assert store.batch_of_held() == 2
+    assert store.session("dbg-1") is not None  # in flight or written: read back either way
+    assert [r.session_id for r in store.audit_rows()[0]] == ["dbg-1", "dbg-2"]
+    assert store.on_written(wait=True) == 1
+    assert store.write_behind() and store.on_written(wait=True) == 2
+    assert store.counters()["storage.held_audit_rows"] == 0
+    store.close()
+    db = duckdb.connect(str(tmp_path / "colony.duckdb"), read_only=True)
+    assert db.execute("SELECT count(*) FROM audit").fetchone() == (2,)
+    assert db.execute("SELECT session_id FROM sessions").fetchall() == [("dbg-1",)]
+    db.close()
+
+
+def test_a_failed_write_behind_is_held_again_and_still_read(tmp_path: Path) -> None:
+    store = ColonyStore(tmp_path / "colony.duckdb")
+    store._writes.close()  # the writer's connection is gone: every write fails
+    store.save_session(pb.DebugSession(session_id="dbg-1", service="svc", status="active"))
+    store.audit([row(1)])
+    assert store.write_behind()
+    store.audit([row(2)])
+    assert store.on_written(wait=True) == 1  # finished: failed, and held again ahead of what came since
+    counters = store.counters()
+    assert (counters["storage.failing"], counters["storage.held_audit_rows"], counters["storage.held_sessions"]) == (1, 2, 1)
+    assert [r.session_id for r in store.audit_rows()[0]] == ["dbg-1", "dbg-2"]
+    assert store.session("dbg-1") is not None
+    assert not store.write_behind()  # while writes fail, at most one try a second
+    store._writer.close()
