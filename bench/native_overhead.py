@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.report import SUSTAINED_HEADER, sustained_row, table
-from coral.agentd.targets import go_return_offsets
+from coral.agentd.targets import return_offsets
 from coral.daemon.client import Client
 from coral.elfinfo import ElfFunctions
 from coral.proto import coral_pb2 as pb
@@ -86,7 +86,7 @@ class RawProbe:
         elf = ElfFunctions.load(binary)
         self.address, size = elf.symbols[symbol]
         offset = elf.file_offset(self.address)
-        self.rets = [self.address + r - offset for r in go_return_offsets(binary, offset, size)] if go else []
+        self.rets = [self.address + r - offset for r in return_offsets(binary, offset, size)] if go else []
 
     def attach(self) -> None:
         b = self.bpf

@@ -28,19 +28,22 @@
 //   CORAL_MAX_SLOTS, CORAL_HIST_BUCKETS, CORAL_HIST_SUB_BITS (sub-buckets per power of two,
 //     coral/histogram.py), CORAL_STATS (counters per slot)
 //   SITE_ENTRY (first instruction of a function), SITE_GO (... of a Go function: frames
-//     keyed by goroutine), SITE_GO_RET (a RET of a Go function), SITE_PYTHON (the SDK's site)
+//     keyed by goroutine), SITE_GO_RET (a RET of a Go function), SITE_PYTHON (the SDK's site),
+//     SITE_RET (a RET of a native function probed without a uretprobe: C++, Rust)
 //   ST_CALLS (completed calls seen in the kernel), ST_SAMPLED, ST_FILTERED (min duration or
 //     predicate), ST_RINGBUF (ring buffer full), ST_EMITTED (records submitted), ST_MAX_NS,
 //     ST_SUM_NS, ST_UNREADABLE (the process's record could not be read), ST_EXPIRED
-//     (returned after the session's expiry: in no count)
+//     (returned after the session's expiry: in no count); calls that left without returning
+//     (an exception, a panic, longjmp) are counted in unwound_by_slots
 //   G_STACK_FULL (entries not tracked: stack depth exceeded), G_UNPAIRED (returns with no
-//     matching entry), G_STALE (frames dropped: their call left without returning)
+//     matching entry), G_STALE (frames dropped: their call left without returning),
+//     G_UNWOUND_UNCOUNTED (such frames not counted for their sessions: unwound_by_slots full)
 //   EV_NATIVE, EV_PYTHON, EV_PYTHON_TIMING (a Python call with only its timing to show)
 //   PRED_NONE, PRED_EQ, PRED_NE, PRED_LT, PRED_LE, PRED_GT, PRED_GE
 #include <uapi/linux/ptrace.h>
 #include "coral_call.h"
 
-#if !defined(CORAL_STATS) || !defined(ST_EXPIRED) || !defined(PRED_GE) || !defined(EV_PYTHON_TIMING)
+#if !defined(CORAL_STATS) || !defined(G_UNWOUND_UNCOUNTED) || !defined(SITE_RET) || !defined(PRED_GE) || !defined(EV_PYTHON_TIMING)
 #error "compile through coral/agentd/engine.py, which defines the constants shared with Python"
 #endif
 
@@ -351,6 +354,31 @@ static __always_inline u64 go_frame_sp(struct pt_regs *ctx)
     return (1ULL << 62) - (hi - ctx->sp);
 }
 
+// A frame whose call left without returning (an exception, a panic,
+// longjmp): never paired with a return. It is counted by the set of slots
+// that watched it (a frame is one call); the agent adds up, for each slot,
+// the counts of the sets that hold it. A loop over the slots here, inside
+// the loops over frames, is more than the verifier takes.
+BPF_HASH(unwound_by_slots, u64, u64, 4096);
+
+static __always_inline void unwound(struct frame *f)
+{
+    bump_global(G_STALE);
+    u64 key = f->slots & ~stopped_slots();
+    if (!key)
+        return;
+    u64 *count = unwound_by_slots.lookup(&key);
+    if (!count) {
+        u64 zero = 0;
+        unwound_by_slots.insert(&key, &zero);  // fails if another CPU was first: then its entry is there
+        count = unwound_by_slots.lookup(&key);
+    }
+    if (count)
+        __sync_fetch_and_add(count, 1);
+    else
+        bump_global(G_UNWOUND_UNCOUNTED);  // the map is full
+}
+
 static __always_inline void push_frame(struct thread_key *tk, u64 watching, u64 ip, struct pt_regs *ctx, int go)
 {
     struct stack *st = stacks.lookup(tk);
@@ -373,6 +401,21 @@ static __always_inline void push_frame(struct thread_key *tk, u64 watching, u64 
         if (top->func_ip == ip && top->sp == sp)
             return;
     }
+    // A frame at or below this entry's position is dead: its call left
+    // without returning (an exception unwound it), since a live caller's
+    // frame is always above its callee's. One is dropped here (a loop is
+    // more than the verifier takes); the next entry or return drops more.
+    if (depth > 0 && depth <= CORAL_STACK_DEPTH) {
+        struct frame *top = &st->frames[(depth - 1) & (CORAL_STACK_DEPTH - 1)];
+        if (top->sp <= sp) {
+            unwound(top);
+            depth--;
+        }
+    }
+    st->depth = depth;
+    // Read back from the map: the verifier then has one state here, not one
+    // per number of frames dropped above (which multiplies all that follows).
+    depth = *(volatile u32 *)&st->depth;
     if (depth >= CORAL_STACK_DEPTH) {
         bump_global(G_STACK_FULL);  // untracked; its return will find an outer frame and be ignored
         return;
@@ -422,7 +465,7 @@ static __always_inline u64 pop_frame(struct thread_key *tk, u64 entry_sp, u64 fu
         struct frame *f = &st->frames[top];
         if (f->sp < entry_sp) {
             st->depth = top;
-            bump_global(G_STALE);
+            unwound(f);
             continue;
         }
         if (f->sp == entry_sp && (!func_ip || f->func_ip == func_ip))
@@ -495,7 +538,7 @@ static __always_inline int python_call(struct pt_regs *ctx, u64 watching, u64 id
     return 0;
 }
 
-// Attached at every entry site, every Go RET site and every Python site.
+// Attached at every entry site, every RET site (Go, C++, Rust) and every Python site.
 int coral_hit(struct pt_regs *ctx)
 {
     u64 t0 = bpf_ktime_get_ns();
@@ -512,19 +555,24 @@ int coral_hit(struct pt_regs *ctx)
         charge(watching, t0);
         return 0;
     }
-    if (s->flags & (SITE_GO | SITE_GO_RET)) {
-        struct thread_key tk = {.id = id >> 32, .g = ctx->r14};
-        if (s->flags & SITE_GO_RET) {
-            u64 results[3] = {ctx->ax, ctx->bx, ctx->cx};
-            watching = pop_frame(&tk, go_frame_sp(ctx), s->func_ip, results, id);
-        }
-        else
-            push_frame(&tk, watching, key.ip, ctx, 1);
-        charge(watching, t0);
-        return 0;
-    }
+    // Frames per goroutine for Go (R14 holds g), per thread otherwise.
+    int go = (s->flags & (SITE_GO | SITE_GO_RET)) != 0;
     struct thread_key tk = {.id = id, .g = 0};
-    push_frame(&tk, watching, key.ip, ctx, 0);
+    u64 results[3] = {ctx->ax, ctx->dx, 0};  // System V: RAX, RDX
+    if (go) {
+        tk.id = id >> 32;
+        tk.g = ctx->r14;
+        results[1] = ctx->bx;  // Go: RAX, RBX, RCX
+        results[2] = ctx->cx;
+    }
+    if (s->flags & (SITE_GO_RET | SITE_RET)) {
+        // At a RET the stack pointer is back where it was at entry (it points at the return address).
+        u64 sp = go ? go_frame_sp(ctx) : PT_REGS_SP(ctx);
+        watching = pop_frame(&tk, sp, s->func_ip, results, id);
+    } else if (go)
+        push_frame(&tk, watching, key.ip, ctx, 1);  // constant: each copy reads its own ABI's registers
+    else
+        push_frame(&tk, watching, key.ip, ctx, 0);
     charge(watching, t0);
     return 0;
 }
@@ -536,6 +584,7 @@ int coral_return(struct pt_regs *ctx)
     u64 id = bpf_get_current_pid_tgid();
     struct thread_key tk = {.id = id, .g = 0};
     u64 results[3] = {PT_REGS_RC(ctx), ctx->dx, 0};
-    charge(pop_frame(&tk, PT_REGS_SP(ctx) - 8, 0, results, id), t0);
+    u64 watching = pop_frame(&tk, PT_REGS_SP(ctx) - 8, 0, results, id);
+    charge(watching, t0);
     return 0;
 }

@@ -19,6 +19,11 @@ class ElfInfoError(Exception):
     pass
 
 
+# A file that names one of these has frames an unwinder passes through:
+# C++ exceptions, Rust panics (docs/native-targets.md, "How returns are seen").
+PERSONALITY_ROUTINES = frozenset({"__gxx_personality_v0", "rust_eh_personality"})
+
+
 @dataclass(frozen=True)
 class Parameter:
     name: str
@@ -47,6 +52,7 @@ class ElfFunctions:
     segments: list[Segment] = field(default_factory=list)  # (vaddr, filesz, offset) of PT_LOAD
     has_symtab: bool = False
     is_go: bool = False
+    unwinds: bool = False  # names a C++ or Rust personality routine (defined or imported)
     _dwarf_cache: dict[str, DwarfFunction] | None = None
 
     @classmethod
@@ -65,6 +71,9 @@ class ElfFunctions:
                     if not isinstance(section, SymbolTableSection):
                         continue
                     for sym in section.iter_symbols():
+                        if sym.name in PERSONALITY_ROUTINES or sym.name.startswith(
+                                tuple(f"{r}@" for r in PERSONALITY_ROUTINES)):
+                            elf.unwinds = True
                         if (
                             sym["st_info"]["type"] == "STT_FUNC"
                             and sym["st_shndx"] != "SHN_UNDEF"
@@ -97,6 +106,13 @@ class ElfFunctions:
             raise ElfInfoError(f"address {address:#x} is not backed by the file {self.path} (no loadable segment's file "
                                "bytes hold it)")
         return offset
+
+    def fragments(self, name: str) -> list[tuple[int, int]]:
+        """(address, size) of the parts the compiler split off `name` and that
+        may hold its exits: `name.cold` (unlikely paths) and `name.part.N`
+        (the rest of a partly inlined function), from the symbol table."""
+        return [v for n, v in self.symbols.items()
+                if n == f"{name}.cold" or n.startswith((f"{name}.cold.", f"{name}.part."))]
 
     def names(self, pattern: str = "") -> list[str]:
         return sorted(n for n in self.symbols if not pattern or fnmatch.fnmatchcase(n, pattern))

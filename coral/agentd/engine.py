@@ -27,9 +27,9 @@ HIST_BUCKETS = 512
 STAT_NAMES = ("CALLS", "SAMPLED", "FILTERED", "RINGBUF", "EMITTED", "MAX_NS", "SUM_NS", "UNREADABLE", "EXPIRED")
 STATS_PER_SLOT = len(STAT_NAMES)
 ST_CALLS, ST_SAMPLED, ST_FILTERED, ST_RINGBUF, ST_EMITTED, ST_MAX_NS, ST_SUM_NS, ST_UNREADABLE, ST_EXPIRED = range(9)
-GLOBAL_NAMES = ("stack_full", "unpaired_returns", "stale_frames")
+GLOBAL_NAMES = ("stack_full", "unpaired_returns", "stale_frames", "unwound_uncounted")
 
-SITE_ENTRY, SITE_GO, SITE_GO_RET, SITE_PYTHON = 0x1, 0x2, 0x4, 0x8
+SITE_ENTRY, SITE_GO, SITE_GO_RET, SITE_PYTHON, SITE_RET = 0x1, 0x2, 0x4, 0x8, 0x10
 EV_NATIVE, EV_PYTHON, EV_PYTHON_TIMING = 1, 2, 3
 PREDICATE_OPS = {"==": 1, "!=": 2, "<": 3, "<=": 4, ">": 5, ">=": 6}
 PREDICATE_NAMES = {"==": "EQ", "!=": "NE", "<": "LT", "<=": "LE", ">": "GT", ">=": "GE"}
@@ -40,9 +40,10 @@ def bpf_constants() -> dict[str, int]:
     out = {"CORAL_MAX_SLOTS": MAX_SLOTS, "CORAL_HIST_BUCKETS": HIST_BUCKETS, "CORAL_HIST_SUB_BITS": histogram.SUB_BITS,
            "CORAL_STATS": STATS_PER_SLOT,
            "SITE_ENTRY": SITE_ENTRY, "SITE_GO": SITE_GO, "SITE_GO_RET": SITE_GO_RET, "SITE_PYTHON": SITE_PYTHON,
+           "SITE_RET": SITE_RET,
            "EV_NATIVE": EV_NATIVE, "EV_PYTHON": EV_PYTHON, "EV_PYTHON_TIMING": EV_PYTHON_TIMING, "PRED_NONE": 0}
     out.update({f"ST_{name}": i for i, name in enumerate(STAT_NAMES)})
-    out.update({f"G_{name}": i for i, name in enumerate(("STACK_FULL", "UNPAIRED", "STALE"))})
+    out.update({f"G_{name}": i for i, name in enumerate(("STACK_FULL", "UNPAIRED", "STALE", "UNWOUND_UNCOUNTED"))})
     out.update({f"PRED_{PREDICATE_NAMES[op]}": v for op, v in PREDICATE_OPS.items()})
     return out
 
@@ -63,7 +64,7 @@ class Site:
     file_offset: int
     runtime_ip: int  # the instruction's address in the process
     flags: int
-    func_ip: int = 0  # Go RET sites: the function's entry address
+    func_ip: int = 0  # RET sites (Go, C++, Rust): the function's entry address
     uretprobe: bool = False  # native entry sites: also a return probe
     ref_ctr_offset: int = 0  # Python site: the semaphore the kernel raises
 
@@ -116,6 +117,7 @@ class SlotStats:
     histogram: dict[int, int] = field(default_factory=dict)
     unreadable: int = 0
     expired: int = 0  # returned after the session's expiry: in no count, not stored
+    unwound: int = 0  # left by unwinding (an exception, a panic, longjmp): no return, so not in calls
 
 
 class _Libbcc:
@@ -159,6 +161,8 @@ class ProbeEngine:
         self._slot_table = self._bpf["slots"]
         self._stats = self._bpf["stats"]
         self._hist = self._bpf["hist"]
+        self._unwound = self._bpf["unwound_by_slots"]  # slot set -> frames of calls that left without returning
+        self._unwound_base: dict[int, int] = {}  # by slot: what earlier sessions in it left there
         self._globals = self._bpf["globals"]
         self._sample_counts = self._bpf["sample_counts"]
         self._budgets = self._bpf["budgets"]
@@ -186,7 +190,9 @@ class ProbeEngine:
         self._write_budget(slot, budget_ns)
         self._slot_sites[slot] = []
         try:
-            for site in sites:
+            # RET sites before entries, for the same reason as in _add_site;
+            # close_slot releases in the reverse order.
+            for site in sorted(sites, key=lambda s: bool(s.flags & SITE_ENTRY)):
                 self._add_site(slot, site)
         except ProbeError:
             self.close_slot(slot)
@@ -261,17 +267,16 @@ class ProbeEngine:
             return statistics.median(rounds)
 
         bare = per_call()
-        self._acquire(site, retprobe=False)
+        self._acquire(site, retprobe=True)
         try:
-            self._acquire(site, retprobe=True)
+            self._acquire(site, retprobe=False)
             try:
                 probed = per_call()
             finally:
-                self._release(site)
-        except ProbeError:
-            self._release(site, entry_only=True)
-            raise
-        for i in range(len(GLOBAL_NAMES)):  # its returns found no frame: not the kernel counters' business
+                self._release_one(site, retprobe=False)
+        finally:
+            self._release_one(site, retprobe=True)
+        for i in range(len(GLOBAL_NAMES)):  # its frames and returns: not the kernel counters' business
             self._globals[ctypes.c_int(i)] = self._globals.Leaf()
         ns = max(0, int((probed - bare) / 2))
         self.set_trap_ns(ns)
@@ -287,6 +292,10 @@ class ProbeEngine:
         for i in range(HIST_BUCKETS):
             self._hist[ctypes.c_int(slot * HIST_BUCKETS + i)] = self._hist.Leaf()
         self._sample_counts[ctypes.c_int(slot)] = ctypes.c_ulonglong(0)
+        self._unwound_base[slot] = self._unwound_total(slot)
+
+    def _unwound_total(self, slot: int) -> int:
+        return sum(int(count.value) for slots, count in self._unwound.items() if int(slots.value) >> slot & 1)
 
     # ------------------------------------------------------------- sites
 
@@ -308,20 +317,20 @@ class ProbeEngine:
         mask = self._site_masks.get((site.pid, site.runtime_ip), 0) | (1 << slot)
         self._write_site(site, mask)
         self._slot_sites[slot].append(site)
+        # The return probe before the entry: an entry seen before its return
+        # could be would leave a frame that looks unwound.
+        probes = (True, False) if site.uretprobe else (False,)
+        acquired: list[bool] = []
         try:
-            self._acquire(site, retprobe=False)
+            for retprobe in probes:
+                self._acquire(site, retprobe)
+                acquired.append(retprobe)
         except ProbeError:
+            for retprobe in acquired:
+                self._release_one(site, retprobe)
             self._slot_sites[slot].remove(site)
             self._write_site(site, mask & ~(1 << slot))
             raise
-        if site.uretprobe:
-            try:
-                self._acquire(site, retprobe=True)
-            except ProbeError:
-                self._release(site, entry_only=True)
-                self._slot_sites[slot].remove(site)
-                self._write_site(site, mask & ~(1 << slot))
-                raise
 
     def _acquire(self, site: Site, retprobe: bool) -> None:
         key = (site.pid, site.path, site.file_offset, retprobe)
@@ -339,15 +348,19 @@ class ProbeEngine:
                              + (f": errno {err}" if err else ""))
         self._attached[key] = (fd, 1)
 
-    def _release(self, site: Site, entry_only: bool = False) -> None:
-        for retprobe in (False,) if entry_only or not site.uretprobe else (False, True):
-            key = (site.pid, site.path, site.file_offset, retprobe)
-            fd, refs = self._attached.get(key, (-1, 0))
-            if refs > 1:
-                self._attached[key] = (fd, refs - 1)
-            elif refs == 1:
-                del self._attached[key]
-                self._lib.close_fd(fd)
+    def _release(self, site: Site) -> None:
+        """The entry first, then its return probe: calls under way return and pair."""
+        for retprobe in (False, True) if site.uretprobe else (False,):
+            self._release_one(site, retprobe)
+
+    def _release_one(self, site: Site, retprobe: bool) -> None:
+        key = (site.pid, site.path, site.file_offset, retprobe)
+        fd, refs = self._attached.get(key, (-1, 0))
+        if refs > 1:
+            self._attached[key] = (fd, refs - 1)
+        elif refs == 1:
+            del self._attached[key]
+            self._lib.close_fd(fd)
 
     @property
     def attachment_count(self) -> int:
@@ -394,8 +407,9 @@ class ProbeEngine:
             n = int(self._hist.sum(ctypes.c_int(hb + i)).value)
             if n:
                 hist[i] = n
+        unwound = self._unwound_total(slot) - self._unwound_base.get(slot, 0)
         return SlotStats(v[ST_CALLS], v[ST_SAMPLED], v[ST_FILTERED], v[ST_RINGBUF], v[ST_EMITTED], v[ST_MAX_NS],
-                         v[ST_SUM_NS], hist, v[ST_UNREADABLE], v[ST_EXPIRED])
+                         v[ST_SUM_NS], hist, v[ST_UNREADABLE], v[ST_EXPIRED], unwound)
 
     def global_counters(self) -> dict[str, int]:
         return {name: int(self._globals.sum(ctypes.c_int(i)).value) for i, name in enumerate(GLOBAL_NAMES)}

@@ -100,7 +100,7 @@ class Session:
     def to_row(self, stats: SlotStats) -> SessionRow:
         c = self.config
         lost = {"sampled": stats.sampled, "filtered": stats.filtered, "ringbuf_full": stats.ringbuf_full,
-                "unreadable": stats.unreadable, **self.lost}
+                "unreadable": stats.unreadable, "unwound": stats.unwound, **self.lost}
         return SessionRow(
             self.session_id, self.service, self.function, self.pids, self.started_ns, self.expires_ns, self.ended_ns,
             self.status, self.reason,

@@ -3,8 +3,9 @@
 The agent does not take addresses on trust: it finds the executable mapping
 of the file in /proc/PID/maps (by inode), computes the runtime address
 itself, checks in the file's own symbol table that the offset is where a
-function starts, and for Go disassembles the function (capstone) to find
-every RET, so each probe sits on an instruction boundary it has checked."""
+function starts, and for Go, C++ and Rust disassembles the function
+(capstone) to find every RET, so each probe sits on an instruction
+boundary it has checked."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any
 import capstone
 
 from coral import procmaps
-from coral.agentd.engine import SITE_ENTRY, SITE_GO, SITE_GO_RET, SITE_PYTHON, Site
+from coral.agentd.engine import SITE_ENTRY, SITE_GO, SITE_GO_RET, SITE_PYTHON, SITE_RET, Site
 from coral.daemon.errors import InvalidArgument, PermissionDenied
 from coral.elfinfo import ElfFunctions, ElfInfoError
 from coral.proto import coral_pb2 as pb
@@ -66,38 +67,43 @@ def attach_path(pid: int, executable: str, meta: pb.FunctionMetadata) -> str:
 
 
 @functools.lru_cache(maxsize=64)
-def _function_starts(path: str, dev: int, inode: int, mtime_ns: int) -> dict[int, int]:
-    """File offset -> size of every function symbol of one version of a file."""
+def _read_elf(path: str, dev: int, inode: int, mtime_ns: int) -> tuple[ElfFunctions, dict[int, list[str]]]:
+    """One version of a file: its functions, and the names of every
+    function symbol by the file offset where it starts."""
     elf = ElfFunctions.load(path)
-    starts = {}
-    for address, size in elf.symbols.values():
+    starts: dict[int, list[str]] = {}
+    for name, (address, _) in elf.symbols.items():
         try:
-            starts[elf.file_offset(address)] = size
+            starts.setdefault(elf.file_offset(address), []).append(name)
         except ElfInfoError:
             continue
-    return starts
+    return elf, starts
+
+
+def _elf(path: str) -> tuple[ElfFunctions, dict[int, list[str]]]:
+    try:
+        st = os.stat(path)
+        return _read_elf(path, st.st_dev, st.st_ino, st.st_mtime_ns)
+    except OSError as exc:
+        raise PermissionDenied(f"cannot read {path}: {exc.strerror}") from None
+    except ElfInfoError as exc:
+        raise PermissionDenied(str(exc)) from None
 
 
 def checked_function(path: str, file_offset: int) -> int:
     """The agent's own reading of the file: `file_offset` must be where a
     function symbol starts (so it is an instruction boundary). Returns the
     function's size from the symbol table, not from the process."""
-    try:
-        st = os.stat(path)
-        starts = _function_starts(path, st.st_dev, st.st_ino, st.st_mtime_ns)
-    except OSError as exc:
-        raise PermissionDenied(f"cannot read {path}: {exc.strerror}") from None
-    except ElfInfoError as exc:
-        raise PermissionDenied(str(exc)) from None
+    elf, starts = _elf(path)
     if file_offset not in starts:
         raise PermissionDenied(f"offset {file_offset:#x} of {path} is not the start of a function in its symbol table; "
                                "only a function's first instruction is probed")
-    return starts[file_offset]
+    return max(elf.symbols[name][1] for name in starts[file_offset])
 
 
-def go_return_offsets(path: str, file_offset: int, size: int) -> list[int]:
-    """File offsets of every RET in the function (never uretprobes on Go:
-    they corrupt goroutine stacks when those move)."""
+def return_offsets(path: str, file_offset: int, size: int, none_ok: bool = False) -> list[int]:
+    """File offsets of every RET in the `size` bytes at `file_offset`
+    (capstone): where returns are probed when no uretprobe may be."""
     if size <= 0 or size > 1 << 20:
         raise InvalidArgument(f"function size {size} is not plausible")
     with open(path, "rb") as f:
@@ -107,23 +113,50 @@ def go_return_offsets(path: str, file_offset: int, size: int) -> list[int]:
     rets, end = [], 0
     for insn in md.disasm(code, file_offset):
         end = insn.address + insn.size - file_offset
-        if insn.mnemonic in ("ret", "retq"):
+        if insn.mnemonic in ("ret", "retq") or insn.mnemonic.endswith((" ret", " retq")):  # also `repz ret`
             rets.append(insn.address)
     if end != len(code):
         raise InvalidArgument(f"could not disassemble the whole function ({end} of {len(code)} bytes)")
-    if not rets:
+    if not rets and not none_ok:
         raise InvalidArgument("the function has no RET instruction (it never returns, or is a tail call)")
     return rets
 
 
+def unwinding_return_offsets(path: str, file_offset: int, size: int) -> list[int]:
+    """The RETs of a function frames may be unwound through (C++, Rust):
+    its own and those of its `.cold` and `.part` fragments."""
+    elf, starts = _elf(path)
+    rets = return_offsets(path, file_offset, size, none_ok=True)
+    for name in starts.get(file_offset, []):
+        for address, fragment_size in elf.fragments(name):
+            try:
+                rets += return_offsets(path, elf.file_offset(address), fragment_size, none_ok=True)
+            except ElfInfoError:
+                continue
+    if not rets:
+        raise InvalidArgument("the function has no RET instruction, nor have its .cold or .part parts "
+                              "(it never returns, or leaves by a tail call): its calls cannot be timed")
+    return sorted(set(rets))
+
+
 def native_sites(pid: int, executable: str, meta: pb.FunctionMetadata) -> list[Site]:
+    """Where to probe a native function. The return is seen by a uretprobe
+    only where no unwinder passes through the frame (plain C): it rewrites
+    the return address, which C++ exceptions and Rust panics cannot unwind
+    through, and Go moves stacks. There, a uprobe on every RET instead."""
     path = attach_path(pid, executable, meta)
     entry_ip = runtime_address(pid, path, meta.file_offset)
     size = checked_function(path, meta.file_offset)
     if meta.kind == "go":
         sites = [Site(pid, path, meta.file_offset, entry_ip, SITE_ENTRY | SITE_GO)]
-        for ret in go_return_offsets(path, meta.file_offset, size):
+        for ret in return_offsets(path, meta.file_offset, size):
             sites.append(Site(pid, path, ret, entry_ip + (ret - meta.file_offset), SITE_GO_RET, func_ip=entry_ip))
+        return sites
+    elf, _ = _elf(path)
+    if elf.unwinds:
+        sites = [Site(pid, path, meta.file_offset, entry_ip, SITE_ENTRY)]
+        for ret in unwinding_return_offsets(path, meta.file_offset, size):
+            sites.append(Site(pid, path, ret, runtime_address(pid, path, ret), SITE_RET, func_ip=entry_ip))
         return sites
     return [Site(pid, path, meta.file_offset, entry_ip, SITE_ENTRY, uretprobe=True)]
 

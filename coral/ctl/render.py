@@ -239,6 +239,7 @@ LOST_CAUSES = {
     "ringbuf_full": "lost: ring buffer full",
     "max_events": "over --max-events",
     "unreadable": "lost: the process's record could not be read",
+    "unwound": "left by an exception, a panic or longjmp (no return, no duration)",
 }
 
 

@@ -1,0 +1,156 @@
+"""Calls that leave without returning leave the program unharmed. A
+uretprobe rewrites the return address on the stack, and the C++ unwinder
+cannot pass it (the program ends in std::terminate); in a binary that
+links a C++ or Rust personality routine Coral probes every RET of the
+function instead, as it does for Go. Plain C keeps its uretprobe, and
+longjmp out of it is safe. A call that leaves by an exception or longjmp
+is counted as unwound, never paired with another call's return."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.harness import CoralEnv, NativeService, Process, kernel_probes, start_attach
+
+SOURCE = r"""
+// Each input line N: N calls of settle(); every fourth one throws from charge().
+#include <cstdio>
+#include <cstdlib>
+#include <stdexcept>
+
+__attribute__((noinline)) long charge(long cents)
+{
+    if (cents < 0)
+        throw std::invalid_argument("negative amount");
+    return cents * 2;
+}
+
+__attribute__((noinline)) long settle(long cents)
+{
+    return charge(cents) + 1;
+}
+
+int main()
+{
+    char line[64];
+    setvbuf(stdout, nullptr, _IOLBF, 0);
+    while (fgets(line, sizeof line, stdin)) {
+        int n = atoi(line), caught = 0;
+        long sum = 0;
+        for (int i = 0; i < n; i++) {
+            try {
+                sum += settle(i % 4 == 3 ? -1 : i);
+            } catch (const std::invalid_argument &) {
+                caught++;
+            }
+        }
+        printf("done %d caught %d sum %ld\n", n, caught, sum);
+    }
+    return 0;
+}
+"""
+CALLS = 102  # 25 throw; the last two do not, so every unwound frame is found by a later call
+
+
+@pytest.fixture(scope="module", params=["-O0", "-O2"])
+def cpp_binary(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    src = tmp_path_factory.mktemp("cpp") / "settle.cpp"
+    src.write_text(SOURCE)
+    out = src.with_name(f"settle{request.param}")
+    subprocess.run(["g++", "-g", request.param, "-Wall", "-o", str(out), str(src)], check=True)
+    return out
+
+
+def test_exceptions_through_probed_functions_leave_the_program_unharmed(
+    coral_env: CoralEnv, agent: Process, cpp_binary: Path
+) -> None:
+    """Both the throwing function and its caller probed; 102 calls, 25 of
+    them unwound through both frames. The program prints what it prints
+    unprobed, runs on, and each session counts 77 returns and 25 unwound."""
+    expected = subprocess.run([str(cpp_binary)], input=f"{CALLS}\n", capture_output=True, text=True, check=True).stdout
+    assert expected.startswith(f"done {CALLS} caught 25 "), expected
+    svc = NativeService(coral_env, cpp_binary, service="settle")
+    try:
+        sessions = [start_attach(coral_env, "settle", name, "--local", "--duration", "4s", "--no-save")
+                    for name in ("_Z6chargel", "_Z6settlel")]
+        ours = [line for line in kernel_probes().splitlines() if f"/proc/{svc.child_pid}/exe" in line]
+        assert ours and not any("uretprobe" in line for line in ours), ours
+        assert all(first["probes"] >= 2 for _, first in sessions)  # the entry and at least one RET
+        assert svc.call(CALLS) == expected.strip()
+        for attach, first in sessions:
+            out, _ = attach.communicate(timeout=60)
+            summary = json.loads(out.splitlines()[-1])
+            assert (summary["status"], summary["calls"], summary["lost"]) == ("expired", CALLS - 25, {"unwound": 25}), \
+                (first["function"], summary)
+            returns = [json.loads(line) for line in out.splitlines() if '"event_type":"return"' in line]
+            assert len(returns) == CALLS - 25
+        assert svc.run.proc.poll() is None, "the program did not survive"
+        assert svc.call(4) == "done 4 caught 1 sum 9"  # settle(0..2) = 1 + 3 + 5, and one throw
+    finally:
+        svc.stop()
+
+
+LONGJMP = r"""
+// Each input line N: N calls of check(); every fourth one longjmps out of it.
+#include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+static jmp_buf out;
+
+__attribute__((noinline)) long check(long v)
+{
+    if (v % 4 == 3)
+        longjmp(out, 1);
+    return v * 2;
+}
+
+int main(void)
+{
+    char line[64];
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    while (fgets(line, sizeof line, stdin)) {
+        int n = atoi(line);
+        volatile int jumped = 0;
+        volatile long sum = 0;
+        for (volatile int i = 0; i < n; i++) {
+            if (setjmp(out)) {
+                jumped++;
+                continue;
+            }
+            sum += check(i);
+        }
+        printf("done %d jumped %d sum %ld\n", n, jumped, sum);
+    }
+    return 0;
+}
+"""
+
+
+def test_longjmp_out_of_a_probed_c_function_leaves_the_program_unharmed(
+    coral_env: CoralEnv, agent: Process, tmp_path: Path
+) -> None:
+    """Plain C keeps its uretprobe (the kernel drops a return probe whose
+    frame longjmp skipped); the program prints what it prints unprobed, and
+    the jumped-out calls are counted as unwound, none paired wrongly."""
+    src = tmp_path / "jump.c"
+    src.write_text(LONGJMP)
+    binary = tmp_path / "jump"
+    subprocess.run(["gcc", "-g", "-O1", "-Wall", "-o", str(binary), str(src)], check=True)
+    expected = subprocess.run([str(binary)], input=f"{CALLS}\n", capture_output=True, text=True, check=True).stdout
+    assert expected.startswith(f"done {CALLS} jumped 25 "), expected
+    svc = NativeService(coral_env, binary, service="jump")
+    try:
+        attach, _ = start_attach(coral_env, "jump", "check", "--local", "--duration", "3s", "--no-save")
+        assert any("uretprobe" in line for line in kernel_probes().splitlines() if f"/proc/{svc.child_pid}/exe" in line)
+        assert svc.call(CALLS) == expected.strip()
+        out, _ = attach.communicate(timeout=60)
+        summary = json.loads(out.splitlines()[-1])
+        assert (summary["status"], summary["calls"], summary["lost"]) == ("expired", CALLS - 25, {"unwound": 25}), summary
+        assert svc.run.proc.poll() is None, "the program did not survive"
+    finally:
+        svc.stop()
