@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,7 +54,8 @@ class ElfFunctions:
     has_symtab: bool = False
     is_go: bool = False
     unwinds: bool = False  # names a C++ or Rust personality routine (defined or imported)
-    _dwarf_cache: dict[str, DwarfFunction] | None = None
+    _dwarf_cache: dict[str, DwarfFunction] | None = None  # every subprogram by name: read only if needed
+    _dwarf_by_address: dict[int, DwarfFunction | None] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: str) -> ElfFunctions:
@@ -124,7 +126,7 @@ class ElfFunctions:
         if name not in self.symbols:
             return None
         address, size = self.symbols[name]
-        d = self._dwarf().get(name, DwarfFunction())
+        d = self._dwarf_at(address) or self._dwarf().get(name, DwarfFunction())
         return FunctionInfo(name, address, size, self.file_offset(address), d.source_file, d.source_line, d.parameters,
                             d.return_type, d.results)
 
@@ -135,6 +137,12 @@ class ElfFunctions:
         if self._dwarf().get(name, DwarfFunction()).inlined:
             return f"{name} is fully inlined (no out-of-line copy to probe): mark it noinline to debug it"
         return ""
+
+    def _dwarf_at(self, address: int) -> DwarfFunction | None:
+        if address not in self._dwarf_by_address:
+            names = tuple(n for n, (a, _) in self.symbols.items() if a == address)
+            self._dwarf_by_address[address] = read_dwarf_function(self.path, address, names)
+        return self._dwarf_by_address[address]
 
     def _dwarf(self) -> dict[str, DwarfFunction]:
         if self._dwarf_cache is None:
@@ -181,6 +189,102 @@ def _param(die: Any, index: int) -> Parameter:
     name = _attr(die, "DW_AT_name")
     type_name = _type_name(die.get_DIE_from_attribute("DW_AT_type")) if "DW_AT_type" in die.attributes else "?"
     return Parameter(name.decode(errors="replace") if name else f"arg{index}", type_name)
+
+
+def _completes(die: Any) -> Any:
+    """The DIE this one completes: the declaration of a C++ method or Rust
+    function (DW_AT_specification), or the abstract copy of an inlined one
+    (DW_AT_abstract_origin). Names and types often live only there."""
+    for attr in ("DW_AT_specification", "DW_AT_abstract_origin"):
+        if attr in die.attributes:
+            return die.get_DIE_from_attribute(attr)
+    return None
+
+
+def _holder(die: Any, name: str) -> Any:
+    """The DIE that holds attribute `name`: this one, or one it completes."""
+    for _ in range(4):
+        if die is None or name in die.attributes:
+            return die
+        die = _completes(die)
+    return None
+
+
+def _described(die: Any, index: int) -> Parameter:
+    name_die, type_die = _holder(die, "DW_AT_name"), _holder(die, "DW_AT_type")
+    name = _attr(name_die, "DW_AT_name") if name_die is not None else None
+    type_name = _type_name(type_die.get_DIE_from_attribute("DW_AT_type")) if type_die is not None else "?"
+    return Parameter(name.decode(errors="replace") if name else f"arg{index}", type_name)
+
+
+def _cus_at(dwarf: Any, address: int) -> Iterator[Any]:
+    """The compile units that may hold code at `address`: the one
+    .debug_aranges names, else those whose range covers it."""
+    aranges = dwarf.get_aranges()
+    offset = aranges.cu_offset_at_addr(address) if aranges is not None else None
+    if offset is not None:
+        yield dwarf.get_CU_at(offset)
+        return
+    for cu in dwarf.iter_CUs():
+        top = cu.get_top_DIE()
+        low, high = top.attributes.get("DW_AT_low_pc"), top.attributes.get("DW_AT_high_pc")
+        if "DW_AT_ranges" in top.attributes:
+            yield cu  # ranges not read here: the DIEs tell
+        elif low is not None and high is not None:
+            end = high.value if high.form == "DW_FORM_addr" else low.value + high.value
+            if low.value <= address < end:
+                yield cu
+
+
+def _linkage_name(die: Any) -> str:
+    holder = _holder(die, "DW_AT_linkage_name") or _holder(die, "DW_AT_MIPS_linkage_name")
+    if holder is None:
+        return ""
+    value = _attr(holder, "DW_AT_linkage_name") or _attr(holder, "DW_AT_MIPS_linkage_name")
+    return value.decode(errors="replace") if value else ""
+
+
+def read_dwarf_function(path: str, address: int, symbols: tuple[str, ...] = ()) -> DwarfFunction | None:
+    """The DWARF of the function whose code starts at `address` (its
+    symbol's value): the subprogram whose low_pc it is, or, for one split
+    in parts (DW_AT_ranges: a .cold part), whose linkage name is one of its
+    `symbols`. So C++ and Rust functions, whose DWARF names are not their
+    symbols, are found. Only the compile units that may hold it are read (a
+    Rust binary's DWARF takes 6 s to read whole). None when there is none."""
+    try:
+        with open(path, "rb") as f:
+            ef = ELFFile(f)
+            if not ef.has_dwarf_info():
+                return None
+            dwarf = ef.get_dwarf_info()
+            for cu in _cus_at(dwarf, address):
+                for die in cu.iter_DIEs():
+                    if die.tag != "DW_TAG_subprogram":
+                        continue
+                    if _attr(die, "DW_AT_low_pc") == address or (
+                            "DW_AT_ranges" in die.attributes and _linkage_name(die) in symbols):
+                        return _subprogram(dwarf, cu, die)
+    except (OSError, ELFError, KeyError, ValueError) as exc:
+        raise ElfInfoError(f"cannot read DWARF of {path}: {exc}") from None
+    return None
+
+
+def _subprogram(dwarf: Any, cu: Any, die: Any) -> DwarfFunction:
+    formal = [c for c in die.iter_children() if c.tag == "DW_TAG_formal_parameter"]
+    params = tuple(_described(c, i) for i, c in enumerate(formal) if not _attr(c, "DW_AT_variable_parameter"))
+    results = tuple(_described(c, i) for i, c in enumerate(formal) if _attr(c, "DW_AT_variable_parameter"))
+    typed = _holder(die, "DW_AT_type")
+    ret = _type_name(typed.get_DIE_from_attribute("DW_AT_type")) if typed is not None else "void"
+    declared = _holder(die, "DW_AT_decl_file")
+    source, line = "", 0
+    if declared is not None:
+        line_program = dwarf.line_program_for_CU(declared.cu)
+        files = line_program["file_entry"] if line_program else []
+        idx = _attr(declared, "DW_AT_decl_file") - (1 if declared.cu.header["version"] < 5 else 0)
+        if 0 <= idx < len(files):
+            source = files[idx].name.decode(errors="replace")
+        line = _attr(declared, "DW_AT_decl_line", 0)
+    return DwarfFunction(source, line, params, ret, results)
 
 
 def read_dwarf_signatures(path: str) -> dict[str, DwarfFunction]:

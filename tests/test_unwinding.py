@@ -1,6 +1,7 @@
 """Calls that leave without returning leave the program unharmed. A
-uretprobe rewrites the return address on the stack, and the C++ unwinder
-cannot pass it (the program ends in std::terminate); in a binary that
+uretprobe rewrites the return address on the stack, and the unwinder
+cannot pass it (a C++ program ends in std::terminate, a Rust one aborts
+with "failed to initiate panic"); in a binary that
 links a C++ or Rust personality routine Coral probes every RET of the
 function instead, as it does for Go. Plain C keeps its uretprobe, and
 longjmp out of it is safe. A call that leaves by an exception or longjmp
@@ -53,30 +54,75 @@ int main()
     return 0;
 }
 """
+RUST = r"""
+// Each input line N: N calls of settle(); every fourth one panics in charge(), caught by catch_unwind.
+use std::io::BufRead;
+use std::panic;
+
+#[no_mangle]
+#[inline(never)]
+pub fn charge(cents: i64) -> i64 {
+    if cents < 0 {
+        panic!("negative amount");
+    }
+    cents * 2
+}
+
+#[no_mangle]
+#[inline(never)]
+pub fn settle(cents: i64) -> i64 {
+    charge(cents) + 1
+}
+
+fn main() {
+    panic::set_hook(Box::new(|_| {})); // the caught panics print nothing
+    let stdin = std::io::stdin();
+    for line in stdin.lock().lines() {
+        let n: i64 = line.unwrap().trim().parse().unwrap_or(0);
+        let (mut caught, mut sum) = (0, 0i64);
+        for i in 0..n {
+            let v = if i % 4 == 3 { -1 } else { i };
+            match panic::catch_unwind(|| settle(v)) {
+                Ok(r) => sum += r,
+                Err(_) => caught += 1,
+            }
+        }
+        println!("done {} caught {} sum {}", n, caught, sum);
+    }
+}
+"""
 CALLS = 102  # 25 throw; the last two do not, so every unwound frame is found by a later call
 
 
-@pytest.fixture(scope="module", params=["-O0", "-O2"])
-def cpp_binary(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    src = tmp_path_factory.mktemp("cpp") / "settle.cpp"
-    src.write_text(SOURCE)
-    out = src.with_name(f"settle{request.param}")
-    subprocess.run(["g++", "-g", request.param, "-Wall", "-o", str(out), str(src)], check=True)
-    return out
+@pytest.fixture(scope="module", params=["c++ -O0", "c++ -O2", "rust -O0", "rust -O3"])
+def unwinding(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, tuple[str, str]]:
+    """The program built one way, and the symbols of charge() and settle() in it."""
+    language, opt = request.param.split()
+    work = tmp_path_factory.mktemp(language.strip("+"))
+    out = work / f"settle{opt}"
+    if language == "c++":
+        (work / "settle.cpp").write_text(SOURCE)
+        subprocess.run(["g++", "-g", opt, "-Wall", "-o", str(out), str(work / "settle.cpp")], check=True)
+        return out, ("_Z6chargel", "_Z6settlel")
+    (work / "settle.rs").write_text(RUST)
+    subprocess.run(["rustc", "-g", "-C", f"opt-level={opt[2:]}", "-o", str(out), str(work / "settle.rs")], check=True)
+    return out, ("charge", "settle")  # #[no_mangle], still the Rust ABI: panics unwind through them
 
 
-def test_exceptions_through_probed_functions_leave_the_program_unharmed(
-    coral_env: CoralEnv, agent: Process, cpp_binary: Path
+def test_exceptions_and_panics_through_probed_functions_leave_the_program_unharmed(
+    coral_env: CoralEnv, agent: Process, unwinding: tuple[Path, tuple[str, str]]
 ) -> None:
     """Both the throwing function and its caller probed; 102 calls, 25 of
-    them unwound through both frames. The program prints what it prints
-    unprobed, runs on, and each session counts 77 returns and 25 unwound."""
-    expected = subprocess.run([str(cpp_binary)], input=f"{CALLS}\n", capture_output=True, text=True, check=True).stdout
+    them unwound through both frames (a C++ exception, or a Rust panic
+    under catch_unwind). The program prints what it prints unprobed, runs
+    on, and each session counts 77 returns and 25 unwound."""
+    binary, functions = unwinding
+    expected = subprocess.run([str(binary)], input=f"{CALLS}\n", capture_output=True, text=True, check=True).stdout
     assert expected.startswith(f"done {CALLS} caught 25 "), expected
-    svc = NativeService(coral_env, cpp_binary, service="settle")
+    svc = NativeService(coral_env, binary, service="settle")
     try:
         sessions = [start_attach(coral_env, "settle", name, "--local", "--duration", "4s", "--no-save")
-                    for name in ("_Z6chargel", "_Z6settlel")]
+                    for name in functions]
         ours = [line for line in kernel_probes().splitlines() if f"/proc/{svc.child_pid}/exe" in line]
         assert ours and not any("uretprobe" in line for line in ours), ours
         assert all(first["probes"] >= 2 for _, first in sessions)  # the entry and at least one RET
