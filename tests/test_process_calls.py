@@ -102,7 +102,7 @@ def test_a_silent_process_costs_one_deadline_then_is_refused_at_once(context: Co
 
 def test_questions_waiting_on_one_process_are_bounded(context: Context) -> None:
     calls = ProcessCalls(context, 1 << 20)
-    FakeProcess(context, "inproc://slow")
+    slow = FakeProcess(context, "inproc://slow")  # bound, never answers (kept: a collected socket closes)
     got: list[Message | CoralError] = []
     reg = registration(4, "inproc://slow")
     for _ in range(MAX_WAITING + 2):
@@ -110,6 +110,7 @@ def test_questions_waiting_on_one_process_are_bounded(context: Context) -> None:
     assert len(got) == 2 and all(isinstance(g, Unavailable) and "questions waiting already" in g.message for g in got)
     calls.forget("inproc://slow", "process 4 is no longer registered")
     assert len(got) == MAX_WAITING + 2 and str(got[-1]) == "process 4 is no longer registered"
+    slow.rep.close(linger=0)
     calls.close()
     calls.ask(reg, "ListFunctions", pb.ListFunctionsRequest(pattern="x"), got.append, 0.0)
     assert str(got[-1]) == "the agent is stopping"
