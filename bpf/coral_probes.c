@@ -86,11 +86,12 @@ struct frame {
     u64 func_ip;
     u64 slots;
     u64 args[6];
+    u64 at;                          // the stack's `changes` once this frame was pushed
 };
 
 struct stack {
     u32 depth;
-    u32 pad;
+    u32 changes;                     // pushes and pops so far (wraps): was the top frame the last change?
     struct frame frames[CORAL_STACK_DEPTH];
 };
 
@@ -398,8 +399,8 @@ static __always_inline void push_frame(struct thread_key *tk, u64 watching, u64 
         // Go's prologue grows a too-small stack and restarts the function
         // from its first instruction: the same call, not a new one.
         struct frame *top = &st->frames[(depth - 1) & (CORAL_STACK_DEPTH - 1)];
-        if (top->func_ip == ip && top->sp == sp)
-            return;
+        if (top->func_ip == ip && top->sp == sp && top->at == st->changes)
+            return;  // nothing came between: a restart (a frame at the same place after others is dead)
     }
     // A frame at or below this entry's position is dead: its call left
     // without returning (an exception unwound it), since a live caller's
@@ -441,6 +442,8 @@ static __always_inline void push_frame(struct thread_key *tk, u64 watching, u64 
         f->args[4] = PT_REGS_PARM5(ctx);
         f->args[5] = PT_REGS_PARM6(ctx);
     }
+    st->changes++;
+    f->at = st->changes;
     st->depth = depth + 1;
 }
 
@@ -479,6 +482,7 @@ static __always_inline u64 pop_frame(struct thread_key *tk, u64 entry_sp, u64 fu
     u64 now = bpf_ktime_get_ns();
     struct frame *f = &st->frames[found & (CORAL_STACK_DEPTH - 1)];
     st->depth = found;
+    st->changes++;
     u64 watching = f->slots & ~stopped_slots();  // a slot stopped since the entry reports nothing
     finish_native(f, now, results, id, watching);
     return watching;

@@ -10,6 +10,7 @@ is counted as unwound, never paired with another call's return."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -91,10 +92,64 @@ fn main() {
     }
 }
 """
+GO = r"""
+// Each input line N: N calls of settle(); every fourth one panics in charge(), recovered in settleSafe().
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+)
+
+//go:noinline
+func charge(cents int) int {
+	if cents < 0 {
+		panic("negative amount")
+	}
+	return cents * 2
+}
+
+//go:noinline
+func settle(cents int) int {
+	return charge(cents) + 1
+}
+
+func settleSafe(cents int) (r int, ok bool) {
+	defer func() {
+		if recover() != nil {
+			ok = false
+		}
+	}()
+	return settle(cents), true
+}
+
+func main() {
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		n, _ := strconv.Atoi(strings.TrimSpace(in.Text()))
+		caught, sum := 0, 0
+		for i := 0; i < n; i++ {
+			v := i
+			if i%4 == 3 {
+				v = -1
+			}
+			if r, ok := settleSafe(v); ok {
+				sum += r
+			} else {
+				caught++
+			}
+		}
+		fmt.Printf("done %d caught %d sum %d\n", n, caught, sum)
+	}
+}
+"""
 CALLS = 102  # 25 throw; the last two do not, so every unwound frame is found by a later call
 
 
-@pytest.fixture(scope="module", params=["c++ -O0", "c++ -O2", "rust -O0", "rust -O3"])
+@pytest.fixture(scope="module", params=["c++ -O0", "c++ -O2", "rust -O0", "rust -O3", "go -"])
 def unwinding(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, tuple[str, str]]:
     """The program built one way, and the symbols of charge() and settle() in it."""
     language, opt = request.param.split()
@@ -104,6 +159,11 @@ def unwinding(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
         (work / "settle.cpp").write_text(SOURCE)
         subprocess.run(["g++", "-g", opt, "-Wall", "-o", str(out), str(work / "settle.cpp")], check=True)
         return out, ("_Z6chargel", "_Z6settlel")
+    if language == "go":  # its RETs were always probed; a recovered panic discards frames as an exception does
+        (work / "settle.go").write_text(GO)
+        subprocess.run(["go", "build", "-o", str(out), str(work / "settle.go")], check=True,
+                       env={**os.environ, "GOCACHE": str(work / "cache"), "GOPATH": str(work / "path"), "GO111MODULE": "off"})
+        return out, ("main.charge", "main.settle")
     (work / "settle.rs").write_text(RUST)
     subprocess.run(["rustc", "-g", "-C", f"opt-level={opt[2:]}", "-o", str(out), str(work / "settle.rs")], check=True)
     return out, ("charge", "settle")  # #[no_mangle], still the Rust ABI: panics unwind through them
@@ -113,8 +173,8 @@ def test_exceptions_and_panics_through_probed_functions_leave_the_program_unharm
     coral_env: CoralEnv, agent: Process, unwinding: tuple[Path, tuple[str, str]]
 ) -> None:
     """Both the throwing function and its caller probed; 102 calls, 25 of
-    them unwound through both frames (a C++ exception, or a Rust panic
-    under catch_unwind). The program prints what it prints unprobed, runs
+    them unwound through both frames (a C++ exception, a Rust panic under
+    catch_unwind, a Go panic recovered by the caller's caller). The program prints what it prints unprobed, runs
     on, and each session counts 77 returns and 25 unwound."""
     binary, functions = unwinding
     expected = subprocess.run([str(binary)], input=f"{CALLS}\n", capture_output=True, text=True, check=True).stdout
