@@ -3,6 +3,7 @@ and, where DWARF is present, parameter names and types."""
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import fnmatch
 from collections.abc import Iterator
@@ -185,12 +186,6 @@ def _attr(die: Any, name: str, default: Any = None) -> Any:
     return a.value if a is not None else default
 
 
-def _param(die: Any, index: int) -> Parameter:
-    name = _attr(die, "DW_AT_name")
-    type_name = _type_name(die.get_DIE_from_attribute("DW_AT_type")) if "DW_AT_type" in die.attributes else "?"
-    return Parameter(name.decode(errors="replace") if name else f"arg{index}", type_name)
-
-
 def _completes(die: Any) -> Any:
     """The DIE this one completes: the declaration of a C++ method or Rust
     function (DW_AT_specification), or the abstract copy of an inlined one
@@ -251,25 +246,30 @@ def read_dwarf_function(path: str, address: int, symbols: tuple[str, ...] = ()) 
     `symbols`. So C++ and Rust functions, whose DWARF names are not their
     symbols, are found. Only the compile units that may hold it are read (a
     Rust binary's DWARF takes 6 s to read whole). None when there is none."""
-    try:
-        with open(path, "rb") as f:
-            ef = ELFFile(f)
-            if not ef.has_dwarf_info():
-                return None
-            dwarf = ef.get_dwarf_info()
-            for cu in _cus_at(dwarf, address):
-                for die in cu.iter_DIEs():
-                    if die.tag != "DW_TAG_subprogram":
-                        continue
-                    if _attr(die, "DW_AT_low_pc") == address or (
-                            "DW_AT_ranges" in die.attributes and _linkage_name(die) in symbols):
-                        return _subprogram(dwarf, cu, die)
-    except (OSError, ELFError, KeyError, ValueError) as exc:
-        raise ElfInfoError(f"cannot read DWARF of {path}: {exc}") from None
+    with _dwarf_of(path) as dwarf:
+        for cu in _cus_at(dwarf, address) if dwarf is not None else ():
+            for die in cu.iter_DIEs():
+                if die.tag != "DW_TAG_subprogram":
+                    continue
+                if _attr(die, "DW_AT_low_pc") == address or (
+                        "DW_AT_ranges" in die.attributes and _linkage_name(die) in symbols):
+                    return _subprogram(dwarf, die)
     return None
 
 
-def _subprogram(dwarf: Any, cu: Any, die: Any) -> DwarfFunction:
+@contextlib.contextmanager
+def _dwarf_of(path: str) -> Iterator[Any]:
+    """The file's DWARF (None if it has none), readable inside the block;
+    any read error in the block becomes one ElfInfoError."""
+    try:
+        with open(path, "rb") as f:
+            ef = ELFFile(f)
+            yield ef.get_dwarf_info() if ef.has_dwarf_info() else None
+    except (OSError, ELFError, KeyError, ValueError) as exc:
+        raise ElfInfoError(f"cannot read DWARF of {path}: {exc}") from None
+
+
+def _subprogram(dwarf: Any, die: Any) -> DwarfFunction:
     formal = [c for c in die.iter_children() if c.tag == "DW_TAG_formal_parameter"]
     params = tuple(_described(c, i) for i, c in enumerate(formal) if not _attr(c, "DW_AT_variable_parameter"))
     results = tuple(_described(c, i) for i, c in enumerate(formal) if _attr(c, "DW_AT_variable_parameter"))
@@ -288,39 +288,18 @@ def _subprogram(dwarf: Any, cu: Any, die: Any) -> DwarfFunction:
 
 
 def read_dwarf_signatures(path: str) -> dict[str, DwarfFunction]:
-    """name -> source location, parameters and results of every subprogram
-    with DWARF info (Go marks results as DW_AT_variable_parameter).
-    Empty when the file has no DWARF."""
+    """DWARF name -> source location, parameters and results of every
+    subprogram (Go marks results as DW_AT_variable_parameter), and which are
+    only inlined. Reads all of the DWARF: for a name with no symbol."""
     out: dict[str, DwarfFunction] = {}
-    try:
-        with open(path, "rb") as f:
-            ef = ELFFile(f)
-            if not ef.has_dwarf_info():
-                return out
-            dwarf = ef.get_dwarf_info()
-            for cu in dwarf.iter_CUs():
-                line_program = dwarf.line_program_for_CU(cu)
-                files = line_program["file_entry"] if line_program else []
-                for die in cu.iter_DIEs():
-                    if die.tag != "DW_TAG_subprogram" or "DW_AT_name" not in die.attributes:
-                        continue
-                    name = die.attributes["DW_AT_name"].value.decode(errors="replace")
-                    if "DW_AT_low_pc" not in die.attributes:
-                        if _attr(die, "DW_AT_inline") in (1, 3):
-                            out.setdefault(name, DwarfFunction(inlined=True))
-                        continue
-                    formal = [c for c in die.iter_children() if c.tag == "DW_TAG_formal_parameter"]
-                    params = tuple(_param(c, i) for i, c in enumerate(formal) if not _attr(c, "DW_AT_variable_parameter"))
-                    results = tuple(_param(c, i) for i, c in enumerate(formal) if _attr(c, "DW_AT_variable_parameter"))
-                    ret = _type_name(die.get_DIE_from_attribute("DW_AT_type")) if "DW_AT_type" in die.attributes else "void"
-                    source = ""
-                    file_index = _attr(die, "DW_AT_decl_file")
-                    if file_index is not None and files:
-                        idx = file_index - (1 if cu.header["version"] < 5 else 0)
-                        if 0 <= idx < len(files):
-                            source = files[idx].name.decode(errors="replace")
-                    line = _attr(die, "DW_AT_decl_line", 0)
-                    out[name] = DwarfFunction(source, line, params, ret, results)
-    except (OSError, ELFError, KeyError, ValueError) as exc:
-        raise ElfInfoError(f"cannot read DWARF of {path}: {exc}") from None
+    with _dwarf_of(path) as dwarf:
+        for cu in dwarf.iter_CUs() if dwarf is not None else ():
+            for die in cu.iter_DIEs():
+                if die.tag != "DW_TAG_subprogram" or "DW_AT_name" not in die.attributes:
+                    continue
+                name = die.attributes["DW_AT_name"].value.decode(errors="replace")
+                if "DW_AT_low_pc" in die.attributes:
+                    out[name] = _subprogram(dwarf, die)
+                elif _attr(die, "DW_AT_inline") in (1, 3):
+                    out.setdefault(name, DwarfFunction(inlined=True))
     return out
