@@ -42,16 +42,26 @@ def own_function_site(function: Any) -> Site:
     raise PermissionDenied(f"{address:#x} is not in a file mapping of process {pid}")
 
 
-def runtime_address(pid: int, path: str, file_offset: int) -> int:
-    """Where `file_offset` of the file at `path` is executed in process `pid`."""
+def runtime_addresses(pid: int, path: str, file_offsets: list[int]) -> list[int]:
+    """Where each of `file_offsets` of the file at `path` is executed in
+    process `pid` (one reading of its maps)."""
     try:
         inode = os.stat(path).st_ino
     except OSError as exc:
         raise PermissionDenied(f"cannot stat {path}: {exc.strerror}") from None
-    for m in read_maps(pid):
-        if m.inode == inode and "x" in m.perms and m.offset <= file_offset < m.offset + (m.end - m.start):
-            return m.start + file_offset - m.offset
-    raise PermissionDenied(f"offset {file_offset:#x} of {path} is not in an executable mapping of process {pid}")
+    executable = [m for m in read_maps(pid) if m.inode == inode and "x" in m.perms]
+    out = []
+    for file_offset in file_offsets:
+        m = next((m for m in executable if m.offset <= file_offset < m.offset + (m.end - m.start)), None)
+        if m is None:
+            raise PermissionDenied(f"offset {file_offset:#x} of {path} is not in an executable mapping of process {pid}")
+        out.append(m.start + file_offset - m.offset)
+    return out
+
+
+def runtime_address(pid: int, path: str, file_offset: int) -> int:
+    """Where `file_offset` of the file at `path` is executed in process `pid`."""
+    return runtime_addresses(pid, path, [file_offset])[0]
 
 
 def attach_path(pid: int, executable: str, meta: pb.FunctionMetadata) -> str:
@@ -154,10 +164,10 @@ def native_sites(pid: int, executable: str, meta: pb.FunctionMetadata) -> list[S
         return sites
     elf, _ = _elf(path)
     if elf.unwinds:
-        sites = [Site(pid, path, meta.file_offset, entry_ip, SITE_ENTRY)]
-        for ret in unwinding_return_offsets(path, meta.file_offset, size):
-            sites.append(Site(pid, path, ret, runtime_address(pid, path, ret), SITE_RET, func_ip=entry_ip))
-        return sites
+        rets = unwinding_return_offsets(path, meta.file_offset, size)  # .cold parts may lie elsewhere in the file
+        return [Site(pid, path, meta.file_offset, entry_ip, SITE_ENTRY)] + [
+            Site(pid, path, ret, ip, SITE_RET, func_ip=entry_ip)
+            for ret, ip in zip(rets, runtime_addresses(pid, path, rets), strict=True)]
     return [Site(pid, path, meta.file_offset, entry_ip, SITE_ENTRY, uretprobe=True)]
 
 

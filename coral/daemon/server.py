@@ -61,10 +61,6 @@ class Later:
         self._result: Message | CoralError | None = None
         self._waiter: Callable[[Message | CoralError], None] | None = None
 
-    @property
-    def done(self) -> bool:
-        return self._result is not None
-
     def resolve(self, result: Message | CoralError) -> None:
         if self._result is not None:
             return  # the first answer stands
