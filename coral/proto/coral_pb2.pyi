@@ -392,18 +392,20 @@ class ListDebugSessionsResponse(_message.Message):
     def __init__(self, sessions: _Optional[_Iterable[_Union[DebugSession, _Mapping]]] = ...) -> None: ...
 
 class QueryUprobeEventsRequest(_message.Message):
-    __slots__ = ("session_id", "cursor", "since_unix_ns", "until_unix_ns", "max_events")
+    __slots__ = ("session_id", "cursor", "since_unix_ns", "until_unix_ns", "max_events", "wait_ms")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     SINCE_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
     UNTIL_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
     MAX_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    WAIT_MS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     cursor: int
     since_unix_ns: int
     until_unix_ns: int
     max_events: int
-    def __init__(self, session_id: _Optional[str] = ..., cursor: _Optional[int] = ..., since_unix_ns: _Optional[int] = ..., until_unix_ns: _Optional[int] = ..., max_events: _Optional[int] = ...) -> None: ...
+    wait_ms: int
+    def __init__(self, session_id: _Optional[str] = ..., cursor: _Optional[int] = ..., since_unix_ns: _Optional[int] = ..., until_unix_ns: _Optional[int] = ..., max_events: _Optional[int] = ..., wait_ms: _Optional[int] = ...) -> None: ...
 
 class QueryUprobeEventsResponse(_message.Message):
     __slots__ = ("events", "next_cursor", "has_more", "session")
