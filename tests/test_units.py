@@ -67,7 +67,8 @@ def test_summary_uses_nearest_rank_percentiles() -> None:
         (
             {"agent": {"colour": "blue"}},
             "c.toml: unknown key [agent] colour (known: id, colony_endpoint, heartbeat_interval, "
-            "heartbeat_liveness, poll_interval, flush_interval, key_file, colony_public_key_file, retention, purge_interval, "
+            "heartbeat_liveness, poll_interval, drain_interval, flush_interval, key_file, colony_public_key_file, retention, "
+            "purge_interval, "
             "max_registrations_per_uid)",
         ),
         ({"nope": {}},

@@ -1,13 +1,15 @@
 """coral-agentd: one per host. Local ROUTER API on ipc, worker link to the
 colony, BCC uprobes, events in agent.duckdb. One thread, one loop that never
 waits for a process: poll sockets -> answers from processes -> drain the
-ring buffer -> flush batches -> expire -> heartbeats."""
+ring buffer (every drain_interval while a session runs) -> answer followers
+-> flush batches -> expire -> heartbeats."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import logging
+import math
 import os
 import socket
 import sys
@@ -43,6 +45,7 @@ from coral.daemon.runtime import (
     unlink_ipc,
 )
 from coral.daemon.server import Dispatcher, Handler, Later, Peer, serve_router
+from coral.daemon.waiters import Waiters
 from coral.proto import coral_pb2 as pb
 
 log = logging.getLogger("coral.agentd")
@@ -58,6 +61,9 @@ LOCAL_BATCH = 100
 # costs more per registration as more processes register.
 ANNOUNCE_EVERY = 0.1
 PRUNE_EVERY = 0.5
+# A session's targets are looked for in /proc this often (as often as the
+# loop turned before it drained every drain_interval), not on every turn.
+TARGETS_EVERY = 0.05
 SETTLE_AT_STOP = 1.0  # seconds the stopping agent gives processes to answer its last disarms
 
 
@@ -71,6 +77,7 @@ class Agent:
         self._changes: dict[int, Registration | None] = {}  # by pid, for SERVICES: at most every ANNOUNCE_EVERY
         self._announced = 0.0
         self._pruned = 0.0
+        self._targets_checked = 0.0
         self.store = EventStore(config.agent_state_dir / "agent.duckdb")
         self.engine = ProbeEngine(config.sessions.ring_buffer_pages, config.sessions.string_bytes)
         self._calibrate()
@@ -80,6 +87,7 @@ class Agent:
                                            reg, method, request, answer, time.monotonic()),
                                        self.engine)
         self.counters: dict[str, int] = {}
+        self.followers = Waiters()  # QueryUprobeEvents with wait_ms, held until their session has news
         self.retention = Retention(parse_age(config.agent.retention))
         self.purges = PurgeSchedule(config.agent.purge_interval)
         handlers: dict[str, Handler] = {
@@ -130,6 +138,7 @@ class Agent:
         counters["processes"] = len(self.registry.instances())
         counters["colony.connected"] = int(self.link.connected)
         counters["colony.dropped"] = self.link.dropped
+        counters.update(self.followers.counters())
         counters["connections.cut"] = self.cap.total_cut if self.cap is not None else 0
         counters.update(self.counters)
         counters.update(self.calls.counters)
@@ -168,12 +177,39 @@ class Agent:
         why = f"cut {count} connection(s) past uid {uid}'s {cap} ([limits] max_connections_per_uid)"
         self.audit_local("CONNECT", b"", Peer(uid=uid, pid=pid), "LIMIT_EXCEEDED", why)
 
-    def query_events(self, req: pb.QueryUprobeEventsRequest, peer: Peer) -> pb.QueryUprobeEventsResponse:
+    def query_events(self, req: pb.QueryUprobeEventsRequest, peer: Peer) -> pb.QueryUprobeEventsResponse | Later:
+        """A page of events; with wait_ms and nothing new on a running
+        session, held until it has news (docs/protocol.md)."""
+        response = self._events(req, peer)
+        if response.events or not req.wait_ms or response.session.status != "active":
+            return response
+        later = Later()
+
+        def answer() -> None:
+            try:
+                later.resolve(self._events(req, peer))
+            except CoralError as err:  # purged meanwhile
+                later.resolve(err)
+
+        if not self.followers.hold(req.session_id, req.wait_ms, time.monotonic(), answer):
+            self.counters["followers.refused"] = self.counters.get("followers.refused", 0) + 1
+            return response
+        return later
+
+    def _events(self, req: pb.QueryUprobeEventsRequest, peer: Peer) -> pb.QueryUprobeEventsResponse:
         """Values only for the session's owner and holders of capture (the
         colony's pulls are trusted: it applies the rule per reader)."""
         response = self.sessions.query(req)
         access.values_for(self.config.access, peer, response.session.owner, response.events)
         return response
+
+    def tell_followers(self, now: float) -> None:
+        """Answer the held questions whose session has new calls or ended,
+        and those whose wait is over."""
+        news, self.sessions.news = self.sessions.news, set()
+        for session_id in news:
+            self.followers.wake(session_id)
+        self.followers.expire(now)
 
     def hello(self) -> pb.AgentHello:
         return pb.AgentHello(
@@ -278,10 +314,10 @@ class Agent:
     def _poll_ms(self, now: float) -> int:
         """Until the next turn: the poll interval, or a question's deadline if sooner."""
         wait = self.config.agent.poll_interval
-        deadline = self.calls.next_deadline()
-        if deadline is not None:
-            wait = min(wait, max(0.0, deadline - now))
-        return int(wait * 1000)
+        for deadline in (self.calls.next_deadline(), self.followers.next_deadline()):
+            if deadline is not None:
+                wait = min(wait, max(0.0, deadline - now))
+        return math.ceil(wait * 1000)
 
     def run(self, signals: ShutdownSignals, notifier: Notifier) -> None:
         cfg = self.config
@@ -307,17 +343,25 @@ class Agent:
             cfg.agent_colony_endpoint,
         )
         last_flush = time.monotonic()
+        # The kernel never wakes the agent (a wake-up would be paid inside
+        # the probed call: bench/wakeup.py); while a session runs, the ring
+        # buffer is drained every drain_interval instead.
+        last_drained = -math.inf
         try:
             while not signals.requested:
                 poller = zmq.Poller()
                 poller.register(rep, zmq.POLLIN)
+                wait_ms = self._poll_ms(time.monotonic())
+                if self.sessions.active:
+                    wait_ms = min(wait_ms, math.ceil(1000 * max(0.0, last_drained + cfg.agent.drain_interval
+                                                                 - time.monotonic())))
                 if self.link.socket is not None:
                     poller.register(self.link.socket, zmq.POLLIN)
                 if self.cap is not None:
                     poller.register(self.cap.monitor, zmq.POLLIN)
                 for sock in self.calls.sockets():
                     poller.register(sock, zmq.POLLIN)
-                ready = dict(poller.poll(self._poll_ms(time.monotonic())))
+                ready = dict(poller.poll(wait_ms))
                 now = time.monotonic()
                 if self.cap is not None and self.cap.monitor in ready:
                     self.cap.on_readable(now)
@@ -328,12 +372,19 @@ class Agent:
                 for sock in ready:
                     self.calls.on_readable(sock)  # ignores the sockets that are not a process's
                 self.calls.expire(time.monotonic())
-                self.sessions.collect()
+                if now - last_drained >= cfg.agent.drain_interval:
+                    last_drained = now
+                    if self.sessions.collect():
+                        self.tell_followers(now)  # from memory, before the batch is written
                 if (self.sessions.pending or self.store.holding) and now - last_flush >= cfg.agent.flush_interval:
                     self.sessions.flush(force=False)
                     last_flush = now
                 self.sessions.stop_over_budget()
-                self.sessions.expire_due(time.time_ns())
+                targets_due = now - self._targets_checked >= TARGETS_EVERY
+                if targets_due:
+                    self._targets_checked = now
+                self.sessions.expire_due(time.time_ns(), check_targets=targets_due)
+                self.tell_followers(time.monotonic())
                 if now - self._pruned >= PRUNE_EVERY:
                     self._pruned = now
                     for reg in self.registry.prune_exited():
@@ -346,6 +397,7 @@ class Agent:
             notifier.stopping()
             log.info("stopping (%s): detaching %d session(s)", signals.signal_name or "shutdown", len(self.sessions.active))
             self.sessions.shutdown()
+            self.tell_followers(math.inf)  # every held question is answered, with its session as it ended
             self.calls.settle(SETTLE_AT_STOP)  # the disarms of the sessions just ended, answered or not
             self.link.close()
             if self.cap is not None:

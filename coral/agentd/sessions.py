@@ -7,6 +7,8 @@ The agent enforces every session's expiry itself, colony or no colony.
 
 from __future__ import annotations
 
+import bisect
+import builtins
 import itertools
 import json
 import logging
@@ -145,6 +147,8 @@ class SessionManager:
         self.counters: Counter[str] = Counter()
         self._by_slot: dict[int, Session] = {}
         self._pending: list[list[object]] = [[] for _ in range(8)]  # CallRow's fields, as columns
+        self._handed: dict[str, int] = {}  # by session active in this run: the last seq handed to the store
+        self.news: set[str] = set()  # sessions with new calls, or ended, since the followers were last told
         self._seq = store.next_seq()
         # Python: one fn_id per function name, shared by every session and
         # process; a function stays armed while any session uses it.
@@ -336,6 +340,7 @@ class SessionManager:
                     continue
                 session.stored += 2
                 self._rows(session, rec)
+                self.news.add(session.session_id)
         return n
 
     def _rows(self, s: Session, rec: NativeRecord | PythonRecord) -> None:
@@ -387,6 +392,8 @@ class SessionManager:
         """Write the pending batch to agent.duckdb in one go (the store holds
         it if the disk is full; calls it cannot hold are counted as lost)."""
         batch, self._pending = self._pending, [[] for _ in range(8)]
+        sids, seqs = cast("builtins.list[str]", batch[1]), cast("builtins.list[int]", batch[0])
+        self._handed.update(zip(sids, seqs, strict=True))  # seqs increase: each session's last one stays
         for session_id, n in self.store.append(batch, force).items():
             session = self.active.get(session_id)
             if session is not None:
@@ -399,13 +406,16 @@ class SessionManager:
 
     # -------------------------------------------------------------- end
 
-    def expire_due(self, now_ns: int) -> list[str]:
-        """End sessions whose time is up or whose every target has exited."""
+    def expire_due(self, now_ns: int, check_targets: bool = True) -> list[str]:
+        """End sessions whose time is up or (if `check_targets`: it reads
+        /proc) whose every target has exited."""
         ended = []
         for session in list(self.active.values()):
             if now_ns >= session.expires_ns:
                 self._end(session, EXPIRED, "")
                 ended.append(session.session_id)
+                continue
+            if not check_targets:
                 continue
             losses = [self.registry.loss(t.reg) for t in session.targets]
             if all(losses):
@@ -450,6 +460,7 @@ class SessionManager:
         del self._by_slot[session.slot]
         del self.active[session.session_id]
         session.status, session.reason, session.ended_ns = status, reason, time.time_ns()
+        self.news.add(session.session_id)
         self.store.save_session(session.to_row(session.final))
         log.info("session %s %s%s: %d calls", session.session_id, status, f" ({reason})" if reason else "",
                  session.final.calls)
@@ -461,14 +472,16 @@ class SessionManager:
 
     def describe(self, session: Session) -> pb.DebugSession:
         stats = self.engine.stats(session.slot, with_histogram=False)
-        msg = self.describe_row(session.to_row(stats))
+        # Its calls kept so far, counted in memory: the store's count is a query.
+        msg = self.describe_row(session.to_row(stats), session.stored // 2 - session.lost["storage"])
         msg.probes = self.engine.attached_probes(session.slot)
         if self.store.health.error:
             msg.status_reason = f"storage: {self.store.health.error}"
         return msg
 
-    def describe_row(self, row: SessionRow) -> pb.DebugSession:
-        calls = self.store.call_count(row.session_id)
+    def describe_row(self, row: SessionRow, calls: int | None = None) -> pb.DebugSession:
+        if calls is None:
+            calls = self.store.call_count(row.session_id)
         c = row.config
         stats = cast(dict[str, Any], c.get("stats", {}))
         return pb.DebugSession(
@@ -507,13 +520,33 @@ class SessionManager:
 
     def query(self, req: pb.QueryUprobeEventsRequest) -> pb.QueryUprobeEventsResponse:
         session = self.session(req.session_id)  # NotFound before anything else
-        self.flush()
         limit = max(1, min(req.max_events or DEFAULT_PAGE, MAX_PAGE) // 2)  # two events a call
-        rows = self.store.query(req.session_id, req.cursor, req.since_unix_ns, req.until_unix_ns, limit)
+        if req.session_id in self.active and self._handed.get(req.session_id, -1) <= req.cursor:
+            rows = self._pending_rows(req, limit)  # a follower at the head: its calls are all in memory
+        else:
+            self.collect()  # a call that returned before the question is in the answer
+            self.flush()
+            rows = self.store.query(req.session_id, req.cursor, req.since_unix_ns, req.until_unix_ns, limit)
         events = [ev for r in rows for ev in self._events(r, session)]
         next_cursor = rows[-1].seq if rows else req.cursor
         return pb.QueryUprobeEventsResponse(events=events, next_cursor=next_cursor, has_more=len(rows) == limit,
                                             session=self.session(req.session_id))
+
+    def _pending_rows(self, req: pb.QueryUprobeEventsRequest, limit: int) -> builtins.list[CallRow]:
+        """The session's calls after the cursor from the batch not yet written, as the store would give them."""
+        seqs, sids = cast("builtins.list[int]", self._pending[0]), cast("builtins.list[str]", self._pending[1])
+        rows: builtins.list[CallRow] = []
+        for i in range(bisect.bisect_right(seqs, req.cursor), len(seqs)):  # seqs increase
+            if sids[i] != req.session_id:
+                continue
+            row = CallRow(*(cast(Any, column[i]) for column in self._pending))
+            if (req.since_unix_ns and row.start_ns + row.duration_ns < req.since_unix_ns) or \
+                    (req.until_unix_ns and row.start_ns > req.until_unix_ns):
+                continue
+            rows.append(row)
+            if len(rows) == limit:
+                break
+        return rows
 
     def _events(self, r: CallRow, s: pb.DebugSession) -> tuple[pb.UprobeEvent, pb.UprobeEvent]:
         """A call as its entry and return events; event seq = 2 * call seq (+1)."""

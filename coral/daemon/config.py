@@ -71,6 +71,7 @@ class AgentConfig:
     heartbeat_interval: float = 1.0
     heartbeat_liveness: int = 5
     poll_interval: float = 0.05
+    drain_interval: float = 0.01
     flush_interval: float = 0.2
     # Over tcp:// (CURVE): this agent's secret key file and the colony's public key file.
     key_file: str = ""
@@ -206,6 +207,7 @@ _POSITIVE = {
     "heartbeat_interval",
     "heartbeat_liveness",
     "poll_interval",
+    "drain_interval",
     "flush_interval",
     "pull_interval",
     "purge_interval",
