@@ -11,7 +11,7 @@ import pytest
 from google.protobuf.message import Message
 
 from coral.colonyd.broker import Broker, Outgoing
-from coral.colonyd.pulls import PullSchedule
+from coral.colonyd.pulls import Pull, PullSchedule
 from coral.colonyd.sessions import complete_parts_away, draining, is_open, merge
 from coral.colonyd.store import ColonyStore
 from coral.daemon import wire
@@ -19,6 +19,7 @@ from coral.daemon.config import Config, ConfigError, parse_config
 from coral.daemon.errors import NotFound
 from coral.daemon.retention import PurgeSchedule, Retention, parse_age, purge_once
 from coral.daemon.server import Peer
+from coral.daemon.waiters import MAX_WAIT_MS, Waiters
 from coral.histogram import bucket_of, percentile_ns
 from coral.proto import coral_pb2 as pb
 
@@ -121,22 +122,61 @@ def test_a_lost_part_waits_for_its_agent_then_fails() -> None:
     assert (two.status, two.status_reason) == ("detached", "b: agent lost")
 
 
-def test_pull_schedule_is_bounded_and_pulls_an_ended_part_at_once() -> None:
+def test_pull_schedule_keeps_one_held_pull_per_part_bounded_per_tick() -> None:
     sessions = [pb.DebugSession(session_id=f"dbg-{i}", parts=[part("a", []), part("b", [])]) for i in range(20)]
     schedule = PullSchedule(interval=0.5, per_tick=16)
     first = schedule.due(sessions, lambda agent: agent != "b", now=10.0)
-    assert len(first) == 16 and all(agent == "a" for _, agent in first)
-    for key in first:
-        schedule.sent(key, 10.0)
+    assert len(first) == 16 and all(p.key[1] == "a" and p.wait and not p.quick for p in first)
+    for pull in first:
+        schedule.sent(pull)
     rest = schedule.due(sessions, lambda agent: agent != "b", now=10.1)
-    assert sorted(rest) == sorted({(s.session_id, "a") for s in sessions} - set(first))  # every part gets its turn
-    schedule.answered(first[0], more=False)
-    assert first[0] not in schedule.due(sessions, lambda agent: True, now=10.2)  # not before the interval
-    ended = next(p for s in sessions if s.session_id == first[0][0] for p in s.parts if p.agent_id == "a")
-    ended.session.status = "expired"
-    assert first[0] in schedule.due(sessions, lambda agent: True, now=10.2)  # its last events: at once
-    ended.complete = True
-    assert first[0] not in schedule.due(sessions, lambda agent: True, now=99.0)
+    assert sorted(p.key for p in rest) == sorted({(s.session_id, "a") for s in sessions} - {p.key for p in first})
+    for pull in rest:
+        schedule.sent(pull)
+    a_only = lambda agent: agent == "a"  # noqa: E731
+    assert schedule.due(sessions, a_only, now=10.2) == []  # one held pull a part at a time
+    schedule.answered(first[0], ok=True, more=False, now=10.2)
+    assert schedule.due(sessions, a_only, now=10.2) == [first[0]]  # the next at once
+    schedule.sent(first[0])
+    schedule.answered(first[1], ok=False, more=False, now=10.2)
+    assert schedule.due(sessions, a_only, now=10.3) == []  # a failed pull waits the interval
+    assert schedule.due(sessions, a_only, now=10.8) == [first[1]]
+
+
+def test_an_ended_part_and_a_waiting_client_are_pulled_at_once_without_a_wait() -> None:
+    sessions = [pb.DebugSession(session_id="dbg-1", parts=[part("a", [])])]
+    schedule = PullSchedule(interval=0.5)
+    held = Pull(("dbg-1", "a"), wait=True)
+    schedule.sent(held)
+    assert schedule.due(sessions, lambda agent: True, now=1.0) == []
+    schedule.hurry(held.key)  # a client's question: a quick pull beside the held one
+    quick = schedule.due(sessions, lambda agent: True, now=1.0)
+    assert quick == [Pull(held.key, wait=False, quick=True)]
+    schedule.sent(quick[0])
+    assert schedule.due(sessions, lambda agent: True, now=1.0) == []
+    schedule.answered(quick[0], ok=True, more=True, now=1.0)  # a full page: the client waits for the rest too
+    assert schedule.due(sessions, lambda agent: True, now=1.0) == quick
+    schedule.sent(quick[0])
+    schedule.answered(quick[0], ok=True, more=False, now=1.0)
+    schedule.answered(held, ok=True, more=False, now=1.0)
+    sessions[0].parts[0].session.status = "expired"
+    assert schedule.due(sessions, lambda agent: True, now=1.0) == [Pull(held.key, wait=False)]  # its last events
+    sessions[0].parts[0].complete = True
+    assert schedule.due(sessions, lambda agent: True, now=99.0) == []
+
+
+def test_waiters_are_answered_on_news_or_at_their_deadline_and_bounded() -> None:
+    answered: list[str] = []
+    w = Waiters(per_key=2)
+    assert w.hold("s1", 1000, 0.0, lambda: answered.append("a"))
+    assert w.hold("s1", 99_000, 0.0, lambda: answered.append("b"))  # taken as MAX_WAIT_MS
+    assert not w.hold("s1", 1000, 0.0, lambda: answered.append("c"))  # past the bound: answer it now
+    assert w.hold("s2", 200, 0.0, lambda: answered.append("d"))
+    assert (len(w), w.next_deadline()) == (3, 0.2)
+    assert w.expire(0.5) == 1 and answered == ["d"]
+    assert w.wake("s1") == 2 and answered == ["d", "a", "b"] and len(w) == 0
+    assert w.hold("s3", 10_000, 0.0, lambda: answered.append("e"))
+    assert w.expire(MAX_WAIT_MS / 1000 - 0.001) == 0 and w.expire(MAX_WAIT_MS / 1000) == 1
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("7d", 604800), ("12h", 43200), ("1d12h", 129600), ("90s", 90), ("0", 0)])

@@ -23,7 +23,7 @@ from coral import __version__
 from coral.colonyd import sessions as colony_sessions
 from coral.colonyd.agents import AgentDirectory, AgentState
 from coral.colonyd.audit import AuditLog
-from coral.colonyd.pulls import PULL_PAGE, PartKey, PullSchedule
+from coral.colonyd.pulls import PULL_PAGE, PartKey, Pull, PullSchedule
 from coral.colonyd.sessions import ACTIVE, FAILED, LOST, is_open, part_of, reply_error, reply_ok
 from coral.colonyd.store import ColonyStore
 from coral.daemon import access, wire
@@ -33,6 +33,7 @@ from coral.daemon.liveness import is_dead
 from coral.daemon.methods import COLONY_FRONTEND_METHODS, METHODS
 from coral.daemon.retention import PurgeSchedule, Retention, parse_age, purge_once
 from coral.daemon.server import Peer
+from coral.daemon.waiters import Waiters
 from coral.proto import coral_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ class Pending:
     request: Message
     deadline: float
     gather: Gather | None  # None: the colony's own request (an event pull, or a detach a lost part missed)
+    pull: Pull | None = None  # an event pull: which
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,16 @@ class Outgoing:
     frames: list[bytes]
     request_id: bytes = b""  # of a request to an agent: answered at once if it cannot be sent
     after_write: bool = True  # to a client: sent once the rows written before it are on disk
+    after_batch: int | None = None  # instead: once this batch is (the one that holds the reply's audit row)
+
+
+@dataclass
+class Ticket:
+    """Which write batch holds an audit row handed over in this loop turn
+    (told by the colony's flush): a held follower's answer waits for that
+    batch only, not for the events written since."""
+
+    batch: int | None = None
 
 
 @dataclass
@@ -108,6 +120,9 @@ class Broker:
     replies_since_pull: bool = False  # an agent answered: a part may have ended or have more to pull
     fresh: list[FreshQuery] = field(default_factory=list)
     detach_wanted: dict[str, Peer] = field(default_factory=dict)  # session id -> who detached it while a part was lost
+    followers: Waiters = field(default_factory=Waiters)  # clients' queries with wait_ms, held until their session has news
+    woken: list[Outgoing] = field(default_factory=list)  # answers to followers, for the next send
+    tickets: list[Ticket] = field(default_factory=list)  # rows of this turn's held followers, for the flush to number
 
     def __post_init__(self) -> None:
         self.audit = AuditLog(self.store)
@@ -142,9 +157,9 @@ class Broker:
             if p.agent != superseded.identity:
                 continue
             del self.pending[request_id]
-            if p.gather is None:  # a pull sent on the old link: pull again on the new one
-                self.pulls.answered((cast(pb.QueryUprobeEventsRequest, p.request).session_id, p.agent_id), more=True)
-            else:
+            if p.pull is not None:  # a pull sent on the old link: pull again on the new one
+                self.pulls.answered(p.pull, ok=True, more=not p.pull.wait, now=now)
+            elif p.gather is not None:
                 err = Unavailable(f"agent {p.agent_id} reconnected before answering {p.method}")
                 out.extend(self._deliver(p, err.code, _error_body(err)))
         return out
@@ -220,6 +235,8 @@ class Broker:
                 raise CoralError(f"method {method!r} is not served by the colony")
             request = wire.parse_body(METHODS[method].request, frame.body)
             access.check(self.config.access, peer, method, request)
+            if isinstance(request, pb.QueryUprobeEventsRequest) and request.wait_ms:
+                return self._follow(frame, request, peer, now)
             if isinstance(request, pb.QueryUprobeEventsRequest) and (running := self._running_parts(request.session_id)):
                 self.fresh.append(
                     FreshQuery(frame.envelope, frame.request_id, request, peer, now + FRESH_WAIT, set(running))
@@ -244,10 +261,13 @@ class Broker:
         gather = Gather(frame.envelope, frame.request_id, method, request, peer, [a.agent_id for a in targets])
         return [self._send(agent, method, request, now, gather) for agent in targets]
 
-    def _send(self, agent: AgentState, method: str, request: Message, now: float, gather: Gather | None) -> Outgoing:
+    def _send(self, agent: AgentState, method: str, request: Message, now: float, gather: Gather | None,
+              pull: Pull | None = None, held: float = 0.0) -> Outgoing:
+        """`held`: seconds the agent may hold the request before answering (a pull's wait)."""
         agent_request_id = secrets.token_hex(8).encode()  # unguessable: only its agent can answer it
         self.pending[agent_request_id] = Pending(
-            agent.identity, agent.agent_id, method, request, now + self.config.limits.request_timeout, gather
+            agent.identity, agent.agent_id, method, request, now + held + self.config.limits.request_timeout, gather,
+            pull,
         )
         agent.last_sent = now
         return Outgoing("backend", wire.encode_request(agent_request_id, method, request, (agent.identity,)), agent_request_id)
@@ -268,6 +288,7 @@ class Broker:
                 version=__version__,
                 pid=os.getpid(),
                 counters={**self.counters, "agents": len(self.agents), "sessions.open": len(self.open),
+                          **self.followers.counters(),
                           "audit.folded": self.audit.folder.total_folded, **self.store.counters()},
             )
         if method == "ListServices":
@@ -334,6 +355,37 @@ class Broker:
             late = "" if now < q.deadline else "answered before its pulls"
             self.audit.request(q.peer, "QueryUprobeEvents", q.request, "OK", late)
             out.append(Outgoing("frontend", wire.encode_reply(q.client_request_id, response, q.client)))
+        return out
+
+    def _follow(self, frame: wire.Frame, request: pb.QueryUprobeEventsRequest, peer: Peer, now: float) -> list[Outgoing]:
+        """A follower's question: answered at once if there is anything after
+        its cursor or the session is over, else when it has news or the wait is up."""
+        response = self._events(request, peer)
+        if response.events or not is_open(response.session):
+            self.audit.request(peer, "QueryUprobeEvents", request, "OK", "")
+            return [Outgoing("frontend", wire.encode_reply(frame.request_id, response, frame.envelope))]
+        ticket = Ticket()
+
+        def answer() -> None:
+            try:
+                response = self._events(request, peer)
+            except CoralError as err:  # purged meanwhile
+                self.audit.request(peer, "QueryUprobeEvents", request, err.code, err.message)
+                self.woken.append(Outgoing("frontend", wire.encode_error(frame.request_id, err, frame.envelope)))
+                return
+            self.woken.append(Outgoing("frontend", wire.encode_reply(frame.request_id, response, frame.envelope),
+                                       after_batch=ticket.batch))
+
+        if not self.followers.hold(request.session_id, request.wait_ms, now, answer):
+            self.count("followers.refused")
+            self.audit.request(peer, "QueryUprobeEvents", request, "OK", "")
+            return [Outgoing("frontend", wire.encode_reply(frame.request_id, response, frame.envelope))]
+        self.audit.request(peer, "QueryUprobeEvents", request, "OK", "")  # its row now: the answer waits for no other write
+        self.tickets.append(ticket)
+        return []
+
+    def take_woken(self) -> list[Outgoing]:
+        out, self.woken = self.woken, []
         return out
 
     def _session(self, session_id: str) -> pb.DebugSession:
@@ -486,9 +538,13 @@ class Broker:
         return self._reply(gather, pb.DetachUprobeResponse(session=session), detail)
 
     def _changed(self, session: pb.DebugSession) -> None:
-        """A part changed: merge, save, and stop pulling once nothing is left to pull."""
+        """A part changed: merge, save, and stop pulling once nothing is left
+        to pull. Followers are told when the session's status changes."""
+        before = (session.status, sum(p.complete for p in session.parts))
         colony_sessions.merge(session)
         self.store.save_session(session)
+        if (session.status, sum(p.complete for p in session.parts)) != before or not is_open(session):
+            self.followers.wake(session.session_id)
         if not is_open(session):
             self.open.pop(session.session_id, None)
             self.pulls.forget(session.session_id)
@@ -504,15 +560,20 @@ class Broker:
         """Start the pulls that are due (a bounded number per tick)."""
         self.replies_since_pull = False
         out = []
-        for key in self.pulls.due(self.open.values(), lambda a: self.agent_by_id(a) is not None, now):
+        interval = self.config.colony.pull_interval
+        for pull in self.pulls.due(self.open.values(), lambda a: self.agent_by_id(a) is not None, now):
+            key = pull.key
             session, agent = self.open[key[0]], self.agent_by_id(key[1])
             part = part_of(session, key[1])
             if agent is None or part is None:
                 continue
-            request = pb.QueryUprobeEventsRequest(session_id=key[0], cursor=part.cursor, max_events=PULL_PAGE)
-            out.append(self._send(agent, "QueryUprobeEvents", request, now, None))
-            self.pulls.sent(key, now)
-            for q in self.fresh:
+            request = pb.QueryUprobeEventsRequest(session_id=key[0], cursor=part.cursor, max_events=PULL_PAGE,
+                                                  wait_ms=int(interval * 1000) if pull.wait else 0)
+            out.append(self._send(agent, "QueryUprobeEvents", request, now, None, pull, interval if pull.wait else 0.0))
+            self.pulls.sent(pull)
+            if pull.wait:
+                continue
+            for q in self.fresh:  # a pull without a wait, sent after the question: it brings the calls before it
                 if key in q.unsent:
                     q.unsent.discard(key)
                     q.sent.add(key)
@@ -525,8 +586,9 @@ class Broker:
         session = self.open.get(key[0])
         part = part_of(session, key[1]) if session is not None else None
         reply = reply_ok(status, body, pb.QueryUprobeEventsResponse)
-        self.pulls.answered(key, more=reply is not None and reply.has_more)
-        if reply is None or not reply.has_more:
+        pull = pending.pull or Pull(key, wait=False)
+        self.pulls.answered(pull, ok=reply is not None, more=reply is not None and reply.has_more, now=time.monotonic())
+        if not pull.wait and (reply is None or not reply.has_more):
             for q in self.fresh:
                 q.sent.discard(key)  # this part's calls up to the question are here (or will not come)
         if session is None or part is None or part.complete:
@@ -544,11 +606,13 @@ class Broker:
             return
         new = self.store.save_events(key[0], key[1], list(reply.events))
         self.counters["pulled_events"] = self.counters.get("pulled_events", 0) + new
-        part.cursor = reply.next_cursor
+        part.cursor = max(part.cursor, reply.next_cursor)  # a held pull and a quick one may both be out
         part.session.CopyFrom(reply.session)
         if not reply.has_more and reply.session.status != ACTIVE:
             part.complete = True  # ended, and every event is here
         self._changed(session)
+        if new:
+            self.followers.wake(key[0])
 
     def _parts_away(self) -> None:
         """Parts whose agent is not connected (e.g. after a colony restart) and
@@ -600,6 +664,7 @@ class Broker:
                 agent.last_sent = now
                 out.append(Outgoing("backend", wire.encode_signal(wire.Command.HEARTBEAT, (identity,))))
         self._parts_away()
+        self.followers.expire(now)
         out.extend(self._pull(now))
         out.extend(self._answer_fresh(now))
         self.purge(now)

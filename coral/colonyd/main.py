@@ -138,13 +138,22 @@ class Colony:
         agents, and answers to counted reads (Ping, ListServices,
         ListDebugSessions), do not wait."""
         self.store.on_written()
+        self._outbox.extend(self.broker.take_woken())  # followers whose session had news
         while True:
             self.broker.audit.hand_over()
             self.store.write_behind()
             batch = self.store.batch_of_held()
+            for ticket in self.broker.tickets:
+                ticket.batch = batch
+            self.broker.tickets.clear()
             messages, self._outbox = self._outbox, []
             for m in messages:
-                if m.socket == "frontend" and m.after_write:
+                if m.socket == "frontend" and m.after_batch is not None:
+                    if m.after_batch <= self.store.written:
+                        self._send_now(m)
+                    else:
+                        self._waiting.append((m.after_batch, m))  # an earlier batch than those before it: not later
+                elif m.socket == "frontend" and m.after_write:
                     self._waiting.append((batch, m))
                 else:
                     self._send_now(m)

@@ -1,9 +1,12 @@
 """When the colony pulls a session's events from its agents: a pure
-schedule (no sockets, no database). Each part of an open session is pulled
-every `interval` seconds while it runs, at once while a page came back full
-or once it has ended (its last events), never twice at the same time, and
-at most `per_tick` pulls start per loop iteration so the colony keeps
-serving clients whatever the number of sessions."""
+schedule (no sockets, no database). Each part of an open session has one
+pull out: while the part runs the agent holds it until it has new calls (or
+`interval` has passed), and the next goes when it is back; an ended part is
+pulled without a wait until it is drained. A client waiting for its calls
+hurries a part: its next pull does not wait, and if a held one is out, one
+quick pull goes beside it. A failed pull is tried again after `interval`. At
+most `per_tick` pulls start per loop iteration, so the colony keeps serving
+clients whatever the number of sessions (docs/protocol.md, "Pulling events")."""
 
 from __future__ import annotations
 
@@ -18,28 +21,39 @@ PULLS_PER_TICK = 16
 PartKey = tuple[str, str]  # (session id, agent id)
 
 
+@dataclass(frozen=True)
+class Pull:
+    key: PartKey
+    wait: bool  # held by the agent until it has news (a running part's routine pull)
+    quick: bool = False  # beside a held pull, for a client waiting for its calls
+
+
 @dataclass
 class PullSchedule:
     interval: float
     per_tick: int = PULLS_PER_TICK
-    in_flight: set[PartKey] = field(default_factory=set)
-    next_at: dict[PartKey, float] = field(default_factory=dict)
+    in_flight: set[PartKey] = field(default_factory=set)  # the part's one routine pull is out
+    quick: set[PartKey] = field(default_factory=set)  # a quick pull is out beside it
+    hurried: set[PartKey] = field(default_factory=set)  # a client waits: the next pull does not wait
+    next_at: dict[PartKey, float] = field(default_factory=dict)  # after a failed pull
     _start: int = 0  # where the last round stopped: every part gets its turn
 
-    def due(self, sessions: Iterable[pb.DebugSession], reachable: Callable[[str], bool], now: float) -> list[PartKey]:
-        """The parts to pull now, at most `per_tick`: ended parts and full
-        pages first, then running parts whose interval has passed, in turn."""
-        urgent: list[PartKey] = []
-        routine: list[PartKey] = []
+    def due(self, sessions: Iterable[pb.DebugSession], reachable: Callable[[str], bool], now: float) -> list[Pull]:
+        """The pulls to send now, at most `per_tick`: ended and hurried
+        parts first, then running parts whose pull is back, in turn."""
+        urgent: list[Pull] = []
+        routine: list[Pull] = []
         for s in sessions:
             for p in s.parts:
                 key = (s.session_id, p.agent_id)
-                if p.complete or key in self.in_flight or not reachable(p.agent_id):
+                if p.complete or not reachable(p.agent_id):
                     continue
-                if p.session.status != "active" or self.next_at.get(key) == 0.0:
-                    urgent.append(key)
-                elif now >= self.next_at.get(key, 0.0):
-                    routine.append(key)
+                ended = p.session.status != "active"
+                if key not in self.in_flight and now >= self.next_at.get(key, 0.0):
+                    hurry = ended or key in self.hurried
+                    (urgent if hurry else routine).append(Pull(key, wait=not hurry))
+                elif key in self.hurried and key in self.in_flight and key not in self.quick:
+                    urgent.append(Pull(key, wait=False, quick=True))
         room = self.per_tick - len(urgent)
         if room <= 0:
             return urgent[: self.per_tick]
@@ -50,19 +64,27 @@ class PullSchedule:
         return urgent + routine
 
     def hurry(self, key: PartKey) -> None:
-        """Pull this part at the next chance (a client waits for it)."""
-        self.next_at[key] = 0.0
+        """Pull this part at the next chance, without a wait (a client waits for it)."""
+        self.hurried.add(key)
+        self.next_at.pop(key, None)
 
-    def sent(self, key: PartKey, now: float) -> None:
-        self.in_flight.add(key)
-        self.next_at[key] = now + self.interval
+    def sent(self, pull: Pull) -> None:
+        (self.quick if pull.quick else self.in_flight).add(pull.key)
+        if not pull.wait:
+            self.hurried.discard(pull.key)
 
-    def answered(self, key: PartKey, more: bool) -> None:
-        """A pull came back (or failed); `more`: a full page, pull again at once."""
-        self.in_flight.discard(key)
-        if more:
-            self.next_at[key] = 0.0
+    def answered(self, pull: Pull, ok: bool, more: bool, now: float) -> None:
+        """A pull came back (or failed). A failed routine pull waits
+        `interval`; a full page from a pull a client waits for keeps the
+        next one quick, until the last page."""
+        (self.quick if pull.quick else self.in_flight).discard(pull.key)
+        if not ok and not pull.quick:
+            self.next_at[pull.key] = now + self.interval
+        if ok and more and not pull.wait:
+            self.hurried.add(pull.key)
 
     def forget(self, session_id: str) -> None:
+        for table in (self.in_flight, self.quick, self.hurried):
+            table.difference_update({k for k in table if k[0] == session_id})
         for key in [k for k in self.next_at if k[0] == session_id]:
             del self.next_at[key]

@@ -86,6 +86,7 @@ class ColonyStore:
         self.health = StorageHealth(path)
         self._saved: dict[str, bytes] = {}  # session id -> what was last saved
         self._newest: dict[tuple[str, str], int] = {}  # (session id, agent id) -> newest event seq saved
+        self._on_disk: dict[str, int] = {}  # session id -> its highest event n written (once read or written)
         self._n = -1  # the next colony event order; read from the file on first use
         self._held_audit: list[AuditRow] = []
         self._held_sessions: dict[str, pb.DebugSession] = {}
@@ -166,6 +167,9 @@ class ColonyStore:
             return
         if error is None:
             self.health.succeeded()
+            for n, sid, *_ in batch.events:
+                if sid in self._on_disk:
+                    self._on_disk[sid] = max(self._on_disk[sid], n)
             return
         self._held_audit = batch.audit + self._held_audit
         self._held_events = batch.events + self._held_events
@@ -347,16 +351,27 @@ class ColonyStore:
         if until_ns:
             sql += " AND end_ns <= ?"
             params.append(until_ns)
-        rows = [(int(r[0]), bytes(r[1])) for r in self._db.execute(sql + " ORDER BY n LIMIT ?", [*params, limit]).fetchall()]
-        if len(rows) < limit:  # then those not written yet (a full disk), which come after
+        rows: list[tuple[int, bytes]] = []
+        if self._disk_upto(session_id) > after_n:  # else all it has after the cursor is in memory (a follower)
+            rows = [(int(r[0]), bytes(r[1]))
+                    for r in self._db.execute(sql + " ORDER BY n LIMIT ?", [*params, limit]).fetchall()]
+        if len(rows) < limit:  # then those not written yet, which come after
+            floor = rows[-1][0] if rows else after_n  # a batch just committed is in both until it is marked
             rows += [
                 (n, blob)
                 for n, sid, _, _, end_ns, blob in self._unwritten_events()
-                if sid == session_id and n > after_n
+                if sid == session_id and n > floor
                 and (not since_ns or end_ns >= since_ns)
                 and (not until_ns or end_ns <= until_ns)
             ][: limit - len(rows)]
         return [(n, pb.UprobeEvent.FromString(blob)) for n, blob in rows]
+
+    def _disk_upto(self, session_id: str) -> int:
+        if session_id not in self._on_disk:
+            row = self._db.execute("SELECT coalesce(max(n), -1) FROM agent_events WHERE session_id = ?",
+                                   [session_id]).fetchone()
+            self._on_disk[session_id] = int(row[0]) if row else -1
+        return self._on_disk[session_id]
 
     def purge_candidates(self, before_ns: int, limit: int) -> list[tuple[str, str, int]]:
         """Ended sessions (nothing left to pull) that ended before `before_ns`, oldest first."""
@@ -388,4 +403,6 @@ class ColonyStore:
         for sid in session_ids:
             self._saved.pop(sid, None)
         self._newest = {k: v for k, v in self._newest.items() if k[0] not in set(session_ids)}
+        for sid in session_ids:
+            self._on_disk.pop(sid, None)
         return len(sessions), len(events)

@@ -28,7 +28,7 @@ from coral.daemon.errors import CoralError
 from coral.proto import coral_pb2 as pb
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-FOLLOW_INTERVAL = 0.2  # seconds between event polls while a session runs
+FOLLOW_WAIT = 2.0  # seconds the daemon may hold a follower's question while nothing happens
 PAGE = 1000
 
 
@@ -425,6 +425,9 @@ class Ctl:
         its events are shown. Ctrl-C detaches the session, then drains."""
         cursor = 0
         detached = False
+        # The daemon answers as soon as a call after the cursor is there (or
+        # the session ends); within half the reply timeout either way.
+        wait_ms = 0 if stop_when_drained else int(min(FOLLOW_WAIT, self.args.timeout / 2) * 1000)
         while True:
             try:
                 q = cast(
@@ -432,7 +435,8 @@ class Ctl:
                     self.call(
                         "QueryUprobeEvents",
                         pb.QueryUprobeEventsRequest(
-                            session_id=session_id, cursor=cursor, since_unix_ns=since_ns, max_events=PAGE
+                            session_id=session_id, cursor=cursor, since_unix_ns=since_ns, max_events=PAGE,
+                            wait_ms=wait_ms,
                         ),
                     ),
                 )
@@ -443,8 +447,8 @@ class Ctl:
                 cursor = q.next_cursor
                 if not q.has_more and (stop_when_drained or q.session.status != "active"):
                     return q.session
-                if not q.has_more or not q.events:  # nothing new yet (a colony may still be pulling)
-                    time.sleep(FOLLOW_INTERVAL)
+                if not q.events and not wait_ms:  # a drained session's last events are still being pulled
+                    time.sleep(0.05)
             except KeyboardInterrupt:
                 if detached:
                     raise
