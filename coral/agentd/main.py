@@ -21,6 +21,7 @@ from google.protobuf.message import DecodeError, Message
 from coral import __version__
 from coral.agentd.colony_link import ColonyLink
 from coral.agentd.engine import TRAP_NS, ProbeEngine, ProbeError
+from coral.agentd.memory import release_compiler_pages, rss_bytes
 from coral.agentd.probes import check_bpf_support
 from coral.agentd.process_calls import ProcessCalls
 from coral.agentd.registry import ProcessRegistry, Registration
@@ -81,6 +82,10 @@ class Agent:
         self.store = EventStore(config.agent_state_dir / "agent.duckdb")
         self.engine = ProbeEngine(config.sessions.ring_buffer_pages, config.sessions.string_bytes)
         self._calibrate()
+        before = rss_bytes()
+        released = release_compiler_pages()
+        log.info("compiled the BPF program; released the compiler's pages (%d MiB mapped): RSS %d MiB -> %d MiB",
+                 released >> 20, before >> 20, rss_bytes() >> 20)
         self.calls = ProcessCalls(self.context, config.limits.max_message_bytes)
         self.sessions = SessionManager(config, self.agent_id, self.registry, self.store,
                                        lambda reg, method, request, answer: self.calls.ask(

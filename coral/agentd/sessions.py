@@ -22,6 +22,7 @@ from typing import Any, cast
 
 from coral.agentd import abi
 from coral.agentd.engine import NativeRecord, ProbeEngine, ProbeError, PythonRecord, Site, SlotConfig, SlotStats
+from coral.agentd.memory import trim_heap
 from coral.agentd.registry import ProcessRegistry, Registration
 from coral.agentd.store import CallRow, EventStore, SessionRow
 from coral.agentd.targets import native_sites, python_site
@@ -464,6 +465,7 @@ class SessionManager:
         self.store.save_session(session.to_row(session.final))
         log.info("session %s %s%s: %d calls", session.session_id, status, f" ({reason})" if reason else "",
                  session.final.calls)
+        trim_heap()  # a large session's decoding leaves free heap behind
         if session.final.expired:
             log.info("session %s: %d calls returned after its expiry, before its probes were detached: the kernel "
                      "counted none of them", session.session_id, session.final.expired)
