@@ -5,7 +5,10 @@ the compiler's code, and the heap its passes freed. This gives them back:
 the compiler libraries' read-only mappings are dropped (madvise
 MADV_DONTNEED; a page used again is read back from the file, so nothing
 can break), and glibc returns its free heap to the kernel (malloc_trim).
-Writable mappings are never touched: their pages hold the libraries' state.
+Only mappings whose every page is the file's own: writable ones hold the
+libraries' state, and a read-only one with private copies (RELRO: the
+relocated GOT, made read-only after the loader wrote it) would lose the
+loader's work and crash the agent.
 The heap is trimmed again each time a session ends."""
 
 from __future__ import annotations
@@ -13,8 +16,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-
-from coral.procmaps import read_maps
+from collections.abc import Iterable
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +45,37 @@ def release_compiler_pages() -> int:
     returns the bytes of mappings dropped (0 if none, or on failure)."""
     dropped = 0
     try:
-        maps = read_maps("self")
+        with open("/proc/self/smaps") as f:
+            mappings = clean_file_mappings(f)
     except OSError as exc:
-        log.warning("could not read /proc/self/maps to release the compiler's pages: %s", exc)
+        log.warning("could not read /proc/self/smaps to release the compiler's pages: %s", exc)
         return 0
-    for m in maps:
-        if "w" in m.perms or not os.path.basename(m.path).startswith(COMPILER_LIBRARIES):
+    for start, end, path in mappings:
+        if not os.path.basename(path).startswith(COMPILER_LIBRARIES):
             continue
-        if _libc.madvise(m.start, m.end - m.start, MADV_DONTNEED) != 0:
-            log.warning("madvise(%s) failed: %s", m.path, os.strerror(ctypes.get_errno()))
+        if _libc.madvise(start, end - start, MADV_DONTNEED) != 0:
+            log.warning("madvise(%s) failed: %s", path, os.strerror(ctypes.get_errno()))
             continue
-        dropped += m.end - m.start
+        dropped += end - start
     trim_heap()
     return dropped
+
+
+def clean_file_mappings(smaps: Iterable[str]) -> list[tuple[int, int, str]]:
+    """From /proc/PID/smaps: the read-only file mappings with no private
+    (anonymous) page, whose contents the file can give back."""
+    out: list[tuple[int, int, str]] = []
+    current: tuple[int, int, str] | None = None
+    for line in smaps:
+        fields = line.split()
+        if not fields:
+            continue
+        if fields[0].count("-") == 1 and not fields[0].endswith(":") and len(fields) >= 5:
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            path = line.split(maxsplit=5)[5].strip() if len(fields) > 5 else ""
+            current = (start, end, path) if "w" not in fields[1] and path.startswith("/") else None
+        elif fields[0] == "Anonymous:" and current is not None:
+            if fields[1] == "0":
+                out.append(current)
+            current = None
+    return out
