@@ -71,7 +71,7 @@ def main() -> int:
     args = ap.parse_args()
     env = CoralEnv.create()
     env.root.mkdir(parents=True, exist_ok=True)
-    env = env.with_config("[sessions]\ncpu_budget_percent = 0\n")  # full speed: measured, not cut
+    env = env.with_config("[sessions]\ncpu_budget_percent = 0\n[agent]\ningest_cpu_percent = 0\n")  # full speed: measured
     colony, agent = start_colony(env), start_agent(env)
     service = NativeService(env, build_c(REPO / "examples" / "native" / "payments.c", env.root / "payments"))
     try:

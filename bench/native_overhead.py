@@ -127,7 +127,8 @@ def main() -> int:
     work = env.root / "bin"
     work.mkdir(parents=True)
     config = env.root / "bench.toml"
-    config.write_text("[sessions]\nmax_events_per_session = 100000000\ncpu_budget_percent = 0\n")  # full speed: measured, not cut
+    config.write_text("[sessions]\nmax_events_per_session = 100000000\ncpu_budget_percent = 0\n"
+                      "[agent]\ningest_cpu_percent = 0\n")  # full speed: measured, not cut
     env.env["CORAL_CONFIG"] = str(config)
     c_bin = str(build_c(HERE / "target.c", work / "target_c"))
     go_bin = str(work / "target_go")

@@ -59,7 +59,8 @@ def main() -> int:
     env = CoralEnv.create()
     config = env.root / "bench.toml"
     env.root.mkdir(parents=True, exist_ok=True)
-    config.write_text("[sessions]\nmax_events_per_session = 100000000\ncpu_budget_percent = 0\n")  # full speed: measured, not cut
+    config.write_text("[sessions]\nmax_events_per_session = 100000000\ncpu_budget_percent = 0\n"
+                      "[agent]\ningest_cpu_percent = 0\n")  # full speed: measured, not cut
     env.env["CORAL_CONFIG"] = str(config)
     agent_proc = Process("agentd", [tool("coral-agentd")], env).wait_ready()
     agent = Client(env.endpoint("agent.sock"), 60)

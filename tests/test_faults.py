@@ -32,9 +32,12 @@ def test_agent_killed_mid_session_leaves_no_probe_and_keeps_what_it_wrote(
 ) -> None:
     attach, first = start_attach(coral_env, "payments", "validate_card", "--local", "--duration", "5m", "--no-save")
     assert payments.call(5) == "done 5 declined 0"
-    # Wait until the agent has written the calls (a query flushes its batch).
     stored = coralctl(coral_env, "--local", "--output", "json", "debug", "events", first["session_id"])
     assert sum(1 for line in stored.stdout.splitlines() if '"event_type":"return"' in line) == 5
+    while True:  # until the agent has written them (within agent.flush_interval)
+        ping = json.loads(coralctl(coral_env, "--local", "--output", "json", "ping").stdout)
+        if ping["counters"]["storage.pending_calls"] == 0:
+            break
     probes = [line for line in kernel_probes().splitlines() if f"/proc/{payments.child_pid}/exe" in line]
     assert len(probes) == 2
     agent.proc.send_signal(signal.SIGKILL)

@@ -67,8 +67,8 @@ def test_summary_uses_nearest_rank_percentiles() -> None:
         (
             {"agent": {"colour": "blue"}},
             "c.toml: unknown key [agent] colour (known: id, colony_endpoint, heartbeat_interval, "
-            "heartbeat_liveness, poll_interval, drain_interval, flush_interval, key_file, colony_public_key_file, retention, "
-            "purge_interval, "
+            "heartbeat_liveness, poll_interval, drain_interval, ingest_cpu_percent, flush_interval, key_file, "
+            "colony_public_key_file, retention, purge_interval, "
             "max_registrations_per_uid)",
         ),
         ({"nope": {}},
@@ -192,3 +192,26 @@ def test_proc_maps_lines_with_spaces_in_paths_and_without_paths() -> None:
              "7ffd0-7ffd1 rw-p 00000000 00:00 0 \n", "garbage\n"]
     assert parse_maps(lines) == [Mapping(0x55d0c, 0x55d0e, 0x1000, 1234, "r-xp", "/opt/my app/bin (deleted)"),
                                  Mapping(0x7ffd0, 0x7ffd1, 0, 0, "rw-p", "")]
+
+
+def test_only_read_only_file_mappings_without_private_pages_are_given_back() -> None:
+    from coral.agentd.memory import clean_file_mappings
+
+    smaps = """\
+7f0000000000-7f0000100000 r-xp 00000000 08:01 42 /usr/lib/libLLVM-14.so.1
+Size:               1024 kB
+Anonymous:             0 kB
+7f0000100000-7f0000180000 r--p 00100000 08:01 42 /usr/lib/libLLVM-14.so.1
+Size:                512 kB
+Anonymous:           300 kB
+7f0000180000-7f0000190000 rw-p 00180000 08:01 42 /usr/lib/libLLVM-14.so.1
+Anonymous:            64 kB
+7f0000190000-7f00001a0000 r--p 00000000 00:00 0
+Anonymous:             0 kB
+7f00001a0000-7f00001b0000 r--p 00000000 08:01 43 /usr/lib/lib with space.so
+Anonymous:             0 kB
+"""
+    assert clean_file_mappings(smaps.splitlines(keepends=True)) == [
+        (0x7F0000000000, 0x7F0000100000, "/usr/lib/libLLVM-14.so.1"),  # code: the file has it all
+        (0x7F00001A0000, 0x7F00001B0000, "/usr/lib/lib with space.so"),
+    ]  # not RELRO (private copies), not writable, not anonymous

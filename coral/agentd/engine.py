@@ -175,6 +175,7 @@ class ProbeEngine:
         self._site_masks: dict[tuple[int, int], int] = {}
         self._attached: dict[tuple[int, str, int, bool], tuple[int, int]] = {}  # key -> (fd, refcount)
         self._pending: dict[int, list[NativeRecord | PythonRecord]] = defaultdict(list)
+        self._room = -1  # records the current drain may still take; -1: no limit
         self._bpf["events"].open_ring_buffer(self._on_record)
 
     # ------------------------------------------------------------- slots
@@ -369,6 +370,10 @@ class ProbeEngine:
     # ------------------------------------------------------------ events
 
     def _on_record(self, _ctx: Any, data: int, size: int) -> int:
+        stop = 0
+        if self._room > 0:
+            self._room -= 1
+            stop = -1 if self._room == 0 else 0  # this record is taken; the rest wait in the ring buffer
         raw = ctypes.string_at(data, size)
         kind = struct.unpack_from("<I", raw)[0]
         if kind == EV_NATIVE and size >= self._native.size:
@@ -384,16 +389,22 @@ class ProbeEngine:
             args_len, ret_len = min(f[9], 512), min(f[10], 256)
             self._pending[f[1]].append(PythonRecord(f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[12][:args_len],
                                                     f[13][:ret_len]))
-        return 0
+        return stop
 
-    def drain_into_pending(self) -> None:
-        self._bpf.ring_buffer_consume()
+    def drain_into_pending(self, limit: int = 0) -> bool:
+        """Take what the kernel has submitted, at most `limit` records (0:
+        all); True if it stopped at the limit (more may be waiting)."""
+        self._room = limit or -1
+        self._bpf.ring_buffer_consume()  # a callback's -1 stops it, after that record
+        stopped, self._room = self._room == 0, -1
+        return stopped
 
-    def drain(self) -> dict[int, list[NativeRecord | PythonRecord]]:
-        """Everything the kernel has submitted so far, by slot (non-blocking)."""
-        self.drain_into_pending()
+    def drain(self, limit: int = 0) -> tuple[dict[int, list[NativeRecord | PythonRecord]], bool]:
+        """What the kernel has submitted so far (at most `limit` records), by
+        slot, non-blocking; and whether more may be waiting."""
+        more = self.drain_into_pending(limit)
         out, self._pending = self._pending, defaultdict(list)
-        return out
+        return out, more
 
     # ------------------------------------------------------------ counts
 

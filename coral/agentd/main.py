@@ -21,6 +21,7 @@ from google.protobuf.message import DecodeError, Message
 from coral import __version__
 from coral.agentd.colony_link import ColonyLink
 from coral.agentd.engine import TRAP_NS, ProbeEngine, ProbeError
+from coral.agentd.ingest import IngestBudget
 from coral.agentd.memory import release_compiler_pages, rss_bytes
 from coral.agentd.probes import check_bpf_support
 from coral.agentd.process_calls import ProcessCalls
@@ -62,6 +63,12 @@ LOCAL_BATCH = 100
 # costs more per registration as more processes register.
 ANNOUNCE_EVERY = 0.1
 PRUNE_EVERY = 0.5
+# Records read from the ring buffer in one turn at most (tens of ms of
+# decoding): the sockets are served between two batches.
+DRAIN_BATCH = 10_000
+# Calls written to agent.duckdb in one turn at most (about 8 µs each here):
+# a backlog is written over the next turns, within the ingest budget.
+FLUSH_BATCH = 5_000
 # A session's targets are looked for in /proc this often (as often as the
 # loop turned before it drained every drain_interval), not on every turn.
 TARGETS_EVERY = 0.05
@@ -92,6 +99,7 @@ class Agent:
                                            reg, method, request, answer, time.monotonic()),
                                        self.engine)
         self.counters: dict[str, int] = {}
+        self.ingest = IngestBudget(config.agent.ingest_cpu_percent)  # reading and storing calls
         self.followers = Waiters()  # QueryUprobeEvents with wait_ms, held until their session has news
         self.retention = Retention(parse_age(config.agent.retention))
         self.purges = PurgeSchedule(config.agent.purge_interval)
@@ -144,6 +152,7 @@ class Agent:
         counters["colony.connected"] = int(self.link.connected)
         counters["colony.dropped"] = self.link.dropped
         counters.update(self.followers.counters())
+        counters["ingest.paused_windows"] = self.ingest.paused_windows
         counters["connections.cut"] = self.cap.total_cut if self.cap is not None else 0
         counters.update(self.counters)
         counters.update(self.calls.counters)
@@ -154,6 +163,7 @@ class Agent:
         counters["storage.failing"] = int(bool(self.store.health.error))
         counters["storage.write_failures"] = self.store.health.failures
         counters["storage.held_calls"] = self.store.held_calls
+        counters["storage.pending_calls"] = self.sessions.pending  # drained, to be written within flush_interval
         return pb.PingResponse(
             daemon="coral-agentd", version=__version__, pid=os.getpid(), agent_id=self.agent_id, counters=counters
         )
@@ -358,8 +368,11 @@ class Agent:
                 poller.register(rep, zmq.POLLIN)
                 wait_ms = self._poll_ms(time.monotonic())
                 if self.sessions.active:
-                    wait_ms = min(wait_ms, math.ceil(1000 * max(0.0, last_drained + cfg.agent.drain_interval
-                                                                 - time.monotonic())))
+                    t = time.monotonic()
+                    next_drain = max(last_drained + cfg.agent.drain_interval, self.ingest.resume_at(t))
+                    if self.sessions.pending >= FLUSH_BATCH:  # a backlog to write, when the budget allows
+                        next_drain = min(next_drain, self.ingest.resume_at(t))
+                    wait_ms = min(wait_ms, math.ceil(1000 * max(0.0, next_drain - t)))
                 if self.link.socket is not None:
                     poller.register(self.link.socket, zmq.POLLIN)
                 if self.cap is not None:
@@ -377,13 +390,17 @@ class Agent:
                 for sock in ready:
                     self.calls.on_readable(sock)  # ignores the sockets that are not a process's
                 self.calls.expire(time.monotonic())
-                if now - last_drained >= cfg.agent.drain_interval:
-                    last_drained = now
-                    if self.sessions.collect():
+                cpu = time.process_time()
+                if now - last_drained >= cfg.agent.drain_interval and self.ingest.allows(now):
+                    if self.sessions.collect(DRAIN_BATCH):
                         self.tell_followers(now)  # from memory, before the batch is written
-                if (self.sessions.pending or self.store.holding) and now - last_flush >= cfg.agent.flush_interval:
-                    self.sessions.flush(force=False)
+                    # A bounded batch: what is still waiting is read at the next turn, after the sockets.
+                    last_drained = -math.inf if self.sessions.more_waiting else now
+                backlog = self.sessions.pending >= FLUSH_BATCH and self.ingest.allows(now)
+                if (self.sessions.pending or self.store.holding) and (backlog or now - last_flush >= cfg.agent.flush_interval):
+                    self.sessions.flush(force=False, limit=FLUSH_BATCH)  # a bounded write: the sockets come first
                     last_flush = now
+                self.ingest.charge(now, time.process_time() - cpu)
                 self.sessions.stop_over_budget()
                 targets_due = now - self._targets_checked >= TARGETS_EVERY
                 if targets_due:
@@ -402,6 +419,7 @@ class Agent:
             notifier.stopping()
             log.info("stopping (%s): detaching %d session(s)", signals.signal_name or "shutdown", len(self.sessions.active))
             self.sessions.shutdown()
+            self.sessions.flush()  # every call drained, written before the database closes
             self.tell_followers(math.inf)  # every held question is answered, with its session as it ended
             self.calls.settle(SETTLE_AT_STOP)  # the disarms of the sessions just ended, answered or not
             self.link.close()

@@ -35,6 +35,10 @@ from coral.redact import Rules
 
 log = logging.getLogger(__name__)
 
+# Records a query reads from the ring buffer first, at most: its answer then
+# has every call that returned before it, unless the agent is far behind.
+QUERY_DRAIN = 2_000
+
 # (process, method, request, answer): never waits; `answer` gets the response or the CoralError, later.
 AskProcess = Callable[[Registration, str, Any, Callable[[Any], None]], None]
 
@@ -150,6 +154,7 @@ class SessionManager:
         self._pending: list[list[object]] = [[] for _ in range(8)]  # CallRow's fields, as columns
         self._handed: dict[str, int] = {}  # by session active in this run: the last seq handed to the store
         self.news: set[str] = set()  # sessions with new calls, or ended, since the followers were last told
+        self.more_waiting = False  # the last collect stopped at its limit
         self._seq = store.next_seq()
         # Python: one fn_id per function name, shared by every session and
         # process; a function stays armed while any session uses it.
@@ -327,10 +332,12 @@ class SessionManager:
 
     # ----------------------------------------------------------- collect
 
-    def collect(self) -> int:
-        """Drain the ring buffer into the pending batch."""
+    def collect(self, limit: int = 0) -> int:
+        """Drain the ring buffer into the pending batch (at most `limit`
+        records; `more_waiting` says if it stopped there)."""
         n = 0
-        for slot, records in self.engine.drain().items():
+        drained, self.more_waiting = self.engine.drain(limit)
+        for slot, records in drained.items():
             session = self._by_slot.get(slot)
             if session is None:
                 continue
@@ -389,10 +396,15 @@ class SessionManager:
                    "is_error": bool(errors), "error_message": self.rules.text(errors[0][1]) if errors else ""}
         return args, ret
 
-    def flush(self, force: bool = True) -> int:
-        """Write the pending batch to agent.duckdb in one go (the store holds
-        it if the disk is full; calls it cannot hold are counted as lost)."""
-        batch, self._pending = self._pending, [[] for _ in range(8)]
+    def flush(self, force: bool = True, limit: int = 0) -> int:
+        """Write the pending batch to agent.duckdb in one go, or its first
+        `limit` calls (the store holds them if the disk is full; calls it
+        cannot hold are counted as lost)."""
+        if limit and self.pending > limit:
+            batch = [column[:limit] for column in self._pending]
+            self._pending = [column[limit:] for column in self._pending]
+        else:
+            batch, self._pending = self._pending, [[] for _ in range(8)]
         sids, seqs = cast("builtins.list[str]", batch[1]), cast("builtins.list[int]", batch[0])
         self._handed.update(zip(sids, seqs, strict=True))  # seqs increase: each session's last one stays
         for session_id, n in self.store.append(batch, force).items():
@@ -455,8 +467,7 @@ class SessionManager:
     def _end(self, session: Session, status: str, reason: str) -> None:
         self.collect()  # what the kernel already has belongs to the session
         session.final = self.engine.close_slot(session.slot)
-        self.collect()
-        self.flush()
+        self.collect()  # its calls are written with the next batches (queries read the batch too)
         self._disarm(session.targets)
         del self._by_slot[session.slot]
         del self.active[session.session_id]
@@ -482,8 +493,8 @@ class SessionManager:
         return msg
 
     def describe_row(self, row: SessionRow, calls: int | None = None) -> pb.DebugSession:
-        if calls is None:
-            calls = self.store.call_count(row.session_id)
+        if calls is None:  # those written, and those still in the batch
+            calls = self.store.call_count(row.session_id) + self._pending[1].count(row.session_id)
         c = row.config
         stats = cast(dict[str, Any], c.get("stats", {}))
         return pb.DebugSession(
@@ -511,7 +522,7 @@ class SessionManager:
         raise NotFound(f"no session {session_id!r} on agent {self.agent_id}")
 
     def list(self, req: pb.ListDebugSessionsRequest) -> pb.ListDebugSessionsResponse:
-        self.flush()
+        self._retry_held()
         out = []
         for row in self.store.sessions():
             if (req.service and row.service != req.service) or (req.active_only and row.status != ACTIVE):
@@ -523,22 +534,30 @@ class SessionManager:
     def query(self, req: pb.QueryUprobeEventsRequest) -> pb.QueryUprobeEventsResponse:
         session = self.session(req.session_id)  # NotFound before anything else
         limit = max(1, min(req.max_events or DEFAULT_PAGE, MAX_PAGE) // 2)  # two events a call
-        if req.session_id in self.active and self._handed.get(req.session_id, -1) <= req.cursor:
-            rows = self._pending_rows(req, limit)  # a follower at the head: its calls are all in memory
-        else:
-            self.collect()  # a call that returned before the question is in the answer
-            self.flush()
+        self._retry_held()
+        rows: builtins.list[CallRow] = []
+        if req.session_id not in self.active or self._handed.get(req.session_id, -1) > req.cursor:
+            # Not a follower at the head: first what is written; a call that returned
+            # before the question is in the answer, unless the agent is that far behind.
+            self.collect(QUERY_DRAIN)
             rows = self.store.query(req.session_id, req.cursor, req.since_unix_ns, req.until_unix_ns, limit)
+        if len(rows) < limit:  # then the batch not written yet, which comes after
+            rows += self._pending_rows(req, rows[-1].seq if rows else req.cursor, limit - len(rows))
         events = [ev for r in rows for ev in self._events(r, session)]
         next_cursor = rows[-1].seq if rows else req.cursor
         return pb.QueryUprobeEventsResponse(events=events, next_cursor=next_cursor, has_more=len(rows) == limit,
                                             session=self.session(req.session_id))
 
-    def _pending_rows(self, req: pb.QueryUprobeEventsRequest, limit: int) -> builtins.list[CallRow]:
-        """The session's calls after the cursor from the batch not yet written, as the store would give them."""
+    def _retry_held(self) -> None:
+        """A client asks: what the store holds since a failed write (a full disk) is tried again at once."""
+        if self.store.holding:
+            self.store.retry()
+
+    def _pending_rows(self, req: pb.QueryUprobeEventsRequest, after: int, limit: int) -> builtins.list[CallRow]:
+        """The session's calls after `after` from the batch not yet written, as the store would give them."""
         seqs, sids = cast("builtins.list[int]", self._pending[0]), cast("builtins.list[str]", self._pending[1])
         rows: builtins.list[CallRow] = []
-        for i in range(bisect.bisect_right(seqs, req.cursor), len(seqs)):  # seqs increase
+        for i in range(bisect.bisect_right(seqs, after), len(seqs)):  # seqs increase
             if sids[i] != req.session_id:
                 continue
             row = CallRow(*(cast(Any, column[i]) for column in self._pending))

@@ -72,6 +72,7 @@ class AgentConfig:
     heartbeat_liveness: int = 5
     poll_interval: float = 0.05
     drain_interval: float = 0.01
+    ingest_cpu_percent: float = 50.0
     flush_interval: float = 0.2
     # Over tcp:// (CURVE): this agent's secret key file and the colony's public key file.
     key_file: str = ""
@@ -227,7 +228,7 @@ def _check_value(source: str, section: str, key: str, expected: type, value: Any
         raise ConfigError(f"{where}: must be at least 65536 (64 KiB), got {value!r}")
     if key == "string_bytes" and not 8 <= value <= 1024:
         raise ConfigError(f"{where}: must be between 8 and 1024, got {value!r}")
-    if key == "cpu_budget_percent" and not 0 <= value <= 100:
+    if key in ("cpu_budget_percent", "ingest_cpu_percent") and not 0 <= value <= 100:
         raise ConfigError(f"{where}: must be between 0 and 100, got {value!r}")
     if key == "ring_buffer_pages" and value & (value - 1):
         raise ConfigError(f"{where}: must be a power of two, got {value!r}")

@@ -1,0 +1,73 @@
+"""Overload sheds, never stalls: a C function called in a tight loop on
+three threads, probed with no per-session CPU budget, fills the ring
+buffer far faster than the agent may read it ([agent] ingest_cpu_percent).
+The agent keeps answering its socket, the colony and coral-run's
+registration; the calls it cannot take are shed in the kernel and counted
+(ringbuf_full); the summary still counts every call. Real daemons, real
+BCC, bench/hot.c under coral-run."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import cast
+
+import pytest
+
+from coral.agentd.ingest import IngestBudget
+from coral.daemon.client import Client
+from coral.daemon.config import ConfigError, parse_config
+from coral.proto import coral_pb2 as pb
+from tests.harness import REPO, CoralEnv, build_c, start_agent, start_colony
+from tests.test_budget import HotService
+
+
+def test_the_ingest_budget_stops_reading_for_the_rest_of_its_window() -> None:
+    b = IngestBudget(percent=20)
+    assert b.allows(10.0) and b.resume_at(10.0) == 10.0
+    b.charge(10.0, 0.15)
+    assert b.allows(10.5)
+    b.charge(10.5, 0.06)  # 0.21 s of CPU in this second: over 20%
+    assert not b.allows(10.6) and b.resume_at(10.6) == 11.0 and b.paused_windows == 1
+    assert b.allows(11.0) and b.charged == 0.0  # a new window
+    assert IngestBudget(percent=0).allows(0.0)  # no limit
+    with pytest.raises(ConfigError, match=r"\[agent\] ingest_cpu_percent: must be between 0 and 100, got 101"):
+        parse_config({"agent": {"ingest_cpu_percent": 101}}, "t")
+
+
+def test_a_hot_function_at_full_speed_is_shed_and_counted_and_nobody_waits(coral_env: CoralEnv, bpf: None,
+                                                                           tmp_path: Path) -> None:
+    env = coral_env.with_config("[sessions]\ncpu_budget_percent = 0\n[agent]\ningest_cpu_percent = 20\n")
+    colony, agent = start_colony(env), start_agent(env)
+    service = HotService(env, build_c(REPO / "bench" / "hot.c", tmp_path / "hot"))
+    try:
+        with Client(env.endpoint("colony/colony.sock"), 10) as c, Client(env.endpoint("agent.sock"), 10) as local:
+            while not cast(pb.ListServicesResponse, c.call("ListServices", pb.ListServicesRequest())).services:
+                time.sleep(0.05)
+            sid = cast(pb.AttachUprobeResponse, c.call("AttachUprobe", pb.AttachUprobeRequest(
+                service="hot", function="hot", duration_ms=5000))).session.session_id
+            statuses, answered = set(), 0
+            while True:  # meanwhile, each question is answered (a client waits 10 s at most)
+                local.call("Ping", pb.PingRequest())
+                services = cast(pb.ListServicesResponse, c.call("ListServices", pb.ListServicesRequest())).services
+                assert [s.service for s in services] == ["hot"]  # coral-run's heartbeats keep its registration
+                (s,) = [s for s in cast(pb.ListDebugSessionsResponse, c.call(
+                    "ListDebugSessions", pb.ListDebugSessionsRequest())).sessions if s.session_id == sid]
+                statuses |= {p.session.status for p in s.parts}
+                answered += 1
+                if all(p.complete for p in s.parts):
+                    break
+                time.sleep(0.2)
+            ping = cast(pb.PingResponse, local.call("Ping", pb.PingRequest())).counters
+        assert statuses <= {"active", "expired"}, statuses  # never lost: the agent's heartbeats were on time
+        assert s.status == "expired" and answered >= 20
+        lost = dict(s.lost)
+        assert lost.get("ringbuf_full", 0) > 0  # shed in the kernel, counted there
+        assert s.calls + sum(lost.values()) == s.total_calls  # every call accounted for
+        assert sum(s.histogram.values()) == s.total_calls
+        assert ping["ingest.paused_windows"] > 0
+        assert service.rate() > 0  # the program runs on
+    finally:
+        service.stop()
+        agent.stop()
+        colony.stop()
