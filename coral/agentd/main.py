@@ -68,7 +68,10 @@ PRUNE_EVERY = 0.5
 DRAIN_BATCH = 10_000
 # Calls written to agent.duckdb in one turn at most (about 8 µs each here):
 # a backlog is written over the next turns, within the ingest budget.
-FLUSH_BATCH = 5_000
+FLUSH_BATCH = 10_000
+# While this many calls wait to be written, the ring buffer is not read: the
+# kernel sheds and counts what does not fit, and the agent's memory stays bounded.
+MAX_PENDING = 2 * FLUSH_BATCH
 # A session's targets are looked for in /proc this often (as often as the
 # loop turned before it drained every drain_interval), not on every turn.
 TARGETS_EVERY = 0.05
@@ -391,7 +394,8 @@ class Agent:
                     self.calls.on_readable(sock)  # ignores the sockets that are not a process's
                 self.calls.expire(time.monotonic())
                 cpu = time.process_time()
-                if now - last_drained >= cfg.agent.drain_interval and self.ingest.allows(now):
+                if now - last_drained >= cfg.agent.drain_interval and self.ingest.allows(now) and \
+                        self.sessions.pending < MAX_PENDING:
                     if self.sessions.collect(DRAIN_BATCH):
                         self.tell_followers(now)  # from memory, before the batch is written
                     # A bounded batch: what is still waiting is read at the next turn, after the sockets.
