@@ -46,7 +46,7 @@ def test_a_hot_function_at_full_speed_is_shed_and_counted_and_nobody_waits(coral
                 time.sleep(0.05)
             sid = cast(pb.AttachUprobeResponse, c.call("AttachUprobe", pb.AttachUprobeRequest(
                 service="hot", function="hot", duration_ms=5000))).session.session_id
-            statuses, answered = set(), 0
+            statuses = set()
             while True:  # meanwhile, each question is answered (a client waits 10 s at most)
                 local.call("Ping", pb.PingRequest())
                 services = cast(pb.ListServicesResponse, c.call("ListServices", pb.ListServicesRequest())).services
@@ -54,13 +54,14 @@ def test_a_hot_function_at_full_speed_is_shed_and_counted_and_nobody_waits(coral
                 (s,) = [s for s in cast(pb.ListDebugSessionsResponse, c.call(
                     "ListDebugSessions", pb.ListDebugSessionsRequest())).sessions if s.session_id == sid]
                 statuses |= {p.session.status for p in s.parts}
-                answered += 1
                 if all(p.complete for p in s.parts):
                     break
                 time.sleep(0.2)
             ping = cast(pb.PingResponse, local.call("Ping", pb.PingRequest())).counters
-        assert statuses <= {"active", "expired"}, statuses  # never lost: the agent's heartbeats were on time
-        assert s.status == "expired" and answered >= 20
+        # Asked and answered while the function ran at full speed, and after; never
+        # lost: the agent's heartbeats were on time.
+        assert statuses == {"active", "expired"}, statuses
+        assert s.status == "expired"
         lost = dict(s.lost)
         assert lost.get("ringbuf_full", 0) > 0  # shed in the kernel, counted there
         assert s.calls + sum(lost.values()) == s.total_calls  # every call accounted for

@@ -32,7 +32,7 @@ from coral.agentd.targets import own_function_site
 from coral.daemon import access, curve
 from coral.daemon.config import Config
 from coral.daemon.connections import ConnectionCap
-from coral.daemon.errors import CoralError, NotFound
+from coral.daemon.errors import CoralError, Internal, NotFound
 from coral.daemon.methods import AGENT_FROM_COLONY_METHODS, AGENT_LOCAL_METHODS, METHODS
 from coral.daemon.paging import services_page
 from coral.daemon.retention import PurgeSchedule, Retention, parse_age, purge_once
@@ -103,6 +103,8 @@ class Agent:
                                        self.engine)
         self.counters: dict[str, int] = {}
         self.ingest = IngestBudget(config.agent.ingest_cpu_percent)  # reading and storing calls
+        self.sessions.may_drain = lambda: self.ingest.allows(time.monotonic()) and self.sessions.pending < MAX_PENDING
+        self.sessions.charge = lambda cpu: self.ingest.charge(time.monotonic(), cpu)
         self.followers = Waiters()  # QueryUprobeEvents with wait_ms, held until their session has news
         self.retention = Retention(parse_age(config.agent.retention))
         self.purges = PurgeSchedule(config.agent.purge_interval)
@@ -208,8 +210,12 @@ class Agent:
                 later.resolve(self._events(req, peer))
             except CoralError as err:  # purged meanwhile
                 later.resolve(err)
+            except Exception as exc:  # a bug: this question is answered, the others and the loop go on
+                log.error("answering a held QueryUprobeEvents failed", exc_info=exc)
+                later.resolve(Internal("internal error; see the daemon's log"))
 
-        if not self.followers.hold(req.session_id, req.wait_ms, time.monotonic(), answer):
+        # The colony's pulls (one held per part) are not bounded with the followers'.
+        if not self.followers.hold(req.session_id, req.wait_ms, time.monotonic(), answer, bounded=not peer.trusted):
             self.counters["followers.refused"] = self.counters.get("followers.refused", 0) + 1
             return response
         return later
@@ -396,10 +402,11 @@ class Agent:
                 cpu = time.process_time()
                 if now - last_drained >= cfg.agent.drain_interval and self.ingest.allows(now) and \
                         self.sessions.pending < MAX_PENDING:
-                    if self.sessions.collect(DRAIN_BATCH):
-                        self.tell_followers(now)  # from memory, before the batch is written
+                    got = self.sessions.collect(DRAIN_BATCH)
                     # A bounded batch: what is still waiting is read at the next turn, after the sockets.
                     last_drained = -math.inf if self.sessions.more_waiting else now
+                    if got:
+                        self.tell_followers(now)  # from memory, before the batch is written
                 backlog = self.sessions.pending >= FLUSH_BATCH and self.ingest.allows(now)
                 if (self.sessions.pending or self.store.holding) and (backlog or now - last_flush >= cfg.agent.flush_interval):
                     self.sessions.flush(force=False, limit=FLUSH_BATCH)  # a bounded write: the sockets come first

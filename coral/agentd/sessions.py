@@ -155,6 +155,12 @@ class SessionManager:
         self._handed: dict[str, int] = {}  # by session active in this run: the last seq handed to the store
         self.news: set[str] = set()  # sessions with new calls, or ended, since the followers were last told
         self.more_waiting = False  # the last collect stopped at its limit
+        self._ended_unwritten: dict[str, Session] = {}  # ended, some of their calls still in the batch
+        # Set by the agent: may a query read the ring buffer now (its ingest
+        # budget, the batch's bound), and what it cost (CPU seconds).
+        self.may_drain: Callable[[], bool] = lambda: True
+        self.charge: Callable[[float], None] = lambda cpu: None
+        self._trimmed = 0.0
         self._seq = store.next_seq()
         # Python: one fn_id per function name, shared by every session and
         # process; a function stays armed while any session uses it.
@@ -408,9 +414,14 @@ class SessionManager:
         sids, seqs = cast("builtins.list[str]", batch[1]), cast("builtins.list[int]", batch[0])
         self._handed.update(zip(sids, seqs, strict=True))  # seqs increase: each session's last one stays
         for session_id, n in self.store.append(batch, force).items():
-            session = self.active.get(session_id)
-            if session is not None:
-                session.lost["storage"] += n
+            session = self.active.get(session_id) or self._ended_unwritten.get(session_id)
+            if session is None:
+                continue
+            session.lost["storage"] += n
+            if session_id not in self.active and session.final is not None:  # its row is saved: again, with the loss
+                self.store.save_session(session.to_row(session.final))
+        for session_id in [s for s in self._ended_unwritten if s not in self._pending[1]]:
+            del self._ended_unwritten[session_id]  # all its calls are with the store now
         return len(batch[0])
 
     @property
@@ -468,6 +479,8 @@ class SessionManager:
         self.collect()  # what the kernel already has belongs to the session
         session.final = self.engine.close_slot(session.slot)
         self.collect()  # its calls are written with the next batches (queries read the batch too)
+        if session.session_id in self._pending[1]:
+            self._ended_unwritten[session.session_id] = session  # a loss when they are written is still its
         self._disarm(session.targets)
         del self._by_slot[session.slot]
         del self.active[session.session_id]
@@ -476,7 +489,9 @@ class SessionManager:
         self.store.save_session(session.to_row(session.final))
         log.info("session %s %s%s: %d calls", session.session_id, status, f" ({reason})" if reason else "",
                  session.final.calls)
-        trim_heap()  # a large session's decoding leaves free heap behind
+        if time.monotonic() - self._trimmed >= 1.0:  # once a second at most: many sessions may end together
+            self._trimmed = time.monotonic()
+            trim_heap()  # a large session's decoding leaves free heap behind
         if session.final.expired:
             log.info("session %s: %d calls returned after its expiry, before its probes were detached: the kernel "
                      "counted none of them", session.session_id, session.final.expired)
@@ -536,10 +551,15 @@ class SessionManager:
         limit = max(1, min(req.max_events or DEFAULT_PAGE, MAX_PAGE) // 2)  # two events a call
         self._retry_held()
         rows: builtins.list[CallRow] = []
-        if req.session_id not in self.active or self._handed.get(req.session_id, -1) > req.cursor:
-            # Not a follower at the head: first what is written; a call that returned
-            # before the question is in the answer, unless the agent is that far behind.
+        if not req.wait_ms and req.session_id in self.active and self.may_drain():
+            # A call that returned before the question is in the answer, unless
+            # the agent is that far behind (or over its ingest budget).
+            cpu = time.process_time()
+            more = self.more_waiting
             self.collect(QUERY_DRAIN)
+            self.more_waiting = more or self.more_waiting
+            self.charge(time.process_time() - cpu)
+        if req.session_id not in self.active or self._handed.get(req.session_id, -1) > req.cursor:
             rows = self.store.query(req.session_id, req.cursor, req.since_unix_ns, req.until_unix_ns, limit)
         if len(rows) < limit:  # then the batch not written yet, which comes after
             rows += self._pending_rows(req, rows[-1].seq if rows else req.cursor, limit - len(rows))

@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import duckdb
 
@@ -215,8 +216,9 @@ class EventStore:
         return sorted(stored.values(), key=lambda row: row.started_ns)
 
     def call_count(self, session_id: str) -> int:
+        """Its calls written, and those held since a write failed."""
         row = self._db.execute("SELECT count(*) FROM calls WHERE session_id = ?", [session_id]).fetchone()
-        return int(row[0]) if row else 0
+        return (int(row[0]) if row else 0) + self._held[1].count(session_id)
 
     def query(self, session_id: str, after_seq: int, since_ns: int, until_ns: int, limit: int) -> list[CallRow]:
         sql = "SELECT * FROM calls WHERE session_id = ? AND seq > ?"
@@ -229,7 +231,19 @@ class EventStore:
             params.append(until_ns)
         sql += " ORDER BY seq LIMIT ?"
         params.append(limit)
-        return [CallRow(*r) for r in self._db.execute(sql, params).fetchall()]
+        rows = [CallRow(*r) for r in self._db.execute(sql, params).fetchall()]
+        if len(rows) < limit and self._held[0]:  # then those held since a write failed, which come after
+            after = rows[-1].seq if rows else after_seq
+            for i, (seq, sid) in enumerate(zip(self._held[0], self._held[1], strict=True)):
+                if sid != session_id or cast(int, seq) <= after:
+                    continue
+                row = CallRow(*(cast(Any, column[i]) for column in self._held))
+                if (since_ns and row.start_ns + row.duration_ns < since_ns) or (until_ns and row.start_ns > until_ns):
+                    continue
+                rows.append(row)
+                if len(rows) == limit:
+                    break
+        return rows
 
     def purge_candidates(self, before_ns: int, limit: int) -> list[tuple[str, str, int]]:
         """Ended sessions that ended before `before_ns`, oldest first."""

@@ -28,7 +28,7 @@ from coral.colonyd.sessions import ACTIVE, FAILED, LOST, is_open, part_of, reply
 from coral.colonyd.store import ColonyStore
 from coral.daemon import access, wire
 from coral.daemon.config import Config
-from coral.daemon.errors import CoralError, NotFound, Unavailable, error_from_code
+from coral.daemon.errors import CoralError, Internal, NotFound, Unavailable, error_from_code
 from coral.daemon.liveness import is_dead
 from coral.daemon.methods import COLONY_FRONTEND_METHODS, METHODS
 from coral.daemon.retention import PurgeSchedule, Retention, parse_age, purge_once
@@ -369,7 +369,10 @@ class Broker:
         def answer() -> None:
             try:
                 response = self._events(request, peer)
-            except CoralError as err:  # purged meanwhile
+            except Exception as exc:  # purged meanwhile, or a bug: this question is answered, the loop goes on
+                err = exc if isinstance(exc, CoralError) else Internal("internal error; see the daemon's log")
+                if not isinstance(exc, CoralError):
+                    log.error("answering a held QueryUprobeEvents failed", exc_info=exc)
                 self.audit.request(peer, "QueryUprobeEvents", request, err.code, err.message)
                 self.woken.append(Outgoing("frontend", wire.encode_error(frame.request_id, err, frame.envelope)))
                 return
@@ -587,7 +590,12 @@ class Broker:
         part = part_of(session, key[1]) if session is not None else None
         reply = reply_ok(status, body, pb.QueryUprobeEventsResponse)
         pull = pending.pull or Pull(key, wait=False)
-        self.pulls.answered(pull, ok=reply is not None, more=reply is not None and reply.has_more, now=time.monotonic())
+        now = time.monotonic()
+        held_for = now - (pending.deadline - self.config.limits.request_timeout - self.config.colony.pull_interval)
+        # A held pull answered at once with nothing (an agent that does not hold): the next waits, as a failed one.
+        idle = pull.wait and reply is not None and not reply.events and reply.session.status == ACTIVE \
+            and held_for < self.config.colony.pull_interval / 2
+        self.pulls.answered(pull, ok=reply is not None and not idle, more=reply is not None and reply.has_more, now=now)
         if not pull.wait and (reply is None or not reply.has_more):
             for q in self.fresh:
                 q.sent.discard(key)  # this part's calls up to the question are here (or will not come)
@@ -611,7 +619,7 @@ class Broker:
         if not reply.has_more and reply.session.status != ACTIVE:
             part.complete = True  # ended, and every event is here
         self._changed(session)
-        if new:
+        if new or part.complete:  # followers wait for calls, and for a part's last one
             self.followers.wake(key[0])
 
     def _parts_away(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import sys
 import time
 
@@ -64,6 +65,7 @@ class Colony:
         self.backend = self._socket(config.colony_backend, curve.BACKEND)
         self._outbox: list[Outgoing] = []
         self._waiting: collections.deque[tuple[int, Outgoing]] = collections.deque()  # (batch, reply) for a write
+        self._waiting_own: list[tuple[int, Outgoing]] = []  # held followers' answers, each for its own row's batch
 
     def _socket(self, endpoint: str, domain: str) -> zmq.Socket[bytes]:
         """A ROUTER whose queue to each peer holds SEND_QUEUE messages: a
@@ -152,7 +154,7 @@ class Colony:
                     if m.after_batch <= self.store.written:
                         self._send_now(m)
                     else:
-                        self._waiting.append((m.after_batch, m))  # an earlier batch than those before it: not later
+                        self._waiting_own.append((m.after_batch, m))  # not behind replies waiting for later batches
                 elif m.socket == "frontend" and m.after_write:
                     self._waiting.append((batch, m))
                 else:
@@ -166,6 +168,11 @@ class Colony:
         written = self.store.written
         while self._waiting and self._waiting[0][0] <= written:
             self._send_now(self._waiting.popleft()[1])
+        if self._waiting_own:
+            ready = [m for batch, m in self._waiting_own if batch <= written]
+            self._waiting_own = [(batch, m) for batch, m in self._waiting_own if batch > written]
+            for m in ready:
+                self._send_now(m)
 
     def _send_now(self, m: Outgoing) -> None:
         sock = self.frontend if m.socket == "frontend" else self.backend
@@ -275,6 +282,8 @@ class Colony:
         finally:
             notifier.stopping()
             log.info("stopping (%s)", signals.signal_name or "shutdown")
+            self.broker.followers.expire(math.inf)  # held followers are answered with what is here
+            self.flush()
             self.broker.audit.flush(final=True)  # every write done: the replies waiting for one go out
             self._release()
             for cap, sock in self.caps:

@@ -29,6 +29,7 @@ from coral.proto import coral_pb2 as pb
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 FOLLOW_WAIT = 2.0  # seconds the daemon may hold a follower's question while nothing happens
+FOLLOW_BACKOFF = 0.2  # seconds before asking again when a question was not held
 PAGE = 1000
 
 
@@ -430,6 +431,7 @@ class Ctl:
         wait_ms = 0 if stop_when_drained else int(min(FOLLOW_WAIT, self.args.timeout / 2) * 1000)
         while True:
             try:
+                asked = time.monotonic()
                 q = cast(
                     pb.QueryUprobeEventsResponse,
                     self.call(
@@ -449,6 +451,8 @@ class Ctl:
                     return q.session
                 if not q.events and not wait_ms:  # a drained session's last events are still being pulled
                     time.sleep(0.05)
+                elif not q.events and time.monotonic() - asked < wait_ms / 2000:
+                    time.sleep(FOLLOW_BACKOFF)  # answered at once with nothing: not held (an older daemon, or full)
             except KeyboardInterrupt:
                 if detached:
                     raise

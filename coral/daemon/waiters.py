@@ -25,11 +25,11 @@ class Waiters:
     woken: int = 0  # questions answered because their session had news
     timed_out: int = 0  # answered when their wait was over
 
-    def hold(self, key: str, wait_ms: int, now: float, answer: Callable[[], None]) -> bool:
+    def hold(self, key: str, wait_ms: int, now: float, answer: Callable[[], None], bounded: bool = True) -> bool:
         """Hold a question on `key` for up to `wait_ms`; False when `key`
-        already has `per_key` held (answer it now)."""
+        already has `per_key` held (answer it now), unless not `bounded`."""
         waiting = self.held.setdefault(key, [])
-        if len(waiting) >= self.per_key:
+        if bounded and len(waiting) >= self.per_key:
             return False
         waiting.append(_Held(now + min(wait_ms, MAX_WAIT_MS) / 1000, answer))
         return True
