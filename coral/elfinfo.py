@@ -22,8 +22,10 @@ class ElfInfoError(Exception):
 
 
 # A file that names one of these has frames an unwinder passes through:
-# C++ exceptions, Rust panics (docs/native-targets.md, "How returns are seen").
-PERSONALITY_ROUTINES = frozenset({"__gxx_personality_v0", "rust_eh_personality"})
+# C++ exceptions, Rust panics, and C built with -fexceptions, whose cleanups
+# (pthread_cleanup_push, __attribute__((cleanup))) run when pthread_cancel
+# unwinds (docs/native-targets.md, "How returns are seen").
+PERSONALITY_ROUTINES = frozenset({"__gxx_personality_v0", "rust_eh_personality", "__gcc_personality_v0"})
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ class ElfFunctions:
     segments: list[Segment] = field(default_factory=list)  # (vaddr, filesz, offset) of PT_LOAD
     has_symtab: bool = False
     is_go: bool = False
-    unwinds: bool = False  # names a C++ or Rust personality routine (defined or imported)
+    unwinds: bool = False  # names a personality routine (C++, Rust, C with -fexceptions; defined or imported)
     _dwarf_cache: dict[str, DwarfFunction] | None = None  # every subprogram by name: read only if needed
     _dwarf_by_address: dict[int, DwarfFunction | None] = field(default_factory=dict)
 

@@ -260,3 +260,105 @@ def test_longjmp_out_of_a_probed_c_function_leaves_the_program_unharmed(
         assert svc.run.proc.poll() is None, "the program did not survive"
     finally:
         svc.stop()
+
+
+CANCEL = r"""
+// Each input line N: N threads call wait_for_work(), which blocks in a
+// cancellation point until main cancels the thread; each thread's cleanup
+// handler (pushed by its caller, worker()) counts.
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+static atomic_int entered, cleaned;
+static volatile int work_came; /* never: the threads wait until cancelled */
+
+__attribute__((noinline)) long wait_for_work(long id)
+{
+    atomic_fetch_add(&entered, 1);
+    while (!work_came) {
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL); /* a cancellation point */
+    }
+    return id;
+}
+
+static void on_cancel(void *arg)
+{
+    (void)arg;
+    atomic_fetch_add(&cleaned, 1);
+}
+
+static void *worker(void *arg)
+{
+    pthread_cleanup_push(on_cancel, NULL);
+    wait_for_work((long)arg);
+    pthread_cleanup_pop(0);
+    return NULL;
+}
+
+int main(void)
+{
+    char line[64];
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    while (fgets(line, sizeof line, stdin)) {
+        int n = atoi(line), cancelled = 0;
+        pthread_t *t = calloc(n, sizeof *t);
+        atomic_store(&entered, 0);
+        atomic_store(&cleaned, 0);
+        for (long i = 0; i < n; i++)
+            pthread_create(&t[i], NULL, worker, (void *)i);
+        while (atomic_load(&entered) < n) {
+            struct timespec ts = {0, 1000000};
+            nanosleep(&ts, NULL);
+        }
+        for (int i = 0; i < n; i++)
+            pthread_cancel(t[i]);
+        for (int i = 0; i < n; i++) {
+            void *r;
+            pthread_join(t[i], &r);
+            cancelled += r == PTHREAD_CANCELED;
+        }
+        free(t);
+        printf("done %d cancelled %d cleaned %d\n", n, cancelled, atomic_load(&cleaned));
+    }
+    return 0;
+}
+"""
+
+
+@pytest.mark.parametrize("flags", [[], ["-fexceptions"]], ids=["plain", "fexceptions"])
+def test_pthread_cancel_through_a_probed_c_function_runs_every_cleanup_handler(
+    coral_env: CoralEnv, agent: Process, tmp_path: Path, flags: list[str]
+) -> None:
+    """pthread_cancel unwinds a thread blocked inside a probed C function.
+    Plain C keeps its uretprobe: glibc's forced unwind stops at the
+    rewritten return address, and its stop function still runs the handlers
+    the caller registered. C built with -fexceptions runs its cleanups by
+    unwinding through the frame, which a uretprobe stops (0 of 16 ran): it
+    names __gcc_personality_v0, so it is probed at its RETs. Either way
+    every handler runs, the output equals the unprobed output and the
+    program runs on; a cancelled call never returned, so it is not a call
+    of the session."""
+    src = tmp_path / "cancel.c"
+    src.write_text(CANCEL)
+    binary = tmp_path / "cancel"
+    subprocess.run(["gcc", "-g", "-O1", "-Wall", "-pthread", *flags, "-o", str(binary), str(src)], check=True)
+    expected = subprocess.run([str(binary)], input="16\n", capture_output=True, text=True, check=True).stdout
+    assert expected == "done 16 cancelled 16 cleaned 16\n", expected
+    svc = NativeService(coral_env, binary, service="cancel")
+    try:
+        attach, _ = start_attach(coral_env, "cancel", "wait_for_work", "--local", "--duration", "3s", "--no-save")
+        ours = [line for line in kernel_probes().splitlines() if f"/proc/{svc.child_pid}/exe" in line]
+        assert any("uretprobe" in line for line in ours) == (not flags), ours
+        assert svc.call(16) == expected.strip()
+        assert svc.call(16) == expected.strip()  # threads and their cleanup again, with the same probe
+        out, _ = attach.communicate(timeout=60)
+        summary = json.loads(out.splitlines()[-1])
+        assert (summary["status"], summary["calls"]) == ("expired", 0), summary
+        assert svc.run.proc.poll() is None, "the program did not survive"
+        assert svc.call(4) == "done 4 cancelled 4 cleaned 4"  # and unprobed
+    finally:
+        svc.stop()
