@@ -56,7 +56,7 @@ def attach(env: CoralEnv, function: str, duration: str = "3s") -> subprocess.Pop
                          env=env.env, stdout=subprocess.PIPE, text=True)
     assert p.stdout is not None
     first = json.loads(p.stdout.readline())
-    assert first["kind"] == "session" and first["probes"] == 1, first
+    assert first["kind"] == "session" and first["probes"] == 1 and first["return_probe"] == "python", first
     return p
 
 

@@ -186,6 +186,7 @@ def test_exceptions_and_panics_through_probed_functions_leave_the_program_unharm
         ours = [line for line in kernel_probes().splitlines() if f"/proc/{svc.child_pid}/exe" in line]
         assert ours and not any("uretprobe" in line for line in ours), ours
         assert all(first["probes"] >= 2 for _, first in sessions)  # the entry and at least one RET
+        assert [first["return_probe"] for _, first in sessions] == ["ret", "ret"]
         assert svc.call(CALLS) == expected.strip()
         for attach, first in sessions:
             out, _ = attach.communicate(timeout=60)
@@ -251,7 +252,8 @@ def test_longjmp_out_of_a_probed_c_function_leaves_the_program_unharmed(
     assert expected.startswith(f"done {CALLS} jumped 25 "), expected
     svc = NativeService(coral_env, binary, service="jump")
     try:
-        attach, _ = start_attach(coral_env, "jump", "check", "--local", "--duration", "3s", "--no-save")
+        attach, first = start_attach(coral_env, "jump", "check", "--local", "--duration", "3s", "--no-save")
+        assert first["return_probe"] == "uretprobe"
         assert any("uretprobe" in line for line in kernel_probes().splitlines() if f"/proc/{svc.child_pid}/exe" in line)
         assert svc.call(CALLS) == expected.strip()
         out, _ = attach.communicate(timeout=60)
@@ -350,7 +352,8 @@ def test_pthread_cancel_through_a_probed_c_function_runs_every_cleanup_handler(
     assert expected == "done 16 cancelled 16 cleaned 16\n", expected
     svc = NativeService(coral_env, binary, service="cancel")
     try:
-        attach, _ = start_attach(coral_env, "cancel", "wait_for_work", "--local", "--duration", "3s", "--no-save")
+        attach, first = start_attach(coral_env, "cancel", "wait_for_work", "--local", "--duration", "3s", "--no-save")
+        assert first["return_probe"] == ("ret" if flags else "uretprobe")
         ours = [line for line in kernel_probes().splitlines() if f"/proc/{svc.child_pid}/exe" in line]
         assert any("uretprobe" in line for line in ours) == (not flags), ours
         assert svc.call(16) == expected.strip()

@@ -96,6 +96,7 @@ class Session:
     owner: str = ""  # who started it (uid:N; key:colony for the colony's requests)
     unanswered: list[str] = field(default_factory=list)  # instances left out at the start
     ended_ns: int = 0
+    return_probe: str = ""  # uretprobe | ret | python (DebugSession.return_probe)
     stored: int = 0
     lost: Counter[str] = field(default_factory=Counter)
     final: SlotStats | None = None
@@ -113,7 +114,7 @@ class Session:
             self.status, self.reason,
             {"capture_args": c.capture_args, "capture_return": c.capture_return, "sample_rate": c.sample_rate,
              "max_events": self.max_events, "min_duration_ns": c.min_duration_ns, "predicate": c.predicate,
-             "owner": self.owner, "unanswered": self.unanswered,
+             "owner": self.owner, "unanswered": self.unanswered, "return_probe": self.return_probe,
              "stats": {"calls": stats.calls, "sum_ns": stats.sum_ns, "max_ns": stats.max_ns,
                        "histogram": {str(k): v for k, v in stats.histogram.items()}}},
             {k: v for k, v in lost.items() if v},
@@ -308,6 +309,8 @@ class SessionManager:
             started_ns=now, expires_ns=now + start.duration_ms * 1_000_000, slot=slot, targets=targets,
             max_events=min(req.config.max_events, events_limit) if req.config.max_events else events_limit,
             owner=start.owner, unanswered=[e.message for e in start.unanswered],
+            return_probe="python" if first.kind == "python" else
+            "uretprobe" if any(s.uretprobe for t in targets for s in t.sites) else "ret",
         )
         self.active[session.session_id] = session
         self._by_slot[slot] = session
@@ -526,6 +529,7 @@ class SessionManager:
             histogram={int(k): int(v) for k, v in cast(dict[str, int], stats.get("histogram", {})).items()},
             owner=str(c.get("owner", "")),
             unanswered=[str(u) for u in cast(list[object], c.get("unanswered", []))],
+            return_probe=str(c.get("return_probe", "")),
         )
 
     def session(self, session_id: str) -> pb.DebugSession:

@@ -145,6 +145,7 @@ def merge(session: pb.DebugSession) -> None:
     session.pids.extend(pid for s in parts for pid in s.pids)
     del session.unanswered[:]
     session.unanswered.extend(u for s in parts for u in s.unanswered)
+    session.return_probe = ",".join(sorted({s.return_probe for s in parts if s.return_probe}))
     session.event_count = sum(s.event_count for s in parts)
     session.calls = sum(s.calls for s in parts)
     session.probes = sum(s.probes for s in parts)

@@ -364,6 +364,9 @@ class Ctl:
                 f"Debug session {session.session_id} started: {session.service} {session.function} "
                 f"({where}, {session.probes} probes)"
             )
+            if "ret" in session.return_probe.split(","):
+                self.out.line("Returns: a uprobe on each RET of the function (it may be unwound through, or its stack "
+                              "moved, so a uretprobe is not used)")
             for p in session.parts:
                 if p.session.status == "failed":
                     self.out.line(self.style.red(f"Agent {p.agent_id} did not start it: {p.session.status_reason}"))

@@ -304,7 +304,7 @@ class DetachUprobeResponse(_message.Message):
     def __init__(self, session: _Optional[_Union[DebugSession, _Mapping]] = ...) -> None: ...
 
 class DebugSession(_message.Message):
-    __slots__ = ("session_id", "service", "function", "agent_id", "pids", "started_unix_ns", "expires_unix_ns", "ended_unix_ns", "status", "status_reason", "config", "event_count", "calls", "lost", "probes", "total_calls", "sum_duration_ns", "max_duration_ns", "histogram", "parts", "owner", "unanswered")
+    __slots__ = ("session_id", "service", "function", "agent_id", "pids", "started_unix_ns", "expires_unix_ns", "ended_unix_ns", "status", "status_reason", "config", "event_count", "calls", "lost", "probes", "total_calls", "sum_duration_ns", "max_duration_ns", "histogram", "parts", "owner", "unanswered", "return_probe")
     class LostEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -341,6 +341,7 @@ class DebugSession(_message.Message):
     PARTS_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     UNANSWERED_FIELD_NUMBER: _ClassVar[int]
+    RETURN_PROBE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     service: str
     function: str
@@ -363,7 +364,8 @@ class DebugSession(_message.Message):
     parts: _containers.RepeatedCompositeFieldContainer[SessionPart]
     owner: str
     unanswered: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, session_id: _Optional[str] = ..., service: _Optional[str] = ..., function: _Optional[str] = ..., agent_id: _Optional[str] = ..., pids: _Optional[_Iterable[int]] = ..., started_unix_ns: _Optional[int] = ..., expires_unix_ns: _Optional[int] = ..., ended_unix_ns: _Optional[int] = ..., status: _Optional[str] = ..., status_reason: _Optional[str] = ..., config: _Optional[_Union[UprobeConfig, _Mapping]] = ..., event_count: _Optional[int] = ..., calls: _Optional[int] = ..., lost: _Optional[_Mapping[str, int]] = ..., probes: _Optional[int] = ..., total_calls: _Optional[int] = ..., sum_duration_ns: _Optional[int] = ..., max_duration_ns: _Optional[int] = ..., histogram: _Optional[_Mapping[int, int]] = ..., parts: _Optional[_Iterable[_Union[SessionPart, _Mapping]]] = ..., owner: _Optional[str] = ..., unanswered: _Optional[_Iterable[str]] = ...) -> None: ...
+    return_probe: str
+    def __init__(self, session_id: _Optional[str] = ..., service: _Optional[str] = ..., function: _Optional[str] = ..., agent_id: _Optional[str] = ..., pids: _Optional[_Iterable[int]] = ..., started_unix_ns: _Optional[int] = ..., expires_unix_ns: _Optional[int] = ..., ended_unix_ns: _Optional[int] = ..., status: _Optional[str] = ..., status_reason: _Optional[str] = ..., config: _Optional[_Union[UprobeConfig, _Mapping]] = ..., event_count: _Optional[int] = ..., calls: _Optional[int] = ..., lost: _Optional[_Mapping[str, int]] = ..., probes: _Optional[int] = ..., total_calls: _Optional[int] = ..., sum_duration_ns: _Optional[int] = ..., max_duration_ns: _Optional[int] = ..., histogram: _Optional[_Mapping[int, int]] = ..., parts: _Optional[_Iterable[_Union[SessionPart, _Mapping]]] = ..., owner: _Optional[str] = ..., unanswered: _Optional[_Iterable[str]] = ..., return_probe: _Optional[str] = ...) -> None: ...
 
 class SessionPart(_message.Message):
     __slots__ = ("agent_id", "session", "cursor", "complete")
