@@ -25,11 +25,11 @@ def counters(env: CoralEnv, socket: str) -> dict[str, int]:
 
 
 def until(what: str, check: Callable[[], bool], deadline_s: float = 20.0) -> None:
+    """Ask until `check` holds (each check is a round trip to a daemon)."""
     end = time.monotonic() + deadline_s
     while not check():
         if time.monotonic() > end:
             raise AssertionError(f"never: {what}")
-        time.sleep(0.02)
 
 
 class Question(threading.Thread):

@@ -43,7 +43,7 @@ def test_a_hot_function_at_full_speed_is_shed_and_counted_and_nobody_waits(coral
     try:
         with Client(env.endpoint("colony/colony.sock"), 10) as c, Client(env.endpoint("agent.sock"), 10) as local:
             while not cast(pb.ListServicesResponse, c.call("ListServices", pb.ListServicesRequest())).services:
-                time.sleep(0.05)
+                pass  # each ask is a round trip: until coral-run's registration has reached the colony
             sid = cast(pb.AttachUprobeResponse, c.call("AttachUprobe", pb.AttachUprobeRequest(
                 service="hot", function="hot", duration_ms=5000))).session.session_id
             statuses = set()
@@ -56,7 +56,7 @@ def test_a_hot_function_at_full_speed_is_shed_and_counted_and_nobody_waits(coral
                 statuses |= {p.session.status for p in s.parts}
                 if all(p.complete for p in s.parts):
                     break
-                time.sleep(0.2)
+                time.sleep(0.2)  # workload: a round of questions every 0.2 s while the function runs
             ping = cast(pb.PingResponse, local.call("Ping", pb.PingRequest())).counters
         # Asked and answered while the function ran at full speed, and after; never
         # lost: the agent's heartbeats were on time.
