@@ -7,7 +7,6 @@ The agent enforces every session's expiry itself, colony or no colony.
 
 from __future__ import annotations
 
-import bisect
 import builtins
 import itertools
 import json
@@ -24,7 +23,7 @@ from coral.agentd import abi
 from coral.agentd.engine import NativeRecord, ProbeEngine, ProbeError, PythonRecord, Site, SlotConfig, SlotStats
 from coral.agentd.memory import trim_heap
 from coral.agentd.registry import ProcessRegistry, Registration
-from coral.agentd.store import CallRow, EventStore, SessionRow
+from coral.agentd.store import CallRow, EventStore, SessionRow, rows_in_columns
 from coral.agentd.targets import native_sites, python_site
 from coral.agentd.values import int_kind
 from coral.daemon.config import Config
@@ -566,7 +565,8 @@ class SessionManager:
         if req.session_id not in self.active or self._handed.get(req.session_id, -1) > req.cursor:
             rows = self.store.query(req.session_id, req.cursor, req.since_unix_ns, req.until_unix_ns, limit)
         if len(rows) < limit:  # then the batch not written yet, which comes after
-            rows += self._pending_rows(req, rows[-1].seq if rows else req.cursor, limit - len(rows))
+            rows += rows_in_columns(self._pending, req.session_id, rows[-1].seq if rows else req.cursor,
+                                    req.since_unix_ns, req.until_unix_ns, limit - len(rows))
         events = [ev for r in rows for ev in self._events(r, session)]
         next_cursor = rows[-1].seq if rows else req.cursor
         return pb.QueryUprobeEventsResponse(events=events, next_cursor=next_cursor, has_more=len(rows) == limit,
@@ -577,21 +577,6 @@ class SessionManager:
         if self.store.holding:
             self.store.retry()
 
-    def _pending_rows(self, req: pb.QueryUprobeEventsRequest, after: int, limit: int) -> builtins.list[CallRow]:
-        """The session's calls after `after` from the batch not yet written, as the store would give them."""
-        seqs, sids = cast("builtins.list[int]", self._pending[0]), cast("builtins.list[str]", self._pending[1])
-        rows: builtins.list[CallRow] = []
-        for i in range(bisect.bisect_right(seqs, after), len(seqs)):  # seqs increase
-            if sids[i] != req.session_id:
-                continue
-            row = CallRow(*(cast(Any, column[i]) for column in self._pending))
-            if (req.since_unix_ns and row.start_ns + row.duration_ns < req.since_unix_ns) or \
-                    (req.until_unix_ns and row.start_ns > req.until_unix_ns):
-                continue
-            rows.append(row)
-            if len(rows) == limit:
-                break
-        return rows
 
     def _events(self, r: CallRow, s: pb.DebugSession) -> tuple[pb.UprobeEvent, pb.UprobeEvent]:
         """A call as its entry and return events; event seq = 2 * call seq (+1)."""

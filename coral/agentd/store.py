@@ -3,6 +3,7 @@ only writer; clients read through the agent's API."""
 
 from __future__ import annotations
 
+import bisect
 import json
 import logging
 import time
@@ -116,6 +117,25 @@ class SessionRow:
     reason: str
     config: dict[str, object]
     lost: dict[str, int]
+
+
+def rows_in_columns(columns: Sequence[list[object]], session_id: str, after_seq: int, since_ns: int, until_ns: int,
+                    limit: int) -> list[CallRow]:
+    """A session's calls after `after_seq` from a batch kept as CallRow's
+    columns (seqs increase), filtered as query() filters: for the calls not
+    written yet, which come after those that are."""
+    seqs, sids = cast(list[int], columns[0]), columns[1]
+    rows: list[CallRow] = []
+    for i in range(bisect.bisect_right(seqs, after_seq), len(seqs)):
+        if sids[i] != session_id:
+            continue
+        row = CallRow(*(cast(Any, column[i]) for column in columns))
+        if (since_ns and row.start_ns + row.duration_ns < since_ns) or (until_ns and row.start_ns > until_ns):
+            continue
+        rows.append(row)
+        if len(rows) == limit:
+            break
+    return rows
 
 
 class EventStore:
@@ -233,16 +253,8 @@ class EventStore:
         params.append(limit)
         rows = [CallRow(*r) for r in self._db.execute(sql, params).fetchall()]
         if len(rows) < limit and self._held[0]:  # then those held since a write failed, which come after
-            after = rows[-1].seq if rows else after_seq
-            for i, (seq, sid) in enumerate(zip(self._held[0], self._held[1], strict=True)):
-                if sid != session_id or cast(int, seq) <= after:
-                    continue
-                row = CallRow(*(cast(Any, column[i]) for column in self._held))
-                if (since_ns and row.start_ns + row.duration_ns < since_ns) or (until_ns and row.start_ns > until_ns):
-                    continue
-                rows.append(row)
-                if len(rows) == limit:
-                    break
+            rows += rows_in_columns(self._held, session_id, rows[-1].seq if rows else after_seq, since_ns, until_ns,
+                                    limit - len(rows))
         return rows
 
     def purge_candidates(self, before_ns: int, limit: int) -> list[tuple[str, str, int]]:
