@@ -1,7 +1,7 @@
 """Sessions across agents: one colony, two agents, the same C service on
 each. Measures how late a call becomes visible through the colony (its
 pulls; calls made at random moments), to a follower and to a one-off
-question, and how long the colony takes to hold every event of a large
+question, and how long the colony takes to hold every call of a large
 session after it ends. Prints markdown tables.
 
     .venv/bin/python bench/fanout.py [--calls 20000] [--probes 50]
@@ -26,24 +26,24 @@ from coral.proto import coral_pb2 as pb
 from tests.harness import REPO, CoralEnv, NativeService, build_c, start_agent, start_colony
 
 
-def events_held(c: Client, session_id: str) -> int:
-    """How many events of the session the colony holds now (paging through them)."""
+def calls_held(c: Client, session_id: str) -> int:
+    """How many calls of the session the colony holds now (paging through them)."""
     cursor, n = 0, 0
     while True:
         q = cast(
             pb.QueryUprobeEventsResponse,
             c.call("QueryUprobeEvents", pb.QueryUprobeEventsRequest(session_id=session_id, cursor=cursor, max_events=5000)),
         )
-        n += len(q.events)
+        n += len(q.calls)
         cursor = q.next_cursor
-        if len(q.events) < 5000:
+        if len(q.calls) < 5000:
             return n
 
 
 class Follower(threading.Thread):
     """A client following the session as `coralctl debug events --follow`
-    does; for each return event, how long after the call returned it was in
-    hand (the event's time is the agent's wall clock, on this host)."""
+    does; for each call, how long after it returned it was in hand (the
+    call's end is the agent's wall clock, on this host)."""
 
     def __init__(self, endpoint: str, session_id: str) -> None:
         super().__init__(daemon=True)
@@ -58,7 +58,7 @@ class Follower(threading.Thread):
                 q = cast(pb.QueryUprobeEventsResponse, c.call("QueryUprobeEvents", pb.QueryUprobeEventsRequest(
                     session_id=self.session_id, cursor=cursor, max_events=1000, wait_ms=500)))
                 now = time.time_ns()
-                self.lags.extend((now - ev.timestamp_unix_ns) / 1e9 for ev in q.events if ev.event_type == "return")
+                self.lags.extend((now - c.end_unix_ns) / 1e9 for c in q.calls)
                 cursor = q.next_cursor
 
     def stop(self) -> None:
@@ -99,18 +99,18 @@ def main() -> int:
                     time.sleep(0.001)
             follower.stop()
             asked = []
-            held = events_held(c, sid)
+            held = calls_held(c, sid)
             for i in range(args.probes):  # then one-off questions, asked in a loop
                 time.sleep(rng.uniform(0, pull_interval))
                 (svc_a if i % 2 else svc_b).call(1)
                 t = time.monotonic()
-                while events_held(c, sid) < held + 2:  # read-your-calls: a call made before the question is in it
+                while calls_held(c, sid) < held + 1:  # read-your-calls: a call made before the question is in it
                     pass
                 asked.append(time.monotonic() - t)
-                held += 2
+                held += 1
             rows = []
-            for name, lags in (("a follower (wait_ms), from the call's return to its event in hand", follower.lags),
-                               ("a one-off question after the call returned, until its events are in the answer",
+            for name, lags in (("a follower (wait_ms), from the call's return to the call in hand", follower.lags),
+                               ("a one-off question after the call returned, until the call is in the answer",
                                 asked)):
                 q = statistics.quantiles(lags, n=100)
                 rows.append([name, f"{statistics.median(lags) * 1000:.1f} ms", f"{q[89] * 1000:.1f} ms",
@@ -139,7 +139,7 @@ def main() -> int:
                 if all(p.complete for p in s.parts):
                     break
             drained = time.monotonic() - t1
-            total = events_held(c, sid)
+            total = calls_held(c, sid)
             q0 = time.monotonic()
             for _ in range(20):
                 c.call("QueryUprobeEvents", pb.QueryUprobeEventsRequest(session_id=sid, max_events=1000))
@@ -149,21 +149,21 @@ def main() -> int:
             f"Drain: {args.calls:,} calls on each of two agents, then detach",
             [
                 "calls made in",
-                "detach → every event in colony.duckdb",
-                "events held",
+                "detach → every call in colony.duckdb",
+                "calls held",
                 "expected",
                 "kernel-counted calls",
-                "pulled_events counter",
-                "one 1000-event page from the colony",
+                "pulled_calls counter",
+                "one 1000-call page from the colony",
             ],
             [
                 [
                     f"{calls_took:.1f} s",
                     f"{drained:.2f} s",
                     f"{total:,}",
-                    f"{4 * args.calls + held:,}",
+                    f"{2 * args.calls + held:,}",
                     f"{s.total_calls:,}",
-                    f"{ping.counters['pulled_events']:,}",
+                    f"{ping.counters['pulled_calls']:,}",
                     f"{page * 1000:.1f} ms",
                 ]
             ],

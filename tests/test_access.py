@@ -94,7 +94,7 @@ def test_a_member_with_only_list_sees_timings_not_values(coral_env: CoralEnv, bp
             creds = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": ["coral"]} if user else {}
             out = subprocess.run(argv, env=coral_env.env, capture_output=True, text=True, timeout=60, **creds)  # type: ignore[call-overload]
             assert out.returncode == 0, out.stderr
-            return [e for e in map(json.loads, out.stdout.splitlines()) if e["kind"] == "event"]
+            return [e for e in map(json.loads, out.stdout.splitlines()) if e["kind"] == "call"]
 
         def values(evs: list[dict[str, object]]) -> set[str]:
             found = {str(a["value"]) for e in evs for a in e.get("args", [])}  # type: ignore[attr-defined]

@@ -31,7 +31,7 @@ def test_same_calls_and_arguments_as_bpftrace(coral_env: CoralEnv, agent: Proces
     assert peer.returncode == 0, peer_err
 
     ours = [json.loads(line) for line in out.splitlines()]
-    our_amounts = sorted(int(e["args"][1]["value"]) for e in ours if e.get("event_type") == "entry")
+    our_amounts = sorted(int(e["args"][1]["value"]) for e in ours if e.get("kind") == "call")
     their_amounts = sorted(int(a) for a, n in re.findall(r"@amounts\[(\d+)\]: (\d+)", peer_out) for _ in range(int(n)))
     their_calls = int(re.search(r"@calls: (\d+)", peer_out).group(1))  # type: ignore[union-attr]
     assert ours[-1]["calls"] == their_calls == N

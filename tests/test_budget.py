@@ -63,7 +63,7 @@ def test_a_hot_function_over_the_default_budget_is_detached_and_the_program_runs
         assert (summary["status"], summary["status_reason"]) == ("failed", "budget exceeded")
         assert summary["calls"] > 0  # what it saw before the cut is kept, every call of it
         events = coralctl(coral_env, "--local", "--output", "json", "debug", "events", first["session_id"]).stdout
-        stored = sum(1 for line in events.splitlines() if '"event_type":"return"' in line)
+        stored = sum(1 for line in events.splitlines() if '"kind":"call"' in line)
         assert stored + sum(summary["lost"].values()) == summary["calls"], summary
         assert probes_on(service.pid) == []
         sessions = coralctl(coral_env, "--local", "--output", "json", "debug", "sessions")

@@ -118,8 +118,8 @@ def test_agent_killed_mid_session_the_colony_says_so_and_keeps_the_events(
     attach, first = start_attach(coral_env, "payments", "validate_card", "--duration", "5m", "--no-save")
     assert payments.call(6) == "done 6 declined 0"
     assert attach.stdout is not None
-    seen = [json.loads(attach.stdout.readline()) for _ in range(12)]  # the 6 calls streamed through the colony
-    assert sum(e["event_type"] == "return" for e in seen) == 6
+    seen = [json.loads(attach.stdout.readline()) for _ in range(6)]  # the 6 calls streamed through the colony
+    assert [e["kind"] for e in seen] == ["call"] * 6
     agent.proc.send_signal(signal.SIGKILL)
     agent.proc.wait(10)
     attach.kill()
@@ -135,7 +135,7 @@ def test_agent_killed_mid_session_the_colony_says_so_and_keeps_the_events(
     # Its events are still there, from the colony's own copy.
     events = coralctl(coral_env, "--output", "json", "debug", "events", first["session_id"])
     assert events.returncode == 0, events.stderr
-    kept = [json.loads(line) for line in events.stdout.splitlines() if '"kind":"event"' in line]
+    kept = [json.loads(line) for line in events.stdout.splitlines() if '"kind":"call"' in line]
     assert [e["seq"] for e in kept] == [e["seq"] for e in seen]
 
 
@@ -171,7 +171,7 @@ def test_an_agent_silent_longer_than_the_colony_waits_comes_back_with_every_call
     s = colony_session_when(coral_env, first["session_id"], lambda s: s["parts"][0]["complete"])
     assert (s["status"], s["calls"], s["total_calls"], s["lost"]) == ("expired", 120, 120, {}), s
     events = coralctl(coral_env, "--output", "json", "debug", "events", first["session_id"]).stdout.splitlines()
-    returns = [e["seq"] for e in map(json.loads, events) if e.get("event_type") == "return"]
+    returns = [e["seq"] for e in map(json.loads, events) if e.get("kind") == "call"]
     assert len(returns) == len(set(returns)) == 120
     attach.kill()
     attach.wait()

@@ -51,7 +51,6 @@ def part(
             ended_unix_ns=0 if status == "active" else 150,
             total_calls=len(durations),
             calls=len(durations),
-            event_count=2 * len(durations),
             probes=2,
             sum_duration_ns=sum(durations),
             max_duration_ns=max(durations, default=0),
@@ -69,7 +68,7 @@ def test_merged_counts_add_and_percentiles_come_from_the_merged_histogram() -> N
         session_id="dbg-1", parts=[part("a", fast, lost={"sampled": 2}), part("bb", slow, lost={"sampled": 1, "ringbuf_full": 4})]
     )
     merge(s)
-    assert (s.total_calls, s.calls, s.event_count, s.probes) == (4000, 4000, 8000, 4)
+    assert (s.total_calls, s.calls, s.probes) == (4000, 4000, 4)
     assert s.sum_duration_ns == sum(fast) + sum(slow) and s.max_duration_ns == max(slow)
     assert dict(s.lost) == {"sampled": 3, "ringbuf_full": 4} and list(s.pids) == [1, 2]
     # Bucket by bucket: exactly the histogram of all calls together.
@@ -275,26 +274,24 @@ def test_attach_goes_to_every_agent_and_one_refusal_is_named(broker: Broker) -> 
     assert [(p.agent_id, p.session.status, p.complete) for p in session.parts] == [("a", "active", False), ("b", "failed", True)]
     assert session.status == "active" and session.status_reason == "b: function 'validate_card' not found"
 
-    # The colony pulls from a (b has nothing to pull), and keeps each event once.
+    # The colony pulls from a (b has nothing to pull), and keeps each call once.
     pulls = sent_to(broker.tick(1.0), "backend")
     pulls = [f for f in pulls if f.name == "QueryUprobeEvents"]
     assert [f.envelope for f in pulls] == [(b"A",)]
     broker.agent_ready(b"A2", hello("a"), ROOT, 1.05)  # a reconnected on a new link: its pull is sent again there
     pulls = [f for f in sent_to(broker.tick(1.06), "backend") if f.name == "QueryUprobeEvents"]
     assert [f.envelope for f in pulls] == [(b"A2",)]
-    events = [
-        pb.UprobeEvent(session_id=request.session_id, agent_id="a", seq=2 * 5 + k, event_type=("entry", "return")[k])
-        for k in (0, 1)
-    ]
+    calls = [pb.Call(session_id=request.session_id, agent_id="a", seq=seq, start_unix_ns=100, end_unix_ns=109,
+                     duration_ns=9) for seq in (5, 6)]
     ended = part("a", [9], "expired").session
     ended.session_id = request.session_id
     for _ in range(2):  # the same page twice (say, a retried pull)
-        broker.handle_reply(agent_reply(pulls[0], pb.QueryUprobeEventsResponse(events=events, next_cursor=5, session=ended)), 1.1)
+        broker.handle_reply(agent_reply(pulls[0], pb.QueryUprobeEventsResponse(calls=calls, next_cursor=6, session=ended)), 1.1)
     answer = broker.handle_request(
         client_request("QueryUprobeEvents", pb.QueryUprobeEventsRequest(session_id=request.session_id)), ROOT, 1.2
     )
     q = wire.parse_body(pb.QueryUprobeEventsResponse, sent_to(answer, "frontend")[0].body)
-    assert [e.seq for e in q.events] == [10, 11] and not q.has_more
+    assert [c.seq for c in q.calls] == [5, 6] and not q.has_more
     assert (q.session.status, q.session.total_calls) == ("expired", 1) and request.session_id not in broker.open
 
 

@@ -59,7 +59,7 @@ def ping(endpoint: str) -> dict[str, int]:
 def events(env: CoralEnv, session_id: str, *flags: str) -> int:
     out = coralctl(env, *flags, "--output", "json", "debug", "events", session_id)
     assert out.returncode == 0, out.stderr
-    return sum(1 for line in out.stdout.splitlines() if '"event_type":"return"' in line)
+    return sum(1 for line in out.stdout.splitlines() if '"kind":"call"' in line)
 
 
 def test_the_agents_disk_fills_mid_session(coral_env: CoralEnv, bpf: None, payments_binary: Path, small_disk: Path) -> None:
@@ -125,7 +125,7 @@ def test_the_colonys_disk_fills_mid_session(coral_env: CoralEnv, bpf: None, paym
         wait_for_session(coral_env, sid, lambda s: s["calls"] == 2000)
         assert events(coral_env, sid) == 2000
         counters = ping(coral_env.endpoint("colony/colony.sock"))
-        assert counters["storage.failing"] == 1 and counters["storage.held_events"] > 0
+        assert counters["storage.failing"] == 1 and counters["storage.held_calls"] > 0
         # The audit log and the session list still show everything, held rows included.
         audit = [json.loads(line) for line in coralctl(coral_env, "--output", "json", "audit").stdout.splitlines()]
         assert any(e["method"] == "AttachUprobe" and e["session_id"] == sid and e["outcome"] == "OK" for e in audit)

@@ -74,7 +74,7 @@ def test_attach_runs_on_every_agent_and_the_summary_adds_them_up(
     rest, _ = attach.communicate(timeout=60)
     assert attach.returncode == 0
     lines = records(rest)
-    returns = [e for e in lines if e["kind"] == "event" and e["event_type"] == "return"]
+    returns = [e for e in lines if e["kind"] == "call"]
     assert sorted((e["agent_id"], e["pid"]) for e in returns) == sorted(
         [(agent_a, payments.child_pid)] * N + [(AGENT_B, payments_b.child_pid)] * N
     )
@@ -89,8 +89,8 @@ def test_attach_runs_on_every_agent_and_the_summary_adds_them_up(
     # The text view names the agent of each call, and the summary each agent.
     text = coralctl(coral_env, "debug", "events", first["session_id"], "--slow", "1ms")
     assert text.returncode == 0, text.stderr
-    assert text.stdout.count(f"agent={agent_a} pid={payments.child_pid}") == 2 * N
-    assert text.stdout.count(f"agent={AGENT_B} pid={payments_b.child_pid}") == 2 * N
+    assert text.stdout.count(f"agent={agent_a} pid={payments.child_pid}") == N
+    assert text.stdout.count(f"agent={AGENT_B} pid={payments_b.child_pid}") == N
     assert f"Total calls:  {2 * N}" in text.stdout and "Agents:" in text.stdout
     sessions = coralctl(coral_env, "debug", "sessions")
     assert "2 agents" in sessions.stdout and f"agent {AGENT_B}" in sessions.stdout
@@ -111,7 +111,7 @@ def test_agent_option_narrows_the_session_to_one_agent(
     assert payments_b.call(N) == f"done {N} declined 1"
     rest, _ = attach.communicate(timeout=60)
     lines = records(rest)
-    assert {(e["agent_id"], e["pid"]) for e in lines if e["kind"] == "event"} == {(AGENT_B, payments_b.child_pid)}
+    assert {(e["agent_id"], e["pid"]) for e in lines if e["kind"] == "call"} == {(AGENT_B, payments_b.child_pid)}
     assert lines[-1]["calls"] == N
 
 
@@ -157,7 +157,7 @@ def test_an_agent_lost_mid_session_is_named_and_the_others_run_on(
     summary = lines[-1]
     assert summary["status"] == "detached" and summary["status_reason"] == f"{AGENT_B}: agent lost"
     assert sorted((a["agent_id"] == AGENT_B, a["status"]) for a in summary["agents"]) == [(False, "detached"), (True, "lost")]
-    assert sum(e["event_type"] == "return" for e in lines if e["kind"] == "event") == 2 * N  # b's calls were pulled
+    assert sum(e["kind"] == "call" for e in lines) == 2 * N  # b's calls were pulled
 
 
 def test_the_colony_pulls_a_finished_session_before_its_agent_dies(
@@ -178,9 +178,8 @@ def test_the_colony_pulls_a_finished_session_before_its_agent_dies(
     out = coralctl(coral_env, "--output", "json", "debug", "events", first["session_id"])
     assert out.returncode == 0, out.stderr
     lines = records(out.stdout)
-    events = [e for e in lines if e["kind"] == "event"]
-    assert sum(e["event_type"] == "return" for e in events) == N
-    assert len({e["seq"] for e in events}) == len(events) == 2 * N  # each once
+    calls = [e for e in lines if e["kind"] == "call"]
+    assert len({e["seq"] for e in calls}) == len(calls) == N  # each once
     assert lines[-1]["calls"] == N and lines[-1]["status"] == "expired"
 
 

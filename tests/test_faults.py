@@ -23,7 +23,7 @@ def test_target_exits_mid_session(coral_env: CoralEnv, colony: Process, agent: P
     assert (summary["status"], summary["status_reason"], summary["calls"]) == ("failed", "target exited", 4)
     assert f"/proc/{child}/exe" not in kernel_probes()
     events = coralctl(coral_env, "--local", "--output", "json", "debug", "events", first["session_id"])
-    assert sum(1 for line in events.stdout.splitlines() if '"event_type":"return"' in line) == 4  # kept
+    assert sum(1 for line in events.stdout.splitlines() if '"kind":"call"' in line) == 4  # kept
     assert coralctl(coral_env, "--local", "ping").returncode == 0  # the agent is unharmed
 
 
@@ -33,7 +33,7 @@ def test_agent_killed_mid_session_leaves_no_probe_and_keeps_what_it_wrote(
     attach, first = start_attach(coral_env, "payments", "validate_card", "--local", "--duration", "5m", "--no-save")
     assert payments.call(5) == "done 5 declined 0"
     stored = coralctl(coral_env, "--local", "--output", "json", "debug", "events", first["session_id"])
-    assert sum(1 for line in stored.stdout.splitlines() if '"event_type":"return"' in line) == 5
+    assert sum(1 for line in stored.stdout.splitlines() if '"kind":"call"' in line) == 5
     while True:  # until the agent has written them (within agent.flush_interval)
         ping = json.loads(coralctl(coral_env, "--local", "--output", "json", "ping").stdout)
         if ping["counters"]["storage.pending_calls"] == 0:
@@ -133,7 +133,7 @@ def test_sdk_service_killed_mid_session_fails_the_session_and_keeps_its_calls(
 
 
 def returns(json_lines: str) -> int:
-    return sum(1 for line in json_lines.splitlines() if '"event_type":"return"' in line)
+    return sum(1 for line in json_lines.splitlines() if '"kind":"call"' in line)
 
 
 def test_no_call_after_expiry_is_counted_even_while_the_agent_cannot_detach(

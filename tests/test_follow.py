@@ -71,7 +71,7 @@ def test_a_held_question_is_answered_by_the_next_call_and_by_the_end(
     payments.call(1)
     for q in (on_colony, on_agent):
         reply = q.answer()
-        assert [e.event_type for e in reply.events] == ["entry", "return"]
+        assert len(reply.calls) == 1 and reply.calls[0].duration_ns > 0
         assert reply.session.status == "active"
     colony_after, local_after = counters(coral_env, "colony/colony.sock"), counters(coral_env, "agent.sock")
     assert colony_after["followers.woken"] - colony["followers.woken"] == 1
@@ -80,7 +80,7 @@ def test_a_held_question_is_answered_by_the_next_call_and_by_the_end(
 
     cursor = on_colony.answer().next_cursor
     quiet = Question(coral_env, "colony/colony.sock", sid, cursor, 300)  # nothing comes: answered at its wait
-    assert list(quiet.answer().events) == []
+    assert list(quiet.answer().calls) == []
     assert counters(coral_env, "colony/colony.sock")["followers.timed_out"] == colony["followers.timed_out"] + 1
 
     last = Question(coral_env, "colony/colony.sock", sid, cursor, LONG_WAIT_MS)
@@ -88,7 +88,7 @@ def test_a_held_question_is_answered_by_the_next_call_and_by_the_end(
     with Client(coral_env.endpoint("colony/colony.sock"), 30) as c:
         c.call("DetachUprobe", pb.DetachUprobeRequest(session_id=sid))
     ended = last.answer()
-    assert list(ended.events) == [] and ended.session.status == "detached"
+    assert list(ended.calls) == [] and ended.session.status == "detached"
     final = counters(coral_env, "colony/colony.sock")
     assert final["followers.woken"] == colony_after["followers.woken"] + 1 and final["followers.held"] == 0
-    assert final["pulled_events"] == 2  # held pulls and quick ones, each event once
+    assert final["pulled_calls"] == 1  # held pulls and quick ones, each call once

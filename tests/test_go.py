@@ -64,19 +64,16 @@ def test_go_function_under_thousands_of_growing_goroutines(
         calls = GOROUTINES * (DEPTH + 1)
         summary = lines[-1]
         assert summary["calls"] == calls, summary
-        returns = [e for e in lines if e.get("event_type") == "return"]
-        entries = [e for e in lines if e.get("event_type") == "entry"]
-        assert len(returns) + summary["lost"].get("ringbuf_full", 0) == calls
-        assert all(0 < e["duration_ns"] < 5_000_000_000 for e in returns)
-        assert {a["name"] for a in entries[0]["args"]} == {"card", "amount", "deep"}
-        # Each call is an entry followed by its return: the innermost call
+        stored = [e for e in lines if e.get("kind") == "call"]
+        assert len(stored) + summary["lost"].get("ringbuf_full", 0) == calls
+        assert all(0 < e["duration_ns"] < 5_000_000_000 for e in stored)
+        assert {a["name"] for a in stored[0]["args"]} == {"card", "amount", "deep"}
+        # Each call has its arguments and its result: the innermost call
         # (deep=0) returns (amount, nil), or (-1, error) above 1000.
-        events = [e for e in lines if e["kind"] == "event"]
-        pairs = list(zip(events[::2], events[1::2], strict=True))
-        innermost = [(e, r) for e, r in pairs if e["args"][2]["value"] == "0"]
+        innermost = [c for c in stored if c["args"][2]["value"] == "0"]
         assert innermost
-        for entry, ret in innermost:
-            amount = int(entry["args"][1]["value"])
+        for ret in innermost:
+            amount = int(ret["args"][1]["value"])
             value, err = ret["return_value"]["value"].split(", ")
             assert ret["return_value"]["type"] == "int, error"
             if amount > 1000:

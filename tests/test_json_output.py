@@ -95,16 +95,16 @@ def test_every_json_line_has_the_documented_fields(
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0
     attach = [session_line] + [json.loads(line) for line in out.splitlines()]
-    assert [r["kind"] for r in attach] == ["session"] + ["event"] * (len(attach) - 2) + ["summary"]
-    assert len(attach) >= 2 + 6  # three calls at least: an entry and a return each
+    assert [r["kind"] for r in attach] == ["session"] + ["call"] * (len(attach) - 2) + ["summary"]
+    assert len(attach) >= 2 + 3  # three calls at least, a line each
     session_id = session_line["session_id"]
     printed["DebugSession"].append(session_line)
-    printed["UprobeEvent"] += attach[1:-1]
+    printed["Call"] += attach[1:-1]
     printed["Summary"].append(attach[-1])
 
     events = json_lines(env, "debug", "events", session_id)
     assert [r["kind"] for r in events][-1] == "summary"
-    printed["UprobeEvent"] += events[:-1]
+    printed["Call"] += events[:-1]
     printed["Summary"].append(events[-1])
     printed["DebugSession"] += json_lines(env, "debug", "sessions")
     printed["DebugSession"] += json_lines(env, "debug", "detach", session_id)

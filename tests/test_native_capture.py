@@ -52,11 +52,11 @@ def test_c_string_arguments_are_copied_and_bounded(coral_env: CoralEnv, agent: P
             run.proc.stdin.flush()
             run.proc.stdout.readline()
         out, _ = p.communicate(timeout=30)
-        entries = [json.loads(line) for line in out.splitlines() if '"event_type":"entry"' in line]
+        entries = [json.loads(line) for line in out.splitlines() if '"kind":"call"' in line]
         assert entries[0]["args"] == [{"name": "name", "type": "const char *", "value": "'alice'"},
                                       {"name": "times", "type": "int", "value": "2"}]
         assert entries[1]["args"][0]["value"] == repr("b" * 63) + "…(truncated)"  # 64 bytes copied, NUL included
-        rets = [json.loads(line) for line in out.splitlines() if '"event_type":"return"' in line]
+        rets = [json.loads(line) for line in out.splitlines() if '"kind":"call"' in line]
         assert [r["return_value"]["value"] for r in rets] == ["10", "300"]
     finally:
         run.stop()
@@ -94,7 +94,7 @@ def test_the_string_bound_comes_from_the_config(coral_env: CoralEnv, bpf: None, 
         run.proc.stdin.flush()
         run.proc.stdout.readline()
         out, _ = p.communicate(timeout=30)
-        (entry,) = [json.loads(line) for line in out.splitlines() if '"event_type":"entry"' in line]
+        (entry,) = [json.loads(line) for line in out.splitlines() if '"kind":"call"' in line]
         assert entry["args"][0]["value"] == "'abcdefghijklmno'…(truncated)"
     finally:
         run.stop()
@@ -140,7 +140,7 @@ def test_native_secrets_are_redacted_before_they_are_stored(coral_env: CoralEnv,
         out, _ = p.communicate(timeout=30)
     finally:
         run.stop()
-    entries = [json.loads(line) for line in out.splitlines() if '"event_type":"entry"' in line]
+    entries = [json.loads(line) for line in out.splitlines() if '"kind":"call"' in line]
     assert len(entries) == 3
     assert [a["value"] for a in entries[0]["args"]] == ["<redacted>", "'card <redacted> ok'"]  # both were copied
     assert agent.stop() == 0  # its database closed: everything it kept is on disk now

@@ -65,11 +65,11 @@ def test_attach_sees_exactly_n_calls_live_and_afterwards(
     rest, err = attach.communicate(timeout=60)
     assert attach.returncode == 0, err
     lines = records(rest)
-    events = [r for r in lines if r["kind"] == "event"]
-    entries = [e for e in events if e["event_type"] == "entry"]
-    returns = [e for e in events if e["event_type"] == "return"]
-    assert len(entries) == N and len(returns) == N
-    assert all(e["pid"] == payments.child_pid for e in events)
+    calls = [r for r in lines if r["kind"] == "call"]
+    entries = returns = calls  # a call has its arguments and its result
+    assert len(calls) == N and [c["seq"] for c in calls] == sorted(c["seq"] for c in calls)
+    assert all(c["pid"] == payments.child_pid for c in calls)
+    assert all(c["end_unix_ns"] - c["start_unix_ns"] == c["duration_ns"] for c in calls)
     # validate_card sleeps SLEEP_MS: each call takes at least that, and not wildly more.
     assert all(SLEEP_MS * 1_000_000 <= e["duration_ns"] < SLEEP_MS * 1_000_000 * 20 for e in returns)
     # Arguments by their DWARF names, the return value by its type.
@@ -85,8 +85,8 @@ def test_attach_sees_exactly_n_calls_live_and_afterwards(
 
     stored = coralctl(coral_env, "--output", "json", "debug", "events", session_id)
     assert stored.returncode == 0, stored.stderr
-    stored_events = [r for r in records(stored.stdout) if r["kind"] == "event"]
-    assert [e["seq"] for e in stored_events] == [e["seq"] for e in events]
+    stored_calls = [r for r in records(stored.stdout) if r["kind"] == "call"]
+    assert [c["seq"] for c in stored_calls] == [c["seq"] for c in calls]
 
     sessions = records(coralctl(coral_env, "--output", "json", "debug", "sessions").stdout)
     assert [(s["session_id"], s["status"]) for s in sessions] == [(session_id, "expired")]

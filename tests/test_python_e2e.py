@@ -67,13 +67,12 @@ def test_debug_validate_card_in_a_running_python_service(coral_env: CoralEnv, se
     answers = [service.charge("4111111111111111" if i % 4 else "4111111111111117", 500 + i) for i in range(N)]
     out, _ = session.communicate(timeout=60)
     lines = records(out)
-    events = [e for e in lines if e["kind"] == "event"]
-    calls = list(zip(events[::2], events[1::2], strict=True))
+    calls = [e for e in lines if e["kind"] == "call"]
     assert len(calls) == N and lines[-1]["calls"] == N and lines[-1]["lost"] == {}
 
     declined = [i for i in range(N) if i % 4 == 0]
-    for i, ((entry, ret), (status, body)) in enumerate(zip(calls, answers, strict=True)):
-        assert entry["event_type"] == "entry" and ret["event_type"] == "return"
+    for i, (call, (status, body)) in enumerate(zip(calls, answers, strict=True)):
+        entry = ret = call  # its arguments and its result, in one line
         # The card number is redacted by name (and by its look); the amount is shown.
         assert entry["args"] == [{"name": "card", "type": "", "value": "<redacted>"},
                                  {"name": "amount", "type": "", "value": str(500 + i)}]
@@ -96,7 +95,7 @@ def test_a_stdlib_function_in_the_same_service(coral_env: CoralEnv, service: Pyt
         assert service.charge("4111111111111111", 700 + i)[0] == 200
     out, _ = session.communicate(timeout=60)
     lines = records(out)
-    returns = [e for e in lines if e.get("event_type") == "return"]
+    returns = [e for e in lines if e.get("kind") == "call"]
     assert lines[-1]["calls"] >= 5  # the handler serialises each answer with json.dumps
     assert any('"amount": 704' in r["return_value"]["value"] for r in returns)
 
@@ -192,7 +191,7 @@ def test_the_sdk_redacts_the_names_the_agent_is_configured_with(coral_env: Coral
         for i in range(3):
             assert svc.charge("4111111111111111", 500 + i)[0] == 200
         out, _ = session.communicate(timeout=60)
-        entries = [e for e in records(out) if e["kind"] == "event" and e["event_type"] == "entry"]
+        entries = [e for e in records(out) if e["kind"] == "call"]
         assert [e["args"] for e in entries] == [[{"name": "card", "type": "", "value": "<redacted>"},
                                                  {"name": "amount", "type": "", "value": "<redacted>"}]] * 3
         # And in the process itself, before anything leaves it:

@@ -28,7 +28,7 @@ def attach(env: CoralEnv, *flags: str) -> subprocess.Popen[str]:
 def finish(p: subprocess.Popen[str]) -> tuple[list[dict], dict]:
     out, _ = p.communicate(timeout=60)
     lines = [json.loads(line) for line in out.splitlines()]
-    return [e for e in lines if e["kind"] == "event"], lines[-1]
+    return [e for e in lines if e["kind"] == "call"], lines[-1]
 
 
 def test_concurrent_sessions_on_one_function_each_get_what_they_asked(coral_env: CoralEnv, agent: Process,
@@ -37,27 +37,27 @@ def test_concurrent_sessions_on_one_function_each_get_what_they_asked(coral_env:
     sampled = attach(coral_env, "--sample-rate", "4")
     big = attach(coral_env, "--where", "amount_cents>=530")
     slow = attach(coral_env, "--min-duration", "1s")
-    capped = attach(coral_env, "--max-events", "10")
+    capped = attach(coral_env, "--max-calls", "5")
     # Five sessions, one function: the uprobe pair is attached once.
     assert kernel_probes().count(f"/proc/{payments.child_pid}/exe") == 2
     assert payments.call(N) == f"done {N} declined 4"
 
     events, summary = finish(everything)
-    assert len(events) == 2 * N and summary["calls"] == N and summary["lost"] == {}
+    assert len(events) == N and summary["calls"] == N and summary["lost"] == {}
 
     events, summary = finish(sampled)
-    assert len(events) == 2 * N // 4 and summary["calls"] == N and summary["lost"] == {"sampled": N - N // 4}
+    assert len(events) == N // 4 and summary["calls"] == N and summary["lost"] == {"sampled": N - N // 4}
 
     events, summary = finish(big)
-    amounts = sorted(int(e["args"][1]["value"]) for e in events if e["event_type"] == "entry")
+    amounts = sorted(int(e["args"][1]["value"]) for e in events)
     assert amounts == list(range(530, 540)) and summary["lost"] == {"filtered": 30}
 
     events, summary = finish(slow)
     assert events == [] and summary["calls"] == N and summary["lost"] == {"filtered": N}
     assert summary["p50_ns"] >= 5_000_000 * 15 // 16  # the exact summary covers calls nobody saw
 
-    events, summary = finish(capped)  # 10 events: 5 calls
-    assert len(events) == 10 and summary["calls"] == N and summary["lost"] == {"max_events": N - 5}
+    events, summary = finish(capped)  # --max-calls 5
+    assert len(events) == 5 and summary["calls"] == N and summary["lost"] == {"max_events": N - 5}
     assert f"/proc/{payments.child_pid}/exe" not in kernel_probes()
 
 

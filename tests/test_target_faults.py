@@ -72,7 +72,7 @@ def send(svc: NativeService, line: str) -> None:
 
 def returns_stored(env: CoralEnv, session_id: str) -> int:
     events = coralctl(env, "--local", "--output", "json", "debug", "events", session_id)
-    return sum(1 for line in events.stdout.splitlines() if '"event_type":"return"' in line)
+    return sum(1 for line in events.stdout.splitlines() if '"kind":"call"' in line)
 
 
 def test_target_crashes_mid_session(coral_env: CoralEnv, shifty: NativeService) -> None:

@@ -193,7 +193,7 @@ def test_exceptions_and_panics_through_probed_functions_leave_the_program_unharm
             summary = json.loads(out.splitlines()[-1])
             assert (summary["status"], summary["calls"], summary["lost"]) == ("expired", CALLS - 25, {"unwound": 25}), \
                 (first["function"], summary)
-            returns = [json.loads(line) for line in out.splitlines() if '"event_type":"return"' in line]
+            returns = [json.loads(line) for line in out.splitlines() if '"kind":"call"' in line]
             assert len(returns) == CALLS - 25
         assert svc.run.proc.poll() is None, "the program did not survive"
         assert svc.call(4) == "done 4 caught 1 sum 9"  # settle(0..2) = 1 + 3 + 5, and one throw

@@ -1,5 +1,5 @@
 """coral-agentd: one per host. Local ROUTER API on ipc, worker link to the
-colony, BCC uprobes, events in agent.duckdb. One thread, one loop that never
+colony, BCC uprobes, calls in agent.duckdb. One thread, one loop that never
 waits for a process: poll sockets -> answers from processes -> drain the
 ring buffer (every drain_interval while a session runs) -> answer followers
 -> flush batches -> expire -> heartbeats."""
@@ -198,10 +198,10 @@ class Agent:
         self.audit_local("CONNECT", b"", Peer(uid=uid, pid=pid), "LIMIT_EXCEEDED", why)
 
     def query_events(self, req: pb.QueryUprobeEventsRequest, peer: Peer) -> pb.QueryUprobeEventsResponse | Later:
-        """A page of events; with wait_ms and nothing new on a running
+        """A page of calls; with wait_ms and nothing new on a running
         session, held until it has news (docs/protocol.md)."""
         response = self._events(req, peer)
-        if response.events or not req.wait_ms or response.session.status != "active":
+        if response.calls or not req.wait_ms or response.session.status != "active":
             return response
         later = Later()
 
@@ -224,7 +224,7 @@ class Agent:
         """Values only for the session's owner and holders of capture (the
         colony's pulls are trusted: it applies the rule per reader)."""
         response = self.sessions.query(req)
-        access.values_for(self.config.access, peer, response.session.owner, response.events)
+        access.values_for(self.config.access, peer, response.session.owner, response.calls)
         return response
 
     def tell_followers(self, now: float) -> None:

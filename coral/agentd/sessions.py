@@ -351,16 +351,16 @@ class SessionManager:
                 continue
             for rec in records:
                 n += 1
-                if session.stored + 2 > session.max_events:  # a call is shown as two events
+                if session.stored >= session.max_events:
                     session.lost["max_events"] += 1
                     continue
-                session.stored += 2
+                session.stored += 1
                 self._rows(session, rec)
                 self.news.add(session.session_id)
         return n
 
     def _rows(self, s: Session, rec: NativeRecord | PythonRecord) -> None:
-        """One completed call -> one row (shown as an entry and a return event)."""
+        """One completed call -> one row."""
         if isinstance(rec, PythonRecord):
             start, end = rec.start_ns, rec.end_ns
             args = [dict(zip(("name", "value"), a.decode(errors="replace").split("=", 1), strict=False)) | {"type": ""}
@@ -503,7 +503,7 @@ class SessionManager:
     def describe(self, session: Session) -> pb.DebugSession:
         stats = self.engine.stats(session.slot, with_histogram=False)
         # Its calls kept so far, counted in memory: the store's count is a query.
-        msg = self.describe_row(session.to_row(stats), session.stored // 2 - session.lost["storage"])
+        msg = self.describe_row(session.to_row(stats), session.stored - session.lost["storage"])
         msg.probes = self.engine.attached_probes(session.slot)
         if self.store.health.error:
             msg.status_reason = f"storage: {self.store.health.error}"
@@ -517,7 +517,7 @@ class SessionManager:
         return pb.DebugSession(
             session_id=row.session_id, service=row.service, function=row.function, agent_id=self.agent_id,
             pids=row.pids, started_unix_ns=row.started_ns, expires_unix_ns=row.expires_ns, ended_unix_ns=row.ended_ns,
-            status=row.status, status_reason=row.reason, event_count=2 * calls, calls=calls, lost=row.lost,
+            status=row.status, status_reason=row.reason, calls=calls, lost=row.lost,
             config=pb.UprobeConfig(capture_args=bool(c.get("capture_args")), capture_return=bool(c.get("capture_return")),
                                    sample_rate=int(cast(int, c.get("sample_rate", 0))),
                                    max_events=int(cast(int, c.get("max_events", 0))),
@@ -551,7 +551,7 @@ class SessionManager:
 
     def query(self, req: pb.QueryUprobeEventsRequest) -> pb.QueryUprobeEventsResponse:
         session = self.session(req.session_id)  # NotFound before anything else
-        limit = max(1, min(req.max_events or DEFAULT_PAGE, MAX_PAGE) // 2)  # two events a call
+        limit = max(1, min(req.max_events or DEFAULT_PAGE, MAX_PAGE))
         self._retry_held()
         rows: builtins.list[CallRow] = []
         if not req.wait_ms and req.session_id in self.active and self.may_drain():
@@ -567,9 +567,9 @@ class SessionManager:
         if len(rows) < limit:  # then the batch not written yet, which comes after
             rows += rows_in_columns(self._pending, req.session_id, rows[-1].seq if rows else req.cursor,
                                     req.since_unix_ns, req.until_unix_ns, limit - len(rows))
-        events = [ev for r in rows for ev in self._events(r, session)]
+        calls = [self._call(r, session) for r in rows]
         next_cursor = rows[-1].seq if rows else req.cursor
-        return pb.QueryUprobeEventsResponse(events=events, next_cursor=next_cursor, has_more=len(rows) == limit,
+        return pb.QueryUprobeEventsResponse(calls=calls, next_cursor=next_cursor, has_more=len(rows) == limit,
                                             session=self.session(req.session_id))
 
     def _retry_held(self) -> None:
@@ -578,15 +578,12 @@ class SessionManager:
             self.store.retry()
 
 
-    def _events(self, r: CallRow, s: pb.DebugSession) -> tuple[pb.UprobeEvent, pb.UprobeEvent]:
-        """A call as its entry and return events; event seq = 2 * call seq (+1)."""
-        entry, ret = (pb.UprobeEvent(session_id=r.session_id, agent_id=self.agent_id, service=s.service,
-                                     function=s.function, pid=r.pid, tid=r.tid) for _ in range(2))
-        entry.timestamp_unix_ns, entry.event_type, entry.seq = r.start_ns, "entry", 2 * r.seq
-        ret.timestamp_unix_ns, ret.event_type, ret.seq = r.start_ns + r.duration_ns, "return", 2 * r.seq + 1
-        ret.duration_ns = r.duration_ns
+    def _call(self, r: CallRow, s: pb.DebugSession) -> pb.Call:
+        call = pb.Call(seq=r.seq, session_id=r.session_id, agent_id=self.agent_id, service=s.service,
+                       function=s.function, pid=r.pid, tid=r.tid, start_unix_ns=r.start_ns,
+                       end_unix_ns=r.start_ns + r.duration_ns, duration_ns=r.duration_ns)
         if r.args:
-            entry.args.extend(pb.FunctionArgument(**a) for a in json.loads(r.args))
+            call.args.extend(pb.FunctionArgument(**a) for a in json.loads(r.args))
         if r.ret:
-            ret.return_value.CopyFrom(pb.FunctionReturnValue(**json.loads(r.ret)))
-        return entry, ret
+            call.return_value.CopyFrom(pb.FunctionReturnValue(**json.loads(r.ret)))
+        return call

@@ -1,4 +1,4 @@
-"""agent.duckdb: the agent's sessions and their events. The agent is the
+"""agent.duckdb: the agent's sessions and their calls. The agent is the
 only writer; clients read through the agent's API."""
 
 from __future__ import annotations

@@ -101,7 +101,7 @@ class AuditLog:
         self.store.audit(rows)
 
     def flush(self, final: bool = False) -> None:
-        """Write the rows so far, with the sessions and events the store holds,
+        """Write the rows so far, with the sessions and calls the store holds,
         in one transaction, now. `final`: at shutdown, every open window is told."""
         if final:
             self.tick(time.monotonic(), everything=True)

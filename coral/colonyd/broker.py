@@ -4,7 +4,7 @@ The broker decides; coral/colonyd/main.py moves bytes. Frontend requests
 come in as (client, request id, method, body, peer); the broker answers
 locally, or sends them on to one agent or several (an attach goes to every
 agent running the service) and answers the client once every agent has
-replied, been lost, or timed out. It also pulls the events of open sessions
+replied, been lost, or timed out. It also pulls the calls of open sessions
 from their agents on its own (coral/colonyd/pulls.py), and purges sessions
 past their retention."""
 
@@ -105,7 +105,7 @@ class Outgoing:
 class Ticket:
     """Which write batch holds an audit row handed over in this loop turn
     (told by the colony's flush): a held follower's answer waits for that
-    batch only, not for the events written since."""
+    batch only, not for the calls written since."""
 
     batch: int | None = None
 
@@ -316,7 +316,7 @@ class Broker:
         if isinstance(request, pb.ListDebugSessionsRequest):
             return pb.ListDebugSessionsResponse(sessions=self.store.sessions(request.service, request.active_only))
         if isinstance(request, pb.QueryUprobeEventsRequest):
-            return self._events(request, peer)
+            return self._calls(request, peer)
         if isinstance(request, pb.DetachUprobeRequest):
             session = self._session(request.session_id)
             if any(p.session.status == LOST for p in session.parts):
@@ -347,7 +347,7 @@ class Broker:
                 continue
             self.fresh.remove(q)
             try:
-                response = self._events(q.request, q.peer)
+                response = self._calls(q.request, q.peer)
             except CoralError as err:  # purged meanwhile
                 self.audit.request(q.peer, "QueryUprobeEvents", q.request, err.code, err.message)
                 out.append(Outgoing("frontend", wire.encode_error(q.client_request_id, err, q.client)))
@@ -360,15 +360,15 @@ class Broker:
     def _follow(self, frame: wire.Frame, request: pb.QueryUprobeEventsRequest, peer: Peer, now: float) -> list[Outgoing]:
         """A follower's question: answered at once if there is anything after
         its cursor or the session is over, else when it has news or the wait is up."""
-        response = self._events(request, peer)
-        if response.events or not is_open(response.session):
+        response = self._calls(request, peer)
+        if response.calls or not is_open(response.session):
             self.audit.request(peer, "QueryUprobeEvents", request, "OK", "")
             return [Outgoing("frontend", wire.encode_reply(frame.request_id, response, frame.envelope))]
         ticket = Ticket()
 
         def answer() -> None:
             try:
-                response = self._events(request, peer)
+                response = self._calls(request, peer)
             except Exception as exc:  # purged meanwhile, or a bug: this question is answered, the loop goes on
                 err = exc if isinstance(exc, CoralError) else Internal("internal error; see the daemon's log")
                 if not isinstance(exc, CoralError):
@@ -397,17 +397,17 @@ class Broker:
             raise NotFound(f"no session {session_id!r}")
         return session
 
-    def _events(self, request: pb.QueryUprobeEventsRequest, peer: Peer) -> pb.QueryUprobeEventsResponse:
-        """A session's events from colony.duckdb (pulled from its agents);
+    def _calls(self, request: pb.QueryUprobeEventsRequest, peer: Peer) -> pb.QueryUprobeEventsResponse:
+        """A session's calls from colony.duckdb (pulled from its agents);
         the cursor is the colony's own order. has_more also while an ended
-        part's last events are still being pulled. Values only for the
+        part's last calls are still being pulled. Values only for the
         session's owner and holders of the capture right."""
         session = self._session(request.session_id)
         limit = max(1, min(request.max_events or 500, 5000))
-        rows = self.store.events(session.session_id, request.cursor, request.since_unix_ns, request.until_unix_ns, limit)
-        access.values_for(self.config.access, peer, session.owner, (e for _, e in rows))
+        rows = self.store.calls(session.session_id, request.cursor, request.since_unix_ns, request.until_unix_ns, limit)
+        access.values_for(self.config.access, peer, session.owner, (c for _, c in rows))
         return pb.QueryUprobeEventsResponse(
-            events=[e for _, e in rows],
+            calls=[c for _, c in rows],
             next_cursor=rows[-1][0] if rows else request.cursor,
             has_more=len(rows) == limit or colony_sessions.draining(session),
             session=session,
@@ -583,7 +583,7 @@ class Broker:
         return out
 
     def _pulled(self, pending: Pending, status: str, body: bytes) -> None:
-        """Keep what a pull brought: new events (each once), the agent's view of its part."""
+        """Keep what a pull brought: new calls (each once), the agent's view of its part."""
         request = cast(pb.QueryUprobeEventsRequest, pending.request)
         key: PartKey = (request.session_id, pending.agent_id)
         session = self.open.get(key[0])
@@ -593,7 +593,7 @@ class Broker:
         now = time.monotonic()
         held_for = now - (pending.deadline - self.config.limits.request_timeout - self.config.colony.pull_interval)
         # A held pull answered at once with nothing (an agent that does not hold): the next waits, as a failed one.
-        idle = pull.wait and reply is not None and not reply.events and reply.session.status == ACTIVE \
+        idle = pull.wait and reply is not None and not reply.calls and reply.session.status == ACTIVE \
             and held_for < self.config.colony.pull_interval / 2
         self.pulls.answered(pull, ok=reply is not None and not idle, more=reply is not None and reply.has_more, now=now)
         if not pull.wait and (reply is None or not reply.has_more):
@@ -612,8 +612,8 @@ class Broker:
             else:
                 log.debug("pull of %s from %s: %s", key[0], key[1], reply_error(status, body))
             return
-        new = self.store.save_events(key[0], key[1], list(reply.events))
-        self.counters["pulled_events"] = self.counters.get("pulled_events", 0) + new
+        new = self.store.save_calls(key[0], key[1], list(reply.calls))
+        self.counters["pulled_calls"] = self.counters.get("pulled_calls", 0) + new
         part.cursor = max(part.cursor, reply.next_cursor)  # a held pull and a quick one may both be out
         part.session.CopyFrom(reply.session)
         if not reply.has_more and reply.session.status != ACTIVE:
@@ -634,15 +634,15 @@ class Broker:
     # ---------------------------------------------------------- retention
 
     def purge(self, now: float) -> int:
-        """One bounded run of retention: ended sessions past it go, with their events."""
+        """One bounded run of retention: ended sessions past it go, with their calls."""
         if not self.purges.due(now):
             return 0
-        sessions, events, more = purge_once(self.retention, self.store.purge_candidates, self.store.purge, time.time_ns())
+        sessions, calls, more = purge_once(self.retention, self.store.purge_candidates, self.store.purge, time.time_ns())
         if sessions:
             log.info(
-                "retention: purged %d session(s) and %d event(s) that ended more than %s ago",
+                "retention: purged %d session(s) and %d call(s) that ended more than %s ago",
                 sessions,
-                events,
+                calls,
                 self.config.colony.retention,
             )
             self.counters["purged_sessions"] = self.counters.get("purged_sessions", 0) + sessions

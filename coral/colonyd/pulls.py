@@ -1,4 +1,4 @@
-"""When the colony pulls a session's events from its agents: a pure
+"""When the colony pulls a session's calls from its agents: a pure
 schedule (no sockets, no database). Each part of an open session has one
 pull out: while the part runs the agent holds it until it has new calls (or
 `interval` has passed), and the next goes when it is back; an ended part is
@@ -6,7 +6,7 @@ pulled without a wait until it is drained. A client waiting for its calls
 hurries a part: its next pull does not wait, and if a held one is out, one
 quick pull goes beside it. A failed pull is tried again after `interval`. At
 most `per_tick` pulls start per loop iteration, so the colony keeps serving
-clients whatever the number of sessions (docs/protocol.md, "Pulling events")."""
+clients whatever the number of sessions (docs/protocol.md, "Pulling calls")."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from coral.proto import coral_pb2 as pb
 
-PULL_PAGE = 2000  # events per pull (1000 calls)
+PULL_PAGE = 2000  # calls per pull
 PULLS_PER_TICK = 16
 
 PartKey = tuple[str, str]  # (session id, agent id)

@@ -68,7 +68,7 @@ def detached(session: pb.DebugSession, replies: list[AgentReply]) -> list[Refusa
         part = part_of(session, agent_id)
         ok = reply_ok(status, body, pb.DetachUprobeResponse)
         if part is not None and ok is not None:
-            part.session.CopyFrom(ok.session)  # its last events are pulled next
+            part.session.CopyFrom(ok.session)  # its last calls are pulled next
             continue
         failures.append((agent_id, status, reply_error(status, body)))
         if part is not None and status == NotFound.code:
@@ -99,15 +99,15 @@ def refused_part(session_id: str, request: pb.AttachUprobeRequest, agent_id: str
 
 def is_open(session: pb.DebugSession) -> bool:
     """The colony still has something to receive for it: a part that runs,
-    or one that ended and whose last events are not pulled yet."""
+    or one that ended and whose last calls are not pulled yet."""
     if not session.parts:
         return session.status == ACTIVE
     return any(not p.complete for p in session.parts)
 
 
 def draining(session: pb.DebugSession) -> bool:
-    """A part has ended but its last events are not in colony.duckdb yet
-    (a lost part is not: when its events come is up to its agent)."""
+    """A part has ended but its last calls are not in colony.duckdb yet
+    (a lost part is not: when its calls come is up to its agent)."""
     return any(not p.complete and p.session.status not in (ACTIVE, LOST) for p in session.parts)
 
 
@@ -146,7 +146,6 @@ def merge(session: pb.DebugSession) -> None:
     del session.unanswered[:]
     session.unanswered.extend(u for s in parts for u in s.unanswered)
     session.return_probe = ",".join(sorted({s.return_probe for s in parts if s.return_probe}))
-    session.event_count = sum(s.event_count for s in parts)
     session.calls = sum(s.calls for s in parts)
     session.probes = sum(s.probes for s in parts)
     session.total_calls = sum(s.total_calls for s in parts)

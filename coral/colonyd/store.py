@@ -1,4 +1,4 @@
-"""colony.duckdb: sessions, the events pulled from agents, and the audit
+"""colony.duckdb: sessions, the calls pulled from agents, and the audit
 log. The colony is the only writer.
 
 Writes are held in memory and written together, in one transaction: by
@@ -6,7 +6,7 @@ Writes are held in memory and written together, in one transaction: by
 sends the replies that depend on the write once ``written`` says it is
 done), or by ``flush()`` at once. Until then every read sees them. While
 the disk is full, what cannot be written stays held (audit rows and sessions
-in full, events up to a bound) and is written when there is room."""
+in full, calls up to a bound) and is written when there is room."""
 
 from __future__ import annotations
 
@@ -33,8 +33,9 @@ CREATE TABLE IF NOT EXISTS sessions (
 );
 ALTER TABLE sessions ADD COLUMN IF NOT EXISTS open BOOLEAN DEFAULT false;
 ALTER TABLE sessions ADD COLUMN IF NOT EXISTS ended_ns BIGINT DEFAULT 0;
-CREATE TABLE IF NOT EXISTS agent_events (
-    n BIGINT, session_id VARCHAR, agent_id VARCHAR, seq BIGINT, end_ns BIGINT, event BLOB,
+DROP TABLE IF EXISTS agent_events;
+CREATE TABLE IF NOT EXISTS calls (
+    n BIGINT, session_id VARCHAR, agent_id VARCHAR, seq BIGINT, start_ns BIGINT, end_ns BIGINT, call BLOB,
     PRIMARY KEY (session_id, agent_id, seq)
 );
 CREATE TABLE IF NOT EXISTS audit (
@@ -42,10 +43,10 @@ CREATE TABLE IF NOT EXISTS audit (
     session_id VARCHAR, outcome VARCHAR, detail VARCHAR
 );
 """
-# agent_events: n is the colony's own order (the cursor it hands to clients);
-# (session, agent, seq) is the agent's event sequence, so a pull that
-# returns an event twice stores it once. end_ns is the end of the event's
-# call, so that a time filter keeps a call's entry and return together.
+# calls: one row per call. n is the colony's own order (the cursor it hands
+# to clients); (session, agent, seq) is the agent's call number, so a pull
+# that returns a call twice stores it once. agent_events held an earlier
+# build's two events a call; it is dropped (docs/architecture.md).
 
 
 @dataclass(frozen=True)
@@ -61,11 +62,11 @@ class AuditRow:
     detail: str
 
 
-# Events held while colony.duckdb cannot be written; more are dropped
+# Calls held while colony.duckdb cannot be written; more are dropped
 # (the agent still has them) and counted.
-MAX_HELD_EVENTS = 100_000
+MAX_HELD_CALLS = 100_000
 
-EventRow = tuple[int, str, str, int, int, bytes]  # n, session, agent, seq, end_ns, event
+CallRow = tuple[int, str, str, int, int, int, bytes]  # n, session, agent, seq, start_ns, end_ns, call
 
 
 @dataclass
@@ -74,10 +75,10 @@ class Batch:
 
     audit: list[AuditRow]
     sessions: dict[str, tuple[pb.DebugSession, bytes]]  # by id: the session and its saved bytes
-    events: list[EventRow]
+    calls: list[CallRow]
 
     def describe(self) -> str:
-        return f"{len(self.audit)} audit row(s), {len(self.sessions)} session(s) and {len(self.events)} event(s)"
+        return f"{len(self.audit)} audit row(s), {len(self.sessions)} session(s) and {len(self.calls)} call(s)"
 
 
 class ColonyStore:
@@ -85,13 +86,13 @@ class ColonyStore:
         self._db = open_database(path, SCHEMA)
         self.health = StorageHealth(path)
         self._saved: dict[str, bytes] = {}  # session id -> what was last saved
-        self._newest: dict[tuple[str, str], int] = {}  # (session id, agent id) -> newest event seq saved
-        self._on_disk: dict[str, int] = {}  # session id -> its highest event n written (once read or written)
-        self._n = -1  # the next colony event order; read from the file on first use
+        self._newest: dict[tuple[str, str], int] = {}  # (session id, agent id) -> newest call seq saved
+        self._on_disk: dict[str, int] = {}  # session id -> its highest call n written (once read or written)
+        self._n = -1  # the next colony call order; read from the file on first use
         self._held_audit: list[AuditRow] = []
         self._held_sessions: dict[str, pb.DebugSession] = {}
-        self._held_events: list[EventRow] = []
-        self.events_dropped = 0
+        self._held_calls: list[CallRow] = []
+        self.calls_dropped = 0
         self._last_try = 0.0
         self._writes = self._db.cursor()  # the writer's own connection: reads on _db go on meanwhile
         self._writer = Writer()
@@ -111,7 +112,7 @@ class ColonyStore:
 
     @property
     def holding(self) -> bool:
-        return bool(self._held_audit or self._held_sessions or self._held_events)
+        return bool(self._held_audit or self._held_sessions or self._held_calls)
 
     def batch_of_held(self) -> int:
         """The batch that will hold what is held now: a reply that reports it
@@ -125,8 +126,8 @@ class ColonyStore:
             "storage.write_failures": self.health.failures,
             "storage.held_audit_rows": len(self._held_audit) + len(inflight.audit),
             "storage.held_sessions": len(self._held_sessions.keys() | inflight.sessions.keys()),
-            "storage.held_events": len(self._held_events) + len(inflight.events),
-            "storage.events_dropped": self.events_dropped,
+            "storage.held_calls": len(self._held_calls) + len(inflight.calls),
+            "storage.calls_dropped": self.calls_dropped,
             "storage.batches_written": self.written,
         }
 
@@ -139,8 +140,8 @@ class ColonyStore:
             return None
         self._last_try = time.monotonic()
         batch = Batch(self._held_audit, {sid: (s, self._saved[sid]) for sid, s in self._held_sessions.items()},
-                      self._held_events)
-        self._held_audit, self._held_sessions, self._held_events = [], {}, []
+                      self._held_calls)
+        self._held_audit, self._held_sessions, self._held_calls = [], {}, []
         self._inflight = batch
         self.submitted += 1
         return batch
@@ -167,12 +168,12 @@ class ColonyStore:
             return
         if error is None:
             self.health.succeeded()
-            for n, sid, *_ in batch.events:
+            for n, sid, *_ in batch.calls:
                 if sid in self._on_disk:
                     self._on_disk[sid] = max(self._on_disk[sid], n)
             return
         self._held_audit = batch.audit + self._held_audit
-        self._held_events = batch.events + self._held_events
+        self._held_calls = batch.calls + self._held_calls
         for sid, (s, _) in batch.sessions.items():
             self._held_sessions.setdefault(sid, s)  # a newer copy held since wins
         if not isinstance(error, duckdb.Error):  # a bug, not the disk: say where, and hold the rows all the same
@@ -237,11 +238,11 @@ class ColonyStore:
                     [s.ended_unix_ns for s in held],
                 ],
             )
-        if batch.events:
-            columns = [list(c) for c in zip(*batch.events, strict=True)]
+        if batch.calls:
+            columns = [list(c) for c in zip(*batch.calls, strict=True)]
             db.execute(
-                "INSERT OR IGNORE INTO agent_events SELECT unnest($1::BIGINT[]), unnest($2::VARCHAR[]), unnest($3::VARCHAR[]), "
-                "unnest($4::BIGINT[]), unnest($5::BIGINT[]), unnest($6::BLOB[])",
+                "INSERT OR IGNORE INTO calls SELECT unnest($1::BIGINT[]), unnest($2::VARCHAR[]), unnest($3::VARCHAR[]), "
+                "unnest($4::BIGINT[]), unnest($5::BIGINT[]), unnest($6::BIGINT[]), unnest($7::BLOB[])",
                 columns,
             )
 
@@ -254,8 +255,8 @@ class ColonyStore:
             return self._held_sessions
         return {**{sid: s for sid, (s, _) in self._inflight.sessions.items()}, **self._held_sessions}
 
-    def _unwritten_events(self) -> list[EventRow]:
-        return (self._inflight.events if self._inflight else []) + self._held_events
+    def _unwritten_calls(self) -> list[CallRow]:
+        return (self._inflight.calls if self._inflight else []) + self._held_calls
 
     def audit(self, rows: list[AuditRow]) -> None:
         """Audit rows, written with the next batch."""
@@ -304,52 +305,52 @@ class ColonyStore:
         return sorted(found.values(), key=lambda s: s.started_unix_ns)
 
     def open_sessions(self) -> list[pb.DebugSession]:
-        """Sessions the colony still pulls events for (at start-up)."""
+        """Sessions the colony still pulls calls for (at start-up)."""
         rows = self._db.execute("SELECT session FROM sessions WHERE open ORDER BY started_ns").fetchall()
         return [pb.DebugSession.FromString(r[0]) for r in rows]
 
-    def save_events(self, session_id: str, agent_id: str, events: list[pb.UprobeEvent]) -> int:
-        """Keep events pulled from one agent, each once; returns how many were new."""
+    def save_calls(self, session_id: str, agent_id: str, calls: list[pb.Call]) -> int:
+        """Keep calls pulled from one agent, each once; returns how many were new."""
         key = (session_id, agent_id)
-        if not events:
+        if not calls:
             return 0
         if key not in self._newest:
             row = self._db.execute(
-                "SELECT coalesce(max(seq), -1) FROM agent_events WHERE session_id = ? AND agent_id = ?", [session_id, agent_id]
+                "SELECT coalesce(max(seq), -1) FROM calls WHERE session_id = ? AND agent_id = ?", [session_id, agent_id]
             ).fetchone()
             self._newest[key] = int(row[0]) if row else -1
-        events = [e for e in events if e.seq > self._newest[key]]
-        if not events:
+        calls = [c for c in calls if c.seq > self._newest[key]]
+        if not calls:
             return 0
-        self._newest[key] = max(e.seq for e in events)
-        room = max(MAX_HELD_EVENTS - len(self._held_events) - len(self._inflight.events if self._inflight else ()), 0)
-        if len(events) > room:
-            self.events_dropped += len(events) - room
-            events = events[:room]
-        ends = {e.seq // 2: e.timestamp_unix_ns for e in events if e.event_type == "return"}
+        self._newest[key] = max(c.seq for c in calls)
+        room = max(MAX_HELD_CALLS - len(self._held_calls) - len(self._inflight.calls if self._inflight else ()), 0)
+        if len(calls) > room:
+            self.calls_dropped += len(calls) - room
+            calls = calls[:room]
         first = self._next_n()
-        self._held_events.extend(
-            (first + i, session_id, agent_id, e.seq, ends.get(e.seq // 2, e.timestamp_unix_ns), e.SerializeToString())
-            for i, e in enumerate(events)
+        self._held_calls.extend(
+            (first + i, session_id, agent_id, c.seq, c.start_unix_ns, c.end_unix_ns, c.SerializeToString())
+            for i, c in enumerate(calls)
         )
-        self._n = first + len(events)
-        return len(events)
+        self._n = first + len(calls)
+        return len(calls)
 
     def _next_n(self) -> int:
         if self._n < 0:
-            row = self._db.execute("SELECT coalesce(max(n), 0) FROM agent_events").fetchone()
+            row = self._db.execute("SELECT coalesce(max(n), 0) FROM calls").fetchone()
             self._n = int(row[0]) + 1 if row else 1
         return self._n
 
-    def events(self, session_id: str, after_n: int, since_ns: int, until_ns: int, limit: int) -> list[tuple[int, pb.UprobeEvent]]:
-        """A page of a session's events in the order the colony received
-        them, each with its colony order (the next cursor)."""
-        sql, params = "SELECT n, event FROM agent_events WHERE session_id = ? AND n > ?", [session_id, after_n]
+    def calls(self, session_id: str, after_n: int, since_ns: int, until_ns: int, limit: int) -> list[tuple[int, pb.Call]]:
+        """A page of a session's calls in the order the colony received
+        them, each with its colony order (the next cursor). A time span
+        keeps the calls that overlap it."""
+        sql, params = "SELECT n, call FROM calls WHERE session_id = ? AND n > ?", [session_id, after_n]
         if since_ns:
             sql += " AND end_ns >= ?"
             params.append(since_ns)
         if until_ns:
-            sql += " AND end_ns <= ?"
+            sql += " AND start_ns <= ?"
             params.append(until_ns)
         rows: list[tuple[int, bytes]] = []
         if self._disk_upto(session_id) > after_n:  # else all it has after the cursor is in memory (a follower)
@@ -359,16 +360,16 @@ class ColonyStore:
             floor = rows[-1][0] if rows else after_n  # a batch just committed is in both until it is marked
             rows += [
                 (n, blob)
-                for n, sid, _, _, end_ns, blob in self._unwritten_events()
+                for n, sid, _, _, start_ns, end_ns, blob in self._unwritten_calls()
                 if sid == session_id and n > floor
                 and (not since_ns or end_ns >= since_ns)
-                and (not until_ns or end_ns <= until_ns)
+                and (not until_ns or start_ns <= until_ns)
             ][: limit - len(rows)]
-        return [(n, pb.UprobeEvent.FromString(blob)) for n, blob in rows]
+        return [(n, pb.Call.FromString(blob)) for n, blob in rows]
 
     def _disk_upto(self, session_id: str) -> int:
         if session_id not in self._on_disk:
-            row = self._db.execute("SELECT coalesce(max(n), -1) FROM agent_events WHERE session_id = ?",
+            row = self._db.execute("SELECT coalesce(max(n), -1) FROM calls WHERE session_id = ?",
                                    [session_id]).fetchone()
             self._on_disk[session_id] = int(row[0]) if row else -1
         return self._on_disk[session_id]
@@ -383,13 +384,13 @@ class ColonyStore:
         return [(str(r[0]), str(r[1]), int(r[2])) for r in rows]
 
     def purge(self, session_ids: list[str]) -> tuple[int, int]:
-        """Delete sessions and their events (never audit rows); returns (sessions, events) deleted."""
+        """Delete sessions and their calls (never audit rows); returns (sessions, calls) deleted."""
         if not session_ids or self._inflight is not None or self._held_sessions.keys() & set(session_ids):
             return 0, 0  # not beside a write behind, nor while a newer copy of one waits to be written
         try:
             self._db.execute("BEGIN TRANSACTION")
-            events = self._db.execute(
-                "DELETE FROM agent_events WHERE session_id IN (SELECT unnest($1::VARCHAR[])) RETURNING n", [session_ids]
+            calls = self._db.execute(
+                "DELETE FROM calls WHERE session_id IN (SELECT unnest($1::VARCHAR[])) RETURNING n", [session_ids]
             ).fetchall()
             sessions = self._db.execute(
                 "DELETE FROM sessions WHERE session_id IN (SELECT unnest($1::VARCHAR[])) RETURNING session_id", [session_ids]
@@ -405,4 +406,4 @@ class ColonyStore:
         self._newest = {k: v for k, v in self._newest.items() if k[0] not in set(session_ids)}
         for sid in session_ids:
             self._on_disk.pop(sid, None)
-        return len(sessions), len(events)
+        return len(sessions), len(calls)

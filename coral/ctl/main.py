@@ -33,8 +33,8 @@ FOLLOW_BACKOFF = 0.2  # seconds before asking again when a question was not held
 PAGE = 1000
 
 
-class EventFile:
-    """A session's events as one JSON array, written as they arrive."""
+class CallFile:
+    """A session's calls as one JSON array, written as they arrive."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -43,8 +43,8 @@ class EventFile:
         self._f.write("[")
         self._first = True
 
-    def write(self, ev: pb.UprobeEvent) -> None:
-        self._f.write(("\n" if self._first else ",\n") + json.dumps(render.to_dict(ev), separators=(",", ":")))
+    def write(self, call: pb.Call) -> None:
+        self._f.write(("\n" if self._first else ",\n") + json.dumps(render.to_dict(call), separators=(",", ":")))
         self._first = False
 
     def close(self) -> None:
@@ -106,7 +106,7 @@ examples:
 examples:
   coralctl debug events dbg-1a2b3c4d5e6f --since 5m
   coralctl debug events dbg-1a2b3c4d5e6f --follow --slow 500ms
-  coralctl debug events dbg-1a2b3c4d5e6f --output json > events.jsonl""",
+  coralctl debug events dbg-1a2b3c4d5e6f --output json > calls.jsonl""",
     "audit": """\
 examples:
   coralctl audit --since 1h
@@ -210,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--capture-args", action="store_true")
     a.add_argument("--capture-return", action="store_true")
     a.add_argument("--sample-rate", type=positive_int, default=1, help="report every Nth call")
-    a.add_argument("--max-events", type=positive_int, default=0, help="stop storing after N events")
+    a.add_argument("--max-calls", "--max-events", dest="max_events", type=positive_int, default=0,
+                   help="stop storing after N calls (--max-events is the same)")
     a.add_argument(
         "--min-duration",
         type=duration_arg,
@@ -224,8 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="mark calls at least this slow (e.g. 500ms) and count them in the summary",
     )
-    a.add_argument("--save", metavar="PATH", help="write the events here as JSON (default: ./debug-sessions/SESSION/events.json)")
-    a.add_argument("--no-save", action="store_true", help="do not write the events to a file")
+    a.add_argument("--save", metavar="PATH", help="write the calls here as JSON (default: ./debug-sessions/SESSION/calls.json)")
+    a.add_argument("--no-save", action="store_true", help="do not write the calls to a file")
     a.add_argument(
         "--where",
         default="",
@@ -235,12 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = command(debug, "sessions", "list debug sessions", common)
     s.add_argument("--active", action="store_true", help="only active sessions")
     s.add_argument("--service", default="")
-    e = command(debug, "events", "show a session's events", common)
+    e = command(debug, "events", "show a session's calls", common)
     e.add_argument("session")
     e.add_argument("--since", type=duration_arg, default=0.0, help="only the last 5m, 1h, ...")
-    e.add_argument("--follow", action="store_true", help="keep showing new events until the session ends")
+    e.add_argument("--follow", action="store_true", help="keep showing new calls until the session ends")
     e.add_argument("--slow", type=duration_arg, default=0.0, metavar="DURATION", help="mark calls at least this slow")
-    e.add_argument("--save", metavar="PATH", help="also write the events here as JSON")
+    e.add_argument("--save", metavar="PATH", help="also write the calls here as JSON")
     d = command(debug, "detach", "end a session now", common)
     d.add_argument("session")
     au = command(sub, "audit", "who asked the colony for what, and what came of it", common)
@@ -285,7 +286,7 @@ class Ctl:
         self.target = "agent" if args.local else "colony"
         keys = curve.client_keys(config, endpoint, args.key, args.colony_key)  # ConfigError: tcp without keys
         self.client = Client(endpoint, args.timeout, max_message_bytes=config.limits.max_message_bytes, keys=keys)
-        self.show_agent = False  # the session spans several agents: events name theirs
+        self.show_agent = False  # the session spans several agents: calls name theirs
 
     def call(self, method: str, request: Message) -> Any:
         return self.client.call(method, request)
@@ -380,28 +381,27 @@ class Ctl:
             self.out.record(render.summary_dict(summary, final, tally))
         else:
             reason = f" ({final.status_reason})" if final.status_reason else ""
-            self.out.line(f"Session {final.session_id} {final.status}{reason}. {final.event_count} events.")
+            self.out.line(f"Session {final.session_id} {final.status}{reason}. {final.calls} calls stored.")
             if sink is not None:
-                self.out.line(f"Events saved to: {sink.path}")
+                self.out.line(f"Calls saved to: {sink.path}")
             for line in render.format_summary(summary, final, tally, self.slow_ns, self.style):
                 self.out.line(line)
         return EXIT_OK
 
     def _watch(
         self, session_id: str, save_default: bool, follow: bool = True, since_ns: int = 0
-    ) -> tuple[pb.DebugSession, render.Summary, render.Tally, EventFile | None]:
-        """Show a session's events (following it while it runs, if asked),
+    ) -> tuple[pb.DebugSession, render.Summary, render.Tally, CallFile | None]:
+        """Show a session's calls (following it while it runs, if asked),
         saving them if asked; returns the final session and its summary."""
         durations: list[int] = []
         tally = render.Tally()
-        sink = self._event_file(session_id, save_default)
+        sink = self._call_file(session_id, save_default)
 
-        def seen(ev: pb.UprobeEvent) -> None:
-            tally.add(ev, self.slow_ns)
-            if ev.event_type == "return":
-                durations.append(ev.duration_ns)
+        def seen(call: pb.Call) -> None:
+            tally.add(call, self.slow_ns)
+            durations.append(call.duration_ns)
             if sink is not None:
-                sink.write(ev)
+                sink.write(call)
 
         try:
             final = self._follow(session_id, seen, since_ns, stop_when_drained=not follow)
@@ -414,19 +414,19 @@ class Ctl:
                 sink.close()
         return final, render.summarize_session(final, durations), tally, sink
 
-    def _event_file(self, session_id: str, save_default: bool) -> EventFile | None:
+    def _call_file(self, session_id: str, save_default: bool) -> CallFile | None:
         if getattr(self.args, "no_save", False):
             return None
         path = getattr(self.args, "save", None)
         if path is None and save_default and not self.out.json:
-            path = os.path.join("debug-sessions", session_id, "events.json")
-        return EventFile(path) if path else None
+            path = os.path.join("debug-sessions", session_id, "calls.json")
+        return CallFile(path) if path else None
 
     def _follow(
-        self, session_id: str, seen: Callable[[pb.UprobeEvent], None], since_ns: int = 0, stop_when_drained: bool = False
+        self, session_id: str, seen: Callable[[pb.Call], None], since_ns: int = 0, stop_when_drained: bool = False
     ) -> pb.DebugSession:
-        """Print events as they arrive until the session has ended and all
-        its events are shown. Ctrl-C detaches the session, then drains."""
+        """Print calls as they arrive until the session has ended and all
+        its calls are shown. Ctrl-C detaches the session, then drains."""
         cursor = 0
         detached = False
         # The daemon answers as soon as a call after the cursor is there (or
@@ -446,15 +446,15 @@ class Ctl:
                     ),
                 )
                 self.show_agent = self.show_agent or len(q.session.parts) > 1
-                for ev in q.events:
-                    seen(ev)
-                    self._print_event(ev)
+                for call in q.calls:
+                    seen(call)
+                    self._print_call(call)
                 cursor = q.next_cursor
                 if not q.has_more and (stop_when_drained or q.session.status != "active"):
                     return q.session
-                if not q.events and not wait_ms:  # a drained session's last events are still being pulled
+                if not q.calls and not wait_ms:  # a drained session's last calls are still being pulled
                     time.sleep(0.05)
-                elif not q.events and time.monotonic() - asked < wait_ms / 2000:
+                elif not q.calls and time.monotonic() - asked < wait_ms / 2000:
                     time.sleep(FOLLOW_BACKOFF)  # answered at once with nothing: not held (an older daemon, or full)
             except KeyboardInterrupt:
                 if detached:
@@ -462,11 +462,11 @@ class Ctl:
                 detached = True
                 self.call("DetachUprobe", pb.DetachUprobeRequest(session_id=session_id))
 
-    def _print_event(self, ev: pb.UprobeEvent) -> None:
+    def _print_call(self, call: pb.Call) -> None:
         if self.out.json:
-            self.out.record({"kind": "event", **render.to_dict(ev)})
+            self.out.record({"kind": "call", **render.to_dict(call)})
         else:
-            for line in render.format_event(ev, self.slow_ns, self.style, self.show_agent):
+            for line in render.format_call(call, self.slow_ns, self.style, self.show_agent):
                 self.out.line(line)
 
     def sessions(self) -> int:
@@ -510,7 +510,7 @@ class Ctl:
             self.out.record(render.summary_dict(summary, final, tally))
         else:
             if sink is not None:
-                self.out.line(f"Events saved to: {sink.path}")
+                self.out.line(f"Calls saved to: {sink.path}")
             for line in render.format_summary(summary, final, tally, self.slow_ns, self.style):
                 self.out.line(line)
         return EXIT_OK

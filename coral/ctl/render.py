@@ -83,20 +83,19 @@ class Style:
 PLAIN = Style(False)
 
 
-def format_event(ev: pb.UprobeEvent, slow_ns: int = 0, style: Style = PLAIN, show_agent: bool = False) -> list[str]:
-    """An event as text; `show_agent` (a session on several agents) adds agent=ID."""
-    kind = ev.event_type.upper()
-    where = f"agent={ev.agent_id} " if show_agent else ""
-    head = f"{style.dim(f'[{clock(ev.timestamp_unix_ns)}]')} {kind:<7} {where}pid={ev.pid} tid={ev.tid}"
-    if ev.event_type == "return":
-        head += f" duration={format_ns(ev.duration_ns)}"
-        if slow_ns and ev.duration_ns >= slow_ns:
-            head += " " + style.yellow("⚠ SLOW")
+def format_call(call: pb.Call, slow_ns: int = 0, style: Style = PLAIN, show_agent: bool = False) -> list[str]:
+    """A call as text: when it began, where, how long; then its arguments and
+    result. `show_agent` (a session on several agents) adds agent=ID."""
+    where = f"agent={call.agent_id} " if show_agent else ""
+    head = (f"{style.dim(f'[{clock(call.start_unix_ns)}]')} {where}pid={call.pid} tid={call.tid} "
+            f"duration={format_ns(call.duration_ns)}")
+    if slow_ns and call.duration_ns >= slow_ns:
+        head += " " + style.yellow("⚠ SLOW")
     lines = [head]
-    if ev.args:
-        lines.append("  args: " + ", ".join(f"{a.name}={a.value}" for a in ev.args))
-    if ev.HasField("return_value") and (ev.return_value.value or ev.return_value.is_error):
-        rv = ev.return_value
+    if call.args:
+        lines.append("  args: " + ", ".join(f"{a.name}={a.value}" for a in call.args))
+    if call.HasField("return_value") and (call.return_value.value or call.return_value.is_error):
+        rv = call.return_value
         lines.append(style.red(f"  └─ error: {rv.error_message or rv.value}") if rv.is_error
                      else f"  └─ return: {rv.value}")
     return lines
@@ -122,7 +121,7 @@ def percentile(sorted_values: Sequence[int], p: float) -> int:
 
 def summarize_session(session: pb.DebugSession, durations_ns: Sequence[int]) -> Summary:
     """Prefer the kernel's counts, which cover every call (sampled, filtered
-    and lost ones too); fall back to the events seen."""
+    and lost ones too); fall back to the calls seen."""
     if not session.total_calls:
         return summarize(durations_ns)
     hist, top = dict(session.histogram), session.max_duration_ns
@@ -147,12 +146,10 @@ class Tally:
     errors: int = 0
     slow: int = 0
 
-    def add(self, ev: pb.UprobeEvent, slow_ns: int) -> None:
-        if ev.event_type != "return":
-            return
+    def add(self, call: pb.Call, slow_ns: int) -> None:
         self.shown += 1
-        self.errors += ev.return_value.is_error
-        self.slow += bool(slow_ns) and ev.duration_ns >= slow_ns
+        self.errors += call.return_value.is_error
+        self.slow += bool(slow_ns) and call.duration_ns >= slow_ns
 
 
 def _pct(n: int, total: int) -> str:
@@ -237,7 +234,7 @@ LOST_CAUSES = {
     "sampled": "skipped by sampling",
     "filtered": "below --min-duration or not matching --where",
     "ringbuf_full": "lost: ring buffer full",
-    "max_events": "over --max-events",
+    "max_events": "over --max-calls",
     "unreadable": "lost: the process's record could not be read",
     "unwound": "left by an exception, a panic or longjmp (no return, no duration)",
 }

@@ -81,18 +81,18 @@ def refusal(policy: AccessConfig, peer: Peer, right: str,
 WITHHELD = "<withheld>"
 
 
-def values_for(policy: AccessConfig, peer: Peer, owner: str, events: Iterable[Any],
+def values_for(policy: AccessConfig, peer: Peer, owner: str, calls: Iterable[Any],
                identify: Callable[[int], tuple[str, set[str]]] = unix_identity) -> None:
     """Captured values are for the session's owner and holders of `capture`:
     for anyone else, each non-empty argument value, return value and error
-    message of these UprobeEvents becomes <withheld> (in place)."""
+    message of these Calls becomes <withheld> (in place)."""
     if (owner and peer.who == owner) or not refusal(policy, peer, "capture", identify):
         return
-    for event in events:
-        for arg in event.args:
+    for call in calls:
+        for arg in call.args:
             if arg.value:
                 arg.value = WITHHELD
-        ret = event.return_value
+        ret = call.return_value
         if ret.value:
             ret.value = WITHHELD
         if ret.error_message:

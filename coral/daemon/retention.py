@@ -75,7 +75,7 @@ def purge_once(
     retention: Retention, candidates: Candidates, purge: Purge, now_ns: int, max_rows: int = PURGE_ROWS
 ) -> tuple[int, int, bool]:
     """One bounded run: purge due sessions one by one, oldest first, until a
-    batch is done or `max_rows` rows (events or calls) went. Returns
+    batch is done or `max_rows` rows (calls) went. Returns
     (sessions, rows, whether more may be due)."""
     cutoff = retention.cutoff_ns(now_ns)
     if cutoff is None:

@@ -304,7 +304,7 @@ class DetachUprobeResponse(_message.Message):
     def __init__(self, session: _Optional[_Union[DebugSession, _Mapping]] = ...) -> None: ...
 
 class DebugSession(_message.Message):
-    __slots__ = ("session_id", "service", "function", "agent_id", "pids", "started_unix_ns", "expires_unix_ns", "ended_unix_ns", "status", "status_reason", "config", "event_count", "calls", "lost", "probes", "total_calls", "sum_duration_ns", "max_duration_ns", "histogram", "parts", "owner", "unanswered", "return_probe")
+    __slots__ = ("session_id", "service", "function", "agent_id", "pids", "started_unix_ns", "expires_unix_ns", "ended_unix_ns", "status", "status_reason", "config", "calls", "lost", "probes", "total_calls", "sum_duration_ns", "max_duration_ns", "histogram", "parts", "owner", "unanswered", "return_probe")
     class LostEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -330,7 +330,6 @@ class DebugSession(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     STATUS_REASON_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
-    EVENT_COUNT_FIELD_NUMBER: _ClassVar[int]
     CALLS_FIELD_NUMBER: _ClassVar[int]
     LOST_FIELD_NUMBER: _ClassVar[int]
     PROBES_FIELD_NUMBER: _ClassVar[int]
@@ -353,7 +352,6 @@ class DebugSession(_message.Message):
     status: str
     status_reason: str
     config: UprobeConfig
-    event_count: int
     calls: int
     lost: _containers.ScalarMap[str, int]
     probes: int
@@ -365,7 +363,7 @@ class DebugSession(_message.Message):
     owner: str
     unanswered: _containers.RepeatedScalarFieldContainer[str]
     return_probe: str
-    def __init__(self, session_id: _Optional[str] = ..., service: _Optional[str] = ..., function: _Optional[str] = ..., agent_id: _Optional[str] = ..., pids: _Optional[_Iterable[int]] = ..., started_unix_ns: _Optional[int] = ..., expires_unix_ns: _Optional[int] = ..., ended_unix_ns: _Optional[int] = ..., status: _Optional[str] = ..., status_reason: _Optional[str] = ..., config: _Optional[_Union[UprobeConfig, _Mapping]] = ..., event_count: _Optional[int] = ..., calls: _Optional[int] = ..., lost: _Optional[_Mapping[str, int]] = ..., probes: _Optional[int] = ..., total_calls: _Optional[int] = ..., sum_duration_ns: _Optional[int] = ..., max_duration_ns: _Optional[int] = ..., histogram: _Optional[_Mapping[int, int]] = ..., parts: _Optional[_Iterable[_Union[SessionPart, _Mapping]]] = ..., owner: _Optional[str] = ..., unanswered: _Optional[_Iterable[str]] = ..., return_probe: _Optional[str] = ...) -> None: ...
+    def __init__(self, session_id: _Optional[str] = ..., service: _Optional[str] = ..., function: _Optional[str] = ..., agent_id: _Optional[str] = ..., pids: _Optional[_Iterable[int]] = ..., started_unix_ns: _Optional[int] = ..., expires_unix_ns: _Optional[int] = ..., ended_unix_ns: _Optional[int] = ..., status: _Optional[str] = ..., status_reason: _Optional[str] = ..., config: _Optional[_Union[UprobeConfig, _Mapping]] = ..., calls: _Optional[int] = ..., lost: _Optional[_Mapping[str, int]] = ..., probes: _Optional[int] = ..., total_calls: _Optional[int] = ..., sum_duration_ns: _Optional[int] = ..., max_duration_ns: _Optional[int] = ..., histogram: _Optional[_Mapping[int, int]] = ..., parts: _Optional[_Iterable[_Union[SessionPart, _Mapping]]] = ..., owner: _Optional[str] = ..., unanswered: _Optional[_Iterable[str]] = ..., return_probe: _Optional[str] = ...) -> None: ...
 
 class SessionPart(_message.Message):
     __slots__ = ("agent_id", "session", "cursor", "complete")
@@ -410,44 +408,44 @@ class QueryUprobeEventsRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., cursor: _Optional[int] = ..., since_unix_ns: _Optional[int] = ..., until_unix_ns: _Optional[int] = ..., max_events: _Optional[int] = ..., wait_ms: _Optional[int] = ...) -> None: ...
 
 class QueryUprobeEventsResponse(_message.Message):
-    __slots__ = ("events", "next_cursor", "has_more", "session")
-    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("calls", "next_cursor", "has_more", "session")
+    CALLS_FIELD_NUMBER: _ClassVar[int]
     NEXT_CURSOR_FIELD_NUMBER: _ClassVar[int]
     HAS_MORE_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
-    events: _containers.RepeatedCompositeFieldContainer[UprobeEvent]
+    calls: _containers.RepeatedCompositeFieldContainer[Call]
     next_cursor: int
     has_more: bool
     session: DebugSession
-    def __init__(self, events: _Optional[_Iterable[_Union[UprobeEvent, _Mapping]]] = ..., next_cursor: _Optional[int] = ..., has_more: _Optional[bool] = ..., session: _Optional[_Union[DebugSession, _Mapping]] = ...) -> None: ...
+    def __init__(self, calls: _Optional[_Iterable[_Union[Call, _Mapping]]] = ..., next_cursor: _Optional[int] = ..., has_more: _Optional[bool] = ..., session: _Optional[_Union[DebugSession, _Mapping]] = ...) -> None: ...
 
-class UprobeEvent(_message.Message):
-    __slots__ = ("timestamp_unix_ns", "session_id", "agent_id", "service", "function", "event_type", "duration_ns", "pid", "tid", "args", "return_value", "seq")
-    TIMESTAMP_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+class Call(_message.Message):
+    __slots__ = ("seq", "session_id", "agent_id", "service", "function", "pid", "tid", "start_unix_ns", "end_unix_ns", "duration_ns", "args", "return_value")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
-    EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
-    DURATION_NS_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     TID_FIELD_NUMBER: _ClassVar[int]
+    START_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    END_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
+    DURATION_NS_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
     RETURN_VALUE_FIELD_NUMBER: _ClassVar[int]
-    SEQ_FIELD_NUMBER: _ClassVar[int]
-    timestamp_unix_ns: int
+    seq: int
     session_id: str
     agent_id: str
     service: str
     function: str
-    event_type: str
-    duration_ns: int
     pid: int
     tid: int
+    start_unix_ns: int
+    end_unix_ns: int
+    duration_ns: int
     args: _containers.RepeatedCompositeFieldContainer[FunctionArgument]
     return_value: FunctionReturnValue
-    seq: int
-    def __init__(self, timestamp_unix_ns: _Optional[int] = ..., session_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., service: _Optional[str] = ..., function: _Optional[str] = ..., event_type: _Optional[str] = ..., duration_ns: _Optional[int] = ..., pid: _Optional[int] = ..., tid: _Optional[int] = ..., args: _Optional[_Iterable[_Union[FunctionArgument, _Mapping]]] = ..., return_value: _Optional[_Union[FunctionReturnValue, _Mapping]] = ..., seq: _Optional[int] = ...) -> None: ...
+    def __init__(self, seq: _Optional[int] = ..., session_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., service: _Optional[str] = ..., function: _Optional[str] = ..., pid: _Optional[int] = ..., tid: _Optional[int] = ..., start_unix_ns: _Optional[int] = ..., end_unix_ns: _Optional[int] = ..., duration_ns: _Optional[int] = ..., args: _Optional[_Iterable[_Union[FunctionArgument, _Mapping]]] = ..., return_value: _Optional[_Union[FunctionReturnValue, _Mapping]] = ...) -> None: ...
 
 class FunctionArgument(_message.Message):
     __slots__ = ("name", "type", "value")
