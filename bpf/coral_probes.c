@@ -41,7 +41,7 @@
 //   EV_NATIVE, EV_PYTHON, EV_PYTHON_TIMING (a Python call with only its timing to show)
 //   PRED_NONE, PRED_EQ, PRED_NE, PRED_LT, PRED_LE, PRED_GT, PRED_GE
 #include <uapi/linux/ptrace.h>
-#include "coral_call.h"
+#include "coral_records.h"            // the ring buffer's records (and struct coral_call)
 
 #if !defined(CORAL_STATS) || !defined(G_UNWOUND_UNCOUNTED) || !defined(SITE_RET) || !defined(PRED_GE) || !defined(EV_PYTHON_TIMING)
 #error "compile through coral/agentd/engine.py, which defines the constants shared with Python"
@@ -49,9 +49,6 @@
 
 #define CORAL_STACK_DEPTH 8          // power of two
 #define CORAL_BUDGET_WINDOW_NS 1000000000ULL
-#ifndef CORAL_STR_MAX
-#define CORAL_STR_MAX 64             // [sessions] string_bytes
-#endif
 
 struct site_key {
     u32 tgid;
@@ -98,34 +95,6 @@ struct stack {
 struct thread_key {
     u64 id;                          // pid_tgid (native) or tgid (Go)
     u64 g;                           // goroutine pointer (Go), else 0
-};
-
-struct native_event {
-    u32 type;
-    u32 slot;
-    u32 pid;
-    u32 tid;
-    u64 start_ns;
-    u64 duration_ns;
-    u64 results[3];                  // RAX, RDX (C) or RAX, RBX, RCX (Go)
-    u64 args[6];
-    char strs[2][CORAL_STR_MAX];
-};
-
-struct python_event {
-    u32 type;
-    u32 slot;
-    u32 pid;
-    u32 tid;
-    struct coral_call call;
-};
-
-struct python_timing_event {
-    u32 type;
-    u32 slot;
-    u32 pid;
-    u32 tid;
-    u64 head[5];                     // fn_id, call_id, start_ns, end_ns, flags
 };
 
 struct budget {

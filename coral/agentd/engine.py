@@ -13,10 +13,12 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from coral import histogram
 from coral.agentd.probes import bpf_source_dir, load_bcc
+from coral.layouts import Layout, read_layouts
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +49,11 @@ def bpf_constants() -> dict[str, int]:
     out.update({f"PRED_{PREDICATE_NAMES[op]}": v for op, v in PREDICATE_OPS.items()})
     return out
 
-_PYTHON = struct.Struct("<IIIIQQQQIIII512s256s")
-_PYTHON_TIMING = struct.Struct("<IIIIQQQQI4x")
+
+
+def record_layouts(string_bytes: int) -> dict[str, Layout]:
+    """The ring buffer's records as the program declares them (bpf/coral_records.h)."""
+    return read_layouts(bpf_source_dir() / "coral_records.h", {"CORAL_STR_MAX": string_bytes})
 
 
 class ProbeError(Exception):
@@ -153,7 +158,22 @@ class ProbeEngine:
                   *(f"-D{name}={value}" for name, value in bpf_constants().items())]
         self._bpf = bcc.BPF(src_file=str(src / "coral_probes.c").encode(), cflags=cflags)
         self.string_bytes = string_bytes
-        self._native = struct.Struct(f"<IIIIQQ3Q6Q{string_bytes}s{string_bytes}s")
+        records = record_layouts(string_bytes)
+        native, python, timing = records["native_event"], records["python_event"], records["python_timing_event"]
+        self._native, self._python, self._python_timing = native.struct, python.struct, timing.struct
+        # Where each record's values are, by member name (the header is their one definition).
+        call = records["coral_call"]
+        self._native_scalars = itemgetter(*(native.values(n).start for n in ("slot", "pid", "tid", "start_ns",
+                                                                             "duration_ns")))
+        self._native_arrays = (native.values("results"), native.values("args"), native.values("strs"))
+        at_call = python.values("call").start
+        self._python_scalars = itemgetter(*(python.values(n).start for n in ("slot", "pid", "tid")), *(
+            at_call + call.values(n).start for n in ("fn_id", "call_id", "start_ns", "end_ns", "flags", "args_len",
+                                                     "ret_len", "args", "ret")))
+        at_head = timing.values("head").start  # fn_id, call_id, start_ns, end_ns, flags
+        self._timing_scalars = itemgetter(*(timing.values(n).start for n in ("slot", "pid", "tid")),
+                                          *range(at_head, at_head + 5))
+        self._args_max, self._ret_max = call.member("args").size, call.member("ret").size
         self._hit = self._bpf.load_func(b"coral_hit", bcc.BPF.KPROBE).fd
         self._ret = self._bpf.load_func(b"coral_return", bcc.BPF.KPROBE).fd
         self._lib = _Libbcc(bcc)
@@ -375,20 +395,24 @@ class ProbeEngine:
             self._room -= 1
             stop = -1 if self._room == 0 else 0  # this record is taken; the rest wait in the ring buffer
         raw = ctypes.string_at(data, size)
-        kind = struct.unpack_from("<I", raw)[0]
+        kind = struct.unpack_from("<I", raw)[0]  # every record starts with its u32 type
         if kind == EV_NATIVE and size >= self._native.size:
             f = self._native.unpack_from(raw)
-            # type, slot, pid, tid, start, duration, results[3], args[6], strs[2]
-            self._pending[f[1]].append(NativeRecord(f[2], f[3], f[4], f[5], tuple(f[6:9]), tuple(f[9:15]),
-                                                    (f[15].split(b"\0", 1)[0], f[16].split(b"\0", 1)[0])))
-        elif kind == EV_PYTHON_TIMING and size >= _PYTHON_TIMING.size:
-            f = _PYTHON_TIMING.unpack_from(raw)
-            self._pending[f[1]].append(PythonRecord(f[2], f[3], f[4], f[5], f[6], f[7], f[8], b"", b""))
-        elif kind == EV_PYTHON and size >= _PYTHON.size:
-            f = _PYTHON.unpack_from(raw)
-            args_len, ret_len = min(f[9], 512), min(f[10], 256)
-            self._pending[f[1]].append(PythonRecord(f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[12][:args_len],
-                                                    f[13][:ret_len]))
+            slot, pid, tid, start, duration = self._native_scalars(f)
+            at_results, at_args, at_strs = self._native_arrays
+            results, args, strs = f[at_results], f[at_args], f[at_strs]
+            self._pending[slot].append(NativeRecord(pid, tid, start, duration, results, args,
+                                                    (strs[0].split(b"\0", 1)[0], strs[1].split(b"\0", 1)[0])))
+        elif kind == EV_PYTHON_TIMING and size >= self._python_timing.size:
+            f = self._python_timing.unpack_from(raw)
+            slot, pid, tid, fn_id, call_id, start, end, flags = self._timing_scalars(f)
+            self._pending[slot].append(PythonRecord(pid, tid, fn_id, call_id, start, end, flags, b"", b""))
+        elif kind == EV_PYTHON and size >= self._python.size:
+            f = self._python.unpack_from(raw)
+            slot, pid, tid, fn_id, call_id, start, end, flags, args_len, ret_len, args, ret = self._python_scalars(f)
+            self._pending[slot].append(PythonRecord(pid, tid, fn_id, call_id, start, end, flags,
+                                                    args[:min(args_len, self._args_max)],
+                                                    ret[:min(ret_len, self._ret_max)]))
         return stop
 
     def drain_into_pending(self, limit: int = 0) -> bool:

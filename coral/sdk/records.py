@@ -7,10 +7,12 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from coral.agentd.probes import bpf_source_dir
+from coral.layouts import read_layouts
 from coral.sdk import _probe
 
-# struct coral_call, little-endian x86_64/aarch64 layout
-RECORD_FORMAT = f"<QQQQIIII{_probe.ARGS_MAX}s{_probe.RET_MAX}s"
+# struct coral_call as bpf/coral_call.h declares it (the extension is built from the same header)
+RECORD_FORMAT = "<" + read_layouts(bpf_source_dir() / "coral_call.h")["coral_call"].format
 
 
 @dataclass(frozen=True)

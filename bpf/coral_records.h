@@ -1,0 +1,45 @@
+/* The records the BPF program (bpf/coral_probes.c) puts in its ring
+ * buffer, one per completed call. This header is their one definition: the
+ * agent reads it to decode them (coral/layouts.py builds its struct formats
+ * from these declarations, and tests/test_layouts.py checks them against the
+ * C compiler's offsets). Keep to what coral/layouts.py reads: u32/s32/u64/s64,
+ * char, arrays of them, and struct coral_call.
+ */
+#ifndef CORAL_RECORDS_H
+#define CORAL_RECORDS_H
+
+#include "coral_call.h"
+
+#ifndef CORAL_STR_MAX
+#define CORAL_STR_MAX 64             /* [sessions] string_bytes */
+#endif
+
+struct native_event {
+    u32 type;                        /* EV_NATIVE */
+    u32 slot;
+    u32 pid;
+    u32 tid;
+    u64 start_ns;
+    u64 duration_ns;
+    u64 results[3];                  /* RAX, RDX (C) or RAX, RBX, RCX (Go) */
+    u64 args[6];
+    char strs[2][CORAL_STR_MAX];
+};
+
+struct python_event {
+    u32 type;                        /* EV_PYTHON */
+    u32 slot;
+    u32 pid;
+    u32 tid;
+    struct coral_call call;
+};
+
+struct python_timing_event {
+    u32 type;                        /* EV_PYTHON_TIMING */
+    u32 slot;
+    u32 pid;
+    u32 tid;
+    u64 head[5];                     /* fn_id, call_id, start_ns, end_ns, flags */
+};
+
+#endif
