@@ -1,18 +1,27 @@
-"""Routing and session bookkeeping for the colony, without sockets.
+"""The colony's decisions, without sockets: coral/colonyd/main.py moves
+bytes. A newcomer reads it as parts, each a plain class fed decoded
+messages:
 
-The broker decides; coral/colonyd/main.py moves bytes. Frontend requests
-come in as (client, request id, method, body, peer); the broker answers
-locally, or sends them on to one agent or several (an attach goes to every
-agent running the service) and answers the client once every agent has
-replied, been lost, or timed out. It also pulls the calls of open sessions
-from their agents on its own (coral/colonyd/pulls.py), and purges sessions
-past their retention."""
+- the agent directory (coral/colonyd/agents.py): who is connected, and runs what;
+- routing and fan-out (coral/colonyd/routing.py): which agents a request
+  goes to, what is out to them, and whose answer is whose;
+- sessions (coral/colonyd/sessions.py: one session, a part per agent,
+  merged) and their pulls (coral/colonyd/pulls.py);
+- streams (coral/colonyd/streams.py): followers, and questions that wait
+  for fresh pulls;
+- the audit log (coral/colonyd/audit.py).
+
+A client's request goes through the shared allow-list (the same as the
+agent's), whose handlers return a decision: answer it here, route it to
+agents, wait for fresh pulls, or hold it for a follower. The broker carries
+the decision out and answers the client once every agent asked has
+replied, been lost, or timed out. It pulls the calls of open sessions on
+its own, and purges sessions past their retention."""
 
 from __future__ import annotations
 
 import logging
 import os
-import secrets
 import time
 from dataclasses import dataclass, field
 from typing import cast
@@ -24,113 +33,98 @@ from coral.colonyd import sessions as colony_sessions
 from coral.colonyd.agents import AgentDirectory, AgentState
 from coral.colonyd.audit import AuditLog
 from coral.colonyd.pulls import PULL_PAGE, PartKey, Pull, PullSchedule
+from coral.colonyd.routing import Gather, Outgoing, Pending, Router
 from coral.colonyd.sessions import ACTIVE, FAILED, LOST, is_open, part_of, reply_error, reply_ok
 from coral.colonyd.store import ColonyStore
+from coral.colonyd.streams import FRESH_WAIT, FreshQuery, Streams, Ticket
 from coral.daemon import access, wire
 from coral.daemon.config import Config
 from coral.daemon.errors import CoralError, Internal, NotFound, Unavailable, error_from_code
 from coral.daemon.liveness import is_dead
-from coral.daemon.methods import COLONY_FRONTEND_METHODS, METHODS
+from coral.daemon.methods import COLONY_FRONTEND_METHODS
 from coral.daemon.retention import PurgeSchedule, Retention, parse_age, purge_once
-from coral.daemon.server import Peer
+from coral.daemon.server import AllowList, Peer
 from coral.daemon.waiters import Waiters
 from coral.proto import coral_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-@dataclass
-class Gather:
-    """One client request sent on to one agent or several; answered when
-    every agent asked has replied (an agent lost or silent counts as an
-    UNAVAILABLE reply)."""
-
-    client: tuple[bytes, ...]
-    client_request_id: bytes
-    method: str
-    request: Message
-    peer: Peer
-    agents: list[str]  # agent ids asked, in order
-    replies: dict[str, tuple[str, bytes]] = field(default_factory=dict)  # agent id -> (status, body)
-
-    @property
-    def done(self) -> bool:
-        return len(self.replies) == len(self.agents)
-
-
-@dataclass
-class FreshQuery:
-    """A client's QueryUprobeEvents on a running session. It is answered once
-    every running part was pulled by a pull sent after the question came (so
-    a call made before the question is in the answer), or at its deadline
-    with what the colony has."""
-
-    client: tuple[bytes, ...]
-    client_request_id: bytes
-    request: pb.QueryUprobeEventsRequest
-    peer: Peer
-    deadline: float
-    unsent: set[PartKey]  # no pull sent for these since the question came
-    sent: set[PartKey] = field(default_factory=set)  # pulled since; not yet back to the last page
-
+__all__ = ["Broker", "Outgoing", "Ticket"]
 
 HEARTBEATS_PER_TICK = 64  # at least; a quarter of the agents when there are more
-FRESH_WAIT = 2.0  # seconds a query waits for its pulls before it is answered with what is here
-
-
-@dataclass
-class Pending:
-    """A request the colony sent to an agent."""
-
-    agent: bytes
-    agent_id: str
-    method: str
-    request: Message
-    deadline: float
-    gather: Gather | None  # None: the colony's own request (an event pull, or a detach a lost part missed)
-    pull: Pull | None = None  # an event pull: which
 
 
 @dataclass(frozen=True)
-class Outgoing:
-    """A message for one socket: 'frontend' (a client) or 'backend' (an agent)."""
+class Answer:
+    """Answered by the colony itself."""
 
-    socket: str
-    frames: list[bytes]
-    request_id: bytes = b""  # of a request to an agent: answered at once if it cannot be sent
-    after_write: bool = True  # to a client: sent once the rows written before it are on disk
-    after_batch: int | None = None  # instead: once this batch is (the one that holds the reply's audit row)
+    response: Message
 
 
-@dataclass
-class Ticket:
-    """Which write batch holds an audit row handed over in this loop turn
-    (told by the colony's flush): a held follower's answer waits for that
-    batch only, not for the calls written since."""
+@dataclass(frozen=True)
+class Route:
+    """Sent on to these agents; answered when each has replied."""
 
-    batch: int | None = None
+    agents: list[AgentState]
+
+
+@dataclass(frozen=True)
+class AwaitPulls:
+    """A question about a running session: answered once these parts were pulled since it came."""
+
+    parts: list[PartKey]
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A follower's question: answered at once if there is news, else held."""
+
+
+Decision = Answer | Route | AwaitPulls | Hold
 
 
 @dataclass
 class Broker:
     config: Config
     store: ColonyStore
-    pending: dict[bytes, Pending] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
     open: dict[str, pb.DebugSession] = field(default_factory=dict)  # sessions still pulled from their agents
     replies_since_pull: bool = False  # an agent answered: a part may have ended or have more to pull
-    fresh: list[FreshQuery] = field(default_factory=list)
     detach_wanted: dict[str, Peer] = field(default_factory=dict)  # session id -> who detached it while a part was lost
-    followers: Waiters = field(default_factory=Waiters)  # clients' queries with wait_ms, held until their session has news
-    woken: list[Outgoing] = field(default_factory=list)  # answers to followers, for the next send
-    tickets: list[Ticket] = field(default_factory=list)  # rows of this turn's held followers, for the flush to number
+    streams: Streams = field(default_factory=Streams)
 
     def __post_init__(self) -> None:
         self.audit = AuditLog(self.store)
         self.agents = AgentDirectory(self.config.colony.agent_users, self._count_n)
+        self.router = Router(self.agents, self.config.limits.request_timeout)
+        self.methods: AllowList[Decision] = AllowList(
+            {
+                "Ping": self._ping,
+                "ListServices": self._list_services,
+                "ListAudit": self._list_audit,
+                "ListDebugSessions": lambda r, p: Answer(
+                    pb.ListDebugSessionsResponse(sessions=self.store.sessions(r.service, r.active_only))),
+                "QueryUprobeEvents": self._query,
+                "AttachUprobe": self._attach,
+                "DetachUprobe": self._detach,
+                "ListFunctions": lambda r, p: Route(self.router.targets(r, self._session)),
+            },
+            COLONY_FRONTEND_METHODS,
+            lambda method, request, peer: access.check(self.config.access, peer, method, request),
+            where="by the colony",
+        )
         self.open = {s.session_id: s for s in self.store.open_sessions()}
         self.pulls = PullSchedule(self.config.colony.pull_interval)
         self.retention = Retention(parse_age(self.config.colony.retention))
         self.purges = PurgeSchedule(self.config.colony.purge_interval)
+
+    @property
+    def pending(self) -> dict[bytes, Pending]:
+        return self.router.pending
+
+    @property
+    def followers(self) -> Waiters:
+        return self.streams.followers
 
     def count(self, name: str) -> None:
         self._count_n(name, 1)
@@ -153,10 +147,7 @@ class Broker:
         out = self._detach_when_back(state, now)
         if superseded is None:
             return out
-        for request_id, p in list(self.pending.items()):
-            if p.agent != superseded.identity:
-                continue
-            del self.pending[request_id]
+        for p in self.router.on_link(superseded.identity):
             if p.pull is not None:  # a pull sent on the old link: pull again on the new one
                 self.pulls.answered(p.pull, ok=True, more=not p.pull.wait, now=now)
             elif p.gather is not None:
@@ -172,19 +163,14 @@ class Broker:
             part = part_of(session, agent.agent_id) if session is not None else None
             if session is None or not any(p.session.status == LOST for p in session.parts):
                 del self.detach_wanted[session_id]
-            if session is None or part is None or part.session.status != LOST or self._detach_sent(session_id, agent):
+            if session is None or part is None or part.session.status != LOST \
+                    or self.router.detach_out(session_id, agent.identity):  # not twice on one link
                 continue
             request = pb.DetachUprobeRequest(session_id=session_id)
             self.audit.row(who.who, who.pid or 0, "DetachUprobe", "OK", f"sent to agent {agent.agent_id} when it came back",
                            session.service, session.function, session_id, always=True)
             out.append(self._send(agent, "DetachUprobe", request, now, None))
         return out
-
-    def _detach_sent(self, session_id: str, agent: AgentState) -> bool:
-        """A kept detach already on its way to this link of the agent (a
-        second READY on the same link does not send it again)."""
-        return any(p.gather is None and p.method == "DetachUprobe" and p.agent == agent.identity
-                   and cast(pb.DetachUprobeRequest, p.request).session_id == session_id for p in self.pending.values())
 
     def agent_services(self, identity: bytes, changed: pb.ServicesChanged, now: float) -> bool:
         """SERVICES from a link: False if the link is not a known agent."""
@@ -208,11 +194,9 @@ class Broker:
                 part.session.status, part.session.status_reason = LOST, "agent lost"
                 self._changed(session)
         out = []
-        for request_id, p in list(self.pending.items()):
-            if p.agent == identity:
-                del self.pending[request_id]
-                err = Unavailable(f"agent {agent.agent_id} was lost ({why}) before answering {p.method}")
-                out.extend(self._deliver(p, err.code, _error_body(err)))
+        for p in self.router.on_link(identity):
+            err = Unavailable(f"agent {agent.agent_id} was lost ({why}) before answering {p.method}")
+            out.extend(self._deliver(p, err.code, _error_body(err)))
         return out
 
     def agent_by_id(self, agent_id: str) -> AgentState | None:
@@ -227,103 +211,91 @@ class Broker:
     # ---------------------------------------------------------- requests
 
     def handle_request(self, frame: wire.Frame, peer: Peer, now: float) -> list[Outgoing]:
+        """A client's request: through the allow-list to its handler's decision, carried out."""
         method = frame.name
         self.count("requests")
         request: Message | None = None
         try:
-            if method not in COLONY_FRONTEND_METHODS:
-                raise CoralError(f"method {method!r} is not served by the colony")
-            request = wire.parse_body(METHODS[method].request, frame.body)
-            access.check(self.config.access, peer, method, request)
-            if isinstance(request, pb.QueryUprobeEventsRequest) and request.wait_ms:
-                return self._follow(frame, request, peer, now)
-            if isinstance(request, pb.QueryUprobeEventsRequest) and (running := self._running_parts(request.session_id)):
-                self.fresh.append(
-                    FreshQuery(frame.envelope, frame.request_id, request, peer, now + FRESH_WAIT, set(running))
-                )
-                for key in running:
+            request = self.methods.decode(method, frame.body, peer)
+            decision = self.methods.handlers[method](request, peer)
+            if isinstance(decision, Hold):
+                return self._follow(frame, cast(pb.QueryUprobeEventsRequest, request), peer, now)
+            if isinstance(decision, AwaitPulls):
+                self.streams.ask(FreshQuery(frame.envelope, frame.request_id, cast(pb.QueryUprobeEventsRequest, request),
+                                            peer, now + FRESH_WAIT, set(decision.parts)))
+                for key in decision.parts:
                     self.pulls.hurry(key)
                 return self._pull(now)
-            local = self._answer_locally(method, request, peer)
-            if local is not None:
+            if isinstance(decision, Answer):
                 counted = self.audit.answered_read(peer, method)  # a read with no values: no row of its own to wait for
                 if not counted:
                     self.audit.request(peer, method, request, "OK", "")
-                return [Outgoing("frontend", wire.encode_reply(frame.request_id, local, frame.envelope),
+                return [Outgoing("frontend", wire.encode_reply(frame.request_id, decision.response, frame.envelope),
                                  after_write=not counted)]
-            targets = self._route(method, request)
         except CoralError as err:
-            if method not in COLONY_FRONTEND_METHODS:
-                err.code = "UNKNOWN_METHOD"
             self.audit.request(peer, method, request, err.code, err.message)
             self.count(f"errors.{err.code}")
             return [Outgoing("frontend", wire.encode_error(frame.request_id, err, frame.envelope))]
-        gather = Gather(frame.envelope, frame.request_id, method, request, peer, [a.agent_id for a in targets])
-        return [self._send(agent, method, request, now, gather) for agent in targets]
+        gather = Gather(frame.envelope, frame.request_id, method, request, peer, [a.agent_id for a in decision.agents])
+        return [self._send(agent, method, request, now, gather) for agent in decision.agents]
 
     def _send(self, agent: AgentState, method: str, request: Message, now: float, gather: Gather | None,
               pull: Pull | None = None, held: float = 0.0) -> Outgoing:
-        """`held`: seconds the agent may hold the request before answering (a pull's wait)."""
-        agent_request_id = secrets.token_hex(8).encode()  # unguessable: only its agent can answer it
-        self.pending[agent_request_id] = Pending(
-            agent.identity, agent.agent_id, method, request, now + held + self.config.limits.request_timeout, gather,
-            pull,
-        )
-        agent.last_sent = now
-        return Outgoing("backend", wire.encode_request(agent_request_id, method, request, (agent.identity,)), agent_request_id)
+        return self.router.send(agent, method, request, now, gather, pull, held)
 
     def not_sent(self, agent_request_id: bytes, why: str) -> list[Outgoing]:
         """A request that could not be sent to its agent is answered now
         (UNAVAILABLE), not at its timeout."""
-        pending = self.pending.pop(agent_request_id, None)
+        pending = self.router.take(agent_request_id)
         if pending is None:
             return []
         err = Unavailable(f"could not send {pending.method} to agent {pending.agent_id}: {why}")
         return self._deliver(pending, err.code, _error_body(err))
 
-    def _answer_locally(self, method: str, request: Message, peer: Peer) -> Message | None:
-        if method == "Ping":
-            return pb.PingResponse(
-                daemon="coral-colonyd",
-                version=__version__,
-                pid=os.getpid(),
-                counters={**self.counters, "agents": len(self.agents), "sessions.open": len(self.open),
-                          **self.followers.counters(),
-                          "audit.folded": self.audit.folder.total_folded, **self.store.counters()},
-            )
-        if method == "ListServices":
-            after = cast(pb.ListServicesRequest, request).after
-            return self.agents.services_page(after, self.config.limits.max_message_bytes // 4)
-        if isinstance(request, pb.ListAuditRequest):
-            rows, truncated = self.store.audit_rows(request.since_unix_ns, min(request.max_entries or 1000, 10_000))
-            return pb.ListAuditResponse(
-                truncated=truncated,
-                entries=[
-                    pb.AuditEntry(
-                        timestamp_unix_ns=r.ts_ns,
-                        who=r.who,
-                        peer_pid=r.peer_pid,
-                        method=r.method,
-                        service=r.service,
-                        function=r.function,
-                        session_id=r.session_id,
-                        outcome=r.outcome,
-                        detail=r.detail,
-                    )
-                    for r in rows
-                ],
-            )
-        if isinstance(request, pb.ListDebugSessionsRequest):
-            return pb.ListDebugSessionsResponse(sessions=self.store.sessions(request.service, request.active_only))
-        if isinstance(request, pb.QueryUprobeEventsRequest):
-            return self._calls(request, peer)
-        if isinstance(request, pb.DetachUprobeRequest):
-            session = self._session(request.session_id)
-            if any(p.session.status == LOST for p in session.parts):
-                self.detach_wanted[session.session_id] = peer  # sent to each lost part's agent when it is back
-            if not any(p.session.status == ACTIVE and not p.complete for p in session.parts):
-                return pb.DetachUprobeResponse(session=session)  # already ended: report it as it ended
-        return None
+    # The handlers: a decoded request in, a decision out.
+
+    def _ping(self, request: pb.PingRequest, peer: Peer) -> Decision:
+        return Answer(pb.PingResponse(
+            daemon="coral-colonyd",
+            version=__version__,
+            pid=os.getpid(),
+            counters={**self.counters, "agents": len(self.agents), "sessions.open": len(self.open),
+                      **self.followers.counters(), **self.methods.counters,
+                      "audit.folded": self.audit.folder.total_folded, **self.store.counters()},
+        ))
+
+    def _list_services(self, request: pb.ListServicesRequest, peer: Peer) -> Decision:
+        return Answer(self.agents.services_page(request.after, self.config.limits.max_message_bytes // 4))
+
+    def _list_audit(self, request: pb.ListAuditRequest, peer: Peer) -> Decision:
+        rows, truncated = self.store.audit_rows(request.since_unix_ns, min(request.max_entries or 1000, 10_000))
+        return Answer(pb.ListAuditResponse(
+            truncated=truncated,
+            entries=[
+                pb.AuditEntry(timestamp_unix_ns=r.ts_ns, who=r.who, peer_pid=r.peer_pid, method=r.method,
+                              service=r.service, function=r.function, session_id=r.session_id, outcome=r.outcome,
+                              detail=r.detail)
+                for r in rows
+            ],
+        ))
+
+    def _query(self, request: pb.QueryUprobeEventsRequest, peer: Peer) -> Decision:
+        if request.wait_ms:
+            return Hold()
+        running = self._running_parts(request.session_id)
+        return AwaitPulls(running) if running else Answer(self._calls(request, peer))
+
+    def _attach(self, request: pb.AttachUprobeRequest, peer: Peer) -> Decision:
+        self.config.sessions.session_duration_ms(request.duration_ms)  # refuse early, with the agent's words
+        return Route(self.router.targets(request, self._session))
+
+    def _detach(self, request: pb.DetachUprobeRequest, peer: Peer) -> Decision:
+        session = self._session(request.session_id)
+        if any(p.session.status == LOST for p in session.parts):
+            self.detach_wanted[session.session_id] = peer  # sent to each lost part's agent when it is back
+        if not any(p.session.status == ACTIVE and not p.complete for p in session.parts):
+            return Answer(pb.DetachUprobeResponse(session=session))  # already ended: report it as it ended
+        return Route(self.router.targets(request, self._session))
 
     def _running_parts(self, session_id: str) -> list[PartKey]:
         """Parts of an open session still recording, on a connected agent."""
@@ -339,13 +311,7 @@ class Broker:
     def _answer_fresh(self, now: float) -> list[Outgoing]:
         """Answer the waiting queries whose pulls are back (or whose wait is over)."""
         out = []
-        for q in list(self.fresh):
-            running = set(self._running_parts(q.request.session_id))
-            q.unsent &= running
-            q.sent &= running
-            if (q.unsent or q.sent) and now < q.deadline:
-                continue
-            self.fresh.remove(q)
+        for q in self.streams.due(now, lambda session_id: set(self._running_parts(session_id))):
             try:
                 response = self._calls(q.request, q.peer)
             except CoralError as err:  # purged meanwhile
@@ -364,7 +330,7 @@ class Broker:
         if response.calls or not is_open(response.session):
             self.audit.request(peer, "QueryUprobeEvents", request, "OK", "")
             return [Outgoing("frontend", wire.encode_reply(frame.request_id, response, frame.envelope))]
-        ticket = Ticket()
+        ticket: Ticket | None = None
 
         def answer() -> None:
             try:
@@ -374,22 +340,21 @@ class Broker:
                 if not isinstance(exc, CoralError):
                     log.error("answering a held QueryUprobeEvents failed", exc_info=exc)
                 self.audit.request(peer, "QueryUprobeEvents", request, err.code, err.message)
-                self.woken.append(Outgoing("frontend", wire.encode_error(frame.request_id, err, frame.envelope)))
+                self.streams.woken.append(Outgoing("frontend", wire.encode_error(frame.request_id, err, frame.envelope)))
                 return
-            self.woken.append(Outgoing("frontend", wire.encode_reply(frame.request_id, response, frame.envelope),
-                                       after_batch=ticket.batch))
+            self.streams.woken.append(Outgoing("frontend", wire.encode_reply(frame.request_id, response, frame.envelope),
+                                               after_batch=ticket.batch if ticket else None))
 
-        if not self.followers.hold(request.session_id, request.wait_ms, now, answer):
+        ticket = self.streams.hold(request.session_id, request.wait_ms, now, answer)
+        if ticket is None:
             self.count("followers.refused")
             self.audit.request(peer, "QueryUprobeEvents", request, "OK", "")
             return [Outgoing("frontend", wire.encode_reply(frame.request_id, response, frame.envelope))]
         self.audit.request(peer, "QueryUprobeEvents", request, "OK", "")  # its row now: the answer waits for no other write
-        self.tickets.append(ticket)
         return []
 
     def take_woken(self) -> list[Outgoing]:
-        out, self.woken = self.woken, []
-        return out
+        return self.streams.take_woken()
 
     def _session(self, session_id: str) -> pb.DebugSession:
         session = self.open.get(session_id) or self.store.session(session_id)
@@ -413,62 +378,21 @@ class Broker:
             session=session,
         )
 
-    def _route(self, method: str, request: Message) -> list[AgentState]:
-        """The agents a request goes to."""
-        if isinstance(request, pb.AttachUprobeRequest):
-            self.config.sessions.session_duration_ms(request.duration_ms)  # refuse early, with the agent's words
-        if isinstance(request, pb.AttachUprobeRequest | pb.ListFunctionsRequest):
-            agents = self.agents_for(request.service)
-            if not agents:
-                known = sorted({s.service for s in self.services()})
-                raise NotFound(
-                    f"service {request.service!r} not found"
-                    + (f" (known services: {', '.join(known)})" if known else " (no services registered)"),
-                    known,
-                )
-            if not isinstance(request, pb.AttachUprobeRequest):
-                return agents[:1]
-            if request.agent_id:
-                agents = self._narrow(request.service, request.agent_id, agents)
-            request.session_id = f"dbg-{secrets.token_hex(6)}"  # only once it can be routed
-            return agents
-        if isinstance(request, pb.DetachUprobeRequest):
-            session = self._session(request.session_id)
-            running = [p.agent_id for p in session.parts if p.session.status == ACTIVE and not p.complete]
-            reachable = [a for a in map(self.agent_by_id, running) if a is not None]
-            if not reachable:
-                raise Unavailable(f"agent {', '.join(map(repr, running))} of session {session.session_id} is not connected")
-            return reachable
-        raise CoralError(f"method {method!r} is not routed")  # not reached: the allow-list is checked first
-
-    def _narrow(self, service: str, agent_id: str, agents: list[AgentState]) -> list[AgentState]:
-        """--agent: that agent only, with the known ones named if it is not one."""
-        chosen = [a for a in agents if a.agent_id == agent_id]
-        if chosen:
-            return chosen
-        running = sorted(a.agent_id for a in agents)
-        if self.agent_by_id(agent_id) is None:
-            known = sorted(a.agent_id for a in self.agents)
-            raise NotFound(f"no agent {agent_id!r} is connected (known agents: {', '.join(known)})", known)
-        raise NotFound(f"service {service!r} does not run on agent {agent_id!r} (it runs on: {', '.join(running)})", running)
-
     def handle_reply(self, frame: wire.Frame, now: float) -> list[Outgoing]:
         """An agent's REPLY; accepted only from the link its request went to."""
-        pending = self.pending.get(frame.request_id)
+        pending, why = self.router.answered(frame)
+        if pending is None and why == "foreign":
+            self.count("replies.foreign")
+            who, agent_id = self.router.foreign_sender(frame)
+            self.audit.row(who, 0, "REPLY", "PERMISSION_DENIED",
+                           f"a reply to a request sent to agent {agent_id} came from another link; dropped")
+            return []
         if pending is None:
             self.count("late_replies")
             return []
-        if frame.envelope[:1] != (pending.agent,):
-            self.count("replies.foreign")
-            sender = self.agents.get(frame.envelope[0]) if frame.envelope else None
-            who = f"{sender.owner} on agent {sender.agent_id}" if sender is not None else "unknown"
-            self.audit.row(who, 0, "REPLY", "PERMISSION_DENIED",
-                            f"a reply to a request sent to agent {pending.agent_id} came from another link; dropped")
-            return []
-        del self.pending[frame.request_id]
         self.replies_since_pull = True
         out = self._deliver(pending, frame.name, frame.body)
-        return out + self._answer_fresh(now) if self.fresh else out
+        return out + self._answer_fresh(now) if self.streams.fresh else out
 
     def _deliver(self, pending: Pending, status: str, body: bytes) -> list[Outgoing]:
         """An agent's answer (or the colony's word for its silence) to a request."""
@@ -574,12 +498,8 @@ class Broker:
                                                   wait_ms=int(interval * 1000) if pull.wait else 0)
             out.append(self._send(agent, "QueryUprobeEvents", request, now, None, pull, interval if pull.wait else 0.0))
             self.pulls.sent(pull)
-            if pull.wait:
-                continue
-            for q in self.fresh:  # a pull without a wait, sent after the question: it brings the calls before it
-                if key in q.unsent:
-                    q.unsent.discard(key)
-                    q.sent.add(key)
+            if not pull.wait:  # sent after the waiting questions: it brings the calls made before them
+                self.streams.pull_sent(key)
         return out
 
     def _pulled(self, pending: Pending, status: str, body: bytes) -> None:
@@ -597,8 +517,7 @@ class Broker:
             and held_for < self.config.colony.pull_interval / 2
         self.pulls.answered(pull, ok=reply is not None and not idle, more=reply is not None and reply.has_more, now=now)
         if not pull.wait and (reply is None or not reply.has_more):
-            for q in self.fresh:
-                q.sent.discard(key)  # this part's calls up to the question are here (or will not come)
+            self.streams.pull_back(key)
         if session is None or part is None or part.complete:
             return
         if reply is None:
@@ -617,7 +536,7 @@ class Broker:
         part.cursor = max(part.cursor, reply.next_cursor)  # a held pull and a quick one may both be out
         part.session.CopyFrom(reply.session)
         if not reply.has_more and reply.session.status != ACTIVE:
-            part.complete = True  # ended, and every event is here
+            part.complete = True  # ended, and every call is here
         self._changed(session)
         if new or part.complete:  # followers wait for calls, and for a part's last one
             self.followers.wake(key[0])
@@ -653,11 +572,9 @@ class Broker:
 
     def tick(self, now: float) -> list[Outgoing]:
         out: list[Outgoing] = []
-        for request_id, p in list(self.pending.items()):
-            if now >= p.deadline:
-                del self.pending[request_id]
-                err = Unavailable(f"agent {p.agent_id} did not answer {p.method} within {self.config.limits.request_timeout:g}s")
-                out.extend(self._deliver(p, err.code, _error_body(err)))
+        for p in self.router.overdue(now):
+            err = Unavailable(f"agent {p.agent_id} did not answer {p.method} within {self.config.limits.request_timeout:g}s")
+            out.extend(self._deliver(p, err.code, _error_body(err)))
         interval, liveness = self.config.colony.heartbeat_interval, self.config.colony.heartbeat_liveness
         # A bounded number of heartbeats per tick: a thousand agents that
         # came up together are spread over the next ticks, not sent at once

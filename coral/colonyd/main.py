@@ -145,9 +145,9 @@ class Colony:
             self.broker.audit.hand_over()
             self.store.write_behind()
             batch = self.store.batch_of_held()
-            for ticket in self.broker.tickets:
+            for ticket in self.broker.streams.tickets:
                 ticket.batch = batch
-            self.broker.tickets.clear()
+            self.broker.streams.tickets.clear()
             messages, self._outbox = self._outbox, []
             for m in messages:
                 if m.socket == "frontend" and m.after_batch is not None:

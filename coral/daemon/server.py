@@ -1,7 +1,8 @@
-"""Request dispatch shared by every Coral server socket: decode, check the
-allow-list, call a plain handler, encode the reply or the error. Handlers
-take a decoded request and a Peer and return a response message; they know
-nothing of sockets."""
+"""Request dispatch shared by every Coral server: check the allow-list,
+decode, authorize, call a plain handler (AllowList, used by every daemon
+and process), then encode the reply or the error (Dispatcher, for the
+sockets that answer with a message). Handlers take a decoded request and a
+Peer; they know nothing of sockets."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import collections
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import zmq
 from google.protobuf.message import Message
@@ -74,26 +75,63 @@ class Later:
             waiter(self._result)
 
 
-# A handler takes its method's decoded request message (typed by the method
-# table) and the peer, and returns the response message, or a Later for it.
-Handler = Callable[[Any, Peer], Message | Later]
-Send = Callable[[list[bytes]], None]
+R = TypeVar("R")
 
 
-class Dispatcher:
-    """Serves one socket's allow-listed methods with plain handlers."""
+class AllowList(Generic[R]):
+    """The methods one server exposes, by explicit allow-list (never "any
+    method not on a deny-list"): a request for another is UNKNOWN_METHOD
+    before its body is read. A body is decoded as its method's request
+    message, checked by `authorize`, and handed to the method's handler,
+    whose result (R) is returned."""
 
-    def __init__(self, handlers: Mapping[str, Handler], allowed: Iterable[str],
-                 authorize: Callable[[str, Message, Peer], None] | None = None,
-                 outcome: Callable[[str, bytes, Peer, str, str], None] | None = None) -> None:
+    def __init__(self, handlers: Mapping[str, Callable[[Any, Peer], R]], allowed: Iterable[str],
+                 authorize: Callable[[str, Message, Peer], None] | None = None, where: str = "here") -> None:
         allowed = frozenset(allowed)
         missing = allowed - handlers.keys()
         if missing:
             raise ValueError(f"no handler for allowed methods: {sorted(missing)}")
         self.handlers = {name: h for name, h in handlers.items() if name in allowed}
         self.authorize = authorize
-        self.outcome = outcome  # told (method, body, peer, "OK" or an error code, message) of every request
+        self.where = where  # for the refusal: "method 'X' is not served here"
         self.counters: collections.Counter[str] = collections.Counter()
+
+    def __contains__(self, method: str) -> bool:
+        return method in self.handlers
+
+    def decode(self, method: str, body: bytes, peer: Peer) -> Message:
+        """The request, decoded and authorized (raises CoralError)."""
+        if method not in self.handlers:
+            raise UnknownMethod(f"method {method!r} is not served {self.where}")
+        try:
+            request = wire.parse_body(METHODS[method].request, body)
+        except BadRequest:
+            self.counters["bad_requests"] += 1
+            raise
+        if self.authorize is not None:
+            self.authorize(method, request, peer)
+        return request
+
+    def call(self, method: str, body: bytes, peer: Peer) -> R:
+        request = self.decode(method, body, peer)  # first: an unknown method is refused, not looked up
+        return self.handlers[method](request, peer)
+
+
+# A handler takes its method's decoded request message (typed by the method
+# table) and the peer, and returns the response message, or a Later for it.
+Handler = Callable[[Any, Peer], Message | Later]
+Send = Callable[[list[bytes]], None]
+
+
+class Dispatcher(AllowList[Message | Later]):
+    """Serves one socket's allow-listed methods with plain handlers that
+    answer with a message (now, or later)."""
+
+    def __init__(self, handlers: Mapping[str, Handler], allowed: Iterable[str],
+                 authorize: Callable[[str, Message, Peer], None] | None = None,
+                 outcome: Callable[[str, bytes, Peer, str, str], None] | None = None) -> None:
+        super().__init__(handlers, allowed, authorize)
+        self.outcome = outcome  # told (method, body, peer, "OK" or an error code, message) of every request
 
     def handle(self, frame: wire.Frame, peer: Peer, send: Send) -> None:
         """Answer one REQUEST frame through `send`: now, or when a Later
@@ -128,19 +166,6 @@ class Dispatcher:
     def _tell(self, frame: wire.Frame, peer: Peer, outcome: str, detail: str) -> None:
         if self.outcome is not None:
             self.outcome(frame.name, frame.body, peer, outcome, detail)
-
-    def call(self, method: str, body: bytes, peer: Peer) -> Message | Later:
-        handler = self.handlers.get(method)
-        if handler is None:
-            raise UnknownMethod(f"method {method!r} is not served here")
-        try:
-            request = wire.parse_body(METHODS[method].request, body)
-        except BadRequest:
-            self.counters["bad_requests"] += 1
-            raise
-        if self.authorize is not None:
-            self.authorize(method, request, peer)
-        return handler(request, peer)
 
     def bad_frame(self, exc: wire.FrameError, envelope: tuple[bytes, ...] = ()) -> list[bytes]:
         """Count an unparseable message and build the BAD_REQUEST reply."""
