@@ -143,13 +143,13 @@ def test_the_colonys_disk_fills_mid_session(coral_env: CoralEnv, bpf: None, paym
     log = colony.output()
     assert re.search(
         rf"cannot write {small_disk}/colony/colony.duckdb: No space left on device; \d+ audit row\(s\), \d+ session\(s\) "
-        r"and \d+ event\(s\) held in memory, retrying",
+        r"and \d+ call\(s\) held in memory, retrying",
         log,
     ), log
     assert f"writing {small_disk}/colony/colony.duckdb again: everything held in memory is written" in log
     db = duckdb.connect(str(small_disk / "colony" / "colony.duckdb"), read_only=True)
     assert db.execute("SELECT count(*) FROM audit WHERE method = 'AttachUprobe' AND session_id = ?", [sid]).fetchone() == (1,)
-    assert db.execute("SELECT count(*) FROM agent_events WHERE session_id = ?", [sid]).fetchone() == (4000,)
+    assert db.execute("SELECT count(*) FROM calls WHERE session_id = ?", [sid]).fetchone() == (2000,)
     assert db.execute("SELECT status FROM sessions WHERE session_id = ?", [sid]).fetchone() == ("detached",)
     db.close()
 

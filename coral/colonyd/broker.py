@@ -216,7 +216,8 @@ class Broker:
         self.count("requests")
         request: Message | None = None
         try:
-            request = self.methods.decode(method, frame.body, peer)
+            request = self.methods.parse(method, frame.body)
+            self.methods.check(method, request, peer)  # a refusal's audit row names what was asked
             decision = self.methods.handlers[method](request, peer)
             if isinstance(decision, Hold):
                 return self._follow(frame, cast(pb.QueryUprobeEventsRequest, request), peer, now)

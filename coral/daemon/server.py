@@ -99,17 +99,25 @@ class AllowList(Generic[R]):
     def __contains__(self, method: str) -> bool:
         return method in self.handlers
 
-    def decode(self, method: str, body: bytes, peer: Peer) -> Message:
-        """The request, decoded and authorized (raises CoralError)."""
+    def parse(self, method: str, body: bytes) -> Message:
+        """The request, decoded (raises CoralError: an unknown method, a bad body)."""
         if method not in self.handlers:
             raise UnknownMethod(f"method {method!r} is not served {self.where}")
         try:
-            request = wire.parse_body(METHODS[method].request, body)
+            return wire.parse_body(METHODS[method].request, body)
         except BadRequest:
             self.counters["bad_requests"] += 1
             raise
+
+    def check(self, method: str, request: Message, peer: Peer) -> None:
+        """May `peer` make this request? (raises CoralError if not)"""
         if self.authorize is not None:
             self.authorize(method, request, peer)
+
+    def decode(self, method: str, body: bytes, peer: Peer) -> Message:
+        """The request, decoded and authorized (raises CoralError)."""
+        request = self.parse(method, body)
+        self.check(method, request, peer)
         return request
 
     def call(self, method: str, body: bytes, peer: Peer) -> R:
