@@ -203,3 +203,43 @@ def test_a_detach_while_the_agent_is_lost_reaches_it_when_it_is_back(
     assert [(r["who"], r["session_id"]) for r in sent] == [("uid:0", first["session_id"])], sent
     attach.kill()
     attach.wait()
+
+
+def test_a_kept_detach_survives_a_colony_restart(
+    coral_env: CoralEnv, colony: Process, agent: Process, payments: NativeService
+) -> None:
+    """Detached while its agent was stopped, then the colony restarts before
+    the agent is back: the kept detach was saved with the session
+    (`parts[].detach_by`), and the new colony sends it when the agent
+    announces itself: the probes go long before the session's 10 minutes."""
+    wait_for_service(coral_env, "payments")
+    attach, first = start_attach(coral_env, "payments", "validate_card", "--duration", "10m", "--no-save")
+    assert payments.call(8).startswith("done 8 ")
+    probe = f"/proc/{payments.child_pid}/exe"
+    sid = first["session_id"]
+    restarted: Process | None = None
+    agent.proc.send_signal(signal.SIGSTOP)
+    try:
+        colony_session_when(coral_env, sid, lambda s: s["status"] == "lost")
+        detach = coralctl(coral_env, "debug", "detach", sid)
+        assert detach.returncode == 0 and "lost" in detach.stdout, detach
+        kept = colony_session_when(coral_env, sid, lambda s: s["parts"][0]["detach_by"] == "uid:0")
+        assert kept["status"] == "lost"
+        assert colony.stop() == 0
+        restarted = start_colony(coral_env)
+        after = colony_session_when(coral_env, sid, lambda s: True)
+        assert (after["status"], after["parts"][0]["detach_by"]) == ("lost", "uid:0"), after
+    finally:
+        agent.proc.send_signal(signal.SIGCONT)
+    try:
+        s = colony_session_when(coral_env, sid, lambda s: s["parts"][0]["complete"])
+        assert (s["status"], s["calls"], s["parts"][0]["detach_by"]) == ("detached", 8, ""), s
+        assert probe not in kernel_probes()
+        rows = [json.loads(line) for line in coralctl(coral_env, "--output", "json", "audit").stdout.splitlines()]
+        sent = [r for r in rows if r["method"] == "DetachUprobe" and "when it came back" in r["detail"]]
+        assert [(r["who"], r["session_id"]) for r in sent] == [("uid:0", sid)], sent
+    finally:
+        assert restarted is not None
+        restarted.stop()
+        attach.kill()
+        attach.wait()

@@ -90,7 +90,6 @@ class Broker:
     counters: dict[str, int] = field(default_factory=dict)
     open: dict[str, pb.DebugSession] = field(default_factory=dict)  # sessions still pulled from their agents
     replies_since_pull: bool = False  # an agent answered: a part may have ended or have more to pull
-    detach_wanted: dict[str, Peer] = field(default_factory=dict)  # session id -> who detached it while a part was lost
     streams: Streams = field(default_factory=Streams)
 
     def __post_init__(self) -> None:
@@ -156,19 +155,17 @@ class Broker:
         return out
 
     def _detach_when_back(self, agent: AgentState, now: float) -> list[Outgoing]:
-        """The detaches its lost parts missed, sent by the colony itself."""
+        """The detaches its lost parts missed (kept in each part's detach_by,
+        saved with the session), sent by the colony itself."""
         out = []
-        for session_id, who in list(self.detach_wanted.items()):
-            session = self.open.get(session_id)
-            part = part_of(session, agent.agent_id) if session is not None else None
-            if session is None or not any(p.session.status == LOST for p in session.parts):
-                del self.detach_wanted[session_id]
-            if session is None or part is None or part.session.status != LOST \
-                    or self.router.detach_out(session_id, agent.identity):  # not twice on one link
+        for session in self.open.values():
+            part = part_of(session, agent.agent_id)
+            if part is None or not part.detach_by or part.complete or part.session.status != LOST \
+                    or self.router.detach_out(session.session_id, agent.identity):  # not twice on one link
                 continue
-            request = pb.DetachUprobeRequest(session_id=session_id)
-            self.audit.row(who.who, who.pid or 0, "DetachUprobe", "OK", f"sent to agent {agent.agent_id} when it came back",
-                           session.service, session.function, session_id, always=True)
+            request = pb.DetachUprobeRequest(session_id=session.session_id)
+            self.audit.row(part.detach_by, 0, "DetachUprobe", "OK", f"sent to agent {agent.agent_id} when it came back",
+                           session.service, session.function, session.session_id, always=True)
             out.append(self._send(agent, "DetachUprobe", request, now, None))
         return out
 
@@ -292,8 +289,11 @@ class Broker:
 
     def _detach(self, request: pb.DetachUprobeRequest, peer: Peer) -> Decision:
         session = self._session(request.session_id)
-        if any(p.session.status == LOST for p in session.parts):
-            self.detach_wanted[session.session_id] = peer  # sent to each lost part's agent when it is back
+        lost = [p for p in session.parts if p.session.status == LOST and not p.complete]
+        for p in lost:
+            p.detach_by = peer.who  # sent to its agent when it is back, even after a colony restart
+        if lost:
+            self._changed(session)
         if not any(p.session.status == ACTIVE and not p.complete for p in session.parts):
             return Answer(pb.DetachUprobeResponse(session=session))  # already ended: report it as it ended
         return Route(self.router.targets(request, self._session))
@@ -420,10 +420,13 @@ class Broker:
         the part takes it, and its last calls are pulled next."""
         session_id = cast(pb.DetachUprobeRequest, pending.request).session_id
         session = self.open.get(session_id)
-        if session is None:
+        part = part_of(session, pending.agent_id) if session is not None else None
+        if session is None or part is None:
             return
         for agent_id, code, message in colony_sessions.detached(session, [(pending.agent_id, status, body)]):
             log.warning("detach of %s sent to agent %s when it came back: %s %s", session_id, agent_id, code, message)
+        if status != Unavailable.code:  # answered, or the session is unknown there: done; else sent again when back
+            part.detach_by = ""
         self.pulls.hurry((session_id, pending.agent_id))
         self._changed(session)
 
@@ -469,6 +472,9 @@ class Broker:
         """A part changed: merge, save, and stop pulling once nothing is left
         to pull. Followers are told when the session's status changes."""
         before = (session.status, sum(p.complete for p in session.parts))
+        for p in session.parts:
+            if p.complete:
+                p.detach_by = ""  # nothing left to detach there
         colony_sessions.merge(session)
         self.store.save_session(session)
         if (session.status, sum(p.complete for p in session.parts)) != before or not is_open(session):

@@ -366,16 +366,18 @@ class DebugSession(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., service: _Optional[str] = ..., function: _Optional[str] = ..., agent_id: _Optional[str] = ..., pids: _Optional[_Iterable[int]] = ..., started_unix_ns: _Optional[int] = ..., expires_unix_ns: _Optional[int] = ..., ended_unix_ns: _Optional[int] = ..., status: _Optional[str] = ..., status_reason: _Optional[str] = ..., config: _Optional[_Union[UprobeConfig, _Mapping]] = ..., calls: _Optional[int] = ..., lost: _Optional[_Mapping[str, int]] = ..., probes: _Optional[int] = ..., total_calls: _Optional[int] = ..., sum_duration_ns: _Optional[int] = ..., max_duration_ns: _Optional[int] = ..., histogram: _Optional[_Mapping[int, int]] = ..., parts: _Optional[_Iterable[_Union[SessionPart, _Mapping]]] = ..., owner: _Optional[str] = ..., unanswered: _Optional[_Iterable[str]] = ..., return_probe: _Optional[str] = ...) -> None: ...
 
 class SessionPart(_message.Message):
-    __slots__ = ("agent_id", "session", "cursor", "complete")
+    __slots__ = ("agent_id", "session", "cursor", "complete", "detach_by")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    DETACH_BY_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     session: DebugSession
     cursor: int
     complete: bool
-    def __init__(self, agent_id: _Optional[str] = ..., session: _Optional[_Union[DebugSession, _Mapping]] = ..., cursor: _Optional[int] = ..., complete: _Optional[bool] = ...) -> None: ...
+    detach_by: str
+    def __init__(self, agent_id: _Optional[str] = ..., session: _Optional[_Union[DebugSession, _Mapping]] = ..., cursor: _Optional[int] = ..., complete: _Optional[bool] = ..., detach_by: _Optional[str] = ...) -> None: ...
 
 class ListDebugSessionsRequest(_message.Message):
     __slots__ = ("service", "active_only")
