@@ -1,11 +1,13 @@
 """Function metadata from an ELF file (pyelftools): symbols, file offsets,
-and, where DWARF is present, parameter names and types."""
+the names a user may write for them (demangled, or a static function's
+`file.c:name`), and, where DWARF is present, parameter names and types."""
 
 from __future__ import annotations
 
 import contextlib
 import difflib
 import fnmatch
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,11 +16,31 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
+from coral.demangle import demangle, names_for
 from coral.procmaps import Segment, file_offset
 
 
 class ElfInfoError(Exception):
     pass
+
+
+class AmbiguousName(ElfInfoError):
+    """A name several functions answer to (overloads, instantiations, static
+    functions of several files): the candidates name one each."""
+
+    def __init__(self, message: str, candidates: list[str]) -> None:
+        super().__init__(message)
+        self.candidates = candidates
+
+
+@dataclass(frozen=True)
+class Symbol:
+    """One function symbol."""
+
+    name: str  # as in the symbol table (mangled for C++ and Rust)
+    address: int
+    size: int
+    file: str = ""  # a local (static) symbol's source file, from the symbol table's STT_FILE entries
 
 
 # A file that names one of these has frames an unwinder passes through:
@@ -57,8 +79,10 @@ class ElfFunctions:
     has_symtab: bool = False
     is_go: bool = False
     unwinds: bool = False  # names a personality routine (C++, Rust, C with -fexceptions; defined or imported)
+    functions: list[Symbol] = field(default_factory=list)  # every function symbol, once per (name, address)
     _dwarf_cache: dict[str, DwarfFunction] | None = None  # every subprogram by name: read only if needed
     _dwarf_by_address: dict[int, DwarfFunction | None] = field(default_factory=dict)
+    _index: dict[str, list[Symbol]] | None = None  # every name a user may write -> its functions (built on demand)
 
     @classmethod
     def load(cls, path: str) -> ElfFunctions:
@@ -71,21 +95,26 @@ class ElfFunctions:
                 elf.segments = [
                     (s["p_vaddr"], s["p_filesz"], s["p_offset"]) for s in ef.iter_segments() if s["p_type"] == "PT_LOAD"
                 ]
+                seen: set[tuple[str, int]] = set()
                 for section_name in (".symtab", ".dynsym"):
                     section = ef.get_section_by_name(section_name)
                     if not isinstance(section, SymbolTableSection):
                         continue
+                    source = ""  # the STT_FILE entry before a run of local symbols names their file
                     for sym in section.iter_symbols():
+                        kind = sym["st_info"]["type"]
+                        if kind == "STT_FILE":
+                            source = os.path.basename(sym.name)
                         if sym.name in PERSONALITY_ROUTINES or sym.name.startswith(
                                 tuple(f"{r}@" for r in PERSONALITY_ROUTINES)):
                             elf.unwinds = True
-                        if (
-                            sym["st_info"]["type"] == "STT_FUNC"
-                            and sym["st_shndx"] != "SHN_UNDEF"
-                            and sym["st_size"] > 0
-                            and sym.name
-                        ):
-                            elf.symbols.setdefault(sym.name, (sym["st_value"], sym["st_size"]))
+                        if kind == "STT_FUNC" and sym["st_shndx"] != "SHN_UNDEF" and sym["st_size"] > 0 and sym.name:
+                            address, size = int(sym["st_value"]), int(sym["st_size"])
+                            elf.symbols.setdefault(sym.name, (address, size))
+                            if (sym.name, address) not in seen:
+                                seen.add((sym.name, address))
+                                local = sym["st_info"]["bind"] == "STB_LOCAL"
+                                elf.functions.append(Symbol(sym.name, address, size, source if local else ""))
                 return elf
         except (OSError, ELFError) as exc:
             raise ElfInfoError(f"cannot read ELF file {path}: {exc}") from None
@@ -119,19 +148,71 @@ class ElfFunctions:
         return [v for n, v in self.symbols.items()
                 if n == f"{name}.cold" or n.startswith((f"{name}.cold.", f"{name}.part."))]
 
+    # ------------------------------------------------------------ names
+
+    def _names(self) -> dict[str, list[Symbol]]:
+        """Every name a user may write for a function: its symbol, its
+        demangled name with and without parameters and template arguments,
+        and for a static function `file.c:symbol`."""
+        if self._index is None:
+            index: dict[str, list[Symbol]] = {}
+            for sym in self.functions:
+                demangled = demangle(sym.name)
+                keys = [sym.name, *(names_for(demangled) if demangled else ())]
+                if sym.file:
+                    keys += [f"{sym.file}:{k}" for k in keys]
+                for key in dict.fromkeys(keys):
+                    index.setdefault(key, []).append(sym)
+            self._index = index
+        return self._index
+
+    def _functions_named(self, name: str) -> list[Symbol]:
+        """The distinct functions (by address) that answer to `name`."""
+        return list({s.address: s for s in self._names().get(name, [])}.values())
+
+    def label(self, sym: Symbol) -> str:
+        """The name that names this function alone, as listed: its demangled
+        name, or `file.c:name` for a static one whose name others share, or
+        else its symbol."""
+        demangled = demangle(sym.name)
+        keys = [demangled] if demangled else []
+        keys += [sym.name] + ([f"{sym.file}:{sym.name}"] if sym.file else [])
+        return next((k for k in keys if len(self._functions_named(k)) == 1), sym.name)
+
+    def resolve(self, name: str) -> Symbol | None:
+        """The one function `name` names; None if none; AmbiguousName if several."""
+        found = self._functions_named(name)
+        if len(found) > 1:
+            candidates = sorted(self.label(s) for s in found)
+            raise AmbiguousName(f"{name!r} names {len(found)} functions in {self.path}; name one: "
+                                f"{', '.join(candidates)}", candidates)
+        return found[0] if found else None
+
     def names(self, pattern: str = "") -> list[str]:
-        return sorted(n for n in self.symbols if not pattern or fnmatch.fnmatchcase(n, pattern))
+        """Each function once, by its label, if any name it answers to matches `pattern`."""
+        index = self._names()
+        keys_of: dict[int, list[str]] = {}
+        for key, syms in index.items():
+            for sym in syms:
+                keys_of.setdefault(sym.address, []).append(key)
+        out = set()
+        for sym in {s.address: s for s in self.functions}.values():
+            if not pattern or any(fnmatch.fnmatchcase(k, pattern) for k in keys_of.get(sym.address, [sym.name])):
+                out.add(self.label(sym))
+        return sorted(out)
 
     def closest(self, name: str, n: int = 5) -> list[str]:
-        return difflib.get_close_matches(name, list(self.symbols), n=n, cutoff=0.5)
+        return difflib.get_close_matches(name, list(self._names()), n=n, cutoff=0.5)
 
     def function(self, name: str) -> FunctionInfo | None:
-        if name not in self.symbols:
+        """The function `name` names, with its DWARF; None if none
+        (AmbiguousName, an ElfInfoError, if several)."""
+        sym = self.resolve(name)
+        if sym is None:
             return None
-        address, size = self.symbols[name]
-        d = self._dwarf_at(address) or self._dwarf().get(name, DwarfFunction())
-        return FunctionInfo(name, address, size, self.file_offset(address), d.source_file, d.source_line, d.parameters,
-                            d.return_type, d.results)
+        d = self._dwarf_at(sym.address) or self._dwarf().get(sym.name, DwarfFunction())
+        return FunctionInfo(self.label(sym), sym.address, sym.size, self.file_offset(sym.address), d.source_file,
+                            d.source_line, d.parameters, d.return_type, d.results)
 
     def why_missing(self, name: str) -> str:
         """Why a function cannot be probed when it has no symbol."""

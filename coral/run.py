@@ -24,8 +24,9 @@ from coral.daemon.errors import InvalidArgument, NotFound
 from coral.daemon.methods import PROCESS_METHODS
 from coral.daemon.runtime import Notifier, bind_process_socket, configure_socket, ensure_process_dir, setup_logging, unlink_ipc
 from coral.daemon.server import Dispatcher, Peer, serve_rep_once
-from coral.elfinfo import ElfFunctions, ElfInfoError
+from coral.elfinfo import AmbiguousName, ElfFunctions, ElfInfoError
 from coral.proto import coral_pb2 as pb
+from coral.sdk.native import list_native, native_metadata, split_library
 from coral.sdk.registration import AgentRegistration
 
 log = logging.getLogger("coral.run")
@@ -46,8 +47,11 @@ class NativeMetadata:
         return pb.PingResponse(daemon="coral-run", version=__version__, pid=os.getpid())
 
     def list_functions(self, req: pb.ListFunctionsRequest, peer: Peer) -> pb.ListFunctionsResponse:
+        """The executable's functions; with a library pattern ("libz*:*"), a loaded library's."""
         limit = min(req.max_results or MAX_LIST, MAX_LIST)
         names = self.elf.names(req.pattern)
+        if not names and split_library(req.pattern):
+            names = list_native(req.pattern, limit + 1, maps_of=self.pid)
         return pb.ListFunctionsResponse(functions=names[:limit], truncated=len(names) > limit)
 
     def function_metadata(self, req: pb.GetFunctionMetadataRequest, peer: Peer) -> pb.GetFunctionMetadataResponse:
@@ -55,8 +59,13 @@ class NativeMetadata:
             raise InvalidArgument("a function name is required")
         try:
             info = self.elf.function(req.function)
+        except AmbiguousName as exc:
+            raise InvalidArgument(f"{req.function!r} names {len(exc.candidates)} functions in {self.executable}; "
+                                  f"name one: {', '.join(exc.candidates)}", exc.candidates) from None
         except ElfInfoError as exc:
             raise InvalidArgument(str(exc)) from None
+        if info is None and split_library(req.function):  # LIBRARY:SYMBOL, in a library the program loaded
+            return pb.GetFunctionMetadataResponse(metadata=native_metadata(req.function, self.pid, maps_of=self.pid))
         if info is None:
             why = self.elf.why_missing(req.function)
             if why:

@@ -46,6 +46,7 @@ from tests.harness import (
     start_colony,
     tool,
 )
+from tests.test_names import build_names
 from tests.test_native_capture import build as build_greeter
 from tests.test_native_capture import run_service
 from tests.test_native_e2e import wait_for_service
@@ -298,6 +299,20 @@ def _function_closest(request: pytest.FixtureRequest) -> str:
 @provokes("function '<function>' not found in service '<service>' (pid <pid>); list them with: coralctl functions <service>")
 def _function_none_close(request: pytest.FixtureRequest) -> str:
     return ctl(the_world(request).env, "debug", "attach", "payments", "--function", "zzzzzzzzzzzzzz", code=1)
+
+
+@provokes("'<name>' names <n> functions in <path>; name one: <names>")
+def _ambiguous_name(request: pytest.FixtureRequest) -> str:
+    w = the_world(request)
+    binary = build_names(request.getfixturevalue("tmp_path"))
+    run = run_service(w.env, "statics", binary)
+    try:
+        wait_for_service(w.env, "statics")
+        out = ctl(w.env, "debug", "attach", "statics", "--function", "helper", code=1)
+    finally:
+        run.stop()
+    assert out.endswith("; name one: fees.c:helper, names.c:helper\n"), out
+    return out
 
 
 @provokes("/proc/<pid>/exe is stripped (no symbol table): rebuild without -s, or keep the debug symbols")

@@ -19,7 +19,7 @@ import capstone
 from coral import procmaps
 from coral.agentd.engine import SITE_ENTRY, SITE_GO, SITE_GO_RET, SITE_PYTHON, SITE_RET, Site
 from coral.daemon.errors import InvalidArgument, PermissionDenied
-from coral.elfinfo import ElfFunctions, ElfInfoError
+from coral.elfinfo import ElfFunctions, ElfInfoError, Symbol
 from coral.proto import coral_pb2 as pb
 
 
@@ -77,20 +77,20 @@ def attach_path(pid: int, executable: str, meta: pb.FunctionMetadata) -> str:
 
 
 @functools.lru_cache(maxsize=64)
-def _read_elf(path: str, dev: int, inode: int, mtime_ns: int) -> tuple[ElfFunctions, dict[int, list[str]]]:
-    """One version of a file: its functions, and the names of every
-    function symbol by the file offset where it starts."""
+def _read_elf(path: str, dev: int, inode: int, mtime_ns: int) -> tuple[ElfFunctions, dict[int, list[Symbol]]]:
+    """One version of a file: its functions, and every function symbol by
+    the file offset where it starts."""
     elf = ElfFunctions.load(path)
-    starts: dict[int, list[str]] = {}
-    for name, (address, _) in elf.symbols.items():
+    starts: dict[int, list[Symbol]] = {}
+    for sym in elf.functions:  # every symbol: static functions of several files may share a name
         try:
-            starts.setdefault(elf.file_offset(address), []).append(name)
+            starts.setdefault(elf.file_offset(sym.address), []).append(sym)
         except ElfInfoError:
             continue
     return elf, starts
 
 
-def _elf(path: str) -> tuple[ElfFunctions, dict[int, list[str]]]:
+def _elf(path: str) -> tuple[ElfFunctions, dict[int, list[Symbol]]]:
     try:
         st = os.stat(path)
         return _read_elf(path, st.st_dev, st.st_ino, st.st_mtime_ns)
@@ -104,11 +104,11 @@ def checked_function(path: str, file_offset: int) -> int:
     """The agent's own reading of the file: `file_offset` must be where a
     function symbol starts (so it is an instruction boundary). Returns the
     function's size from the symbol table, not from the process."""
-    elf, starts = _elf(path)
+    _, starts = _elf(path)
     if file_offset not in starts:
         raise PermissionDenied(f"offset {file_offset:#x} of {path} is not the start of a function in its symbol table; "
                                "only a function's first instruction is probed")
-    return max(elf.symbols[name][1] for name in starts[file_offset])
+    return max(sym.size for sym in starts[file_offset])
 
 
 def return_offsets(path: str, file_offset: int, size: int, none_ok: bool = False) -> list[int]:
@@ -137,8 +137,8 @@ def unwinding_return_offsets(path: str, file_offset: int, size: int) -> list[int
     its own and those of its `.cold` and `.part` fragments."""
     elf, starts = _elf(path)
     rets = return_offsets(path, file_offset, size, none_ok=True)
-    for name in starts.get(file_offset, []):
-        for address, fragment_size in elf.fragments(name):
+    for sym in starts.get(file_offset, []):
+        for address, fragment_size in elf.fragments(sym.name):
             try:
                 rets += return_offsets(path, elf.file_offset(address), fragment_size, none_ok=True)
             except ElfInfoError:

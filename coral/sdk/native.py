@@ -1,8 +1,9 @@
-"""Native functions in shared objects loaded by this process (libssl, libz,
-a C extension), named "LIBRARY:SYMBOL", e.g. "libz.so.1:crc32". The agent
-probes them as native functions, through this process's mapping of the
-file; LIBRARY matches a mapped file's name or its prefix up to a version
-("libz.so.1" matches libz.so.1.2.13)."""
+"""Native functions in shared objects a process has loaded (libssl, libz,
+a C extension; linked or dlopen'ed), named "LIBRARY:SYMBOL", e.g.
+"libz.so.1:crc32". The agent probes them as native functions, through the
+process's mapping of the file; LIBRARY matches a mapped file's name or its
+prefix up to a version ("libz.so.1" matches libz.so.1.2.13). The SDK asks
+about its own process ("self"); coral-run about its child."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import functools
 import os
 
 from coral.daemon.errors import InvalidArgument, NotFound
-from coral.elfinfo import ElfFunctions, ElfInfoError
+from coral.elfinfo import AmbiguousName, ElfFunctions, ElfInfoError
 from coral.procmaps import read_maps
 from coral.proto import coral_pb2 as pb
 
@@ -22,22 +23,35 @@ def is_native_name(name: str) -> bool:
     return ":" in name
 
 
-def loaded_objects() -> dict[str, str]:
-    """Executable shared objects mapped in this process: file name -> path."""
+def split_library(name: str) -> tuple[str, str] | None:
+    """("libz.so.1", "crc32") for "libz.so.1:crc32"; None for a name with no
+    single colon (`pay::fee` is a C++ name, not a library's)."""
+    library, sep, symbol = name.partition(":")
+    if not sep or not library or not symbol or symbol.startswith(":"):
+        return None
+    return library, symbol
+
+
+def loaded_objects(pid: int | str = "self") -> dict[str, str]:
+    """Executable shared objects mapped in process `pid`: file name -> path."""
     out: dict[str, str] = {}
-    for m in read_maps("self"):
+    try:
+        maps = read_maps(pid)
+    except OSError:
+        return out
+    for m in maps:
         if "x" in m.perms and ".so" in m.path:
             out.setdefault(os.path.basename(m.path), m.path)
     return out
 
 
-def _library(name: str) -> str:
-    objects = loaded_objects()
+def _library(name: str, pid: int | str = "self") -> str:
+    objects = loaded_objects(pid)
     for filename, path in objects.items():
         if filename == name or filename.startswith(name + "."):
             return path
-    raise NotFound(f"no shared object {name!r} is loaded in this process",
-                   sorted(objects)[:20])
+    where = "this process" if pid == "self" else f"process {pid}"
+    raise NotFound(f"no shared object {name!r} is loaded in {where}", sorted(objects)[:20])
 
 
 @functools.lru_cache(maxsize=32)
@@ -45,12 +59,17 @@ def _elf(path: str) -> ElfFunctions:
     return ElfFunctions.load(path)
 
 
-def native_metadata(name: str, pid: int) -> pb.FunctionMetadata:
+def native_metadata(name: str, pid: int, maps_of: int | str = "self") -> pb.FunctionMetadata:
+    """`pid` is the process the agent probes; `maps_of` whose mappings to read ("self": this one)."""
     library, _, symbol = name.partition(":")
-    path = _library(library)
+    path = _library(library, maps_of)
     try:
         elf = _elf(path)
         info = elf.function(symbol)
+    except AmbiguousName as exc:
+        raise InvalidArgument(f"{symbol!r} names {len(exc.candidates)} functions in {path}; name one: "
+                              f"{', '.join(f'{library}:{c}' for c in exc.candidates)}",
+                              [f"{library}:{c}" for c in exc.candidates]) from None
     except ElfInfoError as exc:
         raise InvalidArgument(str(exc)) from None
     if info is None:
@@ -66,12 +85,12 @@ def native_metadata(name: str, pid: int) -> pb.FunctionMetadata:
     return meta
 
 
-def list_native(pattern: str, limit: int = MAX_LIST) -> list[str]:
+def list_native(pattern: str, limit: int = MAX_LIST, maps_of: int | str = "self") -> list[str]:
     """Only for patterns that name a library ("libz.so*:*"): listing every
     symbol of every loaded library by default would drown the answer."""
     library_pattern, _, symbol_pattern = pattern.partition(":")
     out: list[str] = []
-    for filename, path in sorted(loaded_objects().items()):
+    for filename, path in sorted(loaded_objects(maps_of).items()):
         if not fnmatch.fnmatchcase(filename, library_pattern) and not fnmatch.fnmatchcase(filename, library_pattern + ".*"):
             continue
         try:
