@@ -23,14 +23,15 @@ def test_a_write_behind_is_read_back_at_once_and_on_disk_when_written(tmp_path: 
     store.save_session(pb.DebugSession(session_id="dbg-1", service="svc", status="active", started_unix_ns=1))
     store.audit([row(1)])
     assert store.batch_of_held() == 1 and store.written == 0
-    assert store.write_behind()
-    assert not store.write_behind()  # one batch at a time: what comes next waits for the next one
+    assert store.write_behind(now=100.0)
+    assert not store.write_behind(now=200.0)  # one batch at a time: what comes next waits for the next one
     store.audit([row(2)])
     assert store.batch_of_held() == 2
     assert store.session("dbg-1") is not None  # in flight or written: read back either way
     assert [r.session_id for r in store.audit_rows()[0]] == ["dbg-1", "dbg-2"]
     assert store.on_written(wait=True) == 1
-    assert store.write_behind() and store.on_written(wait=True) == 2
+    assert not store.write_behind(now=100.05)  # the next batch goes WRITE_EVERY after the last
+    assert store.write_behind(now=100.2) and store.on_written(wait=True) == 2
     assert store.counters()["storage.held_audit_rows"] == 0
     store.close()
     db = duckdb.connect(str(tmp_path / "colony.duckdb"), read_only=True)
@@ -44,12 +45,12 @@ def test_a_failed_write_behind_is_held_again_and_still_read(tmp_path: Path) -> N
     store._writes.close()  # the writer's connection is gone: every write fails
     store.save_session(pb.DebugSession(session_id="dbg-1", service="svc", status="active"))
     store.audit([row(1)])
-    assert store.write_behind()
+    assert store.write_behind(now=100.0)
     store.audit([row(2)])
     assert store.on_written(wait=True) == 1  # finished: failed, and held again ahead of what came since
     counters = store.counters()
     assert (counters["storage.failing"], counters["storage.held_audit_rows"], counters["storage.held_sessions"]) == (1, 2, 1)
     assert [r.session_id for r in store.audit_rows()[0]] == ["dbg-1", "dbg-2"]
     assert store.session("dbg-1") is not None
-    assert not store.write_behind()  # while writes fail, at most one try a second
+    assert not store.write_behind(now=100.2)  # while writes fail, at most one try a second
     store._writer.close()

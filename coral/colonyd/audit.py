@@ -106,4 +106,5 @@ class AuditLog:
         if final:
             self.tick(time.monotonic(), everything=True)
         self.hand_over()
+        self.store.journal.drain()
         self.store.flush()

@@ -452,7 +452,7 @@ class Broker:
         session.owner = gather.peer.who
         if len(refusals) == len(gather.agents):
             return self._refuse(gather, refusals)
-        self._changed(session)
+        self._changed(session, created=True)
         if is_open(session):
             self.open[session.session_id] = session
         detail = "; ".join(f"agent {a} refused: {m}" for a, _, m in refusals)
@@ -468,15 +468,16 @@ class Broker:
         detail = "; ".join(f"agent {a}: {m}" for a, _, m in failures)
         return self._reply(gather, pb.DetachUprobeResponse(session=session), detail)
 
-    def _changed(self, session: pb.DebugSession) -> None:
+    def _changed(self, session: pb.DebugSession, created: bool = False) -> None:
         """A part changed: merge, save, and stop pulling once nothing is left
-        to pull. Followers are told when the session's status changes."""
+        to pull. Followers are told when the session's status changes.
+        A session just `created` is journaled with its audit row."""
         before = (session.status, sum(p.complete for p in session.parts))
         for p in session.parts:
             if p.complete:
                 p.detach_by = ""  # nothing left to detach there
         colony_sessions.merge(session)
-        self.store.save_session(session)
+        self.store.save_session(session, created)
         if (session.status, sum(p.complete for p in session.parts)) != before or not is_open(session):
             self.followers.wake(session.session_id)
         if not is_open(session):

@@ -134,24 +134,27 @@ class Colony:
         self._outbox.extend(messages)
 
     def flush(self) -> None:
-        """Audit rows and session states go to the writer thread, one batch
-        at a time (group commit), and the loop serves on. A reply to a client
-        goes out once the rows written before it are on disk; messages to
-        agents, and answers to counted reads (Ping, ListServices,
-        ListDebugSessions), do not wait."""
+        """Audit rows go to the journal's thread, one append at a time, and
+        with session states and calls to the writer thread, one batch at a
+        time (group commit); the loop serves on. A reply to a client goes
+        out once the audit rows before it are in the journal, on disk;
+        messages to agents, and answers to counted reads (Ping,
+        ListServices, ListDebugSessions), do not wait."""
         self.store.on_written()
+        self.store.journal.on_written()
         self._outbox.extend(self.broker.take_woken())  # followers whose session had news
         while True:
             self.broker.audit.hand_over()
+            self.store.journal.behind()
             self.store.write_behind()
-            batch = self.store.batch_of_held()
+            batch = self.store.journal.batch_of_pending()
             for ticket in self.broker.streams.tickets:
                 ticket.batch = batch
             self.broker.streams.tickets.clear()
             messages, self._outbox = self._outbox, []
             for m in messages:
                 if m.socket == "frontend" and m.after_batch is not None:
-                    if m.after_batch <= self.store.written:
+                    if m.after_batch <= self.store.journal.written:
                         self._send_now(m)
                     else:
                         self._waiting_own.append((m.after_batch, m))  # not behind replies waiting for later batches
@@ -164,8 +167,8 @@ class Colony:
                 return
 
     def _release(self) -> None:
-        """The replies whose batch is written (or failed and is held again)."""
-        written = self.store.written
+        """The replies whose audit rows are in the journal (or whose append failed: counted, logged)."""
+        written = self.store.journal.written
         while self._waiting and self._waiting[0][0] <= written:
             self._send_now(self._waiting.popleft()[1])
         if self._waiting_own:
@@ -244,6 +247,7 @@ class Colony:
         for cap, _ in self.caps:
             poller.register(cap.monitor, zmq.POLLIN)
         poller.register(self.store.writer_fd(), zmq.POLLIN)  # a write behind has finished
+        poller.register(self.store.journal.fileno(), zmq.POLLIN)  # an append has finished
         next_tick = time.monotonic()
         try:
             while not signals.requested:

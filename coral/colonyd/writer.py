@@ -17,7 +17,8 @@ Job = Callable[[], None]
 
 
 class Writer:
-    def __init__(self) -> None:
+    def __init__(self, name: str = "colony-writer") -> None:
+        self._name = name
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._results: deque[BaseException | None] = deque()  # appended by the thread, taken by the loop
         self._read, self._write = os.pipe()
@@ -30,7 +31,7 @@ class Writer:
 
     def submit(self, job: Job) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="colony-writer", daemon=True)
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
             self._thread.start()
         self._jobs.put(job)
 

@@ -493,6 +493,16 @@ class AuditEntry(_message.Message):
     detail: str
     def __init__(self, timestamp_unix_ns: _Optional[int] = ..., who: _Optional[str] = ..., peer_pid: _Optional[int] = ..., method: _Optional[str] = ..., service: _Optional[str] = ..., function: _Optional[str] = ..., session_id: _Optional[str] = ..., outcome: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
+class JournalEntry(_message.Message):
+    __slots__ = ("seq", "audit", "session")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_FIELD_NUMBER: _ClassVar[int]
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    audit: AuditEntry
+    session: bytes
+    def __init__(self, seq: _Optional[int] = ..., audit: _Optional[_Union[AuditEntry, _Mapping]] = ..., session: _Optional[bytes] = ...) -> None: ...
+
 class ListAuditRequest(_message.Message):
     __slots__ = ("since_unix_ns", "max_entries")
     SINCE_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
