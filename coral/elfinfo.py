@@ -244,10 +244,20 @@ class DwarfFunction:
     inlined: bool = False  # only inlined copies exist
 
 
+DW_LANG_GO = 0x16
+
+
+def _is_go(die: Any) -> bool:
+    top = die.cu.get_top_DIE()
+    return bool(_attr(top, "DW_AT_language") == DW_LANG_GO)
+
+
 def _type_name(die: Any, depth: int = 0) -> str:
     if die is None or depth > 8:
         return "void"
     name = die.attributes.get("DW_AT_name")
+    if name is not None and _is_go(die):  # Go names every type as Go writes it: string, []uint8, *main.Card
+        return str(name.value.decode(errors="replace"))
     inner = die.get_DIE_from_attribute("DW_AT_type") if "DW_AT_type" in die.attributes else None
     tag = die.tag
     if tag == "DW_TAG_pointer_type":

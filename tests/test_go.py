@@ -89,3 +89,75 @@ def test_go_function_under_thousands_of_growing_goroutines(
             run.proc.stdin.close()  # the program exits at end of input, and coral-run with it
         assert run.proc.wait(30) == 0
         run.stop()
+
+
+VALUES = r"""
+// Each input line N: N calls of charge() with a string, a byte slice and a pointer.
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+)
+
+type Card struct {
+	Number string
+	Cents  int
+}
+
+//go:noinline
+func charge(name string, data []byte, c *Card, n int) (int, error) {
+	return n + len(name) + len(data) + c.Cents, nil
+}
+
+func main() {
+	in := bufio.NewScanner(os.Stdin)
+	card := &Card{"4111", 5}
+	for in.Scan() {
+		n, _ := strconv.Atoi(strings.TrimSpace(in.Text()))
+		sum := 0
+		for i := 0; i < n; i++ {
+			v, _ := charge("alice", []byte("xy"), card, i)
+			sum += v
+		}
+		fmt.Printf("done %d sum %d\n", n, sum)
+	}
+}
+"""
+
+
+def test_go_strings_slices_and_pointers_are_shown_by_their_go_types(coral_env: CoralEnv, agent: Process,
+                                                                     tmp_path: Path) -> None:
+    """DWARF names a Go string `string` and a slice `[]uint8` (structure
+    types), a pointer `*main.Card`: they are placed in Go's registers and
+    shown as values, not `(not captured)`."""
+    (tmp_path / "values.go").write_text(VALUES)
+    binary = tmp_path / "values"
+    subprocess.run(["go", "build", "-o", str(binary), str(tmp_path / "values.go")], check=True,
+                   env={**os.environ, "GOCACHE": str(tmp_path / "cache"), "GOPATH": str(tmp_path / "path"),
+                        "GO111MODULE": "off"})
+    run = Process("run-values", [tool("coral-run"), "--service", "govalues", "--", str(binary)], coral_env,
+                  stdin=subprocess.PIPE).wait_ready()
+    try:
+        attach = subprocess.Popen([tool("coralctl"), "--local", "--output", "json", "debug", "attach", "govalues",
+                                   "--function", "main.charge", "--duration", "2s", "--capture-args",
+                                   "--capture-return"], env=coral_env.env, stdout=subprocess.PIPE, text=True)
+        assert attach.stdout is not None and run.proc.stdin is not None and run.proc.stdout is not None
+        assert json.loads(attach.stdout.readline())["kind"] == "session"
+        run.proc.stdin.write(b"3\n")
+        run.proc.stdin.flush()
+        assert run.proc.stdout.readline().decode().strip() == "done 3 sum 39"
+        out, _ = attach.communicate(timeout=30)
+        calls = [json.loads(line) for line in out.splitlines() if '"kind":"call"' in line]
+        assert len(calls) == 3
+        args = {a["name"]: (a["type"], a["value"]) for a in calls[2]["args"]}
+        assert args["name"] == ("string", "'alice'")
+        assert args["data"] == ("[]uint8", "[]uint8 len=2 cap=2 b'xy'")
+        assert args["c"][0] == "*main.Card" and args["c"][1].startswith("0x")
+        assert args["n"] == ("int", "(not captured)")  # the seventh register: six are copied (native-targets.md)
+        assert calls[2]["return_value"]["value"] == "14, nil"
+    finally:
+        run.stop()
