@@ -5,6 +5,7 @@ the names a user may write for them (demangled, or a static function's
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import fnmatch
 import os
@@ -67,6 +68,7 @@ class FunctionInfo:
     parameters: tuple[Parameter, ...] = ()
     return_type: str = ""  # C-like: the single return type
     results: tuple[Parameter, ...] = ()  # Go: named or ~rN results
+    inlined_into: tuple[str, ...] = ()  # one per call site the compiler inlined it into: the caller
 
 
 @dataclass
@@ -212,7 +214,7 @@ class ElfFunctions:
             return None
         d = self._dwarf_at(sym.address) or self._dwarf().get(sym.name, DwarfFunction())
         return FunctionInfo(self.label(sym), sym.address, sym.size, self.file_offset(sym.address), d.source_file,
-                            d.source_line, d.parameters, d.return_type, d.results)
+                            d.source_line, d.parameters, d.return_type, d.results, d.inlined_into)
 
     def why_missing(self, name: str) -> str:
         """Why a function cannot be probed when it has no symbol."""
@@ -242,6 +244,7 @@ class DwarfFunction:
     return_type: str = ""
     results: tuple[Parameter, ...] = ()
     inlined: bool = False  # only inlined copies exist
+    inlined_into: tuple[str, ...] = ()  # callers it was inlined into, one per call site (in its compile unit)
 
 
 DW_LANG_GO = 0x16
@@ -346,8 +349,42 @@ def read_dwarf_function(path: str, address: int, symbols: tuple[str, ...] = ()) 
                     continue
                 if _attr(die, "DW_AT_low_pc") == address or (
                         "DW_AT_ranges" in die.attributes and _linkage_name(die) in symbols):
-                    return _subprogram(dwarf, die)
+                    found = _subprogram(dwarf, die)
+                    return dataclasses.replace(found, inlined_into=_inlined_call_sites(cu, die))
     return None
+
+
+def _origins(die: Any) -> set[int]:
+    """The offsets of the DIEs that stand for this function: itself, and
+    the abstract instance or declaration it completes."""
+    out = {die.offset}
+    for attr in ("DW_AT_abstract_origin", "DW_AT_specification"):
+        if attr in die.attributes:
+            other = die.get_DIE_from_attribute(attr)
+            out.add(other.offset)
+            out |= _origins(other) if other.offset != die.offset else set()
+    return out
+
+
+def _inlined_call_sites(cu: Any, function: Any) -> tuple[str, ...]:
+    """Each call site in the compile unit where the compiler inlined the
+    function (DW_TAG_inlined_subroutine whose origin is it): the name of
+    the function it sits in. A probe on the out-of-line copy sees none of
+    their calls."""
+    origins = _origins(function)
+    out = []
+    for die in cu.iter_DIEs():
+        if die.tag != "DW_TAG_inlined_subroutine" or "DW_AT_abstract_origin" not in die.attributes:
+            continue
+        if die.get_DIE_from_attribute("DW_AT_abstract_origin").offset not in origins:
+            continue
+        caller = die.get_parent()
+        while caller is not None and caller.tag != "DW_TAG_subprogram":
+            caller = caller.get_parent()
+        holder = _holder(caller, "DW_AT_name") if caller is not None else None
+        name = _attr(holder, "DW_AT_name") if holder is not None else None
+        out.append(name.decode(errors="replace") if name else "?")
+    return tuple(out)
 
 
 @contextlib.contextmanager

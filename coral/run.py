@@ -81,6 +81,7 @@ class NativeMetadata:
             pid=self.pid,
             source_file=info.source_file,
             source_line=info.source_line,
+            inlined_into=list(info.inlined_into),
             arguments=[pb.ArgumentMetadata(name=p.name, type=p.type, location=f"reg{i}") for i, p in enumerate(info.parameters)],
         )
         if info.results:

@@ -213,3 +213,42 @@ def test_attach_by_demangled_name_static_file_and_library(coral_env: CoralEnv, a
     finally:
         cxx.stop()
         c.stop()
+
+
+INLINED_C = r"""
+#include <stdio.h>
+#include <stdlib.h>
+long fee(long cents) { return cents * 3 / 100; }   /* inlined into main at -O2, and kept out of line */
+long (*volatile by_pointer)(long) = fee;           /* calls through it reach the out-of-line copy */
+int main(void)
+{
+    char line[64];
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    while (fgets(line, sizeof line, stdin)) {
+        int n = atoi(line);
+        long sum = 0;
+        for (int i = 0; i < n; i++)
+            sum += fee(1000 + i) + by_pointer(2000 + i);
+        printf("done %d sum %ld\n", n, sum);
+    }
+    return 0;
+}
+"""
+
+
+def test_a_partly_inlined_function_says_its_inlined_calls_are_not_seen(coral_env: CoralEnv, agent: Process,
+                                                                       tmp_path: Path) -> None:
+    (tmp_path / "inlined.c").write_text(INLINED_C)
+    binary = tmp_path / "inlined"
+    subprocess.run(["gcc", "-g", "-O2", "-o", str(binary), str(tmp_path / "inlined.c")], check=True)
+    fee = ElfFunctions.load(str(binary)).function("fee")
+    assert fee is not None and fee.inlined_into == ("main",)
+    run = run_service(coral_env, "inlined", binary)
+    try:
+        text = coralctl(coral_env, "--local", "debug", "attach", "inlined", "--function", "fee", "--duration", "0.5s")
+        assert "Inlined: 1 call site is inlined into main; those calls are not seen" in text.stdout, text
+        lines = attach_and_call(coral_env, run, "inlined", "fee", 4)
+        assert lines[0]["inlined_into"] == ["main"]
+        assert lines[-1]["calls"] == 4  # the calls through the pointer: the inlined ones are not seen
+    finally:
+        run.stop()

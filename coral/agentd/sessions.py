@@ -96,6 +96,7 @@ class Session:
     unanswered: list[str] = field(default_factory=list)  # instances left out at the start
     ended_ns: int = 0
     return_probe: str = ""  # uretprobe | ret | python (DebugSession.return_probe)
+    inlined_into: list[str] = field(default_factory=list)  # call sites the function was inlined into: not seen
     stored: int = 0
     lost: Counter[str] = field(default_factory=Counter)
     final: SlotStats | None = None
@@ -114,6 +115,7 @@ class Session:
             {"capture_args": c.capture_args, "capture_return": c.capture_return, "sample_rate": c.sample_rate,
              "max_events": self.max_events, "min_duration_ns": c.min_duration_ns, "predicate": c.predicate,
              "owner": self.owner, "unanswered": self.unanswered, "return_probe": self.return_probe,
+             "inlined_into": self.inlined_into,
              "stats": {"calls": stats.calls, "sum_ns": stats.sum_ns, "max_ns": stats.max_ns,
                        "histogram": {str(k): v for k, v in stats.histogram.items()}}},
             {k: v for k, v in lost.items() if v},
@@ -310,6 +312,7 @@ class SessionManager:
             owner=start.owner, unanswered=[e.message for e in start.unanswered],
             return_probe="python" if first.kind == "python" else
             "uretprobe" if any(s.uretprobe for t in targets for s in t.sites) else "ret",
+            inlined_into=list(first.inlined_into),
         )
         self.active[session.session_id] = session
         self._by_slot[slot] = session
@@ -529,6 +532,7 @@ class SessionManager:
             owner=str(c.get("owner", "")),
             unanswered=[str(u) for u in cast(list[object], c.get("unanswered", []))],
             return_probe=str(c.get("return_probe", "")),
+            inlined_into=[str(x) for x in cast(list[object], c.get("inlined_into", []))],
         )
 
     def session(self, session_id: str) -> pb.DebugSession:

@@ -146,6 +146,8 @@ def merge(session: pb.DebugSession) -> None:
     del session.unanswered[:]
     session.unanswered.extend(u for s in parts for u in s.unanswered)
     session.return_probe = ",".join(sorted({s.return_probe for s in parts if s.return_probe}))
+    del session.inlined_into[:]
+    session.inlined_into.extend(max((list(s.inlined_into) for s in parts), key=len, default=[]))  # one binary, seen by each
     session.calls = sum(s.calls for s in parts)
     session.probes = sum(s.probes for s in parts)
     session.total_calls = sum(s.total_calls for s in parts)

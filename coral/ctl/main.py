@@ -368,6 +368,8 @@ class Ctl:
             if "ret" in session.return_probe.split(","):
                 self.out.line("Returns: a uprobe on each RET of the function (it may be unwound through, or its stack "
                               "moved, so a uretprobe is not used)")
+            if session.inlined_into:
+                self.out.line(self.style.yellow(f"Inlined: {render.inlined(list(session.inlined_into))}"))
             for p in session.parts:
                 if p.session.status == "failed":
                     self.out.line(self.style.red(f"Agent {p.agent_id} did not start it: {p.session.status_reason}"))

@@ -101,6 +101,16 @@ def format_call(call: pb.Call, slow_ns: int = 0, style: Style = PLAIN, show_agen
     return lines
 
 
+def inlined(callers: list[str]) -> str:
+    """`3 call sites are inlined into main (2), settle; those calls are not seen`."""
+    counts: dict[str, int] = {}
+    for c in callers:
+        counts[c] = counts.get(c, 0) + 1
+    where = ", ".join(f"{c} ({n})" if n > 1 else c for c, n in counts.items())
+    sites = "1 call site is" if len(callers) == 1 else f"{len(callers)} call sites are"
+    return f"{sites} inlined into {where}; those calls are not seen"
+
+
 @dataclass(frozen=True)
 class Summary:
     calls: int

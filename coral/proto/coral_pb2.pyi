@@ -178,7 +178,7 @@ class GetFunctionMetadataResponse(_message.Message):
     def __init__(self, metadata: _Optional[_Union[FunctionMetadata, _Mapping]] = ...) -> None: ...
 
 class FunctionMetadata(_message.Message):
-    __slots__ = ("name", "binary_path", "address", "file_offset", "size", "pid", "source_file", "source_line", "arguments", "return_values", "kind", "semaphore_offset")
+    __slots__ = ("name", "binary_path", "address", "file_offset", "size", "pid", "source_file", "source_line", "arguments", "return_values", "kind", "semaphore_offset", "inlined_into")
     NAME_FIELD_NUMBER: _ClassVar[int]
     BINARY_PATH_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -191,6 +191,7 @@ class FunctionMetadata(_message.Message):
     RETURN_VALUES_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     SEMAPHORE_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    INLINED_INTO_FIELD_NUMBER: _ClassVar[int]
     name: str
     binary_path: str
     address: int
@@ -203,7 +204,8 @@ class FunctionMetadata(_message.Message):
     return_values: _containers.RepeatedCompositeFieldContainer[ReturnValueMetadata]
     kind: str
     semaphore_offset: int
-    def __init__(self, name: _Optional[str] = ..., binary_path: _Optional[str] = ..., address: _Optional[int] = ..., file_offset: _Optional[int] = ..., size: _Optional[int] = ..., pid: _Optional[int] = ..., source_file: _Optional[str] = ..., source_line: _Optional[int] = ..., arguments: _Optional[_Iterable[_Union[ArgumentMetadata, _Mapping]]] = ..., return_values: _Optional[_Iterable[_Union[ReturnValueMetadata, _Mapping]]] = ..., kind: _Optional[str] = ..., semaphore_offset: _Optional[int] = ...) -> None: ...
+    inlined_into: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., binary_path: _Optional[str] = ..., address: _Optional[int] = ..., file_offset: _Optional[int] = ..., size: _Optional[int] = ..., pid: _Optional[int] = ..., source_file: _Optional[str] = ..., source_line: _Optional[int] = ..., arguments: _Optional[_Iterable[_Union[ArgumentMetadata, _Mapping]]] = ..., return_values: _Optional[_Iterable[_Union[ReturnValueMetadata, _Mapping]]] = ..., kind: _Optional[str] = ..., semaphore_offset: _Optional[int] = ..., inlined_into: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ArmFunctionRequest(_message.Message):
     __slots__ = ("function", "fn_id", "config")
@@ -304,7 +306,7 @@ class DetachUprobeResponse(_message.Message):
     def __init__(self, session: _Optional[_Union[DebugSession, _Mapping]] = ...) -> None: ...
 
 class DebugSession(_message.Message):
-    __slots__ = ("session_id", "service", "function", "agent_id", "pids", "started_unix_ns", "expires_unix_ns", "ended_unix_ns", "status", "status_reason", "config", "calls", "lost", "probes", "total_calls", "sum_duration_ns", "max_duration_ns", "histogram", "parts", "owner", "unanswered", "return_probe")
+    __slots__ = ("session_id", "service", "function", "agent_id", "pids", "started_unix_ns", "expires_unix_ns", "ended_unix_ns", "status", "status_reason", "config", "calls", "lost", "probes", "total_calls", "sum_duration_ns", "max_duration_ns", "histogram", "parts", "owner", "unanswered", "return_probe", "inlined_into")
     class LostEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -341,6 +343,7 @@ class DebugSession(_message.Message):
     OWNER_FIELD_NUMBER: _ClassVar[int]
     UNANSWERED_FIELD_NUMBER: _ClassVar[int]
     RETURN_PROBE_FIELD_NUMBER: _ClassVar[int]
+    INLINED_INTO_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     service: str
     function: str
@@ -363,7 +366,8 @@ class DebugSession(_message.Message):
     owner: str
     unanswered: _containers.RepeatedScalarFieldContainer[str]
     return_probe: str
-    def __init__(self, session_id: _Optional[str] = ..., service: _Optional[str] = ..., function: _Optional[str] = ..., agent_id: _Optional[str] = ..., pids: _Optional[_Iterable[int]] = ..., started_unix_ns: _Optional[int] = ..., expires_unix_ns: _Optional[int] = ..., ended_unix_ns: _Optional[int] = ..., status: _Optional[str] = ..., status_reason: _Optional[str] = ..., config: _Optional[_Union[UprobeConfig, _Mapping]] = ..., calls: _Optional[int] = ..., lost: _Optional[_Mapping[str, int]] = ..., probes: _Optional[int] = ..., total_calls: _Optional[int] = ..., sum_duration_ns: _Optional[int] = ..., max_duration_ns: _Optional[int] = ..., histogram: _Optional[_Mapping[int, int]] = ..., parts: _Optional[_Iterable[_Union[SessionPart, _Mapping]]] = ..., owner: _Optional[str] = ..., unanswered: _Optional[_Iterable[str]] = ..., return_probe: _Optional[str] = ...) -> None: ...
+    inlined_into: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, session_id: _Optional[str] = ..., service: _Optional[str] = ..., function: _Optional[str] = ..., agent_id: _Optional[str] = ..., pids: _Optional[_Iterable[int]] = ..., started_unix_ns: _Optional[int] = ..., expires_unix_ns: _Optional[int] = ..., ended_unix_ns: _Optional[int] = ..., status: _Optional[str] = ..., status_reason: _Optional[str] = ..., config: _Optional[_Union[UprobeConfig, _Mapping]] = ..., calls: _Optional[int] = ..., lost: _Optional[_Mapping[str, int]] = ..., probes: _Optional[int] = ..., total_calls: _Optional[int] = ..., sum_duration_ns: _Optional[int] = ..., max_duration_ns: _Optional[int] = ..., histogram: _Optional[_Mapping[int, int]] = ..., parts: _Optional[_Iterable[_Union[SessionPart, _Mapping]]] = ..., owner: _Optional[str] = ..., unanswered: _Optional[_Iterable[str]] = ..., return_probe: _Optional[str] = ..., inlined_into: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SessionPart(_message.Message):
     __slots__ = ("agent_id", "session", "cursor", "complete", "detach_by")

@@ -78,6 +78,7 @@ def native_metadata(name: str, pid: int, maps_of: int | str = "self") -> pb.Func
     meta = pb.FunctionMetadata(
         name=name, kind="native", binary_path=path, address=info.address, file_offset=info.file_offset,
         size=info.size, pid=pid, source_file=info.source_file, source_line=info.source_line,
+        inlined_into=list(info.inlined_into),
         arguments=[pb.ArgumentMetadata(name=p.name, type=p.type) for p in info.parameters],
     )
     if info.return_type:
