@@ -39,7 +39,10 @@ def demangle(symbol: str) -> str | None:
     (a C or Go symbol) or cannot be read. Rust hashes are dropped."""
     if not symbol.startswith(("_Z", "_R")):
         return None
-    name = pycxxfilt.demangle(symbol)
+    try:
+        name = pycxxfilt.demangle(symbol)
+    except ValueError:  # a name LLVM's demangler cannot read (it raises for some, returns None for others)
+        return None
     if not name or name == symbol:
         return None
     if _RUST_LEGACY.match(symbol):

@@ -82,6 +82,7 @@ class ElfFunctions:
     is_go: bool = False
     unwinds: bool = False  # names a personality routine (C++, Rust, C with -fexceptions; defined or imported)
     functions: list[Symbol] = field(default_factory=list)  # every function symbol, once per (name, address)
+    shared_names: set[str] = field(default_factory=set)  # symbol names several functions have (statics of several files)
     _dwarf_cache: dict[str, DwarfFunction] | None = None  # every subprogram by name: read only if needed
     _dwarf_by_address: dict[int, DwarfFunction | None] = field(default_factory=dict)
     _index: dict[str, list[Symbol]] | None = None  # every name a user may write -> its functions (built on demand)
@@ -112,7 +113,9 @@ class ElfFunctions:
                             elf.unwinds = True
                         if kind == "STT_FUNC" and sym["st_shndx"] != "SHN_UNDEF" and sym["st_size"] > 0 and sym.name:
                             address, size = int(sym["st_value"]), int(sym["st_size"])
-                            elf.symbols.setdefault(sym.name, (address, size))
+                            first = elf.symbols.setdefault(sym.name, (address, size))
+                            if first[0] != address:
+                                elf.shared_names.add(sym.name)
                             if (sym.name, address) not in seen:
                                 seen.add((sym.name, address))
                                 local = sym["st_info"]["bind"] == "STB_LOCAL"
@@ -183,6 +186,10 @@ class ElfFunctions:
 
     def resolve(self, name: str) -> Symbol | None:
         """The one function `name` names; None if none; AmbiguousName if several."""
+        if name in self.symbols and name not in self.shared_names:  # a symbol's own name: no index needed
+            address, size = self.symbols[name]
+            return next((s for s in self.functions if s.name == name and s.address == address),
+                        Symbol(name, address, size))
         found = self._functions_named(name)
         if len(found) > 1:
             candidates = sorted(self.label(s) for s in found)
@@ -213,7 +220,8 @@ class ElfFunctions:
         if sym is None:
             return None
         d = self._dwarf_at(sym.address) or self._dwarf().get(sym.name, DwarfFunction())
-        return FunctionInfo(self.label(sym), sym.address, sym.size, self.file_offset(sym.address), d.source_file,
+        label = self.label(sym) if self._index is not None else demangle(sym.name) or sym.name
+        return FunctionInfo(label, sym.address, sym.size, self.file_offset(sym.address), d.source_file,
                             d.source_line, d.parameters, d.return_type, d.results, d.inlined_into)
 
     def why_missing(self, name: str) -> str:
