@@ -25,6 +25,7 @@ _RUST_HASH = re.compile(r"::h[0-9a-f]{16}$")
 _RUST_ESCAPES = {"SP": "@", "BP": "*", "RF": "&", "LT": "<", "GT": ">", "LP": "(", "RP": ")", "C": ","}
 _RUST_ESCAPE = re.compile(r"\$(SP|BP|RF|LT|GT|LP|RP|C|u[0-9a-f]{2,6})\$")
 _QUALIFIERS = (" const", " volatile", " &&", " &", " noexcept")
+_CLONE = re.compile(r" \(\.[\w.]+\)$|\s*\[clone [^\]]*\]$")  # a compiler's copy: "fee(long) (.cold)"
 
 
 def _rust_legacy(text: str) -> str:
@@ -67,7 +68,7 @@ def without_parameters(name: str) -> str:
     """`pay::Account::charge(long) const` -> `pay::Account::charge`; a
     template function's return type goes too (`int pay::total<int>(...)` ->
     `pay::total<int>`)."""
-    text = name
+    text = _CLONE.sub("", name)
     stripped = True
     while stripped:
         stripped = False
@@ -95,16 +96,13 @@ def without_templates(name: str) -> str:
     if not name.endswith(">") or name.endswith("operator>") or name.endswith("operator>>"):
         return name
     start = _matching_open(name, len(name) - 1, "<", ">")
-    return name[:start] if start > 0 else name
+    bare = name[:start].removesuffix("::") if start > 0 else name  # Rust v0: fees::total::<u32>
+    return bare or name
 
 
 def names_for(demangled: str) -> list[str]:
     """The names a user may write for a symbol with this demangled name, longest first."""
-    out = [demangled]
-    for short in (without_parameters(demangled),):
-        if short not in out:
-            out.append(short)
-        bare = without_templates(short)
-        if bare not in out:
-            out.append(bare)
-    return out
+    if _CLONE.search(demangled):  # a compiler's copy (.cold, .isra, .constprop): not what a user means by the name
+        return [demangled]
+    short = without_parameters(demangled)
+    return [n for n in dict.fromkeys([demangled, short, without_templates(short)]) if n]

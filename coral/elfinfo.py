@@ -166,6 +166,7 @@ class ElfFunctions:
                 keys = [sym.name, *(names_for(demangled) if demangled else ())]
                 if sym.file:
                     keys += [f"{sym.file}:{k}" for k in keys]
+                keys.append(f"{sym.name}@{sym.address:#x}")  # names it alone, when nothing else does
                 for key in dict.fromkeys(keys):
                     index.setdefault(key, []).append(sym)
             self._index = index
@@ -182,7 +183,7 @@ class ElfFunctions:
         demangled = demangle(sym.name)
         keys = [demangled] if demangled else []
         keys += [sym.name] + ([f"{sym.file}:{sym.name}"] if sym.file else [])
-        return next((k for k in keys if len(self._functions_named(k)) == 1), sym.name)
+        return next((k for k in keys if len(self._functions_named(k)) == 1), f"{sym.name}@{sym.address:#x}")
 
     def resolve(self, name: str) -> Symbol | None:
         """The one function `name` names; None if none; AmbiguousName if several."""

@@ -66,13 +66,16 @@ def test_rows_colony_duckdb_already_had_are_not_written_twice(tmp_path: Path) ->
     store.audit([row(1)])
     store.save_session(a_session("dbg-1"), created=True)
     journaled(store)
-    store.flush()  # in colony.duckdb too; the journal file is still there (its deletion comes with the next append)
+    (path,) = journal.journal_files(tmp_path)
+    kept = path.read_bytes()
+    store.flush()  # in colony.duckdb too
     s = a_session("dbg-1")
     s.parts[0].cursor = 99
     store.save_session(s)
     store.flush()
-    assert journal.journal_files(tmp_path)
+    store.journal.on_written(wait=True)
     crash(store)
+    path.write_bytes(kept)  # the colony died after colony.duckdb had them, before the file was deleted
 
     again = ColonyStore(tmp_path / "colony.duckdb")
     try:
@@ -116,3 +119,44 @@ def test_a_record_cut_short_ends_the_reading(tmp_path: Path) -> None:
         assert [r.seq for r in again.audit_rows()[0]] == [1, 2]
     finally:
         again.close()
+
+
+def test_an_append_cut_short_loses_no_later_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk cuts an append short: the torn record ends its file, and
+    the next append starts a new one, so the entries after it are read."""
+    store = ColonyStore(tmp_path / "colony.duckdb")
+    store.audit([row(1)])
+    journaled(store)
+    real_write = journal._write
+
+    def short_write(fd: int, data: bytes) -> int:
+        real_write(fd, bytes(data)[:5])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(journal, "_write", short_write)
+    store.audit([row(2)])
+    journaled(store)
+    assert store.journal.failures == 1
+    monkeypatch.setattr(journal, "_write", real_write)
+    store.audit([row(3)])
+    journaled(store)
+    crash(store)
+    assert [e.seq for e in journal.read_entries(tmp_path)] == [1, 3]  # 2 is still held for colony.duckdb, not lost here
+    again = ColonyStore(tmp_path / "colony.duckdb")
+    try:
+        assert [r.seq for r in again.audit_rows()[0]] == [1, 3]
+    finally:
+        again.close()
+
+
+def test_an_idle_colony_keeps_no_journal_once_colony_duckdb_has_it(tmp_path: Path) -> None:
+    store = ColonyStore(tmp_path / "colony.duckdb")
+    try:
+        store.audit([row(1)])
+        store.save_session(a_session("dbg-1"), created=True)
+        journaled(store)
+        store.flush()  # colony.duckdb holds them: with nothing pending, the journal's files go
+        store.journal.on_written(wait=True)
+        assert journal.journal_files(tmp_path) == []
+    finally:
+        store.close()

@@ -406,6 +406,7 @@ class ProbeEngine:
         elif kind == EV_PYTHON_TIMING and size >= self._python_timing.size:
             f = self._python_timing.unpack_from(raw)
             slot, pid, tid, fn_id, call_id, start, end, flags = self._timing_scalars(f)
+            flags &= 0xFFFFFFFF  # the u64 slot holds coral_call's u32 flags (and args_len above them)
             self._pending[slot].append(PythonRecord(pid, tid, fn_id, call_id, start, end, flags, b"", b""))
         elif kind == EV_PYTHON and size >= self._python.size:
             f = self._python.unpack_from(raw)

@@ -32,6 +32,7 @@ PREFIX = "audit.journal."
 MAX_FILE_BYTES = 1 << 20
 MAX_RECORD_BYTES = 1 << 24  # a longer length is a torn or foreign file
 _LENGTH = struct.Struct("<I")
+_write = os.write  # the journal's own writes (a test cuts them short)
 
 
 def journal_files(directory: Path) -> list[Path]:
@@ -88,6 +89,7 @@ class Journal:
         self.written = 0  # of those, finished (written, or failed: counted)
         self.failures = 0
         self._covered = 0  # colony.duckdb holds every entry up to this number
+        self._handed = 0  # the last entry handed to the thread
         # Touched by the thread only: the open file, its number and size, and each file's last entry.
         self._file: int | None = None
         self._file_no = 0
@@ -108,13 +110,22 @@ class Journal:
         return self.submitted + (1 if self._pending else 0)
 
     def covered(self, number: int) -> None:
+        """colony.duckdb holds every entry up to `number`: once nothing else
+        is pending, the files holding only those go (an idle colony keeps no
+        journal that could bring back a session retention purged since)."""
         self._covered = max(self._covered, number)
+        if not self._busy and not self._pending and self._covered >= self._handed:
+            covered = self._covered
+            self._busy = True
+            self.submitted += 1
+            self._writer.submit(lambda: self._prune(covered, everything=True))
 
     def behind(self) -> bool:
         """Hand what is pending to the thread, if it is idle; True if it was."""
         if self._busy or not self._pending:
             return False
         records, self._pending = self._pending, []
+        self._handed = records[-1][0]
         covered = self._covered
         self._busy = True
         self.submitted += 1
@@ -141,36 +152,52 @@ class Journal:
         """Stop the thread; with `everything_stored` (colony.duckdb holds
         every entry), the files go."""
         self._writer.close()
-        if self._file is not None:
-            os.close(self._file)
-            self._file = None
+        self._close_file()
         if everything_stored:
             remove_files(self.directory)
 
     # The thread's side.
 
-    def _append(self, records: list[tuple[int, bytes]], covered: int) -> None:
-        for no, last in list(self._last_in.items()):  # files colony.duckdb holds all of
-            if last <= covered and no != self._file_no:
+    def _prune(self, covered: int, everything: bool = False) -> None:
+        """Delete the files colony.duckdb holds all of: the open one too when
+        `everything` (nothing is pending: the next append starts a new file)."""
+        for no, last in list(self._last_in.items()):
+            if last <= covered and (everything or no != self._file_no):
+                if no == self._file_no:
+                    self._close_file()
                 (self.directory / f"{PREFIX}{no}").unlink(missing_ok=True)
                 del self._last_in[no]
+
+    def _append(self, records: list[tuple[int, bytes]], covered: int) -> None:
+        self._prune(covered)
         if self._file is None or self._file_size >= MAX_FILE_BYTES:
             self._open_next()
+        assert self._file is not None
         data = b"".join(record for _, record in records)
-        view = memoryview(data)
-        while view:
-            n = os.write(self._file, view)  # type: ignore[arg-type]
-            view = view[n:]
-        os.fdatasync(self._file)  # type: ignore[arg-type]
+        self._last_in[self._file_no] = records[-1][0]  # even if cut short below: the file goes when these are stored
+        try:
+            view = memoryview(data)
+            while view:
+                n = _write(self._file, view)
+                view = view[n:]
+            os.fdatasync(self._file)
+        except OSError:
+            # Cut short (a full disk): nothing may follow the torn record in
+            # this file, or reading would stop before it; the next append
+            # starts a new file.
+            self._close_file()
+            raise
         self._file_size += len(data)
-        self._last_in[self._file_no] = records[-1][0]
+
+    def _close_file(self) -> None:
+        if self._file is not None:
+            fd, self._file = self._file, None
+            os.close(fd)
 
     def _open_next(self) -> None:
-        if self._file is not None:
-            os.close(self._file)
+        self._close_file()
         existing = journal_files(self.directory)
-        self._file_no = max([int(p.name[len(PREFIX):]) for p in existing] + [self._file_no]) + 1
-        self._file = os.open(self.directory / f"{PREFIX}{self._file_no}", os.O_WRONLY | os.O_CREAT | os.O_APPEND,
-                             0o600)
-        self._file_size = 0
+        number = max([int(p.name[len(PREFIX):]) for p in existing] + [self._file_no]) + 1
+        fd = os.open(self.directory / f"{PREFIX}{number}", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._file, self._file_no, self._file_size = fd, number, 0
         _sync_dir(self.directory)  # the new file's name is durable too
