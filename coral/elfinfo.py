@@ -212,7 +212,9 @@ class ElfFunctions:
         return sorted(out)
 
     def closest(self, name: str, n: int = 5) -> list[str]:
-        return difflib.get_close_matches(name, list(self._names()), n=n, cutoff=0.5)
+        """Names like `name`, as people write them (not the NAME@0xADDRESS fallbacks)."""
+        written = [k for k in self._names() if "@0x" not in k]
+        return difflib.get_close_matches(name, written, n=n, cutoff=0.5)
 
     def function(self, name: str) -> FunctionInfo | None:
         """The function `name` names, with its DWARF; None if none
