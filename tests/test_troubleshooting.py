@@ -1199,7 +1199,7 @@ def _agent_forgot(request: pytest.FixtureRequest) -> str:
                     return out
                 if out.count("registered service") > registered:
                     break  # the other path: registered anew after "not reachable"
-                time.sleep(0.1)  # between two reads of the log file; the line itself is awaited
+                time.sleep(0.1)  # between two reads of the log file; not readiness: the line itself is awaited
         raise AssertionError(f"run-payments never logged 'registering again':\n{svc.run.output()}")
     finally:
         svc.stop()
