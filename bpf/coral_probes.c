@@ -8,7 +8,12 @@
 //
 // Calls are paired on a per-thread stack of frames (per goroutine for Go,
 // keyed by the g pointer in R14, because goroutines move between threads
-// and their stacks move in memory). One record per completed call goes to
+// and their stacks move in memory). A stack holds its top CORAL_RING_FRAMES
+// frames itself; frames below them (deep recursion) are spilled to
+// `deep_frames`, shared by all threads, and brought back as the calls
+// above them return. A thread pays for the depth it really uses, up to
+// CORAL_MAX_DEPTH frames; an entry deeper than that is counted per session
+// (by_slots) and not tracked. One record per completed call goes to
 // the ring buffer, submitted with BPF_RB_NO_WAKEUP: the agent drains on a
 // timer. Every call is counted and put in the slot's histogram before
 // sampling and filters, so the summary covers all calls; every record that
@@ -23,31 +28,36 @@
 // agent detaches the session as failed (budget exceeded).
 //
 // Compile-time parameters (coral/agentd/engine.py): CORAL_RINGBUF_PAGES, CORAL_STR_MAX,
-// and every constant this program shares with Python (engine.bpf_constants(), defined
+// CORAL_MAX_DEPTH, CORAL_DEEP_FRAMES ([sessions] max_call_depth, deep_frames), and every constant this program shares with Python (engine.bpf_constants(), defined
 // there only), used here under the same names:
 //   CORAL_MAX_SLOTS, CORAL_HIST_BUCKETS, CORAL_HIST_SUB_BITS (sub-buckets per power of two,
 //     coral/histogram.py), CORAL_STATS (counters per slot)
 //   SITE_ENTRY (first instruction of a function), SITE_GO (... of a Go function: frames
 //     keyed by goroutine), SITE_GO_RET (a RET of a Go function), SITE_PYTHON (the SDK's site),
-//     SITE_RET (a RET of a native function probed without a uretprobe: C++, Rust)
+//     SITE_RET (a RET of a native function probed without a uretprobe: C++, Rust), SITE_TAIL
+//     (a JMP of such a function to another function: the call leaves, counted as BY_TAIL_CALL)
 //   ST_CALLS (completed calls seen in the kernel), ST_SAMPLED, ST_FILTERED (min duration or
 //     predicate), ST_RINGBUF (ring buffer full), ST_EMITTED (records submitted), ST_MAX_NS,
 //     ST_SUM_NS, ST_UNREADABLE (the process's record could not be read), ST_EXPIRED
 //     (returned after the session's expiry: in no count); calls that left without returning
 //     (an exception, a panic, longjmp) are counted in unwound_by_slots
-//   G_STACK_FULL (entries not tracked: stack depth exceeded), G_UNPAIRED (returns with no
+//   G_STACK_FULL (entries not tracked: deeper than CORAL_MAX_DEPTH, or deep_frames full), G_UNPAIRED (returns with no
 //     matching entry), G_STALE (frames dropped: their call left without returning),
-//     G_UNWOUND_UNCOUNTED (such frames not counted for their sessions: unwound_by_slots full)
+//     G_UNWOUND_UNCOUNTED (such frames, or too deep entries, not counted for their sessions:
+//     by_slots is full), G_DEEP_IN_USE (frames in deep_frames: spilled minus taken back)
+//   BY_UNWOUND, BY_TOO_DEEP, BY_TAIL_CALL (causes in by_slots)
 //   EV_NATIVE, EV_PYTHON, EV_PYTHON_TIMING (a Python call with only its timing to show)
 //   PRED_NONE, PRED_EQ, PRED_NE, PRED_LT, PRED_LE, PRED_GT, PRED_GE
 #include <uapi/linux/ptrace.h>
 #include "coral_records.h"            // the ring buffer's records (and struct coral_call)
 
-#if !defined(CORAL_STATS) || !defined(G_UNWOUND_UNCOUNTED) || !defined(SITE_RET) || !defined(PRED_GE) || !defined(EV_PYTHON_TIMING)
+#if !defined(CORAL_STATS) || !defined(G_DEEP_IN_USE) || !defined(BY_TAIL_CALL) || !defined(CORAL_MAX_DEPTH) || !defined(SITE_RET) || !defined(PRED_GE) || !defined(EV_PYTHON_TIMING)
 #error "compile through coral/agentd/engine.py, which defines the constants shared with Python"
 #endif
 
-#define CORAL_STACK_DEPTH 8          // power of two
+#define CORAL_RING_FRAMES 8          // frames a stack holds itself: a power of two
+#define RING(d) ((d) & (CORAL_RING_FRAMES - 1))
+#define CORAL_DROP_MAX 64            // dead frames one return drops before it looks further
 #define CORAL_BUDGET_WINDOW_NS 1000000000ULL
 
 struct site_key {
@@ -86,15 +96,22 @@ struct frame {
     u64 at;                          // the stack's `changes` once this frame was pushed
 };
 
+// frames[RING(d)] is frame d for the top min(depth, CORAL_RING_FRAMES) ones;
+// frame d below them is in deep_frames under (thread, d).
 struct stack {
     u32 depth;
     u32 changes;                     // pushes and pops so far (wraps): was the top frame the last change?
-    struct frame frames[CORAL_STACK_DEPTH];
+    struct frame frames[CORAL_RING_FRAMES];
 };
 
 struct thread_key {
     u64 id;                          // pid_tgid (native) or tgid (Go)
     u64 g;                           // goroutine pointer (Go), else 0
+};
+
+struct deep_key {
+    struct thread_key thread;
+    u64 depth;
 };
 
 struct budget {
@@ -109,13 +126,18 @@ BPF_ARRAY(slots, struct slot_config, CORAL_MAX_SLOTS);
 // Per-CPU counters: no atomic operations on the hot path; the agent sums them.
 BPF_PERCPU_ARRAY(stats, u64, CORAL_MAX_SLOTS * CORAL_STATS);
 BPF_PERCPU_ARRAY(hist, u64, CORAL_MAX_SLOTS * CORAL_HIST_BUCKETS);
-BPF_PERCPU_ARRAY(globals, u64, 4);
+BPF_PERCPU_ARRAY(globals, u64, 5);
 // Sampling needs one global order of calls: an atomic counter, only when sampling.
 BPF_ARRAY(sample_counts, u64, CORAL_MAX_SLOTS);
 // A thread's frames stay allocated between calls (no insert and delete per
 // call); threads that are gone are evicted when the map is full.
 BPF_TABLE("lru_hash", struct thread_key, struct stack, stacks, 65536);
 BPF_PERCPU_ARRAY(empty_stack, struct stack, 1);
+// Preallocated, CORAL_DEEP_FRAMES for all threads together: not an LRU, which
+// would evict a live thread's outer frames. A thread that ends deep leaves
+// its spilled frames; the same thread key overwrites them, and the agent
+// deletes those of processes that have exited (G_DEEP_IN_USE says when).
+BPF_HASH(deep_frames, struct deep_key, struct frame, CORAL_DEEP_FRAMES);
 BPF_ARRAY(budgets, struct budget, CORAL_MAX_SLOTS);
 // Bit i: slot i went over its budget and records nothing more. One lookup
 // per hit, before anything else is done.
@@ -324,29 +346,78 @@ static __always_inline u64 go_frame_sp(struct pt_regs *ctx)
     return (1ULL << 62) - (hi - ctx->sp);
 }
 
-// A frame whose call left without returning (an exception, a panic,
-// longjmp): never paired with a return. It is counted by the set of slots
-// that watched it (a frame is one call); the agent adds up, for each slot,
-// the counts of the sets that hold it. A loop over the slots here, inside
-// the loops over frames, is more than the verifier takes.
-BPF_HASH(unwound_by_slots, u64, u64, 4096);
+// Calls a session did not see completed, counted by cause and by the set of
+// slots that watched them (a frame is one call); the agent adds up, for
+// each slot, the counts of the sets that hold it. A loop over the slots
+// here, inside the loops over frames, is more than the verifier takes.
+//   BY_UNWOUND: frames whose call left without returning (an exception, a
+//     panic, longjmp): never paired with a return.
+//   BY_TOO_DEEP: entries deeper than CORAL_MAX_DEPTH (or with deep_frames
+//     full): not tracked, so their returns are not seen.
+//   BY_TAIL_CALL: calls that left by a tail jump (SITE_TAIL): the RET that
+//     ends them is another function's.
+struct by_slots_key {
+    u64 slots;
+    u64 cause;
+};
+BPF_HASH(by_slots, struct by_slots_key, u64, 8192);
 
-static __always_inline void unwound(struct frame *f)
+static __always_inline void count_by_slots(u64 slots, u64 cause)
 {
-    bump_global(G_STALE);
-    u64 key = f->slots & ~stopped_slots();
-    if (!key)
+    struct by_slots_key key = {.slots = slots & ~stopped_slots(), .cause = cause};
+    if (!key.slots)
         return;
-    u64 *count = unwound_by_slots.lookup(&key);
+    u64 *count = by_slots.lookup(&key);
     if (!count) {
         u64 zero = 0;
-        unwound_by_slots.insert(&key, &zero);  // fails if another CPU was first: then its entry is there
-        count = unwound_by_slots.lookup(&key);
+        by_slots.insert(&key, &zero);  // fails if another CPU was first: then its entry is there
+        count = by_slots.lookup(&key);
     }
     if (count)
         __sync_fetch_and_add(count, 1);
     else
         bump_global(G_UNWOUND_UNCOUNTED);  // the map is full
+}
+
+static __always_inline void unwound(struct frame *f)
+{
+    bump_global(G_STALE);
+    count_by_slots(f->slots, BY_UNWOUND);
+}
+
+static __always_inline void add_global(u32 which, s64 delta)
+{
+    u64 *value = globals.lookup(&which);
+    if (value)
+        *value += delta;
+}
+
+// The top frame was just dropped (depth is now `depth`): frame depth-8,
+// if there is one, comes back from deep_frames into the ring slot it freed.
+// One missing there (the agent deleted it: its process had exited) leaves
+// an empty frame that no return matches.
+static __always_inline void take_back(struct stack *st, struct thread_key *tk, u32 depth)
+{
+    if (depth < CORAL_RING_FRAMES)
+        return;
+    struct deep_key dk = {.thread = *tk, .depth = depth - CORAL_RING_FRAMES};
+    struct frame *saved = deep_frames.lookup(&dk);
+    if (!saved) {
+        st->frames[RING(depth)].sp = 0;     // dropped as unwound by the next hit,
+        st->frames[RING(depth)].slots = 0;  // counted for no session
+        return;
+    }
+    __builtin_memcpy(&st->frames[RING(depth)], saved, sizeof(*saved));
+    deep_frames.delete(&dk);
+    add_global(G_DEEP_IN_USE, -1);
+}
+
+// Drop the top frame as unwound, and bring back the one below the ring.
+static __always_inline void drop_top(struct stack *st, struct thread_key *tk, u32 depth)
+{
+    unwound(&st->frames[RING(depth - 1)]);
+    st->depth = depth - 1;
+    take_back(st, tk, depth - 1);
 }
 
 static __always_inline void push_frame(struct thread_key *tk, u64 watching, u64 ip, struct pt_regs *ctx, int go)
@@ -364,33 +435,42 @@ static __always_inline void push_frame(struct thread_key *tk, u64 watching, u64 
     }
     u64 sp = go ? go_frame_sp(ctx) : PT_REGS_SP(ctx);
     u32 depth = st->depth;
-    if (go && depth > 0 && depth <= CORAL_STACK_DEPTH) {
+    if (go && depth > 0 && depth <= CORAL_MAX_DEPTH) {
         // Go's prologue grows a too-small stack and restarts the function
         // from its first instruction: the same call, not a new one.
-        struct frame *top = &st->frames[(depth - 1) & (CORAL_STACK_DEPTH - 1)];
+        struct frame *top = &st->frames[RING(depth - 1)];
         if (top->func_ip == ip && top->sp == sp && top->at == st->changes)
             return;  // nothing came between: a restart (a frame at the same place after others is dead)
     }
     // A frame at or below this entry's position is dead: its call left
     // without returning (an exception unwound it), since a live caller's
-    // frame is always above its callee's. One is dropped here (a loop is
-    // more than the verifier takes); the next entry or return drops more.
-    if (depth > 0 && depth <= CORAL_STACK_DEPTH) {
-        struct frame *top = &st->frames[(depth - 1) & (CORAL_STACK_DEPTH - 1)];
-        if (top->sp <= sp) {
-            unwound(top);
-            depth--;
-        }
+    // frame is always above its callee's. Up to CORAL_DROP_MAX are dropped
+    // here; the next entry or return drops more.
+    for (int i = 0; i < CORAL_DROP_MAX; i++) {
+        depth = st->depth;
+        if (depth == 0 || depth > CORAL_MAX_DEPTH || st->frames[RING(depth - 1)].sp > sp)
+            break;
+        drop_top(st, tk, depth);
     }
-    st->depth = depth;
     // Read back from the map: the verifier then has one state here, not one
     // per number of frames dropped above (which multiplies all that follows).
     depth = *(volatile u32 *)&st->depth;
-    if (depth >= CORAL_STACK_DEPTH) {
+    if (depth >= CORAL_MAX_DEPTH) {
         bump_global(G_STACK_FULL);  // untracked; its return will find an outer frame and be ignored
+        count_by_slots(watching, BY_TOO_DEEP);
         return;
     }
-    struct frame *f = &st->frames[depth & (CORAL_STACK_DEPTH - 1)];
+    struct frame *f = &st->frames[RING(depth)];
+    if (depth >= CORAL_RING_FRAMES) {
+        // The ring is full: its bottom frame (depth - 8) moves to deep_frames.
+        struct deep_key dk = {.thread = *tk, .depth = depth - CORAL_RING_FRAMES};
+        if (deep_frames.update(&dk, f) != 0) {
+            bump_global(G_STACK_FULL);  // deep_frames is full
+            count_by_slots(watching, BY_TOO_DEEP);
+            return;
+        }
+        add_global(G_DEEP_IN_USE, 1);
+    }
     f->ts = bpf_ktime_get_ns();
     f->sp = sp;
     f->func_ip = ip;
@@ -418,42 +498,45 @@ static __always_inline void push_frame(struct thread_key *tk, u64 watching, u64 
 
 // Find the frame a return belongs to and finish that call: the frame whose
 // position (frame_sp) is the return's, after dropping frames of calls that
-// left without returning (longjmp, panic). A return from a call we did not
-// see enter finds an outer frame and is ignored. Returns the slots the call
-// was reported to (what the hit is charged to).
-static __always_inline u64 pop_frame(struct thread_key *tk, u64 entry_sp, u64 func_ip, u64 *results, u64 id)
+// left without returning (longjmp, panic): up to CORAL_DROP_MAX of them here,
+// the rest by later hits. A return from a call we did not see enter finds an
+// outer frame and is ignored. Returns the slots the call was reported to
+// (what the hit is charged to).
+static __always_inline u64 pop_frame(struct thread_key *tk, u64 entry_sp, u64 func_ip, u64 *results, u64 id, int tail)
 {
     struct stack *st = stacks.lookup(tk);
     if (!st) {
         bump_global(G_UNPAIRED);
         return 0;
     }
-    s32 found = -1;
-    for (int i = 0; i < CORAL_STACK_DEPTH; i++) {
+    u32 found = 0;
+    for (int i = 0; i < CORAL_DROP_MAX; i++) {
         u32 depth = st->depth;
-        if (depth == 0 || depth > CORAL_STACK_DEPTH)
+        if (depth == 0 || depth > CORAL_MAX_DEPTH)
             break;
-        u32 top = (depth - 1) & (CORAL_STACK_DEPTH - 1);
-        struct frame *f = &st->frames[top];
+        struct frame *f = &st->frames[RING(depth - 1)];
         if (f->sp < entry_sp) {
-            st->depth = top;
-            unwound(f);
+            drop_top(st, tk, depth);
             continue;
         }
         if (f->sp == entry_sp && (!func_ip || f->func_ip == func_ip))
-            found = top;
+            found = depth;
         break;
     }
-    if (found < 0) {
+    if (!found) {
         bump_global(G_UNPAIRED);
         return 0;
     }
     u64 now = bpf_ktime_get_ns();
-    struct frame *f = &st->frames[found & (CORAL_STACK_DEPTH - 1)];
-    st->depth = found;
-    st->changes++;
+    struct frame *f = &st->frames[RING(found - 1)];
     u64 watching = f->slots & ~stopped_slots();  // a slot stopped since the entry reports nothing
-    finish_native(f, now, results, id, watching);
+    if (tail)
+        count_by_slots(watching, BY_TAIL_CALL);  // no duration: the call goes on in another function
+    else
+        finish_native(f, now, results, id, watching);
+    st->depth = found - 1;
+    st->changes++;
+    take_back(st, tk, found - 1);  // after finishing: it overwrites f's slot
     return watching;
 }
 
@@ -511,7 +594,7 @@ static __always_inline int python_call(struct pt_regs *ctx, u64 watching, u64 id
     return 0;
 }
 
-// Attached at every entry site, every RET site (Go, C++, Rust) and every Python site.
+// Attached at every entry site, every RET and tail JMP site (Go, C++, Rust) and every Python site.
 int coral_hit(struct pt_regs *ctx)
 {
     u64 t0 = bpf_ktime_get_ns();
@@ -538,10 +621,11 @@ int coral_hit(struct pt_regs *ctx)
         results[1] = ctx->bx;  // Go: RAX, RBX, RCX
         results[2] = ctx->cx;
     }
-    if (s->flags & (SITE_GO_RET | SITE_RET)) {
-        // At a RET the stack pointer is back where it was at entry (it points at the return address).
+    if (s->flags & (SITE_GO_RET | SITE_RET | SITE_TAIL)) {
+        // At a RET, or a JMP to another function, the stack pointer is back
+        // where it was at entry (it points at the return address).
         u64 sp = go ? go_frame_sp(ctx) : PT_REGS_SP(ctx);
-        watching = pop_frame(&tk, sp, s->func_ip, results, id);
+        watching = pop_frame(&tk, sp, s->func_ip, results, id, s->flags & SITE_TAIL);
     } else if (go)
         push_frame(&tk, watching, key.ip, ctx, 1);  // constant: each copy reads its own ABI's registers
     else
@@ -557,7 +641,7 @@ int coral_return(struct pt_regs *ctx)
     u64 id = bpf_get_current_pid_tgid();
     struct thread_key tk = {.id = id, .g = 0};
     u64 results[3] = {PT_REGS_RC(ctx), ctx->dx, 0};
-    u64 watching = pop_frame(&tk, PT_REGS_SP(ctx) - 8, 0, results, id);
+    u64 watching = pop_frame(&tk, PT_REGS_SP(ctx) - 8, 0, results, id, 0);
     charge(watching, t0);
     return 0;
 }

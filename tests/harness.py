@@ -290,7 +290,7 @@ class NativeService:
     def child_pid(self) -> int:
         return self.run.child_pid
 
-    def call(self, n: int) -> str:
+    def call(self, n: int | str) -> str:
         proc = self.run.proc
         if proc.stdin is None or proc.stdout is None:
             raise AssertionError("no pipe to the service")

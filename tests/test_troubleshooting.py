@@ -805,6 +805,7 @@ CONFIGS = {
     "<file>: [sessions] max_duration: must be greater than 0, got 0": "[sessions]\nmax_duration = 0\n",
     "<file>: [sessions] ring_buffer_pages: must be a power of two, got 100": "[sessions]\nring_buffer_pages = 100\n",
     "<file>: [sessions] string_bytes: must be between 8 and 1024, got 4": "[sessions]\nstring_bytes = 4\n",
+    "<file>: [sessions] max_call_depth: must be between 8 and 1024, got 2000": "[sessions]\nmax_call_depth = 2000\n",
     "<file>: [sessions] default_duration exceeds max_duration": "[sessions]\ndefault_duration = 700\n",
     "<file>: [colony] retention: invalid age '7 days': use forms like 7d, 12h, 30m, 90s (or 0 to keep forever)": (
         "[colony]\nretention = '7 days'\n"

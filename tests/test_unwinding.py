@@ -365,3 +365,81 @@ def test_pthread_cancel_through_a_probed_c_function_runs_every_cleanup_handler(
         assert svc.call(4) == "done 4 cancelled 4 cleaned 4"  # and unprobed
     finally:
         svc.stop()
+
+
+LEAF = r"""
+// Each input line N: N calls of fee() and of route(i); route() tail-calls
+// odd() for odd i, and odd() throws for i % 10 == 9, caught in main.
+#include <cstdio>
+#include <cstdlib>
+#include <stdexcept>
+
+extern "C" {
+__attribute__((noinline)) long fee(long x) { return x * 7 + (x >> 3); }  // calls nothing: a leaf
+
+__attribute__((noinline)) long odd(long x)
+{
+    if (x % 10 == 9)
+        throw std::runtime_error("nine");
+    return x * 5 + 1;
+}
+
+__attribute__((noinline)) long route(long x)
+{
+    if (x & 1)
+        return odd(x);  // at -O2, a JMP to odd: odd's RET ends this call
+    return x * 3;
+}
+}
+
+int main()
+{
+    char line[64];
+    setvbuf(stdout, nullptr, _IOLBF, 0);
+    while (fgets(line, sizeof line, stdin)) {
+        long n = atol(line), sum = 0, caught = 0;
+        for (long i = 0; i < n; i++) {
+            sum += fee(i);
+            try {
+                sum += route(i);
+            } catch (const std::runtime_error &) {
+                caught++;
+            }
+        }
+        printf("done %ld caught %ld sum %ld\n", n, caught, sum);
+    }
+    return 0;
+}
+"""
+
+
+def test_a_leaf_keeps_the_uretprobe_and_a_tail_call_is_counted(
+    coral_env: CoralEnv, agent: Process, tmp_path: Path
+) -> None:
+    """In a C++ program the rule is per function. fee() calls nothing, so
+    nothing can unwind through it: it keeps the cheaper uretprobe. route()
+    calls odd() (which may throw) by a tail jump: it is probed at its RET
+    and at that JMP, and the 50 calls that leave by the jump are counted as
+    `tail_call`, not as returns (their RET is odd's) and not as unwound.
+    The program prints what it prints unprobed."""
+    src = tmp_path / "leaf.cpp"
+    src.write_text(LEAF)
+    binary = tmp_path / "leaf"
+    subprocess.run(["g++", "-g", "-O2", "-Wall", "-o", str(binary), str(src)], check=True)
+    expected = subprocess.run([str(binary)], input="100\n", capture_output=True, text=True, check=True).stdout
+    assert expected.startswith("done 100 caught 10 "), expected
+    svc = NativeService(coral_env, binary, service="leaf")
+    try:
+        sessions = [start_attach(coral_env, "leaf", name, "--local", "--duration", "3s", "--no-save")
+                    for name in ("fee", "route")]
+        assert [first["return_probe"] for _, first in sessions] == ["uretprobe", "ret"]
+        assert sessions[1][1]["probes"] == 3  # the entry, the RET, the JMP
+        ours = [line for line in kernel_probes().splitlines() if f"/proc/{svc.child_pid}/exe" in line]
+        assert sum("uretprobe" in line for line in ours) == 1, ours
+        assert svc.call(100) == expected.strip()
+        fee, route = (json.loads(attach.communicate(timeout=60)[0].splitlines()[-1]) for attach, _ in sessions)
+        assert (fee["calls"], fee["lost"]) == (100, {}), fee
+        assert (route["calls"], route["lost"]) == (50, {"tail_call": 50}), route
+        assert svc.run.proc.poll() is None, "the program did not survive"
+    finally:
+        svc.stop()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import os
 import statistics
 import struct
 import time
@@ -29,9 +30,12 @@ HIST_BUCKETS = 512
 STAT_NAMES = ("CALLS", "SAMPLED", "FILTERED", "RINGBUF", "EMITTED", "MAX_NS", "SUM_NS", "UNREADABLE", "EXPIRED")
 STATS_PER_SLOT = len(STAT_NAMES)
 ST_CALLS, ST_SAMPLED, ST_FILTERED, ST_RINGBUF, ST_EMITTED, ST_MAX_NS, ST_SUM_NS, ST_UNREADABLE, ST_EXPIRED = range(9)
-GLOBAL_NAMES = ("stack_full", "unpaired_returns", "stale_frames", "unwound_uncounted")
+GLOBAL_NAMES = ("stack_full", "unpaired_returns", "stale_frames", "unwound_uncounted", "deep_frames_in_use")
+G_DEEP_IN_USE = 4
+BY_UNWOUND, BY_TOO_DEEP, BY_TAIL_CALL = 1, 2, 3  # causes of calls not seen completed, counted by slot set (by_slots)
+RING_FRAMES = 8  # frames each thread's stack holds itself (CORAL_RING_FRAMES); deeper ones go to deep_frames
 
-SITE_ENTRY, SITE_GO, SITE_GO_RET, SITE_PYTHON, SITE_RET = 0x1, 0x2, 0x4, 0x8, 0x10
+SITE_ENTRY, SITE_GO, SITE_GO_RET, SITE_PYTHON, SITE_RET, SITE_TAIL = 0x1, 0x2, 0x4, 0x8, 0x10, 0x20
 EV_NATIVE, EV_PYTHON, EV_PYTHON_TIMING = 1, 2, 3
 PREDICATE_OPS = {"==": 1, "!=": 2, "<": 3, "<=": 4, ">": 5, ">=": 6}
 PREDICATE_NAMES = {"==": "EQ", "!=": "NE", "<": "LT", "<=": "LE", ">": "GT", ">=": "GE"}
@@ -42,10 +46,12 @@ def bpf_constants() -> dict[str, int]:
     out = {"CORAL_MAX_SLOTS": MAX_SLOTS, "CORAL_HIST_BUCKETS": HIST_BUCKETS, "CORAL_HIST_SUB_BITS": histogram.SUB_BITS,
            "CORAL_STATS": STATS_PER_SLOT,
            "SITE_ENTRY": SITE_ENTRY, "SITE_GO": SITE_GO, "SITE_GO_RET": SITE_GO_RET, "SITE_PYTHON": SITE_PYTHON,
-           "SITE_RET": SITE_RET,
+           "SITE_RET": SITE_RET, "SITE_TAIL": SITE_TAIL,
+           "BY_UNWOUND": BY_UNWOUND, "BY_TOO_DEEP": BY_TOO_DEEP, "BY_TAIL_CALL": BY_TAIL_CALL,
            "EV_NATIVE": EV_NATIVE, "EV_PYTHON": EV_PYTHON, "EV_PYTHON_TIMING": EV_PYTHON_TIMING, "PRED_NONE": 0}
     out.update({f"ST_{name}": i for i, name in enumerate(STAT_NAMES)})
-    out.update({f"G_{name}": i for i, name in enumerate(("STACK_FULL", "UNPAIRED", "STALE", "UNWOUND_UNCOUNTED"))})
+    out.update({f"G_{name}": i for i, name in enumerate(("STACK_FULL", "UNPAIRED", "STALE", "UNWOUND_UNCOUNTED",
+                                                                "DEEP_IN_USE"))})
     out.update({f"PRED_{PREDICATE_NAMES[op]}": v for op, v in PREDICATE_OPS.items()})
     return out
 
@@ -123,6 +129,8 @@ class SlotStats:
     unreadable: int = 0
     expired: int = 0  # returned after the session's expiry: in no count, not stored
     unwound: int = 0  # left by unwinding (an exception, a panic, longjmp): no return, so not in calls
+    too_deep: int = 0  # entered deeper than the frames tracked per thread: not tracked, so not in calls
+    tail_calls: int = 0  # left by a tail jump to another function: its RET is not ours, so not in calls
 
 
 class _Libbcc:
@@ -151,10 +159,12 @@ CALIBRATION_ROUNDS = 5
 
 
 class ProbeEngine:
-    def __init__(self, ringbuf_pages: int, string_bytes: int = 64) -> None:
+    def __init__(self, ringbuf_pages: int, string_bytes: int = 64, max_depth: int = 64,
+                 deep_frames: int = 65536) -> None:
         bcc = load_bcc()
         src = bpf_source_dir()
         cflags = [f"-DCORAL_RINGBUF_PAGES={ringbuf_pages}", f"-DCORAL_STR_MAX={string_bytes}", f"-I{src}",
+                  f"-DCORAL_MAX_DEPTH={max_depth}", f"-DCORAL_DEEP_FRAMES={deep_frames}",
                   *(f"-D{name}={value}" for name, value in bpf_constants().items())]
         self._bpf = bcc.BPF(src_file=str(src / "coral_probes.c").encode(), cflags=cflags)
         self.string_bytes = string_bytes
@@ -181,8 +191,10 @@ class ProbeEngine:
         self._slot_table = self._bpf["slots"]
         self._stats = self._bpf["stats"]
         self._hist = self._bpf["hist"]
-        self._unwound = self._bpf["unwound_by_slots"]  # slot set -> frames of calls that left without returning
-        self._unwound_base: dict[int, int] = {}  # by slot: what earlier sessions in it left there
+        self._by_slots_table = self._bpf["by_slots"]  # (slot set, cause) -> calls not seen completed
+        self._by_slots_base: dict[tuple[int, int], int] = {}  # by (slot, cause): what earlier sessions in it left
+        self._deep_frames = self._bpf["deep_frames"]
+        self._deep_deleted = 0  # spilled frames the agent deleted: the kernel's count of those in use is net of them
         self._globals = self._bpf["globals"]
         self._sample_counts = self._bpf["sample_counts"]
         self._budgets = self._bpf["budgets"]
@@ -231,6 +243,7 @@ class ProbeEngine:
         stats = self.stats(slot)
         self._write_budget(slot, 0)
         self._free.append(slot)
+        self.forget_gone_threads()
         return stats
 
     def attached_probes(self, slot: int) -> int:
@@ -313,10 +326,13 @@ class ProbeEngine:
         for i in range(HIST_BUCKETS):
             self._hist[ctypes.c_int(slot * HIST_BUCKETS + i)] = self._hist.Leaf()
         self._sample_counts[ctypes.c_int(slot)] = ctypes.c_ulonglong(0)
-        self._unwound_base[slot] = self._unwound_total(slot)
+        for cause in (BY_UNWOUND, BY_TOO_DEEP, BY_TAIL_CALL):
+            self._by_slots_base[(slot, cause)] = self._by_slots(slot, cause)
 
-    def _unwound_total(self, slot: int) -> int:
-        return sum(int(count.value) for slots, count in self._unwound.items() if int(slots.value) >> slot & 1)
+    def _by_slots(self, slot: int, cause: int) -> int:
+        """A count the program keeps by cause and set of slots, for one slot."""
+        return sum(int(count.value) for key, count in self._by_slots_table.items()
+                   if key.cause == cause and int(key.slots) >> slot & 1)
 
     # ------------------------------------------------------------- sites
 
@@ -443,12 +459,38 @@ class ProbeEngine:
             n = int(self._hist.sum(ctypes.c_int(hb + i)).value)
             if n:
                 hist[i] = n
-        unwound = self._unwound_total(slot) - self._unwound_base.get(slot, 0)
+        unwound, too_deep, tail_calls = (self._by_slots(slot, cause) - self._by_slots_base.get((slot, cause), 0)
+                                         for cause in (BY_UNWOUND, BY_TOO_DEEP, BY_TAIL_CALL))
         return SlotStats(v[ST_CALLS], v[ST_SAMPLED], v[ST_FILTERED], v[ST_RINGBUF], v[ST_EMITTED], v[ST_MAX_NS],
-                         v[ST_SUM_NS], hist, v[ST_UNREADABLE], v[ST_EXPIRED], unwound)
+                         v[ST_SUM_NS], hist, v[ST_UNREADABLE], v[ST_EXPIRED], unwound, too_deep,
+                         tail_calls)
 
     def global_counters(self) -> dict[str, int]:
-        return {name: int(self._globals.sum(ctypes.c_int(i)).value) for i, name in enumerate(GLOBAL_NAMES)}
+        out = {}
+        for i, name in enumerate(GLOBAL_NAMES):
+            total = sum(int(v) for v in self._globals.getvalue(ctypes.c_int(i))) & (1 << 64) - 1
+            out[name] = total - (1 << 64) if total >> 63 else total  # per-CPU parts of a difference may wrap
+        out["deep_frames_in_use"] -= self._deep_deleted
+        return out
+
+    def forget_gone_threads(self) -> int:
+        """Delete the spilled frames of threads that are gone (a thread that
+        ends deep in probed calls leaves them); how many were deleted. Looked
+        through only while the kernel says some are in use."""
+        if self.global_counters()["deep_frames_in_use"] <= 0:
+            return 0
+        deleted = 0
+        for key in list(self._deep_frames.keys()):
+            ident = int(key.thread.id)
+            # Native: pid_tgid, a thread; Go: the tgid alone (goroutines are the runtime's to reuse).
+            path = f"/proc/{ident >> 32}/task/{ident & 0xFFFFFFFF}" if ident >> 32 else f"/proc/{ident}"
+            if os.path.exists(path):
+                continue
+            with contextlib.suppress(KeyError):
+                del self._deep_frames[key]
+                deleted += 1
+        self._deep_deleted += deleted
+        return deleted
 
     def close(self) -> None:
         for fd, _ in self._attached.values():

@@ -9,15 +9,17 @@ boundary it has checked."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import capstone
 
 from coral import procmaps
-from coral.agentd.engine import SITE_ENTRY, SITE_GO, SITE_GO_RET, SITE_PYTHON, SITE_RET, Site
+from coral.agentd.engine import SITE_ENTRY, SITE_GO, SITE_GO_RET, SITE_PYTHON, SITE_RET, SITE_TAIL, Site
 from coral.daemon.errors import InvalidArgument, PermissionDenied
 from coral.elfinfo import ElfFunctions, ElfInfoError, Symbol
 from coral.proto import coral_pb2 as pb
@@ -111,49 +113,97 @@ def checked_function(path: str, file_offset: int) -> int:
     return max(sym.size for sym in starts[file_offset])
 
 
-def return_offsets(path: str, file_offset: int, size: int, none_ok: bool = False) -> list[int]:
-    """File offsets of every RET in the `size` bytes at `file_offset`
-    (capstone): where returns are probed when no uretprobe may be."""
+def _instructions(path: str, file_offset: int, size: int) -> list[Any]:
+    """The `size` bytes at `file_offset` disassembled (capstone), addresses as file offsets."""
     if size <= 0 or size > 1 << 20:
         raise InvalidArgument(f"function size {size} is not plausible")
     with open(path, "rb") as f:
         f.seek(file_offset)
         code = f.read(size)
     md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-    rets, end = [], 0
-    for insn in md.disasm(code, file_offset):
-        end = insn.address + insn.size - file_offset
-        if insn.mnemonic in ("ret", "retq") or insn.mnemonic.endswith((" ret", " retq")):  # also `repz ret`
-            rets.append(insn.address)
+    insns = list(md.disasm(code, file_offset))
+    end = insns[-1].address + insns[-1].size - file_offset if insns else 0
     if end != len(code):
         raise InvalidArgument(f"could not disassemble the whole function ({end} of {len(code)} bytes)")
+    return insns
+
+
+def _is_ret(insn: Any) -> bool:
+    return insn.mnemonic in ("ret", "retq") or insn.mnemonic.endswith((" ret", " retq"))  # also `repz ret`
+
+
+def return_offsets(path: str, file_offset: int, size: int, none_ok: bool = False) -> list[int]:
+    """File offsets of every RET in the `size` bytes at `file_offset`
+    (capstone): where returns are probed when no uretprobe may be."""
+    rets = [insn.address for insn in _instructions(path, file_offset, size) if _is_ret(insn)]
     if not rets and not none_ok:
         raise InvalidArgument("the function has no RET instruction (it never returns, or is a tail call)")
     return rets
 
 
-def unwinding_return_offsets(path: str, file_offset: int, size: int) -> list[int]:
-    """The RETs of a function frames may be unwound through (C++, Rust):
-    its own and those of its `.cold` and `.part` fragments."""
+@dataclass(frozen=True)
+class Exits:
+    """How a function's calls leave it, from its code and that of its
+    `.cold` and `.part` fragments (file offsets)."""
+
+    rets: list[int]
+    tail_jumps: list[int]  # JMPs to another function: the call leaves, and no RET of its own is run
+    calls_out: bool  # it calls, or jumps where its code does not follow (a register, memory, another function)
+
+    @property
+    def leaf(self) -> bool:
+        """Nothing it runs can unwind through its frame: it calls nothing,
+        and every jump stays in its own code."""
+        return not self.calls_out
+
+
+def function_exits(path: str, file_offset: int, size: int) -> Exits:
     elf, starts = _elf(path)
-    rets = return_offsets(path, file_offset, size, none_ok=True)
+    parts = [(file_offset, size)]
     for sym in starts.get(file_offset, []):
         for address, fragment_size in elf.fragments(sym.name):
-            try:
-                rets += return_offsets(path, elf.file_offset(address), fragment_size, none_ok=True)
-            except ElfInfoError:
-                continue
-    if not rets:
-        raise InvalidArgument("the function has no RET instruction, nor have its .cold or .part parts "
-                              "(it never returns, or leaves by a tail call): its calls cannot be timed")
-    return sorted(set(rets))
+            with contextlib.suppress(ElfInfoError):
+                parts.append((elf.file_offset(address), fragment_size))
+    parts = sorted(set(parts))
+
+    def inside(target: int) -> bool:
+        return any(start <= target < start + length for start, length in parts)
+
+    rets, tails, calls_out = [], [], False
+    for start, length in parts:
+        try:
+            insns = _instructions(path, start, length)
+        except InvalidArgument:
+            if start == file_offset:
+                raise
+            continue  # a fragment that does not disassemble is not counted on
+        for insn in insns:
+            op = insn.mnemonic.split()[-1]  # without a prefix (bnd, notrack, rep)
+            if _is_ret(insn):
+                rets.append(insn.address)
+            elif op.startswith("call"):
+                calls_out = True
+            elif op.startswith("j"):
+                try:
+                    target = int(insn.op_str, 16)  # an immediate target; anything else goes through a register or memory
+                except ValueError:
+                    calls_out = True
+                    continue
+                if not inside(target):
+                    calls_out = True
+                    if op == "jmp":
+                        tails.append(insn.address)  # a conditional one cannot be told apart at the probe
+    return Exits(sorted(set(rets)), sorted(set(tails)), calls_out)
 
 
 def native_sites(pid: int, executable: str, meta: pb.FunctionMetadata) -> list[Site]:
-    """Where to probe a native function. The return is seen by a uretprobe
-    only where no unwinder passes through the frame (plain C): it rewrites
-    the return address, which C++ exceptions and Rust panics cannot unwind
-    through, and Go moves stacks. There, a uprobe on every RET instead."""
+    """Where to probe a native function (docs/native-targets.md, "How returns
+    are seen"). A uretprobe rewrites the return address, which C++
+    exceptions and Rust panics cannot unwind through, and Go moves stacks.
+    So the return is seen by a uretprobe in plain C, and in a function that
+    calls nothing (nothing can unwind through it); elsewhere, by a uprobe on
+    every RET, and on every JMP to another function (a tail call, counted:
+    its RET is the other function's)."""
     path = attach_path(pid, executable, meta)
     entry_ip = runtime_address(pid, path, meta.file_offset)
     size = checked_function(path, meta.file_offset)
@@ -164,10 +214,16 @@ def native_sites(pid: int, executable: str, meta: pb.FunctionMetadata) -> list[S
         return sites
     elf, _ = _elf(path)
     if elf.unwinds:
-        rets = unwinding_return_offsets(path, meta.file_offset, size)  # .cold parts may lie elsewhere in the file
-        return [Site(pid, path, meta.file_offset, entry_ip, SITE_ENTRY)] + [
-            Site(pid, path, ret, ip, SITE_RET, func_ip=entry_ip)
-            for ret, ip in zip(rets, runtime_addresses(pid, path, rets), strict=True)]
+        exits = function_exits(path, meta.file_offset, size)  # .cold parts may lie elsewhere in the file
+        if not exits.leaf:
+            if not exits.rets and not exits.tail_jumps:
+                raise InvalidArgument("the function has no RET instruction, nor have its .cold or .part parts "
+                                      "(it never returns): its calls cannot be timed")
+            offsets = exits.rets + exits.tail_jumps
+            flags = [SITE_RET] * len(exits.rets) + [SITE_TAIL] * len(exits.tail_jumps)
+            return [Site(pid, path, meta.file_offset, entry_ip, SITE_ENTRY)] + [
+                Site(pid, path, offset, ip, flag, func_ip=entry_ip)
+                for offset, ip, flag in zip(offsets, runtime_addresses(pid, path, offsets), flags, strict=True)]
     return [Site(pid, path, meta.file_offset, entry_ip, SITE_ENTRY, uretprobe=True)]
 
 

@@ -45,6 +45,11 @@ class SessionsConfig:
     max_events_per_session: int = 100_000
     ring_buffer_pages: int = 4096
     string_bytes: int = 64
+    # Probed calls open at once on one thread or goroutine that are tracked
+    # (deeper entries are counted as too_deep), and the frames beyond each
+    # thread's first 8 that all threads together may hold (docs/native-targets.md).
+    max_call_depth: int = 64
+    deep_frames: int = 65536
     cpu_budget_percent: float = 10.0  # of one CPU; docs/benchmarks.md says why 10
 
     @property
@@ -205,6 +210,8 @@ _POSITIVE = {
     "max_registrations_per_uid",
     "ring_buffer_pages",
     "string_bytes",
+    "max_call_depth",
+    "deep_frames",
     "heartbeat_interval",
     "heartbeat_liveness",
     "poll_interval",
@@ -230,6 +237,10 @@ def _check_value(source: str, section: str, key: str, expected: type, value: Any
         raise ConfigError(f"{where}: must be between 8 and 1024, got {value!r}")
     if key in ("cpu_budget_percent", "ingest_cpu_percent") and not 0 <= value <= 100:
         raise ConfigError(f"{where}: must be between 0 and 100, got {value!r}")
+    if key == "max_call_depth" and not 8 <= value <= 1024:
+        raise ConfigError(f"{where}: must be between 8 and 1024, got {value!r}")
+    if key == "deep_frames" and not 1024 <= value <= 1 << 20:
+        raise ConfigError(f"{where}: must be between 1024 and 1048576, got {value!r}")
     if key == "ring_buffer_pages" and value & (value - 1):
         raise ConfigError(f"{where}: must be a power of two, got {value!r}")
     if key == "retention":
