@@ -19,10 +19,12 @@ import zmq
 from google.protobuf.message import DecodeError, Message
 
 from coral import __version__
+from coral.agentd import probecost
 from coral.agentd.colony_link import ColonyLink
 from coral.agentd.engine import TRAP_NS, ProbeEngine, ProbeError
 from coral.agentd.ingest import IngestBudget
 from coral.agentd.memory import release_compiler_pages, rss_bytes
+from coral.agentd.probecost import ProbeCosts
 from coral.agentd.probes import check_bpf_support
 from coral.agentd.process_calls import ProcessCalls
 from coral.agentd.registry import ProcessRegistry, Registration
@@ -90,8 +92,10 @@ class Agent:
         self._pruned = 0.0
         self._targets_checked = 0.0
         self.store = EventStore(config.agent_state_dir / "agent.duckdb")
-        self.engine = ProbeEngine(config.sessions.ring_buffer_pages, config.sessions.string_bytes)
+        self.engine = ProbeEngine(config.sessions.ring_buffer_pages, config.sessions.string_bytes,
+                                  config.sessions.max_call_depth, config.sessions.deep_frames)
         self._calibrate()
+        probe_costs = self._measure_probe_costs()
         before = rss_bytes()
         released = release_compiler_pages()
         log.info("compiled the BPF program; released the compiler's pages (%d MiB mapped): RSS %d MiB -> %d MiB",
@@ -101,6 +105,7 @@ class Agent:
                                        lambda reg, method, request, answer: self.calls.ask(
                                            reg, method, request, answer, time.monotonic()),
                                        self.engine)
+        self.sessions.probe_costs = probe_costs
         self.counters: dict[str, int] = {}
         self.ingest = IngestBudget(config.agent.ingest_cpu_percent)  # reading and storing calls
         self.sessions.may_drain = lambda: self.ingest.allows(time.monotonic()) and self.sessions.pending < MAX_PENDING
@@ -149,6 +154,18 @@ class Agent:
             return
         log.info("a uprobe hit costs %d ns here outside the BPF program; CPU budgets charge that", ns)
 
+    def _measure_probe_costs(self) -> ProbeCosts:
+        """The probes' own share of a call's duration, by first instruction
+        and return mechanism: empty functions of this process, probed."""
+        try:
+            costs = probecost.measure(self.engine)
+        except (ProbeError, CoralError, OSError) as exc:
+            log.warning("could not measure the probes' own share of durations (%s); sessions show none", exc)
+            return ProbeCosts({})
+        log.info("the probes' own share of a call's duration here (ns, median of %d calls): %s", probecost.CALLS,
+                 ", ".join(f"{kind} + {mechanism} {ns}" for (kind, mechanism), ns in sorted(costs.ns.items())))
+        return costs
+
     def ping(self, req: Message, peer: Peer) -> pb.PingResponse:
         counters = {f"local.{k}": v for k, v in self.local.counters.items()}
         counters.update({f"colony.{k}": v for k, v in self.from_colony.counters.items()})
@@ -165,6 +182,7 @@ class Agent:
         counters.update({f"kernel.{k}": v for k, v in self.engine.global_counters().items()})
         counters["kernel.attached_probes"] = self.engine.attachment_count
         counters["kernel.trap_ns"] = self.engine.trap_ns
+        counters.update({f"kernel.{k}": v for k, v in self.sessions.probe_costs.counters().items()})
         counters["storage.failing"] = int(bool(self.store.health.error))
         counters["storage.write_failures"] = self.store.health.failures
         counters["storage.held_calls"] = self.store.held_calls

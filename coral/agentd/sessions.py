@@ -22,6 +22,7 @@ from typing import Any, cast
 from coral.agentd import abi
 from coral.agentd.engine import NativeRecord, ProbeEngine, ProbeError, PythonRecord, Site, SlotConfig, SlotStats
 from coral.agentd.memory import trim_heap
+from coral.agentd.probecost import ProbeCosts, first_bytes
 from coral.agentd.registry import ProcessRegistry, Registration
 from coral.agentd.store import CallRow, EventStore, SessionRow, rows_in_columns
 from coral.agentd.targets import native_sites, python_site
@@ -96,6 +97,8 @@ class Session:
     unanswered: list[str] = field(default_factory=list)  # instances left out at the start
     ended_ns: int = 0
     return_probe: str = ""  # uretprobe | ret | python (DebugSession.return_probe)
+    entry_instruction: str = ""  # push | nop | nop5 | endbr64 | other; "" for Python
+    probe_cost_ns: int = 0  # the probes' own share of each duration (DebugSession.probe_cost_ns)
     inlined_into: list[str] = field(default_factory=list)  # call sites the function was inlined into: not seen
     stored: int = 0
     lost: Counter[str] = field(default_factory=Counter)
@@ -108,14 +111,16 @@ class Session:
     def to_row(self, stats: SlotStats) -> SessionRow:
         c = self.config
         lost = {"sampled": stats.sampled, "filtered": stats.filtered, "ringbuf_full": stats.ringbuf_full,
-                "unreadable": stats.unreadable, "unwound": stats.unwound, **self.lost}
+                "unreadable": stats.unreadable, "unwound": stats.unwound, "too_deep": stats.too_deep,
+                "tail_call": stats.tail_calls, **self.lost}
         return SessionRow(
             self.session_id, self.service, self.function, self.pids, self.started_ns, self.expires_ns, self.ended_ns,
             self.status, self.reason,
             {"capture_args": c.capture_args, "capture_return": c.capture_return, "sample_rate": c.sample_rate,
              "max_events": self.max_events, "min_duration_ns": c.min_duration_ns, "predicate": c.predicate,
              "owner": self.owner, "unanswered": self.unanswered, "return_probe": self.return_probe,
-             "inlined_into": self.inlined_into,
+             "inlined_into": self.inlined_into, "entry_instruction": self.entry_instruction,
+             "probe_cost_ns": self.probe_cost_ns,
              "stats": {"calls": stats.calls, "sum_ns": stats.sum_ns, "max_ns": stats.max_ns,
                        "histogram": {str(k): v for k, v in stats.histogram.items()}}},
             {k: v for k, v in lost.items() if v},
@@ -149,6 +154,7 @@ class SessionManager:
         self.store = store
         self.ask = ask
         self.engine = engine
+        self.probe_costs = ProbeCosts({})  # measured by the agent at start-up (coral/agentd/probecost.py)
         self.active: dict[str, Session] = {}
         self.starting: dict[str, Starting] = {}  # attaches waiting on their processes
         self.counters: Counter[str] = Counter()
@@ -314,6 +320,9 @@ class SessionManager:
             "uretprobe" if any(s.uretprobe for t in targets for s in t.sites) else "ret",
             inlined_into=list(first.inlined_into),
         )
+        if first.kind != "python":
+            session.entry_instruction, session.probe_cost_ns = self.probe_costs.of(
+                first_bytes(targets[0].sites[0]), session.return_probe)
         self.active[session.session_id] = session
         self._by_slot[slot] = session
         self.store.save_session(session.to_row(SlotStats()))
@@ -533,6 +542,8 @@ class SessionManager:
             unanswered=[str(u) for u in cast(list[object], c.get("unanswered", []))],
             return_probe=str(c.get("return_probe", "")),
             inlined_into=[str(x) for x in cast(list[object], c.get("inlined_into", []))],
+            entry_instruction=str(c.get("entry_instruction", "")),
+            probe_cost_ns=int(cast(int, c.get("probe_cost_ns", 0))),
         )
 
     def session(self, session_id: str) -> pb.DebugSession:

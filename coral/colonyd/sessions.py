@@ -146,6 +146,8 @@ def merge(session: pb.DebugSession) -> None:
     del session.unanswered[:]
     session.unanswered.extend(u for s in parts for u in s.unanswered)
     session.return_probe = ",".join(sorted({s.return_probe for s in parts if s.return_probe}))
+    session.entry_instruction = ",".join(sorted({s.entry_instruction for s in parts if s.entry_instruction}))
+    session.probe_cost_ns = max(s.probe_cost_ns for s in parts)
     del session.inlined_into[:]
     session.inlined_into.extend(max((list(s.inlined_into) for s in parts), key=len, default=[]))  # one binary, seen by each
     session.calls = sum(s.calls for s in parts)

@@ -225,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="mark calls at least this slow (e.g. 500ms) and count them in the summary",
     )
+    a.add_argument("--subtract-probe-cost", action="store_true",
+                   help="take the probes' own share of each duration (measured by the agent; the summary shows it) "
+                        "out of every duration and percentile")
     a.add_argument("--save", metavar="PATH", help="write the calls here as JSON (default: ./debug-sessions/SESSION/calls.json)")
     a.add_argument("--no-save", action="store_true", help="do not write the calls to a file")
     a.add_argument(
@@ -241,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--since", type=duration_arg, default=0.0, help="only the last 5m, 1h, ...")
     e.add_argument("--follow", action="store_true", help="keep showing new calls until the session ends")
     e.add_argument("--slow", type=duration_arg, default=0.0, metavar="DURATION", help="mark calls at least this slow")
+    e.add_argument("--subtract-probe-cost", action="store_true",
+                   help="take the probes' own share of each duration out of every duration and percentile")
     e.add_argument("--save", metavar="PATH", help="also write the calls here as JSON")
     d = command(debug, "detach", "end a session now", common)
     d.add_argument("session")
@@ -282,6 +287,7 @@ class Ctl:
         self.out = Output(args.output == "json")
         self.style = render.Style.for_stream(sys.stdout)
         self.slow_ns = round(getattr(args, "slow", 0.0) * 1e9)
+        self.subtract = bool(getattr(args, "subtract_probe_cost", False))
         endpoint = args.endpoint or (config.agent_endpoint if args.local else config.colony_frontend)
         self.target = "agent" if args.local else "colony"
         keys = curve.client_keys(config, endpoint, args.key, args.colony_key)  # ConfigError: tcp without keys
@@ -414,7 +420,7 @@ class Ctl:
         finally:
             if sink is not None:
                 sink.close()
-        return final, render.summarize_session(final, durations), tally, sink
+        return final, render.summarize_session(final, durations, self.subtract), tally, sink
 
     def _call_file(self, session_id: str, save_default: bool) -> CallFile | None:
         if getattr(self.args, "no_save", False):
@@ -449,6 +455,8 @@ class Ctl:
                 )
                 self.show_agent = self.show_agent or len(q.session.parts) > 1
                 for call in q.calls:
+                    if self.subtract:
+                        call.duration_ns = render.without_probe_cost(call.duration_ns, q.session)
                     seen(call)
                     self._print_call(call)
                 cursor = q.next_cursor

@@ -7,7 +7,7 @@ import os
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, TextIO
 
 from google.protobuf.message import Message
@@ -119,6 +119,8 @@ class Summary:
     p95_ns: int
     p99_ns: int
     max_ns: int
+    probe_cost_ns: int = 0  # of each duration, the probes' own (DebugSession.probe_cost_ns)
+    probe_cost_subtracted: bool = False  # taken out of the figures above (--subtract-probe-cost)
 
 
 def percentile(sorted_values: Sequence[int], p: float) -> int:
@@ -129,14 +131,24 @@ def percentile(sorted_values: Sequence[int], p: float) -> int:
     return sorted_values[rank - 1]
 
 
-def summarize_session(session: pb.DebugSession, durations_ns: Sequence[int]) -> Summary:
+def summarize_session(session: pb.DebugSession, durations_ns: Sequence[int], subtract: bool = False) -> Summary:
     """Prefer the kernel's counts, which cover every call (sampled, filtered
-    and lost ones too); fall back to the calls seen."""
+    and lost ones too); fall back to the calls seen (already without the
+    probe cost if `subtract`). With `subtract`, the probes' own share of
+    each duration is taken out of the kernel's figures."""
+    cost = session.probe_cost_ns
     if not session.total_calls:
-        return summarize(durations_ns)
+        return replace(summarize(durations_ns), probe_cost_ns=cost, probe_cost_subtracted=subtract)
     hist, top = dict(session.histogram), session.max_duration_ns
-    return Summary(session.total_calls, session.sum_duration_ns / session.total_calls, percentile_ns(hist, 50, top),
-                   percentile_ns(hist, 95, top), percentile_ns(hist, 99, top), top)
+    cut = cost if subtract else 0
+    figures = [percentile_ns(hist, p, top) for p in (50, 95, 99)] + [top]
+    p50, p95, p99, high = (max(0, v - cut) for v in figures)
+    return Summary(session.total_calls, max(0.0, session.sum_duration_ns / session.total_calls - cut), p50, p95, p99,
+                   high, cost, subtract)
+
+
+def without_probe_cost(duration_ns: int, session: pb.DebugSession) -> int:
+    return max(0, duration_ns - session.probe_cost_ns)
 
 
 def summarize(durations_ns: Sequence[int]) -> Summary:
@@ -181,6 +193,11 @@ def format_summary(s: Summary, session: pb.DebugSession, tally: Tally | None = N
     ]
     if slow_ns:
         lines.append(f"  Slow calls (>{format_ns(slow_ns)}): {_pct(tally.slow, tally.shown)}")
+    if s.probe_cost_ns:
+        lines.append(f"  Probe cost:   {format_ns(s.probe_cost_ns)} of each duration is the probes' own "
+                     f"({probe_kind(session)}, measured by the agent); "
+                     + ("taken out above, not in the histogram" if s.probe_cost_subtracted
+                        else "--subtract-probe-cost takes it out"))
     lost = {k: v for k, v in session.lost.items() if v}
     if lost:
         lines.append("  Calls not shown: " + ", ".join(f"{n} {LOST_CAUSES.get(c, c)}" for c, n in sorted(lost.items())))
@@ -188,6 +205,16 @@ def format_summary(s: Summary, session: pb.DebugSession, tally: Tally | None = N
     lines.extend(format_agents(session, style))
     lines.extend(format_histogram(dict(session.histogram), style))
     return lines
+
+
+ENTRY_KINDS = {"push": "an emulated push", "nop": "a 1-byte NOP", "nop5": "a 5-byte NOP", "endbr64": "endbr64",
+               "other": "a single-stepped instruction"}
+
+
+def probe_kind(session: pb.DebugSession) -> str:
+    """`entry on a single-stepped instruction, return by uretprobe`."""
+    entries = [ENTRY_KINDS.get(k, k) for k in session.entry_instruction.split(",") if k]
+    return f"entry on {' or '.join(entries) or 'its first instruction'}, return by {session.return_probe or 'a probe'}"
 
 
 def agents_of(session: pb.DebugSession) -> list[dict[str, Any]]:
@@ -247,6 +274,8 @@ LOST_CAUSES = {
     "max_events": "over --max-calls",
     "unreadable": "lost: the process's record could not be read",
     "unwound": "left by an exception, a panic or longjmp (no return, no duration)",
+    "too_deep": "entered deeper than the calls tracked per thread ([sessions] max_call_depth)",
+    "tail_call": "left by a tail jump to another function (no return of its own, no duration)",
 }
 
 
