@@ -19,9 +19,9 @@
 // sampling and filters, so the summary covers all calls; every record that
 // does not reach the agent is counted by cause.
 //
-// A session may have a CPU budget: each hit's cost (the time spent inside
-// this program, measured with bpf_ktime_get_ns, plus trap_cost for the
-// uprobe trap that precedes it) is charged to every slot it served, summed
+// A session may have a CPU budget: each hit's cost (trap_cost: what the
+// agent measured a hit to cost, the trap and this program together) is
+// charged to every slot it served, summed
 // over all CPUs in a fixed window of CORAL_BUDGET_WINDOW_NS. A slot that
 // spends more than its limit in a window is marked in `stopped`, which the
 // program checks first thing: from then on it records nothing, and the
@@ -46,12 +46,13 @@
 //     G_UNWOUND_UNCOUNTED (such frames, or too deep entries, not counted for their sessions:
 //     by_slots is full), G_DEEP_IN_USE (frames in deep_frames: spilled minus taken back)
 //   BY_UNWOUND, BY_TOO_DEEP, BY_TAIL_CALL (causes in by_slots)
-//   EV_NATIVE, EV_PYTHON, EV_PYTHON_TIMING (a Python call with only its timing to show)
+//   EV_NATIVE, EV_PYTHON, EV_PYTHON_TIMING (a Python call with only its timing to show),
+//     EV_NATIVE_TIMING (likewise, native)
 //   PRED_NONE, PRED_EQ, PRED_NE, PRED_LT, PRED_LE, PRED_GT, PRED_GE
 #include <uapi/linux/ptrace.h>
 #include "coral_records.h"            // the ring buffer's records (and struct coral_call)
 
-#if !defined(CORAL_STATS) || !defined(G_DEEP_IN_USE) || !defined(BY_TAIL_CALL) || !defined(CORAL_MAX_DEPTH) || !defined(SITE_RET) || !defined(PRED_GE) || !defined(EV_PYTHON_TIMING)
+#if !defined(CORAL_STATS) || !defined(G_DEEP_IN_USE) || !defined(BY_TAIL_CALL) || !defined(CORAL_MAX_DEPTH) || !defined(SITE_RET) || !defined(PRED_GE) || !defined(EV_NATIVE_TIMING)
 #error "compile through coral/agentd/engine.py, which defines the constants shared with Python"
 #endif
 
@@ -78,7 +79,9 @@ struct slot_config {
     u32 capture;                     // bit0 args, bit1 return
     u64 min_duration_ns;
     u64 fn_id;                       // Python: the armed function's id
-    s32 str_arg[2];                  // native: args read as C strings (-1: none)
+    s32 str_arg[2];                  // native: args read as C strings (-1: none), into strs[0], strs[1]
+    s32 str_ret;                     // native: the result register read as a string (-1: none) ...
+    u32 str_ret_at;                  // ... into strs[str_ret_at]: the first one no argument uses
     s32 pred_arg;                    // -1: no predicate
     u32 pred_op;
     s64 pred_value;
@@ -129,10 +132,33 @@ BPF_PERCPU_ARRAY(hist, u64, CORAL_MAX_SLOTS * CORAL_HIST_BUCKETS);
 BPF_PERCPU_ARRAY(globals, u64, 5);
 // Sampling needs one global order of calls: an atomic counter, only when sampling.
 BPF_ARRAY(sample_counts, u64, CORAL_MAX_SLOTS);
-// A thread's frames stay allocated between calls (no insert and delete per
-// call); threads that are gone are evicted when the map is full.
+// A native thread's frames live in its task's own storage: found without
+// hashing (about 30 ns less a hit than the LRU here), allocated when the
+// thread first enters a probed function, freed by the kernel when it ends.
+BPF_TASK_STORAGE(thread_stacks, struct stack);
+// A goroutine's frames, keyed by (tgid, g): they stay allocated between
+// calls (no insert and delete per call); goroutines that are gone are
+// evicted when the map is full.
 BPF_TABLE("lru_hash", struct thread_key, struct stack, stacks, 65536);
 BPF_PERCPU_ARRAY(empty_stack, struct stack, 1);
+
+// The frames of this thread (native) or of the goroutine `tk` names (Go),
+// created if `create`. `go` is a constant at each call: each copy uses one map.
+static __always_inline struct stack *stack_of(struct thread_key *tk, int go, int create)
+{
+    if (!go)
+        return thread_stacks.task_storage_get(bpf_get_current_task_btf(), 0,
+                                              create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+    struct stack *st = stacks.lookup(tk);
+    if (st || !create)
+        return st;
+    u32 zero = 0;
+    struct stack *empty = empty_stack.lookup(&zero);
+    if (!empty)
+        return 0;
+    stacks.update(tk, empty);
+    return stacks.lookup(tk);
+}
 // Preallocated, CORAL_DEEP_FRAMES for all threads together: not an LRU, which
 // would evict a live thread's outer frames. A thread that ends deep leaves
 // its spilled frames; the same thread key overwrites them, and the agent
@@ -153,13 +179,17 @@ static __always_inline u64 stopped_slots(void)
     return mask ? *mask : 0;
 }
 
-// Charge one hit, started at t0, to the slots in `mask` that have a budget.
-static __always_inline void charge(u64 mask, u64 t0)
+// Charge one hit, at `now`, to the slots in `mask` that have a budget. A
+// hit reads the clock once (bpf_ktime_get_ns costs about 55 ns here, a
+// tenth of a whole hit's work in this program): its cost is the agent's
+// measure of a hit, not timed again.
+static __always_inline void charge(u64 mask, u64 now)
 {
-    u64 now = bpf_ktime_get_ns();
+    if (!mask)
+        return;
     u32 zero = 0;
     u64 *trap = trap_cost.lookup(&zero);
-    u64 cost = now - t0 + (trap ? *trap : 0);
+    u64 cost = trap ? *trap : 0;
     for (u32 slot = 0; slot < CORAL_MAX_SLOTS; slot++) {
         if (!(mask >> slot))
             break;
@@ -307,6 +337,22 @@ static __always_inline void finish_native(struct frame *f, u64 now, u64 *results
         struct slot_config *cfg = slots.lookup(&key);
         if (!cfg || !account(slot, cfg, now, duration, f->args))
             continue;
+        if (!(cfg->capture & 3)) {
+            struct native_timing_event *t = events.ringbuf_reserve(sizeof(*t));
+            if (!t) {
+                bump_stat(slot, ST_RINGBUF);
+                continue;
+            }
+            t->type = EV_NATIVE_TIMING;
+            t->slot = slot;
+            t->pid = id >> 32;
+            t->tid = (u32)id;
+            t->start_ns = f->ts;
+            t->duration_ns = duration;
+            events.ringbuf_submit(t, BPF_RB_NO_WAKEUP);
+            bump_stat(slot, ST_EMITTED);
+            continue;
+        }
         struct native_event *e = events.ringbuf_reserve(sizeof(*e));
         if (!e) {
             bump_stat(slot, ST_RINGBUF);
@@ -324,8 +370,13 @@ static __always_inline void finish_native(struct frame *f, u64 now, u64 *results
             read_str(e->strs[0], cfg->str_arg[0], f);
             read_str(e->strs[1], cfg->str_arg[1], f);
         }
-        if (cfg->capture & 2)
+        if (cfg->capture & 2) {
             __builtin_memcpy(e->results, results, sizeof(e->results));
+            if (cfg->str_ret >= 0) {
+                u64 p = cfg->str_ret == 1 ? results[1] : cfg->str_ret == 2 ? results[2] : results[0];
+                bpf_probe_read_user_str(e->strs[cfg->str_ret_at & 1], CORAL_STR_MAX, (void *)p);
+            }
+        }
         events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
         bump_stat(slot, ST_EMITTED);
     }
@@ -420,19 +471,12 @@ static __always_inline void drop_top(struct stack *st, struct thread_key *tk, u3
     take_back(st, tk, depth - 1);
 }
 
-static __always_inline void push_frame(struct thread_key *tk, u64 watching, u64 ip, struct pt_regs *ctx, int go)
+// Returns the entry's timestamp, or 0 if it took none (the frame was not pushed).
+static __always_inline u64 push_frame(struct thread_key *tk, u64 watching, u64 ip, struct pt_regs *ctx, int go)
 {
-    struct stack *st = stacks.lookup(tk);
-    if (!st) {
-        u32 zero = 0;
-        struct stack *empty = empty_stack.lookup(&zero);
-        if (!empty)
-            return;
-        stacks.update(tk, empty);
-        st = stacks.lookup(tk);
-        if (!st)
-            return;
-    }
+    struct stack *st = stack_of(tk, go, 1);
+    if (!st)
+        return 0;
     u64 sp = go ? go_frame_sp(ctx) : PT_REGS_SP(ctx);
     u32 depth = st->depth;
     if (go && depth > 0 && depth <= CORAL_MAX_DEPTH) {
@@ -440,7 +484,7 @@ static __always_inline void push_frame(struct thread_key *tk, u64 watching, u64 
         // from its first instruction: the same call, not a new one.
         struct frame *top = &st->frames[RING(depth - 1)];
         if (top->func_ip == ip && top->sp == sp && top->at == st->changes)
-            return;  // nothing came between: a restart (a frame at the same place after others is dead)
+            return 0;  // nothing came between: a restart (a frame at the same place after others is dead)
     }
     // A frame at or below this entry's position is dead: its call left
     // without returning (an exception unwound it), since a live caller's
@@ -458,7 +502,7 @@ static __always_inline void push_frame(struct thread_key *tk, u64 watching, u64 
     if (depth >= CORAL_MAX_DEPTH) {
         bump_global(G_STACK_FULL);  // untracked; its return will find an outer frame and be ignored
         count_by_slots(watching, BY_TOO_DEEP);
-        return;
+        return 0;
     }
     struct frame *f = &st->frames[RING(depth)];
     if (depth >= CORAL_RING_FRAMES) {
@@ -467,11 +511,12 @@ static __always_inline void push_frame(struct thread_key *tk, u64 watching, u64 
         if (deep_frames.update(&dk, f) != 0) {
             bump_global(G_STACK_FULL);  // deep_frames is full
             count_by_slots(watching, BY_TOO_DEEP);
-            return;
+            return 0;
         }
         add_global(G_DEEP_IN_USE, 1);
     }
-    f->ts = bpf_ktime_get_ns();
+    u64 ts = bpf_ktime_get_ns();
+    f->ts = ts;
     f->sp = sp;
     f->func_ip = ip;
     f->slots = watching;
@@ -494,6 +539,7 @@ static __always_inline void push_frame(struct thread_key *tk, u64 watching, u64 
     st->changes++;
     f->at = st->changes;
     st->depth = depth + 1;
+    return ts;
 }
 
 // Find the frame a return belongs to and finish that call: the frame whose
@@ -501,10 +547,11 @@ static __always_inline void push_frame(struct thread_key *tk, u64 watching, u64 
 // left without returning (longjmp, panic): up to CORAL_DROP_MAX of them here,
 // the rest by later hits. A return from a call we did not see enter finds an
 // outer frame and is ignored. Returns the slots the call was reported to
-// (what the hit is charged to).
-static __always_inline u64 pop_frame(struct thread_key *tk, u64 entry_sp, u64 func_ip, u64 *results, u64 id, int tail)
+// (what the hit is charged to), and the time it took in *now_out.
+static __always_inline u64 pop_frame(struct thread_key *tk, u64 entry_sp, u64 func_ip, u64 *results, u64 id, int tail,
+                                     u64 *now_out, int go)
 {
-    struct stack *st = stacks.lookup(tk);
+    struct stack *st = stack_of(tk, go, 0);
     if (!st) {
         bump_global(G_UNPAIRED);
         return 0;
@@ -528,6 +575,7 @@ static __always_inline u64 pop_frame(struct thread_key *tk, u64 entry_sp, u64 fu
         return 0;
     }
     u64 now = bpf_ktime_get_ns();
+    *now_out = now;
     struct frame *f = &st->frames[RING(found - 1)];
     u64 watching = f->slots & ~stopped_slots();  // a slot stopped since the entry reports nothing
     if (tail)
@@ -540,7 +588,8 @@ static __always_inline u64 pop_frame(struct thread_key *tk, u64 entry_sp, u64 fu
     return watching;
 }
 
-static __always_inline int python_call(struct pt_regs *ctx, u64 watching, u64 id)
+// Returns the time it read (what the hit is charged at), or 0.
+static __always_inline u64 python_call(struct pt_regs *ctx, u64 watching, u64 id)
 {
     const struct coral_call *rec = (const struct coral_call *)PT_REGS_PARM1(ctx);
     u64 head[5];  // fn_id, call_id, start_ns, end_ns, flags (and args_len)
@@ -591,13 +640,12 @@ static __always_inline int python_call(struct pt_regs *ctx, u64 watching, u64 id
         events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
         bump_stat(slot, ST_EMITTED);
     }
-    return 0;
+    return now;
 }
 
 // Attached at every entry site, every RET and tail JMP site (Go, C++, Rust) and every Python site.
 int coral_hit(struct pt_regs *ctx)
 {
-    u64 t0 = bpf_ktime_get_ns();
     u64 id = bpf_get_current_pid_tgid();
     struct site_key key = {.tgid = id >> 32, .pad = 0, .ip = PT_REGS_IP(ctx)};
     struct site *s = sites.lookup(&key);
@@ -606,9 +654,10 @@ int coral_hit(struct pt_regs *ctx)
     u64 watching = s->slots & ~stopped_slots();
     if (!watching)
         return 0;
+    u64 now = 0;
     if (s->flags & SITE_PYTHON) {
-        python_call(ctx, watching, id);
-        charge(watching, t0);
+        now = python_call(ctx, watching, id);
+        charge(watching, now ? now : bpf_ktime_get_ns());
         return 0;
     }
     // Frames per goroutine for Go (R14 holds g), per thread otherwise.
@@ -625,23 +674,29 @@ int coral_hit(struct pt_regs *ctx)
         // At a RET, or a JMP to another function, the stack pointer is back
         // where it was at entry (it points at the return address).
         u64 sp = go ? go_frame_sp(ctx) : PT_REGS_SP(ctx);
-        watching = pop_frame(&tk, sp, s->func_ip, results, id, s->flags & SITE_TAIL);
+        int tail = s->flags & SITE_TAIL;
+        if (go)  // constant in each copy, as for push_frame
+            watching = pop_frame(&tk, sp, s->func_ip, results, id, tail, &now, 1);
+        else
+            watching = pop_frame(&tk, sp, s->func_ip, results, id, tail, &now, 0);
     } else if (go)
-        push_frame(&tk, watching, key.ip, ctx, 1);  // constant: each copy reads its own ABI's registers
+        now = push_frame(&tk, watching, key.ip, ctx, 1);  // constant: each copy reads its own ABI's registers
     else
-        push_frame(&tk, watching, key.ip, ctx, 0);
-    charge(watching, t0);
+        now = push_frame(&tk, watching, key.ip, ctx, 0);
+    if (watching)
+        charge(watching, now ? now : bpf_ktime_get_ns());  // no frame pushed (too deep, say): still a hit
     return 0;
 }
 
 // uretprobe of native (non-Go) functions: the top frame of this thread.
 int coral_return(struct pt_regs *ctx)
 {
-    u64 t0 = bpf_ktime_get_ns();
     u64 id = bpf_get_current_pid_tgid();
     struct thread_key tk = {.id = id, .g = 0};
     u64 results[3] = {PT_REGS_RC(ctx), ctx->dx, 0};
-    u64 watching = pop_frame(&tk, PT_REGS_SP(ctx) - 8, 0, results, id, 0);
-    charge(watching, t0);
+    u64 now = 0;
+    u64 watching = pop_frame(&tk, PT_REGS_SP(ctx) - 8, 0, results, id, 0, &now, 0);
+    if (watching)
+        charge(watching, now);
     return 0;
 }

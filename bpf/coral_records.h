@@ -23,7 +23,16 @@ struct native_event {
     u64 duration_ns;
     u64 results[3];                  /* RAX, RDX (C) or RAX, RBX, RCX (Go) */
     u64 args[6];
-    char strs[2][CORAL_STR_MAX];
+    char strs[2][CORAL_STR_MAX];     /* strings the arguments, then the result, point at (slot_config) */
+};
+
+struct native_timing_event {         /* a native call with only its timing to show: 32 bytes, not 232 */
+    u32 type;                        /* EV_NATIVE_TIMING */
+    u32 slot;
+    u32 pid;
+    u32 tid;
+    u64 start_ns;
+    u64 duration_ns;
 };
 
 struct python_event {

@@ -148,3 +148,55 @@ def test_native_secrets_are_redacted_before_they_are_stored(coral_env: CoralEnv,
         if f.is_file():
             data = f.read_bytes()
             assert b"hunter2" not in data and b"4111 1111" not in data, f
+
+
+LABELS = r"""
+// Each input line N: label(N) and both(N, label(N)); prints the labels.
+#include <stdio.h>
+#include <stdlib.h>
+static const char *const NAMES[] = {"approved", "declined", "pending"};
+__attribute__((noinline)) const char *label(int code) { return code >= 0 && code < 3 ? NAMES[code] : NULL; }
+__attribute__((noinline)) const char *both(const char *a, const char *b) { return a ? a : b; }
+int main(void) {
+    char line[64];
+    while (fgets(line, sizeof line, stdin)) {
+        const char *l = label(atoi(line));
+        printf("%s %s\n", l ? l : "(null)", both(l, "other"));
+        fflush(stdout);
+    }
+    return 0;
+}
+"""
+
+
+def test_a_string_result_is_followed(coral_env: CoralEnv, agent: Process, tmp_path: Path) -> None:
+    """A `const char *` result is copied in the kernel at the return, as a
+    string argument is: shown as the string, NULL as NULL. With two string
+    arguments captured too, both of the record's string slots are theirs,
+    and the result is shown as its address."""
+    (tmp_path / "labels.c").write_text(LABELS)
+    binary = tmp_path / "labels"
+    subprocess.run(["gcc", "-g", "-O1", "-o", str(binary), str(tmp_path / "labels.c")], check=True)
+    run = run_service(coral_env, "labels", binary)
+    try:
+        sessions = []
+        for function, flags in (("label", ["--capture-return"]), ("both", ["--capture-args", "--capture-return"])):
+            p = subprocess.Popen([tool("coralctl"), "--local", "--output", "json", "debug", "attach", "labels",
+                                  "--function", function, "--duration", "2s", "--no-save", *flags],
+                                 env=coral_env.env, stdout=subprocess.PIPE, text=True)
+            assert p.stdout is not None
+            assert json.loads(p.stdout.readline())["kind"] == "session"
+            sessions.append(p)
+        assert run.proc.stdin is not None and run.proc.stdout is not None
+        for code in (1, 7):
+            run.proc.stdin.write(f"{code}\n".encode())
+            run.proc.stdin.flush()
+            run.proc.stdout.readline()
+        label, both = ([json.loads(line) for line in p.communicate(timeout=30)[0].splitlines()
+                        if '"kind":"call"' in line] for p in sessions)
+        assert [(c["return_value"]["type"], c["return_value"]["value"]) for c in label] == [
+            ("const char *", "'declined'"), ("const char *", "NULL")]
+        assert [a["value"] for a in both[0]["args"]] == ["'declined'", "'other'"]
+        assert both[0]["return_value"]["value"].startswith("0x"), both[0]
+    finally:
+        run.stop()

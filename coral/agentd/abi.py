@@ -86,6 +86,14 @@ def string_registers(meta: pb.FunctionMetadata) -> tuple[int, int]:
     return padded[0], padded[1]
 
 
+def string_result_register(meta: pb.FunctionMetadata) -> int:
+    """The result register holding a string pointer (C `char *`, Go
+    `string` or `[]byte`: the first such result), which the kernel follows
+    at return; -1 if none."""
+    return next((s.regs[0] for s in result_layout(meta) if s.shape in ("cstring", "gostring", "goslice") and s.regs),
+                -1)
+
+
 def show(slot: Slot, values: tuple[int, ...], strings: dict[int, bytes], string_bytes: int = 64) -> str:
     """One value as text, from the captured registers (and copied strings)."""
     if slot.shape == "float":

@@ -36,7 +36,7 @@ BY_UNWOUND, BY_TOO_DEEP, BY_TAIL_CALL = 1, 2, 3  # causes of calls not seen comp
 RING_FRAMES = 8  # frames each thread's stack holds itself (CORAL_RING_FRAMES); deeper ones go to deep_frames
 
 SITE_ENTRY, SITE_GO, SITE_GO_RET, SITE_PYTHON, SITE_RET, SITE_TAIL = 0x1, 0x2, 0x4, 0x8, 0x10, 0x20
-EV_NATIVE, EV_PYTHON, EV_PYTHON_TIMING = 1, 2, 3
+EV_NATIVE, EV_PYTHON, EV_PYTHON_TIMING, EV_NATIVE_TIMING = 1, 2, 3, 4
 PREDICATE_OPS = {"==": 1, "!=": 2, "<": 3, "<=": 4, ">": 5, ">=": 6}
 PREDICATE_NAMES = {"==": "EQ", "!=": "NE", "<": "LT", "<=": "LE", ">": "GT", ">=": "GE"}
 
@@ -48,7 +48,8 @@ def bpf_constants() -> dict[str, int]:
            "SITE_ENTRY": SITE_ENTRY, "SITE_GO": SITE_GO, "SITE_GO_RET": SITE_GO_RET, "SITE_PYTHON": SITE_PYTHON,
            "SITE_RET": SITE_RET, "SITE_TAIL": SITE_TAIL,
            "BY_UNWOUND": BY_UNWOUND, "BY_TOO_DEEP": BY_TOO_DEEP, "BY_TAIL_CALL": BY_TAIL_CALL,
-           "EV_NATIVE": EV_NATIVE, "EV_PYTHON": EV_PYTHON, "EV_PYTHON_TIMING": EV_PYTHON_TIMING, "PRED_NONE": 0}
+           "EV_NATIVE": EV_NATIVE, "EV_PYTHON": EV_PYTHON, "EV_PYTHON_TIMING": EV_PYTHON_TIMING,
+           "EV_NATIVE_TIMING": EV_NATIVE_TIMING, "PRED_NONE": 0}
     out.update({f"ST_{name}": i for i, name in enumerate(STAT_NAMES)})
     out.update({f"G_{name}": i for i, name in enumerate(("STACK_FULL", "UNPAIRED", "STALE", "UNWOUND_UNCOUNTED",
                                                                 "DEEP_IN_USE"))})
@@ -88,6 +89,7 @@ class SlotConfig:
     min_duration_ns: int = 0
     fn_id: int = 0
     str_args: tuple[int, int] = (-1, -1)
+    str_result: int = -1  # the result register read as a string, into the first string slot no argument uses
     predicate: tuple[int, str, int, int, bool] | None = None  # (arg index, op, value, width in bytes, signed)
     expires_monotonic_ns: int = 0  # CLOCK_MONOTONIC (bpf_ktime_get_ns): later calls are not counted; 0: never
 
@@ -148,11 +150,11 @@ class _Libbcc:
         self.close_fd.argtypes = [ctypes.c_int]
 
 
-# What a uprobe hit costs outside the BPF program (the trap into the kernel
-# and back), charged to a session's CPU budget on top of the time measured
-# inside the program. The agent measures it at start-up (calibrate); this is
-# the figure it falls back on if it cannot: docs/benchmarks.md measured a raw
-# BCC entry + return probe at about 13 µs per call on a quiet 2-vCPU VM.
+# What a uprobe hit costs (the trap into the kernel and back, and the
+# program's work), charged to a session's CPU budget per hit. The agent
+# measures it at start-up (calibrate); this is the figure it falls back on
+# if it cannot: docs/benchmarks.md measured a raw BCC entry + return probe
+# at about 13 µs per call on a quiet 2-vCPU VM.
 TRAP_NS = 6000
 CALIBRATION_CALLS = 2000
 CALIBRATION_ROUNDS = 5
@@ -171,6 +173,10 @@ class ProbeEngine:
         records = record_layouts(string_bytes)
         native, python, timing = records["native_event"], records["python_event"], records["python_timing_event"]
         self._native, self._python, self._python_timing = native.struct, python.struct, timing.struct
+        native_timing = records["native_timing_event"]
+        self._native_timing = native_timing.struct
+        self._native_timing_scalars = itemgetter(*(native_timing.values(n).start for n in (
+            "slot", "pid", "tid", "start_ns", "duration_ns")))
         # Where each record's values are, by member name (the header is their one definition).
         call = records["coral_call"]
         self._native_scalars = itemgetter(*(native.values(n).start for n in ("slot", "pid", "tid", "start_ns",
@@ -257,6 +263,9 @@ class ProbeEngine:
         v.fn_id = c.fn_id
         v.expires_ns = c.expires_monotonic_ns
         v.str_arg[0], v.str_arg[1] = c.str_args
+        v.str_ret, v.str_ret_at = c.str_result, sum(r >= 0 for r in c.str_args)
+        if v.str_ret_at > 1:
+            v.str_ret = -1  # both string slots hold arguments: the result is shown as an address
         if c.predicate is None:
             v.pred_arg, v.pred_op, v.pred_value, v.pred_bytes, v.pred_signed = -1, 0, 0, 8, 1
         else:
@@ -284,12 +293,11 @@ class ProbeEngine:
         self._trap_cost[ctypes.c_int(0)] = ctypes.c_ulonglong(ns)
 
     def calibrate(self, site: Site, call: Callable[[], object]) -> int:
-        """Measure what one uprobe hit costs on this machine, outside the
-        program, and charge that to budgets from now on. `site` is `call`'s
-        first instruction in this process: an entry and a return probe go
-        there, with no site registered in the map, so the program returns
-        at once. The calls' added time, median of a few rounds, halved, is
-        one hit."""
+        """Measure what one uprobe hit costs on this machine, the trap and
+        this program's work together, and charge that to budgets from now
+        on. `site` is `call`'s first instruction in this process: a slot of
+        its own watches it, timing only, as a session would. The calls'
+        added time, median of a few rounds, halved, is one hit."""
 
         def per_call() -> float:
             rounds = []
@@ -301,15 +309,12 @@ class ProbeEngine:
             return statistics.median(rounds)
 
         bare = per_call()
-        self._acquire(site, retprobe=True)
+        slot = self.open_slot(SlotConfig(), [site])
         try:
-            self._acquire(site, retprobe=False)
-            try:
-                probed = per_call()
-            finally:
-                self._release_one(site, retprobe=False)
+            probed = per_call()
         finally:
-            self._release_one(site, retprobe=True)
+            self.close_slot(slot)
+            self.drain()  # its records: nobody's
         for i in range(len(GLOBAL_NAMES)):  # its frames and returns: not the kernel counters' business
             self._globals[ctypes.c_int(i)] = self._globals.Leaf()
         ns = max(0, int((probed - bare) / 2))
@@ -419,6 +424,9 @@ class ProbeEngine:
             results, args, strs = f[at_results], f[at_args], f[at_strs]
             self._pending[slot].append(NativeRecord(pid, tid, start, duration, results, args,
                                                     (strs[0].split(b"\0", 1)[0], strs[1].split(b"\0", 1)[0])))
+        elif kind == EV_NATIVE_TIMING and size >= self._native_timing.size:
+            slot, pid, tid, start, duration = self._native_timing_scalars(self._native_timing.unpack_from(raw))
+            self._pending[slot].append(NativeRecord(pid, tid, start, duration, (), (), (b"", b"")))
         elif kind == EV_PYTHON_TIMING and size >= self._python_timing.size:
             f = self._python_timing.unpack_from(raw)
             slot, pid, tid, fn_id, call_id, start, end, flags = self._timing_scalars(f)

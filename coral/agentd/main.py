@@ -152,7 +152,7 @@ class Agent:
         except (ProbeError, CoralError, OSError) as exc:
             log.warning("could not measure what a uprobe hit costs (%s); CPU budgets charge %d ns a hit", exc, TRAP_NS)
             return
-        log.info("a uprobe hit costs %d ns here outside the BPF program; CPU budgets charge that", ns)
+        log.info("a uprobe hit costs %d ns here, the trap and the BPF program; CPU budgets charge that", ns)
 
     def _measure_probe_costs(self) -> ProbeCosts:
         """The probes' own share of a call's duration, by first instruction

@@ -301,6 +301,7 @@ class SessionManager:
             sample_rate=req.config.sample_rate or 1, capture_args=req.config.capture_args,
             capture_return=req.config.capture_return, min_duration_ns=req.config.min_duration_ns,
             fn_id=targets[0].fn_id, str_args=abi.string_registers(first) if req.config.capture_args else (-1, -1),
+            str_result=abi.string_result_register(first) if req.config.capture_return else -1,
             predicate=parse_predicate(req.config.predicate, first),
         )
         try:
@@ -400,15 +401,19 @@ class SessionManager:
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         string_bytes = self.engine.string_bytes
         args: list[dict[str, Any]] = []
+        arg_strings = [r for r in abi.string_registers(meta) if r >= 0] if s.config.capture_args else []
         if s.config.capture_args:  # redacted here, before anything is stored or sent
-            strings = dict(zip([r for r in abi.string_registers(meta) if r >= 0], rec.strings, strict=False))
+            strings = dict(zip(arg_strings, rec.strings, strict=False))
             args = [{"name": a.name, "type": a.type or "u64",
                      "value": self.rules.value(a.name, abi.show(a, rec.args, strings, string_bytes))}
                     for a in abi.argument_layout(meta)]
         ret: dict[str, Any] = {}
         results = abi.result_layout(meta)
         if s.config.capture_return and (results or not meta.return_values):
-            shown = [(r, abi.show(r, rec.results, {})) for r in results] or \
+            at = len(arg_strings)  # the result's string follows the arguments' (SlotConfig.str_result)
+            followed = abi.string_result_register(meta)
+            strings = {followed: rec.strings[at]} if followed >= 0 and at < len(rec.strings) else {}
+            shown = [(r, abi.show(r, rec.results, strings, string_bytes)) for r in results] or \
                 [(abi.Slot("", "u64", "int", (0,)), f"{rec.results[0]:#x}")]
             errors = [(r, v) for r, v in shown if r.type == "error" and v != "nil"]
             ret = {"type": ", ".join(r.type for r, _ in shown),
