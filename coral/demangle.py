@@ -100,9 +100,15 @@ def without_templates(name: str) -> str:
     return bare or name
 
 
+_ABI_TAG = re.compile(r"\[abi:[A-Za-z0-9_]+\]")  # `pay::name_of[abi:cxx11](int)`: a function returning std::string
+
+
 def names_for(demangled: str) -> list[str]:
-    """The names a user may write for a symbol with this demangled name, longest first."""
+    """The names a user may write for a symbol with this demangled name,
+    longest first; each also without GCC's ABI tags."""
     if _CLONE.search(demangled):  # a compiler's copy (.cold, .isra, .constprop): not what a user means by the name
         return [demangled]
     short = without_parameters(demangled)
-    return [n for n in dict.fromkeys([demangled, short, without_templates(short)]) if n]
+    names = [demangled, short, without_templates(short)]
+    names += [_ABI_TAG.sub("", n) for n in names]
+    return [n for n in dict.fromkeys(names) if n]

@@ -86,6 +86,7 @@ class ElfFunctions:
     _dwarf_cache: dict[str, DwarfFunction] | None = None  # every subprogram by name: read only if needed
     _dwarf_by_address: dict[int, DwarfFunction | None] = field(default_factory=dict)
     _index: dict[str, list[Symbol]] | None = None  # every name a user may write -> its functions (built on demand)
+    _locations: dict[int, str] | None = None  # entry address -> FILE:LINE (read on the first listing)
 
     @classmethod
     def load(cls, path: str) -> ElfFunctions:
@@ -235,6 +236,19 @@ class ElfFunctions:
             return f"{name} is fully inlined (no out-of-line copy to probe): mark it noinline to debug it"
         return ""
 
+    def locations(self, labels: list[str]) -> list[str]:
+        """`FILE:LINE` of each function `labels` names (as names() lists them), or ""."""
+        if self._locations is None:
+            self._locations = read_dwarf_locations(self.path)
+        out = []
+        for label in labels:
+            try:
+                sym = self.resolve(label)
+            except ElfInfoError:
+                sym = None
+            out.append(self._locations.get(sym.address, "") if sym is not None else "")
+        return out
+
     def _dwarf_at(self, address: int) -> DwarfFunction | None:
         if address not in self._dwarf_by_address:
             names = tuple(n for n, (a, _) in self.symbols.items() if a == address)
@@ -259,11 +273,16 @@ class DwarfFunction:
 
 
 DW_LANG_GO = 0x16
+DW_LANG_RUST = 0x1C
 
 
 def _is_go(die: Any) -> bool:
     top = die.cu.get_top_DIE()
     return bool(_attr(top, "DW_AT_language") == DW_LANG_GO)
+
+
+def _is_rust(die: Any) -> bool:
+    return bool(_attr(die.cu.get_top_DIE(), "DW_AT_language") == DW_LANG_RUST)
 
 
 def _type_name(die: Any, depth: int = 0) -> str:
@@ -274,8 +293,16 @@ def _type_name(die: Any, depth: int = 0) -> str:
         return str(name.value.decode(errors="replace"))
     inner = die.get_DIE_from_attribute("DW_AT_type") if "DW_AT_type" in die.attributes else None
     tag = die.tag
+    if name is not None and _is_rust(die):
+        # Rust names its pointers, references and fat pointers as Rust writes
+        # them (&i64, *const u8, &str); a structure or enum stays one.
+        text = str(name.value.decode(errors="replace"))
+        if tag in ("DW_TAG_pointer_type", "DW_TAG_base_type") or text.startswith(("&", "*")):
+            return text
     if tag == "DW_TAG_pointer_type":
         return _type_name(inner, depth + 1) + " *"
+    if tag in ("DW_TAG_reference_type", "DW_TAG_rvalue_reference_type"):  # C++: an address, as a pointer is
+        return _type_name(inner, depth + 1) + (" &" if tag == "DW_TAG_reference_type" else " &&")
     if tag == "DW_TAG_const_type":
         return "const " + _type_name(inner, depth + 1)
     if tag == "DW_TAG_volatile_type":
@@ -416,16 +443,35 @@ def _subprogram(dwarf: Any, die: Any) -> DwarfFunction:
     results = tuple(_described(c, i) for i, c in enumerate(formal) if _attr(c, "DW_AT_variable_parameter"))
     typed = _holder(die, "DW_AT_type")
     ret = _type_name(typed.get_DIE_from_attribute("DW_AT_type")) if typed is not None else "void"
-    declared = _holder(die, "DW_AT_decl_file")
-    source, line = "", 0
-    if declared is not None:
-        line_program = dwarf.line_program_for_CU(declared.cu)
-        files = line_program["file_entry"] if line_program else []
-        idx = _attr(declared, "DW_AT_decl_file") - (1 if declared.cu.header["version"] < 5 else 0)
-        if 0 <= idx < len(files):
-            source = files[idx].name.decode(errors="replace")
-        line = _attr(declared, "DW_AT_decl_line", 0)
+    source, line = _declared_at(dwarf, die)
     return DwarfFunction(source, line, params, ret, results)
+
+
+def _declared_at(dwarf: Any, die: Any) -> tuple[str, int]:
+    """The file (as the line program names it) and line a subprogram is declared at."""
+    declared = _holder(die, "DW_AT_decl_file")
+    if declared is None:
+        return "", 0
+    line_program = dwarf.line_program_for_CU(declared.cu)
+    files = line_program["file_entry"] if line_program else []
+    idx = _attr(declared, "DW_AT_decl_file") - (1 if declared.cu.header["version"] < 5 else 0)
+    source = files[idx].name.decode(errors="replace") if 0 <= idx < len(files) else ""
+    return source, _attr(declared, "DW_AT_decl_line", 0)
+
+
+def read_dwarf_locations(path: str) -> dict[int, str]:
+    """Entry address -> `FILE:LINE` of every subprogram with code, from
+    its declaration. Reads all of the DWARF once."""
+    out: dict[int, str] = {}
+    with _dwarf_of(path) as dwarf:
+        for cu in dwarf.iter_CUs() if dwarf is not None else ():
+            for die in cu.iter_DIEs():
+                if die.tag != "DW_TAG_subprogram" or "DW_AT_low_pc" not in die.attributes:
+                    continue
+                source, line = _declared_at(dwarf, die)
+                if source:
+                    out.setdefault(die.attributes["DW_AT_low_pc"].value, f"{source}:{line}")
+    return out
 
 
 def read_dwarf_signatures(path: str) -> dict[str, DwarfFunction]:

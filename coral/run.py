@@ -52,7 +52,9 @@ class NativeMetadata:
         names = self.elf.names(req.pattern)
         if not names and split_library(req.pattern):
             names = list_native(req.pattern, limit + 1, maps_of=self.pid)
-        return pb.ListFunctionsResponse(functions=names[:limit], truncated=len(names) > limit)
+        shown = names[:limit]
+        locations = self.elf.locations(shown) if self.elf.names(req.pattern) else []  # a library's: none
+        return pb.ListFunctionsResponse(functions=shown, truncated=len(names) > limit, locations=locations)
 
     def function_metadata(self, req: pb.GetFunctionMetadataRequest, peer: Peer) -> pb.GetFunctionMetadataResponse:
         if not req.function:

@@ -9,6 +9,7 @@ with the candidates; a static function is named by its file
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -184,8 +185,10 @@ def test_attach_by_demangled_name_static_file_and_library(coral_env: CoralEnv, a
                                                           c_binary: Path) -> None:
     cxx, c = run_service(coral_env, "pay-cxx", cxx_binary), run_service(coral_env, "pay-c", c_binary)
     try:
-        listed = coralctl(coral_env, "--local", "functions", "pay-cxx", "--pattern", "pay::fee*").stdout.split("\n")
-        assert listed[:2] == ["pay::fee(double)", "pay::fee(long, int)"], listed
+        listed = coralctl(coral_env, "--local", "functions", "pay-cxx", "--pattern", "pay::fee*").stdout.splitlines()
+        names = [line.split("  ")[0] for line in listed]  # NAME, two spaces or more, FILE:LINE
+        assert names[:2] == ["pay::fee(double)", "pay::fee(long, int)"], listed
+        assert all(re.search(r"\S+\.cpp:\d+$", line) for line in listed[:2]), listed
         refused = coralctl(coral_env, "--local", "debug", "attach", "pay-cxx", "--function", "pay::fee")
         assert refused.returncode == 1
         assert "'pay::fee' names 2 functions" in refused.stderr and "pay::fee(double), pay::fee(long, int)" in refused.stderr

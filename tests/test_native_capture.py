@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
+from typing import Any, cast
 
 from tests.harness import CoralEnv, Process, coralctl, start_agent, tool
 
@@ -200,3 +201,84 @@ def test_a_string_result_is_followed(coral_env: CoralEnv, agent: Process, tmp_pa
         assert both[0]["return_value"]["value"].startswith("0x"), both[0]
     finally:
         run.stop()
+
+
+RUST_VALUES = r"""
+// Each input line N: fee("alice", N).
+use std::io::BufRead;
+
+#[inline(never)]
+fn fee(who: &str, cents: i64) -> i64 {
+    who.len() as i64 + cents
+}
+
+fn main() {
+    let stdin = std::io::stdin();
+    for line in stdin.lock().lines() {
+        let n: i64 = line.unwrap().trim().parse().unwrap_or(0);
+        println!("{}", fee("alice", n));
+    }
+}
+"""
+
+CXX_VALUES = r"""
+// Each input line N: pay::fee(N, total) and pay::name_of(N).
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+namespace pay {
+__attribute__((noinline)) long fee(long cents, long &total) { total += cents; return cents * 2; }
+__attribute__((noinline)) std::string name_of(int code) { return code ? "declined" : "ok"; }
+}
+int main() {
+    char line[64];
+    long total = 0;
+    while (fgets(line, sizeof line, stdin)) {
+        int n = atoi(line);
+        long r = pay::fee(n, total);
+        printf("%ld %ld %s\n", r, total, pay::name_of(n).c_str());
+        fflush(stdout);
+    }
+}
+"""
+
+
+def _one_call(env: CoralEnv, run: Process, service: str, function: str, line: str) -> dict[str, Any]:
+    p = subprocess.Popen([tool("coralctl"), "--local", "--output", "json", "debug", "attach", service, "--function",
+                          function, "--duration", "1s", "--no-save", "--capture-args", "--capture-return"],
+                         env=env.env, stdout=subprocess.PIPE, text=True)
+    assert p.stdout is not None and run.proc.stdin is not None and run.proc.stdout is not None
+    assert json.loads(p.stdout.readline())["kind"] == "session"
+    run.proc.stdin.write(f"{line}\n".encode())
+    run.proc.stdin.flush()
+    run.proc.stdout.readline()
+    (call,) = [json.loads(out) for out in p.communicate(timeout=30)[0].splitlines() if '"kind":"call"' in out]
+    return cast(dict[str, Any], call)
+
+
+def test_rust_and_cxx_values_as_the_language_writes_them(coral_env: CoralEnv, agent: Process, tmp_path: Path) -> None:
+    """Rust: a `&str` is a pointer and a length in two registers, shown as
+    the string; `i64` at its width and sign. C++: a reference is an
+    address (`long int &`), never read as the number it refers to; a
+    function returning std::string is named without GCC's ABI tag
+    (`pay::name_of`, whose symbol demangles to `pay::name_of[abi:cxx11](int)`)."""
+    (tmp_path / "fees.rs").write_text(RUST_VALUES)
+    (tmp_path / "pay.cpp").write_text(CXX_VALUES)
+    subprocess.run(["rustc", "-g", "-C", "opt-level=1", "-o", str(tmp_path / "fees"), str(tmp_path / "fees.rs")],
+                   check=True)
+    subprocess.run(["g++", "-g", "-O1", "-o", str(tmp_path / "pay"), str(tmp_path / "pay.cpp")], check=True)
+    rust, cxx = run_service(coral_env, "fees", tmp_path / "fees"), run_service(coral_env, "pay", tmp_path / "pay")
+    try:
+        call = _one_call(coral_env, rust, "fees", "fees::fee", "-3")
+        assert call["args"] == [{"name": "who", "type": "&str", "value": "'alice'"},
+                                {"name": "cents", "type": "i64", "value": "-3"}], call
+        assert call["return_value"]["value"] == "2", call
+        call = _one_call(coral_env, cxx, "pay", "pay::fee", "4")
+        cents, total = call["args"]
+        assert cents == {"name": "cents", "type": "long int", "value": "4"}
+        assert total["type"] == "long int &" and total["value"].startswith("0x7ff"), total
+        call = _one_call(coral_env, cxx, "pay", "pay::name_of", "1")
+        assert call["args"] == [{"name": "code", "type": "int", "value": "1"}], call
+    finally:
+        rust.stop()
+        cxx.stop()

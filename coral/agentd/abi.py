@@ -48,7 +48,9 @@ def _shape(type_name: str, go: bool) -> tuple[str, int]:
         if t in GO_SCALARS or t.startswith(("*", "map[", "chan ", "func(", "unsafe.Pointer")):
             return "int", 1
         return "unsupported", 0  # arrays, structs, named types (which may be structs)
-    if t.startswith("struct") or t.startswith("union"):
+    if t in ("&str", "&mut str"):
+        return "gostring", 2  # Rust: a pointer and a length, in two registers, as a Go string
+    if t.startswith(("struct", "union")) and " *" not in t and " &" not in t:
         return "unsupported", 0
     return ("cstring", 1) if t in C_STRING_TYPES else ("int", 1)
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 
 _FIXED = re.compile(r"^(u?)int(8|16|32|64)(_t)?$")
+_RUST = re.compile(r"^([iu])(8|16|32|64)$")
 _NAMED = {"size_t": (8, False), "ssize_t": (8, True), "ptrdiff_t": (8, True), "intptr_t": (8, True),
-          "uintptr_t": (8, False), "uintptr": (8, False), "byte": (1, False), "rune": (4, True)}
+          "uintptr_t": (8, False), "uintptr": (8, False), "byte": (1, False), "rune": (4, True),
+          "isize": (8, True), "usize": (8, False)}
 _C_WORDS = {"unsigned", "signed", "char", "short", "int", "long"}
 
 
@@ -17,6 +19,9 @@ def int_kind(type_name: str) -> tuple[int, bool] | None:
     m = _FIXED.match(t)
     if m:
         return int(m.group(2)) // 8, not m.group(1)
+    m = _RUST.match(t)
+    if m:
+        return int(m.group(2)) // 8, m.group(1) == "i"
     if t in _NAMED:
         return _NAMED[t]
     words = t.split()
@@ -32,7 +37,7 @@ def format_register(value: int, type_name: str, go: bool = False) -> str:
     t = type_name.strip()
     if t in ("_Bool", "bool"):
         return "true" if value & 0xFF else "false"
-    if not t or "*" in t or t.endswith("]"):
+    if not t or "*" in t or "&" in t or t.endswith("]"):
         return f"{value:#x}"
     kind = (8, t == "int") if go and t in ("int", "uint") else int_kind(t)
     if kind is None:

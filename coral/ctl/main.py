@@ -329,8 +329,13 @@ class Ctl:
             pb.ListFunctionsResponse,
             self.call("ListFunctions", pb.ListFunctionsRequest(service=self.args.service, pattern=self.args.pattern)),
         )
-        for name in r.functions:
-            self.out.record({"function": name}) if self.out.json else self.out.line(name)
+        locations = list(r.locations) + [""] * (len(r.functions) - len(r.locations))  # an older process sends none
+        width = max((len(n) for n in r.functions), default=0)
+        for name, location in zip(r.functions, locations, strict=False):
+            if self.out.json:
+                self.out.record({"function": name, "location": location})
+            else:
+                self.out.line(f"{name:<{width}}  {location}".rstrip())
         if r.truncated and not self.out.json:
             self.out.line("(more functions match; narrow with --pattern)")
         return EXIT_OK

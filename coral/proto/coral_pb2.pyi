@@ -158,12 +158,14 @@ class ListFunctionsRequest(_message.Message):
     def __init__(self, service: _Optional[str] = ..., pattern: _Optional[str] = ..., max_results: _Optional[int] = ...) -> None: ...
 
 class ListFunctionsResponse(_message.Message):
-    __slots__ = ("functions", "truncated")
+    __slots__ = ("functions", "truncated", "locations")
     FUNCTIONS_FIELD_NUMBER: _ClassVar[int]
     TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    LOCATIONS_FIELD_NUMBER: _ClassVar[int]
     functions: _containers.RepeatedScalarFieldContainer[str]
     truncated: bool
-    def __init__(self, functions: _Optional[_Iterable[str]] = ..., truncated: _Optional[bool] = ...) -> None: ...
+    locations: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, functions: _Optional[_Iterable[str]] = ..., truncated: _Optional[bool] = ..., locations: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetFunctionMetadataRequest(_message.Message):
     __slots__ = ("function",)

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from coral.daemon.errors import ProbeFailed
+from coral.daemon.errors import CoralError, ProbeFailed
 from coral.procmaps import Segment, file_offset
 from coral.proto import coral_pb2 as pb
 from coral.sdk import _probe, targets
@@ -133,3 +133,17 @@ def list_functions(arms: ArmRegistry, pattern: str, max_results: int) -> tuple[l
     limit = min(max_results or DEFAULT_LIST, MAX_LIST)
     names = sorted({n for n in targets.iter_function_names(arms.is_armed) if targets.matches(pattern, n)})
     return names[:limit], len(names) > limit
+
+
+def location(arms: ArmRegistry, name: str) -> str:
+    """`FILE:LINE` of the function `name` names, from its code object; "" if unknown."""
+    try:
+        target = arms.resolve(name)
+    except CoralError:
+        return ""
+    arm = arms.arm_of(target.function)
+    definition = targets.defining_function(arm.function if arm is not None else target.function)
+    if definition is None:
+        return ""
+    return f"{definition.__code__.co_filename}:{definition.__code__.co_firstlineno}"
+

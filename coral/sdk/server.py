@@ -31,7 +31,7 @@ from coral.daemon.server import Dispatcher, Handler, Peer, serve_rep_once
 from coral.proto import coral_pb2 as pb
 from coral.sdk import _probe, native
 from coral.sdk.arming import ARMS, ArmRegistry
-from coral.sdk.metadata import function_metadata, list_functions
+from coral.sdk.metadata import function_metadata, list_functions, location
 from coral.sdk.registration import AgentRegistration
 from coral.sdk.settings import SdkSettings, settings_from_config
 
@@ -86,7 +86,8 @@ class ProcessApi:
             names = native.list_native(req.pattern, req.max_results or native.MAX_LIST)
             return pb.ListFunctionsResponse(functions=names, truncated=len(names) >= (req.max_results or native.MAX_LIST))
         names, truncated = list_functions(self.arms, req.pattern, req.max_results)
-        return pb.ListFunctionsResponse(functions=names, truncated=truncated)
+        return pb.ListFunctionsResponse(functions=names, truncated=truncated,
+                                        locations=[location(self.arms, n) for n in names])
 
     def function_metadata(self, req: pb.GetFunctionMetadataRequest, peer: Peer) -> pb.GetFunctionMetadataResponse:
         if not req.function:
