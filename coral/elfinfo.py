@@ -9,13 +9,14 @@ import dataclasses
 import difflib
 import fnmatch
 import os
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
-from elftools.elf.sections import SymbolTableSection
+from elftools.elf.sections import NoteSection, SymbolTableSection
 
 from coral.demangle import demangle, names_for
 from coral.procmaps import Segment, file_offset
@@ -427,14 +428,61 @@ def _inlined_call_sites(cu: Any, function: Any) -> tuple[str, ...]:
 
 @contextlib.contextmanager
 def _dwarf_of(path: str) -> Iterator[Any]:
-    """The file's DWARF (None if it has none), readable inside the block;
-    any read error in the block becomes one ElfInfoError."""
+    """The file's DWARF (None if it has none), or that of its separate
+    debug file (debug_file_for), readable inside the block; any read error
+    in the block becomes one ElfInfoError."""
     try:
-        with open(path, "rb") as f:
-            ef = ELFFile(f)
-            yield ef.get_dwarf_info() if ef.has_dwarf_info() else None
+        with contextlib.ExitStack() as files:
+            ef = ELFFile(files.enter_context(open(path, "rb")))
+            if ef.get_section_by_name(".debug_info") is None:
+                separate = debug_file_for(path, ef)
+                if separate is None:
+                    yield None
+                    return
+                ef = ELFFile(files.enter_context(open(separate, "rb")))
+            yield ef.get_dwarf_info() if ef.get_section_by_name(".debug_info") is not None else None
     except (OSError, ELFError, KeyError, ValueError) as exc:
         raise ElfInfoError(f"cannot read DWARF of {path}: {exc}") from None
+
+
+DEBUG_ROOT = "/usr/lib/debug"  # where Debian's -dbgsym packages put debug files
+
+
+def build_id_of(ef: ELFFile) -> str:
+    section = ef.get_section_by_name(".note.gnu.build-id")
+    for note in section.iter_notes() if isinstance(section, NoteSection) else ():
+        if note["n_type"] == "NT_GNU_BUILD_ID":
+            return str(note["n_desc"])
+    return ""
+
+
+def debug_file_for(path: str, ef: ELFFile, root: str = DEBUG_ROOT) -> str | None:
+    """Where a file built with its DWARF split off keeps it, looked for as
+    gdb does: by build id (ROOT/.build-id/ab/cdef....debug), then by the
+    name in .gnu_debuglink (beside the file, in .debug/ beside it, or under
+    ROOT and the file's directory), that file's CRC-32 checked."""
+    build_id = build_id_of(ef)
+    if len(build_id) > 2:
+        candidate = os.path.join(root, ".build-id", build_id[:2], build_id[2:] + ".debug")
+        if os.path.isfile(candidate):
+            return candidate
+    link = ef.get_section_by_name(".gnu_debuglink")
+    if link is None:
+        return None
+    data = link.data()
+    name = data.split(b"\0", 1)[0].decode(errors="replace")
+    crc_at = (len(name) + 1 + 3) & ~3
+    if not name or "/" in name or len(data) < crc_at + 4:
+        return None
+    crc = int.from_bytes(data[crc_at:crc_at + 4], "little" if ef.little_endian else "big")
+    here = os.path.dirname(os.path.realpath(path))
+    for candidate in (os.path.join(here, name), os.path.join(here, ".debug", name),
+                      os.path.join(root, here.lstrip("/"), name)):
+        if os.path.isfile(candidate) and os.path.realpath(candidate) != os.path.realpath(path):
+            with open(candidate, "rb") as f:
+                if zlib.crc32(f.read()) == crc:
+                    return candidate
+    return None
 
 
 def _subprogram(dwarf: Any, die: Any) -> DwarfFunction:

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from elftools.elf.elffile import ELFFile
 
-from coral.elfinfo import AmbiguousName, ElfFunctions
+from coral.elfinfo import AmbiguousName, ElfFunctions, build_id_of, debug_file_for
 from tests.harness import CoralEnv, Process, coralctl, tool
 
 CXX = r"""
@@ -98,11 +99,22 @@ def cxx_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d / "pay"
 
 
+def split_debug(library: Path, into: Path) -> None:
+    """Move `library`'s DWARF to `into` and leave a .gnu_debuglink to it, as
+    distributions build their -dbg packages."""
+    into.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["objcopy", "--only-keep-debug", str(library), str(into)], check=True)
+    subprocess.run(["strip", "--strip-debug", str(library)], check=True)
+    subprocess.run(["objcopy", f"--add-gnu-debuglink={into}", str(library)], check=True)
+
+
 def build_names(d: Path) -> Path:
-    """The C program with a static helper in each of its two files, linked with libfees.so."""
+    """The C program with a static helper in each of its two files, linked
+    with libfees.so, whose DWARF is in .debug/libfees.so.debug beside it."""
     for name, text in (("fees.c", FEES_C), ("names.c", NAMES_C), ("libfees.c", LIBFEES_C)):
         (d / name).write_text(text)
     subprocess.run(["gcc", "-g", "-O1", "-shared", "-fPIC", "-o", str(d / "libfees.so"), str(d / "libfees.c")], check=True)
+    split_debug(d / "libfees.so", d / ".debug" / "libfees.so.debug")
     subprocess.run(["gcc", "-g", "-O1", "-o", str(d / "names"), str(d / "names.c"), str(d / "fees.c"),
                     f"-L{d}", "-lfees", f"-Wl,-rpath,{d}"], check=True)
     return d / "names"
@@ -212,6 +224,7 @@ def test_attach_by_demangled_name_static_file_and_library(coral_env: CoralEnv, a
         lines = attach_and_call(coral_env, c, "pay-c", "libfees.so:fee_total", 4)
         calls = [line for line in lines if line["kind"] == "call"]
         assert len(calls) == 4 and [a["value"] for a in calls[3]["args"]] == ["3", "1"]
+        assert [a["name"] for a in calls[3]["args"]] == ["a", "b"]  # from its separate debug file
         assert lines[-1]["calls"] == 4
     finally:
         cxx.stop()
@@ -255,3 +268,33 @@ def test_a_partly_inlined_function_says_its_inlined_calls_are_not_seen(coral_env
         assert lines[-1]["calls"] == 4  # the calls through the pointer: the inlined ones are not seen
     finally:
         run.stop()
+
+
+def test_a_stripped_library_is_read_through_its_separate_debug_file(tmp_path: Path) -> None:
+    """Found by build id under the debug root, or by .gnu_debuglink beside
+    the file or in .debug/ (its CRC-32 checked); without one, no DWARF."""
+    (tmp_path / "libfees.c").write_text(LIBFEES_C)
+    lib = tmp_path / "libfees.so"
+
+    def build() -> None:
+        subprocess.run(["gcc", "-g", "-O1", "-shared", "-fPIC", "-Wl,--build-id", "-o", str(lib),
+                        str(tmp_path / "libfees.c")], check=True)
+
+    def parameters() -> list[str]:
+        info = ElfFunctions.load(str(lib)).function("fee_total")
+        assert info is not None
+        return [p.name for p in info.parameters]
+
+    build()
+    split_debug(lib, tmp_path / "libfees.so.debug")
+    assert parameters() == ["a", "b"]  # beside it
+    (tmp_path / "libfees.so.debug").write_bytes(b"not the debug file")
+    assert parameters() == []  # its CRC-32 does not match: not read
+    build()
+    root = tmp_path / "debug-root"
+    with open(lib, "rb") as f:
+        build_id = build_id_of(ELFFile(f))
+    split_debug(lib, root / ".build-id" / build_id[:2] / f"{build_id[2:]}.debug")
+    with open(lib, "rb") as f:
+        found = debug_file_for(str(lib), ELFFile(f), root=str(root))
+    assert found == str(root / ".build-id" / build_id[:2] / f"{build_id[2:]}.debug")
