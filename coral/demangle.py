@@ -100,6 +100,16 @@ def without_templates(name: str) -> str:
     return bare or name
 
 
+_AROUND_PUNCTUATION = re.compile(r"\s*([(),<>*&\[\]]|::)\s*")
+
+
+def spelling(name: str) -> str:
+    """`name` with the spaces that do not change its meaning taken out, so
+    that `pay::fee(long,int)` and `pay::fee( long, int )` find what the
+    demangler prints as `pay::fee(long, int)`."""
+    return _AROUND_PUNCTUATION.sub(r"\1", " ".join(name.split()))
+
+
 _ABI_TAG = re.compile(r"\[abi:[A-Za-z0-9_]+\]")  # `pay::name_of[abi:cxx11](int)`: a function returning std::string
 
 

@@ -18,7 +18,7 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import NoteSection, SymbolTableSection
 
-from coral.demangle import demangle, names_for
+from coral.demangle import demangle, names_for, spelling
 from coral.procmaps import Segment, file_offset
 
 
@@ -87,6 +87,7 @@ class ElfFunctions:
     _dwarf_cache: dict[str, DwarfFunction] | None = None  # every subprogram by name: read only if needed
     _dwarf_by_address: dict[int, DwarfFunction | None] = field(default_factory=dict)
     _index: dict[str, list[Symbol]] | None = None  # every name a user may write -> its functions (built on demand)
+    _spellings: dict[str, list[Symbol]] | None = None  # the index by demangle.spelling (built on a miss)
     _locations: dict[int, str] | None = None  # entry address -> FILE:LINE (read on the first listing)
 
     @classmethod
@@ -175,8 +176,16 @@ class ElfFunctions:
         return self._index
 
     def _functions_named(self, name: str) -> list[Symbol]:
-        """The distinct functions (by address) that answer to `name`."""
-        return list({s.address: s for s in self._names().get(name, [])}.values())
+        """The distinct functions (by address) that answer to `name`, as
+        written or spelt with other spaces (demangle.spelling)."""
+        found = self._names().get(name)
+        if found is None:
+            if self._spellings is None:
+                self._spellings = {}
+                for key, syms in self._names().items():
+                    self._spellings.setdefault(spelling(key), []).extend(syms)
+            found = self._spellings.get(spelling(name), [])
+        return list({s.address: s for s in found}.values())
 
     def label(self, sym: Symbol) -> str:
         """The name that names this function alone, as listed: its demangled

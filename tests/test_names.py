@@ -136,6 +136,7 @@ def test_cxx_functions_are_listed_and_found_by_their_demangled_names(cxx_binary:
     assert one is not None and one.name == "pay::fee(long, int)"
     assert [p.name for p in one.parameters] == ["cents", "percent"]  # DWARF, by the function's address
     assert elf.function("_ZN3pay3feeEli") == one  # the symbol still names it
+    assert elf.function("pay::fee(long,int)") == one == elf.function("pay::fee( long , int )")  # other spaces
     charge = elf.function("pay::Account::charge")  # one function has that name: no parameters needed
     assert charge is not None and [p.name for p in charge.parameters][-1:] == ["cents"]
     assert elf.function("pay::total<long>") is not None
