@@ -10,9 +10,11 @@ import logging
 import os
 import statistics
 import struct
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
@@ -240,17 +242,52 @@ class ProbeEngine:
 
     def close_slot(self, slot: int) -> SlotStats:
         """Detach what only this slot used, clear its bit, return its final counts."""
-        for site in reversed(self._slot_sites.pop(slot, [])):
-            self._release(site)
-            key = (site.pid, site.runtime_ip)
-            mask = self._site_masks.get(key, 0) & ~(1 << slot)
+        return self.close_slots([slot])[0]
+
+    def close_slots(self, slots: list[int], in_background: bool = False) -> list[SlotStats]:
+        """close_slot for several at once. Removing a uprobe waits for the
+        kernel (about 175 ms each here), so the probes are closed in
+        parallel: every entry probe first, then every return probe (calls
+        under way return and pair). `in_background`: by a thread of their
+        own, the slots free at once (for probes nobody else calls: the
+        agent's own measurements)."""
+        entries: list[int] = []
+        returns: list[int] = []
+        released: list[tuple[int, Site]] = []
+        for slot in slots:
+            for site in reversed(self._slot_sites.pop(slot, [])):
+                for retprobe in (False, True) if site.uretprobe else (False,):
+                    fd = self._unref(site, retprobe)
+                    if fd >= 0:
+                        (entries if site.flags & SITE_ENTRY and not retprobe else returns).append(fd)
+                released.append((slot, site))
+        def close() -> None:
+            self._close_all(entries)
+            self._close_all(returns)
+
+        if in_background:
+            threading.Thread(target=close, name="close-probes", daemon=True).start()
+        else:
+            close()
+        for slot, site in released:
+            mask = self._site_masks.get((site.pid, site.runtime_ip), 0) & ~(1 << slot)
             self._write_site(site, mask)
         self.drain_into_pending()
-        stats = self.stats(slot)
-        self._write_budget(slot, 0)
-        self._free.append(slot)
+        out = []
+        for slot in slots:
+            out.append(self.stats(slot))
+            self._write_budget(slot, 0)
+            self._free.append(slot)
         self.forget_gone_threads()
-        return stats
+        return out
+
+    def _close_all(self, fds: list[int]) -> None:
+        if len(fds) <= 1:
+            for fd in fds:
+                self._lib.close_fd(fd)
+            return
+        with ThreadPoolExecutor(max_workers=min(32, len(fds))) as pool:  # ctypes lets go of the GIL
+            list(pool.map(self._lib.close_fd, fds))
 
     def attached_probes(self, slot: int) -> int:
         return sum(1 + site.uretprobe for site in self._slot_sites.get(slot, []))
@@ -390,19 +427,21 @@ class ProbeEngine:
                              + (f": errno {err}" if err else ""))
         self._attached[key] = (fd, 1)
 
-    def _release(self, site: Site) -> None:
-        """The entry first, then its return probe: calls under way return and pair."""
-        for retprobe in (False, True) if site.uretprobe else (False,):
-            self._release_one(site, retprobe)
-
     def _release_one(self, site: Site, retprobe: bool) -> None:
+        fd = self._unref(site, retprobe)
+        if fd >= 0:
+            self._lib.close_fd(fd)
+
+    def _unref(self, site: Site, retprobe: bool) -> int:
+        """One reference fewer; the probe's fd to close if that was the last, else -1."""
         key = (site.pid, site.path, site.file_offset, retprobe)
         fd, refs = self._attached.get(key, (-1, 0))
         if refs > 1:
             self._attached[key] = (fd, refs - 1)
         elif refs == 1:
             del self._attached[key]
-            self._lib.close_fd(fd)
+            return fd
+        return -1
 
     @property
     def attachment_count(self) -> int:
@@ -501,7 +540,6 @@ class ProbeEngine:
         return deleted
 
     def close(self) -> None:
-        for fd, _ in self._attached.values():
-            self._lib.close_fd(fd)
+        self._close_all([fd for fd, _ in self._attached.values()])
         self._attached.clear()
         self._bpf.cleanup()
