@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import capstone
 
-from bench.report import table
+from bench.report import full_speed_env, table
 from coral.agentd.targets import return_offsets
 from coral.daemon.client import Client
 from coral.elfinfo import ElfFunctions
@@ -109,13 +109,8 @@ def main() -> int:
     ap.add_argument("--calls", type=int, default=100_000)
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
-    env = CoralEnv.create()
+    env = full_speed_env()
     work = env.root / "bin"
-    work.mkdir(parents=True)
-    config = env.root / "bench.toml"
-    config.write_text("[sessions]\nmax_events_per_session = 100000000\ncpu_budget_percent = 0\n"
-                      "[agent]\ningest_cpu_percent = 0\n")
-    env.env["CORAL_CONFIG"] = str(config)
     agent_proc = Process("agentd", [tool("coral-agentd")], env).wait_ready()
     agent = Client(env.endpoint("agent.sock"), 60)
     rows = []

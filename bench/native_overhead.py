@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.report import SUSTAINED_HEADER, sustained_row, table
+from bench.report import SUSTAINED_HEADER, full_speed_env, sustained_row, table
 from coral.agentd.targets import return_offsets
 from coral.daemon.client import Client
 from coral.elfinfo import ElfFunctions
@@ -123,13 +123,8 @@ def main() -> int:
     ap.add_argument("--calls", type=int, default=200_000)
     ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args()
-    env = CoralEnv.create()
+    env = full_speed_env()
     work = env.root / "bin"
-    work.mkdir(parents=True)
-    config = env.root / "bench.toml"
-    config.write_text("[sessions]\nmax_events_per_session = 100000000\ncpu_budget_percent = 0\n"
-                      "[agent]\ningest_cpu_percent = 0\n")  # full speed: measured, not cut
-    env.env["CORAL_CONFIG"] = str(config)
     c_bin = str(build_c(HERE / "target.c", work / "target_c"))
     go_bin = str(work / "target_go")
     subprocess.run(["go", "build", "-o", go_bin, str(HERE / "target.go")], check=True,

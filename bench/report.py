@@ -4,6 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from tests.harness import CoralEnv
+
+FULL_SPEED = ("[sessions]\nmax_events_per_session = 100000000\ncpu_budget_percent = 0\n"
+              "[agent]\ningest_cpu_percent = 0\n")  # every call measured and stored, none cut
+
+
+def full_speed_env() -> CoralEnv:
+    """A fresh environment whose agent has no CPU budget and no ingest cap."""
+    env = CoralEnv.create()
+    (env.root / "bin").mkdir(parents=True)
+    config = env.root / "bench.toml"
+    config.write_text(FULL_SPEED)
+    env.env["CORAL_CONFIG"] = str(config)
+    return env
+
 
 def table(title: str, header: list[str], rows: list[list[str]]) -> None:
     print(f"\n### {title}\n")

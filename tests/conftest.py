@@ -93,3 +93,13 @@ def member() -> Iterator[pwd.struct_passwd]:
         yield pwd.getpwnam(name)
     finally:
         subprocess.run(["userdel", name], capture_output=True)
+
+
+@pytest.fixture
+def full_speed_agent(coral_env: CoralEnv, bpf: None) -> Iterator[Process]:
+    """An agent with no CPU budget: for tests that follow tens of thousands
+    of calls in a second, over the default budget (10% of one CPU)."""
+    coral_env.env["CORAL_CONFIG"] = coral_env.with_config("[sessions]\ncpu_budget_percent = 0\n").env["CORAL_CONFIG"]
+    proc = start_agent(coral_env)
+    yield proc
+    proc.stop()

@@ -260,6 +260,15 @@ def coralctl(env: CoralEnv, *args: str, timeout: float = 60.0) -> subprocess.Com
     return subprocess.run([tool("coralctl"), *args], env=env.env, capture_output=True, text=True, timeout=timeout)
 
 
+def build_go(source_text: str, work: Path, name: str) -> Path:
+    """A Go program from its source text, built in `work` (GOPATH mode, its own cache)."""
+    source, out = work / f"{name}.go", work / name
+    source.write_text(source_text)
+    subprocess.run(["go", "build", "-o", str(out), str(source)], check=True,
+                   env={**os.environ, "GOCACHE": str(work / "cache"), "GOPATH": str(work / "path"), "GO111MODULE": "off"})
+    return out
+
+
 def build_c(source: Path, out: Path) -> Path:
     subprocess.run(["gcc", "-g", "-O1", "-Wall", "-o", str(out), str(source)], check=True)
     return out

@@ -8,12 +8,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.harness import REPO, CoralEnv, Process, coralctl, kernel_probes, start_agent, tool
+from tests.harness import REPO, CoralEnv, Process, build_go, coralctl, kernel_probes, tool
 
 GOROUTINES = 4000
 DEPTH = 6  # validate recurses: 7 probed calls per goroutine, 512-byte frames
@@ -26,16 +25,6 @@ def go_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run(["go", "build", "-o", str(out), str(REPO / "examples" / "go" / "payments.go")], check=True,
                    env={**os.environ, "GOCACHE": str(cache), "GOPATH": str(cache / "path"), "GO111MODULE": "off"})
     return out
-
-
-@pytest.fixture
-def full_speed_agent(coral_env: CoralEnv, bpf: None) -> Iterator[Process]:
-    """28,000 calls in about a second are over the default CPU budget (10%
-    of one CPU): this test follows every one of them, so it has none."""
-    coral_env.env["CORAL_CONFIG"] = coral_env.with_config("[sessions]\ncpu_budget_percent = 0\n").env["CORAL_CONFIG"]
-    proc = start_agent(coral_env)
-    yield proc
-    proc.stop()
 
 
 def test_go_function_under_thousands_of_growing_goroutines(
@@ -134,11 +123,7 @@ def test_go_strings_slices_and_pointers_are_shown_by_their_go_types(coral_env: C
     """DWARF names a Go string `string` and a slice `[]uint8` (structure
     types), a pointer `*main.Card`: they are placed in Go's registers and
     shown as values, not `(not captured)`."""
-    (tmp_path / "values.go").write_text(VALUES)
-    binary = tmp_path / "values"
-    subprocess.run(["go", "build", "-o", str(binary), str(tmp_path / "values.go")], check=True,
-                   env={**os.environ, "GOCACHE": str(tmp_path / "cache"), "GOPATH": str(tmp_path / "path"),
-                        "GO111MODULE": "off"})
+    binary = build_go(VALUES, tmp_path, "values")
     run = Process("run-values", [tool("coral-run"), "--service", "govalues", "--", str(binary)], coral_env,
                   stdin=subprocess.PIPE).wait_ready()
     try:

@@ -10,15 +10,13 @@ frames of a thread that ends deep are deleted once it is gone."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.harness import CoralEnv, NativeService, Process, coralctl, start_agent, start_attach, tool
+from tests.harness import CoralEnv, NativeService, Process, build_go, coralctl, start_attach, tool
 
 SOURCE = r"""
 // Each input line "WHAT N": fib N; descend N (recursion N deep: N + 1
@@ -294,25 +292,11 @@ func main() {
 """
 
 
-@pytest.fixture
-def full_speed_agent(coral_env: CoralEnv, colony: Process, bpf: None) -> Iterator[Process]:
-    """21,000 Go calls in well under a second (two probes each) are over the
-    default CPU budget (10% of one CPU): this session has none."""
-    coral_env.env["CORAL_CONFIG"] = coral_env.with_config("[sessions]\ncpu_budget_percent = 0\n").env["CORAL_CONFIG"]
-    proc = start_agent(coral_env)
-    yield proc
-    proc.stop()
-
-
 def test_go_recursion_in_many_goroutines_is_counted_exactly(
     coral_env: CoralEnv, full_speed_agent: Process, tmp_path: Path
 ) -> None:
     """1,000 goroutines each 21 calls deep: 21,000 calls, every one."""
-    (tmp_path / "deep.go").write_text(GO)
-    binary = tmp_path / "deep"
-    subprocess.run(["go", "build", "-o", str(binary), str(tmp_path / "deep.go")], check=True,
-                   env={**os.environ, "GOCACHE": str(tmp_path / "cache"), "GOPATH": str(tmp_path / "path"),
-                        "GO111MODULE": "off"})
+    binary = build_go(GO, tmp_path, "deep")
     run = Process("run-deep-go", [tool("coral-run"), "--service", "deepgo", "--", str(binary)], coral_env,
                   stdin=subprocess.PIPE).wait_ready()
     try:
