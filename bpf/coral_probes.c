@@ -82,6 +82,10 @@ struct slot_config {
     s32 str_arg[2];                  // native: args read as C strings (-1: none), into strs[0], strs[1]
     s32 str_ret;                     // native: the result register read as a string (-1: none) ...
     u32 str_ret_at;                  // ... into strs[str_ret_at]: the first one no argument uses
+    s32 blob_arg;                    // native: an argument pointing to a struct (-1: none): blob_len
+    u32 blob_len;                    // bytes of it are copied at the return ...
+    u32 blob_at;                     // ... into strs[blob_at], after the string arguments' slots
+    u32 pad2;
     s32 pred_arg;                    // -1: no predicate
     u32 pred_op;
     s64 pred_value;
@@ -369,6 +373,12 @@ static __always_inline void finish_native(struct frame *f, u64 now, u64 *results
             __builtin_memcpy(e->args, f->args, sizeof(e->args));
             read_str(e->strs[0], cfg->str_arg[0], f);
             read_str(e->strs[1], cfg->str_arg[1], f);
+            if (cfg->blob_arg >= 0 && cfg->blob_arg < 6) {
+                u32 n = cfg->blob_len;
+                if (n > CORAL_STR_MAX)
+                    n = CORAL_STR_MAX;
+                bpf_probe_read_user(e->strs[cfg->blob_at & 1], n, (void *)f->args[cfg->blob_arg & 7]);
+            }
         }
         if (cfg->capture & 2) {
             __builtin_memcpy(e->results, results, sizeof(e->results));

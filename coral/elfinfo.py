@@ -56,6 +56,15 @@ PERSONALITY_ROUTINES = frozenset({"__gxx_personality_v0", "rust_eh_personality",
 class Parameter:
     name: str
     type: str
+    fields: tuple[Field, ...] = ()  # a pointer to a struct or class: its first members (struct_fields)
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    type: str
+    offset: int
+    size: int
 
 
 @dataclass(frozen=True)
@@ -352,8 +361,53 @@ def _holder(die: Any, name: str) -> Any:
 def _described(die: Any, index: int) -> Parameter:
     name_die, type_die = _holder(die, "DW_AT_name"), _holder(die, "DW_AT_type")
     name = _attr(name_die, "DW_AT_name") if name_die is not None else None
-    type_name = _type_name(type_die.get_DIE_from_attribute("DW_AT_type")) if type_die is not None else "?"
-    return Parameter(name.decode(errors="replace") if name else f"arg{index}", type_name)
+    typed = type_die.get_DIE_from_attribute("DW_AT_type") if type_die is not None else None
+    type_name = _type_name(typed) if typed is not None else "?"
+    return Parameter(name.decode(errors="replace") if name else f"arg{index}", type_name, struct_fields(typed))
+
+
+MAX_FIELDS = 8
+FIELDS_WITHIN = 64  # bytes: what the kernel copies through the pointer fits a string slot
+
+
+def _strip(die: Any) -> Any:
+    """Through typedefs and const/volatile to the type itself."""
+    for _ in range(8):
+        if die is None or die.tag not in ("DW_TAG_typedef", "DW_TAG_const_type", "DW_TAG_volatile_type"):
+            return die
+        die = die.get_DIE_from_attribute("DW_AT_type") if "DW_AT_type" in die.attributes else None
+    return die
+
+
+def struct_fields(type_die: Any) -> tuple[Field, ...]:
+    """For a pointer (or C++ reference) to a struct or class: its first
+    members that are scalars or pointers, at most MAX_FIELDS, that lie in
+    its first FIELDS_WITHIN bytes (no bit-fields, no nested structs)."""
+    pointer = _strip(type_die)
+    if pointer is None or pointer.tag not in ("DW_TAG_pointer_type", "DW_TAG_reference_type") or \
+            "DW_AT_type" not in pointer.attributes:
+        return ()
+    struct = _strip(pointer.get_DIE_from_attribute("DW_AT_type"))
+    if struct is None or struct.tag not in ("DW_TAG_structure_type", "DW_TAG_class_type"):
+        return ()
+    out = []
+    for member in struct.iter_children():
+        if member.tag != "DW_TAG_member" or "DW_AT_bit_size" in member.attributes or "DW_AT_type" not in member.attributes:
+            continue
+        offset = _attr(member, "DW_AT_data_member_location")
+        typed = member.get_DIE_from_attribute("DW_AT_type")
+        base = _strip(typed)
+        size = _attr(base, "DW_AT_byte_size", 8 if base is not None and base.tag == "DW_TAG_pointer_type" else 0)
+        if not isinstance(offset, int) or base is None or size not in (1, 2, 4, 8) or \
+                base.tag not in ("DW_TAG_base_type", "DW_TAG_pointer_type", "DW_TAG_enumeration_type"):
+            continue
+        if offset + size > FIELDS_WITHIN:
+            break
+        name = _attr(member, "DW_AT_name")
+        out.append(Field(name.decode(errors="replace") if name else "?", _type_name(typed), offset, size))
+        if len(out) == MAX_FIELDS:
+            break
+    return tuple(out)
 
 
 def _cus_at(dwarf: Any, address: int) -> Iterator[Any]:

@@ -26,7 +26,7 @@ from coral.daemon.runtime import Notifier, bind_process_socket, configure_socket
 from coral.daemon.server import Dispatcher, Peer, serve_rep_once
 from coral.elfinfo import AmbiguousName, ElfFunctions, ElfInfoError
 from coral.proto import coral_pb2 as pb
-from coral.sdk.native import list_native, native_metadata, split_library
+from coral.sdk.native import fields_metadata, list_native, native_metadata, split_library
 from coral.sdk.registration import AgentRegistration
 
 log = logging.getLogger("coral.run")
@@ -84,7 +84,8 @@ class NativeMetadata:
             source_file=info.source_file,
             source_line=info.source_line,
             inlined_into=list(info.inlined_into),
-            arguments=[pb.ArgumentMetadata(name=p.name, type=p.type, location=f"reg{i}") for i, p in enumerate(info.parameters)],
+            arguments=[pb.ArgumentMetadata(name=p.name, type=p.type, location=f"reg{i}", fields=fields_metadata(p))
+                       for i, p in enumerate(info.parameters)],
         )
         if info.results:
             meta.return_values.extend(pb.ReturnValueMetadata(name=r.name, type=r.type) for r in info.results)

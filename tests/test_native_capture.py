@@ -282,3 +282,43 @@ def test_rust_and_cxx_values_as_the_language_writes_them(coral_env: CoralEnv, ag
     finally:
         rust.stop()
         cxx.stop()
+
+
+ORDERS = r"""
+// Each input line N: charge(&order) with order.cents = N.
+#include <stdio.h>
+#include <stdlib.h>
+struct order { long cents; int items; const char *note; long card_number; };
+__attribute__((noinline)) long charge(const struct order *o, int retries) { return o->cents * o->items + retries; }
+int main(void) {
+    char line[64];
+    while (fgets(line, sizeof line, stdin)) {
+        struct order o = {atol(line), 3, "gift", 4111111111111111L};
+        printf("%ld\n", charge(&o, 1));
+        fflush(stdout);
+    }
+    return 0;
+}
+"""
+
+
+def test_the_fields_of_a_struct_passed_by_pointer_are_shown(coral_env: CoralEnv, agent: Process,
+                                                            tmp_path: Path) -> None:
+    """The kernel copies the struct's first bytes through the pointer (at
+    the return), and each scalar or pointer member is shown by its DWARF
+    name and type; a member whose name is redacted stays redacted."""
+    (tmp_path / "orders.c").write_text(ORDERS)
+    binary = tmp_path / "orders"
+    subprocess.run(["gcc", "-g", "-O1", "-o", str(binary), str(tmp_path / "orders.c")], check=True)
+    run = run_service(coral_env, "orders", binary)
+    try:
+        call = _one_call(coral_env, run, "orders", "charge", "250")
+        o, retries = call["args"]
+        assert o["name"] == "o" and o["type"] == "const struct order *", o
+        address, fields = o["value"].split(" ", 1)
+        assert address.startswith("0x7ff"), o
+        assert fields.startswith("{cents=250, items=3, note=0x") and fields.endswith(", card_number=<redacted>}"), o
+        assert retries == {"name": "retries", "type": "int", "value": "1"}
+        assert call["return_value"]["value"] == "751"
+    finally:
+        run.stop()

@@ -12,6 +12,7 @@ and three result registers; indexes here are into those."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from coral.agentd.values import format_register
@@ -94,6 +95,59 @@ def string_result_register(meta: pb.FunctionMetadata) -> int:
     at return; -1 if none."""
     return next((s.regs[0] for s in result_layout(meta) if s.shape in ("cstring", "gostring", "goslice") and s.regs),
                 -1)
+
+
+@dataclass(frozen=True)
+class RecordSlots:
+    """What the record's two string slots hold, in this order: the string
+    arguments, then a struct an argument points to, then the result's
+    string; what does not fit is shown as an address."""
+
+    str_args: tuple[int, int] = (-1, -1)  # argument registers whose strings go in slots 0 and 1
+    blob: tuple[int, int, int] = (-1, 0, 0)  # (argument register, bytes, slot) of a struct it points to
+    str_result: tuple[int, int] = (-1, 0)  # (result register, slot) whose string is copied at the return
+
+    def strings_of_args(self, copied: tuple[bytes, ...]) -> dict[int, bytes]:
+        return {reg: copied[i].split(b"\0", 1)[0] for i, reg in enumerate(self.str_args) if reg >= 0}
+
+    def blob_of(self, copied: tuple[bytes, ...]) -> bytes:
+        return copied[self.blob[2]][:self.blob[1]] if self.blob[0] >= 0 else b""
+
+    def string_of_result(self, copied: tuple[bytes, ...]) -> dict[int, bytes]:
+        reg, at = self.str_result
+        return {reg: copied[at].split(b"\0", 1)[0]} if reg >= 0 else {}
+
+
+def record_slots(meta: pb.FunctionMetadata, capture_args: bool, capture_return: bool,
+                 slot_bytes: int = 64) -> RecordSlots:
+    str_args = string_registers(meta) if capture_args else (-1, -1)
+    used = sum(r >= 0 for r in str_args)
+    blob = (-1, 0, 0)
+    if capture_args and used < 2:
+        for s, a in zip(argument_layout(meta), meta.arguments, strict=False):
+            if a.fields and s.shape == "int" and s.regs:
+                blob = (s.regs[0], min(slot_bytes, max(f.offset + f.size for f in a.fields)), used)
+                used += 1
+                break
+    result = string_result_register(meta) if capture_return else -1
+    return RecordSlots(str_args, blob, (result, used) if result >= 0 and used < 2 else (-1, 0))
+
+
+def show_fields(address: int, fields: list[pb.FieldMetadata], blob: bytes, redact: Callable[[str, str], str]) -> str:
+    """`0x7ffc… {cents=100, items=1, note=0x5612…}`: the members the kernel
+    copied through the pointer (at the return), each redacted by its name."""
+    if address == 0:
+        return "NULL"
+    if not blob:
+        return f"{address:#x}"
+    shown = []
+    for f in fields:
+        if f.offset + f.size > len(blob):
+            shown.append(f"{f.name}=?")
+            continue
+        value = int.from_bytes(blob[f.offset:f.offset + f.size], "little")
+        shown.append(f"{f.name}={redact(f.name, format_register(value, f.type))}")
+    return f"{address:#x} {{{', '.join(shown)}}}"
 
 
 def show(slot: Slot, values: tuple[int, ...], strings: dict[int, bytes], string_bytes: int = 64) -> str:

@@ -90,8 +90,10 @@ class SlotConfig:
     capture_return: bool = False
     min_duration_ns: int = 0
     fn_id: int = 0
-    str_args: tuple[int, int] = (-1, -1)
-    str_result: int = -1  # the result register read as a string, into the first string slot no argument uses
+    # What the record's two string slots hold (coral/agentd/abi.py, RecordSlots):
+    str_args: tuple[int, int] = (-1, -1)  # argument registers whose strings go in slots 0 and 1
+    blob: tuple[int, int, int] = (-1, 0, 0)  # (argument register, bytes, slot): a struct it points to
+    str_result: tuple[int, int] = (-1, 0)  # (result register, slot): its string, copied at the return
     predicate: tuple[int, str, int, int, bool] | None = None  # (arg index, op, value, width in bytes, signed)
     expires_monotonic_ns: int = 0  # CLOCK_MONOTONIC (bpf_ktime_get_ns): later calls are not counted; 0: never
 
@@ -104,7 +106,7 @@ class NativeRecord:
     duration_ns: int
     results: tuple[int, ...]
     args: tuple[int, ...]
-    strings: tuple[bytes, bytes]
+    strings: tuple[bytes, bytes]  # the record's two slots as copied (a string is NUL-terminated in its slot)
 
 
 @dataclass(frozen=True)
@@ -300,9 +302,8 @@ class ProbeEngine:
         v.fn_id = c.fn_id
         v.expires_ns = c.expires_monotonic_ns
         v.str_arg[0], v.str_arg[1] = c.str_args
-        v.str_ret, v.str_ret_at = c.str_result, sum(r >= 0 for r in c.str_args)
-        if v.str_ret_at > 1:
-            v.str_ret = -1  # both string slots hold arguments: the result is shown as an address
+        v.blob_arg, v.blob_len, v.blob_at = c.blob
+        v.str_ret, v.str_ret_at = c.str_result
         if c.predicate is None:
             v.pred_arg, v.pred_op, v.pred_value, v.pred_bytes, v.pred_signed = -1, 0, 0, 8, 1
         else:
@@ -461,8 +462,7 @@ class ProbeEngine:
             slot, pid, tid, start, duration = self._native_scalars(f)
             at_results, at_args, at_strs = self._native_arrays
             results, args, strs = f[at_results], f[at_args], f[at_strs]
-            self._pending[slot].append(NativeRecord(pid, tid, start, duration, results, args,
-                                                    (strs[0].split(b"\0", 1)[0], strs[1].split(b"\0", 1)[0])))
+            self._pending[slot].append(NativeRecord(pid, tid, start, duration, results, args, (strs[0], strs[1])))
         elif kind == EV_NATIVE_TIMING and size >= self._native_timing.size:
             slot, pid, tid, start, duration = self._native_timing_scalars(self._native_timing.unpack_from(raw))
             self._pending[slot].append(NativeRecord(pid, tid, start, duration, (), (), (b"", b"")))

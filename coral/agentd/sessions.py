@@ -297,11 +297,13 @@ class SessionManager:
         first = targets[0].meta
         if req.config.predicate and first.kind == "python":
             raise InvalidArgument("--where applies to native functions' integer arguments only")
+        record_slots = abi.record_slots(first, req.config.capture_args, req.config.capture_return,
+                                        self.engine.string_bytes)
         slot_config = SlotConfig(
             sample_rate=req.config.sample_rate or 1, capture_args=req.config.capture_args,
             capture_return=req.config.capture_return, min_duration_ns=req.config.min_duration_ns,
-            fn_id=targets[0].fn_id, str_args=abi.string_registers(first) if req.config.capture_args else (-1, -1),
-            str_result=abi.string_result_register(first) if req.config.capture_return else -1,
+            fn_id=targets[0].fn_id, str_args=record_slots.str_args, blob=record_slots.blob,
+            str_result=record_slots.str_result,
             predicate=parse_predicate(req.config.predicate, first),
         )
         try:
@@ -401,18 +403,22 @@ class SessionManager:
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         string_bytes = self.engine.string_bytes
         args: list[dict[str, Any]] = []
-        arg_strings = [r for r in abi.string_registers(meta) if r >= 0] if s.config.capture_args else []
+        slots = abi.record_slots(meta, s.config.capture_args, s.config.capture_return, string_bytes)
         if s.config.capture_args:  # redacted here, before anything is stored or sent
-            strings = dict(zip(arg_strings, rec.strings, strict=False))
-            args = [{"name": a.name, "type": a.type or "u64",
-                     "value": self.rules.value(a.name, abi.show(a, rec.args, strings, string_bytes))}
-                    for a in abi.argument_layout(meta)]
+            strings = slots.strings_of_args(rec.strings)
+            blob_reg = slots.blob[0]
+            fields_of = {a.name: list(a.fields) for a in meta.arguments if a.fields}
+            for a in abi.argument_layout(meta):
+                if blob_reg >= 0 and a.regs and a.regs[0] == blob_reg and a.name in fields_of:
+                    text = abi.show_fields(rec.args[blob_reg], fields_of[a.name], slots.blob_of(rec.strings),
+                                           self.rules.value)
+                else:
+                    text = abi.show(a, rec.args, strings, string_bytes)
+                args.append({"name": a.name, "type": a.type or "u64", "value": self.rules.value(a.name, text)})
         ret: dict[str, Any] = {}
         results = abi.result_layout(meta)
         if s.config.capture_return and (results or not meta.return_values):
-            at = len(arg_strings)  # the result's string follows the arguments' (SlotConfig.str_result)
-            followed = abi.string_result_register(meta)
-            strings = {followed: rec.strings[at]} if followed >= 0 and at < len(rec.strings) else {}
+            strings = slots.string_of_result(rec.strings)
             shown = [(r, abi.show(r, rec.results, strings, string_bytes)) for r in results] or \
                 [(abi.Slot("", "u64", "int", (0,)), f"{rec.results[0]:#x}")]
             errors = [(r, v) for r, v in shown if r.type == "error" and v != "nil"]

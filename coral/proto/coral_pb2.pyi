@@ -238,14 +238,28 @@ class DisarmFunctionResponse(_message.Message):
     def __init__(self, was_armed: _Optional[bool] = ...) -> None: ...
 
 class ArgumentMetadata(_message.Message):
-    __slots__ = ("name", "type", "location")
+    __slots__ = ("name", "type", "location", "fields")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     LOCATION_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
     name: str
     type: str
     location: str
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., location: _Optional[str] = ...) -> None: ...
+    fields: _containers.RepeatedCompositeFieldContainer[FieldMetadata]
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., location: _Optional[str] = ..., fields: _Optional[_Iterable[_Union[FieldMetadata, _Mapping]]] = ...) -> None: ...
+
+class FieldMetadata(_message.Message):
+    __slots__ = ("name", "type", "offset", "size")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    type: str
+    offset: int
+    size: int
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., offset: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...
 
 class ReturnValueMetadata(_message.Message):
     __slots__ = ("name", "type", "location")

@@ -12,7 +12,7 @@ import functools
 import os
 
 from coral.daemon.errors import InvalidArgument, NotFound
-from coral.elfinfo import AmbiguousName, ElfFunctions, ElfInfoError
+from coral.elfinfo import AmbiguousName, ElfFunctions, ElfInfoError, Parameter
 from coral.procmaps import read_maps
 from coral.proto import coral_pb2 as pb
 
@@ -59,6 +59,10 @@ def _elf(path: str) -> ElfFunctions:
     return ElfFunctions.load(path)
 
 
+def fields_metadata(p: Parameter) -> list[pb.FieldMetadata]:
+    return [pb.FieldMetadata(name=f.name, type=f.type, offset=f.offset, size=f.size) for f in p.fields]
+
+
 def native_metadata(name: str, pid: int, maps_of: int | str = "self") -> pb.FunctionMetadata:
     """`pid` is the process the agent probes; `maps_of` whose mappings to read ("self": this one)."""
     library, _, symbol = name.partition(":")
@@ -79,7 +83,7 @@ def native_metadata(name: str, pid: int, maps_of: int | str = "self") -> pb.Func
         name=name, kind="native", binary_path=path, address=info.address, file_offset=info.file_offset,
         size=info.size, pid=pid, source_file=info.source_file, source_line=info.source_line,
         inlined_into=list(info.inlined_into),
-        arguments=[pb.ArgumentMetadata(name=p.name, type=p.type) for p in info.parameters],
+        arguments=[pb.ArgumentMetadata(name=p.name, type=p.type, fields=fields_metadata(p)) for p in info.parameters],
     )
     if info.return_type:
         meta.return_values.append(pb.ReturnValueMetadata(type=info.return_type))
