@@ -81,8 +81,7 @@ def test_a_hot_function_over_the_default_budget_is_detached_and_the_program_runs
 def test_the_agent_measures_what_a_probe_hit_costs_here(coral_env: CoralEnv, agent: Process) -> None:
     """At start-up the agent times a session of its own on libc's getppid
     in its own process; budgets charge that per hit. The probes it used for
-    this, and those of its probe-cost measure (removed by a thread of their
-    own after READY), are all gone within seconds."""
+    this are gone (the kernel takes a moment to remove each)."""
     counters = json.loads(coralctl(coral_env, "--local", "--output", "json", "ping").stdout)["counters"]
     assert counters["kernel.trap_ns"] > 0
     assert counters["kernel.attached_probes"] == 0

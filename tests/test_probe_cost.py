@@ -1,7 +1,7 @@
-"""Durations are honest: the agent measures, at start-up, how much of a
-call's duration is the probes' own cost for each kind of first
-instruction and return mechanism; a session carries the figure for its
-function, coralctl's summary states it, and --subtract-probe-cost takes
+"""Durations are honest: the agent measures how much of a call's
+duration is the probes' own cost for each kind of first instruction and
+return mechanism, the first time a session needs it; a session carries
+the figure for its function, coralctl's summary states it, and --subtract-probe-cost takes
 it out of every duration and figure."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from coral.agentd.probecost import CODE, MECHANISMS, entry_kind
+from coral.agentd.probecost import entry_kind
 from coral.ctl import render
 from coral.proto import coral_pb2 as pb
 from tests.harness import CoralEnv, NativeService, Process, coralctl, start_attach
@@ -66,20 +66,23 @@ def test_a_session_carries_the_probe_cost_the_agent_measured(
     coral_env: CoralEnv, agent: Process, tmp_path: Path, opt: str, kind: str
 ) -> None:
     """-O0 starts quick() with an emulated `push %rbp`, -O2 with a
-    single-stepped `imul`: each session carries the agent's own figure for
-    its pair, the summary says it, and --subtract-probe-cost takes exactly
+    single-stepped instruction: each session carries the agent's own figure
+    for its pair (measured then, and only that pair), the summary says it, and --subtract-probe-cost takes exactly
     that out of each call's duration."""
     (tmp_path / "quick.c").write_text(SOURCE)
     binary = tmp_path / "quick"
     subprocess.run(["gcc", opt, "-g", "-o", str(binary), str(tmp_path / "quick.c")], check=True)
-    ping = json.loads(coralctl(coral_env, "--local", "ping", "--output", "json").stdout)["counters"]
-    measured = {(k, m): ping.get(f"kernel.probe_cost_ns.{k}.{m}", 0) for k in CODE for m in MECHANISMS}
-    assert all(ns > 0 for ns in measured.values()), measured
+    def measured() -> dict[str, int]:
+        ping = json.loads(coralctl(coral_env, "--local", "ping", "--output", "json").stdout)["counters"]
+        return {k: v for k, v in ping.items() if k.startswith("kernel.probe_cost_ns.")}
+
+    assert measured() == {}  # nothing until a session needs it
     svc = NativeService(coral_env, binary, service="quick")
     try:
         attach, first = start_attach(coral_env, "quick", "quick", "--local", "--duration", "2s", "--no-save")
         assert (first["entry_instruction"], first["return_probe"]) == (kind, "uretprobe")
-        assert first["probe_cost_ns"] == measured[(kind, "uretprobe")]
+        assert measured() == {f"kernel.probe_cost_ns.{kind}.uretprobe": first["probe_cost_ns"]}
+        assert first["probe_cost_ns"] > 0
         assert svc.call(20) == "done 20 sum 570"
         out, _ = attach.communicate(timeout=60)
         summary = json.loads(out.splitlines()[-1])

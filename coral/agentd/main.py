@@ -19,7 +19,6 @@ import zmq
 from google.protobuf.message import DecodeError, Message
 
 from coral import __version__
-from coral.agentd import probecost
 from coral.agentd.colony_link import ColonyLink
 from coral.agentd.engine import TRAP_NS, ProbeEngine, ProbeError
 from coral.agentd.ingest import IngestBudget
@@ -95,7 +94,6 @@ class Agent:
         self.engine = ProbeEngine(config.sessions.ring_buffer_pages, config.sessions.string_bytes,
                                   config.sessions.max_call_depth, config.sessions.deep_frames)
         self._calibrate()
-        probe_costs = self._measure_probe_costs()
         before = rss_bytes()
         released = release_compiler_pages()
         log.info("compiled the BPF program; released the compiler's pages (%d MiB mapped): RSS %d MiB -> %d MiB",
@@ -105,7 +103,7 @@ class Agent:
                                        lambda reg, method, request, answer: self.calls.ask(
                                            reg, method, request, answer, time.monotonic()),
                                        self.engine)
-        self.sessions.probe_costs = probe_costs
+        self.sessions.probe_costs = ProbeCosts(self.engine)  # measured as sessions need them
         self.counters: dict[str, int] = {}
         self.ingest = IngestBudget(config.agent.ingest_cpu_percent)  # reading and storing calls
         self.sessions.may_drain = lambda: self.ingest.allows(time.monotonic()) and self.sessions.pending < MAX_PENDING
@@ -153,18 +151,6 @@ class Agent:
             log.warning("could not measure what a uprobe hit costs (%s); CPU budgets charge %d ns a hit", exc, TRAP_NS)
             return
         log.info("a uprobe hit costs %d ns here, the trap and the BPF program; CPU budgets charge that", ns)
-
-    def _measure_probe_costs(self) -> ProbeCosts:
-        """The probes' own share of a call's duration, by first instruction
-        and return mechanism: empty functions of this process, probed."""
-        try:
-            costs = probecost.measure(self.engine)
-        except (ProbeError, CoralError, OSError) as exc:
-            log.warning("could not measure the probes' own share of durations (%s); sessions show none", exc)
-            return ProbeCosts({})
-        log.info("the probes' own share of a call's duration here (ns, median of %d calls): %s", probecost.CALLS,
-                 ", ".join(f"{kind} + {mechanism} {ns}" for (kind, mechanism), ns in sorted(costs.ns.items())))
-        return costs
 
     def ping(self, req: Message, peer: Peer) -> pb.PingResponse:
         counters = {f"local.{k}": v for k, v in self.local.counters.items()}

@@ -8,10 +8,10 @@ before the return's (the trap into the kernel, at the uretprobe's
 trampoline or at the probed RET). That share depends on the function's
 first instruction and on how returns are seen, not on the function.
 
-So the agent measures it at start-up, once for each pair: it maps a few
-empty functions of its own from a memfd (one per kind of first
-instruction), probes each as a session would, and takes the median
-duration the kernel reports for them. A session's DebugSession carries the
+So the agent measures it, once for each pair, the first time a session
+needs it: it maps a few empty functions of its own from a memfd (a copy
+per kind of first instruction and mechanism), probes the pair's copy as a
+session would, and takes the median duration the kernel reports. A session's DebugSession carries the
 figure for its function's pair (probe_cost_ns), and coralctl shows it
 with the summary (docs/native-targets.md, "How long a call took")."""
 
@@ -22,11 +22,11 @@ import ctypes
 import logging
 import mmap
 import os
-import statistics
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import Any
 
-from coral.agentd.engine import SITE_ENTRY, SITE_RET, NativeRecord, ProbeEngine, Site, SlotConfig
+from coral import histogram
+from coral.agentd.engine import SITE_ENTRY, SITE_RET, ProbeEngine, ProbeError, Site, SlotConfig
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,7 @@ CODE = {
     "other": bytes([0x48, 0x8D, 0x07, 0xC3]),  # lea (%rdi),%rax; ret (single-stepped, as most are)
 }
 MECHANISMS = ("uretprobe", "ret")
-CALLS = 500
-ROUNDS = 3  # each pair measured once per round, rounds interleaved: the median of the rounds' medians
+CALLS = 1000
 SLOT = 16  # bytes between the functions
 
 
@@ -68,18 +67,61 @@ def entry_kind(code: bytes) -> str:
     return "other"
 
 
-@dataclass(frozen=True)
 class ProbeCosts:
-    """Median ns of an empty function's duration, by (first instruction kind, return mechanism)."""
+    """Median ns of an empty function's duration, by (first instruction
+    kind, return mechanism), each measured the first time a session needs
+    it: two probes on an empty function of the agent's own, CALLS calls, the
+    median from the kernel's histogram (within 1/16). About 2 to 20 ms;
+    removing the two probes takes the kernel about 175 ms each here, which a
+    thread of its own waits for (only the agent calls these functions)."""
 
-    ns: dict[tuple[str, str], int]
+    def __init__(self, engine: ProbeEngine | None) -> None:
+        self.engine = engine  # None: nothing is measured
+        self.ns: dict[tuple[str, str], int] = {}
+        self._code: tuple[str, int, dict[tuple[str, str], int]] | None = None
+        self._mapping: Any = None  # the empty functions' mapping, kept for the agent's lifetime
 
     def of(self, code: bytes, mechanism: str) -> tuple[str, int]:
+        """The kind of `code`'s first instruction, and the probes' share of
+        a duration for it with `mechanism` (0 if it cannot be measured)."""
         kind = entry_kind(code)
+        if (kind, mechanism) not in self.ns and self.engine is not None and mechanism in MECHANISMS:
+            try:
+                self.ns[(kind, mechanism)] = self._measure(kind, mechanism)
+            except (OSError, ProbeError) as exc:
+                log.warning("could not measure the probes' share of a duration (%s, %s): %s", kind, mechanism, exc)
+                self.ns[(kind, mechanism)] = 0
+            else:
+                log.info("the probes' own share of a call's duration here, entry on %s, return by %s: %d ns",
+                         kind, mechanism, self.ns[(kind, mechanism)])
         return kind, self.ns.get((kind, mechanism), 0)
 
     def counters(self) -> dict[str, int]:
         return {f"probe_cost_ns.{kind}.{mechanism}": ns for (kind, mechanism), ns in self.ns.items()}
+
+    def _measure(self, kind: str, mechanism: str) -> int:
+        assert self.engine is not None
+        if self._code is None:
+            self._mapping = _mapped_code()
+            self._code = self._mapping.__enter__()
+        path, base, offsets = self._code
+        offset, pid = offsets[(kind, mechanism)], os.getpid()
+        ip = base + offset
+        if mechanism == "uretprobe":
+            sites = [Site(pid, path, offset, ip, SITE_ENTRY, uretprobe=True)]
+        else:
+            ret = offset + len(CODE[kind]) - 1
+            sites = [Site(pid, path, offset, ip, SITE_ENTRY), Site(pid, path, ret, base + ret, SITE_RET, func_ip=ip)]
+        call = ctypes.CFUNCTYPE(ctypes.c_long, ctypes.c_long)(ip)
+        # Counted and put in the slot's histogram in the kernel, then filtered
+        # out: no record reaches the ring buffer that sessions share.
+        slot = self.engine.open_slot(SlotConfig(min_duration_ns=1 << 62), sites)
+        try:
+            for i in range(CALLS):
+                call(i)
+        finally:
+            stats = self.engine.close_slots([slot], in_background=True)[0]
+        return histogram.percentile_ns(stats.histogram, 50, stats.max_ns) if stats.calls else 0
 
 
 @contextlib.contextmanager
@@ -107,42 +149,3 @@ def _mapped_code() -> Iterator[tuple[str, int, dict[tuple[str, str], int]]]:
     finally:
         libc.munmap(address, mmap.PAGESIZE)
         os.close(fd)
-
-
-def measure(engine: ProbeEngine) -> ProbeCosts:
-    """Probe each empty function each way (a copy of it for each way, all
-    probed at once), CALLS calls each in ROUNDS interleaved rounds, and keep
-    the median of the rounds' median durations the kernel reports. About
-    0.4 s; removing the 20 probes takes the kernel about 2 s more here
-    (about 175 ms each, little of it in parallel), which a thread of its
-    own waits for."""
-    pid = os.getpid()
-    with _mapped_code() as (path, base, offsets):
-        slots: dict[tuple[str, str], int] = {}
-        calls = {}
-        try:
-            for (kind, mechanism), offset in offsets.items():
-                ip = base + offset
-                if mechanism == "uretprobe":
-                    sites = [Site(pid, path, offset, ip, SITE_ENTRY, uretprobe=True)]
-                else:
-                    ret = offset + len(CODE[kind]) - 1
-                    sites = [Site(pid, path, offset, ip, SITE_ENTRY), Site(pid, path, ret, base + ret, SITE_RET, func_ip=ip)]
-                slots[(kind, mechanism)] = engine.open_slot(SlotConfig(), sites)
-                calls[(kind, mechanism)] = ctypes.CFUNCTYPE(ctypes.c_long, ctypes.c_long)(ip)
-            rounds: dict[tuple[str, str], list[float]] = {}
-            for _ in range(ROUNDS):
-                for pair, slot in slots.items():
-                    for i in range(CALLS):
-                        calls[pair](i)
-                    records, _ = engine.drain()
-                    durations = [r.duration_ns for r in records.get(slot, []) if isinstance(r, NativeRecord)]
-                    if durations:
-                        rounds.setdefault(pair, []).append(statistics.median(durations))
-        finally:
-            # Only this process calls these functions, and it calls them no
-            # more: their probes may go after the agent is ready (each holds
-            # the memfd's inode, so the mapping and the fd may go first).
-            engine.close_slots(list(slots.values()), in_background=True)
-            engine.drain()  # their records: nobody's
-    return ProbeCosts({pair: int(statistics.median(values)) for pair, values in rounds.items()})

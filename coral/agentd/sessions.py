@@ -154,7 +154,7 @@ class SessionManager:
         self.store = store
         self.ask = ask
         self.engine = engine
-        self.probe_costs = ProbeCosts({})  # measured by the agent at start-up (coral/agentd/probecost.py)
+        self.probe_costs = ProbeCosts(None)  # the agent's own measure (coral/agentd/probecost.py)
         self.active: dict[str, Session] = {}
         self.starting: dict[str, Starting] = {}  # attaches waiting on their processes
         self.counters: Counter[str] = Counter()
