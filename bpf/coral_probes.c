@@ -323,10 +323,12 @@ static __always_inline int account(u32 slot, struct slot_config *cfg, u64 now, u
     return 1;
 }
 
-static __always_inline void read_str(char *dst, s32 arg, struct frame *f)
+// A read of user memory fails where the page is not in memory yet (a
+// probe cannot fault it in): the record says so (unread), never an empty string.
+static __always_inline void read_str(struct native_event *e, u32 at, s32 arg, struct frame *f)
 {
-    if (arg >= 0 && arg < 6)
-        bpf_probe_read_user_str(dst, CORAL_STR_MAX, (void *)f->args[arg & 7]);
+    if (arg >= 0 && arg < 6 && bpf_probe_read_user_str(e->strs[at & 1], CORAL_STR_MAX, (void *)f->args[arg & 7]) < 0)
+        e->unread |= 1 << (at & 1);
 }
 
 static __always_inline void finish_native(struct frame *f, u64 now, u64 *results, u64 id, u64 watching)
@@ -371,20 +373,22 @@ static __always_inline void finish_native(struct frame *f, u64 now, u64 *results
         e->duration_ns = duration;
         if (cfg->capture & 1) {
             __builtin_memcpy(e->args, f->args, sizeof(e->args));
-            read_str(e->strs[0], cfg->str_arg[0], f);
-            read_str(e->strs[1], cfg->str_arg[1], f);
+            read_str(e, 0, cfg->str_arg[0], f);
+            read_str(e, 1, cfg->str_arg[1], f);
             if (cfg->blob_arg >= 0 && cfg->blob_arg < 6) {
                 u32 n = cfg->blob_len;
                 if (n > CORAL_STR_MAX)
                     n = CORAL_STR_MAX;
-                bpf_probe_read_user(e->strs[cfg->blob_at & 1], n, (void *)f->args[cfg->blob_arg & 7]);
+                if (bpf_probe_read_user(e->strs[cfg->blob_at & 1], n, (void *)f->args[cfg->blob_arg & 7]) < 0)
+                    e->unread |= 1 << (cfg->blob_at & 1);
             }
         }
         if (cfg->capture & 2) {
             __builtin_memcpy(e->results, results, sizeof(e->results));
             if (cfg->str_ret >= 0) {
                 u64 p = cfg->str_ret == 1 ? results[1] : cfg->str_ret == 2 ? results[2] : results[0];
-                bpf_probe_read_user_str(e->strs[cfg->str_ret_at & 1], CORAL_STR_MAX, (void *)p);
+                if (bpf_probe_read_user_str(e->strs[cfg->str_ret_at & 1], CORAL_STR_MAX, (void *)p) < 0)
+                    e->unread |= 1 << (cfg->str_ret_at & 1);
             }
         }
         events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);

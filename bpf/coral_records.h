@@ -24,6 +24,8 @@ struct native_event {
     u64 results[3];                  /* RAX, RDX (C) or RAX, RBX, RCX (Go) */
     u64 args[6];
     char strs[2][CORAL_STR_MAX];     /* strings the arguments, then the result, point at (slot_config) */
+    u32 unread;                      /* bit i: strs[i] could not be read (its page not in memory yet) */
+    u32 pad;
 };
 
 struct native_timing_event {         /* a native call with only its timing to show: 32 bytes, not 232 */

@@ -79,6 +79,7 @@ class FunctionInfo:
     return_type: str = ""  # C-like: the single return type
     results: tuple[Parameter, ...] = ()  # Go: named or ~rN results
     inlined_into: tuple[str, ...] = ()  # one per call site the compiler inlined it into: the caller
+    result_in_memory: bool = False  # System V: the caller passes where to put the result, in the first register
 
 
 @dataclass
@@ -245,7 +246,8 @@ class ElfFunctions:
         d = self._dwarf_at(sym.address) or self._dwarf().get(sym.name, DwarfFunction())
         label = self.label(sym) if self._index is not None else demangle(sym.name) or sym.name
         return FunctionInfo(label, sym.address, sym.size, self.file_offset(sym.address), d.source_file,
-                            d.source_line, d.parameters, d.return_type, d.results, d.inlined_into)
+                            d.source_line, d.parameters, d.return_type, d.results, d.inlined_into,
+                            d.result_in_memory)
 
     def why_missing(self, name: str) -> str:
         """Why a function cannot be probed when it has no symbol."""
@@ -289,6 +291,7 @@ class DwarfFunction:
     results: tuple[Parameter, ...] = ()
     inlined: bool = False  # only inlined copies exist
     inlined_into: tuple[str, ...] = ()  # callers it was inlined into, one per call site (in its compile unit)
+    result_in_memory: bool = False
 
 
 DW_LANG_GO = 0x16
@@ -553,9 +556,26 @@ def _subprogram(dwarf: Any, die: Any) -> DwarfFunction:
     params = tuple(_described(c, i) for i, c in enumerate(formal) if not _attr(c, "DW_AT_variable_parameter"))
     results = tuple(_described(c, i) for i, c in enumerate(formal) if _attr(c, "DW_AT_variable_parameter"))
     typed = _holder(die, "DW_AT_type")
-    ret = _type_name(typed.get_DIE_from_attribute("DW_AT_type")) if typed is not None else "void"
+    ret_die = typed.get_DIE_from_attribute("DW_AT_type") if typed is not None else None
+    ret = _type_name(ret_die) if ret_die is not None else "void"
     source, line = _declared_at(dwarf, die)
-    return DwarfFunction(source, line, params, ret, results)
+    return DwarfFunction(source, line, params, ret, results, result_in_memory=not _is_go(die) and _in_memory(ret_die))
+
+
+DW_CC_PASS_BY_REFERENCE = 4
+
+
+def _in_memory(type_die: Any) -> bool:
+    """System V AMD64: a result of this type is returned through memory the
+    caller passes in RDI (its arguments start one register later): a struct,
+    class or union over 16 bytes, or one the compiler passes by reference
+    (DW_AT_calling_convention: a C++ class with a non-trivial copy or
+    destructor, such as std::string). Rust's own ABI does the same for its
+    large results (Result, String)."""
+    t = _strip(type_die)
+    if t is None or t.tag not in ("DW_TAG_structure_type", "DW_TAG_class_type", "DW_TAG_union_type"):
+        return False
+    return bool(_attr(t, "DW_AT_byte_size", 0) > 16 or _attr(t, "DW_AT_calling_convention") == DW_CC_PASS_BY_REFERENCE)
 
 
 def _declared_at(dwarf: Any, die: Any) -> tuple[str, int]:

@@ -84,6 +84,7 @@ class NativeMetadata:
             source_file=info.source_file,
             source_line=info.source_line,
             inlined_into=list(info.inlined_into),
+            result_in_memory=info.result_in_memory,
             arguments=[pb.ArgumentMetadata(name=p.name, type=p.type, location=f"reg{i}", fields=fields_metadata(p))
                        for i, p in enumerate(info.parameters)],
         )

@@ -56,10 +56,10 @@ def _shape(type_name: str, go: bool) -> tuple[str, int]:
     return ("cstring", 1) if t in C_STRING_TYPES else ("int", 1)
 
 
-def layout(items: list[tuple[str, str]], go: bool, limit: int) -> list[Slot]:
-    """Assign registers in order; after a value we cannot place, the rest
-    cannot be placed either."""
-    out, reg, lost = [], 0, False
+def layout(items: list[tuple[str, str]], go: bool, limit: int, first: int = 0) -> list[Slot]:
+    """Assign registers in order from `first`; after a value we cannot
+    place, the rest cannot be placed either."""
+    out, reg, lost = [], first, False
     for name, type_name in items:
         shape, width = _shape(type_name, go)
         if lost or shape == "unsupported" or reg + width > limit:
@@ -73,10 +73,12 @@ def layout(items: list[tuple[str, str]], go: bool, limit: int) -> list[Slot]:
 
 def argument_layout(meta: pb.FunctionMetadata) -> list[Slot]:
     items = [(a.name, a.type) for a in meta.arguments] or [(f"arg{i}", "") for i in range(CAPTURED_ARG_REGS)]
-    return layout(items, meta.kind == "go", CAPTURED_ARG_REGS)
+    return layout(items, meta.kind == "go", CAPTURED_ARG_REGS, first=int(meta.result_in_memory))
 
 
 def result_layout(meta: pb.FunctionMetadata) -> list[Slot]:
+    if meta.result_in_memory:  # RAX holds the address of the result, not its value
+        return [Slot(r.name, r.type, "int", (0,)) for r in meta.return_values[:1]]  # shown as that address
     items = [(r.name, r.type) for r in meta.return_values if r.type != "void"]
     return layout(items, meta.kind == "go", CAPTURED_RESULT_REGS)
 
@@ -107,15 +109,19 @@ class RecordSlots:
     blob: tuple[int, int, int] = (-1, 0, 0)  # (argument register, bytes, slot) of a struct it points to
     str_result: tuple[int, int] = (-1, 0)  # (result register, slot) whose string is copied at the return
 
-    def strings_of_args(self, copied: tuple[bytes, ...]) -> dict[int, bytes]:
-        return {reg: copied[i].split(b"\0", 1)[0] for i, reg in enumerate(self.str_args) if reg >= 0}
+    # Each takes the record's slots and its unread bits; what could not be
+    # read is left out, and shown as the address.
+    def strings_of_args(self, copied: tuple[bytes, ...], unread: int = 0) -> dict[int, bytes]:
+        return {reg: copied[i].split(b"\0", 1)[0] for i, reg in enumerate(self.str_args)
+                if reg >= 0 and not unread >> i & 1}
 
-    def blob_of(self, copied: tuple[bytes, ...]) -> bytes:
-        return copied[self.blob[2]][:self.blob[1]] if self.blob[0] >= 0 else b""
+    def blob_of(self, copied: tuple[bytes, ...], unread: int = 0) -> bytes:
+        reg, size, at = self.blob
+        return copied[at][:size] if reg >= 0 and not unread >> at & 1 else b""
 
-    def string_of_result(self, copied: tuple[bytes, ...]) -> dict[int, bytes]:
+    def string_of_result(self, copied: tuple[bytes, ...], unread: int = 0) -> dict[int, bytes]:
         reg, at = self.str_result
-        return {reg: copied[at].split(b"\0", 1)[0]} if reg >= 0 else {}
+        return {reg: copied[at].split(b"\0", 1)[0]} if reg >= 0 and not unread >> at & 1 else {}
 
 
 def record_slots(meta: pb.FunctionMetadata, capture_args: bool, capture_return: bool,

@@ -107,6 +107,7 @@ class NativeRecord:
     results: tuple[int, ...]
     args: tuple[int, ...]
     strings: tuple[bytes, bytes]  # the record's two slots as copied (a string is NUL-terminated in its slot)
+    unread: int = 0  # bit i: slot i could not be read (its page was not in memory)
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,7 @@ class ProbeEngine:
         self._native_scalars = itemgetter(*(native.values(n).start for n in ("slot", "pid", "tid", "start_ns",
                                                                              "duration_ns")))
         self._native_arrays = (native.values("results"), native.values("args"), native.values("strs"))
+        self._native_unread = native.values("unread").start
         at_call = python.values("call").start
         self._python_scalars = itemgetter(*(python.values(n).start for n in ("slot", "pid", "tid")), *(
             at_call + call.values(n).start for n in ("fn_id", "call_id", "start_ns", "end_ns", "flags", "args_len",
@@ -462,7 +464,8 @@ class ProbeEngine:
             slot, pid, tid, start, duration = self._native_scalars(f)
             at_results, at_args, at_strs = self._native_arrays
             results, args, strs = f[at_results], f[at_args], f[at_strs]
-            self._pending[slot].append(NativeRecord(pid, tid, start, duration, results, args, (strs[0], strs[1])))
+            self._pending[slot].append(NativeRecord(pid, tid, start, duration, results, args, (strs[0], strs[1]),
+                                                    f[self._native_unread]))
         elif kind == EV_NATIVE_TIMING and size >= self._native_timing.size:
             slot, pid, tid, start, duration = self._native_timing_scalars(self._native_timing.unpack_from(raw))
             self._pending[slot].append(NativeRecord(pid, tid, start, duration, (), (), (b"", b"")))

@@ -405,12 +405,12 @@ class SessionManager:
         args: list[dict[str, Any]] = []
         slots = abi.record_slots(meta, s.config.capture_args, s.config.capture_return, string_bytes)
         if s.config.capture_args:  # redacted here, before anything is stored or sent
-            strings = slots.strings_of_args(rec.strings)
+            strings = slots.strings_of_args(rec.strings, rec.unread)
             blob_reg = slots.blob[0]
             fields_of = {a.name: list(a.fields) for a in meta.arguments if a.fields}
             for a in abi.argument_layout(meta):
                 if blob_reg >= 0 and a.regs and a.regs[0] == blob_reg and a.name in fields_of:
-                    text = abi.show_fields(rec.args[blob_reg], fields_of[a.name], slots.blob_of(rec.strings),
+                    text = abi.show_fields(rec.args[blob_reg], fields_of[a.name], slots.blob_of(rec.strings, rec.unread),
                                            self.rules.value)
                 else:
                     text = abi.show(a, rec.args, strings, string_bytes)
@@ -418,7 +418,7 @@ class SessionManager:
         ret: dict[str, Any] = {}
         results = abi.result_layout(meta)
         if s.config.capture_return and (results or not meta.return_values):
-            strings = slots.string_of_result(rec.strings)
+            strings = slots.string_of_result(rec.strings, rec.unread)
             shown = [(r, abi.show(r, rec.results, strings, string_bytes)) for r in results] or \
                 [(abi.Slot("", "u64", "int", (0,)), f"{rec.results[0]:#x}")]
             errors = [(r, v) for r, v in shown if r.type == "error" and v != "nil"]

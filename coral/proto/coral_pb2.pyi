@@ -180,7 +180,7 @@ class GetFunctionMetadataResponse(_message.Message):
     def __init__(self, metadata: _Optional[_Union[FunctionMetadata, _Mapping]] = ...) -> None: ...
 
 class FunctionMetadata(_message.Message):
-    __slots__ = ("name", "binary_path", "address", "file_offset", "size", "pid", "source_file", "source_line", "arguments", "return_values", "kind", "semaphore_offset", "inlined_into")
+    __slots__ = ("name", "binary_path", "address", "file_offset", "size", "pid", "source_file", "source_line", "arguments", "return_values", "kind", "semaphore_offset", "inlined_into", "result_in_memory")
     NAME_FIELD_NUMBER: _ClassVar[int]
     BINARY_PATH_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -194,6 +194,7 @@ class FunctionMetadata(_message.Message):
     KIND_FIELD_NUMBER: _ClassVar[int]
     SEMAPHORE_OFFSET_FIELD_NUMBER: _ClassVar[int]
     INLINED_INTO_FIELD_NUMBER: _ClassVar[int]
+    RESULT_IN_MEMORY_FIELD_NUMBER: _ClassVar[int]
     name: str
     binary_path: str
     address: int
@@ -207,7 +208,8 @@ class FunctionMetadata(_message.Message):
     kind: str
     semaphore_offset: int
     inlined_into: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., binary_path: _Optional[str] = ..., address: _Optional[int] = ..., file_offset: _Optional[int] = ..., size: _Optional[int] = ..., pid: _Optional[int] = ..., source_file: _Optional[str] = ..., source_line: _Optional[int] = ..., arguments: _Optional[_Iterable[_Union[ArgumentMetadata, _Mapping]]] = ..., return_values: _Optional[_Iterable[_Union[ReturnValueMetadata, _Mapping]]] = ..., kind: _Optional[str] = ..., semaphore_offset: _Optional[int] = ..., inlined_into: _Optional[_Iterable[str]] = ...) -> None: ...
+    result_in_memory: bool
+    def __init__(self, name: _Optional[str] = ..., binary_path: _Optional[str] = ..., address: _Optional[int] = ..., file_offset: _Optional[int] = ..., size: _Optional[int] = ..., pid: _Optional[int] = ..., source_file: _Optional[str] = ..., source_line: _Optional[int] = ..., arguments: _Optional[_Iterable[_Union[ArgumentMetadata, _Mapping]]] = ..., return_values: _Optional[_Iterable[_Union[ReturnValueMetadata, _Mapping]]] = ..., kind: _Optional[str] = ..., semaphore_offset: _Optional[int] = ..., inlined_into: _Optional[_Iterable[str]] = ..., result_in_memory: _Optional[bool] = ...) -> None: ...
 
 class ArmFunctionRequest(_message.Message):
     __slots__ = ("function", "fn_id", "config")

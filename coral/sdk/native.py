@@ -82,7 +82,7 @@ def native_metadata(name: str, pid: int, maps_of: int | str = "self") -> pb.Func
     meta = pb.FunctionMetadata(
         name=name, kind="native", binary_path=path, address=info.address, file_offset=info.file_offset,
         size=info.size, pid=pid, source_file=info.source_file, source_line=info.source_line,
-        inlined_into=list(info.inlined_into),
+        inlined_into=list(info.inlined_into), result_in_memory=info.result_in_memory,
         arguments=[pb.ArgumentMetadata(name=p.name, type=p.type, fields=fields_metadata(p)) for p in info.parameters],
     )
     if info.return_type:
