@@ -12,7 +12,9 @@ program is attached where Coral attaches: the first instruction, and a
 uretprobe or the RET. Modes are interleaved within each repeat; figures
 are medians of the repeats, and the added cost is (probed - unprobed).
 The agent runs with no CPU budget and no ingest cap, so every call of the
-loop is measured, not cut short."""
+loop is measured, not cut short. The last column is the session's
+probe_cost_ns: the share of each reported duration the agent measured as
+the probes' own, for that first instruction and mechanism."""
 
 from __future__ import annotations
 
@@ -132,7 +134,7 @@ def main() -> int:
         table("Added cost per call (ns) by build and return mechanism: Coral timing-only vs raw BCC empty "
               "handlers, same function, same run",
               ["build", "file", "function", "first instruction", "returns", "unprobed ns/call", "raw added",
-               "Coral added", "ratio"], rows)
+               "Coral added", "ratio", "the agent's probe_cost_ns"], rows)
     finally:
         agent.close()
         agent_proc.stop()
@@ -144,7 +146,7 @@ def measure(agent: Client, target: Target, build: str, lang: str, function: str,
             repeats: int) -> list[str]:
     target.ns_per_call(function, calls // 10)  # warm up
     samples: dict[str, list[float]] = {"base": [], "raw": [], "coral": []}
-    mechanism = ""
+    mechanism, probe_cost = "", 0
     raw: RawProbe | None = None
     for _ in range(repeats):
         samples["base"].append(target.ns_per_call(function, calls))
@@ -155,7 +157,7 @@ def measure(agent: Client, target: Target, build: str, lang: str, function: str,
             samples["coral"].append(target.ns_per_call(function, calls))
         finally:
             agent.call("DetachUprobe", pb.DetachUprobeRequest(session_id=session.session_id))
-        mechanism = session.return_probe
+        mechanism, probe_cost = session.return_probe, session.probe_cost_ns
         raw = raw or RawProbe(target, function, mechanism)
         raw.attach()
         samples["raw"].append(target.ns_per_call(function, calls))
@@ -165,7 +167,7 @@ def measure(agent: Client, target: Target, build: str, lang: str, function: str,
     base, raw_ns, coral = (statistics.median(samples[k]) for k in ("base", "raw", "coral"))
     added_raw, added_coral = raw_ns - base, coral - base
     return [build, lang, function, first_instruction(target.binary, function), mechanism, f"{base:.1f}",
-            f"{added_raw:.0f}", f"{added_coral:.0f}", f"{added_coral / added_raw:.2f}x"]
+            f"{added_raw:.0f}", f"{added_coral:.0f}", f"{added_coral / added_raw:.2f}x", f"{probe_cost}"]
 
 
 if __name__ == "__main__":

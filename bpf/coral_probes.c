@@ -485,12 +485,13 @@ static __always_inline void drop_top(struct stack *st, struct thread_key *tk, u3
     take_back(st, tk, depth - 1);
 }
 
-// Returns the entry's timestamp, or 0 if it took none (the frame was not pushed).
+// Returns the entry's timestamp (the time it gave up, if it pushed no frame:
+// every path returns a time, so the verifier has one kind of value after it).
 static __always_inline u64 push_frame(struct thread_key *tk, u64 watching, u64 ip, struct pt_regs *ctx, int go)
 {
     struct stack *st = stack_of(tk, go, 1);
     if (!st)
-        return 0;
+        return bpf_ktime_get_ns();
     u64 sp = go ? go_frame_sp(ctx) : PT_REGS_SP(ctx);
     u32 depth = st->depth;
     if (go && depth > 0 && depth <= CORAL_MAX_DEPTH) {
@@ -498,7 +499,7 @@ static __always_inline u64 push_frame(struct thread_key *tk, u64 watching, u64 i
         // from its first instruction: the same call, not a new one.
         struct frame *top = &st->frames[RING(depth - 1)];
         if (top->func_ip == ip && top->sp == sp && top->at == st->changes)
-            return 0;  // nothing came between: a restart (a frame at the same place after others is dead)
+            return bpf_ktime_get_ns();  // nothing came between: a restart (a frame at the same place after others is dead)
     }
     // A frame at or below this entry's position is dead: its call left
     // without returning (an exception unwound it), since a live caller's
@@ -516,7 +517,7 @@ static __always_inline u64 push_frame(struct thread_key *tk, u64 watching, u64 i
     if (depth >= CORAL_MAX_DEPTH) {
         bump_global(G_STACK_FULL);  // untracked; its return will find an outer frame and be ignored
         count_by_slots(watching, BY_TOO_DEEP);
-        return 0;
+        return bpf_ktime_get_ns();
     }
     struct frame *f = &st->frames[RING(depth)];
     if (depth >= CORAL_RING_FRAMES) {
@@ -525,7 +526,7 @@ static __always_inline u64 push_frame(struct thread_key *tk, u64 watching, u64 i
         if (deep_frames.update(&dk, f) != 0) {
             bump_global(G_STACK_FULL);  // deep_frames is full
             count_by_slots(watching, BY_TOO_DEEP);
-            return 0;
+            return bpf_ktime_get_ns();
         }
         add_global(G_DEEP_IN_USE, 1);
     }
@@ -602,13 +603,13 @@ static __always_inline u64 pop_frame(struct thread_key *tk, u64 entry_sp, u64 fu
     return watching;
 }
 
-// Returns the time it read (what the hit is charged at), or 0.
+// Returns the time it read (what the hit is charged at).
 static __always_inline u64 python_call(struct pt_regs *ctx, u64 watching, u64 id)
 {
     const struct coral_call *rec = (const struct coral_call *)PT_REGS_PARM1(ctx);
     u64 head[5];  // fn_id, call_id, start_ns, end_ns, flags (and args_len)
     if (bpf_probe_read_user(head, sizeof(head), rec) != 0)
-        return 0;
+        return bpf_ktime_get_ns();
     int raised = (u32)head[4] & CORAL_CALL_RAISED;
     u64 duration = head[3] > head[2] ? head[3] - head[2] : 0;
     u64 now = bpf_ktime_get_ns();
@@ -670,8 +671,7 @@ int coral_hit(struct pt_regs *ctx)
         return 0;
     u64 now = 0;
     if (s->flags & SITE_PYTHON) {
-        now = python_call(ctx, watching, id);
-        charge(watching, now ? now : bpf_ktime_get_ns());
+        charge(watching, python_call(ctx, watching, id));
         return 0;
     }
     // Frames per goroutine for Go (R14 holds g), per thread otherwise.
@@ -697,8 +697,7 @@ int coral_hit(struct pt_regs *ctx)
         now = push_frame(&tk, watching, key.ip, ctx, 1);  // constant: each copy reads its own ABI's registers
     else
         now = push_frame(&tk, watching, key.ip, ctx, 0);
-    if (watching)
-        charge(watching, now ? now : bpf_ktime_get_ns());  // no frame pushed (too deep, say): still a hit
+    charge(watching, now);  // charge() does nothing for no slot (an unpaired return: now is 0 then)
     return 0;
 }
 
