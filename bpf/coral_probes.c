@@ -35,7 +35,8 @@
 //   SITE_ENTRY (first instruction of a function), SITE_GO (... of a Go function: frames
 //     keyed by goroutine), SITE_GO_RET (a RET of a Go function), SITE_PYTHON (the SDK's site),
 //     SITE_RET (a RET of a native function probed without a uretprobe: C++, Rust), SITE_TAIL
-//     (a JMP of such a function to another function: the call leaves, counted as BY_TAIL_CALL)
+//     (a JMP of such a function to another function: the call leaves, counted as BY_TAIL_CALL),
+//     SITE_URET (an entry whose return is a uretprobe: at most CORAL_URETPROBE_DEPTH deep)
 //   ST_CALLS (completed calls seen in the kernel), ST_SAMPLED, ST_FILTERED (min duration or
 //     predicate), ST_RINGBUF (ring buffer full), ST_EMITTED (records submitted), ST_MAX_NS,
 //     ST_SUM_NS, ST_UNREADABLE (the process's record could not be read), ST_EXPIRED
@@ -52,7 +53,7 @@
 #include <uapi/linux/ptrace.h>
 #include "coral_records.h"            // the ring buffer's records (and struct coral_call)
 
-#if !defined(CORAL_STATS) || !defined(G_DEEP_IN_USE) || !defined(BY_TAIL_CALL) || !defined(CORAL_MAX_DEPTH) || !defined(SITE_RET) || !defined(PRED_GE) || !defined(EV_NATIVE_TIMING)
+#if !defined(CORAL_STATS) || !defined(G_DEEP_IN_USE) || !defined(BY_TAIL_CALL) || !defined(SITE_URET) || !defined(CORAL_MAX_DEPTH) || !defined(SITE_RET) || !defined(PRED_GE) || !defined(EV_NATIVE_TIMING)
 #error "compile through coral/agentd/engine.py, which defines the constants shared with Python"
 #endif
 
@@ -487,7 +488,8 @@ static __always_inline void drop_top(struct stack *st, struct thread_key *tk, u3
 
 // Returns the entry's timestamp (the time it gave up, if it pushed no frame:
 // every path returns a time, so the verifier has one kind of value after it).
-static __always_inline u64 push_frame(struct thread_key *tk, u64 watching, u64 ip, struct pt_regs *ctx, int go)
+static __always_inline u64 push_frame(struct thread_key *tk, u64 watching, u64 ip, struct pt_regs *ctx, int go,
+                                      int uret)
 {
     struct stack *st = stack_of(tk, go, 1);
     if (!st)
@@ -514,7 +516,10 @@ static __always_inline u64 push_frame(struct thread_key *tk, u64 watching, u64 i
     // Read back from the map: the verifier then has one state here, not one
     // per number of frames dropped above (which multiplies all that follows).
     depth = *(volatile u32 *)&st->depth;
-    if (depth >= CORAL_MAX_DEPTH) {
+    // The kernel itself keeps at most CORAL_URETPROBE_DEPTH uretprobes open
+    // on a task: a deeper one's return would never be seen.
+    u32 limit = uret && CORAL_MAX_DEPTH > CORAL_URETPROBE_DEPTH ? CORAL_URETPROBE_DEPTH : CORAL_MAX_DEPTH;
+    if (depth >= limit) {
         bump_global(G_STACK_FULL);  // untracked; its return will find an outer frame and be ignored
         count_by_slots(watching, BY_TOO_DEEP);
         return bpf_ktime_get_ns();
@@ -523,12 +528,13 @@ static __always_inline u64 push_frame(struct thread_key *tk, u64 watching, u64 i
     if (depth >= CORAL_RING_FRAMES) {
         // The ring is full: its bottom frame (depth - 8) moves to deep_frames.
         struct deep_key dk = {.thread = *tk, .depth = depth - CORAL_RING_FRAMES};
-        if (deep_frames.update(&dk, f) != 0) {
+        if (deep_frames.insert(&dk, f) == 0) {
+            add_global(G_DEEP_IN_USE, 1);
+        } else if (deep_frames.update(&dk, f) != 0) {  // a frame left under this key (a thread gone deep) is replaced
             bump_global(G_STACK_FULL);  // deep_frames is full
             count_by_slots(watching, BY_TOO_DEEP);
             return bpf_ktime_get_ns();
         }
-        add_global(G_DEEP_IN_USE, 1);
     }
     u64 ts = bpf_ktime_get_ns();
     f->ts = ts;
@@ -694,9 +700,9 @@ int coral_hit(struct pt_regs *ctx)
         else
             watching = pop_frame(&tk, sp, s->func_ip, results, id, tail, &now, 0);
     } else if (go)
-        now = push_frame(&tk, watching, key.ip, ctx, 1);  // constant: each copy reads its own ABI's registers
+        now = push_frame(&tk, watching, key.ip, ctx, 1, 0);  // constant: each copy reads its own ABI's registers
     else
-        now = push_frame(&tk, watching, key.ip, ctx, 0);
+        now = push_frame(&tk, watching, key.ip, ctx, 0, s->flags & SITE_URET);
     charge(watching, now);  // charge() does nothing for no slot (an unpaired return: now is 0 then)
     return 0;
 }

@@ -260,7 +260,10 @@ class ElfFunctions:
     def locations(self, labels: list[str]) -> list[str]:
         """`FILE:LINE` of each function `labels` names (as names() lists them), or ""."""
         if self._locations is None:
-            self._locations = read_dwarf_locations(self.path)
+            try:
+                self._locations = read_dwarf_locations(self.path)
+            except ElfInfoError:
+                self._locations = {}  # DWARF it cannot read: the names are listed without
         out = []
         for label in labels:
             try:
@@ -405,7 +408,7 @@ def struct_fields(type_die: Any) -> tuple[Field, ...]:
                 base.tag not in ("DW_TAG_base_type", "DW_TAG_pointer_type", "DW_TAG_enumeration_type"):
             continue
         if offset + size > FIELDS_WITHIN:
-            break
+            continue  # members need not be in offset order (rustc reorders them)
         name = _attr(member, "DW_AT_name")
         out.append(Field(name.decode(errors="replace") if name else "?", _type_name(typed), offset, size))
         if len(out) == MAX_FIELDS:
@@ -500,15 +503,22 @@ def _dwarf_of(path: str) -> Iterator[Any]:
     try:
         with contextlib.ExitStack() as files:
             ef = ELFFile(files.enter_context(open(path, "rb")))
-            if ef.get_section_by_name(".debug_info") is None:
+            if not _has_debug_info(ef):
                 separate = debug_file_for(path, ef)
                 if separate is None:
                     yield None
                     return
                 ef = ELFFile(files.enter_context(open(separate, "rb")))
-            yield ef.get_dwarf_info() if ef.get_section_by_name(".debug_info") is not None else None
+            yield ef.get_dwarf_info() if _has_debug_info(ef) else None
     except (OSError, ELFError, KeyError, ValueError) as exc:
         raise ElfInfoError(f"cannot read DWARF of {path}: {exc}") from None
+
+
+def _has_debug_info(ef: ELFFile) -> bool:
+    """DWARF's own sections, compressed the old way too (.zdebug_info: Go 1.17
+    and 1.18, gcc -gz=zlib-gnu); pyelftools' has_dwarf_info also says yes
+    for .eh_frame alone."""
+    return any(ef.get_section_by_name(name) is not None for name in (".debug_info", ".zdebug_info"))
 
 
 DEBUG_ROOT = "/usr/lib/debug"  # where Debian's -dbgsym packages put debug files

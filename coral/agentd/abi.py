@@ -30,7 +30,7 @@ FLOAT_TYPES = {"float", "double", "long double", "float32", "float64", "complex6
 class Slot:
     name: str
     type: str
-    shape: str  # int | cstring | gostring | goslice | iface | float | unsupported
+    shape: str  # int | cstring | gostring | goslice | iface | fat | float | unsupported
     regs: tuple[int, ...]
     go: bool = False
 
@@ -51,6 +51,8 @@ def _shape(type_name: str, go: bool) -> tuple[str, int]:
         return "unsupported", 0  # arrays, structs, named types (which may be structs)
     if t in ("&str", "&mut str"):
         return "gostring", 2  # Rust: a pointer and a length, in two registers, as a Go string
+    if t.startswith(("&", "*const ", "*mut ")) and ("[" in t or "dyn " in t):
+        return "fat", 2  # Rust: a slice (pointer, length) or a trait object (pointer, vtable)
     if t.startswith(("struct", "union")) and " *" not in t and " &" not in t:
         return "unsupported", 0
     return ("cstring", 1) if t in C_STRING_TYPES else ("int", 1)
@@ -139,7 +141,8 @@ def record_slots(meta: pb.FunctionMetadata, capture_args: bool, capture_return: 
     return RecordSlots(str_args, blob, (result, used) if result >= 0 and used < 2 else (-1, 0))
 
 
-def show_fields(address: int, fields: list[pb.FieldMetadata], blob: bytes, redact: Callable[[str, str], str]) -> str:
+def show_fields(address: int, fields: list[pb.FieldMetadata], blob: bytes, redact: Callable[[str, str], str],
+                go: bool = False) -> str:
     """`0x7ffc… {cents=100, items=1, note=0x5612…}`: the members the kernel
     copied through the pointer (at the return), each redacted by its name."""
     if address == 0:
@@ -152,7 +155,7 @@ def show_fields(address: int, fields: list[pb.FieldMetadata], blob: bytes, redac
             shown.append(f"{f.name}=?")
             continue
         value = int.from_bytes(blob[f.offset:f.offset + f.size], "little")
-        shown.append(f"{f.name}={redact(f.name, format_register(value, f.type))}")
+        shown.append(f"{f.name}={redact(f.name, format_register(value, f.type, go))}")
     return f"{address:#x} {{{', '.join(shown)}}}"
 
 
@@ -163,6 +166,8 @@ def show(slot: Slot, values: tuple[int, ...], strings: dict[int, bytes], string_
     if slot.shape == "unsupported" or not slot.regs:
         return "(not captured)"
     v = [values[r] for r in slot.regs]
+    if slot.shape == "fat":
+        return f"{v[0]:#x} " + (f"vtable={v[1]:#x}" if "dyn " in slot.type else f"len={v[1]}")
     if slot.shape == "int":
         return format_register(v[0], slot.type, slot.go)
     if slot.shape == "iface":

@@ -38,6 +38,8 @@ BY_UNWOUND, BY_TOO_DEEP, BY_TAIL_CALL = 1, 2, 3  # causes of calls not seen comp
 RING_FRAMES = 8  # frames each thread's stack holds itself (CORAL_RING_FRAMES); deeper ones go to deep_frames
 
 SITE_ENTRY, SITE_GO, SITE_GO_RET, SITE_PYTHON, SITE_RET, SITE_TAIL = 0x1, 0x2, 0x4, 0x8, 0x10, 0x20
+SITE_URET = 0x40  # an entry whose return is a uretprobe (set from Site.uretprobe when the site is written)
+URETPROBE_DEPTH = 64  # the kernel's MAX_URETPROBE_DEPTH: uretprobes open at once on one task
 EV_NATIVE, EV_PYTHON, EV_PYTHON_TIMING, EV_NATIVE_TIMING = 1, 2, 3, 4
 PREDICATE_OPS = {"==": 1, "!=": 2, "<": 3, "<=": 4, ">": 5, ">=": 6}
 PREDICATE_NAMES = {"==": "EQ", "!=": "NE", "<": "LT", "<=": "LE", ">": "GT", ">=": "GE"}
@@ -48,7 +50,7 @@ def bpf_constants() -> dict[str, int]:
     out = {"CORAL_MAX_SLOTS": MAX_SLOTS, "CORAL_HIST_BUCKETS": HIST_BUCKETS, "CORAL_HIST_SUB_BITS": histogram.SUB_BITS,
            "CORAL_STATS": STATS_PER_SLOT,
            "SITE_ENTRY": SITE_ENTRY, "SITE_GO": SITE_GO, "SITE_GO_RET": SITE_GO_RET, "SITE_PYTHON": SITE_PYTHON,
-           "SITE_RET": SITE_RET, "SITE_TAIL": SITE_TAIL,
+           "SITE_RET": SITE_RET, "SITE_TAIL": SITE_TAIL, "SITE_URET": SITE_URET, "CORAL_URETPROBE_DEPTH": URETPROBE_DEPTH,
            "BY_UNWOUND": BY_UNWOUND, "BY_TOO_DEEP": BY_TOO_DEEP, "BY_TAIL_CALL": BY_TAIL_CALL,
            "EV_NATIVE": EV_NATIVE, "EV_PYTHON": EV_PYTHON, "EV_PYTHON_TIMING": EV_PYTHON_TIMING,
            "EV_NATIVE_TIMING": EV_NATIVE_TIMING, "PRED_NONE": 0}
@@ -390,7 +392,8 @@ class ProbeEngine:
                 del self._sites[key]
             return
         value = self._sites.Leaf()
-        value.slots, value.func_ip, value.flags, value.pad = mask, site.func_ip, site.flags, 0
+        value.slots, value.func_ip, value.pad = mask, site.func_ip, 0
+        value.flags = site.flags | (SITE_URET if site.uretprobe else 0)
         self._sites[key] = value
         self._site_masks[(site.pid, site.runtime_ip)] = mask
 

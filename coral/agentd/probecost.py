@@ -88,9 +88,8 @@ class ProbeCosts:
         if (kind, mechanism) not in self.ns and self.engine is not None and mechanism in MECHANISMS:
             try:
                 self.ns[(kind, mechanism)] = self._measure(kind, mechanism)
-            except (OSError, ProbeError) as exc:
+            except (OSError, ProbeError) as exc:  # not kept: a later session tries again
                 log.warning("could not measure the probes' share of a duration (%s, %s): %s", kind, mechanism, exc)
-                self.ns[(kind, mechanism)] = 0
             else:
                 log.info("the probes' own share of a call's duration here, entry on %s, return by %s: %d ns",
                          kind, mechanism, self.ns[(kind, mechanism)])

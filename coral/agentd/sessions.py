@@ -411,7 +411,7 @@ class SessionManager:
             for a in abi.argument_layout(meta):
                 if blob_reg >= 0 and a.regs and a.regs[0] == blob_reg and a.name in fields_of:
                     text = abi.show_fields(rec.args[blob_reg], fields_of[a.name], slots.blob_of(rec.strings, rec.unread),
-                                           self.rules.value)
+                                           self.rules.value, meta.kind == "go")
                 else:
                     text = abi.show(a, rec.args, strings, string_bytes)
                 args.append({"name": a.name, "type": a.type or "u64", "value": self.rules.value(a.name, text)})

@@ -176,7 +176,8 @@ def function_exits(path: str, file_offset: int, size: int) -> Exits:
         except InvalidArgument:
             if start == file_offset:
                 raise
-            continue  # a fragment that does not disassemble is not counted on
+            calls_out = True  # a fragment we cannot read may call or throw: never a leaf
+            continue
         for insn in insns:
             op = insn.mnemonic.split()[-1]  # without a prefix (bnd, notrack, rep)
             if _is_ret(insn):
