@@ -92,7 +92,7 @@ def test_the_agent_measures_what_a_probe_hit_costs_here(coral_env: CoralEnv, age
 
     deadline = time.monotonic() + 30
     while own_probes() and time.monotonic() < deadline:
-        time.sleep(0.2)  # the kernel takes about 175 ms to remove each
+        time.sleep(0.2)  # a poll, not readiness: nothing tells when the kernel (about 175 ms a probe) is done
     assert not own_probes()
     logged = re.search(r"a uprobe hit costs (\d+) ns here, the trap and the BPF program; CPU budgets charge that", agent.output())
     assert logged is not None and int(logged.group(1)) == counters["kernel.trap_ns"]
