@@ -35,7 +35,6 @@ ST_CALLS, ST_SAMPLED, ST_FILTERED, ST_RINGBUF, ST_EMITTED, ST_MAX_NS, ST_SUM_NS,
 GLOBAL_NAMES = ("stack_full", "unpaired_returns", "stale_frames", "unwound_uncounted", "deep_frames_in_use")
 G_DEEP_IN_USE = 4
 BY_UNWOUND, BY_TOO_DEEP, BY_TAIL_CALL = 1, 2, 3  # causes of calls not seen completed, counted by slot set (by_slots)
-RING_FRAMES = 8  # frames each thread's stack holds itself (CORAL_RING_FRAMES); deeper ones go to deep_frames
 
 SITE_ENTRY, SITE_GO, SITE_GO_RET, SITE_PYTHON, SITE_RET, SITE_TAIL = 0x1, 0x2, 0x4, 0x8, 0x10, 0x20
 SITE_URET = 0x40  # an entry whose return is a uretprobe (set from Site.uretprobe when the site is written)
