@@ -40,6 +40,8 @@ class Member:
     offset: int
     size: int
     values: slice  # where its values are in the tuple the struct format unpacks
+    code: str = ""  # the struct code of one element (I, i, Q, q; s for a char row; "" for a struct)
+    count: int = 1  # elements (char rows for a char array)
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,7 @@ def _layout(name: str, body: str, macros: Mapping[str, int], known: Mapping[str,
                 raise LayoutError(f"{path}: struct {name}: {ctype} is not defined before it")
             one_fmt, one_size, one_align, one_values = inner.format, inner.size, inner.align, len(inner.struct.unpack(
                 bytes(inner.size)))
+            code = ""
         elif ctype in SCALARS:
             code, one_size = SCALARS[ctype]
             one_align = one_size
@@ -130,7 +133,8 @@ def _layout(name: str, body: str, macros: Mapping[str, int], known: Mapping[str,
         if pad:
             fmt.append(f"{pad}x")
         offset += pad
-        members.append(Member(member, offset, one_size * count, slice(n_values, n_values + one_values * count)))
+        members.append(Member(member, offset, one_size * count, slice(n_values, n_values + one_values * count), code,
+                              count))
         fmt.append(one_fmt * count)
         offset += one_size * count
         n_values += one_values * count
