@@ -78,7 +78,7 @@ def test_the_agents_disk_fills_mid_session(coral_env: CoralEnv, bpf: None, payme
         # already owns: 506 of 2,500 were written in one run.)
         while (counters := ping(coral_env.endpoint("agent.sock")))["storage.pending_calls"]:
             pass  # until the loop has tried to write them (within agent.flush_interval)
-        assert counters["storage.failing"] == 1 and 0 < counters["storage.held_calls"] <= 2000
+        assert counters["storage.failing"] == 1 and 0 < counters["storage.held_calls"] <= 2000, counters
         assert events(coral_env, sid, "--local") == 2500  # nothing held is hidden
         listed = coralctl(coral_env, "--local", "--output", "json", "debug", "sessions")
         (row,) = [json.loads(line) for line in listed.stdout.splitlines()]

@@ -7,20 +7,22 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
+import mmap
 import os
 import statistics
-import struct
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
+import numpy as np
+
 from coral import histogram
 from coral.agentd.probes import bpf_source_dir, load_bcc
+from coral.agentd.ringbuf import HEADER_BYTES, RingReader
 from coral.layouts import Layout, read_layouts
 
 log = logging.getLogger(__name__)
@@ -124,6 +126,36 @@ class PythonRecord:
     ret: bytes
 
 
+@dataclass(frozen=True)
+class Timings:
+    """One slot's timing-only calls from one run of records, in the order
+    they returned: columns, not an object per call (int64, monotonic ns)."""
+
+    pid: np.ndarray
+    tid: np.ndarray
+    start_ns: np.ndarray
+    end_ns: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.pid)
+
+    def head(self, n: int) -> Timings:
+        return Timings(self.pid[:n], self.tid[:n], self.start_ns[:n], self.end_ns[:n])
+
+
+Drained = tuple[int, "Timings | list[NativeRecord | PythonRecord]"]  # (slot, its calls)
+
+
+def record_dtype(layout: Layout, stride: int) -> np.dtype:
+    """A numpy view of ring-buffer rows (header, then the record) of `stride`
+    bytes whose record is `layout`: its integer members by name."""
+    kinds = {"I": "<u4", "i": "<i4", "Q": "<u8", "q": "<i8"}
+    members = [m for m in layout.members if m.code in kinds]
+    return np.dtype({"names": [m.name for m in members],
+                     "formats": [kinds[m.code] if m.count == 1 else (kinds[m.code], (m.count,)) for m in members],
+                     "offsets": [HEADER_BYTES + m.offset for m in members], "itemsize": stride})
+
+
 @dataclass
 class SlotStats:
     calls: int = 0
@@ -178,11 +210,10 @@ class ProbeEngine:
         self.string_bytes = string_bytes
         records = record_layouts(string_bytes)
         native, python, timing = records["native_event"], records["python_event"], records["python_timing_event"]
-        self._native, self._python, self._python_timing = native.struct, python.struct, timing.struct
-        native_timing = records["native_timing_event"]
-        self._native_timing = native_timing.struct
-        self._native_timing_scalars = itemgetter(*(native_timing.values(n).start for n in (
-            "slot", "pid", "tid", "start_ns", "duration_ns")))
+        self._native, self._python = native.struct, python.struct
+        # Timing-only records are read as numpy columns by member name (record_dtype), the others one by one.
+        self._timing_layouts = {EV_NATIVE_TIMING: records["native_timing_event"], EV_PYTHON_TIMING: timing}
+        self._full_sizes = {EV_NATIVE: native.size, EV_PYTHON: python.size}
         # Where each record's values are, by member name (the header is their one definition).
         call = records["coral_call"]
         self._native_scalars = itemgetter(*(native.values(n).start for n in ("slot", "pid", "tid", "start_ns",
@@ -193,9 +224,6 @@ class ProbeEngine:
         self._python_scalars = itemgetter(*(python.values(n).start for n in ("slot", "pid", "tid")), *(
             at_call + call.values(n).start for n in ("fn_id", "call_id", "start_ns", "end_ns", "flags", "args_len",
                                                      "ret_len", "args", "ret")))
-        at_head = timing.values("head").start  # fn_id, call_id, start_ns, end_ns, flags
-        self._timing_scalars = itemgetter(*(timing.values(n).start for n in ("slot", "pid", "tid")),
-                                          *range(at_head, at_head + 5))
         self._args_max, self._ret_max = call.member("args").size, call.member("ret").size
         self._hit = self._bpf.load_func(b"coral_hit", bcc.BPF.KPROBE).fd
         self._ret = self._bpf.load_func(b"coral_return", bcc.BPF.KPROBE).fd
@@ -219,9 +247,8 @@ class ProbeEngine:
         self._slot_sites: dict[int, list[Site]] = {}
         self._site_masks: dict[tuple[int, int], int] = {}
         self._attached: dict[tuple[int, str, int, bool], tuple[int, int]] = {}  # key -> (fd, refcount)
-        self._pending: dict[int, list[NativeRecord | PythonRecord]] = defaultdict(list)
-        self._room = -1  # records the current drain may still take; -1: no limit
-        self._bpf["events"].open_ring_buffer(self._on_record)
+        self._ring = RingReader(self._bpf["events"].map_fd, ringbuf_pages * mmap.PAGESIZE)
+        self._kept: list[Drained] = []  # read when slots closed: the next drain hands them on
 
     # ------------------------------------------------------------- slots
 
@@ -277,7 +304,7 @@ class ProbeEngine:
         for slot, site in released:
             mask = self._site_masks.get((site.pid, site.runtime_ip), 0) & ~(1 << slot)
             self._write_site(site, mask)
-        self.drain_into_pending()
+        self._kept += self._decode_runs(self._ring.read()[0])  # records of these slots, before the slots are reused
         out = []
         for slot in slots:
             out.append(self.stats(slot))
@@ -454,50 +481,67 @@ class ProbeEngine:
 
     # ------------------------------------------------------------ events
 
-    def _on_record(self, _ctx: Any, data: int, size: int) -> int:
-        stop = 0
-        if self._room > 0:
-            self._room -= 1
-            stop = -1 if self._room == 0 else 0  # this record is taken; the rest wait in the ring buffer
-        raw = ctypes.string_at(data, size)
-        kind = struct.unpack_from("<I", raw)[0]  # every record starts with its u32 type
-        if kind == EV_NATIVE and size >= self._native.size:
-            f = self._native.unpack_from(raw)
+    def drain(self, limit: int = 0) -> tuple[list[Drained], bool]:
+        """What the kernel has submitted so far (about `limit` bytes of records
+        at most, 0: all), non-blocking, as (slot, calls) in the order the records came;
+        and whether more may be waiting."""
+        runs, more = self._ring.read(limit)
+        out, self._kept = self._kept + self._decode_runs(runs), []
+        return out, more
+
+    def _decode_runs(self, runs: list[np.ndarray]) -> list[Drained]:
+        out: list[Drained] = []
+        for rows in runs:
+            kinds = rows[:, HEADER_BYTES: HEADER_BYTES + 4].copy().view("<u4")[:, 0]  # every record starts with its type
+            length = int(rows[0, :4].view("<u4")[0]) & 0x3FFFFFFF
+            cuts = np.flatnonzero(kinds[1:] != kinds[:-1]) + 1  # records of one size are of one kind, but never trust it
+            for part in np.split(rows, cuts) if cuts.size else [rows]:
+                self._decode(int(part[0, HEADER_BYTES: HEADER_BYTES + 4].view("<u4")[0]), length, part, out)
+        return out
+
+    def _decode(self, kind: int, length: int, rows: np.ndarray, out: list[Drained]) -> None:
+        layout = self._timing_layouts.get(kind)
+        if layout is not None and length >= layout.size:
+            rec = rows.view(record_dtype(layout, rows.shape[1]))[:, 0]
+            slots = rec["slot"]
+            pid, tid = rec["pid"].astype(np.int64), rec["tid"].astype(np.int64)
+            if kind == EV_NATIVE_TIMING:
+                start = rec["start_ns"].astype(np.int64)
+                end = start + rec["duration_ns"].astype(np.int64)
+            else:
+                start, end = rec["head"][:, 2].astype(np.int64), rec["head"][:, 3].astype(np.int64)
+            first = int(slots[0])
+            if (slots == first).all():
+                out.append((first, Timings(pid, tid, start, end)))
+                return
+            for slot in np.unique(slots).tolist():
+                mine = slots == slot
+                out.append((int(slot), Timings(pid[mine], tid[mine], start[mine], end[mine])))
+            return
+        if length < self._full_sizes.get(kind, 1 << 31):
+            return  # not a record this program writes
+        groups: list[tuple[int, list[NativeRecord | PythonRecord]]] = []  # consecutive records of one slot
+        for raw in rows:
+            slot, record = self._decode_full(kind, raw.tobytes())
+            if groups and groups[-1][0] == slot:
+                groups[-1][1].append(record)
+            else:
+                groups.append((slot, [record]))
+        out.extend(groups)
+
+    def _decode_full(self, kind: int, raw: bytes) -> tuple[int, NativeRecord | PythonRecord]:
+        """One record with captured values (after its ring-buffer header)."""
+        if kind == EV_NATIVE:
+            f = self._native.unpack_from(raw, HEADER_BYTES)
             slot, pid, tid, start, duration = self._native_scalars(f)
             at_results, at_args, at_strs = self._native_arrays
             results, args, strs = f[at_results], f[at_args], f[at_strs]
-            self._pending[slot].append(NativeRecord(pid, tid, start, duration, results, args, (strs[0], strs[1]),
-                                                    f[self._native_unread]))
-        elif kind == EV_NATIVE_TIMING and size >= self._native_timing.size:
-            slot, pid, tid, start, duration = self._native_timing_scalars(self._native_timing.unpack_from(raw))
-            self._pending[slot].append(NativeRecord(pid, tid, start, duration, (), (), (b"", b"")))
-        elif kind == EV_PYTHON_TIMING and size >= self._python_timing.size:
-            f = self._python_timing.unpack_from(raw)
-            slot, pid, tid, fn_id, call_id, start, end, flags = self._timing_scalars(f)
-            flags &= 0xFFFFFFFF  # the u64 slot holds coral_call's u32 flags (and args_len above them)
-            self._pending[slot].append(PythonRecord(pid, tid, fn_id, call_id, start, end, flags, b"", b""))
-        elif kind == EV_PYTHON and size >= self._python.size:
-            f = self._python.unpack_from(raw)
-            slot, pid, tid, fn_id, call_id, start, end, flags, args_len, ret_len, args, ret = self._python_scalars(f)
-            self._pending[slot].append(PythonRecord(pid, tid, fn_id, call_id, start, end, flags,
-                                                    args[:min(args_len, self._args_max)],
-                                                    ret[:min(ret_len, self._ret_max)]))
-        return stop
-
-    def drain_into_pending(self, limit: int = 0) -> bool:
-        """Take what the kernel has submitted, at most `limit` records (0:
-        all); True if it stopped at the limit (more may be waiting)."""
-        self._room = limit or -1
-        self._bpf.ring_buffer_consume()  # a callback's -1 stops it, after that record
-        stopped, self._room = self._room == 0, -1
-        return stopped
-
-    def drain(self, limit: int = 0) -> tuple[dict[int, list[NativeRecord | PythonRecord]], bool]:
-        """What the kernel has submitted so far (at most `limit` records), by
-        slot, non-blocking; and whether more may be waiting."""
-        more = self.drain_into_pending(limit)
-        out, self._pending = self._pending, defaultdict(list)
-        return out, more
+            return slot, NativeRecord(pid, tid, start, duration, results, args, (strs[0], strs[1]),
+                                      f[self._native_unread])
+        f = self._python.unpack_from(raw, HEADER_BYTES)
+        slot, pid, tid, fn_id, call_id, start, end, flags, args_len, ret_len, args, ret = self._python_scalars(f)
+        return slot, PythonRecord(pid, tid, fn_id, call_id, start, end, flags, args[:min(args_len, self._args_max)],
+                                  ret[:min(ret_len, self._ret_max)])
 
     # ------------------------------------------------------------ counts
 
@@ -547,4 +591,5 @@ class ProbeEngine:
     def close(self) -> None:
         self._close_all([fd for fd, _ in self._attached.values()])
         self._attached.clear()
+        self._ring.close()
         self._bpf.cleanup()

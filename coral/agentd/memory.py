@@ -21,7 +21,10 @@ from collections.abc import Iterable
 log = logging.getLogger(__name__)
 
 MADV_DONTNEED = 4
-COMPILER_LIBRARIES = ("libLLVM", "libclang")
+# The compiler, and numpy's libraries: the agent uses a few of numpy's
+# functions (the ring buffer's columns), and OpenBLAS not at all, but their
+# loading touched most of their pages.
+RELEASED_LIBRARIES = ("libLLVM", "libclang", "_multiarray_umath", "libscipy_openblas")
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 
@@ -51,7 +54,7 @@ def release_compiler_pages() -> int:
         log.warning("could not read /proc/self/smaps to release the compiler's pages: %s", exc)
         return 0
     for start, end, path in mappings:
-        if not os.path.basename(path).startswith(COMPILER_LIBRARIES):
+        if not os.path.basename(path).startswith(RELEASED_LIBRARIES):
             continue
         if _libc.madvise(start, end - start, MADV_DONTNEED) != 0:
             log.warning("madvise(%s) failed: %s", path, os.strerror(ctypes.get_errno()))

@@ -20,11 +20,21 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from coral.agentd import abi
-from coral.agentd.engine import NativeRecord, ProbeEngine, ProbeError, PythonRecord, Site, SlotConfig, SlotStats
+from coral.agentd.callblocks import CallBlock, CallRow, calls_of, rows_in_blocks, take
+from coral.agentd.engine import (
+    NativeRecord,
+    ProbeEngine,
+    ProbeError,
+    PythonRecord,
+    Site,
+    SlotConfig,
+    SlotStats,
+    Timings,
+)
 from coral.agentd.memory import trim_heap
 from coral.agentd.probecost import ProbeCosts, first_bytes
 from coral.agentd.registry import ProcessRegistry, Registration
-from coral.agentd.store import CallRow, EventStore, SessionRow, rows_in_columns
+from coral.agentd.store import EventStore, SessionRow
 from coral.agentd.targets import native_sites, python_site
 from coral.agentd.values import int_kind
 from coral.daemon.config import Config
@@ -35,9 +45,10 @@ from coral.redact import Rules
 
 log = logging.getLogger(__name__)
 
-# Records a query reads from the ring buffer first, at most: its answer then
-# has every call that returned before it, unless the agent is far behind.
-QUERY_DRAIN = 2_000
+# Bytes of records a query reads from the ring buffer first, at most (about
+# 8,000 timing-only calls, or 1,000 with values): its answer then has every
+# call that returned before it, unless the agent is far behind.
+QUERY_DRAIN = 256 * 1024
 
 # (process, method, request, answer): never waits; `answer` gets the response or the CoralError, later.
 AskProcess = Callable[[Registration, str, Any, Callable[[Any], None]], None]
@@ -159,7 +170,7 @@ class SessionManager:
         self.starting: dict[str, Starting] = {}  # attaches waiting on their processes
         self.counters: Counter[str] = Counter()
         self._by_slot: dict[int, Session] = {}
-        self._pending: list[list[object]] = [[] for _ in range(8)]  # CallRow's fields, as columns
+        self._pending: builtins.list[CallBlock] = []  # drained, not handed to the store yet (seq order)
         self._handed: dict[str, int] = {}  # by session active in this run: the last seq handed to the store
         self.news: set[str] = set()  # sessions with new calls, or ended, since the followers were last told
         self.more_waiting = False  # the last collect stopped at its limit
@@ -356,47 +367,58 @@ class SessionManager:
     # ----------------------------------------------------------- collect
 
     def collect(self, limit: int = 0) -> int:
-        """Drain the ring buffer into the pending batch (at most `limit`
-        records; `more_waiting` says if it stopped there)."""
+        """Drain the ring buffer into the pending batch (about `limit` bytes
+        of records at most, 0: all; `more_waiting` says if it stopped there)."""
         n = 0
         drained, self.more_waiting = self.engine.drain(limit)
-        for slot, records in drained.items():
+        for slot, calls in drained:
             session = self._by_slot.get(slot)
             if session is None:
                 continue
-            for rec in records:
-                n += 1
-                if session.stored >= session.max_events:
-                    session.lost["max_events"] += 1
-                    continue
-                session.stored += 1
-                self._rows(session, rec)
-                self.news.add(session.session_id)
+            n += len(calls)
+            kept = min(len(calls), max(session.max_events - session.stored, 0))
+            if kept < len(calls):
+                session.lost["max_events"] += len(calls) - kept
+            if not kept:
+                continue
+            session.stored += kept
+            if isinstance(calls, Timings):
+                t = calls.head(kept)
+                block = CallBlock(session.session_id, self._seq, t.start_ns + self._clock_offset, t.end_ns - t.start_ns,
+                                  t.pid, t.tid)
+            else:
+                block = self._values_block(session, calls[:kept])
+            self._pending.append(block)
+            self._seq += kept
+            self.news.add(session.session_id)
         return n
 
-    def _rows(self, s: Session, rec: NativeRecord | PythonRecord) -> None:
-        """One completed call -> one row."""
-        if isinstance(rec, PythonRecord):
-            start, end = rec.start_ns, rec.end_ns
-            args = [dict(zip(("name", "value"), a.decode(errors="replace").split("=", 1), strict=False)) | {"type": ""}
-                    for a in rec.args.split(b"\0") if a] if s.config.capture_args else []
-            for a in args:  # the SDK redacted by name and card numbers; the agent adds the value patterns
-                a["value"] = self.rules.value(a["name"], a.get("value", ""))
-            ret: dict[str, Any] = {}
-            text = rec.ret.decode(errors="replace")
-            if rec.flags & CALL_RAISED:  # the SDK redacted it; the value patterns once more, as for native text
-                ret = {"type": text.split(":", 1)[0], "value": "", "is_error": True, "error_message": self.rules.text(text)}
-            elif s.config.capture_return:
-                ret = {"type": "", "value": self.rules.text(text)}
-        else:
-            start, end = rec.start_ns, rec.start_ns + rec.duration_ns
-            meta = next((t.meta for t in s.targets if t.reg.pid == rec.pid), s.targets[0].meta)
-            args, ret = self._native_values(s, meta, rec)
-        row = (self._seq, s.session_id, start + self._clock_offset, end - start, rec.pid, rec.tid,
-               json.dumps(args) if args else "", json.dumps(ret) if ret else "")
-        for column, value in zip(self._pending, row, strict=True):
-            column.append(value)
-        self._seq += 1
+    def _values_block(self, s: Session, records: builtins.list[NativeRecord | PythonRecord]) -> CallBlock:
+        """Calls with captured values (or a Python exception), one by one."""
+        columns: builtins.list[builtins.list[Any]] = [[], [], [], [], [], []]
+        for rec in records:
+            if isinstance(rec, PythonRecord):
+                start, end = rec.start_ns, rec.end_ns
+                args = [dict(zip(("name", "value"), a.decode(errors="replace").split("=", 1), strict=False)) |
+                        {"type": ""} for a in rec.args.split(b"\0") if a] if s.config.capture_args else []
+                for a in args:  # the SDK redacted by name and card numbers; the agent adds the value patterns
+                    a["value"] = self.rules.value(a["name"], a.get("value", ""))
+                ret: dict[str, Any] = {}
+                text = rec.ret.decode(errors="replace")
+                if rec.flags & CALL_RAISED:  # the SDK redacted it; the value patterns once more, as for native text
+                    ret = {"type": text.split(":", 1)[0], "value": "", "is_error": True,
+                           "error_message": self.rules.text(text)}
+                elif s.config.capture_return:
+                    ret = {"type": "", "value": self.rules.text(text)}
+            else:
+                start, end = rec.start_ns, rec.start_ns + rec.duration_ns
+                meta = next((t.meta for t in s.targets if t.reg.pid == rec.pid), s.targets[0].meta)
+                args, ret = self._native_values(s, meta, rec)
+            row = (start + self._clock_offset, end - start, rec.pid, rec.tid, json.dumps(args) if args else "",
+                   json.dumps(ret) if ret else "")
+            for column, value in zip(columns, row, strict=True):
+                column.append(value)
+        return CallBlock.of_values(s.session_id, self._seq, *columns)
 
     def _native_values(
         self, s: Session, meta: pb.FunctionMetadata, rec: NativeRecord
@@ -431,13 +453,9 @@ class SessionManager:
         """Write the pending batch to agent.duckdb in one go, or its first
         `limit` calls (the store holds them if the disk is full; calls it
         cannot hold are counted as lost)."""
-        if limit and self.pending > limit:
-            batch = [column[:limit] for column in self._pending]
-            self._pending = [column[limit:] for column in self._pending]
-        else:
-            batch, self._pending = self._pending, [[] for _ in range(8)]
-        sids, seqs = cast("builtins.list[str]", batch[1]), cast("builtins.list[int]", batch[0])
-        self._handed.update(zip(sids, seqs, strict=True))  # seqs increase: each session's last one stays
+        batch, self._pending = take(self._pending, limit)
+        for block in batch:  # seqs increase: each session's last one stays
+            self._handed[block.session_id] = block.last_seq
         for session_id, n in self.store.append(batch, force).items():
             session = self.active.get(session_id) or self._ended_unwritten.get(session_id)
             if session is None:
@@ -445,13 +463,14 @@ class SessionManager:
             session.lost["storage"] += n
             if session_id not in self.active and session.final is not None:  # its row is saved: again, with the loss
                 self.store.save_session(session.to_row(session.final))
-        for session_id in [s for s in self._ended_unwritten if s not in self._pending[1]]:
+        waiting = {b.session_id for b in self._pending}
+        for session_id in [s for s in self._ended_unwritten if s not in waiting]:
             del self._ended_unwritten[session_id]  # all its calls are with the store now
-        return len(batch[0])
+        return sum(len(b) for b in batch)
 
     @property
     def pending(self) -> int:
-        return len(self._pending[0])
+        return sum(len(b) for b in self._pending)
 
     # -------------------------------------------------------------- end
 
@@ -504,7 +523,7 @@ class SessionManager:
         self.collect()  # what the kernel already has belongs to the session
         session.final = self.engine.close_slot(session.slot)
         self.collect()  # its calls are written with the next batches (queries read the batch too)
-        if session.session_id in self._pending[1]:
+        if any(b.session_id == session.session_id for b in self._pending):
             self._ended_unwritten[session.session_id] = session  # a loss when they are written is still its
         self._disarm(session.targets)
         del self._by_slot[session.slot]
@@ -534,7 +553,7 @@ class SessionManager:
 
     def describe_row(self, row: SessionRow, calls: int | None = None) -> pb.DebugSession:
         if calls is None:  # those written, and those still in the batch
-            calls = self.store.call_count(row.session_id) + self._pending[1].count(row.session_id)
+            calls = self.store.call_count(row.session_id) + calls_of(self._pending, row.session_id)
         c = row.config
         stats = cast(dict[str, Any], c.get("stats", {}))
         return pb.DebugSession(
@@ -591,7 +610,7 @@ class SessionManager:
         if req.session_id not in self.active or self._handed.get(req.session_id, -1) > req.cursor:
             rows = self.store.query(req.session_id, req.cursor, req.since_unix_ns, req.until_unix_ns, limit)
         if len(rows) < limit:  # then the batch not written yet, which comes after
-            rows += rows_in_columns(self._pending, req.session_id, rows[-1].seq if rows else req.cursor,
+            rows += rows_in_blocks(self._pending, req.session_id, rows[-1].seq if rows else req.cursor,
                                     req.since_unix_ns, req.until_unix_ns, limit - len(rows))
         calls = [self._call(r, session) for r in rows]
         next_cursor = rows[-1].seq if rows else req.cursor

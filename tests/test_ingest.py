@@ -1,0 +1,185 @@
+"""The agent reads its ring buffer straight from the memory map, a run of
+same-sized records at a time, and keeps timing-only calls as numpy columns
+up to agent.duckdb. The run finder and the call blocks are pure logic,
+tested on bytes made here; then real sessions through a ring buffer of 32
+KiB, which wraps hundreds of times, with every call stored once and in
+order: C on four threads, and a Python function whose raised calls (full
+records) come between its timing-only ones."""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import cast
+
+import numpy as np
+import pytest
+
+from coral.agentd.callblocks import CallBlock, calls_of, rows_in_blocks, take
+from coral.agentd.ringbuf import BUSY_BIT, DISCARD_BIT, find_runs, stride_of
+from coral.daemon.client import Client
+from coral.proto import coral_pb2 as pb
+from tests.harness import REPO, CoralEnv, Process, build_c, start_agent, tool
+
+
+def ring(*records: tuple[int, int]) -> np.ndarray:
+    """Ring-buffer bytes: (body length, header bits) per record, each body
+    filled with its index."""
+    out = bytearray()
+    for i, (length, bits) in enumerate(records):
+        out += struct.pack("<II", length | bits, 0) + bytes([i]) * length
+        out += bytes(stride_of(length) - 8 - length)
+    return np.frombuffer(bytes(out), dtype=np.uint8)
+
+
+def test_records_of_one_size_in_a_row_are_one_run() -> None:
+    window = ring(*[(32, 0)] * 5, (56, 0), (56, 0), (32, 0))
+    assert find_runs(window, -1) == ([(0, 5, 40), (200, 2, 64), (328, 1, 40)], 368)
+
+
+def test_reading_stops_at_a_record_still_being_written_and_passes_over_a_discarded_one() -> None:
+    window = ring((32, 0), (32, DISCARD_BIT), (32, 0), (32, BUSY_BIT), (32, 0))
+    assert find_runs(window, -1) == ([(0, 1, 40), (40, -1, 40), (80, 1, 40)], 120)  # the busy one is the kernel's
+
+
+def test_a_byte_limit_takes_whole_records_up_to_the_one_that_reaches_it() -> None:
+    window = ring(*[(32, 0)] * 10)
+    assert find_runs(window, 100) == ([(0, 3, 40)], 120)
+    assert find_runs(window, 1) == ([(0, 1, 40)], 40)
+    assert find_runs(ring((800, 0), (32, 0)), 100) == ([(0, 1, 808)], 808)
+
+
+def test_an_unaligned_tail_is_not_read_past() -> None:
+    window = ring((32, 0), (32, 0))[:60]  # the producer never stops inside a record; if it did
+    assert find_runs(window, -1) == ([(0, 1, 40)], 40)
+
+
+def block(session: str, first_seq: int, n: int, valued: bool = False) -> CallBlock:
+    starts = list(range(1000 * first_seq, 1000 * first_seq + 10 * n, 10))
+    return CallBlock.of_values(session, first_seq, starts, [5] * n, [7] * n, [8] * n,
+                               [f"a{first_seq + i}" for i in range(n)], [""] * n) if valued else \
+        CallBlock(session, first_seq, np.array(starts), np.full(n, 5), np.full(n, 7), np.full(n, 8))
+
+
+def test_call_blocks_are_split_taken_and_read_in_seq_order() -> None:
+    blocks = [block("s1", 1, 4), block("s2", 5, 3, valued=True), block("s1", 8, 2)]
+    head, rest = take(blocks, 5)
+    assert [(b.session_id, b.first_seq, len(b)) for b in head] == [("s1", 1, 4), ("s2", 5, 1)]
+    assert [(b.session_id, b.first_seq, len(b)) for b in rest] == [("s2", 6, 2), ("s1", 8, 2)]
+    assert rest[0].args == ["a6", "a7"]
+    assert take(blocks, 0) == (blocks, [])
+    assert calls_of(blocks, "s1") == 6
+    rows = rows_in_blocks(blocks, "s1", 2, 0, 0, 3)
+    assert [r.seq for r in rows] == [3, 4, 8] and rows[0].start_ns == 1020 and rows[0].args == ""
+    assert [r.args for r in rows_in_blocks(blocks, "s2", 0, 0, 0, 10)] == ["a5", "a6", "a7"]
+    # A time span keeps the calls that overlap it, as agent.duckdb's query does.
+    assert [r.seq for r in rows_in_blocks(blocks, "s1", 0, 1014, 1024, 10)] == [2, 3]
+
+
+@pytest.fixture
+def small_ring_agent(coral_env: CoralEnv, bpf: None) -> Iterator[CoralEnv]:
+    env = coral_env.with_config("[sessions]\nring_buffer_pages = 8\ncpu_budget_percent = 0\n"
+                                "max_events_per_session = 10000000\n[agent]\ningest_cpu_percent = 0\n")
+    agent = start_agent(env)
+    yield env
+    agent.stop()
+
+
+def every_call(agent: Client, session_id: str) -> list[pb.Call]:
+    calls: list[pb.Call] = []
+    while True:
+        reply = cast(pb.QueryUprobeEventsResponse, agent.call("QueryUprobeEvents", pb.QueryUprobeEventsRequest(
+            session_id=session_id, cursor=calls[-1].seq if calls else 0, max_events=5000)))
+        calls += reply.calls
+        if not reply.has_more:
+            return calls
+
+
+def attach(agent: Client, service: str, function: str) -> str:
+    while not any(s.service == service for s in cast(pb.ListServicesResponse, agent.call(
+            "ListServices", pb.ListServicesRequest())).services):
+        pass  # each ask is a round trip: until the target has registered
+    return str(cast(pb.AttachUprobeResponse, agent.call("AttachUprobe", pb.AttachUprobeRequest(
+        service=service, function=function, duration_ms=120_000))).session.session_id)
+
+
+def test_every_call_of_four_threads_through_a_small_ring_is_stored_once_in_order(small_ring_agent: CoralEnv,
+                                                                                 tmp_path: Path) -> None:
+    env = small_ring_agent
+    binary = build_c(REPO / "bench" / "threads.c", tmp_path / "threads")
+    target = Process("threads", [tool("coral-run"), "--service", "threads", "--", str(binary), "4"], env,
+                     stdin=subprocess.PIPE).wait_ready()
+    stdin, stdout = target.proc.stdin, target.proc.stdout
+    assert stdin is not None and stdout is not None
+    try:
+        with Client(env.endpoint("agent.sock"), 30) as agent:
+            sid = attach(agent, "threads", "bench_work")
+            for _ in range(100):  # 500 calls (20 KB of records) fit in the 32 KiB ring: 100 of them wrap it often
+                stdin.write(b"500\n")
+                stdin.flush()
+                stdout.readline()  # all 500 have returned
+                agent.call("QueryUprobeEvents", pb.QueryUprobeEventsRequest(session_id=sid))  # drains the ring
+            session = cast(pb.DetachUprobeResponse, agent.call("DetachUprobe", pb.DetachUprobeRequest(
+                session_id=sid))).session
+            calls = every_call(agent, sid)
+    finally:
+        stdin.close()
+        target.stop()
+    assert (session.total_calls, session.calls, dict(session.lost)) == (50_000, 50_000, {})
+    assert len(calls) == 50_000 and len({c.seq for c in calls}) == 50_000
+    assert {c.pid for c in calls} == {calls[0].pid} and len({c.tid for c in calls}) >= 4
+    assert all(0 <= c.duration_ns == c.end_unix_ns - c.start_unix_ns for c in calls)
+    assert sum(session.histogram.values()) == 50_000
+
+
+RAISER = """
+import sys
+import coral.sdk
+
+def work(i):
+    if i % 10 == 9:
+        raise ValueError(f"call {i}")
+    return i
+
+coral.sdk.init(service="raiser")
+mod = sys.modules[__name__]
+for line in sys.stdin:
+    for i in range(int(line)):
+        try:
+            mod.work(i)
+        except ValueError:
+            pass
+    print("done", flush=True)
+"""
+
+
+def test_raised_python_calls_between_timing_only_ones_keep_their_order(small_ring_agent: CoralEnv,
+                                                                     tmp_path: Path) -> None:
+    env = small_ring_agent
+    script = tmp_path / "raiser.py"
+    script.write_text(RAISER)
+    target = subprocess.Popen([sys.executable, str(script)], env=env.env, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    stdin, stdout = target.stdin, target.stdout
+    assert stdin is not None and stdout is not None
+    try:
+        with Client(env.endpoint("agent.sock"), 30) as agent:
+            sid = attach(agent, "raiser", "__main__.work")
+            for _ in range(20):  # 100 calls: 90 timing records (64 B) and 10 whole ones (840 B), 14 KB in all
+                stdin.write("100\n")
+                stdin.flush()
+                stdout.readline()
+                agent.call("QueryUprobeEvents", pb.QueryUprobeEventsRequest(session_id=sid))  # drains the ring
+            session = cast(pb.DetachUprobeResponse, agent.call("DetachUprobe", pb.DetachUprobeRequest(
+                session_id=sid))).session
+            calls = every_call(agent, sid)
+    finally:
+        stdin.close()
+        target.wait(10)
+    assert (session.total_calls, session.calls, dict(session.lost)) == (2000, 2000, {})
+    errors = [c.return_value.error_message for c in calls]
+    # One thread: the calls returned in the order they were made, raised ones among them.
+    assert errors == [f"ValueError: call {i % 100}" if i % 10 == 9 else "" for i in range(2000)]
