@@ -39,7 +39,9 @@ def test_the_ingest_budget_stops_reading_for_the_rest_of_its_window() -> None:
 
 def test_a_hot_function_at_full_speed_is_shed_and_counted_and_nobody_waits(coral_env: CoralEnv, bpf: None,
                                                                            tmp_path: Path) -> None:
-    env = coral_env.with_config("[sessions]\ncpu_budget_percent = 0\n[agent]\ningest_cpu_percent = 20\n")
+    # 5% of a CPU: far less than reading, storing and handing out the calls of
+    # three threads at full speed takes, however fast the agent gets at it.
+    env = coral_env.with_config("[sessions]\ncpu_budget_percent = 0\n[agent]\ningest_cpu_percent = 5\n")
     colony, agent = start_colony(env), start_agent(env)
     service = HotService(env, build_c(REPO / "bench" / "hot.c", tmp_path / "hot"))
     try:
@@ -68,7 +70,7 @@ def test_a_hot_function_at_full_speed_is_shed_and_counted_and_nobody_waits(coral
         assert lost.get("ringbuf_full", 0) + lost.get("max_events", 0) > 0, lost  # shed, and counted by cause
         assert s.calls + sum(lost.values()) == s.total_calls  # every call accounted for
         assert sum(s.histogram.values()) == s.total_calls
-        assert ping["ingest.paused_windows"] > 0
+        assert ping["ingest.paused_windows"] > 0, ping
         assert service.rate() > 0  # the program runs on
     finally:
         service.stop()

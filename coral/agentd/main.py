@@ -14,6 +14,7 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable
 
 import zmq
 from google.protobuf.message import DecodeError, Message
@@ -81,6 +82,25 @@ TARGETS_EVERY = 0.05
 SETTLE_AT_STOP = 1.0  # seconds the stopping agent gives processes to answer its last disarms
 
 
+def answer_safely(answer: Callable[[], Message | Later]) -> Message | Later | CoralError:
+    """A question answered after its handler returned: its error is its
+    answer, and a bug answers it INTERNAL; the loop goes on."""
+    try:
+        return answer()
+    except CoralError as err:  # purged meanwhile
+        return err
+    except Exception as exc:  # a bug: this question is answered, the others and the loop go on
+        log.error("answering a held or deferred QueryUprobeEvents failed", exc_info=exc)
+        return Internal("internal error; see the daemon's log")
+
+
+def resolve(later: Later, result: Message | Later | CoralError) -> None:
+    if isinstance(result, Later):
+        result.then(later.resolve)
+    else:
+        later.resolve(result)
+
+
 class Agent:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -107,9 +127,10 @@ class Agent:
                                        self.engine)
         self.sessions.probe_costs = ProbeCosts(self.engine)  # measured as sessions need them
         self.counters: dict[str, int] = {}
-        self.ingest = IngestBudget(config.agent.ingest_cpu_percent)  # reading and storing calls
+        self.ingest = IngestBudget(config.agent.ingest_cpu_percent)  # reading, storing and handing out calls
         self.sessions.may_drain = lambda: self.ingest.allows(time.monotonic()) and self.sessions.pending < MAX_PENDING
-        self.sessions.charge = lambda cpu: self.ingest.charge(time.monotonic(), cpu)
+        self._deferred: list[Callable[[], None]] = []  # questions for calls that wait for the budget's next window
+        self._deferred_total = 0
         self.followers = Waiters()  # QueryUprobeEvents with wait_ms, held until their session has news
         self.retention = Retention(parse_age(config.agent.retention))
         self.purges = PurgeSchedule(config.agent.purge_interval)
@@ -163,6 +184,7 @@ class Agent:
         counters["colony.dropped"] = self.link.dropped
         counters.update(self.followers.counters())
         counters["ingest.paused_windows"] = self.ingest.paused_windows
+        counters["ingest.deferred_questions"] = self._deferred_total  # questions for calls that waited for a window
         counters["connections.cut"] = self.cap.total_cut if self.cap is not None else 0
         counters.update(self.counters)
         counters.update(self.calls.counters)
@@ -205,20 +227,25 @@ class Agent:
 
     def query_events(self, req: pb.QueryUprobeEventsRequest, peer: Peer) -> pb.QueryUprobeEventsResponse | Later:
         """A page of calls; with wait_ms and nothing new on a running
-        session, held until it has news (docs/protocol.md)."""
+        session, held until it has news (docs/protocol.md). Handing calls
+        out is charged to the ingest budget; past it, the question waits
+        for the budget's next window (a second at most)."""
+        if self.ingest.allows(time.monotonic()):
+            return self._query_events(req, peer)
+        later = Later()
+
+        self._deferred.append(lambda: resolve(later, answer_safely(lambda: self._query_events(req, peer))))
+        self._deferred_total += 1
+        return later
+
+    def _query_events(self, req: pb.QueryUprobeEventsRequest, peer: Peer) -> pb.QueryUprobeEventsResponse | Later:
         response = self._events(req, peer)
         if response.calls or not req.wait_ms or response.session.status != "active":
             return response
         later = Later()
 
         def answer() -> None:
-            try:
-                later.resolve(self._events(req, peer))
-            except CoralError as err:  # purged meanwhile
-                later.resolve(err)
-            except Exception as exc:  # a bug: this question is answered, the others and the loop go on
-                log.error("answering a held QueryUprobeEvents failed", exc_info=exc)
-                later.resolve(Internal("internal error; see the daemon's log"))
+            resolve(later, answer_safely(lambda: self._events(req, peer)))
 
         # The colony's pulls (one held per part) are not bounded with the followers'.
         if not self.followers.hold(req.session_id, req.wait_ms, time.monotonic(), answer, bounded=not peer.trusted):
@@ -228,17 +255,33 @@ class Agent:
 
     def _events(self, req: pb.QueryUprobeEventsRequest, peer: Peer) -> pb.QueryUprobeEventsResponse:
         """Values only for the session's owner and holders of capture (the
-        colony's pulls are trusted: it applies the rule per reader)."""
-        response = self.sessions.query(req)
-        access.values_for(self.config.access, peer, response.session.owner, response.calls)
-        return response
+        colony's pulls are trusted: it applies the rule per reader). Its
+        CPU is the ingest budget's: reading, storing and handing out calls."""
+        cpu = time.process_time()
+        try:
+            response = self.sessions.query(req)
+            access.values_for(self.config.access, peer, response.session.owner, response.calls)
+            return response
+        finally:
+            self.ingest.charge(time.monotonic(), time.process_time() - cpu)
+
+    def answer_deferred(self, now: float) -> int:
+        """The questions for calls that waited for the ingest budget, once it allows (or at the end)."""
+        if not self._deferred or not (now == math.inf or self.ingest.allows(now)):
+            return 0
+        waiting, self._deferred = self._deferred, []
+        for answer in waiting:
+            answer()
+        return len(waiting)
 
     def tell_followers(self, now: float) -> None:
-        """Answer the held questions whose session has new calls or ended,
-        and those whose wait is over."""
-        news, self.sessions.news = self.sessions.news, set()
-        for session_id in news:
-            self.followers.wake(session_id)
+        """Answer the held questions whose session has new calls or ended
+        (past the ingest budget: at its next window), and those whose wait
+        is over."""
+        if now == math.inf or self.ingest.allows(now):
+            news, self.sessions.news = self.sessions.news, set()
+            for session_id in news:
+                self.followers.wake(session_id)
         self.followers.expire(now)
 
     def hello(self) -> pb.AgentHello:
@@ -405,6 +448,7 @@ class Agent:
                 for sock in ready:
                     self.calls.on_readable(sock)  # ignores the sockets that are not a process's
                 self.calls.expire(time.monotonic())
+                self.answer_deferred(now)
                 cpu = time.process_time()
                 if now - last_drained >= cfg.agent.drain_interval and self.ingest.allows(now) and \
                         self.sessions.pending < MAX_PENDING:
@@ -437,6 +481,7 @@ class Agent:
             log.info("stopping (%s): detaching %d session(s)", signals.signal_name or "shutdown", len(self.sessions.active))
             self.sessions.shutdown()
             self.sessions.flush()  # every call drained, written before the database closes
+            self.answer_deferred(math.inf)
             self.tell_followers(math.inf)  # every held question is answered, with its session as it ended
             self.calls.settle(SETTLE_AT_STOP)  # the disarms of the sessions just ended, answered or not
             self.link.close()

@@ -176,9 +176,8 @@ class SessionManager:
         self.more_waiting = False  # the last collect stopped at its limit
         self._ended_unwritten: dict[str, Session] = {}  # ended, some of their calls still in the batch
         # Set by the agent: may a query read the ring buffer now (its ingest
-        # budget, the batch's bound), and what it cost (CPU seconds).
+        # budget, the batch's bound).
         self.may_drain: Callable[[], bool] = lambda: True
-        self.charge: Callable[[float], None] = lambda cpu: None
         self._trimmed = 0.0
         self._seq = store.next_seq()
         # Python: one fn_id per function name, shared by every session and
@@ -602,11 +601,9 @@ class SessionManager:
         if not req.wait_ms and req.session_id in self.active and self.may_drain():
             # A call that returned before the question is in the answer, unless
             # the agent is that far behind (or over its ingest budget).
-            cpu = time.process_time()
             more = self.more_waiting
-            self.collect(QUERY_DRAIN)
+            self.collect(QUERY_DRAIN)  # charged with the whole question by the agent
             self.more_waiting = more or self.more_waiting
-            self.charge(time.process_time() - cpu)
         if req.session_id not in self.active or self._handed.get(req.session_id, -1) > req.cursor:
             rows = self.store.query(req.session_id, req.cursor, req.since_unix_ns, req.until_unix_ns, limit)
         if len(rows) < limit:  # then the batch not written yet, which comes after
