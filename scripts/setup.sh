@@ -87,5 +87,5 @@ if [ ! -f "$stamp" ] || [ -n "$(find setup.cfg setup.py pyproject.toml coral/sdk
 else
   say "ok: .venv up to date"
 fi
-.venv/bin/python -c 'import bcc, zmq, duckdb, elftools, google.protobuf' \
-  && say "ok: import bcc, zmq, duckdb, elftools, protobuf in .venv"
+.venv/bin/python -c 'import bcc, zmq, duckdb, numpy, elftools, google.protobuf' \
+  && say "ok: import bcc, zmq, duckdb, numpy, elftools, protobuf in .venv"
