@@ -338,6 +338,7 @@ class SessionManager:
                 first_bytes(targets[0].sites[0]), session.return_probe)
         self.active[session.session_id] = session
         self._by_slot[slot] = session
+        self.store.set_idle(False)
         self.store.save_session(session.to_row(SlotStats()))
         log.info("session %s: %s %s on pids %s for %gs (slot %d)", session.session_id, req.service, req.function,
                  session.pids, start.duration_ms / 1000, slot)
@@ -465,6 +466,9 @@ class SessionManager:
         waiting = {b.session_id for b in self._pending}
         for session_id in [s for s in self._ended_unwritten if s not in waiting]:
             del self._ended_unwritten[session_id]  # all its calls are with the store now
+        if not self.active and not self._pending:
+            self.store.set_idle(True)  # and DuckDB gives its cached blocks back
+            trim_heap()
         return sum(len(b) for b in batch)
 
     @property
