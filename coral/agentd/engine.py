@@ -22,7 +22,7 @@ import numpy as np
 
 from coral import histogram
 from coral.agentd.probes import bpf_source_dir, load_bcc
-from coral.agentd.ringbuf import HEADER_BYTES, RingReader
+from coral.agentd.ringbuf import BUSY_BIT, DISCARD_BIT, HEADER_BYTES, RingReader
 from coral.layouts import Layout, read_layouts
 
 log = logging.getLogger(__name__)
@@ -214,6 +214,7 @@ class ProbeEngine:
         # Timing-only records are read as numpy columns by member name (record_dtype), the others one by one.
         self._timing_layouts = {EV_NATIVE_TIMING: records["native_timing_event"], EV_PYTHON_TIMING: timing}
         self._full_sizes = {EV_NATIVE: native.size, EV_PYTHON: python.size}
+        self._dtypes: dict[tuple[int, int], np.dtype] = {}  # by (record type, stride)
         # Where each record's values are, by member name (the header is their one definition).
         call = records["coral_call"]
         self._native_scalars = itemgetter(*(native.values(n).start for n in ("slot", "pid", "tid", "start_ns",
@@ -493,7 +494,7 @@ class ProbeEngine:
         out: list[Drained] = []
         for rows in runs:
             kinds = rows[:, HEADER_BYTES: HEADER_BYTES + 4].copy().view("<u4")[:, 0]  # every record starts with its type
-            length = int(rows[0, :4].view("<u4")[0]) & 0x3FFFFFFF
+            length = int(rows[0, :4].view("<u4")[0]) & ~(BUSY_BIT | DISCARD_BIT)  # a run's records share their header
             cuts = np.flatnonzero(kinds[1:] != kinds[:-1]) + 1  # records of one size are of one kind, but never trust it
             for part in np.split(rows, cuts) if cuts.size else [rows]:
                 self._decode(int(part[0, HEADER_BYTES: HEADER_BYTES + 4].view("<u4")[0]), length, part, out)
@@ -502,7 +503,11 @@ class ProbeEngine:
     def _decode(self, kind: int, length: int, rows: np.ndarray, out: list[Drained]) -> None:
         layout = self._timing_layouts.get(kind)
         if layout is not None and length >= layout.size:
-            rec = rows.view(record_dtype(layout, rows.shape[1]))[:, 0]
+            stride = rows.shape[1]
+            dtype = self._dtypes.get((kind, stride))
+            if dtype is None:
+                dtype = self._dtypes[(kind, stride)] = record_dtype(layout, stride)
+            rec = rows.view(dtype)[:, 0]
             slots = rec["slot"]
             pid, tid = rec["pid"].astype(np.int64), rec["tid"].astype(np.int64)
             if kind == EV_NATIVE_TIMING:

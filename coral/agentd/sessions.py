@@ -171,6 +171,7 @@ class SessionManager:
         self.counters: Counter[str] = Counter()
         self._by_slot: dict[int, Session] = {}
         self._pending: builtins.list[CallBlock] = []  # drained, not handed to the store yet (seq order)
+        self._pending_calls = 0  # the calls in them
         self._handed: dict[str, int] = {}  # by session active in this run: the last seq handed to the store
         self.news: set[str] = set()  # sessions with new calls, or ended, since the followers were last told
         self.more_waiting = False  # the last collect stopped at its limit
@@ -389,6 +390,7 @@ class SessionManager:
             else:
                 block = self._values_block(session, calls[:kept])
             self._pending.append(block)
+            self._pending_calls += kept
             self._seq += kept
             self.news.add(session.session_id)
         return n
@@ -454,6 +456,8 @@ class SessionManager:
         `limit` calls (the store holds them if the disk is full; calls it
         cannot hold are counted as lost)."""
         batch, self._pending = take(self._pending, limit)
+        handed = sum(len(b) for b in batch)
+        self._pending_calls -= handed
         for block in batch:  # seqs increase: each session's last one stays
             self._handed[block.session_id] = block.last_seq
         for session_id, n in self.store.append(batch, force).items():
@@ -469,11 +473,11 @@ class SessionManager:
         if not self.active and not self._pending:
             self.store.set_idle(True)  # and DuckDB gives its cached blocks back
             trim_heap()
-        return sum(len(b) for b in batch)
+        return handed
 
     @property
     def pending(self) -> int:
-        return sum(len(b) for b in self._pending)
+        return self._pending_calls
 
     # -------------------------------------------------------------- end
 
