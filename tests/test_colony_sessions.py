@@ -164,6 +164,24 @@ def test_an_ended_part_and_a_waiting_client_are_pulled_at_once_without_a_wait() 
     assert schedule.due(sessions, lambda agent: True, now=99.0) == []
 
 
+def test_between_ticks_only_the_sessions_whose_pulls_changed_are_looked_at() -> None:
+    schedule = PullSchedule(interval=0.5)
+    held = Pull(("dbg-1", "a"), wait=True)
+    schedule.sent(held)
+    assert schedule.take_stirred(now=1.0) == []  # a pull sent changes nothing that could make one due
+    schedule.answered(held, ok=True, more=False, now=1.0)  # back: its next pull is due
+    schedule.hurry(("dbg-2", "a"))  # a client waits
+    schedule.stir("dbg-3")  # a part changed (the broker says so)
+    schedule.answered(held, ok=True, more=False, now=1.0)
+    assert schedule.take_stirred(now=1.0) == ["dbg-1", "dbg-2", "dbg-3"]  # each once, in order
+    assert schedule.take_stirred(now=1.0) == []
+    schedule.sent(held)
+    schedule.answered(held, ok=False, more=False, now=1.0)  # failed: due again once its wait is over
+    assert schedule.take_stirred(now=1.0) == ["dbg-1"]
+    assert schedule.take_stirred(now=1.4) == []
+    assert schedule.take_stirred(now=1.5) == ["dbg-1"]
+
+
 def test_waiters_are_answered_on_news_or_at_their_deadline_and_bounded() -> None:
     answered: list[str] = []
     w = Waiters(per_key=2)

@@ -223,7 +223,7 @@ class Broker:
                                             peer, now + FRESH_WAIT, set(decision.parts)))
                 for key in decision.parts:
                     self.pulls.hurry(key)
-                return self._pull(now)
+                return self._pull(now, everything=False)
             if isinstance(decision, Answer):
                 counted = self.audit.answered_read(peer, method)  # a read with no values: no row of its own to wait for
                 if not counted:
@@ -478,6 +478,7 @@ class Broker:
                 p.detach_by = ""  # nothing left to detach there
         colony_sessions.merge(session)
         self.store.save_session(session, created)
+        self.pulls.stir(session.session_id)
         if (session.status, sum(p.complete for p in session.parts)) != before or not is_open(session):
             self.followers.wake(session.session_id)
         if not is_open(session):
@@ -489,14 +490,21 @@ class Broker:
     def pull(self, now: float) -> list[Outgoing]:
         """Between ticks, after agents answered: a full page or an ended
         part is pulled again at once, not at the next tick."""
-        return self._pull(now)
+        return self._pull(now, everything=False)
 
-    def _pull(self, now: float) -> list[Outgoing]:
-        """Start the pulls that are due (a bounded number per tick)."""
+    def _pull(self, now: float, everything: bool = True) -> list[Outgoing]:
+        """Start the pulls that are due (a bounded number per tick): in every
+        open session, or only in those stirred since the last look."""
         self.replies_since_pull = False
+        stirred = self.pulls.take_stirred(now)
+        sessions = self.open.values() if everything else [self.open[sid] for sid in stirred if sid in self.open]
+        due = self.pulls.due(sessions, lambda a: self.agent_by_id(a) is not None, now)
+        if not everything and len(due) >= self.pulls.per_tick:  # some may be left: looked at again next time
+            for sid in stirred:
+                self.pulls.stir(sid)
         out = []
         interval = self.config.colony.pull_interval
-        for pull in self.pulls.due(self.open.values(), lambda a: self.agent_by_id(a) is not None, now):
+        for pull in due:
             key = pull.key
             session, agent = self.open[key[0]], self.agent_by_id(key[1])
             part = part_of(session, key[1])

@@ -6,10 +6,17 @@ pulled without a wait until it is drained. A client waiting for its calls
 hurries a part: its next pull does not wait, and if a held one is out, one
 quick pull goes beside it. A failed pull is tried again after `interval`. At
 most `per_tick` pulls start per loop iteration, so the colony keeps serving
-clients whatever the number of sessions (docs/protocol.md, "Pulling calls")."""
+clients whatever the number of sessions (docs/protocol.md, "Pulling calls").
+
+Between two ticks the colony looks only at the sessions `stirred` since it
+last looked (a pull answered or hurried, a part changed): with hundreds of
+open sessions, a look at all of them after every reply was a third of the
+loop's time. A failed pull's wait that is over stirs its session too; an
+agent that is back waits for the tick's look at every session."""
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -36,6 +43,8 @@ class PullSchedule:
     quick: set[PartKey] = field(default_factory=set)  # a quick pull is out beside it
     hurried: set[PartKey] = field(default_factory=set)  # a client waits: the next pull does not wait
     next_at: dict[PartKey, float] = field(default_factory=dict)  # after a failed pull
+    stirred: dict[str, None] = field(default_factory=dict)  # session ids to look at before the next tick, in order
+    waits: list[tuple[float, str]] = field(default_factory=list)  # heap: when a failed pull's session is due again
     _start: int = 0  # where the last round stopped: every part gets its turn
 
     def due(self, sessions: Iterable[pb.DebugSession], reachable: Callable[[str], bool], now: float) -> list[Pull]:
@@ -63,8 +72,20 @@ class PullSchedule:
             routine = (routine[start:] + routine[:start])[:room]
         return urgent + routine
 
+    def stir(self, session_id: str) -> None:
+        """Something about this session's pulls changed: look at it before the next tick."""
+        self.stirred[session_id] = None
+
+    def take_stirred(self, now: float) -> list[str]:
+        """The sessions stirred since the last call, and those whose failed pull's wait is over by `now`."""
+        while self.waits and self.waits[0][0] <= now:
+            self.stir(heapq.heappop(self.waits)[1])
+        stirred, self.stirred = list(self.stirred), {}
+        return stirred
+
     def hurry(self, key: PartKey) -> None:
         """Pull this part at the next chance, without a wait (a client waits for it)."""
+        self.stir(key[0])
         self.hurried.add(key)
         self.next_at.pop(key, None)
 
@@ -77,9 +98,11 @@ class PullSchedule:
         """A pull came back (or failed). A failed routine pull waits
         `interval`; a full page from a pull a client waits for keeps the
         next one quick, until the last page."""
+        self.stir(pull.key[0])
         (self.quick if pull.quick else self.in_flight).discard(pull.key)
         if not ok and not pull.quick:
             self.next_at[pull.key] = now + self.interval
+            heapq.heappush(self.waits, (now + self.interval, pull.key[0]))
         if ok and more and not pull.wait:
             self.hurried.add(pull.key)
 
