@@ -35,6 +35,7 @@ log = logging.getLogger("coral.colonyd")
 TICK_SECONDS = 0.1
 BATCH = 100  # messages handled between two audit writes
 SEND_QUEUE = 100_000  # messages queued for one client or agent
+_MORE, _LAST = int(zmq.SNDMORE | zmq.NOBLOCK), int(zmq.NOBLOCK)
 
 
 # What each body-carrying command from an agent holds.
@@ -180,7 +181,11 @@ class Colony:
     def _send_now(self, m: Outgoing) -> None:
         sock = self.frontend if m.socket == "frontend" else self.backend
         try:
-            sock.send_multipart(m.frames, flags=zmq.NOBLOCK)
+            # What send_multipart does, with flags as plain ints: it ORs
+            # enum flags for every frame, 4.5 us of a 7 us send here.
+            for frame in m.frames[:-1]:
+                sock.send(frame, _MORE)
+            sock.send(m.frames[-1], _LAST)
         except zmq.ZMQError as exc:
             # ROUTER_MANDATORY: the peer went away, or its queue is full.
             why = "its queue is full" if isinstance(exc, zmq.Again) else "it is gone"
