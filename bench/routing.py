@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import select
 import signal
 import statistics
 import subprocess
@@ -38,10 +39,19 @@ HEARTBEAT_SECONDS = 1.0  # the colony's default [colony] heartbeat_interval
 
 
 def simulate_agents(endpoint: str, count: int) -> None:
-    """Run `count` agents until SIGTERM; print one line once all are READY."""
+    """Run `count` agents until SIGTERM; print one line once all are READY.
+
+    The sockets are watched with epoll on their ZMQ_FD, not zmq.Poller: a
+    zmq_poll over 1,000 sockets costs about 0.7 ms of CPU, paid for every
+    wake-up, and this process shares the machine with the colony it
+    measures (it took 0.6 CPU of 2 with 1,000 agents, 0.15 with one).
+    ZMQ_FD only says that a socket's state may have changed: each socket it
+    names, and each socket used since, is asked ZMQ_EVENTS until it has
+    nothing more to read."""
     context = zmq.Context()
     sockets: dict[zmq.Socket[bytes], int] = {}
-    poller = zmq.Poller()
+    by_fd: dict[int, zmq.Socket[bytes]] = {}
+    epoll = select.epoll()
     for i in range(count):
         s = context.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
@@ -55,7 +65,9 @@ def simulate_agents(endpoint: str, count: int) -> None:
         )
         s.send_multipart(wire.encode_ready(hello))
         sockets[s] = i
-        poller.register(s, zmq.POLLIN)
+        fd = int(s.getsockopt(zmq.FD))
+        by_fd[fd] = s
+        epoll.register(fd, select.EPOLLIN)
     print("ready", flush=True)
     stop = False
 
@@ -65,59 +77,68 @@ def simulate_agents(endpoint: str, count: int) -> None:
 
     signal.signal(signal.SIGTERM, on_term)
     sessions: dict[str, pb.DebugSession] = {}
+
+    def answer(s: zmq.Socket[bytes], frames: list[bytes]) -> None:
+        try:
+            frame = wire.decode(frames)
+        except wire.FrameError:
+            return
+        if frame.command != wire.Command.REQUEST:
+            return
+        i = sockets[s]
+        reply: pb.AttachUprobeResponse | pb.DetachUprobeResponse | pb.QueryUprobeEventsResponse
+        if frame.name == "AttachUprobe":
+            req = wire.parse_body(pb.AttachUprobeRequest, frame.body)
+            now = time.time_ns()
+            session = pb.DebugSession(
+                session_id=req.session_id,
+                service=req.service,
+                function=req.function,
+                agent_id=f"sim-{i:04d}",
+                pids=[10_000 + i],
+                started_unix_ns=now,
+                expires_unix_ns=now + req.duration_ms * 1_000_000,
+                status="active",
+                config=req.config,
+                probes=1,
+            )
+            sessions[req.session_id] = session
+            reply = pb.AttachUprobeResponse(session=session)
+        elif frame.name == "DetachUprobe":
+            req_d = wire.parse_body(pb.DetachUprobeRequest, frame.body)
+            session = sessions[req_d.session_id]
+            session.status, session.ended_unix_ns, session.probes = "detached", time.time_ns(), 0
+            reply = pb.DetachUprobeResponse(session=session)
+        elif frame.name == "QueryUprobeEvents":
+            req_q = wire.parse_body(pb.QueryUprobeEventsRequest, frame.body)
+            if req_q.session_id not in sessions:
+                s.send_multipart(wire.encode_error(frame.request_id, NotFound(f"no session {req_q.session_id!r}")))
+                return
+            session = sessions[req_q.session_id]
+            if session.status != "active":
+                del sessions[req_q.session_id]  # its last (empty) page: the colony is done with it
+            reply = pb.QueryUprobeEventsResponse(session=session, next_cursor=req_q.cursor)
+        else:
+            return
+        s.send_multipart(wire.encode_reply(frame.request_id, reply))
+
+    used = list(sockets)  # asked ZMQ_EVENTS before the next wait: READY was sent on each
     next_beat = time.monotonic()
     while not stop:
-        for s, _ in poller.poll(100):
-            frames = s.recv_multipart()
-            try:
-                frame = wire.decode(frames)
-            except wire.FrameError:
-                continue
-            if frame.command != wire.Command.REQUEST:
-                continue
-            i = sockets[s]
-            reply: pb.AttachUprobeResponse | pb.DetachUprobeResponse | pb.QueryUprobeEventsResponse
-            if frame.name == "AttachUprobe":
-                req = wire.parse_body(pb.AttachUprobeRequest, frame.body)
-                now = time.time_ns()
-                session = pb.DebugSession(
-                    session_id=req.session_id,
-                    service=req.service,
-                    function=req.function,
-                    agent_id=f"sim-{i:04d}",
-                    pids=[10_000 + i],
-                    started_unix_ns=now,
-                    expires_unix_ns=now + req.duration_ms * 1_000_000,
-                    status="active",
-                    config=req.config,
-                    probes=1,
-                )
-                sessions[req.session_id] = session
-                reply = pb.AttachUprobeResponse(session=session)
-            elif frame.name == "DetachUprobe":
-                req_d = wire.parse_body(pb.DetachUprobeRequest, frame.body)
-                session = sessions[req_d.session_id]
-                session.status, session.ended_unix_ns, session.probes = "detached", time.time_ns(), 0
-                reply = pb.DetachUprobeResponse(session=session)
-            elif frame.name == "QueryUprobeEvents":
-                req_q = wire.parse_body(pb.QueryUprobeEventsRequest, frame.body)
-                if req_q.session_id not in sessions:
-                    s.send_multipart(wire.encode_error(frame.request_id, NotFound(f"no session {req_q.session_id!r}")))
-                    continue
-                session = sessions[req_q.session_id]
-                if session.status != "active":
-                    del sessions[req_q.session_id]  # its last (empty) page: the colony is done with it
-                reply = pb.QueryUprobeEventsResponse(session=session, next_cursor=req_q.cursor)
-            else:
-                continue
-            s.send_multipart(wire.encode_reply(frame.request_id, reply))
+        woken = [by_fd[fd] for fd, _ in epoll.poll(0 if used else 0.1)]
+        for s in dict.fromkeys([*used, *woken]):
+            while int(s.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                answer(s, s.recv_multipart())
+        used = []
         if time.monotonic() >= next_beat:
             next_beat += HEARTBEAT_SECONDS
             for s in sockets:
                 s.send_multipart(wire.encode_signal(wire.Command.HEARTBEAT), flags=zmq.NOBLOCK)
+            used = list(sockets)
     for s in sockets:
         s.send_multipart(wire.encode_signal(wire.Command.DISCONNECT), flags=zmq.NOBLOCK)
         s.close()
+    epoll.close()
     context.term()
 
 
