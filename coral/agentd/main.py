@@ -267,21 +267,19 @@ class Agent:
 
     def answer_deferred(self, now: float) -> int:
         """The questions for calls that waited for the ingest budget, once it allows (or at the end)."""
-        if not self._deferred or not (now == math.inf or self.ingest.allows(now)):
-            return 0
-        waiting, self._deferred = self._deferred, []
-        for answer in waiting:
-            answer()
-        return len(waiting)
+        answered = 0
+        while self._deferred and (now == math.inf or self.ingest.allows(time.monotonic())):
+            self._deferred.pop(0)()  # each answer is charged: the budget is looked at again before the next
+            answered += 1
+        return answered
 
     def tell_followers(self, now: float) -> None:
         """Answer the held questions whose session has new calls or ended
         (past the ingest budget: at its next window), and those whose wait
         is over."""
-        if now == math.inf or self.ingest.allows(now):
-            news, self.sessions.news = self.sessions.news, set()
-            for session_id in news:
-                self.followers.wake(session_id)
+        news = self.sessions.news
+        while news and (now == math.inf or self.ingest.allows(time.monotonic())):
+            self.followers.wake(news.pop())  # each answer is charged: the budget is looked at again before the next
         self.followers.expire(now)
 
     def hello(self) -> pb.AgentHello:
@@ -457,8 +455,12 @@ class Agent:
                     last_drained = -math.inf if self.sessions.more_waiting else now
                     if got:
                         self.tell_followers(now)  # from memory, before the batch is written
-                backlog = self.sessions.pending >= FLUSH_BATCH and self.ingest.allows(now)
-                if (self.sessions.pending or self.store.holding) and (backlog or now - last_flush >= cfg.agent.flush_interval):
+                self.ingest.charge(now, time.process_time() - cpu)
+                cpu = time.process_time()
+                # Past the budget, what is drained waits in memory (no more is drained meanwhile).
+                backlog = self.sessions.pending >= FLUSH_BATCH
+                if (self.sessions.pending or self.store.holding) and self.ingest.allows(time.monotonic()) and \
+                        (backlog or now - last_flush >= cfg.agent.flush_interval):
                     self.sessions.flush(force=False, limit=FLUSH_BATCH)  # a bounded write: the sockets come first
                     last_flush = now
                 self.ingest.charge(now, time.process_time() - cpu)
