@@ -15,7 +15,6 @@ whether a heartbeat came late (the part is never `lost`)."""
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -24,17 +23,11 @@ from typing import cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.report import table
+from bench.report import cpu_seconds, table
 from coral.daemon.client import Client
 from coral.proto import coral_pb2 as pb
 from tests.harness import REPO, CoralEnv, build_c, start_agent, start_colony
 from tests.test_budget import HotService
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def session(colony: Client, session_id: str) -> pb.DebugSession:

@@ -15,7 +15,6 @@ and every stored call is then read back through QueryUprobeEvents."""
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.python_attached import PyTarget
-from bench.report import full_speed_env, table
+from bench.report import cpu_seconds, full_speed_env, rss_mib, table
 from coral.daemon.client import Client
 from coral.proto import coral_pb2 as pb
 from tests.harness import CoralEnv, Process, build_c, tool
@@ -55,17 +54,6 @@ class ThreadsTarget:
         if self.run.proc.stdin:
             self.run.proc.stdin.close()
         self.run.stop()
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
 
 
 def served(agent: Client, session_id: str) -> tuple[int, bool]:

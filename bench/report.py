@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from tests.harness import CoralEnv
@@ -18,6 +19,18 @@ def full_speed_env() -> CoralEnv:
     config.write_text(FULL_SPEED)
     env.env["CORAL_CONFIG"] = str(config)
     return env
+
+
+def cpu_seconds(pid: int) -> float:
+    """A process's user and system CPU so far (/proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
 
 
 def table(title: str, header: list[str], rows: list[list[str]]) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import struct
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import cast
 
@@ -98,6 +98,19 @@ def every_call(agent: Client, session_id: str) -> list[pb.Call]:
             return calls
 
 
+def session_of_rounds(agent: Client, session_id: str, make_calls: Callable[[], None],
+                      rounds: int) -> tuple[pb.DebugSession, list[pb.Call]]:
+    """Rounds of calls, each read from the ring buffer before the next (a
+    question without wait_ms drains it first); then the session, detached,
+    and every call it stored."""
+    for _ in range(rounds):
+        make_calls()
+        agent.call("QueryUprobeEvents", pb.QueryUprobeEventsRequest(session_id=session_id))
+    session = cast(pb.DetachUprobeResponse, agent.call("DetachUprobe", pb.DetachUprobeRequest(
+        session_id=session_id))).session
+    return session, every_call(agent, session_id)
+
+
 def attach(agent: Client, service: str, function: str) -> str:
     while not any(s.service == service for s in cast(pb.ListServicesResponse, agent.call(
             "ListServices", pb.ListServicesRequest())).services):
@@ -117,14 +130,14 @@ def test_every_call_of_four_threads_through_a_small_ring_is_stored_once_in_order
     try:
         with Client(env.endpoint("agent.sock"), 30) as agent:
             sid = attach(agent, "threads", "bench_work")
-            for _ in range(100):  # 500 calls (20 KB of records) fit in the 32 KiB ring: 100 of them wrap it often
+
+            def make_calls() -> None:
                 stdin.write(b"500\n")
                 stdin.flush()
                 stdout.readline()  # all 500 have returned
-                agent.call("QueryUprobeEvents", pb.QueryUprobeEventsRequest(session_id=sid))  # drains the ring
-            session = cast(pb.DetachUprobeResponse, agent.call("DetachUprobe", pb.DetachUprobeRequest(
-                session_id=sid))).session
-            calls = every_call(agent, sid)
+
+            # 500 calls (20 KB of records) fit in the 32 KiB ring: 100 rounds of them wrap it often.
+            session, calls = session_of_rounds(agent, sid, make_calls, 100)
     finally:
         stdin.close()
         target.stop()
@@ -174,14 +187,14 @@ def test_raised_python_calls_between_timing_only_ones_keep_their_order(small_rin
     try:
         with Client(env.endpoint("agent.sock"), 30) as agent:
             sid = attach(agent, "raiser", "__main__.work")
-            for _ in range(20):  # 100 calls: 90 timing records (64 B) and 10 whole ones (840 B), 14 KB in all
+
+            def make_calls() -> None:
                 stdin.write("100\n")
                 stdin.flush()
-                stdout.readline()
-                agent.call("QueryUprobeEvents", pb.QueryUprobeEventsRequest(session_id=sid))  # drains the ring
-            session = cast(pb.DetachUprobeResponse, agent.call("DetachUprobe", pb.DetachUprobeRequest(
-                session_id=sid))).session
-            calls = every_call(agent, sid)
+                stdout.readline()  # all 100 have returned
+
+            # 100 calls: 90 timing records (64 B) and 10 whole ones (840 B), 14 KB in all.
+            session, calls = session_of_rounds(agent, sid, make_calls, 20)
     finally:
         stdin.close()
         target.wait(10)
