@@ -27,6 +27,7 @@ BUSY_BIT = 1 << 31
 DISCARD_BIT = 1 << 30
 HEADER_BYTES = 8
 _POSITION = struct.Struct("<Q")
+MAX_RECORD_BYTES = 64 * 1024  # past a read's byte limit, room for the record that reaches it (Coral's are < 1 KiB)
 
 
 def stride_of(length: int) -> int:
@@ -47,11 +48,6 @@ class RingReader:
         self._producer = mmap.mmap(map_fd, page + data_bytes, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
         self._data: np.ndarray | None = np.frombuffer(self._producer, dtype=np.uint8, offset=page)
         self._mask = data_bytes - 1
-        self.discarded = 0  # records the program gave up (their room is passed over)
-
-    def waiting_bytes(self) -> int:
-        """Bytes between the consumer and the producer (records under way included)."""
-        return int(_POSITION.unpack_from(self._producer)[0] - _POSITION.unpack_from(self._consumer)[0])
 
     def read(self, limit: int = 0) -> tuple[list[np.ndarray], bool]:
         """Take the complete records in the ring, about `limit` bytes of them
@@ -65,6 +61,8 @@ class RingReader:
         available = _POSITION.unpack_from(self._producer)[0] - consumer
         if not available:
             return [], False
+        if limit:  # a little more than the limit: the record that reaches it is read whole
+            available = min(available, limit + MAX_RECORD_BYTES)
         start, size = consumer & self._mask, self._mask + 1
         if start + available <= size:
             window = self._data[start: start + available]
@@ -73,8 +71,7 @@ class RingReader:
         found, end = find_runs(window, limit or -1)
         runs = []
         for at, count, stride in found:
-            if count < 0:  # a discarded record: its room is passed over
-                self.discarded += 1
+            if count < 0:  # a record the program gave up (counted there, as unreadable): its room is passed over
                 continue
             runs.append(window[at: at + count * stride].reshape(count, stride).copy())
         _POSITION.pack_into(self._consumer, 0, consumer + end)  # the kernel may reuse what lies before this
@@ -101,7 +98,7 @@ def find_runs(window: np.ndarray, room: int) -> tuple[list[tuple[int, int, int]]
             break
         stride = stride_of(header & ~(BUSY_BIT | DISCARD_BIT))
         if at + stride > size:
-            break  # cannot happen while the kernel keeps its word; never read past the producer
+            break  # the record goes past what was taken (the producer, or the limit's margin): next time
         if header & DISCARD_BIT:
             found.append((at, -1, stride))
             at += stride
