@@ -65,9 +65,10 @@ LOCAL_BATCH = 100
 # costs more per registration as more processes register.
 ANNOUNCE_EVERY = 0.1
 PRUNE_EVERY = 0.5
-# Bytes of records read from the ring buffer in one turn at most: about
-# 50,000 timing-only calls (a few ms: numpy columns) or 8,000 with values
-# (decoded one by one, tens of ms). The sockets are served between two batches.
+# Bytes of records read from the ring buffer in one turn at most: 30,000
+# to 50,000 timing-only calls (a few ms: numpy columns) or 2,500 to 8,000
+# with values (decoded one by one, tens of ms). The sockets are served
+# between two batches.
 DRAIN_BATCH = 2 * 1024 * 1024
 # Calls written to agent.duckdb in one turn at most (about 0.3 µs each for
 # timing only, 0.5 µs with values, and 1.5 ms a statement): a backlog is

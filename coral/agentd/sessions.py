@@ -45,8 +45,8 @@ from coral.redact import Rules
 
 log = logging.getLogger(__name__)
 
-# Bytes of records a query reads from the ring buffer first, at most (about
-# 8,000 timing-only calls, or 1,000 with values): its answer then has every
+# Bytes of records a query reads from the ring buffer first, at most (4,000
+# to 6,500 timing-only calls, or 300 to 1,000 with values): its answer then has every
 # call that returned before it, unless the agent is far behind.
 QUERY_DRAIN = 256 * 1024
 
