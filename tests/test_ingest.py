@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 from coral.agentd.callblocks import CallBlock, calls_of, rows_in_blocks, take
-from coral.agentd.ringbuf import BUSY_BIT, DISCARD_BIT, find_runs, stride_of
+from coral.agentd.ringbuf import BUSY_BIT, DISCARD_BIT, find_runs, joined, stride_of
+from coral.agentd.store import EventStore
 from coral.daemon.client import Client
 from coral.proto import coral_pb2 as pb
 from tests.harness import REPO, CoralEnv, Process, build_c, start_agent, tool
@@ -55,6 +56,12 @@ def test_a_byte_limit_takes_whole_records_up_to_the_one_that_reaches_it() -> Non
 def test_an_unaligned_tail_is_not_read_past() -> None:
     window = ring((32, 0), (32, 0))[:60]  # the producer never stops inside a record; if it did
     assert find_runs(window, -1) == ([(0, 1, 40)], 40)
+
+
+def test_a_read_across_the_end_of_the_ring_is_joined_in_order() -> None:
+    data = np.arange(16, dtype=np.uint8)
+    assert joined(data, 12, 8).tolist() == [12, 13, 14, 15, 0, 1, 2, 3]
+    assert joined(data, 2, 3).tolist() == [2, 3, 4]
 
 
 def block(session: str, first_seq: int, n: int, valued: bool = False) -> CallBlock:
@@ -202,3 +209,18 @@ def test_raised_python_calls_between_timing_only_ones_keep_their_order(small_rin
     errors = [c.return_value.error_message for c in calls]
     # One thread: the calls returned in the order they were made, raised ones among them.
     assert errors == [f"ValueError: call {i % 100}" if i % 10 == 9 else "" for i in range(2000)]
+
+
+def test_an_idle_agent_still_purges_a_large_session(tmp_path: Path) -> None:
+    """While no session runs, DuckDB's memory limit is low (its cache goes
+    back); retention must still delete a session of hundreds of thousands
+    of calls."""
+    store = EventStore(tmp_path / "agent.duckdb")
+    try:
+        for first in (1, 150_001):  # the store holds 200,000 calls at most before a write
+            assert not store.append([block("big", first, 150_000)])
+        store.set_idle(True)
+        assert store.purge(["big"]) == (0, 300_000)
+        assert store.call_count("big") == 0
+    finally:
+        store.close()

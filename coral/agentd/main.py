@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 
+import duckdb
 import zmq
 from google.protobuf.message import DecodeError, Message
 
@@ -77,6 +78,9 @@ FLUSH_BATCH = 50_000
 # While this many calls wait to be written, the ring buffer is not read: the
 # kernel sheds and counts what does not fit, and the agent's memory stays bounded.
 MAX_PENDING = 2 * FLUSH_BATCH
+# Questions for calls waiting for the ingest budget's next window, at most;
+# more are answered at once (over the budget) rather than held in memory.
+MAX_DEFERRED = 1000
 # A session's targets are looked for in /proc this often (as often as the
 # loop turned before it drained every drain_interval), not on every turn.
 TARGETS_EVERY = 0.05
@@ -231,9 +235,9 @@ class Agent:
         session, held until it has news (docs/protocol.md). Handing calls
         out is charged to the ingest budget; past it, the question waits
         for the budget's next window (a second at most)."""
-        if self.ingest.allows(time.monotonic()):
-            return self._query_events(req, peer)
-        later = Later()
+        if len(self._deferred) >= MAX_DEFERRED or (not self._deferred and self.ingest.allows(time.monotonic())):
+            return self._query_events(req, peer)  # (past the bound: answered now, over the budget)
+        later = Later()  # in turn after those already waiting
 
         self._deferred.append(lambda: resolve(later, answer_safely(lambda: self._query_events(req, peer))))
         self._deferred_total += 1
@@ -370,7 +374,14 @@ class Agent:
         """One bounded run of retention: ended sessions past [agent] retention go, with their calls."""
         if not self.purges.due(now):
             return 0
-        sessions, calls, more = purge_once(self.retention, self.store.purge_candidates, self.store.purge, time.time_ns())
+        try:
+            sessions, calls, more = purge_once(self.retention, self.store.purge_candidates, self.store.purge,
+                                               time.time_ns())
+        except duckdb.Error as exc:  # the sessions stay for the next run; the agent serves on
+            log.warning("retention: could not purge agent.duckdb (%s); trying again in %gs", exc,
+                        self.config.agent.purge_interval)
+            self.purges.done(now, False)
+            return 0
         if sessions:
             log.info(
                 "retention: purged %d session(s) and %d call(s) that ended more than %s ago",
@@ -440,6 +451,7 @@ class Agent:
                 now = time.monotonic()
                 if self.cap is not None and self.cap.monitor in ready:
                     self.cap.on_readable(now)
+                self.answer_deferred(now)  # before new questions: those that waited go first
                 if rep in ready:
                     serve_router(rep, self.local, LOCAL_BATCH)
                 if self.link.socket is not None and self.link.socket in ready:
@@ -447,7 +459,6 @@ class Agent:
                 for sock in ready:
                     self.calls.on_readable(sock)  # ignores the sockets that are not a process's
                 self.calls.expire(time.monotonic())
-                self.answer_deferred(now)
                 cpu = time.process_time()
                 if now - last_drained >= cfg.agent.drain_interval and self.ingest.allows(now) and \
                         self.sessions.pending < MAX_PENDING:

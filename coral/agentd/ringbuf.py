@@ -36,9 +36,11 @@ def stride_of(length: int) -> int:
 
 
 class RingReader:
-    """The consumer side of one BPF_MAP_TYPE_RINGBUF map. x86-64 and arm64
-    ordering: the header is read before the body (program order), and the
-    kernel clears the busy bit only after the body is written."""
+    """The consumer side of one BPF_MAP_TYPE_RINGBUF map. The kernel clears
+    a record's busy bit only after its body is written, so a body is read
+    after the header that said it was complete: on x86-64 loads are not
+    reordered with older loads, which is what this relies on (Coral's BPF
+    program is built for x86-64)."""
 
     def __init__(self, map_fd: int, data_bytes: int) -> None:
         if data_bytes <= 0 or data_bytes & (data_bytes - 1):
@@ -64,11 +66,15 @@ class RingReader:
         if limit:  # a little more than the limit: the record that reaches it is read whole
             available = min(available, limit + MAX_RECORD_BYTES)
         start, size = consumer & self._mask, self._mask + 1
-        if start + available <= size:
+        if start + available <= size:  # the headers are read in place, the bodies copied after
             window = self._data[start: start + available]
-        else:  # it wraps: the end of the data, then its beginning
-            window = np.concatenate((self._data[start:], self._data[: start + available - size]))
-        found, end = find_runs(window, limit or -1)
+            found, end = find_runs(window, limit or -1)
+        else:
+            # It wraps: the two ends are joined in a copy, and a copy may read a
+            # body before its header. The headers are read from a first copy,
+            # and what they said was complete is copied again, after them.
+            found, end = find_runs(joined(self._data, start, available), limit or -1)
+            window = joined(self._data, start, end)
         runs = []
         for at, count, stride in found:
             if count < 0:  # a record the program gave up (counted there, as unreadable): its room is passed over
@@ -81,6 +87,13 @@ class RingReader:
         self._data = None
         self._producer.close()
         self._consumer.close()
+
+
+def joined(data: np.ndarray, start: int, length: int) -> np.ndarray:
+    """`length` bytes of the ring's data from `start`, across its end: a copy."""
+    if start + length <= len(data):
+        return data[start: start + length].copy()
+    return np.concatenate((data[start:], data[: start + length - len(data)]))
 
 
 def find_runs(window: np.ndarray, room: int) -> tuple[list[tuple[int, int, int]], int]:

@@ -470,7 +470,7 @@ class SessionManager:
         waiting = {b.session_id for b in self._pending}
         for session_id in [s for s in self._ended_unwritten if s not in waiting]:
             del self._ended_unwritten[session_id]  # all its calls are with the store now
-        if not self.active and not self._pending:
+        if not self.active and not self._pending and not self.store.holding:
             self.store.set_idle(True)  # and DuckDB gives its cached blocks back
             trim_heap()
         return handed

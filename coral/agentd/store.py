@@ -271,13 +271,20 @@ class EventStore:
         return [(str(r[0]), str(r[1]), int(r[2])) for r in rows]
 
     def purge(self, session_ids: list[str]) -> tuple[int, int]:
-        """Delete sessions and their calls; returns (sessions, calls) deleted."""
+        """Delete sessions and their calls; returns (sessions, calls) deleted.
+        With the full memory limit, idle or not: a large session's delete
+        needs more than the idle limit."""
         if not session_ids:
             return 0, 0
-        calls = self._db.execute(
-            "DELETE FROM calls WHERE session_id IN (SELECT unnest($1::VARCHAR[])) RETURNING seq", [session_ids]
-        ).fetchall()
-        sessions = self._db.execute(
-            "DELETE FROM sessions WHERE session_id IN (SELECT unnest($1::VARCHAR[])) RETURNING session_id", [session_ids]
-        ).fetchall()
-        return len(sessions), len(calls)
+        idle, ids = self._idle, [session_ids]
+        self.set_idle(False)
+        try:
+            row = self._db.execute("SELECT count(*) FROM calls WHERE session_id IN (SELECT unnest($1::VARCHAR[]))",
+                                   ids).fetchone()
+            self._db.execute("DELETE FROM calls WHERE session_id IN (SELECT unnest($1::VARCHAR[]))", ids)
+            sessions = self._db.execute(
+                "DELETE FROM sessions WHERE session_id IN (SELECT unnest($1::VARCHAR[])) RETURNING session_id", ids
+            ).fetchall()
+        finally:
+            self.set_idle(idle)
+        return len(sessions), int(row[0]) if row else 0
