@@ -3,6 +3,10 @@ liveness, peer credentials, value formatting. No sockets, no BPF."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import pytest
 
 from coral.agentd.values import format_register
@@ -192,6 +196,42 @@ def test_proc_maps_lines_with_spaces_in_paths_and_without_paths() -> None:
              "7ffd0-7ffd1 rw-p 00000000 00:00 0 \n", "garbage\n"]
     assert parse_maps(lines) == [Mapping(0x55d0c, 0x55d0e, 0x1000, 1234, "r-xp", "/opt/my app/bin (deleted)"),
                                  Mapping(0x7ffd0, 0x7ffd1, 0, 0, "rw-p", "")]
+
+
+IDLE_RELEASE_SCRIPT = """
+import duckdb, json
+from coral.agentd.memory import release_idle_pages
+
+def resident():
+    kb, current = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            fields = line.split()
+            if fields[0].count("-") == 1 and not fields[0].endswith(":"):
+                current = len(fields) > 5 and "/_duckdb" in fields[5]
+            elif fields[0] == "Rss:" and current:
+                kb += int(fields[1])
+    return kb
+
+db = duckdb.connect()
+query = "SELECT count(*), sum(i % 7) FROM range(1000000) t(i)"
+first = db.execute(query).fetchall()
+used = resident()
+dropped = release_idle_pages()
+after = resident()
+print(json.dumps([used, dropped, after, first == db.execute(query).fetchall()]))
+"""
+
+
+def test_an_idle_agent_gives_back_duckdbs_pages_and_duckdb_still_works() -> None:
+    """What the agent does once idle (memory.release_idle_pages), in a
+    process of its own: DuckDB's resident code goes, and comes back from
+    the file when it runs again."""
+    out = subprocess.run([sys.executable, "-c", IDLE_RELEASE_SCRIPT], capture_output=True, text=True, check=True)
+    used, dropped, after, same = json.loads(out.stdout)
+    assert dropped > 0
+    assert after < used / 2, (used, after)
+    assert same
 
 
 def test_only_read_only_file_mappings_without_private_pages_are_given_back() -> None:

@@ -24,7 +24,7 @@ from coral import __version__
 from coral.agentd.colony_link import ColonyLink
 from coral.agentd.engine import TRAP_NS, ProbeEngine, ProbeError
 from coral.agentd.ingest import IngestBudget
-from coral.agentd.memory import release_compiler_pages, rss_bytes
+from coral.agentd.memory import release_compiler_pages, release_idle_pages, rss_bytes
 from coral.agentd.probecost import ProbeCosts
 from coral.agentd.probes import check_bpf_support
 from coral.agentd.process_calls import ProcessCalls
@@ -84,6 +84,9 @@ MAX_DEFERRED = 1000
 # A session's targets are looked for in /proc this often (as often as the
 # loop turned before it drained every drain_interval), not on every turn.
 TARGETS_EVERY = 0.05
+# After this long with no session and no question answered from the store,
+# the pages of the libraries that served them are given back (memory.py).
+IDLE_RELEASE_AFTER = 10.0
 SETTLE_AT_STOP = 1.0  # seconds the stopping agent gives processes to answer its last disarms
 
 
@@ -117,6 +120,7 @@ class Agent:
         self._announced = 0.0
         self._pruned = 0.0
         self._targets_checked = 0.0
+        self._answered_at: float | None = None  # the last question answered from the store, until the release
         self.store = EventStore(config.agent_state_dir / "agent.duckdb")
         self.engine = ProbeEngine(config.sessions.ring_buffer_pages, config.sessions.string_bytes,
                                   config.sessions.max_call_depth, config.sessions.deep_frames)
@@ -263,6 +267,7 @@ class Agent:
         colony's pulls are trusted: it applies the rule per reader). Its
         CPU is the ingest budget's: reading, storing and handing out calls."""
         cpu = time.process_time()
+        self._answered_at = time.monotonic()
         try:
             response = self.sessions.query(req)
             access.values_for(self.config.access, peer, response.session.owner, response.calls)
@@ -394,6 +399,14 @@ class Agent:
 
     # ---------------------------------------------------------------- loop
 
+    def release_when_idle(self, now: float) -> None:
+        """Once the store has answered its last question and no session runs."""
+        if self._answered_at is None or now - self._answered_at < IDLE_RELEASE_AFTER or self.sessions.active or \
+                self.sessions.pending or self.store.holding:
+            return
+        self._answered_at = None
+        release_idle_pages()
+
     def _poll_ms(self, now: float) -> int:
         """Until the next turn: the poll interval, or a question's deadline if sooner."""
         wait = self.config.agent.poll_interval
@@ -488,6 +501,7 @@ class Agent:
                         self._forget(reg)
                 self.announce_changes(now)
                 self.purge(now)
+                self.release_when_idle(now)
                 self.link.tick(now)
                 notifier.watchdog(now)
         finally:

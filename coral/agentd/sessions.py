@@ -31,7 +31,7 @@ from coral.agentd.engine import (
     SlotStats,
     Timings,
 )
-from coral.agentd.memory import trim_heap
+from coral.agentd.memory import release_idle_pages, trim_heap
 from coral.agentd.probecost import ProbeCosts, first_bytes
 from coral.agentd.registry import ProcessRegistry, Registration
 from coral.agentd.store import EventStore, SessionRow
@@ -472,7 +472,7 @@ class SessionManager:
             del self._ended_unwritten[session_id]  # all its calls are with the store now
         if not self.active and not self._pending and not self.store.holding:
             self.store.set_idle(True)  # and DuckDB gives its cached blocks back
-            trim_heap()
+            release_idle_pages()
         return handed
 
     @property
