@@ -82,6 +82,23 @@ def parse_predicate(text: str, meta: pb.FunctionMetadata) -> tuple[int, str, int
     return slot.regs[0], op, value, width, signed
 
 
+@dataclass(frozen=True)
+class NativeShape:
+    """Where a native record holds each value of one target's function, for
+    a session's capture: worked out once, not for every call."""
+
+    slots: abi.RecordSlots
+    arguments: list[abi.Slot]
+    fields_of: dict[str, list[pb.FieldMetadata]]  # by argument: the struct members copied through it
+    results: list[abi.Slot]
+
+    @classmethod
+    def of(cls, meta: pb.FunctionMetadata, config: pb.UprobeConfig, string_bytes: int) -> NativeShape:
+        return cls(abi.record_slots(meta, config.capture_args, config.capture_return, string_bytes),
+                   abi.argument_layout(meta), {a.name: list(a.fields) for a in meta.arguments if a.fields},
+                   abi.result_layout(meta))
+
+
 @dataclass
 class Target:
     reg: Registration
@@ -114,6 +131,7 @@ class Session:
     stored: int = 0
     lost: Counter[str] = field(default_factory=Counter)
     final: SlotStats | None = None
+    shapes: dict[int, tuple[pb.FunctionMetadata, NativeShape]] = field(default_factory=dict)  # by pid, as calls come
 
     @property
     def pids(self) -> list[int]:
@@ -414,8 +432,11 @@ class SessionManager:
                     ret = {"type": "", "value": self.rules.text(text)}
             else:
                 start, end = rec.start_ns, rec.start_ns + rec.duration_ns
-                meta = next((t.meta for t in s.targets if t.reg.pid == rec.pid), s.targets[0].meta)
-                args, ret = self._native_values(s, meta, rec)
+                known = s.shapes.get(rec.pid)
+                if known is None:
+                    meta = next((t.meta for t in s.targets if t.reg.pid == rec.pid), s.targets[0].meta)
+                    known = s.shapes[rec.pid] = (meta, NativeShape.of(meta, s.config, self.engine.string_bytes))
+                args, ret = self._native_values(s, *known, rec)
             row = (start + self._clock_offset, end - start, rec.pid, rec.tid, json.dumps(args) if args else "",
                    json.dumps(ret) if ret else "")
             for column, value in zip(columns, row, strict=True):
@@ -423,16 +444,15 @@ class SessionManager:
         return CallBlock.of_values(s.session_id, self._seq, *columns)
 
     def _native_values(
-        self, s: Session, meta: pb.FunctionMetadata, rec: NativeRecord
+        self, s: Session, meta: pb.FunctionMetadata, shape: NativeShape, rec: NativeRecord
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         string_bytes = self.engine.string_bytes
         args: list[dict[str, Any]] = []
-        slots = abi.record_slots(meta, s.config.capture_args, s.config.capture_return, string_bytes)
+        slots, fields_of = shape.slots, shape.fields_of
         if s.config.capture_args:  # redacted here, before anything is stored or sent
             strings = slots.strings_of_args(rec.strings, rec.unread)
             blob_reg = slots.blob[0]
-            fields_of = {a.name: list(a.fields) for a in meta.arguments if a.fields}
-            for a in abi.argument_layout(meta):
+            for a in shape.arguments:
                 if blob_reg >= 0 and a.regs and a.regs[0] == blob_reg and a.name in fields_of:
                     text = abi.show_fields(rec.args[blob_reg], fields_of[a.name], slots.blob_of(rec.strings, rec.unread),
                                            self.rules.value, meta.kind == "go")
@@ -440,7 +460,7 @@ class SessionManager:
                     text = abi.show(a, rec.args, strings, string_bytes)
                 args.append({"name": a.name, "type": a.type or "u64", "value": self.rules.value(a.name, text)})
         ret: dict[str, Any] = {}
-        results = abi.result_layout(meta)
+        results = shape.results
         if s.config.capture_return and (results or not meta.return_values):
             strings = slots.string_of_result(rec.strings, rec.unread)
             shown = [(r, abi.show(r, rec.results, strings, string_bytes)) for r in results] or \
