@@ -8,9 +8,13 @@ records) come between its timing-only ones."""
 
 from __future__ import annotations
 
+import os
+import signal
 import struct
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import cast
@@ -209,6 +213,80 @@ def test_raised_python_calls_between_timing_only_ones_keep_their_order(small_rin
     errors = [c.return_value.error_message for c in calls]
     # One thread: the calls returned in the order they were made, raised ones among them.
     assert errors == [f"ValueError: call {i % 100}" if i % 10 == 9 else "" for i in range(2000)]
+
+
+def test_a_session_ends_without_reading_its_full_ring_at_once(coral_env: CoralEnv, bpf: None, tmp_path: Path) -> None:
+    """A stopped agent's 8 MiB ring buffer fills with records of captured
+    values (about 35,000 calls). The detach takes the probes off at once;
+    the records are read over the next turns, a bounded batch each (decoded
+    one by one, they take the agent about a second). So a Ping sent after
+    the DetachUprobe is answered before it; the detach's answer then counts
+    every call stored, each read back once. The slot is given to the next
+    session only after, which gets exactly its own calls."""
+    env = coral_env.with_config("[sessions]\nring_buffer_pages = 2048\ncpu_budget_percent = 0\n"
+                                "max_events_per_session = 10000000\n[agent]\ningest_cpu_percent = 0\n")
+    agent_proc = start_agent(env)
+    binary = build_c(REPO / "bench" / "threads.c", tmp_path / "threads")
+    target = Process("threads", [tool("coral-run"), "--service", "threads", "--", str(binary), "2"], env,
+                     stdin=subprocess.PIPE).wait_ready()
+    stdin, stdout = target.proc.stdin, target.proc.stdout
+    assert stdin is not None and stdout is not None
+
+    def make_calls(n: int) -> None:
+        stdin.write(f"{n}\n".encode())
+        stdin.flush()
+        stdout.readline()  # all n have returned
+
+    def valued_session(agent: Client) -> str:
+        attach(agent, "threads", "bench_work")  # waits for the registration; this one ends at once
+        agent.call("DetachUprobe", pb.DetachUprobeRequest(session_id=agent.call("ListDebugSessions",
+                   pb.ListDebugSessionsRequest(active_only=True)).sessions[0].session_id))  # type: ignore[attr-defined]
+        return str(cast(pb.AttachUprobeResponse, agent.call("AttachUprobe", pb.AttachUprobeRequest(
+            service="threads", function="bench_work", duration_ms=120_000,
+            config=pb.UprobeConfig(capture_args=True, capture_return=True)))).session.session_id)
+
+    answered: list[str] = []
+    try:
+        with Client(env.endpoint("agent.sock"), 60) as agent, Client(env.endpoint("agent.sock"), 60) as pinger:
+            sid = valued_session(agent)
+            os.kill(agent_proc.pid, signal.SIGSTOP)
+            try:
+                make_calls(100_000)
+            finally:
+                os.kill(agent_proc.pid, signal.SIGCONT)
+            ended: list[pb.DebugSession] = []
+
+            def detach() -> None:
+                ended.append(cast(pb.DetachUprobeResponse, agent.call("DetachUprobe", pb.DetachUprobeRequest(
+                    session_id=sid))).session)
+                answered.append("detach")
+
+            detaching = threading.Thread(target=detach)
+            detaching.start()
+            time.sleep(0.2)  # the detach is read first (an order, not a duration: nothing here is timed)
+            pinger.call("Ping", pb.PingRequest())
+            answered.append("ping")
+            detaching.join()
+            session = ended[0]
+            calls = every_call(agent, sid)
+            after = valued_session(agent)
+            make_calls(1000)
+            second = cast(pb.DetachUprobeResponse, agent.call("DetachUprobe", pb.DetachUprobeRequest(
+                session_id=after))).session
+            second_calls = every_call(agent, after)
+    finally:
+        stdin.close()
+        target.stop()
+        agent_proc.stop()
+    assert answered == ["ping", "detach"]
+    lost = dict(session.lost)
+    assert session.total_calls == 100_000 and set(lost) == {"ringbuf_full"}, lost
+    assert session.calls + lost["ringbuf_full"] == 100_000 and session.calls > 20_000
+    assert [c.seq for c in calls] == sorted({c.seq for c in calls}) and len(calls) == session.calls
+    # bench_work(a, b) returns a + b, called with b = 1: each call's values are its own
+    assert all([x.value for x in c.args][1] == "1" and int(c.return_value.value) == int(c.args[0].value) + 1
+               for c in calls)
+    assert (second.total_calls, second.calls, dict(second.lost), len(second_calls)) == (1000, 1000, {}, 1000)
 
 
 def test_an_idle_agent_still_purges_a_large_session(tmp_path: Path) -> None:

@@ -249,7 +249,12 @@ class ProbeEngine:
         self._site_masks: dict[tuple[int, int], int] = {}
         self._attached: dict[tuple[int, str, int, bool], tuple[int, int]] = {}  # key -> (fd, refcount)
         self._ring = RingReader(self._bpf["events"].map_fd, ringbuf_pages * mmap.PAGESIZE)
-        self._kept: list[Drained] = []  # read when slots closed: the next drain hands them on
+        # Closed slots whose records may still be in the ring buffer: the
+        # producer's position when they closed. Each is free again once the
+        # drains have read past it, so its records are never taken for
+        # those of a later session given the same slot.
+        self.closing: dict[int, int] = {}
+        self.freed: list[int] = []  # closing slots freed by the drains, until the caller takes them
 
     # ------------------------------------------------------------- slots
 
@@ -282,8 +287,9 @@ class ProbeEngine:
         kernel (about 175 ms each here), so the probes are closed in
         parallel: every entry probe first, then every return probe (calls
         under way return and pair). `in_background`: by a thread of their
-        own, the slots free at once (for probes nobody else calls: the
-        agent's own measurements)."""
+        own (for probes nobody else calls: the agent's own measurements).
+        A slot is given again only once the drains have read every record
+        it may have written (`closing`, then `freed`)."""
         entries: list[int] = []
         returns: list[int] = []
         released: list[tuple[int, Site]] = []
@@ -305,14 +311,23 @@ class ProbeEngine:
         for slot, site in released:
             mask = self._site_masks.get((site.pid, site.runtime_ip), 0) & ~(1 << slot)
             self._write_site(site, mask)
-        self._kept += self._decode_runs(self._ring.read()[0])  # records of these slots, before the slots are reused
         out = []
+        produced = self._ring.produced()  # no probe of these slots writes past this now
         for slot in slots:
             out.append(self.stats(slot))
             self._write_budget(slot, 0)
-            self._free.append(slot)
+            self.closing[slot] = produced
+        self._free_drained()
         self.forget_gone_threads()
         return out
+
+    def _free_drained(self) -> None:
+        consumed = self._ring.consumed()
+        for slot, produced in list(self.closing.items()):
+            if consumed >= produced:
+                del self.closing[slot]
+                self._free.append(slot)
+                self.freed.append(slot)
 
     def _close_all(self, fds: list[int]) -> None:
         if len(fds) <= 1:
@@ -487,7 +502,8 @@ class ProbeEngine:
         at most, 0: all), non-blocking, as (slot, calls) in the order the records came;
         and whether more may be waiting."""
         runs, more = self._ring.read(limit)
-        out, self._kept = self._kept + self._decode_runs(runs), []
+        out = self._decode_runs(runs)
+        self._free_drained()
         return out, more
 
     def _decode_runs(self, runs: list[np.ndarray]) -> list[Drained]:

@@ -148,7 +148,7 @@ class Agent:
             "ListServices": self.list_services,
             "ListFunctions": self.list_functions,
             "AttachUprobe": lambda r, p: self.sessions.attach(r, p.who),
-            "DetachUprobe": lambda r, p: pb.DetachUprobeResponse(session=self.sessions.detach(r.session_id)),
+            "DetachUprobe": self.detach,
             "QueryUprobeEvents": self.query_events,
             "ListDebugSessions": lambda r, p: self.sessions.list(r),
             "RegisterProcess": self.register_process,
@@ -233,6 +233,15 @@ class Agent:
         cap = self.config.limits.max_connections_per_uid
         why = f"cut {count} connection(s) past uid {uid}'s {cap} ([limits] max_connections_per_uid)"
         self.audit_local("CONNECT", b"", Peer(uid=uid, pid=pid), "LIMIT_EXCEEDED", why)
+
+    def detach(self, req: pb.DetachUprobeRequest, peer: Peer) -> pb.DetachUprobeResponse | Later:
+        """Answered once the session's calls still in the ring buffer are read
+        (the next drains), so its count is final; the loop serves on meanwhile."""
+        self.sessions.detach(req.session_id)  # NotFound at once
+        later = Later()
+        self.sessions.when_collected(req.session_id, lambda: resolve(later, answer_safely(
+            lambda: pb.DetachUprobeResponse(session=self.sessions.session(req.session_id)))))
+        return later
 
     def query_events(self, req: pb.QueryUprobeEventsRequest, peer: Peer) -> pb.QueryUprobeEventsResponse | Later:
         """A page of calls; with wait_ms and nothing new on a running
@@ -448,7 +457,7 @@ class Agent:
                 poller = zmq.Poller()
                 poller.register(rep, zmq.POLLIN)
                 wait_ms = self._poll_ms(time.monotonic())
-                if self.sessions.active:
+                if self.sessions.active or self.engine.closing:
                     t = time.monotonic()
                     next_drain = max(last_drained + cfg.agent.drain_interval, self.ingest.resume_at(t))
                     if self.sessions.pending >= FLUSH_BATCH:  # a backlog to write, when the budget allows

@@ -83,6 +83,14 @@ class RingReader:
         _POSITION.pack_into(self._consumer, 0, consumer + end)  # the kernel may reuse what lies before this
         return runs, bool(limit) and end >= limit
 
+    def produced(self) -> int:
+        """The producer's position: every record reserved so far lies before it."""
+        return int(_POSITION.unpack_from(self._producer)[0]) if self._data is not None else 0
+
+    def consumed(self) -> int:
+        """The consumer's position: every record before it has been taken."""
+        return int(_POSITION.unpack_from(self._consumer)[0]) if self._data is not None else 0
+
     def close(self) -> None:
         self._data = None
         self._producer.close()

@@ -132,6 +132,7 @@ class Session:
     lost: Counter[str] = field(default_factory=Counter)
     final: SlotStats | None = None
     shapes: dict[int, tuple[pb.FunctionMetadata, NativeShape]] = field(default_factory=dict)  # by pid, as calls come
+    lost_at_end: Counter[str] = field(default_factory=Counter)  # as its row was saved when it ended
 
     @property
     def pids(self) -> list[int]:
@@ -193,7 +194,12 @@ class SessionManager:
         self._handed: dict[str, int] = {}  # by session active in this run: the last seq handed to the store
         self.news: set[str] = set()  # sessions with new calls, or ended, since the followers were last told
         self.more_waiting = False  # the last collect stopped at its limit
-        self._ended_unwritten: dict[str, Session] = {}  # ended, some of their calls still in the batch
+        self._ended_unwritten: dict[str, Session] = {}  # ended, some of their calls still in the batch (or the ring)
+        # Ended, some of their calls maybe still in the ring buffer: the drains
+        # read them over the next turns (a session's end reads nothing itself),
+        # with what waits for them (a DetachUprobe's answer).
+        self._closing: dict[str, Session] = {}
+        self._when_collected: dict[str, builtins.list[Callable[[], None]]] = {}
         # Set by the agent: may a query read the ring buffer now (its ingest
         # budget, the batch's bound).
         self.may_drain: Callable[[], bool] = lambda: True
@@ -356,6 +362,7 @@ class SessionManager:
             session.entry_instruction, session.probe_cost_ns = self.probe_costs.of(
                 first_bytes(targets[0].sites[0]), session.return_probe)
         self.active[session.session_id] = session
+        self._finish_closed()  # the slot may have been freed since the last drain: its last session is done
         self._by_slot[slot] = session
         self.store.set_idle(False)
         self.store.save_session(session.to_row(SlotStats()))
@@ -391,7 +398,7 @@ class SessionManager:
         n = 0
         drained, self.more_waiting = self.engine.drain(limit)
         for slot, calls in drained:
-            session = self._by_slot.get(slot)
+            session = self._by_slot.get(slot)  # active, or ended with calls still to read
             if session is None:
                 continue
             n += len(calls)
@@ -411,7 +418,34 @@ class SessionManager:
             self._pending_calls += kept
             self._seq += kept
             self.news.add(session.session_id)
+        self._finish_closed()
         return n
+
+    def _finish_closed(self) -> None:
+        """The ended sessions whose every call has been read from the ring buffer."""
+        freed, self.engine.freed = self.engine.freed, []
+        for slot in freed:
+            session = self._by_slot.get(slot)
+            if session is None or session.session_id in self.active:
+                continue  # a slot whose opening failed
+            del self._by_slot[slot]
+            self._closing.pop(session.session_id, None)
+            if session.final is not None and session.lost != session.lost_at_end:  # calls over max_events, read late
+                self.store.save_session(session.to_row(session.final))
+            self.news.add(session.session_id)
+            for waiter in self._when_collected.pop(session.session_id, []):
+                waiter()
+
+    def closing(self, session_id: str) -> bool:
+        """Has this session ended with calls maybe still in the ring buffer?"""
+        return session_id in self._closing
+
+    def when_collected(self, session_id: str, answer: Callable[[], None]) -> None:
+        """`answer` once every call of the session is read (at once if it is)."""
+        if session_id in self._closing:
+            self._when_collected.setdefault(session_id, []).append(answer)
+        else:
+            answer()
 
     def _values_block(self, s: Session, records: builtins.list[NativeRecord | PythonRecord]) -> CallBlock:
         """Calls with captured values (or a Python exception), one by one."""
@@ -487,7 +521,7 @@ class SessionManager:
             session.lost["storage"] += n
             if session_id not in self.active and session.final is not None:  # its row is saved: again, with the loss
                 self.store.save_session(session.to_row(session.final))
-        waiting = {b.session_id for b in self._pending}
+        waiting = {b.session_id for b in self._pending} | set(self._closing)
         for session_id in [s for s in self._ended_unwritten if s not in waiting]:
             del self._ended_unwritten[session_id]  # all its calls are with the store now
         if not self.active and not self._pending and not self.store.holding:
@@ -523,7 +557,7 @@ class SessionManager:
         stopped = self.engine.stopped_slots()
         ended = []
         for slot, session in list(self._by_slot.items()):
-            if stopped & (1 << slot):
+            if stopped & (1 << slot) and session.session_id in self.active:
                 log.warning("session %s: %s %s went over its CPU budget (%g%% of one CPU); detached", session.session_id,
                             session.service, session.function, self.config.sessions.cpu_budget_percent)
                 self._end(session, FAILED, "budget exceeded")
@@ -545,19 +579,22 @@ class SessionManager:
         self.starting.clear()
         for session in list(self.active.values()):
             self._end(session, FAILED, "agent stopped")
+        self.collect()  # every call the kernel has (no bound), read before the store closes
 
     def _end(self, session: Session, status: str, reason: str) -> None:
-        self.collect()  # what the kernel already has belongs to the session
+        """Detach at once. What the kernel already wrote to the ring buffer is
+        the session's: the next drains read it, a bounded batch a turn, and
+        the slot is given again only after (the engine's `closing`)."""
+        self._closing[session.session_id] = session
+        self._ended_unwritten[session.session_id] = session  # a loss when its calls are written is still its
         session.final = self.engine.close_slot(session.slot)
-        self.collect()  # its calls are written with the next batches (queries read the batch too)
-        if any(b.session_id == session.session_id for b in self._pending):
-            self._ended_unwritten[session.session_id] = session  # a loss when they are written is still its
+        session.lost_at_end = Counter(session.lost)
         self._disarm(session.targets)
-        del self._by_slot[session.slot]
         del self.active[session.session_id]
         session.status, session.reason, session.ended_ns = status, reason, time.time_ns()
         self.news.add(session.session_id)
         self.store.save_session(session.to_row(session.final))
+        self._finish_closed()  # nothing of it was left in the ring buffer
         log.info("session %s %s%s: %d calls", session.session_id, status, f" ({reason})" if reason else "",
                  session.final.calls)
         if time.monotonic() - self._trimmed >= 1.0:  # once a second at most: many sessions may end together
@@ -626,7 +663,7 @@ class SessionManager:
         limit = max(1, min(req.max_events or DEFAULT_PAGE, MAX_PAGE))
         self._retry_held()
         rows: builtins.list[CallRow] = []
-        if not req.wait_ms and req.session_id in self.active and self.may_drain():
+        if not req.wait_ms and (req.session_id in self.active or self.closing(req.session_id)) and self.may_drain():
             # A call that returned before the question is in the answer, unless
             # the agent is that far behind (or over its ingest budget).
             more = self.more_waiting
@@ -639,7 +676,8 @@ class SessionManager:
                                     req.since_unix_ns, req.until_unix_ns, limit - len(rows))
         calls = [self._call(r, session) for r in rows]
         next_cursor = rows[-1].seq if rows else req.cursor
-        return pb.QueryUprobeEventsResponse(calls=calls, next_cursor=next_cursor, has_more=len(rows) == limit,
+        more = len(rows) == limit or self.closing(req.session_id)  # ended, and calls still to read from the ring
+        return pb.QueryUprobeEventsResponse(calls=calls, next_cursor=next_cursor, has_more=more,
                                             session=self.session(req.session_id))
 
     def _retry_held(self) -> None:
