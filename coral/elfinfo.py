@@ -19,7 +19,18 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import NoteSection, SymbolTableSection
 
 from coral.demangle import demangle, names_for, spelling
-from coral.dwarftypes import Field, attribute, in_memory, is_go, name_of_type, struct_fields
+from coral.dwarftypes import (
+    Field,
+    HeldString,
+    Variants,
+    attribute,
+    held_string,
+    in_memory,
+    is_go,
+    name_of_type,
+    rust_variants,
+    struct_fields,
+)
 from coral.procmaps import Segment, file_offset
 
 
@@ -58,6 +69,8 @@ class Parameter:
     name: str
     type: str
     fields: tuple[Field, ...] = ()  # a pointer to a struct or class: its first members (struct_fields)
+    held_string: HeldString | None = None  # its register holds the address of an object holding a string
+    variants: Variants | None = None  # a Rust enum (results only)
 
 
 @dataclass(frozen=True)
@@ -73,6 +86,7 @@ class FunctionInfo:
     results: tuple[Parameter, ...] = ()  # Go: named or ~rN results
     inlined_into: tuple[str, ...] = ()  # one per call site the compiler inlined it into: the caller
     result_in_memory: bool = False  # System V: the caller passes where to put the result, in the first register
+    return_value: Parameter | None = None  # C, C++, Rust: the result's type, with its held string or variants
 
 
 @dataclass
@@ -240,7 +254,7 @@ class ElfFunctions:
         label = self.label(sym) if self._index is not None else demangle(sym.name) or sym.name
         return FunctionInfo(label, sym.address, sym.size, self.file_offset(sym.address), d.source_file,
                             d.source_line, d.parameters, d.return_type, d.results, d.inlined_into,
-                            d.result_in_memory)
+                            d.result_in_memory, d.return_value)
 
     def why_missing(self, name: str) -> str:
         """Why a function cannot be probed when it has no symbol."""
@@ -288,6 +302,7 @@ class DwarfFunction:
     inlined: bool = False  # only inlined copies exist
     inlined_into: tuple[str, ...] = ()  # callers it was inlined into, one per call site (in its compile unit)
     result_in_memory: bool = False
+    return_value: Parameter | None = None
 
 
 
@@ -315,7 +330,9 @@ def _described(die: Any, index: int) -> Parameter:
     name = attribute(name_die, "DW_AT_name") if name_die is not None else None
     typed = type_die.get_DIE_from_attribute("DW_AT_type") if type_die is not None else None
     type_name = name_of_type(typed) if typed is not None else "?"
-    return Parameter(name.decode(errors="replace") if name else f"arg{index}", type_name, struct_fields(typed))
+    held = held_string(typed) if typed is not None and not is_go(die) else None
+    return Parameter(name.decode(errors="replace") if name else f"arg{index}", type_name,
+                     () if held else struct_fields(typed), held)
 
 
 def _cus_at(dwarf: Any, address: int) -> Iterator[Any]:
@@ -471,7 +488,12 @@ def _subprogram(dwarf: Any, die: Any) -> DwarfFunction:
     ret_die = typed.get_DIE_from_attribute("DW_AT_type") if typed is not None else None
     ret = name_of_type(ret_die) if ret_die is not None else "void"
     source, line = _declared_at(dwarf, die)
-    return DwarfFunction(source, line, params, ret, results, result_in_memory=not is_go(die) and in_memory(ret_die))
+    memory = not is_go(die) and in_memory(ret_die)
+    value = None
+    if ret_die is not None and not is_go(die):
+        value = Parameter("", ret, held_string=held_string(ret_die) if memory else None,
+                          variants=None if memory else rust_variants(ret_die))
+    return DwarfFunction(source, line, params, ret, results, result_in_memory=memory, return_value=value)
 
 
 def _declared_at(dwarf: Any, die: Any) -> tuple[str, int]:
