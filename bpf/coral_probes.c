@@ -75,6 +75,16 @@ struct site {
     u32 pad;
 };
 
+// A string an object holds (a C++ std::string, a Rust String): the register
+// holds the object's address; its data pointer and its length (64 bits)
+// are members at these offsets (from DWARF: coral/dwarftypes.py).
+struct held_string {
+    s32 reg;                         // -1: none
+    u32 data_off;
+    u32 len_off;
+    u32 pad;
+};
+
 struct slot_config {
     u32 sample_rate;                 // report every Nth call; 0/1: all
     u32 capture;                     // bit0 args, bit1 return
@@ -87,6 +97,10 @@ struct slot_config {
     u32 blob_len;                    // bytes of it are copied at the return ...
     u32 blob_at;                     // ... into strs[blob_at], after the string arguments' slots
     u32 pad2;
+    struct held_string held[2];      // native: arguments holding strings, copied at the entry into strs[0], strs[1]
+    struct held_string held_ret;     // native: the result register holds such an object's address: into strs[str_ret_at]
+    u32 held_mask;                   // bit i: held[i] is used
+    u32 pad3;
     s32 pred_arg;                    // -1: no predicate
     u32 pred_op;
     s64 pred_value;
@@ -101,7 +115,8 @@ struct frame {
     u64 func_ip;
     u64 slots;
     u64 args[6];
-    u64 at;                          // the stack's `changes` once this frame was pushed
+    u32 at;                          // the stack's `changes` once this frame was pushed
+    u32 held;                        // strings held in objects were copied at its entry (entry_strings)
 };
 
 // frames[RING(d)] is frame d for the top min(depth, CORAL_RING_FRAMES) ones;
@@ -324,6 +339,103 @@ static __always_inline int account(u32 slot, struct slot_config *cfg, u64 now, u
     return 1;
 }
 
+// Copy the string an object at `obj` holds: read its data pointer and its
+// length from the object, then at most CORAL_STR_MAX bytes from the data.
+// The whole length goes in *len, so a longer string is shown as cut.
+static __always_inline void read_held(char *dst, u64 *len, u32 *unread, u32 bit, u64 obj, struct held_string *h)
+{
+    u64 data = 0, n = 0;
+    if (!obj || bpf_probe_read_user(&data, sizeof(data), (void *)(obj + h->data_off)) < 0 ||
+        bpf_probe_read_user(&n, sizeof(n), (void *)(obj + h->len_off)) < 0) {
+        *unread |= bit;
+        return;
+    }
+    *len = n;
+    u64 copy = n;
+    if (copy > CORAL_STR_MAX)
+        copy = CORAL_STR_MAX;
+    if (copy && bpf_probe_read_user(dst, copy, (void *)data) < 0)
+        *unread |= bit;
+}
+
+// Strings held in objects that arguments point at are copied at the entry:
+// by the return the callee may have freed them (a Rust String passed by
+// value is the callee's to drop). Kept per call (thread, stack pointer)
+// until its return takes them; a call that never returns leaves its entry
+// to the LRU.
+struct entry_key {
+    u64 id;                          // pid_tgid
+    u64 sp;                          // the frame's sp (struct frame)
+};
+
+struct entry_strings {
+    char strs[2][CORAL_STR_MAX];
+    u64 lens[2];
+    u32 unread;
+    u32 pad;
+};
+
+BPF_TABLE("lru_hash", struct entry_key, struct entry_strings, entry_strings, 4096);
+BPF_PERCPU_ARRAY(empty_entry_strings, struct entry_strings, 1);
+
+// At a native entry: if a slot watching it captures arguments that hold
+// strings, copy them. Every such slot of one function wants the same ones
+// (they follow from its DWARF), so the first is asked.
+static __always_inline u32 copy_held_at_entry(struct pt_regs *ctx, u64 watching, u64 id)
+{
+    struct slot_config *cfg = 0;
+    for (u32 slot = 0; slot < CORAL_MAX_SLOTS; slot++) {
+        if (!(watching >> slot))
+            break;
+        if (!(watching & (1ULL << slot)))
+            continue;
+        u32 key = slot;
+        struct slot_config *c = slots.lookup(&key);
+        if (c && (c->capture & 1) && (c->held[0].reg >= 0 || c->held[1].reg >= 0)) {
+            cfg = c;
+            break;
+        }
+    }
+    if (!cfg)
+        return 0;
+    u32 zero = 0;
+    struct entry_strings *empty = empty_entry_strings.lookup(&zero);
+    if (!empty)
+        return 0;
+    struct entry_key k = {.id = id, .sp = PT_REGS_SP(ctx)};
+    entry_strings.update(&k, empty);  // replaces one left by a call that never returned
+    struct entry_strings *es = entry_strings.lookup(&k);
+    if (!es)
+        return 0;
+    // Indexed by the config's register: copied out of ctx first (the
+    // verifier refuses a load through a computed ctx pointer).
+    u64 args[8] = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx),
+                   PT_REGS_PARM4(ctx), PT_REGS_PARM5(ctx), PT_REGS_PARM6(ctx), 0, 0};
+    s32 reg = cfg->held[0].reg;
+    if (reg >= 0)
+        read_held(es->strs[0], &es->lens[0], &es->unread, 1, args[reg & 7], &cfg->held[0]);
+    reg = cfg->held[1].reg;
+    if (reg >= 0)
+        read_held(es->strs[1], &es->lens[1], &es->unread, 2, args[reg & 7], &cfg->held[1]);
+    return 1;
+}
+
+// The strings copied at this call's entry (every slot that captures the
+// function's arguments wants the same ones); none (evicted, or the session
+// began during the call): those slots are unread.
+static __always_inline void take_held(struct native_event *e, struct slot_config *cfg, u64 id, struct frame *f)
+{
+    struct entry_key k = {.id = id, .sp = f->sp};
+    struct entry_strings *es = f->held ? entry_strings.lookup(&k) : 0;
+    if (!es) {
+        e->unread |= cfg->held_mask;
+        return;
+    }
+    __builtin_memcpy(e->strs, es->strs, sizeof(e->strs));
+    __builtin_memcpy(e->lens, es->lens, sizeof(e->lens));
+    e->unread |= es->unread;
+}
+
 // A read of user memory fails where the page is not in memory yet (a
 // probe cannot fault it in): the record says so (unread), never an empty string.
 static __always_inline void read_str(struct native_event *e, u32 at, s32 arg, struct frame *f)
@@ -332,9 +444,46 @@ static __always_inline void read_str(struct native_event *e, u32 at, s32 arg, st
         e->unread |= 1 << (at & 1);
 }
 
+// A string held in the object the result register points at (a std::string
+// or String returned through memory): its data pointer goes in *data_out,
+// which stands for results[2] (System V returns in two registers: the
+// third is free) when the slot's config reads the result's string
+// (str_ret = 2), and its length is returned (~0: the object could not be
+// read). Read once, before the slots' loop in finish_native: inside it, the
+// reads are more than the verifier takes. Every slot capturing this
+// function's result wants the same.
+static __always_inline u64 read_held_result(u64 watching, u64 *results, u64 *data_out)
+{
+    for (u32 slot = 0; slot < CORAL_MAX_SLOTS; slot++) {
+        if (!(watching >> slot))
+            break;
+        if (!(watching & (1ULL << slot)))
+            continue;
+        u32 key = slot;
+        struct slot_config *cfg = slots.lookup(&key);
+        if (!cfg || !(cfg->capture & 2) || cfg->held_ret.reg < 0)
+            continue;
+        u64 rax = results[0], rdx = results[1];
+        // Loaded apart: clang would otherwise pick the address with `|`, which the verifier refuses.
+        asm volatile("" : "+r"(rax), "+r"(rdx));
+        u64 obj = cfg->held_ret.reg == 1 ? rdx : rax;
+        u64 data = 0, len = 0;
+        if (!obj || bpf_probe_read_user(&data, sizeof(data), (void *)(obj + cfg->held_ret.data_off)) < 0 ||
+            bpf_probe_read_user(&len, sizeof(len), (void *)(obj + cfg->held_ret.len_off)) < 0) {
+            *data_out = 0;
+            return ~0ULL;
+        }
+        *data_out = data;
+        return len;
+    }
+    return 0;
+}
+
 static __always_inline void finish_native(struct frame *f, u64 now, u64 *results, u64 id, u64 watching)
 {
     u64 duration = now - f->ts;
+    u64 held_data = results[2];
+    u64 held_len = read_held_result(watching, results, &held_data);
     for (u32 slot = 0; slot < CORAL_MAX_SLOTS; slot++) {
         if (!(watching >> slot))
             break;  // no higher slot watches this call
@@ -374,6 +523,8 @@ static __always_inline void finish_native(struct frame *f, u64 now, u64 *results
         e->duration_ns = duration;
         if (cfg->capture & 1) {
             __builtin_memcpy(e->args, f->args, sizeof(e->args));
+            if (cfg->held_mask)  // first: C strings and a struct go in their own slots over these
+                take_held(e, cfg, id, f);
             read_str(e, 0, cfg->str_arg[0], f);
             read_str(e, 1, cfg->str_arg[1], f);
             if (cfg->blob_arg >= 0 && cfg->blob_arg < 6) {
@@ -387,13 +538,18 @@ static __always_inline void finish_native(struct frame *f, u64 now, u64 *results
         if (cfg->capture & 2) {
             __builtin_memcpy(e->results, results, sizeof(e->results));
             if (cfg->str_ret >= 0) {
-                u64 p = cfg->str_ret == 1 ? results[1] : cfg->str_ret == 2 ? results[2] : results[0];
+                u64 p = cfg->str_ret == 1 ? results[1] : cfg->str_ret == 2 ? held_data : results[0];
                 if (bpf_probe_read_user_str(e->strs[cfg->str_ret_at & 1], CORAL_STR_MAX, (void *)p) < 0)
                     e->unread |= 1 << (cfg->str_ret_at & 1);
+                e->lens[cfg->str_ret_at & 1] = held_len;
             }
         }
         events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
         bump_stat(slot, ST_EMITTED);
+    }
+    if (f->held) {
+        struct entry_key k = {.id = id, .sp = f->sp};
+        entry_strings.delete(&k);
     }
 }
 
@@ -489,7 +645,7 @@ static __always_inline void drop_top(struct stack *st, struct thread_key *tk, u3
 // Returns the entry's timestamp (the time it gave up, if it pushed no frame:
 // every path returns a time, so the verifier has one kind of value after it).
 static __always_inline u64 push_frame(struct thread_key *tk, u64 watching, u64 ip, struct pt_regs *ctx, int go,
-                                      int uret)
+                                      int uret, u32 held)
 {
     struct stack *st = stack_of(tk, go, 1);
     if (!st)
@@ -559,6 +715,7 @@ static __always_inline u64 push_frame(struct thread_key *tk, u64 watching, u64 i
     }
     st->changes++;
     f->at = st->changes;
+    f->held = held;
     st->depth = depth + 1;
     return ts;
 }
@@ -700,9 +857,11 @@ int coral_hit(struct pt_regs *ctx)
         else
             watching = pop_frame(&tk, sp, s->func_ip, results, id, tail, &now, 0);
     } else if (go)
-        now = push_frame(&tk, watching, key.ip, ctx, 1, 0);  // constant: each copy reads its own ABI's registers
-    else
-        now = push_frame(&tk, watching, key.ip, ctx, 0, s->flags & SITE_URET);
+        now = push_frame(&tk, watching, key.ip, ctx, 1, 0, 0);  // constant: each copy reads its own ABI's registers
+    else {
+        u32 held = copy_held_at_entry(ctx, watching, id);  // before the entry's timestamp: not in the duration
+        now = push_frame(&tk, watching, key.ip, ctx, 0, s->flags & SITE_URET, held);
+    }
     charge(watching, now);  // charge() does nothing for no slot (an unpaired return: now is 0 then)
     return 0;
 }

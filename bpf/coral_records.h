@@ -26,9 +26,10 @@ struct native_event {
     char strs[2][CORAL_STR_MAX];     /* strings the arguments, then the result, point at (slot_config) */
     u32 unread;                      /* bit i: strs[i] could not be read (its page not in memory yet) */
     u32 pad;
+    u64 lens[2];                     /* a string held in an object (std::string, Rust String): its whole length */
 };
 
-struct native_timing_event {         /* a native call with only its timing to show: 32 bytes, not 232 */
+struct native_timing_event {         /* a native call with only its timing to show: 32 bytes, not 248 */
     u32 type;                        /* EV_NATIVE_TIMING */
     u32 slot;
     u32 pid;

@@ -19,6 +19,18 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import NoteSection, SymbolTableSection
 
 from coral.demangle import demangle, names_for, spelling
+from coral.dwarftypes import (
+    Field,
+    HeldString,
+    Variants,
+    attribute,
+    held_string,
+    in_memory,
+    is_go,
+    name_of_type,
+    rust_variants,
+    struct_fields,
+)
 from coral.procmaps import Segment, file_offset
 
 
@@ -57,14 +69,8 @@ class Parameter:
     name: str
     type: str
     fields: tuple[Field, ...] = ()  # a pointer to a struct or class: its first members (struct_fields)
-
-
-@dataclass(frozen=True)
-class Field:
-    name: str
-    type: str
-    offset: int
-    size: int
+    held_string: HeldString | None = None  # its register holds the address of an object holding a string
+    variants: Variants | None = None  # a Rust enum (results only)
 
 
 @dataclass(frozen=True)
@@ -80,6 +86,7 @@ class FunctionInfo:
     results: tuple[Parameter, ...] = ()  # Go: named or ~rN results
     inlined_into: tuple[str, ...] = ()  # one per call site the compiler inlined it into: the caller
     result_in_memory: bool = False  # System V: the caller passes where to put the result, in the first register
+    return_value: Parameter | None = None  # C, C++, Rust: the result's type, with its held string or variants
 
 
 @dataclass
@@ -247,7 +254,7 @@ class ElfFunctions:
         label = self.label(sym) if self._index is not None else demangle(sym.name) or sym.name
         return FunctionInfo(label, sym.address, sym.size, self.file_offset(sym.address), d.source_file,
                             d.source_line, d.parameters, d.return_type, d.results, d.inlined_into,
-                            d.result_in_memory)
+                            d.result_in_memory, d.return_value)
 
     def why_missing(self, name: str) -> str:
         """Why a function cannot be probed when it has no symbol."""
@@ -295,54 +302,8 @@ class DwarfFunction:
     inlined: bool = False  # only inlined copies exist
     inlined_into: tuple[str, ...] = ()  # callers it was inlined into, one per call site (in its compile unit)
     result_in_memory: bool = False
+    return_value: Parameter | None = None
 
-
-DW_LANG_GO = 0x16
-DW_LANG_RUST = 0x1C
-
-
-def _is_go(die: Any) -> bool:
-    top = die.cu.get_top_DIE()
-    return bool(_attr(top, "DW_AT_language") == DW_LANG_GO)
-
-
-def _is_rust(die: Any) -> bool:
-    return bool(_attr(die.cu.get_top_DIE(), "DW_AT_language") == DW_LANG_RUST)
-
-
-def _type_name(die: Any, depth: int = 0) -> str:
-    if die is None or depth > 8:
-        return "void"
-    name = die.attributes.get("DW_AT_name")
-    if name is not None and _is_go(die):  # Go names every type as Go writes it: string, []uint8, *main.Card
-        return str(name.value.decode(errors="replace"))
-    inner = die.get_DIE_from_attribute("DW_AT_type") if "DW_AT_type" in die.attributes else None
-    tag = die.tag
-    if name is not None and _is_rust(die):
-        # Rust names its pointers, references and fat pointers as Rust writes
-        # them (&i64, *const u8, &str); a structure or enum stays one.
-        text = str(name.value.decode(errors="replace"))
-        if tag in ("DW_TAG_pointer_type", "DW_TAG_base_type") or text.startswith(("&", "*")):
-            return text
-    if tag == "DW_TAG_pointer_type":
-        return _type_name(inner, depth + 1) + " *"
-    if tag in ("DW_TAG_reference_type", "DW_TAG_rvalue_reference_type"):  # C++: an address, as a pointer is
-        return _type_name(inner, depth + 1) + (" &" if tag == "DW_TAG_reference_type" else " &&")
-    if tag == "DW_TAG_const_type":
-        return "const " + _type_name(inner, depth + 1)
-    if tag == "DW_TAG_volatile_type":
-        return "volatile " + _type_name(inner, depth + 1)
-    if tag in ("DW_TAG_structure_type", "DW_TAG_union_type", "DW_TAG_enumeration_type"):
-        kind = tag[len("DW_TAG_") : -len("_type")].replace("structure", "struct")
-        return f"{kind} {name.value.decode() if name else '<anonymous>'}"
-    if name is not None:
-        return str(name.value.decode(errors="replace"))
-    return _type_name(inner, depth + 1) if inner is not None else "?"
-
-
-def _attr(die: Any, name: str, default: Any = None) -> Any:
-    a = die.attributes.get(name)
-    return a.value if a is not None else default
 
 
 def _completes(die: Any) -> Any:
@@ -366,54 +327,12 @@ def _holder(die: Any, name: str) -> Any:
 
 def _described(die: Any, index: int) -> Parameter:
     name_die, type_die = _holder(die, "DW_AT_name"), _holder(die, "DW_AT_type")
-    name = _attr(name_die, "DW_AT_name") if name_die is not None else None
+    name = attribute(name_die, "DW_AT_name") if name_die is not None else None
     typed = type_die.get_DIE_from_attribute("DW_AT_type") if type_die is not None else None
-    type_name = _type_name(typed) if typed is not None else "?"
-    return Parameter(name.decode(errors="replace") if name else f"arg{index}", type_name, struct_fields(typed))
-
-
-MAX_FIELDS = 8
-FIELDS_WITHIN = 64  # bytes: what the kernel copies through the pointer fits a string slot
-
-
-def _strip(die: Any) -> Any:
-    """Through typedefs and const/volatile to the type itself."""
-    for _ in range(8):
-        if die is None or die.tag not in ("DW_TAG_typedef", "DW_TAG_const_type", "DW_TAG_volatile_type"):
-            return die
-        die = die.get_DIE_from_attribute("DW_AT_type") if "DW_AT_type" in die.attributes else None
-    return die
-
-
-def struct_fields(type_die: Any) -> tuple[Field, ...]:
-    """For a pointer (or C++ reference) to a struct or class: its first
-    members that are scalars or pointers, at most MAX_FIELDS, that lie in
-    its first FIELDS_WITHIN bytes (no bit-fields, no nested structs)."""
-    pointer = _strip(type_die)
-    if pointer is None or pointer.tag not in ("DW_TAG_pointer_type", "DW_TAG_reference_type") or \
-            "DW_AT_type" not in pointer.attributes:
-        return ()
-    struct = _strip(pointer.get_DIE_from_attribute("DW_AT_type"))
-    if struct is None or struct.tag not in ("DW_TAG_structure_type", "DW_TAG_class_type"):
-        return ()
-    out = []
-    for member in struct.iter_children():
-        if member.tag != "DW_TAG_member" or "DW_AT_bit_size" in member.attributes or "DW_AT_type" not in member.attributes:
-            continue
-        offset = _attr(member, "DW_AT_data_member_location")
-        typed = member.get_DIE_from_attribute("DW_AT_type")
-        base = _strip(typed)
-        size = _attr(base, "DW_AT_byte_size", 8 if base is not None and base.tag == "DW_TAG_pointer_type" else 0)
-        if not isinstance(offset, int) or base is None or size not in (1, 2, 4, 8) or \
-                base.tag not in ("DW_TAG_base_type", "DW_TAG_pointer_type", "DW_TAG_enumeration_type"):
-            continue
-        if offset + size > FIELDS_WITHIN:
-            continue  # members need not be in offset order (rustc reorders them)
-        name = _attr(member, "DW_AT_name")
-        out.append(Field(name.decode(errors="replace") if name else "?", _type_name(typed), offset, size))
-        if len(out) == MAX_FIELDS:
-            break
-    return tuple(out)
+    type_name = name_of_type(typed) if typed is not None else "?"
+    held = held_string(typed) if typed is not None and not is_go(die) else None
+    return Parameter(name.decode(errors="replace") if name else f"arg{index}", type_name,
+                     () if held else struct_fields(typed), held)
 
 
 def _cus_at(dwarf: Any, address: int) -> Iterator[Any]:
@@ -439,7 +358,7 @@ def _linkage_name(die: Any) -> str:
     holder = _holder(die, "DW_AT_linkage_name") or _holder(die, "DW_AT_MIPS_linkage_name")
     if holder is None:
         return ""
-    value = _attr(holder, "DW_AT_linkage_name") or _attr(holder, "DW_AT_MIPS_linkage_name")
+    value = attribute(holder, "DW_AT_linkage_name") or attribute(holder, "DW_AT_MIPS_linkage_name")
     return value.decode(errors="replace") if value else ""
 
 
@@ -455,7 +374,7 @@ def read_dwarf_function(path: str, address: int, symbols: tuple[str, ...] = ()) 
             for die in cu.iter_DIEs():
                 if die.tag != "DW_TAG_subprogram":
                     continue
-                if _attr(die, "DW_AT_low_pc") == address or (
+                if attribute(die, "DW_AT_low_pc") == address or (
                         "DW_AT_ranges" in die.attributes and _linkage_name(die) in symbols):
                     found = _subprogram(dwarf, die)
                     return dataclasses.replace(found, inlined_into=_inlined_call_sites(cu, die))
@@ -490,7 +409,7 @@ def _inlined_call_sites(cu: Any, function: Any) -> tuple[str, ...]:
         while caller is not None and caller.tag != "DW_TAG_subprogram":
             caller = caller.get_parent()
         holder = _holder(caller, "DW_AT_name") if caller is not None else None
-        name = _attr(holder, "DW_AT_name") if holder is not None else None
+        name = attribute(holder, "DW_AT_name") if holder is not None else None
         out.append(name.decode(errors="replace") if name else "?")
     return tuple(out)
 
@@ -563,29 +482,18 @@ def debug_file_for(path: str, ef: ELFFile, root: str = DEBUG_ROOT) -> str | None
 
 def _subprogram(dwarf: Any, die: Any) -> DwarfFunction:
     formal = [c for c in die.iter_children() if c.tag == "DW_TAG_formal_parameter"]
-    params = tuple(_described(c, i) for i, c in enumerate(formal) if not _attr(c, "DW_AT_variable_parameter"))
-    results = tuple(_described(c, i) for i, c in enumerate(formal) if _attr(c, "DW_AT_variable_parameter"))
+    params = tuple(_described(c, i) for i, c in enumerate(formal) if not attribute(c, "DW_AT_variable_parameter"))
+    results = tuple(_described(c, i) for i, c in enumerate(formal) if attribute(c, "DW_AT_variable_parameter"))
     typed = _holder(die, "DW_AT_type")
     ret_die = typed.get_DIE_from_attribute("DW_AT_type") if typed is not None else None
-    ret = _type_name(ret_die) if ret_die is not None else "void"
+    ret = name_of_type(ret_die) if ret_die is not None else "void"
     source, line = _declared_at(dwarf, die)
-    return DwarfFunction(source, line, params, ret, results, result_in_memory=not _is_go(die) and _in_memory(ret_die))
-
-
-DW_CC_PASS_BY_REFERENCE = 4
-
-
-def _in_memory(type_die: Any) -> bool:
-    """System V AMD64: a result of this type is returned through memory the
-    caller passes in RDI (its arguments start one register later): a struct,
-    class or union over 16 bytes, or one the compiler passes by reference
-    (DW_AT_calling_convention: a C++ class with a non-trivial copy or
-    destructor, such as std::string). Rust's own ABI does the same for its
-    large results (Result, String)."""
-    t = _strip(type_die)
-    if t is None or t.tag not in ("DW_TAG_structure_type", "DW_TAG_class_type", "DW_TAG_union_type"):
-        return False
-    return bool(_attr(t, "DW_AT_byte_size", 0) > 16 or _attr(t, "DW_AT_calling_convention") == DW_CC_PASS_BY_REFERENCE)
+    memory = not is_go(die) and in_memory(ret_die)
+    value = None
+    if ret_die is not None and not is_go(die):
+        value = Parameter("", ret, held_string=held_string(ret_die) if memory else None,
+                          variants=None if memory else rust_variants(ret_die))
+    return DwarfFunction(source, line, params, ret, results, result_in_memory=memory, return_value=value)
 
 
 def _declared_at(dwarf: Any, die: Any) -> tuple[str, int]:
@@ -595,9 +503,9 @@ def _declared_at(dwarf: Any, die: Any) -> tuple[str, int]:
         return "", 0
     line_program = dwarf.line_program_for_CU(declared.cu)
     files = line_program["file_entry"] if line_program else []
-    idx = _attr(declared, "DW_AT_decl_file") - (1 if declared.cu.header["version"] < 5 else 0)
+    idx = attribute(declared, "DW_AT_decl_file") - (1 if declared.cu.header["version"] < 5 else 0)
     source = files[idx].name.decode(errors="replace") if 0 <= idx < len(files) else ""
-    return source, _attr(declared, "DW_AT_decl_line", 0)
+    return source, attribute(declared, "DW_AT_decl_line", 0)
 
 
 def read_dwarf_locations(path: str) -> dict[int, str]:
@@ -628,6 +536,6 @@ def read_dwarf_signatures(path: str) -> dict[str, DwarfFunction]:
                 name = die.attributes["DW_AT_name"].value.decode(errors="replace")
                 if "DW_AT_low_pc" in die.attributes:
                     out[name] = _subprogram(dwarf, die)
-                elif _attr(die, "DW_AT_inline") in (1, 3):
+                elif attribute(die, "DW_AT_inline") in (1, 3):
                     out.setdefault(name, DwarfFunction(inlined=True))
     return out

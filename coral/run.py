@@ -26,7 +26,7 @@ from coral.daemon.runtime import Notifier, bind_process_socket, configure_socket
 from coral.daemon.server import Dispatcher, Peer, serve_rep_once
 from coral.elfinfo import AmbiguousName, ElfFunctions, ElfInfoError
 from coral.proto import coral_pb2 as pb
-from coral.sdk.native import fields_metadata, list_native, native_metadata, split_library
+from coral.sdk.native import argument_metadata, list_native, native_metadata, result_metadata, split_library
 from coral.sdk.registration import AgentRegistration
 
 log = logging.getLogger("coral.run")
@@ -85,13 +85,9 @@ class NativeMetadata:
             source_line=info.source_line,
             inlined_into=list(info.inlined_into),
             result_in_memory=info.result_in_memory,
-            arguments=[pb.ArgumentMetadata(name=p.name, type=p.type, location=f"reg{i}", fields=fields_metadata(p))
-                       for i, p in enumerate(info.parameters)],
+            arguments=[argument_metadata(p, f"reg{i}") for i, p in enumerate(info.parameters)],
+            return_values=result_metadata(info, "rax"),
         )
-        if info.results:
-            meta.return_values.extend(pb.ReturnValueMetadata(name=r.name, type=r.type) for r in info.results)
-        elif info.return_type:
-            meta.return_values.append(pb.ReturnValueMetadata(type=info.return_type, location="rax"))
         return pb.GetFunctionMetadataResponse(metadata=meta)
 
 

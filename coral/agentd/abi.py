@@ -8,12 +8,16 @@ likewise from RAX. Floating point travels in XMM registers, which a uprobe
 cannot read: such values are shown as not captured.
 
 The BPF program copies the first six registers of the ABI's list (args[0..5])
-and three result registers; indexes here are into those."""
+and three result registers; indexes here are into those. Two kinds of value
+are placed from what DWARF says of them rather than from their type's name:
+an object holding a string (held_string: its register holds the object's
+address) and a Rust enum returned in registers (variants)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from coral.agentd.values import format_register
 from coral.proto import coral_pb2 as pb
@@ -30,13 +34,44 @@ FLOAT_TYPES = {"float", "double", "long double", "float32", "float64", "complex6
 class Slot:
     name: str
     type: str
-    shape: str  # int | cstring | gostring | goslice | iface | fat | float | unsupported
+    shape: str  # int | cstring | gostring | goslice | iface | fat | float | held | variants | unsupported
     regs: tuple[int, ...]
     go: bool = False
+    held: tuple[int, int] = (0, 0)  # shape held: the offsets of the data pointer and the length in the object
+    variants: Any = None  # shape variants: its pb.EnumMetadata
+    pieces: tuple[int, ...] = ()  # shape variants: the enum's byte offset each of regs holds
 
 
-def _shape(type_name: str, go: bool) -> tuple[str, int]:
+STRING_SHAPES = ("cstring", "gostring", "goslice", "held")
+UNREADABLE_OBJECT = (1 << 64) - 1  # a held result's length when its object could not be read
+
+
+def enum_pieces(v: pb.EnumMetadata) -> tuple[int, ...]:
+    """The offsets in the enum that the result registers hold, in order, as
+    rustc returns an enum of at most 16 bytes whose parts are at most two
+    scalars: one scalar (a niche layout such as Option<&T>) in RAX; a tag
+    and one payload, at most 8 bytes apart, in RAX and RDX (a scalar pair:
+    each in its own register, whatever its offset, as LLVM returns
+    {i32, i32}). () for any other layout: it is not shown rather than
+    shown wrong."""
+    parts = {(v.discriminant.offset, v.discriminant.size)}
+    parts |= {(f.offset, f.size) for x in v.variants for f in x.payload if f.size}
+    offsets = sorted({offset for offset, _ in parts})
+    sizes = {offset: {size for o, size in parts if o == offset} for offset in offsets}
+    if v.size > 16 or offsets[0] != 0 or len(offsets) > 2 or any(len(s) > 1 for s in sizes.values()):
+        return ()
+    if len(offsets) == 2 and (offsets[1] > 8 or offsets[1] < max(sizes[0])):
+        return ()
+    return tuple(offsets)
+
+
+def _shape(type_name: str, go: bool, hint: Any = None) -> tuple[str, int]:
     t = type_name.strip()
+    if isinstance(hint, pb.HeldStringMetadata):
+        return "held", 1  # the register holds the object's address
+    if isinstance(hint, pb.EnumMetadata):
+        pieces = enum_pieces(hint)
+        return ("variants", len(pieces)) if pieces else ("unsupported", 0)
     if t in FLOAT_TYPES:
         return "float", 0
     if go:
@@ -58,47 +93,63 @@ def _shape(type_name: str, go: bool) -> tuple[str, int]:
     return ("cstring", 1) if t in C_STRING_TYPES else ("int", 1)
 
 
-def layout(items: list[tuple[str, str]], go: bool, limit: int, first: int = 0) -> list[Slot]:
+def layout(items: list[tuple[str, str, Any]], go: bool, limit: int, first: int = 0) -> list[Slot]:
     """Assign registers in order from `first`; after a value we cannot
-    place, the rest cannot be placed either."""
+    place, the rest cannot be placed either. Each item is (name, type, what
+    DWARF says of its value: a HeldStringMetadata, an EnumMetadata or None)."""
     out, reg, lost = [], first, False
-    for name, type_name in items:
-        shape, width = _shape(type_name, go)
+    for name, type_name, hint in items:
+        shape, width = _shape(type_name, go, hint)
         if lost or shape == "unsupported" or reg + width > limit:
             lost = lost or shape == "unsupported"
             out.append(Slot(name, type_name, "unsupported", (), go))
             continue
-        out.append(Slot(name, type_name, shape, tuple(range(reg, reg + width)), go))
+        regs = tuple(range(reg, reg + width))
+        if isinstance(hint, pb.HeldStringMetadata):
+            out.append(Slot(name, type_name, shape, regs, go, held=(hint.data_offset, hint.length_offset)))
+        elif isinstance(hint, pb.EnumMetadata):
+            out.append(Slot(name, type_name, shape, regs, go, variants=hint, pieces=enum_pieces(hint)))
+        else:
+            out.append(Slot(name, type_name, shape, regs, go))
         reg += width
     return out
 
 
+def _hint(value: pb.ArgumentMetadata | pb.ReturnValueMetadata) -> Any:
+    if value.HasField("held_string"):
+        return value.held_string
+    if isinstance(value, pb.ReturnValueMetadata) and value.HasField("variants"):
+        return value.variants
+    return None
+
+
 def argument_layout(meta: pb.FunctionMetadata) -> list[Slot]:
-    items = [(a.name, a.type) for a in meta.arguments] or [(f"arg{i}", "") for i in range(CAPTURED_ARG_REGS)]
+    items: list[tuple[str, str, Any]] = [(a.name, a.type, _hint(a)) for a in meta.arguments] or \
+        [(f"arg{i}", "", None) for i in range(CAPTURED_ARG_REGS)]
     return layout(items, meta.kind == "go", CAPTURED_ARG_REGS, first=int(meta.result_in_memory))
 
 
 def result_layout(meta: pb.FunctionMetadata) -> list[Slot]:
     if meta.result_in_memory:  # RAX holds the address of the result, not its value
-        return [Slot(r.name, r.type, "int", (0,)) for r in meta.return_values[:1]]  # shown as that address
-    items = [(r.name, r.type) for r in meta.return_values if r.type != "void"]
+        return [Slot(r.name, r.type, "held", (0,), held=(r.held_string.data_offset, r.held_string.length_offset))
+                if r.HasField("held_string") else Slot(r.name, r.type, "int", (0,))  # shown as that address
+                for r in meta.return_values[:1]]
+    items = [(r.name, r.type, _hint(r)) for r in meta.return_values if r.type != "void"]
     return layout(items, meta.kind == "go", CAPTURED_RESULT_REGS)
 
 
-def string_registers(meta: pb.FunctionMetadata) -> tuple[int, int]:
-    """The (at most two) argument registers holding string pointers, which
-    the kernel follows and copies (bounded)."""
-    regs = [s.regs[0] for s in argument_layout(meta) if s.shape in ("cstring", "gostring", "goslice") and s.regs][:2]
-    padded = [*regs, -1, -1]
-    return padded[0], padded[1]
+def string_arguments(meta: pb.FunctionMetadata) -> list[Slot]:
+    """The (at most two) arguments whose strings the kernel copies (bounded):
+    C strings and Go strings and slices through their pointer register,
+    strings held in objects through the object."""
+    return [s for s in argument_layout(meta) if s.shape in STRING_SHAPES and s.regs][:2]
 
 
-def string_result_register(meta: pb.FunctionMetadata) -> int:
-    """The result register holding a string pointer (C `char *`, Go
-    `string` or `[]byte`: the first such result), which the kernel follows
-    at return; -1 if none."""
-    return next((s.regs[0] for s in result_layout(meta) if s.shape in ("cstring", "gostring", "goslice") and s.regs),
-                -1)
+def string_result(meta: pb.FunctionMetadata) -> Slot | None:
+    """The result whose string the kernel copies at the return (C `char *`,
+    Go `string` or `[]byte`, a std::string or String returned through
+    memory: the first such result); None if none."""
+    return next((s for s in result_layout(meta) if s.shape in STRING_SHAPES and s.regs), None)
 
 
 @dataclass(frozen=True)
@@ -110,26 +161,52 @@ class RecordSlots:
     str_args: tuple[int, int] = (-1, -1)  # argument registers whose strings go in slots 0 and 1
     blob: tuple[int, int, int] = (-1, 0, 0)  # (argument register, bytes, slot) of a struct it points to
     str_result: tuple[int, int] = (-1, 0)  # (result register, slot) whose string is copied at the return
+    # (argument register, data offset, length offset) of objects holding strings, into slots 0 and 1 at the entry
+    held_args: tuple[tuple[int, int, int], tuple[int, int, int]] = ((-1, 0, 0), (-1, 0, 0))
+    held_result: tuple[int, int] | None = None  # str_result's register holds such an object: its offsets
 
     # Each takes the record's slots and its unread bits; what could not be
-    # read is left out, and shown as the address.
-    def strings_of_args(self, copied: tuple[bytes, ...], unread: int = 0) -> dict[int, bytes]:
-        return {reg: copied[i].split(b"\0", 1)[0] for i, reg in enumerate(self.str_args)
-                if reg >= 0 and not unread >> i & 1}
+    # read is left out, and shown as the address. A held string is its
+    # first bytes (up to its length), not NUL-terminated.
+    def strings_of_args(self, copied: tuple[bytes, ...], unread: int = 0,
+                        lengths: tuple[int, ...] = (0, 0)) -> dict[int, bytes]:
+        out = {reg: copied[i].split(b"\0", 1)[0] for i, reg in enumerate(self.str_args)
+               if reg >= 0 and not unread >> i & 1}
+        out.update({reg: copied[i][:lengths[i]] for i, (reg, _, _) in enumerate(self.held_args)
+                    if reg >= 0 and not unread >> i & 1})
+        return out
+
+    def lengths_of_args(self, lengths: tuple[int, ...]) -> dict[int, int]:
+        return {reg: lengths[i] for i, (reg, _, _) in enumerate(self.held_args) if reg >= 0}
+
+    def length_of_result(self, lengths: tuple[int, ...]) -> dict[int, int]:
+        reg, at = self.str_result
+        return {reg: lengths[at]} if reg >= 0 and self.held_result is not None else {}
 
     def blob_of(self, copied: tuple[bytes, ...], unread: int = 0) -> bytes:
         reg, size, at = self.blob
         return copied[at][:size] if reg >= 0 and not unread >> at & 1 else b""
 
-    def string_of_result(self, copied: tuple[bytes, ...], unread: int = 0) -> dict[int, bytes]:
+    def string_of_result(self, copied: tuple[bytes, ...], unread: int = 0,
+                         lengths: tuple[int, ...] = (0, 0)) -> dict[int, bytes]:
         reg, at = self.str_result
-        return {reg: copied[at].split(b"\0", 1)[0]} if reg >= 0 and not unread >> at & 1 else {}
+        if reg < 0:
+            return {}
+        if self.held_result is not None:  # the kernel read its bytes as a C string's, then the object's length
+            if lengths[at] == UNREADABLE_OBJECT:
+                return {}
+            kept = min(lengths[at], len(copied[at]) - 1)  # the read as a C string's keeps a byte for its NUL
+            return {reg: b""} if lengths[at] == 0 else {} if unread >> at & 1 else {reg: copied[at][:kept]}
+        return {} if unread >> at & 1 else {reg: copied[at].split(b"\0", 1)[0]}
 
 
 def record_slots(meta: pb.FunctionMetadata, capture_args: bool, capture_return: bool,
                  slot_bytes: int = 64) -> RecordSlots:
-    str_args = string_registers(meta) if capture_args else (-1, -1)
-    used = sum(r >= 0 for r in str_args)
+    chosen = string_arguments(meta) if capture_args else []
+    none = (-1, 0, 0)
+    str_args = [s.regs[0] if s.shape != "held" else -1 for s in chosen] + [-1, -1]
+    held_args = [(s.regs[0], *s.held) if s.shape == "held" else none for s in chosen] + [none, none]
+    used = len(chosen)
     blob = (-1, 0, 0)
     if capture_args and used < 2:
         for s, a in zip(argument_layout(meta), meta.arguments, strict=False):
@@ -137,8 +214,9 @@ def record_slots(meta: pb.FunctionMetadata, capture_args: bool, capture_return: 
                 blob = (s.regs[0], min(slot_bytes, max(f.offset + f.size for f in a.fields)), used)
                 used += 1
                 break
-    result = string_result_register(meta) if capture_return else -1
-    return RecordSlots(str_args, blob, (result, used) if result >= 0 and used < 2 else (-1, 0))
+    result = string_result(meta) if capture_return and used < 2 else None
+    return RecordSlots((str_args[0], str_args[1]), blob, (result.regs[0], used) if result else (-1, 0),
+                       (held_args[0], held_args[1]), result.held if result and result.shape == "held" else None)
 
 
 def show_fields(address: int, fields: list[pb.FieldMetadata], blob: bytes, redact: Callable[[str, str], str],
@@ -159,13 +237,50 @@ def show_fields(address: int, fields: list[pb.FieldMetadata], blob: bytes, redac
     return f"{address:#x} {{{', '.join(shown)}}}"
 
 
-def show(slot: Slot, values: tuple[int, ...], strings: dict[int, bytes], string_bytes: int = 64) -> str:
-    """One value as text, from the captured registers (and copied strings)."""
+def show_variant(slot: Slot, values: tuple[int, ...]) -> str:
+    """A Rust enum from its registers: `Some(5)`, `None`, `Ok(4)`, `Err(-3)`;
+    a discriminant no variant has is not shown as one."""
+    v: pb.EnumMetadata = slot.variants
+    part = {offset: values[reg] for offset, reg in zip(slot.pieces, slot.regs, strict=True)}
+    d = v.discriminant
+    value = part[d.offset] & ((1 << 8 * d.size) - 1)
+    chosen = next((x for x in v.variants if not x.is_default and x.discriminant == value), None) or \
+        next((x for x in v.variants if x.is_default), None)
+    if chosen is None:
+        return "(not captured)"
+    payload = [f for f in chosen.payload if f.size]
+    if not payload:
+        return chosen.name + ("(())" if any(f.type == "()" for f in chosen.payload) else "")
+    f = payload[0]
+    return f"{chosen.name}({format_register(part[f.offset] & ((1 << 8 * f.size) - 1), f.type)})"
+
+
+def is_error_variant(slot: Slot, shown: str) -> bool:
+    """A Rust Result's Err: the call failed, as a non-nil Go error says."""
+    return slot.shape == "variants" and slot.type.removeprefix("struct ").startswith("Result<") and \
+        shown.startswith("Err")
+
+
+def show(slot: Slot, values: tuple[int, ...], strings: dict[int, bytes], string_bytes: int = 64,
+         lengths: dict[int, int] | None = None) -> str:
+    """One value as text, from the captured registers (and copied strings,
+    and the whole lengths of strings held in objects)."""
     if slot.shape == "float":
         return "(in a floating-point register: not captured)"
     if slot.shape == "unsupported" or not slot.regs:
         return "(not captured)"
+    if slot.shape == "variants":
+        return show_variant(slot, values)
     v = [values[r] for r in slot.regs]
+    if slot.shape == "held":
+        data = strings.get(slot.regs[0])
+        if v[0] == 0:
+            return "NULL"
+        if data is None:
+            return f"{v[0]:#x}"
+        length = (lengths or {}).get(slot.regs[0], len(data))
+        more = f"…(+{length - len(data)} bytes)" if length > len(data) else ""
+        return repr(data.decode(errors="replace")) + more
     if slot.shape == "fat":
         return f"{v[0]:#x} " + (f"vtable={v[1]:#x}" if "dyn " in slot.type else f"len={v[1]}")
     if slot.shape == "int":

@@ -97,6 +97,9 @@ class SlotConfig:
     str_args: tuple[int, int] = (-1, -1)  # argument registers whose strings go in slots 0 and 1
     blob: tuple[int, int, int] = (-1, 0, 0)  # (argument register, bytes, slot): a struct it points to
     str_result: tuple[int, int] = (-1, 0)  # (result register, slot): its string, copied at the return
+    # (register, data pointer's offset, length's offset) of objects holding strings (std::string, Rust String):
+    held_args: tuple[tuple[int, int, int], tuple[int, int, int]] = ((-1, 0, 0), (-1, 0, 0))  # into slots 0, 1 (at entry)
+    held_result: tuple[int, int] | None = None  # str_result's register holds such an object: (data, length) offsets
     predicate: tuple[int, str, int, int, bool] | None = None  # (arg index, op, value, width in bytes, signed)
     expires_monotonic_ns: int = 0  # CLOCK_MONOTONIC (bpf_ktime_get_ns): later calls are not counted; 0: never
 
@@ -111,6 +114,7 @@ class NativeRecord:
     args: tuple[int, ...]
     strings: tuple[bytes, bytes]  # the record's two slots as copied (a string is NUL-terminated in its slot)
     unread: int = 0  # bit i: slot i could not be read (its page was not in memory)
+    lengths: tuple[int, int] = (0, 0)  # a slot holding a held string: that string's whole length
 
 
 @dataclass(frozen=True)
@@ -221,6 +225,7 @@ class ProbeEngine:
                                                                              "duration_ns")))
         self._native_arrays = (native.values("results"), native.values("args"), native.values("strs"))
         self._native_unread = native.values("unread").start
+        self._native_lens = native.values("lens")
         at_call = python.values("call").start
         self._python_scalars = itemgetter(*(python.values(n).start for n in ("slot", "pid", "tid")), *(
             at_call + call.values(n).start for n in ("fn_id", "call_id", "start_ns", "end_ns", "flags", "args_len",
@@ -350,6 +355,15 @@ class ProbeEngine:
         v.str_arg[0], v.str_arg[1] = c.str_args
         v.blob_arg, v.blob_len, v.blob_at = c.blob
         v.str_ret, v.str_ret_at = c.str_result
+        for held, (reg, data, length) in zip(v.held, c.held_args, strict=True):
+            held.reg, held.data_off, held.len_off = reg, data, length
+        v.held_mask = sum(1 << i for i, (reg, _, _) in enumerate(c.held_args) if reg >= 0)
+        v.held_ret.reg, v.held_ret.data_off, v.held_ret.len_off = -1, 0, 0
+        if c.held_result is not None and c.str_result[0] >= 0:
+            # The kernel reads the object's data pointer into the free third result (System V) and copies the string
+            # from there as from a C string's pointer (coral_probes.c, read_held_result).
+            v.held_ret.reg, (v.held_ret.data_off, v.held_ret.len_off) = c.str_result[0], c.held_result
+            v.str_ret = 2
         if c.predicate is None:
             v.pred_arg, v.pred_op, v.pred_value, v.pred_bytes, v.pred_signed = -1, 0, 0, 8, 1
         else:
@@ -557,8 +571,9 @@ class ProbeEngine:
             slot, pid, tid, start, duration = self._native_scalars(f)
             at_results, at_args, at_strs = self._native_arrays
             results, args, strs = f[at_results], f[at_args], f[at_strs]
+            lens = f[self._native_lens]
             return slot, NativeRecord(pid, tid, start, duration, results, args, (strs[0], strs[1]),
-                                      f[self._native_unread])
+                                      f[self._native_unread], (lens[0], lens[1]))
         f = self._python.unpack_from(raw, HEADER_BYTES)
         slot, pid, tid, fn_id, call_id, start, end, flags, args_len, ret_len, args, ret = self._python_scalars(f)
         return slot, PythonRecord(pid, tid, fn_id, call_id, start, end, flags, args[:min(args_len, self._args_max)],

@@ -338,7 +338,8 @@ class SessionManager:
             sample_rate=req.config.sample_rate or 1, capture_args=req.config.capture_args,
             capture_return=req.config.capture_return, min_duration_ns=req.config.min_duration_ns,
             fn_id=targets[0].fn_id, str_args=record_slots.str_args, blob=record_slots.blob,
-            str_result=record_slots.str_result,
+            str_result=record_slots.str_result, held_args=record_slots.held_args,
+            held_result=record_slots.held_result,
             predicate=parse_predicate(req.config.predicate, first),
         )
         try:
@@ -484,22 +485,24 @@ class SessionManager:
         args: list[dict[str, Any]] = []
         slots, fields_of = shape.slots, shape.fields_of
         if s.config.capture_args:  # redacted here, before anything is stored or sent
-            strings = slots.strings_of_args(rec.strings, rec.unread)
+            strings = slots.strings_of_args(rec.strings, rec.unread, rec.lengths)
+            lengths = slots.lengths_of_args(rec.lengths)
             blob_reg = slots.blob[0]
             for a in shape.arguments:
                 if blob_reg >= 0 and a.regs and a.regs[0] == blob_reg and a.name in fields_of:
                     text = abi.show_fields(rec.args[blob_reg], fields_of[a.name], slots.blob_of(rec.strings, rec.unread),
                                            self.rules.value, meta.kind == "go")
                 else:
-                    text = abi.show(a, rec.args, strings, string_bytes)
+                    text = abi.show(a, rec.args, strings, string_bytes, lengths)
                 args.append({"name": a.name, "type": a.type or "u64", "value": self.rules.value(a.name, text)})
         ret: dict[str, Any] = {}
         results = shape.results
         if s.config.capture_return and (results or not meta.return_values):
-            strings = slots.string_of_result(rec.strings, rec.unread)
-            shown = [(r, abi.show(r, rec.results, strings, string_bytes)) for r in results] or \
+            strings = slots.string_of_result(rec.strings, rec.unread, rec.lengths)
+            lengths = slots.length_of_result(rec.lengths)
+            shown = [(r, abi.show(r, rec.results, strings, string_bytes, lengths)) for r in results] or \
                 [(abi.Slot("", "u64", "int", (0,)), f"{rec.results[0]:#x}")]
-            errors = [(r, v) for r, v in shown if r.type == "error" and v != "nil"]
+            errors = [(r, v) for r, v in shown if (r.type == "error" and v != "nil") or abi.is_error_variant(r, v)]
             ret = {"type": ", ".join(r.type for r, _ in shown),
                    "value": self.rules.text(", ".join(self.rules.value(r.name, v) for r, v in shown)),
                    "is_error": bool(errors), "error_message": self.rules.text(errors[0][1]) if errors else ""}

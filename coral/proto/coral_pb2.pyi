@@ -240,16 +240,48 @@ class DisarmFunctionResponse(_message.Message):
     def __init__(self, was_armed: _Optional[bool] = ...) -> None: ...
 
 class ArgumentMetadata(_message.Message):
-    __slots__ = ("name", "type", "location", "fields")
+    __slots__ = ("name", "type", "location", "fields", "held_string")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     LOCATION_FIELD_NUMBER: _ClassVar[int]
     FIELDS_FIELD_NUMBER: _ClassVar[int]
+    HELD_STRING_FIELD_NUMBER: _ClassVar[int]
     name: str
     type: str
     location: str
     fields: _containers.RepeatedCompositeFieldContainer[FieldMetadata]
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., location: _Optional[str] = ..., fields: _Optional[_Iterable[_Union[FieldMetadata, _Mapping]]] = ...) -> None: ...
+    held_string: HeldStringMetadata
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., location: _Optional[str] = ..., fields: _Optional[_Iterable[_Union[FieldMetadata, _Mapping]]] = ..., held_string: _Optional[_Union[HeldStringMetadata, _Mapping]] = ...) -> None: ...
+
+class HeldStringMetadata(_message.Message):
+    __slots__ = ("data_offset", "length_offset")
+    DATA_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    data_offset: int
+    length_offset: int
+    def __init__(self, data_offset: _Optional[int] = ..., length_offset: _Optional[int] = ...) -> None: ...
+
+class EnumMetadata(_message.Message):
+    __slots__ = ("size", "discriminant", "variants")
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    DISCRIMINANT_FIELD_NUMBER: _ClassVar[int]
+    VARIANTS_FIELD_NUMBER: _ClassVar[int]
+    size: int
+    discriminant: FieldMetadata
+    variants: _containers.RepeatedCompositeFieldContainer[VariantMetadata]
+    def __init__(self, size: _Optional[int] = ..., discriminant: _Optional[_Union[FieldMetadata, _Mapping]] = ..., variants: _Optional[_Iterable[_Union[VariantMetadata, _Mapping]]] = ...) -> None: ...
+
+class VariantMetadata(_message.Message):
+    __slots__ = ("name", "discriminant", "is_default", "payload")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DISCRIMINANT_FIELD_NUMBER: _ClassVar[int]
+    IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    discriminant: int
+    is_default: bool
+    payload: _containers.RepeatedCompositeFieldContainer[FieldMetadata]
+    def __init__(self, name: _Optional[str] = ..., discriminant: _Optional[int] = ..., is_default: _Optional[bool] = ..., payload: _Optional[_Iterable[_Union[FieldMetadata, _Mapping]]] = ...) -> None: ...
 
 class FieldMetadata(_message.Message):
     __slots__ = ("name", "type", "offset", "size")
@@ -264,14 +296,18 @@ class FieldMetadata(_message.Message):
     def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., offset: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...
 
 class ReturnValueMetadata(_message.Message):
-    __slots__ = ("name", "type", "location")
+    __slots__ = ("name", "type", "location", "held_string", "variants")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     LOCATION_FIELD_NUMBER: _ClassVar[int]
+    HELD_STRING_FIELD_NUMBER: _ClassVar[int]
+    VARIANTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     type: str
     location: str
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., location: _Optional[str] = ...) -> None: ...
+    held_string: HeldStringMetadata
+    variants: EnumMetadata
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., location: _Optional[str] = ..., held_string: _Optional[_Union[HeldStringMetadata, _Mapping]] = ..., variants: _Optional[_Union[EnumMetadata, _Mapping]] = ...) -> None: ...
 
 class UprobeConfig(_message.Message):
     __slots__ = ("capture_args", "capture_return", "sample_rate", "max_events", "min_duration_ns", "predicate")

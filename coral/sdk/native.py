@@ -12,7 +12,8 @@ import functools
 import os
 
 from coral.daemon.errors import InvalidArgument, NotFound
-from coral.elfinfo import AmbiguousName, ElfFunctions, ElfInfoError, Parameter
+from coral.dwarftypes import Field, HeldString
+from coral.elfinfo import AmbiguousName, ElfFunctions, ElfInfoError, FunctionInfo, Parameter
 from coral.procmaps import read_maps
 from coral.proto import coral_pb2 as pb
 
@@ -59,8 +60,38 @@ def _elf(path: str) -> ElfFunctions:
     return ElfFunctions.load(path)
 
 
-def fields_metadata(p: Parameter) -> list[pb.FieldMetadata]:
-    return [pb.FieldMetadata(name=f.name, type=f.type, offset=f.offset, size=f.size) for f in p.fields]
+def _field(f: Field) -> pb.FieldMetadata:
+    return pb.FieldMetadata(name=f.name, type=f.type, offset=f.offset, size=f.size)
+
+
+def _held(h: HeldString | None) -> pb.HeldStringMetadata | None:
+    return pb.HeldStringMetadata(data_offset=h.data_offset, length_offset=h.length_offset) if h else None
+
+
+def argument_metadata(p: Parameter, location: str = "") -> pb.ArgumentMetadata:
+    """One argument as the agent is told it (coral-run and the SDK alike)."""
+    return pb.ArgumentMetadata(name=p.name, type=p.type, location=location, fields=[_field(f) for f in p.fields],
+                               held_string=_held(p.held_string))
+
+
+def result_metadata(info: FunctionInfo, location: str = "") -> list[pb.ReturnValueMetadata]:
+    """The results: Go's list, or the one C-like result with what DWARF
+    says of its value (a string it holds, a Rust enum's variants)."""
+    if info.results:
+        return [pb.ReturnValueMetadata(name=r.name, type=r.type) for r in info.results]
+    if not info.return_type:
+        return []
+    out = pb.ReturnValueMetadata(type=info.return_type, location=location)
+    value = info.return_value
+    held = _held(value.held_string) if value is not None else None
+    if held is not None:
+        out.held_string.CopyFrom(held)
+    if value is not None and value.variants:
+        v = value.variants
+        out.variants.CopyFrom(pb.EnumMetadata(size=v.size, discriminant=_field(v.discriminant), variants=[
+            pb.VariantMetadata(name=x.name, discriminant=x.discriminant, is_default=x.is_default,
+                               payload=[_field(f) for f in x.payload]) for x in v.variants]))
+    return [out]
 
 
 def native_metadata(name: str, pid: int, maps_of: int | str = "self") -> pb.FunctionMetadata:
@@ -83,10 +114,8 @@ def native_metadata(name: str, pid: int, maps_of: int | str = "self") -> pb.Func
         name=name, kind="native", binary_path=path, address=info.address, file_offset=info.file_offset,
         size=info.size, pid=pid, source_file=info.source_file, source_line=info.source_line,
         inlined_into=list(info.inlined_into), result_in_memory=info.result_in_memory,
-        arguments=[pb.ArgumentMetadata(name=p.name, type=p.type, fields=fields_metadata(p)) for p in info.parameters],
+        arguments=[argument_metadata(p) for p in info.parameters], return_values=result_metadata(info),
     )
-    if info.return_type:
-        meta.return_values.append(pb.ReturnValueMetadata(type=info.return_type))
     return meta
 
 
