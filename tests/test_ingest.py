@@ -27,7 +27,7 @@ from coral.agentd.ringbuf import BUSY_BIT, DISCARD_BIT, find_runs, joined, strid
 from coral.agentd.store import EventStore
 from coral.daemon.client import Client
 from coral.proto import coral_pb2 as pb
-from tests.harness import REPO, CoralEnv, Process, build_c, start_agent, tool
+from tests.harness import REPO, CoralEnv, Process, build_c, probes_on, start_agent, tool
 
 
 def ring(*records: tuple[int, int]) -> np.ndarray:
@@ -287,6 +287,62 @@ def test_a_session_ends_without_reading_its_full_ring_at_once(coral_env: CoralEn
     assert all([x.value for x in c.args][1] == "1" and int(c.return_value.value) == int(c.args[0].value) + 1
                for c in calls)
     assert (second.total_calls, second.calls, dict(second.lost), len(second_calls)) == (1000, 1000, {}, 1000)
+
+
+def test_a_session_ends_without_waiting_for_the_kernel_to_remove_its_probes(coral_env: CoralEnv, bpf: None,
+                                                                            tmp_path: Path) -> None:
+    """Removing a uprobe waits for the kernel (about 175 ms here). The loop
+    does not: while a thread removes a detached session's probes, Pings
+    sent once the session shows ended are answered. The DetachUprobe's
+    answer comes after, with the final counts, and no probe is left then.
+    A new session on the same function right after gets each call once."""
+    env = coral_env.with_config("[sessions]\ncpu_budget_percent = 0\n")
+    agent_proc = start_agent(env)
+    binary = build_c(REPO / "bench" / "threads.c", tmp_path / "threads")
+    target = Process("threads", [tool("coral-run"), "--service", "threads", "--", str(binary), "2"], env,
+                     stdin=subprocess.PIPE).wait_ready()
+    stdin, stdout = target.proc.stdin, target.proc.stdout
+    assert stdin is not None and stdout is not None
+
+    def make_calls(n: int) -> None:
+        stdin.write(f"{n}\n".encode())
+        stdin.flush()
+        stdout.readline()  # all n have returned
+
+    answered: list[str] = []
+    try:
+        with Client(env.endpoint("agent.sock"), 60) as agent, Client(env.endpoint("agent.sock"), 60) as other:
+            sid = attach(agent, "threads", "bench_work")
+            make_calls(10_000)
+            ended: list[pb.DebugSession] = []
+
+            def detach() -> None:
+                ended.append(cast(pb.DetachUprobeResponse, agent.call("DetachUprobe", pb.DetachUprobeRequest(
+                    session_id=sid))).session)
+                answered.append("detach")
+                answered.append("probes: " + ",".join(probes_on(target.child_pid)))  # once the answer is in
+
+            detaching = threading.Thread(target=detach)
+            detaching.start()
+            while next(s for s in cast(pb.ListDebugSessionsResponse, other.call(
+                    "ListDebugSessions", pb.ListDebugSessionsRequest())).sessions if s.session_id == sid).status == "active":
+                pass  # until the agent has taken the detach
+            pings = 0  # answered while the detach is not: the code before answered none (its loop waited)
+            while detaching.is_alive() and other.call("Ping", pb.PingRequest()):
+                pings += detaching.is_alive()
+            detaching.join()
+            session = ended[0]
+            again = attach(agent, "threads", "bench_work")
+            make_calls(1000)
+            second = cast(pb.DetachUprobeResponse, agent.call("DetachUprobe", pb.DetachUprobeRequest(
+                session_id=again))).session
+    finally:
+        stdin.close()
+        target.stop()
+        agent_proc.stop()
+    assert pings >= 5 and answered == ["detach", "probes: "], (pings, answered)
+    assert (session.status, session.total_calls, session.calls, dict(session.lost)) == ("detached", 10_000, 10_000, {})
+    assert (second.total_calls, second.calls, dict(second.lost)) == (1000, 1000, {})
 
 
 def test_an_idle_agent_still_purges_a_large_session(tmp_path: Path) -> None:

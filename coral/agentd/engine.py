@@ -161,6 +161,17 @@ def record_dtype(layout: Layout, stride: int) -> np.dtype:
 
 
 @dataclass
+class Release:
+    """Slots whose probes a thread is removing (the kernel waits about
+    175 ms for each uprobe). Once it is done: where the ring buffer ended
+    (every record of these slots lies before it) and their final counts."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    produced: int = 0
+    stats: dict[int, SlotStats] = field(default_factory=dict)
+
+
+@dataclass
 class SlotStats:
     calls: int = 0
     sampled: int = 0
@@ -252,14 +263,17 @@ class ProbeEngine:
         self._free = list(range(MAX_SLOTS - 1, -1, -1))
         self._slot_sites: dict[int, list[Site]] = {}
         self._site_masks: dict[tuple[int, int], int] = {}
+        self._masks_lock = threading.Lock()  # the sites' masks change on the loop and on release threads
+        self._closes: dict[tuple[int, str, int, bool], threading.Event] = {}  # probes being removed: set once gone
         self._attached: dict[tuple[int, str, int, bool], tuple[int, int]] = {}  # key -> (fd, refcount)
         self._ring = RingReader(self._bpf["events"].map_fd, ringbuf_pages * mmap.PAGESIZE)
-        # Closed slots whose records may still be in the ring buffer: the
-        # producer's position when they closed. Each is free again once the
-        # drains have read past it, so its records are never taken for
-        # those of a later session given the same slot.
-        self.closing: dict[int, int] = {}
-        self.freed: list[int] = []  # closing slots freed by the drains, until the caller takes them
+        # Closed slots whose probes are being removed, or whose records may
+        # still be in the ring buffer. Each is free again once its probes are
+        # gone and the drains have read past where the ring ended then, so
+        # its records are never taken for a later session's on the same slot.
+        self.closing: dict[int, Release] = {}
+        self.freed: list[int] = []  # closing slots freed since, until the caller takes them
+        self.finals: dict[int, SlotStats] = {}  # their final counts, until the caller takes them
 
     # ------------------------------------------------------------- slots
 
@@ -288,51 +302,77 @@ class ProbeEngine:
         return self.close_slots([slot])[0]
 
     def close_slots(self, slots: list[int], in_background: bool = False) -> list[SlotStats]:
-        """close_slot for several at once. Removing a uprobe waits for the
-        kernel (about 175 ms each here), so the probes are closed in
-        parallel: every entry probe first, then every return probe (calls
-        under way return and pair). `in_background`: by a thread of their
-        own (for probes nobody else calls: the agent's own measurements).
-        A slot is given again only once the drains have read every record
-        it may have written (`closing`, then `freed`)."""
+        """close_slot for several at once, waiting for the kernel (see
+        release_slots). `in_background`: for probes nobody else calls (the
+        agent's own measurements): their counts are read at once, and a
+        thread removes the probes."""
+        release = self._release(slots, counts_first=in_background)
+        if not in_background:
+            release.done.wait()
+        return [release.stats[slot] for slot in slots]
+
+    def release_slots(self, slots: list[int]) -> None:
+        """Close slots without waiting: a thread removes their probes (about
+        175 ms for each uprobe here, in parallel: every entry probe first,
+        then every return probe, so calls under way return and pair), then
+        clears their bits from their sites and reads their final counts.
+        Each slot is given again only once that is done and the drains have
+        read every record it wrote (`closing`, then `freed` and `finals`)."""
+        self._release(slots, counts_first=False)
+
+    def _release(self, slots: list[int], counts_first: bool) -> Release:
         entries: list[int] = []
         returns: list[int] = []
         released: list[tuple[int, Site]] = []
+        release = Release()
         for slot in slots:
             for site in reversed(self._slot_sites.pop(slot, [])):
                 for retprobe in (False, True) if site.uretprobe else (False,):
                     fd = self._unref(site, retprobe)
                     if fd >= 0:
                         (entries if site.flags & SITE_ENTRY and not retprobe else returns).append(fd)
+                        self._closes[(site.pid, site.path, site.file_offset, retprobe)] = release.done
                 released.append((slot, site))
-        def close() -> None:
-            self._close_all(entries)
-            self._close_all(returns)
+            self.closing[slot] = release
 
-        if in_background:
-            threading.Thread(target=close, name="close-probes", daemon=True).start()
-        else:
-            close()
-        for slot, site in released:
-            mask = self._site_masks.get((site.pid, site.runtime_ip), 0) & ~(1 << slot)
-            self._write_site(site, mask)
-        out = []
-        produced = self._ring.produced()  # no probe of these slots writes past this now
-        for slot in slots:
-            out.append(self.stats(slot))
-            self._write_budget(slot, 0)
-            self.closing[slot] = produced
-        self._free_drained()
+        def finish() -> None:
+            """Their bits off their sites, where the ring ends now, their counts."""
+            with self._masks_lock:
+                for slot, site in released:
+                    self._write_site(site, self._site_masks.get((site.pid, site.runtime_ip), 0) & ~(1 << slot))
+            release.produced = self._ring.produced()  # no probe of these slots writes past this now
+            for slot in slots:
+                release.stats[slot] = self.stats(slot)
+                self._write_budget(slot, 0)
+
+        def remove() -> None:
+            try:
+                self._close_all(entries)
+                self._close_all(returns)
+                if not counts_first:
+                    finish()
+            except Exception:  # a bug: logged; the slots stay closed rather than be given again half-done
+                log.exception("removing the probes of slots %s failed", slots)
+                return
+            release.done.set()
+
+        if counts_first:
+            finish()
+        threading.Thread(target=remove, name="release-probes", daemon=True).start()
         self.forget_gone_threads()
-        return out
+        return release
 
     def _free_drained(self) -> None:
         consumed = self._ring.consumed()
-        for slot, produced in list(self.closing.items()):
-            if consumed >= produced:
+        for slot, release in list(self.closing.items()):
+            if release.done.is_set() and consumed >= release.produced:
                 del self.closing[slot]
                 self._free.append(slot)
                 self.freed.append(slot)
+                self.finals[slot] = release.stats[slot]
+        for key, gone in list(self._closes.items()):
+            if gone.is_set():
+                del self._closes[key]
 
     def _close_all(self, fds: list[int]) -> None:
         if len(fds) <= 1:
@@ -455,8 +495,8 @@ class ProbeEngine:
 
     def _add_site(self, slot: int, site: Site) -> None:
         # The map first: a probe that fires must find its site.
-        mask = self._site_masks.get((site.pid, site.runtime_ip), 0) | (1 << slot)
-        self._write_site(site, mask)
+        with self._masks_lock:
+            self._write_site(site, self._site_masks.get((site.pid, site.runtime_ip), 0) | (1 << slot))
         self._slot_sites[slot].append(site)
         # The return probe before the entry: an entry seen before its return
         # could be would leave a frame that looks unwound.
@@ -470,11 +510,15 @@ class ProbeEngine:
             for retprobe in acquired:
                 self._release_one(site, retprobe)
             self._slot_sites[slot].remove(site)
-            self._write_site(site, mask & ~(1 << slot))
+            with self._masks_lock:
+                self._write_site(site, self._site_masks.get((site.pid, site.runtime_ip), 0) & ~(1 << slot))
             raise
 
     def _acquire(self, site: Site, retprobe: bool) -> None:
         key = (site.pid, site.path, site.file_offset, retprobe)
+        being_removed = self._closes.pop(key, None)
+        if being_removed is not None:  # a session just ended there: two probes at once would see each call twice
+            being_removed.wait()
         if key in self._attached:
             fd, refs = self._attached[key]
             self._attached[key] = (fd, refs + 1)
@@ -625,6 +669,8 @@ class ProbeEngine:
         return deleted
 
     def close(self) -> None:
+        for release in list(self.closing.values()):
+            release.done.wait(30)  # a thread still removing probes: before the program goes
         self._close_all([fd for fd, _ in self._attached.values()])
         self._attached.clear()
         self._ring.close()

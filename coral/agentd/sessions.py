@@ -132,7 +132,6 @@ class Session:
     lost: Counter[str] = field(default_factory=Counter)
     final: SlotStats | None = None
     shapes: dict[int, tuple[pb.FunctionMetadata, NativeShape]] = field(default_factory=dict)  # by pid, as calls come
-    lost_at_end: Counter[str] = field(default_factory=Counter)  # as its row was saved when it ended
 
     @property
     def pids(self) -> list[int]:
@@ -423,17 +422,24 @@ class SessionManager:
         return n
 
     def _finish_closed(self) -> None:
-        """The ended sessions whose every call has been read from the ring buffer."""
+        """The ended sessions whose probes are gone and whose every call has
+        been read from the ring buffer: their final counts are saved."""
         freed, self.engine.freed = self.engine.freed, []
         for slot in freed:
+            final = self.engine.finals.pop(slot)
             session = self._by_slot.get(slot)
             if session is None or session.session_id in self.active:
-                continue  # a slot whose opening failed
+                continue  # a slot whose opening failed, or the agent's own
             del self._by_slot[slot]
             self._closing.pop(session.session_id, None)
-            if session.final is not None and session.lost != session.lost_at_end:  # calls over max_events, read late
-                self.store.save_session(session.to_row(session.final))
+            session.final = final
+            self.store.save_session(session.to_row(final))
             self.news.add(session.session_id)
+            log.info("session %s %s%s: %d calls", session.session_id, session.status,
+                     f" ({session.reason})" if session.reason else "", final.calls)
+            if final.expired:
+                log.info("session %s: %d calls returned after its expiry, before its probes were detached: the "
+                         "kernel counted none of them", session.session_id, final.expired)
             for waiter in self._when_collected.pop(session.session_id, []):
                 waiter()
 
@@ -582,7 +588,9 @@ class SessionManager:
         self.starting.clear()
         for session in list(self.active.values()):
             self._end(session, FAILED, "agent stopped")
-        self.collect()  # every call the kernel has (no bound), read before the store closes
+        for release in list(self.engine.closing.values()):
+            release.done.wait(30)  # their probes gone (in parallel, as at any end)
+        self.collect()  # then every call the kernel has (no bound), read before the store closes
 
     def _end(self, session: Session, status: str, reason: str) -> None:
         """Detach at once. What the kernel already wrote to the ring buffer is
@@ -590,22 +598,15 @@ class SessionManager:
         the slot is given again only after (the engine's `closing`)."""
         self._closing[session.session_id] = session
         self._ended_unwritten[session.session_id] = session  # a loss when its calls are written is still its
-        session.final = self.engine.close_slot(session.slot)
-        session.lost_at_end = Counter(session.lost)
+        self.engine.release_slots([session.slot])  # its probes are removed by a thread: the loop goes on
         self._disarm(session.targets)
         del self.active[session.session_id]
         session.status, session.reason, session.ended_ns = status, reason, time.time_ns()
         self.news.add(session.session_id)
-        self.store.save_session(session.to_row(session.final))
-        self._finish_closed()  # nothing of it was left in the ring buffer
-        log.info("session %s %s%s: %d calls", session.session_id, status, f" ({reason})" if reason else "",
-                 session.final.calls)
+        self.store.save_session(session.to_row(self.engine.stats(session.slot)))  # final once its probes are gone
         if time.monotonic() - self._trimmed >= 1.0:  # once a second at most: many sessions may end together
             self._trimmed = time.monotonic()
             trim_heap()  # a large session's decoding leaves free heap behind
-        if session.final.expired:
-            log.info("session %s: %d calls returned after its expiry, before its probes were detached: the kernel "
-                     "counted none of them", session.session_id, session.final.expired)
 
     # ------------------------------------------------------------ query
 
