@@ -98,24 +98,33 @@ def _build(tmp_path: Path, language: str, opt: str) -> Path:
 
 def _calls_while_probed(env: CoralEnv, binary: Path, functions: list[str]) -> tuple[dict[str, list[dict[str, Any]]],
                                                                                   list[str]]:
-    """Attach one session per function at once, feed INPUT, and return each
-    function's calls and what the program printed."""
+    """Attach one session per function at once, feed INPUT, detach them,
+    and return each function's calls and what the program printed. (The
+    sessions are detached, not left to expire: six attaches one after the
+    other can take longer than a short session on a busy machine.)"""
     run = run_service(env, "values", binary)
     try:
         sessions = {}
+        ids = []
         for function in functions:
             p = subprocess.Popen([tool("coralctl"), "--local", "--output", "json", "debug", "attach", "values",
-                                  "--function", function, "--duration", "3s", "--no-save", "--capture-args",
+                                  "--function", function, "--duration", "120s", "--no-save", "--capture-args",
                                   "--capture-return"], env=env.env, stdout=subprocess.PIPE, text=True)
             assert p.stdout is not None
-            assert json.loads(p.stdout.readline())["kind"] == "session"
+            first = json.loads(p.stdout.readline())
+            assert first["kind"] == "session"
             sessions[function] = p
+            ids.append(first["session_id"])
         assert run.proc.stdin is not None and run.proc.stdout is not None
         printed = []
         for line in INPUT:
             run.proc.stdin.write(f"{line}\n".encode())
             run.proc.stdin.flush()
             printed.append(run.proc.stdout.readline().decode())
+        for session_id in ids:
+            detached = subprocess.run([tool("coralctl"), "--local", "debug", "detach", session_id], env=env.env,
+                                      capture_output=True, text=True, timeout=60)
+            assert detached.returncode == 0, detached.stderr
         calls = {f: [json.loads(line) for line in p.communicate(timeout=30)[0].splitlines() if '"kind":"call"' in line]
                  for f, p in sessions.items()}
         return calls, printed
