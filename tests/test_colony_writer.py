@@ -5,6 +5,7 @@ A real database in a temporary directory; no sockets."""
 
 from __future__ import annotations
 
+import select
 import time
 from pathlib import Path
 
@@ -38,6 +39,19 @@ def test_a_write_behind_is_read_back_at_once_and_on_disk_when_written(tmp_path: 
     assert db.execute("SELECT count(*) FROM audit").fetchone() == (2,)
     assert db.execute("SELECT session_id FROM sessions").fetchall() == [("dbg-1",)]
     db.close()
+
+
+def test_a_batch_committed_but_not_yet_marked_written_is_listed_once(tmp_path: Path) -> None:
+    """Between the writer's commit and the loop's on_written, a batch's
+    rows are both in colony.duckdb and in flight: ListAudit lists each once
+    (a loaded CI run saw a row twice, and a colony restart 'lose' it)."""
+    store = ColonyStore(tmp_path / "colony.duckdb")
+    store.audit([row(1), row(2)])
+    assert store.write_behind(now=100.0)
+    select.select([store.writer_fd()], [], [], 30)  # committed; on_written not called yet
+    assert store._inflight is not None
+    assert [r.session_id for r in store.audit_rows()[0]] == ["dbg-1", "dbg-2"]
+    store.close()
 
 
 def test_a_failed_write_behind_is_held_again_and_still_read(tmp_path: Path) -> None:

@@ -343,7 +343,8 @@ class ColonyStore:
                 "SELECT * FROM audit WHERE ts_ns >= ? ORDER BY ts_ns DESC LIMIT ?", [since_ns, limit + 1]
             ).fetchall()
         ]
-        rows += [r for r in self._unwritten_audit() if r.ts_ns >= since_ns]
+        on_disk = {r.seq for r in rows}  # a batch just committed is in both until it is marked written
+        rows += [r for r in self._unwritten_audit() if r.ts_ns >= since_ns and r.seq not in on_disk]
         rows.sort(key=lambda r: r.ts_ns, reverse=True)
         return list(reversed(rows[:limit])), len(rows) > limit
 
