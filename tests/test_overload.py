@@ -24,14 +24,25 @@ from tests.harness import REPO, CoralEnv, build_c, start_agent, start_colony
 from tests.test_budget import HotService
 
 
-def test_the_ingest_budget_stops_reading_for_the_rest_of_its_window() -> None:
-    b = IngestBudget(percent=20)
+def test_the_ingest_budget_is_a_bucket_that_stops_reading_until_it_refills() -> None:
+    b = IngestBudget(percent=20)  # fills at 0.2 CPU-s a second, holds 0.02 (BURST: 0.1 s of it)
     assert b.allows(10.0) and b.resume_at(10.0) == 10.0
-    b.charge(10.0, 0.15)
-    assert b.allows(10.5)
-    b.charge(10.5, 0.06)  # 0.21 s of CPU in this second: over 20%
-    assert not b.allows(10.6) and b.resume_at(10.6) == 11.0 and b.paused_windows == 1
-    assert b.allows(11.0) and b.charged == 0.0  # a new window
+    b.charge(10.0, 0.015)
+    assert b.allows(10.0)
+    b.charge(10.0, 0.025)  # allowed while it held some; now 0.02 owed
+    assert not b.allows(10.05) and b.paused_windows == 1
+    assert b.resume_at(10.05) == pytest.approx(10.1, abs=1e-5)  # the 0.01 still owed, at 0.2 a second
+    assert b.allows(10.11)
+    assert b.allows(20.0) and b.tokens == pytest.approx(0.02)  # a long idle spell fills it, no more
+    # Any second holds at most the budget, its burst and the last piece of work: a straddled
+    # second of fixed windows could hold twice the budget.
+    spent, t = 0.0, 30.0
+    while t < 31.0:
+        if b.allows(t):
+            b.charge(t, 0.02)
+            spent += 0.02
+        t += 0.001
+    assert spent <= 0.2 + 0.02 + 0.02
     assert IngestBudget(percent=0).allows(0.0)  # no limit
     with pytest.raises(ConfigError, match=r"\[agent\] ingest_cpu_percent: must be between 0 and 100, got 101"):
         parse_config({"agent": {"ingest_cpu_percent": 101}}, "t")

@@ -78,7 +78,7 @@ FLUSH_BATCH = 50_000
 # While this many calls wait to be written, the ring buffer is not read: the
 # kernel sheds and counts what does not fit, and the agent's memory stays bounded.
 MAX_PENDING = 2 * FLUSH_BATCH
-# Questions for calls waiting for the ingest budget's next window, at most;
+# Questions for calls waiting for the ingest budget to refill, at most;
 # more are answered at once (over the budget) rather than held in memory.
 MAX_DEFERRED = 1000
 # A session's targets are looked for in /proc this often (as often as the
@@ -138,7 +138,7 @@ class Agent:
         self.counters: dict[str, int] = {}
         self.ingest = IngestBudget(config.agent.ingest_cpu_percent)  # reading, storing and handing out calls
         self.sessions.may_drain = lambda: self.ingest.allows(time.monotonic()) and self.sessions.pending < MAX_PENDING
-        self._deferred: list[Callable[[], None]] = []  # questions for calls that wait for the budget's next window
+        self._deferred: list[Callable[[], None]] = []  # questions for calls that wait for the budget to refill
         self._deferred_total = 0
         self.followers = Waiters()  # QueryUprobeEvents with wait_ms, held until their session has news
         self.retention = Retention(parse_age(config.agent.retention))
@@ -193,7 +193,7 @@ class Agent:
         counters["colony.dropped"] = self.link.dropped
         counters.update(self.followers.counters())
         counters["ingest.paused_windows"] = self.ingest.paused_windows
-        counters["ingest.deferred_questions"] = self._deferred_total  # questions for calls that waited for a window
+        counters["ingest.deferred_questions"] = self._deferred_total  # questions for calls that waited for the budget
         counters["connections.cut"] = self.cap.total_cut if self.cap is not None else 0
         counters.update(self.counters)
         counters.update(self.calls.counters)
@@ -247,7 +247,7 @@ class Agent:
         """A page of calls; with wait_ms and nothing new on a running
         session, held until it has news (docs/protocol.md). Handing calls
         out is charged to the ingest budget; past it, the question waits
-        for the budget's next window (a second at most)."""
+        until the budget refills (ingest.py)."""
         if len(self._deferred) >= MAX_DEFERRED or (not self._deferred and self.ingest.allows(time.monotonic())):
             return self._query_events(req, peer)  # (past the bound: answered now, over the budget)
         later = Later()  # in turn after those already waiting
@@ -294,7 +294,7 @@ class Agent:
 
     def tell_followers(self, now: float) -> None:
         """Answer the held questions whose session has new calls or ended
-        (past the ingest budget: at its next window), and those whose wait
+        (past the ingest budget: once it refills), and those whose wait
         is over."""
         news = self.sessions.news
         while news and (now == math.inf or self.ingest.allows(time.monotonic())):
