@@ -67,6 +67,11 @@ class AuditRow:
     detail: str
     seq: int = 0  # its number, given by the store: the journal's replay skips those colony.duckdb has
 
+    def numbered(self, seq: int) -> AuditRow:
+        """This row with its number (dataclasses.replace took 4 us a row)."""
+        return AuditRow(self.ts_ns, self.who, self.peer_pid, self.method, self.service, self.function,
+                        self.session_id, self.outcome, self.detail, seq)
+
 
 # Seconds between two writes behind, while less than WRITE_ROWS are held. A
 # transaction costs about 5 ms of CPU here whatever it holds (8 sessions and
@@ -334,7 +339,7 @@ class ColonyStore:
         colony.duckdb with the next batch."""
         for row in rows:
             self._audit_seq += 1
-            row = dataclasses.replace(row, seq=self._audit_seq)
+            row = row.numbered(self._audit_seq)
             self._journal(pb.JournalEntry(seq=row.seq, audit=pb.AuditEntry(
                 timestamp_unix_ns=row.ts_ns, who=row.who, peer_pid=row.peer_pid, method=row.method,
                 service=row.service, function=row.function, session_id=row.session_id, outcome=row.outcome,

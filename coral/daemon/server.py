@@ -191,14 +191,17 @@ def recv_with_peer(socket: zmq.Socket[bytes], flags: int = 0) -> tuple[list[byte
 
 def recv_frames(socket: zmq.Socket[bytes], flags: int = 0) -> tuple[list[bytes], zmq.Frame]:
     """Receive a multipart message as bytes, and its first frame as a
-    zmq.Frame, whose properties say who sent it (``peer_of``). Only that
-    frame is received without a copy: a Frame costs more to make than the
-    bytes of a small one (a five-frame message took 9 us here this way,
-    16 us as five Frames)."""
-    first = socket.recv(flags, copy=False)
-    frames = [first.bytes]
-    while socket.getsockopt(zmq.RCVMORE):
-        frames.append(socket.recv())
+    zmq.Frame, whose properties say who sent it (``peer_of``). Each frame's
+    own flag says whether more follow: recv_multipart asks the socket
+    (getsockopt RCVMORE, which makes an enum of the option every time), and
+    makes every frame a Frame and the properties read cost too. A five-frame
+    message took 4.4 us this way here, 13 to 19 us through recv_multipart
+    and the properties."""
+    frame = first = socket.recv(flags, copy=False)
+    frames = [frame.bytes]
+    while frame.more:
+        frame = socket.recv(flags, copy=False)
+        frames.append(frame.bytes)
     return frames, first
 
 
