@@ -76,7 +76,7 @@ class AuditRow:
 # Seconds between two writes behind, while less than WRITE_ROWS are held. A
 # transaction costs about 5 ms of CPU here whatever it holds (8 sessions and
 # 16 audit rows: 5.5 ms; 400 and 800: 23 ms), mostly the sessions' upsert:
-# at 0.1 s the writer took a fifth of the colony's CPU under bench/routing.py.
+# at 0.1 s the writer took 18% of the colony's CPU under bench/routing.py.
 WRITE_EVERY = 0.5
 WRITE_ROWS = 5_000
 
