@@ -11,7 +11,7 @@ from pathlib import Path
 
 import duckdb
 
-from coral.colonyd.store import AuditRow, ColonyStore
+from coral.colonyd.store import WRITE_EVERY, AuditRow, ColonyStore
 from coral.proto import coral_pb2 as pb
 
 
@@ -31,8 +31,8 @@ def test_a_write_behind_is_read_back_at_once_and_on_disk_when_written(tmp_path: 
     assert store.session("dbg-1") is not None  # in flight or written: read back either way
     assert [r.session_id for r in store.audit_rows()[0]] == ["dbg-1", "dbg-2"]
     assert store.on_written(wait=True) == 1
-    assert not store.write_behind(now=100.05)  # the next batch goes WRITE_EVERY after the last
-    assert store.write_behind(now=100.2) and store.on_written(wait=True) == 2
+    assert not store.write_behind(now=100 + WRITE_EVERY / 2)  # the next batch goes WRITE_EVERY after the last
+    assert store.write_behind(now=100 + WRITE_EVERY) and store.on_written(wait=True) == 2
     assert store.counters()["storage.held_audit_rows"] == 0
     store.close()
     db = duckdb.connect(str(tmp_path / "colony.duckdb"), read_only=True)
@@ -66,5 +66,5 @@ def test_a_failed_write_behind_is_held_again_and_still_read(tmp_path: Path) -> N
     assert (counters["storage.failing"], counters["storage.held_audit_rows"], counters["storage.held_sessions"]) == (1, 2, 1)
     assert [r.session_id for r in store.audit_rows()[0]] == ["dbg-1", "dbg-2"]
     assert store.session("dbg-1") is not None
-    assert not store.write_behind(now=100.2)  # while writes fail, at most one try a second
+    assert not store.write_behind(now=100 + WRITE_EVERY)  # while writes fail, at most one try a second
     store._writer.close()

@@ -27,7 +27,7 @@ from coral.daemon.runtime import (
     run_daemon,
     unlink_ipc,
 )
-from coral.daemon.server import recv_with_peer
+from coral.daemon.server import peer_of, recv_frames
 from coral.proto import coral_pb2 as pb
 
 log = logging.getLogger("coral.colonyd")
@@ -61,6 +61,7 @@ class Colony:
             self.zap.bind(curve.ZAP_ENDPOINT)
         self.denials = curve.DenialThrottle()
         self.monitors: dict[zmq.Socket[bytes], str] = {}  # tcp sockets' failed handshakes, by domain
+        self.curve: dict[zmq.Socket[bytes], bool] = {}  # whether a socket's peers have CURVE keys
         self.caps: list[tuple[ConnectionCap, zmq.Socket[bytes]]] = []  # ipc sockets' connections per uid
         self.frontend = self._socket(config.colony_frontend, curve.FRONTEND)
         self.backend = self._socket(config.colony_backend, curve.BACKEND)
@@ -77,7 +78,9 @@ class Colony:
         s = self.context.socket(zmq.ROUTER)
         configure_socket(s, self.config.limits.max_message_bytes, SEND_QUEUE)
         s.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.curve[s] = False
         if curve.is_tcp(endpoint) and self.keys is not None:
+            self.curve[s] = True
             curve.serve_curve(s, self.keys, domain, self.config.colony.heartbeat_interval)
             self.monitors[s.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)] = domain
         exempt = uids_of(self.config.colony.agent_users) if domain == curve.BACKEND else frozenset()
@@ -195,7 +198,8 @@ class Colony:
                 self._outbox.extend(self.broker.not_sent(m.request_id, why))
 
     def on_frontend(self, now: float) -> None:
-        frames, peer = recv_with_peer(self.frontend)
+        frames, first = recv_frames(self.frontend)
+        peer = peer_of(first, curve=self.curve[self.frontend])
         identity = frames[:1]
         try:
             frame = wire.decode(frames)
@@ -209,7 +213,7 @@ class Colony:
         self.send(self.broker.handle_request(frame, peer, now))
 
     def on_backend(self, now: float) -> None:
-        frames, peer = recv_with_peer(self.backend)
+        frames, first = recv_frames(self.backend)  # who sent it is read for a READY only
         try:
             frame = wire.decode(frames)
             body = wire.parse_body(BACKEND_BODIES[frame.command], frame.body) if frame.command in BACKEND_BODIES else None
@@ -218,21 +222,24 @@ class Colony:
             log.debug("bad frame from an agent: %s", exc)
             return
         identity = frame.envelope[0] if frame.envelope else b""
-        unknown = [Outgoing("backend", wire.encode_signal(wire.Command.DISCONNECT, frame.envelope[:1]))]
         if isinstance(body, pb.AgentHello):
             if body.agent_id:
-                self.send(self.broker.agent_ready(identity, body, peer, now))
+                self.send(self.broker.agent_ready(identity, body, peer_of(first, curve=self.curve[self.backend]), now))
         elif frame.command == wire.Command.DISCONNECT:
             self.send(self.broker.agent_gone(identity, "agent disconnected"))
         elif isinstance(body, pb.ServicesChanged):
             if not self.broker.agent_services(identity, body, now):
-                self.send(unknown)
+                self._disconnect(frame.envelope[:1])
         elif not self.broker.agent_heard(identity, now):
-            self.send(unknown)  # not known (e.g. the colony restarted): ask it to announce itself
+            self._disconnect(frame.envelope[:1])  # not known (e.g. the colony restarted): ask it to announce itself
         elif frame.command == wire.Command.REPLY:
             self.send(self.broker.handle_reply(frame, now))
         elif isinstance(body, pb.AuditEntry):
             self.broker.record_agent_audit(identity, body)
+
+    def _disconnect(self, envelope: tuple[bytes, ...]) -> None:
+        """Ask a link that is not a known agent to announce itself again."""
+        self.send([Outgoing("backend", wire.encode_signal(wire.Command.DISCONNECT, envelope))])
 
     def run(self, signals: ShutdownSignals, notifier: Notifier) -> None:
         notifier.ready(f"frontend {self.config.colony_frontend}")
