@@ -6,25 +6,20 @@ is counted, durations are sane, arguments come from Go's register ABI."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.harness import REPO, CoralEnv, Process, build_go, coralctl, kernel_probes, tool
+from tests.harness import REPO, CoralEnv, Process, build_go, coralctl, go_build, kernel_probes, tool
 
 GOROUTINES = 4000
 DEPTH = 6  # validate recurses: 7 probed calls per goroutine, 512-byte frames
 
 
-@pytest.fixture(scope="session")
-def go_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("go") / "payments"
-    cache = tmp_path_factory.mktemp("gocache")
-    subprocess.run(["go", "build", "-o", str(out), str(REPO / "examples" / "go" / "payments.go")], check=True,
-                   env={**os.environ, "GOCACHE": str(cache), "GOPATH": str(cache / "path"), "GO111MODULE": "off"})
-    return out
+@pytest.fixture
+def go_binary(go: str, tmp_path: Path) -> Path:
+    return go_build(go, REPO / "examples" / "go" / "payments.go", tmp_path / "payments", tmp_path)
 
 
 def test_go_function_under_thousands_of_growing_goroutines(
@@ -119,11 +114,11 @@ func main() {
 
 
 def test_go_strings_slices_and_pointers_are_shown_by_their_go_types(coral_env: CoralEnv, agent: Process,
-                                                                     tmp_path: Path) -> None:
+                                                                     go: str, tmp_path: Path) -> None:
     """DWARF names a Go string `string` and a slice `[]uint8` (structure
     types), a pointer `*main.Card`: they are placed in Go's registers and
     shown as values, not `(not captured)`."""
-    binary = build_go(VALUES, tmp_path, "values")
+    binary = build_go(go, VALUES, tmp_path, "values")
     run = Process("run-values", [tool("coral-run"), "--service", "govalues", "--", str(binary)], coral_env,
                   stdin=subprocess.PIPE).wait_ready()
     try:
