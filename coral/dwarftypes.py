@@ -60,7 +60,7 @@ def name_of_type(die: Any, depth: int = 0) -> str:
     return name_of_type(inner, depth + 1) if inner is not None else "?"
 
 
-def attribute(die: Any, name: str, default: Any = None) -> Any:
+def attribute(die: Any, name: str | int, default: Any = None) -> Any:  # int: a vendor's (DW_AT_go_kind)
     a = die.attributes.get(name)
     return a.value if a is not None else default
 

@@ -31,6 +31,7 @@ from coral.dwarftypes import (
     rust_variants,
     struct_fields,
 )
+from coral.gotypes import GoValue, go_value
 from coral.procmaps import Segment, file_offset
 
 
@@ -71,6 +72,7 @@ class Parameter:
     fields: tuple[Field, ...] = ()  # a pointer to a struct or class: its first members (struct_fields)
     held_string: HeldString | None = None  # its register holds the address of an object holding a string
     variants: Variants | None = None  # a Rust enum (results only)
+    go: GoValue | None = None  # Go: how ABIInternal assigns it to registers
 
 
 @dataclass(frozen=True)
@@ -330,9 +332,10 @@ def _described(die: Any, index: int) -> Parameter:
     name = attribute(name_die, "DW_AT_name") if name_die is not None else None
     typed = type_die.get_DIE_from_attribute("DW_AT_type") if type_die is not None else None
     type_name = name_of_type(typed) if typed is not None else "?"
-    held = held_string(typed) if typed is not None and not is_go(die) else None
+    go = is_go(die)
+    held = held_string(typed) if typed is not None and not go else None
     return Parameter(name.decode(errors="replace") if name else f"arg{index}", type_name,
-                     () if held else struct_fields(typed), held)
+                     () if held else struct_fields(typed), held, go=go_value(typed) if go and typed is not None else None)
 
 
 def _cus_at(dwarf: Any, address: int) -> Iterator[Any]:

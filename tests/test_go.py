@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from coral.agentd import abi
+from coral.proto import coral_pb2 as pb
 from tests.harness import REPO, CoralEnv, Process, build_go, coralctl, go_build, kernel_probes, tool
 
 GOROUTINES = 4000
@@ -141,3 +143,163 @@ def test_go_strings_slices_and_pointers_are_shown_by_their_go_types(coral_env: C
         assert calls[2]["return_value"]["value"] == "14, nil"
     finally:
         run.stop()
+
+
+STRUCTS = r"""
+// Each input line N: one call of each function below, then "done N sum S".
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+)
+
+type Cents int64
+type ID string
+type Flag bool
+
+type Order struct {
+	Cents Cents
+	Note  string
+	Items int
+}
+
+// Ten integers: more than Go's nine integer registers, so it goes on the stack.
+type Ledger struct {
+	A, B, C, D, E, F, G, H, I, J int
+}
+
+type Priced struct {
+	Price float64 // in X0: it takes no integer register
+	Qty   int32
+	Inner struct{ X, Y int }
+	Token ID
+}
+
+type Window [2]int // an array of two: on the stack
+
+type Pair struct {
+	Lo, Hi int32
+}
+
+//go:noinline
+func pay(o Order, tip Cents) Cents { return o.Cents + tip + Cents(o.Items) + Cents(len(o.Note)) }
+
+//go:noinline
+func label(id ID, urgent Flag, n int) int {
+	if urgent {
+		return len(id) + n
+	}
+	return n
+}
+
+//go:noinline
+func settle(l Ledger, n int, who string) int { return l.A + l.J + n + len(who) }
+
+//go:noinline
+func price(p Priced, n int) int { return int(p.Qty) + p.Inner.X + n + len(p.Token) + int(p.Price) }
+
+//go:noinline
+func span(w Window, n int) int { return w[0] + w[1] + n }
+
+//go:noinline
+func split(n int) (Pair, bool) { return Pair{int32(n), int32(2 * n)}, n > 0 }
+
+func main() {
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		n, _ := strconv.Atoi(strings.TrimSpace(in.Text()))
+		sum := int(pay(Order{Cents(n), "x", 3}, 5))
+		sum += label("id-7", true, n)
+		sum += settle(Ledger{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, n, "bob")
+		sum += price(Priced{1.5, 2, struct{ X, Y int }{7, 8}, "t0k"}, n)
+		sum += span(Window{4, 6}, n)
+		p, ok := split(n)
+		if ok {
+			sum += int(p.Lo + p.Hi)
+		}
+		fmt.Printf("done %d sum %d\n", n, sum)
+	}
+}
+"""
+
+
+def test_go_structs_by_value_and_named_types_are_shown_as_go_means_them(
+        coral_env: CoralEnv, agent: Process, go: str, tmp_path: Path) -> None:
+    """A struct passed by value is shown field by field from the registers
+    Go's ABI gives them, and the arguments after it from theirs; a named
+    type by the type it is defined as; a struct that goes on the stack (too
+    many registers, or an array in it) says so, and the arguments after it
+    still take registers; floats take none of the integer registers. The
+    program computes the same with the probes attached."""
+    binary = build_go(go, STRUCTS, tmp_path, "structs")
+    functions = ("pay", "label", "settle", "price", "span", "split")
+    run = Process("run-structs", [tool("coral-run"), "--service", "gostructs", "--", str(binary)], coral_env,
+                  stdin=subprocess.PIPE).wait_ready()
+    try:
+        attaches = {}
+        for name in functions:
+            attaches[name] = subprocess.Popen(
+                [tool("coralctl"), "--local", "--output", "json", "debug", "attach", "gostructs", "--function",
+                 f"main.{name}", "--duration", "3s", "--capture-args", "--capture-return"],
+                env=coral_env.env, stdout=subprocess.PIPE, text=True)
+        for attach in attaches.values():
+            assert attach.stdout is not None
+            assert json.loads(attach.stdout.readline())["kind"] == "session"
+        assert run.proc.stdin is not None and run.proc.stdout is not None
+        run.proc.stdin.write(b"100\n")
+        run.proc.stdin.flush()
+        # pay 109, label 104, settle 114, price 113, span 110, split 300
+        assert run.proc.stdout.readline().decode().strip() == "done 100 sum 850"
+        calls = {}
+        for name, attach in attaches.items():
+            out, _ = attach.communicate(timeout=30)
+            (call,) = [json.loads(line) for line in out.splitlines() if '"kind":"call"' in line]
+            calls[name] = ({a["name"]: (a["type"], a["value"]) for a in call["args"]},
+                           (call["return_value"]["type"], call["return_value"]["value"]))
+
+        assert calls["pay"] == ({"o": ("main.Order", "{Cents=100, Note='x', Items=3}"), "tip": ("main.Cents", "5")},
+                                ("main.Cents", "109"))
+        assert calls["label"] == ({"id": ("main.ID", "'id-7'"), "urgent": ("main.Flag", "true"), "n": ("int", "100")},
+                                  ("int", "104"))
+        assert calls["settle"] == ({"l": ("main.Ledger", "(not captured: on the stack)"), "n": ("int", "100"),
+                                    "who": ("string", "'bob'")}, ("int", "114"))
+        # Price in X0; Qty in RAX, Inner in RBX and RCX, Token in RDI and RSI (redacted by its name); n in R8.
+        assert calls["price"] == ({"p": ("main.Priced", "{Price=(not captured), Qty=2, Inner=(not captured), "
+                                          "Token=<redacted>}"), "n": ("int", "100")}, ("int", "113"))
+        assert calls["span"] == ({"w": ("main.Window", "(not captured: on the stack)"), "n": ("int", "100")},
+                                 ("int", "110"))
+        assert calls["split"] == ({"n": ("int", "100")}, ("main.Pair, bool", "{Lo=100, Hi=200}, true"))
+        assert run.proc.poll() is None
+    finally:
+        run.stop()
+
+
+def _struct(*widths: int) -> pb.GoValueMetadata:
+    return pb.GoValueMetadata(underlying="struct", int_registers=sum(widths), fields=[
+        pb.GoFieldMetadata(name=f"F{i}", type="int", underlying="int", int_registers=w) for i, w in enumerate(widths)])
+
+
+def test_go_register_assignment_follows_the_abi_when_registers_run_out() -> None:
+    """Nine integer registers, six copied: a struct straddling the sixth
+    shows the fields below it; one that does not fit in the registers left
+    goes on the stack, and the next argument takes the next register."""
+    one = pb.GoValueMetadata(underlying="int", int_registers=1)
+    meta = pb.FunctionMetadata(kind="go", arguments=[
+        pb.ArgumentMetadata(name="a", type="int", go=one),
+        pb.ArgumentMetadata(name="s", type="main.S", go=_struct(1, 1, 1, 1, 1, 1)),  # RBX..R9
+        pb.ArgumentMetadata(name="t", type="main.T", go=_struct(1, 1, 1)),  # two left of nine: on the stack
+        pb.ArgumentMetadata(name="b", type="int", go=one),  # R10: not copied
+        pb.ArgumentMetadata(name="c", type="string", go=pb.GoValueMetadata(underlying="string", int_registers=2)),
+        pb.ArgumentMetadata(name="d", type="int", go=one),  # R11, c did not fit
+    ])
+    layout = abi.argument_layout(meta)
+    assert [(s.name, s.shape, s.regs) for s in layout] == [
+        ("a", "int", (0,)), ("s", "struct", (1, 2, 3, 4, 5)), ("t", "stack", ()), ("b", "unsupported", ()),
+        ("c", "stack", ()), ("d", "unsupported", ())]
+    values = (10, 11, 12, 13, 14, 15)
+    assert abi.show(layout[1], values, {}) == "{F0=11, F1=12, F2=13, F3=14, F4=15, F5=(not captured)}"
+    assert abi.show(layout[2], values, {}) == "(not captured: on the stack)"
