@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from coral.agentd import abi
+from coral.elfinfo import ElfFunctions
 from coral.proto import coral_pb2 as pb
 from tests.harness import REPO, CoralEnv, Process, build_go, coralctl, go_build, kernel_probes, tool
 
@@ -274,6 +275,12 @@ def test_go_structs_by_value_and_named_types_are_shown_as_go_means_them(
                                  ("int", "110"))
         assert calls["split"] == ({"n": ("int", "100")}, ("main.Pair, bool", "{Lo=100, Hi=200}, true"))
         assert run.proc.poll() is None
+        # Where it is declared, as listed: Go 1.19 gives no DW_AT_decl_line, the line program does.
+        line = STRUCTS.split("\n").index(next(t for t in STRUCTS.split("\n") if t.startswith("func pay("))) + 1
+        elf = ElfFunctions.load(str(binary))
+        info = elf.function("main.pay")
+        assert info is not None and (info.source_file, info.source_line) == ("structs.go", line)
+        assert elf.locations(["main.pay"]) == [f"structs.go:{line}"]
     finally:
         run.stop()
 
