@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from coral.agentd import abi
+from coral.agentd.sessions import parse_predicate
 from coral.elfinfo import ElfFunctions
 from coral.proto import coral_pb2 as pb
 from tests.harness import REPO, CoralEnv, Process, build_go, coralctl, go_build, kernel_probes, tool
@@ -310,3 +311,13 @@ def test_go_register_assignment_follows_the_abi_when_registers_run_out() -> None
     values = (10, 11, 12, 13, 14, 15)
     assert abi.show(layout[1], values, {}) == "{F0=11, F1=12, F2=13, F3=14, F4=15, F5=(not captured)}"
     assert abi.show(layout[2], values, {}) == "(not captured: on the stack)"
+
+
+def test_a_go_named_integer_is_filtered_as_the_integer_it_is() -> None:
+    """`--where 'tip>3'` on `tip Cents` (type Cents int32): compared in the
+    kernel at 32 bits, signed, in the register after a struct of two."""
+    meta = pb.FunctionMetadata(kind="go", arguments=[
+        pb.ArgumentMetadata(name="o", type="main.Order", go=_struct(1, 2)),
+        pb.ArgumentMetadata(name="tip", type="main.Cents", go=pb.GoValueMetadata(underlying="int32", int_registers=1)),
+    ])
+    assert parse_predicate("tip>3", meta) == (3, ">", 3, 4, True)
