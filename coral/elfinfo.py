@@ -503,6 +503,11 @@ def _subprogram(dwarf: Any, die: Any) -> DwarfFunction:
     formal = [c for c in die.iter_children() if c.tag == "DW_TAG_formal_parameter"]
     params = tuple(_described(c, i) for i, c in enumerate(formal) if not attribute(c, "DW_AT_variable_parameter"))
     results = tuple(_described(c, i) for i, c in enumerate(formal) if attribute(c, "DW_AT_variable_parameter"))
+    if is_go(die) and b"[go.shape." in (attribute(die, "DW_AT_name") or b"") and \
+            not any(p.name == ".dict" for p in params):
+        # A generic function's shape instance takes its dictionary's address
+        # first, in RAX; Go 1.19's DWARF does not list it (Go 1.27's does).
+        params = (Parameter(".dict", "unsafe.Pointer", go=GoValue("unsafe.Pointer", 1)), *params)
     typed = _holder(die, "DW_AT_type")
     ret_die = typed.get_DIE_from_attribute("DW_AT_type") if typed is not None else None
     ret = name_of_type(ret_die) if ret_die is not None else "void"

@@ -210,6 +210,10 @@ func span(w Window, n int) int { return w[0] + w[1] + n }
 //go:noinline
 func split(n int) (Pair, bool) { return Pair{int32(n), int32(2 * n)}, n > 0 }
 
+// Generic: its shape instance takes a dictionary first.
+//go:noinline
+func scale[T int | int64](a T, p Pair, b T) T { return a + b + T(p.Lo) + T(p.Hi) }
+
 func main() {
 	in := bufio.NewScanner(os.Stdin)
 	for in.Scan() {
@@ -223,6 +227,7 @@ func main() {
 		if ok {
 			sum += int(p.Lo + p.Hi)
 		}
+		sum += scale(n, Pair{2, 5}, 3)
 		fmt.Printf("done %d sum %d\n", n, sum)
 	}
 }
@@ -238,7 +243,9 @@ def test_go_structs_by_value_and_named_types_are_shown_as_go_means_them(
     still take registers; floats take none of the integer registers. The
     program computes the same with the probes attached."""
     binary = build_go(go, STRUCTS, tmp_path, "structs")
-    functions = ("pay", "label", "settle", "price", "span", "split")
+    # The generic's shape instance: main.scale[go.shape.int_0] (Go 1.19), main.scale[go.shape.int] (1.27)
+    (generic,) = ElfFunctions.load(str(binary)).names("main.scale[[]go.shape.int*")
+    functions = ("pay", "label", "settle", "price", "span", "split", generic.removeprefix("main."))
     run = Process("run-structs", [tool("coral-run"), "--service", "gostructs", "--", str(binary)], coral_env,
                   stdin=subprocess.PIPE).wait_ready()
     try:
@@ -254,8 +261,8 @@ def test_go_structs_by_value_and_named_types_are_shown_as_go_means_them(
         assert run.proc.stdin is not None and run.proc.stdout is not None
         run.proc.stdin.write(b"100\n")
         run.proc.stdin.flush()
-        # pay 109, label 104, settle 114, price 113, span 110, split 300
-        assert run.proc.stdout.readline().decode().strip() == "done 100 sum 850"
+        # pay 109, label 104, settle 114, price 113, span 110, split 300, scale 110
+        assert run.proc.stdout.readline().decode().strip() == "done 100 sum 960"
         calls = {}
         for name, attach in attaches.items():
             out, _ = attach.communicate(timeout=30)
@@ -275,6 +282,11 @@ def test_go_structs_by_value_and_named_types_are_shown_as_go_means_them(
         assert calls["span"] == ({"w": ("main.Window", "(not captured: on the stack)"), "n": ("int", "100")},
                                  ("int", "110"))
         assert calls["split"] == ({"n": ("int", "100")}, ("main.Pair, bool", "{Lo=100, Hi=200}, true"))
+        # The dictionary in RAX, listed by Go 1.27's DWARF and not by 1.19's: the values after it either way.
+        args, result = calls[generic.removeprefix("main.")]
+        assert args.pop(".dict")[1].startswith("0x")
+        assert {k: v for k, (_, v) in args.items()} == {"a": "100", "p": "{Lo=2, Hi=5}", "b": "3"}
+        assert result[1] == "110"
         assert run.proc.poll() is None
         # Where it is declared, as listed: Go 1.19 gives no DW_AT_decl_line, the line program does.
         line = STRUCTS.split("\n").index(next(t for t in STRUCTS.split("\n") if t.startswith("func pay("))) + 1
