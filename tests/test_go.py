@@ -210,6 +210,14 @@ func span(w Window, n int) int { return w[0] + w[1] + n }
 //go:noinline
 func split(n int) (Pair, bool) { return Pair{int32(n), int32(2 * n)}, n > 0 }
 
+type Label struct {
+	Code ID
+	N    int32
+}
+
+//go:noinline
+func tag(n int) Label { return Label{"vip", int32(n % 7)} }
+
 // Generic: its shape instance takes a dictionary first.
 //go:noinline
 func scale[T int | int64](a T, p Pair, b T) T { return a + b + T(p.Lo) + T(p.Hi) }
@@ -228,6 +236,8 @@ func main() {
 			sum += int(p.Lo + p.Hi)
 		}
 		sum += scale(n, Pair{2, 5}, 3)
+		l := tag(n)
+		sum += len(l.Code) + int(l.N)
 		fmt.Printf("done %d sum %d\n", n, sum)
 	}
 }
@@ -245,7 +255,7 @@ def test_go_structs_by_value_and_named_types_are_shown_as_go_means_them(
     binary = build_go(go, STRUCTS, tmp_path, "structs")
     # The generic's shape instance: main.scale[go.shape.int_0] (Go 1.19), main.scale[go.shape.int] (1.27)
     (generic,) = ElfFunctions.load(str(binary)).names("main.scale[[]go.shape.int*")
-    functions = ("pay", "label", "settle", "price", "span", "split", generic.removeprefix("main."))
+    functions = ("pay", "label", "settle", "price", "span", "split", "tag", generic.removeprefix("main."))
     run = Process("run-structs", [tool("coral-run"), "--service", "gostructs", "--", str(binary)], coral_env,
                   stdin=subprocess.PIPE).wait_ready()
     try:
@@ -261,8 +271,8 @@ def test_go_structs_by_value_and_named_types_are_shown_as_go_means_them(
         assert run.proc.stdin is not None and run.proc.stdout is not None
         run.proc.stdin.write(b"100\n")
         run.proc.stdin.flush()
-        # pay 109, label 104, settle 114, price 113, span 110, split 300, scale 110
-        assert run.proc.stdout.readline().decode().strip() == "done 100 sum 960"
+        # pay 109, label 104, settle 114, price 113, span 110, split 300, scale 110, tag 5
+        assert run.proc.stdout.readline().decode().strip() == "done 100 sum 965"
         calls = {}
         for name, attach in attaches.items():
             out, _ = attach.communicate(timeout=30)
@@ -282,6 +292,8 @@ def test_go_structs_by_value_and_named_types_are_shown_as_go_means_them(
         assert calls["span"] == ({"w": ("main.Window", "(not captured: on the stack)"), "n": ("int", "100")},
                                  ("int", "110"))
         assert calls["split"] == ({"n": ("int", "100")}, ("main.Pair, bool", "{Lo=100, Hi=200}, true"))
+        # A result's string field is copied at the return, as a string result is.
+        assert calls["tag"] == ({"n": ("int", "100")}, ("main.Label", "{Code='vip', N=2}"))
         # The dictionary in RAX, listed by Go 1.27's DWARF and not by 1.19's: the values after it either way.
         args, result = calls[generic.removeprefix("main.")]
         assert args.pop(".dict")[1].startswith("0x")
