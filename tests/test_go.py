@@ -298,6 +298,7 @@ def test_go_structs_by_value_and_named_types_are_shown_as_go_means_them(
         args, result = calls[generic.removeprefix("main.")]
         assert args.pop(".dict")[1].startswith("0x")
         assert {k: v for k, (_, v) in args.items()} == {"a": "100", "p": "{Lo=2, Hi=5}", "b": "3"}
+        assert args["a"][0] == generic.removeprefix("main.scale[").removesuffix("]")  # T by its shape: go.shape.int
         assert result[1] == "110"
         assert run.proc.poll() is None
         # Where it is declared, as listed: Go 1.19 gives no DW_AT_decl_line, the line program does.
