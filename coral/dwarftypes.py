@@ -18,6 +18,7 @@ class Field:
 
 
 DW_LANG_GO = 0x16
+DW_AT_GO_DICT_INDEX = 0x2906  # Go: this typedef is a generic function's type parameter
 DW_LANG_RUST = 0x1C
 
 
@@ -34,9 +35,11 @@ def name_of_type(die: Any, depth: int = 0) -> str:
     if die is None or depth > 8:
         return "void"
     name = die.attributes.get("DW_AT_name")
-    if name is not None and is_go(die):  # Go names every type as Go writes it: string, []uint8, *main.Card
-        return str(name.value.decode(errors="replace"))
     inner = die.get_DIE_from_attribute("DW_AT_type") if "DW_AT_type" in die.attributes else None
+    if name is not None and is_go(die):  # Go names every type as Go writes it: string, []uint8, *main.Card
+        if DW_AT_GO_DICT_INDEX in die.attributes and inner is not None:
+            return name_of_type(inner, depth + 1)  # a type parameter (.param0): its shape, go.shape.int
+        return str(name.value.decode(errors="replace"))
     tag = die.tag
     if name is not None and is_rust(die):
         # Rust names its pointers, references and fat pointers as Rust writes
@@ -60,7 +63,7 @@ def name_of_type(die: Any, depth: int = 0) -> str:
     return name_of_type(inner, depth + 1) if inner is not None else "?"
 
 
-def attribute(die: Any, name: str, default: Any = None) -> Any:
+def attribute(die: Any, name: str | int, default: Any = None) -> Any:  # int: a vendor's (DW_AT_go_kind)
     a = die.attributes.get(name)
     return a.value if a is not None else default
 

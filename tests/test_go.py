@@ -6,25 +6,24 @@ is counted, durations are sane, arguments come from Go's register ABI."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.harness import REPO, CoralEnv, Process, build_go, coralctl, kernel_probes, tool
+from coral.agentd import abi
+from coral.agentd.sessions import parse_predicate
+from coral.elfinfo import ElfFunctions
+from coral.proto import coral_pb2 as pb
+from tests.harness import REPO, CoralEnv, Process, build_go, coralctl, go_build, kernel_probes, tool
 
 GOROUTINES = 4000
 DEPTH = 6  # validate recurses: 7 probed calls per goroutine, 512-byte frames
 
 
-@pytest.fixture(scope="session")
-def go_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("go") / "payments"
-    cache = tmp_path_factory.mktemp("gocache")
-    subprocess.run(["go", "build", "-o", str(out), str(REPO / "examples" / "go" / "payments.go")], check=True,
-                   env={**os.environ, "GOCACHE": str(cache), "GOPATH": str(cache / "path"), "GO111MODULE": "off"})
-    return out
+@pytest.fixture
+def go_binary(go: str, tmp_path: Path) -> Path:
+    return go_build(go, REPO / "examples" / "go" / "payments.go", tmp_path / "payments", tmp_path)
 
 
 def test_go_function_under_thousands_of_growing_goroutines(
@@ -119,11 +118,11 @@ func main() {
 
 
 def test_go_strings_slices_and_pointers_are_shown_by_their_go_types(coral_env: CoralEnv, agent: Process,
-                                                                     tmp_path: Path) -> None:
+                                                                     go: str, tmp_path: Path) -> None:
     """DWARF names a Go string `string` and a slice `[]uint8` (structure
     types), a pointer `*main.Card`: they are placed in Go's registers and
     shown as values, not `(not captured)`."""
-    binary = build_go(VALUES, tmp_path, "values")
+    binary = build_go(go, VALUES, tmp_path, "values")
     run = Process("run-values", [tool("coral-run"), "--service", "govalues", "--", str(binary)], coral_env,
                   stdin=subprocess.PIPE).wait_ready()
     try:
@@ -146,3 +145,204 @@ def test_go_strings_slices_and_pointers_are_shown_by_their_go_types(coral_env: C
         assert calls[2]["return_value"]["value"] == "14, nil"
     finally:
         run.stop()
+
+
+STRUCTS = r"""
+// Each input line N: one call of each function below, then "done N sum S".
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+)
+
+type Cents int64
+type ID string
+type Flag bool
+
+type Order struct {
+	Cents Cents
+	Note  string
+	Items int
+}
+
+// Ten integers: more than Go's nine integer registers, so it goes on the stack.
+type Ledger struct {
+	A, B, C, D, E, F, G, H, I, J int
+}
+
+type Priced struct {
+	Price float64 // in X0: it takes no integer register
+	Qty   int32
+	Inner struct{ X, Y int }
+	Token ID
+}
+
+type Window [2]int // an array of two: on the stack
+
+type Pair struct {
+	Lo, Hi int32
+}
+
+//go:noinline
+func pay(o Order, tip Cents) Cents { return o.Cents + tip + Cents(o.Items) + Cents(len(o.Note)) }
+
+//go:noinline
+func label(id ID, urgent Flag, n int) int {
+	if urgent {
+		return len(id) + n
+	}
+	return n
+}
+
+//go:noinline
+func settle(l Ledger, n int, who string) int { return l.A + l.J + n + len(who) }
+
+//go:noinline
+func price(p Priced, n int) int { return int(p.Qty) + p.Inner.X + n + len(p.Token) + int(p.Price) }
+
+//go:noinline
+func span(w Window, n int) int { return w[0] + w[1] + n }
+
+//go:noinline
+func split(n int) (Pair, bool) { return Pair{int32(n), int32(2 * n)}, n > 0 }
+
+type Label struct {
+	Code ID
+	N    int32
+}
+
+//go:noinline
+func tag(n int) Label { return Label{"vip", int32(n % 7)} }
+
+// Generic: its shape instance takes a dictionary first.
+//go:noinline
+func scale[T int | int64](a T, p Pair, b T) T { return a + b + T(p.Lo) + T(p.Hi) }
+
+func main() {
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		n, _ := strconv.Atoi(strings.TrimSpace(in.Text()))
+		sum := int(pay(Order{Cents(n), "x", 3}, 5))
+		sum += label("id-7", true, n)
+		sum += settle(Ledger{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, n, "bob")
+		sum += price(Priced{1.5, 2, struct{ X, Y int }{7, 8}, "t0k"}, n)
+		sum += span(Window{4, 6}, n)
+		p, ok := split(n)
+		if ok {
+			sum += int(p.Lo + p.Hi)
+		}
+		sum += scale(n, Pair{2, 5}, 3)
+		l := tag(n)
+		sum += len(l.Code) + int(l.N)
+		fmt.Printf("done %d sum %d\n", n, sum)
+	}
+}
+"""
+
+
+def test_go_structs_by_value_and_named_types_are_shown_as_go_means_them(
+        coral_env: CoralEnv, agent: Process, go: str, tmp_path: Path) -> None:
+    """A struct passed by value is shown field by field from the registers
+    Go's ABI gives them, and the arguments after it from theirs; a named
+    type by the type it is defined as; a struct that goes on the stack (too
+    many registers, or an array in it) says so, and the arguments after it
+    still take registers; floats take none of the integer registers. The
+    program computes the same with the probes attached."""
+    binary = build_go(go, STRUCTS, tmp_path, "structs")
+    # The generic's shape instance: main.scale[go.shape.int_0] (Go 1.19), main.scale[go.shape.int] (1.27)
+    (generic,) = ElfFunctions.load(str(binary)).names("main.scale[[]go.shape.int*")
+    functions = ("pay", "label", "settle", "price", "span", "split", "tag", generic.removeprefix("main."))
+    run = Process("run-structs", [tool("coral-run"), "--service", "gostructs", "--", str(binary)], coral_env,
+                  stdin=subprocess.PIPE).wait_ready()
+    try:
+        attaches = {}
+        for name in functions:
+            attaches[name] = subprocess.Popen(
+                [tool("coralctl"), "--local", "--output", "json", "debug", "attach", "gostructs", "--function",
+                 f"main.{name}", "--duration", "3s", "--capture-args", "--capture-return"],
+                env=coral_env.env, stdout=subprocess.PIPE, text=True)
+        for attach in attaches.values():
+            assert attach.stdout is not None
+            assert json.loads(attach.stdout.readline())["kind"] == "session"
+        assert run.proc.stdin is not None and run.proc.stdout is not None
+        run.proc.stdin.write(b"100\n")
+        run.proc.stdin.flush()
+        # pay 109, label 104, settle 114, price 113, span 110, split 300, scale 110, tag 5
+        assert run.proc.stdout.readline().decode().strip() == "done 100 sum 965"
+        calls = {}
+        for name, attach in attaches.items():
+            out, _ = attach.communicate(timeout=30)
+            (call,) = [json.loads(line) for line in out.splitlines() if '"kind":"call"' in line]
+            calls[name] = ({a["name"]: (a["type"], a["value"]) for a in call["args"]},
+                           (call["return_value"]["type"], call["return_value"]["value"]))
+
+        assert calls["pay"] == ({"o": ("main.Order", "{Cents=100, Note='x', Items=3}"), "tip": ("main.Cents", "5")},
+                                ("main.Cents", "109"))
+        assert calls["label"] == ({"id": ("main.ID", "'id-7'"), "urgent": ("main.Flag", "true"), "n": ("int", "100")},
+                                  ("int", "104"))
+        assert calls["settle"] == ({"l": ("main.Ledger", "(not captured: on the stack)"), "n": ("int", "100"),
+                                    "who": ("string", "'bob'")}, ("int", "114"))
+        # Price in X0; Qty in RAX, Inner in RBX and RCX, Token in RDI and RSI (redacted by its name); n in R8.
+        assert calls["price"] == ({"p": ("main.Priced", "{Price=(not captured), Qty=2, Inner=(not captured), "
+                                          "Token=<redacted>}"), "n": ("int", "100")}, ("int", "113"))
+        assert calls["span"] == ({"w": ("main.Window", "(not captured: on the stack)"), "n": ("int", "100")},
+                                 ("int", "110"))
+        assert calls["split"] == ({"n": ("int", "100")}, ("main.Pair, bool", "{Lo=100, Hi=200}, true"))
+        # A result's string field is copied at the return, as a string result is.
+        assert calls["tag"] == ({"n": ("int", "100")}, ("main.Label", "{Code='vip', N=2}"))
+        # The dictionary in RAX, listed by Go 1.27's DWARF and not by 1.19's: the values after it either way.
+        args, result = calls[generic.removeprefix("main.")]
+        assert args.pop(".dict")[1].startswith("0x")
+        assert {k: v for k, (_, v) in args.items()} == {"a": "100", "p": "{Lo=2, Hi=5}", "b": "3"}
+        assert args["a"][0] == generic.removeprefix("main.scale[").removesuffix("]")  # T by its shape: go.shape.int
+        assert result[1] == "110"
+        assert run.proc.poll() is None
+        # Where it is declared, as listed: Go 1.19 gives no DW_AT_decl_line, the line program does.
+        line = STRUCTS.split("\n").index(next(t for t in STRUCTS.split("\n") if t.startswith("func pay("))) + 1
+        elf = ElfFunctions.load(str(binary))
+        info = elf.function("main.pay")
+        assert info is not None and (info.source_file, info.source_line) == ("structs.go", line)
+        assert elf.locations(["main.pay"]) == [f"structs.go:{line}"]
+    finally:
+        run.stop()
+
+
+def _struct(*widths: int) -> pb.GoValueMetadata:
+    return pb.GoValueMetadata(underlying="struct", int_registers=sum(widths), fields=[
+        pb.GoFieldMetadata(name=f"F{i}", type="int", underlying="int", int_registers=w) for i, w in enumerate(widths)])
+
+
+def test_go_register_assignment_follows_the_abi_when_registers_run_out() -> None:
+    """Nine integer registers, six copied: a struct straddling the sixth
+    shows the fields below it; one that does not fit in the registers left
+    goes on the stack, and the next argument takes the next register."""
+    one = pb.GoValueMetadata(underlying="int", int_registers=1)
+    meta = pb.FunctionMetadata(kind="go", arguments=[
+        pb.ArgumentMetadata(name="a", type="int", go=one),
+        pb.ArgumentMetadata(name="s", type="main.S", go=_struct(1, 1, 1, 1, 1, 1)),  # RBX..R9
+        pb.ArgumentMetadata(name="t", type="main.T", go=_struct(1, 1, 1)),  # two left of nine: on the stack
+        pb.ArgumentMetadata(name="b", type="int", go=one),  # R10: not copied
+        pb.ArgumentMetadata(name="c", type="string", go=pb.GoValueMetadata(underlying="string", int_registers=2)),
+        pb.ArgumentMetadata(name="d", type="int", go=one),  # R11, c did not fit
+    ])
+    layout = abi.argument_layout(meta)
+    assert [(s.name, s.shape, s.regs) for s in layout] == [
+        ("a", "int", (0,)), ("s", "struct", (1, 2, 3, 4, 5)), ("t", "stack", ()), ("b", "unsupported", ()),
+        ("c", "stack", ()), ("d", "unsupported", ())]
+    values = (10, 11, 12, 13, 14, 15)
+    assert abi.show(layout[1], values, {}) == "{F0=11, F1=12, F2=13, F3=14, F4=15, F5=(not captured)}"
+    assert abi.show(layout[2], values, {}) == "(not captured: on the stack)"
+
+
+def test_a_go_named_integer_is_filtered_as_the_integer_it_is() -> None:
+    """`--where 'tip>3'` on `tip Cents` (type Cents int32): compared in the
+    kernel at 32 bits, signed, in the register after a struct of two."""
+    meta = pb.FunctionMetadata(kind="go", arguments=[
+        pb.ArgumentMetadata(name="o", type="main.Order", go=_struct(1, 2)),
+        pb.ArgumentMetadata(name="tip", type="main.Cents", go=pb.GoValueMetadata(underlying="int32", int_registers=1)),
+    ])
+    assert parse_predicate("tip>3", meta) == (3, ">", 3, 4, True)

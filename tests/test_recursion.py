@@ -293,10 +293,10 @@ func main() {
 
 
 def test_go_recursion_in_many_goroutines_is_counted_exactly(
-    coral_env: CoralEnv, full_speed_agent: Process, tmp_path: Path
+    coral_env: CoralEnv, full_speed_agent: Process, go: str, tmp_path: Path
 ) -> None:
     """1,000 goroutines each 21 calls deep: 21,000 calls, every one."""
-    binary = build_go(GO, tmp_path, "deep")
+    binary = build_go(go, GO, tmp_path, "deep")
     run = Process("run-deep-go", [tool("coral-run"), "--service", "deepgo", "--", str(binary)], coral_env,
                   stdin=subprocess.PIPE).wait_ready()
     try:

@@ -10,13 +10,12 @@ is counted as unwound, never paired with another call's return."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.harness import CoralEnv, NativeService, Process, kernel_probes, start_attach
+from tests.harness import GO_TOOLCHAINS, CoralEnv, NativeService, Process, go_build, go_or_skip, kernel_probes, start_attach
 
 SOURCE = r"""
 // Each input line N: N calls of settle(); every fourth one throws from charge().
@@ -149,7 +148,7 @@ func main() {
 CALLS = 102  # 25 throw; the last two do not, so every unwound frame is found by a later call
 
 
-@pytest.fixture(scope="module", params=["c++ -O0", "c++ -O2", "rust -O0", "rust -O3", "go -"])
+@pytest.fixture(scope="module", params=["c++ -O0", "c++ -O2", "rust -O0", "rust -O3", *(f"go {t}" for t in GO_TOOLCHAINS)])
 def unwinding(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, tuple[str, str]]:
     """The program built one way, and the symbols of charge() and settle() in it."""
     language, opt = request.param.split()
@@ -161,9 +160,7 @@ def unwinding(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
         return out, ("_Z6chargel", "_Z6settlel")
     if language == "go":  # its RETs were always probed; a recovered panic discards frames as an exception does
         (work / "settle.go").write_text(GO)
-        subprocess.run(["go", "build", "-o", str(out), str(work / "settle.go")], check=True,
-                       env={**os.environ, "GOCACHE": str(work / "cache"), "GOPATH": str(work / "path"), "GO111MODULE": "off"})
-        return out, ("main.charge", "main.settle")
+        return go_build(go_or_skip(opt), work / "settle.go", out, work), ("main.charge", "main.settle")  # opt: toolchain
     (work / "settle.rs").write_text(RUST)
     subprocess.run(["rustc", "-g", "-C", f"opt-level={opt[2:]}", "-o", str(out), str(work / "settle.rs")], check=True)
     return out, ("charge", "settle")  # #[no_mangle], still the Rust ABI: panics unwind through them

@@ -4,8 +4,11 @@ System V AMD64 (C, C++, Rust): integers and pointers in RDI, RSI, RDX, RCX,
 R8, R9; the result in RAX. Go >= 1.17 (ABIInternal, amd64): integers in
 RAX, RBX, RCX, RDI, RSI, R8, R9, R10, R11, a string taking two (pointer,
 length), a slice three, an interface or error two (type, data); results
-likewise from RAX. Floating point travels in XMM registers, which a uprobe
-cannot read: such values are shown as not captured.
+likewise from RAX; a Go value is placed from what DWARF says of its type
+(GoValueMetadata: a named type by the type it is defined as, a struct
+passed by value field by field, what goes on the stack). Floating point
+travels in XMM registers, which a uprobe cannot read: such values are
+shown as not captured.
 
 The BPF program copies the first six registers of the ABI's list (args[0..5])
 and three result registers; indexes here are into those. Two kinds of value
@@ -23,6 +26,9 @@ from coral.agentd.values import format_register
 from coral.proto import coral_pb2 as pb
 
 CAPTURED_ARG_REGS = 6
+GO_INT_REGS = 9  # RAX, RBX, RCX, RDI, RSI, R8, R9, R10, R11: of which the first six are copied
+GO_FLOAT_REGS = 15  # X0-X14
+MAX_SHOWN_FIELDS = 16  # of a Go struct passed by value
 CAPTURED_RESULT_REGS = 3
 C_STRING_TYPES = {"char *", "const char *", "unsigned char *", "const unsigned char *"}
 GO_SCALARS = {"int", "int8", "int16", "int32", "int64", "uint", "uint8", "uint16", "uint32", "uint64", "uintptr",
@@ -34,9 +40,12 @@ FLOAT_TYPES = {"float", "double", "long double", "float32", "float64", "complex6
 class Slot:
     name: str
     type: str
-    shape: str  # int | cstring | gostring | goslice | iface | fat | float | held | variants | unsupported
+    # int | cstring | gostring | goslice | iface | fat | float | held | variants | struct | stack | unsupported
+    shape: str
     regs: tuple[int, ...]
     go: bool = False
+    underlying: str = ""  # Go: the type it is defined as, which says how it is shown (type Cents int64: int64)
+    fields: tuple[Slot, ...] = ()  # shape struct (Go, by value): its fields, each in its own registers
     held: tuple[int, int] = (0, 0)  # shape held: the offsets of the data pointer and the length in the object
     variants: Any = None  # shape variants: its pb.EnumMetadata
     pieces: tuple[int, ...] = ()  # shape variants: the enum's byte offset each of regs holds
@@ -115,6 +124,58 @@ def layout(items: list[tuple[str, str, Any]], go: bool, limit: int, first: int =
     return out
 
 
+def _go_slot(name: str, type_name: str, underlying: str, fields: Any, first: int, width: int, captured: int,
+             in_struct: bool = False) -> Slot:
+    """A Go value given `width` integer registers from `first`: shown by
+    its underlying type; a struct's fields each in their own registers
+    (one level deep: a struct in it is not shown). What lies in a
+    register past the `captured` ones is not captured."""
+    regs = tuple(range(first, first + width))
+    if underlying == "struct" and not in_struct:
+        parts, at = [], first
+        for f in fields:
+            parts.append(_go_slot(f.name, f.type, f.underlying, (), at, f.int_registers, captured, in_struct=True))
+            at += f.int_registers
+        return Slot(name, type_name, "struct", tuple(r for r in regs if r < captured), True, underlying,
+                    fields=tuple(parts))
+    shape, n = _shape(underlying, True)
+    if shape == "float":
+        return Slot(name, type_name, "unsupported" if in_struct else "float", (), True, underlying)
+    if shape == "unsupported" or n != width or first + width > captured:
+        return Slot(name, type_name, "unsupported", (), True, underlying)
+    return Slot(name, type_name, shape, regs, True, underlying)
+
+
+def go_layout(items: list[tuple[str, str, pb.GoValueMetadata | None]], captured: int) -> list[Slot]:
+    """Go's ABIInternal: each value in order takes the integer and
+    floating-point registers its type needs (GoValueMetadata, from
+    DWARF), unless it cannot be assigned to registers or does not fit in
+    those left: then it goes on the stack, and the values after it still
+    take registers. A value with no such metadata is placed by its type's
+    name; after one that cannot be, the rest cannot be placed either."""
+    out: list[Slot] = []
+    ints, floats, lost = 0, 0, False
+    for name, type_name, go in items:
+        if go is None:
+            shape, width = _shape(type_name, True)
+            lost = lost or shape == "unsupported"
+            go = pb.GoValueMetadata(underlying=type_name, int_registers=width, float_registers=int(shape == "float"))
+        if lost:
+            out.append(Slot(name, type_name, "unsupported", (), True))
+            continue
+        if go.stack_only or ints + go.int_registers > GO_INT_REGS or floats + go.float_registers > GO_FLOAT_REGS:
+            out.append(Slot(name, type_name, "stack", (), True, go.underlying))
+            continue
+        out.append(_go_slot(name, type_name, go.underlying, go.fields, ints, go.int_registers, captured))
+        ints += go.int_registers
+        floats += go.float_registers
+    return out
+
+
+def _go(value: pb.ArgumentMetadata | pb.ReturnValueMetadata) -> pb.GoValueMetadata | None:
+    return value.go if value.HasField("go") else None
+
+
 def _hint(value: pb.ArgumentMetadata | pb.ReturnValueMetadata) -> Any:
     if value.HasField("held_string"):
         return value.held_string
@@ -124,6 +185,8 @@ def _hint(value: pb.ArgumentMetadata | pb.ReturnValueMetadata) -> Any:
 
 
 def argument_layout(meta: pb.FunctionMetadata) -> list[Slot]:
+    if meta.kind == "go" and meta.arguments:
+        return go_layout([(a.name, a.type, _go(a)) for a in meta.arguments], CAPTURED_ARG_REGS)
     items: list[tuple[str, str, Any]] = [(a.name, a.type, _hint(a)) for a in meta.arguments] or \
         [(f"arg{i}", "", None) for i in range(CAPTURED_ARG_REGS)]
     return layout(items, meta.kind == "go", CAPTURED_ARG_REGS, first=int(meta.result_in_memory))
@@ -134,22 +197,29 @@ def result_layout(meta: pb.FunctionMetadata) -> list[Slot]:
         return [Slot(r.name, r.type, "held", (0,), held=(r.held_string.data_offset, r.held_string.length_offset))
                 if r.HasField("held_string") else Slot(r.name, r.type, "int", (0,))  # shown as that address
                 for r in meta.return_values[:1]]
+    if meta.kind == "go":
+        return go_layout([(r.name, r.type, _go(r)) for r in meta.return_values], CAPTURED_RESULT_REGS)
     items = [(r.name, r.type, _hint(r)) for r in meta.return_values if r.type != "void"]
     return layout(items, meta.kind == "go", CAPTURED_RESULT_REGS)
 
 
+def _flat(slots: list[Slot]) -> list[Slot]:
+    """The values, a Go struct's fields in its place."""
+    return [x for s in slots for x in (s.fields if s.shape == "struct" else (s,))]
+
+
 def string_arguments(meta: pb.FunctionMetadata) -> list[Slot]:
     """The (at most two) arguments whose strings the kernel copies (bounded):
-    C strings and Go strings and slices through their pointer register,
-    strings held in objects through the object."""
-    return [s for s in argument_layout(meta) if s.shape in STRING_SHAPES and s.regs][:2]
+    C strings and Go strings and slices (a Go struct's fields too) through
+    their pointer register, strings held in objects through the object."""
+    return [s for s in _flat(argument_layout(meta)) if s.shape in STRING_SHAPES and s.regs][:2]
 
 
 def string_result(meta: pb.FunctionMetadata) -> Slot | None:
     """The result whose string the kernel copies at the return (C `char *`,
-    Go `string` or `[]byte`, a std::string or String returned through
-    memory: the first such result); None if none."""
-    return next((s for s in result_layout(meta) if s.shape in STRING_SHAPES and s.regs), None)
+    Go `string` or `[]byte`, also a Go struct's field, a std::string or
+    String returned through memory: the first such result); None if none."""
+    return next((s for s in _flat(result_layout(meta)) if s.shape in STRING_SHAPES and s.regs), None)
 
 
 @dataclass(frozen=True)
@@ -261,12 +331,24 @@ def is_error_variant(slot: Slot, shown: str) -> bool:
         shown.startswith("Err")
 
 
+def _unredacted(name: str, text: str) -> str:
+    return text
+
+
 def show(slot: Slot, values: tuple[int, ...], strings: dict[int, bytes], string_bytes: int = 64,
-         lengths: dict[int, int] | None = None) -> str:
+         lengths: dict[int, int] | None = None, redact: Callable[[str, str], str] = _unredacted) -> str:
     """One value as text, from the captured registers (and copied strings,
-    and the whole lengths of strings held in objects)."""
+    and the whole lengths of strings held in objects). A Go struct passed
+    by value: `{Cents=100, Note='x', Items=3}`, each field redacted by its
+    name."""
     if slot.shape == "float":
         return "(in a floating-point register: not captured)"
+    if slot.shape == "stack":
+        return "(not captured: on the stack)"
+    if slot.shape == "struct":
+        parts = [f"{f.name}={redact(f.name, show(f, values, strings, string_bytes, lengths))}"
+                 for f in slot.fields[:MAX_SHOWN_FIELDS]]
+        return "{" + ", ".join(parts + (["…"] if len(slot.fields) > MAX_SHOWN_FIELDS else [])) + "}"
     if slot.shape == "unsupported" or not slot.regs:
         return "(not captured)"
     if slot.shape == "variants":
@@ -284,7 +366,7 @@ def show(slot: Slot, values: tuple[int, ...], strings: dict[int, bytes], string_
     if slot.shape == "fat":
         return f"{v[0]:#x} " + (f"vtable={v[1]:#x}" if "dyn " in slot.type else f"len={v[1]}")
     if slot.shape == "int":
-        return format_register(v[0], slot.type, slot.go)
+        return format_register(v[0], slot.underlying or slot.type, slot.go)
     if slot.shape == "iface":
         return "nil" if v[0] == 0 else f"<{slot.type} {v[1]:#x}>"
     if v[0] == 0:
@@ -301,5 +383,6 @@ def show(slot: Slot, values: tuple[int, ...], strings: dict[int, bytes], string_
     more = f"…(+{length - len(shown)} bytes)" if length > len(shown) else ""
     if slot.shape == "gostring":
         return repr(shown.decode(errors="replace")) + more
-    return f"{slot.type} len={length} cap={v[2]} {shown!r}{more}" if slot.type in ("[]uint8", "[]byte") else \
-        f"{slot.type} len={length} cap={v[2]}"
+    if (slot.underlying or slot.type) in ("[]uint8", "[]byte"):
+        return f"{slot.type} len={length} cap={v[2]} {shown!r}{more}"
+    return f"{slot.type} len={length} cap={v[2]}"

@@ -77,7 +77,8 @@ def parse_predicate(text: str, meta: pb.FunctionMetadata) -> tuple[int, str, int
         raise InvalidArgument(f"predicate names {name!r}; the function's arguments are: {', '.join(layout) or 'unknown'}")
     if slot.shape != "int" or not slot.regs:
         raise InvalidArgument(f"predicate argument {name!r} ({slot.type or 'unknown type'}) is not an integer in a register")
-    kind = (8, slot.type == "int") if slot.go and slot.type in ("int", "uint") else int_kind(slot.type)
+    type_name = slot.underlying or slot.type  # a Go named type (type Cents int64) by the type it is defined as
+    kind = (8, type_name == "int") if slot.go and type_name in ("int", "uint") else int_kind(type_name)
     width, signed = kind if kind else (8, True)
     return slot.regs[0], op, value, width, signed
 
@@ -499,14 +500,15 @@ class SessionManager:
                     text = abi.show_fields(rec.args[blob_reg], fields_of[a.name], slots.blob_of(rec.strings, rec.unread),
                                            self.rules.value, meta.kind == "go")
                 else:
-                    text = abi.show(a, rec.args, strings, string_bytes, lengths)
+                    text = abi.show(a, rec.args, strings, string_bytes, lengths, self.rules.value)
                 args.append({"name": a.name, "type": a.type or "u64", "value": self.rules.value(a.name, text)})
         ret: dict[str, Any] = {}
         results = shape.results
         if s.config.capture_return and (results or not meta.return_values):
             strings = slots.string_of_result(rec.strings, rec.unread, rec.lengths)
             lengths = slots.length_of_result(rec.lengths)
-            shown = [(r, abi.show(r, rec.results, strings, string_bytes, lengths)) for r in results] or \
+            shown = [(r, abi.show(r, rec.results, strings, string_bytes, lengths, self.rules.value))
+                     for r in results] or \
                 [(abi.Slot("", "u64", "int", (0,)), f"{rec.results[0]:#x}")]
             errors = [(r, v) for r, v in shown if (r.type == "error" and v != "nil") or abi.is_error_variant(r, v)]
             ret = {"type": ", ".join(r.type for r, _ in shown),

@@ -240,18 +240,48 @@ class DisarmFunctionResponse(_message.Message):
     def __init__(self, was_armed: _Optional[bool] = ...) -> None: ...
 
 class ArgumentMetadata(_message.Message):
-    __slots__ = ("name", "type", "location", "fields", "held_string")
+    __slots__ = ("name", "type", "location", "fields", "held_string", "go")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     LOCATION_FIELD_NUMBER: _ClassVar[int]
     FIELDS_FIELD_NUMBER: _ClassVar[int]
     HELD_STRING_FIELD_NUMBER: _ClassVar[int]
+    GO_FIELD_NUMBER: _ClassVar[int]
     name: str
     type: str
     location: str
     fields: _containers.RepeatedCompositeFieldContainer[FieldMetadata]
     held_string: HeldStringMetadata
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., location: _Optional[str] = ..., fields: _Optional[_Iterable[_Union[FieldMetadata, _Mapping]]] = ..., held_string: _Optional[_Union[HeldStringMetadata, _Mapping]] = ...) -> None: ...
+    go: GoValueMetadata
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., location: _Optional[str] = ..., fields: _Optional[_Iterable[_Union[FieldMetadata, _Mapping]]] = ..., held_string: _Optional[_Union[HeldStringMetadata, _Mapping]] = ..., go: _Optional[_Union[GoValueMetadata, _Mapping]] = ...) -> None: ...
+
+class GoValueMetadata(_message.Message):
+    __slots__ = ("underlying", "int_registers", "float_registers", "stack_only", "fields")
+    UNDERLYING_FIELD_NUMBER: _ClassVar[int]
+    INT_REGISTERS_FIELD_NUMBER: _ClassVar[int]
+    FLOAT_REGISTERS_FIELD_NUMBER: _ClassVar[int]
+    STACK_ONLY_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    underlying: str
+    int_registers: int
+    float_registers: int
+    stack_only: bool
+    fields: _containers.RepeatedCompositeFieldContainer[GoFieldMetadata]
+    def __init__(self, underlying: _Optional[str] = ..., int_registers: _Optional[int] = ..., float_registers: _Optional[int] = ..., stack_only: _Optional[bool] = ..., fields: _Optional[_Iterable[_Union[GoFieldMetadata, _Mapping]]] = ...) -> None: ...
+
+class GoFieldMetadata(_message.Message):
+    __slots__ = ("name", "type", "underlying", "int_registers", "float_registers")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    UNDERLYING_FIELD_NUMBER: _ClassVar[int]
+    INT_REGISTERS_FIELD_NUMBER: _ClassVar[int]
+    FLOAT_REGISTERS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    type: str
+    underlying: str
+    int_registers: int
+    float_registers: int
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., underlying: _Optional[str] = ..., int_registers: _Optional[int] = ..., float_registers: _Optional[int] = ...) -> None: ...
 
 class HeldStringMetadata(_message.Message):
     __slots__ = ("data_offset", "length_offset")
@@ -296,18 +326,20 @@ class FieldMetadata(_message.Message):
     def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., offset: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...
 
 class ReturnValueMetadata(_message.Message):
-    __slots__ = ("name", "type", "location", "held_string", "variants")
+    __slots__ = ("name", "type", "location", "held_string", "variants", "go")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     LOCATION_FIELD_NUMBER: _ClassVar[int]
     HELD_STRING_FIELD_NUMBER: _ClassVar[int]
     VARIANTS_FIELD_NUMBER: _ClassVar[int]
+    GO_FIELD_NUMBER: _ClassVar[int]
     name: str
     type: str
     location: str
     held_string: HeldStringMetadata
     variants: EnumMetadata
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., location: _Optional[str] = ..., held_string: _Optional[_Union[HeldStringMetadata, _Mapping]] = ..., variants: _Optional[_Union[EnumMetadata, _Mapping]] = ...) -> None: ...
+    go: GoValueMetadata
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., location: _Optional[str] = ..., held_string: _Optional[_Union[HeldStringMetadata, _Mapping]] = ..., variants: _Optional[_Union[EnumMetadata, _Mapping]] = ..., go: _Optional[_Union[GoValueMetadata, _Mapping]] = ...) -> None: ...
 
 class UprobeConfig(_message.Message):
     __slots__ = ("capture_args", "capture_return", "sample_rate", "max_events", "min_duration_ns", "predicate")

@@ -14,6 +14,7 @@ import os
 from coral.daemon.errors import InvalidArgument, NotFound
 from coral.dwarftypes import Field, HeldString
 from coral.elfinfo import AmbiguousName, ElfFunctions, ElfInfoError, FunctionInfo, Parameter
+from coral.gotypes import GoValue
 from coral.procmaps import read_maps
 from coral.proto import coral_pb2 as pb
 
@@ -68,17 +69,27 @@ def _held(h: HeldString | None) -> pb.HeldStringMetadata | None:
     return pb.HeldStringMetadata(data_offset=h.data_offset, length_offset=h.length_offset) if h else None
 
 
+def _go(v: GoValue | None) -> pb.GoValueMetadata | None:
+    if v is None:
+        return None
+    return pb.GoValueMetadata(underlying=v.underlying, int_registers=v.int_registers,
+                              float_registers=v.float_registers, stack_only=v.stack_only, fields=[
+                                  pb.GoFieldMetadata(name=f.name, type=f.type, underlying=f.underlying,
+                                                     int_registers=f.int_registers,
+                                                     float_registers=f.float_registers) for f in v.fields])
+
+
 def argument_metadata(p: Parameter, location: str = "") -> pb.ArgumentMetadata:
     """One argument as the agent is told it (coral-run and the SDK alike)."""
     return pb.ArgumentMetadata(name=p.name, type=p.type, location=location, fields=[_field(f) for f in p.fields],
-                               held_string=_held(p.held_string))
+                               held_string=_held(p.held_string), go=_go(p.go))
 
 
 def result_metadata(info: FunctionInfo, location: str = "") -> list[pb.ReturnValueMetadata]:
     """The results: Go's list, or the one C-like result with what DWARF
     says of its value (a string it holds, a Rust enum's variants)."""
     if info.results:
-        return [pb.ReturnValueMetadata(name=r.name, type=r.type) for r in info.results]
+        return [pb.ReturnValueMetadata(name=r.name, type=r.type, go=_go(r.go)) for r in info.results]
     if not info.return_type:
         return []
     out = pb.ReturnValueMetadata(type=info.return_type, location=location)
