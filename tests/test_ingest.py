@@ -215,6 +215,23 @@ def test_raised_python_calls_between_timing_only_ones_keep_their_order(small_rin
     assert errors == [f"ValueError: call {i % 100}" if i % 10 == 9 else "" for i in range(2000)]
 
 
+def two_threads(env: CoralEnv, tmp_path: Path) -> tuple[Process, Callable[[int], None]]:
+    """bench/threads.c on two threads under coral-run, and a function that
+    makes N calls of bench_work and returns once all have returned."""
+    binary = build_c(REPO / "bench" / "threads.c", tmp_path / "threads")
+    target = Process("threads", [tool("coral-run"), "--service", "threads", "--", str(binary), "2"], env,
+                     stdin=subprocess.PIPE).wait_ready()
+    stdin, stdout = target.proc.stdin, target.proc.stdout
+    assert stdin is not None and stdout is not None
+
+    def make_calls(n: int) -> None:
+        stdin.write(f"{n}\n".encode())
+        stdin.flush()
+        stdout.readline()
+
+    return target, make_calls
+
+
 def test_a_session_ends_without_reading_its_full_ring_at_once(coral_env: CoralEnv, bpf: None, tmp_path: Path) -> None:
     """A stopped agent's 8 MiB ring buffer fills with records of captured
     values (about 35,000 calls). The detach takes the probes off at once;
@@ -226,16 +243,7 @@ def test_a_session_ends_without_reading_its_full_ring_at_once(coral_env: CoralEn
     env = coral_env.with_config("[sessions]\nring_buffer_pages = 2048\ncpu_budget_percent = 0\n"
                                 "max_events_per_session = 10000000\n[agent]\ningest_cpu_percent = 0\n")
     agent_proc = start_agent(env)
-    binary = build_c(REPO / "bench" / "threads.c", tmp_path / "threads")
-    target = Process("threads", [tool("coral-run"), "--service", "threads", "--", str(binary), "2"], env,
-                     stdin=subprocess.PIPE).wait_ready()
-    stdin, stdout = target.proc.stdin, target.proc.stdout
-    assert stdin is not None and stdout is not None
-
-    def make_calls(n: int) -> None:
-        stdin.write(f"{n}\n".encode())
-        stdin.flush()
-        stdout.readline()  # all n have returned
+    target, make_calls = two_threads(env, tmp_path)
 
     def valued_session(agent: Client) -> str:
         attach(agent, "threads", "bench_work")  # waits for the registration; this one ends at once
@@ -275,7 +283,8 @@ def test_a_session_ends_without_reading_its_full_ring_at_once(coral_env: CoralEn
                 session_id=after))).session
             second_calls = every_call(agent, after)
     finally:
-        stdin.close()
+        if target.proc.stdin:
+            target.proc.stdin.close()
         target.stop()
         agent_proc.stop()
     assert answered == ["ping", "detach"]
@@ -298,16 +307,7 @@ def test_a_session_ends_without_waiting_for_the_kernel_to_remove_its_probes(cora
     A new session on the same function right after gets each call once."""
     env = coral_env.with_config("[sessions]\ncpu_budget_percent = 0\n")
     agent_proc = start_agent(env)
-    binary = build_c(REPO / "bench" / "threads.c", tmp_path / "threads")
-    target = Process("threads", [tool("coral-run"), "--service", "threads", "--", str(binary), "2"], env,
-                     stdin=subprocess.PIPE).wait_ready()
-    stdin, stdout = target.proc.stdin, target.proc.stdout
-    assert stdin is not None and stdout is not None
-
-    def make_calls(n: int) -> None:
-        stdin.write(f"{n}\n".encode())
-        stdin.flush()
-        stdout.readline()  # all n have returned
+    target, make_calls = two_threads(env, tmp_path)
 
     answered: list[str] = []
     try:
@@ -337,7 +337,8 @@ def test_a_session_ends_without_waiting_for_the_kernel_to_remove_its_probes(cora
             second = cast(pb.DetachUprobeResponse, agent.call("DetachUprobe", pb.DetachUprobeRequest(
                 session_id=again))).session
     finally:
-        stdin.close()
+        if target.proc.stdin:
+            target.proc.stdin.close()
         target.stop()
         agent_proc.stop()
     assert pings >= 5 and answered == ["detach", "probes: "], (pings, answered)
