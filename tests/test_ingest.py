@@ -14,7 +14,6 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import cast
@@ -236,8 +235,8 @@ def test_a_session_ends_without_reading_its_full_ring_at_once(coral_env: CoralEn
     """A stopped agent's 8 MiB ring buffer fills with records of captured
     values (about 35,000 calls). The detach takes the probes off at once;
     the records are read over the next turns, a bounded batch each (decoded
-    one by one, they take the agent about a second). So a Ping sent after
-    the DetachUprobe is answered before it; the detach's answer then counts
+    one by one, they take the agent about a second). So a Ping sent once the
+    session shows ended is answered before the DetachUprobe; the detach's answer then counts
     every call stored, each read back once. The slot is given to the next
     session only after, which gets exactly its own calls."""
     env = coral_env.with_config("[sessions]\nring_buffer_pages = 2048\ncpu_budget_percent = 0\n"
@@ -271,7 +270,9 @@ def test_a_session_ends_without_reading_its_full_ring_at_once(coral_env: CoralEn
 
             detaching = threading.Thread(target=detach)
             detaching.start()
-            time.sleep(0.2)  # the detach is read first (an order, not a duration: nothing here is timed)
+            while next(s for s in cast(pb.ListDebugSessionsResponse, pinger.call(
+                    "ListDebugSessions", pb.ListDebugSessionsRequest())).sessions if s.session_id == sid).status == "active":
+                pass  # until the agent has taken the detach
             pinger.call("Ping", pb.PingRequest())
             answered.append("ping")
             detaching.join()
