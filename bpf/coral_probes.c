@@ -72,8 +72,17 @@ struct site {
     u64 slots;                       // bit i: slot i watches this site
     u64 func_ip;                     // entry address of the function (Go RET sites)
     u32 flags;
-    u32 pad;
+    u32 held;                        // strings held in objects: HELD_ARGS_SLOT, HELD_RESULT_SLOT (engine.py)
 };
+
+// struct site.held, and struct frame.held from it: a slot (plus one; 0:
+// none) watching the function whose config says which arguments hold
+// strings (to copy at the entry), and one whose config says the result
+// does. Every such slot of one function wants the same (they follow from its
+// DWARF), so the agent names one and the program need not look through all.
+#define HELD_ARGS_SLOT(h) ((h) & 0xff)
+#define HELD_RESULT_SLOT(h) (((h) >> 8) & 0xff)
+#define HELD_COPIED 0x10000          // frame.held: the arguments' strings were copied at this call's entry
 
 // A string an object holds (a C++ std::string, a Rust String): the register
 // holds the object's address; its data pointer and its length (64 bits)
@@ -116,7 +125,7 @@ struct frame {
     u64 slots;
     u64 args[6];
     u32 at;                          // the stack's `changes` once this frame was pushed
-    u32 held;                        // strings held in objects were copied at its entry (entry_strings)
+    u32 held;                        // the site's `held`, and HELD_COPIED if the entry copied strings (entry_strings)
 };
 
 // frames[RING(d)] is frame d for the top min(depth, CORAL_RING_FRAMES) ones;
@@ -378,35 +387,32 @@ struct entry_strings {
 BPF_TABLE("lru_hash", struct entry_key, struct entry_strings, entry_strings, 4096);
 BPF_PERCPU_ARRAY(empty_entry_strings, struct entry_strings, 1);
 
-// At a native entry: if a slot watching it captures arguments that hold
-// strings, copy them. Every such slot of one function wants the same ones
-// (they follow from its DWARF), so the first is asked.
-static __always_inline u32 copy_held_at_entry(struct pt_regs *ctx, u64 watching, u64 id)
+// The config of the slot `held` names (HELD_ARGS_SLOT or HELD_RESULT_SLOT),
+// if that slot watches this call.
+static __always_inline struct slot_config *held_config(u32 named, u64 watching)
 {
-    struct slot_config *cfg = 0;
-    for (u32 slot = 0; slot < CORAL_MAX_SLOTS; slot++) {
-        if (!(watching >> slot))
-            break;
-        if (!(watching & (1ULL << slot)))
-            continue;
-        u32 key = slot;
-        struct slot_config *c = slots.lookup(&key);
-        if (c && (c->capture & 1) && (c->held[0].reg >= 0 || c->held[1].reg >= 0)) {
-            cfg = c;
-            break;
-        }
-    }
-    if (!cfg)
+    if (!named || named > CORAL_MAX_SLOTS || !(watching & (1ULL << ((named - 1) & 63))))
         return 0;
+    u32 key = named - 1;
+    return slots.lookup(&key);
+}
+
+// At a native entry: if the site names a slot that captures arguments
+// holding strings, copy them; returns the frame's `held`.
+static __always_inline u32 copy_held_at_entry(struct pt_regs *ctx, u32 held, u64 watching, u64 id)
+{
+    struct slot_config *cfg = held_config(HELD_ARGS_SLOT(held), watching);
+    if (!cfg || !(cfg->capture & 1) || (cfg->held[0].reg < 0 && cfg->held[1].reg < 0))
+        return held;
     u32 zero = 0;
     struct entry_strings *empty = empty_entry_strings.lookup(&zero);
     if (!empty)
-        return 0;
+        return held;
     struct entry_key k = {.id = id, .sp = PT_REGS_SP(ctx)};
     entry_strings.update(&k, empty);  // replaces one left by a call that never returned
     struct entry_strings *es = entry_strings.lookup(&k);
     if (!es)
-        return 0;
+        return held;
     // Indexed by the config's register: copied out of ctx first (the
     // verifier refuses a load through a computed ctx pointer).
     u64 args[8] = {PT_REGS_PARM1(ctx), PT_REGS_PARM2(ctx), PT_REGS_PARM3(ctx),
@@ -417,7 +423,7 @@ static __always_inline u32 copy_held_at_entry(struct pt_regs *ctx, u64 watching,
     reg = cfg->held[1].reg;
     if (reg >= 0)
         read_held(es->strs[1], &es->lens[1], &es->unread, 2, args[reg & 7], &cfg->held[1]);
-    return 1;
+    return held | HELD_COPIED;
 }
 
 // The strings copied at this call's entry (every slot that captures the
@@ -426,7 +432,7 @@ static __always_inline u32 copy_held_at_entry(struct pt_regs *ctx, u64 watching,
 static __always_inline void take_held(struct native_event *e, struct slot_config *cfg, u64 id, struct frame *f)
 {
     struct entry_key k = {.id = id, .sp = f->sp};
-    struct entry_strings *es = f->held ? entry_strings.lookup(&k) : 0;
+    struct entry_strings *es = (f->held & HELD_COPIED) ? entry_strings.lookup(&k) : 0;
     if (!es) {
         e->unread |= cfg->held_mask;
         return;
@@ -450,40 +456,32 @@ static __always_inline void read_str(struct native_event *e, u32 at, s32 arg, st
 // third is free) when the slot's config reads the result's string
 // (str_ret = 2), and its length is returned (~0: the object could not be
 // read). Read once, before the slots' loop in finish_native: inside it, the
-// reads are more than the verifier takes. Every slot capturing this
-// function's result wants the same.
-static __always_inline u64 read_held_result(u64 watching, u64 *results, u64 *data_out)
+// reads are more than the verifier takes. The slot whose config is used is
+// the one the entry's site named (HELD_RESULT_SLOT).
+static __always_inline u64 read_held_result(u32 held, u64 watching, u64 *results, u64 *data_out)
 {
-    for (u32 slot = 0; slot < CORAL_MAX_SLOTS; slot++) {
-        if (!(watching >> slot))
-            break;
-        if (!(watching & (1ULL << slot)))
-            continue;
-        u32 key = slot;
-        struct slot_config *cfg = slots.lookup(&key);
-        if (!cfg || !(cfg->capture & 2) || cfg->held_ret.reg < 0)
-            continue;
-        u64 rax = results[0], rdx = results[1];
-        // Loaded apart: clang would otherwise pick the address with `|`, which the verifier refuses.
-        asm volatile("" : "+r"(rax), "+r"(rdx));
-        u64 obj = cfg->held_ret.reg == 1 ? rdx : rax;
-        u64 data = 0, len = 0;
-        if (!obj || bpf_probe_read_user(&data, sizeof(data), (void *)(obj + cfg->held_ret.data_off)) < 0 ||
-            bpf_probe_read_user(&len, sizeof(len), (void *)(obj + cfg->held_ret.len_off)) < 0) {
-            *data_out = 0;
-            return ~0ULL;
-        }
-        *data_out = data;
-        return len;
+    struct slot_config *cfg = held_config(HELD_RESULT_SLOT(held), watching);
+    if (!cfg || !(cfg->capture & 2) || cfg->held_ret.reg < 0)
+        return 0;
+    u64 rax = results[0], rdx = results[1];
+    // Loaded apart: clang would otherwise pick the address with `|`, which the verifier refuses.
+    asm volatile("" : "+r"(rax), "+r"(rdx));
+    u64 obj = cfg->held_ret.reg == 1 ? rdx : rax;
+    u64 data = 0, len = 0;
+    if (!obj || bpf_probe_read_user(&data, sizeof(data), (void *)(obj + cfg->held_ret.data_off)) < 0 ||
+        bpf_probe_read_user(&len, sizeof(len), (void *)(obj + cfg->held_ret.len_off)) < 0) {
+        *data_out = 0;
+        return ~0ULL;
     }
-    return 0;
+    *data_out = data;
+    return len;
 }
 
 static __always_inline void finish_native(struct frame *f, u64 now, u64 *results, u64 id, u64 watching)
 {
     u64 duration = now - f->ts;
     u64 held_data = results[2];
-    u64 held_len = read_held_result(watching, results, &held_data);
+    u64 held_len = read_held_result(f->held, watching, results, &held_data);
     for (u32 slot = 0; slot < CORAL_MAX_SLOTS; slot++) {
         if (!(watching >> slot))
             break;  // no higher slot watches this call
@@ -547,7 +545,7 @@ static __always_inline void finish_native(struct frame *f, u64 now, u64 *results
         events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
         bump_stat(slot, ST_EMITTED);
     }
-    if (f->held) {
+    if (f->held & HELD_COPIED) {
         struct entry_key k = {.id = id, .sp = f->sp};
         entry_strings.delete(&k);
     }
@@ -859,7 +857,7 @@ int coral_hit(struct pt_regs *ctx)
     } else if (go)
         now = push_frame(&tk, watching, key.ip, ctx, 1, 0, 0);  // constant: each copy reads its own ABI's registers
     else {
-        u32 held = copy_held_at_entry(ctx, watching, id);  // before the entry's timestamp: not in the duration
+        u32 held = copy_held_at_entry(ctx, s->held, watching, id);  // before the entry's timestamp: not in the duration
         now = push_frame(&tk, watching, key.ip, ctx, 0, s->flags & SITE_URET, held);
     }
     charge(watching, now);  // charge() does nothing for no slot (an unpaired return: now is 0 then)

@@ -263,6 +263,7 @@ class ProbeEngine:
         self._free = list(range(MAX_SLOTS - 1, -1, -1))
         self._slot_sites: dict[int, list[Site]] = {}
         self._site_masks: dict[tuple[int, int], int] = {}
+        self._configs: dict[int, SlotConfig] = {}  # as last written to each slot
         self._masks_lock = threading.Lock()  # the sites' masks change on the loop and on release threads
         self._closes: dict[tuple[int, str, int, bool], threading.Event] = {}  # probes being removed: set once gone
         self._attached: dict[tuple[int, str, int, bool], tuple[int, int]] = {}  # key -> (fd, refcount)
@@ -386,6 +387,7 @@ class ProbeEngine:
         return sum(1 + site.uretprobe for site in self._slot_sites.get(slot, []))
 
     def _write_config(self, slot: int, c: SlotConfig) -> None:
+        self._configs[slot] = c
         v = self._slot_table.Leaf()
         v.sample_rate = max(1, c.sample_rate)
         v.capture = int(c.capture_args) | int(c.capture_return) << 1
@@ -488,10 +490,25 @@ class ProbeEngine:
                 del self._sites[key]
             return
         value = self._sites.Leaf()
-        value.slots, value.func_ip, value.pad = mask, site.func_ip, 0
+        value.slots, value.func_ip, value.held = mask, site.func_ip, self._held_of(mask)
         value.flags = site.flags | (SITE_URET if site.uretprobe else 0)
         self._sites[key] = value
         self._site_masks[(site.pid, site.runtime_ip)] = mask
+
+    def _held_of(self, mask: int) -> int:
+        """struct site.held: a slot of `mask` whose config copies strings that
+        arguments' objects hold, and one whose config reads the result's (each
+        plus one; 0: none), so the program reads one config, not every slot's."""
+        args = result = 0
+        for slot in range(MAX_SLOTS):
+            c = self._configs.get(slot) if mask >> slot & 1 else None
+            if c is None:
+                continue
+            if not args and c.capture_args and any(reg >= 0 for reg, _, _ in c.held_args):
+                args = slot + 1
+            if not result and c.capture_return and c.held_result is not None and c.str_result[0] >= 0:
+                result = slot + 1
+        return args | result << 8
 
     def _add_site(self, slot: int, site: Site) -> None:
         # The map first: a probe that fires must find its site.
