@@ -198,6 +198,15 @@ def test_proc_maps_lines_with_spaces_in_paths_and_without_paths() -> None:
                                  Mapping(0x7ffd0, 0x7ffd1, 0, 0, "rw-p", "")]
 
 
+def test_a_function_dwarf_says_takes_nothing_has_no_arguments_shown() -> None:
+    from coral.agentd import abi
+
+    described = pb.FunctionMetadata(kind="go", source_file="/src/main.go", source_line=12)
+    assert abi.argument_layout(described) == []
+    unknown = pb.FunctionMetadata(kind="native")  # no DWARF: six registers, as arg0..arg5
+    assert [s.name for s in abi.argument_layout(unknown)] == [f"arg{i}" for i in range(6)]
+
+
 IDLE_RELEASE_SCRIPT = """
 import duckdb, json
 from coral.agentd.memory import release_idle_pages

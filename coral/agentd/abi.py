@@ -185,6 +185,10 @@ def _hint(value: pb.ArgumentMetadata | pb.ReturnValueMetadata) -> Any:
 
 
 def argument_layout(meta: pb.FunctionMetadata) -> list[Slot]:
+    """Where each argument is. Without DWARF (no source file either), six
+    registers named arg0..arg5; a function DWARF says takes none has none."""
+    if not meta.arguments and meta.source_file:
+        return []
     if meta.kind == "go" and meta.arguments:
         return go_layout([(a.name, a.type, _go(a)) for a in meta.arguments], CAPTURED_ARG_REGS)
     items: list[tuple[str, str, Any]] = [(a.name, a.type, _hint(a)) for a in meta.arguments] or \
