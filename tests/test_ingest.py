@@ -360,3 +360,36 @@ def test_an_idle_agent_still_purges_a_large_session(tmp_path: Path) -> None:
         assert store.call_count("big") == 0
     finally:
         store.close()
+
+
+def test_a_release_thread_that_fails_answers_its_waiters_and_never_gives_the_slot_again(bpf: None) -> None:
+    """The engine in this process, a slot on libc's getppid: if removing
+    the probes raises (a bug), the slot still comes out of `closing` with
+    its counts, so a detach is answered and a stopping agent does not wait
+    forever, and it is never given to another session."""
+    import ctypes
+
+    from coral.agentd.engine import ProbeEngine, SlotConfig
+    from coral.agentd.targets import own_function_site
+
+    engine = ProbeEngine(16)
+    getppid = ctypes.CDLL(None).getppid
+    try:
+        slot = engine.open_slot(SlotConfig(), [own_function_site(getppid)])
+        for _ in range(100):
+            getppid()
+        broken = engine._close_all
+
+        def close_all(fds: list[int]) -> None:
+            broken(fds)  # the probes go: only what follows fails
+            raise RuntimeError("a bug")
+
+        engine._close_all = close_all  # type: ignore[method-assign]
+        engine.release_slots([slot])
+        engine.closing[slot].done.wait(30)
+        engine._close_all = broken  # type: ignore[method-assign]
+        engine.drain()
+        assert engine.freed == [slot] and engine.finals[slot].calls == 100
+        assert slot not in engine._free and slot not in engine.closing
+    finally:
+        engine.close()

@@ -169,6 +169,7 @@ class Release:
     done: threading.Event = field(default_factory=threading.Event)
     produced: int = 0
     stats: dict[int, SlotStats] = field(default_factory=dict)
+    failed: bool = False  # the thread raised (a bug): the slots are never given again, but nothing waits forever
 
 
 @dataclass
@@ -310,7 +311,7 @@ class ProbeEngine:
         release = self._release(slots, counts_first=in_background)
         if not in_background:
             release.done.wait()
-        return [release.stats[slot] for slot in slots]
+        return [self._final(release, slot) for slot in slots]
 
     def release_slots(self, slots: list[int]) -> None:
         """Close slots without waiting: a thread removes their probes (about
@@ -353,8 +354,8 @@ class ProbeEngine:
                 if not counts_first:
                     finish()
             except Exception:  # a bug: logged; the slots stay closed rather than be given again half-done
-                log.exception("removing the probes of slots %s failed", slots)
-                return
+                log.exception("removing the probes of slots %s failed; they are not used again", slots)
+                release.failed = True
             release.done.set()
 
         if counts_first:
@@ -366,14 +367,19 @@ class ProbeEngine:
     def _free_drained(self) -> None:
         consumed = self._ring.consumed()
         for slot, release in list(self.closing.items()):
-            if release.done.is_set() and consumed >= release.produced:
+            if release.done.is_set() and (release.failed or consumed >= release.produced):
                 del self.closing[slot]
-                self._free.append(slot)
+                if not release.failed:
+                    self._free.append(slot)
                 self.freed.append(slot)
-                self.finals[slot] = release.stats[slot]
+                self.finals[slot] = self._final(release, slot)
         for key, gone in list(self._closes.items()):
             if gone.is_set():
                 del self._closes[key]
+
+    def _final(self, release: Release, slot: int) -> SlotStats:
+        """A released slot's final counts (read now if its thread failed before)."""
+        return release.stats.get(slot) or self.stats(slot)
 
     def _close_all(self, fds: list[int]) -> None:
         if len(fds) <= 1:
