@@ -347,19 +347,11 @@ def _zero_rate(request: pytest.FixtureRequest) -> str:
     return ctl(an_env(request), "debug", "attach", "s", "--function", "f", "--sample-rate", "0", code=2)
 
 
-@provokes("predicate '<text>' must look like ARG OP INTEGER, e.g. amount_cents>1000")
-def _bad_predicate(request: pytest.FixtureRequest) -> str:
-    return ctl(
-        the_world(request).env,
-        "debug",
-        "attach",
-        "payments",
-        "--function",
-        "validate_card",
-        "--where",
-        "amount_cents>lots",
-        code=1,
-    )
+@provokes("coralctl debug attach: error: argument --where: '<text>', column <n>: <what is wrong>")
+def _bad_condition(request: pytest.FixtureRequest) -> str:
+    out = ctl(an_env(request), "debug", "attach", "s", "--function", "f", "--where", "amount_cents > lots lots", code=2)
+    assert "'amount_cents > lots lots', column 21: unexpected 'lots' (join tests with && or ||)" in out, out
+    return out
 
 
 @provokes("predicate names '<name>'; the function's arguments are: <names>")

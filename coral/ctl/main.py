@@ -20,6 +20,7 @@ from typing import Any, cast
 
 from google.protobuf.message import Message
 
+from coral import expr
 from coral.ctl import render
 from coral.daemon import curve
 from coral.daemon.client import Client, HandshakeFailed, Unreachable
@@ -136,6 +137,16 @@ def positive_duration(text: str) -> float:
     return seconds
 
 
+def condition_arg(text: str) -> str:
+    """A --where condition, checked here so that a typing mistake is shown
+    with its column before anything is sent; the agent checks the names."""
+    try:
+        expr.parse_condition(text)
+    except expr.ExprError as exc:
+        raise argparse.ArgumentTypeError(expr.described(text, exc)) from None
+    return text
+
+
 def positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
@@ -232,9 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--no-save", action="store_true", help="do not write the calls to a file")
     a.add_argument(
         "--where",
+        type=condition_arg,
         default="",
-        metavar="PREDICATE",
-        help="report only calls whose integer argument matches, e.g. 'amount_cents>1000'",
+        metavar="CONDITION",
+        help="report only calls for which it holds, e.g. 'amount_cents > 1000 && duration > 5ms' "
+             "(arguments, fields, ret, err, raised, duration; see the user guide)",
     )
     s = command(debug, "sessions", "list debug sessions", common)
     s.add_argument("--active", action="store_true", help="only active sessions")
