@@ -38,9 +38,10 @@
 //     (a JMP of such a function to another function: the call leaves, counted as BY_TAIL_CALL),
 //     SITE_URET (an entry whose return is a uretprobe: at most CORAL_URETPROBE_DEPTH deep)
 //   ST_CALLS (completed calls seen in the kernel), ST_SAMPLED, ST_FILTERED (min duration or
-//     predicate), ST_RINGBUF (ring buffer full), ST_EMITTED (records submitted), ST_MAX_NS,
+//     a --where condition that does not hold), ST_RINGBUF (ring buffer full), ST_EMITTED (records submitted), ST_MAX_NS,
 //     ST_SUM_NS, ST_UNREADABLE (the process's record could not be read), ST_EXPIRED
-//     (returned after the session's expiry: in no count); calls that left without returning
+//     (returned after the session's expiry: in no count), ST_WHERE_ERROR (a value the
+//     condition needs could not be read: not reported); calls that left without returning
 //     (an exception, a panic, longjmp) are counted in unwound_by_slots
 //   G_STACK_FULL (entries not tracked: deeper than CORAL_MAX_DEPTH, or deep_frames full), G_UNPAIRED (returns with no
 //     matching entry), G_STALE (frames dropped: their call left without returning),
@@ -49,11 +50,12 @@
 //   BY_UNWOUND, BY_TOO_DEEP, BY_TAIL_CALL (causes in by_slots)
 //   EV_NATIVE, EV_PYTHON, EV_PYTHON_TIMING (a Python call with only its timing to show),
 //     EV_NATIVE_TIMING (likewise, native)
-//   PRED_NONE, PRED_EQ, PRED_NE, PRED_LT, PRED_LE, PRED_GT, PRED_GE
+//   WHERE_MAX_TERMS, WHERE_MAX_CODE, WHERE_STR, W_* and WK_* (a --where condition as data:
+//     coral/agentd/conditions.py); ST_WHERE_ERROR (a value the condition reads could not be read)
 #include <uapi/linux/ptrace.h>
 #include "coral_records.h"            // the ring buffer's records (and struct coral_call)
 
-#if !defined(CORAL_STATS) || !defined(G_DEEP_IN_USE) || !defined(BY_TAIL_CALL) || !defined(SITE_URET) || !defined(CORAL_MAX_DEPTH) || !defined(SITE_RET) || !defined(PRED_GE) || !defined(EV_NATIVE_TIMING)
+#if !defined(CORAL_STATS) || !defined(G_DEEP_IN_USE) || !defined(BY_TAIL_CALL) || !defined(SITE_URET) || !defined(CORAL_MAX_DEPTH) || !defined(SITE_RET) || !defined(W_NONEMPTY) || !defined(ST_WHERE_ERROR) || !defined(EV_NATIVE_TIMING)
 #error "compile through coral/agentd/engine.py, which defines the constants shared with Python"
 #endif
 
@@ -73,6 +75,8 @@ struct site {
     u64 func_ip;                     // entry address of the function (Go RET sites)
     u32 flags;
     u32 held;                        // strings held in objects: HELD_ARGS_SLOT, HELD_RESULT_SLOT (engine.py)
+    u32 where;                       // slots (plus one; 0: none) with a --where condition, 8 bits each: WHERE_SLOTS
+    u32 pad;
 };
 
 // struct site.held, and struct frame.held from it: a slot (plus one; 0:
@@ -110,11 +114,8 @@ struct slot_config {
     struct held_string held_ret;     // native: the result register holds such an object's address: into strs[str_ret_at]
     u32 held_mask;                   // bit i: held[i] is used
     u32 pad3;
-    s32 pred_arg;                    // -1: no predicate
-    u32 pred_op;
-    s64 pred_value;
-    u32 pred_bytes;                  // the argument's width: the register's upper bits are not part of it
-    u32 pred_signed;
+    u32 where;                       // 1: a --where condition, in wheres[slot] (the site names the slot); 0: none
+    u32 pad4;
     u64 expires_ns;                  // bpf_ktime_get_ns() after which nothing is counted (0: never)
 };
 
@@ -126,6 +127,8 @@ struct frame {
     u64 args[6];
     u32 at;                          // the stack's `changes` once this frame was pushed
     u32 held;                        // the site's `held`, and HELD_COPIED if the entry copied strings (entry_strings)
+    u32 where;                       // the site's `where`
+    u32 pad;
 };
 
 // frames[RING(d)] is frame d for the top min(depth, CORAL_RING_FRAMES) ones;
@@ -289,7 +292,9 @@ static __always_inline u32 hist_bucket(u64 ns)
 }
 
 // Count the call for the slot and decide whether to report it.
-static __always_inline int account(u32 slot, struct slot_config *cfg, u64 now, u64 duration, u64 *args)
+// `rejected` and `unread`: bit per slot, the --where condition does not hold,
+// or could not be evaluated (where_at_return).
+static __always_inline int account(u32 slot, struct slot_config *cfg, u64 now, u64 duration, u64 rejected, u64 unread)
 {
     // The session's end is kept here, not only by the agent: a call that
     // returns after it is in no count, however late the agent detaches.
@@ -317,35 +322,337 @@ static __always_inline int account(u32 slot, struct slot_config *cfg, u64 now, u
             return 0;
         }
     }
-    if (duration < cfg->min_duration_ns) {
-        bump_stat(slot, ST_FILTERED);
+    // A call the condition rejects is filtered as one under --min-duration,
+    // without a branch of its own: the loops over slots this runs in are
+    // walked by the verifier once for every slot.
+    u64 no = (rejected | unread) >> (slot & 63) & 1, error = unread >> (slot & 63) & 1;
+    if (duration < (cfg->min_duration_ns | no * ~0ULL)) {
+        bump_stat(slot, ST_FILTERED + (u32)error * (ST_WHERE_ERROR - ST_FILTERED));
         return 0;
     }
-    if (args && cfg->pred_arg >= 0 && cfg->pred_arg < 6) {
-        u64 raw = args[cfg->pred_arg & 7];
-        s64 v = (s64)raw;
-        if (cfg->pred_bytes == 4)
-            v = cfg->pred_signed ? (s64)(s32)raw : (s64)(u32)raw;
-        else if (cfg->pred_bytes == 2)
-            v = cfg->pred_signed ? (s64)(s16)raw : (s64)(u16)raw;
-        else if (cfg->pred_bytes == 1)
-            v = cfg->pred_signed ? (s64)(s8)raw : (s64)(u8)raw;
-        s64 want = cfg->pred_value;
-        int keep = 1;
-        switch (cfg->pred_op) {
-        case PRED_EQ: keep = v == want; break;
-        case PRED_NE: keep = v != want; break;
-        case PRED_LT: keep = v < want; break;
-        case PRED_LE: keep = v <= want; break;
-        case PRED_GT: keep = v > want; break;
-        case PRED_GE: keep = v >= want; break;
-        }
-        if (!keep) {
-            bump_stat(slot, ST_FILTERED);
-            return 0;
-        }
-    }
     return 1;
+}
+
+// --- --where: a condition as data ------------------------------------------
+//
+// coral/agentd/conditions.py turns a session's condition into terms (one
+// test each: which value, how to read it, what to compare it with) and a
+// postfix code joining their answers with and, or, not. The terms on
+// arguments (and the fields and strings they lead to) are answered at the
+// entry; the others (ret, err, duration: integers, at most
+// WHERE_RETURN_TERMS) at the return. So that the return does almost
+// nothing, the entry runs the code for every combination of the return
+// terms' answers at once (one bit each of a 16-bit vector), and keeps the
+// resulting table per call and slot in where_entries; the return computes
+// its few comparisons and looks its answer up in the table. A condition
+// with no entry terms has its table worked out by the agent. The entry's
+// work is a program of its own (coral_where, tail-called by coral_hit),
+// verified apart from coral_hit, which is near the verifier's limits. At
+// most WHERE_SLOTS conditions a function are evaluated (the site names
+// them, as it names `held`).
+//
+// A value that cannot be read (a null or unmapped pointer) is *unread*:
+// and, or and not keep it unread unless the other side decides alone
+// (false && x, true || x); a condition left unread is false and counted
+// ST_WHERE_ERROR.
+struct where_term {
+    u8 when;                         // W_ENTRY, W_RETURN, W_DURATION
+    u8 kind;                         // WK_INT, WK_CSTR, WK_PAIR (pointer and length registers), WK_HELD
+    u8 op;                           // W_LT, W_GT, W_EQ (integers); W_SEQ, W_PREFIX, W_NONEMPTY (strings)
+    u8 negate;                       // the answer is the opposite (>= is !<, != is !==)
+    u8 width;                        // WK_INT: bytes of the value
+    u8 is_signed;
+    u8 reg;                          // index into the arguments' (entry) or results' (return) registers
+    u8 len_reg;                      // WK_PAIR: the length's register
+    u8 deref;                        // the value is at `offset` in what the register points to (a field)
+    u8 pad[3];
+    u32 offset;                      // deref: the field's offset; WK_HELD: the data pointer's in the object
+    u32 len_off;                     // WK_HELD: the length's offset in the object
+    u32 text_len;                    // strings: the constant's length
+    s64 value;                       // WK_INT: the constant
+    u64 text[WHERE_STR / 8];         // strings: the constant, zero-padded
+    u64 mask[WHERE_STR / 8];         // strings: the bytes of each word of text that are the constant's
+};
+
+// One join: value dst = a and b, a or b, or not a (the mask of the one it is: 0xFFFF; the others 0).
+struct where_op {
+    u8 a;
+    u8 b;
+    u8 dst;
+    u8 pad;
+    u16 and_mask;
+    u16 or_mask;
+    u16 not_mask;
+    u16 pad2;
+};
+
+struct where_prog {
+    u32 n_terms;
+    u32 n_code;
+    u32 entry_mask;                  // bit i: term i is answered at the entry
+    u32 table;                       // no entry terms: the answers (bits 0-15) and unread (16-31) by return bits
+    u8 ret_terms[WHERE_RETURN_TERMS];// the return terms (term index; 0xff: none): bit j of the return bits
+    u32 result;                      // the value that is the condition's answer (where_table)
+    struct where_op code[WHERE_MAX_CODE];
+    struct where_term terms[WHERE_MAX_TERMS];
+};
+
+BPF_ARRAY(wheres, struct where_prog, CORAL_MAX_SLOTS);
+
+struct where_key {
+    u64 id;                          // struct thread_key: per thread (native) or goroutine (Go)
+    u64 g;
+    u64 sp;                          // the frame's sp
+    u64 slot;
+};
+
+// A call that never returns (an exception, a panic) leaves its table to the LRU.
+BPF_TABLE("lru_hash", struct where_key, u32, where_entries, 16384);
+
+// The entry's scratch, per CPU: one string to compare, and the code's stack.
+struct where_scratch {
+    u64 words[WHERE_STR / 8 + 1];    // WHERE_STR bytes and a C string's NUL
+    u32 value[WHERE_VALUES];         // answers by combination of the return terms (where_table) ...
+    u32 unread[WHERE_VALUES];        // ... and which are unread
+    u32 truth;                       // bit i: entry term i holds
+    u32 unread_terms;                // bit i: entry term i could not be read
+};
+BPF_PERCPU_ARRAY(where_scratches, struct where_scratch, 1);
+
+// Which comparison holds: no branch on the operator but one.
+static __always_inline u32 where_compare(struct where_term *t, u64 raw)
+{
+    u32 width = t->width & 15;
+    if (width == 0 || width > 8)
+        width = 8;
+    u32 shift = 64 - 8 * width;      // the register's upper bits are not part of the value
+    u64 v = (raw << shift) >> shift, c = (u64)t->value;
+    if (t->is_signed) {
+        v = (u64)((s64)(raw << shift) >> shift);
+        v ^= 1ULL << 63;             // signed order as unsigned order
+        c ^= 1ULL << 63;
+    }
+    u32 holds = t->op == W_EQ ? v == c : t->op == W_LT ? v < c : v > c;
+    return holds ^ (t->negate & 1);
+}
+
+// The first text_len bytes of `s` are the constant's: word by word under
+// masks the agent worked out from the constant's length (no branches).
+static __always_inline u32 where_same_start(struct where_scratch *s, struct where_term *t)
+{
+    u64 diff = 0;
+#pragma unroll
+    for (u32 i = 0; i < WHERE_STR / 8; i++)
+        diff |= (s->words[i] ^ t->text[i]) & t->mask[i];
+    return diff == 0;
+}
+
+// 1, 0, or -1: unread.
+static __always_inline int where_string(struct where_term *t, u64 *regs, struct where_scratch *s)
+{
+    u64 ptr = regs[t->reg & 7], len = 0;
+    u32 want = t->text_len;
+    if (want > WHERE_STR)
+        want = WHERE_STR;
+    if (t->kind == WK_CSTR) {
+        if (t->deref && (!ptr || bpf_probe_read_user(&ptr, sizeof(ptr), (void *)(ptr + t->offset)) < 0))
+            return -1;
+        if (!ptr)
+            return t->op == W_NONEMPTY ? (int)(t->negate & 1) : -1;  // NULL: empty, but no text to compare
+        long n = bpf_probe_read_user_str(s->words, WHERE_STR + 1, (void *)ptr);
+        if (n <= 0)
+            return -1;
+        len = n - 1;
+    } else {
+        if (t->kind == WK_PAIR) {
+            len = regs[t->len_reg & 7];
+        } else {  // WK_HELD: the register holds the object's address
+            u64 obj = ptr;
+            if (!obj || bpf_probe_read_user(&ptr, sizeof(ptr), (void *)(obj + t->offset)) < 0 ||
+                bpf_probe_read_user(&len, sizeof(len), (void *)(obj + t->len_off)) < 0)
+                return -1;
+        }
+        // Only the constant's length need be read: a shorter string neither equals nor starts with it.
+        if (t->op != W_NONEMPTY && len >= want && want &&
+            (!ptr || bpf_probe_read_user(s->words, want, (void *)ptr) < 0))
+            return -1;
+    }
+    u32 holds = t->op == W_NONEMPTY ? len > 0 :
+                t->op == W_PREFIX ? len >= want && where_same_start(s, t) :
+                len == want && where_same_start(s, t);
+    return holds ^ (t->negate & 1);
+}
+
+// A term read at the entry: 1, 0, or -1 (unread).
+static __always_inline int where_entry_term(struct where_term *t, u64 *regs, struct where_scratch *s)
+{
+    if (t->kind != WK_INT)
+        return where_string(t, regs, s);
+    u64 raw = regs[t->reg & 7];
+    if (t->deref) {
+        u64 base = raw;
+        u32 n = t->width & 15;
+        if (n > 8)
+            n = 8;
+        raw = 0;
+        if (!base || bpf_probe_read_user(&raw, n, (void *)(base + t->offset)) < 0)
+            return -1;
+    }
+    return where_compare(t, raw);
+}
+
+// The bits of return term j across the 16 combinations of the return terms' answers.
+#define WHERE_RET_PATTERN(j) ((j) == 0 ? 0xAAAAU : (j) == 1 ? 0xCCCCU : (j) == 2 ? 0xF0F0U : 0xFF00U)
+
+// At the entry: answer the entry terms of one condition, run its code for
+// every combination of the return terms, and return the table (answers in
+// bits 0-15, unread in 16-31, by the return terms' bits).
+static __always_inline u32 where_table(struct where_prog *p, u64 *regs, struct where_scratch *s)
+{
+    // The answers are kept in the scratch map, not in registers: each path
+    // through a term would otherwise leave a different constant there, and
+    // the verifier could not merge them (3 to the power of 16 paths).
+    s->truth = 0;
+    s->unread_terms = 0;
+    u32 n = p->n_terms;
+    for (u32 i = 0; i < WHERE_MAX_TERMS; i++) {
+        if (i >= n)
+            break;
+        u32 at = i;
+        asm volatile("" : "+r"(at));  // bounded here, where the verifier sees it: clang would drop the mask
+        struct where_term *t = &p->terms[at & (WHERE_MAX_TERMS - 1)];
+        if (t->when != W_ENTRY)
+            continue;
+        int h = where_entry_term(t, regs, s);
+        if (h < 0)
+            s->unread_terms |= 1U << i;
+        else if (h)
+            s->truth |= 1U << i;
+    }
+    u32 truth = s->truth, unread = s->unread_terms;
+    // The values: 0-15 the entry terms' answers, WHERE_PUSH_RET + j return
+    // term j's in every combination, then what each join computes; each a
+    // vector of 16 answers and 16 unread bits. The joins select their
+    // result with masks (no branch on the operator: cheap to verify).
+#pragma unroll
+    for (u32 i = 0; i < WHERE_MAX_TERMS; i++) {
+        s->value[i] = (truth >> i & 1) * 0xFFFFU;  // not -(bit): the verifier would walk both values
+        s->unread[i] = (unread >> i & 1) * 0xFFFFU;
+    }
+#pragma unroll
+    for (u32 j = 0; j < WHERE_RETURN_TERMS; j++) {
+        s->value[WHERE_PUSH_RET + j] = WHERE_RET_PATTERN(j);
+        s->unread[WHERE_PUSH_RET + j] = 0;
+    }
+    n = p->n_code;
+    for (u32 i = 0; i < WHERE_MAX_CODE; i++) {
+        if (i >= n)
+            break;
+        u32 at = i;
+        asm volatile("" : "+r"(at));
+        struct where_op *op = &p->code[at & (WHERE_MAX_CODE - 1)];
+        u32 a = s->value[op->a & (WHERE_VALUES - 1)], ua = s->unread[op->a & (WHERE_VALUES - 1)];
+        u32 b = s->value[op->b & (WHERE_VALUES - 1)], ub = s->unread[op->b & (WHERE_VALUES - 1)];
+        u32 false_side = (~a & ~ua) | (~b & ~ub), true_side = (a & ~ua) | (b & ~ub), either = ua | ub;
+        u32 res = (a & b & ~ua & ~ub & op->and_mask) | (true_side & op->or_mask) | (~a & ~ua & op->not_mask);
+        u32 unr = (~false_side & either & op->and_mask) | (~true_side & either & op->or_mask) | (ua & op->not_mask);
+        s->value[op->dst & (WHERE_VALUES - 1)] = res & 0xFFFFU;
+        s->unread[op->dst & (WHERE_VALUES - 1)] = unr & 0xFFFFU;
+    }
+    u32 result = p->result & (WHERE_VALUES - 1);
+    return (s->value[result] & 0xFFFFU) | s->unread[result] << 16;
+}
+
+// Tail-called by coral_hit at an entry whose site names conditions: their tables, kept for the return.
+int coral_where(struct pt_regs *ctx)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    struct site_key key = {.tgid = id >> 32, .pad = 0, .ip = PT_REGS_IP(ctx)};
+    struct site *site = sites.lookup(&key);
+    if (!site)
+        return 0;
+    u32 zero = 0;
+    struct where_scratch *s = where_scratches.lookup(&zero);
+    if (!s)
+        return 0;
+    int go = (site->flags & SITE_GO) != 0;
+    struct thread_key tk = {.id = id, .g = 0};
+    u64 regs[8] = {0};
+    u64 sp = PT_REGS_SP(ctx);
+    if (go) {
+        tk.id = id >> 32;
+        tk.g = ctx->r14;
+        regs[0] = ctx->ax; regs[1] = ctx->bx; regs[2] = ctx->cx;
+        regs[3] = ctx->di; regs[4] = ctx->si; regs[5] = ctx->r8;
+        u64 hi = 0;  // go_frame_sp, which is defined below
+        if (bpf_probe_read_user(&hi, sizeof(hi), (void *)(ctx->r14 + 8)) != 0 || hi < ctx->sp)
+            return 0;
+        sp = (1ULL << 62) - (hi - ctx->sp);
+    } else {
+        regs[0] = PT_REGS_PARM1(ctx); regs[1] = PT_REGS_PARM2(ctx); regs[2] = PT_REGS_PARM3(ctx);
+        regs[3] = PT_REGS_PARM4(ctx); regs[4] = PT_REGS_PARM5(ctx); regs[5] = PT_REGS_PARM6(ctx);
+    }
+    u64 watching = site->slots;
+    u32 named = site->where;
+    for (u32 k = 0; k < WHERE_SLOTS; k++) {
+        u32 one = (named >> (8 * k)) & 0xff;
+        if (!one || one > CORAL_MAX_SLOTS || !(watching & (1ULL << ((one - 1) & 63))))
+            continue;
+        u32 slot = one - 1;
+        struct where_prog *p = wheres.lookup(&slot);
+        if (!p || !p->entry_mask)
+            continue;
+        u32 table = where_table(p, regs, s);
+        struct where_key wk = {.id = tk.id, .g = tk.g, .sp = sp, .slot = slot};
+        where_entries.update(&wk, &table);
+    }
+    return 0;
+}
+
+BPF_PROG_ARRAY(where_calls, 1);
+
+// At the return, before the slots' loop (in it, more than the verifier
+// takes): the slots whose condition does not hold, and those whose could
+// not be evaluated. For every call of a session with a condition, also
+// those that sampling or --min-duration leave out.
+static __always_inline void where_at_return(u32 named, u64 watching, struct frame *f, u64 *results, u64 duration,
+                                            struct thread_key *tk, u64 *rejected, u64 *unread)
+{
+    for (u32 k = 0; k < WHERE_SLOTS; k++) {
+        u32 one = (named >> (8 * k)) & 0xff;
+        if (!one || one > CORAL_MAX_SLOTS || !(watching & (1ULL << ((one - 1) & 63))))
+            continue;
+        u32 slot = one - 1;
+        struct where_prog *p = wheres.lookup(&slot);
+        if (!p)
+            continue;
+        u32 bits = 0;
+#pragma unroll
+        for (u32 j = 0; j < WHERE_RETURN_TERMS; j++) {
+            u32 i = p->ret_terms[j];
+            if (i >= WHERE_MAX_TERMS)
+                continue;
+            struct where_term *t = &p->terms[i & (WHERE_MAX_TERMS - 1)];
+            u64 reg = t->reg;
+            u64 raw = t->when == W_DURATION ? duration : reg == 1 ? results[1] : reg == 2 ? results[2] : results[0];
+            bits |= where_compare(t, raw) << j;
+        }
+        u32 table = p->table;
+        if (p->entry_mask) {
+            struct where_key key = {.id = tk->id, .g = tk->g, .sp = f->sp, .slot = slot};
+            u32 *kept = where_entries.lookup(&key);
+            if (!kept) {             // evicted, or the entry was not seen
+                *unread |= 1ULL << (slot & 63);
+                continue;
+            }
+            table = *kept;
+            where_entries.delete(&key);
+        }
+        if (table >> (16 + bits) & 1)
+            *unread |= 1ULL << (slot & 63);
+        else if (!(table >> bits & 1))
+            *rejected |= 1ULL << (slot & 63);
+    }
 }
 
 // Copy the string an object at `obj` holds: read its data pointer and its
@@ -477,11 +784,15 @@ static __always_inline u64 read_held_result(u32 held, u64 watching, u64 *results
     return len;
 }
 
-static __always_inline void finish_native(struct frame *f, u64 now, u64 *results, u64 id, u64 watching)
+static __always_inline void finish_native(struct frame *f, u64 now, u64 *results, u64 id, u64 watching,
+                                          struct thread_key *tk)
 {
     u64 duration = now - f->ts;
     u64 held_data = results[2];
     u64 held_len = read_held_result(f->held, watching, results, &held_data);
+    u64 rejected = 0, unread = 0;
+    if (f->where)
+        where_at_return(f->where, watching, f, results, duration, tk, &rejected, &unread);
     for (u32 slot = 0; slot < CORAL_MAX_SLOTS; slot++) {
         if (!(watching >> slot))
             break;  // no higher slot watches this call
@@ -489,7 +800,7 @@ static __always_inline void finish_native(struct frame *f, u64 now, u64 *results
             continue;
         u32 key = slot;
         struct slot_config *cfg = slots.lookup(&key);
-        if (!cfg || !account(slot, cfg, now, duration, f->args))
+        if (!cfg || !account(slot, cfg, now, duration, rejected, unread))
             continue;
         if (!(cfg->capture & 3)) {
             struct native_timing_event *t = events.ringbuf_reserve(sizeof(*t));
@@ -643,7 +954,7 @@ static __always_inline void drop_top(struct stack *st, struct thread_key *tk, u3
 // Returns the entry's timestamp (the time it gave up, if it pushed no frame:
 // every path returns a time, so the verifier has one kind of value after it).
 static __always_inline u64 push_frame(struct thread_key *tk, u64 watching, u64 ip, struct pt_regs *ctx, int go,
-                                      int uret, u32 held)
+                                      int uret, u32 held, u32 where)
 {
     struct stack *st = stack_of(tk, go, 1);
     if (!st)
@@ -714,6 +1025,7 @@ static __always_inline u64 push_frame(struct thread_key *tk, u64 watching, u64 i
     st->changes++;
     f->at = st->changes;
     f->held = held;
+    f->where = where;
     st->depth = depth + 1;
     return ts;
 }
@@ -757,7 +1069,7 @@ static __always_inline u64 pop_frame(struct thread_key *tk, u64 entry_sp, u64 fu
     if (tail)
         count_by_slots(watching, BY_TAIL_CALL);  // no duration: the call goes on in another function
     else
-        finish_native(f, now, results, id, watching);
+        finish_native(f, now, results, id, watching, tk);
     st->depth = found - 1;
     st->changes++;
     take_back(st, tk, found - 1);  // after finishing: it overwrites f's slot
@@ -781,7 +1093,7 @@ static __always_inline u64 python_call(struct pt_regs *ctx, u64 watching, u64 id
             continue;
         u32 key = slot;
         struct slot_config *cfg = slots.lookup(&key);
-        if (!cfg || cfg->fn_id != head[0] || !account(slot, cfg, now, duration, 0))
+        if (!cfg || cfg->fn_id != head[0] || !account(slot, cfg, now, duration, 0, 0))
             continue;
         if (!(cfg->capture & 3) && !raised) {
             // Timing only: 56 bytes instead of the whole record.
@@ -855,12 +1167,14 @@ int coral_hit(struct pt_regs *ctx)
         else
             watching = pop_frame(&tk, sp, s->func_ip, results, id, tail, &now, 0);
     } else if (go)
-        now = push_frame(&tk, watching, key.ip, ctx, 1, 0, 0);  // constant: each copy reads its own ABI's registers
+        now = push_frame(&tk, watching, key.ip, ctx, 1, 0, 0, s->where);  // constant: each copy reads its own ABI's registers
     else {
         u32 held = copy_held_at_entry(ctx, s->held, watching, id);  // before the entry's timestamp: not in the duration
-        now = push_frame(&tk, watching, key.ip, ctx, 0, s->flags & SITE_URET, held);
+        now = push_frame(&tk, watching, key.ip, ctx, 0, s->flags & SITE_URET, held, s->where);
     }
     charge(watching, now);  // charge() does nothing for no slot (an unpaired return: now is 0 then)
+    if (s->where && !(s->flags & (SITE_GO_RET | SITE_RET | SITE_TAIL)))
+        where_calls.call(ctx, 0);  // coral_where: the conditions' values at the entry (does not come back)
     return 0;
 }
 

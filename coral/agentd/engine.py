@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from coral import histogram
+from coral.agentd import conditions
 from coral.agentd.probes import bpf_source_dir, load_bcc
 from coral.agentd.ringbuf import BUSY_BIT, DISCARD_BIT, HEADER_BYTES, RingReader
 from coral.layouts import Layout, read_layouts
@@ -31,9 +32,11 @@ log = logging.getLogger(__name__)
 # the program gets them as -D flags (bpf/coral_probes.c defines none of them).
 MAX_SLOTS = 64
 HIST_BUCKETS = 512
-STAT_NAMES = ("CALLS", "SAMPLED", "FILTERED", "RINGBUF", "EMITTED", "MAX_NS", "SUM_NS", "UNREADABLE", "EXPIRED")
+STAT_NAMES = ("CALLS", "SAMPLED", "FILTERED", "RINGBUF", "EMITTED", "MAX_NS", "SUM_NS", "UNREADABLE", "EXPIRED",
+              "WHERE_ERROR")
 STATS_PER_SLOT = len(STAT_NAMES)
-ST_CALLS, ST_SAMPLED, ST_FILTERED, ST_RINGBUF, ST_EMITTED, ST_MAX_NS, ST_SUM_NS, ST_UNREADABLE, ST_EXPIRED = range(9)
+(ST_CALLS, ST_SAMPLED, ST_FILTERED, ST_RINGBUF, ST_EMITTED, ST_MAX_NS, ST_SUM_NS, ST_UNREADABLE, ST_EXPIRED,
+ ST_WHERE_ERROR) = range(10)
 GLOBAL_NAMES = ("stack_full", "unpaired_returns", "stale_frames", "unwound_uncounted", "deep_frames_in_use")
 G_DEEP_IN_USE = 4
 BY_UNWOUND, BY_TOO_DEEP, BY_TAIL_CALL = 1, 2, 3  # causes of calls not seen completed, counted by slot set (by_slots)
@@ -42,8 +45,6 @@ SITE_ENTRY, SITE_GO, SITE_GO_RET, SITE_PYTHON, SITE_RET, SITE_TAIL = 0x1, 0x2, 0
 SITE_URET = 0x40  # an entry whose return is a uretprobe (set from Site.uretprobe when the site is written)
 URETPROBE_DEPTH = 64  # the kernel's MAX_URETPROBE_DEPTH: uretprobes open at once on one task
 EV_NATIVE, EV_PYTHON, EV_PYTHON_TIMING, EV_NATIVE_TIMING = 1, 2, 3, 4
-PREDICATE_OPS = {"==": 1, "!=": 2, "<": 3, "<=": 4, ">": 5, ">=": 6}
-PREDICATE_NAMES = {"==": "EQ", "!=": "NE", "<": "LT", "<=": "LE", ">": "GT", ">=": "GE"}
 
 
 def bpf_constants() -> dict[str, int]:
@@ -54,11 +55,10 @@ def bpf_constants() -> dict[str, int]:
            "SITE_RET": SITE_RET, "SITE_TAIL": SITE_TAIL, "SITE_URET": SITE_URET, "CORAL_URETPROBE_DEPTH": URETPROBE_DEPTH,
            "BY_UNWOUND": BY_UNWOUND, "BY_TOO_DEEP": BY_TOO_DEEP, "BY_TAIL_CALL": BY_TAIL_CALL,
            "EV_NATIVE": EV_NATIVE, "EV_PYTHON": EV_PYTHON, "EV_PYTHON_TIMING": EV_PYTHON_TIMING,
-           "EV_NATIVE_TIMING": EV_NATIVE_TIMING, "PRED_NONE": 0}
+           "EV_NATIVE_TIMING": EV_NATIVE_TIMING, **conditions.constants()}
     out.update({f"ST_{name}": i for i, name in enumerate(STAT_NAMES)})
     out.update({f"G_{name}": i for i, name in enumerate(("STACK_FULL", "UNPAIRED", "STALE", "UNWOUND_UNCOUNTED",
                                                                 "DEEP_IN_USE"))})
-    out.update({f"PRED_{PREDICATE_NAMES[op]}": v for op, v in PREDICATE_OPS.items()})
     return out
 
 
@@ -100,7 +100,7 @@ class SlotConfig:
     # (register, data pointer's offset, length's offset) of objects holding strings (std::string, Rust String):
     held_args: tuple[tuple[int, int, int], tuple[int, int, int]] = ((-1, 0, 0), (-1, 0, 0))  # into slots 0, 1 (at entry)
     held_result: tuple[int, int] | None = None  # str_result's register holds such an object: (data, length) offsets
-    predicate: tuple[int, str, int, int, bool] | None = None  # (arg index, op, value, width in bytes, signed)
+    where: conditions.Program | None = None  # a --where condition, as the kernel evaluates it
     expires_monotonic_ns: int = 0  # CLOCK_MONOTONIC (bpf_ktime_get_ns): later calls are not counted; 0: never
 
 
@@ -187,6 +187,7 @@ class SlotStats:
     unwound: int = 0  # left by unwinding (an exception, a panic, longjmp): no return, so not in calls
     too_deep: int = 0  # entered deeper than the frames tracked per thread: not tracked, so not in calls
     tail_calls: int = 0  # left by a tail jump to another function: its RET is not ours, so not in calls
+    where_error: int = 0  # a value the --where condition needs could not be read: not reported
 
 
 class _Libbcc:
@@ -245,9 +246,12 @@ class ProbeEngine:
         self._args_max, self._ret_max = call.member("args").size, call.member("ret").size
         self._hit = self._bpf.load_func(b"coral_hit", bcc.BPF.KPROBE).fd
         self._ret = self._bpf.load_func(b"coral_return", bcc.BPF.KPROBE).fd
+        # coral_hit tail-calls it at the entry of a function with a --where condition (verified apart).
+        self._bpf["where_calls"][ctypes.c_int(0)] = ctypes.c_int(self._bpf.load_func(b"coral_where", bcc.BPF.KPROBE).fd)
         self._lib = _Libbcc(bcc)
         self._sites = self._bpf["sites"]
         self._slot_table = self._bpf["slots"]
+        self._wheres = self._bpf["wheres"]
         self._stats = self._bpf["stats"]
         self._hist = self._bpf["hist"]
         self._by_slots_table = self._bpf["by_slots"]  # (slot set, cause) -> calls not seen completed
@@ -284,6 +288,13 @@ class ProbeEngine:
         the probe time the slot may cost per second, all CPUs together (0: no limit)."""
         if not self._free:
             raise ProbeError(f"all {MAX_SLOTS} probe slots are in use")
+        if config.where is not None:
+            for site in sites:
+                if len(self._conditioned(self._site_masks.get((site.pid, site.runtime_ip), 0))) >= \
+                        conditions.WHERE_SLOTS:
+                    raise ProbeError(f"{conditions.WHERE_SLOTS} sessions with --where already watch this function "
+                                     f"in pid {site.pid}; the kernel evaluates at most {conditions.WHERE_SLOTS} "
+                                     "conditions a call: end one, or attach without --where")
         slot = self._free.pop()
         self._reset_slot(slot)
         self._write_config(slot, config)
@@ -412,12 +423,33 @@ class ProbeEngine:
             # from there as from a C string's pointer (coral_probes.c, read_held_result).
             v.held_ret.reg, (v.held_ret.data_off, v.held_ret.len_off) = c.str_result[0], c.held_result
             v.str_ret = 2
-        if c.predicate is None:
-            v.pred_arg, v.pred_op, v.pred_value, v.pred_bytes, v.pred_signed = -1, 0, 0, 8, 1
-        else:
-            index, op, value, width, signed = c.predicate
-            v.pred_arg, v.pred_op, v.pred_value, v.pred_bytes, v.pred_signed = index, PREDICATE_OPS[op], value, width, int(signed)
+        v.where = 0
+        if c.where is not None:
+            self._write_where(slot, c.where)  # before the slot says it has one
+            v.where = 1
         self._slot_table[ctypes.c_int(slot)] = v
+
+    def _write_where(self, slot: int, program: conditions.Program) -> None:
+        w = self._wheres.Leaf()
+        w.n_terms, w.n_code, w.entry_mask = len(program.terms), len(program.code), program.entry_mask
+        w.table = 0 if program.entry_mask else program.table()  # with entry terms, the entry works it out
+        returns = program.return_terms
+        for j in range(conditions.WHERE_RETURN_TERMS):
+            w.ret_terms[j] = returns[j] if j < len(returns) else 0xFF
+        w.result = program.result
+        for c, (op, a, b, dst) in zip(w.code, program.code, strict=False):
+            c.a, c.b, c.dst = a, b, dst
+            c.and_mask, c.or_mask, c.not_mask = (0xFFFF if op == k else 0 for k in (
+                conditions.W_AND, conditions.W_OR, conditions.W_NOT))
+        for t, term in zip(w.terms, program.terms, strict=False):
+            t.when, t.kind, t.op, t.negate, t.width = term.when, term.kind, term.op, int(term.negate), term.width
+            t.is_signed, t.reg, t.len_reg, t.deref = int(term.signed), term.reg, term.len_reg, int(term.deref)
+            t.offset, t.len_off, t.value, t.text_len = term.offset, term.len_off, term.value, len(term.text)
+            padded = term.text.ljust(conditions.WHERE_STR, b"\0")
+            for i in range(conditions.WHERE_STR // 8):
+                t.text[i] = int.from_bytes(padded[i * 8:i * 8 + 8], "little")
+                t.mask[i] = (1 << 8 * max(0, min(8, len(term.text) - i * 8))) - 1
+        self._wheres[ctypes.c_int(slot)] = w
 
     def set_expiry(self, slot: int, monotonic_ns: int) -> None:
         """From then on (CLOCK_MONOTONIC, as bpf_ktime_get_ns), the kernel
@@ -497,6 +529,7 @@ class ProbeEngine:
             return
         value = self._sites.Leaf()
         value.slots, value.func_ip, value.held = mask, site.func_ip, self._held_of(mask)
+        value.where = self._where_of(mask)
         value.flags = site.flags | (SITE_URET if site.uretprobe else 0)
         self._sites[key] = value
         self._site_masks[(site.pid, site.runtime_ip)] = mask
@@ -515,6 +548,14 @@ class ProbeEngine:
             if not result and c.capture_return and c.held_result is not None and c.str_result[0] >= 0:
                 result = slot + 1
         return args | result << 8
+
+    def _conditioned(self, mask: int) -> list[int]:
+        return [slot for slot in range(MAX_SLOTS) if mask >> slot & 1 and (c := self._configs.get(slot)) is not None
+                and c.where is not None]
+
+    def _where_of(self, mask: int) -> int:
+        """struct site.where: the slots of `mask` with a --where condition, each plus one, 8 bits each."""
+        return sum((slot + 1) << 8 * k for k, slot in enumerate(self._conditioned(mask)[:conditions.WHERE_SLOTS]))
 
     def _add_site(self, slot: int, site: Site) -> None:
         # The map first: a probe that fires must find its site.
@@ -662,7 +703,7 @@ class ProbeEngine:
                                          for cause in (BY_UNWOUND, BY_TOO_DEEP, BY_TAIL_CALL))
         return SlotStats(v[ST_CALLS], v[ST_SAMPLED], v[ST_FILTERED], v[ST_RINGBUF], v[ST_EMITTED], v[ST_MAX_NS],
                          v[ST_SUM_NS], hist, v[ST_UNREADABLE], v[ST_EXPIRED], unwound, too_deep,
-                         tail_calls)
+                         tail_calls, v[ST_WHERE_ERROR])
 
     def global_counters(self) -> dict[str, int]:
         out = {}

@@ -11,7 +11,6 @@ import builtins
 import itertools
 import json
 import logging
-import re
 import secrets
 import time
 from collections import Counter
@@ -19,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from coral.agentd import abi
+from coral.agentd import abi, conditions
 from coral.agentd.callblocks import CallBlock, CallRow, calls_of, rows_in_blocks, take
 from coral.agentd.engine import (
     NativeRecord,
@@ -36,7 +35,6 @@ from coral.agentd.probecost import ProbeCosts, first_bytes
 from coral.agentd.registry import ProcessRegistry, Registration
 from coral.agentd.store import EventStore, SessionRow
 from coral.agentd.targets import native_sites, python_site
-from coral.agentd.values import int_kind
 from coral.daemon.config import Config
 from coral.daemon.errors import CoralError, Internal, InvalidArgument, LimitExceeded, NotFound, ProbeFailed, Unavailable
 from coral.daemon.server import Later
@@ -56,31 +54,11 @@ AskProcess = Callable[[Registration, str, Any, Callable[[Any], None]], None]
 ACTIVE, EXPIRED, DETACHED, FAILED = "active", "expired", "detached", "failed"
 DEFAULT_PAGE, MAX_PAGE = 500, 5000
 CALL_RAISED = 0x1
-_PREDICATE = re.compile(r"^\s*(\w+)\s*(==|!=|<=|>=|<|>)\s*(-?\d+)\s*$")
 
 
 def wall_clock_offset_ns() -> int:
     """bpf_ktime_get_ns() reads CLOCK_MONOTONIC; add this to get Unix time."""
     return time.time_ns() - time.monotonic_ns()
-
-
-def parse_predicate(text: str, meta: pb.FunctionMetadata) -> tuple[int, str, int, int, bool] | None:
-    if not text:
-        return None
-    m = _PREDICATE.match(text)
-    if not m:
-        raise InvalidArgument(f"predicate {text!r} must look like ARG OP INTEGER, e.g. amount_cents>1000")
-    name, op, value = m.group(1), m.group(2), int(m.group(3))
-    layout = {s.name: s for s in abi.argument_layout(meta)}
-    slot = layout.get(name)
-    if slot is None:
-        raise InvalidArgument(f"predicate names {name!r}; the function's arguments are: {', '.join(layout) or 'unknown'}")
-    if slot.shape != "int" or not slot.regs:
-        raise InvalidArgument(f"predicate argument {name!r} ({slot.type or 'unknown type'}) is not an integer in a register")
-    type_name = slot.underlying or slot.type  # a Go named type (type Cents int64) by the type it is defined as
-    kind = (8, type_name == "int") if slot.go and type_name in ("int", "uint") else int_kind(type_name)
-    width, signed = kind if kind else (8, True)
-    return slot.regs[0], op, value, width, signed
 
 
 @dataclass(frozen=True)
@@ -142,7 +120,7 @@ class Session:
         c = self.config
         lost = {"sampled": stats.sampled, "filtered": stats.filtered, "ringbuf_full": stats.ringbuf_full,
                 "unreadable": stats.unreadable, "unwound": stats.unwound, "too_deep": stats.too_deep,
-                "tail_call": stats.tail_calls, **self.lost}
+                "tail_call": stats.tail_calls, "where_error": stats.where_error, **self.lost}
         return SessionRow(
             self.session_id, self.service, self.function, self.pids, self.started_ns, self.expires_ns, self.ended_ns,
             self.status, self.reason,
@@ -340,7 +318,7 @@ class SessionManager:
             fn_id=targets[0].fn_id, str_args=record_slots.str_args, blob=record_slots.blob,
             str_result=record_slots.str_result, held_args=record_slots.held_args,
             held_result=record_slots.held_result,
-            predicate=parse_predicate(req.config.predicate, first),
+            where=conditions.compile_condition(req.config.predicate, first, self.rules),
         )
         try:
             slot = self.engine.open_slot(slot_config, [s for t in targets for s in t.sites],
