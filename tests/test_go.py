@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from coral.agentd import abi
-from coral.agentd.sessions import parse_predicate
+from coral.agentd import abi, conditions
 from coral.elfinfo import ElfFunctions
 from coral.proto import coral_pb2 as pb
+from coral.redact import Rules
 from tests.harness import REPO, CoralEnv, Process, build_go, coralctl, go_build, kernel_probes, tool
 
 GOROUTINES = 4000
@@ -345,4 +345,9 @@ def test_a_go_named_integer_is_filtered_as_the_integer_it_is() -> None:
         pb.ArgumentMetadata(name="o", type="main.Order", go=_struct(1, 2)),
         pb.ArgumentMetadata(name="tip", type="main.Cents", go=pb.GoValueMetadata(underlying="int32", int_registers=1)),
     ])
-    assert parse_predicate("tip>3", meta) == (3, ">", 3, 4, True)
+    program = conditions.compile_condition("tip > 3", meta, Rules(()))
+    assert program is not None
+    term = program.terms[0]
+    assert (term.when, term.kind, term.reg, term.width, term.signed, term.value) == (
+        conditions.W_ENTRY, conditions.WK_INT, 3, 4, True, 3)
+    assert (term.op, term.negate) == (conditions.W_GT, False)

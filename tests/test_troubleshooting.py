@@ -354,14 +354,40 @@ def _bad_condition(request: pytest.FixtureRequest) -> str:
     return out
 
 
-@provokes("predicate names '<name>'; the function's arguments are: <names>")
-def _predicate_name(request: pytest.FixtureRequest) -> str:
-    return ctl(the_world(request).env, "debug", "attach", "payments", "--function", "validate_card", "--where", "x>1", code=1)
+def _where(request: pytest.FixtureRequest, service: str, function: str, condition: str) -> str:
+    return ctl(the_world(request).env, "debug", "attach", service, "--function", function, "--where", condition, code=1)
 
 
-@provokes("predicate argument '<name>' (<type>) is not an integer in a register")
-def _predicate_string(request: pytest.FixtureRequest) -> str:
-    return ctl(the_world(request).env, "debug", "attach", "greeter", "--function", "greet", "--where", "name==1", code=1)
+@provokes("--where '<text>', column <n>: <function> has no argument '<name>'; its arguments are: <names>")
+def _where_name(request: pytest.FixtureRequest) -> str:
+    out = _where(request, "payments", "validate_card", "amount_cents > 1 && x > 1")
+    assert out == ("coralctl: --where 'amount_cents > 1 && x > 1', column 21: validate_card has no argument 'x'; "
+                   "its arguments are: card_number, amount_cents\n"), out
+    return out
+
+
+@provokes("--where '<text>', column <n>: <name> is a string (<type>): compare it with == or != to a quoted string, "
+          'or use startswith(<name>, "...")')
+def _where_string(request: pytest.FixtureRequest) -> str:
+    return _where(request, "greeter", "greet", "name == 1")
+
+
+@provokes("--where '<text>', column <n>: err is a Go function's error result; <function> is not Go: test its return "
+          "value, e.g. ret < 0")
+def _where_err(request: pytest.FixtureRequest) -> str:
+    return _where(request, "payments", "validate_card", "err != nil")
+
+
+@provokes("--where '<text>', column <n>: raised is for Python functions; <function> is <language>, whose exceptions "
+          "and panics are not values a probe can test (calls they end are counted as unwound): test its result "
+          "instead (ret < 0; err != nil in Go)")
+def _where_raised(request: pytest.FixtureRequest) -> str:
+    return _where(request, "payments", "validate_card", "raised")
+
+
+@provokes("--where '<text>', column <n>: <name> is redacted (its name is a secret's): a condition on it would reveal it")
+def _where_redacted(request: pytest.FixtureRequest) -> str:
+    return _where(request, "payments", "validate_card", "card_number == 7")
 
 
 @provokes("--where applies to native functions' integer arguments only")

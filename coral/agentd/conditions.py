@@ -208,7 +208,7 @@ class _Compiler:
             language = {"go": "Go", "c++": "C++", "rust": "Rust"}.get(self.meta.kind, "C")
             raise _Refused(f"raised is for Python functions; {self.function} is {language}, whose exceptions and "
                            "panics are not values a probe can test (calls they end are counted as unwound): "
-                           "test ret" + (" or err" if self.go else "") + " instead", node.column)
+                           "test its result instead (ret < 0; err != nil in Go)", node.column)
         if isinstance(node, expr.Truthy):
             v = self.value(node.path)
             if v.kind in ("cstring", "pair", "held"):

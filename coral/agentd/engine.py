@@ -292,9 +292,8 @@ class ProbeEngine:
             for site in sites:
                 if len(self._conditioned(self._site_masks.get((site.pid, site.runtime_ip), 0))) >= \
                         conditions.WHERE_SLOTS:
-                    raise ProbeError(f"{conditions.WHERE_SLOTS} sessions with --where already watch this function "
-                                     f"in pid {site.pid}; the kernel evaluates at most {conditions.WHERE_SLOTS} "
-                                     "conditions a call: end one, or attach without --where")
+                    raise ProbeError(f"another session with --where already watches this function in pid {site.pid} "
+                                     f"(at most {conditions.WHERE_SLOTS} at a time): end it, or attach without --where")
         slot = self._free.pop()
         self._reset_slot(slot)
         self._write_config(slot, config)

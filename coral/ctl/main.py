@@ -140,6 +140,8 @@ def positive_duration(text: str) -> float:
 def condition_arg(text: str) -> str:
     """A --where condition, checked here so that a typing mistake is shown
     with its column before anything is sent; the agent checks the names."""
+    if not text:  # argparse passes the default ("") through here too: no condition
+        return text
     try:
         expr.parse_condition(text)
     except expr.ExprError as exc:
