@@ -114,8 +114,6 @@ struct slot_config {
     struct held_string held_ret;     // native: the result register holds such an object's address: into strs[str_ret_at]
     u32 held_mask;                   // bit i: held[i] is used
     u32 pad3;
-    u32 where;                       // 1: a --where condition, in wheres[slot] (the site names the slot); 0: none
-    u32 pad4;
     u64 expires_ns;                  // bpf_ktime_get_ns() after which nothing is counted (0: never)
 };
 

@@ -284,3 +284,27 @@ def test_go_conditions(gotarget: Target) -> None:
     gotarget.check("duration > 20ms", lambda c: c.slow)
     gotarget.check('startswith(ref, "4111") && (err != nil || duration > 20ms) && !(order == nil)',
                    lambda c: c.ref.startswith("4111") and (c.err or c.slow) and not c.null)
+
+
+def test_one_condition_per_function_at_a_time(native: Target) -> None:
+    """The kernel evaluates one condition a call: a second session with one
+    on the same function is refused, one without is not."""
+    first = subprocess.Popen([tool("coralctl"), "--local", "--output", "json", "debug", "attach", native.service,
+                              "--function", native.function, "--duration", "60s", "--no-save", "--where", "amount > 1"],
+                             env=native.env.env, stdout=subprocess.PIPE, text=True)
+    assert first.stdout is not None
+    session = json.loads(first.stdout.readline())
+    try:
+        second = subprocess.run([tool("coralctl"), "--local", "debug", "attach", native.service, "--function",
+                                 native.function, "--duration", "1s", "--no-save", "--where", "amount > 2"],
+                                env=native.env.env, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 1
+        assert "another session with --where already watches this function in pid" in second.stderr, second.stderr
+        plain = subprocess.run([tool("coralctl"), "--local", "debug", "attach", native.service, "--function",
+                                native.function, "--duration", "1s", "--no-save"],
+                               env=native.env.env, capture_output=True, text=True, timeout=60)
+        assert plain.returncode == 0, plain.stderr
+    finally:
+        subprocess.run([tool("coralctl"), "--local", "debug", "detach", session["session_id"]], env=native.env.env,
+                       capture_output=True, timeout=60)
+        first.communicate(timeout=60)

@@ -422,10 +422,8 @@ class ProbeEngine:
             # from there as from a C string's pointer (coral_probes.c, read_held_result).
             v.held_ret.reg, (v.held_ret.data_off, v.held_ret.len_off) = c.str_result[0], c.held_result
             v.str_ret = 2
-        v.where = 0
         if c.where is not None:
-            self._write_where(slot, c.where)  # before the slot says it has one
-            v.where = 1
+            self._write_where(slot, c.where)  # before a site names the slot (_where_of)
         self._slot_table[ctypes.c_int(slot)] = v
 
     def _write_where(self, slot: int, program: conditions.Program) -> None:
