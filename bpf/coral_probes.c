@@ -51,7 +51,7 @@
 //   EV_NATIVE, EV_PYTHON, EV_PYTHON_TIMING (a Python call with only its timing to show),
 //     EV_NATIVE_TIMING (likewise, native)
 //   WHERE_MAX_TERMS, WHERE_MAX_CODE, WHERE_STR, W_* and WK_* (a --where condition as data:
-//     coral/agentd/conditions.py); ST_WHERE_ERROR (a value the condition reads could not be read)
+//     coral/agentd/where_native.py); ST_WHERE_ERROR (a value the condition reads could not be read)
 #include <uapi/linux/ptrace.h>
 #include "coral_records.h"            // the ring buffer's records (and struct coral_call)
 
@@ -333,7 +333,7 @@ static __always_inline int account(u32 slot, struct slot_config *cfg, u64 now, u
 
 // --- --where: a condition as data ------------------------------------------
 //
-// coral/agentd/conditions.py turns a session's condition into terms (one
+// coral/agentd/where_native.py turns a session's condition into terms (one
 // test each: which value, how to read it, what to compare it with) and a
 // postfix code joining their answers with and, or, not. The terms on
 // arguments (and the fields and strings they lead to) are answered at the

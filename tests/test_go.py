@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from coral.agentd import abi, conditions
+from coral.agentd import abi, where_native
 from coral.elfinfo import ElfFunctions
 from coral.proto import coral_pb2 as pb
 from coral.redact import Rules
@@ -345,9 +345,9 @@ def test_a_go_named_integer_is_filtered_as_the_integer_it_is() -> None:
         pb.ArgumentMetadata(name="o", type="main.Order", go=_struct(1, 2)),
         pb.ArgumentMetadata(name="tip", type="main.Cents", go=pb.GoValueMetadata(underlying="int32", int_registers=1)),
     ])
-    program = conditions.compile_condition("tip > 3", meta, Rules(()))
+    program = where_native.compile_condition("tip > 3", meta, Rules(()))
     assert program is not None
     term = program.terms[0]
     assert (term.when, term.kind, term.reg, term.width, term.signed, term.value) == (
-        conditions.W_ENTRY, conditions.WK_INT, 3, 4, True, 3)
-    assert (term.op, term.negate) == (conditions.W_GT, False)
+        where_native.W_ENTRY, where_native.WK_INT, 3, 4, True, 3)
+    assert (term.op, term.negate) == (where_native.W_GT, False)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from coral import histogram
-from coral.agentd import conditions
+from coral.agentd import where_native
 from coral.agentd.probes import bpf_source_dir, load_bcc
 from coral.agentd.ringbuf import BUSY_BIT, DISCARD_BIT, HEADER_BYTES, RingReader
 from coral.layouts import Layout, read_layouts
@@ -55,7 +55,7 @@ def bpf_constants() -> dict[str, int]:
            "SITE_RET": SITE_RET, "SITE_TAIL": SITE_TAIL, "SITE_URET": SITE_URET, "CORAL_URETPROBE_DEPTH": URETPROBE_DEPTH,
            "BY_UNWOUND": BY_UNWOUND, "BY_TOO_DEEP": BY_TOO_DEEP, "BY_TAIL_CALL": BY_TAIL_CALL,
            "EV_NATIVE": EV_NATIVE, "EV_PYTHON": EV_PYTHON, "EV_PYTHON_TIMING": EV_PYTHON_TIMING,
-           "EV_NATIVE_TIMING": EV_NATIVE_TIMING, **conditions.constants()}
+           "EV_NATIVE_TIMING": EV_NATIVE_TIMING, **where_native.constants()}
     out.update({f"ST_{name}": i for i, name in enumerate(STAT_NAMES)})
     out.update({f"G_{name}": i for i, name in enumerate(("STACK_FULL", "UNPAIRED", "STALE", "UNWOUND_UNCOUNTED",
                                                                 "DEEP_IN_USE"))})
@@ -100,7 +100,7 @@ class SlotConfig:
     # (register, data pointer's offset, length's offset) of objects holding strings (std::string, Rust String):
     held_args: tuple[tuple[int, int, int], tuple[int, int, int]] = ((-1, 0, 0), (-1, 0, 0))  # into slots 0, 1 (at entry)
     held_result: tuple[int, int] | None = None  # str_result's register holds such an object: (data, length) offsets
-    where: conditions.Program | None = None  # a --where condition, as the kernel evaluates it
+    where: where_native.Program | None = None  # a --where condition, as the kernel evaluates it
     expires_monotonic_ns: int = 0  # CLOCK_MONOTONIC (bpf_ktime_get_ns): later calls are not counted; 0: never
 
 
@@ -291,9 +291,9 @@ class ProbeEngine:
         if config.where is not None:
             for site in sites:
                 if len(self._conditioned(self._site_masks.get((site.pid, site.runtime_ip), 0))) >= \
-                        conditions.WHERE_SLOTS:
+                        where_native.WHERE_SLOTS:
                     raise ProbeError(f"another session with --where already watches this function in pid {site.pid} "
-                                     f"(at most {conditions.WHERE_SLOTS} at a time): end it, or attach without --where")
+                                     f"(at most {where_native.WHERE_SLOTS} at a time): end it, or attach without --where")
         slot = self._free.pop()
         self._reset_slot(slot)
         self._write_config(slot, config)
@@ -426,24 +426,24 @@ class ProbeEngine:
             self._write_where(slot, c.where)  # before a site names the slot (_where_of)
         self._slot_table[ctypes.c_int(slot)] = v
 
-    def _write_where(self, slot: int, program: conditions.Program) -> None:
+    def _write_where(self, slot: int, program: where_native.Program) -> None:
         w = self._wheres.Leaf()
         w.n_terms, w.n_code, w.entry_mask = len(program.terms), len(program.code), program.entry_mask
         w.table = 0 if program.entry_mask else program.table()  # with entry terms, the entry works it out
         returns = program.return_terms
-        for j in range(conditions.WHERE_RETURN_TERMS):
+        for j in range(where_native.WHERE_RETURN_TERMS):
             w.ret_terms[j] = returns[j] if j < len(returns) else 0xFF
         w.result = program.result
         for c, (op, a, b, dst) in zip(w.code, program.code, strict=False):
             c.a, c.b, c.dst = a, b, dst
             c.and_mask, c.or_mask, c.not_mask = (0xFFFF if op == k else 0 for k in (
-                conditions.W_AND, conditions.W_OR, conditions.W_NOT))
+                where_native.W_AND, where_native.W_OR, where_native.W_NOT))
         for t, term in zip(w.terms, program.terms, strict=False):
             t.when, t.kind, t.op, t.negate, t.width = term.when, term.kind, term.op, int(term.negate), term.width
             t.is_signed, t.reg, t.len_reg, t.deref = int(term.signed), term.reg, term.len_reg, int(term.deref)
             t.offset, t.len_off, t.value, t.text_len = term.offset, term.len_off, term.value, len(term.text)
-            padded = term.text.ljust(conditions.WHERE_STR, b"\0")
-            for i in range(conditions.WHERE_STR // 8):
+            padded = term.text.ljust(where_native.WHERE_STR, b"\0")
+            for i in range(where_native.WHERE_STR // 8):
                 t.text[i] = int.from_bytes(padded[i * 8:i * 8 + 8], "little")
                 t.mask[i] = (1 << 8 * max(0, min(8, len(term.text) - i * 8))) - 1
         self._wheres[ctypes.c_int(slot)] = w
@@ -552,7 +552,7 @@ class ProbeEngine:
 
     def _where_of(self, mask: int) -> int:
         """struct site.where: the slots of `mask` with a --where condition, each plus one, 8 bits each."""
-        return sum((slot + 1) << 8 * k for k, slot in enumerate(self._conditioned(mask)[:conditions.WHERE_SLOTS]))
+        return sum((slot + 1) << 8 * k for k, slot in enumerate(self._conditioned(mask)[:where_native.WHERE_SLOTS]))
 
     def _add_site(self, slot: int, site: Site) -> None:
         # The map first: a probe that fires must find its site.

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from coral.agentd import abi, conditions
+from coral.agentd import abi, where_native
 from coral.agentd.callblocks import CallBlock, CallRow, calls_of, rows_in_blocks, take
 from coral.agentd.engine import (
     NativeRecord,
@@ -318,7 +318,7 @@ class SessionManager:
             fn_id=targets[0].fn_id, str_args=record_slots.str_args, blob=record_slots.blob,
             str_result=record_slots.str_result, held_args=record_slots.held_args,
             held_result=record_slots.held_result,
-            where=conditions.compile_condition(req.config.predicate, first, self.rules),
+            where=where_native.compile_condition(req.config.predicate, first, self.rules),
         )
         try:
             slot = self.engine.open_slot(slot_config, [s for t in targets for s in t.sites],

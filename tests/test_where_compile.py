@@ -1,4 +1,4 @@
-"""A native --where condition as data (coral/agentd/conditions.py): names
+"""A native --where condition as data (coral/agentd/where_native.py): names
 resolved against the function's metadata, refusals that name the column,
 and the table the kernel works out, checked here against Python's own
 three-valued logic."""
@@ -9,7 +9,7 @@ import itertools
 
 import pytest
 
-from coral.agentd import conditions as c
+from coral.agentd import where_native as c
 from coral.daemon.errors import InvalidArgument
 from coral.proto import coral_pb2 as pb
 from coral.redact import Rules
