@@ -123,7 +123,7 @@ struct frame {
     u64 sp;                          // where the return address sits: see frame_sp()
     u64 func_ip;
     u64 slots;
-    u64 args[6];
+    u64 args[CORAL_ARG_REGS];
     u32 at;                          // the stack's `changes` once this frame was pushed
     u32 held;                        // the site's `held`, and HELD_COPIED if the entry copied strings (entry_strings)
 };
@@ -288,6 +288,16 @@ static __always_inline u32 hist_bucket(u64 ns)
     return (msb << CORAL_HIST_SUB_BITS) + sub;
 }
 
+// args[i] for an index a config names (-1: none); 0 out of range. The
+// verifier wants the bound checked on the index the load uses.
+static __always_inline u64 arg_at(u64 *args, s32 i)
+{
+    u32 k = (u32)i;
+    if (k >= CORAL_ARG_REGS)
+        return 0;
+    return args[k];
+}
+
 // Count the call for the slot and decide whether to report it.
 static __always_inline int account(u32 slot, struct slot_config *cfg, u64 now, u64 duration, u64 *args)
 {
@@ -321,8 +331,8 @@ static __always_inline int account(u32 slot, struct slot_config *cfg, u64 now, u
         bump_stat(slot, ST_FILTERED);
         return 0;
     }
-    if (args && cfg->pred_arg >= 0 && cfg->pred_arg < 6) {
-        u64 raw = args[cfg->pred_arg & 7];
+    if (args && cfg->pred_arg >= 0 && cfg->pred_arg < CORAL_ARG_REGS) {
+        u64 raw = arg_at(args, cfg->pred_arg);
         s64 v = (s64)raw;
         if (cfg->pred_bytes == 4)
             v = cfg->pred_signed ? (s64)(s32)raw : (s64)(u32)raw;
@@ -446,7 +456,8 @@ static __always_inline void take_held(struct native_event *e, struct slot_config
 // probe cannot fault it in): the record says so (unread), never an empty string.
 static __always_inline void read_str(struct native_event *e, u32 at, s32 arg, struct frame *f)
 {
-    if (arg >= 0 && arg < 6 && bpf_probe_read_user_str(e->strs[at & 1], CORAL_STR_MAX, (void *)f->args[arg & 7]) < 0)
+    if (arg >= 0 && arg < CORAL_ARG_REGS &&
+        bpf_probe_read_user_str(e->strs[at & 1], CORAL_STR_MAX, (void *)arg_at(f->args, arg)) < 0)
         e->unread |= 1 << (at & 1);
 }
 
@@ -525,11 +536,11 @@ static __always_inline void finish_native(struct frame *f, u64 now, u64 *results
                 take_held(e, cfg, id, f);
             read_str(e, 0, cfg->str_arg[0], f);
             read_str(e, 1, cfg->str_arg[1], f);
-            if (cfg->blob_arg >= 0 && cfg->blob_arg < 6) {
+            if (cfg->blob_arg >= 0 && cfg->blob_arg < CORAL_ARG_REGS) {
                 u32 n = cfg->blob_len;
                 if (n > CORAL_STR_MAX)
                     n = CORAL_STR_MAX;
-                if (bpf_probe_read_user(e->strs[cfg->blob_at & 1], n, (void *)f->args[cfg->blob_arg & 7]) < 0)
+                if (bpf_probe_read_user(e->strs[cfg->blob_at & 1], n, (void *)arg_at(f->args, cfg->blob_arg)) < 0)
                     e->unread |= 1 << (cfg->blob_at & 1);
             }
         }
@@ -696,13 +707,16 @@ static __always_inline u64 push_frame(struct thread_key *tk, u64 watching, u64 i
     f->func_ip = ip;
     f->slots = watching;
     if (go) {
-        // Go >= 1.17 register ABI (amd64): RAX, RBX, RCX, RDI, RSI, R8, ...
+        // Go >= 1.17 register ABI (amd64): RAX, RBX, RCX, RDI, RSI, R8, R9, R10, R11
         f->args[0] = ctx->ax;
         f->args[1] = ctx->bx;
         f->args[2] = ctx->cx;
         f->args[3] = ctx->di;
         f->args[4] = ctx->si;
         f->args[5] = ctx->r8;
+        f->args[6] = ctx->r9;
+        f->args[7] = ctx->r10;
+        f->args[8] = ctx->r11;
     } else {
         f->args[0] = PT_REGS_PARM1(ctx);
         f->args[1] = PT_REGS_PARM2(ctx);
@@ -710,6 +724,7 @@ static __always_inline u64 push_frame(struct thread_key *tk, u64 watching, u64 i
         f->args[3] = PT_REGS_PARM4(ctx);
         f->args[4] = PT_REGS_PARM5(ctx);
         f->args[5] = PT_REGS_PARM6(ctx);
+        f->args[6] = f->args[7] = f->args[8] = 0;  // System V's seventh argument is on the stack
     }
     st->changes++;
     f->at = st->changes;

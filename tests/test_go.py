@@ -141,7 +141,7 @@ def test_go_strings_slices_and_pointers_are_shown_by_their_go_types(coral_env: C
         assert args["name"] == ("string", "'alice'")
         assert args["data"] == ("[]uint8", "[]uint8 len=2 cap=2 b'xy'")
         assert args["c"][0] == "*main.Card" and args["c"][1].startswith("0x")
-        assert args["n"] == ("int", "(not captured)")  # the seventh register: six are copied (native-targets.md)
+        assert args["n"] == ("int", "2")  # in R9, the seventh of Go's nine registers: all nine are copied
         assert calls[2]["return_value"]["value"] == "14, nil"
     finally:
         run.stop()
@@ -207,6 +207,12 @@ func price(p Priced, n int) int { return int(p.Qty) + p.Inner.X + n + len(p.Toke
 //go:noinline
 func span(w Window, n int) int { return w[0] + w[1] + n }
 
+// who in RAX, RBX; o in RCX, RDI, RSI, R8; last in R9, R10; k in R11: all nine registers.
+//go:noinline
+func spread(who string, o Order, last Pair, k int) int {
+	return len(who) + int(o.Cents) + o.Items + len(o.Note) + int(last.Lo+last.Hi) + k
+}
+
 //go:noinline
 func split(n int) (Pair, bool) { return Pair{int32(n), int32(2 * n)}, n > 0 }
 
@@ -231,6 +237,7 @@ func main() {
 		sum += settle(Ledger{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, n, "bob")
 		sum += price(Priced{1.5, 2, struct{ X, Y int }{7, 8}, "t0k"}, n)
 		sum += span(Window{4, 6}, n)
+		sum += spread("bob", Order{Cents(n), "x", 3}, Pair{4, 9}, 11)
 		p, ok := split(n)
 		if ok {
 			sum += int(p.Lo + p.Hi)
@@ -255,7 +262,7 @@ def test_go_structs_by_value_and_named_types_are_shown_as_go_means_them(
     binary = build_go(go, STRUCTS, tmp_path, "structs")
     # The generic's shape instance: main.scale[go.shape.int_0] (Go 1.19), main.scale[go.shape.int] (1.27)
     (generic,) = ElfFunctions.load(str(binary)).names("main.scale[[]go.shape.int*")
-    functions = ("pay", "label", "settle", "price", "span", "split", "tag", generic.removeprefix("main."))
+    functions = ("pay", "label", "settle", "price", "span", "spread", "split", "tag", generic.removeprefix("main."))
     run = Process("run-structs", [tool("coral-run"), "--service", "gostructs", "--", str(binary)], coral_env,
                   stdin=subprocess.PIPE).wait_ready()
     try:
@@ -271,8 +278,8 @@ def test_go_structs_by_value_and_named_types_are_shown_as_go_means_them(
         assert run.proc.stdin is not None and run.proc.stdout is not None
         run.proc.stdin.write(b"100\n")
         run.proc.stdin.flush()
-        # pay 109, label 104, settle 114, price 113, span 110, split 300, scale 110, tag 5
-        assert run.proc.stdout.readline().decode().strip() == "done 100 sum 965"
+        # pay 109, label 104, settle 114, price 113, span 110, spread 131, split 300, scale 110, tag 5
+        assert run.proc.stdout.readline().decode().strip() == "done 100 sum 1096"
         calls = {}
         for name, attach in attaches.items():
             out, _ = attach.communicate(timeout=30)
@@ -291,6 +298,9 @@ def test_go_structs_by_value_and_named_types_are_shown_as_go_means_them(
                                           "Token=<redacted>}"), "n": ("int", "100")}, ("int", "113"))
         assert calls["span"] == ({"w": ("main.Window", "(not captured: on the stack)"), "n": ("int", "100")},
                                  ("int", "110"))
+        # R9, R10 and R11 too: Go's nine integer registers are all copied.
+        assert calls["spread"] == ({"who": ("string", "'bob'"), "o": ("main.Order", "{Cents=100, Note='x', Items=3}"),
+                                    "last": ("main.Pair", "{Lo=4, Hi=9}"), "k": ("int", "11")}, ("int", "131"))
         assert calls["split"] == ({"n": ("int", "100")}, ("main.Pair, bool", "{Lo=100, Hi=200}, true"))
         # A result's string field is copied at the return, as a string result is.
         assert calls["tag"] == ({"n": ("int", "100")}, ("main.Label", "{Code='vip', N=2}"))
@@ -317,8 +327,8 @@ def _struct(*widths: int) -> pb.GoValueMetadata:
 
 
 def test_go_register_assignment_follows_the_abi_when_registers_run_out() -> None:
-    """Nine integer registers, six copied: a struct straddling the sixth
-    shows the fields below it; one that does not fit in the registers left
+    """Nine integer registers, all copied: a struct in the sixth to ninth
+    shows all its fields; one that does not fit in the registers left
     goes on the stack, and the next argument takes the next register."""
     one = pb.GoValueMetadata(underlying="int", int_registers=1)
     meta = pb.FunctionMetadata(kind="go", arguments=[
@@ -331,10 +341,11 @@ def test_go_register_assignment_follows_the_abi_when_registers_run_out() -> None
     ])
     layout = abi.argument_layout(meta)
     assert [(s.name, s.shape, s.regs) for s in layout] == [
-        ("a", "int", (0,)), ("s", "struct", (1, 2, 3, 4, 5)), ("t", "stack", ()), ("b", "unsupported", ()),
-        ("c", "stack", ()), ("d", "unsupported", ())]
-    values = (10, 11, 12, 13, 14, 15)
-    assert abi.show(layout[1], values, {}) == "{F0=11, F1=12, F2=13, F3=14, F4=15, F5=(not captured)}"
+        ("a", "int", (0,)), ("s", "struct", (1, 2, 3, 4, 5, 6)), ("t", "stack", ()), ("b", "int", (7,)),
+        ("c", "stack", ()), ("d", "int", (8,))]
+    values = (10, 11, 12, 13, 14, 15, 16, 17, 18)
+    assert abi.show(layout[1], values, {}) == "{F0=11, F1=12, F2=13, F3=14, F4=15, F5=16}"
+    assert (abi.show(layout[3], values, {}), abi.show(layout[5], values, {})) == ("17", "18")
     assert abi.show(layout[2], values, {}) == "(not captured: on the stack)"
 
 

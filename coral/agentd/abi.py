@@ -10,8 +10,9 @@ passed by value field by field, what goes on the stack). Floating point
 travels in XMM registers, which a uprobe cannot read: such values are
 shown as not captured.
 
-The BPF program copies the first six registers of the ABI's list (args[0..5])
-and three result registers; indexes here are into those. Two kinds of value
+The BPF program copies the ABI's argument registers (args[0..8]: System V's
+six, Go's nine; bpf/coral_records.h, CORAL_ARG_REGS) and three result
+registers; indexes here are into those. Two kinds of value
 are placed from what DWARF says of them rather than from their type's name:
 an object holding a string (held_string: its register holds the object's
 address) and a Rust enum returned in registers (variants)."""
@@ -25,8 +26,8 @@ from typing import Any
 from coral.agentd.values import format_register
 from coral.proto import coral_pb2 as pb
 
-CAPTURED_ARG_REGS = 6
-GO_INT_REGS = 9  # RAX, RBX, RCX, RDI, RSI, R8, R9, R10, R11: of which the first six are copied
+CAPTURED_ARG_REGS = 6  # System V: RDI, RSI, RDX, RCX, R8, R9
+GO_INT_REGS = 9  # RAX, RBX, RCX, RDI, RSI, R8, R9, R10, R11: all copied (the record's args)
 GO_FLOAT_REGS = 15  # X0-X14
 MAX_SHOWN_FIELDS = 16  # of a Go struct passed by value
 CAPTURED_RESULT_REGS = 3
@@ -190,7 +191,7 @@ def argument_layout(meta: pb.FunctionMetadata) -> list[Slot]:
     if not meta.arguments and meta.source_file:
         return []
     if meta.kind == "go" and meta.arguments:
-        return go_layout([(a.name, a.type, _go(a)) for a in meta.arguments], CAPTURED_ARG_REGS)
+        return go_layout([(a.name, a.type, _go(a)) for a in meta.arguments], GO_INT_REGS)
     items: list[tuple[str, str, Any]] = [(a.name, a.type, _hint(a)) for a in meta.arguments] or \
         [(f"arg{i}", "", None) for i in range(CAPTURED_ARG_REGS)]
     return layout(items, meta.kind == "go", CAPTURED_ARG_REGS, first=int(meta.result_in_memory))
