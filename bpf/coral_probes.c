@@ -50,10 +50,11 @@
 //   EV_NATIVE, EV_PYTHON, EV_PYTHON_TIMING (a Python call with only its timing to show),
 //     EV_NATIVE_TIMING (likewise, native)
 //   PRED_NONE, PRED_EQ, PRED_NE, PRED_LT, PRED_LE, PRED_GT, PRED_GE
+//   UNREAD_STACK (native_event.unread: a Go call's stack arguments were not copied)
 #include <uapi/linux/ptrace.h>
 #include "coral_records.h"            // the ring buffer's records (and struct coral_call)
 
-#if !defined(CORAL_STATS) || !defined(G_DEEP_IN_USE) || !defined(BY_TAIL_CALL) || !defined(SITE_URET) || !defined(CORAL_MAX_DEPTH) || !defined(SITE_RET) || !defined(PRED_GE) || !defined(EV_NATIVE_TIMING)
+#if !defined(CORAL_STATS) || !defined(G_DEEP_IN_USE) || !defined(BY_TAIL_CALL) || !defined(SITE_URET) || !defined(CORAL_MAX_DEPTH) || !defined(SITE_RET) || !defined(PRED_GE) || !defined(EV_NATIVE_TIMING) || !defined(UNREAD_STACK)
 #error "compile through coral/agentd/engine.py, which defines the constants shared with Python"
 #endif
 
@@ -82,7 +83,7 @@ struct site {
 // DWARF), so the agent names one and the program need not look through all.
 #define HELD_ARGS_SLOT(h) ((h) & 0xff)
 #define HELD_RESULT_SLOT(h) (((h) >> 8) & 0xff)
-#define HELD_COPIED 0x10000          // frame.held: the arguments' strings were copied at this call's entry
+#define HELD_COPIED 0x10000          // frame.held: the arguments' strings (Go: stack arguments) were copied at the entry
 
 // A string an object holds (a C++ std::string, a Rust String): the register
 // holds the object's address; its data pointer and its length (64 bits)
@@ -109,7 +110,7 @@ struct slot_config {
     struct held_string held[2];      // native: arguments holding strings, copied at the entry into strs[0], strs[1]
     struct held_string held_ret;     // native: the result register holds such an object's address: into strs[str_ret_at]
     u32 held_mask;                   // bit i: held[i] is used
-    u32 pad3;
+    u32 stack_len;                   // Go: bytes of stack-assigned arguments copied at the entry (into stack)
     s32 pred_arg;                    // -1: no predicate
     u32 pred_op;
     s64 pred_value;
@@ -452,6 +453,62 @@ static __always_inline void take_held(struct native_event *e, struct slot_config
     e->unread |= es->unread;
 }
 
+// A Go call's stack-assigned arguments, copied at its entry: by the return
+// the callee may have written over them (they are its variables). Kept per
+// call (process, goroutine, frame position) until its return takes them;
+// a call that never returns leaves its entry to the LRU.
+struct go_call_key {
+    u64 tgid;
+    u64 g;
+    u64 sp;                          // the frame's sp (go_frame_sp)
+};
+
+struct stack_args {
+    char bytes[CORAL_STACK_BYTES];
+    u32 unread;
+    u32 pad;
+};
+
+BPF_TABLE("lru_hash", struct go_call_key, struct stack_args, stack_args, 4096);
+BPF_PERCPU_ARRAY(stack_args_scratch, struct stack_args, 1);
+
+// At a Go entry: if the site names a slot that captures stack-assigned
+// arguments, copy stack_len bytes from after the return address; returns
+// the frame's `held`.
+static __always_inline u32 copy_stack_at_entry(struct pt_regs *ctx, u32 held, u64 watching, struct thread_key *tk,
+                                               u64 sp)
+{
+    struct slot_config *cfg = held_config(HELD_ARGS_SLOT(held), watching);
+    if (!cfg || !(cfg->capture & 1) || !cfg->stack_len)
+        return held;
+    u32 zero = 0;
+    struct stack_args *a = stack_args_scratch.lookup(&zero);
+    if (!a)
+        return held;
+    u32 n = cfg->stack_len;
+    if (n > CORAL_STACK_BYTES)
+        n = CORAL_STACK_BYTES;
+    a->unread = bpf_probe_read_user(a->bytes, n, (void *)(PT_REGS_SP(ctx) + 8)) < 0;
+    struct go_call_key k = {.tgid = tk->id, .g = tk->g, .sp = sp};
+    if (stack_args.update(&k, a) != 0)  // replaces one left by a call that never returned
+        return held;
+    return held | HELD_COPIED;
+}
+
+// The stack arguments copied at this Go call's entry, into the record; none
+// (evicted, or the session began during the call): marked unread. Looked
+// up for each record, not once before the slots' loop: a pointer that may
+// be null, kept through that loop, doubles what the verifier walks.
+static __always_inline void take_stack(struct native_event *e, struct thread_key *tk, struct frame *f)
+{
+    struct go_call_key k = {.tgid = tk->id, .g = tk->g, .sp = f->sp};
+    struct stack_args *sa = (f->held & HELD_COPIED) ? stack_args.lookup(&k) : 0;
+    if (sa && !sa->unread)
+        __builtin_memcpy(e->stack, sa->bytes, sizeof(e->stack));
+    else
+        e->unread |= UNREAD_STACK;
+}
+
 // A read of user memory fails where the page is not in memory yet (a
 // probe cannot fault it in): the record says so (unread), never an empty string.
 static __always_inline void read_str(struct native_event *e, u32 at, s32 arg, struct frame *f)
@@ -488,7 +545,8 @@ static __always_inline u64 read_held_result(u32 held, u64 watching, u64 *results
     return len;
 }
 
-static __always_inline void finish_native(struct frame *f, u64 now, u64 *results, u64 id, u64 watching)
+static __always_inline void finish_native(struct frame *f, u64 now, u64 *results, u64 id, u64 watching,
+                                          struct thread_key *tk, int go)
 {
     u64 duration = now - f->ts;
     u64 held_data = results[2];
@@ -534,6 +592,9 @@ static __always_inline void finish_native(struct frame *f, u64 now, u64 *results
             __builtin_memcpy(e->args, f->args, sizeof(e->args));
             if (cfg->held_mask)  // first: C strings and a struct go in their own slots over these
                 take_held(e, cfg, id, f);
+            if (go && cfg->stack_len)
+                take_stack(e, tk, f);
+
             read_str(e, 0, cfg->str_arg[0], f);
             read_str(e, 1, cfg->str_arg[1], f);
             if (cfg->blob_arg >= 0 && cfg->blob_arg < CORAL_ARG_REGS) {
@@ -556,7 +617,10 @@ static __always_inline void finish_native(struct frame *f, u64 now, u64 *results
         events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
         bump_stat(slot, ST_EMITTED);
     }
-    if (f->held & HELD_COPIED) {
+    if (go && (f->held & HELD_COPIED)) {
+        struct go_call_key k = {.tgid = tk->id, .g = tk->g, .sp = f->sp};
+        stack_args.delete(&k);
+    } else if (!go && (f->held & HELD_COPIED)) {
         struct entry_key k = {.id = id, .sp = f->sp};
         entry_strings.delete(&k);
     }
@@ -701,6 +765,8 @@ static __always_inline u64 push_frame(struct thread_key *tk, u64 watching, u64 i
             return bpf_ktime_get_ns();
         }
     }
+    if (go)  // before the entry's timestamp: not in the duration
+        held = copy_stack_at_entry(ctx, held, watching, tk, sp);
     u64 ts = bpf_ktime_get_ns();
     f->ts = ts;
     f->sp = sp;
@@ -772,7 +838,7 @@ static __always_inline u64 pop_frame(struct thread_key *tk, u64 entry_sp, u64 fu
     if (tail)
         count_by_slots(watching, BY_TAIL_CALL);  // no duration: the call goes on in another function
     else
-        finish_native(f, now, results, id, watching);
+        finish_native(f, now, results, id, watching, tk, go);
     st->depth = found - 1;
     st->changes++;
     take_back(st, tk, found - 1);  // after finishing: it overwrites f's slot
@@ -870,7 +936,7 @@ int coral_hit(struct pt_regs *ctx)
         else
             watching = pop_frame(&tk, sp, s->func_ip, results, id, tail, &now, 0);
     } else if (go)
-        now = push_frame(&tk, watching, key.ip, ctx, 1, 0, 0);  // constant: each copy reads its own ABI's registers
+        now = push_frame(&tk, watching, key.ip, ctx, 1, 0, s->held);  // constant: each copy reads its own ABI's registers
     else {
         u32 held = copy_held_at_entry(ctx, s->held, watching, id);  // before the entry's timestamp: not in the duration
         now = push_frame(&tk, watching, key.ip, ctx, 0, s->flags & SITE_URET, held);

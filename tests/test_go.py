@@ -6,6 +6,7 @@ is counted, durations are sane, arguments come from Go's register ABI."""
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
 from pathlib import Path
 
@@ -187,6 +188,23 @@ type Pair struct {
 	Lo, Hi int32
 }
 
+// An array of two: on the stack, with a float that is read there.
+type Quote struct {
+	Lot   [2]int32
+	Price float64
+	Flag  bool
+}
+
+// Nine integers fill the registers: j, q and k go on the stack, each at its alignment (0, 8, 32).
+//go:noinline
+func crowd(a, b, c, d, e, f, g, h, i int, j int16, q Quote, k int8) int {
+	s := a + b + c + d + e + f + g + h + i + int(j) + int(q.Lot[0]+q.Lot[1]) + int(q.Price) + int(k)
+	if q.Flag {
+		s++
+	}
+	return s
+}
+
 //go:noinline
 func pay(o Order, tip Cents) Cents { return o.Cents + tip + Cents(o.Items) + Cents(len(o.Note)) }
 
@@ -238,6 +256,7 @@ func main() {
 		sum += price(Priced{1.5, 2, struct{ X, Y int }{7, 8}, "t0k"}, n)
 		sum += span(Window{4, 6}, n)
 		sum += spread("bob", Order{Cents(n), "x", 3}, Pair{4, 9}, 11)
+		sum += crowd(1, 2, 3, 4, 5, 6, 7, 8, n, -2, Quote{[2]int32{3, 4}, 2.5, true}, 7)
 		p, ok := split(n)
 		if ok {
 			sum += int(p.Lo + p.Hi)
@@ -262,7 +281,7 @@ def test_go_structs_by_value_and_named_types_are_shown_as_go_means_them(
     binary = build_go(go, STRUCTS, tmp_path, "structs")
     # The generic's shape instance: main.scale[go.shape.int_0] (Go 1.19), main.scale[go.shape.int] (1.27)
     (generic,) = ElfFunctions.load(str(binary)).names("main.scale[[]go.shape.int*")
-    functions = ("pay", "label", "settle", "price", "span", "spread", "split", "tag", generic.removeprefix("main."))
+    functions = ("pay", "label", "settle", "price", "span", "spread", "crowd", "split", "tag", generic.removeprefix("main."))
     run = Process("run-structs", [tool("coral-run"), "--service", "gostructs", "--", str(binary)], coral_env,
                   stdin=subprocess.PIPE).wait_ready()
     try:
@@ -278,8 +297,8 @@ def test_go_structs_by_value_and_named_types_are_shown_as_go_means_them(
         assert run.proc.stdin is not None and run.proc.stdout is not None
         run.proc.stdin.write(b"100\n")
         run.proc.stdin.flush()
-        # pay 109, label 104, settle 114, price 113, span 110, spread 131, split 300, scale 110, tag 5
-        assert run.proc.stdout.readline().decode().strip() == "done 100 sum 1096"
+        # pay 109, label 104, settle 114, price 113, span 110, spread 131, crowd 151, split 300, scale 110, tag 5
+        assert run.proc.stdout.readline().decode().strip() == "done 100 sum 1247"
         calls = {}
         for name, attach in attaches.items():
             out, _ = attach.communicate(timeout=30)
@@ -291,13 +310,20 @@ def test_go_structs_by_value_and_named_types_are_shown_as_go_means_them(
                                 ("main.Cents", "109"))
         assert calls["label"] == ({"id": ("main.ID", "'id-7'"), "urgent": ("main.Flag", "true"), "n": ("int", "100")},
                                   ("int", "104"))
-        assert calls["settle"] == ({"l": ("main.Ledger", "(not captured: on the stack)"), "n": ("int", "100"),
-                                    "who": ("string", "'bob'")}, ("int", "114"))
+        # On the stack (ten integers do not fit in nine registers): read there, as it was at the entry.
+        assert calls["settle"] == ({"l": ("main.Ledger", "{A=1, B=2, C=3, D=4, E=5, F=6, G=7, H=8, I=9, J=10}"),
+                                    "n": ("int", "100"), "who": ("string", "'bob'")}, ("int", "114"))
         # Price in X0; Qty in RAX, Inner in RBX and RCX, Token in RDI and RSI (redacted by its name); n in R8.
         assert calls["price"] == ({"p": ("main.Priced", "{Price=(not captured), Qty=2, Inner=(not captured), "
                                           "Token=<redacted>}"), "n": ("int", "100")}, ("int", "113"))
-        assert calls["span"] == ({"w": ("main.Window", "(not captured: on the stack)"), "n": ("int", "100")},
-                                 ("int", "110"))
+        assert calls["span"] == ({"w": ("main.Window", "[4, 6]"), "n": ("int", "100")}, ("int", "110"))
+        # Past the nine registers: an int16, a struct holding an array (its float read from the stack) and an
+        # int8, each at its offset after the return address.
+        crowd_args, crowd_result = calls["crowd"]
+        assert [v for _, v in crowd_args.values()][:9] == ["1", "2", "3", "4", "5", "6", "7", "8", "100"]
+        assert {k: crowd_args[k] for k in "jqk"} == {
+            "j": ("int16", "-2"), "q": ("main.Quote", "{Lot=(not captured), Price=2.5, Flag=true}"), "k": ("int8", "7")}
+        assert crowd_result == ("int", "151")
         # R9, R10 and R11 too: Go's nine integer registers are all copied.
         assert calls["spread"] == ({"who": ("string", "'bob'"), "o": ("main.Order", "{Cents=100, Note='x', Items=3}"),
                                     "last": ("main.Pair", "{Lo=4, Hi=9}"), "k": ("int", "11")}, ("int", "131"))
@@ -357,3 +383,42 @@ def test_a_go_named_integer_is_filtered_as_the_integer_it_is() -> None:
         pb.ArgumentMetadata(name="tip", type="main.Cents", go=pb.GoValueMetadata(underlying="int32", int_registers=1)),
     ])
     assert parse_predicate("tip>3", meta) == (3, ">", 3, 4, True)
+
+
+def test_go_stack_arguments_are_laid_out_as_the_abi_does_and_read_from_the_copied_bytes() -> None:
+    """Past the nine registers each value goes on the stack at its
+    alignment, in order; a struct or an array is shown from the bytes the
+    entry copied, a float as its number; a value whose size is not known
+    (metadata without sizes) leaves the ones after it unplaced."""
+    one = pb.GoValueMetadata(underlying="int", int_registers=1, size=8, align=8)
+    quote = pb.GoValueMetadata(underlying="struct", stack_only=True, size=24, align=8, fields=[
+        pb.GoFieldMetadata(name="Lot", type="[2]int32", underlying="[2]int32", offset=0, size=8),
+        pb.GoFieldMetadata(name="Price", type="float64", underlying="float64", float_registers=1, offset=8, size=8),
+        pb.GoFieldMetadata(name="Card", type="int", underlying="int", int_registers=1, offset=16, size=8)])
+    window = pb.GoValueMetadata(underlying="[2]int", stack_only=True, size=16, align=8, fields=[
+        pb.GoFieldMetadata(name=str(i), type="int", underlying="int", int_registers=1, offset=8 * i, size=8)
+        for i in range(2)])
+    meta = pb.FunctionMetadata(kind="go", arguments=[
+        *(pb.ArgumentMetadata(name=f"r{i}", type="int", go=one) for i in range(9)),
+        pb.ArgumentMetadata(name="j", type="int16", go=pb.GoValueMetadata(underlying="int16", int_registers=1,
+                                                                           size=2, align=2)),
+        pb.ArgumentMetadata(name="empty", type="struct {}", go=pb.GoValueMetadata(underlying="struct", align=1)),
+        pb.ArgumentMetadata(name="q", type="main.Quote", go=quote),
+        pb.ArgumentMetadata(name="w", type="main.Window", go=window),
+        pb.ArgumentMetadata(name="old", type="main.Old", go=pb.GoValueMetadata(underlying="struct", stack_only=True)),
+        pb.ArgumentMetadata(name="k", type="int8", go=pb.GoValueMetadata(underlying="int8", int_registers=1,
+                                                                          size=1, align=1)),
+    ])
+    layout = {s.name: s for s in abi.argument_layout(meta)}
+    assert [(n, layout[n].offset) for n in ("j", "q", "w", "old", "k")] == [
+        ("j", 0), ("q", 8), ("w", 32), ("old", -1), ("k", -1)]
+    assert abi.stack_bytes(meta, 128) == 48 and abi.stack_bytes(meta, 40) == 40
+    data = (b"\xfe\xff" + bytes(6) + bytes(8) + struct.pack("<d", 2.5) + (4111).to_bytes(8, "little")
+            + (4).to_bytes(8, "little") + (6).to_bytes(8, "little"))
+    redact = lambda name, text: "<redacted>" if name == "Card" else text  # noqa: E731
+    shown = {n: abi.show(layout[n], (0,) * 9, {}, redact=redact, stack=data) for n in ("j", "q", "w", "old", "k")}
+    assert shown == {"j": "-2", "q": "{Lot=(not captured), Price=2.5, Card=<redacted>}", "w": "[4, 6]",
+                     "old": "(not captured: on the stack)", "k": "(not captured: on the stack)"}
+    # Copied only in part (the first 40 bytes): what lies past them is not shown.
+    assert abi.show(layout["w"], (0,) * 9, {}, stack=data[:40]) == "[4, ?]"
+    assert abi.show(layout["q"], (0,) * 9, {}, stack=b"") == "(not captured: on the stack)"

@@ -19,6 +19,7 @@ address) and a Rust enum returned in registers (variants)."""
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -50,6 +51,8 @@ class Slot:
     held: tuple[int, int] = (0, 0)  # shape held: the offsets of the data pointer and the length in the object
     variants: Any = None  # shape variants: its pb.EnumMetadata
     pieces: tuple[int, ...] = ()  # shape variants: the enum's byte offset each of regs holds
+    offset: int = -1  # shape stack: where it is in the stack arguments (bytes after the return address); -1: unknown
+    size: int = 0  # shape stack: its bytes
 
 
 STRING_SHAPES = ("cstring", "gostring", "goslice", "held")
@@ -147,15 +150,28 @@ def _go_slot(name: str, type_name: str, underlying: str, fields: Any, first: int
     return Slot(name, type_name, shape, regs, True, underlying)
 
 
-def go_layout(items: list[tuple[str, str, pb.GoValueMetadata | None]], captured: int) -> list[Slot]:
+def _stack_fields(go: pb.GoValueMetadata) -> tuple[Slot, ...]:
+    """A stack value's fields (a struct's, or an array's elements), each at
+    its offset in the value (Slot.offset) and its size."""
+    return tuple(Slot(f.name, f.type, "stack", (), True, f.underlying, offset=f.offset, size=f.size)
+                 for f in go.fields)
+
+
+def go_layout(items: list[tuple[str, str, pb.GoValueMetadata | None]], captured: int,
+              on_stack: bool = False) -> list[Slot]:
     """Go's ABIInternal: each value in order takes the integer and
     floating-point registers its type needs (GoValueMetadata, from
     DWARF), unless it cannot be assigned to registers or does not fit in
     those left: then it goes on the stack, and the values after it still
     take registers. A value with no such metadata is placed by its type's
-    name; after one that cannot be, the rest cannot be placed either."""
+    name; after one that cannot be, the rest cannot be placed either.
+    With `on_stack` (arguments), a stack value's place is worked out as
+    the ABI lays them out after the return address: in order, each at its
+    alignment (a zero-sized value too); a value whose size is not known
+    (no metadata) leaves the ones after it unplaced."""
     out: list[Slot] = []
     ints, floats, lost = 0, 0, False
+    stack_at = 0 if on_stack else -1  # where the next stack-assigned value goes; -1: unknown
     for name, type_name, go in items:
         if go is None:
             shape, width = _shape(type_name, True)
@@ -164,8 +180,18 @@ def go_layout(items: list[tuple[str, str, pb.GoValueMetadata | None]], captured:
         if lost:
             out.append(Slot(name, type_name, "unsupported", (), True))
             continue
+        sized = go.size > 0 or go.align > 0  # metadata that says where it lies in memory
+        if sized and go.size == 0 and stack_at >= 0:  # a zero-sized value is assigned to the stack: its alignment
+            stack_at = -(-stack_at // max(go.align, 1)) * max(go.align, 1)
         if go.stack_only or ints + go.int_registers > GO_INT_REGS or floats + go.float_registers > GO_FLOAT_REGS:
-            out.append(Slot(name, type_name, "stack", (), True, go.underlying))
+            if stack_at >= 0 and sized:
+                stack_at = -(-stack_at // max(go.align, 1)) * max(go.align, 1)
+                out.append(Slot(name, type_name, "stack", (), True, go.underlying, fields=_stack_fields(go),
+                                offset=stack_at, size=go.size))
+                stack_at += go.size
+            else:
+                stack_at = -1
+                out.append(Slot(name, type_name, "stack", (), True, go.underlying))
             continue
         out.append(_go_slot(name, type_name, go.underlying, go.fields, ints, go.int_registers, captured))
         ints += go.int_registers
@@ -191,7 +217,7 @@ def argument_layout(meta: pb.FunctionMetadata) -> list[Slot]:
     if not meta.arguments and meta.source_file:
         return []
     if meta.kind == "go" and meta.arguments:
-        return go_layout([(a.name, a.type, _go(a)) for a in meta.arguments], GO_INT_REGS)
+        return go_layout([(a.name, a.type, _go(a)) for a in meta.arguments], GO_INT_REGS, on_stack=True)
     items: list[tuple[str, str, Any]] = [(a.name, a.type, _hint(a)) for a in meta.arguments] or \
         [(f"arg{i}", "", None) for i in range(CAPTURED_ARG_REGS)]
     return layout(items, meta.kind == "go", CAPTURED_ARG_REGS, first=int(meta.result_in_memory))
@@ -225,6 +251,55 @@ def string_result(meta: pb.FunctionMetadata) -> Slot | None:
     Go `string` or `[]byte`, also a Go struct's field, a std::string or
     String returned through memory: the first such result); None if none."""
     return next((s for s in _flat(result_layout(meta)) if s.shape in STRING_SHAPES and s.regs), None)
+
+
+def stack_bytes(meta: pb.FunctionMetadata, limit: int) -> int:
+    """How many bytes after the return address hold a Go function's
+    stack-assigned arguments that are placed (at most `limit`: what the
+    record holds, CORAL_STACK_BYTES); 0 for none."""
+    if meta.kind != "go":
+        return 0
+    ends = [s.offset + s.size for s in argument_layout(meta) if s.shape == "stack" and s.offset >= 0]
+    return min(limit, max(ends, default=0))
+
+
+_FLOAT_FORMATS = {"float32": "<f", "float64": "<d"}
+
+
+def _from_stack(slot: Slot, data: bytes, at: int, other: str = "(not captured)") -> str:
+    """A scalar, pointer or float at `at` in the copied stack bytes; a
+    value of any other kind (a string, slice or interface on the stack: its
+    bytes are not followed; a struct in a struct) is `other`."""
+    kind = slot.underlying or slot.type
+    if at < 0 or at + slot.size > len(data) or slot.size == 0:
+        return "(not captured: on the stack)"
+    raw = data[at:at + slot.size]
+    if kind in _FLOAT_FORMATS and slot.size == struct.calcsize(_FLOAT_FORMATS[kind]):
+        return repr(struct.unpack(_FLOAT_FORMATS[kind], raw)[0])
+    if kind in GO_SCALARS or kind == "unsafe.Pointer":
+        return format_register(int.from_bytes(raw, "little"), kind, True)
+    return other
+
+
+def show_stack(slot: Slot, data: bytes, redact: Callable[[str, str], str]) -> str:
+    """A Go value passed on the stack, from the bytes copied at the entry:
+    a scalar or a float as itself, a struct `{Lo=1, Hi=2}` and an array
+    `[4, 6]` one level deep (a field redacted by its name); what lies past
+    the bytes copied is `?`, a value wholly past them not captured."""
+    if slot.offset < 0 or not data or slot.offset >= len(data) or slot.size == 0:
+        return "(not captured: on the stack)"
+    if not slot.fields:
+        return _from_stack(slot, data, slot.offset, "(not captured: on the stack)")
+    shown = []
+    for f in slot.fields[:MAX_SHOWN_FIELDS]:
+        at = slot.offset + f.offset
+        text = "?" if at + f.size > len(data) else _from_stack(f, data, at)
+        shown.append(text if slot.underlying.startswith("[") else f"{f.name}={redact(f.name, text)}")
+    more = ["…"] if len(slot.fields) > MAX_SHOWN_FIELDS or (slot.underlying.startswith("[") and
+                                                             len(slot.fields) * max(slot.fields[0].size, 1) < slot.size) else []
+    if slot.underlying.startswith("["):
+        return "[" + ", ".join(shown + more) + "]"
+    return "{" + ", ".join(shown + more) + "}"
 
 
 @dataclass(frozen=True)
@@ -341,7 +416,8 @@ def _unredacted(name: str, text: str) -> str:
 
 
 def show(slot: Slot, values: tuple[int, ...], strings: dict[int, bytes], string_bytes: int = 64,
-         lengths: dict[int, int] | None = None, redact: Callable[[str, str], str] = _unredacted) -> str:
+         lengths: dict[int, int] | None = None, redact: Callable[[str, str], str] = _unredacted,
+         stack: bytes = b"") -> str:
     """One value as text, from the captured registers (and copied strings,
     and the whole lengths of strings held in objects). A Go struct passed
     by value: `{Cents=100, Note='x', Items=3}`, each field redacted by its
@@ -349,7 +425,7 @@ def show(slot: Slot, values: tuple[int, ...], strings: dict[int, bytes], string_
     if slot.shape == "float":
         return "(in a floating-point register: not captured)"
     if slot.shape == "stack":
-        return "(not captured: on the stack)"
+        return show_stack(slot, stack, redact)
     if slot.shape == "struct":
         parts = [f"{f.name}={redact(f.name, show(f, values, strings, string_bytes, lengths))}"
                  for f in slot.fields[:MAX_SHOWN_FIELDS]]

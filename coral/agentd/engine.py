@@ -42,6 +42,7 @@ SITE_ENTRY, SITE_GO, SITE_GO_RET, SITE_PYTHON, SITE_RET, SITE_TAIL = 0x1, 0x2, 0
 SITE_URET = 0x40  # an entry whose return is a uretprobe (set from Site.uretprobe when the site is written)
 URETPROBE_DEPTH = 64  # the kernel's MAX_URETPROBE_DEPTH: uretprobes open at once on one task
 EV_NATIVE, EV_PYTHON, EV_PYTHON_TIMING, EV_NATIVE_TIMING = 1, 2, 3, 4
+UNREAD_STACK = 4  # native_event.unread: a Go call's stack arguments were not copied (bits 0, 1: its string slots)
 PREDICATE_OPS = {"==": 1, "!=": 2, "<": 3, "<=": 4, ">": 5, ">=": 6}
 PREDICATE_NAMES = {"==": "EQ", "!=": "NE", "<": "LT", "<=": "LE", ">": "GT", ">=": "GE"}
 
@@ -54,7 +55,7 @@ def bpf_constants() -> dict[str, int]:
            "SITE_RET": SITE_RET, "SITE_TAIL": SITE_TAIL, "SITE_URET": SITE_URET, "CORAL_URETPROBE_DEPTH": URETPROBE_DEPTH,
            "BY_UNWOUND": BY_UNWOUND, "BY_TOO_DEEP": BY_TOO_DEEP, "BY_TAIL_CALL": BY_TAIL_CALL,
            "EV_NATIVE": EV_NATIVE, "EV_PYTHON": EV_PYTHON, "EV_PYTHON_TIMING": EV_PYTHON_TIMING,
-           "EV_NATIVE_TIMING": EV_NATIVE_TIMING, "PRED_NONE": 0}
+           "EV_NATIVE_TIMING": EV_NATIVE_TIMING, "PRED_NONE": 0, "UNREAD_STACK": UNREAD_STACK}
     out.update({f"ST_{name}": i for i, name in enumerate(STAT_NAMES)})
     out.update({f"G_{name}": i for i, name in enumerate(("STACK_FULL", "UNPAIRED", "STALE", "UNWOUND_UNCOUNTED",
                                                                 "DEEP_IN_USE"))})
@@ -100,6 +101,7 @@ class SlotConfig:
     # (register, data pointer's offset, length's offset) of objects holding strings (std::string, Rust String):
     held_args: tuple[tuple[int, int, int], tuple[int, int, int]] = ((-1, 0, 0), (-1, 0, 0))  # into slots 0, 1 (at entry)
     held_result: tuple[int, int] | None = None  # str_result's register holds such an object: (data, length) offsets
+    stack_bytes: int = 0  # Go: bytes of the stack-assigned arguments copied at the entry (at most CORAL_STACK_BYTES)
     predicate: tuple[int, str, int, int, bool] | None = None  # (arg index, op, value, width in bytes, signed)
     expires_monotonic_ns: int = 0  # CLOCK_MONOTONIC (bpf_ktime_get_ns): later calls are not counted; 0: never
 
@@ -115,6 +117,7 @@ class NativeRecord:
     strings: tuple[bytes, bytes]  # the record's two slots as copied (a string is NUL-terminated in its slot)
     unread: int = 0  # bit i: slot i could not be read (its page was not in memory)
     lengths: tuple[int, int] = (0, 0)  # a slot holding a held string: that string's whole length
+    stack: bytes = b""  # Go: the stack-assigned arguments as at the entry; b"" if not copied
 
 
 @dataclass(frozen=True)
@@ -238,6 +241,8 @@ class ProbeEngine:
         self._native_arrays = (native.values("results"), native.values("args"), native.values("strs"))
         self._native_unread = native.values("unread").start
         self._native_lens = native.values("lens")
+        self._native_stack = native.values("stack").start
+        self.stack_bytes = native.member("stack").size  # CORAL_STACK_BYTES: a Go call's stack arguments copied
         at_call = python.values("call").start
         self._python_scalars = itemgetter(*(python.values(n).start for n in ("slot", "pid", "tid")), *(
             at_call + call.values(n).start for n in ("fn_id", "call_id", "start_ns", "end_ns", "flags", "args_len",
@@ -406,6 +411,7 @@ class ProbeEngine:
         for held, (reg, data, length) in zip(v.held, c.held_args, strict=True):
             held.reg, held.data_off, held.len_off = reg, data, length
         v.held_mask = sum(1 << i for i, (reg, _, _) in enumerate(c.held_args) if reg >= 0)
+        v.stack_len = c.stack_bytes if c.capture_args else 0
         v.held_ret.reg, v.held_ret.data_off, v.held_ret.len_off = -1, 0, 0
         if c.held_result is not None and c.str_result[0] >= 0:
             # The kernel reads the object's data pointer into the free third result (System V) and copies the string
@@ -510,7 +516,8 @@ class ProbeEngine:
             c = self._configs.get(slot) if mask >> slot & 1 else None
             if c is None:
                 continue
-            if not args and c.capture_args and any(reg >= 0 for reg, _, _ in c.held_args):
+            # A Go function's sites name the slot that copies stack arguments; a native one's, held strings.
+            if not args and c.capture_args and (c.stack_bytes or any(reg >= 0 for reg, _, _ in c.held_args)):
                 args = slot + 1
             if not result and c.capture_return and c.held_result is not None and c.str_result[0] >= 0:
                 result = slot + 1
@@ -639,8 +646,10 @@ class ProbeEngine:
             at_results, at_args, at_strs = self._native_arrays
             results, args, strs = f[at_results], f[at_args], f[at_strs]
             lens = f[self._native_lens]
-            return slot, NativeRecord(pid, tid, start, duration, results, args, (strs[0], strs[1]),
-                                      f[self._native_unread], (lens[0], lens[1]))
+            unread = f[self._native_unread]
+            stack = b"" if unread & UNREAD_STACK else f[self._native_stack]
+            return slot, NativeRecord(pid, tid, start, duration, results, args, (strs[0], strs[1]), unread,
+                                      (lens[0], lens[1]), stack)
         f = self._python.unpack_from(raw, HEADER_BYTES)
         slot, pid, tid, fn_id, call_id, start, end, flags, args_len, ret_len, args, ret = self._python_scalars(f)
         return slot, PythonRecord(pid, tid, fn_id, call_id, start, end, flags, args[:min(args_len, self._args_max)],

@@ -340,6 +340,7 @@ class SessionManager:
             fn_id=targets[0].fn_id, str_args=record_slots.str_args, blob=record_slots.blob,
             str_result=record_slots.str_result, held_args=record_slots.held_args,
             held_result=record_slots.held_result,
+            stack_bytes=abi.stack_bytes(first, self.engine.stack_bytes) if req.config.capture_args else 0,
             predicate=parse_predicate(req.config.predicate, first),
         )
         try:
@@ -500,7 +501,7 @@ class SessionManager:
                     text = abi.show_fields(rec.args[blob_reg], fields_of[a.name], slots.blob_of(rec.strings, rec.unread),
                                            self.rules.value, meta.kind == "go")
                 else:
-                    text = abi.show(a, rec.args, strings, string_bytes, lengths, self.rules.value)
+                    text = abi.show(a, rec.args, strings, string_bytes, lengths, self.rules.value, rec.stack)
                 args.append({"name": a.name, "type": a.type or "u64", "value": self.rules.value(a.name, text)})
         ret: dict[str, Any] = {}
         results = shape.results

@@ -256,32 +256,40 @@ class ArgumentMetadata(_message.Message):
     def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., location: _Optional[str] = ..., fields: _Optional[_Iterable[_Union[FieldMetadata, _Mapping]]] = ..., held_string: _Optional[_Union[HeldStringMetadata, _Mapping]] = ..., go: _Optional[_Union[GoValueMetadata, _Mapping]] = ...) -> None: ...
 
 class GoValueMetadata(_message.Message):
-    __slots__ = ("underlying", "int_registers", "float_registers", "stack_only", "fields")
+    __slots__ = ("underlying", "int_registers", "float_registers", "stack_only", "fields", "size", "align")
     UNDERLYING_FIELD_NUMBER: _ClassVar[int]
     INT_REGISTERS_FIELD_NUMBER: _ClassVar[int]
     FLOAT_REGISTERS_FIELD_NUMBER: _ClassVar[int]
     STACK_ONLY_FIELD_NUMBER: _ClassVar[int]
     FIELDS_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    ALIGN_FIELD_NUMBER: _ClassVar[int]
     underlying: str
     int_registers: int
     float_registers: int
     stack_only: bool
     fields: _containers.RepeatedCompositeFieldContainer[GoFieldMetadata]
-    def __init__(self, underlying: _Optional[str] = ..., int_registers: _Optional[int] = ..., float_registers: _Optional[int] = ..., stack_only: _Optional[bool] = ..., fields: _Optional[_Iterable[_Union[GoFieldMetadata, _Mapping]]] = ...) -> None: ...
+    size: int
+    align: int
+    def __init__(self, underlying: _Optional[str] = ..., int_registers: _Optional[int] = ..., float_registers: _Optional[int] = ..., stack_only: _Optional[bool] = ..., fields: _Optional[_Iterable[_Union[GoFieldMetadata, _Mapping]]] = ..., size: _Optional[int] = ..., align: _Optional[int] = ...) -> None: ...
 
 class GoFieldMetadata(_message.Message):
-    __slots__ = ("name", "type", "underlying", "int_registers", "float_registers")
+    __slots__ = ("name", "type", "underlying", "int_registers", "float_registers", "offset", "size")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     UNDERLYING_FIELD_NUMBER: _ClassVar[int]
     INT_REGISTERS_FIELD_NUMBER: _ClassVar[int]
     FLOAT_REGISTERS_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
     name: str
     type: str
     underlying: str
     int_registers: int
     float_registers: int
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., underlying: _Optional[str] = ..., int_registers: _Optional[int] = ..., float_registers: _Optional[int] = ...) -> None: ...
+    offset: int
+    size: int
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., underlying: _Optional[str] = ..., int_registers: _Optional[int] = ..., float_registers: _Optional[int] = ..., offset: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...
 
 class HeldStringMetadata(_message.Message):
     __slots__ = ("data_offset", "length_offset")

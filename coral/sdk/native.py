@@ -73,10 +73,11 @@ def _go(v: GoValue | None) -> pb.GoValueMetadata | None:
     if v is None:
         return None
     return pb.GoValueMetadata(underlying=v.underlying, int_registers=v.int_registers,
-                              float_registers=v.float_registers, stack_only=v.stack_only, fields=[
+                              float_registers=v.float_registers, stack_only=v.stack_only, size=v.size,
+                              align=v.align, fields=[
                                   pb.GoFieldMetadata(name=f.name, type=f.type, underlying=f.underlying,
-                                                     int_registers=f.int_registers,
-                                                     float_registers=f.float_registers) for f in v.fields])
+                                                     int_registers=f.int_registers, float_registers=f.float_registers,
+                                                     offset=f.offset, size=f.size) for f in v.fields])
 
 
 def argument_metadata(p: Parameter, location: str = "") -> pb.ArgumentMetadata:
