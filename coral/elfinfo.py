@@ -71,7 +71,7 @@ class Parameter:
     type: str
     fields: tuple[Field, ...] = ()  # a pointer to a struct or class: its first members (struct_fields)
     held_string: HeldString | None = None  # its register holds the address of an object holding a string
-    variants: Variants | None = None  # a Rust enum (results only)
+    variants: Variants | None = None  # a Rust enum (Option, Result)
     go: GoValue | None = None  # Go: how ABIInternal assigns it to registers
 
 
@@ -350,8 +350,10 @@ def _described(die: Any, index: int) -> Parameter:
     type_name = name_of_type(typed) if typed is not None else "?"
     go = is_go(die)
     held = held_string(typed) if typed is not None and not go else None
+    variants = rust_variants(typed) if typed is not None and not go and not held else None
     return Parameter(name.decode(errors="replace") if name else f"arg{index}", type_name,
-                     () if held else struct_fields(typed), held, go=go_value(typed) if go and typed is not None else None)
+                     () if held or variants else struct_fields(typed), held, variants,
+                     go=go_value(typed) if go and typed is not None else None)
 
 
 def _cus_at(dwarf: Any, address: int) -> Iterator[Any]:

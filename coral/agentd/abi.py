@@ -206,7 +206,7 @@ def _go(value: pb.ArgumentMetadata | pb.ReturnValueMetadata) -> pb.GoValueMetada
 def _hint(value: pb.ArgumentMetadata | pb.ReturnValueMetadata) -> Any:
     if value.HasField("held_string"):
         return value.held_string
-    if isinstance(value, pb.ReturnValueMetadata) and value.HasField("variants"):
+    if value.HasField("variants"):  # a Rust enum: its parts each in a register (Option, Result)
         return value.variants
     return None
 

@@ -240,20 +240,22 @@ class DisarmFunctionResponse(_message.Message):
     def __init__(self, was_armed: _Optional[bool] = ...) -> None: ...
 
 class ArgumentMetadata(_message.Message):
-    __slots__ = ("name", "type", "location", "fields", "held_string", "go")
+    __slots__ = ("name", "type", "location", "fields", "held_string", "go", "variants")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     LOCATION_FIELD_NUMBER: _ClassVar[int]
     FIELDS_FIELD_NUMBER: _ClassVar[int]
     HELD_STRING_FIELD_NUMBER: _ClassVar[int]
     GO_FIELD_NUMBER: _ClassVar[int]
+    VARIANTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     type: str
     location: str
     fields: _containers.RepeatedCompositeFieldContainer[FieldMetadata]
     held_string: HeldStringMetadata
     go: GoValueMetadata
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., location: _Optional[str] = ..., fields: _Optional[_Iterable[_Union[FieldMetadata, _Mapping]]] = ..., held_string: _Optional[_Union[HeldStringMetadata, _Mapping]] = ..., go: _Optional[_Union[GoValueMetadata, _Mapping]] = ...) -> None: ...
+    variants: EnumMetadata
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., location: _Optional[str] = ..., fields: _Optional[_Iterable[_Union[FieldMetadata, _Mapping]]] = ..., held_string: _Optional[_Union[HeldStringMetadata, _Mapping]] = ..., go: _Optional[_Union[GoValueMetadata, _Mapping]] = ..., variants: _Optional[_Union[EnumMetadata, _Mapping]] = ...) -> None: ...
 
 class GoValueMetadata(_message.Message):
     __slots__ = ("underlying", "int_registers", "float_registers", "stack_only", "fields", "size", "align")
