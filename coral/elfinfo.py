@@ -24,6 +24,7 @@ from coral.dwarftypes import (
     HeldString,
     Variants,
     attribute,
+    float_base,
     held_string,
     in_memory,
     is_go,
@@ -73,6 +74,7 @@ class Parameter:
     held_string: HeldString | None = None  # its register holds the address of an object holding a string
     variants: Variants | None = None  # a Rust enum (Option, Result)
     go: GoValue | None = None  # Go: how ABIInternal assigns it to registers
+    float_type: str = ""  # a typedef of a floating-point type: the base type's name (float_base)
 
 
 @dataclass(frozen=True)
@@ -353,7 +355,8 @@ def _described(die: Any, index: int) -> Parameter:
     variants = rust_variants(typed) if typed is not None and not go and not held else None
     return Parameter(name.decode(errors="replace") if name else f"arg{index}", type_name,
                      () if held or variants else struct_fields(typed), held, variants,
-                     go=go_value(typed) if go and typed is not None else None)
+                     go=go_value(typed) if go and typed is not None else None,
+                     float_type=float_base(typed) if typed is not None and not go else "")
 
 
 def _cus_at(dwarf: Any, address: int) -> Iterator[Any]:
@@ -518,7 +521,7 @@ def _subprogram(dwarf: Any, die: Any) -> DwarfFunction:
     value = None
     if ret_die is not None and not is_go(die):
         value = Parameter("", ret, held_string=held_string(ret_die) if memory else None,
-                          variants=None if memory else rust_variants(ret_die))
+                          variants=None if memory else rust_variants(ret_die), float_type=float_base(ret_die))
     return DwarfFunction(source, line, params, ret, results, result_in_memory=memory, return_value=value)
 
 

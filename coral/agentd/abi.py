@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from coral.agentd.values import format_register
@@ -35,7 +35,11 @@ CAPTURED_RESULT_REGS = 3
 C_STRING_TYPES = {"char *", "const char *", "unsigned char *", "const unsigned char *"}
 GO_SCALARS = {"int", "int8", "int16", "int32", "int64", "uint", "uint8", "uint16", "uint32", "uint64", "uintptr",
               "bool", "byte", "rune"}
-FLOAT_TYPES = {"float", "double", "long double", "float32", "float64", "complex64", "complex128"}
+# Passed and returned in XMM registers (System V's SSE class, Go's floating-point registers, Rust's f32 and f64).
+FLOAT_TYPES = {"float", "double", "float32", "float64", "complex64", "complex128", "f32", "f64", "_Float32", "_Float64",
+               "_Float128", "__float128", "complex float", "complex double", "_Float16"}
+# System V passes these in memory (the X87 class), on the stack: they take no register.
+MEMORY_FLOAT_TYPES = {"long double", "complex long double", "_Float64x", "__float80"}
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,8 @@ def _shape(type_name: str, go: bool, hint: Any = None) -> tuple[str, int]:
         return ("variants", len(pieces)) if pieces else ("unsupported", 0)
     if t in FLOAT_TYPES:
         return "float", 0
+    if t in MEMORY_FLOAT_TYPES and not go:
+        return "stack", 0
     if go:
         if t == "string":
             return "gostring", 2
@@ -109,10 +115,14 @@ def _shape(type_name: str, go: bool, hint: Any = None) -> tuple[str, int]:
 def layout(items: list[tuple[str, str, Any]], go: bool, limit: int, first: int = 0) -> list[Slot]:
     """Assign registers in order from `first`; after a value we cannot
     place, the rest cannot be placed either. Each item is (name, type, what
-    DWARF says of its value: a HeldStringMetadata, an EnumMetadata or None)."""
+    DWARF says of its value: a HeldStringMetadata, an EnumMetadata, the
+    floating-point type a typedef names, or None)."""
     out, reg, lost = [], first, False
     for name, type_name, hint in items:
-        shape, width = _shape(type_name, go, hint)
+        shape, width = _shape(hint if isinstance(hint, str) and hint else type_name, go, hint)
+        if shape == "stack":  # a long double: in memory, after the return address (not read)
+            out.append(Slot(name, type_name, "stack", (), go))
+            continue
         if lost or shape == "unsupported" or reg + width > limit:
             lost = lost or shape == "unsupported"
             out.append(Slot(name, type_name, "unsupported", (), go))
@@ -204,6 +214,8 @@ def _go(value: pb.ArgumentMetadata | pb.ReturnValueMetadata) -> pb.GoValueMetada
 
 
 def _hint(value: pb.ArgumentMetadata | pb.ReturnValueMetadata) -> Any:
+    if value.float_type:  # a typedef of a floating-point type: placed as that type
+        return value.float_type
     if value.HasField("held_string"):
         return value.held_string
     if value.HasField("variants"):  # a Rust enum: its parts each in a register (Option, Result)
@@ -231,7 +243,9 @@ def result_layout(meta: pb.FunctionMetadata) -> list[Slot]:
     if meta.kind == "go":
         return go_layout([(r.name, r.type, _go(r)) for r in meta.return_values], CAPTURED_RESULT_REGS)
     items = [(r.name, r.type, _hint(r)) for r in meta.return_values if r.type != "void"]
-    return layout(items, meta.kind == "go", CAPTURED_RESULT_REGS)
+    # System V returns a long double in the x87 register st(0), not in memory.
+    return [replace(s, shape="float") if s.shape == "stack" else s
+            for s in layout(items, meta.kind == "go", CAPTURED_RESULT_REGS)]
 
 
 def _flat(slots: list[Slot]) -> list[Slot]:
@@ -382,8 +396,11 @@ def show_fields(address: int, fields: list[pb.FieldMetadata], blob: bytes, redac
         if f.offset + f.size > len(blob):
             shown.append(f"{f.name}=?")
             continue
-        value = int.from_bytes(blob[f.offset:f.offset + f.size], "little")
-        shown.append(f"{f.name}={redact(f.name, format_register(value, f.type, go))}")
+        raw = blob[f.offset:f.offset + f.size]
+        number = {"float": "<f", "double": "<d", "f32": "<f", "f64": "<d", "float32": "<f", "float64": "<d"}.get(f.type)
+        text = repr(struct.unpack(number, raw)[0]) if number and len(raw) == struct.calcsize(number) else \
+            format_register(int.from_bytes(raw, "little"), f.type, go)
+        shown.append(f"{f.name}={redact(f.name, text)}")
     return f"{address:#x} {{{', '.join(shown)}}}"
 
 

@@ -91,7 +91,8 @@ def _enum(v: Variants | None) -> pb.EnumMetadata | None:
 def argument_metadata(p: Parameter, location: str = "") -> pb.ArgumentMetadata:
     """One argument as the agent is told it (coral-run and the SDK alike)."""
     return pb.ArgumentMetadata(name=p.name, type=p.type, location=location, fields=[_field(f) for f in p.fields],
-                               held_string=_held(p.held_string), go=_go(p.go), variants=_enum(p.variants))
+                               held_string=_held(p.held_string), go=_go(p.go), variants=_enum(p.variants),
+                               float_type=p.float_type)
 
 
 def result_metadata(info: FunctionInfo, location: str = "") -> list[pb.ReturnValueMetadata]:
@@ -106,6 +107,8 @@ def result_metadata(info: FunctionInfo, location: str = "") -> list[pb.ReturnVal
     held = _held(value.held_string) if value is not None else None
     if held is not None:
         out.held_string.CopyFrom(held)
+    if value is not None:
+        out.float_type = value.float_type
     enum = _enum(value.variants) if value is not None else None
     if enum is not None:
         out.variants.CopyFrom(enum)
