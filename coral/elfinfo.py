@@ -19,6 +19,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import NoteSection, SymbolTableSection
 
 from coral.demangle import demangle, names_for, spelling
+from coral.dwarflocations import EntryLocations
 from coral.dwarftypes import (
     Field,
     HeldString,
@@ -75,6 +76,8 @@ class Parameter:
     variants: Variants | None = None  # a Rust enum (Option, Result)
     go: GoValue | None = None  # Go: how ABIInternal assigns it to registers
     float_type: str = ""  # a typedef of a floating-point type: the base type's name (float_base)
+    entry_registers: tuple[int, ...] = ()  # C, C++, Rust: DWARF's registers for its parts at the entry (dwarflocations)
+    entry_elsewhere: bool = False  # optimized code: DWARF places it elsewhere at the entry (memory, computed, nowhere)
 
 
 @dataclass(frozen=True)
@@ -345,7 +348,7 @@ def _holder(die: Any, name: str) -> Any:
     return None
 
 
-def _described(die: Any, index: int) -> Parameter:
+def _described(die: Any, index: int, at_entry: tuple[EntryLocations, int, bool] | None = None) -> Parameter:
     name_die, type_die = _holder(die, "DW_AT_name"), _holder(die, "DW_AT_type")
     name = attribute(name_die, "DW_AT_name") if name_die is not None else None
     typed = type_die.get_DIE_from_attribute("DW_AT_type") if type_die is not None else None
@@ -356,7 +359,21 @@ def _described(die: Any, index: int) -> Parameter:
     return Parameter(name.decode(errors="replace") if name else f"arg{index}", type_name,
                      () if held or variants else struct_fields(typed), held, variants,
                      go=go_value(typed) if go and typed is not None else None,
-                     float_type=float_base(typed) if typed is not None and not go else "")
+                     float_type=float_base(typed) if typed is not None and not go else "",
+                     **_at_entry(die, at_entry))
+
+
+def _at_entry(die: Any, at_entry: tuple[EntryLocations, int, bool] | None) -> dict[str, Any]:
+    """Where DWARF puts a parameter at the function's first instruction:
+    its registers; or, in optimized code (some parameter has a location
+    list), that it is elsewhere (memory, a computed value, nowhere)."""
+    if at_entry is None:
+        return {}
+    locations, pc, optimized = at_entry
+    registers = locations.registers_at(die, pc)
+    if registers:
+        return {"entry_registers": registers}
+    return {"entry_elsewhere": optimized}
 
 
 def _cus_at(dwarf: Any, address: int) -> Iterator[Any]:
@@ -506,7 +523,13 @@ def debug_file_for(path: str, ef: ELFFile, root: str = DEBUG_ROOT) -> str | None
 
 def _subprogram(dwarf: Any, die: Any) -> DwarfFunction:
     formal = [c for c in die.iter_children() if c.tag == "DW_TAG_formal_parameter"]
-    params = tuple(_described(c, i) for i, c in enumerate(formal) if not attribute(c, "DW_AT_variable_parameter"))
+    low_pc = attribute(die, "DW_AT_low_pc")
+    at_entry = None
+    if isinstance(low_pc, int) and not is_go(die):
+        locations = EntryLocations(dwarf)
+        at_entry = (locations, low_pc, any(locations.has_list(c) for c in formal))
+    params = tuple(_described(c, i, at_entry) for i, c in enumerate(formal)
+                   if not attribute(c, "DW_AT_variable_parameter"))
     results = tuple(_described(c, i) for i, c in enumerate(formal) if attribute(c, "DW_AT_variable_parameter"))
     if is_go(die) and b"[go.shape." in (attribute(die, "DW_AT_name") or b"") and \
             not any(p.name == ".dict" for p in params):

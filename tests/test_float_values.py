@@ -64,7 +64,7 @@ fn main() {
 """
 
 
-def _calls(env: CoralEnv, binary: Path, functions: list[str], line: str) -> tuple[dict[str, dict[str, Any]], str]:
+def one_call_each(env: CoralEnv, binary: Path, functions: list[str], line: str) -> tuple[dict[str, dict[str, Any]], str]:
     """One session per function at once; one input line; each function's one call, and what was printed."""
     run = run_service(env, "floats", binary)
     try:
@@ -102,7 +102,7 @@ def test_c_floats_are_shown_as_not_captured_and_the_integers_around_them_right(
     src, binary = tmp_path / "floats.c", tmp_path / "floats"
     src.write_text(C)
     subprocess.run(["gcc", "-g", "-O1", "-o", str(binary), str(src)], check=True)
-    calls, printed = _calls(coral_env, binary, ["fee", "scale", "tipped", "total", "wide", "widen"], "100")
+    calls, printed = one_call_each(coral_env, binary, ["fee", "scale", "tipped", "total", "wide", "widen"], "100")
     assert printed == "55 250.0 10.0 107 105 150.0\n"
     assert _args(calls["fee"]) == {"rate": ("double", XMM), "cents": ("long int", "100"), "tip": ("money", XMM),
                                    "f": ("float", XMM), "n": ("int", "3")}
@@ -122,7 +122,7 @@ def test_rust_f32_and_f64_take_no_integer_register(coral_env: CoralEnv, agent: P
     src, binary = tmp_path / "rate.rs", tmp_path / "rate"
     src.write_text(RUST)
     subprocess.run(["rustc", "-g", "-C", "opt-level=0", "-o", str(binary), str(src)], check=True)
-    calls, printed = _calls(coral_env, binary, ["rate::rate"], "100")
+    calls, printed = one_call_each(coral_env, binary, ["rate::rate"], "100")
     assert printed == "50.25\n"
     assert _args(calls["rate::rate"]) == {"x": ("f64", XMM), "n": ("i64", "100"), "y": ("f32", XMM)}
     assert (calls["rate::rate"]["return_value"]["type"], calls["rate::rate"]["return_value"]["value"]) == ("f64", XMM)

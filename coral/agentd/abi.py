@@ -223,6 +223,46 @@ def _hint(value: pb.ArgumentMetadata | pb.ReturnValueMetadata) -> Any:
     return None
 
 
+# System V's argument registers by their DWARF numbers: RDI, RSI, RDX, RCX, R8, R9 (args[0..5]).
+SYSV_DWARF_REGISTERS = {5: 0, 4: 1, 1: 2, 2: 3, 8: 4, 9: 5}
+BY_ADDRESS = 1 << 16  # in entry_registers: the register holds the value's address (coral/dwarflocations.py)
+
+
+def _placed_by_dwarf(slots: list[Slot], meta: pb.FunctionMetadata) -> list[Slot]:
+    """Where DWARF's location at the entry puts an argument (its
+    entry_registers) wins over the ABI's order: an optimizer may have
+    dropped an argument or the unused part of one. An argument with a part
+    DWARF says is nowhere, or in a register the probe does not copy, is not
+    captured; one DWARF does not place keeps the ABI's registers, unless
+    DWARF gave them to another argument (then it is not captured). In
+    optimized code, one DWARF places elsewhere or nowhere (entry_elsewhere)
+    is not captured."""
+    out: list[Slot | None] = []
+    claimed: set[int] = set()
+    for s, a in zip(slots, meta.arguments, strict=True):
+        if not a.entry_registers:
+            out.append(Slot(s.name, s.type, "unsupported", ()) if a.entry_elsewhere and s.shape != "float" else None)
+            continue
+        hint = _hint(a)
+        shape, width = _shape(hint if isinstance(hint, str) and hint else a.type, False, hint)
+        if shape == "float" or width == 0 or len(a.entry_registers) != width:
+            out.append(s if shape == "float" else None)  # not something DWARF's registers say more of
+            continue
+        by_address = any(r >= BY_ADDRESS for r in a.entry_registers)
+        regs = tuple(SYSV_DWARF_REGISTERS.get(r % BY_ADDRESS if by_address else r, -1) for r in a.entry_registers)
+        if by_address and shape != "held":  # a value in memory: only an object read through its address is shown
+            regs = (-1,)
+        claimed.update(r for r in regs if r >= 0)
+        if -1 in regs:
+            out.append(Slot(s.name, s.type, "unsupported", ()))
+        else:
+            placed = layout([(a.name, a.type, hint)], False, CAPTURED_ARG_REGS)[0]
+            out.append(replace(placed, regs=regs))
+    return [p if p is not None else
+            (Slot(s.name, s.type, "unsupported", ()) if claimed & set(s.regs) else s)
+            for s, p in zip(slots, out, strict=True)]
+
+
 def argument_layout(meta: pb.FunctionMetadata) -> list[Slot]:
     """Where each argument is. Without DWARF (no source file either), six
     registers named arg0..arg5; a function DWARF says takes none has none."""
@@ -232,7 +272,9 @@ def argument_layout(meta: pb.FunctionMetadata) -> list[Slot]:
         return go_layout([(a.name, a.type, _go(a)) for a in meta.arguments], GO_INT_REGS, on_stack=True)
     items: list[tuple[str, str, Any]] = [(a.name, a.type, _hint(a)) for a in meta.arguments] or \
         [(f"arg{i}", "", None) for i in range(CAPTURED_ARG_REGS)]
-    return layout(items, meta.kind == "go", CAPTURED_ARG_REGS, first=int(meta.result_in_memory))
+    slots = layout(items, meta.kind == "go", CAPTURED_ARG_REGS, first=int(meta.result_in_memory))
+    return _placed_by_dwarf(slots, meta) if any(a.entry_registers or a.entry_elsewhere for a in meta.arguments) \
+        else slots
 
 
 def result_layout(meta: pb.FunctionMetadata) -> list[Slot]:

@@ -240,7 +240,7 @@ class DisarmFunctionResponse(_message.Message):
     def __init__(self, was_armed: _Optional[bool] = ...) -> None: ...
 
 class ArgumentMetadata(_message.Message):
-    __slots__ = ("name", "type", "location", "fields", "held_string", "go", "variants", "float_type")
+    __slots__ = ("name", "type", "location", "fields", "held_string", "go", "variants", "float_type", "entry_registers", "entry_elsewhere")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     LOCATION_FIELD_NUMBER: _ClassVar[int]
@@ -249,6 +249,8 @@ class ArgumentMetadata(_message.Message):
     GO_FIELD_NUMBER: _ClassVar[int]
     VARIANTS_FIELD_NUMBER: _ClassVar[int]
     FLOAT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_REGISTERS_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_ELSEWHERE_FIELD_NUMBER: _ClassVar[int]
     name: str
     type: str
     location: str
@@ -257,7 +259,9 @@ class ArgumentMetadata(_message.Message):
     go: GoValueMetadata
     variants: EnumMetadata
     float_type: str
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., location: _Optional[str] = ..., fields: _Optional[_Iterable[_Union[FieldMetadata, _Mapping]]] = ..., held_string: _Optional[_Union[HeldStringMetadata, _Mapping]] = ..., go: _Optional[_Union[GoValueMetadata, _Mapping]] = ..., variants: _Optional[_Union[EnumMetadata, _Mapping]] = ..., float_type: _Optional[str] = ...) -> None: ...
+    entry_registers: _containers.RepeatedScalarFieldContainer[int]
+    entry_elsewhere: bool
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., location: _Optional[str] = ..., fields: _Optional[_Iterable[_Union[FieldMetadata, _Mapping]]] = ..., held_string: _Optional[_Union[HeldStringMetadata, _Mapping]] = ..., go: _Optional[_Union[GoValueMetadata, _Mapping]] = ..., variants: _Optional[_Union[EnumMetadata, _Mapping]] = ..., float_type: _Optional[str] = ..., entry_registers: _Optional[_Iterable[int]] = ..., entry_elsewhere: _Optional[bool] = ...) -> None: ...
 
 class GoValueMetadata(_message.Message):
     __slots__ = ("underlying", "int_registers", "float_registers", "stack_only", "fields", "size", "align")

@@ -92,7 +92,8 @@ def argument_metadata(p: Parameter, location: str = "") -> pb.ArgumentMetadata:
     """One argument as the agent is told it (coral-run and the SDK alike)."""
     return pb.ArgumentMetadata(name=p.name, type=p.type, location=location, fields=[_field(f) for f in p.fields],
                                held_string=_held(p.held_string), go=_go(p.go), variants=_enum(p.variants),
-                               float_type=p.float_type)
+                               float_type=p.float_type, entry_registers=list(p.entry_registers),
+                               entry_elsewhere=p.entry_elsewhere)
 
 
 def result_metadata(info: FunctionInfo, location: str = "") -> list[pb.ReturnValueMetadata]:
