@@ -83,7 +83,8 @@ struct site {
 // DWARF), so the agent names one and the program need not look through all.
 #define HELD_ARGS_SLOT(h) ((h) & 0xff)
 #define HELD_RESULT_SLOT(h) (((h) >> 8) & 0xff)
-#define HELD_COPIED 0x10000          // frame.held: the arguments' strings (Go: stack arguments) were copied at the entry
+#define HELD_COPIED 0x10000          // frame.held: the arguments' strings were copied at the entry (entry_strings)
+#define HELD_STACK 0x20000           // frame.held: the stack arguments were copied at the entry (stack_args)
 
 // A string an object holds (a C++ std::string, a Rust String): the register
 // holds the object's address; its data pointer and its length (64 bits)
@@ -110,7 +111,7 @@ struct slot_config {
     struct held_string held[2];      // native: arguments holding strings, copied at the entry into strs[0], strs[1]
     struct held_string held_ret;     // native: the result register holds such an object's address: into strs[str_ret_at]
     u32 held_mask;                   // bit i: held[i] is used
-    u32 stack_len;                   // Go: bytes of stack-assigned arguments copied at the entry (into stack)
+    u32 stack_len;                   // bytes of stack-assigned arguments copied at the entry (into stack)
     s32 pred_arg;                    // -1: no predicate
     u32 pred_op;
     s64 pred_value;
@@ -453,14 +454,15 @@ static __always_inline void take_held(struct native_event *e, struct slot_config
     e->unread |= es->unread;
 }
 
-// A Go call's stack-assigned arguments, copied at its entry: by the return
-// the callee may have written over them (they are its variables). Kept per
-// call (process, goroutine, frame position) until its return takes them;
-// a call that never returns leaves its entry to the LRU.
-struct go_call_key {
-    u64 tgid;
-    u64 g;
-    u64 sp;                          // the frame's sp (go_frame_sp)
+// A call's stack-assigned arguments (Go's past its registers; System V's
+// past its registers and its long doubles), copied at its entry: by the
+// return the callee may have written over them (they are its variables).
+// Kept per call (thread or goroutine, frame position) until its return
+// takes them; a call that never returns leaves its entry to the LRU.
+struct call_key {
+    u64 id;                          // struct thread_key's: pid_tgid (native) or tgid (Go) ...
+    u64 g;                           // ... and the goroutine (Go), else 0
+    u64 sp;                          // the frame's sp (frame.sp)
 };
 
 struct stack_args {
@@ -469,10 +471,10 @@ struct stack_args {
     u32 pad;
 };
 
-BPF_TABLE("lru_hash", struct go_call_key, struct stack_args, stack_args, 4096);
+BPF_TABLE("lru_hash", struct call_key, struct stack_args, stack_args, 4096);
 BPF_PERCPU_ARRAY(stack_args_scratch, struct stack_args, 1);
 
-// At a Go entry: if the site names a slot that captures stack-assigned
+// At an entry: if the site names a slot that captures stack-assigned
 // arguments, copy stack_len bytes from after the return address; returns
 // the frame's `held`.
 static __always_inline u32 copy_stack_at_entry(struct pt_regs *ctx, u32 held, u64 watching, struct thread_key *tk,
@@ -489,10 +491,10 @@ static __always_inline u32 copy_stack_at_entry(struct pt_regs *ctx, u32 held, u6
     if (n > CORAL_STACK_BYTES)
         n = CORAL_STACK_BYTES;
     a->unread = bpf_probe_read_user(a->bytes, n, (void *)(PT_REGS_SP(ctx) + 8)) < 0;
-    struct go_call_key k = {.tgid = tk->id, .g = tk->g, .sp = sp};
+    struct call_key k = {.id = tk->id, .g = tk->g, .sp = sp};
     if (stack_args.update(&k, a) != 0)  // replaces one left by a call that never returned
         return held;
-    return held | HELD_COPIED;
+    return held | HELD_STACK;
 }
 
 // The stack arguments copied at this Go call's entry, into the record; none
@@ -501,8 +503,8 @@ static __always_inline u32 copy_stack_at_entry(struct pt_regs *ctx, u32 held, u6
 // be null, kept through that loop, doubles what the verifier walks.
 static __always_inline void take_stack(struct native_event *e, struct thread_key *tk, struct frame *f)
 {
-    struct go_call_key k = {.tgid = tk->id, .g = tk->g, .sp = f->sp};
-    struct stack_args *sa = (f->held & HELD_COPIED) ? stack_args.lookup(&k) : 0;
+    struct call_key k = {.id = tk->id, .g = tk->g, .sp = f->sp};
+    struct stack_args *sa = (f->held & HELD_STACK) ? stack_args.lookup(&k) : 0;
     if (sa && !sa->unread)
         __builtin_memcpy(e->stack, sa->bytes, sizeof(e->stack));
     else
@@ -592,7 +594,7 @@ static __always_inline void finish_native(struct frame *f, u64 now, u64 *results
             __builtin_memcpy(e->args, f->args, sizeof(e->args));
             if (cfg->held_mask)  // first: C strings and a struct go in their own slots over these
                 take_held(e, cfg, id, f);
-            if (go && cfg->stack_len)
+            if (cfg->stack_len)
                 take_stack(e, tk, f);
 
             read_str(e, 0, cfg->str_arg[0], f);
@@ -617,10 +619,11 @@ static __always_inline void finish_native(struct frame *f, u64 now, u64 *results
         events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
         bump_stat(slot, ST_EMITTED);
     }
-    if (go && (f->held & HELD_COPIED)) {
-        struct go_call_key k = {.tgid = tk->id, .g = tk->g, .sp = f->sp};
+    if (f->held & HELD_STACK) {
+        struct call_key k = {.id = tk->id, .g = tk->g, .sp = f->sp};
         stack_args.delete(&k);
-    } else if (!go && (f->held & HELD_COPIED)) {
+    }
+    if (!go && (f->held & HELD_COPIED)) {
         struct entry_key k = {.id = id, .sp = f->sp};
         entry_strings.delete(&k);
     }
@@ -765,8 +768,7 @@ static __always_inline u64 push_frame(struct thread_key *tk, u64 watching, u64 i
             return bpf_ktime_get_ns();
         }
     }
-    if (go)  // before the entry's timestamp: not in the duration
-        held = copy_stack_at_entry(ctx, held, watching, tk, sp);
+    held = copy_stack_at_entry(ctx, held, watching, tk, sp);  // before the entry's timestamp: not in the duration
     u64 ts = bpf_ktime_get_ns();
     f->ts = ts;
     f->sp = sp;

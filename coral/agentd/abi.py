@@ -19,12 +19,13 @@ address) and a Rust enum returned in registers (variants)."""
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from coral.agentd.values import format_register
+from coral.agentd.values import format_register, int_kind
 from coral.proto import coral_pb2 as pb
 
 CAPTURED_ARG_REGS = 6  # System V: RDI, RSI, RDX, RCX, R8, R9
@@ -112,19 +113,47 @@ def _shape(type_name: str, go: bool, hint: Any = None) -> tuple[str, int]:
     return ("cstring", 1) if t in C_STRING_TYPES else ("int", 1)
 
 
-def layout(items: list[tuple[str, str, Any]], go: bool, limit: int, first: int = 0) -> list[Slot]:
+SYSV_FLOAT_REGS = 8  # XMM0-XMM7
+_STACK_SIZES = {"float": 4, "_Float32": 4, "f32": 4, "long double": 16, "_Float64x": 16, "__float80": 16,
+                "complex long double": 32}
+
+
+def layout(items: list[tuple[str, str, Any]], go: bool, limit: int, first: int = 0,
+           on_stack: bool = False) -> list[Slot]:
     """Assign registers in order from `first`; after a value we cannot
     place, the rest cannot be placed either. Each item is (name, type, what
     DWARF says of its value: a HeldStringMetadata, an EnumMetadata, the
-    floating-point type a typedef names, or None)."""
-    out, reg, lost = [], first, False
+    floating-point type a typedef names, or None). With `on_stack` (System
+    V arguments), what goes in memory is placed after the return address
+    as the ABI lays it out: an integer or pointer past the six registers,
+    a float or double past the eight XMM registers, each in 8 bytes; a long
+    double in 16, at 16; a value of two or more registers that does not
+    fit leaves the places after it unknown."""
+    out, reg, lost, xmm = [], first, False, 0
+    stack_at = 0 if on_stack else -1
     for name, type_name, hint in items:
-        shape, width = _shape(hint if isinstance(hint, str) and hint else type_name, go, hint)
-        if shape == "stack":  # a long double: in memory, after the return address (not read)
-            out.append(Slot(name, type_name, "stack", (), go))
+        base = hint if isinstance(hint, str) and hint else type_name
+        shape, width = _shape(base, go, hint)
+        if shape == "float":
+            xmm += 1
+        to_stack = shape == "stack" or (on_stack and (
+            (shape == "float" and xmm > SYSV_FLOAT_REGS) or (shape in ("int", "cstring") and reg + width > limit)))
+        if to_stack and not lost and not go:
+            size = _STACK_SIZES.get(base.strip(), 8)
+            align = 16 if size >= 16 else 8
+            if stack_at >= 0:
+                stack_at = -(-stack_at // align) * align
+            out.append(Slot(name, type_name, "stack", (), go, base.strip(), offset=stack_at, size=size))
+            if stack_at >= 0:
+                stack_at += -(-size // 8) * 8
+            continue
+        if shape == "float" or shape == "stack":
+            out.append(Slot(name, type_name, shape, (), go))
             continue
         if lost or shape == "unsupported" or reg + width > limit:
             lost = lost or shape == "unsupported"
+            if reg + width > limit:
+                stack_at = -1  # a value of several parts in memory, or split: where the next ones go is not known
             out.append(Slot(name, type_name, "unsupported", (), go))
             continue
         regs = tuple(range(reg, reg + width))
@@ -236,12 +265,14 @@ def _placed_by_dwarf(slots: list[Slot], meta: pb.FunctionMetadata) -> list[Slot]
     captured; one DWARF does not place keeps the ABI's registers, unless
     DWARF gave them to another argument (then it is not captured). In
     optimized code, one DWARF places elsewhere or nowhere (entry_elsewhere)
-    is not captured."""
+    is not captured, unless the ABI puts it on the stack and DWARF puts
+    every argument it places in registers where the ABI does."""
     out: list[Slot | None] = []
     claimed: set[int] = set()
+    elsewhere = Slot("", "", "unsupported", ())  # marks an argument DWARF places elsewhere
     for s, a in zip(slots, meta.arguments, strict=True):
         if not a.entry_registers:
-            out.append(Slot(s.name, s.type, "unsupported", ()) if a.entry_elsewhere and s.shape != "float" else None)
+            out.append(elsewhere if a.entry_elsewhere and s.shape != "float" else None)
             continue
         hint = _hint(a)
         shape, width = _shape(hint if isinstance(hint, str) and hint else a.type, False, hint)
@@ -258,7 +289,12 @@ def _placed_by_dwarf(slots: list[Slot], meta: pb.FunctionMetadata) -> list[Slot]
         else:
             placed = layout([(a.name, a.type, hint)], False, CAPTURED_ARG_REGS)[0]
             out.append(replace(placed, regs=regs))
-    return [p if p is not None else
+    # Memory the ABI's order places (System V's stack arguments) is trusted
+    # only where DWARF put every other argument where the ABI does.
+    agree = all(p is None or p is elsewhere or p.regs == s.regs for s, p in zip(slots, out, strict=True))
+    return [s if p is elsewhere and s.shape == "stack" and s.offset >= 0 and agree else
+            Slot(s.name, s.type, "unsupported", ()) if p is elsewhere else
+            p if p is not None else
             (Slot(s.name, s.type, "unsupported", ()) if claimed & set(s.regs) else s)
             for s, p in zip(slots, out, strict=True)]
 
@@ -272,7 +308,8 @@ def argument_layout(meta: pb.FunctionMetadata) -> list[Slot]:
         return go_layout([(a.name, a.type, _go(a)) for a in meta.arguments], GO_INT_REGS, on_stack=True)
     items: list[tuple[str, str, Any]] = [(a.name, a.type, _hint(a)) for a in meta.arguments] or \
         [(f"arg{i}", "", None) for i in range(CAPTURED_ARG_REGS)]
-    slots = layout(items, meta.kind == "go", CAPTURED_ARG_REGS, first=int(meta.result_in_memory))
+    slots = layout(items, meta.kind == "go", CAPTURED_ARG_REGS, first=int(meta.result_in_memory),
+                   on_stack=bool(meta.arguments))
     return _placed_by_dwarf(slots, meta) if any(a.entry_registers or a.entry_elsewhere for a in meta.arguments) \
         else slots
 
@@ -286,7 +323,7 @@ def result_layout(meta: pb.FunctionMetadata) -> list[Slot]:
         return go_layout([(r.name, r.type, _go(r)) for r in meta.return_values], CAPTURED_RESULT_REGS)
     items = [(r.name, r.type, _hint(r)) for r in meta.return_values if r.type != "void"]
     # System V returns a long double in the x87 register st(0), not in memory.
-    return [replace(s, shape="float") if s.shape == "stack" else s
+    return [replace(s, shape="float") if s.shape == "stack" and s.underlying in MEMORY_FLOAT_TYPES else s
             for s in layout(items, meta.kind == "go", CAPTURED_RESULT_REGS)]
 
 
@@ -310,16 +347,30 @@ def string_result(meta: pb.FunctionMetadata) -> Slot | None:
 
 
 def stack_bytes(meta: pb.FunctionMetadata, limit: int) -> int:
-    """How many bytes after the return address hold a Go function's
-    stack-assigned arguments that are placed (at most `limit`: what the
+    """How many bytes after the return address hold the stack-assigned
+    arguments that are placed (Go's, System V's; at most `limit`: what the
     record holds, CORAL_STACK_BYTES); 0 for none."""
-    if meta.kind != "go":
-        return 0
     ends = [s.offset + s.size for s in argument_layout(meta) if s.shape == "stack" and s.offset >= 0]
     return min(limit, max(ends, default=0))
 
 
-_FLOAT_FORMATS = {"float32": "<f", "float64": "<d"}
+_FLOAT_FORMATS = {"float32": "<f", "float64": "<d", "float": "<f", "double": "<d", "f32": "<f", "f64": "<d",
+                  "_Float32": "<f", "_Float64": "<d"}
+_X87 = ("long double", "_Float64x", "__float80")
+
+
+def _x87(raw: bytes) -> str:
+    """An x87 extended-precision number (a long double): 64-bit significand
+    with its integer bit, 15-bit exponent, sign; shown as the nearest
+    double."""
+    significand, top = int.from_bytes(raw[:8], "little"), int.from_bytes(raw[8:10], "little")
+    exponent, sign = top & 0x7FFF, -1.0 if top >> 15 else 1.0
+    if exponent == 0x7FFF:
+        return repr(sign * float("inf")) if significand << 1 & ((1 << 64) - 1) == 0 else "nan"
+    try:
+        return repr(sign * math.ldexp(significand, (exponent or 1) - 16383 - 63))
+    except OverflowError:
+        return repr(sign * float("inf"))
 
 
 def _from_stack(slot: Slot, data: bytes, at: int, other: str = "(not captured)") -> str:
@@ -330,10 +381,14 @@ def _from_stack(slot: Slot, data: bytes, at: int, other: str = "(not captured)")
     if at < 0 or at + slot.size > len(data) or slot.size == 0:
         return "(not captured: on the stack)"
     raw = data[at:at + slot.size]
-    if kind in _FLOAT_FORMATS and slot.size == struct.calcsize(_FLOAT_FORMATS[kind]):
-        return repr(struct.unpack(_FLOAT_FORMATS[kind], raw)[0])
-    if kind in GO_SCALARS or kind == "unsafe.Pointer":
+    if kind in _FLOAT_FORMATS and slot.size >= struct.calcsize(_FLOAT_FORMATS[kind]):
+        return repr(struct.unpack_from(_FLOAT_FORMATS[kind], raw)[0])
+    if kind in _X87 and slot.size >= 10:
+        return _x87(raw)
+    if slot.go and (kind in GO_SCALARS or kind == "unsafe.Pointer"):
         return format_register(int.from_bytes(raw, "little"), kind, True)
+    if not slot.go and (int_kind(kind) is not None or "*" in kind or kind in ("_Bool", "bool")):
+        return format_register(int.from_bytes(raw, "little"), kind)
     return other
 
 
