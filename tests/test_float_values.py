@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from coral.agentd import abi
+from coral.agentd import abi, showvalues
 from coral.proto import coral_pb2 as pb
 from tests.harness import CoralEnv, Process, tool
 from tests.test_native_capture import run_service
@@ -162,5 +162,5 @@ def test_system_v_stack_arguments_are_laid_out_after_the_return_address() -> Non
     assert placed["s"][0] == "unsupported" and placed["k"] == ("stack", (), -1)  # after s, not known
     assert abi.stack_bytes(meta, 128) == 32
     data = struct.pack("<QH6x", 0xA000000000000000, 16384) + (0x1234).to_bytes(8, "little") + struct.pack("<d", -0.5)
-    shown = {s.name: abi.show(s, (0,) * 9, {}, stack=data) for s in abi.argument_layout(meta)}
+    shown = {s.name: showvalues.show(s, (0,) * 9, {}, stack=data) for s in abi.argument_layout(meta)}
     assert (shown["x"], shown["p"], shown["d8"], shown["k"]) == ("2.5", "0x1234", "-0.5", "(not captured: on the stack)")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from coral.agentd import abi
+from coral.agentd import abi, showvalues
 from coral.agentd.sessions import parse_predicate
 from coral.elfinfo import ElfFunctions
 from coral.proto import coral_pb2 as pb
@@ -370,9 +370,9 @@ def test_go_register_assignment_follows_the_abi_when_registers_run_out() -> None
         ("a", "int", (0,)), ("s", "struct", (1, 2, 3, 4, 5, 6)), ("t", "stack", ()), ("b", "int", (7,)),
         ("c", "stack", ()), ("d", "int", (8,))]
     values = (10, 11, 12, 13, 14, 15, 16, 17, 18)
-    assert abi.show(layout[1], values, {}) == "{F0=11, F1=12, F2=13, F3=14, F4=15, F5=16}"
-    assert (abi.show(layout[3], values, {}), abi.show(layout[5], values, {})) == ("17", "18")
-    assert abi.show(layout[2], values, {}) == "(not captured: on the stack)"
+    assert showvalues.show(layout[1], values, {}) == "{F0=11, F1=12, F2=13, F3=14, F4=15, F5=16}"
+    assert (showvalues.show(layout[3], values, {}), showvalues.show(layout[5], values, {})) == ("17", "18")
+    assert showvalues.show(layout[2], values, {}) == "(not captured: on the stack)"
 
 
 def test_a_go_named_integer_is_filtered_as_the_integer_it_is() -> None:
@@ -416,9 +416,9 @@ def test_go_stack_arguments_are_laid_out_as_the_abi_does_and_read_from_the_copie
     data = (b"\xfe\xff" + bytes(6) + bytes(8) + struct.pack("<d", 2.5) + (4111).to_bytes(8, "little")
             + (4).to_bytes(8, "little") + (6).to_bytes(8, "little"))
     redact = lambda name, text: "<redacted>" if name == "Card" else text  # noqa: E731
-    shown = {n: abi.show(layout[n], (0,) * 9, {}, redact=redact, stack=data) for n in ("j", "q", "w", "old", "k")}
+    shown = {n: showvalues.show(layout[n], (0,) * 9, {}, redact=redact, stack=data) for n in ("j", "q", "w", "old", "k")}
     assert shown == {"j": "-2", "q": "{Lot=(not captured), Price=2.5, Card=<redacted>}", "w": "[4, 6]",
                      "old": "(not captured: on the stack)", "k": "(not captured: on the stack)"}
     # Copied only in part (the first 40 bytes): what lies past them is not shown.
-    assert abi.show(layout["w"], (0,) * 9, {}, stack=data[:40]) == "[4, ?]"
-    assert abi.show(layout["q"], (0,) * 9, {}, stack=b"") == "(not captured: on the stack)"
+    assert showvalues.show(layout["w"], (0,) * 9, {}, stack=data[:40]) == "[4, ?]"
+    assert showvalues.show(layout["q"], (0,) * 9, {}, stack=b"") == "(not captured: on the stack)"

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from coral.agentd import abi
+from coral.agentd import abi, showvalues
 from coral.agentd.callblocks import CallBlock, CallRow, calls_of, rows_in_blocks, take
 from coral.agentd.engine import (
     NativeRecord,
@@ -498,20 +498,20 @@ class SessionManager:
             blob_reg = slots.blob[0]
             for a in shape.arguments:
                 if blob_reg >= 0 and a.regs and a.regs[0] == blob_reg and a.name in fields_of:
-                    text = abi.show_fields(rec.args[blob_reg], fields_of[a.name], slots.blob_of(rec.strings, rec.unread),
+                    text = showvalues.show_fields(rec.args[blob_reg], fields_of[a.name], slots.blob_of(rec.strings, rec.unread),
                                            self.rules.value, meta.kind == "go")
                 else:
-                    text = abi.show(a, rec.args, strings, string_bytes, lengths, self.rules.value, rec.stack)
+                    text = showvalues.show(a, rec.args, strings, string_bytes, lengths, self.rules.value, rec.stack)
                 args.append({"name": a.name, "type": a.type or "u64", "value": self.rules.value(a.name, text)})
         ret: dict[str, Any] = {}
         results = shape.results
         if s.config.capture_return and (results or not meta.return_values):
             strings = slots.string_of_result(rec.strings, rec.unread, rec.lengths)
             lengths = slots.length_of_result(rec.lengths)
-            shown = [(r, abi.show(r, rec.results, strings, string_bytes, lengths, self.rules.value))
+            shown = [(r, showvalues.show(r, rec.results, strings, string_bytes, lengths, self.rules.value))
                      for r in results] or \
                 [(abi.Slot("", "u64", "int", (0,)), f"{rec.results[0]:#x}")]
-            errors = [(r, v) for r, v in shown if (r.type == "error" and v != "nil") or abi.is_error_variant(r, v)]
+            errors = [(r, v) for r, v in shown if (r.type == "error" and v != "nil") or showvalues.is_error_variant(r, v)]
             ret = {"type": ", ".join(r.type for r, _ in shown),
                    "value": self.rules.text(", ".join(self.rules.value(r.name, v) for r, v in shown)),
                    "is_error": bool(errors), "error_message": self.rules.text(errors[0][1]) if errors else ""}
