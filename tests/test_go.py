@@ -285,20 +285,26 @@ def test_go_structs_by_value_and_named_types_are_shown_as_go_means_them(
     run = Process("run-structs", [tool("coral-run"), "--service", "gostructs", "--", str(binary)], coral_env,
                   stdin=subprocess.PIPE).wait_ready()
     try:
-        attaches = {}
-        for name in functions:
-            attaches[name] = subprocess.Popen(
+        attaches, ids = {}, []
+        for name in functions:  # one after the other: coral-run answers one metadata request at a time
+            attach = attaches[name] = subprocess.Popen(
                 [tool("coralctl"), "--local", "--output", "json", "debug", "attach", "gostructs", "--function",
-                 f"main.{name}", "--duration", "3s", "--capture-args", "--capture-return"],
+                 f"main.{name}", "--duration", "120s", "--capture-args", "--capture-return"],
                 env=coral_env.env, stdout=subprocess.PIPE, text=True)
-        for attach in attaches.values():
             assert attach.stdout is not None
-            assert json.loads(attach.stdout.readline())["kind"] == "session"
+            first = json.loads(attach.stdout.readline())
+            assert first["kind"] == "session", first
+            ids.append(first["session_id"])
         assert run.proc.stdin is not None and run.proc.stdout is not None
         run.proc.stdin.write(b"100\n")
         run.proc.stdin.flush()
         # pay 109, label 104, settle 114, price 113, span 110, spread 131, crowd 151, split 300, scale 110, tag 5
         assert run.proc.stdout.readline().decode().strip() == "done 100 sum 1247"
+        # Detached once the calls are made, not left to expire: ten attaches one after the other can take longer
+        # than a short session on a busy machine.
+        for session_id in ids:
+            detached = coralctl(coral_env, "--local", "debug", "detach", session_id)
+            assert detached.returncode == 0, detached.stderr
         calls = {}
         for name, attach in attaches.items():
             out, _ = attach.communicate(timeout=30)
