@@ -15,6 +15,7 @@ from elftools.dwarf.dwarf_expr import DWARFExprParser
 from elftools.dwarf.locationlists import BaseAddressEntry, LocationEntry, LocationExpr, LocationParser
 
 MISSING = -1  # a piece with no location: that part of the value is not anywhere (optimized out)
+ELSEWHERE = ()  # DWARF places it at that address, but not in registers (memory, a computed value)
 BY_ADDRESS = 1 << 16  # added to a register number: the register holds the value's address (DW_OP_bregN 0)
 
 
@@ -63,10 +64,14 @@ class EntryLocations:
         return attr is not None and attr.form in ("DW_FORM_sec_offset", "DW_FORM_loclistx", "DW_FORM_data4",
                                                   "DW_FORM_data8")
 
-    def registers_at(self, param: Any, pc: int) -> tuple[int, ...] | None:
+    def registers_at(self, param: Any, pc: int, cfa_frame: bool = False) -> tuple[int, ...] | None:
         """The registers holding `param`'s parts (DWARF numbers, MISSING for
-        a part that is nowhere) when the code at `pc` runs; None where DWARF
-        does not place it wholly in registers there (or at all)."""
+        a part that is nowhere) when the code at `pc` runs; ELSEWHERE where
+        DWARF says it is somewhere else there: a location list's entry for
+        `pc` that is not registers, or a place relative to the frame base
+        when that is the CFA (`cfa_frame`: valid from the first
+        instruction); None where DWARF does not say (no entry for `pc`, or
+        a place relative to a frame the prologue has not set up yet)."""
         attr = param.attributes.get("DW_AT_location")
         if attr is None or self._parser is None:
             return None
@@ -76,7 +81,11 @@ class EntryLocations:
         except (KeyError, ValueError, AttributeError):
             return None
         if isinstance(loc, LocationExpr):
-            return _registers(self._exprs.parse_expr(loc.loc_expr))
+            expr = self._exprs.parse_expr(loc.loc_expr)
+            found = _registers(expr)
+            if found is None and cfa_frame and expr and expr[0].op_name == "DW_OP_fbreg":
+                return ELSEWHERE
+            return found
         top = cu.get_top_DIE()
         base = top.attributes["DW_AT_low_pc"].value if "DW_AT_low_pc" in top.attributes else 0
         for entry in loc:
@@ -86,5 +95,6 @@ class EntryLocations:
                 begin, end = (entry.begin_offset, entry.end_offset) if entry.is_absolute else \
                     (base + entry.begin_offset, base + entry.end_offset)
                 if begin <= pc < end:
-                    return _registers(self._exprs.parse_expr(entry.loc_expr))
+                    found = _registers(self._exprs.parse_expr(entry.loc_expr))
+                    return ELSEWHERE if found is None else found
         return None

@@ -348,7 +348,7 @@ def _holder(die: Any, name: str) -> Any:
     return None
 
 
-def _described(die: Any, index: int, at_entry: tuple[EntryLocations, int, bool] | None = None) -> Parameter:
+def _described(die: Any, index: int, at_entry: tuple[EntryLocations, int, bool, bool] | None = None) -> Parameter:
     name_die, type_die = _holder(die, "DW_AT_name"), _holder(die, "DW_AT_type")
     name = attribute(name_die, "DW_AT_name") if name_die is not None else None
     typed = type_die.get_DIE_from_attribute("DW_AT_type") if type_die is not None else None
@@ -363,17 +363,20 @@ def _described(die: Any, index: int, at_entry: tuple[EntryLocations, int, bool] 
                      **_at_entry(die, at_entry))
 
 
-def _at_entry(die: Any, at_entry: tuple[EntryLocations, int, bool] | None) -> dict[str, Any]:
+def _at_entry(die: Any, at_entry: tuple[EntryLocations, int, bool, bool] | None) -> dict[str, Any]:
     """Where DWARF puts a parameter at the function's first instruction:
-    its registers; or, in optimized code (some parameter has a location
-    list), that it is elsewhere (memory, a computed value, nowhere)."""
+    its registers; or that it is elsewhere (memory, a computed value), or,
+    in optimized code (some parameter has a location list), nowhere (no
+    location at all). Nothing where DWARF does not say for that address."""
     if at_entry is None:
         return {}
-    locations, pc, optimized = at_entry
-    registers = locations.registers_at(die, pc)
+    locations, pc, optimized, cfa_frame = at_entry
+    if "DW_AT_location" not in die.attributes:
+        return {"entry_elsewhere": optimized}
+    registers = locations.registers_at(die, pc, cfa_frame)
     if registers:
         return {"entry_registers": registers}
-    return {"entry_elsewhere": optimized}
+    return {"entry_elsewhere": registers is not None}
 
 
 def _cus_at(dwarf: Any, address: int) -> Iterator[Any]:
@@ -527,7 +530,9 @@ def _subprogram(dwarf: Any, die: Any) -> DwarfFunction:
     at_entry = None
     if isinstance(low_pc, int) and not is_go(die):
         locations = EntryLocations(dwarf)
-        at_entry = (locations, low_pc, any(locations.has_list(c) for c in formal))
+        frame_base = attribute(die, "DW_AT_frame_base")
+        cfa_frame = isinstance(frame_base, list) and frame_base == [0x9C]  # DW_OP_call_frame_cfa
+        at_entry = (locations, low_pc, any(locations.has_list(c) for c in formal), cfa_frame)
     params = tuple(_described(c, i, at_entry) for i, c in enumerate(formal)
                    if not attribute(c, "DW_AT_variable_parameter"))
     results = tuple(_described(c, i) for i, c in enumerate(formal) if attribute(c, "DW_AT_variable_parameter"))
