@@ -83,6 +83,33 @@ def parse_predicate(text: str, meta: pb.FunctionMetadata) -> tuple[int, str, int
     return slot.regs[0], op, value, width, signed
 
 
+MAX_CAPTURE_ONLY = 16
+
+
+def check_capture_only(config: pb.UprobeConfig, meta: pb.FunctionMetadata, rules: Rules) -> None:
+    """`--print` names the values it shows; refuse names the function does
+    not have, and redacted ones (a template must not reveal them)."""
+    names = list(config.capture_only)
+    if not names:
+        return
+    if len(names) > MAX_CAPTURE_ONLY:
+        raise InvalidArgument(f"--print names {len(names)} values; at most {MAX_CAPTURE_ONLY}")
+    arguments = [s.name for s in abi.argument_layout(meta)] if meta.kind != "python" else \
+        [a.name for a in meta.arguments]
+    for name in names:
+        if name == "ret":
+            if not config.capture_return:
+                raise InvalidArgument("capture_only names ret without capture_return")
+            continue
+        if name not in arguments:
+            raise InvalidArgument(f"--print names {name!r}; the function's arguments are: "
+                                  f"{', '.join(arguments) or 'none'}")
+        if not config.capture_args:
+            raise InvalidArgument(f"capture_only names {name!r} without capture_args")
+        if rules.is_secret_name(name):
+            raise InvalidArgument(f"--print names {name!r}, which is redacted: its value is never shown")
+
+
 @dataclass(frozen=True)
 class NativeShape:
     """Where a native record holds each value of one target's function, for
@@ -148,6 +175,7 @@ class Session:
             self.status, self.reason,
             {"capture_args": c.capture_args, "capture_return": c.capture_return, "sample_rate": c.sample_rate,
              "max_events": self.max_events, "min_duration_ns": c.min_duration_ns, "predicate": c.predicate,
+             "capture_only": list(c.capture_only),
              "owner": self.owner, "unanswered": self.unanswered, "return_probe": self.return_probe,
              "inlined_into": self.inlined_into, "entry_instruction": self.entry_instruction,
              "probe_cost_ns": self.probe_cost_ns,
@@ -332,6 +360,7 @@ class SessionManager:
         first = targets[0].meta
         if req.config.predicate and first.kind == "python":
             raise InvalidArgument("--where applies to native functions' integer arguments only")
+        check_capture_only(req.config, first, self.rules)
         record_slots = abi.record_slots(first, req.config.capture_args, req.config.capture_return,
                                         self.engine.string_bytes)
         slot_config = SlotConfig(
@@ -479,6 +508,11 @@ class SessionManager:
                     meta = next((t.meta for t in s.targets if t.reg.pid == rec.pid), s.targets[0].meta)
                     known = s.shapes[rec.pid] = (meta, NativeShape.of(meta, s.config, self.engine.string_bytes))
                 args, ret = self._native_values(s, *known, rec)
+            if s.config.capture_only:  # --print: only what it names is kept
+                named = set(s.config.capture_only)
+                args = [a for a in args if a["name"] in named]
+                if "ret" not in named and not ret.get("is_error"):
+                    ret = {}
             row = (start + self._clock_offset, end - start, rec.pid, rec.tid, json.dumps(args) if args else "",
                    json.dumps(ret) if ret else "")
             for column, value in zip(columns, row, strict=True):
@@ -634,7 +668,8 @@ class SessionManager:
                                    sample_rate=int(cast(int, c.get("sample_rate", 0))),
                                    max_events=int(cast(int, c.get("max_events", 0))),
                                    min_duration_ns=int(cast(int, c.get("min_duration_ns", 0))),
-                                   predicate=str(c.get("predicate", ""))),
+                                   predicate=str(c.get("predicate", "")),
+                                   capture_only=[str(n) for n in cast(list[object], c.get("capture_only", []))]),
             total_calls=int(stats.get("calls", 0)), sum_duration_ns=int(stats.get("sum_ns", 0)),
             max_duration_ns=int(stats.get("max_ns", 0)),
             histogram={int(k): int(v) for k, v in cast(dict[str, int], stats.get("histogram", {})).items()},

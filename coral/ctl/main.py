@@ -147,6 +147,13 @@ def condition_arg(text: str) -> str:
     return text
 
 
+def template_arg(text: str) -> expr.Template:
+    try:
+        return render.print_template(text)
+    except expr.ExprError as exc:
+        raise argparse.ArgumentTypeError(expr.described(text, exc)) from None
+
+
 def positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
@@ -244,10 +251,18 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument(
         "--where",
         type=condition_arg,
-        default="",
+        default=None,
         metavar="CONDITION",
         help="report only calls for which it holds, e.g. 'amount_cents > 1000 && duration > 5ms' "
              "(arguments, fields, ret, err, raised, duration; see the user guide)",
+    )
+    a.add_argument(
+        "--print",
+        dest="template",
+        type=template_arg,
+        metavar="TEMPLATE",
+        help="one line per call, e.g. 'charged {amount} -> {ret} in {duration}': captures the values it names "
+             "(arguments, ret, err) and nothing else",
     )
     s = command(debug, "sessions", "list debug sessions", common)
     s.add_argument("--active", action="store_true", help="only active sessions")
@@ -355,13 +370,22 @@ class Ctl:
 
     def attach(self) -> int:
         a = self.args
+        only: list[str] = []
+        capture_args, capture_return = a.capture_args, a.capture_return
+        if a.template is not None:
+            if capture_args or capture_return:
+                print("coralctl debug attach: error: --print captures what it names; "
+                      "leave out --capture-args and --capture-return", file=sys.stderr)
+                return EXIT_USAGE
+            capture_args, capture_return, only = render.print_captures(a.template)
         cfg = pb.UprobeConfig(
-            capture_args=a.capture_args,
-            capture_return=a.capture_return,
+            capture_args=capture_args,
+            capture_return=capture_return,
+            capture_only=only,
             sample_rate=a.sample_rate,
             max_events=a.max_events,
             min_duration_ns=round(a.min_duration * 1e9),
-            predicate=a.where,
+            predicate=a.where or "",
         )
         r = cast(
             pb.AttachUprobeResponse,
@@ -377,7 +401,9 @@ class Ctl:
         if self.out.json:
             self.out.record({"kind": "session", **render.to_dict(session)})
         else:
-            captures = [w for w, on in (("arguments", a.capture_args), ("return values", a.capture_return)) if on]
+            captures = [w for w, on in (("arguments", capture_args), ("return values", capture_return)) if on]
+            if only:
+                captures = [", ".join(only)]
             running = [p for p in session.parts if p.session.status == "active"]
             where = (
                 f"on {len(running)} agents: "
@@ -491,8 +517,12 @@ class Ctl:
                 self.call("DetachUprobe", pb.DetachUprobeRequest(session_id=session_id))
 
     def _print_call(self, call: pb.Call) -> None:
+        template = getattr(self.args, "template", None)
         if self.out.json:
-            self.out.record({"kind": "call", **render.to_dict(call)})
+            printed = {"line": render.format_printed(call, template)} if template is not None else {}
+            self.out.record({"kind": "call", **render.to_dict(call), **printed})
+        elif template is not None:
+            self.out.line(render.format_printed(call, template))
         else:
             for line in render.format_call(call, self.slow_ns, self.style, self.show_agent):
                 self.out.line(line)

@@ -12,6 +12,7 @@ from typing import Any, TextIO
 
 from google.protobuf.message import Message
 
+from coral import expr
 from coral.histogram import bucket_bounds, percentile_ns
 from coral.proto import coral_pb2 as pb
 
@@ -99,6 +100,45 @@ def format_call(call: pb.Call, slow_ns: int = 0, style: Style = PLAIN, show_agen
         lines.append(style.red(f"  └─ error: {rv.error_message or rv.value}") if rv.is_error
                      else f"  └─ return: {rv.value}")
     return lines
+
+
+PRINT_SPECIAL = ("ret", "err", "duration")
+
+
+def print_template(text: str) -> expr.Template:
+    """A --print template: holes name arguments, `ret`, `err` or `duration`
+    (fields are shown by naming their argument)."""
+    template = expr.parse_template(text)
+    for path in template.paths:
+        if len(path.names) > 1:
+            raise expr.ExprError(f"{path}: name the argument ({path.root}) to print its fields", path.column, text)
+    return template
+
+
+def print_captures(template: expr.Template) -> tuple[bool, bool, list[str]]:
+    """What a template needs captured: (arguments, return value, only these)."""
+    names = list(dict.fromkeys(p.root for p in template.paths))
+    args = [n for n in names if n not in PRINT_SPECIAL]
+    ret = "ret" in names or "err" in names
+    return bool(args), ret, args + (["ret"] if ret else [])
+
+
+def format_printed(call: pb.Call, template: expr.Template) -> str:
+    """One line for a call, from a --print template."""
+    args = {a.name: a.value for a in call.args}
+    rv = call.return_value if call.HasField("return_value") else None
+    values = []
+    for path in template.paths:
+        name = path.root
+        if name == "duration":
+            values.append(format_ns(call.duration_ns))
+        elif name == "err":
+            values.append((rv.error_message or rv.value) if rv is not None and rv.is_error else "nil")
+        elif name == "ret":
+            values.append("" if rv is None or rv.is_error else rv.value)
+        else:
+            values.append(args.get(name, "?"))
+    return template.render(values)
 
 
 def inlined(callers: list[str]) -> str:
