@@ -34,22 +34,32 @@ FOLLOW_BACKOFF = 0.2  # seconds before asking again when a question was not held
 PAGE = 1000
 
 
-class CallFile:
-    """A session's calls as one JSON array, written as they arrive."""
+def sessions_dir() -> Path:
+    """Where attach keeps the sessions it saves: $XDG_STATE_HOME/coral/sessions."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return Path(base) / "coral" / "sessions"
 
-    def __init__(self, path: str) -> None:
+
+class SessionFile:
+    """A session saved as the JSON Lines that `--output json` prints: the
+    session as it started (attach only), its calls, then the session as it
+    ended and the summary. Readable by its owner only: it holds captured
+    values."""
+
+    def __init__(self, path: Path) -> None:
         self.path = path
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        self._f = open(path, "w")  # noqa: SIM115 (closed in close())
-        self._f.write("[")
-        self._first = True
+        for parent in reversed(path.parents):
+            if not parent.exists():
+                parent.mkdir(mode=0o700)
+        self._f = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w")
 
-    def write(self, call: pb.Call) -> None:
-        self._f.write(("\n" if self._first else ",\n") + json.dumps(render.to_dict(call), separators=(",", ":")))
-        self._first = False
+    def record(self, obj: dict[str, Any]) -> None:
+        self._f.write(json.dumps(obj, separators=(",", ":")) + "\n")
+
+    def call(self, call: pb.Call) -> None:
+        self.record({"kind": "call", **render.to_dict(call)})
 
     def close(self) -> None:
-        self._f.write("\n]\n")
         self._f.close()
 
 
@@ -77,6 +87,7 @@ examples:
   coralctl debug attach payments --function validate_card --capture-args --capture-return
   coralctl debug sessions --active
   coralctl debug events dbg-1a2b3c4d5e6f --since 5m
+  coralctl debug show dbg-1a2b3c4d5e6f
   coralctl debug detach dbg-1a2b3c4d5e6f""",
     "ping": """\
 examples:
@@ -112,6 +123,11 @@ examples:
 examples:
   coralctl audit --since 1h
   coralctl audit --output json | jq 'select(.outcome != "OK")'""",
+    "show": """\
+examples:
+  coralctl debug show dbg-1a2b3c4d5e6f
+  coralctl debug show ./incident.jsonl --slow 5ms
+  coralctl --output json debug show dbg-1a2b3c4d5e6f | jq 'select(.kind == "call")'""",
     "detach": """\
 examples:
   coralctl debug detach dbg-1a2b3c4d5e6f""",
@@ -205,14 +221,16 @@ def build_parser() -> argparse.ArgumentParser:
     command(sub, "ping", "check the colony (or agent) answers", common)
     command(sub, "services", "list services that opted in", common)
     f = command(sub, "functions", "list a service's functions", common)
-    f.add_argument("service")
+    f.add_argument("service", help="the service, as coralctl services lists it")
     f.add_argument("--pattern", default="", help="glob, e.g. 'validate_*'")
     debug = sub.add_parser(
         "debug", help="debug sessions", epilog=EXAMPLES["debug"], formatter_class=argparse.RawDescriptionHelpFormatter
     ).add_subparsers(dest="debug_command", required=True, metavar="SUBCOMMAND")
     a = command(debug, "attach", "probe a function and stream its calls", common)
-    a.add_argument("service")
-    a.add_argument("--function", required=True)
+    a.add_argument("service", help="the service, as coralctl services lists it")
+    a.add_argument("--function", required=True,
+                   help="the function, as coralctl functions lists it: a C or Go symbol, a C++ or Rust name "
+                        "(pay::fee), FILE:NAME, LIBRARY:NAME, or module.function for Python")
     a.add_argument(
         "--duration",
         type=positive_duration,
@@ -225,8 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ID",
         help="only this agent (default: every agent running the service; see coralctl services)",
     )
-    a.add_argument("--capture-args", action="store_true")
-    a.add_argument("--capture-return", action="store_true")
+    a.add_argument("--capture-args", action="store_true",
+                   help="record each call's arguments (needs the capture right; secrets are redacted)")
+    a.add_argument("--capture-return", action="store_true",
+                   help="record each call's return value (needs the capture right)")
     a.add_argument("--sample-rate", type=positive_int, default=1, help="report every Nth call")
     a.add_argument("--max-calls", "--max-events", dest="max_events", type=positive_int, default=0,
                    help="stop storing after N calls (--max-events is the same)")
@@ -246,8 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--subtract-probe-cost", action="store_true",
                    help="take the probes' own share of each duration (measured by the agent; the summary shows it) "
                         "out of every duration and percentile")
-    a.add_argument("--save", metavar="PATH", help="write the calls here as JSON (default: ./debug-sessions/SESSION/calls.json)")
-    a.add_argument("--no-save", action="store_true", help="do not write the calls to a file")
+    a.add_argument("--save", metavar="PATH",
+                   help="save the session here, as JSON Lines (default: $XDG_STATE_HOME/coral/sessions/SESSION.jsonl; "
+                        "coralctl debug show SESSION reopens it)")
+    a.add_argument("--no-save", action="store_true", help="do not save the session")
     a.add_argument(
         "--where",
         type=condition_arg,
@@ -266,17 +288,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s = command(debug, "sessions", "list debug sessions", common)
     s.add_argument("--active", action="store_true", help="only active sessions")
-    s.add_argument("--service", default="")
+    s.add_argument("--service", default="", help="only this service's sessions")
     e = command(debug, "events", "show a session's calls", common)
-    e.add_argument("session")
+    e.add_argument("session", help="a session id, as coralctl debug sessions lists it")
     e.add_argument("--since", type=duration_arg, default=0.0, help="only the last 5m, 1h, ...")
     e.add_argument("--follow", action="store_true", help="keep showing new calls until the session ends")
     e.add_argument("--slow", type=duration_arg, default=0.0, metavar="DURATION", help="mark calls at least this slow")
     e.add_argument("--subtract-probe-cost", action="store_true",
                    help="take the probes' own share of each duration out of every duration and percentile")
-    e.add_argument("--save", metavar="PATH", help="also write the calls here as JSON")
+    e.add_argument("--save", metavar="PATH", help="also save the calls and the summary here, as JSON Lines")
+    sh = command(debug, "show", "show a session saved by attach, without asking any daemon", common)
+    sh.add_argument("session", help="a session id (its file under $XDG_STATE_HOME/coral/sessions), or a file's path")
+    sh.add_argument("--slow", type=duration_arg, default=0.0, metavar="DURATION", help="mark calls at least this slow")
     d = command(debug, "detach", "end a session now", common)
-    d.add_argument("session")
+    d.add_argument("session", help="a session id, as coralctl debug sessions lists it")
     au = command(sub, "audit", "who asked the colony for what, and what came of it", common)
     au.add_argument("--since", type=duration_arg, default=0.0, help="only the last 1h, 30m, ...")
     au.add_argument("--max", type=positive_int, default=1000, help="at most this many entries (the newest)")
@@ -428,32 +453,35 @@ class Ctl:
                 + (f"; capturing {' and '.join(captures)}" if captures else "")
                 + ". Ctrl-C detaches."
             )
-        final, summary, tally, sink = self._watch(session.session_id, save_default=True)
+        final, summary, tally, sink = self._watch(session.session_id, save_default=True, started=session)
         if self.out.json:
             self.out.record(render.summary_dict(summary, final, tally))
         else:
             reason = f" ({final.status_reason})" if final.status_reason else ""
             self.out.line(f"Session {final.session_id} {final.status}{reason}. {final.calls} calls stored.")
-            if sink is not None:
-                self.out.line(f"Calls saved to: {sink.path}")
             for line in render.format_summary(summary, final, tally, self.slow_ns, self.style):
                 self.out.line(line)
+            if sink is not None:
+                self.out.line(f"Saved to {sink.path} (coralctl debug show {final.session_id})")
         return EXIT_OK
 
     def _watch(
-        self, session_id: str, save_default: bool, follow: bool = True, since_ns: int = 0
-    ) -> tuple[pb.DebugSession, render.Summary, render.Tally, CallFile | None]:
+        self, session_id: str, save_default: bool, follow: bool = True, since_ns: int = 0,
+        started: pb.DebugSession | None = None,
+    ) -> tuple[pb.DebugSession, render.Summary, render.Tally, SessionFile | None]:
         """Show a session's calls (following it while it runs, if asked),
         saving them if asked; returns the final session and its summary."""
         durations: list[int] = []
         tally = render.Tally()
-        sink = self._call_file(session_id, save_default)
+        sink = self._session_file(session_id, save_default)
+        if sink is not None and started is not None:
+            sink.record({"kind": "session", **render.to_dict(started)})
 
         def seen(call: pb.Call) -> None:
             tally.add(call, self.slow_ns)
             durations.append(call.duration_ns)
             if sink is not None:
-                sink.write(call)
+                sink.call(call)
 
         try:
             final = self._follow(session_id, seen, since_ns, stop_when_drained=not follow)
@@ -461,18 +489,26 @@ class Ctl:
             if follow:
                 self.call("DetachUprobe", pb.DetachUprobeRequest(session_id=session_id))  # nobody is watching
             raise
-        finally:
+        except BaseException:
             if sink is not None:
                 sink.close()
-        return final, render.summarize_session(final, durations, self.subtract), tally, sink
+            raise
+        summary = render.summarize_session(final, durations, self.subtract)
+        if sink is not None:
+            sink.record({"kind": "session", **render.to_dict(final)})
+            sink.record(render.summary_dict(summary, final, tally))
+            sink.close()
+        return final, summary, tally, sink
 
-    def _call_file(self, session_id: str, save_default: bool) -> CallFile | None:
+    def _session_file(self, session_id: str, save_default: bool) -> SessionFile | None:
+        """--save PATH; by default (attach, text output) the state directory,
+        never the working directory."""
         if getattr(self.args, "no_save", False):
             return None
         path = getattr(self.args, "save", None)
         if path is None and save_default and not self.out.json:
-            path = os.path.join("debug-sessions", session_id, "calls.json")
-        return CallFile(path) if path else None
+            return SessionFile(sessions_dir() / f"{session_id}.jsonl")
+        return SessionFile(Path(path)) if path else None
 
     def _follow(
         self, session_id: str, seen: Callable[[pb.Call], None], since_ns: int = 0, stop_when_drained: bool = False
@@ -567,10 +603,10 @@ class Ctl:
         if self.out.json:
             self.out.record(render.summary_dict(summary, final, tally))
         else:
-            if sink is not None:
-                self.out.line(f"Calls saved to: {sink.path}")
             for line in render.format_summary(summary, final, tally, self.slow_ns, self.style):
                 self.out.line(line)
+            if sink is not None:
+                self.out.line(f"Saved to {sink.path}")
         return EXIT_OK
 
     def audit(self) -> int:
@@ -599,10 +635,56 @@ class Ctl:
         return EXIT_OK
 
 
+def show_saved(args: argparse.Namespace) -> int:
+    """`coralctl debug show`: a saved session, read from its file."""
+    out, style = Output(args.output == "json"), render.Style.for_stream(sys.stdout)
+    given = Path(args.session)
+    path = given if given.is_file() else sessions_dir() / f"{args.session}.jsonl"
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        saved = sorted(p.stem for p in sessions_dir().glob("*.jsonl")) if sessions_dir().is_dir() else []
+        near = f" (saved there: {', '.join(saved[-5:])})" if saved else ""
+        print(f"coralctl: no saved session {args.session!r} in {sessions_dir()}{near}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:
+        print(f"coralctl: cannot read {path}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        records = [json.loads(line) for line in lines if line.strip()]
+    except ValueError:
+        print(f"coralctl: {path} is not a saved session (JSON Lines from coralctl debug attach)", file=sys.stderr)
+        return EXIT_FAILED
+    if out.json:
+        for r in records:
+            out.record(r)
+        return EXIT_OK
+    slow_ns = round(args.slow * 1e9)
+    tally, durations, final = render.Tally(), [], None
+    for r in records:
+        if r.get("kind") == "call":
+            call = render.call_from_dict(r)
+            tally.add(call, slow_ns)
+            durations.append(call.duration_ns)
+            for line in render.format_call(call, slow_ns, style):
+                out.line(line)
+        elif r.get("kind") == "session":
+            final = render.session_from_dict(r)
+    if final is None or not any(r.get("kind") == "summary" for r in records):
+        out.line(f"(incomplete: {path} ends before its session did)")
+    if final is not None:
+        out.line(f"Session {final.session_id} {final.status}. {len(durations)} calls saved.")
+        for line in render.format_summary(render.summarize_session(final, durations), final, tally, slow_ns, style):
+            out.line(line)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "keys":
         return generate_keys(args)
+    if args.command == "debug" and args.debug_command == "show":
+        return show_saved(args)
     try:
         config = load_config(args.config)
         ctl = Ctl(args, config)

@@ -221,6 +221,11 @@ def _pct(n: int, total: int) -> str:
 def format_summary(s: Summary, session: pb.DebugSession, tally: Tally | None = None, slow_ns: int = 0,
                    style: Style = PLAIN) -> list[str]:
     tally = tally or Tally()
+    if not s.calls:
+        lines = [style.bold("Summary:"), "  Total calls:  0 (the function was not called while the session ran)"]
+        lines.extend(f"  Not probed:   {u}" for u in session.unanswered)
+        lines.extend(format_agents(session, style))
+        return lines
     lines = [
         style.bold("Summary:"),
         f"  Total calls:  {s.calls}",
@@ -334,6 +339,42 @@ def summary_dict(s: Summary, session: pb.DebugSession, tally: Tally | None = Non
         "histogram": {str(k): v for k, v in session.histogram.items()},
         "agents": agents_of(session),
     }
+
+
+def _from_dict(msg: Message, data: dict[str, Any]) -> Message:
+    """The reverse of to_dict, for the fields `msg` has (others are ignored:
+    `kind`, `line`, and fields of a newer coralctl)."""
+    for fd in msg.DESCRIPTOR.fields:
+        if fd.name not in data or data[fd.name] is None:
+            continue
+        value = data[fd.name]
+        if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+            key_type = fd.message_type.fields_by_name["key"].cpp_type
+            target = getattr(msg, fd.name)
+            for k, v in value.items():
+                target[int(k) if key_type != fd.CPPTYPE_STRING else k] = v
+        elif fd.is_repeated and fd.message_type is not None:
+            for item in value:
+                _from_dict(getattr(msg, fd.name).add(), item)
+        elif fd.is_repeated:
+            getattr(msg, fd.name).extend(value)
+        elif fd.message_type is not None:
+            _from_dict(getattr(msg, fd.name), value)
+        else:
+            setattr(msg, fd.name, value)
+    return msg
+
+
+def call_from_dict(data: dict[str, Any]) -> pb.Call:
+    call = pb.Call()
+    _from_dict(call, data)
+    return call
+
+
+def session_from_dict(data: dict[str, Any]) -> pb.DebugSession:
+    session = pb.DebugSession()
+    _from_dict(session, data)
+    return session
 
 
 def to_dict(msg: Message) -> dict[str, Any]:
