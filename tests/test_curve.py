@@ -22,7 +22,7 @@ from coral.daemon.config import AccessConfig, ConfigError, parse_config
 from coral.daemon.errors import PermissionDenied
 from coral.daemon.server import Peer
 from coral.proto import coral_pb2 as pb
-from tests.harness import REPO, CoralEnv, Process, tool
+from tests.harness import CoralEnv, Process, tool
 
 
 def test_generated_key_files_are_private_and_readable_as_certificates(tmp_path: Path) -> None:
@@ -328,17 +328,3 @@ def test_coralctl_says_why_no_handshake_happened(tmp_path: Path) -> None:
     finally:
         closed.close()
         mute.close()
-
-
-def test_bash_completion_knows_keys() -> None:
-    def complete(*words: str) -> list[str]:
-        script = (
-            f"source {REPO / 'etc' / 'coralctl.bash'}; COMP_WORDS=({' '.join(repr(w) for w in words)}); "
-            f'COMP_CWORD={len(words) - 1}; _coralctl; echo "${{COMPREPLY[@]}}"'
-        )
-        return subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout.split()
-
-    assert complete("coralctl", "ke") == ["keys"]
-    assert complete("coralctl", "keys", "") == ["generate"]
-    assert "--dir" in complete("coralctl", "keys", "generate", "alice", "--d")
-    assert "--colony-key" in complete("coralctl", "services", "--col")

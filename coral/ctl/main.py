@@ -21,7 +21,8 @@ from typing import Any, cast
 from google.protobuf.message import Message
 
 from coral import expr
-from coral.ctl import render
+from coral.ctl import complete, render
+from coral.ctl.saved import SessionFile, sessions_dir, show_saved
 from coral.daemon import curve
 from coral.daemon.client import Client, HandshakeFailed, Unreachable
 from coral.daemon.config import Config, ConfigError, load_config
@@ -32,35 +33,6 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 
 FOLLOW_WAIT = 2.0  # seconds the daemon may hold a follower's question while nothing happens
 FOLLOW_BACKOFF = 0.2  # seconds before asking again when a question was not held
 PAGE = 1000
-
-
-def sessions_dir() -> Path:
-    """Where attach keeps the sessions it saves: $XDG_STATE_HOME/coral/sessions."""
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return Path(base) / "coral" / "sessions"
-
-
-class SessionFile:
-    """A session saved as the JSON Lines that `--output json` prints: the
-    session as it started (attach only), its calls, then the session as it
-    ended and the summary. Readable by its owner only: it holds captured
-    values."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        for parent in reversed(path.parents):
-            if not parent.exists():
-                parent.mkdir(mode=0o700)
-        self._f = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w")
-
-    def record(self, obj: dict[str, Any]) -> None:
-        self._f.write(json.dumps(obj, separators=(",", ":")) + "\n")
-
-    def call(self, call: pb.Call) -> None:
-        self.record({"kind": "call", **render.to_dict(call)})
-
-    def close(self) -> None:
-        self._f.close()
 
 
 class Output:
@@ -635,51 +607,47 @@ class Ctl:
         return EXIT_OK
 
 
-def show_saved(args: argparse.Namespace) -> int:
-    """`coralctl debug show`: a saved session, read from its file."""
-    out, style = Output(args.output == "json"), render.Style.for_stream(sys.stdout)
-    given = Path(args.session)
-    path = given if given.is_file() else sessions_dir() / f"{args.session}.jsonl"
-    try:
-        lines = path.read_text().splitlines()
-    except FileNotFoundError:
-        saved = sorted(p.stem for p in sessions_dir().glob("*.jsonl")) if sessions_dir().is_dir() else []
-        near = f" (saved there: {', '.join(saved[-5:])})" if saved else ""
-        print(f"coralctl: no saved session {args.session!r} in {sessions_dir()}{near}", file=sys.stderr)
-        return EXIT_FAILED
-    except OSError as exc:
-        print(f"coralctl: cannot read {path}: {exc.strerror}", file=sys.stderr)
-        return EXIT_FAILED
-    try:
-        records = [json.loads(line) for line in lines if line.strip()]
-    except ValueError:
-        print(f"coralctl: {path} is not a saved session (JSON Lines from coralctl debug attach)", file=sys.stderr)
-        return EXIT_FAILED
-    if out.json:
-        for r in records:
-            out.record(r)
-        return EXIT_OK
-    slow_ns = round(args.slow * 1e9)
-    tally, durations, final = render.Tally(), [], None
-    for r in records:
-        if r.get("kind") == "call":
-            call = render.call_from_dict(r)
-            tally.add(call, slow_ns)
-            durations.append(call.duration_ns)
-            for line in render.format_call(call, slow_ns, style):
-                out.line(line)
-        elif r.get("kind") == "session":
-            final = render.session_from_dict(r)
-    if final is None or not any(r.get("kind") == "summary" for r in records):
-        out.line(f"(incomplete: {path} ends before its session did)")
-    if final is not None:
-        out.line(f"Session {final.session_id} {final.status}. {len(durations)} calls saved.")
-        for line in render.format_summary(render.summarize_session(final, durations), final, tally, slow_ns, style):
-            out.line(line)
+def complete_words(argv: list[str]) -> int:
+    """`coralctl __complete CWORD WORD...`: what the shell may offer at
+    WORD number CWORD, one per line (etc/coralctl.bash, etc/_coralctl)."""
+    if not argv or not argv[0].isdigit():
+        return EXIT_USAGE
+    cword, words = int(argv[0]), argv[1:]
+    parser = build_parser()
+    pos = complete.locate(parser, words[1:cword])
+
+    def ask(what: str, detail: str) -> list[str]:
+        if what == "saved":
+            return sorted(p.stem for p in sessions_dir().glob("*.jsonl")) if sessions_dir().is_dir() else []
+        given = {k[2:].replace("-", "_"): v for k, v in pos.options.items()}
+        ns = argparse.Namespace(**{**GLOBAL_DEFAULTS, **{k: v for k, v in given.items() if k in GLOBAL_DEFAULTS}})
+        ns.local, ns.timeout, ns.output = "--local" in pos.flags, complete.ASK_TIMEOUT, "text"
+        try:
+            ctl = Ctl(ns, load_config(ns.config))
+            if what in ("services", "agents"):
+                r = cast(pb.ListServicesResponse, ctl.call("ListServices", pb.ListServicesRequest()))
+                return [s.service if what == "services" else s.agent_id for s in r.services]
+            if what == "functions":
+                service, typed = detail.split("\0", 1)
+                f = cast(pb.ListFunctionsResponse, ctl.call("ListFunctions", pb.ListFunctionsRequest(
+                    service=service, pattern=typed + "*", max_results=1000)))
+                return list(f.functions)
+            if what == "sessions":
+                d = cast(pb.ListDebugSessionsResponse, ctl.call("ListDebugSessions", pb.ListDebugSessionsRequest()))
+                return [x.session_id for x in d.sessions]
+        except (ConfigError, CoralError, HandshakeFailed, Unreachable, OSError):
+            return []  # a Tab press offers nothing rather than an error
+        return []
+
+    for candidate in complete.candidates(parser, words, cword, ask):
+        print(candidate)
     return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["__complete"]:
+        return complete_words(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "keys":
         return generate_keys(args)
