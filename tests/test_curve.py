@@ -215,6 +215,7 @@ def test_tcp_without_keys_is_a_config_error_never_plaintext(tmp_path: Path) -> N
     )
 
 
+@pytest.mark.system  # starts the colony, or waits out handshakes
 def test_colony_refuses_to_serve_tcp_without_its_key(tmp_path: Path) -> None:
     env = CoralEnv.create()
     try:
@@ -296,6 +297,7 @@ def test_more_missing_or_bad_keys(tmp_path: Path) -> None:
         assert str(exc.value) == f"{src}: [client] colony_public_key_file {path}: cannot read a CURVE key: {reason}"
 
 
+@pytest.mark.system  # starts the colony, or waits out handshakes
 def test_coralctl_says_why_no_handshake_happened(tmp_path: Path) -> None:
     """Nothing listening, or something that is not a colony: coralctl says so
     within its timeout instead of waiting for a reply that cannot come."""

@@ -52,6 +52,8 @@ from tests.test_native_capture import run_service
 from tests.test_native_e2e import wait_for_service
 from tests.test_python_e2e import PythonService
 
+pytestmark = pytest.mark.system  # provokes each message against real daemons
+
 DOC = REPO / "docs" / "troubleshooting.md"
 PLACEHOLDER = re.compile(r"<[a-z][a-z0-9 _.-]*>")
 CODE_SPAN = re.compile(r"`([^`]+)`")
