@@ -35,6 +35,20 @@ else
   say "ok: apt packages present"
 fi
 
+# Prometheus, the real server tests/test_metrics.py scrapes the daemons with. The
+# test runs /usr/bin/prometheus itself, on its own port and data directory; the
+# package's own service is not used (nor started here), and its recommends
+# (node exporter, smartmontools) are not needed.
+if dpkg-query -W -f='${Status}' prometheus 2>/dev/null | grep -q 'install ok installed'; then
+  say "ok: prometheus present"
+elif [ "$(id -u)" -ne 0 ]; then
+  say "missing apt package: prometheus (run this script as root to install it)"; exit 1
+else
+  say "installing apt package prometheus (without recommends)"
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus
+fi
+
 # Kernel headers for the running kernel. Debian's linux-headers-amd64 may be a
 # different version than a custom VM kernel; BCC only needs a consistent
 # header tree, and uprobe programs use no version-specific structures.
@@ -104,5 +118,5 @@ else
   "$gobin/go/bin/go" version >/dev/null
 fi
 
-.venv/bin/python -c 'import bcc, zmq, duckdb, numpy, elftools, google.protobuf' \
-  && say "ok: import bcc, zmq, duckdb, numpy, elftools, protobuf in .venv"
+.venv/bin/python -c 'import bcc, zmq, duckdb, numpy, elftools, google.protobuf, prometheus_client' \
+  && say "ok: import bcc, zmq, duckdb, numpy, elftools, protobuf, prometheus_client in .venv"

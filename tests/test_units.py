@@ -73,7 +73,7 @@ def test_summary_uses_nearest_rank_percentiles() -> None:
             "c.toml: unknown key [agent] colour (known: id, colony_endpoint, heartbeat_interval, "
             "heartbeat_liveness, poll_interval, drain_interval, ingest_cpu_percent, flush_interval, key_file, "
             "colony_public_key_file, retention, purge_interval, "
-            "max_registrations_per_uid)",
+            "max_registrations_per_uid, metrics_listen)",
         ),
         ({"nope": {}},
          "c.toml: unknown section [nope] (known: paths, limits, sessions, agent, colony, client, sdk, access, services)"),

@@ -36,6 +36,7 @@ from coral.agentd.probecost import ProbeCosts, first_bytes
 from coral.agentd.registry import ProcessRegistry, Registration
 from coral.agentd.store import EventStore, SessionRow
 from coral.agentd.targets import native_sites, python_site
+from coral.agentd.totals import CallTotals
 from coral.agentd.values import int_kind
 from coral.daemon.config import Config
 from coral.daemon.errors import CoralError, Internal, InvalidArgument, LimitExceeded, NotFound, ProbeFailed, Unavailable
@@ -216,6 +217,7 @@ class SessionManager:
         self.active: dict[str, Session] = {}
         self.starting: dict[str, Starting] = {}  # attaches waiting on their processes
         self.counters: Counter[str] = Counter()
+        self.totals = CallTotals()  # over this run's sessions, for /metrics
         self._by_slot: dict[int, Session] = {}
         self._pending: builtins.list[CallBlock] = []  # drained, not handed to the store yet (seq order)
         self._pending_calls = 0  # the calls in them
@@ -463,7 +465,9 @@ class SessionManager:
             del self._by_slot[slot]
             self._closing.pop(session.session_id, None)
             session.final = final
-            self.store.save_session(session.to_row(final))
+            row = session.to_row(final)
+            self.totals.session_final(final.calls, row.lost)
+            self.store.save_session(row)
             self.news.add(session.session_id)
             log.info("session %s %s%s: %d calls", session.session_id, session.status,
                      f" ({session.reason})" if session.reason else "", final.calls)
@@ -559,7 +563,9 @@ class SessionManager:
         self._pending_calls -= handed
         for block in batch:  # seqs increase: each session's last one stays
             self._handed[block.session_id] = block.last_seq
-        for session_id, n in self.store.append(batch, force).items():
+        dropped = self.store.append(batch, force)
+        self.totals.flushed(handed, sum(dropped.values()))
+        for session_id, n in dropped.items():
             session = self.active.get(session_id) or self._ended_unwritten.get(session_id)
             if session is None:
                 continue
@@ -577,6 +583,16 @@ class SessionManager:
     @property
     def pending(self) -> int:
         return self._pending_calls
+
+    def call_totals(self) -> tuple[int, Counter[str]]:
+        """Calls seen by the kernel and lost by cause, over this run: the
+        ended sessions', and the counts so far of those still active or
+        whose last calls are still being read."""
+        live = []
+        for slot, session in self._by_slot.items():
+            stats = self.engine.stats(slot, with_histogram=False)
+            live.append((stats.calls, session.to_row(stats).lost))
+        return self.totals.with_live(live)
 
     # -------------------------------------------------------------- end
 
@@ -638,6 +654,7 @@ class SessionManager:
         self._disarm(session.targets)
         del self.active[session.session_id]
         session.status, session.reason, session.ended_ns = status, reason, time.time_ns()
+        self.totals.session_ended(status)
         self.news.add(session.session_id)
         self.store.save_session(session.to_row(self.engine.stats(session.slot)))  # final once its probes are gone
         if time.monotonic() - self._trimmed >= 1.0:  # once a second at most: many sessions may end together

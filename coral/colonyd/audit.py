@@ -34,6 +34,7 @@ class AuditLog:
     rows: list[AuditRow] = field(default_factory=list)  # not written yet
     reads: dict[tuple[str, int, str], int] = field(default_factory=dict)  # (who, pid, method) -> answered
     reads_since: float = field(default_factory=time.monotonic)
+    recorded: int = 0  # rows handed to the store in this run
 
     def request(self, peer: Peer, method: str, request: Message | None, outcome: str, detail: str,
                 always: bool = False) -> None:
@@ -98,6 +99,7 @@ class AuditLog:
     def hand_over(self) -> None:
         """The rows so far, to the store's next batch."""
         rows, self.rows = self.rows, []
+        self.recorded += len(rows)
         self.store.audit(rows)
 
     def flush(self, final: bool = False) -> None:

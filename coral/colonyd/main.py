@@ -8,17 +8,21 @@ import logging
 import math
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from coral import __version__
 from coral.colonyd.broker import Broker, Outgoing
+from coral.colonyd.metrics import colony_snapshot
 from coral.colonyd.store import ColonyStore
 from coral.daemon import curve, wire
 from coral.daemon.config import Config
 from coral.daemon.connections import ConnectionCap, uids_of
 from coral.daemon.errors import BadRequest
+from coral.daemon.methods import COLONY_FRONTEND_METHODS
+from coral.daemon.metrics import RequestTimes
 from coral.daemon.runtime import (
     Notifier,
     ShutdownSignals,
@@ -30,12 +34,16 @@ from coral.daemon.runtime import (
 from coral.daemon.server import peer_of, recv_frames
 from coral.proto import coral_pb2 as pb
 
+if TYPE_CHECKING:
+    from coral.daemon.prometheus import Metrics
+
 log = logging.getLogger("coral.colonyd")
 
 TICK_SECONDS = 0.1
 BATCH = 100  # messages handled between two audit writes
 SEND_QUEUE = 100_000  # messages queued for one client or agent
 _MORE, _LAST = int(zmq.SNDMORE | zmq.NOBLOCK), int(zmq.NOBLOCK)
+_REPLY = bytes([wire.Command.REPLY])
 
 
 # What each body-carrying command from an agent holds.
@@ -50,6 +58,16 @@ class Colony:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.keys = curve.colony_keys(config)  # a tcp endpoint without keys stops the start here
+        self.metrics: Metrics | None = None  # /metrics, if [colony] metrics_listen says where
+        self.times: RequestTimes | None = None  # when each client's request came, until its reply is sent
+        self._metrics_published = -math.inf
+        if config.colony.metrics_listen:
+            from coral.daemon.prometheus import Metrics  # only when used: prometheus_client costs memory
+
+            self.metrics = Metrics("coral_colony", config.colony.metrics_listen, "[colony] metrics_listen",
+                                   {"frontend": COLONY_FRONTEND_METHODS})
+            self.metrics.start()  # before the sockets: a port that cannot be had stops the start with nothing to undo
+            self.times = RequestTimes(self.metrics.timer("frontend"))
         self.context = zmq.Context()
         self.store = ColonyStore(config.colony_state_dir / "colony.duckdb")
         self.broker = Broker(config, self.store)
@@ -183,6 +201,8 @@ class Colony:
 
     def _send_now(self, m: Outgoing) -> None:
         sock = self.frontend if m.socket == "frontend" else self.backend
+        if self.times is not None and m.socket == "frontend" and len(m.frames) >= 4 and m.frames[-4] == _REPLY:
+            self.times.finish((m.frames[0], m.frames[-3]))  # a reply: [identity, "", header, REPLY, id, status, body]
         try:
             # What send_multipart does, with flags as plain ints: it ORs
             # enum flags for every frame, 4.5 us of a 7 us send here.
@@ -210,6 +230,8 @@ class Colony:
             err = BadRequest(f"bad frame: {exc.reason}")
             self.send([Outgoing("frontend", wire.encode_error(exc.request_id or b"?", err, tuple(identity)))])
             return
+        if self.times is not None and len(frame.envelope) == 1:
+            self.times.start((frame.envelope[0], frame.request_id), frame.name, time.monotonic())
         self.send(self.broker.handle_request(frame, peer, now))
 
     def on_backend(self, now: float) -> None:
@@ -241,7 +263,19 @@ class Colony:
         """Ask a link that is not a known agent to announce itself again."""
         self.send([Outgoing("backend", wire.encode_signal(wire.Command.DISCONNECT, envelope))])
 
+    def publish_metrics(self, now: float) -> None:
+        """Once per heartbeat: a new snapshot for /metrics (read by its own
+        thread; the loop never waits for a scrape)."""
+        if self.metrics is None or now - self._metrics_published < self.config.colony.heartbeat_interval:
+            return
+        self._metrics_published = now
+        try:
+            self.metrics.publish(colony_snapshot(self.broker))
+        except Exception:  # a bug: the last snapshot stays; the colony serves on
+            log.exception("could not update /metrics")
+
     def run(self, signals: ShutdownSignals, notifier: Notifier) -> None:
+        self.publish_metrics(time.monotonic())
         notifier.ready(f"frontend {self.config.colony_frontend}")
         log.info(
             "coral-colonyd %s ready: frontend %s, backend %s",
@@ -287,12 +321,15 @@ class Colony:
                 if now >= next_tick:  # timers, not per message: a thousand agents' heartbeats wake us often
                     self.send(self.broker.tick(now))
                     next_tick = now + TICK_SECONDS
+                    self.publish_metrics(now)
                 elif self.broker.replies_since_pull:
                     self.send(self.broker.pull(now))
                 self.flush()
                 notifier.watchdog(now)
         finally:
             notifier.stopping()
+            if self.metrics is not None:
+                self.metrics.close()
             log.info("stopping (%s)", signals.signal_name or "shutdown")
             self.broker.followers.expire(math.inf)  # held followers are answered with what is here
             self.flush()
