@@ -7,6 +7,7 @@ refused through MCP exactly as through coralctl."""
 
 from __future__ import annotations
 
+import functools
 import grp
 import json
 import os
@@ -136,11 +137,27 @@ def test_an_assistant_attaches_for_2s_and_sees_every_call(coral_env: CoralEnv, p
             message = await refused(s, "attach", service="payments", function="validate_card", capture_args=True)
             assert message.startswith("coral-mcp may not capture values: [mcp] allow_capture is false in "), message
 
+            # An assistant that stops waiting for its attach (the client cancels the call) ends the session.
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(functools.partial(call, s, "attach", service="payments", function="validate_card",
+                                                duration_seconds=30))
+                while not (running := (await call(s, "list_sessions", active_only=True))["sessions"]):
+                    await anyio.sleep(0.05)
+                tg.cancel_scope.cancel()
+            with anyio.fail_after(10):
+                while (ended := await call(s, "list_sessions"))["sessions"][-1]["status"] == "active":
+                    await anyio.sleep(0.05)
+            assert ended["sessions"][-1]["session_id"] == running[0]["session_id"]
+            assert ended["sessions"][-1]["status"] == "detached"
+
     anyio.run(story)
 
     # What coral-mcp refused itself (31 s, a bad filter, capture) never reached the colony.
     rows = [(r["who"], r["client_label"], r["outcome"]) for r in audit(coral_env) if r["method"] == "AttachUprobe"]
-    assert rows == [("uid:0", "via MCP: test-assistant", "OK"), ("uid:0", "via MCP: test-assistant", "NOT_FOUND")]
+    assert rows == [("uid:0", "via MCP: test-assistant", "OK"), ("uid:0", "via MCP: test-assistant", "NOT_FOUND"),
+                    ("uid:0", "via MCP: test-assistant", "OK")]
+    detached = [(r["who"], r["client_label"], r["outcome"]) for r in audit(coral_env) if r["method"] == "DetachUprobe"]
+    assert detached == [("uid:0", "via MCP: test-assistant", "OK")]
     assert "uid:0 (via MCP: test-assistant)" in coralctl(coral_env, "audit").stdout
 
 

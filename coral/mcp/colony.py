@@ -28,6 +28,7 @@ MAX_LABEL = 64
 MAX_NAME = 200  # a service or function name, as the daemons bound them
 MAX_EVENTS = 200  # calls in one get_events result: an assistant's context is not a log file
 MAX_FUNCTIONS = 500
+MAX_LISTED = 500  # services or sessions in one answer; the rest are counted
 MAX_WAIT = 5.0  # seconds get_events may wait for a new call (the daemons hold a question at most 5 s)
 FOLLOW_WAIT_MS = 2000  # while attach waits for its session to end
 SUMMARY_PAGE = 1000
@@ -115,14 +116,14 @@ class Colony:
 
     # ------------------------------------------------------------ the tools
 
-    def list_services(self) -> list[dict[str, Any]]:
+    def list_services(self) -> dict[str, Any]:
         found: list[dict[str, Any]] = []
         after = ""
         while True:
             r = cast(pb.ListServicesResponse, self.call("ListServices", pb.ListServicesRequest(after=after)))
             found += [render.to_dict(s) for s in r.services]
-            if not r.next or r.next == after:
-                return found
+            if not r.next or r.next == after or len(found) > MAX_LISTED:
+                return {"services": found[:MAX_LISTED], "truncated": len(found) > MAX_LISTED}
             after = r.next
 
     def list_functions(self, service: str, pattern: str, max_results: int) -> dict[str, Any]:
@@ -180,10 +181,12 @@ class Colony:
                 "next_cursor": q.next_cursor, "has_more": q.has_more,
                 "lost": dict(q.session.lost)}
 
-    def sessions(self, service: str, active_only: bool) -> list[dict[str, Any]]:
+    def sessions(self, service: str, active_only: bool) -> dict[str, Any]:
+        """The newest MAX_LISTED sessions, newest last, and how many there are."""
         r = cast(pb.ListDebugSessionsResponse, self.call("ListDebugSessions", pb.ListDebugSessionsRequest(
             service=service, active_only=active_only)))
-        return [session_dict(s) for s in r.sessions]
+        newest = sorted(r.sessions, key=lambda s: s.started_unix_ns)[-MAX_LISTED:]
+        return {"sessions": [session_dict(s) for s in newest], "total": len(r.sessions)}
 
     def detach(self, session_id: str) -> dict[str, Any]:
         r = cast(pb.DetachUprobeResponse, self.call("DetachUprobe", pb.DetachUprobeRequest(session_id=session_id)))

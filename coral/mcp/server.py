@@ -9,6 +9,7 @@ threads, so a long `attach` does not hold up the other tools."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import time
@@ -63,13 +64,14 @@ class CoralTools:
         self.colony = colony
         self.config = config
 
-    async def _run(self, ctx: Context | None, work: Callable[[Colony], T]) -> T:
+    async def _run(self, ctx: Context | None, work: Callable[[Colony], T], abandon_on_cancel: bool = False) -> T:
         """Run `work` against the colony in a worker thread, as this
         client's label; a Coral error becomes the tool's error, worded as
-        coralctl words it."""
+        coralctl words it. With `abandon_on_cancel`, a cancelled tool call
+        returns at once and the thread finishes on its own."""
         colony = self.colony.labelled(client_label(_client_name(ctx)))
         try:
-            return await anyio.to_thread.run_sync(work, colony)
+            return await anyio.to_thread.run_sync(work, colony, abandon_on_cancel=abandon_on_cancel)
         except HandshakeFailed as exc:
             raise ToolError(f"cannot talk to the colony: {exc.message}") from None
         except Unreachable as exc:
@@ -81,9 +83,8 @@ class CoralTools:
             raise ToolError(str(exc)) from None
 
     async def list_services(self, ctx: Context) -> dict[str, Any]:
-        """The services that opted in to Coral (SDK or coral-run), one entry per process."""
-        services = await self._run(ctx, lambda c: c.list_services())
-        return {"services": services}
+        """The services that opted in to Coral (SDK or coral-run), one entry per process (at most 500)."""
+        return await self._run(ctx, lambda c: c.list_services())
 
     async def list_functions(self, service: str, ctx: Context, pattern: str = "",
                              max_results: int = 100) -> dict[str, Any]:
@@ -118,7 +119,14 @@ class CoralTools:
             return {"session": started, "status": session.status}
         await ctx.report_progress(0, duration_seconds, f"session {session.session_id} recording")
         until = time.monotonic() + duration_seconds + min(cap, 10.0)  # its expiry, and time to gather the last calls
-        summary = await self._run(ctx, lambda c: c.summary(session.session_id, until))
+        try:
+            summary = await self._run(ctx, lambda c: c.summary(session.session_id, until), abandon_on_cancel=True)
+        except anyio.get_cancelled_exc_class():
+            # The client gave up waiting (cancelled the call, or went away):
+            # nobody will read this session, so end it now, not at its expiry.
+            with anyio.CancelScope(shield=True), contextlib.suppress(ToolError):  # ended already: nothing to end
+                await self._run(ctx, lambda c: c.detach(session.session_id))
+            raise
         return {"session": started, "summary": summary,
                 "next": f"get_events(session_id={session.session_id!r}) reads the calls"}
 
@@ -156,10 +164,10 @@ class CoralTools:
         return await self._run(ctx, lambda c: c.events(session_id, cursor, max_calls, wait_seconds))
 
     async def list_sessions(self, ctx: Context, service: str = "", active_only: bool = False) -> dict[str, Any]:
-        """Debug sessions the colony knows (all services, or one), newest last."""
+        """Debug sessions the colony knows (all services, or one): the newest 500, newest last."""
         if service:
             _checked(lambda: check_name("service", service))
-        return {"sessions": await self._run(ctx, lambda c: c.sessions(service, active_only))}
+        return await self._run(ctx, lambda c: c.sessions(service, active_only))
 
     async def detach(self, session_id: str, ctx: Context) -> dict[str, Any]:
         """End a running session now; its calls stay readable."""
