@@ -12,6 +12,7 @@ import grp
 import json
 import os
 import pwd
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -25,6 +26,7 @@ from mcp.client.session import ClientRequestContext, ClientSession, ElicitationF
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
 from coral.colonyd.audit import client_label as audit_label
+from coral.daemon import curve
 from coral.mcp.colony import client_label
 from coral.proto import coral_pb2 as pb
 from tests.harness import CoralEnv, NativeService, coralctl, running, tool
@@ -36,10 +38,11 @@ Elicit = ElicitationFnT
 
 @asynccontextmanager
 async def assistant(env: CoralEnv, name: str = "test-assistant", elicit: Elicit | None = None,
-                    user: pwd.struct_passwd | None = None) -> AsyncIterator[ClientSession]:
+                    user: pwd.struct_passwd | None = None, extra_args: tuple[str, ...] | list[str] = ()
+                    ) -> AsyncIterator[ClientSession]:
     """coral-mcp started by the SDK's stdio client, as root or as `user`
     (in group coral, as an operator is), initialized under `name`."""
-    argv = [sys.executable, "-m", "coral.mcp.server"]
+    argv = [sys.executable, "-m", "coral.mcp.server", *extra_args]
     if user is not None:
         argv = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}",
                 f"--groups={grp.getgrnam('coral').gr_gid}", "--", *argv]
@@ -224,6 +227,55 @@ def test_a_user_without_the_right_is_refused_through_mcp_as_through_coralctl(
         rows = [(r["who"], r["client_label"], r["outcome"]) for r in audit(coral_env) if r["method"] == "AttachUprobe"]
         assert rows == [(uid, "", "PERMISSION_DENIED"), (uid, "via MCP: member-assistant", "PERMISSION_DENIED"),
                         (uid, "via MCP: member-assistant", "OK")]
+
+
+def test_over_tcp_coral_mcp_is_its_own_curve_key_with_that_keys_rights(coral_env: CoralEnv, bpf: None,
+                                                                       payments_binary: Path) -> None:
+    """A colony frontend on tcp: coral-mcp comes with a key of its own,
+    `assistant`, which may list and attach but not capture; root's coralctl
+    has the key `ops`. The audit rows name key:assistant, via MCP."""
+    keys = coral_env.root / "keys"
+    for name in ("colony", "ops", "assistant"):
+        curve.write_key_pair(keys, name)
+    (keys / "clients").mkdir()
+    for name in ("ops", "assistant"):
+        (keys / "clients" / f"{name}.key").write_bytes((keys / f"{name}.key").read_bytes())
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = coral_env.with_config(f"""
+[colony]
+frontend_endpoint = "tcp://127.0.0.1:{port}"
+secret_key_file = "{keys / "colony.key_secret"}"
+client_keys_dir = "{keys / "clients"}"
+
+[client]
+key_file = "{keys / "ops.key_secret"}"
+colony_public_key_file = "{keys / "colony.key"}"
+
+[access]
+list = ["key:ops", "key:assistant"]
+attach = ["key:ops", "key:assistant"]
+capture = ["key:ops"]
+
+[mcp]
+allow_capture = true
+""")
+    with running(env, payments_binary) as payments:
+        wait_for_service(env, "payments")
+
+        async def story() -> None:
+            async with assistant(env, "tcp-assistant", extra_args=["--key", str(keys / "assistant.key_secret")]) as s:
+                assert [x["service"] for x in (await call(s, "list_services"))["services"]] == ["payments"]
+                assert await refused(s, "attach", service="payments", function="validate_card", capture_args=True) == (
+                    "key assistant may not capture (needs [access] capture, which admits key:ops)")
+                answer = await attach_while_calling(s, payments, 4, duration_seconds=1)
+                assert answer["summary"]["calls"] == 4
+
+        anyio.run(story)
+        rows = [(r["who"], r["client_label"], r["outcome"]) for r in audit(env) if r["method"] == "AttachUprobe"]
+        assert rows == [("key:assistant", "via MCP: tcp-assistant", "PERMISSION_DENIED"),
+                        ("key:assistant", "via MCP: tcp-assistant", "OK")]
 
 
 def test_the_client_label_is_bounded_and_printable() -> None:
