@@ -181,6 +181,13 @@ def test_capture_needs_the_grant_and_the_person_when_the_client_can_ask(coral_en
             message = await refused(s, "attach", service="payments", function="validate_card", capture_args=True)
             assert message.startswith("the person did not allow capturing values"), message
         assert len(asked) == 1 and "arguments of every call of payments validate_card" in asked[0]
+
+        async def fails(context: ClientRequestContext, params: types.ElicitRequestParams) -> types.ErrorData:
+            return types.ErrorData(code=-32603, message="no window to ask in")
+
+        async with assistant(granted, "cannot-show-it", elicit=fails) as s:
+            message = await refused(s, "attach", service="payments", function="validate_card", capture_return=True)
+            assert message.startswith("the person could not be asked before capturing values (no window to ask in)")
         async with assistant(granted, "says-yes", elicit=person(True)) as s:
             answer = await attach_while_calling(s, payments, 3, duration_seconds=2, capture_args=True,
                                                 capture_return=True)

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import anyio
 from mcp.server.mcpserver import AcceptedElicitation, Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel, Field
 
 from coral import __version__
@@ -140,9 +141,13 @@ class CoralTools:
         caps = ctx.client_capabilities
         if caps is None or caps.elicitation is None or not ctx.session.can_send_request:
             return  # no way to ask: the grant in the configuration decides
-        answer = await ctx.elicit(
-            f"An assistant asks to record {' and '.join(capturing)} of every call of {service} {function} "
-            f"for {seconds:g}s. They may hold personal data. Allow it?", CaptureConsent)
+        try:
+            answer = await ctx.elicit(
+                f"An assistant asks to record {' and '.join(capturing)} of every call of {service} {function} "
+                f"for {seconds:g}s. They may hold personal data. Allow it?", CaptureConsent)
+        except (MCPError, ValueError) as exc:  # the client failed to ask, or answered off the form
+            raise ToolError(f"the person could not be asked before capturing values ({exc}); "
+                            "attach without them for timing only") from None
         if not (isinstance(answer, AcceptedElicitation) and answer.data.capture):
             raise ToolError("the person did not allow capturing values; attach without them for timing only")
 
