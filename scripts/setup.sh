@@ -98,7 +98,7 @@ if [ ! -f "$stamp" ] || [ -n "$(find setup.cfg setup.py pyproject.toml coral/sdk
   say "installing coral and its dependencies into .venv"
   # (grep hides pip's notes about absent local mirrors; pipefail keeps pip's status)
   .venv/bin/python -m pip install -q --upgrade pip 2>&1 | { grep -v 'is ignored' || true; }
-  .venv/bin/python -m pip install -q -e '.[dev]' 2>&1 | { grep -v 'is ignored' || true; }
+  .venv/bin/python -m pip install -q -e '.[dev,mcp]' 2>&1 | { grep -v 'is ignored' || true; }
   touch "$stamp"
 else
   say "ok: .venv up to date"

@@ -226,7 +226,7 @@ class Broker:
                     self.pulls.hurry(key)
                 return self._pull(now, everything=False)
             if isinstance(decision, Answer):
-                counted = self.audit.answered_read(peer, method)  # a read with no values: no row of its own to wait for
+                counted = self.audit.answered_read(peer, method, request)  # a read with no values: no row of its own to wait for
                 if not counted:
                     self.audit.request(peer, method, request, "OK", "")
                 return [Outgoing("frontend", wire.encode_reply(frame.request_id, decision.response, frame.envelope),
@@ -273,7 +273,7 @@ class Broker:
             entries=[
                 pb.AuditEntry(timestamp_unix_ns=r.ts_ns, who=r.who, peer_pid=r.peer_pid, method=r.method,
                               service=r.service, function=r.function, session_id=r.session_id, outcome=r.outcome,
-                              detail=r.detail)
+                              detail=r.detail, client_label=r.client_label)
                 for r in rows
             ],
         ))

@@ -592,7 +592,8 @@ class Ctl:
         self.out.line(f"{'TIME':<12} {'WHO':<10} {'PID':>7}  {'METHOD':<18} {'SERVICE':<14} {'FUNCTION':<24} OUTCOME")
         for e in r.entries:
             outcome = e.outcome if e.outcome == "OK" else self.style.red(f"{e.outcome}: {e.detail}")
-            self.out.line(f"{render.clock(e.timestamp_unix_ns):<12} {e.who:<10} {e.peer_pid:>7}  {e.method:<18} "
+            who = f"{e.who} ({e.client_label})" if e.client_label else e.who  # a label the client gave, not an identity
+            self.out.line(f"{render.clock(e.timestamp_unix_ns):<12} {who:<10} {e.peer_pid:>7}  {e.method:<18} "
                           f"{e.service:<14} {e.function:<24} {outcome}")
         if r.truncated:
             self.out.line("(older entries not shown; use --max or --since)")

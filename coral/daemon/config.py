@@ -133,6 +133,15 @@ class AccessConfig:
 
 
 @dataclass(frozen=True)
+class McpConfig:
+    # coral-mcp (docs/mcp.md). Capturing values through it needs this grant on
+    # top of the colony's [access] capture right of the user it runs as.
+    allow_capture: bool = False
+    # Longest session coral-mcp asks for, in seconds (and never over [sessions] max_duration).
+    max_duration: float = 30.0
+
+
+@dataclass(frozen=True)
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
@@ -142,6 +151,7 @@ class Config:
     client: ClientConfig = field(default_factory=ClientConfig)
     sdk: SdkConfig = field(default_factory=SdkConfig)
     access: AccessConfig = field(default_factory=AccessConfig)
+    mcp: McpConfig = field(default_factory=McpConfig)
     # [services]: service name -> who may register it (user names, uids, @groups)
     services: dict[str, tuple[str, ...]] = field(default_factory=dict)
     source: str = "(defaults)"
@@ -201,6 +211,7 @@ _SECTION_TYPES = {
     "client": ClientConfig,
     "sdk": SdkConfig,
     "access": AccessConfig,
+    "mcp": McpConfig,
 }
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 _POSITIVE = {
