@@ -140,6 +140,8 @@ def positive_duration(text: str) -> float:
 def condition_arg(text: str) -> str:
     """A --where condition, checked here so that a typing mistake is shown
     with its column before anything is sent; the agent checks the names."""
+    if not text:  # argparse passes the default ("") through here too: no condition
+        return text
     try:
         expr.parse_condition(text)
     except expr.ExprError as exc:
@@ -249,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="report only calls for which it holds, e.g. 'amount_cents > 1000 && duration > 5ms' "
              "(arguments, fields, ret, err, raised, duration; see the user guide)",
     )
+    a.add_argument("--errors-only", action="store_true",
+                   help="report only calls that failed: Python raised, Go err != nil (and-ed with --where)")
     s = command(debug, "sessions", "list debug sessions", common)
     s.add_argument("--active", action="store_true", help="only active sessions")
     s.add_argument("--service", default="")
@@ -362,6 +366,7 @@ class Ctl:
             max_events=a.max_events,
             min_duration_ns=round(a.min_duration * 1e9),
             predicate=a.where,
+            errors_only=a.errors_only,
         )
         r = cast(
             pb.AttachUprobeResponse,

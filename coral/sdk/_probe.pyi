@@ -10,6 +10,8 @@ ARGS_MAX: int
 RET_MAX: int
 CALL_RAISED: int
 CALL_TRUNCATED: int
+CALL_FILTERED: int
+CALL_WHERE_ERROR: int
 
 class ProbeWrapper:
     original: Callable[..., Any]
@@ -17,6 +19,8 @@ class ProbeWrapper:
     capture_args: bool
     capture_return: bool
     armed: bool
+    where_entry: Callable[..., Any] | None
+    where_return: Callable[[Any, Any, Any, int], int] | None
     __dict__: dict[str, Any]
     def __init__(
         self,
@@ -40,6 +44,7 @@ class ProbeWrapper:
         end_ns: int,
         result: object,
         exc: BaseException | None,
+        verdict: int = ...,
         /,
     ) -> None: ...
 
