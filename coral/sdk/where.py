@@ -337,12 +337,13 @@ class _Compiler:
         return None, v
 
     def node(self, node: expr.Node) -> Test:
+        # An operand that cannot be evaluated is unknown, and the rest may
+        # still decide: `raised || req.amount > 5` holds for a call that
+        # raised, whatever req is; `false && unknown` is false.
         if isinstance(node, expr.And):
-            parts = [self.node(o) for o in node.operands]
-            return lambda env: all(p(env) for p in parts)
+            return _kleene(tuple(self.node(o) for o in node.operands), decisive=False)
         if isinstance(node, expr.Or):
-            parts = [self.node(o) for o in node.operands]
-            return lambda env: any(p(env) for p in parts)
+            return _kleene(tuple(self.node(o) for o in node.operands), decisive=True)
         if isinstance(node, expr.Not):
             inner = self.node(node.operand)
             return lambda env: not inner(env)
@@ -419,6 +420,26 @@ class _Compiler:
             return test(value, want)
 
         return number
+
+
+def _kleene(parts: tuple[Test, ...], decisive: bool) -> Test:
+    """`&&` (decisive False) or `||` (decisive True) over operands some of
+    which may fail: the first operand equal to `decisive` decides; else a
+    failure makes the whole unknown."""
+
+    def test(env: Env) -> bool:
+        unknown = False
+        for part in parts:
+            try:
+                if part(env) is decisive:
+                    return decisive
+            except Exception:  # unknown; a later operand may decide
+                unknown = True
+        if unknown:
+            raise _Fail
+        return not decisive
+
+    return test
 
 
 def _raised_as(tp: type, wanted: str) -> bool:
