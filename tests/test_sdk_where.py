@@ -6,6 +6,7 @@ nor raises into it. tests/test_python_where.py does the same for real."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import sys
 from collections.abc import Generator, Iterator
@@ -20,7 +21,7 @@ from coral.sdk.records import take_test_records
 
 MODULE = __name__
 FILTERED, WHERE_ERROR = _probe.CALL_FILTERED, _probe.CALL_WHERE_ERROR
-FN_IDS = {"charge": 4242, "fetch": 4244, "numbers": 4245}
+FN_IDS = {"charge": 4242, "fetch": 4244, "numbers": 4245, "odd": 4246, "shadows": 4247}
 RAN: list[str] = []  # service code that ran where only a read was allowed
 
 
@@ -35,7 +36,7 @@ class Name(str):
 
     __hash__ = str.__hash__
 
-    def startswith(self, *args: Any) -> bool:  # type: ignore[override]
+    def startswith(self, *args: Any) -> bool:
         RAN.append("Name.startswith")
         return True
 
@@ -83,6 +84,14 @@ def charge(amount: Any, network: str = "visa", req: Any = None, *rest: Any, retr
     return amount
 
 
+def odd(_coral_x: int, /, y: int = 2, *, z: str = 'a"b') -> int:
+    return _coral_x
+
+
+def shadows(type: Any, str: Any, Exception: Any) -> int:  # the names the generated code must not call
+    return 0
+
+
 class Shop:
     def pay(self, amount: int) -> int:
         return amount
@@ -119,10 +128,8 @@ def verdicts(*calls: tuple[tuple[Any, ...], dict[str, Any]]) -> list[int]:
     """Call charge() as each (args, kwargs) says; each record's verdict."""
     fn = sys.modules[MODULE].charge
     for args, kwargs in calls:
-        try:
+        with contextlib.suppress(Declined, KeyError):
             fn(*args, **kwargs)
-        except (Declined, KeyError):
-            pass
     return [r.flags & (FILTERED | WHERE_ERROR) for r in take_test_records()]
 
 
@@ -252,3 +259,25 @@ def test_rearming_replaces_the_condition_and_none_removes_it() -> None:
     armed("amount > 100")
     assert verdicts(call(50)) == [FILTERED]
 
+
+
+def test_text_of_the_condition_never_becomes_code() -> None:
+    """Constants are passed by reference; a parameter whose name could clash
+    with the generated code's own is bound the generic way."""
+    hostile = '"); import os; os._exit(1) #'
+    armed('network == "\\"); import os; os._exit(1) #" || network == \'it\\\'s\'')
+    assert verdicts(call(1, "it's"), call(1, hostile), call(1, "x")) == [0, 0, FILTERED]
+    ARMS.disarm_all()
+    armed('_coral_x > 1 && y == 2 && z == "a\\"b"', "odd")
+    fn = sys.modules[MODULE].odd
+    assert [fn(5), fn(0), fn(5, 3), fn(5, z="q")] == [5, 0, 5, 5]
+    assert [r.flags for r in take_test_records()] == [0, FILTERED, FILTERED, FILTERED]
+    ARMS.disarm_all()
+
+    def boom(*args: Any) -> None:
+        RAN.append("called a parameter")
+
+    armed('type == "t" && str == "s" && !raised', "shadows")
+    sys.modules[MODULE].shadows(boom, boom, boom)
+    sys.modules[MODULE].shadows("t", "s", boom)
+    assert [r.flags for r in take_test_records()] == [WHERE_ERROR, 0] and RAN == []

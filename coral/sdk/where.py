@@ -25,6 +25,7 @@ closures: any failure is the CALL_WHERE_ERROR verdict.
 
 from __future__ import annotations
 
+import keyword
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,6 +57,7 @@ class Condition:
     text: str
     at_entry: Callable[..., Any] | None
     at_return: Callable[[Any, Any, Any, int], int] | None
+    source: str = ""  # the generated code, for a reader (and a test) to see
 
 
 # --- reading without running user code ------------------------------------
@@ -80,71 +82,69 @@ def _in_type(tp: type, name: str) -> Any:
     return _NOTHING
 
 
-@dataclass(frozen=True)
-class _Plan:
-    """How one type's instances give one attribute: a slot's member
-    descriptor, or the instance dict (through the type's C `__dict__`
-    getter) with maybe a plain class attribute behind it."""
-
-    slot: Any  # member descriptor, or None
-    dict_getter: Any  # the getset descriptor of __dict__, or None
-    holder: type | None  # where a plain class attribute lives (looked up again each time)
+# How one type's instances give one attribute, worked out once per type:
+# (_SLOT, the member descriptor's __get__, None), or (_DICT, the C getter of
+# the instance __dict__ (bound __get__) or None, the class holding a plain
+# value behind it or None), or _UNREADABLE (a property or another data
+# descriptor, an own __getattribute__: code of the service would decide).
+_SLOT, _DICT = 0, 1
+_UNREADABLE: tuple[int, Any, Any] = (2, None, None)
 
 
-def _plan(tp: type, name: str) -> _Plan | None:
+def _plan(tp: type, name: str) -> tuple[int, Any, Any]:
     if _in_type(tp, "__getattribute__") is not _OBJECT_GETATTRIBUTE:
-        return None  # its own attribute lookup decides what obj.name is: not ours to imitate or run
+        return _UNREADABLE
     dict_getter = _in_type(tp, "__dict__")
-    if type(dict_getter) is not types.GetSetDescriptorType:
-        dict_getter = None  # no instance dict, or a `__dict__` the class computes
+    get_dict = dict_getter.__get__ if type(dict_getter) is types.GetSetDescriptorType else None
     for klass in _mro(tp):
         d = targets.class_dict(klass)
         if name not in d:
             continue
         found = d[name]
         if type(found) is types.MemberDescriptorType:
-            return _Plan(found, None, None)
+            return (_SLOT, found.__get__, None)
         kind = type(found)
         if _in_type(kind, "__set__") is not _NOTHING or _in_type(kind, "__delete__") is not _NOTHING:
-            return None  # a property or another data descriptor: its code would run
+            return _UNREADABLE  # a property or another data descriptor: its code would run
         if _in_type(kind, "__get__") is not _NOTHING:
-            return _Plan(None, dict_getter, None)  # a method: only an instance value can shadow it
-        return _Plan(None, dict_getter, klass)
-    return _Plan(None, dict_getter, None)
+            return (_DICT, get_dict, None)  # a method: only an instance value can shadow it
+        return (_DICT, get_dict, klass)
+    return (_DICT, get_dict, None)
 
 
 def _attribute(name: str) -> Callable[[Any], Any]:
-    plans: dict[type, _Plan | None] = {}
+    plans: dict[type, tuple[int, Any, Any]] = {}
 
     def read(obj: Any) -> Any:
         tp = type(obj)
-        if tp is types.ModuleType:
-            value = targets.module_dict(obj).get(name, _NOTHING)
-            if value is _NOTHING:
-                raise _Fail
-            return value
-        plan = plans.get(tp, _NOTHING)
-        if plan is _NOTHING:
+        plan = plans.get(tp)
+        if plan is None:
+            if tp is types.ModuleType:
+                value = targets.module_dict(obj).get(name, _NOTHING)
+                if value is _NOTHING:
+                    raise _Fail
+                return value
             if len(plans) >= _PLANS_MAX:
                 plans.clear()
             plan = plans[tp] = _plan(tp, name)
-        if plan is None:
+        kind, get, holder = plan
+        if kind == _DICT:
+            if get is not None:
+                d = get(obj, tp)
+                if type(d) is dict:
+                    value = d.get(name, _NOTHING)
+                    if value is not _NOTHING:
+                        return value
+            if holder is not None:
+                value = targets.class_dict(holder).get(name, _NOTHING)
+                if value is not _NOTHING and _in_type(type(value), "__get__") is _NOTHING:
+                    return value
             raise _Fail
-        if plan.slot is not None:
+        if kind == _SLOT:
             try:
-                return plan.slot.__get__(obj, tp)
+                return get(obj, tp)
             except AttributeError:  # an empty slot
                 raise _Fail from None
-        if plan.dict_getter is not None:
-            d = plan.dict_getter.__get__(obj, tp)
-            if type(d) is dict:
-                value = dict.get(d, name, _NOTHING)
-                if value is not _NOTHING:
-                    return value
-        if plan.holder is not None:
-            value = targets.class_dict(plan.holder).get(name, _NOTHING)
-            if value is not _NOTHING and _in_type(type(value), "__get__") is _NOTHING:
-                return value
         raise _Fail
 
     return read
@@ -168,13 +168,24 @@ def _scalar(value: Any) -> Any:
     raise _Fail
 
 
-_NUMBERS = (int, float, bool)
-_SIZED = (list, tuple, dict, set, frozenset)
+_NUMBERS = frozenset({int, float, bool})
+_SIZED = frozenset({list, tuple, dict, set, frozenset})
 
 
-def _category(value: Any) -> type:
-    tp = type(value)
-    return int if tp in _NUMBERS else tp
+def _number(value: Any) -> Any:
+    """An exact int, float or bool, or _Fail."""
+    value = _scalar(value)
+    if type(value) not in _NUMBERS:
+        raise _Fail
+    return value
+
+
+def _text(value: Any) -> Any:
+    """An exact str or bytes, or _Fail."""
+    value = _scalar(value)
+    if type(value) is not str and type(value) is not bytes:
+        raise _Fail
+    return value
 
 
 def _truthy(value: Any) -> bool:
@@ -189,13 +200,23 @@ def _truthy(value: Any) -> bool:
         return True  # an object of another kind: it is not None (its own __bool__ is never run)
 
 
-# --- compiling ------------------------------------------------------------
+def _compare_values(a: Any, b: Any, op: str) -> bool:
+    """Two read values (`ret == amount`): both builtin, of one kind."""
+    a, b = _scalar(a), _scalar(b)
+    if a is None or b is None:
+        if op not in ("==", "!="):
+            raise _Fail
+        return (a is b) is (op == "==")
+    if (type(a) in _NUMBERS) is not (type(b) in _NUMBERS) or (type(a) not in _NUMBERS and type(a) is not type(b)):
+        raise _Fail
+    return bool(_OPS[op](a, b))
 
-_OPS: dict[str, Callable[[Any, Any], bool]] = {
-    "==": lambda a, b: bool(a == b), "!=": lambda a, b: bool(a != b),
-    "<": lambda a, b: bool(a < b), "<=": lambda a, b: bool(a <= b),
-    ">": lambda a, b: bool(a > b), ">=": lambda a, b: bool(a >= b),
+
+_OPS: dict[str, Callable[[Any, Any], Any]] = {
+    "==": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b,
 }
+_FLIPPED = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}
 
 
 @dataclass(frozen=True)
@@ -270,18 +291,50 @@ class Signature:
 
 
 class _Compiler:
+    """Turns the tree into the source of one or two Python functions,
+    compiled once: a call then runs straight-line code (a try per test,
+    no call per node). Nothing of the condition's text reaches the source
+    but operators from the parser's fixed set; names of the service's
+    parameters appear only after the check that they are identifiers, and
+    every constant, reader and class name is passed in by reference.
+
+    Locals and globals of the generated code start with `_coral_`; a
+    function with a parameter of such a name is bound by the generic path
+    (`*args, **kwargs`) instead."""
+
     def __init__(self, text: str, sig: Signature, is_secret: Callable[[str], bool]) -> None:
         self.text = text
         self.sig = sig
         self.is_secret = is_secret
-        self.entry: list[Callable[[tuple[Any, ...], dict[str, Any]], Any]] = []  # readers, by snapshot index
-        self.entry_index: dict[str, int] = {}
-        self.at_return = False  # reads ret, raised or duration
+        self.namespace: dict[str, Any] = {
+            "_coral_Fail": _Fail, "_coral_unread": _UNREAD, "_coral_number": _number, "_coral_text": _text,
+            "_coral_truthy": _truthy, "_coral_compare": _compare_values, "_coral_raised_as": _raised_as,
+            "_coral_nums": _NUMBERS,
+            # builtins by names no parameter can take: a parameter called `type` must not be what is called
+            "_coral_type": type, "_coral_str": str, "_coral_Exception": Exception,
+        }
+        self.entry_values: dict[str, int] = {}  # str(path) -> index of its snapshot local, _coral_e{i}
+        self.entry_code: list[str] = []  # reads each entry value into _coral_e{i} (the unread marker on failure)
+        self.at_return = False
+        self.temps = 0
+        self.mirror = all(n.isidentifier() and not keyword.iskeyword(n) and not n.startswith("_coral_")
+                          for n in sig.names)
 
     def refuse(self, message: str, column: int) -> InvalidArgument:
         return InvalidArgument("--where " + expr.described(self.text, expr.ExprError(message, column, self.text)))
 
-    def path(self, path: expr.Path) -> Getter:
+    def constant(self, value: Any) -> str:
+        name = f"_coral_k{len(self.namespace)}"
+        self.namespace[name] = value
+        return name
+
+    def temp(self, kind: str) -> str:
+        self.temps += 1
+        return f"_coral_{kind}{self.temps}"
+
+    # -- values: a list of statements that leave the value in a local, raising _coral_Fail
+
+    def value(self, path: expr.Path, into: str) -> list[str]:
         root = path.root
         for name in path.names:
             if self.is_secret(name):
@@ -289,157 +342,107 @@ class _Compiler:
         if root == "err":
             raise self.refuse("err is a Go function's error result; for Python write raised or raised(ValueError)",
                               path.column)
-        steps = [_attribute(name) for name in path.names[1:]]
+        steps = [self.constant(_attribute(name)) for name in path.names[1:]]
         if root == "duration":
             self.at_return = True
-            return lambda env: env[3]
+            return [f"{into} = _coral_dur"]
         if root == "ret":
             self.at_return = True
-
-            def result(env: Env) -> Any:
-                if env[2] is not None:
-                    raise _Fail  # the call raised: it has no return value
-                value = env[1]
-                for step in steps:
-                    value = step(value)
-                return value
-
-            return result
+            code = ["if _coral_exc is not None: raise _coral_Fail  # a call that raised has no return value",
+                    f"{into} = _coral_ret"]
+            return code + [f"{into} = {step}({into})" for step in steps]
         if root not in self.sig.names:
             raise self.refuse(f"{self.sig.function} has no parameter {root!r}; its parameters are: "
                               f"{', '.join(self.sig.names) or 'none'}", path.column)
         key = str(path)
-        index = self.entry_index.get(key)
+        index = self.entry_values.get(key)
         if index is None:
-            arg = self.sig.reader(root)
+            index = self.entry_values[key] = len(self.entry_values)
+            source = root if self.mirror else f"{self.constant(self.sig.reader(root))}(_coral_args, _coral_kwargs)"
+            self.entry_code += ["try:", f"    _coral_e{index} = {source}"]
+            self.entry_code += [f"    _coral_e{index} = {step}(_coral_e{index})" for step in steps]
+            self.entry_code += ["except _coral_Exception:", f"    _coral_e{index} = _coral_unread"]
+        return [f"{into} = _coral_e{index}", f"if {into} is _coral_unread: raise _coral_Fail"]
 
-            def at_entry(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-                value = arg(args, kwargs)
-                for step in steps:
-                    value = step(value)
-                return value
+    # -- tests: statements that leave True, False or None (unknown) in a local
 
-            index = self.entry_index[key] = len(self.entry)
-            self.entry.append(at_entry)
-
-        def snapshot(env: Env) -> Any:
-            value = env[0][index]
-            if value is _UNREAD:
-                raise _Fail
-            return value
-
-        return snapshot
-
-    def value(self, v: expr.Value) -> tuple[Getter | None, Any]:
-        """A getter for a path, or the constant itself."""
-        if isinstance(v, expr.Path):
-            return self.path(v), None
-        return None, v
-
-    def node(self, node: expr.Node) -> Test:
-        # An operand that cannot be evaluated is unknown, and the rest may
-        # still decide: `raised || req.amount > 5` holds for a call that
-        # raised, whatever req is; `false && unknown` is false.
-        if isinstance(node, expr.And):
-            return _kleene(tuple(self.node(o) for o in node.operands), decisive=False)
-        if isinstance(node, expr.Or):
-            return _kleene(tuple(self.node(o) for o in node.operands), decisive=True)
+    def node(self, node: expr.Node, into: str) -> list[str]:
+        if isinstance(node, (expr.And, expr.Or)):
+            # Kleene's logic: an operand that cannot be evaluated is unknown
+            # and the others may still decide (`raised || req.amount > 5`
+            # holds for a call that raised, whatever req is).
+            decisive = isinstance(node, expr.Or)
+            code = ["while True:", f"    {into} = {not decisive}"]
+            for operand in node.operands:
+                part = self.temp("t")
+                code += ["    " + line for line in self.node(operand, part)]
+                code += [f"    if {part} is {decisive}:", f"        {into} = {decisive}", "        break",
+                         f"    if {part} is None:", f"        {into} = None"]
+            return [*code, "    break"]
         if isinstance(node, expr.Not):
-            inner = self.node(node.operand)
-            return lambda env: not inner(env)
+            inner = self.temp("t")
+            return [*self.node(node.operand, inner), f"{into} = None if {inner} is None else not {inner}"]
         if isinstance(node, expr.Raised):
             self.at_return = True
             if node.exception is None:
-                return lambda env: env[2] is not None
-            wanted = node.exception
-            return lambda env: env[2] is not None and _raised_as(type(env[2]), wanted)
+                return [f"{into} = _coral_exc is not None"]
+            wanted = self.constant(node.exception)
+            return [f"{into} = _coral_exc is not None and _coral_raised_as(_coral_type(_coral_exc), {wanted})"]
+        v = self.temp("v")
         if isinstance(node, expr.Truthy):
-            get = self.path(node.path)
-            return lambda env: _truthy(get(env))
-        if isinstance(node, expr.StartsWith):
-            get = self.path(node.path)
-            prefix, raw = node.prefix, node.prefix.encode()
+            body = [*self.value(node.path, v), f"{into} = _coral_truthy({v})"]
+        elif isinstance(node, expr.StartsWith):
+            text, raw = self.constant(node.prefix), self.constant(node.prefix.encode())
+            body = [*self.value(node.path, v), f"{v} = _coral_text({v})",
+                    f"{into} = {v}.startswith({text} if _coral_type({v}) is _coral_str else {raw})"]
+        else:
+            body = self.compare(node, v, into)
+        return ["try:", *("    " + line for line in body), "except _coral_Exception:", f"    {into} = None"]
 
-            def startswith(env: Env) -> bool:
-                value = _scalar(get(env))
-                if type(value) is str:
-                    return value.startswith(prefix)
-                if type(value) is bytes:
-                    return value.startswith(raw)
-                raise _Fail
-
-            return startswith
-        return self.compare(node)
-
-    def compare(self, node: expr.Compare) -> Test:
-        left, lconst = self.value(node.left)
-        right, rconst = self.value(node.right)
-        op = node.op
-        if left is None:  # constant on the left: flip it, `1000 < amount` is `amount > 1000`
-            left, rconst, right = right, lconst, None
-            op = {"<": ">", "<=": ">=", ">": "<", ">=": "<="}.get(op, op)
-        if left is None:  # the parser refuses two constants; kept out all the same
+    def compare(self, node: expr.Compare, v: str, into: str) -> list[str]:
+        left, right, op = node.left, node.right, node.op
+        if isinstance(left, expr.Literal):  # `1000 < amount` is `amount > 1000`
+            left, right, op = right, left, _FLIPPED.get(op, op)
+        if not isinstance(left, expr.Path):  # the parser refuses two constants; kept out all the same
             raise self.refuse("compares two constants; one side must be a name", 1)
-        test = _OPS[op]
-        if right is not None:
-            both = right
+        code = self.value(left, v)
+        if isinstance(right, expr.Path):
+            w = self.temp("v")
+            return code + self.value(right, w) + [f"{into} = _coral_compare({v}, {w}, {self.constant(op)})"]
+        if right.kind == "nil":
+            return [*code, f"{into} = {v} is {'' if op == '==' else 'not '}None"]
+        if right.kind == "string":
+            text, raw = self.constant(right.value), self.constant(str(right.value).encode())
+            return [*code, f"if _coral_type({v}) is not _coral_str: {v} = _coral_text({v})",
+                    f"{into} = {v} {op} ({text} if _coral_type({v}) is _coral_str else {raw})"]
+        want = self.constant(right.value)
+        return [*code, f"if _coral_type({v}) not in _coral_nums: {v} = _coral_number({v})", f"{into} = {v} {op} {want}"]
 
-            def paths(env: Env) -> bool:
-                a, b = _scalar(left(env)), _scalar(both(env))
-                if a is None or b is None:
-                    if op not in ("==", "!="):
-                        raise _Fail
-                    return test(a is None and b is None, True)
-                if _category(a) is not _category(b):
-                    raise _Fail
-                return test(a, b)
+    # -- the functions
 
-            return paths
-        const: expr.Literal = rconst
-        if const.kind == "nil":
-            same = op == "=="
-            return lambda env: (left(env) is None) is same
-        want: Any = const.value
-        if const.kind == "string":
-            text, raw = str(want), str(want).encode()
-
-            def string(env: Env) -> bool:
-                value = _scalar(left(env))
-                if type(value) is str:
-                    return test(value, text)
-                if type(value) is bytes:
-                    return test(value, raw)
-                raise _Fail
-
-            return string
-
-        def number(env: Env) -> bool:
-            value = _scalar(left(env))
-            if type(value) not in _NUMBERS:
-                raise _Fail
-            return test(value, want)
-
-        return number
+    def parameters(self) -> str:
+        """The function's own parameter list, defaults by reference, so that
+        Python binds a call's arguments exactly as for the function."""
+        if not self.mirror:
+            return "*_coral_args, **_coral_kwargs"
+        sig, parts = self.sig, []
+        for i, name in enumerate(sig.positional):
+            parts.append(f"{name}={self.constant(sig.defaults[name])}" if name in sig.defaults else name)
+            if i + 1 == sig.posonly:
+                parts.append("/")
+        if sig.varargs:
+            parts.append("*" + sig.varargs)
+        elif sig.keyword_only:
+            parts.append("*")
+        for name in sig.keyword_only:
+            parts.append(f"{name}={self.constant(sig.defaults[name])}" if name in sig.defaults else name)
+        if sig.varkw:
+            parts.append("**" + sig.varkw)
+        return ", ".join(parts)
 
 
-def _kleene(parts: tuple[Test, ...], decisive: bool) -> Test:
-    """`&&` (decisive False) or `||` (decisive True) over operands some of
-    which may fail: the first operand equal to `decisive` decides; else a
-    failure makes the whole unknown."""
-
-    def test(env: Env) -> bool:
-        unknown = False
-        for part in parts:
-            try:
-                if part(env) is decisive:
-                    return decisive
-            except Exception:  # unknown; a later operand may decide
-                unknown = True
-        if unknown:
-            raise _Fail
-        return not decisive
-
-    return test
+def _indent(lines: list[str], by: int) -> str:
+    return "\n".join(" " * by + line for line in lines)
 
 
 def _raised_as(tp: type, wanted: str) -> bool:
@@ -459,38 +462,30 @@ def _raised_as(tp: type, wanted: str) -> bool:
 
 def compile_condition(text: str, function: str, func: Callable[..., Any],
                       is_secret: Callable[[str], bool]) -> Condition:
-    """Parse `text` and check it against `func`'s parameters: InvalidArgument
-    (one line, with the column) for a mistake, an unknown or redacted name."""
+    """Parse `text`, check it against `func`'s parameters (InvalidArgument,
+    one line with the column, for a mistake, an unknown or a redacted
+    name), and compile it."""
     try:
         tree = expr.parse_condition(text)
     except expr.ExprError as exc:
         raise InvalidArgument("--where " + expr.described(text, exc)) from None
     compiler = _Compiler(text, Signature.of(function, func), is_secret)
-    test = compiler.node(tree)
-    readers = tuple(compiler.entry)
-
-    def decide(env: Env) -> int:
-        try:
-            return 0 if test(env) else FILTERED
-        except Exception:
-            return WHERE_ERROR
-
-    def snapshot(*args: Any, **kwargs: Any) -> tuple[Any, ...]:
-        values = []
-        for read in readers:
-            try:
-                values.append(read(args, kwargs))
-            except Exception:
-                values.append(_UNREAD)
-        return tuple(values)
-
+    test = compiler.node(tree, "_coral_result")
+    verdict = (f"return 0 if _coral_result is True else {FILTERED} if _coral_result is False else {WHERE_ERROR}")
+    snapshot = [f"_coral_e{i}" for i in range(len(compiler.entry_values))]
     if not compiler.at_return:
-        def entry_verdict(*args: Any, **kwargs: Any) -> int:
-            return decide((snapshot(*args, **kwargs), None, None, 0))
-
-        return Condition(text, entry_verdict, None)
-
-    def return_verdict(snap: Any, result: Any, exc: Any, duration_ns: int) -> int:
-        return decide((snap if type(snap) is tuple else (), result, exc, duration_ns))
-
-    return Condition(text, snapshot if readers else None, return_verdict)
+        source = (f"def _coral_entry({compiler.parameters()}):\n"
+                  f"    _coral_exc = _coral_ret = None\n    _coral_dur = 0\n"
+                  f"{_indent(compiler.entry_code, 4)}\n{_indent(test, 4)}\n    {verdict}\n")
+    else:
+        snapshot_tuple = f"({', '.join(snapshot)},)" if snapshot else "()"
+        unpack = f"{snapshot_tuple} = _coral_snap" if snapshot else "pass"
+        source = (f"def _coral_entry({compiler.parameters()}):\n"
+                  f"{_indent(compiler.entry_code, 4)}\n    return {snapshot_tuple}\n\n"
+                  f"def _coral_return(_coral_snap, _coral_ret, _coral_exc, _coral_dur):\n"
+                  f"    try:\n        {unpack}\n    except _coral_Exception:\n        return {WHERE_ERROR}\n"
+                  f"{_indent(test, 4)}\n    {verdict}\n")
+    namespace = compiler.namespace
+    exec(compile(source, f"<--where {text!r}>", "exec"), namespace)
+    at_entry = namespace["_coral_entry"] if (snapshot or not compiler.at_return) else None
+    return Condition(text, at_entry, namespace.get("_coral_return"), source)

@@ -1,0 +1,117 @@
+"""Added cost per call of a three-clause --where condition on a Python
+function, against the same session without one, in the same run (a real
+agent, BPF on the SDK's probe site).
+
+    .venv/bin/python bench/conditions_python.py [--calls 200000] [--repeats 7]
+
+Modes are interleaved within each repeat (a session is attached for each
+mode and detached after it); figures are medians of the repeats. Every
+session is timing only, so a call shown costs the same in each: what
+differs is the condition."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.report import table
+from coral.daemon.client import Client
+from coral.proto import coral_pb2 as pb
+from tests.harness import CoralEnv, Process, tool
+
+HERE = Path(__file__).resolve().parent
+SERVICE, FUNCTION = "bench-py-where", "__main__.charge"
+# (label, condition or None for no session, calls it shows)
+MODES: list[tuple[str, str | None]] = [
+    ("no session", None),
+    ("session, no condition", ""),
+    ("three clauses read at the entry, every call matches",
+     'amount >= 0 && currency == "EUR" && req.tier < 5'),
+    ("three clauses, one at the return, every call matches",
+     'amount >= 0 && req.tier < 5 && duration < 1s'),
+    ("three clauses read at the entry, no call matches (filtered)",
+     'amount < 0 && currency == "EUR" && req.tier < 5'),
+]
+
+
+class Target:
+    def __init__(self, env: CoralEnv) -> None:
+        self.proc = subprocess.Popen([sys.executable, str(HERE / "py_conditions_target.py")], env=env.env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def ns_per_call(self, calls: int) -> float:
+        stdin, stdout = self.proc.stdin, self.proc.stdout
+        assert stdin is not None and stdout is not None  # created with pipes
+        stdin.write(f"{calls}\n")
+        stdin.flush()
+        return float(stdout.readline())
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def measure(agent: Client, target: Target, calls: int, condition: str | None) -> tuple[float, pb.DebugSession | None]:
+    if condition is None:
+        return target.ns_per_call(calls), None
+    cfg = pb.UprobeConfig(predicate=condition)
+    reply = agent.call("AttachUprobe", pb.AttachUprobeRequest(service=SERVICE, function=FUNCTION, duration_ms=600_000,
+                                                              config=cfg))
+    sid = str(reply.session.session_id)  # type: ignore[attr-defined]
+    ns = target.ns_per_call(calls)
+    ended = agent.call("DetachUprobe", pb.DetachUprobeRequest(session_id=sid)).session  # type: ignore[attr-defined]
+    return ns, ended
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--calls", type=int, default=200_000)
+    ap.add_argument("--repeats", type=int, default=7)
+    args = ap.parse_args()
+    env = CoralEnv.create()
+    config = env.root / "bench.toml"
+    env.root.mkdir(parents=True, exist_ok=True)
+    config.write_text("[sessions]\nmax_events_per_session = 100000000\ncpu_budget_percent = 0\n"
+                      "[agent]\ningest_cpu_percent = 0\n")  # full speed: measured, not cut
+    env.env["CORAL_CONFIG"] = str(config)
+    agent_proc = Process("agentd", [tool("coral-agentd")], env).wait_ready()
+    agent = Client(env.endpoint("agent.sock"), 60)
+    target = Target(env)
+    try:
+        deadline = time.monotonic() + 30
+        while not agent.call("ListServices", pb.ListServicesRequest()).services:  # type: ignore[attr-defined]
+            if time.monotonic() > deadline:
+                raise SystemExit("the target never registered")
+        target.ns_per_call(args.calls)  # warm up
+        samples: dict[str, list[float]] = {label: [] for label, _ in MODES}
+        for _ in range(args.repeats):
+            for label, condition in MODES:
+                ns, ended = measure(agent, target, args.calls, condition)
+                if ended is not None and ended.total_calls != args.calls:  # every call counted, or the figure lies
+                    raise SystemExit(f"{label}: the kernel counted {ended.total_calls} of {args.calls} calls")
+                samples[label].append(ns)
+        median = {label: statistics.median(v) for label, v in samples.items()}
+        plain = median["session, no condition"]
+        print(f"Python {sys.version.split()[0]}, {args.calls} calls per run, median of {args.repeats} runs")
+        rows = []
+        for label, condition in MODES:
+            added = "-" if condition in (None, "") else f"{median[label] - plain:+.0f}"
+            rows.append([label, f"`{condition}`" if condition else "", f"{median[label]:.0f}", added])
+        table("Added cost per call of a --where condition on a Python function (timing-only sessions)",
+              ["mode", "condition", "ns/call", "added vs. no condition"], rows)
+    finally:
+        target.stop()
+        agent.close()
+        agent_proc.stop()
+        env.remove()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
