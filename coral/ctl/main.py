@@ -98,6 +98,8 @@ examples:
   coralctl debug attach payments --function validate_card --slow 500ms --min-duration 100ms
   coralctl debug attach payments --function validate_card --where 'amount_cents>100000' --capture-return
   coralctl debug attach payments-api --function payments.validate_card --capture-args --capture-return
+  coralctl debug attach payments-api --function payments.charge --where 'req.amount >= 1000 || raised(ValueError)'
+  coralctl debug attach payments-api --function payments.validate_card --errors-only --where 'duration >= 5ms'
   coralctl --output json debug attach payments --function validate_card --no-save | jq .""",
     "sessions": """\
 examples:
