@@ -69,6 +69,38 @@ def measure(agent: Client, target: Target, calls: int, condition: str | None) ->
     return ns, ended
 
 
+def in_process(calls: int, repeats: int) -> dict[str, float]:
+    """The SDK's own share: the same function armed in this process with
+    each condition, the probe site called with no kernel probe on it (the
+    extension's test mode), modes interleaved."""
+    import types
+
+    from bench import py_conditions_target
+    from coral.sdk import _probe
+    from coral.sdk.arming import ARMS
+
+    module = types.ModuleType("bench_where_inproc")
+    module.charge = py_conditions_target.charge  # type: ignore[attr-defined]
+    sys.modules[module.__name__] = module
+    req = py_conditions_target.Request(500, 3)
+    _probe._set_test_mode(semaphore=1, capture=False)
+    samples: dict[str, list[float]] = {label: [] for label, c in MODES if c is not None}
+    try:
+        for _ in range(repeats):
+            for label, condition in MODES:
+                if condition is None:
+                    continue
+                ARMS.arm(f"{module.__name__}.charge", 1, capture_args=False, capture_return=False, condition=condition)
+                start = time.perf_counter_ns()
+                for i in range(calls):
+                    module.charge(i, "EUR", req)
+                samples[label].append((time.perf_counter_ns() - start) / calls)
+                ARMS.disarm_all()
+    finally:
+        _probe._set_test_mode(semaphore=0, capture=False)
+    return {label: statistics.median(v) for label, v in samples.items()}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", type=int, default=200_000)
@@ -105,6 +137,12 @@ def main() -> int:
             rows.append([label, f"`{condition}`" if condition else "", f"{median[label]:.0f}", added])
         table("Added cost per call of a --where condition on a Python function (timing-only sessions)",
               ["mode", "condition", "ns/call", "added vs. no condition"], rows)
+        own = in_process(args.calls, args.repeats)
+        plain = own["session, no condition"]
+        table("The SDK's share, in the process (armed, probe site called, no kernel probe)",
+              ["mode", "ns/call", "added vs. no condition"],
+              [[label.replace("session, ", "armed, "), f"{ns:.0f}",
+                "-" if label == "session, no condition" else f"{ns - plain:+.0f}"] for label, ns in own.items()])
     finally:
         target.stop()
         agent.close()
