@@ -5,7 +5,9 @@ agent, BPF on the SDK's probe site).
     .venv/bin/python bench/conditions_python.py [--calls 200000] [--repeats 7]
 
 Modes are interleaved within each repeat (a session is attached for each
-mode and detached after it); figures are medians of the repeats. Every
+mode and detached after it), in reverse order every other repeat;
+ns/call is the median of the repeats, "added" the median of each repeat's
+difference with the session without a condition. Every
 session is timing only, so a call shown costs the same in each: what
 differs is the condition."""
 
@@ -86,8 +88,8 @@ def in_process(calls: int, repeats: int) -> dict[str, float]:
     _probe._set_test_mode(semaphore=1, capture=False)
     samples: dict[str, list[float]] = {label: [] for label, c in MODES if c is not None}
     try:
-        for _ in range(repeats):
-            for label, condition in MODES:
+        for repeat in range(repeats):
+            for label, condition in MODES if repeat % 2 == 0 else MODES[::-1]:
                 if condition is None:
                     continue
                 ARMS.arm(f"{module.__name__}.charge", 1, capture_args=False, capture_return=False, condition=condition)
@@ -98,7 +100,9 @@ def in_process(calls: int, repeats: int) -> dict[str, float]:
                 ARMS.disarm_all()
     finally:
         _probe._set_test_mode(semaphore=0, capture=False)
-    return {label: statistics.median(v) for label, v in samples.items()}
+    plain = samples["session, no condition"]
+    return {label: statistics.median(v) for label, v in samples.items()} | {
+        "added " + label: statistics.median(a - b for a, b in zip(v, plain, strict=True)) for label, v in samples.items()}
 
 
 def main() -> int:
@@ -122,27 +126,29 @@ def main() -> int:
                 raise SystemExit("the target never registered")
         target.ns_per_call(args.calls)  # warm up
         samples: dict[str, list[float]] = {label: [] for label, _ in MODES}
-        for _ in range(args.repeats):
-            for label, condition in MODES:
+        for repeat in range(args.repeats):
+            for label, condition in MODES if repeat % 2 == 0 else MODES[::-1]:  # no mode always first
                 ns, ended = measure(agent, target, args.calls, condition)
                 if ended is not None and ended.total_calls != args.calls:  # every call counted, or the figure lies
                     raise SystemExit(f"{label}: the kernel counted {ended.total_calls} of {args.calls} calls")
                 samples[label].append(ns)
         median = {label: statistics.median(v) for label, v in samples.items()}
-        plain = median["session, no condition"]
+        plain = samples["session, no condition"]
         print(f"Python {sys.version.split()[0]}, {args.calls} calls per run, median of {args.repeats} runs")
         rows = []
         for label, condition in MODES:
-            added = "-" if condition in (None, "") else f"{median[label] - plain:+.0f}"
+            # the median of each repeat's difference: the two ran minutes apart at most, on the same machine load
+            added = "-" if condition in (None, "") else \
+                f"{statistics.median(a - b for a, b in zip(samples[label], plain, strict=True)):+.0f}"
             rows.append([label, f"`{condition}`" if condition else "", f"{median[label]:.0f}", added])
         table("Added cost per call of a --where condition on a Python function (timing-only sessions)",
               ["mode", "condition", "ns/call", "added vs. no condition"], rows)
         own = in_process(args.calls, args.repeats)
-        plain = own["session, no condition"]
         table("The SDK's share, in the process (armed, probe site called, no kernel probe)",
               ["mode", "ns/call", "added vs. no condition"],
-              [[label.replace("session, ", "armed, "), f"{ns:.0f}",
-                "-" if label == "session, no condition" else f"{ns - plain:+.0f}"] for label, ns in own.items()])
+              [[label.replace("session, ", "armed, "), f"{own[label]:.0f}",
+                "-" if condition == "" else f"{own['added ' + label]:+.0f}"]
+               for label, condition in MODES if condition is not None])
     finally:
         target.stop()
         agent.close()
