@@ -1512,7 +1512,67 @@ mod_safe_repr(PyObject *module, PyObject *arg)
     return PyUnicode_DecodeUTF8(buf, (Py_ssize_t)sb.len, "replace");
 }
 
+/* ------------------------------------------------------ --where reads */
+
+static PyObject *unreadable;                  /* attribute_of's answer for "not read" */
+static PyObject *object_getattribute;         /* object.__dict__['__getattribute__'] */
+static PyObject *str_getattribute;            /* "__getattribute__", interned */
+
+/* attribute_of(obj, name): obj.name as generic attribute lookup would find
+ * it, or UNREADABLE wherever code of the service could run or decide:
+ * the type has its own __getattribute__ (a module is read from its
+ * dict), the name is a property or another data descriptor other than a
+ * slot's member, it is not an instance value and the class has a method
+ * or other descriptor under it, or it is nowhere (__getattr__ would
+ * answer). Reads class dicts along the MRO and the instance dict, never
+ * calls getattr. (An instance whose attributes live in inline values
+ * gets its __dict__ made, as vars(obj) would.) */
+static PyObject *
+mod_attribute_of(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyUnicode_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "attribute_of(obj, name: str)");
+        return NULL;
+    }
+    PyObject *obj = args[0], *name = args[1];
+    PyTypeObject *tp = Py_TYPE(obj);
+    if (PyModule_CheckExact(obj)) {
+        PyObject *d = PyModule_GetDict(obj); /* borrowed */
+        PyObject *v = d ? PyDict_GetItemWithError(d, name) : NULL;
+        if (v == NULL) {
+            PyErr_Clear();
+            return Py_NewRef(unreadable);
+        }
+        return Py_NewRef(v);
+    }
+    if (_PyType_Lookup(tp, str_getattribute) != object_getattribute)
+        return Py_NewRef(unreadable);
+    PyObject *found = _PyType_Lookup(tp, name); /* borrowed, no code runs */
+    if (found != NULL && Py_TYPE(found)->tp_descr_set != NULL) {
+        if (!Py_IS_TYPE(found, &PyMemberDescr_Type))
+            return Py_NewRef(unreadable);
+        PyObject *v = Py_TYPE(found)->tp_descr_get(found, obj, (PyObject *)tp);
+        if (v == NULL) {
+            PyErr_Clear(); /* an empty slot */
+            return Py_NewRef(unreadable);
+        }
+        return v;
+    }
+    PyObject **dictptr = _PyObject_GetDictPtr(obj);
+    if (dictptr != NULL && *dictptr != NULL && PyDict_CheckExact(*dictptr)) {
+        PyObject *v = PyDict_GetItemWithError(*dictptr, name);
+        if (v != NULL)
+            return Py_NewRef(v);
+    }
+    PyErr_Clear();
+    if (found != NULL && Py_TYPE(found)->tp_descr_get == NULL)
+        return Py_NewRef(found); /* a plain class attribute */
+    return Py_NewRef(unreadable);
+}
+
 static PyMethodDef module_methods[] = {
+    {"attribute_of", (PyCFunction)(void (*)(void))mod_attribute_of, METH_FASTCALL,
+     "attribute_of(obj, name) -> the value, or UNREADABLE: read without running code of the object's (--where)"},
     {"semaphore", mod_semaphore, METH_NOARGS, "semaphore() -> int: the probe semaphore's current value"},
     {"tracing", mod_tracing, METH_NOARGS, "tracing() -> bool: a tracer is attached (semaphore > 0)"},
     {"safe_repr", mod_safe_repr, METH_O, "safe_repr(obj) -> str: the bounded, redacted repr a record would carry"},
@@ -1552,6 +1612,11 @@ PyInit__probe(void)
             return NULL;
         PyTuple_SET_ITEM(redact_patterns, i, p);
     }
+    unreadable = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
+    object_getattribute = PyDict_GetItemString(PyBaseObject_Type.tp_dict, "__getattribute__"); /* borrowed, immortal type */
+    str_getattribute = PyUnicode_InternFromString("__getattribute__");
+    if (unreadable == NULL || object_getattribute == NULL || str_getattribute == NULL)
+        return NULL;
     PyObject *m = PyModule_Create(&probe_module);
     if (m == NULL)
         return NULL;
@@ -1563,6 +1628,7 @@ PyInit__probe(void)
         PyModule_AddIntConstant(m, "RET_MAX", CORAL_RET_MAX) < 0 ||
         PyModule_AddIntConstant(m, "CALL_RAISED", CORAL_CALL_RAISED) < 0 ||
         PyModule_AddIntConstant(m, "CALL_TRUNCATED", CORAL_CALL_TRUNCATED) < 0 ||
+        PyModule_AddObjectRef(m, "UNREADABLE", unreadable) < 0 ||
         PyModule_AddIntConstant(m, "CALL_FILTERED", CORAL_CALL_FILTERED) < 0 ||
         PyModule_AddIntConstant(m, "CALL_WHERE_ERROR", CORAL_CALL_WHERE_ERROR) < 0) {
         Py_DECREF(m);

@@ -1,5 +1,5 @@
 """`--where` for a Python function: the condition, compiled once at arm
-time into closures the probe wrapper calls for each traced call.
+time into Python functions the probe wrapper calls for each traced call.
 
 Two halves, because values are read when the docs say they are:
 ``at_entry(*args, **kwargs)`` reads the arguments and their attributes
@@ -14,18 +14,20 @@ show the call, CALL_FILTERED when the condition is false, CALL_WHERE_ERROR
 when a value it needs could not be read or compared.
 
 Never calls code of the service: attributes come from the instance's own
-``__dict__`` or from a slot's member descriptor, found by walking class
-``__dict__``s (no ``getattr``, so no property, ``__getattr__`` or
-``__getattribute__`` override runs); values are compared only as exact
+``__dict__``, a slot's member descriptor or a plain class attribute
+(``_probe.attribute_of``, in C: class dicts along the MRO, never
+``getattr``, so no property, ``__getattr__`` or ``__getattribute__``
+override runs); values are compared only as exact
 builtin ``int``/``float``/``str``/``bytes``/``bool``/``None`` (a subclass
 of one is converted by the builtin type's own C method first); exception
 classes are matched by name along their MRO. Nothing raises out of the
-closures: any failure is the CALL_WHERE_ERROR verdict.
+generated functions: any failure is the CALL_WHERE_ERROR verdict.
 """
 
 from __future__ import annotations
 
 import keyword
+import sys
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,11 +35,10 @@ from typing import Any
 
 from coral import expr
 from coral.daemon.errors import InvalidArgument
-from coral.sdk import _probe, targets
+from coral.sdk import _probe
 
 FILTERED: int = _probe.CALL_FILTERED
 WHERE_ERROR: int = _probe.CALL_WHERE_ERROR
-_PLANS_MAX = 64  # types remembered per attribute step; cleared when full
 
 
 class _Fail(Exception):
@@ -62,7 +63,6 @@ class Condition:
 
 # --- reading without running user code ------------------------------------
 
-_OBJECT_GETATTRIBUTE = object.__dict__["__getattribute__"]
 _MRO = type.__dict__["__mro__"]
 _TYPE_NAME = type.__dict__["__name__"]
 _TYPE_QUALNAME = type.__dict__["__qualname__"]
@@ -72,82 +72,6 @@ _TYPE_MODULE = type.__dict__["__module__"]
 def _mro(tp: type) -> tuple[type, ...]:
     mro = _MRO.__get__(tp, type)  # type's own descriptor: a metaclass cannot answer for it
     return mro if type(mro) is tuple else ()
-
-
-def _in_type(tp: type, name: str) -> Any:
-    for klass in _mro(tp):
-        d = targets.class_dict(klass)
-        if name in d:
-            return d[name]
-    return _NOTHING
-
-
-# How one type's instances give one attribute, worked out once per type:
-# (_SLOT, the member descriptor's __get__, None), or (_DICT, the C getter of
-# the instance __dict__ (bound __get__) or None, the class holding a plain
-# value behind it or None), or _UNREADABLE (a property or another data
-# descriptor, an own __getattribute__: code of the service would decide).
-_SLOT, _DICT = 0, 1
-_UNREADABLE: tuple[int, Any, Any] = (2, None, None)
-
-
-def _plan(tp: type, name: str) -> tuple[int, Any, Any]:
-    if _in_type(tp, "__getattribute__") is not _OBJECT_GETATTRIBUTE:
-        return _UNREADABLE
-    dict_getter = _in_type(tp, "__dict__")
-    get_dict = dict_getter.__get__ if type(dict_getter) is types.GetSetDescriptorType else None
-    for klass in _mro(tp):
-        d = targets.class_dict(klass)
-        if name not in d:
-            continue
-        found = d[name]
-        if type(found) is types.MemberDescriptorType:
-            return (_SLOT, found.__get__, None)
-        kind = type(found)
-        if _in_type(kind, "__set__") is not _NOTHING or _in_type(kind, "__delete__") is not _NOTHING:
-            return _UNREADABLE  # a property or another data descriptor: its code would run
-        if _in_type(kind, "__get__") is not _NOTHING:
-            return (_DICT, get_dict, None)  # a method: only an instance value can shadow it
-        return (_DICT, get_dict, klass)
-    return (_DICT, get_dict, None)
-
-
-def _attribute(name: str) -> Callable[[Any], Any]:
-    plans: dict[type, tuple[int, Any, Any]] = {}
-
-    def read(obj: Any) -> Any:
-        tp = type(obj)
-        plan = plans.get(tp)
-        if plan is None:
-            if tp is types.ModuleType:
-                value = targets.module_dict(obj).get(name, _NOTHING)
-                if value is _NOTHING:
-                    raise _Fail
-                return value
-            if len(plans) >= _PLANS_MAX:
-                plans.clear()
-            plan = plans[tp] = _plan(tp, name)
-        kind, get, holder = plan
-        if kind == _DICT:
-            if get is not None:
-                d = get(obj, tp)
-                if type(d) is dict:
-                    value = d.get(name, _NOTHING)
-                    if value is not _NOTHING:
-                        return value
-            if holder is not None:
-                value = targets.class_dict(holder).get(name, _NOTHING)
-                if value is not _NOTHING and _in_type(type(value), "__get__") is _NOTHING:
-                    return value
-            raise _Fail
-        if kind == _SLOT:
-            try:
-                return get(obj, tp)
-            except AttributeError:  # an empty slot
-                raise _Fail from None
-        raise _Fail
-
-    return read
 
 
 def _scalar(value: Any) -> Any:
@@ -309,7 +233,8 @@ class _Compiler:
         self.namespace: dict[str, Any] = {
             "_coral_Fail": _Fail, "_coral_unread": _UNREAD, "_coral_number": _number, "_coral_text": _text,
             "_coral_truthy": _truthy, "_coral_compare": _compare_values, "_coral_raised_as": _raised_as,
-            "_coral_nums": _NUMBERS,
+            "_coral_nums": _NUMBERS, "_coral_attribute_of": _probe.attribute_of,
+            "_coral_unreadable_attribute": _probe.UNREADABLE,
             # builtins by names no parameter can take: a parameter called `type` must not be what is called
             "_coral_type": type, "_coral_str": str, "_coral_Exception": Exception,
         }
@@ -342,7 +267,8 @@ class _Compiler:
         if root == "err":
             raise self.refuse("err is a Go function's error result; for Python write raised or raised(ValueError)",
                               path.column)
-        steps = [self.constant(_attribute(name)) for name in path.names[1:]]
+        # each attribute by _probe.attribute_of (C: class dicts and the instance dict, no getattr)
+        steps = [self.constant(sys.intern(name)) for name in path.names[1:]]
         if root == "duration":
             self.at_return = True
             return [f"{into} = _coral_dur"]
@@ -350,7 +276,7 @@ class _Compiler:
             self.at_return = True
             code = ["if _coral_exc is not None: raise _coral_Fail  # a call that raised has no return value",
                     f"{into} = _coral_ret"]
-            return code + [f"{into} = {step}({into})" for step in steps]
+            return code + [line for step in steps for line in self.step(into, step)]
         if root not in self.sig.names:
             raise self.refuse(f"{self.sig.function} has no parameter {root!r}; its parameters are: "
                               f"{', '.join(self.sig.names) or 'none'}", path.column)
@@ -360,9 +286,14 @@ class _Compiler:
             index = self.entry_values[key] = len(self.entry_values)
             source = root if self.mirror else f"{self.constant(self.sig.reader(root))}(_coral_args, _coral_kwargs)"
             self.entry_code += ["try:", f"    _coral_e{index} = {source}"]
-            self.entry_code += [f"    _coral_e{index} = {step}(_coral_e{index})" for step in steps]
+            self.entry_code += ["    " + line for step in steps for line in self.step(f"_coral_e{index}", step)]
             self.entry_code += ["except _coral_Exception:", f"    _coral_e{index} = _coral_unread"]
         return [f"{into} = _coral_e{index}", f"if {into} is _coral_unread: raise _coral_Fail"]
+
+    @staticmethod
+    def step(local: str, name: str) -> list[str]:
+        return [f"{local} = _coral_attribute_of({local}, {name})",
+                f"if {local} is _coral_unreadable_attribute: raise _coral_Fail"]
 
     # -- tests: statements that leave True, False or None (unknown) in a local
 
