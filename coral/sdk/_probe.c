@@ -1613,8 +1613,10 @@ PyInit__probe(void)
         PyTuple_SET_ITEM(redact_patterns, i, p);
     }
     unreadable = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
-    object_getattribute = PyDict_GetItemString(PyBaseObject_Type.tp_dict, "__getattribute__"); /* borrowed, immortal type */
     str_getattribute = PyUnicode_InternFromString("__getattribute__");
+    /* borrowed: object's own, for as long as the interpreter runs (tp_dict of a
+     * static type is not to be read directly since 3.12) */
+    object_getattribute = str_getattribute ? _PyType_Lookup(&PyBaseObject_Type, str_getattribute) : NULL;
     if (unreadable == NULL || object_getattribute == NULL || str_getattribute == NULL)
         return NULL;
     PyObject *m = PyModule_Create(&probe_module);
