@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from coral.agentd import abi
+from coral.agentd import abi, conditions
 from coral.agentd.callblocks import CallBlock, CallRow, calls_of, rows_in_blocks, take
 from coral.agentd.engine import (
     NativeRecord,
@@ -111,6 +111,22 @@ def check_capture_only(config: pb.UprobeConfig, meta: pb.FunctionMetadata, rules
             raise InvalidArgument(f"--print names {name!r}, which is redacted: its value is never shown")
 
 
+def native_predicate(config: pb.UprobeConfig, meta: pb.FunctionMetadata) -> tuple[int, str, int, int, bool] | None:
+    """The kernel's form of a native session's condition (--errors-only included)."""
+    text = conditions.effective(config, meta)
+    try:
+        return parse_predicate(text, meta)
+    except InvalidArgument as exc:
+        if config.errors_only:  # Go's `err != nil` is the kernel's to evaluate; until it can, say so
+            raise InvalidArgument(f"--errors-only on {meta.name} needs {text!r} evaluated in the kernel, which this "
+                                  f"agent cannot do: {exc.message}") from None
+        raise
+
+
+def _condition_shown(text: str) -> str:
+    return f"--where {text!r}" if text else "no --where"
+
+
 @dataclass(frozen=True)
 class NativeShape:
     """Where a native record holds each value of one target's function, for
@@ -170,13 +186,14 @@ class Session:
         c = self.config
         lost = {"sampled": stats.sampled, "filtered": stats.filtered, "ringbuf_full": stats.ringbuf_full,
                 "unreadable": stats.unreadable, "unwound": stats.unwound, "too_deep": stats.too_deep,
-                "tail_call": stats.tail_calls, **self.lost}
+                "tail_call": stats.tail_calls, "where_error": stats.where_error, **self.lost}
         return SessionRow(
             self.session_id, self.service, self.function, self.pids, self.started_ns, self.expires_ns, self.ended_ns,
             self.status, self.reason,
             {"capture_args": c.capture_args, "capture_return": c.capture_return, "sample_rate": c.sample_rate,
              "max_events": self.max_events, "min_duration_ns": c.min_duration_ns, "predicate": c.predicate,
              "capture_only": list(c.capture_only),
+             "errors_only": c.errors_only,
              "owner": self.owner, "unanswered": self.unanswered, "return_probe": self.return_probe,
              "inlined_into": self.inlined_into, "entry_instruction": self.entry_instruction,
              "probe_cost_ns": self.probe_cost_ns,
@@ -239,7 +256,8 @@ class SessionManager:
         # process; a function stays armed while any session uses it.
         self._fn_id_source = itertools.count(int(time.time()) << 20)
         self._fn_ids: dict[str, int] = {}
-        self._arms: dict[tuple[int, str], tuple[int, bool, bool]] = {}  # (pid, name) -> (sessions, args, return)
+        # (pid, name) -> (sessions, args, return, the condition it is armed with)
+        self._arms: dict[tuple[int, str], tuple[int, bool, bool, str]] = {}
         self._clock_offset = wall_clock_offset_ns()
         self.rules = Rules(config.sdk.redact_patterns)  # the SDK's rules, for native values
 
@@ -289,24 +307,34 @@ class SessionManager:
                 self._answered(start, index, result)
                 return
             meta = cast(pb.GetFunctionMetadataResponse, result).metadata
-            if meta.kind == "python":
-                self._ask_arm(start, index, reg)
-                return
             try:
+                condition = conditions.effective(start.req.config, meta)  # refused here, before anything is armed
+                if meta.kind == "python":
+                    if condition:
+                        conditions.check_python(condition, self.rules)
+                    self._ask_arm(start, index, reg, condition)
+                    return
                 self._answered(start, index, Target(reg, meta, native_sites(reg.pid, reg.executable, meta)))
             except CoralError as exc:
                 self._answered(start, index, exc)
 
         self.ask(reg, "GetFunctionMetadata", pb.GetFunctionMetadataRequest(function=function), on_metadata)
 
-    def _ask_arm(self, start: Starting, index: int, reg: Registration) -> None:
+    def _ask_arm(self, start: Starting, index: int, reg: Registration, condition: str) -> None:
         req = start.req
         fn_id = self._fn_ids.setdefault(req.function, next(self._fn_id_source))
         key = (reg.pid, req.function)
-        users, args, ret = self._arms.get(key, (0, False, False))
+        users, args, ret, armed_with = self._arms.get(key, (0, False, False, ""))
+        if users and armed_with != condition:
+            # The SDK evaluates one condition per armed function and flags the
+            # record; the kernel cannot tell two sessions' verdicts apart.
+            raise InvalidArgument(f"{req.function} in pid {reg.pid} is watched by {self._watcher(reg.pid, req.function)} "
+                                  f"with {_condition_shown(armed_with)}; a Python function runs one condition at a "
+                                  f"time: attach with the same --where, or detach that session first")
         # Build what any session of this function shows; each session shows only what it asked for.
-        capture = pb.UprobeConfig(capture_args=args or req.config.capture_args, capture_return=ret or req.config.capture_return)
-        self._arms[key] = (users + 1, capture.capture_args, capture.capture_return)  # counted now: asks overlap
+        capture = pb.UprobeConfig(capture_args=args or req.config.capture_args, capture_return=ret or req.config.capture_return,
+                                  predicate=condition)
+        self._arms[key] = (users + 1, capture.capture_args, capture.capture_return, condition)  # counted now: asks overlap
         target = Target(reg, pb.FunctionMetadata(), [], fn_id, req.function)
 
         def on_armed(result: Any) -> None:
@@ -324,6 +352,12 @@ class SessionManager:
             self._answered(start, index, target)
 
         self.ask(reg, "ArmFunction", pb.ArmFunctionRequest(function=req.function, fn_id=fn_id, config=capture), on_armed)
+
+    def _watcher(self, pid: int, function: str) -> str:
+        for s in self.active.values():
+            if s.function == function and pid in s.pids:
+                return f"session {s.session_id}"
+        return "a session still starting"
 
     def _answered(self, start: Starting, index: int, outcome: Target | CoralError) -> None:
         """One instance is done; the last one opens the session."""
@@ -360,8 +394,6 @@ class SessionManager:
         if not targets:
             raise start.unanswered[0]
         first = targets[0].meta
-        if req.config.predicate and first.kind == "python":
-            raise InvalidArgument("--where applies to native functions' integer arguments only")
         check_capture_only(req.config, first, self.rules)
         record_slots = abi.record_slots(first, req.config.capture_args, req.config.capture_return,
                                         self.engine.string_bytes)
@@ -371,7 +403,7 @@ class SessionManager:
             fn_id=targets[0].fn_id, str_args=record_slots.str_args, blob=record_slots.blob,
             str_result=record_slots.str_result, held_args=record_slots.held_args,
             held_result=record_slots.held_result,
-            predicate=parse_predicate(req.config.predicate, first),
+            predicate=None if first.kind == "python" else native_predicate(req.config, first),
         )
         try:
             slot = self.engine.open_slot(slot_config, [s for t in targets for s in t.sites],
@@ -410,9 +442,9 @@ class SessionManager:
             if not t.fn_id:
                 continue
             key = (t.reg.pid, t.function)
-            users, args, ret = self._arms.pop(key, (1, False, False))
+            users, args, ret, condition = self._arms.pop(key, (1, False, False, ""))
             if users > 1:
-                self._arms[key] = (users - 1, args, ret)
+                self._arms[key] = (users - 1, args, ret, condition)
                 continue
 
             def on_disarmed(result: Any, t: Target = t) -> None:
@@ -685,7 +717,7 @@ class SessionManager:
                                    sample_rate=int(cast(int, c.get("sample_rate", 0))),
                                    max_events=int(cast(int, c.get("max_events", 0))),
                                    min_duration_ns=int(cast(int, c.get("min_duration_ns", 0))),
-                                   predicate=str(c.get("predicate", "")),
+                                   predicate=str(c.get("predicate", "")), errors_only=bool(c.get("errors_only")),
                                    capture_only=[str(n) for n in cast(list[object], c.get("capture_only", []))]),
             total_calls=int(stats.get("calls", 0)), sum_duration_ns=int(stats.get("sum_ns", 0)),
             max_duration_ns=int(stats.get("max_ns", 0)),

@@ -81,6 +81,8 @@ examples:
   coralctl debug attach payments --function validate_card --slow 500ms --min-duration 100ms
   coralctl debug attach payments --function validate_card --where 'amount_cents>100000' --capture-return
   coralctl debug attach payments-api --function payments.validate_card --capture-args --capture-return
+  coralctl debug attach payments-api --function payments.charge --where 'req.amount >= 1000 || raised(ValueError)'
+  coralctl debug attach payments-api --function payments.validate_card --errors-only --where 'duration >= 5ms'
   coralctl --output json debug attach payments --function validate_card --no-save | jq .""",
     "sessions": """\
 examples:
@@ -128,6 +130,8 @@ def positive_duration(text: str) -> float:
 def condition_arg(text: str) -> str:
     """A --where condition, checked here so that a typing mistake is shown
     with its column before anything is sent; the agent checks the names."""
+    if not text:  # argparse passes the default ("") through here too: no condition
+        return text
     try:
         expr.parse_condition(text)
     except expr.ExprError as exc:
@@ -258,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="one line per call, e.g. 'charged {amount} -> {ret} in {duration}': captures the values it names "
              "(arguments, ret, err) and nothing else",
     )
+    a.add_argument("--errors-only", action="store_true",
+                   help="report only calls that failed: Python raised, Go err != nil (and-ed with --where)")
     s = command(debug, "sessions", "list debug sessions", common)
     s.add_argument("--active", action="store_true", help="only active sessions")
     s.add_argument("--service", default="", help="only this service's sessions")
@@ -383,6 +389,7 @@ class Ctl:
             max_events=a.max_events,
             min_duration_ns=round(a.min_duration * 1e9),
             predicate=a.where or "",
+            errors_only=a.errors_only,
         )
         r = cast(
             pb.AttachUprobeResponse,

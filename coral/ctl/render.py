@@ -321,6 +321,7 @@ LOST_CAUSES = {
     "unwound": "left by an exception, a panic or longjmp (no return, no duration)",
     "too_deep": "entered deeper than the calls tracked per thread ([sessions] max_call_depth)",
     "tail_call": "left by a tail jump to another function (no return of its own, no duration)",
+    "where_error": "--where could not be evaluated",
 }
 
 
