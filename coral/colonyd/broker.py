@@ -465,6 +465,9 @@ class Broker:
         failures = colony_sessions.detached(session, [(a, *gather.replies[a]) for a in gather.agents])
         if len(failures) == len(gather.agents):
             return self._refuse(gather, failures)
+        for p in session.parts:
+            if p.session.status != ACTIVE and not p.complete:
+                self.pulls.ended((session.session_id, p.agent_id))  # drained now (docs/protocol.md, "Pulling calls")
         self._changed(session)
         detail = "; ".join(f"agent {a}: {m}" for a, _, m in failures)
         return self._reply(gather, pb.DetachUprobeResponse(session=session), detail)

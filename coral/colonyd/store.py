@@ -369,10 +369,13 @@ class ColonyStore:
         if self._saved.get(s.session_id) == blob:
             return  # unchanged: most pulls of an idle session
         if created:
-            fresh = pb.DebugSession.FromString(blob)
-            for part in fresh.parts:
-                part.cursor = 0
-            self._journal(pb.JournalEntry(session=fresh.SerializeToString(deterministic=True)))
+            journaled = blob
+            if any(part.cursor for part in s.parts):  # not so when just started: no call pulled yet
+                fresh = pb.DebugSession.FromString(blob)
+                for part in fresh.parts:
+                    part.cursor = 0
+                journaled = fresh.SerializeToString(deterministic=True)
+            self._journal(pb.JournalEntry(session=journaled))
         self._saved[s.session_id] = blob
         self._held_sessions[s.session_id] = pb.DebugSession.FromString(blob)
 

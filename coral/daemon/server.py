@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -44,6 +45,7 @@ class Peer:
         return f"uid:{self.uid}"
 
 
+@functools.lru_cache(maxsize=4096)  # a Peer is frozen; the same few clients send most requests
 def peer_from_address(address: str | None) -> Peer:
     """Parse libzmq's Peer-Address property. For ipc it is
     ``<path or host>:UID:GID:PID`` (libzmq appends SO_PEERCRED)."""
