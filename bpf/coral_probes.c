@@ -40,7 +40,8 @@
 //   ST_CALLS (completed calls seen in the kernel), ST_SAMPLED, ST_FILTERED (min duration or
 //     predicate), ST_RINGBUF (ring buffer full), ST_EMITTED (records submitted), ST_MAX_NS,
 //     ST_SUM_NS, ST_UNREADABLE (the process's record could not be read), ST_EXPIRED
-//     (returned after the session's expiry: in no count); calls that left without returning
+//     (returned after the session's expiry: in no count), ST_WHERE_ERROR (--where could not be
+//     evaluated; Python: the SDK flags the record); calls that left without returning
 //     (an exception, a panic, longjmp) are counted in unwound_by_slots
 //   G_STACK_FULL (entries not tracked: deeper than CORAL_MAX_DEPTH, or deep_frames full), G_UNPAIRED (returns with no
 //     matching entry), G_STALE (frames dropped: their call left without returning),
@@ -866,6 +867,13 @@ static __always_inline u64 python_call(struct pt_regs *ctx, u64 watching, u64 id
         struct slot_config *cfg = slots.lookup(&key);
         if (!cfg || cfg->fn_id != head[0] || !account(slot, cfg, now, duration, 0))
             continue;
+        // The SDK evaluated the function's --where (one condition per armed
+        // function, so the same for every slot watching it): counted, not sent.
+        u32 verdict = (u32)head[4] & (CORAL_CALL_FILTERED | CORAL_CALL_WHERE_ERROR);
+        if (verdict) {
+            bump_stat(slot, verdict & CORAL_CALL_WHERE_ERROR ? ST_WHERE_ERROR : ST_FILTERED);
+            continue;
+        }
         if (!(cfg->capture & 3) && !raised) {
             // Timing only: 56 bytes instead of the whole record.
             struct python_timing_event *t = events.ringbuf_reserve(sizeof(*t));

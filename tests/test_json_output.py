@@ -102,6 +102,13 @@ def test_every_json_line_has_the_documented_fields(
     printed["Call"] += attach[1:-1]
     printed["Summary"].append(attach[-1])
 
+    proc, templated = start_attach(env, "payments", "validate_card", "--duration", "1s", "--print", "{ret}", "--no-save")
+    payments.call(1)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    printed["DebugSession"].append(templated)
+    printed["Call"] += [r for r in map(json.loads, out.splitlines()) if r["kind"] == "call"]
+
     events = json_lines(env, "debug", "events", session_id)
     assert [r["kind"] for r in events][-1] == "summary"
     printed["Call"] += events[:-1]

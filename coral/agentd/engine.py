@@ -31,9 +31,11 @@ log = logging.getLogger(__name__)
 # the program gets them as -D flags (bpf/coral_probes.c defines none of them).
 MAX_SLOTS = 64
 HIST_BUCKETS = 512
-STAT_NAMES = ("CALLS", "SAMPLED", "FILTERED", "RINGBUF", "EMITTED", "MAX_NS", "SUM_NS", "UNREADABLE", "EXPIRED")
+STAT_NAMES = ("CALLS", "SAMPLED", "FILTERED", "RINGBUF", "EMITTED", "MAX_NS", "SUM_NS", "UNREADABLE", "EXPIRED",
+              "WHERE_ERROR")
 STATS_PER_SLOT = len(STAT_NAMES)
-ST_CALLS, ST_SAMPLED, ST_FILTERED, ST_RINGBUF, ST_EMITTED, ST_MAX_NS, ST_SUM_NS, ST_UNREADABLE, ST_EXPIRED = range(9)
+ST_CALLS, ST_SAMPLED, ST_FILTERED, ST_RINGBUF, ST_EMITTED, ST_MAX_NS, ST_SUM_NS, ST_UNREADABLE, ST_EXPIRED, \
+    ST_WHERE_ERROR = range(10)
 GLOBAL_NAMES = ("stack_full", "unpaired_returns", "stale_frames", "unwound_uncounted", "deep_frames_in_use")
 G_DEEP_IN_USE = 4
 BY_UNWOUND, BY_TOO_DEEP, BY_TAIL_CALL = 1, 2, 3  # causes of calls not seen completed, counted by slot set (by_slots)
@@ -190,6 +192,7 @@ class SlotStats:
     unwound: int = 0  # left by unwinding (an exception, a panic, longjmp): no return, so not in calls
     too_deep: int = 0  # entered deeper than the frames tracked per thread: not tracked, so not in calls
     tail_calls: int = 0  # left by a tail jump to another function: its RET is not ours, so not in calls
+    where_error: int = 0  # --where could not be evaluated (Python: the SDK said so in the record): not shown
 
 
 class _Libbcc:
@@ -671,7 +674,7 @@ class ProbeEngine:
                                          for cause in (BY_UNWOUND, BY_TOO_DEEP, BY_TAIL_CALL))
         return SlotStats(v[ST_CALLS], v[ST_SAMPLED], v[ST_FILTERED], v[ST_RINGBUF], v[ST_EMITTED], v[ST_MAX_NS],
                          v[ST_SUM_NS], hist, v[ST_UNREADABLE], v[ST_EXPIRED], unwound, too_deep,
-                         tail_calls)
+                         tail_calls, v[ST_WHERE_ERROR])
 
     def global_counters(self) -> dict[str, int]:
         out = {}

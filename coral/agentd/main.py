@@ -15,6 +15,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import duckdb
 import zmq
@@ -25,6 +26,7 @@ from coral.agentd.colony_link import ColonyLink
 from coral.agentd.engine import TRAP_NS, ProbeEngine, ProbeError
 from coral.agentd.ingest import IngestBudget
 from coral.agentd.memory import release_compiler_pages, release_idle_pages, rss_bytes
+from coral.agentd.metrics import agent_snapshot
 from coral.agentd.probecost import ProbeCosts
 from coral.agentd.probes import check_bpf_support
 from coral.agentd.process_calls import ProcessCalls
@@ -51,6 +53,9 @@ from coral.daemon.runtime import (
 )
 from coral.daemon.server import Dispatcher, Handler, Later, Peer, serve_router
 from coral.daemon.waiters import Waiters
+
+if TYPE_CHECKING:
+    from coral.daemon.prometheus import Metrics
 from coral.proto import coral_pb2 as pb
 
 log = logging.getLogger("coral.agentd")
@@ -160,6 +165,15 @@ class Agent:
                                 self.audit_local)
         self.from_colony = Dispatcher(handlers, AGENT_FROM_COLONY_METHODS)
         self.cap: ConnectionCap | None = None  # on the local socket, once it is bound
+        self.metrics: Metrics | None = None  # /metrics, if [agent] metrics_listen says where
+        self._metrics_published = -math.inf
+        if config.agent.metrics_listen:
+            from coral.daemon.prometheus import Metrics  # imported only when used: prometheus_client costs memory
+
+            self.metrics = Metrics("coral_agent", config.agent.metrics_listen, "[agent] metrics_listen",
+                                   {"local": AGENT_LOCAL_METHODS, "colony": AGENT_FROM_COLONY_METHODS})
+            self.local.latency = self.metrics.timer("local")
+            self.from_colony.latency = self.metrics.timer("colony")
         self.link = ColonyLink(
             self.context,
             config.agent_colony_endpoint,
@@ -185,6 +199,12 @@ class Agent:
         log.info("a uprobe hit costs %d ns here, the trap and the BPF program; CPU budgets charge that", ns)
 
     def ping(self, req: Message, peer: Peer) -> pb.PingResponse:
+        return pb.PingResponse(
+            daemon="coral-agentd", version=__version__, pid=os.getpid(), agent_id=self.agent_id, counters=self.counters_now()
+        )
+
+    def counters_now(self) -> dict[str, int]:
+        """What `coralctl ping` shows (and /metrics, coral/agentd/metrics.py)."""
         counters = {f"local.{k}": v for k, v in self.local.counters.items()}
         counters.update({f"colony.{k}": v for k, v in self.from_colony.counters.items()})
         counters["sessions.active"] = len(self.sessions.active)
@@ -206,9 +226,22 @@ class Agent:
         counters["storage.write_failures"] = self.store.health.failures
         counters["storage.held_calls"] = self.store.held_calls
         counters["storage.pending_calls"] = self.sessions.pending  # drained, to be written within flush_interval
-        return pb.PingResponse(
-            daemon="coral-agentd", version=__version__, pid=os.getpid(), agent_id=self.agent_id, counters=counters
-        )
+        return counters
+
+    @property
+    def deferred_questions(self) -> int:
+        return len(self._deferred)
+
+    def publish_metrics(self, now: float) -> None:
+        """Once per heartbeat: a new snapshot for /metrics (read by its own
+        thread; the loop never waits for a scrape)."""
+        if self.metrics is None or now - self._metrics_published < self.config.agent.heartbeat_interval:
+            return
+        self._metrics_published = now
+        try:
+            self.metrics.publish(agent_snapshot(self))
+        except Exception:  # a bug: the last snapshot stays; the agent serves on
+            log.exception("could not update /metrics")
 
     def audit_local(self, method: str, body: bytes, peer: Peer, outcome: str, detail: str) -> None:
         """The colony's audit log also covers this host's local socket: every
@@ -426,6 +459,8 @@ class Agent:
 
     def run(self, signals: ShutdownSignals, notifier: Notifier) -> None:
         cfg = self.config
+        if self.metrics is not None:
+            self.metrics.start()  # first: a port that cannot be had stops the start here, with nothing to undo
         rep = self.context.socket(zmq.ROUTER)
         configure_socket(rep, cfg.limits.max_message_bytes)
         self.cap = ConnectionCap.watch(rep, cfg.agent_endpoint, cfg.limits.max_connections_per_uid,
@@ -439,6 +474,7 @@ class Agent:
         if failed:
             log.warning("%d session(s) left active by a previous run marked failed (agent restarted)", failed)
         self.link.connect(time.monotonic())
+        self.publish_metrics(time.monotonic())
         notifier.ready(f"serving {cfg.agent_endpoint}")
         log.info(
             "coral-agentd %s ready on %s (agent id %s, colony %s)",
@@ -512,9 +548,12 @@ class Agent:
                 self.purge(now)
                 self.release_when_idle(now)
                 self.link.tick(now)
+                self.publish_metrics(now)
                 notifier.watchdog(now)
         finally:
             notifier.stopping()
+            if self.metrics is not None:
+                self.metrics.close()
             log.info("stopping (%s): detaching %d session(s)", signals.signal_name or "shutdown", len(self.sessions.active))
             self.sessions.shutdown()
             self.sessions.flush()  # every call drained, written before the database closes

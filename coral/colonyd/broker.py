@@ -90,6 +90,7 @@ class Broker:
     counters: dict[str, int] = field(default_factory=dict)
     open: dict[str, pb.DebugSession] = field(default_factory=dict)  # sessions still pulled from their agents
     replies_since_pull: bool = False  # an agent answered: a part may have ended or have more to pull
+    ended: dict[str, int] = field(default_factory=dict)  # sessions no longer open, by status (this run)
     streams: Streams = field(default_factory=Streams)
 
     def __post_init__(self) -> None:
@@ -225,7 +226,7 @@ class Broker:
                     self.pulls.hurry(key)
                 return self._pull(now, everything=False)
             if isinstance(decision, Answer):
-                counted = self.audit.answered_read(peer, method)  # a read with no values: no row of its own to wait for
+                counted = self.audit.answered_read(peer, method, request)  # a read with no values: no row of its own to wait for
                 if not counted:
                     self.audit.request(peer, method, request, "OK", "")
                 return [Outgoing("frontend", wire.encode_reply(frame.request_id, decision.response, frame.envelope),
@@ -253,14 +254,14 @@ class Broker:
     # The handlers: a decoded request in, a decision out.
 
     def _ping(self, request: pb.PingRequest, peer: Peer) -> Decision:
-        return Answer(pb.PingResponse(
-            daemon="coral-colonyd",
-            version=__version__,
-            pid=os.getpid(),
-            counters={**self.counters, "agents": len(self.agents), "sessions.open": len(self.open),
-                      **self.followers.counters(), **self.methods.counters,
-                      "audit.folded": self.audit.folder.total_folded, **self.store.counters()},
-        ))
+        return Answer(pb.PingResponse(daemon="coral-colonyd", version=__version__, pid=os.getpid(),
+                                      counters=self.counters_now()))
+
+    def counters_now(self) -> dict[str, int]:
+        """What `coralctl ping` shows (and /metrics, coral/colonyd/metrics.py)."""
+        return {**self.counters, "agents": len(self.agents), "sessions.open": len(self.open),
+                **self.followers.counters(), **self.methods.counters,
+                "audit.folded": self.audit.folder.total_folded, **self.store.counters()}
 
     def _list_services(self, request: pb.ListServicesRequest, peer: Peer) -> Decision:
         return Answer(self.agents.services_page(request.after, self.config.limits.max_message_bytes // 4))
@@ -272,7 +273,7 @@ class Broker:
             entries=[
                 pb.AuditEntry(timestamp_unix_ns=r.ts_ns, who=r.who, peer_pid=r.peer_pid, method=r.method,
                               service=r.service, function=r.function, session_id=r.session_id, outcome=r.outcome,
-                              detail=r.detail)
+                              detail=r.detail, client_label=r.client_label)
                 for r in rows
             ],
         ))
@@ -464,6 +465,9 @@ class Broker:
         failures = colony_sessions.detached(session, [(a, *gather.replies[a]) for a in gather.agents])
         if len(failures) == len(gather.agents):
             return self._refuse(gather, failures)
+        for p in session.parts:
+            if p.session.status != ACTIVE and not p.complete:
+                self.pulls.ended((session.session_id, p.agent_id))  # drained now (docs/protocol.md, "Pulling calls")
         self._changed(session)
         detail = "; ".join(f"agent {a}: {m}" for a, _, m in failures)
         return self._reply(gather, pb.DetachUprobeResponse(session=session), detail)
@@ -485,7 +489,8 @@ class Broker:
         if (session.status, sum(p.complete for p in session.parts)) != before or not is_open(session):
             self.followers.wake(session.session_id)
         if not is_open(session):
-            self.open.pop(session.session_id, None)
+            if self.open.pop(session.session_id, None) is not None:
+                self.ended[session.status] = self.ended.get(session.status, 0) + 1
             self.pulls.forget((session.session_id, p.agent_id) for p in session.parts)
 
     # ------------------------------------------------------------- pulls

@@ -15,6 +15,7 @@ import pwd
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from coral import expr
 from coral.daemon.config import AccessConfig
 from coral.daemon.errors import PermissionDenied
 from coral.daemon.server import Peer
@@ -44,11 +45,24 @@ def rights_needed(method: str, request: Any) -> list[str]:
         return ["list"]
     if method in ATTACH_METHODS:
         config = getattr(request, "config", None)
-        # A filter on argument values (--where) reveals them too: counting
-        # the calls that pass `amount > N` is a binary search for amount.
-        capture = config is not None and (config.capture_args or config.capture_return or bool(config.predicate))
+        capture = config is not None and (config.capture_args or config.capture_return
+                                          or condition_reads_values(config.predicate))
         return ["attach", "capture"] if capture else ["attach"]
     return []
+
+
+def condition_reads_values(text: str) -> bool:
+    """A filter on values (--where) reveals them too: counting the calls
+    that pass `amount > N` is a binary search for amount. A condition on
+    only `duration` and `raised` reveals no value, native or Python alike;
+    nor does --errors-only, which is not part of the text. One that does
+    not parse is taken to read values."""
+    if not text:
+        return False
+    try:
+        return expr.reads_values(expr.parse_condition(text))
+    except expr.ExprError:
+        return True
 
 
 def check(policy: AccessConfig, peer: Peer, method: str, request: Any,

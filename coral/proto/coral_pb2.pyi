@@ -17,8 +17,10 @@ class Error(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., suggestions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PingRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("client_label",)
+    CLIENT_LABEL_FIELD_NUMBER: _ClassVar[int]
+    client_label: str
+    def __init__(self, client_label: _Optional[str] = ...) -> None: ...
 
 class PingResponse(_message.Message):
     __slots__ = ("daemon", "version", "pid", "agent_id", "counters")
@@ -84,10 +86,12 @@ class ServicesChanged(_message.Message):
     def __init__(self, added: _Optional[_Iterable[_Union[ServiceInstance, _Mapping]]] = ..., removed: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ListServicesRequest(_message.Message):
-    __slots__ = ("after",)
+    __slots__ = ("after", "client_label")
     AFTER_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_LABEL_FIELD_NUMBER: _ClassVar[int]
     after: str
-    def __init__(self, after: _Optional[str] = ...) -> None: ...
+    client_label: str
+    def __init__(self, after: _Optional[str] = ..., client_label: _Optional[str] = ...) -> None: ...
 
 class ListServicesResponse(_message.Message):
     __slots__ = ("services", "next")
@@ -148,14 +152,16 @@ class ProcessHeartbeatResponse(_message.Message):
     def __init__(self, known: _Optional[bool] = ...) -> None: ...
 
 class ListFunctionsRequest(_message.Message):
-    __slots__ = ("service", "pattern", "max_results")
+    __slots__ = ("service", "pattern", "max_results", "client_label")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     PATTERN_FIELD_NUMBER: _ClassVar[int]
     MAX_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_LABEL_FIELD_NUMBER: _ClassVar[int]
     service: str
     pattern: str
     max_results: int
-    def __init__(self, service: _Optional[str] = ..., pattern: _Optional[str] = ..., max_results: _Optional[int] = ...) -> None: ...
+    client_label: str
+    def __init__(self, service: _Optional[str] = ..., pattern: _Optional[str] = ..., max_results: _Optional[int] = ..., client_label: _Optional[str] = ...) -> None: ...
 
 class ListFunctionsResponse(_message.Message):
     __slots__ = ("functions", "truncated", "locations")
@@ -360,36 +366,42 @@ class ReturnValueMetadata(_message.Message):
     def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., location: _Optional[str] = ..., held_string: _Optional[_Union[HeldStringMetadata, _Mapping]] = ..., variants: _Optional[_Union[EnumMetadata, _Mapping]] = ..., go: _Optional[_Union[GoValueMetadata, _Mapping]] = ..., float_type: _Optional[str] = ...) -> None: ...
 
 class UprobeConfig(_message.Message):
-    __slots__ = ("capture_args", "capture_return", "sample_rate", "max_events", "min_duration_ns", "predicate")
+    __slots__ = ("capture_args", "capture_return", "sample_rate", "max_events", "min_duration_ns", "predicate", "errors_only", "capture_only")
     CAPTURE_ARGS_FIELD_NUMBER: _ClassVar[int]
     CAPTURE_RETURN_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
     MAX_EVENTS_FIELD_NUMBER: _ClassVar[int]
     MIN_DURATION_NS_FIELD_NUMBER: _ClassVar[int]
     PREDICATE_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_ONLY_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_ONLY_FIELD_NUMBER: _ClassVar[int]
     capture_args: bool
     capture_return: bool
     sample_rate: int
     max_events: int
     min_duration_ns: int
     predicate: str
-    def __init__(self, capture_args: _Optional[bool] = ..., capture_return: _Optional[bool] = ..., sample_rate: _Optional[int] = ..., max_events: _Optional[int] = ..., min_duration_ns: _Optional[int] = ..., predicate: _Optional[str] = ...) -> None: ...
+    errors_only: bool
+    capture_only: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, capture_args: _Optional[bool] = ..., capture_return: _Optional[bool] = ..., sample_rate: _Optional[int] = ..., max_events: _Optional[int] = ..., min_duration_ns: _Optional[int] = ..., predicate: _Optional[str] = ..., errors_only: _Optional[bool] = ..., capture_only: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AttachUprobeRequest(_message.Message):
-    __slots__ = ("service", "function", "duration_ms", "config", "session_id", "agent_id")
+    __slots__ = ("service", "function", "duration_ms", "config", "session_id", "agent_id", "client_label")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
     DURATION_MS_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_LABEL_FIELD_NUMBER: _ClassVar[int]
     service: str
     function: str
     duration_ms: int
     config: UprobeConfig
     session_id: str
     agent_id: str
-    def __init__(self, service: _Optional[str] = ..., function: _Optional[str] = ..., duration_ms: _Optional[int] = ..., config: _Optional[_Union[UprobeConfig, _Mapping]] = ..., session_id: _Optional[str] = ..., agent_id: _Optional[str] = ...) -> None: ...
+    client_label: str
+    def __init__(self, service: _Optional[str] = ..., function: _Optional[str] = ..., duration_ms: _Optional[int] = ..., config: _Optional[_Union[UprobeConfig, _Mapping]] = ..., session_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., client_label: _Optional[str] = ...) -> None: ...
 
 class AttachUprobeResponse(_message.Message):
     __slots__ = ("session",)
@@ -398,10 +410,12 @@ class AttachUprobeResponse(_message.Message):
     def __init__(self, session: _Optional[_Union[DebugSession, _Mapping]] = ...) -> None: ...
 
 class DetachUprobeRequest(_message.Message):
-    __slots__ = ("session_id",)
+    __slots__ = ("session_id", "client_label")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_LABEL_FIELD_NUMBER: _ClassVar[int]
     session_id: str
-    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+    client_label: str
+    def __init__(self, session_id: _Optional[str] = ..., client_label: _Optional[str] = ...) -> None: ...
 
 class DetachUprobeResponse(_message.Message):
     __slots__ = ("session",)
@@ -492,12 +506,14 @@ class SessionPart(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., session: _Optional[_Union[DebugSession, _Mapping]] = ..., cursor: _Optional[int] = ..., complete: _Optional[bool] = ..., detach_by: _Optional[str] = ...) -> None: ...
 
 class ListDebugSessionsRequest(_message.Message):
-    __slots__ = ("service", "active_only")
+    __slots__ = ("service", "active_only", "client_label")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_LABEL_FIELD_NUMBER: _ClassVar[int]
     service: str
     active_only: bool
-    def __init__(self, service: _Optional[str] = ..., active_only: _Optional[bool] = ...) -> None: ...
+    client_label: str
+    def __init__(self, service: _Optional[str] = ..., active_only: _Optional[bool] = ..., client_label: _Optional[str] = ...) -> None: ...
 
 class ListDebugSessionsResponse(_message.Message):
     __slots__ = ("sessions",)
@@ -506,20 +522,22 @@ class ListDebugSessionsResponse(_message.Message):
     def __init__(self, sessions: _Optional[_Iterable[_Union[DebugSession, _Mapping]]] = ...) -> None: ...
 
 class QueryUprobeEventsRequest(_message.Message):
-    __slots__ = ("session_id", "cursor", "since_unix_ns", "until_unix_ns", "max_events", "wait_ms")
+    __slots__ = ("session_id", "cursor", "since_unix_ns", "until_unix_ns", "max_events", "wait_ms", "client_label")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     SINCE_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
     UNTIL_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
     MAX_EVENTS_FIELD_NUMBER: _ClassVar[int]
     WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_LABEL_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     cursor: int
     since_unix_ns: int
     until_unix_ns: int
     max_events: int
     wait_ms: int
-    def __init__(self, session_id: _Optional[str] = ..., cursor: _Optional[int] = ..., since_unix_ns: _Optional[int] = ..., until_unix_ns: _Optional[int] = ..., max_events: _Optional[int] = ..., wait_ms: _Optional[int] = ...) -> None: ...
+    client_label: str
+    def __init__(self, session_id: _Optional[str] = ..., cursor: _Optional[int] = ..., since_unix_ns: _Optional[int] = ..., until_unix_ns: _Optional[int] = ..., max_events: _Optional[int] = ..., wait_ms: _Optional[int] = ..., client_label: _Optional[str] = ...) -> None: ...
 
 class QueryUprobeEventsResponse(_message.Message):
     __slots__ = ("calls", "next_cursor", "has_more", "session")
@@ -584,7 +602,7 @@ class FunctionReturnValue(_message.Message):
     def __init__(self, type: _Optional[str] = ..., value: _Optional[str] = ..., is_error: _Optional[bool] = ..., error_message: _Optional[str] = ...) -> None: ...
 
 class AuditEntry(_message.Message):
-    __slots__ = ("timestamp_unix_ns", "who", "peer_pid", "method", "service", "function", "session_id", "outcome", "detail")
+    __slots__ = ("timestamp_unix_ns", "who", "peer_pid", "method", "service", "function", "session_id", "outcome", "detail", "client_label")
     TIMESTAMP_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
     WHO_FIELD_NUMBER: _ClassVar[int]
     PEER_PID_FIELD_NUMBER: _ClassVar[int]
@@ -594,6 +612,7 @@ class AuditEntry(_message.Message):
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_LABEL_FIELD_NUMBER: _ClassVar[int]
     timestamp_unix_ns: int
     who: str
     peer_pid: int
@@ -603,7 +622,8 @@ class AuditEntry(_message.Message):
     session_id: str
     outcome: str
     detail: str
-    def __init__(self, timestamp_unix_ns: _Optional[int] = ..., who: _Optional[str] = ..., peer_pid: _Optional[int] = ..., method: _Optional[str] = ..., service: _Optional[str] = ..., function: _Optional[str] = ..., session_id: _Optional[str] = ..., outcome: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+    client_label: str
+    def __init__(self, timestamp_unix_ns: _Optional[int] = ..., who: _Optional[str] = ..., peer_pid: _Optional[int] = ..., method: _Optional[str] = ..., service: _Optional[str] = ..., function: _Optional[str] = ..., session_id: _Optional[str] = ..., outcome: _Optional[str] = ..., detail: _Optional[str] = ..., client_label: _Optional[str] = ...) -> None: ...
 
 class JournalEntry(_message.Message):
     __slots__ = ("seq", "audit", "session")
@@ -616,12 +636,14 @@ class JournalEntry(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., audit: _Optional[_Union[AuditEntry, _Mapping]] = ..., session: _Optional[bytes] = ...) -> None: ...
 
 class ListAuditRequest(_message.Message):
-    __slots__ = ("since_unix_ns", "max_entries")
+    __slots__ = ("since_unix_ns", "max_entries", "client_label")
     SINCE_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
     MAX_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_LABEL_FIELD_NUMBER: _ClassVar[int]
     since_unix_ns: int
     max_entries: int
-    def __init__(self, since_unix_ns: _Optional[int] = ..., max_entries: _Optional[int] = ...) -> None: ...
+    client_label: str
+    def __init__(self, since_unix_ns: _Optional[int] = ..., max_entries: _Optional[int] = ..., client_label: _Optional[str] = ...) -> None: ...
 
 class ListAuditResponse(_message.Message):
     __slots__ = ("entries", "truncated")
