@@ -126,6 +126,7 @@ class AccessConfig:
     list: tuple[str, ...] = ("@coral",)
     attach: tuple[str, ...] = ("@coral",)
     capture: tuple[str, ...] = ("@coral",)
+    profile: tuple[str, ...] = ("@coral",)
 
 
 @dataclass(frozen=True)
