@@ -21,7 +21,6 @@ BPF_SOURCE = Path(__file__).resolve().parents[2] / "bpf" / "coral_profile.c"
 STACK_SLOTS = 16384  # distinct stacks kept; samples past it are counted in `dropped`
 PERF_TYPE_SOFTWARE = 1
 PERF_COUNT_SW_CPU_CLOCK = 0
-MIN_FREQUENCY, MAX_FREQUENCY, DEFAULT_FREQUENCY = 1, 1000, 99
 
 
 @dataclass(frozen=True)

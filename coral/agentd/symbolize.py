@@ -168,7 +168,7 @@ class Symbolizer:
             lookup = address if depth == 0 else address - 1
             i = bisect.bisect_right(starts, lookup) - 1
             if i < 0 or lookup >= maps[i].end or not maps[i].path.startswith("/"):
-                name = maps[i].path if 0 <= i and lookup < maps[i].end and maps[i].path else "unknown"
+                name = maps[i].path if i >= 0 and lookup < maps[i].end and maps[i].path else "unknown"
                 frames.append(Frame(f"[{name}]"))
                 continue
             m = maps[i]
