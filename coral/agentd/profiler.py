@@ -32,6 +32,8 @@ class Sampled:
     dropped: int  # of those, samples whose stack could not be kept
     uncounted: int  # samples not counted at all (the count table was full)
     compile_ms: int  # what loading the program cost
+    started_ns: int  # when sampling began (the program attached), Unix ns
+    ended_ns: int  # when it stopped
 
 
 def sample(pids: list[int], frequency: int, seconds: float, stop: threading.Event) -> Sampled:
@@ -48,8 +50,10 @@ def sample(pids: list[int], frequency: int, seconds: float, stop: threading.Even
             targets[targets.Key(pid)] = targets.Leaf(1)
         bpf.attach_perf_event(ev_type=PERF_TYPE_SOFTWARE, ev_config=PERF_COUNT_SW_CPU_CLOCK,
                               fn_name=b"coral_profile_sample", sample_freq=frequency, cpu=-1)
+        started_ns = time.time_ns()
         stop.wait(seconds)
         bpf.detach_perf_event(ev_type=PERF_TYPE_SOFTWARE, ev_config=PERF_COUNT_SW_CPU_CLOCK)
+        ended_ns = time.time_ns()
         stack_table = bpf["stacks"]
         counted: dict[tuple[int, tuple[int, ...]], int] = {}
         for key, value in bpf["counts"].items():
@@ -59,7 +63,8 @@ def sample(pids: list[int], frequency: int, seconds: float, stop: threading.Even
             k = (int(key.tgid), addresses)
             counted[k] = counted.get(k, 0) + int(value.value)
         totals = bpf["totals"]
-        return Sampled(counted, int(totals[0].value), int(totals[1].value), int(totals[2].value), compile_ms)
+        return Sampled(counted, int(totals[0].value), int(totals[1].value), int(totals[2].value), compile_ms,
+                       started_ns, ended_ns)
     finally:
         bpf.cleanup()  # detaches what is still attached, closes the maps and the program
 

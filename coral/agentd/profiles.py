@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -43,21 +42,20 @@ def run(plan: ProfilePlan, stop: threading.Event, symbolizer: Symbolizer, max_re
         sampler: Callable[[list[int], int, float, threading.Event], Sampled] = sample) -> pb.ProfileCpuResponse | CoralError:
     """Sample, then symbolize (in the profile's thread). Maps are read before
     and after: a process that exited meanwhile is symbolized with the first."""
-    started = time.time_ns()
     before = {pid: maps_of(pid) for pid in plan.pids}
     try:
         sampled = sampler(list(plan.pids), plan.frequency, plan.duration_ms / 1000, stop)
     except Exception as exc:  # BCC raises plain Exception for compile and attach failures
         log.warning("profile %s could not sample: %s", plan.session_id, exc)
         return ProbeFailed(f"could not start sampling on agent {plan.agent_id}: {exc}")
-    ended = time.time_ns()
     after = {pid: maps_of(pid) or before[pid] for pid in plan.pids}
     log.info("profile %s: %d samples of %d process(es) at %d Hz (program loaded in %d ms)",
              plan.session_id, sampled.samples, len(plan.pids), plan.frequency, sampled.compile_ms)
     processes = _processes(plan, sampled, after, symbolizer, max_reply_bytes)
     session = pb.DebugSession(
         session_id=plan.session_id, service=plan.service, agent_id=plan.agent_id, pids=list(plan.pids),
-        started_unix_ns=started, expires_unix_ns=started + plan.duration_ms * 1_000_000, ended_unix_ns=ended,
+        started_unix_ns=sampled.started_ns, expires_unix_ns=sampled.started_ns + plan.duration_ms * 1_000_000,
+        ended_unix_ns=sampled.ended_ns,
         status="detached" if stop.is_set() else "expired", status_reason="agent stopping" if stop.is_set() else "",
         owner=plan.owner, cpu_profile=True, total_calls=sampled.samples,
         lost={k: v for k, v in (("stack_dropped", sampled.dropped), ("uncounted", sampled.uncounted)) if v},
