@@ -19,26 +19,15 @@ import pytest
 
 from coral.ctl import flame
 from coral.proto import coral_pb2 as pb
-from tests.harness import CoralEnv, Process, coralctl, tool
+from tests.harness import REPO, CoralEnv, Process, coralctl, tool
 from tests.test_native_e2e import wait_for_service
 
-# Both functions run the same loop, 7 and 3 units of it: 70% and 30% of
-# the CPU the process gets, however busy the machine is.
-BUSY_C = r"""
-#include <stdint.h>
-static volatile uint64_t sink;
-#define UNIT 2000000
-__attribute__((noinline)) void hot_path(void) { for (uint64_t i = 0; i < 7 * UNIT; i++) sink += i; }
-__attribute__((noinline)) void cold_path(void) { for (uint64_t i = 0; i < 3 * UNIT; i++) sink += i; }
-__attribute__((noinline)) void serve(void) { for (;;) { hot_path(); cold_path(); } }
-int main(void) { serve(); return 0; }
-"""
 MISSING = "frames may be missing: built without frame pointers"
 
 
 def build(tmp: Path, name: str, *flags: str) -> Path:
-    source = tmp / "busy.c"
-    source.write_text(BUSY_C)
+    """examples/native/busy.c: 70% of its CPU in hot_path, 30% in cold_path, both called by serve."""
+    source = REPO / "examples" / "native" / "busy.c"
     out = tmp / name
     subprocess.run(["gcc", "-g", *flags, "-o", str(out), str(source)], check=True)
     return out
