@@ -202,3 +202,39 @@ def test_folded_stacks_merge_processes_and_name_the_caller() -> None:
     assert [(f.function, f.self_samples, f.total_samples) for f in top][:2] == [("hot:path", 7, 7), (flame.NO_STACK, 1, 1)]
     page = flame.flamegraph_html(stacks, "t</script>", "s")
     assert "<script" in page and "t&lt;/script&gt;" in page and "src=" not in page
+
+
+def test_the_agent_symbolizes_stacks_outermost_first_and_bounds_its_answer() -> None:
+    """profiles.run without BPF: a sampler that 'saw' libc's getppid called
+    from getpid in this very process; names come from the ELF symbols and
+    /proc/PID/maps, outermost first, and a tiny size bound leaves stacks out, counted."""
+    import ctypes
+    import os
+    import threading
+
+    from coral.agentd import profiler, profiles
+    from coral.agentd.symbolize import Symbolizer
+
+    libc = ctypes.CDLL(None)
+    getppid = ctypes.cast(libc.getppid, ctypes.c_void_p).value or 0
+    getpid = ctypes.cast(libc.getpid, ctypes.c_void_p).value or 0
+    pid = os.getpid()
+
+    def sampler(pids: list[int], frequency: int, seconds: float, stop: threading.Event) -> profiler.Sampled:
+        assert (pids, frequency, seconds) == ([pid], 99, 0.5)
+        return profiler.Sampled({(pid, (getppid + 1, getpid + 5)): 3, (pid, (getppid,)): 2, (pid, ()): 1},
+                                6, 1, 0, 10, 1_000, 2_000)
+
+    plan = profiles.ProfilePlan("prof-0123456789ab", "svc", "a1", (pid,), {pid: "/usr/bin/python3"}, 99, 500, "uid:0")
+    reply = profiles.run(plan, threading.Event(), Symbolizer(), 1 << 20, sampler)
+    assert isinstance(reply, pb.ProfileCpuResponse)
+    assert reply.session.cpu_profile and reply.session.total_calls == 6 and dict(reply.session.lost) == {"stack_dropped": 1}
+    (process,) = reply.processes
+    assert (process.pid, process.samples, process.samples_without_stack, process.stacks_left_out) == (pid, 6, 1, 0)
+    named = [([f.function for f in s.frames], s.count) for s in process.stacks]
+    assert named == [(["getpid", "getppid"], 3), (["getppid"], 2), ([], 1)]
+    assert all(f.module.endswith(".so.6") for s in process.stacks for f in s.frames)
+
+    small = profiles.run(plan, threading.Event(), Symbolizer(), 0, sampler)
+    assert isinstance(small, pb.ProfileCpuResponse)
+    assert len(small.processes[0].stacks) == 1 and small.processes[0].stacks_left_out == 2

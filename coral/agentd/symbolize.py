@@ -79,7 +79,10 @@ def read_elf_symbols(path: str) -> ElfSymbols:
             for sym in section.iter_symbols():
                 if sym["st_info"]["type"] == "STT_FUNC" and sym["st_shndx"] != "SHN_UNDEF" and sym.name:
                     address = int(sym["st_value"])
-                    functions.setdefault(address, (max(int(sym["st_size"]), 1), sym.name))
+                    known = functions.get(address)
+                    # Aliases (getpid, __getpid): the name people call it by, without underscores.
+                    if known is None or _alias_rank(sym.name) < _alias_rank(known[1]):
+                        functions[address] = (max(int(sym["st_size"]), 1), sym.name)
         is_go = ef.get_section_by_name(".gopclntab") is not None
         text = ef.get_section_by_name(".text")
         base, code = (int(text["sh_addr"]), text.data()) if text is not None else (0, b"")
@@ -93,6 +96,10 @@ def read_elf_symbols(path: str) -> ElfSymbols:
         with contextlib.suppress(DWARFError, ELFError, KeyError, ValueError, IndexError, AttributeError):
             _read_lines(ef, out)
     return out
+
+
+def _alias_rank(name: str) -> tuple[bool, bool, int]:
+    return name.startswith("_") and not name.startswith("_Z"), "@" in name, len(name)
 
 
 def _sets_up_frame(head: bytes) -> bool:
