@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from coral.agentd.profiler import Sampled, sample
+from coral.agentd.profiler import CALL_FRAMES_CUT, FRAME_POINTERS, Sampled, Unwind, sample
 from coral.agentd.symbolize import Symbolizer, maps_of
 from coral.daemon.errors import CoralError, ProbeFailed
 from coral.procmaps import Mapping
@@ -34,17 +34,29 @@ class ProfilePlan:
     owner: str
 
 
+MISSING_FRAMES_PERCENT = 1  # of a process's samples, walked by frame pointers through code without them
+
+
 def new_id() -> str:
     return f"prof-{secrets.token_hex(6)}"
 
 
 def run(plan: ProfilePlan, stop: threading.Event, symbolizer: Symbolizer, max_reply_bytes: int,
-        sampler: Callable[[list[int], int, float, threading.Event], Sampled] = sample) -> pb.ProfileCpuResponse | CoralError:
+        sampler: Callable[[list[int], int, float, threading.Event, Unwind | None], Sampled] = sample,
+        ) -> pb.ProfileCpuResponse | CoralError:
     """Sample, then symbolize (in the profile's thread). Maps are read before
     and after: a process that exited meanwhile is symbolized with the first."""
     before = {pid: maps_of(pid) for pid in plan.pids}
+    for pid, maps in before.items():  # read before sampling: libc's takes seconds, while copies would pile up
+        for m in maps:
+            if m.path.startswith("/"):
+                symbolizer.unwinder.frames_of(pid, m)
+
+    def unwind(tgid: int, ip: int, sp: int, bp: int, stack: bytes) -> tuple[tuple[int, ...], bool] | None:
+        return symbolizer.unwinder.unwind(tgid, before.get(tgid, []), ip, sp, bp, stack)
+
     try:
-        sampled = sampler(list(plan.pids), plan.frequency, plan.duration_ms / 1000, stop)
+        sampled = sampler(list(plan.pids), plan.frequency, plan.duration_ms / 1000, stop, unwind)
     except Exception as exc:  # BCC raises plain Exception for compile and attach failures
         log.warning("profile %s could not sample: %s", plan.session_id, exc)
         return ProbeFailed(f"could not start sampling on agent {plan.agent_id}: {exc}")
@@ -69,23 +81,30 @@ def _processes(plan: ProfilePlan, sampled: Sampled, maps: dict[int, list[Mapping
     out = {pid: pb.ProcessProfile(agent_id=plan.agent_id, pid=pid, executable=plan.executables.get(pid, ""))
            for pid in plan.pids}
     size = 0
-    for (tgid, addresses), count in sorted(sampled.stacks.items(), key=lambda kv: -kv[1]):
+    unframed: dict[int, int] = {}  # by pid: samples walked through a function without a frame pointer
+    for (tgid, addresses, how), count in sorted(sampled.stacks.items(), key=lambda kv: -kv[1]):
         process = out.get(tgid)
         if process is None:
             continue
         process.samples += count
         if not addresses:
             process.samples_without_stack += count
+        if how == CALL_FRAMES_CUT:
+            process.samples_cut += count
         if size > max_reply_bytes:
             process.stacks_left_out += 1
             continue
-        frames, framed = symbolizer.frames(tgid, maps.get(tgid, []), addresses)
+        frames, framed = symbolizer.frames(tgid, maps.get(tgid, []), addresses, unwound=how != FRAME_POINTERS)
         if not framed:
-            process.frames_may_be_missing = True
+            unframed[tgid] = unframed.get(tgid, 0) + count
         stack = pb.SampledStack(count=count, frames=[
             pb.StackFrame(function=f.function[:500], file=f.file[:300], line=f.line, module=f.module[:300])
             for f in reversed(frames)  # outermost first, as folded stacks are written
         ])
         size += stack.ByteSize() + 8
         process.stacks.append(stack)
+    for pid, n in unframed.items():
+        # Said when it matters: a few samples taken in the kernel (a system call, a page fault)
+        # are walked by frame pointers even where the copies unwind every other one.
+        out[pid].frames_may_be_missing = n * 100 > out[pid].samples * MISSING_FRAMES_PERCENT
     return list(out.values())

@@ -16,6 +16,7 @@ from elftools.common.exceptions import DWARFError, ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
+from coral.agentd.unwind import Unwinder
 from coral.demangle import demangle
 from coral.procmaps import Mapping, read_maps
 
@@ -142,6 +143,7 @@ class Symbolizer:
         self._files: dict[tuple[str, int, int], ElfSymbols | None] = {}
         self._lock = threading.Lock()
         self.max_files = max_files
+        self.unwinder = Unwinder()  # the call frame information of the same files
 
     def symbols(self, pid: int, mapping: Mapping) -> ElfSymbols | None:
         # Through /proc/PID/root: the process may live in another mount namespace.
@@ -164,10 +166,12 @@ class Symbolizer:
             self._files[key] = symbols
         return symbols
 
-    def frames(self, pid: int, maps: list[Mapping], addresses: tuple[int, ...]) -> tuple[list[Frame], bool]:
+    def frames(self, pid: int, maps: list[Mapping], addresses: tuple[int, ...],
+               unwound: bool = False) -> tuple[list[Frame], bool]:
         """The frames of one stack, innermost first; and whether every function
         on it (but a process's or thread's entry point) sets up a frame pointer (else callers may be
-        missing: the kernel walks the stack through %rbp)."""
+        missing: the kernel walks the stack through %rbp). A stack `unwound`
+        with call frame information does not depend on them."""
         frames, framed = [], True
         starts = [m.start for m in maps]
         for depth, address in enumerate(addresses):
@@ -187,7 +191,7 @@ class Symbolizer:
                 frames.append(Frame(f"[{os.path.basename(m.path)}+{offset:#x}]", module=m.path))
                 continue
             function, sets_up = found
-            framed = framed and (sets_up or function in ENTRY_POINTS)
+            framed = framed and (unwound or sets_up or function in ENTRY_POINTS)
             file, line = symbols.line_at(vaddr)
             frames.append(Frame(function, file, line, m.path))
         return frames, framed

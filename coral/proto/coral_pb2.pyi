@@ -652,7 +652,7 @@ class SampledStack(_message.Message):
     def __init__(self, frames: _Optional[_Iterable[_Union[StackFrame, _Mapping]]] = ..., count: _Optional[int] = ...) -> None: ...
 
 class ProcessProfile(_message.Message):
-    __slots__ = ("agent_id", "pid", "executable", "samples", "stacks", "frames_may_be_missing", "samples_without_stack", "stacks_left_out")
+    __slots__ = ("agent_id", "pid", "executable", "samples", "stacks", "frames_may_be_missing", "samples_without_stack", "stacks_left_out", "samples_cut")
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     EXECUTABLE_FIELD_NUMBER: _ClassVar[int]
@@ -661,6 +661,7 @@ class ProcessProfile(_message.Message):
     FRAMES_MAY_BE_MISSING_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_WITHOUT_STACK_FIELD_NUMBER: _ClassVar[int]
     STACKS_LEFT_OUT_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_CUT_FIELD_NUMBER: _ClassVar[int]
     agent_id: str
     pid: int
     executable: str
@@ -669,7 +670,8 @@ class ProcessProfile(_message.Message):
     frames_may_be_missing: bool
     samples_without_stack: int
     stacks_left_out: int
-    def __init__(self, agent_id: _Optional[str] = ..., pid: _Optional[int] = ..., executable: _Optional[str] = ..., samples: _Optional[int] = ..., stacks: _Optional[_Iterable[_Union[SampledStack, _Mapping]]] = ..., frames_may_be_missing: _Optional[bool] = ..., samples_without_stack: _Optional[int] = ..., stacks_left_out: _Optional[int] = ...) -> None: ...
+    samples_cut: int
+    def __init__(self, agent_id: _Optional[str] = ..., pid: _Optional[int] = ..., executable: _Optional[str] = ..., samples: _Optional[int] = ..., stacks: _Optional[_Iterable[_Union[SampledStack, _Mapping]]] = ..., frames_may_be_missing: _Optional[bool] = ..., samples_without_stack: _Optional[int] = ..., stacks_left_out: _Optional[int] = ..., samples_cut: _Optional[int] = ...) -> None: ...
 
 class ProfileCpuResponse(_message.Message):
     __slots__ = ("session", "processes")
