@@ -18,7 +18,7 @@ say() { printf 'setup: %s\n' "$*"; }
 
 # g++, rustc: the C++ and Rust test targets; golang-go: the Go test target; systemd: systemd-analyze for the unit tests;
 # bpftrace: the peer the tests compare against; bpftool: probes left in the kernel; zsh: the completion test.
-APT_PACKAGES=(python3-bpfcc python3-venv python3-dev linux-headers-amd64 gcc g++ rustc make golang-go systemd bpftool bpftrace tmux zsh)
+APT_PACKAGES=(python3-bpfcc python3-venv python3-dev linux-headers-amd64 gcc g++ rustc make golang-go systemd bpftool bpftrace tmux zsh chromium bpfcc-tools)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -55,7 +55,7 @@ def test_commands_and_options_come_from_the_parser(shell) -> None:  # type: igno
     assert shell(None, "coralctl", "debug", "") == ["attach", "sessions", "events", "show", "detach"]
     assert "--print" in shell(None, "coralctl", "debug", "attach", "payments", "--pr")
     assert "--capture-args" in shell(None, "coralctl", "debug", "attach", "payments", "--cap")
-    assert shell(None, "coralctl", "--output", "") == ["text", "json"]
+    assert shell(None, "coralctl", "--output", "") == ["text", "json", "folded"]
     assert shell(None, "coralctl", "keys", "") == ["generate"]
     assert "--dir" in shell(None, "coralctl", "keys", "generate", "alice", "--d")
     assert "--colony-key" in shell(None, "coralctl", "services", "--col")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from tests.harness import REPO, CoralEnv, NativeService, Process, start_attach, tool
 from tests.test_native_e2e import wait_for_service
+from tests.test_profile import build, busy_service
 from tests.test_python_e2e import PythonService
 
 GUIDE = REPO / "docs" / "user-guide.md"
@@ -45,6 +46,7 @@ def test_every_command_of_the_user_guide_runs_as_shown(
     coral_env: CoralEnv, colony: Process, agent: Process, payments: NativeService, tmp_path: Path
 ) -> None:
     python = PythonService(coral_env)
+    busy = busy_service(coral_env, build(tmp_path, "busy", "-O0", "-fno-omit-frame-pointer"), "busy")  # to profile
     try:
         wait_for_service(coral_env, "payments")
         wait_for_service(coral_env, "payments-api")
@@ -83,4 +85,5 @@ def test_every_command_of_the_user_guide_runs_as_shown(
         active.communicate(timeout=30)
         assert problems == [], "\n".join(problems)
     finally:
+        busy.stop()
         python.stop()

@@ -13,6 +13,7 @@ import math
 import os
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -22,6 +23,7 @@ import zmq
 from google.protobuf.message import DecodeError, Message
 
 from coral import __version__
+from coral.agentd import profiles
 from coral.agentd.colony_link import ColonyLink
 from coral.agentd.engine import TRAP_NS, ProbeEngine, ProbeError
 from coral.agentd.ingest import IngestBudget
@@ -30,14 +32,16 @@ from coral.agentd.metrics import agent_snapshot
 from coral.agentd.probecost import ProbeCosts
 from coral.agentd.probes import check_bpf_support
 from coral.agentd.process_calls import ProcessCalls
+from coral.agentd.profiler import Profiles
 from coral.agentd.registry import ProcessRegistry, Registration
 from coral.agentd.sessions import SessionManager
 from coral.agentd.store import EventStore
+from coral.agentd.symbolize import Symbolizer
 from coral.agentd.targets import own_function_site
-from coral.daemon import access, curve
+from coral.daemon import access, curve, profiling
 from coral.daemon.config import Config
 from coral.daemon.connections import ConnectionCap
-from coral.daemon.errors import CoralError, Internal, NotFound
+from coral.daemon.errors import CoralError, Internal, LimitExceeded, NotFound
 from coral.daemon.methods import AGENT_FROM_COLONY_METHODS, AGENT_LOCAL_METHODS, METHODS
 from coral.daemon.paging import services_page
 from coral.daemon.retention import PurgeSchedule, Retention, parse_age, purge_once
@@ -61,7 +65,7 @@ from coral.proto import coral_pb2 as pb
 log = logging.getLogger("coral.agentd")
 
 # Local requests the colony's audit log records when they succeed (any refusal is recorded).
-AUDITED_LOCAL = frozenset({"AttachUprobe", "DetachUprobe"})
+AUDITED_LOCAL = frozenset({"AttachUprobe", "DetachUprobe", "ProfileCpu"})
 
 # Messages served from the local socket in one turn of the loop: the ring
 # buffer, expiry and heartbeats come between two batches.
@@ -146,6 +150,7 @@ class Agent:
         self._deferred: list[Callable[[], None]] = []  # questions for calls that wait for the budget to refill
         self._deferred_total = 0
         self.followers = Waiters()  # QueryUprobeEvents with wait_ms, held until their session has news
+        self.profiles = Profiles()  # each in its own thread; answered from the loop
         self.retention = Retention(parse_age(config.agent.retention))
         self.purges = PurgeSchedule(config.agent.purge_interval)
         handlers: dict[str, Handler] = {
@@ -156,6 +161,7 @@ class Agent:
             "DetachUprobe": self.detach,
             "QueryUprobeEvents": self.query_events,
             "ListDebugSessions": lambda r, p: self.sessions.list(r),
+            "ProfileCpu": self.profile_cpu,
             "RegisterProcess": self.register_process,
             "UnregisterProcess": self.unregister_process,
             "ProcessHeartbeat": self.process_heartbeat,
@@ -274,6 +280,34 @@ class Agent:
         later = Later()
         self.sessions.when_collected(req.session_id, lambda: resolve(later, answer_safely(
             lambda: pb.DetachUprobeResponse(session=self.sessions.session(req.session_id)))))
+        return later
+
+    def profile_cpu(self, req: pb.ProfileCpuRequest, peer: Peer) -> Later:
+        """Checked now; sampled and symbolized in a thread; answered by the
+        loop when it has ended (docs/protocol.md, "Profiles")."""
+        duration_ms = profiling.duration_ms(self.config.sessions, req.duration_ms)
+        frequency = profiling.frequency(req.frequency_hz)
+        instances = self.registry.instances(req.service)
+        if not instances:
+            self._instance(req.service)  # NotFound, naming what is registered
+        if len(self.profiles.running) >= self.profiles.max_running:
+            raise LimitExceeded(f"{len(self.profiles.running)} profiles already run on agent {self.agent_id}; "
+                                "wait for one to end")
+        plan = profiles.ProfilePlan(req.session_id or profiles.new_id(), req.service, self.agent_id,
+                                    tuple(r.pid for r in instances), {r.pid: r.executable for r in instances},
+                                    frequency, duration_ms, peer.who)
+        later = Later()
+        limit = self.config.limits.max_message_bytes // 4
+
+        def work(stop: threading.Event, symbolizer: Symbolizer) -> Callable[[], None]:
+            try:
+                result: Message | CoralError = profiles.run(plan, stop, symbolizer, limit)
+            except Exception as exc:  # a bug: this profile is answered, the agent goes on
+                log.error("profile %s failed", plan.session_id, exc_info=exc)
+                result = Internal("internal error; see the daemon's log")
+            return lambda: later.resolve(result)
+
+        self.profiles.start(plan.session_id, work)
         return later
 
     def query_events(self, req: pb.QueryUprobeEventsRequest, peer: Peer) -> pb.QueryUprobeEventsResponse | Later:
@@ -517,6 +551,8 @@ class Agent:
                 for sock in ready:
                     self.calls.on_readable(sock)  # ignores the sockets that are not a process's
                 self.calls.expire(time.monotonic())
+                for answer in self.profiles.finished():
+                    answer()
                 cpu = time.process_time()
                 if now - last_drained >= cfg.agent.drain_interval and self.ingest.allows(now) and \
                         self.sessions.pending < MAX_PENDING:
@@ -556,6 +592,8 @@ class Agent:
                 self.metrics.close()
             log.info("stopping (%s): detaching %d session(s)", signals.signal_name or "shutdown", len(self.sessions.active))
             self.sessions.shutdown()
+            for answer in self.profiles.shutdown():
+                answer()
             self.sessions.flush()  # every call drained, written before the database closes
             self.answer_deferred(math.inf)
             self.tell_followers(math.inf)  # every held question is answered, with its session as it ended

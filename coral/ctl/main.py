@@ -22,6 +22,7 @@ from google.protobuf.message import Message
 
 from coral import expr
 from coral.ctl import complete, render
+from coral.ctl import profile as profile_command
 from coral.ctl.saved import SessionFile, sessions_dir, show_saved
 from coral.daemon import curve
 from coral.daemon.client import Client, HandshakeFailed, Unreachable
@@ -105,6 +106,11 @@ examples:
     "detach": """\
 examples:
   coralctl debug detach dbg-1a2b3c4d5e6f""",
+    "profile": """\
+examples:
+  coralctl profile payments --duration 30s -o flame.html
+  coralctl profile payments --frequency 49 --agent web-3
+  coralctl profile payments --output folded > payments.folded   # for flamegraph.pl or speedscope""",
     "generate": """\
 examples:
   coralctl keys generate colony --dir /etc/coral/keys      # on the colony host
@@ -165,7 +171,8 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     parser.add_argument("--local", action="store_true", default=d("local"), help="talk to the local agent instead of the colony")
     parser.add_argument("--endpoint", default=d("endpoint"), help="endpoint to talk to (default: from the configuration)")
     parser.add_argument(
-        "--output", choices=["text", "json"], default=d("output"), help="text for people, json (JSON Lines) for tools"
+        "--output", choices=["text", "json", "folded"], default=d("output"),
+        help="text for people, json (JSON Lines) for tools; folded (profile only) for flamegraph.pl and speedscope"
     )
     parser.add_argument("--timeout", type=duration_arg, default=d("timeout"), help="how long to wait for a reply (default 15s)")
     parser.add_argument("--config", default=d("config"), help="configuration file")
@@ -280,6 +287,15 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--slow", type=duration_arg, default=0.0, metavar="DURATION", help="mark calls at least this slow")
     d = command(debug, "detach", "end a session now", common)
     d.add_argument("session", help="a session id, as coralctl debug sessions lists it")
+    pr = command(sub, "profile", "sample where a service's processes spend their CPU", common)
+    pr.add_argument("service", help="the service, as coralctl services lists it")
+    pr.add_argument("--duration", type=positive_duration, default=0.0,
+                    help="30s, 2m (default 30s; at most [sessions] max_duration, 600s)")
+    pr.add_argument("--frequency", type=positive_int, default=0, metavar="HZ",
+                    help="samples per second on each CPU (default 99; at most 1000)")
+    pr.add_argument("--agent", default="", metavar="ID", help="only this agent (default: every agent running the service)")
+    pr.add_argument("-o", dest="flamegraph", metavar="FILE",
+                    help="write an interactive flamegraph here (one HTML file that fetches nothing)")
     au = command(sub, "audit", "who asked the colony for what, and what came of it", common)
     au.add_argument("--since", type=duration_arg, default=0.0, help="only the last 1h, 30m, ...")
     au.add_argument("--max", type=positive_int, default=1000, help="at most this many entries (the newest)")
@@ -324,6 +340,7 @@ class Ctl:
         keys = curve.client_keys(config, endpoint, args.key, args.colony_key)  # ConfigError: tcp without keys
         self.client = Client(endpoint, args.timeout, max_message_bytes=config.limits.max_message_bytes, keys=keys)
         self.show_agent = False  # the session spans several agents: calls name theirs
+        self.max_duration_s = config.sessions.max_duration
 
     def call(self, method: str, request: Message) -> Any:
         return self.client.call(method, request)
@@ -563,7 +580,7 @@ class Ctl:
             ends = s.ended_unix_ns or s.expires_unix_ns
             agent = s.agent_id or f"{len(s.parts)} agents"
             self.out.line(
-                f"{s.session_id:<18} {s.service:<16} {s.function:<24} {agent:<12} "
+                f"{s.session_id:<18} {s.service:<16} {s.function or ('(cpu profile)' if s.cpu_profile else ''):<24} {agent:<12} "
                 f"{render.clock(s.started_unix_ns):<12} {render.clock(ends):<13} {s.total_calls or s.calls:>7}  "
                 f"{status}"
             )
@@ -605,6 +622,10 @@ class Ctl:
         if r.truncated:
             self.out.line("(older entries not shown; use --max or --since)")
         return EXIT_OK
+
+    def profile(self) -> int:
+        return profile_command.run(self.args, lambda m, r, t: self.client.call(m, r, timeout=t), self.out,
+                                   self.max_duration_s)
 
     def detach(self) -> int:
         r = cast(pb.DetachUprobeResponse, self.call("DetachUprobe", pb.DetachUprobeRequest(session_id=self.args.session)))
@@ -661,6 +682,9 @@ def main(argv: list[str] | None = None) -> int:
         return generate_keys(args)
     if args.command == "debug" and args.debug_command == "show":
         return show_saved(args)
+    if args.output == "folded" and args.command != "profile":
+        print("coralctl: error: --output folded is for coralctl profile", file=sys.stderr)
+        return EXIT_USAGE
     try:
         config = load_config(args.config)
         ctl = Ctl(args, config)
@@ -677,6 +701,7 @@ def main(argv: list[str] | None = None) -> int:
         "events": ctl.events,
         "detach": ctl.detach,
         "audit": ctl.audit,
+        "profile": ctl.profile,
     }[command]
     try:
         return run()

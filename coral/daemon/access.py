@@ -1,8 +1,9 @@
 """Who may do what: the [access] policy, as a pure decision.
 
 Rights: "list" (services, functions, sessions, events, audit), "attach"
-(start and end sessions) and "capture" (sessions that capture argument or
-return values: a stronger right than timing). Each is a list of unix user
+(start and end sessions), "capture" (sessions that capture argument or
+return values: a stronger right than timing) and "profile" (sample a
+service's on-CPU stacks: which code runs, not what values it holds). Each is a list of unix user
 names, @group names, and key:NAME for a peer on tcp whose CURVE key is
 NAME.key in the colony's allow-list (key:* for any such key). Root (on ipc)
 may do everything."""
@@ -48,6 +49,8 @@ def rights_needed(method: str, request: Any) -> list[str]:
         capture = config is not None and (config.capture_args or config.capture_return
                                           or condition_reads_values(config.predicate))
         return ["attach", "capture"] if capture else ["attach"]
+    if method == "ProfileCpu":
+        return ["profile"]
     return []
 
 

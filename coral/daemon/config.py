@@ -130,6 +130,7 @@ class AccessConfig:
     list: tuple[str, ...] = ("@coral",)
     attach: tuple[str, ...] = ("@coral",)
     capture: tuple[str, ...] = ("@coral",)
+    profile: tuple[str, ...] = ("@coral",)
 
 
 @dataclass(frozen=True)

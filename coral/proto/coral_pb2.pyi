@@ -424,7 +424,7 @@ class DetachUprobeResponse(_message.Message):
     def __init__(self, session: _Optional[_Union[DebugSession, _Mapping]] = ...) -> None: ...
 
 class DebugSession(_message.Message):
-    __slots__ = ("session_id", "service", "function", "agent_id", "pids", "started_unix_ns", "expires_unix_ns", "ended_unix_ns", "status", "status_reason", "config", "calls", "lost", "probes", "total_calls", "sum_duration_ns", "max_duration_ns", "histogram", "parts", "owner", "unanswered", "return_probe", "inlined_into", "probe_cost_ns", "entry_instruction")
+    __slots__ = ("session_id", "service", "function", "agent_id", "pids", "started_unix_ns", "expires_unix_ns", "ended_unix_ns", "status", "status_reason", "config", "calls", "lost", "probes", "total_calls", "sum_duration_ns", "max_duration_ns", "histogram", "parts", "owner", "unanswered", "return_probe", "inlined_into", "probe_cost_ns", "entry_instruction", "cpu_profile")
     class LostEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -464,6 +464,7 @@ class DebugSession(_message.Message):
     INLINED_INTO_FIELD_NUMBER: _ClassVar[int]
     PROBE_COST_NS_FIELD_NUMBER: _ClassVar[int]
     ENTRY_INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
+    CPU_PROFILE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     service: str
     function: str
@@ -489,7 +490,8 @@ class DebugSession(_message.Message):
     inlined_into: _containers.RepeatedScalarFieldContainer[str]
     probe_cost_ns: int
     entry_instruction: str
-    def __init__(self, session_id: _Optional[str] = ..., service: _Optional[str] = ..., function: _Optional[str] = ..., agent_id: _Optional[str] = ..., pids: _Optional[_Iterable[int]] = ..., started_unix_ns: _Optional[int] = ..., expires_unix_ns: _Optional[int] = ..., ended_unix_ns: _Optional[int] = ..., status: _Optional[str] = ..., status_reason: _Optional[str] = ..., config: _Optional[_Union[UprobeConfig, _Mapping]] = ..., calls: _Optional[int] = ..., lost: _Optional[_Mapping[str, int]] = ..., probes: _Optional[int] = ..., total_calls: _Optional[int] = ..., sum_duration_ns: _Optional[int] = ..., max_duration_ns: _Optional[int] = ..., histogram: _Optional[_Mapping[int, int]] = ..., parts: _Optional[_Iterable[_Union[SessionPart, _Mapping]]] = ..., owner: _Optional[str] = ..., unanswered: _Optional[_Iterable[str]] = ..., return_probe: _Optional[str] = ..., inlined_into: _Optional[_Iterable[str]] = ..., probe_cost_ns: _Optional[int] = ..., entry_instruction: _Optional[str] = ...) -> None: ...
+    cpu_profile: bool
+    def __init__(self, session_id: _Optional[str] = ..., service: _Optional[str] = ..., function: _Optional[str] = ..., agent_id: _Optional[str] = ..., pids: _Optional[_Iterable[int]] = ..., started_unix_ns: _Optional[int] = ..., expires_unix_ns: _Optional[int] = ..., ended_unix_ns: _Optional[int] = ..., status: _Optional[str] = ..., status_reason: _Optional[str] = ..., config: _Optional[_Union[UprobeConfig, _Mapping]] = ..., calls: _Optional[int] = ..., lost: _Optional[_Mapping[str, int]] = ..., probes: _Optional[int] = ..., total_calls: _Optional[int] = ..., sum_duration_ns: _Optional[int] = ..., max_duration_ns: _Optional[int] = ..., histogram: _Optional[_Mapping[int, int]] = ..., parts: _Optional[_Iterable[_Union[SessionPart, _Mapping]]] = ..., owner: _Optional[str] = ..., unanswered: _Optional[_Iterable[str]] = ..., return_probe: _Optional[str] = ..., inlined_into: _Optional[_Iterable[str]] = ..., probe_cost_ns: _Optional[int] = ..., entry_instruction: _Optional[str] = ..., cpu_profile: _Optional[bool] = ...) -> None: ...
 
 class SessionPart(_message.Message):
     __slots__ = ("agent_id", "session", "cursor", "complete", "detach_by")
@@ -652,3 +654,67 @@ class ListAuditResponse(_message.Message):
     entries: _containers.RepeatedCompositeFieldContainer[AuditEntry]
     truncated: bool
     def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...
+
+class ProfileCpuRequest(_message.Message):
+    __slots__ = ("service", "duration_ms", "frequency_hz", "agent_id", "session_id")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    FREQUENCY_HZ_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    duration_ms: int
+    frequency_hz: int
+    agent_id: str
+    session_id: str
+    def __init__(self, service: _Optional[str] = ..., duration_ms: _Optional[int] = ..., frequency_hz: _Optional[int] = ..., agent_id: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
+
+class StackFrame(_message.Message):
+    __slots__ = ("function", "file", "line", "module")
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    LINE_FIELD_NUMBER: _ClassVar[int]
+    MODULE_FIELD_NUMBER: _ClassVar[int]
+    function: str
+    file: str
+    line: int
+    module: str
+    def __init__(self, function: _Optional[str] = ..., file: _Optional[str] = ..., line: _Optional[int] = ..., module: _Optional[str] = ...) -> None: ...
+
+class SampledStack(_message.Message):
+    __slots__ = ("frames", "count")
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    frames: _containers.RepeatedCompositeFieldContainer[StackFrame]
+    count: int
+    def __init__(self, frames: _Optional[_Iterable[_Union[StackFrame, _Mapping]]] = ..., count: _Optional[int] = ...) -> None: ...
+
+class ProcessProfile(_message.Message):
+    __slots__ = ("agent_id", "pid", "executable", "samples", "stacks", "frames_may_be_missing", "samples_without_stack", "stacks_left_out", "samples_cut")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    EXECUTABLE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    STACKS_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_MAY_BE_MISSING_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_WITHOUT_STACK_FIELD_NUMBER: _ClassVar[int]
+    STACKS_LEFT_OUT_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_CUT_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    pid: int
+    executable: str
+    samples: int
+    stacks: _containers.RepeatedCompositeFieldContainer[SampledStack]
+    frames_may_be_missing: bool
+    samples_without_stack: int
+    stacks_left_out: int
+    samples_cut: int
+    def __init__(self, agent_id: _Optional[str] = ..., pid: _Optional[int] = ..., executable: _Optional[str] = ..., samples: _Optional[int] = ..., stacks: _Optional[_Iterable[_Union[SampledStack, _Mapping]]] = ..., frames_may_be_missing: _Optional[bool] = ..., samples_without_stack: _Optional[int] = ..., stacks_left_out: _Optional[int] = ..., samples_cut: _Optional[int] = ...) -> None: ...
+
+class ProfileCpuResponse(_message.Message):
+    __slots__ = ("session", "processes")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    PROCESSES_FIELD_NUMBER: _ClassVar[int]
+    session: DebugSession
+    processes: _containers.RepeatedCompositeFieldContainer[ProcessProfile]
+    def __init__(self, session: _Optional[_Union[DebugSession, _Mapping]] = ..., processes: _Optional[_Iterable[_Union[ProcessProfile, _Mapping]]] = ...) -> None: ...
