@@ -14,6 +14,11 @@
 
 #define CORAL_CALL_RAISED 0x1       /* the call raised; ret holds the exception */
 #define CORAL_CALL_TRUNCATED 0x2    /* some repr was cut to fit */
+/* The function's --where condition (coral/sdk/where.py) decided the call is
+ * not shown: only the header is filled; the BPF program counts the call and
+ * sends nothing. */
+#define CORAL_CALL_FILTERED 0x4     /* the condition is false */
+#define CORAL_CALL_WHERE_ERROR 0x8  /* the condition could not be evaluated */
 
 struct coral_call {
     unsigned long long fn_id;     /* from ArmFunctionRequest.fn_id */

@@ -40,8 +40,8 @@
 //   ST_CALLS (completed calls seen in the kernel), ST_SAMPLED, ST_FILTERED (min duration or
 //     a --where condition that does not hold), ST_RINGBUF (ring buffer full), ST_EMITTED (records submitted), ST_MAX_NS,
 //     ST_SUM_NS, ST_UNREADABLE (the process's record could not be read), ST_EXPIRED
-//     (returned after the session's expiry: in no count), ST_WHERE_ERROR (a value the
-//     condition needs could not be read: not reported); calls that left without returning
+//     (returned after the session's expiry: in no count), ST_WHERE_ERROR (--where could not be
+//     evaluated: a value the condition needs could not be read; Python: the SDK flags the record); calls that left without returning
 //     (an exception, a panic, longjmp) are counted in unwound_by_slots
 //   G_STACK_FULL (entries not tracked: deeper than CORAL_MAX_DEPTH, or deep_frames full), G_UNPAIRED (returns with no
 //     matching entry), G_STALE (frames dropped: their call left without returning),
@@ -52,10 +52,11 @@
 //     EV_NATIVE_TIMING (likewise, native)
 //   WHERE_MAX_TERMS, WHERE_MAX_CODE, WHERE_STR, W_* and WK_* (a --where condition as data:
 //     coral/agentd/where_native.py); ST_WHERE_ERROR (a value the condition reads could not be read)
+//   UNREAD_STACK (native_event.unread: a Go call's stack arguments were not copied)
 #include <uapi/linux/ptrace.h>
 #include "coral_records.h"            // the ring buffer's records (and struct coral_call)
 
-#if !defined(CORAL_STATS) || !defined(G_DEEP_IN_USE) || !defined(BY_TAIL_CALL) || !defined(SITE_URET) || !defined(CORAL_MAX_DEPTH) || !defined(SITE_RET) || !defined(W_NONEMPTY) || !defined(ST_WHERE_ERROR) || !defined(EV_NATIVE_TIMING)
+#if !defined(CORAL_STATS) || !defined(G_DEEP_IN_USE) || !defined(BY_TAIL_CALL) || !defined(SITE_URET) || !defined(CORAL_MAX_DEPTH) || !defined(SITE_RET) || !defined(W_NONEMPTY) || !defined(ST_WHERE_ERROR) || !defined(EV_NATIVE_TIMING) || !defined(UNREAD_STACK)
 #error "compile through coral/agentd/engine.py, which defines the constants shared with Python"
 #endif
 
@@ -86,7 +87,8 @@ struct site {
 // DWARF), so the agent names one and the program need not look through all.
 #define HELD_ARGS_SLOT(h) ((h) & 0xff)
 #define HELD_RESULT_SLOT(h) (((h) >> 8) & 0xff)
-#define HELD_COPIED 0x10000          // frame.held: the arguments' strings were copied at this call's entry
+#define HELD_COPIED 0x10000          // frame.held: the arguments' strings were copied at the entry (entry_strings)
+#define HELD_STACK 0x20000           // frame.held: the stack arguments were copied at the entry (stack_args)
 
 // A string an object holds (a C++ std::string, a Rust String): the register
 // holds the object's address; its data pointer and its length (64 bits)
@@ -113,7 +115,7 @@ struct slot_config {
     struct held_string held[2];      // native: arguments holding strings, copied at the entry into strs[0], strs[1]
     struct held_string held_ret;     // native: the result register holds such an object's address: into strs[str_ret_at]
     u32 held_mask;                   // bit i: held[i] is used
-    u32 pad3;
+    u32 stack_len;                   // bytes of stack-assigned arguments copied at the entry (into stack)
     u64 expires_ns;                  // bpf_ktime_get_ns() after which nothing is counted (0: never)
 };
 
@@ -122,7 +124,7 @@ struct frame {
     u64 sp;                          // where the return address sits: see frame_sp()
     u64 func_ip;
     u64 slots;
-    u64 args[6];
+    u64 args[CORAL_ARG_REGS];
     u32 at;                          // the stack's `changes` once this frame was pushed
     u32 held;                        // the site's `held`, and HELD_COPIED if the entry copied strings (entry_strings)
     u32 where;                       // the site's `where`
@@ -287,6 +289,16 @@ static __always_inline u32 hist_bucket(u64 ns)
     u32 msb = log2_u64(ns);
     u32 sub = (ns >> (msb - CORAL_HIST_SUB_BITS)) & ((1 << CORAL_HIST_SUB_BITS) - 1);
     return (msb << CORAL_HIST_SUB_BITS) + sub;
+}
+
+// args[i] for an index a config names (-1: none); 0 out of range. The
+// verifier wants the bound checked on the index the load uses.
+static __always_inline u64 arg_at(u64 *args, s32 i)
+{
+    u32 k = (u32)i;
+    if (k >= CORAL_ARG_REGS)
+        return 0;
+    return args[k];
 }
 
 // Count the call for the slot and decide whether to report it.
@@ -747,11 +759,69 @@ static __always_inline void take_held(struct native_event *e, struct slot_config
     e->unread |= es->unread;
 }
 
+// A call's stack-assigned arguments (Go's past its registers; System V's
+// past its registers and its long doubles), copied at its entry: by the
+// return the callee may have written over them (they are its variables).
+// Kept per call (thread or goroutine, frame position) until its return
+// takes them; a call that never returns leaves its entry to the LRU.
+struct call_key {
+    u64 id;                          // struct thread_key's: pid_tgid (native) or tgid (Go) ...
+    u64 g;                           // ... and the goroutine (Go), else 0
+    u64 sp;                          // the frame's sp (frame.sp)
+};
+
+struct stack_args {
+    char bytes[CORAL_STACK_BYTES];
+    u32 unread;
+    u32 pad;
+};
+
+BPF_TABLE("lru_hash", struct call_key, struct stack_args, stack_args, 4096);
+BPF_PERCPU_ARRAY(stack_args_scratch, struct stack_args, 1);
+
+// At an entry: if the site names a slot that captures stack-assigned
+// arguments, copy stack_len bytes from after the return address; returns
+// the frame's `held`.
+static __always_inline u32 copy_stack_at_entry(struct pt_regs *ctx, u32 held, u64 watching, struct thread_key *tk,
+                                               u64 sp)
+{
+    struct slot_config *cfg = held_config(HELD_ARGS_SLOT(held), watching);
+    if (!cfg || !(cfg->capture & 1) || !cfg->stack_len)
+        return held;
+    u32 zero = 0;
+    struct stack_args *a = stack_args_scratch.lookup(&zero);
+    if (!a)
+        return held;
+    u32 n = cfg->stack_len;
+    if (n > CORAL_STACK_BYTES)
+        n = CORAL_STACK_BYTES;
+    a->unread = bpf_probe_read_user(a->bytes, n, (void *)(PT_REGS_SP(ctx) + 8)) < 0;
+    struct call_key k = {.id = tk->id, .g = tk->g, .sp = sp};
+    if (stack_args.update(&k, a) != 0)  // replaces one left by a call that never returned
+        return held;
+    return held | HELD_STACK;
+}
+
+// The stack arguments copied at this Go call's entry, into the record; none
+// (evicted, or the session began during the call): marked unread. Looked
+// up for each record, not once before the slots' loop: a pointer that may
+// be null, kept through that loop, doubles what the verifier walks.
+static __always_inline void take_stack(struct native_event *e, struct thread_key *tk, struct frame *f)
+{
+    struct call_key k = {.id = tk->id, .g = tk->g, .sp = f->sp};
+    struct stack_args *sa = (f->held & HELD_STACK) ? stack_args.lookup(&k) : 0;
+    if (sa && !sa->unread)
+        __builtin_memcpy(e->stack, sa->bytes, sizeof(e->stack));
+    else
+        e->unread |= UNREAD_STACK;
+}
+
 // A read of user memory fails where the page is not in memory yet (a
 // probe cannot fault it in): the record says so (unread), never an empty string.
 static __always_inline void read_str(struct native_event *e, u32 at, s32 arg, struct frame *f)
 {
-    if (arg >= 0 && arg < 6 && bpf_probe_read_user_str(e->strs[at & 1], CORAL_STR_MAX, (void *)f->args[arg & 7]) < 0)
+    if (arg >= 0 && arg < CORAL_ARG_REGS &&
+        bpf_probe_read_user_str(e->strs[at & 1], CORAL_STR_MAX, (void *)arg_at(f->args, arg)) < 0)
         e->unread |= 1 << (at & 1);
 }
 
@@ -783,7 +853,7 @@ static __always_inline u64 read_held_result(u32 held, u64 watching, u64 *results
 }
 
 static __always_inline void finish_native(struct frame *f, u64 now, u64 *results, u64 id, u64 watching,
-                                          struct thread_key *tk)
+                                          struct thread_key *tk, int go)
 {
     u64 duration = now - f->ts;
     u64 held_data = results[2];
@@ -832,13 +902,16 @@ static __always_inline void finish_native(struct frame *f, u64 now, u64 *results
             __builtin_memcpy(e->args, f->args, sizeof(e->args));
             if (cfg->held_mask)  // first: C strings and a struct go in their own slots over these
                 take_held(e, cfg, id, f);
+            if (cfg->stack_len)
+                take_stack(e, tk, f);
+
             read_str(e, 0, cfg->str_arg[0], f);
             read_str(e, 1, cfg->str_arg[1], f);
-            if (cfg->blob_arg >= 0 && cfg->blob_arg < 6) {
+            if (cfg->blob_arg >= 0 && cfg->blob_arg < CORAL_ARG_REGS) {
                 u32 n = cfg->blob_len;
                 if (n > CORAL_STR_MAX)
                     n = CORAL_STR_MAX;
-                if (bpf_probe_read_user(e->strs[cfg->blob_at & 1], n, (void *)f->args[cfg->blob_arg & 7]) < 0)
+                if (bpf_probe_read_user(e->strs[cfg->blob_at & 1], n, (void *)arg_at(f->args, cfg->blob_arg)) < 0)
                     e->unread |= 1 << (cfg->blob_at & 1);
             }
         }
@@ -854,7 +927,11 @@ static __always_inline void finish_native(struct frame *f, u64 now, u64 *results
         events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
         bump_stat(slot, ST_EMITTED);
     }
-    if (f->held & HELD_COPIED) {
+    if (f->held & HELD_STACK) {
+        struct call_key k = {.id = tk->id, .g = tk->g, .sp = f->sp};
+        stack_args.delete(&k);
+    }
+    if (!go && (f->held & HELD_COPIED)) {
         struct entry_key k = {.id = id, .sp = f->sp};
         entry_strings.delete(&k);
     }
@@ -999,19 +1076,23 @@ static __always_inline u64 push_frame(struct thread_key *tk, u64 watching, u64 i
             return bpf_ktime_get_ns();
         }
     }
+    held = copy_stack_at_entry(ctx, held, watching, tk, sp);  // before the entry's timestamp: not in the duration
     u64 ts = bpf_ktime_get_ns();
     f->ts = ts;
     f->sp = sp;
     f->func_ip = ip;
     f->slots = watching;
     if (go) {
-        // Go >= 1.17 register ABI (amd64): RAX, RBX, RCX, RDI, RSI, R8, ...
+        // Go >= 1.17 register ABI (amd64): RAX, RBX, RCX, RDI, RSI, R8, R9, R10, R11
         f->args[0] = ctx->ax;
         f->args[1] = ctx->bx;
         f->args[2] = ctx->cx;
         f->args[3] = ctx->di;
         f->args[4] = ctx->si;
         f->args[5] = ctx->r8;
+        f->args[6] = ctx->r9;
+        f->args[7] = ctx->r10;
+        f->args[8] = ctx->r11;
     } else {
         f->args[0] = PT_REGS_PARM1(ctx);
         f->args[1] = PT_REGS_PARM2(ctx);
@@ -1019,6 +1100,7 @@ static __always_inline u64 push_frame(struct thread_key *tk, u64 watching, u64 i
         f->args[3] = PT_REGS_PARM4(ctx);
         f->args[4] = PT_REGS_PARM5(ctx);
         f->args[5] = PT_REGS_PARM6(ctx);
+        f->args[6] = f->args[7] = f->args[8] = 0;  // System V's seventh argument is on the stack
     }
     st->changes++;
     f->at = st->changes;
@@ -1067,7 +1149,7 @@ static __always_inline u64 pop_frame(struct thread_key *tk, u64 entry_sp, u64 fu
     if (tail)
         count_by_slots(watching, BY_TAIL_CALL);  // no duration: the call goes on in another function
     else
-        finish_native(f, now, results, id, watching, tk);
+        finish_native(f, now, results, id, watching, tk, go);
     st->depth = found - 1;
     st->changes++;
     take_back(st, tk, found - 1);  // after finishing: it overwrites f's slot
@@ -1093,6 +1175,13 @@ static __always_inline u64 python_call(struct pt_regs *ctx, u64 watching, u64 id
         struct slot_config *cfg = slots.lookup(&key);
         if (!cfg || cfg->fn_id != head[0] || !account(slot, cfg, now, duration, 0, 0))
             continue;
+        // The SDK evaluated the function's --where (one condition per armed
+        // function, so the same for every slot watching it): counted, not sent.
+        u32 verdict = (u32)head[4] & (CORAL_CALL_FILTERED | CORAL_CALL_WHERE_ERROR);
+        if (verdict) {
+            bump_stat(slot, verdict & CORAL_CALL_WHERE_ERROR ? ST_WHERE_ERROR : ST_FILTERED);
+            continue;
+        }
         if (!(cfg->capture & 3) && !raised) {
             // Timing only: 56 bytes instead of the whole record.
             struct python_timing_event *t = events.ringbuf_reserve(sizeof(*t));
@@ -1165,7 +1254,7 @@ int coral_hit(struct pt_regs *ctx)
         else
             watching = pop_frame(&tk, sp, s->func_ip, results, id, tail, &now, 0);
     } else if (go)
-        now = push_frame(&tk, watching, key.ip, ctx, 1, 0, 0, s->where);  // constant: each copy reads its own ABI's registers
+        now = push_frame(&tk, watching, key.ip, ctx, 1, 0, s->held, s->where);  // constant: each copy reads its own ABI's registers
     else {
         u32 held = copy_held_at_entry(ctx, s->held, watching, id);  // before the entry's timestamp: not in the duration
         now = push_frame(&tk, watching, key.ip, ctx, 0, s->flags & SITE_URET, held, s->where);

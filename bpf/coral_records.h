@@ -10,6 +10,15 @@
 
 #include "coral_call.h"
 
+/* Argument registers copied at a native entry: System V's six (RDI, RSI,
+ * RDX, RCX, R8, R9; the last three stay 0), or Go's nine (RAX, RBX, RCX,
+ * RDI, RSI, R8, R9, R10, R11). */
+#define CORAL_ARG_REGS 9
+
+/* Bytes of a Go call's stack-assigned arguments copied at its entry, from
+ * the stack pointer + 8 (after the return address). */
+#define CORAL_STACK_BYTES 128
+
 #ifndef CORAL_STR_MAX
 #define CORAL_STR_MAX 64             /* [sessions] string_bytes */
 #endif
@@ -22,14 +31,15 @@ struct native_event {
     u64 start_ns;
     u64 duration_ns;
     u64 results[3];                  /* RAX, RDX (C) or RAX, RBX, RCX (Go) */
-    u64 args[6];
+    u64 args[CORAL_ARG_REGS];
     char strs[2][CORAL_STR_MAX];     /* strings the arguments, then the result, point at (slot_config) */
     u32 unread;                      /* bit i: strs[i] could not be read (its page not in memory yet) */
     u32 pad;
     u64 lens[2];                     /* a string held in an object (std::string, Rust String): its whole length */
+    char stack[CORAL_STACK_BYTES];   /* Go: the stack-assigned arguments, as at the entry (slot_config.stack_len) */
 };
 
-struct native_timing_event {         /* a native call with only its timing to show: 32 bytes, not 248 */
+struct native_timing_event {         /* a native call with only its timing to show: 32 bytes, not 400 */
     u32 type;                        /* EV_NATIVE_TIMING */
     u32 slot;
     u32 pid;

@@ -72,6 +72,20 @@ MAX_FIELDS = 8
 FIELDS_WITHIN = 64  # bytes: what the kernel copies through the pointer fits a string slot
 
 
+def float_base(type_die: Any) -> str:
+    """The name of the floating-point base type a typedef (or const) names
+    (`double` for `typedef double money`); "" for any other type, or for
+    the base type itself (its own name says it)."""
+    base = strip(type_die)
+    if base is None or base is type_die or base.tag != "DW_TAG_base_type" or \
+            attribute(base, "DW_AT_encoding") not in (DW_ATE_COMPLEX_FLOAT, DW_ATE_FLOAT):
+        return ""
+    return name_of_type(base)
+
+
+DW_ATE_COMPLEX_FLOAT, DW_ATE_FLOAT = 3, 4
+
+
 def strip(die: Any) -> Any:
     """Through typedefs and const/volatile to the type itself."""
     for _ in range(8):

@@ -19,11 +19,13 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import NoteSection, SymbolTableSection
 
 from coral.demangle import demangle, names_for, spelling
+from coral.dwarflocations import EntryLocations
 from coral.dwarftypes import (
     Field,
     HeldString,
     Variants,
     attribute,
+    float_base,
     held_string,
     in_memory,
     is_go,
@@ -71,8 +73,11 @@ class Parameter:
     type: str
     fields: tuple[Field, ...] = ()  # a pointer to a struct or class: its first members (struct_fields)
     held_string: HeldString | None = None  # its register holds the address of an object holding a string
-    variants: Variants | None = None  # a Rust enum (results only)
+    variants: Variants | None = None  # a Rust enum (Option, Result)
     go: GoValue | None = None  # Go: how ABIInternal assigns it to registers
+    float_type: str = ""  # a typedef of a floating-point type: the base type's name (float_base)
+    entry_registers: tuple[int, ...] = ()  # C, C++, Rust: DWARF's registers for its parts at the entry (dwarflocations)
+    entry_elsewhere: bool = False  # optimized code: DWARF places it elsewhere at the entry (memory, computed, nowhere)
 
 
 @dataclass(frozen=True)
@@ -343,15 +348,35 @@ def _holder(die: Any, name: str) -> Any:
     return None
 
 
-def _described(die: Any, index: int) -> Parameter:
+def _described(die: Any, index: int, at_entry: tuple[EntryLocations, int, bool, bool] | None = None) -> Parameter:
     name_die, type_die = _holder(die, "DW_AT_name"), _holder(die, "DW_AT_type")
     name = attribute(name_die, "DW_AT_name") if name_die is not None else None
     typed = type_die.get_DIE_from_attribute("DW_AT_type") if type_die is not None else None
     type_name = name_of_type(typed) if typed is not None else "?"
     go = is_go(die)
     held = held_string(typed) if typed is not None and not go else None
+    variants = rust_variants(typed) if typed is not None and not go and not held else None
     return Parameter(name.decode(errors="replace") if name else f"arg{index}", type_name,
-                     () if held else struct_fields(typed), held, go=go_value(typed) if go and typed is not None else None)
+                     () if held or variants else struct_fields(typed), held, variants,
+                     go=go_value(typed) if go and typed is not None else None,
+                     float_type=float_base(typed) if typed is not None and not go else "",
+                     **_at_entry(die, at_entry))
+
+
+def _at_entry(die: Any, at_entry: tuple[EntryLocations, int, bool, bool] | None) -> dict[str, Any]:
+    """Where DWARF puts a parameter at the function's first instruction:
+    its registers; or that it is elsewhere (memory, a computed value), or,
+    in optimized code (some parameter has a location list), nowhere (no
+    location at all). Nothing where DWARF does not say for that address."""
+    if at_entry is None:
+        return {}
+    locations, pc, optimized, cfa_frame = at_entry
+    if "DW_AT_location" not in die.attributes:
+        return {"entry_elsewhere": optimized}
+    registers = locations.registers_at(die, pc, cfa_frame)
+    if registers:
+        return {"entry_registers": registers}
+    return {"entry_elsewhere": registers is not None}
 
 
 def _cus_at(dwarf: Any, address: int) -> Iterator[Any]:
@@ -501,7 +526,15 @@ def debug_file_for(path: str, ef: ELFFile, root: str = DEBUG_ROOT) -> str | None
 
 def _subprogram(dwarf: Any, die: Any) -> DwarfFunction:
     formal = [c for c in die.iter_children() if c.tag == "DW_TAG_formal_parameter"]
-    params = tuple(_described(c, i) for i, c in enumerate(formal) if not attribute(c, "DW_AT_variable_parameter"))
+    low_pc = attribute(die, "DW_AT_low_pc")
+    at_entry = None
+    if isinstance(low_pc, int) and not is_go(die):
+        locations = EntryLocations(dwarf)
+        frame_base = attribute(die, "DW_AT_frame_base")
+        cfa_frame = isinstance(frame_base, list) and frame_base == [0x9C]  # DW_OP_call_frame_cfa
+        at_entry = (locations, low_pc, any(locations.has_list(c) for c in formal), cfa_frame)
+    params = tuple(_described(c, i, at_entry) for i, c in enumerate(formal)
+                   if not attribute(c, "DW_AT_variable_parameter"))
     results = tuple(_described(c, i) for i, c in enumerate(formal) if attribute(c, "DW_AT_variable_parameter"))
     if is_go(die) and b"[go.shape." in (attribute(die, "DW_AT_name") or b"") and \
             not any(p.name == ".dict" for p in params):
@@ -516,7 +549,7 @@ def _subprogram(dwarf: Any, die: Any) -> DwarfFunction:
     value = None
     if ret_die is not None and not is_go(die):
         value = Parameter("", ret, held_string=held_string(ret_die) if memory else None,
-                          variants=None if memory else rust_variants(ret_die))
+                          variants=None if memory else rust_variants(ret_die), float_type=float_base(ret_die))
     return DwarfFunction(source, line, params, ret, results, result_in_memory=memory, return_value=value)
 
 

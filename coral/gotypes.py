@@ -38,6 +38,8 @@ class GoField:
     underlying: str
     int_registers: int
     float_registers: int
+    offset: int = 0  # bytes from the start of the struct (an array's element: index times its size)
+    size: int = 0
 
 
 @dataclass(frozen=True)
@@ -48,11 +50,17 @@ class GoValue:
     int_registers: int = 0
     float_registers: int = 0
     stack_only: bool = False  # holds an array of more than one element
-    fields: tuple[GoField, ...] = ()  # a struct: its fields in order
+    fields: tuple[GoField, ...] = ()  # a struct: its fields in order; an array: its elements (MAX_ELEMENTS)
+    size: int = 0  # bytes, as Go lays it out in memory (where it sits on the stack)
+    align: int = 1
 
 
 class _Unknown(Exception):
     """A type this reading cannot place (too deep, no kind it knows)."""
+
+
+MAX_ELEMENTS = 16  # of an array, listed as its fields (to show one passed on the stack)
+_SIZES = {"bool": 1, "int8": 1, "uint8": 1, "int16": 2, "uint16": 2, "int32": 4, "uint32": 4}
 
 
 def _kind(die: Any) -> tuple[int, Any]:
@@ -105,47 +113,64 @@ def _element(die: Any, attr: Any) -> Any:
 
 
 def _value(die: Any, depth: int) -> GoValue:
+    """Sizes and alignments as abi-internal.md's memory layout gives them."""
     if depth > MAX_DEPTH:
         raise _Unknown("too deep")
     kind, typed = _kind(die)
     if kind in _SCALAR_KINDS:
-        return GoValue(_SCALAR_KINDS[kind], 1)
+        size = _SIZES.get(_SCALAR_KINDS[kind], 8)
+        return GoValue(_SCALAR_KINDS[kind], 1, size=size, align=size)
     if kind in _FLOAT_KINDS:
         name, n = _FLOAT_KINDS[kind]
-        return GoValue(name, 0, n)
+        size = {"float32": 4, "float64": 8, "complex64": 8, "complex128": 16}[name]
+        return GoValue(name, 0, n, size=size, align=min(size // n, 8))
     if kind in _ADDRESS_KINDS:
-        return GoValue("unsafe.Pointer", 1)
+        return GoValue("unsafe.Pointer", 1, size=8, align=8)
     if kind == STRING:
-        return GoValue("string", 2)
+        return GoValue("string", 2, size=16, align=8)
     if kind == INTERFACE:
-        return GoValue("interface", 2)
+        return GoValue("interface", 2, size=16, align=8)
     if kind == SLICE:
         elem = attribute(typed, DW_AT_GO_ELEM)
         of = name_of_type(typed.get_DIE_from_attribute(DW_AT_GO_ELEM)) if elem is not None else \
             name_of_type(typed).removeprefix("[]")
-        return GoValue("[]" + of, 3)
+        return GoValue("[]" + of, 3, size=24, align=8)
     if kind == ARRAY:
         count, element_die = _count(typed), _element(typed, "DW_AT_type")
-        array = f"[{count}]{name_of_type(element_die)}"
+        element = _value(element_die, depth + 1)
+        elem_name = name_of_type(element_die)
+        array = f"[{count}]{elem_name}"
+        size, align = count * element.size, element.align
         if count == 0:
-            return GoValue(array)
+            return GoValue(array, size=0, align=align)
         if count == 1:
-            element = _value(element_die, depth + 1)
-            return GoValue(array, element.int_registers, element.float_registers, element.stack_only)
-        return GoValue(array, stack_only=True)
+            return GoValue(array, element.int_registers, element.float_registers, element.stack_only, size=size,
+                           align=align)
+        elements = tuple(GoField(str(i), elem_name, element.underlying, element.int_registers,
+                                 element.float_registers, i * element.size, element.size)
+                         for i in range(min(count, MAX_ELEMENTS)))
+        return GoValue(array, stack_only=True, fields=elements, size=size, align=align)
     if kind == STRUCT:
-        fields = []
+        fields, stack_only, align, end = [], False, 1, 0
         for member in typed.iter_children():
             if member.tag != "DW_TAG_member" or "DW_AT_type" not in member.attributes:
                 continue
             member_type = member.get_DIE_from_attribute("DW_AT_type")
             v = _value(member_type, depth + 1)
-            if v.stack_only:
-                return GoValue("struct", stack_only=True)
+            stack_only = stack_only or v.stack_only
+            align = max(align, v.align)
             name = attribute(member, "DW_AT_name", b"?").decode(errors="replace")
-            fields.append(GoField(name, name_of_type(member_type), v.underlying, v.int_registers, v.float_registers))
+            offset = attribute(member, "DW_AT_data_member_location")
+            if not isinstance(offset, int):
+                raise _Unknown("a member without a constant offset")
+            end = max(end, offset + v.size)
+            fields.append(GoField(name, name_of_type(member_type), v.underlying, v.int_registers, v.float_registers,
+                                  offset, v.size))
+        size = attribute(typed, "DW_AT_byte_size", end)
+        if stack_only:
+            return GoValue("struct", stack_only=True, fields=tuple(fields), size=size, align=align)
         return GoValue("struct", sum(f.int_registers for f in fields), sum(f.float_registers for f in fields),
-                       fields=tuple(fields))
+                       fields=tuple(fields), size=size, align=align)
     raise _Unknown(f"kind {kind}")
 
 

@@ -52,7 +52,9 @@ done
 if [ -d /var/lib/coral/colony ]; then chown -R coral:coral /var/lib/coral/colony; fi
 install -d /usr/share/bash-completion/completions
 install -m 0644 etc/coralctl.bash /usr/share/bash-completion/completions/coralctl
+install -d /usr/share/zsh/vendor-completions
+install -m 0644 etc/_coralctl /usr/share/zsh/vendor-completions/_coralctl
 install -d /usr/share/doc/coral
 install -m 0644 docs/*.md /usr/share/doc/coral/
-say "installed the units, bash completion and docs"
+say "installed the units, bash and zsh completion and docs"
 say "next: systemctl daemon-reload && systemctl enable --now coral-agentd coral-colonyd"

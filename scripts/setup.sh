@@ -17,8 +17,8 @@ cd "$(dirname "$0")/.."
 say() { printf 'setup: %s\n' "$*"; }
 
 # g++, rustc: the C++ and Rust test targets; golang-go: the Go test target; systemd: systemd-analyze for the unit tests;
-# bpftrace: the peer the tests compare against; bpftool: probes left in the kernel.
-APT_PACKAGES=(python3-bpfcc python3-venv python3-dev linux-headers-amd64 gcc g++ rustc make golang-go systemd bpftool bpftrace tmux)
+# bpftrace: the peer the tests compare against; bpftool: probes left in the kernel; zsh: the completion test.
+APT_PACKAGES=(python3-bpfcc python3-venv python3-dev linux-headers-amd64 gcc g++ rustc make golang-go systemd bpftool bpftrace tmux zsh chromium bpfcc-tools)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -33,6 +33,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
 else
   say "ok: apt packages present"
+fi
+
+# Prometheus, the real server tests/test_metrics.py scrapes the daemons with. The
+# test runs /usr/bin/prometheus itself, on its own port and data directory; the
+# package's own service is not used (nor started here), and its recommends
+# (node exporter, smartmontools) are not needed.
+if dpkg-query -W -f='${Status}' prometheus 2>/dev/null | grep -q 'install ok installed'; then
+  say "ok: prometheus present"
+elif [ "$(id -u)" -ne 0 ]; then
+  say "missing apt package: prometheus (run this script as root to install it)"; exit 1
+else
+  say "installing apt package prometheus (without recommends)"
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus
 fi
 
 # Kernel headers for the running kernel. Debian's linux-headers-amd64 may be a
@@ -84,7 +98,7 @@ if [ ! -f "$stamp" ] || [ -n "$(find setup.cfg setup.py pyproject.toml coral/sdk
   say "installing coral and its dependencies into .venv"
   # (grep hides pip's notes about absent local mirrors; pipefail keeps pip's status)
   .venv/bin/python -m pip install -q --upgrade pip 2>&1 | { grep -v 'is ignored' || true; }
-  .venv/bin/python -m pip install -q -e '.[dev]' 2>&1 | { grep -v 'is ignored' || true; }
+  .venv/bin/python -m pip install -q -e '.[dev,mcp]' 2>&1 | { grep -v 'is ignored' || true; }
   touch "$stamp"
 else
   say "ok: .venv up to date"
@@ -104,5 +118,5 @@ else
   "$gobin/go/bin/go" version >/dev/null
 fi
 
-.venv/bin/python -c 'import bcc, zmq, duckdb, numpy, elftools, google.protobuf' \
-  && say "ok: import bcc, zmq, duckdb, numpy, elftools, protobuf in .venv"
+.venv/bin/python -c 'import bcc, zmq, duckdb, numpy, elftools, google.protobuf, prometheus_client' \
+  && say "ok: import bcc, zmq, duckdb, numpy, elftools, protobuf, prometheus_client in .venv"

@@ -24,6 +24,21 @@ from tests.harness import (
 
 REQUIRE_BPF = os.environ.get("CORAL_REQUIRE_BPF") == "1"
 
+# The tiers (README, "Tests"): `fast` is pure logic, no root, no BPF, no
+# daemons; `system` is everything that starts daemons, loads BPF, builds
+# targets or needs root. A test is `system` if it asks for a fixture that
+# does any of that, or its module says so (pytestmark = pytest.mark.system).
+SYSTEM_FIXTURES = {"coral_env", "fresh_env", "colony", "agent", "bpf", "payments", "payments_binary", "go",
+                   "colony_user", "member", "full_speed_agent", "world"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("system") is None and SYSTEM_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.system)
+        if item.get_closest_marker("system") is None:
+            item.add_marker(pytest.mark.fast)
+
 
 @pytest.fixture(scope="session", params=GO_TOOLCHAINS)
 def go(request: pytest.FixtureRequest) -> str:

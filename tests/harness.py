@@ -45,6 +45,7 @@ class CoralEnv:
             "CORAL_RUNTIME_DIR": str(root / "run"),
             "CORAL_STATE_DIR": str(root / "state"),
             "CORAL_CONFIG": str(REPO / "etc" / "coral.toml"),
+            "XDG_STATE_HOME": str(root / "xdg-state"),  # where coralctl saves sessions
         }
         env.pop("NOTIFY_SOCKET", None)
         return cls(root, env)

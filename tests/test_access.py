@@ -42,6 +42,14 @@ def test_rights_by_user_and_group() -> None:
     where = pb.AttachUprobeRequest(service="s", function="f", config=pb.UprobeConfig(predicate="amount>1000"))
     with pytest.raises(PermissionDenied, match="user alice may not capture"):  # a filter on values reveals them
         check(POLICY, Peer(uid=1001), "AttachUprobe", where, identify)
+    # A condition on only the duration and the exception reveals no value, native or Python; nor --errors-only.
+    timing = pb.UprobeConfig(predicate="duration > 5ms || raised(ValueError)", errors_only=True)
+    check(POLICY, Peer(uid=1001), "AttachUprobe", pb.AttachUprobeRequest(service="s", function="f", config=timing),
+          identify)
+    for text in ("ret < 0 && duration > 5ms", "duration > 5ms && req.amount > 3", "not a condition"):
+        values = pb.AttachUprobeRequest(service="s", function="f", config=pb.UprobeConfig(predicate=text))
+        with pytest.raises(PermissionDenied, match="user alice may not capture"):
+            check(POLICY, Peer(uid=1001), "AttachUprobe", values, identify)
     with pytest.raises(PermissionDenied, match="identity is unknown"):
         check(POLICY, Peer(), "ListServices", pb.ListServicesRequest(), identify)
 

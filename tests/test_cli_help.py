@@ -4,8 +4,10 @@ cannot name an option that does not exist)."""
 
 from __future__ import annotations
 
+import argparse
 import shlex
 import subprocess
+from collections.abc import Iterator
 
 import pytest
 
@@ -21,6 +23,7 @@ COMMANDS = [
     ["debug", "attach"],
     ["debug", "sessions"],
     ["debug", "events"],
+    ["debug", "show"],
     ["debug", "detach"],
     ["audit"],
 ]
@@ -47,3 +50,18 @@ def test_help_has_examples_that_coralctl_accepts(command: list[str]) -> None:
         args = build_parser().parse_args(argv)  # exits 2 (and fails the test) on a bad example
         named = [args.command] + ([args.debug_command] if args.command == "debug" else [])
         assert named[: len(command)] == command, (example, named)
+
+
+def parsers(parser: argparse.ArgumentParser, path: str = "coralctl") -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from parsers(child, f"{path} {name}")
+
+
+def test_every_option_and_argument_has_help_text() -> None:
+    missing = [f"{path} {action.option_strings[0] if action.option_strings else action.dest}"
+               for path, parser in parsers(build_parser()) for action in parser._actions
+               if not isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)) and not action.help]
+    assert missing == []

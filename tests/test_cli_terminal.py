@@ -14,7 +14,7 @@ import pytest
 
 from coral.daemon.client import Client
 from coral.proto import coral_pb2 as pb
-from tests.harness import REPO, CoralEnv, Process, tool
+from tests.harness import CoralEnv, Process, tool
 from tests.test_native_e2e import wait_for_service
 from tests.test_python_e2e import PythonService
 
@@ -86,15 +86,3 @@ def test_piped_output_has_no_escape_codes(coral_env: CoralEnv, colony: Process, 
         svc.stop()
     assert "└─ error: ValueError: card declined" in out and "⚠ SLOW" in out and "█" in out
     assert "\x1b[" not in out
-
-
-def test_bash_completion_offers_commands_and_flags() -> None:
-    def complete(*words: str) -> list[str]:
-        script = (f"source {REPO / 'etc' / 'coralctl.bash'}; COMP_WORDS=({' '.join(repr(w) for w in words)}); "
-                  f"COMP_CWORD={len(words) - 1}; _coralctl; echo \"${{COMPREPLY[@]}}\"")
-        return subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout.split()
-
-    assert complete("coralctl", "de") == ["debug"]
-    assert complete("coralctl", "debug", "") == ["attach", "sessions", "events", "detach"]
-    assert "--capture-args" in complete("coralctl", "debug", "attach", "payments", "--cap")
-    assert complete("coralctl", "--output", "") == ["text", "json"]

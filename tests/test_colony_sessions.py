@@ -5,6 +5,7 @@ with fake agents (no sockets: frames in, frames out)."""
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from google.protobuf.message import Message
 
 from coral.colonyd.broker import Broker, Outgoing
 from coral.colonyd.pulls import Pull, PullSchedule
-from coral.colonyd.sessions import complete_parts_away, draining, is_open, merge
+from coral.colonyd.sessions import complete_parts_away, draining, is_open, merge, merge_many
 from coral.colonyd.store import ColonyStore
 from coral.daemon import wire
 from coral.daemon.config import Config, ConfigError, parse_config
@@ -98,6 +99,23 @@ def test_merged_status_says_which_agent_failed_and_why() -> None:
     assert (one.status, one.status_reason, one.agent_id) == ("failed", "agent lost", "a")
 
 
+def test_a_session_of_one_part_merges_as_the_general_merge_does() -> None:
+    """merge() copies a single part's fields directly: the same session as
+    the general merge makes, for every status and every kind of field."""
+    for status in ("active", "expired", "detached", "failed", "lost"):
+        one = part("a", [5, 900, 70_000], status, "why", lost={"sampled": 2, "ringbuf_full": 0})
+        one.session.unanswered.extend(["pid 9"])
+        one.session.inlined_into.extend(["caller"])
+        one.session.return_probe, one.session.entry_instruction, one.session.probe_cost_ns = "ret", "push", 40
+        fast, general = pb.DebugSession(parts=[one]), pb.DebugSession(parts=[one])
+        fast.pids.append(99)  # stale: replaced, not added to
+        merge(fast)
+        merge_many(general)
+        assert fast == general, status
+        assert (fast.status, fast.agent_id, list(fast.pids)) == (status, "a", [1])
+        assert dict(fast.lost) == {"sampled": 2, "ringbuf_full": 0}
+
+
 def test_a_part_whose_agent_stays_away_is_completed_after_its_end_and_a_grace() -> None:
     s = pb.DebugSession(parts=[part("a", [5]), part("b", [5])])  # both expire at 200
     assert not complete_parts_away(s, lambda agent: agent == "a", now_ns=204, grace_ns=5)
@@ -162,6 +180,20 @@ def test_an_ended_part_and_a_waiting_client_are_pulled_at_once_without_a_wait() 
     assert schedule.due(sessions, lambda agent: True, now=1.0) == [Pull(held.key, wait=False)]  # its last events
     sessions[0].parts[0].complete = True
     assert schedule.due(sessions, lambda agent: True, now=99.0) == []
+
+
+def test_an_ended_part_is_pulled_at_once_even_after_a_failed_pull() -> None:
+    sessions = [pb.DebugSession(session_id="dbg-1", parts=[part("a", [])])]
+    schedule = PullSchedule(interval=0.5)
+    held = Pull(("dbg-1", "a"), wait=True)
+    schedule.sent(held)
+    schedule.answered(held, ok=False, more=False, now=1.0)  # e.g. answered at once with nothing: waits the interval
+    assert schedule.due(sessions, lambda agent: True, now=1.1) == []
+    sessions[0].parts[0].session.status = "detached"
+    schedule.take_stirred(now=1.1)
+    schedule.ended(held.key)  # its detach was answered
+    assert schedule.take_stirred(now=1.1) == ["dbg-1"]
+    assert schedule.due(sessions, lambda agent: True, now=1.1) == [Pull(held.key, wait=False)]
 
 
 def test_between_ticks_only_the_sessions_whose_pulls_changed_are_looked_at() -> None:
@@ -338,3 +370,30 @@ def test_an_unknown_agent_is_refused_with_the_known_ones(broker: Broker) -> None
         "NOT_FOUND",
         "no agent 'c' is connected (known agents: a, b)",
     )
+
+
+def test_a_detached_session_is_drained_at_once_after_its_agent_answered_a_held_pull_with_nothing(broker: Broker) -> None:
+    """An agent that answers a held pull at once with nothing makes the
+    next pull wait pull_interval; once the part is detached, its last
+    calls are pulled at the next turn, not after that wait."""
+    t0 = time.monotonic()  # the broker times how long a held pull was held on this clock
+    out = broker.handle_request(client_request("AttachUprobe", pb.AttachUprobeRequest(service="payments", function="f",
+                                                                                      agent_id="a")), ROOT, t0)
+    attach = sent_to(out, "backend")[0]
+    started = part("a", []).session
+    started.session_id = wire.parse_body(pb.AttachUprobeRequest, attach.body).session_id
+    broker.handle_reply(agent_reply(attach, pb.AttachUprobeResponse(session=started)), t0)
+    held = [f for f in sent_to(broker.pull(t0), "backend") if f.name == "QueryUprobeEvents"]
+    assert len(held) == 1 and wire.parse_body(pb.QueryUprobeEventsRequest, held[0].body).wait_ms > 0
+    broker.handle_reply(agent_reply(held[0], pb.QueryUprobeEventsResponse(session=started)), t0)  # at once, nothing
+    assert sent_to(broker.pull(t0 + 0.01), "backend") == []  # the next held pull waits
+    out = broker.handle_request(client_request("DetachUprobe", pb.DetachUprobeRequest(session_id=started.session_id)),
+                                ROOT, t0 + 0.02)
+    detach = sent_to(out, "backend")[0]
+    ended = part("a", [], "detached").session
+    ended.session_id = started.session_id
+    broker.handle_reply(agent_reply(detach, pb.DetachUprobeResponse(session=ended)), t0 + 0.03)
+    drain = [f for f in sent_to(broker.pull(t0 + 0.03), "backend") if f.name == "QueryUprobeEvents"]
+    assert [wire.parse_body(pb.QueryUprobeEventsRequest, f.body).wait_ms for f in drain] == [0]
+    broker.handle_reply(agent_reply(drain[0], pb.QueryUprobeEventsResponse(session=ended)), t0 + 0.04)
+    assert started.session_id not in broker.open  # complete: nothing more to pull

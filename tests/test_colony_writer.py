@@ -5,6 +5,7 @@ A real database in a temporary directory; no sockets."""
 
 from __future__ import annotations
 
+import functools
 import select
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import duckdb
 
 from coral.colonyd.store import WRITE_EVERY, AuditRow, ColonyStore
+from coral.colonyd.writer import Writer
 from coral.proto import coral_pb2 as pb
 
 
@@ -68,3 +70,29 @@ def test_a_failed_write_behind_is_held_again_and_still_read(tmp_path: Path) -> N
     assert store.session("dbg-1") is not None
     assert not store.write_behind(now=100 + WRITE_EVERY)  # while writes fail, at most one try a second
     store._writer.close()
+
+
+def test_the_writer_tells_every_outcome_and_leaves_no_wake_up_behind() -> None:
+    """The loop reads the writer's pipe only when a byte may be owed: every
+    outcome still wakes it, and once all are taken the pipe is emptied by
+    at most one more call (else the loop would spin)."""
+    writer = Writer("test-writer")
+    try:
+        outcomes: list[BaseException | None] = []
+        def job(i: int) -> None:
+            if i % 7 == 0:
+                raise ValueError(f"job {i}")
+
+        for i in range(200):
+            writer.submit(functools.partial(job, i))
+            if i % 3 == 0:
+                outcomes += writer.finished()
+        while len(outcomes) < 200:
+            assert select.select([writer.fileno()], [], [], 5.0)[0], "an outcome came without a byte to wake the loop"
+            outcomes += writer.finished()
+        assert [i for i, o in enumerate(outcomes) if o is not None] == [i for i in range(200) if i % 7 == 0]
+        if select.select([writer.fileno()], [], [], 0.05)[0]:  # the last byte, written after its outcome was taken
+            assert writer.finished() == []
+        assert select.select([writer.fileno()], [], [], 0.05)[0] == []
+    finally:
+        writer.close()

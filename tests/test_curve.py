@@ -22,7 +22,7 @@ from coral.daemon.config import AccessConfig, ConfigError, parse_config
 from coral.daemon.errors import PermissionDenied
 from coral.daemon.server import Peer
 from coral.proto import coral_pb2 as pb
-from tests.harness import REPO, CoralEnv, Process, tool
+from tests.harness import CoralEnv, Process, tool
 
 
 def test_generated_key_files_are_private_and_readable_as_certificates(tmp_path: Path) -> None:
@@ -215,6 +215,7 @@ def test_tcp_without_keys_is_a_config_error_never_plaintext(tmp_path: Path) -> N
     )
 
 
+@pytest.mark.system  # starts the colony, or waits out handshakes
 def test_colony_refuses_to_serve_tcp_without_its_key(tmp_path: Path) -> None:
     env = CoralEnv.create()
     try:
@@ -296,6 +297,7 @@ def test_more_missing_or_bad_keys(tmp_path: Path) -> None:
         assert str(exc.value) == f"{src}: [client] colony_public_key_file {path}: cannot read a CURVE key: {reason}"
 
 
+@pytest.mark.system  # starts the colony, or waits out handshakes
 def test_coralctl_says_why_no_handshake_happened(tmp_path: Path) -> None:
     """Nothing listening, or something that is not a colony: coralctl says so
     within its timeout instead of waiting for a reply that cannot come."""
@@ -328,17 +330,3 @@ def test_coralctl_says_why_no_handshake_happened(tmp_path: Path) -> None:
     finally:
         closed.close()
         mute.close()
-
-
-def test_bash_completion_knows_keys() -> None:
-    def complete(*words: str) -> list[str]:
-        script = (
-            f"source {REPO / 'etc' / 'coralctl.bash'}; COMP_WORDS=({' '.join(repr(w) for w in words)}); "
-            f'COMP_CWORD={len(words) - 1}; _coralctl; echo "${{COMPREPLY[@]}}"'
-        )
-        return subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True).stdout.split()
-
-    assert complete("coralctl", "ke") == ["keys"]
-    assert complete("coralctl", "keys", "") == ["generate"]
-    assert "--dir" in complete("coralctl", "keys", "generate", "alice", "--d")
-    assert "--colony-key" in complete("coralctl", "services", "--col")

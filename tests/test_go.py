@@ -6,12 +6,13 @@ is counted, durations are sane, arguments come from Go's register ABI."""
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from coral.agentd import abi, where_native
+from coral.agentd import abi, showvalues, where_native
 from coral.elfinfo import ElfFunctions
 from coral.proto import coral_pb2 as pb
 from coral.redact import Rules
@@ -141,7 +142,7 @@ def test_go_strings_slices_and_pointers_are_shown_by_their_go_types(coral_env: C
         assert args["name"] == ("string", "'alice'")
         assert args["data"] == ("[]uint8", "[]uint8 len=2 cap=2 b'xy'")
         assert args["c"][0] == "*main.Card" and args["c"][1].startswith("0x")
-        assert args["n"] == ("int", "(not captured)")  # the seventh register: six are copied (native-targets.md)
+        assert args["n"] == ("int", "2")  # in R9, the seventh of Go's nine registers: all nine are copied
         assert calls[2]["return_value"]["value"] == "14, nil"
     finally:
         run.stop()
@@ -187,6 +188,23 @@ type Pair struct {
 	Lo, Hi int32
 }
 
+// An array of two: on the stack, with a float that is read there.
+type Quote struct {
+	Lot   [2]int32
+	Price float64
+	Flag  bool
+}
+
+// Nine integers fill the registers: j, q and k go on the stack, each at its alignment (0, 8, 32).
+//go:noinline
+func crowd(a, b, c, d, e, f, g, h, i int, j int16, q Quote, k int8) int {
+	s := a + b + c + d + e + f + g + h + i + int(j) + int(q.Lot[0]+q.Lot[1]) + int(q.Price) + int(k)
+	if q.Flag {
+		s++
+	}
+	return s
+}
+
 //go:noinline
 func pay(o Order, tip Cents) Cents { return o.Cents + tip + Cents(o.Items) + Cents(len(o.Note)) }
 
@@ -206,6 +224,12 @@ func price(p Priced, n int) int { return int(p.Qty) + p.Inner.X + n + len(p.Toke
 
 //go:noinline
 func span(w Window, n int) int { return w[0] + w[1] + n }
+
+// who in RAX, RBX; o in RCX, RDI, RSI, R8; last in R9, R10; k in R11: all nine registers.
+//go:noinline
+func spread(who string, o Order, last Pair, k int) int {
+	return len(who) + int(o.Cents) + o.Items + len(o.Note) + int(last.Lo+last.Hi) + k
+}
 
 //go:noinline
 func split(n int) (Pair, bool) { return Pair{int32(n), int32(2 * n)}, n > 0 }
@@ -231,6 +255,8 @@ func main() {
 		sum += settle(Ledger{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, n, "bob")
 		sum += price(Priced{1.5, 2, struct{ X, Y int }{7, 8}, "t0k"}, n)
 		sum += span(Window{4, 6}, n)
+		sum += spread("bob", Order{Cents(n), "x", 3}, Pair{4, 9}, 11)
+		sum += crowd(1, 2, 3, 4, 5, 6, 7, 8, n, -2, Quote{[2]int32{3, 4}, 2.5, true}, 7)
 		p, ok := split(n)
 		if ok {
 			sum += int(p.Lo + p.Hi)
@@ -255,24 +281,30 @@ def test_go_structs_by_value_and_named_types_are_shown_as_go_means_them(
     binary = build_go(go, STRUCTS, tmp_path, "structs")
     # The generic's shape instance: main.scale[go.shape.int_0] (Go 1.19), main.scale[go.shape.int] (1.27)
     (generic,) = ElfFunctions.load(str(binary)).names("main.scale[[]go.shape.int*")
-    functions = ("pay", "label", "settle", "price", "span", "split", "tag", generic.removeprefix("main."))
+    functions = ("pay", "label", "settle", "price", "span", "spread", "crowd", "split", "tag", generic.removeprefix("main."))
     run = Process("run-structs", [tool("coral-run"), "--service", "gostructs", "--", str(binary)], coral_env,
                   stdin=subprocess.PIPE).wait_ready()
     try:
-        attaches = {}
-        for name in functions:
-            attaches[name] = subprocess.Popen(
+        attaches, ids = {}, []
+        for name in functions:  # one after the other: coral-run answers one metadata request at a time
+            attach = attaches[name] = subprocess.Popen(
                 [tool("coralctl"), "--local", "--output", "json", "debug", "attach", "gostructs", "--function",
-                 f"main.{name}", "--duration", "3s", "--capture-args", "--capture-return"],
+                 f"main.{name}", "--duration", "120s", "--capture-args", "--capture-return"],
                 env=coral_env.env, stdout=subprocess.PIPE, text=True)
-        for attach in attaches.values():
             assert attach.stdout is not None
-            assert json.loads(attach.stdout.readline())["kind"] == "session"
+            first = json.loads(attach.stdout.readline())
+            assert first["kind"] == "session", first
+            ids.append(first["session_id"])
         assert run.proc.stdin is not None and run.proc.stdout is not None
         run.proc.stdin.write(b"100\n")
         run.proc.stdin.flush()
-        # pay 109, label 104, settle 114, price 113, span 110, split 300, scale 110, tag 5
-        assert run.proc.stdout.readline().decode().strip() == "done 100 sum 965"
+        # pay 109, label 104, settle 114, price 113, span 110, spread 131, crowd 151, split 300, scale 110, tag 5
+        assert run.proc.stdout.readline().decode().strip() == "done 100 sum 1247"
+        # Detached once the calls are made, not left to expire: ten attaches one after the other can take longer
+        # than a short session on a busy machine.
+        for session_id in ids:
+            detached = coralctl(coral_env, "--local", "debug", "detach", session_id)
+            assert detached.returncode == 0, detached.stderr
         calls = {}
         for name, attach in attaches.items():
             out, _ = attach.communicate(timeout=30)
@@ -284,13 +316,23 @@ def test_go_structs_by_value_and_named_types_are_shown_as_go_means_them(
                                 ("main.Cents", "109"))
         assert calls["label"] == ({"id": ("main.ID", "'id-7'"), "urgent": ("main.Flag", "true"), "n": ("int", "100")},
                                   ("int", "104"))
-        assert calls["settle"] == ({"l": ("main.Ledger", "(not captured: on the stack)"), "n": ("int", "100"),
-                                    "who": ("string", "'bob'")}, ("int", "114"))
+        # On the stack (ten integers do not fit in nine registers): read there, as it was at the entry.
+        assert calls["settle"] == ({"l": ("main.Ledger", "{A=1, B=2, C=3, D=4, E=5, F=6, G=7, H=8, I=9, J=10}"),
+                                    "n": ("int", "100"), "who": ("string", "'bob'")}, ("int", "114"))
         # Price in X0; Qty in RAX, Inner in RBX and RCX, Token in RDI and RSI (redacted by its name); n in R8.
         assert calls["price"] == ({"p": ("main.Priced", "{Price=(not captured), Qty=2, Inner=(not captured), "
                                           "Token=<redacted>}"), "n": ("int", "100")}, ("int", "113"))
-        assert calls["span"] == ({"w": ("main.Window", "(not captured: on the stack)"), "n": ("int", "100")},
-                                 ("int", "110"))
+        assert calls["span"] == ({"w": ("main.Window", "[4, 6]"), "n": ("int", "100")}, ("int", "110"))
+        # Past the nine registers: an int16, a struct holding an array (its float read from the stack) and an
+        # int8, each at its offset after the return address.
+        crowd_args, crowd_result = calls["crowd"]
+        assert [v for _, v in crowd_args.values()][:9] == ["1", "2", "3", "4", "5", "6", "7", "8", "100"]
+        assert {k: crowd_args[k] for k in "jqk"} == {
+            "j": ("int16", "-2"), "q": ("main.Quote", "{Lot=(not captured), Price=2.5, Flag=true}"), "k": ("int8", "7")}
+        assert crowd_result == ("int", "151")
+        # R9, R10 and R11 too: Go's nine integer registers are all copied.
+        assert calls["spread"] == ({"who": ("string", "'bob'"), "o": ("main.Order", "{Cents=100, Note='x', Items=3}"),
+                                    "last": ("main.Pair", "{Lo=4, Hi=9}"), "k": ("int", "11")}, ("int", "131"))
         assert calls["split"] == ({"n": ("int", "100")}, ("main.Pair, bool", "{Lo=100, Hi=200}, true"))
         # A result's string field is copied at the return, as a string result is.
         assert calls["tag"] == ({"n": ("int", "100")}, ("main.Label", "{Code='vip', N=2}"))
@@ -317,8 +359,8 @@ def _struct(*widths: int) -> pb.GoValueMetadata:
 
 
 def test_go_register_assignment_follows_the_abi_when_registers_run_out() -> None:
-    """Nine integer registers, six copied: a struct straddling the sixth
-    shows the fields below it; one that does not fit in the registers left
+    """Nine integer registers, all copied: a struct in the sixth to ninth
+    shows all its fields; one that does not fit in the registers left
     goes on the stack, and the next argument takes the next register."""
     one = pb.GoValueMetadata(underlying="int", int_registers=1)
     meta = pb.FunctionMetadata(kind="go", arguments=[
@@ -331,11 +373,12 @@ def test_go_register_assignment_follows_the_abi_when_registers_run_out() -> None
     ])
     layout = abi.argument_layout(meta)
     assert [(s.name, s.shape, s.regs) for s in layout] == [
-        ("a", "int", (0,)), ("s", "struct", (1, 2, 3, 4, 5)), ("t", "stack", ()), ("b", "unsupported", ()),
-        ("c", "stack", ()), ("d", "unsupported", ())]
-    values = (10, 11, 12, 13, 14, 15)
-    assert abi.show(layout[1], values, {}) == "{F0=11, F1=12, F2=13, F3=14, F4=15, F5=(not captured)}"
-    assert abi.show(layout[2], values, {}) == "(not captured: on the stack)"
+        ("a", "int", (0,)), ("s", "struct", (1, 2, 3, 4, 5, 6)), ("t", "stack", ()), ("b", "int", (7,)),
+        ("c", "stack", ()), ("d", "int", (8,))]
+    values = (10, 11, 12, 13, 14, 15, 16, 17, 18)
+    assert showvalues.show(layout[1], values, {}) == "{F0=11, F1=12, F2=13, F3=14, F4=15, F5=16}"
+    assert (showvalues.show(layout[3], values, {}), showvalues.show(layout[5], values, {})) == ("17", "18")
+    assert showvalues.show(layout[2], values, {}) == "(not captured: on the stack)"
 
 
 def test_a_go_named_integer_is_filtered_as_the_integer_it_is() -> None:
@@ -351,3 +394,42 @@ def test_a_go_named_integer_is_filtered_as_the_integer_it_is() -> None:
     assert (term.when, term.kind, term.reg, term.width, term.signed, term.value) == (
         where_native.W_ENTRY, where_native.WK_INT, 3, 4, True, 3)
     assert (term.op, term.negate) == (where_native.W_GT, False)
+
+
+def test_go_stack_arguments_are_laid_out_as_the_abi_does_and_read_from_the_copied_bytes() -> None:
+    """Past the nine registers each value goes on the stack at its
+    alignment, in order; a struct or an array is shown from the bytes the
+    entry copied, a float as its number; a value whose size is not known
+    (metadata without sizes) leaves the ones after it unplaced."""
+    one = pb.GoValueMetadata(underlying="int", int_registers=1, size=8, align=8)
+    quote = pb.GoValueMetadata(underlying="struct", stack_only=True, size=24, align=8, fields=[
+        pb.GoFieldMetadata(name="Lot", type="[2]int32", underlying="[2]int32", offset=0, size=8),
+        pb.GoFieldMetadata(name="Price", type="float64", underlying="float64", float_registers=1, offset=8, size=8),
+        pb.GoFieldMetadata(name="Card", type="int", underlying="int", int_registers=1, offset=16, size=8)])
+    window = pb.GoValueMetadata(underlying="[2]int", stack_only=True, size=16, align=8, fields=[
+        pb.GoFieldMetadata(name=str(i), type="int", underlying="int", int_registers=1, offset=8 * i, size=8)
+        for i in range(2)])
+    meta = pb.FunctionMetadata(kind="go", arguments=[
+        *(pb.ArgumentMetadata(name=f"r{i}", type="int", go=one) for i in range(9)),
+        pb.ArgumentMetadata(name="j", type="int16", go=pb.GoValueMetadata(underlying="int16", int_registers=1,
+                                                                           size=2, align=2)),
+        pb.ArgumentMetadata(name="empty", type="struct {}", go=pb.GoValueMetadata(underlying="struct", align=1)),
+        pb.ArgumentMetadata(name="q", type="main.Quote", go=quote),
+        pb.ArgumentMetadata(name="w", type="main.Window", go=window),
+        pb.ArgumentMetadata(name="old", type="main.Old", go=pb.GoValueMetadata(underlying="struct", stack_only=True)),
+        pb.ArgumentMetadata(name="k", type="int8", go=pb.GoValueMetadata(underlying="int8", int_registers=1,
+                                                                          size=1, align=1)),
+    ])
+    layout = {s.name: s for s in abi.argument_layout(meta)}
+    assert [(n, layout[n].offset) for n in ("j", "q", "w", "old", "k")] == [
+        ("j", 0), ("q", 8), ("w", 32), ("old", -1), ("k", -1)]
+    assert abi.stack_bytes(meta, 128) == 48 and abi.stack_bytes(meta, 40) == 40
+    data = (b"\xfe\xff" + bytes(6) + bytes(8) + struct.pack("<d", 2.5) + (4111).to_bytes(8, "little")
+            + (4).to_bytes(8, "little") + (6).to_bytes(8, "little"))
+    redact = lambda name, text: "<redacted>" if name == "Card" else text  # noqa: E731
+    shown = {n: showvalues.show(layout[n], (0,) * 9, {}, redact=redact, stack=data) for n in ("j", "q", "w", "old", "k")}
+    assert shown == {"j": "-2", "q": "{Lot=(not captured), Price=2.5, Card=<redacted>}", "w": "[4, 6]",
+                     "old": "(not captured: on the stack)", "k": "(not captured: on the stack)"}
+    # Copied only in part (the first 40 bytes): what lies past them is not shown.
+    assert showvalues.show(layout["w"], (0,) * 9, {}, stack=data[:40]) == "[4, ?]"
+    assert showvalues.show(layout["q"], (0,) * 9, {}, stack=b"") == "(not captured: on the stack)"

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from coral.agentd.callblocks import CallBlock, calls_of, rows_in_blocks, take
-from coral.agentd.ringbuf import BUSY_BIT, DISCARD_BIT, find_runs, joined, stride_of
+from coral.agentd.ringbuf import BUSY_BIT, DISCARD_BIT, cost_of, find_runs, joined, stride_of
 from coral.agentd.store import EventStore
 from coral.daemon.client import Client
 from coral.proto import coral_pb2 as pb
@@ -54,6 +54,16 @@ def test_a_byte_limit_takes_whole_records_up_to_the_one_that_reaches_it() -> Non
     assert find_runs(window, 100) == ([(0, 3, 40)], 120)
     assert find_runs(window, 1) == ([(0, 1, 40)], 40)
     assert find_runs(ring((800, 0), (32, 0)), 100) == ([(0, 1, 808)], 808)
+
+
+def test_records_with_values_count_eight_times_against_the_limit() -> None:
+    """They are decoded one by one: a 2 MiB batch of them held the loop for
+    about 250 ms, so a batch of them stops at an eighth of the bytes."""
+    heavy = ring(*[(240, 0)] * 20)  # stride 248: a native record with values
+    assert find_runs(heavy, 4096) == ([(0, 3, 248)], 744)  # 3 x 248 x 8 = 5,952 >= 4,096
+    assert cost_of([(0, 3, 248)]) == 5952
+    mixed = ring(*[(32, 0)] * 4, *[(240, 0)] * 4)
+    assert find_runs(mixed, 2000) == ([(0, 4, 40), (160, 1, 248)], 408)  # 160 + 1,984 >= 2,000
 
 
 def test_an_unaligned_tail_is_not_read_past() -> None:

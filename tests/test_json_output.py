@@ -17,6 +17,7 @@ import zmq
 
 from tests.harness import REPO, CoralEnv, NativeService, Process, coralctl, start_attach, tool
 from tests.test_native_e2e import wait_for_service
+from tests.test_profile import build, busy_service
 
 DOC = REPO / "docs" / "json.md"
 JSON_TYPES: dict[str, type | tuple[type, ...]] = {
@@ -79,7 +80,7 @@ def json_lines(env: CoralEnv, *args: str) -> list[dict[str, Any]]:
 
 
 def test_every_json_line_has_the_documented_fields(
-    coral_env: CoralEnv, colony: Process, agent: Process, payments: NativeService
+    coral_env: CoralEnv, colony: Process, agent: Process, payments: NativeService, tmp_path: Path
 ) -> None:
     env = coral_env
     wait_for_service(env, "payments")
@@ -102,12 +103,27 @@ def test_every_json_line_has_the_documented_fields(
     printed["Call"] += attach[1:-1]
     printed["Summary"].append(attach[-1])
 
+    proc, templated = start_attach(env, "payments", "validate_card", "--duration", "1s", "--print", "{ret}", "--no-save")
+    payments.call(1)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    printed["DebugSession"].append(templated)
+    printed["Call"] += [r for r in map(json.loads, out.splitlines()) if r["kind"] == "call"]
+
     events = json_lines(env, "debug", "events", session_id)
     assert [r["kind"] for r in events][-1] == "summary"
     printed["Call"] += events[:-1]
     printed["Summary"].append(events[-1])
     printed["DebugSession"] += json_lines(env, "debug", "sessions")
     printed["DebugSession"] += json_lines(env, "debug", "detach", session_id)
+    busy = busy_service(env, build(tmp_path, "busy", "-O0", "-fno-omit-frame-pointer"), "busy")  # on a CPU: stacks
+    try:
+        profile = json_lines(env, "profile", "busy", "--duration", "1s", "--frequency", "499")
+    finally:
+        busy.stop()
+    assert [r["kind"] for r in profile] == ["session", "process"], profile
+    printed["DebugSession"].append(profile[0])
+    printed["ProcessProfile"] += profile[1:]
     printed["AuditEntry"] += json_lines(env, "audit")
     printed["KeyPair"] += json_lines(env, "keys", "generate", "alice", "--dir", str(env.root / "keys"))
 

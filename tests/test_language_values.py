@@ -67,6 +67,10 @@ fn half(n: i64) -> Option<i64> { if n % 2 == 0 { Some(n / 2) } else { None } }
 fn check(n: i64) -> Result<u32, i32> { if n >= 0 { Ok(n as u32) } else { Err(n as i32) } }
 #[inline(never)]
 fn find(cards: &[Card], n: i64) -> Option<&Card> { cards.iter().find(|c| c.cents == n) }
+#[inline(never)]
+fn settle(a: Option<i64>, b: Result<u32, i32>, c: Option<&Card>, n: i64) -> i64 {
+    a.unwrap_or(1) + b.map(|x| x as i64).unwrap_or_else(|e| e as i64) + c.map(|c| c.cents).unwrap_or(0) + n
+}
 
 fn main() {
     let cards = vec![Card { cents: 4 }, Card { cents: 9 }];
@@ -78,7 +82,11 @@ fn main() {
         let who = who.to_string();
         let b = borrowed(&who, n);
         let o = owned(who, n);
-        println!("{} {} {:?} {:?} {:?} {:?}", b, o, greeting(n), half(n), check(n), find(&cards, n).map(|c| c.cents));
+        let a = if n % 2 == 0 { Some(n) } else { None };
+        let r = if n >= 0 { Ok(n as u32) } else { Err(n as i32) };
+        let f = find(&cards, n);
+        let s = settle(a, r, f, n);
+        println!("{} {} {:?} {:?} {:?} {:?} {}", b, o, greeting(n), half(n), check(n), f.map(|c| c.cents), s);
     }
 }
 """
@@ -175,10 +183,11 @@ def test_rust_string_option_and_result_are_shown_as_rust_writes_them(coral_env: 
     the entry), a &String, and a String returned through memory; Option<i64>
     and Result<u32, i32> (a tag and a payload in RAX and RDX) and
     Option<&Card> (null is None) from their DWARF variants. An Err is the
-    call's error."""
+    call's error. The same enums as arguments: each part in its own
+    register, as the Rust ABI passes them."""
     binary = _build(tmp_path, "rust", opt)
     calls, printed = _calls_while_probed(coral_env, binary, ["fees::owned", "fees::borrowed", "fees::greeting",
-                                                            "fees::half", "fees::check", "fees::find"])
+                                                            "fees::half", "fees::check", "fees::find", "fees::settle"])
     assert printed == _unprobed(binary)
     for function in ("fees::owned", "fees::borrowed"):
         assert _values(calls[function], 0) == SHOWN, (function, calls[function])
@@ -193,3 +202,11 @@ def test_rust_string_option_and_result_are_shown_as_rust_writes_them(coral_env: 
     assert calls["fees::check"][0]["return_value"]["type"] == "struct Result<u32, i32>"
     found, none, _ = _values(calls["fees::find"])
     assert found.startswith("Some(0x") and found.endswith(")") and none == "None", calls["fees::find"]
+    settle = calls["fees::settle"]
+    assert [a["name"] for a in settle[0]["args"]] == ["a", "b", "c", "n"]
+    assert _values(settle, 0) == ["Some(4)", "None", "None"], settle
+    assert _values(settle, 1) == ["Ok(4)", "Err(-3)", "Ok(7)"], settle
+    found, none, _ = _values(settle, 2)
+    assert found.startswith("Some(0x") and none == "None", settle
+    assert _values(settle, 3) == ["4", "-3", "7"], settle
+    assert _values(settle) == ["16", "-5", "15"], settle

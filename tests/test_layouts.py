@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from coral.agentd import abi
 from coral.layouts import LayoutError, read_layouts
 from tests.harness import REPO
 
@@ -45,6 +46,9 @@ def test_every_record_decodes_as_the_compiler_lays_it_out(tmp_path: Path, str_ma
     assert native.member("strs").size == 2 * str_max
     values = native.struct.unpack(bytes(native.size))
     assert len(values[native.values("results")]) == 3 and len(values[native.values("strs")]) == 2
+    # Go's nine integer argument registers are all copied; System V's six are the first of them.
+    assert len(values[native.values("args")]) == abi.GO_INT_REGS > abi.CAPTURED_ARG_REGS
+    assert layouts["native_timing_event"].size == 32  # a timing-only call stays this small
 
 
 def test_a_header_outside_what_it_reads_is_refused_by_name(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -121,6 +122,32 @@ def test_two_sessions_on_one_python_function_both_see_every_call(coral_env: Cora
     out, _ = long.communicate(timeout=30)
     summary = records(out)[-1]
     assert summary["calls"] == 10 and summary["lost"] == {}
+
+
+def test_one_session_sees_every_python_process_of_the_service(coral_env: CoralEnv, service: PythonService) -> None:
+    second = PythonService(coral_env)
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # both instances registered
+            listed = records(subprocess.run([tool("coralctl"), "--output", "json", "services"], env=coral_env.env,
+                                            capture_output=True, text=True, timeout=30).stdout)
+            if sum(s["service"] == "payments-api" for s in listed) == 2:
+                break
+        session = subprocess.Popen([tool("coralctl"), "--output", "json", "debug", "attach", "payments-api",
+                                    "--function", "payments.validate_card", "--duration", "3s"],
+                                   env=coral_env.env, stdout=subprocess.PIPE, text=True)
+        assert session.stdout is not None
+        first = json.loads(session.stdout.readline())
+        assert first["probes"] == 2 and sorted(first["pids"]) == sorted([service.proc.pid, second.proc.pid])
+        for i in range(3):
+            assert service.charge("4111111111111111", 100 + i)[0] == 200
+            assert second.charge("4111111111111111", 200 + i)[0] == 200
+        out, _ = session.communicate(timeout=60)
+    finally:
+        second.stop()
+    calls = [r for r in records(out) if r["kind"] == "call"]
+    assert sorted(c["pid"] for c in calls) == sorted([service.proc.pid] * 3 + [second.proc.pid] * 3)
+    assert records(out)[-1]["calls"] == 6
 
 
 ZLIB_SERVICE = """

@@ -52,6 +52,8 @@ from tests.test_native_capture import run_service
 from tests.test_native_e2e import wait_for_service
 from tests.test_python_e2e import PythonService
 
+pytestmark = pytest.mark.system  # provokes each message against real daemons
+
 DOC = REPO / "docs" / "troubleshooting.md"
 PLACEHOLDER = re.compile(r"<[a-z][a-z0-9 _.-]*>")
 CODE_SPAN = re.compile(r"`([^`]+)`")
@@ -386,23 +388,57 @@ def _where_raised(request: pytest.FixtureRequest) -> str:
 
 
 @provokes("--where '<text>', column <n>: <name> is redacted (its name is a secret's): a condition on it would reveal it")
-def _where_redacted(request: pytest.FixtureRequest) -> str:
+def _where_native_redacted(request: pytest.FixtureRequest) -> str:
     return _where(request, "payments", "validate_card", "card_number == 7")
 
 
-@provokes("--where applies to native functions' integer arguments only")
-def _predicate_python(request: pytest.FixtureRequest) -> str:
-    return ctl(
-        the_world(request).env,
-        "debug",
-        "attach",
-        "payments-api",
-        "--function",
-        "payments.validate_card",
-        "--where",
-        "amount>1",
-        code=1,
-    )
+def _python_where(request: pytest.FixtureRequest, condition: str, *more: str) -> str:
+    return ctl(the_world(request).env, "debug", "attach", "payments-api", "--function", "payments.validate_card",
+               "--where", condition, *more, code=1)
+
+
+@provokes("--where '<text>', column <n>: <function> has no parameter '<name>'; its parameters are: <names>")
+def _where_python_name(request: pytest.FixtureRequest) -> str:
+    out = _python_where(request, "amount > 1 && amout < 5")
+    assert ("--where 'amount > 1 && amout < 5', column 15: payments.validate_card has no parameter 'amout'; "
+            "its parameters are: card, amount") in out, out
+    return out
+
+
+@provokes("--where '<text>', column <n>: '<name>' is redacted; a condition on it would reveal it")
+def _where_redacted(request: pytest.FixtureRequest) -> str:
+    return _python_where(request, 'startswith(card, "4111")')
+
+
+@provokes("--where '<text>', column <n>: err is a Go function's error result; for Python write raised or "
+          "raised(ValueError)")
+def _where_err_on_python(request: pytest.FixtureRequest) -> str:
+    return _python_where(request, "err != nil")
+
+
+@provokes("<function> in pid <pid> is watched by <session> with <condition>; a Python function runs one condition "
+          "at a time: attach with the same --where, or detach that session first")
+def _where_one_condition(request: pytest.FixtureRequest) -> str:
+    w = the_world(request)
+    first = subprocess.Popen([tool("coralctl"), "--output", "json", "debug", "attach", "payments-api", "--function",
+                              "payments.validate_card", "--duration", "30s", "--where", "amount > 100"],
+                             env=w.env.env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout is not None
+        session = json.loads(first.stdout.readline())["session_id"]
+        out = _python_where(request, "amount > 200")
+        assert f"is watched by session {session} with --where 'amount > 100'" in out, out
+        return out
+    finally:
+        ctl(w.env, "debug", "detach", session, code=0)
+        first.communicate(timeout=30)
+
+
+@provokes("--errors-only: C has no error convention, so <name> has no failed calls to pick; say what failure "
+          "means with --where, e.g. --where 'ret < 0'")
+def _errors_only_c(request: pytest.FixtureRequest) -> str:
+    return ctl(the_world(request).env, "debug", "attach", "payments", "--function", "validate_card", "--errors-only",
+               code=1)
 
 
 @provokes("'<name>' is not a qualified function name like 'package.module.function'")

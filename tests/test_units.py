@@ -73,10 +73,10 @@ def test_summary_uses_nearest_rank_percentiles() -> None:
             "c.toml: unknown key [agent] colour (known: id, colony_endpoint, heartbeat_interval, "
             "heartbeat_liveness, poll_interval, drain_interval, ingest_cpu_percent, flush_interval, key_file, "
             "colony_public_key_file, retention, purge_interval, "
-            "max_registrations_per_uid)",
+            "max_registrations_per_uid, metrics_listen)",
         ),
         ({"nope": {}},
-         "c.toml: unknown section [nope] (known: paths, limits, sessions, agent, colony, client, sdk, access, services)"),
+         "c.toml: unknown section [nope] (known: paths, limits, sessions, agent, colony, client, sdk, access, mcp, services)"),
     ],
 )
 def test_config_errors_name_file_key_and_expected_type(data: dict, message: str) -> None:
@@ -94,7 +94,7 @@ def test_shipped_config_is_the_defaults() -> None:
     with open(REPO / "etc" / "coral.toml", "rb") as f:
         loaded = parse_config(tomllib.load(f), "etc/coral.toml")
     defaults = Config()
-    sections = ("paths", "limits", "sessions", "agent", "colony", "sdk", "access")
+    sections = ("paths", "limits", "sessions", "agent", "colony", "sdk", "access", "mcp")
     assert [getattr(loaded, s) for s in sections] == [getattr(defaults, s) for s in sections]
 
 

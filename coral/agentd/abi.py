@@ -10,30 +10,36 @@ passed by value field by field, what goes on the stack). Floating point
 travels in XMM registers, which a uprobe cannot read: such values are
 shown as not captured.
 
-The BPF program copies the first six registers of the ABI's list (args[0..5])
-and three result registers; indexes here are into those. Two kinds of value
-are placed from what DWARF says of them rather than from their type's name:
-an object holding a string (held_string: its register holds the object's
-address) and a Rust enum returned in registers (variants)."""
+The BPF program copies the ABI's argument registers (args[0..8]: System V's
+six, Go's nine; bpf/coral_records.h, CORAL_ARG_REGS) and three result
+registers; indexes here are into those. Some values are placed from what
+DWARF says of them rather than from their type's name: an object holding a
+string (held_string: its register holds the object's address), a Rust enum
+(variants), a typedef of a float (float_type), and, in optimized C, C++ and
+Rust, an argument where DWARF's location list puts it at the entry
+(entry_registers). What goes on the stack is placed at its offset after the
+return address (Slot.offset). coral/agentd/showvalues.py turns them into text."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from coral.agentd.values import format_register
 from coral.proto import coral_pb2 as pb
 
-CAPTURED_ARG_REGS = 6
-GO_INT_REGS = 9  # RAX, RBX, RCX, RDI, RSI, R8, R9, R10, R11: of which the first six are copied
+CAPTURED_ARG_REGS = 6  # System V: RDI, RSI, RDX, RCX, R8, R9
+GO_INT_REGS = 9  # RAX, RBX, RCX, RDI, RSI, R8, R9, R10, R11: all copied (the record's args)
 GO_FLOAT_REGS = 15  # X0-X14
 MAX_SHOWN_FIELDS = 16  # of a Go struct passed by value
 CAPTURED_RESULT_REGS = 3
 C_STRING_TYPES = {"char *", "const char *", "unsigned char *", "const unsigned char *"}
 GO_SCALARS = {"int", "int8", "int16", "int32", "int64", "uint", "uint8", "uint16", "uint32", "uint64", "uintptr",
               "bool", "byte", "rune"}
-FLOAT_TYPES = {"float", "double", "long double", "float32", "float64", "complex64", "complex128"}
+# Passed and returned in XMM registers (System V's SSE class, Go's floating-point registers, Rust's f32 and f64).
+FLOAT_TYPES = {"float", "double", "float32", "float64", "complex64", "complex128", "f32", "f64", "_Float32", "_Float64",
+               "_Float128", "__float128", "complex float", "complex double", "_Float16"}
+# System V passes these in memory (the X87 class), on the stack: they take no register.
+MEMORY_FLOAT_TYPES = {"long double", "complex long double", "_Float64x", "__float80"}
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,8 @@ class Slot:
     held: tuple[int, int] = (0, 0)  # shape held: the offsets of the data pointer and the length in the object
     variants: Any = None  # shape variants: its pb.EnumMetadata
     pieces: tuple[int, ...] = ()  # shape variants: the enum's byte offset each of regs holds
+    offset: int = -1  # shape stack: where it is in the stack arguments (bytes after the return address); -1: unknown
+    size: int = 0  # shape stack: its bytes
 
 
 STRING_SHAPES = ("cstring", "gostring", "goslice", "held")
@@ -83,6 +91,8 @@ def _shape(type_name: str, go: bool, hint: Any = None) -> tuple[str, int]:
         return ("variants", len(pieces)) if pieces else ("unsupported", 0)
     if t in FLOAT_TYPES:
         return "float", 0
+    if t in MEMORY_FLOAT_TYPES and not go:
+        return "stack", 0
     if go:
         if t == "string":
             return "gostring", 2
@@ -102,15 +112,47 @@ def _shape(type_name: str, go: bool, hint: Any = None) -> tuple[str, int]:
     return ("cstring", 1) if t in C_STRING_TYPES else ("int", 1)
 
 
-def layout(items: list[tuple[str, str, Any]], go: bool, limit: int, first: int = 0) -> list[Slot]:
+SYSV_FLOAT_REGS = 8  # XMM0-XMM7
+_STACK_SIZES = {"float": 4, "_Float32": 4, "f32": 4, "long double": 16, "_Float64x": 16, "__float80": 16,
+                "complex long double": 32}
+
+
+def layout(items: list[tuple[str, str, Any]], go: bool, limit: int, first: int = 0,
+           on_stack: bool = False) -> list[Slot]:
     """Assign registers in order from `first`; after a value we cannot
     place, the rest cannot be placed either. Each item is (name, type, what
-    DWARF says of its value: a HeldStringMetadata, an EnumMetadata or None)."""
-    out, reg, lost = [], first, False
+    DWARF says of its value: a HeldStringMetadata, an EnumMetadata, the
+    floating-point type a typedef names, or None). With `on_stack` (System
+    V arguments), what goes in memory is placed after the return address
+    as the ABI lays it out: an integer or pointer past the six registers,
+    a float or double past the eight XMM registers, each in 8 bytes; a long
+    double in 16, at 16; a value of two or more registers that does not
+    fit leaves the places after it unknown."""
+    out, reg, lost, xmm = [], first, False, 0
+    stack_at = 0 if on_stack else -1
     for name, type_name, hint in items:
-        shape, width = _shape(type_name, go, hint)
+        base = hint if isinstance(hint, str) and hint else type_name
+        shape, width = _shape(base, go, hint)
+        if shape == "float":
+            xmm += 1
+        to_stack = shape == "stack" or (on_stack and (
+            (shape == "float" and xmm > SYSV_FLOAT_REGS) or (shape in ("int", "cstring") and reg + width > limit)))
+        if to_stack and not lost and not go:
+            size = _STACK_SIZES.get(base.strip(), 8)
+            align = 16 if size >= 16 else 8
+            if stack_at >= 0:
+                stack_at = -(-stack_at // align) * align
+            out.append(Slot(name, type_name, "stack", (), go, base.strip(), offset=stack_at, size=size))
+            if stack_at >= 0:
+                stack_at += -(-size // 8) * 8
+            continue
+        if shape == "float" or shape == "stack":
+            out.append(Slot(name, type_name, shape, (), go))
+            continue
         if lost or shape == "unsupported" or reg + width > limit:
             lost = lost or shape == "unsupported"
+            if reg + width > limit:
+                stack_at = -1  # a value of several parts in memory, or split: where the next ones go is not known
             out.append(Slot(name, type_name, "unsupported", (), go))
             continue
         regs = tuple(range(reg, reg + width))
@@ -146,15 +188,28 @@ def _go_slot(name: str, type_name: str, underlying: str, fields: Any, first: int
     return Slot(name, type_name, shape, regs, True, underlying)
 
 
-def go_layout(items: list[tuple[str, str, pb.GoValueMetadata | None]], captured: int) -> list[Slot]:
+def _stack_fields(go: pb.GoValueMetadata) -> tuple[Slot, ...]:
+    """A stack value's fields (a struct's, or an array's elements), each at
+    its offset in the value (Slot.offset) and its size."""
+    return tuple(Slot(f.name, f.type, "stack", (), True, f.underlying, offset=f.offset, size=f.size)
+                 for f in go.fields)
+
+
+def go_layout(items: list[tuple[str, str, pb.GoValueMetadata | None]], captured: int,
+              on_stack: bool = False) -> list[Slot]:
     """Go's ABIInternal: each value in order takes the integer and
     floating-point registers its type needs (GoValueMetadata, from
     DWARF), unless it cannot be assigned to registers or does not fit in
     those left: then it goes on the stack, and the values after it still
     take registers. A value with no such metadata is placed by its type's
-    name; after one that cannot be, the rest cannot be placed either."""
+    name; after one that cannot be, the rest cannot be placed either.
+    With `on_stack` (arguments), a stack value's place is worked out as
+    the ABI lays them out after the return address: in order, each at its
+    alignment (a zero-sized value too); a value whose size is not known
+    (no metadata) leaves the ones after it unplaced."""
     out: list[Slot] = []
     ints, floats, lost = 0, 0, False
+    stack_at = 0 if on_stack else -1  # where the next stack-assigned value goes; -1: unknown
     for name, type_name, go in items:
         if go is None:
             shape, width = _shape(type_name, True)
@@ -163,8 +218,18 @@ def go_layout(items: list[tuple[str, str, pb.GoValueMetadata | None]], captured:
         if lost:
             out.append(Slot(name, type_name, "unsupported", (), True))
             continue
+        sized = go.size > 0 or go.align > 0  # metadata that says where it lies in memory
+        if sized and go.size == 0 and stack_at >= 0:  # a zero-sized value is assigned to the stack: its alignment
+            stack_at = -(-stack_at // max(go.align, 1)) * max(go.align, 1)
         if go.stack_only or ints + go.int_registers > GO_INT_REGS or floats + go.float_registers > GO_FLOAT_REGS:
-            out.append(Slot(name, type_name, "stack", (), True, go.underlying))
+            if stack_at >= 0 and sized:
+                stack_at = -(-stack_at // max(go.align, 1)) * max(go.align, 1)
+                out.append(Slot(name, type_name, "stack", (), True, go.underlying, fields=_stack_fields(go),
+                                offset=stack_at, size=go.size))
+                stack_at += go.size
+            else:
+                stack_at = -1
+                out.append(Slot(name, type_name, "stack", (), True, go.underlying))
             continue
         out.append(_go_slot(name, type_name, go.underlying, go.fields, ints, go.int_registers, captured))
         ints += go.int_registers
@@ -177,11 +242,60 @@ def _go(value: pb.ArgumentMetadata | pb.ReturnValueMetadata) -> pb.GoValueMetada
 
 
 def _hint(value: pb.ArgumentMetadata | pb.ReturnValueMetadata) -> Any:
+    if value.float_type:  # a typedef of a floating-point type: placed as that type
+        return value.float_type
     if value.HasField("held_string"):
         return value.held_string
-    if isinstance(value, pb.ReturnValueMetadata) and value.HasField("variants"):
+    if value.HasField("variants"):  # a Rust enum: its parts each in a register (Option, Result)
         return value.variants
     return None
+
+
+# System V's argument registers by their DWARF numbers: RDI, RSI, RDX, RCX, R8, R9 (args[0..5]).
+SYSV_DWARF_REGISTERS = {5: 0, 4: 1, 1: 2, 2: 3, 8: 4, 9: 5}
+BY_ADDRESS = 1 << 16  # in entry_registers: the register holds the value's address (coral/dwarflocations.py)
+
+
+def _placed_by_dwarf(slots: list[Slot], meta: pb.FunctionMetadata) -> list[Slot]:
+    """Where DWARF's location at the entry puts an argument (its
+    entry_registers) wins over the ABI's order: an optimizer may have
+    dropped an argument or the unused part of one. An argument with a part
+    DWARF says is nowhere, or in a register the probe does not copy, is not
+    captured; one DWARF does not place keeps the ABI's registers, unless
+    DWARF gave them to another argument (then it is not captured). In
+    optimized code, one DWARF places elsewhere or nowhere (entry_elsewhere)
+    is not captured, unless the ABI puts it on the stack and DWARF puts
+    every argument it places in registers where the ABI does."""
+    out: list[Slot | None] = []
+    claimed: set[int] = set()
+    elsewhere = Slot("", "", "unsupported", ())  # marks an argument DWARF places elsewhere
+    for s, a in zip(slots, meta.arguments, strict=True):
+        if not a.entry_registers:
+            out.append(elsewhere if a.entry_elsewhere and s.shape != "float" else None)
+            continue
+        hint = _hint(a)
+        shape, width = _shape(hint if isinstance(hint, str) and hint else a.type, False, hint)
+        if shape == "float" or width == 0 or len(a.entry_registers) != width:
+            out.append(s if shape == "float" else None)  # not something DWARF's registers say more of
+            continue
+        by_address = any(r >= BY_ADDRESS for r in a.entry_registers)
+        regs = tuple(SYSV_DWARF_REGISTERS.get(r % BY_ADDRESS if by_address else r, -1) for r in a.entry_registers)
+        if by_address and shape != "held":  # a value in memory: only an object read through its address is shown
+            regs = (-1,)
+        claimed.update(r for r in regs if r >= 0)
+        if -1 in regs:
+            out.append(Slot(s.name, s.type, "unsupported", ()))
+        else:
+            placed = layout([(a.name, a.type, hint)], False, CAPTURED_ARG_REGS)[0]
+            out.append(replace(placed, regs=regs))
+    # Memory the ABI's order places (System V's stack arguments) is trusted
+    # only where DWARF put every other argument where the ABI does.
+    agree = all(p is None or p is elsewhere or p.regs == s.regs for s, p in zip(slots, out, strict=True))
+    return [s if p is elsewhere and s.shape == "stack" and s.offset >= 0 and agree else
+            Slot(s.name, s.type, "unsupported", ()) if p is elsewhere else
+            p if p is not None else
+            (Slot(s.name, s.type, "unsupported", ()) if claimed & set(s.regs) else s)
+            for s, p in zip(slots, out, strict=True)]
 
 
 def argument_layout(meta: pb.FunctionMetadata) -> list[Slot]:
@@ -190,10 +304,13 @@ def argument_layout(meta: pb.FunctionMetadata) -> list[Slot]:
     if not meta.arguments and meta.source_file:
         return []
     if meta.kind == "go" and meta.arguments:
-        return go_layout([(a.name, a.type, _go(a)) for a in meta.arguments], CAPTURED_ARG_REGS)
+        return go_layout([(a.name, a.type, _go(a)) for a in meta.arguments], GO_INT_REGS, on_stack=True)
     items: list[tuple[str, str, Any]] = [(a.name, a.type, _hint(a)) for a in meta.arguments] or \
         [(f"arg{i}", "", None) for i in range(CAPTURED_ARG_REGS)]
-    return layout(items, meta.kind == "go", CAPTURED_ARG_REGS, first=int(meta.result_in_memory))
+    slots = layout(items, meta.kind == "go", CAPTURED_ARG_REGS, first=int(meta.result_in_memory),
+                   on_stack=bool(meta.arguments))
+    return _placed_by_dwarf(slots, meta) if any(a.entry_registers or a.entry_elsewhere for a in meta.arguments) \
+        else slots
 
 
 def result_layout(meta: pb.FunctionMetadata) -> list[Slot]:
@@ -204,7 +321,9 @@ def result_layout(meta: pb.FunctionMetadata) -> list[Slot]:
     if meta.kind == "go":
         return go_layout([(r.name, r.type, _go(r)) for r in meta.return_values], CAPTURED_RESULT_REGS)
     items = [(r.name, r.type, _hint(r)) for r in meta.return_values if r.type != "void"]
-    return layout(items, meta.kind == "go", CAPTURED_RESULT_REGS)
+    # System V returns a long double in the x87 register st(0), not in memory.
+    return [replace(s, shape="float") if s.shape == "stack" and s.underlying in MEMORY_FLOAT_TYPES else s
+            for s in layout(items, meta.kind == "go", CAPTURED_RESULT_REGS)]
 
 
 def _flat(slots: list[Slot]) -> list[Slot]:
@@ -224,6 +343,14 @@ def string_result(meta: pb.FunctionMetadata) -> Slot | None:
     Go `string` or `[]byte`, also a Go struct's field, a std::string or
     String returned through memory: the first such result); None if none."""
     return next((s for s in _flat(result_layout(meta)) if s.shape in STRING_SHAPES and s.regs), None)
+
+
+def stack_bytes(meta: pb.FunctionMetadata, limit: int) -> int:
+    """How many bytes after the return address hold the stack-assigned
+    arguments that are placed (Go's, System V's; at most `limit`: what the
+    record holds, CORAL_STACK_BYTES); 0 for none."""
+    ends = [s.offset + s.size for s in argument_layout(meta) if s.shape == "stack" and s.offset >= 0]
+    return min(limit, max(ends, default=0))
 
 
 @dataclass(frozen=True)
@@ -291,102 +418,3 @@ def record_slots(meta: pb.FunctionMetadata, capture_args: bool, capture_return: 
     result = string_result(meta) if capture_return and used < 2 else None
     return RecordSlots((str_args[0], str_args[1]), blob, (result.regs[0], used) if result else (-1, 0),
                        (held_args[0], held_args[1]), result.held if result and result.shape == "held" else None)
-
-
-def show_fields(address: int, fields: list[pb.FieldMetadata], blob: bytes, redact: Callable[[str, str], str],
-                go: bool = False) -> str:
-    """`0x7ffc… {cents=100, items=1, note=0x5612…}`: the members the kernel
-    copied through the pointer (at the return), each redacted by its name."""
-    if address == 0:
-        return "NULL"
-    if not blob:
-        return f"{address:#x}"
-    shown = []
-    for f in fields:
-        if f.offset + f.size > len(blob):
-            shown.append(f"{f.name}=?")
-            continue
-        value = int.from_bytes(blob[f.offset:f.offset + f.size], "little")
-        shown.append(f"{f.name}={redact(f.name, format_register(value, f.type, go))}")
-    return f"{address:#x} {{{', '.join(shown)}}}"
-
-
-def show_variant(slot: Slot, values: tuple[int, ...]) -> str:
-    """A Rust enum from its registers: `Some(5)`, `None`, `Ok(4)`, `Err(-3)`;
-    a discriminant no variant has is not shown as one."""
-    v: pb.EnumMetadata = slot.variants
-    part = {offset: values[reg] for offset, reg in zip(slot.pieces, slot.regs, strict=True)}
-    d = v.discriminant
-    value = part[d.offset] & ((1 << 8 * d.size) - 1)
-    chosen = next((x for x in v.variants if not x.is_default and x.discriminant == value), None) or \
-        next((x for x in v.variants if x.is_default), None)
-    if chosen is None:
-        return "(not captured)"
-    payload = [f for f in chosen.payload if f.size]
-    if not payload:
-        return chosen.name + ("(())" if any(f.type == "()" for f in chosen.payload) else "")
-    f = payload[0]
-    return f"{chosen.name}({format_register(part[f.offset] & ((1 << 8 * f.size) - 1), f.type)})"
-
-
-def is_error_variant(slot: Slot, shown: str) -> bool:
-    """A Rust Result's Err: the call failed, as a non-nil Go error says."""
-    return slot.shape == "variants" and slot.type.removeprefix("struct ").startswith("Result<") and \
-        shown.startswith("Err")
-
-
-def _unredacted(name: str, text: str) -> str:
-    return text
-
-
-def show(slot: Slot, values: tuple[int, ...], strings: dict[int, bytes], string_bytes: int = 64,
-         lengths: dict[int, int] | None = None, redact: Callable[[str, str], str] = _unredacted) -> str:
-    """One value as text, from the captured registers (and copied strings,
-    and the whole lengths of strings held in objects). A Go struct passed
-    by value: `{Cents=100, Note='x', Items=3}`, each field redacted by its
-    name."""
-    if slot.shape == "float":
-        return "(in a floating-point register: not captured)"
-    if slot.shape == "stack":
-        return "(not captured: on the stack)"
-    if slot.shape == "struct":
-        parts = [f"{f.name}={redact(f.name, show(f, values, strings, string_bytes, lengths))}"
-                 for f in slot.fields[:MAX_SHOWN_FIELDS]]
-        return "{" + ", ".join(parts + (["…"] if len(slot.fields) > MAX_SHOWN_FIELDS else [])) + "}"
-    if slot.shape == "unsupported" or not slot.regs:
-        return "(not captured)"
-    if slot.shape == "variants":
-        return show_variant(slot, values)
-    v = [values[r] for r in slot.regs]
-    if slot.shape == "held":
-        data = strings.get(slot.regs[0])
-        if v[0] == 0:
-            return "NULL"
-        if data is None:
-            return f"{v[0]:#x}"
-        length = (lengths or {}).get(slot.regs[0], len(data))
-        more = f"…(+{length - len(data)} bytes)" if length > len(data) else ""
-        return repr(data.decode(errors="replace")) + more
-    if slot.shape == "fat":
-        return f"{v[0]:#x} " + (f"vtable={v[1]:#x}" if "dyn " in slot.type else f"len={v[1]}")
-    if slot.shape == "int":
-        return format_register(v[0], slot.underlying or slot.type, slot.go)
-    if slot.shape == "iface":
-        return "nil" if v[0] == 0 else f"<{slot.type} {v[1]:#x}>"
-    if v[0] == 0:
-        return "NULL" if slot.shape == "cstring" else ("nil" if slot.shape == "goslice" else '""')
-    data = strings.get(slot.regs[0])
-    if data is None:
-        return f"{v[0]:#x}"
-    if slot.shape == "cstring":
-        # The kernel copies at most string_bytes including the NUL: a full copy may have been cut.
-        cut = "…(truncated)" if len(data) >= string_bytes - 1 else ""
-        return repr(data.decode(errors="replace")) + cut
-    length = v[1]
-    shown = data[:length]
-    more = f"…(+{length - len(shown)} bytes)" if length > len(shown) else ""
-    if slot.shape == "gostring":
-        return repr(shown.decode(errors="replace")) + more
-    if (slot.underlying or slot.type) in ("[]uint8", "[]byte"):
-        return f"{slot.type} len={length} cap={v[2]} {shown!r}{more}"
-    return f"{slot.type} len={length} cap={v[2]}"

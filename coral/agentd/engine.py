@@ -35,8 +35,8 @@ HIST_BUCKETS = 512
 STAT_NAMES = ("CALLS", "SAMPLED", "FILTERED", "RINGBUF", "EMITTED", "MAX_NS", "SUM_NS", "UNREADABLE", "EXPIRED",
               "WHERE_ERROR")
 STATS_PER_SLOT = len(STAT_NAMES)
-(ST_CALLS, ST_SAMPLED, ST_FILTERED, ST_RINGBUF, ST_EMITTED, ST_MAX_NS, ST_SUM_NS, ST_UNREADABLE, ST_EXPIRED,
- ST_WHERE_ERROR) = range(10)
+ST_CALLS, ST_SAMPLED, ST_FILTERED, ST_RINGBUF, ST_EMITTED, ST_MAX_NS, ST_SUM_NS, ST_UNREADABLE, ST_EXPIRED, \
+    ST_WHERE_ERROR = range(10)
 GLOBAL_NAMES = ("stack_full", "unpaired_returns", "stale_frames", "unwound_uncounted", "deep_frames_in_use")
 G_DEEP_IN_USE = 4
 BY_UNWOUND, BY_TOO_DEEP, BY_TAIL_CALL = 1, 2, 3  # causes of calls not seen completed, counted by slot set (by_slots)
@@ -45,6 +45,7 @@ SITE_ENTRY, SITE_GO, SITE_GO_RET, SITE_PYTHON, SITE_RET, SITE_TAIL = 0x1, 0x2, 0
 SITE_URET = 0x40  # an entry whose return is a uretprobe (set from Site.uretprobe when the site is written)
 URETPROBE_DEPTH = 64  # the kernel's MAX_URETPROBE_DEPTH: uretprobes open at once on one task
 EV_NATIVE, EV_PYTHON, EV_PYTHON_TIMING, EV_NATIVE_TIMING = 1, 2, 3, 4
+UNREAD_STACK = 4  # native_event.unread: a Go call's stack arguments were not copied (bits 0, 1: its string slots)
 
 
 def bpf_constants() -> dict[str, int]:
@@ -55,7 +56,7 @@ def bpf_constants() -> dict[str, int]:
            "SITE_RET": SITE_RET, "SITE_TAIL": SITE_TAIL, "SITE_URET": SITE_URET, "CORAL_URETPROBE_DEPTH": URETPROBE_DEPTH,
            "BY_UNWOUND": BY_UNWOUND, "BY_TOO_DEEP": BY_TOO_DEEP, "BY_TAIL_CALL": BY_TAIL_CALL,
            "EV_NATIVE": EV_NATIVE, "EV_PYTHON": EV_PYTHON, "EV_PYTHON_TIMING": EV_PYTHON_TIMING,
-           "EV_NATIVE_TIMING": EV_NATIVE_TIMING, **where_native.constants()}
+           "EV_NATIVE_TIMING": EV_NATIVE_TIMING, "UNREAD_STACK": UNREAD_STACK, **where_native.constants()}
     out.update({f"ST_{name}": i for i, name in enumerate(STAT_NAMES)})
     out.update({f"G_{name}": i for i, name in enumerate(("STACK_FULL", "UNPAIRED", "STALE", "UNWOUND_UNCOUNTED",
                                                                 "DEEP_IN_USE"))})
@@ -100,6 +101,7 @@ class SlotConfig:
     # (register, data pointer's offset, length's offset) of objects holding strings (std::string, Rust String):
     held_args: tuple[tuple[int, int, int], tuple[int, int, int]] = ((-1, 0, 0), (-1, 0, 0))  # into slots 0, 1 (at entry)
     held_result: tuple[int, int] | None = None  # str_result's register holds such an object: (data, length) offsets
+    stack_bytes: int = 0  # Go: bytes of the stack-assigned arguments copied at the entry (at most CORAL_STACK_BYTES)
     where: where_native.Program | None = None  # a --where condition, as the kernel evaluates it
     expires_monotonic_ns: int = 0  # CLOCK_MONOTONIC (bpf_ktime_get_ns): later calls are not counted; 0: never
 
@@ -115,6 +117,7 @@ class NativeRecord:
     strings: tuple[bytes, bytes]  # the record's two slots as copied (a string is NUL-terminated in its slot)
     unread: int = 0  # bit i: slot i could not be read (its page was not in memory)
     lengths: tuple[int, int] = (0, 0)  # a slot holding a held string: that string's whole length
+    stack: bytes = b""  # Go: the stack-assigned arguments as at the entry; b"" if not copied
 
 
 @dataclass(frozen=True)
@@ -187,7 +190,7 @@ class SlotStats:
     unwound: int = 0  # left by unwinding (an exception, a panic, longjmp): no return, so not in calls
     too_deep: int = 0  # entered deeper than the frames tracked per thread: not tracked, so not in calls
     tail_calls: int = 0  # left by a tail jump to another function: its RET is not ours, so not in calls
-    where_error: int = 0  # a value the --where condition needs could not be read: not reported
+    where_error: int = 0  # --where could not be evaluated (a value not read; Python: the SDK said so): not shown
 
 
 class _Libbcc:
@@ -239,6 +242,8 @@ class ProbeEngine:
         self._native_arrays = (native.values("results"), native.values("args"), native.values("strs"))
         self._native_unread = native.values("unread").start
         self._native_lens = native.values("lens")
+        self._native_stack = native.values("stack").start
+        self.stack_bytes = native.member("stack").size  # CORAL_STACK_BYTES: a Go call's stack arguments copied
         at_call = python.values("call").start
         self._python_scalars = itemgetter(*(python.values(n).start for n in ("slot", "pid", "tid")), *(
             at_call + call.values(n).start for n in ("fn_id", "call_id", "start_ns", "end_ns", "flags", "args_len",
@@ -416,6 +421,7 @@ class ProbeEngine:
         for held, (reg, data, length) in zip(v.held, c.held_args, strict=True):
             held.reg, held.data_off, held.len_off = reg, data, length
         v.held_mask = sum(1 << i for i, (reg, _, _) in enumerate(c.held_args) if reg >= 0)
+        v.stack_len = c.stack_bytes if c.capture_args else 0
         v.held_ret.reg, v.held_ret.data_off, v.held_ret.len_off = -1, 0, 0
         if c.held_result is not None and c.str_result[0] >= 0:
             # The kernel reads the object's data pointer into the free third result (System V) and copies the string
@@ -540,7 +546,8 @@ class ProbeEngine:
             c = self._configs.get(slot) if mask >> slot & 1 else None
             if c is None:
                 continue
-            if not args and c.capture_args and any(reg >= 0 for reg, _, _ in c.held_args):
+            # A Go function's sites name the slot that copies stack arguments; a native one's, held strings.
+            if not args and c.capture_args and (c.stack_bytes or any(reg >= 0 for reg, _, _ in c.held_args)):
                 args = slot + 1
             if not result and c.capture_return and c.held_result is not None and c.str_result[0] >= 0:
                 result = slot + 1
@@ -677,8 +684,10 @@ class ProbeEngine:
             at_results, at_args, at_strs = self._native_arrays
             results, args, strs = f[at_results], f[at_args], f[at_strs]
             lens = f[self._native_lens]
-            return slot, NativeRecord(pid, tid, start, duration, results, args, (strs[0], strs[1]),
-                                      f[self._native_unread], (lens[0], lens[1]))
+            unread = f[self._native_unread]
+            stack = b"" if unread & UNREAD_STACK else f[self._native_stack]
+            return slot, NativeRecord(pid, tid, start, duration, results, args, (strs[0], strs[1]), unread,
+                                      (lens[0], lens[1]), stack)
         f = self._python.unpack_from(raw, HEADER_BYTES)
         slot, pid, tid, fn_id, call_id, start, end, flags, args_len, ret_len, args, ret = self._python_scalars(f)
         return slot, PythonRecord(pid, tid, fn_id, call_id, start, end, flags, args[:min(args_len, self._args_max)],

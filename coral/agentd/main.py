@@ -13,29 +13,35 @@ import math
 import os
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import duckdb
 import zmq
 from google.protobuf.message import DecodeError, Message
 
 from coral import __version__
+from coral.agentd import profiles
 from coral.agentd.colony_link import ColonyLink
 from coral.agentd.engine import TRAP_NS, ProbeEngine, ProbeError
 from coral.agentd.ingest import IngestBudget
 from coral.agentd.memory import release_compiler_pages, release_idle_pages, rss_bytes
+from coral.agentd.metrics import agent_snapshot
 from coral.agentd.probecost import ProbeCosts
 from coral.agentd.probes import check_bpf_support
 from coral.agentd.process_calls import ProcessCalls
+from coral.agentd.profiler import Profiles
 from coral.agentd.registry import ProcessRegistry, Registration
 from coral.agentd.sessions import SessionManager
 from coral.agentd.store import EventStore
+from coral.agentd.symbolize import Symbolizer
 from coral.agentd.targets import own_function_site
-from coral.daemon import access, curve
+from coral.daemon import access, curve, profiling
 from coral.daemon.config import Config
 from coral.daemon.connections import ConnectionCap
-from coral.daemon.errors import CoralError, Internal, NotFound
+from coral.daemon.errors import CoralError, Internal, LimitExceeded, NotFound
 from coral.daemon.methods import AGENT_FROM_COLONY_METHODS, AGENT_LOCAL_METHODS, METHODS
 from coral.daemon.paging import services_page
 from coral.daemon.retention import PurgeSchedule, Retention, parse_age, purge_once
@@ -51,12 +57,15 @@ from coral.daemon.runtime import (
 )
 from coral.daemon.server import Dispatcher, Handler, Later, Peer, serve_router
 from coral.daemon.waiters import Waiters
+
+if TYPE_CHECKING:
+    from coral.daemon.prometheus import Metrics
 from coral.proto import coral_pb2 as pb
 
 log = logging.getLogger("coral.agentd")
 
 # Local requests the colony's audit log records when they succeed (any refusal is recorded).
-AUDITED_LOCAL = frozenset({"AttachUprobe", "DetachUprobe"})
+AUDITED_LOCAL = frozenset({"AttachUprobe", "DetachUprobe", "ProfileCpu"})
 
 # Messages served from the local socket in one turn of the loop: the ring
 # buffer, expiry and heartbeats come between two batches.
@@ -141,6 +150,7 @@ class Agent:
         self._deferred: list[Callable[[], None]] = []  # questions for calls that wait for the budget to refill
         self._deferred_total = 0
         self.followers = Waiters()  # QueryUprobeEvents with wait_ms, held until their session has news
+        self.profiles = Profiles()  # each in its own thread; answered from the loop
         self.retention = Retention(parse_age(config.agent.retention))
         self.purges = PurgeSchedule(config.agent.purge_interval)
         handlers: dict[str, Handler] = {
@@ -151,6 +161,7 @@ class Agent:
             "DetachUprobe": self.detach,
             "QueryUprobeEvents": self.query_events,
             "ListDebugSessions": lambda r, p: self.sessions.list(r),
+            "ProfileCpu": self.profile_cpu,
             "RegisterProcess": self.register_process,
             "UnregisterProcess": self.unregister_process,
             "ProcessHeartbeat": self.process_heartbeat,
@@ -160,6 +171,15 @@ class Agent:
                                 self.audit_local)
         self.from_colony = Dispatcher(handlers, AGENT_FROM_COLONY_METHODS)
         self.cap: ConnectionCap | None = None  # on the local socket, once it is bound
+        self.metrics: Metrics | None = None  # /metrics, if [agent] metrics_listen says where
+        self._metrics_published = -math.inf
+        if config.agent.metrics_listen:
+            from coral.daemon.prometheus import Metrics  # imported only when used: prometheus_client costs memory
+
+            self.metrics = Metrics("coral_agent", config.agent.metrics_listen, "[agent] metrics_listen",
+                                   {"local": AGENT_LOCAL_METHODS, "colony": AGENT_FROM_COLONY_METHODS})
+            self.local.latency = self.metrics.timer("local")
+            self.from_colony.latency = self.metrics.timer("colony")
         self.link = ColonyLink(
             self.context,
             config.agent_colony_endpoint,
@@ -185,6 +205,12 @@ class Agent:
         log.info("a uprobe hit costs %d ns here, the trap and the BPF program; CPU budgets charge that", ns)
 
     def ping(self, req: Message, peer: Peer) -> pb.PingResponse:
+        return pb.PingResponse(
+            daemon="coral-agentd", version=__version__, pid=os.getpid(), agent_id=self.agent_id, counters=self.counters_now()
+        )
+
+    def counters_now(self) -> dict[str, int]:
+        """What `coralctl ping` shows (and /metrics, coral/agentd/metrics.py)."""
         counters = {f"local.{k}": v for k, v in self.local.counters.items()}
         counters.update({f"colony.{k}": v for k, v in self.from_colony.counters.items()})
         counters["sessions.active"] = len(self.sessions.active)
@@ -206,9 +232,22 @@ class Agent:
         counters["storage.write_failures"] = self.store.health.failures
         counters["storage.held_calls"] = self.store.held_calls
         counters["storage.pending_calls"] = self.sessions.pending  # drained, to be written within flush_interval
-        return pb.PingResponse(
-            daemon="coral-agentd", version=__version__, pid=os.getpid(), agent_id=self.agent_id, counters=counters
-        )
+        return counters
+
+    @property
+    def deferred_questions(self) -> int:
+        return len(self._deferred)
+
+    def publish_metrics(self, now: float) -> None:
+        """Once per heartbeat: a new snapshot for /metrics (read by its own
+        thread; the loop never waits for a scrape)."""
+        if self.metrics is None or now - self._metrics_published < self.config.agent.heartbeat_interval:
+            return
+        self._metrics_published = now
+        try:
+            self.metrics.publish(agent_snapshot(self))
+        except Exception:  # a bug: the last snapshot stays; the agent serves on
+            log.exception("could not update /metrics")
 
     def audit_local(self, method: str, body: bytes, peer: Peer, outcome: str, detail: str) -> None:
         """The colony's audit log also covers this host's local socket: every
@@ -241,6 +280,34 @@ class Agent:
         later = Later()
         self.sessions.when_collected(req.session_id, lambda: resolve(later, answer_safely(
             lambda: pb.DetachUprobeResponse(session=self.sessions.session(req.session_id)))))
+        return later
+
+    def profile_cpu(self, req: pb.ProfileCpuRequest, peer: Peer) -> Later:
+        """Checked now; sampled and symbolized in a thread; answered by the
+        loop when it has ended (docs/protocol.md, "Profiles")."""
+        duration_ms = profiling.duration_ms(self.config.sessions, req.duration_ms)
+        frequency = profiling.frequency(req.frequency_hz)
+        instances = self.registry.instances(req.service)
+        if not instances:
+            self._instance(req.service)  # NotFound, naming what is registered
+        if len(self.profiles.running) >= self.profiles.max_running:
+            raise LimitExceeded(f"{len(self.profiles.running)} profiles already run on agent {self.agent_id}; "
+                                "wait for one to end")
+        plan = profiles.ProfilePlan(req.session_id or profiles.new_id(), req.service, self.agent_id,
+                                    tuple(r.pid for r in instances), {r.pid: r.executable for r in instances},
+                                    frequency, duration_ms, peer.who)
+        later = Later()
+        limit = self.config.limits.max_message_bytes // 4
+
+        def work(stop: threading.Event, symbolizer: Symbolizer) -> Callable[[], None]:
+            try:
+                result: Message | CoralError = profiles.run(plan, stop, symbolizer, limit)
+            except Exception as exc:  # a bug: this profile is answered, the agent goes on
+                log.error("profile %s failed", plan.session_id, exc_info=exc)
+                result = Internal("internal error; see the daemon's log")
+            return lambda: later.resolve(result)
+
+        self.profiles.start(plan.session_id, work)
         return later
 
     def query_events(self, req: pb.QueryUprobeEventsRequest, peer: Peer) -> pb.QueryUprobeEventsResponse | Later:
@@ -426,6 +493,8 @@ class Agent:
 
     def run(self, signals: ShutdownSignals, notifier: Notifier) -> None:
         cfg = self.config
+        if self.metrics is not None:
+            self.metrics.start()  # first: a port that cannot be had stops the start here, with nothing to undo
         rep = self.context.socket(zmq.ROUTER)
         configure_socket(rep, cfg.limits.max_message_bytes)
         self.cap = ConnectionCap.watch(rep, cfg.agent_endpoint, cfg.limits.max_connections_per_uid,
@@ -439,6 +508,7 @@ class Agent:
         if failed:
             log.warning("%d session(s) left active by a previous run marked failed (agent restarted)", failed)
         self.link.connect(time.monotonic())
+        self.publish_metrics(time.monotonic())
         notifier.ready(f"serving {cfg.agent_endpoint}")
         log.info(
             "coral-agentd %s ready on %s (agent id %s, colony %s)",
@@ -481,6 +551,8 @@ class Agent:
                 for sock in ready:
                     self.calls.on_readable(sock)  # ignores the sockets that are not a process's
                 self.calls.expire(time.monotonic())
+                for answer in self.profiles.finished():
+                    answer()
                 cpu = time.process_time()
                 if now - last_drained >= cfg.agent.drain_interval and self.ingest.allows(now) and \
                         self.sessions.pending < MAX_PENDING:
@@ -512,11 +584,16 @@ class Agent:
                 self.purge(now)
                 self.release_when_idle(now)
                 self.link.tick(now)
+                self.publish_metrics(now)
                 notifier.watchdog(now)
         finally:
             notifier.stopping()
+            if self.metrics is not None:
+                self.metrics.close()
             log.info("stopping (%s): detaching %d session(s)", signals.signal_name or "shutdown", len(self.sessions.active))
             self.sessions.shutdown()
+            for answer in self.profiles.shutdown():
+                answer()
             self.sessions.flush()  # every call drained, written before the database closes
             self.answer_deferred(math.inf)
             self.tell_followers(math.inf)  # every held question is answered, with its session as it ended

@@ -109,6 +109,11 @@ class ProcessCalls:
         """The sockets with questions waiting on them, for the agent's poller."""
         return [p.socket for p in self._processes.values() if p.waiting and p.socket is not None]
 
+    @property
+    def waiting(self) -> int:
+        """Questions sent to processes and not answered yet."""
+        return sum(len(p.waiting) for p in self._processes.values())
+
     def next_deadline(self) -> float | None:
         return min((q.deadline for p in self._processes.values() for q in p.waiting.values()), default=None)
 

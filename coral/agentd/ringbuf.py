@@ -27,6 +27,8 @@ BUSY_BIT = 1 << 31
 DISCARD_BIT = 1 << 30
 HEADER_BYTES = 8
 _POSITION = struct.Struct("<Q")
+TIMING_MAX_STRIDE = 128  # bytes, header included: the longest timing-only record (Python's, 56 + 8) with room
+HEAVY_WEIGHT = 8  # a byte of a record with values, against a read's limit
 MAX_RECORD_BYTES = 64 * 1024  # past a read's byte limit, room for the record that reaches it (Coral's are < 1 KiB)
 
 
@@ -81,7 +83,7 @@ class RingReader:
                 continue
             runs.append(window[at: at + count * stride].reshape(count, stride).copy())
         _POSITION.pack_into(self._consumer, 0, consumer + end)  # the kernel may reuse what lies before this
-        return runs, bool(limit) and end >= limit
+        return runs, bool(limit) and cost_of(found) >= limit
 
     def produced(self) -> int:
         """The producer's position: every record reserved so far lies before it."""
@@ -104,16 +106,30 @@ def joined(data: np.ndarray, start: int, length: int) -> np.ndarray:
     return np.concatenate((data[start:], data[: start + length - len(data)]))
 
 
+def weight_of(stride: int) -> int:
+    """What a record of this stride costs against a read's limit, per byte:
+    a record with values (longer than any timing record) is decoded one by
+    one, about 8 times the cost of a timing record's byte (a 2 MiB batch of
+    them held the agent's loop about 250 ms: bench/session_end.py)."""
+    return HEAVY_WEIGHT if stride > TIMING_MAX_STRIDE else 1
+
+
+def cost_of(found: list[tuple[int, int, int]]) -> int:
+    """What the runs `find_runs` found cost against its limit."""
+    return sum(stride if count < 0 else count * stride * weight_of(stride) for _, count, stride in found)
+
+
 def find_runs(window: np.ndarray, room: int) -> tuple[list[tuple[int, int, int]], int]:
     """The runs of records with equal headers in `window` (bytes from the
     consumer position on), as (offset, records, stride), with records -1
     for a discarded one; and the offset where reading stopped: at a busy
-    record, at the end, or once about `room` bytes are taken (-1: no limit;
-    a run takes at least one record)."""
+    record, at the end, or once about `room` bytes are taken, records with
+    values counted `weight_of` times (-1: no limit; a run takes at least one
+    record)."""
     found: list[tuple[int, int, int]] = []
-    at, size = 0, len(window)
+    at, spent, size = 0, 0, len(window)
     headers = window[: size - size % 4].view("<u4")
-    while at + HEADER_BYTES <= size and (room < 0 or at < room):
+    while at + HEADER_BYTES <= size and (room < 0 or spent < room):
         header = int(headers[at // 4])
         if header & BUSY_BIT:
             break
@@ -123,13 +139,16 @@ def find_runs(window: np.ndarray, room: int) -> tuple[list[tuple[int, int, int]]
         if header & DISCARD_BIT:
             found.append((at, -1, stride))
             at += stride
+            spent += stride
             continue
         most = (size - at) // stride
+        cost = stride * weight_of(stride)
         if room > 0:
-            most = min(most, -(-(room - at) // stride))  # whole records, up to the one that reaches the limit
+            most = min(most, -(-(room - spent) // cost))  # whole records, up to the one that reaches the limit
         same = headers[at // 4: (at + most * stride) // 4: stride // 4]
         differs = np.flatnonzero(same != header)
         count = int(differs[0]) if differs.size else most
         found.append((at, count, stride))
         at += count * stride
+        spent += count * cost
     return found, at

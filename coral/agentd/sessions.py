@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from coral.agentd import abi, where_native
+from coral.agentd import abi, conditions, showvalues, where_native
 from coral.agentd.callblocks import CallBlock, CallRow, calls_of, rows_in_blocks, take
 from coral.agentd.engine import (
     NativeRecord,
@@ -35,6 +35,7 @@ from coral.agentd.probecost import ProbeCosts, first_bytes
 from coral.agentd.registry import ProcessRegistry, Registration
 from coral.agentd.store import EventStore, SessionRow
 from coral.agentd.targets import native_sites, python_site
+from coral.agentd.totals import CallTotals
 from coral.daemon.config import Config
 from coral.daemon.errors import CoralError, Internal, InvalidArgument, LimitExceeded, NotFound, ProbeFailed, Unavailable
 from coral.daemon.server import Later
@@ -59,6 +60,42 @@ CALL_RAISED = 0x1
 def wall_clock_offset_ns() -> int:
     """bpf_ktime_get_ns() reads CLOCK_MONOTONIC; add this to get Unix time."""
     return time.time_ns() - time.monotonic_ns()
+
+
+MAX_CAPTURE_ONLY = 16
+
+
+def check_capture_only(config: pb.UprobeConfig, meta: pb.FunctionMetadata, rules: Rules) -> None:
+    """`--print` names the values it shows; refuse names the function does
+    not have, and redacted ones (a template must not reveal them)."""
+    names = list(config.capture_only)
+    if not names:
+        return
+    if len(names) > MAX_CAPTURE_ONLY:
+        raise InvalidArgument(f"--print names {len(names)} values; at most {MAX_CAPTURE_ONLY}")
+    arguments = [s.name for s in abi.argument_layout(meta)] if meta.kind != "python" else \
+        [a.name for a in meta.arguments]
+    for name in names:
+        if name == "ret":
+            if not config.capture_return:
+                raise InvalidArgument("capture_only names ret without capture_return")
+            continue
+        if name not in arguments:
+            raise InvalidArgument(f"--print names {name!r}; the function's arguments are: "
+                                  f"{', '.join(arguments) or 'none'}")
+        if not config.capture_args:
+            raise InvalidArgument(f"capture_only names {name!r} without capture_args")
+        if rules.is_secret_name(name):
+            raise InvalidArgument(f"--print names {name!r}, which is redacted: its value is never shown")
+
+
+def native_condition(config: pb.UprobeConfig, meta: pb.FunctionMetadata, rules: Rules) -> where_native.Program | None:
+    """The kernel's form of a native session's condition (--errors-only included)."""
+    return where_native.compile_condition(conditions.effective(config, meta), meta, rules)
+
+
+def _condition_shown(text: str) -> str:
+    return f"--where {text!r}" if text else "no --where"
 
 
 @dataclass(frozen=True)
@@ -126,6 +163,8 @@ class Session:
             self.status, self.reason,
             {"capture_args": c.capture_args, "capture_return": c.capture_return, "sample_rate": c.sample_rate,
              "max_events": self.max_events, "min_duration_ns": c.min_duration_ns, "predicate": c.predicate,
+             "capture_only": list(c.capture_only),
+             "errors_only": c.errors_only,
              "owner": self.owner, "unanswered": self.unanswered, "return_probe": self.return_probe,
              "inlined_into": self.inlined_into, "entry_instruction": self.entry_instruction,
              "probe_cost_ns": self.probe_cost_ns,
@@ -166,6 +205,7 @@ class SessionManager:
         self.active: dict[str, Session] = {}
         self.starting: dict[str, Starting] = {}  # attaches waiting on their processes
         self.counters: Counter[str] = Counter()
+        self.totals = CallTotals()  # over this run's sessions, for /metrics
         self._by_slot: dict[int, Session] = {}
         self._pending: builtins.list[CallBlock] = []  # drained, not handed to the store yet (seq order)
         self._pending_calls = 0  # the calls in them
@@ -187,7 +227,8 @@ class SessionManager:
         # process; a function stays armed while any session uses it.
         self._fn_id_source = itertools.count(int(time.time()) << 20)
         self._fn_ids: dict[str, int] = {}
-        self._arms: dict[tuple[int, str], tuple[int, bool, bool]] = {}  # (pid, name) -> (sessions, args, return)
+        # (pid, name) -> (sessions, args, return, the condition it is armed with)
+        self._arms: dict[tuple[int, str], tuple[int, bool, bool, str]] = {}
         self._clock_offset = wall_clock_offset_ns()
         self.rules = Rules(config.sdk.redact_patterns)  # the SDK's rules, for native values
 
@@ -237,24 +278,34 @@ class SessionManager:
                 self._answered(start, index, result)
                 return
             meta = cast(pb.GetFunctionMetadataResponse, result).metadata
-            if meta.kind == "python":
-                self._ask_arm(start, index, reg)
-                return
             try:
+                condition = conditions.effective(start.req.config, meta)  # refused here, before anything is armed
+                if meta.kind == "python":
+                    if condition:
+                        conditions.check_python(condition, self.rules)
+                    self._ask_arm(start, index, reg, condition)
+                    return
                 self._answered(start, index, Target(reg, meta, native_sites(reg.pid, reg.executable, meta)))
             except CoralError as exc:
                 self._answered(start, index, exc)
 
         self.ask(reg, "GetFunctionMetadata", pb.GetFunctionMetadataRequest(function=function), on_metadata)
 
-    def _ask_arm(self, start: Starting, index: int, reg: Registration) -> None:
+    def _ask_arm(self, start: Starting, index: int, reg: Registration, condition: str) -> None:
         req = start.req
         fn_id = self._fn_ids.setdefault(req.function, next(self._fn_id_source))
         key = (reg.pid, req.function)
-        users, args, ret = self._arms.get(key, (0, False, False))
+        users, args, ret, armed_with = self._arms.get(key, (0, False, False, ""))
+        if users and armed_with != condition:
+            # The SDK evaluates one condition per armed function and flags the
+            # record; the kernel cannot tell two sessions' verdicts apart.
+            raise InvalidArgument(f"{req.function} in pid {reg.pid} is watched by {self._watcher(reg.pid, req.function)} "
+                                  f"with {_condition_shown(armed_with)}; a Python function runs one condition at a "
+                                  f"time: attach with the same --where, or detach that session first")
         # Build what any session of this function shows; each session shows only what it asked for.
-        capture = pb.UprobeConfig(capture_args=args or req.config.capture_args, capture_return=ret or req.config.capture_return)
-        self._arms[key] = (users + 1, capture.capture_args, capture.capture_return)  # counted now: asks overlap
+        capture = pb.UprobeConfig(capture_args=args or req.config.capture_args, capture_return=ret or req.config.capture_return,
+                                  predicate=condition)
+        self._arms[key] = (users + 1, capture.capture_args, capture.capture_return, condition)  # counted now: asks overlap
         target = Target(reg, pb.FunctionMetadata(), [], fn_id, req.function)
 
         def on_armed(result: Any) -> None:
@@ -272,6 +323,12 @@ class SessionManager:
             self._answered(start, index, target)
 
         self.ask(reg, "ArmFunction", pb.ArmFunctionRequest(function=req.function, fn_id=fn_id, config=capture), on_armed)
+
+    def _watcher(self, pid: int, function: str) -> str:
+        for s in self.active.values():
+            if s.function == function and pid in s.pids:
+                return f"session {s.session_id}"
+        return "a session still starting"
 
     def _answered(self, start: Starting, index: int, outcome: Target | CoralError) -> None:
         """One instance is done; the last one opens the session."""
@@ -308,8 +365,7 @@ class SessionManager:
         if not targets:
             raise start.unanswered[0]
         first = targets[0].meta
-        if req.config.predicate and first.kind == "python":
-            raise InvalidArgument("--where applies to native functions' integer arguments only")
+        check_capture_only(req.config, first, self.rules)
         record_slots = abi.record_slots(first, req.config.capture_args, req.config.capture_return,
                                         self.engine.string_bytes)
         slot_config = SlotConfig(
@@ -318,7 +374,8 @@ class SessionManager:
             fn_id=targets[0].fn_id, str_args=record_slots.str_args, blob=record_slots.blob,
             str_result=record_slots.str_result, held_args=record_slots.held_args,
             held_result=record_slots.held_result,
-            where=where_native.compile_condition(req.config.predicate, first, self.rules),
+            stack_bytes=abi.stack_bytes(first, self.engine.stack_bytes) if req.config.capture_args else 0,
+            where=None if first.kind == "python" else native_condition(req.config, first, self.rules),
         )
         try:
             slot = self.engine.open_slot(slot_config, [s for t in targets for s in t.sites],
@@ -357,9 +414,9 @@ class SessionManager:
             if not t.fn_id:
                 continue
             key = (t.reg.pid, t.function)
-            users, args, ret = self._arms.pop(key, (1, False, False))
+            users, args, ret, condition = self._arms.pop(key, (1, False, False, ""))
             if users > 1:
-                self._arms[key] = (users - 1, args, ret)
+                self._arms[key] = (users - 1, args, ret, condition)
                 continue
 
             def on_disarmed(result: Any, t: Target = t) -> None:
@@ -412,7 +469,9 @@ class SessionManager:
             del self._by_slot[slot]
             self._closing.pop(session.session_id, None)
             session.final = final
-            self.store.save_session(session.to_row(final))
+            row = session.to_row(final)
+            self.totals.session_final(final.calls, row.lost)
+            self.store.save_session(row)
             self.news.add(session.session_id)
             log.info("session %s %s%s: %d calls", session.session_id, session.status,
                      f" ({session.reason})" if session.reason else "", final.calls)
@@ -457,6 +516,11 @@ class SessionManager:
                     meta = next((t.meta for t in s.targets if t.reg.pid == rec.pid), s.targets[0].meta)
                     known = s.shapes[rec.pid] = (meta, NativeShape.of(meta, s.config, self.engine.string_bytes))
                 args, ret = self._native_values(s, *known, rec)
+            if s.config.capture_only:  # --print: only what it names is kept
+                named = set(s.config.capture_only)
+                args = [a for a in args if a["name"] in named]
+                if "ret" not in named and not ret.get("is_error"):
+                    ret = {}
             row = (start + self._clock_offset, end - start, rec.pid, rec.tid, json.dumps(args) if args else "",
                    json.dumps(ret) if ret else "")
             for column, value in zip(columns, row, strict=True):
@@ -475,20 +539,20 @@ class SessionManager:
             blob_reg = slots.blob[0]
             for a in shape.arguments:
                 if blob_reg >= 0 and a.regs and a.regs[0] == blob_reg and a.name in fields_of:
-                    text = abi.show_fields(rec.args[blob_reg], fields_of[a.name], slots.blob_of(rec.strings, rec.unread),
+                    text = showvalues.show_fields(rec.args[blob_reg], fields_of[a.name], slots.blob_of(rec.strings, rec.unread),
                                            self.rules.value, meta.kind == "go")
                 else:
-                    text = abi.show(a, rec.args, strings, string_bytes, lengths, self.rules.value)
+                    text = showvalues.show(a, rec.args, strings, string_bytes, lengths, self.rules.value, rec.stack)
                 args.append({"name": a.name, "type": a.type or "u64", "value": self.rules.value(a.name, text)})
         ret: dict[str, Any] = {}
         results = shape.results
         if s.config.capture_return and (results or not meta.return_values):
             strings = slots.string_of_result(rec.strings, rec.unread, rec.lengths)
             lengths = slots.length_of_result(rec.lengths)
-            shown = [(r, abi.show(r, rec.results, strings, string_bytes, lengths, self.rules.value))
+            shown = [(r, showvalues.show(r, rec.results, strings, string_bytes, lengths, self.rules.value))
                      for r in results] or \
                 [(abi.Slot("", "u64", "int", (0,)), f"{rec.results[0]:#x}")]
-            errors = [(r, v) for r, v in shown if (r.type == "error" and v != "nil") or abi.is_error_variant(r, v)]
+            errors = [(r, v) for r, v in shown if (r.type == "error" and v != "nil") or showvalues.is_error_variant(r, v)]
             ret = {"type": ", ".join(r.type for r, _ in shown),
                    "value": self.rules.text(", ".join(self.rules.value(r.name, v) for r, v in shown)),
                    "is_error": bool(errors), "error_message": self.rules.text(errors[0][1]) if errors else ""}
@@ -503,7 +567,9 @@ class SessionManager:
         self._pending_calls -= handed
         for block in batch:  # seqs increase: each session's last one stays
             self._handed[block.session_id] = block.last_seq
-        for session_id, n in self.store.append(batch, force).items():
+        dropped = self.store.append(batch, force)
+        self.totals.flushed(handed, sum(dropped.values()))
+        for session_id, n in dropped.items():
             session = self.active.get(session_id) or self._ended_unwritten.get(session_id)
             if session is None:
                 continue
@@ -521,6 +587,16 @@ class SessionManager:
     @property
     def pending(self) -> int:
         return self._pending_calls
+
+    def call_totals(self) -> tuple[int, Counter[str]]:
+        """Calls seen by the kernel and lost by cause, over this run: the
+        ended sessions', and the counts so far of those still active or
+        whose last calls are still being read."""
+        live = []
+        for slot, session in self._by_slot.items():
+            stats = self.engine.stats(slot, with_histogram=False)
+            live.append((stats.calls, session.to_row(stats).lost))
+        return self.totals.with_live(live)
 
     # -------------------------------------------------------------- end
 
@@ -582,6 +658,7 @@ class SessionManager:
         self._disarm(session.targets)
         del self.active[session.session_id]
         session.status, session.reason, session.ended_ns = status, reason, time.time_ns()
+        self.totals.session_ended(status)
         self.news.add(session.session_id)
         self.store.save_session(session.to_row(self.engine.stats(session.slot)))  # final once its probes are gone
         if time.monotonic() - self._trimmed >= 1.0:  # once a second at most: many sessions may end together
@@ -612,7 +689,8 @@ class SessionManager:
                                    sample_rate=int(cast(int, c.get("sample_rate", 0))),
                                    max_events=int(cast(int, c.get("max_events", 0))),
                                    min_duration_ns=int(cast(int, c.get("min_duration_ns", 0))),
-                                   predicate=str(c.get("predicate", ""))),
+                                   predicate=str(c.get("predicate", "")), errors_only=bool(c.get("errors_only")),
+                                   capture_only=[str(n) for n in cast(list[object], c.get("capture_only", []))]),
             total_calls=int(stats.get("calls", 0)), sum_duration_ns=int(stats.get("sum_ns", 0)),
             max_duration_ns=int(stats.get("max_ns", 0)),
             histogram={int(k): int(v) for k, v in cast(dict[str, int], stats.get("histogram", {})).items()},

@@ -35,6 +35,7 @@ WHERE_MAX_TERMS = expr.MAX_TERMS
 WHERE_MAX_CODE = 64  # joins: 15 `&&` or `||`, and a `!` on each term or join at most (31)
 WHERE_VALUES = 128  # the kernel's values: terms, return terms' patterns, then one per join
 WHERE_STR = expr.MAX_STRING  # bytes of a string constant, and of a string compared
+WHERE_ARG_REGS = 6  # argument registers a condition reads at the entry (coral_where): System V's six, Go's first six
 WHERE_SLOTS = 1  # sessions with a condition on one function at a time (the kernel evaluates theirs inline)
 WHERE_RETURN_TERMS = 4  # tests of ret, err and duration in one condition: the entry tabulates their 16 combinations
 # When a term is read.
@@ -298,7 +299,8 @@ class _Compiler:
                 raise _Refused(f"{slot.type} has no field {field!r}; its fields are: "
                                f"{', '.join(f.name for f in slot.fields) or 'none'}", path.column)
             return self.of_slot(inner, shown, when, path.column)
-        members = self.fields.get(slot.name) if when == W_ENTRY else None
+        members = self.fields.get(slot.name) if when == W_ENTRY and slot.regs and slot.regs[0] < WHERE_ARG_REGS \
+            else None
         if members is None or slot.shape != "int" or not slot.regs:
             raise _Refused(f"{root} ({slot.type or 'unknown type'}) has no fields Coral can read: fields are read "
                            "through a pointer to a struct whose members DWARF describes", path.column)
@@ -341,6 +343,8 @@ class _Compiler:
                "struct": "is a struct: test one of its fields",
                "goslice": "is a slice: test its elements through a function that takes them",
                "fat": "is a slice or trait object", "variants": "is an enum returned in registers"}.get(slot.shape)
+        if why is None and slot.regs and max(slot.regs) >= WHERE_ARG_REGS and when == W_ENTRY:
+            why = f"is in a register past the first {WHERE_ARG_REGS}, which a condition does not read"
         if why is not None or slot.shape == "unsupported" or not slot.regs:
             reason = why or "is not in a register the probe copies"
             raise _Refused(f"{shown} ({slot.type or 'unknown type'}) {reason}", column)

@@ -25,6 +25,16 @@ AUDIT_OUTCOMES = frozenset({"OK", "DENIED", "?", *(c.code for c in CoralError.__
 # minute, counting them, written after the replies.
 COUNTED_READS = frozenset({"Ping", "ListServices", "ListDebugSessions"})
 READS_WINDOW = 60.0
+MAX_CLIENT_LABEL = 64
+
+
+def client_label(request: Message | None) -> str:
+    """A request's client_label as an audit row keeps it: at most 64 bytes
+    of printable ASCII, anything else shown as "?". Only ever displayed: who
+    asked is the peer's credentials, whatever this says (docs/protocol.md,
+    "Client label")."""
+    label = str(getattr(request, "client_label", ""))[:MAX_CLIENT_LABEL]
+    return "".join(c if " " <= c <= "~" else "?" for c in label)
 
 
 @dataclass
@@ -32,25 +42,27 @@ class AuditLog:
     store: ColonyStore
     folder: AuditFolder = field(default_factory=AuditFolder)
     rows: list[AuditRow] = field(default_factory=list)  # not written yet
-    reads: dict[tuple[str, int, str], int] = field(default_factory=dict)  # (who, pid, method) -> answered
+    reads: dict[tuple[str, int, str, str], int] = field(default_factory=dict)  # (who, pid, method, label) -> answered
     reads_since: float = field(default_factory=time.monotonic)
+    recorded: int = 0  # rows handed to the store in this run
 
     def request(self, peer: Peer, method: str, request: Message | None, outcome: str, detail: str,
                 always: bool = False) -> None:
         """A client's request, as the colony saw it."""
         self.row(peer.who, peer.pid or 0, method, outcome, detail, str(getattr(request, "service", "")),
-                 str(getattr(request, "function", "")), str(getattr(request, "session_id", "")), always=always)
+                 str(getattr(request, "function", "")), str(getattr(request, "session_id", "")), always=always,
+                 label=client_label(request))
 
-    def answered_read(self, peer: Peer, method: str) -> bool:
+    def answered_read(self, peer: Peer, method: str, request: Message | None = None) -> bool:
         """Count an answered read of COUNTED_READS (True), or say it needs its own row (False)."""
         if method not in COUNTED_READS:
             return False
-        key = (peer.who[:300], peer.pid or 0, method)
+        key = (peer.who[:300], peer.pid or 0, method, client_label(request))
         self.reads[key] = self.reads.get(key, 0) + 1
         return True
 
     def row(self, who: str, pid: int, method: str, outcome: str, detail: str, service: str = "", function: str = "",
-            session_id: str = "", always: bool = False, fold: FoldKey | None = None) -> None:
+            session_id: str = "", always: bool = False, fold: FoldKey | None = None, label: str = "") -> None:
         """One row, unless its fold key (who, method, outcome unless said
         otherwise) is past its flood allowance. Method and outcome come from
         bounded sets, so the keys do too."""
@@ -60,7 +72,7 @@ class AuditLog:
         if not always and not self.folder.admit(fold or (who, method, outcome), time.monotonic()):
             return
         self.rows.append(AuditRow(time.time_ns(), who, pid, method, service[:200], function[:200], session_id[:64],
-                                  outcome, detail[:500]))
+                                  outcome, detail[:500], client_label=label))
 
     def refused_connection(self, who: str, domain: str, detail: str) -> None:
         """A tcp peer refused at the handshake: who is key:NAME or
@@ -89,15 +101,16 @@ class AuditLog:
         seconds = now - self.reads_since
         if self.reads and (seconds >= READS_WINDOW or everything):
             stamp = time.time_ns()
-            for (who, pid, method), n in self.reads.items():
+            for (who, pid, method, label), n in self.reads.items():
                 detail = f"{n:,} answered in {seconds:.0f}s" if n > 1 else "answered"
-                self.rows.append(AuditRow(stamp, who, pid, method, "", "", "", "OK", detail))
+                self.rows.append(AuditRow(stamp, who, pid, method, "", "", "", "OK", detail, client_label=label))
             self.reads.clear()
             self.reads_since = now
 
     def hand_over(self) -> None:
         """The rows so far, to the store's next batch."""
         rows, self.rows = self.rows, []
+        self.recorded += len(rows)
         self.store.audit(rows)
 
     def flush(self, final: bool = False) -> None:

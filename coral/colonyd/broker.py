@@ -29,6 +29,7 @@ from typing import cast
 from google.protobuf.message import Message
 
 from coral import __version__
+from coral.colonyd import profiles as colony_profiles
 from coral.colonyd import sessions as colony_sessions
 from coral.colonyd.agents import AgentDirectory, AgentState
 from coral.colonyd.audit import AuditLog
@@ -37,7 +38,7 @@ from coral.colonyd.routing import Gather, Outgoing, Pending, Router
 from coral.colonyd.sessions import ACTIVE, FAILED, LOST, is_open, part_of, reply_error, reply_ok
 from coral.colonyd.store import ColonyStore
 from coral.colonyd.streams import FRESH_WAIT, FreshQuery, Streams, Ticket
-from coral.daemon import access, wire
+from coral.daemon import access, profiling, wire
 from coral.daemon.config import Config
 from coral.daemon.errors import CoralError, Internal, NotFound, Unavailable, error_from_code
 from coral.daemon.liveness import is_dead
@@ -69,6 +70,14 @@ class Route:
 
 
 @dataclass(frozen=True)
+class Profile:
+    """Sent on to these agents, each of which answers when the profile has ended."""
+
+    agents: list[AgentState]
+    held: float  # seconds an agent may take: the duration and the time to load its program
+
+
+@dataclass(frozen=True)
 class AwaitPulls:
     """A question about a running session: answered once these parts were pulled since it came."""
 
@@ -80,7 +89,7 @@ class Hold:
     """A follower's question: answered at once if there is news, else held."""
 
 
-Decision = Answer | Route | AwaitPulls | Hold
+Decision = Answer | Route | Profile | AwaitPulls | Hold
 
 
 @dataclass
@@ -90,6 +99,7 @@ class Broker:
     counters: dict[str, int] = field(default_factory=dict)
     open: dict[str, pb.DebugSession] = field(default_factory=dict)  # sessions still pulled from their agents
     replies_since_pull: bool = False  # an agent answered: a part may have ended or have more to pull
+    ended: dict[str, int] = field(default_factory=dict)  # sessions no longer open, by status (this run)
     streams: Streams = field(default_factory=Streams)
 
     def __post_init__(self) -> None:
@@ -106,6 +116,7 @@ class Broker:
                 "QueryUprobeEvents": self._query,
                 "AttachUprobe": self._attach,
                 "DetachUprobe": self._detach,
+                "ProfileCpu": self._profile,
                 "ListFunctions": lambda r, p: Route(self.router.targets(r, self._session)),
             },
             COLONY_FRONTEND_METHODS,
@@ -225,7 +236,7 @@ class Broker:
                     self.pulls.hurry(key)
                 return self._pull(now, everything=False)
             if isinstance(decision, Answer):
-                counted = self.audit.answered_read(peer, method)  # a read with no values: no row of its own to wait for
+                counted = self.audit.answered_read(peer, method, request)  # a read with no values: no row of its own to wait for
                 if not counted:
                     self.audit.request(peer, method, request, "OK", "")
                 return [Outgoing("frontend", wire.encode_reply(frame.request_id, decision.response, frame.envelope),
@@ -235,7 +246,8 @@ class Broker:
             self.count(f"errors.{err.code}")
             return [Outgoing("frontend", wire.encode_error(frame.request_id, err, frame.envelope))]
         gather = Gather(frame.envelope, frame.request_id, method, request, peer, [a.agent_id for a in decision.agents])
-        return [self._send(agent, method, request, now, gather) for agent in decision.agents]
+        held = decision.held if isinstance(decision, Profile) else 0.0
+        return [self._send(agent, method, request, now, gather, held=held) for agent in decision.agents]
 
     def _send(self, agent: AgentState, method: str, request: Message, now: float, gather: Gather | None,
               pull: Pull | None = None, held: float = 0.0) -> Outgoing:
@@ -253,14 +265,14 @@ class Broker:
     # The handlers: a decoded request in, a decision out.
 
     def _ping(self, request: pb.PingRequest, peer: Peer) -> Decision:
-        return Answer(pb.PingResponse(
-            daemon="coral-colonyd",
-            version=__version__,
-            pid=os.getpid(),
-            counters={**self.counters, "agents": len(self.agents), "sessions.open": len(self.open),
-                      **self.followers.counters(), **self.methods.counters,
-                      "audit.folded": self.audit.folder.total_folded, **self.store.counters()},
-        ))
+        return Answer(pb.PingResponse(daemon="coral-colonyd", version=__version__, pid=os.getpid(),
+                                      counters=self.counters_now()))
+
+    def counters_now(self) -> dict[str, int]:
+        """What `coralctl ping` shows (and /metrics, coral/colonyd/metrics.py)."""
+        return {**self.counters, "agents": len(self.agents), "sessions.open": len(self.open),
+                **self.followers.counters(), **self.methods.counters,
+                "audit.folded": self.audit.folder.total_folded, **self.store.counters()}
 
     def _list_services(self, request: pb.ListServicesRequest, peer: Peer) -> Decision:
         return Answer(self.agents.services_page(request.after, self.config.limits.max_message_bytes // 4))
@@ -272,7 +284,7 @@ class Broker:
             entries=[
                 pb.AuditEntry(timestamp_unix_ns=r.ts_ns, who=r.who, peer_pid=r.peer_pid, method=r.method,
                               service=r.service, function=r.function, session_id=r.session_id, outcome=r.outcome,
-                              detail=r.detail)
+                              detail=r.detail, client_label=r.client_label)
                 for r in rows
             ],
         ))
@@ -286,6 +298,28 @@ class Broker:
     def _attach(self, request: pb.AttachUprobeRequest, peer: Peer) -> Decision:
         self.config.sessions.session_duration_ms(request.duration_ms)  # refuse early, with the agent's words
         return Route(self.router.targets(request, self._session))
+
+    def _profile(self, request: pb.ProfileCpuRequest, peer: Peer) -> Decision:
+        """Checked here with the agent's words, routed to every agent running
+        the service, and listed as an active session until they answer."""
+        duration_ms = profiling.duration_ms(self.config.sessions, request.duration_ms)
+        profiling.frequency(request.frequency_hz)
+        agents = self.router.targets(request, self._session)
+        session = colony_profiles.begun(request, [a.agent_id for a in agents], duration_ms, peer.who, time.time_ns())
+        self.store.save_session(session, created=True)
+        return Profile(agents, duration_ms / 1000 + profiling.LOAD_ALLOWANCE_S)
+
+    def _profiled(self, gather: Gather) -> list[Outgoing]:
+        request = cast(pb.ProfileCpuRequest, gather.request)
+        session = self.store.session(request.session_id) or colony_profiles.begun(
+            request, gather.agents, 0, gather.peer.who, time.time_ns())
+        response, refusals = colony_profiles.ended(session, [(a, *gather.replies[a]) for a in gather.agents],
+                                                   time.time_ns())
+        self.store.save_session(response.session)
+        if len(refusals) == len(gather.agents):
+            return self._refuse(gather, refusals)
+        detail = "; ".join(f"agent {a} refused: {m}" for a, _, m in refusals)
+        return self._reply(gather, response, detail)
 
     def _detach(self, request: pb.DetachUprobeRequest, peer: Peer) -> Decision:
         session = self._session(request.session_id)
@@ -411,6 +445,8 @@ class Broker:
             return self._attached(gather)
         if gather.method == "DetachUprobe":
             return self._detached(gather)
+        if gather.method == "ProfileCpu":
+            return self._profiled(gather)
         detail = reply_error(status, body)
         self.audit.request(gather.peer, gather.method, gather.request, status, detail)
         return [Outgoing("frontend", wire.encode_raw_reply(gather.client_request_id, status, body, gather.client))]
@@ -464,6 +500,9 @@ class Broker:
         failures = colony_sessions.detached(session, [(a, *gather.replies[a]) for a in gather.agents])
         if len(failures) == len(gather.agents):
             return self._refuse(gather, failures)
+        for p in session.parts:
+            if p.session.status != ACTIVE and not p.complete:
+                self.pulls.ended((session.session_id, p.agent_id))  # drained now (docs/protocol.md, "Pulling calls")
         self._changed(session)
         detail = "; ".join(f"agent {a}: {m}" for a, _, m in failures)
         return self._reply(gather, pb.DetachUprobeResponse(session=session), detail)
@@ -485,7 +524,8 @@ class Broker:
         if (session.status, sum(p.complete for p in session.parts)) != before or not is_open(session):
             self.followers.wake(session.session_id)
         if not is_open(session):
-            self.open.pop(session.session_id, None)
+            if self.open.pop(session.session_id, None) is not None:
+                self.ended[session.status] = self.ended.get(session.status, 0) + 1
             self.pulls.forget((session.session_id, p.agent_id) for p in session.parts)
 
     # ------------------------------------------------------------- pulls

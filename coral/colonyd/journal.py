@@ -104,6 +104,11 @@ class Journal:
         record = entry.SerializeToString()
         self._pending.append((number, _LENGTH.pack(len(record)) + record))
 
+    @property
+    def pending_entries(self) -> int:
+        """Entries not handed to the thread yet."""
+        return len(self._pending)
+
     def batch_of_pending(self) -> int:
         """The append that will hold what is pending now: a reply waiting for
         its audit row goes out once ``written`` reaches it."""

@@ -89,6 +89,14 @@ class PullSchedule:
         self.hurried.add(key)
         self.next_at.pop(key, None)
 
+    def ended(self, key: PartKey) -> None:
+        """The part has ended (its detach was answered): its last calls are
+        pulled at once, not after the wait that a held pull answered at once
+        with nothing, or a failed one, set. Such a wait kept a detached
+        session open up to `interval` longer, and every tick looked at it."""
+        if self.next_at.pop(key, None) is not None:
+            self.stir(key[0])
+
     def sent(self, pull: Pull) -> None:
         (self.quick if pull.quick else self.in_flight).add(pull.key)
         if not pull.wait:

@@ -76,9 +76,10 @@ class Router:
     # ----------------------------------------------------------- where to
 
     def targets(self, request: Message, session_of: Callable[[str], pb.DebugSession]) -> list[AgentState]:
-        """The agents a client's AttachUprobe, ListFunctions or DetachUprobe
-        goes to. An attach is given its session id here, once it can be routed."""
-        if isinstance(request, pb.AttachUprobeRequest | pb.ListFunctionsRequest):
+        """The agents a client's AttachUprobe, ProfileCpu, ListFunctions or
+        DetachUprobe goes to. An attach or a profile is given its session id
+        here, once it can be routed."""
+        if isinstance(request, pb.AttachUprobeRequest | pb.ListFunctionsRequest | pb.ProfileCpuRequest):
             agents = self.agents.for_service(request.service)
             if not agents:
                 known = sorted({s.service for s in self.agents.services()})
@@ -87,11 +88,12 @@ class Router:
                     + (f" (known services: {', '.join(known)})" if known else " (no services registered)"),
                     known,
                 )
-            if not isinstance(request, pb.AttachUprobeRequest):
+            if isinstance(request, pb.ListFunctionsRequest):
                 return agents[:1]
             if request.agent_id:
                 agents = self._narrow(request.service, request.agent_id, agents)
-            request.session_id = f"dbg-{secrets.token_hex(6)}"
+            prefix = "prof" if isinstance(request, pb.ProfileCpuRequest) else "dbg"
+            request.session_id = f"{prefix}-{secrets.token_hex(6)}"
             return agents
         if isinstance(request, pb.DetachUprobeRequest):
             session = session_of(request.session_id)

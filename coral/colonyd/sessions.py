@@ -119,6 +119,43 @@ def failures(session: pb.DebugSession) -> list[str]:
 
 def merge(session: pb.DebugSession) -> None:
     """Recompute a colony session's own fields from its parts, in place."""
+    if len(session.parts) == 1:
+        merge_one(session)
+    elif session.parts:
+        merge_many(session)
+
+
+def merge_one(session: pb.DebugSession) -> None:
+    """merge() of a session with one part, the usual case: its fields are
+    the part's, copied without the generic sums and Counters (7 us here,
+    against 16 us through merge_many)."""
+    part = session.parts[0]
+    s = part.session
+    session.status = s.status
+    session.agent_id = part.agent_id
+    session.status_reason = s.status_reason
+    session.started_unix_ns = s.started_unix_ns
+    session.expires_unix_ns = s.expires_unix_ns
+    session.ended_unix_ns = 0 if s.status == ACTIVE else s.ended_unix_ns
+    session.pids[:] = s.pids
+    session.unanswered[:] = s.unanswered
+    session.return_probe = s.return_probe
+    session.entry_instruction = s.entry_instruction
+    session.probe_cost_ns = s.probe_cost_ns
+    session.inlined_into[:] = s.inlined_into
+    session.calls = s.calls
+    session.probes = s.probes
+    session.total_calls = s.total_calls
+    session.sum_duration_ns = s.sum_duration_ns
+    session.max_duration_ns = s.max_duration_ns
+    session.lost.clear()
+    session.lost.update(s.lost)
+    session.histogram.clear()
+    session.histogram.update(s.histogram)
+
+
+def merge_many(session: pb.DebugSession) -> None:
+    """merge() in general: any number of parts."""
     parts = [p.session for p in session.parts]
     if not parts:
         return

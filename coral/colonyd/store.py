@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS audit (
     session_id VARCHAR, outcome VARCHAR, detail VARCHAR
 );
 ALTER TABLE audit ADD COLUMN IF NOT EXISTS seq BIGINT DEFAULT 0;
+ALTER TABLE audit ADD COLUMN IF NOT EXISTS client_label VARCHAR DEFAULT '';
 """
 # calls: one row per call. n is the colony's own order (the cursor it hands
 # to clients); (session, agent, seq) is the agent's call number, so a pull
@@ -66,11 +67,12 @@ class AuditRow:
     outcome: str  # "OK" or an error code
     detail: str
     seq: int = 0  # its number, given by the store: the journal's replay skips those colony.duckdb has
+    client_label: str = ""  # what the client said it is ("via MCP: ..."): a label, never an identity
 
     def numbered(self, seq: int) -> AuditRow:
         """This row with its number (dataclasses.replace took 4 us a row)."""
         return AuditRow(self.ts_ns, self.who, self.peer_pid, self.method, self.service, self.function,
-                        self.session_id, self.outcome, self.detail, seq)
+                        self.session_id, self.outcome, self.detail, seq, self.client_label)
 
 
 # Seconds between two writes behind, while less than WRITE_ROWS are held. A
@@ -142,7 +144,8 @@ class ColonyStore:
             return
         stored = self._stored_seq()
         audit = [AuditRow(e.audit.timestamp_unix_ns, e.audit.who, e.audit.peer_pid, e.audit.method, e.audit.service,
-                          e.audit.function, e.audit.session_id, e.audit.outcome, e.audit.detail, e.seq)
+                          e.audit.function, e.audit.session_id, e.audit.outcome, e.audit.detail, e.seq,
+                          e.audit.client_label)
                  for e in entries if e.seq > stored]
         sessions: dict[str, tuple[pb.DebugSession, bytes]] = {}
         for e in entries:
@@ -293,7 +296,7 @@ class ColonyStore:
             db.execute(
                 "INSERT INTO audit SELECT unnest($1::BIGINT[]), unnest($2::VARCHAR[]), unnest($3::INTEGER[]), "
                 "unnest($4::VARCHAR[]), unnest($5::VARCHAR[]), unnest($6::VARCHAR[]), unnest($7::VARCHAR[]), "
-                "unnest($8::VARCHAR[]), unnest($9::VARCHAR[]), unnest($10::BIGINT[])",
+                "unnest($8::VARCHAR[]), unnest($9::VARCHAR[]), unnest($10::BIGINT[]), unnest($11::VARCHAR[])",
                 columns,
             )
         if batch.sessions:
@@ -343,7 +346,7 @@ class ColonyStore:
             self._journal(pb.JournalEntry(seq=row.seq, audit=pb.AuditEntry(
                 timestamp_unix_ns=row.ts_ns, who=row.who, peer_pid=row.peer_pid, method=row.method,
                 service=row.service, function=row.function, session_id=row.session_id, outcome=row.outcome,
-                detail=row.detail)))
+                detail=row.detail, client_label=row.client_label)))
             self._held_audit.append(row)
 
     def audit_rows(self, since_ns: int = 0, limit: int = 1000) -> tuple[list[AuditRow], bool]:
@@ -366,10 +369,13 @@ class ColonyStore:
         if self._saved.get(s.session_id) == blob:
             return  # unchanged: most pulls of an idle session
         if created:
-            fresh = pb.DebugSession.FromString(blob)
-            for part in fresh.parts:
-                part.cursor = 0
-            self._journal(pb.JournalEntry(session=fresh.SerializeToString(deterministic=True)))
+            journaled = blob
+            if any(part.cursor for part in s.parts):  # not so when just started: no call pulled yet
+                fresh = pb.DebugSession.FromString(blob)
+                for part in fresh.parts:
+                    part.cursor = 0
+                journaled = fresh.SerializeToString(deterministic=True)
+            self._journal(pb.JournalEntry(session=journaled))
         self._saved[s.session_id] = blob
         self._held_sessions[s.session_id] = pb.DebugSession.FromString(blob)
 

@@ -29,6 +29,8 @@ class Writer:
         self._wake_read, self._wake_write = os.pipe()  # a byte per job handed over
         self._read, self._write = os.pipe()  # a byte per job done
         os.set_blocking(self._read, False)
+        self._taken = 0  # outcomes the loop has taken
+        self._drained = 0  # bytes the loop has read from the pipe: behind _taken while one is still to be read
         self._thread: threading.Thread | None = None
 
     def fileno(self) -> int:
@@ -62,11 +64,18 @@ class Writer:
         (None: written). With `wait`, blocks until at least one has finished."""
         if wait and not self._results:
             select.select([self._read], [], [])
-        with contextlib.suppress(BlockingIOError):
-            os.read(self._read, 4096)
+        # The pipe first, then the outcomes: an outcome appended after the
+        # read keeps its byte in the pipe, and the loop is woken for it. The
+        # pipe is read only when it may hold a byte (the thread writes one
+        # after each outcome): the loop calls this every turn, and reading
+        # an empty pipe was a syscall and an exception each time.
+        if self._drained < self._taken + len(self._results):
+            with contextlib.suppress(BlockingIOError):
+                self._drained += len(os.read(self._read, 4096))
         out = []
         while self._results:
             out.append(self._results.popleft())
+        self._taken += len(out)
         return out
 
     def close(self) -> None:

@@ -21,7 +21,9 @@ from typing import Any, cast
 from google.protobuf.message import Message
 
 from coral import expr
-from coral.ctl import render
+from coral.ctl import complete, render
+from coral.ctl import profile as profile_command
+from coral.ctl.saved import SessionFile, sessions_dir, show_saved
 from coral.daemon import curve
 from coral.daemon.client import Client, HandshakeFailed, Unreachable
 from coral.daemon.config import Config, ConfigError, load_config
@@ -32,25 +34,6 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 
 FOLLOW_WAIT = 2.0  # seconds the daemon may hold a follower's question while nothing happens
 FOLLOW_BACKOFF = 0.2  # seconds before asking again when a question was not held
 PAGE = 1000
-
-
-class CallFile:
-    """A session's calls as one JSON array, written as they arrive."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        self._f = open(path, "w")  # noqa: SIM115 (closed in close())
-        self._f.write("[")
-        self._first = True
-
-    def write(self, call: pb.Call) -> None:
-        self._f.write(("\n" if self._first else ",\n") + json.dumps(render.to_dict(call), separators=(",", ":")))
-        self._first = False
-
-    def close(self) -> None:
-        self._f.write("\n]\n")
-        self._f.close()
 
 
 class Output:
@@ -77,6 +60,7 @@ examples:
   coralctl debug attach payments --function validate_card --capture-args --capture-return
   coralctl debug sessions --active
   coralctl debug events dbg-1a2b3c4d5e6f --since 5m
+  coralctl debug show dbg-1a2b3c4d5e6f
   coralctl debug detach dbg-1a2b3c4d5e6f""",
     "ping": """\
 examples:
@@ -98,6 +82,8 @@ examples:
   coralctl debug attach payments --function validate_card --slow 500ms --min-duration 100ms
   coralctl debug attach payments --function validate_card --where 'amount_cents>100000' --capture-return
   coralctl debug attach payments-api --function payments.validate_card --capture-args --capture-return
+  coralctl debug attach payments-api --function payments.charge --where 'req.amount >= 1000 || raised(ValueError)'
+  coralctl debug attach payments-api --function payments.validate_card --errors-only --where 'duration >= 5ms'
   coralctl --output json debug attach payments --function validate_card --no-save | jq .""",
     "sessions": """\
 examples:
@@ -112,9 +98,19 @@ examples:
 examples:
   coralctl audit --since 1h
   coralctl audit --output json | jq 'select(.outcome != "OK")'""",
+    "show": """\
+examples:
+  coralctl debug show dbg-1a2b3c4d5e6f
+  coralctl debug show ./incident.jsonl --slow 5ms
+  coralctl --output json debug show dbg-1a2b3c4d5e6f | jq 'select(.kind == "call")'""",
     "detach": """\
 examples:
   coralctl debug detach dbg-1a2b3c4d5e6f""",
+    "profile": """\
+examples:
+  coralctl profile payments --duration 30s -o flame.html
+  coralctl profile payments --frequency 49 --agent web-3
+  coralctl profile payments --output folded > payments.folded   # for flamegraph.pl or speedscope""",
     "generate": """\
 examples:
   coralctl keys generate colony --dir /etc/coral/keys      # on the colony host
@@ -149,6 +145,13 @@ def condition_arg(text: str) -> str:
     return text
 
 
+def template_arg(text: str) -> expr.Template:
+    try:
+        return render.print_template(text)
+    except expr.ExprError as exc:
+        raise argparse.ArgumentTypeError(expr.described(text, exc)) from None
+
+
 def positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
@@ -168,7 +171,8 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
     parser.add_argument("--local", action="store_true", default=d("local"), help="talk to the local agent instead of the colony")
     parser.add_argument("--endpoint", default=d("endpoint"), help="endpoint to talk to (default: from the configuration)")
     parser.add_argument(
-        "--output", choices=["text", "json"], default=d("output"), help="text for people, json (JSON Lines) for tools"
+        "--output", choices=["text", "json", "folded"], default=d("output"),
+        help="text for people, json (JSON Lines) for tools; folded (profile only) for flamegraph.pl and speedscope"
     )
     parser.add_argument("--timeout", type=duration_arg, default=d("timeout"), help="how long to wait for a reply (default 15s)")
     parser.add_argument("--config", default=d("config"), help="configuration file")
@@ -200,14 +204,16 @@ def build_parser() -> argparse.ArgumentParser:
     command(sub, "ping", "check the colony (or agent) answers", common)
     command(sub, "services", "list services that opted in", common)
     f = command(sub, "functions", "list a service's functions", common)
-    f.add_argument("service")
+    f.add_argument("service", help="the service, as coralctl services lists it")
     f.add_argument("--pattern", default="", help="glob, e.g. 'validate_*'")
     debug = sub.add_parser(
         "debug", help="debug sessions", epilog=EXAMPLES["debug"], formatter_class=argparse.RawDescriptionHelpFormatter
     ).add_subparsers(dest="debug_command", required=True, metavar="SUBCOMMAND")
     a = command(debug, "attach", "probe a function and stream its calls", common)
-    a.add_argument("service")
-    a.add_argument("--function", required=True)
+    a.add_argument("service", help="the service, as coralctl services lists it")
+    a.add_argument("--function", required=True,
+                   help="the function, as coralctl functions lists it: a C or Go symbol, a C++ or Rust name "
+                        "(pay::fee), FILE:NAME, LIBRARY:NAME, or module.function for Python")
     a.add_argument(
         "--duration",
         type=positive_duration,
@@ -220,8 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ID",
         help="only this agent (default: every agent running the service; see coralctl services)",
     )
-    a.add_argument("--capture-args", action="store_true")
-    a.add_argument("--capture-return", action="store_true")
+    a.add_argument("--capture-args", action="store_true",
+                   help="record each call's arguments (needs the capture right; secrets are redacted)")
+    a.add_argument("--capture-return", action="store_true",
+                   help="record each call's return value (needs the capture right)")
     a.add_argument("--sample-rate", type=positive_int, default=1, help="report every Nth call")
     a.add_argument("--max-calls", "--max-events", dest="max_events", type=positive_int, default=0,
                    help="stop storing after N calls (--max-events is the same)")
@@ -241,29 +249,53 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--subtract-probe-cost", action="store_true",
                    help="take the probes' own share of each duration (measured by the agent; the summary shows it) "
                         "out of every duration and percentile")
-    a.add_argument("--save", metavar="PATH", help="write the calls here as JSON (default: ./debug-sessions/SESSION/calls.json)")
-    a.add_argument("--no-save", action="store_true", help="do not write the calls to a file")
+    a.add_argument("--save", metavar="PATH",
+                   help="save the session here, as JSON Lines (default: $XDG_STATE_HOME/coral/sessions/SESSION.jsonl; "
+                        "coralctl debug show SESSION reopens it)")
+    a.add_argument("--no-save", action="store_true", help="do not save the session")
     a.add_argument(
         "--where",
         type=condition_arg,
-        default="",
+        default=None,
         metavar="CONDITION",
         help="report only calls for which it holds, e.g. 'amount_cents > 1000 && duration > 5ms' "
              "(arguments, fields, ret, err, raised, duration; see the user guide)",
     )
+    a.add_argument(
+        "--print",
+        dest="template",
+        type=template_arg,
+        metavar="TEMPLATE",
+        help="one line per call, e.g. 'charged {amount} -> {ret} in {duration}': captures the values it names "
+             "(arguments, ret, err) and nothing else",
+    )
+    a.add_argument("--errors-only", action="store_true",
+                   help="report only calls that failed: Python raised, Go err != nil (and-ed with --where)")
     s = command(debug, "sessions", "list debug sessions", common)
     s.add_argument("--active", action="store_true", help="only active sessions")
-    s.add_argument("--service", default="")
+    s.add_argument("--service", default="", help="only this service's sessions")
     e = command(debug, "events", "show a session's calls", common)
-    e.add_argument("session")
+    e.add_argument("session", help="a session id, as coralctl debug sessions lists it")
     e.add_argument("--since", type=duration_arg, default=0.0, help="only the last 5m, 1h, ...")
     e.add_argument("--follow", action="store_true", help="keep showing new calls until the session ends")
     e.add_argument("--slow", type=duration_arg, default=0.0, metavar="DURATION", help="mark calls at least this slow")
     e.add_argument("--subtract-probe-cost", action="store_true",
                    help="take the probes' own share of each duration out of every duration and percentile")
-    e.add_argument("--save", metavar="PATH", help="also write the calls here as JSON")
+    e.add_argument("--save", metavar="PATH", help="also save the calls and the summary here, as JSON Lines")
+    sh = command(debug, "show", "show a session saved by attach, without asking any daemon", common)
+    sh.add_argument("session", help="a session id (its file under $XDG_STATE_HOME/coral/sessions), or a file's path")
+    sh.add_argument("--slow", type=duration_arg, default=0.0, metavar="DURATION", help="mark calls at least this slow")
     d = command(debug, "detach", "end a session now", common)
-    d.add_argument("session")
+    d.add_argument("session", help="a session id, as coralctl debug sessions lists it")
+    pr = command(sub, "profile", "sample where a service's processes spend their CPU", common)
+    pr.add_argument("service", help="the service, as coralctl services lists it")
+    pr.add_argument("--duration", type=positive_duration, default=0.0,
+                    help="30s, 2m (default 30s; at most [sessions] max_duration, 600s)")
+    pr.add_argument("--frequency", type=positive_int, default=0, metavar="HZ",
+                    help="samples per second on each CPU (default 99; at most 1000)")
+    pr.add_argument("--agent", default="", metavar="ID", help="only this agent (default: every agent running the service)")
+    pr.add_argument("-o", dest="flamegraph", metavar="FILE",
+                    help="write an interactive flamegraph here (one HTML file that fetches nothing)")
     au = command(sub, "audit", "who asked the colony for what, and what came of it", common)
     au.add_argument("--since", type=duration_arg, default=0.0, help="only the last 1h, 30m, ...")
     au.add_argument("--max", type=positive_int, default=1000, help="at most this many entries (the newest)")
@@ -308,6 +340,7 @@ class Ctl:
         keys = curve.client_keys(config, endpoint, args.key, args.colony_key)  # ConfigError: tcp without keys
         self.client = Client(endpoint, args.timeout, max_message_bytes=config.limits.max_message_bytes, keys=keys)
         self.show_agent = False  # the session spans several agents: calls name theirs
+        self.max_duration_s = config.sessions.max_duration
 
     def call(self, method: str, request: Message) -> Any:
         return self.client.call(method, request)
@@ -357,13 +390,23 @@ class Ctl:
 
     def attach(self) -> int:
         a = self.args
+        only: list[str] = []
+        capture_args, capture_return = a.capture_args, a.capture_return
+        if a.template is not None:
+            if capture_args or capture_return:
+                print("coralctl debug attach: error: --print captures what it names; "
+                      "leave out --capture-args and --capture-return", file=sys.stderr)
+                return EXIT_USAGE
+            capture_args, capture_return, only = render.print_captures(a.template)
         cfg = pb.UprobeConfig(
-            capture_args=a.capture_args,
-            capture_return=a.capture_return,
+            capture_args=capture_args,
+            capture_return=capture_return,
+            capture_only=only,
             sample_rate=a.sample_rate,
             max_events=a.max_events,
             min_duration_ns=round(a.min_duration * 1e9),
-            predicate=a.where,
+            predicate=a.where or "",
+            errors_only=a.errors_only,
         )
         r = cast(
             pb.AttachUprobeResponse,
@@ -379,7 +422,9 @@ class Ctl:
         if self.out.json:
             self.out.record({"kind": "session", **render.to_dict(session)})
         else:
-            captures = [w for w, on in (("arguments", a.capture_args), ("return values", a.capture_return)) if on]
+            captures = [w for w, on in (("arguments", capture_args), ("return values", capture_return)) if on]
+            if only:
+                captures = [", ".join(only)]
             running = [p for p in session.parts if p.session.status == "active"]
             where = (
                 f"on {len(running)} agents: "
@@ -404,32 +449,35 @@ class Ctl:
                 + (f"; capturing {' and '.join(captures)}" if captures else "")
                 + ". Ctrl-C detaches."
             )
-        final, summary, tally, sink = self._watch(session.session_id, save_default=True)
+        final, summary, tally, sink = self._watch(session.session_id, save_default=True, started=session)
         if self.out.json:
             self.out.record(render.summary_dict(summary, final, tally))
         else:
             reason = f" ({final.status_reason})" if final.status_reason else ""
             self.out.line(f"Session {final.session_id} {final.status}{reason}. {final.calls} calls stored.")
-            if sink is not None:
-                self.out.line(f"Calls saved to: {sink.path}")
             for line in render.format_summary(summary, final, tally, self.slow_ns, self.style):
                 self.out.line(line)
+            if sink is not None:
+                self.out.line(f"Saved to {sink.path} (coralctl debug show {final.session_id})")
         return EXIT_OK
 
     def _watch(
-        self, session_id: str, save_default: bool, follow: bool = True, since_ns: int = 0
-    ) -> tuple[pb.DebugSession, render.Summary, render.Tally, CallFile | None]:
+        self, session_id: str, save_default: bool, follow: bool = True, since_ns: int = 0,
+        started: pb.DebugSession | None = None,
+    ) -> tuple[pb.DebugSession, render.Summary, render.Tally, SessionFile | None]:
         """Show a session's calls (following it while it runs, if asked),
         saving them if asked; returns the final session and its summary."""
         durations: list[int] = []
         tally = render.Tally()
-        sink = self._call_file(session_id, save_default)
+        sink = self._session_file(session_id, save_default)
+        if sink is not None and started is not None:
+            sink.record({"kind": "session", **render.to_dict(started)})
 
         def seen(call: pb.Call) -> None:
             tally.add(call, self.slow_ns)
             durations.append(call.duration_ns)
             if sink is not None:
-                sink.write(call)
+                sink.call(call)
 
         try:
             final = self._follow(session_id, seen, since_ns, stop_when_drained=not follow)
@@ -437,18 +485,26 @@ class Ctl:
             if follow:
                 self.call("DetachUprobe", pb.DetachUprobeRequest(session_id=session_id))  # nobody is watching
             raise
-        finally:
+        except BaseException:
             if sink is not None:
                 sink.close()
-        return final, render.summarize_session(final, durations, self.subtract), tally, sink
+            raise
+        summary = render.summarize_session(final, durations, self.subtract)
+        if sink is not None:
+            sink.record({"kind": "session", **render.to_dict(final)})
+            sink.record(render.summary_dict(summary, final, tally))
+            sink.close()
+        return final, summary, tally, sink
 
-    def _call_file(self, session_id: str, save_default: bool) -> CallFile | None:
+    def _session_file(self, session_id: str, save_default: bool) -> SessionFile | None:
+        """--save PATH; by default (attach, text output) the state directory,
+        never the working directory."""
         if getattr(self.args, "no_save", False):
             return None
         path = getattr(self.args, "save", None)
         if path is None and save_default and not self.out.json:
-            path = os.path.join("debug-sessions", session_id, "calls.json")
-        return CallFile(path) if path else None
+            return SessionFile(sessions_dir() / f"{session_id}.jsonl")
+        return SessionFile(Path(path)) if path else None
 
     def _follow(
         self, session_id: str, seen: Callable[[pb.Call], None], since_ns: int = 0, stop_when_drained: bool = False
@@ -493,8 +549,12 @@ class Ctl:
                 self.call("DetachUprobe", pb.DetachUprobeRequest(session_id=session_id))
 
     def _print_call(self, call: pb.Call) -> None:
+        template = getattr(self.args, "template", None)
         if self.out.json:
-            self.out.record({"kind": "call", **render.to_dict(call)})
+            printed = {"line": render.format_printed(call, template)} if template is not None else {}
+            self.out.record({"kind": "call", **render.to_dict(call), **printed})
+        elif template is not None:
+            self.out.line(render.format_printed(call, template))
         else:
             for line in render.format_call(call, self.slow_ns, self.style, self.show_agent):
                 self.out.line(line)
@@ -520,7 +580,7 @@ class Ctl:
             ends = s.ended_unix_ns or s.expires_unix_ns
             agent = s.agent_id or f"{len(s.parts)} agents"
             self.out.line(
-                f"{s.session_id:<18} {s.service:<16} {s.function:<24} {agent:<12} "
+                f"{s.session_id:<18} {s.service:<16} {s.function or ('(cpu profile)' if s.cpu_profile else ''):<24} {agent:<12} "
                 f"{render.clock(s.started_unix_ns):<12} {render.clock(ends):<13} {s.total_calls or s.calls:>7}  "
                 f"{status}"
             )
@@ -539,10 +599,10 @@ class Ctl:
         if self.out.json:
             self.out.record(render.summary_dict(summary, final, tally))
         else:
-            if sink is not None:
-                self.out.line(f"Calls saved to: {sink.path}")
             for line in render.format_summary(summary, final, tally, self.slow_ns, self.style):
                 self.out.line(line)
+            if sink is not None:
+                self.out.line(f"Saved to {sink.path}")
         return EXIT_OK
 
     def audit(self) -> int:
@@ -556,11 +616,16 @@ class Ctl:
         self.out.line(f"{'TIME':<12} {'WHO':<10} {'PID':>7}  {'METHOD':<18} {'SERVICE':<14} {'FUNCTION':<24} OUTCOME")
         for e in r.entries:
             outcome = e.outcome if e.outcome == "OK" else self.style.red(f"{e.outcome}: {e.detail}")
-            self.out.line(f"{render.clock(e.timestamp_unix_ns):<12} {e.who:<10} {e.peer_pid:>7}  {e.method:<18} "
+            who = f"{e.who} ({e.client_label})" if e.client_label else e.who  # a label the client gave, not an identity
+            self.out.line(f"{render.clock(e.timestamp_unix_ns):<12} {who:<10} {e.peer_pid:>7}  {e.method:<18} "
                           f"{e.service:<14} {e.function:<24} {outcome}")
         if r.truncated:
             self.out.line("(older entries not shown; use --max or --since)")
         return EXIT_OK
+
+    def profile(self) -> int:
+        return profile_command.run(self.args, lambda m, r, t: self.client.call(m, r, timeout=t), self.out,
+                                   self.max_duration_s)
 
     def detach(self) -> int:
         r = cast(pb.DetachUprobeResponse, self.call("DetachUprobe", pb.DetachUprobeRequest(session_id=self.args.session)))
@@ -571,10 +636,55 @@ class Ctl:
         return EXIT_OK
 
 
+def complete_words(argv: list[str]) -> int:
+    """`coralctl __complete CWORD WORD...`: what the shell may offer at
+    WORD number CWORD, one per line (etc/coralctl.bash, etc/_coralctl)."""
+    if not argv or not argv[0].isdigit():
+        return EXIT_USAGE
+    cword, words = int(argv[0]), argv[1:]
+    parser = build_parser()
+    pos = complete.locate(parser, words[1:cword])
+
+    def ask(what: str, detail: str) -> list[str]:
+        if what == "saved":
+            return sorted(p.stem for p in sessions_dir().glob("*.jsonl")) if sessions_dir().is_dir() else []
+        given = {k[2:].replace("-", "_"): v for k, v in pos.options.items()}
+        ns = argparse.Namespace(**{**GLOBAL_DEFAULTS, **{k: v for k, v in given.items() if k in GLOBAL_DEFAULTS}})
+        ns.local, ns.timeout, ns.output = "--local" in pos.flags, complete.ASK_TIMEOUT, "text"
+        try:
+            ctl = Ctl(ns, load_config(ns.config))
+            if what in ("services", "agents"):
+                r = cast(pb.ListServicesResponse, ctl.call("ListServices", pb.ListServicesRequest()))
+                return [s.service if what == "services" else s.agent_id for s in r.services]
+            if what == "functions":
+                service, typed = detail.split("\0", 1)
+                f = cast(pb.ListFunctionsResponse, ctl.call("ListFunctions", pb.ListFunctionsRequest(
+                    service=service, pattern=typed + "*", max_results=1000)))
+                return list(f.functions)
+            if what == "sessions":
+                d = cast(pb.ListDebugSessionsResponse, ctl.call("ListDebugSessions", pb.ListDebugSessionsRequest()))
+                return [x.session_id for x in d.sessions]
+        except (ConfigError, CoralError, HandshakeFailed, Unreachable, OSError):
+            return []  # a Tab press offers nothing rather than an error
+        return []
+
+    for candidate in complete.candidates(parser, words, cword, ask):
+        print(candidate)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["__complete"]:
+        return complete_words(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "keys":
         return generate_keys(args)
+    if args.command == "debug" and args.debug_command == "show":
+        return show_saved(args)
+    if args.output == "folded" and args.command != "profile":
+        print("coralctl: error: --output folded is for coralctl profile", file=sys.stderr)
+        return EXIT_USAGE
     try:
         config = load_config(args.config)
         ctl = Ctl(args, config)
@@ -591,6 +701,7 @@ def main(argv: list[str] | None = None) -> int:
         "events": ctl.events,
         "detach": ctl.detach,
         "audit": ctl.audit,
+        "profile": ctl.profile,
     }[command]
     try:
         return run()

@@ -12,6 +12,7 @@ from typing import Any, TextIO
 
 from google.protobuf.message import Message
 
+from coral import expr
 from coral.histogram import bucket_bounds, percentile_ns
 from coral.proto import coral_pb2 as pb
 
@@ -101,6 +102,45 @@ def format_call(call: pb.Call, slow_ns: int = 0, style: Style = PLAIN, show_agen
     return lines
 
 
+PRINT_SPECIAL = ("ret", "err", "duration")
+
+
+def print_template(text: str) -> expr.Template:
+    """A --print template: holes name arguments, `ret`, `err` or `duration`
+    (fields are shown by naming their argument)."""
+    template = expr.parse_template(text)
+    for path in template.paths:
+        if len(path.names) > 1:
+            raise expr.ExprError(f"{path}: name the argument ({path.root}) to print its fields", path.column, text)
+    return template
+
+
+def print_captures(template: expr.Template) -> tuple[bool, bool, list[str]]:
+    """What a template needs captured: (arguments, return value, only these)."""
+    names = list(dict.fromkeys(p.root for p in template.paths))
+    args = [n for n in names if n not in PRINT_SPECIAL]
+    ret = "ret" in names or "err" in names
+    return bool(args), ret, args + (["ret"] if ret else [])
+
+
+def format_printed(call: pb.Call, template: expr.Template) -> str:
+    """One line for a call, from a --print template."""
+    args = {a.name: a.value for a in call.args}
+    rv = call.return_value if call.HasField("return_value") else None
+    values = []
+    for path in template.paths:
+        name = path.root
+        if name == "duration":
+            values.append(format_ns(call.duration_ns))
+        elif name == "err":
+            values.append((rv.error_message or rv.value) if rv is not None and rv.is_error else "nil")
+        elif name == "ret":
+            values.append("" if rv is None or rv.is_error else rv.value)
+        else:
+            values.append(args.get(name, "?"))
+    return template.render(values)
+
+
 def inlined(callers: list[str]) -> str:
     """`3 call sites are inlined into main (2), settle; those calls are not seen`."""
     counts: dict[str, int] = {}
@@ -181,6 +221,11 @@ def _pct(n: int, total: int) -> str:
 def format_summary(s: Summary, session: pb.DebugSession, tally: Tally | None = None, slow_ns: int = 0,
                    style: Style = PLAIN) -> list[str]:
     tally = tally or Tally()
+    if not s.calls:
+        lines = [style.bold("Summary:"), "  Total calls:  0 (the function was not called while the session ran)"]
+        lines.extend(f"  Not probed:   {u}" for u in session.unanswered)
+        lines.extend(format_agents(session, style))
+        return lines
     lines = [
         style.bold("Summary:"),
         f"  Total calls:  {s.calls}",
@@ -295,6 +340,42 @@ def summary_dict(s: Summary, session: pb.DebugSession, tally: Tally | None = Non
         "histogram": {str(k): v for k, v in session.histogram.items()},
         "agents": agents_of(session),
     }
+
+
+def _from_dict(msg: Message, data: dict[str, Any]) -> Message:
+    """The reverse of to_dict, for the fields `msg` has (others are ignored:
+    `kind`, `line`, and fields of a newer coralctl)."""
+    for fd in msg.DESCRIPTOR.fields:
+        if fd.name not in data or data[fd.name] is None:
+            continue
+        value = data[fd.name]
+        if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+            key_type = fd.message_type.fields_by_name["key"].cpp_type
+            target = getattr(msg, fd.name)
+            for k, v in value.items():
+                target[int(k) if key_type != fd.CPPTYPE_STRING else k] = v
+        elif fd.is_repeated and fd.message_type is not None:
+            for item in value:
+                _from_dict(getattr(msg, fd.name).add(), item)
+        elif fd.is_repeated:
+            getattr(msg, fd.name).extend(value)
+        elif fd.message_type is not None:
+            _from_dict(getattr(msg, fd.name), value)
+        else:
+            setattr(msg, fd.name, value)
+    return msg
+
+
+def call_from_dict(data: dict[str, Any]) -> pb.Call:
+    call = pb.Call()
+    _from_dict(call, data)
+    return call
+
+
+def session_from_dict(data: dict[str, Any]) -> pb.DebugSession:
+    session = pb.DebugSession()
+    _from_dict(session, data)
+    return session
 
 
 def to_dict(msg: Message) -> dict[str, Any]:

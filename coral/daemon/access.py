@@ -1,8 +1,9 @@
 """Who may do what: the [access] policy, as a pure decision.
 
 Rights: "list" (services, functions, sessions, events, audit), "attach"
-(start and end sessions) and "capture" (sessions that capture argument or
-return values: a stronger right than timing). Each is a list of unix user
+(start and end sessions), "capture" (sessions that capture argument or
+return values: a stronger right than timing) and "profile" (sample a
+service's on-CPU stacks: which code runs, not what values it holds). Each is a list of unix user
 names, @group names, and key:NAME for a peer on tcp whose CURVE key is
 NAME.key in the colony's allow-list (key:* for any such key). Root (on ipc)
 may do everything."""
@@ -15,6 +16,7 @@ import pwd
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from coral import expr
 from coral.daemon.config import AccessConfig
 from coral.daemon.errors import PermissionDenied
 from coral.daemon.server import Peer
@@ -44,11 +46,26 @@ def rights_needed(method: str, request: Any) -> list[str]:
         return ["list"]
     if method in ATTACH_METHODS:
         config = getattr(request, "config", None)
-        # A filter on argument values (--where) reveals them too: counting
-        # the calls that pass `amount > N` is a binary search for amount.
-        capture = config is not None and (config.capture_args or config.capture_return or bool(config.predicate))
+        capture = config is not None and (config.capture_args or config.capture_return
+                                          or condition_reads_values(config.predicate))
         return ["attach", "capture"] if capture else ["attach"]
+    if method == "ProfileCpu":
+        return ["profile"]
     return []
+
+
+def condition_reads_values(text: str) -> bool:
+    """A filter on values (--where) reveals them too: counting the calls
+    that pass `amount > N` is a binary search for amount. A condition on
+    only `duration` and `raised` reveals no value, native or Python alike;
+    nor does --errors-only, which is not part of the text. One that does
+    not parse is taken to read values."""
+    if not text:
+        return False
+    try:
+        return expr.reads_values(expr.parse_condition(text))
+    except expr.ExprError:
+        return True
 
 
 def check(policy: AccessConfig, peer: Peer, method: str, request: Any,

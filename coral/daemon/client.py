@@ -15,9 +15,12 @@ from zmq.utils.monitor import recv_monitor_message
 from coral.daemon import curve, wire
 from coral.daemon.errors import CoralError, Unavailable, error_from_code
 from coral.daemon.methods import METHODS
+from coral.daemon.server import recv_frames
 from coral.proto import coral_pb2 as pb
 
 DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+_send = zmq.backend.Socket.send
+_MORE = int(zmq.SNDMORE)
 POLL_SLICE_MS = 100
 
 
@@ -159,13 +162,18 @@ class Client:
         spec = METHODS[method]
         sock = self._open()
         request_id = secrets.token_bytes(8)
-        sock.send_multipart(wire.encode_request(request_id, method, request))
+        frames = wire.encode_request(request_id, method, request)
+        # send_multipart(frames), without the Python layer that makes an
+        # enum of the flags for every frame (4 us of a call's 6 us send).
+        for f in frames[:-1]:
+            _send(sock, f, _MORE)
+        _send(sock, frames[-1], 0)
         limit = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
         while True:
             self._wait(sock, deadline, limit)
             try:
-                frame = wire.decode(sock.recv_multipart())
+                frame = wire.decode(recv_frames(sock)[0])
             except wire.FrameError as exc:
                 raise CoralError(f"unreadable reply from {self.endpoint}: {exc.reason}") from None
             if frame.command != wire.Command.REPLY or frame.request_id != request_id:

@@ -7,6 +7,7 @@ Every key is optional. An unknown key or a value of the wrong type is a
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -85,6 +86,8 @@ class AgentConfig:
     retention: str = "7d"
     purge_interval: float = 60.0
     max_registrations_per_uid: int = 1000
+    # /metrics for Prometheus: HOST:PORT, or a bare PORT on 127.0.0.1; "" serves none (docs/configuration.md).
+    metrics_listen: str = ""
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,7 @@ class ColonyConfig:
     purge_interval: float = 60.0
     # On ipc, the users (names or uids) whose connections may speak for an agent.
     agent_users: tuple[str, ...] = ("root",)
+    metrics_listen: str = ""  # as [agent] metrics_listen
 
 
 @dataclass(frozen=True)
@@ -126,6 +130,16 @@ class AccessConfig:
     list: tuple[str, ...] = ("@coral",)
     attach: tuple[str, ...] = ("@coral",)
     capture: tuple[str, ...] = ("@coral",)
+    profile: tuple[str, ...] = ("@coral",)
+
+
+@dataclass(frozen=True)
+class McpConfig:
+    # coral-mcp (docs/mcp.md). Capturing values through it needs this grant on
+    # top of the colony's [access] capture right of the user it runs as.
+    allow_capture: bool = False
+    # Longest session coral-mcp asks for, in seconds (and never over [sessions] max_duration).
+    max_duration: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -138,6 +152,7 @@ class Config:
     client: ClientConfig = field(default_factory=ClientConfig)
     sdk: SdkConfig = field(default_factory=SdkConfig)
     access: AccessConfig = field(default_factory=AccessConfig)
+    mcp: McpConfig = field(default_factory=McpConfig)
     # [services]: service name -> who may register it (user names, uids, @groups)
     services: dict[str, tuple[str, ...]] = field(default_factory=dict)
     source: str = "(defaults)"
@@ -197,6 +212,7 @@ _SECTION_TYPES = {
     "client": ClientConfig,
     "sdk": SdkConfig,
     "access": AccessConfig,
+    "mcp": McpConfig,
 }
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 _POSITIVE = {
@@ -243,12 +259,39 @@ def _check_value(source: str, section: str, key: str, expected: type, value: Any
         raise ConfigError(f"{where}: must be between 1024 and 1048576, got {value!r}")
     if key == "ring_buffer_pages" and value & (value - 1):
         raise ConfigError(f"{where}: must be a power of two, got {value!r}")
+    if key == "metrics_listen" and value:
+        try:
+            metrics_address(value)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
     if key == "retention":
         try:
             parse_age(value)
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from None
     return value
+
+
+def metrics_address(listen: str) -> tuple[str, int]:
+    """[agent] / [colony] metrics_listen as (host, port): HOST:PORT with HOST
+    an IP address ([...] for IPv6), or a bare PORT on 127.0.0.1 (the
+    endpoint has no authentication: loopback unless the operator says
+    otherwise). Raises ValueError saying what is wrong."""
+    host, sep, port = listen.rpartition(":")
+    if not sep:
+        host = "127.0.0.1"
+    elif host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"expected PORT or HOST:PORT with HOST an IP address (e.g. 9464, 127.0.0.1:9464, "
+                         f"[::1]:9464), got {listen!r}") from None
+    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
+        raise ValueError(f"the port must be a number from 1 to 65535, got {listen!r}")
+    if address.version == 6 and sep and not listen.startswith("["):
+        raise ValueError(f"write an IPv6 address in brackets, as [::1]:9464, got {listen!r}")
+    return str(address), int(port)
 
 
 def _services(source: str, table: Any) -> dict[str, tuple[str, ...]]:

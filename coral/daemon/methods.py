@@ -40,12 +40,14 @@ METHODS: dict[str, Method] = {
             "ArmFunction",
             "DisarmFunction",
             "ListAudit",
+            "ProfileCpu",
         ],
     )
 }
 
 # Allow-lists per socket (docs/protocol.md, "Methods").
-SESSION_METHODS = frozenset({"ListFunctions", "AttachUprobe", "DetachUprobe", "QueryUprobeEvents", "ListDebugSessions"})
+SESSION_METHODS = frozenset({"ListFunctions", "AttachUprobe", "DetachUprobe", "QueryUprobeEvents", "ListDebugSessions",
+                             "ProfileCpu"})
 AGENT_LOCAL_METHODS = SESSION_METHODS | {"Ping", "ListServices", "RegisterProcess", "UnregisterProcess", "ProcessHeartbeat"}
 AGENT_FROM_COLONY_METHODS = SESSION_METHODS
 COLONY_FRONTEND_METHODS = SESSION_METHODS | {"Ping", "ListServices", "ListAudit"}

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -43,6 +45,7 @@ class Peer:
         return f"uid:{self.uid}"
 
 
+@functools.lru_cache(maxsize=4096)  # a Peer is frozen; the same few clients send most requests
 def peer_from_address(address: str | None) -> Peer:
     """Parse libzmq's Peer-Address property. For ipc it is
     ``<path or host>:UID:GID:PID`` (libzmq appends SO_PEERCRED)."""
@@ -141,11 +144,16 @@ class Dispatcher(AllowList[Message | Later]):
                  outcome: Callable[[str, bytes, Peer, str, str], None] | None = None) -> None:
         super().__init__(handlers, allowed, authorize)
         self.outcome = outcome  # told (method, body, peer, "OK" or an error code, message) of every request
+        # Told (method, seconds) when each reply is sent, a deferred one too
+        # (coral/daemon/metrics.py); None: nothing is timed.
+        self.latency: Callable[[str, float], None] | None = None
 
     def handle(self, frame: wire.Frame, peer: Peer, send: Send) -> None:
         """Answer one REQUEST frame through `send`: now, or when a Later
         resolves. Never raises for bad input."""
         self.counters["requests"] += 1
+        if self.latency is not None:
+            send = timed(send, frame.name, self.latency)
         try:
             response = self.call(frame.name, frame.body, peer)
         except CoralError as err:
@@ -181,6 +189,21 @@ class Dispatcher(AllowList[Message | Later]):
         self.counters["bad_frames"] += 1
         log.debug("bad frame: %s", exc.reason)
         return wire.encode_error(exc.request_id or b"?", BadRequest(f"bad frame: {exc.reason}"), envelope)
+
+
+def timed(send: Send, method: str, observe: Callable[[str, float], None]) -> Send:
+    """`send`, telling `observe` how long after now it was called (the first time)."""
+    start = time.monotonic()
+    told = False
+
+    def send_timed(frames: list[bytes]) -> None:
+        nonlocal told
+        if not told:
+            told = True
+            observe(method, time.monotonic() - start)
+        send(frames)
+
+    return send_timed
 
 
 def recv_with_peer(socket: zmq.Socket[bytes], flags: int = 0) -> tuple[list[bytes], Peer]:

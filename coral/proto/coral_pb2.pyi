@@ -17,8 +17,10 @@ class Error(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., suggestions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PingRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("client_label",)
+    CLIENT_LABEL_FIELD_NUMBER: _ClassVar[int]
+    client_label: str
+    def __init__(self, client_label: _Optional[str] = ...) -> None: ...
 
 class PingResponse(_message.Message):
     __slots__ = ("daemon", "version", "pid", "agent_id", "counters")
@@ -84,10 +86,12 @@ class ServicesChanged(_message.Message):
     def __init__(self, added: _Optional[_Iterable[_Union[ServiceInstance, _Mapping]]] = ..., removed: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ListServicesRequest(_message.Message):
-    __slots__ = ("after",)
+    __slots__ = ("after", "client_label")
     AFTER_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_LABEL_FIELD_NUMBER: _ClassVar[int]
     after: str
-    def __init__(self, after: _Optional[str] = ...) -> None: ...
+    client_label: str
+    def __init__(self, after: _Optional[str] = ..., client_label: _Optional[str] = ...) -> None: ...
 
 class ListServicesResponse(_message.Message):
     __slots__ = ("services", "next")
@@ -148,14 +152,16 @@ class ProcessHeartbeatResponse(_message.Message):
     def __init__(self, known: _Optional[bool] = ...) -> None: ...
 
 class ListFunctionsRequest(_message.Message):
-    __slots__ = ("service", "pattern", "max_results")
+    __slots__ = ("service", "pattern", "max_results", "client_label")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     PATTERN_FIELD_NUMBER: _ClassVar[int]
     MAX_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_LABEL_FIELD_NUMBER: _ClassVar[int]
     service: str
     pattern: str
     max_results: int
-    def __init__(self, service: _Optional[str] = ..., pattern: _Optional[str] = ..., max_results: _Optional[int] = ...) -> None: ...
+    client_label: str
+    def __init__(self, service: _Optional[str] = ..., pattern: _Optional[str] = ..., max_results: _Optional[int] = ..., client_label: _Optional[str] = ...) -> None: ...
 
 class ListFunctionsResponse(_message.Message):
     __slots__ = ("functions", "truncated", "locations")
@@ -240,48 +246,64 @@ class DisarmFunctionResponse(_message.Message):
     def __init__(self, was_armed: _Optional[bool] = ...) -> None: ...
 
 class ArgumentMetadata(_message.Message):
-    __slots__ = ("name", "type", "location", "fields", "held_string", "go")
+    __slots__ = ("name", "type", "location", "fields", "held_string", "go", "variants", "float_type", "entry_registers", "entry_elsewhere")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     LOCATION_FIELD_NUMBER: _ClassVar[int]
     FIELDS_FIELD_NUMBER: _ClassVar[int]
     HELD_STRING_FIELD_NUMBER: _ClassVar[int]
     GO_FIELD_NUMBER: _ClassVar[int]
+    VARIANTS_FIELD_NUMBER: _ClassVar[int]
+    FLOAT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_REGISTERS_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_ELSEWHERE_FIELD_NUMBER: _ClassVar[int]
     name: str
     type: str
     location: str
     fields: _containers.RepeatedCompositeFieldContainer[FieldMetadata]
     held_string: HeldStringMetadata
     go: GoValueMetadata
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., location: _Optional[str] = ..., fields: _Optional[_Iterable[_Union[FieldMetadata, _Mapping]]] = ..., held_string: _Optional[_Union[HeldStringMetadata, _Mapping]] = ..., go: _Optional[_Union[GoValueMetadata, _Mapping]] = ...) -> None: ...
+    variants: EnumMetadata
+    float_type: str
+    entry_registers: _containers.RepeatedScalarFieldContainer[int]
+    entry_elsewhere: bool
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., location: _Optional[str] = ..., fields: _Optional[_Iterable[_Union[FieldMetadata, _Mapping]]] = ..., held_string: _Optional[_Union[HeldStringMetadata, _Mapping]] = ..., go: _Optional[_Union[GoValueMetadata, _Mapping]] = ..., variants: _Optional[_Union[EnumMetadata, _Mapping]] = ..., float_type: _Optional[str] = ..., entry_registers: _Optional[_Iterable[int]] = ..., entry_elsewhere: _Optional[bool] = ...) -> None: ...
 
 class GoValueMetadata(_message.Message):
-    __slots__ = ("underlying", "int_registers", "float_registers", "stack_only", "fields")
+    __slots__ = ("underlying", "int_registers", "float_registers", "stack_only", "fields", "size", "align")
     UNDERLYING_FIELD_NUMBER: _ClassVar[int]
     INT_REGISTERS_FIELD_NUMBER: _ClassVar[int]
     FLOAT_REGISTERS_FIELD_NUMBER: _ClassVar[int]
     STACK_ONLY_FIELD_NUMBER: _ClassVar[int]
     FIELDS_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    ALIGN_FIELD_NUMBER: _ClassVar[int]
     underlying: str
     int_registers: int
     float_registers: int
     stack_only: bool
     fields: _containers.RepeatedCompositeFieldContainer[GoFieldMetadata]
-    def __init__(self, underlying: _Optional[str] = ..., int_registers: _Optional[int] = ..., float_registers: _Optional[int] = ..., stack_only: _Optional[bool] = ..., fields: _Optional[_Iterable[_Union[GoFieldMetadata, _Mapping]]] = ...) -> None: ...
+    size: int
+    align: int
+    def __init__(self, underlying: _Optional[str] = ..., int_registers: _Optional[int] = ..., float_registers: _Optional[int] = ..., stack_only: _Optional[bool] = ..., fields: _Optional[_Iterable[_Union[GoFieldMetadata, _Mapping]]] = ..., size: _Optional[int] = ..., align: _Optional[int] = ...) -> None: ...
 
 class GoFieldMetadata(_message.Message):
-    __slots__ = ("name", "type", "underlying", "int_registers", "float_registers")
+    __slots__ = ("name", "type", "underlying", "int_registers", "float_registers", "offset", "size")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     UNDERLYING_FIELD_NUMBER: _ClassVar[int]
     INT_REGISTERS_FIELD_NUMBER: _ClassVar[int]
     FLOAT_REGISTERS_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
     name: str
     type: str
     underlying: str
     int_registers: int
     float_registers: int
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., underlying: _Optional[str] = ..., int_registers: _Optional[int] = ..., float_registers: _Optional[int] = ...) -> None: ...
+    offset: int
+    size: int
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., underlying: _Optional[str] = ..., int_registers: _Optional[int] = ..., float_registers: _Optional[int] = ..., offset: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...
 
 class HeldStringMetadata(_message.Message):
     __slots__ = ("data_offset", "length_offset")
@@ -326,52 +348,60 @@ class FieldMetadata(_message.Message):
     def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., offset: _Optional[int] = ..., size: _Optional[int] = ...) -> None: ...
 
 class ReturnValueMetadata(_message.Message):
-    __slots__ = ("name", "type", "location", "held_string", "variants", "go")
+    __slots__ = ("name", "type", "location", "held_string", "variants", "go", "float_type")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     LOCATION_FIELD_NUMBER: _ClassVar[int]
     HELD_STRING_FIELD_NUMBER: _ClassVar[int]
     VARIANTS_FIELD_NUMBER: _ClassVar[int]
     GO_FIELD_NUMBER: _ClassVar[int]
+    FLOAT_TYPE_FIELD_NUMBER: _ClassVar[int]
     name: str
     type: str
     location: str
     held_string: HeldStringMetadata
     variants: EnumMetadata
     go: GoValueMetadata
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., location: _Optional[str] = ..., held_string: _Optional[_Union[HeldStringMetadata, _Mapping]] = ..., variants: _Optional[_Union[EnumMetadata, _Mapping]] = ..., go: _Optional[_Union[GoValueMetadata, _Mapping]] = ...) -> None: ...
+    float_type: str
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., location: _Optional[str] = ..., held_string: _Optional[_Union[HeldStringMetadata, _Mapping]] = ..., variants: _Optional[_Union[EnumMetadata, _Mapping]] = ..., go: _Optional[_Union[GoValueMetadata, _Mapping]] = ..., float_type: _Optional[str] = ...) -> None: ...
 
 class UprobeConfig(_message.Message):
-    __slots__ = ("capture_args", "capture_return", "sample_rate", "max_events", "min_duration_ns", "predicate")
+    __slots__ = ("capture_args", "capture_return", "sample_rate", "max_events", "min_duration_ns", "predicate", "errors_only", "capture_only")
     CAPTURE_ARGS_FIELD_NUMBER: _ClassVar[int]
     CAPTURE_RETURN_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
     MAX_EVENTS_FIELD_NUMBER: _ClassVar[int]
     MIN_DURATION_NS_FIELD_NUMBER: _ClassVar[int]
     PREDICATE_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_ONLY_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_ONLY_FIELD_NUMBER: _ClassVar[int]
     capture_args: bool
     capture_return: bool
     sample_rate: int
     max_events: int
     min_duration_ns: int
     predicate: str
-    def __init__(self, capture_args: _Optional[bool] = ..., capture_return: _Optional[bool] = ..., sample_rate: _Optional[int] = ..., max_events: _Optional[int] = ..., min_duration_ns: _Optional[int] = ..., predicate: _Optional[str] = ...) -> None: ...
+    errors_only: bool
+    capture_only: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, capture_args: _Optional[bool] = ..., capture_return: _Optional[bool] = ..., sample_rate: _Optional[int] = ..., max_events: _Optional[int] = ..., min_duration_ns: _Optional[int] = ..., predicate: _Optional[str] = ..., errors_only: _Optional[bool] = ..., capture_only: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AttachUprobeRequest(_message.Message):
-    __slots__ = ("service", "function", "duration_ms", "config", "session_id", "agent_id")
+    __slots__ = ("service", "function", "duration_ms", "config", "session_id", "agent_id", "client_label")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     FUNCTION_FIELD_NUMBER: _ClassVar[int]
     DURATION_MS_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_LABEL_FIELD_NUMBER: _ClassVar[int]
     service: str
     function: str
     duration_ms: int
     config: UprobeConfig
     session_id: str
     agent_id: str
-    def __init__(self, service: _Optional[str] = ..., function: _Optional[str] = ..., duration_ms: _Optional[int] = ..., config: _Optional[_Union[UprobeConfig, _Mapping]] = ..., session_id: _Optional[str] = ..., agent_id: _Optional[str] = ...) -> None: ...
+    client_label: str
+    def __init__(self, service: _Optional[str] = ..., function: _Optional[str] = ..., duration_ms: _Optional[int] = ..., config: _Optional[_Union[UprobeConfig, _Mapping]] = ..., session_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., client_label: _Optional[str] = ...) -> None: ...
 
 class AttachUprobeResponse(_message.Message):
     __slots__ = ("session",)
@@ -380,10 +410,12 @@ class AttachUprobeResponse(_message.Message):
     def __init__(self, session: _Optional[_Union[DebugSession, _Mapping]] = ...) -> None: ...
 
 class DetachUprobeRequest(_message.Message):
-    __slots__ = ("session_id",)
+    __slots__ = ("session_id", "client_label")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_LABEL_FIELD_NUMBER: _ClassVar[int]
     session_id: str
-    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+    client_label: str
+    def __init__(self, session_id: _Optional[str] = ..., client_label: _Optional[str] = ...) -> None: ...
 
 class DetachUprobeResponse(_message.Message):
     __slots__ = ("session",)
@@ -392,7 +424,7 @@ class DetachUprobeResponse(_message.Message):
     def __init__(self, session: _Optional[_Union[DebugSession, _Mapping]] = ...) -> None: ...
 
 class DebugSession(_message.Message):
-    __slots__ = ("session_id", "service", "function", "agent_id", "pids", "started_unix_ns", "expires_unix_ns", "ended_unix_ns", "status", "status_reason", "config", "calls", "lost", "probes", "total_calls", "sum_duration_ns", "max_duration_ns", "histogram", "parts", "owner", "unanswered", "return_probe", "inlined_into", "probe_cost_ns", "entry_instruction")
+    __slots__ = ("session_id", "service", "function", "agent_id", "pids", "started_unix_ns", "expires_unix_ns", "ended_unix_ns", "status", "status_reason", "config", "calls", "lost", "probes", "total_calls", "sum_duration_ns", "max_duration_ns", "histogram", "parts", "owner", "unanswered", "return_probe", "inlined_into", "probe_cost_ns", "entry_instruction", "cpu_profile")
     class LostEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -432,6 +464,7 @@ class DebugSession(_message.Message):
     INLINED_INTO_FIELD_NUMBER: _ClassVar[int]
     PROBE_COST_NS_FIELD_NUMBER: _ClassVar[int]
     ENTRY_INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
+    CPU_PROFILE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     service: str
     function: str
@@ -457,7 +490,8 @@ class DebugSession(_message.Message):
     inlined_into: _containers.RepeatedScalarFieldContainer[str]
     probe_cost_ns: int
     entry_instruction: str
-    def __init__(self, session_id: _Optional[str] = ..., service: _Optional[str] = ..., function: _Optional[str] = ..., agent_id: _Optional[str] = ..., pids: _Optional[_Iterable[int]] = ..., started_unix_ns: _Optional[int] = ..., expires_unix_ns: _Optional[int] = ..., ended_unix_ns: _Optional[int] = ..., status: _Optional[str] = ..., status_reason: _Optional[str] = ..., config: _Optional[_Union[UprobeConfig, _Mapping]] = ..., calls: _Optional[int] = ..., lost: _Optional[_Mapping[str, int]] = ..., probes: _Optional[int] = ..., total_calls: _Optional[int] = ..., sum_duration_ns: _Optional[int] = ..., max_duration_ns: _Optional[int] = ..., histogram: _Optional[_Mapping[int, int]] = ..., parts: _Optional[_Iterable[_Union[SessionPart, _Mapping]]] = ..., owner: _Optional[str] = ..., unanswered: _Optional[_Iterable[str]] = ..., return_probe: _Optional[str] = ..., inlined_into: _Optional[_Iterable[str]] = ..., probe_cost_ns: _Optional[int] = ..., entry_instruction: _Optional[str] = ...) -> None: ...
+    cpu_profile: bool
+    def __init__(self, session_id: _Optional[str] = ..., service: _Optional[str] = ..., function: _Optional[str] = ..., agent_id: _Optional[str] = ..., pids: _Optional[_Iterable[int]] = ..., started_unix_ns: _Optional[int] = ..., expires_unix_ns: _Optional[int] = ..., ended_unix_ns: _Optional[int] = ..., status: _Optional[str] = ..., status_reason: _Optional[str] = ..., config: _Optional[_Union[UprobeConfig, _Mapping]] = ..., calls: _Optional[int] = ..., lost: _Optional[_Mapping[str, int]] = ..., probes: _Optional[int] = ..., total_calls: _Optional[int] = ..., sum_duration_ns: _Optional[int] = ..., max_duration_ns: _Optional[int] = ..., histogram: _Optional[_Mapping[int, int]] = ..., parts: _Optional[_Iterable[_Union[SessionPart, _Mapping]]] = ..., owner: _Optional[str] = ..., unanswered: _Optional[_Iterable[str]] = ..., return_probe: _Optional[str] = ..., inlined_into: _Optional[_Iterable[str]] = ..., probe_cost_ns: _Optional[int] = ..., entry_instruction: _Optional[str] = ..., cpu_profile: _Optional[bool] = ...) -> None: ...
 
 class SessionPart(_message.Message):
     __slots__ = ("agent_id", "session", "cursor", "complete", "detach_by")
@@ -474,12 +508,14 @@ class SessionPart(_message.Message):
     def __init__(self, agent_id: _Optional[str] = ..., session: _Optional[_Union[DebugSession, _Mapping]] = ..., cursor: _Optional[int] = ..., complete: _Optional[bool] = ..., detach_by: _Optional[str] = ...) -> None: ...
 
 class ListDebugSessionsRequest(_message.Message):
-    __slots__ = ("service", "active_only")
+    __slots__ = ("service", "active_only", "client_label")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_LABEL_FIELD_NUMBER: _ClassVar[int]
     service: str
     active_only: bool
-    def __init__(self, service: _Optional[str] = ..., active_only: _Optional[bool] = ...) -> None: ...
+    client_label: str
+    def __init__(self, service: _Optional[str] = ..., active_only: _Optional[bool] = ..., client_label: _Optional[str] = ...) -> None: ...
 
 class ListDebugSessionsResponse(_message.Message):
     __slots__ = ("sessions",)
@@ -488,20 +524,22 @@ class ListDebugSessionsResponse(_message.Message):
     def __init__(self, sessions: _Optional[_Iterable[_Union[DebugSession, _Mapping]]] = ...) -> None: ...
 
 class QueryUprobeEventsRequest(_message.Message):
-    __slots__ = ("session_id", "cursor", "since_unix_ns", "until_unix_ns", "max_events", "wait_ms")
+    __slots__ = ("session_id", "cursor", "since_unix_ns", "until_unix_ns", "max_events", "wait_ms", "client_label")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     CURSOR_FIELD_NUMBER: _ClassVar[int]
     SINCE_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
     UNTIL_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
     MAX_EVENTS_FIELD_NUMBER: _ClassVar[int]
     WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_LABEL_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     cursor: int
     since_unix_ns: int
     until_unix_ns: int
     max_events: int
     wait_ms: int
-    def __init__(self, session_id: _Optional[str] = ..., cursor: _Optional[int] = ..., since_unix_ns: _Optional[int] = ..., until_unix_ns: _Optional[int] = ..., max_events: _Optional[int] = ..., wait_ms: _Optional[int] = ...) -> None: ...
+    client_label: str
+    def __init__(self, session_id: _Optional[str] = ..., cursor: _Optional[int] = ..., since_unix_ns: _Optional[int] = ..., until_unix_ns: _Optional[int] = ..., max_events: _Optional[int] = ..., wait_ms: _Optional[int] = ..., client_label: _Optional[str] = ...) -> None: ...
 
 class QueryUprobeEventsResponse(_message.Message):
     __slots__ = ("calls", "next_cursor", "has_more", "session")
@@ -566,7 +604,7 @@ class FunctionReturnValue(_message.Message):
     def __init__(self, type: _Optional[str] = ..., value: _Optional[str] = ..., is_error: _Optional[bool] = ..., error_message: _Optional[str] = ...) -> None: ...
 
 class AuditEntry(_message.Message):
-    __slots__ = ("timestamp_unix_ns", "who", "peer_pid", "method", "service", "function", "session_id", "outcome", "detail")
+    __slots__ = ("timestamp_unix_ns", "who", "peer_pid", "method", "service", "function", "session_id", "outcome", "detail", "client_label")
     TIMESTAMP_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
     WHO_FIELD_NUMBER: _ClassVar[int]
     PEER_PID_FIELD_NUMBER: _ClassVar[int]
@@ -576,6 +614,7 @@ class AuditEntry(_message.Message):
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_LABEL_FIELD_NUMBER: _ClassVar[int]
     timestamp_unix_ns: int
     who: str
     peer_pid: int
@@ -585,7 +624,8 @@ class AuditEntry(_message.Message):
     session_id: str
     outcome: str
     detail: str
-    def __init__(self, timestamp_unix_ns: _Optional[int] = ..., who: _Optional[str] = ..., peer_pid: _Optional[int] = ..., method: _Optional[str] = ..., service: _Optional[str] = ..., function: _Optional[str] = ..., session_id: _Optional[str] = ..., outcome: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+    client_label: str
+    def __init__(self, timestamp_unix_ns: _Optional[int] = ..., who: _Optional[str] = ..., peer_pid: _Optional[int] = ..., method: _Optional[str] = ..., service: _Optional[str] = ..., function: _Optional[str] = ..., session_id: _Optional[str] = ..., outcome: _Optional[str] = ..., detail: _Optional[str] = ..., client_label: _Optional[str] = ...) -> None: ...
 
 class JournalEntry(_message.Message):
     __slots__ = ("seq", "audit", "session")
@@ -598,12 +638,14 @@ class JournalEntry(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., audit: _Optional[_Union[AuditEntry, _Mapping]] = ..., session: _Optional[bytes] = ...) -> None: ...
 
 class ListAuditRequest(_message.Message):
-    __slots__ = ("since_unix_ns", "max_entries")
+    __slots__ = ("since_unix_ns", "max_entries", "client_label")
     SINCE_UNIX_NS_FIELD_NUMBER: _ClassVar[int]
     MAX_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_LABEL_FIELD_NUMBER: _ClassVar[int]
     since_unix_ns: int
     max_entries: int
-    def __init__(self, since_unix_ns: _Optional[int] = ..., max_entries: _Optional[int] = ...) -> None: ...
+    client_label: str
+    def __init__(self, since_unix_ns: _Optional[int] = ..., max_entries: _Optional[int] = ..., client_label: _Optional[str] = ...) -> None: ...
 
 class ListAuditResponse(_message.Message):
     __slots__ = ("entries", "truncated")
@@ -612,3 +654,67 @@ class ListAuditResponse(_message.Message):
     entries: _containers.RepeatedCompositeFieldContainer[AuditEntry]
     truncated: bool
     def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...
+
+class ProfileCpuRequest(_message.Message):
+    __slots__ = ("service", "duration_ms", "frequency_hz", "agent_id", "session_id")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    FREQUENCY_HZ_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    duration_ms: int
+    frequency_hz: int
+    agent_id: str
+    session_id: str
+    def __init__(self, service: _Optional[str] = ..., duration_ms: _Optional[int] = ..., frequency_hz: _Optional[int] = ..., agent_id: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
+
+class StackFrame(_message.Message):
+    __slots__ = ("function", "file", "line", "module")
+    FUNCTION_FIELD_NUMBER: _ClassVar[int]
+    FILE_FIELD_NUMBER: _ClassVar[int]
+    LINE_FIELD_NUMBER: _ClassVar[int]
+    MODULE_FIELD_NUMBER: _ClassVar[int]
+    function: str
+    file: str
+    line: int
+    module: str
+    def __init__(self, function: _Optional[str] = ..., file: _Optional[str] = ..., line: _Optional[int] = ..., module: _Optional[str] = ...) -> None: ...
+
+class SampledStack(_message.Message):
+    __slots__ = ("frames", "count")
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    frames: _containers.RepeatedCompositeFieldContainer[StackFrame]
+    count: int
+    def __init__(self, frames: _Optional[_Iterable[_Union[StackFrame, _Mapping]]] = ..., count: _Optional[int] = ...) -> None: ...
+
+class ProcessProfile(_message.Message):
+    __slots__ = ("agent_id", "pid", "executable", "samples", "stacks", "frames_may_be_missing", "samples_without_stack", "stacks_left_out", "samples_cut")
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    EXECUTABLE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    STACKS_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_MAY_BE_MISSING_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_WITHOUT_STACK_FIELD_NUMBER: _ClassVar[int]
+    STACKS_LEFT_OUT_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_CUT_FIELD_NUMBER: _ClassVar[int]
+    agent_id: str
+    pid: int
+    executable: str
+    samples: int
+    stacks: _containers.RepeatedCompositeFieldContainer[SampledStack]
+    frames_may_be_missing: bool
+    samples_without_stack: int
+    stacks_left_out: int
+    samples_cut: int
+    def __init__(self, agent_id: _Optional[str] = ..., pid: _Optional[int] = ..., executable: _Optional[str] = ..., samples: _Optional[int] = ..., stacks: _Optional[_Iterable[_Union[SampledStack, _Mapping]]] = ..., frames_may_be_missing: _Optional[bool] = ..., samples_without_stack: _Optional[int] = ..., stacks_left_out: _Optional[int] = ..., samples_cut: _Optional[int] = ...) -> None: ...
+
+class ProfileCpuResponse(_message.Message):
+    __slots__ = ("session", "processes")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    PROCESSES_FIELD_NUMBER: _ClassVar[int]
+    session: DebugSession
+    processes: _containers.RepeatedCompositeFieldContainer[ProcessProfile]
+    def __init__(self, session: _Optional[_Union[DebugSession, _Mapping]] = ..., processes: _Optional[_Iterable[_Union[ProcessProfile, _Mapping]]] = ...) -> None: ...

@@ -837,6 +837,8 @@ typedef struct {
     PyObject *redact;        /* bytes: one flag per name */
     PyObject *varargs;       /* str: name of *args, or "" */
     PyObject *weakrefs;      /* functions can be weakly referenced (signal libraries do): so can this */
+    PyObject *where_entry;   /* --where (coral/sdk/where.py): reads the arguments before the call, or NULL */
+    PyObject *where_return;  /* ... decides at the return, or NULL: where_entry's answer is the verdict */
     unsigned long long fn_id;
     char varargs_redact;
     char capture_args;
@@ -1026,9 +1028,22 @@ scrub_redacted_args(ProbeWrapper *w, sbuf *ret, PyObject *const *pos, Py_ssize_t
 static void
 emit_record(ProbeWrapper *w, unsigned long long start, unsigned long long end, PyObject *const *pos, Py_ssize_t npos,
             PyObject *kwnames, PyObject *const *kwvals, PyObject *kwdict, PyObject *result, PyObject *exc_type,
-            PyObject *exc_value)
+            PyObject *exc_value, unsigned int verdict)
 {
     struct coral_call rec;
+    if (verdict) {
+        /* Not shown (--where): the header is all the BPF program reads of it. */
+        memset(&rec, 0, offsetof(struct coral_call, args));
+        rec.fn_id = w->fn_id;
+        rec.call_id = __atomic_add_fetch(&call_counter, 1, __ATOMIC_RELAXED);
+        rec.start_ns = start;
+        rec.end_ns = end;
+        rec.flags = verdict | (exc_type != NULL ? CORAL_CALL_RAISED : 0);
+        probe_site(&rec);
+        if (test_capture)
+            capture_for_tests(&rec);
+        return;
+    }
     /* all of it: the BPF side copies the whole struct, stack garbage must not leak into events */
     memset(&rec, 0, sizeof rec);
     rec.fn_id = w->fn_id;
@@ -1060,6 +1075,62 @@ emit_record(ProbeWrapper *w, unsigned long long start, unsigned long long end, P
         capture_for_tests(&rec);
 }
 
+/* A verdict from Python (coral/sdk/where.py): 0, CORAL_CALL_FILTERED or
+ * CORAL_CALL_WHERE_ERROR. Anything else, or an exception (which is
+ * cleared: a condition never raises into the service), is a where_error. */
+static unsigned int
+as_verdict(PyObject *v)
+{
+    if (v == NULL) {
+        PyErr_Clear();
+        return CORAL_CALL_WHERE_ERROR;
+    }
+    long x = PyLong_CheckExact(v) ? PyLong_AsLong(v) : -1;
+    if (x == -1 && PyErr_Occurred())
+        PyErr_Clear();
+    return (x == 0 || x == CORAL_CALL_FILTERED || x == CORAL_CALL_WHERE_ERROR) ? (unsigned int)x
+                                                                               : CORAL_CALL_WHERE_ERROR;
+}
+
+static inline int
+has(PyObject *o)
+{
+    return o != NULL && o != Py_None;  /* the members are T_OBJECT: Python may set them to None */
+}
+
+/* The condition's entry half: the verdict (where_return is NULL), or a new
+ * reference to the snapshot where_return decides with (*snapshot). */
+static unsigned int
+where_at_entry(ProbeWrapper *w, PyObject *const *args, size_t nargsf, PyObject *kwnames, PyObject **snapshot)
+{
+    *snapshot = NULL;
+    if (!has(w->where_entry))
+        return 0;
+    PyObject *r = PyObject_Vectorcall(w->where_entry, args, nargsf, kwnames);
+    if (has(w->where_return) && r != NULL) {
+        *snapshot = r;
+        return 0;
+    }
+    unsigned int verdict = as_verdict(r);
+    Py_XDECREF(r);
+    return verdict;
+}
+
+/* The return half, entered with no exception set; leaves none set. */
+static unsigned int
+where_at_return(ProbeWrapper *w, PyObject *snapshot, PyObject *result, PyObject *exc, unsigned long long duration)
+{
+    PyObject *d = PyLong_FromUnsignedLongLong(duration);
+    if (d == NULL)
+        return as_verdict(NULL);
+    PyObject *argv[4] = {snapshot ? snapshot : Py_None, result ? result : Py_None, exc ? exc : Py_None, d};
+    PyObject *r = PyObject_Vectorcall(w->where_return, argv, 4, NULL);
+    Py_DECREF(d);
+    unsigned int verdict = as_verdict(r);
+    Py_XDECREF(r);
+    return verdict;
+}
+
 /* Only reached while a tracer is attached: kept out of line so the
  * untraced path stays a load, a compare and a tail call. */
 static PyObject *__attribute__((noinline))
@@ -1067,24 +1138,38 @@ traced_call(ProbeWrapper *w, PyObject *const *args, size_t nargsf, PyObject *kwn
 {
     if (!w->armed)
         return PyObject_Vectorcall(w->func, args, nargsf, kwnames);
+    PyObject *snapshot;
+    /* before the start: the condition's own cost is not in the call's duration */
+    unsigned int verdict = where_at_entry(w, args, nargsf, kwnames, &snapshot);
     unsigned long long start = now_ns();
     PyObject *result = PyObject_Vectorcall(w->func, args, nargsf, kwnames);
     unsigned long long end = now_ns();
     Py_ssize_t npos = PyVectorcall_NARGS(nargsf);
     if (result != NULL) {
-        emit_record(w, start, end, args, npos, kwnames, args + npos, NULL, result, NULL, NULL);
+        if (has(w->where_return) && !verdict)
+            verdict = where_at_return(w, snapshot, result, NULL, end - start);
+        Py_XDECREF(snapshot);
+        emit_record(w, start, end, args, npos, kwnames, args + npos, NULL, result, NULL, NULL, verdict);
         return result;
     }
     /* The original exception goes back exactly as it was, traceback included. */
 #if PY_VERSION_HEX >= 0x030C0000
     PyObject *exc = PyErr_GetRaisedException();
+    if (has(w->where_return) && !verdict)
+        verdict = where_at_return(w, snapshot, NULL, exc, end - start);
+    Py_XDECREF(snapshot);
     emit_record(w, start, end, args, npos, kwnames, args + npos, NULL, NULL, exc ? (PyObject *)Py_TYPE(exc) : Py_None,
-                exc);
+                exc, verdict);
     PyErr_SetRaisedException(exc);
 #else
     PyObject *type, *value, *tb;
     PyErr_Fetch(&type, &value, &tb);
-    emit_record(w, start, end, args, npos, kwnames, args + npos, NULL, NULL, type ? type : Py_None, value);
+    if (has(w->where_return) && !verdict) {
+        PyErr_NormalizeException(&type, &value, &tb);
+        verdict = where_at_return(w, snapshot, NULL, value, end - start);
+    }
+    Py_XDECREF(snapshot);
+    emit_record(w, start, end, args, npos, kwnames, args + npos, NULL, NULL, type ? type : Py_None, value, verdict);
     PyErr_Restore(type, value, tb);
 #endif
     return NULL;
@@ -1131,6 +1216,8 @@ probe_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     w->func = Py_NewRef(func);
     w->dict = NULL;
     w->weakrefs = NULL;
+    w->where_entry = NULL;
+    w->where_return = NULL;
     w->names = names ? Py_NewRef(names) : PyTuple_New(0);
     w->redact = redact ? Py_NewRef(redact) : PyBytes_FromStringAndSize(NULL, 0);
     w->varargs = varargs ? Py_NewRef(varargs) : PyUnicode_FromString("");
@@ -1156,6 +1243,8 @@ probe_traverse(ProbeWrapper *w, visitproc visit, void *arg)
     Py_VISIT(w->names);
     Py_VISIT(w->redact);
     Py_VISIT(w->varargs);
+    Py_VISIT(w->where_entry);
+    Py_VISIT(w->where_return);
     return 0;
 }
 
@@ -1167,6 +1256,8 @@ probe_clear(ProbeWrapper *w)
     Py_CLEAR(w->names);
     Py_CLEAR(w->redact);
     Py_CLEAR(w->varargs);
+    Py_CLEAR(w->where_entry);
+    Py_CLEAR(w->where_return);
     return 0;
 }
 
@@ -1211,16 +1302,20 @@ probe_reduce(ProbeWrapper *w, PyObject *Py_UNUSED(ignored))
     return Py_NewRef(qualname);
 }
 
-/* emit(args, kwargs, start_ns, end_ns, result, exc): the record for a call
- * timed in Python (coroutines and generators, whose run is not the call). */
+/* emit(args, kwargs, start_ns, end_ns, result, exc[, verdict]): the record
+ * for a call timed in Python (coroutines and generators, whose run is not
+ * the call); verdict: what its --where decided (0: show it). */
 static PyObject *
 probe_emit(ProbeWrapper *w, PyObject *const *args, Py_ssize_t nargs)
 {
     unsigned long long start, end;
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "emit(args, kwargs, start_ns, end_ns, result, exc)");
+    unsigned int verdict = 0;
+    if (nargs != 6 && nargs != 7) {
+        PyErr_SetString(PyExc_TypeError, "emit(args, kwargs, start_ns, end_ns, result, exc[, verdict])");
         return NULL;
     }
+    if (nargs == 7)
+        verdict = as_verdict(args[6]);
     PyObject *pos = args[0], *kw = args[1], *result = args[4], *exc = args[5];
     if (!PyTuple_Check(pos) || !(kw == Py_None || PyDict_Check(kw))) {
         PyErr_SetString(PyExc_TypeError, "emit: args must be a tuple and kwargs a dict or None");
@@ -1238,7 +1333,7 @@ probe_emit(ProbeWrapper *w, PyObject *const *args, Py_ssize_t nargs)
         Py_RETURN_NONE;
     emit_record(w, start, end, ((PyTupleObject *)pos)->ob_item, PyTuple_GET_SIZE(pos), NULL, NULL,
                 kw == Py_None ? NULL : kw, result, exc == Py_None ? NULL : (PyObject *)Py_TYPE(exc),
-                exc == Py_None ? NULL : exc);
+                exc == Py_None ? NULL : exc, verdict);
     Py_RETURN_NONE;
 }
 
@@ -1264,6 +1359,8 @@ static PyMemberDef probe_members[] = {
     {"capture_args", T_BOOL, offsetof(ProbeWrapper, capture_args), 0, "record argument reprs"},
     {"capture_return", T_BOOL, offsetof(ProbeWrapper, capture_return), 0, "record the return value's repr"},
     {"armed", T_BOOL, offsetof(ProbeWrapper, armed), 0, "False: a pure pass-through (disarmed)"},
+    {"where_entry", T_OBJECT, offsetof(ProbeWrapper, where_entry), 0, "--where: reads the arguments (None: no condition)"},
+    {"where_return", T_OBJECT, offsetof(ProbeWrapper, where_return), 0, "--where: decides at the return (None: at the entry)"},
     {"__dictoffset__", T_PYSSIZET, offsetof(ProbeWrapper, dict), READONLY},
     {"__vectorcalloffset__", T_PYSSIZET, offsetof(ProbeWrapper, vectorcall), READONLY},
     {NULL},
@@ -1415,7 +1512,67 @@ mod_safe_repr(PyObject *module, PyObject *arg)
     return PyUnicode_DecodeUTF8(buf, (Py_ssize_t)sb.len, "replace");
 }
 
+/* ------------------------------------------------------ --where reads */
+
+static PyObject *unreadable;                  /* attribute_of's answer for "not read" */
+static PyObject *object_getattribute;         /* object.__dict__['__getattribute__'] */
+static PyObject *str_getattribute;            /* "__getattribute__", interned */
+
+/* attribute_of(obj, name): obj.name as generic attribute lookup would find
+ * it, or UNREADABLE wherever code of the service could run or decide:
+ * the type has its own __getattribute__ (a module is read from its
+ * dict), the name is a property or another data descriptor other than a
+ * slot's member, it is not an instance value and the class has a method
+ * or other descriptor under it, or it is nowhere (__getattr__ would
+ * answer). Reads class dicts along the MRO and the instance dict, never
+ * calls getattr. (An instance whose attributes live in inline values
+ * gets its __dict__ made, as vars(obj) would.) */
+static PyObject *
+mod_attribute_of(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyUnicode_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "attribute_of(obj, name: str)");
+        return NULL;
+    }
+    PyObject *obj = args[0], *name = args[1];
+    PyTypeObject *tp = Py_TYPE(obj);
+    if (PyModule_CheckExact(obj)) {
+        PyObject *d = PyModule_GetDict(obj); /* borrowed */
+        PyObject *v = d ? PyDict_GetItemWithError(d, name) : NULL;
+        if (v == NULL) {
+            PyErr_Clear();
+            return Py_NewRef(unreadable);
+        }
+        return Py_NewRef(v);
+    }
+    if (_PyType_Lookup(tp, str_getattribute) != object_getattribute)
+        return Py_NewRef(unreadable);
+    PyObject *found = _PyType_Lookup(tp, name); /* borrowed, no code runs */
+    if (found != NULL && Py_TYPE(found)->tp_descr_set != NULL) {
+        if (!Py_IS_TYPE(found, &PyMemberDescr_Type))
+            return Py_NewRef(unreadable);
+        PyObject *v = Py_TYPE(found)->tp_descr_get(found, obj, (PyObject *)tp);
+        if (v == NULL) {
+            PyErr_Clear(); /* an empty slot */
+            return Py_NewRef(unreadable);
+        }
+        return v;
+    }
+    PyObject **dictptr = _PyObject_GetDictPtr(obj);
+    if (dictptr != NULL && *dictptr != NULL && PyDict_CheckExact(*dictptr)) {
+        PyObject *v = PyDict_GetItemWithError(*dictptr, name);
+        if (v != NULL)
+            return Py_NewRef(v);
+    }
+    PyErr_Clear();
+    if (found != NULL && Py_TYPE(found)->tp_descr_get == NULL)
+        return Py_NewRef(found); /* a plain class attribute */
+    return Py_NewRef(unreadable);
+}
+
 static PyMethodDef module_methods[] = {
+    {"attribute_of", (PyCFunction)(void (*)(void))mod_attribute_of, METH_FASTCALL,
+     "attribute_of(obj, name) -> the value, or UNREADABLE: read without running code of the object's (--where)"},
     {"semaphore", mod_semaphore, METH_NOARGS, "semaphore() -> int: the probe semaphore's current value"},
     {"tracing", mod_tracing, METH_NOARGS, "tracing() -> bool: a tracer is attached (semaphore > 0)"},
     {"safe_repr", mod_safe_repr, METH_O, "safe_repr(obj) -> str: the bounded, redacted repr a record would carry"},
@@ -1455,6 +1612,13 @@ PyInit__probe(void)
             return NULL;
         PyTuple_SET_ITEM(redact_patterns, i, p);
     }
+    unreadable = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
+    str_getattribute = PyUnicode_InternFromString("__getattribute__");
+    /* borrowed: object's own, for as long as the interpreter runs (tp_dict of a
+     * static type is not to be read directly since 3.12) */
+    object_getattribute = str_getattribute ? _PyType_Lookup(&PyBaseObject_Type, str_getattribute) : NULL;
+    if (unreadable == NULL || object_getattribute == NULL || str_getattribute == NULL)
+        return NULL;
     PyObject *m = PyModule_Create(&probe_module);
     if (m == NULL)
         return NULL;
@@ -1465,7 +1629,10 @@ PyInit__probe(void)
         PyModule_AddIntConstant(m, "ARGS_MAX", CORAL_ARGS_MAX) < 0 ||
         PyModule_AddIntConstant(m, "RET_MAX", CORAL_RET_MAX) < 0 ||
         PyModule_AddIntConstant(m, "CALL_RAISED", CORAL_CALL_RAISED) < 0 ||
-        PyModule_AddIntConstant(m, "CALL_TRUNCATED", CORAL_CALL_TRUNCATED) < 0) {
+        PyModule_AddIntConstant(m, "CALL_TRUNCATED", CORAL_CALL_TRUNCATED) < 0 ||
+        PyModule_AddObjectRef(m, "UNREADABLE", unreadable) < 0 ||
+        PyModule_AddIntConstant(m, "CALL_FILTERED", CORAL_CALL_FILTERED) < 0 ||
+        PyModule_AddIntConstant(m, "CALL_WHERE_ERROR", CORAL_CALL_WHERE_ERROR) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -10,6 +10,9 @@ ARGS_MAX: int
 RET_MAX: int
 CALL_RAISED: int
 CALL_TRUNCATED: int
+CALL_FILTERED: int
+UNREADABLE: object
+CALL_WHERE_ERROR: int
 
 class ProbeWrapper:
     original: Callable[..., Any]
@@ -17,6 +20,8 @@ class ProbeWrapper:
     capture_args: bool
     capture_return: bool
     armed: bool
+    where_entry: Callable[..., Any] | None
+    where_return: Callable[[Any, Any, Any, int], int] | None
     __dict__: dict[str, Any]
     def __init__(
         self,
@@ -40,12 +45,14 @@ class ProbeWrapper:
         end_ns: int,
         result: object,
         exc: BaseException | None,
+        verdict: int = ...,
         /,
     ) -> None: ...
 
 def semaphore() -> int: ...
 def tracing() -> bool: ...
 def safe_repr(obj: object, /) -> str: ...
+def attribute_of(obj: object, name: str, /) -> Any: ...
 def _set_test_mode(*, semaphore: int = 0, capture: bool = False) -> None: ...
 def _take_records() -> list[dict[str, Any]]: ...
 def _set_redact_patterns(patterns: Sequence[str], /) -> None: ...

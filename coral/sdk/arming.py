@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from coral.daemon.errors import InvalidArgument
-from coral.sdk import _probe, targets
+from coral.sdk import _probe, targets, where
 from coral.sdk.settings import SdkSettings
 from coral.sdk.targets import MISSING, Kind, Target
 
@@ -54,19 +54,47 @@ class Arm:
     probe: _probe.ProbeWrapper
     installed: Callable[..., Any]  # what callers reach now: the probe, or a coroutine/generator wrapper
     sites: list[Site] = field(default_factory=list)
+    condition: str = ""  # the --where text the probe evaluates ("" for none)
+
+
+def _entry_verdict(probe: _probe.ProbeWrapper, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, int]:
+    """The --where condition's entry half, as the C wrapper runs it: (the
+    snapshot for the return half, or None; the verdict so far)."""
+    entry, at_return = probe.where_entry, probe.where_return
+    if entry is None:
+        return None, 0
+    try:
+        got = entry(*args, **kwargs)
+    except Exception:
+        return None, where.WHERE_ERROR
+    return (got, 0) if at_return is not None else (None, got)
+
+
+def _verdict(probe: _probe.ProbeWrapper, snapshot: Any, verdict: int, result: Any, exc: BaseException | None,
+             duration_ns: int) -> int:
+    at_return = probe.where_return
+    if verdict or at_return is None:
+        return verdict
+    try:
+        return int(at_return(snapshot, result, exc, duration_ns))
+    except Exception:
+        return where.WHERE_ERROR
 
 
 def _coroutine_wrapper(fn: Callable[..., Any], probe: _probe.ProbeWrapper) -> Callable[..., Any]:
     async def armed(*args: Any, **kwargs: Any) -> Any:
         if not _probe.tracing():
             return await fn(*args, **kwargs)
+        snapshot, verdict = _entry_verdict(probe, args, kwargs)
         start = time.monotonic_ns()  # CLOCK_MONOTONIC, like the C side and bpf_ktime_get_ns
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
-            probe.emit(args, kwargs, start, time.monotonic_ns(), None, exc)
+            end = time.monotonic_ns()
+            probe.emit(args, kwargs, start, end, None, exc, _verdict(probe, snapshot, verdict, None, exc, end - start))
             raise
-        probe.emit(args, kwargs, start, time.monotonic_ns(), result, None)
+        end = time.monotonic_ns()
+        probe.emit(args, kwargs, start, end, result, None, _verdict(probe, snapshot, verdict, result, None, end - start))
         return result
 
     return functools.update_wrapper(armed, fn)
@@ -76,13 +104,16 @@ def _generator_wrapper(fn: Callable[..., Any], probe: _probe.ProbeWrapper) -> Ca
     def armed(*args: Any, **kwargs: Any) -> Generator[Any, Any, Any]:
         if not _probe.tracing():
             return (yield from fn(*args, **kwargs))
+        snapshot, verdict = _entry_verdict(probe, args, kwargs)
         start = time.monotonic_ns()
         try:
             result = yield from fn(*args, **kwargs)
         except BaseException as exc:  # GeneratorExit included: the consumer stopped early
-            probe.emit(args, kwargs, start, time.monotonic_ns(), None, exc)
+            end = time.monotonic_ns()
+            probe.emit(args, kwargs, start, end, None, exc, _verdict(probe, snapshot, verdict, None, exc, end - start))
             raise
-        probe.emit(args, kwargs, start, time.monotonic_ns(), result, None)
+        end = time.monotonic_ns()
+        probe.emit(args, kwargs, start, end, result, None, _verdict(probe, snapshot, verdict, result, None, end - start))
         return result
 
     return functools.update_wrapper(armed, fn)
@@ -155,11 +186,17 @@ class ArmRegistry:
     def get(self, fn_id: int) -> Arm | None:
         return self._by_id.get(fn_id)
 
-    def arm(self, name: str, fn_id: int, *, capture_args: bool = True, capture_return: bool = True) -> Arm:
+    def arm(self, name: str, fn_id: int, *, capture_args: bool = True, capture_return: bool = True,
+            condition: str = "") -> Arm:
         """Arm ``name`` under ``fn_id``. Idempotent per fn_id; arming an
-        armed function under another fn_id re-stamps it (last one wins)."""
+        armed function under another fn_id re-stamps it (last one wins).
+        ``condition`` (--where) replaces the one it was armed with; a
+        condition that does not fit the function is InvalidArgument, and
+        nothing is armed."""
         with self.lock:
             target = self.resolve(name)
+            compiled = (where.compile_condition(condition, name, target.function, self.settings.is_sensitive)
+                        if condition else None)
             arm = self.arm_of(target.function)
             other = self._by_id.get(fn_id)
             if other is not None and other is not arm:
@@ -176,6 +213,10 @@ class ArmRegistry:
             arm.fn_id = arm.probe.fn_id = fn_id
             arm.probe.capture_args = capture_args
             arm.probe.capture_return = capture_return
+            arm.condition = condition
+            # another thread's call between the two stores may see one half of each: at worst a where_error
+            arm.probe.where_return = compiled.at_return if compiled else None
+            arm.probe.where_entry = compiled.at_entry if compiled else None
             self._by_id[fn_id] = arm
             _probe._set_safe_repr_types(safe_repr_types())
             return arm

@@ -12,7 +12,7 @@ import functools
 import os
 
 from coral.daemon.errors import InvalidArgument, NotFound
-from coral.dwarftypes import Field, HeldString
+from coral.dwarftypes import Field, HeldString, Variants
 from coral.elfinfo import AmbiguousName, ElfFunctions, ElfInfoError, FunctionInfo, Parameter
 from coral.gotypes import GoValue
 from coral.procmaps import read_maps
@@ -73,16 +73,27 @@ def _go(v: GoValue | None) -> pb.GoValueMetadata | None:
     if v is None:
         return None
     return pb.GoValueMetadata(underlying=v.underlying, int_registers=v.int_registers,
-                              float_registers=v.float_registers, stack_only=v.stack_only, fields=[
+                              float_registers=v.float_registers, stack_only=v.stack_only, size=v.size,
+                              align=v.align, fields=[
                                   pb.GoFieldMetadata(name=f.name, type=f.type, underlying=f.underlying,
-                                                     int_registers=f.int_registers,
-                                                     float_registers=f.float_registers) for f in v.fields])
+                                                     int_registers=f.int_registers, float_registers=f.float_registers,
+                                                     offset=f.offset, size=f.size) for f in v.fields])
+
+
+def _enum(v: Variants | None) -> pb.EnumMetadata | None:
+    if v is None:
+        return None
+    return pb.EnumMetadata(size=v.size, discriminant=_field(v.discriminant), variants=[
+        pb.VariantMetadata(name=x.name, discriminant=x.discriminant, is_default=x.is_default,
+                           payload=[_field(f) for f in x.payload]) for x in v.variants])
 
 
 def argument_metadata(p: Parameter, location: str = "") -> pb.ArgumentMetadata:
     """One argument as the agent is told it (coral-run and the SDK alike)."""
     return pb.ArgumentMetadata(name=p.name, type=p.type, location=location, fields=[_field(f) for f in p.fields],
-                               held_string=_held(p.held_string), go=_go(p.go))
+                               held_string=_held(p.held_string), go=_go(p.go), variants=_enum(p.variants),
+                               float_type=p.float_type, entry_registers=list(p.entry_registers),
+                               entry_elsewhere=p.entry_elsewhere)
 
 
 def result_metadata(info: FunctionInfo, location: str = "") -> list[pb.ReturnValueMetadata]:
@@ -97,11 +108,11 @@ def result_metadata(info: FunctionInfo, location: str = "") -> list[pb.ReturnVal
     held = _held(value.held_string) if value is not None else None
     if held is not None:
         out.held_string.CopyFrom(held)
-    if value is not None and value.variants:
-        v = value.variants
-        out.variants.CopyFrom(pb.EnumMetadata(size=v.size, discriminant=_field(v.discriminant), variants=[
-            pb.VariantMetadata(name=x.name, discriminant=x.discriminant, is_default=x.is_default,
-                               payload=[_field(f) for f in x.payload]) for x in v.variants]))
+    if value is not None:
+        out.float_type = value.float_type
+    enum = _enum(value.variants) if value is not None else None
+    if enum is not None:
+        out.variants.CopyFrom(enum)
     return [out]
 
 

@@ -101,7 +101,8 @@ class ProcessApi:
             raise PermissionDenied(f"{peer.who} may not arm functions in pid {self.pid}")
         if not req.function:
             raise InvalidArgument("a function name is required")
-        self.arms.arm(req.function, req.fn_id, capture_args=req.config.capture_args, capture_return=req.config.capture_return)
+        self.arms.arm(req.function, req.fn_id, capture_args=req.config.capture_args, capture_return=req.config.capture_return,
+                      condition=req.config.predicate)
         return pb.ArmFunctionResponse(metadata=function_metadata(self.arms, req.function, self.pid))
 
     def disarm_function(self, req: pb.DisarmFunctionRequest, peer: Peer) -> pb.DisarmFunctionResponse:

@@ -1,0 +1,174 @@
+"""Captured values as text: from the registers the probe copied, the
+strings and struct members it copied through pointers, and the stack
+arguments it copied at the entry, placed as coral/agentd/abi.py says."""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Callable
+
+from coral.agentd.abi import GO_SCALARS, MAX_SHOWN_FIELDS, Slot
+from coral.agentd.values import format_register, int_kind
+from coral.proto import coral_pb2 as pb
+
+_FLOAT_FORMATS = {"float32": "<f", "float64": "<d", "float": "<f", "double": "<d", "f32": "<f", "f64": "<d",
+                  "_Float32": "<f", "_Float64": "<d"}
+_X87 = ("long double", "_Float64x", "__float80")
+
+
+def _x87(raw: bytes) -> str:
+    """An x87 extended-precision number (a long double): 64-bit significand
+    with its integer bit, 15-bit exponent, sign; shown as the nearest
+    double."""
+    significand, top = int.from_bytes(raw[:8], "little"), int.from_bytes(raw[8:10], "little")
+    exponent, sign = top & 0x7FFF, -1.0 if top >> 15 else 1.0
+    if exponent == 0x7FFF:
+        return repr(sign * float("inf")) if significand << 1 & ((1 << 64) - 1) == 0 else "nan"
+    try:
+        return repr(sign * math.ldexp(significand, (exponent or 1) - 16383 - 63))
+    except OverflowError:
+        return repr(sign * float("inf"))
+
+
+def _from_stack(slot: Slot, data: bytes, at: int, other: str = "(not captured)") -> str:
+    """A scalar, pointer or float at `at` in the copied stack bytes; a
+    value of any other kind (a string, slice or interface on the stack: its
+    bytes are not followed; a struct in a struct) is `other`."""
+    kind = slot.underlying or slot.type
+    if at < 0 or at + slot.size > len(data) or slot.size == 0:
+        return "(not captured: on the stack)"
+    raw = data[at:at + slot.size]
+    if kind in _FLOAT_FORMATS and slot.size >= struct.calcsize(_FLOAT_FORMATS[kind]):
+        return repr(struct.unpack_from(_FLOAT_FORMATS[kind], raw)[0])
+    if kind in _X87 and slot.size >= 10:
+        return _x87(raw)
+    if slot.go and (kind in GO_SCALARS or kind == "unsafe.Pointer"):
+        return format_register(int.from_bytes(raw, "little"), kind, True)
+    if not slot.go and (int_kind(kind) is not None or "*" in kind or kind in ("_Bool", "bool")):
+        return format_register(int.from_bytes(raw, "little"), kind)
+    return other
+
+
+def show_stack(slot: Slot, data: bytes, redact: Callable[[str, str], str]) -> str:
+    """A Go value passed on the stack, from the bytes copied at the entry:
+    a scalar or a float as itself, a struct `{Lo=1, Hi=2}` and an array
+    `[4, 6]` one level deep (a field redacted by its name); what lies past
+    the bytes copied is `?`, a value wholly past them not captured."""
+    if slot.offset < 0 or not data or slot.offset >= len(data) or slot.size == 0:
+        return "(not captured: on the stack)"
+    if not slot.fields:
+        return _from_stack(slot, data, slot.offset, "(not captured: on the stack)")
+    shown = []
+    for f in slot.fields[:MAX_SHOWN_FIELDS]:
+        at = slot.offset + f.offset
+        text = "?" if at + f.size > len(data) else _from_stack(f, data, at)
+        shown.append(text if slot.underlying.startswith("[") else f"{f.name}={redact(f.name, text)}")
+    more = ["…"] if len(slot.fields) > MAX_SHOWN_FIELDS or (slot.underlying.startswith("[") and
+                                                             len(slot.fields) * max(slot.fields[0].size, 1) < slot.size) else []
+    if slot.underlying.startswith("["):
+        return "[" + ", ".join(shown + more) + "]"
+    return "{" + ", ".join(shown + more) + "}"
+
+
+def show_fields(address: int, fields: list[pb.FieldMetadata], blob: bytes, redact: Callable[[str, str], str],
+                go: bool = False) -> str:
+    """`0x7ffc… {cents=100, items=1, note=0x5612…}`: the members the kernel
+    copied through the pointer (at the return), each redacted by its name."""
+    if address == 0:
+        return "NULL"
+    if not blob:
+        return f"{address:#x}"
+    shown = []
+    for f in fields:
+        if f.offset + f.size > len(blob):
+            shown.append(f"{f.name}=?")
+            continue
+        raw = blob[f.offset:f.offset + f.size]
+        number = {"float": "<f", "double": "<d", "f32": "<f", "f64": "<d", "float32": "<f", "float64": "<d"}.get(f.type)
+        text = repr(struct.unpack(number, raw)[0]) if number and len(raw) == struct.calcsize(number) else \
+            format_register(int.from_bytes(raw, "little"), f.type, go)
+        shown.append(f"{f.name}={redact(f.name, text)}")
+    return f"{address:#x} {{{', '.join(shown)}}}"
+
+
+def show_variant(slot: Slot, values: tuple[int, ...]) -> str:
+    """A Rust enum from its registers: `Some(5)`, `None`, `Ok(4)`, `Err(-3)`;
+    a discriminant no variant has is not shown as one."""
+    v: pb.EnumMetadata = slot.variants
+    part = {offset: values[reg] for offset, reg in zip(slot.pieces, slot.regs, strict=True)}
+    d = v.discriminant
+    value = part[d.offset] & ((1 << 8 * d.size) - 1)
+    chosen = next((x for x in v.variants if not x.is_default and x.discriminant == value), None) or \
+        next((x for x in v.variants if x.is_default), None)
+    if chosen is None:
+        return "(not captured)"
+    payload = [f for f in chosen.payload if f.size]
+    if not payload:
+        return chosen.name + ("(())" if any(f.type == "()" for f in chosen.payload) else "")
+    f = payload[0]
+    return f"{chosen.name}({format_register(part[f.offset] & ((1 << 8 * f.size) - 1), f.type)})"
+
+
+def is_error_variant(slot: Slot, shown: str) -> bool:
+    """A Rust Result's Err: the call failed, as a non-nil Go error says."""
+    return slot.shape == "variants" and slot.type.removeprefix("struct ").startswith("Result<") and \
+        shown.startswith("Err")
+
+
+def _unredacted(name: str, text: str) -> str:
+    return text
+
+
+def show(slot: Slot, values: tuple[int, ...], strings: dict[int, bytes], string_bytes: int = 64,
+         lengths: dict[int, int] | None = None, redact: Callable[[str, str], str] = _unredacted,
+         stack: bytes = b"") -> str:
+    """One value as text, from the captured registers (and copied strings,
+    and the whole lengths of strings held in objects). A Go struct passed
+    by value: `{Cents=100, Note='x', Items=3}`, each field redacted by its
+    name."""
+    if slot.shape == "float":
+        return "(in a floating-point register: not captured)"
+    if slot.shape == "stack":
+        return show_stack(slot, stack, redact)
+    if slot.shape == "struct":
+        parts = [f"{f.name}={redact(f.name, show(f, values, strings, string_bytes, lengths))}"
+                 for f in slot.fields[:MAX_SHOWN_FIELDS]]
+        return "{" + ", ".join(parts + (["…"] if len(slot.fields) > MAX_SHOWN_FIELDS else [])) + "}"
+    if slot.shape == "unsupported" or not slot.regs:
+        return "(not captured)"
+    if slot.shape == "variants":
+        return show_variant(slot, values)
+    v = [values[r] for r in slot.regs]
+    if slot.shape == "held":
+        data = strings.get(slot.regs[0])
+        if v[0] == 0:
+            return "NULL"
+        if data is None:
+            return f"{v[0]:#x}"
+        length = (lengths or {}).get(slot.regs[0], len(data))
+        more = f"…(+{length - len(data)} bytes)" if length > len(data) else ""
+        return repr(data.decode(errors="replace")) + more
+    if slot.shape == "fat":
+        return f"{v[0]:#x} " + (f"vtable={v[1]:#x}" if "dyn " in slot.type else f"len={v[1]}")
+    if slot.shape == "int":
+        return format_register(v[0], slot.underlying or slot.type, slot.go)
+    if slot.shape == "iface":
+        return "nil" if v[0] == 0 else f"<{slot.type} {v[1]:#x}>"
+    if v[0] == 0:
+        return "NULL" if slot.shape == "cstring" else ("nil" if slot.shape == "goslice" else '""')
+    data = strings.get(slot.regs[0])
+    if data is None:
+        return f"{v[0]:#x}"
+    if slot.shape == "cstring":
+        # The kernel copies at most string_bytes including the NUL: a full copy may have been cut.
+        cut = "…(truncated)" if len(data) >= string_bytes - 1 else ""
+        return repr(data.decode(errors="replace")) + cut
+    length = v[1]
+    shown = data[:length]
+    more = f"…(+{length - len(shown)} bytes)" if length > len(shown) else ""
+    if slot.shape == "gostring":
+        return repr(shown.decode(errors="replace")) + more
+    if (slot.underlying or slot.type) in ("[]uint8", "[]byte"):
+        return f"{slot.type} len={length} cap={v[2]} {shown!r}{more}"
+    return f"{slot.type} len={length} cap={v[2]}"
