@@ -230,6 +230,7 @@ def test_folded_stacks_merge_processes_and_name_the_caller() -> None:
     assert "<script" in page and "t&lt;/script&gt;" in page and "src=" not in page
 
 
+@pytest.mark.system  # reads this Python's and libc's symbols and DWARF: tens of seconds
 def test_the_agent_symbolizes_stacks_outermost_first_and_bounds_its_answer() -> None:
     """profiles.run without BPF: a sampler that 'saw' libc's getppid called
     from getpid in this very process; names come from the ELF symbols and
