@@ -9,14 +9,13 @@ from __future__ import annotations
 import bisect
 import contextlib
 import os
-import threading
 from dataclasses import dataclass, field
 
 from elftools.common.exceptions import DWARFError, ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
-from coral.agentd.unwind import Unwinder
+from coral.agentd.unwind import PerFile, Unwinder
 from coral.demangle import demangle
 from coral.procmaps import Mapping, read_maps
 
@@ -136,35 +135,22 @@ def _read_lines(ef: ELFFile, out: ElfSymbols) -> None:
         out.line_places.append(rows[address])
 
 
+def _symbols_or_none(path: str) -> ElfSymbols | None:
+    try:
+        return read_elf_symbols(path)
+    except (OSError, ELFError, DWARFError, ValueError):
+        return None
+
+
 class Symbolizer:
     """Files read once, shared by the profiles of every process (thread-safe)."""
 
     def __init__(self, max_files: int = 256) -> None:
-        self._files: dict[tuple[str, int, int], ElfSymbols | None] = {}
-        self._lock = threading.Lock()
-        self.max_files = max_files
+        self._files = PerFile(_symbols_or_none, max_files)
         self.unwinder = Unwinder()  # the call frame information of the same files
 
     def symbols(self, pid: int, mapping: Mapping) -> ElfSymbols | None:
-        # Through /proc/PID/root: the process may live in another mount namespace.
-        path = f"/proc/{pid}/root{mapping.path}"
-        try:
-            st = os.stat(path)
-        except OSError:
-            return None
-        key = (mapping.path, st.st_ino, st.st_mtime_ns)
-        with self._lock:
-            if key in self._files:
-                return self._files[key]
-        try:
-            symbols: ElfSymbols | None = read_elf_symbols(path)
-        except (OSError, ELFError, DWARFError, ValueError):
-            symbols = None
-        with self._lock:
-            if len(self._files) >= self.max_files:
-                self._files.pop(next(iter(self._files)))
-            self._files[key] = symbols
-        return symbols
+        return self._files.get(pid, mapping)
 
     def frames(self, pid: int, maps: list[Mapping], addresses: tuple[int, ...],
                unwound: bool = False) -> tuple[list[Frame], bool]:

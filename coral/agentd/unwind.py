@@ -17,14 +17,17 @@ import contextlib
 import os
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from elftools.common.exceptions import DWARFError, ELFError
 from elftools.dwarf.callframe import FDE, RegisterRule
 from elftools.elf.elffile import ELFFile
 
 from coral.procmaps import Mapping
+
+T = TypeVar("T")
 
 RBP, RSP, RA = 6, 7, 16
 MAX_FRAMES = 127  # as many as the kernel's own walk gives
@@ -114,15 +117,19 @@ def read_call_frames(path: str) -> CallFrames | None:
         return out
 
 
-class Unwinder:
-    """Call frame information read once per (path, inode, mtime), shared by every profile."""
+class PerFile(Generic[T]):
+    """What was read from a file a process maps, once per (path, inode,
+    mtime) whichever process maps it: thread-safe, at most `max_files` kept
+    (the oldest goes first). `read` returns None for a file it cannot use."""
 
-    def __init__(self, max_files: int = 64) -> None:
-        self._files: dict[tuple[str, int, int], CallFrames | None] = {}
+    def __init__(self, read: Callable[[str], T | None], max_files: int) -> None:
+        self._read = read
+        self._files: dict[tuple[str, int, int], T | None] = {}
         self._lock = threading.Lock()
         self.max_files = max_files
 
-    def frames_of(self, pid: int, mapping: Mapping) -> CallFrames | None:
+    def get(self, pid: int, mapping: Mapping) -> T | None:
+        # Through /proc/PID/root: the process may live in another mount namespace.
         path = f"/proc/{pid}/root{mapping.path}"
         try:
             st = os.stat(path)
@@ -132,14 +139,28 @@ class Unwinder:
         with self._lock:
             if key in self._files:
                 return self._files[key]
-        frames: CallFrames | None = None
-        with contextlib.suppress(OSError, ELFError, DWARFError, ValueError, KeyError, AssertionError):
-            frames = read_call_frames(path)
+        value = self._read(path)
         with self._lock:
             if len(self._files) >= self.max_files:
                 self._files.pop(next(iter(self._files)))
-            self._files[key] = frames
-        return frames
+            self._files[key] = value
+        return value
+
+
+def _call_frames_or_none(path: str) -> CallFrames | None:
+    with contextlib.suppress(OSError, ELFError, DWARFError, ValueError, KeyError, AssertionError):
+        return read_call_frames(path)
+    return None
+
+
+class Unwinder:
+    """Call frame information read once per (path, inode, mtime), shared by every profile."""
+
+    def __init__(self, max_files: int = 64) -> None:
+        self._files = PerFile(_call_frames_or_none, max_files)
+
+    def frames_of(self, pid: int, mapping: Mapping) -> CallFrames | None:
+        return self._files.get(pid, mapping)
 
     def unwind(self, pid: int, maps: list[Mapping], ip: int, sp: int, bp: int,
                stack: bytes) -> tuple[tuple[int, ...], bool] | None:
