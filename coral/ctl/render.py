@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any, TextIO
 
+from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from coral import expr
@@ -342,40 +343,14 @@ def summary_dict(s: Summary, session: pb.DebugSession, tally: Tally | None = Non
     }
 
 
-def _from_dict(msg: Message, data: dict[str, Any]) -> Message:
-    """The reverse of to_dict, for the fields `msg` has (others are ignored:
-    `kind`, `line`, and fields of a newer coralctl)."""
-    for fd in msg.DESCRIPTOR.fields:
-        if fd.name not in data or data[fd.name] is None:
-            continue
-        value = data[fd.name]
-        if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
-            key_type = fd.message_type.fields_by_name["key"].cpp_type
-            target = getattr(msg, fd.name)
-            for k, v in value.items():
-                target[int(k) if key_type != fd.CPPTYPE_STRING else k] = v
-        elif fd.is_repeated and fd.message_type is not None:
-            for item in value:
-                _from_dict(getattr(msg, fd.name).add(), item)
-        elif fd.is_repeated:
-            getattr(msg, fd.name).extend(value)
-        elif fd.message_type is not None:
-            _from_dict(getattr(msg, fd.name), value)
-        else:
-            setattr(msg, fd.name, value)
-    return msg
-
-
 def call_from_dict(data: dict[str, Any]) -> pb.Call:
-    call = pb.Call()
-    _from_dict(call, data)
-    return call
+    """The reverse of to_dict (protobuf's parser takes its 64-bit numbers;
+    `kind`, `line` and fields of a newer coralctl are ignored)."""
+    return json_format.ParseDict(data, pb.Call(), ignore_unknown_fields=True)
 
 
 def session_from_dict(data: dict[str, Any]) -> pb.DebugSession:
-    session = pb.DebugSession()
-    _from_dict(session, data)
-    return session
+    return json_format.ParseDict(data, pb.DebugSession(), ignore_unknown_fields=True)
 
 
 def to_dict(msg: Message) -> dict[str, Any]:
