@@ -36,7 +36,6 @@ MAX_STRING = 64  # bytes of one string constant
 MAX_PATH = 3  # names in one path: `order->card->bin`
 
 COMPARISONS = ("==", "!=", "<=", ">=", "<", ">")
-SPECIAL = ("ret", "err", "duration")  # names that are not arguments
 KEYWORDS = ("nil", "true", "false", "startswith", "raised")
 UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
 
