@@ -656,18 +656,20 @@ class ListAuditResponse(_message.Message):
     def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...
 
 class ProfileCpuRequest(_message.Message):
-    __slots__ = ("service", "duration_ms", "frequency_hz", "agent_id", "session_id")
+    __slots__ = ("service", "duration_ms", "frequency_hz", "agent_id", "session_id", "client_label")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     DURATION_MS_FIELD_NUMBER: _ClassVar[int]
     FREQUENCY_HZ_FIELD_NUMBER: _ClassVar[int]
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_LABEL_FIELD_NUMBER: _ClassVar[int]
     service: str
     duration_ms: int
     frequency_hz: int
     agent_id: str
     session_id: str
-    def __init__(self, service: _Optional[str] = ..., duration_ms: _Optional[int] = ..., frequency_hz: _Optional[int] = ..., agent_id: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
+    client_label: str
+    def __init__(self, service: _Optional[str] = ..., duration_ms: _Optional[int] = ..., frequency_hz: _Optional[int] = ..., agent_id: _Optional[str] = ..., session_id: _Optional[str] = ..., client_label: _Optional[str] = ...) -> None: ...
 
 class StackFrame(_message.Message):
     __slots__ = ("function", "file", "line", "module")
