@@ -14,6 +14,8 @@ CALL_FILTERED: int
 UNREADABLE: object
 CALL_WHERE_ERROR: int
 
+def python_layout() -> dict[str, int] | None: ...
+
 class ProbeWrapper:
     original: Callable[..., Any]
     fn_id: int
