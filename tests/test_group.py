@@ -16,7 +16,7 @@ import pytest
 
 from coral.ctl import group
 from coral.proto import coral_pb2 as pb
-from tests.harness import CoralEnv, Process, coralctl, tool
+from tests.harness import CoralEnv, Process, build_go, coralctl, tool
 from tests.test_native_e2e import wait_for_service
 
 CHECKOUT_C = r"""
@@ -68,6 +68,78 @@ for line in sys.stdin:
     print(f"done {n} declined {declined}", flush=True)
 """
 
+CHECKOUT_CPP = r"""
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+namespace shop {
+static volatile long sink;
+__attribute__((noinline)) long lookup(long id) { sink += id; return id * 7; }
+__attribute__((noinline)) bool validate(long id) { return lookup(id) % 5 != 0; }
+__attribute__((noinline)) long fee(long cents) { sink += cents; return cents / 100; }
+__attribute__((noinline)) long charge(long cents) { return cents + fee(cents) + fee(cents / 2); }
+__attribute__((noinline)) long handle(long id) { return validate(id) ? charge(id * 100) : -1; }
+}
+int main() {
+    char line[64];
+    while (std::fgets(line, sizeof line, stdin)) {
+        long n = std::atol(line), declined = 0;
+        for (long i = 1; i <= n; i++)
+            declined += shop::handle(i) < 0;
+        std::printf("done %ld declined %ld\n", n, declined);
+        std::fflush(stdout);
+    }
+}
+"""
+
+CHECKOUT_GO = r"""
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+)
+
+var sink int
+
+//go:noinline
+func lookup(id int) int { sink += id; return id * 7 }
+
+//go:noinline
+func validate(id int) bool { return lookup(id)%5 != 0 }
+
+//go:noinline
+func fee(cents int) int { sink += cents; return cents / 100 }
+
+//go:noinline
+func charge(cents int) int { return cents + fee(cents) + fee(cents/2) }
+
+//go:noinline
+func handle(id int) int {
+	if validate(id) {
+		return charge(id * 100)
+	}
+	return -1
+}
+
+func main() {
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		n, _ := strconv.Atoi(strings.TrimSpace(in.Text()))
+		declined := 0
+		for i := 1; i <= n; i++ {
+			if handle(i) < 0 {
+				declined++
+			}
+		}
+		fmt.Printf("done %d declined %d\n", n, declined)
+	}
+}
+"""
+
 FUNCTIONS = ("handle", "validate", "lookup", "charge", "fee")
 
 
@@ -87,7 +159,7 @@ def attach_many(env: CoralEnv, service: str, functions: list[str], call: Any, n:
     return started + [json.loads(line) for line in out.splitlines()]
 
 
-def check_exact(records: list[dict], n: int, prefix: str = "") -> None:
+def check_exact(records: list[dict], n: int, prefix: str = "", trees: bool = True) -> None:
     """Per function, against the target's own counts: n checkouts, n/5 declined."""
     expected = {"handle": n, "validate": n, "lookup": n, "charge": n - n // 5, "fee": 2 * (n - n // 5)}
     summaries = {r["function"].removeprefix(prefix): r for r in records if r["kind"] == "summary"}
@@ -95,10 +167,12 @@ def check_exact(records: list[dict], n: int, prefix: str = "") -> None:
     calls = [r for r in records if r["kind"] == "call"]
     assert {f: sum(c["function"].removeprefix(prefix) == f for c in calls) for f in expected} == expected
     assert len({r["session_id"] for r in records if r["kind"] == "session"}) == 5
+    if not trees:
+        return
     # One tree in every 10 outermost calls (handle's), each with what handle called under it.
-    trees = [r for r in records if r["kind"] == "tree"]
-    assert len(trees) == n // 10 and all(t["function"].removeprefix(prefix) == "handle" for t in trees), len(trees)
-    for t in trees:
+    shown = [r for r in records if r["kind"] == "tree"]
+    assert len(shown) == n // 10 and all(t["function"].removeprefix(prefix) == "handle" for t in shown), len(shown)
+    for t in shown:
         under = [c["function"].removeprefix(prefix) for c in t["calls"]]
         assert under in (["validate"], ["validate", "charge"]), under
         validate = t["calls"][0]
@@ -160,6 +234,53 @@ def test_five_c_functions_exact_per_function_with_their_trees(coral_env: CoralEn
         assert bad.returncode == 1 and "function 'nosuch' not found" in bad.stderr
         active = coralctl(coral_env, "--output", "json", "debug", "sessions", "--active")
         assert active.stdout.strip() == "", active.stdout
+    finally:
+        if target.proc.stdin:
+            target.proc.stdin.close()
+        target.stop()
+
+
+def native_checkout(env: CoralEnv, binary: Path, service: str) -> tuple[Process, Any]:
+    """The target under coral-run, and a function making n checkouts through it."""
+    target = Process(f"run-{service}", [tool("coral-run"), "--service", service, "--", str(binary)], env,
+                     stdin=subprocess.PIPE).wait_ready()
+
+    def call(n: int) -> str:
+        assert target.proc.stdin is not None and target.proc.stdout is not None
+        target.proc.stdin.write(f"{n}\n".encode())
+        target.proc.stdin.flush()
+        return target.proc.stdout.readline().decode().strip()
+
+    return target, call
+
+
+def test_five_cpp_functions_exact_per_function_with_their_trees(coral_env: CoralEnv, colony: Process, agent: Process,
+                                                               tmp_path: Path) -> None:
+    source = tmp_path / "checkout.cpp"
+    source.write_text(CHECKOUT_CPP)
+    binary = tmp_path / "checkout-cpp"
+    subprocess.run(["g++", "-g", "-O0", "-o", str(binary), str(source)], check=True)
+    target, call = native_checkout(coral_env, binary, "checkout-cpp")
+    try:
+        wait_for_service(coral_env, "checkout-cpp")
+        records = attach_many(coral_env, "checkout-cpp", [f"shop::{f}" for f in FUNCTIONS], call, 100)
+        check_exact(records, 100, prefix="shop::")
+    finally:
+        if target.proc.stdin:
+            target.proc.stdin.close()
+        target.stop()
+
+
+def test_five_go_functions_exact_per_function(coral_env: CoralEnv, colony: Process, agent: Process, go: str,
+                                              tmp_path: Path) -> None:
+    """Exact per function. Nested calls are found by thread, and a goroutine
+    may move to another thread between two calls: its trees are not checked."""
+    binary = build_go(go, CHECKOUT_GO, tmp_path, "checkout-go")
+    target, call = native_checkout(coral_env, binary, "checkout-go")
+    try:
+        wait_for_service(coral_env, "checkout-go")
+        records = attach_many(coral_env, "checkout-go", [f"main.{f}" for f in FUNCTIONS], call, 100)
+        check_exact(records, 100, prefix="main.", trees=False)
     finally:
         if target.proc.stdin:
             target.proc.stdin.close()
