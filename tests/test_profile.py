@@ -213,7 +213,7 @@ def test_without_frame_pointers_callers_are_found_with_the_unwind_tables(
         assert total > 50, out.stdout
         under_main = sum(int(line.rsplit(" ", 1)[1]) for line in out.stdout.splitlines()
                          if ";main;serve;hot_path " in f";{line}" or ";main;serve;cold_path " in f";{line}")
-        assert under_main >= 0.9 * total, out.stdout  # a few samples in the kernel are walked by frame pointers
+        assert under_main >= 0.9 * total, out.stdout  # a copy not sent (ring full) is walked by frame pointers
         text = coralctl(coral_env, "profile", "busy-o2", "--duration", "1s", "--frequency", "499", timeout=120)
         assert text.returncode == 0 and MISSING not in text.stdout, text.stdout
     finally:

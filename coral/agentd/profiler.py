@@ -6,12 +6,14 @@ second, and the agent's loop must not wait for it (docs/architecture.md)."""
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from coral.agentd.symbolize import Symbolizer
 from coral.proto import coral_pb2 as pb
@@ -52,6 +54,39 @@ class Sampled:
     ended_ns: int  # when it stopped
 
 
+class PyStack(ctypes.Structure):
+    """struct py_stack (bpf/coral_python.h)."""
+
+    _fields_ = (("depth", ctypes.c_uint32), ("cut", ctypes.c_uint32), ("code", ctypes.c_uint64 * PY_FRAMES),
+                ("instr", ctypes.c_uint64 * PY_FRAMES))
+
+
+class StackCopy(ctypes.Structure):
+    """struct stack_copy (bpf/coral_profile.c): BCC cannot describe a nested struct itself."""
+
+    _fields_ = (("tgid", ctypes.c_uint32), ("user_stack", ctypes.c_int32), ("ip", ctypes.c_uint64),
+                ("sp", ctypes.c_uint64), ("bp", ctypes.c_uint64), ("size", ctypes.c_uint32),
+                ("user_mode", ctypes.c_uint32), ("pad", ctypes.c_uint32), ("py", PyStack),
+                ("stack", ctypes.c_uint8 * STACK_COPY))
+
+
+def python_frames(stack: Any) -> PyFrames:
+    """A struct py_stack (bpf/coral_python.h) as (code, instruction) pairs,
+    innermost first; shim frames (code 0) left out."""
+    n = min(int(stack.depth), len(stack.code))
+    return tuple((code, instr) for code, instr in zip(stack.code[:n], stack.instr[:n], strict=True) if code)
+
+
+def set_python_layouts(table: Any, layouts: dict[int, pb.PythonLayout]) -> None:
+    """Each process's PythonLayout into the program's `python` map."""
+    for pid, layout in layouts.items():
+        leaf = table.Leaf()
+        for name, _ in leaf._fields_:
+            if name != "pad":
+                setattr(leaf, name, getattr(layout, name))
+        table[table.Key(pid)] = leaf
+
+
 Unwind = Callable[[int, int, int, int, bytes], "tuple[tuple[int, ...], bool] | None"]
 
 
@@ -68,7 +103,7 @@ def sample(pids: list[int], frequency: int, seconds: float, stop: threading.Even
     t0 = time.monotonic()
     bpf = bcc.BPF(src_file=str(BPF_SOURCE).encode(), cflags=[
         f"-DCORAL_PROFILE_STACKS={STACK_SLOTS}", f"-DCORAL_STACK_COPY={STACK_COPY}", f"-DCORAL_COPY_PAGES={COPY_PAGES}",
-        f"-DCORAL_PY_THREADS={PY_THREADS}", f"-DCORAL_PY_FRAMES={PY_FRAMES}"])
+        f"-DCORAL_PY_THREADS={PY_THREADS}", f"-DCORAL_PY_FRAMES={PY_FRAMES}", f"-I{BPF_SOURCE.parent}"])
     compile_ms = int((time.monotonic() - t0) * 1000)
     counted: dict[StackKey, int] = {}
     # (tgid, stack id, Python frames, cut) -> samples: the stack ids are resolved at the end
@@ -76,18 +111,19 @@ def sample(pids: list[int], frequency: int, seconds: float, stop: threading.Even
     try:
         copies = bpf["copies"]
 
-        def on_copy(ctx: object, data: object, size: int) -> int:
-            c = copies.event(data)
+        def on_copy(ctx: object, data: int, size: int) -> int:
+            if size < ctypes.sizeof(StackCopy):
+                return 0
+            c = ctypes.cast(data, ctypes.POINTER(StackCopy)).contents
             tgid = int(c.tgid)
-            py = tuple((code, instr) for code, instr in zip(c.py_code[:c.py_depth], c.py_instr[:c.py_depth], strict=True)
-                       if code) if c.py_depth else NO_PYTHON  # code 0: a shim frame, no Python function
+            py = python_frames(c.py)
             found = (unwind(tgid, int(c.ip), int(c.sp), int(c.bp), bytes(c.stack[:c.size]))
                      if unwind and c.user_mode else None)
             if found is None:
-                k = (tgid, int(c.user_stack), py, bool(c.py_cut))
+                k = (tgid, int(c.user_stack), py, bool(c.py.cut))
                 by_stack_id[k] = by_stack_id.get(k, 0) + 1
             else:
-                key = (tgid, found[0], CALL_FRAMES_CUT if found[1] else CALL_FRAMES, py, bool(c.py_cut))
+                key = (tgid, found[0], CALL_FRAMES_CUT if found[1] else CALL_FRAMES, py, bool(c.py.cut))
                 counted[key] = counted.get(key, 0) + 1
             return 0
 
@@ -95,13 +131,7 @@ def sample(pids: list[int], frequency: int, seconds: float, stop: threading.Even
         targets = bpf["targets"]
         for pid in pids:
             targets[targets.Key(pid)] = targets.Leaf(1)
-        layouts = bpf["python"]
-        for pid, layout in (python or {}).items():
-            leaf = layouts.Leaf()
-            for name, _ in leaf._fields_:
-                if name != "pad":
-                    setattr(leaf, name, getattr(layout, name))
-            layouts[layouts.Key(pid)] = leaf
+        set_python_layouts(bpf["python"], python or {})
         bpf.attach_perf_event(ev_type=PERF_TYPE_SOFTWARE, ev_config=PERF_COUNT_SW_CPU_CLOCK,
                               fn_name=b"coral_profile_sample", sample_freq=frequency, cpu=-1)
         started_ns = time.time_ns()

@@ -121,7 +121,7 @@ def _processes(plan: ProfilePlan, sampled: Sampled, maps: dict[int, list[Mapping
         size += stack.ByteSize() + 8
         process.stacks.append(stack)
     for pid, n in unframed.items():
-        # Said when it matters: a few samples taken in the kernel (a system call, a page fault)
-        # are walked by frame pointers even where the copies unwind every other one.
+        # Said when it matters: a few samples whose copy was not sent (the ring buffer
+        # full) are walked by frame pointers even where the copies unwind every other one.
         out[pid].frames_may_be_missing = n * 100 > out[pid].samples * MISSING_FRAMES_PERCENT
     return list(out.values())
