@@ -118,5 +118,19 @@ else
   "$gobin/go/bin/go" version >/dev/null
 fi
 
+# The protoc that scripts/genproto.sh runs (grpcio-tools 1.62.3, protoc 25): its
+# gencode loads on every protobuf major the SDK allows. Beside the venv, not in
+# it: it requires protobuf < 5, the daemons' venv has 7.
+GRPC_TOOLS_VERSION=1.62.3
+grpctools=.toolchains/grpcio-tools-$GRPC_TOOLS_VERSION
+if [ -d "$grpctools/grpc_tools" ]; then
+  say "ok: $grpctools"
+else
+  say "installing PyPI grpcio-tools==$GRPC_TOOLS_VERSION into $grpctools (scripts/genproto.sh's protoc)"
+  rm -rf "$grpctools.tmp"
+  .venv/bin/python -m pip install -q --no-deps --target "$grpctools.tmp" "grpcio-tools==$GRPC_TOOLS_VERSION" 2>&1 | { grep -v 'is ignored' || true; }
+  mv "$grpctools.tmp" "$grpctools"
+fi
+
 .venv/bin/python -c 'import bcc, zmq, duckdb, numpy, elftools, google.protobuf, prometheus_client' \
   && say "ok: import bcc, zmq, duckdb, numpy, elftools, protobuf, prometheus_client in .venv"
