@@ -101,7 +101,7 @@ def fresh_venv(version: str, wheel: Path, where: Path, pins: tuple[str, ...] = (
     venv = where / f"venv-{version}"
     run([interpreter(version), "-m", "venv", "--without-pip", venv])
     python = venv / "bin" / "python"
-    pip = [builder(version), "-m", "pip", "--python", python, "--disable-pip-version-check"]  # --python: before the command
+    pip: list[str | Path] = [builder(version), "-m", "pip", "--python", python, "--disable-pip-version-check"]  # --python: first
     run([*pip, "install", "-q", wheel, *pins])
     listed = run([*pip, "list", "--format", "json"]).stdout
     return SdkVenv(version, python, {p["name"].lower(): p["version"] for p in json.loads(listed)})
