@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +23,6 @@ import pytest
 from tests.conftest import REQUIRE_BPF
 from tests.harness import REPO, CoralEnv, Process, start_attach
 from tests.test_native_e2e import records, wait_for_service
-
-pytestmark = pytest.mark.system  # builds wheels and venvs from PyPI; the end-to-end tests run daemons
 
 PYTHONS = ("3.10", "3.11", "3.12", "3.13")
 # The oldest of each dependency sdk/pyproject.toml allows (on 3.10: pyzmq 26.0
@@ -162,6 +161,7 @@ class SdkService:
 CASES = [pytest.param(v, (), id=v) for v in PYTHONS] + [pytest.param("3.10", OLDEST, id="3.10-oldest-deps")]
 
 
+@pytest.mark.system
 @pytest.mark.parametrize(("version", "pins"), CASES)
 def test_a_service_with_only_the_sdk_wheel_is_debugged_through_the_agent(
     version: str, pins: tuple[str, ...], sdk_wheels: SdkWheels, tmp_path: Path, coral_env: CoralEnv,
@@ -196,6 +196,7 @@ def test_a_service_with_only_the_sdk_wheel_is_debugged_through_the_agent(
         svc.stop()
 
 
+@pytest.mark.system  # builds the wheel (PyPI for its build's venv)
 def test_the_wheel_holds_the_sdk_and_asks_only_for_its_light_dependencies(sdk_wheels: SdkWheels) -> None:
     wheel = sdk_wheels["3.10"]
     with zipfile.ZipFile(wheel) as z:
@@ -224,6 +225,7 @@ print(google.protobuf.__version__)
 """
 
 
+@pytest.mark.system  # installs each protobuf from PyPI
 def test_the_generated_modules_load_on_each_protobuf_major_the_sdk_allows(sdk_wheels: SdkWheels,
                                                                        tmp_path: Path) -> None:
     venv = fresh_venv("3.10", sdk_wheels["3.10"], tmp_path)
@@ -235,3 +237,25 @@ def test_the_generated_modules_load_on_each_protobuf_major_the_sdk_allows(sdk_wh
         loaded = run([venv.python, "-I", "-W", "error", "-c", LOAD, target], cwd=tmp_path).stdout.strip()
         assert loaded == version, (version, loaded)
 
+
+
+CLOSURE = """
+import json, sys
+import coral.sdk.lifecycle, coral.sdk.server, coral.sdk.metadata, coral.sdk.native, coral.sdk.where
+print(json.dumps(sorted(m for m in sys.modules if m == "coral" or m.startswith("coral."))))
+"""
+
+
+def test_the_sdk_imports_only_modules_its_distribution_ships() -> None:
+    """sdk/setup.py's SHIPPED against what the SDK loads here (no wheel
+    built): a module the SDK starts to import must be shipped too."""
+    import ast
+
+    tree = ast.parse((REPO / "sdk" / "setup.py").read_text())
+    shipped = next(ast.literal_eval(node.value) for node in ast.walk(tree) if isinstance(node, ast.Assign)
+                   and any(isinstance(t, ast.Name) and t.id == "SHIPPED" for t in node.targets))
+    modules = {name.removesuffix(".py").removesuffix("/__init__").replace("/", ".") for name in shipped
+               if name.endswith(".py")}
+    loaded = json.loads(run([sys.executable, "-c", CLOSURE], cwd=REPO).stdout)
+    extension = {"coral.sdk._probe"}
+    assert set(loaded) - extension <= modules, sorted(set(loaded) - extension - modules)
