@@ -43,6 +43,8 @@ SHIPPED = (
     "coral/proto/coral_pb2.py",
     "coral/proto/coral_pb2.pyi",
     "coral/sdk/__init__.py",
+    "coral/sdk/_layout.c",
+    "coral/sdk/_layout.h",
     "coral/sdk/_probe.c",
     "coral/sdk/_probe.pyi",
     "coral/sdk/arming.py",
@@ -75,9 +77,9 @@ setup(
     ext_modules=[
         Extension(
             "coral.sdk._probe",
-            sources=["staged/coral/sdk/_probe.c"],
+            sources=["staged/coral/sdk/_probe.c", "staged/coral/sdk/_layout.c"],
             include_dirs=["staged/bpf"],
-            depends=["staged/bpf/coral_call.h"],
+            depends=["staged/bpf/coral_call.h", "staged/coral/sdk/_layout.h"],
             # as the root setup.py: only PyInit, the probe site and the
             # semaphore exported; -g keeps symbols for gdb/perf.
             extra_compile_args=[
