@@ -17,8 +17,13 @@ from __future__ import annotations
 
 import functools
 import re
+from types import ModuleType
 
-import pycxxfilt
+pycxxfilt: ModuleType | None
+try:
+    import pycxxfilt
+except ImportError:  # the SDK's own distribution leaves it out (docs/sdk-guide.md): names stay mangled
+    pycxxfilt = None
 
 _RUST_LEGACY = re.compile(r"^_ZN.*17h[0-9a-f]{16}E(\.llvm\.\d+)?$")
 _RUST_HASH = re.compile(r"::h[0-9a-f]{16}$")
@@ -38,10 +43,10 @@ def _rust_legacy(text: str) -> str:
 def demangle(symbol: str) -> str | None:
     """The symbol's demangled name, or None if it is not a mangled name
     (a C or Go symbol) or cannot be read. Rust hashes are dropped."""
-    if not symbol.startswith(("_Z", "_R")):
+    if not symbol.startswith(("_Z", "_R")) or pycxxfilt is None:
         return None
     try:
-        name = pycxxfilt.demangle(symbol)
+        name: str | None = pycxxfilt.demangle(symbol)
     except ValueError:  # a name LLVM's demangler cannot read (it raises for some, returns None for others)
         return None
     if not name or name == symbol:

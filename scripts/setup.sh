@@ -118,5 +118,41 @@ else
   "$gobin/go/bin/go" version >/dev/null
 fi
 
+# The SDK alone (sdk/, docs/sdk-guide.md "Installing the SDK alone") on each
+# CPython it supports, from pyenv: one small venv per version holding only
+# `build`, with which tests/test_sdk_alone.py builds the coral-sdk wheel for
+# that version before installing it into a fresh venv. A version missing
+# here fails that test under CORAL_REQUIRE_BPF=1 (CI).
+SDK_PYTHONS=(3.10 3.11 3.12 3.13)
+for v in "${SDK_PYTHONS[@]}"; do
+  py=$(ls -d "$HOME"/.pyenv/versions/"$v".*/bin/python"$v" 2>/dev/null | sort -V | tail -1 || true)
+  builder=.venvs/sdk-build-$v
+  if [ -z "$py" ]; then
+    say "no CPython $v in ~/.pyenv/versions (pyenv install $v): tests/test_sdk_alone.py cannot run on it"
+  elif [ -x "$builder/bin/python" ] && [ "$(readlink -f "$builder/bin/python")" = "$(readlink -f "$py")" ] \
+       && "$builder/bin/python" -c 'import build, setuptools, wheel' 2>/dev/null; then
+    say "ok: $builder ($("$builder/bin/python" -V))"
+  else
+    say "creating $builder from $py (build, setuptools, wheel: the SDK's wheel for CPython $v)"
+    rm -rf "$builder"
+    "$py" -m venv "$builder"
+    "$builder/bin/python" -m pip install -q 'build>=1.2' 'setuptools>=77' 'wheel>=0.43' 2>&1 | { grep -v 'is ignored' || true; }
+  fi
+done
+
+# The protoc that scripts/genproto.sh runs (grpcio-tools 1.62.3, protoc 25): its
+# gencode loads on every protobuf major the SDK allows. Beside the venv, not in
+# it: it requires protobuf < 5, the daemons' venv has 7.
+GRPC_TOOLS_VERSION=1.62.3
+grpctools=.toolchains/grpcio-tools-$GRPC_TOOLS_VERSION
+if [ -d "$grpctools/grpc_tools" ]; then
+  say "ok: $grpctools"
+else
+  say "installing PyPI grpcio-tools==$GRPC_TOOLS_VERSION into $grpctools (scripts/genproto.sh's protoc)"
+  rm -rf "$grpctools.tmp"
+  .venv/bin/python -m pip install -q --no-deps --target "$grpctools.tmp" "grpcio-tools==$GRPC_TOOLS_VERSION" 2>&1 | { grep -v 'is ignored' || true; }
+  mv "$grpctools.tmp" "$grpctools"
+fi
+
 .venv/bin/python -c 'import bcc, zmq, duckdb, numpy, elftools, google.protobuf, prometheus_client' \
   && say "ok: import bcc, zmq, duckdb, numpy, elftools, protobuf, prometheus_client in .venv"

@@ -202,9 +202,10 @@ print(" ".join(ARMS.settings.redact_patterns))
 
 
 def test_the_sdk_redacts_the_names_the_agent_is_configured_with(coral_env: CoralEnv) -> None:
-    """The agent's [sdk] redact_patterns list `amount`; the service's own
-    coral.toml does not. The names come with the registration's reply, so
-    the value never leaves the process."""
+    """The agent's [sdk] redact_patterns list `amount`; the service's
+    environment names another coral.toml, which does not (and which the SDK
+    does not read). The names come with the registration's reply, so the
+    value never leaves the process."""
     from coral.redact import DEFAULT_NAMES
 
     names = ", ".join(f'"{n}"' for n in (*DEFAULT_NAMES, "amount"))

@@ -410,6 +410,7 @@ class Agent:
             registration_id=reg.registration_id,
             heartbeat_interval_ms=int(self.config.agent.heartbeat_interval * 1000),
             redact_names=self.config.sdk.redact_patterns,  # the process redacts what the agent would
+            max_message_bytes=self.config.limits.max_message_bytes,  # the SDK reads no config of its own
         )
 
     def unregister_process(self, req: pb.UnregisterProcessRequest, peer: Peer) -> pb.UnregisterProcessResponse:

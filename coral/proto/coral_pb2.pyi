@@ -1,8 +1,7 @@
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable, Mapping as _Mapping
-from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+from typing import ClassVar as _ClassVar, Iterable as _Iterable, Mapping as _Mapping, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -171,17 +170,19 @@ class PythonLayout(_message.Message):
     unicode_state: int
     unicode_ascii_data: int
     unicode_compact_data: int
-    def __init__(self, version_hex: _Optional[int] = ..., interpreter: _Optional[int] = ..., threads_head: _Optional[int] = ..., tstate_next: _Optional[int] = ..., tstate_native_thread_id: _Optional[int] = ..., tstate_frame: _Optional[int] = ..., cframe_current_frame: _Optional[int] = ..., via_cframe: _Optional[bool] = ..., frame_code: _Optional[int] = ..., frame_previous: _Optional[int] = ..., frame_instr: _Optional[int] = ..., frame_owner: _Optional[int] = ..., owner_cstack: _Optional[int] = ..., code_qualname: _Optional[int] = ..., code_filename: _Optional[int] = ..., code_firstlineno: _Optional[int] = ..., code_linetable: _Optional[int] = ..., code_adaptive: _Optional[int] = ..., bytes_size: _Optional[int] = ..., bytes_data: _Optional[int] = ..., unicode_length: _Optional[int] = ..., unicode_state: _Optional[int] = ..., unicode_ascii_data: _Optional[int] = ..., unicode_compact_data: _Optional[int] = ...) -> None: ...
+    def __init__(self, version_hex: _Optional[int] = ..., interpreter: _Optional[int] = ..., threads_head: _Optional[int] = ..., tstate_next: _Optional[int] = ..., tstate_native_thread_id: _Optional[int] = ..., tstate_frame: _Optional[int] = ..., cframe_current_frame: _Optional[int] = ..., via_cframe: bool = ..., frame_code: _Optional[int] = ..., frame_previous: _Optional[int] = ..., frame_instr: _Optional[int] = ..., frame_owner: _Optional[int] = ..., owner_cstack: _Optional[int] = ..., code_qualname: _Optional[int] = ..., code_filename: _Optional[int] = ..., code_firstlineno: _Optional[int] = ..., code_linetable: _Optional[int] = ..., code_adaptive: _Optional[int] = ..., bytes_size: _Optional[int] = ..., bytes_data: _Optional[int] = ..., unicode_length: _Optional[int] = ..., unicode_state: _Optional[int] = ..., unicode_ascii_data: _Optional[int] = ..., unicode_compact_data: _Optional[int] = ...) -> None: ...
 
 class RegisterProcessResponse(_message.Message):
-    __slots__ = ("registration_id", "heartbeat_interval_ms", "redact_names")
+    __slots__ = ("registration_id", "heartbeat_interval_ms", "redact_names", "max_message_bytes")
     REGISTRATION_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     REDACT_NAMES_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     registration_id: str
     heartbeat_interval_ms: int
     redact_names: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, registration_id: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ..., redact_names: _Optional[_Iterable[str]] = ...) -> None: ...
+    max_message_bytes: int
+    def __init__(self, registration_id: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ..., redact_names: _Optional[_Iterable[str]] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
 
 class UnregisterProcessRequest(_message.Message):
     __slots__ = ("registration_id",)
@@ -203,7 +204,7 @@ class ProcessHeartbeatResponse(_message.Message):
     __slots__ = ("known",)
     KNOWN_FIELD_NUMBER: _ClassVar[int]
     known: bool
-    def __init__(self, known: _Optional[bool] = ...) -> None: ...
+    def __init__(self, known: bool = ...) -> None: ...
 
 class ListFunctionsRequest(_message.Message):
     __slots__ = ("service", "pattern", "max_results", "client_label")
@@ -225,7 +226,7 @@ class ListFunctionsResponse(_message.Message):
     functions: _containers.RepeatedScalarFieldContainer[str]
     truncated: bool
     locations: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, functions: _Optional[_Iterable[str]] = ..., truncated: _Optional[bool] = ..., locations: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, functions: _Optional[_Iterable[str]] = ..., truncated: bool = ..., locations: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetFunctionMetadataRequest(_message.Message):
     __slots__ = ("function",)
@@ -269,7 +270,7 @@ class FunctionMetadata(_message.Message):
     semaphore_offset: int
     inlined_into: _containers.RepeatedScalarFieldContainer[str]
     result_in_memory: bool
-    def __init__(self, name: _Optional[str] = ..., binary_path: _Optional[str] = ..., address: _Optional[int] = ..., file_offset: _Optional[int] = ..., size: _Optional[int] = ..., pid: _Optional[int] = ..., source_file: _Optional[str] = ..., source_line: _Optional[int] = ..., arguments: _Optional[_Iterable[_Union[ArgumentMetadata, _Mapping]]] = ..., return_values: _Optional[_Iterable[_Union[ReturnValueMetadata, _Mapping]]] = ..., kind: _Optional[str] = ..., semaphore_offset: _Optional[int] = ..., inlined_into: _Optional[_Iterable[str]] = ..., result_in_memory: _Optional[bool] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., binary_path: _Optional[str] = ..., address: _Optional[int] = ..., file_offset: _Optional[int] = ..., size: _Optional[int] = ..., pid: _Optional[int] = ..., source_file: _Optional[str] = ..., source_line: _Optional[int] = ..., arguments: _Optional[_Iterable[_Union[ArgumentMetadata, _Mapping]]] = ..., return_values: _Optional[_Iterable[_Union[ReturnValueMetadata, _Mapping]]] = ..., kind: _Optional[str] = ..., semaphore_offset: _Optional[int] = ..., inlined_into: _Optional[_Iterable[str]] = ..., result_in_memory: bool = ...) -> None: ...
 
 class ArmFunctionRequest(_message.Message):
     __slots__ = ("function", "fn_id", "config")
@@ -297,7 +298,7 @@ class DisarmFunctionResponse(_message.Message):
     __slots__ = ("was_armed",)
     WAS_ARMED_FIELD_NUMBER: _ClassVar[int]
     was_armed: bool
-    def __init__(self, was_armed: _Optional[bool] = ...) -> None: ...
+    def __init__(self, was_armed: bool = ...) -> None: ...
 
 class ArgumentMetadata(_message.Message):
     __slots__ = ("name", "type", "location", "fields", "held_string", "go", "variants", "float_type", "entry_registers", "entry_elsewhere")
@@ -321,7 +322,7 @@ class ArgumentMetadata(_message.Message):
     float_type: str
     entry_registers: _containers.RepeatedScalarFieldContainer[int]
     entry_elsewhere: bool
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., location: _Optional[str] = ..., fields: _Optional[_Iterable[_Union[FieldMetadata, _Mapping]]] = ..., held_string: _Optional[_Union[HeldStringMetadata, _Mapping]] = ..., go: _Optional[_Union[GoValueMetadata, _Mapping]] = ..., variants: _Optional[_Union[EnumMetadata, _Mapping]] = ..., float_type: _Optional[str] = ..., entry_registers: _Optional[_Iterable[int]] = ..., entry_elsewhere: _Optional[bool] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., location: _Optional[str] = ..., fields: _Optional[_Iterable[_Union[FieldMetadata, _Mapping]]] = ..., held_string: _Optional[_Union[HeldStringMetadata, _Mapping]] = ..., go: _Optional[_Union[GoValueMetadata, _Mapping]] = ..., variants: _Optional[_Union[EnumMetadata, _Mapping]] = ..., float_type: _Optional[str] = ..., entry_registers: _Optional[_Iterable[int]] = ..., entry_elsewhere: bool = ...) -> None: ...
 
 class GoValueMetadata(_message.Message):
     __slots__ = ("underlying", "int_registers", "float_registers", "stack_only", "fields", "size", "align")
@@ -339,7 +340,7 @@ class GoValueMetadata(_message.Message):
     fields: _containers.RepeatedCompositeFieldContainer[GoFieldMetadata]
     size: int
     align: int
-    def __init__(self, underlying: _Optional[str] = ..., int_registers: _Optional[int] = ..., float_registers: _Optional[int] = ..., stack_only: _Optional[bool] = ..., fields: _Optional[_Iterable[_Union[GoFieldMetadata, _Mapping]]] = ..., size: _Optional[int] = ..., align: _Optional[int] = ...) -> None: ...
+    def __init__(self, underlying: _Optional[str] = ..., int_registers: _Optional[int] = ..., float_registers: _Optional[int] = ..., stack_only: bool = ..., fields: _Optional[_Iterable[_Union[GoFieldMetadata, _Mapping]]] = ..., size: _Optional[int] = ..., align: _Optional[int] = ...) -> None: ...
 
 class GoFieldMetadata(_message.Message):
     __slots__ = ("name", "type", "underlying", "int_registers", "float_registers", "offset", "size")
@@ -387,7 +388,7 @@ class VariantMetadata(_message.Message):
     discriminant: int
     is_default: bool
     payload: _containers.RepeatedCompositeFieldContainer[FieldMetadata]
-    def __init__(self, name: _Optional[str] = ..., discriminant: _Optional[int] = ..., is_default: _Optional[bool] = ..., payload: _Optional[_Iterable[_Union[FieldMetadata, _Mapping]]] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., discriminant: _Optional[int] = ..., is_default: bool = ..., payload: _Optional[_Iterable[_Union[FieldMetadata, _Mapping]]] = ...) -> None: ...
 
 class FieldMetadata(_message.Message):
     __slots__ = ("name", "type", "offset", "size")
@@ -437,7 +438,7 @@ class UprobeConfig(_message.Message):
     predicate: str
     errors_only: bool
     capture_only: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, capture_args: _Optional[bool] = ..., capture_return: _Optional[bool] = ..., sample_rate: _Optional[int] = ..., max_events: _Optional[int] = ..., min_duration_ns: _Optional[int] = ..., predicate: _Optional[str] = ..., errors_only: _Optional[bool] = ..., capture_only: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, capture_args: bool = ..., capture_return: bool = ..., sample_rate: _Optional[int] = ..., max_events: _Optional[int] = ..., min_duration_ns: _Optional[int] = ..., predicate: _Optional[str] = ..., errors_only: bool = ..., capture_only: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AttachUprobeRequest(_message.Message):
     __slots__ = ("service", "function", "duration_ms", "config", "session_id", "agent_id", "client_label")
@@ -545,7 +546,7 @@ class DebugSession(_message.Message):
     probe_cost_ns: int
     entry_instruction: str
     cpu_profile: bool
-    def __init__(self, session_id: _Optional[str] = ..., service: _Optional[str] = ..., function: _Optional[str] = ..., agent_id: _Optional[str] = ..., pids: _Optional[_Iterable[int]] = ..., started_unix_ns: _Optional[int] = ..., expires_unix_ns: _Optional[int] = ..., ended_unix_ns: _Optional[int] = ..., status: _Optional[str] = ..., status_reason: _Optional[str] = ..., config: _Optional[_Union[UprobeConfig, _Mapping]] = ..., calls: _Optional[int] = ..., lost: _Optional[_Mapping[str, int]] = ..., probes: _Optional[int] = ..., total_calls: _Optional[int] = ..., sum_duration_ns: _Optional[int] = ..., max_duration_ns: _Optional[int] = ..., histogram: _Optional[_Mapping[int, int]] = ..., parts: _Optional[_Iterable[_Union[SessionPart, _Mapping]]] = ..., owner: _Optional[str] = ..., unanswered: _Optional[_Iterable[str]] = ..., return_probe: _Optional[str] = ..., inlined_into: _Optional[_Iterable[str]] = ..., probe_cost_ns: _Optional[int] = ..., entry_instruction: _Optional[str] = ..., cpu_profile: _Optional[bool] = ...) -> None: ...
+    def __init__(self, session_id: _Optional[str] = ..., service: _Optional[str] = ..., function: _Optional[str] = ..., agent_id: _Optional[str] = ..., pids: _Optional[_Iterable[int]] = ..., started_unix_ns: _Optional[int] = ..., expires_unix_ns: _Optional[int] = ..., ended_unix_ns: _Optional[int] = ..., status: _Optional[str] = ..., status_reason: _Optional[str] = ..., config: _Optional[_Union[UprobeConfig, _Mapping]] = ..., calls: _Optional[int] = ..., lost: _Optional[_Mapping[str, int]] = ..., probes: _Optional[int] = ..., total_calls: _Optional[int] = ..., sum_duration_ns: _Optional[int] = ..., max_duration_ns: _Optional[int] = ..., histogram: _Optional[_Mapping[int, int]] = ..., parts: _Optional[_Iterable[_Union[SessionPart, _Mapping]]] = ..., owner: _Optional[str] = ..., unanswered: _Optional[_Iterable[str]] = ..., return_probe: _Optional[str] = ..., inlined_into: _Optional[_Iterable[str]] = ..., probe_cost_ns: _Optional[int] = ..., entry_instruction: _Optional[str] = ..., cpu_profile: bool = ...) -> None: ...
 
 class SessionPart(_message.Message):
     __slots__ = ("agent_id", "session", "cursor", "complete", "detach_by")
@@ -559,7 +560,7 @@ class SessionPart(_message.Message):
     cursor: int
     complete: bool
     detach_by: str
-    def __init__(self, agent_id: _Optional[str] = ..., session: _Optional[_Union[DebugSession, _Mapping]] = ..., cursor: _Optional[int] = ..., complete: _Optional[bool] = ..., detach_by: _Optional[str] = ...) -> None: ...
+    def __init__(self, agent_id: _Optional[str] = ..., session: _Optional[_Union[DebugSession, _Mapping]] = ..., cursor: _Optional[int] = ..., complete: bool = ..., detach_by: _Optional[str] = ...) -> None: ...
 
 class ListDebugSessionsRequest(_message.Message):
     __slots__ = ("service", "active_only", "client_label")
@@ -569,7 +570,7 @@ class ListDebugSessionsRequest(_message.Message):
     service: str
     active_only: bool
     client_label: str
-    def __init__(self, service: _Optional[str] = ..., active_only: _Optional[bool] = ..., client_label: _Optional[str] = ...) -> None: ...
+    def __init__(self, service: _Optional[str] = ..., active_only: bool = ..., client_label: _Optional[str] = ...) -> None: ...
 
 class ListDebugSessionsResponse(_message.Message):
     __slots__ = ("sessions",)
@@ -605,7 +606,7 @@ class QueryUprobeEventsResponse(_message.Message):
     next_cursor: int
     has_more: bool
     session: DebugSession
-    def __init__(self, calls: _Optional[_Iterable[_Union[Call, _Mapping]]] = ..., next_cursor: _Optional[int] = ..., has_more: _Optional[bool] = ..., session: _Optional[_Union[DebugSession, _Mapping]] = ...) -> None: ...
+    def __init__(self, calls: _Optional[_Iterable[_Union[Call, _Mapping]]] = ..., next_cursor: _Optional[int] = ..., has_more: bool = ..., session: _Optional[_Union[DebugSession, _Mapping]] = ...) -> None: ...
 
 class Call(_message.Message):
     __slots__ = ("seq", "session_id", "agent_id", "service", "function", "pid", "tid", "start_unix_ns", "end_unix_ns", "duration_ns", "args", "return_value")
@@ -655,7 +656,7 @@ class FunctionReturnValue(_message.Message):
     value: str
     is_error: bool
     error_message: str
-    def __init__(self, type: _Optional[str] = ..., value: _Optional[str] = ..., is_error: _Optional[bool] = ..., error_message: _Optional[str] = ...) -> None: ...
+    def __init__(self, type: _Optional[str] = ..., value: _Optional[str] = ..., is_error: bool = ..., error_message: _Optional[str] = ...) -> None: ...
 
 class AuditEntry(_message.Message):
     __slots__ = ("timestamp_unix_ns", "who", "peer_pid", "method", "service", "function", "session_id", "outcome", "detail", "client_label")
@@ -707,7 +708,7 @@ class ListAuditResponse(_message.Message):
     TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[AuditEntry]
     truncated: bool
-    def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...
+    def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ..., truncated: bool = ...) -> None: ...
 
 class ProfileCpuRequest(_message.Message):
     __slots__ = ("service", "duration_ms", "frequency_hz", "agent_id", "session_id", "client_label")
@@ -765,7 +766,7 @@ class ProcessProfile(_message.Message):
     samples_without_stack: int
     stacks_left_out: int
     samples_cut: int
-    def __init__(self, agent_id: _Optional[str] = ..., pid: _Optional[int] = ..., executable: _Optional[str] = ..., samples: _Optional[int] = ..., stacks: _Optional[_Iterable[_Union[SampledStack, _Mapping]]] = ..., frames_may_be_missing: _Optional[bool] = ..., samples_without_stack: _Optional[int] = ..., stacks_left_out: _Optional[int] = ..., samples_cut: _Optional[int] = ...) -> None: ...
+    def __init__(self, agent_id: _Optional[str] = ..., pid: _Optional[int] = ..., executable: _Optional[str] = ..., samples: _Optional[int] = ..., stacks: _Optional[_Iterable[_Union[SampledStack, _Mapping]]] = ..., frames_may_be_missing: bool = ..., samples_without_stack: _Optional[int] = ..., stacks_left_out: _Optional[int] = ..., samples_cut: _Optional[int] = ...) -> None: ...
 
 class ProfileCpuResponse(_message.Message):
     __slots__ = ("session", "processes")

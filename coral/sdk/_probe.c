@@ -25,6 +25,29 @@
 #include "coral_call.h"
 #include "_layout.h"
 
+/* A type's name and qualified name, as new references. CPython 3.10 (the
+ * oldest the SDK supports) has no PyType_GetName/PyType_GetQualName (3.11):
+ * there, the type's own attributes say the same. */
+static PyObject *
+type_name(PyTypeObject *tp)
+{
+#if PY_VERSION_HEX >= 0x030B0000
+    return PyType_GetName(tp);
+#else
+    return PyObject_GetAttrString((PyObject *)tp, "__name__");
+#endif
+}
+
+static PyObject *
+type_qualname(PyTypeObject *tp)
+{
+#if PY_VERSION_HEX >= 0x030B0000
+    return PyType_GetQualName(tp);
+#else
+    return PyObject_GetAttrString((PyObject *)tp, "__qualname__");
+#endif
+}
+
 /* ------------------------------------------------------------ probe site */
 
 /* Top-level asm, not a C function: the compiler may add a prologue, a
@@ -438,7 +461,7 @@ put_repr(sbuf *sb, PyObject *v, reprfunc repr)
 static void
 put_type_name(sbuf *sb, PyTypeObject *tp)
 {
-    PyObject *name = PyType_GetQualName(tp);
+    PyObject *name = type_qualname(tp);
     if (name == NULL) {
         PyErr_Clear();
         sb_puts(sb, "?");
@@ -790,7 +813,7 @@ args_are_scalars(PyObject *args)
 static void
 put_exception(sbuf *sb, PyObject *type, PyObject *value)
 {
-    PyObject *name = PyType_Check(type) ? PyType_GetName((PyTypeObject *)type) : NULL;
+    PyObject *name = PyType_Check(type) ? type_name((PyTypeObject *)type) : NULL;
     if (name == NULL) {
         PyErr_Clear();
         sb_puts(sb, "<exception>");

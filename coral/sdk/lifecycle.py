@@ -1,8 +1,8 @@
 """The SDK's lifecycle in a service process: start (``init``), stop
 (``shutdown``, and at exit), and fork.
 
-``init`` only starts a daemon thread: ZeroMQ, protobuf and the config are
-loaded there, so the service's start-up does not wait for them and never
+``init`` only starts a daemon thread: ZeroMQ and protobuf are loaded
+there, so the service's start-up does not wait for them and never
 blocks on the network. Everything the thread does is in coral.sdk.server.
 
 Fork: a child must not touch its parent's ZeroMQ context or sockets (their
@@ -22,6 +22,7 @@ import os
 import select
 import sys
 import threading
+import warnings
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -35,9 +36,10 @@ STOP_TIMEOUT = 2.0
 class Sdk:
     """One process's SDK: its thread, socket address and registration state."""
 
-    def __init__(self, service: str, config_path: str | None) -> None:
+    def __init__(self, service: str, config_path: str | None, runtime_dir: str | None = None) -> None:
         self.service = service
         self.config_path = config_path
+        self.runtime_dir = runtime_dir
         self.pid = os.getpid()
         self.address = ""
         self.registered = False
@@ -115,14 +117,21 @@ _current: Sdk | None = None
 _hooks_installed = False
 
 
-def init(service: str, *, config_path: str | None = None) -> Sdk:
+def init(service: str, *, runtime_dir: str | None = None, config_path: str | None = None) -> Sdk:
     """Opt this process in to Coral live debugging as ``service``.
 
     Returns at once: a background thread binds the process socket and
     registers with the local agent (retrying quietly if there is none).
-    Calling it again returns the running SDK."""
+    Calling it again returns the running SDK.
+
+    ``runtime_dir`` is the agent's runtime directory (``$CORAL_RUNTIME_DIR``
+    wins; default /run/coral). ``config_path`` is deprecated: only its
+    ``[paths] runtime_dir`` is read, and only on Python 3.11 or later."""
     if not isinstance(service, str) or not service.strip():
         raise ValueError("coral.sdk.init: service must be a non-empty name")
+    if config_path is not None:
+        warnings.warn("coral.sdk.init(config_path=...) is deprecated: the SDK takes its settings from the agent; "
+                      "pass runtime_dir= or set $CORAL_RUNTIME_DIR", DeprecationWarning, stacklevel=2)
     global _current
     with _lock:
         _install_hooks()
@@ -130,7 +139,7 @@ def init(service: str, *, config_path: str | None = None) -> Sdk:
             if _current.service != service:
                 log.warning("coral.sdk.init(%r) ignored: already running as service %r", service, _current.service)
             return _current
-        _current = Sdk(service, config_path)
+        _current = Sdk(service, config_path, runtime_dir)
         _current.start()
         return _current
 
@@ -191,5 +200,5 @@ def _after_fork_in_child() -> None:
     disarmed = _fork_arms.disarm_all() if _fork_arms is not None else 0
     if disarmed:
         log.debug("forked child %d: disarmed %d functions armed for the parent", os.getpid(), disarmed)
-    _current = Sdk(parent.service, parent.config_path)
+    _current = Sdk(parent.service, parent.config_path, parent.runtime_dir)
     _current.start()

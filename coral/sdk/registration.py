@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections.abc import Iterable
 
 import zmq
+from google.protobuf.message import Message
 
 from coral.daemon import wire
-from coral.daemon.client import Client
 from coral.daemon.errors import CoralError
 from coral.daemon.liveness import Backoff
-from coral.daemon.runtime import configure_socket
+from coral.daemon.sockets import configure_socket
 from coral.proto import coral_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ MAX_MESSAGE_BYTES = 1024 * 1024
 
 MAX_REDACT_NAMES = 1000
 MAX_REDACT_NAME = 128
+MIN_MESSAGE_BYTES = 65536  # the floor coral.toml allows for [limits] max_message_bytes
 
 
 def agent_names(names: Iterable[str]) -> tuple[str, ...]:
@@ -43,6 +45,15 @@ def agent_names(names: Iterable[str]) -> tuple[str, ...]:
         log.warning("the agent sent %d redaction names; %d are past the bounds and left out", len(sent),
                     len(sent) - len(kept))
     return tuple(kept)
+
+
+def agent_message_limit(value: int) -> int:
+    """The agent's [limits] max_message_bytes, or 0 (keep the SDK's own)
+    when it sent none (an older agent) or one below the floor."""
+    if value and value < MIN_MESSAGE_BYTES:
+        log.warning("the agent sent max_message_bytes %d, below %d; keeping the SDK's own", value, MIN_MESSAGE_BYTES)
+        return 0
+    return value
 
 
 class AgentRegistration:
@@ -58,7 +69,8 @@ class AgentRegistration:
         self._in_flight: tuple[bytes, str, float] | None = None  # request id, method, deadline
         self._next_attempt = 0.0
         self._warned = False
-        self.redact_names: tuple[str, ...] = ()  # the agent's, from its last RegisterProcess reply
+        self.redact_names: tuple[str, ...] | None = None  # the agent's, from its last RegisterProcess reply
+        self.max_message_bytes = 0  # the agent's, likewise (0: none sent)
 
     @property
     def registered(self) -> bool:
@@ -79,7 +91,7 @@ class AgentRegistration:
                 self._send("RegisterProcess", self.request, now)
         return made
 
-    def _send(self, method: str, body: pb.ProcessHeartbeatRequest | pb.RegisterProcessRequest, now: float) -> None:
+    def _send(self, method: str, body: Message, now: float) -> None:
         if self.socket is None:
             self.socket = self.context.socket(zmq.DEALER)
             configure_socket(self.socket, MAX_MESSAGE_BYTES)
@@ -133,6 +145,7 @@ class AgentRegistration:
         self.registration_id = reply.registration_id
         self.interval = max(0.1, reply.heartbeat_interval_ms / 1000)
         self.redact_names = agent_names(reply.redact_names)
+        self.max_message_bytes = agent_message_limit(reply.max_message_bytes)
         self.backoff.reset()
         self._warned = False
         self._next_attempt = now + self.interval
@@ -151,15 +164,35 @@ class AgentRegistration:
             self._warned = True
         self._next_attempt = now + self.backoff.next_delay()
 
-    def unregister(self) -> None:
-        """At exit: a last, short, blocking call."""
+    def unregister(self, timeout: float = 1.0) -> None:
+        """At exit: a last call on the same socket, its reply awaited for at
+        most `timeout` (an agent that hangs must not hold up the exit)."""
         if self.registration_id:
-            with Client(self.endpoint, 1.0, self.context) as client:
-                try:
-                    client.call("UnregisterProcess", pb.UnregisterProcessRequest(registration_id=self.registration_id))
-                except CoralError as exc:
-                    log.debug("unregister: %s", exc)
+            try:
+                self._send("UnregisterProcess", pb.UnregisterProcessRequest(registration_id=self.registration_id),
+                           time.monotonic())
+                self._await_reply(timeout)
+            except (zmq.ZMQError, CoralError) as exc:
+                log.debug("unregister: %s", exc)
             self.registration_id = ""
+        self._in_flight = None
         if self.socket is not None:
             self.socket.close(linger=0)
             self.socket = None
+
+    def _await_reply(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while self.socket is not None and self._in_flight is not None:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self.socket.poll(max(1, int(left * 1000)), zmq.POLLIN):
+                log.debug("unregister: no reply from %s within %gs", self.endpoint, timeout)
+                return
+            try:
+                frame = wire.decode(self.socket.recv_multipart(flags=zmq.NOBLOCK))
+            except (zmq.Again, wire.FrameError):
+                continue
+            if frame.command == wire.Command.REPLY and frame.request_id == self._in_flight[0]:
+                if frame.name != wire.STATUS_OK:
+                    err = wire.parse_body(pb.Error, frame.body)
+                    log.debug("unregister refused: %s: %s", err.code, err.message)
+                return

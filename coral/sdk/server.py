@@ -22,18 +22,18 @@ from typing import TYPE_CHECKING
 import zmq
 
 from coral import __version__
-from coral.daemon.config import Config, ConfigError, load_config
 from coral.daemon.errors import InvalidArgument, PermissionDenied
 from coral.daemon.liveness import Backoff
 from coral.daemon.methods import PYTHON_PROCESS_METHODS
-from coral.daemon.runtime import SOCKET_GROUP, bind_process_socket, configure_socket, ensure_process_dir, unlink_ipc
 from coral.daemon.server import Dispatcher, Handler, Peer, serve_rep_once
+from coral.daemon.sockets import SOCKET_GROUP, bind_process_socket, configure_socket, ensure_process_dir, unlink_ipc
 from coral.proto import coral_pb2 as pb
 from coral.sdk import _probe, native
 from coral.sdk.arming import ARMS, ArmRegistry
+from coral.sdk.locate import Location, LocationError, locate
 from coral.sdk.metadata import function_metadata, list_functions, location
 from coral.sdk.registration import AgentRegistration
-from coral.sdk.settings import SdkSettings, settings_from_config
+from coral.sdk.settings import DEFAULT_REDACT_PATTERNS, SdkSettings
 
 if TYPE_CHECKING:
     from coral.sdk.lifecycle import Sdk
@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POLL_MS = 250  # how often the registration is looked after while idle
+# The process socket's message cap until the agent's comes with the
+# registration: the daemons' default [limits] max_message_bytes.
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
 def _coral_gid() -> int | None:
@@ -145,16 +148,16 @@ def agent_socket_exists(endpoint: str) -> bool:
 
 
 def run(sdk: Sdk) -> None:
-    """The SDK thread: load the config, bind, serve, stay registered."""
+    """The SDK thread: find the agent, bind, serve, stay registered."""
     try:
-        config = load_config(sdk.config_path)
-    except ConfigError as exc:
+        where = locate(sdk.runtime_dir, sdk.config_path)
+    except LocationError as exc:
         log.error("coral: %s; live debugging is off in this process", exc)
         return
-    ARMS.configure(settings_from_config(config))  # until the agent's names come with the registration
+    ARMS.configure(SdkSettings(redact_patterns=DEFAULT_REDACT_PATTERNS))  # until the agent's names come
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
-        _serve(sdk, config, context)
+        _serve(sdk, where, context)
     finally:
         context.destroy(linger=0)
 
@@ -168,31 +171,31 @@ def disarm_orphans() -> None:
         log.info("registered anew with no probe attached: disarmed %d functions armed before", ARMS.disarm_all())
 
 
-def _bind(sdk: Sdk, config: Config, context: zmq.Context[zmq.Socket[bytes]]) -> tuple[zmq.Socket[bytes], str] | None:
+def _bind(sdk: Sdk, where: Location, context: zmq.Context[zmq.Socket[bytes]]) -> tuple[zmq.Socket[bytes], str] | None:
     backoff = Backoff()
     warned = False
     while not sdk.stopping:
         rep = context.socket(zmq.REP)
         try:
-            configure_socket(rep, config.limits.max_message_bytes)
-            ensure_process_dir(config.process_socket_dir)
-            return rep, bind_process_socket(rep, config.process_socket_dir, sdk.pid)
+            configure_socket(rep, DEFAULT_MAX_MESSAGE_BYTES)
+            ensure_process_dir(where.process_socket_dir)
+            return rep, bind_process_socket(rep, where.process_socket_dir, sdk.pid)
         except (OSError, zmq.ZMQError) as exc:
             rep.close(linger=0)
             if not warned:
-                address = f"ipc://{config.process_socket_dir / f'{sdk.pid}.sock'}"
+                address = f"ipc://{where.process_socket_dir / f'{sdk.pid}.sock'}"
                 log.warning("coral: cannot listen on %s (%s); live debugging is off until it can, retrying", address, exc)
                 warned = True
             sdk.wait_for_wake(backoff.next_delay())
     return None
 
 
-def _serve(sdk: Sdk, config: Config, context: zmq.Context[zmq.Socket[bytes]]) -> None:
-    bound = _bind(sdk, config, context)
+def _serve(sdk: Sdk, where: Location, context: zmq.Context[zmq.Socket[bytes]]) -> None:
+    bound = _bind(sdk, where, context)
     if bound is None:
         return
     rep, address = bound
-    registration = AgentRegistration(config.agent_endpoint, registration_request(sdk.service, sdk.pid, address), context)
+    registration = AgentRegistration(where.agent_endpoint, registration_request(sdk.service, sdk.pid, address), context)
     dispatcher: Dispatcher | None = None
     api = ProcessApi(ARMS, sdk.pid, lambda: dict(dispatcher.counters) if dispatcher else {})
     dispatcher = Dispatcher(api.handlers(), PYTHON_PROCESS_METHODS)
@@ -201,26 +204,32 @@ def _serve(sdk: Sdk, config: Config, context: zmq.Context[zmq.Socket[bytes]]) ->
     poller.register(sdk.wake_fd, zmq.POLLIN)
     sdk.bound(address)
     agent_missing_warned = False
-    own = settings_from_config(config)
+    message_cap = DEFAULT_MAX_MESSAGE_BYTES
 
     def registered() -> None:
-        """Redact what this process's config names and what the agent's does,
-        before any request the agent sends next is served."""
-        names = tuple(dict.fromkeys((*own.redact_patterns, *registration.redact_names)))
-        if names != ARMS.settings.redact_patterns:
+        """Take what the agent's configuration says (the SDK reads none of
+        its own): its redaction names and its message cap, before any
+        request the agent sends next is served."""
+        nonlocal message_cap
+        names = registration.redact_names
+        if names is not None and names != ARMS.settings.redact_patterns:
             ARMS.configure(SdkSettings(redact_patterns=names))
+        if registration.max_message_bytes and registration.max_message_bytes != message_cap:
+            # libzmq copies it into each connection as that is made: the agent's next one gets it
+            message_cap = registration.max_message_bytes
+            rep.setsockopt(zmq.MAXMSGSIZE, message_cap)
         disarm_orphans()
 
     try:
         while not sdk.stopping:
-            if agent_socket_exists(config.agent_endpoint):
+            if agent_socket_exists(where.agent_endpoint):
                 agent_missing_warned = False
                 if registration.tick(time.monotonic()):
                     registered()
             elif not agent_missing_warned:
                 log.warning(
                     "coral agent not running (no %s); the service runs normally and registers once it starts",
-                    config.agent_endpoint,
+                    where.agent_endpoint,
                 )
                 agent_missing_warned = True
                 registration.registration_id = ""

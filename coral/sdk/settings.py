@@ -1,22 +1,19 @@
 """What the SDK redacts, and where that comes from.
 
-Defaults live here. The ``[sdk]`` table of coral.toml (``redact_patterns``)
-replaces them once coral.daemon.config parses that table into
-``Config.sdk``; until then the defaults apply. Values that look like card
-numbers (13-19 digits, Luhn-valid) are redacted whatever the patterns say.
+The defaults (coral/redact.py's names) apply until the process registers;
+from then on the names are exactly the agent's (its ``[sdk]
+redact_patterns``, sent in the reply to RegisterProcess): the SDK reads no
+configuration file of its own. Values that look like card numbers (13-19
+digits, Luhn-valid) are redacted whatever the names say.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from coral.daemon.config import Config
 from coral.redact import DEFAULT_NAMES, Rules
-
-log = logging.getLogger(__name__)
 
 DEFAULT_REDACT_PATTERNS: tuple[str, ...] = DEFAULT_NAMES
 
@@ -37,16 +34,3 @@ class SdkSettings:
 
     def redact_flags(self, names: Iterable[str]) -> bytes:
         return self.rules.flags(names)
-
-
-def settings_from_config(config: Config) -> SdkSettings:
-    """The SDK's settings from a loaded Config. ``Config.sdk`` is read only
-    if the running coral.daemon.config defines it (validated there)."""
-    section = getattr(config, "sdk", None)
-    patterns = getattr(section, "redact_patterns", None)
-    if patterns is None:
-        return SdkSettings()
-    if not isinstance(patterns, (tuple, list)) or not all(isinstance(p, str) for p in patterns):
-        log.error("%s: [sdk] redact_patterns must be a list of strings; using the defaults", config.source)
-        return SdkSettings()
-    return SdkSettings(redact_patterns=tuple(patterns))
