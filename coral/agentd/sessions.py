@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from coral.agentd import abi, conditions, showvalues, where_native
+from coral.agentd import abi, conditions, countby, showvalues, where_native
 from coral.agentd.callblocks import CallBlock, CallRow, calls_of, rows_in_blocks, take
 from coral.agentd.engine import (
     NativeRecord,
@@ -148,10 +148,26 @@ class Session:
     lost: Counter[str] = field(default_factory=Counter)
     final: SlotStats | None = None
     shapes: dict[int, tuple[pb.FunctionMetadata, NativeShape]] = field(default_factory=dict)  # by pid, as calls come
+    count_key: countby.Key | None = None  # --count-by, as the kernel reads it
+    rules: Rules | None = None  # how --count-by keys are shown (redacted as any value)
 
     @property
     def pids(self) -> list[int]:
         return [t.reg.pid for t in self.targets]
+
+    def count_rows(self, stats: SlotStats) -> dict[countby.RowId, countby.Row]:
+        """The kernel's --count-by rows as shown: keys as text, rows that read the same merged."""
+        key, rules = self.count_key, self.rules or Rules()
+        if key is None:
+            return {}
+        out = []
+        for row, num, text, counts in stats.count_rows:
+            if row == countby.ROW_KEY:
+                shown, cut = countby.shown(key, num, text, rules)
+                out.append(((shown, False, False, cut), counts))
+            else:
+                out.append((("", row == countby.ROW_OVERFLOW, row == countby.ROW_UNREAD, False), counts))
+        return countby.merged(out)
 
     def to_row(self, stats: SlotStats) -> SessionRow:
         c = self.config
@@ -168,8 +184,10 @@ class Session:
              "owner": self.owner, "unanswered": self.unanswered, "return_probe": self.return_probe,
              "inlined_into": self.inlined_into, "entry_instruction": self.entry_instruction,
              "probe_cost_ns": self.probe_cost_ns,
+             "count_by": c.count_by,
              "stats": {"calls": stats.calls, "sum_ns": stats.sum_ns, "max_ns": stats.max_ns,
-                       "histogram": {str(k): v for k, v in stats.histogram.items()}}},
+                       "histogram": {str(k): v for k, v in stats.histogram.items()},
+                       **({"counts": countby.to_json(self.count_rows(stats))} if self.count_key else {})}},
             {k: v for k, v in lost.items() if v},
         )
 
@@ -366,6 +384,12 @@ class SessionManager:
             raise start.unanswered[0]
         first = targets[0].meta
         check_capture_only(req.config, first, self.rules)
+        count_key = None
+        if req.config.count_by:
+            countby.check_config(req.config)
+            if first.kind == "python":
+                raise InvalidArgument("--count-by is not supported for Python functions yet; native functions only")
+            count_key = countby.compile_key(req.config.count_by, first, self.rules)
         record_slots = abi.record_slots(first, req.config.capture_args, req.config.capture_return,
                                         self.engine.string_bytes)
         slot_config = SlotConfig(
@@ -376,6 +400,7 @@ class SessionManager:
             held_result=record_slots.held_result,
             stack_bytes=abi.stack_bytes(first, self.engine.stack_bytes) if req.config.capture_args else 0,
             where=None if first.kind == "python" else native_condition(req.config, first, self.rules),
+            count_by=count_key,
         )
         try:
             slot = self.engine.open_slot(slot_config, [s for t in targets for s in t.sites],
@@ -392,7 +417,7 @@ class SessionManager:
             owner=start.owner, unanswered=[e.message for e in start.unanswered],
             return_probe="python" if first.kind == "python" else
             "uretprobe" if any(s.uretprobe for t in targets for s in t.sites) else "ret",
-            inlined_into=list(first.inlined_into),
+            inlined_into=list(first.inlined_into), count_key=count_key, rules=self.rules,
         )
         if first.kind != "python":
             session.entry_instruction, session.probe_cost_ns = self.probe_costs.of(
@@ -690,10 +715,12 @@ class SessionManager:
                                    max_events=int(cast(int, c.get("max_events", 0))),
                                    min_duration_ns=int(cast(int, c.get("min_duration_ns", 0))),
                                    predicate=str(c.get("predicate", "")), errors_only=bool(c.get("errors_only")),
-                                   capture_only=[str(n) for n in cast(list[object], c.get("capture_only", []))]),
+                                   capture_only=[str(n) for n in cast(list[object], c.get("capture_only", []))],
+                                   count_by=str(c.get("count_by", ""))),
             total_calls=int(stats.get("calls", 0)), sum_duration_ns=int(stats.get("sum_ns", 0)),
             max_duration_ns=int(stats.get("max_ns", 0)),
             histogram={int(k): int(v) for k, v in cast(dict[str, int], stats.get("histogram", {})).items()},
+            counts=countby.from_json(cast(list[dict[str, object]], stats.get("counts", []))),
             owner=str(c.get("owner", "")),
             unanswered=[str(u) for u in cast(list[object], c.get("unanswered", []))],
             return_probe=str(c.get("return_probe", "")),

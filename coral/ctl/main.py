@@ -84,6 +84,8 @@ examples:
   coralctl debug attach payments-api --function payments.validate_card --capture-args --capture-return
   coralctl debug attach payments-api --function payments.charge --where 'req.amount >= 1000 || raised(ValueError)'
   coralctl debug attach payments-api --function payments.validate_card --errors-only --where 'duration >= 5ms'
+  coralctl debug attach payments --function validate_card --count-by card_type --duration 30s
+  coralctl debug attach payments --function charge --count-by ret --where 'amount > 1000'
   coralctl --output json debug attach payments --function validate_card --no-save | jq .""",
     "sessions": """\
 examples:
@@ -140,6 +142,15 @@ def condition_arg(text: str) -> str:
         return text
     try:
         expr.parse_condition(text)
+    except expr.ExprError as exc:
+        raise argparse.ArgumentTypeError(expr.described(text, exc)) from None
+    return text
+
+
+def key_arg(text: str) -> str:
+    """A --count-by key, checked here to point at a typing mistake; the agent resolves the name."""
+    try:
+        expr.parse_value(text)
     except expr.ExprError as exc:
         raise argparse.ArgumentTypeError(expr.described(text, exc)) from None
     return text
@@ -269,6 +280,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="one line per call, e.g. 'charged {amount} -> {ret} in {duration}': captures the values it names "
              "(arguments, ret, err) and nothing else",
     )
+    a.add_argument(
+        "--count-by",
+        type=key_arg,
+        default="",
+        metavar="KEY",
+        help="count calls, errors and latency by KEY (an argument, arg->field, ret, err), in the kernel; "
+             "no call is reported: a table live and at the end (needs the capture right; native functions)",
+    )
     a.add_argument("--errors-only", action="store_true",
                    help="report only calls that failed: Python raised, Go err != nil (and-ed with --where)")
     s = command(debug, "sessions", "list debug sessions", common)
@@ -335,6 +354,7 @@ class Ctl:
         self.style = render.Style.for_stream(sys.stdout)
         self.slow_ns = round(getattr(args, "slow", 0.0) * 1e9)
         self.subtract = bool(getattr(args, "subtract_probe_cost", False))
+        self._counts_shown: tuple[tuple[str, bool, bool, int], ...] = ()  # --count-by: the table last shown
         endpoint = args.endpoint or (config.agent_endpoint if args.local else config.colony_frontend)
         self.target = "agent" if args.local else "colony"
         keys = curve.client_keys(config, endpoint, args.key, args.colony_key)  # ConfigError: tcp without keys
@@ -407,6 +427,7 @@ class Ctl:
             min_duration_ns=round(a.min_duration * 1e9),
             predicate=a.where or "",
             errors_only=a.errors_only,
+            count_by=a.count_by,
         )
         r = cast(
             pb.AttachUprobeResponse,
@@ -530,6 +551,7 @@ class Ctl:
                     ),
                 )
                 self.show_agent = self.show_agent or len(q.session.parts) > 1
+                self._show_counts(q.session)
                 for call in q.calls:
                     if self.subtract:
                         call.duration_ns = render.without_probe_cost(call.duration_ns, q.session)
@@ -547,6 +569,21 @@ class Ctl:
                     raise
                 detached = True
                 self.call("DetachUprobe", pb.DetachUprobeRequest(session_id=session_id))
+
+    def _show_counts(self, session: pb.DebugSession) -> None:
+        """--count-by: the table again whenever its counts changed (at most once a poll)."""
+        if not session.config.count_by or session.status != "active":
+            return
+        seen = tuple((r.key, r.overflow, r.unread, r.calls) for r in session.counts)
+        if seen == self._counts_shown:
+            return
+        self._counts_shown = seen
+        if self.out.json:
+            self.out.record(render.counts_dict(session))
+            return
+        self.out.line(f"{render.clock(time.time_ns())} {session.total_calls} calls")
+        for line in render.format_counts(session, self.style):
+            self.out.line(line)
 
     def _print_call(self, call: pb.Call) -> None:
         template = getattr(self.args, "template", None)

@@ -47,7 +47,8 @@ def rights_needed(method: str, request: Any) -> list[str]:
     if method in ATTACH_METHODS:
         config = getattr(request, "config", None)
         capture = config is not None and (config.capture_args or config.capture_return
-                                          or condition_reads_values(config.predicate))
+                                          or condition_reads_values(config.predicate)
+                                          or bool(config.count_by))  # keys are values
         return ["attach", "capture"] if capture else ["attach"]
     if method == "ProfileCpu":
         return ["profile"]
