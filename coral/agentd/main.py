@@ -265,6 +265,9 @@ class Agent:
                 entry.service = str(getattr(request, "service", ""))[:200]
                 entry.function = str(getattr(request, "function", ""))[:200]
                 entry.session_id = str(getattr(request, "session_id", ""))[:64]
+                asked = access.values_asked(request)
+                if asked:
+                    entry.detail = (f"{detail}; {asked}" if detail else asked)[:500]
         self.link.audit(entry, time.monotonic())
 
     def on_connections_cut(self, uid: int, pid: int, count: int) -> None:

@@ -55,6 +55,14 @@ def rights_needed(method: str, request: Any) -> list[str]:
     return []
 
 
+def values_asked(request: Any) -> str:
+    """What an attach reads of the target's values beyond capture flags, for
+    its audit row: `count_by 'KEY'` (a key is a value); "" for anything else."""
+    config = getattr(request, "config", None)
+    key = getattr(config, "count_by", "") if config is not None else ""
+    return f"count_by {key!r}" if key else ""
+
+
 def condition_reads_values(text: str) -> bool:
     """A filter on values (--where) reveals them too: counting the calls
     that pass `amount > N` is a binary search for amount. A condition on
