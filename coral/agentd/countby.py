@@ -133,8 +133,9 @@ def merged(rows: Iterable[tuple[RowId, Row]]) -> dict[RowId, Row]:
 
 
 def to_messages(rows: dict[RowId, Row]) -> list[pb.CountRow]:
-    """Most calls first; the overflow and unread rows last."""
-    ordered = sorted(rows.items(), key=lambda item: (item[0][1] or item[0][2], -item[1].calls, item[0][0]))
+    """Most calls first; the overflow and unread rows last; rows with no call left out."""
+    ordered = sorted(((k, r) for k, r in rows.items() if r.calls),
+                     key=lambda item: (item[0][1] or item[0][2], -item[1].calls, item[0][0]))
     return [pb.CountRow(key=k, overflow=o, unread=u, cut=c, calls=r.calls, errors=r.errors, sum_duration_ns=r.sum_ns,
                         max_duration_ns=r.max_ns, histogram=r.histogram) for (k, o, u, c), r in ordered]
 

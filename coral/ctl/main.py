@@ -85,7 +85,7 @@ examples:
   coralctl debug attach payments-api --function payments.charge --where 'req.amount >= 1000 || raised(ValueError)'
   coralctl debug attach payments-api --function payments.validate_card --errors-only --where 'duration >= 5ms'
   coralctl debug attach payments --function validate_card --count-by card_type --duration 30s
-  coralctl debug attach payments --function charge --count-by ret --where 'amount > 1000'
+  coralctl debug attach payments --function charge --count-by ret --where 'amount >= 1000'
   coralctl --output json debug attach payments --function validate_card --no-save | jq .""",
     "sessions": """\
 examples:
@@ -149,6 +149,8 @@ def condition_arg(text: str) -> str:
 
 def key_arg(text: str) -> str:
     """A --count-by key, checked here to point at a typing mistake; the agent resolves the name."""
+    if not text:  # argparse passes the default ("") through here too: no key
+        return text
     try:
         expr.parse_value(text)
     except expr.ExprError as exc:

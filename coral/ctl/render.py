@@ -237,6 +237,8 @@ def format_summary(s: Summary, session: pb.DebugSession, tally: Tally | None = N
         f"  Max duration: {format_ns(s.max_ns)}",
         f"  Errors:       {_pct(tally.errors, tally.shown)}" + (" of the calls shown" if tally.shown < s.calls else ""),
     ]
+    if session.config.count_by:  # no call is shown: the rows count the failed ones
+        lines[-1] = f"  Errors:       {_pct(sum(r.errors for r in session.counts), s.calls)} (by key below)"
     if slow_ns:
         lines.append(f"  Slow calls (>{format_ns(slow_ns)}): {_pct(tally.slow, tally.shown)}")
     if s.probe_cost_ns:
@@ -310,7 +312,8 @@ def format_counts(session: pb.DebugSession, style: Style = PLAIN) -> list[str]:
     if not rows or not any(r.calls for r in rows):
         return [f"  Counts by {session.config.count_by}: no calls yet"] if session.config.count_by else []
     width = max(len(session.config.count_by), *(len(count_key_shown(r)) for r in rows), 3)
-    lines = [style.bold(f"  {session.config.count_by:<{width}}  {'CALLS':>9}  {'ERRORS':>7}  {'AVG':>9}  "
+    lines = [f"  Counts by {session.config.count_by}:",
+             style.bold(f"  {session.config.count_by:<{width}}  {'CALLS':>9}  {'ERRORS':>7}  {'AVG':>9}  "
                         f"{'P50':>9}  {'P99':>9}  {'MAX':>9}")]
     for r in rows:
         if not r.calls:
