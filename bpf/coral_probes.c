@@ -1390,6 +1390,8 @@ static __always_inline u64 python_call(struct pt_regs *ctx, u64 watching, u64 id
         struct slot_config *cfg = slots.lookup(&key);
         if (!cfg || cfg->fn_id != head[0] || !account(slot, cfg, now, duration, 0, 0))
             continue;
+        if ((u32)head[4] & CORAL_CALL_COUNTED)
+            continue;  // --count-by: the SDK counted it by its key (coral/sdk/countby.py), nothing to send
         // The SDK evaluated the function's --where (one condition per armed
         // function, so the same for every slot watching it): counted, not sent.
         u32 verdict = (u32)head[4] & (CORAL_CALL_FILTERED | CORAL_CALL_WHERE_ERROR);

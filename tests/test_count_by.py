@@ -82,7 +82,8 @@ def rows(summary: dict[str, Any]) -> dict[str, tuple[int, int]]:
 
 @pytest.fixture(scope="module")
 def world(bpf: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CoralEnv]:
-    env = CoralEnv.create()
+    # No CPU budget: a target calling as fast as it can is over the default one (10% of one CPU).
+    env = CoralEnv.create().with_config("[sessions]\ncpu_budget_percent = 0\n")
     colony = start_colony(env)
     agent = start_agent(env)
     yield env
@@ -180,3 +181,64 @@ def test_bad_keys_get_one_line_pointing_at_the_column(native: Target) -> None:
         assert key != "nosuch" or "has no argument 'nosuch'; its arguments are: ref, order, amount" in lines[0]
     lines = attach("--count-by", "ret", "--capture-args")
     assert len(lines) == 1 and "--count-by counts every call and reports none: leave out --capture-args" in lines[0]
+
+
+BUSY = r"""
+// Each input line "N": N calls of tally(i % 7) as fast as it can go, then its own count per kind.
+#include <stdio.h>
+#include <stdlib.h>
+__attribute__((noinline)) int tally(int kind)
+{
+    __asm__ volatile("" ::: "memory");
+    return kind * 2;
+}
+int main(void)
+{
+    char line[64];
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    while (fgets(line, sizeof line, stdin)) {
+        long n = atol(line), seen[7] = {0};
+        for (long i = 0; i < n; i++)
+            seen[tally((int)(i % 7)) / 2]++;
+        for (int k = 0; k < 7; k++)
+            printf("%d %ld%c", k, seen[k], k == 6 ? '\n' : ' ');
+    }
+    return 0;
+}
+"""
+
+
+def test_at_the_highest_rate_every_call_is_counted_and_none_stored(world: CoralEnv,
+                                                                   tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A target calling as fast as it can (a few hundred thousand calls a
+    second under the probes here): the rows are its own counts, exactly,
+    and no call is stored."""
+    tmp = tmp_path_factory.mktemp("busy")
+    (tmp / "busy.c").write_text(BUSY)
+    subprocess.run(["gcc", "-g", "-O1", "-o", str(tmp / "busy"), str(tmp / "busy.c")], check=True)
+    run = run_service(world, "count-busy", tmp / "busy")
+    try:
+        target = Target(world, "count-busy", "tally", run)
+        n = 500_000
+        p = subprocess.Popen([tool("coralctl"), "--local", "--output", "json", "debug", "attach", "count-busy",
+                              "--function", "tally", "--duration", "120s", "--no-save", "--count-by", "kind"],
+                             env=world.env, stdout=subprocess.PIPE, text=True)
+        assert p.stdout is not None
+        session = json.loads(p.stdout.readline())
+        proc = target.run.proc
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(f"{n}\n".encode())
+        proc.stdin.flush()
+        own = proc.stdout.readline().decode().split()
+        expected = {own[i]: (int(own[i + 1]), 0) for i in range(0, len(own), 2)}
+        subprocess.run([tool("coralctl"), "--local", "debug", "detach", session["session_id"]], env=world.env,
+                       check=True, capture_output=True, timeout=60)
+        out, _ = p.communicate(timeout=60)
+        summary = json.loads(out.splitlines()[-1])
+        assert rows(summary) == expected
+        assert summary["calls"] == n and sum(r["calls"] for r in summary["counts"]) == n
+        ended = json.loads(subprocess.run([tool("coralctl"), "--local", "--output", "json", "debug", "sessions"],
+                                          env=world.env, capture_output=True, text=True, timeout=60).stdout.splitlines()[-1])
+        assert ended["session_id"] == session["session_id"] and ended["calls"] == 0  # none stored
+    finally:
+        run.stop()

@@ -101,3 +101,38 @@ def test_rows_that_read_the_same_are_merged() -> None:
     assert rows == {("x", False, False, False): Row(3, 1, 12, 5, {1: 3})}
     back = countby.from_json(countby.to_json(rows))
     assert [(r.key, r.calls, r.errors, r.max_duration_ns, dict(r.histogram)) for r in back] == [("x", 3, 1, 5, {1: 3})]
+
+
+def test_the_sdk_counts_python_calls_by_key_within_its_bounds() -> None:
+    from coral.sdk import countby as sdk_countby
+    from coral.sdk import where as sdk_where
+
+    class Req:
+        def __init__(self, network: object) -> None:
+            self.network = network
+
+    def charge(amount: int, req: Req) -> int:
+        return amount
+
+    tally = sdk_countby.Tally(max_keys=2)
+    hooks = sdk_countby.compile_counting("req.network", "amount > 0", "charge", charge, RULES.is_secret_name, tally)
+    assert hooks.at_entry is not None and hooks.at_return is not None
+
+    def call(amount: int, network: object, exc: BaseException | None = None) -> int:
+        assert hooks.at_entry is not None and hooks.at_return is not None
+        return hooks.at_return(hooks.at_entry(amount, Req(network)), amount, exc, 1000)
+
+    assert call(0, "visa") == sdk_where.FILTERED  # --where keeps it out of every row
+    assert [call(5, n) for n in ("visa", "visa", "amex")] == [sdk_countby.COUNTED] * 3
+    call(5, "4111111111111111", ValueError("x"))  # a third key: past the maximum; a card number besides
+    call(5, object())  # not a plain builtin: unread, its __str__ never run
+    rows = [(r.key, r.overflow, r.unread, r.calls, r.errors) for r in tally.messages(Rules().text)]
+    assert rows == [("visa", False, False, 2, 0), ("amex", False, False, 1, 0), ("", True, False, 1, 1),
+                    ("", False, True, 1, 0)]
+    with pytest.raises(InvalidArgument, match=r"--count-by 'req.token', column 1: 'token' is redacted"):
+        sdk_countby.compile_counting("req.token", "", "charge", charge, RULES.is_secret_name, tally)
+    with pytest.raises(InvalidArgument, match=r"--count-by 'nope', column 1: charge has no parameter 'nope'"):
+        sdk_countby.compile_counting("nope", "", "charge", charge, RULES.is_secret_name, tally)
+    tally = sdk_countby.Tally()
+    tally.add("4111111111111111", None, 10)
+    assert "4111111111111111" not in tally.messages(Rules().text)[0].key  # redacted as it leaves the process

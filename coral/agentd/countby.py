@@ -135,7 +135,7 @@ def merged(rows: Iterable[tuple[RowId, Row]]) -> dict[RowId, Row]:
 def to_messages(rows: dict[RowId, Row]) -> list[pb.CountRow]:
     """Most calls first; the overflow and unread rows last; rows with no call left out."""
     ordered = sorted(((k, r) for k, r in rows.items() if r.calls),
-                     key=lambda item: (item[0][1] or item[0][2], -item[1].calls, item[0][0]))
+                     key=lambda item: (item[0][1] or item[0][2], -item[1].calls, item[0][0], item[0][2]))
     return [pb.CountRow(key=k, overflow=o, unread=u, cut=c, calls=r.calls, errors=r.errors, sum_duration_ns=r.sum_ns,
                         max_duration_ns=r.max_ns, histogram=r.histogram) for (k, o, u, c), r in ordered]
 
@@ -156,6 +156,26 @@ def from_json(items: Iterable[dict[str, object]]) -> list[pb.CountRow]:
                 int(str(item.get("max_ns", 0))),
                 {int(b): int(n) for b, n in hist.items()} if isinstance(hist, dict) else {})
     return to_messages(rows)
+
+
+def check_python_key(text: str, rules: Rules) -> None:
+    """What the agent refuses of a Python key before arming: a syntax error,
+    `err`, `duration`, a redacted name (the SDK checks the rest against the function)."""
+    try:
+        path = expr.parse_value(text)
+    except expr.ExprError as exc:
+        raise InvalidArgument(f"--count-by {expr.described(text, exc)}") from None
+    refusal = ""
+    if path.root == "duration":
+        refusal = "duration is what each row measures, not a key"
+    elif path.root == "err":
+        refusal = "err is a Go function's error result; a Python call's failure is counted in ERRORS"
+    else:
+        secret = next((n for n in path.names if rules.is_secret_name(n)), None)
+        if secret is not None:
+            refusal = f"{secret!r} is redacted; a key on it would reveal it"
+    if refusal:
+        raise InvalidArgument(f"--count-by {expr.described(text, expr.ExprError(refusal, path.column))}")
 
 
 def check_config(config: pb.UprobeConfig) -> None:

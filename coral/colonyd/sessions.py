@@ -169,7 +169,7 @@ def merge_counts(parts: list[pb.DebugSession]) -> list[pb.CountRow]:
             into.max_duration_ns = max(into.max_duration_ns, r.max_duration_ns)
             for bucket, n in r.histogram.items():
                 into.histogram[bucket] += n
-    return sorted(rows.values(), key=lambda r: (r.overflow or r.unread, -r.calls, r.key))
+    return sorted(rows.values(), key=lambda r: (r.overflow or r.unread, -r.calls, r.key, r.unread))
 
 
 def merge_many(session: pb.DebugSession) -> None:

@@ -240,10 +240,12 @@ class DisarmFunctionRequest(_message.Message):
     def __init__(self, fn_id: _Optional[int] = ...) -> None: ...
 
 class DisarmFunctionResponse(_message.Message):
-    __slots__ = ("was_armed",)
+    __slots__ = ("was_armed", "counts")
     WAS_ARMED_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
     was_armed: bool
-    def __init__(self, was_armed: _Optional[bool] = ...) -> None: ...
+    counts: _containers.RepeatedCompositeFieldContainer[CountRow]
+    def __init__(self, was_armed: _Optional[bool] = ..., counts: _Optional[_Iterable[_Union[CountRow, _Mapping]]] = ...) -> None: ...
 
 class ArgumentMetadata(_message.Message):
     __slots__ = ("name", "type", "location", "fields", "held_string", "go", "variants", "float_type", "entry_registers", "entry_elsewhere")

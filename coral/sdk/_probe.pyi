@@ -13,6 +13,7 @@ CALL_TRUNCATED: int
 CALL_FILTERED: int
 UNREADABLE: object
 CALL_WHERE_ERROR: int
+CALL_COUNTED: int
 
 class ProbeWrapper:
     original: Callable[..., Any]
