@@ -6,12 +6,17 @@ of tests/test_python_where.py)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-from tests.harness import CoralEnv, tool
-from tests.test_native_e2e import records
+import pytest
+
+from tests.harness import CoralEnv, Process, tool
+from tests.test_native_e2e import records, wait_for_service
 from tests.test_python_where import MIXED, SERVICE, Call, Shop, attach, shop
 
 __all__ = ["shop"]
@@ -58,3 +63,36 @@ def test_a_redacted_key_is_refused(coral_env: CoralEnv, shop: Shop) -> None:
                           "req.card_number"], env=coral_env.env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and out.stderr.strip().endswith(
         "--count-by 'req.card_number', column 1: 'card_number' is redacted; a key on it would reveal it"), out.stderr
+
+
+@pytest.fixture
+def fast_shop(coral_env: CoralEnv, colony: Process, full_speed_agent: Process, tmp_path: Path) -> Iterator[Shop]:
+    """The shop, with an agent that has no CPU budget: calls as fast as a loop goes are over the default one."""
+    s = Shop(coral_env, tmp_path)
+    wait_for_service(coral_env, SERVICE)
+    yield s
+    s.stop()
+
+
+def test_at_the_highest_rate_every_call_is_counted_and_none_stored(coral_env: CoralEnv, fast_shop: Shop) -> None:
+    """The shop calling as fast as its loop goes: the rows are its own counts, exactly, and nothing is stored."""
+    shop = fast_shop
+    calls = [Call(i % 5, network=("visa", "amex", "jcb")[i % 3]) for i in range(30_000)]
+    p = subprocess.Popen([tool("coralctl"), "--output", "json", "debug", "attach", SERVICE, "--function", "shop.charge",
+                          "--duration", "60s", "--count-by", "network"], env=coral_env.env, stdout=subprocess.PIPE,
+                         text=True)
+    assert p.stdout is not None
+    session = json.loads(p.stdout.readline())
+    own = shop.run(calls)
+    subprocess.run([tool("coralctl"), "debug", "detach", session["session_id"]], env=coral_env.env, check=True,
+                   capture_output=True, timeout=60)
+    out, _ = p.communicate(timeout=60)
+    lines = records(out)
+    summary = lines[-1]
+    assert own["made"] == len(calls) and not [x for x in lines if x["kind"] == "call"]
+    assert rows(summary) == {k: (n, 0) for k, n in Counter(c.network for c in calls).items()}
+    assert summary["calls"] == len(calls) and summary["lost"] == {}
+    shown = subprocess.run([tool("coralctl"), "--output", "json", "debug", "sessions"], env=coral_env.env,
+                           capture_output=True, text=True, timeout=60)
+    ended = next(json.loads(x) for x in shown.stdout.splitlines() if session["session_id"] in x)
+    assert ended["calls"] == 0 and ended["total_calls"] == len(calls)  # none stored
