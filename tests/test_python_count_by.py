@@ -96,3 +96,23 @@ def test_at_the_highest_rate_every_call_is_counted_and_none_stored(coral_env: Co
                            capture_output=True, text=True, timeout=60)
     ended = next(json.loads(x) for x in shown.stdout.splitlines() if session["session_id"] in x)
     assert ended["calls"] == 0 and ended["total_calls"] == len(calls)  # none stored
+
+
+def test_the_table_is_live(coral_env: CoralEnv, fast_shop: Shop) -> None:
+    """While the session runs, a counts line with every call the shop made (the agent asks the SDK each second)."""
+    p = subprocess.Popen([tool("coralctl"), "--output", "json", "debug", "attach", SERVICE, "--function", "shop.charge",
+                          "--duration", "60s", "--count-by", "network"], env=coral_env.env, stdout=subprocess.PIPE,
+                         text=True)
+    assert p.stdout is not None
+    session = json.loads(p.stdout.readline())
+    own = fast_shop.run(MIXED)
+    while True:
+        line = json.loads(p.stdout.readline())
+        assert line["kind"] == "counts", line
+        if sum(r["calls"] for r in line["rows"]) == own["made"]:
+            break
+    assert rows({"counts": line["rows"]}) == {k: (n, sum(1 for c in MIXED if c.network == k and c.raised))
+                                              for k, n in Counter(c.network for c in MIXED).items()}
+    subprocess.run([tool("coralctl"), "debug", "detach", session["session_id"]], env=coral_env.env, check=True,
+                   capture_output=True, timeout=60)
+    p.communicate(timeout=60)

@@ -574,6 +574,7 @@ class Agent:
                     last_flush = now
                 self.ingest.charge(now, time.process_time() - cpu)
                 self.sessions.stop_over_budget()
+                self.sessions.ask_counts(now)
                 targets_due = now - self._targets_checked >= TARGETS_EVERY
                 if targets_due:
                     self._targets_checked = now

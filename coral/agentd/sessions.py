@@ -63,6 +63,7 @@ def wall_clock_offset_ns() -> int:
 
 
 MAX_CAPTURE_ONLY = 16
+COUNTS_EVERY = 1.0  # seconds between asks for a Python --count-by session's live rows
 
 
 def check_capture_only(config: pb.UprobeConfig, meta: pb.FunctionMetadata, rules: Rules) -> None:
@@ -152,6 +153,7 @@ class Session:
     rules: Rules | None = None  # how --count-by keys are shown (redacted as any value)
     sdk_counts: dict[int, list[pb.CountRow]] | None = None  # --count-by on Python: each process's rows, by pid
     counts_pending: int = 0  # --count-by on Python: disarms sent whose answer (with the rows) has not come
+    counts_asked: float = 0.0  # --count-by on Python: when the live rows were last asked for (monotonic)
 
     @property
     def pids(self) -> list[int]:
@@ -682,6 +684,23 @@ class SessionManager:
                 self._end(session, FAILED, losses[0])
                 ended.append(session.session_id)
         return ended
+
+    def ask_counts(self, now: float) -> None:
+        """--count-by on Python: ask each process for its rows so far, once a
+        second at most (the live table); the final ones come with the disarm."""
+        for session in self.active.values():
+            if session.sdk_counts is None or now - session.counts_asked < COUNTS_EVERY:
+                continue
+            session.counts_asked = now
+            for t in session.targets:
+                def on_counts(result: Any, t: Target = t, session: Session = session) -> None:
+                    if isinstance(result, CoralError) or session.session_id not in self.active:
+                        return  # ended since: its final rows come with the disarm's answer
+                    if session.sdk_counts is not None:
+                        session.sdk_counts[t.reg.pid] = list(cast(pb.CountCallsResponse, result).counts)
+                        self.news.add(session.session_id)
+
+                self.ask(t.reg, "CountCalls", pb.CountCallsRequest(fn_id=t.fn_id), on_counts)
 
     def stop_over_budget(self) -> list[str]:
         """End the sessions the kernel stopped for going over their CPU budget."""

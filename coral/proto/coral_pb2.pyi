@@ -247,6 +247,18 @@ class DisarmFunctionResponse(_message.Message):
     counts: _containers.RepeatedCompositeFieldContainer[CountRow]
     def __init__(self, was_armed: _Optional[bool] = ..., counts: _Optional[_Iterable[_Union[CountRow, _Mapping]]] = ...) -> None: ...
 
+class CountCallsRequest(_message.Message):
+    __slots__ = ("fn_id",)
+    FN_ID_FIELD_NUMBER: _ClassVar[int]
+    fn_id: int
+    def __init__(self, fn_id: _Optional[int] = ...) -> None: ...
+
+class CountCallsResponse(_message.Message):
+    __slots__ = ("counts",)
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    counts: _containers.RepeatedCompositeFieldContainer[CountRow]
+    def __init__(self, counts: _Optional[_Iterable[_Union[CountRow, _Mapping]]] = ...) -> None: ...
+
 class ArgumentMetadata(_message.Message):
     __slots__ = ("name", "type", "location", "fields", "held_string", "go", "variants", "float_type", "entry_registers", "entry_elsewhere")
     NAME_FIELD_NUMBER: _ClassVar[int]
