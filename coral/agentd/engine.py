@@ -751,7 +751,8 @@ class ProbeEngine:
 
     # ------------------------------------------------------------ counts
 
-    def stats(self, slot: int, with_histogram: bool = True) -> SlotStats:
+    def stats(self, slot: int, with_histogram: bool = True, with_counts: bool = True) -> SlotStats:
+        """The slot's counts; `with_counts`: its --count-by rows too (a map walk)."""
         base = slot * STATS_PER_SLOT
         v = [int(self._stats.sum(ctypes.c_int(base + i)).value) for i in range(STATS_PER_SLOT)]
         v[ST_MAX_NS] = int(self._stats.max(ctypes.c_int(base + ST_MAX_NS)).value)
@@ -764,7 +765,7 @@ class ProbeEngine:
         unwound, too_deep, tail_calls = (self._by_slots(slot, cause) - self._by_slots_base.get((slot, cause), 0)
                                          for cause in (BY_UNWOUND, BY_TOO_DEEP, BY_TAIL_CALL))
         counted = self._configs.get(slot)
-        rows = self._read_counts(slot) if counted is not None and counted.count_by is not None else []
+        rows = self._read_counts(slot) if with_counts and counted is not None and counted.count_by is not None else []
         return SlotStats(v[ST_CALLS], v[ST_SAMPLED], v[ST_FILTERED], v[ST_RINGBUF], v[ST_EMITTED], v[ST_MAX_NS],
                          v[ST_SUM_NS], hist, v[ST_UNREADABLE], v[ST_EXPIRED], unwound, too_deep,
                          tail_calls, v[ST_WHERE_ERROR], rows)

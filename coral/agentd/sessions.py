@@ -662,7 +662,7 @@ class SessionManager:
         whose last calls are still being read."""
         live = []
         for slot, session in self._by_slot.items():
-            stats = self.engine.stats(slot, with_histogram=False)
+            stats = self.engine.stats(slot, with_histogram=False, with_counts=False)
             live.append((stats.calls, session.to_row(stats).lost))
         return self.totals.with_live(live)
 
