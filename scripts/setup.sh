@@ -94,7 +94,7 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys; sys.exit(0 if
 fi
 stamp=.venv/.coral-installed
 # Reinstall when the packaging or the SDK's C extension changed.
-if [ ! -f "$stamp" ] || [ -n "$(find setup.cfg setup.py pyproject.toml coral/sdk/_probe.c bpf/coral_call.h -newer "$stamp" 2>/dev/null)" ]; then
+if [ ! -f "$stamp" ] || [ -n "$(find setup.cfg setup.py pyproject.toml coral/sdk/_probe.c coral/sdk/_layout.c coral/sdk/_layout.h bpf/coral_call.h -newer "$stamp" 2>/dev/null)" ]; then
   say "installing coral and its dependencies into .venv"
   # (grep hides pip's notes about absent local mirrors; pipefail keeps pip's status)
   .venv/bin/python -m pip install -q --upgrade pip 2>&1 | { grep -v 'is ignored' || true; }

@@ -122,6 +122,22 @@ def test_every_json_line_has_the_documented_fields(
     printed["Counts"] += lines[:-1]
     printed["Summary"].append(lines[-1])
 
+    # Several functions at once: a session, a summary and trees of each (validate_card calls nanosleep).
+    grouped = subprocess.Popen([tool("coralctl"), "--output", "json", "debug", "attach", "payments", "--duration", "1s",
+                                "--function", "validate_card", "--function", "libc.so.6:nanosleep", "--tree-every", "1"],
+                               env=env.env, stdout=subprocess.PIPE, text=True)
+    assert grouped.stdout is not None
+    starts = [json.loads(grouped.stdout.readline()) for _ in range(2)]
+    payments.call(2)
+    out, _ = grouped.communicate(timeout=30)
+    assert grouped.returncode == 0
+    rest = starts + [json.loads(line) for line in out.splitlines()]
+    assert sorted(r["kind"] for r in rest) == ["call"] * 4 + ["session"] * 2 + ["summary"] * 2 + ["tree"] * 2, rest
+    printed["DebugSession"] += starts
+    printed["Call"] += [r for r in rest if r["kind"] == "call"]
+    printed["Summary"] += [r for r in rest if r["kind"] == "summary"]
+    printed["Tree"] += [r for r in rest if r["kind"] == "tree"]
+
     events = json_lines(env, "debug", "events", session_id)
     assert [r["kind"] for r in events][-1] == "summary"
     printed["Call"] += events[:-1]

@@ -29,10 +29,11 @@ from coral.colonyd.audit import client_label as audit_label
 from coral.daemon import curve
 from coral.mcp.colony import client_label
 from coral.proto import coral_pb2 as pb
-from tests.harness import CoralEnv, NativeService, coralctl, running, tool
+from tests.harness import CoralEnv, NativeService, Process, coralctl, running, tool
 from tests.test_native_e2e import wait_for_service
+from tests.test_profile import build, busy_service
 
-TOOLS = {"list_services", "list_functions", "attach", "get_summary", "get_events", "list_sessions", "detach"}
+TOOLS = {"list_services", "list_functions", "attach", "get_summary", "get_events", "list_sessions", "detach", "profile"}
 Elicit = ElicitationFnT
 
 
@@ -283,6 +284,35 @@ allow_capture = true
         rows = [(r["who"], r["client_label"], r["outcome"]) for r in audit(env) if r["method"] == "AttachUprobe"]
         assert rows == [("key:assistant", "via MCP: tcp-assistant", "PERMISSION_DENIED"),
                         ("key:assistant", "via MCP: tcp-assistant", "OK")]
+
+
+def test_an_assistant_profiles_a_service_and_sees_where_its_cpu_goes(coral_env: CoralEnv, colony: Process,
+                                                                     agent: Process, tmp_path: Path) -> None:
+    """examples/native/busy.c spends about 70% of its CPU in hot_path and 30%
+    in cold_path, both under serve: the profile tool says so within 5 points,
+    with whole stacks, and the audit row says via MCP."""
+    service = busy_service(coral_env, build(tmp_path, "busy", "-O0", "-fno-omit-frame-pointer"), "busy")
+    try:
+        async def story() -> dict[str, Any]:
+            async with assistant(coral_env, "profiling-assistant") as s:
+                assert "frequency_hz must be between 1 and 1000, got 5000" in await refused(
+                    s, "profile", service="busy", frequency_hz=5000)
+                assert "exceeds coral-mcp's maximum of 30s" in await refused(s, "profile", service="busy",
+                                                                              duration_seconds=60)
+                return await call(s, "profile", service="busy", duration_seconds=4, frequency_hz=997)
+
+        answer = anyio.run(story)
+    finally:
+        service.stop()
+    assert answer["status"] == "expired" and answer["samples"] > 100, answer
+    assert len(answer["processes"]) == 1 and answer["processes"][0]["samples"] == answer["samples"]
+    shares = {f["function"]: f["self_percent"] for f in answer["functions"]}
+    assert abs(shares["hot_path"] - 70) <= 5 and abs(shares["cold_path"] - 30) <= 5, answer["functions"]
+    assert any(line.startswith(("main;serve;hot_path ", "__libc_start_call_main;main;serve;hot_path "))
+               or ";main;serve;hot_path " in line for line in answer["stacks"]), answer["stacks"]
+    rows = [(r["who"], r["client_label"], r["outcome"], r["session_id"]) for r in audit(coral_env)
+            if r["method"] == "ProfileCpu"]
+    assert rows == [("uid:0", "via MCP: profiling-assistant", "OK", answer["profile_id"])]
 
 
 def test_the_client_label_is_bounded_and_printable() -> None:

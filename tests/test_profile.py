@@ -10,6 +10,7 @@ import pwd
 import shutil
 import struct
 import subprocess
+import sys
 import tempfile
 import zlib
 from collections import Counter
@@ -19,6 +20,7 @@ import pytest
 
 from coral.ctl import flame
 from coral.proto import coral_pb2 as pb
+from coral.sdk.server import python_layout
 from tests.harness import REPO, CoralEnv, Process, coralctl, tool
 from tests.test_native_e2e import wait_for_service
 
@@ -155,6 +157,44 @@ def test_a_profile_shows_where_the_cpu_goes(coral_env: CoralEnv, colony: Process
         service.stop()
 
 
+def test_a_python_service_profile_shows_its_python_functions(coral_env: CoralEnv, colony: Process, agent: Process,
+                                                            tmp_path: Path) -> None:
+    """examples/python/busy.py: about 70% of its CPU under hot_path and 30%
+    under cold_path, both called by serve, each within 5 points; the Python
+    frames sit where the interpreter's loop is, with file and line."""
+    service = subprocess.Popen([sys.executable, str(REPO / "examples" / "python" / "busy.py")], env=coral_env.env,
+                               stdout=subprocess.PIPE, text=True)
+    assert service.stdout is not None
+    try:
+        assert service.stdout.readline().strip() == "ready"
+        wait_for_service(coral_env, "busy-py")
+        html = tmp_path / "flame.html"
+        out = coralctl(coral_env, "--output", "json", "profile", "busy-py", "--duration", "4s", "--frequency", "997",
+                       "-o", str(html), timeout=120)
+        assert out.returncode == 0, out.stderr
+    finally:
+        service.terminate()
+        service.wait(10)
+    records = [json.loads(line) for line in out.stdout.splitlines()]
+    [process] = [r for r in records if r["kind"] == "process"]
+    stacks = [([f["function"] for f in st["frames"]], st["count"], st["frames"]) for st in process["stacks"]]
+    total = sum(n for _, n, _ in stacks)
+    assert total > 100 and total == process["samples"], process
+    under = Counter(name for names, n, _ in stacks for name in set(names) for _ in range(n))
+    assert abs(100 * under["hot_path"] / total - 70) <= 5, (under, total)
+    assert abs(100 * under["cold_path"] / total - 30) <= 5, (under, total)
+    # Whole stacks: the interpreter's entry below, <module> then serve then the function, each named by file:line.
+    names, _, _ = max(stacks, key=lambda s: s[1])
+    assert names[names.index("serve") - 1] == "<module>" and names[names.index("serve") + 1] in ("hot_path", "cold_path")
+    assert "Py_RunMain" in names[:names.index("<module>")], names  # the interpreter's own frames, below
+    assert "_PyEval_EvalFrameDefault" not in names[:names.index("serve")], names
+    hot = next(f for _, _, fs in stacks for f in fs if f["function"] == "hot_path")
+    assert hot["file"].endswith("examples/python/busy.py") and hot["module"] == "python"
+    source = (REPO / "examples" / "python" / "busy.py").read_text().splitlines()
+    assert source[hot["line"] - 1].strip() in ("for i in range(7 * UNIT):", "total += i"), hot
+    assert "hot_path" in html.read_text()
+
+
 def test_without_frame_pointers_callers_are_found_with_the_unwind_tables(
         coral_env: CoralEnv, colony: Process, agent: Process, tmp_path: Path) -> None:
     """-O2 without frame pointers (as Debian builds): the kernel's walk
@@ -247,23 +287,34 @@ def test_the_agent_symbolizes_stacks_outermost_first_and_bounds_its_answer() -> 
     getpid = ctypes.cast(libc.getpid, ctypes.c_void_p).value or 0
     pid = os.getpid()
 
-    def sampler(pids: list[int], frequency: int, seconds: float, stop: threading.Event,
-                unwind: object) -> profiler.Sampled:
-        assert (pids, frequency, seconds) == ([pid], 99, 0.5)
-        return profiler.Sampled({(pid, (getppid + 1, getpid + 5), "fp"): 3, (pid, (getppid,), "cfi-cut"): 2,
-                                 (pid, (), "fp"): 1}, 6, 1, 0, 10, 1_000, 2_000)
+    code = test_the_agent_symbolizes_stacks_outermost_first_and_bounds_its_answer.__code__
+    layout = python_layout()
+    assert layout is not None
+    here = ((id(code), id(code) + layout.code_adaptive),)  # this function, at its first instruction
+    none = profiler.NO_PYTHON
 
-    plan = profiles.ProfilePlan("prof-0123456789ab", "svc", "a1", (pid,), {pid: "/usr/bin/python3"}, 99, 500, "uid:0")
+    def sampler(pids: list[int], frequency: int, seconds: float, stop: threading.Event,
+                unwind: object, python: dict[int, pb.PythonLayout]) -> profiler.Sampled:
+        assert (pids, frequency, seconds, python) == ([pid], 99, 0.5, {pid: layout})
+        return profiler.Sampled({(pid, (getppid + 1, getpid + 5), "fp", none, False): 3,
+                                 (pid, (getppid,), "cfi-cut", none, False): 2,
+                                 (pid, (), "fp", none, False): 1, (pid, (), "fp", here, True): 1}, 7, 1, 0, 10, 1_000, 2_000)
+
+    plan = profiles.ProfilePlan("prof-0123456789ab", "svc", "a1", (pid,), {pid: "/usr/bin/python3"}, 99, 500, "uid:0",
+                                {pid: layout})
     reply = profiles.run(plan, threading.Event(), Symbolizer(), 1 << 20, sampler)
     assert isinstance(reply, pb.ProfileCpuResponse)
-    assert reply.session.cpu_profile and reply.session.total_calls == 6 and dict(reply.session.lost) == {"stack_dropped": 1}
+    assert reply.session.cpu_profile and reply.session.total_calls == 7 and dict(reply.session.lost) == {"stack_dropped": 1}
     (process,) = reply.processes
     assert (process.pid, process.samples, process.samples_without_stack, process.stacks_left_out,
-            process.samples_cut) == (pid, 6, 1, 0, 2)
+            process.samples_cut) == (pid, 7, 1, 0, 3)
     named = [([f.function for f in s.frames], s.count) for s in process.stacks]
-    assert named == [(["getpid", "getppid"], 3), (["getppid"], 2), ([], 1)]
-    assert all(f.module.endswith(".so.6") for s in process.stacks for f in s.frames)
+    assert named == [(["getpid", "getppid"], 3), (["getppid"], 2), ([], 1),
+                     (["test_the_agent_symbolizes_stacks_outermost_first_and_bounds_its_answer"], 1)]
+    assert all(f.module.endswith(".so.6") for s in process.stacks[:2] for f in s.frames)
+    python_frame = process.stacks[3].frames[0]
+    assert (python_frame.file, python_frame.line, python_frame.module) == (__file__, code.co_firstlineno, "python")
 
     small = profiles.run(plan, threading.Event(), Symbolizer(), 0, sampler)
     assert isinstance(small, pb.ProfileCpuResponse)
-    assert len(small.processes[0].stacks) == 1 and small.processes[0].stacks_left_out == 2
+    assert len(small.processes[0].stacks) == 1 and small.processes[0].stacks_left_out == 3

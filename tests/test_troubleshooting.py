@@ -1160,6 +1160,14 @@ def _register_long_version(request: pytest.FixtureRequest) -> str:
                                                        address=own_socket(w), sdk_version="1" * 2_500_000))
 
 
+@provokes("INVALID_ARGUMENT: python_layout.frame_code must be below 65536")
+def _register_far_layout(request: pytest.FixtureRequest) -> str:
+    w = the_world(request)
+    layout = pb.PythonLayout(version_hex=0x030B07F0, interpreter=1 << 20, frame_code=1 << 40)
+    return register_error(w, pb.RegisterProcessRequest(service="x", pid=os.getpid(), executable=sys.executable,
+                                                       address=own_socket(w), kind="python", python_layout=layout))
+
+
 @provokes("NOT_FOUND: process <pid> does not exist")
 def _register_gone(request: pytest.FixtureRequest) -> str:
     w = the_world(request)

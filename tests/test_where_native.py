@@ -1,5 +1,5 @@
 """`--where` on native functions, decided in the kernel: real targets in C,
-C++ and Go, each fed a known list of calls, each call printed by the target
+C++, Rust and Go, each fed a known list of calls, each call printed by the target
 itself; a session with a condition shows exactly the calls the target
 printed that match it, and its summary counts the others as filtered (or,
 when a value could not be read, as where_error), with every call in the
@@ -136,6 +136,40 @@ func main() {
 }
 """
 
+RUST = r"""
+// As the C target, in Rust: the ref a &str, the order a raw pointer that may be null (as C code passes it).
+use std::io::{self, BufRead, Write};
+#[repr(C)]
+pub struct Order { cents: i64, items: i32 }
+#[inline(never)]
+pub fn charge(r#ref: &str, order: *const Order, amount: i32, sleep_ms: i32) -> i32 {
+    if sleep_ms > 0 {
+        std::thread::sleep(std::time::Duration::from_millis(sleep_ms as u64));
+    }
+    if r#ref.starts_with('#') {
+        return -2;  // (never: the refs are card numbers) reads ref, so that it is kept
+    }
+    let cents = if order.is_null() { 0 } else { unsafe { (*order).cents } };
+    if amount < 0 { -1 } else { cents as i32 + amount }
+}
+fn main() {
+    let stdin = io::stdin();
+    let mut out = io::stdout();
+    for line in stdin.lock().lines() {
+        let line = line.unwrap();
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let cents: i64 = f[1].parse().unwrap();
+        let amount: i32 = f[2].parse().unwrap();
+        let sleep_ms: i32 = f[3].parse().unwrap();
+        let o = Order { cents, items: 1 };
+        let p: *const Order = if f.len() > 4 && f[4] == "null" { std::ptr::null() } else { &o };
+        let r = charge(f[0], p, amount, sleep_ms);
+        writeln!(out, "{} {} {} {}", f[0], cents, amount, r).unwrap();
+        out.flush().unwrap();
+    }
+}
+"""
+
 # ref, order->cents, amount, sleep in ms (the duration), "null" for no order
 CALLS = [
     "4111-0001 100 5 0", "4111-0002 2500 -3 0", "5500-0003 100 7 0", "4111-0004 900 12 30",
@@ -225,13 +259,18 @@ def _target(world: CoralEnv, tmp: Path, language: str) -> Target:
         src.write_text(C)
         subprocess.run(["gcc", "-g", "-O1", "-o", str(out), str(src)], check=True)
         return Target(world, "where-c", "charge", run_service(world, "where-c", out))
+    if language == "rust":
+        src, out = tmp / "charge.rs", tmp / "charge_rs"
+        src.write_text(RUST)
+        subprocess.run(["rustc", "-g", "-C", "opt-level=1", "-o", str(out), str(src)], check=True)
+        return Target(world, "where-rust", "charge::charge", run_service(world, "where-rust", out))
     src, out = tmp / "charge.cpp", tmp / "charge_cxx"
     src.write_text(CXX)
     subprocess.run(["g++", "-g", "-O1", "-o", str(out), str(src)], check=True)
     return Target(world, "where-cxx", "pay::charge", run_service(world, "where-cxx", out))
 
 
-@pytest.fixture(scope="module", params=["c", "c++"])
+@pytest.fixture(scope="module", params=["c", "c++", "rust"])
 def native(request: pytest.FixtureRequest, world: CoralEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     target = _target(world, tmp_path_factory.mktemp(request.param), request.param)
     yield target

@@ -298,7 +298,8 @@ class Agent:
                                 "wait for one to end")
         plan = profiles.ProfilePlan(req.session_id or profiles.new_id(), req.service, self.agent_id,
                                     tuple(r.pid for r in instances), {r.pid: r.executable for r in instances},
-                                    frequency, duration_ms, peer.who)
+                                    frequency, duration_ms, peer.who,
+                                    {r.pid: r.python_layout for r in instances if r.python_layout is not None})
         later = Later()
         limit = self.config.limits.max_message_bytes // 4
 

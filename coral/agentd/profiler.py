@@ -14,13 +14,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from coral.agentd.symbolize import Symbolizer
+from coral.proto import coral_pb2 as pb
 
 log = logging.getLogger(__name__)
 
 BPF_SOURCE = Path(__file__).resolve().parents[2] / "bpf" / "coral_profile.c"
 STACK_SLOTS = 16384  # distinct stacks kept; samples past it are counted in `dropped`
 STACK_COPY = 8192  # bytes of stack copied per sample for .eh_frame unwinding: deeper frames are cut
-COPY_PAGES = 512  # the copies' ring buffer: 2 MiB, about 250 samples, read every POLL_EVERY
+COPY_PAGES = 512  # the copies' ring buffer: 2 MiB, about 220 samples, read every POLL_EVERY
+PY_THREADS = 64  # thread states looked at to find a sampled thread's (docs/protocol.md "Profiles")
+PY_FRAMES = 64  # Python frames read per sample (shim frames among them); deeper ones are cut
 POLL_EVERY = 0.05
 PERF_TYPE_SOFTWARE = 1
 PERF_COUNT_SW_CPU_CLOCK = 0
@@ -29,7 +32,11 @@ PERF_COUNT_SW_CPU_CLOCK = 0
 # How a stack was found: walked by the kernel through frame pointers, or
 # unwound by the agent with .eh_frame (complete, or cut where the copy ended).
 FRAME_POINTERS, CALL_FRAMES, CALL_FRAMES_CUT = "fp", "cfi", "cfi-cut"
-StackKey = tuple[int, tuple[int, ...], str]  # (tgid, return addresses innermost first, how)
+# A sample's Python frames, innermost first: (code object, instruction pointer) each.
+PyFrames = tuple[tuple[int, int], ...]
+NO_PYTHON: PyFrames = ()
+# (tgid, return addresses innermost first, how, Python frames, Python frames cut)
+StackKey = tuple[int, tuple[int, ...], str, PyFrames, bool]
 
 
 @dataclass(frozen=True)
@@ -49,29 +56,38 @@ Unwind = Callable[[int, int, int, int, bytes], "tuple[tuple[int, ...], bool] | N
 
 
 def sample(pids: list[int], frequency: int, seconds: float, stop: threading.Event,
-           unwind: Unwind | None = None) -> Sampled:
+           unwind: Unwind | None = None, python: dict[int, pb.PythonLayout] | None = None) -> Sampled:
     """Sample `pids` for `seconds` (or until `stop` is set). Copied stacks
     are unwound as they come with `unwind(tgid, ip, sp, bp, stack)`; where it
     finds nothing, the kernel's frame-pointer walk of the same sample is
-    used. The program is detached and unloaded before this returns, whatever happens."""
+    used. The processes in `python` also have their Python frames read, by
+    their interpreters' layouts. The program is detached and unloaded before
+    this returns, whatever happens."""
     import bcc  # only where BPF runs: the CLI and tests import this module without it
 
     t0 = time.monotonic()
     bpf = bcc.BPF(src_file=str(BPF_SOURCE).encode(), cflags=[
-        f"-DCORAL_PROFILE_STACKS={STACK_SLOTS}", f"-DCORAL_STACK_COPY={STACK_COPY}", f"-DCORAL_COPY_PAGES={COPY_PAGES}"])
+        f"-DCORAL_PROFILE_STACKS={STACK_SLOTS}", f"-DCORAL_STACK_COPY={STACK_COPY}", f"-DCORAL_COPY_PAGES={COPY_PAGES}",
+        f"-DCORAL_PY_THREADS={PY_THREADS}", f"-DCORAL_PY_FRAMES={PY_FRAMES}"])
     compile_ms = int((time.monotonic() - t0) * 1000)
     counted: dict[StackKey, int] = {}
-    by_stack_id: dict[tuple[int, int], int] = {}  # (tgid, stack id) -> samples, resolved at the end
+    # (tgid, stack id, Python frames, cut) -> samples: the stack ids are resolved at the end
+    by_stack_id: dict[tuple[int, int, PyFrames, bool], int] = {}
     try:
         copies = bpf["copies"]
 
         def on_copy(ctx: object, data: object, size: int) -> int:
             c = copies.event(data)
-            found = unwind(int(c.tgid), int(c.ip), int(c.sp), int(c.bp), bytes(c.stack[:c.size])) if unwind else None
+            tgid = int(c.tgid)
+            py = tuple((code, instr) for code, instr in zip(c.py_code[:c.py_depth], c.py_instr[:c.py_depth], strict=True)
+                       if code) if c.py_depth else NO_PYTHON  # code 0: a shim frame, no Python function
+            found = (unwind(tgid, int(c.ip), int(c.sp), int(c.bp), bytes(c.stack[:c.size]))
+                     if unwind and c.user_mode else None)
             if found is None:
-                by_stack_id[(int(c.tgid), int(c.user_stack))] = by_stack_id.get((int(c.tgid), int(c.user_stack)), 0) + 1
+                k = (tgid, int(c.user_stack), py, bool(c.py_cut))
+                by_stack_id[k] = by_stack_id.get(k, 0) + 1
             else:
-                key = (int(c.tgid), found[0], CALL_FRAMES_CUT if found[1] else CALL_FRAMES)
+                key = (tgid, found[0], CALL_FRAMES_CUT if found[1] else CALL_FRAMES, py, bool(c.py_cut))
                 counted[key] = counted.get(key, 0) + 1
             return 0
 
@@ -79,6 +95,13 @@ def sample(pids: list[int], frequency: int, seconds: float, stop: threading.Even
         targets = bpf["targets"]
         for pid in pids:
             targets[targets.Key(pid)] = targets.Leaf(1)
+        layouts = bpf["python"]
+        for pid, layout in (python or {}).items():
+            leaf = layouts.Leaf()
+            for name, _ in leaf._fields_:
+                if name != "pad":
+                    setattr(leaf, name, getattr(layout, name))
+            layouts[layouts.Key(pid)] = leaf
         bpf.attach_perf_event(ev_type=PERF_TYPE_SOFTWARE, ev_config=PERF_COUNT_SW_CPU_CLOCK,
                               fn_name=b"coral_profile_sample", sample_freq=frequency, cpu=-1)
         started_ns = time.time_ns()
@@ -92,12 +115,12 @@ def sample(pids: list[int], frequency: int, seconds: float, stop: threading.Even
         ended_ns = time.time_ns()
         bpf.ring_buffer_consume()
         for key, value in bpf["counts"].items():
-            k = (int(key.tgid), int(key.user_stack))
+            k = (int(key.tgid), int(key.user_stack), NO_PYTHON, False)
             by_stack_id[k] = by_stack_id.get(k, 0) + int(value.value)
         stack_table = bpf["stacks"]
-        for (tgid, stack_id), n in by_stack_id.items():
+        for (tgid, stack_id, py, cut), n in by_stack_id.items():
             addresses = tuple(stack_table.walk(stack_id)) if stack_id >= 0 else ()
-            key = (tgid, addresses, FRAME_POINTERS)
+            key = (tgid, addresses, FRAME_POINTERS, py, cut)
             counted[key] = counted.get(key, 0) + n
         totals = bpf["totals"]
         return Sampled(counted, int(totals[0].value), int(totals[1].value), int(totals[2].value), compile_ms,

@@ -8,8 +8,9 @@ import logging
 import secrets
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from coral.agentd import pyframes
 from coral.agentd.profiler import CALL_FRAMES_CUT, FRAME_POINTERS, Sampled, Unwind, sample
 from coral.agentd.symbolize import Symbolizer, maps_of
 from coral.daemon.errors import CoralError, ProbeFailed
@@ -32,6 +33,7 @@ class ProfilePlan:
     frequency: int
     duration_ms: int
     owner: str
+    python: dict[int, pb.PythonLayout] = field(default_factory=dict)  # pid -> its interpreter's layout
 
 
 MISSING_FRAMES_PERCENT = 1  # of a process's samples, walked by frame pointers through code without them
@@ -42,7 +44,8 @@ def new_id() -> str:
 
 
 def run(plan: ProfilePlan, stop: threading.Event, symbolizer: Symbolizer, max_reply_bytes: int,
-        sampler: Callable[[list[int], int, float, threading.Event, Unwind | None], Sampled] = sample,
+        sampler: Callable[[list[int], int, float, threading.Event, Unwind | None, dict[int, pb.PythonLayout]],
+                          Sampled] = sample,
         ) -> pb.ProfileCpuResponse | CoralError:
     """Sample, then symbolize (in the profile's thread). Maps are read before
     and after: a process that exited meanwhile is symbolized with the first."""
@@ -56,7 +59,7 @@ def run(plan: ProfilePlan, stop: threading.Event, symbolizer: Symbolizer, max_re
         return symbolizer.unwinder.unwind(tgid, before.get(tgid, []), ip, sp, bp, stack)
 
     try:
-        sampled = sampler(list(plan.pids), plan.frequency, plan.duration_ms / 1000, stop, unwind)
+        sampled = sampler(list(plan.pids), plan.frequency, plan.duration_ms / 1000, stop, unwind, plan.python)
     except Exception as exc:  # BCC raises plain Exception for compile and attach failures
         log.warning("profile %s could not sample: %s", plan.session_id, exc)
         return ProbeFailed(f"could not start sampling on agent {plan.agent_id}: {exc}")
@@ -82,25 +85,39 @@ def _processes(plan: ProfilePlan, sampled: Sampled, maps: dict[int, list[Mapping
            for pid in plan.pids}
     size = 0
     unframed: dict[int, int] = {}  # by pid: samples walked through a function without a frame pointer
-    for (tgid, addresses, how), count in sorted(sampled.stacks.items(), key=lambda kv: -kv[1]):
-        process = out.get(tgid)
-        if process is None:
-            continue
-        process.samples += count
-        if not addresses:
-            process.samples_without_stack += count
-        if how == CALL_FRAMES_CUT:
-            process.samples_cut += count
+    readers = {pid: pyframes.PythonFrames(pid, layout) for pid, layout in plan.python.items() if pid in out}
+    merged: dict[tuple[int, tuple[tuple[str, str, int, str], ...]], int] = {}
+    try:
+        for (tgid, addresses, how, py, py_cut), count in sorted(sampled.stacks.items(), key=lambda kv: -kv[1]):
+            process = out.get(tgid)
+            if process is None:
+                continue
+            process.samples += count
+            if not addresses and not py:
+                process.samples_without_stack += count
+            if how == CALL_FRAMES_CUT or py_cut:
+                process.samples_cut += count
+            frames, framed = symbolizer.frames(tgid, maps.get(tgid, []), addresses, unwound=how != FRAME_POINTERS)
+            if not framed:
+                unframed[tgid] = unframed.get(tgid, 0) + count
+            outermost_first = frames[::-1]  # as folded stacks are written
+            reader = readers.get(tgid)
+            if reader is not None and py:
+                outermost_first = pyframes.merge(outermost_first, reader.frames(py)[::-1])
+            # Samples apart in the kernel (two instructions of one line) are one stack here.
+            key = (tgid, tuple((f.function[:500], f.file[:300], f.line, f.module[:300]) for f in outermost_first))
+            merged[key] = merged.get(key, 0) + count
+    finally:
+        for reader in readers.values():
+            reader.close()
+    for (tgid, frames_key), count in sorted(merged.items(), key=lambda kv: -kv[1]):
+        process = out[tgid]
         if size > max_reply_bytes:
             process.stacks_left_out += 1
             continue
-        frames, framed = symbolizer.frames(tgid, maps.get(tgid, []), addresses, unwound=how != FRAME_POINTERS)
-        if not framed:
-            unframed[tgid] = unframed.get(tgid, 0) + count
         stack = pb.SampledStack(count=count, frames=[
-            pb.StackFrame(function=f.function[:500], file=f.file[:300], line=f.line, module=f.module[:300])
-            for f in reversed(frames)  # outermost first, as folded stacks are written
-        ])
+            pb.StackFrame(function=function, file=file, line=line, module=module)
+            for function, file, line, module in frames_key])
         size += stack.ByteSize() + 8
         process.stacks.append(stack)
     for pid, n in unframed.items():

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from stat import S_ISSOCK
 
+from coral.agentd.pyframes import check_layout
 from coral.daemon.access import unix_identity
 from coral.daemon.errors import InvalidArgument, LimitExceeded, NotFound, PermissionDenied
 from coral.daemon.server import Peer
@@ -37,6 +38,7 @@ class Registration:
     registrant_start_time: str = ""
     exe_id: tuple[int, int] | None = None  # (device, inode) of what it ran when it registered
     uid: int = 0  # the registrant's uid: per-uid caps count it
+    python_layout: pb.PythonLayout | None = None  # its interpreter's, for the profiler (docs/protocol.md)
 
     def to_proto(self, agent_id: str) -> pb.ServiceInstance:
         return pb.ServiceInstance(
@@ -100,6 +102,10 @@ def check_fields(req: pb.RegisterProcessRequest, procs_dir: Path) -> None:
             raise InvalidArgument(f"{name} must be at most {MAX_LABEL} printable characters")
     if len(req.executable) > MAX_EXECUTABLE:
         raise InvalidArgument(f"executable must be at most {MAX_EXECUTABLE} characters")
+    if req.HasField("python_layout"):
+        why = check_layout(req.python_layout) if req.kind == "python" else "python_layout is for kind python only"
+        if why:
+            raise InvalidArgument(why)
 
 
 def check_registration(req: pb.RegisterProcessRequest, peer: Peer, procs_dir: Path) -> tuple[int, str, int]:
@@ -265,6 +271,7 @@ class ProcessRegistry:
             registrant_start_time=registrant_stat[1] if registrant_stat else start_time,
             exe_id=exe_id(pid),
             uid=uid,
+            python_layout=req.python_layout if req.HasField("python_layout") else None,
         )
         self._by_id[reg.registration_id] = reg
         self._by_pid[pid] = reg.registration_id

@@ -21,7 +21,7 @@ from typing import Any, cast
 from google.protobuf.message import Message
 
 from coral import expr
-from coral.ctl import complete, render
+from coral.ctl import complete, group, render
 from coral.ctl import profile as profile_command
 from coral.ctl.saved import SessionFile, sessions_dir, show_saved
 from coral.daemon import curve
@@ -84,6 +84,7 @@ examples:
   coralctl debug attach payments-api --function payments.validate_card --capture-args --capture-return
   coralctl debug attach payments-api --function payments.charge --where 'req.amount >= 1000 || raised(ValueError)'
   coralctl debug attach payments-api --function payments.validate_card --errors-only --where 'duration >= 5ms'
+  coralctl debug attach payments-api --function payments.charge --function payments.validate_card --function 'db.*'
   coralctl debug attach payments --function validate_card --count-by card_type --duration 30s
   coralctl debug attach payments --function charge --count-by ret --where 'amount >= 1000'
   coralctl --output json debug attach payments --function validate_card --no-save | jq .""",
@@ -224,9 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
     ).add_subparsers(dest="debug_command", required=True, metavar="SUBCOMMAND")
     a = command(debug, "attach", "probe a function and stream its calls", common)
     a.add_argument("service", help="the service, as coralctl services lists it")
-    a.add_argument("--function", required=True,
+    a.add_argument("--function", required=True, action="append", metavar="FUNCTION",
                    help="the function, as coralctl functions lists it: a C or Go symbol, a C++ or Rust name "
-                        "(pay::fee), FILE:NAME, LIBRARY:NAME, or module.function for Python")
+                        "(pay::fee), FILE:NAME, LIBRARY:NAME, or module.function for Python. Repeat it, or give "
+                        "a pattern ('payments.*'), for several functions at once (at most 16): a row each in the "
+                        "summary, and their nested calls as trees")
+    a.add_argument("--tree-every", type=positive_int, default=10, metavar="N",
+                   help="with several functions: show the nested calls of one outermost call in every N (default 10)")
     a.add_argument(
         "--duration",
         type=positive_duration,
@@ -362,6 +367,7 @@ class Ctl:
         keys = curve.client_keys(config, endpoint, args.key, args.colony_key)  # ConfigError: tcp without keys
         self.client = Client(endpoint, args.timeout, max_message_bytes=config.limits.max_message_bytes, keys=keys)
         self.show_agent = False  # the session spans several agents: calls name theirs
+        self.show_function = False  # several functions at once (coral/ctl/group.py): calls name theirs
         self.max_duration_s = config.sessions.max_duration
 
     def call(self, method: str, request: Message) -> Any:
@@ -431,12 +437,19 @@ class Ctl:
             errors_only=a.errors_only,
             count_by=a.count_by,
         )
+        if len(a.function) > 1 or group.is_pattern(a.function[0]):
+            if a.count_by:
+                print("coralctl debug attach: error: --count-by counts one function's calls; name one --function",
+                      file=sys.stderr)
+                return EXIT_USAGE
+            return group.run(self, group.resolve(self.call, a.service, a.function), cfg)
+        [function] = a.function
         r = cast(
             pb.AttachUprobeResponse,
             self.call(
                 "AttachUprobe",
                 pb.AttachUprobeRequest(
-                    service=a.service, function=a.function, duration_ms=round(a.duration * 1000), config=cfg, agent_id=a.agent
+                    service=a.service, function=function, duration_ms=round(a.duration * 1000), config=cfg, agent_id=a.agent
                 ),
             ),
         )
@@ -595,7 +608,7 @@ class Ctl:
         elif template is not None:
             self.out.line(render.format_printed(call, template))
         else:
-            for line in render.format_call(call, self.slow_ns, self.style, self.show_agent):
+            for line in render.format_call(call, self.slow_ns, self.style, self.show_agent, self.show_function):
                 self.out.line(line)
 
     def sessions(self) -> int:

@@ -85,11 +85,14 @@ class Style:
 PLAIN = Style(False)
 
 
-def format_call(call: pb.Call, slow_ns: int = 0, style: Style = PLAIN, show_agent: bool = False) -> list[str]:
+def format_call(call: pb.Call, slow_ns: int = 0, style: Style = PLAIN, show_agent: bool = False,
+                show_function: bool = False) -> list[str]:
     """A call as text: when it began, where, how long; then its arguments and
-    result. `show_agent` (a session on several agents) adds agent=ID."""
+    result. `show_agent` (a session on several agents) adds agent=ID;
+    `show_function` (several functions at once), the function's name."""
     where = f"agent={call.agent_id} " if show_agent else ""
-    head = (f"{style.dim(f'[{clock(call.start_unix_ns)}]')} {where}pid={call.pid} tid={call.tid} "
+    which = f"{call.function} " if show_function else ""
+    head = (f"{style.dim(f'[{clock(call.start_unix_ns)}]')} {which}{where}pid={call.pid} tid={call.tid} "
             f"duration={format_ns(call.duration_ns)}")
     if slow_ns and call.duration_ns >= slow_ns:
         head += " " + style.yellow("⚠ SLOW")

@@ -18,8 +18,8 @@ import zmq
 from google.protobuf.message import Message
 
 from coral import expr
-from coral.ctl import render
-from coral.daemon import curve
+from coral.ctl import flame, render
+from coral.daemon import curve, profiling
 from coral.daemon.client import Client
 from coral.daemon.config import Config
 from coral.proto import coral_pb2 as pb
@@ -33,6 +33,8 @@ MAX_WAIT = 5.0  # seconds get_events may wait for a new call (the daemons hold a
 FOLLOW_WAIT_MS = 2000  # while attach waits for its session to end
 SUMMARY_PAGE = 1000
 MAX_SUMMARY_CALLS = 200_000  # get_summary reads at most this many calls to count errors
+PROFILE_FUNCTIONS = 25  # rows of a profile's table of functions
+PROFILE_STACKS = 50  # the heaviest folded stacks in a profile's answer; the rest are counted
 
 
 class InvalidInput(ValueError):
@@ -108,11 +110,11 @@ class Colony:
     def labelled(self, label: str) -> Colony:
         return Colony(self.endpoint, self.keys, self.timeout, self.max_message_bytes, label)
 
-    def call(self, method: str, request: Message) -> Any:
+    def call(self, method: str, request: Message, timeout: float | None = None) -> Any:
         if self.label:
             request.client_label = self.label  # type: ignore[attr-defined]
         with Client(self.endpoint, self.timeout, zmq.Context.instance(), self.max_message_bytes, self.keys) as client:
-            return client.call(method, request)
+            return client.call(method, request, timeout)
 
     # ------------------------------------------------------------ the tools
 
@@ -188,6 +190,16 @@ class Colony:
         newest = sorted(r.sessions, key=lambda s: s.started_unix_ns)[-MAX_LISTED:]
         return {"sessions": [session_dict(s) for s in newest], "total": len(r.sessions)}
 
+    def profile(self, service: str, duration: float, frequency: int) -> dict[str, Any]:
+        """An on-CPU profile of the service's processes (ProfileCpu, as
+        `coralctl profile`): the functions that used the CPU, and the
+        heaviest whole stacks, folded."""
+        request = pb.ProfileCpuRequest(service=service, duration_ms=round(duration * 1000), frequency_hz=frequency)
+        # The colony answers once the profile has ended and the agents have loaded their program.
+        r = cast(pb.ProfileCpuResponse, self.call("ProfileCpu", request,
+                                                  duration + profiling.LOAD_ALLOWANCE_S + self.timeout))
+        return profile_dict(r)
+
     def detach(self, session_id: str) -> dict[str, Any]:
         r = cast(pb.DetachUprobeResponse, self.call("DetachUprobe", pb.DetachUprobeRequest(session_id=session_id)))
         return session_dict(r.session)
@@ -202,6 +214,33 @@ def session_dict(s: pb.DebugSession) -> dict[str, Any]:
         "ends": render.clock(s.ended_unix_ns or s.expires_unix_ns), "calls": s.total_calls or s.calls,
         "capture_args": s.config.capture_args, "capture_return": s.config.capture_return,
         "where": s.config.predicate, "pids": list(s.pids),
+    }
+
+
+def profile_dict(r: pb.ProfileCpuResponse) -> dict[str, Any]:
+    """A profile as an assistant can read it: shares of the samples per
+    function (self: running in it; total: it or its callees), and the
+    heaviest stacks outermost first, each line `a;b;c COUNT`."""
+    stacks = flame.folded(r.processes)
+    samples = sum(p.samples for p in r.processes)
+    functions = [{"function": f.function, "self_percent": round(100 * f.self_samples / samples, 1),
+                  "total_percent": round(100 * f.total_samples / samples, 1)}
+                 for f in flame.top_functions(stacks)[:PROFILE_FUNCTIONS]] if samples else []
+    heaviest = sorted(stacks, key=lambda s: s[1], reverse=True)
+    notes = []
+    for p in r.processes:
+        if p.frames_may_be_missing:
+            notes.append(f"pid {p.pid}: frames may be missing (built without frame pointers)")
+        if p.samples_without_stack:
+            notes.append(f"pid {p.pid}: {p.samples_without_stack} samples without a stack (the stack table was full)")
+    s = r.session
+    return {
+        "profile_id": s.session_id, "service": s.service, "status": s.status, "samples": samples,
+        "processes": [{"pid": p.pid, "agent": p.agent_id, "executable": p.executable, "samples": p.samples}
+                      for p in r.processes],
+        "functions": functions,
+        "stacks": flame.folded_lines(heaviest[:PROFILE_STACKS]), "stacks_left_out": max(0, len(heaviest) - PROFILE_STACKS),
+        "notes": notes or None,
     }
 
 

@@ -23,6 +23,7 @@ from mcp.shared.exceptions import MCPError
 from pydantic import BaseModel, Field
 
 from coral import __version__
+from coral.daemon import profiling
 from coral.daemon.client import HandshakeFailed, Unreachable
 from coral.daemon.config import Config, ConfigError, load_config
 from coral.daemon.errors import CoralError
@@ -49,7 +50,8 @@ Coral shows every call of one function of a running service (timing, and if allo
 return values), for a bounded time, without stopping it. Find the service with list_services, its
 function with list_functions, then attach for a few seconds while the service is being used; attach
 answers with the session's summary (calls, latency percentiles, errors). get_events reads the calls
-themselves, a page at a time. This server acts with the rights of the user it runs as."""
+themselves, a page at a time. profile shows where a service spends its CPU, by function and stack.
+This server acts with the rights of the user it runs as."""
 
 
 class CaptureConsent(BaseModel):
@@ -174,6 +176,18 @@ class CoralTools:
             _checked(lambda: check_name("service", service))
         return await self._run(ctx, lambda c: c.sessions(service, active_only))
 
+    async def profile(self, service: str, ctx: Context, duration_seconds: float = 10.0,
+                      frequency_hz: int = profiling.DEFAULT_FREQUENCY) -> dict[str, Any]:
+        """Sample where a service's processes spend their CPU for duration_seconds (at most the
+        server's maximum, 30 s by default), at frequency_hz (1 to 1000; 99 by default), then answer
+        with the share of samples per function (self: running in it; total: it and what it
+        calls) and the heaviest call stacks, outermost first. Reads no values; needs the
+        user's profile right."""
+        _checked(lambda: (check_name("service", service), check_duration(duration_seconds, self.config),
+                          check_bounded("frequency_hz", frequency_hz, profiling.MIN_FREQUENCY, profiling.MAX_FREQUENCY)))
+        await ctx.report_progress(0, duration_seconds, f"profiling {service}")
+        return await self._run(ctx, lambda c: c.profile(service, duration_seconds, frequency_hz), abandon_on_cancel=True)
+
     async def detach(self, session_id: str, ctx: Context) -> dict[str, Any]:
         """End a running session now; its calls stay readable."""
         _checked(lambda: check_session_id(session_id))
@@ -199,7 +213,7 @@ def build_server(colony: Colony, config: Config) -> MCPServer:
     tools = CoralTools(colony, config)
     server: MCPServer = MCPServer("coral", instructions=INSTRUCTIONS, version=__version__, log_level="WARNING")
     for fn in (tools.list_services, tools.list_functions, tools.attach, tools.get_summary, tools.get_events,
-               tools.list_sessions, tools.detach):
+               tools.list_sessions, tools.detach, tools.profile):
         server.add_tool(fn, structured_output=False)
     return server
 

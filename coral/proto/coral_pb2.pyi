@@ -102,7 +102,7 @@ class ListServicesResponse(_message.Message):
     def __init__(self, services: _Optional[_Iterable[_Union[ServiceInstance, _Mapping]]] = ..., next: _Optional[str] = ...) -> None: ...
 
 class RegisterProcessRequest(_message.Message):
-    __slots__ = ("service", "pid", "executable", "address", "kind", "sdk_version", "runtime")
+    __slots__ = ("service", "pid", "executable", "address", "kind", "sdk_version", "runtime", "python_layout")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     EXECUTABLE_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +110,7 @@ class RegisterProcessRequest(_message.Message):
     KIND_FIELD_NUMBER: _ClassVar[int]
     SDK_VERSION_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    PYTHON_LAYOUT_FIELD_NUMBER: _ClassVar[int]
     service: str
     pid: int
     executable: str
@@ -117,7 +118,60 @@ class RegisterProcessRequest(_message.Message):
     kind: str
     sdk_version: str
     runtime: str
-    def __init__(self, service: _Optional[str] = ..., pid: _Optional[int] = ..., executable: _Optional[str] = ..., address: _Optional[str] = ..., kind: _Optional[str] = ..., sdk_version: _Optional[str] = ..., runtime: _Optional[str] = ...) -> None: ...
+    python_layout: PythonLayout
+    def __init__(self, service: _Optional[str] = ..., pid: _Optional[int] = ..., executable: _Optional[str] = ..., address: _Optional[str] = ..., kind: _Optional[str] = ..., sdk_version: _Optional[str] = ..., runtime: _Optional[str] = ..., python_layout: _Optional[_Union[PythonLayout, _Mapping]] = ...) -> None: ...
+
+class PythonLayout(_message.Message):
+    __slots__ = ("version_hex", "interpreter", "threads_head", "tstate_next", "tstate_native_thread_id", "tstate_frame", "cframe_current_frame", "via_cframe", "frame_code", "frame_previous", "frame_instr", "frame_owner", "owner_cstack", "code_qualname", "code_filename", "code_firstlineno", "code_linetable", "code_adaptive", "bytes_size", "bytes_data", "unicode_length", "unicode_state", "unicode_ascii_data", "unicode_compact_data")
+    VERSION_HEX_FIELD_NUMBER: _ClassVar[int]
+    INTERPRETER_FIELD_NUMBER: _ClassVar[int]
+    THREADS_HEAD_FIELD_NUMBER: _ClassVar[int]
+    TSTATE_NEXT_FIELD_NUMBER: _ClassVar[int]
+    TSTATE_NATIVE_THREAD_ID_FIELD_NUMBER: _ClassVar[int]
+    TSTATE_FRAME_FIELD_NUMBER: _ClassVar[int]
+    CFRAME_CURRENT_FRAME_FIELD_NUMBER: _ClassVar[int]
+    VIA_CFRAME_FIELD_NUMBER: _ClassVar[int]
+    FRAME_CODE_FIELD_NUMBER: _ClassVar[int]
+    FRAME_PREVIOUS_FIELD_NUMBER: _ClassVar[int]
+    FRAME_INSTR_FIELD_NUMBER: _ClassVar[int]
+    FRAME_OWNER_FIELD_NUMBER: _ClassVar[int]
+    OWNER_CSTACK_FIELD_NUMBER: _ClassVar[int]
+    CODE_QUALNAME_FIELD_NUMBER: _ClassVar[int]
+    CODE_FILENAME_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIRSTLINENO_FIELD_NUMBER: _ClassVar[int]
+    CODE_LINETABLE_FIELD_NUMBER: _ClassVar[int]
+    CODE_ADAPTIVE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_SIZE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_DATA_FIELD_NUMBER: _ClassVar[int]
+    UNICODE_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    UNICODE_STATE_FIELD_NUMBER: _ClassVar[int]
+    UNICODE_ASCII_DATA_FIELD_NUMBER: _ClassVar[int]
+    UNICODE_COMPACT_DATA_FIELD_NUMBER: _ClassVar[int]
+    version_hex: int
+    interpreter: int
+    threads_head: int
+    tstate_next: int
+    tstate_native_thread_id: int
+    tstate_frame: int
+    cframe_current_frame: int
+    via_cframe: bool
+    frame_code: int
+    frame_previous: int
+    frame_instr: int
+    frame_owner: int
+    owner_cstack: int
+    code_qualname: int
+    code_filename: int
+    code_firstlineno: int
+    code_linetable: int
+    code_adaptive: int
+    bytes_size: int
+    bytes_data: int
+    unicode_length: int
+    unicode_state: int
+    unicode_ascii_data: int
+    unicode_compact_data: int
+    def __init__(self, version_hex: _Optional[int] = ..., interpreter: _Optional[int] = ..., threads_head: _Optional[int] = ..., tstate_next: _Optional[int] = ..., tstate_native_thread_id: _Optional[int] = ..., tstate_frame: _Optional[int] = ..., cframe_current_frame: _Optional[int] = ..., via_cframe: _Optional[bool] = ..., frame_code: _Optional[int] = ..., frame_previous: _Optional[int] = ..., frame_instr: _Optional[int] = ..., frame_owner: _Optional[int] = ..., owner_cstack: _Optional[int] = ..., code_qualname: _Optional[int] = ..., code_filename: _Optional[int] = ..., code_firstlineno: _Optional[int] = ..., code_linetable: _Optional[int] = ..., code_adaptive: _Optional[int] = ..., bytes_size: _Optional[int] = ..., bytes_data: _Optional[int] = ..., unicode_length: _Optional[int] = ..., unicode_state: _Optional[int] = ..., unicode_ascii_data: _Optional[int] = ..., unicode_compact_data: _Optional[int] = ...) -> None: ...
 
 class RegisterProcessResponse(_message.Message):
     __slots__ = ("registration_id", "heartbeat_interval_ms", "redact_names")
@@ -703,18 +757,20 @@ class ListAuditResponse(_message.Message):
     def __init__(self, entries: _Optional[_Iterable[_Union[AuditEntry, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...
 
 class ProfileCpuRequest(_message.Message):
-    __slots__ = ("service", "duration_ms", "frequency_hz", "agent_id", "session_id")
+    __slots__ = ("service", "duration_ms", "frequency_hz", "agent_id", "session_id", "client_label")
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     DURATION_MS_FIELD_NUMBER: _ClassVar[int]
     FREQUENCY_HZ_FIELD_NUMBER: _ClassVar[int]
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_LABEL_FIELD_NUMBER: _ClassVar[int]
     service: str
     duration_ms: int
     frequency_hz: int
     agent_id: str
     session_id: str
-    def __init__(self, service: _Optional[str] = ..., duration_ms: _Optional[int] = ..., frequency_hz: _Optional[int] = ..., agent_id: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
+    client_label: str
+    def __init__(self, service: _Optional[str] = ..., duration_ms: _Optional[int] = ..., frequency_hz: _Optional[int] = ..., agent_id: _Optional[str] = ..., session_id: _Optional[str] = ..., client_label: _Optional[str] = ...) -> None: ...
 
 class StackFrame(_message.Message):
     __slots__ = ("function", "file", "line", "module")

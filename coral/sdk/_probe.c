@@ -23,6 +23,7 @@
 #include <time.h>
 
 #include "coral_call.h"
+#include "_layout.h"
 
 /* ------------------------------------------------------------ probe site */
 
@@ -1570,7 +1571,14 @@ mod_attribute_of(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return Py_NewRef(unreadable);
 }
 
+static PyObject *mod_python_layout(PyObject *self, PyObject *unused)
+{
+    return coral_python_layout();
+}
+
 static PyMethodDef module_methods[] = {
+    {"python_layout", mod_python_layout, METH_NOARGS,
+     "python_layout() -> dict | None: this interpreter's frame layout for the profiler (coral/sdk/_layout.c)"},
     {"attribute_of", (PyCFunction)(void (*)(void))mod_attribute_of, METH_FASTCALL,
      "attribute_of(obj, name) -> the value, or UNREADABLE: read without running code of the object's (--where)"},
     {"semaphore", mod_semaphore, METH_NOARGS, "semaphore() -> int: the probe semaphore's current value"},

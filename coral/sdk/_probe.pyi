@@ -15,6 +15,8 @@ UNREADABLE: object
 CALL_WHERE_ERROR: int
 CALL_COUNTED: int
 
+def python_layout() -> dict[str, int] | None: ...
+
 class ProbeWrapper:
     original: Callable[..., Any]
     fn_id: int

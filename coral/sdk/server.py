@@ -134,7 +134,22 @@ def registration_request(service: str, pid: int, address: str) -> pb.RegisterPro
         kind="python",
         sdk_version=__version__,
         runtime=f"{platform.python_implementation()} {platform.python_version()}",
+        python_layout=python_layout(),
     )
+
+
+def python_layout() -> pb.PythonLayout | None:
+    """Where this interpreter keeps its frames, for the agent's profiler
+    (docs/protocol.md, "Process registration"); None before CPython 3.11."""
+    layout = _probe.python_layout() if platform.python_implementation() == "CPython" else None
+    if not layout:
+        return None
+    message = pb.PythonLayout()
+    known = pb.PythonLayout.DESCRIPTOR.fields_by_name
+    for name, value in layout.items():
+        if name in known:  # an extension newer than these messages: what they lack is left out
+            setattr(message, name, value)
+    return message
 
 
 def agent_socket_exists(endpoint: str) -> bool:
