@@ -1,5 +1,5 @@
 """`--count-by KEY` on native functions, counted in the kernel: real targets
-in C, C++ and Go (those of test_where_native), each fed a known list of
+in C, C++, Rust and Go (those of test_where_native), each fed a known list of
 calls and printing each call itself; the session's rows are exactly the
 target's own counts by that key, no call is stored, and keys past the
 session's maximum are counted in one overflow row so the total stays
@@ -92,7 +92,7 @@ def world(bpf: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coral
     env.remove()
 
 
-@pytest.fixture(scope="module", params=["c", "c++"])
+@pytest.fixture(scope="module", params=["c", "c++", "rust"])
 def native(request: pytest.FixtureRequest, world: CoralEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     t = _target(world, tmp_path_factory.mktemp(request.param), request.param)
     yield Target(t.env, t.service, t.function, t.run)
