@@ -19,6 +19,9 @@
  * sends nothing. */
 #define CORAL_CALL_FILTERED 0x4     /* the condition is false */
 #define CORAL_CALL_WHERE_ERROR 0x8  /* the condition could not be evaluated */
+/* --count-by (coral/sdk/countby.py): the SDK counted the call by its key; the
+ * BPF program counts it and sends nothing, as for a filtered call, and it is lost to no cause. */
+#define CORAL_CALL_COUNTED 0x10
 
 struct coral_call {
     unsigned long long fn_id;     /* from ArmFunctionRequest.fn_id */

@@ -53,10 +53,11 @@
 //   WHERE_MAX_TERMS, WHERE_MAX_CODE, WHERE_STR, W_* and WK_* (a --where condition as data:
 //     coral/agentd/where_native.py); ST_WHERE_ERROR (a value the condition reads could not be read)
 //   UNREAD_STACK (native_event.unread: a Go call's stack arguments were not copied)
+//   CAPTURE_COUNT_ONLY, COUNT_*, CB_*, ROW_*, STR_* (--count-by: coral/agentd/countby.py)
 #include <uapi/linux/ptrace.h>
 #include "coral_records.h"            // the ring buffer's records (and struct coral_call)
 
-#if !defined(CORAL_STATS) || !defined(G_DEEP_IN_USE) || !defined(BY_TAIL_CALL) || !defined(SITE_URET) || !defined(CORAL_MAX_DEPTH) || !defined(SITE_RET) || !defined(W_NONEMPTY) || !defined(ST_WHERE_ERROR) || !defined(EV_NATIVE_TIMING) || !defined(UNREAD_STACK)
+#if !defined(CORAL_STATS) || !defined(G_DEEP_IN_USE) || !defined(BY_TAIL_CALL) || !defined(SITE_URET) || !defined(CORAL_MAX_DEPTH) || !defined(SITE_RET) || !defined(W_NONEMPTY) || !defined(ST_WHERE_ERROR) || !defined(EV_NATIVE_TIMING) || !defined(UNREAD_STACK) || !defined(COUNT_ROWS)
 #error "compile through coral/agentd/engine.py, which defines the constants shared with Python"
 #endif
 
@@ -77,7 +78,7 @@ struct site {
     u32 flags;
     u32 held;                        // strings held in objects: HELD_ARGS_SLOT, HELD_RESULT_SLOT (engine.py)
     u32 where;                       // slots (plus one; 0: none) with a --where condition, 8 bits each: WHERE_SLOTS
-    u32 pad;
+    u32 count_by;                    // the slot (plus one; 0: none) with a --count-by key: struct count_by
 };
 
 // struct site.held, and struct frame.held from it: a slot (plus one; 0:
@@ -102,7 +103,7 @@ struct held_string {
 
 struct slot_config {
     u32 sample_rate;                 // report every Nth call; 0/1: all
-    u32 capture;                     // bit0 args, bit1 return
+    u32 capture;                     // bit0 args, bit1 return, CAPTURE_COUNT_ONLY: --count-by (no records)
     u64 min_duration_ns;
     u64 fn_id;                       // Python: the armed function's id
     s32 str_arg[2];                  // native: args read as C strings (-1: none), into strs[0], strs[1]
@@ -128,7 +129,7 @@ struct frame {
     u32 at;                          // the stack's `changes` once this frame was pushed
     u32 held;                        // the site's `held`, and HELD_COPIED if the entry copied strings (entry_strings)
     u32 where;                       // the site's `where`
-    u32 pad;
+    u32 count_by;                    // the site's `count_by`
 };
 
 // frames[RING(d)] is frame d for the top min(depth, CORAL_RING_FRAMES) ones;
@@ -665,6 +666,215 @@ static __always_inline void where_at_return(u32 named, u64 watching, struct fram
     }
 }
 
+// --- --count-by: calls, errors and latency by the value of one key ----------
+//
+// coral/agentd/countby.py resolves the key (an argument, a field through a
+// pointer, a result, a string) into a struct count_by; at each return of a
+// call the session counts (after --where), the key is read and the call
+// added to its row in count_rows: calls, failed calls, durations and a
+// histogram, with atomic adds (rows are shared by the CPUs). A session
+// has at most max_keys keys (count_used counts the keys it was given); a
+// call whose key would be one more, or finds count_rows full, is added to
+// the session's overflow row, and one whose key cannot be read to its
+// unread row: the agent creates both when the session opens, so every
+// call counted is in exactly one row. The agent reads the rows out, live
+// and at the end. One such session per function at a time (the site names
+// it, as `where` names conditions).
+struct count_by {
+    u8 kind;                         // CB_INT, CB_CSTR, CB_PAIR (pointer and length registers), CB_HELD; 0: none
+    u8 when;                         // W_ENTRY: an argument's register, as at the entry; W_RETURN: a result's
+    u8 reg;
+    u8 len_reg;                      // CB_PAIR: the length's register
+    u8 deref;                        // the value is at `offset` in what the register points to (a field)
+    u8 width;                        // CB_INT: bytes of the value
+    u8 err_reg;                      // a result register (plus one) non-zero for a failed call (Go's err); 0: none
+    u8 pad;
+    u32 offset;                      // deref: the field's offset; CB_HELD: the data pointer's in the object
+    u32 len_off;                     // CB_HELD: the length's offset in the object
+    u32 max_keys;
+};
+
+struct count_key {
+    u32 slot;
+    u32 row;                         // ROW_KEY, ROW_OVERFLOW, ROW_UNREAD
+    u64 num;                         // CB_INT: the value; strings: STR_WHOLE, STR_NULL, STR_CUT
+    char str[COUNT_STR];             // strings: the first COUNT_STR - 1 bytes, zero-padded
+};
+
+struct count_row {
+    u64 calls;
+    u64 errors;
+    u64 sum_ns;
+    u64 max_ns;
+    u32 hist[CORAL_HIST_BUCKETS];    // buckets as in `hist` (coral/histogram.py)
+};
+
+BPF_ARRAY(count_bys, struct count_by, CORAL_MAX_SLOTS);
+BPF_ARRAY(count_used, u64, CORAL_MAX_SLOTS);
+// Allocated as keys come (2 KiB a row): a session with few keys costs few rows.
+BPF_F_TABLE("hash", struct count_key, struct count_row, count_rows, COUNT_ROWS, BPF_F_NO_PREALLOC);
+BPF_PERCPU_ARRAY(empty_count_row, struct count_row, 1);
+
+// The key's string into k: a C string, or `len` bytes at `ptr`.
+static __always_inline int count_string(struct count_key *k, u64 ptr, u64 len, int cstr)
+{
+    if (!ptr) {
+        k->num = STR_NULL;
+        return 0;
+    }
+    if (cstr) {
+        long n = bpf_probe_read_user_str(k->str, COUNT_STR, (void *)ptr);
+        if (n < 0)
+            return -1;
+        if (n == COUNT_STR) {        // as long as what is kept: longer, unless its NUL is the last byte kept
+            char next = 0;
+            if (bpf_probe_read_user(&next, 1, (void *)(ptr + COUNT_STR - 1)) == 0 && next)
+                k->num = STR_CUT;
+        }
+        return 0;
+    }
+    u64 n = len;
+    if (n > COUNT_STR - 1) {
+        n = COUNT_STR - 1;
+        k->num = STR_CUT;
+    }
+    if (n && bpf_probe_read_user(k->str, n, (void *)ptr) < 0)
+        return -1;
+    return 0;
+}
+
+// Read the call's key into k; -1: it could not be read.
+static __always_inline int count_key_of(struct count_by *cb, u64 *args, u64 *results, struct count_key *k)
+{
+    u64 raw = cb->when == W_ENTRY ? arg_at(args, cb->reg) :
+              cb->reg == 1 ? results[1] : cb->reg == 2 ? results[2] : results[0];
+    u64 len = 0;
+    if (cb->kind == CB_INT) {
+        if (cb->deref) {
+            u64 base = raw;
+            u32 n = cb->width & 15;
+            if (n > 8)
+                n = 8;
+            raw = 0;
+            if (!base || bpf_probe_read_user(&raw, n, (void *)(base + cb->offset)) < 0)
+                return -1;
+        }
+        k->num = raw;
+        return 0;
+    }
+    if (cb->kind == CB_CSTR) {
+        if (cb->deref && (!raw || bpf_probe_read_user(&raw, sizeof(raw), (void *)(raw + cb->offset)) < 0))
+            return -1;
+        return count_string(k, raw, 0, 1);
+    }
+    if (cb->kind == CB_PAIR) {
+        len = cb->when == W_ENTRY ? arg_at(args, cb->len_reg) :
+              cb->len_reg == 1 ? results[1] : cb->len_reg == 2 ? results[2] : results[0];
+        return count_string(k, raw, len, 0);
+    }
+    // CB_HELD: the register holds the object's address
+    u64 obj = raw;
+    if (!obj || bpf_probe_read_user(&raw, sizeof(raw), (void *)(obj + cb->offset)) < 0 ||
+        bpf_probe_read_user(&len, sizeof(len), (void *)(obj + cb->len_off)) < 0)
+        return -1;
+    return count_string(k, raw, len, 0);
+}
+
+// A returned call to count, from finish_native to coral_count (per CPU:
+// the tail call runs on the same CPU, before anything else can).
+struct count_pending {
+    u32 slot;                        // plus one; 0: nothing to count
+    u32 pad;
+    u64 duration;
+    u64 args[CORAL_ARG_REGS];
+    u64 results[3];
+};
+BPF_PERCPU_ARRAY(count_pendings, struct count_pending, 1);
+BPF_PROG_ARRAY(count_calls, 1);
+
+// At a return: keep what coral_count needs if the slot `named` (plus one)
+// is in `counting` (it watches the call and --where keeps it) and has not
+// expired. Counting is a program of its own (coral_count, tail-called at
+// the end of the hit): inline here, it is more than the verifier takes.
+static __always_inline void count_later(u32 named, u64 counting, struct frame *f, u64 *results, u64 duration, u64 now)
+{
+    if (!named || named > CORAL_MAX_SLOTS || !(counting >> ((named - 1) & 63) & 1))
+        return;
+    u32 slot = named - 1, zero = 0;
+    struct slot_config *cfg = slots.lookup(&slot);
+    struct count_pending *p = count_pendings.lookup(&zero);
+    if (!cfg || !p || (cfg->expires_ns && now > cfg->expires_ns))
+        return;
+    p->slot = named;
+    p->duration = duration;
+    __builtin_memcpy(p->args, f->args, sizeof(p->args));
+    p->results[0] = results[0];
+    p->results[1] = results[1];
+    p->results[2] = results[2];
+}
+
+// Tail-called at the end of a hit (or uretprobe) that kept a call to count: add it to its key's row.
+int coral_count(struct pt_regs *ctx)
+{
+    u32 zero = 0;
+    struct count_pending *p = count_pendings.lookup(&zero);
+    if (!p || !p->slot || p->slot > CORAL_MAX_SLOTS)
+        return 0;
+    u32 slot = p->slot - 1;
+    p->slot = 0;
+    u64 duration = p->duration;
+    struct count_by *cb = count_bys.lookup(&slot);
+    if (!cb || !cb->kind)
+        return 0;
+    struct count_key k = {};
+    k.slot = slot;
+    if (count_key_of(cb, p->args, p->results, &k) < 0) {
+        __builtin_memset(&k, 0, sizeof(k));
+        k.slot = slot;
+        k.row = ROW_UNREAD;
+    }
+    struct count_row *row = count_rows.lookup(&k);
+    if (!row) {
+        u64 *used = count_used.lookup(&slot);
+        if (used && __sync_fetch_and_add(used, 1) < cb->max_keys) {
+            struct count_row *empty = empty_count_row.lookup(&zero);
+            if (empty)
+                count_rows.insert(&k, empty);  // fails if another CPU was first (then its row is there), or full
+            row = count_rows.lookup(&k);
+        }
+    }
+    if (!row) {
+        __builtin_memset(&k, 0, sizeof(k));
+        k.slot = slot;
+        k.row = ROW_OVERFLOW;
+        row = count_rows.lookup(&k);
+        if (!row)
+            return 0;                // the agent creates it before the session's first call
+    }
+    __sync_fetch_and_add(&row->calls, 1);
+    if (cb->err_reg) {
+        u64 err = cb->err_reg == 2 ? p->results[1] : cb->err_reg == 3 ? p->results[2] : p->results[0];
+        if (err)
+            __sync_fetch_and_add(&row->errors, 1);
+    }
+    __sync_fetch_and_add(&row->sum_ns, duration);
+    if (duration > row->max_ns)
+        row->max_ns = duration;      // CPUs racing here may keep the smaller: the slot's own max_ns is exact
+    __sync_fetch_and_add(&row->hist[hist_bucket(duration) & (CORAL_HIST_BUCKETS - 1)], 1);
+    return 0;
+}
+
+// At the end of a hit at a return: count the call it kept, if any.
+static __always_inline void count_kept(struct pt_regs *ctx)
+{
+    u32 zero = 0;
+    struct count_pending *p = count_pendings.lookup(&zero);
+    if (!p || !p->slot)
+        return;
+    count_calls.call(ctx, 0);        // coral_count: does not come back ...
+    p->slot = 0;                     // ... unless it is not loaded
+}
+
 // Copy the string an object at `obj` holds: read its data pointer and its
 // length from the object, then at most CORAL_STR_MAX bytes from the data.
 // The whole length goes in *len, so a longer string is shown as cut.
@@ -861,6 +1071,8 @@ static __always_inline void finish_native(struct frame *f, u64 now, u64 *results
     u64 rejected = 0, unread = 0;
     if (f->where)
         where_at_return(f->where, watching, f, results, duration, tk, &rejected, &unread);
+    if (f->count_by)
+        count_later(f->count_by, watching & ~(rejected | unread), f, results, duration, now);
     for (u32 slot = 0; slot < CORAL_MAX_SLOTS; slot++) {
         if (!(watching >> slot))
             break;  // no higher slot watches this call
@@ -870,6 +1082,8 @@ static __always_inline void finish_native(struct frame *f, u64 now, u64 *results
         struct slot_config *cfg = slots.lookup(&key);
         if (!cfg || !account(slot, cfg, now, duration, rejected, unread))
             continue;
+        if (cfg->capture & CAPTURE_COUNT_ONLY)
+            continue;  // --count-by: counted above, no record
         if (!(cfg->capture & 3)) {
             struct native_timing_event *t = events.ringbuf_reserve(sizeof(*t));
             if (!t) {
@@ -1029,7 +1243,7 @@ static __always_inline void drop_top(struct stack *st, struct thread_key *tk, u3
 // Returns the entry's timestamp (the time it gave up, if it pushed no frame:
 // every path returns a time, so the verifier has one kind of value after it).
 static __always_inline u64 push_frame(struct thread_key *tk, u64 watching, u64 ip, struct pt_regs *ctx, int go,
-                                      int uret, u32 held, u32 where)
+                                      int uret, u32 held, u32 where, u32 count_by)
 {
     struct stack *st = stack_of(tk, go, 1);
     if (!st)
@@ -1106,6 +1320,7 @@ static __always_inline u64 push_frame(struct thread_key *tk, u64 watching, u64 i
     f->at = st->changes;
     f->held = held;
     f->where = where;
+    f->count_by = count_by;
     st->depth = depth + 1;
     return ts;
 }
@@ -1175,6 +1390,8 @@ static __always_inline u64 python_call(struct pt_regs *ctx, u64 watching, u64 id
         struct slot_config *cfg = slots.lookup(&key);
         if (!cfg || cfg->fn_id != head[0] || !account(slot, cfg, now, duration, 0, 0))
             continue;
+        if ((u32)head[4] & CORAL_CALL_COUNTED)
+            continue;  // --count-by: the SDK counted it by its key (coral/sdk/countby.py), nothing to send
         // The SDK evaluated the function's --where (one condition per armed
         // function, so the same for every slot watching it): counted, not sent.
         u32 verdict = (u32)head[4] & (CORAL_CALL_FILTERED | CORAL_CALL_WHERE_ERROR);
@@ -1254,12 +1471,14 @@ int coral_hit(struct pt_regs *ctx)
         else
             watching = pop_frame(&tk, sp, s->func_ip, results, id, tail, &now, 0);
     } else if (go)
-        now = push_frame(&tk, watching, key.ip, ctx, 1, 0, s->held, s->where);  // constant: each copy reads its own ABI's registers
+        now = push_frame(&tk, watching, key.ip, ctx, 1, 0, s->held, s->where, s->count_by);  // constant: each copy reads its own ABI's registers
     else {
         u32 held = copy_held_at_entry(ctx, s->held, watching, id);  // before the entry's timestamp: not in the duration
-        now = push_frame(&tk, watching, key.ip, ctx, 0, s->flags & SITE_URET, held, s->where);
+        now = push_frame(&tk, watching, key.ip, ctx, 0, s->flags & SITE_URET, held, s->where, s->count_by);
     }
     charge(watching, now);  // charge() does nothing for no slot (an unpaired return: now is 0 then)
+    if (s->flags & (SITE_GO_RET | SITE_RET))
+        count_kept(ctx);  // coral_count: the call's key (does not come back)
     if (s->where && !(s->flags & (SITE_GO_RET | SITE_RET | SITE_TAIL)))
         where_calls.call(ctx, 0);  // coral_where: the conditions' values at the entry (does not come back)
     return 0;
@@ -1275,5 +1494,6 @@ int coral_return(struct pt_regs *ctx)
     u64 watching = pop_frame(&tk, PT_REGS_SP(ctx) - 8, 0, results, id, 0, &now, 0);
     if (watching)
         charge(watching, now);
+    count_kept(ctx);  // coral_count: the call's key (does not come back)
     return 0;
 }

@@ -110,6 +110,18 @@ def test_every_json_line_has_the_documented_fields(
     printed["DebugSession"].append(templated)
     printed["Call"] += [r for r in map(json.loads, out.splitlines()) if r["kind"] == "call"]
 
+    # --count-by: no call; a counts line while it runs (the follow answers every 2 s), the rows in the summary.
+    proc, counted = start_attach(env, "payments", "validate_card", "--duration", "3s", "--count-by", "ret", "--no-save")
+    payments.call(2)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert {r["kind"] for r in lines[:-1]} == {"counts"} and lines[-1]["kind"] == "summary", lines
+    assert [r["calls"] for r in lines[-1]["counts"]] == [2]
+    printed["DebugSession"].append(counted)
+    printed["Counts"] += lines[:-1]
+    printed["Summary"].append(lines[-1])
+
     # Several functions at once: a session, a summary and trees of each (validate_card calls nanosleep).
     grouped = subprocess.Popen([tool("coralctl"), "--output", "json", "debug", "attach", "payments", "--duration", "1s",
                                 "--function", "validate_card", "--function", "libc.so.6:nanosleep", "--tree-every", "1"],

@@ -194,9 +194,10 @@ def shop(coral_env: CoralEnv, colony: Process, agent: Process, tmp_path: Path) -
     s.stop()
 
 
-def attach(env: CoralEnv, *options: str, duration: str = "2s") -> subprocess.Popen[str]:
+def attach(env: CoralEnv, *options: str, duration: str = "2s", capture: bool = True) -> subprocess.Popen[str]:
+    captures = ["--capture-args", "--capture-return"] if capture else []
     p = subprocess.Popen([tool("coralctl"), "--output", "json", "debug", "attach", SERVICE, "--function", "shop.charge",
-                          "--duration", duration, "--capture-args", "--capture-return", *options],
+                          "--duration", duration, *captures, *options],
                          env=env.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert p.stdout is not None
     line = p.stdout.readline()

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from coral import histogram
-from coral.agentd import where_native
+from coral.agentd import countby, where_native
 from coral.agentd.probes import bpf_source_dir, load_bcc
 from coral.agentd.ringbuf import BUSY_BIT, DISCARD_BIT, HEADER_BYTES, RingReader
 from coral.layouts import Layout, read_layouts
@@ -46,6 +46,7 @@ SITE_URET = 0x40  # an entry whose return is a uretprobe (set from Site.uretprob
 URETPROBE_DEPTH = 64  # the kernel's MAX_URETPROBE_DEPTH: uretprobes open at once on one task
 EV_NATIVE, EV_PYTHON, EV_PYTHON_TIMING, EV_NATIVE_TIMING = 1, 2, 3, 4
 UNREAD_STACK = 4  # native_event.unread: a Go call's stack arguments were not copied (bits 0, 1: its string slots)
+CAPTURE_COUNT_ONLY = 4  # slot_config.capture: --count-by, the calls are counted by key and no record is sent
 
 
 def bpf_constants() -> dict[str, int]:
@@ -56,7 +57,8 @@ def bpf_constants() -> dict[str, int]:
            "SITE_RET": SITE_RET, "SITE_TAIL": SITE_TAIL, "SITE_URET": SITE_URET, "CORAL_URETPROBE_DEPTH": URETPROBE_DEPTH,
            "BY_UNWOUND": BY_UNWOUND, "BY_TOO_DEEP": BY_TOO_DEEP, "BY_TAIL_CALL": BY_TAIL_CALL,
            "EV_NATIVE": EV_NATIVE, "EV_PYTHON": EV_PYTHON, "EV_PYTHON_TIMING": EV_PYTHON_TIMING,
-           "EV_NATIVE_TIMING": EV_NATIVE_TIMING, "UNREAD_STACK": UNREAD_STACK, **where_native.constants()}
+           "EV_NATIVE_TIMING": EV_NATIVE_TIMING, "UNREAD_STACK": UNREAD_STACK, "CAPTURE_COUNT_ONLY": CAPTURE_COUNT_ONLY,
+           **where_native.constants(), **countby.constants()}
     out.update({f"ST_{name}": i for i, name in enumerate(STAT_NAMES)})
     out.update({f"G_{name}": i for i, name in enumerate(("STACK_FULL", "UNPAIRED", "STALE", "UNWOUND_UNCOUNTED",
                                                                 "DEEP_IN_USE"))})
@@ -104,6 +106,7 @@ class SlotConfig:
     stack_bytes: int = 0  # Go: bytes of the stack-assigned arguments copied at the entry (at most CORAL_STACK_BYTES)
     where: where_native.Program | None = None  # a --where condition, as the kernel evaluates it
     expires_monotonic_ns: int = 0  # CLOCK_MONOTONIC (bpf_ktime_get_ns): later calls are not counted; 0: never
+    count_by: countby.Key | None = None  # --count-by: calls counted by this key, no record sent
 
 
 @dataclass(frozen=True)
@@ -191,6 +194,8 @@ class SlotStats:
     too_deep: int = 0  # entered deeper than the frames tracked per thread: not tracked, so not in calls
     tail_calls: int = 0  # left by a tail jump to another function: its RET is not ours, so not in calls
     where_error: int = 0  # --where could not be evaluated (a value not read; Python: the SDK said so): not shown
+    # --count-by: the kernel's rows, (ROW_*, key number, key string, counts); empty without it
+    count_rows: list[tuple[int, int, bytes, countby.Row]] = field(default_factory=list)
 
 
 class _Libbcc:
@@ -253,6 +258,9 @@ class ProbeEngine:
         self._ret = self._bpf.load_func(b"coral_return", bcc.BPF.KPROBE).fd
         # coral_hit tail-calls it at the entry of a function with a --where condition (verified apart).
         self._bpf["where_calls"][ctypes.c_int(0)] = ctypes.c_int(self._bpf.load_func(b"coral_where", bcc.BPF.KPROBE).fd)
+        # coral_hit and coral_return tail-call it at a return a --count-by session counts (verified apart).
+        self._bpf["count_calls"][ctypes.c_int(0)] = ctypes.c_int(self._bpf.load_func(b"coral_count",
+                                                                                     bcc.BPF.KPROBE).fd)
         self._lib = _Libbcc(bcc)
         self._sites = self._bpf["sites"]
         self._slot_table = self._bpf["slots"]
@@ -266,6 +274,9 @@ class ProbeEngine:
         self._globals = self._bpf["globals"]
         self._sample_counts = self._bpf["sample_counts"]
         self._budgets = self._bpf["budgets"]
+        self._count_bys = self._bpf["count_bys"]
+        self._count_used = self._bpf["count_used"]
+        self._count_rows = self._bpf["count_rows"]
         self._stopped = self._bpf["stopped"]
         self._trap_cost = self._bpf["trap_cost"]
         self.trap_ns = 0
@@ -299,6 +310,11 @@ class ProbeEngine:
                         where_native.WHERE_SLOTS:
                     raise ProbeError(f"another session with --where already watches this function in pid {site.pid} "
                                      f"(at most {where_native.WHERE_SLOTS} at a time): end it, or attach without --where")
+        if config.count_by is not None:
+            for site in sites:
+                if self._counted(self._site_masks.get((site.pid, site.runtime_ip), 0)):
+                    raise ProbeError(f"another session with --count-by already watches this function in pid "
+                                     f"{site.pid} (one at a time): end it first")
         slot = self._free.pop()
         self._reset_slot(slot)
         self._write_config(slot, config)
@@ -361,6 +377,7 @@ class ProbeEngine:
             for slot in slots:
                 release.stats[slot] = self.stats(slot)
                 self._write_budget(slot, 0)
+                self._clear_counts(slot)
 
         def remove() -> None:
             try:
@@ -411,7 +428,7 @@ class ProbeEngine:
         self._configs[slot] = c
         v = self._slot_table.Leaf()
         v.sample_rate = max(1, c.sample_rate)
-        v.capture = int(c.capture_args) | int(c.capture_return) << 1
+        v.capture = int(c.capture_args) | int(c.capture_return) << 1 | (CAPTURE_COUNT_ONLY if c.count_by else 0)
         v.min_duration_ns = c.min_duration_ns
         v.fn_id = c.fn_id
         v.expires_ns = c.expires_monotonic_ns
@@ -430,6 +447,7 @@ class ProbeEngine:
             v.str_ret = 2
         if c.where is not None:
             self._write_where(slot, c.where)  # before a site names the slot (_where_of)
+        self._write_count_by(slot, c.count_by)  # likewise (_count_of)
         self._slot_table[ctypes.c_int(slot)] = v
 
     def _write_where(self, slot: int, program: where_native.Program) -> None:
@@ -453,6 +471,38 @@ class ProbeEngine:
                 t.text[i] = int.from_bytes(padded[i * 8:i * 8 + 8], "little")
                 t.mask[i] = (1 << 8 * max(0, min(8, len(term.text) - i * 8))) - 1
         self._wheres[ctypes.c_int(slot)] = w
+
+    def _write_count_by(self, slot: int, key: countby.Key | None) -> None:
+        """The key's struct count_by, and the slot's overflow and unread rows
+        (the kernel counts there, and creates no row of those itself)."""
+        self._clear_counts(slot)
+        v = self._count_bys.Leaf()
+        if key is not None:
+            v.kind, v.when, v.reg, v.len_reg, v.deref = key.kind, key.when, key.reg, key.len_reg, int(key.deref)
+            v.width, v.err_reg, v.offset, v.len_off = key.width, key.err_reg + 1, key.offset, key.len_off
+            v.max_keys = countby.COUNT_MAX_KEYS
+            for row in (countby.ROW_OVERFLOW, countby.ROW_UNREAD):
+                k = self._count_rows.Key()
+                k.slot, k.row = slot, row
+                self._count_rows[k] = self._count_rows.Leaf()
+        self._count_bys[ctypes.c_int(slot)] = v
+
+    def _clear_counts(self, slot: int) -> None:
+        self._count_used[ctypes.c_int(slot)] = ctypes.c_ulonglong(0)
+        for k in [k for k in self._count_rows if k.slot == slot]:
+            with contextlib.suppress(KeyError):
+                del self._count_rows[k]
+
+    def _read_counts(self, slot: int) -> list[tuple[int, int, bytes, countby.Row]]:
+        out = []
+        for k, v in self._count_rows.items():
+            if k.slot != slot:
+                continue
+            hist = np.ctypeslib.as_array(v.hist)
+            buckets = {int(b): int(hist[b]) for b in np.flatnonzero(hist)}
+            out.append((int(k.row), int(k.num), bytes(k.str),
+                        countby.Row(int(v.calls), int(v.errors), int(v.sum_ns), int(v.max_ns), buckets)))
+        return out
 
     def set_expiry(self, slot: int, monotonic_ns: int) -> None:
         """From then on (CLOCK_MONOTONIC, as bpf_ktime_get_ns), the kernel
@@ -533,6 +583,8 @@ class ProbeEngine:
         value = self._sites.Leaf()
         value.slots, value.func_ip, value.held = mask, site.func_ip, self._held_of(mask)
         value.where = self._where_of(mask)
+        counted = self._counted(mask)
+        value.count_by = counted[0] + 1 if counted else 0
         value.flags = site.flags | (SITE_URET if site.uretprobe else 0)
         self._sites[key] = value
         self._site_masks[(site.pid, site.runtime_ip)] = mask
@@ -556,6 +608,10 @@ class ProbeEngine:
     def _conditioned(self, mask: int) -> list[int]:
         return [slot for slot in range(MAX_SLOTS) if mask >> slot & 1 and (c := self._configs.get(slot)) is not None
                 and c.where is not None]
+
+    def _counted(self, mask: int) -> list[int]:
+        return [slot for slot in range(MAX_SLOTS) if mask >> slot & 1 and (c := self._configs.get(slot)) is not None
+                and c.count_by is not None]
 
     def _where_of(self, mask: int) -> int:
         """struct site.where: the slots of `mask` with a --where condition, each plus one, 8 bits each."""
@@ -695,7 +751,8 @@ class ProbeEngine:
 
     # ------------------------------------------------------------ counts
 
-    def stats(self, slot: int, with_histogram: bool = True) -> SlotStats:
+    def stats(self, slot: int, with_histogram: bool = True, with_counts: bool = True) -> SlotStats:
+        """The slot's counts; `with_counts`: its --count-by rows too (a map walk)."""
         base = slot * STATS_PER_SLOT
         v = [int(self._stats.sum(ctypes.c_int(base + i)).value) for i in range(STATS_PER_SLOT)]
         v[ST_MAX_NS] = int(self._stats.max(ctypes.c_int(base + ST_MAX_NS)).value)
@@ -707,9 +764,11 @@ class ProbeEngine:
                 hist[i] = n
         unwound, too_deep, tail_calls = (self._by_slots(slot, cause) - self._by_slots_base.get((slot, cause), 0)
                                          for cause in (BY_UNWOUND, BY_TOO_DEEP, BY_TAIL_CALL))
+        counted = self._configs.get(slot)
+        rows = self._read_counts(slot) if with_counts and counted is not None and counted.count_by is not None else []
         return SlotStats(v[ST_CALLS], v[ST_SAMPLED], v[ST_FILTERED], v[ST_RINGBUF], v[ST_EMITTED], v[ST_MAX_NS],
                          v[ST_SUM_NS], hist, v[ST_UNREADABLE], v[ST_EXPIRED], unwound, too_deep,
-                         tail_calls, v[ST_WHERE_ERROR])
+                         tail_calls, v[ST_WHERE_ERROR], rows)
 
     def global_counters(self) -> dict[str, int]:
         out = {}

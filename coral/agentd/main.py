@@ -265,6 +265,9 @@ class Agent:
                 entry.service = str(getattr(request, "service", ""))[:200]
                 entry.function = str(getattr(request, "function", ""))[:200]
                 entry.session_id = str(getattr(request, "session_id", ""))[:64]
+                asked = access.values_asked(request)
+                if asked:
+                    entry.detail = (f"{detail}; {asked}" if detail else asked)[:500]
         self.link.audit(entry, time.monotonic())
 
     def on_connections_cut(self, uid: int, pid: int, count: int) -> None:
@@ -573,6 +576,7 @@ class Agent:
                     last_flush = now
                 self.ingest.charge(now, time.process_time() - cpu)
                 self.sessions.stop_over_budget()
+                self.sessions.ask_counts(now)
                 targets_due = now - self._targets_checked >= TARGETS_EVERY
                 if targets_due:
                     self._targets_checked = now

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from coral.agentd import abi, conditions, showvalues, where_native
+from coral.agentd import abi, conditions, countby, showvalues, where_native
 from coral.agentd.callblocks import CallBlock, CallRow, calls_of, rows_in_blocks, take
 from coral.agentd.engine import (
     NativeRecord,
@@ -63,6 +63,7 @@ def wall_clock_offset_ns() -> int:
 
 
 MAX_CAPTURE_ONLY = 16
+COUNTS_EVERY = 1.0  # seconds between asks for a Python --count-by session's live rows
 
 
 def check_capture_only(config: pb.UprobeConfig, meta: pb.FunctionMetadata, rules: Rules) -> None:
@@ -148,10 +149,34 @@ class Session:
     lost: Counter[str] = field(default_factory=Counter)
     final: SlotStats | None = None
     shapes: dict[int, tuple[pb.FunctionMetadata, NativeShape]] = field(default_factory=dict)  # by pid, as calls come
+    count_key: countby.Key | None = None  # --count-by, as the kernel reads it
+    rules: Rules | None = None  # how --count-by keys are shown (redacted as any value)
+    sdk_counts: dict[int, list[pb.CountRow]] | None = None  # --count-by on Python: each process's rows, by pid
+    counts_pending: int = 0  # --count-by on Python: disarms sent whose answer (with the rows) has not come
+    counts_asked: float = 0.0  # --count-by on Python: when the live rows were last asked for (monotonic)
 
     @property
     def pids(self) -> list[int]:
         return [t.reg.pid for t in self.targets]
+
+    def count_rows(self, stats: SlotStats) -> dict[countby.RowId, countby.Row]:
+        """The kernel's --count-by rows as shown: keys as text, rows that read the same merged."""
+        key, rules = self.count_key, self.rules or Rules()
+        if self.sdk_counts is not None:
+            return countby.merged(((r.key, r.overflow, r.unread, r.cut),
+                                   countby.Row(r.calls, r.errors, r.sum_duration_ns, r.max_duration_ns,
+                                               dict(r.histogram)))
+                                  for rows in self.sdk_counts.values() for r in rows)
+        if key is None:
+            return {}
+        out = []
+        for row, num, text, counts in stats.count_rows:
+            if row == countby.ROW_KEY:
+                shown, cut = countby.shown(key, num, text, rules)
+                out.append(((shown, False, False, cut), counts))
+            else:
+                out.append((("", row == countby.ROW_OVERFLOW, row == countby.ROW_UNREAD, False), counts))
+        return countby.merged(out)
 
     def to_row(self, stats: SlotStats) -> SessionRow:
         c = self.config
@@ -168,8 +193,11 @@ class Session:
              "owner": self.owner, "unanswered": self.unanswered, "return_probe": self.return_probe,
              "inlined_into": self.inlined_into, "entry_instruction": self.entry_instruction,
              "probe_cost_ns": self.probe_cost_ns,
+             "count_by": c.count_by,
              "stats": {"calls": stats.calls, "sum_ns": stats.sum_ns, "max_ns": stats.max_ns,
-                       "histogram": {str(k): v for k, v in stats.histogram.items()}}},
+                       "histogram": {str(k): v for k, v in stats.histogram.items()},
+                       **({"counts": countby.to_json(self.count_rows(stats))}
+                          if self.count_key or self.sdk_counts is not None else {})}},
             {k: v for k, v in lost.items() if v},
         )
 
@@ -229,6 +257,7 @@ class SessionManager:
         self._fn_ids: dict[str, int] = {}
         # (pid, name) -> (sessions, args, return, the condition it is armed with)
         self._arms: dict[tuple[int, str], tuple[int, bool, bool, str]] = {}
+        self._counting: set[tuple[int, str]] = set()  # arms counting by a key (--count-by): one session each
         self._clock_offset = wall_clock_offset_ns()
         self.rules = Rules(config.sdk.redact_patterns)  # the SDK's rules, for native values
 
@@ -280,9 +309,12 @@ class SessionManager:
             meta = cast(pb.GetFunctionMetadataResponse, result).metadata
             try:
                 condition = conditions.effective(start.req.config, meta)  # refused here, before anything is armed
+                countby.check_config(start.req.config)
                 if meta.kind == "python":
                     if condition:
                         conditions.check_python(condition, self.rules)
+                    if start.req.config.count_by:
+                        countby.check_python_key(start.req.config.count_by, self.rules)
                     self._ask_arm(start, index, reg, condition)
                     return
                 self._answered(start, index, Target(reg, meta, native_sites(reg.pid, reg.executable, meta)))
@@ -296,6 +328,11 @@ class SessionManager:
         fn_id = self._fn_ids.setdefault(req.function, next(self._fn_id_source))
         key = (reg.pid, req.function)
         users, args, ret, armed_with = self._arms.get(key, (0, False, False, ""))
+        if users and (req.config.count_by or key in self._counting):
+            # The SDK counts every call of the armed function in one table: it would be two sessions'.
+            raise InvalidArgument(f"{req.function} in pid {reg.pid} is watched by {self._watcher(reg.pid, req.function)}"
+                                  f"; a Python function counted with --count-by has that one session at a time: "
+                                  f"detach it first")
         if users and armed_with != condition:
             # The SDK evaluates one condition per armed function and flags the
             # record; the kernel cannot tell two sessions' verdicts apart.
@@ -304,8 +341,10 @@ class SessionManager:
                                   f"time: attach with the same --where, or detach that session first")
         # Build what any session of this function shows; each session shows only what it asked for.
         capture = pb.UprobeConfig(capture_args=args or req.config.capture_args, capture_return=ret or req.config.capture_return,
-                                  predicate=condition)
+                                  predicate=condition, count_by=req.config.count_by)
         self._arms[key] = (users + 1, capture.capture_args, capture.capture_return, condition)  # counted now: asks overlap
+        if req.config.count_by:
+            self._counting.add(key)
         target = Target(reg, pb.FunctionMetadata(), [], fn_id, req.function)
 
         def on_armed(result: Any) -> None:
@@ -366,6 +405,9 @@ class SessionManager:
             raise start.unanswered[0]
         first = targets[0].meta
         check_capture_only(req.config, first, self.rules)
+        count_key = None
+        if req.config.count_by and first.kind != "python":  # Python: the SDK counts (coral/sdk/countby.py)
+            count_key = countby.compile_key(req.config.count_by, first, self.rules)
         record_slots = abi.record_slots(first, req.config.capture_args, req.config.capture_return,
                                         self.engine.string_bytes)
         slot_config = SlotConfig(
@@ -376,6 +418,7 @@ class SessionManager:
             held_result=record_slots.held_result,
             stack_bytes=abi.stack_bytes(first, self.engine.stack_bytes) if req.config.capture_args else 0,
             where=None if first.kind == "python" else native_condition(req.config, first, self.rules),
+            count_by=count_key,
         )
         try:
             slot = self.engine.open_slot(slot_config, [s for t in targets for s in t.sites],
@@ -392,7 +435,8 @@ class SessionManager:
             owner=start.owner, unanswered=[e.message for e in start.unanswered],
             return_probe="python" if first.kind == "python" else
             "uretprobe" if any(s.uretprobe for t in targets for s in t.sites) else "ret",
-            inlined_into=list(first.inlined_into),
+            inlined_into=list(first.inlined_into), count_key=count_key, rules=self.rules,
+            sdk_counts={} if req.config.count_by and first.kind == "python" else None,
         )
         if first.kind != "python":
             session.entry_instruction, session.probe_cost_ns = self.probe_costs.of(
@@ -406,10 +450,12 @@ class SessionManager:
                  session.pids, start.duration_ms / 1000, slot)
         return session
 
-    def _disarm(self, targets: list[Target]) -> None:
+    def _disarm(self, targets: list[Target], session: Session | None = None) -> None:
         """A session is done with its Python targets: disarm those no other
         session uses. Not waited for: a process that does not take it keeps
-        the function wrapped, with no probe attached, until it registers again."""
+        the function wrapped, with no probe attached, until it registers again.
+        A --count-by session's rows come with the answer."""
+        counting = session if session is not None and session.sdk_counts is not None else None
         for t in targets:
             if not t.fn_id:
                 continue
@@ -418,11 +464,19 @@ class SessionManager:
             if users > 1:
                 self._arms[key] = (users - 1, args, ret, condition)
                 continue
+            self._counting.discard(key)
+
+            if counting is not None:
+                counting.counts_pending += 1
 
             def on_disarmed(result: Any, t: Target = t) -> None:
                 if isinstance(result, CoralError):  # the process may be gone; its wrapper went with it
                     self.counters["process_asks.disarm_failed"] += 1
                     log.info("disarm %s in pid %d: %s", t.function, t.reg.pid, result.message)
+                elif counting is not None and counting.sdk_counts is not None:
+                    counting.sdk_counts[t.reg.pid] = list(cast(pb.DisarmFunctionResponse, result).counts)
+                if counting is not None:
+                    self._counts_in(counting)
 
             self.ask(t.reg, "DisarmFunction", pb.DisarmFunctionRequest(fn_id=t.fn_id), on_disarmed)
 
@@ -467,7 +521,8 @@ class SessionManager:
             if session is None or session.session_id in self.active:
                 continue  # a slot whose opening failed, or the agent's own
             del self._by_slot[slot]
-            self._closing.pop(session.session_id, None)
+            if not session.counts_pending:  # else it closes when the SDKs' rows are in (_counts_in)
+                self._closing.pop(session.session_id, None)
             session.final = final
             row = session.to_row(final)
             self.totals.session_final(final.calls, row.lost)
@@ -478,8 +533,21 @@ class SessionManager:
             if final.expired:
                 log.info("session %s: %d calls returned after its expiry, before its probes were detached: the "
                          "kernel counted none of them", session.session_id, final.expired)
-            for waiter in self._when_collected.pop(session.session_id, []):
-                waiter()
+            if not session.counts_pending:
+                for waiter in self._when_collected.pop(session.session_id, []):
+                    waiter()
+
+    def _counts_in(self, session: Session) -> None:
+        """One SDK answered a --count-by session's disarm: once all have and
+        its final counts are saved, it is closed (its summary is complete)."""
+        session.counts_pending -= 1
+        if session.counts_pending or session.final is None:
+            return
+        self.store.save_session(session.to_row(session.final))
+        self.news.add(session.session_id)
+        self._closing.pop(session.session_id, None)
+        for waiter in self._when_collected.pop(session.session_id, []):
+            waiter()
 
     def closing(self, session_id: str) -> bool:
         """Has this session ended with calls maybe still in the ring buffer?"""
@@ -594,7 +662,7 @@ class SessionManager:
         whose last calls are still being read."""
         live = []
         for slot, session in self._by_slot.items():
-            stats = self.engine.stats(slot, with_histogram=False)
+            stats = self.engine.stats(slot, with_histogram=False, with_counts=False)
             live.append((stats.calls, session.to_row(stats).lost))
         return self.totals.with_live(live)
 
@@ -616,6 +684,23 @@ class SessionManager:
                 self._end(session, FAILED, losses[0])
                 ended.append(session.session_id)
         return ended
+
+    def ask_counts(self, now: float) -> None:
+        """--count-by on Python: ask each process for its rows so far, once a
+        second at most (the live table); the final ones come with the disarm."""
+        for session in self.active.values():
+            if session.sdk_counts is None or now - session.counts_asked < COUNTS_EVERY:
+                continue
+            session.counts_asked = now
+            for t in session.targets:
+                def on_counts(result: Any, t: Target = t, session: Session = session) -> None:
+                    if isinstance(result, CoralError) or session.session_id not in self.active:
+                        return  # ended since: its final rows come with the disarm's answer
+                    if session.sdk_counts is not None:
+                        session.sdk_counts[t.reg.pid] = list(cast(pb.CountCallsResponse, result).counts)
+                        self.news.add(session.session_id)
+
+                self.ask(t.reg, "CountCalls", pb.CountCallsRequest(fn_id=t.fn_id), on_counts)
 
     def stop_over_budget(self) -> list[str]:
         """End the sessions the kernel stopped for going over their CPU budget."""
@@ -655,7 +740,7 @@ class SessionManager:
         self._closing[session.session_id] = session
         self._ended_unwritten[session.session_id] = session  # a loss when its calls are written is still its
         self.engine.release_slots([session.slot])  # its probes are removed by a thread: the loop goes on
-        self._disarm(session.targets)
+        self._disarm(session.targets, session)
         del self.active[session.session_id]
         session.status, session.reason, session.ended_ns = status, reason, time.time_ns()
         self.totals.session_ended(status)
@@ -690,10 +775,12 @@ class SessionManager:
                                    max_events=int(cast(int, c.get("max_events", 0))),
                                    min_duration_ns=int(cast(int, c.get("min_duration_ns", 0))),
                                    predicate=str(c.get("predicate", "")), errors_only=bool(c.get("errors_only")),
-                                   capture_only=[str(n) for n in cast(list[object], c.get("capture_only", []))]),
+                                   capture_only=[str(n) for n in cast(list[object], c.get("capture_only", []))],
+                                   count_by=str(c.get("count_by", ""))),
             total_calls=int(stats.get("calls", 0)), sum_duration_ns=int(stats.get("sum_ns", 0)),
             max_duration_ns=int(stats.get("max_ns", 0)),
             histogram={int(k): int(v) for k, v in cast(dict[str, int], stats.get("histogram", {})).items()},
+            counts=countby.from_json(cast(list[dict[str, object]], stats.get("counts", []))),
             owner=str(c.get("owner", "")),
             unanswered=[str(u) for u in cast(list[object], c.get("unanswered", []))],
             return_probe=str(c.get("return_probe", "")),

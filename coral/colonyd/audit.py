@@ -13,6 +13,7 @@ from google.protobuf.message import Message
 
 from coral.colonyd.store import AuditRow, ColonyStore
 from coral.colonyd.trust import AuditFolder, FoldKey, folded_detail
+from coral.daemon.access import values_asked
 from coral.daemon.errors import CoralError
 from coral.daemon.methods import AGENT_LOCAL_METHODS, METHODS
 from coral.daemon.server import Peer
@@ -48,7 +49,10 @@ class AuditLog:
 
     def request(self, peer: Peer, method: str, request: Message | None, outcome: str, detail: str,
                 always: bool = False) -> None:
-        """A client's request, as the colony saw it."""
+        """A client's request, as the colony saw it (with the key an attach counts by, if any)."""
+        asked = values_asked(request)
+        if asked:
+            detail = f"{detail}; {asked}" if detail else asked
         self.row(peer.who, peer.pid or 0, method, outcome, detail, str(getattr(request, "service", "")),
                  str(getattr(request, "function", "")), str(getattr(request, "session_id", "")), always=always,
                  label=client_label(request))

@@ -152,6 +152,24 @@ def merge_one(session: pb.DebugSession) -> None:
     session.lost.update(s.lost)
     session.histogram.clear()
     session.histogram.update(s.histogram)
+    del session.counts[:]
+    session.counts.extend(s.counts)
+
+
+def merge_counts(parts: list[pb.DebugSession]) -> list[pb.CountRow]:
+    """--count-by rows of every part: those with the same key (and flags) add up."""
+    rows: dict[tuple[str, bool, bool, bool], pb.CountRow] = {}
+    for s in parts:
+        for r in s.counts:
+            into = rows.setdefault((r.key, r.overflow, r.unread, r.cut),
+                                   pb.CountRow(key=r.key, overflow=r.overflow, unread=r.unread, cut=r.cut))
+            into.calls += r.calls
+            into.errors += r.errors
+            into.sum_duration_ns += r.sum_duration_ns
+            into.max_duration_ns = max(into.max_duration_ns, r.max_duration_ns)
+            for bucket, n in r.histogram.items():
+                into.histogram[bucket] += n
+    return sorted(rows.values(), key=lambda r: (r.overflow or r.unread, -r.calls, r.key, r.unread))
 
 
 def merge_many(session: pb.DebugSession) -> None:
@@ -201,6 +219,8 @@ def merge_many(session: pb.DebugSession) -> None:
     session.lost.update(lost)
     session.histogram.clear()
     session.histogram.update(histogram)
+    del session.counts[:]
+    session.counts.extend(merge_counts(parts))
 
 
 def complete_parts_away(session: pb.DebugSession, reachable: Callable[[str], bool], now_ns: int, grace_ns: int) -> bool:

@@ -85,6 +85,8 @@ examples:
   coralctl debug attach payments-api --function payments.charge --where 'req.amount >= 1000 || raised(ValueError)'
   coralctl debug attach payments-api --function payments.validate_card --errors-only --where 'duration >= 5ms'
   coralctl debug attach payments-api --function payments.charge --function payments.validate_card --function 'db.*'
+  coralctl debug attach payments --function validate_card --count-by card_type --duration 30s
+  coralctl debug attach payments --function charge --count-by ret --where 'amount >= 1000'
   coralctl --output json debug attach payments --function validate_card --no-save | jq .""",
     "sessions": """\
 examples:
@@ -141,6 +143,17 @@ def condition_arg(text: str) -> str:
         return text
     try:
         expr.parse_condition(text)
+    except expr.ExprError as exc:
+        raise argparse.ArgumentTypeError(expr.described(text, exc)) from None
+    return text
+
+
+def key_arg(text: str) -> str:
+    """A --count-by key, checked here to point at a typing mistake; the agent resolves the name."""
+    if not text:  # argparse passes the default ("") through here too: no key
+        return text
+    try:
+        expr.parse_value(text)
     except expr.ExprError as exc:
         raise argparse.ArgumentTypeError(expr.described(text, exc)) from None
     return text
@@ -274,6 +287,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="one line per call, e.g. 'charged {amount} -> {ret} in {duration}': captures the values it names "
              "(arguments, ret, err) and nothing else",
     )
+    a.add_argument(
+        "--count-by",
+        type=key_arg,
+        default="",
+        metavar="KEY",
+        help="count calls, errors and latency by KEY (an argument, arg->field, ret, err), in the kernel; "
+             "no call is reported: a table live and at the end (needs the capture right; native functions)",
+    )
     a.add_argument("--errors-only", action="store_true",
                    help="report only calls that failed: Python raised, Go err != nil (and-ed with --where)")
     s = command(debug, "sessions", "list debug sessions", common)
@@ -340,6 +361,7 @@ class Ctl:
         self.style = render.Style.for_stream(sys.stdout)
         self.slow_ns = round(getattr(args, "slow", 0.0) * 1e9)
         self.subtract = bool(getattr(args, "subtract_probe_cost", False))
+        self._counts_shown: tuple[tuple[str, bool, bool, int], ...] = ()  # --count-by: the table last shown
         endpoint = args.endpoint or (config.agent_endpoint if args.local else config.colony_frontend)
         self.target = "agent" if args.local else "colony"
         keys = curve.client_keys(config, endpoint, args.key, args.colony_key)  # ConfigError: tcp without keys
@@ -413,8 +435,13 @@ class Ctl:
             min_duration_ns=round(a.min_duration * 1e9),
             predicate=a.where or "",
             errors_only=a.errors_only,
+            count_by=a.count_by,
         )
         if len(a.function) > 1 or group.is_pattern(a.function[0]):
+            if a.count_by:
+                print("coralctl debug attach: error: --count-by counts one function's calls; name one --function",
+                      file=sys.stderr)
+                return EXIT_USAGE
             return group.run(self, group.resolve(self.call, a.service, a.function), cfg)
         [function] = a.function
         r = cast(
@@ -539,6 +566,7 @@ class Ctl:
                     ),
                 )
                 self.show_agent = self.show_agent or len(q.session.parts) > 1
+                self._show_counts(q.session)
                 for call in q.calls:
                     if self.subtract:
                         call.duration_ns = render.without_probe_cost(call.duration_ns, q.session)
@@ -556,6 +584,21 @@ class Ctl:
                     raise
                 detached = True
                 self.call("DetachUprobe", pb.DetachUprobeRequest(session_id=session_id))
+
+    def _show_counts(self, session: pb.DebugSession) -> None:
+        """--count-by: the table again whenever its counts changed (at most once a poll)."""
+        if not session.config.count_by or session.status != "active":
+            return
+        seen = tuple((r.key, r.overflow, r.unread, r.calls) for r in session.counts)
+        if seen == self._counts_shown:
+            return
+        self._counts_shown = seen
+        if self.out.json:
+            self.out.record(render.counts_dict(session))
+            return
+        self.out.line(f"{render.clock(time.time_ns())} {session.total_calls} calls")
+        for line in render.format_counts(session, self.style):
+            self.out.line(line)
 
     def _print_call(self, call: pb.Call) -> None:
         template = getattr(self.args, "template", None)

@@ -240,6 +240,8 @@ def format_summary(s: Summary, session: pb.DebugSession, tally: Tally | None = N
         f"  Max duration: {format_ns(s.max_ns)}",
         f"  Errors:       {_pct(tally.errors, tally.shown)}" + (" of the calls shown" if tally.shown < s.calls else ""),
     ]
+    if session.config.count_by:  # no call is shown: the rows count the failed ones
+        lines[-1] = f"  Errors:       {_pct(sum(r.errors for r in session.counts), s.calls)} (by key below)"
     if slow_ns:
         lines.append(f"  Slow calls (>{format_ns(slow_ns)}): {_pct(tally.slow, tally.shown)}")
     if s.probe_cost_ns:
@@ -253,6 +255,7 @@ def format_summary(s: Summary, session: pb.DebugSession, tally: Tally | None = N
     lines.extend(f"  Not probed:   {u}" for u in session.unanswered)
     lines.extend(format_agents(session, style))
     lines.extend(format_histogram(dict(session.histogram), style))
+    lines.extend(format_counts(session, style))
     return lines
 
 
@@ -295,6 +298,41 @@ def format_agents(session: pb.DebugSession, style: Style = PLAIN) -> list[str]:
             + (style.red(status) if p["status"] in ("failed", "lost") else status)
         )
     return lines
+
+
+def count_key_shown(row: pb.CountRow) -> str:
+    if row.overflow:
+        return "(other keys)"
+    if row.unread:
+        return "(unread)"
+    return row.key + ("..." if row.cut else "")
+
+
+def format_counts(session: pb.DebugSession, style: Style = PLAIN) -> list[str]:
+    """--count-by: one line per key (most calls first; keys past the
+    session's maximum, and keys that could not be read, last)."""
+    rows = list(session.counts)
+    if not rows or not any(r.calls for r in rows):
+        return [f"  Counts by {session.config.count_by}: no calls yet"] if session.config.count_by else []
+    width = max(len(session.config.count_by), *(len(count_key_shown(r)) for r in rows), 3)
+    lines = [f"  Counts by {session.config.count_by}:",
+             style.bold(f"  {session.config.count_by:<{width}}  {'CALLS':>9}  {'ERRORS':>7}  {'AVG':>9}  "
+                        f"{'P50':>9}  {'P99':>9}  {'MAX':>9}")]
+    for r in rows:
+        if not r.calls:
+            continue
+        hist = dict(r.histogram)
+        lines.append(f"  {count_key_shown(r):<{width}}  {r.calls:>9}  {r.errors:>7}  "
+                     f"{format_ns(r.sum_duration_ns / r.calls):>9}  "
+                     f"{format_ns(percentile_ns(hist, 50, r.max_duration_ns)):>9}  "
+                     f"{format_ns(percentile_ns(hist, 99, r.max_duration_ns)):>9}  {format_ns(r.max_duration_ns):>9}")
+    return lines
+
+
+def counts_dict(session: pb.DebugSession) -> dict[str, Any]:
+    """The live --count-by table, one JSON line (docs/json.md)."""
+    return {"kind": "counts", "session_id": session.session_id, "count_by": session.config.count_by,
+            "total_calls": session.total_calls, "rows": [to_dict(r) for r in session.counts]}
 
 
 def format_histogram(histogram: dict[int, int], style: Style = PLAIN, width: int = 40) -> list[str]:
@@ -342,6 +380,7 @@ def summary_dict(s: Summary, session: pb.DebugSession, tally: Tally | None = Non
         "errors": tally.errors,
         "slow": tally.slow,
         "histogram": {str(k): v for k, v in session.histogram.items()},
+        "counts": [to_dict(r) for r in session.counts],
         "agents": agents_of(session),
     }
 

@@ -47,11 +47,20 @@ def rights_needed(method: str, request: Any) -> list[str]:
     if method in ATTACH_METHODS:
         config = getattr(request, "config", None)
         capture = config is not None and (config.capture_args or config.capture_return
-                                          or condition_reads_values(config.predicate))
+                                          or condition_reads_values(config.predicate)
+                                          or bool(config.count_by))  # keys are values
         return ["attach", "capture"] if capture else ["attach"]
     if method == "ProfileCpu":
         return ["profile"]
     return []
+
+
+def values_asked(request: Any) -> str:
+    """What an attach reads of the target's values beyond capture flags, for
+    its audit row: `count_by 'KEY'` (a key is a value); "" for anything else."""
+    config = getattr(request, "config", None)
+    key = getattr(config, "count_by", "") if config is not None else ""
+    return f"count_by {key!r}" if key else ""
 
 
 def condition_reads_values(text: str) -> bool:

@@ -39,6 +39,7 @@ METHODS: dict[str, Method] = {
             "ProcessHeartbeat",
             "ArmFunction",
             "DisarmFunction",
+            "CountCalls",
             "ListAudit",
             "ProfileCpu",
         ],
@@ -52,4 +53,4 @@ AGENT_LOCAL_METHODS = SESSION_METHODS | {"Ping", "ListServices", "RegisterProces
 AGENT_FROM_COLONY_METHODS = SESSION_METHODS
 COLONY_FRONTEND_METHODS = SESSION_METHODS | {"Ping", "ListServices", "ListAudit"}
 PROCESS_METHODS = frozenset({"Ping", "ListFunctions", "GetFunctionMetadata"})
-PYTHON_PROCESS_METHODS = PROCESS_METHODS | {"ArmFunction", "DisarmFunction"}
+PYTHON_PROCESS_METHODS = PROCESS_METHODS | {"ArmFunction", "DisarmFunction", "CountCalls"}

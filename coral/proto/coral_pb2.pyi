@@ -295,10 +295,24 @@ class DisarmFunctionRequest(_message.Message):
     def __init__(self, fn_id: _Optional[int] = ...) -> None: ...
 
 class DisarmFunctionResponse(_message.Message):
-    __slots__ = ("was_armed",)
+    __slots__ = ("was_armed", "counts")
     WAS_ARMED_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
     was_armed: bool
-    def __init__(self, was_armed: bool = ...) -> None: ...
+    counts: _containers.RepeatedCompositeFieldContainer[CountRow]
+    def __init__(self, was_armed: bool = ..., counts: _Optional[_Iterable[_Union[CountRow, _Mapping]]] = ...) -> None: ...
+
+class CountCallsRequest(_message.Message):
+    __slots__ = ("fn_id",)
+    FN_ID_FIELD_NUMBER: _ClassVar[int]
+    fn_id: int
+    def __init__(self, fn_id: _Optional[int] = ...) -> None: ...
+
+class CountCallsResponse(_message.Message):
+    __slots__ = ("counts",)
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    counts: _containers.RepeatedCompositeFieldContainer[CountRow]
+    def __init__(self, counts: _Optional[_Iterable[_Union[CountRow, _Mapping]]] = ...) -> None: ...
 
 class ArgumentMetadata(_message.Message):
     __slots__ = ("name", "type", "location", "fields", "held_string", "go", "variants", "float_type", "entry_registers", "entry_elsewhere")
@@ -421,7 +435,7 @@ class ReturnValueMetadata(_message.Message):
     def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., location: _Optional[str] = ..., held_string: _Optional[_Union[HeldStringMetadata, _Mapping]] = ..., variants: _Optional[_Union[EnumMetadata, _Mapping]] = ..., go: _Optional[_Union[GoValueMetadata, _Mapping]] = ..., float_type: _Optional[str] = ...) -> None: ...
 
 class UprobeConfig(_message.Message):
-    __slots__ = ("capture_args", "capture_return", "sample_rate", "max_events", "min_duration_ns", "predicate", "errors_only", "capture_only")
+    __slots__ = ("capture_args", "capture_return", "sample_rate", "max_events", "min_duration_ns", "predicate", "errors_only", "capture_only", "count_by")
     CAPTURE_ARGS_FIELD_NUMBER: _ClassVar[int]
     CAPTURE_RETURN_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
@@ -430,6 +444,7 @@ class UprobeConfig(_message.Message):
     PREDICATE_FIELD_NUMBER: _ClassVar[int]
     ERRORS_ONLY_FIELD_NUMBER: _ClassVar[int]
     CAPTURE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    COUNT_BY_FIELD_NUMBER: _ClassVar[int]
     capture_args: bool
     capture_return: bool
     sample_rate: int
@@ -438,7 +453,8 @@ class UprobeConfig(_message.Message):
     predicate: str
     errors_only: bool
     capture_only: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, capture_args: bool = ..., capture_return: bool = ..., sample_rate: _Optional[int] = ..., max_events: _Optional[int] = ..., min_duration_ns: _Optional[int] = ..., predicate: _Optional[str] = ..., errors_only: bool = ..., capture_only: _Optional[_Iterable[str]] = ...) -> None: ...
+    count_by: str
+    def __init__(self, capture_args: bool = ..., capture_return: bool = ..., sample_rate: _Optional[int] = ..., max_events: _Optional[int] = ..., min_duration_ns: _Optional[int] = ..., predicate: _Optional[str] = ..., errors_only: bool = ..., capture_only: _Optional[_Iterable[str]] = ..., count_by: _Optional[str] = ...) -> None: ...
 
 class AttachUprobeRequest(_message.Message):
     __slots__ = ("service", "function", "duration_ms", "config", "session_id", "agent_id", "client_label")
@@ -479,7 +495,7 @@ class DetachUprobeResponse(_message.Message):
     def __init__(self, session: _Optional[_Union[DebugSession, _Mapping]] = ...) -> None: ...
 
 class DebugSession(_message.Message):
-    __slots__ = ("session_id", "service", "function", "agent_id", "pids", "started_unix_ns", "expires_unix_ns", "ended_unix_ns", "status", "status_reason", "config", "calls", "lost", "probes", "total_calls", "sum_duration_ns", "max_duration_ns", "histogram", "parts", "owner", "unanswered", "return_probe", "inlined_into", "probe_cost_ns", "entry_instruction", "cpu_profile")
+    __slots__ = ("session_id", "service", "function", "agent_id", "pids", "started_unix_ns", "expires_unix_ns", "ended_unix_ns", "status", "status_reason", "config", "calls", "lost", "probes", "total_calls", "sum_duration_ns", "max_duration_ns", "histogram", "parts", "owner", "unanswered", "return_probe", "inlined_into", "probe_cost_ns", "entry_instruction", "cpu_profile", "counts")
     class LostEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -520,6 +536,7 @@ class DebugSession(_message.Message):
     PROBE_COST_NS_FIELD_NUMBER: _ClassVar[int]
     ENTRY_INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     CPU_PROFILE_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     service: str
     function: str
@@ -546,7 +563,37 @@ class DebugSession(_message.Message):
     probe_cost_ns: int
     entry_instruction: str
     cpu_profile: bool
-    def __init__(self, session_id: _Optional[str] = ..., service: _Optional[str] = ..., function: _Optional[str] = ..., agent_id: _Optional[str] = ..., pids: _Optional[_Iterable[int]] = ..., started_unix_ns: _Optional[int] = ..., expires_unix_ns: _Optional[int] = ..., ended_unix_ns: _Optional[int] = ..., status: _Optional[str] = ..., status_reason: _Optional[str] = ..., config: _Optional[_Union[UprobeConfig, _Mapping]] = ..., calls: _Optional[int] = ..., lost: _Optional[_Mapping[str, int]] = ..., probes: _Optional[int] = ..., total_calls: _Optional[int] = ..., sum_duration_ns: _Optional[int] = ..., max_duration_ns: _Optional[int] = ..., histogram: _Optional[_Mapping[int, int]] = ..., parts: _Optional[_Iterable[_Union[SessionPart, _Mapping]]] = ..., owner: _Optional[str] = ..., unanswered: _Optional[_Iterable[str]] = ..., return_probe: _Optional[str] = ..., inlined_into: _Optional[_Iterable[str]] = ..., probe_cost_ns: _Optional[int] = ..., entry_instruction: _Optional[str] = ..., cpu_profile: bool = ...) -> None: ...
+    counts: _containers.RepeatedCompositeFieldContainer[CountRow]
+    def __init__(self, session_id: _Optional[str] = ..., service: _Optional[str] = ..., function: _Optional[str] = ..., agent_id: _Optional[str] = ..., pids: _Optional[_Iterable[int]] = ..., started_unix_ns: _Optional[int] = ..., expires_unix_ns: _Optional[int] = ..., ended_unix_ns: _Optional[int] = ..., status: _Optional[str] = ..., status_reason: _Optional[str] = ..., config: _Optional[_Union[UprobeConfig, _Mapping]] = ..., calls: _Optional[int] = ..., lost: _Optional[_Mapping[str, int]] = ..., probes: _Optional[int] = ..., total_calls: _Optional[int] = ..., sum_duration_ns: _Optional[int] = ..., max_duration_ns: _Optional[int] = ..., histogram: _Optional[_Mapping[int, int]] = ..., parts: _Optional[_Iterable[_Union[SessionPart, _Mapping]]] = ..., owner: _Optional[str] = ..., unanswered: _Optional[_Iterable[str]] = ..., return_probe: _Optional[str] = ..., inlined_into: _Optional[_Iterable[str]] = ..., probe_cost_ns: _Optional[int] = ..., entry_instruction: _Optional[str] = ..., cpu_profile: bool = ..., counts: _Optional[_Iterable[_Union[CountRow, _Mapping]]] = ...) -> None: ...
+
+class CountRow(_message.Message):
+    __slots__ = ("key", "overflow", "unread", "cut", "calls", "errors", "sum_duration_ns", "max_duration_ns", "histogram")
+    class HistogramEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: int
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    OVERFLOW_FIELD_NUMBER: _ClassVar[int]
+    UNREAD_FIELD_NUMBER: _ClassVar[int]
+    CUT_FIELD_NUMBER: _ClassVar[int]
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    SUM_DURATION_NS_FIELD_NUMBER: _ClassVar[int]
+    MAX_DURATION_NS_FIELD_NUMBER: _ClassVar[int]
+    HISTOGRAM_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    overflow: bool
+    unread: bool
+    cut: bool
+    calls: int
+    errors: int
+    sum_duration_ns: int
+    max_duration_ns: int
+    histogram: _containers.ScalarMap[int, int]
+    def __init__(self, key: _Optional[str] = ..., overflow: bool = ..., unread: bool = ..., cut: bool = ..., calls: _Optional[int] = ..., errors: _Optional[int] = ..., sum_duration_ns: _Optional[int] = ..., max_duration_ns: _Optional[int] = ..., histogram: _Optional[_Mapping[int, int]] = ...) -> None: ...
 
 class SessionPart(_message.Message):
     __slots__ = ("agent_id", "session", "cursor", "complete", "detach_by")

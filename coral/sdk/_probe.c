@@ -1099,8 +1099,8 @@ emit_record(ProbeWrapper *w, unsigned long long start, unsigned long long end, P
         capture_for_tests(&rec);
 }
 
-/* A verdict from Python (coral/sdk/where.py): 0, CORAL_CALL_FILTERED or
- * CORAL_CALL_WHERE_ERROR. Anything else, or an exception (which is
+/* A verdict from Python (coral/sdk/where.py): 0, CORAL_CALL_FILTERED,
+ * CORAL_CALL_WHERE_ERROR or (coral/sdk/countby.py) CORAL_CALL_COUNTED. Anything else, or an exception (which is
  * cleared: a condition never raises into the service), is a where_error. */
 static unsigned int
 as_verdict(PyObject *v)
@@ -1112,8 +1112,8 @@ as_verdict(PyObject *v)
     long x = PyLong_CheckExact(v) ? PyLong_AsLong(v) : -1;
     if (x == -1 && PyErr_Occurred())
         PyErr_Clear();
-    return (x == 0 || x == CORAL_CALL_FILTERED || x == CORAL_CALL_WHERE_ERROR) ? (unsigned int)x
-                                                                               : CORAL_CALL_WHERE_ERROR;
+    return (x == 0 || x == CORAL_CALL_FILTERED || x == CORAL_CALL_WHERE_ERROR || x == CORAL_CALL_COUNTED)
+               ? (unsigned int)x : CORAL_CALL_WHERE_ERROR;
 }
 
 static inline int
@@ -1663,7 +1663,8 @@ PyInit__probe(void)
         PyModule_AddIntConstant(m, "CALL_TRUNCATED", CORAL_CALL_TRUNCATED) < 0 ||
         PyModule_AddObjectRef(m, "UNREADABLE", unreadable) < 0 ||
         PyModule_AddIntConstant(m, "CALL_FILTERED", CORAL_CALL_FILTERED) < 0 ||
-        PyModule_AddIntConstant(m, "CALL_WHERE_ERROR", CORAL_CALL_WHERE_ERROR) < 0) {
+        PyModule_AddIntConstant(m, "CALL_WHERE_ERROR", CORAL_CALL_WHERE_ERROR) < 0 ||
+        PyModule_AddIntConstant(m, "CALL_COUNTED", CORAL_CALL_COUNTED) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -13,6 +13,7 @@ CALL_TRUNCATED: int
 CALL_FILTERED: int
 UNREADABLE: object
 CALL_WHERE_ERROR: int
+CALL_COUNTED: int
 
 def python_layout() -> dict[str, int] | None: ...
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from coral.daemon.errors import InvalidArgument
-from coral.sdk import _probe, targets, where
+from coral.sdk import _probe, countby, targets, where
 from coral.sdk.settings import SdkSettings
 from coral.sdk.targets import MISSING, Kind, Target
 
@@ -55,6 +55,7 @@ class Arm:
     installed: Callable[..., Any]  # what callers reach now: the probe, or a coroutine/generator wrapper
     sites: list[Site] = field(default_factory=list)
     condition: str = ""  # the --where text the probe evaluates ("" for none)
+    tally: countby.Tally | None = None  # --count-by: the calls counted by key, none reported
 
 
 def _entry_verdict(probe: _probe.ProbeWrapper, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, int]:
@@ -187,16 +188,22 @@ class ArmRegistry:
         return self._by_id.get(fn_id)
 
     def arm(self, name: str, fn_id: int, *, capture_args: bool = True, capture_return: bool = True,
-            condition: str = "") -> Arm:
+            condition: str = "", count_by: str = "") -> Arm:
         """Arm ``name`` under ``fn_id``. Idempotent per fn_id; arming an
         armed function under another fn_id re-stamps it (last one wins).
         ``condition`` (--where) replaces the one it was armed with; a
         condition that does not fit the function is InvalidArgument, and
-        nothing is armed."""
+        nothing is armed. ``count_by`` (--count-by) counts each call by that
+        key in a new table (arm.tally) and reports none."""
         with self.lock:
             target = self.resolve(name)
-            compiled = (where.compile_condition(condition, name, target.function, self.settings.is_sensitive)
-                        if condition else None)
+            tally = countby.Tally() if count_by else None
+            if tally is not None:
+                compiled: where.Condition | None = countby.compile_counting(
+                    count_by, condition, name, target.function, self.settings.is_sensitive, tally)
+            else:
+                compiled = (where.compile_condition(condition, name, target.function, self.settings.is_sensitive)
+                            if condition else None)
             arm = self.arm_of(target.function)
             other = self._by_id.get(fn_id)
             if other is not None and other is not arm:
@@ -214,6 +221,7 @@ class ArmRegistry:
             arm.probe.capture_args = capture_args
             arm.probe.capture_return = capture_return
             arm.condition = condition
+            arm.tally = tally
             # another thread's call between the two stores may see one half of each: at worst a where_error
             arm.probe.where_return = compiled.at_return if compiled else None
             arm.probe.where_entry = compiled.at_entry if compiled else None

@@ -78,6 +78,7 @@ class ProcessApi:
             "GetFunctionMetadata": self.function_metadata,
             "ArmFunction": self.arm_function,
             "DisarmFunction": self.disarm_function,
+            "CountCalls": self.count_calls,
         }
 
     def ping(self, req: pb.PingRequest, peer: Peer) -> pb.PingResponse:
@@ -105,13 +106,26 @@ class ProcessApi:
         if not req.function:
             raise InvalidArgument("a function name is required")
         self.arms.arm(req.function, req.fn_id, capture_args=req.config.capture_args, capture_return=req.config.capture_return,
-                      condition=req.config.predicate)
+                      condition=req.config.predicate, count_by=req.config.count_by)
         return pb.ArmFunctionResponse(metadata=function_metadata(self.arms, req.function, self.pid))
+
+    def count_calls(self, req: pb.CountCallsRequest, peer: Peer) -> pb.CountCallsResponse:
+        """--count-by: the rows so far (the live table); none for a function not counted."""
+        if not may_arm(peer):
+            raise PermissionDenied(f"{peer.who} may not read counts in pid {self.pid}")
+        arm = self.arms.get(req.fn_id)
+        tally = arm.tally if arm is not None else None
+        return pb.CountCallsResponse(counts=tally.messages(self.arms.settings.rules.text) if tally is not None else [])
 
     def disarm_function(self, req: pb.DisarmFunctionRequest, peer: Peer) -> pb.DisarmFunctionResponse:
         if not may_arm(peer):
             raise PermissionDenied(f"{peer.who} may not disarm functions in pid {self.pid}")
-        return pb.DisarmFunctionResponse(was_armed=self.arms.disarm(req.fn_id))
+        arm = self.arms.get(req.fn_id)
+        tally = arm.tally if arm is not None else None
+        was_armed = self.arms.disarm(req.fn_id)
+        # Read after the disarm: nothing adds to the table any more (but a call already returning).
+        counts = tally.messages(self.arms.settings.rules.text) if tally is not None else []
+        return pb.DisarmFunctionResponse(was_armed=was_armed, counts=counts)
 
 
 def registration_request(service: str, pid: int, address: str) -> pb.RegisterProcessRequest:
