@@ -110,6 +110,15 @@ def test_every_json_line_has_the_documented_fields(
     printed["DebugSession"].append(templated)
     printed["Call"] += [r for r in map(json.loads, out.splitlines()) if r["kind"] == "call"]
 
+    proc, stacked = start_attach(env, "payments", "validate_card", "--duration", "1s", "--stack", "--no-save")
+    payments.call(1)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    printed["DebugSession"].append(stacked)
+    with_stack = [json.loads(line) for line in out.splitlines()]
+    printed["Call"] += with_stack[:-1]
+    printed["Summary"].append(with_stack[-1])
+
     events = json_lines(env, "debug", "events", session_id)
     assert [r["kind"] for r in events][-1] == "summary"
     printed["Call"] += events[:-1]

@@ -151,6 +151,7 @@ class Agent:
         self._deferred_total = 0
         self.followers = Waiters()  # QueryUprobeEvents with wait_ms, held until their session has news
         self.profiles = Profiles()  # each in its own thread; answered from the loop
+        self.sessions.symbolizer = self.profiles.symbolizer  # --stack: the same files, read once
         self.retention = Retention(parse_age(config.agent.retention))
         self.purges = PurgeSchedule(config.agent.purge_interval)
         handlers: dict[str, Handler] = {

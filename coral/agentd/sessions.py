@@ -18,9 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from coral.agentd import abi, conditions, showvalues, where_native
+from coral.agentd import abi, callstacks, conditions, showvalues, where_native
 from coral.agentd.callblocks import CallBlock, CallRow, calls_of, rows_in_blocks, take
 from coral.agentd.engine import (
+    STACK_COPY,
+    STACK_WALK,
+    STACKS,
     NativeRecord,
     ProbeEngine,
     ProbeError,
@@ -28,12 +31,14 @@ from coral.agentd.engine import (
     Site,
     SlotConfig,
     SlotStats,
+    StackRecord,
     Timings,
 )
 from coral.agentd.memory import release_idle_pages, trim_heap
 from coral.agentd.probecost import ProbeCosts, first_bytes
 from coral.agentd.registry import ProcessRegistry, Registration
 from coral.agentd.store import EventStore, SessionRow
+from coral.agentd.symbolize import Symbolizer, sets_up_frame
 from coral.agentd.targets import native_sites, python_site
 from coral.agentd.totals import CallTotals
 from coral.daemon.config import Config
@@ -63,6 +68,33 @@ def wall_clock_offset_ns() -> int:
 
 
 MAX_CAPTURE_ONLY = 16
+MAX_AWAITING = 20000  # --stack: calls held for their stack; past it they go without (lost: stack_missing)
+
+
+def check_stack(config: pb.UprobeConfig) -> None:
+    """--stack's bounds (docs/protocol.md, UprobeConfig.stack)."""
+    if not config.stack:
+        if config.stack_depth or config.stack_bytes or config.stack_unwind:
+            raise InvalidArgument("stack_depth, stack_bytes and stack_unwind need --stack")
+        return
+    if config.stack_depth > callstacks.MAX_DEPTH:
+        raise InvalidArgument(f"--stack-depth {config.stack_depth} is over the limit of {callstacks.MAX_DEPTH} frames")
+    if config.stack_bytes > callstacks.MAX_BYTES:
+        raise InvalidArgument(f"--stack-bytes {config.stack_bytes} is over the limit of {callstacks.MAX_BYTES}")
+    if config.stack_unwind not in ("", *callstacks.UNWINDS):
+        raise InvalidArgument(f"--stack-unwind {config.stack_unwind!r}: one of {', '.join(callstacks.UNWINDS)}")
+
+
+def stack_unwind_of(config: pb.UprobeConfig, meta: pb.FunctionMetadata, first: bytes) -> str:
+    """How a native session takes stacks: as asked, else frame pointers
+    where the code keeps them (Go always does; a C or C++ function that
+    pushes %rbp and points it at its frame was built with them), else a
+    copy unwound with .eh_frame."""
+    if config.stack_unwind:
+        return config.stack_unwind
+    if meta.kind == "go":
+        return "fp"
+    return "fp" if sets_up_frame(first) else "tables"
 
 
 def check_capture_only(config: pb.UprobeConfig, meta: pb.FunctionMetadata, rules: Rules) -> None:
@@ -116,6 +148,15 @@ class NativeShape:
 
 
 @dataclass
+class Awaiting:
+    """--stack: a call drained before it could be stored with its stack."""
+
+    record: NativeRecord | PythonRecord
+    drain: int  # the collect that drained it
+    stack: StackRecord | None = None
+
+
+@dataclass
 class Target:
     reg: Registration
     meta: pb.FunctionMetadata
@@ -148,6 +189,11 @@ class Session:
     lost: Counter[str] = field(default_factory=Counter)
     final: SlotStats | None = None
     shapes: dict[int, tuple[pb.FunctionMetadata, NativeShape]] = field(default_factory=dict)  # by pid, as calls come
+    stack_unwind: str = ""  # --stack: fp | tables (DebugSession.stack_unwind); "" without
+    stacks: callstacks.SessionStacks | None = None
+    # --stack: calls drained before their stack (it follows them in the ring
+    # buffer), or before the session's files were read; at most MAX_AWAITING.
+    awaiting: builtins.list[Awaiting] = field(default_factory=list)
 
     @property
     def pids(self) -> list[int]:
@@ -168,6 +214,8 @@ class Session:
              "owner": self.owner, "unanswered": self.unanswered, "return_probe": self.return_probe,
              "inlined_into": self.inlined_into, "entry_instruction": self.entry_instruction,
              "probe_cost_ns": self.probe_cost_ns,
+             "stack": c.stack, "stack_depth": c.stack_depth, "stack_bytes": c.stack_bytes,
+             "stack_unwind": self.stack_unwind, "stack_unwind_asked": c.stack_unwind,
              "stats": {"calls": stats.calls, "sum_ns": stats.sum_ns, "max_ns": stats.max_ns,
                        "histogram": {str(k): v for k, v in stats.histogram.items()}}},
             {k: v for k, v in lost.items() if v},
@@ -194,8 +242,9 @@ class Starting:
 
 class SessionManager:
     def __init__(self, config: Config, agent_id: str, registry: ProcessRegistry, store: EventStore,
-                 ask: AskProcess, engine: ProbeEngine) -> None:
+                 ask: AskProcess, engine: ProbeEngine, symbolizer: Symbolizer | None = None) -> None:
         self.config = config
+        self.symbolizer = symbolizer or Symbolizer()  # --stack: files read once, shared with the profiles
         self.agent_id = agent_id
         self.registry = registry
         self.store = store
@@ -223,6 +272,7 @@ class SessionManager:
         self.may_drain: Callable[[], bool] = lambda: True
         self._trimmed = 0.0
         self._seq = store.next_seq()
+        self._drains = 0  # collects so far (--stack: how long a call has waited for its stack)
         # Python: one fn_id per function name, shared by every session and
         # process; a function stays armed while any session uses it.
         self._fn_id_source = itertools.count(int(time.time()) << 20)
@@ -249,6 +299,7 @@ class SessionManager:
         if req.config.max_events > events_limit:
             raise InvalidArgument(f"max_events {req.config.max_events} exceeds this agent's limit of {events_limit} "
                                   f"([sessions] max_events_per_session); ask for {events_limit} or less")
+        check_stack(req.config)
         if req.session_id and (len(req.session_id) > 64 or not req.session_id.isprintable()):
             raise InvalidArgument("session id must be up to 64 printable characters")
         session_id = req.session_id or f"dbg-{secrets.token_hex(6)}"
@@ -368,6 +419,9 @@ class SessionManager:
         check_capture_only(req.config, first, self.rules)
         record_slots = abi.record_slots(first, req.config.capture_args, req.config.capture_return,
                                         self.engine.string_bytes)
+        unwind = ""
+        if req.config.stack and first.kind != "python":
+            unwind = stack_unwind_of(req.config, first, first_bytes(targets[0].sites[0]))
         slot_config = SlotConfig(
             sample_rate=req.config.sample_rate or 1, capture_args=req.config.capture_args,
             capture_return=req.config.capture_return, min_duration_ns=req.config.min_duration_ns,
@@ -376,6 +430,8 @@ class SessionManager:
             held_result=record_slots.held_result,
             stack_bytes=abi.stack_bytes(first, self.engine.stack_bytes) if req.config.capture_args else 0,
             where=None if first.kind == "python" else native_condition(req.config, first, self.rules),
+            call_stack=STACK_WALK if unwind == "fp" else STACK_COPY if unwind == "tables" else 0,
+            call_stack_bytes=req.config.stack_bytes or callstacks.DEFAULT_BYTES,
         )
         try:
             slot = self.engine.open_slot(slot_config, [s for t in targets for s in t.sites],
@@ -397,6 +453,11 @@ class SessionManager:
         if first.kind != "python":
             session.entry_instruction, session.probe_cost_ns = self.probe_costs.of(
                 first_bytes(targets[0].sites[0]), session.return_probe)
+        if unwind:
+            session.stack_unwind = unwind
+            entries = {t.reg.pid: next((s.func_ip or s.runtime_ip for s in t.sites), 0) for t in targets}
+            session.stacks = callstacks.SessionStacks(self.symbolizer, session.pids, entries,
+                                                      req.config.stack_depth or callstacks.DEFAULT_DEPTH)
         self.active[session.session_id] = session
         self._finish_closed()  # the slot may have been freed since the last drain: its last session is done
         self._by_slot[slot] = session
@@ -433,29 +494,74 @@ class SessionManager:
         of records at most, 0: all; `more_waiting` says if it stopped there)."""
         n = 0
         drained, self.more_waiting = self.engine.drain(limit)
+        self._drains += 1
+        stacks: dict[tuple[int, int, int], StackRecord] = {}
+        for slot, calls in drained:
+            if slot == STACKS:
+                stacks.update(((r.pid, r.tid, r.start_ns), r) for r in cast(builtins.list[StackRecord], calls))
         for slot, calls in drained:
             session = self._by_slot.get(slot)  # active, or ended with calls still to read
             if session is None:
                 continue
             n += len(calls)
-            kept = min(len(calls), max(session.max_events - session.stored, 0))
-            if kept < len(calls):
-                session.lost["max_events"] += len(calls) - kept
-            if not kept:
+            if session.stacks is not None and not isinstance(calls, Timings):
+                session.awaiting += [Awaiting(cast(NativeRecord, r), self._drains) for r in calls]
                 continue
-            session.stored += kept
-            if isinstance(calls, Timings):
-                t = calls.head(kept)
-                block = CallBlock(session.session_id, self._seq, t.start_ns + self._clock_offset, t.end_ns - t.start_ns,
-                                  t.pid, t.tid)
-            else:
-                block = self._values_block(session, calls[:kept])
-            self._pending.append(block)
-            self._pending_calls += kept
-            self._seq += kept
-            self.news.add(session.session_id)
+            self._store_calls(session, cast("Timings | builtins.list[NativeRecord | PythonRecord]", calls))
+        for session in list(self._by_slot.values()):
+            if session.awaiting:
+                self._store_stacked(session, stacks, final=False)
         self._finish_closed()
         return n
+
+    def _store_stacked(self, s: Session, stacks: dict[tuple[int, int, int], StackRecord], final: bool) -> None:
+        """--stack: store the calls whose stack has come (it follows their
+        records in the ring buffer, in the same or the next drain), and those
+        that waited a drain longer for it, without (lost: stack_missing);
+        none until the session's files are read, unless `final` or too many wait."""
+        for a in s.awaiting:
+            if a.stack is None:
+                r = a.record
+                a.stack = stacks.get((r.pid, r.tid, r.start_ns))
+        stacker = s.stacks
+        if stacker is None:
+            return
+        ready = stacker.ready()
+        if not ready and not final and len(s.awaiting) <= MAX_AWAITING:
+            return
+        done = 0
+        for a in s.awaiting:
+            if a.stack is None and a.drain == self._drains and not final:
+                break  # its stack may be in the next drain
+            done += 1
+        taken, s.awaiting = s.awaiting[:done], s.awaiting[done:]
+        texts = []
+        for a in taken:
+            if a.stack is None or not ready:
+                s.lost["stack_missing"] += 1
+                texts.append("")
+            else:
+                texts.append(stacker.symbolize(a.stack).to_json())
+        self._store_calls(s, [a.record for a in taken], texts)
+
+    def _store_calls(self, session: Session, calls: Timings | builtins.list[NativeRecord | PythonRecord],
+                     stacks: builtins.list[str] | None = None) -> None:
+        kept = min(len(calls), max(session.max_events - session.stored, 0))
+        if kept < len(calls):
+            session.lost["max_events"] += len(calls) - kept
+        if not kept:
+            return
+        session.stored += kept
+        if isinstance(calls, Timings):
+            t = calls.head(kept)
+            block = CallBlock(session.session_id, self._seq, t.start_ns + self._clock_offset, t.end_ns - t.start_ns,
+                              t.pid, t.tid)
+        else:
+            block = self._values_block(session, calls[:kept], None if stacks is None else stacks[:kept])
+        self._pending.append(block)
+        self._pending_calls += kept
+        self._seq += kept
+        self.news.add(session.session_id)
 
     def _finish_closed(self) -> None:
         """The ended sessions whose probes are gone and whose every call has
@@ -466,6 +572,8 @@ class SessionManager:
             session = self._by_slot.get(slot)
             if session is None or session.session_id in self.active:
                 continue  # a slot whose opening failed, or the agent's own
+            if session.awaiting:
+                self._store_stacked(session, {}, final=True)
             del self._by_slot[slot]
             self._closing.pop(session.session_id, None)
             session.final = final
@@ -492,7 +600,8 @@ class SessionManager:
         else:
             answer()
 
-    def _values_block(self, s: Session, records: builtins.list[NativeRecord | PythonRecord]) -> CallBlock:
+    def _values_block(self, s: Session, records: builtins.list[NativeRecord | PythonRecord],
+                      stacks: builtins.list[str] | None = None) -> CallBlock:
         """Calls with captured values (or a Python exception), one by one."""
         columns: builtins.list[builtins.list[Any]] = [[], [], [], [], [], []]
         for rec in records:
@@ -525,7 +634,9 @@ class SessionManager:
                    json.dumps(ret) if ret else "")
             for column, value in zip(columns, row, strict=True):
                 column.append(value)
-        return CallBlock.of_values(s.session_id, self._seq, *columns)
+        start_ns, duration_ns, pids, tids, args_json, ret_json = columns
+        return CallBlock.of_values(s.session_id, self._seq, start_ns, duration_ns, pids, tids, args_json, ret_json,
+                                   stacks)
 
     def _native_values(
         self, s: Session, meta: pb.FunctionMetadata, shape: NativeShape, rec: NativeRecord
@@ -690,7 +801,10 @@ class SessionManager:
                                    max_events=int(cast(int, c.get("max_events", 0))),
                                    min_duration_ns=int(cast(int, c.get("min_duration_ns", 0))),
                                    predicate=str(c.get("predicate", "")), errors_only=bool(c.get("errors_only")),
-                                   capture_only=[str(n) for n in cast(list[object], c.get("capture_only", []))]),
+                                   capture_only=[str(n) for n in cast(list[object], c.get("capture_only", []))],
+                                   stack=bool(c.get("stack")), stack_depth=int(cast(int, c.get("stack_depth", 0))),
+                                   stack_bytes=int(cast(int, c.get("stack_bytes", 0))),
+                                   stack_unwind=str(c.get("stack_unwind_asked", ""))),
             total_calls=int(stats.get("calls", 0)), sum_duration_ns=int(stats.get("sum_ns", 0)),
             max_duration_ns=int(stats.get("max_ns", 0)),
             histogram={int(k): int(v) for k, v in cast(dict[str, int], stats.get("histogram", {})).items()},
@@ -700,6 +814,7 @@ class SessionManager:
             inlined_into=[str(x) for x in cast(list[object], c.get("inlined_into", []))],
             entry_instruction=str(c.get("entry_instruction", "")),
             probe_cost_ns=int(cast(int, c.get("probe_cost_ns", 0))),
+            stack_unwind=str(c.get("stack_unwind", "")),
         )
 
     def session(self, session_id: str) -> pb.DebugSession:
@@ -756,4 +871,8 @@ class SessionManager:
             call.args.extend(pb.FunctionArgument(**a) for a in json.loads(r.args))
         if r.ret:
             call.return_value.CopyFrom(pb.FunctionReturnValue(**json.loads(r.ret)))
+        if r.stack:
+            stack = json.loads(r.stack)
+            call.stack.extend(pb.StackFrame(function=f[0], file=f[1], line=f[2], module=f[3]) for f in stack["frames"])
+            call.stack_truncated = bool(stack["truncated"])
         return call

@@ -271,6 +271,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a.add_argument("--errors-only", action="store_true",
                    help="report only calls that failed: Python raised, Go err != nil (and-ed with --where)")
+    a.add_argument("--stack", action="store_true",
+                   help="record each call's user stack (its callers), symbolized; the summary shows the top callers")
+    a.add_argument("--stack-depth", type=positive_int, default=0, metavar="N",
+                   help="frames kept per stack (default 64, at most 127)")
+    a.add_argument("--stack-bytes", type=positive_int, default=0, metavar="N",
+                   help="bytes of stack copied per call where there are no frame pointers (default 4096, at most 8192)")
+    a.add_argument("--stack-unwind", choices=("fp", "tables"), default="",
+                   help="native stacks: walk frame pointers, or unwind a copy with .eh_frame "
+                        "(default: frame pointers where the function keeps them)")
     s = command(debug, "sessions", "list debug sessions", common)
     s.add_argument("--active", action="store_true", help="only active sessions")
     s.add_argument("--service", default="", help="only this service's sessions")
@@ -407,6 +416,10 @@ class Ctl:
             min_duration_ns=round(a.min_duration * 1e9),
             predicate=a.where or "",
             errors_only=a.errors_only,
+            stack=a.stack,
+            stack_depth=a.stack_depth,
+            stack_bytes=a.stack_bytes,
+            stack_unwind=a.stack_unwind,
         )
         r = cast(
             pb.AttachUprobeResponse,

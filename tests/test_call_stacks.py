@@ -1,0 +1,152 @@
+"""--stack: a function called from two callers, an exact number of times
+each, is attributed exactly per caller; built with frame pointers (-O0,
+walked by the kernel) and at -O2 without them (a copy of the stack unwound
+by the agent with .eh_frame), in C and C++; through a real agent and
+coral-run, with real BPF."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness import CoralEnv, NativeService, Process, coralctl, start_attach
+
+# Each input line "alpha N" or "beta N": work() called N times from that caller.
+SOURCE = r"""
+#include <stdio.h>
+#include <string.h>
+#ifdef __cplusplus
+extern "C" {
+#endif
+static volatile long total;
+
+__attribute__((noinline)) long work(long i)
+{
+    total += i;
+    __asm__ volatile("" ::: "memory");
+    return total;
+}
+
+__attribute__((noinline)) long from_alpha(long n)
+{
+    long r = 0;
+    for (long i = 0; i < n; i++)
+        r += work(i);
+    __asm__ volatile("" : "+r"(r)); /* no tail call: the loop's last call returns here */
+    return r;
+}
+
+__attribute__((noinline)) long from_beta(long n)
+{
+    long r = 0;
+    for (long i = 0; i < n; i++)
+        r += work(2 * i);
+    __asm__ volatile("" : "+r"(r));
+    return r;
+}
+#ifdef __cplusplus
+}
+#endif
+
+int main(void)
+{
+    char line[64], what[16];
+    long n;
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    while (fgets(line, sizeof line, stdin)) {
+        if (sscanf(line, "%15s %ld", what, &n) != 2) {
+            puts("?");
+            continue;
+        }
+        long r = !strcmp(what, "alpha") ? from_alpha(n) : from_beta(n);
+        printf("%s %ld = %ld\n", what, n, r);
+    }
+    return 0;
+}
+"""
+
+# (compiler flags, the unwinding the agent picks)
+BUILDS = {
+    "c -O0 frame pointers": (["gcc", "-x", "c", "-O0", "-fno-omit-frame-pointer"], "fp"),
+    "c -O2 no frame pointers": (["gcc", "-x", "c", "-O2", "-fomit-frame-pointer"], "tables"),
+    "c++ -O2 no frame pointers": (["g++", "-x", "c++", "-O2", "-fomit-frame-pointer"], "tables"),
+    "c++ -O0 frame pointers": (["g++", "-x", "c++", "-O0", "-fno-omit-frame-pointer"], "fp"),
+}
+
+
+@pytest.fixture(scope="module", params=list(BUILDS))
+def callers(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    work = tmp_path_factory.mktemp("callers")
+    (work / "callers.c").write_text(SOURCE)
+    out = work / "callers"
+    flags, unwind = BUILDS[request.param]
+    subprocess.run([*flags, "-g", "-Wall", "-o", str(out), str(work / "callers.c")], check=True)
+    return out, unwind
+
+
+def attach_and_call(env: CoralEnv, binary: Path, *flags: str) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+    """alpha 7, beta 13, alpha 5: the session line, its calls and its summary."""
+    svc = NativeService(env, binary, service="callers")
+    try:
+        attach, first = start_attach(env, "callers", "work", "--local", "--duration", "3s", "--no-save", "--stack",
+                                     *flags)
+        for line in ("alpha 7", "beta 13", "alpha 5"):
+            assert svc.call(line).startswith(line), line
+        out, _ = attach.communicate(timeout=60)
+    finally:
+        svc.stop()
+    records = [json.loads(line) for line in out.splitlines()]
+    summary = records[-1]
+    assert summary["kind"] == "summary", summary
+    return first, [r for r in records if r.get("kind") == "call"], summary
+
+
+def test_each_call_is_attributed_to_its_caller(coral_env: CoralEnv, agent: Process,
+                                               callers: tuple[Path, str]) -> None:
+    """12 calls from from_alpha and 13 from from_beta, each with work
+    first, its caller second and main below; the unwinding the build
+    allows; the top callers in the summary."""
+    binary, unwind = callers
+    first, calls, summary = attach_and_call(coral_env, binary)
+    assert first["stack_unwind"] == unwind, first
+    assert summary["calls"] == 25 and summary["lost"] == {}, summary
+    assert len(calls) == 25
+    by_caller: Counter[str] = Counter()
+    for call in calls:
+        names = [f["function"] for f in call["stack"]]
+        assert names[0] == "work", names
+        assert "main" in names, names
+        assert names.index("main") == 2, names
+        assert not call["stack_truncated"], call
+        by_caller[names[1]] += 1
+    assert by_caller == {"from_alpha": 12, "from_beta": 13}, by_caller
+    files = {f["file"] for call in calls for f in call["stack"][:3]}
+    assert files == {"callers.c"}, files  # file:line from DWARF
+    top = {c["caller"]: c["calls"] for c in summary["top_callers"]}
+    assert top == {"from_alpha": 12, "from_beta": 13}, summary["top_callers"]
+
+
+def test_a_short_depth_is_shown_as_truncated(coral_env: CoralEnv, agent: Process,
+                                              callers: tuple[Path, str]) -> None:
+    """--stack-depth 2 keeps work and its caller, and says more were left out."""
+    binary, _ = callers
+    _, calls, _ = attach_and_call(coral_env, binary, "--stack-depth", "2")
+    assert len(calls) == 25
+    assert all(len(c["stack"]) == 2 and c["stack_truncated"] for c in calls), calls[0]
+    assert Counter(c["stack"][1]["function"] for c in calls) == {"from_alpha": 12, "from_beta": 13}
+
+
+def test_stack_options_are_checked(coral_env: CoralEnv, agent: Process, callers: tuple[Path, str]) -> None:
+    binary, _ = callers
+    svc = NativeService(coral_env, binary, service="callers")
+    try:
+        got = coralctl(coral_env, "--local", "debug", "attach", "callers", "--function", "work", "--stack",
+                       "--stack-depth", "500", "--no-save")
+        assert got.returncode != 0 and "--stack-depth 500 is over the limit of 127 frames" in got.stderr, got.stderr
+    finally:
+        svc.stop()
