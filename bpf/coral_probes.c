@@ -1316,7 +1316,7 @@ static __always_inline u64 python_call(struct pt_regs *ctx, u64 watching, u64 id
             bump_stat(slot, verdict & CORAL_CALL_WHERE_ERROR ? ST_WHERE_ERROR : ST_FILTERED);
             continue;
         }
-        if (!(cfg->capture & 3) && !raised) {
+        if (!(cfg->capture & 3) && !raised && !((u32)head[4] & CORAL_CALL_STACK)) {
             // Timing only: 56 bytes instead of the whole record.
             struct python_timing_event *t = events.ringbuf_reserve(sizeof(*t));
             if (!t) {
@@ -1341,7 +1341,10 @@ static __always_inline u64 python_call(struct pt_regs *ctx, u64 watching, u64 id
         e->slot = slot;
         e->pid = id >> 32;
         e->tid = (u32)id;
-        if (bpf_probe_read_user(&e->call, sizeof(e->call), rec) != 0) {
+        // The Python frames (--stack) only when the SDK put them there.
+        long read = (u32)head[4] & CORAL_CALL_STACK ? bpf_probe_read_user(&e->call, sizeof(e->call), rec)
+                                                    : bpf_probe_read_user(&e->call, offsetof(struct coral_call, stack), rec);
+        if (read != 0) {
             events.ringbuf_discard(e, 0);
             bump_stat(slot, ST_UNREADABLE);
             continue;

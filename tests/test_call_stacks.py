@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from tests.harness import CoralEnv, NativeService, Process, coralctl, start_attach
+from tests.test_native_e2e import wait_for_service
 
 # Each input line "alpha N" or "beta N": work() called N times from that caller.
 SOURCE = r"""
@@ -150,3 +152,78 @@ def test_stack_options_are_checked(coral_env: CoralEnv, agent: Process, callers:
         assert got.returncode != 0 and "--stack-depth 500 is over the limit of 127 frames" in got.stderr, got.stderr
     finally:
         svc.stop()
+
+
+PYTHON_SERVICE = r'''
+import sys
+
+import coral.sdk
+
+
+def work(i):
+    return i * 2
+
+
+def from_alpha(n):
+    return sum(work(i) for i in range(n))
+
+
+def from_beta(n):
+    total = 0
+    for i in range(n):
+        total += work(i)
+    return total
+
+
+def main():
+    coral.sdk.init(service="callers-py")
+    print("ready", flush=True)
+    for line in sys.stdin:
+        what, n = line.split()
+        r = from_alpha(int(n)) if what == "alpha" else from_beta(int(n))
+        print(f"{what} {n} = {r}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
+'''
+
+
+def test_python_calls_are_attributed_to_their_python_callers(coral_env: CoralEnv, agent: Process,
+                                                             tmp_path: Path) -> None:
+    """The SDK puts the Python frames in each record: work first (where it
+    is defined), then its caller (from_alpha through its generator
+    expression, or from_beta), then main, with files and lines."""
+    script = tmp_path / "callers_py.py"
+    script.write_text(PYTHON_SERVICE)
+    proc = subprocess.Popen([sys.executable, str(script)], env=coral_env.env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.readline().strip() == "ready"
+        wait_for_service(coral_env, "callers-py")
+        attach, first = start_attach(coral_env, "callers-py", "__main__.work", "--local", "--duration", "3s",
+                                     "--no-save", "--stack")
+        assert first["stack_unwind"] == "python", first
+        for line in ("alpha 7", "beta 13", "alpha 5"):
+            proc.stdin.write(line + "\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().startswith(line)
+        out, _ = attach.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait(10)
+    records = [json.loads(line) for line in out.splitlines()]
+    calls = [r for r in records if r.get("kind") == "call"]
+    assert len(calls) == 25 and records[-1]["calls"] == 25, records[-1]
+    callers: Counter[str] = Counter()
+    for call in calls:
+        names = [f["function"] for f in call["stack"]]
+        assert names[0] == "work" and "main" in names, names
+        assert not call["stack_truncated"]
+        # from_alpha calls work from its generator expression
+        callers["from_alpha" if names[1] == "from_alpha.<locals>.<genexpr>" else names[1]] += 1
+        assert all(Path(f["file"]).name == "callers_py.py" and f["line"] > 0 for f in call["stack"]), call["stack"]
+    assert callers == {"from_alpha": 12, "from_beta": 13}, callers
+    assert {c["caller"]: c["calls"] for c in records[-1]["top_callers"]} == {
+        "from_alpha.<locals>.<genexpr>": 12, "from_beta": 13}

@@ -15,7 +15,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from coral.agentd.engine import StackRecord
+from coral.agentd.engine import CALL_STACK, CALL_STACK_CUT, StackRecord
 from coral.agentd.symbolize import Symbolizer, maps_of
 from coral.procmaps import Mapping
 
@@ -110,3 +110,17 @@ class SessionStacks:
         if cut or len(known.frames) > self.depth:
             return Symbolized(known.frames[: self.depth], True)
         return known
+
+
+def python_stack(text: bytes, flags: int) -> str:
+    """A Python call's frames as the SDK wrote them (bpf/coral_call.h:
+    "qualname\tfile\tline" a line, the function's own first), as stored."""
+    if not flags & CALL_STACK:
+        return ""
+    frames = []
+    for line in text.decode(errors="replace").split("\n"):
+        parts = line.split("\t")
+        if len(parts) == 3:
+            name, file, number = parts
+            frames.append((name[:500], file[:300], int(number) if number.isdigit() else 0, ""))
+    return Symbolized(tuple(frames), bool(flags & CALL_STACK_CUT)).to_json()

@@ -48,6 +48,7 @@ URETPROBE_DEPTH = 64  # the kernel's MAX_URETPROBE_DEPTH: uretprobes open at onc
 EV_NATIVE, EV_PYTHON, EV_PYTHON_TIMING, EV_NATIVE_TIMING = 1, 2, 3, 4
 EV_STACK_WALK, EV_STACK_COPY = 5, 6  # --stack: a call's stack, after its records (coral_records.h)
 STACK_WALK, STACK_COPY = 1, 2  # slot_config.stack: frame pointers walked by the kernel, or a copy for .eh_frame
+CALL_STACK, CALL_STACK_CUT = 0x10, 0x20  # struct coral_call's flags (bpf/coral_call.h): Python frames in `stack`
 UNREAD_STACK = 4  # native_event.unread: a Go call's stack arguments were not copied (bits 0, 1: its string slots)
 
 
@@ -156,6 +157,7 @@ class PythonRecord:
     flags: int
     args: bytes
     ret: bytes
+    stack: bytes = b""  # --stack: the SDK's text of the call's Python frames (bpf/coral_call.h); b"" if none
 
 
 @dataclass(frozen=True)
@@ -277,8 +279,9 @@ class ProbeEngine:
         at_call = python.values("call").start
         self._python_scalars = itemgetter(*(python.values(n).start for n in ("slot", "pid", "tid")), *(
             at_call + call.values(n).start for n in ("fn_id", "call_id", "start_ns", "end_ns", "flags", "args_len",
-                                                     "ret_len", "args", "ret")))
+                                                     "ret_len", "args", "ret", "stack_len", "stack")))
         self._args_max, self._ret_max = call.member("args").size, call.member("ret").size
+        self._stack_max = call.member("stack").size
         self._hit = self._bpf.load_func(b"coral_hit", bcc.BPF.KPROBE).fd
         self._ret = self._bpf.load_func(b"coral_return", bcc.BPF.KPROBE).fd
         # coral_hit tail-calls it at the entry of a function with a --where condition (verified apart).
@@ -738,9 +741,11 @@ class ProbeEngine:
             return slot, NativeRecord(pid, tid, start, duration, results, args, (strs[0], strs[1]), unread,
                                       (lens[0], lens[1]), stack)
         f = self._python.unpack_from(raw, HEADER_BYTES)
-        slot, pid, tid, fn_id, call_id, start, end, flags, args_len, ret_len, args, ret = self._python_scalars(f)
+        slot, pid, tid, fn_id, call_id, start, end, flags, args_len, ret_len, args, ret, stack_len, stack = \
+            self._python_scalars(f)
         return slot, PythonRecord(pid, tid, fn_id, call_id, start, end, flags, args[:min(args_len, self._args_max)],
-                                  ret[:min(ret_len, self._ret_max)])
+                                  ret[:min(ret_len, self._ret_max)],
+                                  stack[:min(stack_len, self._stack_max)] if flags & CALL_STACK else b"")
 
     # ------------------------------------------------------------ counts
 

@@ -277,8 +277,8 @@ class SessionManager:
         # process; a function stays armed while any session uses it.
         self._fn_id_source = itertools.count(int(time.time()) << 20)
         self._fn_ids: dict[str, int] = {}
-        # (pid, name) -> (sessions, args, return, the condition it is armed with)
-        self._arms: dict[tuple[int, str], tuple[int, bool, bool, str]] = {}
+        # (pid, name) -> (sessions, args, return, the condition it is armed with, --stack's depth: 0 none)
+        self._arms: dict[tuple[int, str], tuple[int, bool, bool, str, int]] = {}
         self._clock_offset = wall_clock_offset_ns()
         self.rules = Rules(config.sdk.redact_patterns)  # the SDK's rules, for native values
 
@@ -346,7 +346,7 @@ class SessionManager:
         req = start.req
         fn_id = self._fn_ids.setdefault(req.function, next(self._fn_id_source))
         key = (reg.pid, req.function)
-        users, args, ret, armed_with = self._arms.get(key, (0, False, False, ""))
+        users, args, ret, armed_with, depth = self._arms.get(key, (0, False, False, "", 0))
         if users and armed_with != condition:
             # The SDK evaluates one condition per armed function and flags the
             # record; the kernel cannot tell two sessions' verdicts apart.
@@ -354,9 +354,11 @@ class SessionManager:
                                   f"with {_condition_shown(armed_with)}; a Python function runs one condition at a "
                                   f"time: attach with the same --where, or detach that session first")
         # Build what any session of this function shows; each session shows only what it asked for.
+        if req.config.stack:
+            depth = max(depth, req.config.stack_depth or callstacks.DEFAULT_DEPTH)
         capture = pb.UprobeConfig(capture_args=args or req.config.capture_args, capture_return=ret or req.config.capture_return,
-                                  predicate=condition)
-        self._arms[key] = (users + 1, capture.capture_args, capture.capture_return, condition)  # counted now: asks overlap
+                                  predicate=condition, stack=bool(depth), stack_depth=depth)
+        self._arms[key] = (users + 1, capture.capture_args, capture.capture_return, condition, depth)  # counted now: asks overlap
         target = Target(reg, pb.FunctionMetadata(), [], fn_id, req.function)
 
         def on_armed(result: Any) -> None:
@@ -453,6 +455,8 @@ class SessionManager:
         if first.kind != "python":
             session.entry_instruction, session.probe_cost_ns = self.probe_costs.of(
                 first_bytes(targets[0].sites[0]), session.return_probe)
+        if req.config.stack and first.kind == "python":
+            session.stack_unwind = "python"
         if unwind:
             session.stack_unwind = unwind
             entries = {t.reg.pid: next((s.func_ip or s.runtime_ip for s in t.sites), 0) for t in targets}
@@ -475,9 +479,9 @@ class SessionManager:
             if not t.fn_id:
                 continue
             key = (t.reg.pid, t.function)
-            users, args, ret, condition = self._arms.pop(key, (1, False, False, ""))
+            users, args, ret, condition, depth = self._arms.pop(key, (1, False, False, "", 0))
             if users > 1:
-                self._arms[key] = (users - 1, args, ret, condition)
+                self._arms[key] = (users - 1, args, ret, condition, depth)
                 continue
 
             def on_disarmed(result: Any, t: Target = t) -> None:
@@ -604,7 +608,11 @@ class SessionManager:
                       stacks: builtins.list[str] | None = None) -> CallBlock:
         """Calls with captured values (or a Python exception), one by one."""
         columns: builtins.list[builtins.list[Any]] = [[], [], [], [], [], []]
+        python_stacks: builtins.list[str] | None = [] if s.config.stack and stacks is None else None
         for rec in records:
+            if python_stacks is not None:
+                python_stacks.append(callstacks.python_stack(rec.stack, rec.flags) if isinstance(rec, PythonRecord)
+                                     else "")
             if isinstance(rec, PythonRecord):
                 start, end = rec.start_ns, rec.end_ns
                 args = [dict(zip(("name", "value"), a.decode(errors="replace").split("=", 1), strict=False)) |
@@ -636,7 +644,7 @@ class SessionManager:
                 column.append(value)
         start_ns, duration_ns, pids, tids, args_json, ret_json = columns
         return CallBlock.of_values(s.session_id, self._seq, start_ns, duration_ns, pids, tids, args_json, ret_json,
-                                   stacks)
+                                   stacks if python_stacks is None else python_stacks)
 
     def _native_values(
         self, s: Session, meta: pb.FunctionMetadata, shape: NativeShape, rec: NativeRecord

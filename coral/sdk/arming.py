@@ -34,6 +34,9 @@ from coral.sdk.targets import MISSING, Kind, Target
 log = logging.getLogger(__name__)
 
 
+MAX_STACK_DEPTH = 127  # UprobeConfig.stack_depth at most (docs/protocol.md)
+
+
 @dataclass
 class Site:
     """One place a replacement was installed, and what was there before
@@ -187,12 +190,13 @@ class ArmRegistry:
         return self._by_id.get(fn_id)
 
     def arm(self, name: str, fn_id: int, *, capture_args: bool = True, capture_return: bool = True,
-            condition: str = "") -> Arm:
+            condition: str = "", stack_depth: int = 0) -> Arm:
         """Arm ``name`` under ``fn_id``. Idempotent per fn_id; arming an
         armed function under another fn_id re-stamps it (last one wins).
         ``condition`` (--where) replaces the one it was armed with; a
         condition that does not fit the function is InvalidArgument, and
-        nothing is armed."""
+        nothing is armed. ``stack_depth`` (--stack): each record carries
+        that many Python frames at most, the function's own first; 0: none."""
         with self.lock:
             target = self.resolve(name)
             compiled = (where.compile_condition(condition, name, target.function, self.settings.is_sensitive)
@@ -213,6 +217,7 @@ class ArmRegistry:
             arm.fn_id = arm.probe.fn_id = fn_id
             arm.probe.capture_args = capture_args
             arm.probe.capture_return = capture_return
+            arm.probe.stack_depth = max(0, min(stack_depth, MAX_STACK_DEPTH))
             arm.condition = condition
             # another thread's call between the two stores may see one half of each: at worst a where_error
             arm.probe.where_return = compiled.at_return if compiled else None
