@@ -17,6 +17,7 @@ import pytest
 
 from tests.harness import CoralEnv, NativeService, Process, coralctl, start_attach
 from tests.test_native_e2e import wait_for_service
+from tests.test_profile import chromium, png_pixels
 
 # Each input line "alpha N" or "beta N": work() called N times from that caller.
 SOURCE = r"""
@@ -29,7 +30,8 @@ static volatile long total;
 
 __attribute__((noinline)) long work(long i)
 {
-    total += i;
+    for (int k = 0; k < 2000; k++) /* some microseconds: a flamegraph by time has room for every caller */
+        total += i;
     __asm__ volatile("" ::: "memory");
     return total;
 }
@@ -227,3 +229,44 @@ def test_python_calls_are_attributed_to_their_python_callers(coral_env: CoralEnv
     assert callers == {"from_alpha": 12, "from_beta": 13}, callers
     assert {c["caller"]: c["calls"] for c in records[-1]["top_callers"]} == {
         "from_alpha.<locals>.<genexpr>": 12, "from_beta": 13}
+
+
+def test_call_paths_and_a_flamegraph_of_the_callers_weighted_by_time(coral_env: CoralEnv, agent: Process,
+                                                                     tmp_path: Path) -> None:
+    """debug stacks: the two paths with their exact counts; debug
+    flamegraph --output folded: each path weighted by its calls' total
+    time, exactly; the HTML file drawn by a real headless Chromium, with
+    the function and its callers in it, and nothing fetched."""
+    (tmp_path / "callers.c").write_text(SOURCE)
+    binary = tmp_path / "callers"
+    subprocess.run(["gcc", "-x", "c", "-O2", "-fomit-frame-pointer", "-g", "-o", str(binary),
+                    str(tmp_path / "callers.c")], check=True)
+    first, calls, _ = attach_and_call(coral_env, binary)
+    session = first["session_id"]
+
+    text = coralctl(coral_env, "--local", "debug", "stacks", session)
+    assert text.returncode == 0, text.stderr
+    paths = {line.split("  ")[-1].split(" > main > ", 1)[-1]: int(line.split()[0])
+             for line in text.stdout.splitlines() if " > " in line}
+    assert paths == {"from_alpha > work": 12, "from_beta > work": 13}, text.stdout
+
+    html = tmp_path / "callers.html"
+    out = coralctl(coral_env, "--local", "--output", "folded", "debug", "flamegraph", session, "-o", str(html))
+    assert out.returncode == 0, out.stderr
+    weights = {line.rsplit(" ", 1)[0].split(";main;", 1)[-1]: int(line.rsplit(" ", 1)[1])
+               for line in out.stdout.splitlines()}
+    expected: Counter[str] = Counter()
+    for call in calls:
+        expected[f"{call['stack'][1]['function']};work"] += call["duration_ns"]
+    assert weights == dict(expected), (weights, expected)
+
+    shot = tmp_path / "callers.png"
+    taken = chromium(f"--screenshot={shot}", html.as_uri())
+    assert shot.exists(), taken.stderr
+    width, _, pixels = png_pixels(shot)
+    warm = sum(1 for r, g, b in pixels if r > 180 and b < 120 and r - b > 80)
+    assert warm > width * 18 * 3 * 0.8, warm  # boxes drawn: main and below are full-width rows
+    dom = chromium("--dump-dom", html.as_uri())
+    drawn = {t.split(">")[-1] for t in dom.stdout.split("</text>") if "<text" in t}
+    assert {"main", "from_alpha", "from_beta", "work"} <= drawn, drawn
+    assert "http" not in html.read_text().replace("http://www.w3.org/2000/svg", "")  # nothing fetched

@@ -118,6 +118,7 @@ def test_every_json_line_has_the_documented_fields(
     with_stack = [json.loads(line) for line in out.splitlines()]
     printed["Call"] += with_stack[:-1]
     printed["Summary"].append(with_stack[-1])
+    printed["CallPath"] += json_lines(env, "debug", "stacks", stacked["session_id"])
 
     events = json_lines(env, "debug", "events", session_id)
     assert [r["kind"] for r in events][-1] == "summary"
