@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import CoralEnv, NativeService, Process, coralctl, start_attach
+from tests.harness import CoralEnv, NativeService, Process, build_go, coralctl, start_attach, tool
 from tests.test_native_e2e import wait_for_service
 from tests.test_profile import chromium, png_pixels
 
@@ -270,3 +270,89 @@ def test_call_paths_and_a_flamegraph_of_the_callers_weighted_by_time(coral_env: 
     drawn = {t.split(">")[-1] for t in dom.stdout.split("</text>") if "<text" in t}
     assert {"main", "from_alpha", "from_beta", "work"} <= drawn, drawn
     assert "http" not in html.read_text().replace("http://www.w3.org/2000/svg", "")  # nothing fetched
+
+
+GO_SERVICE = r"""
+// Each input line "alpha N" or "beta N": work called N times from that caller.
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+)
+
+var total int
+
+//go:noinline
+func work(i int) int {
+	total += i
+	return total
+}
+
+//go:noinline
+func fromAlpha(n int) int {
+	r := 0
+	for i := 0; i < n; i++ {
+		r += work(i)
+	}
+	return r
+}
+
+//go:noinline
+func fromBeta(n int) int {
+	r := 0
+	for i := 0; i < n; i++ {
+		r += work(2 * i)
+	}
+	return r
+}
+
+func main() {
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		fields := strings.Fields(in.Text())
+		n, _ := strconv.Atoi(fields[1])
+		r := 0
+		if fields[0] == "alpha" {
+			r = fromAlpha(n)
+		} else {
+			r = fromBeta(n)
+		}
+		fmt.Printf("%s %d = %d\n", fields[0], n, r)
+	}
+}
+"""
+
+
+def test_go_calls_are_attributed_to_their_callers(coral_env: CoralEnv, agent: Process, go: str,
+                                                  tmp_path: Path) -> None:
+    """Go keeps frame pointers: the kernel walks them at each RET of work,
+    and the return address at the stack pointer puts back the caller."""
+    binary = build_go(go, GO_SERVICE, tmp_path, "gocallers")
+    run = Process("run-gocallers", [tool("coral-run"), "--service", "gocallers", "--", str(binary)], coral_env,
+                  stdin=subprocess.PIPE).wait_ready()
+    try:
+        attach, first = start_attach(coral_env, "gocallers", "main.work", "--local", "--duration", "3s", "--no-save",
+                                     "--stack")
+        assert first["stack_unwind"] == "fp", first
+        assert run.proc.stdin is not None and run.proc.stdout is not None
+        for line in ("alpha 7", "beta 13", "alpha 5"):
+            run.proc.stdin.write(f"{line}\n".encode())
+            run.proc.stdin.flush()
+            assert run.proc.stdout.readline().decode().startswith(line)
+        out, _ = attach.communicate(timeout=60)
+    finally:
+        run.stop()
+    records = [json.loads(line) for line in out.splitlines()]
+    calls = [r for r in records if r.get("kind") == "call"]
+    assert len(calls) == 25 and records[-1]["calls"] == 25, records[-1]
+    by_caller: Counter[str] = Counter()
+    for call in calls:
+        names = [f["function"] for f in call["stack"]]
+        assert names[0] == "main.work" and names[2] == "main.main", names
+        by_caller[names[1]] += 1
+        assert call["stack"][1]["file"] == "gocallers.go" and call["stack"][1]["line"] > 0, call["stack"][1]
+    assert by_caller == {"main.fromAlpha": 12, "main.fromBeta": 13}, by_caller
