@@ -270,7 +270,10 @@ def format_summary(s: Summary, session: pb.DebugSession, tally: Tally | None = N
                      f"({probe_kind(session)}, measured by the agent); "
                      + ("taken out above, not in the histogram" if s.probe_cost_subtracted
                         else "--subtract-probe-cost takes it out"))
-    lost = {k: v for k, v in session.lost.items() if v}
+    lost = {k: v for k, v in session.lost.items() if v and k != "stack_missing"}
+    if session.lost.get("stack_missing"):  # shown, without their stack
+        lines.append(f"  Without a stack: {session.lost['stack_missing']} calls (the ring buffer was full, or the "
+                     "agent fell behind)")
     if lost:
         lines.append("  Calls not shown: " + ", ".join(f"{n} {LOST_CAUSES.get(c, c)}" for c, n in sorted(lost.items())))
     lines.extend(format_top_callers(tally))
