@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -70,22 +71,25 @@ class SessionStacks:
     """One session's stacks: its processes' maps and files, read in a thread
     when it starts (ready() until then is False), and its symbolized stacks."""
 
-    def __init__(self, symbolizer: Symbolizer, pids: list[int], entry_ips: dict[int, int], depth: int) -> None:
+    def __init__(self, symbolizer: Symbolizer, pids: list[int], entry_ips: dict[int, int], depth: int,
+                 unwinds: bool) -> None:
         self.symbolizer = symbolizer
+        self.started = time.monotonic()
         self.entry_ips = entry_ips  # by pid: the probed function's entry address
         self.depth = depth
         self.maps: dict[int, list[Mapping]] = {}
         self._cache: OrderedDict[tuple[int, tuple[int, ...]], Symbolized] = OrderedDict()
         self._ready = threading.Event()
-        threading.Thread(target=self._warm, args=(pids,), name="stack-files", daemon=True).start()
+        threading.Thread(target=self._warm, args=(pids, unwinds), name="stack-files", daemon=True).start()
 
-    def _warm(self, pids: list[int]) -> None:
+    def _warm(self, pids: list[int], unwinds: bool) -> None:
         try:
             maps = {pid: maps_of(pid) for pid in pids}
             for pid, mapped in maps.items():
                 for m in mapped:
                     if m.path.startswith("/"):
-                        self.symbolizer.unwinder.frames_of(pid, m)
+                        if unwinds:  # call frame information: only to unwind copies (libc's takes seconds)
+                            self.symbolizer.unwinder.frames_of(pid, m)
                         self.symbolizer.symbols(pid, m)
             self.maps = maps
         finally:

@@ -528,7 +528,7 @@ class Agent:
                 poller = zmq.Poller()
                 poller.register(rep, zmq.POLLIN)
                 wait_ms = self._poll_ms(time.monotonic())
-                if self.sessions.active or self.engine.closing:
+                if self.sessions.active or self.engine.closing or self.sessions.finishing:
                     t = time.monotonic()
                     next_drain = max(last_drained + cfg.agent.drain_interval, self.ingest.resume_at(t))
                     if self.sessions.pending >= FLUSH_BATCH:  # a backlog to write, when the budget allows

@@ -69,6 +69,7 @@ def wall_clock_offset_ns() -> int:
 
 MAX_CAPTURE_ONLY = 16
 MAX_AWAITING = 20000  # --stack: calls held for their stack; past it they go without (lost: stack_missing)
+STACK_FILES_WAIT = 30.0  # seconds an ended session's last calls wait for its files to be read, at most
 
 
 def check_stack(config: pb.UprobeConfig) -> None:
@@ -273,6 +274,7 @@ class SessionManager:
         self._trimmed = 0.0
         self._seq = store.next_seq()
         self._drains = 0  # collects so far (--stack: how long a call has waited for its stack)
+        self._finishing: builtins.list[tuple[Session, SlotStats]] = []  # ended, calls waiting for their stacks
         # Python: one fn_id per function name, shared by every session and
         # process; a function stays armed while any session uses it.
         self._fn_id_source = itertools.count(int(time.time()) << 20)
@@ -461,7 +463,8 @@ class SessionManager:
             session.stack_unwind = unwind
             entries = {t.reg.pid: next((s.func_ip or s.runtime_ip for s in t.sites), 0) for t in targets}
             session.stacks = callstacks.SessionStacks(self.symbolizer, session.pids, entries,
-                                                      req.config.stack_depth or callstacks.DEFAULT_DEPTH)
+                                                      req.config.stack_depth or callstacks.DEFAULT_DEPTH,
+                                                      unwinds=unwind == "tables")
         self.active[session.session_id] = session
         self._finish_closed()  # the slot may have been freed since the last drain: its last session is done
         self._by_slot[slot] = session
@@ -576,22 +579,38 @@ class SessionManager:
             session = self._by_slot.get(slot)
             if session is None or session.session_id in self.active:
                 continue  # a slot whose opening failed, or the agent's own
+            del self._by_slot[slot]
+            self._finishing.append((session, final))
+        waiting = []
+        for session, final in self._finishing:
+            if session.awaiting and session.stacks is not None and not session.stacks.ready() and \
+                    time.monotonic() - session.stacks.started < STACK_FILES_WAIT:
+                waiting.append((session, final))  # its calls wait for the session's files, read in a thread
+                continue
             if session.awaiting:
                 self._store_stacked(session, {}, final=True)
-            del self._by_slot[slot]
-            self._closing.pop(session.session_id, None)
-            session.final = final
-            row = session.to_row(final)
-            self.totals.session_final(final.calls, row.lost)
-            self.store.save_session(row)
-            self.news.add(session.session_id)
-            log.info("session %s %s%s: %d calls", session.session_id, session.status,
-                     f" ({session.reason})" if session.reason else "", final.calls)
-            if final.expired:
-                log.info("session %s: %d calls returned after its expiry, before its probes were detached: the "
-                         "kernel counted none of them", session.session_id, final.expired)
-            for waiter in self._when_collected.pop(session.session_id, []):
-                waiter()
+            self._finish(session, final)
+        self._finishing = waiting
+
+    @property
+    def finishing(self) -> bool:
+        """Ended sessions whose last calls wait for their stacks to be symbolized."""
+        return bool(self._finishing)
+
+    def _finish(self, session: Session, final: SlotStats) -> None:
+        self._closing.pop(session.session_id, None)
+        session.final = final
+        row = session.to_row(final)
+        self.totals.session_final(final.calls, row.lost)
+        self.store.save_session(row)
+        self.news.add(session.session_id)
+        log.info("session %s %s%s: %d calls", session.session_id, session.status,
+                 f" ({session.reason})" if session.reason else "", final.calls)
+        if final.expired:
+            log.info("session %s: %d calls returned after its expiry, before its probes were detached: the "
+                     "kernel counted none of them", session.session_id, final.expired)
+        for waiter in self._when_collected.pop(session.session_id, []):
+            waiter()
 
     def closing(self, session_id: str) -> bool:
         """Has this session ended with calls maybe still in the ring buffer?"""
