@@ -68,7 +68,7 @@ def wall_clock_offset_ns() -> int:
 
 
 MAX_CAPTURE_ONLY = 16
-MAX_AWAITING = 20000  # --stack: calls held for their stack; past it they go without (lost: stack_missing)
+MAX_AWAITING = 2048  # --stack: calls held for their stack (a copy is 8 KiB); past it they go without (stack_missing)
 STACK_FILES_WAIT = 30.0  # seconds an ended session's last calls wait for its files to be read, at most
 
 
