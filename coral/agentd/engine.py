@@ -292,6 +292,7 @@ class ProbeEngine:
         self._sites = self._bpf["sites"]
         self._slot_table = self._bpf["slots"]
         self._wheres = self._bpf["wheres"]
+        self._stack_slots = self._bpf["stack_slots"]  # --stack: the slots that take stacks, as a mask
         self._stats = self._bpf["stats"]
         self._hist = self._bpf["hist"]
         self._by_slots_table = self._bpf["by_slots"]  # (slot set, cause) -> calls not seen completed
@@ -468,7 +469,7 @@ class ProbeEngine:
             self._write_where(slot, c.where)  # before a site names the slot (_where_of)
         self._slot_table[ctypes.c_int(slot)] = v
         stacked = sum(1 << i for i, k in self._configs.items() if k.call_stack)
-        self._bpf["stack_slots"][ctypes.c_int(0)] = ctypes.c_uint64(stacked)
+        self._stack_slots[ctypes.c_int(0)] = ctypes.c_uint64(stacked)
 
     def _write_where(self, slot: int, program: where_native.Program) -> None:
         w = self._wheres.Leaf()
