@@ -11,6 +11,7 @@
 
 #define CORAL_ARGS_MAX 512
 #define CORAL_RET_MAX 256
+#define CORAL_PYSTACK_MAX 1024      /* --stack: the caller's Python frames, as text */
 
 #define CORAL_CALL_RAISED 0x1       /* the call raised; ret holds the exception */
 #define CORAL_CALL_TRUNCATED 0x2    /* some repr was cut to fit */
@@ -22,6 +23,12 @@
 /* --count-by (coral/sdk/countby.py): the SDK counted the call by its key; the
  * BPF program counts it and sends nothing, as for a filtered call, and it is lost to no cause. */
 #define CORAL_CALL_COUNTED 0x10
+/* --stack: `stack` holds the call's Python frames, stack_len bytes: the
+ * function's own first, then its caller's, outward; one line each,
+ * "qualname\tfile\tline", lines ended by '\n'. The BPF program copies
+ * `stack` only when this is set. */
+#define CORAL_CALL_STACK 0x20
+#define CORAL_CALL_STACK_CUT 0x40   /* frames beyond those in `stack` were left out */
 
 struct coral_call {
     unsigned long long fn_id;     /* from ArmFunctionRequest.fn_id */
@@ -31,9 +38,10 @@ struct coral_call {
     unsigned int flags;
     unsigned int args_len;
     unsigned int ret_len;
-    unsigned int reserved;
+    unsigned int stack_len;
     char args[CORAL_ARGS_MAX];
     char ret[CORAL_RET_MAX];
+    char stack[CORAL_PYSTACK_MAX];
 };
 
 #endif

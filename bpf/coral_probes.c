@@ -57,7 +57,7 @@
 #include <uapi/linux/ptrace.h>
 #include "coral_records.h"            // the ring buffer's records (and struct coral_call)
 
-#if !defined(CORAL_STATS) || !defined(G_DEEP_IN_USE) || !defined(BY_TAIL_CALL) || !defined(SITE_URET) || !defined(CORAL_MAX_DEPTH) || !defined(SITE_RET) || !defined(W_NONEMPTY) || !defined(ST_WHERE_ERROR) || !defined(EV_NATIVE_TIMING) || !defined(UNREAD_STACK) || !defined(COUNT_ROWS)
+#if !defined(CORAL_STATS) || !defined(G_DEEP_IN_USE) || !defined(BY_TAIL_CALL) || !defined(SITE_URET) || !defined(CORAL_MAX_DEPTH) || !defined(SITE_RET) || !defined(W_NONEMPTY) || !defined(ST_WHERE_ERROR) || !defined(EV_NATIVE_TIMING) || !defined(UNREAD_STACK) || !defined(COUNT_ROWS) || !defined(EV_STACK_COPY)
 #error "compile through coral/agentd/engine.py, which defines the constants shared with Python"
 #endif
 
@@ -118,6 +118,8 @@ struct slot_config {
     u32 held_mask;                   // bit i: held[i] is used
     u32 stack_len;                   // bytes of stack-assigned arguments copied at the entry (into stack)
     u64 expires_ns;                  // bpf_ktime_get_ns() after which nothing is counted (0: never)
+    u32 stack;                       // --stack: 0, STACK_WALK (frame pointers) or STACK_COPY (.eh_frame, in the agent)
+    u32 stack_bytes;                 // STACK_COPY: bytes of stack copied (at most CORAL_STACK_COPY)
 };
 
 struct frame {
@@ -162,7 +164,7 @@ BPF_ARRAY(slots, struct slot_config, CORAL_MAX_SLOTS);
 // Per-CPU counters: no atomic operations on the hot path; the agent sums them.
 BPF_PERCPU_ARRAY(stats, u64, CORAL_MAX_SLOTS * CORAL_STATS);
 BPF_PERCPU_ARRAY(hist, u64, CORAL_MAX_SLOTS * CORAL_HIST_BUCKETS);
-BPF_PERCPU_ARRAY(globals, u64, 5);
+BPF_PERCPU_ARRAY(globals, u64, 6);
 // Sampling needs one global order of calls: an atomic counter, only when sampling.
 BPF_ARRAY(sample_counts, u64, CORAL_MAX_SLOTS);
 // A native thread's frames live in its task's own storage: found without
@@ -813,19 +815,40 @@ static __always_inline void count_later(u32 named, u64 counting, struct frame *f
     p->results[2] = results[2];
 }
 
-// Tail-called at the end of a hit (or uretprobe) that kept a call to count: add it to its key's row.
-int coral_count(struct pt_regs *ctx)
+// --stack's pending call (the rest of --stack is below): declared before
+// coral_count, which takes the stack of the call it counted.
+struct stack_pending {
+    u64 slots;                       // 0: no stack wanted
+    u64 start_ns;
+    u64 id;                          // pid_tgid: checked by coral_stack (a per-CPU value another task could reuse)
+};
+BPF_PERCPU_ARRAY(stack_pendings, struct stack_pending, 1);
+BPF_PROG_ARRAY(stack_calls, 1);
+
+// After a return: tail-call coral_stack if finish_native wanted a stack.
+static __always_inline void take_stack_if_wanted(struct pt_regs *ctx)
+{
+    u32 zero = 0;
+    struct stack_pending *p = stack_pendings.lookup(&zero);
+    if (!p || !p->slots)
+        return;
+    stack_calls.call(ctx, 0);
+    p->slots = 0;  // only if the tail call failed
+}
+
+// The call a hit (or uretprobe) kept to count: add it to its key's row.
+static __always_inline void count_pending_call(void)
 {
     u32 zero = 0;
     struct count_pending *p = count_pendings.lookup(&zero);
     if (!p || !p->slot || p->slot > CORAL_MAX_SLOTS)
-        return 0;
+        return;
     u32 slot = p->slot - 1;
     p->slot = 0;
     u64 duration = p->duration;
     struct count_by *cb = count_bys.lookup(&slot);
     if (!cb || !cb->kind)
-        return 0;
+        return;
     struct count_key k = {};
     k.slot = slot;
     if (count_key_of(cb, p->args, p->results, &k) < 0) {
@@ -849,7 +872,7 @@ int coral_count(struct pt_regs *ctx)
         k.row = ROW_OVERFLOW;
         row = count_rows.lookup(&k);
         if (!row)
-            return 0;                // the agent creates it before the session's first call
+            return;                // the agent creates it before the session's first call
     }
     __sync_fetch_and_add(&row->calls, 1);
     if (cb->err_reg) {
@@ -861,6 +884,14 @@ int coral_count(struct pt_regs *ctx)
     if (duration > row->max_ns)
         row->max_ns = duration;      // CPUs racing here may keep the smaller: the slot's own max_ns is exact
     __sync_fetch_and_add(&row->hist[hist_bucket(duration) & (CORAL_HIST_BUCKETS - 1)], 1);
+}
+
+// Tail-called at the end of a hit (or uretprobe) that kept a call to count:
+// count it, then take its stack if a --stack session wants it.
+int coral_count(struct pt_regs *ctx)
+{
+    count_pending_call();
+    take_stack_if_wanted(ctx);  // coral_stack (does not come back)
     return 0;
 }
 
@@ -1062,6 +1093,118 @@ static __always_inline u64 read_held_result(u32 held, u64 watching, u64 *results
     return len;
 }
 
+// --- --stack: the caller's stack, at the return ---------------------------
+//
+// finish_native notes the slots that want a call's stack (stack_wanted);
+// coral_hit or coral_return then tail-call coral_stack, a program verified
+// apart (coral_hit is near the verifier's limits), which reserves one
+// record after the call's: the kernel's frame-pointer walk, or a bounded
+// copy of the stack for the agent to unwind with .eh_frame. At the return
+// the stack above the probed function is the caller's, as at its entry.
+// The agent pairs it with the call's records by the call's (pid, tid, start).
+// Bit i: slot i takes stacks (written by the agent with the slot's config).
+BPF_ARRAY(stack_slots, u64, 1);
+
+// After the slots' loop, not in it: a value built in that loop is one more
+// the verifier tells apart on every path. So a call a slot sampled out or
+// filtered has its stack taken too; the agent, finding no record of the
+// call, drops it.
+static __always_inline void stack_wanted(u64 watching, u64 start_ns, u64 id)
+{
+    u32 zero = 0;
+    u64 *mask = stack_slots.lookup(&zero);
+    if (!mask || !(watching & *mask))
+        return;
+    struct stack_pending *p = stack_pendings.lookup(&zero);
+    if (!p)
+        return;
+    p->slots = watching & *mask;
+    p->start_ns = start_ns;
+    p->id = id;
+}
+
+static __always_inline void stack_head(struct stack_head *h, u32 type, struct stack_pending *p, struct pt_regs *ctx,
+                                       u32 at_ret)
+{
+    h->type = type;
+    h->at_ret = at_ret;
+    h->pid = p->id >> 32;
+    h->tid = (u32)p->id;
+    h->start_ns = p->start_ns;
+    h->slots = p->slots;
+    h->ip = PT_REGS_IP(ctx);
+    h->sp = PT_REGS_SP(ctx);
+    h->bp = ctx->bp;
+    h->ret = 0;
+    bpf_probe_read_user(&h->ret, sizeof(h->ret), (void *)h->sp);
+}
+
+int coral_stack(struct pt_regs *ctx)
+{
+    u32 zero = 0;
+    struct stack_pending *p = stack_pendings.lookup(&zero);
+    if (!p || !p->slots)
+        return 0;
+    if (p->id != bpf_get_current_pid_tgid()) {
+        p->slots = 0;
+        return 0;
+    }
+    // At a RET site the probed function is still on top; at a uretprobe it has returned.
+    struct site_key key = {.tgid = p->id >> 32, .pad = 0, .ip = PT_REGS_IP(ctx)};
+    struct site *s = sites.lookup(&key);
+    u32 at_ret = s && (s->flags & (SITE_GO_RET | SITE_RET)) ? 1 : 0;
+    u32 mode = 0, bytes = 0;  // of the slots together: both records if they differ, the largest copy
+    u64 stacked = p->slots;
+    for (u32 slot = 0; slot < CORAL_MAX_SLOTS; slot++) {
+        if (!(stacked >> slot))
+            break;
+        if (!(stacked & (1ULL << slot)))
+            continue;
+        u32 k = slot;
+        struct slot_config *cfg = slots.lookup(&k);
+        if (!cfg)
+            continue;
+        mode |= cfg->stack;
+        if (cfg->stack_bytes > bytes)
+            bytes = cfg->stack_bytes;
+    }
+    if (mode & STACK_COPY) {
+        struct stack_copy_event *e = events.ringbuf_reserve(sizeof(*e));
+        if (e) {
+            stack_head(&e->head, EV_STACK_COPY, p, ctx, at_ret);
+            u32 n = bytes;
+            if (n > CORAL_STACK_COPY)
+                n = CORAL_STACK_COPY;
+            // A read that crosses the top of the stack fails whole: try less.
+            long got = -1;
+            for (int i = 0; i < 4 && got < 0; i++) {
+                u32 want = n >> i;
+                if (want == 0)
+                    break;
+                want = ((want - 1) & (CORAL_STACK_COPY - 1)) + 1;  // 1..CORAL_STACK_COPY, as the verifier sees it
+                if (bpf_probe_read_user(e->copy, want, (void *)e->head.sp) == 0)
+                    got = want;
+            }
+            e->head.size = got;
+            events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+        } else {
+            bump_global(G_STACK_LOST);
+        }
+    }
+    if (mode & STACK_WALK) {
+        struct stack_walk_event *e = events.ringbuf_reserve(sizeof(*e));
+        if (e) {
+            stack_head(&e->head, EV_STACK_WALK, p, ctx, at_ret);
+            e->head.size = bpf_get_stack(ctx, e->ips, sizeof(e->ips), BPF_F_USER_STACK);
+            events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+        } else {
+            bump_global(G_STACK_LOST);
+        }
+    }
+    p->slots = 0;
+    return 0;
+}
+
 static __always_inline void finish_native(struct frame *f, u64 now, u64 *results, u64 id, u64 watching,
                                           struct thread_key *tk, int go)
 {
@@ -1084,7 +1227,7 @@ static __always_inline void finish_native(struct frame *f, u64 now, u64 *results
             continue;
         if (cfg->capture & CAPTURE_COUNT_ONLY)
             continue;  // --count-by: counted above, no record
-        if (!(cfg->capture & 3)) {
+        if (!(cfg->capture & 3) && !cfg->stack) {
             struct native_timing_event *t = events.ringbuf_reserve(sizeof(*t));
             if (!t) {
                 bump_stat(slot, ST_RINGBUF);
@@ -1141,6 +1284,7 @@ static __always_inline void finish_native(struct frame *f, u64 now, u64 *results
         events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
         bump_stat(slot, ST_EMITTED);
     }
+    stack_wanted(watching, f->ts, id);
     if (f->held & HELD_STACK) {
         struct call_key k = {.id = tk->id, .g = tk->g, .sp = f->sp};
         stack_args.delete(&k);
@@ -1399,7 +1543,7 @@ static __always_inline u64 python_call(struct pt_regs *ctx, u64 watching, u64 id
             bump_stat(slot, verdict & CORAL_CALL_WHERE_ERROR ? ST_WHERE_ERROR : ST_FILTERED);
             continue;
         }
-        if (!(cfg->capture & 3) && !raised) {
+        if (!(cfg->capture & 3) && !raised && !((u32)head[4] & CORAL_CALL_STACK)) {
             // Timing only: 56 bytes instead of the whole record.
             struct python_timing_event *t = events.ringbuf_reserve(sizeof(*t));
             if (!t) {
@@ -1424,7 +1568,10 @@ static __always_inline u64 python_call(struct pt_regs *ctx, u64 watching, u64 id
         e->slot = slot;
         e->pid = id >> 32;
         e->tid = (u32)id;
-        if (bpf_probe_read_user(&e->call, sizeof(e->call), rec) != 0) {
+        // The Python frames (--stack) only when the SDK put them there.
+        long read = (u32)head[4] & CORAL_CALL_STACK ? bpf_probe_read_user(&e->call, sizeof(e->call), rec)
+                                                    : bpf_probe_read_user(&e->call, offsetof(struct coral_call, stack), rec);
+        if (read != 0) {
             events.ringbuf_discard(e, 0);
             bump_stat(slot, ST_UNREADABLE);
             continue;
@@ -1478,7 +1625,9 @@ int coral_hit(struct pt_regs *ctx)
     }
     charge(watching, now);  // charge() does nothing for no slot (an unpaired return: now is 0 then)
     if (s->flags & (SITE_GO_RET | SITE_RET))
-        count_kept(ctx);  // coral_count: the call's key (does not come back)
+        count_kept(ctx);  // coral_count: the call's key, then its stack (does not come back)
+    if (s->flags & (SITE_GO_RET | SITE_RET))
+        take_stack_if_wanted(ctx);  // no call to count: coral_stack (does not come back)
     if (s->where && !(s->flags & (SITE_GO_RET | SITE_RET | SITE_TAIL)))
         where_calls.call(ctx, 0);  // coral_where: the conditions' values at the entry (does not come back)
     return 0;
@@ -1494,6 +1643,7 @@ int coral_return(struct pt_regs *ctx)
     u64 watching = pop_frame(&tk, PT_REGS_SP(ctx) - 8, 0, results, id, 0, &now, 0);
     if (watching)
         charge(watching, now);
-    count_kept(ctx);  // coral_count: the call's key (does not come back)
+    count_kept(ctx);  // coral_count: the call's key, then its stack (does not come back)
+    take_stack_if_wanted(ctx);  // no call to count: coral_stack (does not come back)
     return 0;
 }

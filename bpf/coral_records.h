@@ -64,4 +64,38 @@ struct python_timing_event {
     u64 head[5];                     /* fn_id, call_id, start_ns, end_ns, flags */
 };
 
+/* --stack: one of these follows a call's records, reserved by coral_stack
+ * (bpf/coral_probes.c) at the call's return, right after them. Either the
+ * kernel's frame-pointer walk (EV_STACK_WALK: ips), or the registers and a
+ * bounded copy of the stack from sp for the agent to unwind with .eh_frame
+ * (EV_STACK_COPY: coral/agentd/unwind.py). The agent pairs it with the
+ * call's records by (pid, tid, start_ns). */
+#define CORAL_STACK_IPS 127          /* the kernel's own walk gives at most 127 (perf_event_max_stack) */
+#define CORAL_STACK_COPY 8192        /* UprobeConfig.stack_bytes at most */
+
+struct stack_head {
+    u32 type;                        /* EV_STACK_WALK, EV_STACK_COPY */
+    u32 at_ret;                      /* 1: ip is the probed function's RET, sp points at the return address;
+                                        0: ip is the caller's, just returned to (uretprobe) */
+    u32 pid;
+    u32 tid;
+    u64 start_ns;                    /* the call's: its records' start_ns */
+    u64 slots;                       /* bit i: slot i submitted a record of this call */
+    u64 ip;
+    u64 sp;
+    u64 bp;
+    u64 ret;                         /* the word at sp (the return address, at a RET) */
+    s64 size;                        /* bytes of ips or copy written; < 0: none could be (an errno) */
+};
+
+struct stack_walk_event {
+    struct stack_head head;
+    u64 ips[CORAL_STACK_IPS];        /* innermost first */
+};
+
+struct stack_copy_event {
+    struct stack_head head;
+    char copy[CORAL_STACK_COPY];     /* the stack from sp */
+};
+
 #endif

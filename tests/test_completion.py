@@ -52,7 +52,8 @@ def zsh(env: CoralEnv | None, *words: str) -> list[str]:
 @pytest.mark.parametrize("shell", [bash, zsh], ids=["bash", "zsh"])
 def test_commands_and_options_come_from_the_parser(shell) -> None:  # type: ignore[no-untyped-def]
     assert shell(None, "coralctl", "de") == ["debug"]
-    assert shell(None, "coralctl", "debug", "") == ["attach", "sessions", "events", "show", "detach"]
+    assert shell(None, "coralctl", "debug", "") == ["attach", "sessions", "events", "show", "stacks", "flamegraph",
+                                                   "detach"]
     assert "--print" in shell(None, "coralctl", "debug", "attach", "payments", "--pr")
     assert "--capture-args" in shell(None, "coralctl", "debug", "attach", "payments", "--cap")
     assert shell(None, "coralctl", "--output", "") == ["text", "json", "folded"]

@@ -138,6 +138,16 @@ def test_every_json_line_has_the_documented_fields(
     printed["Summary"] += [r for r in rest if r["kind"] == "summary"]
     printed["Tree"] += [r for r in rest if r["kind"] == "tree"]
 
+    proc, stacked = start_attach(env, "payments", "validate_card", "--duration", "1s", "--stack", "--no-save")
+    payments.call(1)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    printed["DebugSession"].append(stacked)
+    with_stack = [json.loads(line) for line in out.splitlines()]
+    printed["Call"] += with_stack[:-1]
+    printed["Summary"].append(with_stack[-1])
+    printed["CallPath"] += json_lines(env, "debug", "stacks", stacked["session_id"])
+
     events = json_lines(env, "debug", "events", session_id)
     assert [r["kind"] for r in events][-1] == "summary"
     printed["Call"] += events[:-1]

@@ -254,8 +254,9 @@ def test_a_disarmed_wrapper_is_a_pass_through(tracer: None) -> None:
 
 
 def test_the_record_layout_matches_coral_call_h() -> None:
-    assert struct.calcsize(RECORD_FORMAT) == _probe.RECORD_SIZE == 48 + _probe.ARGS_MAX + _probe.RET_MAX
-    raw = struct.pack(RECORD_FORMAT, 3, 9, 100, 250, 1, 12, 25, 0, b"card=1\0amt=2", b"ValueError: card declined")
+    assert struct.calcsize(RECORD_FORMAT) == _probe.RECORD_SIZE == 48 + _probe.ARGS_MAX + _probe.RET_MAX + \
+        _probe.STACK_MAX
+    raw = struct.pack(RECORD_FORMAT, 3, 9, 100, 250, 1, 12, 25, 0, b"card=1\0amt=2", b"ValueError: card declined", b"")
     assert parse_record(raw) == CallRecord(3, 9, 100, 250, 1, (("card", "1"), ("amt", "2")), "ValueError: card declined")
 
 
@@ -389,3 +390,26 @@ def test_a_long_redacted_argument_is_not_quoted_even_where_the_text_is_cut(trace
         probe("bob", secret)
     text = only_record().ret
     assert "s3cr3t" not in text and text.startswith("PermissionError: bad password '<redacted>")
+
+
+def test_stack_depth_puts_the_python_frames_in_the_record(tracer: None) -> None:
+    """--stack: the function's own frame, then its callers', bounded by
+    stack_depth; a deeper stack is marked cut, and none without it."""
+    probe = probe_for(charge)
+
+    def outer() -> int:
+        return int(probe(3))
+
+    assert outer() == 3
+    assert take_test_records()[0].stack == ""
+    probe.stack_depth = 64
+    outer()
+    lines = [line.split("\t") for line in take_test_records()[0].stack.splitlines()]
+    names = [name for name, _, _ in lines]
+    assert names[:3] == ["charge", "test_stack_depth_puts_the_python_frames_in_the_record.<locals>.outer",
+                         "test_stack_depth_puts_the_python_frames_in_the_record"], names
+    assert all(file == __file__ and int(line) > 0 for _, file, line in lines[:3]), lines
+    probe.stack_depth = 2
+    outer()
+    record = take_test_records()[0]
+    assert len(record.stack.splitlines()) == 2 and record.flags & 0x20  # CORAL_CALL_STACK_CUT

@@ -26,6 +26,7 @@ class CallRow:
     tid: int
     args: str  # JSON list of {name, type, value}, or ""
     ret: str  # JSON {type, value, is_error, error_message}, or ""
+    stack: str = ""  # --stack: JSON {frames: [[function, file, line, module], ...], truncated}, or ""
 
 
 @dataclass(frozen=True)
@@ -38,13 +39,14 @@ class CallBlock:
     tid: np.ndarray  # int64
     args: Sequence[str] | None = None  # JSON per call; None: timing only ("" each)
     ret: Sequence[str] | None = None
+    stack: Sequence[str] | None = None  # --stack: JSON per call (CallRow.stack); None: "" each
 
     @staticmethod
     def of_values(session_id: str, first_seq: int, start_ns: list[int], duration_ns: list[int], pid: list[int],
-                  tid: list[int], args: list[str], ret: list[str]) -> CallBlock:
+                  tid: list[int], args: list[str], ret: list[str], stack: list[str] | None = None) -> CallBlock:
         """A block of calls decoded one by one (captured values)."""
         start, duration, pids, tids = (np.array(c, dtype=np.int64) for c in (start_ns, duration_ns, pid, tid))
-        return CallBlock(session_id, first_seq, start, duration, pids, tids, args, ret)
+        return CallBlock(session_id, first_seq, start, duration, pids, tids, args, ret, stack)
 
     def __len__(self) -> int:
         return len(self.start_ns)
@@ -63,7 +65,8 @@ class CallBlock:
             cut = slice(a, b)
             return CallBlock(self.session_id, self.first_seq + a, self.start_ns[cut], self.duration_ns[cut],
                              self.pid[cut], self.tid[cut], None if self.args is None else self.args[cut],
-                             None if self.ret is None else self.ret[cut])
+                             None if self.ret is None else self.ret[cut],
+                             None if self.stack is None else self.stack[cut])
         return part(0, n), part(n, None)
 
     def rows(self, after_seq: int, since_ns: int, until_ns: int, limit: int) -> list[CallRow]:
@@ -82,7 +85,7 @@ class CallBlock:
         columns = [self.start_ns[picked].tolist(), self.duration_ns[picked].tolist(), self.pid[picked].tolist(),
                    self.tid[picked].tolist()]
         return [CallRow(self.first_seq + i, self.session_id, s, d, p, t, self.args[i] if self.args is not None else "",
-                        self.ret[i] if self.ret is not None else "")
+                        self.ret[i] if self.ret is not None else "", self.stack[i] if self.stack is not None else "")
                 for i, s, d, p, t in zip(picked, *columns, strict=True)]
 
 
@@ -134,4 +137,6 @@ def as_columns(blocks: Sequence[CallBlock]) -> tuple[list[str], dict[str, np.nda
     if all(b.args is not None for b in blocks):
         columns["args"] = np.array([a for b in blocks for a in b.args or ()], dtype=object)
         columns["ret"] = np.array([r for b in blocks for r in b.ret or ()], dtype=object)
+        columns["stack"] = np.array([x for b in blocks for x in (b.stack if b.stack is not None else [""] * len(b))],
+                                    dtype=object)
     return sessions, columns

@@ -187,6 +187,7 @@ def check_config(config: pb.UprobeConfig) -> None:
                                      ("--print", bool(config.capture_only)),
                                      ("--sample-rate", config.sample_rate > 1),
                                      ("--min-duration", bool(config.min_duration_ns)),
-                                     ("--max-calls", bool(config.max_events))) if on]
+                                     ("--max-calls", bool(config.max_events)),
+                                     ("--stack", config.stack)) if on]
     if clashes:
         raise InvalidArgument(f"--count-by counts every call and reports none: leave out {', '.join(clashes)}")

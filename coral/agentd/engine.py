@@ -37,7 +37,8 @@ STAT_NAMES = ("CALLS", "SAMPLED", "FILTERED", "RINGBUF", "EMITTED", "MAX_NS", "S
 STATS_PER_SLOT = len(STAT_NAMES)
 ST_CALLS, ST_SAMPLED, ST_FILTERED, ST_RINGBUF, ST_EMITTED, ST_MAX_NS, ST_SUM_NS, ST_UNREADABLE, ST_EXPIRED, \
     ST_WHERE_ERROR = range(10)
-GLOBAL_NAMES = ("stack_full", "unpaired_returns", "stale_frames", "unwound_uncounted", "deep_frames_in_use")
+GLOBAL_NAMES = ("stack_full", "unpaired_returns", "stale_frames", "unwound_uncounted", "deep_frames_in_use",
+                "call_stacks_lost")
 G_DEEP_IN_USE = 4
 BY_UNWOUND, BY_TOO_DEEP, BY_TAIL_CALL = 1, 2, 3  # causes of calls not seen completed, counted by slot set (by_slots)
 
@@ -45,6 +46,9 @@ SITE_ENTRY, SITE_GO, SITE_GO_RET, SITE_PYTHON, SITE_RET, SITE_TAIL = 0x1, 0x2, 0
 SITE_URET = 0x40  # an entry whose return is a uretprobe (set from Site.uretprobe when the site is written)
 URETPROBE_DEPTH = 64  # the kernel's MAX_URETPROBE_DEPTH: uretprobes open at once on one task
 EV_NATIVE, EV_PYTHON, EV_PYTHON_TIMING, EV_NATIVE_TIMING = 1, 2, 3, 4
+EV_STACK_WALK, EV_STACK_COPY = 5, 6  # --stack: a call's stack, after its records (coral_records.h)
+STACK_WALK, STACK_COPY = 1, 2  # slot_config.stack: frame pointers walked by the kernel, or a copy for .eh_frame
+CALL_STACK, CALL_STACK_CUT = 0x20, 0x40  # struct coral_call's flags (bpf/coral_call.h): Python frames in `stack`
 UNREAD_STACK = 4  # native_event.unread: a Go call's stack arguments were not copied (bits 0, 1: its string slots)
 CAPTURE_COUNT_ONLY = 4  # slot_config.capture: --count-by, the calls are counted by key and no record is sent
 
@@ -58,10 +62,11 @@ def bpf_constants() -> dict[str, int]:
            "BY_UNWOUND": BY_UNWOUND, "BY_TOO_DEEP": BY_TOO_DEEP, "BY_TAIL_CALL": BY_TAIL_CALL,
            "EV_NATIVE": EV_NATIVE, "EV_PYTHON": EV_PYTHON, "EV_PYTHON_TIMING": EV_PYTHON_TIMING,
            "EV_NATIVE_TIMING": EV_NATIVE_TIMING, "UNREAD_STACK": UNREAD_STACK, "CAPTURE_COUNT_ONLY": CAPTURE_COUNT_ONLY,
-           **where_native.constants(), **countby.constants()}
+           "EV_STACK_WALK": EV_STACK_WALK, "EV_STACK_COPY": EV_STACK_COPY, "STACK_WALK": STACK_WALK,
+           "STACK_COPY": STACK_COPY, **where_native.constants(), **countby.constants()}
     out.update({f"ST_{name}": i for i, name in enumerate(STAT_NAMES)})
     out.update({f"G_{name}": i for i, name in enumerate(("STACK_FULL", "UNPAIRED", "STALE", "UNWOUND_UNCOUNTED",
-                                                                "DEEP_IN_USE"))})
+                                                                "DEEP_IN_USE", "STACK_LOST"))})
     return out
 
 
@@ -107,6 +112,8 @@ class SlotConfig:
     where: where_native.Program | None = None  # a --where condition, as the kernel evaluates it
     expires_monotonic_ns: int = 0  # CLOCK_MONOTONIC (bpf_ktime_get_ns): later calls are not counted; 0: never
     count_by: countby.Key | None = None  # --count-by: calls counted by this key, no record sent
+    call_stack: int = 0  # --stack: STACK_WALK or STACK_COPY (0: none)
+    call_stack_bytes: int = 0  # STACK_COPY: bytes of the stack copied from sp at the return
 
 
 @dataclass(frozen=True)
@@ -124,6 +131,24 @@ class NativeRecord:
 
 
 @dataclass(frozen=True)
+class StackRecord:
+    """--stack: the stack of one call, as taken at its return (bpf/coral_records.h, struct stack_head)."""
+
+    pid: int
+    tid: int
+    start_ns: int  # the call's: pairs it with the call's records
+    slots: int  # bit i: slot i reported the call
+    at_ret: bool  # ip is the probed function's RET (sp points at the return address); else the caller's
+    ip: int
+    sp: int
+    bp: int
+    ret: int  # the word at sp
+    walked: tuple[int, ...] = ()  # the kernel's frame-pointer walk, innermost first
+    copy: bytes = b""  # or the stack from sp, for .eh_frame
+    failed: bool = False  # nothing could be taken
+
+
+@dataclass(frozen=True)
 class PythonRecord:
     pid: int
     tid: int
@@ -134,6 +159,7 @@ class PythonRecord:
     flags: int
     args: bytes
     ret: bytes
+    stack: bytes = b""  # --stack: the SDK's text of the call's Python frames (bpf/coral_call.h); b"" if none
 
 
 @dataclass(frozen=True)
@@ -153,7 +179,8 @@ class Timings:
         return Timings(self.pid[:n], self.tid[:n], self.start_ns[:n], self.end_ns[:n])
 
 
-Drained = tuple[int, "Timings | list[NativeRecord | PythonRecord]"]  # (slot, its calls)
+Drained = tuple[int, "Timings | list[NativeRecord | PythonRecord] | list[StackRecord]"]  # (slot, its calls)
+STACKS = -1  # the slot under which drain() returns StackRecords
 
 
 def record_dtype(layout: Layout, stride: int) -> np.dtype:
@@ -238,7 +265,11 @@ class ProbeEngine:
         self._native, self._python = native.struct, python.struct
         # Timing-only records are read as numpy columns by member name (record_dtype), the others one by one.
         self._timing_layouts = {EV_NATIVE_TIMING: records["native_timing_event"], EV_PYTHON_TIMING: timing}
-        self._full_sizes = {EV_NATIVE: native.size, EV_PYTHON: python.size}
+        self._full_sizes = {EV_NATIVE: native.size, EV_PYTHON: python.size,
+                            EV_STACK_WALK: records["stack_walk_event"].size, EV_STACK_COPY: records["stack_copy_event"].size}
+        head = records["stack_head"]
+        self._stack_head = head.struct
+        self._stack_head_size = head.size
         self._dtypes: dict[tuple[int, int], np.dtype] = {}  # by (record type, stride)
         # Where each record's values are, by member name (the header is their one definition).
         call = records["coral_call"]
@@ -252,19 +283,23 @@ class ProbeEngine:
         at_call = python.values("call").start
         self._python_scalars = itemgetter(*(python.values(n).start for n in ("slot", "pid", "tid")), *(
             at_call + call.values(n).start for n in ("fn_id", "call_id", "start_ns", "end_ns", "flags", "args_len",
-                                                     "ret_len", "args", "ret")))
+                                                     "ret_len", "args", "ret", "stack_len", "stack")))
         self._args_max, self._ret_max = call.member("args").size, call.member("ret").size
+        self._stack_max = call.member("stack").size
         self._hit = self._bpf.load_func(b"coral_hit", bcc.BPF.KPROBE).fd
         self._ret = self._bpf.load_func(b"coral_return", bcc.BPF.KPROBE).fd
         # coral_hit tail-calls it at the entry of a function with a --where condition (verified apart).
         self._bpf["where_calls"][ctypes.c_int(0)] = ctypes.c_int(self._bpf.load_func(b"coral_where", bcc.BPF.KPROBE).fd)
-        # coral_hit and coral_return tail-call it at a return a --count-by session counts (verified apart).
+        # coral_hit and coral_return tail-call it at a return a --count-by session counts (verified apart),
         self._bpf["count_calls"][ctypes.c_int(0)] = ctypes.c_int(self._bpf.load_func(b"coral_count",
                                                                                      bcc.BPF.KPROBE).fd)
+        # ... and coral_stack (they or coral_count) after a return whose call a --stack session reported.
+        self._bpf["stack_calls"][ctypes.c_int(0)] = ctypes.c_int(self._bpf.load_func(b"coral_stack", bcc.BPF.KPROBE).fd)
         self._lib = _Libbcc(bcc)
         self._sites = self._bpf["sites"]
         self._slot_table = self._bpf["slots"]
         self._wheres = self._bpf["wheres"]
+        self._stack_slots = self._bpf["stack_slots"]  # --stack: the slots that take stacks, as a mask
         self._stats = self._bpf["stats"]
         self._hist = self._bpf["hist"]
         self._by_slots_table = self._bpf["by_slots"]  # (slot set, cause) -> calls not seen completed
@@ -432,6 +467,7 @@ class ProbeEngine:
         v.min_duration_ns = c.min_duration_ns
         v.fn_id = c.fn_id
         v.expires_ns = c.expires_monotonic_ns
+        v.stack, v.stack_bytes = c.call_stack, c.call_stack_bytes
         v.str_arg[0], v.str_arg[1] = c.str_args
         v.blob_arg, v.blob_len, v.blob_at = c.blob
         v.str_ret, v.str_ret_at = c.str_result
@@ -449,6 +485,8 @@ class ProbeEngine:
             self._write_where(slot, c.where)  # before a site names the slot (_where_of)
         self._write_count_by(slot, c.count_by)  # likewise (_count_of)
         self._slot_table[ctypes.c_int(slot)] = v
+        stacked = sum(1 << i for i, k in self._configs.items() if k.call_stack)
+        self._stack_slots[ctypes.c_int(0)] = ctypes.c_uint64(stacked)
 
     def _write_where(self, slot: int, program: where_native.Program) -> None:
         w = self._wheres.Leaf()
@@ -723,6 +761,9 @@ class ProbeEngine:
             return
         if length < self._full_sizes.get(kind, 1 << 31):
             return  # not a record this program writes
+        if kind in (EV_STACK_WALK, EV_STACK_COPY):
+            out.append((STACKS, [self._decode_stack(kind, raw.tobytes()) for raw in rows]))
+            return
         groups: list[tuple[int, list[NativeRecord | PythonRecord]]] = []  # consecutive records of one slot
         for raw in rows:
             slot, record = self._decode_full(kind, raw.tobytes())
@@ -731,6 +772,17 @@ class ProbeEngine:
             else:
                 groups.append((slot, [record]))
         out.extend(groups)
+
+    def _decode_stack(self, kind: int, raw: bytes) -> StackRecord:
+        _, at_ret, pid, tid, start, slots, ip, sp, bp, ret, size = self._stack_head.unpack_from(raw, HEADER_BYTES)
+        body = raw[HEADER_BYTES + self._stack_head_size:]
+        if size < 0:
+            return StackRecord(pid, tid, start, slots, bool(at_ret), ip, sp, bp, ret, failed=True)
+        if kind == EV_STACK_COPY:
+            return StackRecord(pid, tid, start, slots, bool(at_ret), ip, sp, bp, ret, copy=body[:size])
+        n = min(size // 8, len(body) // 8)
+        return StackRecord(pid, tid, start, slots, bool(at_ret), ip, sp, bp, ret,
+                           walked=tuple(np.frombuffer(body[:n * 8], dtype="<u8").tolist()))
 
     def _decode_full(self, kind: int, raw: bytes) -> tuple[int, NativeRecord | PythonRecord]:
         """One record with captured values (after its ring-buffer header)."""
@@ -745,9 +797,11 @@ class ProbeEngine:
             return slot, NativeRecord(pid, tid, start, duration, results, args, (strs[0], strs[1]), unread,
                                       (lens[0], lens[1]), stack)
         f = self._python.unpack_from(raw, HEADER_BYTES)
-        slot, pid, tid, fn_id, call_id, start, end, flags, args_len, ret_len, args, ret = self._python_scalars(f)
+        slot, pid, tid, fn_id, call_id, start, end, flags, args_len, ret_len, args, ret, stack_len, stack = \
+            self._python_scalars(f)
         return slot, PythonRecord(pid, tid, fn_id, call_id, start, end, flags, args[:min(args_len, self._args_max)],
-                                  ret[:min(ret_len, self._ret_max)])
+                                  ret[:min(ret_len, self._ret_max)],
+                                  stack[:min(stack_len, self._stack_max)] if flags & CALL_STACK else b"")
 
     # ------------------------------------------------------------ counts
 

@@ -151,6 +151,7 @@ class Agent:
         self._deferred_total = 0
         self.followers = Waiters()  # QueryUprobeEvents with wait_ms, held until their session has news
         self.profiles = Profiles()  # each in its own thread; answered from the loop
+        self.sessions.symbolizer = self.profiles.symbolizer  # --stack: the same files, read once
         self.retention = Retention(parse_age(config.agent.retention))
         self.purges = PurgeSchedule(config.agent.purge_interval)
         handlers: dict[str, Handler] = {
@@ -532,7 +533,7 @@ class Agent:
                 poller = zmq.Poller()
                 poller.register(rep, zmq.POLLIN)
                 wait_ms = self._poll_ms(time.monotonic())
-                if self.sessions.active or self.engine.closing:
+                if self.sessions.active or self.engine.closing or self.sessions.finishing:
                     t = time.monotonic()
                     next_drain = max(last_drained + cfg.agent.drain_interval, self.ingest.resume_at(t))
                     if self.sessions.pending >= FLUSH_BATCH:  # a backlog to write, when the budget allows

@@ -18,9 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from coral.agentd import abi, conditions, countby, showvalues, where_native
+from coral.agentd import abi, callstacks, conditions, countby, showvalues, where_native
 from coral.agentd.callblocks import CallBlock, CallRow, calls_of, rows_in_blocks, take
 from coral.agentd.engine import (
+    STACK_COPY,
+    STACK_WALK,
+    STACKS,
     NativeRecord,
     ProbeEngine,
     ProbeError,
@@ -28,12 +31,14 @@ from coral.agentd.engine import (
     Site,
     SlotConfig,
     SlotStats,
+    StackRecord,
     Timings,
 )
 from coral.agentd.memory import release_idle_pages, trim_heap
 from coral.agentd.probecost import ProbeCosts, first_bytes
 from coral.agentd.registry import ProcessRegistry, Registration
 from coral.agentd.store import EventStore, SessionRow
+from coral.agentd.symbolize import Symbolizer, sets_up_frame
 from coral.agentd.targets import native_sites, python_site
 from coral.agentd.totals import CallTotals
 from coral.daemon.config import Config
@@ -64,6 +69,34 @@ def wall_clock_offset_ns() -> int:
 
 MAX_CAPTURE_ONLY = 16
 COUNTS_EVERY = 1.0  # seconds between asks for a Python --count-by session's live rows
+MAX_AWAITING = 2048  # --stack: calls held for their stack (a copy is 8 KiB); past it they go without (stack_missing)
+STACK_FILES_WAIT = 30.0  # seconds an ended session's last calls wait for its files to be read, at most
+
+
+def check_stack(config: pb.UprobeConfig) -> None:
+    """--stack's bounds (docs/protocol.md, UprobeConfig.stack)."""
+    if not config.stack:
+        if config.stack_depth or config.stack_bytes or config.stack_unwind:
+            raise InvalidArgument("stack_depth, stack_bytes and stack_unwind need --stack")
+        return
+    if config.stack_depth > callstacks.MAX_DEPTH:
+        raise InvalidArgument(f"--stack-depth {config.stack_depth} is over the limit of {callstacks.MAX_DEPTH} frames")
+    if config.stack_bytes > callstacks.MAX_BYTES:
+        raise InvalidArgument(f"--stack-bytes {config.stack_bytes} is over the limit of {callstacks.MAX_BYTES}")
+    if config.stack_unwind not in ("", *callstacks.UNWINDS):
+        raise InvalidArgument(f"--stack-unwind {config.stack_unwind!r}: one of {', '.join(callstacks.UNWINDS)}")
+
+
+def stack_unwind_of(config: pb.UprobeConfig, meta: pb.FunctionMetadata, first: bytes) -> str:
+    """How a native session takes stacks: as asked, else frame pointers
+    where the code keeps them (Go always does; a C or C++ function that
+    pushes %rbp and points it at its frame was built with them), else a
+    copy unwound with .eh_frame."""
+    if config.stack_unwind:
+        return config.stack_unwind
+    if meta.kind == "go":
+        return "fp"
+    return "fp" if sets_up_frame(first) else "tables"
 
 
 def check_capture_only(config: pb.UprobeConfig, meta: pb.FunctionMetadata, rules: Rules) -> None:
@@ -117,6 +150,15 @@ class NativeShape:
 
 
 @dataclass
+class Awaiting:
+    """--stack: a call drained before it could be stored with its stack."""
+
+    record: NativeRecord | PythonRecord
+    drain: int  # the collect that drained it
+    stack: StackRecord | None = None
+
+
+@dataclass
 class Target:
     reg: Registration
     meta: pb.FunctionMetadata
@@ -154,6 +196,11 @@ class Session:
     sdk_counts: dict[int, list[pb.CountRow]] | None = None  # --count-by on Python: each process's rows, by pid
     counts_pending: int = 0  # --count-by on Python: disarms sent whose answer (with the rows) has not come
     counts_asked: float = 0.0  # --count-by on Python: when the live rows were last asked for (monotonic)
+    stack_unwind: str = ""  # --stack: fp | tables (DebugSession.stack_unwind); "" without
+    stacks: callstacks.SessionStacks | None = None
+    # --stack: calls drained before their stack (it follows them in the ring
+    # buffer), or before the session's files were read; at most MAX_AWAITING.
+    awaiting: builtins.list[Awaiting] = field(default_factory=list)
 
     @property
     def pids(self) -> list[int]:
@@ -194,6 +241,8 @@ class Session:
              "inlined_into": self.inlined_into, "entry_instruction": self.entry_instruction,
              "probe_cost_ns": self.probe_cost_ns,
              "count_by": c.count_by,
+             "stack": c.stack, "stack_depth": c.stack_depth, "stack_bytes": c.stack_bytes,
+             "stack_unwind": self.stack_unwind, "stack_unwind_asked": c.stack_unwind,
              "stats": {"calls": stats.calls, "sum_ns": stats.sum_ns, "max_ns": stats.max_ns,
                        "histogram": {str(k): v for k, v in stats.histogram.items()},
                        **({"counts": countby.to_json(self.count_rows(stats))}
@@ -222,8 +271,9 @@ class Starting:
 
 class SessionManager:
     def __init__(self, config: Config, agent_id: str, registry: ProcessRegistry, store: EventStore,
-                 ask: AskProcess, engine: ProbeEngine) -> None:
+                 ask: AskProcess, engine: ProbeEngine, symbolizer: Symbolizer | None = None) -> None:
         self.config = config
+        self.symbolizer = symbolizer or Symbolizer()  # --stack: files read once, shared with the profiles
         self.agent_id = agent_id
         self.registry = registry
         self.store = store
@@ -251,12 +301,14 @@ class SessionManager:
         self.may_drain: Callable[[], bool] = lambda: True
         self._trimmed = 0.0
         self._seq = store.next_seq()
+        self._drains = 0  # collects so far (--stack: how long a call has waited for its stack)
+        self._finishing: builtins.list[tuple[Session, SlotStats]] = []  # ended, calls waiting for their stacks
         # Python: one fn_id per function name, shared by every session and
         # process; a function stays armed while any session uses it.
         self._fn_id_source = itertools.count(int(time.time()) << 20)
         self._fn_ids: dict[str, int] = {}
-        # (pid, name) -> (sessions, args, return, the condition it is armed with)
-        self._arms: dict[tuple[int, str], tuple[int, bool, bool, str]] = {}
+        # (pid, name) -> (sessions, args, return, the condition it is armed with, --stack's depth: 0 none)
+        self._arms: dict[tuple[int, str], tuple[int, bool, bool, str, int]] = {}
         self._counting: set[tuple[int, str]] = set()  # arms counting by a key (--count-by): one session each
         self._clock_offset = wall_clock_offset_ns()
         self.rules = Rules(config.sdk.redact_patterns)  # the SDK's rules, for native values
@@ -278,6 +330,7 @@ class SessionManager:
         if req.config.max_events > events_limit:
             raise InvalidArgument(f"max_events {req.config.max_events} exceeds this agent's limit of {events_limit} "
                                   f"([sessions] max_events_per_session); ask for {events_limit} or less")
+        check_stack(req.config)
         if req.session_id and (len(req.session_id) > 64 or not req.session_id.isprintable()):
             raise InvalidArgument("session id must be up to 64 printable characters")
         session_id = req.session_id or f"dbg-{secrets.token_hex(6)}"
@@ -327,7 +380,7 @@ class SessionManager:
         req = start.req
         fn_id = self._fn_ids.setdefault(req.function, next(self._fn_id_source))
         key = (reg.pid, req.function)
-        users, args, ret, armed_with = self._arms.get(key, (0, False, False, ""))
+        users, args, ret, armed_with, depth = self._arms.get(key, (0, False, False, "", 0))
         if users and (req.config.count_by or key in self._counting):
             # The SDK counts every call of the armed function in one table: it would be two sessions'.
             raise InvalidArgument(f"{req.function} in pid {reg.pid} is watched by {self._watcher(reg.pid, req.function)}"
@@ -340,9 +393,12 @@ class SessionManager:
                                   f"with {_condition_shown(armed_with)}; a Python function runs one condition at a "
                                   f"time: attach with the same --where, or detach that session first")
         # Build what any session of this function shows; each session shows only what it asked for.
+        if req.config.stack:
+            depth = max(depth, req.config.stack_depth or callstacks.DEFAULT_DEPTH)
         capture = pb.UprobeConfig(capture_args=args or req.config.capture_args, capture_return=ret or req.config.capture_return,
-                                  predicate=condition, count_by=req.config.count_by)
-        self._arms[key] = (users + 1, capture.capture_args, capture.capture_return, condition)  # counted now: asks overlap
+                                  predicate=condition, count_by=req.config.count_by, stack=bool(depth),
+                                  stack_depth=depth)
+        self._arms[key] = (users + 1, capture.capture_args, capture.capture_return, condition, depth)  # counted now: asks overlap
         if req.config.count_by:
             self._counting.add(key)
         target = Target(reg, pb.FunctionMetadata(), [], fn_id, req.function)
@@ -410,6 +466,9 @@ class SessionManager:
             count_key = countby.compile_key(req.config.count_by, first, self.rules)
         record_slots = abi.record_slots(first, req.config.capture_args, req.config.capture_return,
                                         self.engine.string_bytes)
+        unwind = ""
+        if req.config.stack and first.kind != "python":
+            unwind = stack_unwind_of(req.config, first, first_bytes(targets[0].sites[0]))
         slot_config = SlotConfig(
             sample_rate=req.config.sample_rate or 1, capture_args=req.config.capture_args,
             capture_return=req.config.capture_return, min_duration_ns=req.config.min_duration_ns,
@@ -419,6 +478,8 @@ class SessionManager:
             stack_bytes=abi.stack_bytes(first, self.engine.stack_bytes) if req.config.capture_args else 0,
             where=None if first.kind == "python" else native_condition(req.config, first, self.rules),
             count_by=count_key,
+            call_stack=STACK_WALK if unwind == "fp" else STACK_COPY if unwind == "tables" else 0,
+            call_stack_bytes=req.config.stack_bytes or callstacks.DEFAULT_BYTES,
         )
         try:
             slot = self.engine.open_slot(slot_config, [s for t in targets for s in t.sites],
@@ -441,6 +502,14 @@ class SessionManager:
         if first.kind != "python":
             session.entry_instruction, session.probe_cost_ns = self.probe_costs.of(
                 first_bytes(targets[0].sites[0]), session.return_probe)
+        if req.config.stack and first.kind == "python":
+            session.stack_unwind = "python"
+        if unwind:
+            session.stack_unwind = unwind
+            entries = {t.reg.pid: next((s.func_ip or s.runtime_ip for s in t.sites), 0) for t in targets}
+            session.stacks = callstacks.SessionStacks(self.symbolizer, session.pids, entries,
+                                                      req.config.stack_depth or callstacks.DEFAULT_DEPTH,
+                                                      unwinds=unwind == "tables")
         self.active[session.session_id] = session
         self._finish_closed()  # the slot may have been freed since the last drain: its last session is done
         self._by_slot[slot] = session
@@ -460,9 +529,9 @@ class SessionManager:
             if not t.fn_id:
                 continue
             key = (t.reg.pid, t.function)
-            users, args, ret, condition = self._arms.pop(key, (1, False, False, ""))
+            users, args, ret, condition, depth = self._arms.pop(key, (1, False, False, "", 0))
             if users > 1:
-                self._arms[key] = (users - 1, args, ret, condition)
+                self._arms[key] = (users - 1, args, ret, condition, depth)
                 continue
             self._counting.discard(key)
 
@@ -487,29 +556,74 @@ class SessionManager:
         of records at most, 0: all; `more_waiting` says if it stopped there)."""
         n = 0
         drained, self.more_waiting = self.engine.drain(limit)
+        self._drains += 1
+        stacks: dict[tuple[int, int, int], StackRecord] = {}
+        for slot, calls in drained:
+            if slot == STACKS:
+                stacks.update(((r.pid, r.tid, r.start_ns), r) for r in cast(builtins.list[StackRecord], calls))
         for slot, calls in drained:
             session = self._by_slot.get(slot)  # active, or ended with calls still to read
             if session is None:
                 continue
             n += len(calls)
-            kept = min(len(calls), max(session.max_events - session.stored, 0))
-            if kept < len(calls):
-                session.lost["max_events"] += len(calls) - kept
-            if not kept:
+            if session.stacks is not None and not isinstance(calls, Timings):
+                session.awaiting += [Awaiting(cast(NativeRecord, r), self._drains) for r in calls]
                 continue
-            session.stored += kept
-            if isinstance(calls, Timings):
-                t = calls.head(kept)
-                block = CallBlock(session.session_id, self._seq, t.start_ns + self._clock_offset, t.end_ns - t.start_ns,
-                                  t.pid, t.tid)
-            else:
-                block = self._values_block(session, calls[:kept])
-            self._pending.append(block)
-            self._pending_calls += kept
-            self._seq += kept
-            self.news.add(session.session_id)
+            self._store_calls(session, cast("Timings | builtins.list[NativeRecord | PythonRecord]", calls))
+        for session in list(self._by_slot.values()):
+            if session.awaiting:
+                self._store_stacked(session, stacks, final=False)
         self._finish_closed()
         return n
+
+    def _store_stacked(self, s: Session, stacks: dict[tuple[int, int, int], StackRecord], final: bool) -> None:
+        """--stack: store the calls whose stack has come (it follows their
+        records in the ring buffer, in the same or the next drain), and those
+        that waited a drain longer for it, without (lost: stack_missing);
+        none until the session's files are read, unless `final` or too many wait."""
+        for a in s.awaiting:
+            if a.stack is None:
+                r = a.record
+                a.stack = stacks.get((r.pid, r.tid, r.start_ns))
+        stacker = s.stacks
+        if stacker is None:
+            return
+        ready = stacker.ready()
+        if not ready and not final and len(s.awaiting) <= MAX_AWAITING:
+            return
+        done = 0
+        for a in s.awaiting:
+            if a.stack is None and a.drain == self._drains and not final:
+                break  # its stack may be in the next drain
+            done += 1
+        taken, s.awaiting = s.awaiting[:done], s.awaiting[done:]
+        texts = []
+        for a in taken:
+            if a.stack is None or not ready:
+                s.lost["stack_missing"] += 1
+                texts.append("")
+            else:
+                texts.append(stacker.symbolize(a.stack).to_json())
+        self._store_calls(s, [a.record for a in taken], texts)
+
+    def _store_calls(self, session: Session, calls: Timings | builtins.list[NativeRecord | PythonRecord],
+                     stacks: builtins.list[str] | None = None) -> None:
+        kept = min(len(calls), max(session.max_events - session.stored, 0))
+        if kept < len(calls):
+            session.lost["max_events"] += len(calls) - kept
+        if not kept:
+            return
+        session.stored += kept
+        if isinstance(calls, Timings):
+            t = calls.head(kept)
+            block = CallBlock(session.session_id, self._seq, t.start_ns + self._clock_offset, t.end_ns - t.start_ns,
+                              t.pid, t.tid)
+        else:
+            block = self._values_block(session, calls[:kept], None if stacks is None else stacks[:kept])
+        self._pending.append(block)
+        self._pending_calls += kept
+        self._seq += kept
+        self.news.add(session.session_id)
 
     def _finish_closed(self) -> None:
         """The ended sessions whose probes are gone and whose every call has
@@ -521,21 +635,39 @@ class SessionManager:
             if session is None or session.session_id in self.active:
                 continue  # a slot whose opening failed, or the agent's own
             del self._by_slot[slot]
-            if not session.counts_pending:  # else it closes when the SDKs' rows are in (_counts_in)
-                self._closing.pop(session.session_id, None)
-            session.final = final
-            row = session.to_row(final)
-            self.totals.session_final(final.calls, row.lost)
-            self.store.save_session(row)
-            self.news.add(session.session_id)
-            log.info("session %s %s%s: %d calls", session.session_id, session.status,
-                     f" ({session.reason})" if session.reason else "", final.calls)
-            if final.expired:
-                log.info("session %s: %d calls returned after its expiry, before its probes were detached: the "
-                         "kernel counted none of them", session.session_id, final.expired)
-            if not session.counts_pending:
-                for waiter in self._when_collected.pop(session.session_id, []):
-                    waiter()
+            self._finishing.append((session, final))
+        waiting = []
+        for session, final in self._finishing:
+            if session.awaiting and session.stacks is not None and not session.stacks.ready() and \
+                    time.monotonic() - session.stacks.started < STACK_FILES_WAIT:
+                waiting.append((session, final))  # its calls wait for the session's files, read in a thread
+                continue
+            if session.awaiting:
+                self._store_stacked(session, {}, final=True)
+            self._finish(session, final)
+        self._finishing = waiting
+
+    @property
+    def finishing(self) -> bool:
+        """Ended sessions whose last calls wait for their stacks to be symbolized."""
+        return bool(self._finishing)
+
+    def _finish(self, session: Session, final: SlotStats) -> None:
+        if not session.counts_pending:  # else it closes when the SDKs' rows are in (_counts_in)
+            self._closing.pop(session.session_id, None)
+        session.final = final
+        row = session.to_row(final)
+        self.totals.session_final(final.calls, row.lost)
+        self.store.save_session(row)
+        self.news.add(session.session_id)
+        log.info("session %s %s%s: %d calls", session.session_id, session.status,
+                 f" ({session.reason})" if session.reason else "", final.calls)
+        if final.expired:
+            log.info("session %s: %d calls returned after its expiry, before its probes were detached: the "
+                     "kernel counted none of them", session.session_id, final.expired)
+        if not session.counts_pending:
+            for waiter in self._when_collected.pop(session.session_id, []):
+                waiter()
 
     def _counts_in(self, session: Session) -> None:
         """One SDK answered a --count-by session's disarm: once all have and
@@ -560,10 +692,15 @@ class SessionManager:
         else:
             answer()
 
-    def _values_block(self, s: Session, records: builtins.list[NativeRecord | PythonRecord]) -> CallBlock:
+    def _values_block(self, s: Session, records: builtins.list[NativeRecord | PythonRecord],
+                      stacks: builtins.list[str] | None = None) -> CallBlock:
         """Calls with captured values (or a Python exception), one by one."""
         columns: builtins.list[builtins.list[Any]] = [[], [], [], [], [], []]
+        python_stacks: builtins.list[str] | None = [] if s.config.stack and stacks is None else None
         for rec in records:
+            if python_stacks is not None:
+                python_stacks.append(callstacks.python_stack(rec.stack, rec.flags) if isinstance(rec, PythonRecord)
+                                     else "")
             if isinstance(rec, PythonRecord):
                 start, end = rec.start_ns, rec.end_ns
                 args = [dict(zip(("name", "value"), a.decode(errors="replace").split("=", 1), strict=False)) |
@@ -593,7 +730,9 @@ class SessionManager:
                    json.dumps(ret) if ret else "")
             for column, value in zip(columns, row, strict=True):
                 column.append(value)
-        return CallBlock.of_values(s.session_id, self._seq, *columns)
+        start_ns, duration_ns, pids, tids, args_json, ret_json = columns
+        return CallBlock.of_values(s.session_id, self._seq, start_ns, duration_ns, pids, tids, args_json, ret_json,
+                                   stacks if python_stacks is None else python_stacks)
 
     def _native_values(
         self, s: Session, meta: pb.FunctionMetadata, shape: NativeShape, rec: NativeRecord
@@ -776,7 +915,10 @@ class SessionManager:
                                    min_duration_ns=int(cast(int, c.get("min_duration_ns", 0))),
                                    predicate=str(c.get("predicate", "")), errors_only=bool(c.get("errors_only")),
                                    capture_only=[str(n) for n in cast(list[object], c.get("capture_only", []))],
-                                   count_by=str(c.get("count_by", ""))),
+                                   count_by=str(c.get("count_by", "")),
+                                   stack=bool(c.get("stack")), stack_depth=int(cast(int, c.get("stack_depth", 0))),
+                                   stack_bytes=int(cast(int, c.get("stack_bytes", 0))),
+                                   stack_unwind=str(c.get("stack_unwind_asked", ""))),
             total_calls=int(stats.get("calls", 0)), sum_duration_ns=int(stats.get("sum_ns", 0)),
             max_duration_ns=int(stats.get("max_ns", 0)),
             histogram={int(k): int(v) for k, v in cast(dict[str, int], stats.get("histogram", {})).items()},
@@ -787,6 +929,7 @@ class SessionManager:
             inlined_into=[str(x) for x in cast(list[object], c.get("inlined_into", []))],
             entry_instruction=str(c.get("entry_instruction", "")),
             probe_cost_ns=int(cast(int, c.get("probe_cost_ns", 0))),
+            stack_unwind=str(c.get("stack_unwind", "")),
         )
 
     def session(self, session_id: str) -> pb.DebugSession:
@@ -843,4 +986,8 @@ class SessionManager:
             call.args.extend(pb.FunctionArgument(**a) for a in json.loads(r.args))
         if r.ret:
             call.return_value.CopyFrom(pb.FunctionReturnValue(**json.loads(r.ret)))
+        if r.stack:
+            stack = json.loads(r.stack)
+            call.stack.extend(pb.StackFrame(function=f[0], file=f[1], line=f[2], module=f[3]) for f in stack["frames"])
+            call.stack_truncated = bool(stack["truncated"])
         return call

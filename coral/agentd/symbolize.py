@@ -92,7 +92,7 @@ def read_elf_symbols(path: str) -> ElfSymbols:
             out.ends.append(address + size)
             out.names.append(demangle(name) or name)
             inside = base <= address < base + len(code)  # .init, .plt: not looked at, taken as framed
-            out.framed.append(is_go or not inside or _sets_up_frame(code[address - base:address - base + 8]))
+            out.framed.append(is_go or not inside or sets_up_frame(code[address - base:address - base + 8]))
         with contextlib.suppress(DWARFError, ELFError, KeyError, ValueError, IndexError, AttributeError):
             _read_lines(ef, out)
     return out
@@ -102,7 +102,7 @@ def _alias_rank(name: str) -> tuple[bool, bool, int]:
     return name.startswith("_") and not name.startswith("_Z"), "@" in name, len(name)
 
 
-def _sets_up_frame(head: bytes) -> bool:
+def sets_up_frame(head: bytes) -> bool:
     """Whether a function's first bytes push %rbp and point it at the new frame
     (gcc -fno-omit-frame-pointer, or -O0): a caller is found through its frame."""
     if head.startswith(_ENDBR64):

@@ -140,6 +140,7 @@ def merge_one(session: pb.DebugSession) -> None:
     session.pids[:] = s.pids
     session.unanswered[:] = s.unanswered
     session.return_probe = s.return_probe
+    session.stack_unwind = s.stack_unwind
     session.entry_instruction = s.entry_instruction
     session.probe_cost_ns = s.probe_cost_ns
     session.inlined_into[:] = s.inlined_into
@@ -202,6 +203,7 @@ def merge_many(session: pb.DebugSession) -> None:
     session.unanswered.extend(u for s in parts for u in s.unanswered)
     session.return_probe = ",".join(sorted({s.return_probe for s in parts if s.return_probe}))
     session.entry_instruction = ",".join(sorted({s.entry_instruction for s in parts if s.entry_instruction}))
+    session.stack_unwind = ",".join(sorted({s.stack_unwind for s in parts if s.stack_unwind}))
     session.probe_cost_ns = max(s.probe_cost_ns for s in parts)
     del session.inlined_into[:]
     session.inlined_into.extend(max((list(s.inlined_into) for s in parts), key=len, default=[]))  # one binary, seen by each

@@ -92,7 +92,7 @@ def candidates(parser: argparse.ArgumentParser, words: list[str], cword: int, as
         return []
     if command in ("functions", "debug/attach"):
         found = ask("services", "")
-    elif command in ("debug/events", "debug/detach"):
+    elif command in ("debug/events", "debug/detach", "debug/stacks", "debug/flamegraph"):
         found = ask("sessions", "")
     elif command == "debug/show":
         found = ask("saved", "")

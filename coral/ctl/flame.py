@@ -80,11 +80,13 @@ def tree(stacks: list[tuple[tuple[str, ...], int]], root_name: str) -> _Node:
     return root
 
 
-def flamegraph_html(stacks: list[tuple[tuple[str, ...], int]], title: str, subtitle: str) -> str:
-    """One HTML file, readable offline: the tree as JSON, drawn by the script below."""
+def flamegraph_html(stacks: list[tuple[tuple[str, ...], int]], title: str, subtitle: str,
+                    unit: str = "samples") -> str:
+    """One HTML file, readable offline: the tree as JSON, drawn by the script
+    below. `unit`: what the counts are, "samples" or "ns" (shown as a time)."""
     data = json.dumps(tree(stacks, "all").to_json(), separators=(",", ":")).replace("</", "<\\/")
     return (_PAGE.replace("%TITLE%", html.escape(title)).replace("%SUBTITLE%", html.escape(subtitle))
-            .replace("%DATA%", data))
+            .replace("%UNIT%", json.dumps(unit)).replace("%DATA%", data))
 
 
 # Written for Coral; boxes are <rect> and <text> in one <svg>, so the names
@@ -112,7 +114,7 @@ svg text { font: 12px monospace; fill: #000; pointer-events: none; }
 <div id="tip"></div>
 <script>
 "use strict";
-const DATA = %DATA%;
+const DATA = %DATA%, UNIT = %UNIT%;
 const ROW = 18, NS = "http://www.w3.org/2000/svg";
 const svg = document.getElementById("flame"), tip = document.getElementById("tip");
 const reset = document.getElementById("reset"), info = document.getElementById("info");
@@ -123,6 +125,12 @@ function color(name) {
   return "rgb(" + (205 + h % 50) + "," + (90 + (h >> 8) % 110) + "," + (40 + (h >> 16) % 50) + ")";
 }
 function pct(v) { return (100 * v / total).toFixed(1) + "%"; }
+function amount(v) {
+  if (UNIT !== "ns") return v + " " + UNIT;
+  const units = [[1e9, "s"], [1e6, "ms"], [1e3, "\\u00b5s"]];
+  for (const [size, name] of units) if (v >= size) return (v / size).toPrecision(3) + " " + name;
+  return v + " ns";
+}
 function draw(focus, path) {
   while (svg.firstChild) svg.removeChild(svg.firstChild);
   const width = svg.clientWidth || 1200, rows = path.length + depthOf(focus);
@@ -144,7 +152,7 @@ function draw(focus, path) {
       g.appendChild(t);
     }
     g.addEventListener("mousemove", e => {
-      tip.textContent = node[0] + " \\u2014 " + node[1] + " samples (" + pct(node[1]) + ")";
+      tip.textContent = node[0] + " \\u2014 " + amount(node[1]) + " (" + pct(node[1]) + ")";
       tip.style.display = "block"; tip.style.left = (e.clientX + 12) + "px"; tip.style.top = (e.clientY + 12) + "px";
     });
     g.addEventListener("mouseleave", () => { tip.style.display = "none"; });
@@ -163,8 +171,8 @@ let current = [DATA, []];
 function zoom(node, path) {
   current = [node, path];
   reset.style.display = path.length ? "inline" : "none";
-  info.textContent = path.length ? node[0] + ": " + node[1] + " samples (" + pct(node[1]) + ")" :
-    "Click a box to zoom to it; hover for its samples.";
+  info.textContent = path.length ? node[0] + ": " + amount(node[1]) + " (" + pct(node[1]) + ")" :
+    "Click a box to zoom to it; hover for its " + (UNIT === "ns" ? "time." : "samples.");
   draw(node, path);
 }
 reset.addEventListener("click", () => zoom(DATA, []));

@@ -23,6 +23,7 @@ from google.protobuf.message import Message
 from coral import expr
 from coral.ctl import complete, group, render
 from coral.ctl import profile as profile_command
+from coral.ctl import stacks as stacks_command
 from coral.ctl.saved import SessionFile, sessions_dir, show_saved
 from coral.daemon import curve
 from coral.daemon.client import Client, HandshakeFailed, Unreachable
@@ -109,6 +110,14 @@ examples:
     "detach": """\
 examples:
   coralctl debug detach dbg-1a2b3c4d5e6f""",
+    "stacks": """\
+examples:
+  coralctl debug stacks dbg-1a2b3c4d5e6f
+  coralctl debug stacks dbg-1a2b3c4d5e6f --output folded > calls.folded   # by calls""",
+    "flamegraph": """\
+examples:
+  coralctl debug flamegraph dbg-1a2b3c4d5e6f -o callers.html
+  coralctl debug flamegraph dbg-1a2b3c4d5e6f --output folded > callers.folded   # by time (ns), for flamegraph.pl""",
     "profile": """\
 examples:
   coralctl profile payments --duration 30s -o flame.html
@@ -176,6 +185,9 @@ def positive_int(text: str) -> int:
 # an agent that does not answer is reported as such, not as an unreachable colony.
 GLOBAL_DEFAULTS = {"local": False, "endpoint": None, "output": "text", "timeout": 15.0, "config": None,
                    "key": "", "colony_key": ""}
+
+
+STACK_UNWINDS = {"fp": "frame pointers", "tables": "unwind tables", "python": "Python frames"}
 
 
 def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
@@ -297,6 +309,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     a.add_argument("--errors-only", action="store_true",
                    help="report only calls that failed: Python raised, Go err != nil (and-ed with --where)")
+    a.add_argument("--stack", action="store_true",
+                   help="record each call's user stack (its callers), symbolized; the summary shows the top callers")
+    a.add_argument("--stack-depth", type=positive_int, default=0, metavar="N",
+                   help="frames kept per stack (default 64, at most 127)")
+    a.add_argument("--stack-bytes", type=positive_int, default=0, metavar="N",
+                   help="bytes of stack copied per call where there are no frame pointers (default 4096, at most 8192)")
+    a.add_argument("--stack-unwind", choices=("fp", "tables"), default="",
+                   help="native stacks: walk frame pointers, or unwind a copy with .eh_frame "
+                        "(default: frame pointers where the function keeps them)")
     s = command(debug, "sessions", "list debug sessions", common)
     s.add_argument("--active", action="store_true", help="only active sessions")
     s.add_argument("--service", default="", help="only this service's sessions")
@@ -311,6 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
     sh = command(debug, "show", "show a session saved by attach, without asking any daemon", common)
     sh.add_argument("session", help="a session id (its file under $XDG_STATE_HOME/coral/sessions), or a file's path")
     sh.add_argument("--slow", type=duration_arg, default=0.0, metavar="DURATION", help="mark calls at least this slow")
+    st = command(debug, "stacks", "the call paths of a session started with --stack", common)
+    st.add_argument("session", help="a session id, as coralctl debug sessions lists it")
+    fg = command(debug, "flamegraph", "a flamegraph of a --stack session's callers, weighted by time", common)
+    fg.add_argument("session", help="a session id, as coralctl debug sessions lists it")
+    fg.add_argument("-o", dest="flamegraph", metavar="FILE",
+                    help="write it here (one HTML file that fetches nothing)")
     d = command(debug, "detach", "end a session now", common)
     d.add_argument("session", help="a session id, as coralctl debug sessions lists it")
     pr = command(sub, "profile", "sample where a service's processes spend their CPU", common)
@@ -436,6 +463,10 @@ class Ctl:
             predicate=a.where or "",
             errors_only=a.errors_only,
             count_by=a.count_by,
+            stack=a.stack,
+            stack_depth=a.stack_depth,
+            stack_bytes=a.stack_bytes,
+            stack_unwind=a.stack_unwind,
         )
         if len(a.function) > 1 or group.is_pattern(a.function[0]):
             if a.count_by:
@@ -461,6 +492,8 @@ class Ctl:
             captures = [w for w, on in (("arguments", capture_args), ("return values", capture_return)) if on]
             if only:
                 captures = [", ".join(only)]
+            if session.stack_unwind:
+                captures.append(f"stacks ({STACK_UNWINDS.get(session.stack_unwind, session.stack_unwind)})")
             running = [p for p in session.parts if p.session.status == "active"]
             where = (
                 f"on {len(running)} agents: "
@@ -543,7 +576,8 @@ class Ctl:
         return SessionFile(Path(path)) if path else None
 
     def _follow(
-        self, session_id: str, seen: Callable[[pb.Call], None], since_ns: int = 0, stop_when_drained: bool = False
+        self, session_id: str, seen: Callable[[pb.Call], None], since_ns: int = 0, stop_when_drained: bool = False,
+        show: bool = True,
     ) -> pb.DebugSession:
         """Print calls as they arrive until the session has ended and all
         its calls are shown. Ctrl-C detaches the session, then drains."""
@@ -571,7 +605,8 @@ class Ctl:
                     if self.subtract:
                         call.duration_ns = render.without_probe_cost(call.duration_ns, q.session)
                     seen(call)
-                    self._print_call(call)
+                    if show:
+                        self._print_call(call)
                 cursor = q.next_cursor
                 if not q.has_more and (stop_when_drained or q.session.status != "active"):
                     return q.session
@@ -679,6 +714,20 @@ class Ctl:
         return profile_command.run(self.args, lambda m, r, t: self.client.call(m, r, timeout=t), self.out,
                                    self.max_duration_s)
 
+    def _all_calls(self, session_id: str) -> tuple[pb.DebugSession, list[pb.Call]]:
+        """Every call of the session stored so far, not printed."""
+        calls: list[pb.Call] = []
+        final = self._follow(session_id, calls.append, stop_when_drained=True, show=False)
+        return final, calls
+
+    def stacks(self) -> int:
+        session, calls = self._all_calls(self.args.session)
+        return stacks_command.show_stacks(session, calls, self.args.output, self.out)
+
+    def flamegraph(self) -> int:
+        session, calls = self._all_calls(self.args.session)
+        return stacks_command.write_flamegraph(session, calls, self.args.output, self.args.flamegraph, self.out)
+
     def detach(self) -> int:
         r = cast(pb.DetachUprobeResponse, self.call("DetachUprobe", pb.DetachUprobeRequest(session_id=self.args.session)))
         if self.out.json:
@@ -734,8 +783,10 @@ def main(argv: list[str] | None = None) -> int:
         return generate_keys(args)
     if args.command == "debug" and args.debug_command == "show":
         return show_saved(args)
-    if args.output == "folded" and args.command != "profile":
-        print("coralctl: error: --output folded is for coralctl profile", file=sys.stderr)
+    if args.output == "folded" and args.command != "profile" and \
+            getattr(args, "debug_command", "") not in ("stacks", "flamegraph"):
+        print("coralctl: error: --output folded is for coralctl profile, debug stacks and debug flamegraph",
+              file=sys.stderr)
         return EXIT_USAGE
     try:
         config = load_config(args.config)
@@ -752,6 +803,8 @@ def main(argv: list[str] | None = None) -> int:
         "sessions": ctl.sessions,
         "events": ctl.events,
         "detach": ctl.detach,
+        "stacks": ctl.stacks,
+        "flamegraph": ctl.flamegraph,
         "audit": ctl.audit,
         "profile": ctl.profile,
     }[command]

@@ -7,7 +7,7 @@ import os
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, TextIO
 
 from google.protobuf import json_format
@@ -204,6 +204,9 @@ def summarize(durations_ns: Sequence[int]) -> Summary:
     )
 
 
+TOP_CALLERS = 5  # callers the summary names, by calls and by total time
+
+
 @dataclass
 class Tally:
     """What the client saw of the calls it was shown: errors and slow calls."""
@@ -211,11 +214,34 @@ class Tally:
     shown: int = 0
     errors: int = 0
     slow: int = 0
+    # --stack: by caller (the frame below the probed function's), calls and their total time
+    callers: dict[str, list[int]] = field(default_factory=dict)
 
     def add(self, call: pb.Call, slow_ns: int) -> None:
         self.shown += 1
         self.errors += call.return_value.is_error
         self.slow += bool(slow_ns) and call.duration_ns >= slow_ns
+        if call.stack:
+            caller = call.stack[1].function if len(call.stack) > 1 else "(none)"
+            counts = self.callers.setdefault(caller, [0, 0])
+            counts[0] += 1
+            counts[1] += call.duration_ns
+
+    def top_callers(self, by_time: bool = False, n: int = TOP_CALLERS) -> list[tuple[str, int, int]]:
+        """(caller, calls, total ns), most calls (or most time) first."""
+        rows = [(name, c, ns) for name, (c, ns) in self.callers.items()]
+        return sorted(rows, key=lambda r: (-(r[2] if by_time else r[1]), r[0]))[:n]
+
+
+def format_top_callers(tally: Tally) -> list[str]:
+    if not tally.callers:
+        return []
+    lines = []
+    for title, by_time in (("Top callers by calls:", False), ("Top callers by time: ", True)):
+        top = tally.top_callers(by_time)
+        lines.append(f"  {title} " + "; ".join(
+            f"{name} {_pct(calls, tally.shown)}, {format_ns(ns)}" for name, calls, ns in top))
+    return lines
 
 
 def _pct(n: int, total: int) -> str:
@@ -249,9 +275,13 @@ def format_summary(s: Summary, session: pb.DebugSession, tally: Tally | None = N
                      f"({probe_kind(session)}, measured by the agent); "
                      + ("taken out above, not in the histogram" if s.probe_cost_subtracted
                         else "--subtract-probe-cost takes it out"))
-    lost = {k: v for k, v in session.lost.items() if v}
+    lost = {k: v for k, v in session.lost.items() if v and k != "stack_missing"}
+    if session.lost.get("stack_missing"):  # shown, without their stack
+        lines.append(f"  Without a stack: {session.lost['stack_missing']} calls (the ring buffer was full, or the "
+                     "agent fell behind)")
     if lost:
         lines.append("  Calls not shown: " + ", ".join(f"{n} {LOST_CAUSES.get(c, c)}" for c, n in sorted(lost.items())))
+    lines.extend(format_top_callers(tally))
     lines.extend(f"  Not probed:   {u}" for u in session.unanswered)
     lines.extend(format_agents(session, style))
     lines.extend(format_histogram(dict(session.histogram), style))
@@ -379,6 +409,9 @@ def summary_dict(s: Summary, session: pb.DebugSession, tally: Tally | None = Non
         "unanswered": list(session.unanswered),
         "errors": tally.errors,
         "slow": tally.slow,
+        **({"top_callers": [{"caller": n, "calls": c, "total_ns": ns} for n, c, ns in tally.top_callers()],
+            "top_callers_by_time": [{"caller": n, "calls": c, "total_ns": ns}
+                                    for n, c, ns in tally.top_callers(by_time=True)]} if tally.callers else {}),
         "histogram": {str(k): v for k, v in session.histogram.items()},
         "counts": [to_dict(r) for r in session.counts],
         "agents": agents_of(session),

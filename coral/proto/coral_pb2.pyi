@@ -435,7 +435,7 @@ class ReturnValueMetadata(_message.Message):
     def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., location: _Optional[str] = ..., held_string: _Optional[_Union[HeldStringMetadata, _Mapping]] = ..., variants: _Optional[_Union[EnumMetadata, _Mapping]] = ..., go: _Optional[_Union[GoValueMetadata, _Mapping]] = ..., float_type: _Optional[str] = ...) -> None: ...
 
 class UprobeConfig(_message.Message):
-    __slots__ = ("capture_args", "capture_return", "sample_rate", "max_events", "min_duration_ns", "predicate", "errors_only", "capture_only", "count_by")
+    __slots__ = ("capture_args", "capture_return", "sample_rate", "max_events", "min_duration_ns", "predicate", "errors_only", "capture_only", "count_by", "stack", "stack_depth", "stack_bytes", "stack_unwind")
     CAPTURE_ARGS_FIELD_NUMBER: _ClassVar[int]
     CAPTURE_RETURN_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
@@ -445,6 +445,10 @@ class UprobeConfig(_message.Message):
     ERRORS_ONLY_FIELD_NUMBER: _ClassVar[int]
     CAPTURE_ONLY_FIELD_NUMBER: _ClassVar[int]
     COUNT_BY_FIELD_NUMBER: _ClassVar[int]
+    STACK_FIELD_NUMBER: _ClassVar[int]
+    STACK_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    STACK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    STACK_UNWIND_FIELD_NUMBER: _ClassVar[int]
     capture_args: bool
     capture_return: bool
     sample_rate: int
@@ -454,7 +458,11 @@ class UprobeConfig(_message.Message):
     errors_only: bool
     capture_only: _containers.RepeatedScalarFieldContainer[str]
     count_by: str
-    def __init__(self, capture_args: bool = ..., capture_return: bool = ..., sample_rate: _Optional[int] = ..., max_events: _Optional[int] = ..., min_duration_ns: _Optional[int] = ..., predicate: _Optional[str] = ..., errors_only: bool = ..., capture_only: _Optional[_Iterable[str]] = ..., count_by: _Optional[str] = ...) -> None: ...
+    stack: bool
+    stack_depth: int
+    stack_bytes: int
+    stack_unwind: str
+    def __init__(self, capture_args: bool = ..., capture_return: bool = ..., sample_rate: _Optional[int] = ..., max_events: _Optional[int] = ..., min_duration_ns: _Optional[int] = ..., predicate: _Optional[str] = ..., errors_only: bool = ..., capture_only: _Optional[_Iterable[str]] = ..., count_by: _Optional[str] = ..., stack: bool = ..., stack_depth: _Optional[int] = ..., stack_bytes: _Optional[int] = ..., stack_unwind: _Optional[str] = ...) -> None: ...
 
 class AttachUprobeRequest(_message.Message):
     __slots__ = ("service", "function", "duration_ms", "config", "session_id", "agent_id", "client_label")
@@ -495,7 +503,7 @@ class DetachUprobeResponse(_message.Message):
     def __init__(self, session: _Optional[_Union[DebugSession, _Mapping]] = ...) -> None: ...
 
 class DebugSession(_message.Message):
-    __slots__ = ("session_id", "service", "function", "agent_id", "pids", "started_unix_ns", "expires_unix_ns", "ended_unix_ns", "status", "status_reason", "config", "calls", "lost", "probes", "total_calls", "sum_duration_ns", "max_duration_ns", "histogram", "parts", "owner", "unanswered", "return_probe", "inlined_into", "probe_cost_ns", "entry_instruction", "cpu_profile", "counts")
+    __slots__ = ("session_id", "service", "function", "agent_id", "pids", "started_unix_ns", "expires_unix_ns", "ended_unix_ns", "status", "status_reason", "config", "calls", "lost", "probes", "total_calls", "sum_duration_ns", "max_duration_ns", "histogram", "parts", "owner", "unanswered", "return_probe", "inlined_into", "probe_cost_ns", "entry_instruction", "cpu_profile", "counts", "stack_unwind")
     class LostEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -537,6 +545,7 @@ class DebugSession(_message.Message):
     ENTRY_INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     CPU_PROFILE_FIELD_NUMBER: _ClassVar[int]
     COUNTS_FIELD_NUMBER: _ClassVar[int]
+    STACK_UNWIND_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     service: str
     function: str
@@ -564,7 +573,8 @@ class DebugSession(_message.Message):
     entry_instruction: str
     cpu_profile: bool
     counts: _containers.RepeatedCompositeFieldContainer[CountRow]
-    def __init__(self, session_id: _Optional[str] = ..., service: _Optional[str] = ..., function: _Optional[str] = ..., agent_id: _Optional[str] = ..., pids: _Optional[_Iterable[int]] = ..., started_unix_ns: _Optional[int] = ..., expires_unix_ns: _Optional[int] = ..., ended_unix_ns: _Optional[int] = ..., status: _Optional[str] = ..., status_reason: _Optional[str] = ..., config: _Optional[_Union[UprobeConfig, _Mapping]] = ..., calls: _Optional[int] = ..., lost: _Optional[_Mapping[str, int]] = ..., probes: _Optional[int] = ..., total_calls: _Optional[int] = ..., sum_duration_ns: _Optional[int] = ..., max_duration_ns: _Optional[int] = ..., histogram: _Optional[_Mapping[int, int]] = ..., parts: _Optional[_Iterable[_Union[SessionPart, _Mapping]]] = ..., owner: _Optional[str] = ..., unanswered: _Optional[_Iterable[str]] = ..., return_probe: _Optional[str] = ..., inlined_into: _Optional[_Iterable[str]] = ..., probe_cost_ns: _Optional[int] = ..., entry_instruction: _Optional[str] = ..., cpu_profile: bool = ..., counts: _Optional[_Iterable[_Union[CountRow, _Mapping]]] = ...) -> None: ...
+    stack_unwind: str
+    def __init__(self, session_id: _Optional[str] = ..., service: _Optional[str] = ..., function: _Optional[str] = ..., agent_id: _Optional[str] = ..., pids: _Optional[_Iterable[int]] = ..., started_unix_ns: _Optional[int] = ..., expires_unix_ns: _Optional[int] = ..., ended_unix_ns: _Optional[int] = ..., status: _Optional[str] = ..., status_reason: _Optional[str] = ..., config: _Optional[_Union[UprobeConfig, _Mapping]] = ..., calls: _Optional[int] = ..., lost: _Optional[_Mapping[str, int]] = ..., probes: _Optional[int] = ..., total_calls: _Optional[int] = ..., sum_duration_ns: _Optional[int] = ..., max_duration_ns: _Optional[int] = ..., histogram: _Optional[_Mapping[int, int]] = ..., parts: _Optional[_Iterable[_Union[SessionPart, _Mapping]]] = ..., owner: _Optional[str] = ..., unanswered: _Optional[_Iterable[str]] = ..., return_probe: _Optional[str] = ..., inlined_into: _Optional[_Iterable[str]] = ..., probe_cost_ns: _Optional[int] = ..., entry_instruction: _Optional[str] = ..., cpu_profile: bool = ..., counts: _Optional[_Iterable[_Union[CountRow, _Mapping]]] = ..., stack_unwind: _Optional[str] = ...) -> None: ...
 
 class CountRow(_message.Message):
     __slots__ = ("key", "overflow", "unread", "cut", "calls", "errors", "sum_duration_ns", "max_duration_ns", "histogram")
@@ -656,7 +666,7 @@ class QueryUprobeEventsResponse(_message.Message):
     def __init__(self, calls: _Optional[_Iterable[_Union[Call, _Mapping]]] = ..., next_cursor: _Optional[int] = ..., has_more: bool = ..., session: _Optional[_Union[DebugSession, _Mapping]] = ...) -> None: ...
 
 class Call(_message.Message):
-    __slots__ = ("seq", "session_id", "agent_id", "service", "function", "pid", "tid", "start_unix_ns", "end_unix_ns", "duration_ns", "args", "return_value")
+    __slots__ = ("seq", "session_id", "agent_id", "service", "function", "pid", "tid", "start_unix_ns", "end_unix_ns", "duration_ns", "args", "return_value", "stack", "stack_truncated")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_ID_FIELD_NUMBER: _ClassVar[int]
@@ -669,6 +679,8 @@ class Call(_message.Message):
     DURATION_NS_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
     RETURN_VALUE_FIELD_NUMBER: _ClassVar[int]
+    STACK_FIELD_NUMBER: _ClassVar[int]
+    STACK_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     seq: int
     session_id: str
     agent_id: str
@@ -681,7 +693,9 @@ class Call(_message.Message):
     duration_ns: int
     args: _containers.RepeatedCompositeFieldContainer[FunctionArgument]
     return_value: FunctionReturnValue
-    def __init__(self, seq: _Optional[int] = ..., session_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., service: _Optional[str] = ..., function: _Optional[str] = ..., pid: _Optional[int] = ..., tid: _Optional[int] = ..., start_unix_ns: _Optional[int] = ..., end_unix_ns: _Optional[int] = ..., duration_ns: _Optional[int] = ..., args: _Optional[_Iterable[_Union[FunctionArgument, _Mapping]]] = ..., return_value: _Optional[_Union[FunctionReturnValue, _Mapping]] = ...) -> None: ...
+    stack: _containers.RepeatedCompositeFieldContainer[StackFrame]
+    stack_truncated: bool
+    def __init__(self, seq: _Optional[int] = ..., session_id: _Optional[str] = ..., agent_id: _Optional[str] = ..., service: _Optional[str] = ..., function: _Optional[str] = ..., pid: _Optional[int] = ..., tid: _Optional[int] = ..., start_unix_ns: _Optional[int] = ..., end_unix_ns: _Optional[int] = ..., duration_ns: _Optional[int] = ..., args: _Optional[_Iterable[_Union[FunctionArgument, _Mapping]]] = ..., return_value: _Optional[_Union[FunctionReturnValue, _Mapping]] = ..., stack: _Optional[_Iterable[_Union[StackFrame, _Mapping]]] = ..., stack_truncated: bool = ...) -> None: ...
 
 class FunctionArgument(_message.Message):
     __slots__ = ("name", "type", "value")

@@ -868,15 +868,17 @@ typedef struct {
     char capture_args;
     char capture_return;
     char armed;
+    unsigned char stack_depth;  /* --stack: Python frames put in each record, at most; 0: none */
     vectorcallfunc vectorcall;
 } ProbeWrapper;
 
 static void
 capture_for_tests(const struct coral_call *rec)
 {
-    PyObject *d = Py_BuildValue("{sKsKsKsKsIsy#sy#}", "fn_id", rec->fn_id, "call_id", rec->call_id, "start_ns",
+    PyObject *d = Py_BuildValue("{sKsKsKsKsIsy#sy#sy#}", "fn_id", rec->fn_id, "call_id", rec->call_id, "start_ns",
                                 rec->start_ns, "end_ns", rec->end_ns, "flags", rec->flags, "args", rec->args,
-                                (Py_ssize_t)rec->args_len, "ret", rec->ret, (Py_ssize_t)rec->ret_len);
+                                (Py_ssize_t)rec->args_len, "ret", rec->ret, (Py_ssize_t)rec->ret_len, "stack",
+                                rec->stack, (Py_ssize_t)rec->stack_len);
     if (d == NULL || test_records == NULL || PyList_Append(test_records, d) < 0)
         PyErr_Clear();
     Py_XDECREF(d);
@@ -1047,6 +1049,77 @@ scrub_redacted_args(ProbeWrapper *w, sbuf *ret, PyObject *const *pos, Py_ssize_t
     }
 }
 
+/* --stack: one frame's line, "qualname\tfile\tline\n", whole or not at all. */
+static int
+put_frame(sbuf *field, PyCodeObject *code, int line)
+{
+#if PY_VERSION_HEX >= 0x030B0000
+    PyObject *name = code->co_qualname;
+#else
+    PyObject *name = code->co_name;
+#endif
+    Py_ssize_t name_len = 0, file_len = 0;
+    const char *n = name ? PyUnicode_AsUTF8AndSize(name, &name_len) : NULL;
+    const char *f = code->co_filename ? PyUnicode_AsUTF8AndSize(code->co_filename, &file_len) : NULL;
+    if (n == NULL || f == NULL) {
+        PyErr_Clear();
+        n = "?", name_len = 1;
+        f = "", file_len = 0;
+    }
+    char number[16];
+    int number_len = snprintf(number, sizeof number, "%d", line);
+    if (field->len + (size_t)name_len + (size_t)file_len + (size_t)number_len + 3 > field->cap)
+        return 0;
+    sb_append(field, n, (size_t)name_len);
+    sb_append(field, "\t", 1);
+    sb_append(field, f, (size_t)file_len);
+    sb_append(field, "\t", 1);
+    sb_append(field, number, (size_t)number_len);
+    sb_append(field, "\n", 1);
+    return 1;
+}
+
+/* --stack: the function's own frame (where it is defined: the call has
+ * returned), then the Python frames that called it, outward, at most
+ * stack_depth in all and what fits in the record; more is marked cut. */
+static void
+put_stack(ProbeWrapper *w, struct coral_call *rec)
+{
+    sbuf field = {rec->stack, CORAL_PYSTACK_MAX, 0, 0, 0};
+    int depth = 0, cut = 0;
+    PyObject *code = PyObject_GetAttrString(w->func, "__code__");
+    if (code != NULL && PyCode_Check(code)) {
+        PyCodeObject *c = (PyCodeObject *)code;
+        depth += put_frame(&field, c, c->co_firstlineno);
+    } else {
+        PyErr_Clear();
+    }
+    Py_XDECREF(code);
+    PyFrameObject *f = PyEval_GetFrame();  /* the caller's: this wrapper has no Python frame */
+    Py_XINCREF(f);
+    while (f != NULL) {
+        if (depth >= w->stack_depth) {
+            cut = 1;
+            Py_DECREF(f);
+            break;
+        }
+        PyCodeObject *c = PyFrame_GetCode(f);
+        int put = put_frame(&field, c, PyFrame_GetLineNumber(f));
+        Py_DECREF(c);
+        if (!put) {
+            cut = 1;
+            Py_DECREF(f);
+            break;
+        }
+        depth++;
+        PyFrameObject *back = PyFrame_GetBack(f);
+        Py_DECREF(f);
+        f = back;
+    }
+    rec->stack_len = (unsigned int)field.len;
+    rec->flags |= CORAL_CALL_STACK | (cut ? CORAL_CALL_STACK_CUT : 0);
+}
+
 /* Build the record for one completed call and hand it to the probe site.
  * Must be entered with no exception set; leaves none set. */
 static void
@@ -1068,8 +1141,9 @@ emit_record(ProbeWrapper *w, unsigned long long start, unsigned long long end, P
             capture_for_tests(&rec);
         return;
     }
-    /* all of it: the BPF side copies the whole struct, stack garbage must not leak into events */
-    memset(&rec, 0, sizeof rec);
+    /* all of it: the BPF side copies the whole struct (`stack` only with
+     * CORAL_CALL_STACK), stack garbage must not leak into events */
+    memset(&rec, 0, w->stack_depth ? sizeof rec : offsetof(struct coral_call, stack));
     rec.fn_id = w->fn_id;
     rec.call_id = __atomic_add_fetch(&call_counter, 1, __ATOMIC_RELAXED);
     rec.start_ns = start;
@@ -1094,6 +1168,8 @@ emit_record(ProbeWrapper *w, unsigned long long start, unsigned long long end, P
     truncated |= ret.truncated;
     if (truncated)
         rec.flags |= CORAL_CALL_TRUNCATED;
+    if (w->stack_depth)
+        put_stack(w, &rec);
     probe_site(&rec);
     if (test_capture)
         capture_for_tests(&rec);
@@ -1250,6 +1326,7 @@ probe_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     w->capture_args = (char)capture_args;
     w->capture_return = (char)capture_return;
     w->armed = 1;
+    w->stack_depth = 0;
     w->vectorcall = probe_vectorcall;
     PyObject_GC_Track(w);
     if (w->names == NULL || w->redact == NULL || w->varargs == NULL) {
@@ -1383,6 +1460,7 @@ static PyMemberDef probe_members[] = {
     {"capture_args", T_BOOL, offsetof(ProbeWrapper, capture_args), 0, "record argument reprs"},
     {"capture_return", T_BOOL, offsetof(ProbeWrapper, capture_return), 0, "record the return value's repr"},
     {"armed", T_BOOL, offsetof(ProbeWrapper, armed), 0, "False: a pure pass-through (disarmed)"},
+    {"stack_depth", T_UBYTE, offsetof(ProbeWrapper, stack_depth), 0, "--stack: Python frames per record; 0: none"},
     {"where_entry", T_OBJECT, offsetof(ProbeWrapper, where_entry), 0, "--where: reads the arguments (None: no condition)"},
     {"where_return", T_OBJECT, offsetof(ProbeWrapper, where_return), 0, "--where: decides at the return (None: at the entry)"},
     {"__dictoffset__", T_PYSSIZET, offsetof(ProbeWrapper, dict), READONLY},
@@ -1659,6 +1737,7 @@ PyInit__probe(void)
         PyModule_AddIntConstant(m, "RECORD_SIZE", (long)sizeof(struct coral_call)) < 0 ||
         PyModule_AddIntConstant(m, "ARGS_MAX", CORAL_ARGS_MAX) < 0 ||
         PyModule_AddIntConstant(m, "RET_MAX", CORAL_RET_MAX) < 0 ||
+        PyModule_AddIntConstant(m, "STACK_MAX", CORAL_PYSTACK_MAX) < 0 ||
         PyModule_AddIntConstant(m, "CALL_RAISED", CORAL_CALL_RAISED) < 0 ||
         PyModule_AddIntConstant(m, "CALL_TRUNCATED", CORAL_CALL_TRUNCATED) < 0 ||
         PyModule_AddObjectRef(m, "UNREADABLE", unreadable) < 0 ||

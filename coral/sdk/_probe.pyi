@@ -8,6 +8,7 @@ SEMAPHORE_SYMBOL: str
 RECORD_SIZE: int
 ARGS_MAX: int
 RET_MAX: int
+STACK_MAX: int
 CALL_RAISED: int
 CALL_TRUNCATED: int
 CALL_FILTERED: int
@@ -23,6 +24,7 @@ class ProbeWrapper:
     capture_args: bool
     capture_return: bool
     armed: bool
+    stack_depth: int  # --stack: Python frames per record; 0: none
     where_entry: Callable[..., Any] | None
     where_return: Callable[[Any, Any, Any, int], int] | None
     __dict__: dict[str, Any]

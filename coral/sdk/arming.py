@@ -34,6 +34,9 @@ from coral.sdk.targets import MISSING, Kind, Target
 log = logging.getLogger(__name__)
 
 
+MAX_STACK_DEPTH = 127  # UprobeConfig.stack_depth at most (docs/protocol.md)
+
+
 @dataclass
 class Site:
     """One place a replacement was installed, and what was there before
@@ -188,13 +191,15 @@ class ArmRegistry:
         return self._by_id.get(fn_id)
 
     def arm(self, name: str, fn_id: int, *, capture_args: bool = True, capture_return: bool = True,
-            condition: str = "", count_by: str = "") -> Arm:
+            condition: str = "", count_by: str = "", stack_depth: int = 0) -> Arm:
         """Arm ``name`` under ``fn_id``. Idempotent per fn_id; arming an
         armed function under another fn_id re-stamps it (last one wins).
         ``condition`` (--where) replaces the one it was armed with; a
         condition that does not fit the function is InvalidArgument, and
         nothing is armed. ``count_by`` (--count-by) counts each call by that
-        key in a new table (arm.tally) and reports none."""
+        key in a new table (arm.tally) and reports none. ``stack_depth``
+        (--stack): each record carries that many Python frames at most, the
+        function's own first; 0: none."""
         with self.lock:
             target = self.resolve(name)
             tally = countby.Tally() if count_by else None
@@ -220,6 +225,7 @@ class ArmRegistry:
             arm.fn_id = arm.probe.fn_id = fn_id
             arm.probe.capture_args = capture_args
             arm.probe.capture_return = capture_return
+            arm.probe.stack_depth = max(0, min(stack_depth, MAX_STACK_DEPTH))
             arm.condition = condition
             arm.tally = tally
             # another thread's call between the two stores may see one half of each: at worst a where_error

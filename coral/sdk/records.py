@@ -13,6 +13,7 @@ from coral.sdk import _probe
 
 # struct coral_call as bpf/coral_call.h declares it (the extension is built from the same header)
 RECORD_FORMAT = "<" + read_layouts(bpf_source_dir() / "coral_call.h")["coral_call"].format
+CALL_STACK = 0x20  # CORAL_CALL_STACK (bpf/coral_call.h): `stack` holds the call's Python frames
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class CallRecord:
     flags: int
     args: tuple[tuple[str, str], ...]  # (name, repr) in call order
     ret: str  # return value's repr, or "Type: message" when raised
+    stack: str = ""  # --stack: "qualname\tfile\tline" a line, the function's own frame first (bpf/coral_call.h)
 
     @property
     def raised(self) -> bool:
@@ -56,17 +58,21 @@ def decode_args(raw: bytes) -> tuple[tuple[str, str], ...]:
 
 def parse_record(buf: bytes) -> CallRecord:
     """One struct coral_call as copied out of the process (e.g. by BPF)."""
-    fn_id, call_id, start, end, flags, args_len, ret_len, _, args, ret = struct.unpack_from(RECORD_FORMAT, buf)
+    fn_id, call_id, start, end, flags, args_len, ret_len, stack_len, args, ret, stack = \
+        struct.unpack_from(RECORD_FORMAT, buf)
     args_len = min(args_len, _probe.ARGS_MAX)
     ret_len = min(ret_len, _probe.RET_MAX)
+    stack_len = min(stack_len, _probe.STACK_MAX) if flags & CALL_STACK else 0
     return CallRecord(
-        fn_id, call_id, start, end, flags, decode_args(args[:args_len]), ret[:ret_len].decode("utf-8", errors="replace")
+        fn_id, call_id, start, end, flags, decode_args(args[:args_len]), ret[:ret_len].decode("utf-8", errors="replace"),
+        stack[:stack_len].decode("utf-8", errors="replace"),
     )
 
 
 def from_test_capture(d: dict[str, Any]) -> CallRecord:
     ret = d["ret"].decode("utf-8", "replace")
-    return CallRecord(d["fn_id"], d["call_id"], d["start_ns"], d["end_ns"], d["flags"], decode_args(d["args"]), ret)
+    return CallRecord(d["fn_id"], d["call_id"], d["start_ns"], d["end_ns"], d["flags"], decode_args(d["args"]), ret,
+                      d["stack"].decode("utf-8", "replace") if d["flags"] & CALL_STACK else "")
 
 
 def take_test_records() -> list[CallRecord]:

@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+DEFAULT_STACK_DEPTH = 64  # --stack without --stack-depth (docs/protocol.md)
+
 POLL_MS = 250  # how often the registration is looked after while idle
 # The process socket's message cap until the agent's comes with the
 # registration: the daemons' default [limits] max_message_bytes.
@@ -106,7 +108,8 @@ class ProcessApi:
         if not req.function:
             raise InvalidArgument("a function name is required")
         self.arms.arm(req.function, req.fn_id, capture_args=req.config.capture_args, capture_return=req.config.capture_return,
-                      condition=req.config.predicate, count_by=req.config.count_by)
+                      condition=req.config.predicate, count_by=req.config.count_by,
+                      stack_depth=(req.config.stack_depth or DEFAULT_STACK_DEPTH) if req.config.stack else 0)
         return pb.ArmFunctionResponse(metadata=function_metadata(self.arms, req.function, self.pid))
 
     def count_calls(self, req: pb.CountCallsRequest, peer: Peer) -> pb.CountCallsResponse:
