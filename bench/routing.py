@@ -3,7 +3,9 @@
 The agents are simulated: one process holds a DEALER socket per agent and
 speaks the real worker protocol (READY with one service each, heartbeats,
 REPLY to AttachUprobe, DetachUprobe and the colony's event pulls
-(QueryUprobeEvents, no events) with a session as a real agent would).
+(QueryUprobeEvents, no events) with a session as a real agent would: a
+pull with wait_ms on a running session is held until the session ends or
+the wait is over).
 No BPF is involved: this measures the colony's routing, bookkeeping and audit,
 not probes. The baseline is the same colony with one agent, in the same run.
 
@@ -95,6 +97,18 @@ def simulate_agents(endpoint: str, count: int) -> None:
 
     signal.signal(signal.SIGTERM, on_term)
     sessions: dict[str, pb.DebugSession] = {}
+    # Held pulls, by session id, oldest first: (socket, request id, cursor,
+    # when the wait is over). As a real agent does (docs/protocol.md,
+    # "Pulling calls"), a held pull is answered when its session has news
+    # (here: it ended) or its wait_ms is over, not at once: answered at
+    # once, each held pull cost the colony a second pull after the detach.
+    held: dict[str, tuple[zmq.Socket[bytes], bytes, int, float]] = {}
+
+    def answer_pull(s: zmq.Socket[bytes], request_id: bytes, session_id: str, cursor: int) -> None:
+        session = sessions[session_id]
+        if session.status != "active":
+            del sessions[session_id]  # its last (empty) page: the colony is done with it
+        _send_frames(s, wire.encode_reply(request_id, pb.QueryUprobeEventsResponse(session=session, next_cursor=cursor)))
 
     def answer(s: zmq.Socket[bytes], frames: list[bytes]) -> None:
         try:
@@ -126,16 +140,21 @@ def simulate_agents(endpoint: str, count: int) -> None:
             req_d = wire.parse_body(pb.DetachUprobeRequest, frame.body)
             session = sessions[req_d.session_id]
             session.status, session.ended_unix_ns, session.probes = "detached", time.time_ns(), 0
-            reply = pb.DetachUprobeResponse(session=session)
+            _send_frames(s, wire.encode_reply(frame.request_id, pb.DetachUprobeResponse(session=session)))
+            if req_d.session_id in held:  # the session's news: its held pull is answered after the detach
+                hs, request_id, cursor, _ = held.pop(req_d.session_id)
+                answer_pull(hs, request_id, req_d.session_id, cursor)
+            return
         elif frame.name == "QueryUprobeEvents":
             req_q = wire.parse_body(pb.QueryUprobeEventsRequest, frame.body)
             if req_q.session_id not in sessions:
                 _send_frames(s, wire.encode_error(frame.request_id, NotFound(f"no session {req_q.session_id!r}")))
                 return
-            session = sessions[req_q.session_id]
-            if session.status != "active":
-                del sessions[req_q.session_id]  # its last (empty) page: the colony is done with it
-            reply = pb.QueryUprobeEventsResponse(session=session, next_cursor=req_q.cursor)
+            if req_q.wait_ms and sessions[req_q.session_id].status == "active" and req_q.session_id not in held:
+                held[req_q.session_id] = (s, frame.request_id, req_q.cursor, time.monotonic() + req_q.wait_ms / 1000)
+                return
+            answer_pull(s, frame.request_id, req_q.session_id, req_q.cursor)
+            return
         else:
             return
         _send_frames(s, wire.encode_reply(frame.request_id, reply))
@@ -156,6 +175,12 @@ def simulate_agents(endpoint: str, count: int) -> None:
             while cast(int, _get(s, _EVENTS)) & _POLLIN:
                 answer(s, recv_frames(s)[0])
         used = []
+        now = time.monotonic()
+        while held and next(iter(held.values()))[3] <= now:  # waits over (all are one interval long: oldest first)
+            session_id, (hs, request_id, cursor, _) = next(iter(held.items()))
+            del held[session_id]
+            answer_pull(hs, request_id, session_id, cursor)
+            used.append(hs)
         while time.monotonic() >= start + beats * HEARTBEAT_SECONDS / slices:
             j = beats % slices
             for s in order[j * len(order) // slices: (j + 1) * len(order) // slices]:
