@@ -45,7 +45,8 @@ finally:
 
 
 def threads_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds (user + system) of `pid`: "main" (its first thread), the
+    """CPU seconds (user + system) of `pid`: "main" (its first thread, and
+    "main (system)": the part of it in the kernel), the
     other threads by name ("python" and "coral-colonyd" are Python's
     threads: the journal's and the writer's in the colony), and "total"
     (which keeps the time of threads that have ended, as the clients' do)."""
@@ -57,13 +58,15 @@ def threads_cpu(pid: int) -> dict[str, float]:
             continue  # ended meanwhile
         name = "main" if task.name == str(pid) else stat[stat.index("(") + 1: stat.rindex(")")]
         out[name] += _seconds(stat)
+        if name == "main":
+            out["main (system)"] = _seconds(stat, system_only=True)
     out["total"] = _seconds(Path(f"/proc/{pid}/stat").read_text())
     return out
 
 
-def _seconds(stat: str) -> float:
+def _seconds(stat: str, system_only: bool = False) -> float:
     fields = stat[stat.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    return (int(fields[12]) + (0 if system_only else int(fields[11]))) / TICKS
 
 
 def main() -> int:
