@@ -1,9 +1,12 @@
 """Routing: attach latency through one real colony with many agents.
 
 The agents are simulated: one process holds a DEALER socket per agent and
-speaks the real worker protocol (READY with one service each, heartbeats,
+speaks the real worker protocol (READY with one service each, heartbeats
+when it has sent nothing else for a second,
 REPLY to AttachUprobe, DetachUprobe and the colony's event pulls
-(QueryUprobeEvents, no events) with a session as a real agent would).
+(QueryUprobeEvents, no events) with a session as a real agent would: a
+pull with wait_ms on a running session is held until the session ends or
+the wait is over).
 No BPF is involved: this measures the colony's routing, bookkeeping and audit,
 not probes. The baseline is the same colony with one agent, in the same run.
 
@@ -95,6 +98,25 @@ def simulate_agents(endpoint: str, count: int) -> None:
 
     signal.signal(signal.SIGTERM, on_term)
     sessions: dict[str, pb.DebugSession] = {}
+    # Held pulls, by session id, oldest first: (socket, request id, cursor,
+    # when the wait is over). As a real agent does (docs/protocol.md,
+    # "Pulling calls"), a held pull is answered when its session has news
+    # (here: it ended) or its wait_ms is over, not at once: answered at
+    # once, each held pull cost the colony a second pull after the detach.
+    held: dict[str, tuple[zmq.Socket[bytes], bytes, int, float]] = {}
+    # When each agent last sent anything: as a real agent does (docs/protocol.md,
+    # "Heartbeats"), one beats only when it has sent nothing else for an interval.
+    last_sent = dict.fromkeys(sockets, time.monotonic())
+
+    def reply(s: zmq.Socket[bytes], frames: list[bytes]) -> None:
+        _send_frames(s, frames)
+        last_sent[s] = time.monotonic()
+
+    def answer_pull(s: zmq.Socket[bytes], request_id: bytes, session_id: str, cursor: int) -> None:
+        session = sessions[session_id]
+        if session.status != "active":
+            del sessions[session_id]  # its last (empty) page: the colony is done with it
+        reply(s, wire.encode_reply(request_id, pb.QueryUprobeEventsResponse(session=session, next_cursor=cursor)))
 
     def answer(s: zmq.Socket[bytes], frames: list[bytes]) -> None:
         try:
@@ -104,7 +126,6 @@ def simulate_agents(endpoint: str, count: int) -> None:
         if frame.command != wire.Command.REQUEST:
             return
         i = sockets[s]
-        reply: pb.AttachUprobeResponse | pb.DetachUprobeResponse | pb.QueryUprobeEventsResponse
         if frame.name == "AttachUprobe":
             req = wire.parse_body(pb.AttachUprobeRequest, frame.body)
             now = time.time_ns()
@@ -121,29 +142,30 @@ def simulate_agents(endpoint: str, count: int) -> None:
                 probes=1,
             )
             sessions[req.session_id] = session
-            reply = pb.AttachUprobeResponse(session=session)
+            reply(s, wire.encode_reply(frame.request_id, pb.AttachUprobeResponse(session=session)))
         elif frame.name == "DetachUprobe":
             req_d = wire.parse_body(pb.DetachUprobeRequest, frame.body)
             session = sessions[req_d.session_id]
             session.status, session.ended_unix_ns, session.probes = "detached", time.time_ns(), 0
-            reply = pb.DetachUprobeResponse(session=session)
+            reply(s, wire.encode_reply(frame.request_id, pb.DetachUprobeResponse(session=session)))
+            if req_d.session_id in held:  # the session's news: its held pull is answered after the detach
+                hs, request_id, cursor, _ = held.pop(req_d.session_id)
+                answer_pull(hs, request_id, req_d.session_id, cursor)
         elif frame.name == "QueryUprobeEvents":
             req_q = wire.parse_body(pb.QueryUprobeEventsRequest, frame.body)
             if req_q.session_id not in sessions:
-                _send_frames(s, wire.encode_error(frame.request_id, NotFound(f"no session {req_q.session_id!r}")))
+                reply(s, wire.encode_error(frame.request_id, NotFound(f"no session {req_q.session_id!r}")))
                 return
-            session = sessions[req_q.session_id]
-            if session.status != "active":
-                del sessions[req_q.session_id]  # its last (empty) page: the colony is done with it
-            reply = pb.QueryUprobeEventsResponse(session=session, next_cursor=req_q.cursor)
-        else:
-            return
-        _send_frames(s, wire.encode_reply(frame.request_id, reply))
+            if req_q.wait_ms and sessions[req_q.session_id].status == "active" and req_q.session_id not in held:
+                held[req_q.session_id] = (s, frame.request_id, req_q.cursor, time.monotonic() + req_q.wait_ms / 1000)
+            else:
+                answer_pull(s, frame.request_id, req_q.session_id, req_q.cursor)
 
     used = list(sockets)  # asked ZMQ_EVENTS before the next wait: READY was sent on each
     heartbeat = wire.encode_signal(wire.Command.HEARTBEAT)
-    # Each agent beats once a second, as before, but not all in the same
-    # moment: real agents are not in step. A thousand beats sent together
+    # Each agent is looked at once a second, and beats if it has sent
+    # nothing since the last second, but not all in the same moment: real
+    # agents are not in step. A thousand beats sent together
     # held the simulator (and the colony, which took them together) for
     # about 10 ms each second, in front of the attaches that came then.
     order = list(sockets)
@@ -156,11 +178,20 @@ def simulate_agents(endpoint: str, count: int) -> None:
             while cast(int, _get(s, _EVENTS)) & _POLLIN:
                 answer(s, recv_frames(s)[0])
         used = []
+        now = time.monotonic()
+        while held and next(iter(held.values()))[3] <= now:  # waits over (all are one interval long: oldest first)
+            session_id, (hs, request_id, cursor, _) = next(iter(held.items()))
+            del held[session_id]
+            answer_pull(hs, request_id, session_id, cursor)
+            used.append(hs)
         while time.monotonic() >= start + beats * HEARTBEAT_SECONDS / slices:
             j = beats % slices
+            now = time.monotonic()
             for s in order[j * len(order) // slices: (j + 1) * len(order) // slices]:
-                _send_frames(s, heartbeat, _NOBLOCK)
-                used.append(s)
+                if now - last_sent[s] >= HEARTBEAT_SECONDS:
+                    _send_frames(s, heartbeat, _NOBLOCK)
+                    last_sent[s] = now
+                    used.append(s)
             beats += 1
     for s in sockets:
         s.send_multipart(wire.encode_signal(wire.Command.DISCONNECT), flags=zmq.NOBLOCK)

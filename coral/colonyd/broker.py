@@ -512,21 +512,27 @@ class Broker:
         to pull. Followers are told when the session's status changes.
         A session just `created` is journaled with its audit row. No
         `merge` when only parts' completeness changed: no merged field
-        depends on it (a merge of one part took 13 us in a micro-bench)."""
-        before = (session.status, sum(p.complete for p in session.parts))
+        depends on it (a merge of one part took 13 us in a micro-bench).
+        The parts are walked once: nothing here changes their completeness
+        (the callers do, before), so it is counted once, and open or not
+        is known from it."""
+        status, complete = session.status, 0
         for p in session.parts:
             if p.complete:
                 p.detach_by = ""  # nothing left to detach there
+                complete += 1
         if merge:
             colony_sessions.merge(session)
         self.store.save_session(session, created)
-        self.pulls.stir(session.session_id)
-        if (session.status, sum(p.complete for p in session.parts)) != before or not is_open(session):
-            self.followers.wake(session.session_id)
-        if not is_open(session):
-            if self.open.pop(session.session_id, None) is not None:
+        session_id = session.session_id
+        self.pulls.stir(session_id)
+        still_open = complete < len(session.parts) if session.parts else session.status == ACTIVE  # is_open()
+        if session.status != status or not still_open:
+            self.streams.followers.wake(session_id)
+        if not still_open:
+            if self.open.pop(session_id, None) is not None:
                 self.ended[session.status] = self.ended.get(session.status, 0) + 1
-            self.pulls.forget((session.session_id, p.agent_id) for p in session.parts)
+            self.pulls.forget((session_id, p.agent_id) for p in session.parts)
 
     # ------------------------------------------------------------- pulls
 

@@ -128,7 +128,9 @@ def merge(session: pb.DebugSession) -> None:
 def merge_one(session: pb.DebugSession) -> None:
     """merge() of a session with one part, the usual case: its fields are
     the part's, copied without the generic sums and Counters (7 us here,
-    against 16 us through merge_many)."""
+    against 16 us through merge_many). The lists and maps, empty on both
+    sides in most sessions, are copied only when either is not: a copy of
+    an empty one cost 0.9 to 1.4 us, the test 0.2 us."""
     part = session.parts[0]
     s = part.session
     session.status = s.status
@@ -138,23 +140,28 @@ def merge_one(session: pb.DebugSession) -> None:
     session.expires_unix_ns = s.expires_unix_ns
     session.ended_unix_ns = 0 if s.status == ACTIVE else s.ended_unix_ns
     session.pids[:] = s.pids
-    session.unanswered[:] = s.unanswered
+    if s.unanswered or session.unanswered:
+        session.unanswered[:] = s.unanswered
     session.return_probe = s.return_probe
     session.stack_unwind = s.stack_unwind
     session.entry_instruction = s.entry_instruction
     session.probe_cost_ns = s.probe_cost_ns
-    session.inlined_into[:] = s.inlined_into
+    if s.inlined_into or session.inlined_into:
+        session.inlined_into[:] = s.inlined_into
     session.calls = s.calls
     session.probes = s.probes
     session.total_calls = s.total_calls
     session.sum_duration_ns = s.sum_duration_ns
     session.max_duration_ns = s.max_duration_ns
-    session.lost.clear()
-    session.lost.update(s.lost)
-    session.histogram.clear()
-    session.histogram.update(s.histogram)
-    del session.counts[:]
-    session.counts.extend(s.counts)
+    if s.lost or session.lost:
+        session.lost.clear()
+        session.lost.update(s.lost)
+    if s.histogram or session.histogram:
+        session.histogram.clear()
+        session.histogram.update(s.histogram)
+    if s.counts or session.counts:
+        del session.counts[:]
+        session.counts.extend(s.counts)
 
 
 def merge_counts(parts: list[pb.DebugSession]) -> list[pb.CountRow]:
