@@ -6,6 +6,7 @@ SDK, both built or written here."""
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import subprocess
 import sys
@@ -203,7 +204,7 @@ def test_five_c_functions_exact_per_function_with_their_trees(coral_env: CoralEn
 
         # The same five by a pattern and a name, in text: a row per function, the slowest trees.
         argv = [tool("coralctl"), "debug", "attach", "checkout", "--duration", "3s",
-                "--function", "handle", "--function", "[vlcf]*"]
+                "--function", "handle", "--function", "[vlcf][aeho]*"]
         proc = subprocess.Popen(argv, env=coral_env.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert proc.stdout is not None
         assert proc.stdout.readline().startswith("Debug sessions started on checkout, one per function")
@@ -333,17 +334,22 @@ def test_calls_nest_by_thread_and_time() -> None:
 
 @pytest.mark.fast
 def test_patterns_expand_through_the_listing() -> None:
-    listed = {"pay*": ["pay_fee", "pay_tax"], "operator*": ["operator*", "operator*="], "zz*": [],
-              "*": [f"f{i}" for i in range(17)]}
+    names = ["main", "pay_fee", "pay_tax", "operator*", "operator*=", "main.(*Server).Handle", "main.Sum[int]",
+             *(f"f{i}" for i in range(17))]
 
     def call(method: str, request: Any) -> pb.ListFunctionsResponse:
-        assert method == "ListFunctions" and request.max_results == 17
-        return pb.ListFunctionsResponse(functions=listed[request.pattern])
+        assert method == "ListFunctions" and request.max_results in (1, 17)
+        found = [n for n in names if fnmatch.fnmatchcase(n, request.pattern)]
+        return pb.ListFunctionsResponse(functions=found[:request.max_results], truncated=len(found) > request.max_results)
 
     assert group.resolve(call, "svc", ["main", "pay*", "pay_fee"]) == ["main", "pay_fee", "pay_tax"]
+    # A name with * or ? that is listed as written is that function alone; brackets are never a pattern.
     assert group.resolve(call, "svc", ["operator*"]) == ["operator*"]
+    assert group.resolve(call, "svc", ["main.(*Server).Handle"]) == ["main.(*Server).Handle"]
+    assert group.resolve(call, "svc", ["main.Sum[int]", "pay_?ax"]) == ["main.Sum[int]", "pay_tax"]
     with pytest.raises(Exception, match="matches no function"):
         group.resolve(call, "svc", ["zz*"])
     with pytest.raises(Exception, match="matches more than 16 functions of 'svc'"):
-        group.resolve(call, "svc", ["*"])
-    assert group.is_pattern("a.*") and not group.is_pattern("pay::fee")
+        group.resolve(call, "svc", ["f*"])
+    assert group.is_pattern("a.*") and not group.is_pattern("pay::fee") and not group.is_pattern("main.Sum[int]")
+    assert group.literal("main.(*S)[0]?") == "main.([*]S)[[]0][?]"

@@ -49,32 +49,43 @@ class Cli(Protocol):
 
 
 def is_pattern(name: str) -> bool:
-    return any(c in name for c in "*?[")
+    """`*` or `?` may make a name a pattern; `[` never does: Go generics
+    (main.Sum[int]) and C++ templates are written with brackets."""
+    return "*" in name or "?" in name
+
+
+def literal(name: str) -> str:
+    """A glob that matches `name` alone (the listing's patterns are fnmatch's)."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
 def resolve(call: Callable[[str, Message], Any], service: str, specs: list[str]) -> list[str]:
-    """The functions named, patterns expanded by the colony's listing (a name
-    listed exactly as written is that one function: C++ `operator*`), in the
-    order given, each once; at most MAX_FUNCTIONS."""
+    """The functions named, patterns expanded by the colony's listing, in
+    the order given, each once; at most MAX_FUNCTIONS. A name with `*` or
+    `?` that the service has as written is that one function (C++
+    `operator*`, Go `main.(*Server).Handle`)."""
     out: list[str] = []
     for spec in specs:
-        if not is_pattern(spec):
+        if not is_pattern(spec) or spec in _listed(call, service, literal(spec), 1)[0]:
             found = [spec]
         else:
-            r = cast(pb.ListFunctionsResponse, call("ListFunctions", pb.ListFunctionsRequest(
-                service=service, pattern=spec, max_results=MAX_FUNCTIONS + 1)))
-            listed = list(r.functions)
-            found = [spec] if spec in listed else listed
+            found, truncated = _listed(call, service, spec, MAX_FUNCTIONS + 1)
             if not found:
                 raise InvalidArgument(f"--function {spec!r} matches no function of {service!r} "
                                       f"(list them with: coralctl functions {service} --pattern '{spec}')")
-            if r.truncated or len(found) > MAX_FUNCTIONS:
+            if truncated or len(found) > MAX_FUNCTIONS:
                 raise InvalidArgument(f"--function {spec!r} matches more than {MAX_FUNCTIONS} functions of {service!r}; "
                                       "name fewer (coralctl functions lists them)")
         out += [f for f in found if f not in out]
     if len(out) > MAX_FUNCTIONS:
         raise InvalidArgument(f"{len(out)} functions asked for; at most {MAX_FUNCTIONS} in one attach")
     return out
+
+
+def _listed(call: Callable[[str, Message], Any], service: str, pattern: str, limit: int) -> tuple[list[str], bool]:
+    r = cast(pb.ListFunctionsResponse, call("ListFunctions", pb.ListFunctionsRequest(
+        service=service, pattern=pattern, max_results=limit)))
+    return list(r.functions), r.truncated
 
 
 @dataclass
