@@ -56,6 +56,7 @@
 //   CAPTURE_COUNT_ONLY, COUNT_*, CB_*, ROW_*, STR_* (--count-by: coral/agentd/countby.py)
 #include <uapi/linux/ptrace.h>
 #include "coral_records.h"            // the ring buffer's records (and struct coral_call)
+#include "coral_python.h"             // --stack in a Python process: the Python frames above the call
 
 #if !defined(CORAL_STATS) || !defined(G_DEEP_IN_USE) || !defined(BY_TAIL_CALL) || !defined(SITE_URET) || !defined(CORAL_MAX_DEPTH) || !defined(SITE_RET) || !defined(W_NONEMPTY) || !defined(ST_WHERE_ERROR) || !defined(EV_NATIVE_TIMING) || !defined(UNREAD_STACK) || !defined(COUNT_ROWS) || !defined(EV_STACK_COPY)
 #error "compile through coral/agentd/engine.py, which defines the constants shared with Python"
@@ -1139,6 +1140,19 @@ static __always_inline void stack_head(struct stack_head *h, u32 type, struct st
     bpf_probe_read_user(&h->ret, sizeof(h->ret), (void *)h->sp);
 }
 
+// In a Python process whose SDK registered its interpreter's layout: the
+// calling thread's Python frames, above the native ones (the agent puts them
+// where the interpreter's loop is in the native stack).
+static __always_inline void stack_python(struct py_stack *out, struct stack_pending *p)
+{
+    out->depth = 0;
+    out->cut = 0;
+    u32 tgid = p->id >> 32;
+    struct py_layout *layout = python.lookup(&tgid);
+    if (layout)
+        python_frames(out, layout, (u32)p->id);
+}
+
 int coral_stack(struct pt_regs *ctx)
 {
     u32 zero = 0;
@@ -1172,6 +1186,7 @@ int coral_stack(struct pt_regs *ctx)
         struct stack_copy_event *e = events.ringbuf_reserve(sizeof(*e));
         if (e) {
             stack_head(&e->head, EV_STACK_COPY, p, ctx, at_ret);
+            stack_python(&e->py, p);
             u32 n = bytes;
             if (n > CORAL_STACK_COPY)
                 n = CORAL_STACK_COPY;
@@ -1195,6 +1210,7 @@ int coral_stack(struct pt_regs *ctx)
         struct stack_walk_event *e = events.ringbuf_reserve(sizeof(*e));
         if (e) {
             stack_head(&e->head, EV_STACK_WALK, p, ctx, at_ret);
+            stack_python(&e->py, p);
             e->head.size = bpf_get_stack(ctx, e->ips, sizeof(e->ips), BPF_F_USER_STACK);
             events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
         } else {

@@ -22,9 +22,8 @@
 //
 // Compile-time parameters (coral/agentd/profiler.py): CORAL_PROFILE_STACKS,
 // the stack table's size; CORAL_STACK_COPY, the bytes of stack copied;
-// CORAL_COPY_PAGES, the ring buffer's size in pages; CORAL_PY_THREADS, the
-// thread states looked at to find the sampled thread's; CORAL_PY_FRAMES,
-// the Python frames read per sample.
+// CORAL_COPY_PAGES, the ring buffer's size in pages. (The Python frames'
+// bounds are bpf/coral_pystack.h's.)
 
 #include <uapi/linux/ptrace.h>
 #include <uapi/linux/bpf_perf_event.h>

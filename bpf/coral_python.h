@@ -3,11 +3,10 @@
 // docs/protocol.md "Process registration"): shared by the profiler
 // (bpf/coral_profile.c) and the probes' --stack (bpf/coral_probes.c).
 //
-// The includer defines CORAL_PY_THREADS, the thread states looked at to find
-// the current thread's, and CORAL_PY_FRAMES, the frames read.
-
 #ifndef CORAL_PYTHON_H
 #define CORAL_PYTHON_H
+
+#include "coral_pystack.h"  // struct py_stack, CORAL_PY_FRAMES, CORAL_PY_THREADS
 
 // PythonLayout, as the agent writes it (field names as in the proto).
 struct py_layout {
@@ -15,15 +14,6 @@ struct py_layout {
     u32 threads_head, tstate_next, tstate_native_thread_id, tstate_frame;
     u32 cframe_current_frame, via_cframe, frame_code, frame_previous;
     u32 frame_instr, frame_owner, owner_cstack, pad;
-};
-
-// A thread's Python frames, innermost first: each one's code object (0: a
-// shim frame, the interpreter's, for a C caller) and instruction pointer.
-struct py_stack {
-    u32 depth;  // frames read
-    u32 cut;    // more were there than CORAL_PY_FRAMES
-    u64 code[CORAL_PY_FRAMES];
-    u64 instr[CORAL_PY_FRAMES];
 };
 
 BPF_HASH(python, u32, struct py_layout, 1024);  // tgid -> its interpreter's layout

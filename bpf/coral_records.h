@@ -9,6 +9,7 @@
 #define CORAL_RECORDS_H
 
 #include "coral_call.h"
+#include "coral_pystack.h"	/* struct py_stack: a --stack call's Python frames */
 
 /* Argument registers copied at a native entry: System V's six (RDI, RSI,
  * RDX, RCX, R8, R9; the last three stay 0), or Go's nine (RAX, RBX, RCX,
@@ -90,11 +91,13 @@ struct stack_head {
 
 struct stack_walk_event {
     struct stack_head head;
+    struct py_stack py;              /* in a Python process: the thread's Python frames (py.depth 0: none) */
     u64 ips[CORAL_STACK_IPS];        /* innermost first */
 };
 
 struct stack_copy_event {
     struct stack_head head;
+    struct py_stack py;              /* as in stack_walk_event */
     char copy[CORAL_STACK_COPY];     /* the stack from sp */
 };
 

@@ -231,6 +231,74 @@ def test_python_calls_are_attributed_to_their_python_callers(coral_env: CoralEnv
         "from_alpha.<locals>.<genexpr>": 12, "from_beta": 13}
 
 
+ZLIB_CALLERS = r'''
+import sys
+import zlib
+
+import coral.sdk
+
+
+def from_alpha(n):
+    return [zlib.crc32(b"alpha %d" % i) for i in range(n)]
+
+
+def from_beta(n):
+    for i in range(n):
+        zlib.crc32(b"beta %d" % i)
+
+
+coral.sdk.init(service="zlib-callers").wait_bound()
+print("ready", flush=True)
+for line in sys.stdin:
+    who, n = line.split()
+    (from_alpha if who == "alpha" else from_beta)(int(n))
+    print(line.strip(), flush=True)
+'''
+
+
+def test_a_native_function_in_a_python_service_has_the_python_frames_above_it(
+        coral_env: CoralEnv, agent: Process, tmp_path: Path) -> None:
+    """libz's crc32 called from two Python functions: each call's stack is
+    crc32 and the native frames up to the interpreter, then the Python
+    frames (from_alpha or from_beta, then <module>), then the interpreter's
+    start; attributed exactly per Python caller."""
+    script = tmp_path / "zlib_callers.py"
+    script.write_text(ZLIB_CALLERS)
+    proc = subprocess.Popen([sys.executable, str(script)], env=coral_env.env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.readline().strip() == "ready"
+        wait_for_service(coral_env, "zlib-callers")
+        attach, first = start_attach(coral_env, "zlib-callers", "libz.so.1:crc32", "--local", "--duration", "4s",
+                                     "--no-save", "--stack")
+        assert first["stack_unwind"] in ("fp", "tables"), first
+        for line in ("alpha 7", "beta 13", "alpha 5"):
+            proc.stdin.write(line + "\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().strip() == line
+        out, _ = attach.communicate(timeout=60)
+    finally:
+        proc.kill()
+        proc.wait(10)
+    records = [json.loads(line) for line in out.splitlines()]
+    calls = [r for r in records if r.get("kind") == "call"]
+    assert len(calls) == 25, records[-1]
+    callers: Counter[str] = Counter()
+    for call in calls:
+        frames = call["stack"]
+        names = [f["function"] for f in frames]
+        assert names[0] == "crc32", names
+        python = [f for f in frames if f["module"] == "python"]
+        assert [f["function"] for f in python][-1] == "<module>", names
+        assert all(Path(f["file"]).name == "zlib_callers.py" and f["line"] > 0 for f in python), python
+        assert "_PyEval_EvalFrameDefault" not in names, names  # the interpreter's loop is where the Python frames are
+        callers[python[0]["function"]] += 1
+    # from_alpha calls it from its list comprehension (a frame of its own before 3.12)
+    callers["from_alpha"] += callers.pop("from_alpha.<locals>.<listcomp>", 0)
+    assert callers == {"from_alpha": 12, "from_beta": 13}, callers
+
+
 def test_call_paths_and_a_flamegraph_of_the_callers_weighted_by_time(coral_env: CoralEnv, agent: Process,
                                                                      tmp_path: Path) -> None:
     """debug stacks: the two paths with their exact counts; debug

@@ -37,7 +37,7 @@ def compiler_layouts(tmp_path: Path, structs: dict[str, list[str]], str_max: int
 def test_every_record_decodes_as_the_compiler_lays_it_out(tmp_path: Path, str_max: int) -> None:
     layouts = read_layouts(HEADER, {"CORAL_STR_MAX": str_max})
     assert set(layouts) == {"coral_call", "native_event", "native_timing_event", "python_event",
-                            "python_timing_event", "stack_head", "stack_walk_event", "stack_copy_event"}
+                            "python_timing_event", "stack_head", "stack_walk_event", "stack_copy_event", "py_stack"}
     gcc = compiler_layouts(tmp_path, {name: [m.name for m in lay.members] for name, lay in layouts.items()}, str_max)
     for name, lay in layouts.items():
         assert lay.size == gcc[name] == lay.struct.size, name

@@ -16,9 +16,12 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from coral.agentd import pyframes
 from coral.agentd.engine import CALL_STACK, CALL_STACK_CUT, StackRecord
+from coral.agentd.profiler import PyFrames
 from coral.agentd.symbolize import Symbolizer, maps_of
 from coral.procmaps import Mapping
+from coral.proto import coral_pb2 as pb
 
 DEFAULT_DEPTH, MAX_DEPTH = 64, 127
 DEFAULT_BYTES, MAX_BYTES = 4096, 8192
@@ -72,13 +75,15 @@ class SessionStacks:
     when it starts (ready() until then is False), and its symbolized stacks."""
 
     def __init__(self, symbolizer: Symbolizer, pids: list[int], entry_ips: dict[int, int], depth: int,
-                 unwinds: bool) -> None:
+                 unwinds: bool, python: dict[int, pb.PythonLayout] | None = None) -> None:
         self.symbolizer = symbolizer
         self.started = time.monotonic()
         self.entry_ips = entry_ips  # by pid: the probed function's entry address
         self.depth = depth
         self.maps: dict[int, list[Mapping]] = {}
-        self._cache: OrderedDict[tuple[int, tuple[int, ...]], Symbolized] = OrderedDict()
+        # A Python process's code objects, read from its memory by its layout (for the frames above a native call).
+        self.python = {pid: pyframes.PythonFrames(pid, layout) for pid, layout in (python or {}).items()}
+        self._cache: OrderedDict[tuple[int, tuple[int, ...], PyFrames], Symbolized] = OrderedDict()
         self._ready = threading.Event()
         threading.Thread(target=self._warm, args=(pids, unwinds), name="stack-files", daemon=True).start()
 
@@ -103,15 +108,20 @@ class SessionStacks:
 
     def symbolize(self, rec: StackRecord) -> Symbolized:
         found, cut = addresses(rec, self.entry_ips.get(rec.pid, 0), Unwind(self.symbolizer, self.maps))
-        key = (rec.pid, found)
+        reader = self.python.get(rec.pid)
+        py = rec.python if reader is not None else ()
+        key = (rec.pid, found, py)
         known = self._cache.get(key)
         if known is None:
             frames, _ = self.symbolizer.frames(rec.pid, self.maps.get(rec.pid, []), found, unwound=True)
+            if reader is not None and py:
+                # Both outermost first for the merge; kept innermost first, as the stack is shown.
+                frames = pyframes.merge(frames[::-1], reader.frames(py)[::-1])[::-1]
             known = Symbolized(tuple((f.function[:500], f.file[:300], f.line, f.module[:300]) for f in frames), False)
             self._cache[key] = known
             if len(self._cache) > CACHE_STACKS:
                 self._cache.popitem(last=False)
-        if cut or len(known.frames) > self.depth:
+        if cut or (py and rec.python_cut) or len(known.frames) > self.depth:
             return Symbolized(known.frames[: self.depth], True)
         return known
 

@@ -21,10 +21,11 @@ from typing import Any
 import numpy as np
 
 from coral import histogram
-from coral.agentd import countby, where_native
+from coral.agentd import countby, pyframes, where_native
 from coral.agentd.probes import bpf_source_dir, load_bcc
 from coral.agentd.ringbuf import BUSY_BIT, DISCARD_BIT, HEADER_BYTES, RingReader
 from coral.layouts import Layout, read_layouts
+from coral.proto import coral_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,17 @@ class StackRecord:
     walked: tuple[int, ...] = ()  # the kernel's frame-pointer walk, innermost first
     copy: bytes = b""  # or the stack from sp, for .eh_frame
     failed: bool = False  # nothing could be taken
+    python: tuple[tuple[int, int], ...] = ()  # a Python process's frames: (code object, instruction), innermost first
+    python_cut: bool = False  # more Python frames than were read
+
+
+def python_pairs(raw: bytes, at: int, depth: int, frames: int) -> tuple[tuple[int, int], ...]:
+    """struct py_stack's code and instr arrays (at `at`), the first `depth`,
+    shim frames (code 0) left out."""
+    n = min(depth, frames)
+    code = np.frombuffer(raw, dtype="<u8", count=n, offset=at).tolist()
+    instr = np.frombuffer(raw, dtype="<u8", count=n, offset=at + 8 * frames).tolist()
+    return tuple((c, i) for c, i in zip(code, instr, strict=True) if c)
 
 
 @dataclass(frozen=True)
@@ -270,6 +282,8 @@ class ProbeEngine:
         head = records["stack_head"]
         self._stack_head = head.struct
         self._stack_head_size = head.size
+        self._py_stack = records["py_stack"].struct
+        self._py_frames = records["py_stack"].member("code").count
         self._dtypes: dict[tuple[int, int], np.dtype] = {}  # by (record type, stride)
         # Where each record's values are, by member name (the header is their one definition).
         call = records["coral_call"]
@@ -487,6 +501,11 @@ class ProbeEngine:
         self._slot_table[ctypes.c_int(slot)] = v
         stacked = sum(1 << i for i, k in self._configs.items() if k.call_stack)
         self._stack_slots[ctypes.c_int(0)] = ctypes.c_uint64(stacked)
+
+    def set_python_layout(self, pid: int, layout: pb.PythonLayout) -> None:
+        """--stack in a Python process: where its interpreter keeps its
+        frames, so that a call's stack carries them (bpf/coral_python.h)."""
+        pyframes.set_python_layouts(self._bpf["python"], {pid: layout})
 
     def _write_where(self, slot: int, program: where_native.Program) -> None:
         w = self._wheres.Leaf()
@@ -775,14 +794,18 @@ class ProbeEngine:
 
     def _decode_stack(self, kind: int, raw: bytes) -> StackRecord:
         _, at_ret, pid, tid, start, slots, ip, sp, bp, ret, size = self._stack_head.unpack_from(raw, HEADER_BYTES)
-        body = raw[HEADER_BYTES + self._stack_head_size:]
+        at_py = HEADER_BYTES + self._stack_head_size
+        depth, cut = self._py_stack.unpack_from(raw, at_py)[:2]
+        python = python_pairs(raw, at_py + 8, depth, self._py_frames) if depth else ()
+        body = raw[at_py + self._py_stack.size:]
+        head = (pid, tid, start, slots, bool(at_ret), ip, sp, bp, ret)
         if size < 0:
-            return StackRecord(pid, tid, start, slots, bool(at_ret), ip, sp, bp, ret, failed=True)
+            return StackRecord(*head, failed=True, python=python, python_cut=bool(cut))
         if kind == EV_STACK_COPY:
-            return StackRecord(pid, tid, start, slots, bool(at_ret), ip, sp, bp, ret, copy=body[:size])
+            return StackRecord(*head, copy=body[:size], python=python, python_cut=bool(cut))
         n = min(size // 8, len(body) // 8)
-        return StackRecord(pid, tid, start, slots, bool(at_ret), ip, sp, bp, ret,
-                           walked=tuple(np.frombuffer(body[:n * 8], dtype="<u8").tolist()))
+        return StackRecord(*head, walked=tuple(np.frombuffer(body[:n * 8], dtype="<u8").tolist()), python=python,
+                           python_cut=bool(cut))
 
     def _decode_full(self, kind: int, raw: bytes) -> tuple[int, NativeRecord | PythonRecord]:
         """One record with captured values (after its ring-buffer header)."""

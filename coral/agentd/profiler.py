@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from coral.agentd.pyframes import set_python_layouts
 from coral.agentd.symbolize import Symbolizer
+from coral.layouts import read_layouts
 from coral.proto import coral_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -24,8 +26,8 @@ BPF_SOURCE = Path(__file__).resolve().parents[2] / "bpf" / "coral_profile.c"
 STACK_SLOTS = 16384  # distinct stacks kept; samples past it are counted in `dropped`
 STACK_COPY = 8192  # bytes of stack copied per sample for .eh_frame unwinding: deeper frames are cut
 COPY_PAGES = 512  # the copies' ring buffer: 2 MiB, about 220 samples, read every POLL_EVERY
-PY_THREADS = 64  # thread states looked at to find a sampled thread's (docs/protocol.md "Profiles")
-PY_FRAMES = 64  # Python frames read per sample (shim frames among them); deeper ones are cut
+# Python frames read per sample (shim frames among them; deeper ones are cut): CORAL_PY_FRAMES.
+PY_FRAMES = read_layouts(BPF_SOURCE.parent / "coral_pystack.h")["py_stack"].member("code").count
 POLL_EVERY = 0.05
 PERF_TYPE_SOFTWARE = 1
 PERF_COUNT_SW_CPU_CLOCK = 0
@@ -77,16 +79,6 @@ def python_frames(stack: Any) -> PyFrames:
     return tuple((code, instr) for code, instr in zip(stack.code[:n], stack.instr[:n], strict=True) if code)
 
 
-def set_python_layouts(table: Any, layouts: dict[int, pb.PythonLayout]) -> None:
-    """Each process's PythonLayout into the program's `python` map."""
-    for pid, layout in layouts.items():
-        leaf = table.Leaf()
-        for name, _ in leaf._fields_:
-            if name != "pad":
-                setattr(leaf, name, getattr(layout, name))
-        table[table.Key(pid)] = leaf
-
-
 Unwind = Callable[[int, int, int, int, bytes], "tuple[tuple[int, ...], bool] | None"]
 
 
@@ -103,7 +95,7 @@ def sample(pids: list[int], frequency: int, seconds: float, stop: threading.Even
     t0 = time.monotonic()
     bpf = bcc.BPF(src_file=str(BPF_SOURCE).encode(), cflags=[
         f"-DCORAL_PROFILE_STACKS={STACK_SLOTS}", f"-DCORAL_STACK_COPY={STACK_COPY}", f"-DCORAL_COPY_PAGES={COPY_PAGES}",
-        f"-DCORAL_PY_THREADS={PY_THREADS}", f"-DCORAL_PY_FRAMES={PY_FRAMES}", f"-I{BPF_SOURCE.parent}"])
+        f"-I{BPF_SOURCE.parent}"])
     compile_ms = int((time.monotonic() - t0) * 1000)
     counted: dict[StackKey, int] = {}
     # (tgid, stack id, Python frames, cut) -> samples: the stack ids are resolved at the end

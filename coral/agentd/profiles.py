@@ -87,29 +87,25 @@ def _processes(plan: ProfilePlan, sampled: Sampled, maps: dict[int, list[Mapping
     unframed: dict[int, int] = {}  # by pid: samples walked through a function without a frame pointer
     readers = {pid: pyframes.PythonFrames(pid, layout) for pid, layout in plan.python.items() if pid in out}
     merged: dict[tuple[int, tuple[tuple[str, str, int, str], ...]], int] = {}
-    try:
-        for (tgid, addresses, how, py, py_cut), count in sorted(sampled.stacks.items(), key=lambda kv: -kv[1]):
-            process = out.get(tgid)
-            if process is None:
-                continue
-            process.samples += count
-            if not addresses and not py:
-                process.samples_without_stack += count
-            if how == CALL_FRAMES_CUT or py_cut:
-                process.samples_cut += count
-            frames, framed = symbolizer.frames(tgid, maps.get(tgid, []), addresses, unwound=how != FRAME_POINTERS)
-            if not framed:
-                unframed[tgid] = unframed.get(tgid, 0) + count
-            outermost_first = frames[::-1]  # as folded stacks are written
-            reader = readers.get(tgid)
-            if reader is not None and py:
-                outermost_first = pyframes.merge(outermost_first, reader.frames(py)[::-1])
-            # Samples apart in the kernel (two instructions of one line) are one stack here.
-            key = (tgid, tuple((f.function[:500], f.file[:300], f.line, f.module[:300]) for f in outermost_first))
-            merged[key] = merged.get(key, 0) + count
-    finally:
-        for reader in readers.values():
-            reader.close()
+    for (tgid, addresses, how, py, py_cut), count in sorted(sampled.stacks.items(), key=lambda kv: -kv[1]):
+        process = out.get(tgid)
+        if process is None:
+            continue
+        process.samples += count
+        if not addresses and not py:
+            process.samples_without_stack += count
+        if how == CALL_FRAMES_CUT or py_cut:
+            process.samples_cut += count
+        frames, framed = symbolizer.frames(tgid, maps.get(tgid, []), addresses, unwound=how != FRAME_POINTERS)
+        if not framed:
+            unframed[tgid] = unframed.get(tgid, 0) + count
+        outermost_first = frames[::-1]  # as folded stacks are written
+        reader = readers.get(tgid)
+        if reader is not None and py:
+            outermost_first = pyframes.merge(outermost_first, reader.frames(py)[::-1])
+        # Samples apart in the kernel (two instructions of one line) are one stack here.
+        key = (tgid, tuple((f.function[:500], f.file[:300], f.line, f.module[:300]) for f in outermost_first))
+        merged[key] = merged.get(key, 0) + count
     for (tgid, frames_key), count in sorted(merged.items(), key=lambda kv: -kv[1]):
         process = out[tgid]
         if size > max_reply_bytes:

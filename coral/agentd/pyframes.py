@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 from coral.agentd.symbolize import Frame
 from coral.proto import coral_pb2 as pb
@@ -115,7 +116,9 @@ class ProcessMemory:
     """Bounded reads of one process's memory; None where they fail."""
 
     def __init__(self, pid: int) -> None:
-        self.file: io.FileIO | None
+        self.file: io.FileIO | None = None
+        if pid <= 0:
+            return
         try:
             self.file = open(f"/proc/{pid}/mem", "rb", buffering=0)  # noqa: SIM115 (closed by close())
         except OSError:
@@ -138,28 +141,37 @@ class ProcessMemory:
     def close(self) -> None:
         if self.file is not None:
             self.file.close()
+            self.file = None
 
 
 class PythonFrames:
-    """Names the Python frames of one process for one profile (code objects
-    are cached by address: within a profile, one that is freed and another
-    made at its address is taken for the first)."""
+    """Names the Python frames of one process for one profile or session
+    (code objects are cached by address: one that is freed and another made
+    at its address is taken for the first). /proc/PID/mem is open only
+    while frames() reads."""
 
-    def __init__(self, pid: int, layout: pb.PythonLayout) -> None:
+    def __init__(self, pid: int, layout: pb.PythonLayout, max_codes: int = 65536) -> None:
+        self.pid = pid
         self.layout = layout
-        self.memory = ProcessMemory(pid)
+        self.max_codes = max_codes
         self.codes: dict[int, Code | None] = {}
-
-    def close(self) -> None:
-        self.memory.close()
+        self.memory = ProcessMemory(0)  # opened only while code objects are read (frames())
 
     def frames(self, pairs: tuple[tuple[int, int], ...]) -> list[Frame]:
         """Frames for (code object, instruction pointer) pairs, in their order."""
+        unknown = [c for c, _ in pairs if c not in self.codes]
+        if unknown:
+            if len(self.codes) + len(unknown) > self.max_codes:
+                self.codes.clear()  # a bound, not an LRU: a profile or session sees far fewer code objects
+            self.memory = ProcessMemory(self.pid)
+            try:
+                for address in unknown:
+                    self.codes[address] = self._code(address)
+            finally:
+                self.memory.close()
         out = []
         for code_address, instr in pairs:
             code = self.codes.get(code_address)
-            if code_address not in self.codes:
-                code = self.codes[code_address] = self._code(code_address)
             out.append(Frame(code.qualname, code.filename, code.line_at(instr), "python") if code else UNKNOWN)
         return out
 
@@ -204,15 +216,27 @@ class PythonFrames:
         return data.decode(codec, errors="replace")
 
 
+def set_python_layouts(table: Any, layouts: dict[int, pb.PythonLayout]) -> None:
+    """Each process's PythonLayout into a BPF program's `python` map
+    (bpf/coral_python.h: struct py_layout, its fields named as the proto's)."""
+    for pid, layout in layouts.items():
+        leaf = table.Leaf()
+        for name, _ in leaf._fields_:
+            if name != "pad":
+                setattr(leaf, name, getattr(layout, name))
+        table[table.Key(pid)] = leaf
+
+
 def merge(native: list[Frame], python: list[Frame]) -> list[Frame]:
     """Native frames and Python frames, both outermost first, as one stack:
     the native frames up to the outermost evaluation loop, the Python
     frames, then the native frames past the innermost one (C code a Python
     function called). Without an evaluation loop among the native frames
-    (they could not be walked), the Python frames go on top of them."""
+    (a walk cut before it reached the interpreter), they are the innermost
+    ones: the Python frames go outside them."""
     if not python:
         return native
     loops = [i for i, f in enumerate(native) if f.function == EVAL_LOOP]
     if not loops:
-        return native + python
+        return python + native
     return native[:loops[0]] + python + native[loops[-1] + 1:]

@@ -507,9 +507,13 @@ class SessionManager:
         if unwind:
             session.stack_unwind = unwind
             entries = {t.reg.pid: next((s.func_ip or s.runtime_ip for s in t.sites), 0) for t in targets}
+            # A native function in a Python process: its stacks carry the Python frames above it.
+            layouts = {t.reg.pid: t.reg.python_layout for t in targets if t.reg.python_layout is not None}
+            for pid, layout in layouts.items():
+                self.engine.set_python_layout(pid, layout)
             session.stacks = callstacks.SessionStacks(self.symbolizer, session.pids, entries,
                                                       req.config.stack_depth or callstacks.DEFAULT_DEPTH,
-                                                      unwinds=unwind == "tables")
+                                                      unwinds=unwind == "tables", python=layouts)
         self.active[session.session_id] = session
         self._finish_closed()  # the slot may have been freed since the last drain: its last session is done
         self._by_slot[slot] = session
