@@ -7,8 +7,10 @@ in tests/test_profile.py."""
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
@@ -102,3 +104,34 @@ def test_a_layout_is_checked_before_it_is_used() -> None:
     nowhere.interpreter = 0
     assert pyframes.check_layout(nowhere) == "python_layout.interpreter must not be 0"
     assert _probe.python_layout() is not None
+
+
+def test_files_are_read_once_per_build_id(tmp_path: Path) -> None:
+    """unwind.PerFile, which the profiles' and --stack's symbols and unwind
+    tables share: the same build at two paths is read once; another build,
+    or a file without a build-id, on its own."""
+    from coral.agentd.unwind import PerFile, build_id
+    from coral.procmaps import Mapping
+
+    one = tmp_path / "one.so"
+    shutil.copy(sys.executable, one)
+    same = tmp_path / "copy" / "one.so"
+    same.parent.mkdir()
+    shutil.copy(sys.executable, same)
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"not an ELF file")
+    read: list[str] = []
+
+    def reading(path: str) -> str:
+        read.append(path)
+        return path
+
+    files: PerFile[str] = PerFile(reading, 8)
+
+    def get(path: Path) -> str | None:
+        return files.get(os.getpid(), Mapping(0, 1, 0, 0, "r-xp", str(path)))
+
+    assert build_id(str(one)) and build_id(str(one)) == build_id(str(same)) and build_id(str(plain)) == ""
+    assert get(one) == get(same) == get(one)
+    assert get(plain) is not None and get(plain) == get(plain)
+    assert len(read) == 2, read

@@ -2,9 +2,9 @@
 (bpf/coral_probes.c, coral_stack), to symbolized frames: the probed
 function first, then its caller, outward. Either the kernel's
 frame-pointer walk, or a copy of the stack unwound here with the binaries'
-.eh_frame (coral/agentd/unwind.py). Files are read once per (path, inode,
-mtime) by the Symbolizer the profiles share; a session reads its processes'
-files in a thread of its own before its first stack is symbolized
+.eh_frame (coral/agentd/unwind.py). Files are read once per build-id by
+the Symbolizer the profiles share; a session reads its processes' files in
+a thread of its own before its first stack is symbolized
 (`Warming`), so that the agent's loop never waits on pyelftools (libc's
 call frame information takes seconds)."""
 

@@ -1,8 +1,8 @@
 """Addresses of a sampled stack to frames: the function (demangled) from
 the ELF symbol table, and where DWARF has it, the source file and line.
 An address is placed with the process's /proc/PID/maps; each file is read
-once per (path, inode, mtime), whatever the number of processes and
-profiles that use it."""
+once per build-id (or, without one, per path, inode and mtime), whatever
+the number of processes and profiles that use it (unwind.PerFile)."""
 
 from __future__ import annotations
 

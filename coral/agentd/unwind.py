@@ -25,6 +25,7 @@ from elftools.common.exceptions import DWARFError, ELFError
 from elftools.dwarf.callframe import FDE, RegisterRule
 from elftools.elf.elffile import ELFFile
 
+from coral.elfinfo import build_id_of
 from coral.procmaps import Mapping
 
 T = TypeVar("T")
@@ -117,14 +118,24 @@ def read_call_frames(path: str) -> CallFrames | None:
         return out
 
 
+def build_id(path: str) -> str:
+    """The file's GNU build-id, hex; "" if it has none or is no ELF file."""
+    with contextlib.suppress(OSError, ELFError, ValueError, KeyError, AssertionError), open(path, "rb") as f:
+        return build_id_of(ELFFile(f))
+    return ""
+
+
 class PerFile(Generic[T]):
-    """What was read from a file a process maps, once per (path, inode,
-    mtime) whichever process maps it: thread-safe, at most `max_files` kept
-    (the oldest goes first). `read` returns None for a file it cannot use."""
+    """What was read from a file a process maps, once per build-id (the same
+    build at another path, in another container, is the same file) or, for
+    a file without one, per (path, inode, mtime), whichever process maps
+    it: thread-safe, at most `max_files` kept (the oldest goes first).
+    `read` returns None for a file it cannot use."""
 
     def __init__(self, read: Callable[[str], T | None], max_files: int) -> None:
         self._read = read
-        self._files: dict[tuple[str, int, int], T | None] = {}
+        self._keys: dict[tuple[str, int, int], str] = {}  # (path, inode, mtime) -> its build-id, or a name of its own
+        self._files: dict[str, T | None] = {}
         self._lock = threading.Lock()
         self.max_files = max_files
 
@@ -135,14 +146,24 @@ class PerFile(Generic[T]):
             st = os.stat(path)
         except OSError:
             return None
-        key = (mapping.path, st.st_ino, st.st_mtime_ns)
+        where = (mapping.path, st.st_ino, st.st_mtime_ns)
+        with self._lock:
+            key = self._keys.get(where)
+            if key is not None and key in self._files:
+                return self._files[key]
+        if key is None:
+            key = build_id(path) or f"{where}"
         with self._lock:
             if key in self._files:
+                self._keys[where] = key
                 return self._files[key]
         value = self._read(path)
         with self._lock:
             if len(self._files) >= self.max_files:
                 self._files.pop(next(iter(self._files)))
+            if len(self._keys) >= 4 * self.max_files:
+                self._keys.pop(next(iter(self._keys)))
+            self._keys[where] = key
             self._files[key] = value
         return value
 
@@ -154,7 +175,7 @@ def _call_frames_or_none(path: str) -> CallFrames | None:
 
 
 class Unwinder:
-    """Call frame information read once per (path, inode, mtime), shared by every profile."""
+    """Call frame information read once per file (PerFile), shared by every profile and --stack session."""
 
     def __init__(self, max_files: int = 64) -> None:
         self._files = PerFile(_call_frames_or_none, max_files)
