@@ -182,13 +182,9 @@ def check_exact(records: list[dict], n: int, prefix: str = "", trees: bool = Tru
             assert [c["function"].removeprefix(prefix) for c in t["calls"][1]["calls"]] == ["fee", "fee"]
 
 
-def test_five_c_functions_exact_per_function_with_their_trees(coral_env: CoralEnv, colony: Process, agent: Process,
-                                                             tmp_path: Path) -> None:
-    source = tmp_path / "checkout.c"
-    source.write_text(CHECKOUT_C)
-    binary = tmp_path / "checkout"
-    subprocess.run(["gcc", "-g", "-O0", "-o", str(binary), str(source)], check=True)
-    target = Process("run-checkout", [tool("coral-run"), "--service", "checkout", "--", str(binary)], coral_env,
+def native_checkout(env: CoralEnv, binary: Path, service: str) -> tuple[Process, Any]:
+    """The target under coral-run, and a function making n checkouts through it."""
+    target = Process(f"run-{service}", [tool("coral-run"), "--service", service, "--", str(binary)], env,
                      stdin=subprocess.PIPE).wait_ready()
 
     def call(n: int) -> str:
@@ -197,6 +193,16 @@ def test_five_c_functions_exact_per_function_with_their_trees(coral_env: CoralEn
         target.proc.stdin.flush()
         return target.proc.stdout.readline().decode().strip()
 
+    return target, call
+
+
+def test_five_c_functions_exact_per_function_with_their_trees(coral_env: CoralEnv, colony: Process, agent: Process,
+                                                             tmp_path: Path) -> None:
+    source = tmp_path / "checkout.c"
+    source.write_text(CHECKOUT_C)
+    binary = tmp_path / "checkout"
+    subprocess.run(["gcc", "-g", "-O0", "-o", str(binary), str(source)], check=True)
+    target, call = native_checkout(coral_env, binary, "checkout")
     try:
         wait_for_service(coral_env, "checkout")
         records = attach_many(coral_env, "checkout", ["handle", "validate", "lookup", "charge", "fee"], call, 200)
@@ -239,20 +245,6 @@ def test_five_c_functions_exact_per_function_with_their_trees(coral_env: CoralEn
         if target.proc.stdin:
             target.proc.stdin.close()
         target.stop()
-
-
-def native_checkout(env: CoralEnv, binary: Path, service: str) -> tuple[Process, Any]:
-    """The target under coral-run, and a function making n checkouts through it."""
-    target = Process(f"run-{service}", [tool("coral-run"), "--service", service, "--", str(binary)], env,
-                     stdin=subprocess.PIPE).wait_ready()
-
-    def call(n: int) -> str:
-        assert target.proc.stdin is not None and target.proc.stdout is not None
-        target.proc.stdin.write(f"{n}\n".encode())
-        target.proc.stdin.flush()
-        return target.proc.stdout.readline().decode().strip()
-
-    return target, call
 
 
 def test_five_cpp_functions_exact_per_function_with_their_trees(coral_env: CoralEnv, colony: Process, agent: Process,
