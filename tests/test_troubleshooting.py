@@ -1163,7 +1163,7 @@ def _register_long_version(request: pytest.FixtureRequest) -> str:
 @provokes("INVALID_ARGUMENT: python_layout.frame_code must be below 65536")
 def _register_far_layout(request: pytest.FixtureRequest) -> str:
     w = the_world(request)
-    layout = pb.PythonLayout(version_hex=0x030B07F0, interpreter=1 << 20, frame_code=1 << 40)
+    layout = pb.PythonLayout(version_hex=0x030B07F0, interpreter=1 << 20, frame_code=1 << 20)
     return register_error(w, pb.RegisterProcessRequest(service="x", pid=os.getpid(), executable=sys.executable,
                                                        address=own_socket(w), kind="python", python_layout=layout))
 
