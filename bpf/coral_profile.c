@@ -27,23 +27,14 @@
 
 #include <uapi/linux/ptrace.h>
 #include <uapi/linux/bpf_perf_event.h>
-#include "coral_python.h"  // struct py_layout, struct py_stack, python_frames()
+#include "coral_python.h"   // struct py_layout, struct py_stack, python_frames()
+#include "coral_profile.h"  // struct stack_copy: the record sent for a sample
 
 struct sample_key {
     u32 tgid;
     s32 user_stack;  // an id in `stacks`, or a negative errno when none was taken
 };
 
-struct stack_copy {
-    u32 tgid;
-    s32 user_stack;  // the frame-pointer walk of the same sample (a fallback)
-    u64 ip, sp, bp;
-    u32 size;        // bytes of `stack` read from sp (0 if none could be)
-    u32 user_mode;   // the sample interrupted user code: ip, sp, bp are the user's
-    u32 pad;
-    struct py_stack py;  // the thread's Python frames (py.depth 0: none, or not a Python process)
-    u8 stack[CORAL_STACK_COPY];
-};
 
 BPF_HASH(targets, u32, u8, 1024);
 BPF_STACK_TRACE(stacks, CORAL_PROFILE_STACKS);

@@ -151,15 +151,6 @@ class StackRecord:
     python_cut: bool = False  # more Python frames than were read
 
 
-def python_pairs(raw: bytes, at: int, depth: int, frames: int) -> tuple[tuple[int, int], ...]:
-    """struct py_stack's code and instr arrays (at `at`), the first `depth`,
-    shim frames (code 0) left out."""
-    n = min(depth, frames)
-    code = np.frombuffer(raw, dtype="<u8", count=n, offset=at).tolist()
-    instr = np.frombuffer(raw, dtype="<u8", count=n, offset=at + 8 * frames).tolist()
-    return tuple((c, i) for c, i in zip(code, instr, strict=True) if c)
-
-
 @dataclass(frozen=True)
 class PythonRecord:
     pid: int
@@ -796,7 +787,7 @@ class ProbeEngine:
         _, at_ret, pid, tid, start, slots, ip, sp, bp, ret, size = self._stack_head.unpack_from(raw, HEADER_BYTES)
         at_py = HEADER_BYTES + self._stack_head_size
         depth, cut = self._py_stack.unpack_from(raw, at_py)[:2]
-        python = python_pairs(raw, at_py + 8, depth, self._py_frames) if depth else ()
+        python = pyframes.python_pairs(raw, at_py + 8, depth, self._py_frames) if depth else ()
         body = raw[at_py + self._py_stack.size:]
         head = (pid, tid, start, slots, bool(at_ret), ip, sp, bp, ret)
         if size < 0:

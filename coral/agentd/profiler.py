@@ -13,9 +13,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from coral.agentd.pyframes import set_python_layouts
+from coral.agentd import pyframes
 from coral.agentd.symbolize import Symbolizer
 from coral.layouts import read_layouts
 from coral.proto import coral_pb2 as pb
@@ -56,27 +55,11 @@ class Sampled:
     ended_ns: int  # when it stopped
 
 
-class PyStack(ctypes.Structure):
-    """struct py_stack (bpf/coral_python.h)."""
-
-    _fields_ = (("depth", ctypes.c_uint32), ("cut", ctypes.c_uint32), ("code", ctypes.c_uint64 * PY_FRAMES),
-                ("instr", ctypes.c_uint64 * PY_FRAMES))
-
-
-class StackCopy(ctypes.Structure):
-    """struct stack_copy (bpf/coral_profile.c): BCC cannot describe a nested struct itself."""
-
-    _fields_ = (("tgid", ctypes.c_uint32), ("user_stack", ctypes.c_int32), ("ip", ctypes.c_uint64),
-                ("sp", ctypes.c_uint64), ("bp", ctypes.c_uint64), ("size", ctypes.c_uint32),
-                ("user_mode", ctypes.c_uint32), ("pad", ctypes.c_uint32), ("py", PyStack),
-                ("stack", ctypes.c_uint8 * STACK_COPY))
-
-
-def python_frames(stack: Any) -> PyFrames:
-    """A struct py_stack (bpf/coral_python.h) as (code, instruction) pairs,
-    innermost first; shim frames (code 0) left out."""
-    n = min(int(stack.depth), len(stack.code))
-    return tuple((code, instr) for code, instr in zip(stack.code[:n], stack.instr[:n], strict=True) if code)
+# struct stack_copy (bpf/coral_profile.h), as this program is compiled.
+COPY = read_layouts(BPF_SOURCE.parent / "coral_profile.h", {"CORAL_STACK_COPY": STACK_COPY})["stack_copy"]
+_SCALARS = [COPY.values(name).start for name in ("tgid", "user_stack", "ip", "sp", "bp", "size", "user_mode")]
+_PY, _STACK = COPY.values("py"), COPY.values("stack")
+_AT_CODE = COPY.member("py").offset + 8  # py.code, after py.depth and py.cut
 
 
 Unwind = Callable[[int, int, int, int, bytes], "tuple[tuple[int, ...], bool] | None"]
@@ -104,18 +87,20 @@ def sample(pids: list[int], frequency: int, seconds: float, stop: threading.Even
         copies = bpf["copies"]
 
         def on_copy(ctx: object, data: int, size: int) -> int:
-            if size < ctypes.sizeof(StackCopy):
+            if size < COPY.size:
                 return 0
-            c = ctypes.cast(data, ctypes.POINTER(StackCopy)).contents
-            tgid = int(c.tgid)
-            py = python_frames(c.py)
-            found = (unwind(tgid, int(c.ip), int(c.sp), int(c.bp), bytes(c.stack[:c.size]))
-                     if unwind and c.user_mode else None)
+            raw = ctypes.string_at(data, COPY.size)
+            f = COPY.struct.unpack(raw)
+            tgid, user_stack, ip, sp, bp, copied, user_mode = (f[i] for i in _SCALARS)
+            depth, cut = f[_PY][:2]
+            py = pyframes.python_pairs(raw, _AT_CODE, depth, PY_FRAMES) if depth else NO_PYTHON
+            stack = f[_STACK][0][:min(copied, STACK_COPY)]
+            found = unwind(tgid, ip, sp, bp, stack) if unwind and user_mode else None
             if found is None:
-                k = (tgid, int(c.user_stack), py, bool(c.py.cut))
+                k = (tgid, user_stack, py, bool(cut))
                 by_stack_id[k] = by_stack_id.get(k, 0) + 1
             else:
-                key = (tgid, found[0], CALL_FRAMES_CUT if found[1] else CALL_FRAMES, py, bool(c.py.cut))
+                key = (tgid, found[0], CALL_FRAMES_CUT if found[1] else CALL_FRAMES, py, bool(cut))
                 counted[key] = counted.get(key, 0) + 1
             return 0
 
@@ -123,7 +108,7 @@ def sample(pids: list[int], frequency: int, seconds: float, stop: threading.Even
         targets = bpf["targets"]
         for pid in pids:
             targets[targets.Key(pid)] = targets.Leaf(1)
-        set_python_layouts(bpf["python"], python or {})
+        pyframes.set_python_layouts(bpf["python"], python or {})
         bpf.attach_perf_event(ev_type=PERF_TYPE_SOFTWARE, ev_config=PERF_COUNT_SW_CPU_CLOCK,
                               fn_name=b"coral_profile_sample", sample_freq=frequency, cpu=-1)
         started_ns = time.time_ns()

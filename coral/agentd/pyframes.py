@@ -216,6 +216,15 @@ class PythonFrames:
         return data.decode(codec, errors="replace")
 
 
+def python_pairs(raw: bytes, at: int, depth: int, frames: int) -> tuple[tuple[int, int], ...]:
+    """struct py_stack's code and instr arrays (bpf/coral_pystack.h; the
+    code array at `at`), the first `depth`, shim frames (code 0) left out."""
+    n = max(0, min(depth, frames))
+    code = struct.unpack_from(f"<{n}Q", raw, at)
+    instr = struct.unpack_from(f"<{n}Q", raw, at + 8 * frames)
+    return tuple((c, i) for c, i in zip(code, instr, strict=True) if c)
+
+
 def set_python_layouts(table: Any, layouts: dict[int, pb.PythonLayout]) -> None:
     """Each process's PythonLayout into a BPF program's `python` map
     (bpf/coral_python.h: struct py_layout, its fields named as the proto's)."""
