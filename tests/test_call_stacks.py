@@ -191,22 +191,21 @@ if __name__ == "__main__":
 '''
 
 
-def test_python_calls_are_attributed_to_their_python_callers(coral_env: CoralEnv, agent: Process,
-                                                             tmp_path: Path) -> None:
-    """The SDK puts the Python frames in each record: work first (where it
-    is defined), then its caller (from_alpha through its generator
-    expression, or from_beta), then main, with files and lines."""
-    script = tmp_path / "callers_py.py"
-    script.write_text(PYTHON_SERVICE)
-    proc = subprocess.Popen([sys.executable, str(script)], env=coral_env.env, stdin=subprocess.PIPE,
+def python_stacks(env: CoralEnv, tmp_path: Path, source: str, service: str, function: str,
+                  duration: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """`source` (a Python service that answers "alpha N" or "beta N" by
+    making N calls through from_alpha or from_beta) run with the SDK, and
+    `function` attached with --stack while it makes 7 + 13 + 5 calls: the
+    session's first line and every record after it."""
+    script = tmp_path / f"{service.replace('-', '_')}.py"
+    script.write_text(source)
+    proc = subprocess.Popen([sys.executable, str(script)], env=env.env, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdin is not None
         assert proc.stdout.readline().strip() == "ready"
-        wait_for_service(coral_env, "callers-py")
-        attach, first = start_attach(coral_env, "callers-py", "__main__.work", "--local", "--duration", "3s",
-                                     "--no-save", "--stack")
-        assert first["stack_unwind"] == "python", first
+        wait_for_service(env, service)
+        attach, first = start_attach(env, service, function, "--local", "--duration", duration, "--no-save", "--stack")
         for line in ("alpha 7", "beta 13", "alpha 5"):
             proc.stdin.write(line + "\n")
             proc.stdin.flush()
@@ -215,7 +214,16 @@ def test_python_calls_are_attributed_to_their_python_callers(coral_env: CoralEnv
     finally:
         proc.kill()
         proc.wait(10)
-    records = [json.loads(line) for line in out.splitlines()]
+    return first, [json.loads(line) for line in out.splitlines()]
+
+
+def test_python_calls_are_attributed_to_their_python_callers(coral_env: CoralEnv, agent: Process,
+                                                             tmp_path: Path) -> None:
+    """The SDK puts the Python frames in each record: work first (where it
+    is defined), then its caller (from_alpha through its generator
+    expression, or from_beta), then main, with files and lines."""
+    first, records = python_stacks(coral_env, tmp_path, PYTHON_SERVICE, "callers-py", "__main__.work", "3s")
+    assert first["stack_unwind"] == "python", first
     calls = [r for r in records if r.get("kind") == "call"]
     assert len(calls) == 25 and records[-1]["calls"] == 25, records[-1]
     callers: Counter[str] = Counter()
@@ -262,26 +270,8 @@ def test_a_native_function_in_a_python_service_has_the_python_frames_above_it(
     crc32 and the native frames up to the interpreter, then the Python
     frames (from_alpha or from_beta, then <module>), then the interpreter's
     start; attributed exactly per Python caller."""
-    script = tmp_path / "zlib_callers.py"
-    script.write_text(ZLIB_CALLERS)
-    proc = subprocess.Popen([sys.executable, str(script)], env=coral_env.env, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None and proc.stdin is not None
-        assert proc.stdout.readline().strip() == "ready"
-        wait_for_service(coral_env, "zlib-callers")
-        attach, first = start_attach(coral_env, "zlib-callers", "libz.so.1:crc32", "--local", "--duration", "4s",
-                                     "--no-save", "--stack")
-        assert first["stack_unwind"] in ("fp", "tables"), first
-        for line in ("alpha 7", "beta 13", "alpha 5"):
-            proc.stdin.write(line + "\n")
-            proc.stdin.flush()
-            assert proc.stdout.readline().strip() == line
-        out, _ = attach.communicate(timeout=60)
-    finally:
-        proc.kill()
-        proc.wait(10)
-    records = [json.loads(line) for line in out.splitlines()]
+    first, records = python_stacks(coral_env, tmp_path, ZLIB_CALLERS, "zlib-callers", "libz.so.1:crc32", "4s")
+    assert first["stack_unwind"] in ("fp", "tables"), first
     calls = [r for r in records if r.get("kind") == "call"]
     assert len(calls) == 25, records[-1]
     callers: Counter[str] = Counter()
