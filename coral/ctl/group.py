@@ -28,7 +28,7 @@ MAX_KEPT_CALLS = 200_000  # calls kept for the trees; past it, trees are built f
 MAX_TREES = 200  # trees in --output json
 SHOWN_TREES = 3  # trees printed: the slowest of those sampled
 MAX_TREE_NODES = 40  # calls printed in one tree; the rest are counted
-POLL = 0.1  # seconds between rounds of questions when no session had news
+HOLD_MS = 200  # after a round with no news, how long the daemon may hold the next question
 PAGE = 1000
 
 
@@ -255,32 +255,23 @@ def _close_sinks(followed: list[Followed], subtract: bool) -> None:
 
 def _follow(cli: Cli, followed: list[Followed], kept: list[pb.Call]) -> None:
     """Every call of every session, printed as it comes, until all have
-    ended and all their calls are read. Ctrl-C detaches them all, then drains."""
+    ended and all their calls are read. When a round brings nothing, the
+    next question (to the first session still open) is held by the daemon
+    until it has a call or HOLD_MS pass, rather than asking every session
+    again at once. Ctrl-C detaches them all, then drains."""
     detached = False
+    news = True
     while not all(f.done for f in followed):
         try:
+            open_ = [f for f in followed if not f.done]
+            if not news:  # held: the daemon answers at its first call, or after HOLD_MS
+                asked = time.monotonic()
+                if not _ask(cli, open_[0], kept, HOLD_MS) and time.monotonic() - asked < HOLD_MS / 2000:
+                    time.sleep(HOLD_MS / 1000)  # answered at once with nothing: not held (a full daemon)
+                open_ = [f for f in open_ if not f.done]
             news = False
-            for f in followed:
-                if f.done:
-                    continue
-                q = cast(pb.QueryUprobeEventsResponse, cli.call("QueryUprobeEvents", pb.QueryUprobeEventsRequest(
-                    session_id=f.session.session_id, cursor=f.cursor, max_events=PAGE)))
-                for c in q.calls:
-                    if cli.subtract:
-                        c.duration_ns = render.without_probe_cost(c.duration_ns, q.session)
-                    f.tally.add(c, cli.slow_ns)
-                    f.durations.append(c.duration_ns)
-                    if f.sink is not None:
-                        f.sink.call(c)
-                    if len(kept) < MAX_KEPT_CALLS:
-                        kept.append(c)
-                    cli._print_call(c)
-                news = news or bool(q.calls)
-                f.cursor = q.next_cursor
-                f.session = q.session
-                f.done = not q.has_more and q.session.status != "active"
-            if not news:
-                time.sleep(POLL)
+            for f in open_:
+                news = _ask(cli, f, kept, 0) or news
         except KeyboardInterrupt:
             if detached:
                 raise
@@ -288,6 +279,26 @@ def _follow(cli: Cli, followed: list[Followed], kept: list[pb.Call]) -> None:
             for f in followed:
                 if not f.done:
                     cli.call("DetachUprobe", pb.DetachUprobeRequest(session_id=f.session.session_id))
+
+
+def _ask(cli: Cli, f: Followed, kept: list[pb.Call], wait_ms: int) -> bool:
+    """One page of one session's calls, shown, saved and kept; whether it had any."""
+    q = cast(pb.QueryUprobeEventsResponse, cli.call("QueryUprobeEvents", pb.QueryUprobeEventsRequest(
+        session_id=f.session.session_id, cursor=f.cursor, max_events=PAGE, wait_ms=wait_ms)))
+    for c in q.calls:
+        if cli.subtract:
+            c.duration_ns = render.without_probe_cost(c.duration_ns, q.session)
+        f.tally.add(c, cli.slow_ns)
+        f.durations.append(c.duration_ns)
+        if f.sink is not None:
+            f.sink.call(c)
+        if len(kept) < MAX_KEPT_CALLS:
+            kept.append(c)
+        cli._print_call(c)
+    f.cursor = q.next_cursor
+    f.session = q.session
+    f.done = not q.has_more and q.session.status != "active"
+    return bool(q.calls)
 
 
 def summary_table(followed: list[Followed], subtract: bool) -> list[str]:
