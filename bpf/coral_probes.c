@@ -19,6 +19,13 @@
 // sampling and filters, so the summary covers all calls; every record that
 // does not reach the agent is counted by cause.
 //
+// Three programs take the hits: coral_hit (native entries, RETs and tail
+// JMPs), coral_return (uretprobes) and coral_python (the SDK's site in a
+// Python process). Each is verified on its own: the verifier walks every
+// loop over slots once per slot, and coral_hit is near its limit of a
+// million instructions (tail-called programs do the rest: coral_where,
+// coral_count, coral_stack).
+//
 // A session may have a CPU budget: each hit's cost (trap_cost: what the
 // agent measured a hit to cost, the trap and this program together) is
 // charged to every slot it served, summed
@@ -41,7 +48,8 @@
 //     a --where condition that does not hold), ST_RINGBUF (ring buffer full), ST_EMITTED (records submitted), ST_MAX_NS,
 //     ST_SUM_NS, ST_UNREADABLE (the process's record could not be read), ST_EXPIRED
 //     (returned after the session's expiry: in no count), ST_WHERE_ERROR (--where could not be
-//     evaluated: a value the condition needs could not be read; Python: the SDK flags the record); calls that left without returning
+//     evaluated: a value the condition needs could not be read; Python: the SDK flags the record), ST_RATE
+//     (over the slot's --rate in its second: rate_allows); calls that left without returning
 //     (an exception, a panic, longjmp) are counted in unwound_by_slots
 //   G_STACK_FULL (entries not tracked: deeper than CORAL_MAX_DEPTH, or deep_frames full), G_UNPAIRED (returns with no
 //     matching entry), G_STALE (frames dropped: their call left without returning),
@@ -113,7 +121,7 @@ struct slot_config {
     s32 blob_arg;                    // native: an argument pointing to a struct (-1: none): blob_len
     u32 blob_len;                    // bytes of it are copied at the return ...
     u32 blob_at;                     // ... into strs[blob_at], after the string arguments' slots
-    u32 pad2;
+    u32 rate_per_s;                  // --rate: at most this many records a second (0: no limit)
     struct held_string held[2];      // native: arguments holding strings, copied at the entry into strs[0], strs[1]
     struct held_string held_ret;     // native: the result register holds such an object's address: into strs[str_ret_at]
     u32 held_mask;                   // bit i: held[i] is used
@@ -168,6 +176,10 @@ BPF_PERCPU_ARRAY(hist, u64, CORAL_MAX_SLOTS * CORAL_HIST_BUCKETS);
 BPF_PERCPU_ARRAY(globals, u64, 6);
 // Sampling needs one global order of calls: an atomic counter, only when sampling.
 BPF_ARRAY(sample_counts, u64, CORAL_MAX_SLOTS);
+// --rate: the second (since boot) a slot's window is in, in the high 32
+// bits, and the records it let through in that second, in the low 32: one
+// word, so that a new second and the first record in it are one atomic step.
+BPF_ARRAY(rate_windows, u64, CORAL_MAX_SLOTS);
 // A native thread's frames live in its task's own storage: found without
 // hashing (about 30 ns less a hit than the LRU here), allocated when the
 // thread first enters a probed function, freed by the kernel when it ends.
@@ -305,6 +317,25 @@ static __always_inline u64 arg_at(u64 *args, s32 i)
     return args[k];
 }
 
+// --rate: may this call be reported, in one-second windows of at most
+// `limit` records? A call that finds the window of an earlier second starts
+// its own (compare-and-swap: one of the CPUs that find it old does); the
+// others take a place in the current one. A place taken in a window that is
+// not the call's own second (an older one, or a newer one that another CPU
+// started while this one read the clock) is refused: the limit is never
+// exceeded, and the calls refused are counted (ST_RATE).
+static __always_inline int rate_allows(u32 slot, u32 limit, u64 now)
+{
+    u64 *window = rate_windows.lookup(&slot);
+    if (!window)
+        return 1;
+    u64 second = now / 1000000000ULL, seen = *window;
+    if (seen >> 32 < second && __sync_val_compare_and_swap(window, seen, second << 32 | 1) == seen)
+        return 1;
+    u64 before = __sync_fetch_and_add(window, 1);
+    return before >> 32 == second && (u32)before < limit;
+}
+
 // Count the call for the slot and decide whether to report it.
 // `rejected` and `unread`: bit per slot, the --where condition does not hold,
 // or could not be evaluated (where_at_return).
@@ -342,6 +373,10 @@ static __always_inline int account(u32 slot, struct slot_config *cfg, u64 now, u
     u64 no = (rejected | unread) >> (slot & 63) & 1, error = unread >> (slot & 63) & 1;
     if (duration < (cfg->min_duration_ns | no * ~0ULL)) {
         bump_stat(slot, ST_FILTERED + (u32)error * (ST_WHERE_ERROR - ST_FILTERED));
+        return 0;
+    }
+    if (cfg->rate_per_s && !rate_allows(slot, cfg->rate_per_s, now)) {
+        bump_stat(slot, ST_RATE);
         return 0;
     }
     return 1;
@@ -1541,6 +1576,11 @@ static __always_inline u64 python_call(struct pt_regs *ctx, u64 watching, u64 id
     int raised = (u32)head[4] & CORAL_CALL_RAISED;
     u64 duration = head[3] > head[2] ? head[3] - head[2] : 0;
     u64 now = bpf_ktime_get_ns();
+    // The SDK evaluated the function's --where (one condition per armed
+    // function, so the same for every slot watching it): counted, not sent,
+    // as a native condition's answer is (account).
+    u64 rejected = (u32)head[4] & CORAL_CALL_FILTERED ? ~0ULL : 0;
+    u64 unread = (u32)head[4] & CORAL_CALL_WHERE_ERROR ? ~0ULL : 0;
     for (u32 slot = 0; slot < CORAL_MAX_SLOTS; slot++) {
         if (!(watching >> slot))
             break;
@@ -1548,17 +1588,10 @@ static __always_inline u64 python_call(struct pt_regs *ctx, u64 watching, u64 id
             continue;
         u32 key = slot;
         struct slot_config *cfg = slots.lookup(&key);
-        if (!cfg || cfg->fn_id != head[0] || !account(slot, cfg, now, duration, 0, 0))
+        if (!cfg || cfg->fn_id != head[0] || !account(slot, cfg, now, duration, rejected, unread))
             continue;
         if ((u32)head[4] & CORAL_CALL_COUNTED)
             continue;  // --count-by: the SDK counted it by its key (coral/sdk/countby.py), nothing to send
-        // The SDK evaluated the function's --where (one condition per armed
-        // function, so the same for every slot watching it): counted, not sent.
-        u32 verdict = (u32)head[4] & (CORAL_CALL_FILTERED | CORAL_CALL_WHERE_ERROR);
-        if (verdict) {
-            bump_stat(slot, verdict & CORAL_CALL_WHERE_ERROR ? ST_WHERE_ERROR : ST_FILTERED);
-            continue;
-        }
         if (!(cfg->capture & 3) && !raised && !((u32)head[4] & CORAL_CALL_STACK)) {
             // Timing only: 56 bytes instead of the whole record.
             struct python_timing_event *t = events.ringbuf_reserve(sizeof(*t));
@@ -1598,7 +1631,22 @@ static __always_inline u64 python_call(struct pt_regs *ctx, u64 watching, u64 id
     return now;
 }
 
-// Attached at every entry site, every RET and tail JMP site (Go, C++, Rust) and every Python site.
+// Attached at every Python site (the SDK's, SITE_PYTHON): a program of its
+// own, so that the verifier walks its loop over slots apart from coral_hit's.
+int coral_python(struct pt_regs *ctx)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    struct site_key key = {.tgid = id >> 32, .pad = 0, .ip = PT_REGS_IP(ctx)};
+    struct site *s = sites.lookup(&key);
+    if (!s || !(s->flags & SITE_PYTHON))
+        return 0;
+    u64 watching = s->slots & ~stopped_slots();
+    if (watching)
+        charge(watching, python_call(ctx, watching, id));
+    return 0;
+}
+
+// Attached at every entry site and every RET and tail JMP site (Go, C++, Rust).
 int coral_hit(struct pt_regs *ctx)
 {
     u64 id = bpf_get_current_pid_tgid();
@@ -1609,11 +1657,9 @@ int coral_hit(struct pt_regs *ctx)
     u64 watching = s->slots & ~stopped_slots();
     if (!watching)
         return 0;
+    if (s->flags & SITE_PYTHON)
+        return 0;  // coral_python's
     u64 now = 0;
-    if (s->flags & SITE_PYTHON) {
-        charge(watching, python_call(ctx, watching, id));
-        return 0;
-    }
     // Frames per goroutine for Go (R14 holds g), per thread otherwise.
     int go = (s->flags & (SITE_GO | SITE_GO_RET)) != 0;
     struct thread_key tk = {.id = id, .g = 0};

@@ -186,6 +186,7 @@ def check_config(config: pb.UprobeConfig) -> None:
                                      ("--capture-return", config.capture_return),
                                      ("--print", bool(config.capture_only)),
                                      ("--sample-rate", config.sample_rate > 1),
+                                     ("--rate", bool(config.rate_per_s)),
                                      ("--min-duration", bool(config.min_duration_ns)),
                                      ("--max-calls", bool(config.max_events)),
                                      ("--stack", config.stack)) if on]

@@ -34,10 +34,10 @@ log = logging.getLogger(__name__)
 MAX_SLOTS = 64
 HIST_BUCKETS = 512
 STAT_NAMES = ("CALLS", "SAMPLED", "FILTERED", "RINGBUF", "EMITTED", "MAX_NS", "SUM_NS", "UNREADABLE", "EXPIRED",
-              "WHERE_ERROR")
+              "WHERE_ERROR", "RATE")
 STATS_PER_SLOT = len(STAT_NAMES)
 ST_CALLS, ST_SAMPLED, ST_FILTERED, ST_RINGBUF, ST_EMITTED, ST_MAX_NS, ST_SUM_NS, ST_UNREADABLE, ST_EXPIRED, \
-    ST_WHERE_ERROR = range(10)
+    ST_WHERE_ERROR, ST_RATE = range(11)
 GLOBAL_NAMES = ("stack_full", "unpaired_returns", "stale_frames", "unwound_uncounted", "deep_frames_in_use",
                 "call_stacks_lost")
 G_DEEP_IN_USE = 4
@@ -115,6 +115,7 @@ class SlotConfig:
     count_by: countby.Key | None = None  # --count-by: calls counted by this key, no record sent
     call_stack: int = 0  # --stack: STACK_WALK or STACK_COPY (0: none)
     call_stack_bytes: int = 0  # STACK_COPY: bytes of the stack copied from sp at the return
+    rate_per_s: int = 0  # --rate: at most this many records a second, decided in the kernel (0: no limit)
 
 
 @dataclass(frozen=True)
@@ -224,6 +225,7 @@ class SlotStats:
     too_deep: int = 0  # entered deeper than the frames tracked per thread: not tracked, so not in calls
     tail_calls: int = 0  # left by a tail jump to another function: its RET is not ours, so not in calls
     where_error: int = 0  # --where could not be evaluated (a value not read; Python: the SDK said so): not shown
+    rate: int = 0  # over --rate: more calls to report in their second than the session's limit
     # --count-by: the kernel's rows, (ROW_*, key number, key string, counts); empty without it
     count_rows: list[tuple[int, int, bytes, countby.Row]] = field(default_factory=list)
 
@@ -293,6 +295,7 @@ class ProbeEngine:
         self._stack_max = call.member("stack").size
         self._hit = self._bpf.load_func(b"coral_hit", bcc.BPF.KPROBE).fd
         self._ret = self._bpf.load_func(b"coral_return", bcc.BPF.KPROBE).fd
+        self._python_hit = self._bpf.load_func(b"coral_python", bcc.BPF.KPROBE).fd  # the SDK's sites
         # coral_hit tail-calls it at the entry of a function with a --where condition (verified apart).
         self._bpf["where_calls"][ctypes.c_int(0)] = ctypes.c_int(self._bpf.load_func(b"coral_where", bcc.BPF.KPROBE).fd)
         # coral_hit and coral_return tail-call it at a return a --count-by session counts (verified apart),
@@ -313,6 +316,7 @@ class ProbeEngine:
         self._deep_deleted = 0  # spilled frames the agent deleted: the kernel's count of those in use is net of them
         self._globals = self._bpf["globals"]
         self._sample_counts = self._bpf["sample_counts"]
+        self._rate_windows = self._bpf["rate_windows"]
         self._budgets = self._bpf["budgets"]
         self._count_bys = self._bpf["count_bys"]
         self._count_used = self._bpf["count_used"]
@@ -461,6 +465,10 @@ class ProbeEngine:
         with ThreadPoolExecutor(max_workers=min(32, len(fds))) as pool:  # ctypes lets go of the GIL
             list(pool.map(self._lib.close_fd, fds))
 
+    def program_fd(self, name: str) -> int:
+        """One of the loaded programs (coral_hit, coral_python, ...), by name: bench/verifier.py reads its size."""
+        return int(self._bpf.load_func(name.encode(), type(self._bpf).KPROBE).fd)  # BCC returns the one it loaded
+
     def attached_probes(self, slot: int) -> int:
         return sum(1 + site.uretprobe for site in self._slot_sites.get(slot, []))
 
@@ -468,6 +476,7 @@ class ProbeEngine:
         self._configs[slot] = c
         v = self._slot_table.Leaf()
         v.sample_rate = max(1, c.sample_rate)
+        v.rate_per_s = c.rate_per_s
         v.capture = int(c.capture_args) | int(c.capture_return) << 1 | (CAPTURE_COUNT_ONLY if c.count_by else 0)
         v.min_duration_ns = c.min_duration_ns
         v.fn_id = c.fn_id
@@ -610,6 +619,7 @@ class ProbeEngine:
         for i in range(HIST_BUCKETS):
             self._hist[ctypes.c_int(slot * HIST_BUCKETS + i)] = self._hist.Leaf()
         self._sample_counts[ctypes.c_int(slot)] = ctypes.c_ulonglong(0)
+        self._rate_windows[ctypes.c_int(slot)] = ctypes.c_ulonglong(0)
         for cause in (BY_UNWOUND, BY_TOO_DEEP, BY_TAIL_CALL):
             self._by_slots_base[(slot, cause)] = self._by_slots(slot, cause)
 
@@ -696,7 +706,8 @@ class ProbeEngine:
             self._attached[key] = (fd, refs + 1)
             return
         ev_name = f"coral_{site.pid}_{site.file_offset:x}_{'r' if retprobe else 'p'}".encode()
-        fd = self._lib.attach(self._ret if retprobe else self._hit, int(retprobe), ev_name, site.path.encode(),
+        program = self._ret if retprobe else self._python_hit if site.flags & SITE_PYTHON else self._hit
+        fd = self._lib.attach(program, int(retprobe), ev_name, site.path.encode(),
                               site.file_offset, site.pid, site.ref_ctr_offset)
         if fd < 0:
             err = ctypes.get_errno()
@@ -836,7 +847,7 @@ class ProbeEngine:
         rows = self._read_counts(slot) if with_counts and counted is not None and counted.count_by is not None else []
         return SlotStats(v[ST_CALLS], v[ST_SAMPLED], v[ST_FILTERED], v[ST_RINGBUF], v[ST_EMITTED], v[ST_MAX_NS],
                          v[ST_SUM_NS], hist, v[ST_UNREADABLE], v[ST_EXPIRED], unwound, too_deep,
-                         tail_calls, v[ST_WHERE_ERROR], rows)
+                         tail_calls, v[ST_WHERE_ERROR], v[ST_RATE], rows)
 
     def global_counters(self) -> dict[str, int]:
         out = {}

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 P = "coral_agent"
 # Every cause a session's lost map can name (docs/json.md), shown from 0.
 LOST_CAUSES = ("sampled", "filtered", "ringbuf_full", "unreadable", "unwound", "too_deep", "tail_call", "max_events",
-               "storage")
+               "storage", "rate")
 ENDED_STATUSES = (EXPIRED, DETACHED, FAILED)
 # Ping counters that have a family of their own below; the others are
 # coral_agent_ping_counter{name="..."}.

@@ -68,6 +68,7 @@ def wall_clock_offset_ns() -> int:
 
 
 MAX_CAPTURE_ONLY = 16
+MAX_RATE_PER_S = 1_000_000  # --rate's largest limit (docs/protocol.md, UprobeConfig.rate_per_s)
 COUNTS_EVERY = 1.0  # seconds between asks for a Python --count-by session's live rows
 MAX_AWAITING = 2048  # --stack: calls held for their stack (a copy is 8 KiB); past it they go without (stack_missing)
 STACK_FILES_WAIT = 30.0  # seconds an ended session's last calls wait for its files to be read, at most
@@ -229,13 +230,13 @@ class Session:
         c = self.config
         lost = {"sampled": stats.sampled, "filtered": stats.filtered, "ringbuf_full": stats.ringbuf_full,
                 "unreadable": stats.unreadable, "unwound": stats.unwound, "too_deep": stats.too_deep,
-                "tail_call": stats.tail_calls, "where_error": stats.where_error, **self.lost}
+                "tail_call": stats.tail_calls, "where_error": stats.where_error, "rate": stats.rate, **self.lost}
         return SessionRow(
             self.session_id, self.service, self.function, self.pids, self.started_ns, self.expires_ns, self.ended_ns,
             self.status, self.reason,
             {"capture_args": c.capture_args, "capture_return": c.capture_return, "sample_rate": c.sample_rate,
              "max_events": self.max_events, "min_duration_ns": c.min_duration_ns, "predicate": c.predicate,
-             "capture_only": list(c.capture_only),
+             "capture_only": list(c.capture_only), "rate_per_s": c.rate_per_s,
              "errors_only": c.errors_only,
              "owner": self.owner, "unanswered": self.unanswered, "return_probe": self.return_probe,
              "inlined_into": self.inlined_into, "entry_instruction": self.entry_instruction,
@@ -331,6 +332,8 @@ class SessionManager:
             raise InvalidArgument(f"max_events {req.config.max_events} exceeds this agent's limit of {events_limit} "
                                   f"([sessions] max_events_per_session); ask for {events_limit} or less")
         check_stack(req.config)
+        if req.config.rate_per_s > MAX_RATE_PER_S:
+            raise InvalidArgument(f"--rate {req.config.rate_per_s}/s is over the limit of {MAX_RATE_PER_S:,}/s")
         if req.session_id and (len(req.session_id) > 64 or not req.session_id.isprintable()):
             raise InvalidArgument("session id must be up to 64 printable characters")
         session_id = req.session_id or f"dbg-{secrets.token_hex(6)}"
@@ -480,6 +483,7 @@ class SessionManager:
             count_by=count_key,
             call_stack=STACK_WALK if unwind == "fp" else STACK_COPY if unwind == "tables" else 0,
             call_stack_bytes=req.config.stack_bytes or callstacks.DEFAULT_BYTES,
+            rate_per_s=req.config.rate_per_s,
         )
         try:
             slot = self.engine.open_slot(slot_config, [s for t in targets for s in t.sites],
@@ -915,6 +919,7 @@ class SessionManager:
             status=row.status, status_reason=row.reason, calls=calls, lost=row.lost,
             config=pb.UprobeConfig(capture_args=bool(c.get("capture_args")), capture_return=bool(c.get("capture_return")),
                                    sample_rate=int(cast(int, c.get("sample_rate", 0))),
+                                   rate_per_s=int(cast(int, c.get("rate_per_s", 0))),
                                    max_events=int(cast(int, c.get("max_events", 0))),
                                    min_duration_ns=int(cast(int, c.get("min_duration_ns", 0))),
                                    predicate=str(c.get("predicate", "")), errors_only=bool(c.get("errors_only")),

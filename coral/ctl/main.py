@@ -181,6 +181,14 @@ def positive_int(text: str) -> int:
     return int(text)
 
 
+def rate_arg(text: str) -> int:
+    """--rate N/s: reported calls a second (the "/s" may be left out)."""
+    number = text.strip().removesuffix("/s")
+    if not number.isdigit() or not 1 <= int(number) <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"expected calls a second from 1 to 1000000, as 100/s; got {text!r}")
+    return int(number)
+
+
 # Longer than the colony's own wait for an agent (limits.request_timeout, 10 s), so that
 # an agent that does not answer is reported as such, not as an unreachable colony.
 GLOBAL_DEFAULTS = {"local": False, "endpoint": None, "output": "text", "timeout": 15.0, "config": None,
@@ -261,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--capture-return", action="store_true",
                    help="record each call's return value (needs the capture right)")
     a.add_argument("--sample-rate", type=positive_int, default=1, help="report every Nth call")
+    a.add_argument("--rate", type=rate_arg, default=0, metavar="N/s",
+                   help="report at most N calls a second, decided in the kernel; the rest are counted (lost: rate)")
     a.add_argument("--max-calls", "--max-events", dest="max_events", type=positive_int, default=0,
                    help="stop storing after N calls (--max-events is the same)")
     a.add_argument(
@@ -458,6 +468,7 @@ class Ctl:
             capture_return=capture_return,
             capture_only=only,
             sample_rate=a.sample_rate,
+            rate_per_s=a.rate,
             max_events=a.max_events,
             min_duration_ns=round(a.min_duration * 1e9),
             predicate=a.where or "",

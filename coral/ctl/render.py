@@ -394,6 +394,7 @@ LOST_CAUSES = {
     "too_deep": "entered deeper than the calls tracked per thread ([sessions] max_call_depth)",
     "tail_call": "left by a tail jump to another function (no return of its own, no duration)",
     "where_error": "--where could not be evaluated",
+    "rate": "over --rate (reported calls a second)",
 }
 
 

@@ -435,7 +435,7 @@ class ReturnValueMetadata(_message.Message):
     def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., location: _Optional[str] = ..., held_string: _Optional[_Union[HeldStringMetadata, _Mapping]] = ..., variants: _Optional[_Union[EnumMetadata, _Mapping]] = ..., go: _Optional[_Union[GoValueMetadata, _Mapping]] = ..., float_type: _Optional[str] = ...) -> None: ...
 
 class UprobeConfig(_message.Message):
-    __slots__ = ("capture_args", "capture_return", "sample_rate", "max_events", "min_duration_ns", "predicate", "errors_only", "capture_only", "count_by", "stack", "stack_depth", "stack_bytes", "stack_unwind")
+    __slots__ = ("capture_args", "capture_return", "sample_rate", "max_events", "min_duration_ns", "predicate", "errors_only", "capture_only", "count_by", "stack", "stack_depth", "stack_bytes", "stack_unwind", "rate_per_s")
     CAPTURE_ARGS_FIELD_NUMBER: _ClassVar[int]
     CAPTURE_RETURN_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
@@ -449,6 +449,7 @@ class UprobeConfig(_message.Message):
     STACK_DEPTH_FIELD_NUMBER: _ClassVar[int]
     STACK_BYTES_FIELD_NUMBER: _ClassVar[int]
     STACK_UNWIND_FIELD_NUMBER: _ClassVar[int]
+    RATE_PER_S_FIELD_NUMBER: _ClassVar[int]
     capture_args: bool
     capture_return: bool
     sample_rate: int
@@ -462,7 +463,8 @@ class UprobeConfig(_message.Message):
     stack_depth: int
     stack_bytes: int
     stack_unwind: str
-    def __init__(self, capture_args: bool = ..., capture_return: bool = ..., sample_rate: _Optional[int] = ..., max_events: _Optional[int] = ..., min_duration_ns: _Optional[int] = ..., predicate: _Optional[str] = ..., errors_only: bool = ..., capture_only: _Optional[_Iterable[str]] = ..., count_by: _Optional[str] = ..., stack: bool = ..., stack_depth: _Optional[int] = ..., stack_bytes: _Optional[int] = ..., stack_unwind: _Optional[str] = ...) -> None: ...
+    rate_per_s: int
+    def __init__(self, capture_args: bool = ..., capture_return: bool = ..., sample_rate: _Optional[int] = ..., max_events: _Optional[int] = ..., min_duration_ns: _Optional[int] = ..., predicate: _Optional[str] = ..., errors_only: bool = ..., capture_only: _Optional[_Iterable[str]] = ..., count_by: _Optional[str] = ..., stack: bool = ..., stack_depth: _Optional[int] = ..., stack_bytes: _Optional[int] = ..., stack_unwind: _Optional[str] = ..., rate_per_s: _Optional[int] = ...) -> None: ...
 
 class AttachUprobeRequest(_message.Message):
     __slots__ = ("service", "function", "duration_ms", "config", "session_id", "agent_id", "client_label")
