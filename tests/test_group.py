@@ -345,3 +345,15 @@ def test_patterns_expand_through_the_listing() -> None:
         group.resolve(call, "svc", ["f*"])
     assert group.is_pattern("a.*") and not group.is_pattern("pay::fee") and not group.is_pattern("main.Sum[int]")
     assert group.literal("main.(*S)[0]?") == "main.([*]S)[[]0][?]"
+
+
+@pytest.mark.parametrize("functions", [["charge", "refund"], ["pay_*"]])
+def test_count_by_with_several_functions_is_refused_before_anything_is_asked(functions: list[str]) -> None:
+    """--count-by counts one function's calls by one key: with several
+    functions (or a pattern) coralctl refuses it itself, as a usage error;
+    the endpoint named does not exist, so nothing was asked of a daemon."""
+    argv = [tool("coralctl"), "--endpoint", "ipc:///nonexistent/coral.sock", "debug", "attach", "svc",
+            *(x for f in functions for x in ("--function", f)), "--count-by", "ret"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert (out.returncode, out.stderr.strip()) == (
+        2, "coralctl debug attach: error: --count-by counts one function's calls; name one --function")
