@@ -88,6 +88,7 @@ examples:
   coralctl debug attach payments-api --function payments.charge --function payments.validate_card --function 'db.*'
   coralctl debug attach payments --function validate_card --count-by card_type --duration 30s
   coralctl debug attach payments --function charge --count-by ret --where 'amount >= 1000'
+  coralctl debug attach payments --function charge --capture-args --rate 20/s
   coralctl --output json debug attach payments --function validate_card --no-save | jq .""",
     "sessions": """\
 examples:
