@@ -54,7 +54,9 @@
 //   G_STACK_FULL (entries not tracked: deeper than CORAL_MAX_DEPTH, or deep_frames full), G_UNPAIRED (returns with no
 //     matching entry), G_STALE (frames dropped: their call left without returning),
 //     G_UNWOUND_UNCOUNTED (such frames, or too deep entries, not counted for their sessions:
-//     by_slots is full), G_DEEP_IN_USE (frames in deep_frames: spilled minus taken back)
+//     by_slots is full), G_DEEP_IN_USE (frames in deep_frames: spilled minus taken back),
+//     G_UNWOUND_LOST (calls that left by unwinding not kept for an --errors-only session: unwound_calls full)
+//   CORAL_UNWOUND_CALLS (entries of unwound_calls), HELD_UNWOUND (a bit of struct site.held: below)
 //   BY_UNWOUND, BY_TOO_DEEP, BY_TAIL_CALL (causes in by_slots)
 //   EV_NATIVE, EV_PYTHON, EV_PYTHON_TIMING (a Python call with only its timing to show),
 //     EV_NATIVE_TIMING (likewise, native)
@@ -66,7 +68,7 @@
 #include "coral_records.h"            // the ring buffer's records (and struct coral_call)
 #include "coral_python.h"             // --stack in a Python process: the Python frames above the call
 
-#if !defined(CORAL_STATS) || !defined(G_DEEP_IN_USE) || !defined(BY_TAIL_CALL) || !defined(SITE_URET) || !defined(CORAL_MAX_DEPTH) || !defined(SITE_RET) || !defined(W_NONEMPTY) || !defined(ST_WHERE_ERROR) || !defined(EV_NATIVE_TIMING) || !defined(UNREAD_STACK) || !defined(COUNT_ROWS) || !defined(EV_STACK_COPY)
+#if !defined(CORAL_STATS) || !defined(G_DEEP_IN_USE) || !defined(BY_TAIL_CALL) || !defined(SITE_URET) || !defined(CORAL_MAX_DEPTH) || !defined(SITE_RET) || !defined(W_NONEMPTY) || !defined(ST_WHERE_ERROR) || !defined(EV_NATIVE_TIMING) || !defined(UNREAD_STACK) || !defined(COUNT_ROWS) || !defined(EV_STACK_COPY) || !defined(G_UNWOUND_LOST) || !defined(HELD_UNWOUND) || !defined(CORAL_UNWOUND_CALLS)
 #error "compile through coral/agentd/engine.py, which defines the constants shared with Python"
 #endif
 
@@ -99,6 +101,7 @@ struct site {
 #define HELD_RESULT_SLOT(h) (((h) >> 8) & 0xff)
 #define HELD_COPIED 0x10000          // frame.held: the arguments' strings were copied at the entry (entry_strings)
 #define HELD_STACK 0x20000           // frame.held: the stack arguments were copied at the entry (stack_args)
+// HELD_UNWOUND (engine.py): site.held, frame.held: a slot watching wants the call if it leaves by unwinding (unwound_calls)
 
 // A string an object holds (a C++ std::string, a Rust String): the register
 // holds the object's address; its data pointer and its length (64 bits)
@@ -173,7 +176,7 @@ BPF_ARRAY(slots, struct slot_config, CORAL_MAX_SLOTS);
 // Per-CPU counters: no atomic operations on the hot path; the agent sums them.
 BPF_PERCPU_ARRAY(stats, u64, CORAL_MAX_SLOTS * CORAL_STATS);
 BPF_PERCPU_ARRAY(hist, u64, CORAL_MAX_SLOTS * CORAL_HIST_BUCKETS);
-BPF_PERCPU_ARRAY(globals, u64, 6);
+BPF_PERCPU_ARRAY(globals, u64, 7);
 // Sampling needs one global order of calls: an atomic counter, only when sampling.
 BPF_ARRAY(sample_counts, u64, CORAL_MAX_SLOTS);
 // --rate: the second (since boot) a slot's window is in, in the high 32
@@ -1394,10 +1397,36 @@ static __always_inline void count_by_slots(u64 slots, u64 cause)
         bump_global(G_UNWOUND_UNCOUNTED);  // the map is full
 }
 
-static __always_inline void unwound(struct frame *f)
+// --errors-only on C++ and Rust: a call that leaves by an exception or a
+// panic is the failed call. Its frame, found dead by a later hit, is kept
+// here when its site said a slot watching wants such calls (HELD_UNWOUND in
+// the site's `held`, copied into the frame): one insert, no map read and no
+// loop, since this runs inside the loops over frames, near the verifier's
+// limit. The agent reads and deletes the entries on its drain timer and
+// reports each, for the slots of the frame that want them, as a call that
+// ended by unwinding. Its end is not known, only when it was found dead
+// (found_ns). A hash, not an LRU: an entry that does not fit is counted
+// (G_UNWOUND_LOST; its sessions count it in lost.unwound), never evicts one
+// not yet read.
+struct unwound_key {
+    u64 id;                          // struct thread_key's: pid_tgid (native)
+    u64 g;
+    u64 ts;                          // the call's entry (frame.ts)
+    u64 found_ns;                    // when a later hit found it dead
+};
+BPF_HASH(unwound_calls, struct unwound_key, struct frame, CORAL_UNWOUND_CALLS);
+
+// A frame whose site had HELD_UNWOUND (no map read here: this runs inside
+// the loops over frames, near the verifier's limit).
+static __always_inline void unwound(struct frame *f, struct thread_key *tk)
 {
     bump_global(G_STALE);
     count_by_slots(f->slots, BY_UNWOUND);
+    if (!(f->held & HELD_UNWOUND))
+        return;
+    struct unwound_key k = {.id = tk->id, .g = tk->g, .ts = f->ts, .found_ns = bpf_ktime_get_ns()};
+    if (unwound_calls.insert(&k, f) != 0)
+        bump_global(G_UNWOUND_LOST);  // full: those sessions count it in lost.unwound
 }
 
 static __always_inline void add_global(u32 which, s64 delta)
@@ -1430,7 +1459,7 @@ static __always_inline void take_back(struct stack *st, struct thread_key *tk, u
 // Drop the top frame as unwound, and bring back the one below the ring.
 static __always_inline void drop_top(struct stack *st, struct thread_key *tk, u32 depth)
 {
-    unwound(&st->frames[RING(depth - 1)]);
+    unwound(&st->frames[RING(depth - 1)], tk);
     st->depth = depth - 1;
     take_back(st, tk, depth - 1);
 }

@@ -34,8 +34,16 @@ def language(meta: pb.FunctionMetadata) -> str:
     return ""
 
 
+def unwinding_errors(config: pb.UprobeConfig, meta: pb.FunctionMetadata) -> bool:
+    """--errors-only on C++ or Rust: the calls that leave by an exception or a
+    panic (kept by the kernel as it finds their frames dead), and in Rust
+    those that return Err (where_native.errors_program); not a --where text."""
+    return config.errors_only and language(meta) in ("c++", "rust")
+
+
 def errors_condition(meta: pb.FunctionMetadata) -> str:
-    """--errors-only in the function's language's terms."""
+    """--errors-only in the function's language's terms, where it is a
+    condition on values (Python, Go)."""
     lang = language(meta)
     if lang == "python":
         return "raised"
@@ -44,18 +52,21 @@ def errors_condition(meta: pb.FunctionMetadata) -> str:
     if lang == "c":
         raise InvalidArgument(f"--errors-only: C has no error convention, so {meta.name} has no failed calls to "
                               "pick; say what failure means with --where, e.g. --where 'ret < 0'")
-    if lang in ("c++", "rust"):
-        raise InvalidArgument(f"--errors-only is not supported for {'C++' if lang == 'c++' else 'Rust'} yet: calls "
-                              "that leave by an exception or a panic are not reported; write --where on the return "
-                              "value instead, e.g. --where 'ret != 0'")
     raise InvalidArgument(f"--errors-only: the language of {meta.name} is not known (no source file in its debug "
                           "information); write --where instead")
 
 
 def effective(config: pb.UprobeConfig, meta: pb.FunctionMetadata) -> str:
-    """The one condition a session runs: --where and --errors-only and-ed."""
+    """The one condition a session runs: --where and --errors-only and-ed
+    ("" for C++ and Rust --errors-only alone: see unwinding_errors)."""
     if not config.errors_only:
         return config.predicate
+    if unwinding_errors(config, meta):
+        if config.predicate:
+            name = "C++" if language(meta) == "c++" else "Rust"
+            raise InvalidArgument(f"--errors-only with --where is not supported for {name}: a call that leaves by an "
+                                  "exception or a panic has no return for the condition to test; use one or the other")
+        return ""
     errors = errors_condition(meta)
     return f"({config.predicate}) && {errors}" if config.predicate else errors
 

@@ -39,7 +39,7 @@ STATS_PER_SLOT = len(STAT_NAMES)
 ST_CALLS, ST_SAMPLED, ST_FILTERED, ST_RINGBUF, ST_EMITTED, ST_MAX_NS, ST_SUM_NS, ST_UNREADABLE, ST_EXPIRED, \
     ST_WHERE_ERROR, ST_RATE = range(11)
 GLOBAL_NAMES = ("stack_full", "unpaired_returns", "stale_frames", "unwound_uncounted", "deep_frames_in_use",
-                "call_stacks_lost")
+                "call_stacks_lost", "unwound_calls_lost")
 G_DEEP_IN_USE = 4
 BY_UNWOUND, BY_TOO_DEEP, BY_TAIL_CALL = 1, 2, 3  # causes of calls not seen completed, counted by slot set (by_slots)
 
@@ -52,6 +52,8 @@ STACK_WALK, STACK_COPY = 1, 2  # slot_config.stack: frame pointers walked by the
 CALL_STACK, CALL_STACK_CUT = 0x20, 0x40  # struct coral_call's flags (bpf/coral_call.h): Python frames in `stack`
 UNREAD_STACK = 4  # native_event.unread: a Go call's stack arguments were not copied (bits 0, 1: its string slots)
 CAPTURE_COUNT_ONLY = 4  # slot_config.capture: --count-by, the calls are counted by key and no record is sent
+UNWOUND_CALLS = 4096  # --errors-only (C++, Rust): calls that left by unwinding, kept until the agent drains them
+HELD_UNWOUND = 0x40000  # struct site.held: a slot watching the function wants its calls that leave by unwinding
 
 
 def bpf_constants() -> dict[str, int]:
@@ -64,10 +66,11 @@ def bpf_constants() -> dict[str, int]:
            "EV_NATIVE": EV_NATIVE, "EV_PYTHON": EV_PYTHON, "EV_PYTHON_TIMING": EV_PYTHON_TIMING,
            "EV_NATIVE_TIMING": EV_NATIVE_TIMING, "UNREAD_STACK": UNREAD_STACK, "CAPTURE_COUNT_ONLY": CAPTURE_COUNT_ONLY,
            "EV_STACK_WALK": EV_STACK_WALK, "EV_STACK_COPY": EV_STACK_COPY, "STACK_WALK": STACK_WALK,
-           "STACK_COPY": STACK_COPY, **where_native.constants(), **countby.constants()}
+           "STACK_COPY": STACK_COPY, "CORAL_UNWOUND_CALLS": UNWOUND_CALLS, "HELD_UNWOUND": HELD_UNWOUND,
+           **where_native.constants(), **countby.constants()}
     out.update({f"ST_{name}": i for i, name in enumerate(STAT_NAMES)})
     out.update({f"G_{name}": i for i, name in enumerate(("STACK_FULL", "UNPAIRED", "STALE", "UNWOUND_UNCOUNTED",
-                                                                "DEEP_IN_USE", "STACK_LOST"))})
+                                                                "DEEP_IN_USE", "STACK_LOST", "UNWOUND_LOST"))})
     return out
 
 
@@ -116,6 +119,7 @@ class SlotConfig:
     call_stack: int = 0  # --stack: STACK_WALK or STACK_COPY (0: none)
     call_stack_bytes: int = 0  # STACK_COPY: bytes of the stack copied from sp at the return
     rate_per_s: int = 0  # --rate: at most this many records a second, decided in the kernel (0: no limit)
+    unwound_calls: bool = False  # --errors-only on C++, Rust: the calls that leave by unwinding are kept (drain_unwound)
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,18 @@ class NativeRecord:
     unread: int = 0  # bit i: slot i could not be read (its page was not in memory)
     lengths: tuple[int, int] = (0, 0)  # a slot holding a held string: that string's whole length
     stack: bytes = b""  # Go: the stack-assigned arguments as at the entry; b"" if not copied
+    # Left by unwinding (an exception, a panic; --errors-only on C++, Rust):
+    # when a later hit found its frame dead, monotonic ns; 0: it returned.
+    # Its end is not known: duration_ns is 0 and results are not there.
+    unwound_found_ns: int = 0
+
+
+@dataclass(frozen=True)
+class UnwoundCall:
+    """A call that left by unwinding, kept by the kernel for the slots in `slots` that want such calls."""
+
+    slots: int  # the slots that watched it (the agent keeps those whose session wants it)
+    record: NativeRecord
 
 
 @dataclass(frozen=True)
@@ -322,6 +338,7 @@ class ProbeEngine:
         self._count_used = self._bpf["count_used"]
         self._count_rows = self._bpf["count_rows"]
         self._stopped = self._bpf["stopped"]
+        self._unwound_calls = self._bpf["unwound_calls"]
         self._trap_cost = self._bpf["trap_cost"]
         self.trap_ns = 0
         self.set_trap_ns(TRAP_NS)
@@ -651,7 +668,7 @@ class ProbeEngine:
         """struct site.held: a slot of `mask` whose config copies strings that
         arguments' objects hold, and one whose config reads the result's (each
         plus one; 0: none), so the program reads one config, not every slot's."""
-        args = result = 0
+        args = result = unwound = 0
         for slot in range(MAX_SLOTS):
             c = self._configs.get(slot) if mask >> slot & 1 else None
             if c is None:
@@ -661,7 +678,9 @@ class ProbeEngine:
                 args = slot + 1
             if not result and c.capture_return and c.held_result is not None and c.str_result[0] >= 0:
                 result = slot + 1
-        return args | result << 8
+            if c.unwound_calls:
+                unwound = HELD_UNWOUND
+        return args | result << 8 | unwound
 
     def _conditioned(self, mask: int) -> list[int]:
         return [slot for slot in range(MAX_SLOTS) if mask >> slot & 1 and (c := self._configs.get(slot)) is not None
@@ -827,6 +846,19 @@ class ProbeEngine:
         return slot, PythonRecord(pid, tid, fn_id, call_id, start, end, flags, args[:min(args_len, self._args_max)],
                                   ret[:min(ret_len, self._ret_max)],
                                   stack[:min(stack_len, self._stack_max)] if flags & CALL_STACK else b"")
+
+    def drain_unwound(self) -> list[UnwoundCall]:
+        """The calls the kernel kept because they left by unwinding (read and
+        deleted, in the order they were entered). Their strings were never
+        copied (that happens at a return): marked unread."""
+        out = []
+        for key, frame in self._unwound_calls.items_lookup_and_delete_batch():
+            ident = int(key.id)
+            record = NativeRecord(ident >> 32, ident & 0xFFFFFFFF, int(key.ts), 0, (0, 0, 0), tuple(frame.args),
+                                  (b"", b""), 0b11, unwound_found_ns=int(key.found_ns))
+            out.append(UnwoundCall(int(frame.slots), record))
+        out.sort(key=lambda u: u.record.start_ns)
+        return out
 
     # ------------------------------------------------------------ counts
 

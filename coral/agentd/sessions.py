@@ -126,7 +126,21 @@ def check_capture_only(config: pb.UprobeConfig, meta: pb.FunctionMetadata, rules
 
 def native_condition(config: pb.UprobeConfig, meta: pb.FunctionMetadata, rules: Rules) -> where_native.Program | None:
     """The kernel's form of a native session's condition (--errors-only included)."""
+    if conditions.unwinding_errors(config, meta):
+        conditions.effective(config, meta)  # refuses --where with it
+        return where_native.errors_program(meta)[0]
     return where_native.compile_condition(conditions.effective(config, meta), meta, rules)
+
+
+UNWOUND_ERROR = "ended by unwinding (an exception or a panic): no return value, duration not known"
+
+
+def unwound_return(rec: NativeRecord) -> dict[str, Any]:
+    """The return value shown for a call that left by unwinding: an error,
+    with the only bound on its duration there is (when it was found dead)."""
+    after_us = max(0, rec.unwound_found_ns - rec.start_ns) / 1000
+    return {"type": "", "value": "", "is_error": True,
+            "error_message": f"{UNWOUND_ERROR} (found ended {after_us:.0f} µs after its entry)"}
 
 
 def _condition_shown(text: str) -> str:
@@ -202,6 +216,8 @@ class Session:
     # --stack: calls drained before their stack (it follows them in the ring
     # buffer), or before the session's files were read; at most MAX_AWAITING.
     awaiting: builtins.list[Awaiting] = field(default_factory=list)
+    unwound_calls: bool = False  # --errors-only on C++, Rust: the kernel keeps the calls that leave by unwinding
+    unwound_reported: int = 0  # such calls drained for this session: not in lost.unwound
 
     @property
     def pids(self) -> list[int]:
@@ -229,7 +245,8 @@ class Session:
     def to_row(self, stats: SlotStats) -> SessionRow:
         c = self.config
         lost = {"sampled": stats.sampled, "filtered": stats.filtered, "ringbuf_full": stats.ringbuf_full,
-                "unreadable": stats.unreadable, "unwound": stats.unwound, "too_deep": stats.too_deep,
+                "unreadable": stats.unreadable, "unwound": max(0, stats.unwound - self.unwound_reported),
+                "too_deep": stats.too_deep,
                 "tail_call": stats.tail_calls, "where_error": stats.where_error, "rate": stats.rate, **self.lost}
         return SessionRow(
             self.session_id, self.service, self.function, self.pids, self.started_ns, self.expires_ns, self.ended_ns,
@@ -480,6 +497,7 @@ class SessionManager:
             held_result=record_slots.held_result,
             stack_bytes=abi.stack_bytes(first, self.engine.stack_bytes) if req.config.capture_args else 0,
             where=None if first.kind == "python" else native_condition(req.config, first, self.rules),
+            unwound_calls=conditions.unwinding_errors(req.config, first),
             count_by=count_key,
             call_stack=STACK_WALK if unwind == "fp" else STACK_COPY if unwind == "tables" else 0,
             call_stack_bytes=req.config.stack_bytes or callstacks.DEFAULT_BYTES,
@@ -502,6 +520,7 @@ class SessionManager:
             "uretprobe" if any(s.uretprobe for t in targets for s in t.sites) else "ret",
             inlined_into=list(first.inlined_into), count_key=count_key, rules=self.rules,
             sdk_counts={} if req.config.count_by and first.kind == "python" else None,
+            unwound_calls=slot_config.unwound_calls,
         )
         if first.kind != "python":
             session.entry_instruction, session.probe_cost_ns = self.probe_costs.of(
@@ -525,6 +544,9 @@ class SessionManager:
         self.store.save_session(session.to_row(SlotStats()))
         log.info("session %s: %s %s on pids %s for %gs (slot %d)", session.session_id, req.service, req.function,
                  session.pids, start.duration_ms / 1000, slot)
+        if session.unwound_calls:
+            log.info("session %s: --errors-only reports the %s", session.session_id,
+                     where_native.errors_program(first)[1])
         return session
 
     def _disarm(self, targets: list[Target], session: Session | None = None) -> None:
@@ -581,8 +603,29 @@ class SessionManager:
         for session in list(self._by_slot.values()):
             if session.awaiting:
                 self._store_stacked(session, stacks, final=False)
+        n += self._collect_unwound()
         self._finish_closed()
         return n
+
+    def _collect_unwound(self) -> int:
+        """--errors-only on C++ and Rust: the calls the kernel kept because
+        they left by unwinding, each stored for the sessions that want it."""
+        unwound = self.engine.drain_unwound()
+        if not unwound:
+            return 0
+        by_session: dict[str, tuple[Session, builtins.list[NativeRecord | PythonRecord]]] = {}
+        for call in unwound:
+            rec = call.record
+            for slot, session in self._by_slot.items():
+                # A frame pushed before this session had its slot is an earlier session's.
+                if not session.unwound_calls or not call.slots >> slot & 1 or rec.pid not in session.pids or \
+                        rec.start_ns + self._clock_offset < session.started_ns:
+                    continue
+                session.unwound_reported += 1
+                by_session.setdefault(session.session_id, (session, []))[1].append(rec)
+        for session, records in by_session.values():
+            self._store_calls(session, records)
+        return sum(len(records) for _, records in by_session.values())
 
     def _store_stacked(self, s: Session, stacks: dict[tuple[int, int, int], StackRecord], final: bool) -> None:
         """--stack: store the calls whose stack has come (it follows their
@@ -729,6 +772,8 @@ class SessionManager:
                     meta = next((t.meta for t in s.targets if t.reg.pid == rec.pid), s.targets[0].meta)
                     known = s.shapes[rec.pid] = (meta, NativeShape.of(meta, s.config, self.engine.string_bytes))
                 args, ret = self._native_values(s, *known, rec)
+                if rec.unwound_found_ns:
+                    ret = unwound_return(rec)
             if s.config.capture_only:  # --print: only what it names is kept
                 named = set(s.config.capture_only)
                 args = [a for a in args if a["name"] in named]

@@ -24,7 +24,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from coral import expr
-from coral.agentd import abi
+from coral.agentd import abi, conditions
 from coral.agentd.values import int_kind
 from coral.daemon.errors import InvalidArgument
 from coral.proto import coral_pb2 as pb
@@ -404,3 +404,46 @@ def _pointer(v: _Value) -> _Value:
 
 def _a(type_name: str) -> str:
     return f"an integer ({type_name})" if type_name else "an integer"
+
+
+# --errors-only on C++ and Rust (conditions.unwinding_errors): the calls that
+# leave by unwinding are kept by the kernel as it finds their frames dead
+# (bpf/coral_probes.c, unwound_calls), never at a return; at a return the
+# condition holds only for a Rust Result's Err. So: no return holds (C++, and
+# Rust functions returning no Result), or the discriminant says Err.
+NO_RETURN = Program((), (), 0)  # no terms: value 0 is false for every return
+
+
+def errors_program(meta: pb.FunctionMetadata) -> tuple[Program, str]:
+    """The kernel's test at a return for --errors-only on C++ or Rust, and
+    what the session reports (for the log and the attach's answer)."""
+    if conditions.language(meta) != "rust":
+        return NO_RETURN, "calls that leave by an exception"
+    results = abi.result_layout(meta)
+    declared = meta.return_values[0].type if meta.return_values else ""
+    if not _is_result(declared):
+        return NO_RETURN, f"calls that panic ({meta.name} returns no Result)"
+    slot = results[0] if results else None
+    if slot is None or slot.shape != "variants" or not slot.pieces:
+        raise InvalidArgument(f"--errors-only: {meta.name} returns {declared} in memory, not in registers (more than "
+                              "16 bytes, or variants with more than one value), so the probe cannot test it for Err; "
+                              "attach without --errors-only")
+    v: pb.EnumMetadata = slot.variants
+    d = v.discriminant
+    err = next((x for x in v.variants if x.name == "Err"), None)
+    others = [x for x in v.variants if x is not err]
+    reg = slot.regs[slot.pieces.index(d.offset)] if d.offset in slot.pieces else -1
+    if err is None or len(others) != 1 or reg < 0 or reg >= abi.CAPTURED_RESULT_REGS or d.size not in (1, 2, 4, 8):
+        raise InvalidArgument(f"--errors-only: the layout of {declared}, which {meta.name} returns, has no "
+                              "discriminant the probe can test for Err; attach without --errors-only")
+    # A niche layout gives the dataful variant no value of its own (is_default):
+    # Err is then every value that is not Ok's.
+    chosen = others[0] if err.is_default else err
+    term = Term(W_RETURN, WK_INT, W_EQ, negate=err.is_default, reg=reg, width=d.size, signed=False,
+                value=chosen.discriminant & ((1 << 8 * d.size) - 1))
+    return Program((term,), (), WHERE_PUSH_RET), "calls that panic or return Err"
+
+
+def _is_result(type_name: str) -> bool:
+    name = type_name.removeprefix("struct ").strip()
+    return name.startswith(("Result<", "core::result::Result<", "std::result::Result<"))
