@@ -319,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
              "no call is reported: a table live and at the end (needs the capture right; native functions)",
     )
     a.add_argument("--errors-only", action="store_true",
-                   help="report only calls that failed: Python raised, Go err != nil (and-ed with --where)")
+                   help="report only calls that failed: Python raised, Go err != nil, C++ left by an exception, Rust "
+                        "panicked or returned Err (and-ed with --where; not for C++ and Rust)")
     a.add_argument("--stack", action="store_true",
                    help="record each call's user stack (its callers), symbolized; the summary shows the top callers")
     a.add_argument("--stack-depth", type=positive_int, default=0, metavar="N",
