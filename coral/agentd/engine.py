@@ -339,6 +339,7 @@ class ProbeEngine:
         self._count_rows = self._bpf["count_rows"]
         self._stopped = self._bpf["stopped"]
         self._unwound_calls = self._bpf["unwound_calls"]
+        self._unwound_read = False  # a slot has wanted such calls since unwound_calls was last found empty
         self._trap_cost = self._bpf["trap_cost"]
         self.trap_ns = 0
         self.set_trap_ns(TRAP_NS)
@@ -491,6 +492,7 @@ class ProbeEngine:
 
     def _write_config(self, slot: int, c: SlotConfig) -> None:
         self._configs[slot] = c
+        self._unwound_read = self._unwound_read or c.unwound_calls
         v = self._slot_table.Leaf()
         v.sample_rate = max(1, c.sample_rate)
         v.rate_per_s = c.rate_per_s
@@ -850,7 +852,11 @@ class ProbeEngine:
     def drain_unwound(self) -> list[UnwoundCall]:
         """The calls the kernel kept because they left by unwinding (read and
         deleted, in the order they were entered). Their strings were never
-        copied (that happens at a return): marked unread."""
+        copied (that happens at a return): marked unread. Read only while
+        some slot wants them, and until the table is found empty after: a
+        read costs a system call on every drain (15-50 µs here)."""
+        if not self._unwound_read:
+            return []
         out = []
         for key, frame in self._unwound_calls.items_lookup_and_delete_batch():
             ident = int(key.id)
@@ -858,6 +864,9 @@ class ProbeEngine:
                                   (b"", b""), 0b11, unwound_found_ns=int(key.found_ns))
             out.append(UnwoundCall(int(frame.slots), record))
         out.sort(key=lambda u: u.record.start_ns)
+        live = set(self._slot_sites) | set(self.closing)  # a closing slot's last calls may still be found
+        if not out and not any(self._configs[slot].unwound_calls for slot in live if slot in self._configs):
+            self._unwound_read = False
         return out
 
     # ------------------------------------------------------------ counts

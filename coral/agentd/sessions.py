@@ -218,6 +218,7 @@ class Session:
     awaiting: builtins.list[Awaiting] = field(default_factory=list)
     unwound_calls: bool = False  # --errors-only on C++, Rust: the kernel keeps the calls that leave by unwinding
     unwound_reported: int = 0  # such calls drained for this session: not in lost.unwound
+    opened_ns: int = 0  # its slot was given (unix ns): a frame entered before is an earlier session's
 
     @property
     def pids(self) -> list[int]:
@@ -503,6 +504,7 @@ class SessionManager:
             call_stack_bytes=req.config.stack_bytes or callstacks.DEFAULT_BYTES,
             rate_per_s=req.config.rate_per_s,
         )
+        opened_ns = time.time_ns()  # before its probes: the calls it may report entered after this
         try:
             slot = self.engine.open_slot(slot_config, [s for t in targets for s in t.sites],
                                          self.config.sessions.cpu_budget_ns)
@@ -520,7 +522,7 @@ class SessionManager:
             "uretprobe" if any(s.uretprobe for t in targets for s in t.sites) else "ret",
             inlined_into=list(first.inlined_into), count_key=count_key, rules=self.rules,
             sdk_counts={} if req.config.count_by and first.kind == "python" else None,
-            unwound_calls=slot_config.unwound_calls,
+            unwound_calls=slot_config.unwound_calls, opened_ns=opened_ns,
         )
         if first.kind != "python":
             session.entry_instruction, session.probe_cost_ns = self.probe_costs.of(
@@ -619,7 +621,7 @@ class SessionManager:
             for slot, session in self._by_slot.items():
                 # A frame pushed before this session had its slot is an earlier session's.
                 if not session.unwound_calls or not call.slots >> slot & 1 or rec.pid not in session.pids or \
-                        rec.start_ns + self._clock_offset < session.started_ns:
+                        rec.start_ns + self._clock_offset < session.opened_ns:
                     continue
                 session.unwound_reported += 1
                 by_session.setdefault(session.session_id, (session, []))[1].append(rec)
