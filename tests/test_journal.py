@@ -6,12 +6,24 @@ without its final write."""
 
 from __future__ import annotations
 
+import os
+import pwd
+import threading
+import time
 from pathlib import Path
 
 import pytest
+import zmq
+from google.protobuf.message import Message
 
 from coral.colonyd import journal
+from coral.colonyd.main import Colony
+from coral.colonyd.routing import Outgoing
 from coral.colonyd.store import AuditRow, ColonyStore
+from coral.daemon import wire
+from coral.daemon.client import Client
+from coral.daemon.config import load_config
+from coral.daemon.runtime import Notifier, ShutdownSignals
 from coral.proto import coral_pb2 as pb
 
 
@@ -161,3 +173,107 @@ def test_an_idle_colony_keeps_no_journal_once_colony_duckdb_has_it(tmp_path: Pat
         assert journal.journal_files(tmp_path) == []
     finally:
         store.close()
+
+
+# ------------------------------------- the colony's loop: no answer before its row is synced
+
+FAKE_AGENT_HELLO = pb.AgentHello(agent_id="fake", heartbeat_interval_ms=1000,
+                                 services=[pb.ServiceInstance(service="payments", pid=7, kind="native", agent_id="fake")])
+
+
+def fake_agent(endpoint: str, stop: threading.Event) -> None:
+    """An agent on the colony's backend that starts and ends sessions at
+    once, and holds no pull (answered with the session as it is)."""
+    s: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(endpoint)
+    s.send_multipart(wire.encode_ready(FAKE_AGENT_HELLO))
+    sessions: dict[str, pb.DebugSession] = {}
+    while not stop.is_set():
+        if not s.poll(100):
+            s.send_multipart(wire.encode_signal(wire.Command.HEARTBEAT))
+            continue
+        frame = wire.decode(s.recv_multipart())
+        if frame.command != wire.Command.REQUEST:
+            continue
+        if frame.name == "AttachUprobe":
+            attach = wire.parse_body(pb.AttachUprobeRequest, frame.body)
+            sessions[attach.session_id] = pb.DebugSession(session_id=attach.session_id, service=attach.service,
+                                                          function=attach.function, agent_id="fake", status="active")
+            response: Message = pb.AttachUprobeResponse(session=sessions[attach.session_id])
+        elif frame.name == "DetachUprobe":
+            session = sessions[wire.parse_body(pb.DetachUprobeRequest, frame.body).session_id]
+            session.status = "detached"
+            response = pb.DetachUprobeResponse(session=session)
+        else:
+            session = sessions[wire.parse_body(pb.QueryUprobeEventsRequest, frame.body).session_id]
+            response = pb.QueryUprobeEventsResponse(session=session)
+        s.send_multipart(wire.encode_reply(frame.request_id, response))
+    s.close()
+
+
+def test_the_colony_answers_a_change_only_after_its_audit_row_is_synced(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/security.md, "Audit": a row is on disk before the reply it
+    describes is sent. A real colony's loop (in this process, so its
+    journal's fdatasync and its sends can be watched), a fake agent and a
+    client: every attach's and detach's answer leaves after an fdatasync
+    that followed the append of its row."""
+    user = pwd.getpwuid(os.getuid()).pw_name
+    config_file = tmp_path / "coral.toml"
+    config_file.write_text(f'[colony]\nagent_users = ["{user}"]\n')
+    monkeypatch.setenv("CORAL_RUNTIME_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("CORAL_STATE_DIR", str(tmp_path / "state"))
+    config = load_config(str(config_file))
+    for path in (config.colony_runtime_dir, config.colony_state_dir):
+        path.mkdir(parents=True)
+    synced: set[tuple[str, str]] = set()  # (method, session) of the rows in the journal at the end of an fdatasync
+    answered: list[tuple[str, bool]] = []  # (session, its rows were synced when its answer was sent)
+    real_fdatasync = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        real_fdatasync(fd)
+        synced.update((e.audit.method, e.audit.session_id) for e in journal.read_entries(config.colony_state_dir)
+                      if e.HasField("audit"))
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)  # the journal's, called as os.fdatasync
+    real_send_now = Colony._send_now
+
+    def send_now(self: Colony, m: Outgoing) -> None:
+        if m.socket == "frontend" and m.frames[-2] == b"OK" and counting.is_set():
+            body = m.frames[-1]
+            session_id = pb.AttachUprobeResponse.FromString(body).session.session_id
+            method = "DetachUprobe" if pb.DetachUprobeResponse.FromString(body).session.status == "detached" \
+                else "AttachUprobe"
+            answered.append((session_id, (method, session_id) in synced))
+        real_send_now(self, m)
+
+    monkeypatch.setattr(Colony, "_send_now", send_now)
+    signals, stop = ShutdownSignals(), threading.Event()
+    ready, counting = threading.Event(), threading.Event()  # counting: only attaches and detaches are asked
+
+    def run_colony() -> None:
+        colony = Colony(config)
+        ready.set()
+        colony.run(signals, Notifier())
+
+    loop = threading.Thread(target=run_colony)
+    loop.start()
+    ready.wait(10)
+    agent = threading.Thread(target=fake_agent, args=(config.colony_backend, stop))
+    agent.start()
+    try:
+        with Client(config.colony_frontend, 10) as client:
+            while not client.call("ListServices", pb.ListServicesRequest()).services:  # type: ignore[attr-defined]
+                time.sleep(0.05)
+            counting.set()
+            for _ in range(20):
+                reply = client.call("AttachUprobe", pb.AttachUprobeRequest(service="payments", function="f",
+                                                                           duration_ms=60_000))
+                client.call("DetachUprobe", pb.DetachUprobeRequest(session_id=reply.session.session_id))  # type: ignore[attr-defined]
+    finally:
+        stop.set()
+        signals.requested = True
+        agent.join(10)
+        loop.join(30)
+    assert len(answered) == 40 and all(ok for _, ok in answered), answered
