@@ -20,8 +20,11 @@ import pytest
 from tests.harness import CoralEnv, Process, tool
 from tests.test_count_by import BUSY
 from tests.test_native_capture import run_service
-from tests.test_native_e2e import records, wait_for_service
+from tests.test_native_e2e import records
+from tests.test_python_count_by import fast_shop
 from tests.test_python_where import SERVICE, Call, Shop
+
+__all__ = ["fast_shop"]
 
 RATE = 100
 
@@ -75,14 +78,6 @@ def test_native_calls_past_the_rate_are_counted_not_shown(coral_env: CoralEnv, b
     shown = [x for x in lines if x["kind"] == "call"]
     check_rate(shown, lines[-1], made, seconds)
     assert all(c["args"][0]["name"] == "kind" for c in shown)  # the calls shown are whole calls
-
-
-@pytest.fixture
-def fast_shop(coral_env: CoralEnv, colony: Process, full_speed_agent: Process, tmp_path: Path) -> Iterator[Shop]:
-    s = Shop(coral_env, tmp_path)
-    wait_for_service(coral_env, SERVICE)
-    yield s
-    s.stop()
 
 
 def test_python_rate_comes_after_the_condition(coral_env: CoralEnv, fast_shop: Shop) -> None:
