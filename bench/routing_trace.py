@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import statistics
 import subprocess
@@ -259,6 +260,7 @@ def main() -> int:
         env.remove()
     colony_t = json.loads((tmp / "colony.json").read_text())
     sim_t = json.loads((tmp / "sim.json").read_text())
+    shutil.rmtree(tmp)
     batches = {int(b): v for b, v in colony_t["batches"].items()}
     for method, sid, v in colony_t["requests"]:
         key = f"{method[:-len('Uprobe')]}|{sid}"
