@@ -264,8 +264,11 @@ def test_the_colony_answers_a_change_only_after_its_audit_row_is_synced(tmp_path
     agent.start()
     try:
         with Client(config.colony_frontend, 10) as client:
+            # Each ask is a round trip through the loop, which lists the fake agent's service once it has read
+            # its hello: the answer itself is what is awaited, no sleeping between asks.
+            end = time.monotonic() + 10
             while not client.call("ListServices", pb.ListServicesRequest()).services:  # type: ignore[attr-defined]
-                time.sleep(0.05)
+                assert time.monotonic() < end, "the colony never listed the fake agent's service"
             counting.set()
             for _ in range(20):
                 reply = client.call("AttachUprobe", pb.AttachUprobeRequest(service="payments", function="f",
