@@ -228,6 +228,15 @@ def drive(endpoint: str, agents: int, clients: int, seconds: float) -> tuple[lis
     return [x for per in latencies for x in per], sum(errors)
 
 
+def wait_for_agents(sim: subprocess.Popen[str], env: CoralEnv, agents: int) -> None:
+    """The simulator says it is ready, then the colony lists every one of its agents' services."""
+    if sim.stdout is None or sim.stdout.readline().strip() != "ready":
+        raise SystemExit("the simulator did not start")
+    with Client(env.endpoint("colony/colony.sock"), 30) as c:
+        while len(c.call("ListServices", pb.ListServicesRequest()).services) < agents:  # type: ignore[attr-defined]
+            pass  # their READY messages are still arriving: each ask is a round trip
+
+
 def measure(agents: int, clients: list[int], seconds: float, repeats: int) -> list[list[str]]:
     env = CoralEnv.create()
     colony = start_colony(env)
@@ -238,10 +247,7 @@ def measure(agents: int, clients: list[int], seconds: float, repeats: int) -> li
     )
     rows = []
     try:
-        assert sim.stdout is not None and sim.stdout.readline().strip() == "ready"
-        with Client(env.endpoint("colony/colony.sock"), 30) as c:
-            while len(c.call("ListServices", pb.ListServicesRequest()).services) < agents:  # type: ignore[attr-defined]
-                pass  # their READY messages are still arriving
+        wait_for_agents(sim, env, agents)
         for n in clients:
             runs = [drive(env.endpoint("colony/colony.sock"), agents, n, seconds) for _ in range(repeats)]
             p50 = statistics.median(statistics.median(lat) for lat, _ in runs)

@@ -22,9 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.routing import drive
-from coral.daemon.client import Client
-from coral.proto import coral_pb2 as pb
+from bench.routing import drive, wait_for_agents
 from tests.harness import CoralEnv, start_colony
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -88,11 +86,7 @@ def main() -> int:
         text=True,
     )
     try:
-        if sim.stdout is None or sim.stdout.readline().strip() != "ready":
-            raise SystemExit("the simulator did not start")
-        with Client(env.endpoint("colony/colony.sock"), 30) as c:
-            while len(c.call("ListServices", pb.ListServicesRequest()).services) < args.agents:  # type: ignore[attr-defined]
-                pass  # their READY messages are still arriving
+        wait_for_agents(sim, env, args.agents)
         load = os.getloadavg()[0]
         procs = {"colony": colony.pid, "agents": sim.pid, "clients": os.getpid()}
         before = {k: threads_cpu(p) for k, p in procs.items()}

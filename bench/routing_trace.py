@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import zmq
 
+from bench.routing import wait_for_agents
 from coral.daemon.client import Client
 from coral.daemon.errors import CoralError
 from coral.proto import coral_pb2 as pb
@@ -246,11 +247,7 @@ def main() -> int:
         text=True,
     )
     try:
-        if sim.stdout is None or sim.stdout.readline().strip() != "ready":
-            raise SystemExit("the simulator did not start")
-        with Client(env.endpoint("colony/colony.sock"), 30) as c:
-            while len(c.call("ListServices", pb.ListServicesRequest()).services) < args.agents:  # type: ignore[attr-defined]
-                pass
+        wait_for_agents(sim, env, args.agents)
         load = os.getloadavg()[0]
         stamps = drive(env.endpoint("colony/colony.sock"), args.agents, args.clients, args.seconds)
     finally:
