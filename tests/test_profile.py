@@ -199,10 +199,11 @@ def test_without_frame_pointers_callers_are_found_with_the_unwind_tables(
         coral_env: CoralEnv, colony: Process, agent: Process, tmp_path: Path) -> None:
     """-O2 without frame pointers (as Debian builds): the kernel's walk
     would stop at the sampled function; the agent unwinds the copied stack
-    with .eh_frame and finds serve and main above it. (The shares are not
-    checked here: on the test VM, sampling this -O2 build puts cold_path at
-    about 45% where its thread CPU time is 30%, with the kernel's own
-    frame-pointer walk as well; see docs/benchmarks.md.)"""
+    with .eh_frame and finds serve and main above it. The shares agree,
+    within 5 points, with the time a session on both functions measures in
+    the same process: at -O2 this source does not split 70/30 on every CPU
+    (about 55/45 on the test VM; see docs/benchmarks.md), so the truth is
+    measured, not assumed."""
     binary = build(tmp_path, "busy-o2", "-O2", "-fomit-frame-pointer")
     service = busy_service(coral_env, binary, "busy-o2")
     try:
@@ -214,6 +215,15 @@ def test_without_frame_pointers_callers_are_found_with_the_unwind_tables(
         under_main = sum(int(line.rsplit(" ", 1)[1]) for line in out.stdout.splitlines()
                          if ";main;serve;hot_path " in f";{line}" or ";main;serve;cold_path " in f";{line}")
         assert under_main >= 0.9 * total, out.stdout  # a copy not sent (ring full) is walked by frame pointers
+        own = shares(out.stdout.splitlines())[0]
+        timed = coralctl(coral_env, "--output", "json", "debug", "attach", "busy-o2", "--function", "hot_path",
+                         "--function", "cold_path", "--duration", "3s", "--no-save", timeout=120)
+        assert timed.returncode == 0, timed.stderr
+        spent = {r["function"]: r["avg_ns"] * r["calls"] for r in map(json.loads, timed.stdout.splitlines())
+                 if r["kind"] == "summary"}
+        measured = 100 * spent["hot_path"] / (spent["hot_path"] + spent["cold_path"])
+        sampled = 100 * own["hot_path"] / (own["hot_path"] + own["cold_path"])
+        assert abs(sampled - measured) <= 5, (sampled, measured, own, spent)
         text = coralctl(coral_env, "profile", "busy-o2", "--duration", "1s", "--frequency", "499", timeout=120)
         assert text.returncode == 0 and MISSING not in text.stdout, text.stdout
     finally:
