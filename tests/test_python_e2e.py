@@ -190,13 +190,10 @@ def test_a_native_function_of_a_shared_object_in_a_python_service(coral_env: Cor
 
 
 RULES_IN_THE_PROCESS = """
-import time
 import coral.sdk
 from coral.sdk.arming import ARMS
 sdk = coral.sdk.init(service="rules-check")
-end = time.monotonic() + 10
-while not sdk.registered and time.monotonic() < end:  # the SDK's thread registers in the background
-    time.sleep(0.01)  # not readiness by time: each pass checks the SDK's own flag
+sdk.wait_registered(10)  # the SDK's thread registers in the background
 print(" ".join(ARMS.settings.redact_patterns))
 """
 

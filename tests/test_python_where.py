@@ -104,15 +104,12 @@ def charge(amount, network, req=None, tier=Tier.BASIC, *, delay_ms=0):
 MAIN = '''
 import json
 import sys
-import time
 
 import coral.sdk
 import shop
 
 sdk = coral.sdk.init(service="shop-api")
-end = time.monotonic() + 10
-while not sdk.registered and time.monotonic() < end:
-    time.sleep(0.01)  # each pass checks the SDK's own flag
+sdk.wait_registered(10)
 print("ready", flush=True)
 
 

@@ -107,14 +107,11 @@ def fresh_venv(version: str, wheel: Path, where: Path, pins: tuple[str, ...] = (
 
 
 TARGET = """
-import json, sys, time
+import json, sys
 sys.path.insert(0, sys.argv[3])  # shop.py only: the venv's site-packages hold the SDK
 import coral, coral.sdk, shop
 sdk = coral.sdk.init(service=sys.argv[1], runtime_dir=sys.argv[2])
-end = time.monotonic() + 30
-while not sdk.registered and time.monotonic() < end:  # each pass checks the SDK's own flag
-    time.sleep(0.01)
-print(json.dumps({"registered": sdk.registered, "coral": coral.__file__, "python": sys.version.split()[0],
+print(json.dumps({"registered": sdk.wait_registered(30), "coral": coral.__file__, "python": sys.version.split()[0],
                   "modules": sorted(sys.modules)}), flush=True)
 for line in sys.stdin:
     for i in range(int(line)):

@@ -42,14 +42,31 @@ class Sdk:
         self.runtime_dir = runtime_dir
         self.pid = os.getpid()
         self.address = ""
-        self.registered = False
         self.stopping = False
         self._bound = threading.Event()
+        self._registered = threading.Event()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._thread = threading.Thread(target=self._run, name="coral-sdk", daemon=True)
 
     def __repr__(self) -> str:
         return f"<coral.sdk.Sdk service={self.service!r} pid={self.pid} address={self.address!r}>"
+
+    @property
+    def registered(self) -> bool:
+        """True while the agent knows this process (set and cleared by the SDK thread)."""
+        return self._registered.is_set()
+
+    @registered.setter
+    def registered(self, value: bool) -> None:
+        if value:
+            self._registered.set()
+        else:
+            self._registered.clear()
+
+    def wait_registered(self, timeout: float | None = None) -> bool:
+        """True once the agent has this process's registration: from then on
+        a session can arm its functions. False if ``timeout`` passed first."""
+        return self._registered.wait(timeout)
 
     @property
     def wake_fd(self) -> int:
