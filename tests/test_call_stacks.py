@@ -1,8 +1,8 @@
 """--stack: a function called from two callers, an exact number of times
 each, is attributed exactly per caller; built with frame pointers (-O0,
 walked by the kernel) and at -O2 without them (a copy of the stack unwound
-by the agent with .eh_frame), in C and C++; through a real agent and
-coral-run, with real BPF."""
+by the agent with .eh_frame), in C, C++ and Rust; Go and Python too;
+through a real agent and coral-run, with real BPF."""
 
 from __future__ import annotations
 
@@ -93,11 +93,12 @@ def callers(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     return out, unwind
 
 
-def attach_and_call(env: CoralEnv, binary: Path, *flags: str) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
+def attach_and_call(env: CoralEnv, binary: Path, *flags: str,
+                    function: str = "work") -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, Any]]:
     """alpha 7, beta 13, alpha 5: the session line, its calls and its summary."""
     svc = NativeService(env, binary, service="callers")
     try:
-        attach, first = start_attach(env, "callers", "work", "--local", "--duration", "3s", "--no-save", "--stack",
+        attach, first = start_attach(env, "callers", function, "--local", "--duration", "3s", "--no-save", "--stack",
                                      *flags)
         for line in ("alpha 7", "beta 13", "alpha 5"):
             assert svc.call(line).startswith(line), line
@@ -414,3 +415,77 @@ def test_go_calls_are_attributed_to_their_callers(coral_env: CoralEnv, agent: Pr
         by_caller[names[1]] += 1
         assert call["stack"][1]["file"] == "gocallers.go" and call["stack"][1]["line"] > 0, call["stack"][1]
     assert by_caller == {"main.fromAlpha": 12, "main.fromBeta": 13}, by_caller
+
+
+RUST_SERVICE = r"""
+use std::hint::black_box;
+use std::io::{BufRead, Write};
+
+#[inline(never)]
+fn work(i: u64) -> u64 {
+    let mut total = 0u64;
+    for k in 0..2000u64 {
+        total = black_box(total.wrapping_add(i ^ k));
+    }
+    total
+}
+
+#[inline(never)]
+fn from_alpha(n: u64) -> u64 {
+    let mut r = 0u64;
+    for i in 0..n {
+        r = r.wrapping_add(work(i));
+    }
+    black_box(r) // no tail call: the loop's last call returns here
+}
+
+#[inline(never)]
+fn from_beta(n: u64) -> u64 {
+    let mut r = 0u64;
+    for i in 0..n {
+        r = r.wrapping_add(work(2 * i));
+    }
+    black_box(r)
+}
+
+fn main() {
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout();
+    for line in stdin.lock().lines() {
+        let line = line.unwrap();
+        let mut words = line.split_whitespace();
+        let (what, n) = (words.next().unwrap_or(""), words.next().and_then(|w| w.parse().ok()).unwrap_or(0));
+        let r = if what == "alpha" { from_alpha(n) } else { from_beta(n) };
+        writeln!(out, "{} {} = {}", what, n, r).unwrap();
+        out.flush().unwrap();
+    }
+}
+"""
+
+# (rustc flags, the unwinding the agent picks): rustc omits frame pointers unless asked.
+RUST_BUILDS = {
+    "rust opt-level 2": (["-C", "opt-level=2"], "tables"),
+    "rust opt-level 2 frame pointers": (["-C", "opt-level=2", "-C", "force-frame-pointers=yes"], "fp"),
+}
+
+
+@pytest.mark.parametrize("build", list(RUST_BUILDS))
+def test_rust_calls_are_attributed_to_their_callers(coral_env: CoralEnv, agent: Process, tmp_path: Path,
+                                                    build: str) -> None:
+    """Names demangled (crate::function), file:line from DWARF, exact per caller."""
+    flags, unwind = RUST_BUILDS[build]
+    (tmp_path / "rcallers.rs").write_text(RUST_SERVICE)
+    binary = tmp_path / "rcallers"
+    subprocess.run(["rustc", "-g", *flags, "-o", str(binary), str(tmp_path / "rcallers.rs")], check=True)
+    first, calls, summary = attach_and_call(coral_env, binary, function="rcallers::work")
+    assert first["stack_unwind"] == unwind, first
+    assert summary["calls"] == 25 and summary["lost"] == {}, summary
+    by_caller: Counter[str] = Counter()
+    for call in calls:
+        names = [f["function"] for f in call["stack"]]
+        assert names[:1] == ["rcallers::work"] and names[2] == "rcallers::main", names
+        assert call["stack"][1]["file"] == "rcallers.rs" and call["stack"][1]["line"] > 0, call["stack"][1]
+        by_caller[names[1]] += 1
+    assert by_caller == {"rcallers::from_alpha": 12, "rcallers::from_beta": 13}, by_caller
+    top = {c["caller"]: c["calls"] for c in summary["top_callers"]}
+    assert top == {"rcallers::from_alpha": 12, "rcallers::from_beta": 13}, summary["top_callers"]
