@@ -5,6 +5,7 @@ sessions) asked of a real colony. The shells run the shipped scripts."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -26,9 +27,20 @@ def shell_env(env: CoralEnv | None) -> dict[str, str]:
     return base
 
 
+def quote(word: str) -> str:
+    return "'" + word.replace("'", "'\\''") + "'"
+
+
 def bash(env: CoralEnv | None, *words: str) -> list[str]:
-    quoted = " ".join("'" + w.replace("'", "'\\''") + "'" for w in words)
-    script = (f"source {BASH}; COMP_WORDS=({quoted}); COMP_CWORD={len(words) - 1}; _coralctl; "
+    """The shipped function, run by a real bash given what bash gives it: the
+    line up to the cursor, and the words as bash splits them (at
+    COMP_WORDBREAKS' characters as well, so `ns::work` is three words)."""
+    line = " ".join(words)
+    split = [part for w in words for part in re.split(r"(:+)", w) if part] or [""]
+    if words[-1] == "":
+        split.append("")
+    script = (f"source {BASH}; COMP_LINE={quote(line)}; COMP_POINT={len(line)}; "
+              f"COMP_WORDS=({' '.join(map(quote, split))}); COMP_CWORD={len(split) - 1}; _coralctl; "
               "printf '%s\\n' \"${COMPREPLY[@]}\"")
     out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True, env=shell_env(env),
                          timeout=30)
@@ -103,3 +115,24 @@ def test_locate_walks_options_and_their_values() -> None:
     words = ["coralctl", "debug", "attach", "svc", "--function", "a::"]
     assert complete.candidates(build_parser(), words, 5, ask) == ["a::b(int)", "a::c"]
     assert asked == [("functions", "svc\0a::")]
+
+
+def test_bash_completes_a_name_holding_colons_as_one_word(tmp_path: Path) -> None:
+    """Without the bash-completion package: bash cut `ns::wo` into `ns`,
+    `::`, `wo`; coralctl is asked with the whole word, and bash, which
+    keeps `ns::` in the line, is given only what follows it. (A stand-in
+    coralctl answers: the names themselves come from a real colony in the
+    test above.)"""
+    asked = tmp_path / "asked"
+    fake = tmp_path / "coralctl"
+    fake.write_text(f'#!/bin/sh\nprintf "%s|" "$@" > {asked}\nprintf "ns::work\\nns::worker\\n"\n')
+    fake.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ.get('PATH', '')}"}
+    words = ["coralctl", "debug", "attach", "svc", "--function", "ns::wo"]
+    line = " ".join(words)
+    script = (f"source {BASH}; COMP_LINE='{line}'; COMP_POINT={len(line)}; "
+              "COMP_WORDS=(coralctl debug attach svc --function ns :: wo); COMP_CWORD=7; _coralctl; "
+              "printf '%s\\n' \"${COMPREPLY[@]}\"")
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True, env=env, timeout=30)
+    assert out.stdout.split() == ["work", "worker"]
+    assert asked.read_text() == "__complete|5|" + "|".join(words) + "|"
