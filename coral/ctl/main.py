@@ -10,7 +10,6 @@ interrupted (Ctrl-C outside `debug attach`, or a second one)."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -35,17 +34,6 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 
 FOLLOW_WAIT = 2.0  # seconds the daemon may hold a follower's question while nothing happens
 FOLLOW_BACKOFF = 0.2  # seconds before asking again when a question was not held
 PAGE = 1000
-
-
-class Output:
-    def __init__(self, json_mode: bool) -> None:
-        self.json = json_mode
-
-    def line(self, text: str) -> None:
-        print(text, flush=True)
-
-    def record(self, obj: dict[str, Any]) -> None:
-        print(json.dumps(obj, separators=(",", ":")), flush=True)
 
 
 EXAMPLES = {
@@ -375,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def generate_keys(args: argparse.Namespace) -> int:
     """`coralctl keys generate`: no daemon involved."""
-    out = Output(args.output == "json")
+    out = render.Output(args.output == "json")
     try:
         public_path, secret_path, public = curve.write_key_pair(Path(args.dir), args.name)
     except (ValueError, OSError) as exc:
@@ -396,7 +384,7 @@ def generate_keys(args: argparse.Namespace) -> int:
 class Ctl:
     def __init__(self, args: argparse.Namespace, config: Config) -> None:
         self.args = args
-        self.out = Output(args.output == "json")
+        self.out = render.Output(args.output == "json")
         self.style = render.Style.for_stream(sys.stdout)
         self.slow_ns = round(getattr(args, "slow", 0.0) * 1e9)
         self.subtract = bool(getattr(args, "subtract_probe_cost", False))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -19,6 +20,19 @@ from coral.proto import coral_pb2 as pb
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+class Output:
+    """Where coralctl's lines go: text, or one JSON object a line."""
+
+    def __init__(self, json_mode: bool) -> None:
+        self.json = json_mode
+
+    def line(self, text: str) -> None:
+        print(text, flush=True)
+
+    def record(self, obj: dict[str, Any]) -> None:
+        print(json.dumps(obj, separators=(",", ":")), flush=True)
 
 
 def parse_duration(text: str) -> float:

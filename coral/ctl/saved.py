@@ -16,14 +16,6 @@ from coral.proto import coral_pb2 as pb
 EXIT_OK, EXIT_FAILED = 0, 1
 
 
-def _line(text: str) -> None:
-    print(text, flush=True)
-
-
-def _record(obj: dict[str, Any]) -> None:
-    print(json.dumps(obj, separators=(",", ":")), flush=True)
-
-
 def sessions_dir() -> Path:
     """Where attach keeps the sessions it saves: $XDG_STATE_HOME/coral/sessions."""
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
@@ -55,7 +47,7 @@ class SessionFile:
 
 def show_saved(args: argparse.Namespace) -> int:
     """`coralctl debug show`: a saved session, read from its file."""
-    as_json, style = args.output == "json", render.Style.for_stream(sys.stdout)
+    out, style = render.Output(args.output == "json"), render.Style.for_stream(sys.stdout)
     given = Path(args.session)
     path = given if given.is_file() else sessions_dir() / f"{args.session}.jsonl"
     try:
@@ -73,9 +65,9 @@ def show_saved(args: argparse.Namespace) -> int:
     except ValueError:
         print(f"coralctl: {path} is not a saved session (JSON Lines from coralctl debug attach)", file=sys.stderr)
         return EXIT_FAILED
-    if as_json:
+    if out.json:
         for r in records:
-            _record(r)
+            out.record(r)
         return EXIT_OK
     slow_ns = round(args.slow * 1e9)
     tally, final = render.Tally(), None
@@ -86,13 +78,13 @@ def show_saved(args: argparse.Namespace) -> int:
             tally.add(call, slow_ns)
             durations.append(call.duration_ns)
             for line in render.format_call(call, slow_ns, style):
-                _line(line)
+                out.line(line)
         elif r.get("kind") == "session":
             final = render.session_from_dict(r)
     if final is None or not any(r.get("kind") == "summary" for r in records):
-        _line(f"(incomplete: {path} ends before its session did)")
+        out.line(f"(incomplete: {path} ends before its session did)")
     if final is not None:
-        _line(f"Session {final.session_id} {final.status}. {len(durations)} calls saved.")
+        out.line(f"Session {final.session_id} {final.status}. {len(durations)} calls saved.")
         for line in render.format_summary(render.summarize_session(final, durations), final, tally, slow_ns, style):
-            _line(line)
+            out.line(line)
     return EXIT_OK
