@@ -10,12 +10,18 @@ the wait is over).
 No BPF is involved: this measures the colony's routing, bookkeeping and audit,
 not probes. The baseline is the same colony with one agent, in the same run.
 
-    .venv/bin/python bench/routing.py [--agents 1000] [--clients 1 8] [--seconds 10] [--repeats 3]
+    .venv/bin/python bench/routing.py [--agents 1000] [--clients 1 8] [--seconds 10] [--repeats 3] [--pin]
+
+--pin runs the colony on one CPU and the bench (clients and simulated
+agents) on the others, so that the colony's figures are its own on one
+CPU, not shared with the apparatus that measures it (real agents and
+clients run on other hosts).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import select
@@ -237,9 +243,29 @@ def wait_for_agents(sim: subprocess.Popen[str], env: CoralEnv, agents: int) -> N
             pass  # their READY messages are still arriving: each ask is a round trip
 
 
-def measure(agents: int, clients: list[int], seconds: float, repeats: int) -> list[list[str]]:
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of `pid` to `cpus` (the threads they start inherit it)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(ProcessLookupError):  # the thread ended meanwhile
+            os.sched_setaffinity(int(task.name), cpus)
+
+
+def pinned_cpus() -> tuple[set[int], set[int]]:
+    """The colony's CPU and the bench's: the first this process may use, and the rest."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("--pin needs two CPUs")
+    return {cpus[0]}, set(cpus[1:])
+
+
+def measure(agents: int, clients: list[int], seconds: float, repeats: int, pinned: bool = False) -> list[list[str]]:
     env = CoralEnv.create()
     colony = start_colony(env)
+    everywhere = os.sched_getaffinity(0)
+    if pinned:
+        colony_cpus, bench_cpus = pinned_cpus()
+        pin(colony.pid, colony_cpus)
+        pin(os.getpid(), bench_cpus)  # the clients' threads, and the simulator started next, inherit it
     sim = subprocess.Popen(
         [sys.executable, __file__, "--simulate", str(agents), env.endpoint("colony/colony-backend.sock")],
         stdout=subprocess.PIPE,
@@ -272,6 +298,7 @@ def measure(agents: int, clients: list[int], seconds: float, repeats: int) -> li
         sim.wait(timeout=30)
         colony.stop()
         env.remove()
+        pin(os.getpid(), everywhere)
     return rows
 
 
@@ -286,14 +313,19 @@ def main() -> int:
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--pin", action="store_true", help="the colony on one CPU, the bench on the others")
     ap.add_argument("--simulate", nargs=2, metavar=("COUNT", "ENDPOINT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.simulate:
         simulate_agents(args.simulate[1], int(args.simulate[0]))
         return 0
-    rows = measure(1, args.clients, args.seconds, args.repeats) + measure(args.agents, args.clients, args.seconds, args.repeats)
+    load = os.getloadavg()
+    rows = measure(1, args.clients, args.seconds, args.repeats, args.pin) + measure(
+        args.agents, args.clients, args.seconds, args.repeats, args.pin)
+    where = "the colony pinned to one CPU, the bench to the other(s)" if args.pin else "nothing pinned"
     print(
-        f"\n{os.cpu_count()} CPUs; {args.seconds:g}s per run, median of {args.repeats} runs; "
+        f"\n{os.cpu_count()} CPUs ({where}); load average {load[0]:.2f} at the start, {os.getloadavg()[0]:.2f} at the end; "
+        f"{args.seconds:g}s per run, median of {args.repeats} runs; "
         "each attach is routed to its agent, recorded and audited, then detached"
     )
     table(
