@@ -130,8 +130,8 @@ def simulate_agents(endpoint: str, count: int) -> None:
         if len(frames) == 6 and frames[1] == wire.HEADER and frames[2] == request_command:
             # A request from the colony, [delimiter, header, command, id,
             # method, body], taken apart here: wire.decode's checks and its
-            # frozen Frame were a fifth of this process's Python time, and
-            # this is the simulator, not the colony under test.
+            # frozen Frame were a sixth of this process's time under
+            # cProfile, and this is the simulator, not the colony under test.
             name, request_id, body = frames[4], frames[3], frames[5]
         else:
             try:
@@ -195,8 +195,8 @@ def simulate_agents(endpoint: str, count: int) -> None:
         while asked:
             # One zmq_poll over them asks each its ZMQ_EVENTS (what ZMQ_FD
             # wants before the next wait): a getsockopt(EVENTS) each, twice
-            # per message, made an enum each time (a third of this loop's
-            # CPU under cProfile). The sockets it finds readable, and those
+            # per message, made an enum each time (9% of this process's
+            # time under cProfile). The sockets it finds readable, and those
             # sent on meanwhile, are asked again until none has anything.
             polled = zmq_poll([(s, _POLLIN) for s in asked], 0)
             for s, _ in polled:  # type: ignore[assignment]
