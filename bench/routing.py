@@ -281,11 +281,11 @@ def pinned_cpus() -> tuple[set[int], set[int]]:
 
 
 def measure(agents: int, clients: list[int], seconds: float, repeats: int, pinned: bool = False) -> list[list[str]]:
+    everywhere = os.sched_getaffinity(0)
+    colony_cpus, bench_cpus = pinned_cpus() if pinned else (everywhere, everywhere)  # before anything starts
     env = CoralEnv.create()
     colony = start_colony(env)
-    everywhere = os.sched_getaffinity(0)
     if pinned:
-        colony_cpus, bench_cpus = pinned_cpus()
         pin(colony.pid, colony_cpus)
         pin(os.getpid(), bench_cpus)  # the clients' threads, and the simulator started next, inherit it
     sim = subprocess.Popen(

@@ -78,11 +78,11 @@ def main() -> int:
                     help="the bench/routing.py whose simulated agents to run (another tree's, to compare)")
     ap.add_argument("--pin", action="store_true", help="the colony on one CPU, the bench on the others")
     args = ap.parse_args()
+    colony_cpus, bench_cpus = pinned_cpus() if args.pin else (set(), set())  # before anything starts
     env = CoralEnv.create()
     wrap = (sys.executable, "-c", PROFILED, args.profile) if args.profile else ()
     colony = start_colony(env, wrap)
     if args.pin:
-        colony_cpus, bench_cpus = pinned_cpus()
         pin(colony.pid, colony_cpus)
         pin(os.getpid(), bench_cpus)
     sim = subprocess.Popen(

@@ -240,11 +240,11 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--pin", action="store_true", help="the colony on one CPU, the bench on the others")
     args = ap.parse_args()
+    colony_cpus, bench_cpus = pinned_cpus() if args.pin else (set(), set())  # before anything starts
     tmp = Path(tempfile.mkdtemp(prefix="routing-trace-"))
     env = CoralEnv.create()
     colony = start_colony(env, (sys.executable, "-c", COLONY, str(tmp / "colony.json")))
     if args.pin:
-        colony_cpus, bench_cpus = pinned_cpus()
         pin(colony.pid, colony_cpus)
         pin(os.getpid(), bench_cpus)
     sim = subprocess.Popen(
