@@ -3,10 +3,11 @@ clients for one run, with each process's threads' CPU read from /proc
 before and after. CPU time per attach is steadier than throughput or P99 on
 a shared VM: a run that waits for a CPU takes longer, not more CPU.
 
-    .venv/bin/python bench/routing_cpu.py [--agents 1000] [--clients 8] [--seconds 10] [--profile FILE]
+    .venv/bin/python bench/routing_cpu.py [--agents 1000] [--clients 8] [--seconds 10] [--profile FILE] [--pin]
 
 --profile runs the colony under cProfile (the figures then include its cost)
-and writes its stats to FILE when the colony stops.
+and writes its stats to FILE when the colony stops. --pin: the colony on
+one CPU, the bench on the others (as bench/routing.py --pin).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.routing import drive, wait_for_agents
+from bench.routing import drive, pin, pinned_cpus, wait_for_agents
 from tests.harness import CoralEnv, start_colony
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -75,10 +76,15 @@ def main() -> int:
     ap.add_argument("--profile", help="run the colony under cProfile; its stats go here")
     ap.add_argument("--simulator", default=str(Path(__file__).with_name("routing.py")),
                     help="the bench/routing.py whose simulated agents to run (another tree's, to compare)")
+    ap.add_argument("--pin", action="store_true", help="the colony on one CPU, the bench on the others")
     args = ap.parse_args()
+    colony_cpus, bench_cpus = pinned_cpus() if args.pin else (set(), set())  # before anything starts
     env = CoralEnv.create()
     wrap = (sys.executable, "-c", PROFILED, args.profile) if args.profile else ()
     colony = start_colony(env, wrap)
+    if args.pin:
+        pin(colony.pid, colony_cpus)
+        pin(os.getpid(), bench_cpus)
     sim = subprocess.Popen(
         [sys.executable, args.simulator, "--simulate", str(args.agents),
          env.endpoint("colony/colony-backend.sock")],

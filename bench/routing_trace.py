@@ -9,7 +9,9 @@ runs the colony under cProfile), so the stamps cost nothing when not traced.
 The stamps cost some time of their own: compare the end-to-end figure with
 bench/routing.py's.
 
-    .venv/bin/python bench/routing_trace.py [--agents 1000] [--clients 8] [--seconds 10]
+    .venv/bin/python bench/routing_trace.py [--agents 1000] [--clients 8] [--seconds 10] [--pin]
+
+--pin: the colony on one CPU, the bench on the others (as bench/routing.py --pin).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import zmq
 
-from bench.routing import wait_for_agents
+from bench.routing import pin, pinned_cpus, wait_for_agents
 from coral.daemon.client import Client
 from coral.daemon.errors import CoralError
 from coral.proto import coral_pb2 as pb
@@ -236,10 +238,15 @@ def main() -> int:
     ap.add_argument("--agents", type=int, default=1000)
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--pin", action="store_true", help="the colony on one CPU, the bench on the others")
     args = ap.parse_args()
+    colony_cpus, bench_cpus = pinned_cpus() if args.pin else (set(), set())  # before anything starts
     tmp = Path(tempfile.mkdtemp(prefix="routing-trace-"))
     env = CoralEnv.create()
     colony = start_colony(env, (sys.executable, "-c", COLONY, str(tmp / "colony.json")))
+    if args.pin:
+        pin(colony.pid, colony_cpus)
+        pin(os.getpid(), bench_cpus)
     sim = subprocess.Popen(
         [sys.executable, "-c", SIMULATOR, str(tmp / "sim.json"), str(Path(__file__).with_name("routing.py")),
          "--simulate", str(args.agents), env.endpoint("colony/colony-backend.sock")],
