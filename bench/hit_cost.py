@@ -6,14 +6,17 @@ session watches bench_leaf of bench/mechanisms.c built at -O0 (entry on
 loaded VM than the wall-clock ratios of bench/mechanisms.py: it counts
 the programs' own time, not the trap's nor the agent's draining.
 
-    sudo .venv/bin/python bench/hit_cost.py [--calls 200000] [--repeats 5] [--flags "-O2 -fpatchable-function-entry=5"]
+    sudo .venv/bin/python bench/hit_cost.py [--calls 200000] [--repeats 5] [--flags="-O2 -fpatchable-function-entry=5"]
 
 Only the agent this script starts is read (its program fds, in
 /proc/PID/fdinfo), so other agents on the machine do not count. A
 tail-called program (coral_count, coral_where, coral_stack) is timed as
-part of the program that called it. The statistics cost a hit about
-70 ns of their own (two clock reads); the sysctl is restored at the end.
-Figures are medians over the repeats, one session each."""
+part of the program that called it. The floor is measured in the same
+run: an empty BCC program attached where Coral's are (the statistics cost
+each run of any program some 45 ns of their own). Also shown: the loop's
+ns per call under Coral, and the agent's CPU per call (draining and
+storing the records, read from /proc/PID/stat). The sysctl is restored at
+the end. Figures are medians over the repeats, one session each."""
 
 from __future__ import annotations
 
@@ -27,8 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.mechanisms import Target
-from bench.report import full_speed_env, table
+from bench.mechanisms import RawProbe, Target
+from bench.report import cpu_seconds, full_speed_env, table
 from coral.daemon.client import Client
 from coral.proto import coral_pb2 as pb
 from tests.harness import Process, tool
@@ -73,6 +76,7 @@ def main() -> int:
     target = Target(env, "hitcost", binary)
     per_call: dict[str, list[float]] = {}
     wall: list[float] = []
+    agent_cpu: list[float] = []
     try:
         STATS_SYSCTL.write_text("1\n")
         target.ns_per_call("bench_leaf", args.calls // 10)  # warm up
@@ -81,15 +85,27 @@ def main() -> int:
                                                                       duration_ms=600_000))
             session = reply.session  # type: ignore[attr-defined]
             try:
-                before = program_times(agent_proc.pid)
+                before, cpu = program_times(agent_proc.pid), cpu_seconds(agent_proc.pid)
                 wall.append(target.ns_per_call("bench_leaf", args.calls))
                 after = program_times(agent_proc.pid)
             finally:
                 agent.call("DetachUprobe", pb.DetachUprobeRequest(session_id=session.session_id))
+            # The session's records are drained by the end of the detach: the agent's CPU for them all.
+            agent_cpu.append((cpu_seconds(agent_proc.pid) - cpu) * 1e9 / args.calls)
             for name, (ns, cnt) in after.items():
                 d_ns, d_cnt = ns - before.get(name, (0, 0))[0], cnt - before.get(name, (0, 0))[1]
                 if d_cnt:
                     per_call.setdefault(name, []).append(d_ns / d_cnt)
+            # The floor: an empty program where Coral's are (entry and uretprobe), in this process.
+            raw = RawProbe(target, "bench_leaf", session.return_probe)
+            raw.attach()
+            raw_before = program_times(os.getpid())
+            target.ns_per_call("bench_leaf", args.calls)
+            raw_after = program_times(os.getpid())
+            raw.detach()
+            raw.bpf.cleanup()
+            ns, cnt = (raw_after["on_hit"][i] - raw_before.get("on_hit", (0, 0))[i] for i in (0, 1))
+            per_call.setdefault("empty (raw BCC on_hit)", []).append(ns / cnt if cnt else 0.0)
     finally:
         STATS_SYSCTL.write_text(saved + "\n")
         target.stop()
@@ -102,6 +118,8 @@ def main() -> int:
     rows = [[name, f"{statistics.median(v):.0f}", f"{min(v):.0f}-{max(v):.0f}"] for name, v in sorted(per_call.items())]
     rows.append(["(the loop, wall clock: ns per call)", f"{statistics.median(wall):.0f}",
                  f"{min(wall):.0f}-{max(wall):.0f}"])
+    rows.append(["(the agent's CPU, draining and storing: ns per call)", f"{statistics.median(agent_cpu):.0f}",
+                 f"{min(agent_cpu):.0f}-{max(agent_cpu):.0f}"])
     table("In-kernel ns per run of each of Coral's programs (run_time_ns / run_cnt, bpf_stats on)",
           ["program", "median ns", "range"], rows)
     return 0
