@@ -7,6 +7,11 @@ loaded VM than the wall-clock ratios of bench/mechanisms.py: it counts
 the programs' own time, not the trap's nor the agent's draining.
 
     sudo .venv/bin/python bench/hit_cost.py [--calls 200000] [--repeats 5] [--flags="-O2 -fpatchable-function-entry=5"]
+    sudo .venv/bin/python bench/hit_cost.py --helpers
+
+--helpers times, the same way, one BCC program per helper a hit of Coral's
+calls (and nothing else), at the entry of the same function: what the
+programs cost at the least, with the calls they make.
 
 Only the agent this script starts is read (its program fds, in
 /proc/PID/fdinfo), so other agents on the machine do not count. A
@@ -38,6 +43,28 @@ from tests.harness import Process, tool
 
 HERE = Path(__file__).resolve().parent
 STATS_SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
+HELPERS_DECLS = r"""
+#include <uapi/linux/ptrace.h>
+struct key { u32 tgid; u32 pad; u64 ip; };  /* as coral_probes.c's struct site_key */
+struct value { u64 words[4]; };
+struct frames { u64 words[130]; };          /* about coral_probes.c's struct stack */
+BPF_HASH(sites, struct key, struct value, 16384);
+BPF_TASK_STORAGE(thread_stacks, struct frames);
+BPF_RINGBUF_OUTPUT(events, 64);
+"""
+HELPERS = {
+    "empty": "return 0;",
+    "bpf_get_current_pid_tgid": "return bpf_get_current_pid_tgid() == 3;",
+    "bpf_ktime_get_ns": "return bpf_ktime_get_ns() == 3;",
+    "task storage (bpf_get_current_task_btf, task_storage_get)":
+        "struct frames *f = thread_stacks.task_storage_get(bpf_get_current_task_btf(), 0, "
+        "BPF_LOCAL_STORAGE_GET_F_CREATE); if (f) f->words[0]++; return 0;",
+    "hash lookup, 16-byte key":
+        "struct key k = {.tgid = 5, .pad = 0, .ip = PT_REGS_IP(ctx)}; return sites.lookup(&k) != 0;",
+    "ring buffer reserve and submit, 32 bytes":
+        "struct value *v = events.ringbuf_reserve(sizeof(*v)); if (!v) return 0; "
+        "v->words[0] = v->words[1] = v->words[2] = v->words[3] = 1; events.ringbuf_submit(v, BPF_RB_NO_WAKEUP); return 0;",
+}
 
 
 def program_times(pid: int) -> dict[str, tuple[int, int]]:
@@ -60,17 +87,64 @@ def program_times(pid: int) -> dict[str, tuple[int, int]]:
     return out
 
 
+def helpers(binary: str, calls: int, repeats: int) -> list[list[str]]:
+    """ns per run of a program doing only each helper, at bench_leaf's entry (stats already on)."""
+    from bcc import BPF
+
+    from coral.elfinfo import ElfFunctions
+
+    address, _ = ElfFunctions.load(binary).symbols["bench_leaf"]
+    loop = subprocess.Popen([binary], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert loop.stdin is not None and loop.stdout is not None  # created with pipes
+
+    def run(n: int) -> None:
+        loop.stdin.write(f"bench_leaf {n}\n".encode())  # type: ignore[union-attr]
+        loop.stdin.flush()  # type: ignore[union-attr]
+        loop.stdout.readline()  # type: ignore[union-attr]
+
+    samples: dict[str, list[float]] = {}
+    try:
+        run(calls // 10)
+        for _ in range(repeats):
+            for name, body in HELPERS.items():
+                b = BPF(text=HELPERS_DECLS + "int on_hit(struct pt_regs *ctx) { " + body + " }")
+                b.attach_uprobe(name=binary, addr=address, fn_name=b"on_hit", pid=loop.pid)
+                before = program_times(os.getpid()).get("on_hit", (0, 0))
+                run(calls)
+                after = program_times(os.getpid())["on_hit"]
+                b.cleanup()
+                samples.setdefault(name, []).append((after[0] - before[0]) / max(1, after[1] - before[1]))
+    finally:
+        loop.stdin.close()
+        loop.wait()
+    empty = statistics.median(samples["empty"])
+    return [[name, f"{statistics.median(v):.0f}", f"{statistics.median(v) - empty:.0f}"] for name, v in samples.items()]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", type=int, default=200_000)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--flags", default="-O0", help="gcc flags for bench/mechanisms.c (default -O0)")
+    ap.add_argument("--helpers", action="store_true", help="time each helper Coral calls, alone")
     args = ap.parse_args()
     env = full_speed_env()
     binary = str(env.root / "bin" / "hitcost")
     subprocess.run(["gcc", "-x", "c", *args.flags.split(), "-g", "-o", binary, str(HERE / "mechanisms.c")],
                    check=True)
     saved = STATS_SYSCTL.read_text().strip()
+    if args.helpers:
+        try:
+            STATS_SYSCTL.write_text("1\n")
+            rows = helpers(binary, args.calls, args.repeats)
+        finally:
+            STATS_SYSCTL.write_text(saved + "\n")
+            env.remove()
+        print(f"{args.calls} calls of bench_leaf ({args.flags}) per run, {args.repeats} runs, kernel "
+              f"{os.uname().release}, load {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
+        table("In-kernel ns per run of a program doing one helper call at the entry (bpf_stats on)",
+              ["program", "median ns", "over the empty one"], rows)
+        return 0
     agent_proc = Process("agentd", [tool("coral-agentd")], env).wait_ready()
     agent = Client(env.endpoint("agent.sock"), 60)
     target = Target(env, "hitcost", binary)
