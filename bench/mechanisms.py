@@ -2,7 +2,7 @@
 session against a raw BCC program of the same mechanism with empty
 handlers, on the same function in the same run. Prints a markdown table.
 
-    .venv/bin/python bench/mechanisms.py [--calls 100000] [--repeats 5]
+    .venv/bin/python bench/mechanisms.py [--calls 100000] [--repeats 5] [--build=-O0 ...] [--file C]
 
 bench/mechanisms.c is built as C and as C++ with each set of build flags
 in BUILDS. In the C file both functions get a uretprobe; in the C++ file
@@ -110,6 +110,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", type=int, default=100_000)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--build", action="append", choices=list(BUILDS), help="only these builds (default: all)")
+    ap.add_argument("--file", action="append", choices=["C", "C++"], help="only these files (default: both)")
     args = ap.parse_args()
     env = full_speed_env()
     work = env.root / "bin"
@@ -118,10 +120,14 @@ def main() -> int:
     rows = []
     try:
         print(f"{args.calls} calls per run, median of {args.repeats} runs, kernel {os.uname().release}, "
-              f"{os.cpu_count()} CPUs")
+              f"{os.cpu_count()} CPUs, load {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
         for i, (build, flags) in enumerate(BUILDS.items()):
+            if args.build and build not in args.build:
+                continue
             for lang, compiler, function in (("C", "gcc", "bench_leaf"), ("C++", "g++", "bench_leaf"),
                                              ("C++", "g++", "bench_call")):
+                if args.file and lang not in args.file:
+                    continue
                 binary = str(work / f"m{i}{lang}")
                 if not os.path.exists(binary):
                     subprocess.run([compiler, "-x", lang.lower(), *flags, "-g", "-o", binary,

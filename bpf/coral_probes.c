@@ -151,6 +151,7 @@ struct frame {
 struct stack {
     u32 depth;
     u32 changes;                     // pushes and pops so far (wraps): was the top frame the last change?
+    u64 id;                          // native: the thread's pid_tgid, as its last entry found it (coral_return reads it here)
     struct frame frames[CORAL_RING_FRAMES];
 };
 
@@ -332,6 +333,7 @@ static __always_inline int rate_allows(u32 slot, u32 limit, u64 now)
     u64 *window = rate_windows.lookup(&slot);
     if (!window)
         return 1;
+    asm volatile("" : "+r"(now));    // divided here only: clang would hoist it out of the slots' loop, into every hit
     u64 second = now / 1000000000ULL, seen = *window;
     if (seen >> 32 < second && __sync_val_compare_and_swap(window, seen, second << 32 | 1) == seen)
         return 1;
@@ -1472,6 +1474,8 @@ static __always_inline u64 push_frame(struct thread_key *tk, u64 watching, u64 i
     struct stack *st = stack_of(tk, go, 1);
     if (!st)
         return bpf_ktime_get_ns();
+    if (!go)
+        st->id = tk->id;
     u64 sp = go ? go_frame_sp(ctx) : PT_REGS_SP(ctx);
     u32 depth = st->depth;
     if (go && depth > 0 && depth <= CORAL_MAX_DEPTH) {
@@ -1554,14 +1558,19 @@ static __always_inline u64 push_frame(struct thread_key *tk, u64 watching, u64 i
 // left without returning (longjmp, panic): up to CORAL_DROP_MAX of them here,
 // the rest by later hits. A return from a call we did not see enter finds an
 // outer frame and is ignored. Returns the slots the call was reported to
-// (what the hit is charged to), and the time it took in *now_out.
+// (what the hit is charged to), and the time it took in *now_out. With
+// `id_of_stack` (a constant), the thread's id is the one its entries kept.
 static __always_inline u64 pop_frame(struct thread_key *tk, u64 entry_sp, u64 func_ip, u64 *results, u64 id, int tail,
-                                     u64 *now_out, int go)
+                                     u64 *now_out, int go, int id_of_stack)
 {
     struct stack *st = stack_of(tk, go, 0);
     if (!st) {
         bump_global(G_UNPAIRED);
         return 0;
+    }
+    if (id_of_stack) {
+        id = st->id;
+        tk->id = id;
     }
     u32 found = 0;
     for (int i = 0; i < CORAL_DROP_MAX; i++) {
@@ -1705,9 +1714,9 @@ int coral_hit(struct pt_regs *ctx)
         u64 sp = go ? go_frame_sp(ctx) : PT_REGS_SP(ctx);
         int tail = s->flags & SITE_TAIL;
         if (go)  // constant in each copy, as for push_frame
-            watching = pop_frame(&tk, sp, s->func_ip, results, id, tail, &now, 1);
+            watching = pop_frame(&tk, sp, s->func_ip, results, id, tail, &now, 1, 0);
         else
-            watching = pop_frame(&tk, sp, s->func_ip, results, id, tail, &now, 0);
+            watching = pop_frame(&tk, sp, s->func_ip, results, id, tail, &now, 0, 0);
     } else if (go)
         now = push_frame(&tk, watching, key.ip, ctx, 1, 0, s->held, s->where, s->count_by);  // constant: each copy reads its own ABI's registers
     else {
@@ -1725,13 +1734,14 @@ int coral_hit(struct pt_regs *ctx)
 }
 
 // uretprobe of native (non-Go) functions: the top frame of this thread.
+// Its pid_tgid is the one the thread's entries kept in its stack: not asked
+// again (a helper call costs some 20 ns here).
 int coral_return(struct pt_regs *ctx)
 {
-    u64 id = bpf_get_current_pid_tgid();
-    struct thread_key tk = {.id = id, .g = 0};
+    struct thread_key tk = {.id = 0, .g = 0};
     u64 results[3] = {PT_REGS_RC(ctx), ctx->dx, 0};
     u64 now = 0;
-    u64 watching = pop_frame(&tk, PT_REGS_SP(ctx) - 8, 0, results, id, 0, &now, 0);
+    u64 watching = pop_frame(&tk, PT_REGS_SP(ctx) - 8, 0, results, 0, 0, &now, 0, 1);
     if (watching)
         charge(watching, now);
     count_kept(ctx);  // coral_count: the call's key, then its stack (does not come back)
