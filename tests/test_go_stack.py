@@ -13,8 +13,12 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from coral.agentd import abi, showvalues
+import pytest
+
+from coral.agentd import abi, showvalues, where_native
+from coral.daemon.errors import InvalidArgument
 from coral.proto import coral_pb2 as pb
+from coral.redact import Rules
 from tests.harness import CoralEnv, Process, build_go, coralctl, tool
 
 STACKVALS = r"""
@@ -201,3 +205,44 @@ def test_go_stack_results_are_placed_after_the_stack_arguments() -> None:
         return_values=results)
     assert {s.name: s.offset for s in abi.result_layout(lost) if s.shape == "stack"} == {"s": -1, "k": -1}
     assert abi.result_stack(lost) == (0, 0)
+
+
+def test_go_strings_on_the_stack_are_copied_at_the_entry_and_shown_cut_as_in_registers() -> None:
+    """A string and a []byte past the nine registers take the record's two
+    string slots, copied at the entry through the stack words (a held
+    string whose object is the stack arguments); a string longer than the
+    bytes copied is shown cut, with how many more bytes it has; a third
+    string is shown as its address."""
+    word = pb.GoValueMetadata(underlying="int", int_registers=1, size=8, align=8)
+    text = pb.GoValueMetadata(underlying="string", int_registers=2, size=16, align=8)
+    raw = pb.GoValueMetadata(underlying="[]uint8", int_registers=3, size=24, align=8)
+    meta = pb.FunctionMetadata(kind="go", arguments=[pb.ArgumentMetadata(name=f"a{i}", type="int", go=word)
+                                                     for i in range(9)] + [
+        pb.ArgumentMetadata(name="who", type="string", go=text), pb.ArgumentMetadata(name="tags", type="[]uint8", go=raw),
+        pb.ArgumentMetadata(name="note", type="string", go=text)])
+    slots = abi.record_slots(meta, True, False)
+    assert slots.str_args == (-1, -1)
+    assert slots.held_args == ((abi.FROM_STACK, 0, 8), (abi.FROM_STACK, 16, 24))
+    assert abi.stack_bytes(meta, 128) == 56
+    words = [0x7000, 100, 0x8000, 3, 8, 0x9000, 2]
+    stack = b"".join(w.to_bytes(8, "little") for w in words)
+    strings = slots.strings_of_args((b"x" * 64, b"vip" + b"\0" * 61), 0, (100, 3))
+    layout = {s.name: s for s in abi.argument_layout(meta)}
+    shown = {n: showvalues.show(layout[n], (0,) * 9, strings, stack=stack) for n in ("who", "tags", "note")}
+    assert shown == {"who": "'" + "x" * 64 + "'…(+36 bytes)", "tags": "[]uint8 len=3 cap=8 b'vip'", "note": "0x9000"}
+    unread = slots.strings_of_args((b"x" * 64, b"vip"), 0b10, (100, 3))  # the []byte's page was not in memory
+    assert showvalues.show(layout["tags"], (0,) * 9, unread, stack=stack) == "0x8000"
+
+
+def test_a_condition_on_a_go_result_past_rcx_is_refused_by_name() -> None:
+    """The kernel's conditions read RAX, RBX and RCX at a return: an error
+    in RDI and RSI is shown in the record, but `err != nil` on it is
+    refused, saying why."""
+    word = pb.GoValueMetadata(underlying="int", int_registers=1, size=8, align=8)
+    err = pb.GoValueMetadata(underlying="interface", int_registers=2, size=16, align=8)
+    meta = pb.FunctionMetadata(kind="go", arguments=[pb.ArgumentMetadata(name="n", type="int", go=word)],
+                               return_values=[_int("a"), _int("b"), _int("c"),
+                                              pb.ReturnValueMetadata(name="err", type="error", go=err)])
+    assert [s.regs for s in abi.result_layout(meta)] == [(0,), (1,), (2,), (3, 4)]
+    with pytest.raises(InvalidArgument, match="err is in a register a condition cannot read"):
+        where_native.compile_condition("err != nil", meta, Rules(()))
