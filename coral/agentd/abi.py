@@ -320,12 +320,13 @@ def argument_layout(meta: pb.FunctionMetadata) -> list[Slot]:
 def arguments_stack_end(meta: pb.FunctionMetadata) -> int:
     """Go: where the stack-assigned results begin, after the return
     address: past the stack-assigned arguments, at a multiple of 8
-    (abi-internal.md); -1 if an argument's place on the stack is not known."""
+    (abi-internal.md); -1 if an argument's place on the stack is not known,
+    or past what the kernel takes (16 bits: slot_config.ret_stack_off)."""
     stacked = [s for s in argument_layout(meta) if s.shape == "stack"]
     if any(s.offset < 0 for s in stacked):
         return -1
-    end = max((s.offset + s.size for s in stacked), default=0)
-    return -(-end // 8) * 8
+    end = -(-max((s.offset + s.size for s in stacked), default=0) // 8) * 8
+    return end if end <= 0xFFFF else -1
 
 
 def result_stack(meta: pb.FunctionMetadata) -> tuple[int, int]:
