@@ -63,12 +63,13 @@
 //   WHERE_MAX_TERMS, WHERE_MAX_CODE, WHERE_STR, W_* and WK_* (a --where condition as data:
 //     coral/agentd/where_native.py); ST_WHERE_ERROR (a value the condition reads could not be read)
 //   UNREAD_STACK (native_event.unread: a Go call's stack arguments were not copied)
+//   UNREAD_STACK_RET (native_event.unread: a Go call's stack results could not be read at its RET)
 //   CAPTURE_COUNT_ONLY, COUNT_*, CB_*, ROW_*, STR_* (--count-by: coral/agentd/countby.py)
 #include <uapi/linux/ptrace.h>
 #include "coral_records.h"            // the ring buffer's records (and struct coral_call)
 #include "coral_python.h"             // --stack in a Python process: the Python frames above the call
 
-#if !defined(CORAL_STATS) || !defined(G_DEEP_IN_USE) || !defined(BY_TAIL_CALL) || !defined(SITE_URET) || !defined(CORAL_MAX_DEPTH) || !defined(SITE_RET) || !defined(W_NONEMPTY) || !defined(ST_WHERE_ERROR) || !defined(EV_NATIVE_TIMING) || !defined(UNREAD_STACK) || !defined(COUNT_ROWS) || !defined(EV_STACK_COPY) || !defined(G_UNWOUND_LOST) || !defined(HELD_UNWOUND) || !defined(CORAL_UNWOUND_CALLS)
+#if !defined(CORAL_STATS) || !defined(G_DEEP_IN_USE) || !defined(BY_TAIL_CALL) || !defined(SITE_URET) || !defined(CORAL_MAX_DEPTH) || !defined(SITE_RET) || !defined(W_NONEMPTY) || !defined(ST_WHERE_ERROR) || !defined(EV_NATIVE_TIMING) || !defined(UNREAD_STACK) || !defined(UNREAD_STACK_RET) || !defined(COUNT_ROWS) || !defined(EV_STACK_COPY) || !defined(G_UNWOUND_LOST) || !defined(HELD_UNWOUND) || !defined(CORAL_UNWOUND_CALLS)
 #error "compile through coral/agentd/engine.py, which defines the constants shared with Python"
 #endif
 
@@ -126,9 +127,13 @@ struct slot_config {
     u32 blob_at;                     // ... into strs[blob_at], after the string arguments' slots
     u32 rate_per_s;                  // --rate: at most this many records a second (0: no limit)
     struct held_string held[2];      // native: arguments holding strings, copied at the entry into strs[0], strs[1]
+                                     // (Go: reg CORAL_FROM_STACK, a string or []byte in the stack arguments)
     struct held_string held_ret;     // native: the result register holds such an object's address: into strs[str_ret_at]
+                                     // (Go: reg is where the string's pointer is: go_result_pointer)
     u32 held_mask;                   // bit i: held[i] is used
     u32 stack_len;                   // bytes of stack-assigned arguments copied at the entry (into stack)
+    u32 ret_stack_off;               // Go: where the stack-assigned results begin, after the stack arguments ...
+    u32 ret_stack_len;               // ... and how many of their bytes are copied at the RET (into stack_ret)
     u64 expires_ns;                  // bpf_ktime_get_ns() after which nothing is counted (0: never)
     u32 stack;                       // --stack: 0, STACK_WALK (frame pointers) or STACK_COPY (.eh_frame, in the agent)
     u32 stack_bytes;                 // STACK_COPY: bytes of stack copied (at most CORAL_STACK_COPY)
@@ -328,13 +333,15 @@ static __always_inline u64 arg_at(u64 *args, s32 i)
 // not the call's own second (an older one, or a newer one that another CPU
 // started while this one read the clock) is refused: the limit is never
 // exceeded, and the calls refused are counted (ST_RATE).
-static __always_inline int rate_allows(u32 slot, u32 limit, u64 now)
+static __always_inline int rate_allows(u32 slot, u32 limit)
 {
     u64 *window = rate_windows.lookup(&slot);
     if (!window)
         return 1;
-    asm volatile("" : "+r"(now));    // divided here only: clang would hoist it out of the slots' loop, into every hit
-    u64 second = now / 1000000000ULL, seen = *window;
+    // The clock read again here, not the hit's `now` divided: clang hoists a
+    // division of `now` out of the slots' loop, into every hit with or
+    // without --rate (some 20 ns a return); a helper call it cannot move.
+    u64 second = bpf_ktime_get_ns() / 1000000000ULL, seen = *window;
     if (seen >> 32 < second && __sync_val_compare_and_swap(window, seen, second << 32 | 1) == seen)
         return 1;
     u64 before = __sync_fetch_and_add(window, 1);
@@ -380,7 +387,7 @@ static __always_inline int account(u32 slot, struct slot_config *cfg, u64 now, u
         bump_stat(slot, ST_FILTERED + (u32)error * (ST_WHERE_ERROR - ST_FILTERED));
         return 0;
     }
-    if (cfg->rate_per_s && !rate_allows(slot, cfg->rate_per_s, now)) {
+    if (cfg->rate_per_s && !rate_allows(slot, cfg->rate_per_s)) {
         bump_stat(slot, ST_RATE);
         return 0;
     }
@@ -968,12 +975,13 @@ static __always_inline void read_held(char *dst, u64 *len, u32 *unread, u32 bit,
 
 // Strings held in objects that arguments point at are copied at the entry:
 // by the return the callee may have freed them (a Rust String passed by
-// value is the callee's to drop). Kept per call (thread, stack pointer)
-// until its return takes them; a call that never returns leaves its entry
-// to the LRU.
-struct entry_key {
-    u64 id;                          // pid_tgid
-    u64 sp;                          // the frame's sp (struct frame)
+// value is the callee's to drop); so are Go strings passed on the stack.
+// Kept per call (thread or goroutine, frame position) until its return
+// takes them; a call that never returns leaves its entry to the LRU.
+struct call_key {
+    u64 id;                          // struct thread_key's: pid_tgid (native) or tgid (Go) ...
+    u64 g;                           // ... and the goroutine (Go), else 0
+    u64 sp;                          // the frame's sp (frame.sp)
 };
 
 struct entry_strings {
@@ -983,7 +991,7 @@ struct entry_strings {
     u32 pad;
 };
 
-BPF_TABLE("lru_hash", struct entry_key, struct entry_strings, entry_strings, 4096);
+BPF_TABLE("lru_hash", struct call_key, struct entry_strings, entry_strings, 4096);
 BPF_PERCPU_ARRAY(empty_entry_strings, struct entry_strings, 1);
 
 // The config of the slot `held` names (HELD_ARGS_SLOT or HELD_RESULT_SLOT),
@@ -1007,7 +1015,7 @@ static __always_inline u32 copy_held_at_entry(struct pt_regs *ctx, u32 held, u64
     struct entry_strings *empty = empty_entry_strings.lookup(&zero);
     if (!empty)
         return held;
-    struct entry_key k = {.id = id, .sp = PT_REGS_SP(ctx)};
+    struct call_key k = {.id = id, .g = 0, .sp = PT_REGS_SP(ctx)};
     entry_strings.update(&k, empty);  // replaces one left by a call that never returned
     struct entry_strings *es = entry_strings.lookup(&k);
     if (!es)
@@ -1028,9 +1036,10 @@ static __always_inline u32 copy_held_at_entry(struct pt_regs *ctx, u32 held, u64
 // The strings copied at this call's entry (every slot that captures the
 // function's arguments wants the same ones); none (evicted, or the session
 // began during the call): those slots are unread.
-static __always_inline void take_held(struct native_event *e, struct slot_config *cfg, u64 id, struct frame *f)
+static __always_inline void take_held(struct native_event *e, struct slot_config *cfg, struct thread_key *tk,
+                                      struct frame *f)
 {
-    struct entry_key k = {.id = id, .sp = f->sp};
+    struct call_key k = {.id = tk->id, .g = tk->g, .sp = f->sp};
     struct entry_strings *es = (f->held & HELD_COPIED) ? entry_strings.lookup(&k) : 0;
     if (!es) {
         e->unread |= cfg->held_mask;
@@ -1044,13 +1053,7 @@ static __always_inline void take_held(struct native_event *e, struct slot_config
 // A call's stack-assigned arguments (Go's past its registers; System V's
 // past its registers and its long doubles), copied at its entry: by the
 // return the callee may have written over them (they are its variables).
-// Kept per call (thread or goroutine, frame position) until its return
-// takes them; a call that never returns leaves its entry to the LRU.
-struct call_key {
-    u64 id;                          // struct thread_key's: pid_tgid (native) or tgid (Go) ...
-    u64 g;                           // ... and the goroutine (Go), else 0
-    u64 sp;                          // the frame's sp (frame.sp)
-};
+// Kept as entry_strings are (call_key).
 
 struct stack_args {
     char bytes[CORAL_STACK_BYTES];
@@ -1081,7 +1084,26 @@ static __always_inline u32 copy_stack_at_entry(struct pt_regs *ctx, u32 held, u6
     struct call_key k = {.id = tk->id, .g = tk->g, .sp = sp};
     if (stack_args.update(&k, a) != 0)  // replaces one left by a call that never returned
         return held;
-    return held | HELD_STACK;
+    held |= HELD_STACK;
+    // Go strings and []byte on the stack (held_string reg CORAL_FROM_STACK;
+    // a native function's held strings are copy_held_at_entry's): their data
+    // pointer and length are words of the stack arguments, at held_string's
+    // offsets, copied as a held string's into entry_strings for take_held.
+    if (cfg->held[0].reg != CORAL_FROM_STACK && cfg->held[1].reg != CORAL_FROM_STACK)
+        return held;
+    struct entry_strings *empty = empty_entry_strings.lookup(&zero);
+    if (!empty)
+        return held;
+    entry_strings.update(&k, empty);  // replaces one left by a call that never returned
+    struct entry_strings *es = entry_strings.lookup(&k);
+    if (!es)
+        return held;
+    u64 args = PT_REGS_SP(ctx) + 8;
+    if (cfg->held[0].reg == CORAL_FROM_STACK)
+        read_held(es->strs[0], &es->lens[0], &es->unread, 1, args, &cfg->held[0]);
+    if (cfg->held[1].reg == CORAL_FROM_STACK)
+        read_held(es->strs[1], &es->lens[1], &es->unread, 2, args, &cfg->held[1]);
+    return held | HELD_COPIED;
 }
 
 // The stack arguments copied at this Go call's entry, into the record; none
@@ -1132,6 +1154,30 @@ static __always_inline u64 read_held_result(u32 held, u64 watching, u64 *results
     }
     *data_out = data;
     return len;
+}
+
+// Go: a string result (or []byte) past RAX..RCX or on the stack: its data
+// pointer into *data_out, which stands for results[2] when the slot's config
+// reads the result's string (str_ret = 2, as read_held_result's). held_ret.reg
+// says where it is: a result register (3..8), or CORAL_FROM_STACK plus its
+// offset in the stack results. Read once, before the slots' loop.
+static __always_inline void go_result_pointer(struct pt_regs *ctx, u32 held, u64 watching, u64 *data_out)
+{
+    struct slot_config *cfg = held_config(HELD_RESULT_SLOT(held), watching);
+    if (!cfg || !(cfg->capture & 2) || cfg->held_ret.reg < 0)
+        return;
+    u32 r = cfg->held_ret.reg;
+    u64 p = 0;
+    if (r >= CORAL_FROM_STACK) {
+        u64 at = PT_REGS_SP(ctx) + 8 + (cfg->ret_stack_off & 0xffff) + ((r - CORAL_FROM_STACK) & 0xff);
+        if (bpf_probe_read_user(&p, sizeof(p), (void *)at) < 0)
+            p = 0;
+    } else {
+        u64 regs[6] = {ctx->di, ctx->si, ctx->r8, ctx->r9, ctx->r10, ctx->r11};
+        if (r >= 3 && r < 9)
+            p = regs[(r - 3) & 7];
+    }
+    *data_out = p;
 }
 
 // --- --stack: the caller's stack, at the return ---------------------------
@@ -1261,12 +1307,16 @@ int coral_stack(struct pt_regs *ctx)
     return 0;
 }
 
-static __always_inline void finish_native(struct frame *f, u64 now, u64 *results, u64 id, u64 watching,
-                                          struct thread_key *tk, int go)
+static __always_inline void finish_native(struct pt_regs *ctx, struct frame *f, u64 now, u64 *results, u64 id,
+                                          u64 watching, struct thread_key *tk, int go)
 {
     u64 duration = now - f->ts;
     u64 held_data = results[2];
-    u64 held_len = read_held_result(f->held, watching, results, &held_data);
+    u64 held_len = 0;
+    if (go)
+        go_result_pointer(ctx, f->held, watching, &held_data);
+    else
+        held_len = read_held_result(f->held, watching, results, &held_data);
     u64 rejected = 0, unread = 0;
     if (f->where)
         where_at_return(f->where, watching, f, results, duration, tk, &rejected, &unread);
@@ -1314,7 +1364,7 @@ static __always_inline void finish_native(struct frame *f, u64 now, u64 *results
         if (cfg->capture & 1) {
             __builtin_memcpy(e->args, f->args, sizeof(e->args));
             if (cfg->held_mask)  // first: C strings and a struct go in their own slots over these
-                take_held(e, cfg, id, f);
+                take_held(e, cfg, tk, f);
             if (cfg->stack_len)
                 take_stack(e, tk, f);
 
@@ -1329,7 +1379,25 @@ static __always_inline void finish_native(struct frame *f, u64 now, u64 *results
             }
         }
         if (cfg->capture & 2) {
-            __builtin_memcpy(e->results, results, sizeof(e->results));
+            __builtin_memcpy(e->results, results, 3 * sizeof(u64));
+            if (go) {
+                // Go's other result registers (constant in each copy), and the
+                // results it returns on the stack: at a RET the stack pointer
+                // points at the return address, and the caller's stack
+                // arguments, then its result area, follow it (abi-internal.md).
+                e->results[3] = ctx->di;
+                e->results[4] = ctx->si;
+                e->results[5] = ctx->r8;
+                e->results[6] = ctx->r9;
+                e->results[7] = ctx->r10;
+                e->results[8] = ctx->r11;
+                u32 n = cfg->ret_stack_len;
+                if (n > CORAL_STACK_RET_BYTES)
+                    n = CORAL_STACK_RET_BYTES;
+                if (n && bpf_probe_read_user(e->stack_ret, n,
+                                             (void *)(PT_REGS_SP(ctx) + 8 + (cfg->ret_stack_off & 0xffff))) < 0)
+                    e->unread |= UNREAD_STACK_RET;
+            }
             if (cfg->str_ret >= 0) {
                 u64 p = cfg->str_ret == 1 ? results[1] : cfg->str_ret == 2 ? held_data : results[0];
                 if (bpf_probe_read_user_str(e->strs[cfg->str_ret_at & 1], CORAL_STR_MAX, (void *)p) < 0)
@@ -1345,8 +1413,8 @@ static __always_inline void finish_native(struct frame *f, u64 now, u64 *results
         struct call_key k = {.id = tk->id, .g = tk->g, .sp = f->sp};
         stack_args.delete(&k);
     }
-    if (!go && (f->held & HELD_COPIED)) {
-        struct entry_key k = {.id = id, .sp = f->sp};
+    if (f->held & HELD_COPIED) {
+        struct call_key k = {.id = tk->id, .g = tk->g, .sp = f->sp};
         entry_strings.delete(&k);
     }
 }
@@ -1560,8 +1628,8 @@ static __always_inline u64 push_frame(struct thread_key *tk, u64 watching, u64 i
 // outer frame and is ignored. Returns the slots the call was reported to
 // (what the hit is charged to), and the time it took in *now_out. With
 // `id_of_stack` (a constant), the thread's id is the one its entries kept.
-static __always_inline u64 pop_frame(struct thread_key *tk, u64 entry_sp, u64 func_ip, u64 *results, u64 id, int tail,
-                                     u64 *now_out, int go, int id_of_stack)
+static __always_inline u64 pop_frame(struct pt_regs *ctx, struct thread_key *tk, u64 entry_sp, u64 func_ip, u64 *results,
+                                     u64 id, int tail, u64 *now_out, int go, int id_of_stack)
 {
     struct stack *st = stack_of(tk, go, 0);
     if (!st) {
@@ -1597,7 +1665,7 @@ static __always_inline u64 pop_frame(struct thread_key *tk, u64 entry_sp, u64 fu
     if (tail)
         count_by_slots(watching, BY_TAIL_CALL);  // no duration: the call goes on in another function
     else
-        finish_native(f, now, results, id, watching, tk, go);
+        finish_native(ctx, f, now, results, id, watching, tk, go);
     st->depth = found - 1;
     st->changes++;
     take_back(st, tk, found - 1);  // after finishing: it overwrites f's slot
@@ -1714,9 +1782,9 @@ int coral_hit(struct pt_regs *ctx)
         u64 sp = go ? go_frame_sp(ctx) : PT_REGS_SP(ctx);
         int tail = s->flags & SITE_TAIL;
         if (go)  // constant in each copy, as for push_frame
-            watching = pop_frame(&tk, sp, s->func_ip, results, id, tail, &now, 1, 0);
+            watching = pop_frame(ctx, &tk, sp, s->func_ip, results, id, tail, &now, 1, 0);
         else
-            watching = pop_frame(&tk, sp, s->func_ip, results, id, tail, &now, 0, 0);
+            watching = pop_frame(ctx, &tk, sp, s->func_ip, results, id, tail, &now, 0, 0);
     } else if (go)
         now = push_frame(&tk, watching, key.ip, ctx, 1, 0, s->held, s->where, s->count_by);  // constant: each copy reads its own ABI's registers
     else {
@@ -1741,7 +1809,7 @@ int coral_return(struct pt_regs *ctx)
     struct thread_key tk = {.id = 0, .g = 0};
     u64 results[3] = {PT_REGS_RC(ctx), ctx->dx, 0};
     u64 now = 0;
-    u64 watching = pop_frame(&tk, PT_REGS_SP(ctx) - 8, 0, results, 0, 0, &now, 0, 1);
+    u64 watching = pop_frame(ctx, &tk, PT_REGS_SP(ctx) - 8, 0, results, 0, 0, &now, 0, 1);
     if (watching)
         charge(watching, now);
     count_kept(ctx);  // coral_count: the call's key, then its stack (does not come back)

@@ -20,6 +20,15 @@
  * the stack pointer + 8 (after the return address). */
 #define CORAL_STACK_BYTES 128
 
+/* Bytes of a Go call's stack-assigned results copied at its RET, from the
+ * start of the result area (after the stack-assigned arguments). */
+#define CORAL_STACK_RET_BYTES 128
+
+/* A string slot's pointer (slot_config.str_arg, str_ret) taken from the
+ * record's stack bytes rather than a register: CORAL_FROM_STACK plus its
+ * offset in `stack` (arguments) or `stack_ret` (results). */
+#define CORAL_FROM_STACK 16
+
 #ifndef CORAL_STR_MAX
 #define CORAL_STR_MAX 64             /* [sessions] string_bytes */
 #endif
@@ -31,16 +40,17 @@ struct native_event {
     u32 tid;
     u64 start_ns;
     u64 duration_ns;
-    u64 results[3];                  /* RAX, RDX (C) or RAX, RBX, RCX (Go) */
+    u64 results[CORAL_ARG_REGS];     /* RAX, RDX (C) or RAX, RBX, RCX, RDI, RSI, R8-R11 (Go) */
     u64 args[CORAL_ARG_REGS];
     char strs[2][CORAL_STR_MAX];     /* strings the arguments, then the result, point at (slot_config) */
     u32 unread;                      /* bit i: strs[i] could not be read (its page not in memory yet) */
     u32 pad;
     u64 lens[2];                     /* a string held in an object (std::string, Rust String): its whole length */
     char stack[CORAL_STACK_BYTES];   /* Go: the stack-assigned arguments, as at the entry (slot_config.stack_len) */
+    char stack_ret[CORAL_STACK_RET_BYTES]; /* Go: the stack-assigned results, at the RET (slot_config.ret_stack_len) */
 };
 
-struct native_timing_event {         /* a native call with only its timing to show: 32 bytes, not 400 */
+struct native_timing_event {         /* a native call with only its timing to show: 32 bytes, not 584 */
     u32 type;                        /* EV_NATIVE_TIMING */
     u32 slot;
     u32 pid;

@@ -45,7 +45,10 @@ def test_every_record_decodes_as_the_compiler_lays_it_out(tmp_path: Path, str_ma
     native = layouts["native_event"]
     assert native.member("strs").size == 2 * str_max
     values = native.struct.unpack(bytes(native.size))
-    assert len(values[native.values("results")]) == 3 and len(values[native.values("strs")]) == 2
+    # Go's nine integer result registers (System V's RAX and RDX are the first two); Go's stack results.
+    assert len(values[native.values("results")]) == abi.GO_RESULT_REGS and len(values[native.values("strs")]) == 2
+    assert native.member("stack_ret").size == abi.STACK_RESULT_BYTES
+    assert f"#define CORAL_FROM_STACK {abi.FROM_STACK}\n" in HEADER.read_text()  # a string's pointer on the stack
     # Go's nine integer argument registers are all copied; System V's six are the first of them.
     assert len(values[native.values("args")]) == abi.GO_INT_REGS > abi.CAPTURED_ARG_REGS
     assert layouts["native_timing_event"].size == 32  # a timing-only call stays this small

@@ -31,7 +31,11 @@ CAPTURED_ARG_REGS = 6  # System V: RDI, RSI, RDX, RCX, R8, R9
 GO_INT_REGS = 9  # RAX, RBX, RCX, RDI, RSI, R8, R9, R10, R11: all copied (the record's args)
 GO_FLOAT_REGS = 15  # X0-X14
 MAX_SHOWN_FIELDS = 16  # of a Go struct passed by value
-CAPTURED_RESULT_REGS = 3
+CAPTURED_RESULT_REGS = 3  # the result registers a kernel condition or key reads (--where, --count-by)
+GO_RESULT_REGS = 9  # Go's results: RAX ... R11, all copied into the record at the RET
+STACK_RESULT_BYTES = 128  # CORAL_STACK_RET_BYTES: a Go call's stack results read at its RET
+FROM_STACK = 16  # CORAL_FROM_STACK (bpf/coral_records.h): a string's pointer in the stack, not a register
+GO_STRING_KINDS = ("string", "[]uint8")  # on the stack: the bytes they point at are copied
 C_STRING_TYPES = {"char *", "const char *", "unsigned char *", "const unsigned char *"}
 GO_SCALARS = {"int", "int8", "int16", "int32", "int64", "uint", "uint8", "uint16", "uint32", "uint64", "uintptr",
               "bool", "byte", "rune"}
@@ -313,13 +317,44 @@ def argument_layout(meta: pb.FunctionMetadata) -> list[Slot]:
         else slots
 
 
+def arguments_stack_end(meta: pb.FunctionMetadata) -> int:
+    """Go: where the stack-assigned results begin, after the return
+    address: past the stack-assigned arguments, at a multiple of 8
+    (abi-internal.md); -1 if an argument's place on the stack is not known,
+    or past what the kernel takes (16 bits: slot_config.ret_stack_off)."""
+    stacked = [s for s in argument_layout(meta) if s.shape == "stack"]
+    if any(s.offset < 0 for s in stacked):
+        return -1
+    end = -(-max((s.offset + s.size for s in stacked), default=0) // 8) * 8
+    return end if end <= 0xFFFF else -1
+
+
+def result_stack(meta: pb.FunctionMetadata) -> tuple[int, int]:
+    """Go: (where the stack results begin after the return address, how
+    many of their bytes the RET reads: at most STACK_RESULT_BYTES); (0, 0)
+    for none, or none placed."""
+    if meta.kind != "go":
+        return 0, 0
+    ends = [s.offset + s.size for s in result_layout(meta) if s.shape == "stack" and s.offset >= 0]
+    start = arguments_stack_end(meta)
+    if not ends or start < 0:
+        return 0, 0
+    return start, min(STACK_RESULT_BYTES, max(ends))
+
+
 def result_layout(meta: pb.FunctionMetadata) -> list[Slot]:
     if meta.result_in_memory:  # RAX holds the address of the result, not its value
         return [Slot(r.name, r.type, "held", (0,), held=(r.held_string.data_offset, r.held_string.length_offset))
                 if r.HasField("held_string") else Slot(r.name, r.type, "int", (0,))  # shown as that address
                 for r in meta.return_values[:1]]
     if meta.kind == "go":
-        return go_layout([(r.name, r.type, _go(r)) for r in meta.return_values], CAPTURED_RESULT_REGS)
+        # Results take registers from RAX again; those that do not fit go in
+        # the caller's result area, each at its alignment (Slot.offset: from
+        # the area's start, arguments_stack_end), placed only where that is known.
+        slots = go_layout([(r.name, r.type, _go(r)) for r in meta.return_values], GO_RESULT_REGS, on_stack=True)
+        if any(s.shape == "stack" for s in slots) and arguments_stack_end(meta) < 0:
+            return [replace(s, offset=-1) if s.shape == "stack" else s for s in slots]
+        return slots
     items = [(r.name, r.type, _hint(r)) for r in meta.return_values if r.type != "void"]
     # System V returns a long double in the x87 register st(0), not in memory.
     return [replace(s, shape="float") if s.shape == "stack" and s.underlying in MEMORY_FLOAT_TYPES else s
@@ -331,18 +366,46 @@ def _flat(slots: list[Slot]) -> list[Slot]:
     return [x for s in slots for x in (s.fields if s.shape == "struct" else (s,))]
 
 
-def string_arguments(meta: pb.FunctionMetadata) -> list[Slot]:
+def _stack_strings(s: Slot, limit: int) -> list[Slot]:
+    """A Go value on the stack that is a string or a []byte, or the fields
+    of one that are (one level deep), each as a slot of shape \"gostack\" at
+    its offset in the stack bytes: the words that hold its pointer and
+    length lie in the first `limit` bytes copied."""
+    if s.offset < 0:
+        return []
+    parts = [s] if not s.fields else [replace(f, offset=s.offset + f.offset) for f in s.fields[:MAX_SHOWN_FIELDS]]
+    return [replace(p, shape="gostack", regs=(FROM_STACK + p.offset,)) for p in parts
+            if (p.underlying or p.type) in GO_STRING_KINDS and p.offset % 8 == 0 and p.offset + 16 <= limit]
+
+
+def _stringy(slots: list[Slot], limit: int) -> list[Slot]:
+    """The values whose bytes the kernel may copy, in order: in registers
+    (STRING_SHAPES), and Go's strings and []byte on the stack (shape
+    gostack, regs: FROM_STACK plus the offset of the pointer's word)."""
+    out = []
+    for s in _flat(slots):
+        if s.shape in STRING_SHAPES and s.regs:
+            out.append(s)
+        elif s.shape == "stack" and s.go:
+            out.extend(_stack_strings(s, limit))
+    return out
+
+
+def string_arguments(meta: pb.FunctionMetadata, limit: int = 128) -> list[Slot]:
     """The (at most two) arguments whose strings the kernel copies (bounded):
     C strings and Go strings and slices (a Go struct's fields too) through
-    their pointer register, strings held in objects through the object."""
-    return [s for s in _flat(argument_layout(meta)) if s.shape in STRING_SHAPES and s.regs][:2]
+    their pointer register, strings held in objects through the object, Go
+    strings and []byte on the stack (in the first `limit` bytes copied:
+    CORAL_STACK_BYTES) through the stack at the entry."""
+    return _stringy(argument_layout(meta), limit)[:2]
 
 
 def string_result(meta: pb.FunctionMetadata) -> Slot | None:
     """The result whose string the kernel copies at the return (C `char *`,
-    Go `string` or `[]byte`, also a Go struct's field, a std::string or
-    String returned through memory: the first such result); None if none."""
-    return next((s for s in _flat(result_layout(meta)) if s.shape in STRING_SHAPES and s.regs), None)
+    Go `string` or `[]byte`, also a Go struct's field, or one on the
+    stack; a std::string or String returned through memory: the first such
+    result); None if none."""
+    return next(iter(_stringy(result_layout(meta), STACK_RESULT_BYTES)), None)
 
 
 def stack_bytes(meta: pb.FunctionMetadata, limit: int) -> int:
@@ -373,12 +436,12 @@ class RecordSlots:
                         lengths: tuple[int, ...] = (0, 0)) -> dict[int, bytes]:
         out = {reg: copied[i].split(b"\0", 1)[0] for i, reg in enumerate(self.str_args)
                if reg >= 0 and not unread >> i & 1}
-        out.update({reg: copied[i][:lengths[i]] for i, (reg, _, _) in enumerate(self.held_args)
-                    if reg >= 0 and not unread >> i & 1})
+        out.update({_held_key(h): copied[i][:lengths[i]] for i, h in enumerate(self.held_args)
+                    if h[0] >= 0 and not unread >> i & 1})
         return out
 
     def lengths_of_args(self, lengths: tuple[int, ...]) -> dict[int, int]:
-        return {reg: lengths[i] for i, (reg, _, _) in enumerate(self.held_args) if reg >= 0}
+        return {_held_key(h): lengths[i] for i, h in enumerate(self.held_args) if h[0] >= 0}
 
     def length_of_result(self, lengths: tuple[int, ...]) -> dict[int, int]:
         reg, at = self.str_result
@@ -401,12 +464,21 @@ class RecordSlots:
         return {} if unread >> at & 1 else {reg: copied[at].split(b"\0", 1)[0]}
 
 
+def _held_key(held: tuple[int, int, int]) -> int:
+    """The key of a held string's bytes: its register, or for a Go string
+    on the stack FROM_STACK plus its offset (Slot.regs of shape gostack)."""
+    reg, data, _ = held
+    return FROM_STACK + data if reg == FROM_STACK else reg
+
+
 def record_slots(meta: pb.FunctionMetadata, capture_args: bool, capture_return: bool,
                  slot_bytes: int = 64) -> RecordSlots:
     chosen = string_arguments(meta) if capture_args else []
     none = (-1, 0, 0)
-    str_args = [s.regs[0] if s.shape != "held" else -1 for s in chosen] + [-1, -1]
-    held_args = [(s.regs[0], *s.held) if s.shape == "held" else none for s in chosen] + [none, none]
+    str_args = [s.regs[0] if s.shape not in ("held", "gostack") else -1 for s in chosen] + [-1, -1]
+    # A Go string on the stack is copied at the entry as a held string: its object is the stack arguments.
+    held_args = [(s.regs[0], *s.held) if s.shape == "held" else
+                 (FROM_STACK, s.offset, s.offset + 8) if s.shape == "gostack" else none for s in chosen] + [none, none]
     used = len(chosen)
     blob = (-1, 0, 0)
     if capture_args and used < 2:

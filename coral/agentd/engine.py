@@ -51,6 +51,7 @@ EV_STACK_WALK, EV_STACK_COPY = 5, 6  # --stack: a call's stack, after its record
 STACK_WALK, STACK_COPY = 1, 2  # slot_config.stack: frame pointers walked by the kernel, or a copy for .eh_frame
 CALL_STACK, CALL_STACK_CUT = 0x20, 0x40  # struct coral_call's flags (bpf/coral_call.h): Python frames in `stack`
 UNREAD_STACK = 4  # native_event.unread: a Go call's stack arguments were not copied (bits 0, 1: its string slots)
+UNREAD_STACK_RET = 8  # native_event.unread: a Go call's stack results could not be read at its RET
 CAPTURE_COUNT_ONLY = 4  # slot_config.capture: --count-by, the calls are counted by key and no record is sent
 UNWOUND_CALLS = 4096  # --errors-only (C++, Rust): calls that left by unwinding, kept until the agent drains them
 HELD_UNWOUND = 0x40000  # struct site.held: a slot watching the function wants its calls that leave by unwinding
@@ -64,7 +65,8 @@ def bpf_constants() -> dict[str, int]:
            "SITE_RET": SITE_RET, "SITE_TAIL": SITE_TAIL, "SITE_URET": SITE_URET, "CORAL_URETPROBE_DEPTH": URETPROBE_DEPTH,
            "BY_UNWOUND": BY_UNWOUND, "BY_TOO_DEEP": BY_TOO_DEEP, "BY_TAIL_CALL": BY_TAIL_CALL,
            "EV_NATIVE": EV_NATIVE, "EV_PYTHON": EV_PYTHON, "EV_PYTHON_TIMING": EV_PYTHON_TIMING,
-           "EV_NATIVE_TIMING": EV_NATIVE_TIMING, "UNREAD_STACK": UNREAD_STACK, "CAPTURE_COUNT_ONLY": CAPTURE_COUNT_ONLY,
+           "EV_NATIVE_TIMING": EV_NATIVE_TIMING, "UNREAD_STACK": UNREAD_STACK, "UNREAD_STACK_RET": UNREAD_STACK_RET,
+           "CAPTURE_COUNT_ONLY": CAPTURE_COUNT_ONLY,
            "EV_STACK_WALK": EV_STACK_WALK, "EV_STACK_COPY": EV_STACK_COPY, "STACK_WALK": STACK_WALK,
            "STACK_COPY": STACK_COPY, "CORAL_UNWOUND_CALLS": UNWOUND_CALLS, "HELD_UNWOUND": HELD_UNWOUND,
            **where_native.constants(), **countby.constants()}
@@ -113,6 +115,7 @@ class SlotConfig:
     held_args: tuple[tuple[int, int, int], tuple[int, int, int]] = ((-1, 0, 0), (-1, 0, 0))  # into slots 0, 1 (at entry)
     held_result: tuple[int, int] | None = None  # str_result's register holds such an object: (data, length) offsets
     stack_bytes: int = 0  # Go: bytes of the stack-assigned arguments copied at the entry (at most CORAL_STACK_BYTES)
+    result_stack: tuple[int, int] = (0, 0)  # Go: (where the stack results begin after the stack arguments, bytes read)
     where: where_native.Program | None = None  # a --where condition, as the kernel evaluates it
     expires_monotonic_ns: int = 0  # CLOCK_MONOTONIC (bpf_ktime_get_ns): later calls are not counted; 0: never
     count_by: countby.Key | None = None  # --count-by: calls counted by this key, no record sent
@@ -134,6 +137,7 @@ class NativeRecord:
     unread: int = 0  # bit i: slot i could not be read (its page was not in memory)
     lengths: tuple[int, int] = (0, 0)  # a slot holding a held string: that string's whole length
     stack: bytes = b""  # Go: the stack-assigned arguments as at the entry; b"" if not copied
+    stack_ret: bytes = b""  # Go: the stack-assigned results as at the RET; b"" if not read
     # Left by unwinding (an exception, a panic; --errors-only on C++, Rust):
     # when a later hit found its frame dead, monotonic ns; 0: it returned.
     # Its end is not known: duration_ns is 0 and results are not there.
@@ -302,6 +306,7 @@ class ProbeEngine:
         self._native_unread = native.values("unread").start
         self._native_lens = native.values("lens")
         self._native_stack = native.values("stack").start
+        self._native_stack_ret = native.values("stack_ret").start
         self.stack_bytes = native.member("stack").size  # CORAL_STACK_BYTES: a Go call's stack arguments copied
         at_call = python.values("call").start
         self._python_scalars = itemgetter(*(python.values(n).start for n in ("slot", "pid", "tid")), *(
@@ -508,12 +513,17 @@ class ProbeEngine:
             held.reg, held.data_off, held.len_off = reg, data, length
         v.held_mask = sum(1 << i for i, (reg, _, _) in enumerate(c.held_args) if reg >= 0)
         v.stack_len = c.stack_bytes if c.capture_args else 0
+        v.ret_stack_off, v.ret_stack_len = c.result_stack if c.capture_return else (0, 0)
         v.held_ret.reg, v.held_ret.data_off, v.held_ret.len_off = -1, 0, 0
         if c.held_result is not None and c.str_result[0] >= 0:
             # The kernel reads the object's data pointer into the free third result (System V) and copies the string
             # from there as from a C string's pointer (coral_probes.c, read_held_result).
             v.held_ret.reg, (v.held_ret.data_off, v.held_ret.len_off) = c.str_result[0], c.held_result
             v.str_ret = 2
+        elif c.str_result[0] > 2:
+            # Go: a string result in RDI..R11 or on the stack (abi.FROM_STACK plus its offset): its pointer is
+            # read before the records, into the third result's place (coral_probes.c, go_result_pointer).
+            v.held_ret.reg, v.str_ret = c.str_result[0], 2
         if c.where is not None:
             self._write_where(slot, c.where)  # before a site names the slot (_where_of)
         self._write_count_by(slot, c.count_by)  # likewise (_count_of)
@@ -678,7 +688,8 @@ class ProbeEngine:
             # A Go function's sites name the slot that copies stack arguments; a native one's, held strings.
             if not args and c.capture_args and (c.stack_bytes or any(reg >= 0 for reg, _, _ in c.held_args)):
                 args = slot + 1
-            if not result and c.capture_return and c.held_result is not None and c.str_result[0] >= 0:
+            if not result and c.capture_return and ((c.held_result is not None and c.str_result[0] >= 0) or
+                                                    c.str_result[0] > 2):
                 result = slot + 1
             if c.unwound_calls:
                 unwound = HELD_UNWOUND
@@ -840,8 +851,9 @@ class ProbeEngine:
             lens = f[self._native_lens]
             unread = f[self._native_unread]
             stack = b"" if unread & UNREAD_STACK else f[self._native_stack]
+            stack_ret = b"" if unread & UNREAD_STACK_RET else f[self._native_stack_ret]
             return slot, NativeRecord(pid, tid, start, duration, results, args, (strs[0], strs[1]), unread,
-                                      (lens[0], lens[1]), stack)
+                                      (lens[0], lens[1]), stack, stack_ret)
         f = self._python.unpack_from(raw, HEADER_BYTES)
         slot, pid, tid, fn_id, call_id, start, end, flags, args_len, ret_len, args, ret, stack_len, stack = \
             self._python_scalars(f)

@@ -497,6 +497,7 @@ class SessionManager:
             str_result=record_slots.str_result, held_args=record_slots.held_args,
             held_result=record_slots.held_result,
             stack_bytes=abi.stack_bytes(first, self.engine.stack_bytes) if req.config.capture_args else 0,
+            result_stack=abi.result_stack(first) if req.config.capture_return else (0, 0),
             where=None if first.kind == "python" else native_condition(req.config, first, self.rules),
             unwound_calls=conditions.unwinding_errors(req.config, first),
             count_by=count_key,
@@ -811,7 +812,7 @@ class SessionManager:
         if s.config.capture_return and (results or not meta.return_values):
             strings = slots.string_of_result(rec.strings, rec.unread, rec.lengths)
             lengths = slots.length_of_result(rec.lengths)
-            shown = [(r, showvalues.show(r, rec.results, strings, string_bytes, lengths, self.rules.value))
+            shown = [(r, showvalues.show(r, rec.results, strings, string_bytes, lengths, self.rules.value, rec.stack_ret))
                      for r in results] or \
                 [(abi.Slot("", "u64", "int", (0,)), f"{rec.results[0]:#x}")]
             errors = [(r, v) for r, v in shown if (r.type == "error" and v != "nil") or showvalues.is_error_variant(r, v)]

@@ -8,7 +8,7 @@ import math
 import struct
 from collections.abc import Callable
 
-from coral.agentd.abi import GO_SCALARS, MAX_SHOWN_FIELDS, Slot
+from coral.agentd.abi import FROM_STACK, GO_SCALARS, MAX_SHOWN_FIELDS, Slot
 from coral.agentd.values import format_register, int_kind
 from coral.proto import coral_pb2 as pb
 
@@ -31,13 +31,33 @@ def _x87(raw: bytes) -> str:
         return repr(sign * float("inf"))
 
 
-def _from_stack(slot: Slot, data: bytes, at: int, other: str = "(not captured)") -> str:
-    """A scalar, pointer or float at `at` in the copied stack bytes; a
-    value of any other kind (a string, slice or interface on the stack: its
-    bytes are not followed; a struct in a struct) is `other`."""
+def _go_words(slot: Slot, data: bytes, at: int, strings: dict[int, bytes], string_bytes: int) -> str | None:
+    """A Go string, slice or interface on the stack, shown as the same
+    value in registers is: its words are those registers, and the bytes a
+    string or []byte points at are in `strings` under FROM_STACK plus its
+    offset (copied by the kernel; not there: shown as the address). None
+    for a value of any other kind."""
+    kind = slot.underlying or slot.type
+    words = {"string": 2, "error": 2}.get(kind, 3 if kind.startswith("[]") else 2 if kind.startswith("interface") else 0)
+    if not words or at + 8 * words > len(data):
+        return None
+    values = tuple(int.from_bytes(data[at + 8 * i:at + 8 * i + 8], "little") for i in range(words))
+    shape = "gostring" if kind == "string" else "goslice" if words == 3 else "iface"
+    as_registers = Slot(slot.name, slot.type, shape, tuple(range(words)), True, slot.underlying)
+    copied = {0: strings[FROM_STACK + at]} if FROM_STACK + at in strings else {}
+    return show(as_registers, values, copied, string_bytes)
+
+
+def _from_stack(slot: Slot, data: bytes, at: int, other: str = "(not captured)", strings: dict[int, bytes] | None = None,
+                string_bytes: int = 64) -> str:
+    """A scalar, pointer or float at `at` in the copied stack bytes; a Go
+    string, slice or interface as in registers (_go_words); a value of any
+    other kind (a struct in a struct) is `other`."""
     kind = slot.underlying or slot.type
     if at < 0 or at + slot.size > len(data) or slot.size == 0:
         return "(not captured: on the stack)"
+    if slot.go and (text := _go_words(slot, data, at, strings or {}, string_bytes)) is not None:
+        return text
     raw = data[at:at + slot.size]
     if kind in _FLOAT_FORMATS and slot.size >= struct.calcsize(_FLOAT_FORMATS[kind]):
         return repr(struct.unpack_from(_FLOAT_FORMATS[kind], raw)[0])
@@ -50,19 +70,22 @@ def _from_stack(slot: Slot, data: bytes, at: int, other: str = "(not captured)")
     return other
 
 
-def show_stack(slot: Slot, data: bytes, redact: Callable[[str, str], str]) -> str:
-    """A Go value passed on the stack, from the bytes copied at the entry:
-    a scalar or a float as itself, a struct `{Lo=1, Hi=2}` and an array
-    `[4, 6]` one level deep (a field redacted by its name); what lies past
-    the bytes copied is `?`, a value wholly past them not captured."""
+def show_stack(slot: Slot, data: bytes, redact: Callable[[str, str], str], strings: dict[int, bytes] | None = None,
+               string_bytes: int = 64) -> str:
+    """A Go value passed or returned on the stack, from the bytes copied
+    (arguments at the entry, results at the RET): a scalar or a float as
+    itself, a string, slice or interface as in registers, a struct
+    `{Lo=1, Hi=2}` and an array `[4, 6]` one level deep (a field redacted
+    by its name); what lies past the bytes copied is `?`, a value wholly
+    past them not captured."""
     if slot.offset < 0 or not data or slot.offset >= len(data) or slot.size == 0:
         return "(not captured: on the stack)"
     if not slot.fields:
-        return _from_stack(slot, data, slot.offset, "(not captured: on the stack)")
+        return _from_stack(slot, data, slot.offset, "(not captured: on the stack)", strings, string_bytes)
     shown = []
     for f in slot.fields[:MAX_SHOWN_FIELDS]:
         at = slot.offset + f.offset
-        text = "?" if at + f.size > len(data) else _from_stack(f, data, at)
+        text = "?" if at + f.size > len(data) else _from_stack(f, data, at, strings=strings, string_bytes=string_bytes)
         shown.append(text if slot.underlying.startswith("[") else f"{f.name}={redact(f.name, text)}")
     more = ["…"] if len(slot.fields) > MAX_SHOWN_FIELDS or (slot.underlying.startswith("[") and
                                                              len(slot.fields) * max(slot.fields[0].size, 1) < slot.size) else []
@@ -130,7 +153,7 @@ def show(slot: Slot, values: tuple[int, ...], strings: dict[int, bytes], string_
     if slot.shape == "float":
         return "(in a floating-point register: not captured)"
     if slot.shape == "stack":
-        return show_stack(slot, stack, redact)
+        return show_stack(slot, stack, redact, strings, string_bytes)
     if slot.shape == "struct":
         parts = [f"{f.name}={redact(f.name, show(f, values, strings, string_bytes, lengths))}"
                  for f in slot.fields[:MAX_SHOWN_FIELDS]]

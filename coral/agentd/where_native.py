@@ -330,7 +330,8 @@ class _Compiler:
             if slot is None:
                 raise _Refused(f"{self.function} returns nothing to test", path.column)
         if slot.regs and max(slot.regs) >= abi.CAPTURED_RESULT_REGS:
-            raise _Refused(f"{path.root} is in a register the probe does not copy", path.column)
+            raise _Refused(f"{path.root} is in a register a condition cannot read (results: only RAX, RBX and RCX)",
+                           path.column)
         self.check_secret(slot.name, path, 0)
         if len(path.names) > 1 and slot.shape != "struct":
             raise _Refused(f"{path.root} ({slot.type}) has no fields Coral can read: fields are read through an "
