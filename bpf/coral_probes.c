@@ -59,7 +59,7 @@
 //   CORAL_UNWOUND_CALLS (entries of unwound_calls), HELD_UNWOUND (a bit of struct site.held: below)
 //   BY_UNWOUND, BY_TOO_DEEP, BY_TAIL_CALL (causes in by_slots)
 //   EV_NATIVE, EV_PYTHON, EV_PYTHON_TIMING (a Python call with only its timing to show),
-//     EV_NATIVE_TIMING (likewise, native)
+//     EV_NATIVE_TIMING (likewise, native), EV_NATIVE_GO (a Go call's record with values)
 //   WHERE_MAX_TERMS, WHERE_MAX_CODE, WHERE_STR, W_* and WK_* (a --where condition as data:
 //     coral/agentd/where_native.py); ST_WHERE_ERROR (a value the condition reads could not be read)
 //   UNREAD_STACK (native_event.unread: a Go call's stack arguments were not copied)
@@ -69,7 +69,7 @@
 #include "coral_records.h"            // the ring buffer's records (and struct coral_call)
 #include "coral_python.h"             // --stack in a Python process: the Python frames above the call
 
-#if !defined(CORAL_STATS) || !defined(G_DEEP_IN_USE) || !defined(BY_TAIL_CALL) || !defined(SITE_URET) || !defined(CORAL_MAX_DEPTH) || !defined(SITE_RET) || !defined(W_NONEMPTY) || !defined(ST_WHERE_ERROR) || !defined(EV_NATIVE_TIMING) || !defined(UNREAD_STACK) || !defined(UNREAD_STACK_RET) || !defined(COUNT_ROWS) || !defined(EV_STACK_COPY) || !defined(G_UNWOUND_LOST) || !defined(HELD_UNWOUND) || !defined(CORAL_UNWOUND_CALLS)
+#if !defined(CORAL_STATS) || !defined(G_DEEP_IN_USE) || !defined(BY_TAIL_CALL) || !defined(SITE_URET) || !defined(CORAL_MAX_DEPTH) || !defined(SITE_RET) || !defined(W_NONEMPTY) || !defined(ST_WHERE_ERROR) || !defined(EV_NATIVE_TIMING) || !defined(EV_NATIVE_GO) || !defined(UNREAD_STACK) || !defined(UNREAD_STACK_RET) || !defined(COUNT_ROWS) || !defined(EV_STACK_COPY) || !defined(G_UNWOUND_LOST) || !defined(HELD_UNWOUND) || !defined(CORAL_UNWOUND_CALLS)
 #error "compile through coral/agentd/engine.py, which defines the constants shared with Python"
 #endif
 
@@ -1349,13 +1349,19 @@ static __always_inline void finish_native(struct pt_regs *ctx, struct frame *f, 
             bump_stat(slot, ST_EMITTED);
             continue;
         }
-        struct native_event *e = events.ringbuf_reserve(sizeof(*e));
+        // A Go call's record is larger (its other result registers and its
+        // stack results); `go` is a constant in each copy, so each reserves
+        // and clears a constant size.
+        struct native_event *e = events.ringbuf_reserve(go ? sizeof(struct native_go_event) : sizeof(*e));
         if (!e) {
             bump_stat(slot, ST_RINGBUF);
             continue;
         }
-        __builtin_memset(e, 0, sizeof(*e));
-        e->type = EV_NATIVE;
+        if (go)
+            __builtin_memset(e, 0, sizeof(struct native_go_event));
+        else
+            __builtin_memset(e, 0, sizeof(*e));
+        e->type = go ? EV_NATIVE_GO : EV_NATIVE;
         e->slot = slot;
         e->pid = id >> 32;
         e->tid = (u32)id;
@@ -1385,16 +1391,17 @@ static __always_inline void finish_native(struct pt_regs *ctx, struct frame *f, 
                 // results it returns on the stack: at a RET the stack pointer
                 // points at the return address, and the caller's stack
                 // arguments, then its result area, follow it (abi-internal.md).
-                e->results[3] = ctx->di;
-                e->results[4] = ctx->si;
-                e->results[5] = ctx->r8;
-                e->results[6] = ctx->r9;
-                e->results[7] = ctx->r10;
-                e->results[8] = ctx->r11;
+                struct native_go_tail *g = &((struct native_go_event *)e)->go;
+                g->results[0] = ctx->di;
+                g->results[1] = ctx->si;
+                g->results[2] = ctx->r8;
+                g->results[3] = ctx->r9;
+                g->results[4] = ctx->r10;
+                g->results[5] = ctx->r11;
                 u32 n = cfg->ret_stack_len;
                 if (n > CORAL_STACK_RET_BYTES)
                     n = CORAL_STACK_RET_BYTES;
-                if (n && bpf_probe_read_user(e->stack_ret, n,
+                if (n && bpf_probe_read_user(g->stack_ret, n,
                                              (void *)(PT_REGS_SP(ctx) + 8 + (cfg->ret_stack_off & 0xffff))) < 0)
                     e->unread |= UNREAD_STACK_RET;
             }

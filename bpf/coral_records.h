@@ -34,23 +34,34 @@
 #endif
 
 struct native_event {
-    u32 type;                        /* EV_NATIVE */
+    u32 type;                        /* EV_NATIVE, or EV_NATIVE_GO (then a native_go_event) */
     u32 slot;
     u32 pid;
     u32 tid;
     u64 start_ns;
     u64 duration_ns;
-    u64 results[CORAL_ARG_REGS];     /* RAX, RDX (C) or RAX, RBX, RCX, RDI, RSI, R8-R11 (Go) */
+    u64 results[3];                  /* RAX, RDX (C) or RAX, RBX, RCX (Go; the rest in native_go_tail) */
     u64 args[CORAL_ARG_REGS];
     char strs[2][CORAL_STR_MAX];     /* strings the arguments, then the result, point at (slot_config) */
     u32 unread;                      /* bit i: strs[i] could not be read (its page not in memory yet) */
     u32 pad;
     u64 lens[2];                     /* a string held in an object (std::string, Rust String): its whole length */
-    char stack[CORAL_STACK_BYTES];   /* Go: the stack-assigned arguments, as at the entry (slot_config.stack_len) */
-    char stack_ret[CORAL_STACK_RET_BYTES]; /* Go: the stack-assigned results, at the RET (slot_config.ret_stack_len) */
+    char stack[CORAL_STACK_BYTES];   /* the stack-assigned arguments, as at the entry (slot_config.stack_len) */
 };
 
-struct native_timing_event {         /* a native call with only its timing to show: 32 bytes, not 584 */
+/* What only a Go call's record carries: C, C++ and Rust records are
+ * native_event alone, so they are not made larger by it. */
+struct native_go_tail {
+    u64 results[6];                  /* RDI, RSI, R8-R11: Go's result registers after RCX */
+    char stack_ret[CORAL_STACK_RET_BYTES]; /* the stack-assigned results, at the RET (slot_config.ret_stack_len) */
+};
+
+struct native_go_event {
+    struct native_event e;
+    struct native_go_tail go;
+};
+
+struct native_timing_event {         /* a native call with only its timing to show: 32 bytes, not 408 */
     u32 type;                        /* EV_NATIVE_TIMING */
     u32 slot;
     u32 pid;

@@ -36,8 +36,9 @@ def compiler_layouts(tmp_path: Path, structs: dict[str, list[str]], str_max: int
 @pytest.mark.parametrize("str_max", [64, 40, 7])  # [sessions] string_bytes changes the native record
 def test_every_record_decodes_as_the_compiler_lays_it_out(tmp_path: Path, str_max: int) -> None:
     layouts = read_layouts(HEADER, {"CORAL_STR_MAX": str_max})
-    assert set(layouts) == {"coral_call", "native_event", "native_timing_event", "python_event",
-                            "python_timing_event", "stack_head", "stack_walk_event", "stack_copy_event", "py_stack"}
+    assert set(layouts) == {"coral_call", "native_event", "native_go_tail", "native_go_event", "native_timing_event",
+                            "python_event", "python_timing_event", "stack_head", "stack_walk_event",
+                            "stack_copy_event", "py_stack"}
     gcc = compiler_layouts(tmp_path, {name: [m.name for m in lay.members] for name, lay in layouts.items()}, str_max)
     for name, lay in layouts.items():
         assert lay.size == gcc[name] == lay.struct.size, name
@@ -45,9 +46,14 @@ def test_every_record_decodes_as_the_compiler_lays_it_out(tmp_path: Path, str_ma
     native = layouts["native_event"]
     assert native.member("strs").size == 2 * str_max
     values = native.struct.unpack(bytes(native.size))
-    # Go's nine integer result registers (System V's RAX and RDX are the first two); Go's stack results.
-    assert len(values[native.values("results")]) == abi.GO_RESULT_REGS and len(values[native.values("strs")]) == 2
-    assert native.member("stack_ret").size == abi.STACK_RESULT_BYTES
+    # Go's nine integer result registers (System V's RAX and RDX are the first two): three in every native
+    # record, the other six and Go's stack results only in a Go call's, which is the native record and its tail.
+    tail, go = layouts["native_go_tail"], layouts["native_go_event"]
+    more = tail.struct.unpack(bytes(tail.size))
+    assert len(values[native.values("results")]) + len(more[tail.values("results")]) == abi.GO_RESULT_REGS
+    assert len(values[native.values("strs")]) == 2
+    assert tail.member("stack_ret").size == abi.STACK_RESULT_BYTES
+    assert go.member("e").offset == 0 and go.member("go").offset == native.size and go.size == native.size + tail.size
     assert f"#define CORAL_FROM_STACK {abi.FROM_STACK}\n" in HEADER.read_text()  # a string's pointer on the stack
     # Go's nine integer argument registers are all copied; System V's six are the first of them.
     assert len(values[native.values("args")]) == abi.GO_INT_REGS > abi.CAPTURED_ARG_REGS

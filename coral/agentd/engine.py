@@ -48,6 +48,7 @@ SITE_URET = 0x40  # an entry whose return is a uretprobe (set from Site.uretprob
 URETPROBE_DEPTH = 64  # the kernel's MAX_URETPROBE_DEPTH: uretprobes open at once on one task
 EV_NATIVE, EV_PYTHON, EV_PYTHON_TIMING, EV_NATIVE_TIMING = 1, 2, 3, 4
 EV_STACK_WALK, EV_STACK_COPY = 5, 6  # --stack: a call's stack, after its records (coral_records.h)
+EV_NATIVE_GO = 7  # a Go call's record with values: native_go_event, native_event and what only Go needs
 STACK_WALK, STACK_COPY = 1, 2  # slot_config.stack: frame pointers walked by the kernel, or a copy for .eh_frame
 CALL_STACK, CALL_STACK_CUT = 0x20, 0x40  # struct coral_call's flags (bpf/coral_call.h): Python frames in `stack`
 UNREAD_STACK = 4  # native_event.unread: a Go call's stack arguments were not copied (bits 0, 1: its string slots)
@@ -65,7 +66,8 @@ def bpf_constants() -> dict[str, int]:
            "SITE_RET": SITE_RET, "SITE_TAIL": SITE_TAIL, "SITE_URET": SITE_URET, "CORAL_URETPROBE_DEPTH": URETPROBE_DEPTH,
            "BY_UNWOUND": BY_UNWOUND, "BY_TOO_DEEP": BY_TOO_DEEP, "BY_TAIL_CALL": BY_TAIL_CALL,
            "EV_NATIVE": EV_NATIVE, "EV_PYTHON": EV_PYTHON, "EV_PYTHON_TIMING": EV_PYTHON_TIMING,
-           "EV_NATIVE_TIMING": EV_NATIVE_TIMING, "UNREAD_STACK": UNREAD_STACK, "UNREAD_STACK_RET": UNREAD_STACK_RET,
+           "EV_NATIVE_TIMING": EV_NATIVE_TIMING, "EV_NATIVE_GO": EV_NATIVE_GO, "UNREAD_STACK": UNREAD_STACK,
+           "UNREAD_STACK_RET": UNREAD_STACK_RET,
            "CAPTURE_COUNT_ONLY": CAPTURE_COUNT_ONLY,
            "EV_STACK_WALK": EV_STACK_WALK, "EV_STACK_COPY": EV_STACK_COPY, "STACK_WALK": STACK_WALK,
            "STACK_COPY": STACK_COPY, "CORAL_UNWOUND_CALLS": UNWOUND_CALLS, "HELD_UNWOUND": HELD_UNWOUND,
@@ -290,7 +292,9 @@ class ProbeEngine:
         self._native, self._python = native.struct, python.struct
         # Timing-only records are read as numpy columns by member name (record_dtype), the others one by one.
         self._timing_layouts = {EV_NATIVE_TIMING: records["native_timing_event"], EV_PYTHON_TIMING: timing}
-        self._full_sizes = {EV_NATIVE: native.size, EV_PYTHON: python.size,
+        go_event = records["native_go_event"]
+        self._go_tail, self._go_tail_at = records["native_go_tail"].struct, go_event.member("go").offset
+        self._full_sizes = {EV_NATIVE: native.size, EV_NATIVE_GO: go_event.size, EV_PYTHON: python.size,
                             EV_STACK_WALK: records["stack_walk_event"].size, EV_STACK_COPY: records["stack_copy_event"].size}
         head = records["stack_head"]
         self._stack_head = head.struct
@@ -306,7 +310,6 @@ class ProbeEngine:
         self._native_unread = native.values("unread").start
         self._native_lens = native.values("lens")
         self._native_stack = native.values("stack").start
-        self._native_stack_ret = native.values("stack_ret").start
         self.stack_bytes = native.member("stack").size  # CORAL_STACK_BYTES: a Go call's stack arguments copied
         at_call = python.values("call").start
         self._python_scalars = itemgetter(*(python.values(n).start for n in ("slot", "pid", "tid")), *(
@@ -843,7 +846,7 @@ class ProbeEngine:
 
     def _decode_full(self, kind: int, raw: bytes) -> tuple[int, NativeRecord | PythonRecord]:
         """One record with captured values (after its ring-buffer header)."""
-        if kind == EV_NATIVE:
+        if kind in (EV_NATIVE, EV_NATIVE_GO):
             f = self._native.unpack_from(raw, HEADER_BYTES)
             slot, pid, tid, start, duration = self._native_scalars(f)
             at_results, at_args, at_strs = self._native_arrays
@@ -851,7 +854,12 @@ class ProbeEngine:
             lens = f[self._native_lens]
             unread = f[self._native_unread]
             stack = b"" if unread & UNREAD_STACK else f[self._native_stack]
-            stack_ret = b"" if unread & UNREAD_STACK_RET else f[self._native_stack_ret]
+            stack_ret = b""
+            if kind == EV_NATIVE_GO:  # Go's other result registers and its stack results follow
+                *more, stack_ret = self._go_tail.unpack_from(raw, HEADER_BYTES + self._go_tail_at)
+                results += tuple(more)
+                if unread & UNREAD_STACK_RET:
+                    stack_ret = b""
             return slot, NativeRecord(pid, tid, start, duration, results, args, (strs[0], strs[1]), unread,
                                       (lens[0], lens[1]), stack, stack_ret)
         f = self._python.unpack_from(raw, HEADER_BYTES)
