@@ -9,6 +9,7 @@ import json
 import struct
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -270,6 +271,39 @@ func main() {
 """
 
 
+def calls_of_each(coral_env: CoralEnv, service: str, functions: tuple[str, ...], run: Process, line: str,
+                  expected: str) -> dict[str, dict[str, Any]]:
+    """Attach to each function (arguments and results), send one input
+    line, check the program's answer, and return each function's one call.
+    The sessions are detached once the calls are made, not left to expire:
+    attaches one after the other can take longer than a short session on a
+    busy machine."""
+    attaches, ids = {}, []
+    try:
+        for name in functions:  # one after the other: coral-run answers one metadata request at a time
+            attach = attaches[name] = subprocess.Popen(
+                [tool("coralctl"), "--local", "--output", "json", "debug", "attach", service, "--function",
+                 f"main.{name}", "--duration", "120s", "--capture-args", "--capture-return"],
+                env=coral_env.env, stdout=subprocess.PIPE, text=True)
+            assert attach.stdout is not None
+            first = json.loads(attach.stdout.readline())
+            assert first["kind"] == "session", first
+            ids.append(first["session_id"])
+        assert run.proc.stdin is not None and run.proc.stdout is not None
+        run.proc.stdin.write(line.encode() + b"\n")
+        run.proc.stdin.flush()
+        assert run.proc.stdout.readline().decode().strip() == expected
+    finally:
+        for session_id in ids:
+            detached = coralctl(coral_env, "--local", "debug", "detach", session_id)
+            assert detached.returncode == 0, detached.stderr
+    calls = {}
+    for name, attach in attaches.items():
+        out, _ = attach.communicate(timeout=30)
+        (calls[name],) = [json.loads(row) for row in out.splitlines() if '"kind":"call"' in row]
+    return calls
+
+
 def test_go_structs_by_value_and_named_types_are_shown_as_go_means_them(
         coral_env: CoralEnv, agent: Process, go: str, tmp_path: Path) -> None:
     """A struct passed by value is shown field by field from the registers
@@ -285,32 +319,11 @@ def test_go_structs_by_value_and_named_types_are_shown_as_go_means_them(
     run = Process("run-structs", [tool("coral-run"), "--service", "gostructs", "--", str(binary)], coral_env,
                   stdin=subprocess.PIPE).wait_ready()
     try:
-        attaches, ids = {}, []
-        for name in functions:  # one after the other: coral-run answers one metadata request at a time
-            attach = attaches[name] = subprocess.Popen(
-                [tool("coralctl"), "--local", "--output", "json", "debug", "attach", "gostructs", "--function",
-                 f"main.{name}", "--duration", "120s", "--capture-args", "--capture-return"],
-                env=coral_env.env, stdout=subprocess.PIPE, text=True)
-            assert attach.stdout is not None
-            first = json.loads(attach.stdout.readline())
-            assert first["kind"] == "session", first
-            ids.append(first["session_id"])
-        assert run.proc.stdin is not None and run.proc.stdout is not None
-        run.proc.stdin.write(b"100\n")
-        run.proc.stdin.flush()
         # pay 109, label 104, settle 114, price 113, span 110, spread 131, crowd 151, split 300, scale 110, tag 5
-        assert run.proc.stdout.readline().decode().strip() == "done 100 sum 1247"
-        # Detached once the calls are made, not left to expire: ten attaches one after the other can take longer
-        # than a short session on a busy machine.
-        for session_id in ids:
-            detached = coralctl(coral_env, "--local", "debug", "detach", session_id)
-            assert detached.returncode == 0, detached.stderr
-        calls = {}
-        for name, attach in attaches.items():
-            out, _ = attach.communicate(timeout=30)
-            (call,) = [json.loads(line) for line in out.splitlines() if '"kind":"call"' in line]
-            calls[name] = ({a["name"]: (a["type"], a["value"]) for a in call["args"]},
-                           (call["return_value"]["type"], call["return_value"]["value"]))
+        calls = {name: ({a["name"]: (a["type"], a["value"]) for a in call["args"]},
+                        (call["return_value"]["type"], call["return_value"]["value"]))
+                 for name, call in calls_of_each(coral_env, "gostructs", functions, run, "100",
+                                                 "done 100 sum 1247").items()}
 
         assert calls["pay"] == ({"o": ("main.Order", "{Cents=100, Note='x', Items=3}"), "tip": ("main.Cents", "5")},
                                 ("main.Cents", "109"))

@@ -8,10 +8,8 @@ tests use; the program's output is unchanged with the probes attached."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -19,7 +17,8 @@ from coral.agentd import abi, showvalues, where_native
 from coral.daemon.errors import InvalidArgument
 from coral.proto import coral_pb2 as pb
 from coral.redact import Rules
-from tests.harness import CoralEnv, Process, build_go, coralctl, tool
+from tests.harness import CoralEnv, Process, build_go, tool
+from tests.test_go import calls_of_each
 
 STACKVALS = r"""
 package main
@@ -101,36 +100,6 @@ func main() {
 """
 
 
-def _calls(coral_env: CoralEnv, service: str, functions: tuple[str, ...], run: Process, line: str,
-           expected: str) -> dict[str, dict[str, Any]]:
-    """Attach to each function (arguments and results), send one input
-    line, check the program's answer, and return each function's one call."""
-    attaches, ids = {}, []
-    try:
-        for name in functions:  # one after the other: coral-run answers one metadata request at a time
-            attach = attaches[name] = subprocess.Popen(
-                [tool("coralctl"), "--local", "--output", "json", "debug", "attach", service, "--function",
-                 f"main.{name}", "--duration", "120s", "--capture-args", "--capture-return"],
-                env=coral_env.env, stdout=subprocess.PIPE, text=True)
-            assert attach.stdout is not None
-            first = json.loads(attach.stdout.readline())
-            assert first["kind"] == "session", first
-            ids.append(first["session_id"])
-        assert run.proc.stdin is not None and run.proc.stdout is not None
-        run.proc.stdin.write(line.encode() + b"\n")
-        run.proc.stdin.flush()
-        assert run.proc.stdout.readline().decode().strip() == expected
-    finally:
-        for session_id in ids:
-            detached = coralctl(coral_env, "--local", "debug", "detach", session_id)
-            assert detached.returncode == 0, detached.stderr
-    calls = {}
-    for name, attach in attaches.items():
-        out, _ = attach.communicate(timeout=30)
-        (calls[name],) = [json.loads(row) for row in out.splitlines() if '"kind":"call"' in row]
-    return calls
-
-
 def test_go_strings_errors_and_results_on_the_stack_are_shown_as_in_registers(
         coral_env: CoralEnv, agent: Process, go: str, tmp_path: Path) -> None:
     """Nine integers, then a string, a []byte, an error and a nil `any` on
@@ -142,7 +111,7 @@ def test_go_strings_errors_and_results_on_the_stack_are_shown_as_in_registers(
     run = Process("run-stackvals", [tool("coral-run"), "--service", "gostack", "--", str(binary)], coral_env,
                   stdin=subprocess.PIPE).wait_ready()
     try:
-        calls = _calls(coral_env, "gostack", ("crowded", "five", "late", "ledger", "full", "both"), run, "100",
+        calls = calls_of_each(coral_env, "gostack", ("crowded", "five", "late", "ledger", "full", "both"), run, "100",
                        "done 100 sum 1086")
         args = {n: {a["name"]: (a["type"], a["value"]) for a in c["args"]} for n, c in calls.items()}
         ret = {n: c["return_value"] for n, c in calls.items()}
