@@ -1,6 +1,8 @@
 """What a probe costs per mechanism and per build: Coral's timing-only
 session against a raw BCC program of the same mechanism with empty
-handlers, on the same function in the same run. Prints a markdown table.
+handlers, on the same function in the same run, and against the least a
+program that reports every call's duration does (TIMING). Prints a
+markdown table.
 
     .venv/bin/python bench/mechanisms.py [--calls 100000] [--repeats 5] [--build=-O0 ...] [--file C]
 
@@ -44,6 +46,62 @@ BUILDS = {
     "-O2 -pg -mfentry -mnop-mcount (non-PIE)": ["-O2", "-pg", "-mfentry", "-mnop-mcount", "-fno-pie", "-no-pie"],
 }
 EMPTY = "int on_hit(void *ctx) { return 0; }\n"
+# The least a tool that reports every call's duration does: the entry's time
+# kept per thread, and at the return one 24-byte record per call in a ring
+# buffer, unwoken (the bench drains it between runs). No depth, no sessions,
+# no counters. The time is kept in a hash by thread id, as BCC's funclatency
+# keeps it (update and delete a call), or in the thread's task storage, as
+# Coral keeps its frames.
+TIMING = r"""
+#include <uapi/linux/ptrace.h>
+struct call { u32 pid; u32 tid; u64 start_ns; u64 duration_ns; };
+BPF_RINGBUF_OUTPUT(calls, 1024);
+#ifdef BY_TASK
+BPF_TASK_STORAGE(starts, u64);
+#else
+BPF_HASH(starts, u32, u64, 65536);
+#endif
+int on_entry(struct pt_regs *ctx)
+{
+#ifdef BY_TASK
+    u64 *start = starts.task_storage_get(bpf_get_current_task_btf(), 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+    if (start)
+        *start = bpf_ktime_get_ns();
+#else
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    u64 ts = bpf_ktime_get_ns();
+    starts.update(&tid, &ts);
+#endif
+    return 0;
+}
+int on_return(struct pt_regs *ctx)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    u32 tid = (u32)id;
+#ifdef BY_TASK
+    u64 *start = starts.task_storage_get(bpf_get_current_task_btf(), 0, 0);
+#else
+    u64 *start = starts.lookup(&tid);
+#endif
+    if (!start || !*start)
+        return 0;
+    u64 now = bpf_ktime_get_ns();
+    struct call *c = calls.ringbuf_reserve(sizeof(*c));
+    if (c) {
+        c->pid = id >> 32;
+        c->tid = tid;
+        c->start_ns = *start;
+        c->duration_ns = now - *start;
+        calls.ringbuf_submit(c, BPF_RB_NO_WAKEUP);
+    }
+#ifdef BY_TASK
+    *start = 0;
+#else
+    starts.delete(&tid);
+#endif
+    return 0;
+}
+"""
 
 
 class Target:
@@ -80,12 +138,21 @@ def first_instruction(binary: str, function: str) -> str:
 
 
 class RawProbe:
-    """Empty BCC handlers where Coral probes: the entry, and a uretprobe or each RET."""
+    """Raw BCC handlers where Coral probes: the entry, and a uretprobe or each
+    RET. Empty ones, or TIMING's keeping the entry's time by `timing`: "hash"
+    or "task"."""
 
-    def __init__(self, target: Target, function: str, mechanism: str) -> None:
+    def __init__(self, target: Target, function: str, mechanism: str, timing: str = "") -> None:
         from bcc import BPF
 
-        self.bpf = BPF(text=EMPTY)
+        self.bpf = BPF(text=TIMING, cflags=["-DBY_TASK"] if timing == "task" else []) if timing else BPF(text=EMPTY)
+        self.entry, self.ret = (b"on_entry", b"on_return") if timing else (b"on_hit", b"on_hit")
+        self.calls = 0
+        if timing:
+            def count(ctx: object, data: object, size: int) -> int:
+                self.calls += 1
+                return 0
+            self.bpf["calls"].open_ring_buffer(count)
         self.target, self.mechanism = target, mechanism
         elf = ElfFunctions.load(target.binary)
         self.address, size = elf.symbols[function]
@@ -94,16 +161,18 @@ class RawProbe:
 
     def attach(self) -> None:
         b, binary, pid = self.bpf, self.target.binary, self.target.pid
-        b.attach_uprobe(name=binary, addr=self.address, fn_name=b"on_hit", pid=pid)
         if self.mechanism == "uretprobe":
-            b.attach_uretprobe(name=binary, addr=self.address, fn_name=b"on_hit", pid=pid)
+            b.attach_uretprobe(name=binary, addr=self.address, fn_name=self.ret, pid=pid)
         else:
             for ret in self.rets:
-                b.attach_uprobe(name=binary, addr=ret, fn_name=b"on_hit", pid=pid)
+                b.attach_uprobe(name=binary, addr=ret, fn_name=self.ret, pid=pid)
+        b.attach_uprobe(name=binary, addr=self.address, fn_name=self.entry, pid=pid)  # after its returns, as Coral
 
     def detach(self) -> None:
         for ev in list(self.bpf.uprobe_fds):
             self.bpf.detach_uprobe_event(ev)
+        if self.entry == b"on_entry":
+            self.bpf.ring_buffer_consume()  # outside the timed loop
 
 
 def main() -> int:
@@ -140,7 +209,9 @@ def main() -> int:
         table("Added cost per call (ns) by build and return mechanism: Coral timing-only vs raw BCC empty "
               "handlers, same function, same run",
               ["build", "file", "function", "first instruction", "returns", "unprobed ns/call", "raw added",
-               "Coral added", "ratio", "the agent's probe_cost_ns"], rows)
+               "timing by hash added", "timing by task storage added", "Coral added", "ratio",
+               "Coral / timing by task storage",
+               "the agent's probe_cost_ns"], rows)
     finally:
         agent.close()
         agent_proc.stop()
@@ -151,9 +222,9 @@ def main() -> int:
 def measure(agent: Client, target: Target, build: str, lang: str, function: str, calls: int,
             repeats: int) -> list[str]:
     target.ns_per_call(function, calls // 10)  # warm up
-    samples: dict[str, list[float]] = {"base": [], "raw": [], "coral": []}
+    samples: dict[str, list[float]] = {"base": [], "coral": [], "raw": [], "hash": [], "task": []}
     mechanism, probe_cost = "", 0
-    raw: RawProbe | None = None
+    raws: dict[str, RawProbe] = {}
     for _ in range(repeats):
         samples["base"].append(target.ns_per_call(function, calls))
         reply = agent.call("AttachUprobe", pb.AttachUprobeRequest(service=target.service, function=function,
@@ -164,16 +235,21 @@ def measure(agent: Client, target: Target, build: str, lang: str, function: str,
         finally:
             agent.call("DetachUprobe", pb.DetachUprobeRequest(session_id=session.session_id))
         mechanism, probe_cost = session.return_probe, session.probe_cost_ns
-        raw = raw or RawProbe(target, function, mechanism)
-        raw.attach()
-        samples["raw"].append(target.ns_per_call(function, calls))
-        raw.detach()
-    if raw:
-        raw.bpf.cleanup()
-    base, raw_ns, coral = (statistics.median(samples[k]) for k in ("base", "raw", "coral"))
-    added_raw, added_coral = raw_ns - base, coral - base
+        for kind, timing in (("raw", ""), ("hash", "hash"), ("task", "task")):
+            probe = raws.get(kind) or raws.setdefault(kind, RawProbe(target, function, mechanism, timing))
+            probe.attach()
+            samples[kind].append(target.ns_per_call(function, calls))
+            probe.detach()
+    for kind, probe in raws.items():
+        probe.bpf.cleanup()
+        if kind != "raw" and probe.calls != calls * repeats:
+            raise SystemExit(f"the minimal timing program ({kind}) reported {probe.calls} calls, not {calls * repeats}")
+    base = statistics.median(samples["base"])
+    added = {k: statistics.median(v) - base for k, v in samples.items()}
     return [build, lang, function, first_instruction(target.binary, function), mechanism, f"{base:.1f}",
-            f"{added_raw:.0f}", f"{added_coral:.0f}", f"{added_coral / added_raw:.2f}x", f"{probe_cost}"]
+            f"{added['raw']:.0f}", f"{added['hash']:.0f} ({added['hash'] / added['raw']:.2f}x)",
+            f"{added['task']:.0f} ({added['task'] / added['raw']:.2f}x)", f"{added['coral']:.0f}",
+            f"{added['coral'] / added['raw']:.2f}x", f"{added['coral'] / added['task']:.2f}x", f"{probe_cost}"]
 
 
 if __name__ == "__main__":
