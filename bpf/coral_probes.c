@@ -111,7 +111,8 @@ struct held_string {
     s32 reg;                         // -1: none
     u32 data_off;
     u32 len_off;
-    u32 pad;
+    u32 deref;                       // Go held_ret: reg holds an object's address (an error's data word), not the
+                                     // string's pointer: the string is the one at data_off, len_off in that object
 };
 
 struct slot_config {
@@ -1159,13 +1160,18 @@ static __always_inline u64 read_held_result(u32 held, u64 watching, u64 *results
 // Go: a string result (or []byte) past RAX..RCX or on the stack: its data
 // pointer into *data_out, which stands for results[2] when the slot's config
 // reads the result's string (str_ret = 2, as read_held_result's). held_ret.reg
-// says where it is: a result register (3..8), or CORAL_FROM_STACK plus its
-// offset in the stack results. Read once, before the slots' loop.
-static __always_inline void go_result_pointer(struct pt_regs *ctx, u32 held, u64 watching, u64 *data_out)
+// says where it is: a result register (0..8), or CORAL_FROM_STACK plus its
+// offset in the stack results. With held_ret.deref, that word is an
+// error's data pointer: the string is the one the object there holds (at
+// data_off, len_off: *errors.errorString's s), and its length is returned
+// (~0: the object could not be read), as read_held_result's; the agent
+// shows it only for an error whose type keeps its message there. Read
+// once, before the slots' loop.
+static __always_inline u64 go_result_pointer(struct pt_regs *ctx, u32 held, u64 watching, u64 *data_out)
 {
     struct slot_config *cfg = held_config(HELD_RESULT_SLOT(held), watching);
     if (!cfg || !(cfg->capture & 2) || cfg->held_ret.reg < 0)
-        return;
+        return 0;
     u32 r = cfg->held_ret.reg;
     u64 p = 0;
     if (r >= CORAL_FROM_STACK) {
@@ -1173,11 +1179,22 @@ static __always_inline void go_result_pointer(struct pt_regs *ctx, u32 held, u64
         if (bpf_probe_read_user(&p, sizeof(p), (void *)at) < 0)
             p = 0;
     } else {
-        u64 regs[6] = {ctx->di, ctx->si, ctx->r8, ctx->r9, ctx->r10, ctx->r11};
-        if (r >= 3 && r < 9)
-            p = regs[(r - 3) & 7];
+        u64 regs[9] = {ctx->ax, ctx->bx, ctx->cx, ctx->di, ctx->si, ctx->r8, ctx->r9, ctx->r10, ctx->r11};
+        if (r < 9)
+            p = regs[r & 15];
     }
-    *data_out = p;
+    if (!cfg->held_ret.deref) {
+        *data_out = p;
+        return 0;
+    }
+    u64 data = 0, len = 0;
+    if (!p || bpf_probe_read_user(&data, sizeof(data), (void *)(p + (cfg->held_ret.data_off & 0xff))) < 0 ||
+        bpf_probe_read_user(&len, sizeof(len), (void *)(p + (cfg->held_ret.len_off & 0xff))) < 0) {
+        *data_out = 0;
+        return ~0ULL;
+    }
+    *data_out = data;
+    return len;
 }
 
 // --- --stack: the caller's stack, at the return ---------------------------
@@ -1314,7 +1331,7 @@ static __always_inline void finish_native(struct pt_regs *ctx, struct frame *f, 
     u64 held_data = results[2];
     u64 held_len = 0;
     if (go)
-        go_result_pointer(ctx, f->held, watching, &held_data);
+        held_len = go_result_pointer(ctx, f->held, watching, &held_data);
     else
         held_len = read_held_result(f->held, watching, results, &held_data);
     u64 rejected = 0, unread = 0;

@@ -64,6 +64,11 @@ class Slot:
 
 
 STRING_SHAPES = ("cstring", "gostring", "goslice", "held")
+# Go: where an error's object keeps its message, for the types that keep it whole as their first field, a string
+# (data pointer, then length): *errors.errorString (errors.New; fmt.Errorf without %w) and fmt's *wrapError and
+# *wrapErrors (fmt.Errorf with %w). Another type's first string (*fs.PathError's Op) is not its message.
+ERROR_MESSAGE = (0, 8)
+MESSAGE_FIRST_ERRORS = frozenset({"*errors.errorString", "*fmt.wrapError", "*fmt.wrapErrors"})
 UNREADABLE_OBJECT = (1 << 64) - 1  # a held result's length when its object could not be read
 
 
@@ -408,6 +413,16 @@ def string_result(meta: pb.FunctionMetadata) -> Slot | None:
     return next(iter(_stringy(result_layout(meta), STACK_RESULT_BYTES)), None)
 
 
+def error_result(meta: pb.FunctionMetadata) -> int:
+    """Go: the register holding the data word of the first `error` result
+    (its second register), the one whose pointee's first string the RET
+    copies (ERROR_MESSAGE: an *errors.errorString's message); -1 for none."""
+    if meta.kind != "go":
+        return -1
+    return next((s.regs[1] for s in _flat(result_layout(meta))
+                 if s.type == "error" and s.shape == "iface" and len(s.regs) == 2), -1)
+
+
 def stack_bytes(meta: pb.FunctionMetadata, limit: int) -> int:
     """How many bytes after the return address hold the stack-assigned
     arguments that are placed (Go's, System V's; at most `limit`: what the
@@ -488,5 +503,11 @@ def record_slots(meta: pb.FunctionMetadata, capture_args: bool, capture_return: 
                 used += 1
                 break
     result = string_result(meta) if capture_return and used < 2 else None
+    # Go, with no string result: the slot holds the message an error result's object may keep (shown or not by
+    # its type, showvalues.show_error), read through the error's data word as a held string through its object.
+    error = error_result(meta) if capture_return and used < 2 and result is None else -1
+    if error >= 0:
+        return RecordSlots((str_args[0], str_args[1]), blob, (error, used), (held_args[0], held_args[1]),
+                           ERROR_MESSAGE)
     return RecordSlots((str_args[0], str_args[1]), blob, (result.regs[0], used) if result else (-1, 0),
                        (held_args[0], held_args[1]), result.held if result and result.shape == "held" else None)

@@ -1,0 +1,171 @@
+"""A Go `error` result shown with its message: the RET copies the string
+an error's object keeps first, and the agent names the concrete type from
+the itab the error's first word points at (the binary's `go:itab.T,error`
+symbols) and shows the copied string only for the types that keep their
+whole message there (errors.New, fmt.Errorf with and without %w). Any other
+type is named and shown as its address, never with a guessed text. Built
+with each Go toolchain the tests use."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+from coral.agentd import abi, showvalues
+from coral.proto import coral_pb2 as pb
+from tests.harness import CoralEnv, Process, build_go, tool
+from tests.test_go import calls_of_each
+
+ERRORS = r"""
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+)
+
+var errMissing = errors.New("file not found")
+
+// Its first field is a string, but not its message: shown by its type only.
+type NotFound struct {
+	Name string
+	Code int
+}
+
+func (e *NotFound) Error() string { return "no " + e.Name }
+
+//go:noinline
+func open(n int) (int, error) { return n + 1, errMissing }
+
+//go:noinline
+func load(n int) error { return fmt.Errorf("loading %d: %w", n, errMissing) }
+
+//go:noinline
+func parse(n int) error { return fmt.Errorf("bad input %d", n) }
+
+//go:noinline
+func find(n int) error { return &NotFound{Name: "card-" + strconv.Itoa(n), Code: n} }
+
+//go:noinline
+func fine(n int) (int, error) { return n * 2, nil }
+
+//go:noinline
+func long(n int) error {
+	return fmt.Errorf("%d: %s", n, strings.Repeat("x", 100))
+}
+
+// A string result takes the record's string slot: the error is named, not read.
+//go:noinline
+func both(n int) (string, error) { return "half", fmt.Errorf("second %d", n) }
+
+func main() {
+	errs := []error{}
+	_, e := open(0)
+	errs = append(errs, e, load(0), parse(0), find(0), long(0))
+	_, e = fine(0)
+	errs = append(errs, e)
+	for _, e := range errs {
+		fmt.Fprint(io.Discard, e)  // the messages' pages are in memory before the probes read them
+	}
+	in := bufio.NewScanner(os.Stdin)
+	for in.Scan() {
+		n, _ := strconv.Atoi(strings.TrimSpace(in.Text()))
+		count := 0
+		a, e1 := open(n)
+		_, e2 := fine(n)
+		s, e3 := both(n)
+		for _, e := range []error{e1, load(n), parse(n), find(n), e2, long(n), e3} {
+			if e != nil {
+				count++
+			}
+		}
+		fmt.Printf("done %d errors %d %d %s\n", n, count, a, s)
+	}
+}
+"""
+
+_ADDRESS = r"0x[0-9a-f]+"
+
+
+def test_go_errors_show_their_message_when_their_type_keeps_it_first(
+        coral_env: CoralEnv, agent: Process, go: str, tmp_path: Path) -> None:
+    """errors.New and fmt.Errorf (with and without %w) show their message
+    and type; a long one is cut at the bytes copied, with how many more it
+    has; a custom error type whose first field is a string is named and
+    shown as its address; nil is nil and not an error; with a string
+    result in the slot, the error is named only. A non-nil error marks the
+    call as an error, with the same text."""
+    binary = build_go(go, ERRORS, tmp_path, "goerrors")
+    run = Process("run-goerrors", [tool("coral-run"), "--service", "goerrors", "--", str(binary)], coral_env,
+                  stdin=subprocess.PIPE).wait_ready()
+    try:
+        calls = calls_of_each(coral_env, "goerrors", ("open", "load", "parse", "find", "fine", "long", "both"), run,
+                              "100", "done 100 errors 6 101 half")
+        ret = {n: c["return_value"] for n, c in calls.items()}
+        assert (ret["open"]["type"], ret["open"]["value"]) == ("int, error", "101, error(*errors.errorString) 'file not found'")
+        assert ret["load"]["value"] == "error(*fmt.wrapError) 'loading 100: file not found'"
+        assert ret["parse"]["value"] == "error(*errors.errorString) 'bad input 100'"
+        assert re.fullmatch(rf"<error \*main\.NotFound {_ADDRESS}>", ret["find"]["value"]), ret["find"]
+        assert (ret["fine"]["value"], ret["fine"]["is_error"], ret["fine"]["error_message"]) == ("200, nil", False, "")
+        shown = 63  # the slot's 64 bytes, read as a C string's: one kept for its NUL
+        assert ret["long"]["value"] == f"error(*errors.errorString) '100: {'x' * (shown - 5)}'…(+{105 - shown} bytes)"
+        head, err = ret["both"]["value"].split(", ", 1)
+        assert head == "'half'" and re.fullmatch(rf"<error \*errors\.errorString {_ADDRESS}>", err), ret["both"]
+        for name in ("open", "load", "parse", "find", "long", "both"):
+            assert ret[name]["is_error"], (name, ret[name])
+            assert ret[name]["error_message"] == ret[name]["value"].split(", ")[-1], (name, ret[name])
+        assert run.proc.poll() is None
+    finally:
+        run.stop()
+
+
+def _error_result(name: str = "err") -> pb.ReturnValueMetadata:
+    return pb.ReturnValueMetadata(name=name, type="error", go=pb.GoValueMetadata(underlying="error", int_registers=2,
+                                                                                 size=16, align=8))
+
+
+def test_a_go_error_result_takes_the_free_string_slot_through_its_data_word() -> None:
+    """The error's data word (its second register) is where the RET reads
+    the object holding the message (a string: pointer at 0, length at 8);
+    a string result comes first; a string argument in both slots leaves
+    no room."""
+    number = pb.ReturnValueMetadata(name="n", type="int", go=pb.GoValueMetadata(underlying="int", int_registers=1,
+                                                                               size=8, align=8))
+    meta = pb.FunctionMetadata(kind="go", return_values=[number, _error_result()])
+    slots = abi.record_slots(meta, False, True)
+    assert (slots.str_result, slots.held_result) == ((2, 0), abi.ERROR_MESSAGE)  # RBX: itab, RCX: data word
+    text = pb.ReturnValueMetadata(name="s", type="string", go=pb.GoValueMetadata(underlying="string", int_registers=2,
+                                                                                size=16, align=8))
+    first = abi.record_slots(pb.FunctionMetadata(kind="go", return_values=[text, _error_result()]), False, True)
+    assert (first.str_result, first.held_result) == ((0, 0), None)
+    c = pb.FunctionMetadata(kind="c", return_values=[pb.ReturnValueMetadata(name="", type="int")])
+    assert abi.error_result(c) == -1
+
+
+def test_a_go_error_is_shown_by_its_itab_never_with_a_guessed_text() -> None:
+    """Only a type known to keep its whole message first shows the copied
+    bytes; an itab not in the binary's table, another interface, or an
+    object that could not be read are shown as before."""
+    (slot,) = abi.result_layout(pb.FunctionMetadata(kind="go", return_values=[_error_result()]))
+    types = {0x4000: "*errors.errorString", 0x5000: "*main.NotFound", 0x6000: "*fmt.wrapErrors"}
+    strings, lengths = {1: b"declined"}, {1: 8}
+    assert showvalues.show(slot, (0x4000, 0xC000), strings, lengths=lengths, error_types=types) == \
+        "error(*errors.errorString) 'declined'"
+    assert showvalues.show(slot, (0x6000, 0xC000), {1: b"two of them"}, lengths={1: 30}, error_types=types) == \
+        "error(*fmt.wrapErrors) 'two of them'…(+19 bytes)"
+    assert showvalues.show(slot, (0x5000, 0xC000), strings, lengths=lengths, error_types=types) == \
+        "<error *main.NotFound 0xc000>"
+    assert showvalues.show(slot, (0x7000, 0xC000), strings, lengths=lengths, error_types=types) == "<error 0xc000>"
+    assert showvalues.show(slot, (0x4000, 0xC000), {}, error_types=types) == "<error *errors.errorString 0xc000>"
+    assert showvalues.show(slot, (0x4000, 0xC000), strings, lengths={1: abi.UNREADABLE_OBJECT},
+                           error_types=types) == "<error *errors.errorString 0xc000>"
+    assert showvalues.show(slot, (0, 0), strings, lengths=lengths, error_types=types) == "nil"
+    other = abi.Slot("x", "interface {}", "iface", (0, 1), True)
+    assert showvalues.show(other, (0x4000, 0xC000), strings, lengths=lengths, error_types=types) == \
+        "<interface {} 0xc000>"
