@@ -60,6 +60,16 @@ func long(n int) error {
 	return fmt.Errorf("%d: %s", n, strings.Repeat("x", 100))
 }
 
+// Nine integers fill the result registers: the error is returned on the stack.
+//go:noinline
+func crowd(n int) (int, int, int, int, int, int, int, int, int, error) {
+	return 1, 2, 3, 4, 5, 6, 7, 8, n, fmt.Errorf("crowded %d", n)
+}
+
+// A card number in a message is redacted as in any value.
+//go:noinline
+func charge(n int) error { return fmt.Errorf("card 4111111111111111 declined (%d)", n) }
+
 // A string result takes the record's string slot: the error is named, not read.
 //go:noinline
 func both(n int) (string, error) { return "half", fmt.Errorf("second %d", n) }
@@ -80,7 +90,8 @@ func main() {
 		a, e1 := open(n)
 		_, e2 := fine(n)
 		s, e3 := both(n)
-		for _, e := range []error{e1, load(n), parse(n), find(n), e2, long(n), e3} {
+		_, _, _, _, _, _, _, _, _, e4 := crowd(n)
+		for _, e := range []error{e1, load(n), parse(n), find(n), e2, long(n), e3, e4, charge(n)} {
 			if e != nil {
 				count++
 			}
@@ -97,16 +108,17 @@ def test_go_errors_show_their_message_when_their_type_keeps_it_first(
         coral_env: CoralEnv, agent: Process, go: str, tmp_path: Path) -> None:
     """errors.New and fmt.Errorf (with and without %w) show their message
     and type; a long one is cut at the bytes copied, with how many more it
-    has; a custom error type whose first field is a string is named and
-    shown as its address; nil is nil and not an error; with a string
-    result in the slot, the error is named only. A non-nil error marks the
-    call as an error, with the same text."""
+    has; one returned on the stack (after nine integers) is read there; a
+    card number in one is redacted; a custom error type whose first field
+    is a string is named and shown as its address; nil is nil and not an
+    error; with a string result in the slot, the error is named only. A
+    non-nil error marks the call as an error, with the same text."""
     binary = build_go(go, ERRORS, tmp_path, "goerrors")
     run = Process("run-goerrors", [tool("coral-run"), "--service", "goerrors", "--", str(binary)], coral_env,
                   stdin=subprocess.PIPE).wait_ready()
     try:
-        calls = calls_of_each(coral_env, "goerrors", ("open", "load", "parse", "find", "fine", "long", "both"), run,
-                              "100", "done 100 errors 6 101 half")
+        calls = calls_of_each(coral_env, "goerrors", ("open", "load", "parse", "find", "fine", "long", "both", "crowd",
+                                                      "charge"), run, "100", "done 100 errors 8 101 half")
         ret = {n: c["return_value"] for n, c in calls.items()}
         assert (ret["open"]["type"], ret["open"]["value"]) == ("int, error", "101, error(*errors.errorString) 'file not found'")
         assert ret["load"]["value"] == "error(*fmt.wrapError) 'loading 100: file not found'"
@@ -117,7 +129,9 @@ def test_go_errors_show_their_message_when_their_type_keeps_it_first(
         assert ret["long"]["value"] == f"error(*errors.errorString) '100: {'x' * (shown - 5)}'…(+{105 - shown} bytes)"
         head, err = ret["both"]["value"].split(", ", 1)
         assert head == "'half'" and re.fullmatch(rf"<error \*errors\.errorString {_ADDRESS}>", err), ret["both"]
-        for name in ("open", "load", "parse", "find", "long", "both"):
+        assert ret["crowd"]["value"] == "1, 2, 3, 4, 5, 6, 7, 8, 100, error(*errors.errorString) 'crowded 100'"
+        assert ret["charge"]["value"] == "error(*errors.errorString) 'card <redacted> declined (100)'"
+        for name in ("open", "load", "parse", "find", "long", "both", "crowd", "charge"):
             assert ret[name]["is_error"], (name, ret[name])
             assert ret[name]["error_message"] == ret[name]["value"].split(", ")[-1], (name, ret[name])
         assert run.proc.poll() is None
@@ -144,6 +158,8 @@ def test_a_go_error_result_takes_the_free_string_slot_through_its_data_word() ->
                                                                                 size=16, align=8))
     first = abi.record_slots(pb.FunctionMetadata(kind="go", return_values=[text, _error_result()]), False, True)
     assert (first.str_result, first.held_result) == ((0, 0), None)
+    crowded = pb.FunctionMetadata(kind="go", return_values=[number] * 9 + [_error_result()])
+    assert abi.record_slots(crowded, False, True).str_result == (abi.FROM_STACK + 8, 0)  # its data word, on the stack
     c = pb.FunctionMetadata(kind="c", return_values=[pb.ReturnValueMetadata(name="", type="int")])
     assert abi.error_result(c) == -1
 
@@ -166,6 +182,15 @@ def test_a_go_error_is_shown_by_its_itab_never_with_a_guessed_text() -> None:
     assert showvalues.show(slot, (0x4000, 0xC000), strings, lengths={1: abi.UNREADABLE_OBJECT},
                            error_types=types) == "<error *errors.errorString 0xc000>"
     assert showvalues.show(slot, (0, 0), strings, lengths=lengths, error_types=types) == "nil"
+    (stacked,) = [r for r in abi.result_layout(pb.FunctionMetadata(kind="go", return_values=[
+        pb.ReturnValueMetadata(name=f"r{i}", type="int", go=pb.GoValueMetadata(underlying="int", int_registers=1,
+                                                                               size=8, align=8))
+        for i in range(9)] + [_error_result()])) if r.type == "error"]
+    words = (0x4000).to_bytes(8, "little") + (0xC000).to_bytes(8, "little")
+    key = abi.FROM_STACK + 8  # the data word's offset in the stack results
+    assert showvalues.show(stacked, (0,) * 9, {key: b"late"}, lengths={key: 4}, stack=words, error_types=types) == \
+        "error(*errors.errorString) 'late'"
+    assert showvalues.show(stacked, (0,) * 9, {}, stack=words, error_types=types) == "<error *errors.errorString 0xc000>"
     other = abi.Slot("x", "interface {}", "iface", (0, 1), True)
     assert showvalues.show(other, (0x4000, 0xC000), strings, lengths=lengths, error_types=types) == \
         "<interface {} 0xc000>"

@@ -414,13 +414,20 @@ def string_result(meta: pb.FunctionMetadata) -> Slot | None:
 
 
 def error_result(meta: pb.FunctionMetadata) -> int:
-    """Go: the register holding the data word of the first `error` result
-    (its second register), the one whose pointee's first string the RET
-    copies (ERROR_MESSAGE: an *errors.errorString's message); -1 for none."""
+    """Go: where the data word of the first `error` result is, the word
+    through which the RET copies the string its object holds first
+    (ERROR_MESSAGE: an *errors.errorString's message): its second register,
+    or for one returned on the stack FROM_STACK plus the word's offset in
+    the stack results (in the first STACK_RESULT_BYTES); -1 for none."""
     if meta.kind != "go":
         return -1
-    return next((s.regs[1] for s in _flat(result_layout(meta))
-                 if s.type == "error" and s.shape == "iface" and len(s.regs) == 2), -1)
+    for s in _flat(result_layout(meta)):
+        if s.type == "error" and s.shape == "iface" and len(s.regs) == 2:
+            return s.regs[1]
+        if s.type == "error" and s.shape == "stack" and s.offset >= 0 and s.offset % 8 == 0 and \
+                s.offset + 16 <= STACK_RESULT_BYTES:
+            return FROM_STACK + s.offset + 8
+    return -1
 
 
 def stack_bytes(meta: pb.FunctionMetadata, limit: int) -> int:
