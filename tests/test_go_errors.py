@@ -139,6 +139,23 @@ def test_go_errors_show_their_message_when_their_type_keeps_it_first(
         run.stop()
 
 
+def test_a_position_independent_go_binary_names_its_errors_at_its_load_address(
+        coral_env: CoralEnv, agent: Process, go: str, tmp_path: Path) -> None:
+    """Built with -buildmode=pie, the binary is loaded at an address of the
+    kernel's choosing: an itab the process holds is found in the file at
+    that address less the load bias (the file keeps its link-time
+    addresses in the itab's words)."""
+    binary = build_go(go, ERRORS, tmp_path, "goerrors-pie", ("-buildmode=pie",))
+    run = Process("run-goerrors-pie", [tool("coral-run"), "--service", "goerrors-pie", "--", str(binary)], coral_env,
+                  stdin=subprocess.PIPE).wait_ready()
+    try:
+        calls = calls_of_each(coral_env, "goerrors-pie", ("open", "find"), run, "7", "done 7 errors 8 8 half")
+        assert calls["open"]["return_value"]["value"] == "8, error(*errors.errorString) 'file not found'"
+        assert re.fullmatch(rf"<error \*main\.NotFound {_ADDRESS}>", calls["find"]["return_value"]["value"])
+    finally:
+        run.stop()
+
+
 def _error_result(name: str = "err") -> pb.ReturnValueMetadata:
     return pb.ReturnValueMetadata(name=name, type="error", go=pb.GoValueMetadata(underlying="error", int_registers=2,
                                                                                  size=16, align=8))
