@@ -12,7 +12,9 @@ import re
 import subprocess
 from pathlib import Path
 
+from coral import goitabs
 from coral.agentd import abi, showvalues
+from coral.goitabs import GoBinary
 from coral.proto import coral_pb2 as pb
 from tests.harness import CoralEnv, Process, build_go, tool
 from tests.test_go import calls_of_each
@@ -211,3 +213,44 @@ def test_a_go_error_is_shown_by_its_itab_never_with_a_guessed_text() -> None:
     other = abi.Slot("x", "interface {}", "iface", (0, 1), True)
     assert showvalues.show(other, (0x4000, 0xC000), strings, lengths=lengths, error_types=types) == \
         "<interface {} 0xc000>"
+
+
+def _image(path: Path) -> GoBinary:
+    """A file laid out as a Go binary's type data: names at 0x100.., type
+    descriptors at 0x400.., itabs at 0x800.. (one segment at 0x1000)."""
+    data = bytearray(0x1000)
+
+    def name(at: int, text: bytes) -> int:
+        data[at:at + 2 + len(text)] = bytes([0, len(text)]) + text
+        return at
+
+    def descriptor(at: int, name_at: int, tflag: int = 0) -> int:
+        data[at + 20] = tflag
+        data[at + 40:at + 44] = name_at.to_bytes(4, "little", signed=True)
+        return 0x1000 + at
+
+    error_t = descriptor(0x400, name(0x100, b"error"))
+    stringer = descriptor(0x440, name(0x110, b"fmt.Stringer"))
+    concrete = descriptor(0x480, name(0x130, b"*errors.errorString"))
+    starred = descriptor(0x4C0, name(0x150, b"*main.Code"), goitabs.TFLAG_EXTRA_STAR)  # main.Code, by value
+    broken = descriptor(0x500, 0xF00)  # its name runs past the file's bytes
+    data[0xF00:0xF02] = bytes([0, 0x7F])
+    for at, (inter, typ) in enumerate([(error_t, concrete), (stringer, concrete), (error_t, starred),
+                                       (error_t, broken)]):
+        data[0x800 + 16 * at:0x810 + 16 * at] = inter.to_bytes(8, "little") + typ.to_bytes(8, "little")
+    path.write_bytes(bytes(data))
+    return GoBinary(str(path), ((0x1000, len(data), 0),), 0x1000)
+
+
+def test_an_itab_names_its_concrete_type_only_when_read_whole_and_for_error(tmp_path: Path) -> None:
+    """The concrete type's name from its descriptor (a `*` the flags say is
+    not part of it dropped); an itab of another interface, a name not in
+    the file's bytes, or an address the file does not hold name nothing.
+    Addresses are the process's: the load bias is taken off first."""
+    types = goitabs.ErrorTypes(_image(tmp_path / "image"), bias=0x5000)
+    assert types.get(0x6800) == "*errors.errorString"
+    assert types.get(0x6810) is None  # fmt.Stringer's itab
+    assert types.get(0x6820) == "main.Code"
+    assert types.get(0x6830) is None
+    assert types.get(0x1800) is None and types.get(0x9000) is None  # not in the file at that bias
+    assert dict(types) == {0x6800: "*errors.errorString", 0x6820: "main.Code"}
