@@ -155,7 +155,7 @@ def _unredacted(name: str, text: str) -> str:
 
 
 def show_error(slot: Slot, itab: int, data: int, strings: dict[int, bytes], lengths: dict[int, int] | None,
-               error_types: Mapping[int, str] | None, string_bytes: int = 64) -> str:
+               error_types: Mapping[int, str] | None) -> str:
     """A Go interface from its two words. A non-nil `error` whose first word
     is an itab of the binary names its concrete type; for the types that
     keep their message whole as their first field (abi.MESSAGE_FIRST_ERRORS)
@@ -212,7 +212,7 @@ def show(slot: Slot, values: tuple[int, ...], strings: dict[int, bytes], string_
     if slot.shape == "int":
         return format_register(v[0], slot.underlying or slot.type, slot.go)
     if slot.shape == "iface":
-        return show_error(slot, v[0], v[1], strings, lengths, error_types, string_bytes)
+        return show_error(slot, v[0], v[1], strings, lengths, error_types)
     if v[0] == 0:
         return "NULL" if slot.shape == "cstring" else ("nil" if slot.shape == "goslice" else '""')
     data = strings.get(slot.regs[0])
