@@ -72,6 +72,15 @@ func crowd(n int) (int, int, int, int, int, int, int, int, int, error) {
 //go:noinline
 func charge(n int) error { return fmt.Errorf("card 4111111111111111 declined (%d)", n) }
 
+// Errors passed in registers: each one's message copied at the entry, in a string slot of its own.
+//go:noinline
+func blame(n int, first error, second error, none error) int {
+	if first != nil && second != nil && none == nil {
+		return n + 2
+	}
+	return n
+}
+
 // A string result takes the record's string slot: the error is named, not read.
 //go:noinline
 func both(n int) (string, error) { return "half", fmt.Errorf("second %d", n) }
@@ -93,11 +102,13 @@ func main() {
 		_, e2 := fine(n)
 		s, e3 := both(n)
 		_, _, _, _, _, _, _, _, _, e4 := crowd(n)
-		for _, e := range []error{e1, load(n), parse(n), find(n), e2, long(n), e3, e4, charge(n)} {
+		loaded, found := load(n), find(n)
+		for _, e := range []error{e1, loaded, parse(n), found, e2, long(n), e3, e4, charge(n)} {
 			if e != nil {
 				count++
 			}
 		}
+		count += blame(n, loaded, found, nil) - n
 		fmt.Printf("done %d errors %d %d %s\n", n, count, a, s)
 	}
 }
@@ -120,7 +131,7 @@ def test_go_errors_show_their_message_when_their_type_keeps_it_first(
                   stdin=subprocess.PIPE).wait_ready()
     try:
         calls = calls_of_each(coral_env, "goerrors", ("open", "load", "parse", "find", "fine", "long", "both", "crowd",
-                                                      "charge"), run, "100", "done 100 errors 8 101 half")
+                                                      "charge", "blame"), run, "100", "done 100 errors 10 101 half")
         ret = {n: c["return_value"] for n, c in calls.items()}
         assert (ret["open"]["type"], ret["open"]["value"]) == ("int, error", "101, error(*errors.errorString) 'file not found'")
         assert ret["load"]["value"] == "error(*fmt.wrapError) 'loading 100: file not found'"
@@ -133,6 +144,10 @@ def test_go_errors_show_their_message_when_their_type_keeps_it_first(
         assert head == "'half'" and re.fullmatch(rf"<error \*errors\.errorString {_ADDRESS}>", err), ret["both"]
         assert ret["crowd"]["value"] == "1, 2, 3, 4, 5, 6, 7, 8, 100, error(*errors.errorString) 'crowded 100'"
         assert ret["charge"]["value"] == "error(*errors.errorString) 'card <redacted> declined (100)'"
+        blamed = {a["name"]: (a["type"], a["value"]) for a in calls["blame"]["args"]}
+        assert blamed["n"] == ("int", "100") and blamed["none"] == ("error", "nil")
+        assert blamed["first"] == ("error", "error(*fmt.wrapError) 'loading 100: file not found'")
+        assert blamed["second"][0] == "error" and re.fullmatch(rf"<error \*main\.NotFound {_ADDRESS}>", blamed["second"][1])
         for name in ("open", "load", "parse", "find", "long", "both", "crowd", "charge"):
             assert ret[name]["is_error"], (name, ret[name])
             assert ret[name]["error_message"] == ret[name]["value"].split(", ")[-1], (name, ret[name])
@@ -151,7 +166,7 @@ def test_a_position_independent_go_binary_names_its_errors_at_its_load_address(
     run = Process("run-goerrors-pie", [tool("coral-run"), "--service", "goerrors-pie", "--", str(binary)], coral_env,
                   stdin=subprocess.PIPE).wait_ready()
     try:
-        calls = calls_of_each(coral_env, "goerrors-pie", ("open", "find"), run, "7", "done 7 errors 8 8 half")
+        calls = calls_of_each(coral_env, "goerrors-pie", ("open", "find"), run, "7", "done 7 errors 10 8 half")
         assert calls["open"]["return_value"]["value"] == "8, error(*errors.errorString) 'file not found'"
         assert re.fullmatch(rf"<error \*main\.NotFound {_ADDRESS}>", calls["find"]["return_value"]["value"])
     finally:
@@ -163,11 +178,12 @@ def _error_result(name: str = "err") -> pb.ReturnValueMetadata:
                                                                                  size=16, align=8))
 
 
-def test_a_go_error_result_takes_the_free_string_slot_through_its_data_word() -> None:
+def test_a_go_error_takes_a_free_string_slot_through_its_data_word() -> None:
     """The error's data word (its second register) is where the RET reads
     the object holding the message (a string: pointer at 0, length at 8);
-    a string result comes first; a string argument in both slots leaves
-    no room."""
+    one returned on the stack, through its word there; a string result
+    comes first. An error argument in registers takes a slot the string
+    arguments leave, copied at the entry through its data word."""
     number = pb.ReturnValueMetadata(name="n", type="int", go=pb.GoValueMetadata(underlying="int", int_registers=1,
                                                                                size=8, align=8))
     meta = pb.FunctionMetadata(kind="go", return_values=[number, _error_result()])
@@ -179,6 +195,14 @@ def test_a_go_error_result_takes_the_free_string_slot_through_its_data_word() ->
     assert (first.str_result, first.held_result) == ((0, 0), None)
     crowded = pb.FunctionMetadata(kind="go", return_values=[number] * 9 + [_error_result()])
     assert abi.record_slots(crowded, False, True).str_result == (abi.FROM_STACK + 8, 0)  # its data word, on the stack
+    word = pb.GoValueMetadata(underlying="int", int_registers=1, size=8, align=8)
+    err = pb.GoValueMetadata(underlying="error", int_registers=2, size=16, align=8)
+    chars = pb.GoValueMetadata(underlying="string", int_registers=2, size=16, align=8)
+    takes = pb.FunctionMetadata(kind="go", arguments=[
+        pb.ArgumentMetadata(name="who", type="string", go=chars), pb.ArgumentMetadata(name="n", type="int", go=word),
+        pb.ArgumentMetadata(name="a", type="error", go=err), pb.ArgumentMetadata(name="b", type="error", go=err)])
+    # who in RAX, RBX (slot 0, read at the return); n in RCX; a in RDI, RSI: its data word RSI (args[4]), slot 1.
+    assert abi.record_slots(takes, True, False).held_args == ((-1, 0, 0), (4, *abi.ERROR_MESSAGE))
     c = pb.FunctionMetadata(kind="c", return_values=[pb.ReturnValueMetadata(name="", type="int")])
     assert abi.error_result(c) == -1
 

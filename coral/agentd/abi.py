@@ -430,6 +430,15 @@ def error_result(meta: pb.FunctionMetadata) -> int:
     return -1
 
 
+def error_arguments(meta: pb.FunctionMetadata) -> list[int]:
+    """Go: the registers holding the data words of the `error` arguments
+    passed in registers (a struct's fields too), in order."""
+    if meta.kind != "go":
+        return []
+    return [s.regs[1] for s in _flat(argument_layout(meta))
+            if s.type == "error" and s.shape == "iface" and len(s.regs) == 2]
+
+
 def stack_bytes(meta: pb.FunctionMetadata, limit: int) -> int:
     """How many bytes after the return address hold the stack-assigned
     arguments that are placed (Go's, System V's; at most `limit`: what the
@@ -509,6 +518,11 @@ def record_slots(meta: pb.FunctionMetadata, capture_args: bool, capture_return: 
                 blob = (s.regs[0], min(slot_bytes, max(f.offset + f.size for f in a.fields)), used)
                 used += 1
                 break
+    # Go: an error argument in registers, in a slot left: the string its object may hold first, copied at the
+    # entry through its data word as a held string through its object (shown or not by its type, as a result's).
+    for reg in error_arguments(meta)[:2 - used] if capture_args else []:
+        held_args[used] = (reg, *ERROR_MESSAGE)
+        used += 1
     result = string_result(meta) if capture_return and used < 2 else None
     # Go, with no string result: the slot holds the message an error result's object may keep (shown or not by
     # its type, showvalues.show_error), read through the error's data word as a held string through its object.
