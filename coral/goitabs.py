@@ -82,6 +82,9 @@ class ErrorTypes(Mapping[int, str]):
         return sum(v is not None for v in self._known.values())
 
     def _name_of_itab(self, address: int) -> str | None:
+        if not any(vaddr <= address and address + ITAB_TYPES <= vaddr + filesz
+                   for vaddr, filesz, _ in self._binary.segments):
+            return None  # one the runtime built (on its heap): the file is not opened for it
         try:
             with open(self._binary.path, "rb") as f:
                 words = self._read(f, address, ITAB_TYPES)
