@@ -111,7 +111,8 @@ struct held_string {
     s32 reg;                         // -1: none
     u32 data_off;
     u32 len_off;
-    u32 pad;
+    u32 deref;                       // Go held_ret: reg holds an object's address (an error's data word), not the
+                                     // string's pointer: the string is the one at data_off, len_off in that object
 };
 
 struct slot_config {
@@ -1065,31 +1066,39 @@ BPF_TABLE("lru_hash", struct call_key, struct stack_args, stack_args, 4096);
 BPF_PERCPU_ARRAY(stack_args_scratch, struct stack_args, 1);
 
 // At an entry: if the site names a slot that captures stack-assigned
-// arguments, copy stack_len bytes from after the return address; returns
-// the frame's `held`.
+// arguments, copy stack_len bytes from after the return address; and Go's
+// held strings (below). Returns the frame's `held`.
 static __always_inline u32 copy_stack_at_entry(struct pt_regs *ctx, u32 held, u64 watching, struct thread_key *tk,
-                                               u64 sp)
+                                               u64 sp, int go)
 {
     struct slot_config *cfg = held_config(HELD_ARGS_SLOT(held), watching);
-    if (!cfg || !(cfg->capture & 1) || !cfg->stack_len)
+    if (!cfg || !(cfg->capture & 1))
         return held;
     u32 zero = 0;
-    struct stack_args *a = stack_args_scratch.lookup(&zero);
-    if (!a)
-        return held;
-    u32 n = cfg->stack_len;
-    if (n > CORAL_STACK_BYTES)
-        n = CORAL_STACK_BYTES;
-    a->unread = bpf_probe_read_user(a->bytes, n, (void *)(PT_REGS_SP(ctx) + 8)) < 0;
     struct call_key k = {.id = tk->id, .g = tk->g, .sp = sp};
-    if (stack_args.update(&k, a) != 0)  // replaces one left by a call that never returned
-        return held;
-    held |= HELD_STACK;
+    if (cfg->stack_len) {
+        struct stack_args *a = stack_args_scratch.lookup(&zero);
+        if (!a)
+            return held;
+        u32 n = cfg->stack_len;
+        if (n > CORAL_STACK_BYTES)
+            n = CORAL_STACK_BYTES;
+        a->unread = bpf_probe_read_user(a->bytes, n, (void *)(PT_REGS_SP(ctx) + 8)) < 0;
+        if (stack_args.update(&k, a) != 0)  // replaces one left by a call that never returned
+            return held;
+        held |= HELD_STACK;
+    }
     // Go strings and []byte on the stack (held_string reg CORAL_FROM_STACK;
     // a native function's held strings are copy_held_at_entry's): their data
     // pointer and length are words of the stack arguments, at held_string's
     // offsets, copied as a held string's into entry_strings for take_held.
-    if (cfg->held[0].reg != CORAL_FROM_STACK && cfg->held[1].reg != CORAL_FROM_STACK)
+    // Go, a result register (0..8): an error argument's data word, whose
+    // object may hold the error's message (at held_string's offsets), copied
+    // likewise; the agent shows it only for a type that keeps it there.
+    s32 r0 = cfg->held[0].reg, r1 = cfg->held[1].reg;
+    int stacked = (held & HELD_STACK) && (r0 == CORAL_FROM_STACK || r1 == CORAL_FROM_STACK);
+    int in_regs = go && ((r0 >= 0 && r0 < 9) || (r1 >= 0 && r1 < 9));
+    if (!stacked && !in_regs)
         return held;
     struct entry_strings *empty = empty_entry_strings.lookup(&zero);
     if (!empty)
@@ -1099,10 +1108,15 @@ static __always_inline u32 copy_stack_at_entry(struct pt_regs *ctx, u32 held, u6
     if (!es)
         return held;
     u64 args = PT_REGS_SP(ctx) + 8;
-    if (cfg->held[0].reg == CORAL_FROM_STACK)
+    u64 regs[16] = {ctx->ax, ctx->bx, ctx->cx, ctx->di, ctx->si, ctx->r8, ctx->r9, ctx->r10, ctx->r11};
+    if (r0 == CORAL_FROM_STACK && stacked)
         read_held(es->strs[0], &es->lens[0], &es->unread, 1, args, &cfg->held[0]);
-    if (cfg->held[1].reg == CORAL_FROM_STACK)
+    else if (go && r0 >= 0 && r0 < 9)
+        read_held(es->strs[0], &es->lens[0], &es->unread, 1, regs[r0 & 15], &cfg->held[0]);
+    if (r1 == CORAL_FROM_STACK && stacked)
         read_held(es->strs[1], &es->lens[1], &es->unread, 2, args, &cfg->held[1]);
+    else if (go && r1 >= 0 && r1 < 9)
+        read_held(es->strs[1], &es->lens[1], &es->unread, 2, regs[r1 & 15], &cfg->held[1]);
     return held | HELD_COPIED;
 }
 
@@ -1159,13 +1173,18 @@ static __always_inline u64 read_held_result(u32 held, u64 watching, u64 *results
 // Go: a string result (or []byte) past RAX..RCX or on the stack: its data
 // pointer into *data_out, which stands for results[2] when the slot's config
 // reads the result's string (str_ret = 2, as read_held_result's). held_ret.reg
-// says where it is: a result register (3..8), or CORAL_FROM_STACK plus its
-// offset in the stack results. Read once, before the slots' loop.
-static __always_inline void go_result_pointer(struct pt_regs *ctx, u32 held, u64 watching, u64 *data_out)
+// says where it is: a result register (0..8), or CORAL_FROM_STACK plus its
+// offset in the stack results. With held_ret.deref, that word is an
+// error's data pointer: the string is the one the object there holds (at
+// data_off, len_off: *errors.errorString's s), and its length is returned
+// (~0: the object could not be read), as read_held_result's; the agent
+// shows it only for an error whose type keeps its message there. Read
+// once, before the slots' loop.
+static __always_inline u64 go_result_pointer(struct pt_regs *ctx, u32 held, u64 watching, u64 *data_out)
 {
     struct slot_config *cfg = held_config(HELD_RESULT_SLOT(held), watching);
     if (!cfg || !(cfg->capture & 2) || cfg->held_ret.reg < 0)
-        return;
+        return 0;
     u32 r = cfg->held_ret.reg;
     u64 p = 0;
     if (r >= CORAL_FROM_STACK) {
@@ -1173,11 +1192,22 @@ static __always_inline void go_result_pointer(struct pt_regs *ctx, u32 held, u64
         if (bpf_probe_read_user(&p, sizeof(p), (void *)at) < 0)
             p = 0;
     } else {
-        u64 regs[6] = {ctx->di, ctx->si, ctx->r8, ctx->r9, ctx->r10, ctx->r11};
-        if (r >= 3 && r < 9)
-            p = regs[(r - 3) & 7];
+        u64 regs[9] = {ctx->ax, ctx->bx, ctx->cx, ctx->di, ctx->si, ctx->r8, ctx->r9, ctx->r10, ctx->r11};
+        if (r < 9)
+            p = regs[r & 15];
     }
-    *data_out = p;
+    if (!cfg->held_ret.deref) {
+        *data_out = p;
+        return 0;
+    }
+    u64 data = 0, len = 0;
+    if (!p || bpf_probe_read_user(&data, sizeof(data), (void *)(p + (cfg->held_ret.data_off & 0xff))) < 0 ||
+        bpf_probe_read_user(&len, sizeof(len), (void *)(p + (cfg->held_ret.len_off & 0xff))) < 0) {
+        *data_out = 0;
+        return ~0ULL;
+    }
+    *data_out = data;
+    return len;
 }
 
 // --- --stack: the caller's stack, at the return ---------------------------
@@ -1314,7 +1344,7 @@ static __always_inline void finish_native(struct pt_regs *ctx, struct frame *f, 
     u64 held_data = results[2];
     u64 held_len = 0;
     if (go)
-        go_result_pointer(ctx, f->held, watching, &held_data);
+        held_len = go_result_pointer(ctx, f->held, watching, &held_data);
     else
         held_len = read_held_result(f->held, watching, results, &held_data);
     u64 rejected = 0, unread = 0;
@@ -1593,7 +1623,7 @@ static __always_inline u64 push_frame(struct thread_key *tk, u64 watching, u64 i
             return bpf_ktime_get_ns();
         }
     }
-    held = copy_stack_at_entry(ctx, held, watching, tk, sp);  // before the entry's timestamp: not in the duration
+    held = copy_stack_at_entry(ctx, held, watching, tk, sp, go);  // before the entry's timestamp: not in the duration
     u64 ts = bpf_ktime_get_ns();
     f->ts = ts;
     f->sp = sp;

@@ -295,22 +295,22 @@ def go_or_skip(toolchain: str) -> str:
     return command
 
 
-def go_build(go: str, source: Path, out: Path, work: Path) -> Path:
-    """Build a Go program with the go binary `go`, in GOPATH mode with its
-    own cache under `work`; the toolchain finds its own GOROOT, and never
-    fetches another."""
+def go_build(go: str, source: Path, out: Path, work: Path, flags: tuple[str, ...] = ()) -> Path:
+    """Build a Go program with the go binary `go` (and `flags`, such as
+    `-buildmode=pie`), in GOPATH mode with its own cache under `work`; the
+    toolchain finds its own GOROOT, and never fetches another."""
     env = {k: v for k, v in os.environ.items() if k != "GOROOT"}
-    subprocess.run([go, "build", "-o", str(out), str(source)], check=True,
+    subprocess.run([go, "build", *flags, "-o", str(out), str(source)], check=True,
                    env={**env, "GOCACHE": str(work / "cache"), "GOPATH": str(work / "path"), "GO111MODULE": "off",
                         "GOTOOLCHAIN": "local"})
     return out
 
 
-def build_go(go: str, source_text: str, work: Path, name: str) -> Path:
+def build_go(go: str, source_text: str, work: Path, name: str, flags: tuple[str, ...] = ()) -> Path:
     """A Go program from its source text, built in `work` by the go binary `go`."""
     source, out = work / f"{name}.go", work / name
     source.write_text(source_text)
-    return go_build(go, source, out, work)
+    return go_build(go, source, out, work, flags)
 
 
 def build_c(source: Path, out: Path) -> Path:

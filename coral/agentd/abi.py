@@ -64,6 +64,11 @@ class Slot:
 
 
 STRING_SHAPES = ("cstring", "gostring", "goslice", "held")
+# Go: where an error's object keeps its message, for the types that keep it whole as their first field, a string
+# (data pointer, then length): *errors.errorString (errors.New; fmt.Errorf without %w) and fmt's *wrapError and
+# *wrapErrors (fmt.Errorf with %w). Another type's first string (*fs.PathError's Op) is not its message.
+ERROR_MESSAGE = (0, 8)
+MESSAGE_FIRST_ERRORS = frozenset({"*errors.errorString", "*fmt.wrapError", "*fmt.wrapErrors"})
 UNREADABLE_OBJECT = (1 << 64) - 1  # a held result's length when its object could not be read
 
 
@@ -408,6 +413,32 @@ def string_result(meta: pb.FunctionMetadata) -> Slot | None:
     return next(iter(_stringy(result_layout(meta), STACK_RESULT_BYTES)), None)
 
 
+def error_result(meta: pb.FunctionMetadata) -> int:
+    """Go: where the data word of the first `error` result is, the word
+    through which the RET copies the string its object holds first
+    (ERROR_MESSAGE: an *errors.errorString's message): its second register,
+    or for one returned on the stack FROM_STACK plus the word's offset in
+    the stack results (in the first STACK_RESULT_BYTES); -1 for none."""
+    if meta.kind != "go":
+        return -1
+    for s in _flat(result_layout(meta)):
+        if s.type == "error" and s.shape == "iface" and len(s.regs) == 2:
+            return s.regs[1]
+        if s.type == "error" and s.shape == "stack" and s.offset >= 0 and s.offset % 8 == 0 and \
+                s.offset + 16 <= STACK_RESULT_BYTES:
+            return FROM_STACK + s.offset + 8
+    return -1
+
+
+def error_arguments(meta: pb.FunctionMetadata) -> list[int]:
+    """Go: the registers holding the data words of the `error` arguments
+    passed in registers (a struct's fields too), in order."""
+    if meta.kind != "go":
+        return []
+    return [s.regs[1] for s in _flat(argument_layout(meta))
+            if s.type == "error" and s.shape == "iface" and len(s.regs) == 2]
+
+
 def stack_bytes(meta: pb.FunctionMetadata, limit: int) -> int:
     """How many bytes after the return address hold the stack-assigned
     arguments that are placed (Go's, System V's; at most `limit`: what the
@@ -487,6 +518,17 @@ def record_slots(meta: pb.FunctionMetadata, capture_args: bool, capture_return: 
                 blob = (s.regs[0], min(slot_bytes, max(f.offset + f.size for f in a.fields)), used)
                 used += 1
                 break
+    # Go: an error argument in registers, in a slot left: the string its object may hold first, copied at the
+    # entry through its data word as a held string through its object (shown or not by its type, as a result's).
+    for reg in error_arguments(meta)[:2 - used] if capture_args else []:
+        held_args[used] = (reg, *ERROR_MESSAGE)
+        used += 1
     result = string_result(meta) if capture_return and used < 2 else None
+    # Go, with no string result: the slot holds the message an error result's object may keep (shown or not by
+    # its type, showvalues.show_error), read through the error's data word as a held string through its object.
+    error = error_result(meta) if capture_return and used < 2 and result is None else -1
+    if error >= 0:
+        return RecordSlots((str_args[0], str_args[1]), blob, (error, used), (held_args[0], held_args[1]),
+                           ERROR_MESSAGE)
     return RecordSlots((str_args[0], str_args[1]), blob, (result.regs[0], used) if result else (-1, 0),
                        (held_args[0], held_args[1]), result.held if result and result.shape == "held" else None)

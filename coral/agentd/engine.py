@@ -517,11 +517,13 @@ class ProbeEngine:
         v.held_mask = sum(1 << i for i, (reg, _, _) in enumerate(c.held_args) if reg >= 0)
         v.stack_len = c.stack_bytes if c.capture_args else 0
         v.ret_stack_off, v.ret_stack_len = c.result_stack if c.capture_return else (0, 0)
-        v.held_ret.reg, v.held_ret.data_off, v.held_ret.len_off = -1, 0, 0
+        v.held_ret.reg, v.held_ret.data_off, v.held_ret.len_off, v.held_ret.deref = -1, 0, 0, 0
         if c.held_result is not None and c.str_result[0] >= 0:
             # The kernel reads the object's data pointer into the free third result (System V) and copies the string
-            # from there as from a C string's pointer (coral_probes.c, read_held_result).
+            # from there as from a C string's pointer (coral_probes.c, read_held_result). Go: the register (or stack
+            # word) is an error's data pointer, and the object it points at holds the string (go_result_pointer).
             v.held_ret.reg, (v.held_ret.data_off, v.held_ret.len_off) = c.str_result[0], c.held_result
+            v.held_ret.deref = 1
             v.str_ret = 2
         elif c.str_result[0] > 2:
             # Go: a string result in RDI..R11 or on the stack (abi.FROM_STACK plus its offset): its pointer is

@@ -14,7 +14,7 @@ import logging
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -39,7 +39,7 @@ from coral.agentd.probecost import ProbeCosts, first_bytes
 from coral.agentd.registry import ProcessRegistry, Registration
 from coral.agentd.store import EventStore, SessionRow
 from coral.agentd.symbolize import Symbolizer, sets_up_frame
-from coral.agentd.targets import native_sites, python_site
+from coral.agentd.targets import go_error_types, native_sites, python_site
 from coral.agentd.totals import CallTotals
 from coral.daemon.config import Config
 from coral.daemon.errors import CoralError, Internal, InvalidArgument, LimitExceeded, NotFound, ProbeFailed, Unavailable
@@ -156,12 +156,14 @@ class NativeShape:
     arguments: list[abi.Slot]
     fields_of: dict[str, list[pb.FieldMetadata]]  # by argument: the struct members copied through it
     results: list[abi.Slot]
+    error_types: Mapping[int, str] = field(default_factory=dict)  # Go: an `error` itab's address -> its concrete type
 
     @classmethod
-    def of(cls, meta: pb.FunctionMetadata, config: pb.UprobeConfig, string_bytes: int) -> NativeShape:
+    def of(cls, meta: pb.FunctionMetadata, config: pb.UprobeConfig, string_bytes: int,
+           error_types: Mapping[int, str] | None = None) -> NativeShape:
         return cls(abi.record_slots(meta, config.capture_args, config.capture_return, string_bytes),
                    abi.argument_layout(meta), {a.name: list(a.fields) for a in meta.arguments if a.fields},
-                   abi.result_layout(meta))
+                   abi.result_layout(meta), {} if error_types is None else error_types)
 
 
 @dataclass
@@ -180,6 +182,7 @@ class Target:
     sites: list[Site]
     fn_id: int = 0  # Python: the id the SDK stamps on records
     function: str = ""  # Python: the name it was armed under
+    error_types: Mapping[int, str] = field(default_factory=dict)  # Go: an `error` itab's address -> its concrete type
 
 
 @dataclass
@@ -391,7 +394,8 @@ class SessionManager:
                         countby.check_python_key(start.req.config.count_by, self.rules)
                     self._ask_arm(start, index, reg, condition)
                     return
-                self._answered(start, index, Target(reg, meta, native_sites(reg.pid, reg.executable, meta)))
+                self._answered(start, index, Target(reg, meta, native_sites(reg.pid, reg.executable, meta),
+                                                    error_types=go_error_types(reg.pid, reg.executable, meta)))
             except CoralError as exc:
                 self._answered(start, index, exc)
 
@@ -772,8 +776,10 @@ class SessionManager:
                 start, end = rec.start_ns, rec.start_ns + rec.duration_ns
                 known = s.shapes.get(rec.pid)
                 if known is None:
-                    meta = next((t.meta for t in s.targets if t.reg.pid == rec.pid), s.targets[0].meta)
-                    known = s.shapes[rec.pid] = (meta, NativeShape.of(meta, s.config, self.engine.string_bytes))
+                    target = next((t for t in s.targets if t.reg.pid == rec.pid), s.targets[0])
+                    known = s.shapes[rec.pid] = (target.meta, NativeShape.of(target.meta, s.config,
+                                                                             self.engine.string_bytes,
+                                                                             target.error_types))
                 args, ret = self._native_values(s, *known, rec)
                 if rec.unwound_found_ns:
                     ret = unwound_return(rec)
@@ -805,14 +811,16 @@ class SessionManager:
                     text = showvalues.show_fields(rec.args[blob_reg], fields_of[a.name], slots.blob_of(rec.strings, rec.unread),
                                            self.rules.value, meta.kind == "go")
                 else:
-                    text = showvalues.show(a, rec.args, strings, string_bytes, lengths, self.rules.value, rec.stack)
+                    text = showvalues.show(a, rec.args, strings, string_bytes, lengths, self.rules.value, rec.stack,
+                                           shape.error_types)
                 args.append({"name": a.name, "type": a.type or "u64", "value": self.rules.value(a.name, text)})
         ret: dict[str, Any] = {}
         results = shape.results
         if s.config.capture_return and (results or not meta.return_values):
             strings = slots.string_of_result(rec.strings, rec.unread, rec.lengths)
             lengths = slots.length_of_result(rec.lengths)
-            shown = [(r, showvalues.show(r, rec.results, strings, string_bytes, lengths, self.rules.value, rec.stack_ret))
+            shown = [(r, showvalues.show(r, rec.results, strings, string_bytes, lengths, self.rules.value, rec.stack_ret,
+                                         shape.error_types))
                      for r in results] or \
                 [(abi.Slot("", "u64", "int", (0,)), f"{rec.results[0]:#x}")]
             errors = [(r, v) for r, v in shown if (r.type == "error" and v != "nil") or showvalues.is_error_variant(r, v)]

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
-from coral.agentd.abi import FROM_STACK, GO_SCALARS, MAX_SHOWN_FIELDS, Slot
+from coral.agentd.abi import FROM_STACK, GO_SCALARS, MAX_SHOWN_FIELDS, MESSAGE_FIRST_ERRORS, UNREADABLE_OBJECT, Slot
 from coral.agentd.values import format_register, int_kind
 from coral.proto import coral_pb2 as pb
 
@@ -31,12 +31,14 @@ def _x87(raw: bytes) -> str:
         return repr(sign * float("inf"))
 
 
-def _go_words(slot: Slot, data: bytes, at: int, strings: dict[int, bytes], string_bytes: int) -> str | None:
+def _go_words(slot: Slot, data: bytes, at: int, strings: dict[int, bytes], string_bytes: int,
+              error_types: Mapping[int, str] | None = None, lengths: dict[int, int] | None = None) -> str | None:
     """A Go string, slice or interface on the stack, shown as the same
     value in registers is: its words are those registers, and the bytes a
     string or []byte points at are in `strings` under FROM_STACK plus its
-    offset (copied by the kernel; not there: shown as the address). None
-    for a value of any other kind."""
+    offset (copied by the kernel; not there: shown as the address); an
+    error's message under FROM_STACK plus its data word's offset, its
+    length in `lengths` there. None for a value of any other kind."""
     kind = slot.underlying or slot.type
     words = {"string": 2, "error": 2}.get(kind, 3 if kind.startswith("[]") else 2 if kind.startswith("interface") else 0)
     if not words or at + 8 * words > len(data):
@@ -45,18 +47,24 @@ def _go_words(slot: Slot, data: bytes, at: int, strings: dict[int, bytes], strin
     shape = "gostring" if kind == "string" else "goslice" if words == 3 else "iface"
     as_registers = Slot(slot.name, slot.type, shape, tuple(range(words)), True, slot.underlying)
     copied = {0: strings[FROM_STACK + at]} if FROM_STACK + at in strings else {}
-    return show(as_registers, values, copied, string_bytes)
+    if shape == "iface":
+        key = FROM_STACK + at + 8
+        copied = {1: strings[key]} if key in strings else {}
+        held = {1: lengths[key]} if lengths and key in lengths else {}
+        return show(as_registers, values, copied, string_bytes, held, error_types=error_types)
+    return show(as_registers, values, copied, string_bytes, error_types=error_types)
 
 
 def _from_stack(slot: Slot, data: bytes, at: int, other: str = "(not captured)", strings: dict[int, bytes] | None = None,
-                string_bytes: int = 64) -> str:
+                string_bytes: int = 64, error_types: Mapping[int, str] | None = None,
+                lengths: dict[int, int] | None = None) -> str:
     """A scalar, pointer or float at `at` in the copied stack bytes; a Go
     string, slice or interface as in registers (_go_words); a value of any
     other kind (a struct in a struct) is `other`."""
     kind = slot.underlying or slot.type
     if at < 0 or at + slot.size > len(data) or slot.size == 0:
         return "(not captured: on the stack)"
-    if slot.go and (text := _go_words(slot, data, at, strings or {}, string_bytes)) is not None:
+    if slot.go and (text := _go_words(slot, data, at, strings or {}, string_bytes, error_types, lengths)) is not None:
         return text
     raw = data[at:at + slot.size]
     if kind in _FLOAT_FORMATS and slot.size >= struct.calcsize(_FLOAT_FORMATS[kind]):
@@ -71,7 +79,8 @@ def _from_stack(slot: Slot, data: bytes, at: int, other: str = "(not captured)",
 
 
 def show_stack(slot: Slot, data: bytes, redact: Callable[[str, str], str], strings: dict[int, bytes] | None = None,
-               string_bytes: int = 64) -> str:
+               string_bytes: int = 64, error_types: Mapping[int, str] | None = None,
+               lengths: dict[int, int] | None = None) -> str:
     """A Go value passed or returned on the stack, from the bytes copied
     (arguments at the entry, results at the RET): a scalar or a float as
     itself, a string, slice or interface as in registers, a struct
@@ -81,11 +90,13 @@ def show_stack(slot: Slot, data: bytes, redact: Callable[[str, str], str], strin
     if slot.offset < 0 or not data or slot.offset >= len(data) or slot.size == 0:
         return "(not captured: on the stack)"
     if not slot.fields:
-        return _from_stack(slot, data, slot.offset, "(not captured: on the stack)", strings, string_bytes)
+        return _from_stack(slot, data, slot.offset, "(not captured: on the stack)", strings, string_bytes, error_types,
+                           lengths)
     shown = []
     for f in slot.fields[:MAX_SHOWN_FIELDS]:
         at = slot.offset + f.offset
-        text = "?" if at + f.size > len(data) else _from_stack(f, data, at, strings=strings, string_bytes=string_bytes)
+        text = "?" if at + f.size > len(data) else _from_stack(f, data, at, strings=strings, string_bytes=string_bytes,
+                                                               error_types=error_types, lengths=lengths)
         shown.append(text if slot.underlying.startswith("[") else f"{f.name}={redact(f.name, text)}")
     more = ["…"] if len(slot.fields) > MAX_SHOWN_FIELDS or (slot.underlying.startswith("[") and
                                                              len(slot.fields) * max(slot.fields[0].size, 1) < slot.size) else []
@@ -143,19 +154,43 @@ def _unredacted(name: str, text: str) -> str:
     return text
 
 
+def show_error(slot: Slot, itab: int, data: int, strings: dict[int, bytes], lengths: dict[int, int] | None,
+               error_types: Mapping[int, str] | None) -> str:
+    """A Go interface from its two words. A non-nil `error` whose first word
+    is an itab of the binary names its concrete type; for the types that
+    keep their message whole as their first field (abi.MESSAGE_FIRST_ERRORS)
+    the message the RET copied through the data word (under the data word's
+    register in `strings`, its length in `lengths`) is shown:
+    `error(*errors.errorString) 'no such card'`, else the type and the data
+    word: `<error *main.NotFound 0xc000012345>`; an itab not known, or
+    another interface: `<error 0xc000012345>`."""
+    if itab == 0:
+        return "nil"
+    concrete = error_types.get(itab) if error_types is not None and slot.type == "error" else None
+    if concrete is None:
+        return f"<{slot.type} {data:#x}>"
+    key = slot.regs[1] if len(slot.regs) == 2 else -1
+    copied, length = strings.get(key), (lengths or {}).get(key, UNREADABLE_OBJECT)
+    if concrete not in MESSAGE_FIRST_ERRORS or copied is None or length == UNREADABLE_OBJECT or data == 0:
+        return f"<{slot.type} {concrete} {data:#x}>"
+    shown = copied[:length]
+    more = f"…(+{length - len(shown)} bytes)" if length > len(shown) else ""
+    return f"{slot.type}({concrete}) {shown.decode(errors='replace')!r}{more}"
+
+
 def show(slot: Slot, values: tuple[int, ...], strings: dict[int, bytes], string_bytes: int = 64,
          lengths: dict[int, int] | None = None, redact: Callable[[str, str], str] = _unredacted,
-         stack: bytes = b"") -> str:
+         stack: bytes = b"", error_types: Mapping[int, str] | None = None) -> str:
     """One value as text, from the captured registers (and copied strings,
     and the whole lengths of strings held in objects). A Go struct passed
     by value: `{Cents=100, Note='x', Items=3}`, each field redacted by its
-    name."""
+    name. A Go `error` by its itab's concrete type (`error_types`: show_error)."""
     if slot.shape == "float":
         return "(in a floating-point register: not captured)"
     if slot.shape == "stack":
-        return show_stack(slot, stack, redact, strings, string_bytes)
+        return show_stack(slot, stack, redact, strings, string_bytes, error_types, lengths)
     if slot.shape == "struct":
-        parts = [f"{f.name}={redact(f.name, show(f, values, strings, string_bytes, lengths))}"
+        parts = [f"{f.name}={redact(f.name, show(f, values, strings, string_bytes, lengths, error_types=error_types))}"
                  for f in slot.fields[:MAX_SHOWN_FIELDS]]
         return "{" + ", ".join(parts + (["…"] if len(slot.fields) > MAX_SHOWN_FIELDS else [])) + "}"
     if slot.shape == "unsupported" or not slot.regs:
@@ -177,7 +212,7 @@ def show(slot: Slot, values: tuple[int, ...], strings: dict[int, bytes], string_
     if slot.shape == "int":
         return format_register(v[0], slot.underlying or slot.type, slot.go)
     if slot.shape == "iface":
-        return "nil" if v[0] == 0 else f"<{slot.type} {v[1]:#x}>"
+        return show_error(slot, v[0], v[1], strings, lengths, error_types)
     if v[0] == 0:
         return "NULL" if slot.shape == "cstring" else ("nil" if slot.shape == "goslice" else '""')
     data = strings.get(slot.regs[0])

@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import functools
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ from coral import procmaps
 from coral.agentd.engine import SITE_ENTRY, SITE_GO, SITE_GO_RET, SITE_PYTHON, SITE_RET, SITE_TAIL, Site
 from coral.daemon.errors import InvalidArgument, PermissionDenied
 from coral.elfinfo import ElfFunctions, ElfInfoError, Symbol
+from coral.goitabs import ErrorTypes, GoBinary, read_go_binary
 from coral.proto import coral_pb2 as pb
 
 
@@ -226,6 +228,37 @@ def native_sites(pid: int, executable: str, meta: pb.FunctionMetadata) -> list[S
                 Site(pid, path, offset, ip, flag, func_ip=entry_ip)
                 for offset, ip, flag in zip(offsets, runtime_addresses(pid, path, offsets), flags, strict=True)]
     return [Site(pid, path, meta.file_offset, entry_ip, SITE_ENTRY, uretprobe=True)]
+
+
+def go_error_types(pid: int, executable: str, meta: pb.FunctionMetadata) -> Mapping[int, str]:
+    """Go: the concrete type behind an `error` the function takes or
+    returns, by its itab's address in process `pid` (coral/goitabs.py: read
+    from the file at that address less the file's load bias, 0 unless it
+    is position-independent); empty for a function with no such value."""
+    values = list(meta.arguments) + list(meta.return_values)
+    if meta.kind != "go" or not any(v.type == "error" for v in values):
+        return {}
+    path = attach_path(pid, executable, meta)
+    _, starts = _elf(path)
+    binary = _go_binary(path)
+    if binary is None or meta.file_offset not in starts:
+        return {}
+    bias = runtime_address(pid, path, meta.file_offset) - starts[meta.file_offset][0].address
+    return ErrorTypes(binary, bias)
+
+
+def _go_binary(path: str) -> GoBinary | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return _read_go_binary(path, st.st_dev, st.st_ino, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _read_go_binary(path: str, dev: int, inode: int, mtime_ns: int) -> GoBinary | None:
+    """One version of a file (as _read_elf)."""
+    return read_go_binary(path)
 
 
 def python_site(pid: int, executable: str, meta: pb.FunctionMetadata) -> Site:
