@@ -213,19 +213,21 @@ def test_raised_python_calls_between_timing_only_ones_keep_their_order(small_rin
             sid = attach(agent, "raiser", "__main__.work")
 
             def make_calls() -> None:
-                stdin.write("100\n")
+                stdin.write("50\n")
                 stdin.flush()
-                stdout.readline()  # all 100 have returned
+                stdout.readline()  # all 50 have returned
 
-            # 100 calls: 90 timing records (64 B) and 10 whole ones (840 B), 14 KB in all.
-            session, calls = session_of_rounds(agent, sid, make_calls, 20)
+            # 50 calls: 45 timing records (64 B in the ring) and 5 whole ones
+            # (1,864 B since they carry Python frames), 12.2 KB of the 32 KiB
+            # ring; 40 rounds wrap it 15 times.
+            session, calls = session_of_rounds(agent, sid, make_calls, 40)
     finally:
         stdin.close()
         target.wait(10)
     assert (session.total_calls, session.calls, dict(session.lost)) == (2000, 2000, {})
     errors = [c.return_value.error_message for c in calls]
     # One thread: the calls returned in the order they were made, raised ones among them.
-    assert errors == [f"ValueError: call {i % 100}" if i % 10 == 9 else "" for i in range(2000)]
+    assert errors == [f"ValueError: call {i % 50}" if i % 10 == 9 else "" for i in range(2000)]
 
 
 def two_threads(env: CoralEnv, tmp_path: Path) -> tuple[Process, Callable[[int], None]]:
