@@ -64,6 +64,8 @@ HELPERS = {
     "ring buffer reserve and submit, 32 bytes":
         "struct value *v = events.ringbuf_reserve(sizeof(*v)); if (!v) return 0; "
         "v->words[0] = v->words[1] = v->words[2] = v->words[3] = 1; events.ringbuf_submit(v, BPF_RB_NO_WAKEUP); return 0;",
+    "ring buffer output (a copy), 32 bytes":
+        "struct value v = {.words = {1, 1, 1, 1}}; events.ringbuf_output(&v, sizeof(v), BPF_RB_NO_WAKEUP); return 0;",
 }
 
 
