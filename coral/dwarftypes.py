@@ -257,6 +257,16 @@ def _scalar(name: str, die: Any, offset: int) -> Field | None:
     return Field(name, name_of_type(die), offset, size)
 
 
+def pointee_variants(type_die: Any) -> Variants | None:
+    """For a pointer or reference to a Rust enum (`&Option<i64>`): the
+    enum, as rust_variants reads it; None for any other type."""
+    pointer = strip(type_die)
+    if pointer is None or pointer.tag not in ("DW_TAG_pointer_type", "DW_TAG_reference_type") or \
+            "DW_AT_type" not in pointer.attributes:
+        return None
+    return rust_variants(pointer.get_DIE_from_attribute("DW_AT_type"))
+
+
 def rust_variants(type_die: Any) -> Variants | None:
     """A Rust enum whose variants each hold at most one scalar or pointer
     (Option<i64>, Result<u32, i32>, Option<&T>); None for any other type or

@@ -30,6 +30,7 @@ from coral.dwarftypes import (
     in_memory,
     is_go,
     name_of_type,
+    pointee_variants,
     rust_variants,
     struct_fields,
 )
@@ -74,6 +75,7 @@ class Parameter:
     fields: tuple[Field, ...] = ()  # a pointer to a struct or class: its first members (struct_fields)
     held_string: HeldString | None = None  # its register holds the address of an object holding a string
     variants: Variants | None = None  # a Rust enum (Option, Result)
+    pointee_variants: Variants | None = None  # a pointer or reference to a Rust enum (&Option<i64>)
     go: GoValue | None = None  # Go: how ABIInternal assigns it to registers
     float_type: str = ""  # a typedef of a floating-point type: the base type's name (float_base)
     entry_registers: tuple[int, ...] = ()  # C, C++, Rust: DWARF's registers for its parts at the entry (dwarflocations)
@@ -356,8 +358,10 @@ def _described(die: Any, index: int, at_entry: tuple[EntryLocations, int, bool, 
     go = is_go(die)
     held = held_string(typed) if typed is not None and not go else None
     variants = rust_variants(typed) if typed is not None and not go and not held else None
+    pointee = pointee_variants(typed) if typed is not None and not go and not held else None
     return Parameter(name.decode(errors="replace") if name else f"arg{index}", type_name,
-                     () if held or variants else struct_fields(typed), held, variants,
+                     () if held or variants or pointee else struct_fields(typed), held, variants,
+                     pointee_variants=pointee,
                      go=go_value(typed) if go and typed is not None else None,
                      float_type=float_base(typed) if typed is not None and not go else "",
                      **_at_entry(die, at_entry))

@@ -71,6 +71,10 @@ fn find(cards: &[Card], n: i64) -> Option<&Card> { cards.iter().find(|c| c.cents
 fn settle(a: Option<i64>, b: Result<u32, i32>, c: Option<&Card>, n: i64) -> i64 {
     a.unwrap_or(1) + b.map(|x| x as i64).unwrap_or_else(|e| e as i64) + c.map(|c| c.cents).unwrap_or(0) + n
 }
+#[inline(never)]
+fn peek(a: &Option<i64>, n: i64) -> i64 { a.unwrap_or(n) }
+#[inline(never)]
+fn peek_result(r: &Result<u32, i32>) -> i64 { match r { Ok(v) => *v as i64, Err(e) => *e as i64 } }
 
 fn main() {
     let cards = vec![Card { cents: 4 }, Card { cents: 9 }];
@@ -86,7 +90,8 @@ fn main() {
         let r = if n >= 0 { Ok(n as u32) } else { Err(n as i32) };
         let f = find(&cards, n);
         let s = settle(a, r, f, n);
-        println!("{} {} {:?} {:?} {:?} {:?} {}", b, o, greeting(n), half(n), check(n), f.map(|c| c.cents), s);
+        let p = peek(&a, n) + peek_result(&r);
+        println!("{} {} {:?} {:?} {:?} {:?} {} {}", b, o, greeting(n), half(n), check(n), f.map(|c| c.cents), s, p);
     }
 }
 """
@@ -187,7 +192,8 @@ def test_rust_string_option_and_result_are_shown_as_rust_writes_them(coral_env: 
     register, as the Rust ABI passes them."""
     binary = _build(tmp_path, "rust", opt)
     calls, printed = _calls_while_probed(coral_env, binary, ["fees::owned", "fees::borrowed", "fees::greeting",
-                                                            "fees::half", "fees::check", "fees::find", "fees::settle"])
+                                                            "fees::half", "fees::check", "fees::find", "fees::settle",
+                                                            "fees::peek", "fees::peek_result"])
     assert printed == _unprobed(binary)
     for function in ("fees::owned", "fees::borrowed"):
         assert _values(calls[function], 0) == SHOWN, (function, calls[function])
@@ -210,3 +216,10 @@ def test_rust_string_option_and_result_are_shown_as_rust_writes_them(coral_env: 
     assert found.startswith("Some(0x") and none == "None", settle
     assert _values(settle, 3) == ["4", "-3", "7"], settle
     assert _values(settle) == ["16", "-5", "15"], settle
+    # The same enums behind a reference: read through it, shown after its address.
+    for function, shown in (("fees::peek", ["Some(4)", "None", "None"]), ("fees::peek_result", ["Ok(4)", "Err(-3)", "Ok(7)"])):
+        pointed = _values(calls[function], 0)
+        assert [v.split(" ", 1)[-1] for v in pointed] == shown and all(v.startswith("0x") for v in pointed), calls[function]
+    assert calls["fees::peek"][0]["args"][0]["type"] == "&core::option::Option<i64>"
+    assert _values(calls["fees::peek"], 1) == ["4", "-3", "7"]
+    assert _values(calls["fees::peek_result"]) == ["4", "-3", "7"]

@@ -502,6 +502,17 @@ def _held_key(held: tuple[int, int, int]) -> int:
     return FROM_STACK + data if reg == FROM_STACK else reg
 
 
+def pointee_bytes(a: pb.ArgumentMetadata) -> int:
+    """How many bytes through an argument's pointer show what it points
+    to: the struct members it names (as far as the last one), or the Rust
+    enum (as far as its discriminant and payloads reach); 0 for neither."""
+    if a.HasField("pointee_variants"):
+        v = a.pointee_variants
+        return max([v.discriminant.offset + v.discriminant.size] +
+                   [f.offset + f.size for x in v.variants for f in x.payload])
+    return max((f.offset + f.size for f in a.fields), default=0)
+
+
 def record_slots(meta: pb.FunctionMetadata, capture_args: bool, capture_return: bool,
                  slot_bytes: int = 64) -> RecordSlots:
     chosen = string_arguments(meta) if capture_args else []
@@ -514,8 +525,9 @@ def record_slots(meta: pb.FunctionMetadata, capture_args: bool, capture_return: 
     blob = (-1, 0, 0)
     if capture_args and used < 2:
         for s, a in zip(argument_layout(meta), meta.arguments, strict=False):
-            if a.fields and s.shape == "int" and s.regs:
-                blob = (s.regs[0], min(slot_bytes, max(f.offset + f.size for f in a.fields)), used)
+            size = pointee_bytes(a)  # a struct's members past the slot are shown as `?`; an enum must fit
+            if size and s.shape == "int" and s.regs and (a.fields or size <= slot_bytes):
+                blob = (s.regs[0], min(size, slot_bytes), used)
                 used += 1
                 break
     # Go: an error argument in registers, in a slot left: the string its object may hold first, copied at the

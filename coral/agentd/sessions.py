@@ -157,13 +157,15 @@ class NativeShape:
     fields_of: dict[str, list[pb.FieldMetadata]]  # by argument: the struct members copied through it
     results: list[abi.Slot]
     error_types: Mapping[int, str] = field(default_factory=dict)  # Go: an `error` itab's address -> its concrete type
+    pointee_of: dict[str, pb.EnumMetadata] = field(default_factory=dict)  # by argument: the Rust enum it points to
 
     @classmethod
     def of(cls, meta: pb.FunctionMetadata, config: pb.UprobeConfig, string_bytes: int,
            error_types: Mapping[int, str] | None = None) -> NativeShape:
         return cls(abi.record_slots(meta, config.capture_args, config.capture_return, string_bytes),
                    abi.argument_layout(meta), {a.name: list(a.fields) for a in meta.arguments if a.fields},
-                   abi.result_layout(meta), {} if error_types is None else error_types)
+                   abi.result_layout(meta), {} if error_types is None else error_types,
+                   {a.name: a.pointee_variants for a in meta.arguments if a.HasField("pointee_variants")})
 
 
 @dataclass
@@ -810,6 +812,9 @@ class SessionManager:
                 if blob_reg >= 0 and a.regs and a.regs[0] == blob_reg and a.name in fields_of:
                     text = showvalues.show_fields(rec.args[blob_reg], fields_of[a.name], slots.blob_of(rec.strings, rec.unread),
                                            self.rules.value, meta.kind == "go")
+                elif blob_reg >= 0 and a.regs and a.regs[0] == blob_reg and a.name in shape.pointee_of:
+                    text = showvalues.show_pointee_variant(rec.args[blob_reg], shape.pointee_of[a.name],
+                                                           slots.blob_of(rec.strings, rec.unread))
                 else:
                     text = showvalues.show(a, rec.args, strings, string_bytes, lengths, self.rules.value, rec.stack,
                                            shape.error_types)

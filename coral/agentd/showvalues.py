@@ -129,10 +129,26 @@ def show_fields(address: int, fields: list[pb.FieldMetadata], blob: bytes, redac
 def show_variant(slot: Slot, values: tuple[int, ...]) -> str:
     """A Rust enum from its registers: `Some(5)`, `None`, `Ok(4)`, `Err(-3)`;
     a discriminant no variant has is not shown as one."""
-    v: pb.EnumMetadata = slot.variants
     part = {offset: values[reg] for offset, reg in zip(slot.pieces, slot.regs, strict=True)}
+    return _variant(slot.variants, lambda offset, size: part[offset] & ((1 << 8 * size) - 1))
+
+
+def show_pointee_variant(address: int, v: pb.EnumMetadata, blob: bytes) -> str:
+    """`0x7ffc… Some(5)`: a Rust enum an argument points to, from its bytes
+    the kernel copied through the pointer (at the return); the address
+    alone where they could not be read."""
+    if address == 0:
+        return "NULL"
+    if not blob:
+        return f"{address:#x}"
+    return f"{address:#x} " + _variant(v, lambda offset, size: int.from_bytes(blob[offset:offset + size], "little"))
+
+
+def _variant(v: pb.EnumMetadata, read: Callable[[int, int], int]) -> str:
+    """The variant the discriminant selects, with its payload: `read(offset,
+    size)` is the enum's unsigned integer at that offset."""
     d = v.discriminant
-    value = part[d.offset] & ((1 << 8 * d.size) - 1)
+    value = read(d.offset, d.size)
     chosen = next((x for x in v.variants if not x.is_default and x.discriminant == value), None) or \
         next((x for x in v.variants if x.is_default), None)
     if chosen is None:
@@ -141,7 +157,7 @@ def show_variant(slot: Slot, values: tuple[int, ...]) -> str:
     if not payload:
         return chosen.name + ("(())" if any(f.type == "()" for f in chosen.payload) else "")
     f = payload[0]
-    return f"{chosen.name}({format_register(part[f.offset] & ((1 << 8 * f.size) - 1), f.type)})"
+    return f"{chosen.name}({format_register(read(f.offset, f.size), f.type)})"
 
 
 def is_error_variant(slot: Slot, shown: str) -> bool:
