@@ -4,22 +4,25 @@ the names a user may write for them (demangled, or a static function's
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import dataclasses
 import difflib
 import fnmatch
 import os
+import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from elftools.common.exceptions import ELFError
+from elftools.common.exceptions import DWARFError, ELFError
+from elftools.dwarf.callframe import FDE
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import NoteSection, SymbolTableSection
 
 from coral.demangle import demangle, names_for, spelling
-from coral.dwarflocations import EntryLocations
+from coral.dwarflocations import EntryLocations, FrameBase, OnStack
 from coral.dwarftypes import (
     Field,
     HeldString,
@@ -80,6 +83,7 @@ class Parameter:
     float_type: str = ""  # a typedef of a floating-point type: the base type's name (float_base)
     entry_registers: tuple[int, ...] = ()  # C, C++, Rust: DWARF's registers for its parts at the entry (dwarflocations)
     entry_elsewhere: bool = False  # optimized code: DWARF places it elsewhere at the entry (memory, computed, nowhere)
+    entry_stack: int = -1  # DWARF places it in the caller's stack at the entry: bytes past the return address
 
 
 @dataclass(frozen=True)
@@ -350,7 +354,7 @@ def _holder(die: Any, name: str) -> Any:
     return None
 
 
-def _described(die: Any, index: int, at_entry: tuple[EntryLocations, int, bool, bool] | None = None) -> Parameter:
+def _described(die: Any, index: int, at_entry: tuple[EntryLocations, int, bool, FrameBase | None] | None = None) -> Parameter:
     name_die, type_die = _holder(die, "DW_AT_name"), _holder(die, "DW_AT_type")
     name = attribute(name_die, "DW_AT_name") if name_die is not None else None
     typed = type_die.get_DIE_from_attribute("DW_AT_type") if type_die is not None else None
@@ -367,17 +371,19 @@ def _described(die: Any, index: int, at_entry: tuple[EntryLocations, int, bool, 
                      **_at_entry(die, at_entry))
 
 
-def _at_entry(die: Any, at_entry: tuple[EntryLocations, int, bool, bool] | None) -> dict[str, Any]:
+def _at_entry(die: Any, at_entry: tuple[EntryLocations, int, bool, FrameBase | None] | None) -> dict[str, Any]:
     """Where DWARF puts a parameter at the function's first instruction:
     its registers; or that it is elsewhere (memory, a computed value), or,
     in optimized code (some parameter has a location list), nowhere (no
     location at all). Nothing where DWARF does not say for that address."""
     if at_entry is None:
         return {}
-    locations, pc, optimized, cfa_frame = at_entry
+    locations, pc, optimized, frame = at_entry
     if "DW_AT_location" not in die.attributes:
         return {"entry_elsewhere": optimized}
-    registers = locations.registers_at(die, pc, cfa_frame)
+    registers = locations.registers_at(die, pc, frame)
+    if isinstance(registers, OnStack):
+        return {"entry_stack": registers.offset}
     if registers:
         return {"entry_registers": registers}
     return {"entry_elsewhere": registers is not None}
@@ -534,9 +540,7 @@ def _subprogram(dwarf: Any, die: Any) -> DwarfFunction:
     at_entry = None
     if isinstance(low_pc, int) and not is_go(die):
         locations = EntryLocations(dwarf)
-        frame_base = attribute(die, "DW_AT_frame_base")
-        cfa_frame = isinstance(frame_base, list) and frame_base == [0x9C]  # DW_OP_call_frame_cfa
-        at_entry = (locations, low_pc, any(locations.has_list(c) for c in formal), cfa_frame)
+        at_entry = (locations, low_pc, any(locations.has_list(c) for c in formal), _frame_base(dwarf, die, low_pc))
     params = tuple(_described(c, i, at_entry) for i, c in enumerate(formal)
                    if not attribute(c, "DW_AT_variable_parameter"))
     results = tuple(_described(c, i) for i, c in enumerate(formal) if attribute(c, "DW_AT_variable_parameter"))
@@ -555,6 +559,53 @@ def _subprogram(dwarf: Any, die: Any) -> DwarfFunction:
         value = Parameter("", ret, held_string=held_string(ret_die) if memory else None,
                           variants=None if memory else rust_variants(ret_die), float_type=float_base(ret_die))
     return DwarfFunction(source, line, params, ret, results, result_in_memory=memory, return_value=value)
+
+
+def _frame_base(dwarf: Any, die: Any, low_pc: int) -> FrameBase | None:
+    """The function's frame base, where an offset from it can be placed:
+    the CFA (DW_OP_call_frame_cfa: GCC), or RSP (DW_OP_reg7: LLVM without
+    a frame pointer), whose distance to the CFA in the function's body is
+    the CFA offset of the longest range of its call frame information's
+    rows (all RSP-based; the prologue and epilogue are shorter)."""
+    frame_base = attribute(die, "DW_AT_frame_base")
+    if frame_base == [0x9C]:  # DW_OP_call_frame_cfa
+        return FrameBase(is_cfa=True)
+    if frame_base != [0x57]:  # DW_OP_reg7 (RSP)
+        return None
+    fde = _fde_at(dwarf, low_pc)
+    if fde is None:
+        return None
+    try:
+        table = fde.get_decoded().table
+    except (DWARFError, KeyError, ValueError, AssertionError, TypeError):
+        return None
+    end = fde.header["initial_location"] + fde.header["address_range"]
+    spans: dict[int, int] = {}
+    for row, after in zip(table, [*table[1:], None], strict=True):
+        cfa = row["cfa"]
+        if cfa.expr is not None or cfa.reg != 7:
+            return None
+        spans[cfa.offset] = spans.get(cfa.offset, 0) + (after["pc"] if after else end) - row["pc"]
+    return FrameBase(is_cfa=False, cfa_offset=max(spans, key=lambda k: spans[k])) if spans else None
+
+
+def _fde_at(dwarf: Any, address: int) -> Any:
+    """The .eh_frame FDE whose range holds `address`, or None (none there,
+    or a separate debug file, whose .eh_frame holds nothing)."""
+    index = getattr(dwarf, "_coral_fdes", None)
+    if index is None:
+        try:
+            fdes = [e for e in dwarf.EH_CFI_entries() if isinstance(e, FDE)] if dwarf.has_EH_CFI() else []
+        except (DWARFError, ELFError, KeyError, ValueError, AssertionError, TypeError, struct.error):
+            fdes = []
+        fdes.sort(key=lambda e: e.header["initial_location"])
+        index = ([e.header["initial_location"] for e in fdes], fdes)
+        dwarf._coral_fdes = index
+    starts, fdes = index
+    i = bisect.bisect_right(starts, address) - 1
+    if i < 0 or address >= starts[i] + fdes[i].header["address_range"]:
+        return None
+    return fdes[i]
 
 
 def _declared_at(dwarf: Any, die: Any, entry_line: bool = True) -> tuple[str, int]:

@@ -265,6 +265,18 @@ SYSV_DWARF_REGISTERS = {5: 0, 4: 1, 1: 2, 2: 3, 8: 4, 9: 5}
 BY_ADDRESS = 1 << 16  # in entry_registers: the register holds the value's address (coral/dwarflocations.py)
 
 
+def _on_stack(a: pb.ArgumentMetadata, offset: int) -> Slot:
+    """An argument DWARF places `offset` bytes past the return address: a
+    scalar, pointer or floating-point value read there, as layout places
+    System V's stack arguments; anything of several parts is not captured."""
+    hint = _hint(a)
+    base = (hint if isinstance(hint, str) and hint else a.type).strip()
+    shape, width = _shape(base, False, hint)
+    if shape not in ("int", "cstring", "float", "stack") or width > 1:
+        return Slot(a.name, a.type, "unsupported", ())
+    return Slot(a.name, a.type, "stack", (), False, base, offset=offset, size=_STACK_SIZES.get(base, 8))
+
+
 def _placed_by_dwarf(slots: list[Slot], meta: pb.FunctionMetadata) -> list[Slot]:
     """Where DWARF's location at the entry puts an argument (its
     entry_registers) wins over the ABI's order: an optimizer may have
@@ -274,11 +286,17 @@ def _placed_by_dwarf(slots: list[Slot], meta: pb.FunctionMetadata) -> list[Slot]
     DWARF gave them to another argument (then it is not captured). In
     optimized code, one DWARF places elsewhere or nowhere (entry_elsewhere)
     is not captured, unless the ABI puts it on the stack and DWARF puts
-    every argument it places in registers where the ABI does."""
+    every argument it places where the ABI does. One DWARF places in the
+    caller's stack (entry_stack_offset) is read there; one the ABI puts on
+    the stack and DWARF does not place is not captured if DWARF moved
+    another argument."""
     out: list[Slot | None] = []
     claimed: set[int] = set()
     elsewhere = Slot("", "", "unsupported", ())  # marks an argument DWARF places elsewhere
     for s, a in zip(slots, meta.arguments, strict=True):
+        if a.HasField("entry_stack_offset"):  # in the caller's stack: read there, at the offset DWARF gives
+            out.append(_on_stack(a, a.entry_stack_offset))
+            continue
         if not a.entry_registers:
             out.append(elsewhere if a.entry_elsewhere and s.shape != "float" else None)
             continue
@@ -299,9 +317,11 @@ def _placed_by_dwarf(slots: list[Slot], meta: pb.FunctionMetadata) -> list[Slot]
             out.append(replace(placed, regs=regs))
     # Memory the ABI's order places (System V's stack arguments) is trusted
     # only where DWARF put every other argument where the ABI does.
-    agree = all(p is None or p is elsewhere or p.regs == s.regs for s, p in zip(slots, out, strict=True))
+    agree = all(p is None or p is elsewhere or (p.regs == s.regs and (p.shape != "stack" or p.offset == s.offset))
+                for s, p in zip(slots, out, strict=True))
     return [s if p is elsewhere and s.shape == "stack" and s.offset >= 0 and agree else
-            Slot(s.name, s.type, "unsupported", ()) if p is elsewhere else
+            Slot(s.name, s.type, "unsupported", ()) if p is elsewhere or (p is None and s.shape == "stack" and
+                                                                          not agree) else
             p if p is not None else
             (Slot(s.name, s.type, "unsupported", ()) if claimed & set(s.regs) else s)
             for s, p in zip(slots, out, strict=True)]
@@ -318,7 +338,8 @@ def argument_layout(meta: pb.FunctionMetadata) -> list[Slot]:
         [(f"arg{i}", "", None) for i in range(CAPTURED_ARG_REGS)]
     slots = layout(items, meta.kind == "go", CAPTURED_ARG_REGS, first=int(meta.result_in_memory),
                    on_stack=bool(meta.arguments))
-    return _placed_by_dwarf(slots, meta) if any(a.entry_registers or a.entry_elsewhere for a in meta.arguments) \
+    return _placed_by_dwarf(slots, meta) if any(a.entry_registers or a.entry_elsewhere or
+                                                a.HasField("entry_stack_offset") for a in meta.arguments) \
         else slots
 
 

@@ -315,7 +315,7 @@ class CountCallsResponse(_message.Message):
     def __init__(self, counts: _Optional[_Iterable[_Union[CountRow, _Mapping]]] = ...) -> None: ...
 
 class ArgumentMetadata(_message.Message):
-    __slots__ = ("name", "type", "location", "fields", "held_string", "go", "variants", "float_type", "entry_registers", "entry_elsewhere", "pointee_variants")
+    __slots__ = ("name", "type", "location", "fields", "held_string", "go", "variants", "float_type", "entry_registers", "entry_elsewhere", "pointee_variants", "entry_stack_offset")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     LOCATION_FIELD_NUMBER: _ClassVar[int]
@@ -327,6 +327,7 @@ class ArgumentMetadata(_message.Message):
     ENTRY_REGISTERS_FIELD_NUMBER: _ClassVar[int]
     ENTRY_ELSEWHERE_FIELD_NUMBER: _ClassVar[int]
     POINTEE_VARIANTS_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_STACK_OFFSET_FIELD_NUMBER: _ClassVar[int]
     name: str
     type: str
     location: str
@@ -338,7 +339,8 @@ class ArgumentMetadata(_message.Message):
     entry_registers: _containers.RepeatedScalarFieldContainer[int]
     entry_elsewhere: bool
     pointee_variants: EnumMetadata
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., location: _Optional[str] = ..., fields: _Optional[_Iterable[_Union[FieldMetadata, _Mapping]]] = ..., held_string: _Optional[_Union[HeldStringMetadata, _Mapping]] = ..., go: _Optional[_Union[GoValueMetadata, _Mapping]] = ..., variants: _Optional[_Union[EnumMetadata, _Mapping]] = ..., float_type: _Optional[str] = ..., entry_registers: _Optional[_Iterable[int]] = ..., entry_elsewhere: bool = ..., pointee_variants: _Optional[_Union[EnumMetadata, _Mapping]] = ...) -> None: ...
+    entry_stack_offset: int
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., location: _Optional[str] = ..., fields: _Optional[_Iterable[_Union[FieldMetadata, _Mapping]]] = ..., held_string: _Optional[_Union[HeldStringMetadata, _Mapping]] = ..., go: _Optional[_Union[GoValueMetadata, _Mapping]] = ..., variants: _Optional[_Union[EnumMetadata, _Mapping]] = ..., float_type: _Optional[str] = ..., entry_registers: _Optional[_Iterable[int]] = ..., entry_elsewhere: bool = ..., pointee_variants: _Optional[_Union[EnumMetadata, _Mapping]] = ..., entry_stack_offset: _Optional[int] = ...) -> None: ...
 
 class GoValueMetadata(_message.Message):
     __slots__ = ("underlying", "int_registers", "float_registers", "stack_only", "fields", "size", "align")

@@ -93,7 +93,8 @@ def argument_metadata(p: Parameter, location: str = "") -> pb.ArgumentMetadata:
     return pb.ArgumentMetadata(name=p.name, type=p.type, location=location, fields=[_field(f) for f in p.fields],
                                held_string=_held(p.held_string), go=_go(p.go), variants=_enum(p.variants),
                                float_type=p.float_type, entry_registers=list(p.entry_registers),
-                               entry_elsewhere=p.entry_elsewhere, pointee_variants=_enum(p.pointee_variants))
+                               entry_elsewhere=p.entry_elsewhere, pointee_variants=_enum(p.pointee_variants),
+                               entry_stack_offset=p.entry_stack if p.entry_stack >= 0 else None)
 
 
 def result_metadata(info: FunctionInfo, location: str = "") -> list[pb.ReturnValueMetadata]:
