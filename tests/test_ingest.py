@@ -387,6 +387,7 @@ def test_a_release_thread_that_fails_answers_its_waiters_and_never_gives_the_slo
 
     from coral.agentd.engine import ProbeEngine, SlotConfig
     from coral.agentd.targets import own_function_site
+    from coral.agentd.uprobes import Uprobe
 
     engine = ProbeEngine(16)
     getppid = ctypes.CDLL(None).getppid
@@ -396,8 +397,8 @@ def test_a_release_thread_that_fails_answers_its_waiters_and_never_gives_the_slo
             getppid()
         broken = engine._close_all
 
-        def close_all(fds: list[int]) -> None:
-            broken(fds)  # the probes go: only what follows fails
+        def close_all(probes: list[Uprobe]) -> None:
+            broken(probes)  # the probes go: only what follows fails
             raise RuntimeError("a bug")
 
         engine._close_all = close_all  # type: ignore[method-assign]
