@@ -23,7 +23,7 @@ from coral import histogram
 from coral.agentd import countby, pyframes, where_native
 from coral.agentd.probes import bpf_source_dir, load_bcc
 from coral.agentd.ringbuf import BUSY_BIT, DISCARD_BIT, HEADER_BYTES, RingReader
-from coral.agentd.uprobes import AttachError, Uprobe, UprobeAttacher, close_uprobe
+from coral.agentd.uprobes import AttachError, Uprobe, UprobeAttacher, remove_stale_events
 from coral.layouts import Layout, read_layouts
 from coral.proto import coral_pb2 as pb
 
@@ -316,6 +316,7 @@ class ProbeEngine:
         self._bpf["stack_calls"][ctypes.c_int(0)] = ctypes.c_int(self._bpf.load_func(b"coral_stack", bcc.BPF.KPROBE).fd)
         try:
             self._uprobes = UprobeAttacher()
+            remove_stale_events()  # of agents killed before they could remove them
         except AttachError as exc:
             raise ProbeError(f"cannot make uprobes: {exc}") from exc
         self._sites = self._bpf["sites"]
@@ -487,10 +488,10 @@ class ProbeEngine:
         try:
             if len(probes) <= 1:
                 for probe in probes:
-                    close_uprobe(probe)
+                    self._uprobes.close(probe)
             else:
                 with ThreadPoolExecutor(max_workers=min(32, len(probes))) as pool:  # close() lets go of the GIL
-                    list(pool.map(close_uprobe, probes))
+                    list(pool.map(self._uprobes.close, probes))
         finally:
             with self._masks_lock:
                 for probe in probes:
