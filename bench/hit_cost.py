@@ -45,10 +45,12 @@ HERE = Path(__file__).resolve().parent
 STATS_SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
 HELPERS_DECLS = r"""
 #include <uapi/linux/ptrace.h>
-struct key { u32 tgid; u32 pad; u64 ip; };  /* as coral_probes.c's struct site_key */
+struct key { u32 tgid; u32 pad; u64 ip; };  /* as coral_probes.c's struct site_key before the cookie */
 struct value { u64 words[4]; };
+struct site { u64 words[5]; };              /* as coral_probes.c's struct site */
 struct frames { u64 words[130]; };          /* about coral_probes.c's struct stack */
 BPF_HASH(sites, struct key, struct value, 16384);
+BPF_ARRAY(site_array, struct site, 16384);
 BPF_TASK_STORAGE(thread_stacks, struct frames);
 BPF_RINGBUF_OUTPUT(events, 64);
 """
@@ -61,6 +63,8 @@ HELPERS = {
         "BPF_LOCAL_STORAGE_GET_F_CREATE); if (f) f->words[0]++; return 0;",
     "hash lookup, 16-byte key":
         "struct key k = {.tgid = 5, .pad = 0, .ip = PT_REGS_IP(ctx)}; return sites.lookup(&k) != 0;",
+    "the site by the attach cookie (bpf_get_attach_cookie, array lookup)":
+        "u32 i = bpf_get_attach_cookie(ctx); struct site *s = site_array.lookup(&i); return s && s->words[0] == 3;",
     "ring buffer reserve and submit, 32 bytes":
         "struct value *v = events.ringbuf_reserve(sizeof(*v)); if (!v) return 0; "
         "v->words[0] = v->words[1] = v->words[2] = v->words[3] = 1; events.ringbuf_submit(v, BPF_RB_NO_WAKEUP); return 0;",

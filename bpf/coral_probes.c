@@ -1,8 +1,9 @@
 // Coral's BPF program: loaded once per agent, shared by every session.
 //
-// A session owns a *slot* (0..63). Where to probe is in `sites`, keyed by
-// process and the probed instruction's runtime address; each site carries
-// the mask of slots watching it. What a slot wants (sampling, filters,
+// A session owns a *slot* (0..63). Where to probe is in `sites`, an array
+// indexed by the probe's attach cookie (bpf_get_attach_cookie: the agent
+// gives each site, a process's probed instruction, an index of its own);
+// each site carries the mask of slots watching it. What a slot wants (sampling, filters,
 // captures) is in `slots`. Attaching a session therefore compiles nothing:
 // the agent attaches uprobes (refcounted) and writes maps.
 //
@@ -37,7 +38,7 @@
 // Compile-time parameters (coral/agentd/engine.py): CORAL_RINGBUF_PAGES, CORAL_STR_MAX,
 // CORAL_MAX_DEPTH, CORAL_DEEP_FRAMES ([sessions] max_call_depth, deep_frames), and every constant this program shares with Python (engine.bpf_constants(), defined
 // there only), used here under the same names:
-//   CORAL_MAX_SLOTS, CORAL_HIST_BUCKETS, CORAL_HIST_SUB_BITS (sub-buckets per power of two,
+//   CORAL_MAX_SLOTS, CORAL_SITES (entries of `sites`), CORAL_HIST_BUCKETS, CORAL_HIST_SUB_BITS (sub-buckets per power of two,
 //     coral/histogram.py), CORAL_STATS (counters per slot)
 //   SITE_ENTRY (first instruction of a function), SITE_GO (... of a Go function: frames
 //     keyed by goroutine), SITE_GO_RET (a RET of a Go function), SITE_PYTHON (the SDK's site),
@@ -69,7 +70,7 @@
 #include "coral_records.h"            // the ring buffer's records (and struct coral_call)
 #include "coral_python.h"             // --stack in a Python process: the Python frames above the call
 
-#if !defined(CORAL_STATS) || !defined(G_DEEP_IN_USE) || !defined(BY_TAIL_CALL) || !defined(SITE_URET) || !defined(CORAL_MAX_DEPTH) || !defined(SITE_RET) || !defined(W_NONEMPTY) || !defined(ST_WHERE_ERROR) || !defined(EV_NATIVE_TIMING) || !defined(EV_NATIVE_GO) || !defined(UNREAD_STACK) || !defined(UNREAD_STACK_RET) || !defined(COUNT_ROWS) || !defined(EV_STACK_COPY) || !defined(G_UNWOUND_LOST) || !defined(HELD_UNWOUND) || !defined(CORAL_UNWOUND_CALLS)
+#if !defined(CORAL_STATS) || !defined(G_DEEP_IN_USE) || !defined(BY_TAIL_CALL) || !defined(SITE_URET) || !defined(CORAL_MAX_DEPTH) || !defined(SITE_RET) || !defined(W_NONEMPTY) || !defined(ST_WHERE_ERROR) || !defined(EV_NATIVE_TIMING) || !defined(EV_NATIVE_GO) || !defined(UNREAD_STACK) || !defined(UNREAD_STACK_RET) || !defined(COUNT_ROWS) || !defined(EV_STACK_COPY) || !defined(G_UNWOUND_LOST) || !defined(HELD_UNWOUND) || !defined(CORAL_UNWOUND_CALLS) || !defined(CORAL_SITES)
 #error "compile through coral/agentd/engine.py, which defines the constants shared with Python"
 #endif
 
@@ -78,12 +79,10 @@
 #define CORAL_DROP_MAX 64            // dead frames one return drops before it looks further
 #define CORAL_BUDGET_WINDOW_NS 1000000000ULL
 
-struct site_key {
-    u32 tgid;
-    u32 pad;
-    u64 ip;
-};
-
+// sites[i] is the site whose probes carry cookie i. The agent gives an
+// index again only once every probe that carried it is closed, so a late
+// hit never reads another site's; an index in no use is all zeroes (no
+// slot watches it). Index 0 is never given.
 struct site {
     u64 slots;                       // bit i: slot i watches this site
     u64 func_ip;                     // entry address of the function (Go RET sites)
@@ -91,6 +90,8 @@ struct site {
     u32 held;                        // strings held in objects: HELD_ARGS_SLOT, HELD_RESULT_SLOT (engine.py)
     u32 where;                       // slots (plus one; 0: none) with a --where condition, 8 bits each: WHERE_SLOTS
     u32 count_by;                    // the slot (plus one; 0: none) with a --count-by key: struct count_by
+    u32 tgid;                        // the process: a hit in another one sharing its memory (vfork's child) is not ours
+    u32 pad;
 };
 
 // struct site.held, and struct frame.held from it: a slot (plus one; 0:
@@ -157,7 +158,7 @@ struct frame {
 struct stack {
     u32 depth;
     u32 changes;                     // pushes and pops so far (wraps): was the top frame the last change?
-    u64 id;                          // native: the thread's pid_tgid, as its last entry found it (coral_return reads it here)
+    u64 id;                          // native: the thread's pid_tgid, asked when the stack was made (thread_id)
     struct frame frames[CORAL_RING_FRAMES];
 };
 
@@ -178,7 +179,7 @@ struct budget {
 };
 
 BPF_RINGBUF_OUTPUT(events, CORAL_RINGBUF_PAGES);
-BPF_HASH(sites, struct site_key, struct site, 16384);
+BPF_ARRAY(sites, struct site, CORAL_SITES);
 BPF_ARRAY(slots, struct slot_config, CORAL_MAX_SLOTS);
 // Per-CPU counters: no atomic operations on the hot path; the agent sums them.
 BPF_PERCPU_ARRAY(stats, u64, CORAL_MAX_SLOTS * CORAL_STATS);
@@ -226,6 +227,13 @@ BPF_ARRAY(budgets, struct budget, CORAL_MAX_SLOTS);
 // Bit i: slot i went over its budget and records nothing more. One lookup
 // per hit, before anything else is done.
 BPF_ARRAY(stopped, u64, 1);
+
+// The site this probe was attached for (an array lookup: inlined by the verifier).
+static __always_inline struct site *site_of(struct pt_regs *ctx)
+{
+    u32 index = bpf_get_attach_cookie(ctx);
+    return sites.lookup(&index);
+}
 // What a hit costs outside this program (the trap into the kernel and
 // back), in ns: measured by the agent at start-up (ProbeEngine.calibrate).
 BPF_ARRAY(trap_cost, u64, 1);
@@ -628,11 +636,10 @@ static __always_inline u32 where_table(struct where_prog *p, u64 *regs, struct w
 // Tail-called by coral_hit at an entry whose site names conditions: their tables, kept for the return.
 int coral_where(struct pt_regs *ctx)
 {
-    u64 id = bpf_get_current_pid_tgid();
-    struct site_key key = {.tgid = id >> 32, .pad = 0, .ip = PT_REGS_IP(ctx)};
-    struct site *site = sites.lookup(&key);
+    struct site *site = site_of(ctx);  // a tail call keeps the hit's ctx, and so its cookie
     if (!site)
         return 0;
+    u64 id = bpf_get_current_pid_tgid();
     u32 zero = 0;
     struct where_scratch *s = where_scratches.lookup(&zero);
     if (!s)
@@ -1280,8 +1287,7 @@ int coral_stack(struct pt_regs *ctx)
         return 0;
     }
     // At a RET site the probed function is still on top; at a uretprobe it has returned.
-    struct site_key key = {.tgid = p->id >> 32, .pad = 0, .ip = PT_REGS_IP(ctx)};
-    struct site *s = sites.lookup(&key);
+    struct site *s = site_of(ctx);  // the hit's (a uretprobe carries its entry's cookie)
     u32 at_ret = s && (s->flags & (SITE_GO_RET | SITE_RET)) ? 1 : 0;
     u32 mode = 0, bytes = 0;  // of the slots together: both records if they differ, the largest copy
     u64 stacked = p->slots;
@@ -1571,16 +1577,12 @@ static __always_inline void drop_top(struct stack *st, struct thread_key *tk, u3
     take_back(st, tk, depth - 1);
 }
 
+// Push a frame on `st`, the frames of this thread or goroutine (stack_of).
 // Returns the entry's timestamp (the time it gave up, if it pushed no frame:
 // every path returns a time, so the verifier has one kind of value after it).
-static __always_inline u64 push_frame(struct thread_key *tk, u64 watching, u64 ip, struct pt_regs *ctx, int go,
-                                      int uret, u32 held, u32 where, u32 count_by)
+static __always_inline u64 push_frame(struct stack *st, struct thread_key *tk, u64 watching, u64 ip,
+                                      struct pt_regs *ctx, int go, int uret, u32 held, u32 where, u32 count_by)
 {
-    struct stack *st = stack_of(tk, go, 1);
-    if (!st)
-        return bpf_ktime_get_ns();
-    if (!go)
-        st->id = tk->id;
     u64 sp = go ? go_frame_sp(ctx) : PT_REGS_SP(ctx);
     u32 depth = st->depth;
     if (go && depth > 0 && depth <= CORAL_MAX_DEPTH) {
@@ -1664,9 +1666,11 @@ static __always_inline u64 push_frame(struct thread_key *tk, u64 watching, u64 i
 // the rest by later hits. A return from a call we did not see enter finds an
 // outer frame and is ignored. Returns the slots the call was reported to
 // (what the hit is charged to), and the time it took in *now_out. With
-// `id_of_stack` (a constant), the thread's id is the one its entries kept.
+// `id_of_stack` (a constant), the thread's id is the one its entries kept;
+// and if `tgid` is not 0, a thread of another process (vfork's child in
+// this memory) is not ours: nothing is done.
 static __always_inline u64 pop_frame(struct pt_regs *ctx, struct thread_key *tk, u64 entry_sp, u64 func_ip, u64 *results,
-                                     u64 id, int tail, u64 *now_out, int go, int id_of_stack)
+                                     u64 id, int tail, u64 *now_out, int go, int id_of_stack, u32 tgid)
 {
     struct stack *st = stack_of(tk, go, 0);
     if (!st) {
@@ -1675,6 +1679,8 @@ static __always_inline u64 pop_frame(struct pt_regs *ctx, struct thread_key *tk,
     }
     if (id_of_stack) {
         id = st->id;
+        if (tgid && id >> 32 != tgid)
+            return 0;
         tk->id = id;
     }
     u32 found = 0;
@@ -1778,10 +1784,11 @@ static __always_inline u64 python_call(struct pt_regs *ctx, u64 watching, u64 id
 // own, so that the verifier walks its loop over slots apart from coral_hit's.
 int coral_python(struct pt_regs *ctx)
 {
-    u64 id = bpf_get_current_pid_tgid();
-    struct site_key key = {.tgid = id >> 32, .pad = 0, .ip = PT_REGS_IP(ctx)};
-    struct site *s = sites.lookup(&key);
+    struct site *s = site_of(ctx);
     if (!s || !(s->flags & SITE_PYTHON))
+        return 0;
+    u64 id = bpf_get_current_pid_tgid();
+    if (id >> 32 != s->tgid)
         return 0;
     u64 watching = s->slots & ~stopped_slots();
     if (watching)
@@ -1789,12 +1796,27 @@ int coral_python(struct pt_regs *ctx)
     return 0;
 }
 
+// The id (pid_tgid) of the thread whose frames `st` are: asked once, when
+// its stack is new, then kept there. A thread's pid_tgid changes only when
+// a thread other than its process's leader calls exec; the leader then
+// exits, and the probes of that process with it (they are bound to the
+// leader's pid), so a kept id is never asked for again.
+static __always_inline u64 thread_id(struct stack *st)
+{
+    u64 id = st->id;
+    if (!id) {
+        id = bpf_get_current_pid_tgid();
+        st->id = id;
+    }
+    return id;
+}
+
 // Attached at every entry site and every RET and tail JMP site (Go, C++, Rust).
+// The site is the probe's (its attach cookie), so a hit asks the kernel for
+// its thread's id only where it keeps none: a Go RET (a record's thread).
 int coral_hit(struct pt_regs *ctx)
 {
-    u64 id = bpf_get_current_pid_tgid();
-    struct site_key key = {.tgid = id >> 32, .pad = 0, .ip = PT_REGS_IP(ctx)};
-    struct site *s = sites.lookup(&key);
+    struct site *s = site_of(ctx);
     if (!s)
         return 0;
     u64 watching = s->slots & ~stopped_slots();
@@ -1803,12 +1825,12 @@ int coral_hit(struct pt_regs *ctx)
     if (s->flags & SITE_PYTHON)
         return 0;  // coral_python's
     u64 now = 0;
+    u64 ip = PT_REGS_IP(ctx);
     // Frames per goroutine for Go (R14 holds g), per thread otherwise.
     int go = (s->flags & (SITE_GO | SITE_GO_RET)) != 0;
-    struct thread_key tk = {.id = id, .g = 0};
+    struct thread_key tk = {.id = s->tgid, .g = 0};
     u64 results[3] = {ctx->ax, ctx->dx, 0};  // System V: RAX, RDX
     if (go) {
-        tk.id = id >> 32;
         tk.g = ctx->r14;
         results[1] = ctx->bx;  // Go: RAX, RBX, RCX
         results[2] = ctx->cx;
@@ -1819,14 +1841,27 @@ int coral_hit(struct pt_regs *ctx)
         u64 sp = go ? go_frame_sp(ctx) : PT_REGS_SP(ctx);
         int tail = s->flags & SITE_TAIL;
         if (go)  // constant in each copy, as for push_frame
-            watching = pop_frame(ctx, &tk, sp, s->func_ip, results, id, tail, &now, 1, 0);
+            watching = pop_frame(ctx, &tk, sp, s->func_ip, results, bpf_get_current_pid_tgid(), tail, &now, 1, 0, 0);
         else
-            watching = pop_frame(ctx, &tk, sp, s->func_ip, results, id, tail, &now, 0, 0);
-    } else if (go)
-        now = push_frame(&tk, watching, key.ip, ctx, 1, 0, s->held, s->where, s->count_by);  // constant: each copy reads its own ABI's registers
-    else {
-        u32 held = copy_held_at_entry(ctx, s->held, watching, id);  // before the entry's timestamp: not in the duration
-        now = push_frame(&tk, watching, key.ip, ctx, 0, s->flags & SITE_URET, held, s->where, s->count_by);
+            watching = pop_frame(ctx, &tk, sp, s->func_ip, results, 0, tail, &now, 0, 1, s->tgid);
+    } else if (go) {
+        struct stack *st = stack_of(&tk, 1, 1);
+        if (st)
+            now = push_frame(st, &tk, watching, ip, ctx, 1, 0, s->held, s->where, s->count_by);  // constant: each copy reads its own ABI's registers
+        else
+            now = bpf_ktime_get_ns();
+    } else {
+        struct stack *st = stack_of(&tk, 0, 1);
+        if (!st) {
+            now = bpf_ktime_get_ns();
+        } else {
+            u64 id = thread_id(st);
+            if (id >> 32 != s->tgid)
+                return 0;  // not this site's process
+            tk.id = id;
+            u32 held = copy_held_at_entry(ctx, s->held, watching, id);  // before the entry's timestamp: not in the duration
+            now = push_frame(st, &tk, watching, ip, ctx, 0, s->flags & SITE_URET, held, s->where, s->count_by);
+        }
     }
     charge(watching, now);  // charge() does nothing for no slot (an unpaired return: now is 0 then)
     if (s->flags & (SITE_GO_RET | SITE_RET))
@@ -1846,7 +1881,7 @@ int coral_return(struct pt_regs *ctx)
     struct thread_key tk = {.id = 0, .g = 0};
     u64 results[3] = {PT_REGS_RC(ctx), ctx->dx, 0};
     u64 now = 0;
-    u64 watching = pop_frame(ctx, &tk, PT_REGS_SP(ctx) - 8, 0, results, 0, 0, &now, 0, 1);
+    u64 watching = pop_frame(ctx, &tk, PT_REGS_SP(ctx) - 8, 0, results, 0, 0, &now, 0, 1, 0);
     if (watching)
         charge(watching, now);
     count_kept(ctx);  // coral_count: the call's key, then its stack (does not come back)

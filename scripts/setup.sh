@@ -67,8 +67,8 @@ else
   say "linked $kdir/build -> $hdr and $kdir/source -> $common"
 fi
 
-# BCC removes a uprobe through tracefs; without it mounted, detaching fails
-# after the perf event is closed. systemd machines mount it; minimal VMs may not.
+# The agent makes each uprobe as a tracefs uprobe event (uprobe_events); without
+# tracefs mounted it attaches nothing. systemd machines mount it; minimal VMs may not.
 if ! grep -qs ' /sys/kernel/tracing tracefs ' /proc/mounts; then
   if [ "$(id -u)" -ne 0 ]; then say "tracefs not mounted at /sys/kernel/tracing (run as root)"; exit 1; fi
   mount -t tracefs tracefs /sys/kernel/tracing

@@ -387,6 +387,7 @@ def test_a_release_thread_that_fails_answers_its_waiters_and_never_gives_the_slo
 
     from coral.agentd.engine import ProbeEngine, SlotConfig
     from coral.agentd.targets import own_function_site
+    from coral.agentd.uprobes import Uprobe
 
     engine = ProbeEngine(16)
     getppid = ctypes.CDLL(None).getppid
@@ -395,10 +396,13 @@ def test_a_release_thread_that_fails_answers_its_waiters_and_never_gives_the_slo
         for _ in range(100):
             getppid()
         broken = engine._close_all
+        closed: list[int] = []
 
-        def close_all(fds: list[int]) -> None:
-            broken(fds)  # the probes go: only what follows fails
-            raise RuntimeError("a bug")
+        def close_all(probes: list[Uprobe]) -> None:
+            broken(probes)  # the probes go: only what follows fails
+            closed.append(len(probes))
+            if len(closed) == 2:  # after the return probes too: no uprobe event of this process is left in tracefs
+                raise RuntimeError("a bug")
 
         engine._close_all = close_all  # type: ignore[method-assign]
         engine.release_slots([slot])

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import Any
 
 import numpy as np
 
@@ -24,6 +23,7 @@ from coral import histogram
 from coral.agentd import countby, pyframes, where_native
 from coral.agentd.probes import bpf_source_dir, load_bcc
 from coral.agentd.ringbuf import BUSY_BIT, DISCARD_BIT, HEADER_BYTES, RingReader
+from coral.agentd.uprobes import AttachError, Uprobe, UprobeAttacher, remove_stale_events
 from coral.layouts import Layout, read_layouts
 from coral.proto import coral_pb2 as pb
 
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 # The constants the BPF program and this module share, defined here only:
 # the program gets them as -D flags (bpf/coral_probes.c defines none of them).
 MAX_SLOTS = 64
+MAX_SITES = 16384  # entries of the program's `sites` array: probed instructions, all processes together
 HIST_BUCKETS = 512
 STAT_NAMES = ("CALLS", "SAMPLED", "FILTERED", "RINGBUF", "EMITTED", "MAX_NS", "SUM_NS", "UNREADABLE", "EXPIRED",
               "WHERE_ERROR", "RATE")
@@ -60,7 +61,8 @@ HELD_UNWOUND = 0x40000  # struct site.held: a slot watching the function wants i
 
 def bpf_constants() -> dict[str, int]:
     """Every constant bpf/coral_probes.c shares with this module, by its C name."""
-    out = {"CORAL_MAX_SLOTS": MAX_SLOTS, "CORAL_HIST_BUCKETS": HIST_BUCKETS, "CORAL_HIST_SUB_BITS": histogram.SUB_BITS,
+    out = {"CORAL_MAX_SLOTS": MAX_SLOTS, "CORAL_SITES": MAX_SITES, "CORAL_HIST_BUCKETS": HIST_BUCKETS,
+           "CORAL_HIST_SUB_BITS": histogram.SUB_BITS,
            "CORAL_STATS": STATS_PER_SLOT,
            "SITE_ENTRY": SITE_ENTRY, "SITE_GO": SITE_GO, "SITE_GO_RET": SITE_GO_RET, "SITE_PYTHON": SITE_PYTHON,
            "SITE_RET": SITE_RET, "SITE_TAIL": SITE_TAIL, "SITE_URET": SITE_URET, "CORAL_URETPROBE_DEPTH": URETPROBE_DEPTH,
@@ -252,21 +254,6 @@ class SlotStats:
     count_rows: list[tuple[int, int, bytes, countby.Row]] = field(default_factory=list)
 
 
-class _Libbcc:
-    """libbcc's bpf_attach_uprobe with its real signature. BCC 0.26's Python
-    binding declares six arguments and passes no ref_ctr_offset (the C
-    function takes seven), so Coral calls it through its own handle."""
-
-    def __init__(self, bcc: Any) -> None:
-        lib = ctypes.CDLL(bcc.libbcc.lib._name, use_errno=True)
-        self.attach = lib.bpf_attach_uprobe
-        self.attach.restype = ctypes.c_int
-        self.attach.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulonglong,
-                                ctypes.c_int, ctypes.c_uint32]
-        self.close_fd = lib.bpf_close_perf_event_fd
-        self.close_fd.argtypes = [ctypes.c_int]
-
-
 # What a uprobe hit costs (the trap into the kernel and back, and the
 # program's work), charged to a session's CPU budget per hit. The agent
 # measures it at start-up (calibrate); this is the figure it falls back on
@@ -327,8 +314,20 @@ class ProbeEngine:
                                                                                      bcc.BPF.KPROBE).fd)
         # ... and coral_stack (they or coral_count) after a return whose call a --stack session reported.
         self._bpf["stack_calls"][ctypes.c_int(0)] = ctypes.c_int(self._bpf.load_func(b"coral_stack", bcc.BPF.KPROBE).fd)
-        self._lib = _Libbcc(bcc)
+        try:
+            self._uprobes = UprobeAttacher()
+            remove_stale_events()  # of agents killed before they could remove them
+        except AttachError as exc:
+            raise ProbeError(f"cannot make uprobes: {exc}") from exc
         self._sites = self._bpf["sites"]
+        # A site's index in `sites`, the cookie of every probe attached for
+        # it, by (pid, runtime_ip); given again only once the site has no slot
+        # and none of those probes is open (_probes_of), so that a late hit
+        # never reads another site's entry. Index 0 is never given.
+        self._site_index: dict[tuple[int, int], int] = {}
+        self._probes_of: dict[int, int] = {}  # index -> its probes not yet closed
+        self._index_site: dict[int, tuple[int, int]] = {}  # index -> (pid, runtime_ip)
+        self._free_indexes = list(range(MAX_SITES - 1, 0, -1))
         self._slot_table = self._bpf["slots"]
         self._wheres = self._bpf["wheres"]
         self._stack_slots = self._bpf["stack_slots"]  # --stack: the slots that take stacks, as a mask
@@ -357,7 +356,7 @@ class ProbeEngine:
         self._configs: dict[int, SlotConfig] = {}  # as last written to each slot
         self._masks_lock = threading.Lock()  # the sites' masks change on the loop and on release threads
         self._closes: dict[tuple[int, str, int, bool], threading.Event] = {}  # probes being removed: set once gone
-        self._attached: dict[tuple[int, str, int, bool], tuple[int, int]] = {}  # key -> (fd, refcount)
+        self._attached: dict[tuple[int, str, int, bool], tuple[Uprobe, int]] = {}  # key -> (probe, refcount)
         self._ring = RingReader(self._bpf["events"].map_fd, ringbuf_pages * mmap.PAGESIZE)
         # Closed slots whose probes are being removed, or whose records may
         # still be in the ring buffer. Each is free again once its probes are
@@ -424,16 +423,16 @@ class ProbeEngine:
         self._release(slots, counts_first=False)
 
     def _release(self, slots: list[int], counts_first: bool) -> Release:
-        entries: list[int] = []
-        returns: list[int] = []
+        entries: list[Uprobe] = []
+        returns: list[Uprobe] = []
         released: list[tuple[int, Site]] = []
         release = Release()
         for slot in slots:
             for site in reversed(self._slot_sites.pop(slot, [])):
                 for retprobe in (False, True) if site.uretprobe else (False,):
-                    fd = self._unref(site, retprobe)
-                    if fd >= 0:
-                        (entries if site.flags & SITE_ENTRY and not retprobe else returns).append(fd)
+                    probe = self._unref(site, retprobe)
+                    if probe is not None:
+                        (entries if site.flags & SITE_ENTRY and not retprobe else returns).append(probe)
                         self._closes[(site.pid, site.path, site.file_offset, retprobe)] = release.done
                 released.append((slot, site))
             self.closing[slot] = release
@@ -483,13 +482,21 @@ class ProbeEngine:
         """A released slot's final counts (read now if its thread failed before)."""
         return release.stats.get(slot) or self.stats(slot)
 
-    def _close_all(self, fds: list[int]) -> None:
-        if len(fds) <= 1:
-            for fd in fds:
-                self._lib.close_fd(fd)
-            return
-        with ThreadPoolExecutor(max_workers=min(32, len(fds))) as pool:  # ctypes lets go of the GIL
-            list(pool.map(self._lib.close_fd, fds))
+    def _close_all(self, probes: list[Uprobe]) -> None:
+        """Close probes (in parallel: each waits for the kernel), then let
+        their sites' indexes go if nothing else holds them."""
+        try:
+            if len(probes) <= 1:
+                for probe in probes:
+                    self._uprobes.close(probe)
+            else:
+                with ThreadPoolExecutor(max_workers=min(32, len(probes))) as pool:  # close() lets go of the GIL
+                    list(pool.map(self._uprobes.close, probes))
+        finally:
+            with self._masks_lock:
+                for probe in probes:
+                    self._probes_of[probe.cookie] -= 1
+                    self._free_index_if_unused(probe.cookie)
 
     def program_fd(self, name: str) -> int:
         """One of the loaded programs (coral_hit, coral_python, ...), by name: bench/verifier.py reads its size."""
@@ -665,21 +672,41 @@ class ProbeEngine:
     # ------------------------------------------------------------- sites
 
     def _write_site(self, site: Site, mask: int) -> None:
-        key = self._sites.Key()
-        key.tgid, key.pad, key.ip = site.pid, 0, site.runtime_ip
+        """The site's entry in `sites` (under _masks_lock), giving it an index
+        if it has none; with no slot left, an empty entry."""
+        where = (site.pid, site.runtime_ip)
         if mask == 0:
-            self._site_masks.pop((site.pid, site.runtime_ip), None)
-            with contextlib.suppress(KeyError):
-                del self._sites[key]
+            self._site_masks.pop(where, None)
+            index = self._site_index.get(where)
+            if index is not None:
+                self._sites[ctypes.c_int(index)] = self._sites.Leaf()  # a late hit finds no slot there
+                self._free_index_if_unused(index)
             return
+        index = self._site_index.get(where)
+        if index is None:
+            if not self._free_indexes:
+                raise ProbeError(f"all {MAX_SITES - 1} probe sites are in use (probed instructions, all processes "
+                                 f"together): detach sessions you no longer need")
+            index = self._site_index[where] = self._free_indexes.pop()
+            self._index_site[index], self._probes_of[index] = where, 0
         value = self._sites.Leaf()
         value.slots, value.func_ip, value.held = mask, site.func_ip, self._held_of(mask)
         value.where = self._where_of(mask)
         counted = self._counted(mask)
         value.count_by = counted[0] + 1 if counted else 0
         value.flags = site.flags | (SITE_URET if site.uretprobe else 0)
-        self._sites[key] = value
-        self._site_masks[(site.pid, site.runtime_ip)] = mask
+        value.tgid = site.pid
+        self._sites[ctypes.c_int(index)] = value
+        self._site_masks[where] = mask
+
+    def _free_index_if_unused(self, index: int) -> None:
+        """Give the index again once no slot watches its site and none of its
+        probes is open (under _masks_lock)."""
+        where = self._index_site.get(index)
+        if where is None or self._probes_of[index] > 0 or where in self._site_masks:
+            return
+        del self._site_index[where], self._index_site[index], self._probes_of[index]
+        self._free_indexes.append(index)
 
     def _held_of(self, mask: int) -> int:
         """struct site.held: a slot of `mask` whose config copies strings that
@@ -716,6 +743,7 @@ class ProbeEngine:
         # The map first: a probe that fires must find its site.
         with self._masks_lock:
             self._write_site(site, self._site_masks.get((site.pid, site.runtime_ip), 0) | (1 << slot))
+            index = self._site_index[(site.pid, site.runtime_ip)]
         self._slot_sites[slot].append(site)
         # The return probe before the entry: an entry seen before its return
         # could be would leave a frame that looks unwound.
@@ -723,7 +751,7 @@ class ProbeEngine:
         acquired: list[bool] = []
         try:
             for retprobe in probes:
-                self._acquire(site, retprobe)
+                self._acquire(site, retprobe, index)
                 acquired.append(retprobe)
         except ProbeError:
             for retprobe in acquired:
@@ -733,41 +761,48 @@ class ProbeEngine:
                 self._write_site(site, self._site_masks.get((site.pid, site.runtime_ip), 0) & ~(1 << slot))
             raise
 
-    def _acquire(self, site: Site, retprobe: bool) -> None:
+    def _acquire(self, site: Site, retprobe: bool, index: int) -> None:
         key = (site.pid, site.path, site.file_offset, retprobe)
         being_removed = self._closes.pop(key, None)
         if being_removed is not None:  # a session just ended there: two probes at once would see each call twice
             being_removed.wait()
+        kind = "uretprobe" if retprobe else "uprobe"
+        where = f"{kind} at {site.path}+{site.file_offset:#x} (pid {site.pid})"
         if key in self._attached:
-            fd, refs = self._attached[key]
-            self._attached[key] = (fd, refs + 1)
+            probe, refs = self._attached[key]
+            if probe.cookie != index:  # one probe, one site: the same code mapped twice in the process
+                raise ProbeError(f"{where}: that instruction is already probed at another address in the process")
+            self._attached[key] = (probe, refs + 1)
             return
-        ev_name = f"coral_{site.pid}_{site.file_offset:x}_{'r' if retprobe else 'p'}".encode()
         program = self._ret if retprobe else self._python_hit if site.flags & SITE_PYTHON else self._hit
-        fd = self._lib.attach(program, int(retprobe), ev_name, site.path.encode(),
-                              site.file_offset, site.pid, site.ref_ctr_offset)
-        if fd < 0:
-            err = ctypes.get_errno()
-            kind = "uretprobe" if retprobe else "uprobe"
-            raise ProbeError(f"{kind} at {site.path}+{site.file_offset:#x} (pid {site.pid}) refused by the kernel"
-                             + (f": errno {err}" if err else ""))
-        self._attached[key] = (fd, 1)
+        with self._masks_lock:
+            self._probes_of[index] += 1  # before it can fire: the index stays the site's until it is closed
+        try:
+            probe = self._uprobes.attach(program, retprobe, site.path, site.file_offset, site.pid,
+                                         site.ref_ctr_offset, index)
+        except AttachError as exc:
+            with self._masks_lock:
+                self._probes_of[index] -= 1
+                self._free_index_if_unused(index)
+            raise ProbeError(f"{where} refused by the kernel: {exc}") from exc
+        self._attached[key] = (probe, 1)
 
     def _release_one(self, site: Site, retprobe: bool) -> None:
-        fd = self._unref(site, retprobe)
-        if fd >= 0:
-            self._lib.close_fd(fd)
+        probe = self._unref(site, retprobe)
+        if probe is not None:
+            self._close_all([probe])
 
-    def _unref(self, site: Site, retprobe: bool) -> int:
-        """One reference fewer; the probe's fd to close if that was the last, else -1."""
+    def _unref(self, site: Site, retprobe: bool) -> Uprobe | None:
+        """One reference fewer; the probe to close if that was the last, else None."""
         key = (site.pid, site.path, site.file_offset, retprobe)
-        fd, refs = self._attached.get(key, (-1, 0))
+        if key not in self._attached:
+            return None
+        probe, refs = self._attached[key]
         if refs > 1:
-            self._attached[key] = (fd, refs - 1)
-        elif refs == 1:
-            del self._attached[key]
-            return fd
-        return -1
+            self._attached[key] = (probe, refs - 1)
+            return None
+        del self._attached[key]
+        return probe
 
     @property
     def attachment_count(self) -> int:
@@ -942,7 +977,7 @@ class ProbeEngine:
     def close(self) -> None:
         for release in list(self.closing.values()):
             release.done.wait(30)  # a thread still removing probes: before the program goes
-        self._close_all([fd for fd, _ in self._attached.values()])
+        self._close_all([probe for probe, _ in self._attached.values()])
         self._attached.clear()
         self._ring.close()
         self._bpf.cleanup()
