@@ -29,7 +29,7 @@
 //
 // A session may have a CPU budget: each hit's cost (trap_cost: what the
 // agent measured a hit to cost, the trap and this program together) is
-// charged to every slot it served, summed
+// charged to every slot it served that has one (trap_cost's mask), summed
 // over all CPUs in a fixed window of CORAL_BUDGET_WINDOW_NS. A slot that
 // spends more than its limit in a window is marked in `stopped`, which the
 // program checks first thing: from then on it records nothing, and the
@@ -181,8 +181,14 @@ struct budget {
 BPF_RINGBUF_OUTPUT(events, CORAL_RINGBUF_PAGES);
 BPF_ARRAY(sites, struct site, CORAL_SITES);
 BPF_ARRAY(slots, struct slot_config, CORAL_MAX_SLOTS);
-// Per-CPU counters: no atomic operations on the hot path; the agent sums them.
-BPF_PERCPU_ARRAY(stats, u64, CORAL_MAX_SLOTS * CORAL_STATS);
+// A slot's counters (ST_*), per CPU: no atomic operations on the hot path
+// (the agent sums them), and one lookup a call for all of them. The
+// histogram is apart: in the struct, its variable index made the verifier
+// walk of coral_hit longer than it takes.
+struct slot_counts {
+    u64 stats[CORAL_STATS];
+};
+BPF_PERCPU_ARRAY(counts, struct slot_counts, CORAL_MAX_SLOTS);
 BPF_PERCPU_ARRAY(hist, u64, CORAL_MAX_SLOTS * CORAL_HIST_BUCKETS);
 BPF_PERCPU_ARRAY(globals, u64, 7);
 // Sampling needs one global order of calls: an atomic counter, only when sampling.
@@ -234,9 +240,16 @@ static __always_inline struct site *site_of(struct pt_regs *ctx)
     u32 index = bpf_get_attach_cookie(ctx);
     return sites.lookup(&index);
 }
-// What a hit costs outside this program (the trap into the kernel and
-// back), in ns: measured by the agent at start-up (ProbeEngine.calibrate).
-BPF_ARRAY(trap_cost, u64, 1);
+// What charge() needs, in one lookup: what a hit costs (the trap into the
+// kernel and back, and this program), in ns, measured by the agent at
+// start-up (ProbeEngine.calibrate); and the slots that have a budget (bit
+// i: budgets[i].limit_ns is not 0), so that a hit serving none of them
+// charges nothing without looking at any budget.
+struct charging {
+    u64 trap_ns;
+    u64 budgeted;
+};
+BPF_ARRAY(trap_cost, struct charging, 1);
 
 static __always_inline u64 stopped_slots(void)
 {
@@ -254,8 +267,9 @@ static __always_inline void charge(u64 mask, u64 now)
     if (!mask)
         return;
     u32 zero = 0;
-    u64 *trap = trap_cost.lookup(&zero);
-    u64 cost = trap ? *trap : 0;
+    struct charging *c = trap_cost.lookup(&zero);
+    u64 cost = c ? c->trap_ns : 0;
+    mask &= c ? c->budgeted : 0;  // the loop ends at once if no slot it served has a budget
     for (u32 slot = 0; slot < CORAL_MAX_SLOTS; slot++) {
         if (!(mask >> slot))
             break;
@@ -279,19 +293,6 @@ static __always_inline void charge(u64 mask, u64 now)
                 __sync_fetch_and_or(stop, 1ULL << slot);
         }
     }
-}
-
-static __always_inline u64 *stat(u32 slot, u32 which)
-{
-    u32 index = slot * CORAL_STATS + which;
-    return stats.lookup(&index);
-}
-
-static __always_inline void bump_stat(u32 slot, u32 which)
-{
-    u64 *value = stat(slot, which);
-    if (value)
-        *value += 1;
 }
 
 static __always_inline void bump_global(u32 which)
@@ -360,31 +361,30 @@ static __always_inline int rate_allows(u32 slot, u32 limit)
 // Count the call for the slot and decide whether to report it.
 // `rejected` and `unread`: bit per slot, the --where condition does not hold,
 // or could not be evaluated (where_at_return).
-static __always_inline int account(u32 slot, struct slot_config *cfg, u64 now, u64 duration, u64 rejected, u64 unread)
+// `c`: the slot's counts on this CPU.
+static __always_inline int account(u32 slot, struct slot_counts *c, struct slot_config *cfg, u64 now, u64 duration,
+                                   u64 rejected, u64 unread)
 {
     // The session's end is kept here, not only by the agent: a call that
     // returns after it is in no count, however late the agent detaches.
     if (cfg->expires_ns && now > cfg->expires_ns) {
-        bump_stat(slot, ST_EXPIRED);
+        c->stats[ST_EXPIRED] += 1;
         return 0;
     }
-    bump_stat(slot, ST_CALLS);
+    c->stats[ST_CALLS] += 1;
     u32 index = slot * CORAL_HIST_BUCKETS + (hist_bucket(duration) & (CORAL_HIST_BUCKETS - 1));
     u64 *bucket = hist.lookup(&index);
     if (bucket)
         *bucket += 1;
-    u64 *sum = stat(slot, ST_SUM_NS);
-    if (sum)
-        *sum += duration;
-    u64 *max = stat(slot, ST_MAX_NS);
-    if (max && duration > *max)
-        *max = duration;
+    c->stats[ST_SUM_NS] += duration;
+    if (duration > c->stats[ST_MAX_NS])
+        c->stats[ST_MAX_NS] = duration;
 
     if (cfg->sample_rate > 1) {
         u64 *count = sample_counts.lookup(&slot);
         u64 nth = count ? __sync_fetch_and_add(count, 1) : 0;
         if (nth % cfg->sample_rate != 0) {
-            bump_stat(slot, ST_SAMPLED);
+            c->stats[ST_SAMPLED] += 1;
             return 0;
         }
     }
@@ -393,11 +393,11 @@ static __always_inline int account(u32 slot, struct slot_config *cfg, u64 now, u
     // walked by the verifier once for every slot.
     u64 no = (rejected | unread) >> (slot & 63) & 1, error = unread >> (slot & 63) & 1;
     if (duration < (cfg->min_duration_ns | no * ~0ULL)) {
-        bump_stat(slot, ST_FILTERED + (u32)error * (ST_WHERE_ERROR - ST_FILTERED));
+        c->stats[ST_FILTERED + (u32)error * (ST_WHERE_ERROR - ST_FILTERED)] += 1;
         return 0;
     }
     if (cfg->rate_per_s && !rate_allows(slot, cfg->rate_per_s)) {
-        bump_stat(slot, ST_RATE);
+        c->stats[ST_RATE] += 1;
         return 0;
     }
     return 1;
@@ -1365,14 +1365,15 @@ static __always_inline void finish_native(struct pt_regs *ctx, struct frame *f, 
             continue;
         u32 key = slot;
         struct slot_config *cfg = slots.lookup(&key);
-        if (!cfg || !account(slot, cfg, now, duration, rejected, unread))
+        struct slot_counts *c = counts.lookup(&key);
+        if (!cfg || !c || !account(slot, c, cfg, now, duration, rejected, unread))
             continue;
         if (cfg->capture & CAPTURE_COUNT_ONLY)
             continue;  // --count-by: counted above, no record
         if (!(cfg->capture & 3) && !cfg->stack) {
             struct native_timing_event *t = events.ringbuf_reserve(sizeof(*t));
             if (!t) {
-                bump_stat(slot, ST_RINGBUF);
+                c->stats[ST_RINGBUF] += 1;
                 continue;
             }
             t->type = EV_NATIVE_TIMING;
@@ -1382,7 +1383,7 @@ static __always_inline void finish_native(struct pt_regs *ctx, struct frame *f, 
             t->start_ns = f->ts;
             t->duration_ns = duration;
             events.ringbuf_submit(t, BPF_RB_NO_WAKEUP);
-            bump_stat(slot, ST_EMITTED);
+            c->stats[ST_EMITTED] += 1;
             continue;
         }
         // A Go call's record is larger (its other result registers and its
@@ -1390,7 +1391,7 @@ static __always_inline void finish_native(struct pt_regs *ctx, struct frame *f, 
         // and clears a constant size.
         struct native_event *e = events.ringbuf_reserve(go ? sizeof(struct native_go_event) : sizeof(*e));
         if (!e) {
-            bump_stat(slot, ST_RINGBUF);
+            c->stats[ST_RINGBUF] += 1;
             continue;
         }
         if (go)
@@ -1449,7 +1450,7 @@ static __always_inline void finish_native(struct pt_regs *ctx, struct frame *f, 
             }
         }
         events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
-        bump_stat(slot, ST_EMITTED);
+        c->stats[ST_EMITTED] += 1;
     }
     stack_wanted(watching, f->ts, id);
     if (f->held & HELD_STACK) {
@@ -1737,7 +1738,8 @@ static __always_inline u64 python_call(struct pt_regs *ctx, u64 watching, u64 id
             continue;
         u32 key = slot;
         struct slot_config *cfg = slots.lookup(&key);
-        if (!cfg || cfg->fn_id != head[0] || !account(slot, cfg, now, duration, rejected, unread))
+        struct slot_counts *c = counts.lookup(&key);
+        if (!cfg || !c || cfg->fn_id != head[0] || !account(slot, c, cfg, now, duration, rejected, unread))
             continue;
         if ((u32)head[4] & CORAL_CALL_COUNTED)
             continue;  // --count-by: the SDK counted it by its key (coral/sdk/countby.py), nothing to send
@@ -1745,7 +1747,7 @@ static __always_inline u64 python_call(struct pt_regs *ctx, u64 watching, u64 id
             // Timing only: 56 bytes instead of the whole record.
             struct python_timing_event *t = events.ringbuf_reserve(sizeof(*t));
             if (!t) {
-                bump_stat(slot, ST_RINGBUF);
+                c->stats[ST_RINGBUF] += 1;
                 continue;
             }
             t->type = EV_PYTHON_TIMING;
@@ -1754,12 +1756,12 @@ static __always_inline u64 python_call(struct pt_regs *ctx, u64 watching, u64 id
             t->tid = (u32)id;
             __builtin_memcpy(t->head, head, sizeof(head));
             events.ringbuf_submit(t, BPF_RB_NO_WAKEUP);
-            bump_stat(slot, ST_EMITTED);
+            c->stats[ST_EMITTED] += 1;
             continue;
         }
         struct python_event *e = events.ringbuf_reserve(sizeof(*e));
         if (!e) {
-            bump_stat(slot, ST_RINGBUF);
+            c->stats[ST_RINGBUF] += 1;
             continue;
         }
         e->type = EV_PYTHON;
@@ -1771,11 +1773,11 @@ static __always_inline u64 python_call(struct pt_regs *ctx, u64 watching, u64 id
                                                     : bpf_probe_read_user(&e->call, offsetof(struct coral_call, stack), rec);
         if (read != 0) {
             events.ringbuf_discard(e, 0);
-            bump_stat(slot, ST_UNREADABLE);
+            c->stats[ST_UNREADABLE] += 1;
             continue;
         }
         events.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
-        bump_stat(slot, ST_EMITTED);
+        c->stats[ST_EMITTED] += 1;
     }
     return now;
 }

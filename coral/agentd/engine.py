@@ -331,7 +331,7 @@ class ProbeEngine:
         self._slot_table = self._bpf["slots"]
         self._wheres = self._bpf["wheres"]
         self._stack_slots = self._bpf["stack_slots"]  # --stack: the slots that take stacks, as a mask
-        self._stats = self._bpf["stats"]
+        self._counts = self._bpf["counts"]  # per CPU, by slot: struct slot_counts (the ST_* counters)
         self._hist = self._bpf["hist"]
         self._by_slots_table = self._bpf["by_slots"]  # (slot set, cause) -> calls not seen completed
         self._by_slots_base: dict[tuple[int, int], int] = {}  # by (slot, cause): what earlier sessions in it left
@@ -347,8 +347,10 @@ class ProbeEngine:
         self._stopped = self._bpf["stopped"]
         self._unwound_calls = self._bpf["unwound_calls"]
         self._unwound_read = False  # a slot has wanted such calls since unwound_calls was last found empty
-        self._trap_cost = self._bpf["trap_cost"]
+        self._trap_cost = self._bpf["trap_cost"]  # struct charging
         self.trap_ns = 0
+        self._budgeted = 0  # slots with a CPU budget: struct charging.budgeted
+        self._charging_lock = threading.Lock()
         self.set_trap_ns(TRAP_NS)
         self._free = list(range(MAX_SLOTS - 1, -1, -1))
         self._slot_sites: dict[int, list[Site]] = {}
@@ -613,13 +615,24 @@ class ProbeEngine:
         b = self._budgets.Leaf()
         b.limit_ns, b.window_start, b.spent_ns = limit_ns, 0, 0
         self._budgets[ctypes.c_int(slot)] = b
+        # The budget first, then its bit: a hit that sees the bit finds the limit.
+        with self._charging_lock:  # slots are opened on the loop and released on other threads
+            self._budgeted = self._budgeted | 1 << slot if limit_ns else self._budgeted & ~(1 << slot)
+            self._write_charging()
         stopped = self.stopped_slots()
         if stopped & (1 << slot):
             self._stopped[ctypes.c_int(0)] = ctypes.c_ulonglong(stopped & ~(1 << slot))
 
     def set_trap_ns(self, ns: int) -> None:
-        self.trap_ns = ns
-        self._trap_cost[ctypes.c_int(0)] = ctypes.c_ulonglong(ns)
+        with self._charging_lock:
+            self.trap_ns = ns
+            self._write_charging()
+
+    def _write_charging(self) -> None:
+        """struct charging: what a hit is charged, and the slots with a budget."""
+        c = self._trap_cost.Leaf()
+        c.trap_ns, c.budgeted = self.trap_ns, self._budgeted
+        self._trap_cost[ctypes.c_int(0)] = c
 
     def calibrate(self, site: Site, call: Callable[[], object]) -> int:
         """Measure what one uprobe hit costs on this machine, the trap and
@@ -655,8 +668,7 @@ class ProbeEngine:
         return int(self._stopped[ctypes.c_int(0)].value)
 
     def _reset_slot(self, slot: int) -> None:
-        for i in range(STATS_PER_SLOT):
-            self._stats[ctypes.c_int(slot * STATS_PER_SLOT + i)] = self._stats.Leaf()  # zero on every CPU
+        self._counts[ctypes.c_int(slot)] = self._counts.Leaf()  # zero on every CPU
         for i in range(HIST_BUCKETS):
             self._hist[ctypes.c_int(slot * HIST_BUCKETS + i)] = self._hist.Leaf()
         self._sample_counts[ctypes.c_int(slot)] = ctypes.c_ulonglong(0)
@@ -930,9 +942,10 @@ class ProbeEngine:
 
     def stats(self, slot: int, with_histogram: bool = True, with_counts: bool = True) -> SlotStats:
         """The slot's counts; `with_counts`: its --count-by rows too (a map walk)."""
-        base = slot * STATS_PER_SLOT
-        v = [int(self._stats.sum(ctypes.c_int(base + i)).value) for i in range(STATS_PER_SLOT)]
-        v[ST_MAX_NS] = int(self._stats.max(ctypes.c_int(base + ST_MAX_NS)).value)
+        per_cpu = self._counts[ctypes.c_int(slot)]
+        counters = np.array([np.ctypeslib.as_array(c.stats) for c in per_cpu], dtype=np.uint64)  # CPU x ST_*
+        v = [int(n) for n in counters.sum(axis=0)]
+        v[ST_MAX_NS] = int(counters[:, ST_MAX_NS].max())
         hist: dict[int, int] = {}
         hb = slot * HIST_BUCKETS
         for i in range(HIST_BUCKETS if with_histogram else 0):
