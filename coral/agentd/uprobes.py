@@ -13,6 +13,12 @@ tracepoint needs no more than those, on every kernel, so it is the one way
 the agent makes a probe, as root or confined (libbcc also ends up there
 when the PMU refuses).
 
+Where tracefs is not mounted (a network namespace entered with `ip netns
+exec` remounts /sys without it), the agent makes the probe on the `uprobe`
+PMU instead: the same link and cookie, no event to name or remove; this
+kernel allows it only with CAP_SYS_ADMIN (root), and a refusal names both
+ways.
+
 Every event of an agent is in the group `coral_<its pid>`, named
 `p<n>` or `r<n>` (uprobe or uretprobe, n counting up), and removed when its
 probe is released. An agent that was killed leaves its events behind (the
@@ -46,6 +52,7 @@ PERF_TYPE_TRACEPOINT = 2
 PERF_FLAG_FD_CLOEXEC = 1 << 3
 # Where tracefs is, in libbcc's order (src/cc/libbpf.c, get_tracefs_path).
 TRACEFS_DIRS = (Path("/sys/kernel/debug/tracing"), Path("/sys/kernel/tracing"))
+UPROBE_PMU = Path("/sys/bus/event_source/devices/uprobe")
 GROUP_PREFIX = "coral_"
 # An event line in uprobe_events: `p:GROUP/NAME PATH:0xOFFSET...`.
 _EVENT_LINE = re.compile(r"^[pr]:(?P<group>[^/\s]+)/(?P<name>\S+)\s")
@@ -84,7 +91,7 @@ class Uprobe:
     """An attached probe: its tracefs event and both descriptors, let go of
     together (UprobeAttacher.close)."""
 
-    event: str  # GROUP/NAME
+    event: str  # GROUP/NAME; "" for a probe on the uprobe PMU (no tracefs event)
     perf_fd: int
     link_fd: int
     cookie: int
@@ -124,8 +131,12 @@ def stale_events(lines: list[str], running: Callable[[int], bool] = _pid_running
 
 def remove_stale_events() -> list[str]:
     """Remove the events of agents that are no longer running (see the module
-    docstring); the ones removed. One that cannot be removed is logged."""
-    events = tracefs_dir() / "uprobe_events"
+    docstring); the ones removed. One that cannot be removed is logged;
+    without tracefs there are none to remove."""
+    try:
+        events = tracefs_dir() / "uprobe_events"
+    except AttachError:
+        return []
     try:
         lines = events.read_text().splitlines()
     except OSError as exc:
@@ -158,8 +169,12 @@ class UprobeAttacher:
     through tracefs events in the group `coral_<this process's pid>`."""
 
     def __init__(self) -> None:
-        self.tracefs = tracefs_dir()
-        self._events = self.tracefs / "uprobe_events"
+        try:
+            self.tracefs: Path | None = tracefs_dir()
+        except AttachError as missing:
+            self.tracefs = None
+            self._pmu = _UprobePmu(missing)
+        self._events = self.tracefs / "uprobe_events" if self.tracefs else Path()
         self.group = f"{GROUP_PREFIX}{os.getpid()}"
         self._numbers = itertools.count(1)  # next() is atomic under the GIL
         self._libc = ctypes.CDLL(None, use_errno=True)
@@ -170,6 +185,9 @@ class UprobeAttacher:
         """A probe at `path`+`file_offset` in process `pid` (any of its threads)
         that runs `program_fd` with `cookie`; raises AttachError, leaving
         nothing behind."""
+        if self.tracefs is None:
+            return self._link(self._pmu.open(self._libc, retprobe, path, file_offset, pid, ref_ctr_offset), "",
+                              program_fd, cookie)
         if any(c.isspace() for c in path):
             raise AttachError(f"uprobe event: the path {path!r} has a space, which uprobe_events cannot take",
                               errno.EINVAL)
@@ -187,7 +205,7 @@ class UprobeAttacher:
 
     def _open(self, event: str, program_fd: int, pid: int, cookie: int) -> Uprobe:
         try:
-            event_id = int((self.tracefs / "events" / event / "id").read_text())
+            event_id = int((self._events.parent / "events" / event / "id").read_text())
         except OSError as exc:
             raise AttachError(f"uprobe event's id (events/{event}/id)", exc.errno or 0) from exc
         attr = PerfEventAttr()
@@ -196,6 +214,11 @@ class UprobeAttacher:
         perf_fd = int(self._libc.syscall(SYS_PERF_EVENT_OPEN, ctypes.byref(attr), pid, -1, -1, PERF_FLAG_FD_CLOEXEC))
         if perf_fd < 0:
             raise AttachError("perf_event_open (the uprobe event)", ctypes.get_errno())
+        return self._link(perf_fd, event, program_fd, cookie)
+
+    def _link(self, perf_fd: int, event: str, program_fd: int, cookie: int) -> Uprobe:
+        """The program on the perf event, with the cookie (the perf event is
+        closed if the kernel refuses)."""
         link = LinkCreateAttr(prog_fd=program_fd, target_fd=perf_fd, attach_type=BPF_PERF_EVENT, bpf_cookie=cookie)
         link_fd = int(self._libc.syscall(SYS_BPF, BPF_LINK_CREATE, ctypes.byref(link), ctypes.sizeof(link)))
         if link_fd < 0:
@@ -213,10 +236,51 @@ class UprobeAttacher:
             os.close(probe.link_fd)
             os.close(probe.perf_fd)
         finally:
-            self._remove(probe.event)
+            if probe.event:
+                self._remove(probe.event)
 
     def _remove(self, event: str) -> None:
         try:
             _write_event(self._events, f"-:{event}")
         except OSError as exc:  # the probe is gone from the process; only its name stays until the next start
             log.warning("could not remove the uprobe event %s: %s", event, exc)
+
+
+def _config_field(name: str) -> tuple[int, int]:
+    """(shift, width) of a uprobe PMU format field such as `config:32-63`."""
+    spec = (UPROBE_PMU / "format" / name).read_text().strip()
+    where, _, bits = spec.partition(":")
+    if where != "config":
+        raise AttachError(f"the uprobe PMU's {name} is in {where}, not config", errno.EINVAL)
+    low, _, high = bits.partition("-")
+    return int(low), int(high or low) - int(low) + 1
+
+
+class _UprobePmu:
+    """Probes on the kernel's `uprobe` PMU: the way where tracefs is not
+    mounted. `missing` is why tracefs could not be used, named in a refusal."""
+
+    def __init__(self, missing: AttachError) -> None:
+        self._missing = missing
+        try:
+            self.type = int((UPROBE_PMU / "type").read_text())
+            self._retprobe_shift, _ = _config_field("retprobe")
+            self._ref_ctr_shift, self._ref_ctr_bits = _config_field("ref_ctr_offset")
+        except OSError as exc:
+            raise AttachError(f"{missing}; and the kernel has no uprobe PMU ({UPROBE_PMU})", exc.errno or 0) from exc
+
+    def open(self, libc: ctypes.CDLL, retprobe: bool, path: str, file_offset: int, pid: int,
+             ref_ctr_offset: int) -> int:
+        """The perf event of a probe at `path`+`file_offset` in process `pid`."""
+        if ref_ctr_offset >> self._ref_ctr_bits:
+            raise AttachError(f"ref_ctr_offset {ref_ctr_offset:#x} does not fit the uprobe PMU's config", errno.EINVAL)
+        name = ctypes.create_string_buffer(path.encode())
+        attr = PerfEventAttr()
+        attr.type, attr.size = self.type, ctypes.sizeof(PerfEventAttr)
+        attr.config = int(retprobe) << self._retprobe_shift | ref_ctr_offset << self._ref_ctr_shift
+        attr.config1, attr.config2 = ctypes.addressof(name), file_offset
+        perf_fd = int(libc.syscall(SYS_PERF_EVENT_OPEN, ctypes.byref(attr), pid, -1, -1, PERF_FLAG_FD_CLOEXEC))
+        if perf_fd < 0:
+            err = ctypes.get_errno()
+            raise AttachError(f"perf_event_open (uprobe PMU, as tracefs is not there: {self._missing})", err)
+        return perf_fd
